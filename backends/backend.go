@@ -10,7 +10,7 @@
 // # Interfaces
 //
 // [Backend] is what every root of trust does. The optional capabilities —
-// [MACer], [Signer], [KeyCreator], [HealthChecker] — are separate interfaces
+// [MACer], [Signer], [KeyCreator], [DataKeyGenerator], [HealthChecker] — are separate interfaces
 // found by type assertion; [CapabilitiesOf] lists what a backend offers.
 // Every method that does I/O takes a context first; deadlines come from the
 // caller. A backend whose calls cannot be interrupted once started (PKCS#11)
@@ -144,6 +144,13 @@ type KeyCreator interface {
 	CreateKey(ctx context.Context, name string, alg Algorithm) (KeyInfo, error)
 }
 
+// DataKeyGenerator produces a fresh 256-bit data key and its wrapped form in
+// one call (AWS GenerateDataKey). The wrapped form opens with Decrypt under
+// the same key and aad.
+type DataKeyGenerator interface {
+	GenerateDataKey(ctx context.Context, key string, aad []byte) (dek *secret.Bytes, wrapped []byte, err error)
+}
+
 // HealthChecker reports whether the backend can serve requests now.
 type HealthChecker interface {
 	Health(ctx context.Context) error
@@ -154,6 +161,7 @@ type HealthChecker interface {
 type Capabilities struct {
 	MAC     bool
 	Sign    bool
+	DataKey bool
 	Create  bool
 	Health  bool
 	Creates []Algorithm // algorithms CreateKey accepts, when Create
@@ -170,6 +178,7 @@ func CapabilitiesOf(b Backend) Capabilities {
 	var c Capabilities
 	_, c.MAC = b.(MACer)
 	_, c.Sign = b.(Signer)
+	_, c.DataKey = b.(DataKeyGenerator)
 	_, c.Create = b.(KeyCreator)
 	_, c.Health = b.(HealthChecker)
 	if ca, ok := b.(CreatesAlgorithms); ok && c.Create {
