@@ -135,7 +135,7 @@ type PKCS11URI struct {
 	Manufacturer string
 	Serial       string
 	Model        string
-	SlotID       int // -1 when absent
+	SlotID       int    // -1 when absent
 	Object       string // CKA_LABEL of the key
 	ID           []byte // CKA_ID of the key
 	Type         string // public, private, cert, secret-key, data
