@@ -43,8 +43,13 @@ func ParseKeyURI(s string) (KeyURI, error) {
 	return nil, uriError(s, "unknown scheme %q (want pkcs11, awskms, gcpkms or softkms)", scheme)
 }
 
-// maxURI bounds every URI; nothing legitimate comes close.
-const maxURI = 4096
+// maxURI bounds a URI's raw length and maxValues the decoded length of its
+// attribute values; nothing legitimate comes close. The raw bound leaves room
+// for percent-encoding, so a canonical form always parses again.
+const (
+	maxURI    = 16 << 10
+	maxValues = 4 << 10
+)
 
 func uriError(s, format string, args ...any) error {
 	if len(s) > 200 {
@@ -64,6 +69,7 @@ func splitAttrs(uri, s string, sep byte) ([]attr, error) {
 	}
 	var out []attr
 	seen := map[string]bool{}
+	total := 0
 	for part := range strings.SplitSeq(s, string(sep)) {
 		name, raw, ok := strings.Cut(part, "=")
 		if !ok || name == "" {
@@ -76,6 +82,9 @@ func splitAttrs(uri, s string, sep byte) ([]attr, error) {
 		v, err := url.PathUnescape(raw)
 		if err != nil {
 			return nil, uriError(uri, "attribute %q: bad percent-encoding", name)
+		}
+		if total += len(name) + len(v); total > maxValues {
+			return nil, uriError(uri, "attributes longer than %d bytes", maxValues)
 		}
 		out = append(out, attr{name, v})
 	}
@@ -340,7 +349,7 @@ type AWSKMSURI struct {
 var (
 	awsKeyIDRe  = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$|^mrk-[0-9a-f]{32}$`)
 	awsAliasRe  = regexp.MustCompile(`^alias/[a-zA-Z0-9/_-]{1,250}$`)
-	awsARNRe    = regexp.MustCompile(`^arn:aws[a-z-]*:kms:([a-z0-9-]+):\d{12}:(key/[0-9a-zA-Z-]+|alias/[a-zA-Z0-9/_-]+)$`)
+	awsARNRe    = regexp.MustCompile(`^arn:aws[a-z-]*:kms:([a-z]{2}(?:-[a-z]+)+-\d):\d{12}:(key/[0-9a-zA-Z-]+|alias/[a-zA-Z0-9/_-]+)$`)
 	awsRegionRe = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-\d$`)
 )
 
