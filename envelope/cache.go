@@ -1,0 +1,327 @@
+package envelope
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
+
+// ReusePolicy bounds how long one data key seals messages.
+type ReusePolicy struct {
+	// Period is the longest a data key is used, 60 s to 24 h.
+	Period time.Duration
+	// MaxMessages is the most messages sealed under one data key; far below
+	// AES-GCM's 2^32 limit for random nonces.
+	MaxMessages uint64
+	// MaxBytes is the most plaintext bytes sealed under one data key.
+	MaxBytes uint64
+}
+
+// Reuse-policy defaults and bounds.
+const (
+	DefaultReusePeriod = 5 * time.Minute
+	MinReusePeriod     = time.Minute
+	MaxReusePeriod     = 24 * time.Hour
+	DefaultMaxMessages = 1 << 28
+	MaxMaxMessages     = 1 << 32
+	DefaultMaxBytes    = 64 << 30
+)
+
+// WithDefaults fills zero fields with the defaults.
+func (p ReusePolicy) WithDefaults() ReusePolicy {
+	if p.Period == 0 {
+		p.Period = DefaultReusePeriod
+	}
+	if p.MaxMessages == 0 {
+		p.MaxMessages = DefaultMaxMessages
+	}
+	if p.MaxBytes == 0 {
+		p.MaxBytes = DefaultMaxBytes
+	}
+	return p
+}
+
+// Validate checks the bounds (after WithDefaults).
+func (p ReusePolicy) Validate() error {
+	switch {
+	case p.Period < MinReusePeriod || p.Period > MaxReusePeriod:
+		return fmt.Errorf("envelope: reuse period %s out of %s..%s", p.Period, MinReusePeriod, MaxReusePeriod)
+	case p.MaxMessages < 1 || p.MaxMessages > MaxMaxMessages:
+		return fmt.Errorf("envelope: reuse max messages %d out of 1..%d", p.MaxMessages, uint64(MaxMaxMessages))
+	case p.MaxBytes < 1:
+		return errors.New("envelope: reuse max bytes must be positive")
+	}
+	return nil
+}
+
+// Reuser hands out data keys for sealing, one per partition (the caller's
+// key of key id, version and context partition), replacing each when its
+// policy runs out.
+type Reuser struct {
+	policy ReusePolicy
+	max    int
+	now    func() time.Time
+
+	mu      sync.Mutex
+	entries map[string]*reuseEntry
+	sf      singleflight.Group
+	created atomic.Uint64
+}
+
+type reuseEntry struct {
+	dk      *DataKey
+	expires time.Time
+	msgs    uint64
+	bytes   uint64
+}
+
+// NewReuser returns a Reuser holding at most maxEntries partitions. now is
+// the clock (time.Now when nil).
+func NewReuser(p ReusePolicy, maxEntries int, now func() time.Time) (*Reuser, error) {
+	p = p.WithDefaults()
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if maxEntries < 1 {
+		return nil, errors.New("envelope: reuser needs room for at least one entry")
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Reuser{policy: p, max: maxEntries, now: now, entries: map[string]*reuseEntry{}}, nil
+}
+
+// Created reports how many data keys the Reuser has had created.
+func (r *Reuser) Created() uint64 { return r.created.Load() }
+
+// roomLocked reports whether e can seal one more message of n bytes.
+func (r *Reuser) roomLocked(e *reuseEntry, n int) bool {
+	return e != nil && r.now().Before(e.expires) && e.msgs < r.policy.MaxMessages && e.bytes+uint64(n) <= r.policy.MaxBytes
+}
+
+// take counts one message of n bytes against the partition's current key,
+// if it has one with room.
+func (r *Reuser) take(partition string, n int) *DataKey {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entries[partition]
+	if !r.roomLocked(e, n) {
+		return nil
+	}
+	e.msgs++
+	e.bytes += uint64(n)
+	return e.dk
+}
+
+// Get returns the data key to seal one message of n bytes in partition,
+// calling create (once, however many callers miss together) when there is
+// none or the current one is spent.
+func (r *Reuser) Get(ctx context.Context, partition string, n int, create func(context.Context) (*DataKey, error)) (*DataKey, error) {
+	if uint64(n) > r.policy.MaxBytes {
+		return nil, fmt.Errorf("%w: %d bytes exceeds the reuse byte limit", ErrTooLarge, n)
+	}
+	for {
+		if dk := r.take(partition, n); dk != nil {
+			return dk, nil
+		}
+		_, err := coalesce(ctx, &r.sf, partition, func(ctx context.Context) (any, error) {
+			// Another flight may have installed a fresh key meanwhile.
+			r.mu.Lock()
+			fresh := r.roomLocked(r.entries[partition], n)
+			r.mu.Unlock()
+			if fresh {
+				return nil, nil
+			}
+			dk, err := create(ctx)
+			if err != nil {
+				return nil, err
+			}
+			r.created.Add(1)
+			r.install(partition, dk)
+			return nil, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+func (r *Reuser) install(partition string, dk *DataKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.entries[partition]; !ok && len(r.entries) >= r.max {
+		now := r.now()
+		for k, e := range r.entries {
+			if !now.Before(e.expires) {
+				delete(r.entries, k)
+			}
+		}
+		for k := range r.entries {
+			if len(r.entries) < r.max {
+				break
+			}
+			delete(r.entries, k)
+		}
+	}
+	// The replaced key is not destroyed: concurrent sealers may hold it.
+	r.entries[partition] = &reuseEntry{dk: dk, expires: r.now().Add(r.policy.Period)}
+}
+
+// Forget drops every partition for which match is true (for example all
+// partitions of a key that was rotated or disabled).
+func (r *Reuser) Forget(match func(partition string) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k := range r.entries {
+		if match(k) {
+			delete(r.entries, k)
+		}
+	}
+}
+
+// Cache keeps unwrapped data keys for decryption: bounded LRU, each entry
+// living at most ttl, keyed by Fingerprint.
+type Cache struct {
+	capacity int
+	ttl      time.Duration
+	now      func() time.Time
+
+	mu sync.Mutex
+	ll *list.List // front is most recent
+	m  map[[32]byte]*list.Element
+	sf singleflight.Group
+
+	hits, misses, evictions atomic.Uint64
+}
+
+type cacheEntry struct {
+	fp      [32]byte
+	dk      *DataKey
+	expires time.Time
+}
+
+// NewCache returns a cache of at most capacity entries living at most ttl.
+// now is the clock (time.Now when nil).
+func NewCache(capacity int, ttl time.Duration, now func() time.Time) *Cache {
+	if now == nil {
+		now = time.Now
+	}
+	return &Cache{capacity: max(capacity, 1), ttl: ttl, now: now, ll: list.New(), m: map[[32]byte]*list.Element{}}
+}
+
+// Stats reports hits, misses and evictions so far.
+func (c *Cache) Stats() (hits, misses, evictions uint64) {
+	return c.hits.Load(), c.misses.Load(), c.evictions.Load()
+}
+
+// Len reports the number of entries.
+func (c *Cache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ll.Len()
+}
+
+func (c *Cache) lookup(fp [32]byte) *DataKey {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.m[fp]
+	if !ok {
+		return nil
+	}
+	e := el.Value.(*cacheEntry)
+	if !c.now().Before(e.expires) {
+		c.removeLocked(el)
+		return nil
+	}
+	c.ll.MoveToFront(el)
+	return e.dk
+}
+
+func (c *Cache) removeLocked(el *list.Element) {
+	e := c.ll.Remove(el).(*cacheEntry)
+	delete(c.m, e.fp)
+	e.dk.Destroy()
+	c.evictions.Add(1)
+}
+
+// Get returns the unwrapped data key for h, calling unwrap on a miss (once
+// for all concurrent misses of the same wrapped key).
+func (c *Cache) Get(ctx context.Context, h *Header, unwrap func(context.Context) (*DataKey, error)) (*DataKey, error) {
+	fp := Fingerprint(h.KeyID, h.Version, h.WrappedDEK)
+	if dk := c.lookup(fp); dk != nil {
+		c.hits.Add(1)
+		return dk, nil
+	}
+	c.misses.Add(1)
+	v, err := coalesce(ctx, &c.sf, string(fp[:]), func(ctx context.Context) (any, error) {
+		if dk := c.lookup(fp); dk != nil {
+			return dk, nil
+		}
+		dk, err := unwrap(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.insert(fp, dk)
+		return dk, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*DataKey), nil
+}
+
+func (c *Cache) insert(fp [32]byte, dk *DataKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.m[fp]; ok {
+		c.removeLocked(el)
+	}
+	c.m[fp] = c.ll.PushFront(&cacheEntry{fp: fp, dk: dk, expires: c.now().Add(c.ttl)})
+	for c.ll.Len() > c.capacity {
+		c.removeLocked(c.ll.Back())
+	}
+}
+
+// Purge drops every entry of keyID (on rotation, disable or deletion).
+func (c *Cache) Purge(keyID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for el := c.ll.Front(); el != nil; {
+		next := el.Next()
+		if el.Value.(*cacheEntry).dk.KeyID == keyID {
+			c.removeLocked(el)
+		}
+		el = next
+	}
+}
+
+// coalesce runs fn once for all concurrent callers with the same key. Each
+// caller waits under its own ctx; the shared call runs under the first
+// caller's ctx, and a caller whose own ctx is still live retries when that
+// call failed only because the first caller gave up (a few times at most).
+func coalesce(ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (any, error)) (any, error) {
+	for attempt := 0; ; attempt++ {
+		ch := g.DoChan(key, func() (any, error) {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			return fn(ctx)
+		})
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case res := <-ch:
+			if res.Err != nil && ctx.Err() == nil && attempt < 3 &&
+				(errors.Is(res.Err, context.Canceled) || errors.Is(res.Err, context.DeadlineExceeded)) {
+				continue
+			}
+			return res.Val, res.Err
+		}
+	}
+}

@@ -1,0 +1,324 @@
+// Package envelope is keybroker's ciphertext format and the data-key
+// machinery around it, shared by the central tier, the edges and the Go SDK
+// so that any of them opens what any other sealed.
+//
+// # Format v1
+//
+// A ciphertext is a header followed by AES-256-GCM output:
+//
+//	0x01                 format
+//	u8  L, L bytes       managed key id (1..128 bytes of [A-Za-z0-9._:/-])
+//	u32                  key version (big-endian, ≥ 1)
+//	u16 W, W bytes       wrapped data key (W = 60 in v1)
+//	12 bytes             nonce
+//	rest                 AES-256-GCM(DEK, nonce, plaintext, AAD) ‖ tag
+//
+// The AAD is the header (every byte up to and including the nonce) followed
+// by the canonical encoding of the caller's encryption context, which is not
+// stored. The wrapped data key is nonce(12) ‖ AES-256-GCM(KEK, nonce, DEK,
+// "keybroker/v1/dek" ‖ 0 ‖ key id ‖ 0 ‖ version), where the KEK is the key
+// version's material, or for keys created with derived: true,
+// HKDF-SHA256(material, info = "keybroker/v1/context-key" ‖ 0 ‖ canonical
+// context). docs/ciphertext.md has the layout and known-answer vectors.
+//
+// # Data-key reuse and caches
+//
+// A [Reuser] hands out one data key per (key, version, context partition)
+// until its period, message count or byte count runs out, so that millions
+// of messages cost a handful of unwraps. A [Cache] keeps unwrapped data keys
+// for decryption, keyed by a hash of the wrapped key, bounded and with a
+// lifetime. Both coalesce concurrent misses for one entry into one call.
+//
+// # Secrets
+//
+// Data keys and KEKs are *secret.Bytes. A [DataKey] is destroyed (its bytes
+// zeroed) when a cache evicts it; the AEAD state it built lives until the
+// garbage collector takes it.
+package envelope
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/keybroker/keybroker/secret"
+)
+
+// Format v1 constants.
+const (
+	FormatV1      = 0x01
+	NonceSize     = 12
+	TagSize       = 16
+	DEKSize       = 32
+	WrappedDEKLen = NonceSize + DEKSize + TagSize
+	MaxKeyID      = 128
+	// MaxPlaintext bounds one message; larger payloads use streaming.
+	MaxPlaintext = 16 << 20
+)
+
+// Errors. ErrMalformed and ErrDecrypt are the two ways a ciphertext is
+// refused; callers map them to InvalidArgument.
+var (
+	ErrMalformed = errors.New("envelope: malformed ciphertext")
+	ErrDecrypt   = errors.New("envelope: decryption failed (wrong key, wrong encryption context, or tampered ciphertext)")
+	ErrContext   = errors.New("envelope: invalid encryption context")
+	ErrTooLarge  = errors.New("envelope: plaintext too large")
+)
+
+// Header is the parsed, unauthenticated header of a ciphertext. Nothing in
+// it may be trusted until Open succeeds.
+type Header struct {
+	KeyID      string
+	Version    uint32
+	WrappedDEK []byte
+	Nonce      []byte
+	// raw is the header as it appears on the wire, part of the AAD.
+	raw []byte
+}
+
+// ValidKeyID reports whether id can appear in a ciphertext.
+func ValidKeyID(id string) bool {
+	if len(id) == 0 || len(id) > MaxKeyID {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '/' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func malformed(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
+}
+
+// ParseHeader parses a ciphertext's header and returns it with the AEAD
+// output that follows.
+func ParseHeader(ct []byte) (*Header, []byte, error) {
+	if len(ct) == 0 {
+		return nil, nil, malformed("empty")
+	}
+	if ct[0] != FormatV1 {
+		return nil, nil, malformed("unknown format byte 0x%02x", ct[0])
+	}
+	p := 1
+	need := func(n int, what string) error {
+		if len(ct)-p < n {
+			return malformed("truncated in %s", what)
+		}
+		return nil
+	}
+	if err := need(1, "key id length"); err != nil {
+		return nil, nil, err
+	}
+	l := int(ct[p])
+	p++
+	if err := need(l, "key id"); err != nil {
+		return nil, nil, err
+	}
+	h := &Header{KeyID: string(ct[p : p+l])}
+	if !ValidKeyID(h.KeyID) {
+		return nil, nil, malformed("invalid key id")
+	}
+	p += l
+	if err := need(4, "version"); err != nil {
+		return nil, nil, err
+	}
+	h.Version = binary.BigEndian.Uint32(ct[p:])
+	if h.Version == 0 {
+		return nil, nil, malformed("version 0")
+	}
+	p += 4
+	if err := need(2, "wrapped key length"); err != nil {
+		return nil, nil, err
+	}
+	w := int(binary.BigEndian.Uint16(ct[p:]))
+	p += 2
+	if w != WrappedDEKLen {
+		return nil, nil, malformed("wrapped key is %d bytes, want %d", w, WrappedDEKLen)
+	}
+	if err := need(w, "wrapped key"); err != nil {
+		return nil, nil, err
+	}
+	h.WrappedDEK = ct[p : p+w : p+w]
+	p += w
+	if err := need(NonceSize, "nonce"); err != nil {
+		return nil, nil, err
+	}
+	h.Nonce = ct[p : p+NonceSize : p+NonceSize]
+	p += NonceSize
+	h.raw = ct[:p:p]
+	if len(ct)-p < TagSize {
+		return nil, nil, malformed("truncated in authentication tag")
+	}
+	return h, ct[p:], nil
+}
+
+func appendHeader(dst []byte, keyID string, version uint32, wrapped, nonce []byte) []byte {
+	dst = append(dst, FormatV1, byte(len(keyID)))
+	dst = append(dst, keyID...)
+	dst = binary.BigEndian.AppendUint32(dst, version)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(wrapped)))
+	dst = append(dst, wrapped...)
+	return append(dst, nonce...)
+}
+
+// KEK returns the key that wraps data keys for a key version: the material
+// itself, or for derived keys a per-context key derived from it.
+func KEK(material *secret.Bytes, derived bool, ctx map[string]string) (*secret.Bytes, error) {
+	if material.Len() != 32 {
+		return nil, fmt.Errorf("envelope: material is %d bytes, want 32", material.Len())
+	}
+	if !derived {
+		return material, nil
+	}
+	c, err := CanonicalContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	k, err := hkdf.Key(sha256.New, material.Reveal(), nil, "keybroker/v1/context-key\x00"+string(c), 32)
+	if err != nil {
+		return nil, err
+	}
+	return secret.New(k), nil
+}
+
+func dekAAD(keyID string, version uint32) []byte {
+	aad := append([]byte("keybroker/v1/dek\x00"), keyID...)
+	aad = append(aad, 0)
+	return binary.BigEndian.AppendUint32(aad, version)
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(b)
+}
+
+// DataKey is an unwrapped data key bound to the key version that wrapped it.
+// It is safe for concurrent use.
+type DataKey struct {
+	KeyID   string
+	Version uint32
+	Wrapped []byte
+	dek     *secret.Bytes
+	aead    cipher.AEAD
+}
+
+// GenerateDataKey makes a fresh random data key and wraps it under kek.
+func GenerateDataKey(kek *secret.Bytes, keyID string, version uint32) (*DataKey, error) {
+	dek := make([]byte, DEKSize)
+	_, _ = rand.Read(dek)
+	nonce := make([]byte, NonceSize)
+	_, _ = rand.Read(nonce)
+	return generate(kek, keyID, version, secret.New(dek), nonce)
+}
+
+func generate(kek *secret.Bytes, keyID string, version uint32, dek *secret.Bytes, nonce []byte) (*DataKey, error) {
+	if !ValidKeyID(keyID) || version == 0 {
+		return nil, fmt.Errorf("envelope: invalid key id %q or version %d", keyID, version)
+	}
+	wrapAEAD, err := newGCM(kek.Reveal())
+	if err != nil {
+		return nil, fmt.Errorf("envelope: KEK: %w", err)
+	}
+	wrapped := wrapAEAD.Seal(append([]byte(nil), nonce...), nonce, dek.Reveal(), dekAAD(keyID, version))
+	return NewDataKey(keyID, version, dek, wrapped)
+}
+
+// NewDataKey builds a DataKey from an unwrapped DEK (taking ownership of it)
+// and its wrapped form.
+func NewDataKey(keyID string, version uint32, dek *secret.Bytes, wrapped []byte) (*DataKey, error) {
+	if dek.Len() != DEKSize || len(wrapped) != WrappedDEKLen {
+		return nil, fmt.Errorf("envelope: data key is %d bytes and wrapped form %d, want %d and %d", dek.Len(), len(wrapped), DEKSize, WrappedDEKLen)
+	}
+	a, err := newGCM(dek.Reveal())
+	if err != nil {
+		return nil, err
+	}
+	return &DataKey{KeyID: keyID, Version: version, Wrapped: wrapped, dek: dek, aead: a}, nil
+}
+
+// UnwrapDataKey opens a wrapped data key under kek.
+func UnwrapDataKey(kek *secret.Bytes, keyID string, version uint32, wrapped []byte) (*DataKey, error) {
+	if len(wrapped) != WrappedDEKLen {
+		return nil, ErrDecrypt
+	}
+	a, err := newGCM(kek.Reveal())
+	if err != nil {
+		return nil, fmt.Errorf("envelope: KEK: %w", err)
+	}
+	dek, err := a.Open(nil, wrapped[:NonceSize], wrapped[NonceSize:], dekAAD(keyID, version))
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	return NewDataKey(keyID, version, secret.New(dek), append([]byte(nil), wrapped...))
+}
+
+// Key returns the plaintext data key (for GenerateDataKey responses).
+func (d *DataKey) Key() *secret.Bytes { return d.dek }
+
+// Destroy zeroes the data key's bytes.
+func (d *DataKey) Destroy() { d.dek.Destroy() }
+
+// Seal encrypts plaintext under the data key, binding the encryption
+// context.
+func (d *DataKey) Seal(plaintext []byte, ctx map[string]string) ([]byte, error) {
+	nonce := make([]byte, NonceSize)
+	_, _ = rand.Read(nonce)
+	return d.seal(plaintext, ctx, nonce)
+}
+
+func (d *DataKey) seal(plaintext []byte, ctx map[string]string, nonce []byte) ([]byte, error) {
+	if len(plaintext) > MaxPlaintext {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(plaintext), MaxPlaintext)
+	}
+	c, err := CanonicalContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, 1+1+len(d.KeyID)+4+2+len(d.Wrapped)+NonceSize+len(plaintext)+TagSize)
+	out = appendHeader(out, d.KeyID, d.Version, d.Wrapped, nonce)
+	aad := append(out[:len(out):len(out)], c...)
+	return d.aead.Seal(out, nonce, plaintext, aad), nil
+}
+
+// Open decrypts a ciphertext whose header h was parsed by ParseHeader and
+// whose data key is d.
+func (d *DataKey) Open(h *Header, body []byte, ctx map[string]string) ([]byte, error) {
+	if h.KeyID != d.KeyID || h.Version != d.Version || string(h.WrappedDEK) != string(d.Wrapped) {
+		return nil, ErrDecrypt
+	}
+	c, err := CanonicalContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	aad := append(append(make([]byte, 0, len(h.raw)+len(c)), h.raw...), c...)
+	pt, err := d.aead.Open(nil, h.Nonce, body, aad)
+	if err != nil {
+		return nil, ErrDecrypt
+	}
+	return pt, nil
+}
+
+// Fingerprint identifies a wrapped data key for caches: SHA-256 over key
+// id, version and wrapped bytes.
+func Fingerprint(keyID string, version uint32, wrapped []byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(keyID))
+	h.Write([]byte{0})
+	h.Write(binary.BigEndian.AppendUint32(nil, version))
+	h.Write(wrapped)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
