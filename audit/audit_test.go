@@ -1,0 +1,189 @@
+package audit
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func writeLog(t *testing.T, n int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	l, err := Open(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := l.Append(Record{RequestID: fmt.Sprintf("req-%d", i), Principal: "spiffe://kb/client/app", Operation: "Encrypt",
+			Key: "payments", Version: 1, Decision: "allow", PolicyID: "policy0", Backend: "softkms", Outcome: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func lines(t *testing.T, path string) [][]byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.SplitAfter(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+}
+
+func rewrite(t *testing.T, path string, ls [][]byte) {
+	t.Helper()
+	var buf bytes.Buffer
+	for _, l := range ls {
+		buf.Write(bytes.TrimSuffix(l, []byte("\n")))
+		buf.WriteByte('\n')
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVerifyGood(t *testing.T) {
+	path := writeLog(t, 50)
+	res, err := VerifyFile(path)
+	if err != nil {
+		t.Fatalf("VerifyFile = %v", err)
+	}
+	if res.Lines != 50 || !res.HeadSeen {
+		t.Errorf("VerifyFile = %+v, want 50 lines and the head seen", res)
+	}
+	st, _ := os.Stat(path)
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("mode = %v, want 0600", st.Mode().Perm())
+	}
+}
+
+func TestVerifyDetectsTampering(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		tamper func([][]byte) [][]byte
+		want   string
+	}{
+		{"edited field", func(ls [][]byte) [][]byte {
+			ls[10] = bytes.Replace(ls[10], []byte(`"decision":"allow"`), []byte(`"decision":"deny"`), 1)
+			return ls
+		}, "hash mismatch"},
+		{"edited key", func(ls [][]byte) [][]byte {
+			ls[3] = bytes.Replace(ls[3], []byte(`"payments"`), []byte(`"refunds"`), 1)
+			return ls
+		}, "hash mismatch"},
+		{"dropped middle line", func(ls [][]byte) [][]byte { return append(ls[:5:5], ls[6:]...) }, "sequence"},
+		{"dropped first line", func(ls [][]byte) [][]byte { return ls[1:] }, "sequence"},
+		{"reordered", func(ls [][]byte) [][]byte { ls[7], ls[8] = ls[8], ls[7]; return ls }, "sequence"},
+		{"duplicated", func(ls [][]byte) [][]byte { return append(ls[:9:9], ls[8:]...) }, "sequence"},
+		{"dropped last line", func(ls [][]byte) [][]byte { return ls[:len(ls)-1] }, "dropped from the end"},
+		{"garbage line", func(ls [][]byte) [][]byte { ls[2] = []byte("not json"); return ls }, "not an audit record"},
+		{"renumbered after drop", func(ls [][]byte) [][]byte {
+			ls = append(ls[:5:5], ls[6:]...)
+			for i := 5; i < len(ls); i++ {
+				ls[i] = bytes.Replace(ls[i], fmt.Appendf(nil, `"seq":%d,`, i+2), fmt.Appendf(nil, `"seq":%d,`, i+1), 1)
+			}
+			return ls
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeLog(t, 20)
+			rewrite(t, path, tc.tamper(lines(t, path)))
+			_, err := VerifyFile(path)
+			var ve *VerifyError
+			if err == nil || (!errors.As(err, &ve) && tc.want != "") {
+				t.Fatalf("VerifyFile after %s = %v, want a VerifyError", tc.name, err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("VerifyFile error = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestReopenContinuesChain(t *testing.T) {
+	path := writeLog(t, 5)
+	l, err := Open(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(Record{Operation: "Decrypt", Outcome: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	res, err := VerifyFile(path)
+	if err != nil || res.Lines != 6 {
+		t.Errorf("after reopen: %+v, %v; want 6 verified lines", res, err)
+	}
+}
+
+func TestOpenRefusesTamperedLog(t *testing.T) {
+	path := writeLog(t, 5)
+	ls := lines(t, path)
+	ls[1] = bytes.Replace(ls[1], []byte(`"ok"`), []byte(`"denied"`), 1)
+	rewrite(t, path, ls)
+	if _, err := Open(path, 0); err == nil || !strings.Contains(err.Error(), "refusing to append") {
+		t.Errorf("Open(tampered) = %v, want a refusal", err)
+	}
+}
+
+func TestConcurrentAppends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	l, err := Open(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := range 16 {
+		wg.Go(func() {
+			for i := range 50 {
+				if err := l.Append(Record{Operation: "Encrypt", RequestID: fmt.Sprintf("%d-%d", w, i), Outcome: "ok"}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(Record{Operation: "x"}); err == nil {
+		t.Error("Append after Close succeeded")
+	}
+	res, err := VerifyFile(path)
+	if err != nil || res.Lines != 800 {
+		t.Errorf("VerifyFile = %+v, %v; want 800 lines", res, err)
+	}
+}
+
+func TestIncompleteLastLine(t *testing.T) {
+	path := writeLog(t, 3)
+	data, _ := os.ReadFile(path)
+	os.WriteFile(path, data[:len(data)-10], 0o600)
+	if _, err := VerifyFile(path); err == nil || !strings.Contains(err.Error(), "incomplete") {
+		t.Errorf("VerifyFile(cut) = %v, want incomplete last line", err)
+	}
+}
+
+func BenchmarkAppend(b *testing.B) {
+	l, err := Open(filepath.Join(b.TempDir(), "audit.jsonl"), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	r := Record{RequestID: "req-0123456789", Principal: "spiffe://kb/client/app", Operation: "Encrypt", Key: "payments",
+		Version: 1, Decision: "allow", PolicyID: "policy0", Backend: "softkms", Outcome: "ok"}
+	for b.Loop() {
+		if err := l.Append(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
