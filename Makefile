@@ -14,7 +14,7 @@ BENCH       ?= .
 FUZZTIME    ?= 30s
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps bench lint fuzz clean
+.PHONY: all build test test-deps bench lint fuzz generate clean
 
 all: build
 
@@ -59,3 +59,12 @@ fuzz:
 
 clean:
 	$(GO) clean -testcache
+
+# generate rebuilds the protobuf code (needs protoc: apt-get install protobuf-compiler).
+generate:
+	protoc -I api -I /usr/include \
+		--plugin=protoc-gen-go="$$($(GO) tool -n protoc-gen-go)" \
+		--plugin=protoc-gen-go-grpc="$$($(GO) tool -n protoc-gen-go-grpc)" \
+		--go_out=api --go_opt=paths=source_relative \
+		--go-grpc_out=api --go-grpc_opt=paths=source_relative \
+		api/keybroker/v1/*.proto
