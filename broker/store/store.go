@@ -1,0 +1,79 @@
+// Package store is the central tier's registry storage: a revisioned
+// key-value store with compare-and-swap updates and a change feed.
+//
+// # Model
+//
+// Objects are byte values named by (kind, id). Every committed change
+// increments one store-wide revision, like etcd's; an object remembers the
+// revision that last changed it, and Put and Delete apply only when the
+// caller's expected revision matches (0 means "must not exist"). The change
+// feed replays events after any revision still in the retained history, then
+// follows live commits, so a watcher that reconnects resumes where it left
+// off; older revisions give ErrCompacted and the watcher resyncs with List.
+//
+// # Implementations
+//
+// [Open] is the embedded default on bbolt: one file, fsync on every commit
+// (bbolt's default), the event history kept in the same file so it survives
+// restarts. Several central nodes would share an etcd-backed implementation
+// of the same interface.
+package store
+
+import (
+	"context"
+	"errors"
+)
+
+// Errors.
+var (
+	ErrNotFound  = errors.New("store: not found")
+	ErrConflict  = errors.New("store: revision conflict")
+	ErrCompacted = errors.New("store: revision no longer in history")
+	ErrClosed    = errors.New("store: closed")
+)
+
+// Kind is a class of objects ("keys", "nodes", "policies").
+type Kind string
+
+// Object is one stored value.
+type Object struct {
+	Kind     Kind
+	ID       string
+	Value    []byte
+	Revision uint64 // revision of the last change to this object
+}
+
+// EventType says what happened.
+type EventType uint8
+
+// Event types.
+const (
+	Put EventType = iota + 1
+	Delete
+)
+
+// Event is one committed change. For Delete, Object.Value is empty.
+type Event struct {
+	Type     EventType
+	Object   Object
+	Revision uint64
+}
+
+// Store is the registry's storage.
+type Store interface {
+	// Get returns one object, or ErrNotFound.
+	Get(ctx context.Context, kind Kind, id string) (Object, error)
+	// List returns every object of a kind and the store revision it reflects.
+	List(ctx context.Context, kind Kind) ([]Object, uint64, error)
+	// Put writes value when the object's revision is expected (0: it must
+	// not exist) and returns the new revision; ErrConflict otherwise.
+	Put(ctx context.Context, kind Kind, id string, value []byte, expected uint64) (uint64, error)
+	// Delete removes the object when its revision is expected.
+	Delete(ctx context.Context, kind Kind, id string, expected uint64) (uint64, error)
+	// Revision is the latest committed revision.
+	Revision() uint64
+	// Watch streams events with revision > from until ctx ends or the
+	// watcher falls behind (the channel is then closed; Err says why).
+	Watch(ctx context.Context, from uint64) (*Watcher, error)
+	Close() error
+}
