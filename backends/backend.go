@@ -60,9 +60,10 @@ const MaxAAD = 4096
 // MaxCiphertext is the largest ciphertext accepted by Decrypt.
 const MaxCiphertext = 8192
 
-// MaxMACInput is the largest message accepted by MAC and VerifyMAC (GCP's
-// MacSign limit).
-const MaxMACInput = 64 * 1024
+// MaxMACInput is the largest message accepted by MAC and VerifyMAC, and the
+// largest Ed25519 message Sign accepts: AWS KMS's GenerateMac limit, the
+// smallest among the backends.
+const MaxMACInput = 4096
 
 // MaxRandom is the largest GenerateRandom request (AWS and GCP both cap at
 // 1024 bytes).
@@ -100,8 +101,9 @@ type KeyInfo struct {
 
 // Backend is a root of trust. Implementations are safe for concurrent use.
 type Backend interface {
-	// Encrypt seals plaintext (at most MaxPlaintext bytes) under an aes-256
-	// root key, binding aad. The result is opaque and only Decrypt with the
+	// Encrypt seals plaintext (1 to MaxPlaintext bytes; AWS KMS refuses an
+	// empty one, so every backend does) under an aes-256 root key, binding
+	// aad. The result is opaque and only Decrypt with the
 	// same key and aad opens it.
 	Encrypt(ctx context.Context, key string, plaintext, aad []byte) ([]byte, error)
 	// Decrypt opens a ciphertext from Encrypt. A wrong aad, a tampered or
@@ -118,7 +120,7 @@ type Backend interface {
 // MACer computes HMAC-SHA256 inside the backend. It is the PRF from which
 // keybroker derives managed-key material, so the output is a secret.
 type MACer interface {
-	// MAC returns HMAC-SHA256(key, data); data is at most MaxMACInput bytes.
+	// MAC returns HMAC-SHA256(key, data); data is 1 to MaxMACInput bytes.
 	MAC(ctx context.Context, key string, data []byte) (*secret.Bytes, error)
 	// VerifyMAC checks a tag in constant time; a mismatch is
 	// ErrDecryptionFailed.

@@ -2,11 +2,15 @@ package backends
 
 import "fmt"
 
-// CheckEncrypt validates Encrypt arguments the same way for every backend.
+// CheckEncrypt validates Encrypt arguments the same way for every backend:
+// limits are those of the most restrictive backend, so behaviour does not
+// depend on which root of trust is configured.
 func CheckEncrypt(scheme, key string, plaintext, aad []byte) error {
 	switch {
 	case key == "":
 		return Errorf(scheme, "encrypt", key, ErrInvalidArgument, "empty key name")
+	case len(plaintext) == 0:
+		return Errorf(scheme, "encrypt", key, ErrInvalidArgument, "empty plaintext")
 	case len(plaintext) > MaxPlaintext:
 		return Errorf(scheme, "encrypt", key, ErrInvalidArgument, "plaintext is %d bytes, limit %d", len(plaintext), MaxPlaintext)
 	case len(aad) > MaxAAD:
@@ -35,6 +39,8 @@ func CheckMAC(scheme, op, key string, data []byte) error {
 	switch {
 	case key == "":
 		return Errorf(scheme, op, key, ErrInvalidArgument, "empty key name")
+	case len(data) == 0:
+		return Errorf(scheme, op, key, ErrInvalidArgument, "empty data")
 	case len(data) > MaxMACInput:
 		return Errorf(scheme, op, key, ErrInvalidArgument, "data is %d bytes, limit %d", len(data), MaxMACInput)
 	}

@@ -88,7 +88,6 @@ func testEncryptDecrypt(t *testing.T, f *Fixture) {
 		plaintext []byte
 		aad       []byte
 	}{
-		{"empty plaintext", nil, []byte("aad")},
 		{"32 bytes no aad", bytes.Repeat([]byte{7}, 32), nil},
 		{"32 bytes with aad", bytes.Repeat([]byte{9}, 32), []byte("keybroker/v1 key=payments version=3")},
 		{"max plaintext", bytes.Repeat([]byte{0xa5}, backends.MaxPlaintext), []byte{0, 1, 2}},
@@ -220,6 +219,8 @@ func testInvalidArguments(t *testing.T, f *Fixture) {
 	ctx := t.Context()
 	_, err := f.Backend.Encrypt(ctx, f.AES, make([]byte, backends.MaxPlaintext+1), nil)
 	wantKind(t, "Encrypt of an oversized plaintext", err, backends.ErrInvalidArgument)
+	_, err = f.Backend.Encrypt(ctx, f.AES, nil, []byte("aad"))
+	wantKind(t, "Encrypt of an empty plaintext", err, backends.ErrInvalidArgument)
 	_, err = f.Backend.Encrypt(ctx, f.AES, []byte("x"), make([]byte, backends.MaxAAD+1))
 	wantKind(t, "Encrypt with oversized aad", err, backends.ErrInvalidArgument)
 	_, err = f.Backend.Encrypt(ctx, "", []byte("x"), nil)
@@ -318,8 +319,10 @@ func testMAC(t *testing.T, f *Fixture) {
 	if t1.Equal(t4) {
 		t.Error("different data gave the same tag")
 	}
-	if _, err := m.MAC(ctx, f.HMAC, nil); err != nil {
-		t.Errorf("MAC of empty data error: %v", err)
+	_, err = m.MAC(ctx, f.HMAC, nil)
+	wantKind(t, "MAC of empty data", err, backends.ErrInvalidArgument)
+	if _, err := m.MAC(ctx, f.HMAC, make([]byte, backends.MaxMACInput)); err != nil {
+		t.Errorf("MAC of MaxMACInput bytes: %v", err)
 	}
 	if err := m.VerifyMAC(ctx, f.HMAC, data, t1.Reveal()); err != nil {
 		t.Errorf("VerifyMAC of a good tag: %v", err)
