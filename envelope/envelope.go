@@ -9,7 +9,8 @@
 //	0x01                 format
 //	u8  L, L bytes       managed key id (1..128 bytes of [A-Za-z0-9._:/-])
 //	u32                  key version (big-endian, ≥ 1)
-//	u16 W, W bytes       wrapped data key (W = 60 in v1)
+//	u16 W, W bytes       wrapped data key (W = 60 for derive and wrap keys,
+//	                     the backend's ciphertext for backend-mode keys)
 //	12 bytes             nonce
 //	rest                 AES-256-GCM(DEK, nonce, plaintext, AAD) ‖ tag
 //
@@ -56,6 +57,8 @@ const (
 	TagSize       = 16
 	DEKSize       = 32
 	WrappedDEKLen = NonceSize + DEKSize + TagSize
+	// MaxWrappedDEK bounds a backend-wrapped data key (a KMS ciphertext).
+	MaxWrappedDEK = 2048
 	MaxKeyID      = 128
 	// MaxPlaintext bounds one message; larger payloads use streaming.
 	MaxPlaintext = 16 << 20
@@ -141,8 +144,8 @@ func ParseHeader(ct []byte) (*Header, []byte, error) {
 	}
 	w := int(binary.BigEndian.Uint16(ct[p:]))
 	p += 2
-	if w != WrappedDEKLen {
-		return nil, nil, malformed("wrapped key is %d bytes, want %d", w, WrappedDEKLen)
+	if w < WrappedDEKLen || w > MaxWrappedDEK {
+		return nil, nil, malformed("wrapped key is %d bytes, want %d to %d", w, WrappedDEKLen, MaxWrappedDEK)
 	}
 	if err := need(w, "wrapped key"); err != nil {
 		return nil, nil, err
@@ -236,10 +239,14 @@ func generate(kek *secret.Bytes, keyID string, version uint32, dek *secret.Bytes
 }
 
 // NewDataKey builds a DataKey from an unwrapped DEK (taking ownership of it)
-// and its wrapped form.
+// and its wrapped form: 60 bytes when wrapped under material, or a backend's
+// ciphertext (up to MaxWrappedDEK bytes) for backend-mode keys.
 func NewDataKey(keyID string, version uint32, dek *secret.Bytes, wrapped []byte) (*DataKey, error) {
-	if dek.Len() != DEKSize || len(wrapped) != WrappedDEKLen {
-		return nil, fmt.Errorf("envelope: data key is %d bytes and wrapped form %d, want %d and %d", dek.Len(), len(wrapped), DEKSize, WrappedDEKLen)
+	if dek.Len() != DEKSize || len(wrapped) < WrappedDEKLen || len(wrapped) > MaxWrappedDEK {
+		return nil, fmt.Errorf("envelope: data key is %d bytes and wrapped form %d, want %d and %d..%d", dek.Len(), len(wrapped), DEKSize, WrappedDEKLen, MaxWrappedDEK)
+	}
+	if !ValidKeyID(keyID) || version == 0 {
+		return nil, fmt.Errorf("envelope: invalid key id %q or version %d", keyID, version)
 	}
 	a, err := newGCM(dek.Reveal())
 	if err != nil {

@@ -465,7 +465,7 @@ func FuzzParseHeader(f *testing.F) {
 			}
 			return
 		}
-		if !ValidKeyID(h.KeyID) || h.Version == 0 || len(h.WrappedDEK) != WrappedDEKLen || len(h.Nonce) != NonceSize || len(body) < TagSize {
+		if !ValidKeyID(h.KeyID) || h.Version == 0 || len(h.WrappedDEK) < WrappedDEKLen || len(h.WrappedDEK) > MaxWrappedDEK || len(h.Nonce) != NonceSize || len(body) < TagSize {
 			t.Fatalf("accepted an invalid header: %+v", h)
 		}
 		// Opening garbage must fail cleanly, never panic.
