@@ -1,0 +1,101 @@
+package broker
+
+import (
+	"context"
+	"time"
+)
+
+// The lifecycle transitions, as functions for Registry.Update. Each checks
+// that the transition is legal from the key's current state.
+
+// Disable stops every operation on an enabled key.
+func Disable(k *Key) error {
+	if k.State != StateEnabled {
+		return errorf(ErrFailedPrecondition, "key %q is %s, only an enabled key can be disabled", k.ID, k.State)
+	}
+	k.State = StateDisabled
+	return nil
+}
+
+// Enable re-enables a disabled key.
+func Enable(k *Key) error {
+	if k.State != StateDisabled {
+		return errorf(ErrFailedPrecondition, "key %q is %s, only a disabled key can be enabled", k.ID, k.State)
+	}
+	k.State = StateEnabled
+	return nil
+}
+
+// ScheduleDeletion puts the key in pending deletion until now+window
+// (0 means DefaultPendingWindow).
+func ScheduleDeletion(now time.Time, window time.Duration) func(*Key) error {
+	return func(k *Key) error {
+		if window == 0 {
+			window = DefaultPendingWindow
+		}
+		if window < MinPendingWindow || window > MaxPendingWindow {
+			return errorf(ErrInvalidArgument, "pending window %s out of %s..%s", window, MinPendingWindow, MaxPendingWindow)
+		}
+		if k.State == StatePendingDeletion {
+			return errorf(ErrFailedPrecondition, "key %q is already pending deletion on %s", k.ID, k.DeletionTime.Format(time.RFC3339))
+		}
+		k.State = StatePendingDeletion
+		k.DeletionTime = now.Add(window).UTC()
+		return nil
+	}
+}
+
+// CancelDeletion returns a pending key to the disabled state (an admin
+// re-enables it deliberately).
+func CancelDeletion(k *Key) error {
+	if k.State != StatePendingDeletion {
+		return errorf(ErrFailedPrecondition, "key %q is %s, not pending deletion", k.ID, k.State)
+	}
+	k.State = StateDisabled
+	k.DeletionTime = time.Time{}
+	return nil
+}
+
+// AddVersion appends v as the new primary version. It refuses keys that are
+// not enabled.
+func AddVersion(now time.Time, v Version) func(*Key) error {
+	return func(k *Key) error {
+		if err := k.Usable(); err != nil {
+			return err
+		}
+		if len(k.Versions) >= MaxVersions {
+			return errorf(ErrFailedPrecondition, "key %q has %d versions, the limit", k.ID, MaxVersions)
+		}
+		v.Version = uint32(len(k.Versions) + 1)
+		v.Created = now.UTC()
+		k.Versions = append(k.Versions, v)
+		k.Primary = v.Version
+		if k.RotationPeriod > 0 {
+			k.NextRotation = now.Add(k.RotationPeriod).UTC()
+		}
+		return nil
+	}
+}
+
+// Sweep finds the work the clock has made due: keys whose rotation is due
+// and keys whose pending window has passed. Deletions are carried out here;
+// rotations need material, so they are returned for the caller.
+func (r *Registry) Sweep(ctx context.Context) (rotate []*Key, deleted []string, err error) {
+	keys, _, err := r.List(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := r.now()
+	for _, k := range keys {
+		switch {
+		case k.State == StatePendingDeletion && !now.Before(k.DeletionTime):
+			if err := r.Delete(ctx, k); err != nil {
+				return rotate, deleted, err
+			}
+			deleted = append(deleted, k.ID)
+		case k.State == StateEnabled && k.RotationPeriod > 0 && !k.NextRotation.IsZero() && !now.Before(k.NextRotation):
+			rotate = append(rotate, k)
+		}
+	}
+	return rotate, deleted, nil
+}

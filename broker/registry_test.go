@@ -1,0 +1,233 @@
+package broker
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/broker/store"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func newRegistry(t *testing.T) (*Registry, *clock, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "registry.db")
+	st, err := store.Open(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := &clock{t: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	return NewRegistry(st, c.Now), c, path
+}
+
+func aesKey(id string) *Key {
+	return &Key{ID: id, Type: AES256GCM, Mode: ModeDerive, State: StateEnabled, Primary: 1,
+		Versions: []Version{{Version: 1, RootKey: "softkms:root"}}, Labels: map[string]string{"app": "billing"}}
+}
+
+func TestCreateGetList(t *testing.T) {
+	ctx := t.Context()
+	r, _, _ := newRegistry(t)
+	k, err := r.Create(ctx, aesKey("payments"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Revision == 0 || k.Created.IsZero() {
+		t.Errorf("Create = %+v, want a revision and a creation time", k)
+	}
+	if _, err := r.Create(ctx, aesKey("payments")); !errors.Is(err, ErrAlreadyExists) {
+		t.Errorf("second Create: err = %v, want ErrAlreadyExists", err)
+	}
+	got, err := r.Get(ctx, "payments")
+	if err != nil || got.Labels["app"] != "billing" || got.Revision != k.Revision {
+		t.Errorf("Get = %+v, %v", got, err)
+	}
+	if _, err := r.Get(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(missing) err = %v", err)
+	}
+	if _, err := r.Get(ctx, "bad id!"); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("Get(bad id) err = %v", err)
+	}
+	r.Create(ctx, aesKey("alpha"))
+	keys, _, err := r.List(ctx)
+	if err != nil || len(keys) != 2 || keys[0].ID != "alpha" {
+		t.Errorf("List = %v, %v; want alpha, payments", keys, err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ctx := t.Context()
+	r, _, _ := newRegistry(t)
+	for _, tc := range []struct {
+		name string
+		mod  func(*Key)
+		want string
+	}{
+		{"bad id", func(k *Key) { k.ID = "-x" }, "key id"},
+		{"bad type", func(k *Key) { k.Type = "rsa" }, "key type"},
+		{"bad mode", func(k *Key) { k.Mode = "magic" }, "key mode"},
+		{"derived hmac", func(k *Key) { k.Type = HMACSHA256; k.Derived = true }, "aes-256-gcm only"},
+		{"derived backend", func(k *Key) { k.Mode = ModeBackend; k.Derived = true }, "backend-mode"},
+		{"short rotation", func(k *Key) { k.RotationPeriod = time.Hour }, "rotation period"},
+		{"no versions", func(k *Key) { k.Versions = nil }, "0 versions"},
+		{"bad primary", func(k *Key) { k.Primary = 2 }, "primary version"},
+		{"min above primary", func(k *Key) { k.MinDecryptionVersion = 2 }, "minimum decryption"},
+		{"wrap without material", func(k *Key) { k.Mode = ModeWrap }, "wrapped material"},
+		{"no root", func(k *Key) { k.Versions[0].RootKey = "" }, "root key"},
+		{"bad label", func(k *Key) { k.Labels = map[string]string{"bad key": "x"} }, "label key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			k := aesKey("k")
+			tc.mod(k)
+			_, err := r.Create(ctx, k)
+			if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Create = %v, want invalid argument containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	ctx := t.Context()
+	r, c, _ := newRegistry(t)
+	k, _ := r.Create(ctx, aesKey("k"))
+	step := func(name string, fn func(*Key) error, wantState State, wantErr error) {
+		t.Helper()
+		got, err := r.Update(ctx, "k", 0, fn)
+		if wantErr != nil {
+			if !errors.Is(err, wantErr) {
+				t.Errorf("%s: err = %v, want %v", name, err, wantErr)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got.State != wantState {
+			t.Errorf("%s: state = %s, want %s", name, got.State, wantState)
+		}
+		k = got
+	}
+	step("enable enabled", Enable, "", ErrFailedPrecondition)
+	step("disable", Disable, StateDisabled, nil)
+	if err := k.Usable(); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "disabled") {
+		t.Errorf("Usable() on disabled = %v", err)
+	}
+	step("rotate disabled", AddVersion(c.Now(), Version{RootKey: "softkms:root"}), "", ErrFailedPrecondition)
+	step("enable", Enable, StateEnabled, nil)
+	step("schedule 1 day", ScheduleDeletion(c.Now(), 24*time.Hour), "", ErrInvalidArgument)
+	step("schedule default", ScheduleDeletion(c.Now(), 0), StatePendingDeletion, nil)
+	if want := c.Now().Add(30 * 24 * time.Hour); !k.DeletionTime.Equal(want) {
+		t.Errorf("deletion time = %s, want %s", k.DeletionTime, want)
+	}
+	step("schedule twice", ScheduleDeletion(c.Now(), 0), "", ErrFailedPrecondition)
+	step("disable pending", Disable, "", ErrFailedPrecondition)
+	step("cancel", CancelDeletion, StateDisabled, nil)
+	step("cancel again", CancelDeletion, "", ErrFailedPrecondition)
+	step("enable", Enable, StateEnabled, nil)
+	step("rotate", AddVersion(c.Now(), Version{RootKey: "softkms:root"}), StateEnabled, nil)
+	if k.Primary != 2 || len(k.Versions) != 2 || k.Versions[1].Version != 2 {
+		t.Errorf("after rotate: primary %d, %d versions", k.Primary, len(k.Versions))
+	}
+	if err := k.CheckDecryptVersion(1); err != nil {
+		t.Errorf("CheckDecryptVersion(1) = %v", err)
+	}
+	step("raise min version", func(k *Key) error { k.MinDecryptionVersion = 2; return nil }, StateEnabled, nil)
+	if err := k.CheckDecryptVersion(1); !errors.Is(err, ErrFailedPrecondition) {
+		t.Errorf("CheckDecryptVersion(1) below minimum = %v", err)
+	}
+	if err := k.CheckDecryptVersion(3); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CheckDecryptVersion(3) = %v", err)
+	}
+}
+
+func TestUpdateCAS(t *testing.T) {
+	ctx := t.Context()
+	r, _, _ := newRegistry(t)
+	k, _ := r.Create(ctx, aesKey("k"))
+	if _, err := r.Update(ctx, "k", k.Revision+5, Disable); !errors.Is(err, ErrConflict) {
+		t.Errorf("Update at a stale revision: err = %v, want ErrConflict", err)
+	}
+	if _, err := r.Update(ctx, "k", k.Revision, Disable); err != nil {
+		t.Errorf("Update at the right revision: %v", err)
+	}
+	// Concurrent label writers: every write lands.
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			_, err := r.Update(ctx, "k", 0, func(k *Key) error {
+				k.Labels["w"+string(rune('a'+i))] = "x"
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got, _ := r.Get(ctx, "k")
+	if len(got.Labels) != 21 {
+		t.Errorf("labels after 20 concurrent updates = %d, want 21 (a lost update)", len(got.Labels))
+	}
+}
+
+func TestSweep(t *testing.T) {
+	ctx := t.Context()
+	r, c, _ := newRegistry(t)
+	rot := aesKey("rotating")
+	rot.RotationPeriod = 48 * time.Hour
+	rot.NextRotation = c.Now().Add(48 * time.Hour)
+	r.Create(ctx, rot)
+	r.Create(ctx, aesKey("doomed"))
+	r.Update(ctx, "doomed", 0, ScheduleDeletion(c.Now(), 7*24*time.Hour))
+
+	rotate, deleted, err := r.Sweep(ctx)
+	if err != nil || len(rotate) != 0 || len(deleted) != 0 {
+		t.Fatalf("Sweep at start = %v, %v, %v; want nothing due", rotate, deleted, err)
+	}
+	c.Advance(48 * time.Hour)
+	rotate, _, _ = r.Sweep(ctx)
+	if len(rotate) != 1 || rotate[0].ID != "rotating" {
+		t.Errorf("Sweep after 48h: rotate = %v", rotate)
+	}
+	c.Advance(5 * 24 * time.Hour)
+	_, deleted, err = r.Sweep(ctx)
+	if err != nil || len(deleted) != 1 || deleted[0] != "doomed" {
+		t.Errorf("Sweep after 7 days: deleted = %v, %v", deleted, err)
+	}
+	if _, err := r.Get(ctx, "doomed"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleted key still there: %v", err)
+	}
+}
+
+func TestRestartKeepsKeys(t *testing.T) {
+	ctx := t.Context()
+	r, c, path := newRegistry(t)
+	r.Create(ctx, aesKey("k"))
+	r.Update(ctx, "k", 0, AddVersion(c.Now(), Version{RootKey: "softkms:root"}))
+	r.st.Close()
+	st, err := store.Open(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	k, err := NewRegistry(st, c.Now).Get(ctx, "k")
+	if err != nil || k.Primary != 2 || len(k.Versions) != 2 {
+		t.Errorf("after restart: %+v, %v", k, err)
+	}
+}
