@@ -1,0 +1,191 @@
+package broker
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/backends/softkms"
+	"github.com/keybroker/keybroker/secret"
+)
+
+// softRoots opens a softkms keystore with an AES and an HMAC root (and an
+// ECDSA one for backend mode) and returns Roots over it.
+func softRoots(t *testing.T) (*Roots, *softkms.Backend) {
+	t.Helper()
+	dir := t.TempDir()
+	kek := filepath.Join(dir, "kek")
+	if err := os.WriteFile(kek, []byte(strings.Repeat("11", 32)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "softkms.json")
+	b, err := softkms.New(t.Context(), softkms.Config{Path: path, KEKFile: kek})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	for name, alg := range map[string]backends.Algorithm{"aes-root": backends.AES256, "prf-root": backends.HMAC256, "ec-root": backends.ECDSAP256} {
+		if _, err := b.CreateKey(t.Context(), name, alg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := NewRoots(map[string]backends.Backend{"soft": b}, map[string]string{"soft": "softkms:path=" + path + ";kek-source=" + kek})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, b
+}
+
+func TestResolve(t *testing.T) {
+	r, _ := softRoots(t)
+	for _, tc := range []struct{ uri, key, err string }{
+		{"softkms:prf-root", "prf-root", ""},
+		{"softkms:", "", "names no key"},
+		{"pkcs11:token=kb;object=x", "", "no configured backend"},
+		{"softkms:x;path=/elsewhere.json;kek-source=/k", "", "no configured backend"},
+		{"nonsense", "", "root key"},
+	} {
+		_, name, key, err := r.Resolve(tc.uri)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, ErrInvalidArgument) {
+				t.Errorf("Resolve(%q) err = %v, want invalid argument containing %q", tc.uri, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || key != tc.key || name != "soft" {
+			t.Errorf("Resolve(%q) = %q, %q, %v", tc.uri, name, key, err)
+		}
+	}
+}
+
+func TestDeriveIsDeterministicAndSeparated(t *testing.T) {
+	ctx := t.Context()
+	r, _ := softRoots(t)
+	k := &Key{ID: "payments", Type: AES256GCM, Mode: ModeDerive, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}, {Version: 2, RootKey: "softkms:prf-root"}}}
+	m1, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A fresh material service (another central node) derives the same.
+	m1b, _ := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 1)
+	if !m1.Equal(m1b) {
+		t.Error("derived material differs between two derivations")
+	}
+	m2, _ := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 2)
+	if m1.Equal(m2) {
+		t.Error("versions 1 and 2 derived the same material")
+	}
+	other := &Key{ID: "refunds", Type: AES256GCM, Mode: ModeDerive, Versions: k.Versions}
+	m3, _ := NewMaterials(r, 10, time.Hour, nil).Get(ctx, other, 1)
+	if m1.Equal(m3) {
+		t.Error("two keys derived the same material")
+	}
+	if _, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 3); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(missing version) = %v", err)
+	}
+	bad := &Key{ID: "x", Type: AES256GCM, Mode: ModeDerive, Versions: []Version{{Version: 1, RootKey: "softkms:aes-root"}}}
+	if _, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, bad, 1); !errors.Is(err, backends.ErrInvalidArgument) {
+		t.Errorf("derive with an AES root: err = %v, want the backend's invalid argument", err)
+	}
+}
+
+func TestWrapModeRoundTrip(t *testing.T) {
+	ctx := t.Context()
+	r, _ := softRoots(t)
+	ms := NewMaterials(r, 10, time.Hour, nil)
+	k := &Key{ID: "vault", Type: AES256GCM, Mode: ModeWrap}
+	v, err := ms.NewVersion(ctx, k, "softkms:aes-root", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Wrapped) == 0 || v.RootKey != "softkms:aes-root" {
+		t.Fatalf("NewVersion = %+v", v)
+	}
+	k.Versions = []Version{v}
+	m, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 1)
+	if err != nil || m.Len() != 32 {
+		t.Fatalf("Get = %v, %v", m, err)
+	}
+	// The wrapped material is bound to its key and version.
+	moved := &Key{ID: "other", Type: AES256GCM, Mode: ModeWrap, Versions: []Version{v}}
+	if _, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, moved, 1); !errors.Is(err, backends.ErrDecryptionFailed) {
+		t.Errorf("wrapped material moved to another key: err = %v, want decryption failure", err)
+	}
+	if _, err := ms.NewVersion(ctx, k, "softkms:prf-root", 2); err == nil {
+		t.Error("wrap mode accepted an HMAC root key")
+	}
+}
+
+func TestSigningKeysFromMaterial(t *testing.T) {
+	ctx := t.Context()
+	r, _ := softRoots(t)
+	ms := NewMaterials(r, 10, time.Hour, nil)
+	for _, typ := range []KeyType{ECDSAP256, Ed25519} {
+		k := &Key{ID: "signer-" + string(typ), Type: typ, Mode: ModeDerive}
+		v, err := ms.NewVersion(ctx, k, "softkms:prf-root", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.Versions = []Version{v}
+		m, err := ms.Get(ctx, k, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sk, err := SigningKey(typ, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := x509.ParsePKIXPublicKey(v.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("hello")
+		d := sha256.Sum256(msg)
+		switch p := pub.(type) {
+		case *ecdsa.PublicKey:
+			sig, _ := ecdsa.SignASN1(nil, sk.(*ecdsa.PrivateKey), d[:])
+			if !ecdsa.VerifyASN1(p, d[:], sig) {
+				t.Error("ECDSA key from material does not match the recorded public key")
+			}
+		case ed25519.PublicKey:
+			if !ed25519.Verify(p, msg, ed25519.Sign(sk.(ed25519.PrivateKey), msg)) {
+				t.Error("Ed25519 key from material does not match the recorded public key")
+			}
+		}
+	}
+	// Any 32 bytes make a valid ECDSA key, including all-zero and all-one.
+	for _, b := range []byte{0x00, 0xff} {
+		raw := make([]byte, 32)
+		for i := range raw {
+			raw[i] = b
+		}
+		if _, err := SigningKey(ECDSAP256, secret.New(raw)); err != nil {
+			t.Errorf("SigningKey(%02x…) = %v", b, err)
+		}
+	}
+}
+
+func TestBackendModeChecksRoot(t *testing.T) {
+	ctx := t.Context()
+	r, _ := softRoots(t)
+	ms := NewMaterials(r, 10, time.Hour, nil)
+	if _, err := ms.NewVersion(ctx, &Key{ID: "s", Type: ECDSAP256, Mode: ModeBackend}, "softkms:aes-root", 1); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("backend ECDSA key on an AES root: err = %v", err)
+	}
+	v, err := ms.NewVersion(ctx, &Key{ID: "s", Type: ECDSAP256, Mode: ModeBackend}, "softkms:ec-root", 1)
+	if err != nil || len(v.PublicKey) == 0 {
+		t.Errorf("backend ECDSA key on an EC root = %+v, %v", v, err)
+	}
+	k := &Key{ID: "s", Type: ECDSAP256, Mode: ModeBackend, Versions: []Version{v}}
+	if _, err := ms.Get(ctx, k, 1); !errors.Is(err, ErrFailedPrecondition) {
+		t.Errorf("material of a backend-mode key: err = %v", err)
+	}
+}

@@ -1,0 +1,144 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/keybroker/keybroker/backends"
+)
+
+// RootConfig names one configured root of trust.
+type RootConfig struct {
+	// Name identifies the backend in logs, metrics and audit lines.
+	Name string
+	// URI opens the backend (a backend URI, with or without a key).
+	URI string
+}
+
+type root struct {
+	name    string
+	uri     backends.KeyURI
+	backend backends.Backend
+}
+
+// Roots holds the opened roots of trust and resolves root key URIs to one
+// of them.
+//
+// A root key URI names the backend it lives in by its connection
+// attributes; when it has none (softkms:root-1, or pkcs11:object=… on the
+// only token), it names the one configured backend of its scheme. Key URIs
+// that match no configured backend are refused, so a CreateKey cannot make
+// the central tier open a backend nobody configured.
+type Roots struct {
+	roots []*root
+}
+
+// OpenRoots opens every configured backend. On error, those already open
+// are closed.
+func OpenRoots(ctx context.Context, reg *backends.Registry, cfgs []RootConfig, opts backends.Options) (*Roots, error) {
+	r := &Roots{}
+	seen := map[string]bool{}
+	for _, c := range cfgs {
+		if c.Name == "" || seen[c.Name] {
+			r.Close()
+			return nil, fmt.Errorf("broker: backend name %q is empty or repeated", c.Name)
+		}
+		seen[c.Name] = true
+		u, err := backends.ParseKeyURI(c.URI)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("broker: backend %q: %w", c.Name, err)
+		}
+		b, err := reg.Open(ctx, c.URI, opts)
+		if err != nil {
+			r.Close()
+			return nil, fmt.Errorf("broker: backend %q: %w", c.Name, err)
+		}
+		r.roots = append(r.roots, &root{name: c.Name, uri: u, backend: b})
+	}
+	if len(r.roots) == 0 {
+		return nil, errors.New("broker: no backends configured")
+	}
+	return r, nil
+}
+
+// NewRoots wraps already opened backends (tests, keybroker dev).
+func NewRoots(named map[string]backends.Backend, uris map[string]string) (*Roots, error) {
+	r := &Roots{}
+	names := make([]string, 0, len(named))
+	for n := range named {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		u, err := backends.ParseKeyURI(uris[n])
+		if err != nil {
+			return nil, fmt.Errorf("broker: backend %q: %w", n, err)
+		}
+		r.roots = append(r.roots, &root{name: n, uri: u, backend: named[n]})
+	}
+	return r, nil
+}
+
+// Resolve finds the backend holding the root key named by keyURI and the
+// key's name inside it.
+func (r *Roots) Resolve(keyURI string) (b backends.Backend, backendName, key string, err error) {
+	u, err := backends.ParseKeyURI(keyURI)
+	if err != nil {
+		return nil, "", "", errorf(ErrInvalidArgument, "root key: %v", err)
+	}
+	if u.Key() == "" {
+		return nil, "", "", errorf(ErrInvalidArgument, "root key URI %q names no key", keyURI)
+	}
+	bare := u.BackendURI() == u.Scheme()+":"
+	var match []*root
+	for _, rt := range r.roots {
+		if rt.uri.Scheme() != u.Scheme() {
+			continue
+		}
+		if rt.uri.BackendURI() == u.BackendURI() || bare {
+			match = append(match, rt)
+		}
+	}
+	switch len(match) {
+	case 0:
+		return nil, "", "", errorf(ErrInvalidArgument, "root key %q is in no configured backend", keyURI)
+	case 1:
+		return match[0].backend, match[0].name, u.Key(), nil
+	}
+	return nil, "", "", errorf(ErrInvalidArgument, "root key %q matches %d configured backends; give its connection attributes", keyURI, len(match))
+}
+
+// Names lists the configured backends.
+func (r *Roots) Names() []string {
+	out := make([]string, len(r.roots))
+	for i, rt := range r.roots {
+		out[i] = rt.name
+	}
+	return out
+}
+
+// Health checks every backend that can say; the map holds one entry per
+// backend (nil when healthy or not a HealthChecker).
+func (r *Roots) Health(ctx context.Context) map[string]error {
+	out := map[string]error{}
+	for _, rt := range r.roots {
+		if h, ok := rt.backend.(backends.HealthChecker); ok {
+			out[rt.name] = h.Health(ctx)
+		} else {
+			out[rt.name] = nil
+		}
+	}
+	return out
+}
+
+// Close closes every backend.
+func (r *Roots) Close() error {
+	var errs []error
+	for _, rt := range r.roots {
+		errs = append(errs, rt.backend.Close())
+	}
+	return errors.Join(errs...)
+}
