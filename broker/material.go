@@ -105,7 +105,9 @@ func NewMaterials(roots *Roots, capacity int, ttl time.Duration, now func() time
 	return &Materials{roots: roots, ttl: ttl, cap: max(capacity, 1), now: now, ll: list.New(), m: map[string]*list.Element{}}
 }
 
-func cacheID(keyID string, v uint32) string { return keyID + "\x00" + strconv.FormatUint(uint64(v), 10) }
+func cacheID(keyID string, v uint32) string {
+	return keyID + "\x00" + strconv.FormatUint(uint64(v), 10)
+}
 
 // Get returns the material of version v of k. The caller must not destroy
 // it; it belongs to the cache.

@@ -275,8 +275,10 @@ func TestReuserPolicy(t *testing.T) {
 		return dk
 	}
 	a := get(10)
-	if get(10) != a || get(10) != a {
-		t.Fatal("data key not reused within the message limit")
+	for range 2 {
+		if get(10) != a {
+			t.Fatal("data key not reused within the message limit")
+		}
 	}
 	b := get(10) // fourth message: MaxMessages=3 spent
 	if b == a || created.Load() != 2 {

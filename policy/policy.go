@@ -319,7 +319,7 @@ func (s *Set) decide(principal Principal, action Action, resource cedar.EntityUI
 		Resource:  resource,
 		Context:   cedar.NewRecord(nil),
 	}
-	dec, diag := s.ps.IsAuthorized(entities, req)
+	dec, diag := cedar.Authorize(s.ps, entities, req)
 	d := Decision{Allowed: dec == cedar.Allow}
 	for _, r := range diag.Reasons {
 		d.Policies = append(d.Policies, string(r.PolicyID))
