@@ -69,3 +69,14 @@ func CheckSign(scheme, key string, digest []byte) error {
 	}
 	return nil
 }
+
+// CheckDataKey validates GenerateDataKey arguments.
+func CheckDataKey(scheme, key string, aad []byte) error {
+	switch {
+	case key == "":
+		return Errorf(scheme, "generate-data-key", key, ErrInvalidArgument, "empty key name")
+	case len(aad) > MaxAAD:
+		return Errorf(scheme, "generate-data-key", key, ErrInvalidArgument, "aad is %d bytes, limit %d", len(aad), MaxAAD)
+	}
+	return nil
+}

@@ -355,11 +355,8 @@ func (b *Backend) Decrypt(ctx context.Context, key string, ciphertext, aad []byt
 // GenerateDataKey implements backends.DataKeyGenerator with KMS
 // GenerateDataKey (AES_256).
 func (b *Backend) GenerateDataKey(ctx context.Context, key string, aad []byte) (*secret.Bytes, []byte, error) {
-	switch {
-	case key == "":
-		return nil, nil, invalid("generate-data-key", key, "empty key name")
-	case len(aad) > backends.MaxAAD:
-		return nil, nil, invalid("generate-data-key", key, "aad is %d bytes, limit %d", len(aad), backends.MaxAAD)
+	if err := backends.CheckDataKey(scheme, key, aad); err != nil {
+		return nil, nil, err
 	}
 	out, err := call(ctx, b, "generate-data-key", key, func(ctx context.Context) (*kms.GenerateDataKeyOutput, error) {
 		return b.api.GenerateDataKey(ctx, &kms.GenerateDataKeyInput{
