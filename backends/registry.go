@@ -2,6 +2,7 @@ package backends
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -88,4 +89,17 @@ func (r *Registry) Open(ctx context.Context, uri string, opts Options) (Backend,
 			scheme, strings.Join(r.Schemes(), ", "), ErrInvalidArgument)
 	}
 	return open(ctx, uri, opts)
+}
+
+// RegisterCollector registers c with reg, or returns the collector already
+// registered under the same description, so that several backends of one
+// kind in a process share their metrics instead of failing to start.
+func RegisterCollector[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, err
 }

@@ -290,31 +290,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"op"}),
 	}
 	var err error
-	if m.calls, err = register(reg, m.calls); err != nil {
+	if m.calls, err = backends.RegisterCollector(reg, m.calls); err != nil {
 		return nil, err
 	}
-	if m.retries, err = register(reg, m.retries); err != nil {
+	if m.retries, err = backends.RegisterCollector(reg, m.retries); err != nil {
 		return nil, err
 	}
-	if m.integrity, err = register(reg, m.integrity); err != nil {
+	if m.integrity, err = backends.RegisterCollector(reg, m.integrity); err != nil {
 		return nil, err
 	}
-	if m.duration, err = register(reg, m.duration); err != nil {
+	if m.duration, err = backends.RegisterCollector(reg, m.duration); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// register registers c, or returns the collector already registered under
-// the same description, so several backends in one process share metrics.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, err
 }
 
 // observe records a finished operation; used as

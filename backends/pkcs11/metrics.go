@@ -1,7 +1,6 @@
 package pkcs11
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,22 +98,13 @@ func newMetrics(reg prometheus.Registerer, token string) (*metrics, error) {
 	return m, nil
 }
 
-// register registers c, or returns the collector already registered under
-// the same description (two backends on one token and registerer share it).
+// register chains backends.RegisterCollector calls, stopping at the first
+// error.
 func register[C prometheus.Collector](reg prometheus.Registerer, c C, prev error) (C, error) {
 	if prev != nil {
 		return c, prev
 	}
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, err
-	}
-	return c, nil
+	return backends.RegisterCollector(reg, c)
 }
 
 func (m *metrics) gauges() poolGauges {

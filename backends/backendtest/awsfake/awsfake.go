@@ -67,6 +67,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/backends/backendtest"
 )
 
 // The fake's fixed identity.
@@ -110,11 +112,10 @@ type Fake struct {
 	keys    map[string]*key   // by key id
 	aliases map[string]string // alias name ("alias/x") to key id
 
-	fmu    sync.Mutex
-	faults Faults
-	rng    *mrand.Rand
-	calls  map[string]int
-	total  int
+	fmu                     sync.Mutex
+	faults                  Faults
+	rng                     *mrand.Rand
+	backendtest.CallCounter // calls by operation
 }
 
 // New starts a fake on a local httptest server, closed when tb's test ends.
@@ -123,7 +124,6 @@ func New(tb testing.TB) *Fake {
 	f := &Fake{
 		keys:    map[string]*key{},
 		aliases: map[string]string{},
-		calls:   map[string]int{},
 		rng:     newRand(0),
 	}
 	f.srv = httptest.NewServer(f)
@@ -212,29 +212,6 @@ func (f *Fake) SetFaults(fl Faults) {
 	f.rng = newRand(fl.Seed)
 }
 
-// Calls reports how many requests operation op (e.g. "Encrypt") received,
-// faulted ones included.
-func (f *Fake) Calls(op string) int {
-	f.fmu.Lock()
-	defer f.fmu.Unlock()
-	return f.calls[op]
-}
-
-// TotalCalls reports how many requests the fake received.
-func (f *Fake) TotalCalls() int {
-	f.fmu.Lock()
-	defer f.fmu.Unlock()
-	return f.total
-}
-
-// ResetCalls zeroes the call counters.
-func (f *Fake) ResetCalls() {
-	f.fmu.Lock()
-	defer f.fmu.Unlock()
-	clear(f.calls)
-	f.total = 0
-}
-
 func newRand(seed uint64) *mrand.Rand {
 	return mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 }
@@ -274,7 +251,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf("SerializationException", "request body unreadable or over %d bytes", maxBody))
 		return
 	}
-	latency, fault := f.count(op)
+	latency, fault := f.admit(op)
 	if latency > 0 {
 		t := time.NewTimer(latency)
 		select {
@@ -324,13 +301,12 @@ const (
 	throttled
 )
 
-// count records a call to op and decides its fate: the latency to add and
+// admit records a call to op and decides its fate: the latency to add and
 // the fault to inject, if any.
-func (f *Fake) count(op string) (time.Duration, fault) {
+func (f *Fake) admit(op string) (time.Duration, fault) {
 	f.fmu.Lock()
 	defer f.fmu.Unlock()
-	f.calls[op]++
-	f.total++
+	f.Count(op)
 	switch {
 	case f.faults.Outage:
 		return f.faults.Latency, outage

@@ -72,6 +72,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/keybroker/keybroker/backends/backendtest"
 )
 
 // Faults are the failures the fake injects. The zero value injects none.
@@ -116,11 +118,10 @@ type Fake struct {
 	rings map[string]bool
 	keys  map[string]*cryptoKey // by CryptoKey name
 
-	fmu    sync.Mutex
-	faults Faults
-	acc    float64 // UnavailableFraction accumulator
-	calls  map[string]int
-	total  int
+	fmu                     sync.Mutex
+	faults                  Faults
+	acc                     float64 // UnavailableFraction accumulator
+	backendtest.CallCounter         // calls by operation
 }
 
 // New starts a fake on 127.0.0.1, stopped when tb's test ends.
@@ -136,7 +137,6 @@ func New(tb testing.TB) *Fake {
 		addr:  lis.Addr().String(),
 		rings: make(map[string]bool),
 		keys:  make(map[string]*cryptoKey),
-		calls: make(map[string]int),
 	}
 	f.srv = grpc.NewServer(grpc.UnaryInterceptor(f.intercept))
 	kmspb.RegisterKeyManagementServiceServer(f.srv, &server{Fake: f})
@@ -167,36 +167,12 @@ func (f *Fake) SetFaults(fl Faults) {
 	f.acc = 0
 }
 
-// Calls reports how many RPCs method (e.g. "Encrypt") received, faulted
-// ones included.
-func (f *Fake) Calls(method string) int {
-	f.fmu.Lock()
-	defer f.fmu.Unlock()
-	return f.calls[method]
-}
-
-// TotalCalls reports how many RPCs the fake received.
-func (f *Fake) TotalCalls() int {
-	f.fmu.Lock()
-	defer f.fmu.Unlock()
-	return f.total
-}
-
-// ResetCalls zeroes the call counters.
-func (f *Fake) ResetCalls() {
-	f.fmu.Lock()
-	defer f.fmu.Unlock()
-	clear(f.calls)
-	f.total = 0
-}
-
 // admit counts a call and decides its transport-level fate. It returns the
 // faults in force for the rest of the call.
 func (f *Fake) admit(method string) (Faults, error) {
 	f.fmu.Lock()
 	defer f.fmu.Unlock()
-	f.calls[method]++
-	f.total++
+	f.Count(method)
 	fl := f.faults
 	switch {
 	case fl.Outage:
