@@ -202,21 +202,10 @@ func ValidateLabels(labels map[string]string) error {
 // validate checks a key's invariants; the registry refuses to store a key
 // that breaks one.
 func (k *Key) validate() error {
+	if err := k.validateMeta(); err != nil {
+		return err
+	}
 	switch {
-	case !ValidKeyID(k.ID):
-		return errorf(ErrInvalidArgument, "key id %q must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", k.ID)
-	case !k.Type.Valid():
-		return errorf(ErrInvalidArgument, "key type %q is not aes-256-gcm, hmac-sha256, ecdsa-p256 or ed25519", k.Type)
-	case !k.Mode.Valid():
-		return errorf(ErrInvalidArgument, "key mode %q is not derive, wrap or backend", k.Mode)
-	case k.Derived && k.Type != AES256GCM:
-		return errorf(ErrInvalidArgument, "derived per-context keys are aes-256-gcm only")
-	case k.Derived && k.Mode == ModeBackend:
-		return errorf(ErrInvalidArgument, "backend-mode keys have no material to derive per-context keys from")
-	case k.RotationPeriod != 0 && k.RotationPeriod < MinRotationPeriod:
-		return errorf(ErrInvalidArgument, "rotation period %s is shorter than %s", k.RotationPeriod, MinRotationPeriod)
-	case len(k.Description) > 1024:
-		return errorf(ErrInvalidArgument, "description longer than 1024 bytes")
 	case len(k.Versions) == 0 || len(k.Versions) > MaxVersions:
 		return errorf(ErrInvalidArgument, "key has %d versions", len(k.Versions))
 	case k.Version(k.Primary) == nil:
@@ -234,6 +223,27 @@ func (k *Key) validate() error {
 		if k.Mode == ModeWrap && len(v.Wrapped) == 0 {
 			return errorf(ErrInvalidArgument, "wrap-mode version %d has no wrapped material", v.Version)
 		}
+	}
+	return nil
+}
+
+// validateMeta checks everything but the versions.
+func (k *Key) validateMeta() error {
+	switch {
+	case !ValidKeyID(k.ID):
+		return errorf(ErrInvalidArgument, "key id %q must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", k.ID)
+	case !k.Type.Valid():
+		return errorf(ErrInvalidArgument, "key type %q is not aes-256-gcm, hmac-sha256, ecdsa-p256 or ed25519", k.Type)
+	case !k.Mode.Valid():
+		return errorf(ErrInvalidArgument, "key mode %q is not derive, wrap or backend", k.Mode)
+	case k.Derived && k.Type != AES256GCM:
+		return errorf(ErrInvalidArgument, "derived per-context keys are aes-256-gcm only")
+	case k.Derived && k.Mode == ModeBackend:
+		return errorf(ErrInvalidArgument, "backend-mode keys have no material to derive per-context keys from")
+	case k.RotationPeriod != 0 && k.RotationPeriod < MinRotationPeriod:
+		return errorf(ErrInvalidArgument, "rotation period %s is shorter than %s", k.RotationPeriod, MinRotationPeriod)
+	case len(k.Description) > 1024:
+		return errorf(ErrInvalidArgument, "description longer than 1024 bytes")
 	}
 	return ValidateLabels(k.Labels)
 }

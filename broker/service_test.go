@@ -1,0 +1,462 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/backends/softkms"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/secret"
+)
+
+// counting wraps a softkms backend and counts the calls that reach it.
+type counting struct {
+	*softkms.Backend
+	calls atomic.Int64
+}
+
+func (c *counting) Encrypt(ctx context.Context, k string, p, a []byte) ([]byte, error) {
+	c.calls.Add(1)
+	return c.Backend.Encrypt(ctx, k, p, a)
+}
+func (c *counting) Decrypt(ctx context.Context, k string, ct, a []byte) (*secret.Bytes, error) {
+	c.calls.Add(1)
+	return c.Backend.Decrypt(ctx, k, ct, a)
+}
+func (c *counting) MAC(ctx context.Context, k string, d []byte) (*secret.Bytes, error) {
+	c.calls.Add(1)
+	return c.Backend.MAC(ctx, k, d)
+}
+func (c *counting) Sign(ctx context.Context, k string, d []byte) ([]byte, error) {
+	c.calls.Add(1)
+	return c.Backend.Sign(ctx, k, d)
+}
+
+var _ interface {
+	backends.Backend
+	backends.MACer
+	backends.Signer
+} = (*counting)(nil)
+
+type env struct {
+	svc     *Service
+	backend *counting
+	clock   *clock
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	dir := t.TempDir()
+	kek := filepath.Join(dir, "kek")
+	os.WriteFile(kek, []byte(strings.Repeat("22", 32)), 0o600)
+	ksPath := filepath.Join(dir, "softkms.json")
+	sb, err := softkms.New(t.Context(), softkms.Config{Path: ksPath, KEKFile: kek})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, alg := range map[string]backends.Algorithm{"aes-root": backends.AES256, "prf-root": backends.HMAC256,
+		"ec-root": backends.ECDSAP256, "ed-root": backends.Ed25519, "mac-root": backends.HMAC256} {
+		if _, err := sb.CreateKey(t.Context(), name, alg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cb := &counting{Backend: sb}
+	roots, err := NewRoots(map[string]backends.Backend{"soft": cb}, map[string]string{"soft": "softkms:path=" + ksPath + ";kek-source=" + kek})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { roots.Close() })
+	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := &clock{t: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
+	svc, err := NewService(ServiceConfig{
+		Registry: NewRegistry(st, c.Now), Roots: roots, Materials: NewMaterials(roots, 100, time.Hour, c.Now),
+		DefaultRoots: map[Mode]string{ModeDerive: "softkms:prf-root", ModeWrap: "softkms:aes-root"}, Now: c.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{svc: svc, backend: cb, clock: c}
+}
+
+func (e *env) create(t *testing.T, id string, typ KeyType, mode Mode, root string, derived bool) *Key {
+	t.Helper()
+	k, err := e.svc.CreateKey(t.Context(), CreateParams{ID: id, Type: typ, Mode: mode, RootKey: root, Derived: derived, Labels: map[string]string{"app": "test"}})
+	if err != nil {
+		t.Fatalf("CreateKey(%s %s %s): %v", id, typ, mode, err)
+	}
+	return k
+}
+
+func wantErr(t *testing.T, what string, err, kind error) {
+	t.Helper()
+	if !errors.Is(err, kind) {
+		t.Errorf("%s: err = %v, want %v", what, err, kind)
+	}
+}
+
+func TestEncryptDecryptEveryMode(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	for _, tc := range []struct {
+		mode    Mode
+		root    string
+		derived bool
+	}{
+		{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", false}, {ModeWrap, "", true}, {ModeBackend, "softkms:aes-root", false},
+	} {
+		t.Run(fmt.Sprintf("%s derived=%v", tc.mode, tc.derived), func(t *testing.T) {
+			id := fmt.Sprintf("aes-%s-%v", tc.mode, tc.derived)
+			e.create(t, id, AES256GCM, tc.mode, tc.root, tc.derived)
+			ectx := map[string]string{"tenant": "42"}
+			for _, pt := range [][]byte{nil, []byte("hello"), bytes.Repeat([]byte{7}, 100_000)} {
+				ct, k, err := e.svc.Encrypt(ctx, id, pt, ectx)
+				if err != nil || k.Primary != 1 {
+					t.Fatalf("Encrypt: %v", err)
+				}
+				got, _, v, err := e.svc.Decrypt(ctx, ct, ectx, "")
+				if err != nil || !bytes.Equal(got, pt) || v != 1 {
+					t.Fatalf("Decrypt = %d bytes v%d, %v", len(got), v, err)
+				}
+				_, _, _, err = e.svc.Decrypt(ctx, ct, map[string]string{"tenant": "43"}, "")
+				wantErr(t, "wrong context", err, ErrInvalidArgument)
+				_, _, _, err = e.svc.Decrypt(ctx, ct, nil, "")
+				wantErr(t, "missing context", err, ErrInvalidArgument)
+				bad := bytes.Clone(ct)
+				bad[len(bad)-1] ^= 1
+				_, _, _, err = e.svc.Decrypt(ctx, bad, ectx, "")
+				wantErr(t, "tampered", err, ErrInvalidArgument)
+				_, _, _, err = e.svc.Decrypt(ctx, ct, ectx, "other-key")
+				wantErr(t, "expected another key", err, ErrInvalidArgument)
+			}
+		})
+	}
+}
+
+func TestForeignAndMalformedCiphertexts(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.create(t, "a", AES256GCM, ModeDerive, "", false)
+	e.create(t, "b", AES256GCM, ModeDerive, "", false)
+	ct, _, _ := e.svc.Encrypt(ctx, "a", []byte("secret"), nil)
+	// Relabel a's ciphertext as b's: b's material does not open a's DEK.
+	foreign := append([]byte{ct[0], ct[1]}, 'b')
+	foreign = append(foreign, ct[3:]...)
+	_, _, _, err := e.svc.Decrypt(ctx, foreign, nil, "")
+	wantErr(t, "relabelled ciphertext", err, ErrInvalidArgument)
+	for _, in := range [][]byte{nil, {1}, ct[:20], append([]byte{9}, ct[1:]...)} {
+		_, _, _, err := e.svc.Decrypt(ctx, in, nil, "")
+		wantErr(t, fmt.Sprintf("malformed %x", in[:min(len(in), 4)]), err, ErrInvalidArgument)
+	}
+	// Unknown key in a well-formed ciphertext.
+	e.create(t, "gone", AES256GCM, ModeDerive, "", false)
+	ct2, _, _ := e.svc.Encrypt(ctx, "gone", []byte("x"), nil)
+	e.svc.SetState(ctx, "gone", ScheduleDeletion(e.clock.Now(), 0))
+	e.clock.Advance(31 * 24 * time.Hour)
+	if _, _, err := e.svc.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err = e.svc.Decrypt(ctx, ct2, nil, "")
+	wantErr(t, "deleted key", err, ErrNotFound)
+	_, _, err = e.svc.Encrypt(ctx, "never", []byte("x"), nil)
+	wantErr(t, "unknown key", err, ErrNotFound)
+	_, _, err = e.svc.Encrypt(ctx, "a", make([]byte, MaxPlaintext+1), nil)
+	wantErr(t, "oversized", err, ErrInvalidArgument)
+}
+
+func TestRotationAndLifecycle(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.create(t, "k", AES256GCM, ModeWrap, "", false)
+	ct1, _, _ := e.svc.Encrypt(ctx, "k", []byte("v1 data"), nil)
+	k, err := e.svc.RotateKey(ctx, "k")
+	if err != nil || k.Primary != 2 {
+		t.Fatalf("RotateKey = %v, %v", k, err)
+	}
+	ct2, k2, _ := e.svc.Encrypt(ctx, "k", []byte("v2 data"), nil)
+	if k2.Primary != 2 {
+		t.Errorf("encrypt after rotate used version %d", k2.Primary)
+	}
+	if pt, _, v, err := e.svc.Decrypt(ctx, ct1, nil, ""); err != nil || string(pt) != "v1 data" || v != 1 {
+		t.Errorf("old ciphertext after rotation: %q v%d %v", pt, v, err)
+	}
+	two := uint32(2)
+	if _, err := e.svc.UpdateKey(ctx, UpdateParams{ID: "k", MinDecryptionVersion: &two}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err = e.svc.Decrypt(ctx, ct1, nil, "")
+	wantErr(t, "below minimum version", err, ErrFailedPrecondition)
+	if _, _, _, err := e.svc.Decrypt(ctx, ct2, nil, ""); err != nil {
+		t.Errorf("v2 after raising the minimum: %v", err)
+	}
+	e.svc.SetState(ctx, "k", Disable)
+	_, _, err = e.svc.Encrypt(ctx, "k", []byte("x"), nil)
+	wantErr(t, "encrypt disabled", err, ErrFailedPrecondition)
+	_, _, _, err = e.svc.Decrypt(ctx, ct2, nil, "")
+	wantErr(t, "decrypt disabled", err, ErrFailedPrecondition)
+	e.svc.SetState(ctx, "k", Enable)
+	e.svc.SetState(ctx, "k", ScheduleDeletion(e.clock.Now(), 7*24*time.Hour))
+	_, _, _, err = e.svc.Decrypt(ctx, ct2, nil, "")
+	wantErr(t, "decrypt pending deletion", err, ErrFailedPrecondition)
+	e.svc.SetState(ctx, "k", CancelDeletion)
+	e.svc.SetState(ctx, "k", Enable)
+	if _, _, _, err := e.svc.Decrypt(ctx, ct2, nil, ""); err != nil {
+		t.Errorf("decrypt after cancel and enable: %v", err)
+	}
+}
+
+func TestSignVerifyEveryMode(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	for _, tc := range []struct {
+		typ  KeyType
+		mode Mode
+		root string
+	}{
+		{ECDSAP256, ModeDerive, ""}, {ECDSAP256, ModeWrap, ""}, {ECDSAP256, ModeBackend, "softkms:ec-root"},
+		{Ed25519, ModeDerive, ""}, {Ed25519, ModeWrap, ""}, {Ed25519, ModeBackend, "softkms:ed-root"},
+	} {
+		t.Run(string(tc.typ)+" "+string(tc.mode), func(t *testing.T) {
+			id := "sig-" + string(tc.typ) + "-" + string(tc.mode)
+			e.create(t, id, tc.typ, tc.mode, tc.root, false)
+			msg := []byte("sign me")
+			sig, _, err := e.svc.Sign(ctx, id, msg, false)
+			if err != nil {
+				t.Fatalf("Sign: %v", err)
+			}
+			ok, v, err := e.svc.Verify(ctx, id, 0, msg, false, sig)
+			if err != nil || !ok || v != 1 {
+				t.Errorf("Verify = %v v%d, %v", ok, v, err)
+			}
+			if ok, _, _ := e.svc.Verify(ctx, id, 0, []byte("other"), false, sig); ok {
+				t.Error("signature verifies for another message")
+			}
+			der, _, _, err := e.svc.PublicKey(ctx, id, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub, _ := x509.ParsePKIXPublicKey(der)
+			switch p := pub.(type) {
+			case *ecdsa.PublicKey:
+				d := sha256.Sum256(msg)
+				if !ecdsa.VerifyASN1(p, d[:], sig) {
+					t.Error("stdlib ECDSA verify fails")
+				}
+				dsig, _, err := e.svc.Sign(ctx, id, d[:], true)
+				if err != nil || !ecdsa.VerifyASN1(p, d[:], dsig) {
+					t.Errorf("Sign(digest) = %v", err)
+				}
+				_, _, err = e.svc.Sign(ctx, id, d[:31], true)
+				wantErr(t, "short digest", err, ErrInvalidArgument)
+			case ed25519.PublicKey:
+				if !ed25519.Verify(p, msg, sig) {
+					t.Error("stdlib Ed25519 verify fails")
+				}
+				_, _, err = e.svc.Sign(ctx, id, msg, true)
+				wantErr(t, "ed25519 digest", err, ErrInvalidArgument)
+			default:
+				t.Fatalf("public key %T", pub)
+			}
+			if tc.mode != ModeBackend {
+				if _, err := e.svc.RotateKey(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+				// The old version still verifies the old signature.
+				if ok, _, err := e.svc.Verify(ctx, id, 1, msg, false, sig); err != nil || !ok {
+					t.Errorf("Verify(v1) after rotation = %v, %v", ok, err)
+				}
+				sig2, _, _ := e.svc.Sign(ctx, id, msg, false)
+				if ok, _, _ := e.svc.Verify(ctx, id, 1, msg, false, sig2); ok {
+					t.Error("v2 signature verifies under v1")
+				}
+			} else {
+				_, err := e.svc.RotateKey(ctx, id)
+				wantErr(t, "rotate backend signing key", err, ErrFailedPrecondition)
+			}
+		})
+	}
+	_, _, err := e.svc.Sign(ctx, "aes-none", []byte("x"), false)
+	wantErr(t, "sign unknown", err, ErrNotFound)
+	e.create(t, "aes-k", AES256GCM, ModeDerive, "", false)
+	_, _, err = e.svc.Sign(ctx, "aes-k", []byte("x"), false)
+	wantErr(t, "sign with aes", err, ErrInvalidArgument)
+}
+
+func TestMACEveryMode(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	for _, tc := range []struct {
+		mode Mode
+		root string
+	}{{ModeDerive, ""}, {ModeWrap, ""}, {ModeBackend, "softkms:mac-root"}} {
+		id := "mac-" + string(tc.mode)
+		e.create(t, id, HMACSHA256, tc.mode, tc.root, false)
+		tag, _, err := e.svc.GenerateMac(ctx, id, []byte("msg"))
+		if err != nil || len(tag) != 32 {
+			t.Fatalf("%s GenerateMac = %x, %v", tc.mode, tag, err)
+		}
+		tag2, _, _ := e.svc.GenerateMac(ctx, id, []byte("msg"))
+		if !bytes.Equal(tag, tag2) {
+			t.Errorf("%s: MAC not deterministic", tc.mode)
+		}
+		if ok, _, err := e.svc.VerifyMac(ctx, id, 0, []byte("msg"), tag); !ok || err != nil {
+			t.Errorf("%s VerifyMac = %v, %v", tc.mode, ok, err)
+		}
+		bad := bytes.Clone(tag)
+		bad[0] ^= 1
+		if ok, _, _ := e.svc.VerifyMac(ctx, id, 0, []byte("msg"), bad); ok {
+			t.Errorf("%s: a flipped tag verifies", tc.mode)
+		}
+		_, _, err = e.svc.GenerateMac(ctx, id, nil)
+		wantErr(t, "empty MAC message", err, ErrInvalidArgument)
+	}
+	_, _, err := e.svc.GenerateMac(ctx, "mac-backend", make([]byte, 5000))
+	wantErr(t, "backend MAC over 4 KiB", err, ErrInvalidArgument)
+	if _, _, err := e.svc.GenerateMac(ctx, "mac-derive", make([]byte, 5000)); err != nil {
+		t.Errorf("derive MAC of 5000 bytes: %v", err)
+	}
+}
+
+func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.create(t, "hot", AES256GCM, ModeDerive, "", false)
+	before := e.backend.calls.Load()
+	var cts [][]byte
+	for i := range 1000 {
+		ct, _, err := e.svc.Encrypt(ctx, "hot", fmt.Appendf(nil, "message %d", i), map[string]string{"i": fmt.Sprint(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cts = append(cts, ct)
+	}
+	var wg sync.WaitGroup
+	for i, ct := range cts {
+		wg.Go(func() {
+			if _, _, _, err := e.svc.Decrypt(ctx, ct, map[string]string{"i": fmt.Sprint(i)}, ""); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := e.backend.calls.Load() - before; got != 1 {
+		t.Errorf("1000 encrypts and 1000 concurrent decrypts made %d backend calls, want 1 (one material derivation)", got)
+	}
+	// A backend-mode key costs one backend call per data key, not per message.
+	e.create(t, "hsm-only", AES256GCM, ModeBackend, "softkms:aes-root", false)
+	before = e.backend.calls.Load()
+	for i := range 500 {
+		if _, _, err := e.svc.Encrypt(ctx, "hsm-only", fmt.Appendf(nil, "m%d", i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.backend.calls.Load() - before; got != 1 {
+		t.Errorf("500 backend-mode encrypts made %d backend calls, want 1 (one wrapped data key)", got)
+	}
+}
+
+func TestGenerateDataKey(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.create(t, "dk", AES256GCM, ModeDerive, "", true)
+	ectx := map[string]string{"bucket": "photos"}
+	dek, ct, _, err := e.svc.GenerateDataKey(ctx, "dk", ectx)
+	if err != nil || dek.Len() != 32 {
+		t.Fatalf("GenerateDataKey = %v", err)
+	}
+	got, _, _, err := e.svc.Decrypt(ctx, ct, ectx, "dk")
+	if err != nil || !bytes.Equal(got, dek.Reveal()) {
+		t.Errorf("Decrypt(encrypted data key) = %v", err)
+	}
+}
+
+func TestCreateKeyErrors(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.create(t, "dup", AES256GCM, ModeDerive, "", false)
+	for _, tc := range []struct {
+		name string
+		p    CreateParams
+		want error
+	}{
+		{"duplicate", CreateParams{ID: "dup", Type: AES256GCM, Mode: ModeDerive}, ErrAlreadyExists},
+		{"bad id", CreateParams{ID: "bad id", Type: AES256GCM, Mode: ModeDerive}, ErrInvalidArgument},
+		{"no default root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeBackend}, ErrInvalidArgument},
+		{"unconfigured root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "pkcs11:token=t;object=o"}, ErrInvalidArgument},
+		{"backend ecdsa on aes root", CreateParams{ID: "x", Type: ECDSAP256, Mode: ModeBackend, RootKey: "softkms:aes-root"}, ErrInvalidArgument},
+		{"derive on aes root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:aes-root"}, backends.ErrInvalidArgument},
+		{"missing root key", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:nope"}, backends.ErrNotFound},
+	} {
+		_, err := e.svc.CreateKey(ctx, tc.p)
+		wantErr(t, tc.name, err, tc.want)
+	}
+	if _, err := e.svc.Registry().Get(ctx, "x"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a failed CreateKey left a key behind: %v", err)
+	}
+}
+
+func TestListKeysAndSweep(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	for i := range 25 {
+		k, err := e.svc.CreateKey(ctx, CreateParams{ID: fmt.Sprintf("k%02d", i), Type: AES256GCM, Mode: ModeDerive,
+			Labels: map[string]string{"team": []string{"a", "b"}[i%2]}, RotationPeriod: 48 * time.Hour})
+		if err != nil || k.NextRotation.IsZero() {
+			t.Fatal(err)
+		}
+	}
+	var all []string
+	token := ""
+	for {
+		page, next, err := e.svc.ListKeys(ctx, map[string]string{"team": "a"}, 5, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range page {
+			all = append(all, k.ID)
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	if len(all) != 13 || all[0] != "k00" || all[12] != "k24" {
+		t.Errorf("paged list of team a = %v", all)
+	}
+	e.clock.Advance(49 * time.Hour)
+	rotated, _, err := e.svc.Sweep(ctx)
+	if err != nil || len(rotated) != 25 {
+		t.Errorf("Sweep rotated %d keys, %v; want 25", len(rotated), err)
+	}
+	k, _ := e.svc.Registry().Get(ctx, "k00")
+	if k.Primary != 2 {
+		t.Errorf("primary after scheduled rotation = %d", k.Primary)
+	}
+}
+
+func TestGenerateRandom(t *testing.T) {
+	e := newEnv(t)
+	b, err := e.svc.GenerateRandom(t.Context(), 32)
+	if err != nil || len(b) != 32 {
+		t.Errorf("GenerateRandom = %d bytes, %v", len(b), err)
+	}
+	_, err = e.svc.GenerateRandom(t.Context(), 0)
+	wantErr(t, "zero length", err, ErrInvalidArgument)
+}
