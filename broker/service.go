@@ -218,6 +218,12 @@ func (s *Service) SetState(ctx context.Context, id string, fn func(*Key) error) 
 	return k, err
 }
 
+// ScheduleDeletion puts a key in pending deletion for window (0: the
+// default 30 days) from now on the service's clock.
+func (s *Service) ScheduleDeletion(ctx context.Context, id string, window time.Duration) (*Key, error) {
+	return s.SetState(ctx, id, ScheduleDeletion(s.now(), window))
+}
+
 // forget drops everything cached for a key.
 func (s *Service) forget(id string) {
 	s.mat.Forget(id)

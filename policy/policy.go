@@ -12,7 +12,10 @@
 // actions. schema.cedarschema is the whole schema.
 //
 // Cedar's semantics apply: default deny, and a matching forbid wins over
-// any permit.
+// any permit. On top of them, every request is checked against the schema
+// before evaluation: an action applies only to the principal kinds the
+// schema names (admin actions to Admin, HoldMaterial to Edge), so no policy,
+// however loosely written, can grant a client an admin action.
 //
 // # Loading
 //
@@ -149,7 +152,9 @@ type Decision struct {
 	Errors []string
 }
 
-// PolicyID is the audit form: the deciding policies joined, or "default-deny".
+// PolicyID is the audit form: the deciding policies joined, "default-deny",
+// or "schema" for a request the schema does not allow (a principal kind the
+// action does not apply to).
 func (d Decision) PolicyID() string {
 	if len(d.Policies) == 0 {
 		if d.Allowed {
@@ -318,6 +323,13 @@ func (s *Set) decide(principal Principal, action Action, resource cedar.EntityUI
 		Action:    cedar.NewEntityUID("Action", cedar.String(action)),
 		Resource:  resource,
 		Context:   cedar.NewRecord(nil),
+	}
+	// The schema says which principal kinds each action applies to; Cedar
+	// does not enforce that when it evaluates, so a policy with an
+	// unconstrained action could grant a client an admin action. Requests
+	// outside the schema are denied whatever the policies say.
+	if v, err := validator(); err != nil || v.Request(req) != nil {
+		return Decision{Policies: []string{"schema"}}
 	}
 	dec, diag := cedar.Authorize(s.ps, entities, req)
 	d := Decision{Allowed: dec == cedar.Allow}

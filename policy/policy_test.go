@@ -62,11 +62,11 @@ func TestAuthorize(t *testing.T) {
 		{"forbid wins over permit", testClient, Encrypt, &prodKey, false, "no-prod-for-test-clients"},
 		{"test client on non-prod", testClient, Decrypt, &billingKey, true, "clients-use-app-keys"},
 		{"admin anything", admin, RotateKey, &otherKey, true, "admins-manage"},
-		{"admin is not an edge", admin, HoldMaterial, &billingKey, true, "admins-manage"},
+		{"admin is not an edge", admin, HoldMaterial, &billingKey, false, "schema"},
 		{"eu edge holds eu key", eu, HoldMaterial, &billingKey, true, "placement-by-region"},
 		{"us edge may not hold eu key", us, HoldMaterial, &billingKey, false, "default-deny"},
 		{"edge key without region", eu, HoldMaterial, &otherKey, false, "default-deny"},
-		{"edge cannot encrypt", eu, Encrypt, &billingKey, false, "default-deny"},
+		{"edge cannot encrypt", eu, Encrypt, &billingKey, false, "schema"},
 		{"unknown kind", Principal{Kind: "robot", Name: "x"}, Encrypt, &billingKey, false, "default-deny"},
 		{"empty name", Principal{Kind: KindClient}, Encrypt, &billingKey, false, "default-deny"},
 		{"service action", app, GenerateRandom, nil, true, "random-for-all"},
@@ -83,6 +83,26 @@ func TestAuthorize(t *testing.T) {
 				t.Errorf("decision = %v by %q (errors %v), want %v by %q", d.Allowed, d.PolicyID(), d.Errors, tc.allow, tc.policy)
 			}
 		})
+	}
+}
+
+func TestSchemaBoundsLoosePolicies(t *testing.T) {
+	s, err := Parse(map[string][]byte{"loose.cedar": []byte(`permit (principal is Client, action, resource);`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Principal{Kind: KindClient, Name: "app"}
+	k := Key{Name: "k"}
+	if d := s.AuthorizeKey(c, Encrypt, k); !d.Allowed {
+		t.Errorf("loose client policy denies Encrypt: %+v", d)
+	}
+	for _, a := range []Action{CreateKey, RotateKey, DisableKey, ScheduleKeyDeletion, HoldMaterial} {
+		if d := s.AuthorizeKey(c, a, k); d.Allowed || d.PolicyID() != "schema" {
+			t.Errorf("loose client policy: %s = %v by %q, want denied by the schema", a, d.Allowed, d.PolicyID())
+		}
+	}
+	if d := s.AuthorizeService(c, ListNodes); d.Allowed {
+		t.Error("a client may ListNodes")
 	}
 }
 

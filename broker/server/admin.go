@@ -1,0 +1,116 @@
+package server
+
+import (
+	"context"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/policy"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+type keyAdmin struct {
+	kbv1.UnimplementedKeyAdminServer
+	s *Server
+}
+
+func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kbv1.KeyMetadata, error) {
+	c, err := a.s.begin(ctx, policy.CreateKey, r.GetKeyId())
+	if err != nil {
+		return nil, err
+	}
+	typ, okT := typeFromProto[r.GetType()]
+	mode, okM := modeFromProto[r.GetMode()]
+	switch {
+	case checkKeyID(r.GetKeyId()) != nil:
+		return nil, c.end(checkKeyID(r.GetKeyId()))
+	case !okT:
+		return nil, c.end(invalid("type %s is not a key type", r.GetType()))
+	case !okM:
+		return nil, c.end(invalid("mode %s is not a key mode", r.GetMode()))
+	}
+	// The resource is the key as it would be created, labels included, so
+	// policies can scope admins by label.
+	res := policy.Key{Name: r.GetKeyId(), Type: string(typ), Mode: string(mode), Labels: r.GetLabels()}
+	if err := c.decide(a.s.policy.Current().AuthorizeKey(c.principal(), policy.CreateKey, res)); err != nil {
+		return nil, c.end(err)
+	}
+	k, err := a.s.svc.CreateKey(ctx, broker.CreateParams{
+		ID: r.GetKeyId(), Type: typ, Mode: mode, Derived: r.GetDerived(), RootKey: r.GetRootKey(),
+		Labels: r.GetLabels(), RotationPeriod: r.GetRotationPeriod().AsDuration(), Description: r.GetDescription(),
+	})
+	if err != nil {
+		return nil, c.end(err)
+	}
+	c.rec.Version = k.Primary
+	return keyToProto(k), c.end(nil)
+}
+
+// adminOp runs a key-changing admin operation.
+func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run func(context.Context) (*broker.Key, error)) (*kbv1.KeyMetadata, error) {
+	return keyOp(ctx, a.s, op, id, func(c *call, _ *broker.Key) (*kbv1.KeyMetadata, error) {
+		k, err := run(c.ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.rec.Version = k.Primary
+		return keyToProto(k), nil
+	})
+}
+
+func (a *keyAdmin) RotateKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
+	return a.adminOp(ctx, policy.RotateKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
+		return a.s.svc.RotateKey(ctx, r.GetKeyId())
+	})
+}
+
+func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kbv1.KeyMetadata, error) {
+	return a.adminOp(ctx, policy.UpdateKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
+		p := broker.UpdateParams{ID: r.GetKeyId(), ExpectedRevision: r.GetExpectedRevision(), Labels: r.GetLabels(),
+			ReplaceLabels: r.GetReplaceLabels(), Description: r.Description, MinDecryptionVersion: r.MinDecryptionVersion}
+		if r.RotationPeriod != nil {
+			d := r.GetRotationPeriod().AsDuration()
+			p.RotationPeriod = &d
+		}
+		return a.s.svc.UpdateKey(ctx, p)
+	})
+}
+
+func (a *keyAdmin) DisableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
+	return a.adminOp(ctx, policy.DisableKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
+		return a.s.svc.SetState(ctx, r.GetKeyId(), broker.Disable)
+	})
+}
+
+func (a *keyAdmin) EnableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
+	return a.adminOp(ctx, policy.EnableKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
+		return a.s.svc.SetState(ctx, r.GetKeyId(), broker.Enable)
+	})
+}
+
+func (a *keyAdmin) ScheduleKeyDeletion(ctx context.Context, r *kbv1.ScheduleKeyDeletionRequest) (*kbv1.KeyMetadata, error) {
+	return a.adminOp(ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
+		// An unset window is zero: the default 30 days.
+		return a.s.svc.ScheduleDeletion(ctx, r.GetKeyId(), r.GetPendingWindow().AsDuration())
+	})
+}
+
+func (a *keyAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
+	return a.adminOp(ctx, policy.CancelKeyDeletion, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
+		return a.s.svc.SetState(ctx, r.GetKeyId(), broker.CancelDeletion)
+	})
+}
+
+// ListNodes lists the nodes this central node knows: itself, until edges
+// register.
+func (a *keyAdmin) ListNodes(ctx context.Context, _ *kbv1.ListNodesRequest) (*kbv1.ListNodesResponse, error) {
+	c, err := a.s.begin(ctx, policy.ListNodes, "")
+	if err != nil {
+		return nil, err
+	}
+	if err := c.authorizeService(policy.ListNodes); err != nil {
+		return nil, c.end(err)
+	}
+	now := timestamppb.Now()
+	return &kbv1.ListNodesResponse{Nodes: []*kbv1.Node{{NodeId: a.s.node, Kind: "central", Address: a.s.addr, LastSeen: now}}}, c.end(nil)
+}

@@ -1,0 +1,350 @@
+package server
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/policy"
+)
+
+// MaxBatch is the most items in one batch request.
+const MaxBatch = 1000
+
+type keyBroker struct {
+	kbv1.UnimplementedKeyBrokerServer
+	s *Server
+}
+
+func invalid(format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+func checkKeyID(id string) error {
+	if !broker.ValidKeyID(id) {
+		return invalid("key_id %q must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", id)
+	}
+	return nil
+}
+
+// keyOp runs one key operation: begin, check the id, authorize, run, end.
+func keyOp[T any](ctx context.Context, s *Server, op policy.Action, keyID string, run func(c *call, k *broker.Key) (T, error)) (T, error) {
+	var zero T
+	c, err := s.begin(ctx, op, keyID)
+	if err != nil {
+		return zero, err
+	}
+	if err := checkKeyID(keyID); err != nil {
+		return zero, c.end(err)
+	}
+	k, err := c.authorizeKey(op)
+	if err != nil {
+		return zero, c.end(err)
+	}
+	out, err := run(c, k)
+	if err != nil {
+		return zero, c.end(err)
+	}
+	return out, c.end(nil)
+}
+
+func (b *keyBroker) Encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
+	return b.s.encrypt(ctx, r)
+}
+
+func (s *Server) encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
+	return keyOp(ctx, s, policy.Encrypt, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.EncryptResponse, error) {
+		ct, k, err := s.svc.Encrypt(c.ctx, r.GetKeyId(), r.GetPlaintext(), r.GetEncryptionContext())
+		if err != nil {
+			return nil, err
+		}
+		c.rec.Version = k.Primary
+		return &kbv1.EncryptResponse{Ciphertext: ct, KeyId: k.ID, KeyVersion: k.Primary}, nil
+	})
+}
+
+func (b *keyBroker) Decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.DecryptResponse, error) {
+	return b.s.decrypt(ctx, r)
+}
+
+func (s *Server) decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.DecryptResponse, error) {
+	// The key to authorize is the one the ciphertext names.
+	keyID, _, err := broker.PeekKeyID(r.GetCiphertext())
+	if err != nil {
+		c, berr := s.begin(ctx, policy.Decrypt, "")
+		if berr != nil {
+			return nil, berr
+		}
+		return nil, c.end(err)
+	}
+	return keyOp(ctx, s, policy.Decrypt, keyID, func(c *call, _ *broker.Key) (*kbv1.DecryptResponse, error) {
+		pt, k, v, err := s.svc.Decrypt(c.ctx, r.GetCiphertext(), r.GetEncryptionContext(), r.GetKeyId())
+		c.rec.Version = v
+		if err != nil {
+			return nil, err
+		}
+		return &kbv1.DecryptResponse{Plaintext: pt, KeyId: k.ID, KeyVersion: v}, nil
+	})
+}
+
+func (b *keyBroker) ReEncrypt(ctx context.Context, r *kbv1.ReEncryptRequest) (*kbv1.ReEncryptResponse, error) {
+	dec, err := b.s.decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: r.GetCiphertext(), EncryptionContext: r.GetSourceEncryptionContext()})
+	if err != nil {
+		return nil, err
+	}
+	defer clear(dec.Plaintext)
+	dst := r.GetDestinationKeyId()
+	if dst == "" {
+		dst = dec.KeyId
+	}
+	enc, err := b.s.encrypt(ctx, &kbv1.EncryptRequest{KeyId: dst, Plaintext: dec.Plaintext, EncryptionContext: r.GetDestinationEncryptionContext()})
+	if err != nil {
+		return nil, err
+	}
+	return &kbv1.ReEncryptResponse{Ciphertext: enc.Ciphertext, SourceKeyId: dec.KeyId, SourceKeyVersion: dec.KeyVersion,
+		KeyId: enc.KeyId, KeyVersion: enc.KeyVersion}, nil
+}
+
+func (s *Server) generateDataKey(ctx context.Context, r *kbv1.GenerateDataKeyRequest, withPlaintext bool) (*kbv1.GenerateDataKeyResponse, error) {
+	op := policy.GenerateDataKey
+	if !withPlaintext {
+		op = policy.GenerateDataKeyWithoutPlaintext
+	}
+	return keyOp(ctx, s, op, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.GenerateDataKeyResponse, error) {
+		dek, ct, k, err := s.svc.GenerateDataKey(c.ctx, r.GetKeyId(), r.GetEncryptionContext())
+		if err != nil {
+			return nil, err
+		}
+		c.rec.Version = k.Primary
+		out := &kbv1.GenerateDataKeyResponse{EncryptedDataKey: ct, KeyId: k.ID, KeyVersion: k.Primary}
+		if withPlaintext {
+			out.Plaintext = append([]byte(nil), dek.Reveal()...)
+		}
+		dek.Destroy()
+		return out, nil
+	})
+}
+
+func (b *keyBroker) GenerateDataKey(ctx context.Context, r *kbv1.GenerateDataKeyRequest) (*kbv1.GenerateDataKeyResponse, error) {
+	return b.s.generateDataKey(ctx, r, true)
+}
+
+func (b *keyBroker) GenerateDataKeyWithoutPlaintext(ctx context.Context, r *kbv1.GenerateDataKeyRequest) (*kbv1.GenerateDataKeyResponse, error) {
+	return b.s.generateDataKey(ctx, r, false)
+}
+
+func signInput(message, digest []byte) ([]byte, bool, error) {
+	switch {
+	case len(message) > 0 && len(digest) > 0:
+		return nil, false, invalid("give message or digest, not both")
+	case len(digest) > 0:
+		return digest, true, nil
+	case len(message) > 0:
+		return message, false, nil
+	}
+	return nil, false, invalid("give a message or a digest")
+}
+
+func (b *keyBroker) Sign(ctx context.Context, r *kbv1.SignRequest) (*kbv1.SignResponse, error) {
+	return keyOp(ctx, b.s, policy.Sign, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.SignResponse, error) {
+		in, digest, err := signInput(r.GetMessage(), r.GetDigest())
+		if err != nil {
+			return nil, err
+		}
+		sig, k, err := b.s.svc.Sign(c.ctx, r.GetKeyId(), in, digest)
+		if err != nil {
+			return nil, err
+		}
+		c.rec.Version = k.Primary
+		return &kbv1.SignResponse{Signature: sig, KeyId: k.ID, KeyVersion: k.Primary}, nil
+	})
+}
+
+func (b *keyBroker) Verify(ctx context.Context, r *kbv1.VerifyRequest) (*kbv1.VerifyResponse, error) {
+	return keyOp(ctx, b.s, policy.Verify, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.VerifyResponse, error) {
+		in, digest, err := signInput(r.GetMessage(), r.GetDigest())
+		if err != nil {
+			return nil, err
+		}
+		ok, v, err := b.s.svc.Verify(c.ctx, r.GetKeyId(), r.GetKeyVersion(), in, digest, r.GetSignature())
+		c.rec.Version = v
+		if err != nil {
+			return nil, err
+		}
+		return &kbv1.VerifyResponse{Valid: ok, KeyVersion: v}, nil
+	})
+}
+
+func (b *keyBroker) GetPublicKey(ctx context.Context, r *kbv1.GetPublicKeyRequest) (*kbv1.GetPublicKeyResponse, error) {
+	return keyOp(ctx, b.s, policy.GetPublicKey, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.GetPublicKeyResponse, error) {
+		der, k, v, err := b.s.svc.PublicKey(c.ctx, r.GetKeyId(), r.GetKeyVersion())
+		if err != nil {
+			return nil, err
+		}
+		c.rec.Version = v
+		return &kbv1.GetPublicKeyResponse{PublicKey: der, KeyType: typeToProto[k.Type], KeyId: k.ID, KeyVersion: v}, nil
+	})
+}
+
+func (b *keyBroker) GenerateMac(ctx context.Context, r *kbv1.GenerateMacRequest) (*kbv1.GenerateMacResponse, error) {
+	return keyOp(ctx, b.s, policy.GenerateMac, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.GenerateMacResponse, error) {
+		tag, k, err := b.s.svc.GenerateMac(c.ctx, r.GetKeyId(), r.GetMessage())
+		if err != nil {
+			return nil, err
+		}
+		c.rec.Version = k.Primary
+		return &kbv1.GenerateMacResponse{Mac: tag, KeyId: k.ID, KeyVersion: k.Primary}, nil
+	})
+}
+
+func (b *keyBroker) VerifyMac(ctx context.Context, r *kbv1.VerifyMacRequest) (*kbv1.VerifyMacResponse, error) {
+	return keyOp(ctx, b.s, policy.VerifyMac, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.VerifyMacResponse, error) {
+		ok, v, err := b.s.svc.VerifyMac(c.ctx, r.GetKeyId(), r.GetKeyVersion(), r.GetMessage(), r.GetMac())
+		c.rec.Version = v
+		if err != nil {
+			return nil, err
+		}
+		return &kbv1.VerifyMacResponse{Valid: ok, KeyVersion: v}, nil
+	})
+}
+
+func (b *keyBroker) GenerateRandom(ctx context.Context, r *kbv1.GenerateRandomRequest) (*kbv1.GenerateRandomResponse, error) {
+	c, err := b.s.begin(ctx, policy.GenerateRandom, "")
+	if err != nil {
+		return nil, err
+	}
+	if err := c.authorizeService(policy.GenerateRandom); err != nil {
+		return nil, c.end(err)
+	}
+	out, err := b.s.svc.GenerateRandom(ctx, int(r.GetLength()))
+	if err != nil {
+		return nil, c.end(err)
+	}
+	return &kbv1.GenerateRandomResponse{Random: out}, c.end(nil)
+}
+
+func (b *keyBroker) DescribeKey(ctx context.Context, r *kbv1.DescribeKeyRequest) (*kbv1.DescribeKeyResponse, error) {
+	return keyOp(ctx, b.s, policy.DescribeKey, r.GetKeyId(), func(c *call, k *broker.Key) (*kbv1.DescribeKeyResponse, error) {
+		if k == nil {
+			return nil, status.Errorf(codes.NotFound, "key %q does not exist", r.GetKeyId())
+		}
+		return &kbv1.DescribeKeyResponse{Key: keyToProto(k)}, nil
+	})
+}
+
+func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv1.ListKeysResponse, error) {
+	c, err := b.s.begin(ctx, policy.ListKeys, "")
+	if err != nil {
+		return nil, err
+	}
+	if err := c.authorizeService(policy.ListKeys); err != nil {
+		return nil, c.end(err)
+	}
+	keys, next, err := b.s.svc.ListKeys(ctx, r.GetLabelSelector(), int(r.GetPageSize()), r.GetPageToken())
+	if err != nil {
+		return nil, c.end(err)
+	}
+	out := &kbv1.ListKeysResponse{NextPageToken: next}
+	for _, k := range keys {
+		out.Keys = append(out.Keys, keyToProto(k))
+	}
+	return out, c.end(nil)
+}
+
+// LookupKey answers at the central tier: the central tier itself can do
+// any operation on any key it holds. (Edges add themselves when they exist.)
+func (b *keyBroker) LookupKey(ctx context.Context, r *kbv1.LookupKeyRequest) (*kbv1.LookupKeyResponse, error) {
+	return keyOp(ctx, b.s, policy.LookupKey, r.GetKeyId(), func(c *call, k *broker.Key) (*kbv1.LookupKeyResponse, error) {
+		if k == nil {
+			return nil, status.Errorf(codes.NotFound, "key %q does not exist", r.GetKeyId())
+		}
+		if r.GetOperation() == kbv1.Operation_OPERATION_UNSPECIFIED {
+			return nil, invalid("operation is required")
+		}
+		return &kbv1.LookupKeyResponse{Nodes: []*kbv1.LookupNode{{
+			NodeId: b.s.node, Address: b.s.addr, Kind: "central", Reason: kbv1.LookupReason_LOOKUP_REASON_ROOT_OF_TRUST,
+		}}}, nil
+	})
+}
+
+func itemError(err error) *kbv1.ItemError {
+	st := toStatus(err)
+	return &kbv1.ItemError{Code: int32(st.Code()), Message: st.Message()}
+}
+
+func checkBatch(n int) error {
+	if n == 0 || n > MaxBatch {
+		return invalid("a batch holds 1..%d items, not %d", MaxBatch, n)
+	}
+	return nil
+}
+
+func (b *keyBroker) BatchEncrypt(ctx context.Context, r *kbv1.BatchEncryptRequest) (*kbv1.BatchEncryptResponse, error) {
+	if err := checkBatch(len(r.GetItems())); err != nil {
+		return nil, err
+	}
+	out := &kbv1.BatchEncryptResponse{}
+	for _, it := range r.GetItems() {
+		resp, err := b.s.encrypt(ctx, it)
+		if err != nil && isFatal(err) {
+			return nil, err
+		}
+		res := &kbv1.BatchEncryptResult{Response: resp}
+		if err != nil {
+			res.Error = itemError(err)
+		}
+		out.Results = append(out.Results, res)
+	}
+	return out, nil
+}
+
+func (b *keyBroker) BatchDecrypt(ctx context.Context, r *kbv1.BatchDecryptRequest) (*kbv1.BatchDecryptResponse, error) {
+	if err := checkBatch(len(r.GetItems())); err != nil {
+		return nil, err
+	}
+	out := &kbv1.BatchDecryptResponse{}
+	for _, it := range r.GetItems() {
+		resp, err := b.s.decrypt(ctx, it)
+		if err != nil && isFatal(err) {
+			return nil, err
+		}
+		res := &kbv1.BatchDecryptResult{Response: resp}
+		if err != nil {
+			res.Error = itemError(err)
+		}
+		out.Results = append(out.Results, res)
+	}
+	return out, nil
+}
+
+func (b *keyBroker) BatchGenerateDataKey(ctx context.Context, r *kbv1.BatchGenerateDataKeyRequest) (*kbv1.BatchGenerateDataKeyResponse, error) {
+	if err := checkBatch(len(r.GetItems())); err != nil {
+		return nil, err
+	}
+	out := &kbv1.BatchGenerateDataKeyResponse{}
+	for _, it := range r.GetItems() {
+		resp, err := b.s.generateDataKey(ctx, it, !r.GetWithoutPlaintext())
+		if err != nil && isFatal(err) {
+			return nil, err
+		}
+		res := &kbv1.BatchGenerateDataKeyResult{Response: resp}
+		if err != nil {
+			res.Error = itemError(err)
+		}
+		out.Results = append(out.Results, res)
+	}
+	return out, nil
+}
+
+// isFatal reports errors that end a whole batch: the caller is gone or the
+// audit log is down.
+func isFatal(err error) bool {
+	c := status.Code(err)
+	return c == codes.Unauthenticated || c == codes.Canceled || c == codes.DeadlineExceeded ||
+		(c == codes.Unavailable && status.Convert(err).Message() == auditDownMsg)
+}
+
+const auditDownMsg = "audit log unavailable: the operation is refused"

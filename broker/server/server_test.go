@@ -1,0 +1,442 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/backends/softkms"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/policy"
+)
+
+const testPolicy = `
+@id("admins")
+permit (principal is Admin, action, resource);
+
+@id("billing-app")
+permit (principal is Client, action, resource is Key)
+when { principal == Client::"billing" && resource.hasTag("app") && resource.getTag("app") == "billing" };
+
+@id("random")
+permit (principal is Client, action == Action::"GenerateRandom", resource);
+
+@id("no-deletion-by-ops-bot")
+forbid (principal == Admin::"bot", action == Action::"ScheduleKeyDeletion", resource);
+`
+
+type testEnv struct {
+	addr      string
+	ca        *identity.CA
+	dir       string
+	caFile    string
+	auditPath string
+	audit     *audit.Log
+}
+
+func start(t *testing.T) *testEnv {
+	t.Helper()
+	dir := t.TempDir()
+	ctx := t.Context()
+	kek := filepath.Join(dir, "kek")
+	os.WriteFile(kek, bytes.Repeat([]byte("k"), 32), 0o600)
+	ks := filepath.Join(dir, "softkms.json")
+	sb, err := softkms.New(ctx, softkms.Config{Path: ks, KEKFile: kek})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb.CreateKey(ctx, "prf", backends.HMAC256)
+	sb.CreateKey(ctx, "aes", backends.AES256)
+	roots, err := broker.NewRoots(map[string]backends.Backend{"soft": sb}, map[string]string{"soft": "softkms:path=" + ks + ";kek-source=" + kek})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(st, nil), Roots: roots,
+		Materials: broker.NewMaterials(roots, 100, time.Hour, nil), DefaultRoots: map[broker.Mode]string{broker.ModeDerive: "softkms:prf", broker.ModeWrap: "softkms:aes"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "policy.cedar"), []byte(testPolicy), 0o600)
+	pe, err := policy.NewEngine(filepath.Join(dir, "policy.cedar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditPath := filepath.Join(dir, "audit.jsonl")
+	al, err := audit.Open(auditPath, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: "kb.test", Address: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := identity.NewCA("kb.test", time.Hour)
+	caFile := filepath.Join(dir, "ca.crt")
+	ca.WriteCA(caFile, filepath.Join(dir, "ca.key"))
+	files, _ := ca.IssueFiles(identity.Identity{TrustDomain: "kb.test", Kind: identity.Central, Name: "central-1"}, []string{"127.0.0.1"}, time.Hour, dir, "central", caFile)
+	tlsCfg, err := files.ServerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.UnaryInterceptor(srv.UnaryInterceptor()), grpc.MaxRecvMsgSize(5<<20))
+	srv.Register(g)
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	go g.Serve(lis)
+	t.Cleanup(func() { g.Stop(); al.Close(); st.Close(); roots.Close() })
+	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al}
+}
+
+func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {
+	t.Helper()
+	files, err := e.ca.IssueFiles(identity.Identity{TrustDomain: "kb.test", Kind: kind, Name: name}, nil, time.Hour, e.dir, string(kind)+"-"+name, e.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := files.ClientConfig("")
+	c, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func code(t *testing.T, what string, err error, want codes.Code) {
+	t.Helper()
+	if got := status.Code(err); got != want {
+		t.Errorf("%s: code %s (%v), want %s", what, got, err, want)
+	}
+}
+
+func auditLines(t *testing.T, path string) []audit.Record {
+	t.Helper()
+	data, _ := os.ReadFile(path)
+	var out []audit.Record
+	for _, l := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var r audit.Record
+		if err := json.Unmarshal(l, &r); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func TestPolicyMatrixAndAudit(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	bot := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "bot"))
+	billing := kbv1.NewKeyBrokerClient(e.conn(t, identity.Client, "billing"))
+	other := kbv1.NewKeyBrokerClient(e.conn(t, identity.Client, "other"))
+
+	for _, id := range []string{"payments", "hr"} {
+		app := map[string]string{"payments": "billing", "hr": "hr"}[id]
+		if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+			Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"app": app}}); err != nil {
+			t.Fatalf("CreateKey(%s): %v", id, err)
+		}
+	}
+	ectx := map[string]string{"order": "1"}
+	md := metadata.Pairs("x-request-id", "req-test-1")
+	var hdr metadata.MD
+	enc, err := billing.Encrypt(metadata.NewOutgoingContext(ctx, md), &kbv1.EncryptRequest{KeyId: "payments", Plaintext: []byte("4111"), EncryptionContext: ectx}, grpc.Header(&hdr))
+	if err != nil {
+		t.Fatalf("allowed Encrypt: %v", err)
+	}
+	if got := hdr.Get("x-request-id"); len(got) != 1 || got[0] != "req-test-1" {
+		t.Errorf("x-request-id echoed = %v", got)
+	}
+	dec, err := billing.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext, EncryptionContext: ectx})
+	if err != nil || string(dec.Plaintext) != "4111" {
+		t.Fatalf("allowed Decrypt = %v, %v", dec, err)
+	}
+	_, err = other.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext, EncryptionContext: ectx})
+	code(t, "other client decrypts", err, codes.PermissionDenied)
+	_, err = billing.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hr", Plaintext: []byte("x")})
+	code(t, "billing on the hr key", err, codes.PermissionDenied)
+	// Existence is not leaked: an unknown key is denied, not not-found, to a
+	// client whose policy needs labels.
+	_, err = billing.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "no-such-key", Plaintext: []byte("x")})
+	code(t, "unknown key for a label-scoped client", err, codes.PermissionDenied)
+	_, err = kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops")).Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "no-such-key", Plaintext: []byte("x")})
+	code(t, "unknown key for an admin", err, codes.NotFound)
+	// A client may not administer; a forbid beats the admin permit.
+	_, err = kbv1.NewKeyAdminClient(e.conn(t, identity.Client, "billing")).RotateKey(ctx, &kbv1.KeyRequest{KeyId: "payments"})
+	code(t, "client rotates", err, codes.PermissionDenied)
+	_, err = bot.ScheduleKeyDeletion(ctx, &kbv1.ScheduleKeyDeletionRequest{KeyId: "payments"})
+	code(t, "forbidden admin deletes", err, codes.PermissionDenied)
+
+	// A certificate from another CA never gets a call through.
+	otherCA, _ := identity.NewCA("kb.test", time.Hour)
+	of, _ := otherCA.IssueFiles(identity.Identity{TrustDomain: "kb.test", Kind: identity.Admin, Name: "ops"}, nil, time.Hour, t.TempDir(), "x", e.caFile)
+	cfg, _ := of.ClientConfig("")
+	fc, _ := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	defer fc.Close()
+	_, err = kbv1.NewKeyBrokerClient(fc).Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "payments", Plaintext: []byte("x")})
+	code(t, "foreign CA", err, codes.Unavailable)
+
+	recs := auditLines(t, e.auditPath)
+	find := func(op, principal, outcome string) *audit.Record {
+		for i := range recs {
+			r := &recs[i]
+			if r.Operation == op && strings.HasSuffix(r.Principal, principal) && r.Outcome == outcome {
+				return r
+			}
+		}
+		return nil
+	}
+	if r := find("Encrypt", "/client/billing", "ok"); r == nil || r.RequestID != "req-test-1" || r.Decision != "allow" ||
+		r.PolicyID != "billing-app" || r.Key != "payments" || r.Version != 1 || r.Node != "central-1" {
+		t.Errorf("audit line of the allowed Encrypt = %+v", r)
+	}
+	if r := find("Decrypt", "/client/other", "PermissionDenied"); r == nil || r.Decision != "deny" || r.PolicyID != "default-deny" {
+		t.Errorf("audit line of the denied Decrypt = %+v", r)
+	}
+	if r := find("ScheduleKeyDeletion", "/admin/bot", "PermissionDenied"); r == nil || r.PolicyID != "no-deletion-by-ops-bot" {
+		t.Errorf("audit line of the forbidden deletion = %+v", r)
+	}
+	for _, r := range recs {
+		if strings.Contains(string(mustJSON(r)), "4111") {
+			t.Errorf("audit line contains plaintext: %+v", r)
+		}
+	}
+}
+
+func mustJSON(v any) []byte { b, _ := json.Marshal(v); return b }
+
+func TestBadInputCodes(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	kb := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "k", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE})
+	admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "m", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: kbv1.KeyMode_KEY_MODE_WRAP})
+	enc, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: []byte("data"), EncryptionContext: map[string]string{"a": "b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := bytes.Clone(enc.Ciphertext)
+	tampered[len(tampered)-3] ^= 0x10
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want codes.Code
+	}{
+		{"truncated", func() error {
+			_, err := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext[:30]})
+			return err
+		}, codes.InvalidArgument},
+		{"tampered", func() error {
+			_, err := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: tampered, EncryptionContext: map[string]string{"a": "b"}})
+			return err
+		}, codes.InvalidArgument},
+		{"wrong context", func() error {
+			_, err := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext, EncryptionContext: map[string]string{"a": "c"}})
+			return err
+		}, codes.InvalidArgument},
+		{"garbage", func() error { _, err := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: []byte("hello")}); return err }, codes.InvalidArgument},
+		{"bad key id", func() error { _, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "../etc"}); return err }, codes.InvalidArgument},
+		{"empty key id", func() error { _, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{}); return err }, codes.InvalidArgument},
+		{"unknown key", func() error { _, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "nope"}); return err }, codes.NotFound},
+		{"oversized", func() error {
+			_, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: make([]byte, broker.MaxPlaintext+1)})
+			return err
+		}, codes.InvalidArgument},
+		{"over the message limit", func() error {
+			_, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: make([]byte, 6<<20)})
+			return err
+		}, codes.ResourceExhausted},
+		{"mac with aes key", func() error {
+			_, err := kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "k", Message: []byte("x")})
+			return err
+		}, codes.InvalidArgument},
+		{"encrypt with hmac key", func() error {
+			_, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "m", Plaintext: []byte("x")})
+			return err
+		}, codes.InvalidArgument},
+		{"sign without input", func() error { _, err := kb.Sign(ctx, &kbv1.SignRequest{KeyId: "k"}); return err }, codes.InvalidArgument},
+		{"random 0", func() error { _, err := kb.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{}); return err }, codes.InvalidArgument},
+		{"lookup without op", func() error { _, err := kb.LookupKey(ctx, &kbv1.LookupKeyRequest{KeyId: "k"}); return err }, codes.InvalidArgument},
+		{"create unspecified type", func() error {
+			_, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "z", Mode: kbv1.KeyMode_KEY_MODE_DERIVE})
+			return err
+		}, codes.InvalidArgument},
+		{"create duplicate", func() error {
+			_, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "k", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE})
+			return err
+		}, codes.AlreadyExists},
+		{"stale revision", func() error {
+			_, err := admin.UpdateKey(ctx, &kbv1.UpdateKeyRequest{KeyId: "k", ExpectedRevision: 999999})
+			return err
+		}, codes.Aborted},
+		{"enable an enabled key", func() error { _, err := admin.EnableKey(ctx, &kbv1.KeyRequest{KeyId: "k"}); return err }, codes.FailedPrecondition},
+		{"short pending window", func() error {
+			_, err := admin.ScheduleKeyDeletion(ctx, &kbv1.ScheduleKeyDeletionRequest{KeyId: "k", PendingWindow: durationOf(time.Hour)})
+			return err
+		}, codes.InvalidArgument},
+		{"empty batch", func() error { _, err := kb.BatchEncrypt(ctx, &kbv1.BatchEncryptRequest{}); return err }, codes.InvalidArgument},
+	} {
+		code(t, tc.name, tc.call(), tc.want)
+	}
+	// Disabled keys refuse with FailedPrecondition; a batch reports it per item.
+	admin.DisableKey(ctx, &kbv1.KeyRequest{KeyId: "k"})
+	_, err = kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext, EncryptionContext: map[string]string{"a": "b"}})
+	code(t, "decrypt with a disabled key", err, codes.FailedPrecondition)
+	admin.EnableKey(ctx, &kbv1.KeyRequest{KeyId: "k"})
+	res, err := kb.BatchEncrypt(ctx, &kbv1.BatchEncryptRequest{Items: []*kbv1.EncryptRequest{
+		{KeyId: "k", Plaintext: []byte("a")}, {KeyId: "nope", Plaintext: []byte("b")}, {KeyId: "m", Plaintext: []byte("c")},
+	}})
+	if err != nil || len(res.Results) != 3 {
+		t.Fatalf("BatchEncrypt = %v, %v", res, err)
+	}
+	if res.Results[0].Error != nil || res.Results[0].Response == nil ||
+		codes.Code(res.Results[1].GetError().GetCode()) != codes.NotFound ||
+		codes.Code(res.Results[2].GetError().GetCode()) != codes.InvalidArgument {
+		t.Errorf("batch results = %v", res.Results)
+	}
+	if _, err := audit.VerifyFile(e.auditPath); err != nil {
+		t.Errorf("audit log does not verify: %v", err)
+	}
+}
+
+func TestEveryOperation(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	kb := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	mk := func(id string, typ kbv1.KeyType, mode kbv1.KeyMode) {
+		if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: typ, Mode: mode}); err != nil {
+			t.Fatalf("CreateKey %s: %v", id, err)
+		}
+	}
+	mk("aes", kbv1.KeyType_KEY_TYPE_AES_256_GCM, kbv1.KeyMode_KEY_MODE_WRAP)
+	mk("aes2", kbv1.KeyType_KEY_TYPE_AES_256_GCM, kbv1.KeyMode_KEY_MODE_DERIVE)
+	mk("ec", kbv1.KeyType_KEY_TYPE_ECDSA_P256, kbv1.KeyMode_KEY_MODE_DERIVE)
+	mk("ed", kbv1.KeyType_KEY_TYPE_ED25519, kbv1.KeyMode_KEY_MODE_WRAP)
+	mk("mac", kbv1.KeyType_KEY_TYPE_HMAC_SHA256, kbv1.KeyMode_KEY_MODE_DERIVE)
+
+	enc, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "aes", Plaintext: []byte("p")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	re, err := kb.ReEncrypt(ctx, &kbv1.ReEncryptRequest{Ciphertext: enc.Ciphertext, DestinationKeyId: "aes2", DestinationEncryptionContext: map[string]string{"x": "y"}})
+	if err != nil || re.SourceKeyId != "aes" || re.KeyId != "aes2" {
+		t.Fatalf("ReEncrypt = %v, %v", re, err)
+	}
+	if d, err := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: re.Ciphertext, EncryptionContext: map[string]string{"x": "y"}}); err != nil || string(d.Plaintext) != "p" {
+		t.Errorf("Decrypt(ReEncrypt) = %v, %v", d, err)
+	}
+	dk, err := kb.GenerateDataKey(ctx, &kbv1.GenerateDataKeyRequest{KeyId: "aes"})
+	if err != nil || len(dk.Plaintext) != 32 {
+		t.Fatalf("GenerateDataKey = %v", err)
+	}
+	if d, _ := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: dk.EncryptedDataKey}); !bytes.Equal(d.GetPlaintext(), dk.Plaintext) {
+		t.Error("encrypted data key does not decrypt to the data key")
+	}
+	dk2, err := kb.GenerateDataKeyWithoutPlaintext(ctx, &kbv1.GenerateDataKeyRequest{KeyId: "aes"})
+	if err != nil || len(dk2.Plaintext) != 0 || len(dk2.EncryptedDataKey) == 0 {
+		t.Errorf("GenerateDataKeyWithoutPlaintext = %v, %v", dk2, err)
+	}
+	for _, id := range []string{"ec", "ed"} {
+		sig, err := kb.Sign(ctx, &kbv1.SignRequest{KeyId: id, Input: &kbv1.SignRequest_Message{Message: []byte("m")}})
+		if err != nil {
+			t.Fatalf("Sign %s: %v", id, err)
+		}
+		v, err := kb.Verify(ctx, &kbv1.VerifyRequest{KeyId: id, Input: &kbv1.VerifyRequest_Message{Message: []byte("m")}, Signature: sig.Signature})
+		if err != nil || !v.Valid {
+			t.Errorf("Verify %s = %v, %v", id, v, err)
+		}
+		if pk, err := kb.GetPublicKey(ctx, &kbv1.GetPublicKeyRequest{KeyId: id}); err != nil || len(pk.PublicKey) == 0 {
+			t.Errorf("GetPublicKey %s = %v", id, err)
+		}
+	}
+	mac, err := kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "mac", Message: []byte("m")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := kb.VerifyMac(ctx, &kbv1.VerifyMacRequest{KeyId: "mac", Message: []byte("m"), Mac: mac.Mac}); err != nil || !v.Valid {
+		t.Errorf("VerifyMac = %v, %v", v, err)
+	}
+	if r, err := kb.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 16}); err != nil || len(r.Random) != 16 {
+		t.Errorf("GenerateRandom = %v", err)
+	}
+	if d, err := kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "aes"}); err != nil || d.Key.Mode != kbv1.KeyMode_KEY_MODE_WRAP || d.Key.RootKey != "softkms:aes" {
+		t.Errorf("DescribeKey = %v, %v", d, err)
+	}
+	if l, err := kb.ListKeys(ctx, &kbv1.ListKeysRequest{PageSize: 2}); err != nil || len(l.Keys) != 2 || l.NextPageToken == "" {
+		t.Errorf("ListKeys = %v, %v", l, err)
+	}
+	if l, err := kb.LookupKey(ctx, &kbv1.LookupKeyRequest{KeyId: "aes", Operation: kbv1.Operation_OPERATION_ENCRYPT}); err != nil || len(l.Nodes) != 1 || l.Nodes[0].Kind != "central" {
+		t.Errorf("LookupKey = %v, %v", l, err)
+	}
+	if n, err := admin.ListNodes(ctx, &kbv1.ListNodesRequest{}); err != nil || len(n.Nodes) != 1 {
+		t.Errorf("ListNodes = %v, %v", n, err)
+	}
+	rot, err := admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "aes"})
+	if err != nil || rot.PrimaryVersion != 2 {
+		t.Fatalf("RotateKey = %v, %v", rot, err)
+	}
+	if d, err := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext}); err != nil || d.KeyVersion != 1 {
+		t.Errorf("Decrypt after rotate = %v, %v", d, err)
+	}
+	two := uint32(2)
+	if _, err := admin.UpdateKey(ctx, &kbv1.UpdateKeyRequest{KeyId: "aes", MinDecryptionVersion: &two, Labels: map[string]string{"tier": "gold"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext})
+	code(t, "decrypt below the minimum version", err, codes.FailedPrecondition)
+	if m, err := admin.ScheduleKeyDeletion(ctx, &kbv1.ScheduleKeyDeletionRequest{KeyId: "ed"}); err != nil || m.State != kbv1.KeyState_KEY_STATE_PENDING_DELETION || m.DeletionTime == nil {
+		t.Errorf("ScheduleKeyDeletion = %v, %v", m, err)
+	}
+	_, err = kb.Sign(ctx, &kbv1.SignRequest{KeyId: "ed", Input: &kbv1.SignRequest_Message{Message: []byte("m")}})
+	code(t, "sign with a pending-deletion key", err, codes.FailedPrecondition)
+	if m, err := admin.CancelKeyDeletion(ctx, &kbv1.KeyRequest{KeyId: "ed"}); err != nil || m.State != kbv1.KeyState_KEY_STATE_DISABLED {
+		t.Errorf("CancelKeyDeletion = %v, %v", m, err)
+	}
+}
+
+
+func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+
+func TestAuditFailureRefusesCalls(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "k", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE}); err != nil {
+		t.Fatal(err)
+	}
+	e.audit.Close() // the log can no longer be written
+	kb := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	resp, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: []byte("x")})
+	code(t, "encrypt with the audit log down", err, codes.Unavailable)
+	if resp != nil {
+		t.Error("a ciphertext left the server without an audit line")
+	}
+	res, err := kb.BatchEncrypt(ctx, &kbv1.BatchEncryptRequest{Items: []*kbv1.EncryptRequest{{KeyId: "k", Plaintext: []byte("x")}}})
+	code(t, "batch with the audit log down", err, codes.Unavailable)
+	if res != nil {
+		t.Error("a batch answered without audit lines")
+	}
+}
