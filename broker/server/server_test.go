@@ -417,7 +417,6 @@ func TestEveryOperation(t *testing.T) {
 	}
 }
 
-
 func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
 
 func TestAuditFailureRefusesCalls(t *testing.T) {
