@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
+)
+
+// Environment variables read when the matching flag is not given.
+const (
+	envAddr = "KEYBROKER_ADDR"
+	envCA   = "KEYBROKER_CA"
+	envCert = "KEYBROKER_CERT"
+	envKey  = "KEYBROKER_KEY"
+)
+
+// maxRecvMessage bounds a response. gRPC's default of 4 MiB is too small for
+// a Decrypt of a 4 MiB plaintext plus the response's framing.
+const maxRecvMessage = 16 << 20
+
+// addClientFlags adds the connection flags and --output to fs. The flag
+// values live in the flag set; connect reads them back with their env
+// fallbacks.
+func (a *app) addClientFlags(fs *pflag.FlagSet) {
+	fs.String("addr", "", "broker address, host:port (env "+envAddr+")")
+	fs.String("ca", "", "PEM file of the CA certificates that sign the broker (env "+envCA+")")
+	fs.String("cert", "", "PEM file of the client certificate (env "+envCert+")")
+	fs.String("tls-key", "", "PEM file of the client certificate's private key (env "+envKey+")")
+	fs.String("server-name", "", "TLS server name to verify instead of the host in --addr")
+	fs.DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for the command's RPCs; 0 means none")
+	a.addOutputFlag(fs)
+}
+
+// setting is the value of flag if it was given, else of the environment
+// variable envVar ("" for none).
+func (a *app) setting(cmd *cobra.Command, flag, envVar string) string {
+	if f := cmd.Flags().Lookup(flag); f != nil && f.Changed {
+		return f.Value.String()
+	}
+	if envVar == "" {
+		return ""
+	}
+	return a.env.getenv(envVar)
+}
+
+// session is a connection to the broker for one command.
+type session struct {
+	conn    *grpc.ClientConn
+	kb      kbv1.KeyBrokerClient
+	admin   kbv1.KeyAdminClient
+	parent  context.Context
+	timeout time.Duration
+}
+
+// connect checks the connection settings and makes the client. Nothing is
+// dialled until the first RPC, so usage errors come before network errors.
+func (a *app) connect(cmd *cobra.Command) (*session, error) {
+	addr := a.setting(cmd, "addr", envAddr)
+	files := identity.TLSFiles{
+		CA:   a.setting(cmd, "ca", envCA),
+		Cert: a.setting(cmd, "cert", envCert),
+		Key:  a.setting(cmd, "tls-key", envKey),
+	}
+	var missing []string
+	for _, m := range []struct{ value, flag, env string }{
+		{addr, "--addr", envAddr},
+		{files.CA, "--ca", envCA},
+		{files.Cert, "--cert", envCert},
+		{files.Key, "--tls-key", envKey},
+	} {
+		if m.value == "" {
+			missing = append(missing, m.flag+" (or "+m.env+")")
+		}
+	}
+	if len(missing) > 0 {
+		return nil, usageErrorf("missing %s: keybroker always uses mutual TLS", strings.Join(missing, ", "))
+	}
+	if a.timeout < 0 {
+		return nil, usageErrorf("--timeout must not be negative")
+	}
+	tlsConfig, err := files.ClientConfig(a.setting(cmd, "server-name", ""))
+	if err != nil {
+		return nil, usageErrorf("TLS client configuration: %v", err)
+	}
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMessage)),
+	)
+	if err != nil {
+		return nil, usageErrorf("--addr %q: %v", addr, err)
+	}
+	return &session{
+		conn:    conn,
+		kb:      kbv1.NewKeyBrokerClient(conn),
+		admin:   kbv1.NewKeyAdminClient(conn),
+		parent:  cmd.Context(),
+		timeout: a.timeout,
+	}, nil
+}
+
+func (s *session) close() { _ = s.conn.Close() }
+
+// context bounds the command's RPCs by --timeout. Commands take it after
+// reading their input, so a slow stdin does not eat the time limit.
+func (s *session) context() (context.Context, context.CancelFunc) {
+	if s.timeout == 0 {
+		return context.WithCancel(s.parent)
+	}
+	return context.WithTimeout(s.parent, s.timeout)
+}
+
+// fail wraps the error of the RPC op.
+func (s *session) fail(ctx context.Context, op string, err error) error {
+	st, _ := status.FromError(err)
+	e := &rpcError{op: op, st: st}
+	if st.Code() == codes.DeadlineExceeded && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		e.hint = fmt.Sprintf("--timeout %s ran out", s.timeout)
+	}
+	return e
+}
