@@ -635,3 +635,44 @@ func (u *SoftKMSURI) BackendURI() string { return joinAttrs("softkms", "", u.att
 
 // String implements KeyURI.
 func (u *SoftKMSURI) String() string { return joinAttrs("softkms", u.Name, u.attrs(), ";") }
+
+// Holds reports whether the backend named by backend holds the key named by
+// key: the schemes match and every connection attribute the key URI gives
+// (token, module-path, region, endpoint, keystore path, key ring...) equals
+// the backend's. A key URI with no connection attributes (softkms:root-1,
+// pkcs11:token=kb;object=root-1 against a configured
+// pkcs11:token=kb?module-path=…&pin-source=…) is held by any backend of its
+// scheme that agrees on what it does give; callers refuse a key that more
+// than one configured backend could hold.
+func Holds(backend, key KeyURI) bool {
+	if backend.Scheme() != key.Scheme() {
+		return false
+	}
+	have := connectionAttrs(backend.BackendURI())
+	for a := range connectionAttrs(key.BackendURI()) {
+		if !have[a] {
+			return false
+		}
+	}
+	return true
+}
+
+// connectionAttrs splits a canonical backend URI into its elements
+// ("token=kb", "module-path=/x", a GCP key ring). Values are escaped in the
+// canonical form, so the separators are unambiguous.
+func connectionAttrs(backendURI string) map[string]bool {
+	_, rest, _ := strings.Cut(backendURI, ":")
+	path, query, _ := strings.Cut(rest, "?")
+	out := map[string]bool{}
+	for _, e := range strings.Split(path, ";") {
+		if e != "" {
+			out[e] = true
+		}
+	}
+	for _, e := range strings.Split(query, "&") {
+		if e != "" {
+			out["?"+e] = true
+		}
+	}
+	return out
+}

@@ -264,3 +264,34 @@ func TestParseKeyURI(t *testing.T) {
 		t.Error("oversized URI accepted")
 	}
 }
+
+func TestHolds(t *testing.T) {
+	const hsm = "pkcs11:token=kb?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/kb/pin"
+	for _, tc := range []struct {
+		backend, key string
+		want         bool
+	}{
+		{hsm, "pkcs11:token=kb;object=root", true},
+		{hsm, "pkcs11:token=kb;object=root?module-path=/usr/lib/softhsm/libsofthsm2.so", true},
+		{hsm, "pkcs11:token=kb;object=root?module-path=/opt/other.so", false},
+		{hsm, "pkcs11:token=other;object=root", false},
+		{hsm, "pkcs11:serial=1;object=root", false},
+		{"softkms:path=/a.json;kek-source=/k", "softkms:root", true},
+		{"softkms:path=/a.json;kek-source=/k", "softkms:root;path=/a.json", true},
+		{"softkms:path=/a.json;kek-source=/k", "softkms:root;path=/b.json", false},
+		{"awskms:region=eu-west-1;endpoint=http://127.0.0.1:1", "awskms:key-id=arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab", true},
+		{"awskms:region=eu-west-1", "awskms:key-id=alias/x;region=us-east-1", false},
+		{"gcpkms:projects/p/locations/l/keyRings/r", "gcpkms:projects/p/locations/l/keyRings/r/cryptoKeys/k", true},
+		{"gcpkms:projects/p/locations/l/keyRings/r", "gcpkms:projects/p/locations/l/keyRings/s/cryptoKeys/k", false},
+		{hsm, "softkms:root", false},
+	} {
+		b, err1 := ParseKeyURI(tc.backend)
+		k, err2 := ParseKeyURI(tc.key)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("parse: %v, %v", err1, err2)
+		}
+		if got := Holds(b, k); got != tc.want {
+			t.Errorf("Holds(%q, %q) = %v, want %v", tc.backend, tc.key, got, tc.want)
+		}
+	}
+}

@@ -26,11 +26,13 @@ type root struct {
 // Roots holds the opened roots of trust and resolves root key URIs to one
 // of them.
 //
-// A root key URI names the backend it lives in by its connection
-// attributes; when it has none (softkms:root-1, or pkcs11:object=… on the
-// only token), it names the one configured backend of its scheme. Key URIs
-// that match no configured backend are refused, so a CreateKey cannot make
-// the central tier open a backend nobody configured.
+// A root key URI names the backend it lives in by whatever connection
+// attributes it gives (backends.Holds): softkms:root-1 names the one
+// configured softkms keystore, pkcs11:token=kb;object=root-1 the configured
+// backend on token kb, whatever its module path and PIN source. A key URI
+// that no configured backend holds, or that several could, is refused, so
+// a CreateKey cannot make the central tier open a backend nobody
+// configured.
 type Roots struct {
 	roots []*root
 }
@@ -92,13 +94,9 @@ func (r *Roots) Resolve(keyURI string) (b backends.Backend, backendName, key str
 	if u.Key() == "" {
 		return nil, "", "", errorf(ErrInvalidArgument, "root key URI %q names no key", keyURI)
 	}
-	bare := u.BackendURI() == u.Scheme()+":"
 	var match []*root
 	for _, rt := range r.roots {
-		if rt.uri.Scheme() != u.Scheme() {
-			continue
-		}
-		if rt.uri.BackendURI() == u.BackendURI() || bare {
+		if backends.Holds(rt.uri, u) {
 			match = append(match, rt)
 		}
 	}
