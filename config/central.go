@@ -1,0 +1,438 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keybroker/keybroker/backends"
+)
+
+// Central is the configuration of keybroker's central process
+// (keybroker central --config central.yaml). The zero value is not
+// useful: start from DefaultCentral, or load a file with LoadCentral.
+type Central struct {
+	// NodeID names this central node in the node inventory, logs, audit
+	// records and its SPIFFE id spiffe://<trust_domain>/central/<node_id>.
+	// Required; 1-64 letters, digits, '.', '_' or '-', starting with a
+	// letter or digit.
+	NodeID string `yaml:"node_id"`
+	// TrustDomain is the SPIFFE trust domain of every identity this node
+	// accepts; peers whose certificates name another are refused.
+	// Required; lowercase letters, digits, '.' and '-', at most 255,
+	// starting and ending with a letter or digit.
+	TrustDomain string `yaml:"trust_domain"`
+	// Listen is the host:port of the gRPC API (KeyBroker, KeyAdmin,
+	// EdgeSync), served over mutual TLS. An empty host listens on every
+	// interface; port 0 takes a free port (tests, keybroker dev).
+	// Required; port 0..65535.
+	Listen string `yaml:"listen"`
+	// OpsListen is the host:port of /healthz, /readyz and /metrics, also
+	// served over mutual TLS. Required; must not overlap Listen.
+	OpsListen string `yaml:"ops_listen"`
+	// TLS names this node's certificate, key and the CA its peers must
+	// chain to. Required.
+	TLS TLS `yaml:"tls"`
+	// DataDir holds the key registry (registry.db) and, by default, the
+	// audit log. Required.
+	DataDir string `yaml:"data_dir"`
+	// Backends are the roots of trust opened at start. At least one;
+	// names unique, and no two may open the same backend.
+	Backends []Backend `yaml:"backends"`
+	// DefaultRootKeys name the root keys CreateKey uses when a request
+	// names none. Optional; each unset mode then needs a root key in every
+	// CreateKey request.
+	DefaultRootKeys RootKeys `yaml:"default_root_keys"`
+	// Policy says where the Cedar policies are and how often they are
+	// re-read. Required (policy.paths).
+	Policy Policy `yaml:"policy"`
+	// Audit configures the audit log. Optional.
+	Audit Audit `yaml:"audit"`
+	// MaterialCache bounds the plaintext material held in memory.
+	// Optional.
+	MaterialCache MaterialCache `yaml:"material_cache"`
+	// DataKeyReuse bounds data-key reuse when this node encrypts.
+	// Optional.
+	DataKeyReuse DataKeyReuse `yaml:"data_key_reuse"`
+	// Limits bounds requests. Optional.
+	Limits Limits `yaml:"limits"`
+	// Log configures logging. Optional.
+	Log Log `yaml:"log"`
+	// ShutdownTimeout is how long a stopping node lets requests in flight
+	// finish before it cuts them off. Default 30s, range 1s..10m.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Backend is one root of trust.
+type Backend struct {
+	// Name identifies the backend in logs, metrics and audit records.
+	// Required; 1-64 letters, digits, '.', '_' or '-', starting with a
+	// letter or digit; unique.
+	Name string `yaml:"name"`
+	// URI opens the backend: a pkcs11:, awskms:, gcpkms: or softkms: URI
+	// as backends.ParseKeyURI accepts it, with or without a key. Secrets
+	// are named by file (pin-source, kek-source, passphrase-source), never
+	// given inline. Required.
+	URI string `yaml:"uri"`
+}
+
+// RootKeys name a default root key per material mode. Each is a key URI
+// that names a key in exactly one configured backend: either it repeats
+// that backend URI's connection attributes, or it gives none and only one
+// backend has its scheme (softkms:root-1).
+type RootKeys struct {
+	// Derive is the root of derive-mode keys: an HMAC key the backend
+	// computes the material PRF with. Optional.
+	Derive string `yaml:"derive"`
+	// Wrap is the root of wrap-mode keys: an encryption key the backend
+	// wraps random material with. Optional.
+	Wrap string `yaml:"wrap"`
+	// Backend is the root of backend-mode keys, whose operations all run
+	// in the backend. Optional.
+	Backend string `yaml:"backend"`
+}
+
+// Policy locates the Cedar policies.
+type Policy struct {
+	// Paths are Cedar policy files and directories; a directory
+	// contributes every *.cedar file in it. Required; at least one.
+	Paths []string `yaml:"paths"`
+	// ReloadInterval is how often the files are checked for changes; a
+	// policy that fails to load is refused and the previous one stays in
+	// force. 0s disables polling (SIGHUP still reloads). Default 10s; at
+	// least 1s when not 0s.
+	ReloadInterval time.Duration `yaml:"reload_interval"`
+}
+
+// Central defaults and bounds not shared with other nodes.
+const (
+	DefaultReloadInterval  = 10 * time.Second
+	MinReloadInterval      = time.Second
+	DefaultShutdownTimeout = 30 * time.Second
+	MinShutdownTimeout     = time.Second
+	MaxShutdownTimeout     = 10 * time.Minute
+)
+
+// DefaultCentral returns a configuration holding every default; the
+// required fields are empty. audit.path is left empty because its default
+// depends on data_dir: ResolvePaths fills it.
+func DefaultCentral() Central {
+	return Central{
+		Policy:          Policy{ReloadInterval: DefaultReloadInterval},
+		Audit:           Audit{FlushInterval: DefaultAuditFlush},
+		MaterialCache:   MaterialCache{Size: DefaultMaterialCacheSize, TTL: DefaultMaterialCacheTTL},
+		DataKeyReuse:    defaultDataKeyReuse(),
+		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
+		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+		ShutdownTimeout: DefaultShutdownTimeout,
+	}
+}
+
+// LoadCentral reads, decodes and validates the central configuration in
+// path. Relative paths in it are resolved against the file's directory.
+// Every error is an *Error naming the file, and the line and field where
+// known; all problems are reported together (errors.Join).
+func LoadCentral(path string) (*Central, error) {
+	data, err := readFile(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, &Error{File: path, Err: err}
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, &Error{File: path, Err: err}
+	}
+	return ParseCentral(path, data, filepath.Dir(abs))
+}
+
+// ParseCentral is LoadCentral on data already read: name is used in
+// errors, and baseDir is the directory relative paths are resolved against
+// ("" leaves them relative to the working directory).
+//
+// Decoding is strict: unknown or repeated fields, values of the wrong
+// type, null values, YAML aliases, more than one document and input over
+// MaxFileSize are errors. Fields left out take their defaults.
+func ParseCentral(name string, data []byte, baseDir string) (*Central, error) {
+	c := DefaultCentral()
+	lines, probs := decode(data, &c)
+	if len(probs) > 0 {
+		return nil, probs.join(name, lines)
+	}
+	c.ResolvePaths(baseDir)
+	if probs := c.validate(); len(probs) > 0 {
+		return nil, probs.join(name, lines)
+	}
+	return &c, nil
+}
+
+// ResolvePaths makes the relative paths in c (tls, data_dir, policy.paths,
+// audit.path) absolute against baseDir, and sets audit.path to
+// <data_dir>/audit.jsonl when it is empty. It is idempotent. ParseCentral
+// calls it; a configuration built in code calls it before Validate.
+func (c *Central) ResolvePaths(baseDir string) {
+	c.TLS.resolve(baseDir)
+	resolvePath(baseDir, &c.DataDir)
+	for i := range c.Policy.Paths {
+		resolvePath(baseDir, &c.Policy.Paths[i])
+	}
+	c.Audit.resolve(baseDir, c.DataDir)
+}
+
+// Validate checks every field and the relations between them, and returns
+// every problem found, joined; each is an *Error naming its field. It does
+// not touch the file system: see Check.
+func (c *Central) Validate() error {
+	return c.validate().join("", nil)
+}
+
+func (c *Central) validate() problems {
+	var p problems
+	checkName(&p, "node_id", c.NodeID)
+	checkTrustDomain(&p, "trust_domain", c.TrustDomain)
+	l, lok := checkListen(&p, "listen", c.Listen)
+	o, ook := checkListen(&p, "ops_listen", c.OpsListen)
+	if lok && ook && l.overlaps(o) {
+		p.add("ops_listen", "%q overlaps listen %q: the gRPC and ops listeners need different ports", c.OpsListen, c.Listen)
+	}
+	c.TLS.check(&p, "tls")
+	checkPath(&p, "data_dir", c.DataDir)
+	uris, allParsed := c.checkBackends(&p)
+	if allParsed {
+		c.checkRootKeys(&p, uris)
+	}
+	c.Policy.check(&p, "policy")
+	c.Audit.check(&p, "audit")
+	if c.Audit.Path == "" && c.DataDir != "" {
+		p.add("audit.path", "empty: ResolvePaths sets it to <data_dir>/audit.jsonl")
+	}
+	c.MaterialCache.check(&p, "material_cache")
+	c.DataKeyReuse.check(&p, "data_key_reuse")
+	c.Limits.check(&p, "limits")
+	c.Log.check(&p, "log")
+	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
+	return p
+}
+
+// checkBackends parses the backend URIs; it returns them (nil where one
+// did not parse) and whether all did (if not, root keys are not matched
+// against them, which would only repeat the problem).
+func (c *Central) checkBackends(p *problems) ([]backends.KeyURI, bool) {
+	if len(c.Backends) == 0 {
+		p.add("backends", "at least one backend is required")
+	}
+	uris := make([]backends.KeyURI, len(c.Backends))
+	names := map[string]int{}
+	conns := map[string]int{}
+	allParsed := true
+	for i, b := range c.Backends {
+		f := fmt.Sprintf("backends[%d]", i)
+		checkName(p, f+".name", b.Name)
+		if j, dup := names[b.Name]; dup && b.Name != "" {
+			p.add(f+".name", "%q is already the name of backends[%d]", b.Name, j)
+		} else {
+			names[b.Name] = i
+		}
+		if b.URI == "" {
+			p.add(f+".uri", "required")
+			allParsed = false
+			continue
+		}
+		u, err := backends.ParseKeyURI(b.URI)
+		if err != nil {
+			p.at(0, f+".uri", uriError(b.URI, err))
+			allParsed = false
+			continue
+		}
+		uris[i] = u
+		// Two entries for one backend would open a token or keystore
+		// twice and make every root key in it ambiguous.
+		if j, dup := conns[u.BackendURI()]; dup {
+			p.add(f+".uri", "opens the same backend as backends[%d] (%q); configure each root of trust once", j, c.Backends[j].Name)
+		} else {
+			conns[u.BackendURI()] = i
+		}
+	}
+	return uris, allParsed
+}
+
+// checkRootKeys checks that each default root key names a key in exactly
+// one configured backend, by the rule broker.Roots.Resolve applies when
+// the key is used (backends.Holds: the connection attributes the key URI
+// gives must agree with the backend's). The central node does not resolve
+// them at start, so this is where a default that CreateKey could not use
+// is caught.
+func (c *Central) checkRootKeys(p *problems, uris []backends.KeyURI) {
+	for _, rk := range []struct{ field, uri string }{
+		{"default_root_keys.derive", c.DefaultRootKeys.Derive},
+		{"default_root_keys.wrap", c.DefaultRootKeys.Wrap},
+		{"default_root_keys.backend", c.DefaultRootKeys.Backend},
+	} {
+		if rk.uri == "" {
+			continue
+		}
+		u, err := backends.ParseKeyURI(rk.uri)
+		if err != nil {
+			p.at(0, rk.field, uriError(rk.uri, err))
+			continue
+		}
+		if u.Key() == "" {
+			p.add(rk.field, "names a backend but no key: add object= (pkcs11), key-id= (awskms), a cryptoKeys/ resource (gcpkms) or a key name (softkms)")
+			continue
+		}
+		var schemes, match, same []string
+		for i, b := range uris {
+			if !slices.Contains(schemes, b.Scheme()) {
+				schemes = append(schemes, b.Scheme())
+			}
+			if b.Scheme() != u.Scheme() {
+				continue
+			}
+			name := fmt.Sprintf("backends[%d]", i)
+			same = append(same, name)
+			if backends.Holds(b, u) {
+				match = append(match, name)
+			}
+		}
+		switch {
+		case len(match) == 1:
+		case len(same) == 0:
+			slices.Sort(schemes)
+			p.add(rk.field, "scheme %s is not that of any configured backend (configured: %s)", u.Scheme(), strings.Join(schemes, ", "))
+		case len(match) == 0 && len(same) == 1:
+			p.add(rk.field, "its connection attributes (%s) disagree with %s.uri's", u.BackendURI(), same[0])
+		case len(match) == 0:
+			p.add(rk.field, "its connection attributes (%s) disagree with those of every one of %s", u.BackendURI(), strings.Join(same, ", "))
+		default:
+			p.add(rk.field, "could be in %s: give the connection attributes of one", strings.Join(match, " or "))
+		}
+	}
+}
+
+func (pol Policy) check(p *problems, field string) {
+	if len(pol.Paths) == 0 {
+		p.add(field+".paths", "at least one policy file or directory is required")
+	}
+	seen := map[string]int{}
+	for i, path := range pol.Paths {
+		f := fmt.Sprintf("%s.paths[%d]", field, i)
+		checkPath(p, f, path)
+		if j, dup := seen[path]; dup && path != "" {
+			p.add(f, "%q is already %s.paths[%d]", path, field, j)
+		} else {
+			seen[path] = i
+		}
+	}
+	switch d := pol.ReloadInterval; {
+	case d < 0:
+		p.add(field+".reload_interval", "%s is negative; 0s disables polling", formatDuration(d))
+	case d > 0 && d < MinReloadInterval:
+		p.add(field+".reload_interval", "%s is below the minimum %s; 0s disables polling", formatDuration(d), formatDuration(MinReloadInterval))
+	}
+}
+
+// uriError is a URI parse error without the URI itself. The field path
+// already says which URI, and a URI that fails to parse may hold what must
+// not be repeated into logs (a pin-value, say). The cause stays reachable
+// with errors.Is (backends.ErrInvalidArgument).
+func uriError(uri string, err error) error {
+	msg := err.Error()
+	shown := uri
+	if len(shown) > 200 { // as backends shortens it
+		shown = shown[:200] + "..."
+	}
+	q := strconv.Quote(shown)
+	i := strings.Index(msg, q)
+	if i < 0 {
+		// Not the form this expects: say less rather than risk echoing it.
+		return &redacted{msg: "not a valid key URI", cause: err}
+	}
+	msg = strings.TrimSpace(msg[i+len(q):])
+	msg = strings.TrimPrefix(msg, ": ")
+	msg = strings.TrimSuffix(msg, ": "+backends.ErrInvalidArgument.Error())
+	return &redacted{msg: msg, cause: err}
+}
+
+// redacted is an error whose message leaves out what its cause says.
+type redacted struct {
+	msg   string
+	cause error
+}
+
+func (r *redacted) Error() string { return r.msg }
+func (r *redacted) Unwrap() error { return r.cause }
+
+// Check looks at the files the configuration names, after Validate: the
+// TLS files are readable regular files, each policy path is a directory or
+// a readable *.cedar file, data_dir is a directory if it exists (the node
+// creates it), and audit.path's directory exists or is data_dir. It
+// neither parses nor keeps what it reads. Every problem is an *Error
+// naming its field, joined.
+func (c *Central) Check() error {
+	var p problems
+	c.TLS.stat(&p, "tls")
+	if st, err := os.Stat(c.DataDir); err == nil && !st.IsDir() {
+		p.add("data_dir", "%s is not a directory", c.DataDir)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p.at(0, "data_dir", err)
+	}
+	for i, path := range c.Policy.Paths {
+		f := fmt.Sprintf("policy.paths[%d]", i)
+		st, err := os.Stat(path)
+		switch {
+		case err != nil:
+			p.at(0, f, err)
+		case st.IsDir():
+		case filepath.Ext(path) != ".cedar":
+			p.add(f, "%s is neither a directory nor a .cedar file", path)
+		default:
+			statFile(&p, f, path)
+		}
+	}
+	if dir := filepath.Dir(c.Audit.Path); dir != c.DataDir {
+		statDir(&p, "audit.path", dir)
+	}
+	if st, err := os.Stat(c.Audit.Path); err == nil && !st.Mode().IsRegular() {
+		p.add("audit.path", "%s is not a regular file", c.Audit.Path)
+	}
+	return p.join("", nil)
+}
+
+// statFile checks that path is a regular file this process can open. It
+// stats first, so that a FIFO is reported rather than blocking the open.
+func statFile(p *problems, field, path string) {
+	st, err := os.Stat(path)
+	if err != nil {
+		p.at(0, field, err)
+		return
+	}
+	if !st.Mode().IsRegular() {
+		p.add(field, "%s is not a regular file", path)
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		p.at(0, field, err)
+		return
+	}
+	f.Close()
+}
+
+// statDir checks that path is a directory.
+func statDir(p *problems, field, path string) {
+	st, err := os.Stat(path)
+	switch {
+	case err != nil:
+		p.at(0, field, err)
+	case !st.IsDir():
+		p.add(field, "%s is not a directory", path)
+	}
+}

@@ -1,0 +1,393 @@
+package config
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/identity"
+)
+
+// This file holds the parts every keybroker node's configuration shares:
+// the central process uses them now, an edge will later.
+
+// TLS names the PEM files of a node's mutual-TLS identity. Relative paths
+// are resolved against the configuration file's directory.
+type TLS struct {
+	// CA is the bundle of CA certificates that sign peers; only peers
+	// whose certificates chain to it are accepted. Required.
+	CA string `yaml:"ca"`
+	// Cert is this node's certificate chain, leaf first; its URI SAN is
+	// spiffe://<trust_domain>/<kind>/<node_id>. Required.
+	Cert string `yaml:"cert"`
+	// Key is the private key of Cert. It is a file, never inline, so it
+	// cannot end up in the configuration. Required.
+	Key string `yaml:"key"`
+}
+
+// Files returns the files in the form package identity takes.
+func (t TLS) Files() identity.TLSFiles {
+	return identity.TLSFiles{CA: t.CA, Cert: t.Cert, Key: t.Key}
+}
+
+func (t *TLS) resolve(base string) {
+	resolvePath(base, &t.CA)
+	resolvePath(base, &t.Cert)
+	resolvePath(base, &t.Key)
+}
+
+func (t TLS) check(p *problems, field string) {
+	checkPath(p, field+".ca", t.CA)
+	checkPath(p, field+".cert", t.Cert)
+	checkPath(p, field+".key", t.Key)
+}
+
+func (t TLS) stat(p *problems, field string) {
+	statFile(p, field+".ca", t.CA)
+	statFile(p, field+".cert", t.Cert)
+	statFile(p, field+".key", t.Key)
+}
+
+// Log configures the process's structured log (log/slog).
+type Log struct {
+	// Level is the least severe level written: debug, info, warn or
+	// error, spelled exactly so. Default info.
+	Level string `yaml:"level"`
+	// Format is json (one JSON object a line, for collectors) or text
+	// (key=value, for people). Default json.
+	Format string `yaml:"format"`
+}
+
+// Log defaults.
+const (
+	DefaultLogLevel  = "info"
+	DefaultLogFormat = "json"
+)
+
+var logLevels = map[string]slog.Level{
+	"debug": slog.LevelDebug,
+	"info":  slog.LevelInfo,
+	"warn":  slog.LevelWarn,
+	"error": slog.LevelError,
+}
+
+// SlogLevel returns Level as a slog.Level (info if Level is not valid).
+func (l Log) SlogLevel() slog.Level { return logLevels[l.Level] }
+
+// NewLogger returns a logger writing to w in the configured format and
+// level.
+func (l Log) NewLogger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: l.SlogLevel()}
+	if l.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func (l Log) check(p *problems, field string) {
+	if _, ok := logLevels[l.Level]; !ok {
+		p.add(field+".level", "%q is not one of debug, info, warn, error", l.Level)
+	}
+	if l.Format != "json" && l.Format != "text" {
+		p.add(field+".format", "%q is not one of json, text", l.Format)
+	}
+}
+
+// Audit configures the append-only, hash-chained audit log.
+type Audit struct {
+	// Path is the audit log file, JSON lines, created if missing and only
+	// ever appended to. Default <data_dir>/audit.jsonl.
+	Path string `yaml:"path"`
+	// FlushInterval is the longest an audit line waits in memory before
+	// it is written and synced; a crash loses at most this much of the
+	// log. Default 100ms, range 10ms..10s.
+	FlushInterval time.Duration `yaml:"flush_interval"`
+}
+
+// Audit defaults and bounds.
+const (
+	DefaultAuditFlush = 100 * time.Millisecond
+	MinAuditFlush     = 10 * time.Millisecond
+	MaxAuditFlush     = 10 * time.Second
+	DefaultAuditFile  = "audit.jsonl"
+)
+
+func (a *Audit) resolve(base, dataDir string) {
+	if a.Path == "" && dataDir != "" {
+		a.Path = filepath.Join(dataDir, DefaultAuditFile)
+	}
+	resolvePath(base, &a.Path)
+}
+
+// check leaves an empty path to the caller, whose default it is.
+func (a Audit) check(p *problems, field string) {
+	if a.Path != "" {
+		checkPath(p, field+".path", a.Path)
+	}
+	checkDuration(p, field+".flush_interval", a.FlushInterval, MinAuditFlush, MaxAuditFlush)
+}
+
+// MaterialCache bounds the in-memory cache of plaintext managed-key
+// material. Entries are zeroed when they leave it.
+type MaterialCache struct {
+	// Size is the most key versions held at once; the least recently used
+	// leaves first. Default 10000, range 1..10000000.
+	Size int `yaml:"size"`
+	// TTL is how long material stays after it was fetched or derived,
+	// however often it is used; a shorter TTL means more calls to the
+	// backends, a longer one more time a secret sits in memory. Default
+	// 5m, range 1s..24h.
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// Material-cache defaults and bounds.
+const (
+	DefaultMaterialCacheSize = 10000
+	MaxMaterialCacheSize     = 10_000_000
+	DefaultMaterialCacheTTL  = 5 * time.Minute
+	MinMaterialCacheTTL      = time.Second
+	MaxMaterialCacheTTL      = 24 * time.Hour
+)
+
+func (m MaterialCache) check(p *problems, field string) {
+	checkInt(p, field+".size", int64(m.Size), 1, MaxMaterialCacheSize, "")
+	checkDuration(p, field+".ttl", m.TTL, MinMaterialCacheTTL, MaxMaterialCacheTTL)
+}
+
+// DataKeyReuse bounds how long one data key seals messages (see
+// envelope.ReusePolicy); whichever bound is reached first retires the key.
+type DataKeyReuse struct {
+	// Period is the longest one data key is used. Default 5m, range
+	// 60s..24h.
+	Period time.Duration `yaml:"period"`
+	// MaxMessages is the most messages sealed under one data key, far
+	// below AES-GCM's 2^32 limit for random nonces. Default 268435456
+	// (2^28), range 1..4294967296 (2^32).
+	MaxMessages uint64 `yaml:"max_messages"`
+	// MaxBytes is the most plaintext bytes sealed under one data key.
+	// Default 68719476736 (64 GiB), at least 1.
+	MaxBytes uint64 `yaml:"max_bytes"`
+}
+
+// ReusePolicy returns the bounds in the form package envelope takes.
+func (r DataKeyReuse) ReusePolicy() envelope.ReusePolicy {
+	return envelope.ReusePolicy{Period: r.Period, MaxMessages: r.MaxMessages, MaxBytes: r.MaxBytes}
+}
+
+func defaultDataKeyReuse() DataKeyReuse {
+	return DataKeyReuse{
+		Period:      envelope.DefaultReusePeriod,
+		MaxMessages: envelope.DefaultMaxMessages,
+		MaxBytes:    envelope.DefaultMaxBytes,
+	}
+}
+
+func (r DataKeyReuse) check(p *problems, field string) {
+	checkDuration(p, field+".period", r.Period, envelope.MinReusePeriod, envelope.MaxReusePeriod)
+	if r.MaxMessages < 1 || r.MaxMessages > envelope.MaxMaxMessages {
+		p.add(field+".max_messages", "%d is out of range 1..%d", r.MaxMessages, uint64(envelope.MaxMaxMessages))
+	}
+	if r.MaxBytes < 1 {
+		p.add(field+".max_bytes", "must be at least 1")
+	}
+}
+
+// Limits bounds what one request may cost.
+type Limits struct {
+	// MaxRequestBytes is the largest request message accepted, the gRPC
+	// server's maximum receive size; larger requests fail with
+	// ResourceExhausted before they are decoded. Default 5242880 (5 MiB),
+	// range 65536 (64 KiB)..67108864 (64 MiB).
+	MaxRequestBytes int `yaml:"max_request_bytes"`
+}
+
+// Limits defaults and bounds.
+const (
+	DefaultMaxRequestBytes = 5 << 20
+	MinMaxRequestBytes     = 64 << 10
+	MaxMaxRequestBytes     = 64 << 20
+)
+
+func (l Limits) check(p *problems, field string) {
+	checkInt(p, field+".max_request_bytes", int64(l.MaxRequestBytes), MinMaxRequestBytes, MaxMaxRequestBytes, "bytes")
+}
+
+// ---- field checks ----
+
+// nameRe is what node ids and backend names look like: they appear in
+// SPIFFE ids, log lines, audit records and metric labels.
+var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+func checkName(p *problems, field, v string) {
+	switch {
+	case v == "":
+		p.add(field, "required")
+	case !nameRe.MatchString(v):
+		p.add(field, "%q is not 1-64 letters, digits, '.', '_' or '-' starting with a letter or digit", v)
+	}
+}
+
+// checkTrustDomain accepts exactly the trust domains package identity
+// accepts in a SPIFFE id, so a configuration never names one its own
+// certificates could not carry.
+func checkTrustDomain(p *problems, field, v string) {
+	if v == "" {
+		p.add(field, "required")
+		return
+	}
+	id, err := identity.Parse("spiffe://" + v + "/central/x")
+	if err != nil || id.TrustDomain != v {
+		p.add(field, "%q is not a trust domain: lowercase letters, digits, '.' and '-', at most 255, starting and ending with a letter or digit", v)
+	}
+}
+
+var hostRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$`)
+
+// listenAddr is a parsed host:port to listen on.
+type listenAddr struct {
+	host string // "" for every interface
+	port uint16
+}
+
+// wildcard reports whether the address listens on every interface.
+func (a listenAddr) wildcard() bool {
+	if a.host == "" {
+		return true
+	}
+	ip, err := netip.ParseAddr(a.host)
+	return err == nil && ip.IsUnspecified()
+}
+
+// overlaps reports whether a and b could not both be listened on. Port 0
+// asks the system for a free port, a different one each time.
+func (a listenAddr) overlaps(b listenAddr) bool {
+	return a.port != 0 && a.port == b.port && (a.host == b.host || a.wildcard() || b.wildcard())
+}
+
+// checkListen parses a host:port to listen on: the host is empty (every
+// interface), an IP address or a DNS name; the port a number 0..65535
+// written plainly (service names are not looked up). Port 0 takes a free
+// port, for tests and keybroker dev; the node logs the one it got.
+func checkListen(p *problems, field, v string) (listenAddr, bool) {
+	if v == "" {
+		p.add(field, "required (host:port)")
+		return listenAddr{}, false
+	}
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		p.add(field, "%q is not host:port", v)
+		return listenAddr{}, false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || (port[0] == '0' && port != "0") {
+		p.add(field, "%q: port %q is not a number 0..65535", v, port)
+		return listenAddr{}, false
+	}
+	if !validHost(host) {
+		p.add(field, "%q: host %q is not an IP address or DNS name", v, host)
+		return listenAddr{}, false
+	}
+	return listenAddr{host: host, port: uint16(n)}, true
+}
+
+// validHost accepts "" (every interface), an IP address (IPv6 with a zone
+// too) or a DNS name; a dotted number that is not an IP address is refused
+// rather than looked up as a name.
+func validHost(h string) bool {
+	if h == "" {
+		return true
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if strings.Trim(h, "0123456789.") == "" {
+		return false
+	}
+	return len(h) <= 253 && hostRe.MatchString(h)
+}
+
+// checkDuration checks lo <= d <= hi.
+func checkDuration(p *problems, field string, d, lo, hi time.Duration) {
+	switch {
+	case d < lo:
+		p.add(field, "%s is below the minimum %s", formatDuration(d), formatDuration(lo))
+	case d > hi:
+		p.add(field, "%s is above the maximum %s", formatDuration(d), formatDuration(hi))
+	}
+}
+
+// checkInt checks lo <= v <= hi; unit "bytes" adds binary sizes to the
+// message.
+func checkInt(p *problems, field string, v, lo, hi int64, unit string) {
+	show := func(n int64) string {
+		if unit == "bytes" && n >= 1024 {
+			return fmt.Sprintf("%d (%s)", n, formatBytes(n))
+		}
+		return strconv.FormatInt(n, 10)
+	}
+	switch {
+	case v < lo:
+		p.add(field, "%s is below the minimum %s", show(v), show(lo))
+	case v > hi:
+		p.add(field, "%s is above the maximum %s", show(v), show(hi))
+	}
+}
+
+// formatDuration writes d as people write it: 5m, not 5m0s.
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
+// formatBytes writes n in the largest binary unit that divides it, with a
+// decimal fraction otherwise: 64 KiB, 5 MiB, 1.5 GiB.
+func formatBytes(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	f, i := float64(n), 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	return strconv.FormatFloat(f, 'f', -1, 64) + " " + units[i]
+}
+
+// checkPath checks that a file path is given and holds no control
+// characters (which no real path has and which would garble log lines).
+func checkPath(p *problems, field, v string) {
+	if v == "" {
+		p.add(field, "required")
+		return
+	}
+	if strings.ContainsFunc(v, isControl) {
+		p.add(field, "path has a control character")
+	}
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// resolvePath makes a relative path absolute against base (when base is
+// given) and cleans it; empty paths stay empty so that "required" is
+// still reported.
+func resolvePath(base string, p *string) {
+	if *p == "" {
+		return
+	}
+	if !filepath.IsAbs(*p) && base != "" {
+		*p = filepath.Join(base, *p)
+	}
+	*p = filepath.Clean(*p)
+}

@@ -1,0 +1,43 @@
+// Package config is keybroker's configuration: YAML files decoded strictly
+// into typed structs and validated before a node starts. [Central] is the
+// central process's; the parts every node shares ([TLS], [Log], [Audit],
+// [MaterialCache], [DataKeyReuse], [Limits], listen addresses and duration
+// bounds) are separate types so that the edge's configuration reuses them.
+// docs/config.md describes every field.
+//
+// # Loading
+//
+// [LoadCentral] reads a file, [ParseCentral] the same from bytes. Both
+// decode, fill defaults, resolve relative paths against the file's
+// directory, and [Central.Validate]. [Central.Check] is separate and looks
+// at the file system (the TLS files are readable, data_dir is a
+// directory), because validation must not depend on the machine it runs
+// on: a configuration is validated the same in CI as on the host.
+//
+// # Strictness
+//
+// A configuration is one YAML document of at most [MaxFileSize] bytes.
+// Unknown fields, fields given twice, values of the wrong kind (a list
+// where a mapping belongs), numbers that are not whole, durations without a
+// unit ("30" could mean seconds or nanoseconds), null values and YAML
+// aliases are errors, as are values out of range. Values are taken as
+// written: nothing is case-folded or trimmed. A field left out takes its
+// default; a field given must be valid.
+//
+// # Errors
+//
+// Every problem is an [*Error] naming the file, the field path
+// (backends[1].uri) and the line where known, and all of them are
+// reported at once, joined with errors.Join, so one run lists everything
+// to fix.
+//
+// # Secrets
+//
+// No field holds a secret, by design: a PKCS#11 PIN comes from the file its
+// URI's pin-source names (pin-value is refused), a softkms KEK or
+// passphrase from kek-source or passphrase-source, a TLS key from tls.key,
+// and cloud credentials from the SDKs' usual sources. A configuration can
+// therefore be logged, diffed and kept in version control. Errors about a
+// backend URI still leave the URI out, in case one was written with a PIN
+// in it.
+package config
