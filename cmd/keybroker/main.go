@@ -208,9 +208,9 @@ func newRootCmd(e *env) *cobra.Command {
 		a.auditCmd(),
 		a.versionCmd(),
 	)
-	// Server commands go here, one line each, e.g.
-	//	root.AddCommand(newCentralCmd(e))
-	// They take the streams and environment from e, and the process context
+	root.AddCommand(newCentralCmd(e), newRootKeyCmd(e))
+	// Server commands, one line each. They take the streams and environment
+	// from e, and the process context
 	// (cancelled on SIGINT and SIGTERM) from cmd.Context(). An error returned
 	// from RunE exits 1, or with the code of an *exitError; one returned
 	// before RunE starts (flags, Args, PreRunE) is a usage error, exit 2.

@@ -1,0 +1,338 @@
+// Package central assembles keybroker's central process from its
+// configuration: the roots of trust, the registry store, the material
+// service, the Cedar policy engine, the audit log, the gRPC services over
+// mutual TLS, and the operations endpoints.
+//
+// # Lifecycle
+//
+// [Start] opens everything and starts serving; it fails (closing what it
+// opened) on any error, so a half-started node never serves. The node
+// then runs two loops: policy reload every policy.reload_interval (a bad
+// policy is logged and the old one stays), and a lifecycle sweep every
+// minute (due rotations, expired pending deletions). [Node.Shutdown] stops
+// accepting calls, lets in-flight calls finish within the shutdown timeout,
+// then closes the audit log (flushing it), the store and the backends.
+//
+// # Operations endpoints
+//
+// The ops listener serves /healthz (the process is up), /readyz (every
+// backend healthy, policy loaded) and /metrics (Prometheus) over the same
+// mutual TLS as the gRPC port: keybroker requires client certificates on
+// every port.
+package central
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/backends/awskms"
+	"github.com/keybroker/keybroker/backends/gcpkms"
+	"github.com/keybroker/keybroker/backends/pkcs11"
+	"github.com/keybroker/keybroker/backends/softkms"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/server"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/config"
+	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/policy"
+)
+
+// Backends returns the registry of every built-in root of trust.
+func Backends() *backends.Registry {
+	r := backends.NewRegistry()
+	for scheme, open := range map[string]backends.OpenFunc{
+		"softkms": softkms.Open, "pkcs11": pkcs11.Open, "awskms": awskms.Open, "gcpkms": gcpkms.Open,
+	} {
+		if err := r.Register(scheme, open); err != nil {
+			panic(err) // a programming error: the set above is fixed
+		}
+	}
+	return r
+}
+
+// SweepInterval is how often due rotations and deletions are carried out.
+const SweepInterval = time.Minute
+
+// Node is a running central process.
+type Node struct {
+	cfg    *config.Central
+	log    *slog.Logger
+	roots  *broker.Roots
+	store  *store.Bolt
+	svc    *broker.Service
+	policy *policy.Engine
+	audit  *audit.Log
+	grpc   *grpc.Server
+	ops    *http.Server
+	lis    net.Listener
+	opsLis net.Listener
+
+	stop     context.CancelFunc
+	loops    sync.WaitGroup
+	serveErr chan error
+	closeMu  sync.Mutex
+	closed   bool
+}
+
+// Options are the host process's contributions.
+type Options struct {
+	Logger *slog.Logger
+	// Backends opens roots of trust; nil means Backends().
+	Backends *backends.Registry
+}
+
+// Start opens and starts a central node.
+func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reg := opts.Backends
+	if reg == nil {
+		reg = Backends()
+	}
+	n = &Node{cfg: cfg, log: log, serveErr: make(chan error, 2)}
+	defer func() {
+		if err != nil {
+			n.closeResources()
+		}
+	}()
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("central: data_dir: %w", err)
+	}
+	var rcs []broker.RootConfig
+	for _, b := range cfg.Backends {
+		rcs = append(rcs, broker.RootConfig{Name: b.Name, URI: b.URI})
+	}
+	if n.roots, err = broker.OpenRoots(ctx, reg, rcs, backends.Options{Logger: log, Metrics: metrics}); err != nil {
+		return nil, err
+	}
+	if n.store, err = store.Open(filepath.Join(cfg.DataDir, "registry.db"), 0); err != nil {
+		return nil, err
+	}
+	defaults := map[broker.Mode]string{}
+	for mode, uri := range map[broker.Mode]string{broker.ModeDerive: cfg.DefaultRootKeys.Derive, broker.ModeWrap: cfg.DefaultRootKeys.Wrap, broker.ModeBackend: cfg.DefaultRootKeys.Backend} {
+		if uri != "" {
+			defaults[mode] = uri
+		}
+	}
+	n.svc, err = broker.NewService(broker.ServiceConfig{
+		Registry:     broker.NewRegistry(n.store, nil),
+		Roots:        n.roots,
+		Materials:    broker.NewMaterials(n.roots, cfg.MaterialCache.Size, cfg.MaterialCache.TTL, nil),
+		DefaultRoots: defaults,
+		Reuse:        envelope.ReusePolicy{Period: cfg.DataKeyReuse.Period, MaxMessages: cfg.DataKeyReuse.MaxMessages, MaxBytes: cfg.DataKeyReuse.MaxBytes},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n.policy, err = policy.NewEngine(cfg.Policy.Paths...); err != nil {
+		return nil, err
+	}
+	if n.audit, err = audit.Open(cfg.Audit.Path, cfg.Audit.FlushInterval); err != nil {
+		return nil, err
+	}
+	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
+		TrustDomain: cfg.TrustDomain, Address: cfg.Listen, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	files := identity.TLSFiles{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key}
+	tlsCfg, err := files.ServerConfig()
+	if err != nil {
+		return nil, err
+	}
+	rpc := newRPCMetrics(metrics)
+	n.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
+		grpc.ChainUnaryInterceptor(rpc.interceptor, srv.UnaryInterceptor()),
+	)
+	srv.Register(n.grpc)
+	if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("central: listen: %w", err)
+	}
+	if n.opsLis, err = net.Listen("tcp", cfg.OpsListen); err != nil {
+		return nil, fmt.Errorf("central: ops_listen: %w", err)
+	}
+	n.ops = &http.Server{Handler: n.opsHandler(metrics), TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second}
+
+	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	n.stop = stop
+	go func() { n.serveErr <- n.grpc.Serve(n.lis) }()
+	go func() {
+		err := n.ops.Serve(tls.NewListener(n.opsLis, n.ops.TLSConfig))
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		n.serveErr <- err
+	}()
+	n.loops.Go(func() { n.reloadLoop(loopCtx) })
+	n.loops.Go(func() { n.sweepLoop(loopCtx) })
+	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", n.lis.Addr().String(), "ops_addr", n.opsLis.Addr().String(),
+		"backends", n.roots.Names(), "policy", n.policy.Current().Hash()[:12])
+	return n, nil
+}
+
+// Addr is the gRPC listener's address.
+func (n *Node) Addr() string { return n.lis.Addr().String() }
+
+// OpsAddr is the operations listener's address.
+func (n *Node) OpsAddr() string { return n.opsLis.Addr().String() }
+
+// Service exposes the broker service (for keybroker dev's set-up).
+func (n *Node) Service() *broker.Service { return n.svc }
+
+// Done reports a server that stopped on its own (an error from Serve).
+func (n *Node) Done() <-chan error { return n.serveErr }
+
+// ReloadPolicy re-reads the policy files now (SIGHUP).
+func (n *Node) ReloadPolicy() {
+	changed, err := n.policy.Reload()
+	switch {
+	case err != nil:
+		n.log.Error("policy reload failed; the previous policy stays in force", "err", err)
+	case changed:
+		n.log.Info("policy reloaded", "policy", n.policy.Current().Hash()[:12])
+	}
+}
+
+func (n *Node) reloadLoop(ctx context.Context) {
+	if n.cfg.Policy.ReloadInterval <= 0 {
+		return
+	}
+	t := time.NewTicker(n.cfg.Policy.ReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n.ReloadPolicy()
+		}
+	}
+}
+
+func (n *Node) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rotated, deleted, err := n.svc.Sweep(ctx)
+			if len(rotated) > 0 || len(deleted) > 0 || err != nil {
+				n.log.Info("lifecycle sweep", "rotated", rotated, "deleted", deleted, "err", err)
+			}
+			for _, id := range rotated {
+				n.auditSystem("RotateKey", id)
+			}
+			for _, id := range deleted {
+				n.auditSystem("DeleteKey", id)
+			}
+		}
+	}
+}
+
+// auditSystem records an operation the node performed by itself.
+func (n *Node) auditSystem(op, key string) {
+	if err := n.audit.Append(audit.Record{Principal: "system", Node: n.cfg.NodeID, Operation: op, Key: key, Decision: "allow", Outcome: "ok"}); err != nil {
+		n.log.Error("audit append failed", "err", err)
+	}
+}
+
+func (n *Node) opsHandler(metrics *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		health := map[string]string{}
+		ready := true
+		for name, err := range n.roots.Health(ctx) {
+			health["backend:"+name] = "ok"
+			if err != nil {
+				health["backend:"+name] = err.Error()
+				ready = false
+			}
+		}
+		health["policy"] = n.policy.Current().Hash()[:12]
+		if err := n.policy.LastError(); err != nil {
+			health["policy_reload"] = err.Error()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "checks": health})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Shutdown stops serving gracefully within ctx, then closes everything.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.stop()
+	done := make(chan struct{})
+	go func() { n.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		n.log.Warn("graceful stop timed out; cancelling in-flight calls")
+		n.grpc.Stop()
+	}
+	err := n.ops.Shutdown(ctx)
+	n.loops.Wait()
+	return errors.Join(err, n.closeResources())
+}
+
+func (n *Node) closeResources() error {
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	var errs []error
+	if n.audit != nil {
+		errs = append(errs, n.audit.Close())
+	}
+	if n.store != nil {
+		errs = append(errs, n.store.Close())
+	}
+	if n.roots != nil {
+		errs = append(errs, n.roots.Close())
+	}
+	for _, l := range []net.Listener{n.lis, n.opsLis} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+	return errors.Join(errs...)
+}

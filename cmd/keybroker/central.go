@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keybroker/keybroker/central"
+	"github.com/keybroker/keybroker/config"
+)
+
+func newCentralCmd(e *env) *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "central --config central.yaml",
+		Short: "Run a central node: the tier that holds the roots of trust",
+		Long: `Run a central node. The configuration (docs/config.md) names the roots of
+trust, the listen addresses, the TLS files, the data directory and the
+policy files; it is decoded strictly and validated before anything starts.
+
+The node serves KeyBroker and KeyAdmin over mutual TLS, and /healthz,
+/readyz and /metrics on ops_listen (also mutual TLS). Logs are JSON lines on
+stderr (log.format: text for humans). SIGHUP reloads the policy files (a bad
+policy is refused and the old one stays); SIGINT or SIGTERM stops the node
+gracefully within shutdown_timeout.`,
+		Example: `  keybroker central --config /etc/keybroker/central.yaml`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadCentral(configPath)
+			if err != nil {
+				return usageError(err)
+			}
+			if err := cfg.Check(); err != nil {
+				return usageError(err)
+			}
+			log := newLogger(e, cfg.Log)
+			return runCentral(cmd.Context(), cfg, log)
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "path of the central node's YAML configuration (required)")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+func newLogger(e *env, c config.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(e.stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(e.stderr, opts))
+}
+
+func runCentral(ctx context.Context, cfg *config.Central, log *slog.Logger) error {
+	node, err := central.Start(ctx, cfg, central.Options{Logger: log})
+	if err != nil {
+		log.Error("central failed to start", "err", err)
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var serveErr error
+	for done := false; !done; {
+		select {
+		case <-hup:
+			node.ReloadPolicy()
+		case serveErr = <-node.Done():
+			log.Error("server stopped", "err", serveErr)
+			done = true
+		case <-ctx.Done():
+			log.Info("shutting down")
+			done = true
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := node.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		return err
+	}
+	log.Info("stopped")
+	if serveErr != nil {
+		return fmt.Errorf("server stopped: %w", serveErr)
+	}
+	return nil
+}
