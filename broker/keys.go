@@ -27,6 +27,8 @@ import (
 	"regexp"
 	"slices"
 	"time"
+
+	"github.com/keybroker/keybroker/policy"
 )
 
 // Errors returned by the broker, mapped to gRPC codes at the API edge.
@@ -111,21 +113,25 @@ type Version struct {
 
 // Key is a managed key. Revision is the store revision it was read at.
 type Key struct {
-	ID                   string            `json:"id"`
-	Type                 KeyType           `json:"type"`
-	Mode                 Mode              `json:"mode"`
-	Derived              bool              `json:"derived,omitempty"`
-	State                State             `json:"state"`
-	Labels               map[string]string `json:"labels,omitempty"`
-	Description          string            `json:"description,omitempty"`
-	RotationPeriod       time.Duration     `json:"rotation_period,omitempty"`
-	NextRotation         time.Time         `json:"next_rotation,omitzero"`
-	MinDecryptionVersion uint32            `json:"min_decryption_version,omitempty"`
-	Primary              uint32            `json:"primary"`
-	Versions             []Version         `json:"versions"`
-	DeletionTime         time.Time         `json:"deletion_time,omitzero"`
-	Created              time.Time         `json:"created"`
-	Updated              time.Time         `json:"updated"`
+	ID          string            `json:"id"`
+	Type        KeyType           `json:"type"`
+	Mode        Mode              `json:"mode"`
+	Derived     bool              `json:"derived,omitempty"`
+	State       State             `json:"state"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Description string            `json:"description,omitempty"`
+	// Placement is a Cedar condition over the edge that may hold the key's
+	// material (policy.ValidatePlacement); empty means the global policies
+	// alone decide.
+	Placement            string        `json:"placement,omitempty"`
+	RotationPeriod       time.Duration `json:"rotation_period,omitempty"`
+	NextRotation         time.Time     `json:"next_rotation,omitzero"`
+	MinDecryptionVersion uint32        `json:"min_decryption_version,omitempty"`
+	Primary              uint32        `json:"primary"`
+	Versions             []Version     `json:"versions"`
+	DeletionTime         time.Time     `json:"deletion_time,omitzero"`
+	Created              time.Time     `json:"created"`
+	Updated              time.Time     `json:"updated"`
 
 	Revision uint64 `json:"-"`
 }
@@ -244,6 +250,11 @@ func (k *Key) validateMeta() error {
 		return errorf(ErrInvalidArgument, "rotation period %s is shorter than %s", k.RotationPeriod, MinRotationPeriod)
 	case len(k.Description) > 1024:
 		return errorf(ErrInvalidArgument, "description longer than 1024 bytes")
+	}
+	if k.Placement != "" {
+		if err := policy.ValidatePlacement(k.ID, k.Placement); err != nil {
+			return errorf(ErrInvalidArgument, "%v", err)
+		}
 	}
 	return ValidateLabels(k.Labels)
 }

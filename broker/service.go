@@ -97,12 +97,13 @@ type CreateParams struct {
 	Labels         map[string]string
 	RotationPeriod time.Duration
 	Description    string
+	Placement      string
 }
 
 // CreateKey creates a key and its first version.
 func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*Key, error) {
 	k := &Key{ID: p.ID, Type: p.Type, Mode: p.Mode, Derived: p.Derived, State: StateEnabled,
-		Labels: maps.Clone(p.Labels), RotationPeriod: p.RotationPeriod, Description: p.Description, Primary: 1}
+		Labels: maps.Clone(p.Labels), RotationPeriod: p.RotationPeriod, Description: p.Description, Placement: p.Placement, Primary: 1}
 	root := p.RootKey
 	if root == "" {
 		root = s.defaults[p.Mode]
@@ -168,6 +169,7 @@ type UpdateParams struct {
 	ReplaceLabels        bool
 	RotationPeriod       *time.Duration
 	MinDecryptionVersion *uint32
+	Placement            *string
 }
 
 // UpdateKey changes metadata with a compare-and-swap.
@@ -199,6 +201,9 @@ func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*Key, error) {
 		}
 		if p.MinDecryptionVersion != nil {
 			k.MinDecryptionVersion = *p.MinDecryptionVersion
+		}
+		if p.Placement != nil {
+			k.Placement = *p.Placement
 		}
 		return nil
 	})

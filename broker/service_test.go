@@ -460,3 +460,24 @@ func TestGenerateRandom(t *testing.T) {
 	_, err = e.svc.GenerateRandom(t.Context(), 0)
 	wantErr(t, "zero length", err, ErrInvalidArgument)
 }
+
+func TestPlacement(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	k, err := e.svc.CreateKey(ctx, CreateParams{ID: "eu-only", Type: AES256GCM, Mode: ModeDerive, Placement: `principal.region == "eu"`})
+	if err != nil || k.Placement != `principal.region == "eu"` {
+		t.Fatalf("CreateKey with placement = %+v, %v", k, err)
+	}
+	_, err = e.svc.CreateKey(ctx, CreateParams{ID: "bad", Type: AES256GCM, Mode: ModeDerive, Placement: `principal.regoin == "eu"`})
+	wantErr(t, "misspelt placement", err, ErrInvalidArgument)
+	_, err = e.svc.CreateKey(ctx, CreateParams{ID: "evil", Type: AES256GCM, Mode: ModeDerive, Placement: `true }; permit (principal, action, resource) when { true`})
+	wantErr(t, "placement that injects a policy", err, ErrInvalidArgument)
+	bad := `principal.nope`
+	_, err = e.svc.UpdateKey(ctx, UpdateParams{ID: "eu-only", Placement: &bad})
+	wantErr(t, "update to a bad placement", err, ErrInvalidArgument)
+	none := ""
+	k, err = e.svc.UpdateKey(ctx, UpdateParams{ID: "eu-only", Placement: &none})
+	if err != nil || k.Placement != "" {
+		t.Errorf("removing the placement = %+v, %v", k, err)
+	}
+}

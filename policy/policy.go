@@ -167,11 +167,12 @@ func (d Decision) PolicyID() string {
 
 // Set is an immutable, validated set of policies.
 type Set struct {
-	ps       *cedar.PolicySet
-	effects  map[cedar.PolicyID]cedar.Effect
-	hash     string
-	files    []string
-	policies int
+	ps         *cedar.PolicySet
+	placements placementSets
+	effects    map[cedar.PolicyID]cedar.Effect
+	hash       string
+	files      []string
+	policies   int
 }
 
 // Hash identifies the set's content (hex SHA-256 over file names and
@@ -303,6 +304,10 @@ func tags(labels map[string]string) cedar.Record {
 }
 
 func (s *Set) decide(principal Principal, action Action, resource cedar.EntityUID, resEntity *cedar.Entity) Decision {
+	return s.decideWith(s.ps, principal, action, resource, resEntity)
+}
+
+func (s *Set) decideWith(ps *cedar.PolicySet, principal Principal, action Action, resource cedar.EntityUID, resEntity *cedar.Entity) Decision {
 	et, ok := principal.Kind.entityType()
 	if !ok || principal.Name == "" {
 		return Decision{}
@@ -331,7 +336,7 @@ func (s *Set) decide(principal Principal, action Action, resource cedar.EntityUI
 	if v, err := validator(); err != nil || v.Request(req) != nil {
 		return Decision{Policies: []string{"schema"}}
 	}
-	dec, diag := cedar.Authorize(s.ps, entities, req)
+	dec, diag := cedar.Authorize(ps, entities, req)
 	d := Decision{Allowed: dec == cedar.Allow}
 	for _, r := range diag.Reasons {
 		d.Policies = append(d.Policies, string(r.PolicyID))
@@ -344,11 +349,15 @@ func (s *Set) decide(principal Principal, action Action, resource cedar.EntityUI
 
 // AuthorizeKey decides whether principal may perform action on key.
 func (s *Set) AuthorizeKey(principal Principal, action Action, key Key) Decision {
+	return s.evaluate(s.ps, principal, action, key)
+}
+
+func (s *Set) evaluate(ps *cedar.PolicySet, principal Principal, action Action, key Key) Decision {
 	uid := cedar.NewEntityUID("Key", cedar.String(key.Name))
 	ent := cedar.Entity{UID: uid, Tags: tags(key.Labels), Attributes: cedar.NewRecord(cedar.RecordMap{
 		"type": cedar.String(key.Type), "mode": cedar.String(key.Mode),
 	})}
-	return s.decide(principal, action, uid, &ent)
+	return s.decideWith(ps, principal, action, uid, &ent)
 }
 
 // AuthorizeService decides an action that names no key.

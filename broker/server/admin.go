@@ -38,6 +38,7 @@ func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kb
 	k, err := a.s.svc.CreateKey(ctx, broker.CreateParams{
 		ID: r.GetKeyId(), Type: typ, Mode: mode, Derived: r.GetDerived(), RootKey: r.GetRootKey(),
 		Labels: r.GetLabels(), RotationPeriod: r.GetRotationPeriod().AsDuration(), Description: r.GetDescription(),
+		Placement: r.GetPlacement(),
 	})
 	if err != nil {
 		return nil, c.end(err)
@@ -67,7 +68,8 @@ func (a *keyAdmin) RotateKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.Key
 func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kbv1.KeyMetadata, error) {
 	return a.adminOp(ctx, policy.UpdateKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
 		p := broker.UpdateParams{ID: r.GetKeyId(), ExpectedRevision: r.GetExpectedRevision(), Labels: r.GetLabels(),
-			ReplaceLabels: r.GetReplaceLabels(), Description: r.Description, MinDecryptionVersion: r.MinDecryptionVersion}
+			ReplaceLabels: r.GetReplaceLabels(), Description: r.Description, MinDecryptionVersion: r.MinDecryptionVersion,
+			Placement: r.Placement}
 		if r.RotationPeriod != nil {
 			d := r.GetRotationPeriod().AsDuration()
 			p.RotationPeriod = &d

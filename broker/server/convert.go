@@ -42,7 +42,7 @@ func keyToProto(k *broker.Key) *kbv1.KeyMetadata {
 		KeyId: k.ID, Type: typeToProto[k.Type], Mode: modeToProto[k.Mode], Derived: k.Derived, State: stateToProto[k.State],
 		PrimaryVersion: k.Primary, MinDecryptionVersion: k.MinDecryptionVersion, Labels: k.Labels,
 		CreatedAt: timestamppb.New(k.Created), UpdatedAt: timestamppb.New(k.Updated), Revision: k.Revision,
-		Description: k.Description,
+		Description: k.Description, Placement: k.Placement,
 	}
 	if pv := k.PrimaryVersion(); pv != nil {
 		m.RootKey = pv.RootKey

@@ -125,7 +125,12 @@ func (s *session) context() (context.Context, context.CancelFunc) {
 func (s *session) fail(ctx context.Context, op string, err error) error {
 	st, _ := status.FromError(err)
 	e := &rpcError{op: op, st: st}
-	if st.Code() == codes.DeadlineExceeded && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	// The server may report DeadlineExceeded an instant before the client's
+	// own timer fires, so ctx.Err() may not be set yet: a deadline that is
+	// all but spent counts as run out.
+	dl, hasDeadline := ctx.Deadline()
+	spent := errors.Is(ctx.Err(), context.DeadlineExceeded) || (hasDeadline && time.Until(dl) < 100*time.Millisecond)
+	if st.Code() == codes.DeadlineExceeded && spent {
 		e.hint = fmt.Sprintf("--timeout %s ran out", s.timeout)
 	}
 	return e

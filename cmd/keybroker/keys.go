@@ -110,6 +110,7 @@ func (a *app) keyCreateCmd() *cobra.Command {
 		labels      pairsValue
 		rotation    time.Duration
 		description string
+		placement   string
 	)
 	cmd := &cobra.Command{
 		Use:   "create ID --type TYPE --mode MODE",
@@ -122,8 +123,13 @@ func (a *app) keyCreateCmd() *cobra.Command {
   backend  never leaves the backend; every operation goes to it
 --root-key is the backend URI of the root key (default: the node's).
 --rotation-period 0 (the default) means no automatic rotation; the broker
-wants at least 24h otherwise.`,
+wants at least 24h otherwise.
+--placement is a Cedar condition over the edge that may hold the key's
+material, e.g. 'principal.region == "eu"'; it adds to the global
+HoldMaterial policies (a forbid there still wins).`,
 		Example: `  keybroker key create payments --type aes-256-gcm --mode derive --derived
+  keybroker key create eu-orders --type aes-256-gcm --mode derive --placement 'principal.region == "eu"'
+
   keybroker key create releases --type ecdsa-p256 --mode backend \
       --root-key 'pkcs11:token=kb;object=root-1' --description 'release signing'
   keybroker key create tokens --type hmac-sha256 --mode wrap \
@@ -141,6 +147,7 @@ wants at least 24h otherwise.`,
 				RootKey:     rootKey,
 				Labels:      labels.m,
 				Description: description,
+				Placement:   placement,
 			}
 			if rotation != 0 {
 				req.RotationPeriod = durationpb.New(rotation)
@@ -158,6 +165,7 @@ wants at least 24h otherwise.`,
 	fs.Var(&labels, "label", "label k=v; repeat for more")
 	fs.DurationVar(&rotation, "rotation-period", 0, "rotate automatically this often (at least 24h); 0 means never")
 	fs.StringVar(&description, "description", "", "free-text description")
+	fs.StringVar(&placement, "placement", "", "Cedar condition over the edge that may hold the material (see --help)")
 	_ = cmd.MarkFlagRequired("type")
 	_ = cmd.MarkFlagRequired("mode")
 	return cmd
@@ -253,10 +261,11 @@ func (a *app) keyUpdateCmd() *cobra.Command {
 		rotation      time.Duration
 		minVersion    uint32
 		revision      uint64
+		placement     string
 	)
 	cmd := &cobra.Command{
 		Use:   "update ID",
-		Short: "Change a key's labels, description, rotation period or minimum decryption version",
+		Short: "Change a key's labels, description, rotation period, minimum decryption version or placement",
 		Long: `Change a key. Only the fields given change.
 
 --label adds or replaces labels; with --replace-labels the key's labels
@@ -264,6 +273,7 @@ become exactly the --label pairs given (none: no labels).
 --rotation-period 0 turns automatic rotation off.
 --min-decryption-version N refuses ciphertexts, and MACs and signatures to
 verify, from versions below N.
+--placement EXPR replaces the placement condition; --placement '' removes it.
 --expected-revision N applies the change only if the key is still at
 revision N (see describe), so concurrent edits are not lost.`,
 		Example: `  keybroker key update payments --label owner=pay-team --description 'card data'
@@ -273,8 +283,8 @@ revision N (see describe), so concurrent edits are not lost.`,
 		Args: exactly("ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fs := cmd.Flags()
-			if !slices.ContainsFunc([]string{"label", "replace-labels", "description", "rotation-period", "min-decryption-version"}, fs.Changed) {
-				return usageErrorf("nothing to update: give --label, --replace-labels, --description, --rotation-period or --min-decryption-version")
+			if !slices.ContainsFunc([]string{"label", "replace-labels", "description", "rotation-period", "min-decryption-version", "placement"}, fs.Changed) {
+				return usageErrorf("nothing to update: give --label, --replace-labels, --description, --rotation-period, --min-decryption-version or --placement")
 			}
 			req := &kbv1.UpdateKeyRequest{
 				KeyId:            args[0],
@@ -294,6 +304,9 @@ revision N (see describe), so concurrent edits are not lost.`,
 			if fs.Changed("min-decryption-version") {
 				req.MinDecryptionVersion = &minVersion
 			}
+			if fs.Changed("placement") {
+				req.Placement = &placement
+			}
 			return a.keyCall(cmd, "key update", func(ctx context.Context, s *session) (*kbv1.KeyMetadata, error) {
 				return s.admin.UpdateKey(ctx, req)
 			})
@@ -306,6 +319,7 @@ revision N (see describe), so concurrent edits are not lost.`,
 	fs.DurationVar(&rotation, "rotation-period", 0, "new automatic rotation period (at least 24h); 0 turns rotation off")
 	fs.Uint32Var(&minVersion, "min-decryption-version", 0, "oldest version that may still decrypt and verify")
 	fs.Uint64Var(&revision, "expected-revision", 0, "apply only if the key is at this revision; 0 means any")
+	fs.StringVar(&placement, "placement", "", "new placement condition; empty removes it")
 	return cmd
 }
 
@@ -403,6 +417,7 @@ func (a *app) printKey(k *kbv1.KeyMetadata) error {
 		{"Updated", timeText(k.GetUpdatedAt())},
 		{"Revision", strconv.FormatUint(k.GetRevision(), 10)},
 		{"Description", orDash(k.GetDescription())},
+		{"Placement", orDash(k.GetPlacement())},
 	})
 }
 
@@ -448,6 +463,7 @@ type keyJSON struct {
 	UpdatedAt            *time.Time        `json:"updated_at"`
 	Revision             uint64            `json:"revision"`
 	Description          string            `json:"description"`
+	Placement            string            `json:"placement"`
 }
 
 type keyVersionJSON struct {
@@ -478,6 +494,7 @@ func keyToJSON(k *kbv1.KeyMetadata) keyJSON {
 		UpdatedAt:            jsonTime(k.GetUpdatedAt()),
 		Revision:             k.GetRevision(),
 		Description:          k.GetDescription(),
+		Placement:            k.GetPlacement(),
 	}
 	maps.Copy(j.Labels, k.GetLabels())
 	for _, v := range k.GetVersions() {

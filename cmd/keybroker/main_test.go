@@ -485,7 +485,7 @@ func TestKeyOutput(t *testing.T) {
 		"labels": map[string]any{"team": "pay"}, "root_key": "softkms:root-1", "rotation_period": "0s",
 		"next_rotation": nil, "deletion_time": nil,
 		"created_at": "2026-01-02T03:04:05Z", "updated_at": "2026-01-02T03:04:05Z",
-		"revision": 17.0, "description": "",
+		"revision": 17.0, "description": "", "placement": "",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("key describe --output json mismatch (-want +got):\n%s", diff)

@@ -1864,8 +1864,12 @@ type KeyMetadata struct {
 	CreatedAt      *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	UpdatedAt      *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
 	// Registry revision of the last change; UpdateKey can require it.
-	Revision      uint64 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
-	Description   string `protobuf:"bytes,17,opt,name=description,proto3" json:"description,omitempty"`
+	Revision    uint64 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
+	Description string `protobuf:"bytes,17,opt,name=description,proto3" json:"description,omitempty"`
+	// Placement: a Cedar condition over the edge (principal) that may hold
+	// this key's material, e.g. principal.region == "eu". Empty: the global
+	// HoldMaterial policies alone decide.
+	Placement     string `protobuf:"bytes,18,opt,name=placement,proto3" json:"placement,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2015,6 +2019,13 @@ func (x *KeyMetadata) GetRevision() uint64 {
 func (x *KeyMetadata) GetDescription() string {
 	if x != nil {
 		return x.Description
+	}
+	return ""
+}
+
+func (x *KeyMetadata) GetPlacement() string {
+	if x != nil {
+		return x.Placement
 	}
 	return ""
 }
@@ -2693,8 +2704,10 @@ type CreateKeyRequest struct {
 	// 0 means no automatic rotation; otherwise at least 24h.
 	RotationPeriod *durationpb.Duration `protobuf:"bytes,7,opt,name=rotation_period,json=rotationPeriod,proto3" json:"rotation_period,omitempty"`
 	Description    string               `protobuf:"bytes,8,opt,name=description,proto3" json:"description,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// See KeyMetadata.placement.
+	Placement     string `protobuf:"bytes,9,opt,name=placement,proto3" json:"placement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateKeyRequest) Reset() {
@@ -2783,6 +2796,13 @@ func (x *CreateKeyRequest) GetDescription() string {
 	return ""
 }
 
+func (x *CreateKeyRequest) GetPlacement() string {
+	if x != nil {
+		return x.Placement
+	}
+	return ""
+}
+
 type KeyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
@@ -2838,8 +2858,10 @@ type UpdateKeyRequest struct {
 	Labels               map[string]string    `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	RotationPeriod       *durationpb.Duration `protobuf:"bytes,6,opt,name=rotation_period,json=rotationPeriod,proto3,oneof" json:"rotation_period,omitempty"`
 	MinDecryptionVersion *uint32              `protobuf:"varint,7,opt,name=min_decryption_version,json=minDecryptionVersion,proto3,oneof" json:"min_decryption_version,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// An empty string removes the placement expression.
+	Placement     *string `protobuf:"bytes,8,opt,name=placement,proto3,oneof" json:"placement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateKeyRequest) Reset() {
@@ -2919,6 +2941,13 @@ func (x *UpdateKeyRequest) GetMinDecryptionVersion() uint32 {
 		return *x.MinDecryptionVersion
 	}
 	return 0
+}
+
+func (x *UpdateKeyRequest) GetPlacement() string {
+	if x != nil && x.Placement != nil {
+		return *x.Placement
+	}
+	return ""
 }
 
 type ScheduleKeyDeletionRequest struct {
@@ -3295,7 +3324,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x129\n" +
 	"\n" +
-	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xe6\x06\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x84\a\n" +
 	"\vKeyMetadata\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.keybroker.v1.KeyTypeR\x04type\x12)\n" +
@@ -3316,7 +3345,8 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\n" +
 	"updated_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1a\n" +
 	"\brevision\x18\x10 \x01(\x04R\brevision\x12 \n" +
-	"\vdescription\x18\x11 \x01(\tR\vdescription\x1a9\n" +
+	"\vdescription\x18\x11 \x01(\tR\vdescription\x12\x1c\n" +
+	"\tplacement\x18\x12 \x01(\tR\tplacement\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf8\x01\n" +
@@ -3360,7 +3390,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\bresponse\x18\x01 \x01(\v2%.keybroker.v1.GenerateDataKeyResponseR\bresponse\x12-\n" +
 	"\x05error\x18\x02 \x01(\v2\x17.keybroker.v1.ItemErrorR\x05error\"b\n" +
 	"\x1cBatchGenerateDataKeyResponse\x12B\n" +
-	"\aresults\x18\x01 \x03(\v2(.keybroker.v1.BatchGenerateDataKeyResultR\aresults\"\x99\x03\n" +
+	"\aresults\x18\x01 \x03(\v2(.keybroker.v1.BatchGenerateDataKeyResultR\aresults\"\xb7\x03\n" +
 	"\x10CreateKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.keybroker.v1.KeyTypeR\x04type\x12)\n" +
@@ -3369,13 +3399,14 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\broot_key\x18\x05 \x01(\tR\arootKey\x12B\n" +
 	"\x06labels\x18\x06 \x03(\v2*.keybroker.v1.CreateKeyRequest.LabelsEntryR\x06labels\x12B\n" +
 	"\x0frotation_period\x18\a \x01(\v2\x19.google.protobuf.DurationR\x0erotationPeriod\x12 \n" +
-	"\vdescription\x18\b \x01(\tR\vdescription\x1a9\n" +
+	"\vdescription\x18\b \x01(\tR\vdescription\x12\x1c\n" +
+	"\tplacement\x18\t \x01(\tR\tplacement\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"#\n" +
 	"\n" +
 	"KeyRequest\x12\x15\n" +
-	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\xe6\x03\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x97\x04\n" +
 	"\x10UpdateKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12+\n" +
 	"\x11expected_revision\x18\x02 \x01(\x04R\x10expectedRevision\x12%\n" +
@@ -3383,13 +3414,16 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x0ereplace_labels\x18\x04 \x01(\bR\rreplaceLabels\x12B\n" +
 	"\x06labels\x18\x05 \x03(\v2*.keybroker.v1.UpdateKeyRequest.LabelsEntryR\x06labels\x12G\n" +
 	"\x0frotation_period\x18\x06 \x01(\v2\x19.google.protobuf.DurationH\x01R\x0erotationPeriod\x88\x01\x01\x129\n" +
-	"\x16min_decryption_version\x18\a \x01(\rH\x02R\x14minDecryptionVersion\x88\x01\x01\x1a9\n" +
+	"\x16min_decryption_version\x18\a \x01(\rH\x02R\x14minDecryptionVersion\x88\x01\x01\x12!\n" +
+	"\tplacement\x18\b \x01(\tH\x03R\tplacement\x88\x01\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
 	"\f_descriptionB\x12\n" +
 	"\x10_rotation_periodB\x19\n" +
-	"\x17_min_decryption_version\"u\n" +
+	"\x17_min_decryption_versionB\f\n" +
+	"\n" +
+	"_placement\"u\n" +
 	"\x1aScheduleKeyDeletionRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12@\n" +
 	"\x0epending_window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rpendingWindow\"\x12\n" +

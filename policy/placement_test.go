@@ -1,0 +1,71 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestPlacement(t *testing.T) {
+	s, err := Parse(map[string][]byte{"p.cedar": []byte(`
+@id("no-quarantined-edges")
+forbid (principal is Edge, action == Action::"HoldMaterial", resource)
+when { principal.hasTag("quarantine") };
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := Key{Name: "payments", Type: "aes-256-gcm", Mode: "derive"}
+	eu := Principal{Kind: KindEdge, Name: "edge-eu-1", Region: "eu"}
+	us := Principal{Kind: KindEdge, Name: "edge-us-1", Region: "us"}
+	bad := Principal{Kind: KindEdge, Name: "edge-eu-2", Region: "eu", Labels: map[string]string{"quarantine": "yes"}}
+	const place = `principal.region == "eu"`
+	for _, tc := range []struct {
+		name   string
+		p      Principal
+		k      Key
+		expr   string
+		allow  bool
+		policy string
+	}{
+		{"eu edge, eu placement", eu, key, place, true, "placement:payments"},
+		{"us edge, eu placement", us, key, place, false, "default-deny"},
+		{"forbid beats placement", bad, key, place, false, "no-quarantined-edges"},
+		{"no placement: global default deny", eu, key, "", false, "default-deny"},
+		{"placement of another key does not apply", eu, Key{Name: "other"}, "", false, "default-deny"},
+		{"tag-based placement", Principal{Kind: KindEdge, Name: "e", Labels: map[string]string{"pci": "yes"}}, key,
+			`principal.hasTag("pci") && principal.getTag("pci") == "yes"`, true, "placement:payments"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := s.AuthorizeHoldMaterial(tc.p, tc.k, tc.expr)
+			if d.Allowed != tc.allow || d.PolicyID() != tc.policy {
+				t.Errorf("AuthorizeHoldMaterial = %v by %q (%v), want %v by %q", d.Allowed, d.PolicyID(), d.Errors, tc.allow, tc.policy)
+			}
+		})
+	}
+	// A placement expression grants HoldMaterial only, and only to edges.
+	if d := s.AuthorizeKey(Principal{Kind: KindClient, Name: "c"}, Encrypt, key); d.Allowed {
+		t.Error("placement leaked into another action")
+	}
+}
+
+func TestValidatePlacement(t *testing.T) {
+	for _, tc := range []struct{ expr, want string }{
+		{`principal.region == "eu"`, ""},
+		{`principal.region in ["eu", "uk"]`, "placement:"},
+		{``, "empty"},
+		{`principal.regoin == "eu"`, "regoin"},
+		{`principal.region ==`, "placement:"},
+		{`true }; permit (principal, action, resource) when { true`, "one condition"},
+		{`true }; @id("x") permit (principal, action, resource`, "placement:"},
+		{`principal.getTag("x") == "y"`, "tag"},
+		{strings.Repeat("a", MaxPlacement+1), "limit"},
+	} {
+		err := ValidatePlacement("k", tc.expr)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("ValidatePlacement(%q) = %v, want nil", tc.expr, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("ValidatePlacement(%q) = %v, want an error containing %q", tc.expr, err, tc.want)
+		}
+	}
+}
