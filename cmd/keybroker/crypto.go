@@ -308,18 +308,14 @@ Signatures are ASN.1 DER for ecdsa-p256 and 64 bytes for ed25519.
 			}
 			defer s.close()
 			req := &kbv1.SignRequest{KeyId: key}
+			data, err := a.readSignInput(in, digest)
+			if err != nil {
+				return err
+			}
 			if digest {
-				d, err := a.readDigest(in)
-				if err != nil {
-					return err
-				}
-				req.Input = &kbv1.SignRequest_Digest{Digest: d}
+				req.Input = &kbv1.SignRequest_Digest{Digest: data}
 			} else {
-				m, err := a.readInput(in, maxMessage, "message")
-				if err != nil {
-					return err
-				}
-				req.Input = &kbv1.SignRequest_Message{Message: m}
+				req.Input = &kbv1.SignRequest_Message{Message: data}
 			}
 			ctx, cancel := s.context()
 			defer cancel()
@@ -373,18 +369,14 @@ exits 7.`,
 				return err
 			}
 			req := &kbv1.VerifyRequest{KeyId: key, KeyVersion: version, Signature: sig}
+			data, err := a.readSignInput(in, digest)
+			if err != nil {
+				return err
+			}
 			if digest {
-				d, err := a.readDigest(in)
-				if err != nil {
-					return err
-				}
-				req.Input = &kbv1.VerifyRequest_Digest{Digest: d}
+				req.Input = &kbv1.VerifyRequest_Digest{Digest: data}
 			} else {
-				m, err := a.readInput(in, maxMessage, "message")
-				if err != nil {
-					return err
-				}
-				req.Input = &kbv1.VerifyRequest_Message{Message: m}
+				req.Input = &kbv1.VerifyRequest_Message{Message: data}
 			}
 			ctx, cancel := s.context()
 			defer cancel()
@@ -568,4 +560,13 @@ func (a *app) readDigest(path string) ([]byte, error) {
 		return nil, invalidInputf("--digest wants a %d-byte SHA-256 digest as input, got %d bytes", digestSize, len(d))
 	}
 	return d, nil
+}
+
+// readSignInput reads what sign and verify work on: a 32-byte digest with
+// --digest, else the message.
+func (a *app) readSignInput(in string, digest bool) ([]byte, error) {
+	if digest {
+		return a.readDigest(in)
+	}
+	return a.readInput(in, maxMessage, "message")
 }
