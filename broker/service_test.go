@@ -327,7 +327,9 @@ func TestMACEveryMode(t *testing.T) {
 		_, _, err = e.svc.GenerateMac(ctx, id, nil)
 		wantErr(t, "empty MAC message", err, ErrInvalidArgument)
 	}
-	_, _, err := e.svc.GenerateMac(ctx, "mac-backend", make([]byte, 5000))
+	_, err := e.svc.RotateKey(ctx, "mac-backend")
+	wantErr(t, "rotate a backend-mode MAC key", err, ErrFailedPrecondition)
+	_, _, err = e.svc.GenerateMac(ctx, "mac-backend", make([]byte, 5000))
 	wantErr(t, "backend MAC over 4 KiB", err, ErrInvalidArgument)
 	if _, _, err := e.svc.GenerateMac(ctx, "mac-derive", make([]byte, 5000)); err != nil {
 		t.Errorf("derive MAC of 5000 bytes: %v", err)

@@ -154,8 +154,20 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if n.audit, err = audit.Open(cfg.Audit.Path, cfg.Audit.FlushInterval); err != nil {
 		return nil, err
 	}
+	// Listen before building the server, so that the address it advertises
+	// carries the port actually bound (listen may ask for port 0).
+	if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("central: listen: %w", err)
+	}
+	if n.opsLis, err = net.Listen("tcp", cfg.OpsListen); err != nil {
+		return nil, fmt.Errorf("central: ops_listen: %w", err)
+	}
+	advertise := cfg.AdvertiseAddress
+	if advertise == "" {
+		advertise = n.lis.Addr().String()
+	}
 	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
-		TrustDomain: cfg.TrustDomain, Address: cfg.Listen, Logger: log})
+		TrustDomain: cfg.TrustDomain, Address: advertise, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -171,12 +183,6 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		grpc.ChainUnaryInterceptor(rpc.interceptor, srv.UnaryInterceptor()),
 	)
 	srv.Register(n.grpc)
-	if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("central: listen: %w", err)
-	}
-	if n.opsLis, err = net.Listen("tcp", cfg.OpsListen); err != nil {
-		return nil, fmt.Errorf("central: ops_listen: %w", err)
-	}
 	n.ops = &http.Server{Handler: n.opsHandler(metrics), TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second}
 
 	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -191,7 +197,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	}()
 	n.loops.Go(func() { n.reloadLoop(loopCtx) })
 	n.loops.Go(func() { n.sweepLoop(loopCtx) })
-	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", n.lis.Addr().String(), "ops_addr", n.opsLis.Addr().String(),
+	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", n.lis.Addr().String(), "advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(),
 		"backends", n.roots.Names(), "policy", n.policy.Current().Hash()[:12])
 	return n, nil
 }

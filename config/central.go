@@ -33,6 +33,12 @@ type Central struct {
 	// interface; port 0 takes a free port (tests, keybroker dev).
 	// Required; port 0..65535.
 	Listen string `yaml:"listen"`
+	// AdvertiseAddress is the host:port other nodes and clients dial to
+	// reach Listen, returned by LookupKey and ListNodes. Optional: by
+	// default the listen address with the port actually bound; required
+	// when listen's host is empty or a wildcard (0.0.0.0, ::), which no
+	// peer can dial.
+	AdvertiseAddress string `yaml:"advertise_address"`
 	// OpsListen is the host:port of /healthz, /readyz and /metrics, also
 	// served over mutual TLS. Required; must not overlap Listen.
 	OpsListen string `yaml:"ops_listen"`
@@ -202,6 +208,13 @@ func (c *Central) validate() problems {
 	o, ook := checkListen(&p, "ops_listen", c.OpsListen)
 	if lok && ook && l.overlaps(o) {
 		p.add("ops_listen", "%q overlaps listen %q: the gRPC and ops listeners need different ports", c.OpsListen, c.Listen)
+	}
+	if c.AdvertiseAddress != "" {
+		if a, ok := checkListen(&p, "advertise_address", c.AdvertiseAddress); ok && (a.wildcard() || a.port == 0) {
+			p.add("advertise_address", "%q: give a host and port peers can dial", c.AdvertiseAddress)
+		}
+	} else if lok && l.wildcard() {
+		p.add("advertise_address", "required when listen %q has no dialable host: give the host:port peers should dial", c.Listen)
 	}
 	c.TLS.check(&p, "tls")
 	checkPath(&p, "data_dir", c.DataDir)

@@ -171,7 +171,7 @@ func TestBase(t *testing.T) {
 func TestDefaults(t *testing.T) {
 	c, err := ParseCentral("central.yaml", []byte(`node_id: n
 trust_domain: td
-listen: ":1"
+listen: "127.0.0.1:1"
 ops_listen: ":2"
 tls: {ca: a, cert: b, key: c}
 data_dir: data
@@ -182,7 +182,7 @@ policy: {paths: [p]}
 		t.Fatal(err)
 	}
 	want := DefaultCentral()
-	want.NodeID, want.TrustDomain, want.Listen, want.OpsListen = "n", "td", ":1", ":2"
+	want.NodeID, want.TrustDomain, want.Listen, want.OpsListen = "n", "td", "127.0.0.1:1", ":2"
 	want.TLS = TLS{CA: "/srv/kb/a", Cert: "/srv/kb/b", Key: "/srv/kb/c"}
 	want.DataDir = "/srv/kb/data"
 	want.Backends = []Backend{{Name: "s", URI: "softkms:"}}
@@ -216,7 +216,7 @@ policy: {paths: [p]}
 func TestListenAddresses(t *testing.T) {
 	for _, tc := range []struct{ listen, ops string }{
 		{"127.0.0.1:0", "127.0.0.1:0"}, // two free ports, not one
-		{":7443", "127.0.0.1:7080"},
+		{"10.0.0.5:7443", "127.0.0.1:7080"},
 		{"[::1]:7443", "[::1]:7080"},
 		{"[fe80::1%eth0]:7443", "localhost:7443"},
 		{"kb-central.internal:7443", "[::1]:7443"},
@@ -424,6 +424,8 @@ func TestBadConfigs(t *testing.T) {
 		{"listen bad ip", edit(t, "listen: 127.0.0.1:7443", "listen: 999.0.0.1:7443"), "listen", "listen:", "is not an IP address or DNS name"},
 		{"listen bad host", edit(t, "listen: 127.0.0.1:7443", "listen: kb_central:7443"), "listen", "listen:", "is not an IP address or DNS name"},
 		{"ops on listen port", edit(t, "ops_listen: 127.0.0.1:7080", "ops_listen: 127.0.0.1:7443"), "ops_listen", "ops_listen:", "overlaps listen"},
+		{"wildcard listen, no advertise", edit(t, "listen: 127.0.0.1:7443", "listen: \"0.0.0.0:7443\""), "advertise_address", "", "required when listen"},
+		{"advertise a wildcard", edit(t, "ops_listen: 127.0.0.1:7080", "ops_listen: 127.0.0.1:7080\nadvertise_address: \":7443\""), "advertise_address", "advertise_address:", "peers can dial"},
 		{"ops wildcard overlap", edit(t, "ops_listen: 127.0.0.1:7080", "ops_listen: \":7443\""), "ops_listen", "ops_listen:", "overlaps listen"},
 		{"missing ops_listen", edit(t, "ops_listen: 127.0.0.1:7080\n", ""), "ops_listen", "", "required"},
 	} {

@@ -275,15 +275,21 @@ func itemError(err error) *kbv1.ItemError {
 	return &kbv1.ItemError{Code: int32(st.Code()), Message: st.Message()}
 }
 
-func checkBatch(n int) error {
-	if n == 0 || n > MaxBatch {
-		return invalid("a batch holds 1..%d items, not %d", MaxBatch, n)
+// checkBatch refuses a malformed batch; the refusal is audited like any
+// other call.
+func (s *Server) checkBatch(ctx context.Context, op string, n int) error {
+	if n > 0 && n <= MaxBatch {
+		return nil
 	}
-	return nil
+	c, err := s.begin(ctx, policy.Action(op), "")
+	if err != nil {
+		return err
+	}
+	return c.end(invalid("a batch holds 1..%d items, not %d", MaxBatch, n))
 }
 
 func (b *keyBroker) BatchEncrypt(ctx context.Context, r *kbv1.BatchEncryptRequest) (*kbv1.BatchEncryptResponse, error) {
-	if err := checkBatch(len(r.GetItems())); err != nil {
+	if err := b.s.checkBatch(ctx, "BatchEncrypt", len(r.GetItems())); err != nil {
 		return nil, err
 	}
 	out := &kbv1.BatchEncryptResponse{}
@@ -302,7 +308,7 @@ func (b *keyBroker) BatchEncrypt(ctx context.Context, r *kbv1.BatchEncryptReques
 }
 
 func (b *keyBroker) BatchDecrypt(ctx context.Context, r *kbv1.BatchDecryptRequest) (*kbv1.BatchDecryptResponse, error) {
-	if err := checkBatch(len(r.GetItems())); err != nil {
+	if err := b.s.checkBatch(ctx, "BatchDecrypt", len(r.GetItems())); err != nil {
 		return nil, err
 	}
 	out := &kbv1.BatchDecryptResponse{}
@@ -321,7 +327,7 @@ func (b *keyBroker) BatchDecrypt(ctx context.Context, r *kbv1.BatchDecryptReques
 }
 
 func (b *keyBroker) BatchGenerateDataKey(ctx context.Context, r *kbv1.BatchGenerateDataKeyRequest) (*kbv1.BatchGenerateDataKeyResponse, error) {
-	if err := checkBatch(len(r.GetItems())); err != nil {
+	if err := b.s.checkBatch(ctx, "BatchGenerateDataKey", len(r.GetItems())); err != nil {
 		return nil, err
 	}
 	out := &kbv1.BatchGenerateDataKeyResponse{}
