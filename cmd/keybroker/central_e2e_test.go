@@ -1,8 +1,18 @@
 package main
 
+// The process tests of the central tier: a real `keybroker central` built
+// once by TestMain, real certificates, real roots of trust (a softkms
+// keystore, or a SoftHSM2 token), real gRPC over mutual TLS. This file holds
+// the harness; the *_e2e_test.go files beside it hold the matrix.
+
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,15 +20,23 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
+	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
-// binary is the keybroker binary built once for the process tests.
-var binary string
+// keybrokerBin is the keybroker binary built once for the process tests.
+var keybrokerBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "keybroker-bin")
@@ -26,8 +44,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "keybroker")
-	args := []string{"build", "-o", binary}
+	keybrokerBin = filepath.Join(dir, "keybroker")
+	args := []string{"build", "-o", keybrokerBin}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
@@ -40,15 +58,22 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// cluster is a directory with a CA, certificates, a softkms keystore with
-// root keys, a policy and a central config.
-type cluster struct {
-	dir    string
-	ca     *identity.CA
-	caFile string
-	config string
+// processEnv is the environment of the processes the tests start: the
+// test's own (SOFTHSM2_CONF, for a pkcs11 cluster), with the race
+// detector's one-second sleep at exit turned off — it would cost a second
+// for every process started. Races are still reported, and fail the exit
+// status.
+func processEnv() []string {
+	race := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	return append(os.Environ(), "GORACE="+race)
 }
 
+// e2eTrustDomain is every test cluster's trust domain.
+const e2eTrustDomain = "kb.test"
+
+// e2ePolicy is the policy every test cluster starts with. Keys labelled
+// owner=<trust domain> belong to the domain's clients; the others only to
+// admins.
 const e2ePolicy = `
 @id("admins")
 permit (principal is Admin, action, resource);
@@ -56,64 +81,177 @@ permit (principal is Admin, action, resource);
 @id("app-keys")
 permit (principal is Client, action, resource is Key)
 when { resource.hasTag("owner") && resource.getTag("owner") == principal.trust_domain };
+
+@id("client-service")
+permit (principal is Client, action in [Action::"GenerateRandom", Action::"ListKeys"], resource is Service);
+
+@id("no-sign-for-interns")
+forbid (principal == Client::"intern", action == Action::"Sign", resource);
+
+@id("loose")
+permit (principal == Client::"loose", action, resource);
 `
 
+// rootKey is a root key to create before the node starts.
+type rootKey struct{ object, algorithm string }
+
+// basicRoots are enough for derive and wrap keys.
+var basicRoots = []rootKey{{"root-prf", "hmac-256"}, {"root-aes", "aes-256"}}
+
+// rootsOfTrust says where a cluster's root keys live.
+type rootsOfTrust struct {
+	name string
+	// backendURI is the backends[].uri of the configuration.
+	backendURI string
+	// createURI is the full key URI `keybroker root create` takes.
+	createURI func(object string) string
+	// ref is the short key URI the configuration and CreateKey use.
+	ref func(object string) string
+	// ed25519 says whether the backend keeps ed25519 keys (backend mode).
+	ed25519 bool
+}
+
+// softkmsRoots keeps the root keys in a softkms keystore in dir.
+func softkmsRoots(t *testing.T, dir string) *rootsOfTrust {
+	t.Helper()
+	kek := filepath.Join(dir, "kek")
+	if err := os.WriteFile(kek, bytes.Repeat([]byte("ab"), 32), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conn := "path=" + filepath.Join(dir, "softkms.json") + ";kek-source=" + kek
+	return &rootsOfTrust{
+		name:       "softkms",
+		backendURI: "softkms:" + conn,
+		createURI:  func(object string) string { return "softkms:" + object + ";" + conn },
+		ref:        func(object string) string { return "softkms:" + object },
+		ed25519:    true,
+	}
+}
+
+// pkcs11Roots keeps the root keys on a fresh SoftHSM2 token. It sets
+// SOFTHSM2_CONF for the rest of the test (the node inherits it), so its test
+// cannot be parallel; it skips without SoftHSM2 unless
+// KEYBROKER_REQUIRE_SOFTHSM=1.
+func pkcs11Roots(t *testing.T, _ string) *rootsOfTrust {
+	t.Helper()
+	tok := softhsmtest.New(t)
+	return &rootsOfTrust{
+		name:       "pkcs11",
+		backendURI: tok.URI(""),
+		createURI:  tok.URI,
+		ref:        func(object string) string { return "pkcs11:token=" + tok.Label + ";object=" + object },
+		// SoftHSM 2.6 has EdDSA, but the pkcs11 backend does not offer it.
+		ed25519: false,
+	}
+}
+
+// cluster is a directory with a CA, certificates, root keys, a policy and a
+// central config.
+type cluster struct {
+	dir    string
+	ca     *identity.CA
+	caFile string
+	config string
+	policy string
+	audit  string
+	roots  *rootsOfTrust
+}
+
+// newCluster makes a softkms cluster with the basic root keys.
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
+	return newClusterOn(t, softkmsRoots, basicRoots)
+}
+
+// newClusterOn makes a cluster whose roots of trust open() provides, with
+// the given root keys created by `keybroker root create` (ed25519 ones only
+// where the backend keeps ed25519 keys).
+func newClusterOn(t *testing.T, open func(*testing.T, string) *rootsOfTrust, keys []rootKey) *cluster {
+	t.Helper()
 	dir := t.TempDir()
-	ca, err := identity.NewCA("kb.test", time.Hour)
+	ca, err := identity.NewCA(e2eTrustDomain, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{dir: dir, ca: ca, caFile: filepath.Join(dir, "ca.crt"), config: filepath.Join(dir, "central.yaml")}
+	c := &cluster{dir: dir, ca: ca, caFile: filepath.Join(dir, "ca.crt"), config: filepath.Join(dir, "central.yaml"),
+		policy: filepath.Join(dir, "policy.cedar"), audit: filepath.Join(dir, "data", "audit.jsonl")}
 	if err := ca.WriteCA(c.caFile, filepath.Join(dir, "ca.key")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.IssueFiles(identity.Identity{TrustDomain: "kb.test", Kind: identity.Central, Name: "central-1"},
+	if _, err := ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Central, Name: "central-1"},
 		[]string{"127.0.0.1", "localhost"}, time.Hour, dir, "central", c.caFile); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, "kek"), bytes.Repeat([]byte("ab"), 32), 0o600)
-	os.WriteFile(filepath.Join(dir, "policy.cedar"), []byte(e2ePolicy), 0o600)
-	ks := "softkms:%s;path=" + filepath.Join(dir, "softkms.json") + ";kek-source=" + filepath.Join(dir, "kek")
-	for name, alg := range map[string]string{"root-prf": "hmac-256", "root-aes": "aes-256"} {
-		out, err := exec.Command(binary, "root", "create", fmt.Sprintf(ks, name), "--algorithm", alg).CombinedOutput()
-		if err != nil {
-			t.Fatalf("root create %s: %v\n%s", name, err, out)
+	c.writePolicy(t, e2ePolicy)
+	c.roots = open(t, dir)
+	for _, k := range keys {
+		if k.algorithm == "ed25519" && !c.roots.ed25519 {
+			continue
+		}
+		cmd := exec.CommandContext(t.Context(), keybrokerBin, "root", "create", c.roots.createURI(k.object), "--algorithm", k.algorithm)
+		cmd.Env = processEnv()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("keybroker root create %s --algorithm %s: %v\n%s", k.object, k.algorithm, err, out)
 		}
 	}
+	// Polling is off: the reload tests drive reloads with SIGHUP alone.
 	cfg := fmt.Sprintf(`node_id: central-1
-trust_domain: kb.test
+trust_domain: %s
 listen: 127.0.0.1:0
 ops_listen: 127.0.0.1:0
 tls: {ca: ca.crt, cert: central.crt, key: central.key}
 data_dir: data
 backends:
-  - name: soft
-    uri: "softkms:path=%s;kek-source=%s"
+  - name: %s
+    uri: %q
 default_root_keys:
-  derive: "softkms:root-prf"
-  wrap: "softkms:root-aes"
+  derive: %q
+  wrap: %q
+  backend: %q
 policy:
   paths: [policy.cedar]
-`, filepath.Join(dir, "softkms.json"), filepath.Join(dir, "kek"))
-	os.WriteFile(c.config, []byte(cfg), 0o600)
+  reload_interval: 0s
+limits:
+  max_request_bytes: %d
+`, e2eTrustDomain, c.roots.name, c.roots.backendURI, c.roots.ref("root-prf"), c.roots.ref("root-aes"), c.roots.ref("root-aes"), maxRequestBytes)
+	if err := os.WriteFile(c.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 
-// proc is a running keybroker central process.
+// maxRequestBytes is the clusters' limits.max_request_bytes (the default).
+const maxRequestBytes = 5 << 20
+
+func (c *cluster) writePolicy(t *testing.T, text string) {
+	t.Helper()
+	if err := os.WriteFile(c.policy, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// proc is a running keybroker central process. Its stderr (JSON log lines)
+// is collected as it arrives, so tests can wait for a line instead of
+// sleeping.
 type proc struct {
-	cmd  *exec.Cmd
-	addr string
-	logs *bytes.Buffer
-	done chan error
+	cmd     *exec.Cmd
+	addr    string
+	opsAddr string
+
+	mu    sync.Mutex
+	lines []string
+	grew  chan struct{} // closed and replaced whenever a line arrives
+
+	exited  chan struct{} // closed once the process has exited and stderr is drained
+	waitErr error         // cmd.Wait's result, set before exited closes
 }
 
 // startCentral runs the central process and waits for its "central ready"
-// log line, which carries the listen address.
+// log line, which carries the listen addresses.
 func (c *cluster) startCentral(t *testing.T) *proc {
 	t.Helper()
-	cmd := exec.Command(binary, "central", "--config", c.config)
+	cmd := exec.Command(keybrokerBin, "central", "--config", c.config)
+	cmd.Env = processEnv()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -121,48 +259,101 @@ func (c *cluster) startCentral(t *testing.T) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, logs: &bytes.Buffer{}, done: make(chan error, 1)}
-	ready := make(chan string, 1)
+	p := &proc{cmd: cmd, grew: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			line := sc.Text()
-			p.logs.WriteString(line + "\n")
-			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "central ready" {
-				ready <- rec["grpc_addr"].(string)
-			}
+			p.mu.Lock()
+			p.lines = append(p.lines, sc.Text())
+			close(p.grew)
+			p.grew = make(chan struct{})
+			p.mu.Unlock()
 		}
-		io.Copy(io.Discard, stderr)
-		p.done <- cmd.Wait()
-		close(ready)
+		_, _ = io.Copy(io.Discard, stderr)
+		p.waitErr = cmd.Wait()
+		close(p.exited)
 	}()
-	t.Cleanup(func() { cmd.Process.Kill() })
-	select {
-	case addr, ok := <-ready:
-		if !ok {
-			t.Fatalf("central exited before it was ready:\n%s", p.logs)
-		}
-		p.addr = addr
-	case <-t.Context().Done():
-		t.Fatal("test ended before central was ready")
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.exited
+	})
+	ready := p.waitLog(t, 0, "central ready")
+	p.addr, _ = ready["grpc_addr"].(string)
+	p.opsAddr, _ = ready["ops_addr"].(string)
+	if p.addr == "" || p.opsAddr == "" {
+		t.Fatalf("central ready line without grpc_addr and ops_addr: %v", ready)
 	}
 	return p
+}
+
+// logs returns everything the process has written to stderr so far.
+func (p *proc) logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.lines, "\n")
+}
+
+// mark is the number of log lines so far: waitLog(mark(), ...) finds only
+// lines written after it.
+func (p *proc) mark() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.lines)
+}
+
+// waitLog waits for a JSON log line whose msg is msg, among the lines from
+// index from on, and returns it decoded. It fails the test if the process
+// exits or the test's context ends first.
+func (p *proc) waitLog(t *testing.T, from int, msg string) map[string]any {
+	t.Helper()
+	for {
+		p.mu.Lock()
+		lines, grew := p.lines[from:], p.grew
+		p.mu.Unlock()
+		for _, line := range lines {
+			var rec map[string]any
+			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
+				return rec
+			}
+		}
+		from += len(lines)
+		select {
+		case <-grew:
+		case <-p.exited:
+			if p.mark() == from {
+				t.Fatalf("central exited (%v) before logging %q:\n%s", p.waitErr, msg, p.logs())
+			}
+		case <-t.Context().Done():
+			t.Fatalf("test ended before central logged %q:\n%s", msg, p.logs())
+		}
+	}
+}
+
+// running reports whether the process has not exited.
+func (p *proc) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (p *proc) stop(t *testing.T) {
 	t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	if err := <-p.done; err != nil {
-		t.Errorf("central exited with %v after SIGTERM:\n%s", err, p.logs)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.exited
+	if p.waitErr != nil {
+		t.Errorf("central exited with %v after SIGTERM:\n%s", p.waitErr, p.logs())
 	}
 }
 
 // cli runs the CLI in-process as identity kind/name.
 func (c *cluster) cli(t *testing.T, addr string, kind identity.Kind, name string, stdin []byte, args ...string) (string, int) {
 	t.Helper()
-	files, err := c.ca.IssueFiles(identity.Identity{TrustDomain: "kb.test", Kind: kind, Name: name}, nil, time.Hour, c.dir, string(kind)+"-"+name, c.caFile)
+	files, err := c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: kind, Name: name}, nil, time.Hour, c.dir, string(kind)+"-"+name, c.caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,6 +364,83 @@ func (c *cluster) cli(t *testing.T, addr string, kind identity.Kind, name string
 		return out.String() + errb.String(), code
 	}
 	return out.String(), code
+}
+
+// rpc is a gRPC connection to a node as one identity.
+type rpc struct {
+	id    string // the SPIFFE id, as audit lines name the principal
+	kb    kbv1.KeyBrokerClient
+	admin kbv1.KeyAdminClient
+}
+
+// dial connects to addr as kind/name, with a certificate from the cluster's
+// CA.
+func (c *cluster) dial(t *testing.T, addr string, kind identity.Kind, name string) *rpc {
+	t.Helper()
+	id := identity.Identity{TrustDomain: e2eTrustDomain, Kind: kind, Name: name}
+	certPEM, keyPEM, err := c.ca.Issue(id, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.dialWith(t, addr, id.String(), certPEM, keyPEM)
+}
+
+// dialWith connects to addr presenting certPEM (none when nil), trusting the
+// cluster's CA.
+func (c *cluster) dialWith(t *testing.T, addr, id string, certPEM, keyPEM []byte) *rpc {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AddCert(c.ca.Cert)
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool}
+	if certPEM != nil {
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &rpc{id: id, kb: kbv1.NewKeyBrokerClient(conn), admin: kbv1.NewKeyAdminClient(conn)}
+}
+
+// withRequestID returns a context sending a fresh x-request-id, and the id.
+func withRequestID(t *testing.T) (context.Context, string) {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	rid := "e2e-" + hex.EncodeToString(b)
+	return metadata.AppendToOutgoingContext(t.Context(), "x-request-id", rid), rid
+}
+
+// auditLines returns the audit records of request rid. The node writes a
+// record before it answers, so the call's line is there when the call has
+// returned.
+func (c *cluster) auditLines(t *testing.T, rid string) []audit.Record {
+	t.Helper()
+	data, err := os.ReadFile(c.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only whole lines: a line being written has no newline yet.
+	data = data[:bytes.LastIndexByte(data, '\n')+1]
+	var out []audit.Record
+	for i, line := range bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var r audit.Record
+		if err := json.Unmarshal(line, &r); err != nil {
+			t.Fatalf("%s line %d: %v: %q", c.audit, i+1, err, line)
+		}
+		if r.RequestID == rid {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func TestCentralProcessEndToEnd(t *testing.T) {
@@ -209,7 +477,7 @@ func TestCentralProcessEndToEnd(t *testing.T) {
 		t.Errorf("decrypt after restart and rotation = %q, exit %d", pt, code)
 	}
 	p.stop(t)
-	if out, code := c.cli(t, "", identity.Admin, "ops", nil, "audit", "verify", filepath.Join(c.dir, "data", "audit.jsonl")); code != 0 || !strings.Contains(out, "verified") {
+	if out, code := c.cli(t, "", identity.Admin, "ops", nil, "audit", "verify", c.audit); code != 0 || !strings.Contains(out, "verified") {
 		t.Errorf("audit verify: exit %d: %s", code, out)
 	}
 }
