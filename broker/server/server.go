@@ -190,6 +190,11 @@ func (c *call) authorizeKey(op policy.Action) (*broker.Key, error) {
 	res := policy.Key{Name: c.rec.Key}
 	if err == nil {
 		res = policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+		if pv := k.PrimaryVersion(); pv != nil {
+			if _, name, _, rerr := c.s.svc.Roots().Resolve(pv.RootKey); rerr == nil {
+				c.rec.Backend = name
+			}
+		}
 	} else if !errors.Is(err, broker.ErrNotFound) {
 		return nil, err
 	}

@@ -208,7 +208,7 @@ func TestPolicyMatrixAndAudit(t *testing.T) {
 		return nil
 	}
 	if r := find("Encrypt", "/client/billing", "ok"); r == nil || r.RequestID != "req-test-1" || r.Decision != "allow" ||
-		r.PolicyID != "billing-app" || r.Key != "payments" || r.Version != 1 || r.Node != "central-1" {
+		r.PolicyID != "billing-app" || r.Key != "payments" || r.Version != 1 || r.Node != "central-1" || r.Backend != "soft" {
 		t.Errorf("audit line of the allowed Encrypt = %+v", r)
 	}
 	if r := find("Decrypt", "/client/other", "PermissionDenied"); r == nil || r.Decision != "deny" || r.PolicyID != "default-deny" {
