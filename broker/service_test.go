@@ -58,7 +58,7 @@ type env struct {
 	clock   *clock
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	dir := t.TempDir()
 	kek := filepath.Join(dir, "kek")
@@ -96,7 +96,7 @@ func newEnv(t *testing.T) *env {
 	return &env{svc: svc, backend: cb, clock: c}
 }
 
-func (e *env) create(t *testing.T, id string, typ KeyType, mode Mode, root string, derived bool) *Key {
+func (e *env) create(t testing.TB, id string, typ KeyType, mode Mode, root string, derived bool) *Key {
 	t.Helper()
 	k, err := e.svc.CreateKey(t.Context(), CreateParams{ID: id, Type: typ, Mode: mode, RootKey: root, Derived: derived, Labels: map[string]string{"app": "test"}})
 	if err != nil {
