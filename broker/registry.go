@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
@@ -15,9 +16,21 @@ import (
 const KindKeys store.Kind = "keys"
 
 // Registry stores managed keys.
+//
+// Reads are served from an in-memory copy of each key read or written
+// here, so a request does not decode the key's record from the store every
+// time. The copy is replaced by every write made through this Registry and,
+// with Follow running, by every change the store's feed reports (writes by
+// other central nodes sharing the store). Keys returned by Get are shared
+// and must not be modified; Update hands its function a private copy.
 type Registry struct {
 	st  store.Store
 	now func() time.Time
+
+	mu       sync.RWMutex
+	cache    map[string]*Key
+	followed uint64        // last feed revision applied
+	advanced chan struct{} // closed and replaced when followed advances
 }
 
 // NewRegistry returns a registry on st; now is the clock (time.Now when nil).
@@ -25,7 +38,87 @@ func NewRegistry(st store.Store, now func() time.Time) *Registry {
 	if now == nil {
 		now = time.Now
 	}
-	return &Registry{st: st, now: now}
+	return &Registry{st: st, now: now, cache: map[string]*Key{}, advanced: make(chan struct{})}
+}
+
+// markFollowed records that the feed has been applied up to rev.
+func (r *Registry) markFollowed(rev uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rev > r.followed {
+		r.followed = rev
+		close(r.advanced)
+		r.advanced = make(chan struct{})
+	}
+}
+
+// WaitFollowed blocks until Follow has applied the store's changes up to
+// revision rev, or ctx ends.
+func (r *Registry) WaitFollowed(ctx context.Context, rev uint64) error {
+	for {
+		r.mu.RLock()
+		done, ch := r.followed >= rev, r.advanced
+		r.mu.RUnlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// remember caches k unless a newer revision is already cached.
+func (r *Registry) remember(k *Key) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if cur := r.cache[k.ID]; cur == nil || cur.Revision < k.Revision {
+		r.cache[k.ID] = k
+	}
+}
+
+func (r *Registry) drop(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.cache, id)
+}
+
+// Follow keeps the cache current with the store's change feed until ctx
+// ends, so writes by other nodes sharing the store are seen. When the feed
+// is lost (a slow watcher, a compacted revision) the cache is emptied and
+// the feed resumed from the store's current revision.
+func (r *Registry) Follow(ctx context.Context) {
+	for ctx.Err() == nil {
+		from := r.st.Revision()
+		w, err := r.st.Watch(ctx, from)
+		if err != nil {
+			return
+		}
+		r.markFollowed(from)
+		for ev := range w.C() {
+			switch {
+			case ev.Object.Kind != KindKeys:
+			case ev.Type == store.Delete:
+				r.drop(ev.Object.ID)
+			default:
+				if k, err := decodeKey(ev.Object); err == nil {
+					r.remember(k)
+				} else {
+					r.drop(ev.Object.ID) // read it from the store next time
+				}
+			}
+			r.markFollowed(ev.Revision)
+		}
+		if ctx.Err() != nil || errors.Is(w.Err(), store.ErrClosed) {
+			return
+		}
+		// Events may have been missed: forget everything, start again.
+		r.mu.Lock()
+		clear(r.cache)
+		r.mu.Unlock()
+	}
 }
 
 // Store returns the underlying store (for its change feed).
@@ -48,14 +141,31 @@ func (r *Registry) Get(ctx context.Context, id string) (*Key, error) {
 	if !ValidKeyID(id) {
 		return nil, errorf(ErrInvalidArgument, "key id %q is not valid", id)
 	}
+	r.mu.RLock()
+	k := r.cache[id]
+	r.mu.RUnlock()
+	if k != nil {
+		return k, nil
+	}
+	return r.load(ctx, id)
+}
+
+// load reads a key from the store and caches it.
+func (r *Registry) load(ctx context.Context, id string) (*Key, error) {
 	o, err := r.st.Get(ctx, KindKeys, id)
 	if errors.Is(err, store.ErrNotFound) {
+		r.drop(id)
 		return nil, errorf(ErrNotFound, "key %q does not exist", id)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return decodeKey(o)
+	k, err := decodeKey(o)
+	if err != nil {
+		return nil, err
+	}
+	r.remember(k)
+	return k, nil
 }
 
 // List returns every key, sorted by id, and the revision it reflects.
@@ -96,6 +206,7 @@ func (r *Registry) Create(ctx context.Context, k *Key) (*Key, error) {
 		return nil, err
 	}
 	k.Revision = rev
+	r.remember(k)
 	return k, nil
 }
 
@@ -108,7 +219,11 @@ const maxCASRetries = 16
 // revision, so fn must be a pure function of the key it is given.
 func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn func(*Key) error) (*Key, error) {
 	for range maxCASRetries {
-		cur, err := r.Get(ctx, id)
+		// The store, not the cache, has the revision to swap against.
+		if !ValidKeyID(id) {
+			return nil, errorf(ErrInvalidArgument, "key id %q is not valid", id)
+		}
+		cur, err := r.load(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -140,6 +255,7 @@ func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn fu
 			return nil, err
 		}
 		next.Revision = rev
+		r.remember(next)
 		return next, nil
 	}
 	return nil, errorf(ErrConflict, "key %q: too many concurrent updates", id)
@@ -150,6 +266,9 @@ func (r *Registry) Delete(ctx context.Context, k *Key) error {
 	_, err := r.st.Delete(ctx, KindKeys, k.ID, k.Revision)
 	if errors.Is(err, store.ErrConflict) {
 		return errorf(ErrConflict, "key %q changed concurrently", k.ID)
+	}
+	if err == nil {
+		r.drop(k.ID)
 	}
 	return err
 }

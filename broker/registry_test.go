@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -229,5 +230,55 @@ func TestRestartKeepsKeys(t *testing.T) {
 	k, err := NewRegistry(st, c.Now).Get(ctx, "k")
 	if err != nil || k.Primary != 2 || len(k.Versions) != 2 {
 		t.Errorf("after restart: %+v, %v", k, err)
+	}
+}
+
+func TestFollowSeesOtherWriters(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	r1, c, _ := newRegistry(t)
+	r2 := NewRegistry(r1.Store(), c.Now) // another node sharing the store
+	done := make(chan struct{})
+	go func() { r1.Follow(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	k, _ := r1.Create(ctx, aesKey("shared"))
+	if got, _ := r1.Get(ctx, "shared"); got.State != StateEnabled {
+		t.Fatal("not cached as enabled")
+	}
+	// r2 disables the key behind r1's back; r1 must see it once its feed
+	// has caught up with that revision.
+	d, err := r2.Update(ctx, "shared", k.Revision, Disable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r1.WaitFollowed(ctx, d.Revision); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r1.Get(ctx, "shared"); got.State != StateDisabled {
+		t.Errorf("r1 serves state %s after another writer disabled the key", got.State)
+	}
+	// Deletion too.
+	r2.Update(ctx, "shared", 0, ScheduleDeletion(c.Now(), 0))
+	c.Advance(31 * 24 * time.Hour)
+	if _, deleted, err := r2.Sweep(ctx); err != nil || len(deleted) != 1 {
+		t.Fatalf("Sweep = %v, %v", deleted, err)
+	}
+	if err := r1.WaitFollowed(ctx, r1.Store().Revision()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r1.Get(ctx, "shared"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("r1 still serves a key another writer deleted: %v", err)
+	}
+}
+
+func TestCachedGetIsCurrentAfterLocalWrites(t *testing.T) {
+	ctx := t.Context()
+	r, c, _ := newRegistry(t)
+	r.Create(ctx, aesKey("k"))
+	r.Get(ctx, "k")
+	r.Update(ctx, "k", 0, AddVersion(c.Now(), Version{RootKey: "softkms:root"}))
+	if k, _ := r.Get(ctx, "k"); k.Primary != 2 {
+		t.Errorf("cached Get after a local rotation: primary %d, want 2", k.Primary)
 	}
 }

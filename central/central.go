@@ -195,6 +195,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		}
 		n.serveErr <- err
 	}()
+	n.loops.Go(func() { n.svc.Registry().Follow(loopCtx) })
 	n.loops.Go(func() { n.reloadLoop(loopCtx) })
 	n.loops.Go(func() { n.sweepLoop(loopCtx) })
 	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", n.lis.Addr().String(), "advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(),
