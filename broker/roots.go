@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/keybroker/keybroker/backends"
 )
@@ -35,6 +36,16 @@ type root struct {
 // configured.
 type Roots struct {
 	roots []*root
+
+	// resolved memoizes Resolve: the roots never change after
+	// construction, and every request resolves its key's root.
+	resolved sync.Map // key URI → resolution
+}
+
+type resolution struct {
+	b    backends.Backend
+	name string
+	key  string
 }
 
 // OpenRoots opens every configured backend. On error, those already open
@@ -87,6 +98,21 @@ func NewRoots(named map[string]backends.Backend, uris map[string]string) (*Roots
 // Resolve finds the backend holding the root key named by keyURI and the
 // key's name inside it.
 func (r *Roots) Resolve(keyURI string) (b backends.Backend, backendName, key string, err error) {
+	if v, ok := r.resolved.Load(keyURI); ok {
+		res := v.(resolution)
+		return res.b, res.name, res.key, nil
+	}
+	b, backendName, key, err = r.resolve(keyURI)
+	// Only successes are kept: they name keys that exist in a configured
+	// backend, a bounded set, where failures could be any string a caller
+	// sends.
+	if err == nil {
+		r.resolved.Store(keyURI, resolution{b, backendName, key})
+	}
+	return b, backendName, key, err
+}
+
+func (r *Roots) resolve(keyURI string) (b backends.Backend, backendName, key string, err error) {
 	u, err := backends.ParseKeyURI(keyURI)
 	if err != nil {
 		return nil, "", "", errorf(ErrInvalidArgument, "root key: %v", err)
