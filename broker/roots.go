@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/keybroker/keybroker/backends"
 )
@@ -40,7 +41,11 @@ type Roots struct {
 	// resolved memoizes Resolve: the roots never change after
 	// construction, and every request resolves its key's root.
 	resolved sync.Map // key URI → resolution
+	memoized atomic.Int64
 }
+
+// maxResolved bounds the resolution memo.
+const maxResolved = 100_000
 
 type resolution struct {
 	b    backends.Backend
@@ -103,11 +108,13 @@ func (r *Roots) Resolve(keyURI string) (b backends.Backend, backendName, key str
 		return res.b, res.name, res.key, nil
 	}
 	b, backendName, key, err = r.resolve(keyURI)
-	// Only successes are kept: they name keys that exist in a configured
-	// backend, a bounded set, where failures could be any string a caller
-	// sends.
-	if err == nil {
-		r.resolved.Store(keyURI, resolution{b, backendName, key})
+	// Only successes are kept, and only so many: a URI resolves before the
+	// backend says whether its key exists, so callers could otherwise grow
+	// the memo without bound.
+	if err == nil && r.memoized.Load() < maxResolved {
+		if _, loaded := r.resolved.LoadOrStore(keyURI, resolution{b, backendName, key}); !loaded {
+			r.memoized.Add(1)
+		}
 	}
 	return b, backendName, key, err
 }
