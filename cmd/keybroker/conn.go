@@ -121,6 +121,19 @@ func (s *session) context() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(s.parent, s.timeout)
 }
 
+// invoke runs one RPC under the command's --timeout and wraps its error
+// for the exit code and message.
+func invoke[Req, Resp any](s *session, op string, rpc func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, error) {
+	ctx, cancel := s.context()
+	defer cancel()
+	resp, err := rpc(ctx, req)
+	if err != nil {
+		var zero Resp
+		return zero, s.fail(ctx, op, err)
+	}
+	return resp, nil
+}
+
 // fail wraps the error of the RPC op.
 func (s *session) fail(ctx context.Context, op string, err error) error {
 	st, _ := status.FromError(err)

@@ -96,11 +96,9 @@ its key and version, so decrypt needs no --key. Decrypting needs the same
 			if err != nil {
 				return err
 			}
-			ctx, cancel := s.context()
-			defer cancel()
-			resp, err := s.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: key, Plaintext: pt, EncryptionContext: encCtx.m})
+			resp, err := invoke(s, "encrypt", s.kb.Encrypt, &kbv1.EncryptRequest{KeyId: key, Plaintext: pt, EncryptionContext: encCtx.m})
 			if err != nil {
-				return s.fail(ctx, "encrypt", err)
+				return err
 			}
 			return a.emitBlob(out, resp.GetCiphertext(), func(b []byte) any {
 				return encryptJSON{KeyID: resp.GetKeyId(), KeyVersion: resp.GetKeyVersion(), Ciphertext: b}
@@ -144,11 +142,9 @@ refuse ciphertexts of any other key.
 			if err != nil {
 				return err
 			}
-			ctx, cancel := s.context()
-			defer cancel()
-			resp, err := s.kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: ct, EncryptionContext: encCtx.m, KeyId: key})
+			resp, err := invoke(s, "decrypt", s.kb.Decrypt, &kbv1.DecryptRequest{Ciphertext: ct, EncryptionContext: encCtx.m, KeyId: key})
 			if err != nil {
-				return s.fail(ctx, "decrypt", err)
+				return err
 			}
 			return a.emitBlob(out, resp.GetPlaintext(), func(b []byte) any {
 				return decryptJSON{KeyID: resp.GetKeyId(), KeyVersion: resp.GetKeyVersion(), Plaintext: b}
@@ -193,16 +189,14 @@ one's. The new context is not copied from --context: give both to keep it.
 			if err != nil {
 				return err
 			}
-			ctx, cancel := s.context()
-			defer cancel()
-			resp, err := s.kb.ReEncrypt(ctx, &kbv1.ReEncryptRequest{
+			resp, err := invoke(s, "reencrypt", s.kb.ReEncrypt, &kbv1.ReEncryptRequest{
 				Ciphertext:                   ct,
 				SourceEncryptionContext:      srcCtx.m,
 				DestinationKeyId:             toKey,
 				DestinationEncryptionContext: dstCtx.m,
 			})
 			if err != nil {
-				return s.fail(ctx, "reencrypt", err)
+				return err
 			}
 			return a.emitBlob(out, resp.GetCiphertext(), func(b []byte) any {
 				return reencryptJSON{
@@ -247,17 +241,13 @@ elsewhere. Both are printed in base64.`,
 				return err
 			}
 			defer s.close()
-			ctx, cancel := s.context()
-			defer cancel()
-			req := &kbv1.GenerateDataKeyRequest{KeyId: key, EncryptionContext: encCtx.m}
-			var resp *kbv1.GenerateDataKeyResponse
+			rpc := s.kb.GenerateDataKey
 			if noPlaintext {
-				resp, err = s.kb.GenerateDataKeyWithoutPlaintext(ctx, req)
-			} else {
-				resp, err = s.kb.GenerateDataKey(ctx, req)
+				rpc = s.kb.GenerateDataKeyWithoutPlaintext
 			}
+			resp, err := invoke(s, "datakey", rpc, &kbv1.GenerateDataKeyRequest{KeyId: key, EncryptionContext: encCtx.m})
 			if err != nil {
-				return s.fail(ctx, "datakey", err)
+				return err
 			}
 			if a.jsonOutput() {
 				return a.printJSON(datakeyJSON{
@@ -317,11 +307,9 @@ Signatures are ASN.1 DER for ecdsa-p256 and 64 bytes for ed25519.
 			} else {
 				req.Input = &kbv1.SignRequest_Message{Message: data}
 			}
-			ctx, cancel := s.context()
-			defer cancel()
-			resp, err := s.kb.Sign(ctx, req)
+			resp, err := invoke(s, "sign", s.kb.Sign, req)
 			if err != nil {
-				return s.fail(ctx, "sign", err)
+				return err
 			}
 			return a.emitBlob(out, resp.GetSignature(), func(b []byte) any {
 				return signJSON{KeyID: resp.GetKeyId(), KeyVersion: resp.GetKeyVersion(), Signature: b}
@@ -378,11 +366,9 @@ exits 7.`,
 			} else {
 				req.Input = &kbv1.VerifyRequest_Message{Message: data}
 			}
-			ctx, cancel := s.context()
-			defer cancel()
-			resp, err := s.kb.Verify(ctx, req)
+			resp, err := invoke(s, "verify", s.kb.Verify, req)
 			if err != nil {
-				return s.fail(ctx, "verify", err)
+				return err
 			}
 			return a.verdict("signature", key, resp.GetValid(), resp.GetKeyVersion())
 		},
@@ -422,11 +408,9 @@ func (a *app) macCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, cancel := s.context()
-			defer cancel()
-			resp, err := s.kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: key, Message: m})
+			resp, err := invoke(s, "mac", s.kb.GenerateMac, &kbv1.GenerateMacRequest{KeyId: key, Message: m})
 			if err != nil {
-				return s.fail(ctx, "mac", err)
+				return err
 			}
 			return a.emitBlob(out, resp.GetMac(), func(b []byte) any {
 				return macJSON{KeyID: resp.GetKeyId(), KeyVersion: resp.GetKeyVersion(), MAC: b}
@@ -473,11 +457,9 @@ the primary). A valid MAC exits 0; an invalid one exits 7.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := s.context()
-			defer cancel()
-			resp, err := s.kb.VerifyMac(ctx, &kbv1.VerifyMacRequest{KeyId: key, KeyVersion: version, Message: m, Mac: tag})
+			resp, err := invoke(s, "verify-mac", s.kb.VerifyMac, &kbv1.VerifyMacRequest{KeyId: key, KeyVersion: version, Message: m, Mac: tag})
 			if err != nil {
-				return s.fail(ctx, "verify-mac", err)
+				return err
 			}
 			return a.verdict("MAC", key, resp.GetValid(), resp.GetKeyVersion())
 		},
@@ -531,11 +513,9 @@ func (a *app) randomCmd() *cobra.Command {
 				return err
 			}
 			defer s.close()
-			ctx, cancel := s.context()
-			defer cancel()
-			resp, err := s.kb.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: length})
+			resp, err := invoke(s, "random", s.kb.GenerateRandom, &kbv1.GenerateRandomRequest{Length: length})
 			if err != nil {
-				return s.fail(ctx, "random", err)
+				return err
 			}
 			return a.emitBlob(out, resp.GetRandom(), func(b []byte) any {
 				return randomJSON{Random: b}
