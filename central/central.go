@@ -181,6 +181,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(rpc.interceptor, srv.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
 	)
 	srv.Register(n.grpc)
 	n.ops = &http.Server{Handler: n.opsHandler(metrics), TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second}

@@ -103,8 +103,7 @@ func (a *keyAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*
 	})
 }
 
-// ListNodes lists the nodes this central node knows: itself, until edges
-// register.
+// ListNodes lists this central node and the registered edges.
 func (a *keyAdmin) ListNodes(ctx context.Context, _ *kbv1.ListNodesRequest) (*kbv1.ListNodesResponse, error) {
 	c, err := a.s.begin(ctx, policy.ListNodes, "")
 	if err != nil {
@@ -113,6 +112,14 @@ func (a *keyAdmin) ListNodes(ctx context.Context, _ *kbv1.ListNodesRequest) (*kb
 	if err := c.authorizeService(policy.ListNodes); err != nil {
 		return nil, c.end(err)
 	}
-	now := timestamppb.Now()
-	return &kbv1.ListNodesResponse{Nodes: []*kbv1.Node{{NodeId: a.s.node, Kind: "central", Address: a.s.addr, LastSeen: now}}}, c.end(nil)
+	edges, err := a.s.svc.Registry().Nodes(ctx)
+	if err != nil {
+		return nil, c.end(err)
+	}
+	out := &kbv1.ListNodesResponse{Nodes: []*kbv1.Node{{NodeId: a.s.node, Kind: "central", Address: a.s.addr, LastSeen: timestamppb.Now()}}}
+	for _, n := range edges {
+		out.Nodes = append(out.Nodes, &kbv1.Node{NodeId: n.ID, Kind: "edge", Address: n.Address, Region: n.Region, Labels: n.Labels,
+			LastSeen: timestamppb.New(n.LastSeen), LeaseExpires: timestamppb.New(n.LastSeen.Add(EdgeLease)), Revision: n.Revision})
+	}
+	return out, c.end(nil)
 }

@@ -85,10 +85,11 @@ func New(c Config) (*Server, error) {
 		addr: c.Address, log: c.Logger, start: time.Now()}, nil
 }
 
-// Register adds both services to g.
+// Register adds the KeyBroker, KeyAdmin and EdgeSync services to g.
 func (s *Server) Register(g *grpc.Server) {
 	kbv1.RegisterKeyBrokerServer(g, &keyBroker{s: s})
 	kbv1.RegisterKeyAdminServer(g, &keyAdmin{s: s})
+	kbv1.RegisterEdgeSyncServer(g, &edgeSync{s: s})
 }
 
 type reqIDKey struct{}
@@ -107,31 +108,59 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
-// UnaryInterceptor authenticates every call, assigns its request id, and
-// audits calls refused for want of an identity.
+// authenticate assigns a call its request id and identity, auditing calls
+// refused for want of an identity.
+func (s *Server) authenticate(ctx context.Context, fullMethod string) (context.Context, error) {
+	rid := ""
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get("x-request-id"); len(v) == 1 && reqIDRe.MatchString(v[0]) {
+			rid = v[0]
+		}
+	}
+	if rid == "" {
+		rid = newRequestID()
+	}
+	_ = grpc.SetHeader(ctx, metadata.Pairs("x-request-id", rid))
+	ctx = context.WithValue(ctx, reqIDKey{}, rid)
+	id, err := identity.FromPeer(ctx, s.td)
+	if err != nil {
+		rec := audit.Record{RequestID: rid, Node: s.node, Operation: methodName(fullMethod),
+			Decision: "deny", Outcome: codes.Unauthenticated.String(), Detail: err.Error()}
+		if aerr := s.audit.Append(rec); aerr != nil {
+			s.log.Error("audit append failed", "err", aerr)
+		}
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return identity.NewContext(ctx, id), nil
+}
+
+// UnaryInterceptor authenticates every unary call, assigns its request id,
+// and audits calls refused for want of an identity.
 func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		rid := ""
-		if md, ok := metadata.FromIncomingContext(ctx); ok {
-			if v := md.Get("x-request-id"); len(v) == 1 && reqIDRe.MatchString(v[0]) {
-				rid = v[0]
-			}
-		}
-		if rid == "" {
-			rid = newRequestID()
-		}
-		_ = grpc.SetHeader(ctx, metadata.Pairs("x-request-id", rid))
-		ctx = context.WithValue(ctx, reqIDKey{}, rid)
-		id, err := identity.FromPeer(ctx, s.td)
+		ctx, err := s.authenticate(ctx, info.FullMethod)
 		if err != nil {
-			rec := audit.Record{RequestID: rid, Node: s.node, Operation: methodName(info.FullMethod),
-				Decision: "deny", Outcome: codes.Unauthenticated.String(), Detail: err.Error()}
-			if aerr := s.audit.Append(rec); aerr != nil {
-				s.log.Error("audit append failed", "err", aerr)
-			}
-			return nil, status.Error(codes.Unauthenticated, err.Error())
+			return nil, err
 		}
-		return h(identity.NewContext(ctx, id), req)
+		return h(ctx, req)
+	}
+}
+
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (a authedStream) Context() context.Context { return a.ctx }
+
+// StreamInterceptor does for streaming calls what UnaryInterceptor does.
+func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		ctx, err := s.authenticate(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		return h(srv, authedStream{ss, ctx})
 	}
 }
 

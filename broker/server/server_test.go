@@ -99,7 +99,7 @@ func start(t *testing.T) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.UnaryInterceptor(srv.UnaryInterceptor()), grpc.MaxRecvMsgSize(5<<20))
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.UnaryInterceptor(srv.UnaryInterceptor()), grpc.StreamInterceptor(srv.StreamInterceptor()), grpc.MaxRecvMsgSize(5<<20))
 	srv.Register(g)
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	go g.Serve(lis)
@@ -109,7 +109,12 @@ func start(t *testing.T) *testEnv {
 
 func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {
 	t.Helper()
-	files, err := e.ca.IssueFiles(identity.Identity{TrustDomain: "kb.test", Kind: kind, Name: name}, nil, time.Hour, e.dir, string(kind)+"-"+name, e.caFile)
+	return e.connTD(t, "kb.test", kind, name)
+}
+
+func (e *testEnv) connTD(t *testing.T, td string, kind identity.Kind, name string) *grpc.ClientConn {
+	t.Helper()
+	files, err := e.ca.IssueFiles(identity.Identity{TrustDomain: td, Kind: kind, Name: name}, nil, time.Hour, e.dir, td+"-"+string(kind)+"-"+name, e.caFile)
 	if err != nil {
 		t.Fatal(err)
 	}

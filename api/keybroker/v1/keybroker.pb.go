@@ -3183,6 +3183,758 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 	return nil
 }
 
+type RegisterEdgeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The edge's HPKE public key (package sealed's encoding: u16 KEM id ||
+	// public key); material for this edge is sealed to it.
+	SealingPublicKey []byte `protobuf:"bytes,1,opt,name=sealing_public_key,json=sealingPublicKey,proto3" json:"sealing_public_key,omitempty"`
+	// The edge's region, for placement and key lookup ordering.
+	Region string            `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// host:port clients dial to reach the edge.
+	Address       string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterEdgeRequest) Reset() {
+	*x = RegisterEdgeRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterEdgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterEdgeRequest) ProtoMessage() {}
+
+func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterEdgeRequest.ProtoReflect.Descriptor instead.
+func (*RegisterEdgeRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *RegisterEdgeRequest) GetSealingPublicKey() []byte {
+	if x != nil {
+		return x.SealingPublicKey
+	}
+	return nil
+}
+
+func (x *RegisterEdgeRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *RegisterEdgeRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *RegisterEdgeRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type RegisterEdgeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CentralNodeId string                 `protobuf:"bytes,1,opt,name=central_node_id,json=centralNodeId,proto3" json:"central_node_id,omitempty"`
+	// Registry revision at registration; Watch from it.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// How long the registration holds without a heartbeat.
+	Lease         *durationpb.Duration `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterEdgeResponse) Reset() {
+	*x = RegisterEdgeResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterEdgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterEdgeResponse) ProtoMessage() {}
+
+func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterEdgeResponse.ProtoReflect.Descriptor instead.
+func (*RegisterEdgeResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *RegisterEdgeResponse) GetCentralNodeId() string {
+	if x != nil {
+		return x.CentralNodeId
+	}
+	return ""
+}
+
+func (x *RegisterEdgeResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *RegisterEdgeResponse) GetLease() *durationpb.Duration {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 0 starts with a snapshot; otherwise events after this revision.
+	FromRevision  uint64 `protobuf:"varint,1,opt,name=from_revision,json=fromRevision,proto3" json:"from_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *WatchRequest) GetFromRevision() uint64 {
+	if x != nil {
+		return x.FromRevision
+	}
+	return 0
+}
+
+type EdgeKeyVersion struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// DER SubjectPublicKeyInfo, for asymmetric keys.
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// The version's material sealed to this edge (package sealed), when
+	// placement lets the edge hold it; empty otherwise.
+	SealedMaterial []byte `protobuf:"bytes,3,opt,name=sealed_material,json=sealedMaterial,proto3" json:"sealed_material,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *EdgeKeyVersion) Reset() {
+	*x = EdgeKeyVersion{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeKeyVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeKeyVersion) ProtoMessage() {}
+
+func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeKeyVersion.ProtoReflect.Descriptor instead.
+func (*EdgeKeyVersion) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *EdgeKeyVersion) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *EdgeKeyVersion) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *EdgeKeyVersion) GetSealedMaterial() []byte {
+	if x != nil {
+		return x.SealedMaterial
+	}
+	return nil
+}
+
+type EdgeKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Metadata      *KeyMetadata           `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Versions      []*EdgeKeyVersion      `protobuf:"bytes,2,rep,name=versions,proto3" json:"versions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeKey) Reset() {
+	*x = EdgeKey{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeKey) ProtoMessage() {}
+
+func (x *EdgeKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeKey.ProtoReflect.Descriptor instead.
+func (*EdgeKey) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *EdgeKey) GetMetadata() *KeyMetadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *EdgeKey) GetVersions() []*EdgeKeyVersion {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+type PolicyFile struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Content       []byte                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyFile) Reset() {
+	*x = PolicyFile{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyFile) ProtoMessage() {}
+
+func (x *PolicyFile) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
+func (*PolicyFile) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *PolicyFile) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyFile) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+type EdgePolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hash          string                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	Files         []*PolicyFile          `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgePolicy) Reset() {
+	*x = EdgePolicy{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgePolicy) ProtoMessage() {}
+
+func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgePolicy.ProtoReflect.Descriptor instead.
+func (*EdgePolicy) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *EdgePolicy) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *EdgePolicy) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type EdgeSnapshot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*EdgeKey             `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Policy        *EdgePolicy            `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Nodes         []*Node                `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeSnapshot) Reset() {
+	*x = EdgeSnapshot{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeSnapshot) ProtoMessage() {}
+
+func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeSnapshot.ProtoReflect.Descriptor instead.
+func (*EdgeSnapshot) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *EdgeSnapshot) GetKeys() []*EdgeKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *EdgeSnapshot) GetPolicy() *EdgePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *EdgeSnapshot) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type Heartbeat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LeaseExpires  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=lease_expires,json=leaseExpires,proto3" json:"lease_expires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Heartbeat) Reset() {
+	*x = Heartbeat{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Heartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Heartbeat) ProtoMessage() {}
+
+func (x *Heartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
+func (*Heartbeat) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *Heartbeat) GetLeaseExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LeaseExpires
+	}
+	return nil
+}
+
+type WatchEvent struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Revision uint64                 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WatchEvent_Snapshot
+	//	*WatchEvent_Key
+	//	*WatchEvent_DeletedKeyId
+	//	*WatchEvent_Policy
+	//	*WatchEvent_Nodes
+	//	*WatchEvent_Heartbeat
+	Event         isWatchEvent_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *WatchEvent) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *WatchEvent) GetEvent() isWatchEvent_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetSnapshot() *EdgeSnapshot {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Snapshot); ok {
+			return x.Snapshot
+		}
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetKey() *EdgeKey {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Key); ok {
+			return x.Key
+		}
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetDeletedKeyId() string {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_DeletedKeyId); ok {
+			return x.DeletedKeyId
+		}
+	}
+	return ""
+}
+
+func (x *WatchEvent) GetPolicy() *EdgePolicy {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Policy); ok {
+			return x.Policy
+		}
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetNodes() *ListNodesResponse {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Nodes); ok {
+			return x.Nodes
+		}
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetHeartbeat() *Heartbeat {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
+type isWatchEvent_Event interface {
+	isWatchEvent_Event()
+}
+
+type WatchEvent_Snapshot struct {
+	Snapshot *EdgeSnapshot `protobuf:"bytes,2,opt,name=snapshot,proto3,oneof"`
+}
+
+type WatchEvent_Key struct {
+	Key *EdgeKey `protobuf:"bytes,3,opt,name=key,proto3,oneof"`
+}
+
+type WatchEvent_DeletedKeyId struct {
+	DeletedKeyId string `protobuf:"bytes,4,opt,name=deleted_key_id,json=deletedKeyId,proto3,oneof"`
+}
+
+type WatchEvent_Policy struct {
+	Policy *EdgePolicy `protobuf:"bytes,5,opt,name=policy,proto3,oneof"`
+}
+
+type WatchEvent_Nodes struct {
+	Nodes *ListNodesResponse `protobuf:"bytes,6,opt,name=nodes,proto3,oneof"`
+}
+
+type WatchEvent_Heartbeat struct {
+	Heartbeat *Heartbeat `protobuf:"bytes,7,opt,name=heartbeat,proto3,oneof"`
+}
+
+func (*WatchEvent_Snapshot) isWatchEvent_Event() {}
+
+func (*WatchEvent_Key) isWatchEvent_Event() {}
+
+func (*WatchEvent_DeletedKeyId) isWatchEvent_Event() {}
+
+func (*WatchEvent_Policy) isWatchEvent_Event() {}
+
+func (*WatchEvent_Nodes) isWatchEvent_Event() {}
+
+func (*WatchEvent_Heartbeat) isWatchEvent_Event() {}
+
+type FetchMaterialRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyVersion    uint32                 `protobuf:"varint,2,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchMaterialRequest) Reset() {
+	*x = FetchMaterialRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchMaterialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchMaterialRequest) ProtoMessage() {}
+
+func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchMaterialRequest.ProtoReflect.Descriptor instead.
+func (*FetchMaterialRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *FetchMaterialRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *FetchMaterialRequest) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+type FetchMaterialResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	SealedMaterial []byte                 `protobuf:"bytes,1,opt,name=sealed_material,json=sealedMaterial,proto3" json:"sealed_material,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FetchMaterialResponse) Reset() {
+	*x = FetchMaterialResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchMaterialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchMaterialResponse) ProtoMessage() {}
+
+func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchMaterialResponse.ProtoReflect.Descriptor instead.
+func (*FetchMaterialResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *FetchMaterialResponse) GetSealedMaterial() []byte {
+	if x != nil {
+		return x.SealedMaterial
+	}
+	return nil
+}
+
 var File_keybroker_v1_keybroker_proto protoreflect.FileDescriptor
 
 const file_keybroker_v1_keybroker_proto_rawDesc = "" +
@@ -3441,7 +4193,59 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +
 	"\x11ListNodesResponse\x12(\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes*\x86\x01\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\"\xf7\x01\n" +
+	"\x13RegisterEdgeRequest\x12,\n" +
+	"\x12sealing_public_key\x18\x01 \x01(\fR\x10sealingPublicKey\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\x12E\n" +
+	"\x06labels\x18\x03 \x03(\v2-.keybroker.v1.RegisterEdgeRequest.LabelsEntryR\x06labels\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x01\n" +
+	"\x14RegisterEdgeResponse\x12&\n" +
+	"\x0fcentral_node_id\x18\x01 \x01(\tR\rcentralNodeId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12/\n" +
+	"\x05lease\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05lease\"3\n" +
+	"\fWatchRequest\x12#\n" +
+	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\"r\n" +
+	"\x0eEdgeKeyVersion\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12'\n" +
+	"\x0fsealed_material\x18\x03 \x01(\fR\x0esealedMaterial\"z\n" +
+	"\aEdgeKey\x125\n" +
+	"\bmetadata\x18\x01 \x01(\v2\x19.keybroker.v1.KeyMetadataR\bmetadata\x128\n" +
+	"\bversions\x18\x02 \x03(\v2\x1c.keybroker.v1.EdgeKeyVersionR\bversions\":\n" +
+	"\n" +
+	"PolicyFile\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\"P\n" +
+	"\n" +
+	"EdgePolicy\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\x12.\n" +
+	"\x05files\x18\x02 \x03(\v2\x18.keybroker.v1.PolicyFileR\x05files\"\x95\x01\n" +
+	"\fEdgeSnapshot\x12)\n" +
+	"\x04keys\x18\x01 \x03(\v2\x15.keybroker.v1.EdgeKeyR\x04keys\x120\n" +
+	"\x06policy\x18\x02 \x01(\v2\x18.keybroker.v1.EdgePolicyR\x06policy\x12(\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\"L\n" +
+	"\tHeartbeat\x12?\n" +
+	"\rlease_expires\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\fleaseExpires\"\xe4\x02\n" +
+	"\n" +
+	"WatchEvent\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\x128\n" +
+	"\bsnapshot\x18\x02 \x01(\v2\x1a.keybroker.v1.EdgeSnapshotH\x00R\bsnapshot\x12)\n" +
+	"\x03key\x18\x03 \x01(\v2\x15.keybroker.v1.EdgeKeyH\x00R\x03key\x12&\n" +
+	"\x0edeleted_key_id\x18\x04 \x01(\tH\x00R\fdeletedKeyId\x122\n" +
+	"\x06policy\x18\x05 \x01(\v2\x18.keybroker.v1.EdgePolicyH\x00R\x06policy\x127\n" +
+	"\x05nodes\x18\x06 \x01(\v2\x1f.keybroker.v1.ListNodesResponseH\x00R\x05nodes\x127\n" +
+	"\theartbeat\x18\a \x01(\v2\x17.keybroker.v1.HeartbeatH\x00R\theartbeatB\a\n" +
+	"\x05event\"N\n" +
+	"\x14FetchMaterialRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vkey_version\x18\x02 \x01(\rR\n" +
+	"keyVersion\"@\n" +
+	"\x15FetchMaterialResponse\x12'\n" +
+	"\x0fsealed_material\x18\x01 \x01(\fR\x0esealedMaterial*\x86\x01\n" +
 	"\aKeyType\x12\x18\n" +
 	"\x14KEY_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KEY_TYPE_AES_256_GCM\x10\x01\x12\x18\n" +
@@ -3504,7 +4308,11 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\tEnableKey\x12\x18.keybroker.v1.KeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12Z\n" +
 	"\x13ScheduleKeyDeletion\x12(.keybroker.v1.ScheduleKeyDeletionRequest\x1a\x19.keybroker.v1.KeyMetadata\x12H\n" +
 	"\x11CancelKeyDeletion\x12\x18.keybroker.v1.KeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12L\n" +
-	"\tListNodes\x12\x1e.keybroker.v1.ListNodesRequest\x1a\x1f.keybroker.v1.ListNodesResponseB=Z;github.com/keybroker/keybroker/api/keybroker/v1;keybrokerv1b\x06proto3"
+	"\tListNodes\x12\x1e.keybroker.v1.ListNodesRequest\x1a\x1f.keybroker.v1.ListNodesResponse2\xf8\x01\n" +
+	"\bEdgeSync\x12Q\n" +
+	"\bRegister\x12!.keybroker.v1.RegisterEdgeRequest\x1a\".keybroker.v1.RegisterEdgeResponse\x12?\n" +
+	"\x05Watch\x12\x1a.keybroker.v1.WatchRequest\x1a\x18.keybroker.v1.WatchEvent0\x01\x12X\n" +
+	"\rFetchMaterial\x12\".keybroker.v1.FetchMaterialRequest\x1a#.keybroker.v1.FetchMaterialResponseB=Z;github.com/keybroker/keybroker/api/keybroker/v1;keybrokerv1b\x06proto3"
 
 var (
 	file_keybroker_v1_keybroker_proto_rawDescOnce sync.Once
@@ -3519,7 +4327,7 @@ func file_keybroker_v1_keybroker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_keybroker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
 var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(KeyType)(0),                         // 0: keybroker.v1.KeyType
 	(KeyMode)(0),                         // 1: keybroker.v1.KeyMode
@@ -3572,43 +4380,56 @@ var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(*ListNodesRequest)(nil),             // 48: keybroker.v1.ListNodesRequest
 	(*Node)(nil),                         // 49: keybroker.v1.Node
 	(*ListNodesResponse)(nil),            // 50: keybroker.v1.ListNodesResponse
-	nil,                                  // 51: keybroker.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                  // 52: keybroker.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                  // 53: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	nil,                                  // 54: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	nil,                                  // 55: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 56: keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	nil,                                  // 57: keybroker.v1.KeyMetadata.LabelsEntry
-	nil,                                  // 58: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	nil,                                  // 59: keybroker.v1.CreateKeyRequest.LabelsEntry
-	nil,                                  // 60: keybroker.v1.UpdateKeyRequest.LabelsEntry
-	nil,                                  // 61: keybroker.v1.Node.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 62: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 63: google.protobuf.Duration
+	(*RegisterEdgeRequest)(nil),          // 51: keybroker.v1.RegisterEdgeRequest
+	(*RegisterEdgeResponse)(nil),         // 52: keybroker.v1.RegisterEdgeResponse
+	(*WatchRequest)(nil),                 // 53: keybroker.v1.WatchRequest
+	(*EdgeKeyVersion)(nil),               // 54: keybroker.v1.EdgeKeyVersion
+	(*EdgeKey)(nil),                      // 55: keybroker.v1.EdgeKey
+	(*PolicyFile)(nil),                   // 56: keybroker.v1.PolicyFile
+	(*EdgePolicy)(nil),                   // 57: keybroker.v1.EdgePolicy
+	(*EdgeSnapshot)(nil),                 // 58: keybroker.v1.EdgeSnapshot
+	(*Heartbeat)(nil),                    // 59: keybroker.v1.Heartbeat
+	(*WatchEvent)(nil),                   // 60: keybroker.v1.WatchEvent
+	(*FetchMaterialRequest)(nil),         // 61: keybroker.v1.FetchMaterialRequest
+	(*FetchMaterialResponse)(nil),        // 62: keybroker.v1.FetchMaterialResponse
+	nil,                                  // 63: keybroker.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                  // 64: keybroker.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                  // 65: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	nil,                                  // 66: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	nil,                                  // 67: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 68: keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	nil,                                  // 69: keybroker.v1.KeyMetadata.LabelsEntry
+	nil,                                  // 70: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	nil,                                  // 71: keybroker.v1.CreateKeyRequest.LabelsEntry
+	nil,                                  // 72: keybroker.v1.UpdateKeyRequest.LabelsEntry
+	nil,                                  // 73: keybroker.v1.Node.LabelsEntry
+	nil,                                  // 74: keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 75: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 76: google.protobuf.Duration
 }
 var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
-	51, // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
-	52, // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
-	53, // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	54, // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	55, // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	63, // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
+	64, // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
+	65, // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	66, // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	67, // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
 	0,  // 5: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
 	30, // 6: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
-	56, // 7: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	68, // 7: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
 	30, // 8: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
-	62, // 9: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
+	75, // 9: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 10: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
 	1,  // 11: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
 	2,  // 12: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
 	29, // 13: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
-	57, // 14: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
-	63, // 15: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
-	62, // 16: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
-	62, // 17: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
-	62, // 18: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	62, // 19: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
+	69, // 14: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
+	76, // 15: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
+	75, // 16: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
+	75, // 17: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
+	75, // 18: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	75, // 19: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
 	3,  // 20: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
-	58, // 21: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	70, // 21: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
 	4,  // 22: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
 	32, // 23: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
 	5,  // 24: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
@@ -3625,70 +4446,90 @@ var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
 	42, // 35: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
 	0,  // 36: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
 	1,  // 37: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
-	59, // 38: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
-	63, // 39: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	60, // 40: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
-	63, // 41: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	63, // 42: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
-	61, // 43: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
-	62, // 44: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	62, // 45: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
+	71, // 38: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
+	76, // 39: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	72, // 40: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
+	76, // 41: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	76, // 42: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
+	73, // 43: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
+	75, // 44: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	75, // 45: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
 	49, // 46: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
-	5,  // 47: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
-	7,  // 48: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
-	9,  // 49: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
-	11, // 50: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
-	11, // 51: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
-	13, // 52: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
-	15, // 53: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
-	17, // 54: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
-	19, // 55: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
-	21, // 56: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
-	23, // 57: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
-	25, // 58: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
-	27, // 59: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
-	31, // 60: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
-	35, // 61: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
-	38, // 62: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
-	41, // 63: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
-	44, // 64: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
-	45, // 65: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
-	46, // 66: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
-	45, // 67: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
-	45, // 68: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
-	47, // 69: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
-	45, // 70: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
-	48, // 71: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
-	6,  // 72: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
-	8,  // 73: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
-	10, // 74: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
-	12, // 75: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
-	12, // 76: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
-	14, // 77: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
-	16, // 78: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
-	18, // 79: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
-	20, // 80: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
-	22, // 81: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
-	24, // 82: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
-	26, // 83: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
-	28, // 84: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
-	33, // 85: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
-	37, // 86: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
-	40, // 87: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
-	43, // 88: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
-	30, // 89: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 90: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 91: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 92: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 93: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 94: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	30, // 95: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	50, // 96: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
-	72, // [72:97] is the sub-list for method output_type
-	47, // [47:72] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	74, // 47: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	76, // 48: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
+	30, // 49: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
+	54, // 50: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
+	56, // 51: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
+	55, // 52: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
+	57, // 53: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
+	49, // 54: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
+	75, // 55: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
+	58, // 56: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
+	55, // 57: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
+	57, // 58: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
+	50, // 59: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
+	59, // 60: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
+	5,  // 61: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
+	7,  // 62: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
+	9,  // 63: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
+	11, // 64: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
+	11, // 65: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
+	13, // 66: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
+	15, // 67: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
+	17, // 68: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
+	19, // 69: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
+	21, // 70: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
+	23, // 71: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
+	25, // 72: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
+	27, // 73: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
+	31, // 74: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
+	35, // 75: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
+	38, // 76: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
+	41, // 77: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
+	44, // 78: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
+	45, // 79: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
+	46, // 80: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
+	45, // 81: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
+	45, // 82: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
+	47, // 83: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
+	45, // 84: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
+	48, // 85: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
+	51, // 86: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
+	53, // 87: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
+	61, // 88: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
+	6,  // 89: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
+	8,  // 90: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
+	10, // 91: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
+	12, // 92: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
+	12, // 93: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
+	14, // 94: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
+	16, // 95: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
+	18, // 96: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
+	20, // 97: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
+	22, // 98: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
+	24, // 99: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
+	26, // 100: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
+	28, // 101: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
+	33, // 102: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
+	37, // 103: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
+	40, // 104: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
+	43, // 105: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
+	30, // 106: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 107: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 108: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 109: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 110: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 111: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	30, // 112: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	50, // 113: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
+	52, // 114: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
+	60, // 115: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
+	62, // 116: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
+	89, // [89:117] is the sub-list for method output_type
+	61, // [61:89] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_keybroker_proto_init() }
@@ -3705,15 +4546,23 @@ func file_keybroker_v1_keybroker_proto_init() {
 		(*VerifyRequest_Digest)(nil),
 	}
 	file_keybroker_v1_keybroker_proto_msgTypes[41].OneofWrappers = []any{}
+	file_keybroker_v1_keybroker_proto_msgTypes[55].OneofWrappers = []any{
+		(*WatchEvent_Snapshot)(nil),
+		(*WatchEvent_Key)(nil),
+		(*WatchEvent_DeletedKeyId)(nil),
+		(*WatchEvent_Policy)(nil),
+		(*WatchEvent_Nodes)(nil),
+		(*WatchEvent_Heartbeat)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_keybroker_proto_rawDesc), len(file_keybroker_v1_keybroker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   57,
+			NumMessages:   70,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_keybroker_v1_keybroker_proto_goTypes,
 		DependencyIndexes: file_keybroker_v1_keybroker_proto_depIdxs,

@@ -1130,3 +1130,205 @@ var KeyAdmin_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "keybroker/v1/keybroker.proto",
 }
+
+const (
+	EdgeSync_Register_FullMethodName      = "/keybroker.v1.EdgeSync/Register"
+	EdgeSync_Watch_FullMethodName         = "/keybroker.v1.EdgeSync/Watch"
+	EdgeSync_FetchMaterial_FullMethodName = "/keybroker.v1.EdgeSync/FetchMaterial"
+)
+
+// EdgeSyncClient is the client API for EdgeSync service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// EdgeSync is served by the central tier to edges only (certificates of
+// kind edge). An edge registers, then follows the registry. Register is
+// built; Watch and FetchMaterial are defined for the edge tier being built.
+type EdgeSyncClient interface {
+	// Register records the calling edge (named by its certificate) in the
+	// node inventory with its sealing key, region, labels and address.
+	Register(ctx context.Context, in *RegisterEdgeRequest, opts ...grpc.CallOption) (*RegisterEdgeResponse, error)
+	// Watch streams key metadata, material sealed to the edge for the keys
+	// placed on it, the node inventory, policy revisions and heartbeats.
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
+	// FetchMaterial returns one key version's material sealed to the edge,
+	// when placement allows it.
+	FetchMaterial(ctx context.Context, in *FetchMaterialRequest, opts ...grpc.CallOption) (*FetchMaterialResponse, error)
+}
+
+type edgeSyncClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewEdgeSyncClient(cc grpc.ClientConnInterface) EdgeSyncClient {
+	return &edgeSyncClient{cc}
+}
+
+func (c *edgeSyncClient) Register(ctx context.Context, in *RegisterEdgeRequest, opts ...grpc.CallOption) (*RegisterEdgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterEdgeResponse)
+	err := c.cc.Invoke(ctx, EdgeSync_Register_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeSyncClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EdgeSync_ServiceDesc.Streams[0], EdgeSync_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EdgeSync_WatchClient = grpc.ServerStreamingClient[WatchEvent]
+
+func (c *edgeSyncClient) FetchMaterial(ctx context.Context, in *FetchMaterialRequest, opts ...grpc.CallOption) (*FetchMaterialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FetchMaterialResponse)
+	err := c.cc.Invoke(ctx, EdgeSync_FetchMaterial_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// EdgeSyncServer is the server API for EdgeSync service.
+// All implementations must embed UnimplementedEdgeSyncServer
+// for forward compatibility.
+//
+// EdgeSync is served by the central tier to edges only (certificates of
+// kind edge). An edge registers, then follows the registry. Register is
+// built; Watch and FetchMaterial are defined for the edge tier being built.
+type EdgeSyncServer interface {
+	// Register records the calling edge (named by its certificate) in the
+	// node inventory with its sealing key, region, labels and address.
+	Register(context.Context, *RegisterEdgeRequest) (*RegisterEdgeResponse, error)
+	// Watch streams key metadata, material sealed to the edge for the keys
+	// placed on it, the node inventory, policy revisions and heartbeats.
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
+	// FetchMaterial returns one key version's material sealed to the edge,
+	// when placement allows it.
+	FetchMaterial(context.Context, *FetchMaterialRequest) (*FetchMaterialResponse, error)
+	mustEmbedUnimplementedEdgeSyncServer()
+}
+
+// UnimplementedEdgeSyncServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedEdgeSyncServer struct{}
+
+func (UnimplementedEdgeSyncServer) Register(context.Context, *RegisterEdgeRequest) (*RegisterEdgeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Register not implemented")
+}
+func (UnimplementedEdgeSyncServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedEdgeSyncServer) FetchMaterial(context.Context, *FetchMaterialRequest) (*FetchMaterialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FetchMaterial not implemented")
+}
+func (UnimplementedEdgeSyncServer) mustEmbedUnimplementedEdgeSyncServer() {}
+func (UnimplementedEdgeSyncServer) testEmbeddedByValue()                  {}
+
+// UnsafeEdgeSyncServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to EdgeSyncServer will
+// result in compilation errors.
+type UnsafeEdgeSyncServer interface {
+	mustEmbedUnimplementedEdgeSyncServer()
+}
+
+func RegisterEdgeSyncServer(s grpc.ServiceRegistrar, srv EdgeSyncServer) {
+	// If the following call panics, it indicates UnimplementedEdgeSyncServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&EdgeSync_ServiceDesc, srv)
+}
+
+func _EdgeSync_Register_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterEdgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeSyncServer).Register(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeSync_Register_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeSyncServer).Register(ctx, req.(*RegisterEdgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeSync_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(EdgeSyncServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EdgeSync_WatchServer = grpc.ServerStreamingServer[WatchEvent]
+
+func _EdgeSync_FetchMaterial_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FetchMaterialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeSyncServer).FetchMaterial(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeSync_FetchMaterial_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeSyncServer).FetchMaterial(ctx, req.(*FetchMaterialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// EdgeSync_ServiceDesc is the grpc.ServiceDesc for EdgeSync service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var EdgeSync_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "keybroker.v1.EdgeSync",
+	HandlerType: (*EdgeSyncServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Register",
+			Handler:    _EdgeSync_Register_Handler,
+		},
+		{
+			MethodName: "FetchMaterial",
+			Handler:    _EdgeSync_FetchMaterial_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _EdgeSync_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "keybroker/v1/keybroker.proto",
+}
