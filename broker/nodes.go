@@ -114,3 +114,20 @@ func (r *Registry) Nodes(ctx context.Context) ([]*Node, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
+
+// Node returns one registered edge.
+func (r *Registry) Node(ctx context.Context, id string) (*Node, error) {
+	o, err := r.st.Get(ctx, KindNodes, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, errorf(ErrNotFound, "edge %q is not registered", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var n Node
+	if err := json.Unmarshal(o.Value, &n); err != nil {
+		return nil, fmt.Errorf("broker: node %q: corrupt record: %w", id, err)
+	}
+	n.Revision = o.Revision
+	return &n, nil
+}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/sealed"
 	"github.com/keybroker/keybroker/secret"
 )
 
@@ -679,4 +680,24 @@ func (s *Service) Sweep(ctx context.Context) (rotated, deleted []string, err err
 		rotated = append(rotated, k.ID)
 	}
 	return rotated, deleted, errors.Join(errs...)
+}
+
+// SealMaterial returns version v of key k's material sealed to a
+// registered edge. The caller has authorized the edge (HoldMaterial).
+// Backend-mode keys have no material to give.
+func (s *Service) SealMaterial(ctx context.Context, edge *Node, k *Key, v uint32) ([]byte, error) {
+	if err := k.Usable(); err != nil {
+		return nil, err
+	}
+	if err := k.CheckDecryptVersion(v); err != nil {
+		return nil, err
+	}
+	if k.Mode == ModeBackend {
+		return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend; forward the operation", k.ID)
+	}
+	m, err := s.mat.Get(ctx, k, v)
+	if err != nil {
+		return nil, err
+	}
+	return sealed.Seal(edge.SealingKey, edge.ID, k.ID, v, m)
 }

@@ -1,11 +1,13 @@
 package server
 
 import (
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/sealed"
 )
@@ -78,5 +80,80 @@ func TestRegisterEdge(t *testing.T) {
 	}
 	if !denied {
 		t.Error("the refused registration left no audit line")
+	}
+}
+
+func TestFetchMaterial(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	kb := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	const eu = `principal.region == "eu"`
+	for _, k := range []*kbv1.CreateKeyRequest{
+		{KeyId: "eu-key", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: eu},
+		{KeyId: "eu-backend", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_BACKEND, RootKey: "softkms:aes", Placement: eu},
+		{KeyId: "unplaced", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_WRAP},
+	} {
+		if _, err := admin.CreateKey(ctx, k); err != nil {
+			t.Fatalf("CreateKey %s: %v", k.KeyId, err)
+		}
+	}
+	register := func(name, region string) (*sealed.PrivateKey, kbv1.EdgeSyncClient) {
+		sk, _ := sealed.GenerateKey()
+		c := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, name))
+		if _, err := c.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: region, Address: name + ".example:7443"}); err != nil {
+			t.Fatal(err)
+		}
+		return sk, c
+	}
+	euKey, euEdge := register("edge-eu-1", "eu")
+	_, usEdge := register("edge-us-1", "us")
+
+	enc, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "eu-key", Plaintext: []byte("order 7"), EncryptionContext: map[string]string{"o": "7"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := euEdge.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-key", KeyVersion: 1})
+	if err != nil {
+		t.Fatalf("eu edge FetchMaterial: %v", err)
+	}
+	material, err := sealed.Open(euKey, resp.SealedMaterial, "edge-eu-1", "eu-key", 1)
+	if err != nil {
+		t.Fatalf("opening the sealed material: %v", err)
+	}
+	// The material really is the key's: it opens the central tier's ciphertext.
+	h, body, err := envelope.ParseHeader(enc.Ciphertext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := envelope.UnwrapDataKey(material, h.KeyID, h.Version, h.WrappedDEK)
+	if err != nil {
+		t.Fatalf("material does not unwrap the data key: %v", err)
+	}
+	if pt, err := dk.Open(h, body, map[string]string{"o": "7"}); err != nil || string(pt) != "order 7" {
+		t.Errorf("opened %q, %v", pt, err)
+	}
+
+	_, err = usEdge.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-key", KeyVersion: 1})
+	code(t, "us edge fetches an eu key", err, codes.PermissionDenied)
+	_, err = euEdge.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "unplaced", KeyVersion: 1})
+	code(t, "a key placed nowhere", err, codes.PermissionDenied)
+	_, err = euEdge.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-backend", KeyVersion: 1})
+	code(t, "a backend-mode key", err, codes.FailedPrecondition)
+	_, err = euEdge.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-key", KeyVersion: 9})
+	code(t, "a version that does not exist", err, codes.NotFound)
+	_, err = kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-never")).FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-key"})
+	code(t, "an unregistered edge", err, codes.FailedPrecondition)
+	_, err = kbv1.NewEdgeSyncClient(e.conn(t, identity.Client, "app")).FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-key"})
+	code(t, "a client", err, codes.PermissionDenied)
+
+	var refused bool
+	for _, r := range auditLines(t, e.auditPath) {
+		if r.Operation == "HoldMaterial" && r.Key == "eu-key" && strings.HasSuffix(r.Principal, "/edge/edge-us-1") && r.Decision == "deny" {
+			refused = true
+		}
+	}
+	if !refused {
+		t.Error("the refused fetch by the us edge left no audit line")
 	}
 }
