@@ -29,6 +29,7 @@
 package policy
 
 import (
+	"bytes"
 	"crypto/sha256"
 	_ "embed"
 	"encoding/hex"
@@ -172,6 +173,7 @@ type Set struct {
 	effects    map[cedar.PolicyID]cedar.Effect
 	hash       string
 	files      []string
+	docs       map[string][]byte
 	policies   int
 }
 
@@ -181,6 +183,16 @@ func (s *Set) Hash() string { return s.hash }
 
 // Len reports the number of policies.
 func (s *Set) Len() int { return s.policies }
+
+// Documents returns the policy files' contents by name, so the set can be
+// replicated (to edges) and parsed there with Parse.
+func (s *Set) Documents() map[string][]byte {
+	out := make(map[string][]byte, len(s.docs))
+	for n, d := range s.docs {
+		out[n] = bytes.Clone(d)
+	}
+	return out
+}
 
 // Files lists the files the set was loaded from.
 func (s *Set) Files() []string { return slices.Clone(s.files) }
@@ -209,13 +221,14 @@ func Parse(docs map[string][]byte) (*Set, error) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	s := &Set{ps: cedar.NewPolicySet(), effects: map[cedar.PolicyID]cedar.Effect{}, files: names}
+	s := &Set{ps: cedar.NewPolicySet(), effects: map[cedar.PolicyID]cedar.Effect{}, files: names, docs: map[string][]byte{}}
 	h := sha256.New()
 	var errs []error
 	for _, name := range names {
 		doc := docs[name]
 		fmt.Fprintf(h, "%d:%s\n%d:", len(name), name, len(doc))
 		h.Write(doc)
+		s.docs[name] = bytes.Clone(doc)
 		list, err := cedar.NewPolicyListFromBytes(name, doc)
 		if err != nil {
 			errs = append(errs, parseError(name, err))

@@ -116,10 +116,16 @@ func (a *keyAdmin) ListNodes(ctx context.Context, _ *kbv1.ListNodesRequest) (*kb
 	if err != nil {
 		return nil, c.end(err)
 	}
-	out := &kbv1.ListNodesResponse{Nodes: []*kbv1.Node{{NodeId: a.s.node, Kind: "central", Address: a.s.addr, LastSeen: timestamppb.Now()}}}
+	out := nodeList(a.s, edges)
+	return out, c.end(nil)
+}
+
+// nodeList is this central node followed by the registered edges.
+func nodeList(s *Server, edges []*broker.Node) *kbv1.ListNodesResponse {
+	out := &kbv1.ListNodesResponse{Nodes: []*kbv1.Node{{NodeId: s.node, Kind: "central", Address: s.addr, LastSeen: timestamppb.Now()}}}
 	for _, n := range edges {
 		out.Nodes = append(out.Nodes, &kbv1.Node{NodeId: n.ID, Kind: "edge", Address: n.Address, Region: n.Region, Labels: n.Labels,
 			LastSeen: timestamppb.New(n.LastSeen), LeaseExpires: timestamppb.New(n.LastSeen.Add(EdgeLease)), Revision: n.Revision})
 	}
-	return out, c.end(nil)
+	return out
 }

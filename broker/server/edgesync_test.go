@@ -65,12 +65,6 @@ func TestRegisterEdge(t *testing.T) {
 		_, err = fs.Recv()
 	}
 	code(t, "Watch from another trust domain", err, codes.Unauthenticated)
-	// Watch is defined but not served yet.
-	stream, err := edge.Watch(ctx, &kbv1.WatchRequest{})
-	if err == nil {
-		_, err = stream.Recv()
-	}
-	code(t, "Watch", err, codes.Unimplemented)
 
 	var denied bool
 	for _, r := range auditLines(t, e.auditPath) {
@@ -155,5 +149,120 @@ func TestFetchMaterial(t *testing.T) {
 	}
 	if !refused {
 		t.Error("the refused fetch by the us edge left no audit line")
+	}
+}
+
+func TestWatch(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "eu-key", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: `principal.region == "eu"`}); err != nil {
+		t.Fatal(err)
+	}
+	euKey, _ := sealed.GenerateKey()
+	eu := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-eu-1"))
+	if _, err := eu.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: euKey.PublicKey(), Region: "eu", Address: "eu.example:7443"}); err != nil {
+		t.Fatal(err)
+	}
+	usKey, _ := sealed.GenerateKey()
+	us := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-us-1"))
+	if _, err := us.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: usKey.PublicKey(), Region: "us", Address: "us.example:7443"}); err != nil {
+		t.Fatal(err)
+	}
+
+	stream, err := eu.Watch(ctx, &kbv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := func(s kbv1.EdgeSync_WatchClient) *kbv1.WatchEvent {
+		t.Helper()
+		for {
+			ev, err := s.Recv()
+			if err != nil {
+				t.Fatalf("Recv: %v", err)
+			}
+			if ev.GetHeartbeat() == nil && ev.GetPolicy() == nil && ev.GetNodes() == nil {
+				return ev
+			}
+		}
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := first.GetSnapshot()
+	if snap == nil || len(snap.Keys) != 1 || len(snap.Nodes) != 3 || snap.Policy.GetHash() == "" || len(snap.Policy.Files) != 1 {
+		t.Fatalf("first event = %v, want a snapshot of 1 key, 3 nodes and the policy", first)
+	}
+	v1 := snap.Keys[0].Versions[0]
+	m1, err := sealed.Open(euKey, v1.SealedMaterial, "edge-eu-1", "eu-key", 1)
+	if err != nil || m1.Len() != 32 {
+		t.Fatalf("snapshot material does not open: %v", err)
+	}
+	if hb, err := stream.Recv(); err != nil || hb.GetHeartbeat().GetLeaseExpires() == nil {
+		t.Fatalf("second event = %v, %v; want a heartbeat", hb, err)
+	}
+
+	// Rotation arrives with both versions sealed; v1's material is unchanged.
+	if _, err := admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "eu-key"}); err != nil {
+		t.Fatal(err)
+	}
+	ev := recv(stream)
+	k := ev.GetKey()
+	if k == nil || k.Metadata.PrimaryVersion != 2 || len(k.Versions) != 2 || ev.Revision <= first.Revision {
+		t.Fatalf("after rotation: %v", ev)
+	}
+	m1b, _ := sealed.Open(euKey, k.Versions[0].SealedMaterial, "edge-eu-1", "eu-key", 1)
+	m2, err := sealed.Open(euKey, k.Versions[1].SealedMaterial, "edge-eu-1", "eu-key", 2)
+	if err != nil || !m1b.Equal(m1) || m2.Equal(m1) {
+		t.Errorf("rotation event material: v1 same=%v, v2 distinct=%v, err %v", m1b.Equal(m1), !m2.Equal(m1), err)
+	}
+	resumeFrom := ev.Revision
+
+	// Disabling withdraws the material.
+	if _, err := admin.DisableKey(ctx, &kbv1.KeyRequest{KeyId: "eu-key"}); err != nil {
+		t.Fatal(err)
+	}
+	ev = recv(stream)
+	if k := ev.GetKey(); k == nil || k.Metadata.State != kbv1.KeyState_KEY_STATE_DISABLED || len(k.Versions[0].SealedMaterial) != 0 {
+		t.Errorf("after disable: %v", ev)
+	}
+
+	// The us edge sees the key but never its material.
+	usStream, err := us.Watch(ctx, &kbv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	usSnap, err := usStream.Recv()
+	if err != nil || len(usSnap.GetSnapshot().GetKeys()) != 1 || len(usSnap.GetSnapshot().Keys[0].Versions[1].SealedMaterial) != 0 {
+		t.Errorf("us snapshot = %v, %v; want the key without material", usSnap, err)
+	}
+
+	// Resuming from a revision replays what came after it, without a snapshot.
+	resumed, err := eu.Watch(ctx, &kbv1.WatchRequest{FromRevision: resumeFrom})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev = recv(resumed)
+	if ev.GetSnapshot() != nil || ev.GetKey().GetMetadata().GetState() != kbv1.KeyState_KEY_STATE_DISABLED {
+		t.Errorf("resumed stream's first change = %v, want the disable", ev)
+	}
+
+	// Clients may not watch.
+	cs, err := kbv1.NewEdgeSyncClient(e.conn(t, identity.Client, "app")).Watch(ctx, &kbv1.WatchRequest{})
+	if err == nil {
+		_, err = cs.Recv()
+	}
+	code(t, "a client watches", err, codes.PermissionDenied)
+
+	var held bool
+	for _, r := range auditLines(t, e.auditPath) {
+		if r.Operation == "HoldMaterial" && r.Key == "eu-key" && strings.HasSuffix(r.Principal, "/edge/edge-eu-1") && r.Decision == "allow" {
+			held = true
+		}
+	}
+	if !held {
+		t.Error("material sent by Watch left no audit line")
 	}
 }

@@ -58,7 +58,10 @@ type Config struct {
 	TrustDomain string
 	// Address is this node's advertised gRPC address (LookupKey, ListNodes).
 	Address string
-	Logger  *slog.Logger
+	// Heartbeat is how often Watch streams send a heartbeat extending the
+	// edge's lease (0: a third of EdgeLease).
+	Heartbeat time.Duration
+	Logger    *slog.Logger
 }
 
 // Server implements the central tier's gRPC services.
@@ -71,6 +74,7 @@ type Server struct {
 	addr   string
 	log    *slog.Logger
 	start  time.Time
+	beat   time.Duration
 }
 
 // New builds a Server.
@@ -81,8 +85,11 @@ func New(c Config) (*Server, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = EdgeLease / 3
+	}
 	return &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
-		addr: c.Address, log: c.Logger, start: time.Now()}, nil
+		addr: c.Address, log: c.Logger, start: time.Now(), beat: c.Heartbeat}, nil
 }
 
 // Register adds the KeyBroker, KeyAdmin and EdgeSync services to g.

@@ -1142,8 +1142,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // EdgeSync is served by the central tier to edges only (certificates of
-// kind edge). An edge registers, then follows the registry. Register and
-// FetchMaterial are served; Watch is defined for the edge tier being built.
+// kind edge). An edge registers, then follows the registry with Watch and
+// fetches material it misses with FetchMaterial.
 type EdgeSyncClient interface {
 	// Register records the calling edge (named by its certificate) in the
 	// node inventory with its sealing key, region, labels and address.
@@ -1208,8 +1208,8 @@ func (c *edgeSyncClient) FetchMaterial(ctx context.Context, in *FetchMaterialReq
 // for forward compatibility.
 //
 // EdgeSync is served by the central tier to edges only (certificates of
-// kind edge). An edge registers, then follows the registry. Register and
-// FetchMaterial are served; Watch is defined for the edge tier being built.
+// kind edge). An edge registers, then follows the registry with Watch and
+// fetches material it misses with FetchMaterial.
 type EdgeSyncServer interface {
 	// Register records the calling edge (named by its certificate) in the
 	// node inventory with its sealing key, region, labels and address.

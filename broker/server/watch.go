@@ -1,0 +1,241 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/policy"
+)
+
+// Watch follows the registry for one edge. It starts with a snapshot
+// (unless the edge resumes from a revision still in the store's history),
+// then sends every key change — with the versions' material sealed to the
+// edge where placement allows — every inventory change, every policy
+// revision, and a heartbeat extending the edge's lease. The stream ends
+// when the edge goes away or the feed is lost; the edge reconnects and
+// resumes from the last revision it applied.
+func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer) error {
+	ctx := stream.Context()
+	c, err := e.s.begin(ctx, "Watch", "")
+	if err != nil {
+		return err
+	}
+	if c.who.Kind != identity.Edge {
+		c.rec.Decision, c.rec.PolicyID = "deny", "edge-only"
+		return c.end(status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.who))
+	}
+	node, err := e.s.svc.Registry().Node(ctx, c.who.Name)
+	if err != nil {
+		return c.end(status.Errorf(codes.FailedPrecondition, "edge %s must Register first: %v", c.who.Name, err))
+	}
+	c.rec.Decision = "allow"
+	if err := c.end(nil); err != nil { // the stream's opening is audited
+		return err
+	}
+	w := &watcher{s: e.s, stream: stream, node: node, td: c.who.TrustDomain, rid: c.rec.RequestID, principal: c.rec.Principal}
+	return w.run(ctx, r.GetFromRevision())
+}
+
+type watcher struct {
+	s         *Server
+	stream    kbv1.EdgeSync_WatchServer
+	node      *broker.Node
+	td        string
+	rid       string
+	principal string
+	policy    string // hash of the policy last sent
+}
+
+func (w *watcher) run(ctx context.Context, from uint64) error {
+	st := w.s.svc.Registry().Store()
+	var feed *store.Watcher
+	var err error
+	if from > 0 {
+		feed, err = st.Watch(ctx, from)
+		if err != nil && !errors.Is(err, store.ErrCompacted) {
+			return toStatus(err).Err()
+		}
+	}
+	if feed == nil {
+		// Subscribe before the snapshot so no change falls between them;
+		// events the snapshot already holds are skipped by revision.
+		if feed, err = st.Watch(ctx, st.Revision()); err != nil {
+			return toStatus(err).Err()
+		}
+		if from, err = w.snapshot(ctx); err != nil {
+			return err
+		}
+	}
+	beat := time.NewTicker(w.s.beat)
+	defer beat.Stop()
+	if err := w.heartbeat(from); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-feed.C():
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return status.Errorf(codes.Unavailable, "registry feed lost (%v): reconnect and resume from the last revision applied", feed.Err())
+			}
+			if ev.Revision <= from {
+				continue
+			}
+			from = ev.Revision
+			if err := w.apply(ctx, ev); err != nil {
+				return err
+			}
+		case <-beat.C:
+			if err := w.heartbeat(from); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (w *watcher) send(ev *kbv1.WatchEvent) error {
+	if err := w.stream.Send(ev); err != nil {
+		return status.Errorf(codes.Unavailable, "sending to edge: %v", err)
+	}
+	return nil
+}
+
+// heartbeat extends the lease and carries a new policy revision, if any.
+func (w *watcher) heartbeat(rev uint64) error {
+	if set := w.s.policy.Current(); set.Hash() != w.policy {
+		if err := w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Policy{Policy: edgePolicy(set)}}); err != nil {
+			return err
+		}
+		w.policy = set.Hash()
+	}
+	return w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Heartbeat{Heartbeat: &kbv1.Heartbeat{
+		LeaseExpires: timestamppb.New(time.Now().Add(EdgeLease)),
+	}}})
+}
+
+func edgePolicy(set *policy.Set) *kbv1.EdgePolicy {
+	p := &kbv1.EdgePolicy{Hash: set.Hash()}
+	docs := set.Documents()
+	names := make([]string, 0, len(docs))
+	for n := range docs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		p.Files = append(p.Files, &kbv1.PolicyFile{Name: n, Content: docs[n]})
+	}
+	return p
+}
+
+func (w *watcher) snapshot(ctx context.Context) (uint64, error) {
+	keys, rev, err := w.s.svc.Registry().List(ctx)
+	if err != nil {
+		return 0, toStatus(err).Err()
+	}
+	snap := &kbv1.EdgeSnapshot{Policy: edgePolicy(w.s.policy.Current())}
+	w.policy = snap.Policy.Hash
+	for _, k := range keys {
+		ek, err := w.edgeKey(ctx, k)
+		if err != nil {
+			return 0, err
+		}
+		snap.Keys = append(snap.Keys, ek)
+	}
+	nodes, err := w.nodes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	snap.Nodes = nodes.Nodes
+	return rev, w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Snapshot{Snapshot: snap}})
+}
+
+func (w *watcher) apply(ctx context.Context, ev store.Event) error {
+	switch ev.Object.Kind {
+	case broker.KindKeys:
+		if ev.Type == store.Delete {
+			return w.send(&kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_DeletedKeyId{DeletedKeyId: ev.Object.ID}})
+		}
+		k, err := broker.DecodeKey(ev.Object)
+		if err != nil {
+			return toStatus(err).Err()
+		}
+		ek, err := w.edgeKey(ctx, k)
+		if err != nil {
+			return err
+		}
+		return w.send(&kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_Key{Key: ek}})
+	case broker.KindNodes:
+		if ev.Object.ID == w.node.ID {
+			if n, err := w.s.svc.Registry().Node(ctx, w.node.ID); err == nil {
+				w.node = n // placement follows the edge's registered region and labels
+			}
+		}
+		nodes, err := w.nodes(ctx)
+		if err != nil {
+			return err
+		}
+		return w.send(&kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_Nodes{Nodes: nodes}})
+	}
+	return nil
+}
+
+func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
+	edges, err := w.s.svc.Registry().Nodes(ctx)
+	if err != nil {
+		return nil, toStatus(err).Err()
+	}
+	return nodeList(w.s, edges), nil
+}
+
+// edgeKey is a key as this edge sees it: metadata, public keys, and the
+// material of every version still decryptable, sealed to the edge, when the
+// key is enabled, has material, and placement lets the edge hold it.
+func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, error) {
+	ek := &kbv1.EdgeKey{Metadata: keyToProto(k)}
+	hold := k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
+	if hold {
+		who := policy.Principal{Kind: policy.KindEdge, Name: w.node.ID, TrustDomain: w.td, Region: w.node.Region, Labels: w.node.Labels}
+		res := policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+		d := w.s.policy.Current().AuthorizeHoldMaterial(who, res, k.Placement)
+		hold = d.Allowed
+		if hold {
+			w.auditHold(k, d.PolicyID())
+		}
+	}
+	for _, v := range k.Versions {
+		ev := &kbv1.EdgeKeyVersion{Version: v.Version, PublicKey: v.PublicKey}
+		if hold && v.Version >= k.MinDecryptionVersion {
+			blob, err := w.s.svc.SealMaterial(ctx, w.node, k, v.Version)
+			if err != nil {
+				return nil, toStatus(err).Err()
+			}
+			ev.SealedMaterial = blob
+		}
+		ek.Versions = append(ek.Versions, ev)
+	}
+	return ek, nil
+}
+
+// auditHold records that a key's material went to the edge.
+func (w *watcher) auditHold(k *broker.Key, policyID string) {
+	rec := audit.Record{RequestID: w.rid, Principal: w.principal, Node: w.s.node, Operation: string(policy.HoldMaterial),
+		Key: k.ID, Version: k.Primary, Decision: "allow", PolicyID: policyID, Outcome: "ok", Detail: "sealed to the edge by Watch"}
+	if err := w.s.audit.Append(rec); err != nil {
+		w.s.log.Error("audit append failed", "err", err)
+	}
+}
