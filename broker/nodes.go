@@ -104,12 +104,11 @@ func (r *Registry) Nodes(ctx context.Context) ([]*Node, error) {
 	}
 	out := make([]*Node, 0, len(objs))
 	for _, o := range objs {
-		var n Node
-		if err := json.Unmarshal(o.Value, &n); err != nil {
-			return nil, fmt.Errorf("broker: node %q: corrupt record: %w", o.ID, err)
+		n, err := decodeNode(o)
+		if err != nil {
+			return nil, err
 		}
-		n.Revision = o.Revision
-		out = append(out, &n)
+		out = append(out, n)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
@@ -124,9 +123,13 @@ func (r *Registry) Node(ctx context.Context, id string) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	return decodeNode(o)
+}
+
+func decodeNode(o store.Object) (*Node, error) {
 	var n Node
 	if err := json.Unmarshal(o.Value, &n); err != nil {
-		return nil, fmt.Errorf("broker: node %q: corrupt record: %w", id, err)
+		return nil, fmt.Errorf("broker: node %q: corrupt record: %w", o.ID, err)
 	}
 	n.Revision = o.Revision
 	return &n, nil

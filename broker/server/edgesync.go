@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -31,10 +30,8 @@ func (e *edgeSync) Register(ctx context.Context, r *kbv1.RegisterEdgeRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	if c.who.Kind != identity.Edge {
-		c.rec.Decision = "deny"
-		c.rec.PolicyID = "edge-only"
-		return nil, c.end(status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.who))
+	if err := c.edgeOnly(); err != nil {
+		return nil, c.end(err)
 	}
 	c.rec.Decision = "allow"
 	n, err := e.s.svc.Registry().RegisterNode(ctx, &broker.Node{
@@ -56,28 +53,25 @@ func (e *edgeSync) FetchMaterial(ctx context.Context, r *kbv1.FetchMaterialReque
 		return nil, err
 	}
 	c.rec.Version = r.GetKeyVersion()
-	if c.who.Kind != identity.Edge {
-		c.rec.Decision, c.rec.PolicyID = "deny", "edge-only"
-		return nil, c.end(status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.who))
+	if err := c.edgeOnly(); err != nil {
+		return nil, c.end(err)
 	}
 	if err := checkKeyID(r.GetKeyId()); err != nil {
 		return nil, c.end(err)
 	}
-	node, err := e.s.svc.Registry().Node(ctx, c.who.Name)
+	node, err := c.registeredEdge()
 	if err != nil {
-		return nil, c.end(status.Errorf(codes.FailedPrecondition, "edge %s must Register first: %v", c.who.Name, err))
-	}
-	k, err := e.s.svc.Registry().Get(ctx, r.GetKeyId())
-	res := policy.Key{Name: r.GetKeyId()}
-	placement := ""
-	if err == nil {
-		res = policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
-		placement = k.Placement
-	} else if !errors.Is(err, broker.ErrNotFound) {
 		return nil, c.end(err)
 	}
-	who := policy.Principal{Kind: policy.KindEdge, Name: node.ID, TrustDomain: c.who.TrustDomain, Region: node.Region, Labels: node.Labels}
-	if err := c.decide(e.s.policy.Current().AuthorizeHoldMaterial(who, res, placement)); err != nil {
+	k, res, err := c.lookupKey()
+	if err != nil {
+		return nil, c.end(err)
+	}
+	placement := ""
+	if k != nil {
+		placement = k.Placement
+	}
+	if err := c.decide(e.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(node, c.who.TrustDomain), res, placement)); err != nil {
 		return nil, c.end(err)
 	}
 	if k == nil {
@@ -93,4 +87,29 @@ func (e *edgeSync) FetchMaterial(ctx context.Context, r *kbv1.FetchMaterialReque
 		return nil, c.end(err)
 	}
 	return &kbv1.FetchMaterialResponse{SealedMaterial: blob}, c.end(nil)
+}
+
+// edgeOnly refuses callers whose certificate is not an edge's, recording
+// the refusal for the audit line.
+func (c *call) edgeOnly() error {
+	if c.who.Kind == identity.Edge {
+		return nil
+	}
+	c.rec.Decision, c.rec.PolicyID = "deny", "edge-only"
+	return status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.who)
+}
+
+// registeredEdge loads the calling edge's registration.
+func (c *call) registeredEdge() (*broker.Node, error) {
+	n, err := c.s.svc.Registry().Node(c.ctx, c.who.Name)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "edge %s must Register first: %v", c.who.Name, err)
+	}
+	return n, nil
+}
+
+// edgePrincipal is a registered edge as Cedar sees it: placement follows
+// the region and labels it registered.
+func edgePrincipal(n *broker.Node, trustDomain string) policy.Principal {
+	return policy.Principal{Kind: policy.KindEdge, Name: n.ID, TrustDomain: trustDomain, Region: n.Region, Labels: n.Labels}
 }

@@ -228,9 +228,6 @@ func (b *keyBroker) GenerateRandom(ctx context.Context, r *kbv1.GenerateRandomRe
 
 func (b *keyBroker) DescribeKey(ctx context.Context, r *kbv1.DescribeKeyRequest) (*kbv1.DescribeKeyResponse, error) {
 	return keyOp(ctx, b.s, policy.DescribeKey, r.GetKeyId(), func(c *call, k *broker.Key) (*kbv1.DescribeKeyResponse, error) {
-		if k == nil {
-			return nil, status.Errorf(codes.NotFound, "key %q does not exist", r.GetKeyId())
-		}
 		return &kbv1.DescribeKeyResponse{Key: keyToProto(k)}, nil
 	})
 }
@@ -258,9 +255,6 @@ func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv
 // any operation on any key it holds. (Edges add themselves when they exist.)
 func (b *keyBroker) LookupKey(ctx context.Context, r *kbv1.LookupKeyRequest) (*kbv1.LookupKeyResponse, error) {
 	return keyOp(ctx, b.s, policy.LookupKey, r.GetKeyId(), func(c *call, k *broker.Key) (*kbv1.LookupKeyResponse, error) {
-		if k == nil {
-			return nil, status.Errorf(codes.NotFound, "key %q does not exist", r.GetKeyId())
-		}
 		if r.GetOperation() == kbv1.Operation_OPERATION_UNSPECIFIED {
 			return nil, invalid("operation is required")
 		}

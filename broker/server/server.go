@@ -32,6 +32,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"regexp"
 	"time"
@@ -219,25 +220,46 @@ func describeResource(key string) string {
 	return "key " + key
 }
 
+// policyKey is a key as Cedar sees it.
+func policyKey(k *broker.Key) policy.Key {
+	return policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+}
+
+// lookupKey loads the call's key and its Cedar resource. An unknown key
+// comes back nil with the resource of a key with no labels, so that the
+// policy, not the registry, decides what the caller learns.
+func (c *call) lookupKey() (*broker.Key, policy.Key, error) {
+	k, err := c.s.svc.Registry().Get(c.ctx, c.rec.Key)
+	switch {
+	case err == nil:
+		return k, policyKey(k), nil
+	case errors.Is(err, broker.ErrNotFound):
+		return nil, policy.Key{Name: c.rec.Key}, nil
+	}
+	return nil, policy.Key{}, err
+}
+
 // authorizeKey loads the key and asks the policy. An unknown key is
 // authorized as a key with no labels, so existence is not leaked.
 func (c *call) authorizeKey(op policy.Action) (*broker.Key, error) {
-	k, err := c.s.svc.Registry().Get(c.ctx, c.rec.Key)
-	res := policy.Key{Name: c.rec.Key}
-	if err == nil {
-		res = policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+	k, res, err := c.lookupKey()
+	if err != nil {
+		return nil, err
+	}
+	if k != nil {
 		if pv := k.PrimaryVersion(); pv != nil {
 			if _, name, _, rerr := c.s.svc.Roots().Resolve(pv.RootKey); rerr == nil {
 				c.rec.Backend = name
 			}
 		}
-	} else if !errors.Is(err, broker.ErrNotFound) {
-		return nil, err
 	}
 	if derr := c.decide(c.s.policy.Current().AuthorizeKey(c.principal(), op, res)); derr != nil {
 		return nil, derr
 	}
-	return k, err
+	if k == nil {
+		return nil, fmt.Errorf("%w: key %q does not exist", broker.ErrNotFound, c.rec.Key)
+	}
+	return k, nil
 }
 
 func (c *call) authorizeService(op policy.Action) error {

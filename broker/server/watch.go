@@ -14,7 +14,6 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
-	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/policy"
 )
 
@@ -31,13 +30,12 @@ func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer)
 	if err != nil {
 		return err
 	}
-	if c.who.Kind != identity.Edge {
-		c.rec.Decision, c.rec.PolicyID = "deny", "edge-only"
-		return c.end(status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.who))
+	if err := c.edgeOnly(); err != nil {
+		return c.end(err)
 	}
-	node, err := e.s.svc.Registry().Node(ctx, c.who.Name)
+	node, err := c.registeredEdge()
 	if err != nil {
-		return c.end(status.Errorf(codes.FailedPrecondition, "edge %s must Register first: %v", c.who.Name, err))
+		return c.end(err)
 	}
 	c.rec.Decision = "allow"
 	if err := c.end(nil); err != nil { // the stream's opening is audited
@@ -209,9 +207,7 @@ func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, er
 	ek := &kbv1.EdgeKey{Metadata: keyToProto(k)}
 	hold := k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
 	if hold {
-		who := policy.Principal{Kind: policy.KindEdge, Name: w.node.ID, TrustDomain: w.td, Region: w.node.Region, Labels: w.node.Labels}
-		res := policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
-		d := w.s.policy.Current().AuthorizeHoldMaterial(who, res, k.Placement)
+		d := w.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(w.node, w.td), policyKey(k), k.Placement)
 		hold = d.Allowed
 		if hold {
 			w.auditHold(k, d.PolicyID())
