@@ -27,8 +27,14 @@ type Registry struct {
 	st  store.Store
 	now func() time.Time
 
+	// writeMu serialises this registry's writes: writers in one process
+	// queue instead of racing each other's compare-and-swap, so retries
+	// are only ever for writes by other nodes.
+	writeMu sync.Mutex
+
 	mu       sync.RWMutex
 	cache    map[string]*Key
+	gen      uint64        // bumped when the cache is emptied
 	followed uint64        // last feed revision applied
 	advanced chan struct{} // closed and replaced when followed advances
 }
@@ -74,9 +80,23 @@ func (r *Registry) WaitFollowed(ctx context.Context, rev uint64) error {
 func (r *Registry) remember(k *Key) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.rememberLocked(k)
+}
+
+func (r *Registry) rememberLocked(k *Key) {
 	if cur := r.cache[k.ID]; cur == nil || cur.Revision < k.Revision {
 		r.cache[k.ID] = k
 	}
+}
+
+// invalidate empties the cache. A read from the store that began before
+// this may be older than a change the feed will not repeat, so its result
+// is not cached (see load).
+func (r *Registry) invalidate() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	clear(r.cache)
+	r.gen++
 }
 
 func (r *Registry) drop(id string) {
@@ -96,6 +116,9 @@ func (r *Registry) Follow(ctx context.Context) {
 		if err != nil {
 			return
 		}
+		// Anything cached before the feed began may have changed before
+		// `from`, which the feed will not report.
+		r.invalidate()
 		r.markFollowed(from)
 		for ev := range w.C() {
 			switch {
@@ -114,10 +137,7 @@ func (r *Registry) Follow(ctx context.Context) {
 		if ctx.Err() != nil || errors.Is(w.Err(), store.ErrClosed) {
 			return
 		}
-		// Events may have been missed: forget everything, start again.
-		r.mu.Lock()
-		clear(r.cache)
-		r.mu.Unlock()
+		// Events may have been missed; the next round starts afresh.
 	}
 }
 
@@ -152,6 +172,9 @@ func (r *Registry) Get(ctx context.Context, id string) (*Key, error) {
 
 // load reads a key from the store and caches it.
 func (r *Registry) load(ctx context.Context, id string) (*Key, error) {
+	r.mu.RLock()
+	gen := r.gen
+	r.mu.RUnlock()
 	o, err := r.st.Get(ctx, KindKeys, id)
 	if errors.Is(err, store.ErrNotFound) {
 		r.drop(id)
@@ -164,7 +187,11 @@ func (r *Registry) load(ctx context.Context, id string) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.remember(k)
+	r.mu.Lock()
+	if gen == r.gen {
+		r.rememberLocked(k)
+	}
+	r.mu.Unlock()
 	return k, nil
 }
 
@@ -188,6 +215,8 @@ func (r *Registry) List(ctx context.Context) ([]*Key, uint64, error) {
 
 // Create stores a new key.
 func (r *Registry) Create(ctx context.Context, k *Key) (*Key, error) {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	k = k.Clone()
 	now := r.now().UTC()
 	k.Created, k.Updated = now, now
@@ -210,7 +239,7 @@ func (r *Registry) Create(ctx context.Context, k *Key) (*Key, error) {
 	return k, nil
 }
 
-// maxCASRetries bounds retries of an update that races with others.
+// maxCASRetries bounds retries of an update that races with another node.
 const maxCASRetries = 16
 
 // Update applies fn to the current key and stores the result with a
@@ -218,6 +247,8 @@ const maxCASRetries = 16
 // (ErrConflict otherwise); with 0 a lost race is retried on the new
 // revision, so fn must be a pure function of the key it is given.
 func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn func(*Key) error) (*Key, error) {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	for range maxCASRetries {
 		// The store, not the cache, has the revision to swap against.
 		if !ValidKeyID(id) {
@@ -263,6 +294,8 @@ func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn fu
 
 // Delete removes a key for good (after its pending window).
 func (r *Registry) Delete(ctx context.Context, k *Key) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	_, err := r.st.Delete(ctx, KindKeys, k.ID, k.Revision)
 	if errors.Is(err, store.ErrConflict) {
 		return errorf(ErrConflict, "key %q changed concurrently", k.ID)
