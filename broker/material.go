@@ -3,16 +3,8 @@ package broker
 import (
 	"container/list"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/hkdf"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"fmt"
-	"math/big"
 	"strconv"
 	"sync"
 	"time"
@@ -20,6 +12,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/secret"
 )
 
@@ -27,53 +20,17 @@ import (
 const (
 	materialLabel = "keybroker/v1/material"
 	wrapLabel     = "keybroker/v1/wrap"
-	ecdsaLabel    = "keybroker/v1/ecdsa-p256"
 )
-
-func versionInput(label, keyID string, version uint32) []byte {
-	b := append([]byte(label), 0)
-	b = append(b, keyID...)
-	b = append(b, 0)
-	return binary.BigEndian.AppendUint32(b, version)
-}
 
 // DeriveInput is the PRF input for a derive-mode version's material:
 // "keybroker/v1/material" ‖ 0 ‖ key id ‖ 0 ‖ u32 version.
 func DeriveInput(keyID string, version uint32) []byte {
-	return versionInput(materialLabel, keyID, version)
+	return managed.VersionInput(materialLabel, keyID, version)
 }
 
 // WrapAAD binds wrapped material to its key and version.
 func WrapAAD(keyID string, version uint32) []byte {
-	return versionInput(wrapLabel, keyID, version)
-}
-
-// SigningKey turns 32 bytes of material into the version's private key:
-// the Ed25519 seed itself, or for ECDSA P-256 a scalar from HKDF-SHA256 with
-// 64 extra bits reduced mod n-1, plus 1 (FIPS 186-5 A.2.1), so any material
-// gives a valid key.
-func SigningKey(t KeyType, material *secret.Bytes) (crypto.Signer, error) {
-	if material.Len() != 32 {
-		return nil, fmt.Errorf("broker: material is %d bytes", material.Len())
-	}
-	switch t {
-	case Ed25519:
-		return ed25519.NewKeyFromSeed(material.Reveal()), nil
-	case ECDSAP256:
-		extra, err := hkdf.Key(sha256.New, material.Reveal(), nil, ecdsaLabel, 40)
-		if err != nil {
-			return nil, err
-		}
-		defer clear(extra)
-		n := elliptic.P256().Params().N
-		d := new(big.Int).SetBytes(extra)
-		d.Mod(d, new(big.Int).Sub(n, big.NewInt(1)))
-		d.Add(d, big.NewInt(1))
-		raw := d.FillBytes(make([]byte, 32))
-		defer clear(raw)
-		return ecdsa.ParseRawPrivateKey(elliptic.P256(), raw)
-	}
-	return nil, fmt.Errorf("broker: %s keys do not sign", t)
+	return managed.VersionInput(wrapLabel, keyID, version)
 }
 
 // Materials produces and caches key-version material. It is the only place
@@ -107,6 +64,11 @@ func NewMaterials(roots *Roots, capacity int, ttl time.Duration, now func() time
 
 func cacheID(keyID string, v uint32) string {
 	return keyID + "\x00" + strconv.FormatUint(uint64(v), 10)
+}
+
+// Material is Get, as a managed.MaterialSource.
+func (ms *Materials) Material(ctx context.Context, k *Key, v uint32) (*secret.Bytes, error) {
+	return ms.Get(ctx, k, v)
 }
 
 // Get returns the material of version v of k. The caller must not destroy
@@ -206,7 +168,7 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 	}
 	defer material.Destroy()
 	if k.Type.Asymmetric() {
-		sk, err := SigningKey(k.Type, material)
+		sk, err := managed.SigningKey(k.Type, material)
 		if err != nil {
 			return Version{}, err
 		}

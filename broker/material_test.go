@@ -14,6 +14,7 @@ import (
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/softkms"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/secret"
 )
 
@@ -139,7 +140,7 @@ func TestSigningKeysFromMaterial(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sk, err := SigningKey(typ, m)
+		sk, err := managed.SigningKey(typ, m)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -167,8 +168,8 @@ func TestSigningKeysFromMaterial(t *testing.T) {
 		for i := range raw {
 			raw[i] = b
 		}
-		if _, err := SigningKey(ECDSAP256, secret.New(raw)); err != nil {
-			t.Errorf("SigningKey(%02x…) = %v", b, err)
+		if _, err := managed.SigningKey(ECDSAP256, secret.New(raw)); err != nil {
+			t.Errorf("managed.SigningKey(%02x…) = %v", b, err)
 		}
 	}
 }

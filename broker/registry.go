@@ -220,7 +220,7 @@ func (r *Registry) Create(ctx context.Context, k *Key) (*Key, error) {
 	k = k.Clone()
 	now := r.now().UTC()
 	k.Created, k.Updated = now, now
-	if err := k.validate(); err != nil {
+	if err := k.Validate(); err != nil {
 		return nil, err
 	}
 	data, err := json.Marshal(k)
@@ -268,7 +268,7 @@ func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn fu
 		next.ID = cur.ID
 		next.Created = cur.Created
 		next.Updated = r.now().UTC()
-		if err := next.validate(); err != nil {
+		if err := next.Validate(); err != nil {
 			return nil, err
 		}
 		data, err := json.Marshal(next)

@@ -8,6 +8,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 )
 
@@ -72,7 +73,7 @@ func (b *keyBroker) Decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.
 
 func (s *Server) decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.DecryptResponse, error) {
 	// The key to authorize is the one the ciphertext names.
-	keyID, _, err := broker.PeekKeyID(r.GetCiphertext())
+	keyID, _, err := managed.PeekKeyID(r.GetCiphertext())
 	if err != nil {
 		c, berr := s.begin(ctx, policy.Decrypt, "")
 		if berr != nil {
