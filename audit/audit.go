@@ -58,8 +58,10 @@ type Record struct {
 	Decision  string    `json:"decision,omitempty"` // allow, deny
 	PolicyID  string    `json:"policy_id,omitempty"`
 	Backend   string    `json:"backend,omitempty"`
-	Outcome   string    `json:"outcome"` // ok or an error code
-	Detail    string    `json:"detail,omitempty"`
+	// Via is the edge that forwarded the call on the principal's behalf.
+	Via     string `json:"via,omitempty"`
+	Outcome string `json:"outcome"` // ok or an error code
+	Detail  string `json:"detail,omitempty"`
 
 	Seq  uint64 `json:"seq"`
 	Prev string `json:"prev"`

@@ -25,8 +25,11 @@ type Node struct {
 	Labels     map[string]string `json:"labels,omitempty"`
 	Address    string            `json:"address"`
 	SealingKey []byte            `json:"sealing_key"`
-	Registered time.Time         `json:"registered"`
-	LastSeen   time.Time         `json:"last_seen"`
+	// Prefetch: the edge takes the material of every key placed on it
+	// with Watch, rather than on first use.
+	Prefetch   bool      `json:"prefetch,omitempty"`
+	Registered time.Time `json:"registered"`
+	LastSeen   time.Time `json:"last_seen"`
 
 	Revision uint64 `json:"-"`
 }

@@ -220,7 +220,7 @@ func (r *Registry) Create(ctx context.Context, k *Key) (*Key, error) {
 	k = k.Clone()
 	now := r.now().UTC()
 	k.Created, k.Updated = now, now
-	if err := k.Validate(); err != nil {
+	if err := validateStored(k); err != nil {
 		return nil, err
 	}
 	data, err := json.Marshal(k)
@@ -268,7 +268,7 @@ func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn fu
 		next.ID = cur.ID
 		next.Created = cur.Created
 		next.Updated = r.now().UTC()
-		if err := next.Validate(); err != nil {
+		if err := validateStored(next); err != nil {
 			return nil, err
 		}
 		data, err := json.Marshal(next)
@@ -304,4 +304,20 @@ func (r *Registry) Delete(ctx context.Context, k *Key) error {
 		r.drop(k.ID)
 	}
 	return err
+}
+
+// validateStored checks a key before it is stored: its invariants, and the
+// wrapped material every wrap-mode version needs.
+func validateStored(k *Key) error {
+	if err := k.Validate(); err != nil {
+		return err
+	}
+	if k.Mode == ModeWrap {
+		for _, v := range k.Versions {
+			if len(v.Wrapped) == 0 {
+				return errorf(ErrInvalidArgument, "wrap-mode version %d has no wrapped material", v.Version)
+			}
+		}
+	}
+	return nil
 }

@@ -207,7 +207,8 @@ func ValidateLabels(labels map[string]string) error {
 }
 
 // Validate checks a key's invariants; the registry refuses to store a key
-// that breaks one.
+// that breaks one, and an edge one that arrives broken. (Wrapped material
+// is the registry's to check: it never reaches an edge.)
 func (k *Key) Validate() error {
 	if err := k.ValidateMeta(); err != nil {
 		return err
@@ -226,9 +227,6 @@ func (k *Key) Validate() error {
 		}
 		if v.RootKey == "" {
 			return Errorf(ErrInvalidArgument, "version %d has no root key", v.Version)
-		}
-		if k.Mode == ModeWrap && len(v.Wrapped) == 0 {
-			return Errorf(ErrInvalidArgument, "wrap-mode version %d has no wrapped material", v.Version)
 		}
 	}
 	return nil

@@ -6,7 +6,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/policy"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"github.com/keybroker/keybroker/rpc"
 )
 
 type keyAdmin struct {
@@ -15,25 +15,25 @@ type keyAdmin struct {
 }
 
 func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kbv1.KeyMetadata, error) {
-	c, err := a.s.begin(ctx, policy.CreateKey, r.GetKeyId())
+	c, err := a.s.Begin(ctx, policy.CreateKey, r.GetKeyId())
 	if err != nil {
 		return nil, err
 	}
-	typ, okT := typeFromProto[r.GetType()]
-	mode, okM := modeFromProto[r.GetMode()]
+	typ, okT := rpc.TypeFromProto(r.GetType())
+	mode, okM := rpc.ModeFromProto(r.GetMode())
 	switch {
-	case checkKeyID(r.GetKeyId()) != nil:
-		return nil, c.end(checkKeyID(r.GetKeyId()))
+	case rpc.CheckKeyID(r.GetKeyId()) != nil:
+		return nil, c.End(rpc.CheckKeyID(r.GetKeyId()))
 	case !okT:
-		return nil, c.end(invalid("type %s is not a key type", r.GetType()))
+		return nil, c.End(rpc.Invalid("type %s is not a key type", r.GetType()))
 	case !okM:
-		return nil, c.end(invalid("mode %s is not a key mode", r.GetMode()))
+		return nil, c.End(rpc.Invalid("mode %s is not a key mode", r.GetMode()))
 	}
 	// The resource is the key as it would be created, labels included, so
 	// policies can scope admins by label.
 	res := policy.Key{Name: r.GetKeyId(), Type: string(typ), Mode: string(mode), Labels: r.GetLabels()}
-	if err := c.decide(a.s.policy.Current().AuthorizeKey(c.principal(), policy.CreateKey, res)); err != nil {
-		return nil, c.end(err)
+	if err := c.Decide(a.s.policy.Current().AuthorizeKey(c.Principal(), policy.CreateKey, res)); err != nil {
+		return nil, c.End(err)
 	}
 	k, err := a.s.svc.CreateKey(ctx, broker.CreateParams{
 		ID: r.GetKeyId(), Type: typ, Mode: mode, Derived: r.GetDerived(), RootKey: r.GetRootKey(),
@@ -41,21 +41,21 @@ func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kb
 		Placement: r.GetPlacement(),
 	})
 	if err != nil {
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
-	c.rec.Version = k.Primary
-	return keyToProto(k), c.end(nil)
+	c.Rec.Version = k.Primary
+	return rpc.KeyToProto(k), c.End(nil)
 }
 
 // adminOp runs a key-changing admin operation.
 func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run func(context.Context) (*broker.Key, error)) (*kbv1.KeyMetadata, error) {
-	return keyOp(ctx, a.s, op, id, func(c *call, _ *broker.Key) (*kbv1.KeyMetadata, error) {
-		k, err := run(c.ctx)
+	return rpc.KeyOp(ctx, a.s.Server, op, id, func(c *rpc.Call, _ *broker.Key) (*kbv1.KeyMetadata, error) {
+		k, err := run(c.Ctx)
 		if err != nil {
 			return nil, err
 		}
-		c.rec.Version = k.Primary
-		return keyToProto(k), nil
+		c.Rec.Version = k.Primary
+		return rpc.KeyToProto(k), nil
 	})
 }
 
@@ -103,29 +103,20 @@ func (a *keyAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*
 	})
 }
 
-// ListNodes lists this central node and the registered edges.
+// ListNodes lists this central node and the registered edges, with
+// whether each follows the central tier now, its lease and the last
+// revision it acknowledged.
 func (a *keyAdmin) ListNodes(ctx context.Context, _ *kbv1.ListNodesRequest) (*kbv1.ListNodesResponse, error) {
-	c, err := a.s.begin(ctx, policy.ListNodes, "")
+	c, err := a.s.Begin(ctx, policy.ListNodes, "")
 	if err != nil {
 		return nil, err
 	}
-	if err := c.authorizeService(policy.ListNodes); err != nil {
-		return nil, c.end(err)
+	if err := c.AuthorizeService(policy.ListNodes); err != nil {
+		return nil, c.End(err)
 	}
-	edges, err := a.s.svc.Registry().Nodes(ctx)
+	nodes, err := a.s.inventory(ctx)
 	if err != nil {
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
-	out := nodeList(a.s, edges)
-	return out, c.end(nil)
-}
-
-// nodeList is this central node followed by the registered edges.
-func nodeList(s *Server, edges []*broker.Node) *kbv1.ListNodesResponse {
-	out := &kbv1.ListNodesResponse{Nodes: []*kbv1.Node{{NodeId: s.node, Kind: "central", Address: s.addr, LastSeen: timestamppb.Now()}}}
-	for _, n := range edges {
-		out.Nodes = append(out.Nodes, &kbv1.Node{NodeId: n.ID, Kind: "edge", Address: n.Address, Region: n.Region, Labels: n.Labels,
-			LastSeen: timestamppb.New(n.LastSeen), LeaseExpires: timestamppb.New(n.LastSeen.Add(EdgeLease)), Revision: n.Revision})
-	}
-	return out
+	return &kbv1.ListNodesResponse{Nodes: nodes}, c.End(nil)
 }

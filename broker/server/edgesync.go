@@ -2,21 +2,19 @@ package server
 
 import (
 	"context"
-	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/policy"
+	"github.com/keybroker/keybroker/rpc"
 )
-
-// EdgeLease is how long an edge's registration holds without a
-// heartbeat. (Heartbeats come with Watch.)
-const EdgeLease = 30 * time.Second
 
 type edgeSync struct {
 	kbv1.UnimplementedEdgeSyncServer
@@ -26,21 +24,22 @@ type edgeSync struct {
 // Register records the calling edge. Only edge certificates may call it,
 // and an edge registers as the name its certificate carries.
 func (e *edgeSync) Register(ctx context.Context, r *kbv1.RegisterEdgeRequest) (*kbv1.RegisterEdgeResponse, error) {
-	c, err := e.s.begin(ctx, "RegisterEdge", "")
+	c, err := e.s.Begin(ctx, "RegisterEdge", "")
 	if err != nil {
 		return nil, err
 	}
-	if err := c.edgeOnly(); err != nil {
-		return nil, c.end(err)
+	if err := edgeOnly(c); err != nil {
+		return nil, c.End(err)
 	}
-	c.rec.Decision = "allow"
+	c.Rec.Decision = "allow"
 	n, err := e.s.svc.Registry().RegisterNode(ctx, &broker.Node{
-		ID: c.who.Name, Region: r.GetRegion(), Labels: r.GetLabels(), Address: r.GetAddress(), SealingKey: r.GetSealingPublicKey(),
+		ID: c.Who.Name, Region: r.GetRegion(), Labels: r.GetLabels(), Address: r.GetAddress(), SealingKey: r.GetSealingPublicKey(),
+		Prefetch: r.GetPrefetch(),
 	})
 	if err != nil {
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
-	return &kbv1.RegisterEdgeResponse{CentralNodeId: e.s.node, Revision: n.Revision, Lease: durationpb.New(EdgeLease)}, c.end(nil)
+	return &kbv1.RegisterEdgeResponse{CentralNodeId: e.s.node, Revision: n.Revision, Lease: durationpb.New(e.s.lease)}, c.End(nil)
 }
 
 // FetchMaterial gives an edge one key version's material, sealed to the
@@ -48,62 +47,62 @@ func (e *edgeSync) Register(ctx context.Context, r *kbv1.RegisterEdgeRequest) (*
 // and the key's placement expression — lets the edge hold it. A refusal is
 // audited like any other.
 func (e *edgeSync) FetchMaterial(ctx context.Context, r *kbv1.FetchMaterialRequest) (*kbv1.FetchMaterialResponse, error) {
-	c, err := e.s.begin(ctx, policy.HoldMaterial, r.GetKeyId())
+	c, err := e.s.Begin(ctx, policy.HoldMaterial, r.GetKeyId())
 	if err != nil {
 		return nil, err
 	}
-	c.rec.Version = r.GetKeyVersion()
-	if err := c.edgeOnly(); err != nil {
-		return nil, c.end(err)
+	c.Rec.Version = r.GetKeyVersion()
+	if err := edgeOnly(c); err != nil {
+		return nil, c.End(err)
 	}
-	if err := checkKeyID(r.GetKeyId()); err != nil {
-		return nil, c.end(err)
+	if err := rpc.CheckKeyID(r.GetKeyId()); err != nil {
+		return nil, c.End(err)
 	}
-	node, err := c.registeredEdge()
+	node, err := registeredEdge(e.s, c)
 	if err != nil {
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
-	k, res, err := c.lookupKey()
+	k, res, err := c.LookupKey()
 	if err != nil {
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
 	placement := ""
 	if k != nil {
 		placement = k.Placement
 	}
-	if err := c.decide(e.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(node, c.who.TrustDomain), res, placement)); err != nil {
-		return nil, c.end(err)
+	if err := c.Decide(e.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(node, c.Who.TrustDomain), res, placement)); err != nil {
+		return nil, c.End(err)
 	}
 	if k == nil {
-		return nil, c.end(status.Errorf(codes.NotFound, "key %q does not exist", r.GetKeyId()))
+		return nil, c.End(status.Errorf(codes.NotFound, "key %q does not exist", r.GetKeyId()))
 	}
 	v := r.GetKeyVersion()
 	if v == 0 {
 		v = k.Primary
-		c.rec.Version = v
+		c.Rec.Version = v
 	}
 	blob, err := e.s.svc.SealMaterial(ctx, node, k, v)
 	if err != nil {
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
-	return &kbv1.FetchMaterialResponse{SealedMaterial: blob}, c.end(nil)
+	return &kbv1.FetchMaterialResponse{SealedMaterial: blob}, c.End(nil)
 }
 
 // edgeOnly refuses callers whose certificate is not an edge's, recording
 // the refusal for the audit line.
-func (c *call) edgeOnly() error {
-	if c.who.Kind == identity.Edge {
+func edgeOnly(c *rpc.Call) error {
+	if c.Who.Kind == identity.Edge {
 		return nil
 	}
-	c.rec.Decision, c.rec.PolicyID = "deny", "edge-only"
-	return status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.who)
+	c.Rec.Decision, c.Rec.PolicyID = "deny", "edge-only"
+	return status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.Who)
 }
 
 // registeredEdge loads the calling edge's registration.
-func (c *call) registeredEdge() (*broker.Node, error) {
-	n, err := c.s.svc.Registry().Node(c.ctx, c.who.Name)
+func registeredEdge(s *Server, c *rpc.Call) (*broker.Node, error) {
+	n, err := s.svc.Registry().Node(c.Ctx, c.Who.Name)
 	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "edge %s must Register first: %v", c.who.Name, err)
+		return nil, status.Errorf(codes.FailedPrecondition, "edge %s must Register first: %v", c.Who.Name, err)
 	}
 	return n, nil
 }
@@ -112,4 +111,88 @@ func (c *call) registeredEdge() (*broker.Node, error) {
 // the region and labels it registered.
 func edgePrincipal(n *broker.Node, trustDomain string) policy.Principal {
 	return policy.Principal{Kind: policy.KindEdge, Name: n.ID, TrustDomain: trustDomain, Region: n.Region, Labels: n.Labels}
+}
+
+// forwardTarget is a unary method an edge may forward.
+type forwardTarget struct {
+	srv     any
+	handler grpc.MethodHandler
+}
+
+// forwardable is every unary KeyBroker and KeyAdmin method, by full name.
+func (s *Server) forwardable() map[string]forwardTarget {
+	out := map[string]forwardTarget{}
+	for _, svc := range []struct {
+		desc *grpc.ServiceDesc
+		srv  any
+	}{{&kbv1.KeyBroker_ServiceDesc, s.KeyBroker()}, {&kbv1.KeyAdmin_ServiceDesc, &keyAdmin{s: s}}} {
+		for _, m := range svc.desc.Methods {
+			out["/"+svc.desc.ServiceName+"/"+m.MethodName] = forwardTarget{svc.srv, m.Handler}
+		}
+	}
+	return out
+}
+
+// Forward performs a KeyBroker or KeyAdmin call for a client an edge has
+// authenticated. The call runs as that client — authorized by the policy
+// here, audited with the edge's request id and the edge named as Via — so
+// an edge can relay what it may not do itself but can never do more than
+// its client. Only edge certificates may forward, and only for clients and
+// admins of this trust domain; refusals are audited.
+func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.ForwardResponse, error) {
+	refuse := func(c *rpc.Call, err error) (*kbv1.ForwardResponse, error) {
+		c.Rec.Detail = "forward " + rpc.MethodName(r.GetMethod()) + " for " + r.GetPrincipal()
+		return nil, c.End(err)
+	}
+	c, err := e.s.Begin(ctx, "Forward", "")
+	if err != nil {
+		return nil, err
+	}
+	if err := edgeOnly(c); err != nil {
+		return refuse(c, err)
+	}
+	if _, err := registeredEdge(e.s, c); err != nil {
+		return refuse(c, err)
+	}
+	client, err := identity.Parse(r.GetPrincipal())
+	switch {
+	case err != nil:
+		return refuse(c, rpc.Invalid("principal %q: %v", r.GetPrincipal(), err))
+	case client.TrustDomain != e.s.td:
+		return refuse(c, rpc.Invalid("principal %s is not in trust domain %s", client, e.s.td))
+	case client.Kind != identity.Client && client.Kind != identity.Admin:
+		return refuse(c, status.Errorf(codes.PermissionDenied, "edges forward for clients and admins, not for %s", client))
+	}
+	t, ok := e.s.forward[r.GetMethod()]
+	if !ok {
+		return refuse(c, status.Errorf(codes.Unimplemented, "method %q cannot be forwarded", r.GetMethod()))
+	}
+	fctx := rpc.WithForwarder(identity.NewContext(ctx, client), c.Who.Name)
+	var decodeErr error
+	resp, err := t.handler(t.srv, fctx, func(v any) error {
+		decodeErr = proto.Unmarshal(r.GetRequest(), v.(proto.Message))
+		return decodeErr
+	}, nil)
+	if decodeErr != nil {
+		return refuse(c, rpc.Invalid("forwarded %s request: %v", rpc.MethodName(r.GetMethod()), decodeErr))
+	}
+	if err != nil {
+		return nil, err // the call itself was audited, as the client
+	}
+	out, err := proto.Marshal(resp.(proto.Message))
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encoding the forwarded response: %v", err)
+	}
+	return &kbv1.ForwardResponse{Response: out}, nil
+}
+
+// Acknowledge records the last revision an edge has applied. It is
+// bookkeeping, not an operation on keys, and is not audited.
+func (e *edgeSync) Acknowledge(ctx context.Context, r *kbv1.AcknowledgeRequest) (*kbv1.AcknowledgeResponse, error) {
+	who, ok := identity.FromContext(ctx)
+	if !ok || who.Kind != identity.Edge {
+		return nil, status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", who)
+	}
+	e.s.live.ack(who.Name, r.GetAppliedRevision())
+	return &kbv1.AcknowledgeResponse{}, nil
 }

@@ -22,7 +22,7 @@ func TestRegisterEdge(t *testing.T) {
 	edge := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-eu-1"))
 	req := &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "eu", Address: "10.1.2.3:7443", Labels: map[string]string{"pci": "yes"}}
 	resp, err := edge.Register(ctx, req)
-	if err != nil || resp.CentralNodeId != "central-1" || resp.Revision == 0 || resp.Lease.AsDuration() != EdgeLease {
+	if err != nil || resp.CentralNodeId != "central-1" || resp.Revision == 0 || resp.Lease.AsDuration() != DefaultEdgeLease {
 		t.Fatalf("Register = %v, %v", resp, err)
 	}
 	// Registering again refreshes the record and keeps its identity.
@@ -162,12 +162,12 @@ func TestWatch(t *testing.T) {
 	}
 	euKey, _ := sealed.GenerateKey()
 	eu := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-eu-1"))
-	if _, err := eu.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: euKey.PublicKey(), Region: "eu", Address: "eu.example:7443"}); err != nil {
+	if _, err := eu.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: euKey.PublicKey(), Region: "eu", Address: "eu.example:7443", Prefetch: true}); err != nil {
 		t.Fatal(err)
 	}
 	usKey, _ := sealed.GenerateKey()
 	us := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-us-1"))
-	if _, err := us.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: usKey.PublicKey(), Region: "us", Address: "us.example:7443"}); err != nil {
+	if _, err := us.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: usKey.PublicKey(), Region: "us", Address: "us.example:7443", Prefetch: true}); err != nil {
 		t.Fatal(err)
 	}
 

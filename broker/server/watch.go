@@ -15,6 +15,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/policy"
+	"github.com/keybroker/keybroker/rpc"
 )
 
 // Watch follows the registry for one edge. It starts with a snapshot
@@ -26,22 +27,24 @@ import (
 // resumes from the last revision it applied.
 func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer) error {
 	ctx := stream.Context()
-	c, err := e.s.begin(ctx, "Watch", "")
+	c, err := e.s.Begin(ctx, "Watch", "")
 	if err != nil {
 		return err
 	}
-	if err := c.edgeOnly(); err != nil {
-		return c.end(err)
+	if err := edgeOnly(c); err != nil {
+		return c.End(err)
 	}
-	node, err := c.registeredEdge()
+	node, err := registeredEdge(e.s, c)
 	if err != nil {
-		return c.end(err)
+		return c.End(err)
 	}
-	c.rec.Decision = "allow"
-	if err := c.end(nil); err != nil { // the stream's opening is audited
+	c.Rec.Decision = "allow"
+	if err := c.End(nil); err != nil { // the stream's opening is audited
 		return err
 	}
-	w := &watcher{s: e.s, stream: stream, node: node, td: c.who.TrustDomain, rid: c.rec.RequestID, principal: c.rec.Principal}
+	w := &watcher{s: e.s, stream: stream, node: node, td: c.Who.TrustDomain, rid: c.Rec.RequestID, principal: c.Rec.Principal}
+	e.s.live.connect(node.ID, time.Now().Add(e.s.lease))
+	defer e.s.live.disconnect(node.ID)
 	return w.run(ctx, r.GetFromRevision())
 }
 
@@ -62,14 +65,14 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 	if from > 0 {
 		feed, err = st.Watch(ctx, from)
 		if err != nil && !errors.Is(err, store.ErrCompacted) {
-			return toStatus(err).Err()
+			return w.s.toStatus(err).Err()
 		}
 	}
 	if feed == nil {
 		// Subscribe before the snapshot so no change falls between them;
 		// events the snapshot already holds are skipped by revision.
 		if feed, err = st.Watch(ctx, st.Revision()); err != nil {
-			return toStatus(err).Err()
+			return w.s.toStatus(err).Err()
 		}
 		if from, err = w.snapshot(ctx); err != nil {
 			return err
@@ -81,9 +84,19 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 		return err
 	}
 	for {
+		changed := w.s.live.Changed()
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-changed:
+			// An edge connected or went away: lookups change.
+			nodes, err := w.nodes(ctx)
+			if err != nil {
+				return err
+			}
+			if err := w.send(&kbv1.WatchEvent{Revision: from, Event: &kbv1.WatchEvent_Nodes{Nodes: nodes}}); err != nil {
+				return err
+			}
 		case ev, ok := <-feed.C():
 			if !ok {
 				if ctx.Err() != nil {
@@ -121,8 +134,10 @@ func (w *watcher) heartbeat(rev uint64) error {
 		}
 		w.policy = set.Hash()
 	}
+	lease := time.Now().Add(w.s.lease)
+	w.s.live.beat(w.node.ID, lease)
 	return w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Heartbeat{Heartbeat: &kbv1.Heartbeat{
-		LeaseExpires: timestamppb.New(time.Now().Add(EdgeLease)),
+		LeaseExpires: timestamppb.New(lease),
 	}}})
 }
 
@@ -143,7 +158,7 @@ func edgePolicy(set *policy.Set) *kbv1.EdgePolicy {
 func (w *watcher) snapshot(ctx context.Context) (uint64, error) {
 	keys, rev, err := w.s.svc.Registry().List(ctx)
 	if err != nil {
-		return 0, toStatus(err).Err()
+		return 0, w.s.toStatus(err).Err()
 	}
 	snap := &kbv1.EdgeSnapshot{Policy: edgePolicy(w.s.policy.Current())}
 	w.policy = snap.Policy.Hash
@@ -170,7 +185,7 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 		}
 		k, err := broker.DecodeKey(ev.Object)
 		if err != nil {
-			return toStatus(err).Err()
+			return w.s.toStatus(err).Err()
 		}
 		ek, err := w.edgeKey(ctx, k)
 		if err != nil {
@@ -193,21 +208,24 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 }
 
 func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
-	edges, err := w.s.svc.Registry().Nodes(ctx)
+	nodes, err := w.s.inventory(ctx)
 	if err != nil {
-		return nil, toStatus(err).Err()
+		return nil, w.s.toStatus(err).Err()
 	}
-	return nodeList(w.s, edges), nil
+	return &kbv1.ListNodesResponse{Nodes: nodes}, nil
 }
 
-// edgeKey is a key as this edge sees it: metadata, public keys, and the
-// material of every version still decryptable, sealed to the edge, when the
-// key is enabled, has material, and placement lets the edge hold it.
+// edgeKey is a key as this edge sees it: metadata, public keys, and — for
+// an edge that prefetches — the material of every version still
+// decryptable, sealed to the edge, when the key is enabled, has material,
+// and placement lets the edge hold it.
 func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, error) {
-	ek := &kbv1.EdgeKey{Metadata: keyToProto(k)}
-	hold := k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
+	ek := &kbv1.EdgeKey{Metadata: rpc.KeyToProto(k)}
+	// Material goes with Watch only to edges that prefetch; the others
+	// fetch it on first use.
+	hold := w.node.Prefetch && k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
 	if hold {
-		d := w.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(w.node, w.td), policyKey(k), k.Placement)
+		d := w.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(w.node, w.td), rpc.PolicyKey(k), k.Placement)
 		hold = d.Allowed
 		if hold {
 			w.auditHold(k, d.PolicyID())
@@ -218,7 +236,7 @@ func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, er
 		if hold && v.Version >= k.MinDecryptionVersion {
 			blob, err := w.s.svc.SealMaterial(ctx, w.node, k, v.Version)
 			if err != nil {
-				return nil, toStatus(err).Err()
+				return nil, w.s.toStatus(err).Err()
 			}
 			ev.SealedMaterial = blob
 		}

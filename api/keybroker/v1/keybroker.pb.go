@@ -282,6 +282,9 @@ const (
 	LookupReason_LOOKUP_REASON_FORWARD_ONLY LookupReason = 3
 	// The central tier, which holds the roots of trust.
 	LookupReason_LOOKUP_REASON_ROOT_OF_TRUST LookupReason = 4
+	// The node answers from its replica of key metadata and public keys
+	// (verify, get-public-key, describe-key).
+	LookupReason_LOOKUP_REASON_REPLICA LookupReason = 5
 )
 
 // Enum value maps for LookupReason.
@@ -292,6 +295,7 @@ var (
 		2: "LOOKUP_REASON_PLACEMENT_ALLOWS_FETCH",
 		3: "LOOKUP_REASON_FORWARD_ONLY",
 		4: "LOOKUP_REASON_ROOT_OF_TRUST",
+		5: "LOOKUP_REASON_REPLICA",
 	}
 	LookupReason_value = map[string]int32{
 		"LOOKUP_REASON_UNSPECIFIED":            0,
@@ -299,6 +303,7 @@ var (
 		"LOOKUP_REASON_PLACEMENT_ALLOWS_FETCH": 2,
 		"LOOKUP_REASON_FORWARD_ONLY":           3,
 		"LOOKUP_REASON_ROOT_OF_TRUST":          4,
+		"LOOKUP_REASON_REPLICA":                5,
 	}
 )
 
@@ -3040,15 +3045,21 @@ func (*ListNodesRequest) Descriptor() ([]byte, []int) {
 }
 
 type Node struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
-	Region        string                 `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	LeaseExpires  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=lease_expires,json=leaseExpires,proto3" json:"lease_expires,omitempty"`
-	Revision      uint64                 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	NodeId       string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Kind         string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Address      string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	Region       string                 `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
+	Labels       map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	LeaseExpires *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=lease_expires,json=leaseExpires,proto3" json:"lease_expires,omitempty"`
+	Revision     uint64                 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The edge prefetches the material of the keys placed on it.
+	Prefetch bool `protobuf:"varint,9,opt,name=prefetch,proto3" json:"prefetch,omitempty"`
+	// The last registry revision the edge has acknowledged applying.
+	AppliedRevision uint64 `protobuf:"varint,10,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
+	// The edge follows the central tier now (its Watch stream is open).
+	Connected     bool `protobuf:"varint,11,opt,name=connected,proto3" json:"connected,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3139,6 +3150,27 @@ func (x *Node) GetRevision() uint64 {
 	return 0
 }
 
+func (x *Node) GetPrefetch() bool {
+	if x != nil {
+		return x.Prefetch
+	}
+	return false
+}
+
+func (x *Node) GetAppliedRevision() uint64 {
+	if x != nil {
+		return x.AppliedRevision
+	}
+	return 0
+}
+
+func (x *Node) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
 type ListNodesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
@@ -3192,7 +3224,10 @@ type RegisterEdgeRequest struct {
 	Region string            `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// host:port clients dial to reach the edge.
-	Address       string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	Address string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	// Prefetch: Watch sends the material of every key placed on the edge.
+	// Without it the edge fetches material on first use (FetchMaterial).
+	Prefetch      bool `protobuf:"varint,5,opt,name=prefetch,proto3" json:"prefetch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3253,6 +3288,13 @@ func (x *RegisterEdgeRequest) GetAddress() string {
 		return x.Address
 	}
 	return ""
+}
+
+func (x *RegisterEdgeRequest) GetPrefetch() bool {
+	if x != nil {
+		return x.Prefetch
+	}
+	return false
 }
 
 type RegisterEdgeResponse struct {
@@ -3935,6 +3977,194 @@ func (x *FetchMaterialResponse) GetSealedMaterial() []byte {
 	return nil
 }
 
+type ForwardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The full gRPC method, e.g. /keybroker.v1.KeyBroker/Encrypt.
+	Method string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	// The request message, serialized.
+	Request []byte `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// The SPIFFE id of the client the edge authenticated.
+	Principal     string `protobuf:"bytes,3,opt,name=principal,proto3" json:"principal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardRequest) Reset() {
+	*x = ForwardRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardRequest) ProtoMessage() {}
+
+func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
+func (*ForwardRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ForwardRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ForwardRequest) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+type ForwardResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The response message, serialized.
+	Response      []byte `protobuf:"bytes,1,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardResponse) Reset() {
+	*x = ForwardResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardResponse) ProtoMessage() {}
+
+func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
+func (*ForwardResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *ForwardResponse) GetResponse() []byte {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+type AcknowledgeRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	AppliedRevision uint64                 `protobuf:"varint,1,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AcknowledgeRequest) Reset() {
+	*x = AcknowledgeRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcknowledgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcknowledgeRequest) ProtoMessage() {}
+
+func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
+func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *AcknowledgeRequest) GetAppliedRevision() uint64 {
+	if x != nil {
+		return x.AppliedRevision
+	}
+	return 0
+}
+
+type AcknowledgeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcknowledgeResponse) Reset() {
+	*x = AcknowledgeResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcknowledgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcknowledgeResponse) ProtoMessage() {}
+
+func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
+func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
+}
+
 var File_keybroker_v1_keybroker_proto protoreflect.FileDescriptor
 
 const file_keybroker_v1_keybroker_proto_rawDesc = "" +
@@ -4179,7 +4409,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x1aScheduleKeyDeletionRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12@\n" +
 	"\x0epending_window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rpendingWindow\"\x12\n" +
-	"\x10ListNodesRequest\"\xee\x02\n" +
+	"\x10ListNodesRequest\"\xd3\x03\n" +
 	"\x04Node\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
@@ -4188,17 +4418,22 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x06labels\x18\x05 \x03(\v2\x1e.keybroker.v1.Node.LabelsEntryR\x06labels\x127\n" +
 	"\tlast_seen\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12?\n" +
 	"\rlease_expires\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\fleaseExpires\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x04R\brevision\x1a9\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\x12\x1a\n" +
+	"\bprefetch\x18\t \x01(\bR\bprefetch\x12)\n" +
+	"\x10applied_revision\x18\n" +
+	" \x01(\x04R\x0fappliedRevision\x12\x1c\n" +
+	"\tconnected\x18\v \x01(\bR\tconnected\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +
 	"\x11ListNodesResponse\x12(\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\"\xf7\x01\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\"\x93\x02\n" +
 	"\x13RegisterEdgeRequest\x12,\n" +
 	"\x12sealing_public_key\x18\x01 \x01(\fR\x10sealingPublicKey\x12\x16\n" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x12E\n" +
 	"\x06labels\x18\x03 \x03(\v2-.keybroker.v1.RegisterEdgeRequest.LabelsEntryR\x06labels\x12\x18\n" +
-	"\aaddress\x18\x04 \x01(\tR\aaddress\x1a9\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x1a\n" +
+	"\bprefetch\x18\x05 \x01(\bR\bprefetch\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x01\n" +
@@ -4245,7 +4480,16 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\vkey_version\x18\x02 \x01(\rR\n" +
 	"keyVersion\"@\n" +
 	"\x15FetchMaterialResponse\x12'\n" +
-	"\x0fsealed_material\x18\x01 \x01(\fR\x0esealedMaterial*\x86\x01\n" +
+	"\x0fsealed_material\x18\x01 \x01(\fR\x0esealedMaterial\"`\n" +
+	"\x0eForwardRequest\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12\x18\n" +
+	"\arequest\x18\x02 \x01(\fR\arequest\x12\x1c\n" +
+	"\tprincipal\x18\x03 \x01(\tR\tprincipal\"-\n" +
+	"\x0fForwardResponse\x12\x1a\n" +
+	"\bresponse\x18\x01 \x01(\fR\bresponse\"?\n" +
+	"\x12AcknowledgeRequest\x12)\n" +
+	"\x10applied_revision\x18\x01 \x01(\x04R\x0fappliedRevision\"\x15\n" +
+	"\x13AcknowledgeResponse*\x86\x01\n" +
 	"\aKeyType\x12\x18\n" +
 	"\x14KEY_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KEY_TYPE_AES_256_GCM\x10\x01\x12\x18\n" +
@@ -4274,13 +4518,14 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x16OPERATION_GENERATE_MAC\x10\b\x12\x18\n" +
 	"\x14OPERATION_VERIFY_MAC\x10\t\x12\x1a\n" +
 	"\x16OPERATION_DESCRIBE_KEY\x10\n" +
-	"*\xb9\x01\n" +
+	"*\xd4\x01\n" +
 	"\fLookupReason\x12\x1d\n" +
 	"\x19LOOKUP_REASON_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bLOOKUP_REASON_MATERIAL_HELD\x10\x01\x12(\n" +
 	"$LOOKUP_REASON_PLACEMENT_ALLOWS_FETCH\x10\x02\x12\x1e\n" +
 	"\x1aLOOKUP_REASON_FORWARD_ONLY\x10\x03\x12\x1f\n" +
-	"\x1bLOOKUP_REASON_ROOT_OF_TRUST\x10\x042\x9d\v\n" +
+	"\x1bLOOKUP_REASON_ROOT_OF_TRUST\x10\x04\x12\x19\n" +
+	"\x15LOOKUP_REASON_REPLICA\x10\x052\x9d\v\n" +
 	"\tKeyBroker\x12F\n" +
 	"\aEncrypt\x12\x1c.keybroker.v1.EncryptRequest\x1a\x1d.keybroker.v1.EncryptResponse\x12F\n" +
 	"\aDecrypt\x12\x1c.keybroker.v1.DecryptRequest\x1a\x1d.keybroker.v1.DecryptResponse\x12L\n" +
@@ -4308,11 +4553,13 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\tEnableKey\x12\x18.keybroker.v1.KeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12Z\n" +
 	"\x13ScheduleKeyDeletion\x12(.keybroker.v1.ScheduleKeyDeletionRequest\x1a\x19.keybroker.v1.KeyMetadata\x12H\n" +
 	"\x11CancelKeyDeletion\x12\x18.keybroker.v1.KeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12L\n" +
-	"\tListNodes\x12\x1e.keybroker.v1.ListNodesRequest\x1a\x1f.keybroker.v1.ListNodesResponse2\xf8\x01\n" +
+	"\tListNodes\x12\x1e.keybroker.v1.ListNodesRequest\x1a\x1f.keybroker.v1.ListNodesResponse2\x94\x03\n" +
 	"\bEdgeSync\x12Q\n" +
 	"\bRegister\x12!.keybroker.v1.RegisterEdgeRequest\x1a\".keybroker.v1.RegisterEdgeResponse\x12?\n" +
 	"\x05Watch\x12\x1a.keybroker.v1.WatchRequest\x1a\x18.keybroker.v1.WatchEvent0\x01\x12X\n" +
-	"\rFetchMaterial\x12\".keybroker.v1.FetchMaterialRequest\x1a#.keybroker.v1.FetchMaterialResponseB=Z;github.com/keybroker/keybroker/api/keybroker/v1;keybrokerv1b\x06proto3"
+	"\rFetchMaterial\x12\".keybroker.v1.FetchMaterialRequest\x1a#.keybroker.v1.FetchMaterialResponse\x12F\n" +
+	"\aForward\x12\x1c.keybroker.v1.ForwardRequest\x1a\x1d.keybroker.v1.ForwardResponse\x12R\n" +
+	"\vAcknowledge\x12 .keybroker.v1.AcknowledgeRequest\x1a!.keybroker.v1.AcknowledgeResponseB=Z;github.com/keybroker/keybroker/api/keybroker/v1;keybrokerv1b\x06proto3"
 
 var (
 	file_keybroker_v1_keybroker_proto_rawDescOnce sync.Once
@@ -4327,7 +4574,7 @@ func file_keybroker_v1_keybroker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_keybroker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
+var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 74)
 var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(KeyType)(0),                         // 0: keybroker.v1.KeyType
 	(KeyMode)(0),                         // 1: keybroker.v1.KeyMode
@@ -4392,44 +4639,48 @@ var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(*WatchEvent)(nil),                   // 60: keybroker.v1.WatchEvent
 	(*FetchMaterialRequest)(nil),         // 61: keybroker.v1.FetchMaterialRequest
 	(*FetchMaterialResponse)(nil),        // 62: keybroker.v1.FetchMaterialResponse
-	nil,                                  // 63: keybroker.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                  // 64: keybroker.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                  // 65: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	nil,                                  // 66: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	nil,                                  // 67: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 68: keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	nil,                                  // 69: keybroker.v1.KeyMetadata.LabelsEntry
-	nil,                                  // 70: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	nil,                                  // 71: keybroker.v1.CreateKeyRequest.LabelsEntry
-	nil,                                  // 72: keybroker.v1.UpdateKeyRequest.LabelsEntry
-	nil,                                  // 73: keybroker.v1.Node.LabelsEntry
-	nil,                                  // 74: keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 75: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 76: google.protobuf.Duration
+	(*ForwardRequest)(nil),               // 63: keybroker.v1.ForwardRequest
+	(*ForwardResponse)(nil),              // 64: keybroker.v1.ForwardResponse
+	(*AcknowledgeRequest)(nil),           // 65: keybroker.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),          // 66: keybroker.v1.AcknowledgeResponse
+	nil,                                  // 67: keybroker.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                  // 68: keybroker.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                  // 69: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	nil,                                  // 70: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	nil,                                  // 71: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 72: keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	nil,                                  // 73: keybroker.v1.KeyMetadata.LabelsEntry
+	nil,                                  // 74: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	nil,                                  // 75: keybroker.v1.CreateKeyRequest.LabelsEntry
+	nil,                                  // 76: keybroker.v1.UpdateKeyRequest.LabelsEntry
+	nil,                                  // 77: keybroker.v1.Node.LabelsEntry
+	nil,                                  // 78: keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 79: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 80: google.protobuf.Duration
 }
 var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
-	63, // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
-	64, // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
-	65, // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	66, // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	67, // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	67, // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
+	68, // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
+	69, // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	70, // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	71, // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
 	0,  // 5: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
 	30, // 6: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
-	68, // 7: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	72, // 7: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
 	30, // 8: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
-	75, // 9: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
+	79, // 9: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,  // 10: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
 	1,  // 11: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
 	2,  // 12: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
 	29, // 13: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
-	69, // 14: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
-	76, // 15: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
-	75, // 16: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
-	75, // 17: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
-	75, // 18: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	75, // 19: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
+	73, // 14: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
+	80, // 15: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
+	79, // 16: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
+	79, // 17: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
+	79, // 18: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	79, // 19: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
 	3,  // 20: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
-	70, // 21: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	74, // 21: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
 	4,  // 22: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
 	32, // 23: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
 	5,  // 24: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
@@ -4446,24 +4697,24 @@ var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
 	42, // 35: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
 	0,  // 36: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
 	1,  // 37: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
-	71, // 38: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
-	76, // 39: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	72, // 40: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
-	76, // 41: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	76, // 42: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
-	73, // 43: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
-	75, // 44: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	75, // 45: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
+	75, // 38: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
+	80, // 39: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	76, // 40: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
+	80, // 41: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	80, // 42: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
+	77, // 43: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
+	79, // 44: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	79, // 45: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
 	49, // 46: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
-	74, // 47: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	76, // 48: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
+	78, // 47: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	80, // 48: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
 	30, // 49: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
 	54, // 50: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
 	56, // 51: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
 	55, // 52: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
 	57, // 53: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
 	49, // 54: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
-	75, // 55: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
+	79, // 55: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
 	58, // 56: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
 	55, // 57: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
 	57, // 58: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
@@ -4497,36 +4748,40 @@ var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
 	51, // 86: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
 	53, // 87: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
 	61, // 88: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
-	6,  // 89: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
-	8,  // 90: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
-	10, // 91: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
-	12, // 92: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
-	12, // 93: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
-	14, // 94: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
-	16, // 95: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
-	18, // 96: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
-	20, // 97: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
-	22, // 98: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
-	24, // 99: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
-	26, // 100: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
-	28, // 101: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
-	33, // 102: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
-	37, // 103: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
-	40, // 104: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
-	43, // 105: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
-	30, // 106: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 107: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 108: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 109: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 110: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 111: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	30, // 112: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	50, // 113: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
-	52, // 114: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
-	60, // 115: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
-	62, // 116: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
-	89, // [89:117] is the sub-list for method output_type
-	61, // [61:89] is the sub-list for method input_type
+	63, // 89: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
+	65, // 90: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
+	6,  // 91: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
+	8,  // 92: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
+	10, // 93: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
+	12, // 94: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
+	12, // 95: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
+	14, // 96: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
+	16, // 97: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
+	18, // 98: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
+	20, // 99: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
+	22, // 100: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
+	24, // 101: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
+	26, // 102: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
+	28, // 103: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
+	33, // 104: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
+	37, // 105: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
+	40, // 106: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
+	43, // 107: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
+	30, // 108: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 109: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 110: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 111: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 112: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
+	30, // 113: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	30, // 114: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	50, // 115: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
+	52, // 116: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
+	60, // 117: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
+	62, // 118: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
+	64, // 119: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
+	66, // 120: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
+	91, // [91:121] is the sub-list for method output_type
+	61, // [61:91] is the sub-list for method input_type
 	61, // [61:61] is the sub-list for extension type_name
 	61, // [61:61] is the sub-list for extension extendee
 	0,  // [0:61] is the sub-list for field type_name
@@ -4560,7 +4815,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_keybroker_proto_rawDesc), len(file_keybroker_v1_keybroker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   70,
+			NumMessages:   74,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -1135,6 +1135,8 @@ const (
 	EdgeSync_Register_FullMethodName      = "/keybroker.v1.EdgeSync/Register"
 	EdgeSync_Watch_FullMethodName         = "/keybroker.v1.EdgeSync/Watch"
 	EdgeSync_FetchMaterial_FullMethodName = "/keybroker.v1.EdgeSync/FetchMaterial"
+	EdgeSync_Forward_FullMethodName       = "/keybroker.v1.EdgeSync/Forward"
+	EdgeSync_Acknowledge_FullMethodName   = "/keybroker.v1.EdgeSync/Acknowledge"
 )
 
 // EdgeSyncClient is the client API for EdgeSync service.
@@ -1154,6 +1156,14 @@ type EdgeSyncClient interface {
 	// FetchMaterial returns one key version's material sealed to the edge,
 	// when placement allows it.
 	FetchMaterial(ctx context.Context, in *FetchMaterialRequest, opts ...grpc.CallOption) (*FetchMaterialResponse, error)
+	// Forward asks the central tier to perform a KeyBroker or KeyAdmin call
+	// on behalf of the edge's authenticated client: backend-mode keys, keys
+	// not placed on the edge, admin calls. The central tier authorizes the
+	// client itself and audits under the edge's request id.
+	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
+	// Acknowledge reports the last revision the edge has applied, so that
+	// ListNodes (and whoever waits on a change) can see it has arrived.
+	Acknowledge(ctx context.Context, in *AcknowledgeRequest, opts ...grpc.CallOption) (*AcknowledgeResponse, error)
 }
 
 type edgeSyncClient struct {
@@ -1203,6 +1213,26 @@ func (c *edgeSyncClient) FetchMaterial(ctx context.Context, in *FetchMaterialReq
 	return out, nil
 }
 
+func (c *edgeSyncClient) Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForwardResponse)
+	err := c.cc.Invoke(ctx, EdgeSync_Forward_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeSyncClient) Acknowledge(ctx context.Context, in *AcknowledgeRequest, opts ...grpc.CallOption) (*AcknowledgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AcknowledgeResponse)
+	err := c.cc.Invoke(ctx, EdgeSync_Acknowledge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EdgeSyncServer is the server API for EdgeSync service.
 // All implementations must embed UnimplementedEdgeSyncServer
 // for forward compatibility.
@@ -1220,6 +1250,14 @@ type EdgeSyncServer interface {
 	// FetchMaterial returns one key version's material sealed to the edge,
 	// when placement allows it.
 	FetchMaterial(context.Context, *FetchMaterialRequest) (*FetchMaterialResponse, error)
+	// Forward asks the central tier to perform a KeyBroker or KeyAdmin call
+	// on behalf of the edge's authenticated client: backend-mode keys, keys
+	// not placed on the edge, admin calls. The central tier authorizes the
+	// client itself and audits under the edge's request id.
+	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
+	// Acknowledge reports the last revision the edge has applied, so that
+	// ListNodes (and whoever waits on a change) can see it has arrived.
+	Acknowledge(context.Context, *AcknowledgeRequest) (*AcknowledgeResponse, error)
 	mustEmbedUnimplementedEdgeSyncServer()
 }
 
@@ -1238,6 +1276,12 @@ func (UnimplementedEdgeSyncServer) Watch(*WatchRequest, grpc.ServerStreamingServ
 }
 func (UnimplementedEdgeSyncServer) FetchMaterial(context.Context, *FetchMaterialRequest) (*FetchMaterialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FetchMaterial not implemented")
+}
+func (UnimplementedEdgeSyncServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
+}
+func (UnimplementedEdgeSyncServer) Acknowledge(context.Context, *AcknowledgeRequest) (*AcknowledgeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Acknowledge not implemented")
 }
 func (UnimplementedEdgeSyncServer) mustEmbedUnimplementedEdgeSyncServer() {}
 func (UnimplementedEdgeSyncServer) testEmbeddedByValue()                  {}
@@ -1307,6 +1351,42 @@ func _EdgeSync_FetchMaterial_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EdgeSync_Forward_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForwardRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeSyncServer).Forward(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeSync_Forward_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeSyncServer).Forward(ctx, req.(*ForwardRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeSync_Acknowledge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AcknowledgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeSyncServer).Acknowledge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeSync_Acknowledge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeSyncServer).Acknowledge(ctx, req.(*AcknowledgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EdgeSync_ServiceDesc is the grpc.ServiceDesc for EdgeSync service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1321,6 +1401,14 @@ var EdgeSync_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FetchMaterial",
 			Handler:    _EdgeSync_FetchMaterial_Handler,
+		},
+		{
+			MethodName: "Forward",
+			Handler:    _EdgeSync_Forward_Handler,
+		},
+		{
+			MethodName: "Acknowledge",
+			Handler:    _EdgeSync_Acknowledge_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

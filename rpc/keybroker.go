@@ -1,4 +1,4 @@
-package server
+package rpc
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
-	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 )
@@ -20,36 +19,38 @@ type keyBroker struct {
 	s *Server
 }
 
-func invalid(format string, args ...any) error {
+// Invalid is an InvalidArgument status.
+func Invalid(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
 }
 
-func checkKeyID(id string) error {
-	if !broker.ValidKeyID(id) {
-		return invalid("key_id %q must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", id)
+// CheckKeyID refuses a malformed key id.
+func CheckKeyID(id string) error {
+	if !managed.ValidKeyID(id) {
+		return Invalid("key_id %q must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", id)
 	}
 	return nil
 }
 
-// keyOp runs one key operation: begin, check the id, authorize, run, end.
-func keyOp[T any](ctx context.Context, s *Server, op policy.Action, keyID string, run func(c *call, k *broker.Key) (T, error)) (T, error) {
+// KeyOp runs one key operation: begin, check the id, authorize, run, end.
+func KeyOp[T any](ctx context.Context, s *Server, op policy.Action, keyID string, run func(c *Call, k *managed.Key) (T, error)) (T, error) {
 	var zero T
-	c, err := s.begin(ctx, op, keyID)
+	c, err := s.Begin(ctx, op, keyID)
 	if err != nil {
 		return zero, err
 	}
-	if err := checkKeyID(keyID); err != nil {
-		return zero, c.end(err)
+	if err := CheckKeyID(keyID); err != nil {
+		return zero, c.End(err)
 	}
-	k, err := c.authorizeKey(op)
+	k, err := c.AuthorizeKey(op)
 	if err != nil {
-		return zero, c.end(err)
+		return zero, c.End(err)
 	}
 	out, err := run(c, k)
 	if err != nil {
-		return zero, c.end(err)
+		return zero, c.End(err)
 	}
-	return out, c.end(nil)
+	return out, c.End(nil)
 }
 
 func (b *keyBroker) Encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
@@ -57,12 +58,12 @@ func (b *keyBroker) Encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.
 }
 
 func (s *Server) encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
-	return keyOp(ctx, s, policy.Encrypt, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.EncryptResponse, error) {
-		ct, k, err := s.svc.Encrypt(c.ctx, r.GetKeyId(), r.GetPlaintext(), r.GetEncryptionContext())
+	return KeyOp(ctx, s, policy.Encrypt, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.EncryptResponse, error) {
+		ct, k, err := s.node.Encrypt(c.Ctx, r.GetKeyId(), r.GetPlaintext(), r.GetEncryptionContext())
 		if err != nil {
 			return nil, err
 		}
-		c.rec.Version = k.Primary
+		c.Rec.Version = k.Primary
 		return &kbv1.EncryptResponse{Ciphertext: ct, KeyId: k.ID, KeyVersion: k.Primary}, nil
 	})
 }
@@ -75,15 +76,15 @@ func (s *Server) decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.Dec
 	// The key to authorize is the one the ciphertext names.
 	keyID, _, err := managed.PeekKeyID(r.GetCiphertext())
 	if err != nil {
-		c, berr := s.begin(ctx, policy.Decrypt, "")
+		c, berr := s.Begin(ctx, policy.Decrypt, "")
 		if berr != nil {
 			return nil, berr
 		}
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
-	return keyOp(ctx, s, policy.Decrypt, keyID, func(c *call, _ *broker.Key) (*kbv1.DecryptResponse, error) {
-		pt, k, v, err := s.svc.Decrypt(c.ctx, r.GetCiphertext(), r.GetEncryptionContext(), r.GetKeyId())
-		c.rec.Version = v
+	return KeyOp(ctx, s, policy.Decrypt, keyID, func(c *Call, _ *managed.Key) (*kbv1.DecryptResponse, error) {
+		pt, k, v, err := s.node.Decrypt(c.Ctx, r.GetCiphertext(), r.GetEncryptionContext(), r.GetKeyId())
+		c.Rec.Version = v
 		if err != nil {
 			return nil, err
 		}
@@ -114,12 +115,12 @@ func (s *Server) generateDataKey(ctx context.Context, r *kbv1.GenerateDataKeyReq
 	if !withPlaintext {
 		op = policy.GenerateDataKeyWithoutPlaintext
 	}
-	return keyOp(ctx, s, op, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.GenerateDataKeyResponse, error) {
-		dek, ct, k, err := s.svc.GenerateDataKey(c.ctx, r.GetKeyId(), r.GetEncryptionContext())
+	return KeyOp(ctx, s, op, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.GenerateDataKeyResponse, error) {
+		dek, ct, k, err := s.node.GenerateDataKey(c.Ctx, r.GetKeyId(), r.GetEncryptionContext())
 		if err != nil {
 			return nil, err
 		}
-		c.rec.Version = k.Primary
+		c.Rec.Version = k.Primary
 		out := &kbv1.GenerateDataKeyResponse{EncryptedDataKey: ct, KeyId: k.ID, KeyVersion: k.Primary}
 		if withPlaintext {
 			out.Plaintext = append([]byte(nil), dek.Reveal()...)
@@ -140,38 +141,38 @@ func (b *keyBroker) GenerateDataKeyWithoutPlaintext(ctx context.Context, r *kbv1
 func signInput(message, digest []byte) ([]byte, bool, error) {
 	switch {
 	case len(message) > 0 && len(digest) > 0:
-		return nil, false, invalid("give message or digest, not both")
+		return nil, false, Invalid("give message or digest, not both")
 	case len(digest) > 0:
 		return digest, true, nil
 	case len(message) > 0:
 		return message, false, nil
 	}
-	return nil, false, invalid("give a message or a digest")
+	return nil, false, Invalid("give a message or a digest")
 }
 
 func (b *keyBroker) Sign(ctx context.Context, r *kbv1.SignRequest) (*kbv1.SignResponse, error) {
-	return keyOp(ctx, b.s, policy.Sign, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.SignResponse, error) {
+	return KeyOp(ctx, b.s, policy.Sign, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.SignResponse, error) {
 		in, digest, err := signInput(r.GetMessage(), r.GetDigest())
 		if err != nil {
 			return nil, err
 		}
-		sig, k, err := b.s.svc.Sign(c.ctx, r.GetKeyId(), in, digest)
+		sig, k, err := b.s.node.Sign(c.Ctx, r.GetKeyId(), in, digest)
 		if err != nil {
 			return nil, err
 		}
-		c.rec.Version = k.Primary
+		c.Rec.Version = k.Primary
 		return &kbv1.SignResponse{Signature: sig, KeyId: k.ID, KeyVersion: k.Primary}, nil
 	})
 }
 
 func (b *keyBroker) Verify(ctx context.Context, r *kbv1.VerifyRequest) (*kbv1.VerifyResponse, error) {
-	return keyOp(ctx, b.s, policy.Verify, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.VerifyResponse, error) {
+	return KeyOp(ctx, b.s, policy.Verify, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.VerifyResponse, error) {
 		in, digest, err := signInput(r.GetMessage(), r.GetDigest())
 		if err != nil {
 			return nil, err
 		}
-		ok, v, err := b.s.svc.Verify(c.ctx, r.GetKeyId(), r.GetKeyVersion(), in, digest, r.GetSignature())
-		c.rec.Version = v
+		ok, v, err := b.s.node.Verify(c.Ctx, r.GetKeyId(), r.GetKeyVersion(), in, digest, r.GetSignature())
+		c.Rec.Version = v
 		if err != nil {
 			return nil, err
 		}
@@ -180,31 +181,31 @@ func (b *keyBroker) Verify(ctx context.Context, r *kbv1.VerifyRequest) (*kbv1.Ve
 }
 
 func (b *keyBroker) GetPublicKey(ctx context.Context, r *kbv1.GetPublicKeyRequest) (*kbv1.GetPublicKeyResponse, error) {
-	return keyOp(ctx, b.s, policy.GetPublicKey, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.GetPublicKeyResponse, error) {
-		der, k, v, err := b.s.svc.PublicKey(c.ctx, r.GetKeyId(), r.GetKeyVersion())
+	return KeyOp(ctx, b.s, policy.GetPublicKey, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.GetPublicKeyResponse, error) {
+		der, k, v, err := b.s.node.PublicKey(c.Ctx, r.GetKeyId(), r.GetKeyVersion())
 		if err != nil {
 			return nil, err
 		}
-		c.rec.Version = v
+		c.Rec.Version = v
 		return &kbv1.GetPublicKeyResponse{PublicKey: der, KeyType: typeToProto[k.Type], KeyId: k.ID, KeyVersion: v}, nil
 	})
 }
 
 func (b *keyBroker) GenerateMac(ctx context.Context, r *kbv1.GenerateMacRequest) (*kbv1.GenerateMacResponse, error) {
-	return keyOp(ctx, b.s, policy.GenerateMac, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.GenerateMacResponse, error) {
-		tag, k, err := b.s.svc.GenerateMac(c.ctx, r.GetKeyId(), r.GetMessage())
+	return KeyOp(ctx, b.s, policy.GenerateMac, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.GenerateMacResponse, error) {
+		tag, k, err := b.s.node.GenerateMac(c.Ctx, r.GetKeyId(), r.GetMessage())
 		if err != nil {
 			return nil, err
 		}
-		c.rec.Version = k.Primary
+		c.Rec.Version = k.Primary
 		return &kbv1.GenerateMacResponse{Mac: tag, KeyId: k.ID, KeyVersion: k.Primary}, nil
 	})
 }
 
 func (b *keyBroker) VerifyMac(ctx context.Context, r *kbv1.VerifyMacRequest) (*kbv1.VerifyMacResponse, error) {
-	return keyOp(ctx, b.s, policy.VerifyMac, r.GetKeyId(), func(c *call, _ *broker.Key) (*kbv1.VerifyMacResponse, error) {
-		ok, v, err := b.s.svc.VerifyMac(c.ctx, r.GetKeyId(), r.GetKeyVersion(), r.GetMessage(), r.GetMac())
-		c.rec.Version = v
+	return KeyOp(ctx, b.s, policy.VerifyMac, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.VerifyMacResponse, error) {
+		ok, v, err := b.s.node.VerifyMac(c.Ctx, r.GetKeyId(), r.GetKeyVersion(), r.GetMessage(), r.GetMac())
+		c.Rec.Version = v
 		if err != nil {
 			return nil, err
 		}
@@ -213,60 +214,63 @@ func (b *keyBroker) VerifyMac(ctx context.Context, r *kbv1.VerifyMacRequest) (*k
 }
 
 func (b *keyBroker) GenerateRandom(ctx context.Context, r *kbv1.GenerateRandomRequest) (*kbv1.GenerateRandomResponse, error) {
-	c, err := b.s.begin(ctx, policy.GenerateRandom, "")
+	c, err := b.s.Begin(ctx, policy.GenerateRandom, "")
 	if err != nil {
 		return nil, err
 	}
-	if err := c.authorizeService(policy.GenerateRandom); err != nil {
-		return nil, c.end(err)
+	if err := c.AuthorizeService(policy.GenerateRandom); err != nil {
+		return nil, c.End(err)
 	}
-	out, err := b.s.svc.GenerateRandom(ctx, int(r.GetLength()))
+	out, err := b.s.node.GenerateRandom(ctx, int(r.GetLength()))
 	if err != nil {
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
-	return &kbv1.GenerateRandomResponse{Random: out}, c.end(nil)
+	return &kbv1.GenerateRandomResponse{Random: out}, c.End(nil)
 }
 
 func (b *keyBroker) DescribeKey(ctx context.Context, r *kbv1.DescribeKeyRequest) (*kbv1.DescribeKeyResponse, error) {
-	return keyOp(ctx, b.s, policy.DescribeKey, r.GetKeyId(), func(c *call, k *broker.Key) (*kbv1.DescribeKeyResponse, error) {
-		return &kbv1.DescribeKeyResponse{Key: keyToProto(k)}, nil
+	return KeyOp(ctx, b.s, policy.DescribeKey, r.GetKeyId(), func(c *Call, k *managed.Key) (*kbv1.DescribeKeyResponse, error) {
+		return &kbv1.DescribeKeyResponse{Key: KeyToProto(k)}, nil
 	})
 }
 
 func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv1.ListKeysResponse, error) {
-	c, err := b.s.begin(ctx, policy.ListKeys, "")
+	c, err := b.s.Begin(ctx, policy.ListKeys, "")
 	if err != nil {
 		return nil, err
 	}
-	if err := c.authorizeService(policy.ListKeys); err != nil {
-		return nil, c.end(err)
+	if err := c.AuthorizeService(policy.ListKeys); err != nil {
+		return nil, c.End(err)
 	}
-	keys, next, err := b.s.svc.ListKeys(ctx, r.GetLabelSelector(), int(r.GetPageSize()), r.GetPageToken())
+	keys, next, err := b.s.node.ListKeys(ctx, r.GetLabelSelector(), int(r.GetPageSize()), r.GetPageToken())
 	if err != nil {
-		return nil, c.end(err)
+		return nil, c.End(err)
 	}
 	out := &kbv1.ListKeysResponse{NextPageToken: next}
 	for _, k := range keys {
-		out.Keys = append(out.Keys, keyToProto(k))
+		out.Keys = append(out.Keys, KeyToProto(k))
 	}
-	return out, c.end(nil)
+	return out, c.End(nil)
 }
 
-// LookupKey answers at the central tier: the central tier itself can do
-// any operation on any key it holds. (Edges add themselves when they exist.)
+// LookupKey answers from this node's view of the cluster: the nodes able
+// to perform the operation on the key now, best first, with why each
+// qualifies.
 func (b *keyBroker) LookupKey(ctx context.Context, r *kbv1.LookupKeyRequest) (*kbv1.LookupKeyResponse, error) {
-	return keyOp(ctx, b.s, policy.LookupKey, r.GetKeyId(), func(c *call, k *broker.Key) (*kbv1.LookupKeyResponse, error) {
-		if r.GetOperation() == kbv1.Operation_OPERATION_UNSPECIFIED {
-			return nil, invalid("operation is required")
+	return KeyOp(ctx, b.s, policy.LookupKey, r.GetKeyId(), func(c *Call, k *managed.Key) (*kbv1.LookupKeyResponse, error) {
+		if _, ok := kbv1.Operation_name[int32(r.GetOperation())]; !ok || r.GetOperation() == kbv1.Operation_OPERATION_UNSPECIFIED {
+			return nil, Invalid("operation is required: one of encrypt, decrypt, re-encrypt, generate-data-key, sign, verify, get-public-key, generate-mac, verify-mac, describe-key")
 		}
-		return &kbv1.LookupKeyResponse{Nodes: []*kbv1.LookupNode{{
-			NodeId: b.s.node, Address: b.s.addr, Kind: "central", Reason: kbv1.LookupReason_LOOKUP_REASON_ROOT_OF_TRUST,
-		}}}, nil
+		nodes, err := b.s.node.LookupKey(c.Ctx, k, r.GetOperation(), r.GetClientLabels())
+		if err != nil {
+			return nil, err
+		}
+		return &kbv1.LookupKeyResponse{Nodes: nodes}, nil
 	})
 }
 
-func itemError(err error) *kbv1.ItemError {
-	st := toStatus(err)
+func (s *Server) itemError(err error) *kbv1.ItemError {
+	st := s.Status(err)
 	return &kbv1.ItemError{Code: int32(st.Code()), Message: st.Message()}
 }
 
@@ -276,11 +280,11 @@ func (s *Server) checkBatch(ctx context.Context, op string, n int) error {
 	if n > 0 && n <= MaxBatch {
 		return nil
 	}
-	c, err := s.begin(ctx, policy.Action(op), "")
+	c, err := s.Begin(ctx, policy.Action(op), "")
 	if err != nil {
 		return err
 	}
-	return c.end(invalid("a batch holds 1..%d items, not %d", MaxBatch, n))
+	return c.End(Invalid("a batch holds 1..%d items, not %d", MaxBatch, n))
 }
 
 func (b *keyBroker) BatchEncrypt(ctx context.Context, r *kbv1.BatchEncryptRequest) (*kbv1.BatchEncryptResponse, error) {
@@ -295,7 +299,7 @@ func (b *keyBroker) BatchEncrypt(ctx context.Context, r *kbv1.BatchEncryptReques
 		}
 		res := &kbv1.BatchEncryptResult{Response: resp}
 		if err != nil {
-			res.Error = itemError(err)
+			res.Error = b.s.itemError(err)
 		}
 		out.Results = append(out.Results, res)
 	}
@@ -314,7 +318,7 @@ func (b *keyBroker) BatchDecrypt(ctx context.Context, r *kbv1.BatchDecryptReques
 		}
 		res := &kbv1.BatchDecryptResult{Response: resp}
 		if err != nil {
-			res.Error = itemError(err)
+			res.Error = b.s.itemError(err)
 		}
 		out.Results = append(out.Results, res)
 	}
@@ -333,7 +337,7 @@ func (b *keyBroker) BatchGenerateDataKey(ctx context.Context, r *kbv1.BatchGener
 		}
 		res := &kbv1.BatchGenerateDataKeyResult{Response: resp}
 		if err != nil {
-			res.Error = itemError(err)
+			res.Error = b.s.itemError(err)
 		}
 		out.Results = append(out.Results, res)
 	}
@@ -345,7 +349,5 @@ func (b *keyBroker) BatchGenerateDataKey(ctx context.Context, r *kbv1.BatchGener
 func isFatal(err error) bool {
 	c := status.Code(err)
 	return c == codes.Unauthenticated || c == codes.Canceled || c == codes.DeadlineExceeded ||
-		(c == codes.Unavailable && status.Convert(err).Message() == auditDownMsg)
+		(c == codes.Unavailable && status.Convert(err).Message() == AuditDownMsg)
 }
-
-const auditDownMsg = "audit log unavailable: the operation is refused"

@@ -1,0 +1,393 @@
+// Package rpc is the gRPC face every keybroker node shares: the KeyBroker
+// service over mutual TLS around a Node — the central tier's service, or
+// an edge's cache — with authentication, request ids, authorization and
+// audit. The central tier adds KeyAdmin and EdgeSync on the same Calls.
+//
+// # Every call
+//
+// A call is authenticated (the client certificate's SPIFFE id, or
+// Unauthenticated), given a request id (the caller's x-request-id when it
+// is well formed, else a fresh one, echoed in the response header),
+// authorized by the Cedar policy in force against the key's labels, type and
+// mode, performed, and written to the audit log — refused calls included —
+// before the response leaves. If the audit line cannot be written the
+// response is withheld and the caller gets Unavailable: there are no
+// unaudited operations. A call an edge forwards reaches the central tier
+// with the same request id and the client's identity (WithForwarder), so
+// the two audit lines join up.
+//
+// # Existence is not leaked
+//
+// An unknown key is authorized as a key with no labels: a caller the
+// policy would not let near such a key gets PermissionDenied, not NotFound.
+//
+// # Errors
+//
+// managed errors map to gRPC codes here and only here: InvalidArgument
+// (bad input, malformed or foreign ciphertext, wrong context), NotFound,
+// AlreadyExists, FailedPrecondition (disabled or pending-deletion keys,
+// versions below the minimum), Aborted (revision conflicts),
+// PermissionDenied, Unavailable. Errors the node knows better (a root of
+// trust's, at the central tier) go through Config.Classify.
+package rpc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/policy"
+	"github.com/keybroker/keybroker/secret"
+)
+
+// Node performs the KeyBroker operations at one node. Its errors are
+// managed errors, gRPC statuses (passed through as they are), or errors
+// Config.Classify knows.
+type Node interface {
+	managed.KeySource
+	Encrypt(ctx context.Context, id string, plaintext []byte, ectx map[string]string) ([]byte, *managed.Key, error)
+	Decrypt(ctx context.Context, ciphertext []byte, ectx map[string]string, expectKey string) ([]byte, *managed.Key, uint32, error)
+	GenerateDataKey(ctx context.Context, id string, ectx map[string]string) (*secret.Bytes, []byte, *managed.Key, error)
+	Sign(ctx context.Context, id string, msg []byte, digest bool) ([]byte, *managed.Key, error)
+	PublicKey(ctx context.Context, id string, v uint32) ([]byte, *managed.Key, uint32, error)
+	Verify(ctx context.Context, id string, v uint32, msg []byte, digest bool, sig []byte) (bool, uint32, error)
+	GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *managed.Key, error)
+	VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byte) (bool, uint32, error)
+	GenerateRandom(ctx context.Context, n int) ([]byte, error)
+	ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string) ([]*managed.Key, string, error)
+	// LookupKey lists the nodes able to perform op with k now, best first.
+	LookupKey(ctx context.Context, k *managed.Key, op kbv1.Operation, clientLabels map[string]string) ([]*kbv1.LookupNode, error)
+	// Served names what performs op on k, for the audit line: a root of
+	// trust at the central tier; the cache or the central tier at an edge.
+	Served(k *managed.Key, op policy.Action) string
+}
+
+// Policies gives the policy set in force.
+type Policies interface {
+	Current() *policy.Set
+}
+
+// Config assembles a Server.
+type Config struct {
+	Node        Node
+	Policy      Policies
+	Audit       *audit.Log
+	NodeID      string
+	TrustDomain string
+	// Classify maps errors this package does not know to a status (nil:
+	// Internal).
+	Classify func(error) (*status.Status, bool)
+	Logger   *slog.Logger
+}
+
+// Server serves KeyBroker for a Node and runs Calls for the node's other
+// services.
+type Server struct {
+	node     Node
+	policy   Policies
+	audit    *audit.Log
+	id       string
+	td       string
+	classify func(error) (*status.Status, bool)
+	log      *slog.Logger
+}
+
+// New builds a Server.
+func New(c Config) (*Server, error) {
+	if c.Node == nil || c.Policy == nil || c.Audit == nil || c.NodeID == "" || c.TrustDomain == "" {
+		return nil, errors.New("rpc: node, policy, audit, node id and trust domain are required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{node: c.Node, policy: c.Policy, audit: c.Audit, id: c.NodeID, td: c.TrustDomain, classify: c.Classify, log: c.Logger}, nil
+}
+
+// NodeID is this node's id.
+func (s *Server) NodeID() string { return s.id }
+
+// TrustDomain is the trust domain callers must belong to.
+func (s *Server) TrustDomain() string { return s.td }
+
+// Policy is the policy source.
+func (s *Server) Policy() Policies { return s.policy }
+
+// Audit is the audit log.
+func (s *Server) Audit() *audit.Log { return s.audit }
+
+// Logger is the server's logger.
+func (s *Server) Logger() *slog.Logger { return s.log }
+
+// KeyBroker is the KeyBroker service.
+func (s *Server) KeyBroker() kbv1.KeyBrokerServer { return &keyBroker{s: s} }
+
+type reqIDKey struct{}
+
+var reqIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+func newRequestID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// RequestID returns the request id of a call.
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(reqIDKey{}).(string)
+	return id
+}
+
+// OutgoingRequestID returns ctx with the call's request id set on outgoing
+// gRPC metadata, so a call made on its behalf carries the same id.
+func OutgoingRequestID(ctx context.Context) context.Context {
+	if rid := RequestID(ctx); rid != "" {
+		return metadata.AppendToOutgoingContext(ctx, "x-request-id", rid)
+	}
+	return ctx
+}
+
+type viaKey struct{}
+
+// WithForwarder marks ctx as a call forwarded by an edge on behalf of the
+// identity ctx carries; the audit line names the edge.
+func WithForwarder(ctx context.Context, edge string) context.Context {
+	return context.WithValue(ctx, viaKey{}, edge)
+}
+
+// Forwarder returns the edge that forwarded the call, if any.
+func Forwarder(ctx context.Context) string {
+	v, _ := ctx.Value(viaKey{}).(string)
+	return v
+}
+
+// authenticate assigns a call its request id and identity, auditing calls
+// refused for want of an identity.
+func (s *Server) authenticate(ctx context.Context, fullMethod string) (context.Context, error) {
+	rid := ""
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get("x-request-id"); len(v) == 1 && reqIDRe.MatchString(v[0]) {
+			rid = v[0]
+		}
+	}
+	if rid == "" {
+		rid = newRequestID()
+	}
+	_ = grpc.SetHeader(ctx, metadata.Pairs("x-request-id", rid))
+	ctx = context.WithValue(ctx, reqIDKey{}, rid)
+	id, err := identity.FromPeer(ctx, s.td)
+	if err != nil {
+		rec := audit.Record{RequestID: rid, Node: s.id, Operation: MethodName(fullMethod),
+			Decision: "deny", Outcome: codes.Unauthenticated.String(), Detail: err.Error()}
+		if aerr := s.audit.Append(rec); aerr != nil {
+			s.log.Error("audit append failed", "err", aerr)
+		}
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return identity.NewContext(ctx, id), nil
+}
+
+// UnaryInterceptor authenticates every unary call, assigns its request id,
+// and audits calls refused for want of an identity.
+func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		ctx, err := s.authenticate(ctx, info.FullMethod)
+		if err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}
+}
+
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (a authedStream) Context() context.Context { return a.ctx }
+
+// StreamInterceptor does for streaming calls what UnaryInterceptor does.
+func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		ctx, err := s.authenticate(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		return h(srv, authedStream{ss, ctx})
+	}
+}
+
+// MethodName is the last element of a full gRPC method name.
+func MethodName(full string) string {
+	for i := len(full) - 1; i >= 0; i-- {
+		if full[i] == '/' {
+			return full[i+1:]
+		}
+	}
+	return full
+}
+
+// Call follows one operation from authorization to audit.
+type Call struct {
+	S   *Server
+	Ctx context.Context
+	Who identity.Identity
+	Rec audit.Record
+}
+
+// Begin starts a call: op on key ("" for none) by the identity in ctx.
+func (s *Server) Begin(ctx context.Context, op policy.Action, key string) (*Call, error) {
+	who, ok := identity.FromContext(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no identity")
+	}
+	return &Call{S: s, Ctx: ctx, Who: who, Rec: audit.Record{
+		RequestID: RequestID(ctx), Principal: who.String(), Node: s.id, Operation: string(op), Key: key, Via: Forwarder(ctx),
+	}}, nil
+}
+
+// Principal is the caller as Cedar sees it.
+func (c *Call) Principal() policy.Principal {
+	return policy.Principal{Kind: policy.Kind(c.Who.Kind), Name: c.Who.Name, TrustDomain: c.Who.TrustDomain}
+}
+
+// Decide records a policy decision and turns a denial into
+// PermissionDenied.
+func (c *Call) Decide(d policy.Decision) error {
+	c.Rec.PolicyID = d.PolicyID()
+	if d.Allowed {
+		c.Rec.Decision = "allow"
+		return nil
+	}
+	c.Rec.Decision = "deny"
+	return status.Errorf(codes.PermissionDenied, "%s may not %s %s", c.Who, c.Rec.Operation, describeResource(c.Rec.Key))
+}
+
+func describeResource(key string) string {
+	if key == "" {
+		return "on this service"
+	}
+	return "key " + key
+}
+
+// PolicyKey is a key as Cedar sees it.
+func PolicyKey(k *managed.Key) policy.Key {
+	return policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+}
+
+// LookupKey loads the call's key and its Cedar resource. An unknown key
+// comes back nil with the resource of a key with no labels, so that the
+// policy, not the registry, decides what the caller learns.
+func (c *Call) LookupKey() (*managed.Key, policy.Key, error) {
+	k, err := c.S.node.Get(c.Ctx, c.Rec.Key)
+	switch {
+	case err == nil:
+		return k, PolicyKey(k), nil
+	case errors.Is(err, managed.ErrNotFound):
+		return nil, policy.Key{Name: c.Rec.Key}, nil
+	}
+	return nil, policy.Key{}, err
+}
+
+// AuthorizeKey loads the key and asks the policy. An unknown key is
+// authorized as a key with no labels, so existence is not leaked.
+func (c *Call) AuthorizeKey(op policy.Action) (*managed.Key, error) {
+	k, res, err := c.LookupKey()
+	if err != nil {
+		return nil, err
+	}
+	if k != nil {
+		c.Rec.Backend = c.S.node.Served(k, op)
+	}
+	if derr := c.Decide(c.S.policy.Current().AuthorizeKey(c.Principal(), op, res)); derr != nil {
+		return nil, derr
+	}
+	if k == nil {
+		return nil, fmt.Errorf("%w: key %q does not exist", managed.ErrNotFound, c.Rec.Key)
+	}
+	return k, nil
+}
+
+// AuthorizeService asks the policy about an operation on no key.
+func (c *Call) AuthorizeService(op policy.Action) error {
+	return c.Decide(c.S.policy.Current().AuthorizeService(c.Principal(), op))
+}
+
+// End audits the call and turns err into a gRPC status. If the audit line
+// cannot be written, the call fails whatever it did.
+func (c *Call) End(err error) error {
+	st := c.S.Status(err)
+	c.Rec.Outcome = "ok"
+	if err != nil {
+		c.Rec.Outcome = st.Code().String()
+		c.Rec.Detail = st.Message()
+	}
+	if aerr := c.S.audit.Append(c.Rec); aerr != nil {
+		c.S.log.Error("audit append failed; refusing the call", "request_id", c.Rec.RequestID, "err", aerr)
+		return status.Error(codes.Unavailable, AuditDownMsg)
+	}
+	if err != nil {
+		attrs := []any{"request_id", c.Rec.RequestID, "op", c.Rec.Operation, "key", c.Rec.Key,
+			"principal", c.Rec.Principal, "code", st.Code().String()}
+		if st.Code() == codes.Internal {
+			// The caller sees "internal error"; the operator sees why.
+			c.S.log.Error("call failed", append(attrs, "err", err.Error())...)
+		} else {
+			c.S.log.Info("call failed", attrs...)
+		}
+		return st.Err()
+	}
+	return nil
+}
+
+// AuditDownMsg is what a caller hears when the audit log cannot be written.
+const AuditDownMsg = "audit log unavailable: the operation is refused"
+
+// Status maps an error to a gRPC status.
+func (s *Server) Status(err error) *status.Status {
+	if err == nil {
+		return status.New(codes.OK, "")
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		return st
+	}
+	msg := err.Error()
+	switch {
+	case errors.Is(err, context.Canceled):
+		return status.New(codes.Canceled, msg)
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.New(codes.DeadlineExceeded, msg)
+	case errors.Is(err, managed.ErrInvalidArgument):
+		return status.New(codes.InvalidArgument, msg)
+	case errors.Is(err, managed.ErrNotFound):
+		return status.New(codes.NotFound, msg)
+	case errors.Is(err, managed.ErrAlreadyExists):
+		return status.New(codes.AlreadyExists, msg)
+	case errors.Is(err, managed.ErrFailedPrecondition):
+		return status.New(codes.FailedPrecondition, msg)
+	case errors.Is(err, managed.ErrConflict):
+		return status.New(codes.Aborted, msg)
+	case errors.Is(err, managed.ErrPermissionDenied):
+		return status.New(codes.PermissionDenied, msg)
+	case errors.Is(err, managed.ErrUnavailable):
+		return status.New(codes.Unavailable, msg)
+	}
+	if s.classify != nil {
+		if st, ok := s.classify(err); ok {
+			return st
+		}
+	}
+	return status.New(codes.Internal, "internal error")
+}
