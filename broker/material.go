@@ -66,9 +66,13 @@ func cacheID(keyID string, v uint32) string {
 	return keyID + "\x00" + strconv.FormatUint(uint64(v), 10)
 }
 
-// Material is Get, as a managed.MaterialSource.
+// Material is Get as a managed.MaterialSource: a copy the caller destroys.
 func (ms *Materials) Material(ctx context.Context, k *Key, v uint32) (*secret.Bytes, error) {
-	return ms.Get(ctx, k, v)
+	m, err := ms.Get(ctx, k, v)
+	if err != nil {
+		return nil, err
+	}
+	return m.Clone(), nil
 }
 
 // Get returns the material of version v of k. The caller must not destroy

@@ -54,6 +54,7 @@ import (
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/policy"
+	"github.com/keybroker/keybroker/rpc"
 )
 
 // Backends returns the registry of every built-in root of trust.
@@ -167,7 +168,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		advertise = n.lis.Addr().String()
 	}
 	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
-		TrustDomain: cfg.TrustDomain, Address: advertise, Logger: log})
+		TrustDomain: cfg.TrustDomain, Address: advertise, Lease: cfg.Edges.Lease, Heartbeat: cfg.Edges.HeartbeatInterval(), Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -176,11 +177,11 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if err != nil {
 		return nil, err
 	}
-	rpc := newRPCMetrics(metrics)
+	calls := rpc.NewMetrics(metrics)
 	n.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(rpc.interceptor, srv.UnaryInterceptor()),
+		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
 	)
 	srv.Register(n.grpc)

@@ -1,9 +1,7 @@
 package config
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -73,6 +71,48 @@ type Central struct {
 	// ShutdownTimeout is how long a stopping node lets requests in flight
 	// finish before it cuts them off. Default 30s, range 1s..10m.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Edges configures how this node keeps track of the edges connected to
+	// it. Optional.
+	Edges Edges `yaml:"edges"`
+}
+
+// Edges says how the central tier keeps track of connected edges. An
+// edge holds a lease while its Watch stream is open; each heartbeat on the
+// stream extends it. An edge whose lease has run out is no longer offered
+// by LookupKey, and stops serving from cached material once it is also
+// past its own max_staleness.
+type Edges struct {
+	// Lease is how long an edge's lease lasts past its last heartbeat.
+	// Default 30s, range 1s..10m.
+	Lease time.Duration `yaml:"lease"`
+	// Heartbeat is how often a Watch stream carries a heartbeat extending
+	// the edge's lease. Default 0s, meaning a third of Lease; when not 0s,
+	// range 100ms..Lease/2, so that a heartbeat can be late once without
+	// the lease running out.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+}
+
+// HeartbeatInterval returns Heartbeat, or a third of Lease when Heartbeat
+// is 0.
+func (e Edges) HeartbeatInterval() time.Duration {
+	if e.Heartbeat > 0 {
+		return e.Heartbeat
+	}
+	return e.Lease / 3
+}
+
+func (e Edges) check(p *problems, field string) {
+	checkDuration(p, field+".lease", e.Lease, MinEdgeLease, MaxEdgeLease)
+	leaseOK := e.Lease >= MinEdgeLease && e.Lease <= MaxEdgeLease
+	switch h := e.Heartbeat; {
+	case h == 0:
+	case h < 0:
+		p.add(field+".heartbeat", "%s is negative; 0s means a third of the lease", formatDuration(h))
+	case h < MinEdgeHeartbeat:
+		p.add(field+".heartbeat", "%s is below the minimum %s; 0s means a third of the lease", formatDuration(h), formatDuration(MinEdgeHeartbeat))
+	case leaseOK && h > e.Lease/2:
+		p.add(field+".heartbeat", "%s is above half of %s.lease (%s): a heartbeat must be able to come late once without the lease running out", formatDuration(h), field, formatDuration(e.Lease))
+	}
 }
 
 // Backend is one root of trust.
@@ -118,8 +158,16 @@ type Policy struct {
 
 // Central defaults and bounds not shared with other nodes.
 const (
-	DefaultReloadInterval  = 10 * time.Second
-	MinReloadInterval      = time.Second
+	DefaultReloadInterval = 10 * time.Second
+	MinReloadInterval     = time.Second
+	DefaultEdgeLease      = 30 * time.Second
+	MinEdgeLease          = time.Second
+	MaxEdgeLease          = 10 * time.Minute
+	MinEdgeHeartbeat      = 100 * time.Millisecond
+)
+
+// Shutdown defaults and bounds, the same for every node.
+const (
 	DefaultShutdownTimeout = 30 * time.Second
 	MinShutdownTimeout     = time.Second
 	MaxShutdownTimeout     = 10 * time.Minute
@@ -137,6 +185,7 @@ func DefaultCentral() Central {
 		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
+		Edges:           Edges{Lease: DefaultEdgeLease},
 	}
 }
 
@@ -145,19 +194,11 @@ func DefaultCentral() Central {
 // Every error is an *Error naming the file, and the line and field where
 // known; all problems are reported together (errors.Join).
 func LoadCentral(path string) (*Central, error) {
-	data, err := readFile(path)
+	data, dir, err := readConfig(path)
 	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, &Error{File: path, Err: err}
+		return nil, err
 	}
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, &Error{File: path, Err: err}
-	}
-	return ParseCentral(path, data, filepath.Dir(abs))
+	return ParseCentral(path, data, dir)
 }
 
 // ParseCentral is LoadCentral on data already read: name is used in
@@ -204,18 +245,7 @@ func (c *Central) validate() problems {
 	var p problems
 	checkName(&p, "node_id", c.NodeID)
 	checkTrustDomain(&p, "trust_domain", c.TrustDomain)
-	l, lok := checkListen(&p, "listen", c.Listen)
-	o, ook := checkListen(&p, "ops_listen", c.OpsListen)
-	if lok && ook && l.overlaps(o) {
-		p.add("ops_listen", "%q overlaps listen %q: the gRPC and ops listeners need different ports", c.OpsListen, c.Listen)
-	}
-	if c.AdvertiseAddress != "" {
-		if a, ok := checkListen(&p, "advertise_address", c.AdvertiseAddress); ok && (a.wildcard() || a.port == 0) {
-			p.add("advertise_address", "%q: give a host and port peers can dial", c.AdvertiseAddress)
-		}
-	} else if lok && l.wildcard() {
-		p.add("advertise_address", "required when listen %q has no dialable host: give the host:port peers should dial", c.Listen)
-	}
+	checkListeners(&p, c.Listen, c.AdvertiseAddress, c.OpsListen)
 	c.TLS.check(&p, "tls")
 	checkPath(&p, "data_dir", c.DataDir)
 	uris, allParsed := c.checkBackends(&p)
@@ -223,15 +253,13 @@ func (c *Central) validate() problems {
 		c.checkRootKeys(&p, uris)
 	}
 	c.Policy.check(&p, "policy")
-	c.Audit.check(&p, "audit")
-	if c.Audit.Path == "" && c.DataDir != "" {
-		p.add("audit.path", "empty: ResolvePaths sets it to <data_dir>/audit.jsonl")
-	}
+	c.Audit.check(&p, "audit", c.DataDir)
 	c.MaterialCache.check(&p, "material_cache")
 	c.DataKeyReuse.check(&p, "data_key_reuse")
 	c.Limits.check(&p, "limits")
 	c.Log.check(&p, "log")
 	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
+	c.Edges.check(&p, "edges")
 	return p
 }
 
@@ -392,11 +420,7 @@ func (r *redacted) Unwrap() error { return r.cause }
 func (c *Central) Check() error {
 	var p problems
 	c.TLS.stat(&p, "tls")
-	if st, err := os.Stat(c.DataDir); err == nil && !st.IsDir() {
-		p.add("data_dir", "%s is not a directory", c.DataDir)
-	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		p.at(0, "data_dir", err)
-	}
+	statDataDir(&p, "data_dir", c.DataDir)
 	for i, path := range c.Policy.Paths {
 		f := fmt.Sprintf("policy.paths[%d]", i)
 		st, err := os.Stat(path)
@@ -410,12 +434,7 @@ func (c *Central) Check() error {
 			statFile(&p, f, path)
 		}
 	}
-	if dir := filepath.Dir(c.Audit.Path); dir != c.DataDir {
-		statDir(&p, "audit.path", dir)
-	}
-	if st, err := os.Stat(c.Audit.Path); err == nil && !st.Mode().IsRegular() {
-		p.add("audit.path", "%s is not a regular file", c.Audit.Path)
-	}
+	c.Audit.stat(&p, "audit", c.DataDir)
 	return p.join("", nil)
 }
 

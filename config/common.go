@@ -1,13 +1,18 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,7 +22,7 @@ import (
 )
 
 // This file holds the parts every keybroker node's configuration shares:
-// the central process uses them now, an edge will later.
+// the central process's (Central) and the edge's (Edge).
 
 // TLS names the PEM files of a node's mutual-TLS identity. Relative paths
 // are resolved against the configuration file's directory.
@@ -127,12 +132,28 @@ func (a *Audit) resolve(base, dataDir string) {
 	resolvePath(base, &a.Path)
 }
 
-// check leaves an empty path to the caller, whose default it is.
-func (a Audit) check(p *problems, field string) {
+// check checks the fields; an empty path is reported only when data_dir,
+// which its default is built from, is given (a missing data_dir is already
+// reported).
+func (a Audit) check(p *problems, field, dataDir string) {
 	if a.Path != "" {
 		checkPath(p, field+".path", a.Path)
 	}
 	checkDuration(p, field+".flush_interval", a.FlushInterval, MinAuditFlush, MaxAuditFlush)
+	if a.Path == "" && dataDir != "" {
+		p.add(field+".path", "empty: ResolvePaths sets it to <data_dir>/%s", DefaultAuditFile)
+	}
+}
+
+// stat checks that the audit log's directory exists or is data_dir (which
+// the node creates), and that the log, if it exists, is a regular file.
+func (a Audit) stat(p *problems, field, dataDir string) {
+	if dir := filepath.Dir(a.Path); dir != dataDir {
+		statDir(p, field+".path", dir)
+	}
+	if st, err := os.Stat(a.Path); err == nil && !st.Mode().IsRegular() {
+		p.add(field+".path", "%s is not a regular file", a.Path)
+	}
 }
 
 // MaterialCache bounds the in-memory cache of plaintext managed-key
@@ -272,6 +293,37 @@ func (a listenAddr) overlaps(b listenAddr) bool {
 	return a.port != 0 && a.port == b.port && (a.host == b.host || a.wildcard() || b.wildcard())
 }
 
+// checkListeners checks a node's gRPC and ops listen addresses and the
+// address it advertises for the first: the two listeners must not
+// overlap, and a listener no peer can dial needs an advertise address.
+func checkListeners(p *problems, listen, advertise, ops string) {
+	l, lok := checkListen(p, "listen", listen)
+	o, ook := checkListen(p, "ops_listen", ops)
+	if lok && ook && l.overlaps(o) {
+		p.add("ops_listen", "%q overlaps listen %q: the gRPC and ops listeners need different ports", ops, listen)
+	}
+	if advertise != "" {
+		if a, ok := checkListen(p, "advertise_address", advertise); ok && (a.wildcard() || a.port == 0) {
+			p.add("advertise_address", "%q: give a host and port peers can dial", advertise)
+		}
+	} else if lok && l.wildcard() {
+		p.add("advertise_address", "required when listen %q has no dialable host: give the host:port peers should dial", listen)
+	}
+}
+
+// checkDial checks a host:port to dial: as checkListen, but the host must
+// be given and not a wildcard, and the port must not be 0.
+func checkDial(p *problems, field, v string) {
+	a, ok := checkListen(p, field, v)
+	switch {
+	case !ok:
+	case a.wildcard():
+		p.add(field, "%q has no host to dial: give a DNS name or IP address", v)
+	case a.port == 0:
+		p.add(field, "%q: port 0 cannot be dialled; give a port 1..65535", v)
+	}
+}
+
 // checkListen parses a host:port to listen on: the host is empty (every
 // interface), an IP address or a DNS name; the port a number 0..65535
 // written plainly (service names are not looked up). Port 0 takes a free
@@ -312,6 +364,56 @@ func validHost(h string) bool {
 		return false
 	}
 	return len(h) <= 253 && hostRe.MatchString(h)
+}
+
+// regionRe is what a region looks like; it is broker's rule for the
+// region of a registered node (broker/nodes.go), so that the central tier
+// never refuses a region the configuration accepted.
+var regionRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+func checkRegion(p *problems, field, v string) {
+	if v != "" && !regionRe.MatchString(v) {
+		p.add(field, "%q is not 1-63 lowercase letters, digits or '-' starting with a letter or digit", v)
+	}
+}
+
+// Label bounds, those of package managed's ValidateLabels, which the
+// central tier applies to the labels an edge registers with.
+const (
+	MaxLabels          = 64
+	MaxLabelValueBytes = 256
+)
+
+var labelKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
+
+// checkLabels checks a node's labels, in key order so that problems come
+// out in the same order each time.
+func checkLabels(p *problems, field string, labels map[string]string) {
+	if len(labels) > MaxLabels {
+		p.add(field, "%d labels; at most %d", len(labels), MaxLabels)
+	}
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		f := mapField(field, k)
+		if !labelKeyRe.MatchString(k) {
+			p.add(f, "the key is not 1-63 letters, digits, '.', '_', '/' or '-' starting with a letter or digit")
+		}
+		if v := labels[k]; len(v) > MaxLabelValueBytes {
+			p.add(f, "value is %d bytes; at most %d", len(v), MaxLabelValueBytes)
+		}
+	}
+}
+
+// plainKeyRe is a map key that can be written after a dot in a field path.
+var plainKeyRe = regexp.MustCompile(`^[A-Za-z0-9._/-]+$`)
+
+// mapField is the field path of a map entry: labels.zone, or, for a key
+// that is not plain, labels["a key"] (quoted, so that a control character
+// in a key cannot garble a message).
+func mapField(path, key string) string {
+	if plainKeyRe.MatchString(key) {
+		return joinField(path, key)
+	}
+	return path + "[" + strconv.Quote(key) + "]"
 }
 
 // checkDuration checks lo <= d <= hi.
@@ -390,4 +492,33 @@ func resolvePath(base string, p *string) {
 		*p = filepath.Join(base, *p)
 	}
 	*p = filepath.Clean(*p)
+}
+
+// statDataDir checks that data_dir is a directory if it exists; the node
+// creates it otherwise.
+func statDataDir(p *problems, field, dir string) {
+	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
+		p.add(field, "%s is not a directory", dir)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		p.at(0, field, err)
+	}
+}
+
+// readConfig reads the file at path for a loader: its bytes, and the
+// directory relative paths in it are resolved against. Errors name the
+// file.
+func readConfig(path string) ([]byte, string, error) {
+	data, err := readFile(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, "", &Error{File: path, Err: err}
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, "", &Error{File: path, Err: err}
+	}
+	return data, filepath.Dir(abs), nil
 }

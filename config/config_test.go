@@ -95,6 +95,7 @@ func TestDocExample(t *testing.T) {
 		Limits:          Limits{MaxRequestBytes: 5 << 20},
 		Log:             Log{Level: "info", Format: "json"},
 		ShutdownTimeout: 30 * time.Second,
+		Edges:           Edges{Lease: 30 * time.Second},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("full example (-want +got):\n%s", diff)
@@ -116,6 +117,7 @@ func TestDocExample(t *testing.T) {
 		"limits":           {want.Limits, min.Limits},
 		"log":              {want.Log, min.Log},
 		"shutdown_timeout": {want.ShutdownTimeout, min.ShutdownTimeout},
+		"edges":            {want.Edges, min.Edges},
 	} {
 		if diff := cmp.Diff(pair[0], pair[1]); diff != "" {
 			t.Errorf("%s: full example and defaults differ (-full +defaults):\n%s", name, diff)
@@ -124,6 +126,12 @@ func TestDocExample(t *testing.T) {
 	for i, b := range blocks[2:] {
 		if strings.HasPrefix(b, "# invalid") {
 			continue // TestDocValidationExamples
+		}
+		if strings.HasPrefix(b, "# edge.yaml") {
+			if _, err := ParseEdge("edge.yaml", []byte(b), "/etc/keybroker"); err != nil {
+				t.Errorf("yaml block %d of docs/config.md (an edge.yaml) does not load:\n%v", i+3, err)
+			}
+			continue // TestDocEdgeExample
 		}
 		if _, err := ParseCentral("central.yaml", []byte(b), "/etc/keybroker"); err != nil {
 			t.Errorf("yaml block %d of docs/config.md does not load:\n%v", i+3, err)
@@ -203,6 +211,8 @@ policy: {paths: [p]}
 		"level":             c.Log.Level == "info",
 		"format":            c.Log.Format == "json",
 		"shutdown_timeout":  c.ShutdownTimeout == 30*time.Second,
+		"edges.lease":       c.Edges.Lease == 30*time.Second,
+		"edges.heartbeat":   c.Edges.Heartbeat == 0 && c.Edges.HeartbeatInterval() == 10*time.Second,
 	} {
 		if got != true {
 			t.Errorf("default %s is not the documented one", name)

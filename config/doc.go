@@ -1,28 +1,30 @@
 // Package config is keybroker's configuration: YAML files decoded strictly
 // into typed structs and validated before a node starts. [Central] is the
-// central process's; the parts every node shares ([TLS], [Log], [Audit],
-// [MaterialCache], [DataKeyReuse], [Limits], listen addresses and duration
-// bounds) are separate types so that the edge's configuration reuses them.
-// docs/config.md describes every field.
+// central process's, [Edge] an edge's; the parts they share ([TLS], [Log],
+// [Audit], [MaterialCache], [DataKeyReuse], [Limits], listen addresses,
+// names and duration bounds) are separate types and checks, so that both
+// apply the same rules and defaults. docs/config.md describes every field.
 //
 // # Loading
 //
-// [LoadCentral] reads a file, [ParseCentral] the same from bytes. Both
-// decode, fill defaults, resolve relative paths against the file's
-// directory, and [Central.Validate]. [Central.Check] is separate and looks
-// at the file system (the TLS files are readable, data_dir is a
-// directory), because validation must not depend on the machine it runs
-// on: a configuration is validated the same in CI as on the host.
+// [LoadCentral] and [LoadEdge] read a file, [ParseCentral] and [ParseEdge]
+// the same from bytes. They decode over the defaults ([DefaultCentral],
+// [DefaultEdge]), resolve relative paths against the file's directory, and
+// validate ([Central.Validate], [Edge.Validate]). [Central.Check] and
+// [Edge.Check] are separate and look at the file system (the TLS files are
+// readable, data_dir is a directory), because validation must not depend
+// on the machine it runs on: a configuration is validated the same in CI
+// as on the host.
 //
 // # Strictness
 //
 // A configuration is one YAML document of at most [MaxFileSize] bytes.
 // Unknown fields, fields given twice, values of the wrong kind (a list
 // where a mapping belongs), numbers that are not whole, durations without a
-// unit ("30" could mean seconds or nanoseconds), null values and YAML
-// aliases are errors, as are values out of range. Values are taken as
-// written: nothing is case-folded or trimmed. A field left out takes its
-// default; a field given must be valid.
+// unit ("30" could mean seconds or nanoseconds), booleans other than true
+// and false, null values and YAML aliases are errors, as are values out of
+// range. Values are taken as written: nothing is case-folded or trimmed. A
+// field left out takes its default; a field given must be valid.
 //
 // # Errors
 //

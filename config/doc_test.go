@@ -13,17 +13,18 @@ import (
 	"time"
 )
 
-// docFields reads the "## Fields" table of docs/config.md: field path ->
-// its cells (type, default, range, description).
-func docFields(t *testing.T) map[string][]string {
+// docFields reads the field table in the section of docs/config.md under
+// heading ("## Fields"): field path -> its cells (type, default, range,
+// description).
+func docFields(t *testing.T, heading string) map[string][]string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("..", "docs", "config.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(data), "\n## Fields\n")
+	_, section, ok := strings.Cut(string(data), "\n"+heading+"\n")
 	if !ok {
-		t.Fatal("docs/config.md has no ## Fields section")
+		t.Fatalf("docs/config.md has no %s section", heading)
 	}
 	section, _, _ = strings.Cut(section, "\n## ")
 	rows := map[string][]string{}
@@ -40,7 +41,7 @@ func docFields(t *testing.T) map[string][]string {
 		}
 		name := strings.Trim(cells[0], "`")
 		if _, dup := rows[name]; dup {
-			t.Errorf("docs/config.md: %s is documented twice", name)
+			t.Errorf("docs/config.md: %s: %s is documented twice", heading, name)
 		}
 		rows[name] = cells[1:]
 	}
@@ -74,19 +75,35 @@ func valueAt(v reflect.Value, path string) reflect.Value {
 }
 
 func TestDocFieldTable(t *testing.T) {
-	rows := docFields(t)
+	for _, tc := range []struct {
+		heading  string // of the section holding the table
+		defaults any    // DefaultCentral() or DefaultEdge()
+	}{
+		{"## Fields", DefaultCentral()},
+		{"## Edge", DefaultEdge()},
+	} {
+		t.Run(reflect.TypeOf(tc.defaults).Name(), func(t *testing.T) {
+			checkDocTable(t, tc.heading, reflect.ValueOf(tc.defaults))
+		})
+	}
+}
+
+// checkDocTable checks the field table under heading against the type of
+// defaults: every field is in it, with its type, and with its default
+// where the table writes one as code.
+func checkDocTable(t *testing.T, heading string, defaults reflect.Value) {
+	rows := docFields(t, heading)
 	schema := map[string]reflect.Type{}
-	schemaFields(reflect.TypeFor[Central](), "", schema)
+	schemaFields(defaults.Type(), "", schema)
 	for path := range schema {
 		if _, ok := rows[path]; !ok {
-			t.Errorf("docs/config.md: field %s is not in the table", path)
+			t.Errorf("docs/config.md: %s: field %s is not in the table", heading, path)
 		}
 	}
-	defaults := reflect.ValueOf(DefaultCentral())
 	for path, cells := range rows {
 		typ, ok := schema[path]
 		if !ok {
-			t.Errorf("docs/config.md: %s is in the table but not in config.Central", path)
+			t.Errorf("docs/config.md: %s: %s is in the table but not in config.%s", heading, path, defaults.Type().Name())
 			continue
 		}
 		// The type column matches the Go type.
@@ -103,6 +120,10 @@ func TestDocFieldTable(t *testing.T) {
 			kinds = []string{"string", "path", "key URI", "host:port"}
 		case typ.Kind() == reflect.Int || typ.Kind() == reflect.Uint64:
 			kinds = []string{"integer"}
+		case typ.Kind() == reflect.Bool:
+			kinds = []string{"boolean"}
+		case typ.Kind() == reflect.Map && typ.Key().Kind() == reflect.String && typ.Elem().Kind() == reflect.String:
+			kinds = []string{"mapping of strings"}
 		}
 		found := false
 		for _, k := range kinds {
@@ -125,18 +146,20 @@ func TestDocFieldTable(t *testing.T) {
 			got = strconv.FormatInt(v.Int(), 10)
 		case v.CanUint():
 			got = strconv.FormatUint(v.Uint(), 10)
+		case v.Kind() == reflect.Bool:
+			got = strconv.FormatBool(v.Bool())
 		default:
 			got = v.String()
 		}
 		if want := strings.Trim(def, "`"); got != want {
-			t.Errorf("docs/config.md: %s default is %s, DefaultCentral has %s", path, want, got)
+			t.Errorf("docs/config.md: %s default is %s, Default%s has %s", path, want, defaults.Type().Name(), got)
 		}
 	}
 }
 
 // TestDocValidationExamples runs the invalid examples in docs/config.md
-// (yaml blocks starting "# invalid") and compares the errors with the
-// text block after each.
+// (yaml blocks starting "# invalid", or "# invalid edge.yaml" for an
+// edge's) and compares the errors with the text block after each.
 func TestDocValidationExamples(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("..", "docs", "config.md"))
 	if err != nil {
@@ -157,7 +180,12 @@ func TestDocValidationExamples(t *testing.T) {
 		}
 		want, after, _ := strings.Cut(after, "\n```\n")
 		rest = after
-		_, err := ParseCentral("central.yaml", []byte("# invalid"+block+"\n"), "/etc/keybroker")
+		var err error
+		if strings.HasPrefix(block, " edge.yaml") {
+			_, err = ParseEdge("edge.yaml", []byte("# invalid"+block+"\n"), "/etc/keybroker")
+		} else {
+			_, err = ParseCentral("central.yaml", []byte("# invalid"+block+"\n"), "/etc/keybroker")
+		}
 		if err == nil {
 			t.Errorf("invalid example %d loads", n)
 			continue

@@ -190,6 +190,35 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 			w.lines[fp] = k.Line
 			w.walk(v, f.Type, fp)
 		}
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			w.fail(n.Line, path, "want a mapping, found %s", describe(n))
+			return
+		}
+		seen := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			switch {
+			case k.Kind != yaml.ScalarNode:
+				w.fail(k.Line, path, "a key must be a single value, found %s", describe(k))
+				continue
+			case k.Value == "<<" && k.ShortTag() == "!!merge":
+				w.fail(k.Line, path, "YAML merge keys (<<) are not allowed in a configuration; write the entries out")
+				continue
+			case k.ShortTag() == "!!null":
+				w.fail(k.Line, path, "a key is missing; write it out")
+				continue
+			}
+			fp := mapField(path, k.Value)
+			if prev, dup := seen[k.Value]; dup {
+				w.fail(k.Line, fp, "given twice; first on line %d", prev)
+				continue
+			}
+			seen[k.Value] = k.Line
+			w.lines[fp] = k.Line
+			w.scalar(k, t.Key(), fp)
+			w.walk(v, t.Elem(), fp)
+		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			w.fail(n.Line, path, "want a list, found %s", describe(n))
@@ -212,7 +241,7 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 // scalar checks that a value decodes into t, and is written as the type
 // says: durations with a unit (yaml would refuse a bare number anyway, and
 // "30" could mean seconds or nanoseconds), numbers as whole numbers (yaml
-// would quietly truncate 1.5 or accept 1e3).
+// would quietly truncate 1.5 or accept 1e3), booleans as true or false.
 func (w *walker) scalar(n *yaml.Node, t reflect.Type, path string) {
 	v := reflect.New(t)
 	err := n.Decode(v.Interface())
@@ -228,6 +257,12 @@ func (w *walker) scalar(n *yaml.Node, t reflect.Type, path string) {
 	case t.Kind() >= reflect.Uint && t.Kind() <= reflect.Uint64:
 		if err != nil || n.ShortTag() != "!!int" {
 			w.fail(n.Line, path, "%q is not a whole number of 0 or more", n.Value)
+		}
+	case t.Kind() == reflect.Bool:
+		// yaml would also take yes, no, on and off, and other spellings
+		// of true and false.
+		if err != nil || n.ShortTag() != "!!bool" || (n.Value != "true" && n.Value != "false") {
+			w.fail(n.Line, path, "%q is not true or false", n.Value)
 		}
 	case t.Kind() == reflect.String:
 		// Any scalar is a string to yaml; !!binary could still smuggle

@@ -48,8 +48,9 @@ type KeySource interface {
 	Get(ctx context.Context, id string) (*Key, error)
 }
 
-// MaterialSource gives a key version's 32 bytes of material. The secret
-// belongs to the source (a cache); Ops never destroys it.
+// MaterialSource gives a key version's 32 bytes of material. The caller
+// owns the secret it returns and destroys it after use, so a source can
+// zero its cached copy on eviction without pulling it from under a call.
 type MaterialSource interface {
 	Material(ctx context.Context, k *Key, v uint32) (*secret.Bytes, error)
 }
@@ -200,20 +201,21 @@ func (o *Ops) newDataKey(ctx context.Context, k *Key, v uint32, ectx map[string]
 	if err != nil {
 		return nil, err
 	}
-	if k.Derived {
-		defer kek.Destroy()
-	}
+	defer kek.Destroy()
 	return envelope.GenerateDataKey(kek, k.ID, v)
 }
 
 // kek is the key that wraps data keys of version v: the material, or for
-// derived keys the per-context key (which the caller destroys).
+// derived keys the per-context key. The caller destroys it.
 func (o *Ops) kek(ctx context.Context, k *Key, v uint32, ectx map[string]string) (*secret.Bytes, error) {
 	m, err := o.mat.Material(ctx, k, v)
 	if err != nil {
 		return nil, err
 	}
 	kek, err := envelope.KEK(m, k.Derived, ectx)
+	if kek != m {
+		m.Destroy()
+	}
 	if err != nil {
 		return nil, Errorf(ErrInvalidArgument, "%v", err)
 	}
@@ -240,9 +242,7 @@ func (o *Ops) openDataKey(ctx context.Context, k *Key, h *envelope.Header, ectx 
 		if err != nil {
 			return nil, err
 		}
-		if k.Derived {
-			defer kek.Destroy()
-		}
+		defer kek.Destroy()
 		dk, err := envelope.UnwrapDataKey(kek, k.ID, h.Version, h.WrappedDEK)
 		if errors.Is(err, envelope.ErrDecrypt) {
 			return nil, Errorf(ErrInvalidArgument, errBadCiphertext)
@@ -379,6 +379,7 @@ func (o *Ops) sign(ctx context.Context, k *Key, v uint32, msg []byte, digest boo
 		return nil, err
 	}
 	sk, err := SigningKey(k.Type, m)
+	m.Destroy()
 	if err != nil {
 		return nil, err
 	}
@@ -460,6 +461,7 @@ func (o *Ops) mac(ctx context.Context, k *Key, v uint32, msg []byte) (*secret.By
 	if err != nil {
 		return nil, err
 	}
+	defer material.Destroy()
 	h := hmac.New(sha256.New, material.Reveal())
 	h.Write(msg)
 	return secret.New(h.Sum(nil)), nil

@@ -29,7 +29,7 @@ func (s *keys) Get(_ context.Context, id string) (*Key, error) {
 
 func (s *keys) Material(_ context.Context, k *Key, v uint32) (*secret.Bytes, error) {
 	s.calls++
-	return s.mat[k.ID], nil
+	return s.mat[k.ID].Clone(), nil
 }
 
 func newOps(t *testing.T) (*Ops, *keys) {

@@ -1,4 +1,4 @@
-package central
+package rpc
 
 import (
 	"context"
@@ -9,13 +9,16 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-type rpcMetrics struct {
+// Metrics counts gRPC calls by method and code and times them.
+type Metrics struct {
 	calls    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 }
 
-func newRPCMetrics(reg prometheus.Registerer) *rpcMetrics {
-	m := &rpcMetrics{
+// NewMetrics registers keybroker_grpc_requests_total and
+// keybroker_grpc_request_duration_seconds with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "keybroker", Subsystem: "grpc", Name: "requests_total",
 			Help: "gRPC calls by method and status code.",
@@ -29,8 +32,8 @@ func newRPCMetrics(reg prometheus.Registerer) *rpcMetrics {
 	return m
 }
 
-// interceptor counts calls; methods are a fixed set, so labels are bounded.
-func (m *rpcMetrics) interceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+// Interceptor counts calls; methods are a fixed set, so labels are bounded.
+func (m *Metrics) Interceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := h(ctx, req)
 	m.calls.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()

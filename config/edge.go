@@ -1,0 +1,239 @@
+package config
+
+import (
+	"time"
+)
+
+// Edge is the configuration of a keybroker edge
+// (keybroker edge --config edge.yaml): a node close to its clients that
+// serves KeyBroker and KeyAdmin from a replica of the key metadata and
+// material the central tier places on it, sealed to the edge's own key.
+// The zero value is not useful: start from DefaultEdge, or load a file
+// with LoadEdge.
+type Edge struct {
+	// NodeID names this edge in the central tier's node inventory, logs,
+	// audit records and its SPIFFE id spiffe://<trust_domain>/edge/<node_id>,
+	// which its certificate must carry. Required; 1-64 letters, digits,
+	// '.', '_' or '-', starting with a letter or digit.
+	NodeID string `yaml:"node_id"`
+	// TrustDomain is the SPIFFE trust domain of every identity this node
+	// accepts, the central tier's included; peers whose certificates name
+	// another are refused. Required; lowercase letters, digits, '.' and
+	// '-', at most 255, starting and ending with a letter or digit.
+	TrustDomain string `yaml:"trust_domain"`
+	// Listen is the host:port of the gRPC API clients use (KeyBroker,
+	// KeyAdmin), served over mutual TLS. An empty host listens on every
+	// interface; port 0 takes a free port (tests, keybroker dev).
+	// Required; port 0..65535.
+	Listen string `yaml:"listen"`
+	// AdvertiseAddress is the host:port clients dial to reach Listen; the
+	// edge registers it with the central tier, whose LookupKey and
+	// ListNodes return it. Optional: by default the listen address with
+	// the port actually bound; required when listen's host is empty or a
+	// wildcard (0.0.0.0, ::), which no client can dial.
+	AdvertiseAddress string `yaml:"advertise_address"`
+	// OpsListen is the host:port of /healthz, /readyz and /metrics, also
+	// served over mutual TLS. Required; must not overlap Listen.
+	OpsListen string `yaml:"ops_listen"`
+	// TLS names this node's certificate, key and the CA its peers (its
+	// clients and the central tier) must chain to. Required.
+	TLS TLS `yaml:"tls"`
+	// DataDir holds the replica (replica.db: key metadata, and material
+	// sealed to this edge), the edge's HPKE private sealing key
+	// (sealing.key, mode 0600) and, by default, the audit log. Required.
+	DataDir string `yaml:"data_dir"`
+	// Region is where this edge runs; the edge registers it with the
+	// central tier, and placement expressions and policies see it as
+	// principal.region. Optional; 1-63 lowercase letters, digits or '-',
+	// starting with a letter or digit.
+	Region string `yaml:"region"`
+	// Labels describe this edge; the edge registers them with the central
+	// tier, and placement expressions and policies see them as the
+	// principal's tags (principal.getTag("zone")). Optional; at most 64;
+	// keys 1-63 letters, digits, '.', '_', '/' or '-', starting with a
+	// letter or digit; values at most 256 bytes.
+	Labels map[string]string `yaml:"labels,omitempty"`
+	// Central says how to reach the central tier. Required
+	// (central.address).
+	Central EdgeCentral `yaml:"central"`
+	// Prefetch: when true, Watch delivers the material of every key
+	// placed on this edge as it changes, so that the edge can serve it
+	// while disconnected; when false, material is fetched on first use.
+	// Default true.
+	Prefetch bool `yaml:"prefetch"`
+	// MaxStaleness is how long after its lease from the central tier runs
+	// out the edge keeps serving from its cached material while
+	// disconnected; after that it refuses requests with Unavailable until
+	// it is connected again. 0s refuses as soon as the lease runs out.
+	// Default 5m, range 0s..24h.
+	MaxStaleness time.Duration `yaml:"max_staleness"`
+	// Reconnect bounds the backoff between attempts to reach the central
+	// tier. Optional.
+	Reconnect Reconnect `yaml:"reconnect"`
+	// MaterialCache bounds the plaintext material held in memory.
+	// Optional.
+	MaterialCache MaterialCache `yaml:"material_cache"`
+	// DataKeyReuse bounds data-key reuse when this node encrypts.
+	// Optional.
+	DataKeyReuse DataKeyReuse `yaml:"data_key_reuse"`
+	// Audit configures the audit log. Optional.
+	Audit Audit `yaml:"audit"`
+	// Limits bounds requests. Optional.
+	Limits Limits `yaml:"limits"`
+	// Log configures logging. Optional.
+	Log Log `yaml:"log"`
+	// ShutdownTimeout is how long a stopping node lets requests in flight
+	// finish before it cuts them off. Default 30s, range 1s..10m.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// EdgeCentral is how an edge reaches the central tier (EdgeSync: Register,
+// Watch, FetchMaterial, Forward, Acknowledge), over mutual TLS with the
+// edge's certificate.
+type EdgeCentral struct {
+	// Address is the host:port of the central tier's gRPC API. Required;
+	// a DNS name or IP address that is not a wildcard, port 1..65535.
+	Address string `yaml:"address"`
+	// ServerName is the host name verified in the central tier's
+	// certificate. Optional: by default the host of Address (an empty
+	// ServerName, as identity.TLSFiles.ClientConfig takes it); a DNS name
+	// or IP address.
+	ServerName string `yaml:"server_name"`
+}
+
+// Reconnect bounds the backoff between an edge's attempts to reach the
+// central tier: the wait grows from InitialBackoff after the first failure
+// up to MaxBackoff.
+type Reconnect struct {
+	// InitialBackoff is the wait before the first retry. Default 100ms,
+	// range 10ms..1m.
+	InitialBackoff time.Duration `yaml:"initial_backoff"`
+	// MaxBackoff is the longest wait between retries. Default 30s, range
+	// 100ms..10m; at least InitialBackoff.
+	MaxBackoff time.Duration `yaml:"max_backoff"`
+}
+
+// Edge defaults and bounds not shared with other nodes.
+const (
+	DefaultPrefetch       = true
+	DefaultMaxStaleness   = 5 * time.Minute
+	MaxMaxStaleness       = 24 * time.Hour
+	DefaultInitialBackoff = 100 * time.Millisecond
+	MinInitialBackoff     = 10 * time.Millisecond
+	MaxInitialBackoff     = time.Minute
+	DefaultMaxBackoff     = 30 * time.Second
+	MinMaxBackoff         = 100 * time.Millisecond
+	MaxMaxBackoff         = 10 * time.Minute
+)
+
+// DefaultEdge returns a configuration holding every default; the required
+// fields are empty. audit.path is left empty because its default depends
+// on data_dir: ResolvePaths fills it.
+func DefaultEdge() Edge {
+	return Edge{
+		Prefetch:        DefaultPrefetch,
+		MaxStaleness:    DefaultMaxStaleness,
+		Reconnect:       Reconnect{InitialBackoff: DefaultInitialBackoff, MaxBackoff: DefaultMaxBackoff},
+		MaterialCache:   MaterialCache{Size: DefaultMaterialCacheSize, TTL: DefaultMaterialCacheTTL},
+		DataKeyReuse:    defaultDataKeyReuse(),
+		Audit:           Audit{FlushInterval: DefaultAuditFlush},
+		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
+		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+		ShutdownTimeout: DefaultShutdownTimeout,
+	}
+}
+
+// LoadEdge reads, decodes and validates the edge configuration in path.
+// Relative paths in it are resolved against the file's directory. Every
+// error is an *Error naming the file, and the line and field where known;
+// all problems are reported together (errors.Join).
+func LoadEdge(path string) (*Edge, error) {
+	data, dir, err := readConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEdge(path, data, dir)
+}
+
+// ParseEdge is LoadEdge on data already read: name is used in errors, and
+// baseDir is the directory relative paths are resolved against ("" leaves
+// them relative to the working directory). Decoding is as strict as
+// ParseCentral's.
+func ParseEdge(name string, data []byte, baseDir string) (*Edge, error) {
+	e := DefaultEdge()
+	lines, probs := decode(data, &e)
+	if len(probs) > 0 {
+		return nil, probs.join(name, lines)
+	}
+	e.ResolvePaths(baseDir)
+	if probs := e.validate(); len(probs) > 0 {
+		return nil, probs.join(name, lines)
+	}
+	return &e, nil
+}
+
+// ResolvePaths makes the relative paths in e (tls, data_dir, audit.path)
+// absolute against baseDir, and sets audit.path to <data_dir>/audit.jsonl
+// when it is empty. It is idempotent. ParseEdge calls it; a configuration
+// built in code calls it before Validate.
+func (e *Edge) ResolvePaths(baseDir string) {
+	e.TLS.resolve(baseDir)
+	resolvePath(baseDir, &e.DataDir)
+	e.Audit.resolve(baseDir, e.DataDir)
+}
+
+// Validate checks every field and the relations between them, and returns
+// every problem found, joined; each is an *Error naming its field. It does
+// not touch the file system: see Check.
+func (e *Edge) Validate() error {
+	return e.validate().join("", nil)
+}
+
+func (e *Edge) validate() problems {
+	var p problems
+	checkName(&p, "node_id", e.NodeID)
+	checkTrustDomain(&p, "trust_domain", e.TrustDomain)
+	checkListeners(&p, e.Listen, e.AdvertiseAddress, e.OpsListen)
+	e.TLS.check(&p, "tls")
+	checkPath(&p, "data_dir", e.DataDir)
+	checkRegion(&p, "region", e.Region)
+	checkLabels(&p, "labels", e.Labels)
+	e.Central.check(&p, "central")
+	checkDuration(&p, "max_staleness", e.MaxStaleness, 0, MaxMaxStaleness)
+	e.Reconnect.check(&p, "reconnect")
+	e.MaterialCache.check(&p, "material_cache")
+	e.DataKeyReuse.check(&p, "data_key_reuse")
+	e.Audit.check(&p, "audit", e.DataDir)
+	e.Limits.check(&p, "limits")
+	e.Log.check(&p, "log")
+	checkDuration(&p, "shutdown_timeout", e.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
+	return p
+}
+
+func (c EdgeCentral) check(p *problems, field string) {
+	checkDial(p, field+".address", c.Address)
+	if c.ServerName != "" && !validHost(c.ServerName) {
+		p.add(field+".server_name", "%q is not a DNS name or IP address (without a port)", c.ServerName)
+	}
+}
+
+func (r Reconnect) check(p *problems, field string) {
+	checkDuration(p, field+".initial_backoff", r.InitialBackoff, MinInitialBackoff, MaxInitialBackoff)
+	checkDuration(p, field+".max_backoff", r.MaxBackoff, MinMaxBackoff, MaxMaxBackoff)
+	if r.MaxBackoff >= MinMaxBackoff && r.InitialBackoff >= MinInitialBackoff && r.MaxBackoff < r.InitialBackoff {
+		p.add(field+".max_backoff", "%s is below %s.initial_backoff (%s)", formatDuration(r.MaxBackoff), field, formatDuration(r.InitialBackoff))
+	}
+}
+
+// Check looks at the files the configuration names, after Validate: the
+// TLS files are readable regular files, data_dir is a directory if it
+// exists (the node creates it), and audit.path's directory exists or is
+// data_dir. It neither parses nor keeps what it reads. Every problem is an
+// *Error naming its field, joined.
+func (e *Edge) Check() error {
+	var p problems
+	e.TLS.stat(&p, "tls")
+	statDataDir(&p, "data_dir", e.DataDir)
+	e.Audit.stat(&p, "audit", e.DataDir)
+	return p.join("", nil)
+}
