@@ -3,7 +3,6 @@ package rpc
 import (
 	"cmp"
 	"slices"
-	"time"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/managed"
@@ -11,8 +10,8 @@ import (
 )
 
 // LookupInput is what a node knows when it answers LookupKey: the key, the
-// node inventory (with leases) and the placement policy — all replicated,
-// so every node gives the same answer for the same client.
+// node inventory and the placement policy — all replicated, so every node
+// gives the same answer for the same client.
 type LookupInput struct {
 	Key          *managed.Key
 	Op           kbv1.Operation
@@ -23,7 +22,6 @@ type LookupInput struct {
 	Self        string
 	Policy      *policy.Set
 	TrustDomain string
-	Now         time.Time
 }
 
 // replicaOps need no material: an edge answers them from its replica.
@@ -76,9 +74,14 @@ func EdgePrincipal(n *kbv1.Node, trustDomain string) policy.Principal {
 // taken to be local to the answering node: its region is the node's, and
 // the node comes first in its group. Otherwise nodes in a group are in id
 // order, so every node gives the same answer for the same client.
-// Edges whose lease has run out are left out; so are forwarding edges in
-// other regions, which would add a hop and a region to a call the central
-// tier answers directly.
+// Edges that serve locally come before forwarding ones because they keep
+// serving while the central tier is unreachable. Edges that do not follow
+// the central tier (no Watch stream open: the inventory's connected flag,
+// which the central tier broadcasts the moment it changes) are left out, so
+// are forwarding edges in other regions, which would add a hop and a region
+// to a call the central tier answers directly. Leases are not consulted:
+// every edge's copy of another edge's lease is only as fresh as the last
+// inventory broadcast, so answers would differ from node to node.
 func Lookup(in LookupInput) []*kbv1.LookupNode {
 	region := in.ClientLabels["region"]
 	self := ""
@@ -102,7 +105,7 @@ func Lookup(in LookupInput) []*kbv1.LookupNode {
 			out = append(out, ranked{4, ln})
 			continue
 		}
-		if n.LeaseExpires == nil || !in.Now.Before(n.GetLeaseExpires().AsTime()) {
+		if !n.GetConnected() {
 			continue
 		}
 		ln.Reason = EdgeReason(in.Key, in.Op, n, in.Policy, in.TrustDomain)

@@ -179,7 +179,7 @@ func (n *centralNode) LookupKey(ctx context.Context, k *managed.Key, op kbv1.Ope
 		return nil, err
 	}
 	return rpc.Lookup(rpc.LookupInput{Key: k, Op: op, ClientLabels: labels, Nodes: nodes, Self: n.s.node,
-		Policy: n.s.policy.Current(), TrustDomain: n.s.td, Now: time.Now()}), nil
+		Policy: n.s.policy.Current(), TrustDomain: n.s.td}), nil
 }
 
 // Served names the root of trust of the key's primary version.

@@ -59,14 +59,20 @@ type watcher struct {
 }
 
 func (w *watcher) run(ctx context.Context, from uint64) error {
+	// Arm the inventory signal before anything reads the inventory, so an
+	// edge connecting or leaving between that read and the loop is not
+	// missed.
+	changed := w.s.live.Changed()
 	st := w.s.svc.Registry().Store()
 	var feed *store.Watcher
 	var err error
+	resumed := false
 	if from > 0 {
 		feed, err = st.Watch(ctx, from)
 		if err != nil && !errors.Is(err, store.ErrCompacted) {
 			return w.s.toStatus(err).Err()
 		}
+		resumed = feed != nil
 	}
 	if feed == nil {
 		// Subscribe before the snapshot so no change falls between them;
@@ -83,18 +89,21 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 	if err := w.heartbeat(from); err != nil {
 		return err
 	}
+	if resumed {
+		// No snapshot: the inventory may have changed while the edge was
+		// away.
+		if err := w.sendNodes(ctx, from); err != nil {
+			return err
+		}
+	}
 	for {
-		changed := w.s.live.Changed()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
 			// An edge connected or went away: lookups change.
-			nodes, err := w.nodes(ctx)
-			if err != nil {
-				return err
-			}
-			if err := w.send(&kbv1.WatchEvent{Revision: from, Event: &kbv1.WatchEvent_Nodes{Nodes: nodes}}); err != nil {
+			changed = w.s.live.Changed()
+			if err := w.sendNodes(ctx, from); err != nil {
 				return err
 			}
 		case ev, ok := <-feed.C():
@@ -198,13 +207,18 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 				w.node = n // placement follows the edge's registered region and labels
 			}
 		}
-		nodes, err := w.nodes(ctx)
-		if err != nil {
-			return err
-		}
-		return w.send(&kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_Nodes{Nodes: nodes}})
+		return w.sendNodes(ctx, ev.Revision)
 	}
 	return nil
+}
+
+// sendNodes sends the inventory as it is now.
+func (w *watcher) sendNodes(ctx context.Context, rev uint64) error {
+	nodes, err := w.nodes(ctx)
+	if err != nil {
+		return err
+	}
+	return w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Nodes{Nodes: nodes}})
 }
 
 func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
