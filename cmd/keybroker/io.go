@@ -123,6 +123,15 @@ func (a *app) printFields(rows [][2]string) error {
 	return tw.Flush()
 }
 
+// printTable prints rows as aligned columns, the first row the header.
+func (a *app) printTable(rows [][]string) error {
+	tw := tabwriter.NewWriter(a.env.stdout, 0, 0, 2, ' ', 0)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
 // enumValue is a string flag with a closed set of values.
 type enumValue struct {
 	value   string

@@ -8,6 +8,8 @@
 //	keybroker key create|list|describe|rotate|update|disable|enable|schedule-deletion|cancel-deletion
 //	keybroker encrypt|decrypt|reencrypt|datakey
 //	keybroker sign|verify|mac|verify-mac|random
+//	keybroker lookup --key K --op OP
+//	keybroker nodes
 //	keybroker audit verify FILE
 //	keybroker version
 //
@@ -205,10 +207,12 @@ func newRootCmd(e *env) *cobra.Command {
 		a.macCmd(),
 		a.verifyMACCmd(),
 		a.randomCmd(),
+		a.lookupCmd(),
+		a.nodesCmd(),
 		a.auditCmd(),
 		a.versionCmd(),
 	)
-	root.AddCommand(newCentralCmd(e), newRootKeyCmd(e))
+	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newRootKeyCmd(e))
 	// Server commands, one line each. They take the streams and environment
 	// from e, and the process context
 	// (cancelled on SIGINT and SIGTERM) from cmd.Context(). An error returned

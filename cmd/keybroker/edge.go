@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keybroker/keybroker/config"
+	"github.com/keybroker/keybroker/edge"
+)
+
+func newEdgeCmd(e *env) *cobra.Command {
+	var configPath string
+	cmd := &cobra.Command{
+		Use:   "edge --config edge.yaml",
+		Short: "Run an edge node: serves clients near them from sealed, cached key material",
+		Long: `Run an edge node. The configuration (docs/config.md) names the central
+tier, this edge's region and labels, the listen addresses, the TLS files
+(the certificate must be spiffe://<trust_domain>/edge/<node_id>) and the
+data directory; it is decoded strictly and validated before anything starts.
+
+The edge follows the central tier (reconnecting with backoff), keeps the
+key metadata and the material sealed to it in data_dir, and serves KeyBroker
+and KeyAdmin over mutual TLS: locally for keys whose material it may hold,
+forwarded to the central tier otherwise. Disconnected, it serves from its
+replica until its lease plus max_staleness runs out, then refuses with
+Unavailable. /healthz, /readyz and /metrics are on ops_listen. SIGINT or
+SIGTERM stops the edge gracefully within shutdown_timeout.`,
+		Example: `  keybroker edge --config /etc/keybroker/edge.yaml`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.LoadEdge(configPath)
+			if err != nil {
+				return usageError(err)
+			}
+			if err := cfg.Check(); err != nil {
+				return usageError(err)
+			}
+			return runEdge(cmd.Context(), cfg, newLogger(e, cfg.Log))
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "path of the edge node's YAML configuration (required)")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+func runEdge(ctx context.Context, cfg *config.Edge, log *slog.Logger) error {
+	node, err := edge.Start(ctx, cfg, edge.Options{Logger: log})
+	if err != nil {
+		log.Error("edge failed to start", "err", err)
+		return err
+	}
+	var serveErr error
+	select {
+	case serveErr = <-node.Done():
+		log.Error("server stopped", "err", serveErr)
+	case <-ctx.Done():
+		log.Info("shutting down")
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := node.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		return err
+	}
+	log.Info("stopped")
+	if serveErr != nil {
+		return fmt.Errorf("server stopped: %w", serveErr)
+	}
+	return nil
+}

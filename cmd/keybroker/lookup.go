@@ -1,0 +1,161 @@
+package main
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+)
+
+// lookupOps are the operations LookupKey answers for, by CLI name.
+var lookupOps = map[string]kbv1.Operation{
+	"encrypt": kbv1.Operation_OPERATION_ENCRYPT, "decrypt": kbv1.Operation_OPERATION_DECRYPT,
+	"reencrypt": kbv1.Operation_OPERATION_REENCRYPT, "datakey": kbv1.Operation_OPERATION_GENERATE_DATA_KEY,
+	"sign": kbv1.Operation_OPERATION_SIGN, "verify": kbv1.Operation_OPERATION_VERIFY,
+	"public-key": kbv1.Operation_OPERATION_GET_PUBLIC_KEY, "mac": kbv1.Operation_OPERATION_GENERATE_MAC,
+	"verify-mac": kbv1.Operation_OPERATION_VERIFY_MAC, "describe": kbv1.Operation_OPERATION_DESCRIBE_KEY,
+}
+
+func lookupOpNames() string {
+	names := make([]string, 0, len(lookupOps))
+	for n := range lookupOps {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+var reasonNames = map[kbv1.LookupReason]string{
+	kbv1.LookupReason_LOOKUP_REASON_MATERIAL_HELD:          "material held",
+	kbv1.LookupReason_LOOKUP_REASON_PLACEMENT_ALLOWS_FETCH: "placement allows fetch",
+	kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY:           "forwards to central",
+	kbv1.LookupReason_LOOKUP_REASON_ROOT_OF_TRUST:          "root of trust",
+	kbv1.LookupReason_LOOKUP_REASON_REPLICA:                "replica (no material needed)",
+}
+
+type lookupJSON struct {
+	NodeID  string `json:"node_id"`
+	Address string `json:"address"`
+	Kind    string `json:"kind"`
+	Region  string `json:"region,omitempty"`
+	Reason  string `json:"reason"`
+}
+
+func (a *app) lookupCmd() *cobra.Command {
+	var (
+		key, op string
+		labels  pairsValue
+	)
+	cmd := &cobra.Command{
+		Use:   "lookup --key K --op OP",
+		Short: "Ask which nodes can perform an operation with a key now, best first",
+		Long: `Ask any node which nodes can perform an operation with a key now, in the
+order a client should try them: edges that serve it locally in the client's
+region, such edges elsewhere, edges in the client's region that forward to
+the central tier, then the central tier. Each comes with why it qualifies.
+The client's region is --label region=R, or else the answering node's.
+
+Operations: ` + lookupOpNames() + `.`,
+		Example: `  keybroker lookup --key payments --op encrypt
+  keybroker lookup --key payments --op decrypt --label region=eu --output json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			operation, ok := lookupOps[op]
+			if !ok {
+				return usageErrorf("--op must be one of %s, not %q", lookupOpNames(), op)
+			}
+			if key == "" {
+				return usageErrorf("--key is required")
+			}
+			s, err := a.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			resp, err := invoke(s, "lookup", s.kb.LookupKey, &kbv1.LookupKeyRequest{KeyId: key, Operation: operation, ClientLabels: labels.m})
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				out := []lookupJSON{}
+				for _, n := range resp.GetNodes() {
+					out = append(out, lookupJSON{n.GetNodeId(), n.GetAddress(), n.GetKind(), n.GetRegion(), reasonNames[n.GetReason()]})
+				}
+				return a.printJSON(out)
+			}
+			rows := [][]string{{"NODE", "KIND", "REGION", "ADDRESS", "REASON"}}
+			for _, n := range resp.GetNodes() {
+				rows = append(rows, []string{n.GetNodeId(), n.GetKind(), orDash(n.GetRegion()), n.GetAddress(), reasonNames[n.GetReason()]})
+			}
+			return a.printTable(rows)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&key, "key", "", "the managed key (required)")
+	fs.StringVar(&op, "op", "", "the operation: "+lookupOpNames()+" (required)")
+	fs.Var(&labels, "label", "a client label KEY=VALUE, e.g. region=eu (repeatable)")
+	a.addClientFlags(fs)
+	return cmd
+}
+
+type nodeJSON struct {
+	NodeID          string            `json:"node_id"`
+	Kind            string            `json:"kind"`
+	Address         string            `json:"address"`
+	Region          string            `json:"region,omitempty"`
+	Labels          map[string]string `json:"labels,omitempty"`
+	Connected       bool              `json:"connected"`
+	Prefetch        bool              `json:"prefetch,omitempty"`
+	LeaseExpires    *time.Time        `json:"lease_expires,omitempty"`
+	AppliedRevision uint64            `json:"applied_revision,omitempty"`
+}
+
+func (a *app) nodesCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "nodes",
+		Short: "List the central node and the edges: connected, lease, applied revision",
+		Example: `  keybroker nodes
+  keybroker nodes --output json | jq '.[] | select(.kind=="edge") | .applied_revision'`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := a.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer s.close()
+			resp, err := invoke(s, "nodes", s.admin.ListNodes, &kbv1.ListNodesRequest{})
+			if err != nil {
+				return err
+			}
+			if a.jsonOutput() {
+				out := []nodeJSON{}
+				for _, n := range resp.GetNodes() {
+					j := nodeJSON{NodeID: n.GetNodeId(), Kind: n.GetKind(), Address: n.GetAddress(), Region: n.GetRegion(), Labels: n.GetLabels(),
+						Connected: n.GetConnected(), Prefetch: n.GetPrefetch(), AppliedRevision: n.GetAppliedRevision()}
+					if n.LeaseExpires != nil {
+						t := n.GetLeaseExpires().AsTime()
+						j.LeaseExpires = &t
+					}
+					out = append(out, j)
+				}
+				return a.printJSON(out)
+			}
+			rows := [][]string{{"NODE", "KIND", "REGION", "ADDRESS", "CONNECTED", "LEASE EXPIRES", "APPLIED"}}
+			for _, n := range resp.GetNodes() {
+				applied := "-"
+				if n.GetKind() == "edge" {
+					applied = strconv.FormatUint(n.GetAppliedRevision(), 10)
+				}
+				rows = append(rows, []string{n.GetNodeId(), n.GetKind(), orDash(n.GetRegion()), n.GetAddress(),
+					strconv.FormatBool(n.GetConnected()), timeText(n.GetLeaseExpires()), applied})
+			}
+			return a.printTable(rows)
+		},
+	}
+	a.addClientFlags(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,276 @@
+// Package edge assembles keybroker's edge process from its configuration:
+// the replica and material cache (package edgecache) following the central
+// tier, the KeyBroker and KeyAdmin services for clients over mutual TLS
+// (package rpc), the audit log, and the operations endpoints.
+//
+// # Lifecycle
+//
+// [Start] opens the replica from data_dir — a restarted edge serves at
+// once from what it holds, within its staleness window — and starts
+// following the central tier in the background; the edge never waits for
+// the central tier to start. [Node.Shutdown] stops accepting calls, lets
+// in-flight calls finish within the shutdown timeout, stops following, and
+// closes the audit log and the replica (zeroing the material in memory).
+//
+// # Operations endpoints
+//
+// /healthz (the process is up), /readyz (the replica may be served: it has
+// synchronised once and its lease plus max_staleness has not run out; the
+// JSON body says the revision, whether the edge follows the central tier,
+// and when the lease runs out) and /metrics (Prometheus, with the cache's
+// gauges), over the same mutual TLS as the gRPC port.
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/config"
+	"github.com/keybroker/keybroker/edgecache"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/rpc"
+)
+
+// Node is a running edge process.
+type Node struct {
+	cfg     *config.Edge
+	log     *slog.Logger
+	cache   *edgecache.Cache
+	audit   *audit.Log
+	central *grpc.ClientConn
+	grpc    *grpc.Server
+	ops     *http.Server
+	lis     net.Listener
+	opsLis  net.Listener
+
+	stop     context.CancelFunc
+	loops    sync.WaitGroup
+	serveErr chan error
+	closeMu  sync.Mutex
+	closed   bool
+}
+
+// Options are the host process's contributions.
+type Options struct {
+	Logger *slog.Logger
+}
+
+// Start opens and starts an edge node.
+func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	n = &Node{cfg: cfg, log: log, serveErr: make(chan error, 2)}
+	defer func() {
+		if err != nil {
+			n.closeResources()
+		}
+	}()
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("edge: data_dir: %w", err)
+	}
+	files := identity.TLSFiles{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key}
+	if err := checkIdentity(files, cfg); err != nil {
+		return nil, err
+	}
+	serverTLS, err := files.ServerConfig()
+	if err != nil {
+		return nil, err
+	}
+	serverName := cfg.Central.ServerName
+	if serverName == "" {
+		if serverName, _, err = net.SplitHostPort(cfg.Central.Address); err != nil {
+			return nil, fmt.Errorf("edge: central.address: %w", err)
+		}
+	}
+	clientTLS, err := files.ClientConfig(serverName)
+	if err != nil {
+		return nil, err
+	}
+	n.central, err = grpc.NewClient(cfg.Central.Address, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("edge: central.address: %w", err)
+	}
+	if n.audit, err = audit.Open(cfg.Audit.Path, cfg.Audit.FlushInterval); err != nil {
+		return nil, err
+	}
+	if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("edge: listen: %w", err)
+	}
+	if n.opsLis, err = net.Listen("tcp", cfg.OpsListen); err != nil {
+		return nil, fmt.Errorf("edge: ops_listen: %w", err)
+	}
+	advertise := cfg.AdvertiseAddress
+	if advertise == "" {
+		advertise = n.lis.Addr().String()
+	}
+	n.cache, err = edgecache.Open(edgecache.Config{
+		NodeID: cfg.NodeID, TrustDomain: cfg.TrustDomain, Region: cfg.Region, Labels: cfg.Labels, Address: advertise,
+		Prefetch: cfg.Prefetch, MaxStaleness: cfg.MaxStaleness, DataDir: cfg.DataDir, Central: n.central,
+		MaterialEntries: cfg.MaterialCache.Size, MaterialTTL: cfg.MaterialCache.TTL, Reuse: cfg.DataKeyReuse.ReusePolicy(),
+		InitialBackoff: cfg.Reconnect.InitialBackoff, MaxBackoff: cfg.Reconnect.MaxBackoff, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.cache.RegisterMetrics(metrics); err != nil {
+		return nil, err
+	}
+	srv, err := rpc.New(rpc.Config{Node: n.cache.Node(), Policy: n.cache.Policy(), Audit: n.audit, NodeID: cfg.NodeID,
+		TrustDomain: cfg.TrustDomain, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	calls := rpc.NewMetrics(metrics)
+	n.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(serverTLS)),
+		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
+		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
+	)
+	kbv1.RegisterKeyBrokerServer(n.grpc, srv.KeyBroker())
+	kbv1.RegisterKeyAdminServer(n.grpc, n.cache.Admin(srv))
+	n.ops = &http.Server{Handler: n.opsHandler(metrics), TLSConfig: serverTLS.Clone(), ReadHeaderTimeout: 10 * time.Second}
+
+	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	n.stop = stop
+	go func() { n.serveErr <- n.grpc.Serve(n.lis) }()
+	go func() {
+		err := n.ops.Serve(tls.NewListener(n.opsLis, n.ops.TLSConfig))
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		n.serveErr <- err
+	}()
+	n.loops.Go(func() { _ = n.cache.Run(loopCtx) })
+	log.Info("edge ready", "node_id", cfg.NodeID, "region", cfg.Region, "grpc_addr", n.lis.Addr().String(),
+		"advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(), "central", cfg.Central.Address,
+		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness)
+	return n, nil
+}
+
+// checkIdentity refuses a certificate that is not this edge's: the central
+// tier knows an edge by its certificate, so a mismatch would register the
+// wrong node.
+func checkIdentity(files identity.TLSFiles, cfg *config.Edge) error {
+	pair, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+	if err != nil {
+		return fmt.Errorf("edge: tls: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("edge: tls.cert: %w", err)
+	}
+	id, err := identity.FromCertificate(leaf)
+	if err != nil {
+		return fmt.Errorf("edge: tls.cert: %w", err)
+	}
+	want := identity.Identity{TrustDomain: cfg.TrustDomain, Kind: identity.Edge, Name: cfg.NodeID}
+	if id != want {
+		return fmt.Errorf("edge: tls.cert is %s; this edge is %s", id, want)
+	}
+	return nil
+}
+
+// Addr is the gRPC listener's address.
+func (n *Node) Addr() string { return n.lis.Addr().String() }
+
+// OpsAddr is the operations listener's address.
+func (n *Node) OpsAddr() string { return n.opsLis.Addr().String() }
+
+// Cache exposes the replica (tests, keybroker dev).
+func (n *Node) Cache() *edgecache.Cache { return n.cache }
+
+// Done reports a server that stopped on its own (an error from Serve).
+func (n *Node) Done() <-chan error { return n.serveErr }
+
+func (n *Node) opsHandler(metrics *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		checks := map[string]any{"revision": n.cache.Revision(), "connected": n.cache.Connected()}
+		if l := n.cache.LeaseExpires(); !l.IsZero() {
+			checks["lease_expires"] = l.UTC().Format(time.RFC3339Nano)
+		}
+		ready := true
+		if err := n.cache.Serving(); err != nil {
+			ready = false
+			checks["serving"] = err.Error()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if !ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "checks": checks})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Shutdown stops serving gracefully within ctx, then closes everything.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.stop()
+	done := make(chan struct{})
+	go func() { n.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		n.log.Warn("graceful stop timed out; cancelling in-flight calls")
+		n.grpc.Stop()
+	}
+	err := n.ops.Shutdown(ctx)
+	n.loops.Wait()
+	return errors.Join(err, n.closeResources())
+}
+
+func (n *Node) closeResources() error {
+	n.closeMu.Lock()
+	defer n.closeMu.Unlock()
+	if n.closed {
+		return nil
+	}
+	n.closed = true
+	var errs []error
+	if n.audit != nil {
+		errs = append(errs, n.audit.Close())
+	}
+	if n.cache != nil {
+		errs = append(errs, n.cache.Close())
+	}
+	if n.central != nil {
+		errs = append(errs, n.central.Close())
+	}
+	for _, l := range []net.Listener{n.lis, n.opsLis} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+	return errors.Join(errs...)
+}

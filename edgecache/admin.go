@@ -1,0 +1,68 @@
+package edgecache
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/proto"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/policy"
+	"github.com/keybroker/keybroker/rpc"
+)
+
+// Admin is the KeyAdmin service at the edge: every call is forwarded to
+// the central tier, which authorizes and performs it as the caller. The
+// edge audits that it relayed the call and what came back.
+func (c *Cache) Admin(s *rpc.Server) kbv1.KeyAdminServer { return &edgeAdmin{c: c, s: s} }
+
+type edgeAdmin struct {
+	kbv1.UnimplementedKeyAdminServer
+	c *Cache
+	s *rpc.Server
+}
+
+// relay forwards one admin call, auditing it here.
+func relay[Resp proto.Message](a *edgeAdmin, ctx context.Context, op policy.Action, key string, req proto.Message, resp Resp) (Resp, error) {
+	var zero Resp
+	call, err := a.s.Begin(ctx, op, key)
+	if err != nil {
+		return zero, err
+	}
+	call.Rec.Backend = servedCentral
+	if err := a.c.forward(ctx, adminService+string(op), req, resp); err != nil {
+		return zero, call.End(err)
+	}
+	return resp, call.End(nil)
+}
+
+func (a *edgeAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kbv1.KeyMetadata, error) {
+	return relay(a, ctx, policy.CreateKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+}
+
+func (a *edgeAdmin) RotateKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
+	return relay(a, ctx, policy.RotateKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+}
+
+func (a *edgeAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kbv1.KeyMetadata, error) {
+	return relay(a, ctx, policy.UpdateKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+}
+
+func (a *edgeAdmin) DisableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
+	return relay(a, ctx, policy.DisableKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+}
+
+func (a *edgeAdmin) EnableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
+	return relay(a, ctx, policy.EnableKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+}
+
+func (a *edgeAdmin) ScheduleKeyDeletion(ctx context.Context, r *kbv1.ScheduleKeyDeletionRequest) (*kbv1.KeyMetadata, error) {
+	return relay(a, ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+}
+
+func (a *edgeAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
+	return relay(a, ctx, policy.CancelKeyDeletion, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+}
+
+func (a *edgeAdmin) ListNodes(ctx context.Context, r *kbv1.ListNodesRequest) (*kbv1.ListNodesResponse, error) {
+	return relay(a, ctx, policy.ListNodes, "", r, &kbv1.ListNodesResponse{})
+}

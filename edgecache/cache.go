@@ -1,0 +1,413 @@
+// Package edgecache is keybroker's edge tier: a replica of the central
+// tier's key metadata, node inventory and policy, a cache of key material
+// received sealed to this edge, and the KeyBroker API served from them —
+// locally when placement lets the edge hold a key's material, forwarded to
+// the central tier otherwise. It never imports a root of trust: an edge
+// has none.
+//
+// # Replication
+//
+// Cache.Run registers the edge (its HPKE public key, region, labels,
+// address) and follows the central tier with Watch: a snapshot, or the
+// events after the last revision applied, then every key change, inventory
+// change, policy revision and heartbeat as it commits. Each event is
+// applied and written to disk (replica.db) in one transaction, then
+// acknowledged, so ListNodes shows which revision every edge has reached.
+// A lost stream is re-established with jittered exponential backoff and
+// resumes from the last revision applied.
+//
+// # Material
+//
+// Material reaches the edge only sealed to its key (package sealed): with
+// Watch for edges that prefetch, or on first use through FetchMaterial.
+// The sealed form is kept on disk; the opened form lives only in memory, in
+// a bounded LRU with a lifetime, zeroed on eviction. Disabling a key,
+// raising its minimum version, deleting it, or a placement change that
+// excludes the edge removes both at once. Concurrent misses are coalesced:
+// N cold requests for one version cost one FetchMaterial, and requests for
+// one data key one unwrap (package managed).
+//
+// # Staleness
+//
+// Heartbeats extend the edge's lease. While disconnected the edge serves
+// from its replica until the lease plus MaxStaleness has passed, then
+// refuses every operation with Unavailable and says why, and zeroes the
+// material in memory. A restarted edge serves from disk within the same
+// window. MaxStaleness 0 refuses as soon as the lease runs out.
+//
+// # Serving
+//
+// Operations on keys whose material the edge may hold run here with the
+// same code and checks as at the central tier (package managed), producing
+// the same ciphertexts. Backend-mode keys, keys placed elsewhere,
+// GenerateRandom and every KeyAdmin call are forwarded: the central tier
+// performs them as the edge's authenticated client, under the same request
+// id. Verify, GetPublicKey, DescribeKey, ListKeys and LookupKey are
+// answered from the replica.
+package edgecache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/policy"
+	"github.com/keybroker/keybroker/rpc"
+	"github.com/keybroker/keybroker/sealed"
+	"github.com/keybroker/keybroker/secret"
+)
+
+// Config assembles a Cache.
+type Config struct {
+	// NodeID is the edge's name (its certificate's SPIFFE id names it).
+	NodeID      string
+	TrustDomain string
+	// Region and Labels are registered with the central tier; placement
+	// policies and key lookups use them.
+	Region string
+	Labels map[string]string
+	// Address is the host:port clients dial to reach this edge.
+	Address string
+	// Prefetch asks for the material of every key placed on the edge with
+	// Watch; without it material is fetched on first use.
+	Prefetch bool
+	// MaxStaleness is how long past its lease the edge serves while
+	// disconnected.
+	MaxStaleness time.Duration
+	// DataDir holds replica.db and sealing.key.
+	DataDir string
+	// Central is the connection to the central tier.
+	Central grpc.ClientConnInterface
+	// MaterialEntries and MaterialTTL bound the opened material in memory
+	// (default 10000 versions, 1 hour).
+	MaterialEntries int
+	MaterialTTL     time.Duration
+	// Reuse, ReuseEntries, UnwrapEntries and UnwrapTTL configure the
+	// data-key caches (package managed).
+	Reuse                       envelope.ReusePolicy
+	ReuseEntries, UnwrapEntries int
+	UnwrapTTL                   time.Duration
+	// InitialBackoff and MaxBackoff bound reconnection delays (default
+	// 100ms and 30s).
+	InitialBackoff, MaxBackoff time.Duration
+	Now                        func() time.Time
+	Logger                     *slog.Logger
+}
+
+// Cache is an edge's replica and material cache.
+type Cache struct {
+	cfg   Config
+	disk  *disk
+	seal  *sealed.PrivateKey
+	plain *plainCache
+	ops   *managed.Ops
+	sync  kbv1.EdgeSyncClient
+	log   *slog.Logger
+	now   func() time.Time
+	sf    singleflight.Group
+
+	mu       sync.RWMutex
+	keys     map[string]*replicaKey
+	sorted   []*managed.Key
+	nodes    []*kbv1.Node
+	policy   *policy.Set
+	revision uint64
+	lease    time.Time
+
+	connected atomic.Bool
+	stale     atomic.Bool
+	acked     chan struct{}
+	stats     stats
+}
+
+// replicaKey is a key as the edge holds it: the model, and the material
+// of each version sealed to this edge when Watch carried it.
+type replicaKey struct {
+	key    *managed.Key
+	sealed map[uint32][]byte
+}
+
+type stats struct {
+	fetches, fetchRefusals, forwards, events, reconnects atomic.Uint64
+}
+
+// Open loads the replica from DataDir (creating it and the sealing key on
+// first start). The edge serves what the replica allows at once; Run
+// connects it to the central tier.
+func Open(c Config) (*Cache, error) {
+	if c.NodeID == "" || c.TrustDomain == "" || c.DataDir == "" || c.Central == nil || c.Address == "" {
+		return nil, errors.New("edgecache: node id, trust domain, address, data dir and a central connection are required")
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.MaterialEntries <= 0 {
+		c.MaterialEntries = 10_000
+	}
+	if c.MaterialTTL <= 0 {
+		c.MaterialTTL = time.Hour
+	}
+	if c.InitialBackoff <= 0 {
+		c.InitialBackoff = 100 * time.Millisecond
+	}
+	if c.MaxBackoff < c.InitialBackoff {
+		c.MaxBackoff = max(30*time.Second, c.InitialBackoff)
+	}
+	d, err := openDisk(c.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	sk, err := loadSealingKey(c.DataDir)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	ec := &Cache{cfg: c, disk: d, seal: sk, plain: newPlainCache(c.MaterialEntries, c.MaterialTTL, c.Now),
+		sync: kbv1.NewEdgeSyncClient(c.Central), log: c.Logger, now: c.Now, keys: map[string]*replicaKey{},
+		acked: make(chan struct{}, 1)}
+	ec.ops, err = managed.New(managed.Config{Keys: replicaSource{ec}, Material: ec, Reuse: c.Reuse,
+		ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	if err := ec.restore(); err != nil {
+		d.close()
+		return nil, err
+	}
+	return ec, nil
+}
+
+// Close closes the replica. Material in memory is zeroed.
+func (c *Cache) Close() error {
+	c.plain.purge()
+	return c.disk.close()
+}
+
+func (c *Cache) restore() error {
+	s, err := c.disk.load()
+	if err != nil {
+		return err
+	}
+	c.revision, c.lease = s.revision, s.lease
+	if s.policy != nil {
+		if c.policy, err = parsePolicy(s.policy); err != nil {
+			return fmt.Errorf("edgecache: stored policy: %w", err)
+		}
+	}
+	if s.nodes != nil {
+		c.nodes = s.nodes.GetNodes()
+	}
+	for _, ek := range s.keys {
+		rk, err := c.fromProto(ek)
+		if err != nil {
+			return fmt.Errorf("edgecache: stored key: %w", err)
+		}
+		c.keys[rk.key.ID] = rk
+	}
+	c.resort()
+	return nil
+}
+
+func parsePolicy(p *kbv1.EdgePolicy) (*policy.Set, error) {
+	docs := map[string][]byte{}
+	for _, f := range p.GetFiles() {
+		docs[f.GetName()] = f.GetContent()
+	}
+	return policy.Parse(docs)
+}
+
+func (c *Cache) fromProto(ek *kbv1.EdgeKey) (*replicaKey, error) {
+	k, err := rpc.KeyFromProto(ek.GetMetadata(), ek.GetVersions())
+	if err != nil {
+		return nil, err
+	}
+	rk := &replicaKey{key: k, sealed: map[uint32][]byte{}}
+	for _, v := range ek.GetVersions() {
+		if len(v.GetSealedMaterial()) > 0 {
+			rk.sealed[v.GetVersion()] = v.GetSealedMaterial()
+		}
+	}
+	return rk, nil
+}
+
+// resort rebuilds the id-ordered key list (a new slice: readers may hold
+// the old one); the caller holds mu.
+func (c *Cache) resort() {
+	sorted := make([]*managed.Key, 0, len(c.keys))
+	for _, id := range slices.Sorted(maps.Keys(c.keys)) {
+		sorted = append(sorted, c.keys[id].key)
+	}
+	c.sorted = sorted
+}
+
+// Revision is the last revision applied.
+func (c *Cache) Revision() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.revision
+}
+
+// Connected reports whether the edge follows the central tier now.
+func (c *Cache) Connected() bool { return c.connected.Load() }
+
+// LeaseExpires is when the edge's lease runs out (zero before the first
+// synchronisation).
+func (c *Cache) LeaseExpires() time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.lease
+}
+
+// Policy is the replicated policy, for the gRPC layer. Before the first
+// synchronisation it is empty: everything is denied.
+func (c *Cache) Policy() rpc.Policies { return policySource{c} }
+
+type policySource struct{ c *Cache }
+
+var emptyPolicy, _ = policy.Parse(map[string][]byte{})
+
+func (p policySource) Current() *policy.Set {
+	p.c.mu.RLock()
+	defer p.c.mu.RUnlock()
+	if p.c.policy == nil {
+		return emptyPolicy
+	}
+	return p.c.policy
+}
+
+// Serving says whether the replica may be served from now, and if not why.
+func (c *Cache) Serving() error {
+	c.mu.RLock()
+	lease, rev := c.lease, c.revision
+	c.mu.RUnlock()
+	now := c.now()
+	if rev == 0 || lease.IsZero() {
+		return status.Errorf(codes.Unavailable, "edge %s has not yet synchronised with the central tier", c.cfg.NodeID)
+	}
+	if deadline := lease.Add(c.cfg.MaxStaleness); !now.Before(deadline) {
+		if c.stale.CompareAndSwap(false, true) {
+			c.plain.purge()
+			c.log.Warn("replica stale: refusing to serve", "lease_expired", lease, "max_staleness", c.cfg.MaxStaleness)
+		}
+		return status.Errorf(codes.Unavailable, "edge %s has not heard from the central tier since its lease ran out at %s; max_staleness %s passed at %s: refusing to serve from a stale replica",
+			c.cfg.NodeID, lease.UTC().Format(time.RFC3339), c.cfg.MaxStaleness, deadline.UTC().Format(time.RFC3339))
+	}
+	c.stale.Store(false)
+	return nil
+}
+
+// replicaSource is the replica as a managed.KeySource.
+type replicaSource struct{ c *Cache }
+
+func (r replicaSource) Get(_ context.Context, id string) (*managed.Key, error) {
+	if err := r.c.Serving(); err != nil {
+		return nil, err
+	}
+	r.c.mu.RLock()
+	defer r.c.mu.RUnlock()
+	rk, ok := r.c.keys[id]
+	if !ok {
+		return nil, managed.Errorf(managed.ErrNotFound, "key %q does not exist", id)
+	}
+	return rk.key, nil
+}
+
+// self is this edge as the inventory and placement see it.
+func (c *Cache) self() *kbv1.Node {
+	return &kbv1.Node{NodeId: c.cfg.NodeID, Kind: "edge", Address: c.cfg.Address, Region: c.cfg.Region, Labels: c.cfg.Labels, Prefetch: c.cfg.Prefetch}
+}
+
+// mayHold says whether placement lets this edge hold k's material.
+func (c *Cache) mayHold(k *managed.Key) bool {
+	return rpc.MayHold(k, c.self(), c.Policy().Current(), c.cfg.TrustDomain)
+}
+
+// errNotPlaced is a miss the central tier refused: the edge forwards.
+var errNotPlaced = errors.New("edgecache: placement does not let this edge hold the key's material")
+
+// Material gives a copy of version v's material: from memory, else opened
+// from its sealed form (from Watch, or fetched earlier and kept on disk),
+// else fetched from the central tier. Concurrent misses share one fetch.
+func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret.Bytes, error) {
+	id := versionID(k.ID, v)
+	if m := c.plain.get(id); m != nil {
+		return m, nil
+	}
+	res, err, _ := c.sf.Do(id, func() (any, error) {
+		if m := c.plain.get(id); m != nil {
+			return m, nil
+		}
+		blob := c.sealedBlob(k.ID, v)
+		fetched := false
+		if blob == nil {
+			var err error
+			if blob, err = c.fetch(ctx, k.ID, v); err != nil {
+				return nil, err
+			}
+			fetched = true
+		}
+		m, err := sealed.Open(c.seal, blob, c.cfg.NodeID, k.ID, v)
+		if err != nil {
+			return nil, fmt.Errorf("edgecache: opening the material of %s version %d: %w", k.ID, v, err)
+		}
+		if fetched {
+			if err := c.disk.putMaterial(k.ID, v, blob); err != nil {
+				c.log.Warn("keeping fetched material on disk failed", "key", k.ID, "version", v, "err", err)
+			}
+		}
+		c.plain.put(id, m)
+		return m.Clone(), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := res.(*secret.Bytes)
+	// Every waiter on the flight shares res; each gets its own copy.
+	return m.Clone(), nil
+}
+
+func (c *Cache) sealedBlob(keyID string, v uint32) []byte {
+	c.mu.RLock()
+	rk, ok := c.keys[keyID]
+	var blob []byte
+	if ok {
+		blob = rk.sealed[v]
+	}
+	c.mu.RUnlock()
+	if blob != nil {
+		return blob
+	}
+	return c.disk.getMaterial(keyID, v)
+}
+
+// fetch asks the central tier for material on a miss.
+func (c *Cache) fetch(ctx context.Context, keyID string, v uint32) ([]byte, error) {
+	c.stats.fetches.Add(1)
+	resp, err := c.sync.FetchMaterial(rpc.OutgoingRequestID(ctx), &kbv1.FetchMaterialRequest{KeyId: keyID, KeyVersion: v})
+	if status.Code(err) == codes.PermissionDenied {
+		c.stats.fetchRefusals.Add(1)
+		return nil, errNotPlaced
+	}
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetSealedMaterial(), nil
+}

@@ -1,0 +1,269 @@
+package edgecache
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/sealed"
+)
+
+// The replica on disk (replica.db, bbolt): what the edge needs to serve
+// after a restart without the central tier. Nothing in it is plaintext key
+// material: keys carry metadata, public keys and material sealed to this
+// edge; fetched material is stored sealed too.
+var (
+	bucketState    = []byte("state")
+	bucketKeys     = []byte("keys")     // key id → EdgeKey
+	bucketMaterial = []byte("material") // key id ‖ 0 ‖ u32 version → sealed material (fetched on a miss)
+
+	stateRevision = []byte("revision") // u64: the last revision applied
+	stateLease    = []byte("lease")    // i64 unix nanoseconds: the lease's end
+	statePolicy   = []byte("policy")   // EdgePolicy
+	stateNodes    = []byte("nodes")    // ListNodesResponse
+)
+
+type disk struct{ db *bolt.DB }
+
+func openDisk(dir string) (*disk, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("edgecache: data dir: %w", err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, "replica.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("edgecache: open %s: %w (is another edge using this data dir?)", filepath.Join(dir, "replica.db"), err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketState, bucketKeys, bucketMaterial} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("edgecache: %w", err)
+	}
+	return &disk{db: db}, nil
+}
+
+func (d *disk) close() error { return d.db.Close() }
+
+func materialID(keyID string, v uint32) []byte {
+	return binary.BigEndian.AppendUint32(append([]byte(keyID), 0), v)
+}
+
+// saved is the replica as it was last written.
+type saved struct {
+	revision uint64
+	lease    time.Time
+	policy   *kbv1.EdgePolicy
+	nodes    *kbv1.ListNodesResponse
+	keys     []*kbv1.EdgeKey
+}
+
+func (d *disk) load() (*saved, error) {
+	s := &saved{}
+	err := d.db.View(func(tx *bolt.Tx) error {
+		st := tx.Bucket(bucketState)
+		if v := st.Get(stateRevision); len(v) == 8 {
+			s.revision = binary.BigEndian.Uint64(v)
+		}
+		if v := st.Get(stateLease); len(v) == 8 {
+			s.lease = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		}
+		if v := st.Get(statePolicy); v != nil {
+			s.policy = &kbv1.EdgePolicy{}
+			if err := proto.Unmarshal(v, s.policy); err != nil {
+				return fmt.Errorf("stored policy: %w", err)
+			}
+		}
+		if v := st.Get(stateNodes); v != nil {
+			s.nodes = &kbv1.ListNodesResponse{}
+			if err := proto.Unmarshal(v, s.nodes); err != nil {
+				return fmt.Errorf("stored nodes: %w", err)
+			}
+		}
+		return tx.Bucket(bucketKeys).ForEach(func(k, v []byte) error {
+			ek := &kbv1.EdgeKey{}
+			if err := proto.Unmarshal(v, ek); err != nil {
+				return fmt.Errorf("stored key %q: %w", k, err)
+			}
+			s.keys = append(s.keys, ek)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("edgecache: replica.db: %w", err)
+	}
+	return s, nil
+}
+
+// change is one transaction on the replica.
+type change struct {
+	revision uint64 // 0: unchanged
+	lease    time.Time
+	policy   *kbv1.EdgePolicy
+	nodes    *kbv1.ListNodesResponse
+	reset    bool // drop every key (a snapshot follows in keys)
+	keys     []*kbv1.EdgeKey
+	deleted  []string
+	// dropMaterial removes fetched material: every version of a key
+	// (version 0) or the versions below a minimum.
+	dropMaterial map[string]uint32
+}
+
+func (d *disk) apply(c *change) error {
+	return d.db.Update(func(tx *bolt.Tx) error {
+		st, kb, mb := tx.Bucket(bucketState), tx.Bucket(bucketKeys), tx.Bucket(bucketMaterial)
+		if c.revision != 0 {
+			if err := st.Put(stateRevision, binary.BigEndian.AppendUint64(nil, c.revision)); err != nil {
+				return err
+			}
+		}
+		if !c.lease.IsZero() {
+			if err := st.Put(stateLease, binary.BigEndian.AppendUint64(nil, uint64(c.lease.UnixNano()))); err != nil {
+				return err
+			}
+		}
+		if err := putProto(st, statePolicy, c.policy); err != nil {
+			return err
+		}
+		if err := putProto(st, stateNodes, c.nodes); err != nil {
+			return err
+		}
+		if c.reset {
+			if err := tx.DeleteBucket(bucketKeys); err != nil {
+				return err
+			}
+			var err error
+			if kb, err = tx.CreateBucket(bucketKeys); err != nil {
+				return err
+			}
+		}
+		for _, ek := range c.keys {
+			b, err := proto.Marshal(ek)
+			if err != nil {
+				return err
+			}
+			if err := kb.Put([]byte(ek.GetMetadata().GetKeyId()), b); err != nil {
+				return err
+			}
+		}
+		for _, id := range c.deleted {
+			if err := kb.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		for id, below := range c.dropMaterial {
+			if err := dropMaterial(mb, id, below); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func putProto[M proto.Message](b *bolt.Bucket, key []byte, m M) error {
+	if !m.ProtoReflect().IsValid() {
+		return nil // nil: unchanged
+	}
+	raw, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return b.Put(key, raw)
+}
+
+// dropMaterial deletes a key's fetched material: every version when below
+// is 0, else the versions below it.
+func dropMaterial(mb *bolt.Bucket, id string, below uint32) error {
+	prefix := append([]byte(id), 0)
+	cur := mb.Cursor()
+	var doomed [][]byte
+	for k, _ := cur.Seek(prefix); k != nil && len(k) == len(prefix)+4 && string(k[:len(prefix)]) == string(prefix); k, _ = cur.Next() {
+		if below == 0 || binary.BigEndian.Uint32(k[len(prefix):]) < below {
+			doomed = append(doomed, append([]byte(nil), k...))
+		}
+	}
+	for _, k := range doomed {
+		if err := mb.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *disk) putMaterial(keyID string, v uint32, blob []byte) error {
+	return d.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMaterial).Put(materialID(keyID, v), blob)
+	})
+}
+
+func (d *disk) getMaterial(keyID string, v uint32) []byte {
+	var out []byte
+	_ = d.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMaterial).Get(materialID(keyID, v)); b != nil {
+			out = append([]byte(nil), b...)
+		}
+		return nil
+	})
+	return out
+}
+
+// loadSealingKey reads the edge's HPKE private key (sealing.key, 0600),
+// creating it on first start. Material on disk is sealed to it, so losing
+// it loses nothing but the cache: the edge registers its new public key and
+// receives everything again.
+func loadSealingKey(dir string) (*sealed.PrivateKey, error) {
+	path := filepath.Join(dir, "sealing.key")
+	raw, err := os.ReadFile(path)
+	if err == nil {
+		defer clear(raw)
+		k, perr := sealed.ParsePrivateKey(raw)
+		if perr != nil {
+			return nil, fmt.Errorf("edgecache: %s: %w", path, perr)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("edgecache: %w", err)
+	}
+	k, err := sealed.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	enc, err := k.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Destroy()
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("edgecache: %w", err)
+	}
+	if _, err := f.Write(enc.Reveal()); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("edgecache: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("edgecache: %w", err)
+	}
+	f.Close()
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("edgecache: %w", err)
+	}
+	return k, nil
+}

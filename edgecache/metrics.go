@@ -1,0 +1,69 @@
+package edgecache
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// RegisterMetrics adds the cache's gauges and counters to reg:
+// keybroker_edge_material_entries, _material_hits_total,
+// _material_misses_total, _material_evictions_total, _fetches_total,
+// _fetch_refusals_total, _forwards_total, _events_total,
+// _reconnects_total, _revision, _connected and _lease_remaining_seconds
+// (negative once the lease has run out).
+func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "keybroker", Subsystem: "edge", Name: name, Help: help}, f)
+	}
+	counter := func(name, help string, f func() uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "keybroker", Subsystem: "edge", Name: name, Help: help},
+			func() float64 { return float64(f()) })
+	}
+	for _, col := range []prometheus.Collector{
+		gauge("material_entries", "Key versions whose opened material is in memory.", func() float64 { return float64(c.plain.len()) }),
+		counter("material_hits_total", "Material requests served from memory.", c.plain.hits.Load),
+		counter("material_misses_total", "Material requests not in memory (opened from the sealed form or fetched).", c.plain.misses.Load),
+		counter("material_evictions_total", "Material entries evicted, expired or purged (and zeroed).", c.plain.evictions.Load),
+		counter("fetches_total", "FetchMaterial calls to the central tier.", c.stats.fetches.Load),
+		counter("fetch_refusals_total", "FetchMaterial calls the central tier refused (placement).", c.stats.fetchRefusals.Load),
+		counter("forwards_total", "Calls forwarded to the central tier.", c.stats.forwards.Load),
+		counter("events_total", "Watch events applied.", c.stats.events.Load),
+		counter("reconnects_total", "Times the edge lost the central tier and reconnected.", c.stats.reconnects.Load),
+		gauge("revision", "The last registry revision applied.", func() float64 { return float64(c.Revision()) }),
+		gauge("connected", "1 while the edge follows the central tier.", func() float64 {
+			if c.Connected() {
+				return 1
+			}
+			return 0
+		}),
+		gauge("lease_remaining_seconds", "Seconds until the edge's lease runs out (negative after).", func() float64 {
+			l := c.LeaseExpires()
+			if l.IsZero() {
+				return 0
+			}
+			return l.Sub(c.now()).Seconds()
+		}),
+	} {
+		if err := reg.Register(col); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Stats is a snapshot of the cache's counters, for tests and benchmarks.
+type Stats struct {
+	Fetches, FetchRefusals, Forwards, Events, Reconnects uint64
+	MaterialHits, MaterialMisses, MaterialEvictions      uint64
+	MaterialEntries                                      int
+	DataKeysCreated                                      uint64
+}
+
+// Stats returns the counters.
+func (c *Cache) Stats() Stats {
+	return Stats{
+		Fetches: c.stats.fetches.Load(), FetchRefusals: c.stats.fetchRefusals.Load(), Forwards: c.stats.forwards.Load(),
+		Events: c.stats.events.Load(), Reconnects: c.stats.reconnects.Load(),
+		MaterialHits: c.plain.hits.Load(), MaterialMisses: c.plain.misses.Load(), MaterialEvictions: c.plain.evictions.Load(),
+		MaterialEntries: c.plain.len(), DataKeysCreated: c.ops.DataKeysCreated(),
+	}
+}

@@ -1,0 +1,276 @@
+package edgecache
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/policy"
+	"github.com/keybroker/keybroker/rpc"
+	"github.com/keybroker/keybroker/secret"
+)
+
+// Node is the edge as an rpc.Node: operations run from the cache when the
+// edge may hold the key's material and are forwarded otherwise.
+func (c *Cache) Node() rpc.Node { return &edgeNode{c} }
+
+type edgeNode struct{ c *Cache }
+
+var _ rpc.Node = (*edgeNode)(nil)
+
+// What the audit line names as having served an operation.
+const (
+	servedLocal   = "edge-cache"
+	servedCentral = "central"
+)
+
+const (
+	kbService    = "/keybroker.v1.KeyBroker/"
+	adminService = "/keybroker.v1.KeyAdmin/"
+)
+
+func (n *edgeNode) Get(ctx context.Context, id string) (*managed.Key, error) {
+	return replicaSource{n.c}.Get(ctx, id)
+}
+
+// local says whether an operation on k runs here.
+func (n *edgeNode) local(k *managed.Key) bool { return n.c.mayHold(k) }
+
+// Served names what performs op on k.
+func (n *edgeNode) Served(k *managed.Key, op policy.Action) string {
+	switch op {
+	case policy.Verify, policy.GetPublicKey, policy.DescribeKey, policy.LookupKey:
+		return servedLocal
+	}
+	if n.local(k) {
+		return servedLocal
+	}
+	return servedCentral
+}
+
+// forward performs a call at the central tier as the caller in ctx.
+func (c *Cache) forward(ctx context.Context, method string, req, resp proto.Message) error {
+	who, ok := identity.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "no identity to forward")
+	}
+	raw, err := proto.Marshal(req)
+	if err != nil {
+		return status.Errorf(codes.Internal, "encoding a forwarded request: %v", err)
+	}
+	c.stats.forwards.Add(1)
+	out, err := c.sync.Forward(rpc.OutgoingRequestID(ctx), &kbv1.ForwardRequest{Method: method, Request: raw, Principal: who.String()})
+	if err != nil {
+		if status.Code(err) == codes.Unavailable {
+			st := status.Convert(err)
+			return status.Errorf(codes.Unavailable, "edge %s cannot reach the central tier to forward %s: %s", c.cfg.NodeID, rpc.MethodName(method), st.Message())
+		}
+		return err
+	}
+	if err := proto.Unmarshal(out.GetResponse(), resp); err != nil {
+		return status.Errorf(codes.Internal, "decoding a forwarded response: %v", err)
+	}
+	return nil
+}
+
+// run performs op locally when k's material may be here, falling back to
+// forwarding when the central tier refuses the material (a placement the
+// replica has not caught up with).
+func run[T any](n *edgeNode, k *managed.Key, local func() (T, error), remote func() (T, error)) (T, error) {
+	if k.Mode == managed.ModeBackend || !n.local(k) {
+		return remote()
+	}
+	out, err := local()
+	if errors.Is(err, errNotPlaced) {
+		return remote()
+	}
+	return out, err
+}
+
+type encrypted struct {
+	ct []byte
+	k  *managed.Key
+}
+
+func (n *edgeNode) Encrypt(ctx context.Context, id string, pt []byte, ectx map[string]string) ([]byte, *managed.Key, error) {
+	k, err := n.Get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := run(n, k, func() (encrypted, error) {
+		ct, k, err := n.c.ops.Encrypt(ctx, id, pt, ectx)
+		return encrypted{ct, k}, err
+	}, func() (encrypted, error) {
+		resp := &kbv1.EncryptResponse{}
+		err := n.c.forward(ctx, kbService+"Encrypt", &kbv1.EncryptRequest{KeyId: id, Plaintext: pt, EncryptionContext: ectx}, resp)
+		return encrypted{resp.GetCiphertext(), n.atVersion(k, resp.GetKeyVersion())}, err
+	})
+	return out.ct, out.k, err
+}
+
+// atVersion is k as the central tier answered: its primary may be newer
+// than the replica's for an instant.
+func (n *edgeNode) atVersion(k *managed.Key, v uint32) *managed.Key {
+	if v == 0 || v == k.Primary {
+		return k
+	}
+	c := k.Clone()
+	c.Primary = v
+	return c
+}
+
+type decrypted struct {
+	pt []byte
+	k  *managed.Key
+	v  uint32
+}
+
+func (n *edgeNode) Decrypt(ctx context.Context, ct []byte, ectx map[string]string, expect string) ([]byte, *managed.Key, uint32, error) {
+	id, _, err := managed.PeekKeyID(ct)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	k, err := n.Get(ctx, id)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	out, err := run(n, k, func() (decrypted, error) {
+		pt, k, v, err := n.c.ops.Decrypt(ctx, ct, ectx, expect)
+		return decrypted{pt, k, v}, err
+	}, func() (decrypted, error) {
+		resp := &kbv1.DecryptResponse{}
+		err := n.c.forward(ctx, kbService+"Decrypt", &kbv1.DecryptRequest{Ciphertext: ct, EncryptionContext: ectx, KeyId: expect}, resp)
+		return decrypted{resp.GetPlaintext(), k, resp.GetKeyVersion()}, err
+	})
+	return out.pt, out.k, out.v, err
+}
+
+type dataKey struct {
+	dek *secret.Bytes
+	ct  []byte
+	k   *managed.Key
+}
+
+func (n *edgeNode) GenerateDataKey(ctx context.Context, id string, ectx map[string]string) (*secret.Bytes, []byte, *managed.Key, error) {
+	k, err := n.Get(ctx, id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	out, err := run(n, k, func() (dataKey, error) {
+		dek, ct, k, err := n.c.ops.GenerateDataKey(ctx, id, ectx)
+		return dataKey{dek, ct, k}, err
+	}, func() (dataKey, error) {
+		resp := &kbv1.GenerateDataKeyResponse{}
+		if err := n.c.forward(ctx, kbService+"GenerateDataKey", &kbv1.GenerateDataKeyRequest{KeyId: id, EncryptionContext: ectx}, resp); err != nil {
+			return dataKey{}, err
+		}
+		return dataKey{secret.New(resp.GetPlaintext()), resp.GetEncryptedDataKey(), n.atVersion(k, resp.GetKeyVersion())}, nil
+	})
+	return out.dek, out.ct, out.k, err
+}
+
+type signed struct {
+	sig []byte
+	k   *managed.Key
+}
+
+func (n *edgeNode) Sign(ctx context.Context, id string, msg []byte, digest bool) ([]byte, *managed.Key, error) {
+	k, err := n.Get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := run(n, k, func() (signed, error) {
+		sig, k, err := n.c.ops.Sign(ctx, id, msg, digest)
+		return signed{sig, k}, err
+	}, func() (signed, error) {
+		req := &kbv1.SignRequest{KeyId: id, Input: &kbv1.SignRequest_Message{Message: msg}}
+		if digest {
+			req.Input = &kbv1.SignRequest_Digest{Digest: msg}
+		}
+		resp := &kbv1.SignResponse{}
+		err := n.c.forward(ctx, kbService+"Sign", req, resp)
+		return signed{resp.GetSignature(), n.atVersion(k, resp.GetKeyVersion())}, err
+	})
+	return out.sig, out.k, err
+}
+
+// PublicKey and Verify need no material: the replica has every version's
+// public key.
+func (n *edgeNode) PublicKey(ctx context.Context, id string, v uint32) ([]byte, *managed.Key, uint32, error) {
+	return n.c.ops.PublicKey(ctx, id, v)
+}
+
+func (n *edgeNode) Verify(ctx context.Context, id string, v uint32, msg []byte, digest bool, sig []byte) (bool, uint32, error) {
+	return n.c.ops.Verify(ctx, id, v, msg, digest, sig)
+}
+
+func (n *edgeNode) GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *managed.Key, error) {
+	k, err := n.Get(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := run(n, k, func() (signed, error) {
+		tag, k, err := n.c.ops.GenerateMac(ctx, id, msg)
+		return signed{tag, k}, err
+	}, func() (signed, error) {
+		resp := &kbv1.GenerateMacResponse{}
+		err := n.c.forward(ctx, kbService+"GenerateMac", &kbv1.GenerateMacRequest{KeyId: id, Message: msg}, resp)
+		return signed{resp.GetMac(), n.atVersion(k, resp.GetKeyVersion())}, err
+	})
+	return out.sig, out.k, err
+}
+
+type verified struct {
+	ok bool
+	v  uint32
+}
+
+func (n *edgeNode) VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byte) (bool, uint32, error) {
+	k, err := n.Get(ctx, id)
+	if err != nil {
+		return false, 0, err
+	}
+	out, err := run(n, k, func() (verified, error) {
+		ok, v, err := n.c.ops.VerifyMac(ctx, id, v, msg, tag)
+		return verified{ok, v}, err
+	}, func() (verified, error) {
+		resp := &kbv1.VerifyMacResponse{}
+		err := n.c.forward(ctx, kbService+"VerifyMac", &kbv1.VerifyMacRequest{KeyId: id, KeyVersion: v, Message: msg, Mac: tag}, resp)
+		return verified{resp.GetValid(), resp.GetKeyVersion()}, err
+	})
+	return out.ok, out.v, err
+}
+
+// GenerateRandom is forwarded: random bytes come from a root of trust.
+func (n *edgeNode) GenerateRandom(ctx context.Context, size int) ([]byte, error) {
+	if err := n.c.Serving(); err != nil {
+		return nil, err
+	}
+	resp := &kbv1.GenerateRandomResponse{}
+	err := n.c.forward(ctx, kbService+"GenerateRandom", &kbv1.GenerateRandomRequest{Length: uint32(size)}, resp)
+	return resp.GetRandom(), err
+}
+
+func (n *edgeNode) ListKeys(_ context.Context, sel map[string]string, size int, token string) ([]*managed.Key, string, error) {
+	if err := n.c.Serving(); err != nil {
+		return nil, "", err
+	}
+	n.c.mu.RLock()
+	keys := n.c.sorted
+	n.c.mu.RUnlock()
+	return managed.Page(keys, sel, size, token)
+}
+
+func (n *edgeNode) LookupKey(_ context.Context, k *managed.Key, op kbv1.Operation, labels map[string]string) ([]*kbv1.LookupNode, error) {
+	n.c.mu.RLock()
+	nodes := n.c.nodes
+	n.c.mu.RUnlock()
+	return rpc.Lookup(rpc.LookupInput{Key: k, Op: op, ClientLabels: labels, Nodes: nodes, Self: n.c.cfg.NodeID,
+		Policy: n.c.Policy().Current(), TrustDomain: n.c.cfg.TrustDomain}), nil
+}

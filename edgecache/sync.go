@@ -1,0 +1,245 @@
+package edgecache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"time"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/managed"
+)
+
+// Run follows the central tier until ctx ends: register, watch, apply,
+// acknowledge; on any failure, back off (jittered, doubling up to
+// MaxBackoff, reset after a session that made progress) and resume from the
+// last revision applied.
+func (c *Cache) Run(ctx context.Context) error {
+	go c.acker(ctx)
+	backoff := c.cfg.InitialBackoff
+	for {
+		progressed, err := c.session(ctx)
+		c.connected.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.stats.reconnects.Add(1)
+		if progressed {
+			backoff = c.cfg.InitialBackoff
+		}
+		c.log.Warn("lost the central tier; reconnecting", "err", err, "backoff", backoff, "revision", c.Revision())
+		wait := backoff/2 + rand.N(backoff/2+1)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(backoff*2, c.cfg.MaxBackoff)
+	}
+}
+
+// session registers and follows one Watch stream. progressed reports
+// whether any event arrived.
+func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	_, err = c.sync.Register(ctx, &kbv1.RegisterEdgeRequest{
+		SealingPublicKey: c.seal.PublicKey(), Region: c.cfg.Region, Labels: c.cfg.Labels,
+		Address: c.cfg.Address, Prefetch: c.cfg.Prefetch,
+	})
+	if err != nil {
+		return false, fmt.Errorf("register: %w", err)
+	}
+	stream, err := c.sync.Watch(ctx, &kbv1.WatchRequest{FromRevision: c.Revision()})
+	if err != nil {
+		return false, fmt.Errorf("watch: %w", err)
+	}
+	for {
+		ev, err := stream.Recv()
+		if err == io.EOF {
+			return progressed, errors.New("watch: the central tier ended the stream")
+		}
+		if err != nil {
+			return progressed, fmt.Errorf("watch: %w", err)
+		}
+		if !progressed {
+			c.connected.Store(true)
+			progressed = true
+			c.log.Info("following the central tier", "revision", ev.GetRevision())
+		}
+		if err := c.apply(ev); err != nil {
+			return progressed, err
+		}
+	}
+}
+
+// acker tells the central tier which revision is applied, coalescing
+// bursts into one call with the latest revision.
+func (c *Cache) acker(ctx context.Context) {
+	var sent uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.acked:
+		}
+		rev := c.Revision()
+		if rev == sent {
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := c.sync.Acknowledge(actx, &kbv1.AcknowledgeRequest{AppliedRevision: rev})
+		cancel()
+		if err != nil {
+			c.log.Debug("acknowledge failed", "revision", rev, "err", err)
+			continue // the next event or reconnection acknowledges again
+		}
+		sent = rev
+	}
+}
+
+func (c *Cache) ack() {
+	select {
+	case c.acked <- struct{}{}:
+	default:
+	}
+}
+
+// apply applies one event: to disk first (one transaction), then to
+// memory, then acknowledges it.
+func (c *Cache) apply(ev *kbv1.WatchEvent) error {
+	c.stats.events.Add(1)
+	ch := &change{revision: ev.GetRevision()}
+	var keys []*replicaKey
+	switch e := ev.GetEvent().(type) {
+	case *kbv1.WatchEvent_Heartbeat:
+		ch.lease = e.Heartbeat.GetLeaseExpires().AsTime()
+	case *kbv1.WatchEvent_Nodes:
+		ch.nodes = e.Nodes
+	case *kbv1.WatchEvent_Policy:
+		set, err := parsePolicy(e.Policy)
+		if err != nil {
+			// The central tier validated it; a policy this edge cannot
+			// parse means a version mismatch. Keep the old one.
+			return fmt.Errorf("policy %s from the central tier does not parse here: %w", e.Policy.GetHash(), err)
+		}
+		ch.policy = e.Policy
+		c.mu.Lock()
+		c.policy = set
+		c.mu.Unlock()
+	case *kbv1.WatchEvent_Snapshot:
+		ch.reset, ch.nodes = true, &kbv1.ListNodesResponse{Nodes: e.Snapshot.GetNodes()}
+		if p := e.Snapshot.GetPolicy(); p != nil {
+			set, err := parsePolicy(p)
+			if err != nil {
+				return fmt.Errorf("policy %s from the central tier does not parse here: %w", p.GetHash(), err)
+			}
+			ch.policy = p
+			c.mu.Lock()
+			c.policy = set
+			c.mu.Unlock()
+		}
+		for _, ek := range e.Snapshot.GetKeys() {
+			rk, err := c.fromProto(ek)
+			if err != nil {
+				return fmt.Errorf("snapshot: %w", err)
+			}
+			keys = append(keys, rk)
+			ch.keys = append(ch.keys, ek)
+		}
+	case *kbv1.WatchEvent_Key:
+		rk, err := c.fromProto(e.Key)
+		if err != nil {
+			return fmt.Errorf("key event: %w", err)
+		}
+		keys = append(keys, rk)
+		ch.keys = append(ch.keys, e.Key)
+	case *kbv1.WatchEvent_DeletedKeyId:
+		ch.deleted = []string{e.DeletedKeyId}
+	default:
+		return nil // an event this edge does not know: newer central; skip
+	}
+	if ch.revision < c.Revision() {
+		ch.revision = 0 // heartbeats carry the revision already applied
+	}
+	ch.dropMaterial = c.materialToDrop(ch, keys)
+	if err := c.disk.apply(ch); err != nil {
+		return fmt.Errorf("writing the replica: %w", err)
+	}
+	c.mu.Lock()
+	if ch.revision != 0 {
+		c.revision = ch.revision
+	}
+	if !ch.lease.IsZero() {
+		c.lease = ch.lease
+	}
+	if ch.nodes != nil {
+		c.nodes = ch.nodes.GetNodes()
+	}
+	if ch.reset {
+		clear(c.keys)
+	}
+	for _, rk := range keys {
+		c.keys[rk.key.ID] = rk
+	}
+	for _, id := range ch.deleted {
+		delete(c.keys, id)
+	}
+	if ch.reset || len(keys) > 0 || len(ch.deleted) > 0 {
+		c.resort()
+	}
+	c.mu.Unlock()
+	for id := range ch.dropMaterial {
+		c.plain.forget(id)
+		c.ops.Forget(id)
+	}
+	for _, rk := range keys {
+		// Any change to a key (rotation, metadata) retires the data keys
+		// cached for it; the material of unchanged versions stays.
+		c.ops.Forget(rk.key.ID)
+	}
+	c.ack()
+	return nil
+}
+
+// materialToDrop lists the keys whose material must go: deleted keys, keys
+// no longer enabled, keys placement no longer lets this edge hold (after a
+// key or policy change; the new policy is already in force), and versions
+// below a raised minimum. Value 0 drops every version.
+func (c *Cache) materialToDrop(ch *change, keys []*replicaKey) map[string]uint32 {
+	drop := map[string]uint32{}
+	for _, id := range ch.deleted {
+		drop[id] = 0
+	}
+	check := keys
+	if ch.policy != nil || ch.reset {
+		present := map[string]bool{}
+		for _, rk := range keys {
+			present[rk.key.ID] = true
+		}
+		c.mu.RLock()
+		for id, rk := range c.keys {
+			switch {
+			case present[id]:
+			case ch.reset:
+				drop[id] = 0 // gone from the snapshot
+			default:
+				check = append(check, rk) // placement may have changed
+			}
+		}
+		c.mu.RUnlock()
+	}
+	for _, rk := range check {
+		switch {
+		case rk.key.State != managed.StateEnabled || !c.mayHold(rk.key):
+			drop[rk.key.ID] = 0
+		case rk.key.MinDecryptionVersion > 1:
+			drop[rk.key.ID] = rk.key.MinDecryptionVersion
+		}
+	}
+	return drop
+}
