@@ -230,10 +230,11 @@ func (c *cluster) writePolicy(t *testing.T, text string) {
 	}
 }
 
-// proc is a running keybroker central process. Its stderr (JSON log lines)
+// proc is a running keybroker central or edge process. Its stderr (JSON log lines)
 // is collected as it arrives, so tests can wait for a line instead of
 // sleeping.
 type proc struct {
+	name    string // "central central.yaml", "edge edge-eu-1.yaml"
 	cmd     *exec.Cmd
 	addr    string
 	opsAddr string
@@ -250,7 +251,14 @@ type proc struct {
 // log line, which carries the listen addresses.
 func (c *cluster) startCentral(t *testing.T) *proc {
 	t.Helper()
-	cmd := exec.Command(keybrokerBin, "central", "--config", c.config)
+	return startNode(t, "central", c.config)
+}
+
+// startNode runs `keybroker <kind> --config <config>` and waits for its
+// "<kind> ready" log line, which carries the listen addresses.
+func startNode(t *testing.T, kind, config string) *proc {
+	t.Helper()
+	cmd := exec.Command(keybrokerBin, kind, "--config", config)
 	cmd.Env = processEnv()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -259,7 +267,7 @@ func (c *cluster) startCentral(t *testing.T) *proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, grew: make(chan struct{}), exited: make(chan struct{})}
+	p := &proc{name: kind + " " + filepath.Base(config), cmd: cmd, grew: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -278,11 +286,11 @@ func (c *cluster) startCentral(t *testing.T) *proc {
 		_ = cmd.Process.Kill()
 		<-p.exited
 	})
-	ready := p.waitLog(t, 0, "central ready")
+	ready := p.waitLog(t, 0, kind+" ready")
 	p.addr, _ = ready["grpc_addr"].(string)
 	p.opsAddr, _ = ready["ops_addr"].(string)
 	if p.addr == "" || p.opsAddr == "" {
-		t.Fatalf("central ready line without grpc_addr and ops_addr: %v", ready)
+		t.Fatalf("%s ready line without grpc_addr and ops_addr: %v", kind, ready)
 	}
 	return p
 }
@@ -322,10 +330,10 @@ func (p *proc) waitLog(t *testing.T, from int, msg string) map[string]any {
 		case <-grew:
 		case <-p.exited:
 			if p.mark() == from {
-				t.Fatalf("central exited (%v) before logging %q:\n%s", p.waitErr, msg, p.logs())
+				t.Fatalf("%s exited (%v) before logging %q:\n%s", p.name, p.waitErr, msg, p.logs())
 			}
 		case <-t.Context().Done():
-			t.Fatalf("test ended before central logged %q:\n%s", msg, p.logs())
+			t.Fatalf("test ended before %s logged %q:\n%s", p.name, msg, p.logs())
 		}
 	}
 }
@@ -346,7 +354,7 @@ func (p *proc) stop(t *testing.T) {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	<-p.exited
 	if p.waitErr != nil {
-		t.Errorf("central exited with %v after SIGTERM:\n%s", p.waitErr, p.logs())
+		t.Errorf("%s exited with %v after SIGTERM:\n%s", p.name, p.waitErr, p.logs())
 	}
 }
 
@@ -368,6 +376,7 @@ func (c *cluster) cli(t *testing.T, addr string, kind identity.Kind, name string
 
 // rpc is a gRPC connection to a node as one identity.
 type rpc struct {
+	conn  *grpc.ClientConn
 	id    string // the SPIFFE id, as audit lines name the principal
 	kb    kbv1.KeyBrokerClient
 	admin kbv1.KeyAdminClient
@@ -405,7 +414,7 @@ func (c *cluster) dialWith(t *testing.T, addr, id string, certPEM, keyPEM []byte
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &rpc{id: id, kb: kbv1.NewKeyBrokerClient(conn), admin: kbv1.NewKeyAdminClient(conn)}
+	return &rpc{conn: conn, id: id, kb: kbv1.NewKeyBrokerClient(conn), admin: kbv1.NewKeyAdminClient(conn)}
 }
 
 // withRequestID returns a context sending a fresh x-request-id, and the id.
