@@ -2173,7 +2173,11 @@ func (x *LookupNode) GetReason() LookupReason {
 
 type LookupKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Ordered: this node if it can, same-region edges, other edges, central.
+	// Best first: edges that serve the operation locally in the client's
+	// region, then in other regions, then forwarding edges in the client's
+	// region, then the central tier. Edges not following the central tier
+	// are left out. A client that gives no "region" label is taken to be in
+	// the answering node's region, and that node comes first in its group.
 	Nodes         []*LookupNode `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
