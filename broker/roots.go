@@ -42,6 +42,33 @@ type Roots struct {
 	// construction, and every request resolves its key's root.
 	resolved sync.Map // key URI → resolution
 	memoized atomic.Int64
+
+	calls sync.Map // CallKey → *atomic.Uint64
+}
+
+// CallKey names a count of calls: a backend and an operation.
+type CallKey struct{ Backend, Op string }
+
+// Called counts one call the broker made to a backend: every derivation,
+// wrap, unwrap, data-key wrap, sign and MAC in a root of trust goes
+// through here, so the counts say what the caches save.
+func (r *Roots) Called(backendName, op string) {
+	k := CallKey{backendName, op}
+	v, ok := r.calls.Load(k)
+	if !ok {
+		v, _ = r.calls.LoadOrStore(k, new(atomic.Uint64))
+	}
+	v.(*atomic.Uint64).Add(1)
+}
+
+// Calls returns the counts of calls made to each backend, by operation.
+func (r *Roots) Calls() map[CallKey]uint64 {
+	out := map[CallKey]uint64{}
+	r.calls.Range(func(k, v any) bool {
+		out[k.(CallKey)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	return out
 }
 
 // maxResolved bounds the resolution memo.

@@ -372,6 +372,25 @@ func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
 	if got := e.backend.calls.Load() - before; got != 1 {
 		t.Errorf("500 backend-mode encrypts made %d backend calls, want 1 (one wrapped data key)", got)
 	}
+	// The broker's own count (keybroker_backend_calls_total) sees every
+	// call the wrapper saw: Encrypt, Decrypt, MAC and Sign, plus the
+	// Describe with which CreateKey checks a backend-mode root key.
+	calls := e.svc.Roots().Calls()
+	var wrapperOps uint64
+	for k, n := range calls {
+		if k.Backend != "soft" {
+			t.Errorf("calls counted for backend %q", k.Backend)
+		}
+		if k.Op != "describe" && k.Op != "random" && k.Op != "public-key" {
+			wrapperOps += n
+		}
+	}
+	if got := e.backend.calls.Load(); int64(wrapperOps) != got {
+		t.Errorf("Roots.Calls counted %d calls (%v); the backend saw %d", wrapperOps, calls, got)
+	}
+	if calls[CallKey{"soft", "describe"}] != 1 || calls[CallKey{"soft", "wrap-data-key"}] != 1 || calls[CallKey{"soft", "derive"}] == 0 {
+		t.Errorf("Roots.Calls = %v, want one describe, one wrap-data-key and the derivations", calls)
+	}
 }
 
 func TestGenerateDataKey(t *testing.T) {
