@@ -301,6 +301,15 @@ func (c *Cache) Purge(keyID string) {
 	}
 }
 
+// PurgeAll drops every entry (an edge whose replica went stale).
+func (c *Cache) PurgeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.ll.Len() > 0 {
+		c.removeLocked(c.ll.Back())
+	}
+}
+
 // coalesce runs fn once for all concurrent callers with the same key. Each
 // caller waits under its own ctx; the shared call runs under the first
 // caller's ctx, and a caller whose own ctx is still live retries when that

@@ -401,6 +401,14 @@ func TestCache(t *testing.T) {
 	if hits != 3 || misses != 5 || ev < 3 {
 		t.Errorf("Stats = %d hits, %d misses, %d evictions; want 3, 5, ≥3", hits, misses, ev)
 	}
+	c.PurgeAll()
+	if c.Len() != 0 {
+		t.Errorf("Len after PurgeAll = %d", c.Len())
+	}
+	get(ha, ua)
+	if unwraps.Load() != 6 {
+		t.Errorf("entry served after PurgeAll: unwraps = %d, want 6", unwraps.Load())
+	}
 	// An unwrap failure is returned and not cached.
 	hd, _ := mk("d")
 	boom := errors.New("boom")

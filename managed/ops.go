@@ -145,6 +145,12 @@ func (o *Ops) Forget(id string) {
 	o.reuser.Forget(func(p string) bool { return strings.HasPrefix(p, prefix) })
 }
 
+// ForgetAll drops every cached data key, for reuse and unwrapped.
+func (o *Ops) ForgetAll() {
+	o.unwrap.PurgeAll()
+	o.reuser.Forget(func(string) bool { return true })
+}
+
 // DataKeysCreated counts the data keys Encrypt has made.
 func (o *Ops) DataKeysCreated() uint64 { return o.reuser.Created() }
 
