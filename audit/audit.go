@@ -59,9 +59,13 @@ type Record struct {
 	PolicyID  string    `json:"policy_id,omitempty"`
 	Backend   string    `json:"backend,omitempty"`
 	// Via is the edge that forwarded the call on the principal's behalf.
-	Via     string `json:"via,omitempty"`
-	Outcome string `json:"outcome"` // ok or an error code
-	Detail  string `json:"detail,omitempty"`
+	Via string `json:"via,omitempty"`
+	// BackendCalls are the calls this request made to roots of trust
+	// ("backend:op", at most 16; BackendCallsDropped counts the rest).
+	BackendCalls        []string `json:"backend_calls,omitempty"`
+	BackendCallsDropped int      `json:"backend_calls_dropped,omitempty"`
+	Outcome             string   `json:"outcome"` // ok or an error code
+	Detail              string   `json:"detail,omitempty"`
 
 	Seq  uint64 `json:"seq"`
 	Prev string `json:"prev"`

@@ -117,10 +117,10 @@ func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret
 		if !ok {
 			return nil, errorf(ErrFailedPrecondition, "root key %q cannot derive material: its backend has no HMAC", ver.RootKey)
 		}
-		ms.roots.Called(backendName, "derive")
+		ms.roots.Called(ctx, backendName, "derive")
 		return mac.MAC(ctx, name, DeriveInput(k.ID, ver.Version))
 	case ModeWrap:
-		ms.roots.Called(backendName, "unwrap")
+		ms.roots.Called(ctx, backendName, "unwrap")
 		return b.Decrypt(ctx, name, ver.Wrapped, WrapAAD(k.ID, ver.Version))
 	}
 	return nil, errorf(ErrFailedPrecondition, "key %q mode %s has no material", k.ID, k.Mode)
@@ -144,29 +144,29 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 		if !ok {
 			return Version{}, errorf(ErrInvalidArgument, "root key %q: derive mode needs an HMAC-capable backend", rootKey)
 		}
-		ms.roots.Called(backendName, "derive")
+		ms.roots.Called(ctx, backendName, "derive")
 		if material, err = mac.MAC(ctx, name, DeriveInput(k.ID, v)); err != nil {
 			return Version{}, rootError(rootKey, err)
 		}
 	case ModeWrap:
-		ms.roots.Called(backendName, "random")
+		ms.roots.Called(ctx, backendName, "random")
 		raw, err := b.GenerateRandom(ctx, 32)
 		if err != nil {
 			return Version{}, rootError(rootKey, err)
 		}
 		material = secret.New(raw)
-		ms.roots.Called(backendName, "wrap")
+		ms.roots.Called(ctx, backendName, "wrap")
 		if ver.Wrapped, err = b.Encrypt(ctx, name, raw, WrapAAD(k.ID, v)); err != nil {
 			material.Destroy()
 			return Version{}, rootError(rootKey, err)
 		}
 	case ModeBackend:
-		ms.roots.Called(backendName, "describe")
+		ms.roots.Called(ctx, backendName, "describe")
 		if err := checkBackendRoot(ctx, b, name, k.Type, rootKey); err != nil {
 			return Version{}, err
 		}
 		if k.Type.Asymmetric() {
-			ms.roots.Called(backendName, "public-key")
+			ms.roots.Called(ctx, backendName, "public-key")
 			pub, err := b.(backends.Signer).PublicKey(ctx, name)
 			if err != nil {
 				return Version{}, rootError(rootKey, err)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
 )
 
@@ -49,10 +50,12 @@ type Roots struct {
 // CallKey names a count of calls: a backend and an operation.
 type CallKey struct{ Backend, Op string }
 
-// Called counts one call the broker made to a backend: every derivation,
-// wrap, unwrap, data-key wrap, sign and MAC in a root of trust goes
-// through here, so the counts say what the caches save.
-func (r *Roots) Called(backendName, op string) {
+// Called counts one call the broker is about to make to a backend, and
+// notes it in the request's audit trace: every derivation, wrap, unwrap,
+// data-key wrap, sign and MAC in a root of trust goes through here, so the
+// counts say what the caches save and each audit line what it cost.
+func (r *Roots) Called(ctx context.Context, backendName, op string) {
+	audit.NoteBackendCall(ctx, backendName, op)
 	k := CallKey{backendName, op}
 	v, ok := r.calls.Load(k)
 	if !ok {

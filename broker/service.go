@@ -305,16 +305,16 @@ var _ managed.Backend = rootBackend{}
 
 // resolve finds the version's root key and counts the call about to be
 // made (op) to its backend.
-func (rb rootBackend) resolve(k *Key, v uint32, op string) (backends.Backend, string, error) {
+func (rb rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string) (backends.Backend, string, error) {
 	b, backendName, name, err := rb.roots.Resolve(k.Version(v).RootKey)
 	if err == nil {
-		rb.roots.Called(backendName, op)
+		rb.roots.Called(ctx, backendName, op)
 	}
 	return b, name, err
 }
 
 func (rb rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []byte) ([]byte, error) {
-	b, name, err := rb.resolve(k, v, "wrap-data-key")
+	b, name, err := rb.resolve(ctx, k, v, "wrap-data-key")
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +322,7 @@ func (rb rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []b
 }
 
 func (rb rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrapped []byte) (*secret.Bytes, error) {
-	b, name, err := rb.resolve(k, v, "unwrap-data-key")
+	b, name, err := rb.resolve(ctx, k, v, "unwrap-data-key")
 	if err != nil {
 		return nil, err
 	}
@@ -334,7 +334,7 @@ func (rb rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrapp
 }
 
 func (rb rootBackend) Sign(ctx context.Context, k *Key, v uint32, input []byte) ([]byte, error) {
-	b, name, err := rb.resolve(k, v, "sign")
+	b, name, err := rb.resolve(ctx, k, v, "sign")
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +346,7 @@ func (rb rootBackend) Sign(ctx context.Context, k *Key, v uint32, input []byte) 
 }
 
 func (rb rootBackend) MAC(ctx context.Context, k *Key, v uint32, msg []byte) (*secret.Bytes, error) {
-	b, name, err := rb.resolve(k, v, "mac")
+	b, name, err := rb.resolve(ctx, k, v, "mac")
 	if err != nil {
 		return nil, err
 	}

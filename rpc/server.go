@@ -253,7 +253,7 @@ func (s *Server) Begin(ctx context.Context, op policy.Action, key string) (*Call
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no identity")
 	}
-	return &Call{S: s, Ctx: ctx, Who: who, Rec: audit.Record{
+	return &Call{S: s, Ctx: audit.WithTrace(ctx), Who: who, Rec: audit.Record{
 		RequestID: RequestID(ctx), Principal: who.String(), Node: s.id, Operation: string(op), Key: key, Via: Forwarder(ctx),
 	}}, nil
 }
@@ -329,6 +329,7 @@ func (c *Call) AuthorizeService(op policy.Action) error {
 // cannot be written, the call fails whatever it did.
 func (c *Call) End(err error) error {
 	st := c.S.Status(err)
+	c.Rec.BackendCalls, c.Rec.BackendCallsDropped = audit.Traced(c.Ctx)
 	c.Rec.Outcome = "ok"
 	if err != nil {
 		c.Rec.Outcome = st.Code().String()

@@ -81,7 +81,7 @@ func (e *edgeSync) FetchMaterial(ctx context.Context, r *kbv1.FetchMaterialReque
 		v = k.Primary
 		c.Rec.Version = v
 	}
-	blob, err := e.s.svc.SealMaterial(ctx, node, k, v)
+	blob, err := e.s.svc.SealMaterial(c.Ctx, node, k, v)
 	if err != nil {
 		return nil, c.End(err)
 	}

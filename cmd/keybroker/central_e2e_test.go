@@ -430,6 +430,12 @@ func withRequestID(t *testing.T) (context.Context, string) {
 // returned.
 func (c *cluster) auditLines(t *testing.T, rid string) []audit.Record {
 	t.Helper()
+	return c.auditRecords(t, func(r audit.Record) bool { return r.RequestID == rid })
+}
+
+// auditRecords returns the central audit records that match.
+func (c *cluster) auditRecords(t *testing.T, match func(audit.Record) bool) []audit.Record {
+	t.Helper()
 	data, err := os.ReadFile(c.audit)
 	if err != nil {
 		t.Fatal(err)
@@ -445,7 +451,7 @@ func (c *cluster) auditLines(t *testing.T, rid string) []audit.Record {
 		if err := json.Unmarshal(line, &r); err != nil {
 			t.Fatalf("%s line %d: %v: %q", c.audit, i+1, err, line)
 		}
-		if r.RequestID == rid {
+		if match(r) {
 			out = append(out, r)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -33,6 +34,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/sealed"
 )
@@ -292,6 +294,33 @@ func TestEdgesEndToEnd(t *testing.T) {
 				}
 			}
 		}
+		// The CLI asks the same question of an edge and prints the same answer.
+		out, code := c.cli(t, c.edges["edge-us-1"].p.addr, identity.Client, "app", nil,
+			"lookup", "--key", "eu-data", "--op", "encrypt", "--label", "region=us", "--output", "json")
+		var listed []struct {
+			NodeID string `json:"node_id"`
+			Reason string `json:"reason"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &listed) != nil || len(listed) != 4 || listed[0].NodeID != "edge-eu-1" || listed[3].NodeID != "central-1" {
+			t.Errorf("keybroker lookup at edge-us-1 = %d %s; want edge-eu-1 first, central-1 last", code, out)
+		}
+		out, code = c.cli(t, c.edges["edge-eu-2"].p.addr, identity.Admin, "ops", nil, "nodes", "--output", "json")
+		var nodesOut []struct {
+			NodeID    string `json:"node_id"`
+			Kind      string `json:"kind"`
+			Connected bool   `json:"connected"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &nodesOut) != nil || len(nodesOut) != 4 {
+			t.Errorf("keybroker nodes at edge-eu-2 = %d %s; want central and three edges", code, out)
+		}
+		for _, n := range nodesOut {
+			if !n.Connected {
+				t.Errorf("keybroker nodes: %s (%s) not connected", n.NodeID, n.Kind)
+			}
+		}
+		if out, code := c.cli(t, c.central.addr, identity.Client, "app", nil, "lookup", "--key", "eu-data", "--op", "teleport"); code != 2 || !strings.Contains(out, "--op must be one of") {
+			t.Errorf("keybroker lookup --op teleport = %d %s; want a usage error", code, out)
+		}
 	})
 
 	t.Run("1000 cold decrypts of one data key: one FetchMaterial, one backend call", func(t *testing.T) {
@@ -306,9 +335,12 @@ func TestEdgesEndToEnd(t *testing.T) {
 		hsm := c.opsMetric(t, c.central.opsAddr, "keybroker_pkcs11_operations_total")
 		var wg sync.WaitGroup
 		var failed atomic.Int64
+		rids := map[string]bool{}
 		for range 1000 {
+			rctx, rid := withRequestID(t)
+			rids[rid] = true
 			wg.Go(func() {
-				dec, err := clients["edge-eu-2"].kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.GetCiphertext()})
+				dec, err := clients["edge-eu-2"].kb.Decrypt(rctx, &kbv1.DecryptRequest{Ciphertext: enc.GetCiphertext()})
 				if err != nil || string(dec.GetPlaintext()) != "cold" {
 					failed.Add(1)
 				}
@@ -323,6 +355,13 @@ func TestEdgesEndToEnd(t *testing.T) {
 		}
 		if got := c.opsMetric(t, c.central.opsAddr, "keybroker_pkcs11_operations_total") - hsm; got != 1 {
 			t.Errorf("HSM operations for 1000 cold decrypts = %v, want 1", got)
+		}
+		// The fetch is audited at central under the request id of the
+		// decrypt that caused it, with the HSM call it cost.
+		fetched := c.auditRecords(t, func(r audit.Record) bool { return rids[r.RequestID] })
+		if len(fetched) != 1 || fetched[0].Operation != "HoldMaterial" || fetched[0].Principal != "spiffe://"+e2eTrustDomain+"/edge/edge-eu-2" ||
+			!slices.Equal(fetched[0].BackendCalls, []string{"pkcs11:derive"}) {
+			t.Errorf("central audit lines of the 1000 decrypts = %+v; want one HoldMaterial by edge-eu-2 with backend_calls [pkcs11:derive]", fetched)
 		}
 	})
 
