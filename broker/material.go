@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/internal/flight"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/secret"
 )
@@ -89,7 +90,7 @@ func (ms *Materials) Get(ctx context.Context, k *Key, v uint32) (*secret.Bytes, 
 	if m := ms.lookup(id); m != nil {
 		return m, nil
 	}
-	res, err, _ := ms.sf.Do(id, func() (any, error) {
+	res, err := flight.Do(ctx, &ms.sf, id, func(ctx context.Context) (any, error) {
 		if m := ms.lookup(id); m != nil {
 			return m, nil
 		}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/keybroker/keybroker/internal/flight"
 )
 
 // ReusePolicy bounds how long one data key seals messages.
@@ -130,7 +132,7 @@ func (r *Reuser) Get(ctx context.Context, partition string, n int, create func(c
 		if dk := r.take(partition, n); dk != nil {
 			return dk, nil
 		}
-		_, err := coalesce(ctx, &r.sf, partition, func(ctx context.Context) (any, error) {
+		_, err := flight.Do(ctx, &r.sf, partition, func(ctx context.Context) (any, error) {
 			// Another flight may have installed a fresh key meanwhile.
 			r.mu.Lock()
 			fresh := r.roomLocked(r.entries[partition], n)
@@ -259,7 +261,7 @@ func (c *Cache) Get(ctx context.Context, h *Header, unwrap func(context.Context)
 		return dk, nil
 	}
 	c.misses.Add(1)
-	v, err := coalesce(ctx, &c.sf, string(fp[:]), func(ctx context.Context) (any, error) {
+	v, err := flight.Do(ctx, &c.sf, string(fp[:]), func(ctx context.Context) (any, error) {
 		if dk := c.lookup(fp); dk != nil {
 			return dk, nil
 		}
@@ -307,30 +309,5 @@ func (c *Cache) PurgeAll() {
 	defer c.mu.Unlock()
 	for c.ll.Len() > 0 {
 		c.removeLocked(c.ll.Back())
-	}
-}
-
-// coalesce runs fn once for all concurrent callers with the same key. Each
-// caller waits under its own ctx; the shared call runs under the first
-// caller's ctx, and a caller whose own ctx is still live retries when that
-// call failed only because the first caller gave up (a few times at most).
-func coalesce(ctx context.Context, g *singleflight.Group, key string, fn func(context.Context) (any, error)) (any, error) {
-	for attempt := 0; ; attempt++ {
-		ch := g.DoChan(key, func() (any, error) {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			return fn(ctx)
-		})
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case res := <-ch:
-			if res.Err != nil && ctx.Err() == nil && attempt < 3 &&
-				(errors.Is(res.Err, context.Canceled) || errors.Is(res.Err, context.DeadlineExceeded)) {
-				continue
-			}
-			return res.Val, res.Err
-		}
 	}
 }
