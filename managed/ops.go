@@ -1,6 +1,7 @@
 package managed
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -486,7 +487,10 @@ func (o *Ops) GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *
 	if err != nil {
 		return nil, nil, err
 	}
-	return tag.Reveal(), k, nil
+	// The tag is public; the secret.Bytes holding it is zeroed when
+	// collected, so the caller gets a copy of its own.
+	defer tag.Destroy()
+	return bytes.Clone(tag.Reveal()), k, nil
 }
 
 // checkMACInput bounds a MAC message: 64 KiB, or the roots of trust's
