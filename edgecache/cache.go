@@ -27,6 +27,10 @@
 // N cold requests for one version cost one FetchMaterial, and requests for
 // one data key one unwrap (package managed).
 //
+// The sealing key is sealing.key in DataDir. If it is lost, the replica
+// is emptied at the next start, which then begins as a first start: the
+// blobs on disk were sealed to the lost key.
+//
 // # Staleness
 //
 // Heartbeats extend the edge's lease. While disconnected the edge serves
@@ -64,6 +68,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/internal/flight"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
@@ -139,6 +144,15 @@ type Cache struct {
 type replicaKey struct {
 	key    *managed.Key
 	sealed map[uint32][]byte
+	// hold memoizes the placement decision for this key under one policy
+	// set: a Cedar evaluation per request would cost more than the
+	// encryption it guards.
+	hold atomic.Pointer[holdMemo]
+}
+
+type holdMemo struct {
+	set *policy.Set
+	ok  bool
 }
 
 type stats struct {
@@ -305,6 +319,7 @@ func (c *Cache) Serving() error {
 	if deadline := lease.Add(c.cfg.MaxStaleness); !now.Before(deadline) {
 		if c.stale.CompareAndSwap(false, true) {
 			c.plain.purge()
+			c.ops.ForgetAll()
 			c.log.Warn("replica stale: refusing to serve", "lease_expired", lease, "max_staleness", c.cfg.MaxStaleness)
 		}
 		return status.Errorf(codes.Unavailable, "edge %s has not heard from the central tier since its lease ran out at %s; max_staleness %s passed at %s: refusing to serve from a stale replica",
@@ -337,7 +352,21 @@ func (c *Cache) self() *kbv1.Node {
 
 // mayHold says whether placement lets this edge hold k's material.
 func (c *Cache) mayHold(k *managed.Key) bool {
-	return rpc.MayHold(k, c.self(), c.Policy().Current(), c.cfg.TrustDomain)
+	set := c.Policy().Current()
+	c.mu.RLock()
+	rk := c.keys[k.ID]
+	c.mu.RUnlock()
+	if rk == nil || rk.key != k {
+		// Not the replica's current key (replaced meanwhile): decide
+		// without remembering.
+		return rpc.MayHold(k, c.self(), set, c.cfg.TrustDomain)
+	}
+	if m := rk.hold.Load(); m != nil && m.set == set {
+		return m.ok
+	}
+	ok := rpc.MayHold(k, c.self(), set, c.cfg.TrustDomain)
+	rk.hold.Store(&holdMemo{set: set, ok: ok})
+	return ok
 }
 
 // errNotPlaced is a miss the central tier refused: the edge forwards.
@@ -345,13 +374,14 @@ var errNotPlaced = errors.New("edgecache: placement does not let this edge hold 
 
 // Material gives a copy of version v's material: from memory, else opened
 // from its sealed form (from Watch, or fetched earlier and kept on disk),
-// else fetched from the central tier. Concurrent misses share one fetch.
+// else fetched from the central tier. Concurrent misses share one fetch;
+// each caller waits under its own ctx.
 func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret.Bytes, error) {
 	id := versionID(k.ID, v)
 	if m := c.plain.get(id); m != nil {
 		return m, nil
 	}
-	res, err, _ := c.sf.Do(id, func() (any, error) {
+	res, err := flight.Do(ctx, &c.sf, id, func(ctx context.Context) (any, error) {
 		if m := c.plain.get(id); m != nil {
 			return m, nil
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -36,12 +37,23 @@ func openDisk(dir string) (*disk, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("edgecache: data dir: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "replica.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := openBolt(filepath.Join(dir, "replica.db"))
 	if err != nil {
-		return nil, fmt.Errorf("edgecache: open %s: %w (is another edge using this data dir?)", filepath.Join(dir, "replica.db"), err)
+		return nil, err
 	}
+	// Without sealing.key the edge is about to make a new one
+	// (loadSealingKey), and every blob the replica holds is sealed to the
+	// key that is gone: start over as on a first start, so that Watch
+	// sends a snapshot sealed to the new key instead of resuming.
+	_, statErr := os.Stat(filepath.Join(dir, "sealing.key"))
+	lostKey := errors.Is(statErr, os.ErrNotExist)
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketState, bucketKeys, bucketMaterial} {
+			if lostKey {
+				if err := tx.DeleteBucket(b); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
+					return err
+				}
+			}
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -53,6 +65,52 @@ func openDisk(dir string) (*disk, error) {
 		return nil, fmt.Errorf("edgecache: %w", err)
 	}
 	return &disk{db: db}, nil
+}
+
+// openBolt opens replica.db after checking every page of it. bbolt
+// panics on some damage (a page that names another id, a freelist of an
+// unknown type), and a panic inside bolt.Open would leave the file mapped
+// and locked; a damaged replica must stop the edge with an error instead.
+// So the file is first opened read-only, which reads no freelist, and
+// checked (tx.Check recovers bbolt's panics into errors).
+func openBolt(path string) (*bolt.DB, error) {
+	if err := checkBolt(path); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("edgecache: open %s: %w (is another edge using this data dir?)", path, err)
+	}
+	return db, nil
+}
+
+func checkBolt(path string) (err error) {
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		return nil // a first start; bolt.Open reports anything else
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("edgecache: %s is damaged (%v): move it aside and the edge resynchronises from the central tier", path, r)
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("edgecache: open %s: %w (is another edge using this data dir?)", path, err)
+	}
+	defer db.Close()
+	var damage error
+	_ = db.View(func(tx *bolt.Tx) error {
+		for err := range tx.Check() { // drain: Check's goroutine uses tx until it closes the channel
+			if damage == nil {
+				damage = err
+			}
+		}
+		return nil
+	})
+	if damage != nil {
+		return fmt.Errorf("edgecache: %s is damaged (%w): move it aside and the edge resynchronises from the central tier", path, damage)
+	}
+	return nil
 }
 
 func (d *disk) close() error { return d.db.Close() }
@@ -247,6 +305,11 @@ func loadSealingKey(dir string) (*sealed.PrivateKey, error) {
 	}
 	defer enc.Destroy()
 	tmp := path + ".tmp"
+	// A start that died here left its half-written key behind; replica.db's
+	// lock, held since openDisk, keeps any other opener out.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("edgecache: %w", err)
+	}
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("edgecache: %w", err)

@@ -18,6 +18,7 @@ import (
 // last revision applied.
 func (c *Cache) Run(ctx context.Context) error {
 	go c.acker(ctx)
+	go c.expire(ctx)
 	backoff := c.cfg.InitialBackoff
 	for {
 		progressed, err := c.session(ctx)
@@ -73,6 +74,24 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 		}
 		if err := c.apply(ev); err != nil {
 			return progressed, err
+		}
+	}
+}
+
+// expire checks the staleness window every second while the edge does not
+// follow the central tier, so that material and data keys leave memory
+// when the window closes even if no request arrives to notice.
+func (c *Cache) expire(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if !c.connected.Load() {
+				_ = c.Serving()
+			}
 		}
 	}
 }
