@@ -23,13 +23,10 @@ package central
 
 import (
 	"context"
-	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -37,11 +34,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
@@ -55,6 +49,7 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/serve"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -77,24 +72,21 @@ const SweepInterval = time.Minute
 
 // Node is a running central process.
 type Node struct {
-	cfg    *config.Central
-	log    *slog.Logger
-	roots  *broker.Roots
-	store  *store.Bolt
-	svc    *broker.Service
-	policy *policy.Engine
-	audit  *audit.Log
-	grpc   *grpc.Server
-	health *health.Server
-	ops    *http.Server
-	lis    net.Listener
-	opsLis net.Listener
+	cfg     *config.Central
+	log     *slog.Logger
+	roots   *broker.Roots
+	store   *store.Bolt
+	svc     *broker.Service
+	policy  *policy.Engine
+	audit   *audit.Log
+	servers *serve.Servers
+	lis     net.Listener
+	opsLis  net.Listener
 
-	stop     context.CancelFunc
-	loops    sync.WaitGroup
-	serveErr chan error
-	closeMu  sync.Mutex
-	closed   bool
+	stop    context.CancelFunc
+	loops   sync.WaitGroup
+	closeMu sync.Mutex
+	closed  bool
 }
 
 // Options are the host process's contributions.
@@ -114,7 +106,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if reg == nil {
 		reg = Backends()
 	}
-	n = &Node{cfg: cfg, log: log, serveErr: make(chan error, 2)}
+	n = &Node{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			n.closeResources()
@@ -184,30 +176,16 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		return nil, err
 	}
 	calls := rpc.NewMetrics(metrics)
-	n.grpc = grpc.NewServer(
+	n.servers = serve.New(tlsCfg, serve.OpsHandler(metrics, n.ready),
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
 	)
-	srv.Register(n.grpc)
-	// grpc.health.v1 answers SERVING while the process serves, like /healthz;
-	// readiness is /readyz. It is also the no-op RPC that benchmarks compare
-	// with: the same TLS, interceptors and authentication, no work.
-	n.health = health.NewServer()
-	healthpb.RegisterHealthServer(n.grpc, n.health)
-	n.ops = &http.Server{Handler: n.opsHandler(metrics), TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second}
-
+	srv.Register(n.servers.GRPC)
 	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	n.stop = stop
-	go func() { n.serveErr <- n.grpc.Serve(n.lis) }()
-	go func() {
-		err := n.ops.Serve(tls.NewListener(n.opsLis, n.ops.TLSConfig))
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		n.serveErr <- err
-	}()
+	n.servers.Start(n.lis, n.opsLis)
 	n.loops.Go(func() { n.svc.Registry().Follow(loopCtx) })
 	n.loops.Go(func() { n.reloadLoop(loopCtx) })
 	n.loops.Go(func() { n.sweepLoop(loopCtx) })
@@ -226,7 +204,7 @@ func (n *Node) OpsAddr() string { return n.opsLis.Addr().String() }
 func (n *Node) Service() *broker.Service { return n.svc }
 
 // Done reports a server that stopped on its own (an error from Serve).
-func (n *Node) Done() <-chan error { return n.serveErr }
+func (n *Node) Done() <-chan error { return n.servers.Done() }
 
 // ReloadPolicy re-reads the policy files now (SIGHUP).
 func (n *Node) ReloadPolicy() {
@@ -284,51 +262,29 @@ func (n *Node) auditSystem(op, key string) {
 	}
 }
 
-func (n *Node) opsHandler(metrics *prometheus.Registry) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		health := map[string]string{}
-		ready := true
-		for name, err := range n.roots.Health(ctx) {
-			health["backend:"+name] = "ok"
-			if err != nil {
-				health["backend:"+name] = err.Error()
-				ready = false
-			}
+// ready: every backend healthy; the policy in force (and the last reload's
+// error, if any) is reported alongside.
+func (n *Node) ready(ctx context.Context) (bool, map[string]any) {
+	checks := map[string]any{}
+	ready := true
+	for name, err := range n.roots.Health(ctx) {
+		checks["backend:"+name] = "ok"
+		if err != nil {
+			checks["backend:"+name] = err.Error()
+			ready = false
 		}
-		health["policy"] = n.policy.Current().Hash()[:12]
-		if err := n.policy.LastError(); err != nil {
-			health["policy_reload"] = err.Error()
-		}
-		w.Header().Set("Content-Type", "application/json")
-		if !ready {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "checks": health})
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
-	return mux
+	}
+	checks["policy"] = n.policy.Current().Hash()[:12]
+	if err := n.policy.LastError(); err != nil {
+		checks["policy_reload"] = err.Error()
+	}
+	return ready, checks
 }
 
 // Shutdown stops serving gracefully within ctx, then closes everything.
 func (n *Node) Shutdown(ctx context.Context) error {
-	n.health.Shutdown()
 	n.stop()
-	done := make(chan struct{})
-	go func() { n.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		n.log.Warn("graceful stop timed out; cancelling in-flight calls")
-		n.grpc.Stop()
-	}
-	err := n.ops.Shutdown(ctx)
+	err := n.servers.Stop(ctx, n.log)
 	n.loops.Wait()
 	return errors.Join(err, n.closeResources())
 }

@@ -25,23 +25,18 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -49,6 +44,7 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/edgecache"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/serve"
 	"github.com/keybroker/keybroker/rpc"
 )
 
@@ -59,17 +55,14 @@ type Node struct {
 	cache   *edgecache.Cache
 	audit   *audit.Log
 	central *grpc.ClientConn
-	grpc    *grpc.Server
-	health  *health.Server
-	ops     *http.Server
+	servers *serve.Servers
 	lis     net.Listener
 	opsLis  net.Listener
 
-	stop     context.CancelFunc
-	loops    sync.WaitGroup
-	serveErr chan error
-	closeMu  sync.Mutex
-	closed   bool
+	stop    context.CancelFunc
+	loops   sync.WaitGroup
+	closeMu sync.Mutex
+	closed  bool
 }
 
 // Options are the host process's contributions.
@@ -83,7 +76,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n = &Node{cfg: cfg, log: log, serveErr: make(chan error, 2)}
+	n = &Node{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			n.closeResources()
@@ -149,31 +142,17 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		return nil, err
 	}
 	calls := rpc.NewMetrics(metrics)
-	n.grpc = grpc.NewServer(
+	n.servers = serve.New(serverTLS, serve.OpsHandler(metrics, n.ready),
 		grpc.Creds(credentials.NewTLS(serverTLS)),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
 	)
-	kbv1.RegisterKeyBrokerServer(n.grpc, srv.KeyBroker())
-	kbv1.RegisterKeyAdminServer(n.grpc, n.cache.Admin(srv))
-	// grpc.health.v1 answers SERVING while the process serves, like /healthz;
-	// readiness is /readyz. It is also the no-op RPC that benchmarks compare
-	// with: the same TLS, interceptors and authentication, no work.
-	n.health = health.NewServer()
-	healthpb.RegisterHealthServer(n.grpc, n.health)
-	n.ops = &http.Server{Handler: n.opsHandler(metrics), TLSConfig: serverTLS.Clone(), ReadHeaderTimeout: 10 * time.Second}
-
+	kbv1.RegisterKeyBrokerServer(n.servers.GRPC, srv.KeyBroker())
+	kbv1.RegisterKeyAdminServer(n.servers.GRPC, n.cache.Admin(srv))
 	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	n.stop = stop
-	go func() { n.serveErr <- n.grpc.Serve(n.lis) }()
-	go func() {
-		err := n.ops.Serve(tls.NewListener(n.opsLis, n.ops.TLSConfig))
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
-		}
-		n.serveErr <- err
-	}()
+	n.servers.Start(n.lis, n.opsLis)
 	n.loops.Go(func() { _ = n.cache.Run(loopCtx) })
 	log.Info("edge ready", "node_id", cfg.NodeID, "region", cfg.Region, "grpc_addr", n.lis.Addr().String(),
 		"advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(), "central", cfg.Central.Address,
@@ -214,47 +193,26 @@ func (n *Node) OpsAddr() string { return n.opsLis.Addr().String() }
 func (n *Node) Cache() *edgecache.Cache { return n.cache }
 
 // Done reports a server that stopped on its own (an error from Serve).
-func (n *Node) Done() <-chan error { return n.serveErr }
+func (n *Node) Done() <-chan error { return n.servers.Done() }
 
-func (n *Node) opsHandler(metrics *prometheus.Registry) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		checks := map[string]any{"revision": n.cache.Revision(), "connected": n.cache.Connected()}
-		if l := n.cache.LeaseExpires(); !l.IsZero() {
-			checks["lease_expires"] = l.UTC().Format(time.RFC3339Nano)
-		}
-		ready := true
-		if err := n.cache.Serving(); err != nil {
-			ready = false
-			checks["serving"] = err.Error()
-		}
-		w.Header().Set("Content-Type", "application/json")
-		if !ready {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"ready": ready, "checks": checks})
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
-	return mux
+// ready: the replica has synchronised once and is within its staleness
+// window.
+func (n *Node) ready(context.Context) (bool, map[string]any) {
+	checks := map[string]any{"revision": n.cache.Revision(), "connected": n.cache.Connected()}
+	if l := n.cache.LeaseExpires(); !l.IsZero() {
+		checks["lease_expires"] = l.UTC().Format(time.RFC3339Nano)
+	}
+	if err := n.cache.Serving(); err != nil {
+		checks["serving"] = err.Error()
+		return false, checks
+	}
+	return true, checks
 }
 
 // Shutdown stops serving gracefully within ctx, then closes everything.
 func (n *Node) Shutdown(ctx context.Context) error {
-	n.health.Shutdown()
 	n.stop()
-	done := make(chan struct{})
-	go func() { n.grpc.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		n.log.Warn("graceful stop timed out; cancelling in-flight calls")
-		n.grpc.Stop()
-	}
-	err := n.ops.Shutdown(ctx)
+	err := n.servers.Stop(ctx, n.log)
 	n.loops.Wait()
 	return errors.Join(err, n.closeResources())
 }
