@@ -209,16 +209,28 @@ func LoadCentral(path string) (*Central, error) {
 // type, null values, YAML aliases, more than one document and input over
 // MaxFileSize are errors. Fields left out take their defaults.
 func ParseCentral(name string, data []byte, baseDir string) (*Central, error) {
-	c := DefaultCentral()
-	lines, probs := decode(data, &c)
+	return parse(name, data, baseDir, DefaultCentral())
+}
+
+// nodeConfig is a node's configuration file: central or edge.
+type nodeConfig[T any] interface {
+	*T
+	ResolvePaths(baseDir string)
+	validate() problems
+}
+
+// parse decodes data over the defaults cfg, resolves its paths against
+// baseDir and validates it.
+func parse[T any, P nodeConfig[T]](name string, data []byte, baseDir string, cfg T) (*T, error) {
+	lines, probs := decode(data, &cfg)
 	if len(probs) > 0 {
 		return nil, probs.join(name, lines)
 	}
-	c.ResolvePaths(baseDir)
-	if probs := c.validate(); len(probs) > 0 {
+	P(&cfg).ResolvePaths(baseDir)
+	if probs := P(&cfg).validate(); len(probs) > 0 {
 		return nil, probs.join(name, lines)
 	}
-	return &c, nil
+	return &cfg, nil
 }
 
 // ResolvePaths makes the relative paths in c (tls, data_dir, policy.paths,

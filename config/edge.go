@@ -160,16 +160,7 @@ func LoadEdge(path string) (*Edge, error) {
 // them relative to the working directory). Decoding is as strict as
 // ParseCentral's.
 func ParseEdge(name string, data []byte, baseDir string) (*Edge, error) {
-	e := DefaultEdge()
-	lines, probs := decode(data, &e)
-	if len(probs) > 0 {
-		return nil, probs.join(name, lines)
-	}
-	e.ResolvePaths(baseDir)
-	if probs := e.validate(); len(probs) > 0 {
-		return nil, probs.join(name, lines)
-	}
-	return &e, nil
+	return parse(name, data, baseDir, DefaultEdge())
 }
 
 // ResolvePaths makes the relative paths in e (tls, data_dir, audit.path)
