@@ -77,7 +77,7 @@ func freePort(t *testing.T) string {
 // one-entry material cache (so tests can make it cold), then the edges.
 func newEdgeCluster(t *testing.T, edges ...*edgeNode) *edgeCluster {
 	t.Helper()
-	c := &edgeCluster{cluster: newClusterOn(t, pkcs11Roots, basicRoots), edges: map[string]*edgeNode{}}
+	c := &edgeCluster{cluster: newClusterOn(t, pkcs11Roots, append(basicRoots, rootKey{"root-ec", "ecdsa-p256"})), edges: map[string]*edgeNode{}}
 	cfg, err := os.ReadFile(c.config)
 	must(t, "reading central.yaml", err)
 	cfg = bytes.Replace(cfg, []byte("listen: 127.0.0.1:0\n"), []byte("listen: "+freePort(t)+"\n"), 1)
@@ -244,6 +244,72 @@ func TestEdgesEndToEnd(t *testing.T) {
 					t.Errorf("signature from %s verified at %s = %v, %v", src, dst, vs.GetValid(), err)
 				}
 			}
+		}
+	})
+
+	t.Run("every key type and mode, made anywhere, checked everywhere", func(t *testing.T) {
+		types := []kbv1.KeyType{aes, kbv1.KeyType_KEY_TYPE_HMAC_SHA256, kbv1.KeyType_KEY_TYPE_ECDSA_P256, kbv1.KeyType_KEY_TYPE_ED25519}
+		// Backend mode needs a root key of the type's own algorithm on the
+		// token; SoftHSM2 keeps no Ed25519 keys for it.
+		backendRoot := map[kbv1.KeyType]string{aes: c.roots.ref("root-aes"), kbv1.KeyType_KEY_TYPE_HMAC_SHA256: c.roots.ref("root-prf"),
+			kbv1.KeyType_KEY_TYPE_ECDSA_P256: c.roots.ref("root-ec")}
+		var rev uint64
+		var ids []string
+		kinds := map[string]kbv1.KeyType{}
+		for _, typ := range types {
+			for _, mode := range []kbv1.KeyMode{derive, wrap, backend} {
+				req := &kbv1.CreateKeyRequest{KeyId: strings.ToLower(fmt.Sprintf("m-%s-%s", typ, mode)), Type: typ, Mode: mode, Labels: owner, Placement: "true"}
+				if mode == backend {
+					if req.RootKey = backendRoot[typ]; req.RootKey == "" {
+						continue
+					}
+				}
+				req.KeyId = strings.NewReplacer("_", "-").Replace(req.KeyId)
+				m, err := c.admin.admin.CreateKey(ctx, req)
+				must(t, "CreateKey "+req.KeyId, err)
+				rev = max(rev, m.GetRevision())
+				ids = append(ids, req.KeyId)
+				kinds[req.KeyId] = typ
+			}
+		}
+		c.waitApplied(t, rev)
+		msg := []byte("every node")
+		for _, id := range ids {
+			for _, src := range nodes {
+				for _, dst := range nodes {
+					var err error
+					ok := true
+					switch kinds[id] {
+					case aes:
+						var enc *kbv1.EncryptResponse
+						if enc, err = clients[src].kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: id, Plaintext: msg}); err == nil {
+							var dec *kbv1.DecryptResponse
+							dec, err = clients[dst].kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.GetCiphertext()})
+							ok = bytes.Equal(dec.GetPlaintext(), msg)
+						}
+					case kbv1.KeyType_KEY_TYPE_HMAC_SHA256:
+						var mac *kbv1.GenerateMacResponse
+						if mac, err = clients[src].kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: id, Message: msg}); err == nil {
+							var v *kbv1.VerifyMacResponse
+							v, err = clients[dst].kb.VerifyMac(ctx, &kbv1.VerifyMacRequest{KeyId: id, Message: msg, Mac: mac.GetMac()})
+							ok = v.GetValid()
+						}
+					default:
+						var sig *kbv1.SignResponse
+						if sig, err = clients[src].kb.Sign(ctx, &kbv1.SignRequest{KeyId: id, Input: &kbv1.SignRequest_Message{Message: msg}}); err == nil {
+							var v *kbv1.VerifyResponse
+							v, err = clients[dst].kb.Verify(ctx, &kbv1.VerifyRequest{KeyId: id, Input: &kbv1.VerifyRequest_Message{Message: msg}, Signature: sig.GetSignature()})
+							ok = v.GetValid()
+						}
+					}
+					if err != nil || !ok {
+						t.Errorf("%s: made at %s, checked at %s: ok=%v, %v", id, src, dst, ok, err)
+					}
+				}
+			}
+		}
+		if len(ids) != 11 {
+			t.Errorf("%d type and mode combinations tried, want 11", len(ids))
 		}
 	})
 
