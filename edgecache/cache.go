@@ -301,10 +301,16 @@ var emptyPolicy, _ = policy.Parse(map[string][]byte{})
 func (p policySource) Current() *policy.Set {
 	p.c.mu.RLock()
 	defer p.c.mu.RUnlock()
-	if p.c.policy == nil {
+	return p.c.policyLocked()
+}
+
+// policyLocked is the policy in force (none before the first sync); the
+// caller holds mu.
+func (c *Cache) policyLocked() *policy.Set {
+	if c.policy == nil {
 		return emptyPolicy
 	}
-	return p.c.policy
+	return c.policy
 }
 
 // Serving says whether the replica may be served from now, and if not why.
@@ -352,9 +358,8 @@ func (c *Cache) self() *kbv1.Node {
 
 // mayHold says whether placement lets this edge hold k's material.
 func (c *Cache) mayHold(k *managed.Key) bool {
-	set := c.Policy().Current()
 	c.mu.RLock()
-	rk := c.keys[k.ID]
+	rk, set := c.keys[k.ID], c.policyLocked()
 	c.mu.RUnlock()
 	if rk == nil || rk.key != k {
 		// Not the replica's current key (replaced meanwhile): decide

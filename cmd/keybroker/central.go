@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -38,23 +39,13 @@ gracefully within shutdown_timeout.`,
 			if err := cfg.Check(); err != nil {
 				return usageError(err)
 			}
-			log := newLogger(e, cfg.Log)
+			log := cfg.Log.NewLogger(e.stderr)
 			return runCentral(cmd.Context(), cfg, log)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "path of the central node's YAML configuration (required)")
 	_ = cmd.MarkFlagRequired("config")
 	return cmd
-}
-
-func newLogger(e *env, c config.Log) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "text" {
-		return slog.New(slog.NewTextHandler(e.stderr, opts))
-	}
-	return slog.New(slog.NewJSONHandler(e.stderr, opts))
 }
 
 func runCentral(ctx context.Context, cfg *config.Central, log *slog.Logger) error {
@@ -79,9 +70,15 @@ func runCentral(ctx context.Context, cfg *config.Central, log *slog.Logger) erro
 			done = true
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	return stopNode(ctx, node.Shutdown, cfg.ShutdownTimeout, log, serveErr)
+}
+
+// stopNode shuts a node down within timeout (whatever ended ctx) and
+// reports a server that had stopped on its own (serveErr).
+func stopNode(ctx context.Context, shutdown func(context.Context) error, timeout time.Duration, log *slog.Logger, serveErr error) error {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
-	if err := node.Shutdown(sctx); err != nil {
+	if err := shutdown(sctx); err != nil {
 		log.Error("shutdown", "err", err)
 		return err
 	}

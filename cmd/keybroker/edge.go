@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 
 	"github.com/spf13/cobra"
@@ -38,7 +37,7 @@ SIGTERM stops the edge gracefully within shutdown_timeout.`,
 			if err := cfg.Check(); err != nil {
 				return usageError(err)
 			}
-			return runEdge(cmd.Context(), cfg, newLogger(e, cfg.Log))
+			return runEdge(cmd.Context(), cfg, cfg.Log.NewLogger(e.stderr))
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "path of the edge node's YAML configuration (required)")
@@ -59,15 +58,5 @@ func runEdge(ctx context.Context, cfg *config.Edge, log *slog.Logger) error {
 	case <-ctx.Done():
 		log.Info("shutting down")
 	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
-	defer cancel()
-	if err := node.Shutdown(sctx); err != nil {
-		log.Error("shutdown", "err", err)
-		return err
-	}
-	log.Info("stopped")
-	if serveErr != nil {
-		return fmt.Errorf("server stopped: %w", serveErr)
-	}
-	return nil
+	return stopNode(ctx, node.Shutdown, cfg.ShutdownTimeout, log, serveErr)
 }
