@@ -20,6 +20,7 @@ import (
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/softkms"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/secret"
 )
 
@@ -393,18 +394,58 @@ func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
 	}
 }
 
+// TestGenerateDataKey checks both forms of a generated data key in every
+// mode: the encrypted form opens with Decrypt, and a message sealed locally
+// under the wrapped form (as the SDK does) opens with Decrypt, while
+// DecryptDataKey gives the data key back only under the right context.
 func TestGenerateDataKey(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	e.create(t, "dk", AES256GCM, ModeDerive, "", true)
 	ectx := map[string]string{"bucket": "photos"}
-	dek, ct, _, err := e.svc.GenerateDataKey(ctx, "dk", ectx)
-	if err != nil || dek.Len() != 32 {
-		t.Fatalf("GenerateDataKey = %v", err)
-	}
-	got, _, _, err := e.svc.Decrypt(ctx, ct, ectx, "dk")
-	if err != nil || !bytes.Equal(got, dek.Reveal()) {
-		t.Errorf("Decrypt(encrypted data key) = %v", err)
+	for i, tc := range []struct {
+		mode    Mode
+		root    string
+		derived bool
+	}{{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", true}, {ModeBackend, "softkms:aes-root", false}} {
+		id := fmt.Sprintf("dk-%d", i)
+		t.Run(fmt.Sprintf("%s derived=%v", tc.mode, tc.derived), func(t *testing.T) {
+			e.create(t, id, AES256GCM, tc.mode, tc.root, tc.derived)
+			dk, err := e.svc.GenerateDataKey(ctx, id, ectx, true)
+			if err != nil || dk.Plaintext.Len() != 32 || len(dk.Wrapped) < envelope.WrappedDEKLen {
+				t.Fatalf("GenerateDataKey = %+v, %v", dk, err)
+			}
+			got, _, _, err := e.svc.Decrypt(ctx, dk.Encrypted, ectx, id)
+			if err != nil || !bytes.Equal(got, dk.Plaintext.Reveal()) {
+				t.Errorf("Decrypt(encrypted data key) = %v", err)
+			}
+			local, err := envelope.NewDataKey(id, dk.Key.Primary, dk.Plaintext.Clone(), dk.Wrapped)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ct, err := local.Seal([]byte("sealed by a client"), ectx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pt, _, _, err := e.svc.Decrypt(ctx, ct, ectx, ""); err != nil || string(pt) != "sealed by a client" {
+				t.Errorf("Decrypt(client-sealed) = %q, %v", pt, err)
+			}
+			back, _, err := e.svc.DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped, ectx)
+			if err != nil || !back.Equal(dk.Plaintext) {
+				t.Errorf("DecryptDataKey = %v, want the generated data key", err)
+			}
+			if tc.derived {
+				_, _, err := e.svc.DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped, map[string]string{"bucket": "other"})
+				wantErr(t, "DecryptDataKey with another context", err, ErrInvalidArgument)
+			}
+			_, _, err = e.svc.DecryptDataKey(ctx, id, 9, dk.Wrapped, ectx)
+			wantErr(t, "DecryptDataKey of a version that does not exist", err, ErrNotFound)
+			_, _, err = e.svc.DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped[:10], ectx)
+			wantErr(t, "DecryptDataKey of a short wrapped key", err, ErrInvalidArgument)
+			without, err := e.svc.GenerateDataKey(ctx, id, ectx, false)
+			if err != nil || without.Wrapped != nil {
+				t.Errorf("GenerateDataKey(wrapped=false) = %v, wrapped %x", err, without.Wrapped)
+			}
+		})
 	}
 }
 

@@ -71,10 +71,10 @@ func TestRestartFromDisk(t *testing.T) {
 			must(t, "GenerateMac before the restart", err)
 			_, _, err = node.Sign(ctx, "signer", []byte("m"), false)
 			must(t, "Sign before the restart", err)
-			dek, dekCT, _, err := node.GenerateDataKey(ctx, "shared", ectx)
+			dk, err := node.GenerateDataKey(ctx, "shared", ectx, true)
 			must(t, "GenerateDataKey before the restart", err)
-			dekPlain := bytes.Clone(dek.Reveal())
-			dek.Destroy()
+			dekPlain, dekCT := bytes.Clone(dk.Plaintext.Reveal()), dk.Encrypted
+			dk.Plaintext.Destroy()
 			before, _, err := node.ListKeys(ctx, nil, 0, "")
 			must(t, "ListKeys before the restart", err)
 			rev, lease := ec.Revision(), ec.LeaseExpires()

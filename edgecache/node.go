@@ -151,28 +151,48 @@ func (n *edgeNode) Decrypt(ctx context.Context, ct []byte, ectx map[string]strin
 	return out.pt, out.k, out.v, err
 }
 
+func (n *edgeNode) GenerateDataKey(ctx context.Context, id string, ectx map[string]string, wrapped bool) (*managed.DataKey, error) {
+	k, err := n.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return run(n, k, func() (*managed.DataKey, error) {
+		return n.c.ops.GenerateDataKey(ctx, id, ectx, wrapped)
+	}, func() (*managed.DataKey, error) {
+		method := "GenerateDataKey"
+		if !wrapped {
+			method = "GenerateDataKeyWithoutPlaintext"
+		}
+		resp := &kbv1.GenerateDataKeyResponse{}
+		if err := n.c.forward(ctx, kbService+method, &kbv1.GenerateDataKeyRequest{KeyId: id, EncryptionContext: ectx}, resp); err != nil {
+			return nil, err
+		}
+		return &managed.DataKey{Plaintext: secret.New(resp.GetPlaintext()), Encrypted: resp.GetEncryptedDataKey(),
+			Wrapped: resp.GetWrappedDataKey(), Key: n.atVersion(k, resp.GetKeyVersion())}, nil
+	})
+}
+
 type dataKey struct {
 	dek *secret.Bytes
-	ct  []byte
 	k   *managed.Key
 }
 
-func (n *edgeNode) GenerateDataKey(ctx context.Context, id string, ectx map[string]string) (*secret.Bytes, []byte, *managed.Key, error) {
+func (n *edgeNode) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *managed.Key, error) {
 	k, err := n.Get(ctx, id)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	out, err := run(n, k, func() (dataKey, error) {
-		dek, ct, k, err := n.c.ops.GenerateDataKey(ctx, id, ectx)
-		return dataKey{dek, ct, k}, err
+		dek, k, err := n.c.ops.DecryptDataKey(ctx, id, v, wrapped, ectx)
+		return dataKey{dek, k}, err
 	}, func() (dataKey, error) {
-		resp := &kbv1.GenerateDataKeyResponse{}
-		if err := n.c.forward(ctx, kbService+"GenerateDataKey", &kbv1.GenerateDataKeyRequest{KeyId: id, EncryptionContext: ectx}, resp); err != nil {
+		resp := &kbv1.DecryptDataKeyResponse{}
+		if err := n.c.forward(ctx, kbService+"DecryptDataKey", &kbv1.DecryptDataKeyRequest{KeyId: id, KeyVersion: v, WrappedDataKey: wrapped, EncryptionContext: ectx}, resp); err != nil {
 			return dataKey{}, err
 		}
-		return dataKey{secret.New(resp.GetPlaintext()), resp.GetEncryptedDataKey(), n.atVersion(k, resp.GetKeyVersion())}, nil
+		return dataKey{secret.New(resp.GetPlaintext()), k}, nil
 	})
-	return out.dek, out.ct, out.k, err
+	return out.dek, out.k, err
 }
 
 type signed struct {

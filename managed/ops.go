@@ -345,18 +345,97 @@ func PeekKeyID(ciphertext []byte) (string, uint32, error) {
 	return h.KeyID, h.Version, nil
 }
 
-// GenerateDataKey returns a fresh 32-byte data key and the key's
-// ciphertext of it.
-func (o *Ops) GenerateDataKey(ctx context.Context, id string, ectx map[string]string) (*secret.Bytes, []byte, *Key, error) {
+// DataKey is what GenerateDataKey returns.
+type DataKey struct {
+	// Plaintext is the 32-byte data key; the caller destroys it.
+	Plaintext *secret.Bytes
+	// Encrypted is the key's ciphertext of the data key (Decrypt opens it).
+	Encrypted []byte
+	// Wrapped is the data key as a ciphertext header carries it, so that a
+	// client can seal ciphertexts under it that any node opens; nil unless
+	// asked for.
+	Wrapped []byte
+	// Key is the key, at the version that wrapped the data key.
+	Key *Key
+}
+
+// GenerateDataKey returns a fresh 32-byte data key, the key's ciphertext
+// of it and, when wrapped is set, the data key wrapped for a ciphertext
+// header (for backend-mode keys that is one backend call).
+func (o *Ops) GenerateDataKey(ctx context.Context, id string, ectx map[string]string, wrapped bool) (*DataKey, error) {
 	raw := make([]byte, envelope.DEKSize)
 	_, _ = rand.Read(raw)
 	dek := secret.New(raw)
 	ct, k, err := o.Encrypt(ctx, id, raw, ectx)
 	if err != nil {
 		dek.Destroy()
-		return nil, nil, nil, err
+		return nil, err
 	}
-	return dek, ct, k, nil
+	out := &DataKey{Plaintext: dek, Encrypted: ct, Key: k}
+	if wrapped {
+		if out.Wrapped, err = o.wrapDataKey(ctx, k, k.Primary, ectx, raw); err != nil {
+			dek.Destroy()
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// wrapDataKey wraps dek for a ciphertext header under version v of k.
+func (o *Ops) wrapDataKey(ctx context.Context, k *Key, v uint32, ectx map[string]string, dek []byte) ([]byte, error) {
+	if k.Mode == ModeBackend {
+		if err := o.needBackend(k); err != nil {
+			return nil, err
+		}
+		return o.backend.WrapDataKey(ctx, k, v, dek)
+	}
+	kek, err := o.kek(ctx, k, v, ectx)
+	if err != nil {
+		return nil, err
+	}
+	defer kek.Destroy()
+	return envelope.WrapDataKey(kek, k.ID, v, dek)
+}
+
+// DecryptDataKey returns the data key of a ciphertext whose header names
+// key id, version v and the wrapped data key, after the same checks as
+// Decrypt (key state, minimum version, encryption context for derived
+// keys). The caller destroys the result.
+func (o *Ops) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *Key, error) {
+	h, err := envelope.NewDataKeyHeader(id, v, wrapped)
+	if err != nil {
+		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
+	}
+	if _, err := envelope.CanonicalContext(ectx); err != nil {
+		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
+	}
+	k, err := o.UsableKey(ctx, id, AES256GCM, "DecryptDataKey")
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := k.CheckDecryptVersion(v); err != nil {
+		return nil, nil, err
+	}
+	if k.Derived {
+		// The unwrap cache is keyed by the wrapped data key alone, which
+		// is right for Decrypt (the message's tag checks the context) but
+		// would hand this data key out under any context.
+		kek, err := o.kek(ctx, k, v, ectx)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer kek.Destroy()
+		dk, err := envelope.UnwrapDataKey(kek, k.ID, v, wrapped)
+		if err != nil {
+			return nil, nil, Errorf(ErrInvalidArgument, errBadCiphertext)
+		}
+		return dk.Key(), k, nil
+	}
+	dk, err := o.openDataKey(ctx, k, h, ectx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return dk.Key().Clone(), k, nil
 }
 
 // sign signs msg (or a digest) with version v of k.

@@ -118,6 +118,7 @@ const (
 	ReEncrypt                       Action = "ReEncrypt"
 	GenerateDataKey                 Action = "GenerateDataKey"
 	GenerateDataKeyWithoutPlaintext Action = "GenerateDataKeyWithoutPlaintext"
+	DecryptDataKey                  Action = "DecryptDataKey"
 	Sign                            Action = "Sign"
 	Verify                          Action = "Verify"
 	GetPublicKey                    Action = "GetPublicKey"

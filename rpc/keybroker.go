@@ -116,17 +116,30 @@ func (s *Server) generateDataKey(ctx context.Context, r *kbv1.GenerateDataKeyReq
 		op = policy.GenerateDataKeyWithoutPlaintext
 	}
 	return KeyOp(ctx, s, op, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.GenerateDataKeyResponse, error) {
-		dek, ct, k, err := s.node.GenerateDataKey(c.Ctx, r.GetKeyId(), r.GetEncryptionContext())
+		dk, err := s.node.GenerateDataKey(c.Ctx, r.GetKeyId(), r.GetEncryptionContext(), withPlaintext)
 		if err != nil {
 			return nil, err
 		}
-		c.Rec.Version = k.Primary
-		out := &kbv1.GenerateDataKeyResponse{EncryptedDataKey: ct, KeyId: k.ID, KeyVersion: k.Primary}
+		defer dk.Plaintext.Destroy()
+		c.Rec.Version = dk.Key.Primary
+		out := &kbv1.GenerateDataKeyResponse{EncryptedDataKey: dk.Encrypted, KeyId: dk.Key.ID, KeyVersion: dk.Key.Primary}
 		if withPlaintext {
-			out.Plaintext = append([]byte(nil), dek.Reveal()...)
+			out.Plaintext = append([]byte(nil), dk.Plaintext.Reveal()...)
+			out.WrappedDataKey = dk.Wrapped
 		}
-		dek.Destroy()
 		return out, nil
+	})
+}
+
+func (b *keyBroker) DecryptDataKey(ctx context.Context, r *kbv1.DecryptDataKeyRequest) (*kbv1.DecryptDataKeyResponse, error) {
+	return KeyOp(ctx, b.s, policy.DecryptDataKey, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.DecryptDataKeyResponse, error) {
+		c.Rec.Version = r.GetKeyVersion()
+		dek, k, err := b.s.node.DecryptDataKey(c.Ctx, r.GetKeyId(), r.GetKeyVersion(), r.GetWrappedDataKey(), r.GetEncryptionContext())
+		if err != nil {
+			return nil, err
+		}
+		defer dek.Destroy()
+		return &kbv1.DecryptDataKeyResponse{Plaintext: append([]byte(nil), dek.Reveal()...), KeyId: k.ID, KeyVersion: r.GetKeyVersion()}, nil
 	})
 }
 

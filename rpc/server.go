@@ -60,7 +60,9 @@ type Node interface {
 	managed.KeySource
 	Encrypt(ctx context.Context, id string, plaintext []byte, ectx map[string]string) ([]byte, *managed.Key, error)
 	Decrypt(ctx context.Context, ciphertext []byte, ectx map[string]string, expectKey string) ([]byte, *managed.Key, uint32, error)
-	GenerateDataKey(ctx context.Context, id string, ectx map[string]string) (*secret.Bytes, []byte, *managed.Key, error)
+	// GenerateDataKey returns the wrapped form only when wrapped is set.
+	GenerateDataKey(ctx context.Context, id string, ectx map[string]string, wrapped bool) (*managed.DataKey, error)
+	DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *managed.Key, error)
 	Sign(ctx context.Context, id string, msg []byte, digest bool) ([]byte, *managed.Key, error)
 	PublicKey(ctx context.Context, id string, v uint32) ([]byte, *managed.Key, uint32, error)
 	Verify(ctx context.Context, id string, v uint32, msg []byte, digest bool, sig []byte) (bool, uint32, error)

@@ -141,8 +141,12 @@ func (n *centralNode) Decrypt(ctx context.Context, ct []byte, ectx map[string]st
 	return n.s.svc.Decrypt(ctx, ct, ectx, expect)
 }
 
-func (n *centralNode) GenerateDataKey(ctx context.Context, id string, ectx map[string]string) (*secret.Bytes, []byte, *managed.Key, error) {
-	return n.s.svc.GenerateDataKey(ctx, id, ectx)
+func (n *centralNode) GenerateDataKey(ctx context.Context, id string, ectx map[string]string, wrapped bool) (*managed.DataKey, error) {
+	return n.s.svc.GenerateDataKey(ctx, id, ectx, wrapped)
+}
+
+func (n *centralNode) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *managed.Key, error) {
+	return n.s.svc.DecryptDataKey(ctx, id, v, wrapped, ectx)
 }
 
 func (n *centralNode) Sign(ctx context.Context, id string, msg []byte, digest bool) ([]byte, *managed.Key, error) {

@@ -364,8 +364,15 @@ func TestEveryOperation(t *testing.T) {
 	if d, _ := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: dk.EncryptedDataKey}); !bytes.Equal(d.GetPlaintext(), dk.Plaintext) {
 		t.Error("encrypted data key does not decrypt to the data key")
 	}
+	back, err := kb.DecryptDataKey(ctx, &kbv1.DecryptDataKeyRequest{KeyId: "aes", KeyVersion: dk.KeyVersion, WrappedDataKey: dk.WrappedDataKey})
+	if err != nil || !bytes.Equal(back.Plaintext, dk.Plaintext) {
+		t.Errorf("DecryptDataKey(wrapped data key) = %v, want the generated data key", err)
+	}
+	if _, err := kb.DecryptDataKey(ctx, &kbv1.DecryptDataKeyRequest{KeyId: "aes", KeyVersion: dk.KeyVersion, WrappedDataKey: []byte("short")}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("DecryptDataKey(short wrapped key) = %v, want InvalidArgument", err)
+	}
 	dk2, err := kb.GenerateDataKeyWithoutPlaintext(ctx, &kbv1.GenerateDataKeyRequest{KeyId: "aes"})
-	if err != nil || len(dk2.Plaintext) != 0 || len(dk2.EncryptedDataKey) == 0 {
+	if err != nil || len(dk2.Plaintext) != 0 || len(dk2.WrappedDataKey) != 0 || len(dk2.EncryptedDataKey) == 0 {
 		t.Errorf("GenerateDataKeyWithoutPlaintext = %v, %v", dk2, err)
 	}
 	for _, id := range []string{"ec", "ed"} {

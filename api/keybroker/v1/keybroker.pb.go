@@ -211,6 +211,7 @@ const (
 	Operation_OPERATION_GENERATE_MAC      Operation = 8
 	Operation_OPERATION_VERIFY_MAC        Operation = 9
 	Operation_OPERATION_DESCRIBE_KEY      Operation = 10
+	Operation_OPERATION_DECRYPT_DATA_KEY  Operation = 11
 )
 
 // Enum value maps for Operation.
@@ -227,6 +228,7 @@ var (
 		8:  "OPERATION_GENERATE_MAC",
 		9:  "OPERATION_VERIFY_MAC",
 		10: "OPERATION_DESCRIBE_KEY",
+		11: "OPERATION_DECRYPT_DATA_KEY",
 	}
 	Operation_value = map[string]int32{
 		"OPERATION_UNSPECIFIED":       0,
@@ -240,6 +242,7 @@ var (
 		"OPERATION_GENERATE_MAC":      8,
 		"OPERATION_VERIFY_MAC":        9,
 		"OPERATION_DESCRIBE_KEY":      10,
+		"OPERATION_DECRYPT_DATA_KEY":  11,
 	}
 )
 
@@ -781,8 +784,14 @@ type GenerateDataKeyResponse struct {
 	EncryptedDataKey []byte `protobuf:"bytes,2,opt,name=encrypted_data_key,json=encryptedDataKey,proto3" json:"encrypted_data_key,omitempty"`
 	KeyId            string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	KeyVersion       uint32 `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The data key wrapped as a ciphertext header carries it (see
+	// docs/ciphertext.md): with key_id and key_version, what a client needs to
+	// seal keybroker ciphertexts locally that any node, or DecryptDataKey,
+	// opens. For backend-mode keys it is the backend's ciphertext of the data
+	// key, which costs one backend call.
+	WrappedDataKey []byte `protobuf:"bytes,5,opt,name=wrapped_data_key,json=wrappedDataKey,proto3" json:"wrapped_data_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GenerateDataKeyResponse) Reset() {
@@ -843,6 +852,145 @@ func (x *GenerateDataKeyResponse) GetKeyVersion() uint32 {
 	return 0
 }
 
+func (x *GenerateDataKeyResponse) GetWrappedDataKey() []byte {
+	if x != nil {
+		return x.WrappedDataKey
+	}
+	return nil
+}
+
+type DecryptDataKeyRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	KeyId      string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyVersion uint32                 `protobuf:"varint,2,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// The wrapped data key from a ciphertext's header.
+	WrappedDataKey []byte `protobuf:"bytes,3,opt,name=wrapped_data_key,json=wrappedDataKey,proto3" json:"wrapped_data_key,omitempty"`
+	// The encryption context the ciphertext was sealed with (keys created
+	// with derived: true wrap each context's data keys under their own key).
+	EncryptionContext map[string]string `protobuf:"bytes,4,rep,name=encryption_context,json=encryptionContext,proto3" json:"encryption_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *DecryptDataKeyRequest) Reset() {
+	*x = DecryptDataKeyRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecryptDataKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecryptDataKeyRequest) ProtoMessage() {}
+
+func (x *DecryptDataKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecryptDataKeyRequest.ProtoReflect.Descriptor instead.
+func (*DecryptDataKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DecryptDataKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *DecryptDataKeyRequest) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+func (x *DecryptDataKeyRequest) GetWrappedDataKey() []byte {
+	if x != nil {
+		return x.WrappedDataKey
+	}
+	return nil
+}
+
+func (x *DecryptDataKeyRequest) GetEncryptionContext() map[string]string {
+	if x != nil {
+		return x.EncryptionContext
+	}
+	return nil
+}
+
+type DecryptDataKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The 32-byte data key.
+	Plaintext     []byte `protobuf:"bytes,1,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	KeyId         string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	KeyVersion    uint32 `protobuf:"varint,3,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecryptDataKeyResponse) Reset() {
+	*x = DecryptDataKeyResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecryptDataKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecryptDataKeyResponse) ProtoMessage() {}
+
+func (x *DecryptDataKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecryptDataKeyResponse.ProtoReflect.Descriptor instead.
+func (*DecryptDataKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *DecryptDataKeyResponse) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
+func (x *DecryptDataKeyResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *DecryptDataKeyResponse) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
 type SignRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
@@ -857,7 +1005,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +1017,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[8]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1030,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{8}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SignRequest) GetKeyId() string {
@@ -946,7 +1094,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1106,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[9]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1119,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{9}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SignResponse) GetSignature() []byte {
@@ -1012,7 +1160,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1024,7 +1172,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[10]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1037,7 +1185,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{10}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifyRequest) GetKeyId() string {
@@ -1112,7 +1260,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1272,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[11]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1285,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{11}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VerifyResponse) GetValid() bool {
@@ -1164,7 +1312,7 @@ type GetPublicKeyRequest struct {
 
 func (x *GetPublicKeyRequest) Reset() {
 	*x = GetPublicKeyRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1324,7 @@ func (x *GetPublicKeyRequest) String() string {
 func (*GetPublicKeyRequest) ProtoMessage() {}
 
 func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[12]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1337,7 @@ func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{12}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetPublicKeyRequest) GetKeyId() string {
@@ -1219,7 +1367,7 @@ type GetPublicKeyResponse struct {
 
 func (x *GetPublicKeyResponse) Reset() {
 	*x = GetPublicKeyResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1379,7 @@ func (x *GetPublicKeyResponse) String() string {
 func (*GetPublicKeyResponse) ProtoMessage() {}
 
 func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[13]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1392,7 @@ func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{13}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetPublicKeyResponse) GetPublicKey() []byte {
@@ -1285,7 +1433,7 @@ type GenerateMacRequest struct {
 
 func (x *GenerateMacRequest) Reset() {
 	*x = GenerateMacRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1445,7 @@ func (x *GenerateMacRequest) String() string {
 func (*GenerateMacRequest) ProtoMessage() {}
 
 func (x *GenerateMacRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[14]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1458,7 @@ func (x *GenerateMacRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateMacRequest.ProtoReflect.Descriptor instead.
 func (*GenerateMacRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{14}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GenerateMacRequest) GetKeyId() string {
@@ -1338,7 +1486,7 @@ type GenerateMacResponse struct {
 
 func (x *GenerateMacResponse) Reset() {
 	*x = GenerateMacResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1498,7 @@ func (x *GenerateMacResponse) String() string {
 func (*GenerateMacResponse) ProtoMessage() {}
 
 func (x *GenerateMacResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[15]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1511,7 @@ func (x *GenerateMacResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateMacResponse.ProtoReflect.Descriptor instead.
 func (*GenerateMacResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{15}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GenerateMacResponse) GetMac() []byte {
@@ -1399,7 +1547,7 @@ type VerifyMacRequest struct {
 
 func (x *VerifyMacRequest) Reset() {
 	*x = VerifyMacRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1559,7 @@ func (x *VerifyMacRequest) String() string {
 func (*VerifyMacRequest) ProtoMessage() {}
 
 func (x *VerifyMacRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[16]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1572,7 @@ func (x *VerifyMacRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyMacRequest.ProtoReflect.Descriptor instead.
 func (*VerifyMacRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{16}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *VerifyMacRequest) GetKeyId() string {
@@ -1465,7 +1613,7 @@ type VerifyMacResponse struct {
 
 func (x *VerifyMacResponse) Reset() {
 	*x = VerifyMacResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1625,7 @@ func (x *VerifyMacResponse) String() string {
 func (*VerifyMacResponse) ProtoMessage() {}
 
 func (x *VerifyMacResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[17]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1638,7 @@ func (x *VerifyMacResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyMacResponse.ProtoReflect.Descriptor instead.
 func (*VerifyMacResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{17}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *VerifyMacResponse) GetValid() bool {
@@ -1516,7 +1664,7 @@ type GenerateRandomRequest struct {
 
 func (x *GenerateRandomRequest) Reset() {
 	*x = GenerateRandomRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1676,7 @@ func (x *GenerateRandomRequest) String() string {
 func (*GenerateRandomRequest) ProtoMessage() {}
 
 func (x *GenerateRandomRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[18]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1689,7 @@ func (x *GenerateRandomRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRandomRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRandomRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{18}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GenerateRandomRequest) GetLength() uint32 {
@@ -1560,7 +1708,7 @@ type GenerateRandomResponse struct {
 
 func (x *GenerateRandomResponse) Reset() {
 	*x = GenerateRandomResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1720,7 @@ func (x *GenerateRandomResponse) String() string {
 func (*GenerateRandomResponse) ProtoMessage() {}
 
 func (x *GenerateRandomResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[19]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1733,7 @@ func (x *GenerateRandomResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRandomResponse.ProtoReflect.Descriptor instead.
 func (*GenerateRandomResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{19}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GenerateRandomResponse) GetRandom() []byte {
@@ -1604,7 +1752,7 @@ type DescribeKeyRequest struct {
 
 func (x *DescribeKeyRequest) Reset() {
 	*x = DescribeKeyRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1764,7 @@ func (x *DescribeKeyRequest) String() string {
 func (*DescribeKeyRequest) ProtoMessage() {}
 
 func (x *DescribeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[20]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1777,7 @@ func (x *DescribeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeKeyRequest.ProtoReflect.Descriptor instead.
 func (*DescribeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{20}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DescribeKeyRequest) GetKeyId() string {
@@ -1648,7 +1796,7 @@ type DescribeKeyResponse struct {
 
 func (x *DescribeKeyResponse) Reset() {
 	*x = DescribeKeyResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1808,7 @@ func (x *DescribeKeyResponse) String() string {
 func (*DescribeKeyResponse) ProtoMessage() {}
 
 func (x *DescribeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[21]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1821,7 @@ func (x *DescribeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeKeyResponse.ProtoReflect.Descriptor instead.
 func (*DescribeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{21}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DescribeKeyResponse) GetKey() *KeyMetadata {
@@ -1696,7 +1844,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +1856,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[22]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +1869,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{22}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListKeysRequest) GetPageSize() uint32 {
@@ -1755,7 +1903,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1767,7 +1915,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[23]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1780,7 +1928,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{23}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListKeysResponse) GetKeys() []*KeyMetadata {
@@ -1807,7 +1955,7 @@ type KeyVersion struct {
 
 func (x *KeyVersion) Reset() {
 	*x = KeyVersion{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1967,7 @@ func (x *KeyVersion) String() string {
 func (*KeyVersion) ProtoMessage() {}
 
 func (x *KeyVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[24]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1980,7 @@ func (x *KeyVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyVersion.ProtoReflect.Descriptor instead.
 func (*KeyVersion) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{24}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KeyVersion) GetVersion() uint32 {
@@ -1881,7 +2029,7 @@ type KeyMetadata struct {
 
 func (x *KeyMetadata) Reset() {
 	*x = KeyMetadata{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[25]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2041,7 @@ func (x *KeyMetadata) String() string {
 func (*KeyMetadata) ProtoMessage() {}
 
 func (x *KeyMetadata) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[25]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2054,7 @@ func (x *KeyMetadata) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyMetadata.ProtoReflect.Descriptor instead.
 func (*KeyMetadata) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{25}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *KeyMetadata) GetKeyId() string {
@@ -2046,7 +2194,7 @@ type LookupKeyRequest struct {
 
 func (x *LookupKeyRequest) Reset() {
 	*x = LookupKeyRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[26]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2058,7 +2206,7 @@ func (x *LookupKeyRequest) String() string {
 func (*LookupKeyRequest) ProtoMessage() {}
 
 func (x *LookupKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[26]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2071,7 +2219,7 @@ func (x *LookupKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupKeyRequest.ProtoReflect.Descriptor instead.
 func (*LookupKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{26}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LookupKeyRequest) GetKeyId() string {
@@ -2108,7 +2256,7 @@ type LookupNode struct {
 
 func (x *LookupNode) Reset() {
 	*x = LookupNode{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[27]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2268,7 @@ func (x *LookupNode) String() string {
 func (*LookupNode) ProtoMessage() {}
 
 func (x *LookupNode) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[27]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2281,7 @@ func (x *LookupNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupNode.ProtoReflect.Descriptor instead.
 func (*LookupNode) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{27}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LookupNode) GetNodeId() string {
@@ -2185,7 +2333,7 @@ type LookupKeyResponse struct {
 
 func (x *LookupKeyResponse) Reset() {
 	*x = LookupKeyResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[28]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2197,7 +2345,7 @@ func (x *LookupKeyResponse) String() string {
 func (*LookupKeyResponse) ProtoMessage() {}
 
 func (x *LookupKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[28]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2210,7 +2358,7 @@ func (x *LookupKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupKeyResponse.ProtoReflect.Descriptor instead.
 func (*LookupKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{28}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LookupKeyResponse) GetNodes() []*LookupNode {
@@ -2231,7 +2379,7 @@ type ItemError struct {
 
 func (x *ItemError) Reset() {
 	*x = ItemError{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[29]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2391,7 @@ func (x *ItemError) String() string {
 func (*ItemError) ProtoMessage() {}
 
 func (x *ItemError) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[29]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2404,7 @@ func (x *ItemError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ItemError.ProtoReflect.Descriptor instead.
 func (*ItemError) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{29}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ItemError) GetCode() int32 {
@@ -2282,7 +2430,7 @@ type BatchEncryptRequest struct {
 
 func (x *BatchEncryptRequest) Reset() {
 	*x = BatchEncryptRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[30]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2442,7 @@ func (x *BatchEncryptRequest) String() string {
 func (*BatchEncryptRequest) ProtoMessage() {}
 
 func (x *BatchEncryptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[30]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2455,7 @@ func (x *BatchEncryptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchEncryptRequest.ProtoReflect.Descriptor instead.
 func (*BatchEncryptRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{30}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *BatchEncryptRequest) GetItems() []*EncryptRequest {
@@ -2327,7 +2475,7 @@ type BatchEncryptResult struct {
 
 func (x *BatchEncryptResult) Reset() {
 	*x = BatchEncryptResult{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[31]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2487,7 @@ func (x *BatchEncryptResult) String() string {
 func (*BatchEncryptResult) ProtoMessage() {}
 
 func (x *BatchEncryptResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[31]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2500,7 @@ func (x *BatchEncryptResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchEncryptResult.ProtoReflect.Descriptor instead.
 func (*BatchEncryptResult) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{31}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *BatchEncryptResult) GetResponse() *EncryptResponse {
@@ -2378,7 +2526,7 @@ type BatchEncryptResponse struct {
 
 func (x *BatchEncryptResponse) Reset() {
 	*x = BatchEncryptResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[32]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2390,7 +2538,7 @@ func (x *BatchEncryptResponse) String() string {
 func (*BatchEncryptResponse) ProtoMessage() {}
 
 func (x *BatchEncryptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[32]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2403,7 +2551,7 @@ func (x *BatchEncryptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchEncryptResponse.ProtoReflect.Descriptor instead.
 func (*BatchEncryptResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{32}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *BatchEncryptResponse) GetResults() []*BatchEncryptResult {
@@ -2422,7 +2570,7 @@ type BatchDecryptRequest struct {
 
 func (x *BatchDecryptRequest) Reset() {
 	*x = BatchDecryptRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[33]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2582,7 @@ func (x *BatchDecryptRequest) String() string {
 func (*BatchDecryptRequest) ProtoMessage() {}
 
 func (x *BatchDecryptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[33]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2595,7 @@ func (x *BatchDecryptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchDecryptRequest.ProtoReflect.Descriptor instead.
 func (*BatchDecryptRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{33}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *BatchDecryptRequest) GetItems() []*DecryptRequest {
@@ -2467,7 +2615,7 @@ type BatchDecryptResult struct {
 
 func (x *BatchDecryptResult) Reset() {
 	*x = BatchDecryptResult{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[34]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +2627,7 @@ func (x *BatchDecryptResult) String() string {
 func (*BatchDecryptResult) ProtoMessage() {}
 
 func (x *BatchDecryptResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[34]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +2640,7 @@ func (x *BatchDecryptResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchDecryptResult.ProtoReflect.Descriptor instead.
 func (*BatchDecryptResult) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{34}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *BatchDecryptResult) GetResponse() *DecryptResponse {
@@ -2518,7 +2666,7 @@ type BatchDecryptResponse struct {
 
 func (x *BatchDecryptResponse) Reset() {
 	*x = BatchDecryptResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[35]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2530,7 +2678,7 @@ func (x *BatchDecryptResponse) String() string {
 func (*BatchDecryptResponse) ProtoMessage() {}
 
 func (x *BatchDecryptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[35]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2543,7 +2691,7 @@ func (x *BatchDecryptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchDecryptResponse.ProtoReflect.Descriptor instead.
 func (*BatchDecryptResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{35}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *BatchDecryptResponse) GetResults() []*BatchDecryptResult {
@@ -2563,7 +2711,7 @@ type BatchGenerateDataKeyRequest struct {
 
 func (x *BatchGenerateDataKeyRequest) Reset() {
 	*x = BatchGenerateDataKeyRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[36]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2575,7 +2723,7 @@ func (x *BatchGenerateDataKeyRequest) String() string {
 func (*BatchGenerateDataKeyRequest) ProtoMessage() {}
 
 func (x *BatchGenerateDataKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[36]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2588,7 +2736,7 @@ func (x *BatchGenerateDataKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGenerateDataKeyRequest.ProtoReflect.Descriptor instead.
 func (*BatchGenerateDataKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{36}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BatchGenerateDataKeyRequest) GetItems() []*GenerateDataKeyRequest {
@@ -2615,7 +2763,7 @@ type BatchGenerateDataKeyResult struct {
 
 func (x *BatchGenerateDataKeyResult) Reset() {
 	*x = BatchGenerateDataKeyResult{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[37]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2775,7 @@ func (x *BatchGenerateDataKeyResult) String() string {
 func (*BatchGenerateDataKeyResult) ProtoMessage() {}
 
 func (x *BatchGenerateDataKeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[37]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2788,7 @@ func (x *BatchGenerateDataKeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGenerateDataKeyResult.ProtoReflect.Descriptor instead.
 func (*BatchGenerateDataKeyResult) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{37}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *BatchGenerateDataKeyResult) GetResponse() *GenerateDataKeyResponse {
@@ -2666,7 +2814,7 @@ type BatchGenerateDataKeyResponse struct {
 
 func (x *BatchGenerateDataKeyResponse) Reset() {
 	*x = BatchGenerateDataKeyResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[38]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2678,7 +2826,7 @@ func (x *BatchGenerateDataKeyResponse) String() string {
 func (*BatchGenerateDataKeyResponse) ProtoMessage() {}
 
 func (x *BatchGenerateDataKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[38]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2691,7 +2839,7 @@ func (x *BatchGenerateDataKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchGenerateDataKeyResponse.ProtoReflect.Descriptor instead.
 func (*BatchGenerateDataKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{38}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *BatchGenerateDataKeyResponse) GetResults() []*BatchGenerateDataKeyResult {
@@ -2721,7 +2869,7 @@ type CreateKeyRequest struct {
 
 func (x *CreateKeyRequest) Reset() {
 	*x = CreateKeyRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[39]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2733,7 +2881,7 @@ func (x *CreateKeyRequest) String() string {
 func (*CreateKeyRequest) ProtoMessage() {}
 
 func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[39]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2746,7 +2894,7 @@ func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{39}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateKeyRequest) GetKeyId() string {
@@ -2821,7 +2969,7 @@ type KeyRequest struct {
 
 func (x *KeyRequest) Reset() {
 	*x = KeyRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[40]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2833,7 +2981,7 @@ func (x *KeyRequest) String() string {
 func (*KeyRequest) ProtoMessage() {}
 
 func (x *KeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[40]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2846,7 +2994,7 @@ func (x *KeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRequest.ProtoReflect.Descriptor instead.
 func (*KeyRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{40}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *KeyRequest) GetKeyId() string {
@@ -2875,7 +3023,7 @@ type UpdateKeyRequest struct {
 
 func (x *UpdateKeyRequest) Reset() {
 	*x = UpdateKeyRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[41]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2887,7 +3035,7 @@ func (x *UpdateKeyRequest) String() string {
 func (*UpdateKeyRequest) ProtoMessage() {}
 
 func (x *UpdateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[41]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2900,7 +3048,7 @@ func (x *UpdateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateKeyRequest.ProtoReflect.Descriptor instead.
 func (*UpdateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{41}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *UpdateKeyRequest) GetKeyId() string {
@@ -2970,7 +3118,7 @@ type ScheduleKeyDeletionRequest struct {
 
 func (x *ScheduleKeyDeletionRequest) Reset() {
 	*x = ScheduleKeyDeletionRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[42]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3130,7 @@ func (x *ScheduleKeyDeletionRequest) String() string {
 func (*ScheduleKeyDeletionRequest) ProtoMessage() {}
 
 func (x *ScheduleKeyDeletionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[42]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3143,7 @@ func (x *ScheduleKeyDeletionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScheduleKeyDeletionRequest.ProtoReflect.Descriptor instead.
 func (*ScheduleKeyDeletionRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{42}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ScheduleKeyDeletionRequest) GetKeyId() string {
@@ -3020,7 +3168,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[43]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3032,7 +3180,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[43]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3045,7 +3193,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{43}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{45}
 }
 
 type Node struct {
@@ -3070,7 +3218,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[44]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3082,7 +3230,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[44]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3095,7 +3243,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{44}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Node) GetNodeId() string {
@@ -3184,7 +3332,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[45]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +3344,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[45]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +3357,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{45}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3238,7 +3386,7 @@ type RegisterEdgeRequest struct {
 
 func (x *RegisterEdgeRequest) Reset() {
 	*x = RegisterEdgeRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[46]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3250,7 +3398,7 @@ func (x *RegisterEdgeRequest) String() string {
 func (*RegisterEdgeRequest) ProtoMessage() {}
 
 func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[46]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3263,7 +3411,7 @@ func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEdgeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterEdgeRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{46}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RegisterEdgeRequest) GetSealingPublicKey() []byte {
@@ -3314,7 +3462,7 @@ type RegisterEdgeResponse struct {
 
 func (x *RegisterEdgeResponse) Reset() {
 	*x = RegisterEdgeResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3326,7 +3474,7 @@ func (x *RegisterEdgeResponse) String() string {
 func (*RegisterEdgeResponse) ProtoMessage() {}
 
 func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3339,7 +3487,7 @@ func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEdgeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterEdgeResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{47}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RegisterEdgeResponse) GetCentralNodeId() string {
@@ -3373,7 +3521,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3385,7 +3533,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3398,7 +3546,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{48}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *WatchRequest) GetFromRevision() uint64 {
@@ -3422,7 +3570,7 @@ type EdgeKeyVersion struct {
 
 func (x *EdgeKeyVersion) Reset() {
 	*x = EdgeKeyVersion{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3434,7 +3582,7 @@ func (x *EdgeKeyVersion) String() string {
 func (*EdgeKeyVersion) ProtoMessage() {}
 
 func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3447,7 +3595,7 @@ func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeKeyVersion.ProtoReflect.Descriptor instead.
 func (*EdgeKeyVersion) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{49}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *EdgeKeyVersion) GetVersion() uint32 {
@@ -3481,7 +3629,7 @@ type EdgeKey struct {
 
 func (x *EdgeKey) Reset() {
 	*x = EdgeKey{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3493,7 +3641,7 @@ func (x *EdgeKey) String() string {
 func (*EdgeKey) ProtoMessage() {}
 
 func (x *EdgeKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3506,7 +3654,7 @@ func (x *EdgeKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeKey.ProtoReflect.Descriptor instead.
 func (*EdgeKey) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{50}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *EdgeKey) GetMetadata() *KeyMetadata {
@@ -3533,7 +3681,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3545,7 +3693,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3558,7 +3706,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{51}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -3585,7 +3733,7 @@ type EdgePolicy struct {
 
 func (x *EdgePolicy) Reset() {
 	*x = EdgePolicy{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3597,7 +3745,7 @@ func (x *EdgePolicy) String() string {
 func (*EdgePolicy) ProtoMessage() {}
 
 func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3610,7 +3758,7 @@ func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgePolicy.ProtoReflect.Descriptor instead.
 func (*EdgePolicy) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *EdgePolicy) GetHash() string {
@@ -3638,7 +3786,7 @@ type EdgeSnapshot struct {
 
 func (x *EdgeSnapshot) Reset() {
 	*x = EdgeSnapshot{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3650,7 +3798,7 @@ func (x *EdgeSnapshot) String() string {
 func (*EdgeSnapshot) ProtoMessage() {}
 
 func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3663,7 +3811,7 @@ func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeSnapshot.ProtoReflect.Descriptor instead.
 func (*EdgeSnapshot) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *EdgeSnapshot) GetKeys() []*EdgeKey {
@@ -3696,7 +3844,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3708,7 +3856,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3721,7 +3869,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Heartbeat) GetLeaseExpires() *timestamppb.Timestamp {
@@ -3749,7 +3897,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3761,7 +3909,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3774,7 +3922,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *WatchEvent) GetRevision() uint64 {
@@ -3895,7 +4043,7 @@ type FetchMaterialRequest struct {
 
 func (x *FetchMaterialRequest) Reset() {
 	*x = FetchMaterialRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3907,7 +4055,7 @@ func (x *FetchMaterialRequest) String() string {
 func (*FetchMaterialRequest) ProtoMessage() {}
 
 func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3920,7 +4068,7 @@ func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchMaterialRequest.ProtoReflect.Descriptor instead.
 func (*FetchMaterialRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *FetchMaterialRequest) GetKeyId() string {
@@ -3946,7 +4094,7 @@ type FetchMaterialResponse struct {
 
 func (x *FetchMaterialResponse) Reset() {
 	*x = FetchMaterialResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3958,7 +4106,7 @@ func (x *FetchMaterialResponse) String() string {
 func (*FetchMaterialResponse) ProtoMessage() {}
 
 func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3971,7 +4119,7 @@ func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchMaterialResponse.ProtoReflect.Descriptor instead.
 func (*FetchMaterialResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *FetchMaterialResponse) GetSealedMaterial() []byte {
@@ -3995,7 +4143,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4007,7 +4155,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4020,7 +4168,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ForwardRequest) GetMethod() string {
@@ -4054,7 +4202,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4066,7 +4214,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4079,7 +4227,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ForwardResponse) GetResponse() []byte {
@@ -4098,7 +4246,7 @@ type AcknowledgeRequest struct {
 
 func (x *AcknowledgeRequest) Reset() {
 	*x = AcknowledgeRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4110,7 +4258,7 @@ func (x *AcknowledgeRequest) String() string {
 func (*AcknowledgeRequest) ProtoMessage() {}
 
 func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4123,7 +4271,7 @@ func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
 func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *AcknowledgeRequest) GetAppliedRevision() uint64 {
@@ -4141,7 +4289,7 @@ type AcknowledgeResponse struct {
 
 func (x *AcknowledgeResponse) Reset() {
 	*x = AcknowledgeResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4153,7 +4301,7 @@ func (x *AcknowledgeResponse) String() string {
 func (*AcknowledgeResponse) ProtoMessage() {}
 
 func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4166,7 +4314,7 @@ func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
 func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{63}
 }
 
 var File_keybroker_v1_keybroker_proto protoreflect.FileDescriptor
@@ -4229,12 +4377,27 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x12encryption_context\x18\x02 \x03(\v2;.keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntryR\x11encryptionContext\x1aD\n" +
 	"\x16EncryptionContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9d\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc7\x01\n" +
 	"\x17GenerateDataKeyResponse\x12\x1c\n" +
 	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12,\n" +
 	"\x12encrypted_data_key\x18\x02 \x01(\fR\x10encryptedDataKey\x12\x15\n" +
 	"\x06key_id\x18\x03 \x01(\tR\x05keyId\x12\x1f\n" +
 	"\vkey_version\x18\x04 \x01(\rR\n" +
+	"keyVersion\x12(\n" +
+	"\x10wrapped_data_key\x18\x05 \x01(\fR\x0ewrappedDataKey\"\xaa\x02\n" +
+	"\x15DecryptDataKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vkey_version\x18\x02 \x01(\rR\n" +
+	"keyVersion\x12(\n" +
+	"\x10wrapped_data_key\x18\x03 \x01(\fR\x0ewrappedDataKey\x12i\n" +
+	"\x12encryption_context\x18\x04 \x03(\v2:.keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntryR\x11encryptionContext\x1aD\n" +
+	"\x16EncryptionContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"n\n" +
+	"\x16DecryptDataKeyResponse\x12\x1c\n" +
+	"\tplaintext\x18\x01 \x01(\fR\tplaintext\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vkey_version\x18\x03 \x01(\rR\n" +
 	"keyVersion\"c\n" +
 	"\vSignRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1a\n" +
@@ -4509,7 +4672,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11KEY_STATE_ENABLED\x10\x01\x12\x16\n" +
 	"\x12KEY_STATE_DISABLED\x10\x02\x12\x1e\n" +
-	"\x1aKEY_STATE_PENDING_DELETION\x10\x03*\xa8\x02\n" +
+	"\x1aKEY_STATE_PENDING_DELETION\x10\x03*\xc8\x02\n" +
 	"\tOperation\x12\x19\n" +
 	"\x15OPERATION_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OPERATION_ENCRYPT\x10\x01\x12\x15\n" +
@@ -4522,20 +4685,22 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x16OPERATION_GENERATE_MAC\x10\b\x12\x18\n" +
 	"\x14OPERATION_VERIFY_MAC\x10\t\x12\x1a\n" +
 	"\x16OPERATION_DESCRIBE_KEY\x10\n" +
-	"*\xd4\x01\n" +
+	"\x12\x1e\n" +
+	"\x1aOPERATION_DECRYPT_DATA_KEY\x10\v*\xd4\x01\n" +
 	"\fLookupReason\x12\x1d\n" +
 	"\x19LOOKUP_REASON_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bLOOKUP_REASON_MATERIAL_HELD\x10\x01\x12(\n" +
 	"$LOOKUP_REASON_PLACEMENT_ALLOWS_FETCH\x10\x02\x12\x1e\n" +
 	"\x1aLOOKUP_REASON_FORWARD_ONLY\x10\x03\x12\x1f\n" +
 	"\x1bLOOKUP_REASON_ROOT_OF_TRUST\x10\x04\x12\x19\n" +
-	"\x15LOOKUP_REASON_REPLICA\x10\x052\x9d\v\n" +
+	"\x15LOOKUP_REASON_REPLICA\x10\x052\xfa\v\n" +
 	"\tKeyBroker\x12F\n" +
 	"\aEncrypt\x12\x1c.keybroker.v1.EncryptRequest\x1a\x1d.keybroker.v1.EncryptResponse\x12F\n" +
 	"\aDecrypt\x12\x1c.keybroker.v1.DecryptRequest\x1a\x1d.keybroker.v1.DecryptResponse\x12L\n" +
 	"\tReEncrypt\x12\x1e.keybroker.v1.ReEncryptRequest\x1a\x1f.keybroker.v1.ReEncryptResponse\x12^\n" +
 	"\x0fGenerateDataKey\x12$.keybroker.v1.GenerateDataKeyRequest\x1a%.keybroker.v1.GenerateDataKeyResponse\x12n\n" +
-	"\x1fGenerateDataKeyWithoutPlaintext\x12$.keybroker.v1.GenerateDataKeyRequest\x1a%.keybroker.v1.GenerateDataKeyResponse\x12=\n" +
+	"\x1fGenerateDataKeyWithoutPlaintext\x12$.keybroker.v1.GenerateDataKeyRequest\x1a%.keybroker.v1.GenerateDataKeyResponse\x12[\n" +
+	"\x0eDecryptDataKey\x12#.keybroker.v1.DecryptDataKeyRequest\x1a$.keybroker.v1.DecryptDataKeyResponse\x12=\n" +
 	"\x04Sign\x12\x19.keybroker.v1.SignRequest\x1a\x1a.keybroker.v1.SignResponse\x12C\n" +
 	"\x06Verify\x12\x1b.keybroker.v1.VerifyRequest\x1a\x1c.keybroker.v1.VerifyResponse\x12U\n" +
 	"\fGetPublicKey\x12!.keybroker.v1.GetPublicKeyRequest\x1a\".keybroker.v1.GetPublicKeyResponse\x12R\n" +
@@ -4578,7 +4743,7 @@ func file_keybroker_v1_keybroker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_keybroker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 74)
+var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
 var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(KeyType)(0),                         // 0: keybroker.v1.KeyType
 	(KeyMode)(0),                         // 1: keybroker.v1.KeyMode
@@ -4593,202 +4758,208 @@ var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(*ReEncryptResponse)(nil),            // 10: keybroker.v1.ReEncryptResponse
 	(*GenerateDataKeyRequest)(nil),       // 11: keybroker.v1.GenerateDataKeyRequest
 	(*GenerateDataKeyResponse)(nil),      // 12: keybroker.v1.GenerateDataKeyResponse
-	(*SignRequest)(nil),                  // 13: keybroker.v1.SignRequest
-	(*SignResponse)(nil),                 // 14: keybroker.v1.SignResponse
-	(*VerifyRequest)(nil),                // 15: keybroker.v1.VerifyRequest
-	(*VerifyResponse)(nil),               // 16: keybroker.v1.VerifyResponse
-	(*GetPublicKeyRequest)(nil),          // 17: keybroker.v1.GetPublicKeyRequest
-	(*GetPublicKeyResponse)(nil),         // 18: keybroker.v1.GetPublicKeyResponse
-	(*GenerateMacRequest)(nil),           // 19: keybroker.v1.GenerateMacRequest
-	(*GenerateMacResponse)(nil),          // 20: keybroker.v1.GenerateMacResponse
-	(*VerifyMacRequest)(nil),             // 21: keybroker.v1.VerifyMacRequest
-	(*VerifyMacResponse)(nil),            // 22: keybroker.v1.VerifyMacResponse
-	(*GenerateRandomRequest)(nil),        // 23: keybroker.v1.GenerateRandomRequest
-	(*GenerateRandomResponse)(nil),       // 24: keybroker.v1.GenerateRandomResponse
-	(*DescribeKeyRequest)(nil),           // 25: keybroker.v1.DescribeKeyRequest
-	(*DescribeKeyResponse)(nil),          // 26: keybroker.v1.DescribeKeyResponse
-	(*ListKeysRequest)(nil),              // 27: keybroker.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),             // 28: keybroker.v1.ListKeysResponse
-	(*KeyVersion)(nil),                   // 29: keybroker.v1.KeyVersion
-	(*KeyMetadata)(nil),                  // 30: keybroker.v1.KeyMetadata
-	(*LookupKeyRequest)(nil),             // 31: keybroker.v1.LookupKeyRequest
-	(*LookupNode)(nil),                   // 32: keybroker.v1.LookupNode
-	(*LookupKeyResponse)(nil),            // 33: keybroker.v1.LookupKeyResponse
-	(*ItemError)(nil),                    // 34: keybroker.v1.ItemError
-	(*BatchEncryptRequest)(nil),          // 35: keybroker.v1.BatchEncryptRequest
-	(*BatchEncryptResult)(nil),           // 36: keybroker.v1.BatchEncryptResult
-	(*BatchEncryptResponse)(nil),         // 37: keybroker.v1.BatchEncryptResponse
-	(*BatchDecryptRequest)(nil),          // 38: keybroker.v1.BatchDecryptRequest
-	(*BatchDecryptResult)(nil),           // 39: keybroker.v1.BatchDecryptResult
-	(*BatchDecryptResponse)(nil),         // 40: keybroker.v1.BatchDecryptResponse
-	(*BatchGenerateDataKeyRequest)(nil),  // 41: keybroker.v1.BatchGenerateDataKeyRequest
-	(*BatchGenerateDataKeyResult)(nil),   // 42: keybroker.v1.BatchGenerateDataKeyResult
-	(*BatchGenerateDataKeyResponse)(nil), // 43: keybroker.v1.BatchGenerateDataKeyResponse
-	(*CreateKeyRequest)(nil),             // 44: keybroker.v1.CreateKeyRequest
-	(*KeyRequest)(nil),                   // 45: keybroker.v1.KeyRequest
-	(*UpdateKeyRequest)(nil),             // 46: keybroker.v1.UpdateKeyRequest
-	(*ScheduleKeyDeletionRequest)(nil),   // 47: keybroker.v1.ScheduleKeyDeletionRequest
-	(*ListNodesRequest)(nil),             // 48: keybroker.v1.ListNodesRequest
-	(*Node)(nil),                         // 49: keybroker.v1.Node
-	(*ListNodesResponse)(nil),            // 50: keybroker.v1.ListNodesResponse
-	(*RegisterEdgeRequest)(nil),          // 51: keybroker.v1.RegisterEdgeRequest
-	(*RegisterEdgeResponse)(nil),         // 52: keybroker.v1.RegisterEdgeResponse
-	(*WatchRequest)(nil),                 // 53: keybroker.v1.WatchRequest
-	(*EdgeKeyVersion)(nil),               // 54: keybroker.v1.EdgeKeyVersion
-	(*EdgeKey)(nil),                      // 55: keybroker.v1.EdgeKey
-	(*PolicyFile)(nil),                   // 56: keybroker.v1.PolicyFile
-	(*EdgePolicy)(nil),                   // 57: keybroker.v1.EdgePolicy
-	(*EdgeSnapshot)(nil),                 // 58: keybroker.v1.EdgeSnapshot
-	(*Heartbeat)(nil),                    // 59: keybroker.v1.Heartbeat
-	(*WatchEvent)(nil),                   // 60: keybroker.v1.WatchEvent
-	(*FetchMaterialRequest)(nil),         // 61: keybroker.v1.FetchMaterialRequest
-	(*FetchMaterialResponse)(nil),        // 62: keybroker.v1.FetchMaterialResponse
-	(*ForwardRequest)(nil),               // 63: keybroker.v1.ForwardRequest
-	(*ForwardResponse)(nil),              // 64: keybroker.v1.ForwardResponse
-	(*AcknowledgeRequest)(nil),           // 65: keybroker.v1.AcknowledgeRequest
-	(*AcknowledgeResponse)(nil),          // 66: keybroker.v1.AcknowledgeResponse
-	nil,                                  // 67: keybroker.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                  // 68: keybroker.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                  // 69: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	nil,                                  // 70: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	nil,                                  // 71: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 72: keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	nil,                                  // 73: keybroker.v1.KeyMetadata.LabelsEntry
-	nil,                                  // 74: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	nil,                                  // 75: keybroker.v1.CreateKeyRequest.LabelsEntry
-	nil,                                  // 76: keybroker.v1.UpdateKeyRequest.LabelsEntry
-	nil,                                  // 77: keybroker.v1.Node.LabelsEntry
-	nil,                                  // 78: keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 79: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 80: google.protobuf.Duration
+	(*DecryptDataKeyRequest)(nil),        // 13: keybroker.v1.DecryptDataKeyRequest
+	(*DecryptDataKeyResponse)(nil),       // 14: keybroker.v1.DecryptDataKeyResponse
+	(*SignRequest)(nil),                  // 15: keybroker.v1.SignRequest
+	(*SignResponse)(nil),                 // 16: keybroker.v1.SignResponse
+	(*VerifyRequest)(nil),                // 17: keybroker.v1.VerifyRequest
+	(*VerifyResponse)(nil),               // 18: keybroker.v1.VerifyResponse
+	(*GetPublicKeyRequest)(nil),          // 19: keybroker.v1.GetPublicKeyRequest
+	(*GetPublicKeyResponse)(nil),         // 20: keybroker.v1.GetPublicKeyResponse
+	(*GenerateMacRequest)(nil),           // 21: keybroker.v1.GenerateMacRequest
+	(*GenerateMacResponse)(nil),          // 22: keybroker.v1.GenerateMacResponse
+	(*VerifyMacRequest)(nil),             // 23: keybroker.v1.VerifyMacRequest
+	(*VerifyMacResponse)(nil),            // 24: keybroker.v1.VerifyMacResponse
+	(*GenerateRandomRequest)(nil),        // 25: keybroker.v1.GenerateRandomRequest
+	(*GenerateRandomResponse)(nil),       // 26: keybroker.v1.GenerateRandomResponse
+	(*DescribeKeyRequest)(nil),           // 27: keybroker.v1.DescribeKeyRequest
+	(*DescribeKeyResponse)(nil),          // 28: keybroker.v1.DescribeKeyResponse
+	(*ListKeysRequest)(nil),              // 29: keybroker.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),             // 30: keybroker.v1.ListKeysResponse
+	(*KeyVersion)(nil),                   // 31: keybroker.v1.KeyVersion
+	(*KeyMetadata)(nil),                  // 32: keybroker.v1.KeyMetadata
+	(*LookupKeyRequest)(nil),             // 33: keybroker.v1.LookupKeyRequest
+	(*LookupNode)(nil),                   // 34: keybroker.v1.LookupNode
+	(*LookupKeyResponse)(nil),            // 35: keybroker.v1.LookupKeyResponse
+	(*ItemError)(nil),                    // 36: keybroker.v1.ItemError
+	(*BatchEncryptRequest)(nil),          // 37: keybroker.v1.BatchEncryptRequest
+	(*BatchEncryptResult)(nil),           // 38: keybroker.v1.BatchEncryptResult
+	(*BatchEncryptResponse)(nil),         // 39: keybroker.v1.BatchEncryptResponse
+	(*BatchDecryptRequest)(nil),          // 40: keybroker.v1.BatchDecryptRequest
+	(*BatchDecryptResult)(nil),           // 41: keybroker.v1.BatchDecryptResult
+	(*BatchDecryptResponse)(nil),         // 42: keybroker.v1.BatchDecryptResponse
+	(*BatchGenerateDataKeyRequest)(nil),  // 43: keybroker.v1.BatchGenerateDataKeyRequest
+	(*BatchGenerateDataKeyResult)(nil),   // 44: keybroker.v1.BatchGenerateDataKeyResult
+	(*BatchGenerateDataKeyResponse)(nil), // 45: keybroker.v1.BatchGenerateDataKeyResponse
+	(*CreateKeyRequest)(nil),             // 46: keybroker.v1.CreateKeyRequest
+	(*KeyRequest)(nil),                   // 47: keybroker.v1.KeyRequest
+	(*UpdateKeyRequest)(nil),             // 48: keybroker.v1.UpdateKeyRequest
+	(*ScheduleKeyDeletionRequest)(nil),   // 49: keybroker.v1.ScheduleKeyDeletionRequest
+	(*ListNodesRequest)(nil),             // 50: keybroker.v1.ListNodesRequest
+	(*Node)(nil),                         // 51: keybroker.v1.Node
+	(*ListNodesResponse)(nil),            // 52: keybroker.v1.ListNodesResponse
+	(*RegisterEdgeRequest)(nil),          // 53: keybroker.v1.RegisterEdgeRequest
+	(*RegisterEdgeResponse)(nil),         // 54: keybroker.v1.RegisterEdgeResponse
+	(*WatchRequest)(nil),                 // 55: keybroker.v1.WatchRequest
+	(*EdgeKeyVersion)(nil),               // 56: keybroker.v1.EdgeKeyVersion
+	(*EdgeKey)(nil),                      // 57: keybroker.v1.EdgeKey
+	(*PolicyFile)(nil),                   // 58: keybroker.v1.PolicyFile
+	(*EdgePolicy)(nil),                   // 59: keybroker.v1.EdgePolicy
+	(*EdgeSnapshot)(nil),                 // 60: keybroker.v1.EdgeSnapshot
+	(*Heartbeat)(nil),                    // 61: keybroker.v1.Heartbeat
+	(*WatchEvent)(nil),                   // 62: keybroker.v1.WatchEvent
+	(*FetchMaterialRequest)(nil),         // 63: keybroker.v1.FetchMaterialRequest
+	(*FetchMaterialResponse)(nil),        // 64: keybroker.v1.FetchMaterialResponse
+	(*ForwardRequest)(nil),               // 65: keybroker.v1.ForwardRequest
+	(*ForwardResponse)(nil),              // 66: keybroker.v1.ForwardResponse
+	(*AcknowledgeRequest)(nil),           // 67: keybroker.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),          // 68: keybroker.v1.AcknowledgeResponse
+	nil,                                  // 69: keybroker.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                  // 70: keybroker.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                  // 71: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	nil,                                  // 72: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	nil,                                  // 73: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 74: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 75: keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	nil,                                  // 76: keybroker.v1.KeyMetadata.LabelsEntry
+	nil,                                  // 77: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	nil,                                  // 78: keybroker.v1.CreateKeyRequest.LabelsEntry
+	nil,                                  // 79: keybroker.v1.UpdateKeyRequest.LabelsEntry
+	nil,                                  // 80: keybroker.v1.Node.LabelsEntry
+	nil,                                  // 81: keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 82: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 83: google.protobuf.Duration
 }
 var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
-	67, // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
-	68, // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
-	69, // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	70, // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	71, // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	0,  // 5: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
-	30, // 6: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
-	72, // 7: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	30, // 8: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
-	79, // 9: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 10: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
-	1,  // 11: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
-	2,  // 12: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
-	29, // 13: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
-	73, // 14: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
-	80, // 15: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
-	79, // 16: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
-	79, // 17: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
-	79, // 18: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	79, // 19: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 20: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
-	74, // 21: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	4,  // 22: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
-	32, // 23: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
-	5,  // 24: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
-	6,  // 25: keybroker.v1.BatchEncryptResult.response:type_name -> keybroker.v1.EncryptResponse
-	34, // 26: keybroker.v1.BatchEncryptResult.error:type_name -> keybroker.v1.ItemError
-	36, // 27: keybroker.v1.BatchEncryptResponse.results:type_name -> keybroker.v1.BatchEncryptResult
-	7,  // 28: keybroker.v1.BatchDecryptRequest.items:type_name -> keybroker.v1.DecryptRequest
-	8,  // 29: keybroker.v1.BatchDecryptResult.response:type_name -> keybroker.v1.DecryptResponse
-	34, // 30: keybroker.v1.BatchDecryptResult.error:type_name -> keybroker.v1.ItemError
-	39, // 31: keybroker.v1.BatchDecryptResponse.results:type_name -> keybroker.v1.BatchDecryptResult
-	11, // 32: keybroker.v1.BatchGenerateDataKeyRequest.items:type_name -> keybroker.v1.GenerateDataKeyRequest
-	12, // 33: keybroker.v1.BatchGenerateDataKeyResult.response:type_name -> keybroker.v1.GenerateDataKeyResponse
-	34, // 34: keybroker.v1.BatchGenerateDataKeyResult.error:type_name -> keybroker.v1.ItemError
-	42, // 35: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
-	0,  // 36: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
-	1,  // 37: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
-	75, // 38: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
-	80, // 39: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	76, // 40: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
-	80, // 41: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	80, // 42: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
-	77, // 43: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
-	79, // 44: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	79, // 45: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
-	49, // 46: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
-	78, // 47: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	80, // 48: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
-	30, // 49: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
-	54, // 50: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
-	56, // 51: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
-	55, // 52: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
-	57, // 53: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
-	49, // 54: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
-	79, // 55: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
-	58, // 56: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
-	55, // 57: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
-	57, // 58: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
-	50, // 59: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
-	59, // 60: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
-	5,  // 61: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
-	7,  // 62: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
-	9,  // 63: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
-	11, // 64: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
-	11, // 65: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
-	13, // 66: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
-	15, // 67: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
-	17, // 68: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
-	19, // 69: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
-	21, // 70: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
-	23, // 71: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
-	25, // 72: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
-	27, // 73: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
-	31, // 74: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
-	35, // 75: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
-	38, // 76: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
-	41, // 77: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
-	44, // 78: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
-	45, // 79: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
-	46, // 80: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
-	45, // 81: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
-	45, // 82: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
-	47, // 83: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
-	45, // 84: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
-	48, // 85: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
-	51, // 86: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
-	53, // 87: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
-	61, // 88: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
-	63, // 89: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
-	65, // 90: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
-	6,  // 91: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
-	8,  // 92: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
-	10, // 93: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
-	12, // 94: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
-	12, // 95: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
-	14, // 96: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
-	16, // 97: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
-	18, // 98: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
-	20, // 99: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
-	22, // 100: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
-	24, // 101: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
-	26, // 102: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
-	28, // 103: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
-	33, // 104: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
-	37, // 105: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
-	40, // 106: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
-	43, // 107: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
-	30, // 108: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 109: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 110: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 111: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 112: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
-	30, // 113: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	30, // 114: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	50, // 115: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
-	52, // 116: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
-	60, // 117: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
-	62, // 118: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
-	64, // 119: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
-	66, // 120: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
-	91, // [91:121] is the sub-list for method output_type
-	61, // [61:91] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	69, // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
+	70, // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
+	71, // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	72, // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	73, // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	74, // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	0,  // 6: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
+	32, // 7: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
+	75, // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	32, // 9: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
+	82, // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
+	0,  // 11: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
+	1,  // 12: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
+	2,  // 13: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
+	31, // 14: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
+	76, // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
+	83, // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
+	82, // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
+	82, // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
+	82, // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	82, // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 21: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
+	77, // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	4,  // 23: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
+	34, // 24: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
+	5,  // 25: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
+	6,  // 26: keybroker.v1.BatchEncryptResult.response:type_name -> keybroker.v1.EncryptResponse
+	36, // 27: keybroker.v1.BatchEncryptResult.error:type_name -> keybroker.v1.ItemError
+	38, // 28: keybroker.v1.BatchEncryptResponse.results:type_name -> keybroker.v1.BatchEncryptResult
+	7,  // 29: keybroker.v1.BatchDecryptRequest.items:type_name -> keybroker.v1.DecryptRequest
+	8,  // 30: keybroker.v1.BatchDecryptResult.response:type_name -> keybroker.v1.DecryptResponse
+	36, // 31: keybroker.v1.BatchDecryptResult.error:type_name -> keybroker.v1.ItemError
+	41, // 32: keybroker.v1.BatchDecryptResponse.results:type_name -> keybroker.v1.BatchDecryptResult
+	11, // 33: keybroker.v1.BatchGenerateDataKeyRequest.items:type_name -> keybroker.v1.GenerateDataKeyRequest
+	12, // 34: keybroker.v1.BatchGenerateDataKeyResult.response:type_name -> keybroker.v1.GenerateDataKeyResponse
+	36, // 35: keybroker.v1.BatchGenerateDataKeyResult.error:type_name -> keybroker.v1.ItemError
+	44, // 36: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
+	0,  // 37: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
+	1,  // 38: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
+	78, // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
+	83, // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	79, // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
+	83, // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	83, // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
+	80, // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
+	82, // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	82, // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
+	51, // 47: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
+	81, // 48: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	83, // 49: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
+	32, // 50: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
+	56, // 51: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
+	58, // 52: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
+	57, // 53: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
+	59, // 54: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
+	51, // 55: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
+	82, // 56: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
+	60, // 57: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
+	57, // 58: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
+	59, // 59: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
+	52, // 60: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
+	61, // 61: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
+	5,  // 62: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
+	7,  // 63: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
+	9,  // 64: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
+	11, // 65: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
+	11, // 66: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
+	13, // 67: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
+	15, // 68: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
+	17, // 69: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
+	19, // 70: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
+	21, // 71: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
+	23, // 72: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
+	25, // 73: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
+	27, // 74: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
+	29, // 75: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
+	33, // 76: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
+	37, // 77: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
+	40, // 78: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
+	43, // 79: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
+	46, // 80: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
+	47, // 81: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
+	48, // 82: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
+	47, // 83: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
+	47, // 84: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
+	49, // 85: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
+	47, // 86: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
+	50, // 87: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
+	53, // 88: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
+	55, // 89: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
+	63, // 90: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
+	65, // 91: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
+	67, // 92: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
+	6,  // 93: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
+	8,  // 94: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
+	10, // 95: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
+	12, // 96: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
+	12, // 97: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
+	14, // 98: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
+	16, // 99: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
+	18, // 100: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
+	20, // 101: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
+	22, // 102: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
+	24, // 103: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
+	26, // 104: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
+	28, // 105: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
+	30, // 106: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
+	35, // 107: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
+	39, // 108: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
+	42, // 109: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
+	45, // 110: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
+	32, // 111: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
+	32, // 112: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
+	32, // 113: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
+	32, // 114: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
+	32, // 115: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
+	32, // 116: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	32, // 117: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	52, // 118: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
+	54, // 119: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
+	62, // 120: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
+	64, // 121: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
+	66, // 122: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
+	68, // 123: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
+	93, // [93:124] is the sub-list for method output_type
+	62, // [62:93] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_keybroker_proto_init() }
@@ -4796,16 +4967,16 @@ func file_keybroker_v1_keybroker_proto_init() {
 	if File_keybroker_v1_keybroker_proto != nil {
 		return
 	}
-	file_keybroker_v1_keybroker_proto_msgTypes[8].OneofWrappers = []any{
+	file_keybroker_v1_keybroker_proto_msgTypes[10].OneofWrappers = []any{
 		(*SignRequest_Message)(nil),
 		(*SignRequest_Digest)(nil),
 	}
-	file_keybroker_v1_keybroker_proto_msgTypes[10].OneofWrappers = []any{
+	file_keybroker_v1_keybroker_proto_msgTypes[12].OneofWrappers = []any{
 		(*VerifyRequest_Message)(nil),
 		(*VerifyRequest_Digest)(nil),
 	}
-	file_keybroker_v1_keybroker_proto_msgTypes[41].OneofWrappers = []any{}
-	file_keybroker_v1_keybroker_proto_msgTypes[55].OneofWrappers = []any{
+	file_keybroker_v1_keybroker_proto_msgTypes[43].OneofWrappers = []any{}
+	file_keybroker_v1_keybroker_proto_msgTypes[57].OneofWrappers = []any{
 		(*WatchEvent_Snapshot)(nil),
 		(*WatchEvent_Key)(nil),
 		(*WatchEvent_DeletedKeyId)(nil),
@@ -4819,7 +4990,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_keybroker_proto_rawDesc), len(file_keybroker_v1_keybroker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   74,
+			NumMessages:   77,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

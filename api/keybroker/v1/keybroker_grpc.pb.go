@@ -33,6 +33,7 @@ const (
 	KeyBroker_ReEncrypt_FullMethodName                       = "/keybroker.v1.KeyBroker/ReEncrypt"
 	KeyBroker_GenerateDataKey_FullMethodName                 = "/keybroker.v1.KeyBroker/GenerateDataKey"
 	KeyBroker_GenerateDataKeyWithoutPlaintext_FullMethodName = "/keybroker.v1.KeyBroker/GenerateDataKeyWithoutPlaintext"
+	KeyBroker_DecryptDataKey_FullMethodName                  = "/keybroker.v1.KeyBroker/DecryptDataKey"
 	KeyBroker_Sign_FullMethodName                            = "/keybroker.v1.KeyBroker/Sign"
 	KeyBroker_Verify_FullMethodName                          = "/keybroker.v1.KeyBroker/Verify"
 	KeyBroker_GetPublicKey_FullMethodName                    = "/keybroker.v1.KeyBroker/GetPublicKey"
@@ -64,6 +65,14 @@ type KeyBrokerClient interface {
 	GenerateDataKey(ctx context.Context, in *GenerateDataKeyRequest, opts ...grpc.CallOption) (*GenerateDataKeyResponse, error)
 	// GenerateDataKeyWithoutPlaintext returns only the encrypted data key.
 	GenerateDataKeyWithoutPlaintext(ctx context.Context, in *GenerateDataKeyRequest, opts ...grpc.CallOption) (*GenerateDataKeyResponse, error)
+	// DecryptDataKey returns the data key of a keybroker ciphertext, named by
+	// the key id, version and wrapped data key of its header, so that a
+	// client can open that ciphertext, and every other one sealed under the
+	// same data key, itself. Whoever holds a data key can read and forge
+	// every message sealed under it within its reuse period: grant the
+	// DecryptDataKey action only to principals trusted with both Encrypt and
+	// Decrypt on the key.
+	DecryptDataKey(ctx context.Context, in *DecryptDataKeyRequest, opts ...grpc.CallOption) (*DecryptDataKeyResponse, error)
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
 	Verify(ctx context.Context, in *VerifyRequest, opts ...grpc.CallOption) (*VerifyResponse, error)
 	GetPublicKey(ctx context.Context, in *GetPublicKeyRequest, opts ...grpc.CallOption) (*GetPublicKeyResponse, error)
@@ -133,6 +142,16 @@ func (c *keyBrokerClient) GenerateDataKeyWithoutPlaintext(ctx context.Context, i
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GenerateDataKeyResponse)
 	err := c.cc.Invoke(ctx, KeyBroker_GenerateDataKeyWithoutPlaintext_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyBrokerClient) DecryptDataKey(ctx context.Context, in *DecryptDataKeyRequest, opts ...grpc.CallOption) (*DecryptDataKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecryptDataKeyResponse)
+	err := c.cc.Invoke(ctx, KeyBroker_DecryptDataKey_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -276,6 +295,14 @@ type KeyBrokerServer interface {
 	GenerateDataKey(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error)
 	// GenerateDataKeyWithoutPlaintext returns only the encrypted data key.
 	GenerateDataKeyWithoutPlaintext(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error)
+	// DecryptDataKey returns the data key of a keybroker ciphertext, named by
+	// the key id, version and wrapped data key of its header, so that a
+	// client can open that ciphertext, and every other one sealed under the
+	// same data key, itself. Whoever holds a data key can read and forge
+	// every message sealed under it within its reuse period: grant the
+	// DecryptDataKey action only to principals trusted with both Encrypt and
+	// Decrypt on the key.
+	DecryptDataKey(context.Context, *DecryptDataKeyRequest) (*DecryptDataKeyResponse, error)
 	Sign(context.Context, *SignRequest) (*SignResponse, error)
 	Verify(context.Context, *VerifyRequest) (*VerifyResponse, error)
 	GetPublicKey(context.Context, *GetPublicKeyRequest) (*GetPublicKeyResponse, error)
@@ -315,6 +342,9 @@ func (UnimplementedKeyBrokerServer) GenerateDataKey(context.Context, *GenerateDa
 }
 func (UnimplementedKeyBrokerServer) GenerateDataKeyWithoutPlaintext(context.Context, *GenerateDataKeyRequest) (*GenerateDataKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GenerateDataKeyWithoutPlaintext not implemented")
+}
+func (UnimplementedKeyBrokerServer) DecryptDataKey(context.Context, *DecryptDataKeyRequest) (*DecryptDataKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DecryptDataKey not implemented")
 }
 func (UnimplementedKeyBrokerServer) Sign(context.Context, *SignRequest) (*SignResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Sign not implemented")
@@ -459,6 +489,24 @@ func _KeyBroker_GenerateDataKeyWithoutPlaintext_Handler(srv interface{}, ctx con
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(KeyBrokerServer).GenerateDataKeyWithoutPlaintext(ctx, req.(*GenerateDataKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyBroker_DecryptDataKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecryptDataKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyBrokerServer).DecryptDataKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyBroker_DecryptDataKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyBrokerServer).DecryptDataKey(ctx, req.(*DecryptDataKeyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -705,6 +753,10 @@ var KeyBroker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GenerateDataKeyWithoutPlaintext",
 			Handler:    _KeyBroker_GenerateDataKeyWithoutPlaintext_Handler,
+		},
+		{
+			MethodName: "DecryptDataKey",
+			Handler:    _KeyBroker_DecryptDataKey_Handler,
 		},
 		{
 			MethodName: "Sign",
