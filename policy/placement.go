@@ -19,46 +19,66 @@ const MaxPlacement = 2048
 //	principal.region == "eu"
 //	principal.hasTag("pci") && principal.getTag("pci") == "yes"
 //
-// It becomes one policy,
+// It decides HoldMaterial for its key in both directions, so that a key
+// can be confined to some edges under a global policy that lets every
+// edge hold every key. It becomes two policies,
 //
 //	@id("placement:<key>")
 //	permit (principal is Edge, action == Action::"HoldMaterial", resource == Key::"<key>")
 //	when { <expression> };
+//	@id("placement:<key>:outside")
+//	forbid (principal is Edge, action == Action::"HoldMaterial", resource == Key::"<key>")
+//	unless { <expression> };
 //
 // evaluated together with the global policies for HoldMaterial, so a
-// global forbid still wins. The expression is validated against the schema
-// like any policy, and must parse to exactly that one policy: it cannot
+// global forbid still wins and a global permit cannot reach past the
+// expression. The expression is validated against the schema like any
+// policy, and each policy must parse to exactly one: the expression cannot
 // close the condition and add policies of its own.
 
-func placementPolicy(keyID, expr string) string {
-	return fmt.Sprintf("@id(%q)\npermit (principal is Edge, action == Action::\"HoldMaterial\", resource == Key::%q)\nwhen { %s };\n",
-		"placement:"+keyID, keyID, expr)
+func placementPolicy(effect, keyID, expr string) string {
+	id, cond := "placement:"+keyID, "when"
+	if effect == "forbid" {
+		id, cond = id+":outside", "unless"
+	}
+	return fmt.Sprintf("@id(%q)\n%s (principal is Edge, action == Action::\"HoldMaterial\", resource == Key::%q)\n%s { %s };\n",
+		id, effect, keyID, cond, expr)
 }
 
-// compilePlacement parses and validates a placement expression.
-func compilePlacement(keyID, expr string) (*cedar.Policy, error) {
+// placementIDs are the ids of a key's placement policies.
+func placementIDs(keyID string) [2]cedar.PolicyID {
+	return [2]cedar.PolicyID{cedar.PolicyID("placement:" + keyID), cedar.PolicyID("placement:" + keyID + ":outside")}
+}
+
+// compilePlacement parses and validates a placement expression into its
+// permit and its forbid.
+func compilePlacement(keyID, expr string) ([2]*cedar.Policy, error) {
+	var out [2]*cedar.Policy
 	if strings.TrimSpace(expr) == "" {
-		return nil, fmt.Errorf("placement: empty expression")
+		return out, fmt.Errorf("placement: empty expression")
 	}
 	if len(expr) > MaxPlacement {
-		return nil, fmt.Errorf("placement: expression is %d bytes, limit %d", len(expr), MaxPlacement)
-	}
-	list, err := cedar.NewPolicyListFromBytes("placement", []byte(placementPolicy(keyID, expr)))
-	if err != nil {
-		le := parseError("placement", err).(*LoadError)
-		return nil, fmt.Errorf("placement: %s", le.Msg)
-	}
-	if len(list) != 1 {
-		return nil, fmt.Errorf("placement: the expression must be one condition, not %d policies", len(list))
+		return out, fmt.Errorf("placement: expression is %d bytes, limit %d", len(expr), MaxPlacement)
 	}
 	v, err := validator()
 	if err != nil {
-		return nil, err
+		return out, err
 	}
-	if err := v.Policy("placement", (*xast.Policy)(list[0].AST())); err != nil {
-		return nil, fmt.Errorf("placement: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	for i, effect := range []string{"permit", "forbid"} {
+		list, err := cedar.NewPolicyListFromBytes("placement", []byte(placementPolicy(effect, keyID, expr)))
+		if err != nil {
+			le := parseError("placement", err).(*LoadError)
+			return out, fmt.Errorf("placement: %s", le.Msg)
+		}
+		if len(list) != 1 {
+			return out, fmt.Errorf("placement: the expression must be one condition, not %d policies", len(list))
+		}
+		if err := v.Policy("placement", (*xast.Policy)(list[0].AST())); err != nil {
+			return out, fmt.Errorf("placement: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+		}
+		out[i] = list[0]
 	}
-	return list[0], nil
+	return out, nil
 }
 
 // ValidatePlacement checks a key's placement expression.
@@ -83,7 +103,7 @@ func (s *Set) withPlacement(keyID, expr string) (*cedar.PolicySet, error) {
 	if ps, ok := s.placements.m[cacheKey]; ok {
 		return ps, nil
 	}
-	p, err := compilePlacement(keyID, expr)
+	pols, err := compilePlacement(keyID, expr)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +111,9 @@ func (s *Set) withPlacement(keyID, expr string) (*cedar.PolicySet, error) {
 	for id, pol := range s.ps.All() {
 		ps.Add(id, pol)
 	}
-	ps.Add(cedar.PolicyID("placement:"+keyID), p)
+	for i, id := range placementIDs(keyID) {
+		ps.Add(id, pols[i])
+	}
 	if s.placements.m == nil || len(s.placements.m) >= maxPlacementSets {
 		s.placements.m = map[string]*cedar.PolicySet{}
 	}
@@ -100,8 +122,9 @@ func (s *Set) withPlacement(keyID, expr string) (*cedar.PolicySet, error) {
 }
 
 // AuthorizeHoldMaterial decides whether an edge may hold a key's material:
-// the global policies and the key's placement expression (if any) together,
-// a forbid in either winning. An invalid stored expression denies.
+// the global policies alone when the key has no placement expression;
+// otherwise the expression, unless a global forbid says no. An invalid
+// stored expression denies.
 func (s *Set) AuthorizeHoldMaterial(edge Principal, key Key, placement string) Decision {
 	if placement == "" {
 		return s.AuthorizeKey(edge, HoldMaterial, key)

@@ -28,7 +28,7 @@ when { principal.hasTag("quarantine") };
 		policy string
 	}{
 		{"eu edge, eu placement", eu, key, place, true, "placement:payments"},
-		{"us edge, eu placement", us, key, place, false, "default-deny"},
+		{"us edge, eu placement", us, key, place, false, "placement:payments:outside"},
 		{"forbid beats placement", bad, key, place, false, "no-quarantined-edges"},
 		{"no placement: global default deny", eu, key, "", false, "default-deny"},
 		{"placement of another key does not apply", eu, Key{Name: "other"}, "", false, "default-deny"},
@@ -41,6 +41,24 @@ when { principal.hasTag("quarantine") };
 				t.Errorf("AuthorizeHoldMaterial = %v by %q (%v), want %v by %q", d.Allowed, d.PolicyID(), d.Errors, tc.allow, tc.policy)
 			}
 		})
+	}
+	// Under a global policy letting every edge hold every key, a placement
+	// still confines its key.
+	open, err := Parse(map[string][]byte{"p.cedar": []byte(`
+@id("edges-hold-material")
+permit (principal is Edge, action == Action::"HoldMaterial", resource is Key);
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := open.AuthorizeHoldMaterial(us, key, place); d.Allowed || d.PolicyID() != "placement:payments:outside" {
+		t.Errorf("us edge, eu placement, global permit: %v by %q, want denied by the placement", d.Allowed, d.PolicyID())
+	}
+	if d := open.AuthorizeHoldMaterial(us, key, ""); !d.Allowed {
+		t.Errorf("us edge, no placement, global permit: denied by %q", d.PolicyID())
+	}
+	if d := open.AuthorizeHoldMaterial(eu, key, place); !d.Allowed {
+		t.Errorf("eu edge, eu placement, global permit: denied by %q", d.PolicyID())
 	}
 	// A placement expression grants HoldMaterial only, and only to edges.
 	if d := s.AuthorizeKey(Principal{Kind: KindClient, Name: "c"}, Encrypt, key); d.Allowed {

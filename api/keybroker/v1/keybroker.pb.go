@@ -2020,8 +2020,10 @@ type KeyMetadata struct {
 	Revision    uint64 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
 	Description string `protobuf:"bytes,17,opt,name=description,proto3" json:"description,omitempty"`
 	// Placement: a Cedar condition over the edge (principal) that may hold
-	// this key's material, e.g. principal.region == "eu". Empty: the global
-	// HoldMaterial policies alone decide.
+	// this key's material, e.g. principal.region == "eu". It decides for
+	// this key (edges outside it may not hold the material whatever the
+	// global policies permit), except that a global forbid still wins.
+	// Empty: the global HoldMaterial policies alone decide.
 	Placement     string `protobuf:"bytes,18,opt,name=placement,proto3" json:"placement,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
