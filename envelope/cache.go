@@ -3,6 +3,7 @@ package envelope
 import (
 	"container/list"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -188,22 +189,23 @@ func (r *Reuser) Forget(match func(partition string) bool) {
 }
 
 // Cache keeps unwrapped data keys for decryption: bounded LRU, each entry
-// living at most ttl, keyed by Fingerprint.
+// living at most ttl, keyed by key id, version and wrapped key. An entry it
+// drops is not zeroed (a caller may still hold it); see # Secrets.
 type Cache struct {
 	capacity int
 	ttl      time.Duration
 	now      func() time.Time
 
 	mu sync.Mutex
-	ll *list.List // front is most recent
-	m  map[[32]byte]*list.Element
+	ll *list.List               // front is most recent
+	m  map[string]*list.Element // by cacheKey
 	sf singleflight.Group
 
 	hits, misses, evictions atomic.Uint64
 }
 
 type cacheEntry struct {
-	fp      [32]byte
+	key     string
 	dk      *DataKey
 	expires time.Time
 }
@@ -214,7 +216,7 @@ func NewCache(capacity int, ttl time.Duration, now func() time.Time) *Cache {
 	if now == nil {
 		now = time.Now
 	}
-	return &Cache{capacity: max(capacity, 1), ttl: ttl, now: now, ll: list.New(), m: map[[32]byte]*list.Element{}}
+	return &Cache{capacity: max(capacity, 1), ttl: ttl, now: now, ll: list.New(), m: map[string]*list.Element{}}
 }
 
 // Stats reports hits, misses and evictions so far.
@@ -229,10 +231,20 @@ func (c *Cache) Len() int {
 	return c.ll.Len()
 }
 
-func (c *Cache) lookup(fp [32]byte) *DataKey {
+// cacheKey names a wrapped data key exactly: key id (length-prefixed),
+// version and wrapped bytes. Unlike a hash it costs nothing to compute and
+// cannot collide.
+func cacheKey(buf []byte, keyID string, version uint32, wrapped []byte) []byte {
+	buf = append(buf, byte(len(keyID)))
+	buf = append(buf, keyID...)
+	buf = binary.BigEndian.AppendUint32(buf, version)
+	return append(buf, wrapped...)
+}
+
+func (c *Cache) lookup(key []byte) *DataKey {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.m[fp]
+	el, ok := c.m[string(key)]
 	if !ok {
 		return nil
 	}
@@ -247,29 +259,30 @@ func (c *Cache) lookup(fp [32]byte) *DataKey {
 
 func (c *Cache) removeLocked(el *list.Element) {
 	e := c.ll.Remove(el).(*cacheEntry)
-	delete(c.m, e.fp)
-	e.dk.Destroy()
+	delete(c.m, e.key)
 	c.evictions.Add(1)
 }
 
 // Get returns the unwrapped data key for h, calling unwrap on a miss (once
 // for all concurrent misses of the same wrapped key).
 func (c *Cache) Get(ctx context.Context, h *Header, unwrap func(context.Context) (*DataKey, error)) (*DataKey, error) {
-	fp := Fingerprint(h.KeyID, h.Version, h.WrappedDEK)
-	if dk := c.lookup(fp); dk != nil {
+	var buf [192]byte
+	k := cacheKey(buf[:0], h.KeyID, h.Version, h.WrappedDEK)
+	if dk := c.lookup(k); dk != nil {
 		c.hits.Add(1)
 		return dk, nil
 	}
 	c.misses.Add(1)
-	v, err := flight.Do(ctx, &c.sf, string(fp[:]), func(ctx context.Context) (any, error) {
-		if dk := c.lookup(fp); dk != nil {
+	key := string(k)
+	v, err := flight.Do(ctx, &c.sf, key, func(ctx context.Context) (any, error) {
+		if dk := c.lookup([]byte(key)); dk != nil {
 			return dk, nil
 		}
 		dk, err := unwrap(ctx)
 		if err != nil {
 			return nil, err
 		}
-		c.insert(fp, dk)
+		c.insert(key, dk)
 		return dk, nil
 	})
 	if err != nil {
@@ -278,13 +291,13 @@ func (c *Cache) Get(ctx context.Context, h *Header, unwrap func(context.Context)
 	return v.(*DataKey), nil
 }
 
-func (c *Cache) insert(fp [32]byte, dk *DataKey) {
+func (c *Cache) insert(key string, dk *DataKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.m[fp]; ok {
+	if el, ok := c.m[key]; ok {
 		c.removeLocked(el)
 	}
-	c.m[fp] = c.ll.PushFront(&cacheEntry{fp: fp, dk: dk, expires: c.now().Add(c.ttl)})
+	c.m[key] = c.ll.PushFront(&cacheEntry{key: key, dk: dk, expires: c.now().Add(c.ttl)})
 	for c.ll.Len() > c.capacity {
 		c.removeLocked(c.ll.Back())
 	}

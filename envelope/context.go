@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -23,7 +24,9 @@ func CanonicalContext(ctx map[string]string) ([]byte, error) {
 	if len(ctx) > MaxContextPairs {
 		return nil, fmt.Errorf("%w: %d pairs, limit %d", ErrContext, len(ctx), MaxContextPairs)
 	}
-	keys := make([]string, 0, len(ctx))
+	type pair struct{ k, v string }
+	var small [8]pair // most contexts have a few pairs: no allocation
+	pairs := small[:0]
 	size := 2
 	for k, v := range ctx {
 		switch {
@@ -34,20 +37,22 @@ func CanonicalContext(ctx map[string]string) ([]byte, error) {
 		case !utf8.ValidString(k) || !utf8.ValidString(v):
 			return nil, fmt.Errorf("%w: not UTF-8", ErrContext)
 		}
-		keys = append(keys, k)
+		pairs = append(pairs, pair{k, v})
 		size += 4 + len(k) + len(v)
 	}
 	if size > MaxContextBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrContext, size, MaxContextBytes)
 	}
-	slices.Sort(keys)
+	if len(pairs) > 1 {
+		slices.SortFunc(pairs, func(a, b pair) int { return strings.Compare(a.k, b.k) })
+	}
 	out := make([]byte, 0, size)
-	out = binary.BigEndian.AppendUint16(out, uint16(len(keys)))
-	for _, k := range keys {
-		out = binary.BigEndian.AppendUint16(out, uint16(len(k)))
-		out = append(out, k...)
-		out = binary.BigEndian.AppendUint16(out, uint16(len(ctx[k])))
-		out = append(out, ctx[k]...)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(pairs)))
+	for _, p := range pairs {
+		out = binary.BigEndian.AppendUint16(out, uint16(len(p.k)))
+		out = append(out, p.k...)
+		out = binary.BigEndian.AppendUint16(out, uint16(len(p.v)))
+		out = append(out, p.v...)
 	}
 	return out, nil
 }

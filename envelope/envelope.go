@@ -22,19 +22,44 @@
 // HKDF-SHA256(material, info = "keybroker/v1/context-key" ‖ 0 ‖ canonical
 // context). docs/ciphertext.md has the layout and known-answer vectors.
 //
+// # Streaming
+//
+// Payloads larger than [MaxPlaintext], or that should not be held in memory,
+// use the stream format (first byte 0x02, [NewStreamWriter],
+// [ReadStreamHeader], [NewStreamReader]). Its header names the key, version
+// and wrapped data key like v1's, then a segment size S and a random 32-byte
+// salt. The plaintext is cut into segments of S bytes (the last 1..S, or 0
+// for an empty stream), each sealed with AES-256-GCM under
+// HKDF-SHA256(DEK, salt, "keybroker/v1/stream"), a nonce of the segment's
+// index and a final-segment flag, and SHA-256(header ‖ canonical context)
+// as AAD. The salt gives every stream its own key, so the SDK can reuse one
+// data key for many streams with counter nonces. Reordered, dropped,
+// duplicated or foreign segments fail with [ErrDecrypt]; a stream that ends
+// after a whole segment not marked final fails with [ErrTruncated], and
+// bytes appended after the final segment make it fail to open as non-final.
+// Stream writers and readers are not safe for concurrent use.
+//
+// A stream reader returns each segment's plaintext only once that segment
+// authenticates, but it cannot vouch for segments it has not read yet: a
+// consumer may have received earlier segments before a later one fails. It
+// must treat the output as unauthenticated until Read returns io.EOF — write
+// to a temporary file and rename it, say, rather than acting on a prefix.
+//
 // # Data-key reuse and caches
 //
 // A [Reuser] hands out one data key per (key, version, context partition)
 // until its period, message count or byte count runs out, so that millions
 // of messages cost a handful of unwraps. A [Cache] keeps unwrapped data keys
-// for decryption, keyed by a hash of the wrapped key, bounded and with a
-// lifetime. Both coalesce concurrent misses for one entry into one call.
+// for decryption, keyed by key id, version and wrapped key, bounded and with
+// a lifetime. Both coalesce concurrent misses for one entry into one call.
 //
 // # Secrets
 //
-// Data keys and KEKs are *secret.Bytes. A [DataKey] is destroyed (its bytes
-// zeroed) when a cache evicts it; the AEAD state it built lives until the
-// garbage collector takes it.
+// Data keys and KEKs are *secret.Bytes. A cache that drops a [DataKey] does
+// not zero it, because a caller may still be sealing, opening or starting a
+// stream with it; its bytes are zeroed by the runtime cleanup of
+// secret.Bytes once the last holder lets go, and the AEAD state it built
+// goes with it. Destroy zeroes a data key its owner knows is unused.
 package envelope
 
 import (
@@ -108,7 +133,13 @@ func ParseHeader(ct []byte) (*Header, []byte, error) {
 	if len(ct) == 0 {
 		return nil, nil, malformed("empty")
 	}
-	if ct[0] != FormatV1 {
+	switch ct[0] {
+	case FormatV1:
+	case FormatStreamV1:
+		// Still an unknown format to this parser (clients and tests match
+		// that phrase), but say what the bytes are and what opens them.
+		return nil, nil, malformed("unknown format byte 0x02 for a single message: this is a streaming ciphertext; open it with a stream reader (the SDK's Decryptor or keybroker decrypt --in)")
+	default:
 		return nil, nil, malformed("unknown format byte 0x%02x", ct[0])
 	}
 	p := 1
@@ -280,52 +311,69 @@ func (d *DataKey) Destroy() { d.dek.Destroy() }
 // Seal encrypts plaintext under the data key, binding the encryption
 // context.
 func (d *DataKey) Seal(plaintext []byte, ctx map[string]string) ([]byte, error) {
-	nonce := make([]byte, NonceSize)
-	_, _ = rand.Read(nonce)
-	return d.seal(plaintext, ctx, nonce)
+	return d.seal(plaintext, ctx, nil)
+}
+
+// SealCanonical is Seal for a context already encoded by CanonicalContext,
+// for callers that seal many messages under one context.
+func (d *DataKey) SealCanonical(plaintext, canonicalContext []byte) ([]byte, error) {
+	return d.sealCanonical(plaintext, canonicalContext, nil)
 }
 
 func (d *DataKey) seal(plaintext []byte, ctx map[string]string, nonce []byte) ([]byte, error) {
-	if len(plaintext) > MaxPlaintext {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(plaintext), MaxPlaintext)
-	}
 	c, err := CanonicalContext(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, 0, 1+1+len(d.KeyID)+4+2+len(d.Wrapped)+NonceSize+len(plaintext)+TagSize)
-	out = appendHeader(out, d.KeyID, d.Version, d.Wrapped, nonce)
-	aad := append(out[:len(out):len(out)], c...)
-	return d.aead.Seal(out, nonce, plaintext, aad), nil
+	return d.sealCanonical(plaintext, c, nonce)
+}
+
+var zeroNonce [NonceSize]byte
+
+// sealCanonical seals under nonce, or a random one when nonce is nil, in
+// one allocation: the ciphertext, with the AAD built in its spare capacity
+// (AES-GCM writes only the ciphertext's own bytes).
+func (d *DataKey) sealCanonical(plaintext, c, nonce []byte) ([]byte, error) {
+	if len(plaintext) > MaxPlaintext {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(plaintext), MaxPlaintext)
+	}
+	hdr := 1 + 1 + len(d.KeyID) + 4 + 2 + len(d.Wrapped) + NonceSize
+	n := hdr + len(plaintext) + TagSize
+	buf := make([]byte, n+hdr+len(c))
+	out := appendHeader(buf[:0], d.KeyID, d.Version, d.Wrapped, zeroNonce[:])
+	nc := out[hdr-NonceSize:]
+	if nonce == nil {
+		_, _ = rand.Read(nc)
+	} else {
+		copy(nc, nonce)
+	}
+	aad := append(append(buf[n:n], out...), c...)
+	return d.aead.Seal(out, nc, plaintext, aad)[:n:n], nil
 }
 
 // Open decrypts a ciphertext whose header h was parsed by ParseHeader and
 // whose data key is d.
 func (d *DataKey) Open(h *Header, body []byte, ctx map[string]string) ([]byte, error) {
-	if h.KeyID != d.KeyID || h.Version != d.Version || string(h.WrappedDEK) != string(d.Wrapped) {
-		return nil, ErrDecrypt
-	}
 	c, err := CanonicalContext(ctx)
 	if err != nil {
 		return nil, err
 	}
-	aad := append(append(make([]byte, 0, len(h.raw)+len(c)), h.raw...), c...)
-	pt, err := d.aead.Open(nil, h.Nonce, body, aad)
+	return d.OpenCanonical(h, body, c)
+}
+
+// OpenCanonical is Open for a context already encoded by
+// CanonicalContext. Like sealing, it makes one allocation: the plaintext,
+// with the AAD in its spare capacity.
+func (d *DataKey) OpenCanonical(h *Header, body, canonicalContext []byte) ([]byte, error) {
+	if h.KeyID != d.KeyID || h.Version != d.Version || string(h.WrappedDEK) != string(d.Wrapped) || len(body) < TagSize || h.raw == nil {
+		return nil, ErrDecrypt
+	}
+	n := len(body) - TagSize
+	buf := make([]byte, n+len(h.raw)+len(canonicalContext))
+	aad := append(append(buf[n:n], h.raw...), canonicalContext...)
+	pt, err := d.aead.Open(buf[:0], h.Nonce, body, aad)
 	if err != nil {
 		return nil, ErrDecrypt
 	}
-	return pt, nil
-}
-
-// Fingerprint identifies a wrapped data key for caches: SHA-256 over key
-// id, version and wrapped bytes.
-func Fingerprint(keyID string, version uint32, wrapped []byte) [32]byte {
-	h := sha256.New()
-	h.Write([]byte(keyID))
-	h.Write([]byte{0})
-	h.Write(binary.BigEndian.AppendUint32(nil, version))
-	h.Write(wrapped)
-	var out [32]byte
-	h.Sum(out[:0])
-	return out
+	return pt[:n:n], nil
 }
