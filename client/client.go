@@ -1,0 +1,245 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
+)
+
+// Environment variables New reads for settings the Config leaves empty.
+const (
+	EnvAddr = "KEYBROKER_ADDR" // comma-separated host:port list
+	EnvCA   = "KEYBROKER_CA"
+	EnvCert = "KEYBROKER_CERT"
+	EnvKey  = "KEYBROKER_KEY"
+)
+
+// Defaults.
+const (
+	DefaultLookupTTL   = 30 * time.Second
+	DefaultMaxAttempts = 3
+	DefaultBackoff     = 50 * time.Millisecond
+	DefaultMaxBackoff  = time.Second
+	// maxMessage bounds a response: a 4 MiB plaintext plus framing.
+	maxMessage = 16 << 20
+)
+
+// Config configures a Client. Only the node addresses and the TLS
+// credentials are needed; New takes them from the KEYBROKER_* environment
+// when they are not set here.
+type Config struct {
+	// Addrs are host:port addresses of one or more nodes — edges near the
+	// application, the central tier, or both. The client asks them which
+	// nodes serve each key (LookupKey) and falls back to them in order.
+	// Default: KEYBROKER_ADDR, split at commas.
+	Addrs []string
+	// TLS is the mutual-TLS client configuration (client certificate and
+	// the CAs that sign the nodes). When nil, it is built from CAFile,
+	// CertFile and KeyFile.
+	TLS *tls.Config
+	// CAFile, CertFile and KeyFile are PEM files: the CA certificates,
+	// the client certificate (with its SPIFFE URI SAN) and its private
+	// key. Defaults: KEYBROKER_CA, KEYBROKER_CERT, KEYBROKER_KEY.
+	CAFile, CertFile, KeyFile string
+	// Region is the client's region, sent with LookupKey so that edges
+	// in it come first. Empty: the answering node's region.
+	Region string
+	// Labels are further client labels for LookupKey.
+	Labels map[string]string
+	// LookupTTL is how long a routing answer is reused (default
+	// DefaultLookupTTL). A routing error drops it at once.
+	LookupTTL time.Duration
+	// MaxAttempts is how many passes over a key's route an operation
+	// makes before giving up on Unavailable nodes (default
+	// DefaultMaxAttempts). The caller's deadline bounds them too.
+	MaxAttempts int
+	// Backoff and MaxBackoff bound the jittered, doubling pause between
+	// passes (defaults DefaultBackoff and DefaultMaxBackoff).
+	Backoff, MaxBackoff time.Duration
+	// DialOptions are added to every connection (interceptors, for
+	// instance).
+	DialOptions []grpc.DialOption
+	// Getenv reads the environment (default os.Getenv).
+	Getenv func(string) string
+}
+
+// Client performs KeyBroker operations, routing each to the best node for
+// its key. It is safe for concurrent use; make one per process.
+type Client struct {
+	cfg    Config
+	labels map[string]string
+	creds  credentials.TransportCredentials
+	opts   []grpc.DialOption
+
+	mu     sync.Mutex
+	conns  map[string]*conn
+	closed bool
+
+	routes *routeCache
+}
+
+// conn is one node's connection and the calls made to it.
+type conn struct {
+	addr  string
+	cc    *grpc.ClientConn
+	kb    kbv1.KeyBrokerClient
+	calls atomic.Uint64
+}
+
+// New makes a Client. It dials nothing: connections are made on first use,
+// so New fails only on a bad configuration.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	getenv := cfg.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	if len(cfg.Addrs) == 0 {
+		for a := range strings.SplitSeq(getenv(EnvAddr), ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				cfg.Addrs = append(cfg.Addrs, a)
+			}
+		}
+	}
+	if len(cfg.Addrs) == 0 {
+		return nil, fmt.Errorf("client: no node address: set Config.Addrs or %s", EnvAddr)
+	}
+	for _, a := range cfg.Addrs {
+		if !strings.Contains(a, ":") {
+			return nil, fmt.Errorf("client: address %q is not host:port", a)
+		}
+	}
+	if cfg.TLS == nil {
+		files := identity.TLSFiles{CA: or(cfg.CAFile, getenv(EnvCA)), Cert: or(cfg.CertFile, getenv(EnvCert)), Key: or(cfg.KeyFile, getenv(EnvKey))}
+		var missing []string
+		for _, m := range []struct{ v, name string }{{files.CA, "CAFile (" + EnvCA + ")"}, {files.Cert, "CertFile (" + EnvCert + ")"}, {files.Key, "KeyFile (" + EnvKey + ")"}} {
+			if m.v == "" {
+				missing = append(missing, m.name)
+			}
+		}
+		if len(missing) > 0 {
+			return nil, fmt.Errorf("client: missing %s: keybroker always uses mutual TLS", strings.Join(missing, ", "))
+		}
+		t, err := files.ClientConfig("")
+		if err != nil {
+			return nil, fmt.Errorf("client: TLS configuration: %w", err)
+		}
+		cfg.TLS = t
+	}
+	if len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetClientCertificate == nil {
+		return nil, errors.New("client: the TLS configuration has no client certificate: keybroker always uses mutual TLS")
+	}
+	if cfg.LookupTTL <= 0 {
+		cfg.LookupTTL = DefaultLookupTTL
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	if cfg.Backoff <= 0 {
+		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.MaxBackoff < cfg.Backoff {
+		cfg.MaxBackoff = max(DefaultMaxBackoff, cfg.Backoff)
+	}
+	labels := make(map[string]string, len(cfg.Labels)+1)
+	for k, v := range cfg.Labels {
+		labels[k] = v
+	}
+	if cfg.Region != "" {
+		labels["region"] = cfg.Region
+	}
+	c := &Client{
+		cfg:    cfg,
+		labels: labels,
+		creds:  credentials.NewTLS(cfg.TLS),
+		conns:  map[string]*conn{},
+		routes: newRouteCache(cfg.LookupTTL, time.Now),
+	}
+	c.opts = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(c.creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
+	}, cfg.DialOptions...)
+	return c, nil
+}
+
+func or(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// errClosed is returned by operations on a closed Client.
+var errClosed = errors.New("client: closed")
+
+// conn returns the connection to addr, making it on first use.
+func (c *Client) conn(addr string) (*conn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, errClosed
+	}
+	if cn, ok := c.conns[addr]; ok {
+		return cn, nil
+	}
+	cc, err := grpc.NewClient(addr, c.opts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: node %q: %w", addr, err)
+	}
+	cn := &conn{addr: addr, cc: cc, kb: kbv1.NewKeyBrokerClient(cc)}
+	c.conns[addr] = cn
+	return cn, nil
+}
+
+// Close closes every connection. Operations after Close fail.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	var errs []error
+	for _, cn := range c.conns {
+		errs = append(errs, cn.cc.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Calls reports the RPCs made so far to each node address (lookups
+// included): how the client's load spreads, and how few calls the
+// envelope caches leave.
+func (c *Client) Calls() map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]uint64, len(c.conns))
+	for a, cn := range c.conns {
+		out[a] = cn.calls.Load()
+	}
+	return out
+}
+
+// Admin returns a KeyAdmin client on the first configured node (an edge
+// forwards admin calls to the central tier). Admin calls are not retried:
+// they change state.
+func (c *Client) Admin() (kbv1.KeyAdminClient, error) {
+	cn, err := c.conn(c.cfg.Addrs[0])
+	if err != nil {
+		return nil, err
+	}
+	return kbv1.NewKeyAdminClient(cn.cc), nil
+}

@@ -1,0 +1,71 @@
+// Package client is keybroker's Go SDK: every KeyBroker operation, routed
+// to the node that serves each key best, and client-side envelope
+// encryption that makes millions of messages cost a handful of calls.
+//
+//	c, err := client.New(ctx, client.Config{}) // KEYBROKER_ADDR, _CA, _CERT, _KEY
+//	ct, err := c.Encrypt(ctx, "payments", []byte("hello"), nil)
+//	pt, err := c.Decrypt(ctx, ct.Ciphertext, nil)
+//
+// # Routing
+//
+// Config.Addrs names one or more nodes. For an operation on a key the
+// client asks them LookupKey — which nodes can perform this operation with
+// this key now, best first: edges holding the key in the client's region,
+// then in other regions, then edges that forward, then the central tier —
+// and tries that list in order, followed by the configured nodes it does
+// not include. The answer is cached per key and operation for
+// Config.LookupTTL. A node that is unavailable (down, draining, stale
+// past its max_staleness, throttling) sends the call to the next node
+// and marks the answer stale; when the whole list fails, the client
+// pauses (jittered, doubling from Config.Backoff to Config.MaxBackoff),
+// asks again and makes another pass, up to Config.MaxAttempts passes and
+// never past the caller's deadline. An edge that answers NotFound for a
+// key it has not replicated yet also passes the call on. Every other
+// answer — denied, invalid, a disabled key — is final.
+//
+// When no node answers LookupKey the last answer is reused; when the
+// policy does not allow the caller LookupKey, the configured nodes are the
+// route.
+//
+// All the attempts of one operation carry one request id (x-request-id),
+// so the audit lines of every node tried, and of the central tier behind
+// an edge, can be found together; WithRequestID sets it.
+//
+// # Errors
+//
+// Every error is an *Error naming the operation, key and node, with the
+// broker's gRPC code; errors.Is matches it against ErrNotFound,
+// ErrPermissionDenied, ErrInvalidArgument, ErrUnavailable and the other
+// sentinels, and status.Code reads its code.
+//
+// # Envelope encryption
+//
+// An Encryptor gets a data key with GenerateDataKey and seals messages
+// locally with AES-256-GCM, reusing the data key for a bounded period,
+// message count and byte count (Config.Reuse; default 5 minutes), one data
+// key per encryption context. A Decryptor gets the data key of a
+// ciphertext with DecryptDataKey and keeps it in a bounded cache, so every
+// further message under it opens locally; concurrent misses for one data
+// key make one call. Both use the ciphertext format of the servers
+// (docs/ciphertext.md): a node's Decrypt opens what an Encryptor sealed,
+// and a Decryptor opens what a node sealed.
+//
+// Together with the edge's own reuse and caches this is the second level
+// of caching: an application sealing a million messages a minute under one
+// key and context calls the broker about once per reuse period.
+//
+// # Security
+//
+// A data key in the client's memory opens, and could forge, every message
+// sealed under it. Reuse bounds that exposure in time; a disabled or
+// rotated key stops being used by an Encryptor when its data key's period
+// ends, and a Decryptor keeps opening a disabled key's messages for up to
+// DecryptorConfig.TTL. Choose shorter periods where that matters. The
+// caller needs the GenerateDataKey action to encrypt and DecryptDataKey to
+// decrypt this way; a caller with only Encrypt and Decrypt uses the
+// Client's Encrypt and Decrypt, which never expose a data key.
+//
+// Data keys are held as secret bytes and zeroed when evicted or when the
+// Encryptor or Decryptor is closed; the AEAD state built from them lives
+// until the garbage collector takes it.
+package client

@@ -1,0 +1,111 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/keybroker/keybroker/envelope"
+)
+
+// NewWriter returns a writer that seals everything written to it into w as
+// one streaming ciphertext (docs/ciphertext.md): segments of
+// EncryptorConfig.SegmentSize, each with its own nonce, under a key derived
+// for this stream from the current data key, so payloads of any size
+// stream in constant memory. Close must be called to seal the final
+// segment; it does not close w. The writer is not safe for concurrent use.
+func (e *Encryptor) NewWriter(ctx context.Context, w io.Writer, ectx map[string]string) (io.WriteCloser, error) {
+	canon, err := envelope.CanonicalContext(ectx)
+	if err != nil {
+		return nil, invalid("Encrypt", e.key, err)
+	}
+	// A stream uses the data key once, to derive its own key: it counts
+	// as one message of no bytes against the reuse policy.
+	dk, err := e.dataKey(ctx, 0, ectx, canon)
+	if err != nil {
+		return nil, err
+	}
+	sw, err := envelope.NewStreamWriter(w, dk, ectx, e.segment)
+	if err != nil {
+		return nil, invalid("Encrypt", e.key, err)
+	}
+	e.streams.Add(1)
+	return &streamWriter{w: sw, key: e.key}, nil
+}
+
+type streamWriter struct {
+	w   io.WriteCloser
+	key string
+}
+
+func (s *streamWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	return n, streamErr("Encrypt", s.key, err)
+}
+
+func (s *streamWriter) Close() error { return streamErr("Encrypt", s.key, s.w.Close()) }
+
+// NewReader reads a streaming ciphertext's header from r, gets its data
+// key (from the cache or with DecryptDataKey) and returns a reader of its
+// plaintext. Each segment is returned only once it authenticates, and a
+// stream cut short, reordered or altered fails with ErrInvalidArgument;
+// but a consumer has received the segments before the bad one, so it must
+// not act on the output until Read returns io.EOF.
+func (d *Decryptor) NewReader(ctx context.Context, r io.Reader, ectx map[string]string) (io.Reader, error) {
+	sh, err := envelope.ReadStreamHeader(r)
+	if err != nil {
+		return nil, streamErr("Decrypt", "", err)
+	}
+	dk, err := d.dataKey(ctx, sh.DataKeyHeader(), ectx)
+	if err != nil {
+		return nil, err
+	}
+	sr, err := envelope.NewStreamReader(r, sh, dk, ectx)
+	if err != nil {
+		return nil, streamErr("Decrypt", sh.KeyID, err)
+	}
+	d.streams.Add(1)
+	return &streamReader{r: sr, key: sh.KeyID}, nil
+}
+
+type streamReader struct {
+	r   io.Reader
+	key string
+}
+
+func (s *streamReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err == io.EOF {
+		return n, err
+	}
+	return n, streamErr("Decrypt", s.key, err)
+}
+
+// openStream opens a whole streaming ciphertext held in memory.
+func (d *Decryptor) openStream(ctx context.Context, ciphertext []byte, ectx map[string]string) ([]byte, error) {
+	r, err := d.NewReader(ctx, bytes.NewReader(ciphertext), ectx)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(r)
+}
+
+// streamErr maps a stream's errors: the format's refusals are invalid
+// input; the underlying reader's or writer's own errors pass through.
+func streamErr(op, key string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, envelope.ErrTruncated), errors.Is(err, envelope.ErrMalformed), errors.Is(err, envelope.ErrDecrypt),
+		errors.Is(err, envelope.ErrContext), errors.Is(err, envelope.ErrTooLarge):
+		return local(op, key, codes.InvalidArgument, err)
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return err
+}
