@@ -107,9 +107,10 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		reg = Backends()
 	}
 	n = &Node{cfg: cfg, log: log}
+	node := n // every failure below returns nil, err: clean up what was opened
 	defer func() {
 		if err != nil {
-			n.closeResources()
+			node.closeResources()
 		}
 	}()
 	metrics := prometheus.NewRegistry()

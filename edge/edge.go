@@ -77,9 +77,10 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		log = slog.New(slog.DiscardHandler)
 	}
 	n = &Node{cfg: cfg, log: log}
+	node := n // every failure below returns nil, err: clean up what was opened
 	defer func() {
 		if err != nil {
-			n.closeResources()
+			node.closeResources()
 		}
 	}()
 	metrics := prometheus.NewRegistry()
