@@ -1,10 +1,11 @@
 // Package devcluster runs a complete keybroker cluster in one process: a
-// central node on a software root of trust and edges in their own
-// regions, with a development CA, certificates, configuration files, a
-// policy and the root keys, all kept in one directory and reused when the
-// cluster starts again from it. It is what `keybroker dev` runs, and what
-// benchmarks and examples start when they need real nodes talking gRPC
-// over mutual TLS without separate processes.
+// central node on a root of trust (a software keystore unless told
+// otherwise) and edges in their own regions, with a development CA,
+// certificates, configuration files, a policy and the root keys, all kept
+// in one directory and reused when the cluster starts again from it. It is
+// what `keybroker dev` runs, and what benchmarks and examples start when
+// they need real nodes talking gRPC over mutual TLS without separate
+// processes.
 //
 // Every node is assembled from the configuration files written to the
 // directory, through the same loading and validation as `keybroker
@@ -19,9 +20,31 @@
 //	policy.cedar          the policy; written once, then the user's to edit
 //	central.yaml, <edge>.yaml
 //	central/, <edge>/     data directories
+//	root-of-trust         which root of trust the keys are bound to
+//	lock                  held (flock) while a cluster runs from the directory
 //
 // The CA and the software keystore are development conveniences: the CA's
 // key and the KEK sit on disk next to what they protect.
+//
+// # Roots of trust
+//
+// By default the central node's root of trust is a softkms keystore in the
+// directory. [Options.Backend] names another (a SoftHSM2 token, say); the
+// root keys the cluster needs ([RootKey]: an HMAC key for derive-mode keys,
+// an AES key for wrap-mode keys) are created there when missing and the
+// backend can create them, and are otherwise reported by a
+// [*MissingRootKeysError] listing what to create. A directory stays on the
+// root keys it started with: keys created by one start are bound to them,
+// so a later start on other root keys is refused.
+//
+// # Ports
+//
+// With [Options.BasePort] zero the system chooses every port. A non-zero
+// BasePort fixes them, so that addresses stay valid across restarts: the
+// central node's gRPC port is BasePort and edge i's BasePort+1+i; each
+// node's operations port (/healthz, /readyz, /metrics) is its gRPC port
+// plus [OpsPortOffset]. A fixed port another process holds fails Start
+// with a [*PortInUseError].
 package devcluster
 
 import (
@@ -36,6 +59,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
@@ -97,9 +123,18 @@ type Options struct {
 	// TrustDomain defaults to DefaultTrustDomain. A directory keeps the
 	// trust domain of its CA.
 	TrustDomain string
-	// Host is the address every node listens on (default 127.0.0.1);
-	// ports are chosen by the system.
+	// Host is the address every node listens on and clients dial
+	// (default 127.0.0.1). It must be dialable: not a wildcard.
 	Host string
+	// BasePort fixes every node's ports (see the package documentation);
+	// zero lets the system choose them. At most MaxFixedEdges edges, and
+	// the highest port must not pass 65535.
+	BasePort int
+	// Backend is the URI of the central node's root of trust, the backend
+	// alone (no key), e.g.
+	// pkcs11:token=kb?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/kb/pin.
+	// Empty means a softkms keystore in Dir.
+	Backend string
 	// Edges default to DefaultEdges; an empty non-nil slice starts none.
 	Edges []EdgeSpec
 	// Policy is written to policy.cedar when the file does not exist
@@ -115,11 +150,22 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// OpsPortOffset is the distance from a node's gRPC port to its
+// operations port when Options.BasePort fixes the ports.
+const OpsPortOffset = 10
+
+// MaxFixedEdges is the most edges a cluster with fixed ports can have:
+// their gRPC ports must stay below the central node's operations port.
+const MaxFixedEdges = OpsPortOffset - 1
+
 // Cluster is a running cluster.
 type Cluster struct {
 	opts    Options
 	ca      *identity.CA
 	caFile  string
+	lock    *os.File
+	backend string
+	roots   []RootKey
 	Central *central.Node
 	Edges   []*edge.Node
 	// CentralConfig and EdgeConfigs are the files the nodes were started
@@ -150,6 +196,15 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := opts.checkPorts(); err != nil {
+		return nil, err
+	}
+	if ip := net.ParseIP(opts.Host); ip != nil && ip.IsUnspecified() {
+		return nil, fmt.Errorf("devcluster: host %s is a wildcard: give an address clients can dial, such as 127.0.0.1", opts.Host)
+	}
+	if err := opts.probePorts(); err != nil {
+		return nil, err
+	}
 	dir, err := filepath.Abs(opts.Dir)
 	if err != nil {
 		return nil, err
@@ -167,6 +222,9 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 			c = nil
 		}
 	}()
+	if err := c.lockDir(); err != nil {
+		return c, err
+	}
 	if err := c.prepare(ctx); err != nil {
 		return c, err
 	}
@@ -178,10 +236,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 	if c.Central, err = central.Start(ctx, ccfg, central.Options{Logger: opts.Logger.With("node", "central")}); err != nil {
-		return c, err
+		return c, c.portError(err, "central", 0)
 	}
-	for _, e := range opts.Edges {
-		path, err := c.writeEdgeConfig(e)
+	for i, e := range opts.Edges {
+		path, err := c.writeEdgeConfig(i, e)
 		if err != nil {
 			return c, err
 		}
@@ -195,7 +253,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 		n, err := edge.Start(ctx, ecfg, edge.Options{Logger: opts.Logger.With("node", e.Name)})
 		if err != nil {
-			return c, err
+			return c, c.portError(err, e.Name, i+1)
 		}
 		c.Edges = append(c.Edges, n)
 	}
@@ -237,14 +295,30 @@ func (c *Cluster) prepare(ctx context.Context) error {
 			return fmt.Errorf("devcluster: %w", err)
 		}
 	}
-	backendURI, err := c.softkms()
+	c.backend = c.opts.Backend
+	if c.backend == "" {
+		var err error
+		if c.backend, err = c.softkms(); err != nil {
+			return err
+		}
+	}
+	roots, err := rootKeysFor(c.backend)
 	if err != nil {
 		return err
 	}
-	if err := ensureRootKeys(ctx, backendURI); err != nil {
+	c.roots = roots
+	c.CentralConfig = filepath.Join(dir, "central.yaml")
+	// Before anything is created in the backend.
+	record, err := c.checkSameRoots()
+	if err != nil {
 		return err
 	}
-	c.CentralConfig = filepath.Join(dir, "central.yaml")
+	if err := ensureRootKeys(ctx, c.backend, roots); err != nil {
+		return err
+	}
+	if err := record(); err != nil {
+		return err
+	}
 	y := fmt.Sprintf(`# Written by keybroker's development cluster at every start.
 node_id: central
 trust_domain: %s
@@ -253,15 +327,16 @@ ops_listen: %s
 tls: {ca: ca.crt, cert: certs/central.crt, key: certs/central.key}
 data_dir: central
 backends:
-  - name: softkms
+  - name: %s
     uri: %q
 default_root_keys:
-  derive: softkms:root-prf
-  wrap: softkms:root-aes
+  derive: %q
+  wrap: %q
 policy:
   paths: [policy.cedar]
   reload_interval: 2s
-`, c.ca.TrustDomain, hostPort(c.opts.Host), hostPort(c.opts.Host), backendURI)
+`, c.ca.TrustDomain, c.listen(0, false), c.listen(0, true), backendName(c.backend), c.backend,
+		c.rootURI("derive"), c.rootURI("wrap"))
 	if c.opts.Lease > 0 || c.opts.Heartbeat > 0 {
 		y += "edges:\n"
 		if c.opts.Lease > 0 {
@@ -303,6 +378,81 @@ func (c *Cluster) loadOrCreateCA() error {
 	return nil
 }
 
+// rootURI is the key URI of the root key for role.
+func (c *Cluster) rootURI(role string) string {
+	for _, k := range c.roots {
+		if k.Role == role {
+			return k.URI
+		}
+	}
+	return ""
+}
+
+// backendName names the backend in central.yaml: its scheme.
+func backendName(uri string) string {
+	scheme, _, _ := strings.Cut(uri, ":")
+	return scheme
+}
+
+// rootOfTrustFile records which root of trust the directory's keys are
+// bound to.
+const rootOfTrustFile = "root-of-trust"
+
+// defaultRoot is what rootOfTrustFile holds for the softkms keystore in
+// the directory, which moves with it.
+const defaultRoot = "the softkms keystore in this directory"
+
+// checkSameRoots refuses to move a directory to another root of trust:
+// the keys in its registry are bound to the root keys of the start that
+// created them, and would stop working. It returns what to record once
+// the root keys are in place; a directory from before the record was kept
+// was on its softkms keystore, the only one there was.
+func (c *Cluster) checkSameRoots() (record func() error, err error) {
+	now := rootIdentity(c.backend)
+	if u, ok := mustParse(c.backend).(*backends.SoftKMSURI); ok && u.Path == filepath.Join(c.opts.Dir, "softkms.json") {
+		now = defaultRoot
+	}
+	path := filepath.Join(c.opts.Dir, rootOfTrustFile)
+	record = func() error { return writeFile(path, now+"\n") }
+	was := ""
+	switch data, err := os.ReadFile(path); {
+	case err == nil:
+		was, record = strings.TrimSpace(string(data)), func() error { return nil }
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("devcluster: %w", err)
+	default:
+		if _, err := os.Stat(c.CentralConfig); err == nil {
+			was = defaultRoot
+		}
+	}
+	if was != "" && was != now {
+		return nil, fmt.Errorf("devcluster: %s was set up on %s (recorded in %s), and this start is on %s: "+
+			"the keys created there would stop working; start on the same root of trust, or use another directory", c.opts.Dir, was, path, now)
+	}
+	return record, nil
+}
+
+// mustParse parses a URI rootKeysFor has already accepted.
+func mustParse(uri string) backends.KeyURI {
+	u, _ := backends.ParseKeyURI(uri)
+	return u
+}
+
+// rootIdentity names a backend by what selects its keys, leaving out
+// where its module and PIN file are, which may move.
+func rootIdentity(uri string) string {
+	u := mustParse(uri)
+	if u == nil {
+		return uri
+	}
+	if p, ok := u.(*backends.PKCS11URI); ok {
+		short := *p
+		short.ModulePath, short.ModuleName, short.PinSource, short.MaxSessions = "", "", "", 0
+		return short.BackendURI()
+	}
+	return u.BackendURI()
+}
+
 // softkms makes the KEK on first use and returns the backend URI.
 func (c *Cluster) softkms() (string, error) {
 	kek := filepath.Join(c.opts.Dir, "kek")
@@ -315,39 +465,11 @@ func (c *Cluster) softkms() (string, error) {
 			return "", fmt.Errorf("devcluster: %w", err)
 		}
 	}
-	return "softkms:path=" + filepath.Join(c.opts.Dir, "softkms.json") + ";kek-source=" + kek, nil
+	return (&backends.SoftKMSURI{Path: filepath.Join(c.opts.Dir, "softkms.json"), KEKSource: kek}).String(), nil
 }
 
-// rootKeys are the keys the default root keys name.
-var rootKeys = []struct {
-	name string
-	alg  backends.Algorithm
-}{{"root-prf", backends.HMAC256}, {"root-aes", backends.AES256}, {"root-ecdsa", backends.ECDSAP256}}
-
-// ensureRootKeys creates the root keys the backend does not have yet.
-func ensureRootKeys(ctx context.Context, uri string) error {
-	b, err := central.Backends().Open(ctx, uri, backends.Options{})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	kc, ok := b.(backends.KeyCreator)
-	if !ok {
-		return errors.New("devcluster: the backend cannot create root keys")
-	}
-	for _, k := range rootKeys {
-		_, err := b.Describe(ctx, k.name)
-		if errors.Is(err, backends.ErrNotFound) {
-			_, err = kc.CreateKey(ctx, k.name, k.alg)
-		}
-		if err != nil {
-			return fmt.Errorf("devcluster: root key %s: %w", k.name, err)
-		}
-	}
-	return nil
-}
-
-func (c *Cluster) writeEdgeConfig(e EdgeSpec) (string, error) {
+// writeEdgeConfig writes the configuration of edge i.
+func (c *Cluster) writeEdgeConfig(i int, e EdgeSpec) (string, error) {
 	path := filepath.Join(c.opts.Dir, e.Name+".yaml")
 	y := fmt.Sprintf(`# Written by keybroker's development cluster at every start.
 node_id: %s
@@ -360,7 +482,7 @@ region: %s
 central: {address: %q, server_name: %q}
 prefetch: %t
 reconnect: {initial_backoff: 50ms, max_backoff: 2s}
-`, e.Name, c.ca.TrustDomain, hostPort(c.opts.Host), hostPort(c.opts.Host), e.Name, e.Name, e.Name, e.Region,
+`, e.Name, c.ca.TrustDomain, c.listen(i+1, false), c.listen(i+1, true), e.Name, e.Name, e.Name, e.Region,
 		c.Central.Addr(), c.opts.Host, e.Prefetch)
 	switch {
 	case e.FailClosed:
@@ -379,9 +501,10 @@ func (c *Cluster) reuseYAML() string {
 	return fmt.Sprintf("data_key_reuse: {period: %s}\n", c.opts.DataKeyReuse)
 }
 
-// hostPort is a YAML listen address on host with a port the system picks.
-func hostPort(host string) string {
-	return fmt.Sprintf("%q", net.JoinHostPort(host, "0"))
+// listen is the YAML listen address of node (0 the central node, i+1
+// edge i): its gRPC port, or its operations port.
+func (c *Cluster) listen(node int, ops bool) string {
+	return fmt.Sprintf("%q", net.JoinHostPort(c.opts.Host, strconv.Itoa(c.opts.port(node, ops))))
 }
 
 func writeFile(path, content string) error {
@@ -448,7 +571,18 @@ func (c *Cluster) WaitSynced(ctx context.Context) error {
 	}
 }
 
-// Shutdown stops the edges, then the central node.
+// Backend is the URI of the central node's root of trust.
+func (c *Cluster) Backend() string { return c.backend }
+
+// RootKeys are the root keys of the central node, in Backend.
+func (c *Cluster) RootKeys() []RootKey { return slices.Clone(c.roots) }
+
+// EdgeSpecs are the edges the cluster was started with, in the order of
+// Edges.
+func (c *Cluster) EdgeSpecs() []EdgeSpec { return slices.Clone(c.opts.Edges) }
+
+// Shutdown stops the edges, then the central node, and releases the
+// directory.
 func (c *Cluster) Shutdown(ctx context.Context) error {
 	var errs []error
 	for _, e := range c.Edges {
@@ -457,5 +591,6 @@ func (c *Cluster) Shutdown(ctx context.Context) error {
 	if c.Central != nil {
 		errs = append(errs, c.Central.Shutdown(ctx))
 	}
+	c.unlockDir()
 	return errors.Join(errs...)
 }

@@ -13,6 +13,13 @@
 //	keybroker audit verify FILE
 //	keybroker version
 //
+// and the server commands:
+//
+//	keybroker central --config central.yaml
+//	keybroker edge --config edge.yaml
+//	keybroker dev [--data DIR] [--port N] [--backend URI]   a whole local cluster, no set-up
+//	keybroker root create KEY-URI --algorithm ALG
+//
 // Every command's --help has examples.
 //
 // # Connection
@@ -212,7 +219,7 @@ func newRootCmd(e *env) *cobra.Command {
 		a.auditCmd(),
 		a.versionCmd(),
 	)
-	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newRootKeyCmd(e))
+	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newDevCmd(e), newRootKeyCmd(e))
 	// Server commands, one line each. They take the streams and environment
 	// from e, and the process context
 	// (cancelled on SIGINT and SIGTERM) from cmd.Context(). An error returned

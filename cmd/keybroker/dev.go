@@ -1,0 +1,439 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/config"
+	"github.com/keybroker/keybroker/devcluster"
+)
+
+// Defaults of keybroker dev.
+const (
+	devDefaultData = "keybroker-dev"
+	devDefaultPort = 7700
+	devDefaultHost = "127.0.0.1"
+	// devPortSpan is how far above --port the last port the cluster takes
+	// lies: the second edge's operations port.
+	devPortSpan = devcluster.OpsPortOffset + 2
+	// devReadyTimeout bounds the wait for a started cluster to be ready:
+	// the edges' first synchronisation and the demo key.
+	devReadyTimeout = 2 * time.Minute
+	// devShutdownTimeout bounds the graceful stop.
+	devShutdownTimeout = 30 * time.Second
+)
+
+// The demo key keybroker dev creates when it is missing.
+const (
+	demoKeyID   = "demo"
+	demoKeyDesc = "keybroker dev's demo key"
+)
+
+// devEnvFile is the file, in the data directory, the environment is
+// written to.
+const devEnvFile = "env"
+
+const devLong = `Run a complete local keybroker cluster in this one process, with no set-up:
+a central node, two edges labelled with the regions us and eu, a development
+CA and certificates, a demo policy (admins may do everything, clients may use
+every key, edges may hold every key's material) and a demo key, "demo"
+(aes-256-gcm, derive mode), created when it does not exist.
+
+Everything lives in --data (default ./keybroker-dev) and is reused by the next
+start: the same CA, root keys, registry, policy (policy.cedar is yours to
+edit; the central node re-reads it) and demo key. A directory serves one
+cluster at a time.
+
+Ports are fixed so that addresses stay valid across restarts. With --port N:
+  central   gRPC N     ops N+10
+  edge-us   gRPC N+1   ops N+11
+  edge-eu   gRPC N+2   ops N+12
+The ops ports serve /healthz, /readyz and /metrics over HTTPS with client
+certificates. --port 0 lets the system choose free ports, different at each
+start. A port already in use stops dev with an error naming it.
+
+When the cluster is ready (the central node up, both edges synchronised, the
+demo key in place), dev writes DIR/env (mode 0600): export lines for
+KEYBROKER_ADDR (the us edge: applications talk to edges), KEYBROKER_CA,
+KEYBROKER_CERT and KEYBROKER_KEY (the admin identity, which may create, rotate
+and use keys), so that after 'source DIR/env' every keybroker command talks to
+the cluster. It then prints the nodes, their ops URLs, where the app identity
+is (certs/app.crt, certs/app.key: a client that may use keys but not manage
+them) and commands to try. Logs go to stderr.
+
+Ctrl-C or SIGTERM stops the cluster gracefully and exits 0. The data and the
+env file stay: with fixed ports the env file is valid again at the next start
+(with --port 0 the next start rewrites it).
+
+--backend puts the central node's root keys in another root of trust instead
+of the softkms keystore in DIR. Give the backend alone, without a key:
+  softkms:path=/ABS/keystore.json;kek-source=/ABS/kek
+  pkcs11:token=LABEL?module-path=/ABS/module.so&pin-source=/ABS/pin-file
+      (or serial= or slot-id= to select the token; SoftHSM2 finds its
+      tokens through SOFTHSM2_CONF, else /etc/softhsm/softhsm2.conf)
+  awskms:region=REGION[;endpoint=URL]      credentials from the AWS SDK's usual sources
+  gcpkms:projects/P/locations/L/keyRings/R[;endpoint=HOST:PORT]
+The cluster needs an HMAC-SHA256 root key for derive-mode keys and an AES-256
+one for wrap-mode keys, named root-prf and root-aes (PKCS#11 labels; AWS
+aliases alias/keybroker-dev-root-prf and alias/keybroker-dev-root-aes; GCP
+CryptoKeys root-prf and root-aes in the key ring). Missing ones are created
+when the backend can; otherwise dev stops and lists what to create. A data
+directory stays on the root of trust it was first started on.`
+
+const devExample = `  keybroker dev
+  keybroker dev --data /tmp/kb --port 9000 --log-level debug
+  keybroker dev --port 0 --log-format json 2>dev.log
+
+  # the root keys on a SoftHSM2 token
+  softhsm2-util --init-token --free --label kb --so-pin 12345678 --pin 1234
+  echo 1234 > ~/kb.pin
+  keybroker dev --backend "pkcs11:token=kb?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=$HOME/kb.pin"
+
+  # then, in another shell
+  source keybroker-dev/env
+  keybroker encrypt --key demo --out hello.enc <<<hello
+  keybroker decrypt --in hello.enc | cat`
+
+type devFlags struct {
+	data, host, backend string
+	port                int
+	logLevel, logFormat *enumValue
+}
+
+func newDevCmd(e *env) *cobra.Command {
+	f := devFlags{
+		logLevel:  newEnum(config.DefaultLogLevel, "debug", "info", "warn", "error"),
+		logFormat: newEnum("text", "text", "json"),
+	}
+	cmd := &cobra.Command{
+		Use:     "dev",
+		Short:   "Run a complete local cluster (central, two edges, CA, policy, demo key) in one process",
+		Long:    devLong,
+		Example: devExample,
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return err
+			}
+			return runDev(cmd.Context(), e, f)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&f.data, "data", devDefaultData, "directory holding the cluster's CA, keys, policy and data; created if missing, reused when it exists")
+	fs.IntVar(&f.port, "port", devDefaultPort, fmt.Sprintf("central gRPC port; the edges take the next two, ops ports are %d above; 0 means system-chosen ports", devcluster.OpsPortOffset))
+	fs.StringVar(&f.host, "host", devDefaultHost, "address every node listens on and clients dial")
+	fs.StringVar(&f.backend, "backend", "", "root of trust URI for the central node (see above); default: a softkms keystore in --data")
+	fs.Var(f.logLevel, "log-level", "least severe log level written to stderr")
+	fs.Var(f.logFormat, "log-format", "log format on stderr: text for people, json for collectors")
+	return cmd
+}
+
+// check refuses bad flags before anything is created.
+func (f *devFlags) check() error {
+	if f.port < 0 || f.port > 65535-devPortSpan {
+		return usageErrorf("--port %d: give 0 (system-chosen ports) or 1..%d: the cluster takes --port up to --port+%d", f.port, 65535-devPortSpan, devPortSpan)
+	}
+	if f.data == "" {
+		return usageErrorf("--data must name a directory")
+	}
+	if f.host == "" {
+		return usageErrorf("--host must name an address")
+	}
+	if f.backend != "" {
+		u, err := backends.ParseKeyURI(f.backend)
+		if err != nil {
+			return usageErrorf("--backend: %v", err)
+		}
+		if u.Key() != "" {
+			return usageErrorf("--backend names a key (%s): give the backend alone; the dev cluster names its root keys itself", u.Key())
+		}
+	}
+	return nil
+}
+
+func runDev(ctx context.Context, e *env, f devFlags) error {
+	log := config.Log{Level: f.logLevel.value, Format: f.logFormat.value}.NewLogger(e.stderr)
+	dir, err := filepath.Abs(f.data)
+	if err != nil {
+		return err
+	}
+	// Start gets the process's context, not one with the start's time
+	// limit: a backend may keep the context it was opened with (a cloud
+	// client's credentials), and ending it would break the running node.
+	c, err := devcluster.Start(ctx, devcluster.Options{Dir: dir, Host: f.host, BasePort: f.port, Backend: f.backend, Logger: log})
+	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("interrupted before the cluster was ready")
+			return nil
+		}
+		if pe, ok := errors.AsType[*devcluster.PortInUseError](err); ok {
+			return fmt.Errorf("port %d (%s) is already in use: is another keybroker dev running? "+
+				"Choose other ports with --port N (the cluster takes N, N+1, N+2 and N+%d, N+%d, N+%d), or --port 0 for any free ones",
+				pe.Port, pe.Use, devcluster.OpsPortOffset, devcluster.OpsPortOffset+1, devcluster.OpsPortOffset+2)
+		}
+		return err
+	}
+	readyCtx, cancel := context.WithTimeout(ctx, devReadyTimeout)
+	defer cancel()
+	demo, created, err := prepareDev(readyCtx, c)
+	if err != nil {
+		stopDev(ctx, c, log)
+		if ctx.Err() != nil {
+			log.Info("interrupted before the cluster was ready")
+			return nil
+		}
+		return err
+	}
+	cancel()
+	envPath := filepath.Join(dir, devEnvFile)
+	if err := writeDevEnv(envPath, c); err != nil {
+		stopDev(ctx, c, log)
+		return err
+	}
+	if err := printDevReady(e.stdout, c, envPath, demo, created); err != nil {
+		stopDev(ctx, c, log)
+		return err
+	}
+	log.Info("dev cluster ready", "dir", dir, "env", envPath)
+
+	// Each node's servers report on Done only when they stop on their own
+	// before Shutdown (and with nil after it, which ends these
+	// goroutines).
+	stopped := make(chan error, 2*(1+len(c.Edges)))
+	watch := func(name string, done <-chan error) {
+		go func() {
+			err := <-done
+			stopped <- fmt.Errorf("%s stopped serving: %v", name, err)
+		}()
+	}
+	watch("central", c.Central.Done())
+	for i, n := range c.Edges {
+		watch(c.EdgeSpecs()[i].Name, n.Done())
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case serveErr = <-stopped:
+		log.Error("a node stopped; shutting down", "err", serveErr)
+	}
+	if err := stopDev(ctx, c, log); err != nil {
+		return err
+	}
+	return serveErr
+}
+
+// prepareDev waits for the edges, makes sure the demo key exists, and
+// waits until the edges have it too.
+func prepareDev(ctx context.Context, c *devcluster.Cluster) (*kbv1.KeyMetadata, bool, error) {
+	if err := c.WaitSynced(ctx); err != nil {
+		return nil, false, err
+	}
+	demo, created, err := ensureDemoKey(ctx, c)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := c.WaitSynced(ctx); err != nil {
+		return nil, false, err
+	}
+	return demo, created, nil
+}
+
+// stopDev shuts the cluster down within devShutdownTimeout, whatever
+// ended ctx.
+func stopDev(ctx context.Context, c *devcluster.Cluster, log *slog.Logger) error {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), devShutdownTimeout)
+	defer cancel()
+	if err := c.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// ensureDemoKey creates the demo key through the central node's KeyAdmin
+// API as the admin — authorized and audited like any other call — when
+// it does not exist, and returns its metadata and whether it was created.
+func ensureDemoKey(ctx context.Context, c *devcluster.Cluster) (*kbv1.KeyMetadata, bool, error) {
+	tlsCfg, err := c.ClientFiles(devcluster.AdminName).ClientConfig("")
+	if err != nil {
+		return nil, false, err
+	}
+	conn, err := grpc.NewClient(c.Central.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return nil, false, err
+	}
+	defer conn.Close()
+	kb, admin := kbv1.NewKeyBrokerClient(conn), kbv1.NewKeyAdminClient(conn)
+	describe := func() (*kbv1.KeyMetadata, error) {
+		resp, err := kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: demoKeyID})
+		return resp.GetKey(), err
+	}
+	k, err := describe()
+	if status.Code(err) != codes.NotFound {
+		if err != nil {
+			return nil, false, fmt.Errorf("describing the demo key: %w", err)
+		}
+		return k, false, nil
+	}
+	k, err = admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: demoKeyID, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Description: demoKeyDesc})
+	switch {
+	case status.Code(err) == codes.AlreadyExists:
+		if k, err = describe(); err != nil {
+			return nil, false, fmt.Errorf("describing the demo key: %w", err)
+		}
+		return k, false, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("creating the demo key: %w", err)
+	}
+	return k, true, nil
+}
+
+// devAppEdge is the edge whose address goes into the env file:
+// applications talk to an edge, and the us one is first.
+func devAppEdge(c *devcluster.Cluster) string {
+	for i, s := range c.EdgeSpecs() {
+		if s.Region == "us" {
+			return c.Edges[i].Addr()
+		}
+	}
+	return c.Edges[0].Addr()
+}
+
+// writeDevEnv writes the env file atomically (a temporary file renamed
+// over it), mode 0600, so that a shell sourcing it never reads half a
+// file.
+func writeDevEnv(path string, c *devcluster.Cluster) error {
+	admin := c.ClientFiles(devcluster.AdminName)
+	var b strings.Builder
+	b.WriteString("# Written by keybroker dev when its cluster was ready; kept when it stops.\n")
+	b.WriteString("# `source` this file to talk to the cluster's us edge as its admin.\n")
+	for _, v := range [][2]string{
+		{envAddr, devAppEdge(c)},
+		{envCA, admin.CA},
+		{envCert, admin.Cert},
+		{envKey, admin.Key},
+	} {
+		fmt.Fprintf(&b, "export %s=%s\n", v[0], shellQuote(v[1]))
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // fails harmlessly once renamed
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.WriteString(b.String()); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// shellSafe are the strings a POSIX shell reads as one word, unquoted.
+var shellSafe = regexp.MustCompile(`^[A-Za-z0-9@%_+=:,./-]+$`)
+
+// shellQuote quotes s for a POSIX shell: the whole in single quotes, each
+// single quote inside it ending the quoted part, escaped, and starting a
+// new one.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// shellWord is s quoted only when it needs to be, for commands people
+// read.
+func shellWord(s string) string {
+	if shellSafe.MatchString(s) {
+		return s
+	}
+	return shellQuote(s)
+}
+
+// printDevReady prints what the cluster is and what to try.
+func printDevReady(w io.Writer, c *devcluster.Cluster, envPath string, demo *kbv1.KeyMetadata, created bool) error {
+	var b strings.Builder
+	b.WriteString("keybroker dev: the cluster is ready.\n\n")
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NODE\tREGION\tGRPC\tOPS (/healthz /readyz /metrics)")
+	fmt.Fprintf(tw, "  central\t-\t%s\thttps://%s\n", c.Central.Addr(), c.Central.OpsAddr())
+	for i, s := range c.EdgeSpecs() {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\thttps://%s\n", s.Name, orDash(s.Region), c.Edges[i].Addr(), c.Edges[i].OpsAddr())
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	b.WriteString("\n")
+
+	state := "created now"
+	if !created {
+		state = "exists, created " + timeText(demo.GetCreatedAt())
+	}
+	if s := demo.GetState(); s != kbv1.KeyState_KEY_STATE_ENABLED {
+		state += ", " + stateName(s)
+	}
+	app := c.ClientFiles(devcluster.AppName)
+	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	for _, row := range [][2]string{
+		{"data", c.Dir() + " (kept across restarts)"},
+		{"root of trust", c.Backend()},
+		{"demo key", fmt.Sprintf("%s (%s, %s, primary version %d): %s", demo.GetKeyId(), typeName(demo.GetType()),
+			modeName(demo.GetMode()), demo.GetPrimaryVersion(), state)},
+		{"env", envPath + " (the us edge, as the admin)"},
+		{"app identity", app.Cert + ", " + app.Key + " (a client: uses keys, cannot manage them)"},
+	} {
+		fmt.Fprintf(tw, "  %s:\t%s\n", row[0], row[1])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	b.WriteString("\nTry, in another shell:\n")
+	for _, cmd := range devTryCommands(c, envPath) {
+		b.WriteString("  " + cmd + "\n")
+	}
+	b.WriteString("\nCtrl-C stops the cluster; the data and the env file stay for the next start.\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// devTryCommands are the commands printed to try, one shell line each.
+// The end-to-end test runs them.
+func devTryCommands(c *devcluster.Cluster, envPath string) []string {
+	return []string{
+		"source " + shellWord(envPath),
+		"keybroker encrypt --key " + demoKeyID + " --out hello.enc <<<hello",
+		"keybroker decrypt --in hello.enc | cat    # raw to a pipe; a terminal gets base64",
+		"keybroker lookup --key " + demoKeyID + " --op encrypt",
+		"keybroker key list",
+		"keybroker nodes",
+		"keybroker key rotate " + demoKeyID,
+		`curl --cacert "$KEYBROKER_CA" --cert "$KEYBROKER_CERT" --key "$KEYBROKER_KEY" https://` + c.Central.OpsAddr() + "/readyz",
+	}
+}
