@@ -53,6 +53,10 @@ type Config struct {
 	// the client certificate (with its SPIFFE URI SAN) and its private
 	// key. Defaults: KEYBROKER_CA, KEYBROKER_CERT, KEYBROKER_KEY.
 	CAFile, CertFile, KeyFile string
+	// Direct makes the client use Addrs alone, in order, and never ask
+	// LookupKey: for an application pinned to a local edge, or a tool
+	// told to talk to one node.
+	Direct bool
 	// Region is the client's region, sent with LookupKey so that edges
 	// in it come first. Empty: the answering node's region.
 	Region string

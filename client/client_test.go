@@ -263,6 +263,26 @@ func TestRoutingFollowsLookup(t *testing.T) {
 			}
 		})
 	}
+	t.Run("direct", func(t *testing.T) {
+		tlsCfg, err := c.ClientTLS(identity.Client, devcluster.AppName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := client.New(ctx, client.Config{Addrs: []string{c.us}, TLS: tlsCfg, Direct: true, Region: "eu"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		if route, err := cl.Route(ctx, "eu-only", kbv1.Operation_OPERATION_ENCRYPT); err != nil || !slices.Equal(route, []string{c.us}) {
+			t.Errorf("Route of a direct client = %v, %v; want only %s", route, err, c.us)
+		}
+		if _, err := cl.Encrypt(ctx, "eu-only", []byte("m"), nil); err != nil {
+			t.Fatal(err)
+		}
+		if calls := cl.Calls(); calls[c.us] != 1 || len(calls) != 1 {
+			t.Errorf("a direct client's calls = %v, want one to %s (the us edge forwards)", calls, c.us)
+		}
+	})
 }
 
 // TestFailover kills the edge a client routes to: calls move on to the

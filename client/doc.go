@@ -25,7 +25,8 @@
 //
 // When no node answers LookupKey the last answer is reused; when the
 // policy does not allow the caller LookupKey, the configured nodes are the
-// route.
+// route. Config.Direct skips lookups: the configured nodes, in order, are
+// always the route.
 //
 // All the attempts of one operation carry one request id (x-request-id),
 // so the audit lines of every node tried, and of the central tier behind

@@ -76,7 +76,7 @@ func (c *Client) Route(ctx context.Context, key string, op kbv1.Operation) ([]st
 }
 
 func (c *Client) route(ctx context.Context, key string, op kbv1.Operation, refresh bool) ([]string, error) {
-	if key == "" {
+	if key == "" || c.cfg.Direct {
 		return c.cfg.Addrs, nil
 	}
 	k := routeKey{key, op}

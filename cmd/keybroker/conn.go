@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"crypto/tls"
+
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
 )
 
@@ -57,6 +60,8 @@ func (a *app) setting(cmd *cobra.Command, flag, envVar string) string {
 
 // session is a connection to the broker for one command.
 type session struct {
+	addr    string
+	tls     *tls.Config
 	conn    *grpc.ClientConn
 	kb      kbv1.KeyBrokerClient
 	admin   kbv1.KeyAdminClient
@@ -102,6 +107,8 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 		return nil, usageErrorf("--addr %q: %v", addr, err)
 	}
 	return &session{
+		addr:    addr,
+		tls:     tlsConfig,
 		conn:    conn,
 		kb:      kbv1.NewKeyBrokerClient(conn),
 		admin:   kbv1.NewKeyAdminClient(conn),
@@ -111,6 +118,12 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 }
 
 func (s *session) close() { _ = s.conn.Close() }
+
+// sdk returns a Go SDK client bound to this session's node alone (no
+// routing: the command talks to --addr), for the client-side streams.
+func (s *session) sdk(ctx context.Context) (*client.Client, error) {
+	return client.New(ctx, client.Config{Addrs: []string{s.addr}, TLS: s.tls, Direct: true, MaxAttempts: 1})
+}
 
 // context bounds the command's RPCs by --timeout. Commands take it after
 // reading their input, so a slow stdin does not eat the time limit.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -74,17 +75,28 @@ func (a *app) encryptCmd() *cobra.Command {
 		key     string
 		encCtx  pairsValue
 		in, out string
+		stream  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "encrypt --key KEY",
 		Short: "Encrypt data under a key's primary version",
-		Long: `Encrypt up to 4 MiB under the key's primary version. The ciphertext names
-its key and version, so decrypt needs no --key. Decrypting needs the same
---context pairs: they are bound to the ciphertext but not stored in it.
+		Long: `Encrypt data under the key's primary version. The ciphertext names its key
+and version, so decrypt needs no --key. Decrypting needs the same --context
+pairs: they are bound to the ciphertext but not stored in it.
+
+Input up to 4 MiB is sent to the broker and comes back as one ciphertext that
+any node's Decrypt opens. Larger input, or any input with --stream, is
+encrypted here as a stream, in constant memory, under a data key the broker
+generates (GenerateDataKey): a streaming ciphertext of any size, opened by
+keybroker decrypt and the Go SDK. A stream goes to --out FILE (written under
+a temporary name and renamed when complete) or to a pipe, with a progress
+line on stderr when it is a terminal.
 ` + binaryHelp,
 		Example: `  keybroker encrypt --key payments --in card.txt --out card.enc
   echo -n 'secret' | keybroker encrypt --key payments --context tenant=42 > secret.enc
-  keybroker encrypt --key payments --in card.txt --output json | jq -r .ciphertext`,
+  keybroker encrypt --key payments --in card.txt --output json | jq -r .ciphertext
+  keybroker encrypt --key backups --in db.tar --out db.tar.enc      # any size: a stream
+  pg_dump shop | keybroker encrypt --key backups --stream > shop.sql.enc`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := a.connect(cmd)
@@ -92,9 +104,17 @@ its key and version, so decrypt needs no --key. Decrypting needs the same
 				return err
 			}
 			defer s.close()
-			pt, err := a.readInput(in, maxPlaintext, "plaintext")
+			src, err := a.openInput(in)
 			if err != nil {
 				return err
+			}
+			defer src.close()
+			pt, err := io.ReadAll(io.LimitReader(src.r, maxPlaintext+1))
+			if err != nil {
+				return fmt.Errorf("read %s: %w", src.name, err)
+			}
+			if stream || len(pt) > maxPlaintext {
+				return a.encryptStream(cmd.Context(), s, key, encCtx.m, pt, src, out)
 			}
 			resp, err := invoke(s, "encrypt", s.kb.Encrypt, &kbv1.EncryptRequest{KeyId: key, Plaintext: pt, EncryptionContext: encCtx.m})
 			if err != nil {
@@ -108,6 +128,7 @@ its key and version, so decrypt needs no --key. Decrypting needs the same
 	fs := cmd.Flags()
 	fs.StringVar(&key, "key", "", "key to encrypt under")
 	fs.Var(&encCtx, "context", "encryption context pair k=v; repeat for more")
+	fs.BoolVar(&stream, "stream", false, "write a streaming ciphertext even for input up to 4 MiB")
 	addInFlag(fs, &in, "plaintext")
 	addOutFlag(fs, &out, "ciphertext")
 	a.addClientFlags(fs)
@@ -125,12 +146,22 @@ func (a *app) decryptCmd() *cobra.Command {
 		Use:   "decrypt",
 		Short: "Decrypt a ciphertext",
 		Long: `Decrypt a keybroker ciphertext; its header names the key and version.
-Give the same --context pairs it was encrypted with. --key makes the broker
-refuse ciphertexts of any other key.
+Give the same --context pairs it was encrypted with. --key refuses
+ciphertexts of any other key.
+
+A streaming ciphertext (from encrypt with input over 4 MiB or --stream, or
+from the SDK) is opened here, in constant memory, with its data key from the
+broker (DecryptDataKey). Every segment is authenticated before it is written,
+and a stream cut short, reordered or altered is refused; with --out FILE the
+plaintext is written under a temporary name and renamed only when the whole
+stream has authenticated, so a refused stream leaves no file. To a pipe, the
+segments before a bad one have already been written: act on the output only
+when the exit code is 0.
 ` + binaryHelp,
 		Example: `  keybroker decrypt --in card.enc --out card.txt
   keybroker decrypt --context tenant=42 < secret.enc
-  keybroker decrypt --key payments --in card.enc --output json | jq -r .plaintext | base64 -d`,
+  keybroker decrypt --key payments --in card.enc --output json | jq -r .plaintext | base64 -d
+  keybroker decrypt --in db.tar.enc --out db.tar                    # a stream, any size`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := a.connect(cmd)
@@ -138,9 +169,24 @@ refuse ciphertexts of any other key.
 				return err
 			}
 			defer s.close()
-			ct, err := a.readInput(in, maxCiphertext, "ciphertext")
+			src, err := a.openInput(in)
 			if err != nil {
 				return err
+			}
+			defer src.close()
+			ct, err := io.ReadAll(io.LimitReader(src.r, 1))
+			if err != nil {
+				return fmt.Errorf("read %s: %w", src.name, err)
+			}
+			if isStreamCiphertext(ct) {
+				return a.decryptStream(cmd.Context(), s, key, encCtx.m, ct, src, out)
+			}
+			rest, err := io.ReadAll(io.LimitReader(src.r, maxCiphertext))
+			if err != nil {
+				return fmt.Errorf("read %s: %w", src.name, err)
+			}
+			if ct = append(ct, rest...); len(ct) > maxCiphertext {
+				return invalidInputf("the ciphertext in %s is larger than %s, the most keybroker accepts", src.name, sizeText(maxCiphertext))
 			}
 			resp, err := invoke(s, "decrypt", s.kb.Decrypt, &kbv1.DecryptRequest{Ciphertext: ct, EncryptionContext: encCtx.m, KeyId: key})
 			if err != nil {

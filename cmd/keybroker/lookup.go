@@ -18,6 +18,7 @@ var lookupOps = map[string]kbv1.Operation{
 	"sign": kbv1.Operation_OPERATION_SIGN, "verify": kbv1.Operation_OPERATION_VERIFY,
 	"public-key": kbv1.Operation_OPERATION_GET_PUBLIC_KEY, "mac": kbv1.Operation_OPERATION_GENERATE_MAC,
 	"verify-mac": kbv1.Operation_OPERATION_VERIFY_MAC, "describe": kbv1.Operation_OPERATION_DESCRIBE_KEY,
+	"decrypt-datakey": kbv1.Operation_OPERATION_DECRYPT_DATA_KEY,
 }
 
 func lookupOpNames() string {

@@ -95,6 +95,8 @@ type env struct {
 	getenv func(string) string
 	// stdoutIsTerminal makes binary results print as base64.
 	stdoutIsTerminal bool
+	// stderrIsTerminal draws progress lines for streams.
+	stderrIsTerminal bool
 }
 
 // run runs the keybroker command line args and returns the exit code.
@@ -108,6 +110,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		stderr:           stderr,
 		getenv:           getenv,
 		stdoutIsTerminal: isTerminal(stdout),
+		stderrIsTerminal: isTerminal(stderr),
 	}, args)
 }
 

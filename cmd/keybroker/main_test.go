@@ -820,8 +820,6 @@ func TestLimits(t *testing.T) {
 		code   int
 		stderr string
 	}{
-		{"plaintext over 4 MiB", big(maxPlaintext + 1), []string{"encrypt", "--key", "payments"}, exitInvalid,
-			"keybroker: the plaintext in stdin is larger than 4 MiB, the most keybroker accepts\n"},
 		{"ciphertext over 4 MiB + 1 KiB", big(maxCiphertext + 1), []string{"decrypt"}, exitInvalid,
 			"keybroker: the ciphertext in stdin is larger than 4 MiB + 1 KiB, the most keybroker accepts\n"},
 		{"reencrypt ciphertext over the limit", big(maxCiphertext + 1), []string{"reencrypt"}, exitInvalid, "larger than 4 MiB + 1 KiB"},
@@ -862,12 +860,12 @@ func TestLimits(t *testing.T) {
 		in := &countingReader{}
 		var stdout, stderr bytes.Buffer
 		env := b.env()
-		code := run(t.Context(), []string{"encrypt", "--key", "payments"}, func(k string) string { return env[k] }, in, &stdout, &stderr)
+		code := run(t.Context(), []string{"decrypt"}, func(k string) string { return env[k] }, in, &stdout, &stderr)
 		if code != exitInvalid {
 			t.Fatalf("exit code %d, want %d; stderr %s", code, exitInvalid, stderr.String())
 		}
-		if in.n != maxPlaintext+1 {
-			t.Errorf("read %d bytes of an endless input, want %d", in.n, maxPlaintext+1)
+		if in.n != maxCiphertext+1 {
+			t.Errorf("read %d bytes of an endless input, want %d", in.n, maxCiphertext+1)
 		}
 	})
 
