@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -355,5 +356,40 @@ func TestFailover(t *testing.T) {
 	}
 	if dctx.Err() != nil {
 		t.Errorf("Encrypt with every node down ran out the caller's deadline instead of giving up after its passes")
+	}
+}
+
+// TestEdgeReadYourWrites changes keys through an edge and uses them at
+// once through the same edge: a key change answered by an edge has
+// reached that edge's replica.
+func TestEdgeReadYourWrites(t *testing.T) {
+	c := startCluster(t)
+	ctx := t.Context()
+	tlsCfg, err := c.ClientTLS(identity.Admin, devcluster.AdminName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(ctx, client.Config{Addrs: []string{c.us}, TLS: tlsCfg, Direct: true, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	admin, err := cl.Admin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		id := fmt.Sprintf("ryw-%d", i)
+		if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Encrypt(ctx, id, []byte("m"), nil); err != nil {
+			t.Fatalf("Encrypt right after CreateKey through the same edge: %v", err)
+		}
+		if _, err := admin.DisableKey(ctx, &kbv1.KeyRequest{KeyId: id}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := cl.Encrypt(ctx, id, []byte("m"), nil)
+		wantCode(t, "Encrypt right after DisableKey through the same edge", err, client.ErrFailedPrecondition, codes.FailedPrecondition)
 	}
 }

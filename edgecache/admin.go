@@ -2,6 +2,7 @@ package edgecache
 
 import (
 	"context"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -21,7 +22,14 @@ type edgeAdmin struct {
 	s *rpc.Server
 }
 
-// relay forwards one admin call, auditing it here.
+// readYourWrites bounds how long a forwarded key change waits for the
+// change to reach this edge's replica before answering.
+const readYourWrites = 5 * time.Second
+
+// relay forwards one admin call, auditing it here. A call that changed a
+// key answers once the change has reached this edge's replica (within
+// readYourWrites), so that a client's next call to this edge sees it: a
+// key just created can be used, one just disabled is refused.
 func relay[Resp proto.Message](a *edgeAdmin, ctx context.Context, op policy.Action, key string, req proto.Message, resp Resp) (Resp, error) {
 	var zero Resp
 	call, err := a.s.Begin(ctx, op, key)
@@ -31,6 +39,11 @@ func relay[Resp proto.Message](a *edgeAdmin, ctx context.Context, op policy.Acti
 	call.Rec.Backend = servedCentral
 	if err := a.c.forward(ctx, adminService+string(op), req, resp); err != nil {
 		return zero, call.End(err)
+	}
+	if md, ok := any(resp).(*kbv1.KeyMetadata); ok && a.c.Connected() {
+		if !a.c.waitRevision(ctx, md.GetRevision(), readYourWrites) {
+			a.c.log.Warn("a forwarded key change has not reached the replica yet", "key", key, "revision", md.GetRevision(), "replica_revision", a.c.Revision())
+		}
 	}
 	return resp, call.End(nil)
 }

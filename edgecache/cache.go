@@ -131,6 +131,8 @@ type Cache struct {
 	nodes    []*kbv1.Node
 	policy   *policy.Set
 	revision uint64
+	// advanced is closed (and replaced) whenever revision moves.
+	advanced chan struct{}
 	lease    time.Time
 
 	connected atomic.Bool
@@ -195,7 +197,7 @@ func Open(c Config) (*Cache, error) {
 	}
 	ec := &Cache{cfg: c, disk: d, seal: sk, plain: newPlainCache(c.MaterialEntries, c.MaterialTTL, c.Now),
 		sync: kbv1.NewEdgeSyncClient(c.Central), log: c.Logger, now: c.Now, keys: map[string]*replicaKey{},
-		acked: make(chan struct{}, 1)}
+		acked: make(chan struct{}, 1), advanced: make(chan struct{})}
 	ec.ops, err = managed.New(managed.Config{Keys: replicaSource{ec}, Material: ec, Reuse: c.Reuse,
 		ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now})
 	if err != nil {
@@ -277,6 +279,28 @@ func (c *Cache) Revision() uint64 {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.revision
+}
+
+// waitRevision waits until the replica has applied rev, for at most
+// limit and while ctx lasts, and reports whether it has.
+func (c *Cache) waitRevision(ctx context.Context, rev uint64, limit time.Duration) bool {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for {
+		c.mu.RLock()
+		cur, advanced := c.revision, c.advanced
+		c.mu.RUnlock()
+		if cur >= rev {
+			return true
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		}
+	}
 }
 
 // Connected reports whether the edge follows the central tier now.

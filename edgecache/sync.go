@@ -190,8 +190,10 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 		return fmt.Errorf("writing the replica: %w", err)
 	}
 	c.mu.Lock()
-	if ch.revision != 0 {
+	if ch.revision != 0 && ch.revision != c.revision {
 		c.revision = ch.revision
+		close(c.advanced)
+		c.advanced = make(chan struct{})
 	}
 	if !ch.lease.IsZero() {
 		c.lease = ch.lease
