@@ -39,6 +39,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -358,6 +359,19 @@ func (c *Call) End(err error) error {
 // AuditDownMsg is what a caller hears when the audit log cannot be written.
 const AuditDownMsg = "audit log unavailable: the operation is refused"
 
+// managedKinds are the managed error kinds and their codes.
+var managedKinds = []struct {
+	err  error
+	code codes.Code
+}{
+	{managed.ErrInvalidArgument, codes.InvalidArgument},
+	{managed.ErrNotFound, codes.NotFound},
+	{managed.ErrAlreadyExists, codes.AlreadyExists},
+	{managed.ErrFailedPrecondition, codes.FailedPrecondition},
+	{managed.ErrPermissionDenied, codes.PermissionDenied},
+	{managed.ErrUnavailable, codes.Unavailable},
+}
+
 // Status maps an error to a gRPC status.
 func (s *Server) Status(err error) *status.Status {
 	if err == nil {
@@ -372,20 +386,15 @@ func (s *Server) Status(err error) *status.Status {
 		return status.New(codes.Canceled, msg)
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.New(codes.DeadlineExceeded, msg)
-	case errors.Is(err, managed.ErrInvalidArgument):
-		return status.New(codes.InvalidArgument, msg)
-	case errors.Is(err, managed.ErrNotFound):
-		return status.New(codes.NotFound, msg)
-	case errors.Is(err, managed.ErrAlreadyExists):
-		return status.New(codes.AlreadyExists, msg)
-	case errors.Is(err, managed.ErrFailedPrecondition):
-		return status.New(codes.FailedPrecondition, msg)
-	case errors.Is(err, managed.ErrConflict):
-		return status.New(codes.Aborted, msg)
-	case errors.Is(err, managed.ErrPermissionDenied):
-		return status.New(codes.PermissionDenied, msg)
-	case errors.Is(err, managed.ErrUnavailable):
-		return status.New(codes.Unavailable, msg)
+	}
+	if errors.Is(err, managed.ErrConflict) {
+		return status.New(codes.Aborted, msg) // "revision conflict: …" says what Aborted does not
+	}
+	for _, k := range managedKinds {
+		if errors.Is(err, k.err) {
+			// The code says the kind; the message need not repeat it.
+			return status.New(k.code, strings.TrimPrefix(msg, k.err.Error()+": "))
+		}
 	}
 	if s.classify != nil {
 		if st, ok := s.classify(err); ok {
