@@ -105,7 +105,8 @@ func (c *Client) route(ctx context.Context, key string, op kbv1.Operation, refre
 	return addrs, nil
 }
 
-// lookup asks the configured nodes in turn which nodes serve op with key.
+// lookup asks the configured nodes in turn which nodes serve op with key,
+// moving on from a node that is unavailable or does not know the key.
 func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) ([]string, error) {
 	var last *Error
 	for _, addr := range c.cfg.Addrs {
@@ -130,7 +131,9 @@ func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) ([]s
 			return addrs, nil
 		}
 		last = fromRPC("LookupKey", key, addr, err)
-		if !nextNode(ctx, last) {
+		// NotFound from one node may be an edge that has not replicated
+		// a new key yet: the next node may know it.
+		if !nextNode(ctx, last) && last.Code != codes.NotFound {
 			return nil, last
 		}
 	}
