@@ -159,10 +159,26 @@ type DecryptorConfig struct {
 type Decryptor struct {
 	c       *Client
 	cache   *envelope.Cache
+	ttl     time.Duration
+	now     func() time.Time
 	msgs    atomic.Uint64
 	streams atomic.Uint64
 	fetches atomic.Uint64
+	hits    atomic.Uint64
+	// last is the data key of the last message opened, tried first: a
+	// stream of messages under one data key skips the header parse and
+	// the cache.
+	last atomic.Pointer[recentKey]
 }
+
+type recentKey struct {
+	dk      *envelope.DataKey
+	expires time.Time
+}
+
+// recentFor bounds how long the last data key is tried without the cache,
+// so that it never outlives the cache's TTL by more than this.
+const recentFor = time.Second
 
 // NewDecryptor returns a Decryptor.
 func (c *Client) NewDecryptor(cfg DecryptorConfig) *Decryptor {
@@ -172,7 +188,10 @@ func (c *Client) NewDecryptor(cfg DecryptorConfig) *Decryptor {
 	if cfg.TTL <= 0 {
 		cfg.TTL = envelope.DefaultReusePeriod
 	}
-	return &Decryptor{c: c, cache: envelope.NewCache(cfg.CacheSize, cfg.TTL, cfg.Now)}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Decryptor{c: c, cache: envelope.NewCache(cfg.CacheSize, cfg.TTL, cfg.Now), ttl: cfg.TTL, now: cfg.Now}
 }
 
 // Decrypt opens a ciphertext sealed with encryption context ectx: a
@@ -181,13 +200,23 @@ func (d *Decryptor) Decrypt(ctx context.Context, ciphertext []byte, ectx map[str
 	if envelope.IsStream(ciphertext) {
 		return d.openStream(ctx, ciphertext, ectx)
 	}
-	h, body, err := envelope.ParseHeader(ciphertext)
+	canon, err := envelope.CanonicalContext(ectx)
 	if err != nil {
 		return nil, invalid("Decrypt", "", err)
 	}
-	canon, err := envelope.CanonicalContext(ectx)
+	if r := d.last.Load(); r != nil && d.now().Before(r.expires) {
+		if pt, own, err := r.dk.OpenOwn(ciphertext, canon); own {
+			if err != nil {
+				return nil, invalid("Decrypt", r.dk.KeyID, err)
+			}
+			d.hits.Add(1)
+			d.msgs.Add(1)
+			return pt, nil
+		}
+	}
+	h, body, err := envelope.ParseHeader(ciphertext)
 	if err != nil {
-		return nil, invalid("Decrypt", h.KeyID, err)
+		return nil, invalid("Decrypt", "", err)
 	}
 	dk, err := d.dataKey(ctx, h, ectx)
 	if err != nil {
@@ -197,6 +226,7 @@ func (d *Decryptor) Decrypt(ctx context.Context, ciphertext []byte, ectx map[str
 	if err != nil {
 		return nil, invalid("Decrypt", h.KeyID, err)
 	}
+	d.last.Store(&recentKey{dk: dk, expires: d.now().Add(min(recentFor, d.ttl))})
 	d.msgs.Add(1)
 	return pt, nil
 }
@@ -238,8 +268,12 @@ type DecryptorStats struct {
 // Stats reports what the Decryptor has done.
 func (d *Decryptor) Stats() DecryptorStats {
 	hits, _, _ := d.cache.Stats()
-	return DecryptorStats{Messages: d.msgs.Load(), Streams: d.streams.Load(), DataKeys: d.fetches.Load(), CacheHits: hits}
+	return DecryptorStats{Messages: d.msgs.Load(), Streams: d.streams.Load(), DataKeys: d.fetches.Load(), CacheHits: hits + d.hits.Load()}
 }
 
-// Close forgets every data key, zeroing them.
-func (d *Decryptor) Close() { d.cache.PurgeAll() }
+// Close forgets every data key; the runtime zeroes each once no call
+// still holds it.
+func (d *Decryptor) Close() {
+	d.last.Store(nil)
+	d.cache.PurgeAll()
+}

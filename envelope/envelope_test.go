@@ -484,3 +484,42 @@ func FuzzParseHeader(f *testing.F) {
 		}
 	})
 }
+
+func TestOpenOwn(t *testing.T) {
+	dk, _ := GenerateDataKey(material(1), "payments", 3)
+	other, _ := GenerateDataKey(material(1), "payments", 3)
+	ectx := map[string]string{"tenant": "42"}
+	canon, _ := CanonicalContext(ectx)
+	ct, err := dk.Seal([]byte("hello"), ectx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, own, err := dk.OpenOwn(ct, canon); !own || err != nil || string(pt) != "hello" {
+		t.Errorf("OpenOwn(own ciphertext) = %q, %v, %v", pt, own, err)
+	}
+	if _, own, err := other.OpenOwn(ct, canon); own || err != nil {
+		t.Errorf("OpenOwn(another data key's ciphertext) = %v, %v; want not own", own, err)
+	}
+	wrong, _ := CanonicalContext(map[string]string{"tenant": "43"})
+	if _, own, err := dk.OpenOwn(ct, wrong); !own || !errors.Is(err, ErrDecrypt) {
+		t.Errorf("OpenOwn with the wrong context = %v, %v; want own and ErrDecrypt", own, err)
+	}
+	for _, i := range []int{len(ct) - 20, len(ct) - 1} {
+		bad := bytes.Clone(ct)
+		bad[i] ^= 1
+		if _, own, err := dk.OpenOwn(bad, canon); !own || !errors.Is(err, ErrDecrypt) {
+			t.Errorf("OpenOwn with byte %d flipped = %v, %v; want own and ErrDecrypt", i, own, err)
+		}
+	}
+	if _, own, _ := dk.OpenOwn(ct[:len(ct)-TagSize-1], canon); own {
+		t.Error("OpenOwn of a ciphertext shorter than header and tag claimed it")
+	}
+	// A header that differs from the key's in any byte is not its own.
+	for i := range len(dk.prefix) {
+		bad := bytes.Clone(ct)
+		bad[i] ^= 1
+		if _, own, _ := dk.OpenOwn(bad, canon); own {
+			t.Errorf("OpenOwn with header byte %d flipped claimed the ciphertext", i)
+		}
+	}
+}
