@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"google.golang.org/grpc/codes"
 
@@ -97,7 +98,10 @@ func (e *Encryptor) Encrypt(ctx context.Context, plaintext []byte, ectx map[stri
 // under their own key when the managed key is derived, and one data key
 // never serves two contexts, whatever the key.
 func (e *Encryptor) dataKey(ctx context.Context, n int, ectx map[string]string, canon []byte) (*envelope.DataKey, error) {
-	dk, err := e.reuser.Get(ctx, string(canon), n, func(ctx context.Context) (*envelope.DataKey, error) {
+	// The partition is the canonical context itself, shared rather than
+	// copied: canon is never written after CanonicalContext returns it.
+	partition := unsafe.String(unsafe.SliceData(canon), len(canon))
+	dk, err := e.reuser.Get(ctx, partition, n, func(ctx context.Context) (*envelope.DataKey, error) {
 		g, err := e.c.GenerateDataKey(ctx, e.key, ectx)
 		if err != nil {
 			return nil, err
