@@ -34,15 +34,7 @@ type cluster struct {
 
 func startCluster(t testing.TB) *cluster {
 	t.Helper()
-	dc, err := devcluster.Start(t.Context(), devcluster.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = dc.Shutdown(ctx)
-	})
+	dc := startDev(t, devcluster.Options{})
 	c := &cluster{Cluster: dc, central: dc.Central.Addr()}
 	// DefaultEdges: edge-us, then edge-eu.
 	c.us, c.eu = dc.Edges[0].Addr(), dc.Edges[1].Addr()
@@ -61,6 +53,23 @@ func startCluster(t testing.TB) *cluster {
 	}
 	c.synced(t)
 	return c
+}
+
+// startDev starts a devcluster in a temporary directory, shut down when
+// the test ends.
+func startDev(t testing.TB, opts devcluster.Options) *devcluster.Cluster {
+	t.Helper()
+	opts.Dir = t.TempDir()
+	dc, err := devcluster.Start(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = dc.Shutdown(ctx)
+	})
+	return dc
 }
 
 func (c *cluster) synced(t testing.TB) {

@@ -1,7 +1,6 @@
 package client_test
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -194,18 +193,10 @@ func TestEnvelopeReuse(t *testing.T) {
 // GenerateDataKey but not DecryptDataKey decrypts through the nodes and is
 // refused data keys.
 func TestDecryptDataKeyIsItsOwnAction(t *testing.T) {
-	dc, err := devcluster.Start(t.Context(), devcluster.Options{Dir: t.TempDir(), Edges: []devcluster.EdgeSpec{}, Policy: `
+	dc := startDev(t, devcluster.Options{Edges: []devcluster.EdgeSpec{}, Policy: `
 @id("admins") permit (principal is Admin, action, resource);
 @id("clients") permit (principal is Client, action in [Action::"Encrypt", Action::"Decrypt", Action::"GenerateDataKey", Action::"LookupKey"], resource is Key);
 `})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = dc.Shutdown(ctx)
-	})
 	c := &cluster{Cluster: dc, central: dc.Central.Addr()}
 	if _, err := adminClient(t, dc).CreateKey(t.Context(), &kbv1.CreateKeyRequest{KeyId: "k", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE}); err != nil {
 		t.Fatal(err)
