@@ -117,10 +117,6 @@ func (e *Encryptor) dataKey(ctx context.Context, n int, ectx map[string]string, 
 		return dk, nil
 	})
 	if err != nil {
-		var ce *Error
-		if errors.As(err, &ce) {
-			return nil, ce
-		}
 		return nil, fromRPC("Encrypt", e.key, "", err)
 	}
 	return dk, nil
@@ -250,10 +246,6 @@ func (d *Decryptor) dataKey(ctx context.Context, h *envelope.Header, ectx map[st
 		return dk, nil
 	})
 	if err != nil {
-		var ce *Error
-		if errors.As(err, &ce) {
-			return nil, ce
-		}
 		return nil, fromRPC("Decrypt", h.KeyID, "", err)
 	}
 	return dk, nil

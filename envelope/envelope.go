@@ -374,30 +374,28 @@ func (d *DataKey) OpenOwn(ciphertext, canonicalContext []byte) (plaintext []byte
 	if len(ciphertext) < hdr+TagSize || string(ciphertext[:len(d.prefix)]) != string(d.prefix) {
 		return nil, false, nil
 	}
-	body := ciphertext[hdr:]
-	n := len(body) - TagSize
-	buf := make([]byte, n+hdr+len(canonicalContext))
-	aad := append(append(buf[n:n], ciphertext[:hdr]...), canonicalContext...)
-	pt, err := d.aead.Open(buf[:0], ciphertext[len(d.prefix):hdr], body, aad)
-	if err != nil {
-		return nil, true, ErrDecrypt
-	}
-	return pt[:n:n], true, nil
+	pt, err := d.open(ciphertext[:hdr], ciphertext[len(d.prefix):hdr], ciphertext[hdr:], canonicalContext)
+	return pt, true, err
 }
 
-// OpenCanonical is Open for a context already encoded by
-// CanonicalContext. Like sealing, it makes one allocation: the plaintext,
-// with the AAD in its spare capacity.
-func (d *DataKey) OpenCanonical(h *Header, body, canonicalContext []byte) ([]byte, error) {
-	if h.KeyID != d.KeyID || h.Version != d.Version || string(h.WrappedDEK) != string(d.Wrapped) || len(body) < TagSize || h.raw == nil {
-		return nil, ErrDecrypt
-	}
+// open decrypts body under nonce with AAD header ‖ context, in one
+// allocation: the plaintext, with the AAD in its spare capacity.
+func (d *DataKey) open(header, nonce, body, canonicalContext []byte) ([]byte, error) {
 	n := len(body) - TagSize
-	buf := make([]byte, n+len(h.raw)+len(canonicalContext))
-	aad := append(append(buf[n:n], h.raw...), canonicalContext...)
-	pt, err := d.aead.Open(buf[:0], h.Nonce, body, aad)
+	buf := make([]byte, n+len(header)+len(canonicalContext))
+	aad := append(append(buf[n:n], header...), canonicalContext...)
+	pt, err := d.aead.Open(buf[:0], nonce, body, aad)
 	if err != nil {
 		return nil, ErrDecrypt
 	}
 	return pt[:n:n], nil
+}
+
+// OpenCanonical is Open for a context already encoded by
+// CanonicalContext.
+func (d *DataKey) OpenCanonical(h *Header, body, canonicalContext []byte) ([]byte, error) {
+	if h.KeyID != d.KeyID || h.Version != d.Version || string(h.WrappedDEK) != string(d.Wrapped) || len(body) < TagSize || h.raw == nil {
+		return nil, ErrDecrypt
+	}
+	return d.open(h.raw, h.Nonce, body, canonicalContext)
 }

@@ -190,26 +190,15 @@ func (o *Ops) needBackend(k *Key) error {
 
 // newDataKey makes a data key for sealing under version v of k.
 func (o *Ops) newDataKey(ctx context.Context, k *Key, v uint32, ectx map[string]string) (*envelope.DataKey, error) {
-	if k.Mode == ModeBackend {
-		if err := o.needBackend(k); err != nil {
-			return nil, err
-		}
-		raw := make([]byte, envelope.DEKSize)
-		_, _ = rand.Read(raw)
-		dek := secret.New(raw)
-		wrapped, err := o.backend.WrapDataKey(ctx, k, v, raw)
-		if err != nil {
-			dek.Destroy()
-			return nil, err
-		}
-		return envelope.NewDataKey(k.ID, v, dek, wrapped)
-	}
-	kek, err := o.kek(ctx, k, v, ectx)
+	raw := make([]byte, envelope.DEKSize)
+	_, _ = rand.Read(raw)
+	dek := secret.New(raw)
+	wrapped, err := o.wrapDataKey(ctx, k, v, ectx, raw)
 	if err != nil {
+		dek.Destroy()
 		return nil, err
 	}
-	defer kek.Destroy()
-	return envelope.GenerateDataKey(kek, k.ID, v)
+	return envelope.NewDataKey(k.ID, v, dek, wrapped)
 }
 
 // kek is the key that wraps data keys of version v: the material, or for
@@ -245,17 +234,23 @@ func (o *Ops) openDataKey(ctx context.Context, k *Key, h *envelope.Header, ectx 
 			}
 			return envelope.NewDataKey(k.ID, h.Version, dek, append([]byte(nil), h.WrappedDEK...))
 		}
-		kek, err := o.kek(ctx, k, h.Version, ectx)
-		if err != nil {
-			return nil, err
-		}
-		defer kek.Destroy()
-		dk, err := envelope.UnwrapDataKey(kek, k.ID, h.Version, h.WrappedDEK)
-		if errors.Is(err, envelope.ErrDecrypt) {
-			return nil, Errorf(ErrInvalidArgument, errBadCiphertext)
-		}
-		return dk, err
+		return o.unwrapDataKey(ctx, k, h, ectx)
 	})
+}
+
+// unwrapDataKey opens a data key wrapped under the material of version
+// h.Version of k (under ectx's KEK for derived keys).
+func (o *Ops) unwrapDataKey(ctx context.Context, k *Key, h *envelope.Header, ectx map[string]string) (*envelope.DataKey, error) {
+	kek, err := o.kek(ctx, k, h.Version, ectx)
+	if err != nil {
+		return nil, err
+	}
+	defer kek.Destroy()
+	dk, err := envelope.UnwrapDataKey(kek, k.ID, h.Version, h.WrappedDEK)
+	if errors.Is(err, envelope.ErrDecrypt) {
+		return nil, Errorf(ErrInvalidArgument, errBadCiphertext)
+	}
+	return dk, err
 }
 
 // partition is the reuse-cache key: key, version and, for derived keys,
@@ -420,14 +415,9 @@ func (o *Ops) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped [
 		// The unwrap cache is keyed by the wrapped data key alone, which
 		// is right for Decrypt (the message's tag checks the context) but
 		// would hand this data key out under any context.
-		kek, err := o.kek(ctx, k, v, ectx)
+		dk, err := o.unwrapDataKey(ctx, k, h, ectx)
 		if err != nil {
 			return nil, nil, err
-		}
-		defer kek.Destroy()
-		dk, err := envelope.UnwrapDataKey(kek, k.ID, v, wrapped)
-		if err != nil {
-			return nil, nil, Errorf(ErrInvalidArgument, errBadCiphertext)
 		}
 		return dk.Key(), k, nil
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/envelope"
 )
 
 // JSON results of the crypto commands. Field names are stable; []byte
@@ -178,7 +179,7 @@ when the exit code is 0.
 			if err != nil {
 				return fmt.Errorf("read %s: %w", src.name, err)
 			}
-			if isStreamCiphertext(ct) {
+			if envelope.IsStream(ct) {
 				return a.decryptStream(cmd.Context(), s, key, encCtx.m, ct, src, out)
 			}
 			rest, err := io.ReadAll(io.LimitReader(src.r, maxCiphertext))

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/client"
-	"github.com/keybroker/keybroker/envelope"
 )
 
 // input is a command's input opened for streaming: the reader, the name
@@ -365,6 +364,3 @@ func byteText(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
-
-// isStreamCiphertext says whether a ciphertext's first byte marks a stream.
-func isStreamCiphertext(head []byte) bool { return envelope.IsStream(head) }
