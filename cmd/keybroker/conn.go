@@ -99,10 +99,7 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 	if err != nil {
 		return nil, usageErrorf("TLS client configuration: %v", err)
 	}
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMessage)),
-	)
+	conn, err := dialBroker(addr, tlsConfig)
 	if err != nil {
 		return nil, usageErrorf("--addr %q: %v", addr, err)
 	}
@@ -115,6 +112,15 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 		parent:  cmd.Context(),
 		timeout: a.timeout,
 	}, nil
+}
+
+// dialBroker makes a client connection to addr; nothing is dialled until
+// the first RPC.
+func dialBroker(addr string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMessage)),
+	)
 }
 
 func (s *session) close() { _ = s.conn.Close() }

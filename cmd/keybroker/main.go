@@ -11,6 +11,7 @@
 //	keybroker lookup --key K --op OP
 //	keybroker nodes
 //	keybroker audit verify FILE
+//	keybroker bench --op OP --key KEY [--compare-noop] [--output json]
 //	keybroker version
 //
 // and the server commands:
@@ -220,6 +221,7 @@ func newRootCmd(e *env) *cobra.Command {
 		a.lookupCmd(),
 		a.nodesCmd(),
 		a.auditCmd(),
+		a.benchCmd(),
 		a.versionCmd(),
 	)
 	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newDevCmd(e), newRootKeyCmd(e))
