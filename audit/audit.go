@@ -18,8 +18,9 @@
 //
 // # Durability
 //
-// Append writes each line with one write(2) before returning, so a crash
-// of the process loses nothing already appended. The file is fsynced by a
+// Append returns once its line is written with write(2), so a crash of
+// the process loses nothing already appended; concurrent appends share one
+// write(2). The file is fsynced by a
 // background flusher every FlushInterval and on Close; a machine crash can
 // lose at most that interval. Append is safe for concurrent use.
 //
@@ -74,42 +75,168 @@ type Record struct {
 
 var zeroHash = strings.Repeat("0", 64)
 
-func chainHash(prev string, body []byte) string {
-	h := sha256.New()
-	h.Write([]byte(prev))
-	h.Write([]byte{'\n'})
-	h.Write(body)
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 // seal fills r's chain fields and returns its line (with newline).
 func seal(r *Record, seq uint64, prev string) ([]byte, error) {
-	r.Seq, r.Prev, r.Hash = seq, prev, ""
+	r.Seq, r.Prev, r.Hash = 0, "", ""
+	prefix, err := encodePrefix(r)
+	if err != nil {
+		return nil, err
+	}
+	line, hash := chain(prefix, seq, prev)
+	r.Seq, r.Prev, r.Hash = seq, prev, hash
+	return line, nil
+}
+
+// chainTail is how the JSON encoding of a Record with zero chain fields
+// ends: seq, prev and hash are its last fields and never left out.
+const chainTail = `"seq":0,"prev":"","hash":""}`
+
+// encodePrefix is r's JSON encoding up to its chain fields: everything
+// that does not depend on the record's place in the log, so it is done
+// before taking the log's lock. r's chain fields must be zero.
+func encodePrefix(r *Record) ([]byte, error) {
+	if b, ok := appendPrefix(make([]byte, 0, 384), r); ok {
+		return b, nil
+	}
 	body, err := json.Marshal(r)
 	if err != nil {
 		return nil, err
 	}
-	r.Hash = chainHash(prev, body)
-	line, err := json.Marshal(r)
-	if err != nil {
-		return nil, err
+	if !bytes.HasSuffix(body, []byte(chainTail)) {
+		return nil, fmt.Errorf("audit: record encoding ends %q, not with its chain fields", body[max(0, len(body)-len(chainTail)):])
 	}
-	return append(line, '\n'), nil
+	return body[:len(body)-len(chainTail)], nil
+}
+
+// appendPrefix appends what encodePrefix returns, written directly rather
+// than through reflection: the same bytes json.Marshal writes, field by
+// field in the struct's order with its omitempty rules. It declines (false)
+// a record it cannot write exactly that way — a string json.Marshal would
+// escape, a time json.Marshal would refuse — and the caller falls back to
+// json.Marshal.
+func appendPrefix(b []byte, r *Record) ([]byte, bool) {
+	if y := r.Time.Year(); y < 0 || y > 9999 {
+		return nil, false
+	}
+	if _, offset := r.Time.Zone(); offset%60 != 0 {
+		return nil, false
+	}
+	ok := true
+	quoted := func(v string) {
+		if !plainJSON(v) {
+			ok = false
+			return
+		}
+		b = append(b, '"')
+		b = append(b, v...)
+		b = append(b, '"')
+	}
+	field := func(name, v string, omitEmpty bool) {
+		if v == "" && omitEmpty {
+			return
+		}
+		b = append(b, '"')
+		b = append(b, name...)
+		b = append(b, `":`...)
+		quoted(v)
+		b = append(b, ',')
+	}
+	b = append(b, `{"time":"`...)
+	b = r.Time.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `",`...)
+	field("request_id", r.RequestID, true)
+	field("principal", r.Principal, true)
+	field("node", r.Node, true)
+	field("operation", r.Operation, false)
+	field("key", r.Key, true)
+	if r.Version != 0 {
+		b = append(b, `"version":`...)
+		b = strconv.AppendUint(b, uint64(r.Version), 10)
+		b = append(b, ',')
+	}
+	field("decision", r.Decision, true)
+	field("policy_id", r.PolicyID, true)
+	field("backend", r.Backend, true)
+	field("via", r.Via, true)
+	if len(r.BackendCalls) > 0 {
+		b = append(b, `"backend_calls":[`...)
+		for i, c := range r.BackendCalls {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			quoted(c)
+		}
+		b = append(b, `],`...)
+	}
+	if r.BackendCallsDropped != 0 {
+		b = append(b, `"backend_calls_dropped":`...)
+		b = strconv.AppendInt(b, int64(r.BackendCallsDropped), 10)
+		b = append(b, ',')
+	}
+	field("outcome", r.Outcome, false)
+	field("detail", r.Detail, true)
+	return b, ok
+}
+
+// plainJSON says whether json.Marshal writes v as it is between quotes:
+// printable ASCII with nothing it escapes.
+func plainJSON(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
+
+// chain completes a record's line from its prefix: the body is the
+// record's JSON with seq and prev set and hash empty, exactly as
+// json.Marshal writes it; the line is the body with the hash filled in.
+// One buffer holds prev, "\n" and the body for hashing, then the line.
+func chain(prefix []byte, seq uint64, prev string) (line []byte, hash string) {
+	buf := make([]byte, 0, len(prev)+1+len(prefix)+len(prev)+2*sha256.Size+48)
+	buf = append(buf, prev...)
+	buf = append(buf, '\n')
+	start := len(buf)
+	buf = append(buf, prefix...)
+	buf = append(buf, `"seq":`...)
+	buf = strconv.AppendUint(buf, seq, 10)
+	buf = append(buf, `,"prev":"`...)
+	buf = append(buf, prev...)
+	buf = append(buf, `","hash":"`...)
+	n := len(buf)
+	buf = append(buf, `"}`...)
+	sum := sha256.Sum256(buf)
+	line = hex.AppendEncode(buf[:n], sum[:])
+	line = append(line, '"', '}', '\n')
+	return line[start:], string(line[n : n+2*sha256.Size])
 }
 
 // DefaultFlushInterval is how often the writer fsyncs.
 const DefaultFlushInterval = 100 * time.Millisecond
 
 // Log is an open audit log.
+//
+// Appends are group-committed: each Append chains its line under the lock
+// and queues it; one appender at a time writes everything queued with one
+// write(2) and wakes the others, so concurrent appends share system calls
+// and each still returns only once its own line is written.
 type Log struct {
 	path string
 	f    *os.File
 
-	mu     sync.Mutex
-	seq    uint64
-	prev   string
+	mu      sync.Mutex
+	written *sync.Cond // signalled after each write
+	seq     uint64     // last line chained
+	prev    string     // its hash
+	queue   []byte     // lines chained, not yet written
+	writing bool       // an appender is writing (outside mu)
+	// wseq and whash are the last line written.
+	wseq   uint64
+	whash  string
 	dirty  bool
-	err    error // sticky write error
+	err    error  // sticky write error
+	failed uint64 // lines from this seq on were not written
 	closed bool
 
 	stop chan struct{}
@@ -138,7 +265,8 @@ func Open(path string, flush time.Duration) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	l := &Log{path: path, f: f, seq: seq, prev: prev, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &Log{path: path, f: f, seq: seq, prev: prev, wseq: seq, whash: prev, stop: make(chan struct{}), done: make(chan struct{})}
+	l.written = sync.NewCond(&l.mu)
 	go l.flusher(flush)
 	return l, nil
 }
@@ -149,6 +277,11 @@ func (l *Log) Append(r Record) error {
 	if r.Time.IsZero() {
 		r.Time = time.Now().UTC()
 	}
+	r.Seq, r.Prev, r.Hash = 0, "", ""
+	prefix, err := encodePrefix(&r)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -157,15 +290,43 @@ func (l *Log) Append(r Record) error {
 	if l.err != nil {
 		return l.err
 	}
-	line, err := seal(&r, l.seq+1, l.prev)
-	if err != nil {
-		return fmt.Errorf("audit: %w", err)
+	line, hash := chain(prefix, l.seq+1, l.prev)
+	l.seq, l.prev = l.seq+1, hash
+	l.queue = append(l.queue, line...)
+	mine := l.seq
+	for l.writing && l.wseq < mine && l.err == nil {
+		l.written.Wait()
 	}
-	if _, err := l.f.Write(line); err != nil {
-		l.err = fmt.Errorf("audit: write %s: %w", l.path, err)
+	if l.wseq >= mine {
+		return nil // another appender wrote it
+	}
+	if l.err != nil {
 		return l.err
 	}
-	l.seq, l.prev, l.dirty = r.Seq, r.Hash, true
+	// Write what is queued, this line included, and whatever queues up
+	// meanwhile, until nothing is left.
+	l.writing = true
+	defer func() { l.writing = false; l.written.Broadcast() }()
+	for len(l.queue) > 0 && l.err == nil {
+		batch, upto, hash := l.queue, l.seq, l.prev
+		l.queue = nil
+		l.mu.Unlock()
+		_, werr := l.f.Write(batch)
+		l.mu.Lock()
+		if werr != nil {
+			l.err = fmt.Errorf("audit: write %s: %w", l.path, werr)
+			l.failed = l.wseq + 1
+			break
+		}
+		l.wseq, l.whash, l.dirty = upto, hash, true
+		l.written.Broadcast()
+		if cap(batch) <= 64<<10 && l.queue == nil {
+			l.queue = batch[:0]
+		}
+	}
+	if l.err != nil && mine >= l.failed {
+		return l.err
+	}
 	return nil
 }
 
@@ -198,7 +359,7 @@ func (l *Log) syncLocked() error {
 		l.err = fmt.Errorf("audit: fsync %s: %w", l.path, err)
 		return l.err
 	}
-	if err := writeHead(headOf(l.path), l.seq, l.prev); err != nil {
+	if err := writeHead(headOf(l.path), l.wseq, l.whash); err != nil {
 		l.err = fmt.Errorf("audit: head: %w", err)
 		return l.err
 	}
@@ -219,6 +380,9 @@ func (l *Log) Close() error {
 	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for l.writing {
+		l.written.Wait()
+	}
 	err := l.syncLocked()
 	return errors.Join(err, l.f.Close())
 }

@@ -106,6 +106,8 @@ type Server struct {
 	td       string
 	classify func(error) (*status.Status, bool)
 	log      *slog.Logger
+	// decisions remembers policy decisions on keys.
+	decisions decisionCache
 }
 
 // New builds a Server.
@@ -314,7 +316,14 @@ func (c *Call) AuthorizeKey(op policy.Action) (*managed.Key, error) {
 	if k != nil {
 		c.Rec.Backend = c.S.node.Served(k, op)
 	}
-	if derr := c.Decide(c.S.policy.Current().AuthorizeKey(c.Principal(), op, res)); derr != nil {
+	set := c.S.policy.Current()
+	var dec policy.Decision
+	if k != nil {
+		dec = c.S.decisions.decide(set, c.Who, op, k, func() policy.Decision { return set.AuthorizeKey(c.Principal(), op, res) })
+	} else {
+		dec = set.AuthorizeKey(c.Principal(), op, res)
+	}
+	if derr := c.Decide(dec); derr != nil {
 		return nil, derr
 	}
 	if k == nil {
@@ -331,10 +340,11 @@ func (c *Call) AuthorizeService(op policy.Action) error {
 // End audits the call and turns err into a gRPC status. If the audit line
 // cannot be written, the call fails whatever it did.
 func (c *Call) End(err error) error {
-	st := c.S.Status(err)
+	var st *status.Status
 	c.Rec.BackendCalls, c.Rec.BackendCallsDropped = audit.Traced(c.Ctx)
 	c.Rec.Outcome = "ok"
 	if err != nil {
+		st = c.S.Status(err)
 		c.Rec.Outcome = st.Code().String()
 		c.Rec.Detail = st.Message()
 	}
