@@ -1,10 +1,16 @@
 # keybroker — build, test, benchmark, lint and fuzz.
 #
-#   make test    install what the tests need (SoftHSM2, opensc), then run the
-#                whole suite with -race; the PKCS#11 tests never skip here.
-#   make bench   run every Go benchmark (figures go in docs/benchmarks.md).
-#   make lint    gofmt, go vet and staticcheck.
-#   make fuzz    run every fuzz target for FUZZTIME each (default 30s).
+#   make test         install what the tests need (SoftHSM2, opensc), then run
+#                     the whole suite with -race (the PKCS#11 tests never skip
+#                     here), the fault-injection suite last with its report.
+#   make test-faults  the fault-injection suite alone: real processes killed,
+#                     cut off and starved under load; prints what was lost.
+#   make bench        run every Go benchmark (figures go in docs/benchmarks.md).
+#   make bench-scenarios  the scenario benchmarks docs/benchmarks.md reports.
+#   make soak         mixed load against a dev cluster for SOAKTIME (default
+#                     10m): throughput and resident memory over time.
+#   make lint         gofmt, go vet and staticcheck.
+#   make fuzz         run every fuzz target for FUZZTIME each (default 30s).
 
 GO          ?= go
 PKGS        ?= ./...
@@ -12,9 +18,10 @@ TESTTIMEOUT ?= 20m
 BENCHTIME   ?= 2s
 BENCH       ?= .
 FUZZTIME    ?= 30s
+SOAKTIME    ?= 10m
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps bench lint fuzz generate clean
+.PHONY: all build test test-deps test-faults bench bench-scenarios soak lint fuzz generate clean
 
 all: build
 
@@ -37,10 +44,25 @@ test-deps:
 # KEYBROKER_REQUIRE_SOFTHSM turns the PKCS#11 tests' skip into a failure, so
 # `make test` (and CI) always runs them.
 test: test-deps
-	KEYBROKER_REQUIRE_SOFTHSM=1 $(GO) test -race -timeout $(TESTTIMEOUT) $(PKGS)
+	KEYBROKER_REQUIRE_SOFTHSM=1 $(GO) test -race -timeout $(TESTTIMEOUT) -skip '^TestFault' $(PKGS)
+	@$(MAKE) --no-print-directory test-faults
+
+# test-faults runs the fault-injection suite (cmd/keybroker TestFault*) and
+# prints the line each case reports: what was tried and what was lost.
+test-faults: test-deps
+	@report=$$(mktemp); \
+	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_FAULT_REPORT=$$report \
+		$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) -run '^TestFault' ./cmd/keybroker/; rc=$$?; \
+	echo "fault-injection report:"; sed 's/^/  /' $$report; rm -f $$report; exit $$rc
 
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) $(PKGS)
+
+# soak runs scripts/soak.sh: a fresh keybroker dev cluster under mixed load
+# for SOAKTIME, failing on any failed call or resident memory growing more
+# than SOAK_RSS_GROWTH percent (default 25).
+soak:
+	SOAKTIME=$(SOAKTIME) bash scripts/soak.sh
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
