@@ -83,7 +83,17 @@ func (c *Cache) forward(ctx context.Context, method string, req, resp proto.Mess
 // forwarding when the central tier refuses the material (a placement the
 // replica has not caught up with).
 func run[T any](n *edgeNode, k *managed.Key, local func() (T, error), remote func() (T, error)) (T, error) {
-	if k.Mode == managed.ModeBackend || !n.local(k) {
+	return runAt(n, k, 0, local, remote)
+}
+
+// runAt is run for an operation on version v of k (0: the primary). A
+// version newer than the replica's is forwarded: the central tier made it
+// an instant ago, and an edge that applied the rotation first has already
+// used it, so its ciphertexts and MACs reach this edge before the event
+// does. Only the central tier can answer for that version now; answering
+// NotFound would fail a caller whose data is fine.
+func runAt[T any](n *edgeNode, k *managed.Key, v uint32, local func() (T, error), remote func() (T, error)) (T, error) {
+	if k.Mode == managed.ModeBackend || !n.local(k) || int64(v) > int64(len(k.Versions)) {
 		return remote()
 	}
 	out, err := local()
@@ -132,7 +142,7 @@ type decrypted struct {
 }
 
 func (n *edgeNode) Decrypt(ctx context.Context, ct []byte, ectx map[string]string, expect string) ([]byte, *managed.Key, uint32, error) {
-	id, _, err := managed.PeekKeyID(ct)
+	id, v, err := managed.PeekKeyID(ct)
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -140,7 +150,7 @@ func (n *edgeNode) Decrypt(ctx context.Context, ct []byte, ectx map[string]strin
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	out, err := run(n, k, func() (decrypted, error) {
+	out, err := runAt(n, k, v, func() (decrypted, error) {
 		pt, k, v, err := n.c.ops.Decrypt(ctx, ct, ectx, expect)
 		return decrypted{pt, k, v}, err
 	}, func() (decrypted, error) {
@@ -182,7 +192,7 @@ func (n *edgeNode) DecryptDataKey(ctx context.Context, id string, v uint32, wrap
 	if err != nil {
 		return nil, nil, err
 	}
-	out, err := run(n, k, func() (dataKey, error) {
+	out, err := runAt(n, k, v, func() (dataKey, error) {
 		dek, k, err := n.c.ops.DecryptDataKey(ctx, id, v, wrapped, ectx)
 		return dataKey{dek, k}, err
 	}, func() (dataKey, error) {
@@ -256,7 +266,7 @@ func (n *edgeNode) VerifyMac(ctx context.Context, id string, v uint32, msg, tag 
 	if err != nil {
 		return false, 0, err
 	}
-	out, err := run(n, k, func() (verified, error) {
+	out, err := runAt(n, k, v, func() (verified, error) {
 		ok, v, err := n.c.ops.VerifyMac(ctx, id, v, msg, tag)
 		return verified{ok, v}, err
 	}, func() (verified, error) {

@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -44,8 +45,11 @@ type edgeNode struct {
 	name, region string
 	prefetch     bool
 	staleness    time.Duration
-	dir, config  string
-	p            *proc
+	// via is the address the edge dials for the central tier (a proxy in
+	// the fault tests); empty means central's own.
+	via         string
+	dir, config string
+	p           *proc
 }
 
 // edgeCluster is a central node on SoftHSM2 and its edges.
@@ -77,22 +81,38 @@ func freePort(t *testing.T) string {
 // one-entry material cache (so tests can make it cold), then the edges.
 func newEdgeCluster(t *testing.T, edges ...*edgeNode) *edgeCluster {
 	t.Helper()
-	c := &edgeCluster{cluster: newClusterOn(t, pkcs11Roots, append(basicRoots, rootKey{"root-ec", "ecdsa-p256"})), edges: map[string]*edgeNode{}}
+	return newEdgeClusterOn(t, pkcs11Roots, append(basicRoots, rootKey{"root-ec", "ecdsa-p256"}), "material_cache: {size: 1}\n", edges...)
+}
+
+// newEdgeClusterOn is newEdgeCluster on the roots of trust open()
+// provides, with the given root keys, and extra appended to central.yaml
+// (after the 2s edge lease).
+func newEdgeClusterOn(t *testing.T, open func(*testing.T, string) *rootsOfTrust, keys []rootKey, extra string, edges ...*edgeNode) *edgeCluster {
+	t.Helper()
+	c := &edgeCluster{cluster: newClusterOn(t, open, keys), edges: map[string]*edgeNode{}}
 	cfg, err := os.ReadFile(c.config)
 	must(t, "reading central.yaml", err)
 	cfg = bytes.Replace(cfg, []byte("listen: 127.0.0.1:0\n"), []byte("listen: "+freePort(t)+"\n"), 1)
-	cfg = append(cfg, "edges: {lease: 2s, heartbeat: 200ms}\nmaterial_cache: {size: 1}\n"...)
+	cfg = append(cfg, "edges: {lease: 2s, heartbeat: 200ms}\n"+extra...)
 	must(t, "writing central.yaml", os.WriteFile(c.config, cfg, 0o600))
 	c.central = c.startCentral(t)
 	c.admin = c.dial(t, c.central.addr, identity.Admin, "ops")
 	for _, e := range edges {
-		e.dir = filepath.Join(c.dir, e.name)
-		e.config = filepath.Join(c.dir, e.name+".yaml")
-		if _, err := c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Edge, Name: e.name},
-			[]string{"127.0.0.1"}, time.Hour, c.dir, e.name, c.caFile); err != nil {
-			t.Fatal(err)
-		}
-		y := fmt.Sprintf(`node_id: %s
+		c.addEdge(t, e)
+	}
+	return c
+}
+
+// addEdge writes an edge's certificate and configuration and starts it.
+func (c *edgeCluster) addEdge(t *testing.T, e *edgeNode) {
+	t.Helper()
+	e.dir = filepath.Join(c.dir, e.name)
+	e.config = filepath.Join(c.dir, e.name+".yaml")
+	if _, err := c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Edge, Name: e.name},
+		[]string{"127.0.0.1"}, time.Hour, c.dir, e.name, c.caFile); err != nil {
+		t.Fatal(err)
+	}
+	y := fmt.Sprintf(`node_id: %s
 trust_domain: %s
 listen: 127.0.0.1:0
 ops_listen: 127.0.0.1:0
@@ -103,13 +123,11 @@ central: {address: %q, server_name: 127.0.0.1}
 prefetch: %t
 max_staleness: %s
 reconnect: {initial_backoff: 50ms, max_backoff: 500ms}
-`, e.name, e2eTrustDomain, e.name, e.name, e.name, e.region, c.central.addr, e.prefetch, e.staleness)
-		must(t, "writing edge config", os.WriteFile(e.config, []byte(y), 0o600))
-		e.p = startNode(t, "edge", e.config)
-		c.edges[e.name] = e
-		c.order = append(c.order, e.name)
-	}
-	return c
+`, e.name, e2eTrustDomain, e.name, e.name, e.name, e.region, cmp.Or(e.via, c.central.addr), e.prefetch, e.staleness)
+	must(t, "writing edge config", os.WriteFile(e.config, []byte(y), 0o600))
+	e.p = startNode(t, "edge", e.config)
+	c.edges[e.name] = e
+	c.order = append(c.order, e.name)
 }
 
 // applyWait bounds waitApplied so that a lost event fails the test with the
