@@ -41,8 +41,10 @@
 // KMSInternalException, DependencyTimeoutException, KeyUnavailableException
 // and connection failures, up to Config.MaxAttempts attempts, sleeping a
 // full-jitter exponential delay (from 50ms, doubling, capped at
-// Config.MaxBackoff) between them. Its client-side retry quota stops retries
-// during a long outage. The caller's context bounds everything: no attempt
+// Config.MaxBackoff) between them. Every attempt waits for a token of the
+// backend's rate limit, which bounds retry storms; the SDK's client-side
+// retry quota is off, since under sustained throttling it stops retrying
+// altogether. The caller's context bounds everything: no attempt
 // starts and no backoff sleep outlasts its deadline, and an expired context
 // ends the call with ErrUnavailable (context.DeadlineExceeded reachable).
 //

@@ -633,3 +633,27 @@ func BenchmarkBackend(b *testing.B) {
 	defer be.Close()
 	backendtest.Bench(b, keys)
 }
+
+// TestSustainedThrottlingKeepsRetrying: with half of all calls throttled
+// for a long run, calls keep being retried. The SDK's own retry quota
+// (500 tokens, 5 a retry, 1 back a success) would run dry after a few
+// hundred calls and fail every throttled call from then on — about 170 of
+// these 600; with retries going on, a call fails only when all five of its
+// attempts are throttled (1 in 32).
+func TestSustainedThrottlingKeepsRetrying(t *testing.T) {
+	f, keys := fixture(t)
+	b := newBackend(t, testConfig(f.URL()))
+	f.SetFaults(awsfake.Faults{ThrottleFraction: 0.5, Seed: 7})
+	failed := 0
+	for range 600 {
+		if _, err := b.Encrypt(t.Context(), keys.AES, []byte("x"), nil); err != nil {
+			if !errors.Is(err, backends.ErrThrottled) {
+				t.Fatalf("Encrypt: %v, want success or ErrThrottled", err)
+			}
+			failed++
+		}
+	}
+	if failed > 60 {
+		t.Errorf("%d of 600 calls failed with half the calls throttled; retries stopped", failed)
+	}
+}

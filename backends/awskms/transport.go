@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/smithy-go/middleware"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,13 @@ const retryBaseDelay = 50 * time.Millisecond
 // storms in an outage) with full-jitter exponential backoff.
 func newRetryer(c Config) aws.Retryer {
 	return retry.NewStandard(func(o *retry.StandardOptions) {
+		// No client-side retry quota: every attempt, retries included,
+		// already waits for a token of the backend's own rate limit
+		// (Config.RateLimit), which is what bounds a retry storm. The
+		// SDK's quota (500 tokens, 5 a retry, 1 back a success) runs dry
+		// after a few hundred calls under sustained throttling of half the
+		// calls, and from then on every throttled call fails at once.
+		o.RateLimiter = ratelimit.None
 		o.MaxAttempts = c.MaxAttempts
 		o.MaxBackoff = c.MaxBackoff
 		o.Backoff = fullJitter{base: min(retryBaseDelay, c.MaxBackoff), max: c.MaxBackoff}
