@@ -11,6 +11,8 @@
 #                     10m): throughput and resident memory over time.
 #   make lint         gofmt, go vet and staticcheck.
 #   make fuzz         run every fuzz target for FUZZTIME each (default 30s).
+#   make fuzz-ci      every fuzz target briefly (FUZZCITIME, default 1000x),
+#                     as CI runs them after make test.
 
 GO          ?= go
 PKGS        ?= ./...
@@ -18,10 +20,11 @@ TESTTIMEOUT ?= 20m
 BENCHTIME   ?= 2s
 BENCH       ?= .
 FUZZTIME    ?= 30s
+FUZZCITIME  ?= 1000x
 SOAKTIME    ?= 10m
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps test-faults bench bench-scenarios soak lint fuzz generate clean
+.PHONY: all build test test-deps test-faults bench bench-scenarios soak lint fuzz fuzz-ci generate clean
 
 all: build
 
@@ -70,14 +73,23 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) run $(STATICCHECK) $(PKGS)
 
-# fuzz runs each Fuzz* target in turn (go test allows one -fuzz target per run).
+# fuzz runs each Fuzz* target in turn (go test allows one -fuzz target per
+# run), listing every package's targets with one go test -list.
 fuzz:
-	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
-		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	@set -e; list=$$($(GO) test -list '^Fuzz' $(PKGS)); \
+	printf '%s\n' "$$list" | awk '/^Fuzz/ { t = t " " $$0; next } /^ok/ { if (t != "") print $$2 t; t = "" }' | \
+	while read -r pkg targets; do \
+		for target in $$targets; do \
 			echo "fuzz: $$pkg $$target ($(FUZZTIME))"; \
 			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \
 	done
+
+# fuzz-ci runs every target briefly, for CI. The seed corpora in
+# testdata/fuzz already run as plain tests in make test; this adds a short
+# burst of new inputs per target.
+fuzz-ci: FUZZTIME = $(FUZZCITIME)
+fuzz-ci: fuzz
 
 clean:
 	$(GO) clean -testcache

@@ -1,13 +1,15 @@
 package backends
 
 import (
-	"strings"
+	"errors"
 	"testing"
 )
 
 // fuzzParser checks the invariants every URI parser keeps: no panic, every
 // error is ErrInvalidArgument, and an accepted URI's canonical form parses
-// again to the same canonical form.
+// again to the same canonical form, key and backend, through its own
+// parser and through ParseKeyURI; its BackendURI parses to a URI of the
+// same scheme and backend that names no key.
 func fuzzParser[U KeyURI](f *testing.F, parse func(string) (U, error), seeds ...string) {
 	for _, s := range seeds {
 		f.Add(s)
@@ -15,7 +17,7 @@ func fuzzParser[U KeyURI](f *testing.F, parse func(string) (U, error), seeds ...
 	f.Fuzz(func(t *testing.T, s string) {
 		u, err := parse(s)
 		if err != nil {
-			if !strings.Contains(err.Error(), ErrInvalidArgument.Error()) {
+			if !errors.Is(err, ErrInvalidArgument) {
 				t.Fatalf("parse(%q) error %v is not an invalid-argument error", s, err)
 			}
 			return
@@ -25,11 +27,18 @@ func fuzzParser[U KeyURI](f *testing.F, parse func(string) (U, error), seeds ...
 		if err != nil {
 			t.Fatalf("canonical form %q of %q does not parse: %v", canon, s, err)
 		}
-		if again.String() != canon {
-			t.Fatalf("canonical form is not stable: %q -> %q", canon, again.String())
+		if again.String() != canon || again.Key() != u.Key() || again.BackendURI() != u.BackendURI() {
+			t.Fatalf("canonical form is not stable: %q -> %q (key %q -> %q)", canon, again.String(), u.Key(), again.Key())
 		}
-		if _, err := ParseKeyURI(u.BackendURI()); err != nil {
+		if g, err := ParseKeyURI(canon); err != nil || g.String() != canon || g.Scheme() != u.Scheme() {
+			t.Fatalf("ParseKeyURI(%q) = %v, %v", canon, g, err)
+		}
+		b, err := ParseKeyURI(u.BackendURI())
+		if err != nil {
 			t.Fatalf("BackendURI %q of %q does not parse: %v", u.BackendURI(), s, err)
+		}
+		if b.Scheme() != u.Scheme() || b.BackendURI() != u.BackendURI() || b.Key() != "" {
+			t.Fatalf("BackendURI %q of %q parses to scheme %q, backend %q, key %q", u.BackendURI(), s, b.Scheme(), b.BackendURI(), b.Key())
 		}
 	})
 }

@@ -4,8 +4,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cedar-policy/cedar-go"
 )
 
 const demo = `
@@ -210,21 +213,78 @@ func TestLoadFilesErrors(t *testing.T) {
 	}
 }
 
+// FuzzParse checks the policy loader on any document: no panic; every
+// refusal is a list of *LoadErrors naming the file; and a set it accepts
+// counts its policies, reloads from its own Documents to the same hash
+// (what an edge does with the replicated policy), and decides every
+// request the same way both times, with Cedar's semantics: an allow names
+// only permits, a denial by policy names only forbids.
 func FuzzParse(f *testing.F) {
 	f.Add(demo)
 	f.Add("permit (principal, action, resource);")
 	f.Add("forbid (principal is Client, action, resource) when { principal.getTag(\"x\") };")
+	f.Add(`@id("a") permit (principal, action, resource); @id("a") forbid (principal, action, resource);`)
+	f.Add(`permit (principal is Admin, action == Action::"CreateKey", resource) when { context.nope };`)
+	f.Add(`permit (principal == Client::"c", action in [Action::"Encrypt"], resource is Key) when { resource.type == "aes-256-gcm" && 1 + 9223372036854775807 > 0 };`)
 	f.Fuzz(func(t *testing.T, src string) {
 		s, err := Parse(map[string][]byte{"f.cedar": []byte(src)})
 		if err != nil {
-			var le *LoadError
-			if !errors.As(err, &le) {
-				t.Fatalf("Parse error %v is not a LoadError", err)
+			errs := []error{err}
+			if j, ok := err.(interface{ Unwrap() []error }); ok {
+				errs = j.Unwrap()
+			}
+			for _, e := range errs {
+				var le *LoadError
+				if !errors.As(e, &le) || le.File != "f.cedar" {
+					t.Fatalf("Parse error %v (%T) is not a LoadError naming the file", e, e)
+				}
 			}
 			return
 		}
-		// A valid set must evaluate without panicking.
-		s.AuthorizeKey(Principal{Kind: KindClient, Name: "c", Labels: map[string]string{"a": "b"}}, Encrypt, Key{Name: "k", Labels: map[string]string{"a": "b"}})
-		s.AuthorizeService(Principal{Kind: KindEdge, Name: "e"}, ListNodes)
+		if s.Len() != len(s.effects) || len(s.Hash()) != 64 {
+			t.Fatalf("set of %d policies records %d effects, hash %q", s.Len(), len(s.effects), s.Hash())
+		}
+		again, err := Parse(s.Documents())
+		if err != nil || again.Hash() != s.Hash() || again.Len() != s.Len() {
+			t.Fatalf("the set does not reload from its documents: %v", err)
+		}
+		principals := []Principal{
+			{Kind: KindClient, Name: "c", TrustDomain: "kb.test", Labels: map[string]string{"a": "b", "x": "y"}},
+			{Kind: KindAdmin, Name: "ops", TrustDomain: "kb.test"},
+			{Kind: KindEdge, Name: "e", TrustDomain: "kb.test", Region: "eu", Labels: map[string]string{"a": "b"}},
+		}
+		key := Key{Name: "k", Type: "aes-256-gcm", Mode: "derive", Labels: map[string]string{"a": "b"}}
+		for _, p := range principals {
+			for _, a := range []Action{Encrypt, Sign, HoldMaterial, CreateKey} {
+				d := s.AuthorizeKey(p, a, key)
+				checkDecision(t, s, d)
+				// Cedar reports the deciding policies in no fixed order.
+				if d2 := again.AuthorizeKey(p, a, key); d2.Allowed != d.Allowed || !slices.Equal(slices.Sorted(slices.Values(d2.Policies)), slices.Sorted(slices.Values(d.Policies))) {
+					t.Fatalf("the reloaded set decides %s %s otherwise: %+v, %+v", p.Name, a, d, d2)
+				}
+			}
+			checkDecision(t, s, s.AuthorizeService(p, ListNodes))
+		}
 	})
+}
+
+// checkDecision checks a decision against Cedar's semantics: an allow is
+// made by permits, a denial names forbids (or nothing, or the schema).
+func checkDecision(t *testing.T, s *Set, d Decision) {
+	t.Helper()
+	for _, id := range d.Policies {
+		if id == "schema" && !d.Allowed && len(d.Policies) == 1 {
+			continue
+		}
+		eff, ok := s.effects[cedar.PolicyID(id)]
+		if !ok {
+			t.Fatalf("decision %+v names policy %q, which the set does not hold", d, id)
+		}
+		if d.Allowed != (eff == cedar.Permit) {
+			t.Fatalf("decision %+v (allowed %v) is made by %q, a %v", d, d.Allowed, id, eff)
+		}
+	}
+	if d.Allowed && len(d.Policies) == 0 {
+		t.Fatalf("allowed with no permit: %+v", d)
+	}
 }

@@ -2,6 +2,7 @@ package sealed
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"testing"
 
@@ -88,14 +89,131 @@ func TestKeyRoundTrip(t *testing.T) {
 	}
 }
 
+// fuzzEdgeKey is a fixed sealing key (the KEM id of MLKEM768-X25519 and
+// a 32-byte seed), so that blobs sealed to it in testdata/fuzz open in
+// every run.
+func fuzzEdgeKey(tb testing.TB) *PrivateKey {
+	tb.Helper()
+	k, err := ParsePrivateKey(append([]byte{0x64, 0x7a}, bytes.Repeat([]byte{0x5e}, 32)...))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
+}
+
+// fuzzMaterial is the only material FuzzOpen's seeds seal.
+var fuzzMaterial = bytes.Repeat([]byte{1}, 32)
+
+// FuzzOpen checks Open on any blob: no panic; refusals are ErrMalformed or
+// ErrOpen; and what opens is the material the seeds sealed, and opens for
+// no other edge, key or version, nor with its last byte changed.
 func FuzzOpen(f *testing.F) {
-	edge, _ := GenerateKey()
-	blob, _ := Seal(edge.PublicKey(), "e", "k", 1, secret.Copy(bytes.Repeat([]byte{1}, 32)))
+	edge := fuzzEdgeKey(f)
+	blob, err := Seal(edge.PublicKey(), "e", "k", 1, secret.Copy(fuzzMaterial))
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(blob)
+	f.Add(blob[:len(blob)-1])
+	f.Add(blob[:8])
 	f.Add([]byte{1, 0x64, 0x7a, 0, 1, 0, 2})
+	f.Add([]byte{1, 0x64, 0x7a, 0xff, 0xff, 0, 2, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if _, err := Open(edge, b, "e", "k", 1); err == nil && !bytes.Equal(b, blob) {
+		m, err := Open(edge, b, "e", "k", 1)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrOpen) {
+				t.Fatalf("Open error %v is neither ErrMalformed nor ErrOpen", err)
+			}
+			return
+		}
+		if !bytes.Equal(m.Reveal(), fuzzMaterial) {
 			t.Fatal("opened a blob that was not sealed")
+		}
+		for _, other := range []struct {
+			edge, key string
+			version   uint32
+		}{{"f", "k", 1}, {"e", "l", 1}, {"e", "k", 2}, {"e\x00k", "", 1}} {
+			if _, err := Open(edge, b, other.edge, other.key, other.version); err == nil {
+				t.Fatalf("a blob for e/k/1 opened for %+v", other)
+			}
+		}
+		bad := bytes.Clone(b)
+		bad[len(bad)-1] ^= 1
+		if _, err := Open(edge, bad, "e", "k", 1); err == nil {
+			t.Fatal("opened with its last byte changed")
+		}
+	})
+}
+
+// FuzzParsePrivateKey checks the decoder of sealing.key, read from an
+// edge's disk: no panic; an accepted key marshals to a stable form (the
+// same bytes for the default suite) naming the same key, and opens what is
+// sealed to its public key.
+func FuzzParsePrivateKey(f *testing.F) {
+	edge := fuzzEdgeKey(f)
+	raw, err := edge.Marshal()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(bytes.Clone(raw.Reveal()))
+	f.Add([]byte{0x64, 0x7a, 1, 2, 3})
+	f.Add(append([]byte{0x00, 0x20}, bytes.Repeat([]byte{7}, 32)...)) // DHKEM(X25519)
+	f.Add(append([]byte{0x00, 0x10}, bytes.Repeat([]byte{7}, 32)...)) // DHKEM(P-256)
+	f.Add([]byte{0xff, 0xff, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k, err := ParsePrivateKey(b)
+		if err != nil {
+			return
+		}
+		enc, err := k.Marshal()
+		if err != nil {
+			t.Fatalf("an accepted key does not marshal: %v", err)
+		}
+		// DHKEM(X25519) keys come back clamped; the marshalled form must
+		// then be stable and name the same key.
+		k2, err := ParsePrivateKey(enc.Reveal())
+		if err != nil {
+			t.Fatalf("a marshalled key does not parse: %v", err)
+		}
+		enc2, err := k2.Marshal()
+		if err != nil || !bytes.Equal(enc2.Reveal(), enc.Reveal()) || !bytes.Equal(k2.PublicKey(), k.PublicKey()) {
+			t.Fatalf("key %x: marshalled form is not stable (%v)", b, err)
+		}
+		if bytes.HasPrefix(b, []byte{0x64, 0x7a}) && !bytes.Equal(enc.Reveal(), b) {
+			t.Fatalf("key %x marshals back to %x", b, enc.Reveal())
+		}
+		blob, err := Seal(k.PublicKey(), "e", "k", 1, secret.Copy(fuzzMaterial))
+		if err != nil {
+			t.Fatalf("Seal to an accepted key's public key: %v", err)
+		}
+		if m, err := Open(k, blob, "e", "k", 1); err != nil || !bytes.Equal(m.Reveal(), fuzzMaterial) {
+			t.Fatalf("an accepted key does not open what is sealed to it: %v", err)
+		}
+	})
+}
+
+// FuzzParsePublicKey checks the decoder of the public key an edge
+// registers with the central tier: no panic; an accepted key encodes back
+// to the same bytes and can be sealed to.
+func FuzzParsePublicKey(f *testing.F) {
+	f.Add(fuzzEdgeKey(f).PublicKey())
+	f.Add([]byte{0x64, 0x7a, 1, 2, 3})
+	f.Add(append([]byte{0x00, 0x20}, bytes.Repeat([]byte{9}, 32)...))
+	f.Add(append([]byte{0x00, 0x10, 4}, bytes.Repeat([]byte{9}, 64)...))
+	f.Add([]byte{0xff, 0xff, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pub, err := ParsePublicKey(b)
+		if err != nil {
+			if _, serr := Seal(b, "e", "k", 1, secret.Copy(fuzzMaterial)); serr == nil {
+				t.Fatal("Seal accepted a public key ParsePublicKey refuses")
+			}
+			return
+		}
+		if enc := append(binary.BigEndian.AppendUint16(nil, pub.KEM().ID()), pub.Bytes()...); !bytes.Equal(enc, b) {
+			t.Fatalf("public key %x encodes back to %x", b, enc)
+		}
+		if _, err := Seal(b, "e", "k", 1, secret.Copy(fuzzMaterial)); err != nil {
+			t.Fatalf("Seal to an accepted public key: %v", err)
 		}
 	})
 }

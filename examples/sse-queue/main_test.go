@@ -431,15 +431,22 @@ func TestFlags(t *testing.T) {
 	}
 }
 
-// FuzzUnframe: any record either is refused or reframes to itself.
+// FuzzUnframe: any record either is refused or carries an id of 1..maxIDLen
+// bytes and reframes to itself.
 func FuzzUnframe(f *testing.F) {
 	f.Add(frame("p0-1", []byte("ciphertext")))
 	f.Add([]byte{0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Add(frame(strings.Repeat("i", maxIDLen), nil))
+	f.Add(frame(strings.Repeat("i", maxIDLen+1), []byte("x")))
+	f.Add([]byte{0x84, 0x00, 'p', '0', '-', '1'}) // a non-minimal length
 	f.Fuzz(func(t *testing.T, rec []byte) {
 		id, rest, err := unframe(rec)
 		if err != nil {
 			return
+		}
+		if id == "" || len(id) > maxIDLen {
+			t.Fatalf("unframe(%x) accepted an id of %d bytes", rec, len(id))
 		}
 		if again := frame(id, rest); !bytes.Equal(again, rec) {
 			t.Errorf("frame(unframe(%x)) = %x", rec, again)
