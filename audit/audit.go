@@ -464,11 +464,20 @@ func Verify(r io.Reader, headPath string) (Result, error) {
 		}
 		want := rec.Hash
 		check := rec
-		if _, err := seal(&check, rec.Seq, rec.Prev); err != nil {
+		canonical, err := seal(&check, rec.Seq, rec.Prev)
+		if err != nil {
 			return res, &VerifyError{lineNo, err.Error()}
 		}
 		if check.Hash != want {
 			return res, &VerifyError{lineNo, "hash mismatch (the line was edited)"}
+		}
+		// The hash covers the record as decoded; the line must also be
+		// exactly what the writer writes for it, or another reader could
+		// see what was not verified (data after the record, a duplicate
+		// field the decoder let the last copy win, a field name in another
+		// case).
+		if !bytes.Equal(canonical, line) {
+			return res, &VerifyError{lineNo, "the line is not as the writer writes its record (extra data, a repeated or renamed field)"}
 		}
 		if rec.Seq == headSeq {
 			if want != headHash {

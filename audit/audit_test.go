@@ -91,6 +91,18 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{"duplicated", func(ls [][]byte) [][]byte { return append(ls[:9:9], ls[8:]...) }, "sequence"},
 		{"dropped last line", func(ls [][]byte) [][]byte { return ls[:len(ls)-1] }, "dropped from the end"},
 		{"garbage line", func(ls [][]byte) [][]byte { ls[2] = []byte("not json"); return ls }, "not an audit record"},
+		{"a record appended after the record", func(ls [][]byte) [][]byte {
+			ls[4] = append(bytes.TrimSuffix(ls[4], []byte("\n")), ` {"operation":"CreateKey","principal":"spiffe://kb/admin/mallory","outcome":"ok"}`...)
+			return ls
+		}, "not as the writer writes"},
+		{"a repeated field ahead of the real one", func(ls [][]byte) [][]byte {
+			ls[6] = bytes.Replace(ls[6], []byte(`{"time"`), []byte(`{"key":"forged","time"`), 1)
+			return ls
+		}, "not as the writer writes"},
+		{"a field name in another case", func(ls [][]byte) [][]byte {
+			ls[7] = bytes.Replace(ls[7], []byte(`"key":`), []byte(`"KEY":`), 1)
+			return ls
+		}, "not as the writer writes"},
 		{"renumbered after drop", func(ls [][]byte) [][]byte {
 			ls = append(ls[:5:5], ls[6:]...)
 			for i := 5; i < len(ls); i++ {

@@ -93,7 +93,27 @@ func Parse(id string) (Identity, error) {
 	if !ValidName(parts[1]) {
 		return Identity{}, fmt.Errorf("identity: %q: name must be 1-128 of [A-Za-z0-9._-]", id)
 	}
-	return Identity{TrustDomain: u.Host, Kind: k, Name: parts[1]}, nil
+	out := Identity{TrustDomain: u.Host, Kind: k, Name: parts[1]}
+	if !out.spelledAs(id) {
+		// One identity, one spelling: no percent-encoding, upper-case
+		// scheme or empty query or fragment making an alias of it.
+		return Identity{}, fmt.Errorf("identity: %q is not written as %s", id, out)
+	}
+	return out, nil
+}
+
+// spelledAs says whether s is exactly i.String(), without building it.
+func (i Identity) spelledAs(s string) bool {
+	rest, ok := strings.CutPrefix(s, "spiffe://")
+	if !ok {
+		return false
+	}
+	for _, part := range []string{i.TrustDomain, "/", string(i.Kind), "/", i.Name} {
+		if rest, ok = strings.CutPrefix(rest, part); !ok {
+			return false
+		}
+	}
+	return rest == ""
 }
 
 // FromCertificate extracts the identity of a verified leaf certificate.

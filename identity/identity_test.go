@@ -30,7 +30,7 @@ func TestParse(t *testing.T) {
 	for _, bad := range []string{
 		"https://kb.test/client/a", "spiffe://kb.test/robot/a", "spiffe://kb.test/client", "spiffe://kb.test/client/a/b",
 		"spiffe://KB.test/client/a", "spiffe://kb.test:8443/client/a", "spiffe://u@kb.test/client/a", "spiffe://kb.test/client/-a",
-		"spiffe://kb.test/client/a?x=1", "spiffe:///client/a", "spiffe://kb.test/client/" + strings.Repeat("a", 129),
+		"spiffe://kb.test/client/a?x=1", "spiffe://kb.test/client/%61pp", "SPIFFE://kb.test/client/a", "spiffe://kb.test/client/a?", "spiffe://kb.test/client/a#", "spiffe:///client/a", "spiffe://kb.test/client/" + strings.Repeat("a", 129),
 	} {
 		if _, err := Parse(bad); err == nil {
 			t.Errorf("Parse(%q) succeeded", bad)

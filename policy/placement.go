@@ -73,6 +73,13 @@ func compilePlacement(keyID, expr string) ([2]*cedar.Policy, error) {
 		if len(list) != 1 {
 			return out, fmt.Errorf("placement: the expression must be one condition, not %d policies", len(list))
 		}
+		// The expression is pasted between braces: it must not close them
+		// and add a condition of its own ("… } when { false" would switch
+		// both policies off, leaving the global policies to place the key
+		// anywhere).
+		if ast := (*xast.Policy)(list[0].AST()); len(ast.Conditions) != 1 || len(ast.Annotations) != 1 {
+			return out, fmt.Errorf("placement: the expression must be one condition, not %d conditions", len(ast.Conditions))
+		}
 		if err := v.Policy("placement", (*xast.Policy)(list[0].AST())); err != nil {
 			return out, fmt.Errorf("placement: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 		}

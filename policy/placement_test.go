@@ -75,6 +75,8 @@ func TestValidatePlacement(t *testing.T) {
 		{`principal.region ==`, "placement:"},
 		{`true }; permit (principal, action, resource) when { true`, "one condition"},
 		{`true }; @id("x") permit (principal, action, resource`, "placement:"},
+		{`principal.region == "eu" } when { false`, "one condition, not 2 conditions"},
+		{`principal.region == "eu" } unless { true`, "one condition, not 2 conditions"},
 		{`principal.getTag("x") == "y"`, "tag"},
 		{strings.Repeat("a", MaxPlacement+1), "limit"},
 	} {

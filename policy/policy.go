@@ -355,6 +355,9 @@ func (s *Set) decideWith(ps *cedar.PolicySet, principal Principal, action Action
 	for _, r := range diag.Reasons {
 		d.Policies = append(d.Policies, string(r.PolicyID))
 	}
+	// Cedar reports them in no fixed order; the audit line names them
+	// sorted, the same for the same decision.
+	slices.Sort(d.Policies)
 	for _, e := range diag.Errors {
 		d.Errors = append(d.Errors, e.String())
 	}

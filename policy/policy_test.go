@@ -288,3 +288,22 @@ func checkDecision(t *testing.T, s *Set, d Decision) {
 		t.Fatalf("allowed with no permit: %+v", d)
 	}
 }
+
+// TestDecidingPoliciesSorted: when several policies decide, the audit
+// names them in one order, whatever order Cedar reports them in.
+func TestDecidingPoliciesSorted(t *testing.T) {
+	s, err := Parse(map[string][]byte{"p.cedar": []byte(`
+@id("b-second") permit (principal == Client::"app", action == Action::"Encrypt", resource);
+@id("a-first") permit (principal == Client::"app", action == Action::"Encrypt", resource);
+@id("c-third") permit (principal, action == Action::"Encrypt", resource);
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := Principal{Kind: KindClient, Name: "app", TrustDomain: "kb.test"}
+	for range 50 {
+		if d := s.AuthorizeKey(app, Encrypt, Key{Name: "k", Type: "aes-256-gcm", Mode: "derive"}); d.PolicyID() != "a-first,b-second,c-third" {
+			t.Fatalf("policy id %q, want a-first,b-second,c-third", d.PolicyID())
+		}
+	}
+}
