@@ -76,13 +76,19 @@ func (e *Encryptor) Encrypt(ctx context.Context, plaintext []byte, ectx map[stri
 	if len(plaintext) > envelope.MaxPlaintext {
 		return nil, local("Encrypt", e.key, codes.InvalidArgument, fmt.Errorf("%w: %d bytes, limit %d: use NewWriter", envelope.ErrTooLarge, len(plaintext), envelope.MaxPlaintext))
 	}
-	canon, err := envelope.CanonicalContext(ectx)
+	var buf [contextBuffer]byte
+	canon, err := envelope.AppendCanonicalContext(buf[:0], ectx)
 	if err != nil {
 		return nil, invalid("Encrypt", e.key, err)
 	}
-	dk, err := e.dataKey(ctx, len(plaintext), ectx, canon)
-	if err != nil {
-		return nil, err
+	// A warm data key is taken without a lock or an allocation; the
+	// partition is the encoded context itself, viewed in place for the
+	// lookup and copied only to get a new data key.
+	dk := e.reuser.Take(unsafe.String(unsafe.SliceData(canon), len(canon)), len(plaintext))
+	if dk == nil {
+		if dk, err = e.dataKey(ctx, len(plaintext), ectx, string(canon)); err != nil {
+			return nil, err
+		}
 	}
 	ct, err := dk.SealCanonical(plaintext, canon)
 	if err != nil {
@@ -93,14 +99,16 @@ func (e *Encryptor) Encrypt(ctx context.Context, plaintext []byte, ectx map[stri
 	return ct, nil
 }
 
-// dataKey returns the data key to seal n bytes under ectx. Data keys are
-// kept per encryption context: the broker wraps each context's data keys
-// under their own key when the managed key is derived, and one data key
-// never serves two contexts, whatever the key.
-func (e *Encryptor) dataKey(ctx context.Context, n int, ectx map[string]string, canon []byte) (*envelope.DataKey, error) {
-	// The partition is the canonical context itself, shared rather than
-	// copied: canon is never written after CanonicalContext returns it.
-	partition := unsafe.String(unsafe.SliceData(canon), len(canon))
+// contextBuffer is the room on the stack for an encoded encryption
+// context; a larger one is encoded on the heap.
+const contextBuffer = 128
+
+// dataKey returns the data key to seal n bytes under ectx, whose encoding
+// is partition, getting a new one from the broker when there is none or it
+// is spent. Data keys are kept per encryption context: the broker wraps
+// each context's data keys under their own key when the managed key is
+// derived, and one data key never serves two contexts, whatever the key.
+func (e *Encryptor) dataKey(ctx context.Context, n int, ectx map[string]string, partition string) (*envelope.DataKey, error) {
 	dk, err := e.reuser.Get(ctx, partition, n, func(ctx context.Context) (*envelope.DataKey, error) {
 		g, err := e.c.GenerateDataKey(ctx, e.key, ectx)
 		if err != nil {
@@ -157,14 +165,19 @@ type DecryptorConfig struct {
 // what Encryptors and every node sealed. Concurrent misses for one data
 // key make one call. It is safe for concurrent use.
 type Decryptor struct {
-	c       *Client
-	cache   *envelope.Cache
-	ttl     time.Duration
-	now     func() time.Time
+	c     *Client
+	cache *envelope.Cache
+	ttl   time.Duration
+	now   func() time.Time
+	// mono is set when now is time.Now: the last data key's expiry is
+	// then checked against the monotonic clock alone.
+	mono bool
+	// msgs counts the messages opened through the cache; hits those
+	// opened under the last data key, one count each on the fast path.
 	msgs    atomic.Uint64
+	hits    atomic.Uint64
 	streams atomic.Uint64
 	fetches atomic.Uint64
-	hits    atomic.Uint64
 	// last is the data key of the last message opened, tried first: a
 	// stream of messages under one data key skips the header parse and
 	// the cache.
@@ -188,10 +201,11 @@ func (c *Client) NewDecryptor(cfg DecryptorConfig) *Decryptor {
 	if cfg.TTL <= 0 {
 		cfg.TTL = envelope.DefaultReusePeriod
 	}
-	if cfg.Now == nil {
+	mono := cfg.Now == nil
+	if mono {
 		cfg.Now = time.Now
 	}
-	return &Decryptor{c: c, cache: envelope.NewCache(cfg.CacheSize, cfg.TTL, cfg.Now), ttl: cfg.TTL, now: cfg.Now}
+	return &Decryptor{c: c, cache: envelope.NewCache(cfg.CacheSize, cfg.TTL, cfg.Now), ttl: cfg.TTL, now: cfg.Now, mono: mono}
 }
 
 // Decrypt opens a ciphertext sealed with encryption context ectx: a
@@ -200,17 +214,17 @@ func (d *Decryptor) Decrypt(ctx context.Context, ciphertext []byte, ectx map[str
 	if envelope.IsStream(ciphertext) {
 		return d.openStream(ctx, ciphertext, ectx)
 	}
-	canon, err := envelope.CanonicalContext(ectx)
+	var buf [contextBuffer]byte
+	canon, err := envelope.AppendCanonicalContext(buf[:0], ectx)
 	if err != nil {
 		return nil, invalid("Decrypt", "", err)
 	}
-	if r := d.last.Load(); r != nil && d.now().Before(r.expires) {
+	if r := d.last.Load(); r != nil && d.recent(r) {
 		if pt, own, err := r.dk.OpenOwn(ciphertext, canon); own {
 			if err != nil {
 				return nil, invalid("Decrypt", r.dk.KeyID, err)
 			}
 			d.hits.Add(1)
-			d.msgs.Add(1)
 			return pt, nil
 		}
 	}
@@ -229,6 +243,14 @@ func (d *Decryptor) Decrypt(ctx context.Context, ciphertext []byte, ectx map[str
 	d.last.Store(&recentKey{dk: dk, expires: d.now().Add(min(recentFor, d.ttl))})
 	d.msgs.Add(1)
 	return pt, nil
+}
+
+// recent reports whether r may still be used without the cache.
+func (d *Decryptor) recent(r *recentKey) bool {
+	if d.mono {
+		return time.Until(r.expires) > 0
+	}
+	return d.now().Before(r.expires)
 }
 
 // dataKey returns the data key of h from the cache or the broker.
@@ -264,7 +286,8 @@ type DecryptorStats struct {
 // Stats reports what the Decryptor has done.
 func (d *Decryptor) Stats() DecryptorStats {
 	hits, _, _ := d.cache.Stats()
-	return DecryptorStats{Messages: d.msgs.Load(), Streams: d.streams.Load(), DataKeys: d.fetches.Load(), CacheHits: hits + d.hits.Load()}
+	fast := d.hits.Load()
+	return DecryptorStats{Messages: d.msgs.Load() + fast, Streams: d.streams.Load(), DataKeys: d.fetches.Load(), CacheHits: hits + fast}
 }
 
 // Close forgets every data key; the runtime zeroes each once no call

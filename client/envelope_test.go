@@ -235,3 +235,159 @@ func adminClient(t testing.TB, dc *devcluster.Cluster) kbv1.KeyAdminClient {
 	}
 	return admin
 }
+
+// TestEncryptorConcurrentRollover encrypts from many goroutines through one
+// Encryptor, in two contexts, while its data keys roll over by message
+// count, byte count and period (the clock moves between messages, never
+// during one). Grouped by the data key in their headers, no key sealed
+// more messages or bytes than the policy allows or a message at or after
+// the end of its period; every message opens with a Decryptor, and a
+// sample at a node.
+func TestEncryptorConcurrentRollover(t *testing.T) {
+	const (
+		period   = time.Minute
+		maxMsgs  = 50
+		maxBytes = 20 << 10
+		workers  = 8
+		perG     = 300
+	)
+	c := startCluster(t)
+	ctx := t.Context()
+	clk := newClock()
+	var epoch sync.RWMutex // held for reading during each Encrypt
+	cl := c.client(t, "us", c.us)
+	enc, err := cl.NewEncryptor(client.EncryptorConfig{Key: "shared", Now: clk.now,
+		Reuse: envelope.ReusePolicy{Period: period, MaxMessages: maxMsgs, MaxBytes: maxBytes}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	type sealed struct {
+		ct, pt []byte
+		ectx   map[string]string
+		at     time.Time
+	}
+	out := make([][]sealed, workers)
+	var count atomic.Int64
+	var wg sync.WaitGroup
+	for g := range workers {
+		wg.Go(func() {
+			ectx := map[string]string{"queue": fmt.Sprintf("q%d", g%2)}
+			for i := range perG {
+				// Stretches of 400 messages: in the first of every three
+				// the clock moves 20 s every 8 messages, so keys end by
+				// their period; in the second messages are small and
+				// keys end by their message count; in the third they are
+				// large and keys end by their byte count.
+				stretch := count.Load() / 400 % 3
+				size := (g*perG + i) * 7919 % 700
+				if stretch == 2 {
+					size = (g*perG + i) * 7919 % 1400
+				}
+				pt := make([]byte, size)
+				for j := range pt {
+					pt[j] = byte(g + i + j)
+				}
+				epoch.RLock()
+				at := clk.now()
+				ct, err := enc.Encrypt(ctx, pt, ectx)
+				epoch.RUnlock()
+				if err != nil {
+					t.Errorf("Encrypt: %v", err)
+					return
+				}
+				out[g] = append(out[g], sealed{ct: ct, pt: pt, ectx: ectx, at: at})
+				if n := count.Add(1); n%8 == 0 && stretch == 0 {
+					epoch.Lock()
+					clk.advance(20 * time.Second)
+					epoch.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+
+	type usage struct {
+		msgs, bytes int
+		first, last time.Time
+		contexts    map[string]bool
+	}
+	use := map[string]*usage{}
+	var all []sealed
+	for _, s := range out {
+		all = append(all, s...)
+	}
+	for _, s := range all {
+		h, _, err := envelope.ParseHeader(s.ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := use[string(h.WrappedDEK)]
+		if u == nil {
+			u = &usage{first: s.at, last: s.at, contexts: map[string]bool{}}
+			use[string(h.WrappedDEK)] = u
+		}
+		u.msgs++
+		u.bytes += len(s.pt)
+		u.contexts[s.ectx["queue"]] = true
+		if s.at.Before(u.first) {
+			u.first = s.at
+		}
+		if s.at.After(u.last) {
+			u.last = s.at
+		}
+	}
+	// A data key's first message is sealed while the clock still reads
+	// the time its period started from: the Encrypt that got the key
+	// holds the clock until it has sealed, or another Encrypt of that
+	// moment has.
+	full, spent := 0, 0
+	for _, u := range use {
+		if u.msgs > maxMsgs || u.bytes > maxBytes {
+			t.Errorf("a data key sealed %d messages and %d bytes; limits %d and %d", u.msgs, u.bytes, maxMsgs, maxBytes)
+		}
+		if u.last.Sub(u.first) >= period {
+			t.Errorf("a data key sealed messages from %s to %s, beyond its %s period", u.first.Format(time.TimeOnly), u.last.Format(time.TimeOnly), period)
+		}
+		if len(u.contexts) != 1 {
+			t.Errorf("a data key sealed messages in %d contexts", len(u.contexts))
+		}
+		if u.msgs == maxMsgs {
+			full++
+		}
+		if u.bytes > maxBytes-1400 {
+			spent++
+		}
+	}
+	if full == 0 || spent == 0 || len(use)-full-spent <= 0 {
+		t.Errorf("of %d data keys %d reached the message limit and %d the byte limit: the test no longer crosses all three limits", len(use), full, spent)
+	}
+	if s := enc.Stats(); s.Messages != workers*perG || s.DataKeys != uint64(len(use)) {
+		t.Errorf("Stats = %+v; want %d messages and %d data keys (those in the headers)", s, workers*perG, len(use))
+	}
+	t.Logf("%d messages under %d data keys: %d ended at the message limit, %d near the byte limit", len(all), len(use), full, spent)
+
+	dec := cl.NewDecryptor(client.DecryptorConfig{})
+	defer dec.Close()
+	var next atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(all); i = int(next.Add(1) - 1) {
+				s := all[i]
+				pt, err := dec.Decrypt(ctx, s.ct, s.ectx)
+				if err != nil || string(pt) != string(s.pt) {
+					t.Errorf("Decryptor: message %d: %v", i, err)
+				}
+				if i%97 == 0 {
+					if pt, err := cl.Decrypt(ctx, s.ct, s.ectx); err != nil || string(pt.Plaintext) != string(s.pt) {
+						t.Errorf("node Decrypt: message %d: %v", i, err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

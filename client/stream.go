@@ -24,7 +24,7 @@ func (e *Encryptor) NewWriter(ctx context.Context, w io.Writer, ectx map[string]
 	}
 	// A stream uses the data key once, to derive its own key: it counts
 	// as one message of no bytes against the reuse policy.
-	dk, err := e.dataKey(ctx, 0, ectx, canon)
+	dk, err := e.dataKey(ctx, 0, ectx, string(canon))
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,10 +67,24 @@ func (p ReusePolicy) Validate() error {
 // Reuser hands out data keys for sealing, one per partition (the caller's
 // key of key id, version and context partition), replacing each when its
 // policy runs out.
+//
+// Handing out a data key takes no lock in the common case: each entry
+// counts its messages and bytes with atomics, and a small table of recently
+// used entries, indexed by a hash of the partition, is read without the
+// lock. The map of entries stays the authority; the table is written only
+// under the lock, when an entry is found in the map, installed, evicted or
+// forgotten, so that a forgotten entry never comes back into it.
 type Reuser struct {
 	policy ReusePolicy
 	max    int
 	now    func() time.Time
+	// mono is set when now is time.Now: an entry's expiry, read from
+	// time.Now when it was installed, is then checked against the
+	// monotonic clock alone (time.Until), the same comparison for half
+	// the cost of a time.Now.
+	mono bool
+	seed maphash.Seed
+	hot  [hotSlots]atomic.Pointer[reuseEntry]
 
 	mu      sync.Mutex
 	entries map[string]*reuseEntry
@@ -77,11 +92,21 @@ type Reuser struct {
 	created atomic.Uint64
 }
 
+// hotSlots is the size of a Reuser's lock-free table: a power of two well
+// above the number of contexts one sealer usually alternates between. A
+// partition whose slot another holds takes the lock, as every partition
+// did before the table.
+const hotSlots = 64
+
 type reuseEntry struct {
-	dk      *DataKey
-	expires time.Time
-	msgs    uint64
-	bytes   uint64
+	partition string
+	dk        *DataKey
+	expires   time.Time
+	// msgs and bytes count the messages and bytes handed out. A refused
+	// message may leave either past the policy's limit: that only retires
+	// the entry, which the refusal replaces anyway.
+	msgs  atomic.Uint64
+	bytes atomic.Uint64
 }
 
 // NewReuser returns a Reuser holding at most maxEntries partitions. now is
@@ -94,31 +119,77 @@ func NewReuser(p ReusePolicy, maxEntries int, now func() time.Time) (*Reuser, er
 	if maxEntries < 1 {
 		return nil, errors.New("envelope: reuser needs room for at least one entry")
 	}
-	if now == nil {
+	mono := now == nil
+	if mono {
 		now = time.Now
 	}
-	return &Reuser{policy: p, max: maxEntries, now: now, entries: map[string]*reuseEntry{}}, nil
+	return &Reuser{policy: p, max: maxEntries, now: now, mono: mono, seed: maphash.MakeSeed(), entries: map[string]*reuseEntry{}}, nil
 }
 
 // Created reports how many data keys the Reuser has had created.
 func (r *Reuser) Created() uint64 { return r.created.Load() }
 
-// roomLocked reports whether e can seal one more message of n bytes.
-func (r *Reuser) roomLocked(e *reuseEntry, n int) bool {
-	return e != nil && r.now().Before(e.expires) && e.msgs < r.policy.MaxMessages && e.bytes+uint64(n) <= r.policy.MaxBytes
+// live reports whether e's period has not ended.
+func (r *Reuser) live(e *reuseEntry) bool {
+	if r.mono {
+		return time.Until(e.expires) > 0
+	}
+	return r.now().Before(e.expires)
 }
 
-// take counts one message of n bytes against the partition's current key,
-// if it has one with room.
+// room reports whether e can seal one more message of n bytes, without
+// counting it.
+func (r *Reuser) room(e *reuseEntry, n int) bool {
+	return e != nil && r.live(e) && e.msgs.Load() < r.policy.MaxMessages && uint64(n) <= r.policy.MaxBytes-e.bytes.Load()
+}
+
+// reserve counts one message of n bytes against e if its period, message
+// count and byte count allow it. The counts are exact among concurrent
+// callers: no more than MaxMessages messages and MaxBytes bytes are ever
+// handed out. A message refused for its bytes has used up a message: that
+// can only retire e early.
+func (r *Reuser) reserve(e *reuseEntry, n int) bool {
+	if !r.live(e) || e.msgs.Add(1) > r.policy.MaxMessages {
+		return false
+	}
+	for {
+		// bytes never exceeds MaxBytes, so the subtraction cannot wrap.
+		b := e.bytes.Load()
+		if uint64(n) > r.policy.MaxBytes-b {
+			return false
+		}
+		if n == 0 || e.bytes.CompareAndSwap(b, b+uint64(n)) {
+			return true
+		}
+	}
+}
+
+func (r *Reuser) slot(partition string) *atomic.Pointer[reuseEntry] {
+	return &r.hot[maphash.String(r.seed, partition)%hotSlots]
+}
+
+// Take counts one message of n bytes against the partition's current data
+// key and returns it, or returns nil when there is none or it has no room
+// left. It never creates a data key (Get does), so a caller can try it
+// before building what Get needs to create one. partition is not retained.
+func (r *Reuser) Take(partition string, n int) *DataKey {
+	if e := r.slot(partition).Load(); e != nil && e.partition == partition && r.reserve(e, n) {
+		return e.dk
+	}
+	// Not in the table, or spent: the map may hold a newer entry.
+	return r.take(partition, n)
+}
+
+// take is Take under the lock, from the map, publishing the entry in the
+// table.
 func (r *Reuser) take(partition string, n int) *DataKey {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := r.entries[partition]
-	if !r.roomLocked(e, n) {
+	if e == nil || !r.reserve(e, n) {
 		return nil
 	}
-	e.msgs++
-	e.bytes += uint64(n)
+	r.slot(partition).Store(e)
 	return e.dk
 }
 
@@ -130,13 +201,13 @@ func (r *Reuser) Get(ctx context.Context, partition string, n int, create func(c
 		return nil, fmt.Errorf("%w: %d bytes exceeds the reuse byte limit", ErrTooLarge, n)
 	}
 	for {
-		if dk := r.take(partition, n); dk != nil {
+		if dk := r.Take(partition, n); dk != nil {
 			return dk, nil
 		}
 		_, err := flight.Do(ctx, &r.sf, partition, func(ctx context.Context) (any, error) {
 			// Another flight may have installed a fresh key meanwhile.
 			r.mu.Lock()
-			fresh := r.roomLocked(r.entries[partition], n)
+			fresh := r.room(r.entries[partition], n)
 			r.mu.Unlock()
 			if fresh {
 				return nil, nil
@@ -162,28 +233,39 @@ func (r *Reuser) install(partition string, dk *DataKey) {
 		now := r.now()
 		for k, e := range r.entries {
 			if !now.Before(e.expires) {
-				delete(r.entries, k)
+				r.dropLocked(k, e)
 			}
 		}
-		for k := range r.entries {
+		for k, e := range r.entries {
 			if len(r.entries) < r.max {
 				break
 			}
-			delete(r.entries, k)
+			r.dropLocked(k, e)
 		}
 	}
 	// The replaced key is not destroyed: concurrent sealers may hold it.
-	r.entries[partition] = &reuseEntry{dk: dk, expires: r.now().Add(r.policy.Period)}
+	e := &reuseEntry{partition: partition, dk: dk, expires: r.now().Add(r.policy.Period)}
+	r.entries[partition] = e
+	r.slot(partition).Store(e)
+}
+
+// dropLocked removes partition k's entry e from the map and the table.
+func (r *Reuser) dropLocked(k string, e *reuseEntry) {
+	delete(r.entries, k)
+	r.slot(k).CompareAndSwap(e, nil)
 }
 
 // Forget drops every partition for which match is true (for example all
-// partitions of a key that was rotated or disabled).
+// partitions of a key that was rotated or disabled). No Get or Take that
+// starts after Forget returns hands out a forgotten data key; one that
+// overlaps it may, as before the lock-free path, and a caller that holds
+// one may still seal with it.
 func (r *Reuser) Forget(match func(partition string) bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for k := range r.entries {
+	for k, e := range r.entries {
 		if match(k) {
-			delete(r.entries, k)
+			r.dropLocked(k, e)
 		}
 	}
 }

@@ -21,6 +21,27 @@ const (
 // value. A nil or empty context encodes as two zero bytes. Keys are 1..256
 // bytes and values at most 1024 bytes of UTF-8; at most 64 pairs and 8 KiB.
 func CanonicalContext(ctx map[string]string) ([]byte, error) {
+	return AppendCanonicalContext(nil, ctx)
+}
+
+// AppendCanonicalContext appends the encoding of CanonicalContext to dst
+// (nothing when it returns an error). A caller that seals or opens one
+// message at a time can encode into a buffer on its stack, so that the
+// context costs no allocation.
+func AppendCanonicalContext(dst []byte, ctx map[string]string) ([]byte, error) {
+	switch len(ctx) {
+	case 0:
+		return append(dst, 0, 0), nil
+	case 1:
+		// The common case: one pair, nothing to sort.
+		for k, v := range ctx {
+			if err := checkPair(k, v); err != nil {
+				return nil, err
+			}
+			out := slices.Grow(dst, 2+4+len(k)+len(v))
+			return appendPair(append(out, 0, 1), k, v), nil
+		}
+	}
 	if len(ctx) > MaxContextPairs {
 		return nil, fmt.Errorf("%w: %d pairs, limit %d", ErrContext, len(ctx), MaxContextPairs)
 	}
@@ -29,13 +50,8 @@ func CanonicalContext(ctx map[string]string) ([]byte, error) {
 	pairs := small[:0]
 	size := 2
 	for k, v := range ctx {
-		switch {
-		case k == "" || len(k) > MaxContextKey:
-			return nil, fmt.Errorf("%w: key length %d out of 1..%d", ErrContext, len(k), MaxContextKey)
-		case len(v) > MaxContextValue:
-			return nil, fmt.Errorf("%w: value of %q is %d bytes, limit %d", ErrContext, k, len(v), MaxContextValue)
-		case !utf8.ValidString(k) || !utf8.ValidString(v):
-			return nil, fmt.Errorf("%w: not UTF-8", ErrContext)
+		if err := checkPair(k, v); err != nil {
+			return nil, err
 		}
 		pairs = append(pairs, pair{k, v})
 		size += 4 + len(k) + len(v)
@@ -43,16 +59,44 @@ func CanonicalContext(ctx map[string]string) ([]byte, error) {
 	if size > MaxContextBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrContext, size, MaxContextBytes)
 	}
-	if len(pairs) > 1 {
-		slices.SortFunc(pairs, func(a, b pair) int { return strings.Compare(a.k, b.k) })
-	}
-	out := make([]byte, 0, size)
+	slices.SortFunc(pairs, func(a, b pair) int { return strings.Compare(a.k, b.k) })
+	out := slices.Grow(dst, size)
 	out = binary.BigEndian.AppendUint16(out, uint16(len(pairs)))
 	for _, p := range pairs {
-		out = binary.BigEndian.AppendUint16(out, uint16(len(p.k)))
-		out = append(out, p.k...)
-		out = binary.BigEndian.AppendUint16(out, uint16(len(p.v)))
-		out = append(out, p.v...)
+		out = appendPair(out, p.k, p.v)
 	}
 	return out, nil
+}
+
+// checkPair checks one pair of an encryption context. (One pair alone is
+// at most 2 + 4 + 256 + 1024 bytes, within MaxContextBytes.)
+func checkPair(k, v string) error {
+	switch {
+	case k == "" || len(k) > MaxContextKey:
+		return fmt.Errorf("%w: key length %d out of 1..%d", ErrContext, len(k), MaxContextKey)
+	case len(v) > MaxContextValue:
+		return fmt.Errorf("%w: value of %q is %d bytes, limit %d", ErrContext, k, len(v), MaxContextValue)
+	case !validUTF8(k) || !validUTF8(v):
+		return fmt.Errorf("%w: not UTF-8", ErrContext)
+	}
+	return nil
+}
+
+// validUTF8 is utf8.ValidString after a plain byte loop over the ASCII
+// prefix: most contexts' keys and values are a few bytes of ASCII, for
+// which the loop is cheaper than ValidString's word-at-a-time path.
+func validUTF8(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return utf8.ValidString(s[i:])
+		}
+	}
+	return true
+}
+
+func appendPair(out []byte, k, v string) []byte {
+	out = binary.BigEndian.AppendUint16(out, uint16(len(k)))
+	out = append(out, k...)
+	out = binary.BigEndian.AppendUint16(out, uint16(len(v)))
+	return append(out, v...)
 }

@@ -71,6 +71,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/keybroker/keybroker/secret"
 )
@@ -331,27 +332,60 @@ func (d *DataKey) seal(plaintext []byte, ctx map[string]string, nonce []byte) ([
 	return d.sealCanonical(plaintext, c, nonce)
 }
 
-var zeroNonce [NonceSize]byte
+// aadScratch holds the AAD of one Seal or Open — header ‖ canonical
+// context, about 100 bytes for a 60-byte wrapped key and a small context —
+// so that the message's output is the only allocation, exactly its size.
+// (The AAD cannot share the output: AES-GCM requires that they do not
+// overlap, and in the output's spare capacity it would push a 1 KiB
+// message's ciphertext into the next size class.) It holds no secret: the
+// header travels with the ciphertext and the context is the caller's
+// authenticated, unencrypted metadata.
+type aadScratch [512]byte
+
+var aadPool = sync.Pool{New: func() any { return new(aadScratch) }}
+
+// buildAAD returns header ‖ context in a pooled buffer when it fits (put
+// it back with releaseAAD), or in a new one.
+func buildAAD(header, canonicalContext []byte) ([]byte, *aadScratch) {
+	n := len(header) + len(canonicalContext)
+	var s *aadScratch
+	var aad []byte
+	if n <= len(aadScratch{}) {
+		s = aadPool.Get().(*aadScratch)
+		aad = s[:0]
+	} else {
+		aad = make([]byte, 0, n)
+	}
+	aad = append(aad, header...)
+	return append(aad, canonicalContext...), s
+}
+
+func releaseAAD(s *aadScratch) {
+	if s != nil {
+		aadPool.Put(s)
+	}
+}
 
 // sealCanonical seals under nonce, or a random one when nonce is nil, in
-// one allocation: the ciphertext, with the AAD built in its spare capacity
-// (AES-GCM writes only the ciphertext's own bytes).
+// one allocation of exactly the ciphertext's size.
 func (d *DataKey) sealCanonical(plaintext, c, nonce []byte) ([]byte, error) {
 	if len(plaintext) > MaxPlaintext {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(plaintext), MaxPlaintext)
 	}
-	hdr := 1 + 1 + len(d.KeyID) + 4 + 2 + len(d.Wrapped) + NonceSize
+	hdr := len(d.prefix) + NonceSize
 	n := hdr + len(plaintext) + TagSize
-	buf := make([]byte, n+hdr+len(c))
-	out := appendHeader(buf[:0], d.KeyID, d.Version, d.Wrapped, zeroNonce[:])
-	nc := out[hdr-NonceSize:]
+	out := make([]byte, hdr, n)
+	copy(out, d.prefix)
+	nc := out[len(d.prefix):hdr]
 	if nonce == nil {
 		_, _ = rand.Read(nc)
 	} else {
 		copy(nc, nonce)
 	}
-	aad := append(append(buf[n:n], out...), c...)
-	return d.aead.Seal(out, nc, plaintext, aad)[:n:n], nil
+	aad, s := buildAAD(out[:hdr], c)
+	ct := d.aead.Seal(out, nc, plaintext, aad)
+	releaseAAD(s)
+	return ct, nil
 }
 
 // Open decrypts a ciphertext whose header h was parsed by ParseHeader and
@@ -379,16 +413,15 @@ func (d *DataKey) OpenOwn(ciphertext, canonicalContext []byte) (plaintext []byte
 }
 
 // open decrypts body under nonce with AAD header ‖ context, in one
-// allocation: the plaintext, with the AAD in its spare capacity.
+// allocation of exactly the plaintext's size.
 func (d *DataKey) open(header, nonce, body, canonicalContext []byte) ([]byte, error) {
-	n := len(body) - TagSize
-	buf := make([]byte, n+len(header)+len(canonicalContext))
-	aad := append(append(buf[n:n], header...), canonicalContext...)
-	pt, err := d.aead.Open(buf[:0], nonce, body, aad)
+	aad, s := buildAAD(header, canonicalContext)
+	pt, err := d.aead.Open(make([]byte, 0, len(body)-TagSize), nonce, body, aad)
+	releaseAAD(s)
 	if err != nil {
 		return nil, ErrDecrypt
 	}
-	return pt[:n:n], nil
+	return pt, nil
 }
 
 // OpenCanonical is Open for a context already encoded by

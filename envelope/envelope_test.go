@@ -461,9 +461,20 @@ func TestCacheCoalescesAndHonoursCallerContext(t *testing.T) {
 	}
 }
 
+// FuzzParseHeader checks what holds for any input: ParseHeader does not
+// panic and refuses with ErrMalformed; a header it accepts is valid, says
+// what NewDataKeyHeader accepts, and encodes back to the same bytes; and
+// only the one ciphertext sealed under the data key opens with it.
 func FuzzParseHeader(f *testing.F) {
-	dk, _ := GenerateDataKey(material(1), "payments", 7)
-	ct, _ := dk.Seal([]byte("seed"), map[string]string{"a": "b"})
+	// A fixed data key and nonce: the seed opens in every worker and run.
+	dk, err := generate(material(1), "payments", 7, secret.New(bytes.Repeat([]byte{7}, DEKSize)), bytes.Repeat([]byte{8}, NonceSize))
+	if err != nil {
+		f.Fatal(err)
+	}
+	ct, err := dk.seal([]byte("seed"), map[string]string{"a": "b"}, bytes.Repeat([]byte{9}, NonceSize))
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(ct)
 	f.Add([]byte{1})
 	f.Add([]byte{1, 3, 'a', 'b', 'c', 0, 0, 0, 1, 0, 60})
@@ -478,8 +489,14 @@ func FuzzParseHeader(f *testing.F) {
 		if !ValidKeyID(h.KeyID) || h.Version == 0 || len(h.WrappedDEK) < WrappedDEKLen || len(h.WrappedDEK) > MaxWrappedDEK || len(h.Nonce) != NonceSize || len(body) < TagSize {
 			t.Fatalf("accepted an invalid header: %+v", h)
 		}
+		if _, err := NewDataKeyHeader(h.KeyID, h.Version, h.WrappedDEK); err != nil {
+			t.Fatalf("ParseHeader accepted key %q version %d and a %d-byte wrapped key; NewDataKeyHeader refuses them: %v", h.KeyID, h.Version, len(h.WrappedDEK), err)
+		}
+		if again := append(appendHeader(nil, h.KeyID, h.Version, h.WrappedDEK, h.Nonce), body...); !bytes.Equal(again, in) {
+			t.Fatalf("header encodes back to %x, want %x", again, in)
+		}
 		// Opening garbage must fail cleanly, never panic.
-		if _, err := dk.Open(h, body, nil); err == nil && !bytes.Equal(in, ct) {
+		if _, err := dk.Open(h, body, map[string]string{"a": "b"}); err == nil && !bytes.Equal(in, ct) {
 			t.Fatalf("opened a ciphertext that was not sealed")
 		}
 	})

@@ -810,6 +810,10 @@ func TestStreamKnownAnswer(t *testing.T) {
 	}
 }
 
+// FuzzStreamReader checks the stream reader on any input: no panic; a
+// header that reads encodes back to itself and is all that was read; every
+// refusal is ErrMalformed, ErrDecrypt or ErrTruncated; and only the
+// streams the seeds sealed open, to their plaintexts.
 func FuzzStreamReader(f *testing.F) {
 	dk := streamKey(f, 14)
 	ectx := map[string]string{"a": "b"}
@@ -833,6 +837,17 @@ func FuzzStreamReader(f *testing.F) {
 	f.Add([]byte{FormatStreamV1})
 	f.Add(appendStreamHeader(nil, "payments", 3, dk.Wrapped, MaxSegmentSize, make([]byte, StreamSaltSize)))
 	f.Fuzz(func(t *testing.T, in []byte) {
+		// A header that reads is exactly what the writer would write, and
+		// reading it consumed nothing more.
+		r := bytes.NewReader(in)
+		if h, err := ReadStreamHeader(r); err == nil {
+			enc := appendStreamHeader(nil, h.KeyID, h.Version, h.WrappedDEK, h.SegmentSize, h.Salt)
+			if !bytes.Equal(enc, h.raw) || !bytes.HasPrefix(in, enc) || r.Len() != len(in)-len(enc) {
+				t.Fatalf("stream header %x encodes back to %x, having read %d bytes", h.raw, enc, len(in)-r.Len())
+			}
+		} else if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("ReadStreamHeader error %v is not ErrMalformed", err)
+		}
 		got, err := openStream(bytes.NewReader(in), dk, ectx)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrDecrypt) && !errors.Is(err, ErrTruncated) {
