@@ -225,6 +225,7 @@ type Log struct {
 	path string
 	f    *os.File
 
+	syncMu  sync.Mutex // serialises Syncs
 	mu      sync.Mutex
 	written *sync.Cond // signalled after each write
 	seq     uint64     // last line chained
@@ -344,27 +345,39 @@ func (l *Log) flusher(every time.Duration) {
 	}
 }
 
-// Sync fsyncs the log and updates its head file.
+// Sync fsyncs the log and updates its head file. Appends go on while it
+// runs: the log's lock is held only to read what has been written so far
+// and to record a failure, never across the fsync or the head's rename.
 func (l *Log) Sync() error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.syncLocked()
-}
-
-func (l *Log) syncLocked() error {
 	if !l.dirty || l.err != nil {
-		return l.err
+		err := l.err
+		l.mu.Unlock()
+		return err
 	}
-	if err := l.f.Sync(); err != nil {
-		l.err = fmt.Errorf("audit: fsync %s: %w", l.path, err)
-		return l.err
-	}
-	if err := writeHead(headOf(l.path), l.wseq, l.whash); err != nil {
-		l.err = fmt.Errorf("audit: head: %w", err)
-		return l.err
-	}
+	// Lines written from here on mark the log dirty again for the next
+	// Sync; the head records only what this fsync covers.
+	seq, hash := l.wseq, l.whash
 	l.dirty = false
-	return nil
+	l.mu.Unlock()
+	err := l.f.Sync()
+	if err != nil {
+		err = fmt.Errorf("audit: fsync %s: %w", l.path, err)
+	} else if herr := writeHead(headOf(l.path), seq, hash); herr != nil {
+		err = fmt.Errorf("audit: head: %w", herr)
+	}
+	if err != nil {
+		l.mu.Lock()
+		if l.err == nil {
+			l.err = err
+			l.failed = l.wseq + 1
+		}
+		l.written.Broadcast()
+		l.mu.Unlock()
+	}
+	return err
 }
 
 // Close flushes and closes the log.
@@ -379,11 +392,11 @@ func (l *Log) Close() error {
 	close(l.stop)
 	<-l.done
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	for l.writing {
 		l.written.Wait()
 	}
-	err := l.syncLocked()
+	l.mu.Unlock()
+	err := l.Sync()
 	return errors.Join(err, l.f.Close())
 }
 

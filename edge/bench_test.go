@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/serve"
 )
 
 // benchCluster is a central node on softkms and one edge, in this process, talking gRPC over mutual TLS on loopback, with a warm
@@ -27,6 +29,8 @@ type benchCluster struct {
 
 func startBench(b *testing.B, prefetch bool) *benchCluster {
 	b.Helper()
+	// The GC target the keybroker process runs with (GOGC unless set).
+	serve.TuneGC(os.Getenv)
 	c, err := devcluster.Start(b.Context(), devcluster.Options{Dir: b.TempDir(),
 		Edges: []devcluster.EdgeSpec{{Name: "edge-1", Region: "eu", Prefetch: prefetch}}})
 	if err != nil {
