@@ -61,6 +61,20 @@ test-faults: test-deps
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) $(PKGS)
 
+# bench-scenarios runs the scenario benchmarks docs/benchmarks.md reports:
+# propagation of rotations and disables to 10 and 50 edges, cold-miss
+# coalescing, edge against central against a no-op RPC, calls beyond the
+# edge per million encrypts, and each backend against its raw ceiling
+# (five single runs, so a backend and its ceiling run close in time).
+bench-scenarios:
+	$(GO) test -run '^$$' -bench BenchmarkPropagation -benchtime 200x -count 3 -timeout 30m ./internal/scenarios/
+	$(GO) test -run '^$$' -bench BenchmarkColdMiss -benchtime 10x -count 3 ./internal/scenarios/
+	$(GO) test -run '^$$' -bench 'BenchmarkEdge$$' -benchtime 500ms -count 3 ./edge/
+	$(GO) test -run '^$$' -bench BenchmarkEdgeCalls -benchtime 1000000x ./edge/
+	for i in 1 2 3 4 5; do \
+		$(GO) test -run '^$$' -bench . -benchtime 300ms -count 1 ./softhsm-test/ ./backends/softkms/ ./backends/awskms/ ./backends/gcpkms/ || exit 1; \
+	done
+
 # soak runs scripts/soak.sh: a fresh keybroker dev cluster under mixed load
 # for SOAKTIME, failing on any failed call or resident memory growing more
 # than SOAK_RSS_GROWTH percent (default 25).

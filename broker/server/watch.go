@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bytes"
+	"container/list"
 	"context"
 	"errors"
 	"sort"
@@ -56,6 +58,7 @@ type watcher struct {
 	rid       string
 	principal string
 	policy    string // hash of the policy last sent
+	sealed    sealCache
 }
 
 func (w *watcher) run(ctx context.Context, from uint64) error {
@@ -190,9 +193,10 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 	switch ev.Object.Kind {
 	case broker.KindKeys:
 		if ev.Type == store.Delete {
+			w.sealed.drop(ev.Object.ID)
 			return w.send(&kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_DeletedKeyId{DeletedKeyId: ev.Object.ID}})
 		}
-		k, err := broker.DecodeKey(ev.Object)
+		k, err := w.eventKey(ctx, ev)
 		if err != nil {
 			return w.s.toStatus(err).Err()
 		}
@@ -210,6 +214,18 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 		return w.sendNodes(ctx, ev.Revision)
 	}
 	return nil
+}
+
+// eventKey is the key a key event wrote: the registry's in-memory copy
+// when it is at the event's revision — as it is once the write that made
+// the event has returned — so that every edge's stream does not decode
+// the same record again, and otherwise the event's own record. Keys are
+// read-only once the registry holds them.
+func (w *watcher) eventKey(ctx context.Context, ev store.Event) (*broker.Key, error) {
+	if k, err := w.s.svc.Registry().Get(ctx, ev.Object.ID); err == nil && k.Revision == ev.Revision {
+		return k, nil
+	}
+	return broker.DecodeKey(ev.Object)
 }
 
 // sendNodes sends the inventory as it is now.
@@ -245,18 +261,115 @@ func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, er
 			w.auditHold(k, d.PolicyID())
 		}
 	}
+	w.sealed.sealingTo(w.node.SealingKey)
+	if !hold {
+		w.sealed.drop(k.ID)
+	}
+	var held map[uint32]sealedVersion
 	for _, v := range k.Versions {
 		ev := &kbv1.EdgeKeyVersion{Version: v.Version, PublicKey: v.PublicKey}
 		if hold && v.Version >= k.MinDecryptionVersion {
-			blob, err := w.s.svc.SealMaterial(ctx, w.node, k, v.Version)
-			if err != nil {
-				return nil, w.s.toStatus(err).Err()
+			sv, ok := w.sealed.get(k, v)
+			if !ok {
+				blob, err := w.s.svc.SealMaterial(ctx, w.node, k, v.Version)
+				if err != nil {
+					return nil, w.s.toStatus(err).Err()
+				}
+				sv = sealedVersion{keyCreated: k.Created, created: v.Created, root: v.RootKey, blob: blob}
 			}
-			ev.SealedMaterial = blob
+			if held == nil {
+				held = map[uint32]sealedVersion{}
+			}
+			held[v.Version] = sv
+			ev.SealedMaterial = sv.blob
 		}
 		ek.Versions = append(ek.Versions, ev)
 	}
+	if held != nil {
+		w.sealed.put(k.ID, held)
+	}
 	return ek, nil
+}
+
+// maxSealedBlobs bounds a stream's sealCache: about 1.2 KB each (an
+// ML-KEM-768 and X25519 encapsulation and 48 bytes of AEAD output), so
+// under 3 MB per edge.
+const maxSealedBlobs = 2048
+
+// sealCache keeps the material a Watch stream has sealed to its edge, by
+// key, so that a key event seals only the versions the stream has not
+// sealed before and sends the others as sealed then. Every key event
+// carries the material of every version the edge may hold, and sealing
+// is an HPKE encapsulation (about 130 µs), so without it each rotation
+// cost versions × edges encapsulations — seconds for a key with a hundred
+// versions and fifty edges — and its propagation grew with every rotation.
+//
+// A blob stays good while the edge's sealing key and the version's
+// material stay the same: versions are matched on their key's and their
+// own creation time and root key (a key deleted and created again under
+// the same id is a new key), and a new sealing key empties the cache.
+// Keys the edge may no longer hold, deleted keys and versions below the
+// minimum leave it with the next event. Least recently sent keys are
+// evicted past maxSealedBlobs. A stream's watcher runs on one goroutine:
+// no locking.
+type sealCache struct {
+	to    []byte                   // the sealing key the blobs are sealed to
+	keys  map[string]*list.Element // key id → element of lru holding *sealedKey
+	lru   list.List                // most recently sent first
+	blobs int
+}
+
+type sealedKey struct {
+	id       string
+	versions map[uint32]sealedVersion
+}
+
+type sealedVersion struct {
+	keyCreated, created time.Time
+	root                string
+	blob                []byte
+}
+
+// sealingTo says which sealing key the blobs about to be got and put are
+// sealed to; a new one empties the cache.
+func (c *sealCache) sealingTo(to []byte) {
+	if c.keys == nil || !bytes.Equal(c.to, to) {
+		c.keys, c.to, c.blobs = map[string]*list.Element{}, bytes.Clone(to), 0
+		c.lru.Init()
+	}
+}
+
+// get returns version v of k, if cached.
+func (c *sealCache) get(k *broker.Key, v broker.Version) (sealedVersion, bool) {
+	e, ok := c.keys[k.ID]
+	if !ok {
+		return sealedVersion{}, false
+	}
+	sv, ok := e.Value.(*sealedKey).versions[v.Version]
+	if !ok || !sv.keyCreated.Equal(k.Created) || !sv.created.Equal(v.Created) || sv.root != v.RootKey {
+		return sealedVersion{}, false
+	}
+	return sv, true
+}
+
+// put records the versions of key id just sent, replacing what was
+// cached for the key.
+func (c *sealCache) put(id string, versions map[uint32]sealedVersion) {
+	c.drop(id)
+	c.keys[id] = c.lru.PushFront(&sealedKey{id: id, versions: versions})
+	c.blobs += len(versions)
+	for c.blobs > maxSealedBlobs && c.lru.Len() > 1 {
+		c.drop(c.lru.Back().Value.(*sealedKey).id)
+	}
+}
+
+// drop forgets key id.
+func (c *sealCache) drop(id string) {
+	if e, ok := c.keys[id]; ok {
+		c.blobs -= len(e.Value.(*sealedKey).versions)
+		c.lru.Remove(e)
+		delete(c.keys, id)
+	}
 }
 
 // auditHold records that a key's material went to the edge.

@@ -1,0 +1,161 @@
+package server
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/sealed"
+)
+
+// TestWatchSealsEachVersionOnce: a rotation event carries the earlier
+// versions' material exactly as the stream sent it before (HPKE sealing is
+// randomized, so equal bytes mean no new sealing), still opening at the
+// edge; material withdrawn by a disable is sealed afresh when the key is
+// enabled again.
+func TestWatchSealsEachVersionOnce(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "k", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: `principal.region == "eu"`}); err != nil {
+		t.Fatal(err)
+	}
+	sk, _ := sealed.GenerateKey()
+	edge := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-1"))
+	if _, err := edge.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "eu", Address: "eu.example:7443", Prefetch: true}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := edge.Watch(ctx, &kbv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// next returns the next event for the key, snapshot or change.
+	next := func() *kbv1.EdgeKey {
+		t.Helper()
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("Recv: %v", err)
+			}
+			if s := ev.GetSnapshot(); s != nil {
+				return s.GetKeys()[0]
+			}
+			if k := ev.GetKey(); k != nil {
+				return k
+			}
+		}
+	}
+	blobs := func(k *kbv1.EdgeKey) [][]byte {
+		t.Helper()
+		var out [][]byte
+		for _, v := range k.GetVersions() {
+			if _, err := sealed.Open(sk, v.GetSealedMaterial(), "edge-1", "k", v.GetVersion()); err != nil {
+				t.Fatalf("version %d does not open: %v", v.GetVersion(), err)
+			}
+			out = append(out, v.GetSealedMaterial())
+		}
+		return out
+	}
+	before := blobs(next())
+	for range 2 {
+		if _, err := admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "k"}); err != nil {
+			t.Fatal(err)
+		}
+		after := blobs(next())
+		if len(after) != len(before)+1 {
+			t.Fatalf("%d versions after rotating, want %d", len(after), len(before)+1)
+		}
+		for i := range before {
+			if !bytes.Equal(before[i], after[i]) {
+				t.Errorf("version %d sealed again after a rotation", i+1)
+			}
+		}
+		before = after
+	}
+	if _, err := admin.DisableKey(ctx, &kbv1.KeyRequest{KeyId: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if k := next(); len(k.GetVersions()[0].GetSealedMaterial()) != 0 {
+		t.Fatal("a disabled key's material was sent")
+	}
+	if _, err := admin.EnableKey(ctx, &kbv1.KeyRequest{KeyId: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range blobs(next()) {
+		if bytes.Equal(b, before[i]) {
+			t.Errorf("version %d after enabling: the blob sent before the disable, want one sealed afresh", i+1)
+		}
+	}
+}
+
+func TestSealCache(t *testing.T) {
+	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	key := func(id string, versions int) *broker.Key {
+		k := &broker.Key{ID: id, Created: created}
+		for v := range versions {
+			k.Versions = append(k.Versions, broker.Version{Version: uint32(v + 1), Created: created.Add(time.Duration(v) * time.Hour), RootKey: "softkms:root"})
+		}
+		return k
+	}
+	entry := func(k *broker.Key) map[uint32]sealedVersion {
+		m := map[uint32]sealedVersion{}
+		for _, v := range k.Versions {
+			m[v.Version] = sealedVersion{keyCreated: k.Created, created: v.Created, root: v.RootKey, blob: []byte(k.ID)}
+		}
+		return m
+	}
+	to, other := []byte("sealing key 1"), []byte("sealing key 2")
+	var c sealCache
+	c.sealingTo(to)
+	a := key("a", 2)
+	c.put("a", entry(a))
+	if _, ok := c.get(a, a.Versions[1]); !ok {
+		t.Error("get(a v2) missed after put")
+	}
+	recreated := key("a", 2)
+	recreated.Created = created.Add(time.Minute)
+	if _, ok := c.get(recreated, recreated.Versions[0]); ok {
+		t.Error("get for a key created again under the same id hit")
+	}
+	moved := a.Versions[0]
+	moved.RootKey = "softkms:other"
+	if _, ok := c.get(a, moved); ok {
+		t.Error("get for a version on another root key hit")
+	}
+	c.sealingTo(to)
+	if _, ok := c.get(a, a.Versions[1]); !ok {
+		t.Error("get(a v2) missed after the same sealing key again")
+	}
+
+	// Past maxSealedBlobs the least recently sent keys go; a key bigger
+	// than the bound stays alone.
+	big := key("big", maxSealedBlobs-2)
+	c.put("big", entry(big))
+	b := key("b", 2)
+	c.put("b", entry(b))
+	_, aCached := c.get(a, a.Versions[0])
+	_, bigCached := c.get(big, big.Versions[0])
+	if aCached || !bigCached || c.blobs != maxSealedBlobs {
+		t.Errorf("after passing the bound: a cached %v, big cached %v, %d blobs; want a alone evicted, %d", aCached, bigCached, c.blobs, maxSealedBlobs)
+	}
+	huge := key("huge", maxSealedBlobs+5)
+	c.put("huge", entry(huge))
+	if c.lru.Len() != 1 || c.blobs != maxSealedBlobs+5 {
+		t.Errorf("after a key over the bound: %d keys, %d blobs; want it alone", c.lru.Len(), c.blobs)
+	}
+
+	// A new sealing key empties the cache.
+	c.sealingTo(other)
+	if _, ok := c.get(huge, huge.Versions[0]); ok || c.lru.Len() != 0 || c.blobs != 0 {
+		t.Errorf("after a new sealing key: %d keys, %d blobs; want none", c.lru.Len(), c.blobs)
+	}
+	c.put("b", entry(b))
+	c.drop("b")
+	if c.lru.Len() != 0 || c.blobs != 0 || len(c.keys) != 0 {
+		t.Errorf("after drop: %d keys, %d blobs", c.lru.Len(), c.blobs)
+	}
+}
