@@ -58,6 +58,7 @@ type benchFlags struct {
 	interval    time.Duration
 	encCtx      pairsValue
 	compareNoop bool
+	rounds      int
 	metrics     []string
 	maxGrowth   float64
 }
@@ -108,6 +109,7 @@ type benchJSON struct {
 	Calls       map[string]uint64   `json:"calls_by_op"` // calls made, those cut short by the end of the run included
 	Noop        *loadgen.Stats      `json:"noop,omitempty"`
 	RatioToNoop float64             `json:"ratio_to_noop,omitempty"`
+	RoundRatios []float64           `json:"round_ratios,omitempty"`
 	Intervals   []benchIntervalJSON `json:"intervals,omitempty"`
 	Memory      []memoryJSON        `json:"memory,omitempty"`
 }
@@ -171,6 +173,11 @@ interceptors with no key, policy, audit or payload, and prints the ratio:
 how close the operation comes to the ceiling of any RPC service on this
 machine and network.
 
+The two loads alternate in --rounds rounds (default 5) of --duration ÷ rounds
+each, and the ratio printed is the median of the rounds' ratios, so a change
+in the machine's load meets both alike. With --count, --interval or --rounds 1
+the no-op runs once, after the operation.
+
 --interval prints the figures of each period as the run goes. With
 --metrics URL (a node's ops /metrics, fetched with the client certificate)
 each period also reads the process's resident memory and goroutines, and
@@ -203,6 +210,7 @@ encrypted. Exit status 1 when any call failed, after the report.`,
 	fs.DurationVar(&f.interval, "interval", 0, "print each period's figures this often (e.g. 30s); 0 prints the total only")
 	fs.Var(&f.encCtx, "context", "encryption context pair k=v; repeat for more")
 	fs.BoolVar(&f.compareNoop, "compare-noop", false, "also run no-op calls with the same load against the same node and print the ratio")
+	fs.IntVar(&f.rounds, "rounds", 5, "with --compare-noop and --duration: alternate the operation and the no-op this many times and report the median ratio")
 	fs.StringSliceVar(&f.metrics, "metrics", nil, "ops /metrics URL of a process to read resident memory from at each --interval; repeat for more")
 	fs.Float64Var(&f.maxGrowth, "max-rss-growth", 0, "fail when resident memory grew more than this many percent from the first period to the last; 0 only reports")
 	a.addClientFlags(fs)
@@ -231,6 +239,8 @@ func (f *benchFlags) check(ops []weightedOp) error {
 		return usageErrorf("--duration 0 needs --count")
 	case f.batch < 1 || f.batch > 100:
 		return usageErrorf("--batch must be 1 to 100 (the API's limit), not %d", f.batch)
+	case f.rounds < 1 || f.rounds > 1000:
+		return usageErrorf("--rounds must be 1 to 1000, not %d", f.rounds)
 	case f.maxGrowth < 0:
 		return usageErrorf("--max-rss-growth must not be negative")
 	case (f.maxGrowth > 0 || len(f.metrics) > 0) && f.interval == 0:
@@ -339,12 +349,26 @@ func (a *app) bench(cmd *cobra.Command, f *benchFlags) error {
 			a.printInterval(iv, st.Start.Add(st.Elapsed).Sub(out.Intervals[0].Start))
 		}
 	}
-	res, err := loadgen.Run(ctx, cfg, func(w int) (loadgen.Op, error) {
+	newOp := func(w int) (loadgen.Op, error) {
 		calls[w] = map[string]uint64{}
 		return b.newWorker(ctx, w, ops, calls[w])
-	})
-	if err != nil {
-		return err
+	}
+	newNoop := func(w int) (loadgen.Op, error) {
+		return b.newWorker(ctx, w, []weightedOp{{Name: "noop", Weight: 1}}, map[string]uint64{})
+	}
+	paired := f.compareNoop && f.rounds > 1 && f.count == 0 && f.interval == 0
+	var res loadgen.Stats
+	if paired {
+		p, err := loadgen.RunPaired(ctx, cfg, f.rounds, newOp, newNoop)
+		if err != nil {
+			return err
+		}
+		res, out.Noop, out.RatioToNoop, out.RoundRatios = p.A, &p.B, p.MedianRatio(), p.Ratios
+	} else {
+		var err error
+		if res, err = loadgen.Run(ctx, cfg, newOp); err != nil {
+			return err
+		}
 	}
 	out.Result = res
 	out.Calls = map[string]uint64{}
@@ -353,11 +377,9 @@ func (a *app) bench(cmd *cobra.Command, f *benchFlags) error {
 			out.Calls[k] += n
 		}
 	}
-	if f.compareNoop {
+	if f.compareNoop && !paired {
 		cfg.Interval, cfg.OnInterval = 0, nil
-		noop, err := loadgen.Run(ctx, cfg, func(w int) (loadgen.Op, error) {
-			return b.newWorker(ctx, w, []weightedOp{{Name: "noop", Weight: 1}}, map[string]uint64{})
-		})
+		noop, err := loadgen.Run(ctx, cfg, newNoop)
 		if err != nil {
 			return err
 		}
@@ -641,7 +663,15 @@ func (a *app) printBench(out benchJSON, ops []weightedOp) {
 		fmt.Fprintf(a.env.stdout, "batches of %d items\n", out.Batch)
 	}
 	if out.Noop != nil {
-		fmt.Fprintf(a.env.stdout, "%s ÷ no-op: %.1f %% of the no-op ceiling (grpc.health.v1.Health/Check on the same node and TLS)\n", name, 100*out.RatioToNoop)
+		how := ""
+		if n := len(out.RoundRatios); n > 0 {
+			pcs := make([]string, n)
+			for i, r := range out.RoundRatios {
+				pcs[i] = fmt.Sprintf("%.0f", 100*r)
+			}
+			how = fmt.Sprintf(", median of %d alternating rounds (%s %%)", n, strings.Join(pcs, ", "))
+		}
+		fmt.Fprintf(a.env.stdout, "%s ÷ no-op: %.1f %% of the no-op ceiling (grpc.health.v1.Health/Check on the same node and TLS%s)\n", name, 100*out.RatioToNoop, how)
 	}
 	for _, m := range out.Memory {
 		fmt.Fprintf(a.env.stdout, "memory %s: resident %.1f MiB after the first period, %.1f MiB at the end (%+.1f %%), peak %.1f MiB\n",

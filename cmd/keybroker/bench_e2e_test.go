@@ -21,8 +21,9 @@ type benchResult struct {
 	Noop  *struct {
 		Ops uint64 `json:"ops"`
 	} `json:"noop"`
-	Ratio     float64 `json:"ratio_to_noop"`
-	Intervals []struct {
+	Ratio       float64   `json:"ratio_to_noop"`
+	RoundRatios []float64 `json:"round_ratios"`
+	Intervals   []struct {
 		Ops       uint64 `json:"ops"`
 		Processes []struct {
 			Error      string  `json:"error"`
@@ -87,8 +88,14 @@ func TestBenchEndToEnd(t *testing.T) {
 		}
 		r = runCLI(t, env, nil, "bench", "--key", demoKeyID, "--count", "100", "--warmup", "0", "--compare-noop", "--output", "json")
 		wantCode(t, r, 0)
-		if b := decodeBench(t, r); b.Noop == nil || b.Noop.Ops != 100 || b.Ratio <= 0 {
-			t.Errorf("--compare-noop --output json: noop %+v ratio %v", b.Noop, b.Ratio)
+		if b := decodeBench(t, r); b.Noop == nil || b.Noop.Ops != 100 || b.Ratio <= 0 || len(b.RoundRatios) != 0 {
+			t.Errorf("--compare-noop --count --output json: noop %+v ratio %v rounds %v", b.Noop, b.Ratio, b.RoundRatios)
+		}
+		// With a duration the two loads alternate in rounds.
+		r = runCLI(t, env, nil, "bench", "--key", demoKeyID, "--duration", "600ms", "--rounds", "3", "--warmup", "0", "--compare-noop", "--output", "json")
+		wantCode(t, r, 0)
+		if b := decodeBench(t, r); b.Noop == nil || b.Noop.Ops == 0 || b.Result.Ops == 0 || len(b.RoundRatios) != 3 || b.Ratio <= 0 {
+			t.Errorf("--compare-noop --rounds 3: noop %+v ops %d ratio %v rounds %v", b.Noop, b.Result.Ops, b.Ratio, b.RoundRatios)
 		}
 	})
 
@@ -149,6 +156,7 @@ func TestBenchUsage(t *testing.T) {
 		{[]string{"--op", "batch-encrypt", "--key", "k", "--size", "1MiB", "--batch", "5"}, exitInvalid, "over a request's 4 MiB"},
 		{[]string{"--key", "k", "--size", "12parsecs"}, exitUsage, "unit must be"},
 		{[]string{"--key", "k", "--size", "-1"}, exitUsage, "not a size"},
+		{[]string{"--key", "k", "--compare-noop", "--rounds", "0"}, exitUsage, "--rounds"},
 	} {
 		r := runCLI(t, env, nil, append([]string{"bench"}, tc.args...)...)
 		if r.code != tc.code || !strings.Contains(r.stderr, tc.msg) {

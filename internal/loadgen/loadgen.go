@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -295,4 +296,90 @@ func (a *accumulator) stats(end time.Time) Stats {
 			Max: time.Duration(a.hist.Max()), Mean: time.Duration(a.hist.Mean())}
 	}
 	return s
+}
+
+// Paired are the figures of RunPaired: each load's, over all its rounds,
+// and the ratio of their rates in each round.
+type Paired struct {
+	A, B Stats
+	// Ratios are A's rate over B's, one a round.
+	Ratios []float64
+}
+
+// MedianRatio is the median of the rounds' ratios.
+func (p Paired) MedianRatio() float64 {
+	if len(p.Ratios) == 0 {
+		return 0
+	}
+	r := slices.Sorted(slices.Values(p.Ratios))
+	if n := len(r); n%2 == 0 {
+		return (r[n/2-1] + r[n/2]) / 2
+	}
+	return r[len(r)/2]
+}
+
+// RunPaired runs two loads in turn, rounds times each, each round lasting
+// cfg.Duration / rounds, so that both meet the same conditions on a
+// machine whose load changes: the ratio of their rates is taken round by
+// round. cfg.Warmup runs both first; cfg.Count, Interval and OnStart are
+// not used.
+func RunPaired(ctx context.Context, cfg Config, rounds int, newA, newB func(worker int) (Op, error)) (Paired, error) {
+	if cfg.Workers < 1 || rounds < 1 || cfg.Duration < time.Duration(rounds)*time.Millisecond {
+		return Paired{}, fmt.Errorf("loadgen: %d workers, %d rounds over %s: need workers ≥ 1 and rounds ≥ 1 of at least 1ms", cfg.Workers, rounds, cfg.Duration)
+	}
+	var loads [2][]Op
+	for l, newOp := range []func(int) (Op, error){newA, newB} {
+		loads[l] = make([]Op, cfg.Workers)
+		for i := range loads[l] {
+			op, err := newOp(i)
+			if err != nil {
+				return Paired{}, err
+			}
+			loads[l][i] = op
+		}
+	}
+	if cfg.Warmup > 0 {
+		for _, ops := range loads {
+			wctx, cancel := context.WithTimeout(ctx, cfg.Warmup/2)
+			run(wctx, ops, 0, nil)
+			cancel()
+		}
+	}
+	round := cfg.Duration / time.Duration(rounds)
+	var totals [2]*accumulator
+	var elapsed [2]time.Duration
+	var out Paired
+	for r := range rounds {
+		var rate [2]float64
+		for l, ops := range loads {
+			if err := ctx.Err(); err != nil {
+				return Paired{}, err
+			}
+			ws := make([]*worker, len(ops))
+			for i := range ws {
+				ws[i] = &worker{hist: newHistogram(), failed: map[codes.Code]uint64{}}
+			}
+			rctx, cancel := context.WithTimeout(ctx, round)
+			start := time.Now()
+			run(rctx, ops, 0, ws)
+			d := time.Since(start)
+			cancel()
+			acc := newAccumulator(start)
+			acc.takeFrom(ws)
+			if r == 0 {
+				totals[l] = newAccumulator(start)
+			}
+			totals[l].merge(acc)
+			elapsed[l] += d
+			rate[l] = float64(acc.hist.TotalCount()) / d.Seconds()
+		}
+		if rate[1] > 0 {
+			out.Ratios = append(out.Ratios, rate[0]/rate[1])
+		}
+	}
+	for l, st := range []*Stats{&out.A, &out.B} {
+		*st = totals[l].stats(totals[l].start)
+		st.Elapsed = elapsed[l]
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -174,5 +175,43 @@ func TestStatsJSON(t *testing.T) {
 	}
 	if got.Elapsed != 2 || got.Rate != 50 || got.Errors["Unavailable"] != 1 || got.Latency["p50"] != 1500 || got.Latency["p99_9"] != 3000 {
 		t.Errorf("JSON %s", b)
+	}
+}
+
+func TestRunPaired(t *testing.T) {
+	// A returns at once; B waits 2ms a call. Whatever the machine does,
+	// A's rate is above B's in every round.
+	fast := func(int) (Op, error) { return func(context.Context) error { return nil }, nil }
+	slow := func(int) (Op, error) {
+		return func(context.Context) error { time.Sleep(2 * time.Millisecond); return nil }, nil
+	}
+	p, err := RunPaired(t.Context(), Config{Workers: 2, Duration: 60 * time.Millisecond}, 3, fast, slow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Ratios) != 3 || p.A.Ops == 0 || p.B.Ops == 0 || p.A.Elapsed <= 0 || p.B.Elapsed <= 0 {
+		t.Fatalf("paired = %+v: want 3 rounds with calls on both sides", p)
+	}
+	for _, r := range p.Ratios {
+		if r <= 1 {
+			t.Errorf("round ratio %v: the fast load was not faster", r)
+		}
+	}
+	if m := p.MedianRatio(); m < slices.Min(p.Ratios) || m > slices.Max(p.Ratios) {
+		t.Errorf("median %v outside the rounds %v", m, p.Ratios)
+	}
+	if _, err := RunPaired(t.Context(), Config{Workers: 1, Duration: time.Second}, 0, fast, slow); err == nil {
+		t.Error("RunPaired with 0 rounds succeeded")
+	}
+}
+
+func TestMedianRatio(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := (Paired{Ratios: tc.in}).MedianRatio(); got != tc.want {
+			t.Errorf("MedianRatio(%v) = %v, want %v", tc.in, got, tc.want)
+		}
 	}
 }
