@@ -8,20 +8,15 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -166,33 +161,7 @@ func (c *edgeCluster) waitApplied(t *testing.T, rev uint64) {
 // opsMetric sums the samples of a Prometheus metric on a node's /metrics.
 func (c *edgeCluster) opsMetric(t *testing.T, opsAddr, name string) float64 {
 	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(c.ca.Cert)
-	certPEM, keyPEM, err := c.ca.Issue(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Admin, Name: "monitor"}, nil, time.Hour)
-	must(t, "Issue", err)
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	must(t, "X509KeyPair", err)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}}}
-	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+opsAddr+"/metrics", nil)
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	must(t, "GET /metrics", err)
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	sum := 0.0
-	for _, line := range strings.Split(string(body), "\n") {
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		metric, value, ok := strings.Cut(line, " ")
-		if base, _, _ := strings.Cut(metric, "{"); !ok || base != name {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		must(t, "metric value", err)
-		sum += v
-	}
-	return sum
+	return c.faultMetric(t, opsAddr, name, "")
 }
 
 func code(err error) codes.Code { return status.Code(err) }
