@@ -144,7 +144,9 @@ func (e *Encryptor) Stats() EncryptorStats {
 	return EncryptorStats{Messages: e.msgs.Load(), Bytes: e.bytes.Load(), Streams: e.streams.Load(), DataKeys: e.reuser.Created()}
 }
 
-// Close forgets every data key, zeroing them.
+// Close forgets every data key, so later messages get new ones. The keys
+// are dropped, not zeroed: a message being sealed at the same moment may
+// still hold one (see the envelope package's # Secrets).
 func (e *Encryptor) Close() { e.reuser.Forget(func(string) bool { return true }) }
 
 // DecryptorConfig configures a Decryptor.
