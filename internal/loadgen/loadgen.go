@@ -161,13 +161,9 @@ func Run(ctx context.Context, cfg Config, newOp func(worker int) (Op, error)) (S
 	if cfg.Duration <= 0 && cfg.Count == 0 {
 		return Stats{}, errors.New("loadgen: a duration or a count is needed")
 	}
-	ops := make([]Op, cfg.Workers)
-	for i := range ops {
-		op, err := newOp(i)
-		if err != nil {
-			return Stats{}, err
-		}
-		ops[i] = op
+	ops, err := makeOps(cfg.Workers, newOp)
+	if err != nil {
+		return Stats{}, err
 	}
 	if cfg.Warmup > 0 {
 		wctx, cancel := context.WithTimeout(ctx, cfg.Warmup)
@@ -181,10 +177,7 @@ func Run(ctx context.Context, cfg Config, newOp func(worker int) (Op, error)) (S
 		cfg.OnStart()
 	}
 
-	ws := make([]*worker, len(ops))
-	for i := range ws {
-		ws[i] = &worker{hist: newHistogram(), failed: map[codes.Code]uint64{}}
-	}
+	ws := newWorkers(len(ops))
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if cfg.Duration > 0 {
@@ -221,6 +214,28 @@ func Run(ctx context.Context, cfg Config, newOp func(worker int) (Op, error)) (S
 	last.takeFrom(ws)
 	total.merge(last)
 	return total.stats(end), nil
+}
+
+// makeOps makes each of n workers' Op.
+func makeOps(n int, newOp func(worker int) (Op, error)) ([]Op, error) {
+	ops := make([]Op, n)
+	for i := range ops {
+		op, err := newOp(i)
+		if err != nil {
+			return nil, err
+		}
+		ops[i] = op
+	}
+	return ops, nil
+}
+
+// newWorkers makes n workers' empty counters.
+func newWorkers(n int) []*worker {
+	ws := make([]*worker, n)
+	for i := range ws {
+		ws[i] = &worker{hist: newHistogram(), failed: map[codes.Code]uint64{}}
+	}
+	return ws
 }
 
 // run calls ops until ctx ends or count calls (when count > 0) have been
@@ -329,14 +344,11 @@ func RunPaired(ctx context.Context, cfg Config, rounds int, newA, newB func(work
 	}
 	var loads [2][]Op
 	for l, newOp := range []func(int) (Op, error){newA, newB} {
-		loads[l] = make([]Op, cfg.Workers)
-		for i := range loads[l] {
-			op, err := newOp(i)
-			if err != nil {
-				return Paired{}, err
-			}
-			loads[l][i] = op
+		ops, err := makeOps(cfg.Workers, newOp)
+		if err != nil {
+			return Paired{}, err
 		}
+		loads[l] = ops
 	}
 	if cfg.Warmup > 0 {
 		for _, ops := range loads {
@@ -346,29 +358,24 @@ func RunPaired(ctx context.Context, cfg Config, rounds int, newA, newB func(work
 		}
 	}
 	round := cfg.Duration / time.Duration(rounds)
-	var totals [2]*accumulator
+	start := time.Now()
+	totals := [2]*accumulator{newAccumulator(start), newAccumulator(start)}
 	var elapsed [2]time.Duration
 	var out Paired
-	for r := range rounds {
+	for range rounds {
 		var rate [2]float64
 		for l, ops := range loads {
 			if err := ctx.Err(); err != nil {
 				return Paired{}, err
 			}
-			ws := make([]*worker, len(ops))
-			for i := range ws {
-				ws[i] = &worker{hist: newHistogram(), failed: map[codes.Code]uint64{}}
-			}
+			ws := newWorkers(len(ops))
 			rctx, cancel := context.WithTimeout(ctx, round)
-			start := time.Now()
+			t0 := time.Now()
 			run(rctx, ops, 0, ws)
-			d := time.Since(start)
+			d := time.Since(t0)
 			cancel()
-			acc := newAccumulator(start)
+			acc := newAccumulator(t0)
 			acc.takeFrom(ws)
-			if r == 0 {
-				totals[l] = newAccumulator(start)
-			}
 			totals[l].merge(acc)
 			elapsed[l] += d
 			rate[l] = float64(acc.hist.TotalCount()) / d.Seconds()
@@ -377,9 +384,7 @@ func RunPaired(ctx context.Context, cfg Config, rounds int, newA, newB func(work
 			out.Ratios = append(out.Ratios, rate[0]/rate[1])
 		}
 	}
-	for l, st := range []*Stats{&out.A, &out.B} {
-		*st = totals[l].stats(totals[l].start)
-		st.Elapsed = elapsed[l]
-	}
+	// Each load's elapsed time is the sum of its own rounds.
+	out.A, out.B = totals[0].stats(start.Add(elapsed[0])), totals[1].stats(start.Add(elapsed[1]))
 	return out, nil
 }
