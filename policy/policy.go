@@ -102,9 +102,12 @@ type Principal struct {
 
 // Key is the resource of a key operation.
 type Key struct {
-	Name   string
-	Type   string // aes-256-gcm, hmac-sha256, ecdsa-p256, ed25519
-	Mode   string // derive, wrap, backend
+	Name string
+	Type string // aes-256-gcm, hmac-sha256, ecdsa-p256, ed25519
+	Mode string // derive, wrap, backend
+	// Root is the backend key URI of the key's root key (its primary
+	// version's); for CreateKey, the root the new key would use.
+	Root   string
 	Labels map[string]string
 }
 
@@ -142,6 +145,10 @@ const (
 	ListKeys       Action = "ListKeys"
 	ListNodes      Action = "ListNodes"
 )
+
+// Forward is an edge's right to relay a call to the central tier
+// (AuthorizeForward).
+const Forward Action = "Forward"
 
 // Decision is the outcome of an authorization.
 type Decision struct {
@@ -322,6 +329,10 @@ func (s *Set) decide(principal Principal, action Action, resource cedar.EntityUI
 }
 
 func (s *Set) decideWith(ps *cedar.PolicySet, principal Principal, action Action, resource cedar.EntityUID, resEntity *cedar.Entity) Decision {
+	return s.decideIn(ps, principal, action, resource, resEntity, cedar.NewRecord(nil))
+}
+
+func (s *Set) decideIn(ps *cedar.PolicySet, principal Principal, action Action, resource cedar.EntityUID, resEntity *cedar.Entity, context cedar.Record) Decision {
 	et, ok := principal.Kind.entityType()
 	if !ok || principal.Name == "" {
 		return Decision{}
@@ -341,7 +352,7 @@ func (s *Set) decideWith(ps *cedar.PolicySet, principal Principal, action Action
 		Principal: puid,
 		Action:    cedar.NewEntityUID("Action", cedar.String(action)),
 		Resource:  resource,
-		Context:   cedar.NewRecord(nil),
+		Context:   context,
 	}
 	// The schema says which principal kinds each action applies to; Cedar
 	// does not enforce that when it evaluates, so a policy with an
@@ -370,11 +381,30 @@ func (s *Set) AuthorizeKey(principal Principal, action Action, key Key) Decision
 }
 
 func (s *Set) evaluate(ps *cedar.PolicySet, principal Principal, action Action, key Key) Decision {
-	uid := cedar.NewEntityUID("Key", cedar.String(key.Name))
-	ent := cedar.Entity{UID: uid, Tags: tags(key.Labels), Attributes: cedar.NewRecord(cedar.RecordMap{
-		"type": cedar.String(key.Type), "mode": cedar.String(key.Mode),
-	})}
+	uid, ent := keyEntity(key)
 	return s.decideWith(ps, principal, action, uid, &ent)
+}
+
+func keyEntity(key Key) (cedar.EntityUID, cedar.Entity) {
+	uid := cedar.NewEntityUID("Key", cedar.String(key.Name))
+	return uid, cedar.Entity{UID: uid, Tags: tags(key.Labels), Attributes: cedar.NewRecord(cedar.RecordMap{
+		"type": cedar.String(key.Type), "mode": cedar.String(key.Mode), "root": cedar.String(key.Root),
+	})}
+}
+
+// AuthorizeForward decides whether edge may relay a call to the central
+// tier: operation (a method name such as Encrypt or CreateKey) on key, or
+// on the service when key is nil; admin marks KeyAdmin calls. It decides
+// the edge's own right only: the central tier still authorizes the caller
+// the edge relays for.
+func (s *Set) AuthorizeForward(edge Principal, key *Key, operation string, admin bool) Decision {
+	ctx := cedar.NewRecord(cedar.RecordMap{"operation": cedar.String(operation), "admin": cedar.Boolean(admin)})
+	if key == nil {
+		uid := cedar.NewEntityUID("Service", "keybroker")
+		return s.decideIn(s.ps, edge, Forward, uid, &cedar.Entity{UID: uid}, ctx)
+	}
+	uid, ent := keyEntity(*key)
+	return s.decideIn(s.ps, edge, Forward, uid, &ent, ctx)
 }
 
 // AuthorizeService decides an action that names no key.

@@ -3213,7 +3213,10 @@ type Node struct {
 	// The last registry revision the edge has acknowledged applying.
 	AppliedRevision uint64 `protobuf:"varint,10,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
 	// The edge follows the central tier now (its Watch stream is open).
-	Connected     bool `protobuf:"varint,11,opt,name=connected,proto3" json:"connected,omitempty"`
+	Connected bool `protobuf:"varint,11,opt,name=connected,proto3" json:"connected,omitempty"`
+	// An admin has enrolled the edge (EnrollNode); its region and labels are
+	// the enrolled ones.
+	Enrolled      bool `protobuf:"varint,12,opt,name=enrolled,proto3" json:"enrolled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3325,6 +3328,233 @@ func (x *Node) GetConnected() bool {
 	return false
 }
 
+func (x *Node) GetEnrolled() bool {
+	if x != nil {
+		return x.Enrolled
+	}
+	return false
+}
+
+type EnrollNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The edge's name: the last element of its certificate's SPIFFE id
+	// (spiffe://<trust-domain>/edge/<node_id>).
+	NodeId        string            `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Region        string            `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	Labels        map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollNodeRequest) Reset() {
+	*x = EnrollNodeRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollNodeRequest) ProtoMessage() {}
+
+func (x *EnrollNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollNodeRequest.ProtoReflect.Descriptor instead.
+func (*EnrollNodeRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *EnrollNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *EnrollNodeRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *EnrollNodeRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type UpdateNodeRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Fields to change; unset fields stay as they are.
+	Region        *string           `protobuf:"bytes,2,opt,name=region,proto3,oneof" json:"region,omitempty"`
+	ReplaceLabels bool              `protobuf:"varint,3,opt,name=replace_labels,json=replaceLabels,proto3" json:"replace_labels,omitempty"`
+	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateNodeRequest) Reset() {
+	*x = UpdateNodeRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateNodeRequest) ProtoMessage() {}
+
+func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateNodeRequest.ProtoReflect.Descriptor instead.
+func (*UpdateNodeRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *UpdateNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *UpdateNodeRequest) GetRegion() string {
+	if x != nil && x.Region != nil {
+		return *x.Region
+	}
+	return ""
+}
+
+func (x *UpdateNodeRequest) GetReplaceLabels() bool {
+	if x != nil {
+		return x.ReplaceLabels
+	}
+	return false
+}
+
+func (x *UpdateNodeRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type RemoveNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *RemoveNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type RemoveNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Registry revision of the removal.
+	Revision      uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *RemoveNodeResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type ListNodesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
@@ -3334,7 +3564,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3346,7 +3576,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[47]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3359,7 +3589,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{47}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3374,8 +3604,12 @@ type RegisterEdgeRequest struct {
 	// The edge's HPKE public key (package sealed's encoding: u16 KEM id ||
 	// public key); material for this edge is sealed to it.
 	SealingPublicKey []byte `protobuf:"bytes,1,opt,name=sealing_public_key,json=sealingPublicKey,proto3" json:"sealing_public_key,omitempty"`
-	// The edge's region, for placement and key lookup ordering.
-	Region string            `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	// Ignored: an edge's region and labels are the ones an admin enrolled it
+	// with (KeyAdmin.EnrollNode). Kept so older edges still register.
+	//
+	// Deprecated: Marked as deprecated in keybroker/v1/keybroker.proto.
+	Region string `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	// Deprecated: Marked as deprecated in keybroker/v1/keybroker.proto.
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// host:port clients dial to reach the edge.
 	Address string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
@@ -3388,7 +3622,7 @@ type RegisterEdgeRequest struct {
 
 func (x *RegisterEdgeRequest) Reset() {
 	*x = RegisterEdgeRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3400,7 +3634,7 @@ func (x *RegisterEdgeRequest) String() string {
 func (*RegisterEdgeRequest) ProtoMessage() {}
 
 func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[48]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3413,7 +3647,7 @@ func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEdgeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterEdgeRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{48}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RegisterEdgeRequest) GetSealingPublicKey() []byte {
@@ -3423,6 +3657,7 @@ func (x *RegisterEdgeRequest) GetSealingPublicKey() []byte {
 	return nil
 }
 
+// Deprecated: Marked as deprecated in keybroker/v1/keybroker.proto.
 func (x *RegisterEdgeRequest) GetRegion() string {
 	if x != nil {
 		return x.Region
@@ -3430,6 +3665,7 @@ func (x *RegisterEdgeRequest) GetRegion() string {
 	return ""
 }
 
+// Deprecated: Marked as deprecated in keybroker/v1/keybroker.proto.
 func (x *RegisterEdgeRequest) GetLabels() map[string]string {
 	if x != nil {
 		return x.Labels
@@ -3457,14 +3693,17 @@ type RegisterEdgeResponse struct {
 	// Registry revision at registration; Watch from it.
 	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// How long the registration holds without a heartbeat.
-	Lease         *durationpb.Duration `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	Lease *durationpb.Duration `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	// The region and labels the edge is enrolled with.
+	Region        string            `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
+	Labels        map[string]string `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterEdgeResponse) Reset() {
 	*x = RegisterEdgeResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3476,7 +3715,7 @@ func (x *RegisterEdgeResponse) String() string {
 func (*RegisterEdgeResponse) ProtoMessage() {}
 
 func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[49]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3489,7 +3728,7 @@ func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEdgeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterEdgeResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{49}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RegisterEdgeResponse) GetCentralNodeId() string {
@@ -3513,6 +3752,20 @@ func (x *RegisterEdgeResponse) GetLease() *durationpb.Duration {
 	return nil
 }
 
+func (x *RegisterEdgeResponse) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *RegisterEdgeResponse) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
 type WatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 0 starts with a snapshot; otherwise events after this revision.
@@ -3523,7 +3776,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3535,7 +3788,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[50]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3548,7 +3801,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{50}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *WatchRequest) GetFromRevision() uint64 {
@@ -3572,7 +3825,7 @@ type EdgeKeyVersion struct {
 
 func (x *EdgeKeyVersion) Reset() {
 	*x = EdgeKeyVersion{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3584,7 +3837,7 @@ func (x *EdgeKeyVersion) String() string {
 func (*EdgeKeyVersion) ProtoMessage() {}
 
 func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3597,7 +3850,7 @@ func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeKeyVersion.ProtoReflect.Descriptor instead.
 func (*EdgeKeyVersion) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{51}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *EdgeKeyVersion) GetVersion() uint32 {
@@ -3622,16 +3875,20 @@ func (x *EdgeKeyVersion) GetSealedMaterial() []byte {
 }
 
 type EdgeKey struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Metadata      *KeyMetadata           `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	Versions      []*EdgeKeyVersion      `protobuf:"bytes,2,rep,name=versions,proto3" json:"versions,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Metadata *KeyMetadata           `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Versions []*EdgeKeyVersion      `protobuf:"bytes,2,rep,name=versions,proto3" json:"versions,omitempty"`
+	// The key's random salt, made when the key was created: it enters the
+	// derive input and every data-key AAD, so a key re-created under a
+	// deleted id has unrelated material. Empty for keys made before salts.
+	Salt          []byte `protobuf:"bytes,3,opt,name=salt,proto3" json:"salt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EdgeKey) Reset() {
 	*x = EdgeKey{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3643,7 +3900,7 @@ func (x *EdgeKey) String() string {
 func (*EdgeKey) ProtoMessage() {}
 
 func (x *EdgeKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3656,7 +3913,7 @@ func (x *EdgeKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeKey.ProtoReflect.Descriptor instead.
 func (*EdgeKey) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *EdgeKey) GetMetadata() *KeyMetadata {
@@ -3673,6 +3930,13 @@ func (x *EdgeKey) GetVersions() []*EdgeKeyVersion {
 	return nil
 }
 
+func (x *EdgeKey) GetSalt() []byte {
+	if x != nil {
+		return x.Salt
+	}
+	return nil
+}
+
 type PolicyFile struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -3683,7 +3947,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3695,7 +3959,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3708,7 +3972,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -3735,7 +3999,7 @@ type EdgePolicy struct {
 
 func (x *EdgePolicy) Reset() {
 	*x = EdgePolicy{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3747,7 +4011,7 @@ func (x *EdgePolicy) String() string {
 func (*EdgePolicy) ProtoMessage() {}
 
 func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3760,7 +4024,7 @@ func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgePolicy.ProtoReflect.Descriptor instead.
 func (*EdgePolicy) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *EdgePolicy) GetHash() string {
@@ -3788,7 +4052,7 @@ type EdgeSnapshot struct {
 
 func (x *EdgeSnapshot) Reset() {
 	*x = EdgeSnapshot{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3800,7 +4064,7 @@ func (x *EdgeSnapshot) String() string {
 func (*EdgeSnapshot) ProtoMessage() {}
 
 func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3813,7 +4077,7 @@ func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeSnapshot.ProtoReflect.Descriptor instead.
 func (*EdgeSnapshot) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *EdgeSnapshot) GetKeys() []*EdgeKey {
@@ -3846,7 +4110,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3858,7 +4122,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3871,7 +4135,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Heartbeat) GetLeaseExpires() *timestamppb.Timestamp {
@@ -3899,7 +4163,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3911,7 +4175,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3924,7 +4188,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *WatchEvent) GetRevision() uint64 {
@@ -4045,7 +4309,7 @@ type FetchMaterialRequest struct {
 
 func (x *FetchMaterialRequest) Reset() {
 	*x = FetchMaterialRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4057,7 +4321,7 @@ func (x *FetchMaterialRequest) String() string {
 func (*FetchMaterialRequest) ProtoMessage() {}
 
 func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4070,7 +4334,7 @@ func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchMaterialRequest.ProtoReflect.Descriptor instead.
 func (*FetchMaterialRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *FetchMaterialRequest) GetKeyId() string {
@@ -4096,7 +4360,7 @@ type FetchMaterialResponse struct {
 
 func (x *FetchMaterialResponse) Reset() {
 	*x = FetchMaterialResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4108,7 +4372,7 @@ func (x *FetchMaterialResponse) String() string {
 func (*FetchMaterialResponse) ProtoMessage() {}
 
 func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4121,7 +4385,7 @@ func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchMaterialResponse.ProtoReflect.Descriptor instead.
 func (*FetchMaterialResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *FetchMaterialResponse) GetSealedMaterial() []byte {
@@ -4137,15 +4401,22 @@ type ForwardRequest struct {
 	Method string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
 	// The request message, serialized.
 	Request []byte `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
-	// The SPIFFE id of the client the edge authenticated.
-	Principal     string `protobuf:"bytes,3,opt,name=principal,proto3" json:"principal,omitempty"`
+	// The SPIFFE id of the client the edge authenticated. Informational:
+	// the central tier acts for the identity the proof and chain establish.
+	Principal string `protobuf:"bytes,3,opt,name=principal,proto3" json:"principal,omitempty"`
+	// The client's certificate chain as the edge received it in the TLS
+	// handshake, leaf first, DER.
+	ClientChain [][]byte `protobuf:"bytes,4,rep,name=client_chain,json=clientChain,proto3" json:"client_chain,omitempty"`
+	// The client's ForwardProof for this call, as it sent it to the edge in
+	// the x-keybroker-forward-proof-bin metadata.
+	Proof         []byte `protobuf:"bytes,5,opt,name=proof,proto3" json:"proof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4157,7 +4428,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4170,7 +4441,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ForwardRequest) GetMethod() string {
@@ -4194,6 +4465,161 @@ func (x *ForwardRequest) GetPrincipal() string {
 	return ""
 }
 
+func (x *ForwardRequest) GetClientChain() [][]byte {
+	if x != nil {
+		return x.ClientChain
+	}
+	return nil
+}
+
+func (x *ForwardRequest) GetProof() []byte {
+	if x != nil {
+		return x.Proof
+	}
+	return nil
+}
+
+// ForwardProof is a client's signature over one call it made to one edge.
+// The central tier performs a forwarded call only as a principal whose
+// certificate (ForwardRequest.client_chain) signed such a proof for that
+// method, that request, that edge, recently, and only once.
+type ForwardProof struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A serialized ForwardProofClaims; the signature covers these bytes.
+	Claims []byte `protobuf:"bytes,1,opt,name=claims,proto3" json:"claims,omitempty"`
+	// The client certificate key's signature over
+	// SHA-256("keybroker/v1/forward-proof" || 0x00 || claims): ASN.1 ECDSA,
+	// Ed25519 over the same digest, or RSA-PSS.
+	Signature     []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardProof) Reset() {
+	*x = ForwardProof{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardProof) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardProof) ProtoMessage() {}
+
+func (x *ForwardProof) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardProof.ProtoReflect.Descriptor instead.
+func (*ForwardProof) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *ForwardProof) GetClaims() []byte {
+	if x != nil {
+		return x.Claims
+	}
+	return nil
+}
+
+func (x *ForwardProof) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+type ForwardProofClaims struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The full gRPC method, e.g. /keybroker.v1.KeyBroker/Encrypt.
+	Method string `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	// SHA-256 of the request message's deterministic serialization, the
+	// bytes the edge passes on in ForwardRequest.request.
+	RequestSha256 []byte `protobuf:"bytes,2,opt,name=request_sha256,json=requestSha256,proto3" json:"request_sha256,omitempty"`
+	// The SPIFFE id of the edge the client sends the call to.
+	Audience string                 `protobuf:"bytes,3,opt,name=audience,proto3" json:"audience,omitempty"`
+	IssuedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	// 16 random bytes; the central tier accepts each proof once.
+	Nonce         []byte `protobuf:"bytes,5,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardProofClaims) Reset() {
+	*x = ForwardProofClaims{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardProofClaims) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardProofClaims) ProtoMessage() {}
+
+func (x *ForwardProofClaims) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardProofClaims.ProtoReflect.Descriptor instead.
+func (*ForwardProofClaims) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *ForwardProofClaims) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ForwardProofClaims) GetRequestSha256() []byte {
+	if x != nil {
+		return x.RequestSha256
+	}
+	return nil
+}
+
+func (x *ForwardProofClaims) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *ForwardProofClaims) GetIssuedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return nil
+}
+
+func (x *ForwardProofClaims) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
 type ForwardResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The response message, serialized.
@@ -4204,7 +4630,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4216,7 +4642,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4229,7 +4655,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ForwardResponse) GetResponse() []byte {
@@ -4248,7 +4674,7 @@ type AcknowledgeRequest struct {
 
 func (x *AcknowledgeRequest) Reset() {
 	*x = AcknowledgeRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4260,7 +4686,7 @@ func (x *AcknowledgeRequest) String() string {
 func (*AcknowledgeRequest) ProtoMessage() {}
 
 func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4273,7 +4699,7 @@ func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
 func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{62}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *AcknowledgeRequest) GetAppliedRevision() uint64 {
@@ -4291,7 +4717,7 @@ type AcknowledgeResponse struct {
 
 func (x *AcknowledgeResponse) Reset() {
 	*x = AcknowledgeResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4303,7 +4729,7 @@ func (x *AcknowledgeResponse) String() string {
 func (*AcknowledgeResponse) ProtoMessage() {}
 
 func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4316,7 +4742,7 @@ func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
 func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{63}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{69}
 }
 
 var File_keybroker_v1_keybroker_proto protoreflect.FileDescriptor
@@ -4578,7 +5004,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x1aScheduleKeyDeletionRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12@\n" +
 	"\x0epending_window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rpendingWindow\"\x12\n" +
-	"\x10ListNodesRequest\"\xd3\x03\n" +
+	"\x10ListNodesRequest\"\xef\x03\n" +
 	"\x04Node\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
@@ -4591,35 +5017,62 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\bprefetch\x18\t \x01(\bR\bprefetch\x12)\n" +
 	"\x10applied_revision\x18\n" +
 	" \x01(\x04R\x0fappliedRevision\x12\x1c\n" +
-	"\tconnected\x18\v \x01(\bR\tconnected\x1a9\n" +
+	"\tconnected\x18\v \x01(\bR\tconnected\x12\x1a\n" +
+	"\benrolled\x18\f \x01(\bR\benrolled\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"=\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x01\n" +
+	"\x11EnrollNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\x12C\n" +
+	"\x06labels\x18\x03 \x03(\v2+.keybroker.v1.EnrollNodeRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfb\x01\n" +
+	"\x11UpdateNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
+	"\x06region\x18\x02 \x01(\tH\x00R\x06region\x88\x01\x01\x12%\n" +
+	"\x0ereplace_labels\x18\x03 \x01(\bR\rreplaceLabels\x12C\n" +
+	"\x06labels\x18\x04 \x03(\v2+.keybroker.v1.UpdateNodeRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
+	"\a_region\",\n" +
+	"\x11RemoveNodeRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"0\n" +
+	"\x12RemoveNodeResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"=\n" +
 	"\x11ListNodesResponse\x12(\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\"\x93\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\"\x9b\x02\n" +
 	"\x13RegisterEdgeRequest\x12,\n" +
-	"\x12sealing_public_key\x18\x01 \x01(\fR\x10sealingPublicKey\x12\x16\n" +
-	"\x06region\x18\x02 \x01(\tR\x06region\x12E\n" +
-	"\x06labels\x18\x03 \x03(\v2-.keybroker.v1.RegisterEdgeRequest.LabelsEntryR\x06labels\x12\x18\n" +
+	"\x12sealing_public_key\x18\x01 \x01(\fR\x10sealingPublicKey\x12\x1a\n" +
+	"\x06region\x18\x02 \x01(\tB\x02\x18\x01R\x06region\x12I\n" +
+	"\x06labels\x18\x03 \x03(\v2-.keybroker.v1.RegisterEdgeRequest.LabelsEntryB\x02\x18\x01R\x06labels\x12\x18\n" +
 	"\aaddress\x18\x04 \x01(\tR\aaddress\x12\x1a\n" +
 	"\bprefetch\x18\x05 \x01(\bR\bprefetch\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x02\n" +
 	"\x14RegisterEdgeResponse\x12&\n" +
 	"\x0fcentral_node_id\x18\x01 \x01(\tR\rcentralNodeId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12/\n" +
-	"\x05lease\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05lease\"3\n" +
+	"\x05lease\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05lease\x12\x16\n" +
+	"\x06region\x18\x04 \x01(\tR\x06region\x12F\n" +
+	"\x06labels\x18\x05 \x03(\v2..keybroker.v1.RegisterEdgeResponse.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"3\n" +
 	"\fWatchRequest\x12#\n" +
 	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\"r\n" +
 	"\x0eEdgeKeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x02 \x01(\fR\tpublicKey\x12'\n" +
-	"\x0fsealed_material\x18\x03 \x01(\fR\x0esealedMaterial\"z\n" +
+	"\x0fsealed_material\x18\x03 \x01(\fR\x0esealedMaterial\"\x8e\x01\n" +
 	"\aEdgeKey\x125\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x19.keybroker.v1.KeyMetadataR\bmetadata\x128\n" +
-	"\bversions\x18\x02 \x03(\v2\x1c.keybroker.v1.EdgeKeyVersionR\bversions\":\n" +
+	"\bversions\x18\x02 \x03(\v2\x1c.keybroker.v1.EdgeKeyVersionR\bversions\x12\x12\n" +
+	"\x04salt\x18\x03 \x01(\fR\x04salt\":\n" +
 	"\n" +
 	"PolicyFile\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
@@ -4649,11 +5102,22 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\vkey_version\x18\x02 \x01(\rR\n" +
 	"keyVersion\"@\n" +
 	"\x15FetchMaterialResponse\x12'\n" +
-	"\x0fsealed_material\x18\x01 \x01(\fR\x0esealedMaterial\"`\n" +
+	"\x0fsealed_material\x18\x01 \x01(\fR\x0esealedMaterial\"\x99\x01\n" +
 	"\x0eForwardRequest\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x18\n" +
 	"\arequest\x18\x02 \x01(\fR\arequest\x12\x1c\n" +
-	"\tprincipal\x18\x03 \x01(\tR\tprincipal\"-\n" +
+	"\tprincipal\x18\x03 \x01(\tR\tprincipal\x12!\n" +
+	"\fclient_chain\x18\x04 \x03(\fR\vclientChain\x12\x14\n" +
+	"\x05proof\x18\x05 \x01(\fR\x05proof\"D\n" +
+	"\fForwardProof\x12\x16\n" +
+	"\x06claims\x18\x01 \x01(\fR\x06claims\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"\xbe\x01\n" +
+	"\x12ForwardProofClaims\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12%\n" +
+	"\x0erequest_sha256\x18\x02 \x01(\fR\rrequestSha256\x12\x1a\n" +
+	"\baudience\x18\x03 \x01(\tR\baudience\x127\n" +
+	"\tissued_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12\x14\n" +
+	"\x05nonce\x18\x05 \x01(\fR\x05nonce\"-\n" +
 	"\x0fForwardResponse\x12\x1a\n" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\"?\n" +
 	"\x12AcknowledgeRequest\x12)\n" +
@@ -4714,7 +5178,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\tLookupKey\x12\x1e.keybroker.v1.LookupKeyRequest\x1a\x1f.keybroker.v1.LookupKeyResponse\x12U\n" +
 	"\fBatchEncrypt\x12!.keybroker.v1.BatchEncryptRequest\x1a\".keybroker.v1.BatchEncryptResponse\x12U\n" +
 	"\fBatchDecrypt\x12!.keybroker.v1.BatchDecryptRequest\x1a\".keybroker.v1.BatchDecryptResponse\x12m\n" +
-	"\x14BatchGenerateDataKey\x12).keybroker.v1.BatchGenerateDataKeyRequest\x1a*.keybroker.v1.BatchGenerateDataKeyResponse2\xd5\x04\n" +
+	"\x14BatchGenerateDataKey\x12).keybroker.v1.BatchGenerateDataKeyRequest\x1a*.keybroker.v1.BatchGenerateDataKeyResponse2\xac\x06\n" +
 	"\bKeyAdmin\x12F\n" +
 	"\tCreateKey\x12\x1e.keybroker.v1.CreateKeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12@\n" +
 	"\tRotateKey\x12\x18.keybroker.v1.KeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12F\n" +
@@ -4724,7 +5188,13 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\tEnableKey\x12\x18.keybroker.v1.KeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12Z\n" +
 	"\x13ScheduleKeyDeletion\x12(.keybroker.v1.ScheduleKeyDeletionRequest\x1a\x19.keybroker.v1.KeyMetadata\x12H\n" +
 	"\x11CancelKeyDeletion\x12\x18.keybroker.v1.KeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12L\n" +
-	"\tListNodes\x12\x1e.keybroker.v1.ListNodesRequest\x1a\x1f.keybroker.v1.ListNodesResponse2\x94\x03\n" +
+	"\tListNodes\x12\x1e.keybroker.v1.ListNodesRequest\x1a\x1f.keybroker.v1.ListNodesResponse\x12A\n" +
+	"\n" +
+	"EnrollNode\x12\x1f.keybroker.v1.EnrollNodeRequest\x1a\x12.keybroker.v1.Node\x12A\n" +
+	"\n" +
+	"UpdateNode\x12\x1f.keybroker.v1.UpdateNodeRequest\x1a\x12.keybroker.v1.Node\x12O\n" +
+	"\n" +
+	"RemoveNode\x12\x1f.keybroker.v1.RemoveNodeRequest\x1a .keybroker.v1.RemoveNodeResponse2\x94\x03\n" +
 	"\bEdgeSync\x12Q\n" +
 	"\bRegister\x12!.keybroker.v1.RegisterEdgeRequest\x1a\".keybroker.v1.RegisterEdgeResponse\x12?\n" +
 	"\x05Watch\x12\x1a.keybroker.v1.WatchRequest\x1a\x18.keybroker.v1.WatchEvent0\x01\x12X\n" +
@@ -4745,7 +5215,7 @@ func file_keybroker_v1_keybroker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_keybroker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(KeyType)(0),                         // 0: keybroker.v1.KeyType
 	(KeyMode)(0),                         // 1: keybroker.v1.KeyMode
@@ -4799,169 +5269,188 @@ var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(*ScheduleKeyDeletionRequest)(nil),   // 49: keybroker.v1.ScheduleKeyDeletionRequest
 	(*ListNodesRequest)(nil),             // 50: keybroker.v1.ListNodesRequest
 	(*Node)(nil),                         // 51: keybroker.v1.Node
-	(*ListNodesResponse)(nil),            // 52: keybroker.v1.ListNodesResponse
-	(*RegisterEdgeRequest)(nil),          // 53: keybroker.v1.RegisterEdgeRequest
-	(*RegisterEdgeResponse)(nil),         // 54: keybroker.v1.RegisterEdgeResponse
-	(*WatchRequest)(nil),                 // 55: keybroker.v1.WatchRequest
-	(*EdgeKeyVersion)(nil),               // 56: keybroker.v1.EdgeKeyVersion
-	(*EdgeKey)(nil),                      // 57: keybroker.v1.EdgeKey
-	(*PolicyFile)(nil),                   // 58: keybroker.v1.PolicyFile
-	(*EdgePolicy)(nil),                   // 59: keybroker.v1.EdgePolicy
-	(*EdgeSnapshot)(nil),                 // 60: keybroker.v1.EdgeSnapshot
-	(*Heartbeat)(nil),                    // 61: keybroker.v1.Heartbeat
-	(*WatchEvent)(nil),                   // 62: keybroker.v1.WatchEvent
-	(*FetchMaterialRequest)(nil),         // 63: keybroker.v1.FetchMaterialRequest
-	(*FetchMaterialResponse)(nil),        // 64: keybroker.v1.FetchMaterialResponse
-	(*ForwardRequest)(nil),               // 65: keybroker.v1.ForwardRequest
-	(*ForwardResponse)(nil),              // 66: keybroker.v1.ForwardResponse
-	(*AcknowledgeRequest)(nil),           // 67: keybroker.v1.AcknowledgeRequest
-	(*AcknowledgeResponse)(nil),          // 68: keybroker.v1.AcknowledgeResponse
-	nil,                                  // 69: keybroker.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                  // 70: keybroker.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                  // 71: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	nil,                                  // 72: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	nil,                                  // 73: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 74: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 75: keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	nil,                                  // 76: keybroker.v1.KeyMetadata.LabelsEntry
-	nil,                                  // 77: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	nil,                                  // 78: keybroker.v1.CreateKeyRequest.LabelsEntry
-	nil,                                  // 79: keybroker.v1.UpdateKeyRequest.LabelsEntry
-	nil,                                  // 80: keybroker.v1.Node.LabelsEntry
-	nil,                                  // 81: keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 82: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 83: google.protobuf.Duration
+	(*EnrollNodeRequest)(nil),            // 52: keybroker.v1.EnrollNodeRequest
+	(*UpdateNodeRequest)(nil),            // 53: keybroker.v1.UpdateNodeRequest
+	(*RemoveNodeRequest)(nil),            // 54: keybroker.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),           // 55: keybroker.v1.RemoveNodeResponse
+	(*ListNodesResponse)(nil),            // 56: keybroker.v1.ListNodesResponse
+	(*RegisterEdgeRequest)(nil),          // 57: keybroker.v1.RegisterEdgeRequest
+	(*RegisterEdgeResponse)(nil),         // 58: keybroker.v1.RegisterEdgeResponse
+	(*WatchRequest)(nil),                 // 59: keybroker.v1.WatchRequest
+	(*EdgeKeyVersion)(nil),               // 60: keybroker.v1.EdgeKeyVersion
+	(*EdgeKey)(nil),                      // 61: keybroker.v1.EdgeKey
+	(*PolicyFile)(nil),                   // 62: keybroker.v1.PolicyFile
+	(*EdgePolicy)(nil),                   // 63: keybroker.v1.EdgePolicy
+	(*EdgeSnapshot)(nil),                 // 64: keybroker.v1.EdgeSnapshot
+	(*Heartbeat)(nil),                    // 65: keybroker.v1.Heartbeat
+	(*WatchEvent)(nil),                   // 66: keybroker.v1.WatchEvent
+	(*FetchMaterialRequest)(nil),         // 67: keybroker.v1.FetchMaterialRequest
+	(*FetchMaterialResponse)(nil),        // 68: keybroker.v1.FetchMaterialResponse
+	(*ForwardRequest)(nil),               // 69: keybroker.v1.ForwardRequest
+	(*ForwardProof)(nil),                 // 70: keybroker.v1.ForwardProof
+	(*ForwardProofClaims)(nil),           // 71: keybroker.v1.ForwardProofClaims
+	(*ForwardResponse)(nil),              // 72: keybroker.v1.ForwardResponse
+	(*AcknowledgeRequest)(nil),           // 73: keybroker.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),          // 74: keybroker.v1.AcknowledgeResponse
+	nil,                                  // 75: keybroker.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                  // 76: keybroker.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                  // 77: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	nil,                                  // 78: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	nil,                                  // 79: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 80: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 81: keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	nil,                                  // 82: keybroker.v1.KeyMetadata.LabelsEntry
+	nil,                                  // 83: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	nil,                                  // 84: keybroker.v1.CreateKeyRequest.LabelsEntry
+	nil,                                  // 85: keybroker.v1.UpdateKeyRequest.LabelsEntry
+	nil,                                  // 86: keybroker.v1.Node.LabelsEntry
+	nil,                                  // 87: keybroker.v1.EnrollNodeRequest.LabelsEntry
+	nil,                                  // 88: keybroker.v1.UpdateNodeRequest.LabelsEntry
+	nil,                                  // 89: keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	nil,                                  // 90: keybroker.v1.RegisterEdgeResponse.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 91: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 92: google.protobuf.Duration
 }
 var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
-	69, // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
-	70, // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
-	71, // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	72, // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	73, // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	74, // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
-	0,  // 6: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
-	32, // 7: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
-	75, // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	32, // 9: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
-	82, // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
-	0,  // 11: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
-	1,  // 12: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
-	2,  // 13: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
-	31, // 14: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
-	76, // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
-	83, // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
-	82, // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
-	82, // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
-	82, // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	82, // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 21: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
-	77, // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	4,  // 23: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
-	34, // 24: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
-	5,  // 25: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
-	6,  // 26: keybroker.v1.BatchEncryptResult.response:type_name -> keybroker.v1.EncryptResponse
-	36, // 27: keybroker.v1.BatchEncryptResult.error:type_name -> keybroker.v1.ItemError
-	38, // 28: keybroker.v1.BatchEncryptResponse.results:type_name -> keybroker.v1.BatchEncryptResult
-	7,  // 29: keybroker.v1.BatchDecryptRequest.items:type_name -> keybroker.v1.DecryptRequest
-	8,  // 30: keybroker.v1.BatchDecryptResult.response:type_name -> keybroker.v1.DecryptResponse
-	36, // 31: keybroker.v1.BatchDecryptResult.error:type_name -> keybroker.v1.ItemError
-	41, // 32: keybroker.v1.BatchDecryptResponse.results:type_name -> keybroker.v1.BatchDecryptResult
-	11, // 33: keybroker.v1.BatchGenerateDataKeyRequest.items:type_name -> keybroker.v1.GenerateDataKeyRequest
-	12, // 34: keybroker.v1.BatchGenerateDataKeyResult.response:type_name -> keybroker.v1.GenerateDataKeyResponse
-	36, // 35: keybroker.v1.BatchGenerateDataKeyResult.error:type_name -> keybroker.v1.ItemError
-	44, // 36: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
-	0,  // 37: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
-	1,  // 38: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
-	78, // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
-	83, // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	79, // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
-	83, // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	83, // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
-	80, // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
-	82, // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	82, // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
-	51, // 47: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
-	81, // 48: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	83, // 49: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
-	32, // 50: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
-	56, // 51: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
-	58, // 52: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
-	57, // 53: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
-	59, // 54: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
-	51, // 55: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
-	82, // 56: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
-	60, // 57: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
-	57, // 58: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
-	59, // 59: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
-	52, // 60: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
-	61, // 61: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
-	5,  // 62: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
-	7,  // 63: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
-	9,  // 64: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
-	11, // 65: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
-	11, // 66: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
-	13, // 67: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
-	15, // 68: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
-	17, // 69: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
-	19, // 70: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
-	21, // 71: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
-	23, // 72: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
-	25, // 73: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
-	27, // 74: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
-	29, // 75: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
-	33, // 76: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
-	37, // 77: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
-	40, // 78: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
-	43, // 79: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
-	46, // 80: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
-	47, // 81: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
-	48, // 82: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
-	47, // 83: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
-	47, // 84: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
-	49, // 85: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
-	47, // 86: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
-	50, // 87: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
-	53, // 88: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
-	55, // 89: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
-	63, // 90: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
-	65, // 91: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
-	67, // 92: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
-	6,  // 93: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
-	8,  // 94: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
-	10, // 95: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
-	12, // 96: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
-	12, // 97: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
-	14, // 98: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
-	16, // 99: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
-	18, // 100: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
-	20, // 101: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
-	22, // 102: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
-	24, // 103: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
-	26, // 104: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
-	28, // 105: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
-	30, // 106: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
-	35, // 107: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
-	39, // 108: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
-	42, // 109: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
-	45, // 110: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
-	32, // 111: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
-	32, // 112: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
-	32, // 113: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
-	32, // 114: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
-	32, // 115: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
-	32, // 116: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	32, // 117: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	52, // 118: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
-	54, // 119: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
-	62, // 120: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
-	64, // 121: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
-	66, // 122: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
-	68, // 123: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
-	93, // [93:124] is the sub-list for method output_type
-	62, // [62:93] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	75,  // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
+	76,  // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
+	77,  // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	78,  // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	79,  // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	80,  // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	0,   // 6: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
+	32,  // 7: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
+	81,  // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	32,  // 9: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
+	91,  // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
+	0,   // 11: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
+	1,   // 12: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
+	2,   // 13: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
+	31,  // 14: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
+	82,  // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
+	92,  // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
+	91,  // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
+	91,  // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
+	91,  // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	91,  // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
+	3,   // 21: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
+	83,  // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	4,   // 23: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
+	34,  // 24: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
+	5,   // 25: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
+	6,   // 26: keybroker.v1.BatchEncryptResult.response:type_name -> keybroker.v1.EncryptResponse
+	36,  // 27: keybroker.v1.BatchEncryptResult.error:type_name -> keybroker.v1.ItemError
+	38,  // 28: keybroker.v1.BatchEncryptResponse.results:type_name -> keybroker.v1.BatchEncryptResult
+	7,   // 29: keybroker.v1.BatchDecryptRequest.items:type_name -> keybroker.v1.DecryptRequest
+	8,   // 30: keybroker.v1.BatchDecryptResult.response:type_name -> keybroker.v1.DecryptResponse
+	36,  // 31: keybroker.v1.BatchDecryptResult.error:type_name -> keybroker.v1.ItemError
+	41,  // 32: keybroker.v1.BatchDecryptResponse.results:type_name -> keybroker.v1.BatchDecryptResult
+	11,  // 33: keybroker.v1.BatchGenerateDataKeyRequest.items:type_name -> keybroker.v1.GenerateDataKeyRequest
+	12,  // 34: keybroker.v1.BatchGenerateDataKeyResult.response:type_name -> keybroker.v1.GenerateDataKeyResponse
+	36,  // 35: keybroker.v1.BatchGenerateDataKeyResult.error:type_name -> keybroker.v1.ItemError
+	44,  // 36: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
+	0,   // 37: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
+	1,   // 38: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
+	84,  // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
+	92,  // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	85,  // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
+	92,  // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	92,  // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
+	86,  // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
+	91,  // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	91,  // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
+	87,  // 47: keybroker.v1.EnrollNodeRequest.labels:type_name -> keybroker.v1.EnrollNodeRequest.LabelsEntry
+	88,  // 48: keybroker.v1.UpdateNodeRequest.labels:type_name -> keybroker.v1.UpdateNodeRequest.LabelsEntry
+	51,  // 49: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
+	89,  // 50: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	92,  // 51: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
+	90,  // 52: keybroker.v1.RegisterEdgeResponse.labels:type_name -> keybroker.v1.RegisterEdgeResponse.LabelsEntry
+	32,  // 53: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
+	60,  // 54: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
+	62,  // 55: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
+	61,  // 56: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
+	63,  // 57: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
+	51,  // 58: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
+	91,  // 59: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
+	64,  // 60: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
+	61,  // 61: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
+	63,  // 62: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
+	56,  // 63: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
+	65,  // 64: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
+	91,  // 65: keybroker.v1.ForwardProofClaims.issued_at:type_name -> google.protobuf.Timestamp
+	5,   // 66: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
+	7,   // 67: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
+	9,   // 68: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
+	11,  // 69: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
+	11,  // 70: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
+	13,  // 71: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
+	15,  // 72: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
+	17,  // 73: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
+	19,  // 74: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
+	21,  // 75: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
+	23,  // 76: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
+	25,  // 77: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
+	27,  // 78: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
+	29,  // 79: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
+	33,  // 80: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
+	37,  // 81: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
+	40,  // 82: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
+	43,  // 83: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
+	46,  // 84: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
+	47,  // 85: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
+	48,  // 86: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
+	47,  // 87: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
+	47,  // 88: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
+	49,  // 89: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
+	47,  // 90: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
+	50,  // 91: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
+	52,  // 92: keybroker.v1.KeyAdmin.EnrollNode:input_type -> keybroker.v1.EnrollNodeRequest
+	53,  // 93: keybroker.v1.KeyAdmin.UpdateNode:input_type -> keybroker.v1.UpdateNodeRequest
+	54,  // 94: keybroker.v1.KeyAdmin.RemoveNode:input_type -> keybroker.v1.RemoveNodeRequest
+	57,  // 95: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
+	59,  // 96: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
+	67,  // 97: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
+	69,  // 98: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
+	73,  // 99: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
+	6,   // 100: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
+	8,   // 101: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
+	10,  // 102: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
+	12,  // 103: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
+	12,  // 104: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
+	14,  // 105: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
+	16,  // 106: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
+	18,  // 107: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
+	20,  // 108: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
+	22,  // 109: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
+	24,  // 110: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
+	26,  // 111: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
+	28,  // 112: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
+	30,  // 113: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
+	35,  // 114: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
+	39,  // 115: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
+	42,  // 116: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
+	45,  // 117: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
+	32,  // 118: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 119: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 120: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 121: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 122: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 123: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	32,  // 124: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	56,  // 125: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
+	51,  // 126: keybroker.v1.KeyAdmin.EnrollNode:output_type -> keybroker.v1.Node
+	51,  // 127: keybroker.v1.KeyAdmin.UpdateNode:output_type -> keybroker.v1.Node
+	55,  // 128: keybroker.v1.KeyAdmin.RemoveNode:output_type -> keybroker.v1.RemoveNodeResponse
+	58,  // 129: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
+	66,  // 130: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
+	68,  // 131: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
+	72,  // 132: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
+	74,  // 133: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
+	100, // [100:134] is the sub-list for method output_type
+	66,  // [66:100] is the sub-list for method input_type
+	66,  // [66:66] is the sub-list for extension type_name
+	66,  // [66:66] is the sub-list for extension extendee
+	0,   // [0:66] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_keybroker_proto_init() }
@@ -4978,7 +5467,8 @@ func file_keybroker_v1_keybroker_proto_init() {
 		(*VerifyRequest_Digest)(nil),
 	}
 	file_keybroker_v1_keybroker_proto_msgTypes[43].OneofWrappers = []any{}
-	file_keybroker_v1_keybroker_proto_msgTypes[57].OneofWrappers = []any{
+	file_keybroker_v1_keybroker_proto_msgTypes[48].OneofWrappers = []any{}
+	file_keybroker_v1_keybroker_proto_msgTypes[61].OneofWrappers = []any{
 		(*WatchEvent_Snapshot)(nil),
 		(*WatchEvent_Key)(nil),
 		(*WatchEvent_DeletedKeyId)(nil),
@@ -4992,7 +5482,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_keybroker_proto_rawDesc), len(file_keybroker_v1_keybroker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   77,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

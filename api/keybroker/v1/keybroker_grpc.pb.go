@@ -820,6 +820,9 @@ const (
 	KeyAdmin_ScheduleKeyDeletion_FullMethodName = "/keybroker.v1.KeyAdmin/ScheduleKeyDeletion"
 	KeyAdmin_CancelKeyDeletion_FullMethodName   = "/keybroker.v1.KeyAdmin/CancelKeyDeletion"
 	KeyAdmin_ListNodes_FullMethodName           = "/keybroker.v1.KeyAdmin/ListNodes"
+	KeyAdmin_EnrollNode_FullMethodName          = "/keybroker.v1.KeyAdmin/EnrollNode"
+	KeyAdmin_UpdateNode_FullMethodName          = "/keybroker.v1.KeyAdmin/UpdateNode"
+	KeyAdmin_RemoveNode_FullMethodName          = "/keybroker.v1.KeyAdmin/RemoveNode"
 )
 
 // KeyAdminClient is the client API for KeyAdmin service.
@@ -836,6 +839,17 @@ type KeyAdminClient interface {
 	ScheduleKeyDeletion(ctx context.Context, in *ScheduleKeyDeletionRequest, opts ...grpc.CallOption) (*KeyMetadata, error)
 	CancelKeyDeletion(ctx context.Context, in *KeyRequest, opts ...grpc.CallOption) (*KeyMetadata, error)
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// EnrollNode admits an edge to the cluster with the region and labels an
+	// admin gives it. An edge's region and labels are set here (or by
+	// UpdateNode), never by the edge: Register from an edge that is not
+	// enrolled is refused.
+	EnrollNode(ctx context.Context, in *EnrollNodeRequest, opts ...grpc.CallOption) (*Node, error)
+	// UpdateNode changes an enrolled edge's region or labels.
+	UpdateNode(ctx context.Context, in *UpdateNodeRequest, opts ...grpc.CallOption) (*Node, error)
+	// RemoveNode withdraws an edge: its streams are cut at once, it is
+	// dropped from the inventory and from LookupKey, and it receives no more
+	// material until it is enrolled again.
+	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 }
 
 type keyAdminClient struct {
@@ -926,6 +940,36 @@ func (c *keyAdminClient) ListNodes(ctx context.Context, in *ListNodesRequest, op
 	return out, nil
 }
 
+func (c *keyAdminClient) EnrollNode(ctx context.Context, in *EnrollNodeRequest, opts ...grpc.CallOption) (*Node, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Node)
+	err := c.cc.Invoke(ctx, KeyAdmin_EnrollNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyAdminClient) UpdateNode(ctx context.Context, in *UpdateNodeRequest, opts ...grpc.CallOption) (*Node, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Node)
+	err := c.cc.Invoke(ctx, KeyAdmin_UpdateNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyAdminClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveNodeResponse)
+	err := c.cc.Invoke(ctx, KeyAdmin_RemoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyAdminServer is the server API for KeyAdmin service.
 // All implementations must embed UnimplementedKeyAdminServer
 // for forward compatibility.
@@ -940,6 +984,17 @@ type KeyAdminServer interface {
 	ScheduleKeyDeletion(context.Context, *ScheduleKeyDeletionRequest) (*KeyMetadata, error)
 	CancelKeyDeletion(context.Context, *KeyRequest) (*KeyMetadata, error)
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// EnrollNode admits an edge to the cluster with the region and labels an
+	// admin gives it. An edge's region and labels are set here (or by
+	// UpdateNode), never by the edge: Register from an edge that is not
+	// enrolled is refused.
+	EnrollNode(context.Context, *EnrollNodeRequest) (*Node, error)
+	// UpdateNode changes an enrolled edge's region or labels.
+	UpdateNode(context.Context, *UpdateNodeRequest) (*Node, error)
+	// RemoveNode withdraws an edge: its streams are cut at once, it is
+	// dropped from the inventory and from LookupKey, and it receives no more
+	// material until it is enrolled again.
+	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	mustEmbedUnimplementedKeyAdminServer()
 }
 
@@ -973,6 +1028,15 @@ func (UnimplementedKeyAdminServer) CancelKeyDeletion(context.Context, *KeyReques
 }
 func (UnimplementedKeyAdminServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedKeyAdminServer) EnrollNode(context.Context, *EnrollNodeRequest) (*Node, error) {
+	return nil, status.Error(codes.Unimplemented, "method EnrollNode not implemented")
+}
+func (UnimplementedKeyAdminServer) UpdateNode(context.Context, *UpdateNodeRequest) (*Node, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateNode not implemented")
+}
+func (UnimplementedKeyAdminServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveNode not implemented")
 }
 func (UnimplementedKeyAdminServer) mustEmbedUnimplementedKeyAdminServer() {}
 func (UnimplementedKeyAdminServer) testEmbeddedByValue()                  {}
@@ -1139,6 +1203,60 @@ func _KeyAdmin_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyAdmin_EnrollNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EnrollNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).EnrollNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_EnrollNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).EnrollNode(ctx, req.(*EnrollNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyAdmin_UpdateNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).UpdateNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_UpdateNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).UpdateNode(ctx, req.(*UpdateNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyAdmin_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).RemoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_RemoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).RemoveNode(ctx, req.(*RemoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyAdmin_ServiceDesc is the grpc.ServiceDesc for KeyAdmin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1177,6 +1295,18 @@ var KeyAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListNodes",
 			Handler:    _KeyAdmin_ListNodes_Handler,
+		},
+		{
+			MethodName: "EnrollNode",
+			Handler:    _KeyAdmin_EnrollNode_Handler,
+		},
+		{
+			MethodName: "UpdateNode",
+			Handler:    _KeyAdmin_UpdateNode_Handler,
+		},
+		{
+			MethodName: "RemoveNode",
+			Handler:    _KeyAdmin_RemoveNode_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
