@@ -166,13 +166,16 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if advertise == "" {
 		advertise = n.lis.Addr().String()
 	}
-	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
-		TrustDomain: cfg.TrustDomain, Address: advertise, Lease: cfg.Edges.Lease, Heartbeat: cfg.Edges.HeartbeatInterval(), Logger: log})
+	files := identity.TLSFiles{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key}
+	tlsCfg, err := files.ServerConfig()
 	if err != nil {
 		return nil, err
 	}
-	files := identity.TLSFiles{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key}
-	tlsCfg, err := files.ServerConfig()
+	// Forwarded calls are verified against the bundle the listener
+	// verifies direct callers against.
+	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
+		TrustDomain: cfg.TrustDomain, Address: advertise, Lease: cfg.Edges.Lease, Heartbeat: cfg.Edges.HeartbeatInterval(),
+		ClientCAs: tlsCfg.ClientCAs, Logger: log})
 	if err != nil {
 		return nil, err
 	}

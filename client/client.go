@@ -2,7 +2,9 @@ package client
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +18,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/forwardproof"
 )
 
 // Environment variables New reads for settings the Config leaves empty.
@@ -92,6 +95,9 @@ type Client struct {
 	closed bool
 
 	routes *routeCache
+	// td is the trust domain of the client's certificate: forward
+	// proofs name edges in it.
+	td string
 }
 
 // conn is one node's connection and the calls made to it.
@@ -173,11 +179,35 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		conns:  map[string]*conn{},
 		routes: newRouteCache(cfg.LookupTTL, time.Now),
 	}
+	signer, td := proofSigner(cfg.TLS)
+	c.td = td
 	c.opts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(c.creds),
+		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
 	}, cfg.DialOptions...)
 	return c, nil
+}
+
+// proofSigner is the key forward proofs are signed with — the client
+// certificate's — and the certificate's trust domain. A configuration
+// that supplies its certificate through GetClientCertificate, or whose key
+// cannot sign, makes no proofs: edges then refuse the calls they would
+// forward.
+func proofSigner(t *tls.Config) (crypto.Signer, string) {
+	if len(t.Certificates) == 0 || len(t.Certificates[0].Certificate) == 0 {
+		return nil, ""
+	}
+	signer, _ := t.Certificates[0].PrivateKey.(crypto.Signer)
+	leaf, err := x509.ParseCertificate(t.Certificates[0].Certificate[0])
+	if err != nil {
+		return signer, ""
+	}
+	id, err := identity.FromCertificate(leaf)
+	if err != nil {
+		return signer, ""
+	}
+	return signer, id.TrustDomain
 }
 
 func or(a, b string) string {

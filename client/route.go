@@ -15,7 +15,9 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/flight"
+	"github.com/keybroker/keybroker/internal/forwardproof"
 )
 
 // routeKey names a routing answer: one per key and operation.
@@ -25,8 +27,12 @@ type routeKey struct {
 }
 
 type route struct {
-	addrs   []string
-	expires time.Time
+	addrs []string
+	// forwards names, by address, the edges that forward the operation
+	// to the central tier (LOOKUP_REASON_FORWARD_ONLY): calls to them
+	// carry a forward proof for that edge.
+	forwards map[string]string
+	expires  time.Time
 }
 
 // routeCache keeps LookupKey answers for their TTL, and past it as a
@@ -45,17 +51,18 @@ func newRouteCache(ttl time.Duration, now func() time.Time) *routeCache {
 }
 
 // get returns the cached route and whether it is still fresh.
-func (r *routeCache) get(k routeKey) ([]string, bool) {
+func (r *routeCache) get(k routeKey) (route, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rt, ok := r.m[k]
-	return rt.addrs, ok && r.now().Before(rt.expires)
+	return rt, ok && r.now().Before(rt.expires)
 }
 
-func (r *routeCache) put(k routeKey, addrs []string) {
+func (r *routeCache) put(k routeKey, rt route) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.m[k] = route{addrs: addrs, expires: r.now().Add(r.ttl)}
+	rt.expires = r.now().Add(r.ttl)
+	r.m[k] = rt
 }
 
 // expire marks a route stale, keeping it as a fallback.
@@ -72,12 +79,13 @@ func (r *routeCache) expire(k routeKey) {
 // with key: the LookupKey answer (cached for Config.LookupTTL), then the
 // configured addresses it does not already list.
 func (c *Client) Route(ctx context.Context, key string, op kbv1.Operation) ([]string, error) {
-	return c.route(withRequestID(ctx), key, op, false)
+	rt, err := c.route(withRequestID(ctx), key, op, false)
+	return rt.addrs, err
 }
 
-func (c *Client) route(ctx context.Context, key string, op kbv1.Operation, refresh bool) ([]string, error) {
+func (c *Client) route(ctx context.Context, key string, op kbv1.Operation, refresh bool) (route, error) {
 	if key == "" || c.cfg.Direct {
-		return c.cfg.Addrs, nil
+		return route{addrs: c.cfg.Addrs}, nil
 	}
 	k := routeKey{key, op}
 	cached, fresh := c.routes.get(k)
@@ -93,34 +101,41 @@ func (c *Client) route(ctx context.Context, key string, op kbv1.Operation, refre
 		case errors.As(err, &e) && e.Code == codes.PermissionDenied:
 			// The policy does not let this caller look keys up; the
 			// configured nodes still serve what it may do.
-			c.routes.put(k, c.cfg.Addrs)
-			return c.cfg.Addrs, nil
-		case errors.As(err, &e) && (e.Code == codes.Unavailable || e.Code == codes.DeadlineExceeded) && ctx.Err() == nil && cached != nil:
+			c.routes.put(k, route{addrs: c.cfg.Addrs})
+			return route{addrs: c.cfg.Addrs}, nil
+		case errors.As(err, &e) && (e.Code == codes.Unavailable || e.Code == codes.DeadlineExceeded) && ctx.Err() == nil && cached.addrs != nil:
 			return cached, nil // no node answers lookups: the last answer is the best guess
 		}
-		return nil, err
+		return route{}, err
 	}
-	addrs := v.([]string)
-	c.routes.put(k, addrs)
-	return addrs, nil
+	rt := v.(route)
+	c.routes.put(k, rt)
+	return rt, nil
 }
 
 // lookup asks the configured nodes in turn which nodes serve op with key,
 // moving on from a node that is unavailable or does not know the key.
-func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) ([]string, error) {
+func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) (route, error) {
 	var last *Error
 	for _, addr := range c.cfg.Addrs {
 		cn, err := c.conn(addr)
 		if err != nil {
-			return nil, local("LookupKey", key, codes.FailedPrecondition, err)
+			return route{}, local("LookupKey", key, codes.FailedPrecondition, err)
 		}
 		cn.calls.Add(1)
 		resp, err := cn.kb.LookupKey(ctx, &kbv1.LookupKeyRequest{KeyId: key, Operation: op, ClientLabels: c.labels})
 		if err == nil {
 			addrs := make([]string, 0, len(resp.GetNodes())+len(c.cfg.Addrs))
+			var forwards map[string]string
 			for _, n := range resp.GetNodes() {
 				if a := n.GetAddress(); a != "" && !slices.Contains(addrs, a) {
 					addrs = append(addrs, a)
+					if n.GetReason() == kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY && n.GetKind() == string(identity.Edge) && c.td != "" && identity.ValidName(n.GetNodeId()) {
+						if forwards == nil {
+							forwards = map[string]string{}
+						}
+						forwards[a] = identity.Identity{TrustDomain: c.td, Kind: identity.Edge, Name: n.GetNodeId()}.String()
+					}
 				}
 			}
 			for _, a := range c.cfg.Addrs {
@@ -128,16 +143,16 @@ func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) ([]s
 					addrs = append(addrs, a)
 				}
 			}
-			return addrs, nil
+			return route{addrs: addrs, forwards: forwards}, nil
 		}
 		last = fromRPC("LookupKey", key, addr, err)
 		// NotFound from one node may be an edge that has not replicated
 		// a new key yet: the next node may know it.
 		if !nextNode(ctx, last) && last.Code != codes.NotFound {
-			return nil, last
+			return route{}, last
 		}
 	}
-	return nil, last
+	return route{}, last
 }
 
 // nextNode says whether another node may succeed where this one failed:
@@ -167,7 +182,7 @@ func call[T any](ctx context.Context, c *Client, op, key string, lop kbv1.Operat
 		if pass > 0 && !c.pause(ctx, pass) {
 			break
 		}
-		addrs, err := c.route(ctx, key, lop, pass > 0)
+		rt, err := c.route(ctx, key, lop, pass > 0)
 		if err != nil {
 			e := fromRPC(op, key, "", err)
 			if e.Op == "LookupKey" && e.Code != codes.Unavailable {
@@ -182,14 +197,18 @@ func call[T any](ctx context.Context, c *Client, op, key string, lop kbv1.Operat
 			}
 			continue
 		}
-		for i, addr := range addrs {
+		for i, addr := range rt.addrs {
 			cn, err := c.conn(addr)
 			if err != nil {
 				return zero, local(op, key, codes.FailedPrecondition, err)
 			}
 			attempts++
 			cn.calls.Add(1)
-			out, err := fn(ctx, cn.kb)
+			cctx := ctx
+			if edge, ok := rt.forwards[addr]; ok {
+				cctx = forwardproof.WithAudience(ctx, edge)
+			}
+			out, err := fn(cctx, cn.kb)
 			if err == nil {
 				return out, nil
 			}
@@ -198,7 +217,7 @@ func call[T any](ctx context.Context, c *Client, op, key string, lop kbv1.Operat
 			switch {
 			case nextNode(ctx, last):
 				c.routes.expire(routeKey{key, lop})
-			case last.Code == codes.NotFound && key != "" && i < len(addrs)-1:
+			case last.Code == codes.NotFound && key != "" && i < len(rt.addrs)-1:
 				// An edge that has not replicated a new key yet; a
 				// node later in the route has.
 			default:

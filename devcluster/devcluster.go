@@ -81,8 +81,10 @@ const (
 )
 
 // DefaultPolicy lets the admin administer everything, clients use every
-// key and the client-wide operations, and every edge hold every key's
-// material (keys narrow that with their placement expression).
+// key and the client-wide operations, every edge hold every key's
+// material (keys narrow that with their placement expression), and every
+// edge relay its callers' calls — admin calls included — to the central
+// tier, which still acts only as the caller a forward proof establishes.
 const DefaultPolicy = `// keybroker dev policy: edit freely; the central node re-reads it.
 @id("admins")
 permit (principal is Admin, action, resource);
@@ -95,6 +97,11 @@ permit (principal is Client, action in [Action::"GenerateRandom", Action::"ListK
 
 @id("edges-hold-material")
 permit (principal is Edge, action == Action::"HoldMaterial", resource is Key);
+
+// Edges relay their callers' calls, admin calls included (a production
+// policy may add: when { !context.admin }).
+@id("edges-forward")
+permit (principal is Edge, action == Action::"Forward", resource);
 `
 
 // EdgeSpec describes one edge.

@@ -37,7 +37,7 @@ func relay[Resp proto.Message](a *edgeAdmin, ctx context.Context, op policy.Acti
 		return zero, err
 	}
 	call.Rec.Backend = servedCentral
-	if err := a.c.forward(ctx, adminService+string(op), req, resp); err != nil {
+	if err := a.c.forward(ctx, adminService+string(op), resp); err != nil {
 		return zero, call.End(err)
 	}
 	if md, ok := any(resp).(*kbv1.KeyMetadata); ok && a.c.Connected() {

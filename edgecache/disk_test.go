@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -133,7 +134,8 @@ func TestRestartFromDisk(t *testing.T) {
 				t.Errorf("the restarted edge fetched %d and forwarded %d times, want 0", s.Fetches, s.Forwards)
 			}
 			// What must be forwarded fails fast, naming the cause.
-			_, _, err = node.Encrypt(ctx, "hsm", []byte("x"), nil)
+			// (Over gRPC: the edge forwards only calls a client signed.)
+			_, err = serveEdge(t, c, ec2).kb(t, identity.Client, "app").Encrypt(t.Context(), &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("x")})
 			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "cannot reach the central tier") {
 				t.Errorf("Encrypt(hsm) with central unreachable = %v, want Unavailable: cannot reach the central tier", err)
 			}

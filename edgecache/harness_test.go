@@ -7,6 +7,7 @@ package edgecache
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/json"
 	"net"
 	"os"
@@ -27,6 +28,7 @@ import (
 	"github.com/keybroker/keybroker/broker/server"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/forwardproof"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -46,6 +48,9 @@ when { principal == Client::"app" && resource.hasTag("owner") && resource.getTag
 
 @id("app-service")
 permit (principal == Client::"app", action in [Action::"GenerateRandom", Action::"ListKeys"], resource is Service);
+
+@id("edges-forward")
+permit (principal is Edge, action == Action::"Forward", resource);
 `
 
 // appLabels marks a key as the app's.
@@ -100,9 +105,6 @@ func startCentral(t *testing.T) *central {
 	auditPath := filepath.Join(dir, "audit.jsonl")
 	al, err := audit.Open(auditPath, 0)
 	must(t, "audit", err)
-	srv, err := server.New(server.Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: testTD,
-		Address: "127.0.0.1:0", Lease: 30 * time.Second, Heartbeat: 50 * time.Millisecond})
-	must(t, "server", err)
 	ca, err := identity.NewCA(testTD, time.Hour)
 	must(t, "CA", err)
 	caFile := filepath.Join(dir, "ca.crt")
@@ -111,6 +113,9 @@ func startCentral(t *testing.T) *central {
 	must(t, "central certificate", err)
 	tlsCfg, err := files.ServerConfig()
 	must(t, "server TLS", err)
+	srv, err := server.New(server.Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: testTD,
+		Address: "127.0.0.1:0", Lease: 30 * time.Second, Heartbeat: 50 * time.Millisecond, ClientCAs: tlsCfg.ClientCAs})
+	must(t, "server", err)
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.UnaryInterceptor(srv.UnaryInterceptor()), grpc.StreamInterceptor(srv.StreamInterceptor()))
 	srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -132,14 +137,25 @@ func (c *central) conn(t *testing.T, kind identity.Kind, name string) *grpc.Clie
 	return dial(t, c.ca, c.dir, c.caFile, c.addr, identity.Identity{TrustDomain: testTD, Kind: kind, Name: name})
 }
 
-// dial connects to addr over mutual TLS with a certificate for id.
+// dial connects to addr over mutual TLS with a certificate for id, signing
+// forward proofs as the SDK does when an edge asks for one.
 func dial(t *testing.T, ca *identity.CA, dir, caFile, addr string, id identity.Identity, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	return dialSigning(t, ca, dir, caFile, addr, id, true, opts...)
+}
+
+func dialSigning(t *testing.T, ca *identity.CA, dir, caFile, addr string, id identity.Identity, sign bool, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	files, err := ca.IssueFiles(id, nil, time.Hour, dir, string(id.Kind)+"-"+id.Name, caFile)
 	must(t, "issuing a certificate for "+id.String(), err)
 	cfg, err := files.ClientConfig("127.0.0.1")
 	must(t, "client TLS", err)
-	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}, opts...)...)
+	base := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}
+	if sign {
+		signer, _ := cfg.Certificates[0].PrivateKey.(crypto.Signer)
+		base = append(base, grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary))
+	}
+	cc, err := grpc.NewClient(addr, append(base, opts...)...)
 	must(t, "dial "+addr, err)
 	t.Cleanup(func() { cc.Close() })
 	return cc
@@ -349,7 +365,7 @@ func serveEdge(t *testing.T, c *central, ec *Cache) *edgeServer {
 	must(t, "edge certificate", err)
 	tlsCfg, err := files.ServerConfig()
 	must(t, "edge server TLS", err)
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.UnaryInterceptor(srv.UnaryInterceptor()), grpc.StreamInterceptor(srv.StreamInterceptor()))
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.ChainUnaryInterceptor(srv.UnaryInterceptor(), ec.UnaryInterceptor(srv)), grpc.StreamInterceptor(srv.StreamInterceptor()))
 	kbv1.RegisterKeyBrokerServer(g, srv.KeyBroker())
 	kbv1.RegisterKeyAdminServer(g, ec.Admin(srv))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -4,12 +4,17 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/forwardproof"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
@@ -54,18 +59,37 @@ func (n *edgeNode) Served(k *managed.Key, op policy.Action) string {
 	return servedCentral
 }
 
-// forward performs a call at the central tier as the caller in ctx.
-func (c *Cache) forward(ctx context.Context, method string, req, resp proto.Message) error {
+// forward performs the incoming call at the central tier for the caller
+// in ctx: the request as the client sent it (rpc.IncomingCall), its forward
+// proof, and its certificate chain from the TLS handshake, so that the
+// central tier acts only as the client that made this call to this edge.
+// A call without a proof (or with one for another edge) is answered
+// FailedPrecondition with the forwardproof.RequiredTrailer: the SDK signs
+// and retries. Only whole calls are forwarded: method must be the incoming
+// call's (Cache.UnaryInterceptor relays batches and ReEncrypt whole).
+func (c *Cache) forward(ctx context.Context, method string, resp proto.Message) error {
 	who, ok := identity.FromContext(ctx)
 	if !ok {
 		return status.Error(codes.Unauthenticated, "no identity to forward")
 	}
-	raw, err := proto.Marshal(req)
+	in, req, ok := rpc.IncomingCall(ctx)
+	if !ok || in != method {
+		// Part of a call that looked local when it began (a placement
+		// the replica learnt of meanwhile): the client's proof covers
+		// the whole call, not this part.
+		return status.Errorf(codes.Unavailable, "edge %s can forward only whole calls, and part of this one must now go to the central tier: retry", c.cfg.NodeID)
+	}
+	proof, chain, err := c.proofOf(ctx, method)
+	if err != nil {
+		return err
+	}
+	raw, err := forwardproof.Marshal(req)
 	if err != nil {
 		return status.Errorf(codes.Internal, "encoding a forwarded request: %v", err)
 	}
 	c.stats.forwards.Add(1)
-	out, err := c.sync.Forward(rpc.OutgoingRequestID(ctx), &kbv1.ForwardRequest{Method: method, Request: raw, Principal: who.String()})
+	out, err := c.sync.Forward(rpc.OutgoingRequestID(ctx), &kbv1.ForwardRequest{Method: method, Request: raw,
+		Principal: who.String(), ClientChain: chain, Proof: proof})
 	if err != nil {
 		if status.Code(err) == codes.Unavailable {
 			st := status.Convert(err)
@@ -77,6 +101,50 @@ func (c *Cache) forward(ctx context.Context, method string, req, resp proto.Mess
 		return status.Errorf(codes.Internal, "decoding a forwarded response: %v", err)
 	}
 	return nil
+}
+
+// proofOf returns the caller's forward proof for this edge and its
+// certificate chain (leaf first, DER), or asks for a proof.
+func (c *Cache) proofOf(ctx context.Context, method string) ([]byte, [][]byte, error) {
+	var proof []byte
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(forwardproof.MetadataKey); len(v) == 1 {
+			proof = []byte(v[0])
+		}
+	}
+	if proof == nil || !c.addressedHere(proof) {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(forwardproof.RequiredTrailer, "1"))
+		return nil, nil, status.Errorf(codes.FailedPrecondition,
+			"edge %s forwards %s to the central tier, which performs it only with the caller's forward proof for %s: sign the call (the keybroker SDK does)",
+			c.cfg.NodeID, rpc.MethodName(method), c.spiffeID())
+	}
+	p, ok := peer.FromContext(ctx)
+	var chain [][]byte
+	if ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			for _, cert := range ti.State.PeerCertificates {
+				chain = append(chain, cert.Raw)
+			}
+		}
+	}
+	if len(chain) == 0 {
+		return nil, nil, status.Errorf(codes.Unauthenticated, "edge %s has no client certificate to forward %s with", c.cfg.NodeID, rpc.MethodName(method))
+	}
+	return proof, chain, nil
+}
+
+// spiffeID is this edge's SPIFFE id, the audience of the proofs it forwards.
+func (c *Cache) spiffeID() string {
+	return identity.Identity{TrustDomain: c.cfg.TrustDomain, Kind: identity.Edge, Name: c.cfg.NodeID}.String()
+}
+
+// addressedHere says whether a proof names this edge as its audience. The
+// central tier checks everything; this only turns a proof made for
+// another node (a stale route) into a request for a new one.
+func (c *Cache) addressedHere(raw []byte) bool {
+	var p kbv1.ForwardProof
+	var cl kbv1.ForwardProofClaims
+	return proto.Unmarshal(raw, &p) == nil && proto.Unmarshal(p.GetClaims(), &cl) == nil && cl.GetAudience() == c.spiffeID()
 }
 
 // run performs op locally when k's material may be here, falling back to
@@ -118,7 +186,7 @@ func (n *edgeNode) Encrypt(ctx context.Context, id string, pt []byte, ectx map[s
 		return encrypted{ct, k}, err
 	}, func() (encrypted, error) {
 		resp := &kbv1.EncryptResponse{}
-		err := n.c.forward(ctx, kbService+"Encrypt", &kbv1.EncryptRequest{KeyId: id, Plaintext: pt, EncryptionContext: ectx}, resp)
+		err := n.c.forward(ctx, kbService+"Encrypt", resp)
 		return encrypted{resp.GetCiphertext(), n.atVersion(k, resp.GetKeyVersion())}, err
 	})
 	return out.ct, out.k, err
@@ -155,7 +223,7 @@ func (n *edgeNode) Decrypt(ctx context.Context, ct []byte, ectx map[string]strin
 		return decrypted{pt, k, v}, err
 	}, func() (decrypted, error) {
 		resp := &kbv1.DecryptResponse{}
-		err := n.c.forward(ctx, kbService+"Decrypt", &kbv1.DecryptRequest{Ciphertext: ct, EncryptionContext: ectx, KeyId: expect}, resp)
+		err := n.c.forward(ctx, kbService+"Decrypt", resp)
 		return decrypted{resp.GetPlaintext(), k, resp.GetKeyVersion()}, err
 	})
 	return out.pt, out.k, out.v, err
@@ -174,7 +242,7 @@ func (n *edgeNode) GenerateDataKey(ctx context.Context, id string, ectx map[stri
 			method = "GenerateDataKeyWithoutPlaintext"
 		}
 		resp := &kbv1.GenerateDataKeyResponse{}
-		if err := n.c.forward(ctx, kbService+method, &kbv1.GenerateDataKeyRequest{KeyId: id, EncryptionContext: ectx}, resp); err != nil {
+		if err := n.c.forward(ctx, kbService+method, resp); err != nil {
 			return nil, err
 		}
 		return &managed.DataKey{Plaintext: secret.New(resp.GetPlaintext()), Encrypted: resp.GetEncryptedDataKey(),
@@ -197,7 +265,7 @@ func (n *edgeNode) DecryptDataKey(ctx context.Context, id string, v uint32, wrap
 		return dataKey{dek, k}, err
 	}, func() (dataKey, error) {
 		resp := &kbv1.DecryptDataKeyResponse{}
-		if err := n.c.forward(ctx, kbService+"DecryptDataKey", &kbv1.DecryptDataKeyRequest{KeyId: id, KeyVersion: v, WrappedDataKey: wrapped, EncryptionContext: ectx}, resp); err != nil {
+		if err := n.c.forward(ctx, kbService+"DecryptDataKey", resp); err != nil {
 			return dataKey{}, err
 		}
 		return dataKey{secret.New(resp.GetPlaintext()), k}, nil
@@ -219,12 +287,8 @@ func (n *edgeNode) Sign(ctx context.Context, id string, msg []byte, digest bool)
 		sig, k, err := n.c.ops.Sign(ctx, id, msg, digest)
 		return signed{sig, k}, err
 	}, func() (signed, error) {
-		req := &kbv1.SignRequest{KeyId: id, Input: &kbv1.SignRequest_Message{Message: msg}}
-		if digest {
-			req.Input = &kbv1.SignRequest_Digest{Digest: msg}
-		}
 		resp := &kbv1.SignResponse{}
-		err := n.c.forward(ctx, kbService+"Sign", req, resp)
+		err := n.c.forward(ctx, kbService+"Sign", resp)
 		return signed{resp.GetSignature(), n.atVersion(k, resp.GetKeyVersion())}, err
 	})
 	return out.sig, out.k, err
@@ -250,7 +314,7 @@ func (n *edgeNode) GenerateMac(ctx context.Context, id string, msg []byte) ([]by
 		return signed{tag, k}, err
 	}, func() (signed, error) {
 		resp := &kbv1.GenerateMacResponse{}
-		err := n.c.forward(ctx, kbService+"GenerateMac", &kbv1.GenerateMacRequest{KeyId: id, Message: msg}, resp)
+		err := n.c.forward(ctx, kbService+"GenerateMac", resp)
 		return signed{resp.GetMac(), n.atVersion(k, resp.GetKeyVersion())}, err
 	})
 	return out.sig, out.k, err
@@ -271,7 +335,7 @@ func (n *edgeNode) VerifyMac(ctx context.Context, id string, v uint32, msg, tag 
 		return verified{ok, v}, err
 	}, func() (verified, error) {
 		resp := &kbv1.VerifyMacResponse{}
-		err := n.c.forward(ctx, kbService+"VerifyMac", &kbv1.VerifyMacRequest{KeyId: id, KeyVersion: v, Message: msg, Mac: tag}, resp)
+		err := n.c.forward(ctx, kbService+"VerifyMac", resp)
 		return verified{resp.GetValid(), resp.GetKeyVersion()}, err
 	})
 	return out.ok, out.v, err
@@ -283,7 +347,7 @@ func (n *edgeNode) GenerateRandom(ctx context.Context, size int) ([]byte, error)
 		return nil, err
 	}
 	resp := &kbv1.GenerateRandomResponse{}
-	err := n.c.forward(ctx, kbService+"GenerateRandom", &kbv1.GenerateRandomRequest{Length: uint32(size)}, resp)
+	err := n.c.forward(ctx, kbService+"GenerateRandom", resp)
 	return resp.GetRandom(), err
 }
 

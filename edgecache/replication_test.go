@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -177,16 +178,18 @@ func TestPlacementChangeDropsMaterial(t *testing.T) {
 	if ec.disk.getMaterial("moving", 1) != nil {
 		t.Error("the material is still on disk after placement moved away")
 	}
-	// Both directions still work: now by forwarding.
-	pt, _, _, err := ec.Node().Decrypt(ctx, ct, nil, "")
-	if err != nil || string(pt) != "before" {
-		t.Errorf("Decrypt after the move = %q, %v", pt, err)
+	// Both directions still work: now by forwarding the client's signed
+	// calls.
+	kb := serveEdge(t, c, ec).kb(t, identity.Client, "app")
+	pt, err := kb.Decrypt(t.Context(), &kbv1.DecryptRequest{Ciphertext: ct})
+	if err != nil || string(pt.GetPlaintext()) != "before" {
+		t.Errorf("Decrypt after the move = %q, %v", pt.GetPlaintext(), err)
 	}
-	ct2, k, err := ec.Node().Encrypt(ctx, "moving", []byte("after"), nil)
-	if err != nil || k.ID != "moving" || k.Placement != us {
-		t.Fatalf("Encrypt after the move = %+v, %v", k, err)
+	enc, err := kb.Encrypt(t.Context(), &kbv1.EncryptRequest{KeyId: "moving", Plaintext: []byte("after")})
+	if err != nil || enc.GetKeyId() != "moving" {
+		t.Fatalf("Encrypt after the move = %v, %v", enc, err)
 	}
-	dec, err := c.kb.Decrypt(t.Context(), &kbv1.DecryptRequest{Ciphertext: ct2})
+	dec, err := c.kb.Decrypt(t.Context(), &kbv1.DecryptRequest{Ciphertext: enc.GetCiphertext()})
 	if err != nil || string(dec.GetPlaintext()) != "after" {
 		t.Errorf("central Decrypt of the forwarded Encrypt = %q, %v", dec.GetPlaintext(), err)
 	}

@@ -45,6 +45,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
@@ -205,15 +206,35 @@ func (s *Server) authenticate(ctx context.Context, fullMethod string) (context.C
 }
 
 // UnaryInterceptor authenticates every unary call, assigns its request id,
-// and audits calls refused for want of an identity.
+// audits calls refused for want of an identity, and keeps the call's method
+// and request in the context (IncomingCall).
 func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		ctx, err := s.authenticate(ctx, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
-		return h(ctx, req)
+		return h(context.WithValue(ctx, incomingKey{}, incoming{info.FullMethod, req}), req)
 	}
+}
+
+type incomingKey struct{}
+
+type incoming struct {
+	method string
+	req    any
+}
+
+// IncomingCall returns the full method and the request message of the
+// unary call ctx belongs to, as the caller sent them: what an edge forwards
+// must be the call its client signed, not a rebuilt one.
+func IncomingCall(ctx context.Context) (method string, req proto.Message, ok bool) {
+	in, ok := ctx.Value(incomingKey{}).(incoming)
+	if !ok {
+		return "", nil, false
+	}
+	req, ok = in.req.(proto.Message)
+	return in.method, req, ok
 }
 
 type authedStream struct {

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"errors"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -12,6 +14,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -133,15 +136,19 @@ func (s *Server) forwardable() map[string]forwardTarget {
 	return out
 }
 
-// Forward performs a KeyBroker or KeyAdmin call for a client an edge has
-// authenticated. The call runs as that client — authorized by the policy
-// here, audited with the edge's request id and the edge named as Via — so
-// an edge can relay what it may not do itself but can never do more than
-// its client. Only edge certificates may forward, and only for clients and
-// admins of this trust domain; refusals are audited.
+// Forward performs a KeyBroker or KeyAdmin call an edge relays for a
+// client. The call runs as the principal whose certificate chain and
+// forward proof show it made exactly this call to this edge, recently and
+// once (see the package doc), and only when the policy lets the edge
+// forward it (Forward, default deny). It is then authorized by the policy
+// as that principal and audited with the edge's request id and the edge
+// named as Via, so an edge can relay what it may not do itself but never
+// more than its client asked for. Refusals are audited with the edge as the
+// actor and the reason.
 func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.ForwardResponse, error) {
+	op := rpc.MethodName(r.GetMethod())
 	refuse := func(c *rpc.Call, err error) (*kbv1.ForwardResponse, error) {
-		c.Rec.Detail = "forward " + rpc.MethodName(r.GetMethod()) + " for " + r.GetPrincipal()
+		c.Rec.Detail = "forward " + op
 		return nil, c.End(err)
 	}
 	c, err := e.s.Begin(ctx, "Forward", "")
@@ -151,32 +158,54 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	if err := edgeOnly(c); err != nil {
 		return refuse(c, err)
 	}
-	if _, err := registeredEdge(e.s, c); err != nil {
+	node, err := registeredEdge(e.s, c)
+	if err != nil {
 		return refuse(c, err)
-	}
-	client, err := identity.Parse(r.GetPrincipal())
-	switch {
-	case err != nil:
-		return refuse(c, rpc.Invalid("principal %q: %v", r.GetPrincipal(), err))
-	case client.TrustDomain != e.s.td:
-		return refuse(c, rpc.Invalid("principal %s is not in trust domain %s", client, e.s.td))
-	case client.Kind != identity.Client && client.Kind != identity.Admin:
-		return refuse(c, status.Errorf(codes.PermissionDenied, "edges forward for clients and admins, not for %s", client))
 	}
 	t, ok := e.s.forward[r.GetMethod()]
 	if !ok {
 		return refuse(c, status.Errorf(codes.Unimplemented, "method %q cannot be forwarded", r.GetMethod()))
 	}
+	client, err := e.s.proofs.verify(c.Who, r)
+	if err != nil {
+		c.Rec.Decision, c.Rec.PolicyID = "deny", "forward-proof"
+		msg := "edge " + c.Who.Name + " may not forward " + op + ": " + err.Error()
+		if p := r.GetPrincipal(); p != "" {
+			msg += " (the edge named " + p + ")"
+		}
+		return refuse(c, status.Error(codes.PermissionDenied, msg))
+	}
+	if p := r.GetPrincipal(); p != "" && p != client.String() {
+		e.s.log.Warn("an edge named another principal than the one its forward proof establishes",
+			"edge", c.Who.String(), "named", p, "proved", client.String(), "request_id", c.Rec.RequestID)
+	}
+	admin := strings.HasPrefix(r.GetMethod(), "/"+kbv1.KeyAdmin_ServiceDesc.ServiceName+"/")
+	edgeP := edgePrincipal(node, c.Who.TrustDomain)
 	fctx := rpc.WithForwarder(identity.NewContext(ctx, client), c.Who.Name)
-	var decodeErr error
+	var decodeErr, denied error
 	resp, err := t.handler(t.srv, fctx, func(v any) error {
 		decodeErr = proto.Unmarshal(r.GetRequest(), v.(proto.Message))
 		return decodeErr
-	}, nil)
-	if decodeErr != nil {
-		return refuse(c, rpc.Invalid("forwarded %s request: %v", rpc.MethodName(r.GetMethod()), decodeErr))
-	}
-	if err != nil {
+	}, func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		// The edge's own right to relay this call, decided on the key
+		// the request names (the service when it names none or several).
+		key, err := e.forwardedKey(c, req)
+		if err != nil {
+			denied = err
+			return nil, err
+		}
+		if err := c.Decide(e.s.policy.Current().AuthorizeForward(edgeP, key, op, admin)); err != nil {
+			denied = err
+			return nil, err
+		}
+		return h(ctx, req)
+	})
+	switch {
+	case decodeErr != nil:
+		return refuse(c, rpc.Invalid("forwarded %s request: %v", op, decodeErr))
+	case denied != nil:
+		return refuse(c, denied)
+	case err != nil:
 		return nil, err // the call itself was audited, as the client
 	}
 	out, err := proto.Marshal(resp.(proto.Message))
@@ -184,6 +213,63 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 		return nil, status.Errorf(codes.Internal, "encoding the forwarded response: %v", err)
 	}
 	return &kbv1.ForwardResponse{Response: out}, nil
+}
+
+// forwardedKey is the key a forwarded request names, as Cedar sees it, or
+// nil when it names none or more than one (batches of several keys,
+// ReEncrypt to another key): the Forward decision is then on the service.
+func (e *edgeSync) forwardedKey(c *rpc.Call, req any) (*policy.Key, error) {
+	ids := map[string]bool{}
+	add := func(id string) {
+		if id != "" {
+			ids[id] = true
+		}
+	}
+	peek := func(ct []byte) {
+		if id, _, err := managed.PeekKeyID(ct); err == nil {
+			add(id)
+		}
+	}
+	switch m := req.(type) {
+	case *kbv1.DecryptRequest:
+		peek(m.GetCiphertext())
+		add(m.GetKeyId())
+	case *kbv1.ReEncryptRequest:
+		peek(m.GetCiphertext())
+		add(m.GetDestinationKeyId())
+	case *kbv1.BatchEncryptRequest:
+		for _, it := range m.GetItems() {
+			add(it.GetKeyId())
+		}
+	case *kbv1.BatchDecryptRequest:
+		for _, it := range m.GetItems() {
+			peek(it.GetCiphertext())
+			add(it.GetKeyId())
+		}
+	case *kbv1.BatchGenerateDataKeyRequest:
+		for _, it := range m.GetItems() {
+			add(it.GetKeyId())
+		}
+	case interface{ GetKeyId() string }:
+		add(m.GetKeyId())
+	}
+	if len(ids) != 1 {
+		return nil, nil
+	}
+	for id := range ids {
+		c.Rec.Key = id
+		k, err := e.s.svc.Registry().Get(c.Ctx, id)
+		switch {
+		case err == nil:
+			pk := rpc.PolicyKey(k)
+			return &pk, nil
+		case errors.Is(err, managed.ErrNotFound):
+			return &policy.Key{Name: id}, nil
+		default:
+			return nil, err
+		}
+	}
+	return nil, nil
 }
 
 // Acknowledge records the last revision an edge has applied. It is

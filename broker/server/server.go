@@ -7,10 +7,58 @@
 // (a ciphertext or input the backend refuses), FailedPrecondition (a root
 // key the backend does not know, has disabled, or will not let us use),
 // ResourceExhausted (throttling), Unavailable, Unimplemented.
+//
+// # Forwarding bound to the caller
+//
+// An edge forwards to the central tier the calls it cannot serve from its
+// cache. The central tier performs such a call only as a principal that
+// provably made that very call to that very edge: the client signs a
+// ForwardProof (package internal/forwardproof) with its certificate's key —
+// the full method, the SHA-256 of the request's deterministic
+// serialization, the edge's SPIFFE id, the time and a random nonce — and
+// the edge passes on the proof, the client's certificate chain from its TLS
+// handshake, and the request bytes as the client sent them. Forward checks,
+// in order:
+//
+//   - the chain verifies against the CA bundle that signs client
+//     certificates (Config.ClientCAs), for client authentication, now;
+//   - its leaf names a client or admin of this trust domain;
+//   - the proof's signature verifies with the leaf's public key;
+//   - the claims name the forwarded method and the SHA-256 of the forwarded
+//     request bytes;
+//   - the audience is the calling edge's own SPIFFE id;
+//   - issued_at is within Config.ProofWindow of now, either side;
+//   - the nonce has not been seen within the window (replayCache);
+//   - the edge's own right: policy.Set.AuthorizeForward, default deny.
+//
+// Then the call runs as the principal the chain proved; the principal the
+// edge names (ForwardRequest.principal) is only reported when it differs.
+// Every refusal is audited with the edge as the actor and the reason.
+//
+// Why the property holds: the edge holds no client key, so it cannot make
+// a proof; a proof binds method and request bytes, so it cannot change the
+// call; it binds the audience, so one edge cannot spend a proof made for
+// another; freshness and the nonce mean it can relay a call at most once,
+// within the window. What a compromised edge can still do is relay, once,
+// calls clients really sent it — which it could serve anyway if placement
+// gave it the material — or drop them.
+//
+// Cost: one signature at the client per forwarded call (none for calls an
+// edge serves locally: the SDK signs only when LookupKey says the edge
+// forwards, for KeyAdmin calls through an edge, or when the edge asks), and
+// one chain verification and one signature verification at the central
+// tier.
+//
+// # Limits
+//
+// The replay cache is per central node. With several central nodes behind
+// one address a proof could be replayed once to each of them within the
+// window; the window bounds it. A shared cache is later work.
 package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"time"
@@ -44,7 +92,16 @@ type Config struct {
 	// Heartbeat is how often Watch streams send a heartbeat extending the
 	// edge's lease (0: a third of the lease).
 	Heartbeat time.Duration
-	Logger    *slog.Logger
+	// ClientCAs are the CAs that sign client and admin certificates — the
+	// bundle the TLS listener verifies callers against. Forward verifies
+	// the chains edges pass on against it; nil refuses every forward.
+	ClientCAs *x509.CertPool
+	// ProofWindow is how far a forward proof's time may be from now,
+	// either side (0: DefaultProofWindow).
+	ProofWindow time.Duration
+	// Now is the clock forward proofs are checked against (nil: time.Now).
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // DefaultEdgeLease is how long an edge's lease holds without a heartbeat.
@@ -64,6 +121,7 @@ type Server struct {
 	beat    time.Duration
 	live    *liveness
 	forward map[string]forwardTarget
+	proofs  *proofVerifier
 }
 
 // New builds a Server.
@@ -80,8 +138,15 @@ func New(c Config) (*Server, error) {
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = c.Lease / 3
 	}
+	if c.ProofWindow <= 0 {
+		c.ProofWindow = DefaultProofWindow
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
-		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, live: newLiveness()}
+		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, live: newLiveness(),
+		proofs: &proofVerifier{roots: c.ClientCAs, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache()}}
 	var err error
 	s.Server, err = rpc.New(rpc.Config{Node: &centralNode{s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
 		TrustDomain: c.TrustDomain, Classify: classify, Logger: c.Logger})

@@ -40,6 +40,14 @@ permit (principal is Client, action == Action::"GenerateRandom", resource);
 
 @id("no-deletion-by-ops-bot")
 forbid (principal == Admin::"bot", action == Action::"ScheduleKeyDeletion", resource);
+
+@id("edges-forward")
+permit (principal is Edge, action == Action::"Forward", resource)
+when { !context.admin } unless { principal == Edge::"edge-barred" };
+
+@id("edge-relays-admin")
+permit (principal == Edge::"edge-ops", action == Action::"Forward", resource)
+when { context.admin };
 `
 
 type testEnv struct {
@@ -49,6 +57,7 @@ type testEnv struct {
 	caFile    string
 	auditPath string
 	audit     *audit.Log
+	clock     *testClock
 }
 
 func start(t *testing.T) *testEnv {
@@ -87,10 +96,6 @@ func start(t *testing.T) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: "kb.test", Address: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ca, _ := identity.NewCA("kb.test", time.Hour)
 	caFile := filepath.Join(dir, "ca.crt")
 	ca.WriteCA(caFile, filepath.Join(dir, "ca.key"))
@@ -99,12 +104,18 @@ func start(t *testing.T) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
+	clock := &testClock{now: time.Now()}
+	srv, err := New(Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: "kb.test", Address: "127.0.0.1:0",
+		ClientCAs: tlsCfg.ClientCAs, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.UnaryInterceptor(srv.UnaryInterceptor()), grpc.StreamInterceptor(srv.StreamInterceptor()), grpc.MaxRecvMsgSize(5<<20))
 	srv.Register(g)
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	go g.Serve(lis)
 	t.Cleanup(func() { g.Stop(); al.Close(); st.Close(); roots.Close() })
-	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al}
+	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, clock: clock}
 }
 
 func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {

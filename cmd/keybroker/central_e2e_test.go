@@ -90,6 +90,9 @@ forbid (principal == Client::"intern", action == Action::"Sign", resource);
 
 @id("loose")
 permit (principal == Client::"loose", action, resource);
+
+@id("edges-forward")
+permit (principal is Edge, action == Action::"Forward", resource);
 `
 
 // rootKey is a root key to create before the node starts.

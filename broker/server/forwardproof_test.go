@@ -1,0 +1,250 @@
+package server
+
+import (
+	"crypto"
+	"crypto/tls"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/forwardproof"
+	"github.com/keybroker/keybroker/sealed"
+)
+
+// testClock is the clock forward proofs are checked against.
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// signer is a principal's certificate chain and key, able to sign forward
+// proofs as the SDK does.
+type signer struct {
+	id    identity.Identity
+	chain [][]byte
+	key   crypto.Signer
+}
+
+func (e *testEnv) signer(t *testing.T, ca *identity.CA, kind identity.Kind, name string) signer {
+	t.Helper()
+	id := identity.Identity{TrustDomain: ca.TrustDomain, Kind: kind, Name: name}
+	files, err := ca.IssueFiles(id, nil, time.Hour, e.dir, "signer-"+ca.TrustDomain+"-"+string(kind)+"-"+name, e.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer{id: id, chain: pair.Certificate, key: pair.PrivateKey.(crypto.Signer)}
+}
+
+// forward is a ForwardRequest for method and req made by s to audience at
+// time at.
+func (s signer) forward(t *testing.T, method string, req proto.Message, audience string, at time.Time) *kbv1.ForwardRequest {
+	t.Helper()
+	raw, err := forwardproof.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proof, err := forwardproof.Sign(s.key, forwardproof.Claims{Method: method, Request: raw, Audience: audience, IssuedAt: at}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kbv1.ForwardRequest{Method: method, Request: raw, Principal: s.id.String(), ClientChain: s.chain, Proof: proof}
+}
+
+// TestForwardBoundToCaller: an edge can only relay, once and unchanged,
+// a call a client signed for that edge; everything else is refused,
+// audited with the edge as the actor, and never performed as the principal
+// the edge names.
+func TestForwardBoundToCaller(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	for _, k := range []*kbv1.CreateKeyRequest{
+		{KeyId: "billing-key", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_WRAP, Labels: map[string]string{"app": "billing"}},
+		{KeyId: "secret-key", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_WRAP, Labels: map[string]string{"app": "payroll"}},
+	} {
+		if _, err := admin.CreateKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secretCT, err := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops")).Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "secret-key", Plaintext: []byte("payroll")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register := func(name string) kbv1.EdgeSyncClient {
+		sk, _ := sealed.GenerateKey()
+		c := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, name))
+		if _, err := c.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "eu", Address: name + ".example:7443"}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	edge := register("edge-eu-1")
+	barred := register("edge-barred")
+	edgeOps := register("edge-ops")
+	const edgeID = "spiffe://kb.test/edge/edge-eu-1"
+
+	billing := e.signer(t, e.ca, identity.Client, "billing")
+	other := e.signer(t, e.ca, identity.Client, "other")
+	ops := e.signer(t, e.ca, identity.Admin, "ops")
+	foreignCA, err := identity.NewCA("kb.test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := e.signer(t, foreignCA, identity.Admin, "ops")
+
+	const encrypt = "/keybroker.v1.KeyBroker/Encrypt"
+	const decrypt = "/keybroker.v1.KeyBroker/Decrypt"
+	enc := &kbv1.EncryptRequest{KeyId: "billing-key", Plaintext: []byte("invoice 1")}
+	steal := &kbv1.DecryptRequest{Ciphertext: secretCT.Ciphertext}
+	now := e.clock.Now()
+
+	// A genuine forward runs as the client that signed it.
+	genuine := billing.forward(t, encrypt, enc, edgeID, now)
+	resp, err := edge.Forward(ctx, genuine)
+	if err != nil {
+		t.Fatalf("a genuine forward: %v", err)
+	}
+	var out kbv1.EncryptResponse
+	if err := proto.Unmarshal(resp.Response, &out); err != nil || out.KeyId != "billing-key" {
+		t.Fatalf("forwarded Encrypt = %v, %v", &out, err)
+	}
+
+	mutate := func(r *kbv1.ForwardRequest, f func(*kbv1.ForwardRequest)) *kbv1.ForwardRequest {
+		r = proto.Clone(r).(*kbv1.ForwardRequest)
+		f(r)
+		return r
+	}
+	createAsOps := &kbv1.CreateKeyRequest{KeyId: "planted", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_WRAP}
+	raw, _ := proto.Marshal(steal)
+	rawCreate, _ := proto.Marshal(createAsOps)
+	for _, tc := range []struct {
+		name   string
+		edge   kbv1.EdgeSyncClient
+		req    *kbv1.ForwardRequest
+		reason string
+	}{
+		{"a forged admin principal, no proof", edge, &kbv1.ForwardRequest{Method: decrypt, Request: raw, Principal: ops.id.String()}, "bad chain"},
+		{"a forged admin CreateKey, no proof", edge, &kbv1.ForwardRequest{Method: "/keybroker.v1.KeyAdmin/CreateKey", Request: rawCreate, Principal: ops.id.String()}, "bad chain"},
+		{"the admin's chain but no proof", edge, &kbv1.ForwardRequest{Method: decrypt, Request: raw, Principal: ops.id.String(), ClientChain: ops.chain}, "no proof"},
+		{"another client's proof under the admin's chain", edge, mutate(other.forward(t, decrypt, steal, edgeID, now), func(r *kbv1.ForwardRequest) {
+			r.ClientChain, r.Principal = ops.chain, ops.id.String()
+		}), "bad signature"},
+		{"a proof for another edge", edge, ops.forward(t, decrypt, steal, "spiffe://kb.test/edge/edge-us-1", now), "wrong audience"},
+		{"a stale proof", edge, ops.forward(t, decrypt, steal, edgeID, now.Add(-3*time.Minute)), "stale"},
+		{"a proof from the future", edge, ops.forward(t, decrypt, steal, edgeID, now.Add(3*time.Minute)), "stale"},
+		{"a different request body", edge, mutate(billing.forward(t, encrypt, enc, edgeID, now), func(r *kbv1.ForwardRequest) {
+			r.Request, _ = proto.Marshal(&kbv1.EncryptRequest{KeyId: "secret-key", Plaintext: []byte("invoice 1")})
+		}), "digest mismatch"},
+		{"a different method", edge, mutate(billing.forward(t, encrypt, enc, edgeID, now), func(r *kbv1.ForwardRequest) {
+			r.Method = "/keybroker.v1.KeyBroker/GenerateDataKey"
+		}), "method mismatch"},
+		{"a chain from a foreign CA", edge, foreign.forward(t, decrypt, steal, edgeID, now), "bad chain"},
+		{"a replayed proof", edge, genuine, "replay"},
+		{"Forward denied to the edge by the policy", barred, billing.forward(t, encrypt, enc, "spiffe://kb.test/edge/edge-barred", now), "policy"},
+		{"an admin call through an edge the policy lets relay only client calls", edge, ops.forward(t, "/keybroker.v1.KeyAdmin/CreateKey", createAsOps, edgeID, now), "policy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(auditLines(t, e.auditPath))
+			_, err := tc.edge.Forward(ctx, tc.req)
+			code(t, tc.name, err, codes.PermissionDenied)
+			if tc.reason != "policy" && !strings.Contains(err.Error(), tc.reason) {
+				t.Errorf("refusal %q does not say %q", err, tc.reason)
+			}
+			lines := auditLines(t, e.auditPath)[before:]
+			if len(lines) != 1 {
+				t.Fatalf("the refusal left %d audit lines, want 1: %+v", len(lines), lines)
+			}
+			l := lines[0]
+			if l.Operation != "Forward" || l.Decision != "deny" || !strings.Contains(l.Principal, "/edge/") || l.Outcome != "PermissionDenied" {
+				t.Errorf("audit line %+v, want a denied Forward by the edge", l)
+			}
+			if tc.reason != "policy" && !strings.Contains(l.Detail, tc.reason) {
+				t.Errorf("audit detail %q does not say %q", l.Detail, tc.reason)
+			}
+		})
+	}
+	// Nothing ran as the forged principals: no line names them as actor
+	// of a key operation, and the planted key does not exist.
+	for _, l := range auditLines(t, e.auditPath) {
+		if l.Via != "" && l.Principal != billing.id.String() && l.Principal != ops.id.String() {
+			t.Errorf("a forwarded call ran as %s: %+v", l.Principal, l)
+		}
+		if l.Via != "" && (l.Key == "secret-key" || l.Key == "planted") {
+			t.Errorf("a refused forward reached the key: %+v", l)
+		}
+	}
+	if _, err := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops")).DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "planted"}); err == nil {
+		t.Error("the forged CreateKey created the key")
+	}
+
+	// An edge the policy lets relay admin calls does so, as the admin.
+	md, err := edgeOps.Forward(ctx, ops.forward(t, "/keybroker.v1.KeyAdmin/CreateKey", createAsOps, "spiffe://kb.test/edge/edge-ops", now))
+	if err != nil {
+		t.Fatalf("an admin call through edge-ops: %v", err)
+	}
+	var meta kbv1.KeyMetadata
+	if err := proto.Unmarshal(md.Response, &meta); err != nil || meta.KeyId != "planted" {
+		t.Errorf("forwarded CreateKey = %v, %v", &meta, err)
+	}
+	var asOps bool
+	for _, l := range auditLines(t, e.auditPath) {
+		if l.Operation == "CreateKey" && l.Key == "planted" && l.Principal == ops.id.String() && l.Via == "edge-ops" {
+			asOps = true
+		}
+	}
+	if !asOps {
+		t.Error("the relayed CreateKey is not audited as the admin via edge-ops")
+	}
+
+	// Client keys the proof's client may not use stay refused: the call
+	// runs as billing, whom the policy refuses payroll's key.
+	_, err = edge.Forward(ctx, billing.forward(t, decrypt, steal, edgeID, now))
+	code(t, "billing decrypts payroll's ciphertext through an edge", err, codes.PermissionDenied)
+}
+
+// TestReplayCacheExpires: a nonce is remembered while its proof is fresh
+// and forgotten after, so the cache stays bounded.
+func TestReplayCacheExpires(t *testing.T) {
+	r := newReplayCache()
+	r.prune = 2
+	now := time.Unix(1000, 0)
+	n1, n2, n3 := [16]byte{1}, [16]byte{2}, [16]byte{3}
+	if err := r.add(n1, now.Add(time.Minute), now); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.add(n1, now.Add(time.Minute), now); err == nil {
+		t.Error("a nonce was accepted twice")
+	}
+	if err := r.add(n2, now.Add(time.Minute), now); err != nil {
+		t.Fatal(err)
+	}
+	later := now.Add(5 * time.Minute)
+	if err := r.add(n3, later.Add(time.Minute), later); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.m) != 1 {
+		t.Errorf("after expiry the cache holds %d nonces, want 1", len(r.m))
+	}
+}
