@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -32,6 +33,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/forwardproof"
 	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
@@ -411,8 +413,14 @@ func (c *cluster) dialWith(t *testing.T, addr, id string, certPEM, keyPEM []byte
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
+	// Sign forward proofs as the SDK does when an edge asks for one.
+	var signer crypto.Signer
+	if len(cfg.Certificates) > 0 {
+		signer, _ = cfg.Certificates[0].PrivateKey.(crypto.Signer)
+	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)),
+		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/forwardproof"
 )
 
 // Environment variables read when the matching flag is not given.
@@ -115,11 +117,18 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 }
 
 // dialBroker makes a client connection to addr; nothing is dialled until
-// the first RPC.
+// the first RPC. Calls an edge must forward to the central tier are signed
+// with the client certificate's key when the edge asks for a forward proof,
+// as the SDK does.
 func dialBroker(addr string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
+	var signer crypto.Signer
+	if len(tlsConfig.Certificates) > 0 {
+		signer, _ = tlsConfig.Certificates[0].PrivateKey.(crypto.Signer)
+	}
 	return grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMessage)),
+		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
 	)
 }
 
