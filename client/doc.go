@@ -32,6 +32,22 @@
 // so the audit lines of every node tried, and of the central tier behind
 // an edge, can be found together; WithRequestID sets it.
 //
+// # Forward proofs
+//
+// An edge forwards to the central tier what it cannot serve itself, and the
+// central tier performs a forwarded call only as the client that signed it
+// for that edge. The client signs a forward proof — method, SHA-256 of the
+// request, the edge's SPIFFE id, the time, a nonce — with its
+// certificate's key (ECDSA, Ed25519 or RSA-PSS) when LookupKey says the
+// node forwards the operation, on KeyAdmin calls to a connection already
+// seen to reach an edge, and when an edge answers FailedPrecondition with
+// the x-keybroker-forward-proof-required trailer: then the audience is the
+// edge the call's TLS handshake authenticated, never what the edge says,
+// and the call is retried once on that node. Calls a node serves itself
+// are not signed. A TLS configuration that supplies its certificate only
+// through GetClientCertificate, or whose key is not a crypto.Signer, signs
+// nothing, and edges refuse the calls they would forward.
+//
 // # Errors
 //
 // Every error is an *Error naming the operation, key and node, with the

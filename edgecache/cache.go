@@ -44,10 +44,24 @@
 // Operations on keys whose material the edge may hold run here with the
 // same code and checks as at the central tier (package managed), producing
 // the same ciphertexts. Backend-mode keys, keys placed elsewhere,
-// GenerateRandom and every KeyAdmin call are forwarded: the central tier
-// performs them as the edge's authenticated client, under the same request
-// id. Verify, GetPublicKey, DescribeKey, ListKeys and LookupKey are
+// GenerateRandom and every KeyAdmin call are forwarded, under the same
+// request id. Verify, GetPublicKey, DescribeKey, ListKeys and LookupKey are
 // answered from the replica.
+//
+// # Forwarding
+//
+// The central tier performs a forwarded call only as the client that
+// signed it for this edge (see package broker/server). So the edge forwards
+// the client's own request (rpc.IncomingCall, serialized
+// deterministically), the client's forward proof from the
+// x-keybroker-forward-proof-bin metadata, and the client's certificate
+// chain from the TLS handshake. A call without a proof naming this edge is
+// answered FailedPrecondition with the x-keybroker-forward-proof-required
+// trailer and nothing is forwarded; the SDK and CLI then sign and retry.
+// Calls made of parts — batches and ReEncrypt — are decided up front by
+// Cache.UnaryInterceptor: served here whole, or forwarded whole, because a
+// proof covers the call as the client made it, never a part the edge would
+// cut out of it.
 package edgecache
 
 import (
