@@ -2,8 +2,10 @@ package server
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"sync"
 	"time"
@@ -38,6 +40,7 @@ type proofVerifier struct {
 	window time.Duration
 	now    func() time.Time
 	seen   *replayCache
+	chains chainCache
 }
 
 // verify returns the identity that made the forwarded call r to edge.
@@ -52,33 +55,13 @@ func (v *proofVerifier) verify(edge identity.Identity, r *kbv1.ForwardRequest) (
 	if len(r.GetProof()) == 0 {
 		return identity.Identity{}, refused("no proof: the client did not sign this call")
 	}
-	certs := make([]*x509.Certificate, len(chain))
-	for i, der := range chain {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return identity.Identity{}, refused("bad chain: certificate %d: %v", i, err)
-		}
-		certs[i] = c
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
 	now := v.now()
-	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: v.roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return identity.Identity{}, refused("bad chain: %v", err)
+	leaf, err := v.chains.verify(chain, now, v.verifyChain)
+	if err != nil {
+		return identity.Identity{}, err
 	}
-	who, err := identity.FromCertificate(certs[0])
-	switch {
-	case err != nil:
-		return identity.Identity{}, refused("bad chain: %v", err)
-	case who.TrustDomain != v.td:
-		return identity.Identity{}, refused("bad chain: %s is not in trust domain %s", who, v.td)
-	case who.Kind != identity.Client && who.Kind != identity.Admin:
-		return identity.Identity{}, refused("bad chain: edges forward for clients and admins, not for %s", who)
-	}
-	claims, err := forwardproof.Parse(r.GetProof(), certs[0].PublicKey)
+	who := leaf.who
+	claims, err := forwardproof.Parse(r.GetProof(), leaf.pub)
 	if err != nil {
 		return identity.Identity{}, refused("bad signature: %v", err)
 	}
@@ -99,6 +82,94 @@ func (v *proofVerifier) verify(edge identity.Identity, r *kbv1.ForwardRequest) (
 		return identity.Identity{}, err
 	}
 	return who, nil
+}
+
+// verifiedLeaf is what a verified chain establishes.
+type verifiedLeaf struct {
+	who identity.Identity
+	pub crypto.PublicKey
+	// until is the earliest NotAfter of the chain: the cached result
+	// holds no longer.
+	until time.Time
+}
+
+// verifyChain verifies a client certificate chain (leaf first, DER)
+// against the client CA bundle at now, for client authentication, and
+// returns the client or admin of this trust domain its leaf names.
+func (v *proofVerifier) verifyChain(chain [][]byte, now time.Time) (verifiedLeaf, error) {
+	certs := make([]*x509.Certificate, len(chain))
+	for i, der := range chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return verifiedLeaf{}, refused("bad chain: certificate %d: %v", i, err)
+		}
+		certs[i] = c
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: v.roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return verifiedLeaf{}, refused("bad chain: %v", err)
+	}
+	who, err := identity.FromCertificate(certs[0])
+	switch {
+	case err != nil:
+		return verifiedLeaf{}, refused("bad chain: %v", err)
+	case who.TrustDomain != v.td:
+		return verifiedLeaf{}, refused("bad chain: %s is not in trust domain %s", who, v.td)
+	case who.Kind != identity.Client && who.Kind != identity.Admin:
+		return verifiedLeaf{}, refused("bad chain: edges forward for clients and admins, not for %s", who)
+	}
+	until := certs[0].NotAfter
+	for _, c := range chains[0] {
+		if c.NotAfter.Before(until) {
+			until = c.NotAfter
+		}
+	}
+	return verifiedLeaf{who: who, pub: certs[0].PublicKey, until: until}, nil
+}
+
+// maxChains bounds the verified-chain cache.
+const maxChains = 4096
+
+// chainCache remembers verified chains, by the SHA-256 of their DER, until
+// the first of their certificates expires, so a busy client costs one
+// chain verification, not one per forwarded call. Refusals are not cached.
+type chainCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]verifiedLeaf
+}
+
+func (cc *chainCache) verify(chain [][]byte, now time.Time, verify func([][]byte, time.Time) (verifiedLeaf, error)) (verifiedLeaf, error) {
+	h := sha256.New()
+	for _, der := range chain {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(der)))
+		h.Write(n[:])
+		h.Write(der)
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	cc.mu.Lock()
+	l, ok := cc.m[k]
+	cc.mu.Unlock()
+	if ok && now.Before(l.until) {
+		return l, nil
+	}
+	l, err := verify(chain, now)
+	if err != nil {
+		return verifiedLeaf{}, err
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.m == nil || len(cc.m) >= maxChains {
+		cc.m = map[[32]byte]verifiedLeaf{} // simple bound: start over
+	}
+	cc.m[k] = l
+	return l, nil
 }
 
 // replayCache remembers nonces until the proofs that carried them are no

@@ -222,6 +222,18 @@ func TestForwardBoundToCaller(t *testing.T) {
 	// runs as billing, whom the policy refuses payroll's key.
 	_, err = edge.Forward(ctx, billing.forward(t, decrypt, steal, edgeID, now))
 	code(t, "billing decrypts payroll's ciphertext through an edge", err, codes.PermissionDenied)
+
+	// A chain verified (and cached) before stops proving anything when a
+	// certificate in it expires.
+	if _, err := edge.Forward(ctx, billing.forward(t, encrypt, enc, edgeID, e.clock.Now())); err != nil {
+		t.Fatalf("a second genuine forward: %v", err)
+	}
+	e.clock.Add(2 * time.Hour) // the test certificates last an hour
+	_, err = edge.Forward(ctx, billing.forward(t, encrypt, enc, edgeID, e.clock.Now()))
+	code(t, "a forward with an expired client certificate", err, codes.PermissionDenied)
+	if err != nil && !strings.Contains(err.Error(), "bad chain") {
+		t.Errorf("expired certificate refusal %q does not say bad chain", err)
+	}
 }
 
 // TestReplayCacheExpires: a nonce is remembered while its proof is fresh

@@ -40,14 +40,15 @@
 // call; it binds the audience, so one edge cannot spend a proof made for
 // another; freshness and the nonce mean it can relay a call at most once,
 // within the window. What a compromised edge can still do is relay, once,
-// calls clients really sent it — which it could serve anyway if placement
-// gave it the material — or drop them.
+// calls clients really sent it, see their answers (as it does for calls it
+// serves), or drop them.
 //
 // Cost: one signature at the client per forwarded call (none for calls an
 // edge serves locally: the SDK signs only when LookupKey says the edge
 // forwards, for KeyAdmin calls through an edge, or when the edge asks), and
-// one chain verification and one signature verification at the central
-// tier.
+// one signature verification at the central tier, plus one chain
+// verification per client certificate chain: verified chains are cached
+// (bounded, until the first of their certificates expires).
 //
 // # Limits
 //
