@@ -78,8 +78,10 @@ func TestRestartFromDisk(t *testing.T) {
 			dk.Plaintext.Destroy()
 			before, _, err := node.ListKeys(ctx, nil, 0, "")
 			must(t, "ListKeys before the restart", err)
-			rev, lease := ec.Revision(), ec.LeaseExpires()
+			// Read what was persisted once Run has stopped: a heartbeat
+			// in between would extend the lease on disk.
 			r.stop(t)
+			rev, lease := ec.Revision(), ec.LeaseExpires()
 			must(t, "Close", ec.Close())
 
 			secrets := materialOnDisk(t, dir, id)
