@@ -81,12 +81,14 @@ func startCentral(t *testing.T) *central {
 	ks := filepath.Join(dir, "softkms.json")
 	sb, err := softkms.New(ctx, softkms.Config{Path: ks, KEKFile: kek})
 	must(t, "softkms", err)
-	for name, alg := range map[string]backends.Algorithm{"prf": backends.HMAC256, "aes": backends.AES256} {
+	for name, alg := range map[string]backends.Algorithm{"prf": backends.HMAC256, "aes": backends.AES256, "hsm-aes": backends.AES256} {
 		_, err := sb.CreateKey(ctx, name, alg)
 		must(t, "creating root "+name, err)
 	}
 	roots, err := broker.NewRoots(map[string]backends.Backend{"soft": sb}, map[string]string{"soft": "softkms:path=" + ks + ";kek-source=" + kek})
 	must(t, "roots", err)
+	must(t, "declaring root keys", roots.Declare([]broker.RootKey{
+		{URI: "softkms:prf", Role: broker.RoleDerive}, {URI: "softkms:aes", Role: broker.RoleWrap}, {URI: "softkms:hsm-aes", Role: broker.RoleBackend}}))
 	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
 	must(t, "store", err)
 	svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(st, nil), Roots: roots,

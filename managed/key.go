@@ -121,6 +121,14 @@ type Key struct {
 	State       State             `json:"state"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Description string            `json:"description,omitempty"`
+	// Salt is 32 random bytes made when the key is created
+	// (crypto/rand). It enters the derive input, the wrap-mode material
+	// AAD, every data-key AAD and the input of backend-mode MACs (see
+	// Input), so a key created again under a deleted id, or under the
+	// same id in another deployment sharing a root, has unrelated
+	// material and opens none of the old key's ciphertexts. Keys made
+	// before salts have none and keep their legacy inputs.
+	Salt []byte `json:"salt,omitempty"`
 	// Placement is a Cedar condition over the edge that may hold the key's
 	// material (policy.ValidatePlacement); empty means the global policies
 	// alone decide.
@@ -141,6 +149,7 @@ type Key struct {
 func (k *Key) Clone() *Key {
 	c := *k
 	c.Labels = maps.Clone(k.Labels)
+	c.Salt = slices.Clone(k.Salt)
 	c.Versions = slices.Clone(k.Versions)
 	return &c
 }
@@ -249,6 +258,8 @@ func (k *Key) ValidateMeta() error {
 		return Errorf(ErrInvalidArgument, "rotation period %s is shorter than %s", k.RotationPeriod, MinRotationPeriod)
 	case len(k.Description) > 1024:
 		return Errorf(ErrInvalidArgument, "description longer than 1024 bytes")
+	case len(k.Salt) != 0 && len(k.Salt) != SaltSize:
+		return Errorf(ErrInvalidArgument, "salt is %d bytes, want %d (or none, for a key made before salts)", len(k.Salt), SaltSize)
 	}
 	if k.Placement != "" {
 		if err := policy.ValidatePlacement(k.ID, k.Placement); err != nil {

@@ -49,6 +49,7 @@ type testEnv struct {
 	caFile    string
 	auditPath string
 	audit     *audit.Log
+	svc       *broker.Service
 }
 
 func start(t *testing.T) *testEnv {
@@ -64,8 +65,13 @@ func start(t *testing.T) *testEnv {
 	}
 	sb.CreateKey(ctx, "prf", backends.HMAC256)
 	sb.CreateKey(ctx, "aes", backends.AES256)
+	sb.CreateKey(ctx, "hsm-aes", backends.AES256)
 	roots, err := broker.NewRoots(map[string]backends.Backend{"soft": sb}, map[string]string{"soft": "softkms:path=" + ks + ";kek-source=" + kek})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roots.Declare([]broker.RootKey{{URI: "softkms:prf", Role: broker.RoleDerive}, {URI: "softkms:aes", Role: broker.RoleWrap},
+		{URI: "softkms:hsm-aes", Role: broker.RoleBackend}}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
@@ -104,7 +110,7 @@ func start(t *testing.T) *testEnv {
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	go g.Serve(lis)
 	t.Cleanup(func() { g.Stop(); al.Close(); st.Close(); roots.Close() })
-	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al}
+	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, svc: svc}
 }
 
 func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {
