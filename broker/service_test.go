@@ -57,6 +57,7 @@ type env struct {
 	svc     *Service
 	backend *counting
 	clock   *clock
+	roots   *Roots
 }
 
 // testRootKeys declares the test backend's root keys, each in one role.
@@ -109,7 +110,7 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{svc: svc, backend: cb, clock: c}
+	return &env{svc: svc, backend: cb, clock: c, roots: roots}
 }
 
 func (e *env) create(t testing.TB, id string, typ KeyType, mode Mode, root string, derived bool) *Key {
