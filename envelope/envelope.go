@@ -51,8 +51,8 @@
 // A [Reuser] hands out one data key per (key, version, context partition)
 // until its period, message count or byte count runs out, so that millions
 // of messages cost a handful of unwraps. A [Cache] keeps unwrapped data keys
-// for decryption, keyed by key id, version and wrapped key, bounded and with
-// a lifetime. Both coalesce concurrent misses for one entry into one call.
+// for decryption, keyed by key id, version, the key's incarnation (its salt,
+// [Cache.GetIncarnation]) and wrapped key, bounded and with a lifetime. Both coalesce concurrent misses for one entry into one call.
 //
 // # Secrets
 //

@@ -17,6 +17,17 @@
 // pending-deletion) and versions, one of them primary. Rotation adds a
 // version and makes it primary; old versions keep decrypting and verifying
 // until the minimum decryption version passes them.
+//
+// # Salts and domains
+//
+// Each key made now has a random 32-byte salt (Key.Salt). Every byte
+// string that binds material or a data key to a key version — the derive
+// input, the wrap-mode material AAD, the data-key AADs, the prefix of
+// backend-mode MACs — is Key.Input of a Domain: a label of its own, the
+// salt, the key id and the version. A key deleted and created again under
+// its id therefore has unrelated material, and no domain's input equals
+// another's. Keys made before salts keep the legacy inputs (no salt, the
+// "keybroker/v1/..." labels).
 package managed
 
 import (

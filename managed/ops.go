@@ -84,9 +84,11 @@ type Config struct {
 //
 // # Caching
 //
-// Encrypt reuses one data key per (key, version, context partition) within
-// the reuse policy; Decrypt keeps unwrapped data keys in a bounded cache
-// keyed by the wrapped data key's fingerprint. Concurrent misses for one
+// Encrypt reuses one data key per (key, salt, version, context partition)
+// within the reuse policy; Decrypt keeps unwrapped data keys in a bounded
+// cache keyed by the key, its salt and the wrapped data key, so a key
+// created again under a deleted id meets none of its predecessor's data
+// keys even when Forget was missed. Concurrent misses for one
 // entry are coalesced, so N cold requests cost one material fetch and one
 // unwrap. Forget drops both caches' entries for a key.
 type Ops struct {
