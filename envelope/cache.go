@@ -354,7 +354,7 @@ func (c *Cache) Get(ctx context.Context, h *Header, unwrap func(context.Context)
 }
 
 // GetIncarnation is Get for one incarnation of the key h names (at most
-// 255 bytes; the central tier and edges give the key's hex salt), so that
+// 255 bytes; the central tier and edges give the key's salt), so that
 // a key deleted and created again under the same id never gets the data
 // keys its predecessor unwrapped.
 func (c *Cache) GetIncarnation(ctx context.Context, h *Header, incarnation string, unwrap func(context.Context) (*DataKey, error)) (*DataKey, error) {

@@ -3,7 +3,6 @@ package managed
 import (
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 )
 
 // SaltSize is the size of a key's salt.
@@ -78,7 +77,8 @@ func (k *Key) BackendMACInput(v uint32, msg []byte) []byte {
 	return append(k.Input(DomainBackendMAC, v), msg...)
 }
 
-// Incarnation names this incarnation of the key in cache keys: the hex
-// salt ("" for legacy keys), so that nothing cached for a deleted key is
-// served to a key created again under its id.
-func (k *Key) Incarnation() string { return hex.EncodeToString(k.Salt) }
+// Incarnation names this incarnation of the key in cache keys: the salt's
+// bytes as a string ("" for legacy keys), so that nothing cached for a
+// deleted key is served to a key created again under its id. It is not
+// for printing.
+func (k *Key) Incarnation() string { return string(k.Salt) }

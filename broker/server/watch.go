@@ -327,7 +327,7 @@ type sealedKey struct {
 type sealedVersion struct {
 	keyCreated, created time.Time
 	root                string
-	incarnation         string // the key's hex salt
+	incarnation         string // the key's salt (Key.Incarnation)
 	blob                []byte
 }
 
