@@ -352,3 +352,27 @@ func TestLegacyKeysKeepTheirInputs(t *testing.T) {
 		t.Error("a legacy key on a declared backend root was refused")
 	}
 }
+
+// TestDeclareRootKeys: a root key has one role — declared twice, in two
+// roles or under two spellings, it is refused, as are unknown roles and
+// types and keys no backend holds.
+func TestDeclareRootKeys(t *testing.T) {
+	e := newEnv(t)
+	full := "softkms:prf-root;" + e.roots.roots[0].uri.BackendURI()[len("softkms:"):]
+	for _, tc := range []struct {
+		name string
+		keys []RootKey
+		want string
+	}{
+		{"two roles", []RootKey{{URI: "softkms:prf-root", Role: RoleDerive}, {URI: "softkms:prf-root", Role: RoleBackend}}, "declared twice"},
+		{"two spellings", []RootKey{{URI: "softkms:prf-root", Role: RoleDerive}, {URI: full, Role: RoleDerive}}, "declared twice"},
+		{"unknown role", []RootKey{{URI: "softkms:prf-root", Role: "prf"}}, `role "prf"`},
+		{"unknown type", []RootKey{{URI: "softkms:ec-root", Role: RoleBackend, Types: []KeyType{"rsa"}}}, `type "rsa"`},
+		{"no backend holds it", []RootKey{{URI: "pkcs11:token=t;object=o", Role: RoleDerive}}, "no configured backend"},
+	} {
+		err := e.roots.Declare(tc.keys)
+		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
+			t.Errorf("%s: Declare = %v, want an error containing %q", tc.name, err, tc.want)
+		}
+	}
+}

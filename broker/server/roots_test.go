@@ -71,6 +71,17 @@ func TestTeamAdminCannotBorrowTheDeriveRoot(t *testing.T) {
 		_, err = teamAdmin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "evil", Type: hmacType, Mode: backendMode, RootKey: root, Labels: billing})
 		code(t, "backend hmac on the derive root "+root, err, codes.InvalidArgument)
 	}
+	// The refusal is audited, naming the team admin and the key.
+	e.audit.Sync()
+	var audited int
+	for _, r := range auditLines(t, e.auditPath) {
+		if r.Operation == "CreateKey" && r.Key == "evil" && r.Principal == "spiffe://kb.test/admin/billing" && r.Outcome == "InvalidArgument" {
+			audited++
+		}
+	}
+	if audited != 2 {
+		t.Errorf("%d audit lines for the refused CreateKeys, want 2", audited)
+	}
 	// Had the key been made, this would be the victim's material.
 	tag, err := teamApp.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "evil", Message: broker.DeriveInput(victim, 1)})
 	if err == nil && hmac.Equal(tag.GetMac(), material.Reveal()) {
