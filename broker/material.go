@@ -17,21 +17,17 @@ import (
 	"github.com/keybroker/keybroker/secret"
 )
 
-// Material labels. Changing either changes every derived key.
-const (
-	materialLabel = "keybroker/v1/material"
-	wrapLabel     = "keybroker/v1/wrap"
-)
-
 // DeriveInput is the PRF input for a derive-mode version's material:
-// "keybroker/v1/material" ‖ 0 ‖ key id ‖ 0 ‖ u32 version.
-func DeriveInput(keyID string, version uint32) []byte {
-	return managed.VersionInput(materialLabel, keyID, version)
+// "keybroker/v2/material" ‖ 0 ‖ salt ‖ key id ‖ 0 ‖ u32 version, or for a
+// key made before salts "keybroker/v1/material" ‖ 0 ‖ key id ‖ 0 ‖ u32
+// version. Changing it changes every derived key.
+func DeriveInput(k *Key, version uint32) []byte {
+	return k.Input(managed.DomainMaterial, version)
 }
 
-// WrapAAD binds wrapped material to its key and version.
-func WrapAAD(keyID string, version uint32) []byte {
-	return managed.VersionInput(wrapLabel, keyID, version)
+// WrapAAD binds wrapped material to its key (and its salt) and version.
+func WrapAAD(k *Key, version uint32) []byte {
+	return k.Input(managed.DomainWrap, version)
 }
 
 // Materials produces and caches key-version material. It is the only place
@@ -63,8 +59,11 @@ func NewMaterials(roots *Roots, capacity int, ttl time.Duration, now func() time
 	return &Materials{roots: roots, ttl: ttl, cap: max(capacity, 1), now: now, ll: list.New(), m: map[string]*list.Element{}}
 }
 
-func cacheID(keyID string, v uint32) string {
-	return keyID + "\x00" + strconv.FormatUint(uint64(v), 10)
+// cacheID names a version of one incarnation of a key: a key created
+// again under a deleted id has another salt, so it never meets its
+// predecessor's material here, even on a node that missed the deletion.
+func cacheID(k *Key, v uint32) string {
+	return k.ID + "\x00" + strconv.FormatUint(uint64(v), 10) + "\x00" + k.Incarnation()
 }
 
 // Material is Get as a managed.MaterialSource: a copy the caller destroys.
@@ -86,7 +85,7 @@ func (ms *Materials) Get(ctx context.Context, k *Key, v uint32) (*secret.Bytes, 
 	if k.Mode == ModeBackend {
 		return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend", k.ID)
 	}
-	id := cacheID(k.ID, v)
+	id := cacheID(k, v)
 	if m := ms.lookup(id); m != nil {
 		return m, nil
 	}
@@ -112,6 +111,9 @@ func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret
 	if err != nil {
 		return nil, err
 	}
+	if err := ms.roots.CheckRole(ver.RootKey, k.Mode); err != nil {
+		return nil, err
+	}
 	switch k.Mode {
 	case ModeDerive:
 		mac, ok := b.(backends.MACer)
@@ -119,10 +121,10 @@ func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret
 			return nil, errorf(ErrFailedPrecondition, "root key %q cannot derive material: its backend has no HMAC", ver.RootKey)
 		}
 		ms.roots.Called(ctx, backendName, "derive")
-		return mac.MAC(ctx, name, DeriveInput(k.ID, ver.Version))
+		return mac.MAC(ctx, name, DeriveInput(k, ver.Version))
 	case ModeWrap:
 		ms.roots.Called(ctx, backendName, "unwrap")
-		return b.Decrypt(ctx, name, ver.Wrapped, WrapAAD(k.ID, ver.Version))
+		return b.Decrypt(ctx, name, ver.Wrapped, WrapAAD(k, ver.Version))
 	}
 	return nil, errorf(ErrFailedPrecondition, "key %q mode %s has no material", k.ID, k.Mode)
 }
@@ -137,6 +139,9 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 	if err != nil {
 		return Version{}, err
 	}
+	if err := ms.roots.CheckRole(rootKey, k.Mode); err != nil {
+		return Version{}, err
+	}
 	ver := Version{Version: v, RootKey: rootKey}
 	var material *secret.Bytes
 	switch k.Mode {
@@ -146,7 +151,7 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 			return Version{}, errorf(ErrInvalidArgument, "root key %q: derive mode needs an HMAC-capable backend", rootKey)
 		}
 		ms.roots.Called(ctx, backendName, "derive")
-		if material, err = mac.MAC(ctx, name, DeriveInput(k.ID, v)); err != nil {
+		if material, err = mac.MAC(ctx, name, DeriveInput(k, v)); err != nil {
 			return Version{}, rootError(rootKey, err)
 		}
 	case ModeWrap:
@@ -157,7 +162,7 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 		}
 		material = secret.New(raw)
 		ms.roots.Called(ctx, backendName, "wrap")
-		if ver.Wrapped, err = b.Encrypt(ctx, name, raw, WrapAAD(k.ID, v)); err != nil {
+		if ver.Wrapped, err = b.Encrypt(ctx, name, raw, WrapAAD(k, v)); err != nil {
 			material.Destroy()
 			return Version{}, rootError(rootKey, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -36,8 +37,24 @@ type root struct {
 // that no configured backend holds, or that several could, is refused, so
 // a CreateKey cannot make the central tier open a backend nobody
 // configured.
+//
+// # Root key roles
+//
+// Every root key a new managed key may use is declared (Declare) with one
+// role: RoleDerive (the PRF of derive-mode keys), RoleWrap (wraps
+// wrap-mode material) or RoleBackend (performs the operations of
+// backend-mode keys, optionally of given types only). CreateKey takes only
+// a declared root in the role of the new key's mode (Admit), and no
+// operation runs on a root declared for another role than its key's mode
+// (CheckRole): a backend-mode HMAC key on the derive root would hand out
+// the PRF of every derive-mode key. Keys made before roles on roots left
+// undeclared keep working.
 type Roots struct {
 	roots []*root
+
+	// declared holds the root key declarations by backend name ‖ 0 ‖
+	// key name; set once by Declare, before the roots serve.
+	declared map[string]RootKey
 
 	// resolved memoizes Resolve: the roots never change after
 	// construction, and every request resolves its key's root.
@@ -45,6 +62,119 @@ type Roots struct {
 	memoized atomic.Int64
 
 	calls sync.Map // CallKey → *atomic.Uint64
+}
+
+// Role is what a root key is for.
+type Role string
+
+// Roles.
+const (
+	RoleDerive  Role = "derive"
+	RoleWrap    Role = "wrap"
+	RoleBackend Role = "backend"
+)
+
+// RoleOf is the role a root key needs to serve keys of mode m.
+func RoleOf(m Mode) Role {
+	switch m {
+	case ModeDerive:
+		return RoleDerive
+	case ModeWrap:
+		return RoleWrap
+	case ModeBackend:
+		return RoleBackend
+	}
+	return ""
+}
+
+// RootKey declares one root key and its role.
+type RootKey struct {
+	// URI names the key in one configured backend (see Resolve); it is
+	// the spelling CreateKey stores and policies see as resource.root.
+	URI string
+	// Role is the one thing the key is for.
+	Role Role
+	// Types are the managed key types it may serve; empty means all.
+	Types []KeyType
+}
+
+// Declare records the root keys new keys may use and their roles. It is
+// called once, before the roots serve. A key declared twice — in two
+// roles, or twice in one under two spellings — is refused, as is one no
+// configured backend holds.
+func (r *Roots) Declare(keys []RootKey) error {
+	declared := map[string]RootKey{}
+	for _, rk := range keys {
+		switch rk.Role {
+		case RoleDerive, RoleWrap, RoleBackend:
+		default:
+			return fmt.Errorf("broker: root key %q: role %q is not derive, wrap or backend", rk.URI, rk.Role)
+		}
+		for _, t := range rk.Types {
+			if !t.Valid() {
+				return fmt.Errorf("broker: root key %q: type %q is not a key type", rk.URI, t)
+			}
+		}
+		_, backendName, name, err := r.resolve(rk.URI)
+		if err != nil {
+			return fmt.Errorf("broker: root key %q: %w", rk.URI, err)
+		}
+		id := backendName + "\x00" + name
+		if prev, dup := declared[id]; dup {
+			return fmt.Errorf("broker: root key %q is declared twice (as %s %q and as %s %q): a root key has one role", rk.URI, prev.Role, prev.URI, rk.Role, rk.URI)
+		}
+		declared[id] = RootKey{URI: rk.URI, Role: rk.Role, Types: slices.Clone(rk.Types)}
+	}
+	r.declared = declared
+	return nil
+}
+
+// declaration returns the declaration of the root key keyURI names.
+func (r *Roots) declaration(keyURI string) (RootKey, bool, error) {
+	_, backendName, name, err := r.Resolve(keyURI)
+	if err != nil {
+		return RootKey{}, false, err
+	}
+	rk, ok := r.declared[backendName+"\x00"+name]
+	return rk, ok, nil
+}
+
+// Admit checks that the root key keyURI names may serve a new key of mode
+// m and type t, and returns the URI as declared. An undeclared root key,
+// or one declared for another role or other types, is an
+// ErrInvalidArgument naming the key and its role.
+func (r *Roots) Admit(keyURI string, m Mode, t KeyType) (string, error) {
+	rk, ok, err := r.declaration(keyURI)
+	if err != nil {
+		return "", err
+	}
+	switch want := RoleOf(m); {
+	case !ok:
+		return "", errorf(ErrInvalidArgument, "root key %q is not a declared root key: a %s-mode key needs a root key declared with role %s", keyURI, m, want)
+	case rk.Role != want:
+		return "", errorf(ErrInvalidArgument, "root key %q is declared with role %s: a %s-mode key needs a root key with role %s", keyURI, rk.Role, m, want)
+	case len(rk.Types) > 0 && !slices.Contains(rk.Types, t):
+		return "", errorf(ErrInvalidArgument, "root key %q (role %s) serves %v keys, not %s", keyURI, rk.Role, rk.Types, t)
+	}
+	return rk.URI, nil
+}
+
+// CheckRole refuses to use the root key keyURI names for a key of mode m
+// when it is declared for another role (an ErrFailedPrecondition). An
+// undeclared root key passes: keys created before roots had roles keep
+// working; CreateKey (Admit) takes declared roots only.
+func (r *Roots) CheckRole(keyURI string, m Mode) error {
+	if len(r.declared) == 0 {
+		return nil
+	}
+	rk, ok, err := r.declaration(keyURI)
+	if err != nil || !ok {
+		return err
+	}
+	if want := RoleOf(m); rk.Role != want {
+		return errorf(ErrFailedPrecondition, "root key %q is declared with role %s: it does not serve %s-mode keys", keyURI, rk.Role, m)
+	}
+	return nil
 }
 
 // CallKey names a count of calls: a backend and an operation.

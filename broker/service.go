@@ -94,17 +94,15 @@ type CreateParams struct {
 // CreateKey creates a key and its first version.
 func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*Key, error) {
 	k := &Key{ID: p.ID, Type: p.Type, Mode: p.Mode, Derived: p.Derived, State: StateEnabled,
-		Labels: maps.Clone(p.Labels), RotationPeriod: p.RotationPeriod, Description: p.Description, Placement: p.Placement, Primary: 1}
-	root := p.RootKey
-	if root == "" {
-		root = s.defaults[p.Mode]
-	}
+		Labels: maps.Clone(p.Labels), RotationPeriod: p.RotationPeriod, Description: p.Description, Placement: p.Placement, Primary: 1,
+		Salt: managed.NewSalt()}
 	// Validate everything that does not need the backend before asking it.
 	if err := k.ValidateMeta(); err != nil {
 		return nil, err
 	}
-	if root == "" {
-		return nil, errorf(ErrInvalidArgument, "no root key given and no default root key for %s mode", p.Mode)
+	root, err := s.RootFor(p.Mode, p.Type, p.RootKey)
+	if err != nil {
+		return nil, err
 	}
 	if _, err := s.reg.Get(ctx, p.ID); err == nil {
 		return nil, errorf(ErrAlreadyExists, "key %q already exists", p.ID)
@@ -119,6 +117,22 @@ func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*Key, error) {
 		k.NextRotation = s.now().Add(k.RotationPeriod).UTC()
 	}
 	return s.reg.Create(ctx, k)
+}
+
+// RootFor returns the root key a new key of mode m and type t would use:
+// the requested one, else the configured default for m, as the root key
+// declaration spells it. It refuses a root key that is not declared, or
+// declared for another role or other types. The gRPC layer authorizes
+// CreateKey with its result (Cedar resource.root), and CreateKey uses it.
+func (s *Service) RootFor(m Mode, t KeyType, requested string) (string, error) {
+	root := requested
+	if root == "" {
+		root = s.defaults[m]
+	}
+	if root == "" {
+		return "", errorf(ErrInvalidArgument, "no root key given and no default root key for %s mode", m)
+	}
+	return s.roots.Admit(root, m, t)
 }
 
 // RotateKey adds a version on the primary version's root key.
@@ -292,9 +306,10 @@ func (s *Service) SealMaterial(ctx context.Context, edge *Node, k *Key, v uint32
 	return sealed.Seal(edge.SealingKey, edge.ID, k.ID, v, m)
 }
 
-// dekAAD binds a backend-wrapped data key to its key and version.
-func dekAAD(id string, v uint32) []byte {
-	return managed.VersionInput("keybroker/v1/backend-dek", id, v)
+// dekAAD binds a backend-wrapped data key to its key (and its salt) and
+// version.
+func dekAAD(k *Key, v uint32) []byte {
+	return k.Input(managed.DomainBackendDataKey, v)
 }
 
 // rootBackend performs backend-mode operations in the version's root of
@@ -304,13 +319,20 @@ type rootBackend struct{ roots *Roots }
 var _ managed.Backend = rootBackend{}
 
 // resolve finds the version's root key and counts the call about to be
-// made (op) to its backend.
+// made (op) to its backend. A root key declared for another role is
+// refused: a backend-mode key on a derive root would MAC other keys'
+// derive inputs.
 func (rb rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string) (backends.Backend, string, error) {
-	b, backendName, name, err := rb.roots.Resolve(k.Version(v).RootKey)
-	if err == nil {
-		rb.roots.Called(ctx, backendName, op)
+	uri := k.Version(v).RootKey
+	b, backendName, name, err := rb.roots.Resolve(uri)
+	if err != nil {
+		return nil, "", err
 	}
-	return b, name, err
+	if err := rb.roots.CheckRole(uri, k.Mode); err != nil {
+		return nil, "", err
+	}
+	rb.roots.Called(ctx, backendName, op)
+	return b, name, nil
 }
 
 func (rb rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []byte) ([]byte, error) {
@@ -318,7 +340,7 @@ func (rb rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []b
 	if err != nil {
 		return nil, err
 	}
-	return b.Encrypt(ctx, name, dek, dekAAD(k.ID, v))
+	return b.Encrypt(ctx, name, dek, dekAAD(k, v))
 }
 
 func (rb rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrapped []byte) (*secret.Bytes, error) {
@@ -326,7 +348,7 @@ func (rb rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrapp
 	if err != nil {
 		return nil, err
 	}
-	dek, err := b.Decrypt(ctx, name, wrapped, dekAAD(k.ID, v))
+	dek, err := b.Decrypt(ctx, name, wrapped, dekAAD(k, v))
 	if errors.Is(err, backends.ErrDecryptionFailed) {
 		return nil, errorf(ErrInvalidArgument, "decryption failed: the ciphertext's data key does not open under key %q version %d", k.ID, v)
 	}
@@ -354,5 +376,5 @@ func (rb rootBackend) MAC(ctx context.Context, k *Key, v uint32, msg []byte) (*s
 	if !ok {
 		return nil, errorf(ErrFailedPrecondition, "the backend of key %q has no HMAC", k.ID)
 	}
-	return m.MAC(ctx, name, msg)
+	return m.MAC(ctx, name, k.BackendMACInput(v, msg))
 }

@@ -57,6 +57,19 @@ type env struct {
 	svc     *Service
 	backend *counting
 	clock   *clock
+	roots   *Roots
+}
+
+// testRootKeys declares the test backend's root keys, each in one role.
+// softkms:missing-root is declared but never created.
+var testRootKeys = []RootKey{
+	{URI: "softkms:prf-root", Role: RoleDerive},
+	{URI: "softkms:aes-root", Role: RoleWrap},
+	{URI: "softkms:hsm-aes-root", Role: RoleBackend, Types: []KeyType{AES256GCM}},
+	{URI: "softkms:ec-root", Role: RoleBackend, Types: []KeyType{ECDSAP256}},
+	{URI: "softkms:ed-root", Role: RoleBackend, Types: []KeyType{Ed25519}},
+	{URI: "softkms:mac-root", Role: RoleBackend, Types: []KeyType{HMACSHA256}},
+	{URI: "softkms:missing-root", Role: RoleDerive},
 }
 
 func newEnv(t testing.TB) *env {
@@ -70,7 +83,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	for name, alg := range map[string]backends.Algorithm{"aes-root": backends.AES256, "prf-root": backends.HMAC256,
-		"ec-root": backends.ECDSAP256, "ed-root": backends.Ed25519, "mac-root": backends.HMAC256} {
+		"ec-root": backends.ECDSAP256, "ed-root": backends.Ed25519, "mac-root": backends.HMAC256, "hsm-aes-root": backends.AES256} {
 		if _, err := sb.CreateKey(t.Context(), name, alg); err != nil {
 			t.Fatal(err)
 		}
@@ -81,6 +94,9 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { roots.Close() })
+	if err := roots.Declare(testRootKeys); err != nil {
+		t.Fatal(err)
+	}
 	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +110,7 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{svc: svc, backend: cb, clock: c}
+	return &env{svc: svc, backend: cb, clock: c, roots: roots}
 }
 
 func (e *env) create(t testing.TB, id string, typ KeyType, mode Mode, root string, derived bool) *Key {
@@ -121,7 +137,7 @@ func TestEncryptDecryptEveryMode(t *testing.T) {
 		root    string
 		derived bool
 	}{
-		{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", false}, {ModeWrap, "", true}, {ModeBackend, "softkms:aes-root", false},
+		{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", false}, {ModeWrap, "", true}, {ModeBackend, "softkms:hsm-aes-root", false},
 	} {
 		t.Run(fmt.Sprintf("%s derived=%v", tc.mode, tc.derived), func(t *testing.T) {
 			id := fmt.Sprintf("aes-%s-%v", tc.mode, tc.derived)
@@ -363,7 +379,7 @@ func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
 		t.Errorf("1000 encrypts and 1000 concurrent decrypts made %d backend calls, want 1 (one material derivation)", got)
 	}
 	// A backend-mode key costs one backend call per data key, not per message.
-	e.create(t, "hsm-only", AES256GCM, ModeBackend, "softkms:aes-root", false)
+	e.create(t, "hsm-only", AES256GCM, ModeBackend, "softkms:hsm-aes-root", false)
 	before = e.backend.calls.Load()
 	for i := range 500 {
 		if _, _, err := e.svc.Encrypt(ctx, "hsm-only", fmt.Appendf(nil, "m%d", i), nil); err != nil {
@@ -406,7 +422,7 @@ func TestGenerateDataKey(t *testing.T) {
 		mode    Mode
 		root    string
 		derived bool
-	}{{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", true}, {ModeBackend, "softkms:aes-root", false}} {
+	}{{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", true}, {ModeBackend, "softkms:hsm-aes-root", false}} {
 		id := fmt.Sprintf("dk-%d", i)
 		t.Run(fmt.Sprintf("%s derived=%v", tc.mode, tc.derived), func(t *testing.T) {
 			e.create(t, id, AES256GCM, tc.mode, tc.root, tc.derived)
@@ -462,9 +478,10 @@ func TestCreateKeyErrors(t *testing.T) {
 		{"bad id", CreateParams{ID: "bad id", Type: AES256GCM, Mode: ModeDerive}, ErrInvalidArgument},
 		{"no default root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeBackend}, ErrInvalidArgument},
 		{"unconfigured root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "pkcs11:token=t;object=o"}, ErrInvalidArgument},
-		{"backend ecdsa on aes root", CreateParams{ID: "x", Type: ECDSAP256, Mode: ModeBackend, RootKey: "softkms:aes-root"}, ErrInvalidArgument},
-		{"derive on aes root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:aes-root"}, backends.ErrInvalidArgument},
-		{"missing root key", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:nope"}, backends.ErrNotFound},
+		{"backend ecdsa on aes root", CreateParams{ID: "x", Type: ECDSAP256, Mode: ModeBackend, RootKey: "softkms:hsm-aes-root"}, ErrInvalidArgument},
+		{"derive on wrap root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:aes-root"}, ErrInvalidArgument},
+		{"undeclared root key", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:nope"}, ErrInvalidArgument},
+		{"missing root key", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:missing-root"}, backends.ErrNotFound},
 	} {
 		_, err := e.svc.CreateKey(ctx, tc.p)
 		wantErr(t, tc.name, err, tc.want)

@@ -126,6 +126,17 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if n.roots, err = broker.OpenRoots(ctx, reg, rcs, backends.Options{Logger: log, Metrics: metrics}); err != nil {
 		return nil, err
 	}
+	var declared []broker.RootKey
+	for _, rk := range cfg.DeclaredRootKeys() {
+		d := broker.RootKey{URI: rk.URI, Role: broker.Role(rk.Role)}
+		for _, t := range rk.Types {
+			d.Types = append(d.Types, broker.KeyType(t))
+		}
+		declared = append(declared, d)
+	}
+	if err := n.roots.Declare(declared); err != nil {
+		return nil, fmt.Errorf("central: root_keys: %w", err)
+	}
 	if err := metrics.Register(newBackendCalls(n.roots)); err != nil {
 		return nil, err
 	}

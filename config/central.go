@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/managed"
 )
 
 // Central is the configuration of keybroker's central process
@@ -49,9 +50,17 @@ type Central struct {
 	// Backends are the roots of trust opened at start. At least one;
 	// names unique, and no two may open the same backend.
 	Backends []Backend `yaml:"backends"`
+	// RootKeys declares every root key new managed keys may use, each
+	// with its one role; CreateKey refuses any other. Optional: when
+	// empty, each default_root_keys entry is declared with the role of its
+	// mode (every type), the migration for configurations made before
+	// roles. Each must name a key in exactly one configured backend, and
+	// no key may be declared twice (a root key has one role).
+	RootKeys []RootKey `yaml:"root_keys,omitempty"`
 	// DefaultRootKeys name the root keys CreateKey uses when a request
 	// names none. Optional; each unset mode then needs a root key in every
-	// CreateKey request.
+	// CreateKey request. With root_keys set, each must be declared there
+	// with the role of its mode.
 	DefaultRootKeys RootKeys `yaml:"default_root_keys"`
 	// Policy says where the Cedar policies are and how often they are
 	// re-read. Required (policy.paths).
@@ -126,6 +135,54 @@ type Backend struct {
 	// are named by file (pin-source, kek-source, passphrase-source), never
 	// given inline. Required.
 	URI string `yaml:"uri"`
+}
+
+// RootKey declares a root key and its role.
+type RootKey struct {
+	// URI names the key, as default_root_keys entries do. CreateKey
+	// stores this spelling, and Cedar policies see it as resource.root.
+	// Required.
+	URI string `yaml:"uri"`
+	// Role is what the key is for: derive (the HMAC PRF of derive-mode
+	// keys), wrap (the encryption key that wraps wrap-mode material) or
+	// backend (performs the operations of backend-mode keys). Required.
+	Role string `yaml:"role"`
+	// Types restricts the managed key types (aes-256-gcm, hmac-sha256,
+	// ecdsa-p256, ed25519) the key may serve. Optional: empty means every
+	// type.
+	Types []string `yaml:"types,omitempty"`
+}
+
+// Root key roles.
+const (
+	RoleDerive  = "derive"
+	RoleWrap    = "wrap"
+	RoleBackend = "backend"
+)
+
+// DeclaredRootKeys returns root_keys, or when it is empty the declaration
+// default_root_keys implies: each default with the role of its mode.
+func (c *Central) DeclaredRootKeys() []RootKey {
+	if len(c.RootKeys) > 0 {
+		return c.RootKeys
+	}
+	var out []RootKey
+	for _, d := range c.DefaultRootKeys.byRole() {
+		if d.uri != "" {
+			out = append(out, RootKey{URI: d.uri, Role: d.role})
+		}
+	}
+	return out
+}
+
+type defaultRoot struct{ field, role, uri string }
+
+func (r RootKeys) byRole() []defaultRoot {
+	return []defaultRoot{
+		{"default_root_keys.derive", RoleDerive, r.Derive},
+		{"default_root_keys.wrap", RoleWrap, r.Wrap},
+		{"default_root_keys.backend", RoleBackend, r.Backend},
+	}
 }
 
 // RootKeys name a default root key per material mode. Each is a key URI
@@ -317,57 +374,128 @@ func (c *Central) checkBackends(p *problems) ([]backends.KeyURI, bool) {
 	return uris, allParsed
 }
 
-// checkRootKeys checks that each default root key names a key in exactly
-// one configured backend, by the rule broker.Roots.Resolve applies when
-// the key is used (backends.Holds: the connection attributes the key URI
-// gives must agree with the backend's). The central node does not resolve
-// them at start, so this is where a default that CreateKey could not use
-// is caught.
+// rootKeyID names a root key exactly: the backend holding it and its name
+// there, whatever spelling its URI has.
+type rootKeyID struct {
+	backend int
+	key     string
+}
+
+// checkRootKeys checks the root key declarations and the defaults: each
+// names a key in exactly one configured backend (matchRootKey), no key is
+// declared twice, roles and types are known, and each default is declared
+// with the role of its mode.
 func (c *Central) checkRootKeys(p *problems, uris []backends.KeyURI) {
-	for _, rk := range []struct{ field, uri string }{
-		{"default_root_keys.derive", c.DefaultRootKeys.Derive},
-		{"default_root_keys.wrap", c.DefaultRootKeys.Wrap},
-		{"default_root_keys.backend", c.DefaultRootKeys.Backend},
-	} {
-		if rk.uri == "" {
-			continue
-		}
-		u, err := backends.ParseKeyURI(rk.uri)
-		if err != nil {
-			p.at(0, rk.field, uriError(rk.uri, err))
-			continue
-		}
-		if u.Key() == "" {
-			p.add(rk.field, "names a backend but no key: add object= (pkcs11), key-id= (awskms), a cryptoKeys/ resource (gcpkms) or a key name (softkms)")
-			continue
-		}
-		var schemes, match, same []string
-		for i, b := range uris {
-			if !slices.Contains(schemes, b.Scheme()) {
-				schemes = append(schemes, b.Scheme())
-			}
-			if b.Scheme() != u.Scheme() {
-				continue
-			}
-			name := fmt.Sprintf("backends[%d]", i)
-			same = append(same, name)
-			if backends.Holds(b, u) {
-				match = append(match, name)
-			}
-		}
-		switch {
-		case len(match) == 1:
-		case len(same) == 0:
-			slices.Sort(schemes)
-			p.add(rk.field, "scheme %s is not that of any configured backend (configured: %s)", u.Scheme(), strings.Join(schemes, ", "))
-		case len(match) == 0 && len(same) == 1:
-			p.add(rk.field, "its connection attributes (%s) disagree with %s.uri's", u.BackendURI(), same[0])
-		case len(match) == 0:
-			p.add(rk.field, "its connection attributes (%s) disagree with those of every one of %s", u.BackendURI(), strings.Join(same, ", "))
+	declared := map[rootKeyID]int{}
+	for i, rk := range c.RootKeys {
+		f := fmt.Sprintf("root_keys[%d]", i)
+		switch rk.Role {
+		case RoleDerive, RoleWrap, RoleBackend:
+		case "":
+			p.add(f+".role", "required: derive, wrap or backend")
 		default:
-			p.add(rk.field, "could be in %s: give the connection attributes of one", strings.Join(match, " or "))
+			p.add(f+".role", "%q is not derive, wrap or backend", rk.Role)
+		}
+		seenType := map[string]bool{}
+		for j, t := range rk.Types {
+			switch {
+			case !managed.KeyType(t).Valid():
+				p.add(fmt.Sprintf("%s.types[%d]", f, j), "%q is not aes-256-gcm, hmac-sha256, ecdsa-p256 or ed25519", t)
+			case seenType[t]:
+				p.add(fmt.Sprintf("%s.types[%d]", f, j), "%q is repeated", t)
+			}
+			seenType[t] = true
+		}
+		if rk.URI == "" {
+			p.add(f+".uri", "required")
+			continue
+		}
+		id, ok := matchRootKey(p, f+".uri", rk.URI, uris)
+		if !ok {
+			continue
+		}
+		if j, dup := declared[id]; dup {
+			p.add(f+".uri", "names the key root_keys[%d] declares (%s %q): a root key has one role", j, c.RootKeys[j].Role, c.RootKeys[j].URI)
+			continue
+		}
+		declared[id] = i
+	}
+	implied := map[rootKeyID]string{}
+	for _, d := range c.DefaultRootKeys.byRole() {
+		if d.uri == "" {
+			continue
+		}
+		id, ok := matchRootKey(p, d.field, d.uri, uris)
+		if !ok {
+			continue
+		}
+		if len(c.RootKeys) == 0 {
+			// The legacy form: defaults declare themselves. One key as
+			// the default of two modes would serve two roles.
+			if other, dup := implied[id]; dup {
+				p.add(d.field, "names the key %s names: a root key has one role; declare each root key once in root_keys", other)
+			}
+			implied[id] = d.field
+			continue
+		}
+		j, ok := declared[id]
+		switch {
+		case !ok:
+			p.add(d.field, "%q is not declared in root_keys", d.uri)
+		case c.RootKeys[j].Role != d.role:
+			p.add(d.field, "names root_keys[%d], declared with role %s, not %s", j, c.RootKeys[j].Role, d.role)
 		}
 	}
+}
+
+// matchRootKey checks that a root key URI names a key in exactly one
+// configured backend, by the rule broker.Roots.Resolve applies when the
+// key is used (backends.Holds: the connection attributes the key URI
+// gives must agree with the backend's), and returns which. The central
+// node resolves declared root keys at start too, but this is where a
+// problem is named by its field.
+func matchRootKey(p *problems, field, uri string, uris []backends.KeyURI) (rootKeyID, bool) {
+	u, err := backends.ParseKeyURI(uri)
+	if err != nil {
+		p.at(0, field, uriError(uri, err))
+		return rootKeyID{}, false
+	}
+	if u.Key() == "" {
+		p.add(field, "names a backend but no key: add object= (pkcs11), key-id= (awskms), a cryptoKeys/ resource (gcpkms) or a key name (softkms)")
+		return rootKeyID{}, false
+	}
+	var schemes, same []string
+	var match []int
+	for i, b := range uris {
+		if !slices.Contains(schemes, b.Scheme()) {
+			schemes = append(schemes, b.Scheme())
+		}
+		if b.Scheme() != u.Scheme() {
+			continue
+		}
+		same = append(same, fmt.Sprintf("backends[%d]", i))
+		if backends.Holds(b, u) {
+			match = append(match, i)
+		}
+	}
+	switch {
+	case len(match) == 1:
+		return rootKeyID{backend: match[0], key: u.Key()}, true
+	case len(same) == 0:
+		slices.Sort(schemes)
+		p.add(field, "scheme %s is not that of any configured backend (configured: %s)", u.Scheme(), strings.Join(schemes, ", "))
+	case len(match) == 0 && len(same) == 1:
+		p.add(field, "its connection attributes (%s) disagree with %s.uri's", u.BackendURI(), same[0])
+	case len(match) == 0:
+		p.add(field, "its connection attributes (%s) disagree with those of every one of %s", u.BackendURI(), strings.Join(same, ", "))
+	default:
+		names := make([]string, len(match))
+		for i, m := range match {
+			names[i] = fmt.Sprintf("backends[%d]", m)
+		}
+		p.add(field, "could be in %s: give the connection attributes of one", strings.Join(names, " or "))
+	}
+	return rootKeyID{}, false
 }
 
 func (pol Policy) check(p *problems, field string) {

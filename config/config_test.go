@@ -84,6 +84,11 @@ func TestDocExample(t *testing.T) {
 			Name: "hsm",
 			URI:  "pkcs11:token=kb?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/keybroker/pin",
 		}},
+		RootKeys: []RootKey{
+			{URI: "pkcs11:token=kb;object=root-prf", Role: "derive"},
+			{URI: "pkcs11:token=kb;object=root-aes", Role: "wrap"},
+			{URI: "pkcs11:token=kb;object=root-sign", Role: "backend", Types: []string{"ecdsa-p256"}},
+		},
 		DefaultRootKeys: RootKeys{
 			Derive: "pkcs11:token=kb;object=root-prf",
 			Wrap:   "pkcs11:token=kb;object=root-aes",
@@ -322,6 +327,35 @@ func edit(t *testing.T, old, new string) string {
 	return strings.Replace(base, old, new, 1)
 }
 
+// rootDecl declares base's default root keys in their roles.
+const rootDecl = "root_keys:\n  - uri: \"pkcs11:token=kb;object=root-prf\"\n    role: derive\n  - uri: \"softkms:root-aes\"\n    role: wrap\n"
+
+func TestRootKeyDeclarations(t *testing.T) {
+	legacy, err := ParseCentral("central.yaml", []byte(base), "/etc/keybroker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []RootKey{
+		{URI: "pkcs11:token=kb;object=root-prf?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/keybroker/pin", Role: RoleDerive},
+		{URI: "softkms:root-aes", Role: RoleWrap},
+	}
+	if diff := cmp.Diff(want, legacy.DeclaredRootKeys()); diff != "" {
+		t.Errorf("without root_keys, DeclaredRootKeys() (-want +got):\n%s", diff)
+	}
+	declared, err := ParseCentral("central.yaml", []byte(base+rootDecl+"  - uri: \"softkms:sign\"\n    role: backend\n    types: [ecdsa-p256, ed25519]\n"), "/etc/keybroker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []RootKey{
+		{URI: "pkcs11:token=kb;object=root-prf", Role: RoleDerive},
+		{URI: "softkms:root-aes", Role: RoleWrap},
+		{URI: "softkms:sign", Role: RoleBackend, Types: []string{"ecdsa-p256", "ed25519"}},
+	}
+	if diff := cmp.Diff(want, declared.DeclaredRootKeys()); diff != "" {
+		t.Errorf("with root_keys, DeclaredRootKeys() (-want +got):\n%s", diff)
+	}
+}
+
 func TestBadConfigs(t *testing.T) {
 	huge := base + "#" + strings.Repeat("x", MaxFileSize) + "\n"
 	for _, tc := range []struct {
@@ -409,6 +443,18 @@ func TestBadConfigs(t *testing.T) {
 		{"root key in neither", strings.Replace(edit(t, "  - name: soft\n", "  - name: soft2\n    uri: \"softkms:path=/other.json\"\n  - name: soft\n"), "wrap: \"softkms:root-aes\"", "wrap: \"softkms:root-aes;path=/third.json\"", 1), "default_root_keys.wrap", "wrap:", "its connection attributes (softkms:path=/third.json) disagree with those of every one of backends[1], backends[2]"},
 		{"root key unconfigured scheme", edit(t, "wrap: \"softkms:root-aes\"", "wrap: \"awskms:key-id=alias/kb;region=eu-west-1\""), "default_root_keys.wrap", "wrap:", "scheme awskms is not that of any configured backend (configured: pkcs11, softkms)"},
 		{"root key garbage", edit(t, "wrap: \"softkms:root-aes\"", "wrap: root-aes"), "default_root_keys.wrap", "wrap:", "missing scheme"},
+
+		// Root key roles.
+		{"root key in two roles", base + rootDecl + "  - uri: \"pkcs11:token=kb;object=root-prf?module-path=/usr/lib/softhsm/libsofthsm2.so\"\n    role: backend\n", "root_keys[2].uri", "object=root-prf?module-path=/usr/lib/softhsm/libsofthsm2.so\"\n    role: backend", "names the key root_keys[0] declares (derive \"pkcs11:token=kb;object=root-prf\"): a root key has one role"},
+		{"root key declared twice", base + rootDecl + "  - uri: \"softkms:root-aes;path=/var/lib/keybroker/softkms.json\"\n    role: wrap\n", "root_keys[2].uri", "softkms:root-aes;path=", "names the key root_keys[1] declares"},
+		{"one default for two modes", edit(t, "wrap: \"softkms:root-aes\"", "wrap: \"pkcs11:token=kb;object=root-prf\""), "default_root_keys.wrap", "wrap:", "names the key default_root_keys.derive names: a root key has one role"},
+		{"default not declared", base + "root_keys:\n  - uri: \"pkcs11:token=kb;object=root-prf\"\n    role: derive\n", "default_root_keys.wrap", "wrap:", `"softkms:root-aes" is not declared in root_keys`},
+		{"default in another role", base + "root_keys:\n  - uri: \"pkcs11:token=kb;object=root-prf\"\n    role: derive\n  - uri: \"softkms:root-aes\"\n    role: backend\n", "default_root_keys.wrap", "wrap:", "names root_keys[1], declared with role backend, not wrap"},
+		{"unknown role", base + "root_keys:\n  - uri: \"softkms:root-aes\"\n    role: prf\n", "root_keys[0].role", "role: prf", `"prf" is not derive, wrap or backend`},
+		{"missing role", base + "root_keys:\n  - uri: \"softkms:root-aes\"\n", "root_keys[0].role", "- uri: \"softkms:root-aes\"", "required: derive, wrap or backend"},
+		{"unknown type", base + rootDecl + "  - uri: \"softkms:sign\"\n    role: backend\n    types: [rsa-2048]\n", "root_keys[2].types[0]", "rsa-2048", `"rsa-2048" is not aes-256-gcm`},
+		{"repeated type", base + rootDecl + "  - uri: \"softkms:sign\"\n    role: backend\n    types: [ed25519, ed25519]\n", "root_keys[2].types[1]", "types: [ed25519, ed25519]", `"ed25519" is repeated`},
+		{"root key undeclared backend", base + rootDecl + "  - uri: \"awskms:key-id=alias/kb;region=eu-west-1\"\n    role: backend\n", "root_keys[2].uri", "awskms:key-id", "scheme awskms is not that of any configured backend"},
 
 		// Required fields.
 		{"missing node_id", edit(t, "node_id: central-1\n", ""), "node_id", "", "required"},

@@ -336,14 +336,15 @@ data_dir: central
 backends:
   - name: %s
     uri: %q
-default_root_keys:
+root_keys:
+%sdefault_root_keys:
   derive: %q
   wrap: %q
 policy:
   paths: [policy.cedar]
   reload_interval: 2s
 `, c.ca.TrustDomain, c.listen(0, false), c.listen(0, true), backendName(c.backend), c.backend,
-		c.rootURI("derive"), c.rootURI("wrap"))
+		c.rootKeysYAML(), c.rootURI("derive"), c.rootURI("wrap"))
 	if c.opts.Lease > 0 || c.opts.Heartbeat > 0 {
 		y += "edges:\n"
 		if c.opts.Lease > 0 {
@@ -383,6 +384,25 @@ func (c *Cluster) loadOrCreateCA() error {
 	}
 	c.ca = ca
 	return nil
+}
+
+// rootKeysYAML declares every root key with its one role; a backend root
+// serves the one key type its algorithm is.
+func (c *Cluster) rootKeysYAML() string {
+	var y strings.Builder
+	for _, k := range c.roots {
+		fmt.Fprintf(&y, "  - uri: %q\n    role: %s\n", k.URI, k.Role)
+		if t := backendKeyType[k.Algorithm]; k.Role == "backend" && t != "" {
+			fmt.Fprintf(&y, "    types: [%s]\n", t)
+		}
+	}
+	return y.String()
+}
+
+// backendKeyType is the managed key type a backend root key of each
+// algorithm serves.
+var backendKeyType = map[backends.Algorithm]string{
+	backends.ECDSAP256: "ecdsa-p256", backends.Ed25519: "ed25519", backends.AES256: "aes-256-gcm", backends.HMAC256: "hmac-sha256",
 }
 
 // rootURI is the key URI of the root key for role.

@@ -14,9 +14,9 @@ import (
 // RootKey is a root key of the cluster's central node, in its root of
 // trust.
 type RootKey struct {
-	// Role is what central.yaml uses the key for: "derive" or "wrap"
-	// (default_root_keys), or "" for a key kept for backend-mode keys that
-	// name it.
+	// Role is the key's one role in central.yaml's root_keys: "derive"
+	// or "wrap" (also the mode's default_root_keys entry), or "backend"
+	// for a key kept for backend-mode keys that name it.
 	Role string
 	// Algorithm is the key's algorithm in the backend.
 	Algorithm backends.Algorithm
@@ -65,7 +65,7 @@ func rootKeysFor(backendURI string) ([]RootKey, error) {
 	}
 	bases := []base{{"derive", rootPRF, backends.HMAC256}, {"wrap", rootAES, backends.AES256}}
 	if u.Scheme() == "softkms" {
-		bases = append(bases, base{"", rootECDSA, backends.ECDSAP256})
+		bases = append(bases, base{"backend", rootECDSA, backends.ECDSAP256})
 	}
 	var keys []RootKey
 	for _, b := range bases {

@@ -25,7 +25,7 @@ func TestDevRootKeysFor(t *testing.T) {
 		{"softkms:path=/d/softkms.json;kek-source=/d/kek", []key{
 			{"derive", "root-prf", "softkms:root-prf", "softkms:root-prf;path=/d/softkms.json;kek-source=/d/kek"},
 			{"wrap", "root-aes", "softkms:root-aes", "softkms:root-aes;path=/d/softkms.json;kek-source=/d/kek"},
-			{"", "root-ecdsa", "softkms:root-ecdsa", "softkms:root-ecdsa;path=/d/softkms.json;kek-source=/d/kek"},
+			{"backend", "root-ecdsa", "softkms:root-ecdsa", "softkms:root-ecdsa;path=/d/softkms.json;kek-source=/d/kek"},
 		}},
 		{"pkcs11:token=kb?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/kb/pin", []key{
 			{"derive", "root-prf", "pkcs11:token=kb;object=root-prf",

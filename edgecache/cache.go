@@ -65,6 +65,7 @@
 package edgecache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -269,6 +270,11 @@ func (c *Cache) fromProto(ek *kbv1.EdgeKey) (*replicaKey, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The salt enters the data-key AAD, which the edge computes too.
+	k.Salt = bytes.Clone(ek.GetSalt())
+	if err := k.ValidateMeta(); err != nil {
+		return nil, err
+	}
 	rk := &replicaKey{key: k, sealed: map[uint32][]byte{}}
 	for _, v := range ek.GetVersions() {
 		if len(v.GetSealedMaterial()) > 0 {
@@ -420,7 +426,7 @@ var errNotPlaced = errors.New("edgecache: placement does not let this edge hold 
 // else fetched from the central tier. Concurrent misses share one fetch;
 // each caller waits under its own ctx.
 func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret.Bytes, error) {
-	id := versionID(k.ID, v)
+	id := versionID(k, v)
 	if m := c.plain.get(id); m != nil {
 		return m, nil
 	}
@@ -428,7 +434,7 @@ func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret
 		if m := c.plain.get(id); m != nil {
 			return m, nil
 		}
-		blob := c.sealedBlob(k.ID, v)
+		blob := c.sealedBlob(k, v)
 		fetched := false
 		if blob == nil {
 			var err error
@@ -442,7 +448,7 @@ func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret
 			return nil, fmt.Errorf("edgecache: opening the material of %s version %d: %w", k.ID, v, err)
 		}
 		if fetched {
-			if err := c.disk.putMaterial(k.ID, v, blob); err != nil {
+			if err := c.disk.putMaterial(k, v, blob); err != nil {
 				c.log.Warn("keeping fetched material on disk failed", "key", k.ID, "version", v, "err", err)
 			}
 		}
@@ -457,18 +463,18 @@ func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret
 	return m.Clone(), nil
 }
 
-func (c *Cache) sealedBlob(keyID string, v uint32) []byte {
+func (c *Cache) sealedBlob(k *managed.Key, v uint32) []byte {
 	c.mu.RLock()
-	rk, ok := c.keys[keyID]
+	rk, ok := c.keys[k.ID]
 	var blob []byte
-	if ok {
+	if ok && rk.key.Incarnation() == k.Incarnation() {
 		blob = rk.sealed[v]
 	}
 	c.mu.RUnlock()
 	if blob != nil {
 		return blob
 	}
-	return c.disk.getMaterial(keyID, v)
+	return c.disk.getMaterial(k, v)
 }
 
 // fetch asks the central tier for material on a miss.

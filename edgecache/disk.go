@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -115,8 +116,12 @@ func checkBolt(path string) (err error) {
 
 func (d *disk) close() error { return d.db.Close() }
 
-func materialID(keyID string, v uint32) []byte {
-	return binary.BigEndian.AppendUint32(append([]byte(keyID), 0), v)
+// materialID names a version of one incarnation of a key: key id ‖ 0 ‖
+// u32 version ‖ salt (none for keys made before salts, whose entries keep
+// the names they had), so that material of a deleted key is never opened
+// for a key created again under its id.
+func materialID(k *managed.Key, v uint32) []byte {
+	return append(binary.BigEndian.AppendUint32(append([]byte(k.ID), 0), v), k.Salt...)
 }
 
 // saved is the replica as it was last written.
@@ -247,8 +252,8 @@ func dropMaterial(mb *bolt.Bucket, id string, below uint32) error {
 	prefix := append([]byte(id), 0)
 	cur := mb.Cursor()
 	var doomed [][]byte
-	for k, _ := cur.Seek(prefix); k != nil && len(k) == len(prefix)+4 && string(k[:len(prefix)]) == string(prefix); k, _ = cur.Next() {
-		if below == 0 || binary.BigEndian.Uint32(k[len(prefix):]) < below {
+	for k, _ := cur.Seek(prefix); k != nil && len(k) >= len(prefix)+4 && string(k[:len(prefix)]) == string(prefix); k, _ = cur.Next() {
+		if below == 0 || binary.BigEndian.Uint32(k[len(prefix):len(prefix)+4]) < below {
 			doomed = append(doomed, append([]byte(nil), k...))
 		}
 	}
@@ -260,16 +265,16 @@ func dropMaterial(mb *bolt.Bucket, id string, below uint32) error {
 	return nil
 }
 
-func (d *disk) putMaterial(keyID string, v uint32, blob []byte) error {
+func (d *disk) putMaterial(k *managed.Key, v uint32, blob []byte) error {
 	return d.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMaterial).Put(materialID(keyID, v), blob)
+		return tx.Bucket(bucketMaterial).Put(materialID(k, v), blob)
 	})
 }
 
-func (d *disk) getMaterial(keyID string, v uint32) []byte {
+func (d *disk) getMaterial(k *managed.Key, v uint32) []byte {
 	var out []byte
 	_ = d.db.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketMaterial).Get(materialID(keyID, v)); b != nil {
+		if b := tx.Bucket(bucketMaterial).Get(materialID(k, v)); b != nil {
 			out = append([]byte(nil), b...)
 		}
 		return nil

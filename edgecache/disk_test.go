@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ var diskKeys = []*kbv1.CreateKeyRequest{
 	{KeyId: "wrapped", Type: aes256, Mode: wrap, Labels: appLabels, Placement: "true"},
 	{KeyId: "tags", Type: hmac256, Mode: derive, Labels: appLabels, Placement: "true"},
 	{KeyId: "signer", Type: ecdsaP256, Mode: wrap, Labels: appLabels, Placement: "true"},
-	{KeyId: "hsm", Type: aes256, Mode: backend, RootKey: "softkms:aes", Labels: appLabels},
+	{KeyId: "hsm", Type: aes256, Mode: backend, RootKey: "softkms:hsm-aes", Labels: appLabels},
 }
 
 // TestRestartFromDisk closes an edge and opens its data dir again with no
@@ -203,7 +204,7 @@ func materialOnDisk(t *testing.T, dir, edgeID string) [][]byte {
 		if err != nil {
 			return err
 		}
-		seen[string(materialID(keyID, v))] = bytes.Clone(m.Reveal())
+		seen[keyID+"\x00"+strconv.FormatUint(uint64(v), 10)] = bytes.Clone(m.Reveal())
 		m.Destroy()
 		return nil
 	}

@@ -71,6 +71,28 @@ type central struct {
 	g         *grpc.Server
 	admin     kbv1.KeyAdminClient
 	kb        kbv1.KeyBrokerClient // as app
+	svc       *broker.Service
+	clock     *skewClock // the registry's and service's clock
+}
+
+// skewClock is the real clock moved forward by what Add adds, so that the
+// lifecycle sweep can be made due without stopping time for leases and
+// other real timers.
+type skewClock struct {
+	mu   sync.Mutex
+	skew time.Duration
+}
+
+func (c *skewClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.skew)
+}
+
+func (c *skewClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.skew += d
 }
 
 // startCentral starts a central node: softkms roots (an HMAC root for
@@ -86,15 +108,18 @@ func startCentral(t *testing.T) *central {
 	ks := filepath.Join(dir, "softkms.json")
 	sb, err := softkms.New(ctx, softkms.Config{Path: ks, KEKFile: kek})
 	must(t, "softkms", err)
-	for name, alg := range map[string]backends.Algorithm{"prf": backends.HMAC256, "aes": backends.AES256} {
+	for name, alg := range map[string]backends.Algorithm{"prf": backends.HMAC256, "aes": backends.AES256, "hsm-aes": backends.AES256} {
 		_, err := sb.CreateKey(ctx, name, alg)
 		must(t, "creating root "+name, err)
 	}
 	roots, err := broker.NewRoots(map[string]backends.Backend{"soft": sb}, map[string]string{"soft": "softkms:path=" + ks + ";kek-source=" + kek})
 	must(t, "roots", err)
+	must(t, "declaring root keys", roots.Declare([]broker.RootKey{
+		{URI: "softkms:prf", Role: broker.RoleDerive}, {URI: "softkms:aes", Role: broker.RoleWrap}, {URI: "softkms:hsm-aes", Role: broker.RoleBackend}}))
 	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
 	must(t, "store", err)
-	svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(st, nil), Roots: roots,
+	clk := &skewClock{}
+	svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(st, clk.Now), Roots: roots, Now: clk.Now,
 		Materials:    broker.NewMaterials(roots, 100, time.Hour, nil),
 		DefaultRoots: map[broker.Mode]string{broker.ModeDerive: "softkms:prf", broker.ModeWrap: "softkms:aes"}})
 	must(t, "service", err)
@@ -121,7 +146,7 @@ func startCentral(t *testing.T) *central {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, "listen", err)
 	go g.Serve(lis)
-	c := &central{addr: lis.Addr().String(), dir: dir, ca: ca, caFile: caFile, auditPath: auditPath, store: st, g: g}
+	c := &central{addr: lis.Addr().String(), dir: dir, ca: ca, caFile: caFile, auditPath: auditPath, store: st, g: g, svc: svc, clock: clk}
 	t.Cleanup(func() { c.stop(); al.Close(); st.Close(); roots.Close() })
 	c.admin = kbv1.NewKeyAdminClient(c.conn(t, identity.Admin, "ops"))
 	c.kb = kbv1.NewKeyBrokerClient(c.conn(t, identity.Client, "app"))

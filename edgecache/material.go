@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/secret"
 )
 
@@ -35,7 +36,8 @@ func newPlainCache(capacity int, ttl time.Duration, now func() time.Time) *plain
 	return &plainCache{cap: max(capacity, 1), ttl: ttl, now: now, ll: list.New(), m: map[string]*list.Element{}}
 }
 
-func versionID(keyID string, v uint32) string { return string(materialID(keyID, v)) }
+// versionID names a version of one incarnation of a key (materialID).
+func versionID(k *managed.Key, v uint32) string { return string(materialID(k, v)) }
 
 // get returns a copy of the cached material, or nil.
 func (c *plainCache) get(id string) *secret.Bytes {
@@ -85,7 +87,7 @@ func (c *plainCache) forget(keyID string) {
 	prefix := keyID + "\x00"
 	for el := c.ll.Front(); el != nil; {
 		next := el.Next()
-		if e := el.Value.(*plainEntry); strings.HasPrefix(e.id, prefix) && len(e.id) == len(prefix)+4 {
+		if e := el.Value.(*plainEntry); strings.HasPrefix(e.id, prefix) && len(e.id) >= len(prefix)+4 {
 			c.removeLocked(el)
 		}
 		el = next

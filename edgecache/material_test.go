@@ -2,6 +2,7 @@ package edgecache
 
 import (
 	"bytes"
+	"github.com/keybroker/keybroker/managed"
 	"runtime"
 	"testing"
 	"time"
@@ -25,11 +26,11 @@ func TestPlainCacheLRU(t *testing.T) {
 	ma, rawA := entry(1)
 	mb, rawB := entry(2)
 	mc, rawC := entry(3)
-	c.put(versionID("a", 1), ma)
-	c.put(versionID("b", 1), mb)
+	c.put(versionID(&managed.Key{ID: "a"}, 1), ma)
+	c.put(versionID(&managed.Key{ID: "b"}, 1), mb)
 
 	// get returns a copy: destroying it leaves the cached entry whole.
-	got := c.get(versionID("a", 1)) // a is now the most recent
+	got := c.get(versionID(&managed.Key{ID: "a"}, 1)) // a is now the most recent
 	if got == nil || !bytes.Equal(got.Reveal(), bytes.Repeat([]byte{1}, 32)) {
 		t.Fatalf("get(a) = %v, want a's material", got)
 	}
@@ -38,17 +39,17 @@ func TestPlainCacheLRU(t *testing.T) {
 		t.Fatal("destroying a copy zeroed the cached material")
 	}
 
-	c.put(versionID("c", 1), mc) // over capacity: b, the least recent, goes
+	c.put(versionID(&managed.Key{ID: "c"}, 1), mc) // over capacity: b, the least recent, goes
 	if n := c.len(); n != 2 {
 		t.Errorf("len = %d after 3 puts into a cache of 2, want 2", n)
 	}
 	if !zeroed(rawB) {
 		t.Errorf("evicted material = %x, want zeros", rawB)
 	}
-	if c.get(versionID("b", 1)) != nil {
+	if c.get(versionID(&managed.Key{ID: "b"}, 1)) != nil {
 		t.Error("get(b) after eviction returned material")
 	}
-	if zeroed(rawA) || zeroed(rawC) || c.get(versionID("a", 1)) == nil || c.get(versionID("c", 1)) == nil {
+	if zeroed(rawA) || zeroed(rawC) || c.get(versionID(&managed.Key{ID: "a"}, 1)) == nil || c.get(versionID(&managed.Key{ID: "c"}, 1)) == nil {
 		t.Error("the recent entries were evicted or zeroed")
 	}
 	if c.evictions.Load() != 1 {
@@ -57,7 +58,7 @@ func TestPlainCacheLRU(t *testing.T) {
 
 	// Replacing an entry zeroes the old material.
 	ma2, rawA2 := entry(4)
-	c.put(versionID("a", 1), ma2)
+	c.put(versionID(&managed.Key{ID: "a"}, 1), ma2)
 	if !zeroed(rawA) || zeroed(rawA2) {
 		t.Errorf("after replacing a: old %x (want zeros), new zeroed=%v", rawA, zeroed(rawA2))
 	}
@@ -75,14 +76,14 @@ func TestPlainCacheTTL(t *testing.T) {
 	clk := newClock()
 	c := newPlainCache(10, time.Minute, clk.Now)
 	m, raw := entry(7)
-	c.put(versionID("k", 1), m)
+	c.put(versionID(&managed.Key{ID: "k"}, 1), m)
 	clk.Add(time.Minute - time.Nanosecond)
-	if got := c.get(versionID("k", 1)); got == nil {
+	if got := c.get(versionID(&managed.Key{ID: "k"}, 1)); got == nil {
 		t.Fatal("entry gone before its lifetime ended")
 	}
 	misses, evictions := c.misses.Load(), c.evictions.Load()
 	clk.Add(time.Nanosecond)
-	if got := c.get(versionID("k", 1)); got != nil {
+	if got := c.get(versionID(&managed.Key{ID: "k"}, 1)); got != nil {
 		t.Error("get returned an expired entry")
 	}
 	if !zeroed(raw) || c.len() != 0 {
@@ -102,7 +103,7 @@ func TestPlainCacheForget(t *testing.T) {
 	}{{"k", 1}, {"k", 2}, {"k2", 1}, {"kk", 1}} {
 		m, raw := entry(byte(len(raws) + 1))
 		raws = append(raws, raw)
-		c.put(versionID(id.key, id.v), m)
+		c.put(versionID(&managed.Key{ID: id.key}, id.v), m)
 	}
 	c.forget("k")
 	if !zeroed(raws[0]) || !zeroed(raws[1]) {
@@ -117,8 +118,8 @@ func TestCapacityFloor(t *testing.T) {
 	c := newPlainCache(0, time.Hour, time.Now)
 	m1, raw1 := entry(1)
 	m2, _ := entry(2)
-	c.put(versionID("a", 1), m1)
-	c.put(versionID("b", 1), m2)
+	c.put(versionID(&managed.Key{ID: "a"}, 1), m1)
+	c.put(versionID(&managed.Key{ID: "b"}, 1), m2)
 	if c.len() != 1 || !zeroed(raw1) {
 		t.Errorf("a cache of capacity 0 holds %d entries (first zeroed %v), want 1", c.len(), zeroed(raw1))
 	}

@@ -52,7 +52,7 @@ func TestReplication(t *testing.T) {
 	c.createKeys(t,
 		&kbv1.CreateKeyRequest{KeyId: "shared", Type: aes256, Mode: derive, Labels: appLabels, Placement: "true"},
 		&kbv1.CreateKeyRequest{KeyId: "signer", Type: ecdsaP256, Mode: wrap, Labels: appLabels, Placement: "true"},
-		&kbv1.CreateKeyRequest{KeyId: "hsm", Type: aes256, Mode: backend, RootKey: "softkms:aes", Labels: appLabels},
+		&kbv1.CreateKeyRequest{KeyId: "hsm", Type: aes256, Mode: backend, RootKey: "softkms:hsm-aes", Labels: appLabels},
 	)
 	cfg := edgeConfig(t, c, "edge-eu-1", t.TempDir())
 	cfg.Prefetch = true
@@ -95,10 +95,10 @@ func TestReplication(t *testing.T) {
 		t.Errorf("Get(unknown) = %v, want ErrNotFound", err)
 	}
 	// The prefetching edge received v1 of the keys it may hold, sealed.
-	if blob := ec.sealedBlob("shared", 1); len(blob) == 0 {
+	if blob := ec.sealedBlob(replicaKeyOf(ec, "shared"), 1); len(blob) == 0 {
 		t.Error("the prefetching edge holds no sealed material for shared v1")
 	}
-	if blob := ec.sealedBlob("hsm", 1); len(blob) != 0 {
+	if blob := ec.sealedBlob(replicaKeyOf(ec, "hsm"), 1); len(blob) != 0 {
 		t.Error("the edge holds material for a backend-mode key")
 	}
 
@@ -135,10 +135,10 @@ func TestReplication(t *testing.T) {
 	if n := c.node(t, "edge-eu-1"); n.GetAppliedRevision() != ec.Revision() {
 		t.Errorf("central lists applied_revision %d, the edge is at %d", n.GetAppliedRevision(), ec.Revision())
 	}
-	if blob := ec.sealedBlob("shared", 2); len(blob) == 0 {
+	if blob := ec.sealedBlob(replicaKeyOf(ec, "shared"), 2); len(blob) == 0 {
 		t.Error("the rotation brought no sealed material for shared v2")
 	}
-	if blob := ec.sealedBlob("signer", 1); len(blob) != 0 {
+	if blob := ec.sealedBlob(replicaKeyOf(ec, "signer"), 1); len(blob) != 0 {
 		t.Error("the disabled key's material is still held")
 	}
 	if _, _, err := ec.Node().Sign(ctx, "signer", []byte("m"), false); !errors.Is(err, managed.ErrFailedPrecondition) {
@@ -164,7 +164,7 @@ func TestPlacementChangeDropsMaterial(t *testing.T) {
 	if s := ec.Stats(); s.Fetches != 1 || s.Forwards != 0 || s.MaterialEntries != 1 {
 		t.Fatalf("after a local Encrypt: %+v, want one fetch, no forward, one entry", s)
 	}
-	if ec.disk.getMaterial("moving", 1) == nil {
+	if ec.disk.getMaterial(replicaKeyOf(ec, "moving"), 1) == nil {
 		t.Fatal("the fetched material was not kept on disk")
 	}
 
@@ -175,7 +175,7 @@ func TestPlacementChangeDropsMaterial(t *testing.T) {
 	if s := ec.Stats(); s.MaterialEntries != 0 {
 		t.Errorf("material entries after placement moved away = %d, want 0", s.MaterialEntries)
 	}
-	if ec.disk.getMaterial("moving", 1) != nil {
+	if ec.disk.getMaterial(replicaKeyOf(ec, "moving"), 1) != nil {
 		t.Error("the material is still on disk after placement moved away")
 	}
 	// Both directions still work: now by forwarding the client's signed
@@ -205,4 +205,15 @@ func TestPlacementChangeDropsMaterial(t *testing.T) {
 	if via != 2 {
 		t.Errorf("central audited %d calls forwarded by edge-eu-1 as %s, want 2", via, app)
 	}
+}
+
+// replicaKeyOf returns the replica's key id (its salt names its material),
+// or a key with only that id when the replica has none.
+func replicaKeyOf(c *Cache, id string) *managed.Key {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if rk, ok := c.keys[id]; ok {
+		return rk.key
+	}
+	return &managed.Key{ID: id}
 }

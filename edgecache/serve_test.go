@@ -27,7 +27,7 @@ func TestServeLocally(t *testing.T) {
 		&kbv1.CreateKeyRequest{KeyId: "per-tenant", Type: aes256, Mode: wrap, Derived: true, Labels: appLabels, Placement: `principal.region == "eu"`},
 		&kbv1.CreateKeyRequest{KeyId: "tags", Type: hmac256, Mode: derive, Labels: appLabels, Placement: "true"},
 		&kbv1.CreateKeyRequest{KeyId: "signer", Type: ecdsaP256, Mode: wrap, Labels: appLabels, Placement: "true"},
-		&kbv1.CreateKeyRequest{KeyId: "hsm", Type: aes256, Mode: backend, RootKey: "softkms:aes", Labels: appLabels},
+		&kbv1.CreateKeyRequest{KeyId: "hsm", Type: aes256, Mode: backend, RootKey: "softkms:hsm-aes", Labels: appLabels},
 	)
 	for _, prefetch := range []bool{true, false} {
 		name := map[bool]string{true: "prefetch", false: "fetch on use"}[prefetch]

@@ -314,12 +314,14 @@ func (c *Cache) Len() int {
 }
 
 // cacheKey names a wrapped data key exactly: key id (length-prefixed),
-// version and wrapped bytes. Unlike a hash it costs nothing to compute and
-// cannot collide.
-func cacheKey(buf []byte, keyID string, version uint32, wrapped []byte) []byte {
+// version, the key's incarnation (length-prefixed) and wrapped bytes.
+// Unlike a hash it costs nothing to compute and cannot collide.
+func cacheKey(buf []byte, keyID string, version uint32, incarnation string, wrapped []byte) []byte {
 	buf = append(buf, byte(len(keyID)))
 	buf = append(buf, keyID...)
 	buf = binary.BigEndian.AppendUint32(buf, version)
+	buf = append(buf, byte(len(incarnation)))
+	buf = append(buf, incarnation...)
 	return append(buf, wrapped...)
 }
 
@@ -348,8 +350,16 @@ func (c *Cache) removeLocked(el *list.Element) {
 // Get returns the unwrapped data key for h, calling unwrap on a miss (once
 // for all concurrent misses of the same wrapped key).
 func (c *Cache) Get(ctx context.Context, h *Header, unwrap func(context.Context) (*DataKey, error)) (*DataKey, error) {
-	var buf [192]byte
-	k := cacheKey(buf[:0], h.KeyID, h.Version, h.WrappedDEK)
+	return c.GetIncarnation(ctx, h, "", unwrap)
+}
+
+// GetIncarnation is Get for one incarnation of the key h names (at most
+// 255 bytes; the central tier and edges give the key's salt), so that
+// a key deleted and created again under the same id never gets the data
+// keys its predecessor unwrapped.
+func (c *Cache) GetIncarnation(ctx context.Context, h *Header, incarnation string, unwrap func(context.Context) (*DataKey, error)) (*DataKey, error) {
+	var buf [256]byte
+	k := cacheKey(buf[:0], h.KeyID, h.Version, incarnation, h.WrappedDEK)
 	if dk := c.lookup(k); dk != nil {
 		c.hits.Add(1)
 		return dk, nil

@@ -9,8 +9,15 @@ import (
 
 // WrapDataKey wraps a 32-byte data key under kek as a ciphertext header
 // carries it (a fresh random nonce each call): what GenerateDataKey hands a
-// client so that it can seal ciphertexts any node opens.
+// client so that it can seal ciphertexts any node opens. It is for keys
+// without a salt; see WrapDataKeyWithSalt.
 func WrapDataKey(kek *secret.Bytes, keyID string, version uint32, dek []byte) ([]byte, error) {
+	return WrapDataKeyWithSalt(kek, keyID, version, nil, dek)
+}
+
+// WrapDataKeyWithSalt is WrapDataKey for a key with a salt, which enters
+// the AAD.
+func WrapDataKeyWithSalt(kek *secret.Bytes, keyID string, version uint32, salt, dek []byte) ([]byte, error) {
 	if len(dek) != DEKSize {
 		return nil, fmt.Errorf("envelope: data key is %d bytes, want %d", len(dek), DEKSize)
 	}
@@ -23,7 +30,7 @@ func WrapDataKey(kek *secret.Bytes, keyID string, version uint32, dek []byte) ([
 	}
 	nonce := make([]byte, NonceSize, WrappedDEKLen)
 	_, _ = rand.Read(nonce)
-	return a.Seal(nonce, nonce, dek, dekAAD(keyID, version)), nil
+	return a.Seal(nonce, nonce, dek, dekAAD(keyID, version, salt)), nil
 }
 
 // NewDataKeyHeader returns the header fields that name a data key — key

@@ -17,8 +17,9 @@
 // The AAD is the header (every byte up to and including the nonce) followed
 // by the canonical encoding of the caller's encryption context, which is not
 // stored. The wrapped data key is nonce(12) ‖ AES-256-GCM(KEK, nonce, DEK,
-// "keybroker/v1/dek" ‖ 0 ‖ key id ‖ 0 ‖ version), where the KEK is the key
-// version's material, or for keys created with derived: true,
+// "keybroker/v2/dek" ‖ 0 ‖ salt(32) ‖ key id ‖ 0 ‖ version) — for keys made
+// before salts, "keybroker/v1/dek" ‖ 0 ‖ key id ‖ 0 ‖ version — where the
+// KEK is the key version's material, or for keys created with derived: true,
 // HKDF-SHA256(material, info = "keybroker/v1/context-key" ‖ 0 ‖ canonical
 // context). docs/ciphertext.md has the layout and known-answer vectors.
 //
@@ -50,8 +51,8 @@
 // A [Reuser] hands out one data key per (key, version, context partition)
 // until its period, message count or byte count runs out, so that millions
 // of messages cost a handful of unwraps. A [Cache] keeps unwrapped data keys
-// for decryption, keyed by key id, version and wrapped key, bounded and with
-// a lifetime. Both coalesce concurrent misses for one entry into one call.
+// for decryption, keyed by key id, version, the key's incarnation (its salt,
+// [Cache.GetIncarnation]) and wrapped key, bounded and with a lifetime. Both coalesce concurrent misses for one entry into one call.
 //
 // # Secrets
 //
@@ -225,8 +226,17 @@ func KEK(material *secret.Bytes, derived bool, ctx map[string]string) (*secret.B
 	return secret.New(k), nil
 }
 
-func dekAAD(keyID string, version uint32) []byte {
-	aad := append([]byte("keybroker/v1/dek\x00"), keyID...)
+// dekAAD binds a wrapped data key to its key version: "keybroker/v1/dek"
+// ‖ 0 ‖ key id ‖ 0 ‖ u32 version for keys without a salt, else
+// "keybroker/v2/dek" ‖ 0 ‖ salt ‖ key id ‖ 0 ‖ u32 version.
+func dekAAD(keyID string, version uint32, salt []byte) []byte {
+	var aad []byte
+	if len(salt) == 0 {
+		aad = []byte("keybroker/v1/dek\x00")
+	} else {
+		aad = append([]byte("keybroker/v2/dek\x00"), salt...)
+	}
+	aad = append(aad, keyID...)
 	aad = append(aad, 0)
 	return binary.BigEndian.AppendUint32(aad, version)
 }
@@ -251,16 +261,27 @@ type DataKey struct {
 	prefix []byte
 }
 
-// GenerateDataKey makes a fresh random data key and wraps it under kek.
+// GenerateDataKey makes a fresh random data key and wraps it under kek,
+// for a key without a salt.
 func GenerateDataKey(kek *secret.Bytes, keyID string, version uint32) (*DataKey, error) {
+	return GenerateDataKeyWithSalt(kek, keyID, version, nil)
+}
+
+// GenerateDataKeyWithSalt is GenerateDataKey for a key with a salt, which
+// enters the wrapped data key's AAD.
+func GenerateDataKeyWithSalt(kek *secret.Bytes, keyID string, version uint32, salt []byte) (*DataKey, error) {
 	dek := make([]byte, DEKSize)
 	_, _ = rand.Read(dek)
 	nonce := make([]byte, NonceSize)
 	_, _ = rand.Read(nonce)
-	return generate(kek, keyID, version, secret.New(dek), nonce)
+	return generateSalted(kek, keyID, version, salt, secret.New(dek), nonce)
 }
 
 func generate(kek *secret.Bytes, keyID string, version uint32, dek *secret.Bytes, nonce []byte) (*DataKey, error) {
+	return generateSalted(kek, keyID, version, nil, dek, nonce)
+}
+
+func generateSalted(kek *secret.Bytes, keyID string, version uint32, salt []byte, dek *secret.Bytes, nonce []byte) (*DataKey, error) {
 	if !ValidKeyID(keyID) || version == 0 {
 		return nil, fmt.Errorf("envelope: invalid key id %q or version %d", keyID, version)
 	}
@@ -268,7 +289,7 @@ func generate(kek *secret.Bytes, keyID string, version uint32, dek *secret.Bytes
 	if err != nil {
 		return nil, fmt.Errorf("envelope: KEK: %w", err)
 	}
-	wrapped := wrapAEAD.Seal(append([]byte(nil), nonce...), nonce, dek.Reveal(), dekAAD(keyID, version))
+	wrapped := wrapAEAD.Seal(append([]byte(nil), nonce...), nonce, dek.Reveal(), dekAAD(keyID, version, salt))
 	return NewDataKey(keyID, version, dek, wrapped)
 }
 
@@ -290,8 +311,14 @@ func NewDataKey(keyID string, version uint32, dek *secret.Bytes, wrapped []byte)
 		prefix: appendHeader(nil, keyID, version, wrapped, nil)}, nil
 }
 
-// UnwrapDataKey opens a wrapped data key under kek.
+// UnwrapDataKey opens a wrapped data key under kek, for a key without a
+// salt.
 func UnwrapDataKey(kek *secret.Bytes, keyID string, version uint32, wrapped []byte) (*DataKey, error) {
+	return UnwrapDataKeyWithSalt(kek, keyID, version, nil, wrapped)
+}
+
+// UnwrapDataKeyWithSalt opens a data key wrapped for a key with a salt.
+func UnwrapDataKeyWithSalt(kek *secret.Bytes, keyID string, version uint32, salt, wrapped []byte) (*DataKey, error) {
 	if len(wrapped) != WrappedDEKLen {
 		return nil, ErrDecrypt
 	}
@@ -299,7 +326,7 @@ func UnwrapDataKey(kek *secret.Bytes, keyID string, version uint32, wrapped []by
 	if err != nil {
 		return nil, fmt.Errorf("envelope: KEK: %w", err)
 	}
-	dek, err := a.Open(nil, wrapped[:NonceSize], wrapped[NonceSize:], dekAAD(keyID, version))
+	dek, err := a.Open(nil, wrapped[:NonceSize], wrapped[NonceSize:], dekAAD(keyID, version, salt))
 	if err != nil {
 		return nil, ErrDecrypt
 	}

@@ -175,6 +175,7 @@ type vector struct {
 	Derived    bool              `json:"derived"`
 	KeyID      string            `json:"key_id"`
 	Version    uint32            `json:"version"`
+	Salt       string            `json:"salt"`
 	DEK        string            `json:"dek"`
 	WrapNonce  string            `json:"wrap_nonce"`
 	Nonce      string            `json:"nonce"`
@@ -207,7 +208,7 @@ func TestKnownAnswers(t *testing.T) {
 	if err := json.Unmarshal(m[1], &vs); err != nil {
 		t.Fatalf("vectors: %v", err)
 	}
-	if len(vs) < 3 {
+	if len(vs) < 4 {
 		t.Fatalf("only %d vectors", len(vs))
 	}
 	for _, v := range vs {
@@ -216,7 +217,8 @@ func TestKnownAnswers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			dk, err := generate(kek, v.KeyID, v.Version, secret.New(unhex(t, v.DEK)), unhex(t, v.WrapNonce))
+			salt := unhex(t, v.Salt)
+			dk, err := generateSalted(kek, v.KeyID, v.Version, salt, secret.New(unhex(t, v.DEK)), unhex(t, v.WrapNonce))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -231,9 +233,17 @@ func TestKnownAnswers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			dk2, err := UnwrapDataKey(kek, h.KeyID, h.Version, h.WrappedDEK)
+			dk2, err := UnwrapDataKeyWithSalt(kek, h.KeyID, h.Version, salt, h.WrappedDEK)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if len(salt) > 0 {
+				// The salt is bound: without it, or with another, the data key does not open.
+				for _, other := range [][]byte{nil, bytes.Repeat([]byte{1}, 32)} {
+					if _, err := UnwrapDataKeyWithSalt(kek, h.KeyID, h.Version, other, h.WrappedDEK); !errors.Is(err, ErrDecrypt) {
+						t.Errorf("UnwrapDataKeyWithSalt(salt %x) = %v, want ErrDecrypt", other, err)
+					}
+				}
 			}
 			pt, err := dk2.Open(h, body, v.Context)
 			if err != nil || string(pt) != v.Plaintext {

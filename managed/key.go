@@ -17,6 +17,17 @@
 // pending-deletion) and versions, one of them primary. Rotation adds a
 // version and makes it primary; old versions keep decrypting and verifying
 // until the minimum decryption version passes them.
+//
+// # Salts and domains
+//
+// Each key made now has a random 32-byte salt (Key.Salt). Every byte
+// string that binds material or a data key to a key version — the derive
+// input, the wrap-mode material AAD, the data-key AADs, the prefix of
+// backend-mode MACs — is Key.Input of a Domain: a label of its own, the
+// salt, the key id and the version. A key deleted and created again under
+// its id therefore has unrelated material, and no domain's input equals
+// another's. Keys made before salts keep the legacy inputs (no salt, the
+// "keybroker/v1/..." labels).
 package managed
 
 import (
@@ -121,6 +132,14 @@ type Key struct {
 	State       State             `json:"state"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Description string            `json:"description,omitempty"`
+	// Salt is 32 random bytes made when the key is created
+	// (crypto/rand). It enters the derive input, the wrap-mode material
+	// AAD, every data-key AAD and the input of backend-mode MACs (see
+	// Input), so a key created again under a deleted id, or under the
+	// same id in another deployment sharing a root, has unrelated
+	// material and opens none of the old key's ciphertexts. Keys made
+	// before salts have none and keep their legacy inputs.
+	Salt []byte `json:"salt,omitempty"`
 	// Placement is a Cedar condition over the edge that may hold the key's
 	// material (policy.ValidatePlacement); empty means the global policies
 	// alone decide.
@@ -141,6 +160,7 @@ type Key struct {
 func (k *Key) Clone() *Key {
 	c := *k
 	c.Labels = maps.Clone(k.Labels)
+	c.Salt = slices.Clone(k.Salt)
 	c.Versions = slices.Clone(k.Versions)
 	return &c
 }
@@ -249,6 +269,8 @@ func (k *Key) ValidateMeta() error {
 		return Errorf(ErrInvalidArgument, "rotation period %s is shorter than %s", k.RotationPeriod, MinRotationPeriod)
 	case len(k.Description) > 1024:
 		return Errorf(ErrInvalidArgument, "description longer than 1024 bytes")
+	case len(k.Salt) != 0 && len(k.Salt) != SaltSize:
+		return Errorf(ErrInvalidArgument, "salt is %d bytes, want %d (or none, for a key made before salts)", len(k.Salt), SaltSize)
 	}
 	if k.Placement != "" {
 		if err := policy.ValidatePlacement(k.ID, k.Placement); err != nil {

@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -32,16 +31,6 @@ const (
 	MaxBackendMACInput = 4 << 10
 	MaxListPageSize    = 1000
 )
-
-// VersionInput is label ‖ 0 ‖ key id ‖ 0 ‖ u32 version: the byte strings
-// that bind derived material, wrapped material and backend-wrapped data
-// keys to one key version.
-func VersionInput(label, keyID string, version uint32) []byte {
-	b := append([]byte(label), 0)
-	b = append(b, keyID...)
-	b = append(b, 0)
-	return binary.BigEndian.AppendUint32(b, version)
-}
 
 // KeySource finds keys by id: the registry at the central tier, the replica
 // at an edge.
@@ -95,9 +84,11 @@ type Config struct {
 //
 // # Caching
 //
-// Encrypt reuses one data key per (key, version, context partition) within
-// the reuse policy; Decrypt keeps unwrapped data keys in a bounded cache
-// keyed by the wrapped data key's fingerprint. Concurrent misses for one
+// Encrypt reuses one data key per (key, salt, version, context partition)
+// within the reuse policy; Decrypt keeps unwrapped data keys in a bounded
+// cache keyed by the key, its salt and the wrapped data key, so a key
+// created again under a deleted id meets none of its predecessor's data
+// keys even when Forget was missed. Concurrent misses for one
 // entry are coalesced, so N cold requests cost one material fetch and one
 // unwrap. Forget drops both caches' entries for a key.
 type Ops struct {
@@ -223,7 +214,7 @@ const errBadCiphertext = "decryption failed: wrong encryption context, or a tamp
 
 // openDataKey recovers the data key of a parsed ciphertext.
 func (o *Ops) openDataKey(ctx context.Context, k *Key, h *envelope.Header, ectx map[string]string) (*envelope.DataKey, error) {
-	return o.unwrap.Get(ctx, h, func(ctx context.Context) (*envelope.DataKey, error) {
+	return o.unwrap.GetIncarnation(ctx, h, k.Incarnation(), func(ctx context.Context) (*envelope.DataKey, error) {
 		if k.Mode == ModeBackend {
 			if err := o.needBackend(k); err != nil {
 				return nil, err
@@ -246,17 +237,19 @@ func (o *Ops) unwrapDataKey(ctx context.Context, k *Key, h *envelope.Header, ect
 		return nil, err
 	}
 	defer kek.Destroy()
-	dk, err := envelope.UnwrapDataKey(kek, k.ID, h.Version, h.WrappedDEK)
+	dk, err := envelope.UnwrapDataKeyWithSalt(kek, k.ID, h.Version, k.Salt, h.WrappedDEK)
 	if errors.Is(err, envelope.ErrDecrypt) {
 		return nil, Errorf(ErrInvalidArgument, errBadCiphertext)
 	}
 	return dk, err
 }
 
-// partition is the reuse-cache key: key, version and, for derived keys,
-// the context (each context has its own KEK).
+// partition is the reuse-cache key: key, version, the key's incarnation
+// (a key created again under a deleted id reuses none of its
+// predecessor's data keys) and, for derived keys, the context (each
+// context has its own KEK).
 func partition(k *Key, v uint32, ectx map[string]string) (string, error) {
-	p := k.ID + "\x00" + strconv.FormatUint(uint64(v), 10) + "\x00"
+	p := k.ID + "\x00" + strconv.FormatUint(uint64(v), 10) + "\x00" + k.Incarnation() + "\x00"
 	if k.Derived {
 		c, err := envelope.CanonicalContext(ectx)
 		if err != nil {
@@ -389,7 +382,7 @@ func (o *Ops) wrapDataKey(ctx context.Context, k *Key, v uint32, ectx map[string
 		return nil, err
 	}
 	defer kek.Destroy()
-	return envelope.WrapDataKey(kek, k.ID, v, dek)
+	return envelope.WrapDataKeyWithSalt(kek, k.ID, v, k.Salt, dek)
 }
 
 // DecryptDataKey returns the data key of a ciphertext whose header names
@@ -562,12 +555,13 @@ func (o *Ops) GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *
 	return bytes.Clone(tag.Reveal()), k, nil
 }
 
-// checkMACInput bounds a MAC message: 64 KiB, or the roots of trust's
-// 4 KiB for backend-mode keys (the backend computes the MAC).
+// checkMACInput bounds a MAC message: 64 KiB, or for backend-mode keys
+// the roots of trust's 4 KiB less the domain prefix the backend MACs
+// with the message (BackendMACInput).
 func checkMACInput(k *Key, msg []byte) error {
 	limit := MaxSignInput
 	if k.Mode == ModeBackend {
-		limit = MaxBackendMACInput
+		limit = MaxBackendMACInput - len(k.Input(DomainBackendMAC, k.Primary))
 	}
 	if len(msg) == 0 || len(msg) > limit {
 		return Errorf(ErrInvalidArgument, "message is %d bytes, want 1..%d", len(msg), limit)

@@ -309,8 +309,16 @@ func describeResource(key string) string {
 }
 
 // PolicyKey is a key as Cedar sees it.
+//
+// Root is the primary version's root key, as the central tier stored it
+// (edges receive it with the key's metadata), so the same policy decides
+// alike at every tier.
 func PolicyKey(k *managed.Key) policy.Key {
-	return policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+	pk := policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+	if pv := k.PrimaryVersion(); pv != nil {
+		pk.Root = pv.RootKey
+	}
+	return pk
 }
 
 // LookupKey loads the call's key and its Cedar resource. An unknown key

@@ -29,14 +29,26 @@ func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kb
 	case !okM:
 		return nil, c.End(rpc.Invalid("mode %s is not a key mode", r.GetMode()))
 	}
-	// The resource is the key as it would be created, labels included, so
-	// policies can scope admins by label.
-	res := policy.Key{Name: r.GetKeyId(), Type: string(typ), Mode: string(mode), Labels: r.GetLabels()}
+	// The resource is the key as it would be created, labels and root key
+	// included, so policies can scope admins by label and confine them to
+	// their roots. The root is the one the key will use (the mode's
+	// default when the request names none), as its declaration spells
+	// it. A root the key could not use is refused only after the policy
+	// allowed the call, so that callers who may not create keys learn
+	// nothing of the roots.
+	root, rootErr := a.s.svc.RootFor(mode, typ, r.GetRootKey())
+	if rootErr != nil {
+		root = r.GetRootKey()
+	}
+	res := policy.Key{Name: r.GetKeyId(), Type: string(typ), Mode: string(mode), Labels: r.GetLabels(), Root: root}
 	if err := c.Decide(a.s.policy.Current().AuthorizeKey(c.Principal(), policy.CreateKey, res)); err != nil {
 		return nil, c.End(err)
 	}
+	if rootErr != nil {
+		return nil, c.End(rootErr)
+	}
 	k, err := a.s.svc.CreateKey(ctx, broker.CreateParams{
-		ID: r.GetKeyId(), Type: typ, Mode: mode, Derived: r.GetDerived(), RootKey: r.GetRootKey(),
+		ID: r.GetKeyId(), Type: typ, Mode: mode, Derived: r.GetDerived(), RootKey: root,
 		Labels: r.GetLabels(), RotationPeriod: r.GetRotationPeriod().AsDuration(), Description: r.GetDescription(),
 		Placement: r.GetPlacement(),
 	})

@@ -85,7 +85,7 @@ func TestFetchMaterial(t *testing.T) {
 	const eu = `principal.region == "eu"`
 	for _, k := range []*kbv1.CreateKeyRequest{
 		{KeyId: "eu-key", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: eu},
-		{KeyId: "eu-backend", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_BACKEND, RootKey: "softkms:aes", Placement: eu},
+		{KeyId: "eu-backend", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_BACKEND, RootKey: "softkms:hsm-aes", Placement: eu},
 		{KeyId: "unplaced", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_WRAP},
 	} {
 		if _, err := admin.CreateKey(ctx, k); err != nil {
@@ -120,7 +120,11 @@ func TestFetchMaterial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dk, err := envelope.UnwrapDataKey(material, h.KeyID, h.Version, h.WrappedDEK)
+	k, err := e.svc.Registry().Get(ctx, "eu-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := envelope.UnwrapDataKeyWithSalt(material, h.KeyID, h.Version, k.Salt, h.WrappedDEK)
 	if err != nil {
 		t.Fatalf("material does not unwrap the data key: %v", err)
 	}

@@ -58,9 +58,18 @@ type testEnv struct {
 	auditPath string
 	audit     *audit.Log
 	clock     *testClock
+	svc       *broker.Service
+	soft      *softkms.Backend
+	softURI   string // the softkms backend's connection attributes
 }
 
 func start(t *testing.T) *testEnv {
+	t.Helper()
+	return startWith(t, testPolicy)
+}
+
+// startWith starts a central server under the given Cedar policy.
+func startWith(t *testing.T, policyText string) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := t.Context()
@@ -73,8 +82,16 @@ func start(t *testing.T) *testEnv {
 	}
 	sb.CreateKey(ctx, "prf", backends.HMAC256)
 	sb.CreateKey(ctx, "aes", backends.AES256)
+	sb.CreateKey(ctx, "hsm-aes", backends.AES256)
+	sb.CreateKey(ctx, "mac", backends.HMAC256)
+	sb.CreateKey(ctx, "billing-prf", backends.HMAC256)
 	roots, err := broker.NewRoots(map[string]backends.Backend{"soft": sb}, map[string]string{"soft": "softkms:path=" + ks + ";kek-source=" + kek})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roots.Declare([]broker.RootKey{{URI: "softkms:prf", Role: broker.RoleDerive}, {URI: "softkms:aes", Role: broker.RoleWrap},
+		{URI: "softkms:hsm-aes", Role: broker.RoleBackend}, {URI: "softkms:mac", Role: broker.RoleBackend},
+		{URI: "softkms:billing-prf", Role: broker.RoleDerive}}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
@@ -86,7 +103,7 @@ func start(t *testing.T) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, "policy.cedar"), []byte(testPolicy), 0o600)
+	os.WriteFile(filepath.Join(dir, "policy.cedar"), []byte(policyText), 0o600)
 	pe, err := policy.NewEngine(filepath.Join(dir, "policy.cedar"))
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +132,8 @@ func start(t *testing.T) *testEnv {
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	go g.Serve(lis)
 	t.Cleanup(func() { g.Stop(); al.Close(); st.Close(); roots.Close() })
-	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, clock: clock}
+	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, clock: clock,
+		svc: svc, soft: sb, softURI: "path=" + ks + ";kek-source=" + kek}
 }
 
 func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {

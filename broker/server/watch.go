@@ -250,7 +250,7 @@ func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
 // decryptable, sealed to the edge, when the key is enabled, has material,
 // and placement lets the edge hold it.
 func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, error) {
-	ek := &kbv1.EdgeKey{Metadata: rpc.KeyToProto(k)}
+	ek := &kbv1.EdgeKey{Metadata: rpc.KeyToProto(k), Salt: k.Salt}
 	// Material goes with Watch only to edges that prefetch; the others
 	// fetch it on first use.
 	hold := w.node.Prefetch && k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
@@ -275,7 +275,7 @@ func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, er
 				if err != nil {
 					return nil, w.s.toStatus(err).Err()
 				}
-				sv = sealedVersion{keyCreated: k.Created, created: v.Created, root: v.RootKey, blob: blob}
+				sv = sealedVersion{keyCreated: k.Created, created: v.Created, root: v.RootKey, incarnation: k.Incarnation(), blob: blob}
 			}
 			if held == nil {
 				held = map[uint32]sealedVersion{}
@@ -306,7 +306,7 @@ const maxSealedBlobs = 2048
 //
 // A blob stays good while the edge's sealing key and the version's
 // material stay the same: versions are matched on their key's and their
-// own creation time and root key (a key deleted and created again under
+// own creation time, root key and salt (a key deleted and created again under
 // the same id is a new key), and a new sealing key empties the cache.
 // Keys the edge may no longer hold, deleted keys and versions below the
 // minimum leave it with the next event. Least recently sent keys are
@@ -327,6 +327,7 @@ type sealedKey struct {
 type sealedVersion struct {
 	keyCreated, created time.Time
 	root                string
+	incarnation         string // the key's salt (Key.Incarnation)
 	blob                []byte
 }
 
@@ -346,7 +347,7 @@ func (c *sealCache) get(k *broker.Key, v broker.Version) (sealedVersion, bool) {
 		return sealedVersion{}, false
 	}
 	sv, ok := e.Value.(*sealedKey).versions[v.Version]
-	if !ok || !sv.keyCreated.Equal(k.Created) || !sv.created.Equal(v.Created) || sv.root != v.RootKey {
+	if !ok || !sv.keyCreated.Equal(k.Created) || !sv.created.Equal(v.Created) || sv.root != v.RootKey || sv.incarnation != k.Incarnation() {
 		return sealedVersion{}, false
 	}
 	return sv, true

@@ -100,8 +100,16 @@ permit (principal is Edge, action == Action::"Forward", resource);
 // rootKey is a root key to create before the node starts.
 type rootKey struct{ object, algorithm string }
 
-// basicRoots are enough for derive and wrap keys.
-var basicRoots = []rootKey{{"root-prf", "hmac-256"}, {"root-aes", "aes-256"}}
+// basicRoots are enough for derive, wrap and backend-mode AES keys.
+var basicRoots = []rootKey{{"root-prf", "hmac-256"}, {"root-aes", "aes-256"}, {"root-hsm-aes", "aes-256"}}
+
+// rootRoles is every root key a cluster declares, with its one role: the
+// derive and wrap defaults, and the roots of backend-mode keys (declared
+// whether or not a test creates them; root-absent never is).
+var rootRoles = []struct{ object, role string }{
+	{"root-prf", "derive"}, {"root-aes", "wrap"}, {"root-hsm-aes", "backend"},
+	{"root-mac", "backend"}, {"root-ec", "backend"}, {"root-ed", "backend"}, {"root-absent", "backend"},
+}
 
 // rootsOfTrust says where a cluster's root keys live.
 type rootsOfTrust struct {
@@ -199,6 +207,10 @@ func newClusterOn(t *testing.T, open func(*testing.T, string) *rootsOfTrust, key
 			t.Fatalf("keybroker root create %s --algorithm %s: %v\n%s", k.object, k.algorithm, err, out)
 		}
 	}
+	var declared strings.Builder
+	for _, r := range rootRoles {
+		fmt.Fprintf(&declared, "  - uri: %q\n    role: %s\n", c.roots.ref(r.object), r.role)
+	}
 	// Polling is off: the reload tests drive reloads with SIGHUP alone.
 	cfg := fmt.Sprintf(`node_id: central-1
 trust_domain: %s
@@ -209,7 +221,8 @@ data_dir: data
 backends:
   - name: %s
     uri: %q
-default_root_keys:
+root_keys:
+%sdefault_root_keys:
   derive: %q
   wrap: %q
   backend: %q
@@ -218,7 +231,7 @@ policy:
   reload_interval: 0s
 limits:
   max_request_bytes: %d
-`, e2eTrustDomain, c.roots.name, c.roots.backendURI, c.roots.ref("root-prf"), c.roots.ref("root-aes"), c.roots.ref("root-aes"), maxRequestBytes)
+`, e2eTrustDomain, c.roots.name, c.roots.backendURI, declared.String(), c.roots.ref("root-prf"), c.roots.ref("root-aes"), c.roots.ref("root-hsm-aes"), maxRequestBytes)
 	if err := os.WriteFile(c.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

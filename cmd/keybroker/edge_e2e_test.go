@@ -76,7 +76,7 @@ func freePort(t *testing.T) string {
 // one-entry material cache (so tests can make it cold), then the edges.
 func newEdgeCluster(t *testing.T, edges ...*edgeNode) *edgeCluster {
 	t.Helper()
-	return newEdgeClusterOn(t, pkcs11Roots, append(basicRoots, rootKey{"root-ec", "ecdsa-p256"}), "material_cache: {size: 1}\n", edges...)
+	return newEdgeClusterOn(t, pkcs11Roots, append(basicRoots, rootKey{"root-ec", "ecdsa-p256"}, rootKey{"root-mac", "hmac-256"}), "material_cache: {size: 1}\n", edges...)
 }
 
 // newEdgeClusterOn is newEdgeCluster on the roots of trust open()
@@ -238,7 +238,7 @@ func TestEdgesEndToEnd(t *testing.T) {
 		types := []kbv1.KeyType{aes, kbv1.KeyType_KEY_TYPE_HMAC_SHA256, kbv1.KeyType_KEY_TYPE_ECDSA_P256, kbv1.KeyType_KEY_TYPE_ED25519}
 		// Backend mode needs a root key of the type's own algorithm on the
 		// token; SoftHSM2 keeps no Ed25519 keys for it.
-		backendRoot := map[kbv1.KeyType]string{aes: c.roots.ref("root-aes"), kbv1.KeyType_KEY_TYPE_HMAC_SHA256: c.roots.ref("root-prf"),
+		backendRoot := map[kbv1.KeyType]string{aes: c.roots.ref("root-hsm-aes"), kbv1.KeyType_KEY_TYPE_HMAC_SHA256: c.roots.ref("root-mac"),
 			kbv1.KeyType_KEY_TYPE_ECDSA_P256: c.roots.ref("root-ec")}
 		var rev uint64
 		var ids []string

@@ -31,7 +31,8 @@ func awsRoots(f *awsfake.Fake) func(*testing.T, string) *rootsOfTrust {
 		t.Setenv("AWS_ACCESS_KEY_ID", "AKIDKEYBROKERFAULTS")
 		t.Setenv("AWS_SECRET_ACCESS_KEY", "keybroker-fault-tests")
 		t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-		for object, spec := range map[string]string{"root-prf": awsfake.HMAC256, "root-aes": awsfake.SymmetricDefault, "root-ec": awsfake.ECCNISTP256} {
+		for object, spec := range map[string]string{"root-prf": awsfake.HMAC256, "root-aes": awsfake.SymmetricDefault,
+			"root-hsm-aes": awsfake.SymmetricDefault, "root-mac": awsfake.HMAC256, "root-ec": awsfake.ECCNISTP256} {
 			f.Alias("alias/"+object, f.CreateKey(spec))
 		}
 		conn := "region=" + awsfake.Region + ";endpoint=" + f.URL()
@@ -71,7 +72,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 		{KeyId: "placed", Type: aes, Mode: derive, Labels: owner, Placement: "true"},
 		{KeyId: "placed-wrap", Type: aes, Mode: wrap, Labels: owner, Placement: "true"},
 		{KeyId: "kms-aes", Type: aes, Mode: backend, Labels: owner},
-		{KeyId: "kms-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-prf")},
+		{KeyId: "kms-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-mac")},
 		{KeyId: "kms-ec", Type: kbv1.KeyType_KEY_TYPE_ECDSA_P256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-ec")},
 	} {
 		m, err := c.admin.admin.CreateKey(ctx, k)

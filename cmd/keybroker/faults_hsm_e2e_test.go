@@ -150,7 +150,7 @@ func (l *logBuffer) String() string {
 // caller, and every MAC and signature must be right.
 func TestFaultHSMSessionsClosed(t *testing.T) {
 	rep := newFaultReport(t, "hsm-sessions-closed")
-	c := newClusterOn(t, pkcs11Roots, append(basicRoots, rootKey{"root-ec", "ecdsa-p256"}))
+	c := newClusterOn(t, pkcs11Roots, append(basicRoots, rootKey{"root-ec", "ecdsa-p256"}, rootKey{"root-mac", "hmac-256"}))
 	cfg, err := config.LoadCentral(c.config)
 	must(t, "LoadCentral", err)
 	must(t, "Check", cfg.Check())
@@ -189,7 +189,7 @@ func TestFaultHSMSessionsClosed(t *testing.T) {
 	backend := kbv1.KeyMode_KEY_MODE_BACKEND
 	for _, k := range []*kbv1.CreateKeyRequest{
 		{KeyId: "hsm-aes", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: backend, Labels: owner},
-		{KeyId: "hsm-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-prf")},
+		{KeyId: "hsm-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-mac")},
 		{KeyId: "hsm-ec", Type: kbv1.KeyType_KEY_TYPE_ECDSA_P256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-ec")},
 	} {
 		_, err := admin.admin.CreateKey(ctx, k)

@@ -121,7 +121,9 @@ func (a *app) keyCreateCmd() *cobra.Command {
   derive   computed inside the backend from the root key; nothing is stored
   wrap     random, stored only wrapped by the root key
   backend  never leaves the backend; every operation goes to it
---root-key is the backend URI of the root key (default: the node's).
+--root-key is the backend URI of the root key (default: the node's default
+for the mode); it must be declared in the central node's root_keys with the
+mode's role (derive, wrap or backend), and policies see it as resource.root.
 --rotation-period 0 (the default) means no automatic rotation; the broker
 wants at least 24h otherwise.
 --placement is a Cedar condition over the edge that may hold the key's

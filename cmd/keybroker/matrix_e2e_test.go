@@ -86,7 +86,7 @@ func matrixKeys(roots *rootsOfTrust) []keySpec {
 		{id: "aes-derive-ctx", typ: typeAES, mode: modeDerive, derived: true},
 		{id: "aes-wrap", typ: typeAES, mode: modeWrap},
 		{id: "aes-wrap-ctx", typ: typeAES, mode: modeWrap, derived: true},
-		{id: "aes-backend", typ: typeAES, mode: modeBackend}, // default_root_keys.backend
+		{id: "aes-backend", typ: typeAES, mode: modeBackend}, // default_root_keys.backend: root-hsm-aes
 		{id: "hmac-derive", typ: typeHMAC, mode: modeDerive},
 		{id: "hmac-wrap", typ: typeHMAC, mode: modeWrap},
 		{id: "hmac-backend", typ: typeHMAC, mode: modeBackend, root: "root-mac"},
@@ -109,6 +109,8 @@ func (s keySpec) rootRef(roots *rootsOfTrust) string {
 		return roots.ref(s.root)
 	case s.mode == modeDerive:
 		return roots.ref("root-prf")
+	case s.mode == modeBackend:
+		return roots.ref("root-hsm-aes")
 	}
 	return roots.ref("root-aes")
 }
