@@ -21,7 +21,7 @@ func TestEdgeForwardsSignedCallsWhole(t *testing.T) {
 	c := startCentral(t)
 	c.createKeys(t,
 		&kbv1.CreateKeyRequest{KeyId: "shared", Type: aes256, Mode: derive, Labels: appLabels, Placement: "true"},
-		&kbv1.CreateKeyRequest{KeyId: "hsm", Type: aes256, Mode: backend, RootKey: "softkms:aes", Labels: appLabels},
+		&kbv1.CreateKeyRequest{KeyId: "hsm", Type: aes256, Mode: backend, RootKey: "softkms:hsm-aes", Labels: appLabels},
 	)
 	ec := open(t, edgeConfig(t, c, "edge-eu-1", t.TempDir()))
 	startRun(t, ec)
