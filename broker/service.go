@@ -242,14 +242,14 @@ func (s *Service) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
 	return s.roots.roots[0].backend.GenerateRandom(ctx, n)
 }
 
-// ListKeys returns keys whose labels include every selector pair, a page at
-// a time; the token is the last id of the previous page.
-func (s *Service) ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string) ([]*Key, string, error) {
+// ListKeys returns keys whose labels include every selector pair and that
+// visible keeps (nil: all), a page at a time (managed.Page).
+func (s *Service) ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string, visible func(*Key) bool) ([]*Key, string, error) {
 	keys, _, err := s.reg.List(ctx)
 	if err != nil {
 		return nil, "", err
 	}
-	return managed.Page(keys, selector, pageSize, token)
+	return managed.Page(keys, selector, pageSize, token, visible)
 }
 
 // Sweep carries out due rotations and deletions.
