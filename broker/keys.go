@@ -63,6 +63,7 @@ var (
 	ErrConflict           = managed.ErrConflict
 	ErrPermissionDenied   = managed.ErrPermissionDenied
 	ErrUnavailable        = managed.ErrUnavailable
+	ErrResourceExhausted  = managed.ErrResourceExhausted
 )
 
 var errorf = managed.Errorf

@@ -30,7 +30,7 @@
 // (bad input, malformed or foreign ciphertext, wrong context), NotFound,
 // AlreadyExists, FailedPrecondition (disabled or pending-deletion keys,
 // versions below the minimum), Aborted (revision conflicts),
-// PermissionDenied, Unavailable. Errors the node knows better (a root of
+// PermissionDenied, Unavailable, ResourceExhausted (a spent budget). Errors the node knows better (a root of
 // trust's, at the central tier) go through Config.Classify; their text
 // reaches admins only. Anyone else gets the code and a generic message
 // naming the request id, and the audit line keeps the text.
@@ -411,6 +411,7 @@ var managedKinds = []struct {
 	{managed.ErrFailedPrecondition, codes.FailedPrecondition},
 	{managed.ErrPermissionDenied, codes.PermissionDenied},
 	{managed.ErrUnavailable, codes.Unavailable},
+	{managed.ErrResourceExhausted, codes.ResourceExhausted},
 }
 
 // backendErrorMsg is what a caller other than an admin hears of a root of
