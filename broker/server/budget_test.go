@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
@@ -140,5 +142,54 @@ func TestForgedDataKeysCostBounded(t *testing.T) {
 	}
 	if refused != 991+3 {
 		t.Errorf("audited refusals = %d, want %d", refused, 991+3)
+	}
+}
+
+// TestBackendErrorTextOnlyToAdmins: when the root of trust refuses (its
+// root key is disabled), a client gets the code, a generic message and its
+// request id, not the backend's text; an admin gets the text; the audit
+// line keeps it either way.
+func TestBackendErrorTextOnlyToAdmins(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "hsm", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_BACKEND, RootKey: "softkms:aes", Labels: map[string]string{"app": "billing"}}); err != nil {
+		t.Fatalf("CreateKey: %v", err)
+	}
+	if err := e.soft.SetEnabled(ctx, "aes", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		kind       identity.Kind
+		name       string
+		wantDetail bool
+	}{
+		{identity.Client, "billing", false},
+		{identity.Admin, "ops", true},
+	} {
+		kb := kbv1.NewKeyBrokerClient(e.conn(t, tc.kind, tc.name))
+		rid := "rid-" + tc.name
+		_, err := kb.Encrypt(metadata.AppendToOutgoingContext(ctx, "x-request-id", rid), &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("p")})
+		code(t, "Encrypt on a disabled root key as "+tc.name, err, codes.FailedPrecondition)
+		msg := status.Convert(err).Message()
+		if got := strings.Contains(msg, "softkms"); got != tc.wantDetail {
+			t.Errorf("Encrypt as %s: message %q; holds the backend's text: %v, want %v", tc.name, msg, got, tc.wantDetail)
+		}
+		if !tc.wantDetail && !strings.Contains(msg, rid) {
+			t.Errorf("Encrypt as %s: message %q does not give the request id %s", tc.name, msg, rid)
+		}
+		var lines int
+		for _, r := range auditLines(t, e.auditPath) {
+			if r.RequestID == rid {
+				lines++
+				if !strings.Contains(r.Detail, "softkms") {
+					t.Errorf("audit line of %s's refused call: detail %q, want the backend's text", tc.name, r.Detail)
+				}
+			}
+		}
+		if lines != 1 {
+			t.Errorf("audit lines for request %s = %d, want 1", rid, lines)
+		}
 	}
 }

@@ -50,6 +50,7 @@ type testEnv struct {
 	auditPath string
 	audit     *audit.Log
 	roots     *broker.Roots
+	soft      *softkms.Backend
 }
 
 func start(t *testing.T) *testEnv {
@@ -105,7 +106,7 @@ func start(t *testing.T) *testEnv {
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	go g.Serve(lis)
 	t.Cleanup(func() { g.Stop(); al.Close(); st.Close(); roots.Close() })
-	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, roots: roots}
+	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, roots: roots, soft: sb}
 }
 
 func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {
