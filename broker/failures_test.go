@@ -1,9 +1,13 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/budget"
 )
 
 func TestFailedUnwraps(t *testing.T) {
@@ -47,5 +51,47 @@ func TestFailedUnwraps(t *testing.T) {
 	}
 	if f.failed("k", 1, []byte("w0")) || !f.failed("k", 1, []byte("w4")) {
 		t.Error("a full memory dropped the newest failure instead of the oldest")
+	}
+}
+
+// TestMaterialChargedToCaller: material derivations are charged to the
+// principal in the context — an edge fetching material spends the edge's
+// budget, not its clients' — and the node's own work (no principal) is not
+// charged.
+func TestMaterialChargedToCaller(t *testing.T) {
+	r, _ := softRoots(t)
+	frozen := time.Unix(1_800_000_000, 0)
+	b, err := budget.New(budget.Config{Rate: 1, Burst: 2, Now: func() time.Time { return frozen }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.SetBudget(b)
+	ms := NewMaterials(r, 100, time.Hour, nil)
+	key := func(i int) *Key {
+		return &Key{ID: fmt.Sprint("k", i), Type: AES256GCM, Mode: ModeDerive, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
+	}
+	edgeCtx := identity.NewContext(t.Context(), identity.Identity{TrustDomain: "kb.test", Kind: identity.Edge, Name: "edge-1"})
+	clientCtx := identity.NewContext(t.Context(), identity.Identity{TrustDomain: "kb.test", Kind: identity.Client, Name: "app"})
+	for i := range 2 {
+		if _, err := ms.Get(edgeCtx, key(i), 1); err != nil {
+			t.Fatalf("edge fetch %d within its burst: %v", i, err)
+		}
+	}
+	if _, err := ms.Get(edgeCtx, key(2), 1); !errors.Is(err, ErrResourceExhausted) {
+		t.Errorf("edge fetch beyond its burst = %v, want ErrResourceExhausted", err)
+	}
+	if _, err := ms.Get(edgeCtx, key(0), 1); err != nil {
+		t.Errorf("edge fetch of cached material = %v, want it served without a backend call", err)
+	}
+	if _, err := ms.Get(clientCtx, key(3), 1); err != nil {
+		t.Errorf("a client's derivation after the edge spent its budget = %v, want it served", err)
+	}
+	for i := 4; i < 10; i++ {
+		if _, err := ms.Get(t.Context(), key(i), 1); err != nil {
+			t.Errorf("the node's own derivation %d = %v, want it never charged", i, err)
+		}
+	}
+	if n := r.Refused()[CallKey{"soft", "derive"}]; n != 1 {
+		t.Errorf("refusals counted = %d, want 1", n)
 	}
 }
