@@ -15,6 +15,15 @@
 // edges. Deletion is scheduled with a pending window (default 30 days, at
 // least 7) during which the key refuses every operation and the deletion
 // can be cancelled.
+//
+// # Cost of a caller
+//
+// Every call to a root of trust passes through Roots.Called, which charges
+// it to the principal in the request's context (SetBudget; a caller past
+// its budget gets ErrResourceExhausted and the backend is not called). A
+// backend-mode data key the backend refused to unwrap is remembered, per
+// key, version and wrapped bytes, for FailedUnwrapTTL, so the same forged
+// data key sent again costs no backend call.
 package broker
 
 import "github.com/keybroker/keybroker/managed"
@@ -63,6 +72,7 @@ var (
 	ErrConflict           = managed.ErrConflict
 	ErrPermissionDenied   = managed.ErrPermissionDenied
 	ErrUnavailable        = managed.ErrUnavailable
+	ErrResourceExhausted  = managed.ErrResourceExhausted
 )
 
 var errorf = managed.Errorf

@@ -11,6 +11,8 @@ import (
 
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/budget"
 )
 
 // RootConfig names one configured root of trust.
@@ -61,7 +63,11 @@ type Roots struct {
 	resolved sync.Map // key URI → resolution
 	memoized atomic.Int64
 
-	calls sync.Map // CallKey → *atomic.Uint64
+	calls   sync.Map // CallKey → *atomic.Uint64
+	refused sync.Map // CallKey → *atomic.Uint64
+
+	// budget, when set, bounds each principal's calls (SetBudget).
+	budget atomic.Pointer[budget.Budget]
 }
 
 // Role is what a root key is for.
@@ -180,29 +186,57 @@ func (r *Roots) CheckRole(keyURI string, m Mode) error {
 // CallKey names a count of calls: a backend and an operation.
 type CallKey struct{ Backend, Op string }
 
-// Called counts one call the broker is about to make to a backend, and
-// notes it in the request's audit trace: every derivation, wrap, unwrap,
-// data-key wrap, sign and MAC in a root of trust goes through here, so the
-// counts say what the caches save and each audit line what it cost.
-func (r *Roots) Called(ctx context.Context, backendName, op string) {
-	audit.NoteBackendCall(ctx, backendName, op)
+// SetBudget makes every call made on a principal's behalf charge that
+// principal's bucket in b. Call it before serving.
+func (r *Roots) SetBudget(b *budget.Budget) { r.budget.Store(b) }
+
+// Called charges, counts and traces one call the broker is about to make
+// to a backend: every derivation, wrap, unwrap, data-key wrap, sign and MAC
+// in a root of trust goes through here, so the counts say what the caches
+// save and each audit line what it cost.
+//
+// The call is charged to the principal ctx carries (identity.FromContext:
+// the client, the admin, or the edge fetching material; a forwarded call
+// carries the client the edge forwards for). When that principal's budget
+// is spent, Called counts a refusal and returns an ErrResourceExhausted
+// error, and the caller must not make the call. Work the node does by
+// itself (the lifecycle sweep) carries no principal and is not charged.
+func (r *Roots) Called(ctx context.Context, backendName, op string) error {
 	k := CallKey{backendName, op}
-	v, ok := r.calls.Load(k)
+	if b := r.budget.Load(); b != nil {
+		if who, ok := identity.FromContext(ctx); ok && !b.Take(who.String()) {
+			count(&r.refused, k)
+			return errorf(ErrResourceExhausted, "%s has spent its budget of calls to the roots of trust; retry later", who)
+		}
+	}
+	audit.NoteBackendCall(ctx, backendName, op)
+	count(&r.calls, k)
+	return nil
+}
+
+func count(m *sync.Map, k CallKey) {
+	v, ok := m.Load(k)
 	if !ok {
-		v, _ = r.calls.LoadOrStore(k, new(atomic.Uint64))
+		v, _ = m.LoadOrStore(k, new(atomic.Uint64))
 	}
 	v.(*atomic.Uint64).Add(1)
 }
 
-// Calls returns the counts of calls made to each backend, by operation.
-func (r *Roots) Calls() map[CallKey]uint64 {
+func counts(m *sync.Map) map[CallKey]uint64 {
 	out := map[CallKey]uint64{}
-	r.calls.Range(func(k, v any) bool {
+	m.Range(func(k, v any) bool {
 		out[k.(CallKey)] = v.(*atomic.Uint64).Load()
 		return true
 	})
 	return out
 }
+
+// Calls returns the counts of calls made to each backend, by operation.
+func (r *Roots) Calls() map[CallKey]uint64 { return counts(&r.calls) }
+
+// Refused returns the counts of calls refused for want of budget, by
+// backend and operation.
+func (r *Roots) Refused() map[CallKey]uint64 { return counts(&r.refused) }
 
 // maxResolved bounds the resolution memo.
 const maxResolved = 100_000

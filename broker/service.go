@@ -37,6 +37,12 @@ type ServiceConfig struct {
 	ReuseEntries, UnwrapEntries int
 	// UnwrapTTL is how long an unwrapped data key stays cached.
 	UnwrapTTL time.Duration
+	// FailedUnwrapTTL is how long a backend-mode data key that did not
+	// unwrap is refused from memory, without another backend call (0:
+	// DefaultFailedUnwrapTTL); FailedUnwrapEntries bounds how many are
+	// remembered (0: DefaultFailedUnwrapEntries).
+	FailedUnwrapTTL     time.Duration
+	FailedUnwrapEntries int
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -63,7 +69,7 @@ func NewService(c ServiceConfig) (*Service, error) {
 		c.Now = time.Now
 	}
 	ops, err := managed.New(managed.Config{
-		Keys: c.Registry, Material: c.Materials, Backend: rootBackend{c.Roots},
+		Keys: c.Registry, Material: c.Materials, Backend: &rootBackend{roots: c.Roots, failed: newFailedUnwraps(c.FailedUnwrapTTL, c.FailedUnwrapEntries, c.Now)},
 		Reuse: c.Reuse, ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now,
 	})
 	if err != nil {
@@ -253,17 +259,21 @@ func (s *Service) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
 	if n < 1 || n > MaxRandom {
 		return nil, errorf(ErrInvalidArgument, "length %d out of 1..%d", n, MaxRandom)
 	}
-	return s.roots.roots[0].backend.GenerateRandom(ctx, n)
+	rt := s.roots.roots[0]
+	if err := s.roots.Called(ctx, rt.name, "random"); err != nil {
+		return nil, err
+	}
+	return rt.backend.GenerateRandom(ctx, n)
 }
 
-// ListKeys returns keys whose labels include every selector pair, a page at
-// a time; the token is the last id of the previous page.
-func (s *Service) ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string) ([]*Key, string, error) {
+// ListKeys returns keys whose labels include every selector pair and that
+// visible keeps (nil: all), a page at a time (managed.Page).
+func (s *Service) ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string, visible func(*Key) bool) ([]*Key, string, error) {
 	keys, _, err := s.reg.List(ctx)
 	if err != nil {
 		return nil, "", err
 	}
-	return managed.Page(keys, selector, pageSize, token)
+	return managed.Page(keys, selector, pageSize, token, visible)
 }
 
 // Sweep carries out due rotations and deletions.
@@ -314,15 +324,20 @@ func dekAAD(k *Key, v uint32) []byte {
 
 // rootBackend performs backend-mode operations in the version's root of
 // trust.
-type rootBackend struct{ roots *Roots }
+type rootBackend struct {
+	roots *Roots
+	// failed remembers data keys that did not unwrap, so that a forged
+	// one sent again costs no backend call.
+	failed *failedUnwraps
+}
 
-var _ managed.Backend = rootBackend{}
+var _ managed.Backend = (*rootBackend)(nil)
 
 // resolve finds the version's root key and counts the call about to be
 // made (op) to its backend. A root key declared for another role is
 // refused: a backend-mode key on a derive root would MAC other keys'
 // derive inputs.
-func (rb rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string) (backends.Backend, string, error) {
+func (rb *rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string) (backends.Backend, string, error) {
 	uri := k.Version(v).RootKey
 	b, backendName, name, err := rb.roots.Resolve(uri)
 	if err != nil {
@@ -331,11 +346,13 @@ func (rb rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string) 
 	if err := rb.roots.CheckRole(uri, k.Mode); err != nil {
 		return nil, "", err
 	}
-	rb.roots.Called(ctx, backendName, op)
+	if err := rb.roots.Called(ctx, backendName, op); err != nil {
+		return nil, "", err
+	}
 	return b, name, nil
 }
 
-func (rb rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []byte) ([]byte, error) {
+func (rb *rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []byte) ([]byte, error) {
 	b, name, err := rb.resolve(ctx, k, v, "wrap-data-key")
 	if err != nil {
 		return nil, err
@@ -343,19 +360,29 @@ func (rb rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []b
 	return b.Encrypt(ctx, name, dek, dekAAD(k, v))
 }
 
-func (rb rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrapped []byte) (*secret.Bytes, error) {
+func (rb *rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrapped []byte) (*secret.Bytes, error) {
+	if rb.failed.failed(k.ID, v, wrapped) {
+		return nil, errUnwrap(k, v)
+	}
 	b, name, err := rb.resolve(ctx, k, v, "unwrap-data-key")
 	if err != nil {
 		return nil, err
 	}
 	dek, err := b.Decrypt(ctx, name, wrapped, dekAAD(k, v))
 	if errors.Is(err, backends.ErrDecryptionFailed) {
-		return nil, errorf(ErrInvalidArgument, "decryption failed: the ciphertext's data key does not open under key %q version %d", k.ID, v)
+		rb.failed.remember(k.ID, v, wrapped)
+		return nil, errUnwrap(k, v)
 	}
 	return dek, err
 }
 
-func (rb rootBackend) Sign(ctx context.Context, k *Key, v uint32, input []byte) ([]byte, error) {
+// errUnwrap is what a data key that does not open says, whether the
+// backend just refused it or refused it moments ago.
+func errUnwrap(k *Key, v uint32) error {
+	return errorf(ErrInvalidArgument, "decryption failed: the ciphertext's data key does not open under key %q version %d", k.ID, v)
+}
+
+func (rb *rootBackend) Sign(ctx context.Context, k *Key, v uint32, input []byte) ([]byte, error) {
 	b, name, err := rb.resolve(ctx, k, v, "sign")
 	if err != nil {
 		return nil, err
@@ -367,7 +394,7 @@ func (rb rootBackend) Sign(ctx context.Context, k *Key, v uint32, input []byte) 
 	return signer.Sign(ctx, name, input)
 }
 
-func (rb rootBackend) MAC(ctx context.Context, k *Key, v uint32, msg []byte) (*secret.Bytes, error) {
+func (rb *rootBackend) MAC(ctx context.Context, k *Key, v uint32, msg []byte) (*secret.Bytes, error) {
 	b, name, err := rb.resolve(ctx, k, v, "mac")
 	if err != nil {
 		return nil, err

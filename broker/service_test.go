@@ -504,7 +504,7 @@ func TestListKeysAndSweep(t *testing.T) {
 	var all []string
 	token := ""
 	for {
-		page, next, err := e.svc.ListKeys(ctx, map[string]string{"team": "a"}, 5, token)
+		page, next, err := e.svc.ListKeys(ctx, map[string]string{"team": "a"}, 5, token, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

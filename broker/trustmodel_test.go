@@ -83,7 +83,7 @@ func TestBackendMACDomainSeparated(t *testing.T) {
 		t.Fatal(err)
 	}
 	undeclared.roots = e.roots.roots
-	rb := rootBackend{undeclared}
+	rb := &rootBackend{roots: undeclared}
 	inputs := [][]byte{DeriveInput(victim, 1), managed.VersionInput("keybroker/v1/material", "victim", 1)}
 	for _, salt := range [][]byte{managed.NewSalt(), victim.Salt} {
 		evil := &Key{ID: "evil", Type: HMACSHA256, Mode: ModeBackend, Salt: salt, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}

@@ -18,7 +18,17 @@
 // The ops listener serves /healthz (the process is up), /readyz (every
 // backend healthy, policy loaded) and /metrics (Prometheus) over the same
 // mutual TLS as the gRPC port: keybroker requires client certificates on
-// every port.
+// every port, and the ops port admits only the principals ops.allow names
+// (admins by default). /readyz names a failing backend's kind of failure
+// (unavailable, permission_denied, …), never its error text, which goes to
+// the log.
+//
+// # Backend budget
+//
+// Every call to a root of trust made on a principal's behalf is charged to
+// that principal's token bucket (backend_budget; package internal/budget,
+// charged in broker.Roots.Called); refusals are ResourceExhausted, audited,
+// and counted in keybroker_backend_budget_refusals_total.
 package central
 
 import (
@@ -49,6 +59,7 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/budget"
 	"github.com/keybroker/keybroker/internal/serve"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
@@ -140,6 +151,11 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if err := metrics.Register(newBackendCalls(n.roots)); err != nil {
 		return nil, err
 	}
+	bud, err := budget.New(budget.Config{Rate: float64(cfg.BackendBudget.Rate), Burst: cfg.BackendBudget.Burst, MaxPrincipals: cfg.BackendBudget.MaxPrincipals})
+	if err != nil {
+		return nil, err
+	}
+	n.roots.SetBudget(bud)
 	if n.store, err = store.Open(filepath.Join(cfg.DataDir, "registry.db"), 0); err != nil {
 		return nil, err
 	}
@@ -191,7 +207,8 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		return nil, err
 	}
 	calls := rpc.NewMetrics(metrics)
-	n.servers = serve.New(tlsCfg, serve.OpsHandler(metrics, n.ready),
+	kinds, ids := cfg.Ops.Principals()
+	n.servers = serve.New(tlsCfg, serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor()),
@@ -285,13 +302,16 @@ func (n *Node) ready(ctx context.Context) (bool, map[string]any) {
 	for name, err := range n.roots.Health(ctx) {
 		checks["backend:"+name] = "ok"
 		if err != nil {
-			checks["backend:"+name] = err.Error()
+			// The body names the kind of failure only; the backend's own
+			// text (a token label, an account, a region) goes to the log.
+			checks["backend:"+name] = string(backends.CodeOf(err))
+			n.log.Warn("backend not ready", "backend", name, "err", err)
 			ready = false
 		}
 	}
 	checks["policy"] = n.policy.Current().Hash()[:12]
 	if err := n.policy.LastError(); err != nil {
-		checks["policy_reload"] = err.Error()
+		checks["policy_reload"] = "failed; the previous policy stays in force (see the log)"
 	}
 	return ready, checks
 }

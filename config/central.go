@@ -41,6 +41,8 @@ type Central struct {
 	// OpsListen is the host:port of /healthz, /readyz and /metrics, also
 	// served over mutual TLS. Required; must not overlap Listen.
 	OpsListen string `yaml:"ops_listen"`
+	// Ops says who may use OpsListen. Optional; default admins only.
+	Ops Ops `yaml:"ops"`
 	// TLS names this node's certificate, key and the CA its peers must
 	// chain to. Required.
 	TLS TLS `yaml:"tls"`
@@ -83,7 +85,42 @@ type Central struct {
 	// Edges configures how this node keeps track of the edges connected to
 	// it. Optional.
 	Edges Edges `yaml:"edges"`
+	// BackendBudget bounds each principal's calls to the roots of trust.
+	// Optional.
+	BackendBudget BackendBudget `yaml:"backend_budget"`
 }
+
+// BackendBudget is a token bucket per principal, charged for every call to
+// a root of trust made on the principal's behalf — a client's, an admin's,
+// an edge's material fetches — so that one caller cannot drain a shared
+// cloud quota or HSM. A call beyond it is refused with ResourceExhausted
+// and audited. Data keys that just failed to unwrap are refused from
+// memory and cost nothing.
+type BackendBudget struct {
+	// Rate is the calls a second each principal may make on average.
+	// Default 500, range 1..1000000.
+	Rate int `yaml:"rate"`
+	// Burst is the calls a principal may make at once. Default 1000,
+	// range 1..1000000.
+	Burst int `yaml:"burst"`
+	// MaxPrincipals bounds the principals tracked; the one seen least
+	// recently is forgotten first (and starts afresh). Default 10000,
+	// range 1..10000000.
+	MaxPrincipals int `yaml:"max_principals"`
+}
+
+func (b BackendBudget) check(p *problems, field string) {
+	checkInt(p, field+".rate", int64(b.Rate), 1, 1_000_000, "")
+	checkInt(p, field+".burst", int64(b.Burst), 1, 1_000_000, "")
+	checkInt(p, field+".max_principals", int64(b.MaxPrincipals), 1, 10_000_000, "")
+}
+
+// Backend-budget defaults.
+const (
+	DefaultBudgetRate          = 500
+	DefaultBudgetBurst         = 1000
+	DefaultBudgetMaxPrincipals = 10_000
+)
 
 // Edges says how the central tier keeps track of connected edges. An
 // edge holds a lease while its Watch stream is open; each heartbeat on the
@@ -243,6 +280,8 @@ func DefaultCentral() Central {
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
 		Edges:           Edges{Lease: DefaultEdgeLease},
+		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
+		BackendBudget:   BackendBudget{Rate: DefaultBudgetRate, Burst: DefaultBudgetBurst, MaxPrincipals: DefaultBudgetMaxPrincipals},
 	}
 }
 
@@ -329,6 +368,8 @@ func (c *Central) validate() problems {
 	c.Log.check(&p, "log")
 	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
 	c.Edges.check(&p, "edges")
+	c.Ops.check(&p, "ops", c.TrustDomain)
+	c.BackendBudget.check(&p, "backend_budget")
 	return p
 }
 

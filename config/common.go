@@ -156,6 +156,66 @@ func (a Audit) stat(p *problems, field, dataDir string) {
 	}
 }
 
+// Ops says who may use the operations endpoints (/healthz, /readyz,
+// /metrics on ops_listen). Anyone else gets 403.
+type Ops struct {
+	// Allow lists the principals admitted: a kind (admin, client, edge or
+	// central), admitting every identity of that kind in the trust domain,
+	// or a full SPIFFE id of the trust domain
+	// (spiffe://<trust_domain>/<kind>/<name>). Default [admin]; at least
+	// one entry, none repeated.
+	Allow []string `yaml:"allow"`
+}
+
+// DefaultOpsAllow is who may use the operations endpoints by default.
+var DefaultOpsAllow = []string{string(identity.Admin)}
+
+// Principals returns the kinds and identities Allow admits. Call it on a
+// validated configuration: entries that do not parse are skipped.
+func (o Ops) Principals() (kinds []identity.Kind, ids []identity.Identity) {
+	for _, a := range o.Allow {
+		if k, ok := opsKind(a); ok {
+			kinds = append(kinds, k)
+		} else if id, err := identity.Parse(a); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return kinds, ids
+}
+
+func opsKind(s string) (identity.Kind, bool) {
+	switch k := identity.Kind(s); k {
+	case identity.Admin, identity.Client, identity.Edge, identity.Central:
+		return k, true
+	}
+	return "", false
+}
+
+func (o Ops) check(p *problems, field, trustDomain string) {
+	if len(o.Allow) == 0 {
+		p.add(field+".allow", "at least one principal is required (the default is [admin])")
+	}
+	seen := map[string]int{}
+	for i, a := range o.Allow {
+		f := fmt.Sprintf("%s.allow[%d]", field, i)
+		if j, dup := seen[a]; dup {
+			p.add(f, "%q is already %s.allow[%d]", a, field, j)
+			continue
+		}
+		seen[a] = i
+		if _, ok := opsKind(a); ok {
+			continue
+		}
+		id, err := identity.Parse(a)
+		switch {
+		case err != nil:
+			p.add(f, "%q is neither a kind (admin, client, edge, central) nor a SPIFFE id: %v", a, err)
+		case id.TrustDomain != trustDomain:
+			p.add(f, "%q is not in trust domain %q", a, trustDomain)
+		}
+	}
+}
+
 // MaterialCache bounds the in-memory cache of plaintext managed-key
 // material. Entries are zeroed when they leave it.
 type MaterialCache struct {

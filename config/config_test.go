@@ -101,6 +101,8 @@ func TestDocExample(t *testing.T) {
 		Log:             Log{Level: "info", Format: "json"},
 		ShutdownTimeout: 30 * time.Second,
 		Edges:           Edges{Lease: 30 * time.Second},
+		Ops:             Ops{Allow: []string{"admin"}},
+		BackendBudget:   BackendBudget{Rate: 500, Burst: 1000, MaxPrincipals: 10000},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("full example (-want +got):\n%s", diff)
@@ -365,6 +367,15 @@ func TestBadConfigs(t *testing.T) {
 		at    string // the error must be on the line holding this; "" for no line
 		msg   string // the error must contain this
 	}{
+		// Ops and the backend budget.
+		{"ops allow empty", base + "ops:\n  allow: []\n", "ops.allow", "allow: []", "at least one principal"},
+		{"ops allow unknown kind", base + "ops:\n  allow: [operator]\n", "ops.allow[0]", "allow: [operator]", "neither a kind"},
+		{"ops allow case", base + "ops:\n  allow: [Admin]\n", "ops.allow[0]", "allow: [Admin]", "neither a kind"},
+		{"ops allow foreign", base + "ops:\n  allow: [\"spiffe://other.example/client/prom\"]\n", "ops.allow[0]", "allow: [", `not in trust domain "kb.example"`},
+		{"ops allow repeated", base + "ops:\n  allow: [admin, admin]\n", "ops.allow[1]", "allow: [admin", "already ops.allow[0]"},
+		{"budget rate zero", base + "backend_budget:\n  rate: 0\n", "backend_budget.rate", "rate: 0", "below the minimum"},
+		{"budget burst zero", base + "backend_budget:\n  burst: 0\n", "backend_budget.burst", "burst: 0", "below the minimum"},
+
 		// Unknown fields.
 		{"unknown top-level", base + "colour: blue\n", "colour", "colour: blue", "unknown field"},
 		{"unknown nested", edit(t, "reload_interval: 10s", "reload_intervall: 10s"), "policy.reload_intervall", "reload_intervall", "did you mean reload_interval?"},

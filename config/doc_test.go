@@ -148,6 +148,10 @@ func checkDocTable(t *testing.T, heading string, defaults reflect.Value) {
 			got = strconv.FormatUint(v.Uint(), 10)
 		case v.Kind() == reflect.Bool:
 			got = strconv.FormatBool(v.Bool())
+		case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.String:
+			got = "[" + strings.Join(v.Interface().([]string), ", ") + "]"
+		case v.Kind() == reflect.Slice && v.Len() == 0:
+			got = "[]"
 		default:
 			got = v.String()
 		}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"time"
 )
 
@@ -35,6 +36,8 @@ type Edge struct {
 	// OpsListen is the host:port of /healthz, /readyz and /metrics, also
 	// served over mutual TLS. Required; must not overlap Listen.
 	OpsListen string `yaml:"ops_listen"`
+	// Ops says who may use OpsListen. Optional; default admins only.
+	Ops Ops `yaml:"ops"`
 	// TLS names this node's certificate, key and the CA its peers (its
 	// clients and the central tier) must chain to. Required.
 	TLS TLS `yaml:"tls"`
@@ -140,6 +143,7 @@ func DefaultEdge() Edge {
 		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
+		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
 	}
 }
 
@@ -198,6 +202,7 @@ func (e *Edge) validate() problems {
 	e.Limits.check(&p, "limits")
 	e.Log.check(&p, "log")
 	checkDuration(&p, "shutdown_timeout", e.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
+	e.Ops.check(&p, "ops", e.TrustDomain)
 	return p
 }
 

@@ -96,6 +96,7 @@ func TestDocEdgeExample(t *testing.T) {
 		Limits:          Limits{MaxRequestBytes: 5 << 20},
 		Log:             Log{Level: "info", Format: "json"},
 		ShutdownTimeout: 30 * time.Second,
+		Ops:             Ops{Allow: []string{"admin"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("full edge example (-want +got):\n%s", diff)

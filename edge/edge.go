@@ -18,7 +18,8 @@
 // synchronised once and its lease plus max_staleness has not run out; the
 // JSON body says the revision, whether the edge follows the central tier,
 // and when the lease runs out) and /metrics (Prometheus, with the cache's
-// gauges), over the same mutual TLS as the gRPC port.
+// gauges), over the same mutual TLS as the gRPC port, to the principals
+// ops.allow names (admins by default) and no one else.
 package edge
 
 import (
@@ -143,7 +144,8 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		return nil, err
 	}
 	calls := rpc.NewMetrics(metrics)
-	n.servers = serve.New(serverTLS, serve.OpsHandler(metrics, n.ready),
+	kinds, ids := cfg.Ops.Principals()
+	n.servers = serve.New(serverTLS, serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
 		grpc.Creds(credentials.NewTLS(serverTLS)),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor(), n.cache.UnaryInterceptor(srv)),

@@ -77,7 +77,7 @@ func TestRestartFromDisk(t *testing.T) {
 			must(t, "GenerateDataKey before the restart", err)
 			dekPlain, dekCT := bytes.Clone(dk.Plaintext.Reveal()), dk.Encrypted
 			dk.Plaintext.Destroy()
-			before, _, err := node.ListKeys(ctx, nil, 0, "")
+			before, _, err := node.ListKeys(ctx, nil, 0, "", nil)
 			must(t, "ListKeys before the restart", err)
 			// Read what was persisted once Run has stopped: a heartbeat
 			// in between would extend the lease on disk.
@@ -99,7 +99,7 @@ func TestRestartFromDisk(t *testing.T) {
 				t.Errorf("restored revision %d, lease %v; want %d, %v", ec2.Revision(), ec2.LeaseExpires(), rev, lease)
 			}
 			node = ec2.Node()
-			after, _, err := node.ListKeys(ctx, nil, 0, "")
+			after, _, err := node.ListKeys(ctx, nil, 0, "", nil)
 			must(t, "ListKeys after the restart", err)
 			if diff := cmp.Diff(before, after); diff != "" {
 				t.Errorf("keys after the restart (-before +after):\n%s", diff)

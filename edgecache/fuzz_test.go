@@ -228,7 +228,7 @@ func FuzzReplica(f *testing.F) {
 		}()
 		ctx := identity.NewContext(t.Context(), identity.Identity{TrustDomain: fuzzTD, Kind: identity.Client, Name: "app"})
 		node := ec.Node()
-		keys, _, err := node.ListKeys(ctx, nil, managed.MaxListPageSize, "")
+		keys, _, err := node.ListKeys(ctx, nil, managed.MaxListPageSize, "", nil)
 		if err != nil {
 			t.Fatalf("a restored edge does not list its keys: %v", err)
 		}

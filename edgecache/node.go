@@ -351,14 +351,14 @@ func (n *edgeNode) GenerateRandom(ctx context.Context, size int) ([]byte, error)
 	return resp.GetRandom(), err
 }
 
-func (n *edgeNode) ListKeys(_ context.Context, sel map[string]string, size int, token string) ([]*managed.Key, string, error) {
+func (n *edgeNode) ListKeys(_ context.Context, sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
 	if err := n.c.Serving(); err != nil {
 		return nil, "", err
 	}
 	n.c.mu.RLock()
 	keys := n.c.sorted
 	n.c.mu.RUnlock()
-	return managed.Page(keys, sel, size, token)
+	return managed.Page(keys, sel, size, token, visible)
 }
 
 func (n *edgeNode) LookupKey(_ context.Context, k *managed.Key, op kbv1.Operation, labels map[string]string) ([]*kbv1.LookupNode, error) {

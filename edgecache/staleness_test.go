@@ -82,7 +82,7 @@ func TestStaleness(t *testing.T) {
 				"Decrypt": decrypt(),
 				"Get":     func() error { _, err := ec.Node().Get(ctx, "shared"); return err }(),
 				"ListKeys": func() error {
-					_, _, err := ec.Node().ListKeys(ctx, nil, 0, "")
+					_, _, err := ec.Node().ListKeys(ctx, nil, 0, "", nil)
 					return err
 				}(),
 				"Encrypt": func() error { _, _, err := ec.Node().Encrypt(ctx, "shared", []byte("x"), nil); return err }(),

@@ -50,6 +50,9 @@ var (
 	ErrConflict           = errors.New("revision conflict")
 	ErrPermissionDenied   = errors.New("permission denied")
 	ErrUnavailable        = errors.New("unavailable")
+	// ErrResourceExhausted: the caller has spent its share of something
+	// (its budget of calls to the roots of trust); retry later.
+	ErrResourceExhausted = errors.New("resource exhausted")
 )
 
 // Errorf returns an error of the given kind (one of the Err values) with a

@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -592,10 +593,12 @@ func (o *Ops) VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byt
 	return hmac.Equal(want.Reveal(), tag), v, nil
 }
 
-// Page returns the keys whose labels include every selector pair, a page
-// at a time; the token is the last id of the previous page. keys must be
-// sorted by id.
-func Page(keys []*Key, selector map[string]string, pageSize int, token string) ([]*Key, string, error) {
+// Page returns the keys whose labels include every selector pair and that
+// visible keeps (nil keeps every key), a page at a time; the token is the
+// last id of the previous page. keys must be sorted by id. A page is
+// filled from kept keys only, and the next token is the id of the page's
+// last key, so a caller shown only kept keys learns nothing of the others.
+func Page(keys []*Key, selector map[string]string, pageSize int, token string, visible func(*Key) bool) ([]*Key, string, error) {
 	if pageSize <= 0 {
 		pageSize = 100
 	}
@@ -603,10 +606,8 @@ func Page(keys []*Key, selector map[string]string, pageSize int, token string) (
 		return nil, "", Errorf(ErrInvalidArgument, "page size %d above %d", pageSize, MaxListPageSize)
 	}
 	var out []*Key
-	for _, k := range keys {
-		if token != "" && k.ID <= token {
-			continue
-		}
+	start := sort.Search(len(keys), func(i int) bool { return keys[i].ID > token })
+	for _, k := range keys[start:] {
 		match := true
 		for lk, lv := range selector {
 			if k.Labels[lk] != lv {
@@ -614,7 +615,7 @@ func Page(keys []*Key, selector map[string]string, pageSize int, token string) (
 				break
 			}
 		}
-		if !match {
+		if !match || (visible != nil && !visible(k)) {
 			continue
 		}
 		if len(out) == pageSize {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -133,16 +134,56 @@ func TestPage(t *testing.T) {
 	for _, id := range []string{"a", "b", "c", "d"} {
 		all = append(all, &Key{ID: id, Labels: map[string]string{"team": map[bool]string{true: "x", false: "y"}[id < "c"]}})
 	}
-	got, next, err := Page(all, map[string]string{"team": "x"}, 1, "")
+	got, next, err := Page(all, map[string]string{"team": "x"}, 1, "", nil)
 	if err != nil || len(got) != 1 || got[0].ID != "a" || next != "a" {
 		t.Fatalf("Page 1 = %v, %q, %v", got, next, err)
 	}
-	got, next, _ = Page(all, map[string]string{"team": "x"}, 1, next)
+	got, next, _ = Page(all, map[string]string{"team": "x"}, 1, next, nil)
 	if len(got) != 1 || got[0].ID != "b" {
 		t.Fatalf("Page 2 = %v, %q", got, next)
 	}
-	if _, _, err := Page(all, nil, MaxListPageSize+1, ""); !errors.Is(err, ErrInvalidArgument) {
+	if _, _, err := Page(all, nil, MaxListPageSize+1, "", nil); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("Page(oversized) = %v, want ErrInvalidArgument", err)
+	}
+}
+
+// TestPageVisible pages through only the keys visible keeps: pages are
+// full, and no token names a key the caller was not shown.
+func TestPageVisible(t *testing.T) {
+	var all []*Key
+	for i := range 50 {
+		all = append(all, &Key{ID: fmt.Sprintf("k%02d", i)})
+	}
+	visible := func(k *Key) bool { return k.ID[2]%3 == 0 } // k00 k03 k06 k09 k10 k13 …
+	var want []string
+	for _, k := range all {
+		if visible(k) {
+			want = append(want, k.ID)
+		}
+	}
+	var got []string
+	token := ""
+	for page := 0; ; page++ {
+		keys, next, err := Page(all, nil, 4, token, visible)
+		if err != nil {
+			t.Fatalf("Page %d: %v", page, err)
+		}
+		if next != "" && len(keys) != 4 {
+			t.Errorf("Page %d holds %d keys and a next token, want 4", page, len(keys))
+		}
+		for _, k := range keys {
+			got = append(got, k.ID)
+		}
+		if next == "" {
+			break
+		}
+		if next != keys[len(keys)-1].ID {
+			t.Errorf("Page %d token = %q, want the page's last key %q", page, next, keys[len(keys)-1].ID)
+		}
+		token = next
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("paged keys = %v, want %v", got, want)
 	}
 }
 

@@ -118,8 +118,8 @@ func (n fzNode) GenerateRandom(_ context.Context, size int) ([]byte, error) {
 	return make([]byte, size), nil
 }
 
-func (n fzNode) ListKeys(_ context.Context, selector map[string]string, pageSize int, token string) ([]*managed.Key, string, error) {
-	return managed.Page(n.keys.sorted, selector, pageSize, token)
+func (n fzNode) ListKeys(_ context.Context, selector map[string]string, pageSize int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
+	return managed.Page(n.keys.sorted, selector, pageSize, token, visible)
 }
 
 func (n fzNode) LookupKey(context.Context, *managed.Key, kbv1.Operation, map[string]string) ([]*kbv1.LookupNode, error) {

@@ -243,10 +243,16 @@ func (b *keyBroker) GenerateRandom(ctx context.Context, r *kbv1.GenerateRandomRe
 
 func (b *keyBroker) DescribeKey(ctx context.Context, r *kbv1.DescribeKeyRequest) (*kbv1.DescribeKeyResponse, error) {
 	return KeyOp(ctx, b.s, policy.DescribeKey, r.GetKeyId(), func(c *Call, k *managed.Key) (*kbv1.DescribeKeyResponse, error) {
-		return &kbv1.DescribeKeyResponse{Key: KeyToProto(k)}, nil
+		return &kbv1.DescribeKeyResponse{Key: c.KeyToProto(k)}, nil
 	})
 }
 
+// ListKeys answers only the keys the caller may DescribeKey: each key the
+// selector matches is put to the policy (a warm key costs a map lookup in
+// the decision cache), and a page is filled from those the caller may see.
+// The next-page token is the id of the page's last key, one the caller was
+// just shown, so neither the token nor the page sizes say anything about
+// keys it may not describe.
 func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv1.ListKeysResponse, error) {
 	c, err := b.s.Begin(ctx, policy.ListKeys, "")
 	if err != nil {
@@ -255,13 +261,20 @@ func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv
 	if err := c.AuthorizeService(policy.ListKeys); err != nil {
 		return nil, c.End(err)
 	}
-	keys, next, err := b.s.node.ListKeys(ctx, r.GetLabelSelector(), int(r.GetPageSize()), r.GetPageToken())
+	set := b.s.policy.Current()
+	principal := c.Principal()
+	visible := func(k *managed.Key) bool {
+		return b.s.decisions.decide(set, c.Who, policy.DescribeKey, k, func() policy.Decision {
+			return set.AuthorizeKey(principal, policy.DescribeKey, PolicyKey(k))
+		}).Allowed
+	}
+	keys, next, err := b.s.node.ListKeys(ctx, r.GetLabelSelector(), int(r.GetPageSize()), r.GetPageToken(), visible)
 	if err != nil {
 		return nil, c.End(err)
 	}
 	out := &kbv1.ListKeysResponse{NextPageToken: next}
 	for _, k := range keys {
-		out.Keys = append(out.Keys, KeyToProto(k))
+		out.Keys = append(out.Keys, c.KeyToProto(k))
 	}
 	return out, c.End(nil)
 }

@@ -20,6 +20,9 @@
 //
 // An unknown key is authorized as a key with no labels: a caller the
 // policy would not let near such a key gets PermissionDenied, not NotFound.
+// ListKeys answers only the keys the caller may DescribeKey, in full pages
+// whose next-page token is a key it was shown. A key's root key URI is
+// told to admins only (Call.KeyToProto).
 //
 // # Errors
 //
@@ -27,8 +30,10 @@
 // (bad input, malformed or foreign ciphertext, wrong context), NotFound,
 // AlreadyExists, FailedPrecondition (disabled or pending-deletion keys,
 // versions below the minimum), Aborted (revision conflicts),
-// PermissionDenied, Unavailable. Errors the node knows better (a root of
-// trust's, at the central tier) go through Config.Classify.
+// PermissionDenied, Unavailable, ResourceExhausted (a spent budget). Errors the node knows better (a root of
+// trust's, at the central tier) go through Config.Classify; their text
+// reaches admins only. Anyone else gets the code and a generic message
+// naming the request id, and the audit line keeps the text.
 package rpc
 
 import (
@@ -71,7 +76,9 @@ type Node interface {
 	GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *managed.Key, error)
 	VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byte) (bool, uint32, error)
 	GenerateRandom(ctx context.Context, n int) ([]byte, error)
-	ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string) ([]*managed.Key, string, error)
+	// ListKeys pages through the keys the selector matches and visible
+	// keeps (managed.Page).
+	ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error)
 	// LookupKey lists the nodes able to perform op with k now, best first.
 	LookupKey(ctx context.Context, k *managed.Key, op kbv1.Operation, clientLabels map[string]string) ([]*kbv1.LookupNode, error)
 	// Served names what performs op on k, for the audit line: a root of
@@ -366,16 +373,40 @@ func (c *Call) AuthorizeService(op policy.Action) error {
 	return c.Decide(c.S.policy.Current().AuthorizeService(c.Principal(), op))
 }
 
+// Admin reports whether the caller is an admin: only admins are told root
+// key URIs and a root of trust's own error text.
+func (c *Call) Admin() bool { return c.Who.Kind == identity.Admin }
+
+// KeyToProto is k's metadata as this caller may see it: the root key URI
+// is left out for anyone but an admin. It names where the key's material
+// lives (a token, a cloud key), which no client needs and an attacker
+// would like to know.
+func (c *Call) KeyToProto(k *managed.Key) *kbv1.KeyMetadata {
+	m := KeyToProto(k)
+	if !c.Admin() {
+		m.RootKey = ""
+	}
+	return m
+}
+
 // End audits the call and turns err into a gRPC status. If the audit line
-// cannot be written, the call fails whatever it did.
+// cannot be written, the call fails whatever it did. A root of trust's own
+// error text (what Config.Classify maps) reaches only admins; anyone else
+// gets the code and a generic message with the request id, and the audit
+// line and the log keep the detail.
 func (c *Call) End(err error) error {
 	var st *status.Status
 	c.Rec.BackendCalls, c.Rec.BackendCallsDropped = audit.Traced(c.Ctx)
 	c.Rec.Outcome = "ok"
 	if err != nil {
-		st = c.S.Status(err)
+		var private bool
+		st, private = c.S.status(err)
 		c.Rec.Outcome = st.Code().String()
 		c.Rec.Detail = st.Message()
+		if private && !c.Admin() {
+			c.S.log.Info("root of trust error withheld from the caller", "request_id", c.Rec.RequestID, "err", st.Message())
+			st = status.Newf(st.Code(), "%s (request id %s)", backendErrorMsg, c.Rec.RequestID)
+		}
 	}
 	if aerr := c.S.audit.Append(c.Rec); aerr != nil {
 		c.S.log.Error("audit append failed; refusing the call", "request_id", c.Rec.RequestID, "err", aerr)
@@ -409,10 +440,48 @@ var managedKinds = []struct {
 	{managed.ErrFailedPrecondition, codes.FailedPrecondition},
 	{managed.ErrPermissionDenied, codes.PermissionDenied},
 	{managed.ErrUnavailable, codes.Unavailable},
+	{managed.ErrResourceExhausted, codes.ResourceExhausted},
 }
+
+// backendErrorMsg is what a caller other than an admin hears of a root of
+// trust's error.
+const backendErrorMsg = "the root of trust could not perform the operation; an admin can find why in the audit log"
 
 // Status maps an error to a gRPC status.
 func (s *Server) Status(err error) *status.Status {
+	st, _ := s.status(err)
+	return st
+}
+
+// status maps an error to a gRPC status; private is set when the message
+// is a root of trust's own (Config.Classify's).
+func (s *Server) status(err error) (st *status.Status, private bool) {
+	if s.classify != nil && err != nil {
+		if _, ok := status.FromError(err); !ok || status.Code(err) == codes.Unknown {
+			if !isManaged(err) {
+				if st, ok := s.classify(err); ok {
+					return st, true
+				}
+			}
+		}
+	}
+	return s.publicStatus(err), false
+}
+
+func isManaged(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, managed.ErrConflict) {
+		return true
+	}
+	for _, k := range managedKinds {
+		if errors.Is(err, k.err) {
+			return true
+		}
+	}
+	return false
+}
+
+// publicStatus is Status for errors whose text any caller may read.
+func (s *Server) publicStatus(err error) *status.Status {
 	if err == nil {
 		return status.New(codes.OK, "")
 	}
@@ -433,11 +502,6 @@ func (s *Server) Status(err error) *status.Status {
 		if errors.Is(err, k.err) {
 			// The code says the kind; the message need not repeat it.
 			return status.New(k.code, strings.TrimPrefix(msg, k.err.Error()+": "))
-		}
-	}
-	if s.classify != nil {
-		if st, ok := s.classify(err); ok {
-			return st
 		}
 	}
 	return status.New(codes.Internal, "internal error")

@@ -56,7 +56,7 @@ func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kb
 		return nil, c.End(err)
 	}
 	c.Rec.Version = k.Primary
-	return rpc.KeyToProto(k), c.End(nil)
+	return c.KeyToProto(k), c.End(nil)
 }
 
 // adminOp runs a key-changing admin operation.
@@ -67,7 +67,7 @@ func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run
 			return nil, err
 		}
 		c.Rec.Version = k.Primary
-		return rpc.KeyToProto(k), nil
+		return c.KeyToProto(k), nil
 	})
 }
 

@@ -239,8 +239,8 @@ func (n *centralNode) GenerateRandom(ctx context.Context, size int) ([]byte, err
 	return n.s.svc.GenerateRandom(ctx, size)
 }
 
-func (n *centralNode) ListKeys(ctx context.Context, sel map[string]string, size int, token string) ([]*managed.Key, string, error) {
-	return n.s.svc.ListKeys(ctx, sel, size, token)
+func (n *centralNode) ListKeys(ctx context.Context, sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
+	return n.s.svc.ListKeys(ctx, sel, size, token, visible)
 }
 
 func (n *centralNode) LookupKey(ctx context.Context, k *managed.Key, op kbv1.Operation, labels map[string]string) ([]*kbv1.LookupNode, error) {

@@ -59,6 +59,7 @@ type testEnv struct {
 	audit     *audit.Log
 	clock     *testClock
 	svc       *broker.Service
+	roots     *broker.Roots
 	soft      *softkms.Backend
 	softURI   string // the softkms backend's connection attributes
 }
@@ -133,7 +134,7 @@ func startWith(t *testing.T, policyText string) *testEnv {
 	go g.Serve(lis)
 	t.Cleanup(func() { g.Stop(); al.Close(); st.Close(); roots.Close() })
 	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, clock: clock,
-		svc: svc, soft: sb, softURI: "path=" + ks + ";kek-source=" + kek}
+		svc: svc, roots: roots, soft: sb, softURI: "path=" + ks + ";kek-source=" + kek}
 }
 
 func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {

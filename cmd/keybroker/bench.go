@@ -179,8 +179,8 @@ in the machine's load meets both alike. With --count, --interval or --rounds 1
 the no-op runs once, after the operation.
 
 --interval prints the figures of each period as the run goes. With
---metrics URL (a node's ops /metrics, fetched with the client certificate)
-each period also reads the process's resident memory and goroutines, and
+--metrics URL (a node's ops /metrics, fetched with the client certificate,
+which the node's ops.allow must admit: an admin's by default) each period also reads the process's resident memory and goroutines, and
 the end of the run reports their growth from the first period to the last;
 --max-rss-growth fails the run when resident memory grew more than that
 many percent. This is what make soak uses.

@@ -59,7 +59,9 @@ func awsRoots(f *awsfake.Fake) func(*testing.T, string) *rootsOfTrust {
 func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	rep := newFaultReport(t, "aws-throttling-outage")
 	f := awsfake.New(t)
-	c := newEdgeClusterOn(t, awsRoots(f), nil, "",
+	// The load is one principal at full speed against backend-mode keys:
+	// the budget is lifted, so that only AWS's throttling is tested here.
+	c := newEdgeClusterOn(t, awsRoots(f), nil, unboundedBudget,
 		&edgeNode{name: "edge-eu", region: "eu", prefetch: true, staleness: time.Hour},
 		&edgeNode{name: "edge-us", region: "us", prefetch: true, staleness: time.Hour},
 	)

@@ -319,15 +319,21 @@ func (m *matrix) signOps(t *testing.T, s keySpec) uint32 {
 	return 2
 }
 
-// describeOps checks DescribeKey and LookupKey as the app sees them; the
-// key's primary version is primary.
+// describeOps checks DescribeKey and LookupKey as the app sees them (no
+// root key: that is told to admins only); the key's primary version is
+// primary.
 func (m *matrix) describeOps(t *testing.T, s keySpec, primary uint32) {
 	d, err := m.app.kb.DescribeKey(t.Context(), &kbv1.DescribeKeyRequest{KeyId: s.id})
 	must(t, "DescribeKey", err)
 	k := d.Key
 	if k.KeyId != s.id || k.Type != s.typ || k.Mode != s.mode || k.Derived != s.derived || k.State != kbv1.KeyState_KEY_STATE_ENABLED ||
-		k.PrimaryVersion != primary || len(k.Versions) != int(primary) || k.RootKey != s.rootRef(m.c.roots) || k.Labels["owner"] != e2eTrustDomain {
-		t.Errorf("DescribeKey(%s) = %v; want %s %s derived=%v enabled, primary and versions %d, root %s", s.id, k, s.typ, s.mode, s.derived, primary, s.rootRef(m.c.roots))
+		k.PrimaryVersion != primary || len(k.Versions) != int(primary) || k.RootKey != "" || k.Labels["owner"] != e2eTrustDomain {
+		t.Errorf("DescribeKey(%s) = %v; want %s %s derived=%v enabled, primary and versions %d, no root key", s.id, k, s.typ, s.mode, s.derived, primary)
+	}
+	d, err = m.admin.kb.DescribeKey(t.Context(), &kbv1.DescribeKeyRequest{KeyId: s.id})
+	must(t, "DescribeKey as an admin", err)
+	if got := d.GetKey().GetRootKey(); got != s.rootRef(m.c.roots) {
+		t.Errorf("DescribeKey(%s) as an admin: root key %q, want %s", s.id, got, s.rootRef(m.c.roots))
 	}
 	l, err := m.app.kb.LookupKey(t.Context(), &kbv1.LookupKeyRequest{KeyId: s.id, Operation: kbv1.Operation_OPERATION_DESCRIBE_KEY})
 	must(t, "LookupKey", err)
@@ -371,10 +377,16 @@ func (m *matrix) listOps(t *testing.T) {
 	}
 
 	// Other subtests add keys of their own; this one runs first, so the
-	// matrix's keys are all there are.
-	l, err := m.app.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{})
-	must(t, "ListKeys", err)
+	// matrix's keys are all there are. The app may describe only the
+	// owned ones, so it lists only those; an admin lists every key.
+	l, err := m.admin.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{})
+	must(t, "ListKeys as an admin", err)
 	if diff := cmp.Diff(all, ids(l.Keys)); diff != "" || l.NextPageToken != "" {
+		t.Errorf("ListKeys as an admin (-want +got):\n%s\nnext page token %q", diff, l.NextPageToken)
+	}
+	l, err = m.app.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{})
+	must(t, "ListKeys", err)
+	if diff := cmp.Diff(owned, ids(l.Keys)); diff != "" || l.NextPageToken != "" {
 		t.Errorf("ListKeys (-want +got):\n%s\nnext page token %q", diff, l.NextPageToken)
 	}
 	l, err = m.app.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{LabelSelector: ownerLabels})
@@ -398,7 +410,7 @@ func (m *matrix) listOps(t *testing.T) {
 			t.Fatalf("ListKeys pages never end; token %q", token)
 		}
 	}
-	if diff := cmp.Diff(all, paged); diff != "" {
+	if diff := cmp.Diff(owned, paged); diff != "" {
 		t.Errorf("ListKeys by pages of 4 (-want +got):\n%s", diff)
 	}
 }

@@ -20,15 +20,28 @@ import (
 	"github.com/keybroker/keybroker/identity"
 )
 
+// opsMonitor is the admin identity the tests read the ops endpoints as.
+var opsMonitor = identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Admin, Name: "monitor"}
+
 // opsClient is an HTTPS client of the ops endpoints, presenting a
 // certificate from the cluster's CA when withCert is set.
 func (m *matrix) opsClient(t *testing.T, withCert bool) *http.Client {
 	t.Helper()
+	if !withCert {
+		return m.opsClientAs(t, nil)
+	}
+	return m.opsClientAs(t, &opsMonitor)
+}
+
+// opsClientAs is an HTTPS client of the ops endpoints presenting a
+// certificate for who (none when nil) from the cluster's CA.
+func (m *matrix) opsClientAs(t *testing.T, who *identity.Identity) *http.Client {
+	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(m.c.ca.Cert)
 	cfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool}
-	if withCert {
-		certPEM, keyPEM, err := m.c.ca.Issue(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Admin, Name: "monitor"}, nil, time.Hour)
+	if who != nil {
+		certPEM, keyPEM, err := m.c.ca.Issue(*who, nil, time.Hour)
 		must(t, "Issue", err)
 		cert, err := tls.X509KeyPair(certPEM, keyPEM)
 		must(t, "X509KeyPair", err)
@@ -88,6 +101,28 @@ func (m *matrix) opsEndpoints(t *testing.T) {
 		} {
 			if code != http.StatusOK || !bytes.Contains(body, []byte(want)) {
 				t.Errorf("/metrics (status %d) has no %s", code, want)
+			}
+		}
+	})
+	// Only admins (ops.allow's default) are let in: a client or an edge of
+	// the same CA and trust domain gets 403 and nothing else.
+	t.Run("not an admin", func(t *testing.T) {
+		for _, who := range []identity.Identity{
+			{TrustDomain: e2eTrustDomain, Kind: identity.Client, Name: "app"},
+			{TrustDomain: e2eTrustDomain, Kind: identity.Edge, Name: "edge-rogue"},
+		} {
+			cl := m.opsClientAs(t, &who)
+			for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+				req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+m.p.opsAddr+path, nil)
+				must(t, "NewRequest", err)
+				resp, err := cl.Do(req)
+				must(t, "GET "+path, err)
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				must(t, "reading "+path, err)
+				if resp.StatusCode != http.StatusForbidden || len(body) != 0 {
+					t.Errorf("GET %s as %s = %d %q, want 403 and an empty body", path, who, resp.StatusCode, body)
+				}
 			}
 		}
 	})

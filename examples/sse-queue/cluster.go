@@ -93,7 +93,7 @@ func startDevCluster(ctx context.Context, dir string) (_ *cluster, err error) {
 		Client: app,
 		Admin:  admin,
 		Metrics: &nodeMetrics{
-			HTTP:    opsClient(appTLS),
+			HTTP:    opsClient(adminTLS), // the ops ports admit admins only
 			Central: "https://" + central.OpsAddr() + "/metrics",
 			Edges:   []string{"https://" + edge.OpsAddr() + "/metrics"},
 		},

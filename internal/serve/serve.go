@@ -2,6 +2,16 @@
 // services: the gRPC server's lifecycle with the standard health service,
 // and the operations endpoints (/healthz, /readyz, /metrics) over the same
 // mutual TLS.
+//
+// # Who may use the operations endpoints
+//
+// Only the principals an Allow list names: kinds (admin by default) and
+// full SPIFFE ids of the node's trust domain. Anyone else — a client
+// certificate of the same CA, an edge, a foreign trust domain — gets 403
+// and an empty body, on every path. /readyz says ready or not and why in
+// the node's own words; a backend's error text goes to the log, not the
+// body, since metrics and readiness are read by monitoring, not by people
+// entitled to a root of trust's internals.
 package serve
 
 import (
@@ -13,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +31,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keybroker/keybroker/identity"
 )
 
 // Servers are a node's gRPC server and its operations server.
@@ -81,9 +94,45 @@ func (s *Servers) Stop(ctx context.Context, log *slog.Logger) error {
 // /readyz's JSON body.
 type Ready func(ctx context.Context) (ready bool, checks map[string]any)
 
+// Allow names who may use the operations endpoints.
+type Allow struct {
+	// TrustDomain is the node's: a peer of another is refused.
+	TrustDomain string
+	// Kinds admits every identity of a kind.
+	Kinds []identity.Kind
+	// IDs admits single identities.
+	IDs []identity.Identity
+}
+
+// Admits reports whether id may use the operations endpoints.
+func (a Allow) Admits(id identity.Identity) bool {
+	return id.TrustDomain == a.TrustDomain && (slices.Contains(a.Kinds, id.Kind) || slices.Contains(a.IDs, id))
+}
+
+// peerOf is the identity of an HTTP request's verified client certificate.
+func peerOf(r *http.Request) (identity.Identity, bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return identity.Identity{}, false
+	}
+	id, err := identity.FromCertificate(r.TLS.VerifiedChains[0][0])
+	return id, err == nil
+}
+
 // OpsHandler serves /healthz (the process is up), /readyz (ready, with its
-// checks as JSON; 503 when not ready; ready has 5 seconds) and /metrics.
-func OpsHandler(metrics *prometheus.Registry, ready Ready) http.Handler {
+// checks as JSON; 503 when not ready; ready has 5 seconds) and /metrics to
+// the principals allow admits; everyone else gets 403 and nothing else.
+func OpsHandler(metrics *prometheus.Registry, ready Ready, allow Allow) http.Handler {
+	mux := opsMux(metrics, ready)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if id, ok := peerOf(r); !ok || !allow.Admits(id) {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func opsMux(metrics *prometheus.Registry, ready Ready) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
