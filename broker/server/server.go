@@ -44,7 +44,11 @@ type Config struct {
 	// Heartbeat is how often Watch streams send a heartbeat extending the
 	// edge's lease (0: a third of the lease).
 	Heartbeat time.Duration
-	Logger    *slog.Logger
+	// SendTimeout bounds one Send on a Watch stream: a stream the edge does
+	// not read within it is cut and the edge listed as disconnected (0:
+	// DefaultSendTimeout).
+	SendTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // DefaultEdgeLease is how long an edge's lease holds without a heartbeat.
@@ -53,17 +57,19 @@ const DefaultEdgeLease = 30 * time.Second
 // Server implements the central tier's gRPC services.
 type Server struct {
 	*rpc.Server
-	svc     *broker.Service
-	policy  *policy.Engine
-	audit   *audit.Log
-	node    string
-	td      string
-	addr    string
-	log     *slog.Logger
-	lease   time.Duration
-	beat    time.Duration
-	live    *liveness
-	forward map[string]forwardTarget
+	svc    *broker.Service
+	policy *policy.Engine
+	audit  *audit.Log
+	node   string
+	td     string
+	addr   string
+	log    *slog.Logger
+	lease  time.Duration
+	beat   time.Duration
+	// sendTimeout bounds one Send on a Watch stream.
+	sendTimeout time.Duration
+	live        *liveness
+	forward     map[string]forwardTarget
 }
 
 // New builds a Server.
@@ -80,8 +86,11 @@ func New(c Config) (*Server, error) {
 	if c.Heartbeat <= 0 {
 		c.Heartbeat = c.Lease / 3
 	}
+	if c.SendTimeout <= 0 {
+		c.SendTimeout = DefaultSendTimeout
+	}
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
-		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, live: newLiveness()}
+		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness()}
 	var err error
 	s.Server, err = rpc.New(rpc.Config{Node: &centralNode{s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
 		TrustDomain: c.TrustDomain, Classify: classify, Logger: c.Logger})

@@ -49,9 +49,11 @@ type testEnv struct {
 	caFile    string
 	auditPath string
 	audit     *audit.Log
+	svc       *broker.Service
 }
 
-func start(t *testing.T) *testEnv {
+// start starts a central node; opts adjust its Config.
+func start(t *testing.T, opts ...func(*Config)) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := t.Context()
@@ -87,7 +89,11 @@ func start(t *testing.T) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: "kb.test", Address: "127.0.0.1:0"})
+	cfg := Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: "kb.test", Address: "127.0.0.1:0"}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +110,7 @@ func start(t *testing.T) *testEnv {
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	go g.Serve(lis)
 	t.Cleanup(func() { g.Stop(); al.Close(); st.Close(); roots.Close() })
-	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al}
+	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, svc: svc}
 }
 
 func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {
