@@ -110,6 +110,8 @@ func TestUnenrolledEdgeIsRefused(t *testing.T) {
 	code(t, "Watch from an edge not enrolled", err, codes.PermissionDenied)
 	_, err = te.sync.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "k"})
 	code(t, "FetchMaterial from an edge not enrolled", err, codes.PermissionDenied)
+	_, err = te.sync.Forward(ctx, &kbv1.ForwardRequest{Method: "/keybroker.v1.KeyBroker/GenerateRandom", Principal: "spiffe://kb.test/client/app"})
+	code(t, "Forward from an edge not enrolled", err, codes.PermissionDenied)
 	var denied bool
 	for _, r := range auditLines(t, e.auditPath) {
 		if r.Operation == "RegisterEdge" && r.Decision == "deny" && r.PolicyID == "not-enrolled" && strings.HasSuffix(r.Principal, "/edge/edge-rogue") {
@@ -452,4 +454,52 @@ func TestWatchWithholdsMaterialWhenAuditFails(t *testing.T) {
 		}
 		return
 	}
+}
+
+// TestUpdateNodeMovesPlacement: an admin moving an edge to another region
+// takes effect on its open stream and its fetches at once.
+func TestUpdateNodeMovesPlacement(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "eu-only", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: `principal.region == "eu"`}); err != nil {
+		t.Fatal(err)
+	}
+	e.enroll(t, "edge-1", "eu", nil)
+	te, _, err := e.register(t, "edge-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := te.sync.Watch(ctx, &kbv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := s.Recv()
+	if err != nil || len(ev.GetSnapshot().GetKeys()) != 1 || len(ev.GetSnapshot().GetKeys()[0].GetVersions()[0].GetSealedMaterial()) == 0 {
+		t.Fatalf("snapshot = %v, %v; want eu-only with its material", ev, err)
+	}
+	us := "us"
+	if _, err := admin.UpdateNode(ctx, &kbv1.UpdateNodeRequest{NodeId: "edge-1", Region: &us}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "eu-only"}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k := ev.GetKey(); k != nil {
+			for _, v := range k.GetVersions() {
+				if len(v.GetSealedMaterial()) != 0 {
+					t.Errorf("eu-only v%d's material went to the edge moved to us", v.GetVersion())
+				}
+			}
+			break
+		}
+	}
+	_, err = te.sync.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-only", KeyVersion: 1})
+	code(t, "FetchMaterial(eu-only) by the edge moved to us", err, codes.PermissionDenied)
 }

@@ -52,6 +52,12 @@ func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer)
 	w := &watcher{s: e.s, stream: stream, node: node, td: c.Who.TrustDomain, rid: c.Rec.RequestID, principal: c.Rec.Principal}
 	ls := e.s.live.connect(node.ID, time.Now().Add(e.s.lease), cancel)
 	defer e.s.live.disconnect(node.ID, ls)
+	// RemoveNode deletes the record, then cancels the stream it finds: a
+	// removal between the check above and connect would find none, so the
+	// record is read again now that the stream is findable.
+	if n, err := e.s.svc.Registry().Node(ctx, node.ID); err != nil || !n.Enrolled {
+		return notEnrolled(node.ID, "was removed")
+	}
 	return w.run(ctx, r.GetFromRevision())
 }
 
