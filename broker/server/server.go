@@ -2,6 +2,13 @@
 // around broker.Service), KeyAdmin, and EdgeSync for the edges —
 // Register, Watch, FetchMaterial, Forward and Acknowledge.
 //
+// Edges are enrolled: KeyAdmin.EnrollNode, UpdateNode and RemoveNode (an
+// admin's calls) set which edges belong to the cluster and their region and
+// labels; EdgeSync refuses every other edge, and Register cannot change
+// them. An edge has one Watch stream at a time, each Send bounded by
+// Config.SendTimeout; RemoveNode cuts the stream at once (nodes.go,
+// liveness.go, watch.go).
+//
 // Calls are authenticated, authorized, performed and audited as package
 // rpc describes. Errors from a root of trust map here: InvalidArgument
 // (a ciphertext or input the backend refuses), FailedPrecondition (a root
