@@ -23,6 +23,7 @@ func TestRegisterEdge(t *testing.T) {
 	e.enroll(t, "edge-eu-1", "eu", map[string]string{"pci": "yes"})
 	// The region and labels in the request are ignored: the enrolled ones
 	// stand, and the response says them.
+	//lint:ignore SA1019 an edge may still send the deprecated region and labels: they must be ignored
 	req := &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "us", Address: "10.1.2.3:7443", Labels: map[string]string{"pci": "no"}}
 	resp, err := edge.Register(ctx, req)
 	if err != nil || resp.CentralNodeId != "central-1" || resp.Revision == 0 || resp.Lease.AsDuration() != DefaultEdgeLease ||
@@ -49,7 +50,7 @@ func TestRegisterEdge(t *testing.T) {
 		name string
 		req  *kbv1.RegisterEdgeRequest
 	}{
-		{"no sealing key", &kbv1.RegisterEdgeRequest{Region: "eu", Address: "10.1.2.3:7443"}},
+		{"no sealing key", &kbv1.RegisterEdgeRequest{Address: "10.1.2.3:7443"}},
 		{"garbage sealing key", &kbv1.RegisterEdgeRequest{SealingPublicKey: []byte{1, 2, 3, 4}, Address: "10.1.2.3:7443"}},
 		{"wildcard address", &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: "0.0.0.0:7443"}},
 		{"no port", &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: "edge.example"}},

@@ -58,8 +58,10 @@ func (e *testEnv) register(t *testing.T, name, claimRegion string, opts ...grpc.
 		t.Cleanup(func() { cc.Close() })
 	}
 	te := &testEdge{name: name, sk: sk, sync: kbv1.NewEdgeSyncClient(cc)}
-	resp, err := te.sync.Register(t.Context(), &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: name + ".example:7443",
-		Prefetch: true, Region: claimRegion, Labels: map[string]string{"claimed": "yes"}})
+	req := &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: name + ".example:7443", Prefetch: true}
+	//lint:ignore SA1019 an edge may still send the deprecated region and labels: they must be ignored
+	req.Region, req.Labels = claimRegion, map[string]string{"claimed": "yes"}
+	resp, err := te.sync.Register(t.Context(), req)
 	return te, resp, err
 }
 
@@ -196,11 +198,10 @@ func TestEdgeCannotMoveItself(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.enroll(t, "edge-us-1", "us", nil)
-	te, resp, err := e.register(t, "edge-us-1", "us")
-	if err != nil {
+	if _, _, err := e.register(t, "edge-us-1", "us"); err != nil {
 		t.Fatal(err)
 	}
-	te, resp, err = e.register(t, "edge-us-1", "eu") // the attack: re-register as eu
+	te, resp, err := e.register(t, "edge-us-1", "eu") // the attack: re-register as eu
 	if err != nil || resp.GetRegion() != "us" {
 		t.Fatalf("re-Register claiming eu = %v, %v; want region us", resp, err)
 	}

@@ -103,8 +103,10 @@ func TestEnrollmentEndToEnd(t *testing.T) {
 		us := kbv1.NewEdgeSyncClient(c.dial(t, c.central.addr, identity.Edge, "edge-us").conn)
 		sk, err := sealed.GenerateKey()
 		must(t, "sealing key", err)
-		resp, err := us.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: c.edges["edge-us"].p.addr,
-			Prefetch: true, Region: "eu", Labels: map[string]string{"pci": "yes"}})
+		req := &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: c.edges["edge-us"].p.addr, Prefetch: true}
+		//lint:ignore SA1019 the attack sends the deprecated region and labels: they must be ignored
+		req.Region, req.Labels = "eu", map[string]string{"pci": "yes"}
+		resp, err := us.Register(ctx, req)
 		if err != nil || resp.GetRegion() != "us" || len(resp.GetLabels()) != 0 {
 			t.Fatalf("Register claiming eu = %v, %v; want region us, no labels", resp, err)
 		}
