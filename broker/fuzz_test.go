@@ -83,7 +83,7 @@ func FuzzValidateNode(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		back, err := decodeNode(store.Object{Kind: KindNodes, ID: n.ID, Value: raw})
+		back, err := DecodeNode(store.Object{Kind: KindNodes, ID: n.ID, Value: raw})
 		if err != nil {
 			t.Fatalf("a stored node does not decode: %v", err)
 		}

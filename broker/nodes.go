@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"regexp"
 	"sort"
@@ -18,35 +19,66 @@ import (
 // KindNodes is the store kind holding the node inventory.
 const KindNodes store.Kind = "nodes"
 
-// Node is a registered edge.
+// Node is an edge of the inventory: enrolled by an admin (EnrollNode: its
+// id, region and labels), then registered by the edge itself (Register:
+// its address, sealing key and prefetch). An edge's region and labels are
+// only ever the enrolled ones; Register cannot set them.
+//
+// # Migration
+//
+// Records written before enrollment existed have Enrolled false: they are
+// treated as not enrolled — their Register, Watch, FetchMaterial and
+// Forward are refused — until an admin enrolls the edge, which keeps the
+// record's registration and sets the region and labels it gives.
 type Node struct {
-	ID         string            `json:"id"`
-	Region     string            `json:"region,omitempty"`
-	Labels     map[string]string `json:"labels,omitempty"`
-	Address    string            `json:"address"`
-	SealingKey []byte            `json:"sealing_key"`
+	ID     string            `json:"id"`
+	Region string            `json:"region,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
+	// Enrolled: an admin enrolled the edge, and Region and Labels are the
+	// enrolled ones.
+	Enrolled   bool   `json:"enrolled,omitempty"`
+	Address    string `json:"address,omitempty"`
+	SealingKey []byte `json:"sealing_key,omitempty"`
 	// Prefetch: the edge takes the material of every key placed on it
 	// with Watch, rather than on first use.
 	Prefetch   bool      `json:"prefetch,omitempty"`
-	Registered time.Time `json:"registered"`
-	LastSeen   time.Time `json:"last_seen"`
+	EnrolledAt time.Time `json:"enrolled_at,omitzero"`
+	Registered time.Time `json:"registered,omitzero"`
+	LastSeen   time.Time `json:"last_seen,omitzero"`
 
 	Revision uint64 `json:"-"`
 }
+
+// IsRegistered says whether the edge has registered since it was enrolled:
+// it has a sealing key material can be sealed to.
+func (n *Node) IsRegistered() bool { return len(n.SealingKey) > 0 }
 
 var (
 	nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 	regionRe = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 )
 
-// validate checks a node record.
-func (n *Node) validate() error {
-	switch {
-	case !nodeIDRe.MatchString(n.ID):
-		return errorf(ErrInvalidArgument, "node id %q must be 1-128 of [A-Za-z0-9._-]", n.ID)
-	case n.Region != "" && !regionRe.MatchString(n.Region):
+// ValidateNodeID checks an edge's node id.
+func ValidateNodeID(id string) error {
+	if !nodeIDRe.MatchString(id) {
+		return errorf(ErrInvalidArgument, "node id %q must be 1-128 of [A-Za-z0-9._-]", id)
+	}
+	return nil
+}
+
+// validateEnrollment checks what an admin sets: id, region and labels.
+func (n *Node) validateEnrollment() error {
+	if err := ValidateNodeID(n.ID); err != nil {
+		return err
+	}
+	if n.Region != "" && !regionRe.MatchString(n.Region) {
 		return errorf(ErrInvalidArgument, "region %q must be 1-63 of [a-z0-9-]", n.Region)
 	}
+	return ValidateLabels(n.Labels)
+}
+
+// validateRegistration checks what an edge sets: address and sealing key.
+func (n *Node) validateRegistration() error {
 	host, port, err := net.SplitHostPort(n.Address)
 	if p, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || p == 0 || host == "" {
 		return errorf(ErrInvalidArgument, "address %q is not a dialable host:port", n.Address)
@@ -57,36 +89,174 @@ func (n *Node) validate() error {
 	if _, err := sealed.ParsePublicKey(n.SealingKey); err != nil {
 		return errorf(ErrInvalidArgument, "sealing key: %v", err)
 	}
-	return ValidateLabels(n.Labels)
+	return nil
 }
 
-// RegisterNode records (or refreshes) an edge in the inventory. The
-// registration time of a known node is kept.
-func (r *Registry) RegisterNode(ctx context.Context, n *Node) (*Node, error) {
-	if err := n.validate(); err != nil {
+// validate checks a whole record: enrollment and registration.
+func (n *Node) validate() error {
+	if err := n.validateEnrollment(); err != nil {
+		return err
+	}
+	return n.validateRegistration()
+}
+
+// EnrollHint is how an operator enrolls edge id, for error messages.
+func EnrollHint(id string) string {
+	return fmt.Sprintf("an admin enrolls it at the central tier: keybroker node enroll %s --region REGION [--label k=v]", id)
+}
+
+// Registration is what an edge says of itself when it registers.
+type Registration struct {
+	ID         string
+	Address    string
+	SealingKey []byte
+	Prefetch   bool
+}
+
+// RegisterNode records (or refreshes) an enrolled edge's address, sealing
+// key and prefetch. Region and labels stay the enrolled ones; an edge that
+// is not enrolled is refused (ErrPermissionDenied). The registration time
+// of a known node is kept.
+func (r *Registry) RegisterNode(ctx context.Context, reg Registration) (*Node, error) {
+	if err := ValidateNodeID(reg.ID); err != nil {
 		return nil, err
 	}
+	return r.updateNode(ctx, reg.ID, func(n *Node) error {
+		if !n.Enrolled {
+			return errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", reg.ID, EnrollHint(reg.ID))
+		}
+		n.Address, n.SealingKey, n.Prefetch = reg.Address, reg.SealingKey, reg.Prefetch
+		if err := n.validateRegistration(); err != nil {
+			return err
+		}
+		n.LastSeen = r.now().UTC()
+		if n.Registered.IsZero() {
+			n.Registered = n.LastSeen
+		}
+		return nil
+	})
+}
+
+// EnrollNode admits edge id with region and labels. A record left from
+// before enrollment existed (Enrolled false) is enrolled in place, keeping
+// its registration; an enrolled edge is ErrAlreadyExists (UpdateNode
+// changes it).
+func (r *Registry) EnrollNode(ctx context.Context, id, region string, labels map[string]string) (*Node, error) {
+	if err := (&Node{ID: id, Region: region, Labels: labels}).validateEnrollment(); err != nil {
+		return nil, err
+	}
+	return r.writeNode(ctx, id, true, func(n *Node) error {
+		if n.Enrolled {
+			return errorf(ErrAlreadyExists, "edge %q is already enrolled (region %q): update it with keybroker node update", id, n.Region)
+		}
+		n.Region, n.Labels, n.Enrolled = region, maps.Clone(labels), true
+		n.EnrolledAt = r.now().UTC()
+		return nil
+	})
+}
+
+// NodeUpdate is a change to an enrolled edge: nil Region leaves the region
+// as it is; Labels are merged into the present ones, or replace them with
+// ReplaceLabels (an empty value deletes a label when merging).
+type NodeUpdate struct {
+	Region        *string
+	Labels        map[string]string
+	ReplaceLabels bool
+}
+
+// UpdateNode changes an enrolled edge's region or labels.
+func (r *Registry) UpdateNode(ctx context.Context, id string, u NodeUpdate) (*Node, error) {
+	if err := ValidateNodeID(id); err != nil {
+		return nil, err
+	}
+	return r.updateNode(ctx, id, func(n *Node) error {
+		if !n.Enrolled {
+			return errorf(ErrFailedPrecondition, "edge %q is not enrolled: enroll it with keybroker node enroll", id)
+		}
+		if u.Region != nil {
+			n.Region = *u.Region
+		}
+		if u.ReplaceLabels {
+			n.Labels = maps.Clone(u.Labels)
+		} else if len(u.Labels) > 0 {
+			next := maps.Clone(n.Labels)
+			if next == nil {
+				next = map[string]string{}
+			}
+			for k, v := range u.Labels {
+				if v == "" {
+					delete(next, k)
+				} else {
+					next[k] = v
+				}
+			}
+			n.Labels = next
+		}
+		if len(n.Labels) == 0 {
+			n.Labels = nil
+		}
+		return n.validateEnrollment()
+	})
+}
+
+// RemoveNode deletes edge id's record: it is no longer enrolled, so its
+// Register, Watch, FetchMaterial and Forward are refused until an admin
+// enrolls it again, and the deletion reaches every Watch stream as an
+// inventory change. It returns the registry revision of the removal.
+func (r *Registry) RemoveNode(ctx context.Context, id string) (uint64, error) {
+	if err := ValidateNodeID(id); err != nil {
+		return 0, err
+	}
 	for range maxCASRetries {
-		next := *n
-		next.LastSeen = r.now().UTC()
-		next.Registered = next.LastSeen
+		o, err := r.st.Get(ctx, KindNodes, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return 0, errorf(ErrNotFound, "edge %q is not enrolled", id)
+		}
+		if err != nil {
+			return 0, err
+		}
+		rev, err := r.st.Delete(ctx, KindNodes, id, o.Revision)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		return rev, err
+	}
+	return 0, errorf(ErrConflict, "node %q: too many concurrent changes", id)
+}
+
+// updateNode changes the record of an existing edge (ErrPermissionDenied
+// when there is none: the edge is not enrolled).
+func (r *Registry) updateNode(ctx context.Context, id string, change func(*Node) error) (*Node, error) {
+	return r.writeNode(ctx, id, false, change)
+}
+
+// writeNode applies change to edge id's record under compare-and-swap;
+// create allows a new record.
+func (r *Registry) writeNode(ctx context.Context, id string, create bool, change func(*Node) error) (*Node, error) {
+	for range maxCASRetries {
+		next := &Node{ID: id}
 		expected := uint64(0)
-		o, err := r.st.Get(ctx, KindNodes, n.ID)
+		o, err := r.st.Get(ctx, KindNodes, id)
 		switch {
 		case err == nil:
-			var prev Node
-			if json.Unmarshal(o.Value, &prev) == nil {
-				next.Registered = prev.Registered
+			if next, err = DecodeNode(o); err != nil {
+				return nil, err
 			}
 			expected = o.Revision
-		case !errors.Is(err, store.ErrNotFound):
+		case errors.Is(err, store.ErrNotFound) && create:
+		case errors.Is(err, store.ErrNotFound):
+			return nil, errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", id, EnrollHint(id))
+		default:
 			return nil, err
 		}
-		data, err := json.Marshal(&next)
+		if err := change(next); err != nil {
+			return nil, err
+		}
+		data, err := json.Marshal(next)
 		if err != nil {
 			return nil, err
 		}
-		rev, err := r.st.Put(ctx, KindNodes, n.ID, data, expected)
+		rev, err := r.st.Put(ctx, KindNodes, id, data, expected)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
@@ -94,12 +264,12 @@ func (r *Registry) RegisterNode(ctx context.Context, n *Node) (*Node, error) {
 			return nil, err
 		}
 		next.Revision = rev
-		return &next, nil
+		return next, nil
 	}
-	return nil, errorf(ErrConflict, "node %q: too many concurrent registrations", n.ID)
+	return nil, errorf(ErrConflict, "node %q: too many concurrent changes", id)
 }
 
-// Nodes lists the registered edges, sorted by id.
+// Nodes lists the edges of the inventory (enrolled, registered or both), sorted by id.
 func (r *Registry) Nodes(ctx context.Context) ([]*Node, error) {
 	objs, _, err := r.st.List(ctx, KindNodes)
 	if err != nil {
@@ -107,7 +277,7 @@ func (r *Registry) Nodes(ctx context.Context) ([]*Node, error) {
 	}
 	out := make([]*Node, 0, len(objs))
 	for _, o := range objs {
-		n, err := decodeNode(o)
+		n, err := DecodeNode(o)
 		if err != nil {
 			return nil, err
 		}
@@ -117,19 +287,20 @@ func (r *Registry) Nodes(ctx context.Context) ([]*Node, error) {
 	return out, nil
 }
 
-// Node returns one registered edge.
+// Node returns one edge of the inventory.
 func (r *Registry) Node(ctx context.Context, id string) (*Node, error) {
 	o, err := r.st.Get(ctx, KindNodes, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, errorf(ErrNotFound, "edge %q is not registered", id)
+		return nil, errorf(ErrNotFound, "edge %q is not enrolled", id)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return decodeNode(o)
+	return DecodeNode(o)
 }
 
-func decodeNode(o store.Object) (*Node, error) {
+// DecodeNode decodes a node record (a KindNodes object).
+func DecodeNode(o store.Object) (*Node, error) {
 	var n Node
 	if err := json.Unmarshal(o.Value, &n); err != nil {
 		return nil, fmt.Errorf("broker: node %q: corrupt record: %w", o.ID, err)

@@ -45,16 +45,21 @@ type Edge struct {
 	// sealed to this edge), the edge's HPKE private sealing key
 	// (sealing.key, mode 0600) and, by default, the audit log. Required.
 	DataDir string `yaml:"data_dir"`
-	// Region is where this edge runs; the edge registers it with the
-	// central tier, and placement expressions and policies see it as
-	// principal.region. Optional; 1-63 lowercase letters, digits or '-',
-	// starting with a letter or digit.
+	// Region is the region this edge expects to be enrolled in. An edge's
+	// region is set at the central tier by an admin (keybroker node enroll
+	// <node_id> --region R), never by the edge: Register ignores what the
+	// edge says. When set here it must equal the enrolled region, or the
+	// edge refuses to follow the central tier and logs both — a guard
+	// against starting an edge with the wrong file. Optional (and best
+	// left out: then the enrolled region is simply used); 1-63 lowercase
+	// letters, digits or '-', starting with a letter or digit.
 	Region string `yaml:"region"`
-	// Labels describe this edge; the edge registers them with the central
-	// tier, and placement expressions and policies see them as the
-	// principal's tags (principal.getTag("zone")). Optional; at most 64;
-	// keys 1-63 letters, digits, '.', '_', '/' or '-', starting with a
-	// letter or digit; values at most 256 bytes.
+	// Labels are the labels this edge expects to be enrolled with, like
+	// Region: set at the central tier (keybroker node enroll --label k=v,
+	// keybroker node update), and when given here they must equal the
+	// enrolled ones exactly. Optional; at most 64; keys 1-63 letters,
+	// digits, '.', '_', '/' or '-', starting with a letter or digit;
+	// values at most 256 bytes.
 	Labels map[string]string `yaml:"labels,omitempty"`
 	// Central says how to reach the central tier. Required
 	// (central.address).

@@ -26,6 +26,14 @@
 // The CA and the software keystore are development conveniences: the CA's
 // key and the KEK sit on disk next to what they protect.
 //
+// # Edges
+//
+// Start enrolls every edge at the central node with its spec's region
+// (KeyAdmin.EnrollNode, as the admin, audited) before the edge starts: the
+// central tier refuses edges no admin enrolled, and an edge's region is
+// the enrolled one. An edge enrolled by an earlier start is moved to its
+// spec's region (UpdateNode).
+//
 // # Roots of trust
 //
 // By default the central node's root of trust is a softkms keystore in the
@@ -64,6 +72,12 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/central"
 	"github.com/keybroker/keybroker/config"
@@ -245,6 +259,9 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if c.Central, err = central.Start(ctx, ccfg, central.Options{Logger: opts.Logger.With("node", "central")}); err != nil {
 		return c, c.portError(err, "central", 0)
 	}
+	if err := c.enrollEdges(ctx); err != nil {
+		return c, err
+	}
 	for i, e := range opts.Edges {
 		path, err := c.writeEdgeConfig(i, e)
 		if err != nil {
@@ -265,6 +282,37 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		c.Edges = append(c.Edges, n)
 	}
 	return c, nil
+}
+
+// enrollEdges enrolls every edge at the central node, as the admin over
+// gRPC (so that it is authorized and audited like any enrollment), with
+// its spec's region: an edge's region is set at the central tier, never by
+// the edge. An edge enrolled by an earlier start in the same directory is
+// moved to its spec's region.
+func (c *Cluster) enrollEdges(ctx context.Context) error {
+	if len(c.opts.Edges) == 0 {
+		return nil
+	}
+	tlsCfg, err := c.ClientTLS(identity.Admin, AdminName)
+	if err != nil {
+		return err
+	}
+	cc, err := grpc.NewClient(c.Central.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	admin := kbv1.NewKeyAdminClient(cc)
+	for _, e := range c.opts.Edges {
+		_, err := admin.EnrollNode(ctx, &kbv1.EnrollNodeRequest{NodeId: e.Name, Region: e.Region})
+		if status.Code(err) == codes.AlreadyExists {
+			_, err = admin.UpdateNode(ctx, &kbv1.UpdateNodeRequest{NodeId: e.Name, Region: &e.Region, ReplaceLabels: true})
+		}
+		if err != nil {
+			return fmt.Errorf("devcluster: enrolling edge %s: %w", e.Name, err)
+		}
+	}
+	return nil
 }
 
 // prepare makes or reuses the CA, issues this start's certificates,

@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		advertise = n.lis.Addr().String()
 	}
 	n.cache, err = edgecache.Open(edgecache.Config{
-		NodeID: cfg.NodeID, TrustDomain: cfg.TrustDomain, Region: cfg.Region, Labels: cfg.Labels, Address: advertise,
+		NodeID: cfg.NodeID, TrustDomain: cfg.TrustDomain, ExpectRegion: cfg.Region, ExpectLabels: cfg.Labels, Address: advertise,
 		Prefetch: cfg.Prefetch, MaxStaleness: cfg.MaxStaleness, DataDir: cfg.DataDir, Central: n.central,
 		MaterialEntries: cfg.MaterialCache.Size, MaterialTTL: cfg.MaterialCache.TTL, Reuse: cfg.DataKeyReuse.ReusePolicy(),
 		InitialBackoff: cfg.Reconnect.InitialBackoff, MaxBackoff: cfg.Reconnect.MaxBackoff, Logger: log,
@@ -157,7 +157,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	n.stop = stop
 	n.servers.Start(n.lis, n.opsLis)
 	n.loops.Go(func() { _ = n.cache.Run(loopCtx) })
-	log.Info("edge ready", "node_id", cfg.NodeID, "region", cfg.Region, "grpc_addr", n.lis.Addr().String(),
+	log.Info("edge ready", "node_id", cfg.NodeID, "region", n.cache.Region(), "grpc_addr", n.lis.Addr().String(),
 		"advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(), "central", cfg.Central.Address,
 		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness)
 	return n, nil

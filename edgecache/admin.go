@@ -79,3 +79,15 @@ func (a *edgeAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (
 func (a *edgeAdmin) ListNodes(ctx context.Context, r *kbv1.ListNodesRequest) (*kbv1.ListNodesResponse, error) {
 	return relay(a, ctx, policy.ListNodes, "", r, &kbv1.ListNodesResponse{})
 }
+
+func (a *edgeAdmin) EnrollNode(ctx context.Context, r *kbv1.EnrollNodeRequest) (*kbv1.Node, error) {
+	return relay(a, ctx, policy.EnrollNode, "", r, &kbv1.Node{})
+}
+
+func (a *edgeAdmin) UpdateNode(ctx context.Context, r *kbv1.UpdateNodeRequest) (*kbv1.Node, error) {
+	return relay(a, ctx, policy.UpdateNode, "", r, &kbv1.Node{})
+}
+
+func (a *edgeAdmin) RemoveNode(ctx context.Context, r *kbv1.RemoveNodeRequest) (*kbv1.RemoveNodeResponse, error) {
+	return relay(a, ctx, policy.RemoveNode, "", r, &kbv1.RemoveNodeResponse{})
+}

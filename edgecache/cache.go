@@ -7,14 +7,26 @@
 //
 // # Replication
 //
-// Cache.Run registers the edge (its HPKE public key, region, labels,
-// address) and follows the central tier with Watch: a snapshot, or the
+// Cache.Run registers the edge (its HPKE public key and address) and
+// follows the central tier with Watch: a snapshot, or the
 // events after the last revision applied, then every key change, inventory
 // change, policy revision and heartbeat as it commits. Each event is
 // applied and written to disk (replica.db) in one transaction, then
 // acknowledged, so ListNodes shows which revision every edge has reached.
 // A lost stream is re-established with jittered exponential backoff and
 // resumes from the last revision applied.
+//
+// # Enrollment
+//
+// An admin enrolls the edge at the central tier with its region and labels
+// (keybroker node enroll); the edge never chooses them. Register answers
+// them and the inventory carries them (and any later UpdateNode): placement
+// here follows the inventory's entry for this edge, and a change of region
+// or labels re-decides, and withdraws, the material of every key. An edge
+// the central tier refuses as not enrolled — at Register, or as the end of
+// its Watch stream when an admin removes it — forgets its replica: keys,
+// material in memory and the sealed blobs on disk. It keeps trying to
+// register, and starts over from a snapshot once enrolled again.
 //
 // # Material
 //
@@ -96,10 +108,13 @@ type Config struct {
 	// NodeID is the edge's name (its certificate's SPIFFE id names it).
 	NodeID      string
 	TrustDomain string
-	// Region and Labels are registered with the central tier; placement
-	// policies and key lookups use them.
-	Region string
-	Labels map[string]string
+	// ExpectRegion and ExpectLabels, when set, are the region and labels
+	// the edge expects to be enrolled with. An admin sets an edge's region
+	// and labels at the central tier (KeyAdmin.EnrollNode); Register
+	// answers them and the inventory carries them. If they differ from
+	// these, the edge does not follow the central tier and says why.
+	ExpectRegion string
+	ExpectLabels map[string]string
 	// Address is the host:port clients dial to reach this edge.
 	Address string
 	// Prefetch asks for the material of every key placed on the edge with
@@ -140,10 +155,16 @@ type Cache struct {
 	now   func() time.Time
 	sf    singleflight.Group
 
-	mu       sync.RWMutex
-	keys     map[string]*replicaKey
-	sorted   []*managed.Key
-	nodes    []*kbv1.Node
+	mu     sync.RWMutex
+	keys   map[string]*replicaKey
+	sorted []*managed.Key
+	nodes  []*kbv1.Node
+	// me is this edge as the inventory and placement see it: its entry
+	// in the inventory, else what Register answered, else no region and
+	// no labels (placement that names a region then excludes the edge).
+	me *kbv1.Node
+	// enrolled is what the last Register answered.
+	enrolled *kbv1.Node
 	policy   *policy.Set
 	revision uint64
 	// advanced is closed (and replaced) whenever revision moves.
@@ -169,6 +190,7 @@ type replicaKey struct {
 
 type holdMemo struct {
 	set *policy.Set
+	me  *kbv1.Node
 	ok  bool
 }
 
@@ -246,6 +268,7 @@ func (c *Cache) restore() error {
 	if s.nodes != nil {
 		c.nodes = s.nodes.GetNodes()
 	}
+	c.me = c.selfLocked()
 	for _, ek := range s.keys {
 		rk, err := c.fromProto(ek)
 		if err != nil {
@@ -397,24 +420,46 @@ func (r replicaSource) Get(_ context.Context, id string) (*managed.Key, error) {
 
 // self is this edge as the inventory and placement see it.
 func (c *Cache) self() *kbv1.Node {
-	return &kbv1.Node{NodeId: c.cfg.NodeID, Kind: "edge", Address: c.cfg.Address, Region: c.cfg.Region, Labels: c.cfg.Labels, Prefetch: c.cfg.Prefetch}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.me
 }
+
+// selfLocked works out c.me from the inventory and the last Register
+// answer; c.mu is held.
+func (c *Cache) selfLocked() *kbv1.Node {
+	me := &kbv1.Node{NodeId: c.cfg.NodeID, Kind: "edge", Address: c.cfg.Address, Prefetch: c.cfg.Prefetch}
+	for _, n := range c.nodes {
+		if n.GetNodeId() == c.cfg.NodeID && n.GetKind() == "edge" {
+			me.Region, me.Labels = n.GetRegion(), n.GetLabels()
+			return me
+		}
+	}
+	if c.enrolled != nil {
+		me.Region, me.Labels = c.enrolled.GetRegion(), c.enrolled.GetLabels()
+	}
+	return me
+}
+
+// Region is the region this edge is enrolled in, as last heard from the
+// central tier ("" before it has heard).
+func (c *Cache) Region() string { return c.self().GetRegion() }
 
 // mayHold says whether placement lets this edge hold k's material.
 func (c *Cache) mayHold(k *managed.Key) bool {
 	c.mu.RLock()
-	rk, set := c.keys[k.ID], c.policyLocked()
+	rk, set, me := c.keys[k.ID], c.policyLocked(), c.me
 	c.mu.RUnlock()
 	if rk == nil || rk.key != k {
 		// Not the replica's current key (replaced meanwhile): decide
 		// without remembering.
-		return rpc.MayHold(k, c.self(), set, c.cfg.TrustDomain)
+		return rpc.MayHold(k, me, set, c.cfg.TrustDomain)
 	}
-	if m := rk.hold.Load(); m != nil && m.set == set {
+	if m := rk.hold.Load(); m != nil && m.set == set && m.me == me {
 		return m.ok
 	}
-	ok := rpc.MayHold(k, c.self(), set, c.cfg.TrustDomain)
-	rk.hold.Store(&holdMemo{set: set, ok: ok})
+	ok := rpc.MayHold(k, me, set, c.cfg.TrustDomain)
+	rk.hold.Store(&holdMemo{set: set, me: me, ok: ok})
 	return ok
 }
 

@@ -177,8 +177,10 @@ type change struct {
 	policy   *kbv1.EdgePolicy
 	nodes    *kbv1.ListNodesResponse
 	reset    bool // drop every key (a snapshot follows in keys)
-	keys     []*kbv1.EdgeKey
-	deleted  []string
+	// placement: this edge's region or labels changed (not stored).
+	placement bool
+	keys      []*kbv1.EdgeKey
+	deleted   []string
 	// dropMaterial removes fetched material: every version of a key
 	// (version 0) or the versions below a minimum.
 	dropMaterial map[string]uint32
@@ -334,4 +336,26 @@ func loadSealingKey(dir string) (*sealed.PrivateKey, error) {
 		return nil, fmt.Errorf("edgecache: %w", err)
 	}
 	return k, nil
+}
+
+// wipe empties the replica but for the policy: keys, their sealed
+// material, the inventory, the revision and the lease.
+func (d *disk) wipe() error {
+	return d.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketKeys, bucketMaterial} {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		st := tx.Bucket(bucketState)
+		for _, k := range [][]byte{stateRevision, stateLease, stateNodes} {
+			if err := st.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -206,7 +206,7 @@ func FuzzReplica(f *testing.F) {
 	f.Fuzz(func(t *testing.T, keyID, key, policyDoc, nodes []byte) {
 		dir := t.TempDir()
 		writeReplica(t, dir, fuzzReplicaSeed{keyID, key, policyDoc, nodes})
-		ec, err := Open(Config{NodeID: fuzzEdgeID, TrustDomain: fuzzTD, Region: "eu", Address: fuzzEdgeID + ".example:7443",
+		ec, err := Open(Config{NodeID: fuzzEdgeID, TrustDomain: fuzzTD, Address: fuzzEdgeID + ".example:7443",
 			MaxStaleness: time.Hour, DataDir: dir, Central: fuzzUnreachable{}})
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "edgecache: ") {

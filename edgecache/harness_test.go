@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
@@ -258,17 +260,28 @@ func deadConn(t *testing.T) *grpc.ClientConn {
 	return cc
 }
 
-// edgeConfig is a Config for edge id in region eu, connected to c (nil:
+// enroll enrolls edge id at c with region and labels, unless it is
+// enrolled already (a test restarting an edge).
+func (c *central) enroll(t *testing.T, id, region string, labels map[string]string) {
+	t.Helper()
+	_, err := c.admin.EnrollNode(t.Context(), &kbv1.EnrollNodeRequest{NodeId: id, Region: region, Labels: labels})
+	if err != nil && status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("EnrollNode %s: %v", id, err)
+	}
+}
+
+// edgeConfig is a Config for edge id, enrolled in region eu, connected to c (nil:
 // to nowhere), with its data in dir.
 func edgeConfig(t *testing.T, c *central, id, dir string) Config {
 	t.Helper()
 	var cc grpc.ClientConnInterface
 	if c != nil {
+		c.enroll(t, id, "eu", nil)
 		cc = c.edgeConn(t, id)
 	} else {
 		cc = deadConn(t)
 	}
-	return Config{NodeID: id, TrustDomain: testTD, Region: "eu", Address: id + ".example:7443", MaxStaleness: time.Hour,
+	return Config{NodeID: id, TrustDomain: testTD, Address: id + ".example:7443", MaxStaleness: time.Hour,
 		DataDir: dir, Central: cc, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
 }
 

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/rpc"
 )
 
 // Run follows the central tier until ctx ends: register, watch, apply,
@@ -48,13 +51,22 @@ func (c *Cache) Run(ctx context.Context) error {
 func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	_, err = c.sync.Register(ctx, &kbv1.RegisterEdgeRequest{
-		SealingPublicKey: c.seal.PublicKey(), Region: c.cfg.Region, Labels: c.cfg.Labels,
-		Address: c.cfg.Address, Prefetch: c.cfg.Prefetch,
+	reg, err := c.sync.Register(ctx, &kbv1.RegisterEdgeRequest{
+		SealingPublicKey: c.seal.PublicKey(), Address: c.cfg.Address, Prefetch: c.cfg.Prefetch,
 	})
 	if err != nil {
+		if rpc.IsNotEnrolled(err) {
+			c.forget(err)
+		}
 		return false, fmt.Errorf("register: %w", err)
 	}
+	if err := c.checkEnrolled(reg); err != nil {
+		return false, err
+	}
+	c.mu.Lock()
+	c.enrolled = &kbv1.Node{NodeId: c.cfg.NodeID, Kind: "edge", Region: reg.GetRegion(), Labels: reg.GetLabels()}
+	c.me = c.selfLocked()
+	c.mu.Unlock()
 	stream, err := c.sync.Watch(ctx, &kbv1.WatchRequest{FromRevision: c.Revision()})
 	if err != nil {
 		return false, fmt.Errorf("watch: %w", err)
@@ -65,6 +77,9 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 			return progressed, errors.New("watch: the central tier ended the stream")
 		}
 		if err != nil {
+			if rpc.IsNotEnrolled(err) {
+				c.forget(err)
+			}
 			return progressed, fmt.Errorf("watch: %w", err)
 		}
 		if !progressed {
@@ -76,6 +91,20 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 			return progressed, err
 		}
 	}
+}
+
+// checkEnrolled compares the region and labels the central tier enrolled
+// this edge with to those its configuration expects, if any.
+func (c *Cache) checkEnrolled(reg *kbv1.RegisterEdgeResponse) error {
+	if c.cfg.ExpectRegion != "" && reg.GetRegion() != c.cfg.ExpectRegion {
+		return fmt.Errorf("edge %s is enrolled in region %q but its configuration says region %q: fix the configuration (or leave region out), or move the edge with keybroker node update %s --region %s",
+			c.cfg.NodeID, reg.GetRegion(), c.cfg.ExpectRegion, c.cfg.NodeID, c.cfg.ExpectRegion)
+	}
+	if len(c.cfg.ExpectLabels) > 0 && !maps.Equal(reg.GetLabels(), c.cfg.ExpectLabels) {
+		return fmt.Errorf("edge %s is enrolled with labels %v but its configuration says labels %v: fix the configuration (or leave labels out), or change them with keybroker node update %s --replace-labels --label k=v",
+			c.cfg.NodeID, reg.GetLabels(), c.cfg.ExpectLabels, c.cfg.NodeID)
+	}
+	return nil
 }
 
 // expire checks the staleness window every second while the edge does not
@@ -185,7 +214,17 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	if ch.revision < c.Revision() {
 		ch.revision = 0 // heartbeats carry the revision already applied
 	}
-	ch.dropMaterial = c.materialToDrop(ch, keys)
+	var me *kbv1.Node
+	if ch.nodes != nil {
+		c.mu.RLock()
+		prev := c.me
+		me = c.withNodes(ch.nodes.GetNodes())
+		c.mu.RUnlock()
+		// An admin changed this edge's region or labels: what it may hold
+		// is decided again for every key.
+		ch.placement = prev.GetRegion() != me.GetRegion() || !maps.Equal(prev.GetLabels(), me.GetLabels())
+	}
+	ch.dropMaterial = c.materialToDrop(ch, keys, me)
 	if err := c.disk.apply(ch); err != nil {
 		return fmt.Errorf("writing the replica: %w", err)
 	}
@@ -199,7 +238,7 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 		c.lease = ch.lease
 	}
 	if ch.nodes != nil {
-		c.nodes = ch.nodes.GetNodes()
+		c.nodes, c.me = ch.nodes.GetNodes(), me
 	}
 	if ch.reset {
 		clear(c.keys)
@@ -229,15 +268,16 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 
 // materialToDrop lists the keys whose material must go: deleted keys, keys
 // no longer enabled, keys placement no longer lets this edge hold (after a
-// key or policy change; the new policy is already in force), and versions
-// below a raised minimum. Value 0 drops every version.
-func (c *Cache) materialToDrop(ch *change, keys []*replicaKey) map[string]uint32 {
+// key or policy change, or a change of this edge's enrolled region or
+// labels, me; the new policy is already in force), and versions below a
+// raised minimum. Value 0 drops every version.
+func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *kbv1.Node) map[string]uint32 {
 	drop := map[string]uint32{}
 	for _, id := range ch.deleted {
 		drop[id] = 0
 	}
 	check := keys
-	if ch.policy != nil || ch.reset {
+	if ch.policy != nil || ch.reset || ch.placement {
 		present := map[string]bool{}
 		for _, rk := range keys {
 			present[rk.key.ID] = true
@@ -255,12 +295,50 @@ func (c *Cache) materialToDrop(ch *change, keys []*replicaKey) map[string]uint32
 		c.mu.RUnlock()
 	}
 	for _, rk := range check {
+		hold := c.mayHold(rk.key)
+		if me != nil {
+			hold = rpc.MayHold(rk.key, me, c.Policy().Current(), c.cfg.TrustDomain)
+		}
 		switch {
-		case rk.key.State != managed.StateEnabled || !c.mayHold(rk.key):
+		case rk.key.State != managed.StateEnabled || !hold:
 			drop[rk.key.ID] = 0
 		case rk.key.MinDecryptionVersion > 1:
 			drop[rk.key.ID] = rk.key.MinDecryptionVersion
 		}
 	}
 	return drop
+}
+
+// withNodes is this edge as the inventory nodes would make it; c.mu is
+// held (read).
+func (c *Cache) withNodes(nodes []*kbv1.Node) *kbv1.Node {
+	saved := c.nodes
+	c.nodes = nodes
+	me := c.selfLocked()
+	c.nodes = saved
+	return me
+}
+
+// forget empties the replica — keys, material in memory and the sealed
+// blobs on disk — because the central tier says this edge is not, or no
+// longer, enrolled: an admin removed it. The edge keeps trying to
+// register; once an admin enrolls it again it starts over from a snapshot.
+func (c *Cache) forget(cause error) {
+	c.log.Error("the central tier says this edge is not enrolled: forgetting every key and its material", "err", cause)
+	if err := c.disk.wipe(); err != nil {
+		c.log.Error("emptying the replica on disk failed", "err", err)
+	}
+	c.mu.Lock()
+	ids := slices.Collect(maps.Keys(c.keys))
+	clear(c.keys)
+	c.nodes, c.enrolled, c.revision, c.lease = nil, nil, 0, time.Time{}
+	c.me = c.selfLocked()
+	close(c.advanced)
+	c.advanced = make(chan struct{})
+	c.resort()
+	c.mu.Unlock()
+	for _, id := range ids {
+		c.plain.forget(id)
+		c.ops.Forget(id)
+	}
 }

@@ -467,3 +467,11 @@ func (e *Engine) LastError() error {
 
 // Stats reports successful and failed reloads.
 func (e *Engine) Stats() (reloads, failures uint64) { return e.reloads.Load(), e.failures.Load() }
+
+// Edge enrollment: admin actions on the service that set which edges
+// belong to the cluster and their region and labels.
+const (
+	EnrollNode Action = "EnrollNode"
+	UpdateNode Action = "UpdateNode"
+	RemoveNode Action = "RemoveNode"
+)

@@ -24,8 +24,11 @@ type edgeSync struct {
 	s *Server
 }
 
-// Register records the calling edge. Only edge certificates may call it,
-// and an edge registers as the name its certificate carries.
+// Register records the calling edge's address, sealing key and prefetch.
+// Only edge certificates may call it, an edge registers as the name its
+// certificate carries, and only an enrolled edge may register: its region
+// and labels are the enrolled ones, which the response carries — those in
+// the request are ignored.
 func (e *edgeSync) Register(ctx context.Context, r *kbv1.RegisterEdgeRequest) (*kbv1.RegisterEdgeResponse, error) {
 	c, err := e.s.Begin(ctx, "RegisterEdge", "")
 	if err != nil {
@@ -34,15 +37,19 @@ func (e *edgeSync) Register(ctx context.Context, r *kbv1.RegisterEdgeRequest) (*
 	if err := edgeOnly(c); err != nil {
 		return nil, c.End(err)
 	}
-	c.Rec.Decision = "allow"
-	n, err := e.s.svc.Registry().RegisterNode(ctx, &broker.Node{
-		ID: c.Who.Name, Region: r.GetRegion(), Labels: r.GetLabels(), Address: r.GetAddress(), SealingKey: r.GetSealingPublicKey(),
-		Prefetch: r.GetPrefetch(),
+	n, err := e.s.svc.Registry().RegisterNode(ctx, broker.Registration{
+		ID: c.Who.Name, Address: r.GetAddress(), SealingKey: r.GetSealingPublicKey(), Prefetch: r.GetPrefetch(),
 	})
+	if errors.Is(err, broker.ErrPermissionDenied) {
+		c.Rec.Decision, c.Rec.PolicyID = "deny", "not-enrolled"
+		return nil, c.End(notEnrolled(c.Who.Name, "is not enrolled"))
+	}
 	if err != nil {
 		return nil, c.End(err)
 	}
-	return &kbv1.RegisterEdgeResponse{CentralNodeId: e.s.node, Revision: n.Revision, Lease: durationpb.New(e.s.lease)}, c.End(nil)
+	c.Rec.Decision = "allow"
+	return &kbv1.RegisterEdgeResponse{CentralNodeId: e.s.node, Revision: n.Revision, Lease: durationpb.New(e.s.lease),
+		Region: n.Region, Labels: n.Labels}, c.End(nil)
 }
 
 // FetchMaterial gives an edge one key version's material, sealed to the
@@ -101,17 +108,12 @@ func edgeOnly(c *rpc.Call) error {
 	return status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.Who)
 }
 
-// registeredEdge loads the calling edge's registration.
-func registeredEdge(s *Server, c *rpc.Call) (*broker.Node, error) {
-	n, err := s.svc.Registry().Node(c.Ctx, c.Who.Name)
-	if err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "edge %s must Register first: %v", c.Who.Name, err)
-	}
-	return n, nil
-}
+// registeredEdge loads the calling edge's record: enrolled, and
+// registered since.
+func registeredEdge(s *Server, c *rpc.Call) (*broker.Node, error) { return enrolledEdge(s, c) }
 
-// edgePrincipal is a registered edge as Cedar sees it: placement follows
-// the region and labels it registered.
+// edgePrincipal is an enrolled edge as Cedar sees it: placement follows
+// the region and labels it was enrolled with.
 func edgePrincipal(n *broker.Node, trustDomain string) policy.Principal {
 	return policy.Principal{Kind: policy.KindEdge, Name: n.ID, TrustDomain: trustDomain, Region: n.Region, Labels: n.Labels}
 }

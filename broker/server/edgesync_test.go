@@ -20,10 +20,15 @@ func TestRegisterEdge(t *testing.T) {
 		t.Fatal(err)
 	}
 	edge := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-eu-1"))
-	req := &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "eu", Address: "10.1.2.3:7443", Labels: map[string]string{"pci": "yes"}}
+	e.enroll(t, "edge-eu-1", "eu", map[string]string{"pci": "yes"})
+	// The region and labels in the request are ignored: the enrolled ones
+	// stand, and the response says them.
+	//lint:ignore SA1019 an edge may still send the deprecated region and labels: they must be ignored
+	req := &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "us", Address: "10.1.2.3:7443", Labels: map[string]string{"pci": "no"}}
 	resp, err := edge.Register(ctx, req)
-	if err != nil || resp.CentralNodeId != "central-1" || resp.Revision == 0 || resp.Lease.AsDuration() != DefaultEdgeLease {
-		t.Fatalf("Register = %v, %v", resp, err)
+	if err != nil || resp.CentralNodeId != "central-1" || resp.Revision == 0 || resp.Lease.AsDuration() != DefaultEdgeLease ||
+		resp.Region != "eu" || resp.Labels["pci"] != "yes" {
+		t.Fatalf("Register = %v, %v; want region eu, pci=yes", resp, err)
 	}
 	// Registering again refreshes the record and keeps its identity.
 	if _, err := edge.Register(ctx, req); err != nil {
@@ -34,7 +39,7 @@ func TestRegisterEdge(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(nodes.Nodes) != 2 || nodes.Nodes[1].NodeId != "edge-eu-1" || nodes.Nodes[1].Region != "eu" ||
-		nodes.Nodes[1].Kind != "edge" || nodes.Nodes[1].Address != "10.1.2.3:7443" || nodes.Nodes[1].Labels["pci"] != "yes" {
+		nodes.Nodes[1].Kind != "edge" || nodes.Nodes[1].Address != "10.1.2.3:7443" || nodes.Nodes[1].Labels["pci"] != "yes" || !nodes.Nodes[1].Enrolled {
 		t.Errorf("ListNodes = %v", nodes.Nodes)
 	}
 
@@ -45,12 +50,10 @@ func TestRegisterEdge(t *testing.T) {
 		name string
 		req  *kbv1.RegisterEdgeRequest
 	}{
-		{"no sealing key", &kbv1.RegisterEdgeRequest{Region: "eu", Address: "10.1.2.3:7443"}},
+		{"no sealing key", &kbv1.RegisterEdgeRequest{Address: "10.1.2.3:7443"}},
 		{"garbage sealing key", &kbv1.RegisterEdgeRequest{SealingPublicKey: []byte{1, 2, 3, 4}, Address: "10.1.2.3:7443"}},
-		{"bad region", &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "EU West", Address: "10.1.2.3:7443"}},
 		{"wildcard address", &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: "0.0.0.0:7443"}},
 		{"no port", &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: "edge.example"}},
-		{"bad label", &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: "edge.example:1", Labels: map[string]string{"a b": "c"}}},
 	} {
 		_, err := edge.Register(ctx, tc.req)
 		code(t, tc.name, err, codes.InvalidArgument)
@@ -93,9 +96,10 @@ func TestFetchMaterial(t *testing.T) {
 		}
 	}
 	register := func(name, region string) (*sealed.PrivateKey, kbv1.EdgeSyncClient) {
+		e.enroll(t, name, region, nil)
 		sk, _ := sealed.GenerateKey()
 		c := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, name))
-		if _, err := c.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: region, Address: name + ".example:7443"}); err != nil {
+		if _, err := c.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: name + ".example:7443"}); err != nil {
 			t.Fatal(err)
 		}
 		return sk, c
@@ -141,7 +145,7 @@ func TestFetchMaterial(t *testing.T) {
 	_, err = euEdge.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-key", KeyVersion: 9})
 	code(t, "a version that does not exist", err, codes.NotFound)
 	_, err = kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-never")).FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-key"})
-	code(t, "an unregistered edge", err, codes.FailedPrecondition)
+	code(t, "an edge that is not enrolled", err, codes.PermissionDenied)
 	_, err = kbv1.NewEdgeSyncClient(e.conn(t, identity.Client, "app")).FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-key"})
 	code(t, "a client", err, codes.PermissionDenied)
 
@@ -164,14 +168,16 @@ func TestWatch(t *testing.T) {
 		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: `principal.region == "eu"`}); err != nil {
 		t.Fatal(err)
 	}
+	e.enroll(t, "edge-eu-1", "eu", nil)
+	e.enroll(t, "edge-us-1", "us", nil)
 	euKey, _ := sealed.GenerateKey()
 	eu := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-eu-1"))
-	if _, err := eu.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: euKey.PublicKey(), Region: "eu", Address: "eu.example:7443", Prefetch: true}); err != nil {
+	if _, err := eu.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: euKey.PublicKey(), Address: "eu.example:7443", Prefetch: true}); err != nil {
 		t.Fatal(err)
 	}
 	usKey, _ := sealed.GenerateKey()
 	us := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-us-1"))
-	if _, err := us.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: usKey.PublicKey(), Region: "us", Address: "us.example:7443", Prefetch: true}); err != nil {
+	if _, err := us.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: usKey.PublicKey(), Address: "us.example:7443", Prefetch: true}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -93,6 +93,7 @@ func TestForwardBoundToCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	register := func(name string) kbv1.EdgeSyncClient {
+		e.enroll(t, name, "eu", nil)
 		sk, _ := sealed.GenerateKey()
 		c := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, name))
 		if _, err := c.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "eu", Address: name + ".example:7443"}); err != nil {

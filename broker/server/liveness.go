@@ -5,15 +5,23 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 )
 
 // liveness is what the central node knows of its edges beyond their
-// registrations: whether each follows it now (a Watch stream is open), when
+// records: whether each follows it now (its Watch stream is open), when
 // its lease runs out, and the last revision it acknowledged. It lives in
 // memory: a restarted central node learns it again as edges reconnect.
+//
+// An edge has at most one Watch stream: a new one cancels the one before
+// (errReplaced), so that one edge cannot make the central tier seal and
+// audit its material over and over on parallel streams. RemoveNode cancels
+// a removed edge's stream at once.
 type liveness struct {
 	mu      sync.Mutex
 	edges   map[string]*edgeLive
@@ -21,10 +29,20 @@ type liveness struct {
 }
 
 type edgeLive struct {
-	streams int
+	stream  *liveStream // the open Watch stream, nil when none
 	lease   time.Time
 	applied uint64
 }
+
+// liveStream is one open Watch stream; cancel ends it with a cause the
+// stream returns to the edge.
+type liveStream struct {
+	cancel context.CancelCauseFunc
+}
+
+// errReplaced ends a Watch stream that a newer stream from the same edge
+// replaced.
+var errReplaced = status.Error(codes.Aborted, "a newer Watch stream from this edge replaced this one: an edge follows the central tier on one stream")
 
 func newLiveness() *liveness {
 	return &liveness{edges: map[string]*edgeLive{}, changed: make(chan struct{})}
@@ -51,23 +69,43 @@ func (l *liveness) Changed() <-chan struct{} {
 	return l.changed
 }
 
-// connect records an open Watch stream and its first lease.
-func (l *liveness) connect(id string, lease time.Time) {
+// connect records edge id's new Watch stream and its first lease, and
+// cancels the stream it had open, if any.
+func (l *liveness) connect(id string, lease time.Time, cancel context.CancelCauseFunc) *liveStream {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.get(id)
-	e.streams++
+	if e.stream != nil {
+		e.stream.cancel(errReplaced)
+	}
+	e.stream = &liveStream{cancel: cancel}
 	e.lease = lease
 	l.broadcastLocked()
+	return e.stream
 }
 
-// disconnect records a closed stream; the lease stands until it runs out.
-func (l *liveness) disconnect(id string) {
+// disconnect records that stream s closed; the lease stands until it runs
+// out. A stream already replaced changes nothing.
+func (l *liveness) disconnect(id string, s *liveStream) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e := l.get(id)
-	e.streams--
-	l.broadcastLocked()
+	if e, ok := l.edges[id]; ok && e.stream == s {
+		e.stream = nil
+		l.broadcastLocked()
+	}
+}
+
+// remove forgets edge id, cutting its Watch stream with cause.
+func (l *liveness) remove(id string, cause error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.edges[id]; ok {
+		if e.stream != nil {
+			e.stream.cancel(cause)
+		}
+		delete(l.edges, id)
+		l.broadcastLocked()
+	}
 }
 
 func (l *liveness) beat(id string, lease time.Time) {
@@ -92,15 +130,17 @@ func (l *liveness) describe(n *kbv1.Node) {
 	if !ok {
 		return
 	}
-	n.Connected = e.streams > 0
+	n.Connected = e.stream != nil
 	n.AppliedRevision = e.applied
 	if !e.lease.IsZero() {
 		n.LeaseExpires = timestamppb.New(e.lease)
 	}
 }
 
-// inventory is this central node followed by the registered edges, with
-// what is known of their liveness.
+// inventory is this central node followed by the edges of the registry
+// (enrolled, registered, or left from before enrollment existed), with
+// what is known of their liveness. LookupKey only ranks connected edges,
+// and only an enrolled edge can connect.
 func (s *Server) inventory(ctx context.Context) ([]*kbv1.Node, error) {
 	edges, err := s.svc.Registry().Nodes(ctx)
 	if err != nil {
@@ -108,10 +148,7 @@ func (s *Server) inventory(ctx context.Context) ([]*kbv1.Node, error) {
 	}
 	out := []*kbv1.Node{{NodeId: s.node, Kind: "central", Address: s.addr, LastSeen: timestamppb.Now(), Connected: true}}
 	for _, n := range edges {
-		kn := &kbv1.Node{NodeId: n.ID, Kind: "edge", Address: n.Address, Region: n.Region, Labels: n.Labels,
-			LastSeen: timestamppb.New(n.LastSeen), Revision: n.Revision, Prefetch: n.Prefetch}
-		s.live.describe(kn)
-		out = append(out, kn)
+		out = append(out, s.nodeProto(n))
 	}
 	return out, nil
 }

@@ -2,6 +2,13 @@
 // around broker.Service), KeyAdmin, and EdgeSync for the edges —
 // Register, Watch, FetchMaterial, Forward and Acknowledge.
 //
+// Edges are enrolled: KeyAdmin.EnrollNode, UpdateNode and RemoveNode (an
+// admin's calls) set which edges belong to the cluster and their region and
+// labels; EdgeSync refuses every other edge, and Register cannot change
+// them. An edge has one Watch stream at a time, each Send bounded by
+// Config.SendTimeout; RemoveNode cuts the stream at once (nodes.go,
+// liveness.go, watch.go).
+//
 // Calls are authenticated, authorized, performed and audited as package
 // rpc describes. Errors from a root of trust map here: InvalidArgument
 // (a ciphertext or input the backend refuses), FailedPrecondition (a root
@@ -101,8 +108,12 @@ type Config struct {
 	// either side (0: DefaultProofWindow).
 	ProofWindow time.Duration
 	// Now is the clock forward proofs are checked against (nil: time.Now).
-	Now    func() time.Time
-	Logger *slog.Logger
+	Now func() time.Time
+	// SendTimeout bounds one Send on a Watch stream: a stream the edge does
+	// not read within it is cut and the edge listed as disconnected (0:
+	// DefaultSendTimeout).
+	SendTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // DefaultEdgeLease is how long an edge's lease holds without a heartbeat.
@@ -123,6 +134,8 @@ type Server struct {
 	live    *liveness
 	forward map[string]forwardTarget
 	proofs  *proofVerifier
+	// sendTimeout bounds one Send on a Watch stream.
+	sendTimeout time.Duration
 }
 
 // New builds a Server.
@@ -145,8 +158,11 @@ func New(c Config) (*Server, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.SendTimeout <= 0 {
+		c.SendTimeout = DefaultSendTimeout
+	}
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
-		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, live: newLiveness(),
+		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
 		proofs: &proofVerifier{roots: c.ClientCAs, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache()}}
 	var err error
 	s.Server, err = rpc.New(rpc.Config{Node: &centralNode{s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,

@@ -64,13 +64,15 @@ type testEnv struct {
 	softURI   string // the softkms backend's connection attributes
 }
 
-func start(t *testing.T) *testEnv {
+// start starts a central node; opts adjust its Config.
+func start(t *testing.T, opts ...func(*Config)) *testEnv {
 	t.Helper()
-	return startWith(t, testPolicy)
+	return startWith(t, testPolicy, opts...)
 }
 
-// startWith starts a central server under the given Cedar policy.
-func startWith(t *testing.T, policyText string) *testEnv {
+// startWith starts a central server under the given Cedar policy; opts
+// adjust its Config.
+func startWith(t *testing.T, policyText string, opts ...func(*Config)) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
 	ctx := t.Context()
@@ -123,8 +125,12 @@ func startWith(t *testing.T, policyText string) *testEnv {
 		t.Fatal(err)
 	}
 	clock := &testClock{now: time.Now()}
-	srv, err := New(Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: "kb.test", Address: "127.0.0.1:0",
-		ClientCAs: tlsCfg.ClientCAs, Now: clock.Now})
+	cfg := Config{Service: svc, Policy: pe, Audit: al, NodeID: "central-1", TrustDomain: "kb.test", Address: "127.0.0.1:0",
+		ClientCAs: tlsCfg.ClientCAs, Now: clock.Now}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,10 +44,33 @@ func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer)
 	if err := c.End(nil); err != nil { // the stream's opening is audited
 		return err
 	}
+	// One stream per edge: this one replaces (cancels) any other the edge
+	// has open, and RemoveNode cancels it; either way the cause is what the
+	// edge hears.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	w := &watcher{s: e.s, stream: stream, node: node, td: c.Who.TrustDomain, rid: c.Rec.RequestID, principal: c.Rec.Principal}
-	e.s.live.connect(node.ID, time.Now().Add(e.s.lease))
-	defer e.s.live.disconnect(node.ID)
+	ls := e.s.live.connect(node.ID, time.Now().Add(e.s.lease), cancel)
+	defer e.s.live.disconnect(node.ID, ls)
+	// RemoveNode deletes the record, then cancels the stream it finds: a
+	// removal between the check above and connect would find none, so the
+	// record is read again now that the stream is findable.
+	if n, err := e.s.svc.Registry().Node(ctx, node.ID); err != nil || !n.Enrolled {
+		return notEnrolled(node.ID, "was removed")
+	}
 	return w.run(ctx, r.GetFromRevision())
+}
+
+// ended is what a stream whose ctx is done returns: the cause it was cut
+// with (replaced by a newer stream, the edge removed), or nil when the
+// edge went away.
+func ended(ctx context.Context) error {
+	if cause := context.Cause(ctx); cause != nil {
+		if _, ok := status.FromError(cause); ok {
+			return cause
+		}
+	}
+	return nil
 }
 
 type watcher struct {
@@ -89,7 +112,7 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 	}
 	beat := time.NewTicker(w.s.beat)
 	defer beat.Stop()
-	if err := w.heartbeat(from); err != nil {
+	if err := w.heartbeat(ctx, from); err != nil {
 		return err
 	}
 	if resumed {
@@ -102,7 +125,7 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return ended(ctx)
 		case <-changed:
 			// An edge connected or went away: lookups change.
 			changed = w.s.live.Changed()
@@ -112,7 +135,7 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 		case ev, ok := <-feed.C():
 			if !ok {
 				if ctx.Err() != nil {
-					return nil
+					return ended(ctx)
 				}
 				return status.Errorf(codes.Unavailable, "registry feed lost (%v): reconnect and resume from the last revision applied", feed.Err())
 			}
@@ -124,31 +147,57 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 				return err
 			}
 		case <-beat.C:
-			if err := w.heartbeat(from); err != nil {
+			if err := w.heartbeat(ctx, from); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-func (w *watcher) send(ev *kbv1.WatchEvent) error {
-	if err := w.stream.Send(ev); err != nil {
-		return status.Errorf(codes.Unavailable, "sending to edge: %v", err)
+// DefaultSendTimeout bounds one Send on a Watch stream: an edge that does
+// not read its stream for this long is cut off and listed as disconnected,
+// rather than holding a goroutine, its sealed material and its place in
+// LookupKey for ever.
+const DefaultSendTimeout = 30 * time.Second
+
+// send sends one event within the send deadline. A Send that does not
+// complete in time, or a stream cut meanwhile (replaced, the edge
+// removed), ends the stream: returning from the handler cancels the
+// stream's context, which unblocks the Send still in flight (the pattern
+// grpc-go recommends, as SendMsg takes no context).
+func (w *watcher) send(ctx context.Context, ev *kbv1.WatchEvent) error {
+	done := make(chan error, 1)
+	go func() { done <- w.stream.Send(ev) }()
+	t := time.NewTimer(w.s.sendTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "sending to edge: %v", err)
+		}
+		return nil
+	case <-t.C:
+		w.s.log.Warn("edge does not read its Watch stream; cutting it", "edge", w.node.ID, "send_timeout", w.s.sendTimeout)
+		return status.Errorf(codes.DeadlineExceeded, "the edge did not read its Watch stream within %v: stream cut", w.s.sendTimeout)
+	case <-ctx.Done():
+		if err := ended(ctx); err != nil {
+			return err
+		}
+		return status.FromContextError(ctx.Err()).Err()
 	}
-	return nil
 }
 
 // heartbeat extends the lease and carries a new policy revision, if any.
-func (w *watcher) heartbeat(rev uint64) error {
+func (w *watcher) heartbeat(ctx context.Context, rev uint64) error {
 	if set := w.s.policy.Current(); set.Hash() != w.policy {
-		if err := w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Policy{Policy: edgePolicy(set)}}); err != nil {
+		if err := w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Policy{Policy: edgePolicy(set)}}); err != nil {
 			return err
 		}
 		w.policy = set.Hash()
 	}
 	lease := time.Now().Add(w.s.lease)
 	w.s.live.beat(w.node.ID, lease)
-	return w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Heartbeat{Heartbeat: &kbv1.Heartbeat{
+	return w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Heartbeat{Heartbeat: &kbv1.Heartbeat{
 		LeaseExpires: timestamppb.New(lease),
 	}}})
 }
@@ -186,7 +235,7 @@ func (w *watcher) snapshot(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	snap.Nodes = nodes.Nodes
-	return rev, w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Snapshot{Snapshot: snap}})
+	return rev, w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Snapshot{Snapshot: snap}})
 }
 
 func (w *watcher) apply(ctx context.Context, ev store.Event) error {
@@ -194,7 +243,7 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 	case broker.KindKeys:
 		if ev.Type == store.Delete {
 			w.sealed.drop(ev.Object.ID)
-			return w.send(&kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_DeletedKeyId{DeletedKeyId: ev.Object.ID}})
+			return w.send(ctx, &kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_DeletedKeyId{DeletedKeyId: ev.Object.ID}})
 		}
 		k, err := w.eventKey(ctx, ev)
 		if err != nil {
@@ -204,12 +253,23 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 		if err != nil {
 			return err
 		}
-		return w.send(&kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_Key{Key: ek}})
+		return w.send(ctx, &kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_Key{Key: ek}})
 	case broker.KindNodes:
 		if ev.Object.ID == w.node.ID {
-			if n, err := w.s.svc.Registry().Node(ctx, w.node.ID); err == nil {
-				w.node = n // placement follows the edge's registered region and labels
+			// Placement follows the edge's enrolled region and labels; a
+			// removed edge's stream ends here too (RemoveNode cuts it
+			// first, at once).
+			if ev.Type == store.Delete {
+				return notEnrolled(w.node.ID, "was removed")
 			}
+			n, err := broker.DecodeNode(ev.Object)
+			if err != nil {
+				return w.s.toStatus(err).Err()
+			}
+			if !n.Enrolled {
+				return notEnrolled(w.node.ID, "is not enrolled")
+			}
+			w.node = n
 		}
 		return w.sendNodes(ctx, ev.Revision)
 	}
@@ -234,7 +294,7 @@ func (w *watcher) sendNodes(ctx context.Context, rev uint64) error {
 	if err != nil {
 		return err
 	}
-	return w.send(&kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Nodes{Nodes: nodes}})
+	return w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Nodes{Nodes: nodes}})
 }
 
 func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
@@ -256,10 +316,9 @@ func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, er
 	hold := w.node.Prefetch && k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
 	if hold {
 		d := w.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(w.node, w.td), rpc.PolicyKey(k), k.Placement)
-		hold = d.Allowed
-		if hold {
-			w.auditHold(k, d.PolicyID())
-		}
+		// No audit line, no material: the version goes without it and the
+		// edge fetches it on use (FetchMaterial audits, or refuses).
+		hold = d.Allowed && w.auditHold(k, d.PolicyID())
 	}
 	w.sealed.sealingTo(w.node.SealingKey)
 	if !hold {
@@ -373,11 +432,14 @@ func (c *sealCache) drop(id string) {
 	}
 }
 
-// auditHold records that a key's material went to the edge.
-func (w *watcher) auditHold(k *broker.Key, policyID string) {
+// auditHold records that a key's material goes to the edge, and says
+// whether it could: material whose audit line failed is not sent.
+func (w *watcher) auditHold(k *broker.Key, policyID string) bool {
 	rec := audit.Record{RequestID: w.rid, Principal: w.principal, Node: w.s.node, Operation: string(policy.HoldMaterial),
 		Key: k.ID, Version: k.Primary, Decision: "allow", PolicyID: policyID, Outcome: "ok", Detail: "sealed to the edge by Watch"}
 	if err := w.s.audit.Append(rec); err != nil {
-		w.s.log.Error("audit append failed", "err", err)
+		w.s.log.Error("audit append failed; withholding the key's material from the edge", "edge", w.node.ID, "key", k.ID, "err", err)
+		return false
 	}
+	return true
 }

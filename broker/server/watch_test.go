@@ -24,9 +24,10 @@ func TestWatchSealsEachVersionOnce(t *testing.T) {
 		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: `principal.region == "eu"`}); err != nil {
 		t.Fatal(err)
 	}
+	e.enroll(t, "edge-1", "eu", nil)
 	sk, _ := sealed.GenerateKey()
 	edge := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, "edge-1"))
-	if _, err := edge.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "eu", Address: "eu.example:7443", Prefetch: true}); err != nil {
+	if _, err := edge.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: "eu.example:7443", Prefetch: true}); err != nil {
 		t.Fatal(err)
 	}
 	stream, err := edge.Watch(ctx, &kbv1.WatchRequest{})

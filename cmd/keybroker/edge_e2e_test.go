@@ -106,8 +106,19 @@ func newEdgeClusterOn(t *testing.T, open func(*testing.T, string) *rootsOfTrust,
 	return c
 }
 
-// addEdge writes an edge's certificate and configuration and starts it.
+// addEdge enrolls an edge in its region at central, writes its
+// certificate and configuration and starts it.
 func (c *edgeCluster) addEdge(t *testing.T, e *edgeNode) {
+	t.Helper()
+	if _, err := c.admin.admin.EnrollNode(t.Context(), &kbv1.EnrollNodeRequest{NodeId: e.name, Region: e.region}); err != nil {
+		t.Fatalf("EnrollNode %s: %v", e.name, err)
+	}
+	c.startEdge(t, e)
+}
+
+// startEdge writes an enrolled edge's certificate and configuration and
+// starts it.
+func (c *edgeCluster) startEdge(t *testing.T, e *edgeNode) {
 	t.Helper()
 	e.dir = filepath.Join(c.dir, e.name)
 	e.config = filepath.Join(c.dir, e.name+".yaml")

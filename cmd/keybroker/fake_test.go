@@ -499,3 +499,24 @@ func startBroker(t *testing.T, cfg brokerConfig) *testBroker {
 func (b *testBroker) env() map[string]string {
 	return map[string]string{envAddr: b.addr, envCA: b.tls.CA, envCert: b.tls.Cert, envKey: b.tls.Key}
 }
+
+func (f *fakeBroker) EnrollNode(ctx context.Context, r *kbv1.EnrollNodeRequest) (*kbv1.Node, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	return &kbv1.Node{NodeId: r.GetNodeId(), Kind: "edge", Region: r.GetRegion(), Labels: r.GetLabels(), Enrolled: true}, nil
+}
+
+func (f *fakeBroker) UpdateNode(ctx context.Context, r *kbv1.UpdateNodeRequest) (*kbv1.Node, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	return &kbv1.Node{NodeId: r.GetNodeId(), Kind: "edge", Region: r.GetRegion(), Labels: r.GetLabels(), Enrolled: true}, nil
+}
+
+func (f *fakeBroker) RemoveNode(ctx context.Context, r *kbv1.RemoveNodeRequest) (*kbv1.RemoveNodeResponse, error) {
+	if err := f.record(ctx, r); err != nil {
+		return nil, err
+	}
+	return &kbv1.RemoveNodeResponse{Revision: 9}, nil
+}

@@ -109,16 +109,27 @@ type nodeJSON struct {
 	Address         string            `json:"address"`
 	Region          string            `json:"region,omitempty"`
 	Labels          map[string]string `json:"labels,omitempty"`
+	Enrolled        bool              `json:"enrolled"`
 	Connected       bool              `json:"connected"`
 	Prefetch        bool              `json:"prefetch,omitempty"`
 	LeaseExpires    *time.Time        `json:"lease_expires,omitempty"`
 	AppliedRevision uint64            `json:"applied_revision,omitempty"`
 }
 
+func toNodeJSON(n *kbv1.Node) nodeJSON {
+	j := nodeJSON{NodeID: n.GetNodeId(), Kind: n.GetKind(), Address: n.GetAddress(), Region: n.GetRegion(), Labels: n.GetLabels(),
+		Enrolled: n.GetEnrolled(), Connected: n.GetConnected(), Prefetch: n.GetPrefetch(), AppliedRevision: n.GetAppliedRevision()}
+	if n.LeaseExpires != nil {
+		t := n.GetLeaseExpires().AsTime()
+		j.LeaseExpires = &t
+	}
+	return j
+}
+
 func (a *app) nodesCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "nodes",
-		Short: "List the central node and the edges: connected, lease, applied revision",
+		Short: "List the central node and the edges: enrolled, connected, lease, applied revision",
 		Example: `  keybroker nodes
   keybroker nodes --output json | jq '.[] | select(.kind=="edge") | .applied_revision'`,
 		Args: noArgs,
@@ -135,24 +146,18 @@ func (a *app) nodesCmd() *cobra.Command {
 			if a.jsonOutput() {
 				out := []nodeJSON{}
 				for _, n := range resp.GetNodes() {
-					j := nodeJSON{NodeID: n.GetNodeId(), Kind: n.GetKind(), Address: n.GetAddress(), Region: n.GetRegion(), Labels: n.GetLabels(),
-						Connected: n.GetConnected(), Prefetch: n.GetPrefetch(), AppliedRevision: n.GetAppliedRevision()}
-					if n.LeaseExpires != nil {
-						t := n.GetLeaseExpires().AsTime()
-						j.LeaseExpires = &t
-					}
-					out = append(out, j)
+					out = append(out, toNodeJSON(n))
 				}
 				return a.printJSON(out)
 			}
-			rows := [][]string{{"NODE", "KIND", "REGION", "ADDRESS", "CONNECTED", "LEASE EXPIRES", "APPLIED"}}
+			rows := [][]string{{"NODE", "KIND", "REGION", "ADDRESS", "ENROLLED", "CONNECTED", "LEASE EXPIRES", "APPLIED"}}
 			for _, n := range resp.GetNodes() {
-				applied := "-"
+				applied, enrolled := "-", "-"
 				if n.GetKind() == "edge" {
-					applied = strconv.FormatUint(n.GetAppliedRevision(), 10)
+					applied, enrolled = strconv.FormatUint(n.GetAppliedRevision(), 10), strconv.FormatBool(n.GetEnrolled())
 				}
-				rows = append(rows, []string{n.GetNodeId(), n.GetKind(), orDash(n.GetRegion()), n.GetAddress(),
-					strconv.FormatBool(n.GetConnected()), timeText(n.GetLeaseExpires()), applied})
+				rows = append(rows, []string{n.GetNodeId(), n.GetKind(), orDash(n.GetRegion()), orDash(n.GetAddress()),
+					enrolled, strconv.FormatBool(n.GetConnected()), timeText(n.GetLeaseExpires()), applied})
 			}
 			return a.printTable(rows)
 		},

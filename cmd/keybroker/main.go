@@ -10,6 +10,7 @@
 //	keybroker sign|verify|mac|verify-mac|random
 //	keybroker lookup --key K --op OP
 //	keybroker nodes
+//	keybroker node enroll|update|remove ID
 //	keybroker audit verify FILE
 //	keybroker bench --op OP --key KEY [--compare-noop] [--output json]
 //	keybroker version
@@ -223,6 +224,7 @@ func newRootCmd(e *env) *cobra.Command {
 		a.randomCmd(),
 		a.lookupCmd(),
 		a.nodesCmd(),
+		a.nodeCmd(),
 		a.auditCmd(),
 		a.benchCmd(),
 		a.versionCmd(),

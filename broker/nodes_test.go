@@ -1,0 +1,60 @@
+package broker
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/keybroker/keybroker/sealed"
+)
+
+// TestNodeEnrollment: Register keeps the enrolled region and labels, and a
+// record left from before enrollment existed is refused until an admin
+// enrolls it, which keeps its registration.
+func TestNodeEnrollment(t *testing.T) {
+	r, _, _ := newRegistry(t)
+	ctx := t.Context()
+	sk, err := sealed.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := Registration{ID: "edge-1", Address: "edge-1.example:7443", SealingKey: sk.PublicKey()}
+	if _, err := r.RegisterNode(ctx, reg); !errors.Is(err, ErrPermissionDenied) {
+		t.Fatalf("RegisterNode before enrollment = %v, want ErrPermissionDenied", err)
+	}
+	if _, err := r.EnrollNode(ctx, "edge-1", "eu", map[string]string{"zone": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := r.RegisterNode(ctx, reg)
+	if err != nil || n.Region != "eu" || n.Labels["zone"] != "a" || !n.Enrolled || n.Address != reg.Address {
+		t.Fatalf("RegisterNode = %+v, %v", n, err)
+	}
+
+	// A record as written before enrollment existed: region and labels
+	// the edge chose, no enrolled flag.
+	legacy, _ := json.Marshal(map[string]any{"id": "edge-old", "region": "eu", "address": "old.example:7443",
+		"sealing_key": sk.PublicKey(), "registered": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z"})
+	if _, err := r.Store().Put(ctx, KindNodes, "edge-old", legacy, 0); err != nil {
+		t.Fatal(err)
+	}
+	old, err := r.Node(ctx, "edge-old")
+	if err != nil || old.Enrolled {
+		t.Fatalf("legacy record = %+v, %v; want it read as not enrolled", old, err)
+	}
+	if _, err := r.RegisterNode(ctx, Registration{ID: "edge-old", Address: "old.example:7443", SealingKey: sk.PublicKey()}); !errors.Is(err, ErrPermissionDenied) {
+		t.Errorf("RegisterNode of a legacy record = %v, want ErrPermissionDenied", err)
+	}
+	n, err = r.EnrollNode(ctx, "edge-old", "us", nil)
+	if err != nil || !n.Enrolled || n.Region != "us" || n.Address != "old.example:7443" || !n.IsRegistered() {
+		t.Errorf("EnrollNode of a legacy record = %+v, %v; want it enrolled in us with its registration kept", n, err)
+	}
+	if _, err := r.EnrollNode(ctx, "edge-old", "eu", nil); !errors.Is(err, ErrAlreadyExists) {
+		t.Errorf("EnrollNode twice = %v, want ErrAlreadyExists", err)
+	}
+	if _, err := r.RemoveNode(ctx, "edge-old"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Node(ctx, "edge-old"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Node after RemoveNode = %v, want ErrNotFound", err)
+	}
+}
