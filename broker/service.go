@@ -165,6 +165,12 @@ type UpdateParams struct {
 	RotationPeriod       *time.Duration
 	MinDecryptionVersion *uint32
 	Placement            *string
+	// Authorize, when set, is asked inside the compare-and-swap about the
+	// key as it is (before) and as the update would leave it (after); an
+	// error aborts the update and is returned as it is. It is how the
+	// caller's right to the key's new labels is checked against exactly
+	// the record that is written.
+	Authorize func(before, after *Key) error
 }
 
 // UpdateKey changes metadata with a compare-and-swap.
@@ -175,6 +181,10 @@ func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*Key, error) {
 	k, err := s.reg.Update(ctx, p.ID, p.ExpectedRevision, func(k *Key) error {
 		if k.State == StatePendingDeletion {
 			return errorf(ErrFailedPrecondition, "key %q is pending deletion", k.ID)
+		}
+		var before *Key
+		if p.Authorize != nil {
+			before = k.Clone()
 		}
 		if p.Description != nil {
 			k.Description = *p.Description
@@ -199,6 +209,9 @@ func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*Key, error) {
 		}
 		if p.Placement != nil {
 			k.Placement = *p.Placement
+		}
+		if p.Authorize != nil {
+			return p.Authorize(before, k)
 		}
 		return nil
 	})
