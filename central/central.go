@@ -151,7 +151,13 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if n.policy, err = policy.NewEngine(cfg.Policy.Paths...); err != nil {
 		return nil, err
 	}
-	if n.audit, err = audit.Open(cfg.Audit.Path, cfg.Audit.FlushInterval); err != nil {
+	ac := audit.Config{Path: cfg.Audit.Path, FlushInterval: cfg.Audit.FlushInterval}
+	if cfg.Audit.HeadKeyFile != "" {
+		if ac.HeadKey, err = audit.ReadHeadKey(cfg.Audit.HeadKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	if n.audit, err = audit.OpenConfig(ac); err != nil {
 		return nil, err
 	}
 	// Listen before building the server, so that the address it advertises

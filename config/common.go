@@ -115,6 +115,12 @@ type Audit struct {
 	// it is written and synced; a crash loses at most this much of the
 	// log. Default 100ms, range 10ms..10s.
 	FlushInterval time.Duration `yaml:"flush_interval"`
+	// HeadKeyFile holds the key (at least 32 bytes, used as they are)
+	// that authenticates the log's head file, so that lines dropped from
+	// the end of the log cannot be hidden by rewriting the head without
+	// it. Keep it where whoever might edit the log cannot read it.
+	// Optional: without it the head is unauthenticated.
+	HeadKeyFile string `yaml:"head_key_file"`
 }
 
 // Audit defaults and bounds.
@@ -130,6 +136,7 @@ func (a *Audit) resolve(base, dataDir string) {
 		a.Path = filepath.Join(dataDir, DefaultAuditFile)
 	}
 	resolvePath(base, &a.Path)
+	resolvePath(base, &a.HeadKeyFile)
 }
 
 // check checks the fields; an empty path is reported only when data_dir,
@@ -140,6 +147,9 @@ func (a Audit) check(p *problems, field, dataDir string) {
 		checkPath(p, field+".path", a.Path)
 	}
 	checkDuration(p, field+".flush_interval", a.FlushInterval, MinAuditFlush, MaxAuditFlush)
+	if a.HeadKeyFile != "" {
+		checkPath(p, field+".head_key_file", a.HeadKeyFile)
+	}
 	if a.Path == "" && dataDir != "" {
 		p.add(field+".path", "empty: ResolvePaths sets it to <data_dir>/%s", DefaultAuditFile)
 	}
@@ -153,6 +163,9 @@ func (a Audit) stat(p *problems, field, dataDir string) {
 	}
 	if st, err := os.Stat(a.Path); err == nil && !st.Mode().IsRegular() {
 		p.add(field+".path", "%s is not a regular file", a.Path)
+	}
+	if a.HeadKeyFile != "" {
+		statFile(p, field+".head_key_file", a.HeadKeyFile)
 	}
 }
 

@@ -112,7 +112,13 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err != nil {
 		return nil, fmt.Errorf("edge: central.address: %w", err)
 	}
-	if n.audit, err = audit.Open(cfg.Audit.Path, cfg.Audit.FlushInterval); err != nil {
+	ac := audit.Config{Path: cfg.Audit.Path, FlushInterval: cfg.Audit.FlushInterval}
+	if cfg.Audit.HeadKeyFile != "" {
+		if ac.HeadKey, err = audit.ReadHeadKey(cfg.Audit.HeadKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	if n.audit, err = audit.OpenConfig(ac); err != nil {
 		return nil, err
 	}
 	if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {

@@ -183,8 +183,8 @@ func TestPolicyMatrixAndAudit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("allowed Encrypt: %v", err)
 	}
-	if got := hdr.Get("x-request-id"); len(got) != 1 || got[0] != "req-test-1" {
-		t.Errorf("x-request-id echoed = %v", got)
+	if got := hdr.Get("x-client-request-id"); len(got) != 1 || got[0] != "req-test-1" {
+		t.Errorf("x-client-request-id echoed = %v", got)
 	}
 	dec, err := billing.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext, EncryptionContext: ectx})
 	if err != nil || string(dec.Plaintext) != secretCard {
@@ -225,7 +225,7 @@ func TestPolicyMatrixAndAudit(t *testing.T) {
 		}
 		return nil
 	}
-	if r := find("Encrypt", "/client/billing", "ok"); r == nil || r.RequestID != "req-test-1" || r.Decision != "allow" ||
+	if r := find("Encrypt", "/client/billing", "ok"); r == nil || r.ClientRequestID != "req-test-1" || r.RequestID == "req-test-1" || hdr.Get("x-request-id")[0] != r.RequestID || r.Decision != "allow" ||
 		r.PolicyID != "billing-app" || r.Key != "payments" || r.Version != 1 || r.Node != "central-1" || r.Backend != "soft" {
 		t.Errorf("audit line of the allowed Encrypt = %+v", r)
 	}

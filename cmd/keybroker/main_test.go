@@ -1106,6 +1106,43 @@ func TestAuditVerify(t *testing.T) {
 			t.Errorf("stderr %q", r.stderr)
 		}
 	})
+	t.Run("head key: cut short and head rewritten", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		keyFile := writeFile(t, dir, "head.key", bytes.Repeat([]byte("k"), 32))
+		path := filepath.Join(dir, "audit.log")
+		l, err := audit.OpenConfig(audit.Config{Path: path, HeadKey: bytes.Repeat([]byte("k"), 32)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range []string{"Encrypt", "Decrypt"} {
+			if err := l.Append(audit.Record{Operation: op, Outcome: "ok"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		r := runCLI(t, nil, nil, "audit", "verify", "--head-key-file", keyFile, path)
+		wantCode(t, r, 0)
+		if !strings.Contains(r.stdout, "2 lines verified; head file matched and its MAC checked") {
+			t.Errorf("stdout %q", r.stdout)
+		}
+		// The attack: drop the last line, write the head that matches
+		// what is left, without the key.
+		editLines(t, path, func(l []string) []string { return l[:1] })
+		var first audit.Record
+		data, _ := os.ReadFile(path)
+		if err := json.Unmarshal(bytes.TrimSpace(data), &first); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, dir, "audit.log.head", fmt.Appendf(nil, "%d %s\n", first.Seq, first.Hash))
+		r = runCLI(t, nil, nil, "audit", "verify", "--head-key-file", keyFile, path)
+		wantCode(t, r, exitVerifyFailed)
+		if !strings.Contains(r.stderr, "no MAC") {
+			t.Errorf("stderr %q", r.stderr)
+		}
+	})
 	t.Run("missing file", func(t *testing.T) {
 		t.Parallel()
 		r := runCLI(t, nil, nil, "audit", "verify", filepath.Join(t.TempDir(), "nope.log"))
