@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
@@ -266,17 +267,36 @@ func (s *Service) ListKeys(ctx context.Context, selector map[string]string, page
 }
 
 // Sweep carries out due rotations and deletions.
-func (s *Service) Sweep(ctx context.Context) (rotated, deleted []string, err error) {
-	due, deleted, err := s.reg.Sweep(ctx)
+func (s *Service) Sweep(ctx context.Context, record SweepRecorder) (rotated, deleted []string, err error) {
+	if record == nil {
+		record = func(string, string, error) error { return nil }
+	}
+	var recorded string // the last key whose deletion was audited
+	due, deleted, err := s.reg.Sweep(ctx, func(k *Key) error {
+		if err := record("DeleteKey", k.ID, nil); err != nil {
+			return err
+		}
+		recorded = k.ID
+		return nil
+	})
 	for _, id := range deleted {
 		s.forget(id)
 	}
 	if err != nil {
+		if recorded != "" && !slices.Contains(deleted, recorded) {
+			// Its audit line said it would go; say it did not.
+			_ = record("DeleteKey", recorded, err)
+		}
 		return nil, deleted, err
 	}
 	var errs []error
 	for _, k := range due {
+		if err := record("RotateKey", k.ID, nil); err != nil {
+			errs = append(errs, fmt.Errorf("rotating %q: not audited, left for the next sweep: %w", k.ID, err))
+			continue
+		}
 		if _, err := s.RotateKey(ctx, k.ID); err != nil {
+			_ = record("RotateKey", k.ID, err)
 			errs = append(errs, fmt.Errorf("rotating %q: %w", k.ID, err))
 			continue
 		}
@@ -284,6 +304,12 @@ func (s *Service) Sweep(ctx context.Context) (rotated, deleted []string, err err
 	}
 	return rotated, deleted, errors.Join(errs...)
 }
+
+// SweepRecorder audits the sweep's work. It is called with a nil err before
+// a key is deleted or rotated — a non-nil return leaves the key alone until
+// the next sweep, so nothing is destroyed without its audit line — and
+// again with the error if the operation then fails.
+type SweepRecorder func(op, key string, err error) error
 
 // SealMaterial returns version v of key k's material sealed to a
 // registered edge. The caller has authorized the edge (HoldMaterial).
