@@ -418,6 +418,21 @@ func TestFiles(t *testing.T) {
 	if got, _ := os.ReadFile(dec); string(got) != "card 4111" {
 		t.Errorf("round trip gave %q, want %q", got, "card 4111")
 	}
+	// A link planted at the output's name is replaced, not written
+	// through: the plaintext does not land in the link's target.
+	victim := writeFile(t, t.TempDir(), "victim", []byte("precious"))
+	linked := filepath.Join(dir, "linked.txt")
+	if err := os.Symlink(victim, linked); err != nil {
+		t.Fatal(err)
+	}
+	r = b.run(t, nil, "decrypt", "--context", "tenant=42", "--in", enc, "--out", linked)
+	wantCode(t, r, 0)
+	if got, _ := os.ReadFile(victim); string(got) != "precious" {
+		t.Errorf("decrypt --out over a link wrote %q into its target", got)
+	}
+	if got, _ := os.ReadFile(linked); string(got) != "card 4111" {
+		t.Errorf("decrypt --out over a link: %s holds %q", linked, got)
+	}
 
 	// Wrong context: the broker refuses, exit 6, and nothing is written.
 	r = b.run(t, nil, "decrypt", "--context", "tenant=43", "--in", enc, "--out", filepath.Join(dir, "nope"))
