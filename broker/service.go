@@ -38,6 +38,9 @@ type ServiceConfig struct {
 	ReuseEntries, UnwrapEntries int
 	// UnwrapTTL is how long an unwrapped data key stays cached.
 	UnwrapTTL time.Duration
+	// MaxDataKeysPerVersion bounds the data keys wrapped under one key
+	// version here (0: managed.DefaultMaxDataKeysPerVersion).
+	MaxDataKeysPerVersion uint64
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -66,6 +69,7 @@ func NewService(c ServiceConfig) (*Service, error) {
 	ops, err := managed.New(managed.Config{
 		Keys: c.Registry, Material: c.Materials, Backend: rootBackend{c.Roots},
 		Reuse: c.Reuse, ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now,
+		MaxDataKeysPerVersion: c.MaxDataKeysPerVersion,
 	})
 	if err != nil {
 		return nil, err

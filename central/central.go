@@ -149,8 +149,15 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		Materials:    broker.NewMaterials(n.roots, cfg.MaterialCache.Size, cfg.MaterialCache.TTL, nil),
 		DefaultRoots: defaults,
 		Reuse:        envelope.ReusePolicy{Period: cfg.DataKeyReuse.Period, MaxMessages: cfg.DataKeyReuse.MaxMessages, MaxBytes: cfg.DataKeyReuse.MaxBytes},
+
+		MaxDataKeysPerVersion: cfg.DataKeyReuse.MaxDataKeysPerVersion,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keybroker_data_keys_refused_total",
+		Help: "Data keys refused because their key version had wrapped data_key_reuse.max_data_keys_per_version here (rotate the key)."},
+		func() float64 { return float64(n.svc.DataKeysRefused()) })); err != nil {
 		return nil, err
 	}
 	if n.policy, err = policy.NewEngine(cfg.Policy.Paths...); err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
 )
 
 // This file holds the parts every keybroker node's configuration shares:
@@ -209,6 +210,12 @@ type DataKeyReuse struct {
 	// MaxBytes is the most plaintext bytes sealed under one data key.
 	// Default 68719476736 (64 GiB), at least 1.
 	MaxBytes uint64 `yaml:"max_bytes"`
+	// MaxDataKeysPerVersion is the most data keys this node wraps under
+	// one key version (AES-GCM with random nonces under one
+	// key-encryption key); past it, new data keys are refused until the
+	// key is rotated. Every node counts for itself: keep nodes × bound ≤
+	// 2^32. Default 268435456 (2^28, so 16 nodes), range 1..4294967296.
+	MaxDataKeysPerVersion uint64 `yaml:"max_data_keys_per_version"`
 }
 
 // ReusePolicy returns the bounds in the form package envelope takes.
@@ -221,6 +228,8 @@ func defaultDataKeyReuse() DataKeyReuse {
 		Period:      envelope.DefaultReusePeriod,
 		MaxMessages: envelope.DefaultMaxMessages,
 		MaxBytes:    envelope.DefaultMaxBytes,
+
+		MaxDataKeysPerVersion: managed.DefaultMaxDataKeysPerVersion,
 	}
 }
 
@@ -231,6 +240,9 @@ func (r DataKeyReuse) check(p *problems, field string) {
 	}
 	if r.MaxBytes < 1 {
 		p.add(field+".max_bytes", "must be at least 1")
+	}
+	if r.MaxDataKeysPerVersion < 1 || r.MaxDataKeysPerVersion > managed.MaxMaxDataKeysPerVersion {
+		p.add(field+".max_data_keys_per_version", "%d is out of range 1..%d", r.MaxDataKeysPerVersion, uint64(managed.MaxMaxDataKeysPerVersion))
 	}
 }
 

@@ -135,7 +135,8 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		NodeID: cfg.NodeID, TrustDomain: cfg.TrustDomain, Region: cfg.Region, Labels: cfg.Labels, Address: advertise,
 		Prefetch: cfg.Prefetch, MaxStaleness: cfg.MaxStaleness, DataDir: cfg.DataDir, Central: n.central,
 		MaterialEntries: cfg.MaterialCache.Size, MaterialTTL: cfg.MaterialCache.TTL, Reuse: cfg.DataKeyReuse.ReusePolicy(),
-		InitialBackoff: cfg.Reconnect.InitialBackoff, MaxBackoff: cfg.Reconnect.MaxBackoff, Logger: log,
+		MaxDataKeysPerVersion: cfg.DataKeyReuse.MaxDataKeysPerVersion,
+		InitialBackoff:        cfg.Reconnect.InitialBackoff, MaxBackoff: cfg.Reconnect.MaxBackoff, Logger: log,
 	})
 	if err != nil {
 		return nil, err
