@@ -11,10 +11,31 @@
 //
 // Dropping lines from the end of the file leaves a valid shorter chain. To
 // catch that, the writer keeps FILE.head — the last seq and hash, replaced
-// atomically after each flush — and Verify compares the file with it when
-// it is present. An attacker able to rewrite both files undetected needs the
-// head kept elsewhere too; ship the head (or the log) off the machine for
-// that.
+// atomically after each fsync — and Verify compares the file with it.
+//
+// # What the head proves, and its limits
+//
+// Without a head key (Config.HeadKey), the head is a plain "seq hash" line:
+// it catches a log cut short by accident or by someone who did not rewrite
+// the head too, but whoever can write the directory can drop the last lines
+// and write a head that matches what is left.
+//
+// With a head key, the head also carries HMAC-SHA256(key, seq and hash),
+// and a head whose MAC does not check is refused: dropping lines and
+// rewriting the head needs the key. The key must therefore be readable by
+// the node but not by whoever you fear may edit the log (a separate file,
+// another owner's secret store); an attacker with the node's own
+// privileges reads it and can forge heads, so against that attacker only a
+// copy of the log or its heads shipped off the machine helps. Two more
+// limits hold with a key too: the lines written since the last fsync (at
+// most Config.FlushInterval of them) are not covered by any head yet, and
+// an attacker who kept an earlier genuine head can truncate the log back to
+// exactly that point — a head is not a monotonic counter.
+//
+// Open refuses a log that has lines but no head file (or, with a head key,
+// a head without a valid MAC), saying how to recover: a head is written as
+// soon as a log is created, so its absence means it was removed. Verify
+// reports such a log verified but without its head (HeadSeen false).
 //
 // # Durability
 //
@@ -26,13 +47,14 @@
 //
 // # Reopening
 //
-// Open on an existing file verifies it and continues its chain, so a
-// restarted node appends to the same log.
+// Open on an existing file verifies it (against its head) and continues
+// its chain, so a restarted node appends to the same log.
 package audit
 
 import (
 	"bufio"
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -40,25 +62,30 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/keybroker/keybroker/internal/atomicfile"
 )
 
 // Record is one audited operation. The writer fills Seq, Prev and Hash.
 type Record struct {
 	Time      time.Time `json:"time"`
 	RequestID string    `json:"request_id,omitempty"`
-	Principal string    `json:"principal,omitempty"`
-	Node      string    `json:"node,omitempty"`
-	Operation string    `json:"operation"`
-	Key       string    `json:"key,omitempty"`
-	Version   uint32    `json:"version,omitempty"`
-	Decision  string    `json:"decision,omitempty"` // allow, deny
-	PolicyID  string    `json:"policy_id,omitempty"`
-	Backend   string    `json:"backend,omitempty"`
+	// ClientRequestID is the x-request-id a caller the node does not trust
+	// to name requests sent: kept for the caller's own correlation, never
+	// the request id.
+	ClientRequestID string `json:"client_request_id,omitempty"`
+	Principal       string `json:"principal,omitempty"`
+	Node            string `json:"node,omitempty"`
+	Operation       string `json:"operation"`
+	Key             string `json:"key,omitempty"`
+	Version         uint32 `json:"version,omitempty"`
+	Decision        string `json:"decision,omitempty"` // allow, deny
+	PolicyID        string `json:"policy_id,omitempty"`
+	Backend         string `json:"backend,omitempty"`
 	// Via is the edge that forwarded the call on the principal's behalf.
 	Via string `json:"via,omitempty"`
 	// BackendCalls are the calls this request made to roots of trust
@@ -145,6 +172,7 @@ func appendPrefix(b []byte, r *Record) ([]byte, bool) {
 	b = r.Time.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `",`...)
 	field("request_id", r.RequestID, true)
+	field("client_request_id", r.ClientRequestID, true)
 	field("principal", r.Principal, true)
 	field("node", r.Node, true)
 	field("operation", r.Operation, false)
@@ -222,8 +250,9 @@ const DefaultFlushInterval = 100 * time.Millisecond
 // write(2) and wakes the others, so concurrent appends share system calls
 // and each still returns only once its own line is written.
 type Log struct {
-	path string
-	f    *os.File
+	path    string
+	f       *os.File
+	headKey []byte
 
 	syncMu  sync.Mutex // serialises Syncs
 	mu      sync.Mutex
@@ -244,16 +273,73 @@ type Log struct {
 	done chan struct{}
 }
 
+// Config configures a Log.
+type Config struct {
+	// Path is the log file; its head is Path + ".head".
+	Path string
+	// FlushInterval is the fsync interval (0: DefaultFlushInterval).
+	FlushInterval time.Duration
+	// HeadKey, when set (at least MinHeadKeyLen bytes), authenticates the
+	// head file with HMAC-SHA256, so that lines dropped from the end
+	// cannot be hidden by rewriting the head without it. A log opened
+	// with a key refuses a head without a valid MAC.
+	HeadKey []byte
+}
+
+// MinHeadKeyLen is the shortest head key accepted.
+const MinHeadKeyLen = 32
+
+// ReadHeadKey reads a head key file: its bytes as they are, at least
+// MinHeadKeyLen of them (head -c 32 /dev/urandom makes one).
+func ReadHeadKey(path string) ([]byte, error) {
+	key, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit: head key: %w", err)
+	}
+	if len(key) < MinHeadKeyLen {
+		return nil, fmt.Errorf("audit: head key %s is %d bytes, want at least %d", path, len(key), MinHeadKeyLen)
+	}
+	return key, nil
+}
+
 // Open opens (creating if needed) the audit log at path, verifying what it
 // holds and continuing its chain. flush is the fsync interval (0 means
-// DefaultFlushInterval).
+// DefaultFlushInterval). It is OpenConfig without a head key.
 func Open(path string, flush time.Duration) (*Log, error) {
+	return OpenConfig(Config{Path: path, FlushInterval: flush})
+}
+
+// OpenConfig opens (creating if needed) the audit log c.Path, verifying
+// what it holds against its head and continuing its chain. A log with
+// lines but no head file is refused, as is a head file with no log.
+func OpenConfig(c Config) (*Log, error) {
+	path, flush := c.Path, c.FlushInterval
 	if flush <= 0 {
 		flush = DefaultFlushInterval
 	}
+	if c.HeadKey != nil && len(c.HeadKey) < MinHeadKeyLen {
+		return nil, fmt.Errorf("audit: head key is %d bytes, want at least %d", len(c.HeadKey), MinHeadKeyLen)
+	}
 	seq, prev := uint64(0), zeroHash
+	head := headOf(path)
+	_, headErr := os.Lstat(head)
+	if headErr != nil && !errors.Is(headErr, os.ErrNotExist) {
+		return nil, fmt.Errorf("audit: %w", headErr)
+	}
+	hasHead := headErr == nil
 	if f, err := os.Open(path); err == nil {
-		res, verr := Verify(f, headOf(path))
+		st, serr := f.Stat()
+		if serr != nil {
+			f.Close()
+			return nil, fmt.Errorf("audit: %w", serr)
+		}
+		if st.Size() > 0 && !hasHead {
+			f.Close()
+			return nil, fmt.Errorf("audit: %s has lines but no head file %s, so lines dropped from its end could not be detected; "+
+				"refusing to continue it. Restore the head file if you have it; otherwise check the log with "+
+				"`keybroker audit verify` against a copy kept elsewhere, move it (and nothing else) aside, and start a new log", path, head)
+		}
+		res, verr := verify(f, head, c.HeadKey)
 		f.Close()
 		if verr != nil {
 			return nil, fmt.Errorf("audit: %s does not verify, refusing to append: %w", path, verr)
@@ -261,12 +347,30 @@ func Open(path string, flush time.Duration) (*Log, error) {
 		seq, prev = res.Lines, res.LastHash
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("audit: %w", err)
+	} else if hasHead {
+		hs, _, _, herr := readHead(head, c.HeadKey)
+		if herr != nil {
+			return nil, fmt.Errorf("audit: %w", herr)
+		}
+		if hs > 0 {
+			return nil, fmt.Errorf("audit: %s is missing but its head file %s records %d lines: the log was removed; "+
+				"restore it, or move the head file aside to start a new log", path, head, hs)
+		}
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
-	l := &Log{path: path, f: f, seq: seq, prev: prev, wseq: seq, whash: prev, stop: make(chan struct{}), done: make(chan struct{})}
+	if seq == 0 {
+		// A new (or empty) log gets its head at once, so that a head file
+		// missing later means it was removed, never that it was not yet
+		// written.
+		if err := writeHead(head, 0, zeroHash, c.HeadKey); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("audit: head: %w", err)
+		}
+	}
+	l := &Log{path: path, f: f, headKey: c.HeadKey, seq: seq, prev: prev, wseq: seq, whash: prev, stop: make(chan struct{}), done: make(chan struct{})}
 	l.written = sync.NewCond(&l.mu)
 	go l.flusher(flush)
 	return l, nil
@@ -365,7 +469,7 @@ func (l *Log) Sync() error {
 	err := l.f.Sync()
 	if err != nil {
 		err = fmt.Errorf("audit: fsync %s: %w", l.path, err)
-	} else if herr := writeHead(headOf(l.path), seq, hash); herr != nil {
+	} else if herr := writeHead(headOf(l.path), seq, hash, l.headKey); herr != nil {
 		err = fmt.Errorf("audit: head: %w", herr)
 	}
 	if err != nil {
@@ -402,27 +506,22 @@ func (l *Log) Close() error {
 
 func headOf(path string) string { return path + ".head" }
 
-func writeHead(path string, seq uint64, hash string) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, fmt.Appendf(nil, "%d %s\n", seq, hash), 0o600); err != nil {
-		return err
+// headMAC authenticates a head's seq and hash under key.
+func headMAC(key []byte, seq uint64, hash string) string {
+	m := hmac.New(sha256.New, key)
+	fmt.Fprintf(m, "keybroker audit head v1\n%d %s", seq, hash)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// writeHead replaces the head file atomically: a fresh temporary file in
+// its directory (never a name an attacker could plant a link at), synced,
+// renamed over it, the directory synced.
+func writeHead(path string, seq uint64, hash string, key []byte) error {
+	line := fmt.Appendf(nil, "%d %s\n", seq, hash)
+	if key != nil {
+		line = fmt.Appendf(nil, "%d %s %s\n", seq, hash, headMAC(key, seq, hash))
 	}
-	f, err := os.Open(tmp)
-	if err == nil {
-		err = errors.Join(f.Sync(), f.Close())
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(path, line, 0o600)
 }
 
 // Result summarises a verified log.
@@ -430,6 +529,8 @@ type Result struct {
 	Lines    uint64
 	LastHash string
 	HeadSeen bool // a head file was found and matched
+	// HeadAuthenticated says the head's MAC was checked with the key.
+	HeadAuthenticated bool
 }
 
 // VerifyError says where the chain broke.
@@ -443,11 +544,38 @@ func (e *VerifyError) Error() string { return fmt.Sprintf("line %d: %s", e.Line,
 // Verify reads a log and checks every line's hash, sequence and link. When
 // headPath names an existing head file, the log must end exactly at it
 // (lines dropped from the end are detected). headPath "" skips that check.
+// A head's MAC, if it has one, is not checked: see VerifyWithKey.
 func Verify(r io.Reader, headPath string) (Result, error) {
+	return verify(r, headPath, nil)
+}
+
+// VerifyWithKey is Verify with the head key: the head file must exist and
+// carry a valid MAC under key.
+func VerifyWithKey(r io.Reader, headPath string, key []byte) (Result, error) {
+	if len(key) < MinHeadKeyLen {
+		return Result{LastHash: zeroHash}, fmt.Errorf("head key is %d bytes, want at least %d", len(key), MinHeadKeyLen)
+	}
+	return verify(r, headPath, key)
+}
+
+func verify(r io.Reader, headPath string, key []byte) (Result, error) {
 	res := Result{LastHash: zeroHash}
-	headSeq, headHash, err := readHead(headPath)
+	if key != nil && headPath != "" {
+		if _, err := os.Lstat(headPath); errors.Is(err, os.ErrNotExist) {
+			return res, fmt.Errorf("head file %s is missing: with a head key it is required", headPath)
+		}
+	}
+	headSeq, headHash, authed, err := readHead(headPath, key)
 	if err != nil {
 		return res, err
+	}
+	res.HeadAuthenticated = authed
+	if headSeq == 0 && headHash != "" {
+		// The head of a new log: nothing to match, but it was there.
+		if headHash != zeroHash {
+			return res, fmt.Errorf("head file %s records line 0 with a hash that is not the empty chain's", headPath)
+		}
+		res.HeadSeen = true
 	}
 	br := bufio.NewReaderSize(r, 64<<10)
 	var lineNo uint64
@@ -506,35 +634,54 @@ func Verify(r io.Reader, headPath string) (Result, error) {
 	return res, nil
 }
 
-// readHead reads a head file; a missing file (or "" path) gives seq 0.
-func readHead(path string) (uint64, string, error) {
+// readHead reads a head file; a missing file (or "" path) gives seq 0 and
+// no hash. With key, the head must carry a MAC that checks (authed).
+func readHead(path string, key []byte) (seq uint64, hash string, authed bool, err error) {
 	if path == "" {
-		return 0, "", nil
+		return 0, "", false, nil
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, "", nil
+		return 0, "", false, nil
 	}
 	if err != nil {
-		return 0, "", err
+		return 0, "", false, err
 	}
 	f := strings.Fields(string(data))
-	if len(f) != 2 {
-		return 0, "", fmt.Errorf("head file %s is malformed", path)
+	if len(f) != 2 && len(f) != 3 {
+		return 0, "", false, fmt.Errorf("head file %s is malformed", path)
 	}
-	seq, err := strconv.ParseUint(f[0], 10, 64)
+	seq, err = strconv.ParseUint(f[0], 10, 64)
 	if err != nil || len(f[1]) != 64 {
-		return 0, "", fmt.Errorf("head file %s is malformed", path)
+		return 0, "", false, fmt.Errorf("head file %s is malformed", path)
 	}
-	return seq, f[1], nil
+	if key == nil {
+		return seq, f[1], false, nil
+	}
+	if len(f) != 3 {
+		return 0, "", false, fmt.Errorf("head file %s has no MAC, but a head key is configured: it was written without the key, or rewritten by someone who lacks it", path)
+	}
+	if !hmac.Equal([]byte(f[2]), []byte(headMAC(key, seq, f[1]))) {
+		return 0, "", false, fmt.Errorf("head file %s: MAC does not match under the head key: the head was forged or the key is wrong", path)
+	}
+	return seq, f[1], true, nil
 }
 
 // VerifyFile verifies the log at path against its head file.
 func VerifyFile(path string) (Result, error) {
+	return VerifyFileWithKey(path, nil)
+}
+
+// VerifyFileWithKey verifies the log at path against its head file, whose
+// MAC must check under key (nil: VerifyFile).
+func VerifyFileWithKey(path string, key []byte) (Result, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return Result{}, err
 	}
 	defer f.Close()
-	return Verify(f, headOf(path))
+	if key == nil {
+		return Verify(f, headOf(path))
+	}
+	return VerifyWithKey(f, headOf(path), key)
 }

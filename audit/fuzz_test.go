@@ -152,12 +152,25 @@ func FuzzVerify(f *testing.F) {
 				t.Fatalf("byte %d changed (^%#x), the log still verifies with other records (-before +after):\n%s", i, bit, diff)
 			}
 		}
-		// Open continues a verified chain.
+		// Open continues a verified chain with its head, and refuses one
+		// with lines but no head.
 		path := filepath.Join(t.TempDir(), "audit.jsonl")
 		if err := os.WriteFile(path, log, 0o600); err != nil {
 			t.Fatal(err)
 		}
+		if hp != "" {
+			if err := os.WriteFile(headOf(path), head, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
 		l, err := Open(path, time.Hour)
+		if hp == "" && len(log) > 0 {
+			if err == nil {
+				l.Close()
+				t.Fatal("Open continued a log with lines and no head file")
+			}
+			return
+		}
 		if err != nil {
 			t.Fatalf("Open refuses a log that verifies: %v", err)
 		}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -80,7 +81,12 @@ func AddVersion(now time.Time, v Version) func(*Key) error {
 // Sweep finds the work the clock has made due: keys whose rotation is due
 // and keys whose pending window has passed. Deletions are carried out here;
 // rotations need material, so they are returned for the caller.
-func (r *Registry) Sweep(ctx context.Context) (rotate []*Key, deleted []string, err error) {
+//
+// beforeDelete (nil: none) is called with each key about to be deleted; if
+// it fails the key is left for the next sweep and the error returned. It is
+// how the deletion is audited before it happens: a key is never destroyed
+// without its audit line.
+func (r *Registry) Sweep(ctx context.Context, beforeDelete func(*Key) error) (rotate []*Key, deleted []string, err error) {
 	keys, _, err := r.List(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -89,6 +95,11 @@ func (r *Registry) Sweep(ctx context.Context) (rotate []*Key, deleted []string, 
 	for _, k := range keys {
 		switch {
 		case k.State == StatePendingDeletion && !now.Before(k.DeletionTime):
+			if beforeDelete != nil {
+				if err := beforeDelete(k); err != nil {
+					return rotate, deleted, fmt.Errorf("deleting %q: not audited, left for the next sweep: %w", k.ID, err)
+				}
+			}
 			if err := r.Delete(ctx, k); err != nil {
 				return rotate, deleted, err
 			}

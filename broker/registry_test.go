@@ -197,17 +197,17 @@ func TestSweep(t *testing.T) {
 	r.Create(ctx, aesKey("doomed"))
 	r.Update(ctx, "doomed", 0, ScheduleDeletion(c.Now(), 7*24*time.Hour))
 
-	rotate, deleted, err := r.Sweep(ctx)
+	rotate, deleted, err := r.Sweep(ctx, nil)
 	if err != nil || len(rotate) != 0 || len(deleted) != 0 {
 		t.Fatalf("Sweep at start = %v, %v, %v; want nothing due", rotate, deleted, err)
 	}
 	c.Advance(48 * time.Hour)
-	rotate, _, _ = r.Sweep(ctx)
+	rotate, _, _ = r.Sweep(ctx, nil)
 	if len(rotate) != 1 || rotate[0].ID != "rotating" {
 		t.Errorf("Sweep after 48h: rotate = %v", rotate)
 	}
 	c.Advance(5 * 24 * time.Hour)
-	_, deleted, err = r.Sweep(ctx)
+	_, deleted, err = r.Sweep(ctx, nil)
 	if err != nil || len(deleted) != 1 || deleted[0] != "doomed" {
 		t.Errorf("Sweep after 7 days: deleted = %v, %v", deleted, err)
 	}
@@ -261,7 +261,7 @@ func TestFollowSeesOtherWriters(t *testing.T) {
 	// Deletion too.
 	r2.Update(ctx, "shared", 0, ScheduleDeletion(c.Now(), 0))
 	c.Advance(31 * 24 * time.Hour)
-	if _, deleted, err := r2.Sweep(ctx); err != nil || len(deleted) != 1 {
+	if _, deleted, err := r2.Sweep(ctx, nil); err != nil || len(deleted) != 1 {
 		t.Fatalf("Sweep = %v, %v", deleted, err)
 	}
 	if err := r1.WaitFollowed(ctx, r1.Store().Revision()); err != nil {

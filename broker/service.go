@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
@@ -43,6 +44,9 @@ type ServiceConfig struct {
 	// remembered (0: DefaultFailedUnwrapEntries).
 	FailedUnwrapTTL     time.Duration
 	FailedUnwrapEntries int
+	// MaxDataKeysPerVersion bounds the data keys wrapped under one key
+	// version here (0: managed.DefaultMaxDataKeysPerVersion).
+	MaxDataKeysPerVersion uint64
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -71,6 +75,7 @@ func NewService(c ServiceConfig) (*Service, error) {
 	ops, err := managed.New(managed.Config{
 		Keys: c.Registry, Material: c.Materials, Backend: &rootBackend{roots: c.Roots, failed: newFailedUnwraps(c.FailedUnwrapTTL, c.FailedUnwrapEntries, c.Now)},
 		Reuse: c.Reuse, ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now,
+		MaxDataKeysPerVersion: c.MaxDataKeysPerVersion,
 	})
 	if err != nil {
 		return nil, err
@@ -185,6 +190,12 @@ type UpdateParams struct {
 	RotationPeriod       *time.Duration
 	MinDecryptionVersion *uint32
 	Placement            *string
+	// Authorize, when set, is asked inside the compare-and-swap about the
+	// key as it is (before) and as the update would leave it (after); an
+	// error aborts the update and is returned as it is. It is how the
+	// caller's right to the key's new labels is checked against exactly
+	// the record that is written.
+	Authorize func(before, after *Key) error
 }
 
 // UpdateKey changes metadata with a compare-and-swap.
@@ -195,6 +206,10 @@ func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*Key, error) {
 	k, err := s.reg.Update(ctx, p.ID, p.ExpectedRevision, func(k *Key) error {
 		if k.State == StatePendingDeletion {
 			return errorf(ErrFailedPrecondition, "key %q is pending deletion", k.ID)
+		}
+		var before *Key
+		if p.Authorize != nil {
+			before = k.Clone()
 		}
 		if p.Description != nil {
 			k.Description = *p.Description
@@ -219,6 +234,9 @@ func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*Key, error) {
 		}
 		if p.Placement != nil {
 			k.Placement = *p.Placement
+		}
+		if p.Authorize != nil {
+			return p.Authorize(before, k)
 		}
 		return nil
 	})
@@ -277,17 +295,36 @@ func (s *Service) ListKeys(ctx context.Context, selector map[string]string, page
 }
 
 // Sweep carries out due rotations and deletions.
-func (s *Service) Sweep(ctx context.Context) (rotated, deleted []string, err error) {
-	due, deleted, err := s.reg.Sweep(ctx)
+func (s *Service) Sweep(ctx context.Context, record SweepRecorder) (rotated, deleted []string, err error) {
+	if record == nil {
+		record = func(string, string, error) error { return nil }
+	}
+	var recorded string // the last key whose deletion was audited
+	due, deleted, err := s.reg.Sweep(ctx, func(k *Key) error {
+		if err := record("DeleteKey", k.ID, nil); err != nil {
+			return err
+		}
+		recorded = k.ID
+		return nil
+	})
 	for _, id := range deleted {
 		s.forget(id)
 	}
 	if err != nil {
+		if recorded != "" && !slices.Contains(deleted, recorded) {
+			// Its audit line said it would go; say it did not.
+			_ = record("DeleteKey", recorded, err)
+		}
 		return nil, deleted, err
 	}
 	var errs []error
 	for _, k := range due {
+		if err := record("RotateKey", k.ID, nil); err != nil {
+			errs = append(errs, fmt.Errorf("rotating %q: not audited, left for the next sweep: %w", k.ID, err))
+			continue
+		}
 		if _, err := s.RotateKey(ctx, k.ID); err != nil {
+			_ = record("RotateKey", k.ID, err)
 			errs = append(errs, fmt.Errorf("rotating %q: %w", k.ID, err))
 			continue
 		}
@@ -295,6 +332,12 @@ func (s *Service) Sweep(ctx context.Context) (rotated, deleted []string, err err
 	}
 	return rotated, deleted, errors.Join(errs...)
 }
+
+// SweepRecorder audits the sweep's work. It is called with a nil err before
+// a key is deleted or rotated — a non-nil return leaves the key alone until
+// the next sweep, so nothing is destroyed without its audit line — and
+// again with the error if the operation then fails.
+type SweepRecorder func(op, key string, err error) error
 
 // SealMaterial returns version v of key k's material sealed to a
 // registered edge. The caller has authorized the edge (HoldMaterial).

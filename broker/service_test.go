@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -187,7 +188,7 @@ func TestForeignAndMalformedCiphertexts(t *testing.T) {
 	ct2, _, _ := e.svc.Encrypt(ctx, "gone", []byte("x"), nil)
 	e.svc.SetState(ctx, "gone", ScheduleDeletion(e.clock.Now(), 0))
 	e.clock.Advance(31 * 24 * time.Hour)
-	if _, _, err := e.svc.Sweep(ctx); err != nil {
+	if _, _, err := e.svc.Sweep(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	_, _, _, err = e.svc.Decrypt(ctx, ct2, nil, "")
@@ -520,7 +521,7 @@ func TestListKeysAndSweep(t *testing.T) {
 		t.Errorf("paged list of team a = %v", all)
 	}
 	e.clock.Advance(49 * time.Hour)
-	rotated, _, err := e.svc.Sweep(ctx)
+	rotated, _, err := e.svc.Sweep(ctx, nil)
 	if err != nil || len(rotated) != 25 {
 		t.Errorf("Sweep rotated %d keys, %v; want 25", len(rotated), err)
 	}
@@ -558,5 +559,68 @@ func TestPlacement(t *testing.T) {
 	k, err = e.svc.UpdateKey(ctx, UpdateParams{ID: "eu-only", Placement: &none})
 	if err != nil || k.Placement != "" {
 		t.Errorf("removing the placement = %+v, %v", k, err)
+	}
+}
+
+// TestSweepAuditsFirst: the sweep audits each deletion and rotation before
+// it happens; when the audit line cannot be written the key is left as it
+// is for the next sweep.
+func TestSweepAuditsFirst(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	e.create(t, "doomed", AES256GCM, ModeDerive, "", false)
+	if _, err := e.svc.SetState(ctx, "doomed", ScheduleDeletion(e.clock.Now(), 0)); err != nil {
+		t.Fatal(err)
+	}
+	p := 24 * time.Hour
+	e.create(t, "turning", AES256GCM, ModeDerive, "", false)
+	if _, err := e.svc.UpdateKey(ctx, UpdateParams{ID: "turning", RotationPeriod: &p}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(31 * 24 * time.Hour)
+
+	auditDown := errors.New("audit log unavailable")
+	var calls []string
+	rotated, deleted, err := e.svc.Sweep(ctx, func(op, key string, err error) error {
+		calls = append(calls, op+" "+key)
+		return auditDown
+	})
+	if !errors.Is(err, auditDown) || len(rotated) != 0 || len(deleted) != 0 {
+		t.Errorf("Sweep with the audit down = %v, %v, %v; want nothing done and the audit error", rotated, deleted, err)
+	}
+	if k, err := e.svc.Registry().Get(ctx, "doomed"); err != nil || k.State != StatePendingDeletion {
+		t.Fatalf("after an unaudited sweep the key is %v, %v; want it still pending deletion", k, err)
+	}
+	if k, _ := e.svc.Registry().Get(ctx, "turning"); k.Primary != 1 {
+		t.Errorf("after an unaudited sweep the key is at version %d, want 1", k.Primary)
+	}
+	if len(calls) == 0 {
+		t.Error("the recorder was never asked")
+	}
+
+	// With the audit back, the next sweep does the work, each step
+	// recorded while the key is still as it was.
+	calls = nil
+	rotated, deleted, err = e.svc.Sweep(ctx, func(op, key string, err error) error {
+		k, gerr := e.svc.Registry().Get(ctx, key)
+		switch {
+		case err != nil:
+			t.Errorf("%s %s recorded as failed: %v", op, key, err)
+		case gerr != nil:
+			t.Errorf("%s %s audited after the key was gone", op, key)
+		case op == "RotateKey" && k.Primary != 1:
+			t.Errorf("RotateKey %s audited after the rotation", key)
+		}
+		calls = append(calls, op+" "+key)
+		return nil
+	})
+	if err != nil || !slices.Equal(rotated, []string{"turning"}) || !slices.Equal(deleted, []string{"doomed"}) {
+		t.Errorf("Sweep = %v, %v, %v; want turning rotated and doomed deleted", rotated, deleted, err)
+	}
+	if want := []string{"DeleteKey doomed", "RotateKey turning"}; !slices.Equal(calls, want) {
+		t.Errorf("recorded %v, want %v", calls, want)
+	}
+	if _, err := e.svc.Registry().Get(ctx, "doomed"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("doomed after the audited sweep: %v, want not found", err)
 	}
 }

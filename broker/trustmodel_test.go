@@ -118,7 +118,7 @@ func (e *env) sweepAway(t *testing.T, id string) {
 		t.Fatal(err)
 	}
 	e.clock.Advance(MinPendingWindow + time.Hour)
-	if _, deleted, err := e.svc.Sweep(t.Context()); err != nil || len(deleted) != 1 || deleted[0] != id {
+	if _, deleted, err := e.svc.Sweep(t.Context(), nil); err != nil || len(deleted) != 1 || deleted[0] != id {
 		t.Fatalf("Sweep deleted %v, %v; want [%s]", deleted, err, id)
 	}
 }

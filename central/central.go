@@ -9,7 +9,11 @@
 // opened) on any error, so a half-started node never serves. The node
 // then runs two loops: policy reload every policy.reload_interval (a bad
 // policy is logged and the old one stays), and a lifecycle sweep every
-// minute (due rotations, expired pending deletions). [Node.Shutdown] stops
+// minute (due rotations, expired pending deletions), each step audited as
+// principal "system" before it is taken: a key whose audit line cannot be
+// written is left alone until a later sweep, so no key is destroyed
+// unaudited (a step that then fails gets a second line with its error).
+// [Node.Shutdown] stops
 // accepting calls, lets in-flight calls finish within the shutdown timeout,
 // then closes the audit log (flushing it), the store and the backends.
 //
@@ -90,6 +94,7 @@ type Node struct {
 	svc     *broker.Service
 	policy  *policy.Engine
 	audit   *audit.Log
+	rpc     *rpc.Server // maps errors to the codes audit lines record
 	servers *serve.Servers
 	lis     net.Listener
 	opsLis  net.Listener
@@ -171,14 +176,27 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		Materials:    broker.NewMaterials(n.roots, cfg.MaterialCache.Size, cfg.MaterialCache.TTL, nil),
 		DefaultRoots: defaults,
 		Reuse:        envelope.ReusePolicy{Period: cfg.DataKeyReuse.Period, MaxMessages: cfg.DataKeyReuse.MaxMessages, MaxBytes: cfg.DataKeyReuse.MaxBytes},
+
+		MaxDataKeysPerVersion: cfg.DataKeyReuse.MaxDataKeysPerVersion,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keybroker_data_keys_refused_total",
+		Help: "Data keys refused because their key version had wrapped data_key_reuse.max_data_keys_per_version here (rotate the key)."},
+		func() float64 { return float64(n.svc.DataKeysRefused()) })); err != nil {
 		return nil, err
 	}
 	if n.policy, err = policy.NewEngine(cfg.Policy.Paths...); err != nil {
 		return nil, err
 	}
-	if n.audit, err = audit.Open(cfg.Audit.Path, cfg.Audit.FlushInterval); err != nil {
+	ac := audit.Config{Path: cfg.Audit.Path, FlushInterval: cfg.Audit.FlushInterval}
+	if cfg.Audit.HeadKeyFile != "" {
+		if ac.HeadKey, err = audit.ReadHeadKey(cfg.Audit.HeadKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	if n.audit, err = audit.OpenConfig(ac); err != nil {
 		return nil, err
 	}
 	// Listen before building the server, so that the address it advertises
@@ -206,6 +224,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if err != nil {
 		return nil, err
 	}
+	n.rpc = srv.Server
 	calls := rpc.NewMetrics(metrics)
 	kinds, ids := cfg.Ops.Principals()
 	n.servers = serve.New(tlsCfg, serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
@@ -273,25 +292,34 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			rotated, deleted, err := n.svc.Sweep(ctx)
-			if len(rotated) > 0 || len(deleted) > 0 || err != nil {
-				n.log.Info("lifecycle sweep", "rotated", rotated, "deleted", deleted, "err", err)
-			}
-			for _, id := range rotated {
-				n.auditSystem("RotateKey", id)
-			}
-			for _, id := range deleted {
-				n.auditSystem("DeleteKey", id)
-			}
+			n.sweep(ctx)
 		}
 	}
 }
 
-// auditSystem records an operation the node performed by itself.
-func (n *Node) auditSystem(op, key string) {
-	if err := n.audit.Append(audit.Record{Principal: "system", Node: n.cfg.NodeID, Operation: op, Key: key, Decision: "allow", Outcome: "ok"}); err != nil {
-		n.log.Error("audit append failed", "err", err)
+// sweep carries out due rotations and deletions, each audited before it
+// is done: a key whose audit line cannot be written is left for the next
+// sweep, never destroyed unaudited.
+func (n *Node) sweep(ctx context.Context) {
+	rotated, deleted, err := n.svc.Sweep(ctx, n.auditSystem)
+	if len(rotated) > 0 || len(deleted) > 0 || err != nil {
+		n.log.Info("lifecycle sweep", "rotated", rotated, "deleted", deleted, "err", err)
 	}
+}
+
+// auditSystem records an operation the node performs by itself, before it
+// does it (err nil: outcome ok) or when it failed after all.
+func (n *Node) auditSystem(op, key string, err error) error {
+	rec := audit.Record{Principal: "system", Node: n.cfg.NodeID, Operation: op, Key: key, Decision: "allow", Outcome: "ok"}
+	if err != nil {
+		st := n.rpc.Status(err)
+		rec.Outcome, rec.Detail = st.Code().String(), st.Message()
+	}
+	if aerr := n.audit.Append(rec); aerr != nil {
+		n.log.Error("audit append failed; the sweep leaves the key alone", "op", op, "key", key, "err", aerr)
+		return aerr
+	}
+	return nil
 }
 
 // ready: every backend healthy; the policy in force (and the last reload's

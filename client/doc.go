@@ -30,7 +30,9 @@
 //
 // All the attempts of one operation carry one request id (x-request-id),
 // so the audit lines of every node tried, and of the central tier behind
-// an edge, can be found together; WithRequestID sets it.
+// an edge, can be found together; WithRequestID sets it. Nodes keep it as
+// the lines' client_request_id (and echo it as x-client-request-id): the
+// audit's own request id is the node's, which a client cannot choose.
 //
 // # Forward proofs
 //

@@ -211,7 +211,8 @@ func (c *Client) NewDecryptor(cfg DecryptorConfig) *Decryptor {
 }
 
 // Decrypt opens a ciphertext sealed with encryption context ectx: a
-// message, or a whole streaming ciphertext held in memory.
+// message, or a whole streaming ciphertext held in memory. On error the
+// plaintext is nil, whatever part of a stream had authenticated.
 func (d *Decryptor) Decrypt(ctx context.Context, ciphertext []byte, ectx map[string]string) ([]byte, error) {
 	if envelope.IsStream(ciphertext) {
 		return d.openStream(ctx, ciphertext, ectx)

@@ -50,10 +50,20 @@ func (s *streamWriter) Close() error { return streamErr("Encrypt", s.key, s.w.Cl
 
 // NewReader reads a streaming ciphertext's header from r, gets its data
 // key (from the cache or with DecryptDataKey) and returns a reader of its
-// plaintext. Each segment is returned only once it authenticates, and a
-// stream cut short, reordered or altered fails with ErrInvalidArgument;
-// but a consumer has received the segments before the bad one, so it must
-// not act on the output until Read returns io.EOF.
+// plaintext.
+//
+// The reader's contract: each segment is returned only once it
+// authenticates, in order; a stream cut short, reordered, altered or
+// extended fails with ErrInvalidArgument, and every Read after an error
+// returns it again with no data. io.EOF comes only after the final segment
+// authenticates. What a stream reader cannot do is take back the segments
+// it already returned: before an error, a consumer has received the
+// authenticated prefix of the stream (whole segments, never part of one).
+// So the consumer must not act on the output — publish it, rename it into
+// place, execute it — until Read returns io.EOF, and must discard it on
+// any error (keybroker decrypt writes a file under a temporary name and
+// renames it only at io.EOF). Decrypt, which holds the whole ciphertext,
+// returns no plaintext at all on error.
 func (d *Decryptor) NewReader(ctx context.Context, r io.Reader, ectx map[string]string) (io.Reader, error) {
 	sh, err := envelope.ReadStreamHeader(r)
 	if err != nil {
@@ -84,13 +94,20 @@ func (s *streamReader) Read(p []byte) (int, error) {
 	return n, streamErr("Decrypt", s.key, err)
 }
 
-// openStream opens a whole streaming ciphertext held in memory.
+// openStream opens a whole streaming ciphertext held in memory. On any
+// error it returns no plaintext: the segments that authenticated before
+// the failure are zeroed, not handed out.
 func (d *Decryptor) openStream(ctx context.Context, ciphertext []byte, ectx map[string]string) ([]byte, error) {
 	r, err := d.NewReader(ctx, bytes.NewReader(ciphertext), ectx)
 	if err != nil {
 		return nil, err
 	}
-	return io.ReadAll(r)
+	pt, err := io.ReadAll(r)
+	if err != nil {
+		clear(pt)
+		return nil, err
+	}
+	return pt, nil
 }
 
 // streamErr maps a stream's errors: the format's refusals are invalid

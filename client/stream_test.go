@@ -121,8 +121,27 @@ func TestStreams(t *testing.T) {
 		{"the wrong context", ct, map[string]string{"file": "other.pdf"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := dec.Decrypt(ctx, tc.ct, tc.ectx)
+			pt, err := dec.Decrypt(ctx, tc.ct, tc.ectx)
 			wantCode(t, tc.name, err, client.ErrInvalidArgument, codes.InvalidArgument)
+			// The one-shot API hands out nothing of a stream that fails:
+			// not even the segments before the bad one, which did
+			// authenticate.
+			if pt != nil {
+				t.Errorf("Decrypt returned %d bytes of plaintext with its error, want nil", len(pt))
+			}
+			// The streaming reader gives at most the segments before the
+			// bad one, then the error, and nothing after it.
+			r, err := dec.NewReader(ctx, bytes.NewReader(tc.ct), tc.ectx)
+			if err != nil {
+				return
+			}
+			got, err := io.ReadAll(r)
+			if err == nil || !bytes.HasPrefix(msg, got) || len(got)%seg != 0 || len(got) >= len(msg) {
+				t.Errorf("NewReader: read %d bytes, %v; want a prefix of whole segments before the bad one, and an error", len(got), err)
+			}
+			if n, err2 := r.Read(make([]byte, 16)); n != 0 || err2 == nil {
+				t.Errorf("Read after the error = %d, %v; want 0 and the error again", n, err2)
+			}
 		})
 	}
 

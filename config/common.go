@@ -19,6 +19,7 @@ import (
 
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
 )
 
 // This file holds the parts every keybroker node's configuration shares:
@@ -115,6 +116,12 @@ type Audit struct {
 	// it is written and synced; a crash loses at most this much of the
 	// log. Default 100ms, range 10ms..10s.
 	FlushInterval time.Duration `yaml:"flush_interval"`
+	// HeadKeyFile holds the key (at least 32 bytes, used as they are)
+	// that authenticates the log's head file, so that lines dropped from
+	// the end of the log cannot be hidden by rewriting the head without
+	// it. Keep it where whoever might edit the log cannot read it.
+	// Optional: without it the head is unauthenticated.
+	HeadKeyFile string `yaml:"head_key_file"`
 }
 
 // Audit defaults and bounds.
@@ -130,6 +137,7 @@ func (a *Audit) resolve(base, dataDir string) {
 		a.Path = filepath.Join(dataDir, DefaultAuditFile)
 	}
 	resolvePath(base, &a.Path)
+	resolvePath(base, &a.HeadKeyFile)
 }
 
 // check checks the fields; an empty path is reported only when data_dir,
@@ -140,6 +148,9 @@ func (a Audit) check(p *problems, field, dataDir string) {
 		checkPath(p, field+".path", a.Path)
 	}
 	checkDuration(p, field+".flush_interval", a.FlushInterval, MinAuditFlush, MaxAuditFlush)
+	if a.HeadKeyFile != "" {
+		checkPath(p, field+".head_key_file", a.HeadKeyFile)
+	}
 	if a.Path == "" && dataDir != "" {
 		p.add(field+".path", "empty: ResolvePaths sets it to <data_dir>/%s", DefaultAuditFile)
 	}
@@ -153,6 +164,9 @@ func (a Audit) stat(p *problems, field, dataDir string) {
 	}
 	if st, err := os.Stat(a.Path); err == nil && !st.Mode().IsRegular() {
 		p.add(field+".path", "%s is not a regular file", a.Path)
+	}
+	if a.HeadKeyFile != "" {
+		statFile(p, field+".head_key_file", a.HeadKeyFile)
 	}
 }
 
@@ -256,6 +270,12 @@ type DataKeyReuse struct {
 	// MaxBytes is the most plaintext bytes sealed under one data key.
 	// Default 68719476736 (64 GiB), at least 1.
 	MaxBytes uint64 `yaml:"max_bytes"`
+	// MaxDataKeysPerVersion is the most data keys this node wraps under
+	// one key version (AES-GCM with random nonces under one
+	// key-encryption key); past it, new data keys are refused until the
+	// key is rotated. Every node counts for itself: keep nodes × bound ≤
+	// 2^32. Default 268435456 (2^28, so 16 nodes), range 1..4294967296.
+	MaxDataKeysPerVersion uint64 `yaml:"max_data_keys_per_version"`
 }
 
 // ReusePolicy returns the bounds in the form package envelope takes.
@@ -268,6 +288,8 @@ func defaultDataKeyReuse() DataKeyReuse {
 		Period:      envelope.DefaultReusePeriod,
 		MaxMessages: envelope.DefaultMaxMessages,
 		MaxBytes:    envelope.DefaultMaxBytes,
+
+		MaxDataKeysPerVersion: managed.DefaultMaxDataKeysPerVersion,
 	}
 }
 
@@ -278,6 +300,9 @@ func (r DataKeyReuse) check(p *problems, field string) {
 	}
 	if r.MaxBytes < 1 {
 		p.add(field+".max_bytes", "must be at least 1")
+	}
+	if r.MaxDataKeysPerVersion < 1 || r.MaxDataKeysPerVersion > managed.MaxMaxDataKeysPerVersion {
+		p.add(field+".max_data_keys_per_version", "%d is out of range 1..%d", r.MaxDataKeysPerVersion, uint64(managed.MaxMaxDataKeysPerVersion))
 	}
 }
 

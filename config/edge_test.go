@@ -91,7 +91,7 @@ func TestDocEdgeExample(t *testing.T) {
 		MaxStaleness:    5 * time.Minute,
 		Reconnect:       Reconnect{InitialBackoff: 100 * time.Millisecond, MaxBackoff: 30 * time.Second},
 		MaterialCache:   MaterialCache{Size: 10000, TTL: 5 * time.Minute},
-		DataKeyReuse:    DataKeyReuse{Period: 5 * time.Minute, MaxMessages: 1 << 28, MaxBytes: 64 << 30},
+		DataKeyReuse:    DataKeyReuse{Period: 5 * time.Minute, MaxMessages: 1 << 28, MaxBytes: 64 << 30, MaxDataKeysPerVersion: 1 << 28},
 		Audit:           Audit{Path: "/var/lib/keybroker-edge/audit.jsonl", FlushInterval: 100 * time.Millisecond},
 		Limits:          Limits{MaxRequestBytes: 5 << 20},
 		Log:             Log{Level: "info", Format: "json"},

@@ -83,6 +83,7 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/edge"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/atomicfile"
 )
 
 // DefaultTrustDomain is the development trust domain.
@@ -346,7 +347,7 @@ func (c *Cluster) prepare(ctx context.Context) error {
 	}
 	policyFile := filepath.Join(dir, "policy.cedar")
 	if _, err := os.Stat(policyFile); errors.Is(err, os.ErrNotExist) {
-		if err := os.WriteFile(policyFile, []byte(c.opts.Policy), 0o600); err != nil {
+		if err := atomicfile.Write(policyFile, []byte(c.opts.Policy), 0o600); err != nil {
 			return fmt.Errorf("devcluster: %w", err)
 		}
 	}
@@ -536,7 +537,7 @@ func (c *Cluster) softkms() (string, error) {
 		if _, err := rand.Read(raw); err != nil {
 			return "", err
 		}
-		if err := os.WriteFile(kek, []byte(hex.EncodeToString(raw)), 0o600); err != nil {
+		if err := atomicfile.Write(kek, []byte(hex.EncodeToString(raw)), 0o600); err != nil {
 			return "", fmt.Errorf("devcluster: %w", err)
 		}
 	}
@@ -582,8 +583,10 @@ func (c *Cluster) listen(node int, ops bool) string {
 	return fmt.Sprintf("%q", net.JoinHostPort(c.opts.Host, strconv.Itoa(c.opts.port(node, ops))))
 }
 
+// writeFile replaces path through a fresh temporary file, so a link
+// planted at path (or at any name it is written under) is not followed.
 func writeFile(path, content string) error {
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(content), 0o600); err != nil {
 		return fmt.Errorf("devcluster: %w", err)
 	}
 	return nil

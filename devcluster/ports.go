@@ -111,7 +111,7 @@ func (c *Cluster) portError(err error, name string, node int) error {
 // and configuration, then fail on its keystore or registry.
 func (c *Cluster) lockDir() error {
 	path := filepath.Join(c.opts.Dir, "lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("devcluster: %w", err)
 	}

@@ -113,7 +113,13 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err != nil {
 		return nil, fmt.Errorf("edge: central.address: %w", err)
 	}
-	if n.audit, err = audit.Open(cfg.Audit.Path, cfg.Audit.FlushInterval); err != nil {
+	ac := audit.Config{Path: cfg.Audit.Path, FlushInterval: cfg.Audit.FlushInterval}
+	if cfg.Audit.HeadKeyFile != "" {
+		if ac.HeadKey, err = audit.ReadHeadKey(cfg.Audit.HeadKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	if n.audit, err = audit.OpenConfig(ac); err != nil {
 		return nil, err
 	}
 	if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -130,7 +136,8 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		NodeID: cfg.NodeID, TrustDomain: cfg.TrustDomain, ExpectRegion: cfg.Region, ExpectLabels: cfg.Labels, Address: advertise,
 		Prefetch: cfg.Prefetch, MaxStaleness: cfg.MaxStaleness, DataDir: cfg.DataDir, Central: n.central,
 		MaterialEntries: cfg.MaterialCache.Size, MaterialTTL: cfg.MaterialCache.TTL, Reuse: cfg.DataKeyReuse.ReusePolicy(),
-		InitialBackoff: cfg.Reconnect.InitialBackoff, MaxBackoff: cfg.Reconnect.MaxBackoff, Logger: log,
+		MaxDataKeysPerVersion: cfg.DataKeyReuse.MaxDataKeysPerVersion,
+		InitialBackoff:        cfg.Reconnect.InitialBackoff, MaxBackoff: cfg.Reconnect.MaxBackoff, Logger: log,
 	})
 	if err != nil {
 		return nil, err

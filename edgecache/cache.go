@@ -136,6 +136,9 @@ type Config struct {
 	Reuse                       envelope.ReusePolicy
 	ReuseEntries, UnwrapEntries int
 	UnwrapTTL                   time.Duration
+	// MaxDataKeysPerVersion bounds the data keys this edge wraps under one
+	// key version (0: managed.DefaultMaxDataKeysPerVersion).
+	MaxDataKeysPerVersion uint64
 	// InitialBackoff and MaxBackoff bound reconnection delays (default
 	// 100ms and 30s).
 	InitialBackoff, MaxBackoff time.Duration
@@ -236,7 +239,8 @@ func Open(c Config) (*Cache, error) {
 		sync: kbv1.NewEdgeSyncClient(c.Central), log: c.Logger, now: c.Now, keys: map[string]*replicaKey{},
 		acked: make(chan struct{}, 1), advanced: make(chan struct{})}
 	ec.ops, err = managed.New(managed.Config{Keys: replicaSource{ec}, Material: ec, Reuse: c.Reuse,
-		ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now})
+		ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now,
+		MaxDataKeysPerVersion: c.MaxDataKeysPerVersion})
 	if err != nil {
 		d.close()
 		return nil, err

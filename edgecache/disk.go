@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/internal/atomicfile"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/sealed"
 )
@@ -311,28 +312,10 @@ func loadSealingKey(dir string) (*sealed.PrivateKey, error) {
 		return nil, err
 	}
 	defer enc.Destroy()
-	tmp := path + ".tmp"
-	// A start that died here left its half-written key behind; replica.db's
-	// lock, held since openDisk, keeps any other opener out.
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("edgecache: %w", err)
-	}
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("edgecache: %w", err)
-	}
-	if _, err := f.Write(enc.Reveal()); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("edgecache: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("edgecache: %w", err)
-	}
-	f.Close()
-	if err := os.Rename(tmp, path); err != nil {
+	// A fresh temporary file (O_EXCL, 0600, an unpredictable name),
+	// synced and renamed into place; replica.db's lock, held since
+	// openDisk, keeps any other opener out.
+	if err := atomicfile.Write(path, enc.Reveal(), 0o600); err != nil {
 		return nil, fmt.Errorf("edgecache: %w", err)
 	}
 	return k, nil

@@ -8,7 +8,8 @@ import (
 // keybroker_edge_material_entries, _material_hits_total,
 // _material_misses_total, _material_evictions_total, _fetches_total,
 // _fetch_refusals_total, _forwards_total, _events_total,
-// _reconnects_total, _revision, _connected and _lease_remaining_seconds
+// _reconnects_total, _data_keys_refused_total, _revision, _connected and
+// _lease_remaining_seconds
 // (negative once the lease has run out).
 func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
@@ -28,6 +29,7 @@ func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
 		counter("forwards_total", "Calls forwarded to the central tier.", c.stats.forwards.Load),
 		counter("events_total", "Watch events applied.", c.stats.events.Load),
 		counter("reconnects_total", "Times the edge lost the central tier and reconnected.", c.stats.reconnects.Load),
+		counter("data_keys_refused_total", "Data keys refused because their key version had wrapped data_key_reuse.max_data_keys_per_version here (rotate the key).", c.ops.DataKeysRefused),
 		gauge("revision", "The last registry revision applied.", func() float64 { return float64(c.Revision()) }),
 		gauge("connected", "1 while the edge follows the central tier.", func() float64 {
 			if c.Connected() {

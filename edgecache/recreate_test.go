@@ -51,7 +51,7 @@ func TestRecreatedKeyStaysDeadAtTheEdge(t *testing.T) {
 				must(t, "ScheduleDeletion", err)
 			}
 			c.clock.Add(broker.MinPendingWindow + time.Hour)
-			_, deleted, err := c.svc.Sweep(ctx)
+			_, deleted, err := c.svc.Sweep(ctx, nil)
 			if err != nil || len(deleted) != len(keys) {
 				t.Fatalf("Sweep deleted %v, %v", deleted, err)
 			}

@@ -15,6 +15,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/keybroker/keybroker/internal/atomicfile"
 )
 
 // CA issues certificates for keybroker identities.
@@ -178,13 +180,11 @@ func (ca *CA) IssueFiles(id Identity, hosts []string, validity time.Duration, di
 	return f, nil
 }
 
+// writeFile replaces path through a fresh temporary file (never a
+// predictable name a planted link could redirect), synced and renamed.
 func writeFile(path string, data []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, data, mode)
 }

@@ -75,6 +75,11 @@ type Config struct {
 	// UnwrapTTL is how long an unwrapped data key stays cached (default 5
 	// minutes).
 	UnwrapTTL time.Duration
+	// MaxDataKeysPerVersion bounds the data keys this node wraps under one
+	// key version (0: DefaultMaxDataKeysPerVersion; at most
+	// MaxMaxDataKeysPerVersion); past it new data keys are refused with
+	// ErrFailedPrecondition until the key is rotated.
+	MaxDataKeysPerVersion uint64
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
 }
@@ -92,12 +97,22 @@ type Config struct {
 // keys even when Forget was missed. Concurrent misses for one
 // entry are coalesced, so N cold requests cost one material fetch and one
 // unwrap. Forget drops both caches' entries for a key.
+//
+// # Data keys per key version
+//
+// Every data key this node wraps under a key version is counted when it is
+// made (a reuse miss, a GenerateDataKey), never per message; past
+// Config.MaxDataKeysPerVersion the version makes no more and Encrypt and
+// GenerateDataKey fail with ErrFailedPrecondition saying to rotate.
+// DefaultMaxDataKeysPerVersion explains the bound and the cluster-wide
+// reasoning. The counts are per process: a restart starts them again.
 type Ops struct {
 	keys    KeySource
 	mat     MaterialSource
 	backend Backend
 	reuser  *envelope.Reuser
 	unwrap  *envelope.Cache
+	wraps   *wrapCounter
 }
 
 // New builds an Ops.
@@ -108,12 +123,16 @@ func New(c Config) (*Ops, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.MaxDataKeysPerVersion > MaxMaxDataKeysPerVersion {
+		return nil, fmt.Errorf("managed: %d data keys per version is more than %d", c.MaxDataKeysPerVersion, uint64(MaxMaxDataKeysPerVersion))
+	}
 	reuser, err := envelope.NewReuser(c.Reuse, cmpOr(c.ReuseEntries, 1024), c.Now)
 	if err != nil {
 		return nil, err
 	}
 	return &Ops{keys: c.Keys, mat: c.Material, backend: c.Backend, reuser: reuser,
-		unwrap: envelope.NewCache(cmpOr(c.UnwrapEntries, 1024), cmpOrDur(c.UnwrapTTL, 5*time.Minute), c.Now)}, nil
+		unwrap: envelope.NewCache(cmpOr(c.UnwrapEntries, 1024), cmpOrDur(c.UnwrapTTL, 5*time.Minute), c.Now),
+		wraps:  newWrapCounter(c.MaxDataKeysPerVersion)}, nil
 }
 
 func cmpOr(n, def int) int {
@@ -146,6 +165,14 @@ func (o *Ops) ForgetAll() {
 
 // DataKeysCreated counts the data keys Encrypt has made.
 func (o *Ops) DataKeysCreated() uint64 { return o.reuser.Created() }
+
+// DataKeysRefused counts the data keys refused because their key version
+// had reached MaxDataKeysPerVersion at this node.
+func (o *Ops) DataKeysRefused() uint64 { return o.wraps.refused.Load() }
+
+// DataKeysWrapped is how many data keys this node has wrapped under
+// version v of key id.
+func (o *Ops) DataKeysWrapped(id string, v uint32) uint64 { return o.wraps.count(id, v) }
 
 // UnwrapStats reports the unwrap cache's hits, misses and evictions.
 func (o *Ops) UnwrapStats() (hits, misses, evictions uint64) { return o.unwrap.Stats() }
@@ -370,13 +397,20 @@ func (o *Ops) GenerateDataKey(ctx context.Context, id string, ectx map[string]st
 	return out, nil
 }
 
-// wrapDataKey wraps dek for a ciphertext header under version v of k.
+// wrapDataKey wraps dek for a ciphertext header under version v of k,
+// counting it against the version's bound first.
 func (o *Ops) wrapDataKey(ctx context.Context, k *Key, v uint32, ectx map[string]string, dek []byte) ([]byte, error) {
 	if k.Mode == ModeBackend {
 		if err := o.needBackend(k); err != nil {
 			return nil, err
 		}
+		if err := o.wraps.take(k.ID, v); err != nil {
+			return nil, err
+		}
 		return o.backend.WrapDataKey(ctx, k, v, dek)
+	}
+	if err := o.wraps.take(k.ID, v); err != nil {
+		return nil, err
 	}
 	kek, err := o.kek(ctx, k, v, ectx)
 	if err != nil {

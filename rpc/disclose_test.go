@@ -227,7 +227,7 @@ func TestBackendErrorOnlyToAdmins(t *testing.T) {
 		if got := strings.Contains(st.Message(), "CKR_"); got != tc.wantDetail {
 			t.Errorf("End as %s: message %q; holds the backend's text: %v, want %v", tc.who, st.Message(), got, tc.wantDetail)
 		}
-		if !tc.wantDetail && !strings.Contains(st.Message(), "rid-"+tc.who.Name) {
+		if !tc.wantDetail && !strings.Contains(st.Message(), c.Rec.RequestID) {
 			t.Errorf("End as %s: message %q does not give the request id", tc.who, st.Message())
 		}
 		recs := ts.records(t)

@@ -54,11 +54,13 @@ func KeyOp[T any](ctx context.Context, s *Server, op policy.Action, keyID string
 }
 
 func (b *keyBroker) Encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
-	return b.s.encrypt(ctx, r)
+	return b.s.encrypt(ctx, r, policy.Encrypt)
 }
 
-func (s *Server) encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
-	return KeyOp(ctx, s, policy.Encrypt, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.EncryptResponse, error) {
+// encrypt seals under the key r names, authorized as op: Encrypt, or
+// ReEncrypt for the destination of a ReEncrypt.
+func (s *Server) encrypt(ctx context.Context, r *kbv1.EncryptRequest, op policy.Action) (*kbv1.EncryptResponse, error) {
+	return KeyOp(ctx, s, op, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.EncryptResponse, error) {
 		ct, k, err := s.node.Encrypt(c.Ctx, r.GetKeyId(), r.GetPlaintext(), r.GetEncryptionContext())
 		if err != nil {
 			return nil, err
@@ -69,20 +71,22 @@ func (s *Server) encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.Enc
 }
 
 func (b *keyBroker) Decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.DecryptResponse, error) {
-	return b.s.decrypt(ctx, r)
+	return b.s.decrypt(ctx, r, policy.Decrypt)
 }
 
-func (s *Server) decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.DecryptResponse, error) {
+// decrypt opens a ciphertext, authorized as op on the key it names:
+// Decrypt, or ReEncrypt for the source of a ReEncrypt.
+func (s *Server) decrypt(ctx context.Context, r *kbv1.DecryptRequest, op policy.Action) (*kbv1.DecryptResponse, error) {
 	// The key to authorize is the one the ciphertext names.
 	keyID, _, err := managed.PeekKeyID(r.GetCiphertext())
 	if err != nil {
-		c, berr := s.Begin(ctx, policy.Decrypt, "")
+		c, berr := s.Begin(ctx, op, "")
 		if berr != nil {
 			return nil, berr
 		}
 		return nil, c.End(err)
 	}
-	return KeyOp(ctx, s, policy.Decrypt, keyID, func(c *Call, _ *managed.Key) (*kbv1.DecryptResponse, error) {
+	return KeyOp(ctx, s, op, keyID, func(c *Call, _ *managed.Key) (*kbv1.DecryptResponse, error) {
 		pt, k, v, err := s.node.Decrypt(c.Ctx, r.GetCiphertext(), r.GetEncryptionContext(), r.GetKeyId())
 		c.Rec.Version = v
 		if err != nil {
@@ -92,8 +96,14 @@ func (s *Server) decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.Dec
 	})
 }
 
+// ReEncrypt needs the ReEncrypt action on both keys, as AWS KMS needs
+// ReEncryptFrom on the source and ReEncryptTo on the destination: the
+// plaintext never leaves the node, so neither Decrypt nor Encrypt is asked,
+// and a grant of Decrypt alone does not let a caller move ciphertexts under
+// a key of its choosing. Each key's decision is its own audit line
+// (operation ReEncrypt), both under the call's request id.
 func (b *keyBroker) ReEncrypt(ctx context.Context, r *kbv1.ReEncryptRequest) (*kbv1.ReEncryptResponse, error) {
-	dec, err := b.s.decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: r.GetCiphertext(), EncryptionContext: r.GetSourceEncryptionContext()})
+	dec, err := b.s.decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: r.GetCiphertext(), EncryptionContext: r.GetSourceEncryptionContext()}, policy.ReEncrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +112,7 @@ func (b *keyBroker) ReEncrypt(ctx context.Context, r *kbv1.ReEncryptRequest) (*k
 	if dst == "" {
 		dst = dec.KeyId
 	}
-	enc, err := b.s.encrypt(ctx, &kbv1.EncryptRequest{KeyId: dst, Plaintext: dec.Plaintext, EncryptionContext: r.GetDestinationEncryptionContext()})
+	enc, err := b.s.encrypt(ctx, &kbv1.EncryptRequest{KeyId: dst, Plaintext: dec.Plaintext, EncryptionContext: r.GetDestinationEncryptionContext()}, policy.ReEncrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -319,7 +329,7 @@ func (b *keyBroker) BatchEncrypt(ctx context.Context, r *kbv1.BatchEncryptReques
 	}
 	out := &kbv1.BatchEncryptResponse{}
 	for _, it := range r.GetItems() {
-		resp, err := b.s.encrypt(ctx, it)
+		resp, err := b.s.encrypt(ctx, it, policy.Encrypt)
 		if err != nil && isFatal(err) {
 			return nil, err
 		}
@@ -338,7 +348,7 @@ func (b *keyBroker) BatchDecrypt(ctx context.Context, r *kbv1.BatchDecryptReques
 	}
 	out := &kbv1.BatchDecryptResponse{}
 	for _, it := range r.GetItems() {
-		resp, err := b.s.decrypt(ctx, it)
+		resp, err := b.s.decrypt(ctx, it, policy.Decrypt)
 		if err != nil && isFatal(err) {
 			return nil, err
 		}

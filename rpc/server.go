@@ -6,8 +6,12 @@
 // # Every call
 //
 // A call is authenticated (the client certificate's SPIFFE id, or
-// Unauthenticated), given a request id (the caller's x-request-id when it
-// is well formed, else a fresh one, echoed in the response header),
+// Unauthenticated), given a request id (the node's own, fresh for the
+// call, unless the caller is a node — an edge or a central — carrying the
+// id of the request it acts for; a client's or admin's well-formed
+// x-request-id is kept as the audit line's client_request_id, never taken
+// as the request id; both are sent back in the response header, as
+// x-request-id and x-client-request-id),
 // authorized by the Cedar policy in force against the key's labels, type and
 // mode, performed, and written to the audit log — refused calls included —
 // before the response leaves. If the audit line cannot be written the
@@ -149,6 +153,8 @@ func (s *Server) KeyBroker() kbv1.KeyBrokerServer { return &keyBroker{s: s} }
 
 type reqIDKey struct{}
 
+type clientReqIDKey struct{}
+
 var reqIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 func newRequestID() string {
@@ -163,13 +169,42 @@ func RequestID(ctx context.Context) string {
 	return id
 }
 
-// OutgoingRequestID returns ctx with the call's request id set on outgoing
-// gRPC metadata, so a call made on its behalf carries the same id.
+// ClientRequestID returns the request id the call's originating client
+// chose, if it sent one: its own correlation id, not the audit's.
+func ClientRequestID(ctx context.Context) string {
+	id, _ := ctx.Value(clientReqIDKey{}).(string)
+	return id
+}
+
+// OutgoingRequestID returns ctx with the call's request id (and the
+// client's, if any) set on outgoing gRPC metadata, so a call made on its
+// behalf — an edge forwarding or fetching for it — carries the same ids.
+// Only a node the receiver trusts to name requests gets its id taken.
 func OutgoingRequestID(ctx context.Context) context.Context {
 	if rid := RequestID(ctx); rid != "" {
-		return metadata.AppendToOutgoingContext(ctx, "x-request-id", rid)
+		ctx = metadata.AppendToOutgoingContext(ctx, "x-request-id", rid)
+	}
+	if crid := ClientRequestID(ctx); crid != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "x-client-request-id", crid)
 	}
 	return ctx
+}
+
+// carriesRequestIDs says whether a caller of this kind is trusted to name
+// the request it acts for: nodes are (an edge forwards and fetches under
+// its own call's id, so the edge's and the central tier's audit lines
+// join); clients and admins are not, or one could make its calls read in
+// the audit log as part of someone else's request.
+func carriesRequestIDs(k identity.Kind) bool {
+	return k == identity.Edge || k == identity.Central
+}
+
+// incomingID is the single well-formed value of header name, or "".
+func incomingID(md metadata.MD, name string) string {
+	if v := md.Get(name); len(v) == 1 && reqIDRe.MatchString(v[0]) {
+		return v[0]
+	}
+	return ""
 }
 
 type viaKey struct{}
@@ -189,25 +224,34 @@ func Forwarder(ctx context.Context) string {
 // authenticate assigns a call its request id and identity, auditing calls
 // refused for want of an identity.
 func (s *Server) authenticate(ctx context.Context, fullMethod string) (context.Context, error) {
-	rid := ""
+	var sent, sentClient string
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get("x-request-id"); len(v) == 1 && reqIDRe.MatchString(v[0]) {
-			rid = v[0]
-		}
+		sent, sentClient = incomingID(md, "x-request-id"), incomingID(md, "x-client-request-id")
+	}
+	id, idErr := identity.FromPeer(ctx, s.td)
+	rid, crid := "", sent
+	if idErr == nil && carriesRequestIDs(id.Kind) {
+		rid, crid = sent, sentClient
 	}
 	if rid == "" {
 		rid = newRequestID()
 	}
-	_ = grpc.SetHeader(ctx, metadata.Pairs("x-request-id", rid))
+	hdr := metadata.Pairs("x-request-id", rid)
+	if crid != "" {
+		hdr.Set("x-client-request-id", crid)
+	}
+	_ = grpc.SetHeader(ctx, hdr)
 	ctx = context.WithValue(ctx, reqIDKey{}, rid)
-	id, err := identity.FromPeer(ctx, s.td)
-	if err != nil {
-		rec := audit.Record{RequestID: rid, Node: s.id, Operation: MethodName(fullMethod),
-			Decision: "deny", Outcome: codes.Unauthenticated.String(), Detail: err.Error()}
+	if crid != "" {
+		ctx = context.WithValue(ctx, clientReqIDKey{}, crid)
+	}
+	if idErr != nil {
+		rec := audit.Record{RequestID: rid, ClientRequestID: crid, Node: s.id, Operation: MethodName(fullMethod),
+			Decision: "deny", Outcome: codes.Unauthenticated.String(), Detail: idErr.Error()}
 		if aerr := s.audit.Append(rec); aerr != nil {
 			s.log.Error("audit append failed", "err", aerr)
 		}
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+		return nil, status.Error(codes.Unauthenticated, idErr.Error())
 	}
 	return identity.NewContext(ctx, id), nil
 }
@@ -287,7 +331,7 @@ func (s *Server) Begin(ctx context.Context, op policy.Action, key string) (*Call
 		return nil, status.Error(codes.Unauthenticated, "no identity")
 	}
 	return &Call{S: s, Ctx: audit.WithTrace(ctx), Who: who, Rec: audit.Record{
-		RequestID: RequestID(ctx), Principal: who.String(), Node: s.id, Operation: string(op), Key: key, Via: Forwarder(ctx),
+		RequestID: RequestID(ctx), ClientRequestID: ClientRequestID(ctx), Principal: who.String(), Node: s.id, Operation: string(op), Key: key, Via: Forwarder(ctx),
 	}}, nil
 }
 

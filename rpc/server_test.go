@@ -234,9 +234,15 @@ func TestRequestIDUnset(t *testing.T) {
 // certificate and returns the context the handler saw.
 func authenticated(t *testing.T, ts *testServer, md metadata.MD) (context.Context, *transportStream) {
 	t.Helper()
+	return authenticatedAs(t, ts, identity.Client, md)
+}
+
+// authenticatedAs is authenticated for a caller of kind kind named app.
+func authenticatedAs(t *testing.T, ts *testServer, kind identity.Kind, md metadata.MD) (context.Context, *transportStream) {
+	t.Helper()
 	stream := &transportStream{method: encryptMethod}
 	ctx := grpc.NewContextWithServerTransportStream(t.Context(), stream)
-	ctx = peer.NewContext(ctx, peerFor(t, identity.Identity{TrustDomain: td, Kind: identity.Client, Name: "app"}))
+	ctx = peer.NewContext(ctx, peerFor(t, identity.Identity{TrustDomain: td, Kind: kind, Name: "app"}))
 	if md != nil {
 		ctx = metadata.NewIncomingContext(ctx, md)
 	}
@@ -254,12 +260,16 @@ func authenticated(t *testing.T, ts *testServer, md metadata.MD) (context.Contex
 	return seen, stream
 }
 
+// TestRequestIDFromCaller: a node (edge, central) names the request it
+// acts for; a client's or admin's x-request-id is only its own
+// correlation id, never the audit's request id, so a caller cannot make
+// its calls read as part of another's request.
 func TestRequestIDFromCaller(t *testing.T) {
 	long := strings.Repeat("a", 64)
 	for _, tc := range []struct {
 		name string
 		md   metadata.MD
-		want string // "" for a fresh id
+		want string // the id taken from the caller; "" for none
 	}{
 		{"none", nil, ""},
 		{"well formed", metadata.Pairs("x-request-id", "req-42.A_b"), "req-42.A_b"},
@@ -272,30 +282,68 @@ func TestRequestIDFromCaller(t *testing.T) {
 		{"two values", metadata.Pairs("x-request-id", "req-1", "x-request-id", "req-2"), ""},
 		{"other metadata only", metadata.Pairs("x-trace", "abc"), ""},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ts := newTestServer(t, nil)
-			ctx, stream := authenticated(t, ts, tc.md)
-			rid := rpc.RequestID(ctx)
-			if tc.want != "" && rid != tc.want {
-				t.Errorf("RequestID = %q, want the caller's %q", rid, tc.want)
-			}
-			if tc.want == "" && !freshRequestID.MatchString(rid) {
-				t.Errorf("RequestID = %q, want a fresh 24-hex-digit id", rid)
-			}
-			if got := stream.header.Get("x-request-id"); !cmp.Equal(got, []string{rid}) {
-				t.Errorf("response header x-request-id = %q, want [%q]", got, rid)
-			}
-			out, _ := metadata.FromOutgoingContext(rpc.OutgoingRequestID(ctx))
-			if got := out.Get("x-request-id"); !cmp.Equal(got, []string{rid}) {
-				t.Errorf("OutgoingRequestID: x-request-id = %q, want [%q]", got, rid)
-			}
-			if id, ok := identity.FromContext(ctx); !ok || id.String() != "spiffe://"+td+"/client/app" {
-				t.Errorf("identity.FromContext = %v, %v; want spiffe://%s/client/app", id, ok, td)
-			}
-			if recs := ts.records(t); len(recs) != 0 {
-				t.Errorf("an authenticated call was audited by the interceptor: %+v", recs)
-			}
-		})
+		for _, kind := range []identity.Kind{identity.Client, identity.Admin, identity.Edge, identity.Central} {
+			t.Run(tc.name+"/"+string(kind), func(t *testing.T) {
+				trusted := kind == identity.Edge || kind == identity.Central
+				ts := newTestServer(t, nil)
+				ctx, stream := authenticatedAs(t, ts, kind, tc.md)
+				rid, crid := rpc.RequestID(ctx), rpc.ClientRequestID(ctx)
+				switch {
+				case trusted && tc.want != "" && rid != tc.want:
+					t.Errorf("RequestID = %q, want the node's %q", rid, tc.want)
+				case (!trusted || tc.want == "") && !freshRequestID.MatchString(rid):
+					t.Errorf("RequestID = %q, want a fresh 24-hex-digit id", rid)
+				}
+				wantCrid := tc.want
+				if trusted {
+					wantCrid = ""
+				}
+				if crid != wantCrid {
+					t.Errorf("ClientRequestID = %q, want %q", crid, wantCrid)
+				}
+				if got := stream.header.Get("x-request-id"); !cmp.Equal(got, []string{rid}) {
+					t.Errorf("response header x-request-id = %q, want [%q]", got, rid)
+				}
+				if got := stream.header.Get("x-client-request-id"); (crid == "" && len(got) != 0) || (crid != "" && !cmp.Equal(got, []string{crid})) {
+					t.Errorf("response header x-client-request-id = %q, want the caller's %q", got, crid)
+				}
+				out, _ := metadata.FromOutgoingContext(rpc.OutgoingRequestID(ctx))
+				if got := out.Get("x-request-id"); !cmp.Equal(got, []string{rid}) {
+					t.Errorf("OutgoingRequestID: x-request-id = %q, want [%q]", got, rid)
+				}
+				if id, ok := identity.FromContext(ctx); !ok || id.String() != "spiffe://"+td+"/"+string(kind)+"/app" {
+					t.Errorf("identity.FromContext = %v, %v; want spiffe://%s/%s/app", id, ok, td, kind)
+				}
+				if recs := ts.records(t); len(recs) != 0 {
+					t.Errorf("an authenticated call was audited by the interceptor: %+v", recs)
+				}
+			})
+		}
+	}
+}
+
+// TestClientRequestIDCarried: an edge passes its caller's id on, and the
+// central tier, trusting the edge, keeps both.
+func TestClientRequestIDCarried(t *testing.T) {
+	ts := newTestServer(t, nil)
+	at, _ := authenticated(t, ts, metadata.Pairs("x-request-id", "mine"))
+	out, _ := metadata.FromOutgoingContext(rpc.OutgoingRequestID(at))
+	ctx, _ := authenticatedAs(t, ts, identity.Edge, metadata.MD(out))
+	if got, want := rpc.RequestID(ctx), rpc.RequestID(at); got != want {
+		t.Errorf("RequestID at the next node = %q, want the edge's %q", got, want)
+	}
+	if got := rpc.ClientRequestID(ctx); got != "mine" {
+		t.Errorf("ClientRequestID at the next node = %q, want mine", got)
+	}
+	c, err := ts.s.Begin(ctx, policy.Encrypt, "payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.End(nil); err != nil {
+		t.Fatal(err)
+	}
+	if recs := ts.records(t); len(recs) != 1 || recs[0].RequestID != rpc.RequestID(at) || recs[0].ClientRequestID != "mine" {
+		t.Errorf("audit = %+v, want request id %q, client request id mine", recs, rpc.RequestID(at))
 	}
 }
 
@@ -320,8 +368,11 @@ func TestOutgoingRequestIDKeepsMetadata(t *testing.T) {
 	if got := md.Get("authorization"); !cmp.Equal(got, []string{"keep-me"}) {
 		t.Errorf("outgoing authorization = %q, want [keep-me]", got)
 	}
-	if got := md.Get("x-request-id"); !cmp.Equal(got, []string{"req-7"}) {
-		t.Errorf("outgoing x-request-id = %q, want [req-7]", got)
+	if got := md.Get("x-request-id"); !cmp.Equal(got, []string{rpc.RequestID(ctx)}) {
+		t.Errorf("outgoing x-request-id = %q, want [%s]", got, rpc.RequestID(ctx))
+	}
+	if got := md.Get("x-client-request-id"); !cmp.Equal(got, []string{"req-7"}) {
+		t.Errorf("outgoing x-client-request-id = %q, want [req-7]", got)
 	}
 	// The incoming request id is not forwarded by itself: only
 	// OutgoingRequestID puts it on outgoing metadata.
@@ -375,16 +426,13 @@ func TestUnaryInterceptorRefuses(t *testing.T) {
 				t.Fatalf("audit holds %d records, want 1: %+v", len(recs), recs)
 			}
 			rid := recs[0].RequestID
-			if tc.rid != "" && rid != tc.rid {
-				t.Errorf("audit request id = %q, want the caller's %q", rid, tc.rid)
-			}
-			if tc.rid == "" && !freshRequestID.MatchString(rid) {
+			if !freshRequestID.MatchString(rid) {
 				t.Errorf("audit request id = %q, want a fresh one", rid)
 			}
 			if got := stream.header.Get("x-request-id"); !cmp.Equal(got, []string{rid}) {
 				t.Errorf("response header x-request-id = %q, want the audited [%q]", got, rid)
 			}
-			want := audit.Record{RequestID: rid, Node: "central-1", Operation: "Encrypt", Decision: "deny",
+			want := audit.Record{RequestID: rid, ClientRequestID: tc.rid, Node: "central-1", Operation: "Encrypt", Decision: "deny",
 				Outcome: "Unauthenticated", Detail: recs[0].Detail}
 			if diff := cmp.Diff(want, recs[0], recordOpts); diff != "" {
 				t.Errorf("audit record mismatch (-want +got):\n%s", diff)
@@ -508,7 +556,8 @@ func TestCallAuthorizeKey(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := newTestServer(t, nil)
 			rid := fmt.Sprintf("rid-%d", i)
-			c, err := ts.s.Begin(callerContext(t, tc.caller, rid), policy.Encrypt, tc.key)
+			ctx := callerContext(t, tc.caller, rid)
+			c, err := ts.s.Begin(ctx, policy.Encrypt, tc.key)
 			if err != nil {
 				t.Fatalf("Begin = %v", err)
 			}
@@ -528,7 +577,7 @@ func TestCallAuthorizeKey(t *testing.T) {
 				t.Fatalf("audit holds %d records, want 1: %+v", len(recs), recs)
 			}
 			want := tc.wantRec
-			want.RequestID, want.Principal, want.Node, want.Operation, want.Key = rid, "spiffe://"+td+"/client/"+tc.caller, "central-1", "Encrypt", tc.key
+			want.RequestID, want.ClientRequestID, want.Principal, want.Node, want.Operation, want.Key = rpc.RequestID(ctx), rid, "spiffe://"+td+"/client/"+tc.caller, "central-1", "Encrypt", tc.key
 			if endErr != nil {
 				want.Detail = status.Convert(endErr).Message()
 			}
@@ -593,8 +642,8 @@ func TestCallForwarded(t *testing.T) {
 		t.Fatalf("End = %v", err)
 	}
 	recs := ts.records(t)
-	if len(recs) != 1 || recs[0].Via != "edge-eu-1" || recs[0].RequestID != "rid-fwd" {
-		t.Errorf("audit = %+v, want one record via edge-eu-1 with request id rid-fwd", recs)
+	if len(recs) != 1 || recs[0].Via != "edge-eu-1" || recs[0].ClientRequestID != "rid-fwd" {
+		t.Errorf("audit = %+v, want one record via edge-eu-1 with client request id rid-fwd", recs)
 	}
 	if got := rpc.Forwarder(t.Context()); got != "" {
 		t.Errorf("Forwarder(plain context) = %q, want empty", got)

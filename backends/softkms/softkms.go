@@ -179,7 +179,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 
 func lockFile(keystore string) (*os.File, error) {
 	path := keystore + ".lock"
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	// O_NOFOLLOW: a link planted at the lock's name is refused, not
+	// followed to create or open another file.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, backends.NewError(scheme, "open", "", backends.ErrUnavailable, err)
 	}

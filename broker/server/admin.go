@@ -60,9 +60,9 @@ func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kb
 }
 
 // adminOp runs a key-changing admin operation.
-func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run func(context.Context) (*broker.Key, error)) (*kbv1.KeyMetadata, error) {
+func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run func(*rpc.Call) (*broker.Key, error)) (*kbv1.KeyMetadata, error) {
 	return rpc.KeyOp(ctx, a.s.Server, op, id, func(c *rpc.Call, _ *broker.Key) (*kbv1.KeyMetadata, error) {
-		k, err := run(c.Ctx)
+		k, err := run(c)
 		if err != nil {
 			return nil, err
 		}
@@ -72,46 +72,59 @@ func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run
 }
 
 func (a *keyAdmin) RotateKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.RotateKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
-		return a.s.svc.RotateKey(ctx, r.GetKeyId())
+	return a.adminOp(ctx, policy.RotateKey, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
+		return a.s.svc.RotateKey(c.Ctx, r.GetKeyId())
 	})
 }
 
 func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.UpdateKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.UpdateKey, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
 		p := broker.UpdateParams{ID: r.GetKeyId(), ExpectedRevision: r.GetExpectedRevision(), Labels: r.GetLabels(),
 			ReplaceLabels: r.GetReplaceLabels(), Description: r.Description, MinDecryptionVersion: r.MinDecryptionVersion,
 			Placement: r.Placement}
+		// The caller must be allowed UpdateKey on the key as it is and as
+		// it will be: otherwise an admin confined to some labels could
+		// relabel a key out of, or into, another team's reach. Both are
+		// asked inside the compare-and-swap, on the record written.
+		p.Authorize = func(before, after *broker.Key) error {
+			set := a.s.policy.Current()
+			for _, k := range []*broker.Key{before, after} {
+				if err := c.Decide(set.AuthorizeKey(c.Principal(), policy.UpdateKey, rpc.PolicyKey(k))); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 		if r.RotationPeriod != nil {
 			d := r.GetRotationPeriod().AsDuration()
 			p.RotationPeriod = &d
 		}
-		return a.s.svc.UpdateKey(ctx, p)
+		return a.s.svc.UpdateKey(c.Ctx, p)
 	})
 }
 
 func (a *keyAdmin) DisableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.DisableKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
-		return a.s.svc.SetState(ctx, r.GetKeyId(), broker.Disable)
+	return a.adminOp(ctx, policy.DisableKey, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
+		return a.s.svc.SetState(c.Ctx, r.GetKeyId(), broker.Disable)
 	})
 }
 
 func (a *keyAdmin) EnableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.EnableKey, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
-		return a.s.svc.SetState(ctx, r.GetKeyId(), broker.Enable)
+	return a.adminOp(ctx, policy.EnableKey, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
+		return a.s.svc.SetState(c.Ctx, r.GetKeyId(), broker.Enable)
 	})
 }
 
 func (a *keyAdmin) ScheduleKeyDeletion(ctx context.Context, r *kbv1.ScheduleKeyDeletionRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
 		// An unset window is zero: the default 30 days.
-		return a.s.svc.ScheduleDeletion(ctx, r.GetKeyId(), r.GetPendingWindow().AsDuration())
+		return a.s.svc.ScheduleDeletion(c.Ctx, r.GetKeyId(), r.GetPendingWindow().AsDuration())
 	})
 }
 
 func (a *keyAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.CancelKeyDeletion, r.GetKeyId(), func(ctx context.Context) (*broker.Key, error) {
-		return a.s.svc.SetState(ctx, r.GetKeyId(), broker.CancelDeletion)
+	return a.adminOp(ctx, policy.CancelKeyDeletion, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
+		return a.s.svc.SetState(c.Ctx, r.GetKeyId(), broker.CancelDeletion)
 	})
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -169,8 +170,15 @@ func TestBackendErrorTextOnlyToAdmins(t *testing.T) {
 		{identity.Admin, "ops", true},
 	} {
 		kb := kbv1.NewKeyBrokerClient(e.conn(t, tc.kind, tc.name))
-		rid := "rid-" + tc.name
-		_, err := kb.Encrypt(metadata.AppendToOutgoingContext(ctx, "x-request-id", rid), &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("p")})
+		// The caller's own id is kept as client_request_id; the node's id
+		// is the one the message and the audit line give.
+		crid := "rid-" + tc.name
+		var hdr metadata.MD
+		_, err := kb.Encrypt(metadata.AppendToOutgoingContext(ctx, "x-request-id", crid), &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("p")}, grpc.Header(&hdr))
+		rid := ""
+		if v := hdr.Get("x-request-id"); len(v) == 1 {
+			rid = v[0]
+		}
 		code(t, "Encrypt on a disabled root key as "+tc.name, err, codes.FailedPrecondition)
 		msg := status.Convert(err).Message()
 		if got := strings.Contains(msg, "softkms"); got != tc.wantDetail {
@@ -181,7 +189,7 @@ func TestBackendErrorTextOnlyToAdmins(t *testing.T) {
 		}
 		var lines int
 		for _, r := range auditLines(t, e.auditPath) {
-			if r.RequestID == rid {
+			if r.RequestID == rid && r.ClientRequestID == crid {
 				lines++
 				if !strings.Contains(r.Detail, "softkms") {
 					t.Errorf("audit line of %s's refused call: detail %q, want the backend's text", tc.name, r.Detail)

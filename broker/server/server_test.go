@@ -29,7 +29,18 @@ import (
 
 const testPolicy = `
 @id("admins")
-permit (principal is Admin, action, resource);
+permit (principal is Admin, action, resource) unless { principal == Admin::"team-a" };
+
+@id("team-a")
+permit (principal == Admin::"team-a", action, resource is Key)
+when { resource.hasTag("team") && resource.getTag("team") == "a" };
+
+@id("reader")
+permit (principal == Client::"reader", action in [Action::"Encrypt", Action::"Decrypt"], resource is Key);
+
+@id("mover")
+permit (principal == Client::"mover", action == Action::"ReEncrypt", resource is Key)
+when { resource.hasTag("app") && resource.getTag("app") == "billing" };
 
 @id("billing-app")
 permit (principal is Client, action, resource is Key)
@@ -208,8 +219,8 @@ func TestPolicyMatrixAndAudit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("allowed Encrypt: %v", err)
 	}
-	if got := hdr.Get("x-request-id"); len(got) != 1 || got[0] != "req-test-1" {
-		t.Errorf("x-request-id echoed = %v", got)
+	if got := hdr.Get("x-client-request-id"); len(got) != 1 || got[0] != "req-test-1" {
+		t.Errorf("x-client-request-id echoed = %v", got)
 	}
 	dec, err := billing.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.Ciphertext, EncryptionContext: ectx})
 	if err != nil || string(dec.Plaintext) != secretCard {
@@ -250,7 +261,7 @@ func TestPolicyMatrixAndAudit(t *testing.T) {
 		}
 		return nil
 	}
-	if r := find("Encrypt", "/client/billing", "ok"); r == nil || r.RequestID != "req-test-1" || r.Decision != "allow" ||
+	if r := find("Encrypt", "/client/billing", "ok"); r == nil || r.ClientRequestID != "req-test-1" || r.RequestID == "req-test-1" || hdr.Get("x-request-id")[0] != r.RequestID || r.Decision != "allow" ||
 		r.PolicyID != "billing-app" || r.Key != "payments" || r.Version != 1 || r.Node != "central-1" || r.Backend != "soft" {
 		t.Errorf("audit line of the allowed Encrypt = %+v", r)
 	}
@@ -489,5 +500,130 @@ func TestAuditFailureRefusesCalls(t *testing.T) {
 	code(t, "batch with the audit log down", err, codes.Unavailable)
 	if res != nil {
 		t.Error("a batch answered without audit lines")
+	}
+}
+
+// TestUpdateKeyAuthorizesNewLabels: an admin confined to team=a may not
+// relabel its key into team b, nor take team b's key into team a.
+func TestUpdateKeyAuthorizesNewLabels(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	teamA := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "team-a"))
+	mk := func(c kbv1.KeyAdminClient, id, team string) {
+		t.Helper()
+		if _, err := c.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+			Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"team": team}}); err != nil {
+			t.Fatalf("CreateKey(%s): %v", id, err)
+		}
+	}
+	mk(teamA, "a-key", "a")
+	mk(ops, "b-key", "b")
+	if _, err := teamA.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "b-key2", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"team": "b"}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("team-a creates a team-b key: %v, want PermissionDenied", err)
+	}
+	desc := "ours"
+	for _, tc := range []struct {
+		name string
+		req  *kbv1.UpdateKeyRequest
+		want codes.Code
+	}{
+		{"relabel out of team a", &kbv1.UpdateKeyRequest{KeyId: "a-key", Labels: map[string]string{"team": "b"}}, codes.PermissionDenied},
+		{"replace labels, dropping team a", &kbv1.UpdateKeyRequest{KeyId: "a-key", ReplaceLabels: true, Labels: map[string]string{"app": "x"}}, codes.PermissionDenied},
+		{"take team b's key", &kbv1.UpdateKeyRequest{KeyId: "b-key", Labels: map[string]string{"team": "a"}}, codes.PermissionDenied},
+		{"describe own key", &kbv1.UpdateKeyRequest{KeyId: "a-key", Description: &desc, Labels: map[string]string{"tier": "gold"}}, codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := teamA.UpdateKey(ctx, tc.req)
+			code(t, "UpdateKey", err, tc.want)
+		})
+	}
+	kb := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	for id, team := range map[string]string{"a-key": "a", "b-key": "b"} {
+		d, err := kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.Key.Labels["team"]; got != team {
+			t.Errorf("%s: team = %q after the refused updates, want %q", id, got, team)
+		}
+	}
+	var denied int
+	for _, r := range auditLines(t, e.auditPath) {
+		if r.Operation == "UpdateKey" && r.Outcome == "PermissionDenied" {
+			denied++
+			if r.Decision != "deny" {
+				t.Errorf("refused UpdateKey audited with decision %q", r.Decision)
+			}
+		}
+	}
+	if denied != 3 {
+		t.Errorf("%d refused UpdateKey audit lines, want 3", denied)
+	}
+}
+
+// TestReEncryptAction: ReEncrypt needs the ReEncrypt action on the source
+// and the destination key; Encrypt and Decrypt do not grant it.
+func TestReEncryptAction(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	for id, app := range map[string]string{"pay": "billing", "pay2": "billing", "hr": "hr"} {
+		if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+			Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"app": app}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kb := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	seal := func(id string) []byte {
+		r, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: id, Plaintext: []byte("p")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Ciphertext
+	}
+	pay, hr := seal("pay"), seal("hr")
+	reader := kbv1.NewKeyBrokerClient(e.conn(t, identity.Client, "reader"))
+	mover := kbv1.NewKeyBrokerClient(e.conn(t, identity.Client, "mover"))
+	for _, tc := range []struct {
+		name string
+		c    kbv1.KeyBrokerClient
+		ct   []byte
+		dst  string
+		want codes.Code
+	}{
+		{"Encrypt and Decrypt are not ReEncrypt", reader, pay, "pay2", codes.PermissionDenied},
+		{"ReEncrypt on both keys", mover, pay, "pay2", codes.OK},
+		{"ReEncrypt in place", mover, pay, "", codes.OK},
+		{"not on the destination", mover, pay, "hr", codes.PermissionDenied},
+		{"not on the source", mover, hr, "pay", codes.PermissionDenied},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := tc.c.ReEncrypt(ctx, &kbv1.ReEncryptRequest{Ciphertext: tc.ct, DestinationKeyId: tc.dst})
+			code(t, "ReEncrypt", err, tc.want)
+			if err == nil {
+				if d, err := kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: r.Ciphertext}); err != nil || string(d.Plaintext) != "p" {
+					t.Errorf("Decrypt(ReEncrypt) = %v, %v", d, err)
+				}
+			}
+		})
+	}
+	_, err := mover.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: pay})
+	code(t, "ReEncrypt does not grant Decrypt", err, codes.PermissionDenied)
+	var allowed, denied int
+	for _, r := range auditLines(t, e.auditPath) {
+		if r.Operation == "ReEncrypt" {
+			if r.Decision == "allow" {
+				allowed++
+			} else {
+				denied++
+			}
+		}
+	}
+	// Two allowed lines per successful ReEncrypt (source, destination);
+	// the mover's refusal on the destination follows an allowed source.
+	if allowed != 5 || denied != 3 {
+		t.Errorf("ReEncrypt audit lines: %d allowed, %d denied; want 5, 3", allowed, denied)
 	}
 }

@@ -35,6 +35,7 @@ func (a *app) auditCmd() *cobra.Command {
 
 func (a *app) auditVerifyCmd() *cobra.Command {
 	var requireHead bool
+	var headKeyFile string
 	cmd := &cobra.Command{
 		Use:   "verify FILE",
 		Short: "Check an audit log's hash chain; exit 7 if it is broken",
@@ -46,13 +47,25 @@ and whether the head file matched.
 A broken chain exits 7 and names the first bad line and why. Without a head
 file the chain can still be verified, but a log cut short cannot be told
 from a complete one; --require-head makes that a failure too.
+
+With --head-key-file (the node's audit.head_key_file), the head file is
+required and its MAC is checked, so a log cut short whose head was rewritten
+by someone without the key is caught too.
 This runs locally on the file; it needs no broker.`,
 		Example: `  keybroker audit verify /var/lib/keybroker/audit.log
-  keybroker audit verify --require-head --output json audit.log`,
+  keybroker audit verify --require-head --output json audit.log
+  keybroker audit verify --head-key-file /etc/keybroker/audit-head.key audit.log`,
 		Args: exactly("FILE"),
 		RunE: func(_ *cobra.Command, args []string) error {
 			path := args[0]
-			res, err := audit.VerifyFile(path)
+			var key []byte
+			if headKeyFile != "" {
+				var err error
+				if key, err = audit.ReadHeadKey(headKeyFile); err != nil {
+					return err
+				}
+			}
+			res, err := audit.VerifyFileWithKey(path, key)
 			if err != nil {
 				ve, isBreak := errors.AsType[*audit.VerifyError](err)
 				if _, isIO := errors.AsType[*fs.PathError](err); isIO && !isBreak {
@@ -82,6 +95,9 @@ This runs locally on the file; it needs no broker.`,
 				}
 			} else {
 				head := "head file matched"
+				if res.HeadAuthenticated {
+					head = "head file matched and its MAC checked"
+				}
 				if !res.HeadSeen {
 					head = "no head file (" + path + ".head), so lines dropped from the end would go unnoticed"
 				}
@@ -96,6 +112,7 @@ This runs locally on the file; it needs no broker.`,
 		},
 	}
 	cmd.Flags().BoolVar(&requireHead, "require-head", false, "fail (exit 7) when there is no head file")
+	cmd.Flags().StringVar(&headKeyFile, "head-key-file", "", "check the head file's MAC with this key (the node's audit.head_key_file)")
 	a.addOutputFlag(cmd.Flags())
 	return cmd
 }

@@ -449,12 +449,13 @@ func withRequestID(t *testing.T) (context.Context, string) {
 	return metadata.AppendToOutgoingContext(t.Context(), "x-request-id", rid), rid
 }
 
-// auditLines returns the audit records of request rid. The node writes a
-// record before it answers, so the call's line is there when the call has
-// returned.
+// auditLines returns the audit records of request rid: the client's id
+// (client_request_id) or, for a node's own calls, the request id. The node
+// writes a record before it answers, so the call's line is there when the
+// call has returned.
 func (c *cluster) auditLines(t *testing.T, rid string) []audit.Record {
 	t.Helper()
-	return c.auditRecords(t, func(r audit.Record) bool { return r.RequestID == rid })
+	return c.auditRecords(t, func(r audit.Record) bool { return r.RequestID == rid || r.ClientRequestID == rid })
 }
 
 // auditRecords returns the central audit records that match.

@@ -430,7 +430,7 @@ func TestEdgesEndToEnd(t *testing.T) {
 		}
 		// The fetch is audited at central under the request id of the
 		// decrypt that caused it, with the HSM call it cost.
-		fetched := c.auditRecords(t, func(r audit.Record) bool { return rids[r.RequestID] })
+		fetched := c.auditRecords(t, func(r audit.Record) bool { return rids[r.ClientRequestID] })
 		if len(fetched) != 1 || fetched[0].Operation != "HoldMaterial" || fetched[0].Principal != "spiffe://"+e2eTrustDomain+"/edge/edge-eu-2" ||
 			!slices.Equal(fetched[0].BackendCalls, []string{"pkcs11:derive"}) {
 			t.Errorf("central audit lines of the 1000 decrypts = %+v; want one HoldMaterial by edge-eu-2 with backend_calls [pkcs11:derive]", fetched)

@@ -72,9 +72,20 @@ func (a *app) readInput(path string, limit int, what string) ([]byte, error) {
 // object around blob (nil: leave the binary field out).
 func (a *app) emitBlob(out string, data []byte, object func(blob []byte) any, summary string) error {
 	if !isStdio(out) {
-		// Written in place, not renamed into place, so that --out can name
-		// a FIFO or /dev/fd/N.
-		if err := os.WriteFile(out, data, 0o600); err != nil {
+		// A regular file is written under a fresh temporary name and
+		// renamed into place (a link at the name is replaced, not followed
+		// — --out names the file, like a shell redirection that cannot be
+		// turned against another file); a FIFO or /dev/fd/N is written in
+		// place.
+		o, err := a.createOutput(out)
+		if err != nil {
+			return err
+		}
+		if _, err := o.w.Write(data); err != nil {
+			o.abort()
+			return err
+		}
+		if err := o.commit(); err != nil {
 			return err
 		}
 		if a.jsonOutput() {
@@ -83,7 +94,7 @@ func (a *app) emitBlob(out string, data []byte, object func(blob []byte) any, su
 		if summary != "" {
 			summary += "; "
 		}
-		_, err := fmt.Fprintf(a.env.stdout, "%swrote %d bytes to %s\n", summary, len(data), out)
+		_, err = fmt.Fprintf(a.env.stdout, "%swrote %d bytes to %s\n", summary, len(data), out)
 		return err
 	}
 	if a.jsonOutput() {

@@ -442,6 +442,21 @@ func TestFiles(t *testing.T) {
 	if got, _ := os.ReadFile(dec); string(got) != "card 4111" {
 		t.Errorf("round trip gave %q, want %q", got, "card 4111")
 	}
+	// A link planted at the output's name is replaced, not written
+	// through: the plaintext does not land in the link's target.
+	victim := writeFile(t, t.TempDir(), "victim", []byte("precious"))
+	linked := filepath.Join(dir, "linked.txt")
+	if err := os.Symlink(victim, linked); err != nil {
+		t.Fatal(err)
+	}
+	r = b.run(t, nil, "decrypt", "--context", "tenant=42", "--in", enc, "--out", linked)
+	wantCode(t, r, 0)
+	if got, _ := os.ReadFile(victim); string(got) != "precious" {
+		t.Errorf("decrypt --out over a link wrote %q into its target", got)
+	}
+	if got, _ := os.ReadFile(linked); string(got) != "card 4111" {
+		t.Errorf("decrypt --out over a link: %s holds %q", linked, got)
+	}
 
 	// Wrong context: the broker refuses, exit 6, and nothing is written.
 	r = b.run(t, nil, "decrypt", "--context", "tenant=43", "--in", enc, "--out", filepath.Join(dir, "nope"))
@@ -1130,6 +1145,43 @@ func TestAuditVerify(t *testing.T) {
 		r = runCLI(t, nil, nil, "audit", "verify", "--require-head", path)
 		wantCode(t, r, exitVerifyFailed)
 		if !strings.Contains(r.stderr, "has no head file") {
+			t.Errorf("stderr %q", r.stderr)
+		}
+	})
+	t.Run("head key: cut short and head rewritten", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		keyFile := writeFile(t, dir, "head.key", bytes.Repeat([]byte("k"), 32))
+		path := filepath.Join(dir, "audit.log")
+		l, err := audit.OpenConfig(audit.Config{Path: path, HeadKey: bytes.Repeat([]byte("k"), 32)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, op := range []string{"Encrypt", "Decrypt"} {
+			if err := l.Append(audit.Record{Operation: op, Outcome: "ok"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		r := runCLI(t, nil, nil, "audit", "verify", "--head-key-file", keyFile, path)
+		wantCode(t, r, 0)
+		if !strings.Contains(r.stdout, "2 lines verified; head file matched and its MAC checked") {
+			t.Errorf("stdout %q", r.stdout)
+		}
+		// The attack: drop the last line, write the head that matches
+		// what is left, without the key.
+		editLines(t, path, func(l []string) []string { return l[:1] })
+		var first audit.Record
+		data, _ := os.ReadFile(path)
+		if err := json.Unmarshal(bytes.TrimSpace(data), &first); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, dir, "audit.log.head", fmt.Appendf(nil, "%d %s\n", first.Seq, first.Hash))
+		r = runCLI(t, nil, nil, "audit", "verify", "--head-key-file", keyFile, path)
+		wantCode(t, r, exitVerifyFailed)
+		if !strings.Contains(r.stderr, "no MAC") {
 			t.Errorf("stderr %q", r.stderr)
 		}
 	})

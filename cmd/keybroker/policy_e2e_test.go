@@ -88,8 +88,9 @@ func (m *matrix) policyMatrix(t *testing.T) {
 			var header metadata.MD
 			err := tc.call(rctx, grpc.Header(&header))
 			wantStatus(t, tc.op, err, tc.code)
-			if got := header.Get("x-request-id"); len(got) != 1 || got[0] != rid {
-				t.Errorf("response x-request-id = %q, want %q", got, rid)
+			// The client's id is echoed but is not the audit's request id.
+			if got := header.Get("x-client-request-id"); len(got) != 1 || got[0] != rid {
+				t.Errorf("response x-client-request-id = %q, want %q", got, rid)
 			}
 			wantOutcome := "ok"
 			if tc.code != codes.OK {
@@ -100,6 +101,9 @@ func (m *matrix) policyMatrix(t *testing.T) {
 				t.Fatalf("%d audit lines for request %s, want 1: %+v", len(lines), rid, lines)
 			}
 			r := lines[0]
+			if got := header.Get("x-request-id"); len(got) != 1 || got[0] != r.RequestID || r.RequestID == rid || r.ClientRequestID != rid {
+				t.Errorf("response x-request-id %q, audit request id %q, client request id %q; want the node's own id, and the client's %q apart", got, r.RequestID, r.ClientRequestID, rid)
+			}
 			if r.Principal != tc.who.id || r.Node != "central-1" || r.Operation != tc.op || r.Key != tc.key ||
 				r.Decision != tc.decision || r.PolicyID != tc.policyID || r.Outcome != wantOutcome {
 				t.Errorf("audit line %+v\nwant principal %s, node central-1, operation %s, key %q, decision %s, policy_id %s, outcome %s",
