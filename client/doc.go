@@ -43,9 +43,10 @@
 // certificate's key (ECDSA, Ed25519 or RSA-PSS) when LookupKey says the
 // node forwards the operation, on KeyAdmin calls to a connection already
 // seen to reach an edge, and when an edge answers FailedPrecondition with
-// the x-keybroker-forward-proof-required trailer: then the audience is the
-// edge the call's TLS handshake authenticated, never what the edge says,
-// and the call is retried once on that node. Calls a node serves itself
+// the ErrorInfo reason FORWARD_PROOF_REQUIRED: then the audience is the
+// edge the connection's TLS handshake authenticated (learnt from the first
+// call on it), never what the edge says, and the call is retried on that
+// node. Calls a node serves itself
 // are not signed. A TLS configuration that supplies its certificate only
 // through GetClientCertificate, or whose key is not a crypto.Signer, signs
 // nothing, and edges refuse the calls they would forward.

@@ -155,7 +155,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	n.servers = serve.New(serverTLS, serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
 		grpc.Creds(credentials.NewTLS(serverTLS)),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor(), n.cache.UnaryInterceptor(srv)),
+		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptorThen(n.cache.UnaryInterceptor(srv))),
 		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
 	)
 	kbv1.RegisterKeyBrokerServer(n.servers.GRPC, srv.KeyBroker())

@@ -403,7 +403,7 @@ func serveEdge(t *testing.T, c *central, ec *Cache) *edgeServer {
 	must(t, "edge certificate", err)
 	tlsCfg, err := files.ServerConfig()
 	must(t, "edge server TLS", err)
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.ChainUnaryInterceptor(srv.UnaryInterceptor(), ec.UnaryInterceptor(srv)), grpc.StreamInterceptor(srv.StreamInterceptor()))
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.UnaryInterceptor(srv.UnaryInterceptorThen(ec.UnaryInterceptor(srv))), grpc.StreamInterceptor(srv.StreamInterceptor()))
 	kbv1.RegisterKeyBrokerServer(g, srv.KeyBroker())
 	kbv1.RegisterKeyAdminServer(g, ec.Admin(srv))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

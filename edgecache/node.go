@@ -3,6 +3,7 @@ package edgecache
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -64,7 +65,8 @@ func (n *edgeNode) Served(k *managed.Key, op policy.Action) string {
 // proof, and its certificate chain from the TLS handshake, so that the
 // central tier acts only as the client that made this call to this edge.
 // A call without a proof (or with one for another edge) is answered
-// FailedPrecondition with the forwardproof.RequiredTrailer: the SDK signs
+// FailedPrecondition carrying forwardproof.RequiredReason (and the
+// forwardproof.RequiredTrailer, for clients that read trailers): the SDK signs
 // and retries. Only whole calls are forwarded: method must be the incoming
 // call's (Cache.UnaryInterceptor relays batches and ReEncrypt whole).
 func (c *Cache) forward(ctx context.Context, method string, resp proto.Message) error {
@@ -114,9 +116,9 @@ func (c *Cache) proofOf(ctx context.Context, method string) ([]byte, [][]byte, e
 	}
 	if proof == nil || !c.addressedHere(proof) {
 		_ = grpc.SetTrailer(ctx, metadata.Pairs(forwardproof.RequiredTrailer, "1"))
-		return nil, nil, status.Errorf(codes.FailedPrecondition,
+		return nil, nil, forwardproof.Required(fmt.Sprintf(
 			"edge %s forwards %s to the central tier, which performs it only with the caller's forward proof for %s: sign the call (the keybroker SDK does)",
-			c.cfg.NodeID, rpc.MethodName(method), c.spiffeID())
+			c.cfg.NodeID, rpc.MethodName(method), c.spiffeID()))
 	}
 	p, ok := peer.FromContext(ctx)
 	var chain [][]byte

@@ -14,7 +14,8 @@ import (
 
 // UnaryInterceptor relays whole to the central tier the calls made of
 // several parts — batches and ReEncrypt — when any part would be forwarded.
-// It goes after s's own interceptor, which authenticates the call.
+// It runs inside s's own interceptor, which authenticates the call first
+// (rpc.Server.UnaryInterceptorThen).
 //
 // A client's forward proof covers the call it made, not the parts the edge
 // splits it into: the central tier checks the digest of the very request

@@ -151,9 +151,22 @@ func (s *Server) Logger() *slog.Logger { return s.log }
 // KeyBroker is the KeyBroker service.
 func (s *Server) KeyBroker() kbv1.KeyBrokerServer { return &keyBroker{s: s} }
 
-type reqIDKey struct{}
+// callKey keys a call's callInfo in its context: one value for the
+// request ids and the incoming call, so that a call costs one context
+// value, not three.
+type callKey struct{}
 
-type clientReqIDKey struct{}
+// callInfo is what authentication learns about a call.
+type callInfo struct {
+	rid, crid string
+	method    string
+	req       any
+}
+
+func callOf(ctx context.Context) *callInfo {
+	ci, _ := ctx.Value(callKey{}).(*callInfo)
+	return ci
+}
 
 var reqIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
@@ -165,15 +178,19 @@ func newRequestID() string {
 
 // RequestID returns the request id of a call.
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(reqIDKey{}).(string)
-	return id
+	if ci := callOf(ctx); ci != nil {
+		return ci.rid
+	}
+	return ""
 }
 
 // ClientRequestID returns the request id the call's originating client
 // chose, if it sent one: its own correlation id, not the audit's.
 func ClientRequestID(ctx context.Context) string {
-	id, _ := ctx.Value(clientReqIDKey{}).(string)
-	return id
+	if ci := callOf(ctx); ci != nil {
+		return ci.crid
+	}
+	return ""
 }
 
 // OutgoingRequestID returns ctx with the call's request id (and the
@@ -223,7 +240,7 @@ func Forwarder(ctx context.Context) string {
 
 // authenticate assigns a call its request id and identity, auditing calls
 // refused for want of an identity.
-func (s *Server) authenticate(ctx context.Context, fullMethod string) (context.Context, error) {
+func (s *Server) authenticate(ctx context.Context, fullMethod string, req any) (context.Context, error) {
 	var sent, sentClient string
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		sent, sentClient = incomingID(md, "x-request-id"), incomingID(md, "x-client-request-id")
@@ -241,10 +258,7 @@ func (s *Server) authenticate(ctx context.Context, fullMethod string) (context.C
 		hdr.Set("x-client-request-id", crid)
 	}
 	_ = grpc.SetHeader(ctx, hdr)
-	ctx = context.WithValue(ctx, reqIDKey{}, rid)
-	if crid != "" {
-		ctx = context.WithValue(ctx, clientReqIDKey{}, crid)
-	}
+	ctx = context.WithValue(ctx, callKey{}, &callInfo{rid: rid, crid: crid, method: fullMethod, req: req})
 	if idErr != nil {
 		rec := audit.Record{RequestID: rid, ClientRequestID: crid, Node: s.id, Operation: MethodName(fullMethod),
 			Decision: "deny", Outcome: codes.Unauthenticated.String(), Detail: idErr.Error()}
@@ -259,29 +273,31 @@ func (s *Server) authenticate(ctx context.Context, fullMethod string) (context.C
 // UnaryInterceptor authenticates every unary call, assigns its request id,
 // audits calls refused for want of an identity, and keeps the call's method
 // and request in the context (IncomingCall).
-func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor {
+func (s *Server) UnaryInterceptor() grpc.UnaryServerInterceptor { return s.UnaryInterceptorThen(nil) }
+
+// UnaryInterceptorThen is UnaryInterceptor whose authenticated calls go
+// through next (when not nil) rather than straight to the handler: a
+// node's own step, run inside this interceptor rather than chained after
+// it, since every level of a gRPC chain costs each call an allocation.
+func (s *Server) UnaryInterceptorThen(next grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		ctx, err := s.authenticate(ctx, info.FullMethod)
+		ctx, err := s.authenticate(ctx, info.FullMethod, req)
 		if err != nil {
 			return nil, err
 		}
-		return h(context.WithValue(ctx, incomingKey{}, incoming{info.FullMethod, req}), req)
+		if next != nil {
+			return next(ctx, req, info, h)
+		}
+		return h(ctx, req)
 	}
-}
-
-type incomingKey struct{}
-
-type incoming struct {
-	method string
-	req    any
 }
 
 // IncomingCall returns the full method and the request message of the
 // unary call ctx belongs to, as the caller sent them: what an edge forwards
 // must be the call its client signed, not a rebuilt one.
 func IncomingCall(ctx context.Context) (method string, req proto.Message, ok bool) {
-	in, ok := ctx.Value(incomingKey{}).(incoming)
-	if !ok {
+	in := callOf(ctx)
+	if in == nil || in.req == nil {
 		return "", nil, false
 	}
 	req, ok = in.req.(proto.Message)
@@ -298,7 +314,7 @@ func (a authedStream) Context() context.Context { return a.ctx }
 // StreamInterceptor does for streaming calls what UnaryInterceptor does.
 func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		ctx, err := s.authenticate(ss.Context(), info.FullMethod)
+		ctx, err := s.authenticate(ss.Context(), info.FullMethod, nil)
 		if err != nil {
 			return err
 		}

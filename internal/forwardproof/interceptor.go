@@ -31,15 +31,23 @@ func WithAudience(ctx context.Context, edge string) context.Context {
 
 // Interceptor signs forward proofs for a client's calls: when the caller
 // says the node forwards (WithAudience), on KeyAdmin calls to a connection
-// known to reach an edge, and when an edge answers FailedPrecondition with
-// the RequiredTrailer — then the audience is the edge the TLS handshake of
-// that call authenticated, never what the edge says, and the call is
-// retried once on the same connection. Calls a node serves itself are not
+// known to reach an edge, and when an edge answers that it needs a proof
+// (IsRequired) — then the audience is the edge the TLS handshake of the
+// connection authenticated, never what the edge says, and the call is
+// retried on the same connection. Calls a node serves itself are not
 // signed.
+//
+// Which node a connection reaches is learnt from the first call made on it
+// (grpc.Peer) and remembered, so later calls carry no extra call options.
+// A connection re-established to another node behind the same address is
+// noticed when that node asks for a proof again: the retry learns the peer
+// anew, and a call is tried at most three times.
 type Interceptor struct {
 	signer crypto.Signer
 	now    func() time.Time
-	edges  sync.Map // *grpc.ClientConn → the edge's SPIFFE id, for KeyAdmin calls
+	// peers maps a *grpc.ClientConn to the SPIFFE id of the edge it last
+	// reached, or "" when that was not an edge.
+	peers sync.Map
 }
 
 // NewInterceptor signs with signer, the client certificate's private key
@@ -52,44 +60,71 @@ func NewInterceptor(signer crypto.Signer, now func() time.Time) *Interceptor {
 	return &Interceptor{signer: signer, now: now}
 }
 
+// edgeOf is what the interceptor knows of cc: the edge it reaches ("" when
+// not an edge), and whether it knows at all.
+func (in *Interceptor) edgeOf(cc *grpc.ClientConn) (string, bool) {
+	v, ok := in.peers.Load(cc)
+	if !ok {
+		return "", false
+	}
+	return v.(string), true
+}
+
+// learn records the node a call on cc reached, if the call reached one.
+func (in *Interceptor) learn(cc *grpc.ClientConn, p *peer.Peer) {
+	if p.AuthInfo == nil {
+		return
+	}
+	id, _ := EdgeOf(p)
+	in.peers.Store(cc, id)
+}
+
 // Unary is the interceptor, for grpc.WithChainUnaryInterceptor.
 func (in *Interceptor) Unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	msg, ok := req.(proto.Message)
 	if !ok || in.signer == nil {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	admin := strings.HasPrefix(method, adminService)
+	edge, known := in.edgeOf(cc)
 	aud, _ := ctx.Value(audienceKey{}).(string)
-	if aud == "" && admin {
-		if v, ok := in.edges.Load(cc); ok {
-			aud = v.(string)
+	if aud == "" && edge != "" && strings.HasPrefix(method, adminService) {
+		aud = edge
+	}
+	var err error
+	switch {
+	case aud != "":
+		sctx, serr := in.sign(ctx, method, msg, aud)
+		if serr != nil {
+			return serr
 		}
+		err = invoker(sctx, method, req, reply, cc, opts...)
+	case known:
+		err = invoker(ctx, method, req, reply, cc, opts...)
+	default:
+		var p peer.Peer
+		err = invoker(ctx, method, req, reply, cc, append(opts[:len(opts):len(opts)], grpc.Peer(&p))...)
+		in.learn(cc, &p)
 	}
-	if aud != "" {
-		sctx, err := in.sign(ctx, method, msg, aud)
-		if err != nil {
-			return err
+	// Asked for a proof: sign for the edge this connection reaches, learning
+	// it again with each try.
+	for try := 0; try < 2 && IsRequired(err); try++ {
+		first := err
+		var p peer.Peer
+		callOpts := append(opts[:len(opts):len(opts)], grpc.Peer(&p))
+		if edge, _ = in.edgeOf(cc); edge == "" {
+			// Not known to be an edge: this try only learns which node
+			// answers, and is asked again.
+			err = invoker(ctx, method, req, reply, cc, callOpts...)
+		} else {
+			sctx, serr := in.sign(ctx, method, msg, edge)
+			if serr != nil {
+				return first
+			}
+			err = invoker(sctx, method, req, reply, cc, callOpts...)
 		}
-		return invoker(sctx, method, req, reply, cc, opts...)
+		in.learn(cc, &p)
 	}
-	var p peer.Peer
-	var tr metadata.MD
-	err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p), grpc.Trailer(&tr))...)
-	if err == nil || status.Code(err) != codes.FailedPrecondition || len(tr.Get(RequiredTrailer)) == 0 {
-		return err
-	}
-	aud, ok = EdgeOf(&p)
-	if !ok {
-		return err
-	}
-	if admin {
-		in.edges.Store(cc, aud)
-	}
-	sctx, serr := in.sign(ctx, method, msg, aud)
-	if serr != nil {
-		return err
-	}
-	return invoker(sctx, method, req, reply, cc, opts...)
+	return err
 }
 
 func (in *Interceptor) sign(ctx context.Context, method string, msg proto.Message, aud string) (context.Context, error) {
