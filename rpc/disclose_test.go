@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,7 +15,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
-	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
@@ -49,16 +47,6 @@ permit (principal is Admin, action == Action::"DescribeKey", resource);
 // to security; only payments keys may be described by client app.
 func newDiscloseServer(t *testing.T, classify func(error) (*status.Status, bool)) (*rpc.Server, *testServer) {
 	t.Helper()
-	set, err := policy.Parse(map[string][]byte{"disclose.cedar": []byte(disclosePolicies)})
-	if err != nil {
-		t.Fatalf("policy.Parse = %v", err)
-	}
-	path := filepath.Join(t.TempDir(), "audit.jsonl")
-	log, err := audit.Open(path, 0)
-	if err != nil {
-		t.Fatalf("audit.Open = %v", err)
-	}
-	t.Cleanup(func() { _ = log.Close() })
 	n := listNode{fakeNode: fakeNode{keys: map[string]*managed.Key{}}}
 	for i := range 40 {
 		team := map[bool]string{true: "payments", false: "security"}[i%2 == 0]
@@ -69,11 +57,8 @@ func newDiscloseServer(t *testing.T, classify func(error) (*status.Status, bool)
 		n.sorted = append(n.sorted, k)
 	}
 	slices.SortFunc(n.sorted, func(a, b *managed.Key) int { return strings.Compare(a.ID, b.ID) })
-	s, err := rpc.New(rpc.Config{Node: n, Policy: staticPolicies{set}, Audit: log, NodeID: "central-1", TrustDomain: td, Classify: classify})
-	if err != nil {
-		t.Fatalf("rpc.New = %v", err)
-	}
-	return s, &testServer{s: s, auditPath: path, log: log}
+	ts := newTestServerOn(t, disclosePolicies, n, classify)
+	return ts.s, ts
 }
 
 // callerAs is the context a handler of s sees for a call by id.

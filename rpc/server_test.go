@@ -106,7 +106,17 @@ type testServer struct {
 
 func newTestServer(t *testing.T, classify func(error) (*status.Status, bool)) *testServer {
 	t.Helper()
-	set, err := policy.Parse(map[string][]byte{"server.cedar": []byte(serverPolicies)})
+	return newTestServerOn(t, serverPolicies, fakeNode{keys: map[string]*managed.Key{
+		"payments": testKey("payments", managed.AES256GCM, managed.ModeDerive, map[string]string{"team": "payments"}, ""),
+		"secret":   testKey("secret", managed.AES256GCM, managed.ModeDerive, map[string]string{"team": "security"}, ""),
+	}}, classify)
+}
+
+// newTestServerOn serves node under the Cedar policies given, auditing to
+// a fresh log.
+func newTestServerOn(t *testing.T, policies string, node rpc.Node, classify func(error) (*status.Status, bool)) *testServer {
+	t.Helper()
+	set, err := policy.Parse(map[string][]byte{"server.cedar": []byte(policies)})
 	if err != nil {
 		t.Fatalf("policy.Parse = %v", err)
 	}
@@ -116,10 +126,6 @@ func newTestServer(t *testing.T, classify func(error) (*status.Status, bool)) *t
 		t.Fatalf("audit.Open = %v", err)
 	}
 	t.Cleanup(func() { _ = log.Close() })
-	node := fakeNode{keys: map[string]*managed.Key{
-		"payments": testKey("payments", managed.AES256GCM, managed.ModeDerive, map[string]string{"team": "payments"}, ""),
-		"secret":   testKey("secret", managed.AES256GCM, managed.ModeDerive, map[string]string{"team": "security"}, ""),
-	}}
 	s, err := rpc.New(rpc.Config{Node: node, Policy: staticPolicies{set}, Audit: log, NodeID: "central-1", TrustDomain: td, Classify: classify})
 	if err != nil {
 		t.Fatalf("rpc.New = %v", err)

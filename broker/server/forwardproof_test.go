@@ -96,7 +96,7 @@ func TestForwardBoundToCaller(t *testing.T) {
 		e.enroll(t, name, "eu", nil)
 		sk, _ := sealed.GenerateKey()
 		c := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, name))
-		if _, err := c.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Region: "eu", Address: name + ".example:7443"}); err != nil {
+		if _, err := c.Register(ctx, &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: name + ".example:7443"}); err != nil {
 			t.Fatal(err)
 		}
 		return c
