@@ -164,6 +164,8 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	n.stop = stop
 	n.servers.Start(n.lis, n.opsLis)
 	n.loops.Go(func() { _ = n.cache.Run(loopCtx) })
+	// The region is the enrolled one, known from the replica of an edge
+	// that followed the central tier before, or once it registers ("").
 	log.Info("edge ready", "node_id", cfg.NodeID, "region", n.cache.Region(), "grpc_addr", n.lis.Addr().String(),
 		"advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(), "central", cfg.Central.Address,
 		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness)

@@ -85,7 +85,7 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 		if !progressed {
 			c.connected.Store(true)
 			progressed = true
-			c.log.Info("following the central tier", "revision", ev.GetRevision())
+			c.log.Info("following the central tier", "revision", ev.GetRevision(), "region", c.Region())
 		}
 		if err := c.apply(ev); err != nil {
 			return progressed, err
