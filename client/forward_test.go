@@ -18,7 +18,8 @@ import (
 
 // TestForwardProofs: the SDK signs a call an edge forwards — up front when
 // LookupKey says the edge forwards, so the call costs no extra round trip,
-// and on request otherwise (Direct, and admin calls through an edge).
+// and on request otherwise (Direct, and admin calls through an edge), after
+// which calls of the same method and key are signed up front.
 func TestForwardProofs(t *testing.T) {
 	c := startCluster(t)
 	ctx := t.Context()
@@ -72,6 +73,17 @@ func TestForwardProofs(t *testing.T) {
 	}
 	if n := asked.Load(); n != 1 {
 		t.Errorf("Direct: the edge asked for a proof %d times, want 1 (then the signed retry)", n)
+	}
+	// The request is remembered for that method and key: further such
+	// calls are signed up front.
+	asked.Store(0)
+	for range 5 {
+		if _, err := direct.Encrypt(ctx, "central-only", []byte("m"), nil); err != nil {
+			t.Fatalf("Encrypt through the edge again, Direct: %v", err)
+		}
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("Direct: five more forwarded Encrypts were asked for a proof %d times, want 0", n)
 	}
 	// A local call is never signed nor refused.
 	asked.Store(0)

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,7 +16,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
 )
 
 const adminService = "/keybroker.v1.KeyAdmin/"
@@ -39,6 +42,11 @@ func WithAudience(ctx context.Context, edge string) context.Context {
 //
 // Which node a connection reaches is learnt from the first call made on it
 // (grpc.Peer) and remembered, so later calls carry no extra call options.
+// An edge's request for a proof is remembered too, for the method and key
+// it was asked for, on that connection, for ForwardMemory: further such
+// calls are signed up front instead of costing a refused round trip each
+// (a caller that does not route by LookupKey, such as keybroker bench
+// against one edge, would otherwise pay two calls for every forwarded one).
 // A connection re-established to another node behind the same address is
 // noticed when that node asks for a proof again: the retry learns the peer
 // anew, and a call is tried at most three times.
@@ -48,6 +56,62 @@ type Interceptor struct {
 	// peers maps a *grpc.ClientConn to the SPIFFE id of the edge it last
 	// reached, or "" when that was not an edge.
 	peers sync.Map
+	// forwards maps a forwarded call (forwardsKey) to when the memory of
+	// its edge asking for a proof ends; nForwards counts its entries, so
+	// that a client whose calls are never forwarded does not look.
+	forwards  sync.Map
+	nForwards atomic.Int64
+}
+
+// ForwardMemory is how long an edge's request for a proof is remembered
+// for the method and key it concerned.
+const ForwardMemory = time.Minute
+
+// maxForwards bounds the remembered requests for proofs; past it, the
+// memory starts over.
+const maxForwards = 4096
+
+// forwardsKey is a kind of call an edge asked a proof for.
+type forwardsKey struct {
+	cc     *grpc.ClientConn
+	method string
+	key    string
+}
+
+// keyOf is the key a request names, for remembering which calls an edge
+// forwards: its key id, or the key in a ciphertext's header.
+func keyOf(req proto.Message) string {
+	switch r := req.(type) {
+	case interface{ GetKeyId() string }:
+		return r.GetKeyId()
+	case *kbv1.DecryptRequest:
+		id, _, _ := managed.PeekKeyID(r.GetCiphertext())
+		return id
+	case *kbv1.ReEncryptRequest:
+		id, _, _ := managed.PeekKeyID(r.GetCiphertext())
+		return id + "\x00" + r.GetDestinationKeyId()
+	}
+	return ""
+}
+
+// remembered says whether an edge asked for a proof for k lately.
+func (in *Interceptor) remembered(k forwardsKey) bool {
+	if in.nForwards.Load() == 0 {
+		return false
+	}
+	v, ok := in.forwards.Load(k)
+	return ok && in.now().Before(v.(time.Time))
+}
+
+// remember notes that an edge asked for a proof for k.
+func (in *Interceptor) remember(k forwardsKey) {
+	if in.nForwards.Load() >= maxForwards {
+		in.forwards.Clear()
+		in.nForwards.Store(0)
+	}
+	if _, loaded := in.forwards.Swap(k, in.now().Add(ForwardMemory)); !loaded {
+		in.nForwards.Add(1)
+	}
 }
 
 // NewInterceptor signs with signer, the client certificate's private key
@@ -87,7 +151,7 @@ func (in *Interceptor) Unary(ctx context.Context, method string, req, reply any,
 	}
 	edge, known := in.edgeOf(cc)
 	aud, _ := ctx.Value(audienceKey{}).(string)
-	if aud == "" && edge != "" && strings.HasPrefix(method, adminService) {
+	if aud == "" && edge != "" && (strings.HasPrefix(method, adminService) || in.remembered(forwardsKey{cc, method, keyOf(msg)})) {
 		aud = edge
 	}
 	var err error
@@ -107,6 +171,9 @@ func (in *Interceptor) Unary(ctx context.Context, method string, req, reply any,
 	}
 	// Asked for a proof: sign for the edge this connection reaches, learning
 	// it again with each try.
+	if IsRequired(err) {
+		in.remember(forwardsKey{cc, method, keyOf(msg)})
+	}
 	for try := 0; try < 2 && IsRequired(err); try++ {
 		first := err
 		var p peer.Peer
