@@ -46,7 +46,8 @@
 // the ErrorInfo reason FORWARD_PROOF_REQUIRED: then the audience is the
 // edge the connection's TLS handshake authenticated (learnt from the first
 // call on it), never what the edge says, and the call is retried on that
-// node. Calls a node serves itself
+// node; such calls (same connection, method and key) are then signed up
+// front for a minute. Calls a node serves itself
 // are not signed. A TLS configuration that supplies its certificate only
 // through GetClientCertificate, or whose key is not a crypto.Signer, signs
 // nothing, and edges refuse the calls they would forward.
