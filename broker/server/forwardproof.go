@@ -49,8 +49,13 @@ func (v *proofVerifier) verify(edge identity.Identity, r *kbv1.ForwardRequest) (
 		return identity.Identity{}, refused("this central node has no client CA bundle to verify forwarding clients against")
 	}
 	chain := r.GetClientChain()
-	if len(chain) == 0 {
+	switch {
+	case len(chain) == 0:
 		return identity.Identity{}, refused("bad chain: the edge passed no client certificate chain")
+	case len(chain) > maxChainCerts:
+		// A client presents its leaf and a few intermediates; a longer
+		// chain only makes path building cost more.
+		return identity.Identity{}, refused("bad chain: %d certificates, more than %d", len(chain), maxChainCerts)
 	}
 	if len(r.GetProof()) == 0 {
 		return identity.Identity{}, refused("no proof: the client did not sign this call")
@@ -131,6 +136,9 @@ func (v *proofVerifier) verifyChain(chain [][]byte, now time.Time) (verifiedLeaf
 	}
 	return verifiedLeaf{who: who, pub: certs[0].PublicKey, until: until}, nil
 }
+
+// maxChainCerts bounds the certificates of a forwarded client chain.
+const maxChainCerts = 8
 
 // maxChains bounds the verified-chain cache.
 const maxChains = 4096

@@ -162,6 +162,11 @@ func TestForwardBoundToCaller(t *testing.T) {
 			r.Method = "/keybroker.v1.KeyBroker/GenerateDataKey"
 		}), "method mismatch"},
 		{"a chain from a foreign CA", edge, foreign.forward(t, decrypt, steal, edgeID, now), "bad chain"},
+		{"a chain of too many certificates", edge, mutate(ops.forward(t, decrypt, steal, edgeID, now), func(r *kbv1.ForwardRequest) {
+			for range maxChainCerts {
+				r.ClientChain = append(r.ClientChain, ops.chain[0])
+			}
+		}), "bad chain"},
 		{"a replayed proof", edge, genuine, "replay"},
 		{"Forward denied to the edge by the policy", barred, billing.forward(t, encrypt, enc, "spiffe://kb.test/edge/edge-barred", now), "policy"},
 		{"an admin call through an edge the policy lets relay only client calls", edge, ops.forward(t, "/keybroker.v1.KeyAdmin/CreateKey", createAsOps, edgeID, now), "policy"},
