@@ -25,6 +25,15 @@ const (
 	netRestored        // the network is back; the edge recovers
 )
 
+// netLease and netStaleness are the edge's lease (edge clusters' 2s) and
+// edge-cut's max_staleness: no heartbeat sent after a fault began can reach
+// the edge, so whatever lease it holds ends by the fault's start plus
+// netLease, and it must refuse from then plus netStaleness on.
+const (
+	netLease     = 2 * time.Second
+	netStaleness = 3 * time.Second
+)
+
 // staleRefusal says whether err is the edge's refusal to serve past
 // max_staleness.
 func staleRefusal(err error) bool {
@@ -43,8 +52,8 @@ func TestFaultNetworkCut(t *testing.T) {
 	rep := newFaultReport(t, "network-cut")
 	c := newEdgeCluster(t)
 	proxy := newFaultProxy(t, c.central.addr)
-	c.addEdge(t, &edgeNode{name: "edge-cut", region: "eu", prefetch: true, staleness: 3 * time.Second, via: proxy.addr()})
-	c.addEdge(t, &edgeNode{name: "edge-direct", region: "eu", prefetch: true, staleness: 3 * time.Second})
+	c.addEdge(t, &edgeNode{name: "edge-cut", region: "eu", prefetch: true, staleness: netStaleness, via: proxy.addr()})
+	c.addEdge(t, &edgeNode{name: "edge-direct", region: "eu", prefetch: true, staleness: netStaleness})
 	ctx := t.Context()
 	owner := map[string]string{"owner": e2eTrustDomain}
 	aes := kbv1.KeyType_KEY_TYPE_AES_256_GCM
@@ -71,7 +80,14 @@ func TestFaultNetworkCut(t *testing.T) {
 		{"stall", proxy.stall},
 	} {
 		var phase atomic.Int32
-		var served, servedCut, refused, refusedAfter atomic.Int64
+		// closes is when the edge's window must have closed: the fault's
+		// start plus the longest lease a heartbeat sent before it grants,
+		// plus max_staleness. The test sees the edge refuse first, then
+		// demands refusals; a heartbeat sent just before the fault but
+		// applied after that first refusal (a slow disk write) may still
+		// open the window until closes, and no later.
+		var closes atomic.Int64
+		var served, servedCut, refused, refusedAfter, servedLate atomic.Int64
 		var directServed atomic.Int64
 		l := startFaultLoad(ctx, 4, func(ctx context.Context, w, i int) error {
 			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -86,10 +102,13 @@ func TestFaultNetworkCut(t *testing.T) {
 				return err
 			}
 			at := phase.Load()
+			began := time.Now()
 			_, err := faultRoundTrip(ctx, cut, cut, "placed", pt, ectx)
 			switch {
-			case err == nil && at == netRefusing:
+			case err == nil && at == netRefusing && began.UnixNano() > closes.Load():
 				return errors.New("served past lease + max_staleness")
+			case err == nil && at == netRefusing:
+				servedLate.Add(1) // a heartbeat from before the fault, applied late
 			case err == nil:
 				served.Add(1)
 				if at == netCut {
@@ -107,6 +126,7 @@ func TestFaultNetworkCut(t *testing.T) {
 		})
 		l.waitOps(t, 100)
 
+		closes.Store(time.Now().Add(netLease + netStaleness).UnixNano())
 		fault.inject()
 		phase.Store(netCut)
 		forwarded := "not tried"
@@ -162,6 +182,9 @@ func TestFaultNetworkCut(t *testing.T) {
 			fault.name, servedCut.Load(), refused.Load(), connectedCut, forwarded)
 		if fault.name == "reset" {
 			line += fmt.Sprintf(" (%d reconnections refused meanwhile)", proxy.refusals())
+		}
+		if n := servedLate.Load(); n > 0 {
+			line += fmt.Sprintf("; %d served after a first refusal, within the window a heartbeat sent before the fault still held", n)
 		}
 		t.Log(line)
 		lines = append(lines, line)
