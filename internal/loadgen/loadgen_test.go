@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -179,30 +180,34 @@ func TestStatsJSON(t *testing.T) {
 }
 
 func TestRunPaired(t *testing.T) {
-	// A returns at once; B waits 2ms a call. Whatever the machine does,
-	// A's rate is above B's in every round.
-	fast := func(int) (Op, error) { return func(context.Context) error { return nil }, nil }
-	slow := func(int) (Op, error) {
-		return func(context.Context) error { time.Sleep(2 * time.Millisecond); return nil }, nil
-	}
-	p, err := RunPaired(t.Context(), Config{Workers: 2, Duration: 60 * time.Millisecond}, 3, fast, slow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(p.Ratios) != 3 || p.A.Ops == 0 || p.B.Ops == 0 || p.A.Elapsed <= 0 || p.B.Elapsed <= 0 {
-		t.Fatalf("paired = %+v: want 3 rounds with calls on both sides", p)
-	}
-	for _, r := range p.Ratios {
-		if r <= 1 {
-			t.Errorf("round ratio %v: the fast load was not faster", r)
+	// A waits 10µs a call, B 2ms, on the bubble's fake clock: A's rate is
+	// above B's in every round, however busy the machine running the test.
+	synctest.Test(t, func(t *testing.T) {
+		fast := func(int) (Op, error) {
+			return func(context.Context) error { time.Sleep(10 * time.Microsecond); return nil }, nil
 		}
-	}
-	if m := p.MedianRatio(); m < slices.Min(p.Ratios) || m > slices.Max(p.Ratios) {
-		t.Errorf("median %v outside the rounds %v", m, p.Ratios)
-	}
-	if _, err := RunPaired(t.Context(), Config{Workers: 1, Duration: time.Second}, 0, fast, slow); err == nil {
-		t.Error("RunPaired with 0 rounds succeeded")
-	}
+		slow := func(int) (Op, error) {
+			return func(context.Context) error { time.Sleep(2 * time.Millisecond); return nil }, nil
+		}
+		p, err := RunPaired(t.Context(), Config{Workers: 2, Duration: 60 * time.Millisecond}, 3, fast, slow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Ratios) != 3 || p.A.Ops == 0 || p.B.Ops == 0 || p.A.Elapsed <= 0 || p.B.Elapsed <= 0 {
+			t.Fatalf("paired = %+v: want 3 rounds with calls on both sides", p)
+		}
+		for _, r := range p.Ratios {
+			if r <= 1 {
+				t.Errorf("round ratio %v: the fast load was not faster", r)
+			}
+		}
+		if m := p.MedianRatio(); m < slices.Min(p.Ratios) || m > slices.Max(p.Ratios) {
+			t.Errorf("median %v outside the rounds %v", m, p.Ratios)
+		}
+		if _, err := RunPaired(t.Context(), Config{Workers: 1, Duration: time.Second}, 0, fast, slow); err == nil {
+			t.Error("RunPaired with 0 rounds succeeded")
+		}
+	})
 }
 
 func TestMedianRatio(t *testing.T) {
