@@ -68,7 +68,7 @@ func (e *edgeSync) FetchMaterial(ctx context.Context, r *kbv1.FetchMaterialReque
 	if err := rpc.CheckKeyID(r.GetKeyId()); err != nil {
 		return nil, c.End(err)
 	}
-	node, err := registeredEdge(e.s, c)
+	node, err := enrolledEdge(e.s, c)
 	if err != nil {
 		return nil, c.End(err)
 	}
@@ -107,10 +107,6 @@ func edgeOnly(c *rpc.Call) error {
 	c.Rec.Decision, c.Rec.PolicyID = "deny", "edge-only"
 	return status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.Who)
 }
-
-// registeredEdge loads the calling edge's record: enrolled, and
-// registered since.
-func registeredEdge(s *Server, c *rpc.Call) (*broker.Node, error) { return enrolledEdge(s, c) }
 
 // edgePrincipal is an enrolled edge as Cedar sees it: placement follows
 // the region and labels it was enrolled with.
@@ -160,7 +156,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	if err := edgeOnly(c); err != nil {
 		return refuse(c, err)
 	}
-	node, err := registeredEdge(e.s, c)
+	node, err := enrolledEdge(e.s, c)
 	if err != nil {
 		return refuse(c, err)
 	}

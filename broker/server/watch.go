@@ -36,7 +36,7 @@ func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer)
 	if err := edgeOnly(c); err != nil {
 		return c.End(err)
 	}
-	node, err := registeredEdge(e.s, c)
+	node, err := enrolledEdge(e.s, c)
 	if err != nil {
 		return c.End(err)
 	}
