@@ -143,6 +143,10 @@ func (s *Server) forwardable() map[string]forwardTarget {
 // named as Via, so an edge can relay what it may not do itself but never
 // more than its client asked for. Refusals are audited with the edge as the
 // actor and the reason.
+//
+// The proof's nonce is spent only once the edge's Forward decision allows
+// the call, just before it runs: a refused forward neither uses up the
+// client's proof nor fills the replay cache.
 func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.ForwardResponse, error) {
 	op := rpc.MethodName(r.GetMethod())
 	refuse := func(c *rpc.Call, err error) (*kbv1.ForwardResponse, error) {
@@ -164,15 +168,23 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	if !ok {
 		return refuse(c, status.Errorf(codes.Unimplemented, "method %q cannot be forwarded", r.GetMethod()))
 	}
-	client, err := e.s.proofs.verify(c.Who, r)
-	if err != nil {
+	proofRefused := func(err error) (*kbv1.ForwardResponse, error) {
 		c.Rec.Decision, c.Rec.PolicyID = "deny", "forward-proof"
+		code := codes.PermissionDenied
+		if errors.Is(err, errReplayFull) {
+			code = codes.Unavailable
+		}
 		msg := "edge " + c.Who.Name + " may not forward " + op + ": " + err.Error()
 		if p := r.GetPrincipal(); p != "" {
 			msg += " (the edge named " + p + ")"
 		}
-		return refuse(c, status.Error(codes.PermissionDenied, msg))
+		return refuse(c, status.Error(code, msg))
 	}
+	proof, err := e.s.proofs.verify(c.Who, r)
+	if err != nil {
+		return proofRefused(err)
+	}
+	client := proof.who
 	if p := r.GetPrincipal(); p != "" && p != client.String() {
 		e.s.log.Warn("an edge named another principal than the one its forward proof establishes",
 			"edge", c.Who.String(), "named", p, "proved", client.String(), "request_id", c.Rec.RequestID)
@@ -181,6 +193,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	edgeP := edgePrincipal(node, c.Who.TrustDomain)
 	fctx := rpc.WithForwarder(identity.NewContext(ctx, client), c.Who.Name)
 	var decodeErr, denied error
+	var spent bool
 	resp, err := t.handler(t.srv, fctx, func(v any) error {
 		decodeErr = proto.Unmarshal(r.GetRequest(), v.(proto.Message))
 		return decodeErr
@@ -196,11 +209,18 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 			denied = err
 			return nil, err
 		}
+		if err := e.s.proofs.record(proof); err != nil {
+			spent = true
+			denied = err
+			return nil, err
+		}
 		return h(ctx, req)
 	})
 	switch {
 	case decodeErr != nil:
 		return refuse(c, rpc.Invalid("forwarded %s request: %v", op, decodeErr))
+	case spent:
+		return proofRefused(denied)
 	case denied != nil:
 		return refuse(c, denied)
 	case err != nil:

@@ -20,8 +20,8 @@ import (
 const DefaultProofWindow = 2 * time.Minute
 
 // maxNonces bounds the replay cache. A forward that would overflow it is
-// refused (the edge's client retries): an unbounded cache is a memory
-// attack, a forgetful one a replay.
+// refused Unavailable (the edge's client retries): an unbounded cache is a
+// memory attack, a forgetful one a replay.
 const maxNonces = 1 << 20
 
 // proofError is a refused proof: the reason goes to the audit line.
@@ -30,6 +30,12 @@ type proofError struct{ reason string }
 func (e *proofError) Error() string { return e.reason }
 
 var errReplay = refused("replay: this proof was used before")
+
+// errReplayFull is a proof refused because the replay cache is full of
+// live nonces: nothing is wrong with it, and a retry once older proofs go
+// stale succeeds, so the caller gets a retryable code, not
+// PermissionDenied.
+var errReplayFull = refused("replay cache full of live proofs; retry")
 
 func refused(format string, args ...any) error { return &proofError{fmt.Sprintf(format, args...)} }
 
@@ -43,50 +49,71 @@ type proofVerifier struct {
 	chains chainCache
 }
 
-// verify returns the identity that made the forwarded call r to edge.
-func (v *proofVerifier) verify(edge identity.Identity, r *kbv1.ForwardRequest) (identity.Identity, error) {
+// verifiedProof is what a valid forward proof establishes: the client
+// that made the call, and the nonce to record (record) once the call is
+// let run.
+type verifiedProof struct {
+	who     identity.Identity
+	nonce   [forwardproof.NonceSize]byte
+	expires time.Time // when the proof goes stale
+}
+
+// verify checks that r carries a proof, by a client the CA bundle
+// vouches for, of exactly this call made to edge, recently and not seen
+// before. It does not record the nonce: record does, once the edge's
+// right to forward the call has been decided, so that a refused forward
+// does not spend the client's proof nor fill the replay cache.
+func (v *proofVerifier) verify(edge identity.Identity, r *kbv1.ForwardRequest) (verifiedProof, error) {
 	if v.roots == nil {
-		return identity.Identity{}, refused("this central node has no client CA bundle to verify forwarding clients against")
+		return verifiedProof{}, refused("this central node has no client CA bundle to verify forwarding clients against")
 	}
 	chain := r.GetClientChain()
 	switch {
 	case len(chain) == 0:
-		return identity.Identity{}, refused("bad chain: the edge passed no client certificate chain")
+		return verifiedProof{}, refused("bad chain: the edge passed no client certificate chain")
 	case len(chain) > maxChainCerts:
 		// A client presents its leaf and a few intermediates; a longer
 		// chain only makes path building cost more.
-		return identity.Identity{}, refused("bad chain: %d certificates, more than %d", len(chain), maxChainCerts)
+		return verifiedProof{}, refused("bad chain: %d certificates, more than %d", len(chain), maxChainCerts)
 	}
 	if len(r.GetProof()) == 0 {
-		return identity.Identity{}, refused("no proof: the client did not sign this call")
+		return verifiedProof{}, refused("no proof: the client did not sign this call")
 	}
 	now := v.now()
 	leaf, err := v.chains.verify(chain, now, v.verifyChain)
 	if err != nil {
-		return identity.Identity{}, err
+		return verifiedProof{}, err
 	}
 	who := leaf.who
 	claims, err := forwardproof.Parse(r.GetProof(), leaf.pub)
 	if err != nil {
-		return identity.Identity{}, refused("bad signature: %v", err)
+		return verifiedProof{}, refused("bad signature: %v", err)
 	}
 	sum := sha256.Sum256(r.GetRequest())
 	switch {
 	case claims.GetMethod() != r.GetMethod():
-		return identity.Identity{}, refused("method mismatch: %s signed %q, the edge forwarded %q", who, claims.GetMethod(), r.GetMethod())
+		return verifiedProof{}, refused("method mismatch: %s signed %q, the edge forwarded %q", who, claims.GetMethod(), r.GetMethod())
 	case !bytes.Equal(claims.GetRequestSha256(), sum[:]):
-		return identity.Identity{}, refused("digest mismatch: the forwarded request is not the one %s signed", who)
+		return verifiedProof{}, refused("digest mismatch: the forwarded request is not the one %s signed", who)
 	case claims.GetAudience() != edge.String():
-		return identity.Identity{}, refused("wrong audience: %s signed for %q, not for %s", who, claims.GetAudience(), edge)
+		return verifiedProof{}, refused("wrong audience: %s signed for %q, not for %s", who, claims.GetAudience(), edge)
 	}
 	at := claims.GetIssuedAt().AsTime()
 	if d := now.Sub(at); d > v.window || d < -v.window {
-		return identity.Identity{}, refused("stale: the proof was issued at %s, %s from now (window %s)", at.UTC().Format(time.RFC3339), d.Round(time.Second), v.window)
+		return verifiedProof{}, refused("stale: the proof was issued at %s, %s from now (window %s)", at.UTC().Format(time.RFC3339), d.Round(time.Second), v.window)
 	}
-	if err := v.seen.add([16]byte(claims.GetNonce()), at.Add(v.window), now); err != nil {
-		return identity.Identity{}, err
+	p := verifiedProof{who: who, nonce: [forwardproof.NonceSize]byte(claims.GetNonce()), expires: at.Add(v.window)}
+	if v.seen.has(p.nonce) {
+		return verifiedProof{}, errReplay
 	}
-	return who, nil
+	return p, nil
+}
+
+// record spends p's nonce: the call it proves is about to run. It fails
+// with errReplay when another forward spent it meanwhile, and with
+// errReplayFull when the replay cache is full of live nonces.
+func (v *proofVerifier) record(p verifiedProof) error {
+	return v.seen.add(p.nonce, p.expires, v.now())
 }
 
 // verifiedLeaf is what a verified chain establishes.
@@ -182,32 +209,61 @@ func (cc *chainCache) verify(chain [][]byte, now time.Time, verify func([][]byte
 
 // replayCache remembers nonces until the proofs that carried them are no
 // longer fresh.
+//
+// Expired nonces are swept when the map reaches prune entries (twice what
+// the last sweep left, at least 1024, at most max), so a sweep costs
+// amortized O(1) per add. A cache full of live nonces refuses new ones
+// (errReplayFull) and sweeps again only once the oldest of them has gone
+// stale, so a flood of proofs costs one sweep per expiry, not one per add.
 type replayCache struct {
 	mu    sync.Mutex
 	m     map[[16]byte]time.Time // nonce → when its proof goes stale
+	max   int                    // the most nonces held (maxNonces)
 	prune int                    // sweep for expired nonces at this size
+	// full, when the last sweep left the cache full, is the stale time of
+	// the oldest nonce it kept: no sweep frees anything before then.
+	full time.Time
 }
 
-func newReplayCache() *replayCache { return &replayCache{m: map[[16]byte]time.Time{}, prune: 1024} }
+// newReplayCache holds at most max nonces.
+func newReplayCache(max int) *replayCache {
+	return &replayCache{m: map[[16]byte]time.Time{}, max: max, prune: min(1024, max)}
+}
 
-// add records nonce until expires, refusing one seen before, or any when
-// the cache is full of live nonces.
+// has says whether nonce was recorded and has not been swept.
+func (r *replayCache) has(nonce [16]byte) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.m[nonce]
+	return ok
+}
+
+// add records nonce until expires, refusing one seen before (errReplay),
+// or any when the cache is full of live nonces (errReplayFull).
 func (r *replayCache) add(nonce [16]byte, expires, now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.m[nonce]; ok {
 		return errReplay
 	}
-	if len(r.m) >= r.prune {
+	if len(r.m) >= r.prune && (r.full.IsZero() || now.After(r.full.Add(time.Second))) {
+		var oldest time.Time
 		for n, exp := range r.m {
-			if now.After(exp.Add(time.Second)) {
+			switch {
+			case now.After(exp.Add(time.Second)):
 				delete(r.m, n)
+			case oldest.IsZero() || exp.Before(oldest):
+				oldest = exp
 			}
 		}
-		r.prune = max(1024, 2*len(r.m))
+		r.prune = min(max(1024, 2*len(r.m)), r.max)
+		r.full = time.Time{}
+		if len(r.m) >= r.max {
+			r.full = oldest
+		}
 	}
-	if len(r.m) >= maxNonces {
-		return refused("replay cache full: %d live proofs; retry", maxNonces)
+	if len(r.m) >= r.max {
+		return errReplayFull
 	}
 	r.m[nonce] = expires
 	return nil

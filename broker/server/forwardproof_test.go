@@ -3,6 +3,8 @@ package server
 import (
 	"crypto"
 	"crypto/tls"
+	"encoding/binary"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -245,7 +247,7 @@ func TestForwardBoundToCaller(t *testing.T) {
 // TestReplayCacheExpires: a nonce is remembered while its proof is fresh
 // and forgotten after, so the cache stays bounded.
 func TestReplayCacheExpires(t *testing.T) {
-	r := newReplayCache()
+	r := newReplayCache(maxNonces)
 	r.prune = 2
 	now := time.Unix(1000, 0)
 	n1, n2, n3 := [16]byte{1}, [16]byte{2}, [16]byte{3}
@@ -265,4 +267,91 @@ func TestReplayCacheExpires(t *testing.T) {
 	if len(r.m) != 1 {
 		t.Errorf("after expiry the cache holds %d nonces, want 1", len(r.m))
 	}
+}
+
+// TestReplayCacheRecovers: a cache filled to its cap with live nonces
+// refuses new ones with errReplayFull (answered retryably), and accepts
+// them again once those nonces go stale — it never stops sweeping.
+func TestReplayCacheRecovers(t *testing.T) {
+	const max = 4096 // more than twice the smallest sweep threshold, as 1<<20 is
+	r := newReplayCache(max)
+	clock := &testClock{now: time.Unix(1000, 0)}
+	window := 2 * time.Minute
+	var n uint64
+	nonce := func() [16]byte {
+		n++
+		var b [16]byte
+		binary.BigEndian.PutUint64(b[:], n)
+		return b
+	}
+	for i := range max {
+		if err := r.add(nonce(), clock.Now().Add(window), clock.Now()); err != nil {
+			t.Fatalf("add %d of %d live nonces: %v", i+1, max, err)
+		}
+		if i%512 == 0 {
+			clock.Add(time.Millisecond)
+		}
+	}
+	if err := r.add(nonce(), clock.Now().Add(window), clock.Now()); !errors.Is(err, errReplayFull) {
+		t.Fatalf("add to a full cache = %v, want errReplayFull", err)
+	}
+	clock.Add(window + 2*time.Second)
+	for i := range 3 * max {
+		if err := r.add(nonce(), clock.Now().Add(window), clock.Now()); err != nil {
+			t.Fatalf("add %d after the window passed: %v (cache holds %d)", i+1, err, len(r.m))
+		}
+		if i%max == max-1 {
+			clock.Add(window + 2*time.Second)
+		}
+	}
+	if len(r.m) > max {
+		t.Errorf("the cache holds %d nonces, more than its cap %d", len(r.m), max)
+	}
+}
+
+// TestForwardReplayCacheFull: a forward refused only because the replay
+// cache is full is answered Unavailable, which the client retries, and
+// still audited as a denied Forward; once the cache has room the same
+// proof is accepted.
+func TestForwardReplayCacheFull(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	edge := e.registerEdge(t, "edge-eu-1")
+	billing := e.signer(t, e.ca, identity.Client, "billing")
+	e.srv.proofs.seen = newReplayCache(1)
+	if err := e.srv.proofs.seen.add([16]byte{0xff}, e.clock.Now().Add(time.Minute), e.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	req := billing.forward(t, "/keybroker.v1.KeyBroker/GenerateRandom", &kbv1.GenerateRandomRequest{Length: 16}, "spiffe://kb.test/edge/edge-eu-1", e.clock.Now())
+	before := len(auditLines(t, e.auditPath))
+	_, err := edge.Forward(ctx, req)
+	code(t, "a forward while the replay cache is full", err, codes.Unavailable)
+	lines := auditLines(t, e.auditPath)[before:]
+	if len(lines) != 1 || lines[0].Decision != "deny" || lines[0].Operation != "Forward" {
+		t.Errorf("audit lines %+v, want one denied Forward", lines)
+	}
+	e.clock.Add(time.Minute + 2*time.Second)
+	if _, err := edge.Forward(ctx, req); err != nil {
+		t.Errorf("the same proof once the cache has room: %v", err)
+	}
+}
+
+// len is how many nonces r holds.
+func (r *replayCache) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.m)
+}
+
+// registerEdge enrolls and registers edge name (region eu) and returns its
+// EdgeSync client.
+func (e *testEnv) registerEdge(t *testing.T, name string) kbv1.EdgeSyncClient {
+	t.Helper()
+	e.enroll(t, name, "eu", nil)
+	sk, _ := sealed.GenerateKey()
+	c := kbv1.NewEdgeSyncClient(e.conn(t, identity.Edge, name))
+	if _, err := c.Register(t.Context(), &kbv1.RegisterEdgeRequest{SealingPublicKey: sk.PublicKey(), Address: name + ".example:7443"}); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

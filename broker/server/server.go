@@ -163,7 +163,7 @@ func New(c Config) (*Server, error) {
 	}
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
 		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
-		proofs: &proofVerifier{roots: c.ClientCAs, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache()}}
+		proofs: &proofVerifier{roots: c.ClientCAs, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache(maxNonces)}}
 	var err error
 	s.Server, err = rpc.New(rpc.Config{Node: &centralNode{s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
 		TrustDomain: c.TrustDomain, Classify: classify, Logger: c.Logger})

@@ -73,6 +73,7 @@ type testEnv struct {
 	roots     *broker.Roots
 	soft      *softkms.Backend
 	softURI   string // the softkms backend's connection attributes
+	srv       *Server
 }
 
 // start starts a central node; opts adjust its Config.
@@ -151,7 +152,7 @@ func startWith(t *testing.T, policyText string, opts ...func(*Config)) *testEnv 
 	go g.Serve(lis)
 	t.Cleanup(func() { g.Stop(); al.Close(); st.Close(); roots.Close() })
 	return &testEnv{addr: lis.Addr().String(), ca: ca, dir: dir, caFile: caFile, auditPath: auditPath, audit: al, clock: clock,
-		svc: svc, roots: roots, soft: sb, softURI: "path=" + ks + ";kek-source=" + kek}
+		svc: svc, roots: roots, soft: sb, softURI: "path=" + ks + ";kek-source=" + kek, srv: srv}
 }
 
 func (e *testEnv) conn(t *testing.T, kind identity.Kind, name string) *grpc.ClientConn {
