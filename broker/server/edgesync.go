@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -138,11 +139,11 @@ func (s *Server) forwardable() map[string]forwardTarget {
 // client. The call runs as the principal whose certificate chain and
 // forward proof show it made exactly this call to this edge, recently and
 // once (see the package doc), and only when the policy lets the edge
-// forward it (Forward, default deny). It is then authorized by the policy
-// as that principal and audited with the edge's request id and the edge
-// named as Via, so an edge can relay what it may not do itself but never
-// more than its client asked for. Refusals are audited with the edge as the
-// actor and the reason.
+// forward it (Forward, default deny) on every key the request names. It is
+// then authorized by the policy as that principal and audited with the
+// edge's request id and the edge named as Via, so an edge can relay what it
+// may not do itself but never more than its client asked for. Refusals are
+// audited with the edge as the actor and the reason.
 //
 // The proof's nonce is spent only once the edge's Forward decision allows
 // the call, just before it runs: a refused forward neither uses up the
@@ -198,16 +199,21 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 		decodeErr = proto.Unmarshal(r.GetRequest(), v.(proto.Message))
 		return decodeErr
 	}, func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		// The edge's own right to relay this call, decided on the key
-		// the request names (the service when it names none or several).
-		key, err := e.forwardedKey(c, req)
+		// The edge's own right to relay this call, decided on every key
+		// the request names (the service when it names none).
+		keys, err := e.forwardedKeys(c, req)
 		if err != nil {
 			denied = err
 			return nil, err
 		}
-		if err := c.Decide(e.s.policy.Current().AuthorizeForward(edgeP, key, op, admin)); err != nil {
-			denied = err
-			return nil, err
+		for _, key := range keys {
+			if len(keys) > 1 {
+				c.Rec.Key = key.Name // the refusal names the key refused
+			}
+			if err := c.Decide(e.s.policy.Current().AuthorizeForward(edgeP, key, op, admin)); err != nil {
+				denied = err
+				return nil, err
+			}
 		}
 		if err := e.s.proofs.record(proof); err != nil {
 			spent = true
@@ -233,14 +239,15 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	return &kbv1.ForwardResponse{Response: out}, nil
 }
 
-// forwardedKey is the key a forwarded request names, as Cedar sees it, or
-// nil when it names none or more than one (batches of several keys,
-// ReEncrypt to another key): the Forward decision is then on the service.
-func (e *edgeSync) forwardedKey(c *rpc.Call, req any) (*policy.Key, error) {
-	ids := map[string]bool{}
+// forwardedKeys are the keys a forwarded request names, as Cedar sees
+// them, in a stable order — several for batches and ReEncrypt to another
+// key — or one nil (the service) when it names none. The edge's Forward
+// must be allowed on each.
+func (e *edgeSync) forwardedKeys(c *rpc.Call, req any) ([]*policy.Key, error) {
+	var ids []string
 	add := func(id string) {
-		if id != "" {
-			ids[id] = true
+		if id != "" && !slices.Contains(ids, id) {
+			ids = append(ids, id)
 		}
 	}
 	peek := func(ct []byte) {
@@ -271,23 +278,26 @@ func (e *edgeSync) forwardedKey(c *rpc.Call, req any) (*policy.Key, error) {
 	case interface{ GetKeyId() string }:
 		add(m.GetKeyId())
 	}
-	if len(ids) != 1 {
-		return nil, nil
+	if len(ids) == 0 {
+		return []*policy.Key{nil}, nil
 	}
-	for id := range ids {
-		c.Rec.Key = id
+	if len(ids) == 1 {
+		c.Rec.Key = ids[0]
+	}
+	keys := make([]*policy.Key, 0, len(ids))
+	for _, id := range ids {
 		k, err := e.s.svc.Registry().Get(c.Ctx, id)
 		switch {
 		case err == nil:
 			pk := rpc.PolicyKey(k)
-			return &pk, nil
+			keys = append(keys, &pk)
 		case errors.Is(err, managed.ErrNotFound):
-			return &policy.Key{Name: id}, nil
+			keys = append(keys, &policy.Key{Name: id})
 		default:
 			return nil, err
 		}
 	}
-	return nil, nil
+	return keys, nil
 }
 
 // Acknowledge records the last revision an edge has applied. It is

@@ -355,3 +355,67 @@ func (e *testEnv) registerEdge(t *testing.T, name string) kbv1.EdgeSyncClient {
 	}
 	return c
 }
+
+// TestForwardDecidedOnEveryKey: an edge's right to forward a call that
+// names several keys (a batch, ReEncrypt to another key) is decided on
+// each of them, so a policy that forbids forwarding on one key holds for
+// every call naming it.
+func TestForwardDecidedOnEveryKey(t *testing.T) {
+	e := startWith(t, testPolicy+`
+@id("no-forwarding-p")
+forbid (principal is Edge, action == Action::"Forward", resource == Key::"p-key");
+`)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	kb := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	cts := map[string][]byte{}
+	for _, id := range []string{"p-key", "q-key"} {
+		if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_WRAP, Labels: map[string]string{"app": "billing"}}); err != nil {
+			t.Fatal(err)
+		}
+		out, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: id, Plaintext: []byte("data")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cts[id] = out.Ciphertext
+	}
+	edge := e.registerEdge(t, "edge-eu-1")
+	billing := e.signer(t, e.ca, identity.Client, "billing")
+	const edgeID = "spiffe://kb.test/edge/edge-eu-1"
+	batch := func(ids ...string) *kbv1.BatchDecryptRequest {
+		r := &kbv1.BatchDecryptRequest{}
+		for _, id := range ids {
+			r.Items = append(r.Items, &kbv1.DecryptRequest{Ciphertext: cts[id]})
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		name   string
+		method string
+		req    proto.Message
+		want   codes.Code
+	}{
+		{"BatchDecrypt [P, Q]", "/keybroker.v1.KeyBroker/BatchDecrypt", batch("p-key", "q-key"), codes.PermissionDenied},
+		{"BatchDecrypt [Q, P]", "/keybroker.v1.KeyBroker/BatchDecrypt", batch("q-key", "p-key"), codes.PermissionDenied},
+		{"ReEncrypt P to Q", "/keybroker.v1.KeyBroker/ReEncrypt", &kbv1.ReEncryptRequest{Ciphertext: cts["p-key"], DestinationKeyId: "q-key"}, codes.PermissionDenied},
+		{"ReEncrypt Q to P", "/keybroker.v1.KeyBroker/ReEncrypt", &kbv1.ReEncryptRequest{Ciphertext: cts["q-key"], DestinationKeyId: "p-key"}, codes.PermissionDenied},
+		{"BatchDecrypt [Q]", "/keybroker.v1.KeyBroker/BatchDecrypt", batch("q-key", "q-key"), codes.OK},
+		{"GenerateRandom (the service)", "/keybroker.v1.KeyBroker/GenerateRandom", &kbv1.GenerateRandomRequest{Length: 16}, codes.OK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, spentBefore := len(auditLines(t, e.auditPath)), e.srv.proofs.seen.len()
+			_, err := edge.Forward(ctx, billing.forward(t, tc.method, tc.req, edgeID, e.clock.Now()))
+			code(t, tc.name, err, tc.want)
+			if tc.want == codes.OK {
+				return
+			}
+			if spent := e.srv.proofs.seen.len(); spent != spentBefore {
+				t.Errorf("a forward the policy refused spent its nonce: the replay cache went from %d to %d", spentBefore, spent)
+			}
+			lines := auditLines(t, e.auditPath)[before:]
+			if len(lines) != 1 || lines[0].Operation != "Forward" || lines[0].Decision != "deny" || lines[0].Key != "p-key" {
+				t.Errorf("audit lines %+v, want one Forward denied on p-key", lines)
+			}
+		})
+	}
+}
