@@ -70,8 +70,7 @@ func (n *edgeNode) Served(k *managed.Key, op policy.Action) string {
 // and retries. Only whole calls are forwarded: method must be the incoming
 // call's (Cache.UnaryInterceptor relays batches and ReEncrypt whole).
 func (c *Cache) forward(ctx context.Context, method string, resp proto.Message) error {
-	who, ok := identity.FromContext(ctx)
-	if !ok {
+	if _, ok := identity.FromContext(ctx); !ok {
 		return status.Error(codes.Unauthenticated, "no identity to forward")
 	}
 	in, req, ok := rpc.IncomingCall(ctx)
@@ -90,8 +89,10 @@ func (c *Cache) forward(ctx context.Context, method string, resp proto.Message) 
 		return status.Errorf(codes.Internal, "encoding a forwarded request: %v", err)
 	}
 	c.stats.forwards.Add(1)
+	// No Principal: the central tier ignores it, the proof names the
+	// client.
 	out, err := c.sync.Forward(rpc.OutgoingRequestID(ctx), &kbv1.ForwardRequest{Method: method, Request: raw,
-		Principal: who.String(), ClientChain: chain, Proof: proof})
+		ClientChain: chain, Proof: proof})
 	if err != nil {
 		if status.Code(err) == codes.Unavailable {
 			st := status.Convert(err)

@@ -147,9 +147,16 @@ func (s *Server) forwardable() map[string]forwardTarget {
 //
 // The proof's nonce is spent only once the edge's Forward decision allows
 // the call, just before it runs: a refused forward neither uses up the
-// client's proof nor fills the replay cache.
+// client's proof nor fills the replay cache. ForwardRequest.principal is
+// ignored (deprecated; edges no longer set it): the proof names the
+// principal, and an edge's word is neither trusted nor echoed. Nor is an
+// unknown method, so what an edge sends cannot bloat the audit log.
 func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.ForwardResponse, error) {
-	op := rpc.MethodName(r.GetMethod())
+	t, known := e.s.forward[r.GetMethod()]
+	op := "an unknown method"
+	if known {
+		op = rpc.MethodName(r.GetMethod())
+	}
 	refuse := func(c *rpc.Call, err error) (*kbv1.ForwardResponse, error) {
 		c.Rec.Detail = "forward " + op
 		return nil, c.End(err)
@@ -165,9 +172,8 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	if err != nil {
 		return refuse(c, err)
 	}
-	t, ok := e.s.forward[r.GetMethod()]
-	if !ok {
-		return refuse(c, status.Errorf(codes.Unimplemented, "method %q cannot be forwarded", r.GetMethod()))
+	if !known {
+		return refuse(c, status.Error(codes.Unimplemented, "this method cannot be forwarded: only unary KeyBroker and KeyAdmin methods can"))
 	}
 	proofRefused := func(err error) (*kbv1.ForwardResponse, error) {
 		c.Rec.Decision, c.Rec.PolicyID = "deny", "forward-proof"
@@ -175,24 +181,15 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 		if errors.Is(err, errReplayFull) {
 			code = codes.Unavailable
 		}
-		msg := "edge " + c.Who.Name + " may not forward " + op + ": " + err.Error()
-		if p := r.GetPrincipal(); p != "" {
-			msg += " (the edge named " + p + ")"
-		}
-		return refuse(c, status.Error(code, msg))
+		return refuse(c, status.Error(code, "edge "+c.Who.Name+" may not forward "+op+": "+err.Error()))
 	}
 	proof, err := e.s.proofs.verify(c.Who, r)
 	if err != nil {
 		return proofRefused(err)
 	}
-	client := proof.who
-	if p := r.GetPrincipal(); p != "" && p != client.String() {
-		e.s.log.Warn("an edge named another principal than the one its forward proof establishes",
-			"edge", c.Who.String(), "named", p, "proved", client.String(), "request_id", c.Rec.RequestID)
-	}
 	admin := strings.HasPrefix(r.GetMethod(), "/"+kbv1.KeyAdmin_ServiceDesc.ServiceName+"/")
 	edgeP := edgePrincipal(node, c.Who.TrustDomain)
-	fctx := rpc.WithForwarder(identity.NewContext(ctx, client), c.Who.Name)
+	fctx := rpc.WithForwarder(identity.NewContext(ctx, proof.who), c.Who.Name)
 	var decodeErr, denied error
 	var spent bool
 	resp, err := t.handler(t.srv, fctx, func(v any) error {

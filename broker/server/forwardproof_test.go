@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -415,6 +417,43 @@ forbid (principal is Edge, action == Action::"Forward", resource == Key::"p-key"
 			lines := auditLines(t, e.auditPath)[before:]
 			if len(lines) != 1 || lines[0].Operation != "Forward" || lines[0].Decision != "deny" || lines[0].Key != "p-key" {
 				t.Errorf("audit lines %+v, want one Forward denied on p-key", lines)
+			}
+		})
+	}
+}
+
+// TestForwardAuditBounded: what an edge sends that central does not
+// know — an unknown method, the principal it names — does not reach the
+// audit log or the error verbatim, so an edge cannot bloat either.
+func TestForwardAuditBounded(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	edge := e.registerEdge(t, "edge-eu-1")
+	billing := e.signer(t, e.ca, identity.Client, "billing")
+	huge := strings.Repeat("x", 1<<20)
+	raw, _ := proto.Marshal(&kbv1.GenerateRandomRequest{Length: 16})
+	proofFor := billing.forward(t, "/keybroker.v1.KeyBroker/GenerateRandom", &kbv1.GenerateRandomRequest{Length: 16}, "spiffe://kb.test/edge/edge-eu-1", e.clock.Now())
+	for _, tc := range []struct {
+		name string
+		req  *kbv1.ForwardRequest
+		want codes.Code
+	}{
+		{"a 1 MiB method", &kbv1.ForwardRequest{Method: "/keybroker.v1.KeyBroker/" + huge, Request: raw}, codes.Unimplemented},
+		{"a 1 MiB principal, no proof", &kbv1.ForwardRequest{Method: "/keybroker.v1.KeyBroker/GenerateRandom", Request: raw, Principal: huge}, codes.PermissionDenied},
+		{"a 1 MiB principal on a wrong proof", &kbv1.ForwardRequest{Method: proofFor.Method, Request: []byte("other"), Principal: huge,
+			ClientChain: proofFor.ClientChain, Proof: proofFor.Proof}, codes.PermissionDenied},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, _ := os.ReadFile(e.auditPath)
+			_, err := edge.Forward(ctx, tc.req)
+			code(t, tc.name, err, tc.want)
+			if n := len(status.Convert(err).Message()); n > 4<<10 {
+				t.Errorf("the refusal's message is %d bytes, want < 4 KiB", n)
+			}
+			after, _ := os.ReadFile(e.auditPath)
+			line := after[len(before):]
+			if len(line) == 0 || len(line) > 4<<10 {
+				t.Errorf("the refusal's audit line is %d bytes, want 1 to 4 KiB", len(line))
 			}
 		})
 	}

@@ -36,11 +36,18 @@
 //   - the audience is the calling edge's own SPIFFE id;
 //   - issued_at is within Config.ProofWindow of now, either side;
 //   - the nonce has not been seen within the window (replayCache);
-//   - the edge's own right: policy.Set.AuthorizeForward, default deny.
+//   - the edge's own right: policy.Set.AuthorizeForward, default deny, on
+//     every key the request names (both of a ReEncrypt, all of a batch),
+//     or on the service when it names none;
+//   - then the nonce is recorded, just before the call runs, so a refused
+//     forward does not spend it. A replay cache full of live nonces answers
+//     Unavailable (retryable), not PermissionDenied.
 //
 // Then the call runs as the principal the chain proved; the principal the
-// edge names (ForwardRequest.principal) is only reported when it differs.
-// Every refusal is audited with the edge as the actor and the reason.
+// edge names (ForwardRequest.principal) is ignored, and edges no longer
+// set it. Every refusal is audited with the edge as the actor and the
+// reason; a method central does not forward is not echoed, so what an edge
+// sends cannot bloat the audit log.
 //
 // Why the property holds: the edge holds no client key, so it cannot make
 // a proof; a proof binds method and request bytes, so it cannot change the
