@@ -40,8 +40,14 @@ func WithAudience(ctx context.Context, edge string) context.Context {
 // retried on the same connection. Calls a node serves itself are not
 // signed.
 //
+// An edge gets one proof per call: one that answers Required to a call
+// already signed for it is not given another (each would let a
+// compromised edge run the call once more); the call is signed anew only
+// when the retry finds another node behind the connection.
+//
 // Which node a connection reaches is learnt from the first call made on it
-// (grpc.Peer) and remembered, so later calls carry no extra call options.
+// (grpc.Peer) and remembered, so later unsigned calls carry no extra call
+// options; signed ones learn it again.
 // An edge's request for a proof is remembered too, for the method and key
 // it was asked for, on that connection, for ForwardMemory: further such
 // calls are signed up front instead of costing a refused round trip each
@@ -154,44 +160,56 @@ func (in *Interceptor) Unary(ctx context.Context, method string, req, reply any,
 	if aud == "" && edge != "" && (strings.HasPrefix(method, adminService) || in.remembered(forwardsKey{cc, method, keyOf(msg)})) {
 		aud = edge
 	}
-	var err error
-	switch {
-	case aud != "":
-		sctx, serr := in.sign(ctx, method, msg, aud)
-		if serr != nil {
-			return serr
-		}
-		err = invoker(sctx, method, req, reply, cc, opts...)
-	case known:
-		err = invoker(ctx, method, req, reply, cc, opts...)
-	default:
-		var p peer.Peer
-		err = invoker(ctx, method, req, reply, cc, append(opts[:len(opts):len(opts)], grpc.Peer(&p))...)
-		in.learn(cc, &p)
+	// A call made unsigned on a connection already known goes without
+	// grpc.Peer; every other one learns which node answered.
+	sctx, err := in.signed(ctx, method, msg, aud)
+	if err != nil {
+		return err
 	}
-	// Asked for a proof: sign for the edge this connection reaches, learning
-	// it again with each try.
+	err = in.invoke(sctx, method, req, reply, cc, invoker, opts, !known || aud != "")
 	if IsRequired(err) {
 		in.remember(forwardsKey{cc, method, keyOf(msg)})
 	}
+	// Asked for a proof: sign for the edge this connection reaches,
+	// learning it again with each try. An edge that asks again for a call
+	// already signed for it gets no new proof: each proof would let it
+	// run the call once more.
 	for try := 0; try < 2 && IsRequired(err); try++ {
-		first := err
-		var p peer.Peer
-		callOpts := append(opts[:len(opts):len(opts)], grpc.Peer(&p))
-		if edge, _ = in.edgeOf(cc); edge == "" {
-			// Not known to be an edge: this try only learns which node
-			// answers, and is asked again.
-			err = invoker(ctx, method, req, reply, cc, callOpts...)
-		} else {
-			sctx, serr := in.sign(ctx, method, msg, edge)
-			if serr != nil {
-				return first
-			}
-			err = invoker(sctx, method, req, reply, cc, callOpts...)
+		edge, _ = in.edgeOf(cc)
+		if aud != "" && edge == aud {
+			break
 		}
-		in.learn(cc, &p)
+		// edge "": not known to be an edge; this try only learns which
+		// node answers, and is asked again.
+		aud = edge
+		sctx, serr := in.signed(ctx, method, msg, aud)
+		if serr != nil {
+			return err
+		}
+		err = in.invoke(sctx, method, req, reply, cc, invoker, opts, true)
 	}
 	return err
+}
+
+// invoke makes one attempt of the call, learning the node that answers
+// when learn is set.
+func (in *Interceptor) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption, learn bool) error {
+	if !learn {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	var p peer.Peer
+	err := invoker(ctx, method, req, reply, cc, append(opts[:len(opts):len(opts)], grpc.Peer(&p))...)
+	in.learn(cc, &p)
+	return err
+}
+
+// signed is ctx carrying a proof of the call for aud; ctx itself when aud
+// is "".
+func (in *Interceptor) signed(ctx context.Context, method string, msg proto.Message, aud string) (context.Context, error) {
+	if aud == "" {
+		return ctx, nil
+	}
+	return in.sign(ctx, method, msg, aud)
 }
 
 func (in *Interceptor) sign(ctx context.Context, method string, msg proto.Message, aud string) (context.Context, error) {

@@ -1,0 +1,134 @@
+package forwardproof
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
+)
+
+// fakeNode answers every call as the node whose leaf certificate is
+// peers[i] for the i-th attempt (the last one thereafter), filling
+// grpc.Peer as gRPC does, and records the audience each attempt was signed
+// for ("" unsigned).
+type fakeNode struct {
+	peers     []*x509.Certificate
+	required  bool // answer every call Required
+	audiences []string
+}
+
+func (f *fakeNode) invoke(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+	leaf := f.peers[min(len(f.audiences), len(f.peers)-1)]
+	aud := ""
+	if md, ok := metadata.FromOutgoingContext(ctx); ok {
+		if v := md.Get(MetadataKey); len(v) == 1 {
+			var p kbv1.ForwardProof
+			var c kbv1.ForwardProofClaims
+			if proto.Unmarshal([]byte(v[0]), &p) != nil || proto.Unmarshal(p.GetClaims(), &c) != nil {
+				panic("a malformed proof")
+			}
+			aud = c.GetAudience()
+		}
+	}
+	f.audiences = append(f.audiences, aud)
+	for _, o := range opts {
+		if po, ok := o.(grpc.PeerCallOption); ok {
+			*po.PeerAddr = peer.Peer{AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}}}
+		}
+	}
+	if f.required {
+		return Required("this edge forwards the call")
+	}
+	return nil
+}
+
+// leaf issues a certificate for kind/name.
+func leaf(t *testing.T, ca *identity.CA, kind identity.Kind, name string) *x509.Certificate {
+	t.Helper()
+	certPEM, _, err := ca.Issue(identity.Identity{TrustDomain: ca.TrustDomain, Kind: kind, Name: name}, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(certPEM)
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestInterceptorSignsOncePerEdge: the interceptor gives an edge one
+// proof for a call, however often it asks; it signs anew only for another
+// node than the one it signed for.
+func TestInterceptorSignsOncePerEdge(t *testing.T) {
+	ca, err := identity.NewCA("kb.test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edge1, edge2 := leaf(t, ca, identity.Edge, "edge-1"), leaf(t, ca, identity.Edge, "edge-2")
+	const id1, id2 = "spiffe://kb.test/edge/edge-1", "spiffe://kb.test/edge/edge-2"
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	const method = "/keybroker.v1.KeyBroker/Encrypt"
+	req := &kbv1.EncryptRequest{KeyId: "k", Plaintext: []byte("p")}
+
+	for _, tc := range []struct {
+		name string
+		// learnt, when set, is the node a first call on the connection
+		// reached (answered without Required).
+		learnt   *x509.Certificate
+		audience string // WithAudience, as from LookupKey
+		peers    []*x509.Certificate
+		required bool
+		want     []string // the audience of each attempt
+	}{
+		{"an edge always asking, on a new connection", nil, "", []*x509.Certificate{edge1}, true, []string{"", id1}},
+		{"an edge always asking, for the audience LookupKey named", nil, id1, []*x509.Certificate{edge1}, true, []string{id1}},
+		{"an edge always asking, on a connection known to reach it", edge1, "", []*x509.Certificate{edge1}, true, []string{"", id1}},
+		{"a known edge always asking, for the audience LookupKey named", edge1, id1, []*x509.Certificate{edge1}, true, []string{id1}},
+		{"another edge behind the address", nil, id1, []*x509.Certificate{edge2}, true, []string{id1, id2}},
+		{"another edge behind the address, then a third", nil, id1, []*x509.Certificate{edge2, edge1}, true, []string{id1, id2, id1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cc, err := grpc.NewClient("passthrough:///node", grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			in := NewInterceptor(key, nil)
+			if tc.learnt != nil {
+				f := &fakeNode{peers: []*x509.Certificate{tc.learnt}}
+				if err := in.Unary(t.Context(), "/keybroker.v1.KeyBroker/GenerateRandom", &kbv1.GenerateRandomRequest{}, nil, cc, f.invoke); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ctx := t.Context()
+			if tc.audience != "" {
+				ctx = WithAudience(ctx, tc.audience)
+			}
+			f := &fakeNode{peers: tc.peers, required: tc.required}
+			err = in.Unary(ctx, method, req, nil, cc, f.invoke)
+			if tc.required != IsRequired(err) {
+				t.Errorf("Unary = %v, want Required: %v", err, tc.required)
+			}
+			if diff := cmp.Diff(tc.want, f.audiences); diff != "" {
+				t.Errorf("audiences of the attempts (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
