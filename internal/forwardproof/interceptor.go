@@ -38,7 +38,9 @@ func WithAudience(ctx context.Context, edge string) context.Context {
 // (IsRequired) — then the audience is the edge the TLS handshake of the
 // connection authenticated, never what the edge says, and the call is
 // retried on the same connection. Calls a node serves itself are not
-// signed.
+// signed. Once the connection's node is known, it is the audience even
+// when WithAudience names another (LookupKey's answer may be stale), and a
+// connection known to reach a node that is not an edge gets no proof.
 //
 // An edge gets one proof per call: one that answers Required to a call
 // already signed for it is not given another (each would let a
@@ -157,8 +159,16 @@ func (in *Interceptor) Unary(ctx context.Context, method string, req, reply any,
 	}
 	edge, known := in.edgeOf(cc)
 	aud, _ := ctx.Value(audienceKey{}).(string)
-	if aud == "" && edge != "" && (strings.HasPrefix(method, adminService) || in.remembered(forwardsKey{cc, method, keyOf(msg)})) {
-		aud = edge
+	if known {
+		// What the connection's handshake authenticated beats what
+		// LookupKey said: sign for the edge it reaches, and not at all
+		// when it reaches no edge.
+		switch {
+		case edge == "":
+			aud = ""
+		case aud != "" || strings.HasPrefix(method, adminService) || in.remembered(forwardsKey{cc, method, keyOf(msg)}):
+			aud = edge
+		}
 	}
 	// A call made unsigned on a connection already known goes without
 	// grpc.Peer; every other one learns which node answered.

@@ -75,13 +75,15 @@ func leaf(t *testing.T, ca *identity.CA, kind identity.Kind, name string) *x509.
 
 // TestInterceptorSignsOncePerEdge: the interceptor gives an edge one
 // proof for a call, however often it asks; it signs anew only for another
-// node than the one it signed for.
+// node than the one it signed for, and it signs for the node the
+// connection is known to reach rather than the one LookupKey named.
 func TestInterceptorSignsOncePerEdge(t *testing.T) {
 	ca, err := identity.NewCA("kb.test", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	edge1, edge2 := leaf(t, ca, identity.Edge, "edge-1"), leaf(t, ca, identity.Edge, "edge-2")
+	central := leaf(t, ca, identity.Central, "central-1")
 	const id1, id2 = "spiffe://kb.test/edge/edge-1", "spiffe://kb.test/edge/edge-2"
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	const method = "/keybroker.v1.KeyBroker/Encrypt"
@@ -103,6 +105,8 @@ func TestInterceptorSignsOncePerEdge(t *testing.T) {
 		{"a known edge always asking, for the audience LookupKey named", edge1, id1, []*x509.Certificate{edge1}, true, []string{id1}},
 		{"another edge behind the address", nil, id1, []*x509.Certificate{edge2}, true, []string{id1, id2}},
 		{"another edge behind the address, then a third", nil, id1, []*x509.Certificate{edge2, edge1}, true, []string{id1, id2, id1}},
+		{"LookupKey names another edge than the connection reaches", edge2, id1, []*x509.Certificate{edge2}, false, []string{id2}},
+		{"LookupKey names an edge, the connection reaches central", central, id1, []*x509.Certificate{central}, false, []string{""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cc, err := grpc.NewClient("passthrough:///node", grpc.WithTransportCredentials(insecure.NewCredentials()))
