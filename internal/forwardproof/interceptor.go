@@ -90,14 +90,16 @@ type forwardsKey struct {
 // forwards: its key id, or the key in a ciphertext's header.
 func keyOf(req proto.Message) string {
 	switch r := req.(type) {
-	case interface{ GetKeyId() string }:
+	case *kbv1.DecryptRequest: // before the interface case: it has GetKeyId too
+		if id, _, err := managed.PeekKeyID(r.GetCiphertext()); err == nil {
+			return id
+		}
 		return r.GetKeyId()
-	case *kbv1.DecryptRequest:
-		id, _, _ := managed.PeekKeyID(r.GetCiphertext())
-		return id
 	case *kbv1.ReEncryptRequest:
 		id, _, _ := managed.PeekKeyID(r.GetCiphertext())
 		return id + "\x00" + r.GetDestinationKeyId()
+	case interface{ GetKeyId() string }:
+		return r.GetKeyId()
 	}
 	return ""
 }

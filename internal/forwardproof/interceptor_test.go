@@ -1,6 +1,7 @@
 package forwardproof
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -20,7 +21,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/secret"
 )
 
 // fakeNode answers every call as the node whose leaf certificate is
@@ -134,5 +137,31 @@ func TestInterceptorSignsOncePerEdge(t *testing.T) {
 				t.Errorf("audiences of the attempts (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestKeyOf: the key a request names, for remembering what an edge
+// forwards — a Decrypt's is its ciphertext's.
+func TestKeyOf(t *testing.T) {
+	dk, err := envelope.GenerateDataKey(secret.Copy(bytes.Repeat([]byte{1}, 32)), "ct-key", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := dk.Seal([]byte("p"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		req  proto.Message
+		want string
+	}{
+		{&kbv1.EncryptRequest{KeyId: "k"}, "k"},
+		{&kbv1.DecryptRequest{Ciphertext: ct}, "ct-key"},
+		{&kbv1.ReEncryptRequest{Ciphertext: ct, DestinationKeyId: "dst"}, "ct-key\x00dst"},
+		{&kbv1.GenerateRandomRequest{}, ""},
+	} {
+		if got := keyOf(tc.req); got != tc.want {
+			t.Errorf("keyOf(%T) = %q, want %q", tc.req, got, tc.want)
+		}
 	}
 }
