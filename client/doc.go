@@ -47,7 +47,10 @@
 // edge the connection's TLS handshake authenticated (learnt from the first
 // call on it), never what the edge says, and the call is retried on that
 // node; such calls (same connection, method and key) are then signed up
-// front for a minute. Calls a node serves itself
+// front for a minute. Once a connection's node is known, proofs name it
+// whatever LookupKey said, and a connection to a node that is not an edge
+// gets none. An edge gets one proof per call: asking again for a call
+// already signed for it gets no second one. Calls a node serves itself
 // are not signed. A TLS configuration that supplies its certificate only
 // through GetClientCertificate, or whose key is not a crypto.Signer, signs
 // nothing, and edges refuse the calls they would forward.
