@@ -95,6 +95,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/flight"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
@@ -157,6 +158,9 @@ type Cache struct {
 	log   *slog.Logger
 	now   func() time.Time
 	sf    singleflight.Group
+	// spiffeID is this edge's SPIFFE id, the audience of the proofs it
+	// forwards.
+	spiffeID string
 
 	mu     sync.RWMutex
 	keys   map[string]*replicaKey
@@ -237,7 +241,8 @@ func Open(c Config) (*Cache, error) {
 	}
 	ec := &Cache{cfg: c, disk: d, seal: sk, plain: newPlainCache(c.MaterialEntries, c.MaterialTTL, c.Now),
 		sync: kbv1.NewEdgeSyncClient(c.Central), log: c.Logger, now: c.Now, keys: map[string]*replicaKey{},
-		acked: make(chan struct{}, 1), advanced: make(chan struct{})}
+		acked: make(chan struct{}, 1), advanced: make(chan struct{}),
+		spiffeID: identity.Identity{TrustDomain: c.TrustDomain, Kind: identity.Edge, Name: c.NodeID}.String()}
 	ec.ops, err = managed.New(managed.Config{Keys: replicaSource{ec}, Material: ec, Reuse: c.Reuse,
 		ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now,
 		MaxDataKeysPerVersion: c.MaxDataKeysPerVersion})

@@ -119,7 +119,7 @@ func (c *Cache) proofOf(ctx context.Context, method string) ([]byte, [][]byte, e
 		_ = grpc.SetTrailer(ctx, metadata.Pairs(forwardproof.RequiredTrailer, "1"))
 		return nil, nil, forwardproof.Required(fmt.Sprintf(
 			"edge %s forwards %s to the central tier, which performs it only with the caller's forward proof for %s: sign the call (the keybroker SDK does)",
-			c.cfg.NodeID, rpc.MethodName(method), c.spiffeID()))
+			c.cfg.NodeID, rpc.MethodName(method), c.spiffeID))
 	}
 	p, ok := peer.FromContext(ctx)
 	var chain [][]byte
@@ -136,18 +136,13 @@ func (c *Cache) proofOf(ctx context.Context, method string) ([]byte, [][]byte, e
 	return proof, chain, nil
 }
 
-// spiffeID is this edge's SPIFFE id, the audience of the proofs it forwards.
-func (c *Cache) spiffeID() string {
-	return identity.Identity{TrustDomain: c.cfg.TrustDomain, Kind: identity.Edge, Name: c.cfg.NodeID}.String()
-}
-
 // addressedHere says whether a proof names this edge as its audience. The
 // central tier checks everything; this only turns a proof made for
 // another node (a stale route) into a request for a new one.
 func (c *Cache) addressedHere(raw []byte) bool {
 	var p kbv1.ForwardProof
 	var cl kbv1.ForwardProofClaims
-	return proto.Unmarshal(raw, &p) == nil && proto.Unmarshal(p.GetClaims(), &cl) == nil && cl.GetAudience() == c.spiffeID()
+	return proto.Unmarshal(raw, &p) == nil && proto.Unmarshal(p.GetClaims(), &cl) == nil && cl.GetAudience() == c.spiffeID
 }
 
 // run performs op locally when k's material may be here, falling back to
