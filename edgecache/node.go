@@ -159,7 +159,7 @@ func run[T any](n *edgeNode, k *managed.Key, local func() (T, error), remote fun
 // does. Only the central tier can answer for that version now; answering
 // NotFound would fail a caller whose data is fine.
 func runAt[T any](n *edgeNode, k *managed.Key, v uint32, local func() (T, error), remote func() (T, error)) (T, error) {
-	if k.Mode == managed.ModeBackend || !n.local(k) || int64(v) > int64(len(k.Versions)) {
+	if n.c.forwards(k, v) {
 		return remote()
 	}
 	out, err := local()
@@ -167,6 +167,15 @@ func runAt[T any](n *edgeNode, k *managed.Key, v uint32, local func() (T, error)
 		return remote()
 	}
 	return out, err
+}
+
+// forwards says whether an operation on version v of k (0: the primary)
+// goes to the central tier: a key in backend mode, one whose material may
+// not be here, or a version newer than the replica's (runAt says why).
+// runAt and UnaryInterceptor both decide by it, so a call is relayed whole
+// exactly when a part of it would be forwarded.
+func (c *Cache) forwards(k *managed.Key, v uint32) bool {
+	return k.Mode == managed.ModeBackend || !c.mayHold(k) || int64(v) > int64(len(k.Versions))
 }
 
 type encrypted struct {

@@ -77,11 +77,12 @@ func (c *Cache) UnaryInterceptor(s *rpc.Server) grpc.UnaryServerInterceptor {
 }
 
 // remote says whether an operation on version v of key id (0: the
-// primary) would be forwarded: runAt's rule, for a key the replica knows.
+// primary) would be forwarded (Cache.forwards), for a key the replica
+// knows.
 func (c *Cache) remote(ctx context.Context, id string, v uint32) bool {
 	k, err := replicaSource{c}.Get(ctx, id)
 	if err != nil {
 		return false
 	}
-	return k.Mode == managed.ModeBackend || !c.mayHold(k) || int64(v) > int64(len(k.Versions))
+	return c.forwards(k, v)
 }
