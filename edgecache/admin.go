@@ -26,11 +26,12 @@ type edgeAdmin struct {
 // change to reach this edge's replica before answering.
 const readYourWrites = 5 * time.Second
 
-// relay forwards one admin call, auditing it here. A call that changed a
+// relay forwards the incoming admin call (the request as the client sent
+// it: Cache.forward reads it from the call), auditing it here. A call that changed a
 // key answers once the change has reached this edge's replica (within
 // readYourWrites), so that a client's next call to this edge sees it: a
 // key just created can be used, one just disabled is refused.
-func relay[Resp proto.Message](a *edgeAdmin, ctx context.Context, op policy.Action, key string, req proto.Message, resp Resp) (Resp, error) {
+func relay[Resp proto.Message](a *edgeAdmin, ctx context.Context, op policy.Action, key string, resp Resp) (Resp, error) {
 	var zero Resp
 	call, err := a.s.Begin(ctx, op, key)
 	if err != nil {
@@ -49,45 +50,45 @@ func relay[Resp proto.Message](a *edgeAdmin, ctx context.Context, op policy.Acti
 }
 
 func (a *edgeAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kbv1.KeyMetadata, error) {
-	return relay(a, ctx, policy.CreateKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+	return relay(a, ctx, policy.CreateKey, r.GetKeyId(), &kbv1.KeyMetadata{})
 }
 
 func (a *edgeAdmin) RotateKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return relay(a, ctx, policy.RotateKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+	return relay(a, ctx, policy.RotateKey, r.GetKeyId(), &kbv1.KeyMetadata{})
 }
 
 func (a *edgeAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kbv1.KeyMetadata, error) {
-	return relay(a, ctx, policy.UpdateKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+	return relay(a, ctx, policy.UpdateKey, r.GetKeyId(), &kbv1.KeyMetadata{})
 }
 
 func (a *edgeAdmin) DisableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return relay(a, ctx, policy.DisableKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+	return relay(a, ctx, policy.DisableKey, r.GetKeyId(), &kbv1.KeyMetadata{})
 }
 
 func (a *edgeAdmin) EnableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return relay(a, ctx, policy.EnableKey, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+	return relay(a, ctx, policy.EnableKey, r.GetKeyId(), &kbv1.KeyMetadata{})
 }
 
 func (a *edgeAdmin) ScheduleKeyDeletion(ctx context.Context, r *kbv1.ScheduleKeyDeletionRequest) (*kbv1.KeyMetadata, error) {
-	return relay(a, ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+	return relay(a, ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), &kbv1.KeyMetadata{})
 }
 
 func (a *edgeAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return relay(a, ctx, policy.CancelKeyDeletion, r.GetKeyId(), r, &kbv1.KeyMetadata{})
+	return relay(a, ctx, policy.CancelKeyDeletion, r.GetKeyId(), &kbv1.KeyMetadata{})
 }
 
 func (a *edgeAdmin) ListNodes(ctx context.Context, r *kbv1.ListNodesRequest) (*kbv1.ListNodesResponse, error) {
-	return relay(a, ctx, policy.ListNodes, "", r, &kbv1.ListNodesResponse{})
+	return relay(a, ctx, policy.ListNodes, "", &kbv1.ListNodesResponse{})
 }
 
 func (a *edgeAdmin) EnrollNode(ctx context.Context, r *kbv1.EnrollNodeRequest) (*kbv1.Node, error) {
-	return relay(a, ctx, policy.EnrollNode, "", r, &kbv1.Node{})
+	return relay(a, ctx, policy.EnrollNode, "", &kbv1.Node{})
 }
 
 func (a *edgeAdmin) UpdateNode(ctx context.Context, r *kbv1.UpdateNodeRequest) (*kbv1.Node, error) {
-	return relay(a, ctx, policy.UpdateNode, "", r, &kbv1.Node{})
+	return relay(a, ctx, policy.UpdateNode, "", &kbv1.Node{})
 }
 
 func (a *edgeAdmin) RemoveNode(ctx context.Context, r *kbv1.RemoveNodeRequest) (*kbv1.RemoveNodeResponse, error) {
-	return relay(a, ctx, policy.RemoveNode, "", r, &kbv1.RemoveNodeResponse{})
+	return relay(a, ctx, policy.RemoveNode, "", &kbv1.RemoveNodeResponse{})
 }
