@@ -189,16 +189,13 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// proofSigner is the key forward proofs are signed with — the client
-// certificate's — and the certificate's trust domain. A configuration
-// that supplies its certificate through GetClientCertificate, or whose key
-// cannot sign, makes no proofs: edges then refuse the calls they would
-// forward.
+// proofSigner is the key forward proofs are signed with
+// (forwardproof.SignerOf) and the client certificate's trust domain.
 func proofSigner(t *tls.Config) (crypto.Signer, string) {
-	if len(t.Certificates) == 0 || len(t.Certificates[0].Certificate) == 0 {
+	signer := forwardproof.SignerOf(t)
+	if signer == nil {
 		return nil, ""
 	}
-	signer, _ := t.Certificates[0].PrivateKey.(crypto.Signer)
 	leaf, err := x509.ParseCertificate(t.Certificates[0].Certificate[0])
 	if err != nil {
 		return signer, ""

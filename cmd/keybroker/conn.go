@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto"
 	"errors"
 	"fmt"
 	"strings"
@@ -121,14 +120,10 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 // with the client certificate's key when the edge asks for a forward proof,
 // as the SDK does.
 func dialBroker(addr string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
-	var signer crypto.Signer
-	if len(tlsConfig.Certificates) > 0 {
-		signer, _ = tlsConfig.Certificates[0].PrivateKey.(crypto.Signer)
-	}
 	return grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMessage)),
-		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
+		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(forwardproof.SignerOf(tlsConfig), nil).Unary),
 	)
 }
 

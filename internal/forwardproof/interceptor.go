@@ -3,6 +3,7 @@ package forwardproof
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -122,6 +123,18 @@ func (in *Interceptor) remember(k forwardsKey) {
 	if _, loaded := in.forwards.Swap(k, in.now().Add(ForwardMemory)); !loaded {
 		in.nForwards.Add(1)
 	}
+}
+
+// SignerOf is the key forward proofs are signed with under t: its first
+// certificate's private key. It is nil — calls go unsigned, and edges
+// refuse those they would forward — when t supplies its certificate only
+// through GetClientCertificate, or when the key is not a crypto.Signer.
+func SignerOf(t *tls.Config) crypto.Signer {
+	if t == nil || len(t.Certificates) == 0 || len(t.Certificates[0].Certificate) == 0 {
+		return nil
+	}
+	signer, _ := t.Certificates[0].PrivateKey.(crypto.Signer)
+	return signer
 }
 
 // NewInterceptor signs with signer, the client certificate's private key
