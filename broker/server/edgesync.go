@@ -191,7 +191,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	edgeP := edgePrincipal(node, c.Who.TrustDomain)
 	fctx := rpc.WithForwarder(identity.NewContext(ctx, proof.who), c.Who.Name)
 	var decodeErr, denied error
-	var spent bool
+	var unrecorded bool // the proof was good but its nonce could not be recorded
 	resp, err := t.handler(t.srv, fctx, func(v any) error {
 		decodeErr = proto.Unmarshal(r.GetRequest(), v.(proto.Message))
 		return decodeErr
@@ -213,7 +213,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 			}
 		}
 		if err := e.s.proofs.record(proof); err != nil {
-			spent = true
+			unrecorded = true
 			denied = err
 			return nil, err
 		}
@@ -222,7 +222,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	switch {
 	case decodeErr != nil:
 		return refuse(c, rpc.Invalid("forwarded %s request: %v", op, decodeErr))
-	case spent:
+	case unrecorded:
 		return proofRefused(denied)
 	case denied != nil:
 		return refuse(c, denied)

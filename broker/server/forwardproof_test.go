@@ -2,9 +2,15 @@ package server
 
 import (
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
+	"math/big"
 	"os"
 	"strings"
 	"sync"
@@ -440,6 +446,8 @@ func TestForwardAuditBounded(t *testing.T) {
 	}{
 		{"a 1 MiB method", &kbv1.ForwardRequest{Method: "/keybroker.v1.KeyBroker/" + huge, Request: raw}, codes.Unimplemented},
 		{"a 1 MiB principal, no proof", &kbv1.ForwardRequest{Method: "/keybroker.v1.KeyBroker/GenerateRandom", Request: raw, Principal: huge}, codes.PermissionDenied},
+		{"a client chain whose certificate names 1 MiB", &kbv1.ForwardRequest{Method: proofFor.Method, Request: proofFor.Request,
+			ClientChain: [][]byte{hugeCert(t, huge)}, Proof: proofFor.Proof}, codes.PermissionDenied},
 		{"a 1 MiB principal on a wrong proof", &kbv1.ForwardRequest{Method: proofFor.Method, Request: []byte("other"), Principal: huge,
 			ClientChain: proofFor.ClientChain, Proof: proofFor.Proof}, codes.PermissionDenied},
 	} {
@@ -457,4 +465,21 @@ func TestForwardAuditBounded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hugeCert is a self-signed client certificate whose subject is cn.
+func hugeCert(t *testing.T, cn string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, Issuer: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
