@@ -282,3 +282,34 @@ func TestCachedGetIsCurrentAfterLocalWrites(t *testing.T) {
 		t.Errorf("cached Get after a local rotation: primary %d, want 2", k.Primary)
 	}
 }
+
+// TestListServesCachedKeys: List returns the very copies Get serves, and
+// caches the keys it had to decode, so per-key memos downstream (the RPC
+// layer's policy decisions) are shared between List and Get.
+func TestListServesCachedKeys(t *testing.T) {
+	ctx := t.Context()
+	r, _, _ := newRegistry(t)
+	for _, id := range []string{"a", "b"} {
+		if _, err := r.Create(ctx, aesKey(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A registry on the same store that has cached nothing yet.
+	cold := NewRegistry(r.Store(), nil)
+	for _, reg := range []*Registry{r, cold} {
+		first, _, err := reg.List(ctx)
+		if err != nil || len(first) != 2 {
+			t.Fatalf("List = %d keys, %v; want 2", len(first), err)
+		}
+		again, _, _ := reg.List(ctx)
+		for i, k := range first {
+			got, err := reg.Get(ctx, k.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != k || again[i] != k {
+				t.Errorf("key %q: List, List again and Get returned different copies", k.ID)
+			}
+		}
+	}
+}
