@@ -13,6 +13,7 @@ import (
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
+	"github.com/keybroker/keybroker/internal/flight"
 )
 
 // RootConfig names one configured root of trust.
@@ -199,14 +200,19 @@ func (r *Roots) SetBudget(b *budget.Budget) { r.budget.Store(b) }
 // the client, the admin, or the edge fetching material; a forwarded call
 // carries the client the edge forwards for). When that principal's budget
 // is spent, Called counts a refusal and returns an ErrResourceExhausted
-// error, and the caller must not make the call. Work the node does by
+// error, and the caller must not make the call. The error is marked
+// flight.Personal and names no principal: callers who joined a coalesced
+// call this one led run it again under their own budget, and never see
+// another principal's refusal. Work the node does by
 // itself (the lifecycle sweep) carries no principal and is not charged.
 func (r *Roots) Called(ctx context.Context, backendName, op string) error {
 	k := CallKey{backendName, op}
 	if b := r.budget.Load(); b != nil {
 		if who, ok := identity.FromContext(ctx); ok && !b.Take(who.String()) {
 			count(&r.refused, k)
-			return errorf(ErrResourceExhausted, "%s has spent its budget of calls to the roots of trust; retry later", who)
+			// The refusal is this caller's alone: a call coalesced with
+			// others (material, data keys) is run again for them.
+			return flight.Personal(errorf(ErrResourceExhausted, "your budget of calls to the roots of trust is spent; retry later"))
 		}
 	}
 	audit.NoteBackendCall(ctx, backendName, op)
