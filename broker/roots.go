@@ -71,16 +71,6 @@ type Roots struct {
 	budget atomic.Pointer[budget.Budget]
 }
 
-// Role is what a root key is for.
-type Role string
-
-// Roles.
-const (
-	RoleDerive  Role = "derive"
-	RoleWrap    Role = "wrap"
-	RoleBackend Role = "backend"
-)
-
 // RoleOf is the role a root key needs to serve keys of mode m.
 func RoleOf(m Mode) Role {
 	switch m {
