@@ -159,14 +159,13 @@ func (r *Roots) Admit(keyURI string, m Mode, t KeyType) (string, error) {
 // CheckRole refuses to use the root key keyURI names for a key of mode m
 // when it is declared for another role (an ErrFailedPrecondition). An
 // undeclared root key passes: keys created before roots had roles keep
-// working; CreateKey (Admit) takes declared roots only.
-func (r *Roots) CheckRole(keyURI string, m Mode) error {
-	if len(r.declared) == 0 {
+// working; CreateKey (Admit) takes declared roots only. backendName and
+// key are what Resolve returned for keyURI: the caller has resolved it
+// already, so it is not resolved again on every backend call.
+func (r *Roots) CheckRole(keyURI, backendName, key string, m Mode) error {
+	rk, ok := r.declared[backendName+"\x00"+key]
+	if !ok {
 		return nil
-	}
-	rk, ok, err := r.declaration(keyURI)
-	if err != nil || !ok {
-		return err
 	}
 	if want := RoleOf(m); rk.Role != want {
 		return errorf(ErrFailedPrecondition, "root key %q is declared with role %s: it does not serve %s-mode keys", keyURI, rk.Role, m)

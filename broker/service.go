@@ -386,7 +386,7 @@ func (rb *rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string)
 	if err != nil {
 		return nil, "", err
 	}
-	if err := rb.roots.CheckRole(uri, k.Mode); err != nil {
+	if err := rb.roots.CheckRole(uri, backendName, name, k.Mode); err != nil {
 		return nil, "", err
 	}
 	if err := rb.roots.Called(ctx, backendName, op); err != nil {
