@@ -3,7 +3,9 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -311,5 +313,35 @@ func TestListServesCachedKeys(t *testing.T) {
 				t.Errorf("key %q: List, List again and Get returned different copies", k.ID)
 			}
 		}
+	}
+}
+
+// TestSweepRecordsFailedDeletion: a deletion that was audited but then
+// failed (here: the key changed between the audit line and the delete) is
+// recorded again with its error, and the key is left in place.
+func TestSweepRecordsFailedDeletion(t *testing.T) {
+	ctx := t.Context()
+	r, c, _ := newRegistry(t)
+	r.Create(ctx, aesKey("doomed"))
+	r.Update(ctx, "doomed", 0, ScheduleDeletion(c.Now(), 7*24*time.Hour))
+	c.Advance(8 * 24 * time.Hour)
+	var calls []string
+	_, deleted, err := r.Sweep(ctx, func(op, key string, err error) error {
+		calls = append(calls, fmt.Sprintf("%s %s %v", op, key, err != nil))
+		if err == nil {
+			// Another writer changes the key before the deletion.
+			_, uerr := r.Update(ctx, key, 0, func(k *Key) error { k.Description = "changed"; return nil })
+			return uerr
+		}
+		return nil
+	})
+	if !errors.Is(err, ErrConflict) || len(deleted) != 0 {
+		t.Errorf("Sweep = %v, %v; want nothing deleted and ErrConflict", deleted, err)
+	}
+	if want := []string{"DeleteKey doomed false", "DeleteKey doomed true"}; !slices.Equal(calls, want) {
+		t.Errorf("recorded %v, want %v", calls, want)
+	}
+	if _, err := r.Get(ctx, "doomed"); err != nil {
+		t.Errorf("doomed after a failed deletion: %v, want it still there", err)
 	}
 }
