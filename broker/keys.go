@@ -34,6 +34,7 @@ type (
 	Version = managed.Version
 	KeyType = managed.KeyType
 	Mode    = managed.Mode
+	Role    = managed.Role
 	State   = managed.State
 )
 
@@ -47,6 +48,10 @@ const (
 	ModeDerive  = managed.ModeDerive
 	ModeWrap    = managed.ModeWrap
 	ModeBackend = managed.ModeBackend
+
+	RoleDerive  = managed.RoleDerive
+	RoleWrap    = managed.RoleWrap
+	RoleBackend = managed.RoleBackend
 
 	StateEnabled         = managed.StateEnabled
 	StateDisabled        = managed.StateDisabled

@@ -82,11 +82,11 @@ func AddVersion(now time.Time, v Version) func(*Key) error {
 // and keys whose pending window has passed. Deletions are carried out here;
 // rotations need material, so they are returned for the caller.
 //
-// beforeDelete (nil: none) is called with each key about to be deleted; if
-// it fails the key is left for the next sweep and the error returned. It is
-// how the deletion is audited before it happens: a key is never destroyed
-// without its audit line.
-func (r *Registry) Sweep(ctx context.Context, beforeDelete func(*Key) error) (rotate []*Key, deleted []string, err error) {
+// record (nil: none) audits each deletion: it is called with a nil err
+// before a key is deleted — if it fails the key is left for the next sweep
+// and the error returned, so a key is never destroyed without its audit
+// line — and again with the error if the deletion then fails.
+func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*Key, deleted []string, err error) {
 	keys, _, err := r.List(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -95,12 +95,16 @@ func (r *Registry) Sweep(ctx context.Context, beforeDelete func(*Key) error) (ro
 	for _, k := range keys {
 		switch {
 		case k.State == StatePendingDeletion && !now.Before(k.DeletionTime):
-			if beforeDelete != nil {
-				if err := beforeDelete(k); err != nil {
+			if record != nil {
+				if err := record("DeleteKey", k.ID, nil); err != nil {
 					return rotate, deleted, fmt.Errorf("deleting %q: not audited, left for the next sweep: %w", k.ID, err)
 				}
 			}
 			if err := r.Delete(ctx, k); err != nil {
+				if record != nil {
+					// Its audit line said it would go; say it did not.
+					_ = record("DeleteKey", k.ID, err)
+				}
 				return rotate, deleted, err
 			}
 			deleted = append(deleted, k.ID)

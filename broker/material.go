@@ -111,7 +111,7 @@ func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret
 	if err != nil {
 		return nil, err
 	}
-	if err := ms.roots.CheckRole(ver.RootKey, k.Mode); err != nil {
+	if err := ms.roots.CheckRole(ver.RootKey, backendName, name, k.Mode); err != nil {
 		return nil, err
 	}
 	switch k.Mode {
@@ -143,7 +143,7 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 	if err != nil {
 		return Version{}, err
 	}
-	if err := ms.roots.CheckRole(rootKey, k.Mode); err != nil {
+	if err := ms.roots.CheckRole(rootKey, backendName, name, k.Mode); err != nil {
 		return Version{}, err
 	}
 	ver := Version{Version: v, RootKey: rootKey}

@@ -190,3 +190,22 @@ func TestBackendModeChecksRoot(t *testing.T) {
 		t.Errorf("material of a backend-mode key: err = %v", err)
 	}
 }
+
+// TestMaterialChecksRole: a version whose root key is declared for
+// another role gets no material from it, while an undeclared root key
+// (keys from before roots had roles) still serves.
+func TestMaterialChecksRole(t *testing.T) {
+	r, _ := softRoots(t)
+	if err := r.Declare([]RootKey{{URI: "softkms:prf-root", Role: RoleBackend}}); err != nil {
+		t.Fatal(err)
+	}
+	ms := NewMaterials(r, 100, time.Hour, nil)
+	k := &Key{ID: "k", Type: AES256GCM, Mode: ModeDerive, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
+	if _, err := ms.Get(t.Context(), k, 1); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "role backend") {
+		t.Errorf("Get on a root declared for backend keys = %v, want ErrFailedPrecondition naming its role", err)
+	}
+	wrap := &Key{ID: "w", Type: AES256GCM, Mode: ModeWrap}
+	if _, err := ms.NewVersion(t.Context(), wrap, "softkms:aes-root", 1); err != nil {
+		t.Errorf("NewVersion on an undeclared root = %v, want it served", err)
+	}
+}

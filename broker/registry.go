@@ -18,11 +18,12 @@ const KindKeys store.Kind = "keys"
 // Registry stores managed keys.
 //
 // Reads are served from an in-memory copy of each key read or written
-// here, so a request does not decode the key's record from the store every
-// time. The copy is replaced by every write made through this Registry and,
+// here (by Get, List or a write), so a request does not decode the key's
+// record from the store every time. The copy is replaced by every write made through this Registry and,
 // with Follow running, by every change the store's feed reports (writes by
 // other central nodes sharing the store). Keys returned by Get are shared
-// and must not be modified; Update hands its function a private copy.
+// and must not be modified; Update hands its function a private copy. List
+// returns the same shared copies.
 type Registry struct {
 	st  store.Store
 	now func() time.Time
@@ -34,7 +35,7 @@ type Registry struct {
 
 	mu       sync.RWMutex
 	cache    map[string]*Key
-	gen      uint64        // bumped when the cache is emptied
+	gen      uint64        // bumped when the cache is emptied or a key dropped
 	followed uint64        // last feed revision applied
 	advanced chan struct{} // closed and replaced when followed advances
 }
@@ -99,10 +100,15 @@ func (r *Registry) invalidate() {
 	r.gen++
 }
 
+// drop forgets a key. A read from the store that began before this may
+// hold the key as it was before its deletion, so gen is bumped and such a
+// read's result is not cached (see load and List): a deleted key is never
+// cached again by a read that raced its deletion.
 func (r *Registry) drop(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.cache, id)
+	r.gen++
 }
 
 // Follow keeps the cache current with the store's change feed until ctx
@@ -196,18 +202,46 @@ func (r *Registry) load(ctx context.Context, id string) (*Key, error) {
 }
 
 // List returns every key, sorted by id, and the revision it reflects.
+//
+// A key whose cached copy is at the listed revision is returned as that
+// copy — the pointer Get serves — so a listing decodes only keys not yet
+// cached, and what callers remember per key (the RPC layer's policy
+// decisions) is shared between List and Get. Keys decoded here are cached
+// like Get's.
 func (r *Registry) List(ctx context.Context) ([]*Key, uint64, error) {
+	r.mu.RLock()
+	gen := r.gen
+	r.mu.RUnlock()
 	objs, rev, err := r.st.List(ctx, KindKeys)
 	if err != nil {
 		return nil, 0, err
 	}
-	keys := make([]*Key, 0, len(objs))
-	for _, o := range objs {
-		k, err := decodeKey(o)
+	keys := make([]*Key, len(objs))
+	var fresh []int // indexes of keys not cached at their listed revision
+	r.mu.RLock()
+	for i, o := range objs {
+		if k := r.cache[o.ID]; k != nil && k.Revision == o.Revision {
+			keys[i] = k
+		} else {
+			fresh = append(fresh, i)
+		}
+	}
+	r.mu.RUnlock()
+	for _, i := range fresh {
+		k, err := decodeKey(objs[i])
 		if err != nil {
 			return nil, 0, err
 		}
-		keys = append(keys, k)
+		keys[i] = k
+	}
+	if len(fresh) > 0 {
+		r.mu.Lock()
+		if gen == r.gen {
+			for _, i := range fresh {
+				r.rememberLocked(keys[i])
+			}
+		}
+		r.mu.Unlock()
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].ID < keys[j].ID })
 	return keys, rev, nil

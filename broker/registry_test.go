@@ -3,7 +3,9 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -280,5 +282,66 @@ func TestCachedGetIsCurrentAfterLocalWrites(t *testing.T) {
 	r.Update(ctx, "k", 0, AddVersion(c.Now(), Version{RootKey: "softkms:root"}))
 	if k, _ := r.Get(ctx, "k"); k.Primary != 2 {
 		t.Errorf("cached Get after a local rotation: primary %d, want 2", k.Primary)
+	}
+}
+
+// TestListServesCachedKeys: List returns the very copies Get serves, and
+// caches the keys it had to decode, so per-key memos downstream (the RPC
+// layer's policy decisions) are shared between List and Get.
+func TestListServesCachedKeys(t *testing.T) {
+	ctx := t.Context()
+	r, _, _ := newRegistry(t)
+	for _, id := range []string{"a", "b"} {
+		if _, err := r.Create(ctx, aesKey(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A registry on the same store that has cached nothing yet.
+	cold := NewRegistry(r.Store(), nil)
+	for _, reg := range []*Registry{r, cold} {
+		first, _, err := reg.List(ctx)
+		if err != nil || len(first) != 2 {
+			t.Fatalf("List = %d keys, %v; want 2", len(first), err)
+		}
+		again, _, _ := reg.List(ctx)
+		for i, k := range first {
+			got, err := reg.Get(ctx, k.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != k || again[i] != k {
+				t.Errorf("key %q: List, List again and Get returned different copies", k.ID)
+			}
+		}
+	}
+}
+
+// TestSweepRecordsFailedDeletion: a deletion that was audited but then
+// failed (here: the key changed between the audit line and the delete) is
+// recorded again with its error, and the key is left in place.
+func TestSweepRecordsFailedDeletion(t *testing.T) {
+	ctx := t.Context()
+	r, c, _ := newRegistry(t)
+	r.Create(ctx, aesKey("doomed"))
+	r.Update(ctx, "doomed", 0, ScheduleDeletion(c.Now(), 7*24*time.Hour))
+	c.Advance(8 * 24 * time.Hour)
+	var calls []string
+	_, deleted, err := r.Sweep(ctx, func(op, key string, err error) error {
+		calls = append(calls, fmt.Sprintf("%s %s %v", op, key, err != nil))
+		if err == nil {
+			// Another writer changes the key before the deletion.
+			_, uerr := r.Update(ctx, key, 0, func(k *Key) error { k.Description = "changed"; return nil })
+			return uerr
+		}
+		return nil
+	})
+	if !errors.Is(err, ErrConflict) || len(deleted) != 0 {
+		t.Errorf("Sweep = %v, %v; want nothing deleted and ErrConflict", deleted, err)
+	}
+	if want := []string{"DeleteKey doomed false", "DeleteKey doomed true"}; !slices.Equal(calls, want) {
+		t.Errorf("recorded %v, want %v", calls, want)
+	}
+	if _, err := r.Get(ctx, "doomed"); err != nil {
+		t.Errorf("doomed after a failed deletion: %v, want it still there", err)
 	}
 }

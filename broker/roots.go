@@ -13,6 +13,7 @@ import (
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
+	"github.com/keybroker/keybroker/internal/flight"
 )
 
 // RootConfig names one configured root of trust.
@@ -69,16 +70,6 @@ type Roots struct {
 	// budget, when set, bounds each principal's calls (SetBudget).
 	budget atomic.Pointer[budget.Budget]
 }
-
-// Role is what a root key is for.
-type Role string
-
-// Roles.
-const (
-	RoleDerive  Role = "derive"
-	RoleWrap    Role = "wrap"
-	RoleBackend Role = "backend"
-)
 
 // RoleOf is the role a root key needs to serve keys of mode m.
 func RoleOf(m Mode) Role {
@@ -168,14 +159,13 @@ func (r *Roots) Admit(keyURI string, m Mode, t KeyType) (string, error) {
 // CheckRole refuses to use the root key keyURI names for a key of mode m
 // when it is declared for another role (an ErrFailedPrecondition). An
 // undeclared root key passes: keys created before roots had roles keep
-// working; CreateKey (Admit) takes declared roots only.
-func (r *Roots) CheckRole(keyURI string, m Mode) error {
-	if len(r.declared) == 0 {
+// working; CreateKey (Admit) takes declared roots only. backendName and
+// key are what Resolve returned for keyURI: the caller has resolved it
+// already, so it is not resolved again on every backend call.
+func (r *Roots) CheckRole(keyURI, backendName, key string, m Mode) error {
+	rk, ok := r.declared[backendName+"\x00"+key]
+	if !ok {
 		return nil
-	}
-	rk, ok, err := r.declaration(keyURI)
-	if err != nil || !ok {
-		return err
 	}
 	if want := RoleOf(m); rk.Role != want {
 		return errorf(ErrFailedPrecondition, "root key %q is declared with role %s: it does not serve %s-mode keys", keyURI, rk.Role, m)
@@ -199,14 +189,19 @@ func (r *Roots) SetBudget(b *budget.Budget) { r.budget.Store(b) }
 // the client, the admin, or the edge fetching material; a forwarded call
 // carries the client the edge forwards for). When that principal's budget
 // is spent, Called counts a refusal and returns an ErrResourceExhausted
-// error, and the caller must not make the call. Work the node does by
+// error, and the caller must not make the call. The error is marked
+// flight.Personal and names no principal: callers who joined a coalesced
+// call this one led run it again under their own budget, and never see
+// another principal's refusal. Work the node does by
 // itself (the lifecycle sweep) carries no principal and is not charged.
 func (r *Roots) Called(ctx context.Context, backendName, op string) error {
 	k := CallKey{backendName, op}
 	if b := r.budget.Load(); b != nil {
 		if who, ok := identity.FromContext(ctx); ok && !b.Take(who.String()) {
 			count(&r.refused, k)
-			return errorf(ErrResourceExhausted, "%s has spent its budget of calls to the roots of trust; retry later", who)
+			// The refusal is this caller's alone: a call coalesced with
+			// others (material, data keys) is run again for them.
+			return flight.Personal(errorf(ErrResourceExhausted, "your budget of calls to the roots of trust is spent; retry later"))
 		}
 	}
 	audit.NoteBackendCall(ctx, backendName, op)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
@@ -299,22 +298,11 @@ func (s *Service) Sweep(ctx context.Context, record SweepRecorder) (rotated, del
 	if record == nil {
 		record = func(string, string, error) error { return nil }
 	}
-	var recorded string // the last key whose deletion was audited
-	due, deleted, err := s.reg.Sweep(ctx, func(k *Key) error {
-		if err := record("DeleteKey", k.ID, nil); err != nil {
-			return err
-		}
-		recorded = k.ID
-		return nil
-	})
+	due, deleted, err := s.reg.Sweep(ctx, record)
 	for _, id := range deleted {
 		s.forget(id)
 	}
 	if err != nil {
-		if recorded != "" && !slices.Contains(deleted, recorded) {
-			// Its audit line said it would go; say it did not.
-			_ = record("DeleteKey", recorded, err)
-		}
 		return nil, deleted, err
 	}
 	var errs []error
@@ -386,7 +374,7 @@ func (rb *rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string)
 	if err != nil {
 		return nil, "", err
 	}
-	if err := rb.roots.CheckRole(uri, k.Mode); err != nil {
+	if err := rb.roots.CheckRole(uri, backendName, name, k.Mode); err != nil {
 		return nil, "", err
 	}
 	if err := rb.roots.Called(ctx, backendName, op); err != nil {

@@ -144,7 +144,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	}
 	var declared []broker.RootKey
 	for _, rk := range cfg.DeclaredRootKeys() {
-		d := broker.RootKey{URI: rk.URI, Role: broker.Role(rk.Role)}
+		d := broker.RootKey{URI: rk.URI, Role: rk.Role}
 		for _, t := range rk.Types {
 			d.Types = append(d.Types, broker.KeyType(t))
 		}

@@ -96,18 +96,34 @@ func (s *streamReader) Read(p []byte) (int, error) {
 
 // openStream opens a whole streaming ciphertext held in memory. On any
 // error it returns no plaintext: the segments that authenticated before
-// the failure are zeroed, not handed out.
+// the failure are zeroed, not handed out. The plaintext is read into one
+// buffer the size of the ciphertext (a plaintext is never longer), so no
+// copy of it is left behind by a growing buffer and the one zeroed on
+// error is the only one.
 func (d *Decryptor) openStream(ctx context.Context, ciphertext []byte, ectx map[string]string) ([]byte, error) {
 	r, err := d.NewReader(ctx, bytes.NewReader(ciphertext), ectx)
 	if err != nil {
 		return nil, err
 	}
-	pt, err := io.ReadAll(r)
-	if err != nil {
-		clear(pt)
-		return nil, err
+	pt := make([]byte, len(ciphertext))
+	n := 0
+	for {
+		if n == len(pt) {
+			// A plaintext is shorter than its ciphertext (which has a
+			// header and a tag per segment), so this cannot happen.
+			clear(pt)
+			return nil, errors.New("client: Decrypt: the stream yields more plaintext than its ciphertext holds")
+		}
+		m, err := r.Read(pt[n:])
+		n += m
+		if err == io.EOF {
+			return pt[:n], nil
+		}
+		if err != nil {
+			clear(pt)
+			return nil, err
+		}
 	}
-	return pt, nil
 }
 
 // streamErr maps a stream's errors: the format's refusals are invalid

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/internal/budget"
 	"github.com/keybroker/keybroker/managed"
 )
 
@@ -115,13 +116,6 @@ func (b BackendBudget) check(p *problems, field string) {
 	checkInt(p, field+".max_principals", int64(b.MaxPrincipals), 1, 10_000_000, "")
 }
 
-// Backend-budget defaults.
-const (
-	DefaultBudgetRate          = 500
-	DefaultBudgetBurst         = 1000
-	DefaultBudgetMaxPrincipals = 10_000
-)
-
 // Edges says how the central tier keeps track of connected edges. An
 // edge holds a lease while its Watch stream is open; each heartbeat on the
 // stream extends it. An edge whose lease has run out is no longer offered
@@ -183,19 +177,12 @@ type RootKey struct {
 	// Role is what the key is for: derive (the HMAC PRF of derive-mode
 	// keys), wrap (the encryption key that wraps wrap-mode material) or
 	// backend (performs the operations of backend-mode keys). Required.
-	Role string `yaml:"role"`
+	Role managed.Role `yaml:"role"`
 	// Types restricts the managed key types (aes-256-gcm, hmac-sha256,
 	// ecdsa-p256, ed25519) the key may serve. Optional: empty means every
 	// type.
 	Types []string `yaml:"types,omitempty"`
 }
-
-// Root key roles.
-const (
-	RoleDerive  = "derive"
-	RoleWrap    = "wrap"
-	RoleBackend = "backend"
-)
 
 // DeclaredRootKeys returns root_keys, or when it is empty the declaration
 // default_root_keys implies: each default with the role of its mode.
@@ -212,13 +199,17 @@ func (c *Central) DeclaredRootKeys() []RootKey {
 	return out
 }
 
-type defaultRoot struct{ field, role, uri string }
+type defaultRoot struct {
+	field string
+	role  managed.Role
+	uri   string
+}
 
 func (r RootKeys) byRole() []defaultRoot {
 	return []defaultRoot{
-		{"default_root_keys.derive", RoleDerive, r.Derive},
-		{"default_root_keys.wrap", RoleWrap, r.Wrap},
-		{"default_root_keys.backend", RoleBackend, r.Backend},
+		{"default_root_keys.derive", managed.RoleDerive, r.Derive},
+		{"default_root_keys.wrap", managed.RoleWrap, r.Wrap},
+		{"default_root_keys.backend", managed.RoleBackend, r.Backend},
 	}
 }
 
@@ -281,7 +272,7 @@ func DefaultCentral() Central {
 		ShutdownTimeout: DefaultShutdownTimeout,
 		Edges:           Edges{Lease: DefaultEdgeLease},
 		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
-		BackendBudget:   BackendBudget{Rate: DefaultBudgetRate, Burst: DefaultBudgetBurst, MaxPrincipals: DefaultBudgetMaxPrincipals},
+		BackendBudget:   BackendBudget{Rate: budget.DefaultRate, Burst: budget.DefaultBurst, MaxPrincipals: budget.DefaultMaxPrincipals},
 	}
 }
 
@@ -431,7 +422,7 @@ func (c *Central) checkRootKeys(p *problems, uris []backends.KeyURI) {
 	for i, rk := range c.RootKeys {
 		f := fmt.Sprintf("root_keys[%d]", i)
 		switch rk.Role {
-		case RoleDerive, RoleWrap, RoleBackend:
+		case managed.RoleDerive, managed.RoleWrap, managed.RoleBackend:
 		case "":
 			p.add(f+".role", "required: derive, wrap or backend")
 		default:

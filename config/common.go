@@ -271,9 +271,9 @@ type DataKeyReuse struct {
 	// Default 68719476736 (64 GiB), at least 1.
 	MaxBytes uint64 `yaml:"max_bytes"`
 	// MaxDataKeysPerVersion is the most data keys this node wraps under
-	// one key version (AES-GCM with random nonces under one
-	// key-encryption key); past it, new data keys are refused until the
-	// key is rotated. Every node counts for itself: keep nodes × bound ≤
+	// one key version — for a derived key, one version and encryption
+	// context — (AES-GCM with random nonces under one key-encryption
+	// key); past it, new data keys are refused until the key is rotated. Every node counts for itself: keep nodes × bound ≤
 	// 2^32. Default 268435456 (2^28, so 16 nodes), range 1..4294967296.
 	MaxDataKeysPerVersion uint64 `yaml:"max_data_keys_per_version"`
 }

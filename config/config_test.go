@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/managed"
 )
 
 // docBlocks returns the ```yaml blocks of docs/config.md, in order; those
@@ -338,8 +339,8 @@ func TestRootKeyDeclarations(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []RootKey{
-		{URI: "pkcs11:token=kb;object=root-prf?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/keybroker/pin", Role: RoleDerive},
-		{URI: "softkms:root-aes", Role: RoleWrap},
+		{URI: "pkcs11:token=kb;object=root-prf?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/keybroker/pin", Role: managed.RoleDerive},
+		{URI: "softkms:root-aes", Role: managed.RoleWrap},
 	}
 	if diff := cmp.Diff(want, legacy.DeclaredRootKeys()); diff != "" {
 		t.Errorf("without root_keys, DeclaredRootKeys() (-want +got):\n%s", diff)
@@ -349,9 +350,9 @@ func TestRootKeyDeclarations(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = []RootKey{
-		{URI: "pkcs11:token=kb;object=root-prf", Role: RoleDerive},
-		{URI: "softkms:root-aes", Role: RoleWrap},
-		{URI: "softkms:sign", Role: RoleBackend, Types: []string{"ecdsa-p256", "ed25519"}},
+		{URI: "pkcs11:token=kb;object=root-prf", Role: managed.RoleDerive},
+		{URI: "softkms:root-aes", Role: managed.RoleWrap},
+		{URI: "softkms:sign", Role: managed.RoleBackend, Types: []string{"ecdsa-p256", "ed25519"}},
 	}
 	if diff := cmp.Diff(want, declared.DeclaredRootKeys()); diff != "" {
 		t.Errorf("with root_keys, DeclaredRootKeys() (-want +got):\n%s", diff)

@@ -90,6 +90,19 @@ const (
 	ModeBackend Mode = "backend"
 )
 
+// Role is what a root key is for: derive (the HMAC PRF of derive-mode
+// keys), wrap (the encryption key that wraps wrap-mode material) or backend
+// (performs the operations of backend-mode keys). A key of mode m needs a
+// root key of the role of the same name.
+type Role string
+
+// Roles.
+const (
+	RoleDerive  Role = "derive"
+	RoleWrap    Role = "wrap"
+	RoleBackend Role = "backend"
+)
+
 // Valid reports whether m is a known mode.
 func (m Mode) Valid() bool { return m == ModeDerive || m == ModeWrap || m == ModeBackend }
 

@@ -101,9 +101,13 @@ type Config struct {
 // # Data keys per key version
 //
 // Every data key this node wraps under a key version is counted when it is
-// made (a reuse miss, a GenerateDataKey), never per message; past
-// Config.MaxDataKeysPerVersion the version makes no more and Encrypt and
-// GenerateDataKey fail with ErrFailedPrecondition saying to rotate.
+// made (a reuse miss, a GenerateDataKey), never per message, per
+// key-encryption key: per version, and for derived keys per version and
+// encryption context (in a fixed-size sketch that can only overcount).
+// Past Config.MaxDataKeysPerVersion that key-encryption key makes no more
+// and Encrypt and GenerateDataKey fail with ErrFailedPrecondition saying
+// to rotate. Counts are kept per key incarnation, so a key created again
+// under a deleted id starts from zero.
 // DefaultMaxDataKeysPerVersion explains the bound and the cluster-wide
 // reasoning. The counts are per process: a restart starts them again.
 type Ops struct {
@@ -171,8 +175,8 @@ func (o *Ops) DataKeysCreated() uint64 { return o.reuser.Created() }
 func (o *Ops) DataKeysRefused() uint64 { return o.wraps.refused.Load() }
 
 // DataKeysWrapped is how many data keys this node has wrapped under
-// version v of key id.
-func (o *Ops) DataKeysWrapped(id string, v uint32) uint64 { return o.wraps.count(id, v) }
+// version v of k (this incarnation of it; every context of a derived key).
+func (o *Ops) DataKeysWrapped(k *Key, v uint32) uint64 { return o.wraps.count(k, v) }
 
 // UnwrapStats reports the unwrap cache's hits, misses and evictions.
 func (o *Ops) UnwrapStats() (hits, misses, evictions uint64) { return o.unwrap.Stats() }
@@ -404,12 +408,12 @@ func (o *Ops) wrapDataKey(ctx context.Context, k *Key, v uint32, ectx map[string
 		if err := o.needBackend(k); err != nil {
 			return nil, err
 		}
-		if err := o.wraps.take(k.ID, v); err != nil {
+		if err := o.wraps.take(k, v, ectx); err != nil {
 			return nil, err
 		}
 		return o.backend.WrapDataKey(ctx, k, v, dek)
 	}
-	if err := o.wraps.take(k.ID, v); err != nil {
+	if err := o.wraps.take(k, v, ectx); err != nil {
 		return nil, err
 	}
 	kek, err := o.kek(ctx, k, v, ectx)

@@ -2,6 +2,7 @@ package managed
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func TestDataKeysPerVersionBound(t *testing.T) {
 	if got := o.DataKeysRefused(); got != 2 {
 		t.Errorf("DataKeysRefused = %d, want 2", got)
 	}
-	if got := o.DataKeysWrapped("aes", 1); got != 3 {
+	if got := o.DataKeysWrapped(src.m["aes"], 1); got != 3 {
 		t.Errorf("DataKeysWrapped(aes, 1) = %d, want 3", got)
 	}
 	// What was sealed still opens; other keys are not affected.
@@ -59,22 +60,87 @@ func TestDataKeysPerVersionBound(t *testing.T) {
 	if _, _, err := o.Encrypt(ctx, "aes", []byte("x"), nil); err != nil {
 		t.Errorf("Encrypt after rotation: %v", err)
 	}
-	if got := o.DataKeysWrapped("aes", 2); got != 1 {
+	if got := o.DataKeysWrapped(src.m["aes"], 2); got != 1 {
 		t.Errorf("DataKeysWrapped(aes, 2) = %d, want 1", got)
 	}
 
 	// With reuse, messages share a data key: 100 encrypts, one wrap.
-	warm, _ := newOps(t)
+	warm, warmSrc := newOps(t)
 	for range 100 {
 		if _, _, err := warm.Encrypt(ctx, "aes", []byte("x"), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := warm.DataKeysWrapped("aes", 1); got != 1 {
+	if got := warm.DataKeysWrapped(warmSrc.m["aes"], 1); got != 1 {
 		t.Errorf("100 warm encrypts wrapped %d data keys, want 1", got)
 	}
 
 	if _, err := New(Config{Keys: src, Material: src, MaxDataKeysPerVersion: MaxMaxDataKeysPerVersion + 1}); err == nil {
 		t.Error("New accepted a bound above 2^32")
+	}
+}
+
+// boundedOps is an Ops over newOps's keys that wraps a data key for every
+// message, with a bound of 3 data keys per key-encryption key.
+func boundedOps(t *testing.T) (*Ops, *keys) {
+	t.Helper()
+	_, src := newOps(t)
+	now := time.Unix(1_700_000_000, 0).UTC()
+	o, err := New(Config{Keys: src, Material: src, Now: func() time.Time { return now },
+		Reuse: envelope.ReusePolicy{MaxMessages: 1}, MaxDataKeysPerVersion: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, src
+}
+
+// TestDerivedContextsDoNotShareTheBound: each encryption context of a
+// derived key has its own key-encryption key and so its own bound; a
+// caller encrypting under many contexts does not spend anyone else's.
+func TestDerivedContextsDoNotShareTheBound(t *testing.T) {
+	ctx := t.Context()
+	o, _ := boundedOps(t)
+	for i := range 5 {
+		ectx := map[string]string{"tenant": strconv.Itoa(i)}
+		if _, _, err := o.Encrypt(ctx, "ctx", []byte("x"), ectx); err != nil {
+			t.Fatalf("Encrypt under fresh context %v: %v", ectx, err)
+		}
+	}
+	fixed := map[string]string{"tenant": "fixed"}
+	for i := range 3 {
+		if _, _, err := o.Encrypt(ctx, "ctx", []byte("x"), fixed); err != nil {
+			t.Fatalf("Encrypt %d under one context within the bound: %v", i, err)
+		}
+	}
+	if _, _, err := o.Encrypt(ctx, "ctx", []byte("x"), fixed); !errors.Is(err, ErrFailedPrecondition) {
+		t.Errorf("4th data key under one context = %v, want ErrFailedPrecondition", err)
+	}
+	// Other contexts are unaffected by the one that reached its bound.
+	if _, _, err := o.Encrypt(ctx, "ctx", []byte("x"), map[string]string{"tenant": "other"}); err != nil {
+		t.Errorf("Encrypt under another context after one reached its bound: %v", err)
+	}
+}
+
+// TestRecreatedKeyStartsANewCount: a key deleted and created again under
+// the same id (a new salt) does not inherit its predecessor's count.
+func TestRecreatedKeyStartsANewCount(t *testing.T) {
+	ctx := t.Context()
+	o, src := boundedOps(t)
+	for i := range 3 {
+		if _, _, err := o.Encrypt(ctx, "aes", []byte("x"), nil); err != nil {
+			t.Fatalf("Encrypt %d within the bound: %v", i, err)
+		}
+	}
+	if _, _, err := o.Encrypt(ctx, "aes", []byte("x"), nil); !errors.Is(err, ErrFailedPrecondition) {
+		t.Fatalf("Encrypt past the bound = %v, want ErrFailedPrecondition", err)
+	}
+	again := *src.m["aes"]
+	again.Salt = []byte("a new incarnation salt, 32 bytes")
+	src.m["aes"] = &again
+	if _, _, err := o.Encrypt(ctx, "aes", []byte("x"), nil); err != nil {
+		t.Errorf("Encrypt under the re-created key: %v", err)
+	}
+	if got := o.DataKeysWrapped(&again, 1); got != 1 {
+		t.Errorf("DataKeysWrapped(re-created aes, 1) = %d, want 1", got)
 	}
 }

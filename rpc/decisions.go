@@ -25,8 +25,9 @@ const maxDecisions = 1 << 14
 // reload, so the two pointers stand for their contents. A key that does not
 // exist is decided afresh every time.
 type decisionCache struct {
-	m atomic.Pointer[sync.Map] // decisionKey → policy.Decision
-	n atomic.Int64
+	m    atomic.Pointer[sync.Map] // decisionKey → policy.Decision
+	n    atomic.Int64
+	made atomic.Uint64 // decisions not found in memory, so evaluated
 }
 
 type decisionKey struct {
@@ -51,6 +52,7 @@ func (d *decisionCache) decide(set *policy.Set, who identity.Identity, op policy
 		return v.(policy.Decision)
 	}
 	dec := decide()
+	d.made.Add(1)
 	if d.n.Add(1) > maxDecisions {
 		// Start afresh: old keys and sets are let go with the old map.
 		d.n.Store(1)

@@ -148,6 +148,10 @@ func (s *Server) Audit() *audit.Log { return s.audit }
 // Logger is the server's logger.
 func (s *Server) Logger() *slog.Logger { return s.log }
 
+// KeyDecisionsMade counts the policy decisions on keys this server has
+// evaluated because its decision cache did not hold them.
+func (s *Server) KeyDecisionsMade() uint64 { return s.decisions.made.Load() }
+
 // KeyBroker is the KeyBroker service.
 func (s *Server) KeyBroker() kbv1.KeyBrokerServer { return &keyBroker{s: s} }
 

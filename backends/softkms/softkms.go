@@ -53,12 +53,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/internal/atomicfile"
 	"github.com/keybroker/keybroker/secret"
 )
 
@@ -389,47 +389,10 @@ func (b *Backend) persist() error {
 	if err != nil {
 		return backends.NewError(scheme, "persist", "", backends.ErrUnavailable, err)
 	}
-	if err := writeAtomic(b.path, data); err != nil {
+	if err := atomicfile.Write(b.path, data, 0o600); err != nil {
 		return backends.NewError(scheme, "persist", "", backends.ErrUnavailable, err)
 	}
 	return nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	done := false
-	defer func() {
-		if !done {
-			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	done = true
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // get returns a usable key of algorithm alg (any algorithm when alg is

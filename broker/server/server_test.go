@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -626,5 +627,34 @@ func TestReEncryptAction(t *testing.T) {
 	// the mover's refusal on the destination follows an allowed source.
 	if allowed != 5 || denied != 3 {
 		t.Errorf("ReEncrypt audit lines: %d allowed, %d denied; want 5, 3", allowed, denied)
+	}
+}
+
+// TestListKeysDecisionsRemembered: ListKeys is served the registry's cached
+// keys, so a principal's second listing finds every DescribeKey decision
+// in the decision cache and evaluates no policy.
+func TestListKeysDecisionsRemembered(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	for i := range 5 {
+		if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: fmt.Sprintf("listed-%d", i), Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+			Mode: kbv1.KeyMode_KEY_MODE_DERIVE}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kb := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	list := func() {
+		t.Helper()
+		l, err := kb.ListKeys(ctx, &kbv1.ListKeysRequest{})
+		if err != nil || len(l.GetKeys()) != 5 {
+			t.Fatalf("ListKeys = %d keys, %v; want 5", len(l.GetKeys()), err)
+		}
+	}
+	list()
+	before := e.srv.KeyDecisionsMade()
+	list()
+	if got := e.srv.KeyDecisionsMade() - before; got != 0 {
+		t.Errorf("second ListKeys evaluated %d policy decisions, want 0", got)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/devcluster"
+	"github.com/keybroker/keybroker/internal/atomicfile"
 )
 
 // Defaults of keybroker dev.
@@ -319,9 +319,8 @@ func devAppEdge(c *devcluster.Cluster) string {
 	return c.Edges[0].Addr()
 }
 
-// writeDevEnv writes the env file atomically (a temporary file renamed
-// over it), mode 0600, so that a shell sourcing it never reads half a
-// file.
+// writeDevEnv writes the env file atomically (atomicfile.Write), mode
+// 0600, so that a shell sourcing it never reads half a file.
 func writeDevEnv(path string, c *devcluster.Cluster) error {
 	admin := c.ClientFiles(devcluster.AdminName)
 	var b strings.Builder
@@ -335,27 +334,7 @@ func writeDevEnv(path string, c *devcluster.Cluster) error {
 	} {
 		fmt.Fprintf(&b, "export %s=%s\n", v[0], shellQuote(v[1]))
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // fails harmlessly once renamed
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.WriteString(b.String()); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(path, []byte(b.String()), 0o600)
 }
 
 // shellSafe are the strings a POSIX shell reads as one word, unquoted.

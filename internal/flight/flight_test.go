@@ -3,9 +3,11 @@ package flight
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 
 	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc/codes"
@@ -103,4 +105,45 @@ func TestDoReturnsRealErrors(t *testing.T) {
 	if _, err := Do(ctx, &g, "k", func(context.Context) (any, error) { t.Error("called with a dead ctx"); return nil, nil }); !errors.Is(err, context.Canceled) {
 		t.Errorf("Do with a cancelled ctx = %v", err)
 	}
+}
+
+// TestDoPersonalErrorsStayWithTheirCaller: a refusal marked Personal
+// reaches only the caller the shared call ran for; a caller that joined
+// runs the call again under its own ctx.
+func TestDoPersonalErrorsStayWithTheirCaller(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var g singleflight.Group
+		refused := errors.New("your budget is spent")
+		type who struct{}
+		release := make(chan struct{})
+		fn := func(ctx context.Context) (any, error) {
+			<-release
+			if ctx.Value(who{}) == "first" {
+				return nil, fmt.Errorf("loading: %w", Personal(refused))
+			}
+			return "second's", nil
+		}
+		firstErr := make(chan error, 1)
+		go func() {
+			_, err := Do(context.WithValue(t.Context(), who{}, "first"), &g, "k", fn)
+			firstErr <- err
+		}()
+		synctest.Wait()
+		second := make(chan any, 1)
+		go func() {
+			v, err := Do(context.WithValue(t.Context(), who{}, "second"), &g, "k", fn)
+			if err != nil {
+				t.Errorf("second caller: %v, want its own result", err)
+			}
+			second <- v
+		}()
+		synctest.Wait()
+		close(release)
+		if err := <-firstErr; !errors.Is(err, refused) {
+			t.Errorf("first caller: %v, want its own refusal", err)
+		}
+		if v := <-second; v != "second's" {
+			t.Errorf("second caller = %v, want the result of its own run", v)
+		}
+	})
 }
