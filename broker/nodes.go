@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
@@ -77,19 +78,58 @@ func (n *Node) validateEnrollment() error {
 	return ValidateLabels(n.Labels)
 }
 
+// maxAddressLen bounds an edge's address: a DNS name (at most 253 bytes),
+// brackets, a colon and a port. The address goes in every inventory event
+// to every edge and in every LookupKey answer, so an edge must not be able
+// to make it large.
+const maxAddressLen = 300
+
 // validateRegistration checks what an edge sets: address and sealing key.
+// The address is host:port with a non-zero port, and the host an IP
+// address that is not a wildcard or a DNS name of at most 253 bytes.
 func (n *Node) validateRegistration() error {
+	if len(n.Address) > maxAddressLen {
+		return errorf(ErrInvalidArgument, "address is %d bytes, more than %d", len(n.Address), maxAddressLen)
+	}
 	host, port, err := net.SplitHostPort(n.Address)
 	if p, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || p == 0 || host == "" {
 		return errorf(ErrInvalidArgument, "address %q is not a dialable host:port", n.Address)
 	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		return errorf(ErrInvalidArgument, "address %q is a wildcard, not dialable", n.Address)
+	if ip := net.ParseIP(host); ip != nil {
+		if ip.IsUnspecified() {
+			return errorf(ErrInvalidArgument, "address %q is a wildcard, not dialable", n.Address)
+		}
+	} else if !isDNSName(host) {
+		return errorf(ErrInvalidArgument, "address %q: host is neither an IP address nor a DNS name", n.Address)
 	}
 	if _, err := sealed.ParsePublicKey(n.SealingKey); err != nil {
 		return errorf(ErrInvalidArgument, "sealing key: %v", err)
 	}
 	return nil
+}
+
+// isDNSName says whether s is a DNS host name: at most 253 bytes (a
+// trailing dot aside) of dot-separated labels of 1-63 letters, digits,
+// hyphens and underscores, no label starting or ending with a hyphen. It
+// is the rule Go's resolver applies, so it admits no control characters
+// and no spaces.
+func isDNSName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // validate checks a whole record: enrollment and registration.
