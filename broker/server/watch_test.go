@@ -2,15 +2,21 @@ package server
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -288,6 +294,67 @@ func TestWatchResumeWithholdsDisabledAndDeletedKeys(t *testing.T) {
 		}
 		if !slices.Equal(s, tc.want) {
 			t.Errorf("replayed %s: sealed versions %v, want %v", tc.id, s, tc.want)
+		}
+	}
+}
+
+// flakyNodes is a store whose node reads fail once armed: fail says which
+// read from now (1: the next) returns ErrUnavailable.
+type flakyNodes struct {
+	store.Store
+	mu        sync.Mutex
+	countdown int
+}
+
+func (f *flakyNodes) failRead(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.countdown = n
+}
+
+func (f *flakyNodes) Get(ctx context.Context, kind store.Kind, id string) (store.Object, error) {
+	if kind == broker.KindNodes {
+		f.mu.Lock()
+		f.countdown--
+		fail := f.countdown == 0
+		f.mu.Unlock()
+		if fail {
+			return store.Object{}, fmt.Errorf("node read failed (injected): %w", broker.ErrUnavailable)
+		}
+	}
+	return f.Store.Get(ctx, kind, id)
+}
+
+// TestWatchStoreErrorIsNotNotEnrolled: a store error reading the edge's
+// record when its stream opens is reported as what it is, not as
+// not-enrolled — which makes an honest edge wipe its replica.
+func TestWatchStoreErrorIsNotNotEnrolled(t *testing.T) {
+	var flaky *flakyNodes
+	e := start(t, func(c *Config) {
+		old := c.Service
+		flaky = &flakyNodes{Store: old.Registry().Store()}
+		svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(flaky, nil), Roots: old.Roots(),
+			Materials: broker.NewMaterials(old.Roots(), 100, time.Hour, nil)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Service = svc
+	})
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, _, err := e.register(t, "edge-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both the audited gate and the stream's own read of the record must
+	// report a store error as unavailable.
+	for read := 1; read <= 2; read++ {
+		flaky.failRead(read)
+		stream, err := edge.sync.Watch(t.Context(), &kbv1.WatchRequest{})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if rpc.IsNotEnrolled(err) || status.Code(err) != codes.Unavailable {
+			t.Errorf("node read %d failing: Watch = %v, want Unavailable and not not-enrolled", read, err)
 		}
 	}
 }
