@@ -217,9 +217,9 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	var me *kbv1.Node
 	if ch.nodes != nil {
 		c.mu.RLock()
-		prev := c.me
-		me = c.withNodes(ch.nodes.GetNodes())
+		prev, enrolled := c.me, c.enrolled
 		c.mu.RUnlock()
+		me = c.selfFrom(ch.nodes.GetNodes(), enrolled)
 		// An admin changed this edge's region or labels: what it may hold
 		// is decided again for every key.
 		ch.placement = prev.GetRegion() != me.GetRegion() || !maps.Equal(prev.GetLabels(), me.GetLabels())
@@ -307,16 +307,6 @@ func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *kbv1.Node) ma
 		}
 	}
 	return drop
-}
-
-// withNodes is this edge as the inventory nodes would make it; c.mu is
-// held (read).
-func (c *Cache) withNodes(nodes []*kbv1.Node) *kbv1.Node {
-	saved := c.nodes
-	c.nodes = nodes
-	me := c.selfLocked()
-	c.nodes = saved
-	return me
 }
 
 // forget empties the replica — keys, material in memory and the sealed
