@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -153,10 +154,21 @@ type Registration struct {
 	Prefetch   bool
 }
 
+// lastSeenRefresh is how stale LastSeen may grow before a Register that
+// changes nothing else writes the record anyway.
+const lastSeenRefresh = 10 * time.Minute
+
 // RegisterNode records (or refreshes) an enrolled edge's address, sealing
 // key and prefetch. Region and labels stay the enrolled ones; an edge that
 // is not enrolled is refused (ErrPermissionDenied). The registration time
 // of a known node is kept.
+//
+// A Register that changes nothing writes nothing (unless LastSeen is more
+// than lastSeenRefresh old): every write of a node record is an inventory
+// event sent to every edge's Watch stream, so an edge re-registering in a
+// loop would otherwise cost the central tier work for every edge.
+// LastSeen is thus the last registration to within lastSeenRefresh; the
+// lease and Connected say whether the edge follows now.
 func (r *Registry) RegisterNode(ctx context.Context, reg Registration) (*Node, error) {
 	if err := ValidateNodeID(reg.ID); err != nil {
 		return nil, err
@@ -164,6 +176,10 @@ func (r *Registry) RegisterNode(ctx context.Context, reg Registration) (*Node, e
 	return r.updateNode(ctx, reg.ID, func(n *Node) error {
 		if !n.Enrolled {
 			return errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", reg.ID, EnrollHint(reg.ID))
+		}
+		if n.Address == reg.Address && bytes.Equal(n.SealingKey, reg.SealingKey) && n.Prefetch == reg.Prefetch &&
+			r.now().Sub(n.LastSeen) < lastSeenRefresh {
+			return errUnchanged
 		}
 		n.Address, n.SealingKey, n.Prefetch = reg.Address, reg.SealingKey, reg.Prefetch
 		if err := n.validateRegistration(); err != nil {
@@ -270,6 +286,10 @@ func (r *Registry) updateNode(ctx context.Context, id string, change func(*Node)
 	return r.writeNode(ctx, id, false, change)
 }
 
+// errUnchanged is what a writeNode change returns to leave the record as
+// it is: writeNode then returns the record read, and writes nothing.
+var errUnchanged = errors.New("broker: node record unchanged")
+
 // writeNode applies change to edge id's record under compare-and-swap;
 // create allows a new record.
 func (r *Registry) writeNode(ctx context.Context, id string, create bool, change func(*Node) error) (*Node, error) {
@@ -289,7 +309,9 @@ func (r *Registry) writeNode(ctx context.Context, id string, create bool, change
 		default:
 			return nil, err
 		}
-		if err := change(next); err != nil {
+		if err := change(next); errors.Is(err, errUnchanged) && expected != 0 {
+			return next, nil
+		} else if err != nil {
 			return nil, err
 		}
 		data, err := json.Marshal(next)

@@ -1,10 +1,12 @@
 package broker
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keybroker/keybroker/sealed"
 )
@@ -110,5 +112,55 @@ func TestRegisterRefusesOversizeAddress(t *testing.T) {
 				t.Fatalf("after the refusal the record holds %.40q (%v)", got.Address, err)
 			}
 		})
+	}
+}
+
+// TestRegisterUnchangedWritesNothing: every node write is an inventory
+// event to every edge, so a Register that changes nothing writes nothing,
+// until LastSeen is lastSeenRefresh old.
+func TestRegisterUnchangedWritesNothing(t *testing.T) {
+	r, clk, _ := newRegistry(t)
+	ctx := t.Context()
+	sk, err := sealed.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.EnrollNode(ctx, "edge-1", "eu", nil); err != nil {
+		t.Fatal(err)
+	}
+	reg := Registration{ID: "edge-1", Address: "edge-1.example:7443", SealingKey: sk.PublicKey()}
+	first, err := r.RegisterNode(ctx, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name    string
+		change  func()
+		written bool
+	}{
+		{"the same again", func() {}, false},
+		{"a minute later", func() { clk.Advance(time.Minute) }, false},
+		{"a new address", func() { reg.Address = "edge-1.example:8443" }, true},
+		{"prefetch", func() { reg.Prefetch = true }, true},
+		{"a new sealing key", func() { k, _ := sealed.GenerateKey(); reg.SealingKey = k.PublicKey() }, true},
+		{"the same again", func() {}, false},
+		{"LastSeen due for refresh", func() { clk.Advance(lastSeenRefresh) }, true},
+	}
+	prev := first
+	for _, s := range steps {
+		s.change()
+		before := r.Store().Revision()
+		n, err := r.RegisterNode(ctx, reg)
+		if err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if written := r.Store().Revision() != before; written != s.written {
+			t.Errorf("%s: written = %v, want %v", s.name, written, s.written)
+		}
+		if n.Address != reg.Address || n.Prefetch != reg.Prefetch || !bytes.Equal(n.SealingKey, reg.SealingKey) ||
+			(!s.written && n.Revision != prev.Revision) || !n.Registered.Equal(first.Registered) {
+			t.Errorf("%s: RegisterNode = %+v, want the registration at revision %d", s.name, n, prev.Revision)
+		}
+		prev = n
 	}
 }
