@@ -625,7 +625,8 @@ func (c *Cluster) ClientTLS(kind identity.Kind, name string) (*tls.Config, error
 	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: c.opts.Host}, nil
 }
 
-// WaitSynced waits until every edge follows the central node and has
+// WaitSynced waits until every edge follows the central node, holds a
+// lease (an edge serves nothing before its first heartbeat) and has
 // applied everything the central registry has committed, or ctx ends.
 func (c *Cluster) WaitSynced(ctx context.Context) error {
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -634,7 +635,7 @@ func (c *Cluster) WaitSynced(ctx context.Context) error {
 		rev := c.Central.Service().Registry().Store().Revision()
 		synced := true
 		for _, e := range c.Edges {
-			if !e.Cache().Connected() || e.Cache().Revision() < rev {
+			if !e.Cache().Connected() || e.Cache().LeaseExpires().IsZero() || e.Cache().Revision() < rev {
 				synced = false
 			}
 		}
