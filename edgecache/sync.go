@@ -295,9 +295,11 @@ func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *kbv1.Node) ma
 		c.mu.RUnlock()
 	}
 	for _, rk := range check {
-		hold := c.mayHold(rk.key)
+		var hold bool
 		if me != nil {
 			hold = rpc.MayHold(rk.key, me, c.Policy().Current(), c.cfg.TrustDomain)
+		} else {
+			hold = c.mayHold(rk.key)
 		}
 		switch {
 		case rk.key.State != managed.StateEnabled || !hold:
