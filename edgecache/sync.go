@@ -223,6 +223,11 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 		// An admin changed this edge's region or labels: what it may hold
 		// is decided again for every key.
 		ch.placement = prev.GetRegion() != me.GetRegion() || !maps.Equal(prev.GetLabels(), me.GetLabels())
+		if !ch.placement && prev != nil {
+			// The same node: keeping it keeps every key's remembered
+			// placement decision (holdMemo matches on it).
+			me = prev
+		}
 	}
 	ch.dropMaterial = c.materialToDrop(ch, keys, me)
 	if err := c.disk.apply(ch); err != nil {
