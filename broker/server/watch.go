@@ -84,6 +84,12 @@ type watcher struct {
 	principal string
 	policy    string // hash of the policy last sent
 	sealed    sealCache
+
+	// The sender (startSender): events to send, each Send's result, and
+	// the deadline of the Send in flight.
+	out      chan *kbv1.WatchEvent
+	sent     chan error
+	deadline *time.Timer
 }
 
 func (w *watcher) run(ctx context.Context, from uint64) error {
@@ -91,6 +97,7 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 	// edge connecting or leaving between that read and the loop is not
 	// missed.
 	changed := w.s.live.Changed()
+	w.startSender(ctx)
 	st := w.s.svc.Registry().Store()
 	var feed *store.Watcher
 	var err error
@@ -190,31 +197,61 @@ func (w *watcher) loadNode(ctx context.Context) error {
 // LookupKey for ever.
 const DefaultSendTimeout = 30 * time.Second
 
+// startSender starts the stream's sender: one goroutine that makes every
+// Send, and one timer that bounds each. SendMsg takes no context and a
+// blocked one returns only when the handler does (grpc-go finishes the
+// stream then; cancelling a context derived from the stream's does not
+// unblock it), so the handler waits for the sender with the timer rather
+// than calling Send itself. The sender ends with ctx.
+func (w *watcher) startSender(ctx context.Context) {
+	w.out, w.sent = make(chan *kbv1.WatchEvent), make(chan error, 1)
+	w.deadline = time.NewTimer(w.s.sendTimeout)
+	w.deadline.Stop()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-w.out:
+				w.sent <- w.stream.Send(ev) // buffered: the handler may have gone
+			}
+		}
+	}()
+}
+
 // send sends one event within the send deadline. A Send that does not
 // complete in time, or a stream cut meanwhile (replaced, the edge
-// removed), ends the stream: returning from the handler cancels the
-// stream's context, which unblocks the Send still in flight (the pattern
-// grpc-go recommends, as SendMsg takes no context).
+// removed), ends the stream: returning from the handler ends the gRPC
+// stream, which unblocks the Send still in flight (the pattern grpc-go
+// recommends, as SendMsg takes no context).
 func (w *watcher) send(ctx context.Context, ev *kbv1.WatchEvent) error {
-	done := make(chan error, 1)
-	go func() { done <- w.stream.Send(ev) }()
-	t := time.NewTimer(w.s.sendTimeout)
-	defer t.Stop()
 	select {
-	case err := <-done:
+	case w.out <- ev:
+	case <-ctx.Done():
+		return cutWith(ctx)
+	}
+	w.deadline.Reset(w.s.sendTimeout)
+	defer w.deadline.Stop()
+	select {
+	case err := <-w.sent:
 		if err != nil {
 			return status.Errorf(codes.Unavailable, "sending to edge: %v", err)
 		}
 		return nil
-	case <-t.C:
+	case <-w.deadline.C:
 		w.s.log.Warn("edge does not read its Watch stream; cutting it", "edge", w.id, "send_timeout", w.s.sendTimeout)
 		return status.Errorf(codes.DeadlineExceeded, "the edge did not read its Watch stream within %v: stream cut", w.s.sendTimeout)
 	case <-ctx.Done():
-		if err := ended(ctx); err != nil {
-			return err
-		}
-		return status.FromContextError(ctx.Err()).Err()
+		return cutWith(ctx)
 	}
+}
+
+// cutWith is what a send on a stream whose ctx is done returns.
+func cutWith(ctx context.Context) error {
+	if err := ended(ctx); err != nil {
+		return err
+	}
+	return status.FromContextError(ctx.Err()).Err()
 }
 
 // heartbeat extends the lease and carries a new policy revision, if any.
