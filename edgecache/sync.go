@@ -320,7 +320,16 @@ func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *kbv1.Node) ma
 // blobs on disk — because the central tier says this edge is not, or no
 // longer, enrolled: an admin removed it. The edge keeps trying to
 // register; once an admin enrolls it again it starts over from a snapshot.
+// An edge that holds nothing (already forgotten, or never synchronised)
+// has nothing to wipe: Register retries while it is not enrolled would
+// otherwise rewrite and sync the replica and log an error every time.
 func (c *Cache) forget(cause error) {
+	c.mu.RLock()
+	empty := c.revision == 0 && len(c.keys) == 0 && c.nodes == nil && c.enrolled == nil && c.lease.IsZero()
+	c.mu.RUnlock()
+	if empty && c.plain.len() == 0 {
+		return
+	}
 	c.log.Error("the central tier says this edge is not enrolled: forgetting every key and its material", "err", cause)
 	if err := c.disk.wipe(); err != nil {
 		c.log.Error("emptying the replica on disk failed", "err", err)
