@@ -53,7 +53,11 @@ func FuzzValidateNode(f *testing.F) {
 			}
 		}
 		n := &Node{ID: id, Region: region, Address: address, SealingKey: sealingKey, Labels: labels}
-		if err := n.validate(); err != nil {
+		err := n.validateEnrollment()
+		if err == nil {
+			err = n.validateRegistration()
+		}
+		if err != nil {
 			if !errors.Is(err, ErrInvalidArgument) {
 				t.Fatalf("validate error %v is not InvalidArgument", err)
 			}
@@ -95,7 +99,10 @@ func FuzzValidateNode(f *testing.F) {
 		if diff := cmp.Diff(n, back); diff != "" {
 			t.Fatalf("node changed in the inventory (-registered +stored):\n%s", diff)
 		}
-		if err := back.validate(); err != nil {
+		if err := back.validateEnrollment(); err != nil {
+			t.Fatalf("a stored node no longer validates: %v", err)
+		}
+		if err := back.validateRegistration(); err != nil {
 			t.Fatalf("a stored node no longer validates: %v", err)
 		}
 	})

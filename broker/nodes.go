@@ -133,14 +133,6 @@ func isDNSName(s string) bool {
 	return true
 }
 
-// validate checks a whole record: enrollment and registration.
-func (n *Node) validate() error {
-	if err := n.validateEnrollment(); err != nil {
-		return err
-	}
-	return n.validateRegistration()
-}
-
 // EnrollHint is how an operator enrolls edge id, for error messages.
 func EnrollHint(id string) string {
 	return fmt.Sprintf("an admin enrolls it at the central tier: keybroker node enroll %s --region REGION [--label k=v]", id)
@@ -263,21 +255,12 @@ func (r *Registry) RemoveNode(ctx context.Context, id string) (uint64, error) {
 	if err := ValidateNodeID(id); err != nil {
 		return 0, err
 	}
-	for range maxCASRetries {
-		o, err := r.st.Get(ctx, KindNodes, id)
-		if errors.Is(err, store.ErrNotFound) {
+	return r.casNode(ctx, id, func(n *Node) (uint64, error) {
+		if n == nil {
 			return 0, errorf(ErrNotFound, "edge %q is not enrolled", id)
 		}
-		if err != nil {
-			return 0, err
-		}
-		rev, err := r.st.Delete(ctx, KindNodes, id, o.Revision)
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		return rev, err
-	}
-	return 0, errorf(ErrConflict, "node %q: too many concurrent changes", id)
+		return r.st.Delete(ctx, KindNodes, id, n.Revision)
+	})
 }
 
 // updateNode changes the record of an existing edge (ErrPermissionDenied
@@ -293,42 +276,60 @@ var errUnchanged = errors.New("broker: node record unchanged")
 // writeNode applies change to edge id's record under compare-and-swap;
 // create allows a new record.
 func (r *Registry) writeNode(ctx context.Context, id string, create bool, change func(*Node) error) (*Node, error) {
+	var out *Node
+	_, err := r.casNode(ctx, id, func(n *Node) (uint64, error) {
+		if n == nil {
+			if !create {
+				return 0, errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", id, EnrollHint(id))
+			}
+			n = &Node{ID: id}
+		}
+		if err := change(n); errors.Is(err, errUnchanged) && n.Revision != 0 {
+			out = n
+			return n.Revision, nil
+		} else if err != nil {
+			return 0, err
+		}
+		data, err := json.Marshal(n)
+		if err != nil {
+			return 0, err
+		}
+		rev, err := r.st.Put(ctx, KindNodes, id, data, n.Revision)
+		if err != nil {
+			return 0, err
+		}
+		n.Revision, out = rev, n
+		return rev, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// casNode reads edge id's record (nil when there is none) and gives it to
+// step, which writes or deletes it expecting the revision read; a write
+// that lost the race (store.ErrConflict) is tried again on the record as
+// it is then.
+func (r *Registry) casNode(ctx context.Context, id string, step func(*Node) (uint64, error)) (uint64, error) {
 	for range maxCASRetries {
-		next := &Node{ID: id}
-		expected := uint64(0)
+		var n *Node
 		o, err := r.st.Get(ctx, KindNodes, id)
 		switch {
 		case err == nil:
-			if next, err = DecodeNode(o); err != nil {
-				return nil, err
+			if n, err = DecodeNode(o); err != nil {
+				return 0, err
 			}
-			expected = o.Revision
-		case errors.Is(err, store.ErrNotFound) && create:
-		case errors.Is(err, store.ErrNotFound):
-			return nil, errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", id, EnrollHint(id))
-		default:
-			return nil, err
+		case !errors.Is(err, store.ErrNotFound):
+			return 0, err
 		}
-		if err := change(next); errors.Is(err, errUnchanged) && expected != 0 {
-			return next, nil
-		} else if err != nil {
-			return nil, err
-		}
-		data, err := json.Marshal(next)
-		if err != nil {
-			return nil, err
-		}
-		rev, err := r.st.Put(ctx, KindNodes, id, data, expected)
+		rev, err := step(n)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
-		if err != nil {
-			return nil, err
-		}
-		next.Revision = rev
-		return next, nil
+		return rev, err
 	}
-	return nil, errorf(ErrConflict, "node %q: too many concurrent changes", id)
+	return 0, errorf(ErrConflict, "node %q: too many concurrent changes", id)
 }
 
 // Nodes lists the edges of the inventory (enrolled, registered or both), sorted by id.
