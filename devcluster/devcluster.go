@@ -347,8 +347,8 @@ func (c *Cluster) prepare(ctx context.Context) error {
 	}
 	policyFile := filepath.Join(dir, "policy.cedar")
 	if _, err := os.Stat(policyFile); errors.Is(err, os.ErrNotExist) {
-		if err := atomicfile.Write(policyFile, []byte(c.opts.Policy), 0o600); err != nil {
-			return fmt.Errorf("devcluster: %w", err)
+		if err := writeFile(policyFile, c.opts.Policy); err != nil {
+			return err
 		}
 	}
 	c.backend = c.opts.Backend
@@ -537,8 +537,8 @@ func (c *Cluster) softkms() (string, error) {
 		if _, err := rand.Read(raw); err != nil {
 			return "", err
 		}
-		if err := atomicfile.Write(kek, []byte(hex.EncodeToString(raw)), 0o600); err != nil {
-			return "", fmt.Errorf("devcluster: %w", err)
+		if err := writeFile(kek, hex.EncodeToString(raw)); err != nil {
+			return "", err
 		}
 	}
 	return (&backends.SoftKMSURI{Path: filepath.Join(c.opts.Dir, "softkms.json"), KEKSource: kek}).String(), nil
