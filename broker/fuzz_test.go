@@ -18,8 +18,8 @@ import (
 // FuzzValidateNode checks the validation of what an edge registers (the
 // EdgeSync Register request: its region, labels, dialable address and
 // sealing public key; the id comes from its certificate): no panic;
-// refusals are InvalidArgument; an accepted node has an address clients
-// can dial, a sealing key material can be sealed to, valid labels, and
+// refusals are InvalidArgument; an accepted node has a short, printable
+// address clients can dial, a sealing key material can be sealed to, valid labels, and
 // (given the UTF-8 strings gRPC delivers) is stored and read back from
 // the inventory unchanged and still valid.
 func FuzzValidateNode(f *testing.F) {
@@ -41,6 +41,8 @@ func FuzzValidateNode(f *testing.F) {
 	f.Add("edge", "eu", "host:1", pub[:len(pub)-1], "")
 	f.Add("edge", "eu", "host:+1", []byte{0x64, 0x7a}, "=x")
 	f.Add("edge", "eu", "[fe80::1%eth0]:1", pub, "k="+strings.Repeat("v", 257))
+	f.Add("edge", "eu", "edge\n.example:1", pub, "")
+	f.Add("edge", "eu", strings.Repeat("a.", 200)+"example:1", pub, "")
 	f.Fuzz(func(t *testing.T, id, region, address string, sealingKey []byte, labelsText string) {
 		var labels map[string]string
 		if labelsText != "" {
@@ -51,7 +53,11 @@ func FuzzValidateNode(f *testing.F) {
 			}
 		}
 		n := &Node{ID: id, Region: region, Address: address, SealingKey: sealingKey, Labels: labels}
-		if err := n.validate(); err != nil {
+		err := n.validateEnrollment()
+		if err == nil {
+			err = n.validateRegistration()
+		}
+		if err != nil {
 			if !errors.Is(err, ErrInvalidArgument) {
 				t.Fatalf("validate error %v is not InvalidArgument", err)
 			}
@@ -64,6 +70,9 @@ func FuzzValidateNode(f *testing.F) {
 		}
 		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 			t.Fatalf("accepted the wildcard address %q", n.Address)
+		}
+		if len(n.Address) > 300 || strings.ContainsFunc(n.Address, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
+			t.Fatalf("accepted an address of %d bytes or with control, space or non-ASCII characters: %q", len(n.Address), n.Address)
 		}
 		if _, err := sealed.ParsePublicKey(n.SealingKey); err != nil {
 			t.Fatalf("accepted a sealing key that does not parse: %v", err)
@@ -90,7 +99,10 @@ func FuzzValidateNode(f *testing.F) {
 		if diff := cmp.Diff(n, back); diff != "" {
 			t.Fatalf("node changed in the inventory (-registered +stored):\n%s", diff)
 		}
-		if err := back.validate(); err != nil {
+		if err := back.validateEnrollment(); err != nil {
+			t.Fatalf("a stored node no longer validates: %v", err)
+		}
+		if err := back.validateRegistration(); err != nil {
 			t.Fatalf("a stored node no longer validates: %v", err)
 		}
 	})

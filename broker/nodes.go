@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
@@ -77,14 +79,29 @@ func (n *Node) validateEnrollment() error {
 	return ValidateLabels(n.Labels)
 }
 
+// maxAddressLen bounds an edge's address: a DNS name (at most 253 bytes),
+// brackets, a colon and a port. The address goes in every inventory event
+// to every edge and in every LookupKey answer, so an edge must not be able
+// to make it large.
+const maxAddressLen = 300
+
 // validateRegistration checks what an edge sets: address and sealing key.
+// The address is host:port with a non-zero port, and the host an IP
+// address that is not a wildcard or a DNS name of at most 253 bytes.
 func (n *Node) validateRegistration() error {
+	if len(n.Address) > maxAddressLen {
+		return errorf(ErrInvalidArgument, "address is %d bytes, more than %d", len(n.Address), maxAddressLen)
+	}
 	host, port, err := net.SplitHostPort(n.Address)
 	if p, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || p == 0 || host == "" {
 		return errorf(ErrInvalidArgument, "address %q is not a dialable host:port", n.Address)
 	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		return errorf(ErrInvalidArgument, "address %q is a wildcard, not dialable", n.Address)
+	if ip := net.ParseIP(host); ip != nil {
+		if ip.IsUnspecified() {
+			return errorf(ErrInvalidArgument, "address %q is a wildcard, not dialable", n.Address)
+		}
+	} else if !isDNSName(host) {
+		return errorf(ErrInvalidArgument, "address %q: host is neither an IP address nor a DNS name", n.Address)
 	}
 	if _, err := sealed.ParsePublicKey(n.SealingKey); err != nil {
 		return errorf(ErrInvalidArgument, "sealing key: %v", err)
@@ -92,12 +109,28 @@ func (n *Node) validateRegistration() error {
 	return nil
 }
 
-// validate checks a whole record: enrollment and registration.
-func (n *Node) validate() error {
-	if err := n.validateEnrollment(); err != nil {
-		return err
+// isDNSName says whether s is a DNS host name: at most 253 bytes (a
+// trailing dot aside) of dot-separated labels of 1-63 letters, digits,
+// hyphens and underscores, no label starting or ending with a hyphen. It
+// is the rule Go's resolver applies, so it admits no control characters
+// and no spaces.
+func isDNSName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
 	}
-	return n.validateRegistration()
+	for label := range strings.SplitSeq(s, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // EnrollHint is how an operator enrolls edge id, for error messages.
@@ -113,10 +146,21 @@ type Registration struct {
 	Prefetch   bool
 }
 
+// lastSeenRefresh is how stale LastSeen may grow before a Register that
+// changes nothing else writes the record anyway.
+const lastSeenRefresh = 10 * time.Minute
+
 // RegisterNode records (or refreshes) an enrolled edge's address, sealing
 // key and prefetch. Region and labels stay the enrolled ones; an edge that
 // is not enrolled is refused (ErrPermissionDenied). The registration time
 // of a known node is kept.
+//
+// A Register that changes nothing writes nothing (unless LastSeen is more
+// than lastSeenRefresh old): every write of a node record is an inventory
+// event sent to every edge's Watch stream, so an edge re-registering in a
+// loop would otherwise cost the central tier work for every edge.
+// LastSeen is thus the last registration to within lastSeenRefresh; the
+// lease and Connected say whether the edge follows now.
 func (r *Registry) RegisterNode(ctx context.Context, reg Registration) (*Node, error) {
 	if err := ValidateNodeID(reg.ID); err != nil {
 		return nil, err
@@ -124,6 +168,10 @@ func (r *Registry) RegisterNode(ctx context.Context, reg Registration) (*Node, e
 	return r.updateNode(ctx, reg.ID, func(n *Node) error {
 		if !n.Enrolled {
 			return errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", reg.ID, EnrollHint(reg.ID))
+		}
+		if n.Address == reg.Address && bytes.Equal(n.SealingKey, reg.SealingKey) && n.Prefetch == reg.Prefetch &&
+			r.now().Sub(n.LastSeen) < lastSeenRefresh {
+			return errUnchanged
 		}
 		n.Address, n.SealingKey, n.Prefetch = reg.Address, reg.SealingKey, reg.Prefetch
 		if err := n.validateRegistration(); err != nil {
@@ -207,21 +255,12 @@ func (r *Registry) RemoveNode(ctx context.Context, id string) (uint64, error) {
 	if err := ValidateNodeID(id); err != nil {
 		return 0, err
 	}
-	for range maxCASRetries {
-		o, err := r.st.Get(ctx, KindNodes, id)
-		if errors.Is(err, store.ErrNotFound) {
+	return r.casNode(ctx, id, func(n *Node) (uint64, error) {
+		if n == nil {
 			return 0, errorf(ErrNotFound, "edge %q is not enrolled", id)
 		}
-		if err != nil {
-			return 0, err
-		}
-		rev, err := r.st.Delete(ctx, KindNodes, id, o.Revision)
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		return rev, err
-	}
-	return 0, errorf(ErrConflict, "node %q: too many concurrent changes", id)
+		return r.st.Delete(ctx, KindNodes, id, n.Revision)
+	})
 }
 
 // updateNode changes the record of an existing edge (ErrPermissionDenied
@@ -230,43 +269,67 @@ func (r *Registry) updateNode(ctx context.Context, id string, change func(*Node)
 	return r.writeNode(ctx, id, false, change)
 }
 
+// errUnchanged is what a writeNode change returns to leave the record as
+// it is: writeNode then returns the record read, and writes nothing.
+var errUnchanged = errors.New("broker: node record unchanged")
+
 // writeNode applies change to edge id's record under compare-and-swap;
 // create allows a new record.
 func (r *Registry) writeNode(ctx context.Context, id string, create bool, change func(*Node) error) (*Node, error) {
+	var out *Node
+	_, err := r.casNode(ctx, id, func(n *Node) (uint64, error) {
+		if n == nil {
+			if !create {
+				return 0, errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", id, EnrollHint(id))
+			}
+			n = &Node{ID: id}
+		}
+		if err := change(n); errors.Is(err, errUnchanged) && n.Revision != 0 {
+			out = n
+			return n.Revision, nil
+		} else if err != nil {
+			return 0, err
+		}
+		data, err := json.Marshal(n)
+		if err != nil {
+			return 0, err
+		}
+		rev, err := r.st.Put(ctx, KindNodes, id, data, n.Revision)
+		if err != nil {
+			return 0, err
+		}
+		n.Revision, out = rev, n
+		return rev, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// casNode reads edge id's record (nil when there is none) and gives it to
+// step, which writes or deletes it expecting the revision read; a write
+// that lost the race (store.ErrConflict) is tried again on the record as
+// it is then.
+func (r *Registry) casNode(ctx context.Context, id string, step func(*Node) (uint64, error)) (uint64, error) {
 	for range maxCASRetries {
-		next := &Node{ID: id}
-		expected := uint64(0)
+		var n *Node
 		o, err := r.st.Get(ctx, KindNodes, id)
 		switch {
 		case err == nil:
-			if next, err = DecodeNode(o); err != nil {
-				return nil, err
+			if n, err = DecodeNode(o); err != nil {
+				return 0, err
 			}
-			expected = o.Revision
-		case errors.Is(err, store.ErrNotFound) && create:
-		case errors.Is(err, store.ErrNotFound):
-			return nil, errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", id, EnrollHint(id))
-		default:
-			return nil, err
+		case !errors.Is(err, store.ErrNotFound):
+			return 0, err
 		}
-		if err := change(next); err != nil {
-			return nil, err
-		}
-		data, err := json.Marshal(next)
-		if err != nil {
-			return nil, err
-		}
-		rev, err := r.st.Put(ctx, KindNodes, id, data, expected)
+		rev, err := step(n)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
-		if err != nil {
-			return nil, err
-		}
-		next.Revision = rev
-		return next, nil
+		return rev, err
 	}
-	return nil, errorf(ErrConflict, "node %q: too many concurrent changes", id)
+	return 0, errorf(ErrConflict, "node %q: too many concurrent changes", id)
 }
 
 // Nodes lists the edges of the inventory (enrolled, registered or both), sorted by id.

@@ -347,8 +347,8 @@ func (c *Cluster) prepare(ctx context.Context) error {
 	}
 	policyFile := filepath.Join(dir, "policy.cedar")
 	if _, err := os.Stat(policyFile); errors.Is(err, os.ErrNotExist) {
-		if err := atomicfile.Write(policyFile, []byte(c.opts.Policy), 0o600); err != nil {
-			return fmt.Errorf("devcluster: %w", err)
+		if err := writeFile(policyFile, c.opts.Policy); err != nil {
+			return err
 		}
 	}
 	c.backend = c.opts.Backend
@@ -537,8 +537,8 @@ func (c *Cluster) softkms() (string, error) {
 		if _, err := rand.Read(raw); err != nil {
 			return "", err
 		}
-		if err := atomicfile.Write(kek, []byte(hex.EncodeToString(raw)), 0o600); err != nil {
-			return "", fmt.Errorf("devcluster: %w", err)
+		if err := writeFile(kek, hex.EncodeToString(raw)); err != nil {
+			return "", err
 		}
 	}
 	return (&backends.SoftKMSURI{Path: filepath.Join(c.opts.Dir, "softkms.json"), KEKSource: kek}).String(), nil
@@ -625,7 +625,8 @@ func (c *Cluster) ClientTLS(kind identity.Kind, name string) (*tls.Config, error
 	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: c.opts.Host}, nil
 }
 
-// WaitSynced waits until every edge follows the central node and has
+// WaitSynced waits until every edge follows the central node, holds a
+// lease (an edge serves nothing before its first heartbeat) and has
 // applied everything the central registry has committed, or ctx ends.
 func (c *Cluster) WaitSynced(ctx context.Context) error {
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -634,7 +635,7 @@ func (c *Cluster) WaitSynced(ctx context.Context) error {
 		rev := c.Central.Service().Registry().Store().Revision()
 		synced := true
 		for _, e := range c.Edges {
-			if !e.Cache().Connected() || e.Cache().Revision() < rev {
+			if !e.Cache().Connected() || e.Cache().LeaseExpires().IsZero() || e.Cache().Revision() < rev {
 				synced = false
 			}
 		}

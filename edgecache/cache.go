@@ -436,16 +436,21 @@ func (c *Cache) self() *kbv1.Node {
 
 // selfLocked works out c.me from the inventory and the last Register
 // answer; c.mu is held.
-func (c *Cache) selfLocked() *kbv1.Node {
+func (c *Cache) selfLocked() *kbv1.Node { return c.selfFrom(c.nodes, c.enrolled) }
+
+// selfFrom is this edge as inventory nodes and the Register answer
+// enrolled make it. It reads only the configuration, so it needs no lock
+// and changes nothing.
+func (c *Cache) selfFrom(nodes []*kbv1.Node, enrolled *kbv1.Node) *kbv1.Node {
 	me := &kbv1.Node{NodeId: c.cfg.NodeID, Kind: "edge", Address: c.cfg.Address, Prefetch: c.cfg.Prefetch}
-	for _, n := range c.nodes {
+	for _, n := range nodes {
 		if n.GetNodeId() == c.cfg.NodeID && n.GetKind() == "edge" {
 			me.Region, me.Labels = n.GetRegion(), n.GetLabels()
 			return me
 		}
 	}
-	if c.enrolled != nil {
-		me.Region, me.Labels = c.enrolled.GetRegion(), c.enrolled.GetLabels()
+	if enrolled != nil {
+		me.Region, me.Labels = enrolled.GetRegion(), enrolled.GetLabels()
 	}
 	return me
 }

@@ -1,6 +1,9 @@
 package edgecache
 
 import (
+	"bytes"
+	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -133,5 +136,32 @@ func TestExpectedRegionMustMatch(t *testing.T) {
 	ec = open(t, cfg)
 	if _, err := ec.session(t.Context()); err == nil || !strings.Contains(err.Error(), "labels") {
 		t.Errorf("session with other labels = %v; want a refusal naming the labels", err)
+	}
+}
+
+// TestForgetOnlyWhatIsHeld: an edge not enrolled retries Register, and
+// hears not-enrolled each time; only the first, when it holds something,
+// wipes the replica and logs it.
+func TestForgetOnlyWhatIsHeld(t *testing.T) {
+	var logs bytes.Buffer
+	cfg := edgeConfig(t, nil, "edge-1", t.TempDir())
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	ec := open(t, cfg)
+	notEnrolled := errors.New("not enrolled")
+	ec.forget(notEnrolled)
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 0 {
+		t.Errorf("forgetting an empty replica logged %d errors, want 0:\n%s", n, logs.String())
+	}
+	if err := ec.apply(&kbv1.WatchEvent{Revision: 3, Event: &kbv1.WatchEvent_Nodes{Nodes: &kbv1.ListNodesResponse{}}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		ec.forget(notEnrolled)
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
+		t.Errorf("forgetting a replica three times logged %d errors, want 1:\n%s", n, logs.String())
+	}
+	if ec.Revision() != 0 {
+		t.Errorf("revision after forgetting = %d, want 0", ec.Revision())
 	}
 }

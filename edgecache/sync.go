@@ -217,12 +217,17 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	var me *kbv1.Node
 	if ch.nodes != nil {
 		c.mu.RLock()
-		prev := c.me
-		me = c.withNodes(ch.nodes.GetNodes())
+		prev, enrolled := c.me, c.enrolled
 		c.mu.RUnlock()
+		me = c.selfFrom(ch.nodes.GetNodes(), enrolled)
 		// An admin changed this edge's region or labels: what it may hold
 		// is decided again for every key.
 		ch.placement = prev.GetRegion() != me.GetRegion() || !maps.Equal(prev.GetLabels(), me.GetLabels())
+		if !ch.placement && prev != nil {
+			// The same node: keeping it keeps every key's remembered
+			// placement decision (holdMemo matches on it).
+			me = prev
+		}
 	}
 	ch.dropMaterial = c.materialToDrop(ch, keys, me)
 	if err := c.disk.apply(ch); err != nil {
@@ -295,9 +300,11 @@ func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *kbv1.Node) ma
 		c.mu.RUnlock()
 	}
 	for _, rk := range check {
-		hold := c.mayHold(rk.key)
+		var hold bool
 		if me != nil {
 			hold = rpc.MayHold(rk.key, me, c.Policy().Current(), c.cfg.TrustDomain)
+		} else {
+			hold = c.mayHold(rk.key)
 		}
 		switch {
 		case rk.key.State != managed.StateEnabled || !hold:
@@ -309,21 +316,20 @@ func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *kbv1.Node) ma
 	return drop
 }
 
-// withNodes is this edge as the inventory nodes would make it; c.mu is
-// held (read).
-func (c *Cache) withNodes(nodes []*kbv1.Node) *kbv1.Node {
-	saved := c.nodes
-	c.nodes = nodes
-	me := c.selfLocked()
-	c.nodes = saved
-	return me
-}
-
 // forget empties the replica — keys, material in memory and the sealed
 // blobs on disk — because the central tier says this edge is not, or no
 // longer, enrolled: an admin removed it. The edge keeps trying to
 // register; once an admin enrolls it again it starts over from a snapshot.
+// An edge that holds nothing (already forgotten, or never synchronised)
+// has nothing to wipe: Register retries while it is not enrolled would
+// otherwise rewrite and sync the replica and log an error every time.
 func (c *Cache) forget(cause error) {
+	c.mu.RLock()
+	empty := c.revision == 0 && len(c.keys) == 0 && c.nodes == nil && c.enrolled == nil && c.lease.IsZero()
+	c.mu.RUnlock()
+	if empty && c.plain.len() == 0 {
+		return
+	}
 	c.log.Error("the central tier says this edge is not enrolled: forgetting every key and its material", "err", cause)
 	if err := c.disk.wipe(); err != nil {
 		c.log.Error("emptying the replica on disk failed", "err", err)

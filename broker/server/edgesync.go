@@ -298,12 +298,14 @@ func (e *edgeSync) forwardedKeys(c *rpc.Call, req any) ([]*policy.Key, error) {
 }
 
 // Acknowledge records the last revision an edge has applied. It is
-// bookkeeping, not an operation on keys, and is not audited.
+// bookkeeping, not an operation on keys, and is not audited. Only an edge
+// with its Watch stream open is recorded (an edge not enrolled has none),
+// and never past the registry's revision.
 func (e *edgeSync) Acknowledge(ctx context.Context, r *kbv1.AcknowledgeRequest) (*kbv1.AcknowledgeResponse, error) {
 	who, ok := identity.FromContext(ctx)
 	if !ok || who.Kind != identity.Edge {
 		return nil, status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", who)
 	}
-	e.s.live.ack(who.Name, r.GetAppliedRevision())
+	e.s.live.ack(who.Name, r.GetAppliedRevision(), e.s.svc.Registry().Store().Revision())
 	return &kbv1.AcknowledgeResponse{}, nil
 }

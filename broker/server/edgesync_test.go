@@ -1,6 +1,7 @@
 package server
 
 import (
+	"math"
 	"strings"
 	"testing"
 
@@ -274,5 +275,59 @@ func TestWatch(t *testing.T) {
 	}
 	if !held {
 		t.Error("material sent by Watch left no audit line")
+	}
+}
+
+// TestAcknowledgeOnlyFromFollowingEdge: only an edge whose Watch stream is
+// open has its acknowledgement recorded, never past the registry's
+// revision, so a removed edge cannot claim to have applied everything once
+// it is enrolled again.
+func TestAcknowledgeOnlyFromFollowingEdge(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, _, err := e.register(t, "edge-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack := func() {
+		t.Helper()
+		if _, err := edge.sync.Acknowledge(ctx, &kbv1.AcknowledgeRequest{AppliedRevision: math.MaxUint64}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	applied := func() uint64 { t.Helper(); return e.nodes(t)["edge-1"].GetAppliedRevision() }
+
+	ack()
+	if got := applied(); got != 0 {
+		t.Errorf("without a Watch stream: applied revision %d, want 0", got)
+	}
+	stream, err := edge.sync.Watch(ctx, &kbv1.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	ack()
+	if got, want := applied(), e.svc.Registry().Store().Revision(); got > want || got == 0 {
+		t.Errorf("following: applied revision %d, want the registry's, %d", got, want)
+	}
+	if _, err := admin.RemoveNode(ctx, &kbv1.RemoveNodeRequest{NodeId: "edge-1"}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			break
+		}
+	}
+	ack()
+	e.enroll(t, "edge-1", "eu", nil)
+	if _, _, err := e.register(t, "edge-1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := applied(); got != 0 {
+		t.Errorf("removed, acknowledged, enrolled again: applied revision %d, want 0", got)
 	}
 }

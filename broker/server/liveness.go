@@ -108,16 +108,31 @@ func (l *liveness) remove(id string, cause error) {
 	}
 }
 
+// beat extends edge id's lease. An edge removed meanwhile (its entry
+// gone) gets no entry back.
 func (l *liveness) beat(id string, lease time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.get(id).lease = lease
+	if e, ok := l.edges[id]; ok {
+		e.lease = lease
+	}
 }
 
-func (l *liveness) ack(id string, rev uint64) {
+// ack records that edge id applied revision rev, at most the registry's
+// revision now, latest. Only an edge following the central tier now —
+// its Watch stream open, so it is enrolled: removal cuts the stream and
+// forgets the entry — has its acknowledgement recorded; otherwise a
+// removed edge could leave an entry claiming it applied everything, which
+// ListNodes would show once it is enrolled again.
+func (l *liveness) ack(id string, rev, latest uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if e := l.get(id); rev > e.applied {
+	e, ok := l.edges[id]
+	if !ok || e.stream == nil {
+		return
+	}
+	rev = min(rev, latest)
+	if rev > e.applied {
 		e.applied = rev
 	}
 }

@@ -7,7 +7,10 @@
 // labels; EdgeSync refuses every other edge, and Register cannot change
 // them. An edge has one Watch stream at a time, each Send bounded by
 // Config.SendTimeout; RemoveNode cuts the stream at once (nodes.go,
-// liveness.go, watch.go).
+// liveness.go, watch.go). A stream resumed from an old revision replays
+// history but judges placement by the edge's current record, and sends
+// material only with a key's current record: a replay releases nothing
+// the registry would not release now.
 //
 // Calls are authenticated, authorized, performed and audited as package
 // rpc describes. Errors from a root of trust map here: InvalidArgument

@@ -36,8 +36,11 @@ func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer)
 	if err := edgeOnly(c); err != nil {
 		return c.End(err)
 	}
-	node, err := enrolledEdge(e.s, c)
-	if err != nil {
+	// The audited gate: an edge that is not enrolled is refused, and the
+	// refusal audited, before anything else. The record the stream follows
+	// is read again in run, once the stream is findable and the feed
+	// subscribed.
+	if _, err := enrolledEdge(e.s, c); err != nil {
 		return c.End(err)
 	}
 	c.Rec.Decision = "allow"
@@ -49,15 +52,10 @@ func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer)
 	// edge hears.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	w := &watcher{s: e.s, stream: stream, node: node, td: c.Who.TrustDomain, rid: c.Rec.RequestID, principal: c.Rec.Principal}
-	ls := e.s.live.connect(node.ID, time.Now().Add(e.s.lease), cancel)
-	defer e.s.live.disconnect(node.ID, ls)
-	// RemoveNode deletes the record, then cancels the stream it finds: a
-	// removal between the check above and connect would find none, so the
-	// record is read again now that the stream is findable.
-	if n, err := e.s.svc.Registry().Node(ctx, node.ID); err != nil || !n.Enrolled {
-		return notEnrolled(node.ID, "was removed")
-	}
+	id := c.Who.Name
+	w := &watcher{s: e.s, stream: stream, id: id, td: c.Who.TrustDomain, rid: c.Rec.RequestID, principal: c.Rec.Principal}
+	ls := e.s.live.connect(id, time.Now().Add(e.s.lease), cancel)
+	defer e.s.live.disconnect(id, ls)
 	return w.run(ctx, r.GetFromRevision())
 }
 
@@ -74,14 +72,24 @@ func ended(ctx context.Context) error {
 }
 
 type watcher struct {
-	s         *Server
-	stream    kbv1.EdgeSync_WatchServer
+	s      *Server
+	stream kbv1.EdgeSync_WatchServer
+	id     string // the edge's node id
+	// node is the edge's current record: read once the feed is subscribed,
+	// then replaced only by a later revision of it, never by one the
+	// feed replays from history.
 	node      *broker.Node
 	td        string
 	rid       string
 	principal string
 	policy    string // hash of the policy last sent
 	sealed    sealCache
+
+	// The sender (startSender): events to send, each Send's result, and
+	// the deadline of the Send in flight.
+	out      chan *kbv1.WatchEvent
+	sent     chan error
+	deadline *time.Timer
 }
 
 func (w *watcher) run(ctx context.Context, from uint64) error {
@@ -89,6 +97,7 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 	// edge connecting or leaving between that read and the loop is not
 	// missed.
 	changed := w.s.live.Changed()
+	w.startSender(ctx)
 	st := w.s.svc.Registry().Store()
 	var feed *store.Watcher
 	var err error
@@ -106,6 +115,15 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 		if feed, err = st.Watch(ctx, st.Revision()); err != nil {
 			return w.s.toStatus(err).Err()
 		}
+	}
+	// The record is read after the feed is subscribed (so a change to it
+	// after this read reaches the loop) and after connect (RemoveNode
+	// deletes the record, then cancels the stream it finds: a removal
+	// before connect is seen here).
+	if err := w.loadNode(ctx); err != nil {
+		return err
+	}
+	if !resumed {
 		if from, err = w.snapshot(ctx); err != nil {
 			return err
 		}
@@ -154,37 +172,86 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 	}
 }
 
+// loadNode reads the edge's current record. Only a record that is gone or
+// not enrolled is not-enrolled (an honest edge wipes its replica on
+// hearing it); any other error is the store's, and the edge retries.
+func (w *watcher) loadNode(ctx context.Context) error {
+	n, err := w.s.svc.Registry().Node(ctx, w.id)
+	switch {
+	case errors.Is(err, broker.ErrNotFound):
+		return notEnrolled(w.id, "was removed")
+	case err != nil:
+		return w.s.toStatus(err).Err()
+	case !n.Enrolled:
+		return notEnrolled(w.id, "is not enrolled")
+	case !n.IsRegistered():
+		return status.Errorf(codes.FailedPrecondition, "edge %s must Register first", w.id)
+	}
+	w.node = n
+	return nil
+}
+
 // DefaultSendTimeout bounds one Send on a Watch stream: an edge that does
 // not read its stream for this long is cut off and listed as disconnected,
 // rather than holding a goroutine, its sealed material and its place in
 // LookupKey for ever.
 const DefaultSendTimeout = 30 * time.Second
 
+// startSender starts the stream's sender: one goroutine that makes every
+// Send, and one timer that bounds each. SendMsg takes no context and a
+// blocked one returns only when the handler does (grpc-go finishes the
+// stream then; cancelling a context derived from the stream's does not
+// unblock it), so the handler waits for the sender with the timer rather
+// than calling Send itself. The sender ends with ctx.
+func (w *watcher) startSender(ctx context.Context) {
+	w.out, w.sent = make(chan *kbv1.WatchEvent), make(chan error, 1)
+	w.deadline = time.NewTimer(w.s.sendTimeout)
+	w.deadline.Stop()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-w.out:
+				w.sent <- w.stream.Send(ev) // buffered: the handler may have gone
+			}
+		}
+	}()
+}
+
 // send sends one event within the send deadline. A Send that does not
 // complete in time, or a stream cut meanwhile (replaced, the edge
-// removed), ends the stream: returning from the handler cancels the
-// stream's context, which unblocks the Send still in flight (the pattern
-// grpc-go recommends, as SendMsg takes no context).
+// removed), ends the stream: returning from the handler ends the gRPC
+// stream, which unblocks the Send still in flight (the pattern grpc-go
+// recommends, as SendMsg takes no context).
 func (w *watcher) send(ctx context.Context, ev *kbv1.WatchEvent) error {
-	done := make(chan error, 1)
-	go func() { done <- w.stream.Send(ev) }()
-	t := time.NewTimer(w.s.sendTimeout)
-	defer t.Stop()
 	select {
-	case err := <-done:
+	case w.out <- ev:
+	case <-ctx.Done():
+		return cutWith(ctx)
+	}
+	w.deadline.Reset(w.s.sendTimeout)
+	defer w.deadline.Stop()
+	select {
+	case err := <-w.sent:
 		if err != nil {
 			return status.Errorf(codes.Unavailable, "sending to edge: %v", err)
 		}
 		return nil
-	case <-t.C:
-		w.s.log.Warn("edge does not read its Watch stream; cutting it", "edge", w.node.ID, "send_timeout", w.s.sendTimeout)
+	case <-w.deadline.C:
+		w.s.log.Warn("edge does not read its Watch stream; cutting it", "edge", w.id, "send_timeout", w.s.sendTimeout)
 		return status.Errorf(codes.DeadlineExceeded, "the edge did not read its Watch stream within %v: stream cut", w.s.sendTimeout)
 	case <-ctx.Done():
-		if err := ended(ctx); err != nil {
-			return err
-		}
-		return status.FromContextError(ctx.Err()).Err()
+		return cutWith(ctx)
 	}
+}
+
+// cutWith is what a send on a stream whose ctx is done returns.
+func cutWith(ctx context.Context) error {
+	if err := ended(ctx); err != nil {
+		return err
+	}
+	return status.FromContextError(ctx.Err()).Err()
 }
 
 // heartbeat extends the lease and carries a new policy revision, if any.
@@ -196,7 +263,7 @@ func (w *watcher) heartbeat(ctx context.Context, rev uint64) error {
 		w.policy = set.Hash()
 	}
 	lease := time.Now().Add(w.s.lease)
-	w.s.live.beat(w.node.ID, lease)
+	w.s.live.beat(w.id, lease)
 	return w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Heartbeat{Heartbeat: &kbv1.Heartbeat{
 		LeaseExpires: timestamppb.New(lease),
 	}}})
@@ -224,7 +291,7 @@ func (w *watcher) snapshot(ctx context.Context) (uint64, error) {
 	snap := &kbv1.EdgeSnapshot{Policy: edgePolicy(w.s.policy.Current())}
 	w.policy = snap.Policy.Hash
 	for _, k := range keys {
-		ek, err := w.edgeKey(ctx, k)
+		ek, err := w.edgeKey(ctx, k, true)
 		if err != nil {
 			return 0, err
 		}
@@ -245,29 +312,30 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 			w.sealed.drop(ev.Object.ID)
 			return w.send(ctx, &kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_DeletedKeyId{DeletedKeyId: ev.Object.ID}})
 		}
-		k, err := w.eventKey(ctx, ev)
+		k, current, err := w.eventKey(ctx, ev)
 		if err != nil {
 			return w.s.toStatus(err).Err()
 		}
-		ek, err := w.edgeKey(ctx, k)
+		ek, err := w.edgeKey(ctx, k, current)
 		if err != nil {
 			return err
 		}
 		return w.send(ctx, &kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_Key{Key: ek}})
 	case broker.KindNodes:
-		if ev.Object.ID == w.node.ID {
+		if ev.Object.ID == w.id && ev.Revision > w.node.Revision {
 			// Placement follows the edge's enrolled region and labels; a
 			// removed edge's stream ends here too (RemoveNode cuts it
-			// first, at once).
+			// first, at once). A replayed event older than the record read
+			// at the start is history: placement never moves back to it.
 			if ev.Type == store.Delete {
-				return notEnrolled(w.node.ID, "was removed")
+				return notEnrolled(w.id, "was removed")
 			}
 			n, err := broker.DecodeNode(ev.Object)
 			if err != nil {
 				return w.s.toStatus(err).Err()
 			}
 			if !n.Enrolled {
-				return notEnrolled(w.node.ID, "is not enrolled")
+				return notEnrolled(w.id, "is not enrolled")
 			}
 			w.node = n
 		}
@@ -276,16 +344,26 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 	return nil
 }
 
-// eventKey is the key a key event wrote: the registry's in-memory copy
-// when it is at the event's revision — as it is once the write that made
-// the event has returned — so that every edge's stream does not decode
-// the same record again, and otherwise the event's own record. Keys are
+// eventKey is the key a key event wrote, and whether that record is still
+// the key's current one. It is the registry's in-memory copy when that is
+// at the event's revision — as it is once the write that made the event
+// has returned — so that every edge's stream does not decode the same
+// record again; otherwise the store says whether the event's record is
+// current. A resumed stream replays history: a record since replaced
+// (disabled, deleted, placed elsewhere, its minimum version raised) must
+// not release material, so only a current record carries any. Keys are
 // read-only once the registry holds them.
-func (w *watcher) eventKey(ctx context.Context, ev store.Event) (*broker.Key, error) {
+func (w *watcher) eventKey(ctx context.Context, ev store.Event) (*broker.Key, bool, error) {
 	if k, err := w.s.svc.Registry().Get(ctx, ev.Object.ID); err == nil && k.Revision == ev.Revision {
-		return k, nil
+		return k, true, nil
 	}
-	return broker.DecodeKey(ev.Object)
+	o, err := w.s.svc.Registry().Store().Get(ctx, broker.KindKeys, ev.Object.ID)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, false, err
+	}
+	current := err == nil && o.Revision == ev.Revision
+	k, err := broker.DecodeKey(ev.Object)
+	return k, current, err
 }
 
 // sendNodes sends the inventory as it is now.
@@ -307,13 +385,15 @@ func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
 
 // edgeKey is a key as this edge sees it: metadata, public keys, and — for
 // an edge that prefetches — the material of every version still
-// decryptable, sealed to the edge, when the key is enabled, has material,
-// and placement lets the edge hold it.
-func (w *watcher) edgeKey(ctx context.Context, k *broker.Key) (*kbv1.EdgeKey, error) {
+// decryptable, sealed to the edge, when k is the key's current record, the
+// key is enabled, has material, and placement lets the edge hold it. A
+// record that is not current goes as metadata only: the edge fetches on
+// use, and FetchMaterial judges the key as it is.
+func (w *watcher) edgeKey(ctx context.Context, k *broker.Key, current bool) (*kbv1.EdgeKey, error) {
 	ek := &kbv1.EdgeKey{Metadata: rpc.KeyToProto(k), Salt: k.Salt}
 	// Material goes with Watch only to edges that prefetch; the others
 	// fetch it on first use.
-	hold := w.node.Prefetch && k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
+	hold := current && w.node.Prefetch && k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
 	if hold {
 		d := w.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(w.node, w.td), rpc.PolicyKey(k), k.Placement)
 		// No audit line, no material: the version goes without it and the
@@ -438,7 +518,7 @@ func (w *watcher) auditHold(k *broker.Key, policyID string) bool {
 	rec := audit.Record{RequestID: w.rid, Principal: w.principal, Node: w.s.node, Operation: string(policy.HoldMaterial),
 		Key: k.ID, Version: k.Primary, Decision: "allow", PolicyID: policyID, Outcome: "ok", Detail: "sealed to the edge by Watch"}
 	if err := w.s.audit.Append(rec); err != nil {
-		w.s.log.Error("audit append failed; withholding the key's material from the edge", "edge", w.node.ID, "key", k.ID, "err", err)
+		w.s.log.Error("audit append failed; withholding the key's material from the edge", "edge", w.id, "key", k.ID, "err", err)
 		return false
 	}
 	return true

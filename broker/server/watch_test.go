@@ -2,12 +2,21 @@ package server
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -158,5 +167,194 @@ func TestSealCache(t *testing.T) {
 	c.drop("b")
 	if c.lru.Len() != 0 || c.blobs != 0 || len(c.keys) != 0 {
 		t.Errorf("after drop: %d keys, %d blobs", c.lru.Len(), c.blobs)
+	}
+}
+
+// resumeKeys opens a Watch stream from rev and returns, by key id, every
+// version any key event it replays up to revision upTo carried sealed
+// material for, sorted.
+func resumeKeys(t *testing.T, edge kbv1.EdgeSyncClient, rev, upTo uint64) map[string][]uint32 {
+	t.Helper()
+	stream, err := edge.Watch(t.Context(), &kbv1.WatchRequest{FromRevision: rev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]uint32{}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv: %v", err)
+		}
+		if ev.GetSnapshot() != nil {
+			t.Fatalf("resuming from %d: a snapshot, want a replay", rev)
+		}
+		if k := ev.GetKey(); k != nil {
+			id := k.GetMetadata().GetKeyId()
+			for _, v := range k.GetVersions() {
+				if len(v.GetSealedMaterial()) > 0 && !slices.Contains(out[id], v.GetVersion()) {
+					out[id] = append(out[id], v.GetVersion())
+				}
+			}
+			if out[id] == nil {
+				out[id] = []uint32{}
+			}
+		}
+		if ev.GetRevision() >= upTo {
+			for _, vs := range out {
+				slices.Sort(vs)
+			}
+			return out
+		}
+	}
+}
+
+// TestWatchResumeUsesCurrentPlacement: an edge moved out of a key's
+// placement cannot get the key's material back by resuming its Watch from
+// a revision before the move.
+func TestWatchResumeUsesCurrentPlacement(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, reg, err := e.register(t, "edge-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "k1", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: `principal.region == "eu"`}); err != nil {
+		t.Fatal(err)
+	}
+	us := "us"
+	if _, err := admin.UpdateNode(ctx, &kbv1.UpdateNodeRequest{NodeId: "edge-1", Region: &us}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = edge.sync.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "k1", KeyVersion: 1})
+	code(t, "FetchMaterial after the move", err, codes.PermissionDenied)
+	got := resumeKeys(t, edge.sync, reg.GetRevision()-1, e.svc.Registry().Store().Revision())
+	s, ok := got["k1"]
+	if !ok {
+		t.Fatal("the replay did not carry k1")
+	}
+	if len(s) != 0 {
+		t.Errorf("replayed k1 carries sealed material of versions %v for an edge now in us, want none", s)
+	}
+}
+
+// TestWatchResumeWithholdsDisabledAndDeletedKeys: a replay carries a key's
+// old records as metadata only, so a key since disabled, deleted or with
+// its minimum version raised releases no material its current record
+// would not.
+func TestWatchResumeWithholdsDisabledAndDeletedKeys(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	admin := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, _, err := e.register(t, "edge-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := e.svc.Registry().Store().Revision()
+	for _, id := range []string{"disabled", "deleted", "raised", "kept"} {
+		if _, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+			Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: `principal.region == "eu"`}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := admin.DisableKey(ctx, &kbv1.KeyRequest{KeyId: "disabled"}); err != nil {
+		t.Fatal(err)
+	}
+	k, err := e.svc.Registry().Get(ctx, "deleted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.Registry().Delete(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "raised"}); err != nil {
+		t.Fatal(err)
+	}
+	two := uint32(2)
+	if _, err := admin.UpdateKey(ctx, &kbv1.UpdateKeyRequest{KeyId: "raised", MinDecryptionVersion: &two}); err != nil {
+		t.Fatal(err)
+	}
+	got := resumeKeys(t, edge.sync, from, e.svc.Registry().Store().Revision())
+	for _, tc := range []struct {
+		id   string
+		want []uint32
+	}{
+		{"disabled", []uint32{}},
+		{"deleted", []uint32{}},
+		{"raised", []uint32{2}},
+		{"kept", []uint32{1}},
+	} {
+		s, ok := got[tc.id]
+		if !ok {
+			t.Errorf("the replay did not carry %s", tc.id)
+			continue
+		}
+		if !slices.Equal(s, tc.want) {
+			t.Errorf("replayed %s: sealed versions %v, want %v", tc.id, s, tc.want)
+		}
+	}
+}
+
+// flakyNodes is a store whose node reads fail once armed: fail says which
+// read from now (1: the next) returns ErrUnavailable.
+type flakyNodes struct {
+	store.Store
+	mu        sync.Mutex
+	countdown int
+}
+
+func (f *flakyNodes) failRead(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.countdown = n
+}
+
+func (f *flakyNodes) Get(ctx context.Context, kind store.Kind, id string) (store.Object, error) {
+	if kind == broker.KindNodes {
+		f.mu.Lock()
+		f.countdown--
+		fail := f.countdown == 0
+		f.mu.Unlock()
+		if fail {
+			return store.Object{}, fmt.Errorf("node read failed (injected): %w", broker.ErrUnavailable)
+		}
+	}
+	return f.Store.Get(ctx, kind, id)
+}
+
+// TestWatchStoreErrorIsNotNotEnrolled: a store error reading the edge's
+// record when its stream opens is reported as what it is, not as
+// not-enrolled — which makes an honest edge wipe its replica.
+func TestWatchStoreErrorIsNotNotEnrolled(t *testing.T) {
+	var flaky *flakyNodes
+	e := start(t, func(c *Config) {
+		old := c.Service
+		flaky = &flakyNodes{Store: old.Registry().Store()}
+		svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(flaky, nil), Roots: old.Roots(),
+			Materials: broker.NewMaterials(old.Roots(), 100, time.Hour, nil)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Service = svc
+	})
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, _, err := e.register(t, "edge-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both the audited gate and the stream's own read of the record must
+	// report a store error as unavailable.
+	for read := 1; read <= 2; read++ {
+		flaky.failRead(read)
+		stream, err := edge.sync.Watch(t.Context(), &kbv1.WatchRequest{})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if rpc.IsNotEnrolled(err) || status.Code(err) != codes.Unavailable {
+			t.Errorf("node read %d failing: Watch = %v, want Unavailable and not not-enrolled", read, err)
+		}
 	}
 }

@@ -2,9 +2,7 @@ package main
 
 import (
 	"fmt"
-	"maps"
 	"slices"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -162,13 +160,5 @@ func (a *app) printNode(n *kbv1.Node) error {
 		return a.printJSON(toNodeJSON(n))
 	}
 	return a.printTable([][]string{{"NODE", "REGION", "LABELS", "ENROLLED"},
-		{n.GetNodeId(), orDash(n.GetRegion()), orDash(labelText(n.GetLabels())), fmt.Sprint(n.GetEnrolled())}})
-}
-
-func labelText(labels map[string]string) string {
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(labels)) {
-		parts = append(parts, k+"="+labels[k])
-	}
-	return strings.Join(parts, ",")
+		{n.GetNodeId(), orDash(n.GetRegion()), orDash(labelsText(n.GetLabels(), ",")), fmt.Sprint(n.GetEnrolled())}})
 }
