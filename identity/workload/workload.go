@@ -21,7 +21,10 @@
 // spiffe://<trust-domain>/<kind>/<name> ([identity.Parse]); any other
 // SPIFFE id is refused with an error saying so, at start and at every
 // rotation. When the agent gives several SVIDs the first (the agent's
-// default) is used, or the one [Options.ID] names. The trust anchors are the
+// default) is used, or the one [Options.ID] names. The id is pinned at
+// start: a later SVID naming another id (the agent's registration entries
+// changed) is refused, as a process's name does not change while it runs;
+// restart the process to take the new one. The trust anchors are the
 // agent's bundle for the SVID's own trust domain; federated bundles are
 // ignored, as keybroker trusts one trust domain.
 //
@@ -32,7 +35,8 @@
 // away). Each update that changes the SVID or the bundle becomes a new
 // [identity.Material], stored atomically, and Changes receives a value.
 // An update that cannot be used (a non-keybroker id, no SVID with
-// [Options.ID], no bundle for the SVID's trust domain) is logged and
+// [Options.ID], another id than at start, no bundle for the SVID's trust
+// domain) is logged and
 // dropped: the previous Material stays in force, and [Source.Err] says why
 // until a good update arrives. If the agent stays away the last SVID is
 // kept and peers refuse it once it expires: the Source never invents an
@@ -298,8 +302,12 @@ func (s *Source) load() (*identity.Material, error) {
 		}
 		return nil, fmt.Errorf("workload: the Workload API at %s gives no SVID %s (it gives %s)", s.addr, s.want, strings.Join(ids, ", "))
 	}
-	if _, err := identity.Parse(svid.ID.String()); err != nil {
+	id, err := identity.Parse(svid.ID.String())
+	if err != nil {
 		return nil, fmt.Errorf("workload: the Workload API at %s gives SVID %s, which is not a keybroker identity: %w", s.addr, svid.ID, err)
+	}
+	if cur := s.cur.Load(); cur != nil && cur.ID != id {
+		return nil, fmt.Errorf("workload: the Workload API at %s now gives SVID %s, not %s as at start; the identity of a running process does not change (restart it to take the new one)", s.addr, id, cur.ID)
 	}
 	td := svid.ID.TrustDomain()
 	b, err := s.x.GetX509BundleForTrustDomain(td)

@@ -283,6 +283,39 @@ func TestSourceKeepsIdentityWhenRotationIsRefused(t *testing.T) {
 	}
 }
 
+// An agent whose registration entries change (or that is made to) cannot
+// turn a running node into another principal: the id is pinned at start.
+func TestSourceRefusesAnotherIDAtRotation(t *testing.T) {
+	srv := workloadtest.Start(t, workloadtest.Options{})
+	w := srv.MustAddWorkload(t, centralID)
+	src := newSource(t, w.Addr(), workload.Options{})
+	good := src.Current()
+	for _, other := range []string{clientID, "spiffe://kb.test/admin/root", "spiffe://other.test/central/c1"} {
+		if err := w.SetIDs(other); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		for src.Err() == nil || !strings.Contains(src.Err().Error(), other) {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("the rotation to %s was never refused (Err() = %v)", other, src.Err())
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		cancel()
+		if !strings.Contains(src.Err().Error(), "not "+centralID+" as at start") {
+			t.Errorf("Err() = %v, want it to say the id changed", src.Err())
+		}
+		if src.Current() != good {
+			t.Fatalf("Current() = %s after a rotation to %s, want %s kept", src.Current().ID, other, centralID)
+		}
+	}
+	// A new Source (a restarted process) takes the new id.
+	if got := newSource(t, w.Addr(), workload.Options{}).Current().ID.String(); got != "spiffe://other.test/central/c1" {
+		t.Errorf("a new Source took %s, want the agent's new id", got)
+	}
+}
+
 func TestSourcePicksSVIDByID(t *testing.T) {
 	srv := workloadtest.Start(t, workloadtest.Options{})
 	w := srv.MustAddWorkload(t, clientID, centralID)
