@@ -316,6 +316,31 @@ func TestSourceRefusesAnotherIDAtRotation(t *testing.T) {
 	}
 }
 
+// While the agent is away the last SVID stays in force; when it comes
+// back the Source takes its SVIDs again.
+func TestSourceSurvivesAgentRestart(t *testing.T) {
+	srv := workloadtest.Start(t, workloadtest.Options{})
+	w := srv.MustAddWorkload(t, centralID)
+	src := newSource(t, w.Addr(), workload.Options{})
+	before := src.Current()
+
+	w.Stop()
+	if err := srv.RotateSVIDs(); err != nil { // issued while the agent is away: not seen
+		t.Fatal(err)
+	}
+	if src.Current() != before {
+		t.Fatal("Current() changed while the agent was away")
+	}
+	if err := w.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, src, "the SVID issued while the agent was away", serialIs(w.SVIDs()[0]))
+	if err := srv.RotateSVIDs(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, src, "a rotation after the restart", serialIs(w.SVIDs()[0]))
+}
+
 func TestSourcePicksSVIDByID(t *testing.T) {
 	srv := workloadtest.Start(t, workloadtest.Options{})
 	w := srv.MustAddWorkload(t, clientID, centralID)

@@ -18,6 +18,8 @@
 //
 // # Rotation
 //
+//   - [Workload.Stop] and [Workload.Restart] take the socket away and
+//     bring it back, as when the agent restarts;
 //   - [Server.RotateSVIDs] re-issues every SVID (new key, new serial), and
 //     Options.RotateEvery does it on a period;
 //   - a CA rotation is three steps, as SPIRE does it: [Server.PrepareCA]
@@ -121,10 +123,9 @@ type Workload struct {
 	srv  *Server
 	ids  []spiffeid.ID
 	path string
-	lis  net.Listener
-	gs   *grpc.Server
 
 	// under srv.mu
+	gs      *grpc.Server // nil while stopped
 	svids   []issued
 	changed chan struct{} // closed and replaced on every change
 }
@@ -204,16 +205,50 @@ func (s *Server) AddWorkload(ids ...string) (*Workload, error) {
 	if err := w.issueLocked(); err != nil {
 		return nil, err
 	}
+	if err := w.serveLocked(); err != nil {
+		return nil, err
+	}
+	s.workloads = append(s.workloads, w)
+	return w, nil
+}
+
+func (w *Workload) serveLocked() error {
 	lis, err := net.Listen("unix", w.path)
 	if err != nil {
-		return nil, fmt.Errorf("workloadtest: %w", err)
+		return fmt.Errorf("workloadtest: %w", err)
 	}
-	w.lis = lis
-	w.gs = grpc.NewServer(grpc.StreamInterceptor(checkHeaderStream), grpc.UnaryInterceptor(checkHeaderUnary))
-	workload.RegisterSpiffeWorkloadAPIServer(w.gs, &api{w: w})
-	s.workloads = append(s.workloads, w)
-	go func() { _ = w.gs.Serve(lis) }()
-	return w, nil
+	gs := grpc.NewServer(grpc.StreamInterceptor(checkHeaderStream), grpc.UnaryInterceptor(checkHeaderUnary))
+	workload.RegisterSpiffeWorkloadAPIServer(gs, &api{w: w})
+	w.gs = gs
+	go func() { _ = gs.Serve(lis) }()
+	return nil
+}
+
+// Stop takes the workload's socket away, as when the agent stops: open
+// streams break and new calls find no socket. SVIDs are still re-issued
+// while it is stopped.
+func (w *Workload) Stop() {
+	w.srv.mu.Lock()
+	gs := w.gs
+	w.gs = nil
+	w.srv.mu.Unlock()
+	if gs != nil {
+		gs.Stop() // closes the listener, which removes the socket file
+	}
+}
+
+// Restart serves the workload's socket again after Stop, as an agent that
+// comes back does.
+func (w *Workload) Restart() error {
+	w.srv.mu.Lock()
+	defer w.srv.mu.Unlock()
+	if w.srv.closed {
+		return errors.New("workloadtest: server closed")
+	}
+	if w.gs != nil {
+		return nil
+	}
+	return w.serveLocked()
 }
 
 // MustAddWorkload is AddWorkload for a test: it fails tb on error.
@@ -335,7 +370,7 @@ func (s *Server) Close() error {
 	close(s.stop)
 	s.wg.Wait()
 	for _, w := range ws {
-		w.gs.Stop()
+		w.Stop()
 	}
 	s.cleanup()
 	return nil
