@@ -20,7 +20,9 @@
 // The SVID must name a keybroker identity,
 // spiffe://<trust-domain>/<kind>/<name> ([identity.Parse]); any other
 // SPIFFE id is refused with an error saying so, at start and at every
-// rotation. When the agent gives several SVIDs the first (the agent's
+// rotation, and so is one that does not verify, now, against the bundle
+// (expired, not yet valid, signed by a CA the bundle lacks). When the
+// agent gives several SVIDs the first (the agent's
 // default) is used, or the one [Options.ID] names. The id is pinned at
 // start: a later SVID naming another id (the agent's registration entries
 // changed) is refused, as a process's name does not change while it runs;
@@ -313,6 +315,19 @@ func (s *Source) load() (*identity.Material, error) {
 	b, err := s.x.GetX509BundleForTrustDomain(td)
 	if err != nil || len(b.X509Authorities()) == 0 {
 		return nil, fmt.Errorf("workload: the Workload API at %s gives no X.509 bundle for trust domain %s", s.addr, td)
+	}
+	// An SVID that does not verify against its own bundle, now, would
+	// only fail in peers' handshakes with nothing said here; say it here.
+	inter := x509.NewCertPool()
+	for _, c := range svid.Certificates[1:] {
+		inter.AddCert(c)
+	}
+	roots := x509.NewCertPool()
+	for _, c := range b.X509Authorities() {
+		roots.AddCert(c)
+	}
+	if _, err := svid.Certificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, fmt.Errorf("workload: SVID %s from %s does not verify against the agent's bundle for %s: %w", svid.ID, s.addr, td, err)
 	}
 	chain := make([][]byte, len(svid.Certificates))
 	for i, c := range svid.Certificates {

@@ -242,6 +242,32 @@ func TestSourceRefusesNonKeybrokerID(t *testing.T) {
 	}
 }
 
+// An SVID that does not verify now against the agent's bundle is refused
+// at start with the reason, rather than failing in every peer's handshake.
+func TestSourceRefusesSVIDThatDoesNotVerify(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		shift time.Duration
+		want  string
+	}{
+		{"expired", -3 * time.Hour, "expired"},
+		{"not yet valid", 3 * time.Hour, "not yet valid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := workloadtest.Start(t, workloadtest.Options{Now: func() time.Time { return time.Now().Add(tc.shift) }})
+			w := srv.MustAddWorkload(t, centralID)
+			src, err := workload.NewSource(t.Context(), w.Addr(), workload.Options{Timeout: 10 * time.Second})
+			if err == nil {
+				_ = src.Close()
+				t.Fatal("NewSource accepted the SVID")
+			}
+			if !strings.Contains(err.Error(), "does not verify") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("NewSource error %q, want it to say the SVID does not verify (%s)", err, tc.want)
+			}
+		})
+	}
+}
+
 // A rotation to an unusable SVID is refused and the last good identity
 // stays in force; the next good rotation is taken.
 func TestSourceKeepsIdentityWhenRotationIsRefused(t *testing.T) {
