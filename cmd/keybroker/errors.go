@@ -8,9 +8,11 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/keybroker/keybroker/backends"
 )
 
-// Exit codes; the root help and the package doc list them too.
+// Exit codes; the root help, the package doc and the README list them too.
 const (
 	exitOK           = 0
 	exitFailure      = 1
@@ -20,6 +22,7 @@ const (
 	exitUnavailable  = 5
 	exitInvalid      = 6
 	exitVerifyFailed = 7
+	exitTLS          = 8
 )
 
 // exitError is an error that chooses its exit code.
@@ -87,6 +90,9 @@ func exitCode(err error, started bool) int {
 		return ee.code
 	}
 	if st, ok := status.FromError(err); ok {
+		if code, ok := statusExit(st); ok {
+			return code
+		}
 		switch st.Code() {
 		case codes.PermissionDenied, codes.Unauthenticated:
 			return exitDenied
@@ -94,10 +100,25 @@ func exitCode(err error, started bool) int {
 			return exitNotFound
 		case codes.Unavailable, codes.DeadlineExceeded:
 			return exitUnavailable
-		case codes.InvalidArgument, codes.FailedPrecondition:
+		case codes.InvalidArgument, codes.FailedPrecondition, codes.AlreadyExists:
 			return exitInvalid
 		}
 		return exitFailure
+	}
+	// The server commands (root create) meet the backends' taxonomy; an
+	// existing key is the backend's invalid argument.
+	for _, m := range []struct {
+		err  error
+		code int
+	}{
+		{backends.ErrInvalidArgument, exitInvalid},
+		{backends.ErrNotFound, exitNotFound},
+		{backends.ErrPermissionDenied, exitDenied},
+		{backends.ErrUnavailable, exitUnavailable},
+	} {
+		if errors.Is(err, m.err) {
+			return m.code
+		}
 	}
 	if !started {
 		return exitUsage

@@ -18,6 +18,8 @@ the backend directly — not through a running node — so run them on the
 central host with access to the token, keystore or cloud credentials, before
 the node starts (a softkms keystore is locked while a node has it open).`,
 		Example: `  keybroker root create 'softkms:root-prf;path=/var/lib/keybroker/softkms.json;kek-source=/etc/keybroker/kek' --algorithm hmac-256`,
+		Args:    subcommands,
+		RunE:    helpRun,
 	}
 	var alg string
 	create := &cobra.Command{
