@@ -7,6 +7,7 @@ import (
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/central"
+	"github.com/keybroker/keybroker/internal/clip"
 )
 
 func newRootKeyCmd(e *env) *cobra.Command {
@@ -31,14 +32,14 @@ the node starts (a softkms keystore is locked while a node has it open).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a := backends.Algorithm(alg)
 			if !a.Valid() {
-				return usageErrorf("--algorithm %q is not aes-256, hmac-256, ecdsa-p256 or ed25519", alg)
+				return usageErrorf("--algorithm %s is not aes-256, hmac-256, ecdsa-p256 or ed25519", clip.Quote(alg))
 			}
 			u, err := backends.ParseKeyURI(args[0])
 			if err != nil {
 				return usageError(err)
 			}
 			if u.Key() == "" {
-				return usageErrorf("%s names no key", args[0])
+				return usageErrorf("%s names no key", clip.Quote(args[0]))
 			}
 			b, err := central.Backends().Open(cmd.Context(), args[0], backends.Options{})
 			if err != nil {
