@@ -196,6 +196,9 @@ func (s *session) fail(ctx context.Context, op string, err error) error {
 		if ce := s.watch.explain(op); ce != nil {
 			return ce
 		}
+		if hint := s.watch.afterHandshake(st.Message()); hint != "" {
+			e.hint = hint
+		}
 	}
 	return e
 }

@@ -39,6 +39,8 @@ type dialWatch struct {
 
 	mu  sync.Mutex
 	err error // of the latest attempt; nil once one succeeds
+	// handshook says a TLS handshake has succeeded on this side.
+	handshook bool
 }
 
 func (w *dialWatch) set(err error) {
@@ -86,6 +88,11 @@ type watchedCreds struct {
 func (c watchedCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, raw)
 	c.w.set(err)
+	if err == nil {
+		c.w.mu.Lock()
+		c.w.handshook = true
+		c.w.mu.Unlock()
+	}
 	return conn, info, err
 }
 
@@ -144,6 +151,25 @@ func (w *dialWatch) explain(op string) error {
 	// Anything else failed in the handshake: the credentials refused the
 	// peer for a reason of their own.
 	return fail(exitTLS, "TLS: the handshake with %s failed (%v)", addr, err)
+}
+
+// afterHandshake is a hint for an Unavailable status with text msg that
+// came after a TLS handshake succeeded here. In TLS 1.3 the client's side
+// of the handshake ends before the broker has checked the client
+// certificate; a broker that refuses it sends an alert and closes, and the
+// client learns it on its next read ("remote error: tls: …") or, as often,
+// only as a write on a closed connection.
+func (w *dialWatch) afterHandshake(msg string) string {
+	w.mu.Lock()
+	handshook := w.handshook
+	w.mu.Unlock()
+	switch {
+	case strings.Contains(msg, "remote error: tls:"):
+		return "the broker refused the TLS handshake: does a CA it trusts sign --cert?"
+	case handshook && (strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset by peer")):
+		return "the broker closed the connection after the TLS handshake: it may have refused the client certificate in --cert"
+	}
+	return ""
 }
 
 func notGRPCText(addr string) string {

@@ -108,6 +108,24 @@ func TestTrapSilentPeer(t *testing.T) {
 	}
 }
 
+// TestTrapForeignClientCertificate: a client certificate the broker's CA
+// did not sign is refused with words pointing at --cert. In TLS 1.3 the
+// client may learn of the refusal from the broker's alert (a TLS failure,
+// exit 8) or only from a closed connection (unavailable, exit 5).
+func TestTrapForeignClientCertificate(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t, brokerConfig{})
+	other := startBroker(t, brokerConfig{})
+	env := with(with(b.env(), envCert, other.tls.Cert), envKey, other.tls.Key)
+	r := runCLI(t, env, nil, "random", "--length", "8")
+	if r.code != exitTLS && r.code != exitUnavailable {
+		t.Errorf("exit code %d, want %d or %d; stderr %s", r.code, exitTLS, exitUnavailable, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "refused") || !strings.Contains(r.stderr, "--cert") {
+		t.Errorf("stderr %q does not say the broker may have refused --cert", r.stderr)
+	}
+}
+
 // TestTrapUnresolvableHost: a host name that does not resolve is named,
 // and said not to resolve.
 func TestTrapUnresolvableHost(t *testing.T) {
