@@ -176,6 +176,24 @@ func notGRPCText(addr string) string {
 	return fmt.Sprintf("%s is not a keybroker gRPC port (it answered without HTTP/2 — is it the ops/metrics port?)", clip.Quote(addr))
 }
 
+// statusHint puts in words what statusExit finds, for the errors that did
+// not pass through a dialWatch.
+func statusHint(st *status.Status) string {
+	if st.Code() != codes.Unavailable {
+		return ""
+	}
+	msg := st.Message()
+	switch {
+	case strings.Contains(msg, alpnMissing):
+		return "the address is not a keybroker gRPC port: it answered without HTTP/2 — is it the ops/metrics port?"
+	case strings.Contains(msg, "x509: certificate signed by unknown authority"):
+		return "the broker's certificate is not signed by a CA in --ca"
+	case strings.Contains(msg, "remote error: tls:"):
+		return "the broker refused the TLS handshake: does a CA it trusts sign --cert?"
+	}
+	return ""
+}
+
 // statusExit is the exit code for an Unavailable status whose text shows a
 // connection that failed in TLS, for errors that did not pass through a
 // dialWatch (the SDK's streams) or that came after the handshake (the

@@ -49,6 +49,26 @@ func verifyFailedf(format string, args ...any) error {
 	return &exitError{exitVerifyFailed, fmt.Errorf(format, args...)}
 }
 
+// backendError gives an error of a backend opened by the CLI itself (root
+// create) the exit code its class has in the API: a key that exists is the
+// backends' invalid argument, so exit 6 as AlreadyExists is.
+func backendError(err error) error {
+	for _, m := range []struct {
+		err  error
+		code int
+	}{
+		{backends.ErrInvalidArgument, exitInvalid},
+		{backends.ErrNotFound, exitNotFound},
+		{backends.ErrPermissionDenied, exitDenied},
+		{backends.ErrUnavailable, exitUnavailable},
+	} {
+		if errors.Is(err, m.err) {
+			return &exitError{m.code, err}
+		}
+	}
+	return err
+}
+
 // rpcError is a failed RPC: the operation and the broker's status.
 type rpcError struct {
 	op   string
@@ -58,8 +78,12 @@ type rpcError struct {
 
 func (e *rpcError) Error() string {
 	msg := fmt.Sprintf("%s: %s: %s", e.op, codeText(e.st.Code()), e.st.Message())
-	if e.hint != "" {
-		msg += " (" + e.hint + ")"
+	hint := e.hint
+	if hint == "" {
+		hint = statusHint(e.st)
+	}
+	if hint != "" {
+		msg += " (" + hint + ")"
 	}
 	return msg
 }
@@ -104,21 +128,6 @@ func exitCode(err error, started bool) int {
 			return exitInvalid
 		}
 		return exitFailure
-	}
-	// The server commands (root create) meet the backends' taxonomy; an
-	// existing key is the backend's invalid argument.
-	for _, m := range []struct {
-		err  error
-		code int
-	}{
-		{backends.ErrInvalidArgument, exitInvalid},
-		{backends.ErrNotFound, exitNotFound},
-		{backends.ErrPermissionDenied, exitDenied},
-		{backends.ErrUnavailable, exitUnavailable},
-	} {
-		if errors.Is(err, m.err) {
-			return m.code
-		}
 	}
 	if !started {
 		return exitUsage

@@ -43,7 +43,7 @@ the node starts (a softkms keystore is locked while a node has it open).`,
 			}
 			b, err := central.Backends().Open(cmd.Context(), args[0], backends.Options{})
 			if err != nil {
-				return err
+				return backendError(err)
 			}
 			defer b.Close()
 			kc, ok := b.(backends.KeyCreator)
@@ -52,7 +52,7 @@ the node starts (a softkms keystore is locked while a node has it open).`,
 			}
 			info, err := kc.CreateKey(cmd.Context(), u.Key(), a)
 			if err != nil {
-				return err
+				return backendError(err)
 			}
 			fmt.Fprintf(e.stdout, "created %s root key %s\n", info.Algorithm, info.Key)
 			return nil

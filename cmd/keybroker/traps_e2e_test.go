@@ -6,6 +6,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -245,6 +246,13 @@ func TestTrapsAgainstDev(t *testing.T) {
 		if !strings.HasPrefix(r.stderr, want) {
 			t.Errorf("stderr %q, want %q", r.stderr, want)
 		}
+		// A stream goes through the SDK, not the CLI's own connection: the
+		// status text is all there is, and it is put in words too.
+		r = runCLI(t, withAddr(env, ops), []byte("x"), "encrypt", "--stream", "--key", demoKeyID, "--out", filepath.Join(t.TempDir(), "x.enc"))
+		wantCode(t, r, exitUsage)
+		if !strings.Contains(r.stderr, "is it the ops/metrics port?") {
+			t.Errorf("stderr %q does not ask whether it is the ops port", r.stderr)
+		}
 	})
 }
 
@@ -260,8 +268,9 @@ func TestTrapExitCodes(t *testing.T) {
 		want int
 	}{
 		{"AlreadyExists", rpc(codes.AlreadyExists, `key "k" already exists`), exitInvalid},
-		{"a backend's existing key", fmt.Errorf("create: %w", backends.ErrInvalidArgument), exitInvalid},
-		{"a backend unavailable", fmt.Errorf("create: %w", backends.ErrUnavailable), exitUnavailable},
+		{"a backend's existing key", backendError(fmt.Errorf("create: %w", backends.ErrInvalidArgument)), exitInvalid},
+		{"a backend unavailable", backendError(fmt.Errorf("create: %w", backends.ErrUnavailable)), exitUnavailable},
+		{"a backend's other error", backendError(errors.New("create: boom")), exitFailure},
 		{"unknown CA", rpc(codes.Unavailable, `connection error: desc = "transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority"`), exitTLS},
 		{"client certificate refused", rpc(codes.Unavailable, `connection error: desc = "error reading server preface: remote error: tls: unknown certificate authority"`), exitTLS},
 		{"ops port", rpc(codes.Unavailable, `connection error: desc = "transport: authentication handshake failed: credentials: cannot check peer: missing selected ALPN property"`), exitUsage},
