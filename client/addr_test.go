@@ -41,3 +41,19 @@ func TestNewRefusesBadAddresses(t *testing.T) {
 		_ = c.Close()
 	}
 }
+
+// TestErrorQuotesLongKeyBounded checks an operation's error quotes at most
+// 64 bytes of a key id a caller got wrong, with its length, not 10 KB.
+func TestErrorQuotesLongKeyBounded(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("k", 10240)
+	e := &client.Error{Op: "Encrypt", Key: long, Node: "127.0.0.1:7700", Message: "key_id is not valid"}
+	got := e.Error()
+	if len(got) > 200 || !strings.Contains(got, "(10240 bytes)") {
+		t.Errorf("Error() = %.300q (%d bytes), want at most 200 bytes naming the length", got, len(got))
+	}
+	e.Key = "payments"
+	if got, want := e.Error(), "keybroker: Encrypt payments at 127.0.0.1:7700: key_id is not valid"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
