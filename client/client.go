@@ -19,6 +19,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/forwardproof"
+	"github.com/keybroker/keybroker/internal/hostport"
 )
 
 // Environment variables New reads for settings the Config leaves empty.
@@ -129,8 +130,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("client: no node address: set Config.Addrs or %s", EnvAddr)
 	}
 	for _, a := range cfg.Addrs {
-		if !strings.Contains(a, ":") {
-			return nil, fmt.Errorf("client: address %q is not host:port", a)
+		if err := hostport.Check(a); err != nil {
+			return nil, fmt.Errorf("client: %w", err)
 		}
 	}
 	if cfg.TLS == nil {

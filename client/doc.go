@@ -8,20 +8,23 @@
 //
 // # Routing
 //
-// Config.Addrs names one or more nodes. For an operation on a key the
-// client asks them LookupKey — which nodes can perform this operation with
-// this key now, best first: edges holding the key in the client's region,
-// then in other regions, then edges that forward, then the central tier —
-// and tries that list in order, followed by the configured nodes it does
-// not include. The answer is cached per key and operation for
-// Config.LookupTTL. A node that is unavailable (down, draining, stale
-// past its max_staleness, throttling) sends the call to the next node
-// and marks the answer stale; when the whole list fails, the client
-// pauses (jittered, doubling from Config.Backoff to Config.MaxBackoff),
-// asks again and makes another pass, up to Config.MaxAttempts passes and
-// never past the caller's deadline. An edge that answers NotFound for a
-// key it has not replicated yet also passes the call on. Every other
-// answer — denied, invalid, a disabled key — is final.
+// Config.Addrs names one or more nodes, each host:port with a port of
+// 1-65535 (an IPv6 host in brackets, [::1]:7700); New refuses any other
+// form, saying what is wrong, before anything is dialled. For an operation
+// on a key the client asks them LookupKey — which nodes can perform this
+// operation with this key now, best first: edges holding the key in the
+// client's region, then in other regions, then edges that forward, then
+// the central tier — and tries that list in order, followed by the
+// configured nodes it does not include. The answer is cached per key and
+// operation for Config.LookupTTL. A node that is unavailable (down,
+// draining, stale past its max_staleness, throttling) sends the call to
+// the next node and marks the answer stale; when the whole list fails, the
+// client pauses (jittered, doubling from Config.Backoff to
+// Config.MaxBackoff), asks again and makes another pass, up to
+// Config.MaxAttempts passes and never past the caller's deadline. An edge
+// that answers NotFound for a key it has not replicated yet also passes
+// the call on. Every other answer — denied, invalid, a disabled key — is
+// final.
 //
 // When no node answers LookupKey the last answer is reused; when the
 // policy does not allow the caller LookupKey, the configured nodes are the

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/secret"
 )
 
@@ -50,7 +51,7 @@ type Encryptor struct {
 // NewEncryptor returns an Encryptor for cfg.Key.
 func (c *Client) NewEncryptor(cfg EncryptorConfig) (*Encryptor, error) {
 	if !envelope.ValidKeyID(cfg.Key) {
-		return nil, fmt.Errorf("client: encryptor key id %q is not 1-128 bytes of [A-Za-z0-9._:/-]", cfg.Key)
+		return nil, fmt.Errorf("client: encryptor key id %s is not 1-128 bytes of [A-Za-z0-9._:/-]", clip.Quote(cfg.Key))
 	}
 	reuse := cfg.Reuse.WithDefaults()
 	if err := reuse.Validate(); err != nil {

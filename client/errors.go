@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/keybroker/keybroker/internal/clip"
 )
 
 // Sentinels for the ways an operation fails; test with errors.Is. Every
@@ -77,7 +79,13 @@ type Error struct {
 func (e *Error) Error() string {
 	s := "keybroker: " + e.Op
 	if e.Key != "" {
-		s += " " + e.Key
+		// A key id the caller got wrong may be any length: quote at
+		// most clip.Max bytes of it.
+		if len(e.Key) > clip.Max {
+			s += " " + clip.Quote(e.Key)
+		} else {
+			s += " " + e.Key
+		}
 	}
 	if e.Node != "" {
 		s += " at " + e.Node

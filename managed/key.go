@@ -38,6 +38,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/policy"
 )
 
@@ -272,7 +273,7 @@ func (k *Key) Validate() error {
 func (k *Key) ValidateMeta() error {
 	switch {
 	case !ValidKeyID(k.ID):
-		return Errorf(ErrInvalidArgument, "key id %q must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", k.ID)
+		return Errorf(ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(k.ID))
 	case !k.Type.Valid():
 		return Errorf(ErrInvalidArgument, "key type %q is not aes-256-gcm, hmac-sha256, ecdsa-p256 or ed25519", k.Type)
 	case !k.Mode.Valid():

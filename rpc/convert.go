@@ -5,6 +5,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/managed"
 )
 
@@ -84,7 +85,7 @@ func KeyFromProto(m *kbv1.KeyMetadata, versions []*kbv1.EdgeKeyVersion) (*manage
 	mode, okM := modeFromProto[m.GetMode()]
 	state, okS := stateFromProto[m.GetState()]
 	if !okT || !okM || !okS {
-		return nil, managed.Errorf(managed.ErrInvalidArgument, "key %q: unknown type, mode or state (%s, %s, %s)", m.GetKeyId(), m.GetType(), m.GetMode(), m.GetState())
+		return nil, managed.Errorf(managed.ErrInvalidArgument, "key %s: unknown type, mode or state (%s, %s, %s)", clip.Quote(m.GetKeyId()), m.GetType(), m.GetMode(), m.GetState())
 	}
 	k := &managed.Key{
 		ID: m.GetKeyId(), Type: typ, Mode: mode, Derived: m.GetDerived(), State: state, Labels: m.GetLabels(),

@@ -15,6 +15,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
@@ -85,7 +86,7 @@ func (e *edgeSync) FetchMaterial(ctx context.Context, r *kbv1.FetchMaterialReque
 		return nil, c.End(err)
 	}
 	if k == nil {
-		return nil, c.End(status.Errorf(codes.NotFound, "key %q does not exist", r.GetKeyId()))
+		return nil, c.End(status.Errorf(codes.NotFound, "key %s does not exist", clip.Quote(r.GetKeyId())))
 	}
 	v := r.GetKeyVersion()
 	if v == 0 {

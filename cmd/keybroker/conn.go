@@ -19,7 +19,9 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/internal/forwardproof"
+	"github.com/keybroker/keybroker/internal/hostport"
 )
 
 // Environment variables read when the matching flag is not given.
@@ -29,6 +31,11 @@ const (
 	envCert = "KEYBROKER_CERT"
 	envKey  = "KEYBROKER_KEY"
 )
+
+// defaultConnectTimeout is --connect-timeout's default: a broker that
+// has not accepted and finished the TLS handshake by then is not there.
+// (grpc-go's own default is 20 s.)
+const defaultConnectTimeout = 5 * time.Second
 
 // maxRecvMessage bounds a response. gRPC's default of 4 MiB is too small for
 // a Decrypt of a 4 MiB plaintext plus the response's framing.
@@ -44,6 +51,7 @@ func (a *app) addClientFlags(fs *pflag.FlagSet) {
 	fs.String("tls-key", "", "PEM file of the client certificate's private key (env "+envKey+")")
 	fs.String("server-name", "", "TLS server name to verify instead of the host in --addr")
 	fs.DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for the command's RPCs; 0 means none")
+	fs.DurationVar(&a.connectTimeout, "connect-timeout", defaultConnectTimeout, "time limit for connecting to the broker (TCP connect and TLS handshake)")
 	a.addOutputFlag(fs)
 }
 
@@ -68,6 +76,8 @@ type session struct {
 	admin   kbv1.KeyAdminClient
 	parent  context.Context
 	timeout time.Duration
+	// watch has why connecting failed, for fail to put in words.
+	watch *dialWatch
 }
 
 // connect checks the connection settings and makes the client. Nothing is
@@ -93,18 +103,26 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 	if len(missing) > 0 {
 		return nil, usageErrorf("missing %s: keybroker always uses mutual TLS", strings.Join(missing, ", "))
 	}
+	if err := hostport.Check(addr); err != nil {
+		return nil, usageErrorf("--addr: %v", err)
+	}
 	if a.timeout < 0 {
 		return nil, usageErrorf("--timeout must not be negative")
+	}
+	if a.connectTimeout <= 0 {
+		return nil, usageErrorf("--connect-timeout must be positive")
 	}
 	tlsConfig, err := files.ClientConfig(a.setting(cmd, "server-name", ""))
 	if err != nil {
 		return nil, usageErrorf("TLS client configuration: %v", err)
 	}
-	conn, err := dialBroker(addr, tlsConfig)
+	watch := &dialWatch{addr: addr, ca: files.CA, timeout: a.connectTimeout}
+	conn, err := dialBroker(addr, tlsConfig, watch)
 	if err != nil {
-		return nil, usageErrorf("--addr %q: %v", addr, err)
+		return nil, usageErrorf("--addr %s: %v", clip.Quote(addr), err)
 	}
 	return &session{
+		watch:   watch,
 		addr:    addr,
 		tls:     tlsConfig,
 		conn:    conn,
@@ -118,10 +136,14 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 // dialBroker makes a client connection to addr; nothing is dialled until
 // the first RPC. Calls an edge must forward to the central tier are signed
 // with the client certificate's key when the edge asks for a forward proof,
-// as the SDK does.
-func dialBroker(addr string, tlsConfig *tls.Config) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
+// as the SDK does. watch bounds the connection attempt by
+// --connect-timeout and keeps why it failed.
+func dialBroker(addr string, tlsConfig *tls.Config, watch *dialWatch) (*grpc.ClientConn, error) {
+	creds := credentials.NewTLS(tlsConfig)
+	return grpc.NewClient(watch.target(addr),
+		grpc.WithTransportCredentials(watch.wrap(creds)),
+		grpc.WithContextDialer(watch.dial),
+		watch.connectParams(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMessage)),
 		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(forwardproof.SignerOf(tlsConfig), nil).Unary),
 	)
@@ -132,7 +154,8 @@ func (s *session) close() { _ = s.conn.Close() }
 // sdk returns a Go SDK client bound to this session's node alone (no
 // routing: the command talks to --addr), for the client-side streams.
 func (s *session) sdk(ctx context.Context) (*client.Client, error) {
-	return client.New(ctx, client.Config{Addrs: []string{s.addr}, TLS: s.tls, Direct: true, MaxAttempts: 1})
+	return client.New(ctx, client.Config{Addrs: []string{s.addr}, TLS: s.tls, Direct: true, MaxAttempts: 1,
+		DialOptions: []grpc.DialOption{s.watch.connectParams(), grpc.WithContextDialer(s.watch.dial)}})
 }
 
 // context bounds the command's RPCs by --timeout. Commands take it after
@@ -168,6 +191,14 @@ func (s *session) fail(ctx context.Context, op string, err error) error {
 	spent := errors.Is(ctx.Err(), context.DeadlineExceeded) || (hasDeadline && time.Until(dl) < 100*time.Millisecond)
 	if st.Code() == codes.DeadlineExceeded && spent {
 		e.hint = fmt.Sprintf("--timeout %s ran out", s.timeout)
+	}
+	if st.Code() == codes.Unavailable {
+		if ce := s.watch.explain(op); ce != nil {
+			return ce
+		}
+		if hint := s.watch.afterHandshake(st.Message()); hint != "" {
+			e.hint = hint
+		}
 	}
 	return e
 }

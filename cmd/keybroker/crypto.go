@@ -547,7 +547,11 @@ func (a *app) randomCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "random --length N",
 		Short: "Get 1 to 1024 random bytes from the broker's root of trust",
-		Long:  "Get random bytes from the broker.\n" + binaryHelp,
+		Long: `Get random bytes from the broker's root of trust.
+
+The result goes raw to --out FILE, raw to stdout when it is not a terminal,
+and as base64 when it is; with --output json it is a base64 field of the
+JSON object.`,
 		Example: `  keybroker random --length 32 --out seed.bin
   keybroker random --length 16 --output json | jq -r .random`,
 		Args: noArgs,

@@ -174,6 +174,10 @@ func runDev(ctx context.Context, e *env, f devFlags) error {
 	if err != nil {
 		return err
 	}
+	// Say at once that work has begun: opening a backend (a SoftHSM token,
+	// a cloud KMS) and making a fresh directory's CA and keys take a while,
+	// and until the ready summary nothing else is printed on a quiet start.
+	log.Info("keybroker dev starting", "data", dir, "host", f.host, "port", f.port)
 	// Start gets the process's context, not one with the start's time
 	// limit: a backend may keep the context it was opened with (a cloud
 	// client's credentials), and ending it would break the running node.

@@ -8,9 +8,11 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/keybroker/keybroker/backends"
 )
 
-// Exit codes; the root help and the package doc list them too.
+// Exit codes; the root help, the package doc and the README list them too.
 const (
 	exitOK           = 0
 	exitFailure      = 1
@@ -20,6 +22,7 @@ const (
 	exitUnavailable  = 5
 	exitInvalid      = 6
 	exitVerifyFailed = 7
+	exitTLS          = 8
 )
 
 // exitError is an error that chooses its exit code.
@@ -46,6 +49,26 @@ func verifyFailedf(format string, args ...any) error {
 	return &exitError{exitVerifyFailed, fmt.Errorf(format, args...)}
 }
 
+// backendError gives an error of a backend opened by the CLI itself (root
+// create) the exit code its class has in the API: a key that exists is the
+// backends' invalid argument, so exit 6 as AlreadyExists is.
+func backendError(err error) error {
+	for _, m := range []struct {
+		err  error
+		code int
+	}{
+		{backends.ErrInvalidArgument, exitInvalid},
+		{backends.ErrNotFound, exitNotFound},
+		{backends.ErrPermissionDenied, exitDenied},
+		{backends.ErrUnavailable, exitUnavailable},
+	} {
+		if errors.Is(err, m.err) {
+			return &exitError{m.code, err}
+		}
+	}
+	return err
+}
+
 // rpcError is a failed RPC: the operation and the broker's status.
 type rpcError struct {
 	op   string
@@ -55,8 +78,12 @@ type rpcError struct {
 
 func (e *rpcError) Error() string {
 	msg := fmt.Sprintf("%s: %s: %s", e.op, codeText(e.st.Code()), e.st.Message())
-	if e.hint != "" {
-		msg += " (" + e.hint + ")"
+	hint := e.hint
+	if hint == "" {
+		hint = statusHint(e.st)
+	}
+	if hint != "" {
+		msg += " (" + hint + ")"
 	}
 	return msg
 }
@@ -87,6 +114,9 @@ func exitCode(err error, started bool) int {
 		return ee.code
 	}
 	if st, ok := status.FromError(err); ok {
+		if code, ok := statusExit(st); ok {
+			return code
+		}
 		switch st.Code() {
 		case codes.PermissionDenied, codes.Unauthenticated:
 			return exitDenied
@@ -94,7 +124,7 @@ func exitCode(err error, started bool) int {
 			return exitNotFound
 		case codes.Unavailable, codes.DeadlineExceeded:
 			return exitUnavailable
-		case codes.InvalidArgument, codes.FailedPrecondition:
+		case codes.InvalidArgument, codes.FailedPrecondition, codes.AlreadyExists:
 			return exitInvalid
 		}
 		return exitFailure

@@ -40,6 +40,13 @@ var (
 	}
 )
 
+// What a plain `key create ID` makes: an AES-256-GCM key derived from the
+// root, the common case and what other key managers give by default.
+const (
+	defaultKeyType = "aes-256-gcm"
+	defaultKeyMode = "derive"
+)
+
 // enumName is the CLI name of v, or its proto name for values this build
 // does not know.
 func enumName[E comparable](names map[string]E, v E, protoName string) string {
@@ -73,7 +80,7 @@ func (a *app) keyCmd() *cobra.Command {
 		Use:   "key",
 		Short: "Create, change and inspect managed keys",
 		Long:  keyLong,
-		Example: `  keybroker key create payments --type aes-256-gcm --mode derive --label team=pay
+		Example: `  keybroker key create payments --label team=pay
   keybroker key list --label team=pay
   keybroker key describe payments --output json`,
 		Args: subcommands,
@@ -103,8 +110,8 @@ down to the key's minimum decryption version.`,
 
 func (a *app) keyCreateCmd() *cobra.Command {
 	var (
-		typ         = newEnum("", keyTypeNames...)
-		mode        = newEnum("", keyModeNames...)
+		typ         = newEnum(defaultKeyType, keyTypeNames...)
+		mode        = newEnum(defaultKeyMode, keyModeNames...)
 		derived     bool
 		rootKey     string
 		labels      pairsValue
@@ -113,9 +120,13 @@ func (a *app) keyCreateCmd() *cobra.Command {
 		placement   string
 	)
 	cmd := &cobra.Command{
-		Use:   "create ID --type TYPE --mode MODE",
-		Short: "Create a managed key",
+		Use:   "create ID [--type TYPE] [--mode MODE]",
+		Short: "Create a managed key (default: AES-256-GCM, derived)",
 		Long: `Create a managed key with its first version.
+
+Without --type and --mode, the key is an AES-256-GCM encryption key whose
+material is derived from the root key (--type aes-256-gcm --mode derive),
+as a plain create in Vault transit or AWS KMS makes an AES-256-GCM key.
 
 --mode says where each version's material comes from:
   derive   computed inside the backend from the root key; nothing is stored
@@ -129,7 +140,8 @@ wants at least 24h otherwise.
 --placement is a Cedar condition over the edge that may hold the key's
 material, e.g. 'principal.region == "eu"'; it adds to the global
 HoldMaterial policies (a forbid there still wins).`,
-		Example: `  keybroker key create payments --type aes-256-gcm --mode derive --derived
+		Example: `  keybroker key create payments
+  keybroker key create orders --derived --label team=pay
   keybroker key create eu-orders --type aes-256-gcm --mode derive --placement 'principal.region == "eu"'
 
   keybroker key create releases --type ecdsa-p256 --mode backend \
@@ -162,14 +174,13 @@ HoldMaterial policies (a forbid there still wins).`,
 	fs := cmd.Flags()
 	fs.Var(typ, "type", "key `TYPE`: "+strings.Join(keyTypeNames, ", "))
 	fs.Var(mode, "mode", "key `MODE`: "+strings.Join(keyModeNames, ", "))
+	// The defaults show in --help as (default "aes-256-gcm").
 	fs.BoolVar(&derived, "derived", false, "wrap data keys under a per-encryption-context key derived from the material")
 	fs.StringVar(&rootKey, "root-key", "", "backend URI of the root key (default: the node's default root)")
 	fs.Var(&labels, "label", "label k=v; repeat for more")
 	fs.DurationVar(&rotation, "rotation-period", 0, "rotate automatically this often (at least 24h); 0 means never")
 	fs.StringVar(&description, "description", "", "free-text description")
 	fs.StringVar(&placement, "placement", "", "Cedar condition over the edge that may hold the material (see --help)")
-	_ = cmd.MarkFlagRequired("type")
-	_ = cmd.MarkFlagRequired("mode")
 	return cmd
 }
 
@@ -408,7 +419,7 @@ func (a *app) printKey(k *kbv1.KeyMetadata) error {
 		{"Derived", strconv.FormatBool(k.GetDerived())},
 		{"State", stateName(k.GetState())},
 		{"Primary version", strconv.FormatUint(uint64(k.GetPrimaryVersion()), 10)},
-		{"Min decryption version", strconv.FormatUint(uint64(k.GetMinDecryptionVersion()), 10)},
+		{"Min decryption version", minVersionText(k.GetMinDecryptionVersion())},
 		{"Versions", orDash(strings.Join(versions, ", "))},
 		{"Labels", orDash(labelsText(k.GetLabels(), ", "))},
 		{"Root key", orDash(k.GetRootKey())},
@@ -421,6 +432,15 @@ func (a *app) printKey(k *kbv1.KeyMetadata) error {
 		{"Description", orDash(k.GetDescription())},
 		{"Placement", orDash(k.GetPlacement())},
 	})
+}
+
+// minVersionText says what a key's minimum decryption version allows: 0
+// (never set) and 1 both let every version decrypt and verify.
+func minVersionText(v uint32) string {
+	if v <= 1 {
+		return "none (every version decrypts)"
+	}
+	return fmt.Sprintf("%d (versions below %d are refused)", v, v)
 }
 
 func orDash(s string) string {

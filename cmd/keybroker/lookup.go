@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/internal/clip"
 )
 
 // lookupOps are the operations LookupKey answers for, by CLI name.
@@ -67,7 +68,7 @@ Operations: ` + lookupOpNames() + `.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			operation, ok := lookupOps[op]
 			if !ok {
-				return usageErrorf("--op must be one of %s, not %q", lookupOpNames(), op)
+				return usageErrorf("--op must be one of %s, not %s", lookupOpNames(), clip.Quote(op))
 			}
 			if key == "" {
 				return usageErrorf("--key is required")

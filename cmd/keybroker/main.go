@@ -37,7 +37,15 @@
 //
 // The private-key flag is --tls-key, not --key, because --key names the
 // managed key in encrypt, sign, mac and the other crypto commands.
-// --timeout bounds the RPCs of one command (default 30s; 0 means none).
+// --timeout bounds the RPCs of one command (default 30s; 0 means none);
+// --connect-timeout bounds connecting, TCP and TLS handshake (default 5s).
+//
+// --addr is host:port with a port of 1-65535 (an IPv6 host in brackets,
+// [::1]:7700), checked before anything is dialled. A connection that fails
+// is said in words: a host that does not resolve, no answer within
+// --connect-timeout, nothing listening, a port that answers TLS without
+// HTTP/2 (an ops port), a broker certificate the CA in --ca did not sign.
+// Errors quote at most 64 bytes of any id or address given, with its length.
 //
 // # Binary input and output
 //
@@ -53,14 +61,19 @@
 //
 //	0  success
 //	1  any other error
-//	2  usage: bad flags or arguments, missing or unreadable TLS configuration
 //	3  denied: PermissionDenied or Unauthenticated
 //	4  not found: NotFound
 //	5  unavailable: Unavailable or DeadlineExceeded (also when --timeout runs out)
-//	6  invalid input: InvalidArgument or FailedPrecondition (a bad ciphertext,
-//	   a disabled key), and input over the API's limits, refused locally
+//	2  usage: bad flags or arguments, missing or unreadable TLS configuration,
+//	   an --addr that is not host:port or is not a keybroker gRPC port
+//	6  invalid input: InvalidArgument, FailedPrecondition or AlreadyExists (a
+//	   bad ciphertext, a disabled key, a key that exists), and input over the
+//	   API's limits, refused locally
 //	7  verification failed: verify or verify-mac answered invalid, or audit
 //	   verify found the log broken
+//	8  TLS: the broker's certificate did not verify (not signed by a CA in
+//	   --ca, not for the host in --addr, expired) or the broker refused the
+//	   client certificate
 //
 // Errors go to stderr as "keybroker: <message>" and carry the broker's
 // message; they never contain input data or key material.
@@ -174,6 +187,9 @@ Flags win over the environment:
   --cert      KEYBROKER_CERT   PEM client certificate
   --tls-key   KEYBROKER_KEY    PEM private key of the client certificate
 (The private key flag is --tls-key because --key names the managed key.)
+--addr is host:port, an IPv6 host in brackets: [::1]:7700.
+--connect-timeout (default 5s) bounds connecting; --timeout (default 30s)
+the command's calls.
 
 Binary input is read from --in, or stdin. Binary results go raw to --out FILE,
 raw to stdout when it is not a terminal, and as base64 when it is.
@@ -182,14 +198,19 @@ raw to stdout when it is not a terminal, and as base64 when it is.
 Exit codes:
   0  success
   1  any other error
-  2  usage: bad flags or arguments, missing or unreadable TLS configuration
+  2  usage: bad flags or arguments, missing or unreadable TLS configuration,
+     an --addr that is not host:port or is not a keybroker gRPC port
   3  denied: the broker answered PermissionDenied or Unauthenticated
   4  not found: NotFound
   5  unavailable: Unavailable or DeadlineExceeded (also when --timeout runs out)
-  6  invalid input: InvalidArgument or FailedPrecondition (a bad ciphertext,
-     a disabled key), or input over the API's limits, refused locally
+  6  invalid input: InvalidArgument, FailedPrecondition or AlreadyExists (a
+     bad ciphertext, a disabled key, a key that exists), or input over the
+     API's limits, refused locally
   7  verification failed: verify or verify-mac found the signature or MAC
-     invalid, or audit verify found the log broken`
+     invalid, or audit verify found the log broken
+  8  TLS: the broker's certificate did not verify (not signed by a CA in
+     --ca, not for the host in --addr, expired) or the broker refused the
+     client certificate`
 
 // newRootCmd builds the whole command tree for one run.
 func newRootCmd(e *env) *cobra.Command {
@@ -200,7 +221,7 @@ func newRootCmd(e *env) *cobra.Command {
 		Long:  rootLong,
 		Example: `  export KEYBROKER_ADDR=broker.example.com:8443 KEYBROKER_CA=ca.crt \
          KEYBROKER_CERT=alice.crt KEYBROKER_KEY=alice.key
-  keybroker key create payments --type aes-256-gcm --mode derive
+  keybroker key create payments
   echo -n 'card 4111' | keybroker encrypt --key payments --context tenant=42 > card.enc
   keybroker decrypt --context tenant=42 --in card.enc`,
 		SilenceErrors: true,
@@ -230,6 +251,7 @@ func newRootCmd(e *env) *cobra.Command {
 		a.versionCmd(),
 	)
 	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newDevCmd(e), newRootKeyCmd(e))
+	suggestSubcommands(root)
 	// Server commands, one line each. They take the streams and environment
 	// from e, and the process context
 	// (cancelled on SIGINT and SIGTERM) from cmd.Context(). An error returned
@@ -242,7 +264,9 @@ func newRootCmd(e *env) *cobra.Command {
 type app struct {
 	env     *env
 	timeout time.Duration
-	output  *enumValue
+	// connectTimeout bounds connecting to the broker: TCP and TLS.
+	connectTimeout time.Duration
+	output         *enumValue
 }
 
 func newApp(e *env) *app {

@@ -206,7 +206,13 @@ func TestRequests(t *testing.T) {
 			},
 		},
 		{
-			name:   "key create, required flags only",
+			name:   "key create with no flags: aes-256-gcm, derive",
+			args:   []string{"key", "create", "plain"},
+			method: "KeyAdmin/CreateKey",
+			want:   &kbv1.CreateKeyRequest{KeyId: "plain", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE},
+		},
+		{
+			name:   "key create, type and mode",
 			args:   []string{"key", "create", "releases", "--type", "ed25519", "--mode", "backend"},
 			method: "KeyAdmin/CreateKey",
 			want:   &kbv1.CreateKeyRequest{KeyId: "releases", Type: kbv1.KeyType_KEY_TYPE_ED25519, Mode: kbv1.KeyMode_KEY_MODE_BACKEND},
@@ -669,7 +675,7 @@ func TestBrokerErrors(t *testing.T) {
 		{codes.FailedPrecondition, exitInvalid},
 		{codes.Internal, exitFailure},
 		{codes.ResourceExhausted, exitFailure},
-		{codes.AlreadyExists, exitFailure},
+		{codes.AlreadyExists, exitInvalid},
 		{codes.Unimplemented, exitFailure},
 	}
 	for _, tt := range tests {
@@ -774,8 +780,8 @@ func TestConnectionSettings(t *testing.T) {
 		{name: "flags only", env: map[string]string{}, flags: good},
 		{name: "flag --addr wins over env", env: with(b.env(), envAddr, deadAddr(t)), flags: []string{"--addr", b.addr}},
 		{name: "env --addr loses to flag", env: b.env(), flags: []string{"--addr", deadAddr(t)}, code: exitUnavailable},
-		{name: "flag --ca wins over env", env: b.env(), flags: []string{"--ca", other.tls.CA}, code: exitUnavailable,
-			stderr: "certificate signed by unknown authority"},
+		{name: "flag --ca wins over env", env: b.env(), flags: []string{"--ca", other.tls.CA}, code: exitTLS,
+			stderr: "is not signed by a CA in --ca \"" + other.tls.CA + "\" (tls: failed to verify certificate: x509: certificate signed by unknown authority"},
 		{name: "flag --cert and --tls-key win over env", env: with(with(b.env(), envCert, other.tls.Cert), envKey, other.tls.Key),
 			flags: []string{"--cert", b.tls.Cert, "--tls-key", b.tls.Key}},
 		{name: "no settings", env: map[string]string{}, code: exitUsage,
@@ -817,8 +823,8 @@ func TestConnectionSettings(t *testing.T) {
 		t.Parallel()
 		b := startBroker(t, brokerConfig{hosts: []string{"broker.internal"}})
 		r := b.run(t, nil, "random", "--length", "8")
-		wantCode(t, r, exitUnavailable)
-		if !strings.Contains(r.stderr, "127.0.0.1") {
+		wantCode(t, r, exitTLS)
+		if !strings.Contains(r.stderr, `not valid for "127.0.0.1"`) || !strings.Contains(r.stderr, "--server-name") {
 			t.Errorf("stderr %q does not say the certificate is not for 127.0.0.1", r.stderr)
 		}
 		r = b.run(t, nil, "random", "--length", "8", "--server-name", "broker.internal")
@@ -943,7 +949,6 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"node", "update", "edge-1"}, "nothing to update"},
 		{[]string{"node", "remove"}, "missing ID"},
 		{[]string{"key", "describe", "a", "b"}, `unexpected argument "b"`},
-		{[]string{"key", "create", "k", "--mode", "derive"}, `required flag(s) "type" not set`},
 		{[]string{"key", "create", "k", "--type", "rsa-2048", "--mode", "derive"},
 			`"rsa-2048" is not one of aes-256-gcm, hmac-sha256, ecdsa-p256, ed25519`},
 		{[]string{"key", "create", "k", "--type", "ed25519", "--mode", "AES"}, `"AES" is not one of derive, wrap, backend`},
@@ -1017,7 +1022,7 @@ func TestHelp(t *testing.T) {
 	}
 
 	r := runCLI(t, nil, nil, "--help")
-	for _, want := range []string{"Exit codes:", "7  verification failed", "KEYBROKER_KEY"} {
+	for _, want := range []string{"Exit codes:", "7  verification failed", "8  TLS:", "KEYBROKER_KEY", "--connect-timeout"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("root help lacks %q", want)
 		}

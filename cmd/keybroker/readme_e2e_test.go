@@ -33,7 +33,8 @@ func readmeTour(t *testing.T) []string {
 // TestReadmeTour runs every shell block of the README's tour, in order, in
 // one bash with -euo pipefail, against a real keybroker dev started in the
 // tour's working directory, with the keybroker binary on PATH; then checks
-// the output says what the README says it does.
+// the output says what the README says it does, and that the tour left no
+// files behind.
 func TestReadmeTour(t *testing.T) {
 	t.Parallel()
 	if _, err := exec.LookPath("bash"); err != nil {
@@ -74,5 +75,14 @@ func TestReadmeTour(t *testing.T) {
 	}
 	if n := strings.Count(string(out), "refused: exit 6\n"); n != 2 {
 		t.Errorf("%d refusals with exit 6, want 2 (wrong context, disabled key):\n%s", n, out)
+	}
+	// The tour cleans up after itself: followed in a checkout, it leaves
+	// nothing beside keybroker-dev.
+	entries, err := os.ReadDir(work)
+	must(t, "reading the tour's directory", err)
+	for _, e := range entries {
+		if e.Name() != "keybroker-dev" {
+			t.Errorf("the tour left %s in its directory", e.Name())
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/central"
+	"github.com/keybroker/keybroker/internal/clip"
 )
 
 func newRootKeyCmd(e *env) *cobra.Command {
@@ -18,6 +19,8 @@ the backend directly — not through a running node — so run them on the
 central host with access to the token, keystore or cloud credentials, before
 the node starts (a softkms keystore is locked while a node has it open).`,
 		Example: `  keybroker root create 'softkms:root-prf;path=/var/lib/keybroker/softkms.json;kek-source=/etc/keybroker/kek' --algorithm hmac-256`,
+		Args:    subcommands,
+		RunE:    helpRun,
 	}
 	var alg string
 	create := &cobra.Command{
@@ -29,18 +32,18 @@ the node starts (a softkms keystore is locked while a node has it open).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a := backends.Algorithm(alg)
 			if !a.Valid() {
-				return usageErrorf("--algorithm %q is not aes-256, hmac-256, ecdsa-p256 or ed25519", alg)
+				return usageErrorf("--algorithm %s is not aes-256, hmac-256, ecdsa-p256 or ed25519", clip.Quote(alg))
 			}
 			u, err := backends.ParseKeyURI(args[0])
 			if err != nil {
 				return usageError(err)
 			}
 			if u.Key() == "" {
-				return usageErrorf("%s names no key", args[0])
+				return usageErrorf("%s names no key", clip.Quote(args[0]))
 			}
 			b, err := central.Backends().Open(cmd.Context(), args[0], backends.Options{})
 			if err != nil {
-				return err
+				return backendError(err)
 			}
 			defer b.Close()
 			kc, ok := b.(backends.KeyCreator)
@@ -49,7 +52,7 @@ the node starts (a softkms keystore is locked while a node has it open).`,
 			}
 			info, err := kc.CreateKey(cmd.Context(), u.Key(), a)
 			if err != nil {
-				return err
+				return backendError(err)
 			}
 			fmt.Fprintf(e.stdout, "created %s root key %s\n", info.Algorithm, info.Key)
 			return nil
