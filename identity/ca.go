@@ -78,8 +78,10 @@ func (k Kind) Serves() bool { return k == Edge || k == Central }
 // cut to the CA's.
 //
 // The CA certificate is self-signed, may sign leaves only (path length
-// zero), carries the trust domain as its own URI SAN (spiffe://TD) and a
-// URI name constraint limiting what it vouches for to its trust domain.
+// zero) and carries the trust domain as its own URI SAN (spiffe://TD). It
+// has no URI name constraint: the nodes check every peer's trust domain
+// themselves (FromPeer), and tests issue other domains' certificates from
+// one CA to show that they do.
 type CA struct {
 	TrustDomain string
 	Cert        *x509.Certificate
@@ -124,7 +126,6 @@ func NewSignerCA(trustDomain string, signer crypto.Signer, validity time.Duratio
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 		URIs:                  []*url.URL{{Scheme: "spiffe", Host: trustDomain}},
-		PermittedURIDomains:   []string{trustDomain},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, signer.Public(), signer)
 	if err != nil {
