@@ -21,6 +21,8 @@
 //	keybroker edge --config edge.yaml
 //	keybroker dev [--data DIR] [--port N] [--backend URI]   a whole local cluster, no set-up
 //	keybroker root create KEY-URI --algorithm ALG
+//	keybroker ca init --trust-domain TD --dir DIR [--key KEY-URI]
+//	keybroker cert issue|renew|show
 //
 // Every command's --help has examples.
 //
@@ -230,6 +232,7 @@ func newRootCmd(e *env) *cobra.Command {
 		a.versionCmd(),
 	)
 	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newDevCmd(e), newRootKeyCmd(e))
+	root.AddCommand(newCACmd(e), newCertCmd(e))
 	// Server commands, one line each. They take the streams and environment
 	// from e, and the process context
 	// (cancelled on SIGINT and SIGTERM) from cmd.Context(). An error returned
