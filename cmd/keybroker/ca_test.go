@@ -366,3 +366,33 @@ func TestCAInPKCS11Token(t *testing.T) {
 		t.Errorf("a second ca init reused the token key:\n%s", r.stdout)
 	}
 }
+
+// TestCAYAML: the ca.yaml of docs/config.md parses; unknown fields, two
+// keys or none, and a key URI naming no key are refused.
+func TestCAYAML(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile(filepath.Join("..", "..", "docs", "config.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "```text\n# ca.yaml")
+	doc, _, ok2 := strings.Cut(rest, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("docs/config.md has no ca.yaml example")
+	}
+	y, err := parseCAYAML("ca.yaml", []byte("# ca.yaml"+doc))
+	if err != nil || y.TrustDomain != "kb.example" || !strings.HasPrefix(y.KeyURI, "pkcs11:token=kb-ca;object=keybroker-ca?") {
+		t.Errorf("the documented ca.yaml = %+v, %v", y, err)
+	}
+	for _, bad := range []string{
+		"trust_domain: kb.example\ncert: ca.crt\nkey_file: ca.key\nkey: x\n",
+		"trust_domain: kb.example\ncert: ca.crt\n",
+		"trust_domain: kb.example\ncert: ca.crt\nkey_file: ca.key\nkey_uri: \"softkms:ca;path=/x;kek-source=/y\"\n",
+		"trust_domain: kb.example\ncert: ca.crt\nkey_uri: \"softkms:path=/x;kek-source=/y\"\n",
+		"cert: ca.crt\nkey_file: ca.key\n",
+	} {
+		if _, err := parseCAYAML("ca.yaml", []byte(bad)); err == nil {
+			t.Errorf("parseCAYAML accepted:\n%s", bad)
+		}
+	}
+}
