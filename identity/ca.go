@@ -51,8 +51,9 @@ func DefaultValidity(k Kind) time.Duration {
 // ExtKeyUsages are the extended key usages a certificate of kind k needs,
 // and all it gets: clients and admins only ever dial (clientAuth); an edge
 // serves its clients and dials the central tier (serverAuth and
-// clientAuth); a central node serves (serverAuth) and keeps clientAuth for
-// the central-to-central calls a multi-node central tier makes.
+// clientAuth); a central node serves (serverAuth) and carries clientAuth
+// too, so that its certificate still fits should it dial a peer (today it
+// dials none).
 func ExtKeyUsages(k Kind) []x509.ExtKeyUsage {
 	switch k {
 	case Edge, Central:

@@ -208,6 +208,31 @@ func TestCertRenew(t *testing.T) {
 		t.Errorf("--validity 2d gave %v", got)
 	}
 
+	// An old client certificate with host names (as keybroker dev used to
+	// issue) is renewed without them.
+	ca, err := identity.LoadCA(filepath.Join(caDir, "ca.crt"), filepath.Join(caDir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(9), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(90 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		URIs: []*url.URL{{Scheme: "spiffe", Host: "kb.example", Path: "/client/app"}}, DNSNames: []string{"localhost"},
+	}, ca.Cert, &k.PublicKey, loadKey(t, filepath.Join(caDir, "ca.key")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	appFile := writeFile(t, certs, "app.crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	r = runCLI(t, nil, nil, "cert", "renew", "--ca-dir", caDir, "--cert", appFile, "--validity", "7d")
+	wantCode(t, r, exitOK)
+	if !strings.Contains(r.stdout, "dropped the host names") {
+		t.Errorf("renew of a client certificate with hosts said:\n%s", r.stdout)
+	}
+	if app := readCertFile(t, appFile); hostNames(app) != "" || usageNames(app) != "clientAuth" {
+		t.Errorf("renewed app certificate: hosts %q, usages %q; want none, clientAuth", hostNames(app), usageNames(app))
+	}
+
 	// A certificate from another CA is not renewed, and nothing changes.
 	otherDir := filepath.Join(dir, "other")
 	wantCode(t, runCLI(t, nil, nil, "ca", "init", "--trust-domain", "kb.example", "--dir", otherDir), exitOK)

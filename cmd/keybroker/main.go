@@ -62,7 +62,8 @@
 //	6  invalid input: InvalidArgument or FailedPrecondition (a bad ciphertext,
 //	   a disabled key), and input over the API's limits, refused locally
 //	7  verification failed: verify or verify-mac answered invalid, or audit
-//	   verify found the log broken
+//	   verify found the log broken, or cert show found a certificate keybroker
+//	   would refuse
 //
 // Errors go to stderr as "keybroker: <message>" and carry the broker's
 // message; they never contain input data or key material.
@@ -191,7 +192,8 @@ Exit codes:
   6  invalid input: InvalidArgument or FailedPrecondition (a bad ciphertext,
      a disabled key), or input over the API's limits, refused locally
   7  verification failed: verify or verify-mac found the signature or MAC
-     invalid, or audit verify found the log broken`
+     invalid, audit verify found the log broken, or cert show found a
+     certificate keybroker would refuse`
 
 // newRootCmd builds the whole command tree for one run.
 func newRootCmd(e *env) *cobra.Command {
