@@ -302,3 +302,35 @@ func TestCheckFindings(t *testing.T) {
 		t.Errorf("CheckChain of a serverAuth-only edge = %v, want a usage refusal", f)
 	}
 }
+
+// TestClientCertificateCannotServe: a client's certificate (clientAuth
+// only, no hosts) presented by a server — a stolen client key posing as a
+// node — fails the TLS handshake of a client that trusts the same CA.
+func TestClientCertificateCannotServe(t *testing.T) {
+	c := newCluster(t, "kb.test")
+	addr, seen := serve(t, c.issue(t, Client, "mallory"), "kb.test")
+	cfg, err := c.issue(t, Admin, "ops").ClientConfig("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := call(t, addr, cfg); err == nil {
+		t.Fatal("a client certificate served a TLS handshake")
+	}
+	// Even a client that names no host (as one checking SPIFFE ids, not
+	// host names, does) refuses it: the chain lacks serverAuth.
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		leaf, err := x509.ParseCertificate(raw[0])
+		if err != nil {
+			return err
+		}
+		_, err = leaf.Verify(x509.VerifyOptions{Roots: cfg.RootCAs, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		return err
+	}
+	if err := call(t, addr, cfg); err == nil || !strings.Contains(err.Error(), "usage") {
+		t.Errorf("a client certificate served a handshake checked by usage: %v", err)
+	}
+	if n := len(seen()); n != 0 {
+		t.Errorf("%d calls reached the impostor's handler", n)
+	}
+}
