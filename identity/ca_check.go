@@ -116,6 +116,10 @@ func CheckChain(leaf *x509.Certificate, intermediates []*x509.Certificate, roots
 	usages := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	if id, err := FromCertificate(leaf); err == nil {
 		usages = ExtKeyUsages(id.Kind)
+		if id.Kind == Central {
+			// Needed to serve; clientAuth is only a warning (see Check).
+			usages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		}
 	}
 	var errs []string
 	for _, u := range usages {
