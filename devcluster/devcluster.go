@@ -340,8 +340,12 @@ func (c *Cluster) prepare(ctx context.Context) error {
 		}{identity.Edge, e.Name})
 	}
 	for _, id := range issue {
+		var h []string // clients and admins carry no host names
+		if id.kind.Serves() {
+			h = hosts
+		}
 		if _, err := c.ca.IssueFiles(identity.Identity{TrustDomain: c.ca.TrustDomain, Kind: id.kind, Name: id.name},
-			hosts, certValidity, certs, id.name, c.caFile); err != nil {
+			h, certValidity, certs, id.name, c.caFile); err != nil {
 			return fmt.Errorf("devcluster: issuing %s: %w", id.name, err)
 		}
 	}
@@ -408,7 +412,9 @@ policy:
 }
 
 // certValidity is how long this start's certificates are valid; a
-// restart issues new ones.
+// restart issues new ones. It is longer than a deployment's defaults
+// (identity.NodeValidity, identity.ClientValidity) so that a development
+// cluster left running, and the env file it wrote, keep working.
 const certValidity = 90 * 24 * time.Hour
 
 func (c *Cluster) loadOrCreateCA() error {
@@ -424,7 +430,7 @@ func (c *Cluster) loadOrCreateCA() error {
 		c.ca = ca
 		return nil
 	}
-	ca, err := identity.NewCA(c.opts.TrustDomain, 10*365*24*time.Hour)
+	ca, err := identity.NewCA(c.opts.TrustDomain, identity.CAValidity)
 	if err != nil {
 		return fmt.Errorf("devcluster: %w", err)
 	}

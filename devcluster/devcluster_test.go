@@ -102,6 +102,7 @@ func TestClusterServesAndRestarts(t *testing.T) {
 			t.Errorf("health check at %s = %v, %v", addr, h.GetStatus(), err)
 		}
 	}
+	checkDevCerts(t, dir)
 	for _, f := range []string{"ca.key", "kek", "softkms.json", filepath.Join("certs", "app.key")} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil {

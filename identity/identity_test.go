@@ -60,7 +60,11 @@ func newCluster(t *testing.T, td string) *cluster {
 
 func (c *cluster) issue(t *testing.T, kind Kind, name string) TLSFiles {
 	t.Helper()
-	f, err := c.ca.IssueFiles(Identity{TrustDomain: c.ca.TrustDomain, Kind: kind, Name: name}, []string{"127.0.0.1", "localhost"}, time.Hour, c.dir, name, c.caFile)
+	var hosts []string
+	if kind.Serves() {
+		hosts = []string{"127.0.0.1", "localhost"}
+	}
+	f, err := c.ca.IssueFiles(Identity{TrustDomain: c.ca.TrustDomain, Kind: kind, Name: name}, hosts, time.Hour, c.dir, name, c.caFile)
 	if err != nil {
 		t.Fatal(err)
 	}

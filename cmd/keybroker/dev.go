@@ -95,7 +95,11 @@ one for wrap-mode keys, named root-prf and root-aes (PKCS#11 labels; AWS
 aliases alias/keybroker-dev-root-prf and alias/keybroker-dev-root-aes; GCP
 CryptoKeys root-prf and root-aes in the key ring). Missing ones are created
 when the backend can; otherwise dev stops and lists what to create. A data
-directory stays on the root of trust it was first started on.`
+directory stays on the root of trust it was first started on.
+
+docs/deploy.md sets up the same by hand for a real deployment: SoftHSM2
+tokens, keybroker root create, a CA (keybroker ca init) and certificates
+(keybroker cert issue), central, edges and a production policy.`
 
 const devExample = `  keybroker dev
   keybroker dev --data /tmp/kb --port 9000 --log-level debug

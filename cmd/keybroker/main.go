@@ -21,6 +21,8 @@
 //	keybroker edge --config edge.yaml
 //	keybroker dev [--data DIR] [--port N] [--backend URI]   a whole local cluster, no set-up
 //	keybroker root create KEY-URI --algorithm ALG
+//	keybroker ca init --trust-domain TD --dir DIR [--key KEY-URI]
+//	keybroker cert issue|renew|show
 //
 // Every command's --help has examples.
 //
@@ -70,7 +72,8 @@
 //	   bad ciphertext, a disabled key, a key that exists), and input over the
 //	   API's limits, refused locally
 //	7  verification failed: verify or verify-mac answered invalid, or audit
-//	   verify found the log broken
+//	   verify found the log broken, or cert show found a certificate keybroker
+//	   would refuse
 //	8  TLS: the broker's certificate did not verify (not signed by a CA in
 //	   --ca, not for the host in --addr, expired) or the broker refused the
 //	   client certificate
@@ -207,7 +210,8 @@ Exit codes:
      bad ciphertext, a disabled key, a key that exists), or input over the
      API's limits, refused locally
   7  verification failed: verify or verify-mac found the signature or MAC
-     invalid, or audit verify found the log broken
+     invalid, audit verify found the log broken, or cert show found a
+     certificate keybroker would refuse
   8  TLS: the broker's certificate did not verify (not signed by a CA in
      --ca, not for the host in --addr, expired) or the broker refused the
      client certificate`
@@ -251,6 +255,7 @@ func newRootCmd(e *env) *cobra.Command {
 		a.versionCmd(),
 	)
 	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newDevCmd(e), newRootKeyCmd(e))
+	root.AddCommand(newCACmd(e), newCertCmd(e))
 	suggestSubcommands(root)
 	// Server commands, one line each. They take the streams and environment
 	// from e, and the process context

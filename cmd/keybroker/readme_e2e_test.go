@@ -12,12 +12,19 @@ import (
 // readmeTour returns the shell blocks of the README's tour, in order.
 func readmeTour(t *testing.T) []string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	must(t, "README.md", err)
+	return docShellBlocks(t, filepath.Join("..", "..", "README.md"), "## A five-minute tour")
+}
+
+// docShellBlocks returns the ```sh blocks of a Markdown file's section
+// under heading (a "## " line), in order, up to the next "## " heading.
+func docShellBlocks(t *testing.T, file, heading string) []string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	must(t, file, err)
 	s := string(b)
-	start := strings.Index(s, "\n## A five-minute tour\n")
+	start := strings.Index(s, "\n"+heading+"\n")
 	if start < 0 {
-		t.Fatal(`README.md has no "## A five-minute tour" section`)
+		t.Fatalf("%s has no %q section", file, heading)
 	}
 	s = s[start+1:]
 	if end := strings.Index(s, "\n## "); end >= 0 {

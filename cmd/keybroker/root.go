@@ -17,7 +17,8 @@ func newRootKeyCmd(e *env) *cobra.Command {
 		Long: `Root keys live inside a root of trust and never leave it. These commands open
 the backend directly — not through a running node — so run them on the
 central host with access to the token, keystore or cloud credentials, before
-the node starts (a softkms keystore is locked while a node has it open).`,
+the node starts (a softkms keystore is locked while a node has it open).
+docs/deploy.md sets up a SoftHSM2 token and the root keys of a central node.`,
 		Example: `  keybroker root create 'softkms:root-prf;path=/var/lib/keybroker/softkms.json;kek-source=/etc/keybroker/kek' --algorithm hmac-256`,
 		Args:    subcommands,
 		RunE:    helpRun,
