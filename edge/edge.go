@@ -23,6 +23,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -37,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
@@ -109,7 +111,8 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	}
 	n.central, err = grpc.NewClient(cfg.Central.Address, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+		grpc.WithConnectParams(centralConnectParams(cfg.Reconnect)))
 	if err != nil {
 		return nil, fmt.Errorf("edge: central.address: %w", err)
 	}
@@ -170,6 +173,30 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		"advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(), "central", cfg.Central.Address,
 		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness)
 	return n, nil
+}
+
+// maxProbeInterval bounds the time between the connection's attempts to
+// reach a central tier that is down.
+const maxProbeInterval = 5 * time.Second
+
+// centralConnectParams is how the connection to the central tier retries
+// on its own: from reconnect.initial_backoff (at most 1 s) up to
+// reconnect.max_backoff but at most maxProbeInterval apart. The Watch loop
+// resumes the moment the connection is ready again (edgecache.Cache.Run),
+// so this, not the loop's backoff, decides how soon an edge follows a
+// central tier that is back: grpc's default, up to 2 minutes, kept edges
+// away long after the outage. An attempt at a central tier that is down
+// costs a refused TCP connection.
+func centralConnectParams(r config.Reconnect) grpc.ConnectParams {
+	return grpc.ConnectParams{
+		Backoff: backoff.Config{
+			BaseDelay:  min(cmp.Or(r.InitialBackoff, time.Second), time.Second),
+			Multiplier: backoff.DefaultConfig.Multiplier,
+			Jitter:     backoff.DefaultConfig.Jitter,
+			MaxDelay:   min(cmp.Or(r.MaxBackoff, maxProbeInterval), maxProbeInterval),
+		},
+		MinConnectTimeout: 20 * time.Second,
+	}
 }
 
 // checkIdentity refuses a certificate that is not this edge's: the central

@@ -177,6 +177,9 @@ type Cache struct {
 	// advanced is closed (and replaced) whenever revision moves.
 	advanced chan struct{}
 	lease    time.Time
+	// synced is when the last event from the central tier arrived (kept
+	// on disk): how old the replica may be.
+	synced time.Time
 
 	connected atomic.Bool
 	stale     atomic.Bool
@@ -202,7 +205,7 @@ type holdMemo struct {
 }
 
 type stats struct {
-	fetches, fetchRefusals, forwards, events, reconnects atomic.Uint64
+	fetches, fetchRefusals, forwards, events, reconnects, wakes atomic.Uint64
 }
 
 // Open loads the replica from DataDir (creating it and the sealing key on
@@ -268,7 +271,7 @@ func (c *Cache) restore() error {
 	if err != nil {
 		return err
 	}
-	c.revision, c.lease = s.revision, s.lease
+	c.revision, c.lease, c.synced = s.revision, s.lease, s.synced
 	if s.policy != nil {
 		if c.policy, err = parsePolicy(s.policy); err != nil {
 			return fmt.Errorf("edgecache: stored policy: %w", err)
