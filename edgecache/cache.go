@@ -14,7 +14,10 @@
 // applied and written to disk (replica.db) in one transaction, then
 // acknowledged, so ListNodes shows which revision every edge has reached.
 // A lost stream is re-established with jittered exponential backoff and
-// resumes from the last revision applied.
+// resumes from the last revision applied; a wait ends as soon as the
+// connection to the central tier is ready again, so an edge follows a
+// central tier that is back without sitting out a backoff grown during
+// the outage.
 //
 // # Enrollment
 //
@@ -58,7 +61,9 @@
 // the same ciphertexts. Backend-mode keys, keys placed elsewhere,
 // GenerateRandom and every KeyAdmin call are forwarded, under the same
 // request id. Verify, GetPublicKey, DescribeKey, ListKeys and LookupKey are
-// answered from the replica.
+// answered from the replica, and so is ListNodes while the central tier is
+// out of reach (marked from_replica). An edge that has lost the central
+// tier leaves it out of LookupKey.
 //
 // # Forwarding
 //
