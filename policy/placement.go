@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,7 +84,7 @@ func compilePlacement(keyID, expr string) ([2]*cedar.Policy, error) {
 			return out, fmt.Errorf("placement: the expression must be one condition, not %d conditions", len(ast.Conditions))
 		}
 		if err := v.Policy("placement", (*xast.Policy)(list[0].AST())); err != nil {
-			return out, fmt.Errorf("placement: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+			return out, placementTypeError(expr, err)
 		}
 		out[i] = list[0]
 	}
@@ -175,6 +176,25 @@ func placementSyntaxError(expr, effect string, err error) error {
 		what = msg
 	}
 	return fmt.Errorf("placement %s: line %d, column %d: %s", quotePlacement(expr), line, col, what)
+}
+
+// placementTypeError words the schema validator's complaint about an
+// expression for the user: their expression quoted, without the name of
+// the generated policy or Cedar's internal type names.
+func placementTypeError(expr string, err error) error {
+	var msgs []string
+	for m := range strings.SplitSeq(err.Error(), "\n") {
+		m = strings.TrimPrefix(strings.TrimSpace(m), "for policy `placement`, ")
+		if m != "" && !slices.Contains(msgs, m) {
+			msgs = append(msgs, m)
+		}
+	}
+	msg := strings.NewReplacer("Set<__cedar::internal::AnyEntity>", "a set of entities",
+		"__cedar::internal::AnyEntity", "an entity").Replace(strings.Join(msgs, "; "))
+	if strings.Contains(msg, "expected an entity") && strings.Contains(expr, " in ") {
+		msg += ` ("in" tests entity membership; for a value in a list write ["eu", "uk"].contains(principal.region))`
+	}
+	return fmt.Errorf("placement %s: %s", quotePlacement(expr), msg)
 }
 
 // quotePlacement quotes an expression for an error, shortened when long.

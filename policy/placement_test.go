@@ -69,7 +69,7 @@ permit (principal is Edge, action == Action::"HoldMaterial", resource is Key);
 func TestValidatePlacement(t *testing.T) {
 	for _, tc := range []struct{ expr, want string }{
 		{`principal.region == "eu"`, ""},
-		{`principal.region in ["eu", "uk"]`, "placement: "},
+		{`principal.region in ["eu", "uk"]`, `write ["eu", "uk"].contains(principal.region)`},
 		{``, "empty"},
 		{`principal.regoin == "eu"`, "regoin"},
 		{`principal.region ==`, `placement "principal.region ==": line 1, column 20: expected an expression after "=="`},
@@ -114,6 +114,10 @@ func TestPlacementSyntaxError(t *testing.T) {
 			`line 1, column 11: expected an attribute name after "principal."`},
 		{`principal.region == "eu`,
 			`line 1, column 21: string not closed`},
+		{`principal.regoin == "eu"`,
+			`placement "principal.regoin == \"eu\"": attribute ` + "`regoin`" + ` on entity type ` + "`Edge`" + ` not found`},
+		{`principal.region in ["eu"]`,
+			`expected a set of entities, or an entity but saw Set<String>`},
 		{strings.Repeat(" ", 100) + "&& true",
 			`placement "` + strings.Repeat(" ", 79) + `"…: line 1, column 101: expected an expression, found "&&"`},
 	} {
@@ -122,7 +126,7 @@ func TestPlacementSyntaxError(t *testing.T) {
 			t.Errorf("ValidatePlacement(%q) = %v, want an error containing %q", tc.expr, err, tc.want)
 			continue
 		}
-		for _, leak := range []string{`";"`, "invalid primary", "exact got", "<input>", "when {", "unless {"} {
+		for _, leak := range []string{`";"`, "invalid primary", "exact got", "<input>", "when {", "unless {", "for policy", "__cedar"} {
 			if strings.Contains(err.Error(), leak) {
 				t.Errorf("ValidatePlacement(%q) = %v: names %q, which the user never wrote", tc.expr, err, leak)
 			}
