@@ -32,7 +32,11 @@ func (c *Cache) Run(ctx context.Context) error {
 	go c.expire(ctx)
 	c.log.Info("connecting to the central tier", "revision", c.Revision())
 	backoff := c.cfg.InitialBackoff
-	followed := false
+	// wakeable: the connection coming back may end the next wait. Not
+	// after a wake whose session failed anyway (a peer that accepts
+	// connections and then refuses or drops them would make that a loop
+	// without backoff), until a session makes progress.
+	followed, wakeable, woken := false, true, false
 	for {
 		progressed, err := c.session(ctx)
 		c.connected.Store(false)
@@ -40,9 +44,12 @@ func (c *Cache) Run(ctx context.Context) error {
 			return nil
 		}
 		c.stats.reconnects.Add(1)
-		if progressed {
+		switch {
+		case progressed:
 			backoff = c.cfg.InitialBackoff
-			followed = true
+			followed, wakeable = true, true
+		case woken:
+			wakeable = false
 		}
 		switch {
 		case progressed:
@@ -52,7 +59,8 @@ func (c *Cache) Run(ctx context.Context) error {
 		default:
 			c.log.Warn("waiting for the central tier", "err", err, "backoff", backoff, "revision", c.Revision())
 		}
-		woken, ok := c.waitRetry(ctx, backoff)
+		var ok bool
+		woken, ok = c.waitRetry(ctx, backoff, wakeable)
 		if !ok {
 			return nil
 		}
@@ -76,17 +84,18 @@ type connWatcher interface {
 // if the connection to the central tier goes down (or is down) and then
 // becomes ready, the wait ends there and woken is true. A connection that
 // stays ready (the central tier answers but refused the session) waits
-// the backoff out. ok is false when ctx ended.
+// the backoff out, and so does every wait when wakeable is false. ok is
+// false when ctx ended.
 //
 // Before, the loop slept its backoff whatever happened: after an outage
 // of some seconds the backoff had grown, and edges took as long again to
 // follow the central tier once it was back — while calls forwarded through
 // them, which reconnect the same connection on demand, already succeeded.
-func (c *Cache) waitRetry(ctx context.Context, backoff time.Duration) (woken, ok bool) {
+func (c *Cache) waitRetry(ctx context.Context, backoff time.Duration, wakeable bool) (woken, ok bool) {
 	t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 	defer t.Stop()
 	var ready chan struct{}
-	if cw, isWatcher := c.cfg.Central.(connWatcher); isWatcher {
+	if cw, isWatcher := c.cfg.Central.(connWatcher); isWatcher && wakeable {
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		ready = make(chan struct{})
