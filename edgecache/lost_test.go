@@ -2,7 +2,10 @@ package edgecache
 
 import (
 	"bytes"
+	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
 )
 
@@ -63,6 +67,7 @@ func TestFirstStartWaitsNotLost(t *testing.T) {
 //     would: a client the policy does not let list nodes is refused;
 //   - no longer offers the central tier in LookupKey, which the SDK would
 //     route to;
+//   - audits both answers;
 //   - logs that it lost the central tier (it had it).
 func TestEdgeWithoutCentral(t *testing.T) {
 	c := startCentral(t)
@@ -118,6 +123,26 @@ func TestEdgeWithoutCentral(t *testing.T) {
 	}
 	if _, err := appAdmin.ListNodes(ctx, &kbv1.ListNodesRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("ListNodes as a client the policy does not allow, from the replica = %v, want PermissionDenied", err)
+	}
+	// Both answers from the replica are audited at the edge.
+	data, err := os.ReadFile(filepath.Join(es.dir, "audit.jsonl"))
+	must(t, "reading the edge's audit log", err)
+	var allowed, denied int
+	for _, l := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var r audit.Record
+		must(t, "audit line", json.Unmarshal(l, &r))
+		if r.Operation != "ListNodes" || r.Backend != servedLocal {
+			continue
+		}
+		switch {
+		case r.Decision == "allow" && r.Outcome == "ok" && strings.HasSuffix(r.Principal, "/admin/ops"):
+			allowed++
+		case r.Decision == "deny" && r.Outcome == codes.PermissionDenied.String() && strings.HasSuffix(r.Principal, "/client/app"):
+			denied++
+		}
+	}
+	if allowed != 1 || denied != 1 {
+		t.Errorf("the edge audited %d allowed and %d denied ListNodes from its replica, want 1 and 1:\n%s", allowed, denied, data)
 	}
 	if got := lookup(); slices.Contains(got, "central-1") || !slices.Contains(got, "edge-1") {
 		t.Errorf("LookupKey at an edge without its central tier = %v, want edge-1 and not central-1", got)
