@@ -10,9 +10,10 @@
 // following the central tier in the background; the edge never waits for
 // the central tier to start. A Start that fails closes what it opened and,
 // if it made data_dir, removes it again (with what it put there and the
-// parents it made; never a data_dir that existed). [Node.Shutdown] stops accepting calls, lets
-// in-flight calls finish within the shutdown timeout, stops following, and
-// closes the audit log and the replica (zeroing the material in memory).
+// parents it made; never a data_dir that existed). [Node.Shutdown] stops
+// accepting calls, lets in-flight calls finish within the shutdown
+// timeout, stops following, and closes the audit log and the replica
+// (zeroing the material in memory).
 //
 // # Operations endpoints
 //
@@ -203,8 +204,8 @@ func makeDirs(dir string) ([]string, error) {
 // removeMade undoes a failed start's mark on disk: when Start made
 // data_dir, it removes what the start put there — the replica
 // (replica.db), the sealing key no central tier ever saw, an audit log
-// with nothing in it and its head — and then the directories it made, innermost first,
-// each only if empty. A data_dir that existed before is left as it is: it
+// with nothing in it and its head — and then the directories it made,
+// innermost first, each only if empty. A data_dir that existed before is left as it is: it
 // may hold a replica or an audit log that matter. A failed first start
 // used to leave data_dir behind, and an operator who then fixed, say, the
 // data_dir path was left with a stray directory holding a sealing key.
