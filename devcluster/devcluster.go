@@ -305,7 +305,15 @@ func (c *Cluster) enrollEdges(ctx context.Context) error {
 	defer cc.Close()
 	admin := kbv1.NewKeyAdminClient(cc)
 	for _, e := range c.opts.Edges {
-		_, err := admin.EnrollNode(ctx, &kbv1.EnrollNodeRequest{NodeId: e.Name, Region: e.Region})
+		// An edge enrolled by an earlier start is updated, not enrolled
+		// again: read from the registry in this process, so that a
+		// restart does not log and audit an AlreadyExists it expects.
+		var err error
+		if n, nerr := c.Central.Service().Registry().Node(ctx, e.Name); nerr == nil && n.Enrolled {
+			err = status.Error(codes.AlreadyExists, "enrolled by an earlier start")
+		} else {
+			_, err = admin.EnrollNode(ctx, &kbv1.EnrollNodeRequest{NodeId: e.Name, Region: e.Region})
+		}
 		if status.Code(err) == codes.AlreadyExists {
 			_, err = admin.UpdateNode(ctx, &kbv1.UpdateNodeRequest{NodeId: e.Name, Region: &e.Region, ReplaceLabels: true})
 		}

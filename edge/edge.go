@@ -8,9 +8,12 @@
 // [Start] opens the replica from data_dir — a restarted edge serves at
 // once from what it holds, within its staleness window — and starts
 // following the central tier in the background; the edge never waits for
-// the central tier to start. [Node.Shutdown] stops accepting calls, lets
-// in-flight calls finish within the shutdown timeout, stops following, and
-// closes the audit log and the replica (zeroing the material in memory).
+// the central tier to start. A Start that fails closes what it opened and,
+// if it made data_dir, removes it again (with what it put there and the
+// parents it made; never a data_dir that existed). [Node.Shutdown] stops
+// accepting calls, lets in-flight calls finish within the shutdown
+// timeout, stops following, and closes the audit log and the replica
+// (zeroing the material in memory).
 //
 // # Operations endpoints
 //
@@ -23,20 +26,24 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
@@ -79,14 +86,16 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	}
 	n = &Node{cfg: cfg, log: log}
 	node := n // every failure below returns nil, err: clean up what was opened
+	var madeDirs []string
 	defer func() {
 		if err != nil {
 			node.closeResources()
+			removeMade(madeDirs, cfg, log)
 		}
 	}()
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	if madeDirs, err = makeDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("edge: data_dir: %w", err)
 	}
 	files := identity.TLSFiles{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key}
@@ -109,7 +118,8 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	}
 	n.central, err = grpc.NewClient(cfg.Central.Address, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
+		grpc.WithConnectParams(centralConnectParams(cfg.Reconnect)))
 	if err != nil {
 		return nil, fmt.Errorf("edge: central.address: %w", err)
 	}
@@ -170,6 +180,86 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		"advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(), "central", cfg.Central.Address,
 		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness)
 	return n, nil
+}
+
+// makeDirs makes dir and its missing parents (mode 0700) and returns the
+// directories it made, dir first.
+func makeDirs(dir string) ([]string, error) {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return missing, nil
+}
+
+// removeMade undoes a failed start's mark on disk: when Start made
+// data_dir, it removes what the start put there — the replica
+// (replica.db), the sealing key no central tier ever saw, an audit log
+// with nothing in it and its head — and then the directories it made,
+// innermost first, each only if empty. A data_dir that existed before is left as it is: it
+// may hold a replica or an audit log that matter. A failed first start
+// used to leave data_dir behind, and an operator who then fixed, say, the
+// data_dir path was left with a stray directory holding a sealing key.
+func removeMade(made []string, cfg *config.Edge, log *slog.Logger) {
+	if len(made) == 0 {
+		return
+	}
+	dir := made[0]
+	for _, name := range []string{"replica.db", "sealing.key"} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn("a failed start could not remove what it made in data_dir", "path", filepath.Join(dir, name), "err", err)
+		}
+	}
+	if a := cfg.Audit.Path; a != "" && filepath.Dir(filepath.Clean(a)) == dir {
+		// The log and its head go together (audit refuses a head without
+		// its log).
+		if st, err := os.Stat(a); err == nil && st.Mode().IsRegular() && st.Size() == 0 {
+			if err := os.Remove(a + ".head"); err == nil || errors.Is(err, fs.ErrNotExist) {
+				_ = os.Remove(a)
+			}
+		}
+	}
+	for _, d := range made {
+		if err := os.Remove(d); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				log.Warn("a failed start left a directory it made, which is not empty", "path", d)
+			}
+			return
+		}
+	}
+}
+
+// maxProbeInterval bounds the time between the connection's attempts to
+// reach a central tier that is down.
+const maxProbeInterval = 5 * time.Second
+
+// centralConnectParams is how the connection to the central tier retries
+// on its own: from reconnect.initial_backoff (at most 1 s) up to
+// reconnect.max_backoff but at most maxProbeInterval apart. The Watch loop
+// resumes the moment the connection is ready again (edgecache.Cache.Run),
+// so this, not the loop's backoff, decides how soon an edge follows a
+// central tier that is back: grpc's default, up to 2 minutes, kept edges
+// away long after the outage. An attempt at a central tier that is down
+// costs a refused TCP connection.
+func centralConnectParams(r config.Reconnect) grpc.ConnectParams {
+	return grpc.ConnectParams{
+		Backoff: backoff.Config{
+			BaseDelay:  min(cmp.Or(r.InitialBackoff, time.Second), time.Second),
+			Multiplier: backoff.DefaultConfig.Multiplier,
+			Jitter:     backoff.DefaultConfig.Jitter,
+			MaxDelay:   min(cmp.Or(r.MaxBackoff, maxProbeInterval), maxProbeInterval),
+		},
+		MinConnectTimeout: 20 * time.Second,
+	}
 }
 
 // checkIdentity refuses a certificate that is not this edge's: the central

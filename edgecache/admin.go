@@ -4,7 +4,10 @@ import (
 	"context"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/policy"
@@ -77,8 +80,57 @@ func (a *edgeAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (
 	return relay(a, ctx, policy.CancelKeyDeletion, r.GetKeyId(), &kbv1.KeyMetadata{})
 }
 
+// ListNodes is forwarded while the edge follows the central tier. An
+// edge that has lost it answers from its replica instead, which holds the
+// inventory: the answer says so (from_replica: this edge, the revision,
+// when it last heard from the central tier), since every other node's
+// entry is as of then. The caller is authorized as the central tier would
+// (Cedar ListNodes on Service, with the replica's policy) and the call is
+// audited here; past max_staleness it is refused like any other call.
 func (a *edgeAdmin) ListNodes(ctx context.Context, r *kbv1.ListNodesRequest) (*kbv1.ListNodesResponse, error) {
-	return relay(a, ctx, policy.ListNodes, "", &kbv1.ListNodesResponse{})
+	if !a.c.Connected() {
+		return a.replicaNodes(ctx)
+	}
+	resp, err := relay(a, ctx, policy.ListNodes, "", &kbv1.ListNodesResponse{})
+	if status.Code(err) == codes.Unavailable {
+		// The central tier went away, or cannot be reached, while the
+		// stream has not noticed yet.
+		return a.replicaNodes(ctx)
+	}
+	return resp, err
+}
+
+// replicaNodes answers ListNodes from the replica. This edge's own entry
+// says it does not follow the central tier, whatever the central tier
+// last broadcast.
+func (a *edgeAdmin) replicaNodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
+	call, err := a.s.Begin(ctx, policy.ListNodes, "")
+	if err != nil {
+		return nil, err
+	}
+	call.Rec.Backend = servedLocal
+	if err := a.c.Serving(); err != nil {
+		return nil, call.End(err)
+	}
+	if err := call.AuthorizeService(policy.ListNodes); err != nil {
+		return nil, call.End(err)
+	}
+	a.c.mu.RLock()
+	nodes, rev, synced := a.c.nodes, a.c.revision, a.c.synced
+	a.c.mu.RUnlock()
+	resp := &kbv1.ListNodesResponse{Nodes: make([]*kbv1.Node, 0, len(nodes)),
+		FromReplica: &kbv1.ReplicaView{NodeId: a.c.cfg.NodeID, Revision: rev}}
+	if !synced.IsZero() {
+		resp.FromReplica.SyncedAt = timestamppb.New(synced)
+	}
+	for _, n := range nodes {
+		if n.GetNodeId() == a.c.cfg.NodeID && n.GetKind() == "edge" {
+			n = proto.CloneOf(n)
+			n.Connected = false
+		}
+		resp.Nodes = append(resp.Nodes, n)
+	}
+	return resp, call.End(nil)
 }
 
 func (a *edgeAdmin) EnrollNode(ctx context.Context, r *kbv1.EnrollNodeRequest) (*kbv1.Node, error) {

@@ -14,7 +14,10 @@
 // applied and written to disk (replica.db) in one transaction, then
 // acknowledged, so ListNodes shows which revision every edge has reached.
 // A lost stream is re-established with jittered exponential backoff and
-// resumes from the last revision applied.
+// resumes from the last revision applied; a wait ends as soon as the
+// connection to the central tier is ready again, so an edge follows a
+// central tier that is back without sitting out a backoff grown during
+// the outage.
 //
 // # Enrollment
 //
@@ -58,7 +61,9 @@
 // the same ciphertexts. Backend-mode keys, keys placed elsewhere,
 // GenerateRandom and every KeyAdmin call are forwarded, under the same
 // request id. Verify, GetPublicKey, DescribeKey, ListKeys and LookupKey are
-// answered from the replica.
+// answered from the replica, and so is ListNodes while the central tier is
+// out of reach (marked from_replica). An edge that has lost the central
+// tier leaves it out of LookupKey.
 //
 // # Forwarding
 //
@@ -177,6 +182,9 @@ type Cache struct {
 	// advanced is closed (and replaced) whenever revision moves.
 	advanced chan struct{}
 	lease    time.Time
+	// synced is when the last event from the central tier arrived (kept
+	// on disk): how old the replica may be.
+	synced time.Time
 
 	connected atomic.Bool
 	stale     atomic.Bool
@@ -202,7 +210,7 @@ type holdMemo struct {
 }
 
 type stats struct {
-	fetches, fetchRefusals, forwards, events, reconnects atomic.Uint64
+	fetches, fetchRefusals, forwards, events, reconnects, wakes atomic.Uint64
 }
 
 // Open loads the replica from DataDir (creating it and the sealing key on
@@ -268,7 +276,7 @@ func (c *Cache) restore() error {
 	if err != nil {
 		return err
 	}
-	c.revision, c.lease = s.revision, s.lease
+	c.revision, c.lease, c.synced = s.revision, s.lease, s.synced
 	if s.policy != nil {
 		if c.policy, err = parsePolicy(s.policy); err != nil {
 			return fmt.Errorf("edgecache: stored policy: %w", err)

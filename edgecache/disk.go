@@ -31,6 +31,7 @@ var (
 	stateLease    = []byte("lease")    // i64 unix nanoseconds: the lease's end
 	statePolicy   = []byte("policy")   // EdgePolicy
 	stateNodes    = []byte("nodes")    // ListNodesResponse
+	stateSynced   = []byte("synced")   // i64 unix nanoseconds: when the last event arrived
 )
 
 type disk struct{ db *bolt.DB }
@@ -129,6 +130,7 @@ func materialID(k *managed.Key, v uint32) []byte {
 type saved struct {
 	revision uint64
 	lease    time.Time
+	synced   time.Time
 	policy   *kbv1.EdgePolicy
 	nodes    *kbv1.ListNodesResponse
 	keys     []*kbv1.EdgeKey
@@ -143,6 +145,9 @@ func (d *disk) load() (*saved, error) {
 		}
 		if v := st.Get(stateLease); len(v) == 8 {
 			s.lease = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+		}
+		if v := st.Get(stateSynced); len(v) == 8 {
+			s.synced = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
 		}
 		if v := st.Get(statePolicy); v != nil {
 			s.policy = &kbv1.EdgePolicy{}
@@ -175,6 +180,7 @@ func (d *disk) load() (*saved, error) {
 type change struct {
 	revision uint64 // 0: unchanged
 	lease    time.Time
+	synced   time.Time // when the event arrived (zero: unchanged)
 	policy   *kbv1.EdgePolicy
 	nodes    *kbv1.ListNodesResponse
 	reset    bool // drop every key (a snapshot follows in keys)
@@ -197,6 +203,11 @@ func (d *disk) apply(c *change) error {
 		}
 		if !c.lease.IsZero() {
 			if err := st.Put(stateLease, binary.BigEndian.AppendUint64(nil, uint64(c.lease.UnixNano()))); err != nil {
+				return err
+			}
+		}
+		if !c.synced.IsZero() {
+			if err := st.Put(stateSynced, binary.BigEndian.AppendUint64(nil, uint64(c.synced.UnixNano()))); err != nil {
 				return err
 			}
 		}

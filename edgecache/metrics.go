@@ -8,7 +8,7 @@ import (
 // keybroker_edge_material_entries, _material_hits_total,
 // _material_misses_total, _material_evictions_total, _fetches_total,
 // _fetch_refusals_total, _forwards_total, _events_total,
-// _reconnects_total, _data_keys_refused_total, _revision, _connected and
+// _reconnects_total, _reconnect_wakes_total, _data_keys_refused_total, _revision, _connected and
 // _lease_remaining_seconds
 // (negative once the lease has run out).
 func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
@@ -29,6 +29,7 @@ func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
 		counter("forwards_total", "Calls forwarded to the central tier.", c.stats.forwards.Load),
 		counter("events_total", "Watch events applied.", c.stats.events.Load),
 		counter("reconnects_total", "Times the edge lost the central tier and reconnected.", c.stats.reconnects.Load),
+		counter("reconnect_wakes_total", "Retry waits cut short because the connection to the central tier came back up.", c.stats.wakes.Load),
 		counter("data_keys_refused_total", "Data keys refused because their key version had wrapped data_key_reuse.max_data_keys_per_version here (rotate the key).", c.ops.DataKeysRefused),
 		gauge("revision", "The last registry revision applied.", func() float64 { return float64(c.Revision()) }),
 		gauge("connected", "1 while the edge follows the central tier.", func() float64 {
@@ -55,16 +56,19 @@ func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
 // Stats is a snapshot of the cache's counters, for tests and benchmarks.
 type Stats struct {
 	Fetches, FetchRefusals, Forwards, Events, Reconnects uint64
-	MaterialHits, MaterialMisses, MaterialEvictions      uint64
-	MaterialEntries                                      int
-	DataKeysCreated                                      uint64
+	// ReconnectWakes counts retry waits cut short by the connection to
+	// the central tier coming back up.
+	ReconnectWakes                                  uint64
+	MaterialHits, MaterialMisses, MaterialEvictions uint64
+	MaterialEntries                                 int
+	DataKeysCreated                                 uint64
 }
 
 // Stats returns the counters.
 func (c *Cache) Stats() Stats {
 	return Stats{
 		Fetches: c.stats.fetches.Load(), FetchRefusals: c.stats.fetchRefusals.Load(), Forwards: c.stats.forwards.Load(),
-		Events: c.stats.events.Load(), Reconnects: c.stats.reconnects.Load(),
+		Events: c.stats.events.Load(), Reconnects: c.stats.reconnects.Load(), ReconnectWakes: c.stats.wakes.Load(),
 		MaterialHits: c.plain.hits.Load(), MaterialMisses: c.plain.misses.Load(), MaterialEvictions: c.plain.evictions.Load(),
 		MaterialEntries: c.plain.len(), DataKeysCreated: c.ops.DataKeysCreated(),
 	}

@@ -373,5 +373,5 @@ func (n *edgeNode) LookupKey(_ context.Context, k *managed.Key, op kbv1.Operatio
 	nodes := n.c.nodes
 	n.c.mu.RUnlock()
 	return rpc.Lookup(rpc.LookupInput{Key: k, Op: op, ClientLabels: labels, Nodes: nodes, Self: n.c.cfg.NodeID,
-		Policy: n.c.Policy().Current(), TrustDomain: n.c.cfg.TrustDomain}), nil
+		Policy: n.c.Policy().Current(), TrustDomain: n.c.cfg.TrustDomain, CentralUnreachable: !n.c.Connected()}), nil
 }

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/grpc/connectivity"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/rpc"
@@ -18,11 +20,23 @@ import (
 // Run follows the central tier until ctx ends: register, watch, apply,
 // acknowledge; on any failure, back off (jittered, doubling up to
 // MaxBackoff, reset after a session that made progress) and resume from the
-// last revision applied.
+// last revision applied. A connection that goes down and comes back up
+// ends the wait at once (see waitRetry): the edge follows the central tier
+// again as soon as it can reach it, not after its backoff has run out.
+//
+// It logs "connecting to the central tier" when it starts, "waiting for
+// the central tier" while it has not followed it yet, and "lost the
+// central tier" only after having followed it.
 func (c *Cache) Run(ctx context.Context) error {
 	go c.acker(ctx)
 	go c.expire(ctx)
+	c.log.Info("connecting to the central tier", "revision", c.Revision())
 	backoff := c.cfg.InitialBackoff
+	// wakeable: the connection coming back may end the next wait. Not
+	// after a wake whose session failed anyway (a peer that accepts
+	// connections and then refuses or drops them would make that a loop
+	// without backoff), until a session makes progress.
+	followed, wakeable, woken := false, true, false
 	for {
 		progressed, err := c.session(ctx)
 		c.connected.Store(false)
@@ -30,19 +44,87 @@ func (c *Cache) Run(ctx context.Context) error {
 			return nil
 		}
 		c.stats.reconnects.Add(1)
-		if progressed {
+		switch {
+		case progressed:
 			backoff = c.cfg.InitialBackoff
+			followed, wakeable = true, true
+		case woken:
+			wakeable = false
 		}
-		c.log.Warn("lost the central tier; reconnecting", "err", err, "backoff", backoff, "revision", c.Revision())
-		wait := backoff/2 + rand.N(backoff/2+1)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		switch {
+		case progressed:
+			c.log.Warn("lost the central tier; reconnecting", "err", err, "backoff", backoff, "revision", c.Revision())
+		case followed:
+			c.log.Warn("reconnecting to the central tier failed; retrying", "err", err, "backoff", backoff, "revision", c.Revision())
+		default:
+			c.log.Warn("waiting for the central tier", "err", err, "backoff", backoff, "revision", c.Revision())
+		}
+		var ok bool
+		woken, ok = c.waitRetry(ctx, backoff, wakeable)
+		if !ok {
 			return nil
-		case <-t.C:
 		}
-		backoff = min(backoff*2, c.cfg.MaxBackoff)
+		if woken {
+			backoff = c.cfg.InitialBackoff
+		} else {
+			backoff = min(backoff*2, c.cfg.MaxBackoff)
+		}
+	}
+}
+
+// connWatcher is the optional capability of a central connection whose
+// state can be watched (a *grpc.ClientConn).
+type connWatcher interface {
+	GetState() connectivity.State
+	WaitForStateChange(ctx context.Context, from connectivity.State) bool
+	Connect()
+}
+
+// waitRetry waits a jittered backoff before the next session, or less:
+// if the connection to the central tier goes down (or is down) and then
+// becomes ready, the wait ends there and woken is true. A connection that
+// stays ready (the central tier answers but refused the session) waits
+// the backoff out, and so does every wait when wakeable is false. ok is
+// false when ctx ended.
+//
+// Before, the loop slept its backoff whatever happened: after an outage
+// of some seconds the backoff had grown, and edges took as long again to
+// follow the central tier once it was back — while calls forwarded through
+// them, which reconnect the same connection on demand, already succeeded.
+func (c *Cache) waitRetry(ctx context.Context, backoff time.Duration, wakeable bool) (woken, ok bool) {
+	t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+	defer t.Stop()
+	var ready chan struct{}
+	if cw, isWatcher := c.cfg.Central.(connWatcher); isWatcher && wakeable {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		ready = make(chan struct{})
+		go func() {
+			down := false
+			for {
+				st := cw.GetState()
+				switch {
+				case st == connectivity.Ready && down:
+					close(ready)
+					return
+				case st == connectivity.Idle:
+					cw.Connect() // an idle connection does not try by itself
+				}
+				down = down || st != connectivity.Ready
+				if !cw.WaitForStateChange(wctx, st) {
+					return
+				}
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		return false, false
+	case <-t.C:
+		return false, true
+	case <-ready:
+		c.stats.wakes.Add(1)
+		return true, true
 	}
 }
 
@@ -161,7 +243,7 @@ func (c *Cache) ack() {
 // memory, then acknowledges it.
 func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	c.stats.events.Add(1)
-	ch := &change{revision: ev.GetRevision()}
+	ch := &change{revision: ev.GetRevision(), synced: c.now()}
 	var keys []*replicaKey
 	switch e := ev.GetEvent().(type) {
 	case *kbv1.WatchEvent_Heartbeat:
@@ -242,6 +324,7 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	if !ch.lease.IsZero() {
 		c.lease = ch.lease
 	}
+	c.synced = ch.synced
 	if ch.nodes != nil {
 		c.nodes, c.me = ch.nodes.GetNodes(), me
 	}
@@ -337,7 +420,7 @@ func (c *Cache) forget(cause error) {
 	c.mu.Lock()
 	ids := slices.Collect(maps.Keys(c.keys))
 	clear(c.keys)
-	c.nodes, c.enrolled, c.revision, c.lease = nil, nil, 0, time.Time{}
+	c.nodes, c.enrolled, c.revision, c.lease, c.synced = nil, nil, 0, time.Time{}, time.Time{}
 	c.me = c.selfLocked()
 	close(c.advanced)
 	c.advanced = make(chan struct{})

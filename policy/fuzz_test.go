@@ -11,7 +11,7 @@ import (
 
 // FuzzValidatePlacement checks a key's placement expression, which an
 // admin writes and Cedar evaluates for every edge: no panic; refusals say
-// "placement:"; an accepted expression compiles to exactly the two
+// "placement"; an accepted expression compiles to exactly the two
 // policies the package doc shows — annotated with their ids only, scoped
 // to Edge principals, HoldMaterial and Key::<the key> whatever the
 // expression says, the permit under a when and the forbid under an unless
@@ -58,7 +58,7 @@ func FuzzValidatePlacement(f *testing.F) {
 			t.Fatalf("ValidatePlacement = %v, compilePlacement = %v", verr, err)
 		}
 		if err != nil {
-			if !strings.HasPrefix(err.Error(), "placement: ") {
+			if !strings.HasPrefix(err.Error(), "placement") {
 				t.Fatalf("error %q does not say placement", err)
 			}
 			return

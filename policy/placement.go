@@ -2,8 +2,12 @@ package policy
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/cedar-policy/cedar-go"
 	xast "github.com/cedar-policy/cedar-go/x/exp/ast"
@@ -67,8 +71,7 @@ func compilePlacement(keyID, expr string) ([2]*cedar.Policy, error) {
 	for i, effect := range []string{"permit", "forbid"} {
 		list, err := cedar.NewPolicyListFromBytes("placement", []byte(placementPolicy(effect, keyID, expr)))
 		if err != nil {
-			le := parseError("placement", err).(*LoadError)
-			return out, fmt.Errorf("placement: %s", le.Msg)
+			return out, placementSyntaxError(expr, effect, err)
 		}
 		if len(list) != 1 {
 			return out, fmt.Errorf("placement: the expression must be one condition, not %d policies", len(list))
@@ -81,11 +84,164 @@ func compilePlacement(keyID, expr string) ([2]*cedar.Policy, error) {
 			return out, fmt.Errorf("placement: the expression must be one condition, not %d conditions", len(ast.Conditions))
 		}
 		if err := v.Policy("placement", (*xast.Policy)(list[0].AST())); err != nil {
-			return out, fmt.Errorf("placement: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+			return out, placementTypeError(expr, err)
 		}
 		out[i] = list[0]
 	}
 	return out, nil
+}
+
+// placementSyntaxError turns Cedar's parse error about the policy a
+// placement expression was pasted into into one about the expression the
+// user wrote: it quotes the expression, gives the line and column in it
+// (in characters, from 1), and says what was expected in words rather
+// than naming text the user never wrote (the generated " };" after the
+// expression, or the parser's own terms).
+func placementSyntaxError(expr, effect string, err error) error {
+	le := parseError("placement", err).(*LoadError)
+	tok, msg := "", le.Msg
+	if strings.HasPrefix(msg, `"`) {
+		if q, qerr := strconv.QuotedPrefix(msg); qerr == nil {
+			tok, _ = strconv.Unquote(q)
+			msg = strings.TrimPrefix(strings.TrimPrefix(msg[len(q):], ":"), " ")
+		}
+	}
+	// The expression starts on line 3 of the generated policy, after
+	// "when { " or "unless { " (see placementPolicy).
+	prefix := "when { "
+	if effect == "forbid" {
+		prefix = "unless { "
+	}
+	line, col := le.Line-2, le.Column
+	if line == 1 {
+		col -= utf8.RuneCountInString(prefix)
+	}
+	if le.Line == 0 || line < 1 || col < 1 {
+		// Not in the expression (the key id's line, or no position).
+		return fmt.Errorf("placement %s: %s", quotePlacement(expr), msg)
+	}
+	lines := strings.Split(expr, "\n")
+	// A position past the end of what the user wrote (on the generated
+	// " };", or on trailing blanks) means the expression ended early:
+	// point just after its last character.
+	trimmed := strings.TrimRightFunc(expr, unicode.IsSpace)
+	tl := strings.Split(trimmed, "\n")
+	endLine, endCol := len(tl), utf8.RuneCountInString(tl[len(tl)-1])+1
+	atEnd := line > endLine || (line == endLine && col >= endCol)
+	if atEnd {
+		line, col = endLine, endCol
+	}
+	last := lastToken(trimmed)
+	var what string
+	switch {
+	case msg == "invalid primary" && atEnd:
+		what = fmt.Sprintf("expected an expression after %q", last)
+	case msg == "invalid primary":
+		// Cedar names the token after the one it could not use.
+		var found string
+		col, found = tokenBefore(lines[line-1], col, "")
+		what = fmt.Sprintf("expected an expression, found %q", found)
+		if found == "'" {
+			what += " (strings take double quotes)"
+		}
+	case strings.HasPrefix(msg, "exact got "):
+		var got, want string
+		fmt.Sscanf(msg, "exact got %s want %s", &got, &want)
+		// "}" and ";" close the generated policy: to the user they are
+		// the end of the expression.
+		expected := strconv.Quote(want)
+		if want == "}" || want == ";" {
+			expected = "an operator or the end of the placement"
+		}
+		if atEnd {
+			what = fmt.Sprintf("expected %s after %q", expected, last)
+		} else {
+			col, _ = tokenBefore(lines[line-1], col, got)
+			what = fmt.Sprintf("expected %s, found %q", expected, got)
+		}
+	case strings.HasPrefix(msg, "expected ident"):
+		what = "expected an attribute name"
+		if atEnd {
+			what += fmt.Sprintf(" after %q", last)
+		} else if tok != "" {
+			what += fmt.Sprintf(", found %q", tok)
+		}
+	case msg == "literal not terminated":
+		what = "string not closed: expected a closing \""
+	case atEnd:
+		what = fmt.Sprintf("unexpected end after %q (%s)", last, msg)
+	case tok != "":
+		what = fmt.Sprintf("unexpected %q (%s)", tok, msg)
+	default:
+		what = msg
+	}
+	return fmt.Errorf("placement %s: line %d, column %d: %s", quotePlacement(expr), line, col, what)
+}
+
+// placementTypeError words the schema validator's complaint about an
+// expression for the user: their expression quoted, without the name of
+// the generated policy or Cedar's internal type names.
+func placementTypeError(expr string, err error) error {
+	var msgs []string
+	for m := range strings.SplitSeq(err.Error(), "\n") {
+		m = strings.TrimPrefix(strings.TrimSpace(m), "for policy `placement`, ")
+		if m != "" && !slices.Contains(msgs, m) {
+			msgs = append(msgs, m)
+		}
+	}
+	msg := strings.NewReplacer("Set<__cedar::internal::AnyEntity>", "a set of entities",
+		"__cedar::internal::AnyEntity", "an entity").Replace(strings.Join(msgs, "; "))
+	if strings.Contains(msg, "expected an entity") && strings.Contains(expr, " in ") {
+		msg += ` ("in" tests entity membership; for a value in a list write ["eu", "uk"].contains(principal.region))`
+	}
+	return fmt.Errorf("placement %s: %s", quotePlacement(expr), msg)
+}
+
+// quotePlacement quotes an expression for an error, shortened when long.
+func quotePlacement(expr string) string {
+	const max = 80
+	if r := []rune(expr); len(r) > max {
+		return strconv.Quote(string(r[:max-1])) + "…"
+	}
+	return strconv.Quote(expr)
+}
+
+// tokenBefore finds the token before column col (from 1) of line: the
+// last occurrence of want if want is not empty, else the last run of
+// non-blank characters. It returns the token's column and text, or col
+// and "" if there is none on the line.
+func tokenBefore(line string, col int, want string) (int, string) {
+	r := []rune(line)
+	if col-1 > len(r) {
+		col = len(r) + 1
+	}
+	before := string(r[:col-1])
+	if want != "" {
+		if i := strings.LastIndex(before, want); i >= 0 {
+			return utf8.RuneCountInString(before[:i]) + 1, want
+		}
+		return col, want
+	}
+	end := strings.TrimRightFunc(before, unicode.IsSpace)
+	start := strings.LastIndexFunc(end, unicode.IsSpace) + 1
+	if start >= len(end) {
+		return col, ""
+	}
+	return utf8.RuneCountInString(end[:start]) + 1, end[start:]
+}
+
+// lastToken is the last run of non-blank characters of s (at most 20),
+// enough to name what an expression that ended early ended on.
+func lastToken(s string) string {
+	f := strings.Fields(s)
+	if len(f) == 0 {
+		return ""
+	}
+	r := []rune(f[len(f)-1])
+	if len(r) > 20 {
+		r = r[len(r)-20:]
+	}
+	return string(r)
 }
 
 // ValidatePlacement checks a key's placement expression.

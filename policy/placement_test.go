@@ -69,12 +69,12 @@ permit (principal is Edge, action == Action::"HoldMaterial", resource is Key);
 func TestValidatePlacement(t *testing.T) {
 	for _, tc := range []struct{ expr, want string }{
 		{`principal.region == "eu"`, ""},
-		{`principal.region in ["eu", "uk"]`, "placement:"},
+		{`principal.region in ["eu", "uk"]`, `write ["eu", "uk"].contains(principal.region)`},
 		{``, "empty"},
 		{`principal.regoin == "eu"`, "regoin"},
-		{`principal.region ==`, "placement:"},
+		{`principal.region ==`, `placement "principal.region ==": line 1, column 20: expected an expression after "=="`},
 		{`true }; permit (principal, action, resource) when { true`, "one condition"},
-		{`true }; @id("x") permit (principal, action, resource`, "placement:"},
+		{`true }; @id("x") permit (principal, action, resource`, "placement "},
 		{`principal.region == "eu" } when { false`, "one condition, not 2 conditions"},
 		{`principal.region == "eu" } unless { true`, "one condition, not 2 conditions"},
 		{`principal.getTag("x") == "y"`, "tag"},
@@ -86,6 +86,50 @@ func TestValidatePlacement(t *testing.T) {
 			t.Errorf("ValidatePlacement(%q) = %v, want nil", tc.expr, err)
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("ValidatePlacement(%q) = %v, want an error containing %q", tc.expr, err, tc.want)
+		}
+	}
+}
+
+// TestPlacementSyntaxError checks that a malformed placement is reported
+// in the user's words: their expression quoted, the line and column in it
+// (not in the policy it is pasted into), and what was expected — never
+// the generated `";"` or Cedar's "invalid primary".
+func TestPlacementSyntaxError(t *testing.T) {
+	for _, tc := range []struct{ expr, want string }{
+		{`principal.region == "eu" &&`,
+			`placement "principal.region == \"eu\" &&": line 1, column 28: expected an expression after "&&"`},
+		{"principal.region == \"eu\" &&\n  ",
+			`line 1, column 28: expected an expression after "&&"`},
+		{"principal.region == \"eu\" ||\n  principal.region ==",
+			`line 2, column 22: expected an expression after "=="`},
+		{`(principal.region == "eu"`,
+			`line 1, column 26: expected ")" after "\"eu\""`},
+		{`principal.region = "eu"`,
+			`line 1, column 18: expected an operator or the end of the placement, found "="`},
+		{`principal.region == 'eu'`,
+			`line 1, column 21: expected an expression, found "'" (strings take double quotes)`},
+		{`&& principal.region == "eu"`,
+			`line 1, column 1: expected an expression, found "&&"`},
+		{`principal.`,
+			`line 1, column 11: expected an attribute name after "principal."`},
+		{`principal.region == "eu`,
+			`line 1, column 21: string not closed`},
+		{`principal.regoin == "eu"`,
+			`placement "principal.regoin == \"eu\"": attribute ` + "`regoin`" + ` on entity type ` + "`Edge`" + ` not found`},
+		{`principal.region in ["eu"]`,
+			`expected a set of entities, or an entity but saw Set<String>`},
+		{strings.Repeat(" ", 100) + "&& true",
+			`placement "` + strings.Repeat(" ", 79) + `"…: line 1, column 101: expected an expression, found "&&"`},
+	} {
+		err := ValidatePlacement("k", tc.expr)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ValidatePlacement(%q) = %v, want an error containing %q", tc.expr, err, tc.want)
+			continue
+		}
+		for _, leak := range []string{`";"`, "invalid primary", "exact got", "<input>", "when {", "unless {", "for policy", "__cedar"} {
+			if strings.Contains(err.Error(), leak) {
+				t.Errorf("ValidatePlacement(%q) = %v: names %q, which the user never wrote", tc.expr, err, leak)
+			}
 		}
 	}
 }

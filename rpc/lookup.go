@@ -22,6 +22,11 @@ type LookupInput struct {
 	Self        string
 	Policy      *policy.Set
 	TrustDomain string
+	// CentralUnreachable says the answering node has lost the central
+	// tier (an edge whose Watch stream is down): the central nodes and
+	// the edges that would only forward to them are left out, so that a
+	// client is not sent to a central tier its edge cannot reach either.
+	CentralUnreachable bool
 }
 
 // replicaOps need no material: an edge answers them from its replica.
@@ -82,6 +87,12 @@ func EdgePrincipal(n *kbv1.Node, trustDomain string) policy.Principal {
 // to a call the central tier answers directly. Leases are not consulted:
 // every edge's copy of another edge's lease is only as fresh as the last
 // inventory broadcast, so answers would differ from node to node.
+//
+// An edge that has lost the central tier answers without groups 3 and 4
+// (LookupInput.CentralUnreachable): it cannot tell whether the central
+// tier is down or only out of its reach, and the client keeps its own
+// configured addresses after the answer anyway. Offering the central tier
+// sent clients (the SDK routes by this answer) to a node that was down.
 func Lookup(in LookupInput) []*kbv1.LookupNode {
 	region := in.ClientLabels["region"]
 	self := ""
@@ -101,8 +112,10 @@ func Lookup(in LookupInput) []*kbv1.LookupNode {
 	for _, n := range in.Nodes {
 		ln := &kbv1.LookupNode{NodeId: n.GetNodeId(), Address: n.GetAddress(), Kind: n.GetKind(), Region: n.GetRegion()}
 		if n.GetKind() != "edge" {
-			ln.Reason = kbv1.LookupReason_LOOKUP_REASON_ROOT_OF_TRUST
-			out = append(out, ranked{4, ln})
+			if !in.CentralUnreachable {
+				ln.Reason = kbv1.LookupReason_LOOKUP_REASON_ROOT_OF_TRUST
+				out = append(out, ranked{4, ln})
+			}
 			continue
 		}
 		if !n.GetConnected() {
@@ -115,7 +128,7 @@ func Lookup(in LookupInput) []*kbv1.LookupNode {
 			out = append(out, ranked{1, ln})
 		case ln.Reason != kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY:
 			out = append(out, ranked{2, ln})
-		case local:
+		case local && !in.CentralUnreachable:
 			out = append(out, ranked{3, ln})
 		}
 	}

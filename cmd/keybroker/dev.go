@@ -20,6 +20,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/internal/atomicfile"
@@ -295,14 +296,20 @@ func ensureDemoKey(ctx context.Context, c *devcluster.Cluster) (*kbv1.KeyMetadat
 		resp, err := kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: demoKeyID})
 		return resp.GetKey(), err
 	}
-	k, err := describe()
-	if status.Code(err) != codes.NotFound {
+	// Whether the key exists is read from the central node's registry in
+	// this process: asking the API first (DescribeKey) made every first
+	// start log and audit a NotFound call that was expected.
+	if _, err := c.Central.Service().Registry().Get(ctx, demoKeyID); !errors.Is(err, broker.ErrNotFound) {
+		if err != nil {
+			return nil, false, fmt.Errorf("looking up the demo key: %w", err)
+		}
+		k, err := describe()
 		if err != nil {
 			return nil, false, fmt.Errorf("describing the demo key: %w", err)
 		}
 		return k, false, nil
 	}
-	k, err = admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: demoKeyID, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+	k, err := admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: demoKeyID, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
 		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Description: demoKeyDesc})
 	switch {
 	case status.Code(err) == codes.AlreadyExists:

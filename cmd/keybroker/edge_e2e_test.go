@@ -42,7 +42,10 @@ type edgeNode struct {
 	staleness    time.Duration
 	// via is the address the edge dials for the central tier (a proxy in
 	// the fault tests); empty means central's own.
-	via         string
+	via string
+	// reconnect is the edge's reconnect mapping; empty means quick
+	// retries (50ms, up to 500ms).
+	reconnect   string
 	dir, config string
 	p           *proc
 }
@@ -136,8 +139,9 @@ region: %s
 central: {address: %q, server_name: 127.0.0.1}
 prefetch: %t
 max_staleness: %s
-reconnect: {initial_backoff: 50ms, max_backoff: 500ms}
-`, e.name, e2eTrustDomain, e.name, e.name, e.name, e.region, cmp.Or(e.via, c.central.addr), e.prefetch, e.staleness)
+reconnect: %s
+`, e.name, e2eTrustDomain, e.name, e.name, e.name, e.region, cmp.Or(e.via, c.central.addr), e.prefetch, e.staleness,
+		cmp.Or(e.reconnect, "{initial_backoff: 50ms, max_backoff: 500ms}"))
 	must(t, "writing edge config", os.WriteFile(e.config, []byte(y), 0o600))
 	e.p = startNode(t, "edge", e.config)
 	c.edges[e.name] = e

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -59,7 +60,9 @@ func (a *app) lookupCmd() *cobra.Command {
 order a client should try them: edges that serve it locally in the client's
 region, such edges elsewhere, edges in the client's region that forward to
 the central tier, then the central tier. Each comes with why it qualifies.
-The client's region is --label region=R, or else the answering node's.
+The client's region is --label region=R, or else the answering node's. An
+edge that has lost the central tier offers neither the central tier nor the
+edges that would forward to it.
 
 Operations: ` + lookupOpNames() + `.`,
 		Example: `  keybroker lookup --key payments --op encrypt
@@ -131,6 +134,12 @@ func (a *app) nodesCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "nodes",
 		Short: "List the central node and the edges: enrolled, connected, lease, applied revision",
+		Long: `List the central node and the edges: enrolled, connected, lease, applied revision.
+
+Any node answers. An edge that cannot reach the central tier answers from its
+replica, which holds the inventory, and the command says so on stderr, with the
+revision and when the edge last heard from the central tier: the other nodes'
+entries are as of then.`,
 		Example: `  keybroker nodes
   keybroker nodes --output json | jq '.[] | select(.kind=="edge") | .applied_revision'`,
 		Args: noArgs,
@@ -143,6 +152,12 @@ func (a *app) nodesCmd() *cobra.Command {
 			resp, err := invoke(s, "nodes", s.admin.ListNodes, &kbv1.ListNodesRequest{})
 			if err != nil {
 				return err
+			}
+			if r := resp.GetFromReplica(); r != nil {
+				// An edge that lost the central tier answered from its
+				// replica: say so, on stderr (stdout keeps its shape).
+				fmt.Fprintf(a.env.stderr, "keybroker: %s cannot reach the central tier: this is its replica's inventory at revision %d, last synchronised %s; other nodes' entries may be stale\n",
+					r.GetNodeId(), r.GetRevision(), timeText(r.GetSyncedAt()))
 			}
 			if a.jsonOutput() {
 				out := []nodeJSON{}

@@ -3,6 +3,17 @@
 // and the operations endpoints (/healthz, /readyz, /metrics) over the same
 // mutual TLS.
 //
+// # Stopping
+//
+// [Servers.Stop] ends the streams that never end by themselves first —
+// server-streaming calls, such as an edge's Watch — with Unavailable ("the
+// node is stopping"), then lets unary and client-streaming calls in flight
+// finish within the caller's deadline. A graceful stop would otherwise
+// wait for every open Watch stream until the shutdown timeout ran out:
+// a central node with connected edges took shutdown_timeout (30 s by
+// default) to stop, doing nothing. The followers reconnect, to this node
+// once it is back or to another.
+//
 // # Who may use the operations endpoints
 //
 // Only the principals an Allow list names: kinds (admin by default) and
@@ -29,8 +40,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/identity"
 )
@@ -42,7 +55,14 @@ type Servers struct {
 	health *health.Server
 	ops    *http.Server
 	errs   chan error
+	// streams is the context of every server-streaming call; Stop
+	// cancels it first.
+	streams    context.Context
+	endStreams context.CancelCauseFunc
 }
+
+// errStopping ends the server-streaming calls of a stopping node.
+var errStopping = status.Error(codes.Unavailable, "the node is stopping: reconnect")
 
 // New makes the gRPC server (with opts) and the operations server (with
 // handler, over tlsCfg). grpc.health.v1 is registered: it answers SERVING
@@ -51,14 +71,41 @@ type Servers struct {
 // authentication as any call, and no work.
 func New(tlsCfg *tls.Config, handler http.Handler, opts ...grpc.ServerOption) *Servers {
 	s := &Servers{
-		GRPC:   grpc.NewServer(opts...),
 		health: health.NewServer(),
 		ops:    &http.Server{Handler: handler, TLSConfig: tlsCfg.Clone(), ReadHeaderTimeout: 10 * time.Second},
 		errs:   make(chan error, 2),
 	}
+	s.streams, s.endStreams = context.WithCancelCause(context.Background())
+	// Outermost, so that the node's own interceptors see the context Stop
+	// ends.
+	s.GRPC = grpc.NewServer(append([]grpc.ServerOption{grpc.ChainStreamInterceptor(s.endOnStop)}, opts...)...)
 	healthpb.RegisterHealthServer(s.GRPC, s.health)
 	return s
 }
+
+// endOnStop gives a server-streaming call a context Stop cancels, and
+// then answers errStopping whatever the handler returns.
+func (s *Servers) endOnStop(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !info.IsServerStream || info.IsClientStream {
+		return handler(srv, ss)
+	}
+	ctx, cancel := context.WithCancelCause(ss.Context())
+	defer cancel(nil)
+	stop := context.AfterFunc(s.streams, func() { cancel(errStopping) })
+	defer stop()
+	err := handler(srv, &stoppableStream{ServerStream: ss, ctx: ctx})
+	if s.streams.Err() != nil && ss.Context().Err() == nil {
+		return errStopping
+	}
+	return err
+}
+
+type stoppableStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *stoppableStream) Context() context.Context { return s.ctx }
 
 // Start serves gRPC on lis and the operations endpoints on opsLis.
 func (s *Servers) Start(lis, opsLis net.Listener) {
@@ -75,10 +122,12 @@ func (s *Servers) Start(lis, opsLis net.Listener) {
 // Done reports a server that stopped on its own (an error from Serve).
 func (s *Servers) Done() <-chan error { return s.errs }
 
-// Stop reports NOT_SERVING, lets calls in flight finish within ctx (then
-// cuts them off), and stops the operations server.
+// Stop reports NOT_SERVING, ends the server-streaming calls, lets calls in
+// flight finish within ctx (then cuts them off), and stops the operations
+// server.
 func (s *Servers) Stop(ctx context.Context, log *slog.Logger) error {
 	s.health.Shutdown()
+	s.endStreams(errStopping)
 	done := make(chan struct{})
 	go func() { s.GRPC.GracefulStop(); close(done) }()
 	select {

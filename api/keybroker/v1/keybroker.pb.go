@@ -3556,8 +3556,12 @@ func (x *RemoveNodeResponse) GetRevision() uint64 {
 }
 
 type ListNodesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Nodes []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Set when an edge answered from its replica because it could not reach
+	// the central tier: the inventory as the edge last received it, which
+	// may be stale. Unset when the central tier answered.
+	FromReplica   *ReplicaView `protobuf:"bytes,2,opt,name=from_replica,json=fromReplica,proto3" json:"from_replica,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3599,6 +3603,77 @@ func (x *ListNodesResponse) GetNodes() []*Node {
 	return nil
 }
 
+func (x *ListNodesResponse) GetFromReplica() *ReplicaView {
+	if x != nil {
+		return x.FromReplica
+	}
+	return nil
+}
+
+// ReplicaView says which copy of replicated state an edge answered from.
+type ReplicaView struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The edge that answered.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The registry revision its replica had applied.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// When it last heard from the central tier (unset if never).
+	SyncedAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=synced_at,json=syncedAt,proto3" json:"synced_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaView) Reset() {
+	*x = ReplicaView{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaView) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaView) ProtoMessage() {}
+
+func (x *ReplicaView) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaView.ProtoReflect.Descriptor instead.
+func (*ReplicaView) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *ReplicaView) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ReplicaView) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ReplicaView) GetSyncedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SyncedAt
+	}
+	return nil
+}
+
 type RegisterEdgeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The edge's HPKE public key (package sealed's encoding: u16 KEM id ||
@@ -3622,7 +3697,7 @@ type RegisterEdgeRequest struct {
 
 func (x *RegisterEdgeRequest) Reset() {
 	*x = RegisterEdgeRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3634,7 +3709,7 @@ func (x *RegisterEdgeRequest) String() string {
 func (*RegisterEdgeRequest) ProtoMessage() {}
 
 func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3647,7 +3722,7 @@ func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEdgeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterEdgeRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RegisterEdgeRequest) GetSealingPublicKey() []byte {
@@ -3703,7 +3778,7 @@ type RegisterEdgeResponse struct {
 
 func (x *RegisterEdgeResponse) Reset() {
 	*x = RegisterEdgeResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3715,7 +3790,7 @@ func (x *RegisterEdgeResponse) String() string {
 func (*RegisterEdgeResponse) ProtoMessage() {}
 
 func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3728,7 +3803,7 @@ func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEdgeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterEdgeResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RegisterEdgeResponse) GetCentralNodeId() string {
@@ -3776,7 +3851,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3788,7 +3863,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3801,7 +3876,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *WatchRequest) GetFromRevision() uint64 {
@@ -3825,7 +3900,7 @@ type EdgeKeyVersion struct {
 
 func (x *EdgeKeyVersion) Reset() {
 	*x = EdgeKeyVersion{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3837,7 +3912,7 @@ func (x *EdgeKeyVersion) String() string {
 func (*EdgeKeyVersion) ProtoMessage() {}
 
 func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3850,7 +3925,7 @@ func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeKeyVersion.ProtoReflect.Descriptor instead.
 func (*EdgeKeyVersion) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *EdgeKeyVersion) GetVersion() uint32 {
@@ -3888,7 +3963,7 @@ type EdgeKey struct {
 
 func (x *EdgeKey) Reset() {
 	*x = EdgeKey{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3900,7 +3975,7 @@ func (x *EdgeKey) String() string {
 func (*EdgeKey) ProtoMessage() {}
 
 func (x *EdgeKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3913,7 +3988,7 @@ func (x *EdgeKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeKey.ProtoReflect.Descriptor instead.
 func (*EdgeKey) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *EdgeKey) GetMetadata() *KeyMetadata {
@@ -3947,7 +4022,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3959,7 +4034,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3972,7 +4047,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -3999,7 +4074,7 @@ type EdgePolicy struct {
 
 func (x *EdgePolicy) Reset() {
 	*x = EdgePolicy{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4011,7 +4086,7 @@ func (x *EdgePolicy) String() string {
 func (*EdgePolicy) ProtoMessage() {}
 
 func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4024,7 +4099,7 @@ func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgePolicy.ProtoReflect.Descriptor instead.
 func (*EdgePolicy) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *EdgePolicy) GetHash() string {
@@ -4052,7 +4127,7 @@ type EdgeSnapshot struct {
 
 func (x *EdgeSnapshot) Reset() {
 	*x = EdgeSnapshot{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4064,7 +4139,7 @@ func (x *EdgeSnapshot) String() string {
 func (*EdgeSnapshot) ProtoMessage() {}
 
 func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4077,7 +4152,7 @@ func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeSnapshot.ProtoReflect.Descriptor instead.
 func (*EdgeSnapshot) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *EdgeSnapshot) GetKeys() []*EdgeKey {
@@ -4110,7 +4185,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4122,7 +4197,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4135,7 +4210,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *Heartbeat) GetLeaseExpires() *timestamppb.Timestamp {
@@ -4163,7 +4238,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4175,7 +4250,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4188,7 +4263,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *WatchEvent) GetRevision() uint64 {
@@ -4309,7 +4384,7 @@ type FetchMaterialRequest struct {
 
 func (x *FetchMaterialRequest) Reset() {
 	*x = FetchMaterialRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4321,7 +4396,7 @@ func (x *FetchMaterialRequest) String() string {
 func (*FetchMaterialRequest) ProtoMessage() {}
 
 func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4334,7 +4409,7 @@ func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchMaterialRequest.ProtoReflect.Descriptor instead.
 func (*FetchMaterialRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{62}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *FetchMaterialRequest) GetKeyId() string {
@@ -4360,7 +4435,7 @@ type FetchMaterialResponse struct {
 
 func (x *FetchMaterialResponse) Reset() {
 	*x = FetchMaterialResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4372,7 +4447,7 @@ func (x *FetchMaterialResponse) String() string {
 func (*FetchMaterialResponse) ProtoMessage() {}
 
 func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4385,7 +4460,7 @@ func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchMaterialResponse.ProtoReflect.Descriptor instead.
 func (*FetchMaterialResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{63}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *FetchMaterialResponse) GetSealedMaterial() []byte {
@@ -4416,7 +4491,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4428,7 +4503,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4441,7 +4516,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{64}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ForwardRequest) GetMethod() string {
@@ -4497,7 +4572,7 @@ type ForwardProof struct {
 
 func (x *ForwardProof) Reset() {
 	*x = ForwardProof{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4509,7 +4584,7 @@ func (x *ForwardProof) String() string {
 func (*ForwardProof) ProtoMessage() {}
 
 func (x *ForwardProof) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4522,7 +4597,7 @@ func (x *ForwardProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardProof.ProtoReflect.Descriptor instead.
 func (*ForwardProof) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{65}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ForwardProof) GetClaims() []byte {
@@ -4557,7 +4632,7 @@ type ForwardProofClaims struct {
 
 func (x *ForwardProofClaims) Reset() {
 	*x = ForwardProofClaims{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4569,7 +4644,7 @@ func (x *ForwardProofClaims) String() string {
 func (*ForwardProofClaims) ProtoMessage() {}
 
 func (x *ForwardProofClaims) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4582,7 +4657,7 @@ func (x *ForwardProofClaims) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardProofClaims.ProtoReflect.Descriptor instead.
 func (*ForwardProofClaims) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{66}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ForwardProofClaims) GetMethod() string {
@@ -4630,7 +4705,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4642,7 +4717,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4655,7 +4730,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{67}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ForwardResponse) GetResponse() []byte {
@@ -4674,7 +4749,7 @@ type AcknowledgeRequest struct {
 
 func (x *AcknowledgeRequest) Reset() {
 	*x = AcknowledgeRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4686,7 +4761,7 @@ func (x *AcknowledgeRequest) String() string {
 func (*AcknowledgeRequest) ProtoMessage() {}
 
 func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4699,7 +4774,7 @@ func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
 func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{68}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *AcknowledgeRequest) GetAppliedRevision() uint64 {
@@ -4717,7 +4792,7 @@ type AcknowledgeResponse struct {
 
 func (x *AcknowledgeResponse) Reset() {
 	*x = AcknowledgeResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4729,7 +4804,7 @@ func (x *AcknowledgeResponse) String() string {
 func (*AcknowledgeResponse) ProtoMessage() {}
 
 func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4742,7 +4817,7 @@ func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
 func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{69}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{70}
 }
 
 var File_keybroker_v1_keybroker_proto protoreflect.FileDescriptor
@@ -5041,9 +5116,14 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x11RemoveNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"0\n" +
 	"\x12RemoveNodeResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"=\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"{\n" +
 	"\x11ListNodesResponse\x12(\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\"\x9b\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\x12<\n" +
+	"\ffrom_replica\x18\x02 \x01(\v2\x19.keybroker.v1.ReplicaViewR\vfromReplica\"{\n" +
+	"\vReplicaView\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x127\n" +
+	"\tsynced_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bsyncedAt\"\x9b\x02\n" +
 	"\x13RegisterEdgeRequest\x12,\n" +
 	"\x12sealing_public_key\x18\x01 \x01(\fR\x10sealingPublicKey\x12\x1a\n" +
 	"\x06region\x18\x02 \x01(\tB\x02\x18\x01R\x06region\x12I\n" +
@@ -5215,7 +5295,7 @@ func file_keybroker_v1_keybroker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_keybroker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
+var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 87)
 var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(KeyType)(0),                         // 0: keybroker.v1.KeyType
 	(KeyMode)(0),                         // 1: keybroker.v1.KeyMode
@@ -5274,67 +5354,68 @@ var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(*RemoveNodeRequest)(nil),            // 54: keybroker.v1.RemoveNodeRequest
 	(*RemoveNodeResponse)(nil),           // 55: keybroker.v1.RemoveNodeResponse
 	(*ListNodesResponse)(nil),            // 56: keybroker.v1.ListNodesResponse
-	(*RegisterEdgeRequest)(nil),          // 57: keybroker.v1.RegisterEdgeRequest
-	(*RegisterEdgeResponse)(nil),         // 58: keybroker.v1.RegisterEdgeResponse
-	(*WatchRequest)(nil),                 // 59: keybroker.v1.WatchRequest
-	(*EdgeKeyVersion)(nil),               // 60: keybroker.v1.EdgeKeyVersion
-	(*EdgeKey)(nil),                      // 61: keybroker.v1.EdgeKey
-	(*PolicyFile)(nil),                   // 62: keybroker.v1.PolicyFile
-	(*EdgePolicy)(nil),                   // 63: keybroker.v1.EdgePolicy
-	(*EdgeSnapshot)(nil),                 // 64: keybroker.v1.EdgeSnapshot
-	(*Heartbeat)(nil),                    // 65: keybroker.v1.Heartbeat
-	(*WatchEvent)(nil),                   // 66: keybroker.v1.WatchEvent
-	(*FetchMaterialRequest)(nil),         // 67: keybroker.v1.FetchMaterialRequest
-	(*FetchMaterialResponse)(nil),        // 68: keybroker.v1.FetchMaterialResponse
-	(*ForwardRequest)(nil),               // 69: keybroker.v1.ForwardRequest
-	(*ForwardProof)(nil),                 // 70: keybroker.v1.ForwardProof
-	(*ForwardProofClaims)(nil),           // 71: keybroker.v1.ForwardProofClaims
-	(*ForwardResponse)(nil),              // 72: keybroker.v1.ForwardResponse
-	(*AcknowledgeRequest)(nil),           // 73: keybroker.v1.AcknowledgeRequest
-	(*AcknowledgeResponse)(nil),          // 74: keybroker.v1.AcknowledgeResponse
-	nil,                                  // 75: keybroker.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                  // 76: keybroker.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                  // 77: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	nil,                                  // 78: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	nil,                                  // 79: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 80: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 81: keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	nil,                                  // 82: keybroker.v1.KeyMetadata.LabelsEntry
-	nil,                                  // 83: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	nil,                                  // 84: keybroker.v1.CreateKeyRequest.LabelsEntry
-	nil,                                  // 85: keybroker.v1.UpdateKeyRequest.LabelsEntry
-	nil,                                  // 86: keybroker.v1.Node.LabelsEntry
-	nil,                                  // 87: keybroker.v1.EnrollNodeRequest.LabelsEntry
-	nil,                                  // 88: keybroker.v1.UpdateNodeRequest.LabelsEntry
-	nil,                                  // 89: keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	nil,                                  // 90: keybroker.v1.RegisterEdgeResponse.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 91: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 92: google.protobuf.Duration
+	(*ReplicaView)(nil),                  // 57: keybroker.v1.ReplicaView
+	(*RegisterEdgeRequest)(nil),          // 58: keybroker.v1.RegisterEdgeRequest
+	(*RegisterEdgeResponse)(nil),         // 59: keybroker.v1.RegisterEdgeResponse
+	(*WatchRequest)(nil),                 // 60: keybroker.v1.WatchRequest
+	(*EdgeKeyVersion)(nil),               // 61: keybroker.v1.EdgeKeyVersion
+	(*EdgeKey)(nil),                      // 62: keybroker.v1.EdgeKey
+	(*PolicyFile)(nil),                   // 63: keybroker.v1.PolicyFile
+	(*EdgePolicy)(nil),                   // 64: keybroker.v1.EdgePolicy
+	(*EdgeSnapshot)(nil),                 // 65: keybroker.v1.EdgeSnapshot
+	(*Heartbeat)(nil),                    // 66: keybroker.v1.Heartbeat
+	(*WatchEvent)(nil),                   // 67: keybroker.v1.WatchEvent
+	(*FetchMaterialRequest)(nil),         // 68: keybroker.v1.FetchMaterialRequest
+	(*FetchMaterialResponse)(nil),        // 69: keybroker.v1.FetchMaterialResponse
+	(*ForwardRequest)(nil),               // 70: keybroker.v1.ForwardRequest
+	(*ForwardProof)(nil),                 // 71: keybroker.v1.ForwardProof
+	(*ForwardProofClaims)(nil),           // 72: keybroker.v1.ForwardProofClaims
+	(*ForwardResponse)(nil),              // 73: keybroker.v1.ForwardResponse
+	(*AcknowledgeRequest)(nil),           // 74: keybroker.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),          // 75: keybroker.v1.AcknowledgeResponse
+	nil,                                  // 76: keybroker.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                  // 77: keybroker.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                  // 78: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	nil,                                  // 79: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	nil,                                  // 80: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 81: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 82: keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	nil,                                  // 83: keybroker.v1.KeyMetadata.LabelsEntry
+	nil,                                  // 84: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	nil,                                  // 85: keybroker.v1.CreateKeyRequest.LabelsEntry
+	nil,                                  // 86: keybroker.v1.UpdateKeyRequest.LabelsEntry
+	nil,                                  // 87: keybroker.v1.Node.LabelsEntry
+	nil,                                  // 88: keybroker.v1.EnrollNodeRequest.LabelsEntry
+	nil,                                  // 89: keybroker.v1.UpdateNodeRequest.LabelsEntry
+	nil,                                  // 90: keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	nil,                                  // 91: keybroker.v1.RegisterEdgeResponse.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 92: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 93: google.protobuf.Duration
 }
 var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
-	75,  // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
-	76,  // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
-	77,  // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	78,  // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	79,  // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	80,  // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	76,  // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
+	77,  // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
+	78,  // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	79,  // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	80,  // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	81,  // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
 	0,   // 6: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
 	32,  // 7: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
-	81,  // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	82,  // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
 	32,  // 9: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
-	91,  // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
+	92,  // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,   // 11: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
 	1,   // 12: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
 	2,   // 13: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
 	31,  // 14: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
-	82,  // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
-	92,  // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
-	91,  // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
-	91,  // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
-	91,  // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	91,  // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
+	83,  // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
+	93,  // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
+	92,  // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
+	92,  // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
+	92,  // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	92,  // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
 	3,   // 21: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
-	83,  // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	84,  // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
 	4,   // 23: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
 	34,  // 24: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
 	5,   // 25: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
@@ -5351,106 +5432,108 @@ var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
 	44,  // 36: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
 	0,   // 37: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
 	1,   // 38: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
-	84,  // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
-	92,  // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	85,  // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
-	92,  // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	92,  // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
-	86,  // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
-	91,  // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	91,  // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
-	87,  // 47: keybroker.v1.EnrollNodeRequest.labels:type_name -> keybroker.v1.EnrollNodeRequest.LabelsEntry
-	88,  // 48: keybroker.v1.UpdateNodeRequest.labels:type_name -> keybroker.v1.UpdateNodeRequest.LabelsEntry
+	85,  // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
+	93,  // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	86,  // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
+	93,  // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	93,  // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
+	87,  // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
+	92,  // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	92,  // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
+	88,  // 47: keybroker.v1.EnrollNodeRequest.labels:type_name -> keybroker.v1.EnrollNodeRequest.LabelsEntry
+	89,  // 48: keybroker.v1.UpdateNodeRequest.labels:type_name -> keybroker.v1.UpdateNodeRequest.LabelsEntry
 	51,  // 49: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
-	89,  // 50: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	92,  // 51: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
-	90,  // 52: keybroker.v1.RegisterEdgeResponse.labels:type_name -> keybroker.v1.RegisterEdgeResponse.LabelsEntry
-	32,  // 53: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
-	60,  // 54: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
-	62,  // 55: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
-	61,  // 56: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
-	63,  // 57: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
-	51,  // 58: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
-	91,  // 59: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
-	64,  // 60: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
-	61,  // 61: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
-	63,  // 62: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
-	56,  // 63: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
-	65,  // 64: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
-	91,  // 65: keybroker.v1.ForwardProofClaims.issued_at:type_name -> google.protobuf.Timestamp
-	5,   // 66: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
-	7,   // 67: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
-	9,   // 68: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
-	11,  // 69: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
-	11,  // 70: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
-	13,  // 71: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
-	15,  // 72: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
-	17,  // 73: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
-	19,  // 74: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
-	21,  // 75: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
-	23,  // 76: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
-	25,  // 77: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
-	27,  // 78: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
-	29,  // 79: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
-	33,  // 80: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
-	37,  // 81: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
-	40,  // 82: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
-	43,  // 83: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
-	46,  // 84: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
-	47,  // 85: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
-	48,  // 86: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
-	47,  // 87: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
-	47,  // 88: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
-	49,  // 89: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
-	47,  // 90: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
-	50,  // 91: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
-	52,  // 92: keybroker.v1.KeyAdmin.EnrollNode:input_type -> keybroker.v1.EnrollNodeRequest
-	53,  // 93: keybroker.v1.KeyAdmin.UpdateNode:input_type -> keybroker.v1.UpdateNodeRequest
-	54,  // 94: keybroker.v1.KeyAdmin.RemoveNode:input_type -> keybroker.v1.RemoveNodeRequest
-	57,  // 95: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
-	59,  // 96: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
-	67,  // 97: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
-	69,  // 98: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
-	73,  // 99: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
-	6,   // 100: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
-	8,   // 101: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
-	10,  // 102: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
-	12,  // 103: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
-	12,  // 104: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
-	14,  // 105: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
-	16,  // 106: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
-	18,  // 107: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
-	20,  // 108: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
-	22,  // 109: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
-	24,  // 110: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
-	26,  // 111: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
-	28,  // 112: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
-	30,  // 113: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
-	35,  // 114: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
-	39,  // 115: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
-	42,  // 116: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
-	45,  // 117: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
-	32,  // 118: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 119: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 120: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 121: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 122: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 123: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	32,  // 124: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	56,  // 125: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
-	51,  // 126: keybroker.v1.KeyAdmin.EnrollNode:output_type -> keybroker.v1.Node
-	51,  // 127: keybroker.v1.KeyAdmin.UpdateNode:output_type -> keybroker.v1.Node
-	55,  // 128: keybroker.v1.KeyAdmin.RemoveNode:output_type -> keybroker.v1.RemoveNodeResponse
-	58,  // 129: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
-	66,  // 130: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
-	68,  // 131: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
-	72,  // 132: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
-	74,  // 133: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
-	100, // [100:134] is the sub-list for method output_type
-	66,  // [66:100] is the sub-list for method input_type
-	66,  // [66:66] is the sub-list for extension type_name
-	66,  // [66:66] is the sub-list for extension extendee
-	0,   // [0:66] is the sub-list for field type_name
+	57,  // 50: keybroker.v1.ListNodesResponse.from_replica:type_name -> keybroker.v1.ReplicaView
+	92,  // 51: keybroker.v1.ReplicaView.synced_at:type_name -> google.protobuf.Timestamp
+	90,  // 52: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	93,  // 53: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
+	91,  // 54: keybroker.v1.RegisterEdgeResponse.labels:type_name -> keybroker.v1.RegisterEdgeResponse.LabelsEntry
+	32,  // 55: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
+	61,  // 56: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
+	63,  // 57: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
+	62,  // 58: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
+	64,  // 59: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
+	51,  // 60: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
+	92,  // 61: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
+	65,  // 62: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
+	62,  // 63: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
+	64,  // 64: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
+	56,  // 65: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
+	66,  // 66: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
+	92,  // 67: keybroker.v1.ForwardProofClaims.issued_at:type_name -> google.protobuf.Timestamp
+	5,   // 68: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
+	7,   // 69: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
+	9,   // 70: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
+	11,  // 71: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
+	11,  // 72: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
+	13,  // 73: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
+	15,  // 74: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
+	17,  // 75: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
+	19,  // 76: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
+	21,  // 77: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
+	23,  // 78: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
+	25,  // 79: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
+	27,  // 80: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
+	29,  // 81: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
+	33,  // 82: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
+	37,  // 83: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
+	40,  // 84: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
+	43,  // 85: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
+	46,  // 86: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
+	47,  // 87: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
+	48,  // 88: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
+	47,  // 89: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
+	47,  // 90: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
+	49,  // 91: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
+	47,  // 92: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
+	50,  // 93: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
+	52,  // 94: keybroker.v1.KeyAdmin.EnrollNode:input_type -> keybroker.v1.EnrollNodeRequest
+	53,  // 95: keybroker.v1.KeyAdmin.UpdateNode:input_type -> keybroker.v1.UpdateNodeRequest
+	54,  // 96: keybroker.v1.KeyAdmin.RemoveNode:input_type -> keybroker.v1.RemoveNodeRequest
+	58,  // 97: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
+	60,  // 98: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
+	68,  // 99: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
+	70,  // 100: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
+	74,  // 101: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
+	6,   // 102: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
+	8,   // 103: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
+	10,  // 104: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
+	12,  // 105: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
+	12,  // 106: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
+	14,  // 107: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
+	16,  // 108: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
+	18,  // 109: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
+	20,  // 110: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
+	22,  // 111: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
+	24,  // 112: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
+	26,  // 113: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
+	28,  // 114: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
+	30,  // 115: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
+	35,  // 116: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
+	39,  // 117: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
+	42,  // 118: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
+	45,  // 119: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
+	32,  // 120: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 121: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 122: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 123: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 124: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 125: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	32,  // 126: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	56,  // 127: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
+	51,  // 128: keybroker.v1.KeyAdmin.EnrollNode:output_type -> keybroker.v1.Node
+	51,  // 129: keybroker.v1.KeyAdmin.UpdateNode:output_type -> keybroker.v1.Node
+	55,  // 130: keybroker.v1.KeyAdmin.RemoveNode:output_type -> keybroker.v1.RemoveNodeResponse
+	59,  // 131: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
+	67,  // 132: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
+	69,  // 133: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
+	73,  // 134: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
+	75,  // 135: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
+	102, // [102:136] is the sub-list for method output_type
+	68,  // [68:102] is the sub-list for method input_type
+	68,  // [68:68] is the sub-list for extension type_name
+	68,  // [68:68] is the sub-list for extension extendee
+	0,   // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_keybroker_proto_init() }
@@ -5468,7 +5551,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 	}
 	file_keybroker_v1_keybroker_proto_msgTypes[43].OneofWrappers = []any{}
 	file_keybroker_v1_keybroker_proto_msgTypes[48].OneofWrappers = []any{}
-	file_keybroker_v1_keybroker_proto_msgTypes[61].OneofWrappers = []any{
+	file_keybroker_v1_keybroker_proto_msgTypes[62].OneofWrappers = []any{
 		(*WatchEvent_Snapshot)(nil),
 		(*WatchEvent_Key)(nil),
 		(*WatchEvent_DeletedKeyId)(nil),
@@ -5482,7 +5565,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_keybroker_proto_rawDesc), len(file_keybroker_v1_keybroker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   86,
+			NumMessages:   87,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
