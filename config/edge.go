@@ -148,6 +148,7 @@ func DefaultEdge() Edge {
 		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
+		TLS:             TLS{ReloadInterval: DefaultTLSReloadInterval},
 		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
 	}
 }
