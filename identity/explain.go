@@ -205,8 +205,11 @@ func (r Role) String() string {
 
 // CheckSelf refuses a process's own certificate that cannot serve its
 // role, saying why: of the wrong kind for a node, not want (when want is
-// not zero), expired, without a usage the role needs, or not chained to
-// its own trust anchors with that usage.
+// not zero), or without a usage the role needs; and for a node, expired
+// or not chained to its own trust anchors with that usage. (A client's
+// certificate may be signed by a CA its own bundle does not hold, and an
+// expired one may be about to be rotated: each handshake refuses it then,
+// saying why.)
 func CheckSelf(m *Material, role Role, want Identity) error {
 	leaf := m.Certificate.Leaf
 	if want != (Identity{}) && m.ID != want {
@@ -235,6 +238,9 @@ func CheckSelf(m *Material, role Role, want Identity) error {
 				why = "an edge certificate needs serverAuth (clients dial it) and clientAuth (it dials the central tier)"
 			}
 			return fmt.Errorf("tls.cert %s has no %s extended key usage; %s", describe(leaf), usageName(u), why)
+		}
+		if role == RoleClient {
+			continue
 		}
 		if p := ownProblem(m, u, now, true); p != "" {
 			return fmt.Errorf("tls.cert: %s", strings.TrimPrefix(p, "our certificate "))

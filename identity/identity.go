@@ -8,8 +8,20 @@
 // A certificate carries exactly one spiffe:// URI SAN. The trust domain must
 // be the node's own; certificates from another CA never get this far (the
 // TLS handshake refuses them). Names are 1-128 characters of
-// [A-Za-z0-9._-]. gRPC interceptors put the Identity in the request context
-// and answer Unauthenticated when there is none.
+// [A-Za-z0-9._-]. [FromPeer] takes the Identity of a gRPC call's verified
+// client certificate.
+//
+// # Live identities
+//
+// A process's identity is a [Source]: [FileSource] follows PEM files,
+// reloading them when they change or on Reload (SIGHUP). [Revocation]
+// adds a CRL file and a deny list. [Live] builds the TLS configurations
+// and gRPC credentials of servers and clients from them: both ends are
+// checked (a client verifies the server's SPIFFE id, kind and usage, not
+// its host name), failed handshakes are logged with the reason in words
+// on both sides, and connections are closed when the certificate they
+// were authenticated with expires or is revoked. [CheckSelf] refuses, at
+// start, a certificate that cannot serve the process's role.
 //
 // # Dev CA
 //

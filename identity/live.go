@@ -50,7 +50,20 @@ import (
 // words (Explain), and a client's error carries the same text, so it
 // reaches the user of the CLI or the SDK in the RPC's error. When a server
 // refuses our own certificate, the client says what is wrong with it if
-// it can tell (expired, no clientAuth usage, not signed by its own CA).
+// it can tell (expired, no clientAuth usage, not signed by its own CA). A
+// TLS 1.3 client finishes its handshake before the server has judged its
+// certificate, so ClientCredentials waits, within the dial deadline, for
+// the server's first bytes (a gRPC server speaks first): a refusal then
+// fails the handshake with its reason instead of a broken pipe on the
+// first call.
+//
+// # Limitations
+//
+// Connections of the operations port (ServerTLS, HTTP) are checked at
+// every handshake but not tracked; they are short. Forward proofs signed
+// with Signer during a rotation may name the new key on a connection
+// authenticated with the old one; the central tier refuses such a proof
+// and the retry goes out on a new connection.
 type Live struct {
 	src Source
 	rev *Revocation
@@ -78,6 +91,9 @@ func NewLive(src Source, rev *Revocation, log *slog.Logger) *Live {
 
 // Current is the identity in force.
 func (l *Live) Current() *Material { return l.src.Current() }
+
+// Source is the Source l follows.
+func (l *Live) Source() Source { return l.src }
 
 // Roots is the current trust anchors as a pool.
 func (l *Live) Roots() *x509.CertPool { return l.src.Current().Pool() }
@@ -179,8 +195,16 @@ func AcceptKinds(kinds ...Kind) func(Identity) error {
 		for i, k := range kinds {
 			want[i] = string(k)
 		}
-		return fmt.Errorf("dialled a %s certificate (%s) as %s: a keybroker server here must be %s", id.Kind, id, strings.Join(want, " or "), strings.Join(want, " or "))
+		return fmt.Errorf("dialled %s %s certificate (%s) as %s: a keybroker server here must be %s", article(id.Kind), id.Kind, id,
+			strings.Join(want, " or "), strings.Join(want, " or "))
 	}
+}
+
+func article(k Kind) string {
+	if k == Admin || k == Edge {
+		return "an"
+	}
+	return "a"
 }
 
 // AcceptID accepts exactly the server want.
@@ -392,7 +416,41 @@ func (c *liveCreds) ClientHandshake(ctx context.Context, authority string, raw n
 		conn.Close()
 		return nil, nil, err
 	}
-	return c.l.track(conn, chain, x509.ExtKeyUsageServerAuth), ai, nil
+	// A TLS 1.3 client finishes its handshake before the server has
+	// checked its certificate: the server's verdict is the first thing it
+	// sends, an alert or (a gRPC server speaks first) its HTTP/2
+	// settings. Waiting for it here turns a refusal into a handshake
+	// error that says why, rather than a broken pipe on the first write.
+	first, err := readFirst(ctx, conn)
+	if err != nil {
+		conn.Close()
+		reason := Explain(err)
+		if isRemoteRefusal(err) {
+			reason = c.l.refusedUs(err)
+		}
+		c.l.log.Warn("TLS handshake with the server failed", "server", authority, "reason", reason)
+		return nil, nil, &PeerError{Reason: reason, Err: err}
+	}
+	tc := c.l.track(conn, chain, x509.ExtKeyUsageServerAuth)
+	tc.pre = first
+	return tc, ai, nil
+}
+
+// readFirst reads what the server sends first, within ctx's deadline.
+func readFirst(ctx context.Context, conn net.Conn) ([]byte, error) {
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(d)
+		defer conn.SetReadDeadline(time.Time{})
+	}
+	buf := make([]byte, 16<<10)
+	n, err := conn.Read(buf)
+	if n > 0 {
+		return buf[:n], nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return nil, err
 }
 
 func (c *liveCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -423,6 +481,7 @@ type trackedConn struct {
 	who   string
 	timer *time.Timer
 	once  sync.Once
+	pre   []byte // read before the connection was handed over, read first
 }
 
 func (c *trackedConn) peerRole() string {
@@ -432,7 +491,7 @@ func (c *trackedConn) peerRole() string {
 	return "client"
 }
 
-func (l *Live) track(conn net.Conn, chain []*x509.Certificate, usage x509.ExtKeyUsage) net.Conn {
+func (l *Live) track(conn net.Conn, chain []*x509.Certificate, usage x509.ExtKeyUsage) *trackedConn {
 	c := &trackedConn{Conn: conn, l: l, chain: chain, usage: usage, who: describe(chain[0])}
 	until := chain[0].NotAfter
 	for _, cert := range chain[1:] {
@@ -484,6 +543,11 @@ func (c *trackedConn) Close() error {
 // (TLS 1.3 clients finish before the server has checked them), what is
 // wrong with it.
 func (c *trackedConn) Read(b []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(b, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
 	n, err := c.Conn.Read(b)
 	if err != nil && c.usage == x509.ExtKeyUsageServerAuth && isRemoteRefusal(err) {
 		reason := c.l.refusedUs(err)

@@ -532,7 +532,7 @@ func TestClientChecksServer(t *testing.T) {
 		{"client as central", newIDFiles(t, ca, leafSpec{id: Identity{TrustDomain: "kb.test", Kind: Client, Name: "mallory"}}), AcceptKinds(Central),
 			"dialled a client certificate"},
 		{"edge as central", newIDFiles(t, ca, leafSpec{id: Identity{TrustDomain: "kb.test", Kind: Edge, Name: "e1"}}), AcceptKinds(Central),
-			"dialled a edge certificate"},
+			"dialled an edge certificate"},
 		{"no serverAuth", newIDFiles(t, ca, leafSpec{id: centralID, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}), AcceptKinds(Central),
 			"has no serverAuth extended key usage"},
 		{"wrong id", newIDFiles(t, ca, leafSpec{id: centralID}), AcceptID(Identity{TrustDomain: "kb.test", Kind: Central, Name: "c2"}),
@@ -649,7 +649,7 @@ func TestCheckSelf(t *testing.T) {
 		{"central as client kind", leafSpec{id: clientID}, RoleCentral, Identity{}, "a central node needs a certificate of kind central"},
 		{"central clientAuth only", leafSpec{id: centralID, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, RoleCentral, Identity{}, "has no serverAuth"},
 		{"client serverAuth only", leafSpec{id: clientID, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, RoleClient, Identity{}, "has no clientAuth"},
-		{"client expired", leafSpec{id: clientID, notBefore: time.Now().Add(-2 * time.Hour), notAfter: time.Now().Add(-time.Hour)}, RoleClient, Identity{}, "expired at"},
+		{"edge expired", leafSpec{id: edgeID, notBefore: time.Now().Add(-2 * time.Hour), notAfter: time.Now().Add(-time.Hour)}, RoleEdge, edgeID, "expired at"},
 		{"client ok", leafSpec{id: clientID, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, RoleClient, Identity{}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
