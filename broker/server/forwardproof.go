@@ -44,10 +44,10 @@ type proofVerifier struct {
 	roots   func() *x509.CertPool // nil: no bundle, every forward refused
 	revoked func([]*x509.Certificate) (string, bool)
 	td      string
-	window time.Duration
-	now    func() time.Time
-	seen   *replayCache
-	chains chainCache
+	window  time.Duration
+	now     func() time.Time
+	seen    *replayCache
+	chains  chainCache
 }
 
 // verifiedProof is what a valid forward proof establishes: the client
