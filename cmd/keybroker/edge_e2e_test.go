@@ -42,7 +42,9 @@ type edgeNode struct {
 	staleness    time.Duration
 	// via is the address the edge dials for the central tier (a proxy in
 	// the fault tests); empty means central's own.
-	via         string
+	via string
+	// tls is added to the edge's tls mapping (", deny: deny.txt").
+	tls         string
 	dir, config string
 	p           *proc
 }
@@ -130,14 +132,14 @@ func (c *edgeCluster) startEdge(t *testing.T, e *edgeNode) {
 trust_domain: %s
 listen: 127.0.0.1:0
 ops_listen: 127.0.0.1:0
-tls: {ca: ca.crt, cert: %s.crt, key: %s.key}
+tls: {ca: ca.crt, cert: %s.crt, key: %s.key%s}
 data_dir: %s
 region: %s
 central: {address: %q, server_name: 127.0.0.1}
 prefetch: %t
 max_staleness: %s
 reconnect: {initial_backoff: 50ms, max_backoff: 500ms}
-`, e.name, e2eTrustDomain, e.name, e.name, e.name, e.region, cmp.Or(e.via, c.central.addr), e.prefetch, e.staleness)
+`, e.name, e2eTrustDomain, e.name, e.name, e.tls, e.name, e.region, cmp.Or(e.via, c.central.addr), e.prefetch, e.staleness)
 	must(t, "writing edge config", os.WriteFile(e.config, []byte(y), 0o600))
 	e.p = startNode(t, "edge", e.config)
 	c.edges[e.name] = e
