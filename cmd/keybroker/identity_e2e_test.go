@@ -108,6 +108,19 @@ func TestServersCheckedByKind(t *testing.T) {
 	if _, err := cl.GenerateRandom(ctx, 8); err == nil || !strings.Contains(err.Error(), "dialled a client certificate") {
 		t.Errorf("SDK at a client certificate: %v, want a refusal saying why", err)
 	}
+
+	// A client certificate with serverAuth alone, sent anyway: central
+	// says why it refuses it, instead of logging nothing.
+	id := identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Client, Name: "corp-app"}
+	certPEM, keyPEM := c.issueCustom(t, id, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, nil)
+	mark := c.central.mark()
+	r := c.dialWith(t, c.central.addr, id.String(), certPEM, keyPEM)
+	_, _ = healthpb.NewHealthClient(r.conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	rec := c.central.waitLog(t, mark, "TLS handshake refused")
+	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "spiffe://kb.test/client/corp-app") ||
+		!strings.Contains(reason, "has no clientAuth extended key usage; a keybroker client, admin or edge certificate needs it") {
+		t.Errorf("central refused the handshake saying %q, want the missing clientAuth usage named", reason)
+	}
 }
 
 // TestEdgeServerAuthOnlyRefusesToStart: an edge certificate with the
