@@ -251,19 +251,26 @@ func sourceFor(cfg *config.Central, log *slog.Logger) (identity.Source, error) {
 }
 
 // liveIdentity opens the node's identity and its revocation lists, and
-// refuses a certificate that cannot serve as central's.
+// refuses a certificate that cannot serve as central's, at start and when
+// it rotates.
 func liveIdentity(cfg *config.Central, log *slog.Logger) (*identity.Live, error) {
-	src, err := sourceFor(cfg, log)
+	files, err := sourceFor(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("central: %w", err)
 	}
-	m := src.Current()
-	err = identity.CheckSelf(m, identity.RoleCentral, identity.Identity{})
-	if err == nil && m.ID.TrustDomain != cfg.TrustDomain {
-		err = fmt.Errorf("tls.cert is %s, not of trust_domain %s", m.ID, cfg.TrustDomain)
-	}
+	// Checked at start and at every rotation: a certificate that cannot
+	// serve as this node's is refused (the one in force stays).
+	src, err := identity.NewChecked(files, func(m *identity.Material) error {
+		if err := identity.CheckSelf(m, identity.RoleCentral, identity.Identity{}); err != nil {
+			return err
+		}
+		if m.ID.TrustDomain != cfg.TrustDomain {
+			return fmt.Errorf("tls.cert is %s, not of trust_domain %s", m.ID, cfg.TrustDomain)
+		}
+		return nil
+	}, log)
 	if err != nil {
-		src.Close()
+		files.Close()
 		return nil, fmt.Errorf("central: %w", err)
 	}
 	rev, err := identity.NewRevocation(cfg.TLS.Revocation(), func() []*x509.Certificate { return src.Current().Roots }, cfg.TLS.FileOptions(log))

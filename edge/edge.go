@@ -172,15 +172,17 @@ func sourceFor(cfg *config.Edge, log *slog.Logger) (identity.Source, error) {
 // a certificate that is not this edge's — the central tier knows an edge
 // by its certificate, so a mismatch would register the wrong node — or
 // that lacks a usage an edge needs: serverAuth (clients dial it) and
-// clientAuth (it dials the central tier).
+// clientAuth (it dials the central tier); at start, and when it rotates.
 func liveIdentity(cfg *config.Edge, log *slog.Logger) (*identity.Live, error) {
-	src, err := sourceFor(cfg, log)
+	files, err := sourceFor(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
+	// Checked at start and at every rotation (the one in force stays).
 	want := identity.Identity{TrustDomain: cfg.TrustDomain, Kind: identity.Edge, Name: cfg.NodeID}
-	if err := identity.CheckSelf(src.Current(), identity.RoleEdge, want); err != nil {
-		src.Close()
+	src, err := identity.NewChecked(files, func(m *identity.Material) error { return identity.CheckSelf(m, identity.RoleEdge, want) }, log)
+	if err != nil {
+		files.Close()
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	rev, err := identity.NewRevocation(cfg.TLS.Revocation(), func() []*x509.Certificate { return src.Current().Roots }, cfg.TLS.FileOptions(log))

@@ -20,8 +20,9 @@
 // checked (a client verifies the server's SPIFFE id, kind and usage, not
 // its host name), failed handshakes are logged with the reason in words
 // on both sides, and connections are closed when the certificate they
-// were authenticated with expires or is revoked. [CheckSelf] refuses, at
-// start, a certificate that cannot serve the process's role.
+// were authenticated with expires or is revoked. [CheckSelf] refuses a
+// certificate that cannot serve the process's role; [Checked] applies it
+// at every rotation, keeping the identity in force.
 //
 // # Dev CA
 //

@@ -660,3 +660,37 @@ func TestCheckSelf(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckedKeepsAGoodIdentity: a certificate rotated to one an edge
+// cannot use (serverAuth alone) is refused and the one in force stays; a
+// good one is then taken.
+func TestCheckedKeepsAGoodIdentity(t *testing.T) {
+	ca := newTestCA(t, "kb.test")
+	edgeID := Identity{TrustDomain: "kb.test", Kind: Edge, Name: "e1"}
+	f := newIDFiles(t, ca, leafSpec{id: edgeID})
+	src, err := NewFileSource(f.TLSFiles, FileOptions{ReloadInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log logBuf
+	c, err := NewChecked(src, func(m *Material) error { return CheckSelf(m, RoleEdge, edgeID) }, log.logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	before := c.Current()
+	f.rotate(ca, leafSpec{id: edgeID, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	if err := c.Reload(); err == nil || !strings.Contains(err.Error(), "no clientAuth") {
+		t.Errorf("Reload to a serverAuth-only certificate = %v, want a refusal", err)
+	}
+	if c.Current() != before || !strings.Contains(log.String(), "cannot serve here") {
+		t.Errorf("the refused certificate replaced the identity, or was not logged:\n%s", log.String())
+	}
+	f.rotate(ca, leafSpec{id: edgeID})
+	if err := c.Reload(); err != nil || c.Current() == before {
+		t.Errorf("Reload to a good certificate = %v, changed %v", err, c.Current() != before)
+	}
+	if _, err := NewChecked(Static{M: mustMaterial(t, newIDFiles(t, ca, leafSpec{id: clientID}))}, func(m *Material) error { return CheckSelf(m, RoleEdge, edgeID) }, nil); err == nil {
+		t.Error("NewChecked accepted an identity its check refuses")
+	}
+}
