@@ -25,8 +25,9 @@ import (
 // # Both ends checked
 //
 // A server requires a client certificate that chains to the current
-// roots with the clientAuth usage, names a SPIFFE id of the trust domain
-// and is not revoked. A client verifies the server's certificate itself
+// roots with the clientAuth usage and is not revoked; the SPIFFE id it
+// names and its trust domain are checked on every call (FromPeer), so a
+// caller of another trust domain is refused and audited there. A client verifies the server's certificate itself
 // (Go's verifier is switched off only to put this in its place): it must
 // chain to the current roots with the serverAuth usage, name a SPIFFE id
 // of the trust domain that the caller's accept function takes (a kind, an
@@ -219,8 +220,7 @@ func AcceptID(want Identity) func(Identity) error {
 
 // ServerTLS is a TLS 1.3 server configuration presenting the current
 // certificate and requiring a client certificate verified against the
-// current roots (VerifiedChains is filled), of the trust domain, not
-// revoked. It negotiates no ALPN protocol (the operations endpoints);
+// current roots with clientAuth (VerifiedChains is filled), not revoked. It negotiates no ALPN protocol (the operations endpoints);
 // gRPC servers use ServerCredentials.
 func (l *Live) ServerTLS() *tls.Config { return l.serverTLS(nil) }
 
@@ -266,20 +266,14 @@ func (gc *genCache) get(l *Live, protos []string) *tls.Config {
 }
 
 // verifyClient completes Go's verification of a client certificate
-// (chain to m's roots, clientAuth usage) with keybroker's: a SPIFFE id of
-// the trust domain, not revoked.
-func (l *Live) verifyClient(m *Material, cs tls.ConnectionState) error {
+// (chain to m's roots, clientAuth usage) with revocation. The SPIFFE id
+// and its trust domain are checked per call (FromPeer), where a refusal
+// is audited with the operation it refused.
+func (l *Live) verifyClient(_ *Material, cs tls.ConnectionState) error {
 	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 		return &PeerError{Reason: "the client presented no verified certificate"}
 	}
 	chain := cs.VerifiedChains[0]
-	id, err := FromCertificate(chain[0])
-	if err != nil {
-		return &PeerError{Reason: fmt.Sprintf("the client certificate %s carries no keybroker SPIFFE id: %v", describe(chain[0]), err), Err: err}
-	}
-	if id.TrustDomain != m.ID.TrustDomain {
-		return &PeerError{Reason: fmt.Sprintf("the client %s is not in trust domain %s", id, m.ID.TrustDomain)}
-	}
 	if reason, ok := l.rev.Revoked(chain); ok {
 		return &PeerError{Reason: "the client certificate is revoked: " + reason}
 	}
