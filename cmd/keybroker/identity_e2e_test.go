@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -183,16 +184,20 @@ func TestEdgeRevokesAndRotatesLive(t *testing.T) {
 	e.p.waitLog(t, mark, "identity reloaded")
 	// The edge takes the certificate an instant after reading it (once
 	// it is checked for the edge's role): new connections see it soon.
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		got := serialOf(c.dial(t, e.p.addr, identity.Client, "app"))
-		if got == rotated {
-			break
+	waitSerial := func(addr, want string) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; {
+			got := serialOf(c.dial(t, addr, identity.Client, "app"))
+			if got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("new connections still see serial %s, want the rotated %s", got, want)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("new connections still see serial %s, want the rotated %s (before: %s)", got, rotated, before)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	waitSerial(e.p.addr, rotated)
 	if got := serialOf(old); got != before {
 		t.Errorf("the connection open before the rotation sees serial %s, want %s: a healthy connection must not be dropped", got, before)
 	}
@@ -217,6 +222,17 @@ func TestEdgeRevokesAndRotatesLive(t *testing.T) {
 	}
 	// Others are untouched.
 	serialOf(old)
+
+	// SIGHUP re-reads the files at once, with polling off.
+	c.addEdge(t, &edgeNode{name: "edge-hup", region: "eu", staleness: time.Minute, tls: ", reload_interval: 0s"})
+	h := c.edges["edge-hup"]
+	files, err = c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Edge, Name: h.name}, []string{"127.0.0.1"}, time.Hour, c.dir, h.name, c.caFile)
+	must(t, "rotating the edge certificate", err)
+	rotated = mustSerial(t, files.Cert)
+	mark = h.p.mark()
+	must(t, "SIGHUP", h.p.cmd.Process.Signal(syscall.SIGHUP))
+	h.p.waitLog(t, mark, "identity reloaded")
+	waitSerial(h.p.addr, rotated)
 }
 
 func mustSerial(t *testing.T, certFile string) string {
