@@ -430,16 +430,28 @@ func (c *liveCreds) ClientHandshake(ctx context.Context, authority string, raw n
 	return tc, ai, nil
 }
 
-// readFirst reads what the server sends first, within ctx's deadline.
+// firstReadWait bounds how long a client waits for the server's first
+// bytes: a server that waits for the client to speak first is not held
+// up longer than this.
+const firstReadWait = 3 * time.Second
+
+// readFirst reads what the server sends first, within ctx's deadline and
+// firstReadWait; a server silent that long is handed over as it is.
 func readFirst(ctx context.Context, conn net.Conn) ([]byte, error) {
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetReadDeadline(d)
-		defer conn.SetReadDeadline(time.Time{})
+	d := time.Now().Add(firstReadWait)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
 	}
+	_ = conn.SetReadDeadline(d)
+	defer conn.SetReadDeadline(time.Time{})
 	buf := make([]byte, 16<<10)
 	n, err := conn.Read(buf)
 	if n > 0 {
 		return buf[:n], nil
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+		return nil, nil // a TLS read timeout leaves the connection usable
 	}
 	if err == nil {
 		err = io.ErrNoProgress

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -686,5 +687,47 @@ func TestCheckedKeepsAGoodIdentity(t *testing.T) {
 	}
 	if _, err := NewChecked(Static{M: mustMaterial(t, newIDFiles(t, ca, leafSpec{id: clientID}))}, func(m *Material) error { return CheckSelf(m, RoleEdge, edgeID) }, nil); err == nil {
 		t.Error("NewChecked accepted an identity its check refuses")
+	}
+}
+
+// TestSilentServerHandedOver: a server that waits for the client to speak
+// first is not refused for it: after a short wait the connection is
+// handed over and works.
+func TestSilentServerHandedOver(t *testing.T) {
+	ca := newTestCA(t, "kb.test")
+	srvM := mustMaterial(t, newIDFiles(t, ca, leafSpec{id: centralID}))
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*srvM.Certificate},
+		ClientCAs: srvM.Pool(), ClientAuth: tls.RequireAndVerifyClientCert, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err == nil { // speaks only when spoken to
+			c.Write(b)
+		}
+	}()
+	cli := newLive(t, newIDFiles(t, ca, leafSpec{id: clientID}), RevocationFiles{}, nil)
+	raw, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, _, err := cli.ClientCredentials(AcceptKinds(Central), "").ClientHandshake(t.Context(), lis.Addr().String(), raw)
+	if err != nil {
+		t.Fatalf("handshake with a silent server: %v", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(conn, got); err != nil || string(got) != "hello" {
+		t.Errorf("echo = %q, %v", got, err)
 	}
 }

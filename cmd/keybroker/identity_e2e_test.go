@@ -244,3 +244,38 @@ func mustSerial(t *testing.T, certFile string) string {
 	must(t, "parsing the certificate", err)
 	return cert.SerialNumber.Text(16)
 }
+
+// TestCentralRevokesEdge: an edge put on central's deny list (a
+// compromised edge) has its connections to the central tier closed, and
+// its reconnections refused with the reason logged on both sides.
+func TestCentralRevokesEdge(t *testing.T) {
+	c := &edgeCluster{cluster: newClusterOn(t, softkmsRoots, basicRoots), edges: map[string]*edgeNode{}}
+	deny := filepath.Join(c.dir, "deny.txt")
+	must(t, "deny", os.WriteFile(deny, []byte("# nobody yet\n"), 0o600))
+	cfg, err := os.ReadFile(c.config)
+	must(t, "reading central.yaml", err)
+	cfg = []byte(strings.Replace(string(cfg), "tls: {ca: ca.crt, cert: central.crt, key: central.key}",
+		"tls: {ca: ca.crt, cert: central.crt, key: central.key, deny: deny.txt, reload_interval: 100ms}", 1))
+	cfg = append(cfg, "edges: {lease: 2s, heartbeat: 200ms}\n"...)
+	must(t, "writing central.yaml", os.WriteFile(c.config, cfg, 0o600))
+	c.central = c.startCentral(t)
+	c.admin = c.dial(t, c.central.addr, identity.Admin, "ops")
+	c.addEdge(t, &edgeNode{name: "edge-bad", region: "eu", staleness: time.Minute})
+	e := c.edges["edge-bad"]
+	e.p.waitLog(t, 0, "following the central tier")
+
+	mark, emark := c.central.mark(), e.p.mark()
+	must(t, "deny", os.WriteFile(deny, []byte("spiffe://kb.test/edge/edge-bad # compromised\n"), 0o600))
+	rec := c.central.waitLog(t, mark, "closing an authenticated connection")
+	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "spiffe://kb.test/edge/edge-bad is on the deny list") {
+		t.Errorf("central closed the edge's connection saying %q, want the deny list named", reason)
+	}
+	rec = c.central.waitLog(t, mark, "TLS handshake refused")
+	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "is on the deny list") {
+		t.Errorf("central refused the edge's handshake saying %q", reason)
+	}
+	rec = e.p.waitLog(t, emark, "TLS handshake with the server failed")
+	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "the server refused our certificate") {
+		t.Errorf("the edge says %q, want that central refused its certificate", reason)
+	}
+}
