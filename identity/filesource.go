@@ -53,7 +53,8 @@ func (o FileOptions) logger() *slog.Logger {
 // Reload re-reads them at once (SIGHUP). A read that fails (a file half
 // written, a certificate that does not match the key, a bundle with no
 // certificate) keeps the Material in force and is retried on the next
-// tick; each distinct failure is logged once as a warning.
+// tick; a failure that persists (seen twice in a row: not a rotation
+// caught half-way) is logged once as a warning.
 type FileSource struct {
 	files TLSFiles
 	opts  FileOptions
@@ -62,9 +63,10 @@ type FileSource struct {
 	cur     atomic.Pointer[Material]
 	changes chan struct{}
 
-	mu      sync.Mutex // serialises reloads
-	seen    fileStamps // the stamps of the files behind cur, or of the last failure
-	lastErr string     // the last failure logged ("" after a success)
+	mu     sync.Mutex // serialises reloads
+	seen   fileStamps // the stamps of the files behind cur
+	failed string     // the last read's failure ("" after a success)
+	logged string     // the failure last logged
 
 	stop chan struct{}
 	done chan struct{}
@@ -128,7 +130,7 @@ func (s *FileSource) poll(d time.Duration) {
 		case <-t.C:
 			s.mu.Lock()
 			stamps := stampFiles(s.files.CA, s.files.Cert, s.files.Key)
-			if !stamps.equal(s.seen) || s.lastErr != "" {
+			if !stamps.equal(s.seen) || s.failed != "" {
 				_ = s.load(stamps)
 			}
 			s.mu.Unlock()
@@ -141,17 +143,22 @@ func (s *FileSource) poll(d time.Duration) {
 func (s *FileSource) load(stamps fileStamps) error {
 	m, err := s.files.Material()
 	if err != nil {
-		if msg := err.Error(); msg != s.lastErr {
-			s.lastErr = msg
+		// A rotation caught half-way (the certificate renamed in, the
+		// key not yet) fails once; a failure seen twice in a row
+		// persists, and is logged once.
+		msg := err.Error()
+		if msg == s.failed && msg != s.logged {
+			s.logged = msg
 			s.log.Warn("identity files could not be reloaded; the identity in force stays until they read whole",
 				"ca", s.files.CA, "cert", s.files.Cert, "key", s.files.Key, "err", err)
 		}
+		s.failed = msg
 		return err
 	}
-	if s.lastErr != "" {
+	if s.logged != "" {
 		s.log.Info("identity files read whole again", "cert", s.files.Cert)
 	}
-	s.lastErr = ""
+	s.failed, s.logged = "", ""
 	s.seen = stamps
 	if sameMaterial(s.cur.Load(), m) {
 		return nil

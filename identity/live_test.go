@@ -270,6 +270,12 @@ func TestFileSourceHalfWritten(t *testing.T) {
 	before := src.Current()
 	newCert, newKey := issueSpec(t, ca, leafSpec{id: clientID})
 	writeAtomic(t, f.Cert, newCert) // the key is still the old one
+	if err := src.Reload(); err == nil {
+		t.Fatal("Reload of a mismatched pair succeeded")
+	}
+	if strings.Contains(log.String(), "could not be reloaded") {
+		t.Errorf("a failure seen once (a rotation caught half-way) was logged:\n%s", log.String())
+	}
 	for range 3 {
 		if err := src.Reload(); err == nil || !strings.Contains(err.Error(), "private key does not match") {
 			t.Fatalf("Reload of a mismatched pair = %v, want a mismatch error", err)

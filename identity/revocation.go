@@ -32,7 +32,7 @@ type RevocationFiles struct {
 // deny list. Both files are followed like a FileSource's: stat'ed every
 // ReloadInterval, re-read on Reload; a file that does not read whole, or a
 // CRL whose signature does not check against the current roots, keeps the
-// lists in force and is logged once.
+// lists in force, is retried, and is logged once if it persists.
 //
 // # Stale CRLs
 //
@@ -50,7 +50,8 @@ type Revocation struct {
 
 	mu       sync.Mutex
 	seen     fileStamps
-	lastErr  string
+	failed   string // the last read's failure
+	logged   string // the failure last logged
 	stale    map[string]bool // CRLs (by number and issuer) reported stale
 	lastRoot []*x509.Certificate
 
@@ -136,7 +137,7 @@ func (r *Revocation) poll(d time.Duration) {
 			r.mu.Lock()
 			stamps := stampFiles(r.files.CRL, r.files.Deny)
 			rootsChanged := !sameCerts(r.lastRoot, r.roots())
-			if !stamps.equal(r.seen) || r.lastErr != "" || rootsChanged {
+			if !stamps.equal(r.seen) || r.failed != "" || rootsChanged {
 				_ = r.load(stamps)
 			}
 			r.warnStale(r.cur.Load())
@@ -190,16 +191,19 @@ func (r *Revocation) load(stamps fileStamps) error {
 	roots := r.roots()
 	l, err := r.read(roots)
 	if err != nil {
-		if msg := err.Error(); msg != r.lastErr {
-			r.lastErr = msg
+		// Logged once it persists (twice in a row), as FileSource does.
+		msg := err.Error()
+		if msg == r.failed && msg != r.logged {
+			r.logged = msg
 			r.log.Warn("revocation files could not be reloaded; the lists in force stay", "crl", r.files.CRL, "deny", r.files.Deny, "err", err)
 		}
+		r.failed = msg
 		return err
 	}
-	if r.lastErr != "" {
+	if r.logged != "" {
 		r.log.Info("revocation files read whole again")
 	}
-	r.lastErr = ""
+	r.failed, r.logged = "", ""
 	r.seen = stamps
 	r.lastRoot = roots
 	old := r.cur.Swap(l)
