@@ -50,8 +50,8 @@ type Revocation struct {
 
 	mu       sync.Mutex
 	seen     fileStamps
-	failed   string // the last read's failure
-	logged   string // the failure last logged
+	failed   string          // the last read's failure
+	logged   string          // the failure last logged
 	stale    map[string]bool // CRLs (by number and issuer) reported stale
 	lastRoot []*x509.Certificate
 
