@@ -737,3 +737,29 @@ func TestSilentServerHandedOver(t *testing.T) {
 		t.Errorf("echo = %q, %v", got, err)
 	}
 }
+
+// TestBundleChangeClosesUntrusted: when the trust anchors change so that a
+// connected peer's chain no longer verifies, its connection is closed;
+// the server's own certificate (of the new CA) serves new handshakes.
+func TestBundleChangeClosesUntrusted(t *testing.T) {
+	ca, ca2 := newTestCA(t, "kb.test"), newTestCA(t, "kb.test")
+	srvFiles := newIDFiles(t, ca, leafSpec{id: centralID})
+	var log logBuf
+	srv := newLive(t, srvFiles, RevocationFiles{}, log.logger())
+	addr := healthServer(t, srv)
+	cliFiles := newIDFiles(t, ca, leafSpec{id: clientID})
+	cliFiles.writeCA(ca, ca2)
+	cli := newLive(t, cliFiles, RevocationFiles{}, nil)
+	if _, err := check(t.Context(), dial(t, addr, cli.ClientCredentials(AcceptKinds(Central), ""))); err != nil {
+		t.Fatal(err)
+	}
+	srvFiles.writeCA(ca2)
+	srvFiles.rotate(ca2, leafSpec{id: centralID})
+	if err := srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the connection of the dropped CA to be closed", func() bool { return srv.Conns() == 0 })
+	if !strings.Contains(log.String(), "signed by a CA not in tls.ca") || !strings.Contains(log.String(), "the trust anchors changed") {
+		t.Errorf("server log does not say why the connection was closed:\n%s", log.String())
+	}
+}
