@@ -104,7 +104,10 @@ type Config struct {
 type Client struct {
 	cfg    Config
 	labels map[string]string
+	// creds and signer serve every connection made with a caller's
+	// Config.TLS.
 	creds  credentials.TransportCredentials
+	signer crypto.Signer
 	opts   []grpc.DialOption
 
 	mu     sync.Mutex
@@ -209,20 +212,32 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		routes: newRouteCache(cfg.LookupTTL, time.Now),
 		live:   live,
 	}
-	var signer crypto.Signer
 	if live != nil {
-		c.creds = live.ClientCredentials(identity.AcceptKinds(identity.Edge, identity.Central), "")
-		signer, c.td = live.Signer(), live.Current().ID.TrustDomain
+		c.td = live.Current().ID.TrustDomain
 	} else {
-		signer, c.td = proofSigner(cfg.TLS)
+		c.signer, c.td = proofSigner(cfg.TLS)
 		c.creds = credentials.NewTLS(withServerCheck(cfg.TLS, c.td))
 	}
 	c.opts = append([]grpc.DialOption{
-		grpc.WithTransportCredentials(c.creds),
-		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
 	}, cfg.DialOptions...)
 	return c, nil
+}
+
+// dialOptions are a new connection's credentials and forward-proof
+// interceptor, then c.opts. With a followed identity each connection has
+// its own credentials, whose signer signs with the key of the certificate
+// last presented on it (identity.Live.DialCredentials): a proof made after
+// a rotation matches the chain the edge saw.
+func (c *Client) dialOptions() []grpc.DialOption {
+	creds, signer := c.creds, c.signer
+	if c.live != nil {
+		creds, signer = c.live.DialCredentials(identity.AcceptKinds(identity.Edge, identity.Central), "")
+	}
+	return append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
+	}, c.opts...)
 }
 
 // proofSigner is the key forward proofs are signed with
@@ -306,7 +321,7 @@ func (c *Client) conn(addr string) (*conn, error) {
 	if cn, ok := c.conns[addr]; ok {
 		return cn, nil
 	}
-	cc, err := grpc.NewClient(addr, c.opts...)
+	cc, err := grpc.NewClient(addr, c.dialOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("client: node %q: %w", addr, err)
 	}

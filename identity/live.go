@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -62,9 +63,9 @@ import (
 //
 // Connections of the operations port (ServerTLS, HTTP) are checked at
 // every handshake but not tracked; they are short. Forward proofs signed
-// with Signer during a rotation may name the new key on a connection
-// authenticated with the old one; the central tier refuses such a proof
-// and the retry goes out on a new connection.
+// with the current key during a rotation may name it on a connection
+// authenticated with the old one unless the signer of DialCredentials is
+// used (the SDK and the CLI use it).
 type Live struct {
 	src Source
 	rev *Revocation
@@ -291,7 +292,13 @@ func (l *Live) ClientTLS(accept func(Identity) error, serverName string) *tls.Co
 		// VerifyConnection below verifies the chain, by SPIFFE id
 		// rather than host name.
 		InsecureSkipVerify:   true,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return l.clientCertificate() },
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			m, err := l.clientMaterial()
+			if err != nil {
+				return nil, err
+			}
+			return m.Certificate, nil
+		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			_, err := l.verifyServer(cs.PeerCertificates, accept, serverName)
 			return err
@@ -299,15 +306,15 @@ func (l *Live) ClientTLS(accept func(Identity) error, serverName string) *tls.Co
 	}
 }
 
-// clientCertificate is the current certificate, refused here — where we
-// can say why — rather than by the server when it cannot serve as a
+// clientMaterial is the current identity, refused here — where we can say
+// why — rather than by the server when its certificate cannot serve as a
 // client certificate.
-func (l *Live) clientCertificate() (*tls.Certificate, error) {
+func (l *Live) clientMaterial() (*Material, error) {
 	m := l.src.Current()
 	if p := ownProblem(m, x509.ExtKeyUsageClientAuth, time.Now(), false); p != "" {
 		return nil, &PeerError{Reason: "our own certificate cannot be used: " + p}
 	}
-	return m.Certificate, nil
+	return m, nil
 }
 
 // verifyServer verifies a server's certificates (leaf first) and returns
@@ -359,21 +366,40 @@ func (l *Live) ServerCredentials() credentials.TransportCredentials {
 // logging failed handshakes (with the reason in the error too) and
 // tracking connections.
 func (l *Live) ClientCredentials(accept func(Identity) error, serverName string) credentials.TransportCredentials {
-	return &liveCreds{TransportCredentials: credentials.NewTLS(l.ClientTLS(accept, serverName)), l: l, accept: accept, serverName: serverName}
+	creds, _ := l.DialCredentials(accept, serverName)
+	return creds
 }
 
-// Signer signs with the current certificate's private key (forward
-// proofs). During a rotation a proof may be signed with the new key for a
-// call made on a connection authenticated with the old one; the central
-// tier refuses it, and the retry goes out on the new certificate.
-func (l *Live) Signer() crypto.Signer { return liveSigner{l} }
+// DialCredentials are ClientCredentials for one grpc.ClientConn, with the
+// signer of its forward proofs: it signs with the key of the certificate
+// last presented on that connection, so a proof made after our own
+// certificate rotated still matches the chain the edge saw in its
+// handshake (the central tier checks the proof against that chain). Use
+// a pair per ClientConn.
+func (l *Live) DialCredentials(accept func(Identity) error, serverName string) (credentials.TransportCredentials, crypto.Signer) {
+	c := &liveCreds{TransportCredentials: credentials.NewTLS(l.ClientTLS(accept, serverName)), l: l, accept: accept, serverName: serverName,
+		presented: new(atomic.Pointer[Material])}
+	return c, liveSigner{l, c.presented}
+}
 
-type liveSigner struct{ l *Live }
+// liveSigner signs with the key of the Material last presented on a
+// connection, or the current one before any.
+type liveSigner struct {
+	l         *Live
+	presented *atomic.Pointer[Material]
+}
 
-func (s liveSigner) Public() crypto.PublicKey { return s.l.Current().Certificate.Leaf.PublicKey }
+func (s liveSigner) material() *Material {
+	if m := s.presented.Load(); m != nil {
+		return m
+	}
+	return s.l.Current()
+}
+
+func (s liveSigner) Public() crypto.PublicKey { return s.material().Certificate.Leaf.PublicKey }
 
 func (s liveSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	k, ok := s.l.Current().Certificate.PrivateKey.(crypto.Signer)
+	k, ok := s.material().Certificate.PrivateKey.(crypto.Signer)
 	if !ok {
 		return nil, errors.New("identity: the private key cannot sign")
 	}
@@ -386,6 +412,9 @@ type liveCreds struct {
 	server     bool
 	accept     func(Identity) error
 	serverName string
+	// presented is the Material of the last client handshake that
+	// succeeded (shared by clones: one per ClientConn).
+	presented *atomic.Pointer[Material]
 }
 
 func (c *liveCreds) Clone() credentials.TransportCredentials {
@@ -394,9 +423,29 @@ func (c *liveCreds) Clone() credentials.TransportCredentials {
 	return &cc
 }
 
+// ClientHandshake runs the TLS handshake itself (rather than through
+// credentials.NewTLS) so that it knows which of our certificates it
+// presented.
 func (c *liveCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	conn, ai, err := c.TransportCredentials.ClientHandshake(ctx, authority, raw)
-	if err != nil {
+	cfg := c.l.ClientTLS(c.accept, c.serverName)
+	cfg.NextProtos = []string{"h2"}
+	if cfg.ServerName == "" { // SNI only: the server is verified by SPIFFE id
+		host, _, err := net.SplitHostPort(authority)
+		if err != nil {
+			host = authority
+		}
+		cfg.ServerName = host
+	}
+	var presented *Material
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		m, err := c.l.clientMaterial()
+		if err != nil {
+			return nil, err
+		}
+		presented = m
+		return m.Certificate, nil
+	}
+	fail := func(err error) (net.Conn, credentials.AuthInfo, error) {
 		reason := Explain(err)
 		if isRemoteRefusal(err) {
 			reason = c.l.refusedUs(err)
@@ -404,11 +453,20 @@ func (c *liveCreds) ClientHandshake(ctx context.Context, authority string, raw n
 		c.l.log.Warn("TLS handshake with the server failed", "server", authority, "reason", reason)
 		return nil, nil, &PeerError{Reason: reason, Err: err}
 	}
-	ti, _ := ai.(credentials.TLSInfo)
-	chain, err := c.l.verifyServer(ti.State.PeerCertificates, c.accept, c.serverName)
+	conn := tls.Client(raw, cfg)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return fail(err)
+	}
+	st := conn.ConnectionState()
+	if st.NegotiatedProtocol != "h2" {
+		conn.Close()
+		return fail(&PeerError{Reason: fmt.Sprintf("%s does not speak gRPC (no ALPN h2 in the TLS handshake): is it a keybroker node's operations port rather than its gRPC port?", authority)})
+	}
+	chain, err := c.l.verifyServer(st.PeerCertificates, c.accept, c.serverName)
 	if err != nil { // the roots changed between the handshake and now
 		conn.Close()
-		return nil, nil, err
+		return fail(err)
 	}
 	// A TLS 1.3 client finishes its handshake before the server has
 	// checked its certificate: the server's verdict is the first thing it
@@ -418,16 +476,18 @@ func (c *liveCreds) ClientHandshake(ctx context.Context, authority string, raw n
 	first, err := readFirst(ctx, conn)
 	if err != nil {
 		conn.Close()
-		reason := Explain(err)
-		if isRemoteRefusal(err) {
-			reason = c.l.refusedUs(err)
-		}
-		c.l.log.Warn("TLS handshake with the server failed", "server", authority, "reason", reason)
-		return nil, nil, &PeerError{Reason: reason, Err: err}
+		return fail(err)
 	}
 	tc := c.l.track(conn, chain, x509.ExtKeyUsageServerAuth)
 	tc.pre = first
-	return tc, ai, nil
+	if c.presented != nil && presented != nil {
+		c.presented.Store(presented)
+	}
+	info := credentials.TLSInfo{State: st, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
+	if id, err := FromCertificate(chain[0]); err == nil {
+		info.SPIFFEID = id.URL()
+	}
+	return tc, info, nil
 }
 
 // firstReadWait bounds how long a client waits for the server's first

@@ -143,10 +143,11 @@ var acceptNode = identity.AcceptKinds(identity.Edge, identity.Central)
 // to the central tier are signed with the client certificate's key when
 // the edge asks for a forward proof, as the SDK does.
 func dialBroker(addr string, id *identity.Live, serverName string) (*grpc.ClientConn, error) {
+	creds, signer := id.DialCredentials(acceptNode, serverName)
 	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(id.ClientCredentials(acceptNode, serverName)),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMessage)),
-		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(id.Signer(), nil).Unary),
+		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
 	)
 }
 

@@ -26,6 +26,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
 )
@@ -98,6 +100,11 @@ func TestServersCheckedByKind(t *testing.T) {
 	out, code := c.cli(t, rogue, identity.Client, "app", nil, "random", "--length", "8")
 	if code != exitUnavailable || !strings.Contains(out, "dialled a client certificate (spiffe://kb.test/client/mallory) as edge or central") {
 		t.Errorf("CLI at a client certificate: exit %d, %q; want %d and the reason", code, out, exitUnavailable)
+	}
+	// The operations port is no gRPC port, and the CLI says so.
+	if out, code := c.cli(t, c.central.opsAddr, identity.Admin, "ops", nil, "random", "--length", "8"); code == 0 ||
+		!strings.Contains(out, "does not speak gRPC") {
+		t.Errorf("CLI at the operations port: exit %d, %q; want a refusal naming the port's kind", code, out)
 	}
 	files, err := c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Client, Name: "app"}, nil, time.Hour, c.dir, "sdk-app", c.caFile)
 	must(t, "issuing", err)
@@ -277,5 +284,40 @@ func TestCentralRevokesEdge(t *testing.T) {
 	rec = e.p.waitLog(t, emark, "TLS handshake with the server failed")
 	if reason, _ := rec["reason"].(string); !strings.Contains(reason, "the server refused our certificate") {
 		t.Errorf("the edge says %q, want that central refused its certificate", reason)
+	}
+}
+
+// TestSDKForwardsAcrossRotation: after the SDK's own certificate rotates,
+// a call an edge forwards on the connection opened before is still proven
+// with the key of the certificate that connection presented — the chain
+// the edge passes on — and succeeds.
+func TestSDKForwardsAcrossRotation(t *testing.T) {
+	c := newEdgeCluster(t, &edgeNode{name: "edge-eu-1", region: "eu", prefetch: true, staleness: time.Hour})
+	ctx := t.Context()
+	m, err := c.admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "hsm", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_BACKEND, Labels: map[string]string{"owner": e2eTrustDomain}})
+	must(t, "CreateKey", err)
+	c.waitApplied(t, m.GetRevision())
+	app := identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Client, Name: "app"}
+	files, err := c.ca.IssueFiles(app, nil, time.Hour, c.dir, "sdk-rot", c.caFile)
+	must(t, "client certificate", err)
+	src, err := identity.NewFileSource(files, identity.FileOptions{ReloadInterval: -1})
+	must(t, "source", err)
+	defer src.Close()
+	edge := c.edges["edge-eu-1"].p.addr
+	cl, err := client.New(ctx, client.Config{Addrs: []string{edge}, Direct: true, Source: src})
+	must(t, "client.New", err)
+	defer cl.Close()
+	if _, err := cl.Encrypt(ctx, "hsm", []byte("before"), nil); err != nil {
+		t.Fatalf("forwarded Encrypt before the rotation: %v", err)
+	}
+	_, err = c.ca.IssueFiles(app, nil, time.Hour, c.dir, "sdk-rot", c.caFile)
+	must(t, "rotating the client certificate", err)
+	must(t, "reload", src.Reload())
+	if _, err := cl.Encrypt(ctx, "hsm", []byte("after"), nil); err != nil {
+		t.Errorf("forwarded Encrypt on the connection opened before the rotation: %v", err)
+	}
+	if n := len(cl.Calls()); n != 1 {
+		t.Errorf("calls went to %d nodes, want the edge alone", n)
 	}
 }
