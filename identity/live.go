@@ -291,7 +291,7 @@ func (l *Live) ClientTLS(accept func(Identity) error, serverName string) *tls.Co
 		ServerName: serverName,
 		// VerifyConnection below verifies the chain, by SPIFFE id
 		// rather than host name.
-		InsecureSkipVerify:   true,
+		InsecureSkipVerify: true,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			m, err := l.clientMaterial()
 			if err != nil {
