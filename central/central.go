@@ -37,6 +37,7 @@ package central
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,7 +50,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
@@ -96,6 +96,7 @@ type Node struct {
 	audit   *audit.Log
 	rpc     *rpc.Server // maps errors to the codes audit lines record
 	servers *serve.Servers
+	id      *identity.Live
 	lis     net.Listener
 	opsLis  net.Listener
 
@@ -132,6 +133,9 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	if n.id, err = liveIdentity(cfg, log); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("central: data_dir: %w", err)
 	}
@@ -211,24 +215,19 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if advertise == "" {
 		advertise = n.lis.Addr().String()
 	}
-	files := identity.TLSFiles{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key}
-	tlsCfg, err := files.ServerConfig()
-	if err != nil {
-		return nil, err
-	}
 	// Forwarded calls are verified against the bundle the listener
-	// verifies direct callers against.
+	// verifies direct callers against, and the same revocation lists.
 	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
 		TrustDomain: cfg.TrustDomain, Address: advertise, Lease: cfg.Edges.Lease, Heartbeat: cfg.Edges.HeartbeatInterval(),
-		ClientCAs: tlsCfg.ClientCAs, Logger: log})
+		Roots: n.id.Roots, Revoked: n.id.Revoked, Logger: log})
 	if err != nil {
 		return nil, err
 	}
 	n.rpc = srv.Server
 	calls := rpc.NewMetrics(metrics)
 	kinds, ids := cfg.Ops.Principals()
-	n.servers = serve.New(tlsCfg, serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
+	n.servers = serve.New(n.id.ServerTLS(), serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
+		grpc.Creds(n.id.ServerCredentials()),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
@@ -243,6 +242,51 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", n.lis.Addr().String(), "advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(),
 		"backends", n.roots.Names(), "policy", n.policy.Current().Hash()[:12])
 	return n, nil
+}
+
+// sourceFor is where a central node's identity comes from: its TLS files.
+// Another source (a SPIFFE Workload API agent) is another branch here.
+func sourceFor(cfg *config.Central, log *slog.Logger) (identity.Source, error) {
+	return identity.NewFileSource(cfg.TLS.Files(), cfg.TLS.FileOptions(log))
+}
+
+// liveIdentity opens the node's identity and its revocation lists, and
+// refuses a certificate that cannot serve as central's, at start and when
+// it rotates.
+func liveIdentity(cfg *config.Central, log *slog.Logger) (*identity.Live, error) {
+	files, err := sourceFor(cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("central: %w", err)
+	}
+	// Checked at start and at every rotation: a certificate that cannot
+	// serve as this node's is refused (the one in force stays).
+	src, err := identity.NewChecked(files, func(m *identity.Material) error {
+		if err := identity.CheckSelf(m, identity.RoleCentral, identity.Identity{}); err != nil {
+			return err
+		}
+		if m.ID.TrustDomain != cfg.TrustDomain {
+			return fmt.Errorf("tls.cert is %s, not of trust_domain %s", m.ID, cfg.TrustDomain)
+		}
+		return nil
+	}, log)
+	if err != nil {
+		files.Close()
+		return nil, fmt.Errorf("central: %w", err)
+	}
+	rev, err := identity.NewRevocation(cfg.TLS.Revocation(), func() []*x509.Certificate { return src.Current().Roots }, cfg.TLS.FileOptions(log))
+	if err != nil {
+		src.Close()
+		return nil, fmt.Errorf("central: %w", err)
+	}
+	return identity.NewLive(src, rev, log), nil
+}
+
+// ReloadIdentity re-reads the TLS files and revocation lists now
+// (SIGHUP). A failure keeps what is in force and is logged.
+func (n *Node) ReloadIdentity() {
+	if err := n.id.Reload(); err != nil {
+		n.log.Error("identity reload failed; the identity and revocation lists in force stay", "err", err)
+	}
 }
 
 // Addr is the gRPC listener's address.
@@ -360,6 +404,9 @@ func (n *Node) closeResources() error {
 	}
 	n.closed = true
 	var errs []error
+	if n.id != nil {
+		errs = append(errs, n.id.Close())
+	}
 	if n.audit != nil {
 		errs = append(errs, n.audit.Close())
 	}

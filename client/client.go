@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -49,10 +50,26 @@ type Config struct {
 	// nodes serve each key (LookupKey) and falls back to them in order.
 	// Default: KEYBROKER_ADDR, split at commas.
 	Addrs []string
-	// TLS is the mutual-TLS client configuration (client certificate and
-	// the CAs that sign the nodes). When nil, it is built from CAFile,
-	// CertFile and KeyFile.
+	// Source is the client's identity (certificate, key and the CAs that
+	// sign the nodes), followed as it changes: a SPIFFE Workload API
+	// source, say. The client does not close it. When Source and TLS are
+	// nil, the identity is read from CAFile, CertFile and KeyFile, and
+	// those files are reloaded when they change.
+	//
+	// With a Source or the files, a node is verified by its SPIFFE id: it
+	// must chain to the CAs with the serverAuth usage and be an edge or a
+	// central node of the client's trust domain; its host name is not
+	// checked, so nodes may be dialled by IP address.
+	Source identity.Source
+	// TLS is a mutual-TLS client configuration of the caller's own, used
+	// when Source is nil. Go verifies the chain and host name as the
+	// configuration says, and New adds keybroker's server check: the
+	// node's leaf must carry the SPIFFE id of an edge or central node
+	// (of the client certificate's trust domain, when Certificates holds
+	// it).
 	TLS *tls.Config
+	// Logger receives failed handshakes with their reasons (nil: none).
+	Logger *slog.Logger
 	// CAFile, CertFile and KeyFile are PEM files: the CA certificates,
 	// the client certificate (with its SPIFFE URI SAN) and its private
 	// key. Defaults: KEYBROKER_CA, KEYBROKER_CERT, KEYBROKER_KEY.
@@ -88,7 +105,10 @@ type Config struct {
 type Client struct {
 	cfg    Config
 	labels map[string]string
+	// creds and signer serve every connection made with a caller's
+	// Config.TLS.
 	creds  credentials.TransportCredentials
+	signer crypto.Signer
 	opts   []grpc.DialOption
 
 	mu     sync.Mutex
@@ -96,6 +116,8 @@ type Client struct {
 	closed bool
 
 	routes *routeCache
+	// live is the identity followed (nil with a caller's Config.TLS).
+	live *identity.Live
 	// td is the trust domain of the client's certificate: forward
 	// proofs name edges in it.
 	td string
@@ -134,7 +156,11 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("client: %w", err)
 		}
 	}
-	if cfg.TLS == nil {
+	var live *identity.Live
+	switch {
+	case cfg.Source != nil:
+		live = identity.NewLive(keepOpen{cfg.Source}, nil, cfg.Logger)
+	case cfg.TLS == nil:
 		files := identity.TLSFiles{CA: or(cfg.CAFile, getenv(EnvCA)), Cert: or(cfg.CertFile, getenv(EnvCert)), Key: or(cfg.KeyFile, getenv(EnvKey))}
 		var missing []string
 		for _, m := range []struct{ v, name string }{{files.CA, "CAFile (" + EnvCA + ")"}, {files.Cert, "CertFile (" + EnvCert + ")"}, {files.Key, "KeyFile (" + EnvKey + ")"}} {
@@ -145,14 +171,21 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		if len(missing) > 0 {
 			return nil, fmt.Errorf("client: missing %s: keybroker always uses mutual TLS", strings.Join(missing, ", "))
 		}
-		t, err := files.ClientConfig("")
+		src, err := sourceFor(files, cfg.Logger)
 		if err != nil {
 			return nil, fmt.Errorf("client: TLS configuration: %w", err)
 		}
-		cfg.TLS = t
+		live = identity.NewLive(src, nil, cfg.Logger)
+	default:
+		if len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetClientCertificate == nil {
+			return nil, errors.New("client: the TLS configuration has no client certificate: keybroker always uses mutual TLS")
+		}
 	}
-	if len(cfg.TLS.Certificates) == 0 && cfg.TLS.GetClientCertificate == nil {
-		return nil, errors.New("client: the TLS configuration has no client certificate: keybroker always uses mutual TLS")
+	if live != nil {
+		if err := identity.CheckSelf(live.Current(), identity.RoleClient, identity.Identity{}); err != nil {
+			live.Close()
+			return nil, fmt.Errorf("client: %w", err)
+		}
 	}
 	if cfg.LookupTTL <= 0 {
 		cfg.LookupTTL = DefaultLookupTTL
@@ -176,18 +209,36 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg:    cfg,
 		labels: labels,
-		creds:  credentials.NewTLS(cfg.TLS),
 		conns:  map[string]*conn{},
 		routes: newRouteCache(cfg.LookupTTL, time.Now),
+		live:   live,
 	}
-	signer, td := proofSigner(cfg.TLS)
-	c.td = td
+	if live != nil {
+		c.td = live.Current().ID.TrustDomain
+	} else {
+		c.signer, c.td = proofSigner(cfg.TLS)
+		c.creds = credentials.NewTLS(withServerCheck(cfg.TLS, c.td))
+	}
 	c.opts = append([]grpc.DialOption{
-		grpc.WithTransportCredentials(c.creds),
-		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
 	}, cfg.DialOptions...)
 	return c, nil
+}
+
+// dialOptions are a new connection's credentials and forward-proof
+// interceptor, then c.opts. With a followed identity each connection has
+// its own credentials, whose signer signs with the key of the certificate
+// last presented on it (identity.Live.DialCredentials): a proof made after
+// a rotation matches the chain the edge saw.
+func (c *Client) dialOptions() []grpc.DialOption {
+	creds, signer := c.creds, c.signer
+	if c.live != nil {
+		creds, signer = c.live.DialCredentials(identity.AcceptKinds(identity.Edge, identity.Central), "")
+	}
+	return append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
+	}, c.opts...)
 }
 
 // proofSigner is the key forward proofs are signed with
@@ -206,6 +257,49 @@ func proofSigner(t *tls.Config) (crypto.Signer, string) {
 		return signer, ""
 	}
 	return signer, id.TrustDomain
+}
+
+// sourceFor is where the client's identity comes from when Config names
+// files: the files, reloaded when they change. (Config.Source takes a
+// SPIFFE Workload API source, or any other.)
+func sourceFor(files identity.TLSFiles, log *slog.Logger) (identity.Source, error) {
+	return identity.NewFileSource(files, identity.FileOptions{Logger: log})
+}
+
+// keepOpen is a caller's Source the client uses but does not close.
+type keepOpen struct{ identity.Source }
+
+func (keepOpen) Close() error { return nil }
+
+// withServerCheck adds to a caller's TLS configuration the check Go's
+// verifier does not make: the node's leaf carries the SPIFFE id of an
+// edge or central node, of trust domain td when td is known.
+func withServerCheck(t *tls.Config, td string) *tls.Config {
+	t = t.Clone()
+	theirs := t.VerifyConnection
+	accept := identity.AcceptKinds(identity.Edge, identity.Central)
+	t.VerifyConnection = func(cs tls.ConnectionState) error {
+		if theirs != nil {
+			if err := theirs(cs); err != nil {
+				return err
+			}
+		}
+		if len(cs.PeerCertificates) == 0 {
+			return &identity.PeerError{Reason: "the server presented no certificate"}
+		}
+		id, err := identity.FromCertificate(cs.PeerCertificates[0])
+		if err != nil {
+			return &identity.PeerError{Reason: "the server certificate carries no keybroker SPIFFE id: " + err.Error(), Err: err}
+		}
+		if td != "" && id.TrustDomain != td {
+			return &identity.PeerError{Reason: fmt.Sprintf("the server %s is not in trust domain %s", id, td)}
+		}
+		if err := accept(id); err != nil {
+			return &identity.PeerError{Reason: err.Error(), Err: err}
+		}
+		return nil
+	}
+	return t
 }
 
 func or(a, b string) string {
@@ -228,7 +322,7 @@ func (c *Client) conn(addr string) (*conn, error) {
 	if cn, ok := c.conns[addr]; ok {
 		return cn, nil
 	}
-	cc, err := grpc.NewClient(addr, c.opts...)
+	cc, err := grpc.NewClient(addr, c.dialOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("client: node %q: %w", addr, err)
 	}
@@ -248,6 +342,9 @@ func (c *Client) Close() error {
 	var errs []error
 	for _, cn := range c.conns {
 		errs = append(errs, cn.cc.Close())
+	}
+	if c.live != nil {
+		errs = append(errs, c.live.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -270,6 +270,7 @@ func DefaultCentral() Central {
 		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
+		TLS:             TLS{ReloadInterval: DefaultTLSReloadInterval},
 		Edges:           Edges{Lease: DefaultEdgeLease},
 		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
 		BackendBudget:   BackendBudget{Rate: budget.DefaultRate, Burst: budget.DefaultBurst, MaxPrincipals: budget.DefaultMaxPrincipals},

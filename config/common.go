@@ -37,6 +37,41 @@ type TLS struct {
 	// Key is the private key of Cert. It is a file, never inline, so it
 	// cannot end up in the configuration. Required.
 	Key string `yaml:"key"`
+	// CRL is an optional file of X.509 certificate revocation lists (PEM
+	// "X509 CRL" blocks, or one DER list), each signed by a CA of CA.
+	// Peers whose chain holds a listed certificate are refused, and their
+	// open connections closed.
+	CRL string `yaml:"crl"`
+	// Deny is an optional file of denied peers, one a line: a SPIFFE id,
+	// or serial:<hex> for a certificate serial number; # starts a
+	// comment.
+	Deny string `yaml:"deny"`
+	// ReloadInterval is how often CA, Cert, Key, CRL and Deny are looked
+	// at for a change (SIGHUP re-reads them at once). 0s disables
+	// polling. Default 1s, range 100ms..1h.
+	ReloadInterval time.Duration `yaml:"reload_interval"`
+}
+
+// TLS reload interval bounds.
+const (
+	DefaultTLSReloadInterval = time.Second
+	MinTLSReloadInterval     = 100 * time.Millisecond
+	MaxTLSReloadInterval     = time.Hour
+)
+
+// Revocation returns the revocation files in the form package identity
+// takes.
+func (t TLS) Revocation() identity.RevocationFiles {
+	return identity.RevocationFiles{CRL: t.CRL, Deny: t.Deny}
+}
+
+// FileOptions are the options package identity follows the files with.
+func (t TLS) FileOptions(log *slog.Logger) identity.FileOptions {
+	d := t.ReloadInterval
+	if d == 0 {
+		d = -1 // polling disabled
+	}
+	return identity.FileOptions{ReloadInterval: d, Logger: log}
 }
 
 // Files returns the files in the form package identity takes.
@@ -48,18 +83,34 @@ func (t *TLS) resolve(base string) {
 	resolvePath(base, &t.CA)
 	resolvePath(base, &t.Cert)
 	resolvePath(base, &t.Key)
+	resolvePath(base, &t.CRL)
+	resolvePath(base, &t.Deny)
 }
 
 func (t TLS) check(p *problems, field string) {
 	checkPath(p, field+".ca", t.CA)
 	checkPath(p, field+".cert", t.Cert)
 	checkPath(p, field+".key", t.Key)
+	for _, f := range []struct{ name, v string }{{".crl", t.CRL}, {".deny", t.Deny}} {
+		if f.v != "" {
+			checkPath(p, field+f.name, f.v)
+		}
+	}
+	if d := t.ReloadInterval; d != 0 {
+		checkDuration(p, field+".reload_interval", d, MinTLSReloadInterval, MaxTLSReloadInterval)
+	}
 }
 
 func (t TLS) stat(p *problems, field string) {
 	statFile(p, field+".ca", t.CA)
 	statFile(p, field+".cert", t.Cert)
 	statFile(p, field+".key", t.Key)
+	if t.CRL != "" {
+		statFile(p, field+".crl", t.CRL)
+	}
+	if t.Deny != "" {
+		statFile(p, field+".deny", t.Deny)
+	}
 }
 
 // Log configures the process's structured log (log/slog).

@@ -76,9 +76,10 @@ func TestDocExample(t *testing.T) {
 		Listen:      "127.0.0.1:7443",
 		OpsListen:   "127.0.0.1:7080",
 		TLS: TLS{
-			CA:   "/etc/keybroker/ca.pem",
-			Cert: "/etc/keybroker/central.pem",
-			Key:  "/etc/keybroker/central.key",
+			CA:             "/etc/keybroker/ca.pem",
+			Cert:           "/etc/keybroker/central.pem",
+			Key:            "/etc/keybroker/central.key",
+			ReloadInterval: time.Second,
 		},
 		DataDir: "/var/lib/keybroker",
 		Backends: []Backend{{
@@ -199,7 +200,7 @@ policy: {paths: [p]}
 	}
 	want := DefaultCentral()
 	want.NodeID, want.TrustDomain, want.Listen, want.OpsListen = "n", "td", "127.0.0.1:1", ":2"
-	want.TLS = TLS{CA: "/srv/kb/a", Cert: "/srv/kb/b", Key: "/srv/kb/c"}
+	want.TLS = TLS{CA: "/srv/kb/a", Cert: "/srv/kb/b", Key: "/srv/kb/c", ReloadInterval: DefaultTLSReloadInterval}
 	want.DataDir = "/srv/kb/data"
 	want.Backends = []Backend{{Name: "s", URI: "softkms:"}}
 	want.Policy.Paths = []string{"/srv/kb/p"}

@@ -102,10 +102,10 @@ type EdgeCentral struct {
 	// Address is the host:port of the central tier's gRPC API. Required;
 	// a DNS name or IP address that is not a wildcard, port 1..65535.
 	Address string `yaml:"address"`
-	// ServerName is the host name verified in the central tier's
-	// certificate. Optional: by default the host of Address (an empty
-	// ServerName, as identity.TLSFiles.ClientConfig takes it); a DNS name
-	// or IP address.
+	// ServerName is a host name the central tier's certificate must name
+	// as well (a DNS or IP SAN). Optional: the central tier is always
+	// verified by its SPIFFE id (kind central of the trust domain), and
+	// by no host name unless this names one; a DNS name or IP address.
 	ServerName string `yaml:"server_name"`
 }
 
@@ -148,6 +148,7 @@ func DefaultEdge() Edge {
 		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
+		TLS:             TLS{ReloadInterval: DefaultTLSReloadInterval},
 		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
 	}
 }

@@ -79,9 +79,10 @@ func TestDocEdgeExample(t *testing.T) {
 		AdvertiseAddress: "edge-eu-1.kb.example:7443",
 		OpsListen:        "127.0.0.1:7080",
 		TLS: TLS{
-			CA:   "/etc/keybroker/ca.pem",
-			Cert: "/etc/keybroker/edge.pem",
-			Key:  "/etc/keybroker/edge.key",
+			CA:             "/etc/keybroker/ca.pem",
+			Cert:           "/etc/keybroker/edge.pem",
+			Key:            "/etc/keybroker/edge.key",
+			ReloadInterval: time.Second,
 		},
 		DataDir:         "/var/lib/keybroker-edge",
 		Region:          "eu-west-1",
@@ -149,7 +150,7 @@ central: {address: "central:7443"}
 	}
 	want := DefaultEdge()
 	want.NodeID, want.TrustDomain, want.Listen, want.OpsListen = "n", "td", "127.0.0.1:1", "127.0.0.1:2"
-	want.TLS = TLS{CA: "/srv/kb/a", Cert: "/srv/kb/b", Key: "/srv/kb/c"}
+	want.TLS = TLS{CA: "/srv/kb/a", Cert: "/srv/kb/b", Key: "/srv/kb/c", ReloadInterval: DefaultTLSReloadInterval}
 	want.DataDir = "/srv/kb/data"
 	want.Central.Address = "central:7443"
 	want.Audit.Path = "/srv/kb/data/audit.jsonl"
@@ -687,5 +688,26 @@ func TestCentralEdges(t *testing.T) {
 	err = c.Validate()
 	if err == nil || !strings.Contains(err.Error(), "edges.lease: ") || strings.Contains(err.Error(), "edges.heartbeat: ") {
 		t.Errorf("Validate() with lease 0s, heartbeat 1s = %v, want only the lease reported", err)
+	}
+}
+
+// TestTLSRevocationFields: tls.crl and tls.deny are optional paths,
+// resolved like the others; tls.reload_interval is 0s or 100ms..1h.
+func TestTLSRevocationFields(t *testing.T) {
+	base := "node_id: n\ntrust_domain: td\nlisten: \"127.0.0.1:1\"\nops_listen: \"127.0.0.1:2\"\ndata_dir: data\ncentral: {address: \"central:7443\"}\n"
+	e, err := ParseEdge("edge.yaml", []byte(base+"tls: {ca: a, cert: b, key: c, crl: r.crl, deny: deny.txt, reload_interval: 0s}\n"), "/srv/kb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.TLS.CRL != "/srv/kb/r.crl" || e.TLS.Deny != "/srv/kb/deny.txt" || e.TLS.ReloadInterval != 0 {
+		t.Errorf("tls = %+v", e.TLS)
+	}
+	if o := e.TLS.FileOptions(nil); o.ReloadInterval >= 0 {
+		t.Errorf("reload_interval 0s: FileOptions.ReloadInterval = %v, want negative (no polling)", o.ReloadInterval)
+	}
+	for _, bad := range []string{"reload_interval: 10ms", "reload_interval: 2h", "reload_interval: -1s", "crl: \"a\\u0001\"", "bogus: x"} {
+		if _, err := ParseEdge("edge.yaml", []byte(base+"tls: {ca: a, cert: b, key: c, "+bad+"}\n"), "/srv/kb"); err == nil || !strings.Contains(err.Error(), "tls.") {
+			t.Errorf("tls {%s}: %v, want an error naming the tls field", bad, err)
+		}
 	}
 }

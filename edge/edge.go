@@ -28,7 +28,6 @@ package edge
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -44,7 +43,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -64,6 +62,7 @@ type Node struct {
 	audit   *audit.Log
 	central *grpc.ClientConn
 	servers *serve.Servers
+	id      *identity.Live
 	lis     net.Listener
 	opsLis  net.Listener
 
@@ -98,25 +97,16 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if madeDirs, err = makeDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("edge: data_dir: %w", err)
 	}
-	files := identity.TLSFiles{CA: cfg.TLS.CA, Cert: cfg.TLS.Cert, Key: cfg.TLS.Key}
-	if err := checkIdentity(files, cfg); err != nil {
+	if n.id, err = liveIdentity(cfg, log); err != nil {
 		return nil, err
 	}
-	serverTLS, err := files.ServerConfig()
-	if err != nil {
-		return nil, err
+	if _, _, err := net.SplitHostPort(cfg.Central.Address); err != nil {
+		return nil, fmt.Errorf("edge: central.address: %w", err)
 	}
-	serverName := cfg.Central.ServerName
-	if serverName == "" {
-		if serverName, _, err = net.SplitHostPort(cfg.Central.Address); err != nil {
-			return nil, fmt.Errorf("edge: central.address: %w", err)
-		}
-	}
-	clientTLS, err := files.ClientConfig(serverName)
-	if err != nil {
-		return nil, err
-	}
-	n.central, err = grpc.NewClient(cfg.Central.Address, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)),
+	// The central tier is known by its SPIFFE id (kind central); its host
+	// name is checked too only when central.server_name names one.
+	n.central, err = grpc.NewClient(cfg.Central.Address,
+		grpc.WithTransportCredentials(n.id.ClientCredentials(identity.AcceptKinds(identity.Central), cfg.Central.ServerName)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
 		grpc.WithConnectParams(centralConnectParams(cfg.Reconnect)))
@@ -162,8 +152,8 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	}
 	calls := rpc.NewMetrics(metrics)
 	kinds, ids := cfg.Ops.Principals()
-	n.servers = serve.New(serverTLS, serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
-		grpc.Creds(credentials.NewTLS(serverTLS)),
+	n.servers = serve.New(n.id.ServerTLS(), serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
+		grpc.Creds(n.id.ServerCredentials()),
 		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptorThen(n.cache.UnaryInterceptor(srv))),
 		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
@@ -262,27 +252,43 @@ func centralConnectParams(r config.Reconnect) grpc.ConnectParams {
 	}
 }
 
-// checkIdentity refuses a certificate that is not this edge's: the central
-// tier knows an edge by its certificate, so a mismatch would register the
-// wrong node.
-func checkIdentity(files identity.TLSFiles, cfg *config.Edge) error {
-	pair, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+// sourceFor is where an edge's identity comes from: its TLS files.
+// Another source (a SPIFFE Workload API agent) is another branch here.
+func sourceFor(cfg *config.Edge, log *slog.Logger) (identity.Source, error) {
+	return identity.NewFileSource(cfg.TLS.Files(), cfg.TLS.FileOptions(log))
+}
+
+// liveIdentity opens the edge's identity and revocation lists. It refuses
+// a certificate that is not this edge's — the central tier knows an edge
+// by its certificate, so a mismatch would register the wrong node — or
+// that lacks a usage an edge needs: serverAuth (clients dial it) and
+// clientAuth (it dials the central tier); at start, and when it rotates.
+func liveIdentity(cfg *config.Edge, log *slog.Logger) (*identity.Live, error) {
+	files, err := sourceFor(cfg, log)
 	if err != nil {
-		return fmt.Errorf("edge: tls: %w", err)
+		return nil, fmt.Errorf("edge: %w", err)
 	}
-	leaf, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil {
-		return fmt.Errorf("edge: tls.cert: %w", err)
-	}
-	id, err := identity.FromCertificate(leaf)
-	if err != nil {
-		return fmt.Errorf("edge: tls.cert: %w", err)
-	}
+	// Checked at start and at every rotation (the one in force stays).
 	want := identity.Identity{TrustDomain: cfg.TrustDomain, Kind: identity.Edge, Name: cfg.NodeID}
-	if id != want {
-		return fmt.Errorf("edge: tls.cert is %s; this edge is %s", id, want)
+	src, err := identity.NewChecked(files, func(m *identity.Material) error { return identity.CheckSelf(m, identity.RoleEdge, want) }, log)
+	if err != nil {
+		files.Close()
+		return nil, fmt.Errorf("edge: %w", err)
 	}
-	return nil
+	rev, err := identity.NewRevocation(cfg.TLS.Revocation(), func() []*x509.Certificate { return src.Current().Roots }, cfg.TLS.FileOptions(log))
+	if err != nil {
+		src.Close()
+		return nil, fmt.Errorf("edge: %w", err)
+	}
+	return identity.NewLive(src, rev, log), nil
+}
+
+// ReloadIdentity re-reads the TLS files and revocation lists now
+// (SIGHUP). A failure keeps what is in force and is logged.
+func (n *Node) ReloadIdentity() {
+	if err := n.id.Reload(); err != nil {
+		n.log.Error("identity reload failed; the identity and revocation lists in force stay", "err", err)
+	}
 }
 
 // Addr is the gRPC listener's address.
@@ -340,6 +346,9 @@ func (n *Node) closeResources() error {
 		if l != nil {
 			_ = l.Close()
 		}
+	}
+	if n.id != nil {
+		errs = append(errs, n.id.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -1,8 +1,13 @@
 package identity
 
 import (
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"math/big"
 	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzParse checks the SPIFFE id parser that names every caller: no
@@ -60,6 +65,50 @@ func FuzzParse(f *testing.F) {
 		again, err := Parse(canon)
 		if err != nil || again != id {
 			t.Fatalf("canonical form %q of %q parses to %+v, %v; want %+v", canon, s, again, err, id)
+		}
+	})
+}
+
+// FuzzRevocationFiles checks the deny list and CRL parsers, which read
+// files an operator (or a half-finished write) provides: no panic; a deny
+// list that parses holds only valid ids and lower-case hex serials; a CRL
+// accepted is signed by the one root given.
+func FuzzRevocationFiles(f *testing.F) {
+	ca, err := NewCA("kb.test", time.Hour)
+	if err != nil {
+		f.Fatal(err)
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: time.Now(), NextUpdate: time.Now().Add(time.Hour),
+		RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: big.NewInt(42), RevocationTime: time.Now()}}}, ca.Cert, ca.key)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range []string{"spiffe://kb.test/client/a\n# c\nserial:0a:ff\n", "serial:", "serial:-1", " \n#\n",
+		string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})), string(der), "-----BEGIN X509 CRL-----\nAAAA"} {
+		f.Add([]byte(s))
+	}
+	roots := []*x509.Certificate{ca.Cert}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		l := &revList{denyIDs: map[Identity]bool{}, denySNs: map[string]bool{}}
+		if err := parseDeny(data, l); err == nil {
+			for id := range l.denyIDs {
+				if _, err := Parse(id.String()); err != nil {
+					t.Fatalf("deny list holds an invalid id %v", id)
+				}
+			}
+			for sn := range l.denySNs {
+				if v, ok := new(big.Int).SetString(sn, 16); !ok || v.Text(16) != sn {
+					t.Fatalf("deny list holds serial %q, not canonical hex", sn)
+				}
+			}
+		}
+		crls, err := parseCRLs(data, roots)
+		if err == nil {
+			for _, c := range crls {
+				if c.CheckSignatureFrom(ca.Cert) != nil {
+					t.Fatal("a CRL not signed by the root was accepted")
+				}
+			}
 		}
 	})
 }

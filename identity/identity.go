@@ -8,8 +8,21 @@
 // A certificate carries exactly one spiffe:// URI SAN. The trust domain must
 // be the node's own; certificates from another CA never get this far (the
 // TLS handshake refuses them). Names are 1-128 characters of
-// [A-Za-z0-9._-]. gRPC interceptors put the Identity in the request context
-// and answer Unauthenticated when there is none.
+// [A-Za-z0-9._-]. [FromPeer] takes the Identity of a gRPC call's verified
+// client certificate.
+//
+// # Live identities
+//
+// A process's identity is a [Source]: [FileSource] follows PEM files,
+// reloading them when they change or on Reload (SIGHUP). [Revocation]
+// adds a CRL file and a deny list. [Live] builds the TLS configurations
+// and gRPC credentials of servers and clients from them: both ends are
+// checked (a client verifies the server's SPIFFE id, kind and usage, not
+// its host name), failed handshakes are logged with the reason in words
+// on both sides, and connections are closed when the certificate they
+// were authenticated with expires or is revoked. [CheckSelf] refuses a
+// certificate that cannot serve the process's role; [Checked] applies it
+// at every rotation, keeping the identity in force.
 //
 // # Dev CA
 //
@@ -170,7 +183,9 @@ func FromPeer(ctx context.Context, trustDomain string) (Identity, error) {
 	return id, nil
 }
 
-// UnaryInterceptor authenticates every unary call.
+// UnaryInterceptor authenticates every unary call. keybroker's nodes
+// authenticate in package rpc (which audits refusals); this serves test
+// servers.
 func UnaryInterceptor(trustDomain string) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		id, err := FromPeer(ctx, trustDomain)
@@ -178,24 +193,6 @@ func UnaryInterceptor(trustDomain string) grpc.UnaryServerInterceptor {
 			return nil, status.Error(codes.Unauthenticated, err.Error())
 		}
 		return h(NewContext(ctx, id), req)
-	}
-}
-
-type authedStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s authedStream) Context() context.Context { return s.ctx }
-
-// StreamInterceptor authenticates every streaming call.
-func StreamInterceptor(trustDomain string) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		id, err := FromPeer(ss.Context(), trustDomain)
-		if err != nil {
-			return status.Error(codes.Unauthenticated, err.Error())
-		}
-		return h(srv, authedStream{ss, NewContext(ss.Context(), id)})
 	}
 }
 

@@ -41,12 +41,13 @@ func refused(format string, args ...any) error { return &proofError{fmt.Sprintf(
 
 // proofVerifier checks forward proofs.
 type proofVerifier struct {
-	roots  *x509.CertPool
-	td     string
-	window time.Duration
-	now    func() time.Time
-	seen   *replayCache
-	chains chainCache
+	roots   func() *x509.CertPool // nil: no bundle, every forward refused
+	revoked func([]*x509.Certificate) (string, bool)
+	td      string
+	window  time.Duration
+	now     func() time.Time
+	seen    *replayCache
+	chains  chainCache
 }
 
 // verifiedProof is what a valid forward proof establishes: the client
@@ -64,7 +65,11 @@ type verifiedProof struct {
 // right to forward the call has been decided, so that a refused forward
 // does not spend the client's proof nor fill the replay cache.
 func (v *proofVerifier) verify(edge identity.Identity, r *kbv1.ForwardRequest) (verifiedProof, error) {
-	if v.roots == nil {
+	var roots *x509.CertPool
+	if v.roots != nil {
+		roots = v.roots()
+	}
+	if roots == nil {
 		return verifiedProof{}, refused("this central node has no client CA bundle to verify forwarding clients against")
 	}
 	chain := r.GetClientChain()
@@ -80,9 +85,16 @@ func (v *proofVerifier) verify(edge identity.Identity, r *kbv1.ForwardRequest) (
 		return verifiedProof{}, refused("no proof: the client did not sign this call")
 	}
 	now := v.now()
-	leaf, err := v.chains.verify(chain, now, v.verifyChain)
+	leaf, err := v.chains.verify(chain, now, roots, v.verifyChain)
 	if err != nil {
 		return verifiedProof{}, err
+	}
+	// Revocation is checked on every forward, cached chain or not: a
+	// revocation takes effect at the next call.
+	if v.revoked != nil {
+		if reason, ok := v.revoked(leaf.chain); ok {
+			return verifiedProof{}, refused("revoked: %s", reason)
+		}
 	}
 	who := leaf.who
 	claims, err := forwardproof.Parse(r.GetProof(), leaf.pub)
@@ -123,12 +135,18 @@ type verifiedLeaf struct {
 	// until is the earliest NotAfter of the chain: the cached result
 	// holds no longer.
 	until time.Time
+	// chain is the verified chain, leaf first (revocation is checked on
+	// it).
+	chain []*x509.Certificate
+	// roots is the bundle it was verified against: a cached result holds
+	// only while that bundle is in force.
+	roots *x509.CertPool
 }
 
 // verifyChain verifies a client certificate chain (leaf first, DER)
-// against the client CA bundle at now, for client authentication, and
-// returns the client or admin of this trust domain its leaf names.
-func (v *proofVerifier) verifyChain(chain [][]byte, now time.Time) (verifiedLeaf, error) {
+// against the client CA bundle roots at now, for client authentication,
+// and returns the client or admin of this trust domain its leaf names.
+func (v *proofVerifier) verifyChain(chain [][]byte, now time.Time, roots *x509.CertPool) (verifiedLeaf, error) {
 	certs := make([]*x509.Certificate, len(chain))
 	for i, der := range chain {
 		c, err := x509.ParseCertificate(der)
@@ -141,7 +159,7 @@ func (v *proofVerifier) verifyChain(chain [][]byte, now time.Time) (verifiedLeaf
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: v.roots, Intermediates: inter, CurrentTime: now,
+	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	if err != nil {
 		return verifiedLeaf{}, refused("bad chain: %v", err)
@@ -161,7 +179,7 @@ func (v *proofVerifier) verifyChain(chain [][]byte, now time.Time) (verifiedLeaf
 			until = c.NotAfter
 		}
 	}
-	return verifiedLeaf{who: who, pub: certs[0].PublicKey, until: until}, nil
+	return verifiedLeaf{who: who, pub: certs[0].PublicKey, until: until, chain: chains[0], roots: roots}, nil
 }
 
 // maxChainCerts bounds the certificates of a forwarded client chain.
@@ -171,14 +189,15 @@ const maxChainCerts = 8
 const maxChains = 4096
 
 // chainCache remembers verified chains, by the SHA-256 of their DER, until
-// the first of their certificates expires, so a busy client costs one
-// chain verification, not one per forwarded call. Refusals are not cached.
+// the first of their certificates expires or the CA bundle changes, so a
+// busy client costs one chain verification, not one per forwarded call.
+// Refusals are not cached; revocation is checked on every call.
 type chainCache struct {
 	mu sync.Mutex
 	m  map[[32]byte]verifiedLeaf
 }
 
-func (cc *chainCache) verify(chain [][]byte, now time.Time, verify func([][]byte, time.Time) (verifiedLeaf, error)) (verifiedLeaf, error) {
+func (cc *chainCache) verify(chain [][]byte, now time.Time, roots *x509.CertPool, verify func([][]byte, time.Time, *x509.CertPool) (verifiedLeaf, error)) (verifiedLeaf, error) {
 	h := sha256.New()
 	for _, der := range chain {
 		var n [4]byte
@@ -191,10 +210,10 @@ func (cc *chainCache) verify(chain [][]byte, now time.Time, verify func([][]byte
 	cc.mu.Lock()
 	l, ok := cc.m[k]
 	cc.mu.Unlock()
-	if ok && now.Before(l.until) {
+	if ok && now.Before(l.until) && l.roots == roots {
 		return l, nil
 	}
-	l, err := verify(chain, now)
+	l, err := verify(chain, now, roots)
 	if err != nil {
 		return verifiedLeaf{}, err
 	}

@@ -483,3 +483,54 @@ func hugeCert(t *testing.T, cn string) []byte {
 	}
 	return der
 }
+
+// TestProofChainCacheFollowsRootsAndRevocation: a chain verified and
+// cached is not trusted past a change of the CA bundle that no longer
+// vouches for it, nor past its revocation.
+func TestProofChainCacheFollowsRootsAndRevocation(t *testing.T) {
+	ca, _ := identity.NewCA("kb.test", time.Hour)
+	other, _ := identity.NewCA("kb.test", time.Hour)
+	id := identity.Identity{TrustDomain: "kb.test", Kind: identity.Client, Name: "billing"}
+	certPEM, keyPEM, err := ca.Issue(id, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := signer{id: id, chain: pair.Certificate, key: pair.PrivateKey.(crypto.Signer)}
+	pool := func(c *identity.CA) *x509.CertPool { p := x509.NewCertPool(); p.AddCert(c.Cert); return p }
+	var mu sync.Mutex
+	roots, revoked := pool(ca), false
+	v := &proofVerifier{td: "kb.test", window: time.Minute, now: time.Now, seen: newReplayCache(16),
+		roots: func() *x509.CertPool { mu.Lock(); defer mu.Unlock(); return roots },
+		revoked: func(chain []*x509.Certificate) (string, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			if revoked && chain[0].Equal(pair.Leaf) {
+				return "on the deny list", true
+			}
+			return "", false
+		}}
+	edge := identity.Identity{TrustDomain: "kb.test", Kind: identity.Edge, Name: "e1"}
+	call := func() error {
+		_, err := v.verify(edge, s.forward(t, "/keybroker.v1.KeyBroker/Encrypt", &kbv1.EncryptRequest{KeyId: "k"}, edge.String(), time.Now()))
+		return err
+	}
+	if err := call(); err != nil {
+		t.Fatalf("first forward: %v", err)
+	}
+	mu.Lock()
+	roots = pool(other)
+	mu.Unlock()
+	if err := call(); err == nil || !strings.Contains(err.Error(), "bad chain") {
+		t.Errorf("forward after the bundle dropped its CA = %v, want a bad chain refusal (the cache must not outlive the bundle)", err)
+	}
+	mu.Lock()
+	roots, revoked = pool(ca), true
+	mu.Unlock()
+	if err := call(); err == nil || !strings.Contains(err.Error(), "revoked: on the deny list") {
+		t.Errorf("forward of a revoked client = %v, want a revocation refusal", err)
+	}
+}

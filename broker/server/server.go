@@ -114,6 +114,12 @@ type Config struct {
 	// bundle the TLS listener verifies callers against. Forward verifies
 	// the chains edges pass on against it; nil refuses every forward.
 	ClientCAs *x509.CertPool
+	// Roots, when set, returns the current client CA bundle and takes
+	// ClientCAs' place, so forwards follow a reloaded bundle.
+	Roots func() *x509.CertPool
+	// Revoked, when set, says whether a verified client chain is revoked
+	// (identity.Live.Revoked): a revoked client's forwards are refused.
+	Revoked func(chain []*x509.Certificate) (reason string, revoked bool)
 	// ProofWindow is how far a forward proof's time may be from now,
 	// either side (0: DefaultProofWindow).
 	ProofWindow time.Duration
@@ -173,7 +179,10 @@ func New(c Config) (*Server, error) {
 	}
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
 		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
-		proofs: &proofVerifier{roots: c.ClientCAs, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache(maxNonces)}}
+		proofs: &proofVerifier{roots: c.Roots, revoked: c.Revoked, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache(maxNonces)}}
+	if s.proofs.roots == nil && c.ClientCAs != nil {
+		s.proofs.roots = func() *x509.CertPool { return c.ClientCAs }
+	}
 	var err error
 	s.Server, err = rpc.New(rpc.Config{Node: &centralNode{s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
 		TrustDomain: c.TrustDomain, Classify: classify, Logger: c.Logger})

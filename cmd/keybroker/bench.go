@@ -314,7 +314,7 @@ func (a *app) bench(cmd *cobra.Command, f *benchFlags) error {
 	defer s.close()
 	conns := []*grpc.ClientConn{s.conn}
 	for range f.conns - 1 {
-		c, err := dialBroker(s.addr, s.tls, s.watch)
+		c, err := dialBroker(s.addr, s.id, s.serverName, s.watch)
 		if err != nil {
 			return usageErrorf("--addr %q: %v", s.addr, err)
 		}

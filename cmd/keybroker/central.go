@@ -26,9 +26,10 @@ policy files; it is decoded strictly and validated before anything starts.
 
 The node serves KeyBroker and KeyAdmin over mutual TLS, and /healthz,
 /readyz and /metrics on ops_listen (also mutual TLS). Logs are JSON lines on
-stderr (log.format: text for humans). SIGHUP reloads the policy files (a bad
-policy is refused and the old one stays); SIGINT or SIGTERM stops the node
-gracefully within shutdown_timeout.`,
+stderr (log.format: text for humans). SIGHUP reloads the TLS files, the
+revocation lists and the policy files (a bad file is refused and what is in
+force stays); SIGINT or SIGTERM stops the node gracefully within
+shutdown_timeout.`,
 		Example: `  keybroker central --config /etc/keybroker/central.yaml`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -62,6 +63,7 @@ func runCentral(ctx context.Context, cfg *config.Central, log *slog.Logger) erro
 		select {
 		case <-hup:
 			node.ReloadPolicy()
+			node.ReloadIdentity()
 		case serveErr = <-node.Done():
 			log.Error("server stopped", "err", serveErr)
 			done = true

@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -49,7 +48,7 @@ func (a *app) addClientFlags(fs *pflag.FlagSet) {
 	fs.String("ca", "", "PEM file of the CA certificates that sign the broker (env "+envCA+")")
 	fs.String("cert", "", "PEM file of the client certificate (env "+envCert+")")
 	fs.String("tls-key", "", "PEM file of the client certificate's private key (env "+envKey+")")
-	fs.String("server-name", "", "TLS server name to verify instead of the host in --addr")
+	fs.String("server-name", "", "also verify that the broker's certificate names this host (the broker is always verified by its SPIFFE id)")
 	fs.DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for the command's RPCs; 0 means none")
 	fs.DurationVar(&a.connectTimeout, "connect-timeout", defaultConnectTimeout, "time limit for connecting to the broker (TCP connect and TLS handshake)")
 	a.addOutputFlag(fs)
@@ -69,13 +68,16 @@ func (a *app) setting(cmd *cobra.Command, flag, envVar string) string {
 
 // session is a connection to the broker for one command.
 type session struct {
-	addr    string
-	tls     *tls.Config
-	conn    *grpc.ClientConn
-	kb      kbv1.KeyBrokerClient
-	admin   kbv1.KeyAdminClient
-	parent  context.Context
-	timeout time.Duration
+	addr string
+	id   *identity.Live
+	tls  *tls.Config // for HTTPS to the operations port (bench --metrics)
+	// serverName is --server-name: the host name checked as well.
+	serverName string
+	conn       *grpc.ClientConn
+	kb         kbv1.KeyBrokerClient
+	admin      kbv1.KeyAdminClient
+	parent     context.Context
+	timeout    time.Duration
 	// watch has why connecting failed, for fail to put in words.
 	watch *dialWatch
 }
@@ -112,49 +114,73 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 	if a.connectTimeout <= 0 {
 		return nil, usageErrorf("--connect-timeout must be positive")
 	}
-	tlsConfig, err := files.ClientConfig(a.setting(cmd, "server-name", ""))
+	src, err := sourceFor(files)
 	if err != nil {
 		return nil, usageErrorf("TLS client configuration: %v", err)
 	}
+	if err := identity.CheckSelf(src.Current(), identity.RoleClient, identity.Identity{}); err != nil {
+		src.Close()
+		return nil, usageErrorf("--cert: %v", err)
+	}
+	id := identity.NewLive(src, nil, nil)
+	serverName := a.setting(cmd, "server-name", "")
 	watch := &dialWatch{addr: addr, ca: files.CA, timeout: a.connectTimeout}
-	conn, err := dialBroker(addr, tlsConfig, watch)
+	conn, err := dialBroker(addr, id, serverName, watch)
 	if err != nil {
+		id.Close()
 		return nil, usageErrorf("--addr %s: %v", clip.Quote(addr), err)
 	}
 	return &session{
-		watch:   watch,
-		addr:    addr,
-		tls:     tlsConfig,
-		conn:    conn,
-		kb:      kbv1.NewKeyBrokerClient(conn),
-		admin:   kbv1.NewKeyAdminClient(conn),
-		parent:  cmd.Context(),
-		timeout: a.timeout,
+		watch:      watch,
+		addr:       addr,
+		id:         id,
+		serverName: serverName,
+		tls:        id.ClientTLS(acceptNode, serverName),
+		conn:       conn,
+		kb:         kbv1.NewKeyBrokerClient(conn),
+		admin:      kbv1.NewKeyAdminClient(conn),
+		parent:     cmd.Context(),
+		timeout:    a.timeout,
 	}, nil
 }
 
+// sourceFor is where a command's identity comes from: the --ca, --cert
+// and --tls-key files, read once (a command is short). Another source (a
+// SPIFFE Workload API agent) is another branch here.
+func sourceFor(files identity.TLSFiles) (identity.Source, error) {
+	return identity.NewFileSource(files, identity.FileOptions{ReloadInterval: -1})
+}
+
+// acceptNode is who a command may talk to: an edge or a central node of
+// its trust domain, known by SPIFFE id (so --addr may be an IP address).
+var acceptNode = identity.AcceptKinds(identity.Edge, identity.Central)
+
 // dialBroker makes a client connection to addr; nothing is dialled until
-// the first RPC. Calls an edge must forward to the central tier are signed
-// with the client certificate's key when the edge asks for a forward proof,
-// as the SDK does. watch bounds the connection attempt by
-// --connect-timeout and keeps why it failed.
-func dialBroker(addr string, tlsConfig *tls.Config, watch *dialWatch) (*grpc.ClientConn, error) {
-	creds := credentials.NewTLS(tlsConfig)
+// the first RPC. The node is verified by its SPIFFE id, and by host name
+// too when serverName is given (--server-name). Calls an edge must forward
+// to the central tier are signed with the client certificate's key when
+// the edge asks for a forward proof, as the SDK does. watch bounds the
+// connection attempt by --connect-timeout and keeps why it failed.
+func dialBroker(addr string, id *identity.Live, serverName string, watch *dialWatch) (*grpc.ClientConn, error) {
+	creds, signer := id.DialCredentials(acceptNode, serverName)
 	return grpc.NewClient(watch.target(addr),
 		grpc.WithTransportCredentials(watch.wrap(creds)),
 		grpc.WithContextDialer(watch.dial),
 		watch.connectParams(),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMessage)),
-		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(forwardproof.SignerOf(tlsConfig), nil).Unary),
+		grpc.WithChainUnaryInterceptor(forwardproof.NewInterceptor(signer, nil).Unary),
 	)
 }
 
-func (s *session) close() { _ = s.conn.Close() }
+func (s *session) close() {
+	_ = s.conn.Close()
+	_ = s.id.Close()
+}
 
 // sdk returns a Go SDK client bound to this session's node alone (no
 // routing: the command talks to --addr), for the client-side streams.
 func (s *session) sdk(ctx context.Context) (*client.Client, error) {
-	return client.New(ctx, client.Config{Addrs: []string{s.addr}, TLS: s.tls, Direct: true, MaxAttempts: 1,
+	return client.New(ctx, client.Config{Addrs: []string{s.addr}, Source: s.id.Source(), Direct: true, MaxAttempts: 1,
 		DialOptions: []grpc.DialOption{s.watch.connectParams(), grpc.WithContextDialer(s.watch.dial)}})
 }
 

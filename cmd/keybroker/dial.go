@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/clip"
 )
 
@@ -126,7 +127,7 @@ func (w *dialWatch) explain(op string) error {
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		return fail(exitUnavailable, "unavailable: nothing listens at %s (connection refused)", addr)
 	}
-	if strings.Contains(err.Error(), alpnMissing) {
+	if errors.Is(err, identity.ErrNotGRPC) || strings.Contains(err.Error(), alpnMissing) {
 		return fail(exitUsage, "%s", notGRPCText(w.addr))
 	}
 	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
@@ -141,6 +142,9 @@ func (w *dialWatch) explain(op string) error {
 	}
 	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
 		return fail(exitTLS, "TLS: the broker's certificate at %s did not verify (%v)", addr, err)
+	}
+	if strings.Contains(err.Error(), "refused our certificate") {
+		return fail(exitTLS, "TLS: the broker at %s refused the client certificate in --cert: %v", addr, err)
 	}
 	if _, ok := errors.AsType[tls.AlertError](err); ok {
 		return fail(exitTLS, "TLS: the broker at %s refused the handshake (%v): does a CA it trusts sign --cert?", addr, err)
@@ -172,6 +176,10 @@ func (w *dialWatch) afterHandshake(msg string) string {
 	return ""
 }
 
+// notGRPCPhrase is how identity's client handshake says a server offered
+// no HTTP/2, in a status text that lost the error's type.
+const notGRPCPhrase = "does not speak gRPC"
+
 func notGRPCText(addr string) string {
 	return fmt.Sprintf("%s is not a keybroker gRPC port (it answered without HTTP/2 — is it the ops/metrics port?)", clip.Quote(addr))
 }
@@ -184,7 +192,7 @@ func statusHint(st *status.Status) string {
 	}
 	msg := st.Message()
 	switch {
-	case strings.Contains(msg, alpnMissing):
+	case strings.Contains(msg, alpnMissing), strings.Contains(msg, notGRPCPhrase):
 		return "the address is not a keybroker gRPC port: it answered without HTTP/2 — is it the ops/metrics port?"
 	case strings.Contains(msg, "x509: certificate signed by unknown authority"):
 		return "the broker's certificate is not signed by a CA in --ca"
@@ -205,7 +213,7 @@ func statusExit(st *status.Status) (int, bool) {
 	}
 	msg := st.Message()
 	switch {
-	case strings.Contains(msg, alpnMissing):
+	case strings.Contains(msg, alpnMissing), strings.Contains(msg, notGRPCPhrase):
 		return exitUsage, true
 	case strings.Contains(msg, "x509: "), strings.Contains(msg, "tls: "):
 		return exitTLS, true

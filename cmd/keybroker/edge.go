@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -17,7 +20,8 @@ func newEdgeCmd(e *env) *cobra.Command {
 		Short: "Run an edge node: serves clients near them from sealed, cached key material",
 		Long: `Run an edge node. The configuration (docs/config.md) names the central
 tier, this edge's region and labels, the listen addresses, the TLS files
-(the certificate must be spiffe://<trust_domain>/edge/<node_id>) and the
+(the certificate must be spiffe://<trust_domain>/edge/<node_id>, with the
+serverAuth and clientAuth usages) and the
 data directory; it is decoded strictly and validated before anything starts.
 
 The edge follows the central tier (reconnecting with backoff), keeps the
@@ -25,7 +29,8 @@ key metadata and the material sealed to it in data_dir, and serves KeyBroker
 and KeyAdmin over mutual TLS: locally for keys whose material it may hold,
 forwarded to the central tier otherwise. Disconnected, it serves from its
 replica until its lease plus max_staleness runs out, then refuses with
-Unavailable. /healthz, /readyz and /metrics are on ops_listen. SIGINT or
+Unavailable. /healthz, /readyz and /metrics are on ops_listen. The TLS files
+and revocation lists are reloaded when they change and on SIGHUP. SIGINT or
 SIGTERM stops the edge gracefully within shutdown_timeout.`,
 		Example: `  keybroker edge --config /etc/keybroker/edge.yaml`,
 		Args:    cobra.NoArgs,
@@ -51,12 +56,21 @@ func runEdge(ctx context.Context, cfg *config.Edge, log *slog.Logger) error {
 		log.Error("edge failed to start", "err", err)
 		return err
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	var serveErr error
-	select {
-	case serveErr = <-node.Done():
-		log.Error("server stopped", "err", serveErr)
-	case <-ctx.Done():
-		log.Info("shutting down")
+	for done := false; !done; {
+		select {
+		case <-hup:
+			node.ReloadIdentity()
+		case serveErr = <-node.Done():
+			log.Error("server stopped", "err", serveErr)
+			done = true
+		case <-ctx.Done():
+			log.Info("shutting down")
+			done = true
+		}
 	}
 	return stopNode(ctx, node.Shutdown, cfg.ShutdownTimeout, log, serveErr)
 }

@@ -45,7 +45,9 @@ type edgeNode struct {
 	via string
 	// reconnect is the edge's reconnect mapping; empty means quick
 	// retries (50ms, up to 500ms).
-	reconnect   string
+	reconnect string
+	// tls is added to the edge's tls mapping (", deny: deny.txt").
+	tls         string
 	dir, config string
 	p           *proc
 }
@@ -133,14 +135,14 @@ func (c *edgeCluster) startEdge(t *testing.T, e *edgeNode) {
 trust_domain: %s
 listen: 127.0.0.1:0
 ops_listen: 127.0.0.1:0
-tls: {ca: ca.crt, cert: %s.crt, key: %s.key}
+tls: {ca: ca.crt, cert: %s.crt, key: %s.key%s}
 data_dir: %s
 region: %s
 central: {address: %q, server_name: 127.0.0.1}
 prefetch: %t
 max_staleness: %s
 reconnect: %s
-`, e.name, e2eTrustDomain, e.name, e.name, e.name, e.region, cmp.Or(e.via, c.central.addr), e.prefetch, e.staleness,
+`, e.name, e2eTrustDomain, e.name, e.name, e.tls, e.name, e.region, cmp.Or(e.via, c.central.addr), e.prefetch, e.staleness,
 		cmp.Or(e.reconnect, "{initial_backoff: 50ms, max_backoff: 500ms}"))
 	must(t, "writing edge config", os.WriteFile(e.config, []byte(y), 0o600))
 	e.p = startNode(t, "edge", e.config)
