@@ -228,7 +228,8 @@ func (v *validityValue) Type() string { return "duration" }
 
 const caLong = `Create the certificate authority of a deployment: a self-signed CA
 certificate for one SPIFFE trust domain, whose key signs every node and
-client certificate (keybroker cert issue). --dir gets:
+client certificate (with 'keybroker cert issue').
+The directory named by --dir gets:
 
   ca.crt   the CA certificate (0644): give it to every node and client (tls.ca)
   ca.yaml  the trust domain and where the CA key is

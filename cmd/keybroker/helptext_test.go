@@ -44,6 +44,8 @@ func TestHelpMentionsOnlyRealFlags(t *testing.T) {
 		// The root's text describes flags the client commands share.
 		if c != root {
 			for _, text := range []string{c.Use, c.Long, c.Example} {
+				// A shell line continued with a backslash is one line.
+				text = strings.ReplaceAll(text, "\\\n", " ")
 				for line := range strings.SplitSeq(text, "\n") {
 					if slices.ContainsFunc(foreign, func(f string) bool { return strings.Contains(line, f) }) {
 						continue
