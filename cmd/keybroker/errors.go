@@ -20,6 +20,9 @@ const (
 	exitUnavailable  = 5
 	exitInvalid      = 6
 	exitVerifyFailed = 7
+	exitTruncated    = 8
+	// An interrupted command exits 128 + the signal's number (130 for
+	// SIGINT, 143 for SIGTERM); see interruptError.
 )
 
 // exitError is an error that chooses its exit code.

@@ -61,6 +61,12 @@
 //	   a disabled key), and input over the API's limits, refused locally
 //	7  verification failed: verify or verify-mac answered invalid, or audit
 //	   verify found the log broken
+//	8  truncated: a streaming ciphertext ends before its final segment (cut
+//	   short, or its writer was interrupted)
+//	130, 143  interrupted by SIGINT (Ctrl-C), SIGTERM: no output written
+//	   (--out FILE is not created; a stream to stdout stops without its
+//	   final segment, so it never decrypts as complete); a second signal
+//	   kills at once
 //
 // Errors go to stderr as "keybroker: <message>" and carry the broker's
 // message; they never contain input data or key material.
@@ -71,9 +77,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -85,7 +89,9 @@ import (
 
 func main() {
 	serve.TuneGC(os.Getenv)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGINT or SIGTERM cancels every command's context (a stream stops
+	// without its final segment, exit 128+N); a second one kills.
+	ctx, stop := interruptContext(context.Background())
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -136,7 +142,7 @@ func execute(ctx context.Context, e *env, args []string) int {
 	markStart(root, &started)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteContextC(ctx)
-	if err == nil {
+	if err = interrupted(ctx, err); err == nil {
 		return exitOK
 	}
 	code := exitCode(err, started)
@@ -189,7 +195,12 @@ Exit codes:
   6  invalid input: InvalidArgument or FailedPrecondition (a bad ciphertext,
      a disabled key), or input over the API's limits, refused locally
   7  verification failed: verify or verify-mac found the signature or MAC
-     invalid, or audit verify found the log broken`
+     invalid, or audit verify found the log broken
+  8  truncated: a streaming ciphertext ends before its final segment (cut
+     short, or its writer was interrupted)
+  130, 143  interrupted by SIGINT (Ctrl-C) or SIGTERM: no output written
+     (--out FILE is not created; a stream to stdout stops without its final
+     segment, so it never decrypts as complete); a second signal kills at once`
 
 // newRootCmd builds the whole command tree for one run.
 func newRootCmd(e *env) *cobra.Command {
