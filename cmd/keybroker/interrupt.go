@@ -95,7 +95,8 @@ func interrupted(ctx context.Context, err error) error {
 // soon as ctx is done, even while a read of r blocks — a pipe whose writer
 // is silent, a terminal. The blocked read is left behind, its data
 // dropped: a command that stops reading is about to exit. Each read of r
-// runs in a goroutine of its own, into a buffer of the reader's.
+// runs in a goroutine of its own, into a buffer of the reader's, and asks
+// r for no more than the caller asked for.
 func interruptible(ctx context.Context, r io.Reader) io.Reader {
 	return &ctxReader{ctx: ctx, r: r, buf: make([]byte, 64<<10), res: make(chan readResult, 1)}
 }
@@ -132,7 +133,9 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 	}
 	if !c.busy {
 		c.busy = true
-		buf := c.buf
+		// No more than p asks for: the caller's limits on what is read
+		// (readInput's limit+1) hold for r too.
+		buf := c.buf[:min(len(p), len(c.buf))]
 		go func() {
 			n, err := c.r.Read(buf)
 			c.res <- readResult{n, err}

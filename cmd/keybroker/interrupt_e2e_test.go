@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keybroker/keybroker/envelope"
 )
 
@@ -224,6 +226,86 @@ func TestInterruptStreams(t *testing.T) {
 			t.Errorf("decrypt wrote %d bytes that are not a prefix of the plaintext", len(got))
 		}
 	})
+}
+
+// TestInterruptTwice: a command stuck where cancellation cannot reach it —
+// writing a stream to a pipe nobody reads — outlives the first SIGINT, and
+// a second one kills it at once.
+func TestInterruptTwice(t *testing.T) {
+	t.Parallel()
+	p := startDev(t, filepath.Join(t.TempDir(), "kb"), "--port", "0")
+	env := p.waitReady(t)
+	pr, pw, err := os.Pipe()
+	must(t, "pipe", err)
+	defer pr.Close()
+	c := &cliProc{exited: make(chan struct{})}
+	c.cmd = exec.Command(keybrokerBin, "encrypt", "--key", demoKeyID, "--stream")
+	c.cmd.Env = withoutKeybrokerVars(processEnv())
+	for k, v := range env {
+		c.cmd.Env = append(c.cmd.Env, k+"="+v)
+	}
+	c.cmd.Stdout = pw
+	c.cmd.Stderr = lockedWriter{&c.mu, &c.stderr}
+	stdin, err := c.cmd.StdinPipe()
+	must(t, "stdin", err)
+	must(t, "start", c.cmd.Start())
+	pw.Close()
+	go func() {
+		_ = c.cmd.Wait()
+		close(c.exited)
+	}()
+	t.Cleanup(func() {
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	})
+	// Feed it endlessly; the feed blocks once the process does.
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := stdin.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	// The event: segment data in stdout's pipe. A segment (64 KiB + 16
+	// bytes) is larger than the pipe, so the process is then inside the
+	// write of segment 0, which can never finish. (The pipe never reads
+	// as quite full: its pages are partly taken by the header.)
+	capacity, err := unix.FcntlInt(pr.Fd(), unix.F_GETPIPE_SZ, 0)
+	must(t, "F_GETPIPE_SZ", err)
+	for {
+		n, err := unix.IoctlGetInt(int(pr.Fd()), unix.TIOCINQ) // FIONREAD
+		must(t, "TIOCINQ", err)
+		if n >= capacity/2 {
+			break
+		}
+		select {
+		case <-c.exited:
+			_, stderr := c.output()
+			t.Fatalf("exited before filling stdout:\n%s", stderr)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// SIGINT until it dies: the first is handled (it cannot act on it,
+	// blocked in the write) and the handler removed; a later one kills.
+	// Repeating is only for the instant between the handler receiving the
+	// first and removing itself.
+	deadline := time.After(devStopTimeout)
+	for dead := false; !dead; {
+		must(t, "SIGINT", c.cmd.Process.Signal(syscall.SIGINT))
+		select {
+		case <-c.exited:
+			dead = true
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("still running %s after repeated SIGINTs", devStopTimeout)
+		}
+	}
+	ws, _ := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGINT {
+		_, stderr := c.output()
+		t.Errorf("exit status %v, want killed by SIGINT\nstderr:\n%s", c.cmd.ProcessState, stderr)
+	}
 }
 
 func wantInterrupted(t *testing.T, c *cliProc, code, want int, msg string) {
