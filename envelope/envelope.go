@@ -35,16 +35,48 @@
 // index and a final-segment flag, and SHA-256(header ‖ canonical context)
 // as AAD. The salt gives every stream its own key, so the SDK can reuse one
 // data key for many streams with counter nonces. Reordered, dropped,
-// duplicated or foreign segments fail with [ErrDecrypt]; a stream that ends
-// after a whole segment not marked final fails with [ErrTruncated], and
-// bytes appended after the final segment make it fail to open as non-final.
-// Stream writers and readers are not safe for concurrent use.
+// duplicated or foreign segments fail with [ErrDecrypt]; a stream cut short
+// fails with [ErrTruncated] (see # Truncation), and bytes appended after the
+// final segment make it fail to open as non-final. A [StreamWriter] that
+// cannot finish — its input failed, its caller was interrupted — is ended
+// with Abort, which writes no final segment, so that what it wrote reads as
+// truncated and never as a complete stream. Stream writers and readers are
+// not safe for concurrent use.
 //
 // A stream reader returns each segment's plaintext only once that segment
 // authenticates, but it cannot vouch for segments it has not read yet: a
 // consumer may have received earlier segments before a later one fails. It
 // must treat the output as unauthenticated until Read returns io.EOF — write
 // to a temporary file and rename it, say, rather than acting on a prefix.
+//
+// # Truncation
+//
+// A stream cut anywhere fails with [ErrTruncated], and a complete segment
+// that was altered with [ErrDecrypt]. The reader tells them apart by
+// structure alone, from what a writer can produce: every segment but the
+// final one is exactly S+16 bytes and is sealed as non-final only once more
+// input follows it, so no writer ever emits a short non-final segment nor
+// a short segment that is not the last. Hence, where the input ends:
+//
+//   - inside the header: truncated;
+//   - right after the header, or after a whole segment that opens as
+//     non-final: truncated at a segment boundary;
+//   - after a whole segment that opens neither as final nor as non-final:
+//     tampered ([ErrDecrypt]);
+//   - inside a segment (fewer than S+16 bytes left) that does not open as
+//     final: truncated. Those bytes are what is left of a longer segment, or
+//     a short final segment that was altered, and the format cannot tell
+//     which: there is no length to check a cut against, and a tag cannot be
+//     checked on part of a segment. The segments before it authenticated, so
+//     the key and the context are right and the stream is damaged at its
+//     end either way; it is refused either way. Only in segment 0, before
+//     anything has authenticated, may the key or the context be the cause
+//     too: that error matches both ErrTruncated and ErrDecrypt.
+//
+// A short last segment that authenticates as non-final cannot exist: a
+// writer never seals one, and the AEAD keeps anyone without the key from
+// making one. So a stream cut short can never read as complete: it would
+// need a final segment, which only the writer's Close seals.
 //
 // # Data-key reuse and caches
 //

@@ -73,7 +73,7 @@ func genuineCiphertexts(tb testing.TB) []genuine {
 			ct, err = dk.seal(m.pt, ectx, bytes.Repeat([]byte{0x80 | seed}, NonceSize))
 		} else {
 			var buf bytes.Buffer
-			var w *streamWriter
+			var w *StreamWriter
 			if w, err = newStreamWriter(&buf, dk, ectx, m.stream, bytes.Repeat([]byte{0x80 | seed}, StreamSaltSize)); err == nil {
 				_, _ = w.Write(m.pt)
 				err = w.Close()

@@ -24,12 +24,15 @@ const (
 	StreamSaltSize     = 32
 )
 
-// ErrTruncated is returned by a stream reader when the stream ends right
-// after its header, or after a whole segment that authenticates but is not
-// marked final: the end was cut off. A stream cut inside a segment fails with
-// ErrDecrypt instead, because a partial segment cannot be told apart from a
-// tampered one.
-var ErrTruncated = errors.New("envelope: truncated stream (its final segment is missing)")
+// ErrTruncated is returned by a stream reader when the stream ends before
+// its final segment, wherever it was cut: inside the header, at a segment
+// boundary, or inside a segment. See the package doc's # Truncation for how
+// a cut is told from tampering, and the one case where it cannot be.
+var ErrTruncated = errors.New("envelope: truncated stream (it ends before its final segment)")
+
+// ErrAborted is returned by a stream writer's Write and Close once Abort
+// has ended the stream without its final segment.
+var ErrAborted = errors.New("envelope: stream aborted (no final segment was written)")
 
 var errWriteAfterClose = errors.New("envelope: write to a closed stream")
 
@@ -72,7 +75,9 @@ func appendStreamHeader(dst []byte, keyID string, version uint32, wrapped []byte
 
 // ReadStreamHeader reads exactly the header from r (never more), so the
 // caller can fetch the data key before reading on. A header that does not
-// parse is ErrMalformed; an error from r is returned wrapped.
+// parse is ErrMalformed, one cut short ErrTruncated (an empty r is
+// ErrMalformed: nothing says it was ever a stream); an error from r is
+// returned wrapped.
 func ReadStreamHeader(r io.Reader) (*StreamHeader, error) {
 	raw := make([]byte, 0, 1+1+MaxKeyID+4+2+WrappedDEKLen+4+StreamSaltSize)
 	// next reads n more bytes onto raw and returns them.
@@ -84,7 +89,7 @@ func ReadStreamHeader(r io.Reader) (*StreamHeader, error) {
 				return nil, malformed("empty")
 			}
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				return nil, malformed("stream truncated in %s", what)
+				return nil, fmt.Errorf("%w: the stream ends inside its header (in the %s)", ErrTruncated, what)
 			}
 			return nil, fmt.Errorf("envelope: reading stream header: %w", err)
 		}
@@ -198,18 +203,20 @@ func checkSegmentSize(n int) (int, error) {
 	return n, nil
 }
 
-// NewStreamWriter writes the header at once and returns a WriteCloser that
-// seals segments of segmentSize (0 = DefaultSegmentSize); Close seals the
-// final segment and must be called (it does not close w). Writes after Close
-// fail. The writer is not safe for concurrent use, and dk must not be
-// destroyed while NewStreamWriter runs.
-func NewStreamWriter(w io.Writer, dk *DataKey, ectx map[string]string, segmentSize int) (io.WriteCloser, error) {
+// NewStreamWriter writes the header at once and returns a writer that
+// seals segments of segmentSize (0 = DefaultSegmentSize). The stream ends
+// one of two ways: Close seals the final segment — call it only when every
+// byte of the input has been written — and Abort ends it without one, so
+// that what was written can never open as complete. Neither closes w. The
+// writer is not safe for concurrent use, and dk must not be destroyed while
+// NewStreamWriter runs.
+func NewStreamWriter(w io.Writer, dk *DataKey, ectx map[string]string, segmentSize int) (*StreamWriter, error) {
 	salt := make([]byte, StreamSaltSize)
 	_, _ = rand.Read(salt)
 	return newStreamWriter(w, dk, ectx, segmentSize, salt)
 }
 
-func newStreamWriter(w io.Writer, dk *DataKey, ectx map[string]string, segmentSize int, salt []byte) (*streamWriter, error) {
+func newStreamWriter(w io.Writer, dk *DataKey, ectx map[string]string, segmentSize int, salt []byte) (*StreamWriter, error) {
 	size, err := checkSegmentSize(segmentSize)
 	if err != nil {
 		return nil, err
@@ -225,10 +232,11 @@ func newStreamWriter(w io.Writer, dk *DataKey, ectx map[string]string, segmentSi
 	if _, err := w.Write(header); err != nil {
 		return nil, fmt.Errorf("envelope: writing stream header: %w", err)
 	}
-	return &streamWriter{w: w, aead: a, aad: aad, size: size, buf: make([]byte, 0, size+TagSize)}, nil
+	return &StreamWriter{w: w, aead: a, aad: aad, size: size, buf: make([]byte, 0, size+TagSize)}, nil
 }
 
-type streamWriter struct {
+// StreamWriter seals a stream; see NewStreamWriter.
+type StreamWriter struct {
 	w    io.Writer
 	aead cipher.AEAD
 	aad  [sha256.Size]byte
@@ -244,12 +252,12 @@ type streamWriter struct {
 
 // Write buffers p and seals every segment that is known not to be the last:
 // a full buffer is sealed only once more data arrives.
-func (s *streamWriter) Write(p []byte) (int, error) {
-	if s.closed {
-		return 0, errWriteAfterClose
-	}
+func (s *StreamWriter) Write(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, s.err
+	}
+	if s.closed {
+		return 0, errWriteAfterClose
 	}
 	n := 0
 	for len(p) > 0 {
@@ -277,7 +285,7 @@ func (s *streamWriter) Write(p []byte) (int, error) {
 
 // seal seals pt (the buffer itself, or a segment of the caller's slice) as
 // the next segment and writes it.
-func (s *streamWriter) seal(pt []byte, last bool) error {
+func (s *StreamWriter) seal(pt []byte, last bool) error {
 	// The last segment needs an index of its own, so a non-last one may not
 	// take the final index.
 	if !last && s.idx == math.MaxUint32 {
@@ -295,9 +303,10 @@ func (s *streamWriter) seal(pt []byte, last bool) error {
 	return nil
 }
 
-// Close seals the final segment. Calling it again returns the first call's
-// result and writes nothing.
-func (s *streamWriter) Close() error {
+// Close seals the final segment, unless a write failed or the stream was
+// aborted: then it writes nothing and returns that error. Calling it again
+// returns the first call's result and writes nothing.
+func (s *StreamWriter) Close() error {
 	if s.closed {
 		return s.err
 	}
@@ -305,9 +314,34 @@ func (s *streamWriter) Close() error {
 	if s.err == nil {
 		_ = s.seal(s.buf, true)
 	}
+	s.drop()
+	return s.err
+}
+
+// Abort ends the stream without its final segment and zeroes the plaintext
+// it buffered: the segments already written stay where they are, and a
+// reader of them fails with ErrTruncated. cause (nil for none) is kept:
+// later calls of Write and Close return an error matching ErrAborted and
+// cause. Abort after Close, or after another Abort, does nothing.
+func (s *StreamWriter) Abort(cause error) {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if s.err == nil {
+		if cause != nil {
+			s.err = fmt.Errorf("%w: %w", ErrAborted, cause)
+		} else {
+			s.err = ErrAborted
+		}
+	}
+	s.drop()
+}
+
+// drop zeroes the buffered plaintext.
+func (s *StreamWriter) drop() {
 	clear(s.buf[:cap(s.buf)])
 	s.buf = nil
-	return s.err
 }
 
 // NewStreamReader returns a Reader of the plaintext of the stream whose
@@ -410,17 +444,21 @@ func (s *streamReader) next() error {
 		return nil
 	}
 	seg := s.buf
-	switch {
-	case len(seg) == 0:
-		return ErrTruncated
-	case len(seg) < TagSize:
-		return s.decryptErr()
+	if len(seg) == 0 {
+		// The input ends at a segment boundary (or right after the header):
+		// the previous segment, if any, authenticated as non-final.
+		if s.idx == 0 {
+			return fmt.Errorf("%w: the stream ends right after its header", ErrTruncated)
+		}
+		return fmt.Errorf("%w: the stream ends after segment %d, which is not its final one", ErrTruncated, s.idx-1)
 	}
 	last := segmentNonce(&s.nonce, s.idx, true)
 	if len(seg) < s.size+TagSize {
+		// A short last segment: a final one, or what is left of a longer
+		// segment after a cut (see the package doc's # Truncation).
 		pt, err := s.aead.Open(seg[:0], last, seg, s.aad[:])
 		if err != nil {
-			return s.decryptErr()
+			return s.cutErr()
 		}
 		s.out = pt
 		return io.EOF
@@ -435,10 +473,35 @@ func (s *streamReader) next() error {
 	}
 	if pt, err := s.aead.Open(nil, segmentNonce(&s.nonce, s.idx, false), seg, s.aad[:]); err == nil {
 		clear(pt)
-		return ErrTruncated
+		return fmt.Errorf("%w: the stream ends after segment %d, which is not its final one", ErrTruncated, s.idx)
 	}
 	return s.decryptErr()
 }
+
+// cutErr is the error of a stream that ends in a segment shorter than a
+// whole one that does not open as final. A writer writes no short segment
+// but the final one, so the bytes are either what is left of a segment
+// after a cut, or a final segment that was altered; the format cannot tell
+// which. After a segment that authenticated, the key and context are
+// right, so the stream is damaged at its end: it is reported as truncated.
+// In segment 0 nothing has authenticated yet, and the key or the context
+// may as well be wrong: the error matches both ErrTruncated and ErrDecrypt.
+func (s *streamReader) cutErr() error {
+	if s.idx == 0 {
+		return errCutOrWrong{}
+	}
+	return fmt.Errorf("%w: the stream ends inside segment %d (or that last segment was altered)", ErrTruncated, s.idx)
+}
+
+// errCutOrWrong is a stream that ends inside a segment 0 that does not
+// authenticate: it matches ErrTruncated and ErrDecrypt.
+type errCutOrWrong struct{}
+
+func (errCutOrWrong) Error() string {
+	return "envelope: truncated stream, or decryption failed: the stream ends inside its first segment, which does not authenticate (the stream was cut, or the key, the encryption context or the ciphertext is wrong)"
+}
+
+func (errCutOrWrong) Is(target error) bool { return target == ErrTruncated || target == ErrDecrypt }
 
 func (s *streamReader) decryptErr() error {
 	return fmt.Errorf("%w: segment %d", ErrDecrypt, s.idx)

@@ -215,6 +215,9 @@ func TestStreamLarge(t *testing.T) {
 	}
 }
 
+// TestStreamTruncated cuts streams at every byte offset — inside the
+// header, at every segment boundary, inside every segment — and wants
+// ErrTruncated each time, with only whole authenticated segments released.
 func TestStreamTruncated(t *testing.T) {
 	const size = MinSegmentSize
 	dk := streamKey(t, 3)
@@ -223,26 +226,31 @@ func TestStreamTruncated(t *testing.T) {
 			pt := pattern(uint64(n), n)
 			ct := sealStream(t, dk, nil, size, pt)
 			hdr := len(ct) - n - max(1, (n+size-1)/size)*TagSize
-			for cut := range len(ct) {
+			for cut := 1; cut < len(ct); cut++ {
 				got, err := openStream(bytes.NewReader(ct[:cut]), dk, nil)
 				off := cut - hdr
-				var want error
 				var released int
 				switch {
 				case off < 0:
-					want = ErrMalformed
 				case off%(size+TagSize) == 0:
-					// Ends after a whole segment: truncated. The segment
-					// before the cut authenticated as non-final but is
-					// held back; the ones before it were released.
-					want = ErrTruncated
+					// Ends after a whole segment. The segment before the
+					// cut authenticated as non-final but is held back; the
+					// ones before it were released.
 					released = max(0, off/(size+TagSize)-1) * size
 				default:
-					want = ErrDecrypt
 					released = off / (size + TagSize) * size
 				}
-				if !errors.Is(err, want) {
-					t.Errorf("cut at %d (header %d): err = %v, want %v", cut, hdr, err, want)
+				if !errors.Is(err, ErrTruncated) {
+					t.Errorf("cut at %d (header %d): err = %v, want ErrTruncated", cut, hdr, err)
+				}
+				// Only a cut inside segment 0, where the key or context may
+				// be the cause too, also matches ErrDecrypt; a cut is never
+				// malformed.
+				if inFirst := off > 0 && off < size+TagSize; errors.Is(err, ErrDecrypt) != inFirst || errors.Is(err, ErrMalformed) {
+					t.Errorf("cut at %d (header %d): err = %v; ErrDecrypt %t, want %t; ErrMalformed %t, want false", cut, hdr, err, errors.Is(err, ErrDecrypt), inFirst, errors.Is(err, ErrMalformed))
+				}
+				if err != nil && !strings.Contains(err.Error(), "truncated") {
+					t.Errorf("cut at %d: %q does not say truncated", cut, err)
 				}
 				if !bytes.Equal(got, pt[:released]) {
 					t.Errorf("cut at %d: released %d bytes, want the first %d of the plaintext", cut, len(got), released)
@@ -267,6 +275,12 @@ func TestStreamTampered(t *testing.T) {
 		if len(s) != 4 || len(o) != 4 {
 			t.Fatalf("%d and %d segments, want 4", len(s), len(o))
 		}
+		// Whatever alters a short final segment alone reads as a damaged
+		// end: truncated (see the package doc's # Truncation).
+		lastAltered := ErrDecrypt
+		if n%size != 0 {
+			lastAltered = ErrTruncated
+		}
 		for _, tc := range []struct {
 			name string
 			ct   []byte
@@ -278,13 +292,13 @@ func TestStreamTampered(t *testing.T) {
 			{"duplicate segment 1", join(hdr, s[0], s[1], s[1], s[2], s[3]), ErrDecrypt},
 			{"drop segment 1", join(hdr, s[0], s[2], s[3]), ErrDecrypt},
 			{"drop the last segment", join(hdr, s[0], s[1], s[2]), ErrTruncated},
-			{"append 1 byte", join(ct, []byte{0}), ErrDecrypt},
-			{"append 16 bytes", join(ct, make([]byte, 16)), ErrDecrypt},
+			{"append 1 byte", join(ct, []byte{0}), lastAltered},
+			{"append 16 bytes", join(ct, make([]byte, 16)), lastAltered},
 			{"append a segment of garbage", join(ct, make([]byte, size+TagSize)), ErrDecrypt},
-			{"append a copy of the last segment", join(ct, s[3]), ErrDecrypt},
+			{"append a copy of the last segment", join(ct, s[3]), lastAltered},
 			{"append a copy of segment 0", join(ct, s[0]), ErrDecrypt},
 			{"segment 1 of another stream", join(hdr, s[0], o[1], s[2], s[3]), ErrDecrypt},
-			{"last segment of another stream", join(hdr, s[0], s[1], s[2], o[3]), ErrDecrypt},
+			{"last segment of another stream", join(hdr, s[0], s[1], s[2], o[3]), lastAltered},
 			{"header of another stream", join(ohdr, s[0], s[1], s[2], s[3]), ErrDecrypt},
 			{"segments of another stream", join(hdr, o[0], o[1], o[2], o[3]), ErrDecrypt},
 		} {
@@ -296,19 +310,49 @@ func TestStreamTampered(t *testing.T) {
 	}
 }
 
+// TestStreamFlipAnyByte flips bits everywhere in a stream: in the header or
+// a whole segment it is tampering (ErrDecrypt or ErrMalformed), never
+// truncation; in a short final segment it is refused as a damaged end
+// (ErrTruncated: see the package doc's # Truncation).
 func TestStreamFlipAnyByte(t *testing.T) {
 	const size = MinSegmentSize
 	dk := streamKey(t, 5)
 	ectx := map[string]string{"a": "b"}
-	for _, n := range []int{0, 2*size + 100} {
+	for _, n := range []int{0, 2 * size, 2*size + 100} {
 		ct := sealStream(t, dk, ectx, size, pattern(2, n))
+		hdr := len(ct) - n - max(1, (n+size-1)/size)*TagSize
+		// The short final segment starts here (len(ct) when there is none).
+		short := len(ct)
+		if n%size != 0 || n == 0 {
+			short = hdr + n/size*(size+TagSize)
+		}
 		for i := range ct {
 			for _, bit := range []byte{0x01, 0x80} {
 				bad := bytes.Clone(ct)
 				bad[i] ^= bit
 				_, err := openStream(bytes.NewReader(bad), dk, ectx)
-				if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrDecrypt) {
-					t.Errorf("n=%d, byte %d ^ %#02x: err = %v, want ErrMalformed or ErrDecrypt", n, i, bit, err)
+				switch {
+				case i >= short && i >= hdr+size+TagSize:
+					if !errors.Is(err, ErrTruncated) || errors.Is(err, ErrDecrypt) {
+						t.Errorf("n=%d, byte %d ^ %#02x (short final segment): err = %v, want ErrTruncated", n, i, bit, err)
+					}
+				case i >= short:
+					// The only segment, and short: a cut, or the wrong
+					// key or context, or tampering.
+					if !errors.Is(err, ErrDecrypt) {
+						t.Errorf("n=%d, byte %d ^ %#02x (short segment 0): err = %v, want ErrDecrypt", n, i, bit, err)
+					}
+				case i >= hdr:
+					if !errors.Is(err, ErrDecrypt) || errors.Is(err, ErrTruncated) {
+						t.Errorf("n=%d, byte %d ^ %#02x (a whole segment): err = %v, want ErrDecrypt and not ErrTruncated", n, i, bit, err)
+					}
+				default:
+					// The header is in every segment's AAD, so segment 0
+					// never authenticates; a flipped length can make the
+					// header or segment 0 look cut short.
+					if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrDecrypt) && !errors.Is(err, ErrTruncated) {
+						t.Errorf("n=%d, byte %d ^ %#02x (header): err = %v, want ErrMalformed, ErrDecrypt or ErrTruncated", n, i, bit, err)
+					}
 				}
 			}
 		}
@@ -428,14 +472,14 @@ func TestReadStreamHeader(t *testing.T) {
 		{"segment size 1023", hdr("k", 1, wrapped, MinSegmentSize-1), "segment size 1023 out of"},
 		{"segment size 16 MiB + 1", hdr("k", 1, wrapped, MaxSegmentSize+1), "segment size 16777217 out of"},
 		{"segment size 2^32-1", hdr("k", 1, wrapped, math.MaxUint32), "segment size 4294967295 out of"},
-		{"short salt", valid[:len(valid)-1], "truncated in salt"},
-		{"no salt", valid[:len(valid)-StreamSaltSize], "truncated in salt"},
-		{"cut in segment size", valid[:len(valid)-StreamSaltSize-2], "truncated in segment size"},
-		{"cut in wrapped key", valid[:20], "truncated in wrapped key"},
-		{"cut in wrapped key length", valid[:8], "truncated in wrapped key length"},
-		{"cut in version", valid[:4], "truncated in version"},
-		{"cut in key id", valid[:2], "truncated in key id"},
-		{"cut in key id length", valid[:1], "truncated in key id length"},
+		{"short salt", valid[:len(valid)-1], "in the salt"},
+		{"no salt", valid[:len(valid)-StreamSaltSize], "in the salt"},
+		{"cut in segment size", valid[:len(valid)-StreamSaltSize-2], "in the segment size"},
+		{"cut in wrapped key", valid[:20], "in the wrapped key"},
+		{"cut in wrapped key length", valid[:8], "in the wrapped key length"},
+		{"cut in version", valid[:4], "in the version"},
+		{"cut in key id", valid[:2], "in the key id"},
+		{"cut in key id length", valid[:1], "in the key id length"},
 	} {
 		cr := &countingReader{r: bytes.NewReader(tc.in)}
 		h, err := ReadStreamHeader(cr)
@@ -445,8 +489,12 @@ func TestReadStreamHeader(t *testing.T) {
 			}
 			continue
 		}
-		if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: err = %v, want ErrMalformed containing %q", tc.name, err, tc.want)
+		want := ErrMalformed
+		if strings.HasPrefix(tc.want, "in the ") {
+			want = ErrTruncated
+		}
+		if !errors.Is(err, want) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %v containing %q", tc.name, err, want, tc.want)
 		}
 	}
 
@@ -845,8 +893,8 @@ func FuzzStreamReader(f *testing.F) {
 			if !bytes.Equal(enc, h.raw) || !bytes.HasPrefix(in, enc) || r.Len() != len(in)-len(enc) {
 				t.Fatalf("stream header %x encodes back to %x, having read %d bytes", h.raw, enc, len(in)-r.Len())
 			}
-		} else if !errors.Is(err, ErrMalformed) {
-			t.Fatalf("ReadStreamHeader error %v is not ErrMalformed", err)
+		} else if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTruncated) {
+			t.Fatalf("ReadStreamHeader error %v is neither ErrMalformed nor ErrTruncated", err)
 		}
 		got, err := openStream(bytes.NewReader(in), dk, ectx)
 		if err != nil {

@@ -105,7 +105,7 @@ line on stderr when it is a terminal.
 				return err
 			}
 			defer s.close()
-			src, err := a.openInput(in)
+			src, err := a.openInput(cmd.Context(), in)
 			if err != nil {
 				return err
 			}
@@ -170,7 +170,7 @@ when the exit code is 0.
 				return err
 			}
 			defer s.close()
-			src, err := a.openInput(in)
+			src, err := a.openInput(cmd.Context(), in)
 			if err != nil {
 				return err
 			}

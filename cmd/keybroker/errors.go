@@ -23,6 +23,9 @@ const (
 	exitInvalid      = 6
 	exitVerifyFailed = 7
 	exitTLS          = 8
+	exitTruncated    = 9
+	// An interrupted command exits 128 + the signal's number (130 for
+	// SIGINT, 143 for SIGTERM); see interruptError.
 )
 
 // exitError is an error that chooses its exit code.

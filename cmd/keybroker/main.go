@@ -63,11 +63,11 @@
 //
 //	0  success
 //	1  any other error
+//	2  usage: bad flags or arguments, missing or unreadable TLS configuration,
+//	   an --addr that is not host:port or is not a keybroker gRPC port
 //	3  denied: PermissionDenied or Unauthenticated
 //	4  not found: NotFound
 //	5  unavailable: Unavailable or DeadlineExceeded (also when --timeout runs out)
-//	2  usage: bad flags or arguments, missing or unreadable TLS configuration,
-//	   an --addr that is not host:port or is not a keybroker gRPC port
 //	6  invalid input: InvalidArgument, FailedPrecondition or AlreadyExists (a
 //	   bad ciphertext, a disabled key, a key that exists), and input over the
 //	   API's limits, refused locally
@@ -77,6 +77,12 @@
 //	8  TLS: the broker's certificate did not verify (not signed by a CA in
 //	   --ca, not for the host in --addr, expired) or the broker refused the
 //	   client certificate
+//	9  truncated: a streaming ciphertext ends before its final segment (cut
+//	   short, or its writer was interrupted)
+//	130, 143  interrupted by SIGINT (Ctrl-C), SIGTERM: no output written
+//	   (--out FILE is not created; a stream to stdout stops without its
+//	   final segment, so it never decrypts as complete); a second signal
+//	   kills at once
 //
 // Errors go to stderr as "keybroker: <message>" and carry the broker's
 // message; they never contain input data or key material.
@@ -87,9 +93,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -101,7 +105,9 @@ import (
 
 func main() {
 	serve.TuneGC(os.Getenv)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGINT or SIGTERM cancels every command's context (a stream stops
+	// without its final segment, exit 128+N); a second one kills.
+	ctx, stop := interruptContext(context.Background())
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
@@ -152,7 +158,7 @@ func execute(ctx context.Context, e *env, args []string) int {
 	markStart(root, &started)
 	root.SetArgs(args)
 	cmd, err := root.ExecuteContextC(ctx)
-	if err == nil {
+	if err = interrupted(ctx, err); err == nil {
 		return exitOK
 	}
 	code := exitCode(err, started)
@@ -214,7 +220,12 @@ Exit codes:
      certificate keybroker would refuse
   8  TLS: the broker's certificate did not verify (not signed by a CA in
      --ca, not for the host in --addr, expired) or the broker refused the
-     client certificate`
+     client certificate
+  9  truncated: a streaming ciphertext ends before its final segment (cut
+     short, or its writer was interrupted)
+  130, 143  interrupted by SIGINT (Ctrl-C) or SIGTERM: no output written
+     (--out FILE is not created; a stream to stdout stops without its final
+     segment, so it never decrypts as complete); a second signal kills at once`
 
 // newRootCmd builds the whole command tree for one run.
 func newRootCmd(e *env) *cobra.Command {

@@ -13,13 +13,17 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/keybroker/keybroker/client"
+	"github.com/keybroker/keybroker/envelope"
 )
 
 // input is a command's input opened for streaming: the reader, the name
-// to use in messages and its size when known (-1 otherwise).
+// to use in messages and its size when known (-1 otherwise). Its reads
+// stop when the command's context ends, even a read that blocks on a pipe
+// or a FIFO whose writer is silent.
 type input struct {
 	r    io.Reader
 	name string
@@ -27,16 +31,37 @@ type input struct {
 	f    *os.File
 }
 
-func (a *app) openInput(path string) (*input, error) {
+func (a *app) openInput(ctx context.Context, path string) (*input, error) {
 	if isStdio(path) {
-		return &input{r: a.env.stdin, name: "stdin", size: -1}, nil
+		return &input{r: interruptible(ctx, a.env.stdin), name: "stdin", size: -1}, nil
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
+	// Opening a FIFO blocks until a writer opens it: do that out of the
+	// way of a signal too.
+	type opened struct {
+		f   *os.File
+		err error
 	}
-	in := &input{r: f, name: path, size: -1, f: f}
-	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+	ch := make(chan opened, 1)
+	go func() {
+		f, err := os.Open(path)
+		ch <- opened{f, err}
+	}()
+	var o opened
+	select {
+	case o = <-ch:
+	case <-ctx.Done():
+		go func() {
+			if o := <-ch; o.f != nil {
+				_ = o.f.Close()
+			}
+		}()
+		return nil, context.Cause(ctx)
+	}
+	if o.err != nil {
+		return nil, o.err
+	}
+	in := &input{r: interruptible(ctx, o.f), name: path, size: -1, f: o.f}
+	if fi, err := o.f.Stat(); err == nil && fi.Mode().IsRegular() {
 		in.size = fi.Size()
 	}
 	return in, nil
@@ -109,13 +134,44 @@ func (o *output) abort() {
 	}
 }
 
-// sdkError makes an SDK error the CLI's: its status, named by op.
-func sdkError(op string, err error) error {
+// sdkError makes an SDK error the CLI's: its status, named by op, and
+// note (if any) after the message. A stream cut short exits 9; one that
+// also may have the wrong key or context (cut in its first segment) stays
+// invalid input.
+func sdkError(op string, err error, note string) error {
+	if note != "" {
+		note = "; " + note
+	}
 	var ce *client.Error
 	if errors.As(err, &ce) {
-		return &rpcError{op: op, st: status.New(ce.Code, ce.Message)}
+		if errors.Is(err, client.ErrTruncated) && !errors.Is(err, envelope.ErrDecrypt) {
+			return &exitError{exitTruncated, fmt.Errorf("%s: %s%s", op, ce.Message, note)}
+		}
+		return &rpcError{op: op, st: status.New(ce.Code, ce.Message+note)}
+	}
+	if note != "" {
+		return fmt.Errorf("%w%s", err, note)
 	}
 	return err
+}
+
+// interruptedStream is the error of a stream command that ie interrupted,
+// with what became of its output: o, written to out.
+func interruptedStream(ie *interruptError, o *output, out, what string) error {
+	var msg string
+	switch {
+	case isStdio(out) && what == "ciphertext":
+		msg = "the stream on stdout stops without its final segment: it will not decrypt"
+	case isStdio(out):
+		msg = "the plaintext on stdout is incomplete: discard it"
+	case o != nil && o.tmp == "" && what == "ciphertext":
+		msg = "the stream written to " + out + " stops without its final segment: it will not decrypt"
+	case o != nil && o.tmp == "":
+		msg = "the plaintext written to " + out + " is incomplete: discard it"
+	default:
+		msg = "no output written (" + out + " was not created)"
+	}
+	return &exitError{ie.code(), fmt.Errorf("%s: %s", ie, msg)}
 }
 
 // streamOutputOK refuses to stream binary data to a terminal or into a
@@ -154,27 +210,66 @@ func (a *app) encryptStream(ctx context.Context, s *session, key string, ectx ma
 		return err
 	}
 	counted := &countingWriter{w: o.w}
-	rctx, cancel := s.context() // --timeout bounds the data-key call, not the stream
-	w, err := enc.NewWriter(rctx, counted, ectx)
-	cancel()
+	// The stream's context is the command's (a signal ends it); --timeout
+	// bounds only the data-key call inside NewWriter.
+	dkctx, timedOut := s.rpcBound(ctx)
+	w, err := enc.NewWriter(dkctx, counted, ectx)
+	if timedOut() {
+		err = s.timeoutError("encrypt")
+	}
 	if err != nil {
 		o.abort()
-		return sdkError("encrypt", err)
+		if ie := interruptOf(ctx); ie != nil {
+			return interruptedStream(ie, nil, out, "ciphertext")
+		}
+		return sdkError("encrypt", err, "")
 	}
 	p := a.startProgress("encrypting", in.size)
+	// in.r stops at the signal even when blocked; the writer then aborts:
+	// no final segment is ever written after a signal or a failed read.
 	_, err = io.Copy(w, io.TeeReader(io.MultiReader(bytes.NewReader(head), in.r), p))
 	if err == nil {
 		err = w.Close()
 	}
+	if err == nil && ctx.Err() != nil && !isStdio(out) {
+		// The signal came after the final segment: the ciphertext is
+		// whole, but the caller asked to stop before it was committed,
+		// and the end of input may be the signal's doing (a producer it
+		// killed): the file is not committed. (On stdout the whole stream
+		// has gone out already.)
+		err = context.Cause(ctx)
+	}
 	p.finish(err == nil)
 	if err != nil {
+		w.Abort(err)
 		o.abort()
-		return sdkError("encrypt", fmt.Errorf("%s: %w", in.name, err))
+		if ie := interruptOf(ctx); ie != nil {
+			return interruptedStream(ie, o, out, "ciphertext")
+		}
+		return sdkError("encrypt", fmt.Errorf("%s: %w", in.name, err), "")
 	}
 	if err := o.commit(); err != nil {
 		return err
 	}
 	return a.streamSummary(out, fmt.Sprintf("encrypted %d bytes under key %s as a stream", p.n(), key), streamJSON{KeyID: key, Stream: true, BytesIn: p.n(), BytesOut: counted.n})
+}
+
+// rpcBound returns a context for the one RPC a stream makes, from the
+// stream's ctx: it also ends when --timeout runs out, until timedOut is
+// called, which says whether it did. (A deadline cannot be lifted from a
+// context the stream goes on with.)
+func (s *session) rpcBound(ctx context.Context) (_ context.Context, timedOut func() bool) {
+	if s.timeout == 0 {
+		return ctx, func() bool { return false }
+	}
+	c, cancel := context.WithCancelCause(ctx)
+	t := time.AfterFunc(s.timeout, func() { cancel(context.DeadlineExceeded) })
+	return c, func() bool { return !t.Stop() }
+}
+
+// timeoutError is the error of an RPC op that --timeout cut short.
+func (s *session) timeoutError(op string) error {
+	return &rpcError{op: op, st: status.New(codes.DeadlineExceeded, "the broker did not answer in time"), hint: fmt.Sprintf("--timeout %s ran out", s.timeout)}
 }
 
 // decryptStream opens the streaming ciphertext in (its first byte, already
@@ -198,12 +293,17 @@ func (a *app) decryptStream(ctx context.Context, s *session, key string, ectx ma
 		p.finish(false)
 		return invalidInputf("the ciphertext belongs to key %q, not %q", named, key)
 	}
-	rctx, cancel := s.context()
-	r, err := dec.NewReader(rctx, br, ectx)
-	cancel()
+	dkctx, timedOut := s.rpcBound(ctx)
+	r, err := dec.NewReader(dkctx, br, ectx)
+	if timedOut() {
+		err = s.timeoutError("decrypt")
+	}
 	if err != nil {
 		p.finish(false)
-		return sdkError("decrypt", err)
+		if ie := interruptOf(ctx); ie != nil {
+			return interruptedStream(ie, nil, out, "plaintext")
+		}
+		return sdkError("decrypt", err, "")
 	}
 	o, err := a.createOutput(out)
 	if err != nil {
@@ -212,13 +312,19 @@ func (a *app) decryptStream(ctx context.Context, s *session, key string, ectx ma
 	}
 	counted := &countingWriter{w: o.w}
 	_, err = io.Copy(counted, r)
+	if err == nil && ctx.Err() != nil && !isStdio(out) {
+		err = context.Cause(ctx) // as in encryptStream: not committed
+	}
 	p.finish(err == nil)
 	if err != nil {
 		o.abort()
-		if !isStdio(out) {
-			return sdkError("decrypt", fmt.Errorf("%w; nothing was written to %s", err, out))
+		if ie := interruptOf(ctx); ie != nil {
+			return interruptedStream(ie, o, out, "plaintext")
 		}
-		return sdkError("decrypt", err)
+		if !isStdio(out) {
+			return sdkError("decrypt", err, "nothing was written to "+out)
+		}
+		return sdkError("decrypt", err, "")
 	}
 	if err := o.commit(); err != nil {
 		return err

@@ -72,16 +72,20 @@ func TestStreamsEndToEnd(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		args []string
+		want int
 	}{
-		{"truncated", []string{"--in", cut, "--context", "file=big"}},
-		{"a flipped byte", []string{"--in", bad, "--context", "file=big"}},
-		{"the wrong context", []string{"--in", enc, "--context", "file=other"}},
-		{"another key", []string{"--in", enc, "--context", "file=big", "--key", "payments"}},
+		{"truncated", []string{"--in", cut, "--context", "file=big"}, exitTruncated},
+		{"a flipped byte", []string{"--in", bad, "--context", "file=big"}, exitInvalid},
+		{"the wrong context", []string{"--in", enc, "--context", "file=other"}, exitInvalid},
+		{"another key", []string{"--in", enc, "--context", "file=big", "--key", "payments"}, exitInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(dir, "refused.out")
 			r := runCLI(t, env, nil, append([]string{"decrypt", "--out", out}, tc.args...)...)
-			wantCode(t, r, exitInvalid)
+			wantCode(t, r, tc.want)
+			if strings.Contains(r.stderr, "truncated") != (tc.want == exitTruncated) {
+				t.Errorf("stderr %q: says truncated %t, want %t", r.stderr, !(tc.want == exitTruncated), tc.want == exitTruncated)
+			}
 			if _, err := os.Stat(out); !os.IsNotExist(err) {
 				t.Errorf("a refused stream left %s (%v)", out, err)
 			}
