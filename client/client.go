@@ -112,7 +112,7 @@ type Client struct {
 	opts   []grpc.DialOption
 
 	mu     sync.Mutex
-	conns  map[string]*conn
+	conns  map[connKey]*conn
 	closed bool
 
 	routes *routeCache
@@ -209,7 +209,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		cfg:    cfg,
 		labels: labels,
-		conns:  map[string]*conn{},
+		conns:  map[connKey]*conn{},
 		routes: newRouteCache(cfg.LookupTTL, time.Now),
 		live:   live,
 	}
@@ -217,7 +217,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		c.td = live.Current().ID.TrustDomain
 	} else {
 		c.signer, c.td = proofSigner(cfg.TLS)
-		c.creds = credentials.NewTLS(withServerCheck(cfg.TLS, c.td))
+		c.creds = credentials.NewTLS(withServerCheck(cfg.TLS, c.td, identity.AcceptKinds(identity.Edge, identity.Central)))
 	}
 	c.opts = append([]grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)),
@@ -230,10 +230,21 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // its own credentials, whose signer signs with the key of the certificate
 // last presented on it (identity.Live.DialCredentials): a proof made after
 // a rotation matches the chain the edge saw.
-func (c *Client) dialOptions() []grpc.DialOption {
+//
+// want is the node a lookup answer named at that address: the connection
+// then accepts exactly that node's SPIFFE id, so an address an edge
+// registered cannot lead the client to another node of the deployment. A
+// zero want (a configured address) accepts any edge or central node.
+func (c *Client) dialOptions(want identity.Identity) []grpc.DialOption {
+	accept := identity.AcceptKinds(identity.Edge, identity.Central)
+	if want != (identity.Identity{}) {
+		accept = identity.AcceptID(want)
+	}
 	creds, signer := c.creds, c.signer
 	if c.live != nil {
-		creds, signer = c.live.DialCredentials(identity.AcceptKinds(identity.Edge, identity.Central), "")
+		creds, signer = c.live.DialCredentials(accept, "")
+	} else if want != (identity.Identity{}) {
+		creds = credentials.NewTLS(withServerCheck(c.cfg.TLS, c.td, accept))
 	}
 	return append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
@@ -272,12 +283,12 @@ type keepOpen struct{ identity.Source }
 func (keepOpen) Close() error { return nil }
 
 // withServerCheck adds to a caller's TLS configuration the check Go's
-// verifier does not make: the node's leaf carries the SPIFFE id of an
-// edge or central node, of trust domain td when td is known.
-func withServerCheck(t *tls.Config, td string) *tls.Config {
+// verifier does not make: the node's leaf carries a SPIFFE id that accept
+// takes (an edge or central node, or one node), of trust domain td when td
+// is known.
+func withServerCheck(t *tls.Config, td string, accept func(identity.Identity) error) *tls.Config {
 	t = t.Clone()
 	theirs := t.VerifyConnection
-	accept := identity.AcceptKinds(identity.Edge, identity.Central)
 	t.VerifyConnection = func(cs tls.ConnectionState) error {
 		if theirs != nil {
 			if err := theirs(cs); err != nil {
@@ -312,23 +323,31 @@ func or(a, b string) string {
 // errClosed is returned by operations on a closed Client.
 var errClosed = errors.New("client: closed")
 
-// conn returns the connection to addr, making it on first use.
-func (c *Client) conn(addr string) (*conn, error) {
+// conn returns the connection to addr for node want (zero: any edge or
+// central node, for a configured address), making it on first use.
+func (c *Client) conn(addr string, want identity.Identity) (*conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, errClosed
 	}
-	if cn, ok := c.conns[addr]; ok {
+	k := connKey{addr, want}
+	if cn, ok := c.conns[k]; ok {
 		return cn, nil
 	}
-	cc, err := grpc.NewClient(addr, c.dialOptions()...)
+	cc, err := grpc.NewClient(addr, c.dialOptions(want)...)
 	if err != nil {
 		return nil, fmt.Errorf("client: node %q: %w", addr, err)
 	}
 	cn := &conn{addr: addr, cc: cc, kb: kbv1.NewKeyBrokerClient(cc)}
-	c.conns[addr] = cn
+	c.conns[k] = cn
 	return cn, nil
+}
+
+// connKey names a connection: an address, and the node expected there.
+type connKey struct {
+	addr string
+	want identity.Identity
 }
 
 // Close closes every connection. Operations after Close fail.
@@ -356,8 +375,8 @@ func (c *Client) Calls() map[string]uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make(map[string]uint64, len(c.conns))
-	for a, cn := range c.conns {
-		out[a] = cn.calls.Load()
+	for k, cn := range c.conns {
+		out[k.addr] += cn.calls.Load()
 	}
 	return out
 }
@@ -366,7 +385,7 @@ func (c *Client) Calls() map[string]uint64 {
 // forwards admin calls to the central tier). Admin calls are not retried:
 // they change state.
 func (c *Client) Admin() (kbv1.KeyAdminClient, error) {
-	cn, err := c.conn(c.cfg.Addrs[0])
+	cn, err := c.conn(c.cfg.Addrs[0], identity.Identity{})
 	if err != nil {
 		return nil, err
 	}

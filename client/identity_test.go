@@ -30,7 +30,7 @@ func TestCallerTLSGetsServerCheck(t *testing.T) {
 		return pair.Leaf
 	}
 	theirsCalled := false
-	cfg := withServerCheck(&tls.Config{VerifyConnection: func(tls.ConnectionState) error { theirsCalled = true; return nil }}, "kb.test")
+	cfg := withServerCheck(&tls.Config{VerifyConnection: func(tls.ConnectionState) error { theirsCalled = true; return nil }}, "kb.test", identity.AcceptKinds(identity.Edge, identity.Central))
 	for _, tc := range []struct {
 		id   identity.Identity
 		want string

@@ -32,7 +32,10 @@ type route struct {
 	// to the central tier (LOOKUP_REASON_FORWARD_ONLY): calls to them
 	// carry a forward proof for that edge.
 	forwards map[string]string
-	expires  time.Time
+	// nodes names, by address, the node the lookup answer put there: the
+	// connection to that address accepts only that node's SPIFFE id.
+	nodes   map[string]identity.Identity
+	expires time.Time
 }
 
 // routeCache keeps LookupKey answers for their TTL, and past it as a
@@ -118,7 +121,7 @@ func (c *Client) route(ctx context.Context, key string, op kbv1.Operation, refre
 func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) (route, error) {
 	var last *Error
 	for _, addr := range c.cfg.Addrs {
-		cn, err := c.conn(addr)
+		cn, err := c.conn(addr, identity.Identity{})
 		if err != nil {
 			return route{}, local("LookupKey", key, codes.FailedPrecondition, err)
 		}
@@ -127,9 +130,13 @@ func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) (rou
 		if err == nil {
 			addrs := make([]string, 0, len(resp.GetNodes())+len(c.cfg.Addrs))
 			var forwards map[string]string
+			nodes := map[string]identity.Identity{}
 			for _, n := range resp.GetNodes() {
 				if a := n.GetAddress(); a != "" && !slices.Contains(addrs, a) {
 					addrs = append(addrs, a)
+					if k := identity.Kind(n.GetKind()); c.td != "" && (k == identity.Edge || k == identity.Central) && identity.ValidName(n.GetNodeId()) {
+						nodes[a] = identity.Identity{TrustDomain: c.td, Kind: k, Name: n.GetNodeId()}
+					}
 					if n.GetReason() == kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY && n.GetKind() == string(identity.Edge) && c.td != "" && identity.ValidName(n.GetNodeId()) {
 						if forwards == nil {
 							forwards = map[string]string{}
@@ -143,7 +150,7 @@ func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) (rou
 					addrs = append(addrs, a)
 				}
 			}
-			return route{addrs: addrs, forwards: forwards}, nil
+			return route{addrs: addrs, forwards: forwards, nodes: nodes}, nil
 		}
 		last = fromRPC("LookupKey", key, addr, err)
 		// NotFound from one node may be an edge that has not replicated
@@ -198,7 +205,7 @@ func call[T any](ctx context.Context, c *Client, op, key string, lop kbv1.Operat
 			continue
 		}
 		for i, addr := range rt.addrs {
-			cn, err := c.conn(addr)
+			cn, err := c.conn(addr, rt.nodes[addr])
 			if err != nil {
 				return zero, local(op, key, codes.FailedPrecondition, err)
 			}

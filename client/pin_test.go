@@ -1,0 +1,135 @@
+package client_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/client"
+	"github.com/keybroker/keybroker/identity"
+)
+
+// pinNode is a node that answers LookupKey with what its test tells it,
+// and Encrypt with a fixed blob.
+type pinNode struct {
+	kbv1.UnimplementedKeyBrokerServer
+	answer   []*kbv1.LookupNode
+	encrypts int
+}
+
+func (n *pinNode) LookupKey(context.Context, *kbv1.LookupKeyRequest) (*kbv1.LookupKeyResponse, error) {
+	return &kbv1.LookupKeyResponse{Nodes: n.answer}, nil
+}
+
+func (n *pinNode) Encrypt(context.Context, *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
+	n.encrypts++
+	return &kbv1.EncryptResponse{Ciphertext: []byte("x")}, nil
+}
+
+// startPinNode serves n over mutual TLS as id, issued by ca.
+func startPinNode(t *testing.T, ca *identity.CA, id identity.Identity, n *pinNode) string {
+	t.Helper()
+	certPEM, keyPEM, err := ca.Issue(id, []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := identity.NewMaterial(&pair, []*x509.Certificate{ca.Cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := identity.NewLive(identity.Static{M: m}, nil, nil)
+	t.Cleanup(func() { live.Close() })
+	srv := grpc.NewServer(grpc.Creds(live.ServerCredentials()))
+	kbv1.RegisterKeyBrokerServer(srv, n)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return lis.Addr().String()
+}
+
+// TestRoutedNodeIsPinned: a node a lookup answer names at an address is
+// dialled expecting exactly that node's SPIFFE id. An edge that registered
+// another edge's address (or any address where another node of the
+// deployment answers) cannot lead clients to that other node as itself:
+// the handshake is refused and says who answered.
+func TestRoutedNodeIsPinned(t *testing.T) {
+	t.Parallel()
+	const td = "kb.test"
+	ca, err := identity.NewCA(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := ca.WriteCA(caFile, filepath.Join(dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	files, err := ca.IssueFiles(identity.Identity{TrustDomain: td, Kind: identity.Client, Name: "app"}, nil, time.Hour, dir, "app", caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := &pinNode{}
+	otherAddr := startPinNode(t, ca, identity.Identity{TrustDomain: td, Kind: identity.Edge, Name: "edge-b"}, other)
+	// The first node says edge-a serves the key at otherAddr, where edge-b
+	// answers.
+	first := &pinNode{answer: []*kbv1.LookupNode{{NodeId: "edge-a", Kind: "edge", Address: otherAddr, Region: "eu",
+		Reason: kbv1.LookupReason_LOOKUP_REASON_MATERIAL_HELD}}}
+	firstAddr := startPinNode(t, ca, identity.Identity{TrustDomain: td, Kind: identity.Edge, Name: "edge-c"}, first)
+
+	cl, err := client.New(t.Context(), client.Config{Addrs: []string{firstAddr}, CAFile: files.CA, CertFile: files.Cert, KeyFile: files.Key, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	// The call tried otherAddr, was refused there in the handshake, and
+	// fell back to the configured node.
+	if _, err := cl.Encrypt(ctx, "k1", []byte("secret"), nil); err != nil {
+		t.Fatalf("Encrypt: %v", err)
+	}
+	if other.encrypts != 0 || cl.Calls()[otherAddr] == 0 || first.encrypts != 1 {
+		t.Errorf("edge-b served %d Encrypt calls meant for edge-a (%d tried there); the configured node %d, want 0, >0, 1",
+			other.encrypts, cl.Calls()[otherAddr], first.encrypts)
+	}
+	// Alone, the refusal is the caller's error, naming both.
+	cl1, err := client.New(t.Context(), client.Config{Addrs: []string{otherAddr}, CAFile: files.CA, CertFile: files.Cert, KeyFile: files.Key, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl1.Close()
+	other.answer = first.answer
+	if _, err := cl1.Encrypt(ctx, "k1", []byte("secret"), nil); err == nil ||
+		!strings.Contains(err.Error(), "dialled spiffe://kb.test/edge/edge-a but the server is spiffe://kb.test/edge/edge-b") {
+		t.Errorf("Encrypt at edge-b named as edge-a: %v; want the handshake refused naming both", err)
+	}
+	if other.encrypts != 0 {
+		t.Errorf("edge-b served %d Encrypt calls meant for edge-a", other.encrypts)
+	}
+
+	// Where the answer is true, the same client is served there.
+	first.answer[0].NodeId = "edge-b"
+	cl2, err := client.New(t.Context(), client.Config{Addrs: []string{firstAddr}, CAFile: files.CA, CertFile: files.Cert, KeyFile: files.Key, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl2.Close()
+	if _, err := cl2.Encrypt(ctx, "k1", []byte("secret"), nil); err != nil || other.encrypts != 1 || first.encrypts != 1 {
+		t.Fatalf("Encrypt at the node the lookup named: %v (edge-b served %d)", err, other.encrypts)
+	}
+}
