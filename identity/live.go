@@ -44,7 +44,13 @@ import (
 // revocation reload revokes it, and when a change of the trust anchors
 // means it no longer verifies. A reload never closes a healthy connection:
 // a new certificate of our own is used for new handshakes, and the peers
-// already connected keep their connections.
+// already connected keep their connections — until the certificate we
+// presented on a connection we dialled nears its expiry: a quarter of the
+// time it had left at the handshake before (at most 5 minutes), if a newer
+// one is held by then, the connection is closed so that gRPC redials with
+// the newer one. The server would otherwise cut it only after the expiry,
+// and meanwhile the central tier refuses the forward proofs that name its
+// chain.
 //
 // # Failures in words
 //
@@ -65,7 +71,9 @@ import (
 // every handshake but not tracked; they are short. Forward proofs signed
 // with the current key during a rotation may name it on a connection
 // authenticated with the old one unless the signer of DialCredentials is
-// used (the SDK and the CLI use it).
+// used (the SDK and the CLI use it): it is a forwardproof.ConnSigner,
+// which signs each call with the key presented on the connection gRPC
+// sends it on.
 type Live struct {
 	src Source
 	rev *Revocation
