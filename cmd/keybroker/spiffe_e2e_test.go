@@ -101,8 +101,8 @@ func newRotationLog() *rotationLog {
 }
 
 func (l *rotationLog) Enabled(context.Context, slog.Level) bool { return true }
-func (l *rotationLog) WithAttrs([]slog.Attr) slog.Handler        { return l }
-func (l *rotationLog) WithGroup(string) slog.Handler             { return l }
+func (l *rotationLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *rotationLog) WithGroup(string) slog.Handler            { return l }
 func (l *rotationLog) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "identity rotated" {
 		return nil
