@@ -310,3 +310,32 @@ central: {address: "127.0.0.1:1"}
 		t.Errorf("edge-y given edge-x's SVID: %v\n%s\nwant a refusal naming the SVID and the agent's registration", err, out)
 	}
 }
+
+// TestSPIFFESocketSettings: --spiffe-socket (or KEYBROKER_SPIFFE_SOCKET)
+// replaces the certificate files; both together, or a socket that is not
+// a unix one, are usage errors that say so, before anything is dialled.
+func TestSPIFFESocketSettings(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		env    map[string]string
+		args   []string
+		stderr string
+	}{
+		{"flag and cert files", map[string]string{envAddr: "127.0.0.1:1", envCA: "ca.crt", envCert: "c.crt", envKey: "c.key"},
+			[]string{"random", "--length", "8", "--spiffe-socket", "unix:///run/spire/agent.sock"},
+			"--spiffe-socket (or KEYBROKER_SPIFFE_SOCKET) and --ca, --cert, --tls-key (or their environment variables) are both given"},
+		{"env and cert flag", map[string]string{envAddr: "127.0.0.1:1", envSPIFFESocket: "unix:///run/spire/agent.sock"},
+			[]string{"random", "--length", "8", "--cert", "c.crt"}, "and --cert (or their environment variables) are both given"},
+		{"tcp socket", map[string]string{envAddr: "127.0.0.1:1"},
+			[]string{"random", "--length", "8", "--spiffe-socket", "tcp://127.0.0.1:8081"}, "--spiffe-socket: workload: socket \"tcp://127.0.0.1:8081\": only unix sockets are accepted"},
+		{"no identity", map[string]string{envAddr: "127.0.0.1:1"},
+			[]string{"random", "--length", "8"}, "or --spiffe-socket for a SPIFFE Workload API agent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runCLI(t, tc.env, nil, tc.args...)
+			if r.code != exitUsage || !strings.Contains(r.stderr, tc.stderr) {
+				t.Errorf("keybroker %s: exit %d, stderr %q; want %d and %q", strings.Join(tc.args, " "), r.code, r.stderr, exitUsage, tc.stderr)
+			}
+		})
+	}
+}
