@@ -63,6 +63,7 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/identity/workload"
 	"github.com/keybroker/keybroker/internal/budget"
 	"github.com/keybroker/keybroker/internal/serve"
 	"github.com/keybroker/keybroker/policy"
@@ -133,7 +134,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	if n.id, err = liveIdentity(cfg, log); err != nil {
+	if n.id, err = liveIdentity(ctx, cfg, log); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -244,30 +245,41 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	return n, nil
 }
 
-// sourceFor is where a central node's identity comes from: its TLS files.
-// Another source (a SPIFFE Workload API agent) is another branch here.
-func sourceFor(cfg *config.Central, log *slog.Logger) (identity.Source, error) {
+// sourceFor is where a central node's identity comes from: its TLS files,
+// or a SPIFFE Workload API agent when the configuration names one (it
+// waits for the agent's first SVID, for spiffe.timeout at most).
+func sourceFor(ctx context.Context, cfg *config.Central, log *slog.Logger) (identity.Source, error) {
+	if cfg.SPIFFE.Enabled() {
+		return workload.NewSource(ctx, cfg.SPIFFE.Socket, cfg.SPIFFE.Options(log))
+	}
 	return identity.NewFileSource(cfg.TLS.Files(), cfg.TLS.FileOptions(log))
 }
 
 // liveIdentity opens the node's identity and its revocation lists, and
 // refuses a certificate that cannot serve as central's, at start and when
-// it rotates.
-func liveIdentity(cfg *config.Central, log *slog.Logger) (*identity.Live, error) {
-	files, err := sourceFor(cfg, log)
+// it rotates. An SVID must also be this node's own id (a certificate
+// file may name another central node: files were shared before the
+// Workload API, and a hand-made certificate is checked by its maker).
+func liveIdentity(ctx context.Context, cfg *config.Central, log *slog.Logger) (*identity.Live, error) {
+	files, err := sourceFor(ctx, cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("central: %w", err)
+	}
+	var want identity.Identity
+	if cfg.SPIFFE.Enabled() {
+		want = identity.Identity{TrustDomain: cfg.TrustDomain, Kind: identity.Central, Name: cfg.NodeID}
 	}
 	// Checked at start and at every rotation: a certificate that cannot
 	// serve as this node's is refused (the one in force stays).
 	src, err := identity.NewChecked(files, func(m *identity.Material) error {
-		if err := identity.CheckSelf(m, identity.RoleCentral, identity.Identity{}); err != nil {
-			return err
+		err := identity.CheckSelf(m, identity.RoleCentral, want)
+		if err == nil && m.ID.TrustDomain != cfg.TrustDomain {
+			err = fmt.Errorf("tls.cert is %s, not of trust_domain %s", m.ID, cfg.TrustDomain)
 		}
-		if m.ID.TrustDomain != cfg.TrustDomain {
-			return fmt.Errorf("tls.cert is %s, not of trust_domain %s", m.ID, cfg.TrustDomain)
+		if err != nil && cfg.SPIFFE.Enabled() {
+			return workload.ExplainSelf(err, cfg.SPIFFE.Socket)
 		}
-		return nil
+		return err
 	}, log)
 	if err != nil {
 		files.Close()

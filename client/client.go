@@ -19,6 +19,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/identity/workload"
 	"github.com/keybroker/keybroker/internal/forwardproof"
 	"github.com/keybroker/keybroker/internal/hostport"
 )
@@ -29,6 +30,11 @@ const (
 	EnvCA   = "KEYBROKER_CA"
 	EnvCert = "KEYBROKER_CERT"
 	EnvKey  = "KEYBROKER_KEY"
+	// EnvSPIFFESocket names a SPIFFE Workload API agent's socket to take
+	// the identity from when no certificate file is configured.
+	// SPIFFE_ENDPOINT_SOCKET alone is not used: an identity comes from an
+	// agent only when keybroker is told so.
+	EnvSPIFFESocket = "KEYBROKER_SPIFFE_SOCKET"
 )
 
 // Defaults.
@@ -52,11 +58,12 @@ type Config struct {
 	Addrs []string
 	// Source is the client's identity (certificate, key and the CAs that
 	// sign the nodes), followed as it changes: a SPIFFE Workload API
-	// source, say. The client does not close it. When Source and TLS are
-	// nil, the identity is read from CAFile, CertFile and KeyFile, and
-	// those files are reloaded when they change.
+	// source made by the caller, say. The client does not close it. When
+	// Source, TLS and SPIFFESocket are not given, the identity is read
+	// from CAFile, CertFile and KeyFile, and those files are reloaded
+	// when they change.
 	//
-	// With a Source or the files, a node is verified by its SPIFFE id: it
+	// With a Source, SPIFFESocket or the files, a node is verified by its SPIFFE id: it
 	// must chain to the CAs with the serverAuth usage and be an edge or a
 	// central node of the client's trust domain; its host name is not
 	// checked, so nodes may be dialled by IP address.
@@ -70,6 +77,15 @@ type Config struct {
 	TLS *tls.Config
 	// Logger receives failed handshakes with their reasons (nil: none).
 	Logger *slog.Logger
+	// SPIFFESocket is a SPIFFE Workload API agent's socket
+	// (unix:///path or an absolute path) to take the identity from: the
+	// client's X.509 SVID, its key and the trust domain's bundle, followed
+	// as the agent rotates them. New waits for the first SVID (30 s at
+	// most, or until its ctx is done) and Close closes the source. It
+	// excludes Source, TLS and the certificate files. Default:
+	// KEYBROKER_SPIFFE_SOCKET, when no certificate file is configured
+	// (Config or environment).
+	SPIFFESocket string
 	// CAFile, CertFile and KeyFile are PEM files: the CA certificates,
 	// the client certificate (with its SPIFFE URI SAN) and its private
 	// key. Defaults: KEYBROKER_CA, KEYBROKER_CERT, KEYBROKER_KEY.
@@ -157,11 +173,32 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		}
 	}
 	var live *identity.Live
+	files := identity.TLSFiles{CA: cfg.CAFile, Cert: cfg.CertFile, Key: cfg.KeyFile}
+	socket := cfg.SPIFFESocket
+	switch named := files != (identity.TLSFiles{}); {
+	case socket != "" && (cfg.Source != nil || cfg.TLS != nil || named):
+		return nil, errors.New("client: Config.SPIFFESocket and Config.Source, Config.TLS or the certificate files are all given: take the identity from one")
+	case socket == "" && cfg.Source == nil && cfg.TLS == nil && !named:
+		files = identity.TLSFiles{CA: getenv(EnvCA), Cert: getenv(EnvCert), Key: getenv(EnvKey)}
+		if env := getenv(EnvSPIFFESocket); env != "" {
+			if files != (identity.TLSFiles{}) {
+				return nil, fmt.Errorf("client: both %s and %s/%s/%s are set: take the identity from one", EnvSPIFFESocket, EnvCA, EnvCert, EnvKey)
+			}
+			socket = env
+		}
+	default:
+		files = identity.TLSFiles{CA: or(files.CA, getenv(EnvCA)), Cert: or(files.Cert, getenv(EnvCert)), Key: or(files.Key, getenv(EnvKey))}
+	}
 	switch {
 	case cfg.Source != nil:
 		live = identity.NewLive(keepOpen{cfg.Source}, nil, cfg.Logger)
+	case socket != "":
+		src, err := workload.NewSource(ctx, socket, workload.Options{Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		live = identity.NewLive(src, nil, cfg.Logger)
 	case cfg.TLS == nil:
-		files := identity.TLSFiles{CA: or(cfg.CAFile, getenv(EnvCA)), Cert: or(cfg.CertFile, getenv(EnvCert)), Key: or(cfg.KeyFile, getenv(EnvKey))}
 		var missing []string
 		for _, m := range []struct{ v, name string }{{files.CA, "CAFile (" + EnvCA + ")"}, {files.Cert, "CertFile (" + EnvCert + ")"}, {files.Key, "KeyFile (" + EnvKey + ")"}} {
 			if m.v == "" {
@@ -169,7 +206,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			}
 		}
 		if len(missing) > 0 {
-			return nil, fmt.Errorf("client: missing %s: keybroker always uses mutual TLS", strings.Join(missing, ", "))
+			return nil, fmt.Errorf("client: missing %s (or SPIFFESocket, %s): keybroker always uses mutual TLS", strings.Join(missing, ", "), EnvSPIFFESocket)
 		}
 		src, err := sourceFor(files, cfg.Logger)
 		if err != nil {
@@ -184,6 +221,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if live != nil {
 		if err := identity.CheckSelf(live.Current(), identity.RoleClient, identity.Identity{}); err != nil {
 			live.Close()
+			if socket != "" {
+				err = workload.ExplainSelf(err, socket)
+			}
 			return nil, fmt.Errorf("client: %w", err)
 		}
 	}
@@ -271,8 +311,9 @@ func proofSigner(t *tls.Config) (crypto.Signer, string) {
 }
 
 // sourceFor is where the client's identity comes from when Config names
-// files: the files, reloaded when they change. (Config.Source takes a
-// SPIFFE Workload API source, or any other.)
+// files: the files, reloaded when they change. (Config.SPIFFESocket takes
+// it from a SPIFFE Workload API agent, and Config.Source from any
+// identity.Source.)
 func sourceFor(files identity.TLSFiles, log *slog.Logger) (identity.Source, error) {
 	return identity.NewFileSource(files, identity.FileOptions{Logger: log})
 }

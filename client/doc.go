@@ -6,6 +6,19 @@
 //	ct, err := c.Encrypt(ctx, "payments", []byte("hello"), nil)
 //	pt, err := c.Decrypt(ctx, ct.Ciphertext, nil)
 //
+// # Identity
+//
+// The client's identity comes from one of Config.Source (an
+// identity.Source of the caller's; it wins over Config.TLS), Config.TLS,
+// Config.SPIFFESocket (a
+// SPIFFE Workload API agent: the X.509 SVID, its key and the trust
+// domain's bundle, followed as the agent rotates them; the client closes
+// the source it opened), or the CAFile, CertFile and KeyFile PEM files
+// (reloaded when they change). With none of them set, the environment
+// names the files (KEYBROKER_CA, KEYBROKER_CERT, KEYBROKER_KEY) or the
+// agent (KEYBROKER_SPIFFE_SOCKET); setting an agent and files together is
+// an error. SPIFFE_ENDPOINT_SOCKET alone is not used.
+//
 // # Routing
 //
 // Config.Addrs names one or more nodes, each host:port with a port of

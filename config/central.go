@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
+	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
 	"github.com/keybroker/keybroker/managed"
 )
@@ -47,6 +48,10 @@ type Central struct {
 	// TLS names this node's certificate, key and the CA its peers must
 	// chain to. Required.
 	TLS TLS `yaml:"tls"`
+	// SPIFFE takes the node's identity from a SPIFFE Workload API agent
+	// instead of tls.ca, tls.cert and tls.key (exactly one of the two is
+	// given). The SVID must be spiffe://<trust_domain>/central/<node_id>.
+	SPIFFE SPIFFE `yaml:"spiffe"`
 	// DataDir holds the key registry (registry.db) and, by default, the
 	// audit log. Required.
 	DataDir string `yaml:"data_dir"`
@@ -271,6 +276,7 @@ func DefaultCentral() Central {
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
 		TLS:             TLS{ReloadInterval: DefaultTLSReloadInterval},
+		SPIFFE:          SPIFFE{Timeout: DefaultSPIFFETimeout},
 		Edges:           Edges{Lease: DefaultEdgeLease},
 		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
 		BackendBudget:   BackendBudget{Rate: budget.DefaultRate, Burst: budget.DefaultBurst, MaxPrincipals: budget.DefaultMaxPrincipals},
@@ -346,7 +352,7 @@ func (c *Central) validate() problems {
 	checkName(&p, "node_id", c.NodeID)
 	checkTrustDomain(&p, "trust_domain", c.TrustDomain)
 	checkListeners(&p, c.Listen, c.AdvertiseAddress, c.OpsListen)
-	c.TLS.check(&p, "tls")
+	checkIdentity(&p, c.TLS, c.SPIFFE, identity.Identity{TrustDomain: c.TrustDomain, Kind: identity.Central, Name: c.NodeID})
 	checkPath(&p, "data_dir", c.DataDir)
 	uris, allParsed := c.checkBackends(&p)
 	if allParsed {
@@ -592,7 +598,7 @@ func (r *redacted) Unwrap() error { return r.cause }
 // naming its field, joined.
 func (c *Central) Check() error {
 	var p problems
-	c.TLS.stat(&p, "tls")
+	c.TLS.stat(&p, "tls", !c.SPIFFE.Enabled())
 	statDataDir(&p, "data_dir", c.DataDir)
 	for i, path := range c.Policy.Paths {
 		f := fmt.Sprintf("policy.paths[%d]", i)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/identity/workload"
 	"github.com/keybroker/keybroker/managed"
 )
 
@@ -29,16 +30,20 @@ import (
 // are resolved against the configuration file's directory.
 type TLS struct {
 	// CA is the bundle of CA certificates that sign peers; only peers
-	// whose certificates chain to it are accepted. Required.
+	// whose certificates chain to it are accepted. Required unless
+	// spiffe is given (then the agent's bundle is the CA).
 	CA string `yaml:"ca"`
 	// Cert is this node's certificate chain, leaf first; its URI SAN is
-	// spiffe://<trust_domain>/<kind>/<node_id>. Required.
+	// spiffe://<trust_domain>/<kind>/<node_id>. Required unless spiffe
+	// is given.
 	Cert string `yaml:"cert"`
 	// Key is the private key of Cert. It is a file, never inline, so it
-	// cannot end up in the configuration. Required.
+	// cannot end up in the configuration. Required unless spiffe is
+	// given.
 	Key string `yaml:"key"`
 	// CRL is an optional file of X.509 certificate revocation lists (PEM
-	// "X509 CRL" blocks, or one DER list), each signed by a CA of CA.
+	// "X509 CRL" blocks, or one DER list), each signed by a CA of CA (or
+	// of the agent's bundle, with spiffe).
 	// Peers whose chain holds a listed certificate are refused, and their
 	// open connections closed.
 	CRL string `yaml:"crl"`
@@ -50,6 +55,87 @@ type TLS struct {
 	// at for a change (SIGHUP re-reads them at once). 0s disables
 	// polling. Default 1s, range 100ms..1h.
 	ReloadInterval time.Duration `yaml:"reload_interval"`
+}
+
+// SPIFFE names a SPIFFE Workload API agent (SPIRE's, or any server of the
+// SpiffeWorkloadAPI service) as the node's identity source, in place of
+// tls.ca, tls.cert and tls.key: the node's X.509 SVID, its key and the
+// trust domain's CA bundle come from the agent and follow its rotations
+// (package identity/workload). tls.crl and tls.deny still apply, the CRL
+// verified against the agent's bundle.
+type SPIFFE struct {
+	// Socket is the agent's unix socket, unix:///absolute/path or an
+	// absolute path. Required when spiffe is given; tcp:// is refused
+	// (over TCP the agent cannot attest the process).
+	Socket string `yaml:"socket"`
+	// ID is the SVID to use when the agent gives this process several
+	// (spiffe://<trust_domain>/<kind>/<node_id>). Optional: without it the
+	// agent's default SVID is used.
+	ID string `yaml:"id"`
+	// Timeout bounds the wait for the agent's first SVID at start.
+	// Default 30s (DefaultSPIFFETimeout), range 1s..10m.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Workload API wait bounds.
+const (
+	DefaultSPIFFETimeout = workload.DefaultTimeout
+	MinSPIFFETimeout     = time.Second
+	MaxSPIFFETimeout     = 10 * time.Minute
+)
+
+// Enabled reports whether the configuration names a Workload API agent.
+// (A timeout alone, which the defaults set, names none.)
+func (s SPIFFE) Enabled() bool { return s.Socket != "" || s.ID != "" }
+
+// Options are the options package identity/workload takes.
+func (s SPIFFE) Options(log *slog.Logger) workload.Options {
+	return workload.Options{Timeout: s.Timeout, ID: s.ID, Logger: log}
+}
+
+func (s SPIFFE) check(p *problems, field string) {
+	switch {
+	case s.Socket == "":
+		p.add(field+".socket", "required")
+	case !strings.HasPrefix(s.Socket, "unix:///") && !filepath.IsAbs(s.Socket):
+		p.add(field+".socket", "%q is neither unix:///absolute/path nor an absolute path", s.Socket)
+	default:
+		if _, err := workload.ParseSocket(s.Socket); err != nil {
+			p.add(field+".socket", "%s", strings.TrimPrefix(err.Error(), "workload: "))
+		}
+	}
+	if s.ID != "" {
+		if _, err := identity.Parse(s.ID); err != nil {
+			p.add(field+".id", "%v", err)
+		}
+	}
+	if s.Timeout != 0 {
+		checkDuration(p, field+".timeout", s.Timeout, MinSPIFFETimeout, MaxSPIFFETimeout)
+	}
+}
+
+// checkIdentity checks the node's identity source: exactly one of the
+// TLS files (tls.ca, tls.cert, tls.key) and a Workload API agent (spiffe).
+// want is the node's own SPIFFE id, which spiffe.id must be when given.
+func checkIdentity(p *problems, t TLS, s SPIFFE, want identity.Identity) {
+	files := t.CA != "" || t.Cert != "" || t.Key != ""
+	if !s.Enabled() {
+		if !files {
+			p.add("tls", "no identity: give tls.ca, tls.cert and tls.key, or spiffe.socket (a SPIFFE Workload API agent)")
+		}
+		t.check(p, "tls")
+		return
+	}
+	if files {
+		p.add("spiffe", "both spiffe and tls.ca/tls.cert/tls.key are given: a node takes its identity from one; drop tls.ca, tls.cert and tls.key, or spiffe")
+	}
+	s.check(p, "spiffe")
+	if s.ID != "" && want.Name != "" {
+		if id, err := identity.Parse(s.ID); err == nil && id != want {
+			p.add("spiffe.id", "%s is not this node's id %s", id, want)
+		}
+	}
+	t.checkRevocation(p, "tls")
 }
 
 // TLS reload interval bounds.
@@ -91,6 +177,12 @@ func (t TLS) check(p *problems, field string) {
 	checkPath(p, field+".ca", t.CA)
 	checkPath(p, field+".cert", t.Cert)
 	checkPath(p, field+".key", t.Key)
+	t.checkRevocation(p, field)
+}
+
+// checkRevocation checks what applies whatever the identity source: the
+// revocation files and their reload interval.
+func (t TLS) checkRevocation(p *problems, field string) {
 	for _, f := range []struct{ name, v string }{{".crl", t.CRL}, {".deny", t.Deny}} {
 		if f.v != "" {
 			checkPath(p, field+f.name, f.v)
@@ -101,10 +193,14 @@ func (t TLS) check(p *problems, field string) {
 	}
 }
 
-func (t TLS) stat(p *problems, field string) {
-	statFile(p, field+".ca", t.CA)
-	statFile(p, field+".cert", t.Cert)
-	statFile(p, field+".key", t.Key)
+// stat looks at the TLS files; with spiffe (files false) only the
+// revocation files, as the agent's socket may come up after the node.
+func (t TLS) stat(p *problems, field string, files bool) {
+	if files {
+		statFile(p, field+".ca", t.CA)
+		statFile(p, field+".cert", t.Cert)
+		statFile(p, field+".key", t.Key)
+	}
 	if t.CRL != "" {
 		statFile(p, field+".crl", t.CRL)
 	}

@@ -81,6 +81,7 @@ func TestDocExample(t *testing.T) {
 			Key:            "/etc/keybroker/central.key",
 			ReloadInterval: time.Second,
 		},
+		SPIFFE:  SPIFFE{Timeout: 30 * time.Second},
 		DataDir: "/var/lib/keybroker",
 		Backends: []Backend{{
 			Name: "hsm",
@@ -475,6 +476,18 @@ func TestBadConfigs(t *testing.T) {
 		{"missing node_id", edit(t, "node_id: central-1\n", ""), "node_id", "", "required"},
 		{"missing tls.key", edit(t, "  key: central.key\n", ""), "tls.key", "tls:", "required"},
 		{"missing tls", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", ""), "tls.ca", "", "required"},
+
+		// Identity source: the TLS files or a Workload API agent, exactly one.
+		{"neither tls nor spiffe", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", ""), "tls", "", "no identity: give tls.ca, tls.cert and tls.key, or spiffe.socket"},
+		{"both tls and spiffe", edit(t, "tls:\n", "spiffe:\n  socket: unix:///run/spire/agent.sock\ntls:\n"), "spiffe", "spiffe:", "both spiffe and tls.ca/tls.cert/tls.key are given"},
+		{"spiffe without socket", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  id: spiffe://kb.example/central/central-1\n"), "spiffe.socket", "spiffe:", "required"},
+		{"spiffe tcp socket", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  socket: tcp://127.0.0.1:8081\n"), "spiffe.socket", "socket:", "neither unix:///absolute/path nor an absolute path"},
+		{"spiffe relative socket", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  socket: agent.sock\n"), "spiffe.socket", "socket:", "neither unix:///absolute/path nor an absolute path"},
+		{"spiffe socket with host", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  socket: unix://host/agent.sock\n"), "spiffe.socket", "socket:", "neither unix:///absolute/path"},
+		{"spiffe socket with query", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  socket: unix:///a.sock?x=1\n"), "spiffe.socket", "socket:", "a.sock?x=1"},
+		{"spiffe id of another node", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  socket: /run/spire/agent.sock\n  id: spiffe://kb.example/central/central-2\n"), "spiffe.id", "  id: spiffe", "is not this node's id spiffe://kb.example/central/central-1"},
+		{"spiffe id not keybroker's", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  socket: /run/spire/agent.sock\n  id: spiffe://kb.example/ns/prod/sa/kms\n"), "spiffe.id", "  id: spiffe", "kb.example/ns/prod/sa/kms"},
+		{"spiffe timeout too short", edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  socket: /run/spire/agent.sock\n  timeout: 1ms\n"), "spiffe.timeout", "timeout: 1ms", "1ms"},
 		{"missing data_dir", edit(t, "data_dir: /var/lib/keybroker\n", ""), "data_dir", "", "required"},
 		{"missing policy paths", edit(t, "  paths: [policy/]\n", ""), "policy.paths", "policy:", "at least one policy"},
 		{"duplicate policy path", edit(t, "paths: [policy/]", "paths: [policy/, ./policy]"), "policy.paths[1]", "paths:", "is already policy.paths[0]"},
@@ -776,5 +789,33 @@ func TestErrorFormat(t *testing.T) {
 		if got := tc.e.Error(); got != tc.want {
 			t.Errorf("Error() = %q, want %q", got, tc.want)
 		}
+	}
+}
+
+// TestSPIFFEIdentity loads a node whose identity comes from a Workload
+// API agent: no tls.ca, tls.cert or tls.key, the revocation files kept,
+// the wait defaulted, and Check not asking for the TLS files.
+func TestSPIFFEIdentity(t *testing.T) {
+	dir := t.TempDir()
+	deny := filepath.Join(dir, "deny.txt")
+	if err := os.WriteFile(deny, []byte("# none\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	doc := edit(t, "tls:\n  ca: ca.pem\n  cert: central.pem\n  key: central.key\n", "spiffe:\n  socket: /run/spire/agent.sock\ntls:\n  deny: deny.txt\n")
+	c, err := ParseCentral("central.yaml", []byte(doc), dir)
+	if err != nil {
+		t.Fatalf("ParseCentral: %v", err)
+	}
+	want := SPIFFE{Socket: "/run/spire/agent.sock", Timeout: DefaultSPIFFETimeout}
+	if diff := cmp.Diff(want, c.SPIFFE); diff != "" {
+		t.Errorf("spiffe (-want +got):\n%s", diff)
+	}
+	if c.TLS.Deny != deny || c.TLS.CA != "" {
+		t.Errorf("tls = %+v, want deny %s and no files", c.TLS, deny)
+	}
+	var p problems
+	c.TLS.stat(&p, "tls", !c.SPIFFE.Enabled())
+	if len(p) != 0 {
+		t.Errorf("stat of a spiffe node's tls: %v, want nothing (no tls files named)", p.join("", nil))
 	}
 }

@@ -3,6 +3,8 @@ package config
 import (
 	"slices"
 	"time"
+
+	"github.com/keybroker/keybroker/identity"
 )
 
 // Edge is the configuration of a keybroker edge
@@ -41,6 +43,10 @@ type Edge struct {
 	// TLS names this node's certificate, key and the CA its peers (its
 	// clients and the central tier) must chain to. Required.
 	TLS TLS `yaml:"tls"`
+	// SPIFFE takes the node's identity from a SPIFFE Workload API agent
+	// instead of tls.ca, tls.cert and tls.key (exactly one of the two is
+	// given). The SVID must be spiffe://<trust_domain>/edge/<node_id>.
+	SPIFFE SPIFFE `yaml:"spiffe"`
 	// DataDir holds the replica (replica.db: key metadata, and material
 	// sealed to this edge), the edge's HPKE private sealing key
 	// (sealing.key, mode 0600) and, by default, the audit log. Required.
@@ -149,6 +155,7 @@ func DefaultEdge() Edge {
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
 		TLS:             TLS{ReloadInterval: DefaultTLSReloadInterval},
+		SPIFFE:          SPIFFE{Timeout: DefaultSPIFFETimeout},
 		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
 	}
 }
@@ -195,7 +202,7 @@ func (e *Edge) validate() problems {
 	checkName(&p, "node_id", e.NodeID)
 	checkTrustDomain(&p, "trust_domain", e.TrustDomain)
 	checkListeners(&p, e.Listen, e.AdvertiseAddress, e.OpsListen)
-	e.TLS.check(&p, "tls")
+	checkIdentity(&p, e.TLS, e.SPIFFE, identity.Identity{TrustDomain: e.TrustDomain, Kind: identity.Edge, Name: e.NodeID})
 	checkPath(&p, "data_dir", e.DataDir)
 	checkRegion(&p, "region", e.Region)
 	checkLabels(&p, "labels", e.Labels)
@@ -234,7 +241,7 @@ func (r Reconnect) check(p *problems, field string) {
 // *Error naming its field, joined.
 func (e *Edge) Check() error {
 	var p problems
-	e.TLS.stat(&p, "tls")
+	e.TLS.stat(&p, "tls", !e.SPIFFE.Enabled())
 	statDataDir(&p, "data_dir", e.DataDir)
 	e.Audit.stat(&p, "audit", e.DataDir)
 	return p.join("", nil)

@@ -84,6 +84,7 @@ func TestDocEdgeExample(t *testing.T) {
 			Key:            "/etc/keybroker/edge.key",
 			ReloadInterval: time.Second,
 		},
+		SPIFFE:          SPIFFE{Timeout: 30 * time.Second},
 		DataDir:         "/var/lib/keybroker-edge",
 		Region:          "eu-west-1",
 		Labels:          map[string]string{"zone": "eu-west-1a", "pci": "yes"},

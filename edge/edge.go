@@ -50,6 +50,7 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/edgecache"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/identity/workload"
 	"github.com/keybroker/keybroker/internal/serve"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -97,7 +98,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if madeDirs, err = makeDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("edge: data_dir: %w", err)
 	}
-	if n.id, err = liveIdentity(cfg, log); err != nil {
+	if n.id, err = liveIdentity(ctx, cfg, log); err != nil {
 		return nil, err
 	}
 	if _, _, err := net.SplitHostPort(cfg.Central.Address); err != nil {
@@ -252,9 +253,13 @@ func centralConnectParams(r config.Reconnect) grpc.ConnectParams {
 	}
 }
 
-// sourceFor is where an edge's identity comes from: its TLS files.
-// Another source (a SPIFFE Workload API agent) is another branch here.
-func sourceFor(cfg *config.Edge, log *slog.Logger) (identity.Source, error) {
+// sourceFor is where an edge's identity comes from: its TLS files, or a
+// SPIFFE Workload API agent when the configuration names one (it waits
+// for the agent's first SVID, for spiffe.timeout at most).
+func sourceFor(ctx context.Context, cfg *config.Edge, log *slog.Logger) (identity.Source, error) {
+	if cfg.SPIFFE.Enabled() {
+		return workload.NewSource(ctx, cfg.SPIFFE.Socket, cfg.SPIFFE.Options(log))
+	}
 	return identity.NewFileSource(cfg.TLS.Files(), cfg.TLS.FileOptions(log))
 }
 
@@ -263,14 +268,20 @@ func sourceFor(cfg *config.Edge, log *slog.Logger) (identity.Source, error) {
 // by its certificate, so a mismatch would register the wrong node — or
 // that lacks a usage an edge needs: serverAuth (clients dial it) and
 // clientAuth (it dials the central tier); at start, and when it rotates.
-func liveIdentity(cfg *config.Edge, log *slog.Logger) (*identity.Live, error) {
-	files, err := sourceFor(cfg, log)
+func liveIdentity(ctx context.Context, cfg *config.Edge, log *slog.Logger) (*identity.Live, error) {
+	files, err := sourceFor(ctx, cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	// Checked at start and at every rotation (the one in force stays).
 	want := identity.Identity{TrustDomain: cfg.TrustDomain, Kind: identity.Edge, Name: cfg.NodeID}
-	src, err := identity.NewChecked(files, func(m *identity.Material) error { return identity.CheckSelf(m, identity.RoleEdge, want) }, log)
+	src, err := identity.NewChecked(files, func(m *identity.Material) error {
+		err := identity.CheckSelf(m, identity.RoleEdge, want)
+		if err != nil && cfg.SPIFFE.Enabled() {
+			return workload.ExplainSelf(err, cfg.SPIFFE.Socket)
+		}
+		return err
+	}, log)
 	if err != nil {
 		files.Close()
 		return nil, fmt.Errorf("edge: %w", err)

@@ -44,7 +44,13 @@ import (
 // revocation reload revokes it, and when a change of the trust anchors
 // means it no longer verifies. A reload never closes a healthy connection:
 // a new certificate of our own is used for new handshakes, and the peers
-// already connected keep their connections.
+// already connected keep their connections — until the certificate we
+// presented on a connection we dialled nears its expiry: a quarter of the
+// time it had left at the handshake before (at most 5 minutes), if a newer
+// one is held by then, the connection is closed so that gRPC redials with
+// the newer one. The server would otherwise cut it only after the expiry,
+// and meanwhile the central tier refuses the forward proofs that name its
+// chain.
 //
 // # Failures in words
 //
@@ -65,7 +71,9 @@ import (
 // every handshake but not tracked; they are short. Forward proofs signed
 // with the current key during a rotation may name it on a connection
 // authenticated with the old one unless the signer of DialCredentials is
-// used (the SDK and the CLI use it).
+// used (the SDK and the CLI use it): it is a forwardproof.ConnSigner,
+// which signs each call with the key presented on the connection gRPC
+// sends it on.
 type Live struct {
 	src Source
 	rev *Revocation
@@ -73,6 +81,10 @@ type Live struct {
 
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
+	// presentedOn maps a connection we dialled (the address of the first
+	// element of its handshake's PeerCertificates, which the AuthInfo
+	// gRPC keeps shares) to the Material we presented on it.
+	presentedOn sync.Map
 
 	stop chan struct{}
 	done chan struct{}
@@ -122,6 +134,9 @@ func (l *Live) Close() error {
 	l.mu.Lock()
 	for c := range l.conns {
 		c.timer.Stop()
+		if c.own != nil {
+			c.own.Stop()
+		}
 	}
 	l.mu.Unlock()
 	return errors.Join(l.src.Close(), l.rev.Close())
@@ -402,6 +417,33 @@ func (s liveSigner) material() *Material {
 	return s.l.Current()
 }
 
+// SignerFor is the key of the certificate we presented on the connection
+// whose handshake gave ai (forwardproof.ConnSigner): the Interceptor signs
+// a call's proof with it once gRPC has chosen the connection, so a proof
+// matches the chain the edge saw even while connections made before and
+// after a rotation are both open. An unknown connection gets s itself.
+func (s liveSigner) SignerFor(ai credentials.AuthInfo) crypto.Signer {
+	if ti, ok := ai.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+		if m, ok := s.l.presentedOn.Load(&ti.State.PeerCertificates[0]); ok {
+			return materialSigner{m.(*Material)}
+		}
+	}
+	return s
+}
+
+// materialSigner signs with m's key.
+type materialSigner struct{ m *Material }
+
+func (s materialSigner) Public() crypto.PublicKey { return s.m.Certificate.Leaf.PublicKey }
+
+func (s materialSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	k, ok := s.m.Certificate.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("identity: the private key cannot sign")
+	}
+	return k.Sign(rand, digest, opts)
+}
+
 func (s liveSigner) Public() crypto.PublicKey { return s.material().Certificate.Leaf.PublicKey }
 
 func (s liveSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
@@ -487,8 +529,15 @@ func (c *liveCreds) ClientHandshake(ctx context.Context, authority string, raw n
 	}
 	tc := c.l.track(conn, chain, x509.ExtKeyUsageServerAuth)
 	tc.pre = first
-	if c.presented != nil && presented != nil {
-		c.presented.Store(presented)
+	if presented != nil {
+		if c.presented != nil {
+			c.presented.Store(presented)
+		}
+		// The handshake's own slice: its first element's address names
+		// this connection in the AuthInfo gRPC hands the signer.
+		tc.presentedKey = &st.PeerCertificates[0]
+		c.l.presentedOn.Store(tc.presentedKey, presented)
+		c.l.retire(tc, presented)
 	}
 	info := credentials.TLSInfo{State: st, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
 	if id, err := FromCertificate(chain[0]); err == nil {
@@ -553,8 +602,14 @@ type trackedConn struct {
 	usage x509.ExtKeyUsage // the peer's: ServerAuth when we dialled it
 	who   string
 	timer *time.Timer
-	once  sync.Once
-	pre   []byte // read before the connection was handed over, read first
+	// own retires a connection we dialled before our certificate on it
+	// expires (retire); nil until set, under l.mu.
+	own *time.Timer
+	// presentedKey names the connection in presentedOn (we dialled it
+	// and presented a certificate).
+	presentedKey **x509.Certificate
+	once         sync.Once
+	pre          []byte // read before the connection was handed over, read first
 }
 
 func (c *trackedConn) peerRole() string {
@@ -583,6 +638,44 @@ func (l *Live) track(conn net.Conn, chain []*x509.Certificate, usage x509.ExtKey
 	return c
 }
 
+// maxRetireMargin bounds how long before our certificate expires a
+// connection we dialled with it is closed.
+const maxRetireMargin = 5 * time.Minute
+
+// retire closes c, a connection we dialled presenting own, a while before
+// own expires — a quarter of the time it had left at the handshake, at
+// most maxRetireMargin — if we hold a newer certificate by then, so that
+// gRPC redials with it. Otherwise the server would cut the connection
+// only after own expired, and meanwhile the forward proofs we sign on it
+// name a chain the central tier no longer accepts. Without a newer
+// certificate (the source has not rotated) the connection is left to the
+// server: redialling would present the same one.
+func (l *Live) retire(c *trackedConn, own *Material) {
+	leaf := own.Certificate.Leaf
+	if leaf == nil {
+		return
+	}
+	margin := min(time.Until(leaf.NotAfter)/4, maxRetireMargin)
+	if margin <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.conns[c]; !ok {
+		return // already closed
+	}
+	c.own = time.AfterFunc(time.Until(leaf.NotAfter.Add(-margin)), func() {
+		if cur := l.src.Current().Certificate.Leaf; cur == nil || cur.Equal(leaf) {
+			return
+		}
+		c.once.Do(func() { // routine: logged at info, unlike cut
+			l.log.Info("closing a connection before our certificate on it expires, to redial with the current one", "peer", c.who, "expires", leaf.NotAfter)
+			l.untrack(c)
+			c.Conn.Close()
+		})
+	})
+}
+
 // cut closes c for reason.
 func (l *Live) cut(c *trackedConn, reason string) {
 	c.once.Do(func() {
@@ -595,7 +688,13 @@ func (l *Live) cut(c *trackedConn, reason string) {
 func (l *Live) untrack(c *trackedConn) {
 	l.mu.Lock()
 	delete(l.conns, c)
+	if c.own != nil {
+		c.own.Stop()
+	}
 	l.mu.Unlock()
+	if c.presentedKey != nil {
+		l.presentedOn.Delete(c.presentedKey)
+	}
 	c.timer.Stop()
 }
 

@@ -18,6 +18,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/identity/workload"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/internal/forwardproof"
 	"github.com/keybroker/keybroker/internal/hostport"
@@ -29,6 +30,9 @@ const (
 	envCA   = "KEYBROKER_CA"
 	envCert = "KEYBROKER_CERT"
 	envKey  = "KEYBROKER_KEY"
+	// envSPIFFESocket is --spiffe-socket's; SPIFFE_ENDPOINT_SOCKET alone
+	// selects nothing.
+	envSPIFFESocket = client.EnvSPIFFESocket
 )
 
 // defaultConnectTimeout is --connect-timeout's default: a broker that
@@ -48,6 +52,7 @@ func (a *app) addClientFlags(fs *pflag.FlagSet) {
 	fs.String("ca", "", "PEM file of the CA certificates that sign the broker (env "+envCA+")")
 	fs.String("cert", "", "PEM file of the client certificate (env "+envCert+")")
 	fs.String("tls-key", "", "PEM file of the client certificate's private key (env "+envKey+")")
+	fs.String("spiffe-socket", "", "SPIFFE Workload API agent socket, unix:///path, to take the identity from instead of --ca, --cert and --tls-key (env "+envSPIFFESocket+")")
 	fs.String("server-name", "", "also verify that the broker's certificate names this host (the broker is always verified by its SPIFFE id)")
 	fs.DurationVar(&a.timeout, "timeout", 30*time.Second, "time limit for the command's RPCs; 0 means none")
 	fs.DurationVar(&a.connectTimeout, "connect-timeout", defaultConnectTimeout, "time limit for connecting to the broker (TCP connect and TLS handshake)")
@@ -91,19 +96,38 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 		Cert: a.setting(cmd, "cert", envCert),
 		Key:  a.setting(cmd, "tls-key", envKey),
 	}
+	socket := a.setting(cmd, "spiffe-socket", envSPIFFESocket)
 	var missing []string
-	for _, m := range []struct{ value, flag, env string }{
-		{addr, "--addr", envAddr},
-		{files.CA, "--ca", envCA},
-		{files.Cert, "--cert", envCert},
-		{files.Key, "--tls-key", envKey},
-	} {
-		if m.value == "" {
-			missing = append(missing, m.flag+" (or "+m.env+")")
+	if addr == "" {
+		missing = append(missing, "--addr (or "+envAddr+")")
+	}
+	if socket != "" {
+		var both []string
+		for _, m := range []struct{ value, flag string }{{files.CA, "--ca"}, {files.Cert, "--cert"}, {files.Key, "--tls-key"}} {
+			if m.value != "" {
+				both = append(both, m.flag)
+			}
+		}
+		if len(both) > 0 {
+			return nil, usageErrorf("--spiffe-socket (or %s) and %s (or their environment variables) are both given: take the identity from the Workload API agent or from files, not both", envSPIFFESocket, strings.Join(both, ", "))
+		}
+	} else {
+		for _, m := range []struct{ value, flag, env string }{
+			{files.CA, "--ca", envCA},
+			{files.Cert, "--cert", envCert},
+			{files.Key, "--tls-key", envKey},
+		} {
+			if m.value == "" {
+				missing = append(missing, m.flag+" (or "+m.env+")")
+			}
 		}
 	}
 	if len(missing) > 0 {
-		return nil, usageErrorf("missing %s: keybroker always uses mutual TLS", strings.Join(missing, ", "))
+		hint := ""
+		if socket == "" && (len(missing) > 1 || addr != "") {
+			hint = " (the --ca, --cert and --tls-key files, or --spiffe-socket for a SPIFFE Workload API agent)"
+		}
+		return nil, usageErrorf("missing %s: keybroker always uses mutual TLS%s", strings.Join(missing, ", "), hint)
 	}
 	if err := hostport.Check(addr); err != nil {
 		return nil, usageErrorf("--addr: %v", err)
@@ -114,12 +138,18 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 	if a.connectTimeout <= 0 {
 		return nil, usageErrorf("--connect-timeout must be positive")
 	}
-	src, err := sourceFor(files)
+	src, err := sourceFor(cmd.Context(), files, socket, a.connectTimeout)
 	if err != nil {
+		if socket != "" {
+			return nil, usageErrorf("--spiffe-socket: %v", err)
+		}
 		return nil, usageErrorf("TLS client configuration: %v", err)
 	}
 	if err := identity.CheckSelf(src.Current(), identity.RoleClient, identity.Identity{}); err != nil {
 		src.Close()
+		if socket != "" {
+			return nil, usageErrorf("--spiffe-socket: %v", workload.ExplainSelf(err, socket))
+		}
 		return nil, usageErrorf("--cert: %v", err)
 	}
 	id := identity.NewLive(src, nil, nil)
@@ -144,10 +174,14 @@ func (a *app) connect(cmd *cobra.Command) (*session, error) {
 	}, nil
 }
 
-// sourceFor is where a command's identity comes from: the --ca, --cert
-// and --tls-key files, read once (a command is short). Another source (a
-// SPIFFE Workload API agent) is another branch here.
-func sourceFor(files identity.TLSFiles) (identity.Source, error) {
+// sourceFor is where a command's identity comes from: the Workload API
+// agent at socket (--spiffe-socket), waited for as long as a connection
+// (--connect-timeout), and followed while the command runs; or else the
+// --ca, --cert and --tls-key files, read once (a command is short).
+func sourceFor(ctx context.Context, files identity.TLSFiles, socket string, wait time.Duration) (identity.Source, error) {
+	if socket != "" {
+		return workload.NewSource(ctx, socket, workload.Options{Timeout: wait})
+	}
 	return identity.NewFileSource(files, identity.FileOptions{ReloadInterval: -1})
 }
 

@@ -35,7 +35,7 @@ const alpnMissing = "missing selected ALPN property"
 // that is not keybroker's, a certificate the CA in --ca did not sign.
 type dialWatch struct {
 	addr    string
-	ca      string // the --ca file, for the message
+	ca      string // the --ca file, for the message ("" with --spiffe-socket)
 	timeout time.Duration
 
 	mu  sync.Mutex
@@ -131,6 +131,9 @@ func (w *dialWatch) explain(op string) error {
 		return fail(exitUsage, "%s", notGRPCText(w.addr))
 	}
 	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
+		if w.ca == "" {
+			return fail(exitTLS, "TLS: the broker's certificate at %s is not signed by a CA in the Workload API agent's bundle (%v)", addr, err)
+		}
 		return fail(exitTLS, "TLS: the broker's certificate at %s is not signed by a CA in --ca %s (%v)", addr, clip.Quote(w.ca), err)
 	}
 	if he, ok := errors.AsType[x509.HostnameError](err); ok {

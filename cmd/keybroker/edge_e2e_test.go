@@ -47,7 +47,11 @@ type edgeNode struct {
 	// retries (50ms, up to 500ms).
 	reconnect string
 	// tls is added to the edge's tls mapping (", deny: deny.txt").
-	tls         string
+	tls string
+	// spiffe, when set, is the socket of a Workload API agent the edge
+	// takes its identity from instead of certificate files (tls then
+	// holds only what tls adds, and central.server_name is not set).
+	spiffe      string
 	dir, config string
 	p           *proc
 }
@@ -127,7 +131,15 @@ func (c *edgeCluster) startEdge(t *testing.T, e *edgeNode) {
 	t.Helper()
 	e.dir = filepath.Join(c.dir, e.name)
 	e.config = filepath.Join(c.dir, e.name+".yaml")
-	if _, err := c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Edge, Name: e.name},
+	id := fmt.Sprintf("tls: {ca: ca.crt, cert: %s.crt, key: %s.key%s}\n", e.name, e.name, e.tls)
+	serverName := ", server_name: 127.0.0.1"
+	if e.spiffe != "" {
+		id = fmt.Sprintf("spiffe: {socket: %q}\n", e.spiffe)
+		if e.tls != "" {
+			id += "tls: {" + strings.TrimPrefix(e.tls, ", ") + "}\n"
+		}
+		serverName = ""
+	} else if _, err := c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Edge, Name: e.name},
 		[]string{"127.0.0.1"}, time.Hour, c.dir, e.name, c.caFile); err != nil {
 		t.Fatal(err)
 	}
@@ -135,14 +147,13 @@ func (c *edgeCluster) startEdge(t *testing.T, e *edgeNode) {
 trust_domain: %s
 listen: 127.0.0.1:0
 ops_listen: 127.0.0.1:0
-tls: {ca: ca.crt, cert: %s.crt, key: %s.key%s}
-data_dir: %s
+%sdata_dir: %s
 region: %s
-central: {address: %q, server_name: 127.0.0.1}
+central: {address: %q%s}
 prefetch: %t
 max_staleness: %s
 reconnect: %s
-`, e.name, e2eTrustDomain, e.name, e.name, e.tls, e.name, e.region, cmp.Or(e.via, c.central.addr), e.prefetch, e.staleness,
+`, e.name, e2eTrustDomain, id, e.name, e.region, cmp.Or(e.via, c.central.addr), serverName, e.prefetch, e.staleness,
 		cmp.Or(e.reconnect, "{initial_backoff: 50ms, max_backoff: 500ms}"))
 	must(t, "writing edge config", os.WriteFile(e.config, []byte(y), 0o600))
 	e.p = startNode(t, "edge", e.config)

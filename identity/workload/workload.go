@@ -378,3 +378,27 @@ func (l *apiLogger) last() string {
 	defer l.mu.Unlock()
 	return l.msg
 }
+
+// SelfError is a process's own SVID refused by the check of its role
+// (identity.CheckSelf): the agent's registration entry for the process is
+// what is wrong, not a file.
+type SelfError struct {
+	Socket string // the agent's socket, as configured
+	Err    error  // the check's error
+}
+
+func (e *SelfError) Error() string {
+	msg := strings.ReplaceAll(e.Err.Error(), "tls.cert", "the SVID")
+	return fmt.Sprintf("%s (the SVID comes from the Workload API agent at %s: its registration entry for this process is wrong)", msg, e.Socket)
+}
+
+func (e *SelfError) Unwrap() error { return e.Err }
+
+// ExplainSelf wraps err, the refusal of the SVID a process took from the
+// agent at socket as its own, in a *SelfError; nil stays nil.
+func ExplainSelf(err error, socket string) error {
+	if err == nil {
+		return nil
+	}
+	return &SelfError{Socket: socket, Err: err}
+}

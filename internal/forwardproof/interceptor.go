@@ -187,11 +187,11 @@ func (in *Interceptor) Unary(ctx context.Context, method string, req, reply any,
 	}
 	// A call made unsigned on a connection already known goes without
 	// grpc.Peer; every other one learns which node answered.
-	sctx, err := in.signed(ctx, method, msg, aud)
+	sctx, sopts, err := in.signed(ctx, method, msg, aud)
 	if err != nil {
 		return err
 	}
-	err = in.invoke(sctx, method, req, reply, cc, invoker, opts, !known || aud != "")
+	err = in.invoke(sctx, method, req, reply, cc, invoker, append(opts[:len(opts):len(opts)], sopts...), !known || aud != "")
 	if IsRequired(err) {
 		in.remember(forwardsKey{cc, method, keyOf(msg)})
 	}
@@ -207,11 +207,11 @@ func (in *Interceptor) Unary(ctx context.Context, method string, req, reply any,
 		// edge "": not known to be an edge; this try only learns which
 		// node answers, and is asked again.
 		aud = edge
-		sctx, serr := in.signed(ctx, method, msg, aud)
+		sctx, sopts, serr := in.signed(ctx, method, msg, aud)
 		if serr != nil {
 			return err
 		}
-		err = in.invoke(sctx, method, req, reply, cc, invoker, opts, true)
+		err = in.invoke(sctx, method, req, reply, cc, invoker, append(opts[:len(opts):len(opts)], sopts...), true)
 	}
 	return err
 }
@@ -228,26 +228,84 @@ func (in *Interceptor) invoke(ctx context.Context, method string, req, reply any
 	return err
 }
 
-// signed is ctx carrying a proof of the call for aud; ctx itself when aud
-// is "".
-func (in *Interceptor) signed(ctx context.Context, method string, msg proto.Message, aud string) (context.Context, error) {
+// signed is ctx carrying a proof of the call for aud, or the call option
+// that signs it on the connection it is sent on (ConnSigner); ctx itself
+// when aud is "".
+func (in *Interceptor) signed(ctx context.Context, method string, msg proto.Message, aud string) (context.Context, []grpc.CallOption, error) {
 	if aud == "" {
-		return ctx, nil
+		return ctx, nil, nil
 	}
-	return in.sign(ctx, method, msg, aud)
-}
-
-func (in *Interceptor) sign(ctx context.Context, method string, msg proto.Message, aud string) (context.Context, error) {
 	raw, err := Marshal(msg)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "encoding a request to sign: %v", err)
+		return nil, nil, status.Errorf(codes.Internal, "encoding a request to sign: %v", err)
 	}
-	proof, err := Sign(in.signer, Claims{Method: method, Request: raw, Audience: aud, IssuedAt: in.now()}, nil)
+	c := Claims{Method: method, Request: raw, Audience: aud, IssuedAt: in.now()}
+	if cs, ok := in.signer.(ConnSigner); ok {
+		return ctx, []grpc.CallOption{grpc.PerRPCCredentials(&connProof{signer: cs, claims: c})}, nil
+	}
+	proof, err := Sign(in.signer, c, nil)
+	if err != nil {
+		return nil, nil, status.Errorf(codes.Internal, "signing a forward proof: %v", err)
+	}
+	return metadata.AppendToOutgoingContext(ctx, MetadataKey, string(proof)), nil, nil
+}
+
+// ConnSigner is a signer whose key may differ from one connection to the
+// next: a client whose certificate rotates presents the new one on new
+// connections while older ones stay open (identity.Live.DialCredentials).
+// A proof must be signed with the key of the certificate the edge saw on
+// the connection the call travels on, which is chosen only after the
+// interceptor has run; so the Interceptor, given a ConnSigner, signs when
+// gRPC writes the call on a connection (a per-call
+// credentials.PerRPCCredentials), with SignerFor that connection's
+// AuthInfo.
+type ConnSigner interface {
+	crypto.Signer
+	// SignerFor is the key of the certificate we presented on the
+	// connection whose handshake gave ai.
+	SignerFor(ai credentials.AuthInfo) crypto.Signer
+}
+
+// connProof signs one call's proof on the connection it is sent on. gRPC
+// asks again when it moves a call that was never processed to another
+// connection (a transparent retry): on a connection that presented the
+// same key the same proof is sent again (its nonce is spent once), and on
+// one that presented another key the attempt fails Unavailable, for the
+// caller to make a new call, rather than give an edge two proofs of one
+// call.
+type connProof struct {
+	signer ConnSigner
+	claims Claims
+
+	mu    sync.Mutex
+	key   crypto.PublicKey
+	proof string
+}
+
+func (p *connProof) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	var ai credentials.AuthInfo
+	if ri, ok := credentials.RequestInfoFromContext(ctx); ok {
+		ai = ri.AuthInfo
+	}
+	signer := p.signer.SignerFor(ai)
+	pub := signer.Public()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.key != nil {
+		if k, ok := pub.(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(p.key) {
+			return nil, status.Error(codes.Unavailable, "forward proof: the call moved to a connection made with another certificate of ours; retry it")
+		}
+		return map[string]string{MetadataKey: p.proof}, nil
+	}
+	proof, err := Sign(signer, p.claims, nil)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "signing a forward proof: %v", err)
 	}
-	return metadata.AppendToOutgoingContext(ctx, MetadataKey, string(proof)), nil
+	p.key, p.proof = pub, string(proof)
+	return map[string]string{MetadataKey: p.proof}, nil
 }
+
+func (*connProof) RequireTransportSecurity() bool { return true }
 
 // EdgeOf is the SPIFFE id of the edge a call reached, from the leaf
 // certificate of its TLS handshake; false when the peer is not an edge.

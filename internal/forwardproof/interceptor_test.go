@@ -3,21 +3,25 @@ package forwardproof
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -163,5 +167,110 @@ func TestKeyOf(t *testing.T) {
 		if got := keyOf(tc.req); got != tc.want {
 			t.Errorf("keyOf(%T) = %q, want %q", tc.req, got, tc.want)
 		}
+	}
+}
+
+// connInfo stands for the AuthInfo of connection n.
+type connInfo struct{ n int }
+
+func (connInfo) AuthType() string { return "test" }
+
+// connKeys is a ConnSigner whose connection n presented keys[n].
+type connKeys struct{ keys []*ecdsa.PrivateKey }
+
+func (c connKeys) Public() crypto.PublicKey { return c.keys[0].Public() }
+func (c connKeys) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	return c.keys[0].Sign(r, d, o)
+}
+func (c connKeys) SignerFor(ai credentials.AuthInfo) crypto.Signer {
+	if i, ok := ai.(connInfo); ok {
+		return c.keys[i.n]
+	}
+	return c
+}
+
+// TestConnSignerSignsOnTheConnection: with a ConnSigner the proof is
+// signed when gRPC writes the call on a connection, with the key presented
+// on that connection, so a call made just before a rotation and sent on a
+// connection made after it still carries a proof the central tier
+// accepts. A transparent retry on a connection of the same key sends the
+// same proof; on one of another key it fails Unavailable instead of
+// giving the edge a second proof of the call.
+func TestConnSignerSignsOnTheConnection(t *testing.T) {
+	var keys []*ecdsa.PrivateKey
+	for range 2 {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	in := NewInterceptor(connKeys{keys}, nil)
+	var creds credentials.PerRPCCredentials
+	invoker := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		if _, ok := metadata.FromOutgoingContext(ctx); ok {
+			t.Error("the proof went into the outgoing metadata before the connection was chosen")
+		}
+		for _, o := range opts {
+			if c, ok := o.(grpc.PerRPCCredsCallOption); ok {
+				creds = c.Creds
+			}
+		}
+		return nil
+	}
+	ctx := WithAudience(t.Context(), "spiffe://kb.test/edge/e1")
+	if err := in.Unary(ctx, "/keybroker.v1.KeyBroker/Encrypt", &kbv1.EncryptRequest{KeyId: "k"}, &kbv1.EncryptResponse{}, nil, invoker); err != nil {
+		t.Fatal(err)
+	}
+	if creds == nil {
+		t.Fatal("no per-call credentials to sign the proof on the connection")
+	}
+	on := func(n int) (string, error) {
+		md, err := creds.GetRequestMetadata(credentials.NewContextWithRequestInfo(t.Context(), credentials.RequestInfo{AuthInfo: connInfo{n}}))
+		return md[MetadataKey], err
+	}
+	proof, err := on(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse([]byte(proof), keys[1].Public()); err != nil {
+		t.Errorf("proof on connection 1 does not verify with its key: %v", err)
+	}
+	if _, err := Parse([]byte(proof), keys[0].Public()); err == nil {
+		t.Error("proof on connection 1 verifies with another connection's key")
+	}
+	again, err := on(1)
+	if err != nil || again != proof {
+		t.Errorf("second attempt on a connection of the same key: %v, same proof %t; want the same proof", err, again == proof)
+	}
+	if _, err := on(0); status.Code(err) != codes.Unavailable {
+		t.Errorf("attempt on a connection of another key: %v, want Unavailable", err)
+	}
+}
+
+// TestLiveSignerIsConnSigner: the signer identity.Live.DialCredentials
+// gives the SDK and the CLI signs on the connection.
+func TestLiveSignerIsConnSigner(t *testing.T) {
+	ca, err := identity.NewCA("kb.test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.Issue(identity.Identity{TrustDomain: "kb.test", Kind: identity.Client, Name: "app"}, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := identity.NewMaterial(&cert, []*x509.Certificate{ca.Cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := identity.NewLive(identity.Static{M: m}, nil, nil)
+	defer l.Close()
+	_, signer := l.DialCredentials(identity.AcceptKinds(identity.Edge), "")
+	if _, ok := signer.(ConnSigner); !ok {
+		t.Fatalf("DialCredentials' signer %T is not a ConnSigner", signer)
 	}
 }
