@@ -31,9 +31,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/keybroker/keybroker/internal/softhsm"
 )
 
 // Default credentials of the tokens New creates. They protect nothing: the
@@ -50,18 +50,7 @@ const RequireEnv = "KEYBROKER_REQUIRE_SOFTHSM"
 
 // ModuleEnv, when set, names the SoftHSM2 module to use instead of searching
 // the standard locations.
-const ModuleEnv = "KEYBROKER_SOFTHSM_MODULE"
-
-// modulePaths are where distributions install libsofthsm2.so.
-var modulePaths = []string{
-	"/usr/lib/softhsm/libsofthsm2.so",
-	"/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-	"/usr/lib64/pkcs11/libsofthsm2.so",
-	"/usr/lib/pkcs11/libsofthsm2.so",
-	"/usr/local/lib/softhsm/libsofthsm2.so",
-	"/opt/homebrew/lib/softhsm/libsofthsm2.so",
-}
+const ModuleEnv = softhsm.ModuleEnv
 
 const installHint = "apt-get install softhsm2 opensc, or run make test which installs them"
 
@@ -86,18 +75,11 @@ type Token struct {
 // Module returns the path of the SoftHSM2 module, or "" and the reason it is
 // unusable.
 func Module() (string, string) {
-	if p := os.Getenv(ModuleEnv); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Sprintf("%s=%s: %v", ModuleEnv, p, err)
-		}
-		return p, ""
+	p, err := softhsm.Module()
+	if err != nil {
+		return "", err.Error()
 	}
-	for _, p := range modulePaths {
-		if _, err := os.Stat(p); err == nil {
-			return p, ""
-		}
-	}
-	return "", "the SoftHSM2 module libsofthsm2.so is not installed"
+	return p, ""
 }
 
 // Available reports whether SoftHSM2 (the module and softhsm2-util) is
@@ -134,59 +116,17 @@ func Require(tb testing.TB) {
 func New(tb testing.TB) *Token {
 	tb.Helper()
 	Require(tb)
-	module, _ := Module()
-	dir := tb.TempDir()
-	tok := &Token{
-		ModulePath: module,
-		Label:      DefaultLabel,
-		PIN:        DefaultPIN,
-		SOPin:      DefaultSOPin,
-		Dir:        dir,
-		Conf:       filepath.Join(dir, "softhsm2.conf"),
-		PinFile:    filepath.Join(dir, "user.pin"),
-	}
-	tokens := filepath.Join(dir, "tokens")
-	if err := os.Mkdir(tokens, 0o700); err != nil {
+	hsm, err := softhsm.Ensure(tb.Context(), tb.TempDir(), DefaultLabel, softhsm.Options{PIN: DefaultPIN, SOPin: DefaultSOPin})
+	if err != nil {
 		tb.Fatal(err)
 	}
-	conf := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", tokens)
-	if err := os.WriteFile(tok.Conf, []byte(conf), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Setenv("SOFTHSM2_CONF", tok.Conf)
-	if err := os.WriteFile(tok.PinFile, []byte(tok.PIN+"\n"), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	cmd := exec.CommandContext(tb.Context(), "softhsm2-util", "--init-token", "--free",
-		"--label", tok.Label, "--so-pin", tok.SOPin, "--pin", tok.PIN)
-	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+tok.Conf)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("softhsm2-util --init-token: %v\n%s", err, out)
-	}
-	return tok
+	tb.Setenv(softhsm.ConfEnv, hsm.Conf)
+	return &Token{ModulePath: hsm.ModulePath, Label: hsm.Label, PIN: hsm.PIN, SOPin: hsm.SOPin,
+		Dir: hsm.Dir, Conf: hsm.Conf, PinFile: hsm.PinFile}
 }
 
 // URI returns a pkcs11 URI for the token, with pin-source set to PinFile and
 // module-path to ModulePath. object, when not empty, names a key by label.
 func (tok *Token) URI(object string) string {
-	s := "pkcs11:token=" + escape(tok.Label)
-	if object != "" {
-		s += ";object=" + escape(object)
-	}
-	return s + "?module-path=" + escape(tok.ModulePath) + "&pin-source=" + escape(tok.PinFile)
-}
-
-// escape percent-encodes a URI attribute value: everything outside RFC 3986
-// unreserved characters, '/' and ':' is encoded.
-func escape(v string) string {
-	var b strings.Builder
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') || strings.IndexByte("-._~/:", c) >= 0 {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
-		}
-	}
-	return b.String()
+	return (&softhsm.Token{Label: tok.Label, ModulePath: tok.ModulePath, PinFile: tok.PinFile}).URI(object)
 }
