@@ -639,6 +639,17 @@ func (c *Cluster) ClientTLS(kind identity.Kind, name string) (*tls.Config, error
 	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: c.opts.Host}, nil
 }
 
+// IssueFiles issues a fresh certificate for any identity in the
+// cluster's trust domain and writes it to dir as name.crt and name.key
+// (the key 0600), for clients that take files.
+func (c *Cluster) IssueFiles(kind identity.Kind, name, dir string) (identity.TLSFiles, error) {
+	var hosts []string // clients and admins carry no host names
+	if kind.Serves() {
+		hosts = []string{c.opts.Host, "localhost"}
+	}
+	return c.ca.IssueFiles(identity.Identity{TrustDomain: c.ca.TrustDomain, Kind: kind, Name: name}, hosts, certValidity, dir, name, c.caFile)
+}
+
 // WaitSynced waits until every edge follows the central node, holds a
 // lease (an edge serves nothing before its first heartbeat) and has
 // applied everything the central registry has committed, or ctx ends.
