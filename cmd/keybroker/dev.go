@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/internal/atomicfile"
+	"github.com/keybroker/keybroker/internal/softhsm"
 )
 
 // Defaults of keybroker dev.
@@ -83,6 +85,11 @@ Ctrl-C or SIGTERM stops the cluster gracefully and exits 0. The data and the
 env file stay: with fixed ports the env file is valid again at the next start
 (with --port 0 the next start rewrites it).
 
+--softhsm puts the central node's root keys on a SoftHSM2 token that dev makes
+in DIR/softhsm (label keybroker-dev, random PINs in 0600 files there) and
+reuses at the next start; SoftHSM2 must be installed (the softhsm2 package).
+dev points SOFTHSM2_CONF at the token's configuration for its own process.
+
 --backend puts the central node's root keys in another root of trust instead
 of the softkms keystore in DIR. Give the backend alone, without a key:
   softkms:path=/ABS/keystore.json;kek-source=/ABS/kek
@@ -106,7 +113,10 @@ const devExample = `  keybroker dev
   keybroker dev --data /tmp/kb --port 9000 --log-level debug
   keybroker dev --port 0 --log-format json 2>dev.log
 
-  # the root keys on a SoftHSM2 token
+  # the root keys on a SoftHSM2 token dev makes in keybroker-dev/softhsm
+  keybroker dev --softhsm
+
+  # the root keys on a SoftHSM2 token of your own
   softhsm2-util --init-token --free --label kb --so-pin 12345678 --pin 1234
   echo 1234 > ~/kb.pin
   keybroker dev --backend "pkcs11:token=kb?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=$HOME/kb.pin"
@@ -119,6 +129,7 @@ const devExample = `  keybroker dev
 type devFlags struct {
 	data, host, backend string
 	port                int
+	softhsm             bool
 	logLevel, logFormat *enumValue
 }
 
@@ -145,6 +156,7 @@ func newDevCmd(e *env) *cobra.Command {
 	fs.IntVar(&f.port, "port", devDefaultPort, fmt.Sprintf("central gRPC port; the edges take the next two, ops ports are %d above; 0 means system-chosen ports", devcluster.OpsPortOffset))
 	fs.StringVar(&f.host, "host", devDefaultHost, "address every node listens on and clients dial")
 	fs.StringVar(&f.backend, "backend", "", "root of trust URI for the central node (see above); default: a softkms keystore in --data")
+	fs.BoolVar(&f.softhsm, "softhsm", false, "put the root keys on a SoftHSM2 token made in --data/softhsm (needs SoftHSM2 installed)")
 	fs.Var(f.logLevel, "log-level", "least severe log level written to stderr")
 	fs.Var(f.logFormat, "log-format", "log format on stderr: text for people, json for collectors")
 	return cmd
@@ -160,6 +172,9 @@ func (f *devFlags) check() error {
 	}
 	if f.host == "" {
 		return usageErrorf("--host must name an address")
+	}
+	if f.softhsm && f.backend != "" {
+		return usageErrorf("--softhsm and --backend both name the root of trust: give one")
 	}
 	if f.backend != "" {
 		u, err := backends.ParseKeyURI(f.backend)
@@ -183,10 +198,16 @@ func runDev(ctx context.Context, e *env, f devFlags) error {
 	// a cloud KMS) and making a fresh directory's CA and keys take a while,
 	// and until the ready summary nothing else is printed on a quiet start.
 	log.Info("keybroker dev starting", "data", dir, "host", f.host, "port", f.port)
+	backend := f.backend
+	if f.softhsm {
+		if backend, err = devSoftHSM(ctx, dir, log); err != nil {
+			return err
+		}
+	}
 	// Start gets the process's context, not one with the start's time
 	// limit: a backend may keep the context it was opened with (a cloud
 	// client's credentials), and ending it would break the running node.
-	c, err := devcluster.Start(ctx, devcluster.Options{Dir: dir, Host: f.host, BasePort: f.port, Backend: f.backend, Logger: log})
+	c, err := devcluster.Start(ctx, devcluster.Options{Dir: dir, Host: f.host, BasePort: f.port, Backend: backend, Logger: log})
 	if err != nil {
 		if ctx.Err() != nil {
 			log.Info("interrupted before the cluster was ready")
@@ -247,6 +268,30 @@ func runDev(ctx context.Context, e *env, f devFlags) error {
 		return err
 	}
 	return serveErr
+}
+
+// devTokenLabel is the label of the token --softhsm makes.
+const devTokenLabel = "keybroker-dev"
+
+// devSoftHSM makes the --softhsm token in DIR/softhsm, or reuses the one
+// an earlier start made, and points SOFTHSM2_CONF at it for this process
+// (SoftHSM reads it when the module is first opened, which is later), and
+// returns its backend URI.
+func devSoftHSM(ctx context.Context, dir string, log *slog.Logger) (string, error) {
+	tok, err := softhsm.Ensure(ctx, filepath.Join(dir, "softhsm"), devTokenLabel, softhsm.Options{})
+	if errors.Is(err, softhsm.ErrNotInstalled) {
+		return "", fmt.Errorf("--softhsm: %w", err)
+	}
+	if err != nil {
+		return "", err
+	}
+	if old := os.Getenv(softhsm.ConfEnv); old != "" && old != tok.Conf {
+		log.Info("--softhsm: using the token in the data directory, not "+softhsm.ConfEnv+"'s", "was", old, "now", tok.Conf)
+	}
+	if err := os.Setenv(softhsm.ConfEnv, tok.Conf); err != nil {
+		return "", err
+	}
+	return tok.URI(""), nil
 }
 
 // prepareDev waits for the edges, makes sure the demo key exists, and

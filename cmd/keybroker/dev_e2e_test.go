@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/softhsm"
 	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
@@ -432,6 +433,7 @@ func TestDevUsage(t *testing.T) {
 		{[]string{"--port", "65530"}, "--port 65530"},
 		{[]string{"--backend", "pkcs11:token=kb;object=root-1?module-path=/m.so&pin-source=/p"}, "--backend names a key (root-1)"},
 		{[]string{"--backend", "vault:x"}, `unknown scheme "vault"`},
+		{[]string{"--softhsm", "--backend", "softkms:path=/k.json;kek-source=/kek"}, "--softhsm and --backend both name the root of trust"},
 		{[]string{"--log-level", "loud"}, `"loud" is not one of debug, info, warn, error`},
 		{[]string{"--log-format", "xml"}, `"xml" is not one of text, json`},
 		{[]string{"extra"}, `unexpected argument "extra"`},
@@ -480,6 +482,81 @@ func TestDevSoftHSM(t *testing.T) {
 		t.Errorf("the demo key's root is %q, want the token's root-prf", k.RootKey)
 	}
 	p.interrupt(t)
+}
+
+// TestDevSoftHSMFlag: dev --softhsm makes its own SoftHSM2 token in
+// DIR/softhsm and puts the root keys there; the demo key encrypts through
+// the CLI at one edge and decrypts at the other; after a restart the
+// token is reused (the PINs unchanged), and the first run's ciphertext
+// still decrypts.
+func TestDevSoftHSMFlag(t *testing.T) {
+	t.Parallel()
+	softhsmtest.Require(t)
+	dir := filepath.Join(t.TempDir(), "dev")
+	p := startDev(t, dir, "--port", "0", "--softhsm")
+	env := p.waitReady(t)
+	stdout, _ := p.output()
+	if want := "root of trust:  pkcs11:token=keybroker-dev?module-path="; !strings.Contains(stdout, want) {
+		t.Errorf("the summary lacks %q:\n%s", want, stdout)
+	}
+	r := runCLI(t, env, []byte("hello"), "encrypt", "--key", demoKeyID)
+	wantCode(t, r, 0)
+	ct := r.stdout
+	r = runCLI(t, withAddr(env, devNodes(t, stdout)["edge-eu"].grpc), []byte(ct), "decrypt")
+	wantCode(t, r, 0)
+	if r.stdout != "hello" {
+		t.Errorf("decrypt at edge-eu = %q, want hello", r.stdout)
+	}
+	if k := describeDemo(t, env); k.RootKey != "pkcs11:token=keybroker-dev;object=root-prf" {
+		t.Errorf("the demo key's root is %q, want the dev token's root-prf", k.RootKey)
+	}
+	pinFile := filepath.Join(dir, "softhsm", "user.pin")
+	pin, err := os.ReadFile(pinFile)
+	must(t, "reading the PIN file", err)
+	if fi, err := os.Stat(pinFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s: %v, %v; want mode 0600", pinFile, fi.Mode().Perm(), err)
+	}
+	p.interrupt(t)
+
+	p = startDev(t, dir, "--port", "0", "--softhsm")
+	env = p.waitReady(t)
+	r = runCLI(t, env, []byte(ct), "decrypt")
+	wantCode(t, r, 0)
+	if r.stdout != "hello" {
+		t.Errorf("decrypt after a restart = %q, want hello", r.stdout)
+	}
+	if again, _ := os.ReadFile(pinFile); !bytes.Equal(again, pin) {
+		t.Error("a restart made a new token (the PIN changed)")
+	}
+	p.interrupt(t)
+}
+
+// TestDevSoftHSMMissing: without SoftHSM2, dev --softhsm stops at once
+// naming the package to install, and makes nothing.
+func TestDevSoftHSMMissing(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "dev")
+	ctx, cancel := context.WithTimeout(t.Context(), devStopTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, keybrokerBin, "dev", "--data", dir, "--port", "0", "--softhsm")
+	cmd.Env = append(processEnv(), softhsm.ModuleEnv+"="+filepath.Join(t.TempDir(), "libsofthsm2.so"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if ee, ok := errors.AsType[*exec.ExitError](err); !ok || ee.ExitCode() != exitFailure {
+		t.Fatalf("keybroker dev --softhsm without SoftHSM2: %v, want exit %d\nstderr:\n%s", err, exitFailure, stderr.String())
+	}
+	for _, want := range []string{"--softhsm: SoftHSM2 is not installed", "apt-get install softhsm2"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("stdout %q, want nothing", stdout.String())
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the data directory was made (%v)", err)
+	}
 }
 
 // TestDevShellQuote: what shellQuote and shellWord make, a POSIX shell
