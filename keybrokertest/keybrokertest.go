@@ -38,7 +38,9 @@
 // initialised, so [WithSoftHSM] sets it with t.Setenv, which Go refuses in
 // a parallel test. Tests start their SoftHSM2 clusters one after another;
 // each cluster closes the module when it stops, and the next one opens
-// it afresh on its own token.
+// it afresh on its own token. A second SoftHSM2 cluster while one runs (a
+// TestMain's from New and a test's from Start, say) is refused: its root
+// keys would land on the first one's token.
 //
 // # Missing SoftHSM2
 //
@@ -107,6 +109,10 @@ const syncTimeout = 2 * time.Minute
 
 // shutdownTimeout bounds the graceful stop at the end of a test.
 const shutdownTimeout = 30 * time.Second
+
+// softhsmInUse is held while a SoftHSM2 cluster runs in the process: the
+// module is process-wide (see the package documentation).
+var softhsmInUse sync.Mutex
 
 // An Option configures a cluster.
 type Option func(*settings)
@@ -193,7 +199,8 @@ func Start(t testing.TB, opts ...Option) *Cluster {
 			t.Skipf("keybrokertest: WithSoftHSM: %v", err)
 		}
 	}
-	c, err := start(t.Context(), s, t.TempDir(), t.Setenv)
+	// t.Setenv restores the variable itself, after Close.
+	c, err := start(t.Context(), s, t.TempDir(), func(k, v string) func() error { t.Setenv(k, v); return nil })
 	if c != nil {
 		t.Cleanup(func() {
 			if err := c.Close(); err != nil {
@@ -217,24 +224,23 @@ func New(ctx context.Context, opts ...Option) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	var restore []func() error
-	setenv := func(k, v string) {
+	setenv := func(k, v string) (restore func() error) {
 		old, had := os.LookupEnv(k)
-		restore = append(restore, func() error {
+		_ = os.Setenv(k, v)
+		return func() error {
 			if had {
 				return os.Setenv(k, old)
 			}
 			return os.Unsetenv(k)
-		})
-		_ = os.Setenv(k, v)
+		}
 	}
 	c, err := start(ctx, apply(opts), dir, setenv)
 	if c == nil {
 		c = &Cluster{}
 	}
-	// Close stops the nodes, then restores the environment, then removes
-	// the directory: cleanups run last first.
-	c.cleanups = append([]func() error{func() error { return os.RemoveAll(dir) }}, append(restore, c.cleanups...)...)
+	// Close stops the nodes, then removes the directory: cleanups run
+	// last first.
+	c.cleanups = append([]func() error{func() error { return os.RemoveAll(dir) }}, c.cleanups...)
 	if err != nil {
 		return nil, errors.Join(err, c.Close())
 	}
@@ -250,18 +256,26 @@ func apply(opts []Option) settings {
 }
 
 // start starts the cluster in dir; it returns the cluster, for Close,
-// even when it fails once nodes may be running.
-func start(ctx context.Context, s settings, dir string, setenv func(k, v string)) (*Cluster, error) {
+// even when it fails once there is something to undo. setenv sets a
+// variable and returns what restores it (nil: nothing to do).
+func start(ctx context.Context, s settings, dir string, setenv func(k, v string) (restore func() error)) (*Cluster, error) {
 	c := &Cluster{dir: dir}
 	backend := ""
 	if s.softhsm {
+		// One SoftHSM2 cluster at a time: a second would set
+		// SOFTHSM2_CONF after the module had read the first's, and its
+		// root keys would go to the first cluster's token.
+		if !softhsmInUse.TryLock() {
+			return nil, errors.New("another SoftHSM2 cluster is running in this process, and SoftHSM reads SOFTHSM2_CONF once per process: stop it (Close) first")
+		}
+		c.cleanups = append(c.cleanups, func() error { softhsmInUse.Unlock(); return nil })
 		hsm := filepath.Join(dir, "softhsm")
 		if !softhsm.ConfSafe(hsm) {
 			// A subtest's directory can hold '#' (t.Run("") is #00),
 			// which softhsm2.conf cannot say.
 			var err error
 			if hsm, err = os.MkdirTemp("", "keybrokertest-softhsm-"); err != nil {
-				return nil, err
+				return c, err
 			}
 			c.cleanups = append(c.cleanups, func() error { return os.RemoveAll(hsm) })
 		}
@@ -269,7 +283,11 @@ func start(ctx context.Context, s settings, dir string, setenv func(k, v string)
 		if err != nil {
 			return c, err
 		}
-		setenv(softhsm.ConfEnv, tok.Conf)
+		// Restored after the nodes stop and before another SoftHSM2
+		// cluster may start (cleanups run last first).
+		if restore := setenv(softhsm.ConfEnv, tok.Conf); restore != nil {
+			c.cleanups = append(c.cleanups, restore)
+		}
 		c.token, backend = tok, tok.URI("")
 	}
 	dev, err := devcluster.Start(ctx, devcluster.Options{Dir: filepath.Join(dir, "cluster"), Backend: backend,

@@ -115,6 +115,37 @@ func TestSoftHSMClustersOneAfterAnother(t *testing.T) {
 	}
 }
 
+// TestOneSoftHSMClusterAtATime: a second SoftHSM2 cluster while one runs
+// is refused (its root keys would land on the first one's token, which
+// the process-wide module already reads); once the first is closed, it
+// starts and the environment New set is restored.
+func TestOneSoftHSMClusterAtATime(t *testing.T) {
+	if err := softhsm.Check(); err != nil {
+		t.Skip(err)
+	}
+	t.Setenv(softhsm.ConfEnv, "/before")
+	first, err := keybrokertest.New(context.Background(), keybrokertest.WithSoftHSM(), keybrokertest.WithEdges())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keybrokertest.New(context.Background(), keybrokertest.WithSoftHSM(), keybrokertest.WithEdges()); err == nil || !strings.Contains(err.Error(), "another SoftHSM2 cluster is running") {
+		t.Errorf("a second SoftHSM2 cluster while one runs: %v, want refused", err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := os.Getenv(softhsm.ConfEnv); got != "/before" {
+		t.Errorf("after Close %s = %q, want it restored to /before", softhsm.ConfEnv, got)
+	}
+	second, err := keybrokertest.New(context.Background(), keybrokertest.WithSoftHSM(), keybrokertest.WithEdges(), keybrokertest.WithKeys("k"))
+	if err != nil {
+		t.Fatalf("a SoftHSM2 cluster after the first closed: %v", err)
+	}
+	if err := second.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestMissingSoftHSM: without SoftHSM2, Start skips the test saying what
 // to install, KEYBROKER_REQUIRE_SOFTHSM=1 makes that a failure (not
 // exercised: it would fail this test), and New returns ErrNoSoftHSM with
