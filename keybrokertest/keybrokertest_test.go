@@ -19,6 +19,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/softhsm"
 	"github.com/keybroker/keybroker/keybrokertest"
+	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
 // roundTrip encrypts at the edge of region and decrypts at the central
@@ -120,9 +121,7 @@ func TestSoftHSMClustersOneAfterAnother(t *testing.T) {
 // the process-wide module already reads); once the first is closed, it
 // starts and the environment New set is restored.
 func TestOneSoftHSMClusterAtATime(t *testing.T) {
-	if err := softhsm.Check(); err != nil {
-		t.Skip(err)
-	}
+	softhsmtest.Require(t)
 	t.Setenv(softhsm.ConfEnv, "/before")
 	first, err := keybrokertest.New(context.Background(), keybrokertest.WithSoftHSM(), keybrokertest.WithEdges())
 	if err != nil {

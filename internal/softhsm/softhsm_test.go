@@ -9,15 +9,14 @@ import (
 	"testing"
 
 	"github.com/keybroker/keybroker/internal/softhsm"
+	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
 // TestEnsureMakesThenReuses: the first Ensure initialises a token with
 // random PINs in 0600 files; the second reuses it with the same PINs and
 // does not initialise another.
 func TestEnsureMakesThenReuses(t *testing.T) {
-	if err := softhsm.Check(); err != nil {
-		t.Skip(err)
-	}
+	softhsmtest.Require(t)
 	dir := filepath.Join(t.TempDir(), "hsm")
 	first, err := softhsm.Ensure(t.Context(), dir, "kbtest", softhsm.Options{})
 	if err != nil {
