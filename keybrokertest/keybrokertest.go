@@ -176,9 +176,7 @@ func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.logger = l
 // Cluster is a running cluster.
 type Cluster struct {
 	dev    *devcluster.Cluster
-	dir    string
 	policy string
-	token  *softhsm.Token
 
 	mu       sync.Mutex
 	closed   bool
@@ -259,7 +257,7 @@ func apply(opts []Option) settings {
 // even when it fails once there is something to undo. setenv sets a
 // variable and returns what restores it (nil: nothing to do).
 func start(ctx context.Context, s settings, dir string, setenv func(k, v string) (restore func() error)) (*Cluster, error) {
-	c := &Cluster{dir: dir}
+	c := &Cluster{}
 	backend := ""
 	if s.softhsm {
 		// One SoftHSM2 cluster at a time: a second would set
@@ -288,7 +286,7 @@ func start(ctx context.Context, s settings, dir string, setenv func(k, v string)
 		if restore := setenv(softhsm.ConfEnv, tok.Conf); restore != nil {
 			c.cleanups = append(c.cleanups, restore)
 		}
-		c.token, backend = tok, tok.URI("")
+		backend = tok.URI("")
 	}
 	dev, err := devcluster.Start(ctx, devcluster.Options{Dir: filepath.Join(dir, "cluster"), Backend: backend,
 		Edges: s.edges, Policy: s.policy, Logger: s.logger})
