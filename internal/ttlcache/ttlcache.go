@@ -29,7 +29,7 @@
 // Keys are strings because coalescing reuses internal/flight, whose
 // singleflight groups by string, and every user's key is a byte encoding
 // anyway. A key passed to Get, GetOrLoad or Forget need only be valid for
-// the call: the cache stores its own copy. A caller may therefore look up
+// the call: the cache stores its own copy (and so does Put). A caller may therefore look up
 // with View of a buffer on its stack and allocate nothing on a hit.
 //
 // # Concurrency
@@ -53,9 +53,9 @@
 // OnEvict is called exactly once for every value that leaves the cache —
 // expired (found expired by a lookup), pushed out by capacity, replaced,
 // forgotten, purged — with the cache locked: it must be quick and must not
-// call the cache. A value the cache never kept (loaded across a Forget or
-// after Close) is not passed to OnEvict: it belongs to its callers. After
-// Close nothing is kept, so OnEvict is never called again.
+// call the cache. A value the cache never kept (loaded across a Forget, or
+// loaded or Put after Close) is not passed to OnEvict: it belongs to its
+// callers. After Close nothing is kept, so OnEvict is never called again.
 package ttlcache
 
 import (
@@ -283,6 +283,19 @@ func (c *Cache[K, V]) GetOrLoad(ctx context.Context, k K, load func(context.Cont
 		v = c.cfg.Copy(v)
 	}
 	return v, nil
+}
+
+// Put stores v under k, replacing (and evicting) what was there, and
+// reports whether it did: after Close nothing is kept, and v stays the
+// caller's. k may be a View.
+func (c *Cache[K, V]) Put(k K, v V) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.insertLocked(K(strings.Clone(string(k))), v)
+	return true
 }
 
 func (c *Cache[K, V]) insertLocked(k K, v V) {

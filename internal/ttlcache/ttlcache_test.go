@@ -147,6 +147,19 @@ func TestLRUOrderAndCapacity(t *testing.T) {
 	}
 }
 
+func TestPutReplaces(t *testing.T) {
+	c, _, rec := newTest(t, 10)
+	one, two := 1, 2
+	c.Put("a", &one)
+	c.Put("a", &two)
+	if got, want := rec.take(), []eviction{{"a", 1, Replaced}}; !slices.Equal(got, want) {
+		t.Errorf("OnEvict calls = %v, want %v", got, want)
+	}
+	if v, ok := c.Get("a"); !ok || *v != 2 || c.Len() != 1 {
+		t.Errorf("Get(a) = %v, %v with %d entries; want 2, one entry", v, ok, c.Len())
+	}
+}
+
 func TestForgetAndPurge(t *testing.T) {
 	c, _, rec := newTest(t, 10)
 	for i, k := range []string{"x/1", "x/2", "y/1", "z/1"} {
@@ -236,6 +249,9 @@ func TestOnEvictOncePerRemoval(t *testing.T) {
 	before := total
 	if got := load(t, c, "late", 7); got != 7 {
 		t.Errorf("GetOrLoad after Close = %d, want 7", got)
+	}
+	if c.Put("late", new(int)) {
+		t.Error("Put after Close kept its value")
 	}
 	c.Purge()
 	c.Forget("late")
