@@ -97,7 +97,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -166,7 +165,6 @@ type Cache struct {
 	sync  kbv1.EdgeSyncClient
 	log   *slog.Logger
 	now   func() time.Time
-	sf    singleflight.Group
 	// spiffeID is this edge's SPIFFE id, the audience of the proofs it
 	// forwards.
 	spiffeID string
