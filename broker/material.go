@@ -1,18 +1,14 @@
 package broker
 
 import (
-	"container/list"
 	"context"
 	"crypto/x509"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
-	"golang.org/x/sync/singleflight"
-
 	"github.com/keybroker/keybroker/backends"
-	"github.com/keybroker/keybroker/internal/flight"
+	"github.com/keybroker/keybroker/internal/ttlcache"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/secret"
 )
@@ -32,38 +28,29 @@ func WrapAAD(k *Key, version uint32) []byte {
 
 // Materials produces and caches key-version material. It is the only place
 // the central tier asks a root of trust for material.
+//
+// The cache is an internal/ttlcache cache that hands out the cached secret
+// itself and does not zero what it drops: a caller of Get may still be
+// using it; the runtime cleanup on secret.Bytes zeroes it once unreachable.
 type Materials struct {
 	roots *Roots
-	ttl   time.Duration
-	cap   int
-	now   func() time.Time
-
-	mu sync.Mutex
-	ll *list.List
-	m  map[string]*list.Element
-	sf singleflight.Group
-}
-
-type materialEntry struct {
-	id      string
-	m       *secret.Bytes
-	expires time.Time
+	cache *ttlcache.Cache[string, *secret.Bytes]
 }
 
 // NewMaterials returns a material service caching at most capacity
 // versions for ttl each.
 func NewMaterials(roots *Roots, capacity int, ttl time.Duration, now func() time.Time) *Materials {
-	if now == nil {
-		now = time.Now
-	}
-	return &Materials{roots: roots, ttl: ttl, cap: max(capacity, 1), now: now, ll: list.New(), m: map[string]*list.Element{}}
+	return &Materials{roots: roots, cache: ttlcache.New(ttlcache.Config[string, *secret.Bytes]{Capacity: capacity, TTL: ttl, Now: now})}
 }
 
-// cacheID names a version of one incarnation of a key: a key created
-// again under a deleted id has another salt, so it never meets its
-// predecessor's material here, even on a node that missed the deletion.
-func cacheID(k *Key, v uint32) string {
-	return k.ID + "\x00" + strconv.FormatUint(uint64(v), 10) + "\x00" + k.Incarnation()
+// appendCacheID names a version of one incarnation of a key: key id ‖ 0 ‖
+// decimal version ‖ 0 ‖ incarnation. A key created again under a deleted
+// id has another salt, so it never meets its predecessor's material here,
+// even on a node that missed the deletion.
+func appendCacheID(buf []byte, k *Key, v uint32) []byte {
+	buf = append(append(buf, k.ID...), 0)
+	buf = append(strconv.AppendUint(buf, uint64(v), 10), 0)
+	return append(buf, k.Salt...)
 }
 
 // Material is Get as a managed.MaterialSource: a copy the caller destroys.
@@ -85,25 +72,16 @@ func (ms *Materials) Get(ctx context.Context, k *Key, v uint32) (*secret.Bytes, 
 	if k.Mode == ModeBackend {
 		return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend", k.ID)
 	}
-	id := cacheID(k, v)
-	if m := ms.lookup(id); m != nil {
+	var buf [128]byte
+	id := appendCacheID(buf[:0], k, v)
+	// The view of buf lives only for the call: the cache copies a key it
+	// keeps. A hit is looked up first so that it makes no closure.
+	if m, ok := ms.cache.Get(ttlcache.View[string](id)); ok {
 		return m, nil
 	}
-	res, err := flight.Do(ctx, &ms.sf, id, func(ctx context.Context) (any, error) {
-		if m := ms.lookup(id); m != nil {
-			return m, nil
-		}
-		m, err := ms.produce(ctx, k, ver)
-		if err != nil {
-			return nil, err
-		}
-		ms.insert(id, m)
-		return m, nil
+	return ms.cache.GetOrLoad(ctx, ttlcache.View[string](id), func(ctx context.Context) (*secret.Bytes, error) {
+		return ms.produce(ctx, k, ver)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return res.(*secret.Bytes), nil
 }
 
 func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret.Bytes, error) {
@@ -240,53 +218,11 @@ func rootError(rootKey string, err error) error {
 	return fmt.Errorf("root key %q: %w", rootKey, err)
 }
 
-func (ms *Materials) lookup(id string) *secret.Bytes {
-	ms.mu.Lock()
-	defer ms.mu.Unlock()
-	el, ok := ms.m[id]
-	if !ok {
-		return nil
-	}
-	e := el.Value.(*materialEntry)
-	if !ms.now().Before(e.expires) {
-		ms.removeLocked(el)
-		return nil
-	}
-	ms.ll.MoveToFront(el)
-	return e.m
-}
-
-func (ms *Materials) insert(id string, m *secret.Bytes) {
-	ms.mu.Lock()
-	defer ms.mu.Unlock()
-	if el, ok := ms.m[id]; ok {
-		ms.removeLocked(el)
-	}
-	ms.m[id] = ms.ll.PushFront(&materialEntry{id: id, m: m, expires: ms.now().Add(ms.ttl)})
-	for ms.ll.Len() > ms.cap {
-		ms.removeLocked(ms.ll.Back())
-	}
-}
-
-// removeLocked drops an entry. The material is not zeroed here: a caller
-// may still be using it; the runtime cleanup on secret.Bytes zeroes it once
-// unreachable.
-func (ms *Materials) removeLocked(el *list.Element) {
-	e := ms.ll.Remove(el).(*materialEntry)
-	delete(ms.m, e.id)
-}
-
 // Forget drops every cached version of keyID (on disable, deletion or a
 // minimum-version change).
 func (ms *Materials) Forget(keyID string) {
-	ms.mu.Lock()
-	defer ms.mu.Unlock()
 	prefix := keyID + "\x00"
-	for el := ms.ll.Front(); el != nil; {
-		next := el.Next()
-		if e := el.Value.(*materialEntry); len(e.id) > len(prefix) && e.id[:len(prefix)] == prefix {
-			ms.removeLocked(el)
-		}
-		el = next
-	}
+	ms.cache.ForgetIf(func(id string, _ *secret.Bytes) bool {
+		return len(id) > len(prefix) && id[:len(prefix)] == prefix
+	})
 }

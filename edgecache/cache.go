@@ -36,7 +36,11 @@
 // Material reaches the edge only sealed to its key (package sealed): with
 // Watch for edges that prefetch, or on first use through FetchMaterial.
 // The sealed form is kept on disk; the opened form lives only in memory, in
-// a bounded LRU with a lifetime, zeroed on eviction. Disabling a key,
+// a bounded LRU with a lifetime (internal/ttlcache), zeroed on eviction;
+// each caller gets its own copy, made under the cache's lock, and a
+// withdrawal while a fetch is in flight keeps the fetched material out of
+// the cache. The material_misses_total counter counts one miss per request.
+// Disabling a key,
 // raising its minimum version, deleting it, or a placement change that
 // excludes the edge removes both at once. Concurrent misses are coalesced:
 // N cold requests for one version cost one FetchMaterial, and requests for
@@ -93,7 +97,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -101,7 +104,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
-	"github.com/keybroker/keybroker/internal/flight"
+	"github.com/keybroker/keybroker/internal/ttlcache"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
@@ -157,12 +160,11 @@ type Cache struct {
 	cfg   Config
 	disk  *disk
 	seal  *sealed.PrivateKey
-	plain *plainCache
+	plain plainCache
 	ops   *managed.Ops
 	sync  kbv1.EdgeSyncClient
 	log   *slog.Logger
 	now   func() time.Time
-	sf    singleflight.Group
 	// spiffeID is this edge's SPIFFE id, the audience of the proofs it
 	// forwards.
 	spiffeID string
@@ -267,7 +269,7 @@ func Open(c Config) (*Cache, error) {
 
 // Close closes the replica. Material in memory is zeroed.
 func (c *Cache) Close() error {
-	c.plain.purge()
+	c.plain.Close()
 	return c.disk.close()
 }
 
@@ -408,7 +410,7 @@ func (c *Cache) Serving() error {
 	}
 	if deadline := lease.Add(c.cfg.MaxStaleness); !now.Before(deadline) {
 		if c.stale.CompareAndSwap(false, true) {
-			c.plain.purge()
+			c.plain.Purge()
 			c.ops.ForgetAll()
 			c.log.Warn("replica stale: refusing to serve", "lease_expired", lease, "max_staleness", c.cfg.MaxStaleness)
 		}
@@ -493,14 +495,11 @@ var errNotPlaced = errors.New("edgecache: placement does not let this edge hold 
 // else fetched from the central tier. Concurrent misses share one fetch;
 // each caller waits under its own ctx.
 func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret.Bytes, error) {
-	id := versionID(k, v)
-	if m := c.plain.get(id); m != nil {
-		return m, nil
-	}
-	res, err := flight.Do(ctx, &c.sf, id, func(ctx context.Context) (any, error) {
-		if m := c.plain.get(id); m != nil {
-			return m, nil
-		}
+	var buf [128]byte
+	id := appendMaterialID(buf[:0], k, v)
+	// The view of buf lives only for the call: the cache copies a key it
+	// keeps. Every caller gets its own copy of the material.
+	return c.plain.GetOrLoad(ctx, ttlcache.View[string](id), func(ctx context.Context) (*secret.Bytes, error) {
 		blob := c.sealedBlob(k, v)
 		fetched := false
 		if blob == nil {
@@ -519,15 +518,8 @@ func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret
 				c.log.Warn("keeping fetched material on disk failed", "key", k.ID, "version", v, "err", err)
 			}
 		}
-		c.plain.put(id, m)
-		return m.Clone(), nil
+		return m, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	m := res.(*secret.Bytes)
-	// Every waiter on the flight shares res; each gets its own copy.
-	return m.Clone(), nil
 }
 
 func (c *Cache) sealedBlob(k *managed.Key, v uint32) []byte {

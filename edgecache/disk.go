@@ -122,9 +122,7 @@ func (d *disk) close() error { return d.db.Close() }
 // u32 version ‖ salt (none for keys made before salts, whose entries keep
 // the names they had), so that material of a deleted key is never opened
 // for a key created again under its id.
-func materialID(k *managed.Key, v uint32) []byte {
-	return append(binary.BigEndian.AppendUint32(append([]byte(k.ID), 0), v), k.Salt...)
-}
+func materialID(k *managed.Key, v uint32) []byte { return appendMaterialID(nil, k, v) }
 
 // saved is the replica as it was last written.
 type saved struct {

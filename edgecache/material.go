@@ -1,110 +1,54 @@
 package edgecache
 
 import (
-	"container/list"
+	"encoding/binary"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/keybroker/keybroker/internal/ttlcache"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/secret"
 )
 
-// plainCache holds opened material in memory: a bounded LRU whose entries
-// live at most ttl, zeroed when evicted, expired or purged. Callers get
-// copies, so zeroing an entry never pulls material from under a call.
+// plainCache holds opened material in memory: an internal/ttlcache cache,
+// bounded and with a lifetime, keyed like the disk (materialID). An entry
+// is zeroed the moment it is evicted, expires, is forgotten or purged;
+// callers get copies made under the cache's lock, so zeroing an entry
+// never pulls material from under a call.
 type plainCache struct {
-	cap int
-	ttl time.Duration
-	now func() time.Time
-
-	mu sync.Mutex
-	ll *list.List
-	m  map[string]*list.Element
-
-	hits, misses, evictions atomic.Uint64
+	*ttlcache.Cache[string, *secret.Bytes]
 }
 
-type plainEntry struct {
-	id      string
-	m       *secret.Bytes
-	expires time.Time
+func newPlainCache(capacity int, ttl time.Duration, now func() time.Time) plainCache {
+	return plainCache{ttlcache.New(ttlcache.Config[string, *secret.Bytes]{
+		Capacity: capacity, TTL: ttl, Now: now,
+		Copy:    (*secret.Bytes).Clone,
+		OnEvict: func(_ string, m *secret.Bytes, _ ttlcache.Reason) { m.Destroy() },
+	})}
 }
 
-func newPlainCache(capacity int, ttl time.Duration, now func() time.Time) *plainCache {
-	return &plainCache{cap: max(capacity, 1), ttl: ttl, now: now, ll: list.New(), m: map[string]*list.Element{}}
-}
+// hits counts material requests served from memory.
+func (c plainCache) hits() uint64 { return c.Stats().Hits }
 
-// versionID names a version of one incarnation of a key (materialID).
-func versionID(k *managed.Key, v uint32) string { return string(materialID(k, v)) }
+// misses counts material requests not in memory, one per request.
+func (c plainCache) misses() uint64 { return c.Stats().Misses }
 
-// get returns a copy of the cached material, or nil.
-func (c *plainCache) get(id string) *secret.Bytes {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	el, ok := c.m[id]
-	if !ok {
-		c.misses.Add(1)
-		return nil
-	}
-	e := el.Value.(*plainEntry)
-	if !c.now().Before(e.expires) {
-		c.removeLocked(el)
-		c.evictions.Add(1)
-		c.misses.Add(1)
-		return nil
-	}
-	c.ll.MoveToFront(el)
-	c.hits.Add(1)
-	return e.m.Clone()
-}
-
-// put caches m (taking ownership).
-func (c *plainCache) put(id string, m *secret.Bytes) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.m[id]; ok {
-		c.removeLocked(el)
-	}
-	c.m[id] = c.ll.PushFront(&plainEntry{id: id, m: m, expires: c.now().Add(c.ttl)})
-	for c.ll.Len() > c.cap {
-		c.removeLocked(c.ll.Back())
-		c.evictions.Add(1)
-	}
-}
-
-func (c *plainCache) removeLocked(el *list.Element) {
-	e := c.ll.Remove(el).(*plainEntry)
-	delete(c.m, e.id)
-	e.m.Destroy()
+// evictions counts entries pushed out by capacity or found expired;
+// forgetting and purging are not counted, as they never were.
+func (c plainCache) evictions() uint64 {
+	return c.Stats().Evictions(ttlcache.Expired, ttlcache.Capacity)
 }
 
 // forget zeroes every cached version of a key.
-func (c *plainCache) forget(keyID string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (c plainCache) forget(keyID string) {
 	prefix := keyID + "\x00"
-	for el := c.ll.Front(); el != nil; {
-		next := el.Next()
-		if e := el.Value.(*plainEntry); strings.HasPrefix(e.id, prefix) && len(e.id) >= len(prefix)+4 {
-			c.removeLocked(el)
-		}
-		el = next
-	}
+	c.ForgetIf(func(id string, _ *secret.Bytes) bool {
+		return strings.HasPrefix(id, prefix) && len(id) >= len(prefix)+4
+	})
 }
 
-// purge zeroes everything (the edge went stale).
-func (c *plainCache) purge() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for c.ll.Len() > 0 {
-		c.removeLocked(c.ll.Back())
-	}
-}
-
-func (c *plainCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ll.Len()
+// appendMaterialID appends materialID(k, v) to buf.
+func appendMaterialID(buf []byte, k *managed.Key, v uint32) []byte {
+	buf = append(append(buf, k.ID...), 0)
+	return append(binary.BigEndian.AppendUint32(buf, v), k.Salt...)
 }

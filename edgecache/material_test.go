@@ -52,8 +52,8 @@ func TestPlainCacheLRU(t *testing.T) {
 	if zeroed(rawA) || zeroed(rawC) || c.get(versionID(&managed.Key{ID: "a"}, 1)) == nil || c.get(versionID(&managed.Key{ID: "c"}, 1)) == nil {
 		t.Error("the recent entries were evicted or zeroed")
 	}
-	if c.evictions.Load() != 1 {
-		t.Errorf("evictions = %d, want 1", c.evictions.Load())
+	if c.evictions() != 1 {
+		t.Errorf("evictions = %d, want 1", c.evictions())
 	}
 
 	// Replacing an entry zeroes the old material.
@@ -81,7 +81,7 @@ func TestPlainCacheTTL(t *testing.T) {
 	if got := c.get(versionID(&managed.Key{ID: "k"}, 1)); got == nil {
 		t.Fatal("entry gone before its lifetime ended")
 	}
-	misses, evictions := c.misses.Load(), c.evictions.Load()
+	misses, evictions := c.misses(), c.evictions()
 	clk.Add(time.Nanosecond)
 	if got := c.get(versionID(&managed.Key{ID: "k"}, 1)); got != nil {
 		t.Error("get returned an expired entry")
@@ -89,8 +89,8 @@ func TestPlainCacheTTL(t *testing.T) {
 	if !zeroed(raw) || c.len() != 0 {
 		t.Errorf("expired entry: zeroed %v, len %d; want zeroed and gone", zeroed(raw), c.len())
 	}
-	if c.misses.Load() != misses+1 || c.evictions.Load() != evictions+1 {
-		t.Errorf("an expiry counted %d misses and %d evictions, want 1 and 1", c.misses.Load()-misses, c.evictions.Load()-evictions)
+	if c.misses() != misses+1 || c.evictions() != evictions+1 {
+		t.Errorf("an expiry counted %d misses and %d evictions, want 1 and 1", c.misses()-misses, c.evictions()-evictions)
 	}
 }
 
@@ -203,5 +203,28 @@ func TestGenerateMacSurvivesGC(t *testing.T) {
 	}
 	if !bytes.Equal(tag, want) {
 		t.Errorf("the MAC returned by GenerateMac changed after GC: %x, was %x", tag, want)
+	}
+}
+
+// TestOneRequestOneMiss: material_misses_total counts requests not in
+// memory, so one cold request is one miss and a warm one is one hit (the
+// hand-written cache counted a cold request twice: once before the shared
+// fetch and again inside it).
+func TestOneRequestOneMiss(t *testing.T) {
+	c := startCentral(t)
+	c.createKeys(t, &kbv1.CreateKeyRequest{KeyId: "tags", Type: hmac256, Mode: derive, Labels: appLabels, Placement: "true"})
+	ec := open(t, edgeConfig(t, c, "edge-eu-1", t.TempDir()))
+	startRun(t, ec)
+	synced(t, c, ec)
+	ctx := asApp(t.Context())
+	for i, want := range []struct{ hits, misses uint64 }{{0, 1}, {1, 0}} {
+		before := ec.Stats()
+		if _, _, err := ec.Node().GenerateMac(ctx, "tags", []byte("m")); err != nil {
+			t.Fatalf("GenerateMac %d: %v", i, err)
+		}
+		after := ec.Stats()
+		if hits, misses := after.MaterialHits-before.MaterialHits, after.MaterialMisses-before.MaterialMisses; hits != want.hits || misses != want.misses {
+			t.Errorf("request %d counted %d hits and %d misses, want %d and %d", i, hits, misses, want.hits, want.misses)
+		}
 	}
 }

@@ -20,10 +20,10 @@ func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
 			func() float64 { return float64(f()) })
 	}
 	for _, col := range []prometheus.Collector{
-		gauge("material_entries", "Key versions whose opened material is in memory.", func() float64 { return float64(c.plain.len()) }),
-		counter("material_hits_total", "Material requests served from memory.", c.plain.hits.Load),
-		counter("material_misses_total", "Material requests not in memory (opened from the sealed form or fetched).", c.plain.misses.Load),
-		counter("material_evictions_total", "Material entries evicted, expired or purged (and zeroed).", c.plain.evictions.Load),
+		gauge("material_entries", "Key versions whose opened material is in memory.", func() float64 { return float64(c.plain.Len()) }),
+		counter("material_hits_total", "Material requests served from memory.", c.plain.hits),
+		counter("material_misses_total", "Material requests not in memory (opened from the sealed form or fetched).", c.plain.misses),
+		counter("material_evictions_total", "Material entries evicted, expired or purged (and zeroed).", c.plain.evictions),
 		counter("fetches_total", "FetchMaterial calls to the central tier.", c.stats.fetches.Load),
 		counter("fetch_refusals_total", "FetchMaterial calls the central tier refused (placement).", c.stats.fetchRefusals.Load),
 		counter("forwards_total", "Calls forwarded to the central tier.", c.stats.forwards.Load),
@@ -69,7 +69,7 @@ func (c *Cache) Stats() Stats {
 	return Stats{
 		Fetches: c.stats.fetches.Load(), FetchRefusals: c.stats.fetchRefusals.Load(), Forwards: c.stats.forwards.Load(),
 		Events: c.stats.events.Load(), Reconnects: c.stats.reconnects.Load(), ReconnectWakes: c.stats.wakes.Load(),
-		MaterialHits: c.plain.hits.Load(), MaterialMisses: c.plain.misses.Load(), MaterialEvictions: c.plain.evictions.Load(),
-		MaterialEntries: c.plain.len(), DataKeysCreated: c.ops.DataKeysCreated(),
+		MaterialHits: c.plain.hits(), MaterialMisses: c.plain.misses(), MaterialEvictions: c.plain.evictions(),
+		MaterialEntries: c.plain.Len(), DataKeysCreated: c.ops.DataKeysCreated(),
 	}
 }

@@ -410,7 +410,7 @@ func (c *Cache) forget(cause error) {
 	c.mu.RLock()
 	empty := c.revision == 0 && len(c.keys) == 0 && c.nodes == nil && c.enrolled == nil && c.lease.IsZero()
 	c.mu.RUnlock()
-	if empty && c.plain.len() == 0 {
+	if empty && c.plain.Len() == 0 {
 		return
 	}
 	c.log.Error("the central tier says this edge is not enrolled: forgetting every key and its material", "err", cause)

@@ -1,7 +1,6 @@
 package envelope
 
 import (
-	"container/list"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/keybroker/keybroker/internal/flight"
+	"github.com/keybroker/keybroker/internal/ttlcache"
 )
 
 // ReusePolicy bounds how long one data key seals messages.
@@ -274,44 +274,24 @@ func (r *Reuser) Forget(match func(partition string) bool) {
 // living at most ttl, keyed by key id, version and wrapped key. An entry it
 // drops is not zeroed (a caller may still hold it); see # Secrets.
 type Cache struct {
-	capacity int
-	ttl      time.Duration
-	now      func() time.Time
-
-	mu sync.Mutex
-	ll *list.List               // front is most recent
-	m  map[string]*list.Element // by cacheKey
-	sf singleflight.Group
-
-	hits, misses, evictions atomic.Uint64
-}
-
-type cacheEntry struct {
-	key     string
-	dk      *DataKey
-	expires time.Time
+	c *ttlcache.Cache[string, *DataKey]
 }
 
 // NewCache returns a cache of at most capacity entries living at most ttl.
 // now is the clock (time.Now when nil).
 func NewCache(capacity int, ttl time.Duration, now func() time.Time) *Cache {
-	if now == nil {
-		now = time.Now
-	}
-	return &Cache{capacity: max(capacity, 1), ttl: ttl, now: now, ll: list.New(), m: map[string]*list.Element{}}
+	return &Cache{c: ttlcache.New(ttlcache.Config[string, *DataKey]{Capacity: capacity, TTL: ttl, Now: now})}
 }
 
-// Stats reports hits, misses and evictions so far.
+// Stats reports hits, misses and evictions (every removal: expired,
+// pushed out, replaced or purged) so far.
 func (c *Cache) Stats() (hits, misses, evictions uint64) {
-	return c.hits.Load(), c.misses.Load(), c.evictions.Load()
+	s := c.c.Stats()
+	return s.Hits, s.Misses, s.Evictions()
 }
 
 // Len reports the number of entries.
-func (c *Cache) Len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.ll.Len()
-}
+func (c *Cache) Len() int { return c.c.Len() }
 
 // cacheKey names a wrapped data key exactly: key id (length-prefixed),
 // version, the key's incarnation (length-prefixed) and wrapped bytes.
@@ -323,28 +303,6 @@ func cacheKey(buf []byte, keyID string, version uint32, incarnation string, wrap
 	buf = append(buf, byte(len(incarnation)))
 	buf = append(buf, incarnation...)
 	return append(buf, wrapped...)
-}
-
-func (c *Cache) lookup(key []byte) *DataKey {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	el, ok := c.m[string(key)]
-	if !ok {
-		return nil
-	}
-	e := el.Value.(*cacheEntry)
-	if !c.now().Before(e.expires) {
-		c.removeLocked(el)
-		return nil
-	}
-	c.ll.MoveToFront(el)
-	return e.dk
-}
-
-func (c *Cache) removeLocked(el *list.Element) {
-	e := c.ll.Remove(el).(*cacheEntry)
-	delete(c.m, e.key)
-	c.evictions.Add(1)
 }
 
 // Get returns the unwrapped data key for h, calling unwrap on a miss (once
@@ -360,59 +318,15 @@ func (c *Cache) Get(ctx context.Context, h *Header, unwrap func(context.Context)
 func (c *Cache) GetIncarnation(ctx context.Context, h *Header, incarnation string, unwrap func(context.Context) (*DataKey, error)) (*DataKey, error) {
 	var buf [256]byte
 	k := cacheKey(buf[:0], h.KeyID, h.Version, incarnation, h.WrappedDEK)
-	if dk := c.lookup(k); dk != nil {
-		c.hits.Add(1)
-		return dk, nil
-	}
-	c.misses.Add(1)
-	key := string(k)
-	v, err := flight.Do(ctx, &c.sf, key, func(ctx context.Context) (any, error) {
-		if dk := c.lookup([]byte(key)); dk != nil {
-			return dk, nil
-		}
-		dk, err := unwrap(ctx)
-		if err != nil {
-			return nil, err
-		}
-		c.insert(key, dk)
-		return dk, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return v.(*DataKey), nil
-}
-
-func (c *Cache) insert(key string, dk *DataKey) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.m[key]; ok {
-		c.removeLocked(el)
-	}
-	c.m[key] = c.ll.PushFront(&cacheEntry{key: key, dk: dk, expires: c.now().Add(c.ttl)})
-	for c.ll.Len() > c.capacity {
-		c.removeLocked(c.ll.Back())
-	}
+	// The view of buf lives only for the call; the cache copies a key it
+	// keeps, so a hit allocates nothing.
+	return c.c.GetOrLoad(ctx, ttlcache.View[string](k), unwrap)
 }
 
 // Purge drops every entry of keyID (on rotation, disable or deletion).
 func (c *Cache) Purge(keyID string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for el := c.ll.Front(); el != nil; {
-		next := el.Next()
-		if el.Value.(*cacheEntry).dk.KeyID == keyID {
-			c.removeLocked(el)
-		}
-		el = next
-	}
+	c.c.ForgetIf(func(_ string, dk *DataKey) bool { return dk.KeyID == keyID })
 }
 
 // PurgeAll drops every entry (an edge whose replica went stale).
-func (c *Cache) PurgeAll() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for c.ll.Len() > 0 {
-		c.removeLocked(c.ll.Back())
-	}
-}
+func (c *Cache) PurgeAll() { c.c.Purge() }

@@ -84,7 +84,9 @@
 // until its period, message count or byte count runs out, so that millions
 // of messages cost a handful of unwraps. A [Cache] keeps unwrapped data keys
 // for decryption, keyed by key id, version, the key's incarnation (its salt,
-// [Cache.GetIncarnation]) and wrapped key, bounded and with a lifetime. Both coalesce concurrent misses for one entry into one call.
+// [Cache.GetIncarnation]) and wrapped key, bounded and with a lifetime: it is
+// an internal/ttlcache cache, as the material caches of both tiers are. Both
+// coalesce concurrent misses for one entry into one call.
 //
 // # Secrets
 //
