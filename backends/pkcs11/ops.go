@@ -178,9 +178,6 @@ func (b *Backend) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
 // Describe reports a key's algorithm. A key the broker refuses to use
 // (extractable or not sensitive) is ErrPermissionDenied.
 func (b *Backend) Describe(ctx context.Context, key string) (backends.KeyInfo, error) {
-	if key == "" {
-		return backends.KeyInfo{}, backends.Errorf(scheme, opDescribe, key, backends.ErrInvalidArgument, "empty key name")
-	}
 	var info backends.KeyInfo
 	err := b.exec(ctx, opDescribe, key, func(c *conn) error {
 		k, err := b.resolve(c, opDescribe, key, "")
@@ -268,9 +265,6 @@ func (b *Backend) Sign(ctx context.Context, key string, digest []byte) ([]byte, 
 // PublicKey returns the *ecdsa.PublicKey of an ecdsa-p256 key, read from
 // CKA_EC_POINT of the public key object with the same label (or id).
 func (b *Backend) PublicKey(ctx context.Context, key string) (crypto.PublicKey, error) {
-	if key == "" {
-		return nil, backends.Errorf(scheme, opPublicKey, key, backends.ErrInvalidArgument, "empty key name")
-	}
 	var pub *ecdsa.PublicKey
 	err := b.exec(ctx, opPublicKey, key, func(c *conn) error {
 		k, err := b.resolve(c, opPublicKey, key, backends.ECDSAP256)
