@@ -84,8 +84,8 @@ type InstrumentOptions struct {
 // KeyCreator, DataKeyGenerator, HealthChecker, CreatesAlgorithms) that b
 // does, so CapabilitiesOf and type assertions see through it. Instrumenting
 // an instrumented backend replaces the options rather than stacking a second
-// decorator. Health and Close are passed through untimed by the budget and
-// the audit: they are the process's, not a request's.
+// decorator. Health is timed but neither admitted, counted nor audited, and
+// Close passes straight through: they are the process's, not a request's.
 func Instrument(b Backend, opts InstrumentOptions) Backend {
 	if ib, ok := b.(interface{ instrumentedBackend() *instrumented }); ok {
 		b = ib.instrumentedBackend().inner

@@ -1,11 +1,14 @@
 package backends
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -444,5 +447,32 @@ func TestInstrumentNilMetrics(t *testing.T) {
 	}
 	if calls, _ := audit.Traced(ctx); !slices.Equal(calls, []string{"soft:random"}) {
 		t.Errorf("audit trace %q, want [soft:random]", calls)
+	}
+}
+
+// TestInstrumentTraces: with a Logger, every call is traced at debug level
+// with its backend, op, outcome and duration, and never its key name or
+// data.
+func TestInstrumentTraces(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b := Instrument(fakeWithCapabilities(&fakeBackend{}, allCaps), InstrumentOptions{Name: "hsm-1", Logger: log})
+	ctx := t.Context()
+	if _, err := b.Encrypt(WithOp(ctx, "wrap-data-key"), "secret-key-name", []byte("secret plaintext"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.GenerateRandom(ctx, 0); err == nil {
+		t.Fatal("GenerateRandom(0) succeeded")
+	}
+	got := buf.String()
+	for _, want := range []string{"backend=hsm-1 op=wrap-data-key outcome=ok", "backend=hsm-1 op=random outcome=invalid_argument"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("trace %q lacks %q", got, want)
+		}
+	}
+	for _, secret := range []string{"secret-key-name", "secret plaintext"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("trace %q shows %q", got, secret)
+		}
 	}
 }
