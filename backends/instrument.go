@@ -366,6 +366,14 @@ type Metrics struct {
 	calls    sync.Map // Call → *atomic.Uint64
 	callDesc *prometheus.Desc
 	seconds  *prometheus.HistogramVec
+	// observers memoizes seconds' children: a label lookup hashes every
+	// value on each call, and the label set is small and closed.
+	observers sync.Map // observerKey → prometheus.Observer
+}
+
+type observerKey struct {
+	backend, op string
+	code        Code
 }
 
 // NewMetrics returns an empty Metrics, registered nowhere.
@@ -397,7 +405,12 @@ func (m *Metrics) observe(backend, op string, code Code, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.seconds.WithLabelValues(backend, op, string(code)).Observe(d.Seconds())
+	k := observerKey{backend, op, code}
+	o, ok := m.observers.Load(k)
+	if !ok {
+		o, _ = m.observers.LoadOrStore(k, m.seconds.WithLabelValues(backend, op, string(code)))
+	}
+	o.(prometheus.Observer).Observe(d.Seconds())
 }
 
 // Calls returns the number of calls made, by backend and op.
