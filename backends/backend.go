@@ -22,6 +22,19 @@
 // key URI into the backend part, opened once with [Registry.Open], and the key
 // name passed to each call.
 //
+// # Instrumentation
+//
+// [Instrument] is the one decorator every root of trust is used behind: it
+// checks each call's arguments against the limits below ([CheckEncrypt] and
+// the other Check* functions) before the backend sees them, admits the call
+// (the central tier charges the caller's budget), counts it, notes it in the
+// request's audit line ("name:op", see [WithOp]), times it and records its
+// outcome in [Metrics]. Backends do not repeat the checks: a backend's own
+// methods assume checked arguments, so open backends through a registry
+// whose open functions are wrapped with [InstrumentOpen] (central.Backends
+// is) or wrap them with Instrument, as broker.Roots does. The decorated
+// value implements exactly the optional interfaces the backend does.
+//
 // # Errors
 //
 // Every error a backend returns is an [*Error] naming the backend, operation

@@ -18,9 +18,11 @@
 //
 // # Cost of a caller
 //
-// Every call to a root of trust passes through Roots.Called, which charges
-// it to the principal in the request's context (SetBudget; a caller past
-// its budget gets ErrResourceExhausted and the backend is not called). A
+// Every root's backend is behind backends.Instrument, so every call to a
+// root of trust is checked, charged to the principal in the request's
+// context (SetBudget; a caller past its budget gets ErrResourceExhausted
+// and the backend is not called), counted, timed and listed in the
+// request's audit line, with no call site doing it by hand. A
 // backend-mode data key the backend refused to unwrap is remembered, per
 // key, version and wrapped bytes, for FailedUnwrapTTL, so the same forged
 // data key sent again costs no backend call.

@@ -98,15 +98,9 @@ func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret
 		if !ok {
 			return nil, errorf(ErrFailedPrecondition, "root key %q cannot derive material: its backend has no HMAC", ver.RootKey)
 		}
-		if err := ms.roots.Called(ctx, backendName, "derive"); err != nil {
-			return nil, err
-		}
-		return mac.MAC(ctx, name, DeriveInput(k, ver.Version))
+		return mac.MAC(backends.WithOp(ctx, "derive"), name, DeriveInput(k, ver.Version))
 	case ModeWrap:
-		if err := ms.roots.Called(ctx, backendName, "unwrap"); err != nil {
-			return nil, err
-		}
-		return b.Decrypt(ctx, name, ver.Wrapped, WrapAAD(k, ver.Version))
+		return b.Decrypt(backends.WithOp(ctx, "unwrap"), name, ver.Wrapped, WrapAAD(k, ver.Version))
 	}
 	return nil, errorf(ErrFailedPrecondition, "key %q mode %s has no material", k.ID, k.Mode)
 }
@@ -132,40 +126,24 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 		if !ok {
 			return Version{}, errorf(ErrInvalidArgument, "root key %q: derive mode needs an HMAC-capable backend", rootKey)
 		}
-		if err := ms.roots.Called(ctx, backendName, "derive"); err != nil {
-			return Version{}, err
-		}
-		if material, err = mac.MAC(ctx, name, DeriveInput(k, v)); err != nil {
+		if material, err = mac.MAC(backends.WithOp(ctx, "derive"), name, DeriveInput(k, v)); err != nil {
 			return Version{}, rootError(rootKey, err)
 		}
 	case ModeWrap:
-		if err := ms.roots.Called(ctx, backendName, "random"); err != nil {
-			return Version{}, err
-		}
 		raw, err := b.GenerateRandom(ctx, 32)
 		if err != nil {
 			return Version{}, rootError(rootKey, err)
 		}
 		material = secret.New(raw)
-		if err := ms.roots.Called(ctx, backendName, "wrap"); err != nil {
-			material.Destroy()
-			return Version{}, err
-		}
-		if ver.Wrapped, err = b.Encrypt(ctx, name, raw, WrapAAD(k, v)); err != nil {
+		if ver.Wrapped, err = b.Encrypt(backends.WithOp(ctx, "wrap"), name, raw, WrapAAD(k, v)); err != nil {
 			material.Destroy()
 			return Version{}, rootError(rootKey, err)
 		}
 	case ModeBackend:
-		if err := ms.roots.Called(ctx, backendName, "describe"); err != nil {
-			return Version{}, err
-		}
 		if err := checkBackendRoot(ctx, b, name, k.Type, rootKey); err != nil {
 			return Version{}, err
 		}
 		if k.Type.Asymmetric() {
-			if err := ms.roots.Called(ctx, backendName, "public-key"); err != nil {
-				return Version{}, err
-			}
 			pub, err := b.(backends.Signer).PublicKey(ctx, name)
 			if err != nil {
 				return Version{}, rootError(rootKey, err)

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
 
-	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
@@ -64,7 +64,10 @@ type Roots struct {
 	resolved sync.Map // key URI → resolution
 	memoized atomic.Int64
 
-	calls   sync.Map // CallKey → *atomic.Uint64
+	// metrics counts and times every call, through the decorator each
+	// root's backend is behind (instrument).
+	metrics *backends.Metrics
+	log     *slog.Logger
 	refused sync.Map // CallKey → *atomic.Uint64
 
 	// budget, when set, bounds each principal's calls (SetBudget).
@@ -180,32 +183,39 @@ type CallKey struct{ Backend, Op string }
 // principal's bucket in b. Call it before serving.
 func (r *Roots) SetBudget(b *budget.Budget) { r.budget.Store(b) }
 
-// Called charges, counts and traces one call the broker is about to make
-// to a backend: every derivation, wrap, unwrap, data-key wrap, sign and MAC
-// in a root of trust goes through here, so the counts say what the caches
-// save and each audit line what it cost.
+// instrument puts a root's backend behind backends.Instrument, which
+// checks, admits (charges), counts, audits, times and traces every call
+// the central tier makes to it: no call site counts by hand, and none can
+// forget to. Call sites name what a call is for with backends.WithOp
+// ("derive", "unwrap", "wrap-data-key", ...); a call that names nothing is
+// counted under its method's name ("random", "describe", "sign", ...).
+func (r *Roots) instrument(name string, u backends.KeyURI, b backends.Backend) backends.Backend {
+	return backends.Instrument(b, backends.InstrumentOptions{
+		Name: name, Scheme: u.Scheme(), Metrics: r.metrics, Admit: r.admit, Logger: r.log,
+	})
+}
+
+// admit charges one call the broker is about to make to a backend to the
+// principal ctx carries (identity.FromContext: the client, the admin, or
+// the edge fetching material; a forwarded call carries the client the edge
+// forwards for). The decorator asks before every call; once admitted, it
+// counts the call (Calls) and notes it in the request's audit line.
 //
-// The call is charged to the principal ctx carries (identity.FromContext:
-// the client, the admin, or the edge fetching material; a forwarded call
-// carries the client the edge forwards for). When that principal's budget
-// is spent, Called counts a refusal and returns an ErrResourceExhausted
-// error, and the caller must not make the call. The error is marked
-// flight.Personal and names no principal: callers who joined a coalesced
-// call this one led run it again under their own budget, and never see
-// another principal's refusal. Work the node does by
-// itself (the lifecycle sweep) carries no principal and is not charged.
-func (r *Roots) Called(ctx context.Context, backendName, op string) error {
-	k := CallKey{backendName, op}
+// When the principal's budget is spent, admit counts a refusal and returns
+// an ErrResourceExhausted error, and the call is not made. The error is
+// marked flight.Personal and names no principal: callers who joined a
+// coalesced call this one led run it again under their own budget, and
+// never see another principal's refusal. Work the node does by itself (the
+// lifecycle sweep) carries no principal and is not charged.
+func (r *Roots) admit(ctx context.Context, c backends.Call) error {
 	if b := r.budget.Load(); b != nil {
 		if who, ok := identity.FromContext(ctx); ok && !b.Take(who.String()) {
-			count(&r.refused, k)
+			count(&r.refused, CallKey(c))
 			// The refusal is this caller's alone: a call coalesced with
 			// others (material, data keys) is run again for them.
 			return flight.Personal(errorf(ErrResourceExhausted, "your budget of calls to the roots of trust is spent; retry later"))
 		}
 	}
-	audit.NoteBackendCall(ctx, backendName, op)
-	count(&r.calls, k)
 	return nil
 }
 
@@ -227,11 +237,32 @@ func counts(m *sync.Map) map[CallKey]uint64 {
 }
 
 // Calls returns the counts of calls made to each backend, by operation.
-func (r *Roots) Calls() map[CallKey]uint64 { return counts(&r.calls) }
+func (r *Roots) Calls() map[CallKey]uint64 {
+	out := map[CallKey]uint64{}
+	for c, n := range r.metrics.Calls() {
+		out[CallKey(c)] = n
+	}
+	return out
+}
 
 // Refused returns the counts of calls refused for want of budget, by
 // backend and operation.
 func (r *Roots) Refused() map[CallKey]uint64 { return counts(&r.refused) }
+
+// Metrics is the collector of every root's calls and their durations
+// (keybroker_backend_calls_total, keybroker_backend_call_duration_seconds);
+// the host process registers it.
+func (r *Roots) Metrics() *backends.Metrics { return r.metrics }
+
+// GenerateRandom draws n bytes from the RNG of the first configured root
+// of trust: the first entry of the configured backends (OpenRoots), or the
+// first by name (NewRoots). The rule is fixed so that the randomness a
+// client gets does not move between backends from call to call; the call
+// is checked, charged, counted and audited like every other
+// ("<backend>:random").
+func (r *Roots) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
+	return r.roots[0].backend.GenerateRandom(ctx, n)
+}
 
 // maxResolved bounds the resolution memo.
 const maxResolved = 100_000
@@ -245,7 +276,7 @@ type resolution struct {
 // OpenRoots opens every configured backend. On error, those already open
 // are closed.
 func OpenRoots(ctx context.Context, reg *backends.Registry, cfgs []RootConfig, opts backends.Options) (*Roots, error) {
-	r := &Roots{}
+	r := &Roots{metrics: backends.NewMetrics(), log: opts.Logger}
 	seen := map[string]bool{}
 	for _, c := range cfgs {
 		if c.Name == "" || seen[c.Name] {
@@ -263,7 +294,7 @@ func OpenRoots(ctx context.Context, reg *backends.Registry, cfgs []RootConfig, o
 			r.Close()
 			return nil, fmt.Errorf("broker: backend %q: %w", c.Name, err)
 		}
-		r.roots = append(r.roots, &root{name: c.Name, uri: u, backend: b})
+		r.roots = append(r.roots, &root{name: c.Name, uri: u, backend: r.instrument(c.Name, u, b)})
 	}
 	if len(r.roots) == 0 {
 		return nil, errors.New("broker: no backends configured")
@@ -273,7 +304,7 @@ func OpenRoots(ctx context.Context, reg *backends.Registry, cfgs []RootConfig, o
 
 // NewRoots wraps already opened backends (tests, keybroker dev).
 func NewRoots(named map[string]backends.Backend, uris map[string]string) (*Roots, error) {
-	r := &Roots{}
+	r := &Roots{metrics: backends.NewMetrics()}
 	names := make([]string, 0, len(named))
 	for n := range named {
 		names = append(names, n)
@@ -284,7 +315,7 @@ func NewRoots(named map[string]backends.Backend, uris map[string]string) (*Roots
 		if err != nil {
 			return nil, fmt.Errorf("broker: backend %q: %w", n, err)
 		}
-		r.roots = append(r.roots, &root{name: n, uri: u, backend: named[n]})
+		r.roots = append(r.roots, &root{name: n, uri: u, backend: r.instrument(n, u, named[n])})
 	}
 	return r, nil
 }

@@ -271,16 +271,14 @@ func (s *Service) forget(id string) {
 // node, through the store's change feed).
 func (s *Service) Forget(id string) { s.forget(id) }
 
-// GenerateRandom draws n bytes from the first root of trust's RNG.
+// GenerateRandom draws n bytes from the RNG of the first configured root
+// of trust (Roots.GenerateRandom), through the decorator like every other
+// backend call: charged, counted and listed in the request's audit line.
 func (s *Service) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
 	if n < 1 || n > MaxRandom {
 		return nil, errorf(ErrInvalidArgument, "length %d out of 1..%d", n, MaxRandom)
 	}
-	rt := s.roots.roots[0]
-	if err := s.roots.Called(ctx, rt.name, "random"); err != nil {
-		return nil, err
-	}
-	return rt.backend.GenerateRandom(ctx, n)
+	return s.roots.GenerateRandom(ctx, n)
 }
 
 // ListKeys returns keys whose labels include every selector pair and that
@@ -364,27 +362,25 @@ type rootBackend struct {
 
 var _ managed.Backend = (*rootBackend)(nil)
 
-// resolve finds the version's root key and counts the call about to be
-// made (op) to its backend. A root key declared for another role is
-// refused: a backend-mode key on a derive root would MAC other keys'
-// derive inputs.
-func (rb *rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string) (backends.Backend, string, error) {
+// resolve finds the version's root key, and returns a context naming op,
+// what the call about to be made to its backend is for (the decorator
+// counts and audits it under that name). A root key declared for another
+// role is refused: a backend-mode key on a derive root would MAC other
+// keys' derive inputs.
+func (rb *rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string) (context.Context, backends.Backend, string, error) {
 	uri := k.Version(v).RootKey
 	b, backendName, name, err := rb.roots.Resolve(uri)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	if err := rb.roots.CheckRole(uri, backendName, name, k.Mode); err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
-	if err := rb.roots.Called(ctx, backendName, op); err != nil {
-		return nil, "", err
-	}
-	return b, name, nil
+	return backends.WithOp(ctx, op), b, name, nil
 }
 
 func (rb *rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []byte) ([]byte, error) {
-	b, name, err := rb.resolve(ctx, k, v, "wrap-data-key")
+	ctx, b, name, err := rb.resolve(ctx, k, v, "wrap-data-key")
 	if err != nil {
 		return nil, err
 	}
@@ -395,7 +391,7 @@ func (rb *rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrap
 	if rb.failed.failed(k.ID, v, wrapped) {
 		return nil, errUnwrap(k, v)
 	}
-	b, name, err := rb.resolve(ctx, k, v, "unwrap-data-key")
+	ctx, b, name, err := rb.resolve(ctx, k, v, "unwrap-data-key")
 	if err != nil {
 		return nil, err
 	}
@@ -414,7 +410,7 @@ func errUnwrap(k *Key, v uint32) error {
 }
 
 func (rb *rootBackend) Sign(ctx context.Context, k *Key, v uint32, input []byte) ([]byte, error) {
-	b, name, err := rb.resolve(ctx, k, v, "sign")
+	ctx, b, name, err := rb.resolve(ctx, k, v, "sign")
 	if err != nil {
 		return nil, err
 	}
@@ -426,7 +422,7 @@ func (rb *rootBackend) Sign(ctx context.Context, k *Key, v uint32, input []byte)
 }
 
 func (rb *rootBackend) MAC(ctx context.Context, k *Key, v uint32, msg []byte) (*secret.Bytes, error) {
-	b, name, err := rb.resolve(ctx, k, v, "mac")
+	ctx, b, name, err := rb.resolve(ctx, k, v, "mac")
 	if err != nil {
 		return nil, err
 	}

@@ -31,7 +31,8 @@
 //
 // Every call to a root of trust made on a principal's behalf is charged to
 // that principal's token bucket (backend_budget; package internal/budget,
-// charged in broker.Roots.Called); refusals are ResourceExhausted, audited,
+// charged by the decorator every root is behind, backends.Instrument, through
+// broker.Roots' admission hook); refusals are ResourceExhausted, audited,
 // and counted in keybroker_backend_budget_refusals_total.
 package central
 
@@ -70,13 +71,17 @@ import (
 	"github.com/keybroker/keybroker/rpc"
 )
 
-// Backends returns the registry of every built-in root of trust.
+// Backends returns the registry of every built-in root of trust. Every
+// backend it opens is behind backends.Instrument (named by its scheme,
+// recording no metrics), so whoever opens one — the roots, keybroker ca,
+// devcluster — gets its arguments checked; the roots re-instrument theirs
+// with their configured names, metrics and budget.
 func Backends() *backends.Registry {
 	r := backends.NewRegistry()
 	for scheme, open := range map[string]backends.OpenFunc{
 		"softkms": softkms.Open, "pkcs11": pkcs11.Open, "awskms": awskms.Open, "gcpkms": gcpkms.Open,
 	} {
-		if err := r.Register(scheme, open); err != nil {
+		if err := r.Register(scheme, backends.InstrumentOpen(scheme, open)); err != nil {
 			panic(err) // a programming error: the set above is fixed
 		}
 	}
@@ -158,7 +163,10 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if err := n.roots.Declare(declared); err != nil {
 		return nil, fmt.Errorf("central: root_keys: %w", err)
 	}
-	if err := metrics.Register(newBackendCalls(n.roots)); err != nil {
+	if err := metrics.Register(n.roots.Metrics()); err != nil {
+		return nil, err
+	}
+	if err := metrics.Register(newBudgetRefusals(n.roots)); err != nil {
 		return nil, err
 	}
 	bud, err := budget.New(budget.Config{Rate: float64(cfg.BackendBudget.Rate), Burst: cfg.BackendBudget.Burst, MaxPrincipals: cfg.BackendBudget.MaxPrincipals})

@@ -245,7 +245,7 @@ func (b *keyBroker) GenerateRandom(ctx context.Context, r *kbv1.GenerateRandomRe
 	if err := c.AuthorizeService(policy.GenerateRandom); err != nil {
 		return nil, c.End(err)
 	}
-	out, err := b.s.node.GenerateRandom(ctx, int(r.GetLength()))
+	out, err := b.s.node.GenerateRandom(c.Ctx, int(r.GetLength()))
 	if err != nil {
 		return nil, c.End(err)
 	}

@@ -62,8 +62,10 @@
 // ValidationException, InvalidKeyUsageException (a key of the wrong type)
 // and UnsupportedOperationException are ErrInvalidArgument. A cancelled
 // context gives an error matching context.Canceled. Arguments are checked
-// with the backends.Check* validators, and against the service's own limits,
-// before any request is sent.
+// by backends.Instrument, which every opened backend is behind
+// (backends.Registry.Open, the central tier's roots), against limits no
+// larger than the service's own, before any request is sent; the backend
+// itself does not repeat the checks.
 //
 // # Metrics
 //
@@ -314,9 +316,6 @@ func invalid(op, key, format string, args ...any) error {
 // Encrypt implements backends.Backend with KMS Encrypt. KMS needs 1..4096
 // bytes of plaintext.
 func (b *Backend) Encrypt(ctx context.Context, key string, plaintext, aad []byte) ([]byte, error) {
-	if err := backends.CheckEncrypt(scheme, key, plaintext, aad); err != nil {
-		return nil, err
-	}
 	if len(plaintext) == 0 {
 		return nil, invalid("encrypt", key, "AWS KMS cannot encrypt an empty plaintext")
 	}
@@ -337,9 +336,6 @@ func (b *Backend) Encrypt(ctx context.Context, key string, plaintext, aad []byte
 // Decrypt implements backends.Backend with KMS Decrypt, naming the key so
 // that a ciphertext of another key is refused.
 func (b *Backend) Decrypt(ctx context.Context, key string, ciphertext, aad []byte) (*secret.Bytes, error) {
-	if err := backends.CheckDecrypt(scheme, key, ciphertext, aad); err != nil {
-		return nil, err
-	}
 	out, err := call(ctx, b, "decrypt", key, func(ctx context.Context) (*kms.DecryptOutput, error) {
 		return b.api.Decrypt(ctx, &kms.DecryptInput{
 			KeyId:               aws.String(key),
@@ -357,9 +353,6 @@ func (b *Backend) Decrypt(ctx context.Context, key string, ciphertext, aad []byt
 // GenerateDataKey implements backends.DataKeyGenerator with KMS
 // GenerateDataKey (AES_256).
 func (b *Backend) GenerateDataKey(ctx context.Context, key string, aad []byte) (*secret.Bytes, []byte, error) {
-	if err := backends.CheckDataKey(scheme, key, aad); err != nil {
-		return nil, nil, err
-	}
 	out, err := call(ctx, b, "generate-data-key", key, func(ctx context.Context) (*kms.GenerateDataKeyOutput, error) {
 		return b.api.GenerateDataKey(ctx, &kms.GenerateDataKeyInput{
 			KeyId:             aws.String(key),
@@ -380,9 +373,6 @@ func (b *Backend) GenerateDataKey(ctx context.Context, key string, aad []byte) (
 
 // GenerateRandom implements backends.Backend with KMS GenerateRandom.
 func (b *Backend) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
-	if err := backends.CheckRandom(scheme, n); err != nil {
-		return nil, err
-	}
 	out, err := call(ctx, b, "generate-random", "", func(ctx context.Context) (*kms.GenerateRandomOutput, error) {
 		return b.api.GenerateRandom(ctx, &kms.GenerateRandomInput{NumberOfBytes: aws.Int32(int32(n))})
 	})
@@ -491,9 +481,6 @@ func (b *Backend) VerifyMAC(ctx context.Context, key string, data, tag []byte) e
 }
 
 func (b *Backend) checkMAC(op, key string, data []byte) error {
-	if err := backends.CheckMAC(scheme, op, key, data); err != nil {
-		return err
-	}
 	if len(data) == 0 || len(data) > maxMessage {
 		return invalid(op, key, "data is %d bytes; AWS KMS takes 1..%d", len(data), maxMessage)
 	}
@@ -503,9 +490,6 @@ func (b *Backend) checkMAC(op, key string, data []byte) error {
 // Sign implements backends.Signer with KMS Sign (ECDSA_SHA_256 over a
 // 32-byte DIGEST); the signature is ASN.1 DER.
 func (b *Backend) Sign(ctx context.Context, key string, digest []byte) ([]byte, error) {
-	if err := backends.CheckSign(scheme, key, digest); err != nil {
-		return nil, err
-	}
 	if len(digest) != sha256.Size {
 		return nil, invalid("sign", key, "digest is %d bytes; ECDSA_SHA_256 signs a 32-byte SHA-256 digest", len(digest))
 	}

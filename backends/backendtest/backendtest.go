@@ -45,7 +45,18 @@ type Fixture struct {
 // Run runs the conformance suite. open is called once for the main suite and
 // again for tests that need a backend of their own (Close); each call must
 // return an independent backend over the same keys.
+//
+// The suite runs on the backend as the central tier uses it: behind
+// backends.Instrument, which checks arguments for every backend alike (the
+// InvalidArguments tests) and must preserve the backend's optional
+// interfaces exactly (the Capabilities test compares them with Caps).
 func Run(t *testing.T, open func(t *testing.T) *Fixture) {
 	t.Helper()
-	run(t, open)
+	run(t, func(t *testing.T) *Fixture {
+		f := open(t)
+		if f != nil && f.Backend != nil {
+			f.Backend = backends.Instrument(f.Backend, backends.InstrumentOptions{Name: "conformance", Metrics: backends.NewMetrics()})
+		}
+		return f
+	})
 }

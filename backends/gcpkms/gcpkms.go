@@ -66,8 +66,10 @@
 // FAILED_PRECONDITION about the key's purpose; any other FAILED_PRECONDITION
 // (a version not ENABLED) is ErrDisabled; RESOURCE_EXHAUSTED is
 // ErrThrottled; UNAVAILABLE, DEADLINE_EXCEEDED and INTERNAL are
-// ErrUnavailable. Arguments are validated with the backends.Check*
-// functions before any request is sent.
+// ErrUnavailable. Arguments are checked by backends.Instrument, which every
+// opened backend is behind (backends.Registry.Open, the central tier's
+// roots), before any request is sent; the backend itself does not repeat
+// the checks.
 //
 // # Concurrency
 //
@@ -292,9 +294,6 @@ func (b *Backend) misnamed(ctx context.Context, op, key, kind, want string) erro
 func (b *Backend) Encrypt(ctx context.Context, key string, plaintext, aad []byte) (_ []byte, err error) {
 	const op = "encrypt"
 	defer b.metrics.observe(op, time.Now(), &err)
-	if err := backends.CheckEncrypt(scheme, key, plaintext, aad); err != nil {
-		return nil, err
-	}
 	kind := backends.GCPResourceKind(key)
 	if kind != kindKey && kind != kindVersion {
 		return nil, b.misnamed(ctx, op, key, kind, "CryptoKey or CryptoKeyVersion")
@@ -334,9 +333,6 @@ func (b *Backend) Encrypt(ctx context.Context, key string, plaintext, aad []byte
 func (b *Backend) Decrypt(ctx context.Context, key string, ciphertext, aad []byte) (_ *secret.Bytes, err error) {
 	const op = "decrypt"
 	defer b.metrics.observe(op, time.Now(), &err)
-	if err := backends.CheckDecrypt(scheme, key, ciphertext, aad); err != nil {
-		return nil, err
-	}
 	if kind := backends.GCPResourceKind(key); kind != kindKey {
 		return nil, b.misnamed(ctx, op, key, kind, "CryptoKey")
 	}
@@ -370,9 +366,6 @@ func (b *Backend) Decrypt(ctx context.Context, key string, ciphertext, aad []byt
 func (b *Backend) GenerateRandom(ctx context.Context, n int) (_ []byte, err error) {
 	const op = "generate-random"
 	defer b.metrics.observe(op, time.Now(), &err)
-	if err := backends.CheckRandom(scheme, n); err != nil {
-		return nil, err
-	}
 	data, err := b.random(ctx, op, max(n, minRandom), b.retry.MaxAttempts)
 	if err != nil {
 		return nil, err
@@ -465,9 +458,6 @@ func (b *Backend) getVersion(ctx context.Context, op, key string) (*kmspb.Crypto
 func (b *Backend) MAC(ctx context.Context, key string, data []byte) (_ *secret.Bytes, err error) {
 	const op = "mac"
 	defer b.metrics.observe(op, time.Now(), &err)
-	if err := backends.CheckMAC(scheme, op, key, data); err != nil {
-		return nil, err
-	}
 	if kind := backends.GCPResourceKind(key); kind != kindVersion {
 		return nil, b.misnamed(ctx, op, key, kind, "CryptoKeyVersion")
 	}
@@ -495,9 +485,6 @@ func (b *Backend) MAC(ctx context.Context, key string, data []byte) (_ *secret.B
 func (b *Backend) VerifyMAC(ctx context.Context, key string, data, tag []byte) (err error) {
 	const op = "verify-mac"
 	defer b.metrics.observe(op, time.Now(), &err)
-	if err := backends.CheckMAC(scheme, op, key, data); err != nil {
-		return err
-	}
 	if kind := backends.GCPResourceKind(key); kind != kindVersion {
 		return b.misnamed(ctx, op, key, kind, "CryptoKeyVersion")
 	}
@@ -531,9 +518,6 @@ func (b *Backend) VerifyMAC(ctx context.Context, key string, data, tag []byte) (
 func (b *Backend) Sign(ctx context.Context, key string, digest []byte) (_ []byte, err error) {
 	const op = "sign"
 	defer b.metrics.observe(op, time.Now(), &err)
-	if err := backends.CheckSign(scheme, key, digest); err != nil {
-		return nil, err
-	}
 	if len(digest) != sha256.Size {
 		return nil, backends.Errorf(scheme, op, key, backends.ErrInvalidArgument,
 			"digest is %d bytes; ecdsa-p256 keys sign a %d-byte SHA-256 digest", len(digest), sha256.Size)

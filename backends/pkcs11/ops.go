@@ -123,9 +123,6 @@ func (c *conn) random(n int) ([]byte, error) {
 // token per call. With random IVs, NIST SP 800-38D limits a key to 2^32
 // encryptions. The result is iv ‖ ciphertext ‖ tag.
 func (b *Backend) Encrypt(ctx context.Context, key string, plaintext, aad []byte) ([]byte, error) {
-	if err := backends.CheckEncrypt(scheme, key, plaintext, aad); err != nil {
-		return nil, err
-	}
 	var out []byte
 	err := b.exec(ctx, opEncrypt, key, func(c *conn) error {
 		k, err := b.resolve(c, opEncrypt, key, backends.AES256)
@@ -145,9 +142,6 @@ func (b *Backend) Encrypt(ctx context.Context, key string, plaintext, aad []byte
 // 12-byte IV and a 16-byte tag is ErrInvalidArgument; a wrong key, wrong aad
 // or any tampering is ErrDecryptionFailed.
 func (b *Backend) Decrypt(ctx context.Context, key string, ciphertext, aad []byte) (*secret.Bytes, error) {
-	if err := backends.CheckDecrypt(scheme, key, ciphertext, aad); err != nil {
-		return nil, err
-	}
 	if len(ciphertext) < gcmIVLen+gcmTagLen {
 		return nil, backends.Errorf(scheme, opDecrypt, key, backends.ErrInvalidArgument,
 			"ciphertext is %d bytes, shorter than a %d-byte IV and a %d-byte tag", len(ciphertext), gcmIVLen, gcmTagLen)
@@ -169,9 +163,6 @@ func (b *Backend) Decrypt(ctx context.Context, key string, ciphertext, aad []byt
 
 // GenerateRandom returns n bytes from the token's C_GenerateRandom.
 func (b *Backend) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
-	if err := backends.CheckRandom(scheme, n); err != nil {
-		return nil, err
-	}
 	var out []byte
 	err := b.exec(ctx, opRandom, "", func(c *conn) error {
 		var err error
@@ -187,9 +178,6 @@ func (b *Backend) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
 // Describe reports a key's algorithm. A key the broker refuses to use
 // (extractable or not sensitive) is ErrPermissionDenied.
 func (b *Backend) Describe(ctx context.Context, key string) (backends.KeyInfo, error) {
-	if key == "" {
-		return backends.KeyInfo{}, backends.Errorf(scheme, opDescribe, key, backends.ErrInvalidArgument, "empty key name")
-	}
 	var info backends.KeyInfo
 	err := b.exec(ctx, opDescribe, key, func(c *conn) error {
 		k, err := b.resolve(c, opDescribe, key, "")
@@ -205,9 +193,6 @@ func (b *Backend) Describe(ctx context.Context, key string) (backends.KeyInfo, e
 // MAC computes HMAC-SHA256 inside the token (CKM_SHA256_HMAC on a
 // generic-secret key of at least 32 bytes).
 func (b *Backend) MAC(ctx context.Context, key string, data []byte) (*secret.Bytes, error) {
-	if err := backends.CheckMAC(scheme, opMAC, key, data); err != nil {
-		return nil, err
-	}
 	var tag []byte
 	err := b.exec(ctx, opMAC, key, func(c *conn) error {
 		k, err := b.resolve(c, opMAC, key, backends.HMAC256)
@@ -226,9 +211,6 @@ func (b *Backend) MAC(ctx context.Context, key string, data []byte) (*secret.Byt
 // VerifyMAC recomputes the tag in the token and compares in constant time;
 // a mismatch is ErrDecryptionFailed.
 func (b *Backend) VerifyMAC(ctx context.Context, key string, data, tag []byte) error {
-	if err := backends.CheckMAC(scheme, opVerifyMAC, key, data); err != nil {
-		return err
-	}
 	return b.exec(ctx, opVerifyMAC, key, func(c *conn) error {
 		k, err := b.resolve(c, opVerifyMAC, key, backends.HMAC256)
 		if err != nil {
@@ -250,9 +232,6 @@ func (b *Backend) VerifyMAC(ctx context.Context, key string, data, tag []byte) e
 // Sign signs a SHA-256 digest with an ecdsa-p256 key: raw CKM_ECDSA (SoftHSM
 // has no CKM_ECDSA_SHA256), its r‖s converted to ASN.1 DER.
 func (b *Backend) Sign(ctx context.Context, key string, digest []byte) ([]byte, error) {
-	if err := backends.CheckSign(scheme, key, digest); err != nil {
-		return nil, err
-	}
 	if len(digest) != 32 {
 		return nil, backends.Errorf(scheme, opSign, key, backends.ErrInvalidArgument,
 			"digest is %d bytes; ecdsa-p256 signs a 32-byte SHA-256 digest", len(digest))
@@ -286,9 +265,6 @@ func (b *Backend) Sign(ctx context.Context, key string, digest []byte) ([]byte, 
 // PublicKey returns the *ecdsa.PublicKey of an ecdsa-p256 key, read from
 // CKA_EC_POINT of the public key object with the same label (or id).
 func (b *Backend) PublicKey(ctx context.Context, key string) (crypto.PublicKey, error) {
-	if key == "" {
-		return nil, backends.Errorf(scheme, opPublicKey, key, backends.ErrInvalidArgument, "empty key name")
-	}
 	var pub *ecdsa.PublicKey
 	err := b.exec(ctx, opPublicKey, key, func(c *conn) error {
 		k, err := b.resolve(c, opPublicKey, key, backends.ECDSAP256)
@@ -313,9 +289,6 @@ func (b *Backend) PublicKey(ctx context.Context, key string) (crypto.PublicKey, 
 // GenerateDataKey draws a 256-bit data key from the token's RNG and seals
 // it under key as Encrypt does, in one session.
 func (b *Backend) GenerateDataKey(ctx context.Context, key string, aad []byte) (*secret.Bytes, []byte, error) {
-	if err := backends.CheckDataKey(scheme, key, aad); err != nil {
-		return nil, nil, err
-	}
 	var dek, wrapped []byte
 	err := b.exec(ctx, opDataKey, key, func(c *conn) error {
 		k, err := b.resolve(c, opDataKey, key, backends.AES256)
