@@ -193,6 +193,19 @@ func (k *Key) Version(v uint32) *Version {
 // PrimaryVersion returns the primary version.
 func (k *Key) PrimaryVersion() *Version { return k.Version(k.Primary) }
 
+// PolicyKey is k as Cedar sees it.
+//
+// Root is the primary version's root key, as the central tier stored it
+// (edges receive it with the key's metadata), so the same policy decides
+// alike at every tier.
+func (k *Key) PolicyKey() policy.Key {
+	pk := policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+	if pv := k.PrimaryVersion(); pv != nil {
+		pk.Root = pv.RootKey
+	}
+	return pk
+}
+
 // Usable says whether the key accepts operations now, and why not.
 func (k *Key) Usable() error {
 	switch k.State {
