@@ -295,7 +295,7 @@ func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv
 // qualifies.
 func (b *keyBroker) LookupKey(ctx context.Context, r *kbv1.LookupKeyRequest) (*kbv1.LookupKeyResponse, error) {
 	return KeyOp(ctx, b.s, policy.LookupKey, r.GetKeyId(), func(c *Call, k *managed.Key) (*kbv1.LookupKeyResponse, error) {
-		op, ok := OperationAction(r.GetOperation())
+		op, ok := operationAction(r.GetOperation())
 		if !ok {
 			return nil, Invalid("operation is required: one of encrypt, decrypt, re-encrypt, generate-data-key, sign, verify, get-public-key, generate-mac, verify-mac, describe-key")
 		}
@@ -303,7 +303,7 @@ func (b *keyBroker) LookupKey(ctx context.Context, r *kbv1.LookupKeyRequest) (*k
 		if err != nil {
 			return nil, err
 		}
-		return &kbv1.LookupKeyResponse{Nodes: LookupToProto(nodes)}, nil
+		return &kbv1.LookupKeyResponse{Nodes: lookupToProto(nodes)}, nil
 	})
 }
 

@@ -25,14 +25,14 @@ var operationActions = map[kbv1.Operation]policy.Action{
 	kbv1.Operation_OPERATION_DECRYPT_DATA_KEY:  policy.DecryptDataKey,
 }
 
-// OperationAction is the action a LookupKey operation names; ok is false
+// operationAction is the action a LookupKey operation names; ok is false
 // for OPERATION_UNSPECIFIED and values the API does not define.
-func OperationAction(op kbv1.Operation) (a policy.Action, ok bool) {
+func operationAction(op kbv1.Operation) (a policy.Action, ok bool) {
 	a, ok = operationActions[op]
 	return a, ok
 }
 
-var reasonToProto = [...]kbv1.LookupReason{
+var reasonsOnTheWire = [...]kbv1.LookupReason{
 	placement.MaterialHeld:         kbv1.LookupReason_LOOKUP_REASON_MATERIAL_HELD,
 	placement.PlacementAllowsFetch: kbv1.LookupReason_LOOKUP_REASON_PLACEMENT_ALLOWS_FETCH,
 	placement.ForwardOnly:          kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY,
@@ -40,16 +40,16 @@ var reasonToProto = [...]kbv1.LookupReason{
 	placement.Replica:              kbv1.LookupReason_LOOKUP_REASON_REPLICA,
 }
 
-// ReasonToProto converts a lookup reason (UNSPECIFIED for an unknown one).
-func ReasonToProto(r placement.Reason) kbv1.LookupReason {
-	if int(r) < len(reasonToProto) {
-		return reasonToProto[r]
+// reasonToProto converts a lookup reason (UNSPECIFIED for an unknown one).
+func reasonToProto(r placement.Reason) kbv1.LookupReason {
+	if int(r) < len(reasonsOnTheWire) {
+		return reasonsOnTheWire[r]
 	}
 	return kbv1.LookupReason_LOOKUP_REASON_UNSPECIFIED
 }
 
-// NodeFromProto is an inventory node as placement sees it.
-func NodeFromProto(n *kbv1.Node) placement.Node {
+// nodeFromProto is an inventory node as placement sees it.
+func nodeFromProto(n *kbv1.Node) placement.Node {
 	return placement.Node{ID: n.GetNodeId(), Kind: n.GetKind(), Address: n.GetAddress(), Region: n.GetRegion(),
 		Labels: n.GetLabels(), Prefetch: n.GetPrefetch(), Connected: n.GetConnected(), Enrolled: n.GetEnrolled()}
 }
@@ -58,17 +58,17 @@ func NodeFromProto(n *kbv1.Node) placement.Node {
 func NodesFromProto(ns []*kbv1.Node) []placement.Node {
 	out := make([]placement.Node, len(ns))
 	for i, n := range ns {
-		out[i] = NodeFromProto(n)
+		out[i] = nodeFromProto(n)
 	}
 	return out
 }
 
-// LookupToProto is a Lookup answer on the wire.
-func LookupToProto(cs []placement.Candidate) []*kbv1.LookupNode {
+// lookupToProto is a Lookup answer on the wire.
+func lookupToProto(cs []placement.Candidate) []*kbv1.LookupNode {
 	out := make([]*kbv1.LookupNode, len(cs))
 	for i, c := range cs {
 		out[i] = &kbv1.LookupNode{NodeId: c.Node.ID, Address: c.Node.Address, Kind: c.Node.Kind, Region: c.Node.Region,
-			Reason: ReasonToProto(c.Reason)}
+			Reason: reasonToProto(c.Reason)}
 	}
 	return out
 }

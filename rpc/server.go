@@ -135,21 +135,6 @@ func New(c Config) (*Server, error) {
 	return &Server{node: c.Node, policy: c.Policy, audit: c.Audit, id: c.NodeID, td: c.TrustDomain, classify: c.Classify, log: c.Logger}, nil
 }
 
-// NodeID is this node's id.
-func (s *Server) NodeID() string { return s.id }
-
-// TrustDomain is the trust domain callers must belong to.
-func (s *Server) TrustDomain() string { return s.td }
-
-// Policy is the policy source.
-func (s *Server) Policy() Policies { return s.policy }
-
-// Audit is the audit log.
-func (s *Server) Audit() *audit.Log { return s.audit }
-
-// Logger is the server's logger.
-func (s *Server) Logger() *slog.Logger { return s.log }
-
 // KeyDecisionsMade counts the policy decisions on keys this server has
 // evaluated because its decision cache did not hold them.
 func (s *Server) KeyDecisionsMade() uint64 { return s.decisions.made.Load() }

@@ -201,9 +201,6 @@ func (s *Server) Register(g *grpc.Server) {
 	kbv1.RegisterEdgeSyncServer(g, &edgeSync{s: s})
 }
 
-// RequestID returns the request id of a call.
-func RequestID(ctx context.Context) string { return rpc.RequestID(ctx) }
-
 // toStatus maps broker and backend errors to gRPC statuses.
 func (s *Server) toStatus(err error) *status.Status { return s.Status(err) }
 

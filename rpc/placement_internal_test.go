@@ -1,4 +1,4 @@
-package rpc_test
+package rpc
 
 import (
 	"strings"
@@ -9,7 +9,6 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/placement"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 // TestOperationAction: every operation the API defines reaches placement
@@ -19,27 +18,27 @@ func TestOperationAction(t *testing.T) {
 	seen := map[string]bool{}
 	for v, name := range kbv1.Operation_name {
 		op := kbv1.Operation(v)
-		a, ok := rpc.OperationAction(op)
+		a, ok := operationAction(op)
 		if op == kbv1.Operation_OPERATION_UNSPECIFIED {
 			if ok {
-				t.Errorf("OperationAction(%s) = %q, want refused", op, a)
+				t.Errorf("operationAction(%s) = %q, want refused", op, a)
 			}
 			continue
 		}
 		if !ok || a == "" {
-			t.Errorf("OperationAction(%s) = %q, %v, want an action", op, a, ok)
+			t.Errorf("operationAction(%s) = %q, %v, want an action", op, a, ok)
 		}
 		// Names match modulo case and underscores (REENCRYPT is ReEncrypt).
 		if want := strings.ReplaceAll(strings.TrimPrefix(name, "OPERATION_"), "_", ""); !strings.EqualFold(string(a), want) {
-			t.Errorf("OperationAction(%s) = %q, want the action named %s", op, a, want)
+			t.Errorf("operationAction(%s) = %q, want the action named %s", op, a, want)
 		}
 		if seen[string(a)] {
-			t.Errorf("OperationAction(%s) = %q, which another operation also names", op, a)
+			t.Errorf("operationAction(%s) = %q, which another operation also names", op, a)
 		}
 		seen[string(a)] = true
 	}
-	if a, ok := rpc.OperationAction(kbv1.Operation(9999)); ok {
-		t.Errorf("OperationAction(9999) = %q, want refused", a)
+	if a, ok := operationAction(kbv1.Operation(9999)); ok {
+		t.Errorf("operationAction(9999) = %q, want refused", a)
 	}
 }
 
@@ -56,14 +55,14 @@ func TestLookupToProto(t *testing.T) {
 				t.Fatalf("reason %s has no wire name", r)
 			}
 		}
-		got := rpc.LookupToProto([]placement.Candidate{c})
+		got := lookupToProto([]placement.Candidate{c})
 		wantNodes := []*kbv1.LookupNode{{NodeId: "edge-1", Address: "edge-1.example:7443", Kind: "edge", Region: "eu", Reason: want}}
 		if diff := cmp.Diff(wantNodes, got, protocmp.Transform()); diff != "" {
-			t.Errorf("LookupToProto(reason %s) mismatch (-want +got):\n%s", r, diff)
+			t.Errorf("lookupToProto(reason %s) mismatch (-want +got):\n%s", r, diff)
 		}
 	}
-	if got := rpc.LookupToProto(nil); len(got) != 0 {
-		t.Errorf("LookupToProto(nil) = %v, want none", got)
+	if got := lookupToProto(nil); len(got) != 0 {
+		t.Errorf("lookupToProto(nil) = %v, want none", got)
 	}
 }
 
@@ -74,10 +73,10 @@ func TestNodeFromProto(t *testing.T) {
 		Prefetch: true, Connected: true, Enrolled: true, Revision: 7, AppliedRevision: 6}
 	want := placement.Node{ID: "edge-1", Kind: "edge", Address: "edge-1.example:7443", Region: "eu", Labels: map[string]string{"pci": "yes"},
 		Prefetch: true, Connected: true, Enrolled: true}
-	if diff := cmp.Diff(want, rpc.NodeFromProto(in)); diff != "" {
-		t.Errorf("NodeFromProto mismatch (-want +got):\n%s", diff)
+	if diff := cmp.Diff(want, nodeFromProto(in)); diff != "" {
+		t.Errorf("nodeFromProto mismatch (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]placement.Node{{}, want}, rpc.NodesFromProto([]*kbv1.Node{nil, in})); diff != "" {
+	if diff := cmp.Diff([]placement.Node{{}, want}, NodesFromProto([]*kbv1.Node{nil, in})); diff != "" {
 		t.Errorf("NodesFromProto mismatch (-want +got):\n%s", diff)
 	}
 }
