@@ -38,6 +38,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/policy"
 )
@@ -232,13 +233,8 @@ func (k *Key) CheckDecryptVersion(v uint32) error {
 }
 
 var (
-	keyIDRe    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$`)
 	labelKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
 )
-
-// ValidKeyID reports whether id can name a managed key (the same alphabet
-// the ciphertext header allows).
-func ValidKeyID(id string) bool { return keyIDRe.MatchString(id) }
 
 // ValidateLabels checks label keys and values.
 func ValidateLabels(labels map[string]string) error {
@@ -285,7 +281,7 @@ func (k *Key) Validate() error {
 // ValidateMeta checks everything but the versions.
 func (k *Key) ValidateMeta() error {
 	switch {
-	case !ValidKeyID(k.ID):
+	case !envelope.ValidKeyID(k.ID):
 		return Errorf(ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(k.ID))
 	case !k.Type.Valid():
 		return Errorf(ErrInvalidArgument, "key type %q is not aes-256-gcm, hmac-sha256, ecdsa-p256 or ed25519", k.Type)

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
@@ -27,7 +28,7 @@ func Invalid(format string, args ...any) error {
 
 // CheckKeyID refuses a malformed key id.
 func CheckKeyID(id string) error {
-	if !managed.ValidKeyID(id) {
+	if !envelope.ValidKeyID(id) {
 		return Invalid("key_id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
 	}
 	return nil
