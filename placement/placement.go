@@ -11,9 +11,10 @@
 // An edge may hold a key's material when the key has material (not
 // backend mode) and Cedar's HoldMaterial decision allows the edge as a
 // principal (EdgePrincipal: its enrolled region and labels) on the key
-// (managed.Key.PolicyKey) under the key's own placement expression. The
-// central tier asks it before sealing material to an edge; the edge asks
-// it before fetching and to drop material placement no longer allows.
+// (managed.Key.PolicyKey) under the key's own placement expression
+// (MayHold; Hold is the Cedar decision alone). The central tier asks it
+// before sealing material to an edge; the edge asks it before fetching and
+// to drop material placement no longer allows.
 //
 // # Routing
 //
@@ -117,12 +118,20 @@ func EdgePrincipal(n Node, trustDomain string) policy.Principal {
 
 // MayHold says whether placement lets edge hold k's material: the key
 // has material (not backend mode) and the global HoldMaterial policies
-// and the key's placement expression allow the edge.
+// and the key's placement expression allow the edge (Hold).
 func MayHold(k *managed.Key, edge *Node, set *policy.Set, trustDomain string) bool {
 	if k.Mode == managed.ModeBackend {
 		return false
 	}
-	return set.AuthorizeHoldMaterial(EdgePrincipal(*edge, trustDomain), k.PolicyKey(), k.Placement).Allowed
+	return Hold(k, *edge, set, trustDomain).Allowed
+}
+
+// Hold is Cedar's HoldMaterial decision for edge on k: the global
+// policies and k's placement expression. It does not look at k's mode; a
+// caller that needs the decision itself (for its audit line) checks that
+// k has material, as MayHold does.
+func Hold(k *managed.Key, edge Node, set *policy.Set, trustDomain string) policy.Decision {
+	return set.AuthorizeHoldMaterial(EdgePrincipal(edge, trustDomain), k.PolicyKey(), k.Placement)
 }
 
 // EdgeReason is why edge qualifies for op on k: material it holds or may

@@ -396,7 +396,7 @@ func (w *watcher) edgeKey(ctx context.Context, k *broker.Key, current bool) (*kb
 	// fetch it on first use.
 	hold := current && w.node.Prefetch && k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
 	if hold {
-		d := w.s.policy.Current().AuthorizeHoldMaterial(placement.EdgePrincipal(w.node.Placement(), w.td), k.PolicyKey(), k.Placement)
+		d := placement.Hold(k, w.node.Placement(), w.s.policy.Current(), w.td)
 		// No audit line, no material: the version goes without it and the
 		// edge fetches it on use (FetchMaterial audits, or refuses).
 		hold = d.Allowed && w.auditHold(k, d.PolicyID())
