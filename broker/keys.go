@@ -84,8 +84,5 @@ var (
 
 var errorf = managed.Errorf
 
-// ValidKeyID reports whether id can name a managed key.
-func ValidKeyID(id string) bool { return managed.ValidKeyID(id) }
-
 // ValidateLabels checks label keys and values.
 func ValidateLabels(labels map[string]string) error { return managed.ValidateLabels(labels) }

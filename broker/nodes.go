@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -49,6 +50,14 @@ type Node struct {
 	LastSeen   time.Time `json:"last_seen,omitzero"`
 
 	Revision uint64 `json:"-"`
+}
+
+// Placement is the edge as package placement sees it: an edge, with its
+// enrolled region and labels. Whether it is connected is live state the
+// record does not hold.
+func (n *Node) Placement() placement.Node {
+	return placement.Node{ID: n.ID, Kind: placement.KindEdge, Address: n.Address, Region: n.Region, Labels: n.Labels,
+		Prefetch: n.Prefetch, Enrolled: n.Enrolled}
 }
 
 // IsRegistered says whether the edge has registered since it was enrolled:

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/internal/clip"
 )
 
@@ -165,7 +166,7 @@ func DecodeKey(o store.Object) (*Key, error) { return decodeKey(o) }
 
 // Get returns a key.
 func (r *Registry) Get(ctx context.Context, id string) (*Key, error) {
-	if !ValidKeyID(id) {
+	if !envelope.ValidKeyID(id) {
 		return nil, errorf(ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
 	}
 	r.mu.RLock()
@@ -286,7 +287,7 @@ func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn fu
 	defer r.writeMu.Unlock()
 	for range maxCASRetries {
 		// The store, not the cache, has the revision to swap against.
-		if !ValidKeyID(id) {
+		if !envelope.ValidKeyID(id) {
 			return nil, errorf(ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
 		}
 		cur, err := r.load(ctx, id)

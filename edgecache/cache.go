@@ -106,6 +106,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/ttlcache"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/sealed"
@@ -172,13 +173,16 @@ type Cache struct {
 	mu     sync.RWMutex
 	keys   map[string]*replicaKey
 	sorted []*managed.Key
-	nodes  []*kbv1.Node
+	// nodes is the inventory as the central tier sent it (kept on disk,
+	// served by ListNodes); topo is the same as placement sees it.
+	nodes []*kbv1.Node
+	topo  []placement.Node
 	// me is this edge as the inventory and placement see it: its entry
 	// in the inventory, else what Register answered, else no region and
 	// no labels (placement that names a region then excludes the edge).
-	me *kbv1.Node
+	me *placement.Node
 	// enrolled is what the last Register answered.
-	enrolled *kbv1.Node
+	enrolled *placement.Node
 	policy   *policy.Set
 	revision uint64
 	// advanced is closed (and replaced) whenever revision moves.
@@ -207,7 +211,7 @@ type replicaKey struct {
 
 type holdMemo struct {
 	set *policy.Set
-	me  *kbv1.Node
+	me  *placement.Node
 	ok  bool
 }
 
@@ -286,6 +290,7 @@ func (c *Cache) restore() error {
 	}
 	if s.nodes != nil {
 		c.nodes = s.nodes.GetNodes()
+		c.topo = rpc.NodesFromProto(c.nodes)
 	}
 	c.me = c.selfLocked()
 	for _, ek := range s.keys {
@@ -438,7 +443,7 @@ func (r replicaSource) Get(_ context.Context, id string) (*managed.Key, error) {
 }
 
 // self is this edge as the inventory and placement see it.
-func (c *Cache) self() *kbv1.Node {
+func (c *Cache) self() *placement.Node {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.me
@@ -446,28 +451,33 @@ func (c *Cache) self() *kbv1.Node {
 
 // selfLocked works out c.me from the inventory and the last Register
 // answer; c.mu is held.
-func (c *Cache) selfLocked() *kbv1.Node { return c.selfFrom(c.nodes, c.enrolled) }
+func (c *Cache) selfLocked() *placement.Node { return c.selfFrom(c.topo, c.enrolled) }
 
 // selfFrom is this edge as inventory nodes and the Register answer
 // enrolled make it. It reads only the configuration, so it needs no lock
 // and changes nothing.
-func (c *Cache) selfFrom(nodes []*kbv1.Node, enrolled *kbv1.Node) *kbv1.Node {
-	me := &kbv1.Node{NodeId: c.cfg.NodeID, Kind: "edge", Address: c.cfg.Address, Prefetch: c.cfg.Prefetch}
-	for _, n := range nodes {
-		if n.GetNodeId() == c.cfg.NodeID && n.GetKind() == "edge" {
-			me.Region, me.Labels = n.GetRegion(), n.GetLabels()
+func (c *Cache) selfFrom(nodes []placement.Node, enrolled *placement.Node) *placement.Node {
+	me := &placement.Node{ID: c.cfg.NodeID, Kind: placement.KindEdge, Address: c.cfg.Address, Prefetch: c.cfg.Prefetch}
+	for i := range nodes {
+		if n := &nodes[i]; n.ID == c.cfg.NodeID && n.Kind == placement.KindEdge {
+			me.Region, me.Labels = n.Region, n.Labels
 			return me
 		}
 	}
 	if enrolled != nil {
-		me.Region, me.Labels = enrolled.GetRegion(), enrolled.GetLabels()
+		me.Region, me.Labels = enrolled.Region, enrolled.Labels
 	}
 	return me
 }
 
 // Region is the region this edge is enrolled in, as last heard from the
 // central tier ("" before it has heard).
-func (c *Cache) Region() string { return c.self().GetRegion() }
+func (c *Cache) Region() string {
+	if me := c.self(); me != nil {
+		return me.Region
+	}
+	return ""
+}
 
 // mayHold says whether placement lets this edge hold k's material.
 func (c *Cache) mayHold(k *managed.Key) bool {
@@ -477,12 +487,12 @@ func (c *Cache) mayHold(k *managed.Key) bool {
 	if rk == nil || rk.key != k {
 		// Not the replica's current key (replaced meanwhile): decide
 		// without remembering.
-		return rpc.MayHold(k, me, set, c.cfg.TrustDomain)
+		return placement.MayHold(k, me, set, c.cfg.TrustDomain)
 	}
 	if m := rk.hold.Load(); m != nil && m.set == set && m.me == me {
 		return m.ok
 	}
-	ok := rpc.MayHold(k, me, set, c.cfg.TrustDomain)
+	ok := placement.MayHold(k, me, set, c.cfg.TrustDomain)
 	rk.hold.Store(&holdMemo{set: set, me: me, ok: ok})
 	return ok
 }

@@ -23,6 +23,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/sealed"
 	"github.com/keybroker/keybroker/secret"
@@ -240,7 +241,7 @@ func FuzzReplica(f *testing.F) {
 				t.Fatalf("restored key %q does not validate: %v", k.ID, err)
 			}
 			node.Served(k, "Encrypt")
-			_, _ = node.LookupKey(ctx, k, kbv1.Operation_OPERATION_DECRYPT, map[string]string{"region": "us"})
+			_, _ = node.LookupKey(ctx, k, policy.Decrypt, map[string]string{"region": "us"})
 			_, _, _, err := node.PublicKey(ctx, k.ID, 0)
 			checkFuzzError(t, "PublicKey", err)
 			switch k.Type {

@@ -17,6 +17,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/forwardproof"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/secret"
@@ -368,10 +369,10 @@ func (n *edgeNode) ListKeys(_ context.Context, sel map[string]string, size int, 
 	return managed.Page(keys, sel, size, token, visible)
 }
 
-func (n *edgeNode) LookupKey(_ context.Context, k *managed.Key, op kbv1.Operation, labels map[string]string) ([]*kbv1.LookupNode, error) {
+func (n *edgeNode) LookupKey(_ context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
 	n.c.mu.RLock()
-	nodes := n.c.nodes
+	nodes := n.c.topo
 	n.c.mu.RUnlock()
-	return rpc.Lookup(rpc.LookupInput{Key: k, Op: op, ClientLabels: labels, Nodes: nodes, Self: n.c.cfg.NodeID,
+	return placement.Lookup(placement.Input{Key: k, Op: op, ClientLabels: labels, Nodes: nodes, Self: n.c.cfg.NodeID,
 		Policy: n.c.Policy().Current(), TrustDomain: n.c.cfg.TrustDomain, CentralUnreachable: !n.c.Connected()}), nil
 }

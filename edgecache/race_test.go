@@ -6,6 +6,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/policy"
 )
 
 // TestNodesEventRacesNoLookup: applying an inventory event while LookupKey
@@ -29,7 +30,7 @@ func TestNodesEventRacesNoLookup(t *testing.T) {
 	})
 	wg.Go(func() {
 		for range 200 {
-			if _, err := ec.Node().LookupKey(t.Context(), k, kbv1.Operation_OPERATION_DECRYPT, nil); err != nil {
+			if _, err := ec.Node().LookupKey(t.Context(), k, policy.Decrypt, nil); err != nil {
 				t.Errorf("LookupKey: %v", err)
 				return
 			}

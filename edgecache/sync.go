@@ -14,6 +14,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/rpc"
 )
 
@@ -146,7 +147,7 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 		return false, err
 	}
 	c.mu.Lock()
-	c.enrolled = &kbv1.Node{NodeId: c.cfg.NodeID, Kind: "edge", Region: reg.GetRegion(), Labels: reg.GetLabels()}
+	c.enrolled = &placement.Node{ID: c.cfg.NodeID, Kind: placement.KindEdge, Region: reg.GetRegion(), Labels: reg.GetLabels()}
 	c.me = c.selfLocked()
 	c.mu.Unlock()
 	stream, err := c.sync.Watch(ctx, &kbv1.WatchRequest{FromRevision: c.Revision()})
@@ -296,15 +297,21 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	if ch.revision < c.Revision() {
 		ch.revision = 0 // heartbeats carry the revision already applied
 	}
-	var me *kbv1.Node
+	var me *placement.Node
+	var topo []placement.Node
 	if ch.nodes != nil {
 		c.mu.RLock()
 		prev, enrolled := c.me, c.enrolled
 		c.mu.RUnlock()
-		me = c.selfFrom(ch.nodes.GetNodes(), enrolled)
+		topo = rpc.NodesFromProto(ch.nodes.GetNodes())
+		me = c.selfFrom(topo, enrolled)
 		// An admin changed this edge's region or labels: what it may hold
 		// is decided again for every key.
-		ch.placement = prev.GetRegion() != me.GetRegion() || !maps.Equal(prev.GetLabels(), me.GetLabels())
+		var was placement.Node // nil before the first restore: no region, no labels
+		if prev != nil {
+			was = *prev
+		}
+		ch.placement = was.Region != me.Region || !maps.Equal(was.Labels, me.Labels)
 		if !ch.placement && prev != nil {
 			// The same node: keeping it keeps every key's remembered
 			// placement decision (holdMemo matches on it).
@@ -326,7 +333,7 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	}
 	c.synced = ch.synced
 	if ch.nodes != nil {
-		c.nodes, c.me = ch.nodes.GetNodes(), me
+		c.nodes, c.topo, c.me = ch.nodes.GetNodes(), topo, me
 	}
 	if ch.reset {
 		clear(c.keys)
@@ -359,7 +366,7 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 // key or policy change, or a change of this edge's enrolled region or
 // labels, me; the new policy is already in force), and versions below a
 // raised minimum. Value 0 drops every version.
-func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *kbv1.Node) map[string]uint32 {
+func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *placement.Node) map[string]uint32 {
 	drop := map[string]uint32{}
 	for _, id := range ch.deleted {
 		drop[id] = 0
@@ -385,7 +392,7 @@ func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *kbv1.Node) ma
 	for _, rk := range check {
 		var hold bool
 		if me != nil {
-			hold = rpc.MayHold(rk.key, me, c.Policy().Current(), c.cfg.TrustDomain)
+			hold = placement.MayHold(rk.key, me, c.Policy().Current(), c.cfg.TrustDomain)
 		} else {
 			hold = c.mayHold(rk.key)
 		}
@@ -420,7 +427,7 @@ func (c *Cache) forget(cause error) {
 	c.mu.Lock()
 	ids := slices.Collect(maps.Keys(c.keys))
 	clear(c.keys)
-	c.nodes, c.enrolled, c.revision, c.lease, c.synced = nil, nil, 0, time.Time{}, time.Time{}
+	c.nodes, c.topo, c.enrolled, c.revision, c.lease, c.synced = nil, nil, nil, 0, time.Time{}, time.Time{}
 	c.me = c.selfLocked()
 	close(c.advanced)
 	c.advanced = make(chan struct{})

@@ -7,7 +7,7 @@
 // A ciphertext is a header followed by AES-256-GCM output:
 //
 //	0x01                 format
-//	u8  L, L bytes       managed key id (1..128 bytes of [A-Za-z0-9._:/-])
+//	u8  L, L bytes       managed key id (1..128 bytes of [A-Za-z0-9._:/-], the first a letter or digit)
 //	u32                  key version (big-endian, ≥ 1)
 //	u16 W, W bytes       wrapped data key (W = 60 for derive and wrap keys,
 //	                     the backend's ciphertext for backend-mode keys)
@@ -145,19 +145,24 @@ type Header struct {
 	raw []byte
 }
 
-// ValidKeyID reports whether id can appear in a ciphertext.
+// ValidKeyID reports whether id can name a key: 1 to MaxKeyID bytes of
+// [A-Za-z0-9._:/-], the first a letter or digit. It is keybroker's one
+// rule for key ids — the key model (managed.Key.ValidateMeta), the API
+// (rpc.CheckKeyID), the registry and every ciphertext header follow it —
+// so a header cannot name a key no key could have.
 func ValidKeyID(id string) bool {
-	if len(id) == 0 || len(id) > MaxKeyID {
+	if len(id) == 0 || len(id) > MaxKeyID || !alnum(id[0]) {
 		return false
 	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '/' || c == '-') {
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !alnum(c) && c != '.' && c != '_' && c != ':' && c != '/' && c != '-' {
 			return false
 		}
 	}
 	return true
 }
+
+func alnum(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' }
 
 func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))

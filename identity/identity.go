@@ -41,11 +41,8 @@ import (
 	"regexp"
 	"strings"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
 )
 
 // Kind is what a caller is.
@@ -181,19 +178,6 @@ func FromPeer(ctx context.Context, trustDomain string) (Identity, error) {
 		return Identity{}, fmt.Errorf("%w: trust domain %q is not %q", ErrUnauthenticated, id.TrustDomain, trustDomain)
 	}
 	return id, nil
-}
-
-// UnaryInterceptor authenticates every unary call. keybroker's nodes
-// authenticate in package rpc (which audits refusals); this serves test
-// servers.
-func UnaryInterceptor(trustDomain string) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		id, err := FromPeer(ctx, trustDomain)
-		if err != nil {
-			return nil, status.Error(codes.Unauthenticated, err.Error())
-		}
-		return h(NewContext(ctx, id), req)
-	}
 }
 
 // TLSFiles names PEM files: a CA bundle, a certificate and its key.

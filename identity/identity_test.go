@@ -81,6 +81,15 @@ func serve(t *testing.T, files TLSFiles, td string) (addr string, seen func() []
 	}
 	var mu sync.Mutex
 	var ids []Identity
+	// authenticate is how a server authenticates a caller (package rpc
+	// does the same, and audits refusals).
+	authenticate := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		id, err := FromPeer(ctx, td)
+		if err != nil {
+			return nil, status.Error(codes.Unauthenticated, err.Error())
+		}
+		return h(NewContext(ctx, id), req)
+	}
 	record := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		id, ok := FromContext(ctx)
 		if !ok {
@@ -91,7 +100,7 @@ func serve(t *testing.T, files TLSFiles, td string) (addr string, seen func() []
 		mu.Unlock()
 		return h(ctx, req)
 	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)), grpc.ChainUnaryInterceptor(UnaryInterceptor(td), record))
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)), grpc.ChainUnaryInterceptor(authenticate, record))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

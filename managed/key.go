@@ -38,6 +38,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/policy"
 )
@@ -193,6 +194,19 @@ func (k *Key) Version(v uint32) *Version {
 // PrimaryVersion returns the primary version.
 func (k *Key) PrimaryVersion() *Version { return k.Version(k.Primary) }
 
+// PolicyKey is k as Cedar sees it.
+//
+// Root is the primary version's root key, as the central tier stored it
+// (edges receive it with the key's metadata), so the same policy decides
+// alike at every tier.
+func (k *Key) PolicyKey() policy.Key {
+	pk := policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
+	if pv := k.PrimaryVersion(); pv != nil {
+		pk.Root = pv.RootKey
+	}
+	return pk
+}
+
 // Usable says whether the key accepts operations now, and why not.
 func (k *Key) Usable() error {
 	switch k.State {
@@ -219,13 +233,8 @@ func (k *Key) CheckDecryptVersion(v uint32) error {
 }
 
 var (
-	keyIDRe    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$`)
 	labelKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
 )
-
-// ValidKeyID reports whether id can name a managed key (the same alphabet
-// the ciphertext header allows).
-func ValidKeyID(id string) bool { return keyIDRe.MatchString(id) }
 
 // ValidateLabels checks label keys and values.
 func ValidateLabels(labels map[string]string) error {
@@ -272,7 +281,7 @@ func (k *Key) Validate() error {
 // ValidateMeta checks everything but the versions.
 func (k *Key) ValidateMeta() error {
 	switch {
-	case !ValidKeyID(k.ID):
+	case !envelope.ValidKeyID(k.ID):
 		return Errorf(ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(k.ID))
 	case !k.Type.Valid():
 		return Errorf(ErrInvalidArgument, "key type %q is not aes-256-gcm, hmac-sha256, ecdsa-p256 or ed25519", k.Type)

@@ -52,9 +52,6 @@ import (
 //go:embed schema.cedarschema
 var schemaText []byte
 
-// SchemaText returns keybroker's Cedar schema.
-func SchemaText() string { return string(schemaText) }
-
 var validator = sync.OnceValues(func() (*validate.Validator, error) {
 	var s schema.Schema
 	s.SetFilename("schema.cedarschema")

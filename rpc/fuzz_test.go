@@ -29,6 +29,7 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/secret"
@@ -122,8 +123,8 @@ func (n fzNode) ListKeys(_ context.Context, selector map[string]string, pageSize
 	return managed.Page(n.keys.sorted, selector, pageSize, token, visible)
 }
 
-func (n fzNode) LookupKey(context.Context, *managed.Key, kbv1.Operation, map[string]string) ([]*kbv1.LookupNode, error) {
-	return []*kbv1.LookupNode{{NodeId: "fuzz-1", Address: "127.0.0.1:1"}}, nil
+func (n fzNode) LookupKey(context.Context, *managed.Key, policy.Action, map[string]string) ([]placement.Candidate, error) {
+	return []placement.Candidate{{Node: placement.Node{ID: "fuzz-1", Address: "127.0.0.1:1"}}}, nil
 }
 
 func (n fzNode) Served(*managed.Key, policy.Action) string { return "fuzz" }

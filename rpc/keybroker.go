@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
@@ -27,7 +28,7 @@ func Invalid(format string, args ...any) error {
 
 // CheckKeyID refuses a malformed key id.
 func CheckKeyID(id string) error {
-	if !managed.ValidKeyID(id) {
+	if !envelope.ValidKeyID(id) {
 		return Invalid("key_id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
 	}
 	return nil
@@ -276,7 +277,7 @@ func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv
 	principal := c.Principal()
 	visible := func(k *managed.Key) bool {
 		return b.s.decisions.decide(set, c.Who, policy.DescribeKey, k, func() policy.Decision {
-			return set.AuthorizeKey(principal, policy.DescribeKey, PolicyKey(k))
+			return set.AuthorizeKey(principal, policy.DescribeKey, k.PolicyKey())
 		}).Allowed
 	}
 	keys, next, err := b.s.node.ListKeys(ctx, r.GetLabelSelector(), int(r.GetPageSize()), r.GetPageToken(), visible)
@@ -295,14 +296,15 @@ func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv
 // qualifies.
 func (b *keyBroker) LookupKey(ctx context.Context, r *kbv1.LookupKeyRequest) (*kbv1.LookupKeyResponse, error) {
 	return KeyOp(ctx, b.s, policy.LookupKey, r.GetKeyId(), func(c *Call, k *managed.Key) (*kbv1.LookupKeyResponse, error) {
-		if _, ok := kbv1.Operation_name[int32(r.GetOperation())]; !ok || r.GetOperation() == kbv1.Operation_OPERATION_UNSPECIFIED {
+		op, ok := operationAction(r.GetOperation())
+		if !ok {
 			return nil, Invalid("operation is required: one of encrypt, decrypt, re-encrypt, generate-data-key, sign, verify, get-public-key, generate-mac, verify-mac, describe-key")
 		}
-		nodes, err := b.s.node.LookupKey(c.Ctx, k, r.GetOperation(), r.GetClientLabels())
+		nodes, err := b.s.node.LookupKey(c.Ctx, k, op, r.GetClientLabels())
 		if err != nil {
 			return nil, err
 		}
-		return &kbv1.LookupKeyResponse{Nodes: nodes}, nil
+		return &kbv1.LookupKeyResponse{Nodes: lookupToProto(nodes)}, nil
 	})
 }
 

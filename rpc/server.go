@@ -60,6 +60,7 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/secret"
 )
@@ -84,7 +85,8 @@ type Node interface {
 	// keeps (managed.Page).
 	ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error)
 	// LookupKey lists the nodes able to perform op with k now, best first.
-	LookupKey(ctx context.Context, k *managed.Key, op kbv1.Operation, clientLabels map[string]string) ([]*kbv1.LookupNode, error)
+	// Package placement decides it (placement.Lookup).
+	LookupKey(ctx context.Context, k *managed.Key, op policy.Action, clientLabels map[string]string) ([]placement.Candidate, error)
 	// Served names what performs op on k, for the audit line: a root of
 	// trust at the central tier; the cache or the central tier at an edge.
 	Served(k *managed.Key, op policy.Action) string
@@ -132,21 +134,6 @@ func New(c Config) (*Server, error) {
 	}
 	return &Server{node: c.Node, policy: c.Policy, audit: c.Audit, id: c.NodeID, td: c.TrustDomain, classify: c.Classify, log: c.Logger}, nil
 }
-
-// NodeID is this node's id.
-func (s *Server) NodeID() string { return s.id }
-
-// TrustDomain is the trust domain callers must belong to.
-func (s *Server) TrustDomain() string { return s.td }
-
-// Policy is the policy source.
-func (s *Server) Policy() Policies { return s.policy }
-
-// Audit is the audit log.
-func (s *Server) Audit() *audit.Log { return s.audit }
-
-// Logger is the server's logger.
-func (s *Server) Logger() *slog.Logger { return s.log }
 
 // KeyDecisionsMade counts the policy decisions on keys this server has
 // evaluated because its decision cache did not hold them.
@@ -379,19 +366,6 @@ func describeResource(key string) string {
 	return "key " + key
 }
 
-// PolicyKey is a key as Cedar sees it.
-//
-// Root is the primary version's root key, as the central tier stored it
-// (edges receive it with the key's metadata), so the same policy decides
-// alike at every tier.
-func PolicyKey(k *managed.Key) policy.Key {
-	pk := policy.Key{Name: k.ID, Type: string(k.Type), Mode: string(k.Mode), Labels: k.Labels}
-	if pv := k.PrimaryVersion(); pv != nil {
-		pk.Root = pv.RootKey
-	}
-	return pk
-}
-
 // LookupKey loads the call's key and its Cedar resource. An unknown key
 // comes back nil with the resource of a key with no labels, so that the
 // policy, not the registry, decides what the caller learns.
@@ -399,7 +373,7 @@ func (c *Call) LookupKey() (*managed.Key, policy.Key, error) {
 	k, err := c.S.node.Get(c.Ctx, c.Rec.Key)
 	switch {
 	case err == nil:
-		return k, PolicyKey(k), nil
+		return k, k.PolicyKey(), nil
 	case errors.Is(err, managed.ErrNotFound):
 		return nil, policy.Key{Name: c.Rec.Key}, nil
 	}

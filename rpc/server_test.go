@@ -102,6 +102,7 @@ type testServer struct {
 	s         *rpc.Server
 	auditPath string
 	log       *audit.Log
+	pols      rpc.Policies
 }
 
 func newTestServer(t *testing.T, classify func(error) (*status.Status, bool)) *testServer {
@@ -126,11 +127,12 @@ func newTestServerOn(t *testing.T, policies string, node rpc.Node, classify func
 		t.Fatalf("audit.Open = %v", err)
 	}
 	t.Cleanup(func() { _ = log.Close() })
-	s, err := rpc.New(rpc.Config{Node: node, Policy: staticPolicies{set}, Audit: log, NodeID: "central-1", TrustDomain: td, Classify: classify})
+	pols := staticPolicies{set}
+	s, err := rpc.New(rpc.Config{Node: node, Policy: pols, Audit: log, NodeID: "central-1", TrustDomain: td, Classify: classify})
 	if err != nil {
 		t.Fatalf("rpc.New = %v", err)
 	}
-	return &testServer{s: s, auditPath: path, log: log}
+	return &testServer{s: s, auditPath: path, log: log, pols: pols}
 }
 
 // records reads the audit log as written so far (each Append is one
@@ -195,7 +197,7 @@ const encryptMethod = "/keybroker.v1.KeyBroker/Encrypt"
 
 func TestNewRequiresConfig(t *testing.T) {
 	ts := newTestServer(t, nil)
-	full := rpc.Config{Node: fakeNode{}, Policy: ts.s.Policy(), Audit: ts.s.Audit(), NodeID: "n", TrustDomain: td}
+	full := rpc.Config{Node: fakeNode{}, Policy: ts.pols, Audit: ts.log, NodeID: "n", TrustDomain: td}
 	for _, tc := range []struct {
 		name   string
 		mutate func(*rpc.Config)
@@ -212,12 +214,8 @@ func TestNewRequiresConfig(t *testing.T) {
 			t.Errorf("New(%s) = %v, nil; want an error", tc.name, s)
 		}
 	}
-	s, err := rpc.New(full)
-	if err != nil {
-		t.Fatalf("New(full config) = %v", err)
-	}
-	if s.NodeID() != "n" || s.TrustDomain() != td || s.Logger() == nil {
-		t.Errorf("New(full config): node id %q, trust domain %q, logger %v", s.NodeID(), s.TrustDomain(), s.Logger())
+	if s, err := rpc.New(full); err != nil || s == nil {
+		t.Fatalf("New(full config) = %v, %v", s, err)
 	}
 }
 

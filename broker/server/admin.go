@@ -89,7 +89,7 @@ func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kb
 		p.Authorize = func(before, after *broker.Key) error {
 			set := a.s.policy.Current()
 			for _, k := range []*broker.Key{before, after} {
-				if err := c.Decide(set.AuthorizeKey(c.Principal(), policy.UpdateKey, rpc.PolicyKey(k))); err != nil {
+				if err := c.Decide(set.AuthorizeKey(c.Principal(), policy.UpdateKey, k.PolicyKey())); err != nil {
 					return err
 				}
 			}

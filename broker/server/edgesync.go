@@ -17,6 +17,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -78,11 +79,11 @@ func (e *edgeSync) FetchMaterial(ctx context.Context, r *kbv1.FetchMaterialReque
 	if err != nil {
 		return nil, c.End(err)
 	}
-	placement := ""
+	expr := ""
 	if k != nil {
-		placement = k.Placement
+		expr = k.Placement
 	}
-	if err := c.Decide(e.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(node, c.Who.TrustDomain), res, placement)); err != nil {
+	if err := c.Decide(e.s.policy.Current().AuthorizeHoldMaterial(placement.EdgePrincipal(node.Placement(), c.Who.TrustDomain), res, expr)); err != nil {
 		return nil, c.End(err)
 	}
 	if k == nil {
@@ -108,12 +109,6 @@ func edgeOnly(c *rpc.Call) error {
 	}
 	c.Rec.Decision, c.Rec.PolicyID = "deny", "edge-only"
 	return status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.Who)
-}
-
-// edgePrincipal is an enrolled edge as Cedar sees it: placement follows
-// the region and labels it was enrolled with.
-func edgePrincipal(n *broker.Node, trustDomain string) policy.Principal {
-	return policy.Principal{Kind: policy.KindEdge, Name: n.ID, TrustDomain: trustDomain, Region: n.Region, Labels: n.Labels}
 }
 
 // forwardTarget is a unary method an edge may forward.
@@ -189,7 +184,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 		return proofRefused(err)
 	}
 	admin := strings.HasPrefix(r.GetMethod(), "/"+kbv1.KeyAdmin_ServiceDesc.ServiceName+"/")
-	edgeP := edgePrincipal(node, c.Who.TrustDomain)
+	edgeP := placement.EdgePrincipal(node.Placement(), c.Who.TrustDomain)
 	fctx := rpc.WithForwarder(identity.NewContext(ctx, proof.who), c.Who.Name)
 	var decodeErr, denied error
 	var unrecorded bool // the proof was good but its nonce could not be recorded
@@ -287,7 +282,7 @@ func (e *edgeSync) forwardedKeys(c *rpc.Call, req any) ([]*policy.Key, error) {
 		k, err := e.s.svc.Registry().Get(c.Ctx, id)
 		switch {
 		case err == nil:
-			pk := rpc.PolicyKey(k)
+			pk := k.PolicyKey()
 			keys = append(keys, &pk)
 		case errors.Is(err, managed.ErrNotFound):
 			keys = append(keys, &policy.Key{Name: id})

@@ -90,6 +90,7 @@ import (
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/secret"
@@ -200,9 +201,6 @@ func (s *Server) Register(g *grpc.Server) {
 	kbv1.RegisterEdgeSyncServer(g, &edgeSync{s: s})
 }
 
-// RequestID returns the request id of a call.
-func RequestID(ctx context.Context) string { return rpc.RequestID(ctx) }
-
 // toStatus maps broker and backend errors to gRPC statuses.
 func (s *Server) toStatus(err error) *status.Status { return s.Status(err) }
 
@@ -278,12 +276,12 @@ func (n *centralNode) ListKeys(ctx context.Context, sel map[string]string, size 
 	return n.s.svc.ListKeys(ctx, sel, size, token, visible)
 }
 
-func (n *centralNode) LookupKey(ctx context.Context, k *managed.Key, op kbv1.Operation, labels map[string]string) ([]*kbv1.LookupNode, error) {
+func (n *centralNode) LookupKey(ctx context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
 	nodes, err := n.s.inventory(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return rpc.Lookup(rpc.LookupInput{Key: k, Op: op, ClientLabels: labels, Nodes: nodes, Self: n.s.node,
+	return placement.Lookup(placement.Input{Key: k, Op: op, ClientLabels: labels, Nodes: rpc.NodesFromProto(nodes), Self: n.s.node,
 		Policy: n.s.policy.Current(), TrustDomain: n.s.td}), nil
 }
 

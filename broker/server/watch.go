@@ -16,6 +16,7 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -395,7 +396,7 @@ func (w *watcher) edgeKey(ctx context.Context, k *broker.Key, current bool) (*kb
 	// fetch it on first use.
 	hold := current && w.node.Prefetch && k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
 	if hold {
-		d := w.s.policy.Current().AuthorizeHoldMaterial(edgePrincipal(w.node, w.td), rpc.PolicyKey(k), k.Placement)
+		d := placement.Hold(k, w.node.Placement(), w.s.policy.Current(), w.td)
 		// No audit line, no material: the version goes without it and the
 		// edge fetches it on use (FetchMaterial audits, or refuses).
 		hold = d.Allowed && w.auditHold(k, d.PolicyID())

@@ -192,6 +192,19 @@ func (f *fakeBroker) ReEncrypt(ctx context.Context, r *kbv1.ReEncryptRequest) (*
 	}, nil
 }
 
+// authenticate gives the fake's handlers the caller's identity from its
+// certificate, or refuses the call Unauthenticated, as a node would (package
+// rpc, which also audits refusals).
+func authenticate(trustDomain string) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		id, err := identity.FromPeer(ctx, trustDomain)
+		if err != nil {
+			return nil, status.Error(codes.Unauthenticated, err.Error())
+		}
+		return h(identity.NewContext(ctx, id), req)
+	}
+}
+
 func cmpOr(a, b string) string {
 	if a != "" {
 		return a
@@ -480,7 +493,7 @@ func startBroker(t *testing.T, cfg brokerConfig) *testBroker {
 	}
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConfig)),
-		grpc.UnaryInterceptor(identity.UnaryInterceptor(cmpOr(cfg.trustDomain, testTrustDomain))),
+		grpc.UnaryInterceptor(authenticate(cmpOr(cfg.trustDomain, testTrustDomain))),
 		grpc.MaxRecvMsgSize(maxRecvMessage),
 	)
 	fake := newFakeBroker()

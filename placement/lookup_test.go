@@ -1,19 +1,16 @@
-package rpc_test
+package placement_test
 
 import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/testing/protocmp"
 
-	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 const td = "kb.test"
@@ -62,13 +59,13 @@ var (
 	hsmPlacedKey = testKey("hsm-placed-key", managed.ECDSAP256, managed.ModeBackend, nil, `principal.region == "eu"`)
 )
 
-func edge(id, region string, prefetch, connected bool, labels map[string]string) *kbv1.Node {
-	return &kbv1.Node{NodeId: id, Kind: "edge", Address: id + ".example:7443", Region: region, Prefetch: prefetch,
+func edge(id, region string, prefetch, connected bool, labels map[string]string) placement.Node {
+	return placement.Node{ID: id, Kind: "edge", Address: id + ".example:7443", Region: region, Prefetch: prefetch,
 		Connected: connected, Labels: labels}
 }
 
-func central(id, region string) *kbv1.Node {
-	return &kbv1.Node{NodeId: id, Kind: "central", Address: id + ".example:7443", Region: region}
+func central(id, region string) placement.Node {
+	return placement.Node{ID: id, Kind: "central", Address: id + ".example:7443", Region: region}
 }
 
 var quarantined = map[string]string{"quarantine": "yes"}
@@ -76,8 +73,8 @@ var quarantined = map[string]string{"quarantine": "yes"}
 // inventory is a cluster with two central nodes and edges in eu, us and
 // ap. Ids are chosen so that id order differs from the order the groups
 // produce.
-func inventory() []*kbv1.Node {
-	return []*kbv1.Node{
+func inventory() []placement.Node {
+	return []placement.Node{
 		central("central-2", "us"),
 		edge("edge-us-2", "us", false, true, quarantined),
 		edge("edge-eu-2", "eu", false, true, nil),
@@ -92,10 +89,10 @@ func inventory() []*kbv1.Node {
 }
 
 // summary renders a lookup answer as "node-id REASON" lines.
-func summary(nodes []*kbv1.LookupNode) []string {
+func summary(nodes []placement.Candidate) []string {
 	out := make([]string, len(nodes))
 	for i, n := range nodes {
-		out[i] = n.GetNodeId() + " " + strings.TrimPrefix(n.GetReason().String(), "LOOKUP_REASON_")
+		out[i] = n.Node.ID + " " + n.Reason.String()
 	}
 	return out
 }
@@ -119,7 +116,7 @@ func region(r string) map[string]string { return map[string]string{"region": r} 
 type lookupCase struct {
 	name   string
 	key    *managed.Key
-	op     kbv1.Operation
+	op     policy.Action
 	labels map[string]string
 	self   string
 	want   []string
@@ -127,117 +124,117 @@ type lookupCase struct {
 
 var lookupCases = []lookupCase{
 	{
-		name: "placement by region, eu client", key: euKey, op: kbv1.Operation_OPERATION_ENCRYPT, labels: region("eu"), self: "edge-us-1",
+		name: "placement by region, eu client", key: euKey, op: policy.Encrypt, labels: region("eu"), self: "edge-us-1",
 		want: list([]string{"edge-eu-1" + held, "edge-eu-2" + fetch}, // group 1
 			[]string{"edge-eu-3" + fwd}, // group 3: quarantined, so forwarding
 			centrals),
 	},
 	{
-		name: "placement by region, us client", key: euKey, op: kbv1.Operation_OPERATION_DECRYPT, labels: region("us"), self: "edge-eu-1",
+		name: "placement by region, us client", key: euKey, op: policy.Decrypt, labels: region("us"), self: "edge-eu-1",
 		want: list([]string{"edge-eu-1" + held, "edge-eu-2" + fetch}, // group 2
 			[]string{"edge-us-1" + fwd, "edge-us-2" + fwd}, // group 3
 			centrals),
 	},
 	{
-		name: "client in a region with no edges", key: euKey, op: kbv1.Operation_OPERATION_GENERATE_DATA_KEY, labels: region("sa"), self: "central-1",
+		name: "client in a region with no edges", key: euKey, op: policy.GenerateDataKey, labels: region("sa"), self: "central-1",
 		want: list([]string{"edge-eu-1" + held, "edge-eu-2" + fetch}, centrals),
 	},
 	{
-		name: "global policy places on every edge, us client", key: edgeKey, op: kbv1.Operation_OPERATION_ENCRYPT, labels: region("us"), self: "edge-eu-1",
+		name: "global policy places on every edge, us client", key: edgeKey, op: policy.Encrypt, labels: region("us"), self: "edge-eu-1",
 		want: list([]string{"edge-us-1" + held}, // group 1
 			[]string{"edge-ap-1" + fetch, "edge-eu-1" + held, "edge-eu-2" + fetch}, // group 2
 			[]string{"edge-us-2" + fwd}, // group 3; edge-eu-3 forwards from another region: left out
 			centrals),
 	},
 	{
-		name: "placement by edge label", key: pciKey, op: kbv1.Operation_OPERATION_GENERATE_MAC, labels: region("eu"), self: "central-2",
+		name: "placement by edge label", key: pciKey, op: policy.GenerateMac, labels: region("eu"), self: "central-2",
 		want: list([]string{"edge-us-1" + held}, // group 2; edge-us-3 also matches but is not connected
 			[]string{"edge-eu-1" + fwd, "edge-eu-2" + fwd, "edge-eu-3" + fwd},
 			centrals),
 	},
 	{
-		name: "key placed nowhere", key: centralKey, op: kbv1.Operation_OPERATION_REENCRYPT, labels: region("eu"), self: "edge-eu-1",
+		name: "key placed nowhere", key: centralKey, op: policy.ReEncrypt, labels: region("eu"), self: "edge-eu-1",
 		want: list([]string{"edge-eu-1" + fwd, "edge-eu-2" + fwd, "edge-eu-3" + fwd}, centrals),
 	},
 	{
-		name: "key placed nowhere, client in a region with no edges", key: centralKey, op: kbv1.Operation_OPERATION_ENCRYPT, labels: region("sa"), self: "edge-eu-1",
+		name: "key placed nowhere, client in a region with no edges", key: centralKey, op: policy.Encrypt, labels: region("sa"), self: "edge-eu-1",
 		want: centrals,
 	},
 	{
-		name: "backend-mode key: every edge forwards material operations", key: hsmKey, op: kbv1.Operation_OPERATION_SIGN, labels: region("us"), self: "edge-us-1",
+		name: "backend-mode key: every edge forwards material operations", key: hsmKey, op: policy.Sign, labels: region("us"), self: "edge-us-1",
 		want: list([]string{"edge-us-1" + fwd, "edge-us-2" + fwd}, centrals),
 	},
 	{
-		name: "backend-mode key with placement still forwards", key: hsmPlacedKey, op: kbv1.Operation_OPERATION_SIGN, labels: region("eu"), self: "edge-eu-1",
+		name: "backend-mode key with placement still forwards", key: hsmPlacedKey, op: policy.Sign, labels: region("eu"), self: "edge-eu-1",
 		want: list([]string{"edge-eu-1" + fwd, "edge-eu-2" + fwd, "edge-eu-3" + fwd}, centrals),
 	},
 	{
-		name: "verify is served from every connected replica, backend mode included", key: hsmKey, op: kbv1.Operation_OPERATION_VERIFY, labels: region("eu"), self: "edge-us-1",
+		name: "verify is served from every connected replica, backend mode included", key: hsmKey, op: policy.Verify, labels: region("eu"), self: "edge-us-1",
 		want: list([]string{"edge-eu-1" + replica, "edge-eu-2" + replica, "edge-eu-3" + replica},
 			[]string{"edge-ap-1" + replica, "edge-us-1" + replica, "edge-us-2" + replica},
 			centrals),
 	},
 	{
-		name: "get-public-key from the replica of an unplaced key", key: centralKey, op: kbv1.Operation_OPERATION_GET_PUBLIC_KEY, labels: region("ap"), self: "edge-us-1",
+		name: "get-public-key from the replica of an unplaced key", key: centralKey, op: policy.GetPublicKey, labels: region("ap"), self: "edge-us-1",
 		want: list([]string{"edge-ap-1" + replica},
 			[]string{"edge-eu-1" + replica, "edge-eu-2" + replica, "edge-eu-3" + replica, "edge-us-1" + replica, "edge-us-2" + replica},
 			centrals),
 	},
 	{
-		name: "describe-key from the replica", key: euKey, op: kbv1.Operation_OPERATION_DESCRIBE_KEY, labels: region("us"), self: "edge-us-2",
+		name: "describe-key from the replica", key: euKey, op: policy.DescribeKey, labels: region("us"), self: "edge-us-2",
 		want: list([]string{"edge-us-1" + replica, "edge-us-2" + replica},
 			[]string{"edge-ap-1" + replica, "edge-eu-1" + replica, "edge-eu-2" + replica, "edge-eu-3" + replica},
 			centrals),
 	},
 	{
-		name: "verify-mac needs material", key: pciKey, op: kbv1.Operation_OPERATION_VERIFY_MAC, labels: region("us"), self: "edge-eu-1",
+		name: "verify-mac needs material", key: pciKey, op: policy.VerifyMac, labels: region("us"), self: "edge-eu-1",
 		want: list([]string{"edge-us-1" + held}, []string{"edge-us-2" + fwd}, centrals),
 	},
 	// A client that gives no region is local to the answering node.
 	{
-		name: "no region: self's region, self first in group 1", key: euKey, op: kbv1.Operation_OPERATION_ENCRYPT, self: "edge-eu-2",
+		name: "no region: self's region, self first in group 1", key: euKey, op: policy.Encrypt, self: "edge-eu-2",
 		want: list([]string{"edge-eu-2" + fetch, "edge-eu-1" + held}, []string{"edge-eu-3" + fwd}, centrals),
 	},
 	{
-		name: "no region: self first in group 1, other groups in id order", key: edgeKey, op: kbv1.Operation_OPERATION_ENCRYPT, self: "edge-eu-2",
+		name: "no region: self first in group 1, other groups in id order", key: edgeKey, op: policy.Encrypt, self: "edge-eu-2",
 		want: list([]string{"edge-eu-2" + fetch, "edge-eu-1" + held},
 			[]string{"edge-ap-1" + fetch, "edge-us-1" + held},
 			[]string{"edge-eu-3" + fwd},
 			centrals),
 	},
 	{
-		name: "no region: forwarding self first in group 3", key: centralKey, op: kbv1.Operation_OPERATION_DECRYPT, self: "edge-us-2",
+		name: "no region: forwarding self first in group 3", key: centralKey, op: policy.Decrypt, self: "edge-us-2",
 		want: list([]string{"edge-us-2" + fwd, "edge-us-1" + fwd}, centrals),
 	},
 	{
-		name: "no region: quarantined self in group 3 after the group 1 edges", key: edgeKey, op: kbv1.Operation_OPERATION_ENCRYPT, self: "edge-eu-3",
+		name: "no region: quarantined self in group 3 after the group 1 edges", key: edgeKey, op: policy.Encrypt, self: "edge-eu-3",
 		want: list([]string{"edge-eu-1" + held, "edge-eu-2" + fetch},
 			[]string{"edge-ap-1" + fetch, "edge-us-1" + held},
 			[]string{"edge-eu-3" + fwd},
 			centrals),
 	},
 	{
-		name: "no region: central self takes its region and comes first among centrals", key: euKey, op: kbv1.Operation_OPERATION_ENCRYPT, self: "central-2",
+		name: "no region: central self takes its region and comes first among centrals", key: euKey, op: policy.Encrypt, self: "central-2",
 		want: list([]string{"edge-eu-1" + held, "edge-eu-2" + fetch},
 			[]string{"edge-us-1" + fwd, "edge-us-2" + fwd},
 			[]string{"central-2" + root, "central-1" + root}),
 	},
 	{
-		name: "labels without region are no region", key: euKey, op: kbv1.Operation_OPERATION_ENCRYPT, labels: map[string]string{"team": "payments"}, self: "edge-us-1",
+		name: "labels without region are no region", key: euKey, op: policy.Encrypt, labels: map[string]string{"team": "payments"}, self: "edge-us-1",
 		want: list([]string{"edge-eu-1" + held, "edge-eu-2" + fetch}, []string{"edge-us-1" + fwd, "edge-us-2" + fwd}, centrals),
 	},
 	{
-		name: "empty region label is no region", key: euKey, op: kbv1.Operation_OPERATION_ENCRYPT, labels: region(""), self: "edge-eu-2",
+		name: "empty region label is no region", key: euKey, op: policy.Encrypt, labels: region(""), self: "edge-eu-2",
 		want: list([]string{"edge-eu-2" + fetch, "edge-eu-1" + held}, []string{"edge-eu-3" + fwd}, centrals),
 	},
 	{
-		name: "region given: self is not preferred", key: euKey, op: kbv1.Operation_OPERATION_ENCRYPT, labels: region("eu"), self: "edge-eu-2",
+		name: "region given: self is not preferred", key: euKey, op: policy.Encrypt, labels: region("eu"), self: "edge-eu-2",
 		want: list([]string{"edge-eu-1" + held, "edge-eu-2" + fetch}, []string{"edge-eu-3" + fwd}, centrals),
 	},
 }
 
-func lookup(set *policy.Set, c lookupCase, nodes []*kbv1.Node, self string) []*kbv1.LookupNode {
-	return rpc.Lookup(rpc.LookupInput{Key: c.key, Op: c.op, ClientLabels: c.labels, Nodes: nodes, Self: self,
+func lookup(set *policy.Set, c lookupCase, nodes []placement.Node, self string) []placement.Candidate {
+	return placement.Lookup(placement.Input{Key: c.key, Op: c.op, ClientLabels: c.labels, Nodes: nodes, Self: self,
 		Policy: set, TrustDomain: td})
 }
 
@@ -257,16 +254,15 @@ func TestLookupOrder(t *testing.T) {
 // address, kind and region for the node it names.
 func TestLookupNodeFields(t *testing.T) {
 	set := holdSet(t)
-	byID := map[string]*kbv1.Node{}
+	byID := map[string]placement.Node{}
 	for _, n := range inventory() {
-		byID[n.GetNodeId()] = n
+		byID[n.ID] = n
 	}
 	for _, c := range lookupCases {
 		for _, got := range lookup(set, c, inventory(), c.self) {
-			n := byID[got.GetNodeId()]
-			want := &kbv1.LookupNode{NodeId: n.GetNodeId(), Address: n.GetAddress(), Kind: n.GetKind(), Region: n.GetRegion(), Reason: got.GetReason()}
-			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-				t.Errorf("%s: node %s mismatch (-want +got):\n%s", c.name, n.GetNodeId(), diff)
+			want := byID[got.Node.ID]
+			if diff := cmp.Diff(want, got.Node); diff != "" {
+				t.Errorf("%s: node %s mismatch (-want +got):\n%s", c.name, want.ID, diff)
 			}
 		}
 	}
@@ -302,7 +298,7 @@ func TestLookupAgreement(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			want := summary(lookup(set, c, inventory(), c.self))
 			for _, n := range append(inventory(), edge("not-in-inventory", "eu", true, true, nil)) {
-				self := n.GetNodeId()
+				self := n.ID
 				if got := summary(lookup(set, c, inventory(), self)); !slices.Equal(got, want) {
 					t.Errorf("Lookup answered by %s = %v, want %v (answered by %s)", self, got, want, c.self)
 				}
@@ -311,16 +307,16 @@ func TestLookupAgreement(t *testing.T) {
 	}
 }
 
-func ids(nodes []*kbv1.Node) []string {
+func ids(nodes []placement.Node) []string {
 	out := make([]string, len(nodes))
 	for i, n := range nodes {
-		out[i] = n.GetNodeId()
+		out[i] = n.ID
 	}
 	return out
 }
 
 func TestLookupEmptyInventory(t *testing.T) {
-	got := rpc.Lookup(rpc.LookupInput{Key: euKey, Op: kbv1.Operation_OPERATION_ENCRYPT, Self: "edge-eu-1", Policy: holdSet(t), TrustDomain: td})
+	got := placement.Lookup(placement.Input{Key: euKey, Op: policy.Encrypt, Self: "edge-eu-1", Policy: holdSet(t), TrustDomain: td})
 	if len(got) != 0 {
 		t.Errorf("Lookup with no nodes = %v, want none", summary(got))
 	}
@@ -333,7 +329,7 @@ func TestLookupDoesNotModifyInventory(t *testing.T) {
 	for _, c := range lookupCases {
 		lookup(set, c, nodes, c.self)
 	}
-	if diff := cmp.Diff(inventory(), nodes, protocmp.Transform()); diff != "" {
+	if diff := cmp.Diff(inventory(), nodes); diff != "" {
 		t.Errorf("Lookup changed the inventory %v (-before +after):\n%s", before, diff)
 	}
 }
@@ -349,7 +345,7 @@ func TestMayHold(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		key  *managed.Key
-		edge *kbv1.Node
+		edge placement.Node
 		want bool
 	}{
 		{"placement matches region", euKey, euEdge, true},
@@ -368,8 +364,8 @@ func TestMayHold(t *testing.T) {
 		{"placement of another key", testKey("other", managed.AES256GCM, managed.ModeDerive, nil, ""), euEdge, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := rpc.MayHold(tc.key, tc.edge, set, td); got != tc.want {
-				t.Errorf("MayHold(%s, %s) = %v, want %v", tc.key.ID, tc.edge.GetNodeId(), got, tc.want)
+			if got := placement.MayHold(tc.key, &tc.edge, set, td); got != tc.want {
+				t.Errorf("MayHold(%s, %s) = %v, want %v", tc.key.ID, tc.edge.ID, got, tc.want)
 			}
 		})
 	}
@@ -381,49 +377,53 @@ func TestMayHoldTrustDomain(t *testing.T) {
 	set := holdSet(t)
 	k := testKey("td-key", managed.AES256GCM, managed.ModeDerive, nil, `principal.trust_domain == "kb.test"`)
 	e := edge("edge-eu-1", "eu", true, true, nil)
-	if !rpc.MayHold(k, e, set, "kb.test") {
+	if !placement.MayHold(k, &e, set, "kb.test") {
 		t.Error(`MayHold in trust domain kb.test = false, want true`)
 	}
-	if rpc.MayHold(k, e, set, "other.test") {
+	if placement.MayHold(k, &e, set, "other.test") {
 		t.Error(`MayHold in trust domain other.test = true, want false`)
 	}
 }
+
+// ops is every operation LookupKey names (package rpc maps the API's
+// operations onto them), and none.
+var ops = []policy.Action{"", policy.Encrypt, policy.Decrypt, policy.ReEncrypt, policy.GenerateDataKey, policy.Sign, policy.Verify,
+	policy.GetPublicKey, policy.GenerateMac, policy.VerifyMac, policy.DescribeKey, policy.DecryptDataKey}
 
 func TestEdgeReason(t *testing.T) {
 	set := holdSet(t)
 	prefetching := edge("edge-eu-1", "eu", true, true, nil)
 	lazy := edge("edge-eu-2", "eu", false, true, nil)
-	replicaOps := map[kbv1.Operation]bool{
-		kbv1.Operation_OPERATION_VERIFY:         true,
-		kbv1.Operation_OPERATION_GET_PUBLIC_KEY: true,
-		kbv1.Operation_OPERATION_DESCRIBE_KEY:   true,
+	replicaOps := map[policy.Action]bool{
+		policy.Verify:       true,
+		policy.GetPublicKey: true,
+		policy.DescribeKey:  true,
 	}
 	for _, tc := range []struct {
 		key            *managed.Key
-		edge           *kbv1.Node
-		wantMaterialOp kbv1.LookupReason
+		edge           placement.Node
+		wantMaterialOp placement.Reason
 	}{
-		{euKey, prefetching, kbv1.LookupReason_LOOKUP_REASON_MATERIAL_HELD},
-		{euKey, lazy, kbv1.LookupReason_LOOKUP_REASON_PLACEMENT_ALLOWS_FETCH},
-		{edgeKey, prefetching, kbv1.LookupReason_LOOKUP_REASON_MATERIAL_HELD},
-		{edgeKey, lazy, kbv1.LookupReason_LOOKUP_REASON_PLACEMENT_ALLOWS_FETCH},
-		{centralKey, prefetching, kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY},
-		{centralKey, lazy, kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY},
-		{hsmKey, prefetching, kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY},
-		{hsmKey, lazy, kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY},
-		{hsmPlacedKey, prefetching, kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY},
-		{pciKey, prefetching, kbv1.LookupReason_LOOKUP_REASON_FORWARD_ONLY},
+		{euKey, prefetching, placement.MaterialHeld},
+		{euKey, lazy, placement.PlacementAllowsFetch},
+		{edgeKey, prefetching, placement.MaterialHeld},
+		{edgeKey, lazy, placement.PlacementAllowsFetch},
+		{centralKey, prefetching, placement.ForwardOnly},
+		{centralKey, lazy, placement.ForwardOnly},
+		{hsmKey, prefetching, placement.ForwardOnly},
+		{hsmKey, lazy, placement.ForwardOnly},
+		{hsmPlacedKey, prefetching, placement.ForwardOnly},
+		{pciKey, prefetching, placement.ForwardOnly},
 	} {
-		// Every operation the API names, unspecified included.
-		for v := range kbv1.Operation_name {
-			op := kbv1.Operation(v)
+		// Every operation LookupKey names, unspecified included.
+		for _, op := range ops {
 			want := tc.wantMaterialOp
 			if replicaOps[op] {
-				want = kbv1.LookupReason_LOOKUP_REASON_REPLICA
+				want = placement.Replica
 			}
-			t.Run(fmt.Sprintf("%s/%s/%s", tc.key.ID, tc.edge.GetNodeId(), op), func(t *testing.T) {
-				if got := rpc.EdgeReason(tc.key, op, tc.edge, set, td); got != want {
-					t.Errorf("EdgeReason(%s, %s, %s) = %s, want %s", tc.key.ID, op, tc.edge.GetNodeId(), got, want)
+			t.Run(fmt.Sprintf("%s/%s/%s", tc.key.ID, tc.edge.ID, op), func(t *testing.T) {
+				if got := placement.EdgeReason(tc.key, op, &tc.edge, set, td); got != want {
+					t.Errorf("EdgeReason(%s, %s, %s) = %s, want %s", tc.key.ID, op, tc.edge.ID, got, want)
 				}
 			})
 		}
@@ -433,19 +433,19 @@ func TestEdgeReason(t *testing.T) {
 func TestEdgePrincipal(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		node *kbv1.Node
+		node placement.Node
 		want policy.Principal
 	}{
 		{"full", edge("edge-eu-1", "eu", true, true, map[string]string{"pci": "yes", "rack": "r7"}),
 			policy.Principal{Kind: policy.KindEdge, Name: "edge-eu-1", TrustDomain: td, Region: "eu", Labels: map[string]string{"pci": "yes", "rack": "r7"}}},
-		{"no region or labels", &kbv1.Node{NodeId: "edge-x", Kind: "edge"},
+		{"no region or labels", placement.Node{ID: "edge-x", Kind: "edge"},
 			policy.Principal{Kind: policy.KindEdge, Name: "edge-x", TrustDomain: td}},
 		// The kind is always edge: it is how placement sees any node.
 		{"central node", central("central-1", "eu"),
 			policy.Principal{Kind: policy.KindEdge, Name: "central-1", TrustDomain: td, Region: "eu"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := rpc.EdgePrincipal(tc.node, td)
+			got := placement.EdgePrincipal(tc.node, td)
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("EdgePrincipal mismatch (-want +got):\n%s", diff)
 			}
@@ -459,9 +459,9 @@ func TestEdgePrincipal(t *testing.T) {
 func TestLookupInventoryShapes(t *testing.T) {
 	set := holdSet(t)
 	// As broker/server builds it: the central node first, without a region.
-	nodes := func() []*kbv1.Node {
-		return []*kbv1.Node{
-			{NodeId: "central-0", Kind: "central", Address: "central-0.example:7443"},
+	nodes := func() []placement.Node {
+		return []placement.Node{
+			{ID: "central-0", Kind: "central", Address: "central-0.example:7443"},
 			edge("edge-eu-1", "eu", true, true, nil),
 			edge("edge-eu-2", "eu", false, false, nil),
 			edge("edge-us-1", "us", false, true, nil),
@@ -500,7 +500,7 @@ func TestLookupInventoryShapes(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := summary(rpc.Lookup(rpc.LookupInput{Key: tc.key, Op: kbv1.Operation_OPERATION_ENCRYPT, ClientLabels: tc.labels,
+			got := summary(placement.Lookup(placement.Input{Key: tc.key, Op: policy.Encrypt, ClientLabels: tc.labels,
 				Nodes: nodes(), Self: tc.self, Policy: set, TrustDomain: td}))
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("Lookup mismatch (-want +got):\n%s", diff)
