@@ -609,6 +609,9 @@ func writeFile(path, content string) error {
 // Dir is the cluster's directory (absolute).
 func (c *Cluster) Dir() string { return c.opts.Dir }
 
+// TrustDomain is the cluster's trust domain (keybrokertest hands it out).
+func (c *Cluster) TrustDomain() string { return c.ca.TrustDomain }
+
 // CAFile is the CA certificate every node and client trusts.
 func (c *Cluster) CAFile() string { return c.caFile }
 
