@@ -178,13 +178,15 @@ func Run(ctx context.Context, cfg Config, newOp func(worker int) (Op, error)) (S
 	}
 
 	ws := newWorkers(len(ops))
+	// The run's deadline counts from start, so a timed run's Elapsed is
+	// never shorter than its Duration.
+	start := time.Now()
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if cfg.Duration > 0 {
-		rctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		rctx, cancel = context.WithDeadline(ctx, start.Add(cfg.Duration))
 		defer cancel()
 	}
-	start := time.Now()
 	total := newAccumulator(start)
 	var reporter sync.WaitGroup
 	if cfg.Interval > 0 && cfg.OnInterval != nil {
