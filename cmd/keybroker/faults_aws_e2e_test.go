@@ -250,6 +250,23 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	}
 	t.Logf("throttling: %d AWS requests, %v retried by central; central answered %v calls ResourceExhausted; %d of %d admin calls were", awsCalls, retries, exhausted, adminThrottled, adminCalls)
 
+	// The edges hold the material of placed-wrap's newest version before
+	// AWS goes down: it was rotated under throttling just now, and a version
+	// whose material reached no edge before the outage is one the central
+	// tier cannot seal for them in it. Each edge acknowledges the revision
+	// and encrypts under the primary version once (fetching its material if
+	// its sealed copy was withheld under throttling).
+	last, err := atCentral.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
+	must(t, "DescribeKey placed-wrap", err)
+	c.waitApplied(t, last.GetKey().GetRevision())
+	for _, name := range edges {
+		r, err := node[name].kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "placed-wrap", Plaintext: []byte("warm")})
+		must(t, "Encrypt placed-wrap at "+name+" before the outage", err)
+		if r.GetKeyVersion() != last.GetKey().GetPrimaryVersion() {
+			t.Fatalf("%s encrypted under version %d, want the primary %d", name, r.GetKeyVersion(), last.GetKey().GetPrimaryVersion())
+		}
+	}
+
 	// Phase 2: AWS is down for 10 s (the fault's length, not a check).
 	outage.Store(true)
 	backendOps.Lock() // the backend-mode operations under way finish first
