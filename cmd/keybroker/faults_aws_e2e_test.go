@@ -105,6 +105,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	// for up to 20 passes; see docs/reliability.md for why it needs them.
 	sdk := c.faultSDKClientWith(t, client.Config{Addrs: []string{c.central.addr}, Direct: true, MaxAttempts: 20})
 	var outage atomic.Bool
+	var edgeRetries atomic.Uint64 // edge calls retried after ResourceExhausted
 	var backendOps sync.RWMutex // held by the SDK workers' backend-mode operations
 	var sealed faultMsgs
 	type dataKey struct {
@@ -120,11 +121,23 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 		ectx := map[string]string{"worker": strconv.Itoa(w)}
 		atEdge := func() error { // placed keys at an edge
 			key := []string{"placed", "placed-wrap"}[i%2]
-			ct, err := faultRoundTrip(ctx, node[edges[w%2]], node[edges[(w+1)%2]], key, pt, ectx)
-			if err == nil {
-				sealed.add(faultMsg{key, ct, pt, ectx})
+			// An edge meeting a version whose material it does not hold yet
+			// (placed-wrap is rotated under throttling) fetches it from
+			// central, whose AWS call may be throttled five times running:
+			// ResourceExhausted, which an application retries with backoff,
+			// as the SDK workers below do (docs/reliability.md).
+			for attempt := 1; ; attempt++ {
+				ct, err := faultRoundTrip(ctx, node[edges[w%2]], node[edges[(w+1)%2]], key, pt, ectx)
+				if err == nil {
+					sealed.add(faultMsg{key, ct, pt, ectx})
+					return nil
+				}
+				if status.Code(err) != codes.ResourceExhausted || outage.Load() || attempt == 20 {
+					return err
+				}
+				edgeRetries.Add(1)
+				time.Sleep(time.Duration(attempt) * 10 * time.Millisecond)
 			}
-			return err
 		}
 		if w < 4 {
 			return atEdge()
@@ -248,7 +261,8 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	if retries == 0 {
 		t.Errorf("no AWS call was retried while half were throttled (%d calls reached the fake)", awsCalls)
 	}
-	t.Logf("throttling: %d AWS requests, %v retried by central; central answered %v calls ResourceExhausted; %d of %d admin calls were", awsCalls, retries, exhausted, adminThrottled, adminCalls)
+	t.Logf("throttling: %d AWS requests, %v retried by central; central answered %v calls ResourceExhausted (%d edge calls retried); %d of %d admin calls were",
+		awsCalls, retries, exhausted, edgeRetries.Load(), adminThrottled, adminCalls)
 
 	// The edges hold the material of placed-wrap's newest version before
 	// AWS goes down: it was rotated under throttling just now, and a version
