@@ -15,7 +15,9 @@
 // unaudited (a step that then fails gets a second line with its error).
 // [Node.Shutdown] stops
 // accepting calls, lets in-flight calls finish within the shutdown timeout,
-// then closes the audit log (flushing it), the store and the backends.
+// then closes the store and the backends, and then the audit log (flushing
+// it). Listeners, identity, audit log, servers and the stop order are the
+// node shell's (package internal/node).
 //
 // # Operations endpoints
 //
@@ -122,7 +124,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	}()
 	metrics := sh.Metrics()
 
-	if err := sh.OpenIdentity(ctx, node.Identity{TLS: cfg.TLS, SPIFFE: cfg.SPIFFE, Check: checkSelf(cfg)}); err != nil {
+	if err := sh.OpenIdentity(ctx, cfg.Node, checkSelf(cfg)); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -190,7 +192,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		return nil, err
 	}
 	n.audit = sh.Audit()
-	advertise, err := sh.Listen(cfg.Listen, cfg.OpsListen, cfg.AdvertiseAddress)
+	advertise, err := sh.Listen(cfg.Node)
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +205,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		return nil, err
 	}
 	n.rpc = srv.Server
-	sh.Serve(ctx, node.Serving{TrustDomain: cfg.TrustDomain, Ops: cfg.Ops, Limits: cfg.Limits, Ready: n.ready,
+	sh.Serve(ctx, node.Serving{Node: cfg.Node, Limits: cfg.Limits, Ready: n.ready,
 		Unary: srv.UnaryInterceptor(), Stream: srv.StreamInterceptor(), Register: srv.Register})
 	sh.Go(n.svc.Registry().Follow)
 	sh.Go(n.reloadLoop)

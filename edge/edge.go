@@ -12,8 +12,9 @@
 // if it made data_dir, removes it again (with what it put there and the
 // parents it made; never a data_dir that existed). [Node.Shutdown] stops
 // accepting calls, lets in-flight calls finish within the shutdown
-// timeout, stops following, and closes the audit log and the replica
-// (zeroing the material in memory).
+// timeout, stops following, and closes the replica (zeroing the material
+// in memory) and then the audit log. Listeners, identity, audit log,
+// servers and the stop order are the node shell's (package internal/node).
 //
 // # Operations endpoints
 //
@@ -80,7 +81,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if madeDirs, err = makeDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("edge: data_dir: %w", err)
 	}
-	if err := sh.OpenIdentity(ctx, node.Identity{TLS: cfg.TLS, SPIFFE: cfg.SPIFFE, Check: checkSelf(cfg)}); err != nil {
+	if err := sh.OpenIdentity(ctx, cfg.Node, checkSelf(cfg)); err != nil {
 		return nil, err
 	}
 	if _, _, err := net.SplitHostPort(cfg.Central.Address); err != nil {
@@ -99,7 +100,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err := sh.OpenAudit(cfg.Audit); err != nil {
 		return nil, err
 	}
-	advertise, err := sh.Listen(cfg.Listen, cfg.OpsListen, cfg.AdvertiseAddress)
+	advertise, err := sh.Listen(cfg.Node)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +122,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err != nil {
 		return nil, err
 	}
-	sh.Serve(ctx, node.Serving{TrustDomain: cfg.TrustDomain, Ops: cfg.Ops, Limits: cfg.Limits, Ready: n.ready,
+	sh.Serve(ctx, node.Serving{Node: cfg.Node, Limits: cfg.Limits, Ready: n.ready,
 		Unary: srv.UnaryInterceptorThen(n.cache.UnaryInterceptor(srv)), Stream: srv.StreamInterceptor(),
 		Register: func(g *grpc.Server) {
 			kbv1.RegisterKeyBrokerServer(g, srv.KeyBroker())

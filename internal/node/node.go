@@ -89,21 +89,13 @@ func (s *Shell) ID() *identity.Live { return s.id }
 // Audit is the node's audit log (nil before OpenAudit).
 func (s *Shell) Audit() *audit.Log { return s.audit }
 
-// Identity is where a node's identity comes from and what it must be.
-type Identity struct {
-	TLS    config.TLS
-	SPIFFE config.SPIFFE
-	// Check refuses a certificate that cannot serve as this node's, at
-	// start and at every rotation (the one in force then stays). An error
-	// of an SVID is explained with the agent's socket.
-	Check func(*identity.Material) error
-}
-
 // OpenIdentity opens the node's identity — its TLS files, or a SPIFFE
 // Workload API agent when the configuration names one (waiting for the
 // agent's first SVID, for spiffe.timeout at most) — and its revocation
-// lists.
-func (s *Shell) OpenIdentity(ctx context.Context, c Identity) error {
+// lists. check refuses a certificate that cannot serve as this node's, at
+// start and at every rotation (the one in force then stays); an SVID's
+// refusal is explained with the agent's socket.
+func (s *Shell) OpenIdentity(ctx context.Context, c config.Node, check func(*identity.Material) error) error {
 	var files identity.Source
 	var err error
 	if c.SPIFFE.Enabled() {
@@ -115,7 +107,7 @@ func (s *Shell) OpenIdentity(ctx context.Context, c Identity) error {
 		return fmt.Errorf("%s: %w", s.name, err)
 	}
 	src, err := identity.NewChecked(files, func(m *identity.Material) error {
-		err := c.Check(m)
+		err := check(m)
 		if err != nil && c.SPIFFE.Enabled() {
 			return workload.ExplainSelf(err, c.SPIFFE.Socket)
 		}
@@ -152,29 +144,30 @@ func (s *Shell) OpenAudit(c config.Audit) error {
 	return nil
 }
 
-// Listen binds the gRPC and operations listeners and returns the address
-// the node advertises: advertise, or the gRPC listener's address with the
-// port actually bound (listen may ask for port 0). A node listens before
-// it builds its services, so that they know that address.
-func (s *Shell) Listen(listen, opsListen, advertise string) (string, error) {
+// Listen binds the gRPC and operations listeners (listen, ops_listen)
+// and returns the address the node advertises: advertise_address, or the
+// gRPC listener's address with the port actually bound (listen may ask
+// for port 0). A node listens before it builds its services, so that they
+// know that address.
+func (s *Shell) Listen(c config.Node) (string, error) {
 	var err error
-	if s.lis, err = net.Listen("tcp", listen); err != nil {
+	if s.lis, err = net.Listen("tcp", c.Listen); err != nil {
 		return "", fmt.Errorf("%s: listen: %w", s.name, err)
 	}
-	if s.opsLis, err = net.Listen("tcp", opsListen); err != nil {
+	if s.opsLis, err = net.Listen("tcp", c.OpsListen); err != nil {
 		return "", fmt.Errorf("%s: ops_listen: %w", s.name, err)
 	}
-	if advertise == "" {
-		advertise = s.lis.Addr().String()
+	if c.AdvertiseAddress != "" {
+		return c.AdvertiseAddress, nil
 	}
-	return advertise, nil
+	return s.lis.Addr().String(), nil
 }
 
 // Serving is what a node serves through the shell.
 type Serving struct {
-	TrustDomain string
-	Ops         config.Ops
-	Limits      config.Limits
+	// Node gives the trust domain and ops.allow.
+	Node   config.Node
+	Limits config.Limits
 	// Ready answers /readyz.
 	Ready serve.Ready
 	// Unary and Stream are the node's interceptors, after the shell's
@@ -192,8 +185,8 @@ type Serving struct {
 // Shutdown, on a context that outlives ctx's cancellation.
 func (s *Shell) Serve(ctx context.Context, c Serving) {
 	calls := rpc.NewMetrics(s.metrics)
-	kinds, ids := c.Ops.Principals()
-	s.servers = serve.New(s.id.ServerTLS(), serve.OpsHandler(s.metrics, c.Ready, serve.Allow{TrustDomain: c.TrustDomain, Kinds: kinds, IDs: ids}),
+	kinds, ids := c.Node.Ops.Principals()
+	s.servers = serve.New(s.id.ServerTLS(), serve.OpsHandler(s.metrics, c.Ready, serve.Allow{TrustDomain: c.Node.TrustDomain, Kinds: kinds, IDs: ids}),
 		grpc.Creds(s.id.ServerCredentials()),
 		grpc.MaxRecvMsgSize(c.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, c.Unary),

@@ -16,7 +16,7 @@ import (
 // the shell opened, once, however often Close is called.
 func TestCloseHalfOpened(t *testing.T) {
 	s := New("edge", nil)
-	if _, err := s.Listen("127.0.0.1:0", "127.0.0.1:0", ""); err != nil {
+	if _, err := s.Listen(config.Node{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0"}); err != nil {
 		t.Fatal(err)
 	}
 	addr := s.Addr()
@@ -43,7 +43,7 @@ func TestListen(t *testing.T) {
 	t.Run("advertise defaults to the bound address", func(t *testing.T) {
 		s := New("central", nil)
 		defer s.Close(nil)
-		got, err := s.Listen("127.0.0.1:0", "127.0.0.1:0", "")
+		got, err := s.Listen(config.Node{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,7 +54,7 @@ func TestListen(t *testing.T) {
 	t.Run("advertise_address wins", func(t *testing.T) {
 		s := New("central", nil)
 		defer s.Close(nil)
-		got, err := s.Listen("127.0.0.1:0", "127.0.0.1:0", "kb.example:443")
+		got, err := s.Listen(config.Node{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0", AdvertiseAddress: "kb.example:443"})
 		if err != nil || got != "kb.example:443" {
 			t.Errorf("advertise = %q, %v, want kb.example:443", got, err)
 		}
@@ -62,7 +62,7 @@ func TestListen(t *testing.T) {
 	t.Run("errors name the field and the node", func(t *testing.T) {
 		s := New("edge", nil)
 		defer s.Close(nil)
-		_, err := s.Listen("127.0.0.1:0", "256.0.0.1:1", "")
+		_, err := s.Listen(config.Node{Listen: "127.0.0.1:0", OpsListen: "256.0.0.1:1"})
 		if err == nil || !strings.HasPrefix(err.Error(), "edge: ops_listen: ") {
 			t.Errorf("Listen with a bad ops_listen = %v, want an edge: ops_listen: error", err)
 		}
