@@ -15,7 +15,9 @@
 // unaudited (a step that then fails gets a second line with its error).
 // [Node.Shutdown] stops
 // accepting calls, lets in-flight calls finish within the shutdown timeout,
-// then closes the audit log (flushing it), the store and the backends.
+// then closes the store and the backends, and then the audit log (flushing
+// it). Listeners, identity, audit log, servers and the stop order are the
+// node shell's (package internal/node).
 //
 // # Operations endpoints
 //
@@ -38,19 +40,14 @@ package central
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"google.golang.org/grpc"
 
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
@@ -64,9 +61,8 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
-	"github.com/keybroker/keybroker/identity/workload"
 	"github.com/keybroker/keybroker/internal/budget"
-	"github.com/keybroker/keybroker/internal/serve"
+	"github.com/keybroker/keybroker/internal/node"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -93,23 +89,15 @@ const SweepInterval = time.Minute
 
 // Node is a running central process.
 type Node struct {
-	cfg     *config.Central
-	log     *slog.Logger
-	roots   *broker.Roots
-	store   *store.Bolt
-	svc     *broker.Service
-	policy  *policy.Engine
-	audit   *audit.Log
-	rpc     *rpc.Server // maps errors to the codes audit lines record
-	servers *serve.Servers
-	id      *identity.Live
-	lis     net.Listener
-	opsLis  net.Listener
-
-	stop    context.CancelFunc
-	loops   sync.WaitGroup
-	closeMu sync.Mutex
-	closed  bool
+	sh     *node.Shell // listeners, identity, audit log, servers, loops
+	cfg    *config.Central
+	log    *slog.Logger
+	roots  *broker.Roots
+	store  *store.Bolt
+	svc    *broker.Service
+	policy *policy.Engine
+	audit  *audit.Log
+	rpc    *rpc.Server // maps errors to the codes audit lines record
 }
 
 // Options are the host process's contributions.
@@ -121,25 +109,22 @@ type Options struct {
 
 // Start opens and starts a central node.
 func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	sh := node.New("central", opts.Logger)
+	log := sh.Log()
 	reg := opts.Backends
 	if reg == nil {
 		reg = Backends()
 	}
-	n = &Node{cfg: cfg, log: log}
-	node := n // every failure below returns nil, err: clean up what was opened
+	n = &Node{sh: sh, cfg: cfg, log: log}
+	started := n // every failure below returns nil, err: clean up what was opened
 	defer func() {
 		if err != nil {
-			node.closeResources()
+			_ = sh.Close(started.closeOwn)
 		}
 	}()
-	metrics := prometheus.NewRegistry()
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := sh.Metrics()
 
-	if n.id, err = liveIdentity(ctx, cfg, log); err != nil {
+	if err := sh.OpenIdentity(ctx, cfg.Node, checkSelf(cfg)); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -203,123 +188,67 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if n.policy, err = policy.NewEngine(cfg.Policy.Paths...); err != nil {
 		return nil, err
 	}
-	ac := audit.Config{Path: cfg.Audit.Path, FlushInterval: cfg.Audit.FlushInterval}
-	if cfg.Audit.HeadKeyFile != "" {
-		if ac.HeadKey, err = audit.ReadHeadKey(cfg.Audit.HeadKeyFile); err != nil {
-			return nil, err
-		}
-	}
-	if n.audit, err = audit.OpenConfig(ac); err != nil {
+	if err := sh.OpenAudit(cfg.Audit); err != nil {
 		return nil, err
 	}
-	// Listen before building the server, so that the address it advertises
-	// carries the port actually bound (listen may ask for port 0).
-	if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("central: listen: %w", err)
-	}
-	if n.opsLis, err = net.Listen("tcp", cfg.OpsListen); err != nil {
-		return nil, fmt.Errorf("central: ops_listen: %w", err)
-	}
-	advertise := cfg.AdvertiseAddress
-	if advertise == "" {
-		advertise = n.lis.Addr().String()
+	n.audit = sh.Audit()
+	advertise, err := sh.Listen(cfg.Node)
+	if err != nil {
+		return nil, err
 	}
 	// Forwarded calls are verified against the bundle the listener
 	// verifies direct callers against, and the same revocation lists.
 	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
 		TrustDomain: cfg.TrustDomain, Address: advertise, Lease: cfg.Edges.Lease, Heartbeat: cfg.Edges.HeartbeatInterval(),
-		Roots: n.id.Roots, Revoked: n.id.Revoked, Logger: log})
+		Roots: sh.ID().Roots, Revoked: sh.ID().Revoked, Logger: log})
 	if err != nil {
 		return nil, err
 	}
 	n.rpc = srv.Server
-	calls := rpc.NewMetrics(metrics)
-	kinds, ids := cfg.Ops.Principals()
-	n.servers = serve.New(n.id.ServerTLS(), serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
-		grpc.Creds(n.id.ServerCredentials()),
-		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptor()),
-		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
-	)
-	srv.Register(n.servers.GRPC)
-	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	n.stop = stop
-	n.servers.Start(n.lis, n.opsLis)
-	n.loops.Go(func() { n.svc.Registry().Follow(loopCtx) })
-	n.loops.Go(func() { n.reloadLoop(loopCtx) })
-	n.loops.Go(func() { n.sweepLoop(loopCtx) })
-	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", n.lis.Addr().String(), "advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(),
+	sh.Serve(ctx, node.Serving{Node: cfg.Node, Limits: cfg.Limits, Ready: n.ready,
+		Unary: srv.UnaryInterceptor(), Stream: srv.StreamInterceptor(), Register: srv.Register})
+	sh.Go(n.svc.Registry().Follow)
+	sh.Go(n.reloadLoop)
+	sh.Go(n.sweepLoop)
+	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", sh.Addr(), "advertise_address", advertise, "ops_addr", sh.OpsAddr(),
 		"backends", n.roots.Names(), "policy", n.policy.Current().Hash()[:12])
 	return n, nil
 }
 
-// sourceFor is where a central node's identity comes from: its TLS files,
-// or a SPIFFE Workload API agent when the configuration names one (it
-// waits for the agent's first SVID, for spiffe.timeout at most).
-func sourceFor(ctx context.Context, cfg *config.Central, log *slog.Logger) (identity.Source, error) {
-	if cfg.SPIFFE.Enabled() {
-		return workload.NewSource(ctx, cfg.SPIFFE.Socket, cfg.SPIFFE.Options(log))
-	}
-	return identity.NewFileSource(cfg.TLS.Files(), cfg.TLS.FileOptions(log))
-}
-
-// liveIdentity opens the node's identity and its revocation lists, and
-// refuses a certificate that cannot serve as central's, at start and when
-// it rotates. An SVID must also be this node's own id (a certificate
-// file may name another central node: files were shared before the
-// Workload API, and a hand-made certificate is checked by its maker).
-func liveIdentity(ctx context.Context, cfg *config.Central, log *slog.Logger) (*identity.Live, error) {
-	files, err := sourceFor(ctx, cfg, log)
-	if err != nil {
-		return nil, fmt.Errorf("central: %w", err)
-	}
+// checkSelf refuses a certificate that cannot serve as central's, at
+// start and when it rotates. An SVID must also be this node's own id (a
+// certificate file may name another central node: files were shared
+// before the Workload API, and a hand-made certificate is checked by its
+// maker).
+func checkSelf(cfg *config.Central) func(*identity.Material) error {
 	var want identity.Identity
 	if cfg.SPIFFE.Enabled() {
 		want = identity.Identity{TrustDomain: cfg.TrustDomain, Kind: identity.Central, Name: cfg.NodeID}
 	}
-	// Checked at start and at every rotation: a certificate that cannot
-	// serve as this node's is refused (the one in force stays).
-	src, err := identity.NewChecked(files, func(m *identity.Material) error {
+	return func(m *identity.Material) error {
 		err := identity.CheckSelf(m, identity.RoleCentral, want)
 		if err == nil && m.ID.TrustDomain != cfg.TrustDomain {
 			err = fmt.Errorf("tls.cert is %s, not of trust_domain %s", m.ID, cfg.TrustDomain)
 		}
-		if err != nil && cfg.SPIFFE.Enabled() {
-			return workload.ExplainSelf(err, cfg.SPIFFE.Socket)
-		}
 		return err
-	}, log)
-	if err != nil {
-		files.Close()
-		return nil, fmt.Errorf("central: %w", err)
 	}
-	rev, err := identity.NewRevocation(cfg.TLS.Revocation(), func() []*x509.Certificate { return src.Current().Roots }, cfg.TLS.FileOptions(log))
-	if err != nil {
-		src.Close()
-		return nil, fmt.Errorf("central: %w", err)
-	}
-	return identity.NewLive(src, rev, log), nil
 }
 
 // ReloadIdentity re-reads the TLS files and revocation lists now
 // (SIGHUP). A failure keeps what is in force and is logged.
-func (n *Node) ReloadIdentity() {
-	if err := n.id.Reload(); err != nil {
-		n.log.Error("identity reload failed; the identity and revocation lists in force stay", "err", err)
-	}
-}
+func (n *Node) ReloadIdentity() { n.sh.ReloadIdentity() }
 
 // Addr is the gRPC listener's address.
-func (n *Node) Addr() string { return n.lis.Addr().String() }
+func (n *Node) Addr() string { return n.sh.Addr() }
 
 // OpsAddr is the operations listener's address.
-func (n *Node) OpsAddr() string { return n.opsLis.Addr().String() }
+func (n *Node) OpsAddr() string { return n.sh.OpsAddr() }
 
 // Service exposes the broker service (for keybroker dev's set-up).
 func (n *Node) Service() *broker.Service { return n.svc }
 
 // Done reports a server that stopped on its own (an error from Serve).
-func (n *Node) Done() <-chan error { return n.servers.Done() }
+func (n *Node) Done() <-chan error { return n.sh.Done() }
 
 // ReloadPolicy re-reads the policy files now (SIGHUP).
 func (n *Node) ReloadPolicy() {
@@ -408,38 +337,21 @@ func (n *Node) ready(ctx context.Context) (bool, map[string]any) {
 	return ready, checks
 }
 
-// Shutdown stops serving gracefully within ctx, then closes everything.
+// Shutdown stops serving gracefully within ctx, then closes everything:
+// the store and the backends, then the shell's audit log, listeners and
+// identity.
 func (n *Node) Shutdown(ctx context.Context) error {
-	n.stop()
-	err := n.servers.Stop(ctx, n.log)
-	n.loops.Wait()
-	return errors.Join(err, n.closeResources())
+	return n.sh.Shutdown(ctx, n.closeOwn)
 }
 
-func (n *Node) closeResources() error {
-	n.closeMu.Lock()
-	defer n.closeMu.Unlock()
-	if n.closed {
-		return nil
-	}
-	n.closed = true
+// closeOwn closes what is central's own; the shell closes the rest.
+func (n *Node) closeOwn() error {
 	var errs []error
-	if n.id != nil {
-		errs = append(errs, n.id.Close())
-	}
-	if n.audit != nil {
-		errs = append(errs, n.audit.Close())
-	}
 	if n.store != nil {
 		errs = append(errs, n.store.Close())
 	}
 	if n.roots != nil {
 		errs = append(errs, n.roots.Close())
-	}
-	for _, l := range []net.Listener{n.lis, n.opsLis} {
-		if l != nil {
-			_ = l.Close()
-		}
 	}
 	return errors.Join(errs...)
 }

@@ -19,39 +19,10 @@ import (
 // (keybroker central --config central.yaml). The zero value is not
 // useful: start from DefaultCentral, or load a file with LoadCentral.
 type Central struct {
-	// NodeID names this central node in the node inventory, logs, audit
-	// records and its SPIFFE id spiffe://<trust_domain>/central/<node_id>.
-	// Required; 1-64 letters, digits, '.', '_' or '-', starting with a
-	// letter or digit.
-	NodeID string `yaml:"node_id"`
-	// TrustDomain is the SPIFFE trust domain of every identity this node
-	// accepts; peers whose certificates name another are refused.
-	// Required; lowercase letters, digits, '.' and '-', at most 255,
-	// starting and ending with a letter or digit.
-	TrustDomain string `yaml:"trust_domain"`
-	// Listen is the host:port of the gRPC API (KeyBroker, KeyAdmin,
-	// EdgeSync), served over mutual TLS. An empty host listens on every
-	// interface; port 0 takes a free port (tests, keybroker dev).
-	// Required; port 0..65535.
-	Listen string `yaml:"listen"`
-	// AdvertiseAddress is the host:port other nodes and clients dial to
-	// reach Listen, returned by LookupKey and ListNodes. Optional: by
-	// default the listen address with the port actually bound; required
-	// when listen's host is empty or a wildcard (0.0.0.0, ::), which no
-	// peer can dial.
-	AdvertiseAddress string `yaml:"advertise_address"`
-	// OpsListen is the host:port of /healthz, /readyz and /metrics, also
-	// served over mutual TLS. Required; must not overlap Listen.
-	OpsListen string `yaml:"ops_listen"`
-	// Ops says who may use OpsListen. Optional; default admins only.
-	Ops Ops `yaml:"ops"`
-	// TLS names this node's certificate, key and the CA its peers must
-	// chain to. Required.
-	TLS TLS `yaml:"tls"`
-	// SPIFFE takes the node's identity from a SPIFFE Workload API agent
-	// instead of tls.ca, tls.cert and tls.key (exactly one of the two is
-	// given). The SVID must be spiffe://<trust_domain>/central/<node_id>.
-	SPIFFE SPIFFE `yaml:"spiffe"`
+	// Node holds what central and edge nodes configure alike: node_id,
+	// trust_domain, listen, advertise_address, ops_listen, ops, tls and
+	// spiffe (the SVID must be spiffe://<trust_domain>/central/<node_id>).
+	Node `yaml:",inline"`
 	// DataDir holds the key registry (registry.db) and, by default, the
 	// audit log. Required.
 	DataDir string `yaml:"data_dir"`
@@ -275,10 +246,8 @@ func DefaultCentral() Central {
 		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
-		TLS:             TLS{ReloadInterval: DefaultTLSReloadInterval},
-		SPIFFE:          SPIFFE{Timeout: DefaultSPIFFETimeout},
+		Node:            defaultNode(),
 		Edges:           Edges{Lease: DefaultEdgeLease},
-		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
 		BackendBudget:   BackendBudget{Rate: budget.DefaultRate, Burst: budget.DefaultBurst, MaxPrincipals: budget.DefaultMaxPrincipals},
 	}
 }

@@ -71,17 +71,20 @@ func TestDocExample(t *testing.T) {
 		t.Fatalf("the full example in docs/config.md does not load:\n%v", err)
 	}
 	want := &Central{
-		NodeID:      "central-1",
-		TrustDomain: "kb.example",
-		Listen:      "127.0.0.1:7443",
-		OpsListen:   "127.0.0.1:7080",
-		TLS: TLS{
-			CA:             "/etc/keybroker/ca.pem",
-			Cert:           "/etc/keybroker/central.pem",
-			Key:            "/etc/keybroker/central.key",
-			ReloadInterval: time.Second,
+		Node: Node{
+			NodeID:      "central-1",
+			TrustDomain: "kb.example",
+			Listen:      "127.0.0.1:7443",
+			OpsListen:   "127.0.0.1:7080",
+			TLS: TLS{
+				CA:             "/etc/keybroker/ca.pem",
+				Cert:           "/etc/keybroker/central.pem",
+				Key:            "/etc/keybroker/central.key",
+				ReloadInterval: time.Second,
+			},
+			SPIFFE: SPIFFE{Timeout: 30 * time.Second},
+			Ops:    Ops{Allow: []string{"admin"}},
 		},
-		SPIFFE:  SPIFFE{Timeout: 30 * time.Second},
 		DataDir: "/var/lib/keybroker",
 		Backends: []Backend{{
 			Name: "hsm",
@@ -104,7 +107,6 @@ func TestDocExample(t *testing.T) {
 		Log:             Log{Level: "info", Format: "json"},
 		ShutdownTimeout: 30 * time.Second,
 		Edges:           Edges{Lease: 30 * time.Second},
-		Ops:             Ops{Allow: []string{"admin"}},
 		BackendBudget:   BackendBudget{Rate: 500, Burst: 1000, MaxPrincipals: 10000},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

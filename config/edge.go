@@ -1,7 +1,6 @@
 package config
 
 import (
-	"slices"
 	"time"
 
 	"github.com/keybroker/keybroker/identity"
@@ -14,39 +13,12 @@ import (
 // The zero value is not useful: start from DefaultEdge, or load a file
 // with LoadEdge.
 type Edge struct {
-	// NodeID names this edge in the central tier's node inventory, logs,
-	// audit records and its SPIFFE id spiffe://<trust_domain>/edge/<node_id>,
-	// which its certificate must carry. Required; 1-64 letters, digits,
-	// '.', '_' or '-', starting with a letter or digit.
-	NodeID string `yaml:"node_id"`
-	// TrustDomain is the SPIFFE trust domain of every identity this node
-	// accepts, the central tier's included; peers whose certificates name
-	// another are refused. Required; lowercase letters, digits, '.' and
-	// '-', at most 255, starting and ending with a letter or digit.
-	TrustDomain string `yaml:"trust_domain"`
-	// Listen is the host:port of the gRPC API clients use (KeyBroker,
-	// KeyAdmin), served over mutual TLS. An empty host listens on every
-	// interface; port 0 takes a free port (tests, keybroker dev).
-	// Required; port 0..65535.
-	Listen string `yaml:"listen"`
-	// AdvertiseAddress is the host:port clients dial to reach Listen; the
-	// edge registers it with the central tier, whose LookupKey and
-	// ListNodes return it. Optional: by default the listen address with
-	// the port actually bound; required when listen's host is empty or a
-	// wildcard (0.0.0.0, ::), which no client can dial.
-	AdvertiseAddress string `yaml:"advertise_address"`
-	// OpsListen is the host:port of /healthz, /readyz and /metrics, also
-	// served over mutual TLS. Required; must not overlap Listen.
-	OpsListen string `yaml:"ops_listen"`
-	// Ops says who may use OpsListen. Optional; default admins only.
-	Ops Ops `yaml:"ops"`
-	// TLS names this node's certificate, key and the CA its peers (its
-	// clients and the central tier) must chain to. Required.
-	TLS TLS `yaml:"tls"`
-	// SPIFFE takes the node's identity from a SPIFFE Workload API agent
-	// instead of tls.ca, tls.cert and tls.key (exactly one of the two is
-	// given). The SVID must be spiffe://<trust_domain>/edge/<node_id>.
-	SPIFFE SPIFFE `yaml:"spiffe"`
+	// Node holds what central and edge nodes configure alike: node_id,
+	// trust_domain, listen, advertise_address, ops_listen, ops, tls and
+	// spiffe. The edge registers advertise_address with the central tier;
+	// its certificate (or SVID) must be spiffe://<trust_domain>/edge/<node_id>,
+	// with serverAuth and clientAuth.
+	Node `yaml:",inline"`
 	// DataDir holds the replica (replica.db: key metadata, and material
 	// sealed to this edge), the edge's HPKE private sealing key
 	// (sealing.key, mode 0600) and, by default, the audit log. Required.
@@ -154,9 +126,7 @@ func DefaultEdge() Edge {
 		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
 		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
 		ShutdownTimeout: DefaultShutdownTimeout,
-		TLS:             TLS{ReloadInterval: DefaultTLSReloadInterval},
-		SPIFFE:          SPIFFE{Timeout: DefaultSPIFFETimeout},
-		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
+		Node:            defaultNode(),
 	}
 }
 

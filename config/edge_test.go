@@ -73,18 +73,21 @@ func TestDocEdgeExample(t *testing.T) {
 		t.Fatalf("the full edge example in docs/config.md does not load:\n%v", err)
 	}
 	want := &Edge{
-		NodeID:           "edge-eu-1",
-		TrustDomain:      "kb.example",
-		Listen:           "10.0.0.5:7443",
-		AdvertiseAddress: "edge-eu-1.kb.example:7443",
-		OpsListen:        "127.0.0.1:7080",
-		TLS: TLS{
-			CA:             "/etc/keybroker/ca.pem",
-			Cert:           "/etc/keybroker/edge.pem",
-			Key:            "/etc/keybroker/edge.key",
-			ReloadInterval: time.Second,
+		Node: Node{
+			NodeID:           "edge-eu-1",
+			TrustDomain:      "kb.example",
+			Listen:           "10.0.0.5:7443",
+			AdvertiseAddress: "edge-eu-1.kb.example:7443",
+			OpsListen:        "127.0.0.1:7080",
+			TLS: TLS{
+				CA:             "/etc/keybroker/ca.pem",
+				Cert:           "/etc/keybroker/edge.pem",
+				Key:            "/etc/keybroker/edge.key",
+				ReloadInterval: time.Second,
+			},
+			SPIFFE: SPIFFE{Timeout: 30 * time.Second},
+			Ops:    Ops{Allow: []string{"admin"}},
 		},
-		SPIFFE:          SPIFFE{Timeout: 30 * time.Second},
 		DataDir:         "/var/lib/keybroker-edge",
 		Region:          "eu-west-1",
 		Labels:          map[string]string{"zone": "eu-west-1a", "pci": "yes"},
@@ -98,7 +101,6 @@ func TestDocEdgeExample(t *testing.T) {
 		Limits:          Limits{MaxRequestBytes: 5 << 20},
 		Log:             Log{Level: "info", Format: "json"},
 		ShutdownTimeout: 30 * time.Second,
-		Ops:             Ops{Allow: []string{"admin"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("full edge example (-want +got):\n%s", diff)

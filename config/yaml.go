@@ -9,6 +9,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -305,7 +306,19 @@ func yamlFields(t reflect.Type) (map[string]reflect.StructField, []string) {
 		if !f.IsExported() {
 			continue
 		}
-		tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		tag, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if opts == "inline" && f.Anonymous && f.Type.Kind() == reflect.Struct {
+			// An embedded block (Node): its fields are the outer struct's,
+			// in its place, reached through it.
+			inner, innerNames := yamlFields(f.Type)
+			for _, name := range innerNames {
+				sf := inner[name]
+				sf.Index = append(slices.Clone(f.Index), sf.Index...)
+				m[name] = sf
+			}
+			names = append(names, innerNames...)
+			continue
+		}
 		switch tag {
 		case "-":
 			continue

@@ -12,8 +12,9 @@
 // if it made data_dir, removes it again (with what it put there and the
 // parents it made; never a data_dir that existed). [Node.Shutdown] stops
 // accepting calls, lets in-flight calls finish within the shutdown
-// timeout, stops following, and closes the audit log and the replica
-// (zeroing the material in memory).
+// timeout, stops following, and closes the replica (zeroing the material
+// in memory) and then the audit log. Listeners, identity, audit log,
+// servers and the stop order are the node shell's (package internal/node).
 //
 // # Operations endpoints
 //
@@ -28,7 +29,6 @@ package edge
 import (
 	"cmp"
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -36,41 +36,27 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/keepalive"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
-	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/edgecache"
 	"github.com/keybroker/keybroker/identity"
-	"github.com/keybroker/keybroker/identity/workload"
-	"github.com/keybroker/keybroker/internal/serve"
+	"github.com/keybroker/keybroker/internal/node"
 	"github.com/keybroker/keybroker/rpc"
 )
 
 // Node is a running edge process.
 type Node struct {
+	sh      *node.Shell // listeners, identity, audit log, servers, loops
 	cfg     *config.Edge
 	log     *slog.Logger
 	cache   *edgecache.Cache
-	audit   *audit.Log
 	central *grpc.ClientConn
-	servers *serve.Servers
-	id      *identity.Live
-	lis     net.Listener
-	opsLis  net.Listener
-
-	stop    context.CancelFunc
-	loops   sync.WaitGroup
-	closeMu sync.Mutex
-	closed  bool
 }
 
 // Options are the host process's contributions.
@@ -80,25 +66,22 @@ type Options struct {
 
 // Start opens and starts an edge node.
 func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err error) {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	n = &Node{cfg: cfg, log: log}
-	node := n // every failure below returns nil, err: clean up what was opened
+	sh := node.New("edge", opts.Logger)
+	log := sh.Log()
+	n = &Node{sh: sh, cfg: cfg, log: log}
+	started := n // every failure below returns nil, err: clean up what was opened
 	var madeDirs []string
 	defer func() {
 		if err != nil {
-			node.closeResources()
+			_ = sh.Close(started.closeOwn)
 			removeMade(madeDirs, cfg, log)
 		}
 	}()
-	metrics := prometheus.NewRegistry()
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := sh.Metrics()
 	if madeDirs, err = makeDirs(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("edge: data_dir: %w", err)
 	}
-	if n.id, err = liveIdentity(ctx, cfg, log); err != nil {
+	if err := sh.OpenIdentity(ctx, cfg.Node, checkSelf(cfg)); err != nil {
 		return nil, err
 	}
 	if _, _, err := net.SplitHostPort(cfg.Central.Address); err != nil {
@@ -107,31 +90,19 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	// The central tier is known by its SPIFFE id (kind central); its host
 	// name is checked too only when central.server_name names one.
 	n.central, err = grpc.NewClient(cfg.Central.Address,
-		grpc.WithTransportCredentials(n.id.ClientCredentials(identity.AcceptKinds(identity.Central), cfg.Central.ServerName)),
+		grpc.WithTransportCredentials(sh.ID().ClientCredentials(identity.AcceptKinds(identity.Central), cfg.Central.ServerName)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
 		grpc.WithConnectParams(centralConnectParams(cfg.Reconnect)))
 	if err != nil {
 		return nil, fmt.Errorf("edge: central.address: %w", err)
 	}
-	ac := audit.Config{Path: cfg.Audit.Path, FlushInterval: cfg.Audit.FlushInterval}
-	if cfg.Audit.HeadKeyFile != "" {
-		if ac.HeadKey, err = audit.ReadHeadKey(cfg.Audit.HeadKeyFile); err != nil {
-			return nil, err
-		}
-	}
-	if n.audit, err = audit.OpenConfig(ac); err != nil {
+	if err := sh.OpenAudit(cfg.Audit); err != nil {
 		return nil, err
 	}
-	if n.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("edge: listen: %w", err)
-	}
-	if n.opsLis, err = net.Listen("tcp", cfg.OpsListen); err != nil {
-		return nil, fmt.Errorf("edge: ops_listen: %w", err)
-	}
-	advertise := cfg.AdvertiseAddress
-	if advertise == "" {
-		advertise = n.lis.Addr().String()
+	advertise, err := sh.Listen(cfg.Node)
+	if err != nil {
+		return nil, err
 	}
 	n.cache, err = edgecache.Open(edgecache.Config{
 		NodeID: cfg.NodeID, TrustDomain: cfg.TrustDomain, ExpectRegion: cfg.Region, ExpectLabels: cfg.Labels, Address: advertise,
@@ -146,29 +117,22 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err := n.cache.RegisterMetrics(metrics); err != nil {
 		return nil, err
 	}
-	srv, err := rpc.New(rpc.Config{Node: n.cache.Node(), Policy: n.cache.Policy(), Audit: n.audit, NodeID: cfg.NodeID,
+	srv, err := rpc.New(rpc.Config{Node: n.cache.Node(), Policy: n.cache.Policy(), Audit: sh.Audit(), NodeID: cfg.NodeID,
 		TrustDomain: cfg.TrustDomain, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	calls := rpc.NewMetrics(metrics)
-	kinds, ids := cfg.Ops.Principals()
-	n.servers = serve.New(n.id.ServerTLS(), serve.OpsHandler(metrics, n.ready, serve.Allow{TrustDomain: cfg.TrustDomain, Kinds: kinds, IDs: ids}),
-		grpc.Creds(n.id.ServerCredentials()),
-		grpc.MaxRecvMsgSize(cfg.Limits.MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(calls.Interceptor, srv.UnaryInterceptorThen(n.cache.UnaryInterceptor(srv))),
-		grpc.ChainStreamInterceptor(srv.StreamInterceptor()),
-	)
-	kbv1.RegisterKeyBrokerServer(n.servers.GRPC, srv.KeyBroker())
-	kbv1.RegisterKeyAdminServer(n.servers.GRPC, n.cache.Admin(srv))
-	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	n.stop = stop
-	n.servers.Start(n.lis, n.opsLis)
-	n.loops.Go(func() { _ = n.cache.Run(loopCtx) })
+	sh.Serve(ctx, node.Serving{Node: cfg.Node, Limits: cfg.Limits, Ready: n.ready,
+		Unary: srv.UnaryInterceptorThen(n.cache.UnaryInterceptor(srv)), Stream: srv.StreamInterceptor(),
+		Register: func(g *grpc.Server) {
+			kbv1.RegisterKeyBrokerServer(g, srv.KeyBroker())
+			kbv1.RegisterKeyAdminServer(g, n.cache.Admin(srv))
+		}})
+	sh.Go(func(ctx context.Context) { _ = n.cache.Run(ctx) })
 	// The region is the enrolled one, known from the replica of an edge
 	// that followed the central tier before, or once it registers ("").
-	log.Info("edge ready", "node_id", cfg.NodeID, "region", n.cache.Region(), "grpc_addr", n.lis.Addr().String(),
-		"advertise_address", advertise, "ops_addr", n.opsLis.Addr().String(), "central", cfg.Central.Address,
+	log.Info("edge ready", "node_id", cfg.NodeID, "region", n.cache.Region(), "grpc_addr", sh.Addr(),
+		"advertise_address", advertise, "ops_addr", sh.OpsAddr(), "central", cfg.Central.Address,
 		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness)
 	return n, nil
 }
@@ -253,66 +217,31 @@ func centralConnectParams(r config.Reconnect) grpc.ConnectParams {
 	}
 }
 
-// sourceFor is where an edge's identity comes from: its TLS files, or a
-// SPIFFE Workload API agent when the configuration names one (it waits
-// for the agent's first SVID, for spiffe.timeout at most).
-func sourceFor(ctx context.Context, cfg *config.Edge, log *slog.Logger) (identity.Source, error) {
-	if cfg.SPIFFE.Enabled() {
-		return workload.NewSource(ctx, cfg.SPIFFE.Socket, cfg.SPIFFE.Options(log))
-	}
-	return identity.NewFileSource(cfg.TLS.Files(), cfg.TLS.FileOptions(log))
-}
-
-// liveIdentity opens the edge's identity and revocation lists. It refuses
-// a certificate that is not this edge's — the central tier knows an edge
-// by its certificate, so a mismatch would register the wrong node — or
-// that lacks a usage an edge needs: serverAuth (clients dial it) and
-// clientAuth (it dials the central tier); at start, and when it rotates.
-func liveIdentity(ctx context.Context, cfg *config.Edge, log *slog.Logger) (*identity.Live, error) {
-	files, err := sourceFor(ctx, cfg, log)
-	if err != nil {
-		return nil, fmt.Errorf("edge: %w", err)
-	}
-	// Checked at start and at every rotation (the one in force stays).
+// checkSelf refuses a certificate that is not this edge's — the
+// central tier knows an edge by its certificate, so a mismatch would
+// register the wrong node — or that lacks a usage an edge needs:
+// serverAuth (clients dial it) and clientAuth (it dials the central tier);
+// at start, and when it rotates.
+func checkSelf(cfg *config.Edge) func(*identity.Material) error {
 	want := identity.Identity{TrustDomain: cfg.TrustDomain, Kind: identity.Edge, Name: cfg.NodeID}
-	src, err := identity.NewChecked(files, func(m *identity.Material) error {
-		err := identity.CheckSelf(m, identity.RoleEdge, want)
-		if err != nil && cfg.SPIFFE.Enabled() {
-			return workload.ExplainSelf(err, cfg.SPIFFE.Socket)
-		}
-		return err
-	}, log)
-	if err != nil {
-		files.Close()
-		return nil, fmt.Errorf("edge: %w", err)
-	}
-	rev, err := identity.NewRevocation(cfg.TLS.Revocation(), func() []*x509.Certificate { return src.Current().Roots }, cfg.TLS.FileOptions(log))
-	if err != nil {
-		src.Close()
-		return nil, fmt.Errorf("edge: %w", err)
-	}
-	return identity.NewLive(src, rev, log), nil
+	return func(m *identity.Material) error { return identity.CheckSelf(m, identity.RoleEdge, want) }
 }
 
 // ReloadIdentity re-reads the TLS files and revocation lists now
 // (SIGHUP). A failure keeps what is in force and is logged.
-func (n *Node) ReloadIdentity() {
-	if err := n.id.Reload(); err != nil {
-		n.log.Error("identity reload failed; the identity and revocation lists in force stay", "err", err)
-	}
-}
+func (n *Node) ReloadIdentity() { n.sh.ReloadIdentity() }
 
 // Addr is the gRPC listener's address.
-func (n *Node) Addr() string { return n.lis.Addr().String() }
+func (n *Node) Addr() string { return n.sh.Addr() }
 
 // OpsAddr is the operations listener's address.
-func (n *Node) OpsAddr() string { return n.opsLis.Addr().String() }
+func (n *Node) OpsAddr() string { return n.sh.OpsAddr() }
 
 // Cache exposes the replica (tests, keybroker dev).
 func (n *Node) Cache() *edgecache.Cache { return n.cache }
 
 // Done reports a server that stopped on its own (an error from Serve).
-func (n *Node) Done() <-chan error { return n.servers.Done() }
+func (n *Node) Done() <-chan error { return n.sh.Done() }
 
 // ready: the replica has synchronised once and is within its staleness
 // window.
@@ -328,38 +257,22 @@ func (n *Node) ready(context.Context) (bool, map[string]any) {
 	return true, checks
 }
 
-// Shutdown stops serving gracefully within ctx, then closes everything.
+// Shutdown stops serving gracefully within ctx, stops following, then
+// closes the replica (zeroing the material in memory) and the connection
+// to the central tier, then the shell's audit log, listeners and
+// identity.
 func (n *Node) Shutdown(ctx context.Context) error {
-	n.stop()
-	err := n.servers.Stop(ctx, n.log)
-	n.loops.Wait()
-	return errors.Join(err, n.closeResources())
+	return n.sh.Shutdown(ctx, n.closeOwn)
 }
 
-func (n *Node) closeResources() error {
-	n.closeMu.Lock()
-	defer n.closeMu.Unlock()
-	if n.closed {
-		return nil
-	}
-	n.closed = true
+// closeOwn closes what is the edge's own; the shell closes the rest.
+func (n *Node) closeOwn() error {
 	var errs []error
-	if n.audit != nil {
-		errs = append(errs, n.audit.Close())
-	}
 	if n.cache != nil {
 		errs = append(errs, n.cache.Close())
 	}
 	if n.central != nil {
 		errs = append(errs, n.central.Close())
-	}
-	for _, l := range []net.Listener{n.lis, n.opsLis} {
-		if l != nil {
-			_ = l.Close()
-		}
-	}
-	if n.id != nil {
-		errs = append(errs, n.id.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -2,17 +2,13 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/central"
 	"github.com/keybroker/keybroker/config"
+	"github.com/keybroker/keybroker/internal/node"
 )
 
 func newCentralCmd(e *env) *cobra.Command {
@@ -50,43 +46,13 @@ shutdown_timeout.`,
 }
 
 func runCentral(ctx context.Context, cfg *config.Central, log *slog.Logger) error {
-	node, err := central.Start(ctx, cfg, central.Options{Logger: log})
+	n, err := central.Start(ctx, cfg, central.Options{Logger: log})
 	if err != nil {
 		log.Error("central failed to start", "err", err)
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	var serveErr error
-	for done := false; !done; {
-		select {
-		case <-hup:
-			node.ReloadPolicy()
-			node.ReloadIdentity()
-		case serveErr = <-node.Done():
-			log.Error("server stopped", "err", serveErr)
-			done = true
-		case <-ctx.Done():
-			log.Info("shutting down")
-			done = true
-		}
-	}
-	return stopNode(ctx, node.Shutdown, cfg.ShutdownTimeout, log, serveErr)
-}
-
-// stopNode shuts a node down within timeout (whatever ended ctx) and
-// reports a server that had stopped on its own (serveErr).
-func stopNode(ctx context.Context, shutdown func(context.Context) error, timeout time.Duration, log *slog.Logger, serveErr error) error {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	defer cancel()
-	if err := shutdown(sctx); err != nil {
-		log.Error("shutdown", "err", err)
-		return err
-	}
-	log.Info("stopped")
-	if serveErr != nil {
-		return fmt.Errorf("server stopped: %w", serveErr)
-	}
-	return nil
+	return node.Run(ctx, n, func() {
+		n.ReloadPolicy()
+		n.ReloadIdentity()
+	}, cfg.ShutdownTimeout, log)
 }

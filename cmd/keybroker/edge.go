@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/edge"
+	"github.com/keybroker/keybroker/internal/node"
 )
 
 func newEdgeCmd(e *env) *cobra.Command {
@@ -51,26 +49,10 @@ SIGTERM stops the edge gracefully within shutdown_timeout.`,
 }
 
 func runEdge(ctx context.Context, cfg *config.Edge, log *slog.Logger) error {
-	node, err := edge.Start(ctx, cfg, edge.Options{Logger: log})
+	n, err := edge.Start(ctx, cfg, edge.Options{Logger: log})
 	if err != nil {
 		log.Error("edge failed to start", "err", err)
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	var serveErr error
-	for done := false; !done; {
-		select {
-		case <-hup:
-			node.ReloadIdentity()
-		case serveErr = <-node.Done():
-			log.Error("server stopped", "err", serveErr)
-			done = true
-		case <-ctx.Done():
-			log.Info("shutting down")
-			done = true
-		}
-	}
-	return stopNode(ctx, node.Shutdown, cfg.ShutdownTimeout, log, serveErr)
+	return node.Run(ctx, n, n.ReloadIdentity, cfg.ShutdownTimeout, log)
 }

@@ -1,0 +1,300 @@
+// Package node is the process shell central and edge nodes share: the
+// node's live identity (TLS files or a SPIFFE Workload API agent, with
+// revocation lists), the audit log, the metrics registry, the gRPC and
+// operations listeners, the servers with the common interceptors, the
+// node's background loops, and the order in which all of it stops. Package
+// central and package edge keep only what is theirs (the broker service,
+// the registry and its sweeps; the replica and the connection to the
+// central tier) and call the [Shell] in the order their start needs.
+// [Run] is the serve loop of `keybroker central` and `keybroker edge`.
+//
+// # Lifecycle
+//
+// A node makes a Shell with [New], opens its parts with
+// [Shell.OpenIdentity], [Shell.OpenAudit] and [Shell.Listen] between its
+// own steps, and starts serving with [Shell.Serve]; then it starts its
+// loops with [Shell.Go]. A start that fails calls [Shell.Close] after
+// closing what is its own; every step is safe to close half-done.
+// [Shell.Shutdown] ends the loops' context, stops the servers gracefully
+// within ctx (package serve), waits for the loops, and then closes the
+// node's own resources before the shell's: the audit log (flushing it),
+// the listeners, and the identity.
+package node
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+
+	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/config"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/identity/workload"
+	"github.com/keybroker/keybroker/internal/serve"
+	"github.com/keybroker/keybroker/rpc"
+)
+
+// Shell is what a central or edge node's process has besides its own
+// services. Its fields are nil until the step that opens them.
+type Shell struct {
+	name    string // prefixes errors: "central", "edge"
+	log     *slog.Logger
+	metrics *prometheus.Registry
+	id      *identity.Live
+	audit   *audit.Log
+	servers *serve.Servers
+	lis     net.Listener
+	opsLis  net.Listener
+
+	loopCtx context.Context
+	stop    context.CancelFunc
+	loops   sync.WaitGroup
+	closeMu sync.Mutex
+	closed  bool
+}
+
+// New makes a node's shell: a logger (nil discards) and a metrics
+// registry with the Go and process collectors. name ("central", "edge")
+// prefixes its errors.
+func New(name string, log *slog.Logger) *Shell {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return &Shell{name: name, log: log, metrics: metrics}
+}
+
+// Log is the node's logger.
+func (s *Shell) Log() *slog.Logger { return s.log }
+
+// Metrics is the registry /metrics serves.
+func (s *Shell) Metrics() *prometheus.Registry { return s.metrics }
+
+// ID is the node's live identity (nil before OpenIdentity).
+func (s *Shell) ID() *identity.Live { return s.id }
+
+// Audit is the node's audit log (nil before OpenAudit).
+func (s *Shell) Audit() *audit.Log { return s.audit }
+
+// OpenIdentity opens the node's identity — its TLS files, or a SPIFFE
+// Workload API agent when the configuration names one (waiting for the
+// agent's first SVID, for spiffe.timeout at most) — and its revocation
+// lists. check refuses a certificate that cannot serve as this node's, at
+// start and at every rotation (the one in force then stays); an SVID's
+// refusal is explained with the agent's socket.
+func (s *Shell) OpenIdentity(ctx context.Context, c config.Node, check func(*identity.Material) error) error {
+	var files identity.Source
+	var err error
+	if c.SPIFFE.Enabled() {
+		files, err = workload.NewSource(ctx, c.SPIFFE.Socket, c.SPIFFE.Options(s.log))
+	} else {
+		files, err = identity.NewFileSource(c.TLS.Files(), c.TLS.FileOptions(s.log))
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", s.name, err)
+	}
+	src, err := identity.NewChecked(files, func(m *identity.Material) error {
+		err := check(m)
+		if err != nil && c.SPIFFE.Enabled() {
+			return workload.ExplainSelf(err, c.SPIFFE.Socket)
+		}
+		return err
+	}, s.log)
+	if err != nil {
+		files.Close()
+		return fmt.Errorf("%s: %w", s.name, err)
+	}
+	rev, err := identity.NewRevocation(c.TLS.Revocation(), func() []*x509.Certificate { return src.Current().Roots }, c.TLS.FileOptions(s.log))
+	if err != nil {
+		src.Close()
+		return fmt.Errorf("%s: %w", s.name, err)
+	}
+	s.id = identity.NewLive(src, rev, s.log)
+	return nil
+}
+
+// OpenAudit opens the audit log, authenticating its head with the key in
+// audit.head_key_file when one is named.
+func (s *Shell) OpenAudit(c config.Audit) error {
+	ac := audit.Config{Path: c.Path, FlushInterval: c.FlushInterval}
+	if c.HeadKeyFile != "" {
+		var err error
+		if ac.HeadKey, err = audit.ReadHeadKey(c.HeadKeyFile); err != nil {
+			return err
+		}
+	}
+	l, err := audit.OpenConfig(ac)
+	if err != nil {
+		return err
+	}
+	s.audit = l
+	return nil
+}
+
+// Listen binds the gRPC and operations listeners (listen, ops_listen)
+// and returns the address the node advertises: advertise_address, or the
+// gRPC listener's address with the port actually bound (listen may ask
+// for port 0). A node listens before it builds its services, so that they
+// know that address.
+func (s *Shell) Listen(c config.Node) (string, error) {
+	var err error
+	if s.lis, err = net.Listen("tcp", c.Listen); err != nil {
+		return "", fmt.Errorf("%s: listen: %w", s.name, err)
+	}
+	if s.opsLis, err = net.Listen("tcp", c.OpsListen); err != nil {
+		return "", fmt.Errorf("%s: ops_listen: %w", s.name, err)
+	}
+	if c.AdvertiseAddress != "" {
+		return c.AdvertiseAddress, nil
+	}
+	return s.lis.Addr().String(), nil
+}
+
+// Serving is what a node serves through the shell.
+type Serving struct {
+	// Node gives the trust domain and ops.allow.
+	Node   config.Node
+	Limits config.Limits
+	// Ready answers /readyz.
+	Ready serve.Ready
+	// Unary and Stream are the node's interceptors, after the shell's
+	// call metrics.
+	Unary  grpc.UnaryServerInterceptor
+	Stream grpc.StreamServerInterceptor
+	// Register registers the node's services.
+	Register func(*grpc.Server)
+}
+
+// Serve builds the gRPC server (the node's identity as credentials,
+// limits.max_request_bytes, call metrics then the node's interceptors)
+// and the operations server (ops.allow's principals only), and starts
+// both on the listeners. Loops started with Go from then on run until
+// Shutdown, on a context that outlives ctx's cancellation.
+func (s *Shell) Serve(ctx context.Context, c Serving) {
+	calls := rpc.NewMetrics(s.metrics)
+	kinds, ids := c.Node.Ops.Principals()
+	s.servers = serve.New(s.id.ServerTLS(), serve.OpsHandler(s.metrics, c.Ready, serve.Allow{TrustDomain: c.Node.TrustDomain, Kinds: kinds, IDs: ids}),
+		grpc.Creds(s.id.ServerCredentials()),
+		grpc.MaxRecvMsgSize(c.Limits.MaxRequestBytes),
+		grpc.ChainUnaryInterceptor(calls.Interceptor, c.Unary),
+		grpc.ChainStreamInterceptor(c.Stream),
+	)
+	c.Register(s.servers.GRPC)
+	loopCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stop = stop
+	s.servers.Start(s.lis, s.opsLis)
+	s.loopCtx = loopCtx
+}
+
+// Go runs loop in the background until Shutdown; call it after Serve.
+func (s *Shell) Go(loop func(ctx context.Context)) {
+	ctx := s.loopCtx
+	s.loops.Go(func() { loop(ctx) })
+}
+
+// ReloadIdentity re-reads the TLS files and revocation lists now
+// (SIGHUP). A failure keeps what is in force and is logged.
+func (s *Shell) ReloadIdentity() {
+	if err := s.id.Reload(); err != nil {
+		s.log.Error("identity reload failed; the identity and revocation lists in force stay", "err", err)
+	}
+}
+
+// Addr is the gRPC listener's address.
+func (s *Shell) Addr() string { return s.lis.Addr().String() }
+
+// OpsAddr is the operations listener's address.
+func (s *Shell) OpsAddr() string { return s.opsLis.Addr().String() }
+
+// Done reports a server that stopped on its own (an error from Serve).
+func (s *Shell) Done() <-chan error { return s.servers.Done() }
+
+// Shutdown stops serving gracefully within ctx, waits for the loops,
+// then closes the node's own resources (closeOwn) and the shell's.
+func (s *Shell) Shutdown(ctx context.Context, closeOwn func() error) error {
+	s.stop()
+	err := s.servers.Stop(ctx, s.log)
+	s.loops.Wait()
+	return errors.Join(err, s.Close(closeOwn))
+}
+
+// Close closes, once, the node's own resources (closeOwn, which may be
+// nil) and then the audit log, the listeners and the identity, whichever
+// were opened.
+func (s *Shell) Close(closeOwn func() error) error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	if closeOwn != nil {
+		errs = append(errs, closeOwn())
+	}
+	if s.audit != nil {
+		errs = append(errs, s.audit.Close())
+	}
+	for _, l := range []net.Listener{s.lis, s.opsLis} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+	if s.id != nil {
+		errs = append(errs, s.id.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Runner is a started node as Run drives it.
+type Runner interface {
+	Done() <-chan error
+	Shutdown(ctx context.Context) error
+}
+
+// Run serves a started node until ctx ends or a server stops on its own,
+// calling onHUP at every SIGHUP, then shuts it down within timeout
+// (whatever ended ctx). A server that had stopped on its own is the
+// error.
+func Run(ctx context.Context, n Runner, onHUP func(), timeout time.Duration, log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var serveErr error
+	for done := false; !done; {
+		select {
+		case <-hup:
+			onHUP()
+		case serveErr = <-n.Done():
+			log.Error("server stopped", "err", serveErr)
+			done = true
+		case <-ctx.Done():
+			log.Info("shutting down")
+			done = true
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	if err := n.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		return err
+	}
+	log.Info("stopped")
+	if serveErr != nil {
+		return fmt.Errorf("server stopped: %w", serveErr)
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/config"
+)
+
+// A start that fails half-way closes the node's own resources and what
+// the shell opened, once, however often Close is called.
+func TestCloseHalfOpened(t *testing.T) {
+	s := New("edge", nil)
+	if _, err := s.Listen(config.Node{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0"}); err != nil {
+		t.Fatal(err)
+	}
+	addr := s.Addr()
+	own := 0
+	closeOwn := func() error { own++; return errors.New("own") }
+	if err := s.Close(closeOwn); err == nil || err.Error() != "own" {
+		t.Errorf("Close = %v, want the node's own error", err)
+	}
+	if err := s.Close(closeOwn); err != nil {
+		t.Errorf("second Close = %v, want nil", err)
+	}
+	if own != 1 {
+		t.Errorf("closeOwn ran %d times, want 1", own)
+	}
+	// The listener is closed: its port can be bound again.
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on the closed shell's address: %v", err)
+	}
+	l.Close()
+}
+
+func TestListen(t *testing.T) {
+	t.Run("advertise defaults to the bound address", func(t *testing.T) {
+		s := New("central", nil)
+		defer s.Close(nil)
+		got, err := s.Listen(config.Node{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != s.Addr() || strings.HasSuffix(got, ":0") {
+			t.Errorf("advertise = %q, want the bound %q", got, s.Addr())
+		}
+	})
+	t.Run("advertise_address wins", func(t *testing.T) {
+		s := New("central", nil)
+		defer s.Close(nil)
+		got, err := s.Listen(config.Node{Listen: "127.0.0.1:0", OpsListen: "127.0.0.1:0", AdvertiseAddress: "kb.example:443"})
+		if err != nil || got != "kb.example:443" {
+			t.Errorf("advertise = %q, %v, want kb.example:443", got, err)
+		}
+	})
+	t.Run("errors name the field and the node", func(t *testing.T) {
+		s := New("edge", nil)
+		defer s.Close(nil)
+		_, err := s.Listen(config.Node{Listen: "127.0.0.1:0", OpsListen: "256.0.0.1:1"})
+		if err == nil || !strings.HasPrefix(err.Error(), "edge: ops_listen: ") {
+			t.Errorf("Listen with a bad ops_listen = %v, want an edge: ops_listen: error", err)
+		}
+	})
+}
+
+func TestOpenAuditMissingHeadKey(t *testing.T) {
+	s := New("central", nil)
+	defer s.Close(nil)
+	dir := t.TempDir()
+	err := s.OpenAudit(config.Audit{Path: dir + "/audit.jsonl", FlushInterval: 100 * time.Millisecond, HeadKeyFile: dir + "/missing"})
+	if err == nil {
+		t.Fatal("OpenAudit with a missing head key file succeeded")
+	}
+	if s.Audit() != nil {
+		t.Error("an audit log was opened without its head key")
+	}
+}
+
+type fakeNode struct {
+	done     chan error
+	shutdown chan shutdownCall
+	err      error
+}
+
+// shutdownCall is what Shutdown's context was when it was called.
+type shutdownCall struct {
+	err         error
+	hasDeadline bool
+}
+
+func (f *fakeNode) Done() <-chan error { return f.done }
+func (f *fakeNode) Shutdown(ctx context.Context) error {
+	_, ok := ctx.Deadline()
+	f.shutdown <- shutdownCall{ctx.Err(), ok}
+	return f.err
+}
+
+func TestRun(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	t.Run("context ends", func(t *testing.T) {
+		f := &fakeNode{done: make(chan error), shutdown: make(chan shutdownCall, 1)}
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		if err := Run(ctx, f, func() {}, time.Minute, log); err != nil {
+			t.Errorf("Run = %v, want nil", err)
+		}
+		call := <-f.shutdown
+		if call.err != nil {
+			t.Error("Shutdown's context ended with Run's: the node had no time to stop")
+		}
+		if !call.hasDeadline {
+			t.Error("Shutdown's context has no deadline")
+		}
+	})
+	t.Run("server stops on its own", func(t *testing.T) {
+		f := &fakeNode{done: make(chan error, 1), shutdown: make(chan shutdownCall, 1)}
+		f.done <- errors.New("accept failed")
+		err := Run(t.Context(), f, func() {}, time.Minute, log)
+		if err == nil || err.Error() != "server stopped: accept failed" {
+			t.Errorf("Run = %v, want server stopped: accept failed", err)
+		}
+		<-f.shutdown
+	})
+	t.Run("shutdown fails", func(t *testing.T) {
+		f := &fakeNode{done: make(chan error), shutdown: make(chan shutdownCall, 1), err: errors.New("audit flush")}
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		if err := Run(ctx, f, func() {}, time.Minute, log); err == nil || err.Error() != "audit flush" {
+			t.Errorf("Run = %v, want audit flush", err)
+		}
+	})
+}
