@@ -106,7 +106,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	sdk := c.faultSDKClientWith(t, client.Config{Addrs: []string{c.central.addr}, Direct: true, MaxAttempts: 20})
 	var outage atomic.Bool
 	var edgeRetries atomic.Uint64 // edge calls retried after ResourceExhausted
-	var backendOps sync.RWMutex // held by the SDK workers' backend-mode operations
+	var backendOps sync.RWMutex   // held by the SDK workers' backend-mode operations
 	var sealed faultMsgs
 	type dataKey struct {
 		version       uint32
