@@ -108,6 +108,15 @@ const (
 // Valid reports whether m is a known mode.
 func (m Mode) Valid() bool { return m == ModeDerive || m == ModeWrap || m == ModeBackend }
 
+// HoldsMaterial reports whether keys of mode m have material outside the
+// root of trust (derive and wrap): material that the central tier can
+// seal to an edge and that operations use locally. Backend-mode keys have
+// none: their root of trust performs every operation, so only the central
+// tier serves them. It is the one place the modes split on where the
+// material lives (Ops.protect, placement, edge forwarding and prefetch all
+// ask it); an unknown mode never gets this far, Key.Validate refuses it.
+func (m Mode) HoldsMaterial() bool { return m != ModeBackend }
+
 // State is a key's lifecycle state.
 type State string
 
