@@ -69,7 +69,7 @@ func (ms *Materials) Get(ctx context.Context, k *Key, v uint32) (*secret.Bytes, 
 	if ver == nil {
 		return nil, errorf(ErrNotFound, "key %q has no version %d", k.ID, v)
 	}
-	if k.Mode == ModeBackend {
+	if !k.Mode.HoldsMaterial() {
 		return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend", k.ID)
 	}
 	var buf [128]byte

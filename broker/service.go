@@ -335,7 +335,7 @@ func (s *Service) SealMaterial(ctx context.Context, edge *Node, k *Key, v uint32
 	if err := k.CheckDecryptVersion(v); err != nil {
 		return nil, err
 	}
-	if k.Mode == ModeBackend {
+	if !k.Mode.HoldsMaterial() {
 		return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend; forward the operation", k.ID)
 	}
 	m, err := s.mat.Get(ctx, k, v)

@@ -176,7 +176,7 @@ func runAt[T any](n *edgeNode, k *managed.Key, v uint32, local func() (T, error)
 // runAt and UnaryInterceptor both decide by it, so a call is relayed whole
 // exactly when a part of it would be forwarded.
 func (c *Cache) forwards(k *managed.Key, v uint32) bool {
-	return k.Mode == managed.ModeBackend || !c.mayHold(k) || int64(v) > int64(len(k.Versions))
+	return !k.Mode.HoldsMaterial() || !c.mayHold(k) || int64(v) > int64(len(k.Versions))
 }
 
 type encrypted struct {

@@ -28,6 +28,18 @@
 // its id therefore has unrelated material, and no domain's input equals
 // another's. Keys made before salts keep the legacy inputs (no salt, the
 // "keybroker/v1/..." labels).
+//
+// # Protection
+//
+// What differs between the modes is where the material lives
+// (Mode.HoldsMaterial). Ops chooses a key's protection once per operation
+// — material-backed (derive, wrap: material from the MaterialSource, local
+// crypto) or backend-backed (the Backend, which keeps the material) — and
+// wraps and unwraps data keys, signs and MACs through it, so no operation
+// branches on the mode. Everything around the protection (reuse and unwrap
+// caches, the data-key bound per version, input checks, Verify against the
+// stored public key) is the same code for every mode, which is why a
+// backend-mode ciphertext has the same format as any other.
 package managed
 
 import (
@@ -107,6 +119,15 @@ const (
 
 // Valid reports whether m is a known mode.
 func (m Mode) Valid() bool { return m == ModeDerive || m == ModeWrap || m == ModeBackend }
+
+// HoldsMaterial reports whether keys of mode m have material outside the
+// root of trust (derive and wrap): material that the central tier can
+// seal to an edge and that operations use locally. Backend-mode keys have
+// none: their root of trust performs every operation, so only the central
+// tier serves them. It is the one place the modes split on where the
+// material lives (Ops.protect, placement, edge forwarding and prefetch all
+// ask it); an unknown mode never gets this far, Key.Validate refuses it.
+func (m Mode) HoldsMaterial() bool { return m != ModeBackend }
 
 // State is a key's lifecycle state.
 type State string
@@ -289,7 +310,7 @@ func (k *Key) ValidateMeta() error {
 		return Errorf(ErrInvalidArgument, "key mode %q is not derive, wrap or backend", k.Mode)
 	case k.Derived && k.Type != AES256GCM:
 		return Errorf(ErrInvalidArgument, "derived per-context keys are aes-256-gcm only")
-	case k.Derived && k.Mode == ModeBackend:
+	case k.Derived && !k.Mode.HoldsMaterial():
 		return Errorf(ErrInvalidArgument, "backend-mode keys have no material to derive per-context keys from")
 	case k.RotationPeriod != 0 && k.RotationPeriod < MinRotationPeriod:
 		return Errorf(ErrInvalidArgument, "rotation period %s is shorter than %s", k.RotationPeriod, MinRotationPeriod)

@@ -3,7 +3,6 @@ package managed
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/hmac"
@@ -111,12 +110,13 @@ type Config struct {
 // DefaultMaxDataKeysPerVersion explains the bound and the cluster-wide
 // reasoning. The counts are per process: a restart starts them again.
 type Ops struct {
-	keys    KeySource
-	mat     MaterialSource
-	backend Backend
-	reuser  *envelope.Reuser
-	unwrap  *envelope.Cache
-	wraps   *wrapCounter
+	keys KeySource
+	// byMaterial and byBackend are the two protections (protect picks
+	// one per key), made once so that picking allocates nothing.
+	byMaterial, byBackend protection
+	reuser                *envelope.Reuser
+	unwrap                *envelope.Cache
+	wraps                 *wrapCounter
 }
 
 // New builds an Ops.
@@ -134,7 +134,7 @@ func New(c Config) (*Ops, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Ops{keys: c.Keys, mat: c.Material, backend: c.Backend, reuser: reuser,
+	return &Ops{keys: c.Keys, byMaterial: byMaterial{c.Material}, byBackend: byBackend{c.Backend}, reuser: reuser,
 		unwrap: envelope.NewCache(cmpOr(c.UnwrapEntries, 1024), cmpOrDur(c.UnwrapTTL, 5*time.Minute), c.Now),
 		wraps:  newWrapCounter(c.MaxDataKeysPerVersion)}, nil
 }
@@ -204,13 +204,6 @@ func describeType(t KeyType) string {
 	return "an " + string(t) + " key"
 }
 
-func (o *Ops) needBackend(k *Key) error {
-	if o.backend == nil {
-		return Errorf(ErrFailedPrecondition, "key %q is a backend-mode key: only the central tier can use it", k.ID)
-	}
-	return nil
-}
-
 // newDataKey makes a data key for sealing under version v of k.
 func (o *Ops) newDataKey(ctx context.Context, k *Key, v uint32, ectx map[string]string) (*envelope.DataKey, error) {
 	raw := make([]byte, envelope.DEKSize)
@@ -224,56 +217,14 @@ func (o *Ops) newDataKey(ctx context.Context, k *Key, v uint32, ectx map[string]
 	return envelope.NewDataKey(k.ID, v, dek, wrapped)
 }
 
-// kek is the key that wraps data keys of version v: the material, or for
-// derived keys the per-context key. The caller destroys it.
-func (o *Ops) kek(ctx context.Context, k *Key, v uint32, ectx map[string]string) (*secret.Bytes, error) {
-	m, err := o.mat.Material(ctx, k, v)
-	if err != nil {
-		return nil, err
-	}
-	kek, err := envelope.KEK(m, k.Derived, ectx)
-	if kek != m {
-		m.Destroy()
-	}
-	if err != nil {
-		return nil, Errorf(ErrInvalidArgument, "%v", err)
-	}
-	return kek, nil
-}
-
 // errBadCiphertext is what every failure to open a ciphertext says.
 const errBadCiphertext = "decryption failed: wrong encryption context, or a tampered or foreign ciphertext"
 
 // openDataKey recovers the data key of a parsed ciphertext.
 func (o *Ops) openDataKey(ctx context.Context, k *Key, h *envelope.Header, ectx map[string]string) (*envelope.DataKey, error) {
 	return o.unwrap.GetIncarnation(ctx, h, k.Incarnation(), func(ctx context.Context) (*envelope.DataKey, error) {
-		if k.Mode == ModeBackend {
-			if err := o.needBackend(k); err != nil {
-				return nil, err
-			}
-			dek, err := o.backend.UnwrapDataKey(ctx, k, h.Version, h.WrappedDEK)
-			if err != nil {
-				return nil, err
-			}
-			return envelope.NewDataKey(k.ID, h.Version, dek, append([]byte(nil), h.WrappedDEK...))
-		}
-		return o.unwrapDataKey(ctx, k, h, ectx)
+		return o.protect(k).unwrapDataKey(ctx, k, h, ectx)
 	})
-}
-
-// unwrapDataKey opens a data key wrapped under the material of version
-// h.Version of k (under ectx's KEK for derived keys).
-func (o *Ops) unwrapDataKey(ctx context.Context, k *Key, h *envelope.Header, ectx map[string]string) (*envelope.DataKey, error) {
-	kek, err := o.kek(ctx, k, h.Version, ectx)
-	if err != nil {
-		return nil, err
-	}
-	defer kek.Destroy()
-	dk, err := envelope.UnwrapDataKeyWithSalt(kek, k.ID, h.Version, k.Salt, h.WrappedDEK)
-	if errors.Is(err, envelope.ErrDecrypt) {
-		return nil, Errorf(ErrInvalidArgument, errBadCiphertext)
-	}
-	return dk, err
 }
 
 // partition is the reuse-cache key: key, version, the key's incarnation
@@ -404,24 +355,14 @@ func (o *Ops) GenerateDataKey(ctx context.Context, id string, ectx map[string]st
 // wrapDataKey wraps dek for a ciphertext header under version v of k,
 // counting it against the version's bound first.
 func (o *Ops) wrapDataKey(ctx context.Context, k *Key, v uint32, ectx map[string]string, dek []byte) ([]byte, error) {
-	if k.Mode == ModeBackend {
-		if err := o.needBackend(k); err != nil {
-			return nil, err
-		}
-		if err := o.wraps.take(k, v, ectx); err != nil {
-			return nil, err
-		}
-		return o.backend.WrapDataKey(ctx, k, v, dek)
+	p := o.protect(k)
+	if err := p.ready(k); err != nil {
+		return nil, err
 	}
 	if err := o.wraps.take(k, v, ectx); err != nil {
 		return nil, err
 	}
-	kek, err := o.kek(ctx, k, v, ectx)
-	if err != nil {
-		return nil, err
-	}
-	defer kek.Destroy()
-	return envelope.WrapDataKeyWithSalt(kek, k.ID, v, k.Salt, dek)
+	return p.wrapDataKey(ctx, k, v, ectx, dek)
 }
 
 // DecryptDataKey returns the data key of a ciphertext whose header names
@@ -447,7 +388,7 @@ func (o *Ops) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped [
 		// The unwrap cache is keyed by the wrapped data key alone, which
 		// is right for Decrypt (the message's tag checks the context) but
 		// would hand this data key out under any context.
-		dk, err := o.unwrapDataKey(ctx, k, h, ectx)
+		dk, err := o.protect(k).unwrapDataKey(ctx, k, h, ectx)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -476,25 +417,7 @@ func (o *Ops) sign(ctx context.Context, k *Key, v uint32, msg []byte, digest boo
 			input = sum[:]
 		}
 	}
-	if k.Mode == ModeBackend {
-		if err := o.needBackend(k); err != nil {
-			return nil, err
-		}
-		return o.backend.Sign(ctx, k, v, input)
-	}
-	m, err := o.mat.Material(ctx, k, v)
-	if err != nil {
-		return nil, err
-	}
-	sk, err := SigningKey(k.Type, m)
-	m.Destroy()
-	if err != nil {
-		return nil, err
-	}
-	if k.Type == Ed25519 {
-		return sk.Sign(nil, input, crypto.Hash(0))
-	}
-	return sk.Sign(rand.Reader, input, crypto.SHA256)
+	return o.protect(k).sign(ctx, k, v, input)
 }
 
 // Sign signs with the primary version.
@@ -557,34 +480,16 @@ func (o *Ops) Verify(ctx context.Context, id string, v uint32, msg []byte, diges
 	return false, 0, fmt.Errorf("managed: key %q: unexpected public key type %T", id, pub)
 }
 
-// mac computes HMAC-SHA256 with version v.
-func (o *Ops) mac(ctx context.Context, k *Key, v uint32, msg []byte) (*secret.Bytes, error) {
-	if k.Mode == ModeBackend {
-		if err := o.needBackend(k); err != nil {
-			return nil, err
-		}
-		return o.backend.MAC(ctx, k, v, msg)
-	}
-	material, err := o.mat.Material(ctx, k, v)
-	if err != nil {
-		return nil, err
-	}
-	defer material.Destroy()
-	h := hmac.New(sha256.New, material.Reveal())
-	h.Write(msg)
-	return secret.New(h.Sum(nil)), nil
-}
-
 // GenerateMac computes a MAC with the primary version.
 func (o *Ops) GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *Key, error) {
 	k, err := o.UsableKey(ctx, id, HMACSHA256, "GenerateMac")
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := checkMACInput(k, msg); err != nil {
+	if err := o.checkMACInput(k, msg); err != nil {
 		return nil, nil, err
 	}
-	tag, err := o.mac(ctx, k, k.Primary, msg)
+	tag, err := o.protect(k).mac(ctx, k, k.Primary, msg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -597,11 +502,8 @@ func (o *Ops) GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *
 // checkMACInput bounds a MAC message: 64 KiB, or for backend-mode keys
 // the roots of trust's 4 KiB less the domain prefix the backend MACs
 // with the message (BackendMACInput).
-func checkMACInput(k *Key, msg []byte) error {
-	limit := MaxSignInput
-	if k.Mode == ModeBackend {
-		limit = MaxBackendMACInput - len(k.Input(DomainBackendMAC, k.Primary))
-	}
+func (o *Ops) checkMACInput(k *Key, msg []byte) error {
+	limit := o.protect(k).macInputLimit(k)
 	if len(msg) == 0 || len(msg) > limit {
 		return Errorf(ErrInvalidArgument, "message is %d bytes, want 1..%d", len(msg), limit)
 	}
@@ -614,7 +516,7 @@ func (o *Ops) VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byt
 	if err != nil {
 		return false, 0, err
 	}
-	if err := checkMACInput(k, msg); err != nil {
+	if err := o.checkMACInput(k, msg); err != nil {
 		return false, 0, err
 	}
 	if v == 0 {
@@ -623,7 +525,7 @@ func (o *Ops) VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byt
 	if err := k.CheckDecryptVersion(v); err != nil {
 		return false, 0, err
 	}
-	want, err := o.mac(ctx, k, v, msg)
+	want, err := o.protect(k).mac(ctx, k, v, msg)
 	if err != nil {
 		return false, 0, err
 	}

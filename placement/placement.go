@@ -120,7 +120,7 @@ func EdgePrincipal(n Node, trustDomain string) policy.Principal {
 // has material (not backend mode) and the global HoldMaterial policies
 // and the key's placement expression allow the edge (Hold).
 func MayHold(k *managed.Key, edge *Node, set *policy.Set, trustDomain string) bool {
-	if k.Mode == managed.ModeBackend {
+	if !k.Mode.HoldsMaterial() {
 		return false
 	}
 	return Hold(k, *edge, set, trustDomain).Allowed

@@ -394,7 +394,7 @@ func (w *watcher) edgeKey(ctx context.Context, k *broker.Key, current bool) (*kb
 	ek := &kbv1.EdgeKey{Metadata: rpc.KeyToProto(k), Salt: k.Salt}
 	// Material goes with Watch only to edges that prefetch; the others
 	// fetch it on first use.
-	hold := current && w.node.Prefetch && k.State == broker.StateEnabled && k.Mode != broker.ModeBackend
+	hold := current && w.node.Prefetch && k.State == broker.StateEnabled && k.Mode.HoldsMaterial()
 	if hold {
 		d := placement.Hold(k, w.node.Placement(), w.s.policy.Current(), w.td)
 		// No audit line, no material: the version goes without it and the
