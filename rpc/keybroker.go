@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -387,6 +388,5 @@ func (b *keyBroker) BatchGenerateDataKey(ctx context.Context, r *kbv1.BatchGener
 // audit log is down.
 func isFatal(err error) bool {
 	c := status.Code(err)
-	return c == codes.Unauthenticated || c == codes.Canceled || c == codes.DeadlineExceeded ||
-		(c == codes.Unavailable && status.Convert(err).Message() == AuditDownMsg)
+	return c == codes.Unauthenticated || c == codes.Canceled || c == codes.DeadlineExceeded || errors.Is(err, ErrAuditDown)
 }

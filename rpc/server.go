@@ -448,7 +448,7 @@ func (c *Call) End(err error) error {
 	}
 	if aerr := c.S.audit.Append(c.Rec); aerr != nil {
 		c.S.log.Error("audit append failed; refusing the call", "request_id", c.Rec.RequestID, "err", aerr)
-		return status.Error(codes.Unavailable, AuditDownMsg)
+		return auditDown{}
 	}
 	if err != nil {
 		attrs := []any{"request_id", c.Rec.RequestID, "op", c.Rec.Operation, "key", c.Rec.Key,
@@ -466,6 +466,21 @@ func (c *Call) End(err error) error {
 
 // AuditDownMsg is what a caller hears when the audit log cannot be written.
 const AuditDownMsg = "audit log unavailable: the operation is refused"
+
+// ErrAuditDown is behind the error of a call refused because its audit
+// line could not be written (errors.Is): the status the caller gets is
+// Unavailable with AuditDownMsg, and a batch stops at it rather than going
+// on unaudited.
+var ErrAuditDown = errors.New("rpc: the audit log cannot be written")
+
+// auditDown is the error End returns when the audit log is down: a gRPC
+// status (Unavailable, AuditDownMsg) that is also ErrAuditDown, so no one
+// has to compare status messages to recognise it.
+type auditDown struct{}
+
+func (auditDown) Error() string              { return "rpc error: code = Unavailable desc = " + AuditDownMsg }
+func (auditDown) GRPCStatus() *status.Status { return status.New(codes.Unavailable, AuditDownMsg) }
+func (auditDown) Is(target error) bool       { return target == ErrAuditDown }
 
 // managedKinds are the managed error kinds and their codes.
 var managedKinds = []struct {

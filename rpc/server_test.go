@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
@@ -667,8 +668,8 @@ func TestCallEndAuditDown(t *testing.T) {
 			t.Fatal(err)
 		}
 		err = c.End(callErr)
-		if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != rpc.AuditDownMsg {
-			t.Errorf("End(%v) with the audit log closed = %v, want Unavailable %q", callErr, err, rpc.AuditDownMsg)
+		if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != rpc.AuditDownMsg || !errors.Is(err, rpc.ErrAuditDown) {
+			t.Errorf("End(%v) with the audit log closed = %v, want Unavailable %q that is rpc.ErrAuditDown", callErr, err, rpc.AuditDownMsg)
 		}
 	}
 }
@@ -741,5 +742,24 @@ func TestStatus(t *testing.T) {
 				t.Errorf("Status(%v) = %v %q, want %v %q", tc.err, st.Code(), st.Message(), tc.code, want)
 			}
 		})
+	}
+}
+
+// TestBatchStopsWhenAuditDown: a batch whose item cannot be audited stops
+// there with the audit-down error (rpc.ErrAuditDown, found by type, not
+// by comparing status messages), rather than answering the item's failure
+// in a result and going on unaudited.
+func TestBatchStopsWhenAuditDown(t *testing.T) {
+	ts := newTestServer(t, nil)
+	ctx := callerContext(t, "app", "rid-batch-down")
+	if err := ts.log.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Malformed ciphertexts: each item fails before the node is asked, and
+	// its refusal is what cannot be audited.
+	resp, err := ts.s.KeyBroker().BatchDecrypt(ctx, &kbv1.BatchDecryptRequest{Items: []*kbv1.DecryptRequest{
+		{Ciphertext: []byte{1}}, {Ciphertext: []byte{2}}}})
+	if !errors.Is(err, rpc.ErrAuditDown) || status.Code(err) != codes.Unavailable || resp != nil {
+		t.Fatalf("BatchDecrypt with the audit log closed = %v, %v; want no results and Unavailable rpc.ErrAuditDown", resp, err)
 	}
 }
