@@ -339,17 +339,7 @@ func withServerCheck(t *tls.Config, td string, accept func(identity.Identity) er
 		if len(cs.PeerCertificates) == 0 {
 			return &identity.PeerError{Reason: "the server presented no certificate"}
 		}
-		id, err := identity.FromCertificate(cs.PeerCertificates[0])
-		if err != nil {
-			return &identity.PeerError{Reason: "the server certificate carries no keybroker SPIFFE id: " + err.Error(), Err: err}
-		}
-		if td != "" && id.TrustDomain != td {
-			return &identity.PeerError{Reason: fmt.Sprintf("the server %s is not in trust domain %s", id, td)}
-		}
-		if err := accept(id); err != nil {
-			return &identity.PeerError{Reason: err.Error(), Err: err}
-		}
-		return nil
+		return identity.CheckServerID(cs.PeerCertificates[0], td, accept)
 	}
 	return t
 }

@@ -354,17 +354,8 @@ func (l *Live) verifyServer(certs []*x509.Certificate, accept func(Identity) err
 	if err != nil {
 		return nil, &PeerError{Reason: explainVerify(err, "server"), Err: err}
 	}
-	id, err := FromCertificate(leaf)
-	if err != nil {
-		return nil, &PeerError{Reason: fmt.Sprintf("the server certificate %s carries no keybroker SPIFFE id: %v", describe(leaf), err), Err: err}
-	}
-	if id.TrustDomain != m.ID.TrustDomain {
-		return nil, &PeerError{Reason: fmt.Sprintf("the server %s is not in trust domain %s", id, m.ID.TrustDomain)}
-	}
-	if accept != nil {
-		if err := accept(id); err != nil {
-			return nil, &PeerError{Reason: err.Error(), Err: err}
-		}
+	if err := CheckServerID(leaf, m.ID.TrustDomain, accept); err != nil {
+		return nil, err
 	}
 	if reason, ok := l.rev.Revoked(chains[0]); ok {
 		return nil, &PeerError{Reason: "the server certificate is revoked: " + reason}
@@ -375,6 +366,26 @@ func (l *Live) verifyServer(certs []*x509.Certificate, accept func(Identity) err
 		}
 	}
 	return chains[0], nil
+}
+
+// CheckServerID is the check of a server's identity that chain
+// verification does not make: the leaf carries one keybroker SPIFFE id, of
+// trust domain td when td is not empty, that accept (when not nil) takes.
+// Its error is a *PeerError saying which.
+func CheckServerID(leaf *x509.Certificate, td string, accept func(Identity) error) error {
+	id, err := FromCertificate(leaf)
+	if err != nil {
+		return &PeerError{Reason: fmt.Sprintf("the server certificate %s carries no keybroker SPIFFE id: %v", describe(leaf), err), Err: err}
+	}
+	if td != "" && id.TrustDomain != td {
+		return &PeerError{Reason: fmt.Sprintf("the server %s is not in trust domain %s", id, td)}
+	}
+	if accept != nil {
+		if err := accept(id); err != nil {
+			return &PeerError{Reason: err.Error(), Err: err}
+		}
+	}
+	return nil
 }
 
 // ServerCredentials are gRPC server credentials over ServerTLS's checks
