@@ -40,6 +40,9 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"weak"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -157,7 +160,8 @@ func FromContext(ctx context.Context) (Identity, bool) {
 var ErrUnauthenticated = errors.New("identity: unauthenticated")
 
 // FromPeer extracts the identity of a gRPC peer's verified client
-// certificate, checking its trust domain.
+// certificate, checking its trust domain. A connection's certificate is
+// parsed once, on its first call, not on every call (leafCache).
 func FromPeer(ctx context.Context, trustDomain string) (Identity, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.AuthInfo == nil {
@@ -170,7 +174,7 @@ func FromPeer(ctx context.Context, trustDomain string) (Identity, error) {
 	if len(ti.State.VerifiedChains) == 0 || len(ti.State.VerifiedChains[0]) == 0 {
 		return Identity{}, fmt.Errorf("%w: no verified client certificate", ErrUnauthenticated)
 	}
-	id, err := FromCertificate(ti.State.VerifiedChains[0][0])
+	id, err := leafIDs.of(ti.State.VerifiedChains[0][0])
 	if err != nil {
 		return Identity{}, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
@@ -242,4 +246,50 @@ func (f TLSFiles) ClientConfig(serverName string) (*tls.Config, error) {
 		RootCAs:      pool,
 		ServerName:   serverName,
 	}, nil
+}
+
+// maxLeafIDs bounds leafCache: when it holds this many identities it
+// starts afresh.
+const maxLeafIDs = 1 << 12
+
+// leafIDs remembers the identities of the verified leaf certificates of
+// calls, so that the SPIFFE id of a connection's certificate is parsed on
+// its first call rather than on every call. The TLS state of a connection
+// holds the same *x509.Certificate for the connection's life, and a
+// certificate is never changed once parsed, so its pointer stands for its
+// contents. Keys are weak pointers: the cache keeps no certificate (and so
+// no closed connection's state) alive, and a certificate allocated later
+// at a collected one's address is a different key. Only identities that
+// parse are kept; the trust domain is checked on every call.
+var leafIDs leafCache
+
+type leafCache struct {
+	m atomic.Pointer[sync.Map] // weak.Pointer[x509.Certificate] → Identity
+	n atomic.Int64
+}
+
+// of returns the identity of leaf, parsing it only the first time.
+func (c *leafCache) of(leaf *x509.Certificate) (Identity, error) {
+	m := c.m.Load()
+	if m == nil {
+		m = new(sync.Map)
+		if !c.m.CompareAndSwap(nil, m) {
+			m = c.m.Load()
+		}
+	}
+	key := weak.Make(leaf)
+	if v, ok := m.Load(key); ok {
+		return v.(Identity), nil
+	}
+	id, err := FromCertificate(leaf)
+	if err != nil {
+		return Identity{}, err
+	}
+	if c.n.Add(1) > maxLeafIDs {
+		c.n.Store(1)
+		m = new(sync.Map)
+		c.m.Store(m)
+	}
+	m.Store(key, id)
+	return id, nil
 }
