@@ -1,4 +1,4 @@
-package softhsmtest_test
+package pkcs11_test
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/pkcs11"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // TestRefusesUnprotectedKeys creates keys behind the broker's back that
