@@ -102,7 +102,7 @@ func TestKWP(t *testing.T) {
 	b := newBackend(t, tok, nil)
 	k := createKeys(t, b)
 	ctx := t.Context()
-	for _, n := range []int{8, 16, 32, 64, backends.MaxPlaintext} {
+	for _, n := range []int{8, 16, 32, 64, backends.MaxEncryptInput} {
 		material := bytes.Repeat([]byte{byte(n)}, n)
 		w, err := b.WrapKWP(ctx, k.aes, material)
 		if err != nil {
