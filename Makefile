@@ -72,7 +72,7 @@ bench-scenarios:
 	$(GO) test -run '^$$' -bench 'BenchmarkEdge$$' -benchtime 500ms -count 3 ./edge/
 	$(GO) test -run '^$$' -bench BenchmarkEdgeCalls -benchtime 1000000x ./edge/
 	for i in 1 2 3 4 5; do \
-		$(GO) test -run '^$$' -bench . -benchtime 300ms -count 1 ./softhsm-test/ ./backends/softkms/ ./backends/awskms/ ./backends/gcpkms/ || exit 1; \
+		$(GO) test -run '^$$' -bench . -benchtime 300ms -count 1 ./backends/pkcs11/ ./backends/softkms/ ./backends/awskms/ ./backends/gcpkms/ || exit 1; \
 	done
 
 # soak runs scripts/soak.sh: a fresh keybroker dev cluster under mixed load

@@ -60,11 +60,14 @@ import (
 	"github.com/keybroker/keybroker/secret"
 )
 
-// MaxPlaintext is the largest plaintext any backend accepts for Encrypt: the
-// smallest service limit among the backends (AWS KMS, 4 KiB). Backends refuse
-// larger inputs with ErrInvalidArgument so behaviour does not depend on which
-// root of trust is configured.
-const MaxPlaintext = 4096
+// MaxEncryptInput is the largest plaintext any root of trust accepts for
+// Encrypt: the smallest service limit among the backends (AWS KMS, 4 KiB).
+// Backends refuse larger inputs with ErrInvalidArgument so behaviour does
+// not depend on which root of trust is configured. What a root encrypts is
+// key material and data keys, never a caller's message: a request's
+// plaintext is bounded by managed.MaxPlaintext, one sealed message by
+// envelope.MaxMessage.
+const MaxEncryptInput = 4096
 
 // MaxAAD is the largest additional authenticated data accepted by Encrypt and
 // Decrypt.
@@ -114,7 +117,7 @@ type KeyInfo struct {
 
 // Backend is a root of trust. Implementations are safe for concurrent use.
 type Backend interface {
-	// Encrypt seals plaintext (1 to MaxPlaintext bytes; AWS KMS refuses an
+	// Encrypt seals plaintext (1 to MaxEncryptInput bytes; AWS KMS refuses an
 	// empty one, so every backend does) under an aes-256 root key, binding
 	// aad. The result is opaque and only Decrypt with the
 	// same key and aad opens it.

@@ -232,7 +232,7 @@ func invalidCalls() []call {
 	return []call{
 		{"Encrypt empty key", "Encrypt", OpEncrypt, enc("", []byte("p"), nil)},
 		{"Encrypt empty plaintext", "Encrypt", OpEncrypt, enc("k", nil, nil)},
-		{"Encrypt oversized plaintext", "Encrypt", OpEncrypt, enc("k", big(MaxPlaintext+1), nil)},
+		{"Encrypt oversized plaintext", "Encrypt", OpEncrypt, enc("k", big(MaxEncryptInput+1), nil)},
 		{"Encrypt oversized aad", "Encrypt", OpEncrypt, enc("k", []byte("p"), big(MaxAAD+1))},
 		{"Decrypt empty key", "Decrypt", OpDecrypt, dec("", []byte("c"), nil)},
 		{"Decrypt empty ciphertext", "Decrypt", OpDecrypt, dec("k", nil, nil)},

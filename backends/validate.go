@@ -11,8 +11,8 @@ func CheckEncrypt(scheme, key string, plaintext, aad []byte) error {
 		return Errorf(scheme, "encrypt", key, ErrInvalidArgument, "empty key name")
 	case len(plaintext) == 0:
 		return Errorf(scheme, "encrypt", key, ErrInvalidArgument, "empty plaintext")
-	case len(plaintext) > MaxPlaintext:
-		return Errorf(scheme, "encrypt", key, ErrInvalidArgument, "plaintext is %d bytes, limit %d", len(plaintext), MaxPlaintext)
+	case len(plaintext) > MaxEncryptInput:
+		return Errorf(scheme, "encrypt", key, ErrInvalidArgument, "plaintext is %d bytes, limit %d", len(plaintext), MaxEncryptInput)
 	case len(aad) > MaxAAD:
 		return Errorf(scheme, "encrypt", key, ErrInvalidArgument, "aad is %d bytes, limit %d", len(aad), MaxAAD)
 	}

@@ -43,7 +43,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -59,7 +58,6 @@ import (
 	"github.com/keybroker/keybroker/broker/server"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/config"
-	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
 	"github.com/keybroker/keybroker/internal/node"
@@ -127,8 +125,8 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if err := sh.OpenIdentity(ctx, cfg.Node, checkSelf(cfg)); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("central: data_dir: %w", err)
+	if _, err := sh.MakeDataDir(cfg.Node); err != nil {
+		return nil, err
 	}
 	var rcs []broker.RootConfig
 	for _, b := range cfg.Backends {
@@ -173,7 +171,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		Roots:        n.roots,
 		Materials:    broker.NewMaterials(n.roots, cfg.MaterialCache.Size, cfg.MaterialCache.TTL, nil),
 		DefaultRoots: defaults,
-		Reuse:        envelope.ReusePolicy{Period: cfg.DataKeyReuse.Period, MaxMessages: cfg.DataKeyReuse.MaxMessages, MaxBytes: cfg.DataKeyReuse.MaxBytes},
+		Reuse:        cfg.DataKeyReuse.ReusePolicy(),
 
 		MaxDataKeysPerVersion: cfg.DataKeyReuse.MaxDataKeysPerVersion,
 	})
@@ -188,7 +186,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if n.policy, err = policy.NewEngine(cfg.Policy.Paths...); err != nil {
 		return nil, err
 	}
-	if err := sh.OpenAudit(cfg.Audit); err != nil {
+	if err := sh.OpenAudit(cfg.Node); err != nil {
 		return nil, err
 	}
 	n.audit = sh.Audit()
@@ -205,7 +203,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		return nil, err
 	}
 	n.rpc = srv.Server
-	sh.Serve(ctx, node.Serving{Node: cfg.Node, Limits: cfg.Limits, Ready: n.ready,
+	sh.Serve(ctx, node.Serving{Node: cfg.Node, Ready: n.ready,
 		Unary: srv.UnaryInterceptor(), Stream: srv.StreamInterceptor(), Register: srv.Register})
 	sh.Go(n.svc.Registry().Follow)
 	sh.Go(n.reloadLoop)

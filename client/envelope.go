@@ -74,8 +74,8 @@ func (c *Client) NewEncryptor(cfg EncryptorConfig) (*Encryptor, error) {
 // the current data key for ectx, getting a new one from the broker when
 // there is none or it is spent.
 func (e *Encryptor) Encrypt(ctx context.Context, plaintext []byte, ectx map[string]string) ([]byte, error) {
-	if len(plaintext) > envelope.MaxPlaintext {
-		return nil, local("Encrypt", e.key, codes.InvalidArgument, fmt.Errorf("%w: %d bytes, limit %d: use NewWriter", envelope.ErrTooLarge, len(plaintext), envelope.MaxPlaintext))
+	if len(plaintext) > envelope.MaxMessage {
+		return nil, local("Encrypt", e.key, codes.InvalidArgument, fmt.Errorf("%w: %d bytes, limit %d: use NewWriter", envelope.ErrTooLarge, len(plaintext), envelope.MaxMessage))
 	}
 	var buf [contextBuffer]byte
 	canon, err := envelope.AppendCanonicalContext(buf[:0], ectx)

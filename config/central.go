@@ -20,12 +20,11 @@ import (
 // useful: start from DefaultCentral, or load a file with LoadCentral.
 type Central struct {
 	// Node holds what central and edge nodes configure alike: node_id,
-	// trust_domain, listen, advertise_address, ops_listen, ops, tls and
-	// spiffe (the SVID must be spiffe://<trust_domain>/central/<node_id>).
+	// trust_domain, listen, advertise_address, ops_listen, ops, tls,
+	// spiffe (the SVID must be spiffe://<trust_domain>/central/<node_id>),
+	// data_dir (the key registry, registry.db), audit, material_cache,
+	// data_key_reuse, limits, log and shutdown_timeout.
 	Node `yaml:",inline"`
-	// DataDir holds the key registry (registry.db) and, by default, the
-	// audit log. Required.
-	DataDir string `yaml:"data_dir"`
 	// Backends are the roots of trust opened at start. At least one;
 	// names unique, and no two may open the same backend.
 	Backends []Backend `yaml:"backends"`
@@ -44,21 +43,6 @@ type Central struct {
 	// Policy says where the Cedar policies are and how often they are
 	// re-read. Required (policy.paths).
 	Policy Policy `yaml:"policy"`
-	// Audit configures the audit log. Optional.
-	Audit Audit `yaml:"audit"`
-	// MaterialCache bounds the plaintext material held in memory.
-	// Optional.
-	MaterialCache MaterialCache `yaml:"material_cache"`
-	// DataKeyReuse bounds data-key reuse when this node encrypts.
-	// Optional.
-	DataKeyReuse DataKeyReuse `yaml:"data_key_reuse"`
-	// Limits bounds requests. Optional.
-	Limits Limits `yaml:"limits"`
-	// Log configures logging. Optional.
-	Log Log `yaml:"log"`
-	// ShutdownTimeout is how long a stopping node lets requests in flight
-	// finish before it cuts them off. Default 30s, range 1s..10m.
-	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Edges configures how this node keeps track of the edges connected to
 	// it. Optional.
 	Edges Edges `yaml:"edges"`
@@ -227,28 +211,15 @@ const (
 	MinEdgeHeartbeat      = 100 * time.Millisecond
 )
 
-// Shutdown defaults and bounds, the same for every node.
-const (
-	DefaultShutdownTimeout = 30 * time.Second
-	MinShutdownTimeout     = time.Second
-	MaxShutdownTimeout     = 10 * time.Minute
-)
-
 // DefaultCentral returns a configuration holding every default; the
 // required fields are empty. audit.path is left empty because its default
 // depends on data_dir: ResolvePaths fills it.
 func DefaultCentral() Central {
 	return Central{
-		Policy:          Policy{ReloadInterval: DefaultReloadInterval},
-		Audit:           Audit{FlushInterval: DefaultAuditFlush},
-		MaterialCache:   MaterialCache{Size: DefaultMaterialCacheSize, TTL: DefaultMaterialCacheTTL},
-		DataKeyReuse:    defaultDataKeyReuse(),
-		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
-		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
-		ShutdownTimeout: DefaultShutdownTimeout,
-		Node:            defaultNode(),
-		Edges:           Edges{Lease: DefaultEdgeLease},
-		BackendBudget:   BackendBudget{Rate: budget.DefaultRate, Burst: budget.DefaultBurst, MaxPrincipals: budget.DefaultMaxPrincipals},
+		Node:          defaultNode(),
+		Policy:        Policy{ReloadInterval: DefaultReloadInterval},
+		Edges:         Edges{Lease: DefaultEdgeLease},
+		BackendBudget: BackendBudget{Rate: budget.DefaultRate, Burst: budget.DefaultBurst, MaxPrincipals: budget.DefaultMaxPrincipals},
 	}
 }
 
@@ -301,12 +272,10 @@ func parse[T any, P nodeConfig[T]](name string, data []byte, baseDir string, cfg
 // <data_dir>/audit.jsonl when it is empty. It is idempotent. ParseCentral
 // calls it; a configuration built in code calls it before Validate.
 func (c *Central) ResolvePaths(baseDir string) {
-	c.TLS.resolve(baseDir)
-	resolvePath(baseDir, &c.DataDir)
+	c.Node.resolve(baseDir)
 	for i := range c.Policy.Paths {
 		resolvePath(baseDir, &c.Policy.Paths[i])
 	}
-	c.Audit.resolve(baseDir, c.DataDir)
 }
 
 // Validate checks every field and the relations between them, and returns
@@ -318,24 +287,13 @@ func (c *Central) Validate() error {
 
 func (c *Central) validate() problems {
 	var p problems
-	checkName(&p, "node_id", c.NodeID)
-	checkTrustDomain(&p, "trust_domain", c.TrustDomain)
-	checkListeners(&p, c.Listen, c.AdvertiseAddress, c.OpsListen)
-	checkIdentity(&p, c.TLS, c.SPIFFE, identity.Identity{TrustDomain: c.TrustDomain, Kind: identity.Central, Name: c.NodeID})
-	checkPath(&p, "data_dir", c.DataDir)
+	c.Node.check(&p, identity.Central)
 	uris, allParsed := c.checkBackends(&p)
 	if allParsed {
 		c.checkRootKeys(&p, uris)
 	}
 	c.Policy.check(&p, "policy")
-	c.Audit.check(&p, "audit", c.DataDir)
-	c.MaterialCache.check(&p, "material_cache")
-	c.DataKeyReuse.check(&p, "data_key_reuse")
-	c.Limits.check(&p, "limits")
-	c.Log.check(&p, "log")
-	checkDuration(&p, "shutdown_timeout", c.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
 	c.Edges.check(&p, "edges")
-	c.Ops.check(&p, "ops", c.TrustDomain)
 	c.BackendBudget.check(&p, "backend_budget")
 	return p
 }
@@ -567,8 +525,7 @@ func (r *redacted) Unwrap() error { return r.cause }
 // naming its field, joined.
 func (c *Central) Check() error {
 	var p problems
-	c.TLS.stat(&p, "tls", !c.SPIFFE.Enabled())
-	statDataDir(&p, "data_dir", c.DataDir)
+	c.Node.stat(&p)
 	for i, path := range c.Policy.Paths {
 		f := fmt.Sprintf("policy.paths[%d]", i)
 		st, err := os.Stat(path)
@@ -582,7 +539,6 @@ func (c *Central) Check() error {
 			statFile(&p, f, path)
 		}
 	}
-	c.Audit.stat(&p, "audit", c.DataDir)
 	return p.join("", nil)
 }
 

@@ -1,9 +1,11 @@
 // Package config is keybroker's configuration: YAML files decoded strictly
 // into typed structs and validated before a node starts. [Central] is the
-// central process's, [Edge] an edge's; the parts they share ([TLS], [Log],
-// [Audit], [MaterialCache], [DataKeyReuse], [Limits], listen addresses,
-// names and duration bounds) are separate types and checks, so that both
-// apply the same rules and defaults. docs/config.md describes every field.
+// central process's, [Edge] an edge's. What they share is one block,
+// [Node], embedded inline in both (its fields are top-level in either
+// file): identity, listeners, ops, data_dir, [Audit], [MaterialCache],
+// [DataKeyReuse], [Limits], [Log] and shutdown_timeout, decoded, defaulted,
+// checked and reported by one piece of code, so that a shared field means
+// the same in both files. docs/config.md describes every field.
 //
 // # Loading
 //

@@ -14,15 +14,13 @@ import (
 // with LoadEdge.
 type Edge struct {
 	// Node holds what central and edge nodes configure alike: node_id,
-	// trust_domain, listen, advertise_address, ops_listen, ops, tls and
-	// spiffe. The edge registers advertise_address with the central tier;
-	// its certificate (or SVID) must be spiffe://<trust_domain>/edge/<node_id>,
+	// trust_domain, listen, advertise_address, ops_listen, ops, tls,
+	// spiffe, data_dir (the replica and the sealing key), audit,
+	// material_cache, data_key_reuse, limits, log and shutdown_timeout.
+	// The edge registers advertise_address with the central tier; its
+	// certificate (or SVID) must be spiffe://<trust_domain>/edge/<node_id>,
 	// with serverAuth and clientAuth.
 	Node `yaml:",inline"`
-	// DataDir holds the replica (replica.db: key metadata, and material
-	// sealed to this edge), the edge's HPKE private sealing key
-	// (sealing.key, mode 0600) and, by default, the audit log. Required.
-	DataDir string `yaml:"data_dir"`
 	// Region is the region this edge expects to be enrolled in. An edge's
 	// region is set at the central tier by an admin (keybroker node enroll
 	// <node_id> --region R), never by the edge: Register ignores what the
@@ -56,21 +54,6 @@ type Edge struct {
 	// Reconnect bounds the backoff between attempts to reach the central
 	// tier. Optional.
 	Reconnect Reconnect `yaml:"reconnect"`
-	// MaterialCache bounds the plaintext material held in memory.
-	// Optional.
-	MaterialCache MaterialCache `yaml:"material_cache"`
-	// DataKeyReuse bounds data-key reuse when this node encrypts.
-	// Optional.
-	DataKeyReuse DataKeyReuse `yaml:"data_key_reuse"`
-	// Audit configures the audit log. Optional.
-	Audit Audit `yaml:"audit"`
-	// Limits bounds requests. Optional.
-	Limits Limits `yaml:"limits"`
-	// Log configures logging. Optional.
-	Log Log `yaml:"log"`
-	// ShutdownTimeout is how long a stopping node lets requests in flight
-	// finish before it cuts them off. Default 30s, range 1s..10m.
-	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
 
 // EdgeCentral is how an edge reaches the central tier (EdgeSync: Register,
@@ -117,16 +100,10 @@ const (
 // on data_dir: ResolvePaths fills it.
 func DefaultEdge() Edge {
 	return Edge{
-		Prefetch:        DefaultPrefetch,
-		MaxStaleness:    DefaultMaxStaleness,
-		Reconnect:       Reconnect{InitialBackoff: DefaultInitialBackoff, MaxBackoff: DefaultMaxBackoff},
-		MaterialCache:   MaterialCache{Size: DefaultMaterialCacheSize, TTL: DefaultMaterialCacheTTL},
-		DataKeyReuse:    defaultDataKeyReuse(),
-		Audit:           Audit{FlushInterval: DefaultAuditFlush},
-		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
-		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
-		ShutdownTimeout: DefaultShutdownTimeout,
-		Node:            defaultNode(),
+		Node:         defaultNode(),
+		Prefetch:     DefaultPrefetch,
+		MaxStaleness: DefaultMaxStaleness,
+		Reconnect:    Reconnect{InitialBackoff: DefaultInitialBackoff, MaxBackoff: DefaultMaxBackoff},
 	}
 }
 
@@ -155,9 +132,7 @@ func ParseEdge(name string, data []byte, baseDir string) (*Edge, error) {
 // when it is empty. It is idempotent. ParseEdge calls it; a configuration
 // built in code calls it before Validate.
 func (e *Edge) ResolvePaths(baseDir string) {
-	e.TLS.resolve(baseDir)
-	resolvePath(baseDir, &e.DataDir)
-	e.Audit.resolve(baseDir, e.DataDir)
+	e.Node.resolve(baseDir)
 }
 
 // Validate checks every field and the relations between them, and returns
@@ -169,23 +144,12 @@ func (e *Edge) Validate() error {
 
 func (e *Edge) validate() problems {
 	var p problems
-	checkName(&p, "node_id", e.NodeID)
-	checkTrustDomain(&p, "trust_domain", e.TrustDomain)
-	checkListeners(&p, e.Listen, e.AdvertiseAddress, e.OpsListen)
-	checkIdentity(&p, e.TLS, e.SPIFFE, identity.Identity{TrustDomain: e.TrustDomain, Kind: identity.Edge, Name: e.NodeID})
-	checkPath(&p, "data_dir", e.DataDir)
+	e.Node.check(&p, identity.Edge)
 	checkRegion(&p, "region", e.Region)
 	checkLabels(&p, "labels", e.Labels)
 	e.Central.check(&p, "central")
 	checkDuration(&p, "max_staleness", e.MaxStaleness, 0, MaxMaxStaleness)
 	e.Reconnect.check(&p, "reconnect")
-	e.MaterialCache.check(&p, "material_cache")
-	e.DataKeyReuse.check(&p, "data_key_reuse")
-	e.Audit.check(&p, "audit", e.DataDir)
-	e.Limits.check(&p, "limits")
-	e.Log.check(&p, "log")
-	checkDuration(&p, "shutdown_timeout", e.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
-	e.Ops.check(&p, "ops", e.TrustDomain)
 	return p
 }
 
@@ -211,8 +175,6 @@ func (r Reconnect) check(p *problems, field string) {
 // *Error naming its field, joined.
 func (e *Edge) Check() error {
 	var p problems
-	e.TLS.stat(&p, "tls", !e.SPIFFE.Enabled())
-	statDataDir(&p, "data_dir", e.DataDir)
-	e.Audit.stat(&p, "audit", e.DataDir)
+	e.Node.stat(&p)
 	return p.join("", nil)
 }

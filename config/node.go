@@ -1,10 +1,17 @@
 package config
 
-import "slices"
+import (
+	"slices"
+	"time"
+
+	"github.com/keybroker/keybroker/identity"
+)
 
 // Node is the part of the configuration central and edge nodes share,
 // embedded inline in [Central] and [Edge]: its fields are at the top level
-// of either file, as if they were the node's own.
+// of either file, as if they were the node's own, and come first in either
+// file's list of known fields. Each is checked by the same rules, with the
+// same defaults, whichever node reads it.
 type Node struct {
 	// NodeID names this node in the central tier's node inventory, logs,
 	// audit records and its SPIFFE id spiffe://<trust_domain>/<kind>/<node_id>
@@ -39,13 +46,83 @@ type Node struct {
 	// instead of tls.ca, tls.cert and tls.key (exactly one of the two is
 	// given). The SVID must be spiffe://<trust_domain>/<kind>/<node_id>.
 	SPIFFE SPIFFE `yaml:"spiffe"`
+	// DataDir holds the node's state — central's key registry
+	// (registry.db); an edge's replica (replica.db: key metadata, and
+	// material sealed to the edge) and its HPKE private sealing key
+	// (sealing.key, mode 0600) — and, by default, the audit log. The node
+	// creates it if missing. Required.
+	DataDir string `yaml:"data_dir"`
+	// Audit configures the audit log. Optional.
+	Audit Audit `yaml:"audit"`
+	// MaterialCache bounds the plaintext material held in memory.
+	// Optional.
+	MaterialCache MaterialCache `yaml:"material_cache"`
+	// DataKeyReuse bounds data-key reuse when this node encrypts.
+	// Optional.
+	DataKeyReuse DataKeyReuse `yaml:"data_key_reuse"`
+	// Limits bounds requests. Optional.
+	Limits Limits `yaml:"limits"`
+	// Log configures logging. Optional.
+	Log Log `yaml:"log"`
+	// ShutdownTimeout is how long a stopping node lets requests in flight
+	// finish before it cuts them off. Default 30s, range 1s..10m.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
 
-// defaultNode holds the shared defaults; the required fields are empty.
+// Shutdown defaults and bounds, the same for every node.
+const (
+	DefaultShutdownTimeout = 30 * time.Second
+	MinShutdownTimeout     = time.Second
+	MaxShutdownTimeout     = 10 * time.Minute
+)
+
+// defaultNode holds the shared defaults; the required fields are empty,
+// and so is audit.path, whose default depends on data_dir (resolve fills
+// it).
 func defaultNode() Node {
 	return Node{
-		TLS:    TLS{ReloadInterval: DefaultTLSReloadInterval},
-		SPIFFE: SPIFFE{Timeout: DefaultSPIFFETimeout},
-		Ops:    Ops{Allow: slices.Clone(DefaultOpsAllow)},
+		Ops:             Ops{Allow: slices.Clone(DefaultOpsAllow)},
+		TLS:             TLS{ReloadInterval: DefaultTLSReloadInterval},
+		SPIFFE:          SPIFFE{Timeout: DefaultSPIFFETimeout},
+		Audit:           Audit{FlushInterval: DefaultAuditFlush},
+		MaterialCache:   MaterialCache{Size: DefaultMaterialCacheSize, TTL: DefaultMaterialCacheTTL},
+		DataKeyReuse:    defaultDataKeyReuse(),
+		Limits:          Limits{MaxRequestBytes: DefaultMaxRequestBytes},
+		Log:             Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+		ShutdownTimeout: DefaultShutdownTimeout,
 	}
+}
+
+// resolve makes the block's relative paths (tls, data_dir, audit.path)
+// absolute against baseDir, and sets audit.path to <data_dir>/audit.jsonl
+// when it is empty.
+func (n *Node) resolve(baseDir string) {
+	n.TLS.resolve(baseDir)
+	resolvePath(baseDir, &n.DataDir)
+	n.Audit.resolve(baseDir, n.DataDir)
+}
+
+// check checks the block's fields for a node of kind (central or edge),
+// whose identity must be spiffe://<trust_domain>/<kind>/<node_id>.
+func (n *Node) check(p *problems, kind identity.Kind) {
+	checkName(p, "node_id", n.NodeID)
+	checkTrustDomain(p, "trust_domain", n.TrustDomain)
+	checkListeners(p, n.Listen, n.AdvertiseAddress, n.OpsListen)
+	n.Ops.check(p, "ops", n.TrustDomain)
+	checkIdentity(p, n.TLS, n.SPIFFE, identity.Identity{TrustDomain: n.TrustDomain, Kind: kind, Name: n.NodeID})
+	checkPath(p, "data_dir", n.DataDir)
+	n.Audit.check(p, "audit", n.DataDir)
+	n.MaterialCache.check(p, "material_cache")
+	n.DataKeyReuse.check(p, "data_key_reuse")
+	n.Limits.check(p, "limits")
+	n.Log.check(p, "log")
+	checkDuration(p, "shutdown_timeout", n.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
+}
+
+// stat looks at the files the block names: the TLS files (unless the
+// identity comes from SPIFFE), data_dir and the audit log's directory.
+func (n *Node) stat(p *problems) {
+	n.TLS.stat(p, "tls", !n.SPIFFE.Enabled())
+	statDataDir(p, "data_dir", n.DataDir)
+	n.Audit.stat(p, "audit", n.DataDir)
 }

@@ -16,7 +16,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/identity"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // startWith starts a cluster with opts and shuts it down at the end of

@@ -78,8 +78,8 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		}
 	}()
 	metrics := sh.Metrics()
-	if madeDirs, err = makeDirs(cfg.DataDir); err != nil {
-		return nil, fmt.Errorf("edge: data_dir: %w", err)
+	if madeDirs, err = sh.MakeDataDir(cfg.Node); err != nil {
+		return nil, err
 	}
 	if err := sh.OpenIdentity(ctx, cfg.Node, checkSelf(cfg)); err != nil {
 		return nil, err
@@ -97,7 +97,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err != nil {
 		return nil, fmt.Errorf("edge: central.address: %w", err)
 	}
-	if err := sh.OpenAudit(cfg.Audit); err != nil {
+	if err := sh.OpenAudit(cfg.Node); err != nil {
 		return nil, err
 	}
 	advertise, err := sh.Listen(cfg.Node)
@@ -122,7 +122,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err != nil {
 		return nil, err
 	}
-	sh.Serve(ctx, node.Serving{Node: cfg.Node, Limits: cfg.Limits, Ready: n.ready,
+	sh.Serve(ctx, node.Serving{Node: cfg.Node, Ready: n.ready,
 		Unary: srv.UnaryInterceptorThen(n.cache.UnaryInterceptor(srv)), Stream: srv.StreamInterceptor(),
 		Register: func(g *grpc.Server) {
 			kbv1.RegisterKeyBrokerServer(g, srv.KeyBroker())
@@ -135,25 +135,6 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		"advertise_address", advertise, "ops_addr", sh.OpsAddr(), "central", cfg.Central.Address,
 		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness)
 	return n, nil
-}
-
-// makeDirs makes dir and its missing parents (mode 0700) and returns the
-// directories it made, dir first.
-func makeDirs(dir string) ([]string, error) {
-	var missing []string
-	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
-		if _, err := os.Lstat(d); !errors.Is(err, fs.ErrNotExist) {
-			break
-		}
-		missing = append(missing, d)
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	return missing, nil
 }
 
 // removeMade undoes a failed start's mark on disk: when Start made

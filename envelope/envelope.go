@@ -25,7 +25,7 @@
 //
 // # Streaming
 //
-// Payloads larger than [MaxPlaintext], or that should not be held in memory,
+// Payloads larger than [MaxMessage], or that should not be held in memory,
 // use the stream format (first byte 0x02, [NewStreamWriter],
 // [ReadStreamHeader], [NewStreamReader]). Its header names the key, version
 // and wrapped data key like v1's, then a segment size S and a random 32-byte
@@ -121,8 +121,11 @@ const (
 	// MaxWrappedDEK bounds a backend-wrapped data key (a KMS ciphertext).
 	MaxWrappedDEK = 2048
 	MaxKeyID      = 128
-	// MaxPlaintext bounds one message; larger payloads use streaming.
-	MaxPlaintext = 16 << 20
+	// MaxMessage bounds the plaintext of one message (format v1, Seal);
+	// larger payloads use streaming. It is the format's bound, not a
+	// request's (managed.MaxPlaintext) nor what a root of trust encrypts
+	// (backends.MaxEncryptInput).
+	MaxMessage = 16 << 20
 )
 
 // Errors. ErrMalformed and ErrDecrypt are the two ways a ciphertext is
@@ -435,8 +438,8 @@ func releaseAAD(s *aadScratch) {
 // sealCanonical seals under nonce, or a random one when nonce is nil, in
 // one allocation of exactly the ciphertext's size.
 func (d *DataKey) sealCanonical(plaintext, c, nonce []byte) ([]byte, error) {
-	if len(plaintext) > MaxPlaintext {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(plaintext), MaxPlaintext)
+	if len(plaintext) > MaxMessage {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(plaintext), MaxMessage)
 	}
 	hdr := len(d.prefix) + NonceSize
 	n := hdr + len(plaintext) + TagSize

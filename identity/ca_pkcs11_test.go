@@ -10,7 +10,7 @@ import (
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/pkcs11"
 	"github.com/keybroker/keybroker/identity"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // TestPKCS11CA: a CA whose key is a non-extractable ECDSA P-256 key on a

@@ -18,8 +18,8 @@ import (
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/softhsm"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 	"github.com/keybroker/keybroker/keybrokertest"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
 // roundTrip encrypts at the edge of region and decrypts at the central

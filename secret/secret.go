@@ -3,8 +3,15 @@
 // A [Bytes] value never prints its contents: every fmt verb, slog, JSON and
 // text marshalling show "[REDACTED]". Code that needs the raw bytes calls
 // [Bytes.Reveal], which is easy to grep for. [Bytes.Destroy] zeroes the
-// memory; owners call it when the value is evicted or no longer needed, and a
-// runtime cleanup zeroes any value that is garbage-collected without it.
+// memory; owners call it when the value is evicted or no longer needed.
+//
+// Nothing zeroes a value when it is garbage-collected: a runtime cleanup on
+// the Bytes would run once the Bytes is unreachable, while a slice Reveal
+// returned may still be in use (s.Reveal() passed to a call as s's last use),
+// and zeroing under it would make a call seal, encrypt or persist zeros as
+// if they were the key. Correct results come first; values handed to callers
+// whose lifetime no one owns (the caches' data keys) are left to the
+// collector.
 //
 // # Ownership
 //
@@ -17,7 +24,6 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
-	"runtime"
 )
 
 const redacted = "[REDACTED]"
@@ -29,11 +35,7 @@ type Bytes struct {
 
 // New wraps b without copying; the caller gives up b.
 func New(b []byte) *Bytes {
-	s := &Bytes{b: b}
-	if len(b) > 0 {
-		runtime.AddCleanup(s, func(b []byte) { clear(b) }, b)
-	}
-	return s
+	return &Bytes{b: b}
 }
 
 // Copy returns a secret holding a copy of b. The caller still owns b and

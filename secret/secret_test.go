@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -70,5 +71,21 @@ func TestBytesEqual(t *testing.T) {
 	a.Destroy()
 	if string(d.Reveal()) != "abc" {
 		t.Errorf("Clone() after Destroy of original = %q, want abc", d.Reveal())
+	}
+}
+
+// A revealed slice stays good after its secret becomes unreachable. A
+// runtime cleanup used to zero a collected secret, so s.Reveal() passed to
+// a call as s's last use could be zeroed during the call: the pkcs11 fault
+// test saw a rare "tag mismatch" from a MAC tag zeroed under VerifyMAC, and
+// the same race could have sealed or persisted a zeroed key.
+func TestRevealOutlivesSecret(t *testing.T) {
+	revealed := New([]byte{5, 6, 7, 8}).Reveal()
+	for range 20 {
+		runtime.GC()
+		runtime.Gosched()
+	}
+	if !bytes.Equal(revealed, []byte{5, 6, 7, 8}) {
+		t.Errorf("bytes revealed from a collected secret = %v, want [5 6 7 8]", revealed)
 	}
 }

@@ -81,7 +81,7 @@
 // KMS refuses empty inputs and caps them at 4096 bytes: Encrypt needs a
 // plaintext of 1..4096 bytes and MAC and VerifyMAC a message of 1..4096
 // bytes. These are the limits of the backends contract itself
-// (backends.MaxPlaintext, backends.MaxMACInput), chosen so that every
+// (backends.MaxEncryptInput, backends.MaxMACInput), chosen so that every
 // backend behaves as this one must. Sign accepts only
 // ecdsa-p256 keys and 32-byte digests. The aad travels as the encryption
 // context, which KMS writes in clear to CloudTrail: it must not be secret

@@ -90,7 +90,7 @@ func testEncryptDecrypt(t *testing.T, f *Fixture) {
 	}{
 		{"32 bytes no aad", bytes.Repeat([]byte{7}, 32), nil},
 		{"32 bytes with aad", bytes.Repeat([]byte{9}, 32), []byte("keybroker/v1 key=payments version=3")},
-		{"max plaintext", bytes.Repeat([]byte{0xa5}, backends.MaxPlaintext), []byte{0, 1, 2}},
+		{"max plaintext", bytes.Repeat([]byte{0xa5}, backends.MaxEncryptInput), []byte{0, 1, 2}},
 		{"binary aad", []byte("hello"), []byte{0, 0xff, 0, 0xfe}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -217,7 +217,7 @@ func testWrongKeyType(t *testing.T, f *Fixture) {
 
 func testInvalidArguments(t *testing.T, f *Fixture) {
 	ctx := t.Context()
-	_, err := f.Backend.Encrypt(ctx, f.AES, make([]byte, backends.MaxPlaintext+1), nil)
+	_, err := f.Backend.Encrypt(ctx, f.AES, make([]byte, backends.MaxEncryptInput+1), nil)
 	wantKind(t, "Encrypt of an oversized plaintext", err, backends.ErrInvalidArgument)
 	_, err = f.Backend.Encrypt(ctx, f.AES, nil, []byte("aad"))
 	wantKind(t, "Encrypt of an empty plaintext", err, backends.ErrInvalidArgument)

@@ -19,7 +19,7 @@ const (
 	minKWPOutput = 16
 )
 
-// WrapKWP wraps material (8..MaxPlaintext bytes, a multiple of 8) under an
+// WrapKWP wraps material (8..MaxEncryptInput bytes, a multiple of 8) under an
 // aes-256 key with AES key wrap with padding (RFC 5649, CKM_AES_KEY_WRAP_PAD).
 // Unlike Encrypt it binds no aad and needs no IV; its integrity check is
 // KWP's own. The material is imported as a short-lived, extractable session
@@ -29,9 +29,9 @@ func (b *Backend) WrapKWP(ctx context.Context, key string, material []byte) ([]b
 	switch {
 	case key == "":
 		return nil, backends.Errorf(scheme, opWrapKWP, key, backends.ErrInvalidArgument, "empty key name")
-	case len(material) < minKWPInput || len(material) > backends.MaxPlaintext || len(material)%kwpBlock != 0:
+	case len(material) < minKWPInput || len(material) > backends.MaxEncryptInput || len(material)%kwpBlock != 0:
 		return nil, backends.Errorf(scheme, opWrapKWP, key, backends.ErrInvalidArgument,
-			"material is %d bytes; KWP takes a multiple of %d bytes in %d..%d", len(material), kwpBlock, minKWPInput, backends.MaxPlaintext)
+			"material is %d bytes; KWP takes a multiple of %d bytes in %d..%d", len(material), kwpBlock, minKWPInput, backends.MaxEncryptInput)
 	}
 	var out []byte
 	err := b.exec(ctx, opWrapKWP, key, func(c *conn) error {

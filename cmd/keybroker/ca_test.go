@@ -19,7 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keybroker/keybroker/identity"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 func readCertFile(t *testing.T, path string) *x509.Certificate {

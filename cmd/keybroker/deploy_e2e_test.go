@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 	"github.com/keybroker/keybroker/policy"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
 // deployPorts is how many ports the walk-through takes from KB_PORT:

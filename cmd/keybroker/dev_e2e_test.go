@@ -26,7 +26,7 @@ import (
 
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/softhsm"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // Bounds on the dev process: how long it may take to be ready (the race

@@ -23,8 +23,8 @@ import (
 	"github.com/keybroker/keybroker/central"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 	"github.com/keybroker/keybroker/secret"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
 // gatedBackend is the pkcs11 root of trust with every call made under a

@@ -11,9 +11,10 @@
 // # Lifecycle
 //
 // A node makes a Shell with [New], opens its parts with
-// [Shell.OpenIdentity], [Shell.OpenAudit] and [Shell.Listen] between its
-// own steps, and starts serving with [Shell.Serve]; then it starts its
-// loops with [Shell.Go]. A start that fails calls [Shell.Close] after
+// [Shell.OpenIdentity], [Shell.MakeDataDir], [Shell.OpenAudit] and
+// [Shell.Listen] between its own steps, all from its [config.Node] block,
+// and starts serving with [Shell.Serve]; then it starts its loops with
+// [Shell.Go]. A start that fails calls [Shell.Close] after
 // closing what is its own; every step is safe to close half-done.
 // [Shell.Shutdown] ends the loops' context, stops the servers gracefully
 // within ctx (package serve), waits for the loops, and then closes the
@@ -26,10 +27,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -126,9 +129,11 @@ func (s *Shell) OpenIdentity(ctx context.Context, c config.Node, check func(*ide
 	return nil
 }
 
-// OpenAudit opens the audit log, authenticating its head with the key in
-// audit.head_key_file when one is named.
-func (s *Shell) OpenAudit(c config.Audit) error {
+// OpenAudit opens the audit log the node's audit block names,
+// authenticating its head with the key in audit.head_key_file when one is
+// named.
+func (s *Shell) OpenAudit(n config.Node) error {
+	c := n.Audit
 	ac := audit.Config{Path: c.Path, FlushInterval: c.FlushInterval}
 	if c.HeadKeyFile != "" {
 		var err error
@@ -142,6 +147,26 @@ func (s *Shell) OpenAudit(c config.Audit) error {
 	}
 	s.audit = l
 	return nil
+}
+
+// MakeDataDir makes data_dir and its missing parents (mode 0700) and
+// returns the directories it made, data_dir first, so that a node whose
+// start fails may take back what it made (the edge does).
+func (s *Shell) MakeDataDir(c config.Node) ([]string, error) {
+	var missing []string
+	for d := filepath.Clean(c.DataDir); ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("%s: data_dir: %w", s.name, err)
+	}
+	return missing, nil
 }
 
 // Listen binds the gRPC and operations listeners (listen, ops_listen)
@@ -165,9 +190,8 @@ func (s *Shell) Listen(c config.Node) (string, error) {
 
 // Serving is what a node serves through the shell.
 type Serving struct {
-	// Node gives the trust domain and ops.allow.
-	Node   config.Node
-	Limits config.Limits
+	// Node gives the trust domain, ops.allow and limits.
+	Node config.Node
 	// Ready answers /readyz.
 	Ready serve.Ready
 	// Unary and Stream are the node's interceptors, after the shell's
@@ -188,7 +212,7 @@ func (s *Shell) Serve(ctx context.Context, c Serving) {
 	kinds, ids := c.Node.Ops.Principals()
 	s.servers = serve.New(s.id.ServerTLS(), serve.OpsHandler(s.metrics, c.Ready, serve.Allow{TrustDomain: c.Node.TrustDomain, Kinds: kinds, IDs: ids}),
 		grpc.Creds(s.id.ServerCredentials()),
-		grpc.MaxRecvMsgSize(c.Limits.MaxRequestBytes),
+		grpc.MaxRecvMsgSize(c.Node.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, c.Unary),
 		grpc.ChainStreamInterceptor(c.Stream),
 	)

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -73,7 +76,7 @@ func TestOpenAuditMissingHeadKey(t *testing.T) {
 	s := New("central", nil)
 	defer s.Close(nil)
 	dir := t.TempDir()
-	err := s.OpenAudit(config.Audit{Path: dir + "/audit.jsonl", FlushInterval: 100 * time.Millisecond, HeadKeyFile: dir + "/missing"})
+	err := s.OpenAudit(config.Node{Audit: config.Audit{Path: dir + "/audit.jsonl", FlushInterval: 100 * time.Millisecond, HeadKeyFile: dir + "/missing"}})
 	if err == nil {
 		t.Fatal("OpenAudit with a missing head key file succeeded")
 	}
@@ -135,4 +138,33 @@ func TestRun(t *testing.T) {
 			t.Errorf("Run = %v, want audit flush", err)
 		}
 	})
+}
+
+// MakeDataDir makes data_dir 0700 with its parents and says which it
+// made, innermost first; a data_dir that exists is not its to take back.
+func TestMakeDataDir(t *testing.T) {
+	s := New("edge", nil)
+	defer s.Close(nil)
+	root := t.TempDir()
+	dir := filepath.Join(root, "a", "b")
+	made, err := s.MakeDataDir(config.Node{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{dir, filepath.Join(root, "a")}; !slices.Equal(made, want) {
+		t.Errorf("MakeDataDir made %q, want %q", made, want)
+	}
+	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("data_dir: %v, %v; want a 0700 directory", st, err)
+	}
+	if made, err := s.MakeDataDir(config.Node{DataDir: dir}); err != nil || len(made) != 0 {
+		t.Errorf("MakeDataDir on an existing data_dir = %q, %v; want nothing made", made, err)
+	}
+	file := filepath.Join(root, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.MakeDataDir(config.Node{DataDir: filepath.Join(file, "sub")}); err == nil || !strings.Contains(err.Error(), "edge: data_dir: ") {
+		t.Errorf("MakeDataDir under a file: err = %v, want one naming edge: data_dir", err)
+	}
 }

@@ -19,7 +19,7 @@
 //
 // The raw-SDK ceilings of the AWS and GCP backends live next to those
 // backends (backends/awskms and backends/gcpkms, bench_raw_test.go), and
-// the edge and PKCS#11 scenarios in edge/ and softhsm-test/; `make
+// the edge and PKCS#11 scenarios in edge/ and backends/pkcs11/; `make
 // bench-scenarios` runs them all, and docs/benchmarks.md gives the figures
 // with the commands that produced them.
 //

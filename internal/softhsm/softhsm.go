@@ -2,8 +2,8 @@
 // directory of their own: the one place that knows where distributions put
 // libsofthsm2.so, how a token directory and its softhsm2.conf are laid
 // out, and how softhsm2-util initialises a token. `keybroker dev
-// --softhsm`, package keybrokertest and the SoftHSM test harness
-// (softhsm-test) use it.
+// --softhsm`, package keybrokertest and the tests' token helper
+// (package softhsmtest, below this one) use it.
 //
 // # The directory
 //

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/keybroker/keybroker/internal/softhsm"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // TestEnsureMakesThenReuses: the first Ensure initialises a token with

@@ -1,4 +1,4 @@
-package softhsmtest_test
+package pkcs11_test
 
 import (
 	"bytes"
@@ -17,8 +17,8 @@ import (
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/pkcs11"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 	"github.com/keybroker/keybroker/secret"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
 // load runs workers that keep the backend busy with every kind of

@@ -1,4 +1,4 @@
-package softhsmtest_test
+package pkcs11_test
 
 import (
 	"testing"
@@ -6,7 +6,7 @@ import (
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/backendtest"
 	"github.com/keybroker/keybroker/backends/pkcs11"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // TestConformance runs the backend conformance suite against the pkcs11

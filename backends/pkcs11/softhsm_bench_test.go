@@ -1,4 +1,4 @@
-package softhsmtest_test
+package pkcs11_test
 
 import (
 	"crypto/rand"
@@ -8,7 +8,7 @@ import (
 	p11 "github.com/miekg/pkcs11"
 
 	"github.com/keybroker/keybroker/backends/backendtest"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // The pkcs11 backend is measured with the standard backend benchmarks, and
@@ -16,7 +16,7 @@ import (
 // objects created by the backend): the ceiling the backend's pool, key
 // cache, checks and metrics are measured against.
 //
-//	go test -run '^$' -bench . -benchtime 2s ./softhsm-test/
+//	go test -run '^$' -bench . -benchtime 2s ./backends/pkcs11/
 
 // benchMsg and benchPT match backendtest.Bench: a 32-byte plaintext, the
 // message as aad, its SHA-256 as the digest.

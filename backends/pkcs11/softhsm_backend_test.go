@@ -1,4 +1,4 @@
-package softhsmtest_test
+package pkcs11_test
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/pkcs11"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // TestRefusesUnprotectedKeys creates keys behind the broker's back that
@@ -102,7 +102,7 @@ func TestKWP(t *testing.T) {
 	b := newBackend(t, tok, nil)
 	k := createKeys(t, b)
 	ctx := t.Context()
-	for _, n := range []int{8, 16, 32, 64, backends.MaxPlaintext} {
+	for _, n := range []int{8, 16, 32, 64, backends.MaxEncryptInput} {
 		material := bytes.Repeat([]byte{byte(n)}, n)
 		w, err := b.WrapKWP(ctx, k.aes, material)
 		if err != nil {

@@ -1,4 +1,4 @@
-package softhsmtest_test
+package pkcs11_test
 
 import (
 	"errors"
@@ -10,8 +10,8 @@ import (
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/pkcs11"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 	"github.com/keybroker/keybroker/secret"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
 
 // newBackend opens a backend on tok through New; edit adjusts the config.

@@ -1,6 +1,8 @@
-// Package softhsmtest gives tests a fresh SoftHSM2 token, and holds the
-// tests that need one: the backend conformance suite run against the pkcs11
-// backend, its fault-injection tests and its benchmarks.
+// Package softhsmtest gives the repository's tests a fresh SoftHSM2 token
+// per test. The pkcs11 backend's own tests against a real token
+// (conformance, faults, keys, benchmarks) live in backends/pkcs11; identity,
+// devcluster, keybrokertest and the process tests use the token too. Users'
+// integration tests want package keybrokertest (WithSoftHSM) instead.
 //
 // # Use
 //

@@ -1,4 +1,4 @@
-package softhsmtest_test
+package pkcs11_test
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 	p11 "github.com/miekg/pkcs11"
 
 	"github.com/keybroker/keybroker/backends"
-	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/internal/softhsm/softhsmtest"
 )
 
 // TestCreatedKeyAttributes reads back, behind the backend, the attributes
