@@ -44,7 +44,6 @@ package managed
 
 import (
 	"errors"
-	"fmt"
 	"maps"
 	"regexp"
 	"slices"
@@ -68,12 +67,6 @@ var (
 	// (its budget of calls to the roots of trust); retry later.
 	ErrResourceExhausted = errors.New("resource exhausted")
 )
-
-// Errorf returns an error of the given kind (one of the Err values) with a
-// message.
-func Errorf(kind error, format string, args ...any) error {
-	return fmt.Errorf("%w: %s", kind, fmt.Sprintf(format, args...))
-}
 
 // KeyType is what a managed key does.
 type KeyType string
@@ -321,7 +314,7 @@ func (k *Key) ValidateMeta() error {
 	}
 	if k.Placement != "" {
 		if err := policy.ValidatePlacement(k.ID, k.Placement); err != nil {
-			return Errorf(ErrInvalidArgument, "%v", err)
+			return Errorf(ErrInvalidArgument, "%w", err)
 		}
 	}
 	return ValidateLabels(k.Labels)

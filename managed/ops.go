@@ -236,7 +236,7 @@ func partition(k *Key, v uint32, ectx map[string]string) (string, error) {
 	if k.Derived {
 		c, err := envelope.CanonicalContext(ectx)
 		if err != nil {
-			return "", Errorf(ErrInvalidArgument, "%v", err)
+			return "", Errorf(ErrInvalidArgument, "%w", err)
 		}
 		sum := sha256.Sum256(c)
 		p += hex.EncodeToString(sum[:])
@@ -251,7 +251,7 @@ func (o *Ops) Encrypt(ctx context.Context, id string, plaintext []byte, ectx map
 		return nil, nil, Errorf(ErrInvalidArgument, "plaintext is %d bytes, limit %d", len(plaintext), MaxPlaintext)
 	}
 	if _, err := envelope.CanonicalContext(ectx); err != nil {
-		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, nil, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	k, err := o.UsableKey(ctx, id, AES256GCM, "Encrypt")
 	if err != nil {
@@ -270,7 +270,7 @@ func (o *Ops) Encrypt(ctx context.Context, id string, plaintext []byte, ectx map
 	}
 	ct, err := dk.Seal(plaintext, ectx)
 	if err != nil {
-		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, nil, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	return ct, k, nil
 }
@@ -280,13 +280,13 @@ func (o *Ops) Encrypt(ctx context.Context, id string, plaintext []byte, ectx map
 func (o *Ops) Decrypt(ctx context.Context, ciphertext []byte, ectx map[string]string, expectKey string) ([]byte, *Key, uint32, error) {
 	h, body, err := envelope.ParseHeader(ciphertext)
 	if err != nil {
-		return nil, nil, 0, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, nil, 0, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	if expectKey != "" && expectKey != h.KeyID {
 		return nil, nil, 0, Errorf(ErrInvalidArgument, "the ciphertext belongs to key %q, not %q", h.KeyID, expectKey)
 	}
 	if _, err := envelope.CanonicalContext(ectx); err != nil {
-		return nil, nil, 0, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, nil, 0, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	k, err := o.UsableKey(ctx, h.KeyID, AES256GCM, "Decrypt")
 	if err != nil {
@@ -311,7 +311,7 @@ func (o *Ops) Decrypt(ctx context.Context, ciphertext []byte, ectx map[string]st
 func PeekKeyID(ciphertext []byte) (string, uint32, error) {
 	h, _, err := envelope.ParseHeader(ciphertext)
 	if err != nil {
-		return "", 0, Errorf(ErrInvalidArgument, "%v", err)
+		return "", 0, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	return h.KeyID, h.Version, nil
 }
@@ -372,10 +372,10 @@ func (o *Ops) wrapDataKey(ctx context.Context, k *Key, v uint32, ectx map[string
 func (o *Ops) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *Key, error) {
 	h, err := envelope.NewDataKeyHeader(id, v, wrapped)
 	if err != nil {
-		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, nil, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	if _, err := envelope.CanonicalContext(ectx); err != nil {
-		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, nil, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	k, err := o.UsableKey(ctx, id, AES256GCM, "DecryptDataKey")
 	if err != nil {

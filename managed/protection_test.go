@@ -34,7 +34,7 @@ func (b *rootOfTrust) UnwrapDataKey(_ context.Context, k *Key, v uint32, wrapped
 	b.calls["unwrap"]++
 	dk, err := envelope.UnwrapDataKeyWithSalt(b.root, k.ID, v, k.Salt, wrapped)
 	if err != nil {
-		return nil, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	return dk.Key().Clone(), nil
 }

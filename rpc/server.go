@@ -522,15 +522,43 @@ func (s *Server) status(err error) (st *status.Status, private bool) {
 }
 
 func isManaged(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, managed.ErrConflict) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return true
+	}
+	_, _, ok := kindOf(err)
+	return ok
+}
+
+// kindOf is the managed kind of err and its code: the Kind of a
+// managed.Error (errors.As), else the first kind err wraps (errors.Is).
+func kindOf(err error) (kind error, code codes.Code, ok bool) {
+	var me *managed.Error
+	if errors.As(err, &me) {
+		if c, ok := kindCode(me.Kind); ok {
+			return me.Kind, c, true
+		}
+	}
+	if errors.Is(err, managed.ErrConflict) {
+		return managed.ErrConflict, codes.Aborted, true
 	}
 	for _, k := range managedKinds {
 		if errors.Is(err, k.err) {
-			return true
+			return k.err, k.code, true
 		}
 	}
-	return false
+	return nil, 0, false
+}
+
+func kindCode(kind error) (codes.Code, bool) {
+	if kind == managed.ErrConflict {
+		return codes.Aborted, true
+	}
+	for _, k := range managedKinds {
+		if kind == k.err {
+			return k.code, true
+		}
+	}
+	return 0, false
 }
 
 // publicStatus is Status for errors whose text any caller may read.
@@ -548,14 +576,13 @@ func (s *Server) publicStatus(err error) *status.Status {
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.New(codes.DeadlineExceeded, msg)
 	}
-	if errors.Is(err, managed.ErrConflict) {
-		return status.New(codes.Aborted, msg) // "revision conflict: …" says what Aborted does not
+	kind, code, ok := kindOf(err)
+	switch {
+	case !ok:
+		return status.New(codes.Internal, "internal error")
+	case kind == managed.ErrConflict:
+		return status.New(code, msg) // "revision conflict: …" says what Aborted does not
 	}
-	for _, k := range managedKinds {
-		if errors.Is(err, k.err) {
-			// The code says the kind; the message need not repeat it.
-			return status.New(k.code, strings.TrimPrefix(msg, k.err.Error()+": "))
-		}
-	}
-	return status.New(codes.Internal, "internal error")
+	// The code says the kind; the message need not repeat it.
+	return status.New(code, strings.TrimPrefix(msg, kind.Error()+": "))
 }
