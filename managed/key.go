@@ -234,6 +234,15 @@ func (k *Key) Usable() error {
 	return Errorf(ErrFailedPrecondition, "key %q is in state %q", k.ID, k.State)
 }
 
+// At is version v, or the primary when v is 0: how an operation that
+// takes an optional version names the one it uses.
+func (k *Key) At(v uint32) uint32 {
+	if v == 0 {
+		return k.Primary
+	}
+	return v
+}
+
 // CheckDecryptVersion refuses versions that do not exist or are below the
 // minimum decryption version.
 func (k *Key) CheckDecryptVersion(v uint32) error {

@@ -319,7 +319,7 @@ func TestBadInputCodes(t *testing.T) {
 		{"empty key id", func() error { _, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{}); return err }, codes.InvalidArgument},
 		{"unknown key", func() error { _, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "nope"}); return err }, codes.NotFound},
 		{"oversized", func() error {
-			_, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: make([]byte, broker.MaxPlaintext+1)})
+			_, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: make([]byte, managed.MaxPlaintext+1)})
 			return err
 		}, codes.InvalidArgument},
 		{"over the message limit", func() error {
