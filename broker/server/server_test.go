@@ -25,6 +25,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 )
 
@@ -257,7 +258,7 @@ func TestPolicyMatrixAndAudit(t *testing.T) {
 	find := func(op, principal, outcome string) *audit.Record {
 		for i := range recs {
 			r := &recs[i]
-			if r.Operation == op && strings.HasSuffix(r.Principal, principal) && r.Outcome == outcome {
+			if string(r.Operation) == op && strings.HasSuffix(r.Principal, principal) && r.Outcome == outcome {
 				return r
 			}
 		}
