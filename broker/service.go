@@ -161,7 +161,7 @@ func (s *Service) RotateKey(ctx context.Context, id string) (*Key, error) {
 		// version on the same root would be the same key, and retiring the
 		// old version would retire nothing. (Backend-mode AES keys rotate:
 		// each data key is bound to its version.)
-		if k.Mode == ModeBackend && k.Type != AES256GCM {
+		if !k.Mode.HoldsMaterial() && k.Type != AES256GCM {
 			return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode %s key: its one backend key cannot be rotated; create a new key on a new root", id, k.Type)
 		}
 		next := uint32(len(k.Versions) + 1)

@@ -60,9 +60,14 @@
 //
 // # Serving
 //
+// The node's front-end (package rpc) hands every operation to package
+// pipeline, which resolves the key in the replica once, authorizes the
+// caller on it and checks it, and calls the edge's Performer
+// (Cache.Performer) with that very key and the ciphertext header it parsed.
 // Operations on keys whose material the edge may hold run here with the
 // same code and checks as at the central tier (package managed), producing
-// the same ciphertexts. Backend-mode keys, keys placed elsewhere,
+// the same ciphertexts; the Performer is generic over the operation's
+// result struct (run), local or forwarded alike. Backend-mode keys, keys placed elsewhere,
 // GenerateRandom and every KeyAdmin call are forwarded, under the same
 // request id. Verify, GetPublicKey, DescribeKey, ListKeys and LookupKey are
 // answered from the replica, and so is ListNodes while the central tier is
@@ -97,10 +102,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/keybroker/keybroker/internal/callinfo"
-	"github.com/keybroker/keybroker/internal/wire"
-	"github.com/keybroker/keybroker/pipeline"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -108,8 +109,11 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/internal/ttlcache"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/sealed"

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/internal/wire"
-
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/grpc"
@@ -24,6 +22,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/sealed"

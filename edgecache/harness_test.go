@@ -17,12 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/managed"
-	"github.com/keybroker/keybroker/pipeline"
-	"github.com/keybroker/keybroker/placement"
-
-	"github.com/keybroker/keybroker/internal/byid"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -36,7 +30,11 @@ import (
 	"github.com/keybroker/keybroker/broker/server"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/byid"
 	"github.com/keybroker/keybroker/internal/forwardproof"
+	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )

@@ -29,13 +29,13 @@ import (
 // the cache when the edge may hold the key's material and are forwarded to
 // the central tier otherwise (pipeline.Forwarder says which, so the
 // pipeline leaves a forwarded operation's checks to the central tier).
-func (c *Cache) Performer() pipeline.Performer { return &edgeNode{c} }
+func (c *Cache) Performer() pipeline.Performer { return &performer{c} }
 
-type edgeNode struct{ c *Cache }
+type performer struct{ c *Cache }
 
 var (
-	_ pipeline.Performer = (*edgeNode)(nil)
-	_ pipeline.Forwarder = (*edgeNode)(nil)
+	_ pipeline.Performer = (*performer)(nil)
+	_ pipeline.Forwarder = (*performer)(nil)
 )
 
 // What the audit line names as having served an operation.
@@ -49,15 +49,15 @@ const (
 	adminService = "/keybroker.v1.KeyAdmin/"
 )
 
-func (n *edgeNode) Get(ctx context.Context, id string) (*managed.Key, error) {
+func (n *performer) Get(ctx context.Context, id string) (*managed.Key, error) {
 	return replicaSource{n.c}.Get(ctx, id)
 }
 
 // local says whether an operation on k runs here.
-func (n *edgeNode) local(k *managed.Key) bool { return n.c.mayHold(k) }
+func (n *performer) local(k *managed.Key) bool { return n.c.mayHold(k) }
 
 // Served names what performs op on k.
-func (n *edgeNode) Served(k *managed.Key, op policy.Action) string {
+func (n *performer) Served(k *managed.Key, op policy.Action) string {
 	switch op {
 	case policy.Verify, policy.GetPublicKey, policy.DescribeKey, policy.LookupKey:
 		return servedLocal
@@ -69,7 +69,7 @@ func (n *edgeNode) Served(k *managed.Key, op policy.Action) string {
 }
 
 // forward performs the incoming call at the central tier for the caller
-// in ctx: the request as the client sent it (rpc.IncomingCall), its forward
+// in ctx: the request as the client sent it (callinfo.IncomingCall), its forward
 // proof, and its certificate chain from the TLS handshake, so that the
 // central tier acts only as the client that made this call to this edge.
 // A call without a proof (or with one for another edge) is answered
@@ -159,7 +159,7 @@ func (c *Cache) addressedHere(raw []byte) bool {
 // placement the replica has not caught up with). It is generic over the
 // operation's result struct, which local (managed.Ops) and remote (the
 // central tier's answer) both return.
-func run[T any](n *edgeNode, k *managed.Key, v uint32, local func() (T, error), remote func() (T, error)) (T, error) {
+func run[T any](n *performer, k *managed.Key, v uint32, local func() (T, error), remote func() (T, error)) (T, error) {
 	if n.c.forwards(k, v) {
 		return remote()
 	}
@@ -173,7 +173,7 @@ func run[T any](n *edgeNode, k *managed.Key, v uint32, local func() (T, error), 
 // Forwards says whether op on version v of k goes to the central tier
 // (forwards). PublicKey and Verify never do: the replica has every
 // version's public key.
-func (n *edgeNode) Forwards(k *managed.Key, op managed.Operation, v uint32) bool {
+func (n *performer) Forwards(k *managed.Key, op managed.Operation, v uint32) bool {
 	return op != managed.OpPublicKey && n.c.forwards(k, v)
 }
 
@@ -190,7 +190,7 @@ func (c *Cache) forwards(k *managed.Key, v uint32) bool {
 	return !k.Mode.HoldsMaterial() || !c.mayHold(k) || int64(v) > int64(len(k.Versions))
 }
 
-func (n *edgeNode) Encrypt(ctx context.Context, k *managed.Key, pt []byte, ectx map[string]string) (managed.Encrypted, error) {
+func (n *performer) Encrypt(ctx context.Context, k *managed.Key, pt []byte, ectx map[string]string) (managed.Encrypted, error) {
 	return run(n, k, 0, func() (managed.Encrypted, error) {
 		return n.c.ops.Encrypt(ctx, k, pt, ectx)
 	}, func() (managed.Encrypted, error) {
@@ -200,7 +200,7 @@ func (n *edgeNode) Encrypt(ctx context.Context, k *managed.Key, pt []byte, ectx 
 	})
 }
 
-func (n *edgeNode) Decrypt(ctx context.Context, k *managed.Key, h *envelope.Header, body []byte, ectx map[string]string) (managed.Decrypted, error) {
+func (n *performer) Decrypt(ctx context.Context, k *managed.Key, h *envelope.Header, body []byte, ectx map[string]string) (managed.Decrypted, error) {
 	return run(n, k, h.Version, func() (managed.Decrypted, error) {
 		return n.c.ops.Decrypt(ctx, k, h, body, ectx)
 	}, func() (managed.Decrypted, error) {
@@ -210,7 +210,7 @@ func (n *edgeNode) Decrypt(ctx context.Context, k *managed.Key, h *envelope.Head
 	})
 }
 
-func (n *edgeNode) GenerateDataKey(ctx context.Context, k *managed.Key, ectx map[string]string, wrapped bool) (*managed.DataKey, error) {
+func (n *performer) GenerateDataKey(ctx context.Context, k *managed.Key, ectx map[string]string, wrapped bool) (*managed.DataKey, error) {
 	return run(n, k, 0, func() (*managed.DataKey, error) {
 		return n.c.ops.GenerateDataKey(ctx, k, ectx, wrapped)
 	}, func() (*managed.DataKey, error) {
@@ -227,7 +227,7 @@ func (n *edgeNode) GenerateDataKey(ctx context.Context, k *managed.Key, ectx map
 	})
 }
 
-func (n *edgeNode) DecryptDataKey(ctx context.Context, k *managed.Key, v uint32, wrapped []byte, ectx map[string]string) (managed.UnwrappedDataKey, error) {
+func (n *performer) DecryptDataKey(ctx context.Context, k *managed.Key, v uint32, wrapped []byte, ectx map[string]string) (managed.UnwrappedDataKey, error) {
 	return run(n, k, v, func() (managed.UnwrappedDataKey, error) {
 		return n.c.ops.DecryptDataKey(ctx, k, v, wrapped, ectx)
 	}, func() (managed.UnwrappedDataKey, error) {
@@ -239,7 +239,7 @@ func (n *edgeNode) DecryptDataKey(ctx context.Context, k *managed.Key, v uint32,
 	})
 }
 
-func (n *edgeNode) Sign(ctx context.Context, k *managed.Key, msg []byte, digest bool) (managed.Signature, error) {
+func (n *performer) Sign(ctx context.Context, k *managed.Key, msg []byte, digest bool) (managed.Signature, error) {
 	return run(n, k, 0, func() (managed.Signature, error) {
 		return n.c.ops.Sign(ctx, k, msg, digest)
 	}, func() (managed.Signature, error) {
@@ -251,15 +251,15 @@ func (n *edgeNode) Sign(ctx context.Context, k *managed.Key, msg []byte, digest 
 
 // PublicKey and Verify need no material: the replica has every version's
 // public key.
-func (n *edgeNode) PublicKey(ctx context.Context, k *managed.Key, v uint32) (managed.PublicKey, error) {
+func (n *performer) PublicKey(ctx context.Context, k *managed.Key, v uint32) (managed.PublicKey, error) {
 	return n.c.ops.PublicKey(ctx, k, v)
 }
 
-func (n *edgeNode) Verify(ctx context.Context, k *managed.Key, v uint32, msg []byte, digest bool, sig []byte) (managed.Verification, error) {
+func (n *performer) Verify(ctx context.Context, k *managed.Key, v uint32, msg []byte, digest bool, sig []byte) (managed.Verification, error) {
 	return n.c.ops.Verify(ctx, k, v, msg, digest, sig)
 }
 
-func (n *edgeNode) GenerateMac(ctx context.Context, k *managed.Key, msg []byte) (managed.MAC, error) {
+func (n *performer) GenerateMac(ctx context.Context, k *managed.Key, msg []byte) (managed.MAC, error) {
 	return run(n, k, 0, func() (managed.MAC, error) {
 		return n.c.ops.GenerateMac(ctx, k, msg)
 	}, func() (managed.MAC, error) {
@@ -269,7 +269,7 @@ func (n *edgeNode) GenerateMac(ctx context.Context, k *managed.Key, msg []byte) 
 	})
 }
 
-func (n *edgeNode) VerifyMac(ctx context.Context, k *managed.Key, v uint32, msg, tag []byte) (managed.Verification, error) {
+func (n *performer) VerifyMac(ctx context.Context, k *managed.Key, v uint32, msg, tag []byte) (managed.Verification, error) {
 	return run(n, k, v, func() (managed.Verification, error) {
 		return n.c.ops.VerifyMac(ctx, k, v, msg, tag)
 	}, func() (managed.Verification, error) {
@@ -280,7 +280,7 @@ func (n *edgeNode) VerifyMac(ctx context.Context, k *managed.Key, v uint32, msg,
 }
 
 // GenerateRandom is forwarded: random bytes come from a root of trust.
-func (n *edgeNode) GenerateRandom(ctx context.Context, size int) ([]byte, error) {
+func (n *performer) GenerateRandom(ctx context.Context, size int) ([]byte, error) {
 	if err := n.c.Serving(); err != nil {
 		return nil, err
 	}
@@ -289,7 +289,7 @@ func (n *edgeNode) GenerateRandom(ctx context.Context, size int) ([]byte, error)
 	return resp.GetRandom(), err
 }
 
-func (n *edgeNode) ListKeys(_ context.Context, sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
+func (n *performer) ListKeys(_ context.Context, sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
 	if err := n.c.Serving(); err != nil {
 		return nil, "", err
 	}
@@ -299,7 +299,7 @@ func (n *edgeNode) ListKeys(_ context.Context, sel map[string]string, size int, 
 	return managed.Page(keys, sel, size, token, visible)
 }
 
-func (n *edgeNode) LookupKey(_ context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
+func (n *performer) LookupKey(_ context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
 	n.c.mu.RLock()
 	nodes := n.c.topo
 	n.c.mu.RUnlock()

@@ -10,11 +10,10 @@ import (
 	"slices"
 	"time"
 
-	"github.com/keybroker/keybroker/internal/wire"
-
 	"google.golang.org/grpc/connectivity"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
 )

@@ -40,6 +40,17 @@
 // caches, the data-key bound per version, input checks, Verify against the
 // stored public key) is the same code for every mode, which is why a
 // backend-mode ciphertext has the same format as any other.
+//
+// # Operations and errors
+//
+// Ops operates on a key its caller resolved, authorized and checked
+// (package pipeline: CheckUsable, Key.CheckDecryptVersion, once), and on a
+// ciphertext header parsed once (ParseCiphertext); each operation returns a
+// result struct (Encrypted, Decrypted, DataKey, UnwrappedDataKey,
+// Signature, PublicKey, Verification, MAC) naming the key and version it
+// used. Errors are *Error values: a kind (ErrNotFound, ErrInvalidArgument,
+// …; errors.Is matches it), the operation and key, and the cause, kept
+// for errors.Is and errors.As.
 package managed
 
 import (

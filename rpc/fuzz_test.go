@@ -15,10 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/internal/byid"
-
-	"github.com/keybroker/keybroker/internal/wire"
-
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,6 +28,8 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/byid"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"

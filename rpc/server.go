@@ -52,8 +52,6 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/keybroker/keybroker/internal/wire"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -63,6 +61,7 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/callinfo"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"

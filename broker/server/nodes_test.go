@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/internal/wire"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -17,6 +15,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/sealed"
 )
 

@@ -81,9 +81,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/keybroker/keybroker/internal/wire"
-	"github.com/keybroker/keybroker/pipeline"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -92,7 +89,9 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/internal/wire"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/sealed"
 )
 
