@@ -70,6 +70,22 @@ import (
 	"github.com/keybroker/keybroker/internal/atomicfile"
 )
 
+// Operation is what a record is about: a policy action ("Encrypt",
+// "CreateKey"), or a call of a node's own services ("Watch",
+// "RegisterEdge", "Forward", "BatchEncrypt"). A string in the log.
+type Operation string
+
+// Decision is the policy's decision on a call; the zero Decision (left
+// out of the line) is a call refused or failed before any decision.
+type Decision string
+
+// Decisions. They are the strings the log has always held, so old logs
+// verify and read alike.
+const (
+	Allow Decision = "allow"
+	Deny  Decision = "deny"
+)
+
 // Record is one audited operation. The writer fills Seq, Prev and Hash.
 type Record struct {
 	Time      time.Time `json:"time"`
@@ -77,15 +93,15 @@ type Record struct {
 	// ClientRequestID is the x-request-id a caller the node does not trust
 	// to name requests sent: kept for the caller's own correlation, never
 	// the request id.
-	ClientRequestID string `json:"client_request_id,omitempty"`
-	Principal       string `json:"principal,omitempty"`
-	Node            string `json:"node,omitempty"`
-	Operation       string `json:"operation"`
-	Key             string `json:"key,omitempty"`
-	Version         uint32 `json:"version,omitempty"`
-	Decision        string `json:"decision,omitempty"` // allow, deny
-	PolicyID        string `json:"policy_id,omitempty"`
-	Backend         string `json:"backend,omitempty"`
+	ClientRequestID string    `json:"client_request_id,omitempty"`
+	Principal       string    `json:"principal,omitempty"`
+	Node            string    `json:"node,omitempty"`
+	Operation       Operation `json:"operation"`
+	Key             string    `json:"key,omitempty"`
+	Version         uint32    `json:"version,omitempty"`
+	Decision        Decision  `json:"decision,omitempty"`
+	PolicyID        string    `json:"policy_id,omitempty"`
+	Backend         string    `json:"backend,omitempty"`
 	// Via is the edge that forwarded the call on the principal's behalf.
 	Via string `json:"via,omitempty"`
 	// BackendCalls are the calls this request made to roots of trust
@@ -175,14 +191,14 @@ func appendPrefix(b []byte, r *Record) ([]byte, bool) {
 	field("client_request_id", r.ClientRequestID, true)
 	field("principal", r.Principal, true)
 	field("node", r.Node, true)
-	field("operation", r.Operation, false)
+	field("operation", string(r.Operation), false)
 	field("key", r.Key, true)
 	if r.Version != 0 {
 		b = append(b, `"version":`...)
 		b = strconv.AppendUint(b, uint64(r.Version), 10)
 		b = append(b, ',')
 	}
-	field("decision", r.Decision, true)
+	field("decision", string(r.Decision), true)
 	field("policy_id", r.PolicyID, true)
 	field("backend", r.Backend, true)
 	field("via", r.Via, true)

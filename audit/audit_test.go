@@ -318,7 +318,7 @@ func TestPrefixMatchesJSON(t *testing.T) {
 	zones := []*time.Location{time.UTC, time.FixedZone("plus", 5*3600+30*60), time.FixedZone("odd", 17)}
 	for i := range 2000 {
 		r := Record{Time: time.Unix(rng.Int64N(4e9), rng.Int64N(1e9)).In(zones[rng.IntN(3)]), RequestID: pick(), ClientRequestID: pick(), Principal: pick(),
-			Node: pick(), Operation: pick(), Key: pick(), Version: uint32(rng.IntN(3)), Decision: pick(), PolicyID: pick(),
+			Node: pick(), Operation: Operation(pick()), Key: pick(), Version: uint32(rng.IntN(3)), Decision: Decision(pick()), PolicyID: pick(),
 			Backend: pick(), Via: pick(), BackendCallsDropped: rng.IntN(2) * rng.IntN(20), Outcome: pick(), Detail: pick()}
 		for range rng.IntN(3) {
 			r.BackendCalls = append(r.BackendCalls, pick())

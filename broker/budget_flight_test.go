@@ -28,10 +28,6 @@ func (g *gatedMaterials) Material(ctx context.Context, k *Key, v uint32) (*secre
 	return g.ms.Material(ctx, k, v)
 }
 
-type oneKey struct{ k *Key }
-
-func (o oneKey) Get(context.Context, string) (*Key, error) { return o.k, nil }
-
 // TestBudgetRefusalNotShared: client A, whose budget is spent, leads the
 // flight that makes a data key and its material; client B joins it. A is
 // refused, but B is not handed A's refusal: it runs the call under its own
@@ -53,18 +49,18 @@ func TestBudgetRefusalNotShared(t *testing.T) {
 		Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
 	synctest.Test(t, func(t *testing.T) {
 		src := &gatedMaterials{ms: NewMaterials(r, 100, time.Hour, nil), entered: make(chan struct{}), open: make(chan struct{})}
-		ops, err := managed.New(managed.Config{Keys: oneKey{k}, Material: src})
+		ops, err := managed.New(managed.Config{Material: src})
 		if err != nil {
 			t.Fatal(err)
 		}
 		errA, errB := make(chan error, 1), make(chan error, 1)
 		go func() {
-			_, _, err := ops.Encrypt(identity.NewContext(t.Context(), a), "k", []byte("x"), nil)
+			_, err := ops.Encrypt(identity.NewContext(t.Context(), a), k, []byte("x"), nil)
 			errA <- err
 		}()
 		<-src.entered // A leads, and waits in the material source
 		go func() {
-			_, _, err := ops.Encrypt(identity.NewContext(t.Context(), bb), "k", []byte("x"), nil)
+			_, err := ops.Encrypt(identity.NewContext(t.Context(), bb), k, []byte("x"), nil)
 			errB <- err
 		}()
 		synctest.Wait() // B has joined A's flight

@@ -14,14 +14,10 @@ import (
 	"github.com/keybroker/keybroker/secret"
 )
 
-// Request limits enforced by the service (the gRPC layer bounds whole
-// messages too).
-const (
-	MaxPlaintext    = managed.MaxPlaintext
-	MaxSignInput    = managed.MaxSignInput
-	MaxRandom       = 1024
-	MaxListPageSize = managed.MaxListPageSize
-)
+// MaxRandom is the most bytes one GenerateRandom returns. (The other
+// request limits are managed's: managed.MaxPlaintext, MaxSignInput,
+// MaxListPageSize.)
+const MaxRandom = 1024
 
 // ServiceConfig assembles a Service.
 type ServiceConfig struct {
@@ -52,9 +48,12 @@ type ServiceConfig struct {
 
 // Service performs every KeyBroker and KeyAdmin operation at the central
 // tier, for every key mode. It knows nothing of transports, identities or
-// policy: the gRPC layer authorizes and audits around it.
+// policy: package pipeline resolves, authorizes, checks and audits around
+// it, and hands the key operations (managed.Ops: Encrypt, Decrypt,
+// GenerateDataKey, DecryptDataKey, Sign, PublicKey, Verify, GenerateMac,
+// VerifyMac) the key it resolved.
 type Service struct {
-	*managed.Ops // Encrypt, Decrypt, GenerateDataKey, Sign, Verify, PublicKey, GenerateMac, VerifyMac
+	*managed.Ops
 
 	reg      *Registry
 	roots    *Roots
@@ -72,7 +71,7 @@ func NewService(c ServiceConfig) (*Service, error) {
 		c.Now = time.Now
 	}
 	ops, err := managed.New(managed.Config{
-		Keys: c.Registry, Material: c.Materials, Backend: &rootBackend{roots: c.Roots, failed: newFailedUnwraps(c.FailedUnwrapTTL, c.FailedUnwrapEntries, c.Now)},
+		Material: c.Materials, Backend: &rootBackend{roots: c.Roots, failed: newFailedUnwraps(c.FailedUnwrapTTL, c.FailedUnwrapEntries, c.Now)},
 		Reuse: c.Reuse, ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now,
 		MaxDataKeysPerVersion: c.MaxDataKeysPerVersion,
 	})
@@ -81,6 +80,9 @@ func NewService(c ServiceConfig) (*Service, error) {
 	}
 	return &Service{Ops: ops, reg: c.Registry, roots: c.Roots, mat: c.Materials, defaults: maps.Clone(c.DefaultRoots), now: c.Now}, nil
 }
+
+// Get resolves a key id from the registry.
+func (s *Service) Get(ctx context.Context, id string) (*Key, error) { return s.reg.Get(ctx, id) }
 
 // Registry returns the key registry.
 func (s *Service) Registry() *Registry { return s.reg }
@@ -159,7 +161,7 @@ func (s *Service) RotateKey(ctx context.Context, id string) (*Key, error) {
 		// version on the same root would be the same key, and retiring the
 		// old version would retire nothing. (Backend-mode AES keys rotate:
 		// each data key is bound to its version.)
-		if k.Mode == ModeBackend && k.Type != AES256GCM {
+		if !k.Mode.HoldsMaterial() && k.Type != AES256GCM {
 			return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode %s key: its one backend key cannot be rotated; create a new key on a new root", id, k.Type)
 		}
 		next := uint32(len(k.Versions) + 1)

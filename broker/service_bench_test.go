@@ -17,21 +17,21 @@ func BenchmarkService(b *testing.B) {
 			b.SetBytes(int64(size))
 			b.ResetTimer()
 			for b.Loop() {
-				if _, _, err := e.svc.Encrypt(b.Context(), "bench", pt, map[string]string{"tenant": "42"}); err != nil {
+				if _, _, err := e.byID().Encrypt(b.Context(), "bench", pt, map[string]string{"tenant": "42"}); err != nil {
 					b.Fatal(err)
 				}
 			}
 		})
 		b.Run(fmt.Sprintf("Decrypt%dB", size), func(b *testing.B) {
 			e := newBenchEnv(b)
-			ct, _, err := e.svc.Encrypt(b.Context(), "bench", make([]byte, size), map[string]string{"tenant": "42"})
+			ct, _, err := e.byID().Encrypt(b.Context(), "bench", make([]byte, size), map[string]string{"tenant": "42"})
 			if err != nil {
 				b.Fatal(err)
 			}
 			b.SetBytes(int64(size))
 			b.ResetTimer()
 			for b.Loop() {
-				if _, _, _, err := e.svc.Decrypt(b.Context(), ct, map[string]string{"tenant": "42"}, ""); err != nil {
+				if _, _, _, err := e.byID().Decrypt(b.Context(), ct, map[string]string{"tenant": "42"}, ""); err != nil {
 					b.Fatal(err)
 				}
 			}

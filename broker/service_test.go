@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/keybroker/keybroker/internal/byid"
+	"github.com/keybroker/keybroker/managed"
 	"os"
 	"path/filepath"
 	"slices"
@@ -145,23 +147,23 @@ func TestEncryptDecryptEveryMode(t *testing.T) {
 			e.create(t, id, AES256GCM, tc.mode, tc.root, tc.derived)
 			ectx := map[string]string{"tenant": "42"}
 			for _, pt := range [][]byte{nil, []byte("hello"), bytes.Repeat([]byte{7}, 100_000)} {
-				ct, k, err := e.svc.Encrypt(ctx, id, pt, ectx)
+				ct, k, err := e.byID().Encrypt(ctx, id, pt, ectx)
 				if err != nil || k.Primary != 1 {
 					t.Fatalf("Encrypt: %v", err)
 				}
-				got, _, v, err := e.svc.Decrypt(ctx, ct, ectx, "")
+				got, _, v, err := e.byID().Decrypt(ctx, ct, ectx, "")
 				if err != nil || !bytes.Equal(got, pt) || v != 1 {
 					t.Fatalf("Decrypt = %d bytes v%d, %v", len(got), v, err)
 				}
-				_, _, _, err = e.svc.Decrypt(ctx, ct, map[string]string{"tenant": "43"}, "")
+				_, _, _, err = e.byID().Decrypt(ctx, ct, map[string]string{"tenant": "43"}, "")
 				wantErr(t, "wrong context", err, ErrInvalidArgument)
-				_, _, _, err = e.svc.Decrypt(ctx, ct, nil, "")
+				_, _, _, err = e.byID().Decrypt(ctx, ct, nil, "")
 				wantErr(t, "missing context", err, ErrInvalidArgument)
 				bad := bytes.Clone(ct)
 				bad[len(bad)-1] ^= 1
-				_, _, _, err = e.svc.Decrypt(ctx, bad, ectx, "")
+				_, _, _, err = e.byID().Decrypt(ctx, bad, ectx, "")
 				wantErr(t, "tampered", err, ErrInvalidArgument)
-				_, _, _, err = e.svc.Decrypt(ctx, ct, ectx, "other-key")
+				_, _, _, err = e.byID().Decrypt(ctx, ct, ectx, "other-key")
 				wantErr(t, "expected another key", err, ErrInvalidArgument)
 			}
 		})
@@ -173,29 +175,29 @@ func TestForeignAndMalformedCiphertexts(t *testing.T) {
 	ctx := t.Context()
 	e.create(t, "a", AES256GCM, ModeDerive, "", false)
 	e.create(t, "b", AES256GCM, ModeDerive, "", false)
-	ct, _, _ := e.svc.Encrypt(ctx, "a", []byte("secret"), nil)
+	ct, _, _ := e.byID().Encrypt(ctx, "a", []byte("secret"), nil)
 	// Relabel a's ciphertext as b's: b's material does not open a's DEK.
 	foreign := append([]byte{ct[0], ct[1]}, 'b')
 	foreign = append(foreign, ct[3:]...)
-	_, _, _, err := e.svc.Decrypt(ctx, foreign, nil, "")
+	_, _, _, err := e.byID().Decrypt(ctx, foreign, nil, "")
 	wantErr(t, "relabelled ciphertext", err, ErrInvalidArgument)
 	for _, in := range [][]byte{nil, {1}, ct[:20], append([]byte{9}, ct[1:]...)} {
-		_, _, _, err := e.svc.Decrypt(ctx, in, nil, "")
+		_, _, _, err := e.byID().Decrypt(ctx, in, nil, "")
 		wantErr(t, fmt.Sprintf("malformed %x", in[:min(len(in), 4)]), err, ErrInvalidArgument)
 	}
 	// Unknown key in a well-formed ciphertext.
 	e.create(t, "gone", AES256GCM, ModeDerive, "", false)
-	ct2, _, _ := e.svc.Encrypt(ctx, "gone", []byte("x"), nil)
+	ct2, _, _ := e.byID().Encrypt(ctx, "gone", []byte("x"), nil)
 	e.svc.SetState(ctx, "gone", ScheduleDeletion(e.clock.Now(), 0))
 	e.clock.Advance(31 * 24 * time.Hour)
 	if _, _, err := e.svc.Sweep(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	_, _, _, err = e.svc.Decrypt(ctx, ct2, nil, "")
+	_, _, _, err = e.byID().Decrypt(ctx, ct2, nil, "")
 	wantErr(t, "deleted key", err, ErrNotFound)
-	_, _, err = e.svc.Encrypt(ctx, "never", []byte("x"), nil)
+	_, _, err = e.byID().Encrypt(ctx, "never", []byte("x"), nil)
 	wantErr(t, "unknown key", err, ErrNotFound)
-	_, _, err = e.svc.Encrypt(ctx, "a", make([]byte, MaxPlaintext+1), nil)
+	_, _, err = e.byID().Encrypt(ctx, "a", make([]byte, managed.MaxPlaintext+1), nil)
 	wantErr(t, "oversized", err, ErrInvalidArgument)
 }
 
@@ -203,39 +205,39 @@ func TestRotationAndLifecycle(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	e.create(t, "k", AES256GCM, ModeWrap, "", false)
-	ct1, _, _ := e.svc.Encrypt(ctx, "k", []byte("v1 data"), nil)
+	ct1, _, _ := e.byID().Encrypt(ctx, "k", []byte("v1 data"), nil)
 	k, err := e.svc.RotateKey(ctx, "k")
 	if err != nil || k.Primary != 2 {
 		t.Fatalf("RotateKey = %v, %v", k, err)
 	}
-	ct2, k2, _ := e.svc.Encrypt(ctx, "k", []byte("v2 data"), nil)
+	ct2, k2, _ := e.byID().Encrypt(ctx, "k", []byte("v2 data"), nil)
 	if k2.Primary != 2 {
 		t.Errorf("encrypt after rotate used version %d", k2.Primary)
 	}
-	if pt, _, v, err := e.svc.Decrypt(ctx, ct1, nil, ""); err != nil || string(pt) != "v1 data" || v != 1 {
+	if pt, _, v, err := e.byID().Decrypt(ctx, ct1, nil, ""); err != nil || string(pt) != "v1 data" || v != 1 {
 		t.Errorf("old ciphertext after rotation: %q v%d %v", pt, v, err)
 	}
 	two := uint32(2)
 	if _, err := e.svc.UpdateKey(ctx, UpdateParams{ID: "k", MinDecryptionVersion: &two}); err != nil {
 		t.Fatal(err)
 	}
-	_, _, _, err = e.svc.Decrypt(ctx, ct1, nil, "")
+	_, _, _, err = e.byID().Decrypt(ctx, ct1, nil, "")
 	wantErr(t, "below minimum version", err, ErrFailedPrecondition)
-	if _, _, _, err := e.svc.Decrypt(ctx, ct2, nil, ""); err != nil {
+	if _, _, _, err := e.byID().Decrypt(ctx, ct2, nil, ""); err != nil {
 		t.Errorf("v2 after raising the minimum: %v", err)
 	}
 	e.svc.SetState(ctx, "k", Disable)
-	_, _, err = e.svc.Encrypt(ctx, "k", []byte("x"), nil)
+	_, _, err = e.byID().Encrypt(ctx, "k", []byte("x"), nil)
 	wantErr(t, "encrypt disabled", err, ErrFailedPrecondition)
-	_, _, _, err = e.svc.Decrypt(ctx, ct2, nil, "")
+	_, _, _, err = e.byID().Decrypt(ctx, ct2, nil, "")
 	wantErr(t, "decrypt disabled", err, ErrFailedPrecondition)
 	e.svc.SetState(ctx, "k", Enable)
 	e.svc.SetState(ctx, "k", ScheduleDeletion(e.clock.Now(), 7*24*time.Hour))
-	_, _, _, err = e.svc.Decrypt(ctx, ct2, nil, "")
+	_, _, _, err = e.byID().Decrypt(ctx, ct2, nil, "")
 	wantErr(t, "decrypt pending deletion", err, ErrFailedPrecondition)
 	e.svc.SetState(ctx, "k", CancelDeletion)
 	e.svc.SetState(ctx, "k", Enable)
-	if _, _, _, err := e.svc.Decrypt(ctx, ct2, nil, ""); err != nil {
+	if _, _, _, err := e.byID().Decrypt(ctx, ct2, nil, ""); err != nil {
 		t.Errorf("decrypt after cancel and enable: %v", err)
 	}
 }
@@ -255,18 +257,18 @@ func TestSignVerifyEveryMode(t *testing.T) {
 			id := "sig-" + string(tc.typ) + "-" + string(tc.mode)
 			e.create(t, id, tc.typ, tc.mode, tc.root, false)
 			msg := []byte("sign me")
-			sig, _, err := e.svc.Sign(ctx, id, msg, false)
+			sig, _, err := e.byID().Sign(ctx, id, msg, false)
 			if err != nil {
 				t.Fatalf("Sign: %v", err)
 			}
-			ok, v, err := e.svc.Verify(ctx, id, 0, msg, false, sig)
+			ok, v, err := e.byID().Verify(ctx, id, 0, msg, false, sig)
 			if err != nil || !ok || v != 1 {
 				t.Errorf("Verify = %v v%d, %v", ok, v, err)
 			}
-			if ok, _, _ := e.svc.Verify(ctx, id, 0, []byte("other"), false, sig); ok {
+			if ok, _, _ := e.byID().Verify(ctx, id, 0, []byte("other"), false, sig); ok {
 				t.Error("signature verifies for another message")
 			}
-			der, _, _, err := e.svc.PublicKey(ctx, id, 0)
+			der, _, _, err := e.byID().PublicKey(ctx, id, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -277,17 +279,17 @@ func TestSignVerifyEveryMode(t *testing.T) {
 				if !ecdsa.VerifyASN1(p, d[:], sig) {
 					t.Error("stdlib ECDSA verify fails")
 				}
-				dsig, _, err := e.svc.Sign(ctx, id, d[:], true)
+				dsig, _, err := e.byID().Sign(ctx, id, d[:], true)
 				if err != nil || !ecdsa.VerifyASN1(p, d[:], dsig) {
 					t.Errorf("Sign(digest) = %v", err)
 				}
-				_, _, err = e.svc.Sign(ctx, id, d[:31], true)
+				_, _, err = e.byID().Sign(ctx, id, d[:31], true)
 				wantErr(t, "short digest", err, ErrInvalidArgument)
 			case ed25519.PublicKey:
 				if !ed25519.Verify(p, msg, sig) {
 					t.Error("stdlib Ed25519 verify fails")
 				}
-				_, _, err = e.svc.Sign(ctx, id, msg, true)
+				_, _, err = e.byID().Sign(ctx, id, msg, true)
 				wantErr(t, "ed25519 digest", err, ErrInvalidArgument)
 			default:
 				t.Fatalf("public key %T", pub)
@@ -297,11 +299,11 @@ func TestSignVerifyEveryMode(t *testing.T) {
 					t.Fatal(err)
 				}
 				// The old version still verifies the old signature.
-				if ok, _, err := e.svc.Verify(ctx, id, 1, msg, false, sig); err != nil || !ok {
+				if ok, _, err := e.byID().Verify(ctx, id, 1, msg, false, sig); err != nil || !ok {
 					t.Errorf("Verify(v1) after rotation = %v, %v", ok, err)
 				}
-				sig2, _, _ := e.svc.Sign(ctx, id, msg, false)
-				if ok, _, _ := e.svc.Verify(ctx, id, 1, msg, false, sig2); ok {
+				sig2, _, _ := e.byID().Sign(ctx, id, msg, false)
+				if ok, _, _ := e.byID().Verify(ctx, id, 1, msg, false, sig2); ok {
 					t.Error("v2 signature verifies under v1")
 				}
 			} else {
@@ -310,10 +312,10 @@ func TestSignVerifyEveryMode(t *testing.T) {
 			}
 		})
 	}
-	_, _, err := e.svc.Sign(ctx, "aes-none", []byte("x"), false)
+	_, _, err := e.byID().Sign(ctx, "aes-none", []byte("x"), false)
 	wantErr(t, "sign unknown", err, ErrNotFound)
 	e.create(t, "aes-k", AES256GCM, ModeDerive, "", false)
-	_, _, err = e.svc.Sign(ctx, "aes-k", []byte("x"), false)
+	_, _, err = e.byID().Sign(ctx, "aes-k", []byte("x"), false)
 	wantErr(t, "sign with aes", err, ErrInvalidArgument)
 }
 
@@ -326,30 +328,30 @@ func TestMACEveryMode(t *testing.T) {
 	}{{ModeDerive, ""}, {ModeWrap, ""}, {ModeBackend, "softkms:mac-root"}} {
 		id := "mac-" + string(tc.mode)
 		e.create(t, id, HMACSHA256, tc.mode, tc.root, false)
-		tag, _, err := e.svc.GenerateMac(ctx, id, []byte("msg"))
+		tag, _, err := e.byID().GenerateMac(ctx, id, []byte("msg"))
 		if err != nil || len(tag) != 32 {
 			t.Fatalf("%s GenerateMac = %x, %v", tc.mode, tag, err)
 		}
-		tag2, _, _ := e.svc.GenerateMac(ctx, id, []byte("msg"))
+		tag2, _, _ := e.byID().GenerateMac(ctx, id, []byte("msg"))
 		if !bytes.Equal(tag, tag2) {
 			t.Errorf("%s: MAC not deterministic", tc.mode)
 		}
-		if ok, _, err := e.svc.VerifyMac(ctx, id, 0, []byte("msg"), tag); !ok || err != nil {
+		if ok, _, err := e.byID().VerifyMac(ctx, id, 0, []byte("msg"), tag); !ok || err != nil {
 			t.Errorf("%s VerifyMac = %v, %v", tc.mode, ok, err)
 		}
 		bad := bytes.Clone(tag)
 		bad[0] ^= 1
-		if ok, _, _ := e.svc.VerifyMac(ctx, id, 0, []byte("msg"), bad); ok {
+		if ok, _, _ := e.byID().VerifyMac(ctx, id, 0, []byte("msg"), bad); ok {
 			t.Errorf("%s: a flipped tag verifies", tc.mode)
 		}
-		_, _, err = e.svc.GenerateMac(ctx, id, nil)
+		_, _, err = e.byID().GenerateMac(ctx, id, nil)
 		wantErr(t, "empty MAC message", err, ErrInvalidArgument)
 	}
 	_, err := e.svc.RotateKey(ctx, "mac-backend")
 	wantErr(t, "rotate a backend-mode MAC key", err, ErrFailedPrecondition)
-	_, _, err = e.svc.GenerateMac(ctx, "mac-backend", make([]byte, 5000))
+	_, _, err = e.byID().GenerateMac(ctx, "mac-backend", make([]byte, 5000))
 	wantErr(t, "backend MAC over 4 KiB", err, ErrInvalidArgument)
-	if _, _, err := e.svc.GenerateMac(ctx, "mac-derive", make([]byte, 5000)); err != nil {
+	if _, _, err := e.byID().GenerateMac(ctx, "mac-derive", make([]byte, 5000)); err != nil {
 		t.Errorf("derive MAC of 5000 bytes: %v", err)
 	}
 }
@@ -361,7 +363,7 @@ func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
 	before := e.backend.calls.Load()
 	var cts [][]byte
 	for i := range 1000 {
-		ct, _, err := e.svc.Encrypt(ctx, "hot", fmt.Appendf(nil, "message %d", i), map[string]string{"i": fmt.Sprint(i)})
+		ct, _, err := e.byID().Encrypt(ctx, "hot", fmt.Appendf(nil, "message %d", i), map[string]string{"i": fmt.Sprint(i)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -370,7 +372,7 @@ func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, ct := range cts {
 		wg.Go(func() {
-			if _, _, _, err := e.svc.Decrypt(ctx, ct, map[string]string{"i": fmt.Sprint(i)}, ""); err != nil {
+			if _, _, _, err := e.byID().Decrypt(ctx, ct, map[string]string{"i": fmt.Sprint(i)}, ""); err != nil {
 				t.Error(err)
 			}
 		})
@@ -383,7 +385,7 @@ func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
 	e.create(t, "hsm-only", AES256GCM, ModeBackend, "softkms:hsm-aes-root", false)
 	before = e.backend.calls.Load()
 	for i := range 500 {
-		if _, _, err := e.svc.Encrypt(ctx, "hsm-only", fmt.Appendf(nil, "m%d", i), nil); err != nil {
+		if _, _, err := e.byID().Encrypt(ctx, "hsm-only", fmt.Appendf(nil, "m%d", i), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -427,11 +429,11 @@ func TestGenerateDataKey(t *testing.T) {
 		id := fmt.Sprintf("dk-%d", i)
 		t.Run(fmt.Sprintf("%s derived=%v", tc.mode, tc.derived), func(t *testing.T) {
 			e.create(t, id, AES256GCM, tc.mode, tc.root, tc.derived)
-			dk, err := e.svc.GenerateDataKey(ctx, id, ectx, true)
+			dk, err := e.byID().GenerateDataKey(ctx, id, ectx, true)
 			if err != nil || dk.Plaintext.Len() != 32 || len(dk.Wrapped) < envelope.WrappedDEKLen {
 				t.Fatalf("GenerateDataKey = %+v, %v", dk, err)
 			}
-			got, _, _, err := e.svc.Decrypt(ctx, dk.Encrypted, ectx, id)
+			got, _, _, err := e.byID().Decrypt(ctx, dk.Encrypted, ectx, id)
 			if err != nil || !bytes.Equal(got, dk.Plaintext.Reveal()) {
 				t.Errorf("Decrypt(encrypted data key) = %v", err)
 			}
@@ -443,22 +445,22 @@ func TestGenerateDataKey(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if pt, _, _, err := e.svc.Decrypt(ctx, ct, ectx, ""); err != nil || string(pt) != "sealed by a client" {
+			if pt, _, _, err := e.byID().Decrypt(ctx, ct, ectx, ""); err != nil || string(pt) != "sealed by a client" {
 				t.Errorf("Decrypt(client-sealed) = %q, %v", pt, err)
 			}
-			back, _, err := e.svc.DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped, ectx)
+			back, _, err := e.byID().DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped, ectx)
 			if err != nil || !back.Equal(dk.Plaintext) {
 				t.Errorf("DecryptDataKey = %v, want the generated data key", err)
 			}
 			if tc.derived {
-				_, _, err := e.svc.DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped, map[string]string{"bucket": "other"})
+				_, _, err := e.byID().DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped, map[string]string{"bucket": "other"})
 				wantErr(t, "DecryptDataKey with another context", err, ErrInvalidArgument)
 			}
-			_, _, err = e.svc.DecryptDataKey(ctx, id, 9, dk.Wrapped, ectx)
+			_, _, err = e.byID().DecryptDataKey(ctx, id, 9, dk.Wrapped, ectx)
 			wantErr(t, "DecryptDataKey of a version that does not exist", err, ErrNotFound)
-			_, _, err = e.svc.DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped[:10], ectx)
+			_, _, err = e.byID().DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped[:10], ectx)
 			wantErr(t, "DecryptDataKey of a short wrapped key", err, ErrInvalidArgument)
-			without, err := e.svc.GenerateDataKey(ctx, id, ectx, false)
+			without, err := e.byID().GenerateDataKey(ctx, id, ectx, false)
 			if err != nil || without.Wrapped != nil {
 				t.Errorf("GenerateDataKey(wrapped=false) = %v, wrapped %x", err, without.Wrapped)
 			}
@@ -624,3 +626,7 @@ func TestSweepAuditsFirst(t *testing.T) {
 		t.Errorf("doomed after the audited sweep: %v, want not found", err)
 	}
 }
+
+// byID drives the service by key id, as package pipeline would without
+// the policy and the audit.
+func (e *env) byID() byid.Ops { return byid.Ops{P: e.svc} }

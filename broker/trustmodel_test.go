@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
+	"github.com/keybroker/keybroker/internal/byid"
 	"path/filepath"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func TestBackendMACOnDeriveRootRefused(t *testing.T) {
 	if _, err := e.svc.Registry().Create(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	tag, _, err := e.svc.GenerateMac(ctx, "old-evil", DeriveInput(victim, 1))
+	tag, _, err := e.byID().GenerateMac(ctx, "old-evil", DeriveInput(victim, 1))
 	wantErr(t, "backend-mode MAC on the derive root", err, ErrFailedPrecondition)
 	if tag != nil {
 		t.Errorf("GenerateMac on the derive root returned %x", tag)
@@ -73,7 +74,7 @@ func TestBackendMACDomainSeparated(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The material is the key's: its MACs are HMAC(material, msg).
-	tag, _, err := e.svc.GenerateMac(ctx, "victim", []byte("msg"))
+	tag, _, err := e.byID().GenerateMac(ctx, "victim", []byte("msg"))
 	if err != nil || !hmac.Equal(tag, hmacOf(material, []byte("msg"))) {
 		t.Fatalf("derive-mode MAC = %x, %v; not HMAC(material, msg)", tag, err)
 	}
@@ -140,11 +141,11 @@ func TestRecreatedKeyStaysDead(t *testing.T) {
 		t.Run(string(tc.mode), func(t *testing.T) {
 			e := newEnv(t)
 			e.create(t, "k", AES256GCM, tc.mode, tc.root, tc.derived)
-			ct, _, err := e.svc.Encrypt(ctx, "k", []byte("old secret"), ectx)
+			ct, _, err := e.byID().Encrypt(ctx, "k", []byte("old secret"), ectx)
 			if err != nil {
 				t.Fatal(err)
 			}
-			dk, err := e.svc.GenerateDataKey(ctx, "k", ectx, true)
+			dk, err := e.byID().GenerateDataKey(ctx, "k", ectx, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -152,16 +153,16 @@ func TestRecreatedKeyStaysDead(t *testing.T) {
 			e.sweepAway(t, "k")
 
 			e.create(t, "k", AES256GCM, tc.mode, tc.root, tc.derived)
-			if pt, _, _, err := e.svc.Decrypt(ctx, ct, ectx, ""); err == nil {
+			if pt, _, _, err := e.byID().Decrypt(ctx, ct, ectx, ""); err == nil {
 				t.Errorf("the re-created key opened the old ciphertext: %q", pt)
 			}
-			if got, _, err := e.svc.DecryptDataKey(ctx, "k", 1, dk.Wrapped, ectx); err == nil {
+			if got, _, err := e.byID().DecryptDataKey(ctx, "k", 1, dk.Wrapped, ectx); err == nil {
 				t.Errorf("the re-created key unwrapped the old data key: %x", got.Reveal())
 			}
-			if pt, _, _, err := e.svc.Decrypt(ctx, dk.Encrypted, ectx, ""); err == nil {
+			if pt, _, _, err := e.byID().Decrypt(ctx, dk.Encrypted, ectx, ""); err == nil {
 				t.Errorf("the re-created key opened the old encrypted data key: %x", pt)
 			}
-			ct2, _, err := e.svc.Encrypt(ctx, "k", []byte("new secret"), ectx)
+			ct2, _, err := e.byID().Encrypt(ctx, "k", []byte("new secret"), ectx)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -169,7 +170,7 @@ func TestRecreatedKeyStaysDead(t *testing.T) {
 			if bytes.Equal(newHeader.WrappedDEK, oldHeader.WrappedDEK) {
 				t.Error("the re-created key reused the old key's data key")
 			}
-			if pt, _, _, err := e.svc.Decrypt(ctx, ct2, ectx, ""); err != nil || string(pt) != "new secret" {
+			if pt, _, _, err := e.byID().Decrypt(ctx, ct2, ectx, ""); err != nil || string(pt) != "new secret" {
 				t.Errorf("Decrypt(new) = %q, %v", pt, err)
 			}
 		})
@@ -178,21 +179,21 @@ func TestRecreatedKeyStaysDead(t *testing.T) {
 		e := newEnv(t)
 		e.create(t, "sig", ECDSAP256, ModeDerive, "", false)
 		e.create(t, "mac", HMACSHA256, ModeDerive, "", false)
-		pub, _, _, _ := e.svc.PublicKey(ctx, "sig", 0)
-		tag, _, _ := e.svc.GenerateMac(ctx, "mac", []byte("m"))
+		pub, _, _, _ := e.byID().PublicKey(ctx, "sig", 0)
+		tag, _, _ := e.byID().GenerateMac(ctx, "mac", []byte("m"))
 		e.sweepAway(t, "sig")
 		e.sweepAway(t, "mac")
 		e.create(t, "sig", ECDSAP256, ModeDerive, "", false)
 		e.create(t, "mac", HMACSHA256, ModeDerive, "", false)
-		pub2, _, _, _ := e.svc.PublicKey(ctx, "sig", 0)
-		tag2, _, _ := e.svc.GenerateMac(ctx, "mac", []byte("m"))
+		pub2, _, _, _ := e.byID().PublicKey(ctx, "sig", 0)
+		tag2, _, _ := e.byID().GenerateMac(ctx, "mac", []byte("m"))
 		if bytes.Equal(pub, pub2) {
 			t.Error("the re-created signing key has the old public key")
 		}
 		if bytes.Equal(tag, tag2) {
 			t.Error("the re-created MAC key computes the old MACs")
 		}
-		if ok, _, err := e.svc.VerifyMac(ctx, "mac", 0, []byte("m"), tag); ok || err != nil {
+		if ok, _, err := e.byID().VerifyMac(ctx, "mac", 0, []byte("m"), tag); ok || err != nil {
 			t.Errorf("the re-created MAC key verified the old tag (%v)", err)
 		}
 	})
@@ -206,11 +207,11 @@ func TestRecreatedKeyMissesWarmCaches(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	old := e.create(t, "k", AES256GCM, ModeDerive, "", false)
-	ct, _, err := e.svc.Encrypt(ctx, "k", []byte("old"), nil)
+	ct, _, err := e.byID().Encrypt(ctx, "k", []byte("old"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := e.svc.Decrypt(ctx, ct, nil, ""); err != nil { // warms the unwrap cache
+	if _, _, _, err := e.byID().Decrypt(ctx, ct, nil, ""); err != nil { // warms the unwrap cache
 		t.Fatal(err)
 	}
 	oldMaterial, err := e.svc.mat.Get(ctx, old, 1)
@@ -229,11 +230,11 @@ func TestRecreatedKeyMissesWarmCaches(t *testing.T) {
 	if m.Equal(oldMaterial) {
 		t.Error("the material cache served the deleted key's material")
 	}
-	if pt, _, _, err := e.svc.Decrypt(ctx, ct, nil, ""); err == nil {
+	if pt, _, _, err := e.byID().Decrypt(ctx, ct, nil, ""); err == nil {
 		t.Errorf("the unwrap cache opened the deleted key's ciphertext: %q", pt)
 	}
 	before := e.svc.DataKeysCreated()
-	ct2, _, err := e.svc.Encrypt(ctx, "k", []byte("new"), nil)
+	ct2, _, err := e.byID().Encrypt(ctx, "k", []byte("new"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +242,7 @@ func TestRecreatedKeyMissesWarmCaches(t *testing.T) {
 		t.Error("Encrypt reused the deleted key's data key")
 	}
 	e.svc.ForgetAll()
-	if pt, _, _, err := e.svc.Decrypt(ctx, ct2, nil, ""); err != nil || string(pt) != "new" {
+	if pt, _, _, err := e.byID().Decrypt(ctx, ct2, nil, ""); err != nil || string(pt) != "new" {
 		t.Errorf("Decrypt(new) with cold caches = %q, %v", pt, err)
 	}
 }
@@ -266,8 +267,8 @@ func TestSharedRootDistinctMaterial(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a, _, _, _ := e.svc.PublicKey(ctx, "same", 0)
-	b, _, _, _ := other.PublicKey(ctx, "same", 0)
+	a, _, _, _ := e.byID().PublicKey(ctx, "same", 0)
+	b, _, _, _ := byid.Ops{P: other}.PublicKey(ctx, "same", 0)
 	if bytes.Equal(a, b) {
 		t.Error("two registries on one PRF root derived the same key for one id")
 	}
@@ -327,23 +328,23 @@ func TestLegacyKeysKeepTheirInputs(t *testing.T) {
 	cts = append(cts, seal(envelope.NewDataKey("legacy-backend", 1, secret.New(dek), wd)))
 
 	for _, ct := range cts {
-		if pt, k, _, err := e.svc.Decrypt(ctx, ct, nil, ""); err != nil || string(pt) != "from before salts" {
+		if pt, k, _, err := e.byID().Decrypt(ctx, ct, nil, ""); err != nil || string(pt) != "from before salts" {
 			t.Errorf("legacy key %s: Decrypt = %q, %v", k.ID, pt, err)
 		}
 	}
 	// And new ciphertexts of a legacy key open after the caches are cold.
-	ct, _, err := e.svc.Encrypt(ctx, "legacy-derive", []byte("x"), nil)
+	ct, _, err := e.byID().Encrypt(ctx, "legacy-derive", []byte("x"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.svc.ForgetAll()
-	if _, _, _, err := e.svc.Decrypt(ctx, ct, nil, ""); err != nil {
+	if _, _, _, err := e.byID().Decrypt(ctx, ct, nil, ""); err != nil {
 		t.Errorf("a legacy key's new ciphertext: %v", err)
 	}
 
 	// Backend-mode MAC: the root's HMAC of the message itself.
 	put("legacy-mac", HMACSHA256, ModeBackend, "softkms:mac-root", nil)
-	tag, _, err := e.svc.GenerateMac(ctx, "legacy-mac", []byte("msg"))
+	tag, _, err := e.byID().GenerateMac(ctx, "legacy-mac", []byte("msg"))
 	want, err2 := e.backend.MAC(ctx, "mac-root", []byte("msg"))
 	if err != nil || err2 != nil || !hmac.Equal(tag, want.Reveal()) {
 		t.Errorf("legacy backend-mode MAC = %x, %v; want the root's HMAC of the message (%v)", tag, err, err2)

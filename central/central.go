@@ -301,7 +301,7 @@ func (n *Node) sweep(ctx context.Context) {
 // auditSystem records an operation the node performs by itself, before it
 // does it (err nil: outcome ok) or when it failed after all.
 func (n *Node) auditSystem(op, key string, err error) error {
-	rec := audit.Record{Principal: "system", Node: n.cfg.NodeID, Operation: op, Key: key, Decision: "allow", Outcome: "ok"}
+	rec := audit.Record{Principal: "system", Node: n.cfg.NodeID, Operation: audit.Operation(op), Key: key, Decision: audit.Allow, Outcome: "ok"}
 	if err != nil {
 		st := n.rpc.Status(err)
 		rec.Outcome, rec.Detail = st.Code().String(), st.Message()

@@ -117,7 +117,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err := n.cache.RegisterMetrics(metrics); err != nil {
 		return nil, err
 	}
-	srv, err := rpc.New(rpc.Config{Node: n.cache.Node(), Policy: n.cache.Policy(), Audit: sh.Audit(), NodeID: cfg.NodeID,
+	srv, err := rpc.New(rpc.Config{Performer: n.cache.Performer(), Policy: n.cache.Policy(), Audit: sh.Audit(), NodeID: cfg.NodeID,
 		TrustDomain: cfg.TrustDomain, Logger: log})
 	if err != nil {
 		return nil, err

@@ -10,19 +10,28 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 // Admin is the KeyAdmin service at the edge: every call is forwarded to
 // the central tier, which authorizes and performs it as the caller. The
 // edge audits that it relayed the call and what came back.
-func (c *Cache) Admin(s *rpc.Server) kbv1.KeyAdminServer { return &edgeAdmin{c: c, s: s} }
+func (c *Cache) Admin(s Calls) kbv1.KeyAdminServer { return &edgeAdmin{c: c, s: s} }
+
+// Calls runs the audited calls of the edge's own gRPC services (Admin,
+// UnaryInterceptor): the node's gRPC front-end (rpc.Server) begins them as
+// the caller it authenticated and turns their errors into statuses. An
+// interface, so that the cache does not import the front-end.
+type Calls interface {
+	Begin(ctx context.Context, op policy.Action, key string) (context.Context, *pipeline.Call, error)
+	End(ctx context.Context, c *pipeline.Call, err error) error
+}
 
 type edgeAdmin struct {
 	kbv1.UnimplementedKeyAdminServer
 	c *Cache
-	s *rpc.Server
+	s Calls
 }
 
 // readYourWrites bounds how long a forwarded key change waits for the
@@ -36,20 +45,20 @@ const readYourWrites = 5 * time.Second
 // key just created can be used, one just disabled is refused.
 func relay[Resp proto.Message](a *edgeAdmin, ctx context.Context, op policy.Action, key string, resp Resp) (Resp, error) {
 	var zero Resp
-	call, err := a.s.Begin(ctx, op, key)
+	ctx, call, err := a.s.Begin(ctx, op, key)
 	if err != nil {
 		return zero, err
 	}
-	call.Rec.Backend = servedCentral
+	call.SetBackend(servedCentral)
 	if err := a.c.forward(ctx, adminService+string(op), resp); err != nil {
-		return zero, call.End(err)
+		return zero, a.s.End(ctx, call, err)
 	}
 	if md, ok := any(resp).(*kbv1.KeyMetadata); ok && a.c.Connected() {
 		if !a.c.waitRevision(ctx, md.GetRevision(), readYourWrites) {
 			a.c.log.Warn("a forwarded key change has not reached the replica yet", "key", key, "revision", md.GetRevision(), "replica_revision", a.c.Revision())
 		}
 	}
-	return resp, call.End(nil)
+	return resp, a.s.End(ctx, call, nil)
 }
 
 func (a *edgeAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kbv1.KeyMetadata, error) {
@@ -104,16 +113,16 @@ func (a *edgeAdmin) ListNodes(ctx context.Context, r *kbv1.ListNodesRequest) (*k
 // says it does not follow the central tier, whatever the central tier
 // last broadcast.
 func (a *edgeAdmin) replicaNodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
-	call, err := a.s.Begin(ctx, policy.ListNodes, "")
+	ctx, call, err := a.s.Begin(ctx, policy.ListNodes, "")
 	if err != nil {
 		return nil, err
 	}
-	call.Rec.Backend = servedLocal
+	call.SetBackend(servedLocal)
 	if err := a.c.Serving(); err != nil {
-		return nil, call.End(err)
+		return nil, a.s.End(ctx, call, err)
 	}
 	if err := call.AuthorizeService(policy.ListNodes); err != nil {
-		return nil, call.End(err)
+		return nil, a.s.End(ctx, call, err)
 	}
 	a.c.mu.RLock()
 	nodes, rev, synced := a.c.nodes, a.c.revision, a.c.synced
@@ -130,7 +139,7 @@ func (a *edgeAdmin) replicaNodes(ctx context.Context) (*kbv1.ListNodesResponse, 
 		}
 		resp.Nodes = append(resp.Nodes, n)
 	}
-	return resp, call.End(nil)
+	return resp, a.s.End(ctx, call, nil)
 }
 
 func (a *edgeAdmin) EnrollNode(ctx context.Context, r *kbv1.EnrollNodeRequest) (*kbv1.Node, error) {

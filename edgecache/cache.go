@@ -60,9 +60,14 @@
 //
 // # Serving
 //
+// The node's front-end (package rpc) hands every operation to package
+// pipeline, which resolves the key in the replica once, authorizes the
+// caller on it and checks it, and calls the edge's Performer
+// (Cache.Performer) with that very key and the ciphertext header it parsed.
 // Operations on keys whose material the edge may hold run here with the
 // same code and checks as at the central tier (package managed), producing
-// the same ciphertexts. Backend-mode keys, keys placed elsewhere,
+// the same ciphertexts; the Performer is generic over the operation's
+// result struct (run), local or forwarded alike. Backend-mode keys, keys placed elsewhere,
 // GenerateRandom and every KeyAdmin call are forwarded, under the same
 // request id. Verify, GetPublicKey, DescribeKey, ListKeys and LookupKey are
 // answered from the replica, and so is ListNodes while the central tier is
@@ -73,7 +78,7 @@
 //
 // The central tier performs a forwarded call only as the client that
 // signed it for this edge (see package broker/server). So the edge forwards
-// the client's own request (rpc.IncomingCall, serialized
+// the client's own request (callinfo.IncomingCall, serialized
 // deterministically), the client's forward proof from the
 // x-keybroker-forward-proof-bin metadata, and the client's certificate
 // chain from the TLS handshake. A call without a proof naming this edge is
@@ -104,11 +109,13 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/internal/ttlcache"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/sealed"
 	"github.com/keybroker/keybroker/secret"
 )
@@ -257,7 +264,7 @@ func Open(c Config) (*Cache, error) {
 		sync: kbv1.NewEdgeSyncClient(c.Central), log: c.Logger, now: c.Now, keys: map[string]*replicaKey{},
 		acked: make(chan struct{}, 1), advanced: make(chan struct{}),
 		spiffeID: identity.Identity{TrustDomain: c.TrustDomain, Kind: identity.Edge, Name: c.NodeID}.String()}
-	ec.ops, err = managed.New(managed.Config{Keys: replicaSource{ec}, Material: ec, Reuse: c.Reuse,
+	ec.ops, err = managed.New(managed.Config{Material: ec, Reuse: c.Reuse,
 		ReuseEntries: c.ReuseEntries, UnwrapEntries: c.UnwrapEntries, UnwrapTTL: c.UnwrapTTL, Now: c.Now,
 		MaxDataKeysPerVersion: c.MaxDataKeysPerVersion})
 	if err != nil {
@@ -290,7 +297,7 @@ func (c *Cache) restore() error {
 	}
 	if s.nodes != nil {
 		c.nodes = s.nodes.GetNodes()
-		c.topo = rpc.NodesFromProto(c.nodes)
+		c.topo = wire.NodesFromProto(c.nodes)
 	}
 	c.me = c.selfLocked()
 	for _, ek := range s.keys {
@@ -313,7 +320,7 @@ func parsePolicy(p *kbv1.EdgePolicy) (*policy.Set, error) {
 }
 
 func (c *Cache) fromProto(ek *kbv1.EdgeKey) (*replicaKey, error) {
-	k, err := rpc.KeyFromProto(ek.GetMetadata(), ek.GetVersions())
+	k, err := wire.KeyFromProto(ek.GetMetadata(), ek.GetVersions())
 	if err != nil {
 		return nil, err
 	}
@@ -383,7 +390,7 @@ func (c *Cache) LeaseExpires() time.Time {
 
 // Policy is the replicated policy, for the gRPC layer. Before the first
 // synchronisation it is empty: everything is denied.
-func (c *Cache) Policy() rpc.Policies { return policySource{c} }
+func (c *Cache) Policy() pipeline.Policies { return policySource{c} }
 
 type policySource struct{ c *Cache }
 
@@ -549,7 +556,7 @@ func (c *Cache) sealedBlob(k *managed.Key, v uint32) []byte {
 // fetch asks the central tier for material on a miss.
 func (c *Cache) fetch(ctx context.Context, keyID string, v uint32) ([]byte, error) {
 	c.stats.fetches.Add(1)
-	resp, err := c.sync.FetchMaterial(rpc.OutgoingRequestID(ctx), &kbv1.FetchMaterialRequest{KeyId: keyID, KeyVersion: v})
+	resp, err := c.sync.FetchMaterial(callinfo.OutgoingRequestID(ctx), &kbv1.FetchMaterialRequest{KeyId: keyID, KeyVersion: v})
 	if status.Code(err) == codes.PermissionDenied {
 		c.stats.fetchRefusals.Add(1)
 		return nil, errNotPlaced

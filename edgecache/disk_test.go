@@ -63,7 +63,7 @@ func TestRestartFromDisk(t *testing.T) {
 			ec := open(t, cfg)
 			r := startRun(t, ec)
 			synced(t, c, ec)
-			node := ec.Node()
+			node := opsByID(ec)
 			// Use every key so a fetching edge holds all their material.
 			for _, ct := range cts {
 				_, _, _, err := node.Decrypt(ctx, ct, ectx, "")
@@ -98,7 +98,7 @@ func TestRestartFromDisk(t *testing.T) {
 			if ec2.Revision() != rev || !ec2.LeaseExpires().Equal(lease) {
 				t.Errorf("restored revision %d, lease %v; want %d, %v", ec2.Revision(), ec2.LeaseExpires(), rev, lease)
 			}
-			node = ec2.Node()
+			node = opsByID(ec2)
 			after, _, err := node.ListKeys(ctx, nil, 0, "", nil)
 			must(t, "ListKeys after the restart", err)
 			if diff := cmp.Diff(before, after); diff != "" {
@@ -165,7 +165,7 @@ func TestLostSealingKey(t *testing.T) {
 			ec := open(t, cfg)
 			r := startRun(t, ec)
 			synced(t, c, ec)
-			_, _, _, err := ec.Node().Decrypt(ctx, enc.GetCiphertext(), nil, "")
+			_, _, _, err := opsByID(ec).Decrypt(ctx, enc.GetCiphertext(), nil, "")
 			must(t, "Decrypt before losing the key", err)
 			r.stop(t)
 			must(t, "Close", ec.Close())
@@ -176,10 +176,10 @@ func TestLostSealingKey(t *testing.T) {
 			ec = open(t, cfg)
 			startRun(t, ec)
 			synced(t, c, ec)
-			if _, _, _, err := ec.Node().Decrypt(ctx, enc.GetCiphertext(), nil, ""); err != nil {
+			if _, _, _, err := opsByID(ec).Decrypt(ctx, enc.GetCiphertext(), nil, ""); err != nil {
 				t.Errorf("Decrypt after the sealing key was replaced = %v", err)
 			}
-			if _, _, err := ec.Node().GenerateMac(ctx, "tags", []byte("m")); err != nil {
+			if _, _, err := opsByID(ec).GenerateMac(ctx, "tags", []byte("m")); err != nil {
 				t.Errorf("GenerateMac after the sealing key was replaced = %v", err)
 			}
 		})

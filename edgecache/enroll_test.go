@@ -26,10 +26,10 @@ func TestEnrolledRegionGovernsPlacement(t *testing.T) {
 	if got := ec.Region(); got != "eu" {
 		t.Fatalf("Region() = %q, want the enrolled eu", got)
 	}
-	if _, _, err := ec.Node().Encrypt(ctx, "eu-only", []byte("x"), nil); err != nil {
+	if _, _, err := opsByID(ec).Encrypt(ctx, "eu-only", []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
-	euOnly, err := ec.Node().Get(ctx, "eu-only")
+	euOnly, err := ec.Performer().Get(ctx, "eu-only")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestRemovedEdgeForgetsItsReplica(t *testing.T) {
 	ec := open(t, cfg)
 	startRun(t, ec)
 	synced(t, c, ec)
-	if _, _, err := ec.Node().Encrypt(ctx, "fetched", []byte("x"), nil); err != nil {
+	if _, _, err := opsByID(ec).Encrypt(ctx, "fetched", []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if n := sealedOnDisk(t, ec); n == 0 {
@@ -92,7 +92,7 @@ func TestRemovedEdgeForgetsItsReplica(t *testing.T) {
 	if s := ec.Stats(); s.MaterialEntries != 0 {
 		t.Errorf("material entries after the removal = %d, want 0", s.MaterialEntries)
 	}
-	if _, _, err := ec.Node().Encrypt(ctx, "fetched", []byte("x"), nil); err == nil {
+	if _, _, err := opsByID(ec).Encrypt(ctx, "fetched", []byte("x"), nil); err == nil {
 		t.Error("the removed edge still encrypts")
 	}
 	if n := c.node(t, "edge-1"); n != nil {

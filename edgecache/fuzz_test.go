@@ -22,9 +22,9 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/sealed"
 	"github.com/keybroker/keybroker/secret"
 )
@@ -125,7 +125,7 @@ func fuzzReplicaSeeds(tb testing.TB) []fuzzReplicaSeed {
 			}
 			ek.Versions = append(ek.Versions, &kbv1.EdgeKeyVersion{Version: v, PublicKey: ver.PublicKey, SealedMaterial: blob})
 		}
-		ek.Metadata = rpc.KeyToProto(k)
+		ek.Metadata = wire.KeyToProto(k)
 		out = append(out, fuzzReplicaSeed{[]byte(k.ID), mustMarshal(ek), policyDoc, nodes})
 	}
 	good := out[0]
@@ -228,7 +228,7 @@ func FuzzReplica(f *testing.F) {
 			}
 		}()
 		ctx := identity.NewContext(t.Context(), identity.Identity{TrustDomain: fuzzTD, Kind: identity.Client, Name: "app"})
-		node := ec.Node()
+		node := opsByID(ec)
 		keys, _, err := node.ListKeys(ctx, nil, managed.MaxListPageSize, "", nil)
 		if err != nil {
 			t.Fatalf("a restored edge does not list its keys: %v", err)

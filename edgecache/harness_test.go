@@ -30,7 +30,11 @@ import (
 	"github.com/keybroker/keybroker/broker/server"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/byid"
 	"github.com/keybroker/keybroker/internal/forwardproof"
+	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -220,7 +224,7 @@ func (c *central) holdLines(t *testing.T, edge, key, decision string) int {
 	t.Helper()
 	n := 0
 	for _, r := range c.auditLines(t) {
-		if r.Operation == string(policy.HoldMaterial) && r.Key == key && strings.HasSuffix(r.Principal, "/edge/"+edge) && r.Decision == decision {
+		if r.Operation == audit.Operation(policy.HoldMaterial) && r.Key == key && strings.HasSuffix(r.Principal, "/edge/"+edge) && string(r.Decision) == decision {
 			n++
 		}
 	}
@@ -397,7 +401,7 @@ func serveEdge(t *testing.T, c *central, ec *Cache) *edgeServer {
 	dir := t.TempDir()
 	al, err := audit.Open(filepath.Join(dir, "audit.jsonl"), 0)
 	must(t, "edge audit", err)
-	srv, err := rpc.New(rpc.Config{Node: ec.Node(), Policy: ec.Policy(), Audit: al, NodeID: ec.cfg.NodeID, TrustDomain: testTD})
+	srv, err := rpc.New(rpc.Config{Performer: ec.Performer(), Policy: ec.Policy(), Audit: al, NodeID: ec.cfg.NodeID, TrustDomain: testTD})
 	must(t, "rpc.New", err)
 	files, err := c.ca.IssueFiles(identity.Identity{TrustDomain: testTD, Kind: identity.Edge, Name: ec.cfg.NodeID}, []string{"127.0.0.1"}, time.Hour, dir, "edge-server", c.caFile)
 	must(t, "edge certificate", err)
@@ -424,3 +428,31 @@ func (e *edgeServer) admin(t *testing.T) kbv1.KeyAdminClient {
 	t.Helper()
 	return kbv1.NewKeyAdminClient(dial(t, e.c.ca, e.dir, e.c.caFile, e.addr, identity.Identity{TrustDomain: testTD, Kind: identity.Admin, Name: "ops"}))
 }
+
+// edgeOps is the edge's performer driven by key id, as the pipeline
+// would without the policy and the audit (byid), with its other methods.
+type edgeOps struct {
+	byid.Ops
+	p pipeline.Performer
+}
+
+func opsByID(ec *Cache) edgeOps {
+	p := ec.Performer()
+	return edgeOps{Ops: byid.Ops{P: p}, p: p}
+}
+
+func (o edgeOps) Get(ctx context.Context, id string) (*managed.Key, error) { return o.p.Get(ctx, id) }
+
+func (o edgeOps) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
+	return o.p.GenerateRandom(ctx, n)
+}
+
+func (o edgeOps) ListKeys(ctx context.Context, sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
+	return o.p.ListKeys(ctx, sel, size, token, visible)
+}
+
+func (o edgeOps) LookupKey(ctx context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
+	return o.p.LookupKey(ctx, k, op, labels)
+}
+
+func (o edgeOps) Served(k *managed.Key, op policy.Action) string { return o.p.Served(k, op) }

@@ -2,10 +2,11 @@ package edgecache
 
 import (
 	"bytes"
-	"github.com/keybroker/keybroker/managed"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/managed"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/secret"
@@ -143,7 +144,7 @@ func TestMaterialBoundsAtTheEdge(t *testing.T) {
 	ctx := asApp(t.Context())
 	mac := func(key string) []byte {
 		t.Helper()
-		tag, _, err := ec.Node().GenerateMac(ctx, key, []byte("m"))
+		tag, _, err := opsByID(ec).GenerateMac(ctx, key, []byte("m"))
 		must(t, "GenerateMac "+key, err)
 		return bytes.Clone(tag) // see TestGenerateMacSurvivesGC
 
@@ -193,7 +194,7 @@ func TestGenerateMacSurvivesGC(t *testing.T) {
 	ec := open(t, edgeConfig(t, c, "edge-eu-1", t.TempDir()))
 	startRun(t, ec)
 	synced(t, c, ec)
-	tag, _, err := ec.Node().GenerateMac(asApp(t.Context()), "tags", []byte("m"))
+	tag, _, err := opsByID(ec).GenerateMac(asApp(t.Context()), "tags", []byte("m"))
 	must(t, "GenerateMac", err)
 	want := bytes.Clone(tag)
 	// Cleanups run on their own goroutine after a GC: give them a few.
@@ -219,7 +220,7 @@ func TestOneRequestOneMiss(t *testing.T) {
 	ctx := asApp(t.Context())
 	for i, want := range []struct{ hits, misses uint64 }{{0, 1}, {1, 0}} {
 		before := ec.Stats()
-		if _, _, err := ec.Node().GenerateMac(ctx, "tags", []byte("m")); err != nil {
+		if _, _, err := opsByID(ec).GenerateMac(ctx, "tags", []byte("m")); err != nil {
 			t.Fatalf("GenerateMac %d: %v", i, err)
 		}
 		after := ec.Stats()

@@ -14,22 +14,29 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/internal/forwardproof"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/secret"
 )
 
-// Node is the edge as an rpc.Node: operations run from the cache when the
-// edge may hold the key's material and are forwarded otherwise.
-func (c *Cache) Node() rpc.Node { return &edgeNode{c} }
+// Performer is the edge as the pipeline's Performer: operations run from
+// the cache when the edge may hold the key's material and are forwarded to
+// the central tier otherwise (pipeline.Forwarder says which, so the
+// pipeline leaves a forwarded operation's checks to the central tier).
+func (c *Cache) Performer() pipeline.Performer { return &performer{c} }
 
-type edgeNode struct{ c *Cache }
+type performer struct{ c *Cache }
 
-var _ rpc.Node = (*edgeNode)(nil)
+var (
+	_ pipeline.Performer = (*performer)(nil)
+	_ pipeline.Forwarder = (*performer)(nil)
+)
 
 // What the audit line names as having served an operation.
 const (
@@ -42,15 +49,15 @@ const (
 	adminService = "/keybroker.v1.KeyAdmin/"
 )
 
-func (n *edgeNode) Get(ctx context.Context, id string) (*managed.Key, error) {
+func (n *performer) Get(ctx context.Context, id string) (*managed.Key, error) {
 	return replicaSource{n.c}.Get(ctx, id)
 }
 
 // local says whether an operation on k runs here.
-func (n *edgeNode) local(k *managed.Key) bool { return n.c.mayHold(k) }
+func (n *performer) local(k *managed.Key) bool { return n.c.mayHold(k) }
 
 // Served names what performs op on k.
-func (n *edgeNode) Served(k *managed.Key, op policy.Action) string {
+func (n *performer) Served(k *managed.Key, op policy.Action) string {
 	switch op {
 	case policy.Verify, policy.GetPublicKey, policy.DescribeKey, policy.LookupKey:
 		return servedLocal
@@ -62,7 +69,7 @@ func (n *edgeNode) Served(k *managed.Key, op policy.Action) string {
 }
 
 // forward performs the incoming call at the central tier for the caller
-// in ctx: the request as the client sent it (rpc.IncomingCall), its forward
+// in ctx: the request as the client sent it (callinfo.IncomingCall), its forward
 // proof, and its certificate chain from the TLS handshake, so that the
 // central tier acts only as the client that made this call to this edge.
 // A call without a proof (or with one for another edge) is answered
@@ -74,7 +81,7 @@ func (c *Cache) forward(ctx context.Context, method string, resp proto.Message) 
 	if _, ok := identity.FromContext(ctx); !ok {
 		return status.Error(codes.Unauthenticated, "no identity to forward")
 	}
-	in, req, ok := rpc.IncomingCall(ctx)
+	in, req, ok := callinfo.IncomingCall(ctx)
 	if !ok || in != method {
 		// Part of a call that looked local when it began (a placement
 		// the replica learnt of meanwhile): the client's proof covers
@@ -92,12 +99,12 @@ func (c *Cache) forward(ctx context.Context, method string, resp proto.Message) 
 	c.stats.forwards.Add(1)
 	// No Principal: the central tier ignores it, the proof names the
 	// client.
-	out, err := c.sync.Forward(rpc.OutgoingRequestID(ctx), &kbv1.ForwardRequest{Method: method, Request: raw,
+	out, err := c.sync.Forward(callinfo.OutgoingRequestID(ctx), &kbv1.ForwardRequest{Method: method, Request: raw,
 		ClientChain: chain, Proof: proof})
 	if err != nil {
 		if status.Code(err) == codes.Unavailable {
 			st := status.Convert(err)
-			return status.Errorf(codes.Unavailable, "edge %s cannot reach the central tier to forward %s: %s", c.cfg.NodeID, rpc.MethodName(method), st.Message())
+			return status.Errorf(codes.Unavailable, "edge %s cannot reach the central tier to forward %s: %s", c.cfg.NodeID, callinfo.MethodName(method), st.Message())
 		}
 		return err
 	}
@@ -120,7 +127,7 @@ func (c *Cache) proofOf(ctx context.Context, method string) ([]byte, [][]byte, e
 		_ = grpc.SetTrailer(ctx, metadata.Pairs(forwardproof.RequiredTrailer, "1"))
 		return nil, nil, forwardproof.Required(fmt.Sprintf(
 			"edge %s forwards %s to the central tier, which performs it only with the caller's forward proof for %s: sign the call (the keybroker SDK does)",
-			c.cfg.NodeID, rpc.MethodName(method), c.spiffeID))
+			c.cfg.NodeID, callinfo.MethodName(method), c.spiffeID))
 	}
 	p, ok := peer.FromContext(ctx)
 	var chain [][]byte
@@ -132,7 +139,7 @@ func (c *Cache) proofOf(ctx context.Context, method string) ([]byte, [][]byte, e
 		}
 	}
 	if len(chain) == 0 {
-		return nil, nil, status.Errorf(codes.Unauthenticated, "edge %s has no client certificate to forward %s with", c.cfg.NodeID, rpc.MethodName(method))
+		return nil, nil, status.Errorf(codes.Unauthenticated, "edge %s has no client certificate to forward %s with", c.cfg.NodeID, callinfo.MethodName(method))
 	}
 	return proof, chain, nil
 }
@@ -146,20 +153,13 @@ func (c *Cache) addressedHere(raw []byte) bool {
 	return proto.Unmarshal(raw, &p) == nil && proto.Unmarshal(p.GetClaims(), &cl) == nil && cl.GetAudience() == c.spiffeID
 }
 
-// run performs op locally when k's material may be here, falling back to
-// forwarding when the central tier refuses the material (a placement the
-// replica has not caught up with).
-func run[T any](n *edgeNode, k *managed.Key, local func() (T, error), remote func() (T, error)) (T, error) {
-	return runAt(n, k, 0, local, remote)
-}
-
-// runAt is run for an operation on version v of k (0: the primary). A
-// version newer than the replica's is forwarded: the central tier made it
-// an instant ago, and an edge that applied the rotation first has already
-// used it, so its ciphertexts and MACs reach this edge before the event
-// does. Only the central tier can answer for that version now; answering
-// NotFound would fail a caller whose data is fine.
-func runAt[T any](n *edgeNode, k *managed.Key, v uint32, local func() (T, error), remote func() (T, error)) (T, error) {
+// run performs op on version v of k (0: the primary) locally when k's
+// material may be here, and forwards it otherwise (Forwards), falling
+// back to forwarding when the central tier refuses the material (a
+// placement the replica has not caught up with). It is generic over the
+// operation's result struct, which local (managed.Ops) and remote (the
+// central tier's answer) both return.
+func run[T any](n *performer, k *managed.Key, v uint32, local func() (T, error), remote func() (T, error)) (T, error) {
 	if n.c.forwards(k, v) {
 		return remote()
 	}
@@ -170,80 +170,49 @@ func runAt[T any](n *edgeNode, k *managed.Key, v uint32, local func() (T, error)
 	return out, err
 }
 
+// Forwards says whether op on version v of k goes to the central tier
+// (forwards). PublicKey and Verify never do: the replica has every
+// version's public key.
+func (n *performer) Forwards(k *managed.Key, op managed.Operation, v uint32) bool {
+	return op != managed.OpPublicKey && n.c.forwards(k, v)
+}
+
 // forwards says whether an operation on version v of k (0: the primary)
 // goes to the central tier: a key in backend mode, one whose material may
-// not be here, or a version newer than the replica's (runAt says why).
-// runAt and UnaryInterceptor both decide by it, so a call is relayed whole
-// exactly when a part of it would be forwarded.
+// not be here, or a version newer than the replica's. Such a version is
+// forwarded because the central tier made it an instant ago, and an edge
+// that applied the rotation first has already used it, so its ciphertexts
+// and MACs reach this edge before the event does: only the central tier
+// can answer for that version now, and answering NotFound would fail a
+// caller whose data is fine. run and UnaryInterceptor both decide by it,
+// so a call is relayed whole exactly when a part of it would be forwarded.
 func (c *Cache) forwards(k *managed.Key, v uint32) bool {
 	return !k.Mode.HoldsMaterial() || !c.mayHold(k) || int64(v) > int64(len(k.Versions))
 }
 
-type encrypted struct {
-	ct []byte
-	k  *managed.Key
-}
-
-func (n *edgeNode) Encrypt(ctx context.Context, id string, pt []byte, ectx map[string]string) ([]byte, *managed.Key, error) {
-	k, err := n.Get(ctx, id)
-	if err != nil {
-		return nil, nil, err
-	}
-	out, err := run(n, k, func() (encrypted, error) {
-		ct, k, err := n.c.ops.Encrypt(ctx, id, pt, ectx)
-		return encrypted{ct, k}, err
-	}, func() (encrypted, error) {
+func (n *performer) Encrypt(ctx context.Context, k *managed.Key, pt []byte, ectx map[string]string) (managed.Encrypted, error) {
+	return run(n, k, 0, func() (managed.Encrypted, error) {
+		return n.c.ops.Encrypt(ctx, k, pt, ectx)
+	}, func() (managed.Encrypted, error) {
 		resp := &kbv1.EncryptResponse{}
 		err := n.c.forward(ctx, kbService+"Encrypt", resp)
-		return encrypted{resp.GetCiphertext(), n.atVersion(k, resp.GetKeyVersion())}, err
+		return managed.Encrypted{Ciphertext: resp.GetCiphertext(), Key: k, Version: resp.GetKeyVersion()}, err
 	})
-	return out.ct, out.k, err
 }
 
-// atVersion is k as the central tier answered: its primary may be newer
-// than the replica's for an instant.
-func (n *edgeNode) atVersion(k *managed.Key, v uint32) *managed.Key {
-	if v == 0 || v == k.Primary {
-		return k
-	}
-	c := k.Clone()
-	c.Primary = v
-	return c
-}
-
-type decrypted struct {
-	pt []byte
-	k  *managed.Key
-	v  uint32
-}
-
-func (n *edgeNode) Decrypt(ctx context.Context, ct []byte, ectx map[string]string, expect string) ([]byte, *managed.Key, uint32, error) {
-	id, v, err := managed.PeekKeyID(ct)
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	k, err := n.Get(ctx, id)
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	out, err := runAt(n, k, v, func() (decrypted, error) {
-		pt, k, v, err := n.c.ops.Decrypt(ctx, ct, ectx, expect)
-		return decrypted{pt, k, v}, err
-	}, func() (decrypted, error) {
+func (n *performer) Decrypt(ctx context.Context, k *managed.Key, h *envelope.Header, body []byte, ectx map[string]string) (managed.Decrypted, error) {
+	return run(n, k, h.Version, func() (managed.Decrypted, error) {
+		return n.c.ops.Decrypt(ctx, k, h, body, ectx)
+	}, func() (managed.Decrypted, error) {
 		resp := &kbv1.DecryptResponse{}
 		err := n.c.forward(ctx, kbService+"Decrypt", resp)
-		return decrypted{resp.GetPlaintext(), k, resp.GetKeyVersion()}, err
+		return managed.Decrypted{Plaintext: resp.GetPlaintext(), Key: k, Version: resp.GetKeyVersion()}, err
 	})
-	return out.pt, out.k, out.v, err
 }
 
-func (n *edgeNode) GenerateDataKey(ctx context.Context, id string, ectx map[string]string, wrapped bool) (*managed.DataKey, error) {
-	k, err := n.Get(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	return run(n, k, func() (*managed.DataKey, error) {
-		return n.c.ops.GenerateDataKey(ctx, id, ectx, wrapped)
+func (n *performer) GenerateDataKey(ctx context.Context, k *managed.Key, ectx map[string]string, wrapped bool) (*managed.DataKey, error) {
+	return run(n, k, 0, func() (*managed.DataKey, error) {
+		return n.c.ops.GenerateDataKey(ctx, k, ectx, wrapped)
 	}, func() (*managed.DataKey, error) {
 		method := "GenerateDataKey"
 		if !wrapped {
@@ -254,103 +223,64 @@ func (n *edgeNode) GenerateDataKey(ctx context.Context, id string, ectx map[stri
 			return nil, err
 		}
 		return &managed.DataKey{Plaintext: secret.New(resp.GetPlaintext()), Encrypted: resp.GetEncryptedDataKey(),
-			Wrapped: resp.GetWrappedDataKey(), Key: n.atVersion(k, resp.GetKeyVersion())}, nil
+			Wrapped: resp.GetWrappedDataKey(), Key: k, Version: resp.GetKeyVersion()}, nil
 	})
 }
 
-type dataKey struct {
-	dek *secret.Bytes
-	k   *managed.Key
-}
-
-func (n *edgeNode) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *managed.Key, error) {
-	k, err := n.Get(ctx, id)
-	if err != nil {
-		return nil, nil, err
-	}
-	out, err := runAt(n, k, v, func() (dataKey, error) {
-		dek, k, err := n.c.ops.DecryptDataKey(ctx, id, v, wrapped, ectx)
-		return dataKey{dek, k}, err
-	}, func() (dataKey, error) {
+func (n *performer) DecryptDataKey(ctx context.Context, k *managed.Key, v uint32, wrapped []byte, ectx map[string]string) (managed.UnwrappedDataKey, error) {
+	return run(n, k, v, func() (managed.UnwrappedDataKey, error) {
+		return n.c.ops.DecryptDataKey(ctx, k, v, wrapped, ectx)
+	}, func() (managed.UnwrappedDataKey, error) {
 		resp := &kbv1.DecryptDataKeyResponse{}
 		if err := n.c.forward(ctx, kbService+"DecryptDataKey", resp); err != nil {
-			return dataKey{}, err
+			return managed.UnwrappedDataKey{}, err
 		}
-		return dataKey{secret.New(resp.GetPlaintext()), k}, nil
+		return managed.UnwrappedDataKey{Plaintext: secret.New(resp.GetPlaintext()), Key: k, Version: v}, nil
 	})
-	return out.dek, out.k, err
 }
 
-type signed struct {
-	sig []byte
-	k   *managed.Key
-}
-
-func (n *edgeNode) Sign(ctx context.Context, id string, msg []byte, digest bool) ([]byte, *managed.Key, error) {
-	k, err := n.Get(ctx, id)
-	if err != nil {
-		return nil, nil, err
-	}
-	out, err := run(n, k, func() (signed, error) {
-		sig, k, err := n.c.ops.Sign(ctx, id, msg, digest)
-		return signed{sig, k}, err
-	}, func() (signed, error) {
+func (n *performer) Sign(ctx context.Context, k *managed.Key, msg []byte, digest bool) (managed.Signature, error) {
+	return run(n, k, 0, func() (managed.Signature, error) {
+		return n.c.ops.Sign(ctx, k, msg, digest)
+	}, func() (managed.Signature, error) {
 		resp := &kbv1.SignResponse{}
 		err := n.c.forward(ctx, kbService+"Sign", resp)
-		return signed{resp.GetSignature(), n.atVersion(k, resp.GetKeyVersion())}, err
+		return managed.Signature{Signature: resp.GetSignature(), Key: k, Version: resp.GetKeyVersion()}, err
 	})
-	return out.sig, out.k, err
 }
 
 // PublicKey and Verify need no material: the replica has every version's
 // public key.
-func (n *edgeNode) PublicKey(ctx context.Context, id string, v uint32) ([]byte, *managed.Key, uint32, error) {
-	return n.c.ops.PublicKey(ctx, id, v)
+func (n *performer) PublicKey(ctx context.Context, k *managed.Key, v uint32) (managed.PublicKey, error) {
+	return n.c.ops.PublicKey(ctx, k, v)
 }
 
-func (n *edgeNode) Verify(ctx context.Context, id string, v uint32, msg []byte, digest bool, sig []byte) (bool, uint32, error) {
-	return n.c.ops.Verify(ctx, id, v, msg, digest, sig)
+func (n *performer) Verify(ctx context.Context, k *managed.Key, v uint32, msg []byte, digest bool, sig []byte) (managed.Verification, error) {
+	return n.c.ops.Verify(ctx, k, v, msg, digest, sig)
 }
 
-func (n *edgeNode) GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *managed.Key, error) {
-	k, err := n.Get(ctx, id)
-	if err != nil {
-		return nil, nil, err
-	}
-	out, err := run(n, k, func() (signed, error) {
-		tag, k, err := n.c.ops.GenerateMac(ctx, id, msg)
-		return signed{tag, k}, err
-	}, func() (signed, error) {
+func (n *performer) GenerateMac(ctx context.Context, k *managed.Key, msg []byte) (managed.MAC, error) {
+	return run(n, k, 0, func() (managed.MAC, error) {
+		return n.c.ops.GenerateMac(ctx, k, msg)
+	}, func() (managed.MAC, error) {
 		resp := &kbv1.GenerateMacResponse{}
 		err := n.c.forward(ctx, kbService+"GenerateMac", resp)
-		return signed{resp.GetMac(), n.atVersion(k, resp.GetKeyVersion())}, err
+		return managed.MAC{Tag: resp.GetMac(), Key: k, Version: resp.GetKeyVersion()}, err
 	})
-	return out.sig, out.k, err
 }
 
-type verified struct {
-	ok bool
-	v  uint32
-}
-
-func (n *edgeNode) VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byte) (bool, uint32, error) {
-	k, err := n.Get(ctx, id)
-	if err != nil {
-		return false, 0, err
-	}
-	out, err := runAt(n, k, v, func() (verified, error) {
-		ok, v, err := n.c.ops.VerifyMac(ctx, id, v, msg, tag)
-		return verified{ok, v}, err
-	}, func() (verified, error) {
+func (n *performer) VerifyMac(ctx context.Context, k *managed.Key, v uint32, msg, tag []byte) (managed.Verification, error) {
+	return run(n, k, v, func() (managed.Verification, error) {
+		return n.c.ops.VerifyMac(ctx, k, v, msg, tag)
+	}, func() (managed.Verification, error) {
 		resp := &kbv1.VerifyMacResponse{}
 		err := n.c.forward(ctx, kbService+"VerifyMac", resp)
-		return verified{resp.GetValid(), resp.GetKeyVersion()}, err
+		return managed.Verification{Valid: resp.GetValid(), Key: k, Version: resp.GetKeyVersion()}, err
 	})
-	return out.ok, out.v, err
 }
 
 // GenerateRandom is forwarded: random bytes come from a root of trust.
-func (n *edgeNode) GenerateRandom(ctx context.Context, size int) ([]byte, error) {
+func (n *performer) GenerateRandom(ctx context.Context, size int) ([]byte, error) {
 	if err := n.c.Serving(); err != nil {
 		return nil, err
 	}
@@ -359,7 +289,7 @@ func (n *edgeNode) GenerateRandom(ctx context.Context, size int) ([]byte, error)
 	return resp.GetRandom(), err
 }
 
-func (n *edgeNode) ListKeys(_ context.Context, sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
+func (n *performer) ListKeys(_ context.Context, sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
 	if err := n.c.Serving(); err != nil {
 		return nil, "", err
 	}
@@ -369,7 +299,7 @@ func (n *edgeNode) ListKeys(_ context.Context, sel map[string]string, size int, 
 	return managed.Page(keys, sel, size, token, visible)
 }
 
-func (n *edgeNode) LookupKey(_ context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
+func (n *performer) LookupKey(_ context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
 	n.c.mu.RLock()
 	nodes := n.c.topo
 	n.c.mu.RUnlock()

@@ -30,7 +30,7 @@ func TestNodesEventRacesNoLookup(t *testing.T) {
 	})
 	wg.Go(func() {
 		for range 200 {
-			if _, err := ec.Node().LookupKey(t.Context(), k, policy.Decrypt, nil); err != nil {
+			if _, err := ec.Performer().LookupKey(t.Context(), k, policy.Decrypt, nil); err != nil {
 				t.Errorf("LookupKey: %v", err)
 				return
 			}

@@ -5,11 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/internal/wire"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 // TestRecreatedKeyStaysDeadAtTheEdge is finding 4 of issue 13 across the
@@ -95,7 +96,7 @@ func TestBadSaltRefused(t *testing.T) {
 	k := &managed.Key{ID: "k", Type: managed.AES256GCM, Mode: managed.ModeDerive, State: managed.StateEnabled, Primary: 1,
 		Versions: []managed.Version{{Version: 1, RootKey: "softkms:prf"}}}
 	for _, salt := range [][]byte{nil, bytes.Repeat([]byte{1}, 32), {1, 2, 3}, bytes.Repeat([]byte{1}, 33)} {
-		ek := &kbv1.EdgeKey{Metadata: rpc.KeyToProto(k), Salt: salt}
+		ek := &kbv1.EdgeKey{Metadata: wire.KeyToProto(k), Salt: salt}
 		_, err := (&Cache{}).fromProto(ek)
 		if ok := len(salt) == 0 || len(salt) == 32; (err == nil) != ok {
 			t.Errorf("fromProto with a %d-byte salt: %v", len(salt), err)

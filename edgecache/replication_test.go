@@ -12,8 +12,8 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 var (
@@ -37,12 +37,12 @@ func describe(t *testing.T, c *central, id string) *kbv1.KeyMetadata {
 // the central tier does.
 func sameAsCentral(t *testing.T, c *central, ec *Cache, id string) {
 	t.Helper()
-	k, err := ec.Node().Get(t.Context(), id)
+	k, err := ec.Performer().Get(t.Context(), id)
 	if err != nil {
 		t.Fatalf("Get(%q) at the edge: %v", id, err)
 	}
 	// The client describing the key at central is not told its root key.
-	if diff := cmp.Diff(describe(t, c, id), rpc.KeyToProto(k), protocmp.Transform(), protocmp.IgnoreFields(&kbv1.KeyMetadata{}, "root_key")); diff != "" {
+	if diff := cmp.Diff(describe(t, c, id), wire.KeyToProto(k), protocmp.Transform(), protocmp.IgnoreFields(&kbv1.KeyMetadata{}, "root_key")); diff != "" {
 		t.Errorf("key %q at the edge differs from central (-central +edge):\n%s", id, diff)
 	}
 }
@@ -63,7 +63,7 @@ func TestReplication(t *testing.T) {
 	if err := ec.Serving(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "not yet synchronised") {
 		t.Errorf("Serving() before Run = %v, want Unavailable: not yet synchronised", err)
 	}
-	if _, err := ec.Node().Get(ctx, "shared"); status.Code(err) != codes.Unavailable {
+	if _, err := ec.Performer().Get(ctx, "shared"); status.Code(err) != codes.Unavailable {
 		t.Errorf("Get before Run = %v, want Unavailable", err)
 	}
 	if ec.Revision() != 0 || !ec.LeaseExpires().IsZero() || ec.Connected() {
@@ -81,7 +81,7 @@ func TestReplication(t *testing.T) {
 	for _, id := range []string{"shared", "signer", "hsm"} {
 		sameAsCentral(t, c, ec, id)
 	}
-	keys, next, err := ec.Node().ListKeys(ctx, nil, 0, "", nil)
+	keys, next, err := ec.Performer().ListKeys(ctx, nil, 0, "", nil)
 	if err != nil || next != "" {
 		t.Fatalf("ListKeys = %v, %q, %v", keys, next, err)
 	}
@@ -92,7 +92,7 @@ func TestReplication(t *testing.T) {
 	if want := []string{"hsm", "shared", "signer"}; !cmp.Equal(ids, want) {
 		t.Errorf("ListKeys at the edge = %v, want %v", ids, want)
 	}
-	if _, err := ec.Node().Get(ctx, "nope"); !errors.Is(err, managed.ErrNotFound) {
+	if _, err := ec.Performer().Get(ctx, "nope"); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("Get(unknown) = %v, want ErrNotFound", err)
 	}
 	// The prefetching edge received v1 of the keys it may hold, sealed.
@@ -127,7 +127,7 @@ func TestReplication(t *testing.T) {
 	for _, s := range steps {
 		must(t, s.name, s.change())
 		rev := synced(t, c, ec)
-		k, err := ec.Node().Get(ctx, s.key)
+		k, err := ec.Performer().Get(ctx, s.key)
 		if err != nil || !s.check(k) {
 			t.Errorf("after %s (revision %d) the edge has %+v, %v", s.name, rev, k, err)
 		}
@@ -142,7 +142,7 @@ func TestReplication(t *testing.T) {
 	if blob := ec.sealedBlob(replicaKeyOf(ec, "signer"), 1); len(blob) != 0 {
 		t.Error("the disabled key's material is still held")
 	}
-	if _, _, err := ec.Node().Sign(ctx, "signer", []byte("m"), false); !errors.Is(err, managed.ErrFailedPrecondition) {
+	if _, _, err := opsByID(ec).Sign(ctx, "signer", []byte("m"), false); !errors.Is(err, managed.ErrFailedPrecondition) {
 		t.Errorf("Sign with a disabled key at the edge = %v, want ErrFailedPrecondition", err)
 	}
 	if s := ec.Stats(); s.Events == 0 || s.Fetches != 0 {
@@ -160,7 +160,7 @@ func TestPlacementChangeDropsMaterial(t *testing.T) {
 	startRun(t, ec)
 	synced(t, c, ec)
 
-	ct, _, err := ec.Node().Encrypt(ctx, "moving", []byte("before"), nil)
+	ct, _, err := opsByID(ec).Encrypt(ctx, "moving", []byte("before"), nil)
 	must(t, "Encrypt at the edge", err)
 	if s := ec.Stats(); s.Fetches != 1 || s.Forwards != 0 || s.MaterialEntries != 1 {
 		t.Fatalf("after a local Encrypt: %+v, want one fetch, no forward, one entry", s)

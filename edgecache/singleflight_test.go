@@ -46,7 +46,7 @@ func TestColdUsesCostOneFetch(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			<-start
-			tag, _, err := ec.Node().GenerateMac(ctx, "tags", []byte("m"))
+			tag, _, err := opsByID(ec).GenerateMac(ctx, "tags", []byte("m"))
 			if err == nil && !bytes.Equal(tag, want.GetMac()) {
 				err = fmt.Errorf("GenerateMac = %x, want %x", tag, want.GetMac())
 			}
@@ -54,7 +54,7 @@ func TestColdUsesCostOneFetch(t *testing.T) {
 		})
 		wg.Go(func() {
 			<-start
-			pt, _, _, err := ec.Node().Decrypt(ctx, cts[i], map[string]string{"tenant": fmt.Sprint(i)}, "")
+			pt, _, _, err := opsByID(ec).Decrypt(ctx, cts[i], map[string]string{"tenant": fmt.Sprint(i)}, "")
 			if err == nil && string(pt) != fmt.Sprintf("tenant %d", i) {
 				err = fmt.Errorf("Decrypt = %q, want tenant %d", pt, i)
 			}
@@ -115,14 +115,14 @@ func TestCoalescedFetchOutlivesFirstCaller(t *testing.T) {
 	firstCtx, cancelFirst := context.WithCancel(asApp(t.Context()))
 	first := make(chan error, 1)
 	go func() {
-		_, _, err := ec.Node().GenerateMac(firstCtx, "tags", []byte("m"))
+		_, _, err := opsByID(ec).GenerateMac(firstCtx, "tags", []byte("m"))
 		first <- err
 	}()
 	<-g.entered // the first caller's fetch is in flight
 	misses := ec.Stats().MaterialMisses
 	second := make(chan error, 1)
 	go func() {
-		_, _, err := ec.Node().GenerateMac(asApp(t.Context()), "tags", []byte("m"))
+		_, _, err := opsByID(ec).GenerateMac(asApp(t.Context()), "tags", []byte("m"))
 		second <- err
 	}()
 	// The second caller has missed the cache and is about to wait on the

@@ -40,7 +40,7 @@ func TestStaleness(t *testing.T) {
 			r := startRun(t, ec)
 			synced(t, c, ec)
 			decrypt := func() error {
-				_, _, _, err := ec.Node().Decrypt(ctx, enc.GetCiphertext(), nil, "")
+				_, _, _, err := opsByID(ec).Decrypt(ctx, enc.GetCiphertext(), nil, "")
 				return err
 			}
 			must(t, "Decrypt while connected", decrypt())
@@ -80,14 +80,14 @@ func TestStaleness(t *testing.T) {
 			}
 			for op, err := range map[string]error{
 				"Decrypt": decrypt(),
-				"Get":     func() error { _, err := ec.Node().Get(ctx, "shared"); return err }(),
+				"Get":     func() error { _, err := ec.Performer().Get(ctx, "shared"); return err }(),
 				"ListKeys": func() error {
-					_, _, err := ec.Node().ListKeys(ctx, nil, 0, "", nil)
+					_, _, err := ec.Performer().ListKeys(ctx, nil, 0, "", nil)
 					return err
 				}(),
-				"Encrypt": func() error { _, _, err := ec.Node().Encrypt(ctx, "shared", []byte("x"), nil); return err }(),
+				"Encrypt": func() error { _, _, err := opsByID(ec).Encrypt(ctx, "shared", []byte("x"), nil); return err }(),
 				"GenerateRandom": func() error {
-					_, err := ec.Node().GenerateRandom(ctx, 16)
+					_, err := opsByID(ec).GenerateRandom(ctx, 16)
 					return err
 				}(),
 			} {

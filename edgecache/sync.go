@@ -13,9 +13,9 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 // Run follows the central tier until ctx ends: register, watch, apply,
@@ -138,7 +138,7 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 		SealingPublicKey: c.seal.PublicKey(), Address: c.cfg.Address, Prefetch: c.cfg.Prefetch,
 	})
 	if err != nil {
-		if rpc.IsNotEnrolled(err) {
+		if wire.IsNotEnrolled(err) {
 			c.forget(err)
 		}
 		return false, fmt.Errorf("register: %w", err)
@@ -160,7 +160,7 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 			return progressed, errors.New("watch: the central tier ended the stream")
 		}
 		if err != nil {
-			if rpc.IsNotEnrolled(err) {
+			if wire.IsNotEnrolled(err) {
 				c.forget(err)
 			}
 			return progressed, fmt.Errorf("watch: %w", err)
@@ -303,7 +303,7 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 		c.mu.RLock()
 		prev, enrolled := c.me, c.enrolled
 		c.mu.RUnlock()
-		topo = rpc.NodesFromProto(ch.nodes.GetNodes())
+		topo = wire.NodesFromProto(ch.nodes.GetNodes())
 		me = c.selfFrom(topo, enrolled)
 		// An admin changed this edge's region or labels: what it may hold
 		// is decided again for every key.

@@ -7,15 +7,15 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 // UnaryInterceptor relays whole to the central tier the calls made of
 // several parts — batches and ReEncrypt — when any part would be forwarded.
 // It runs inside s's own interceptor, which authenticates the call first
-// (rpc.Server.UnaryInterceptorThen).
+// (rpc.Server.UnaryInterceptorThen, which hands it s).
 //
 // A client's forward proof covers the call it made, not the parts the edge
 // splits it into: the central tier checks the digest of the very request
@@ -26,7 +26,7 @@ import (
 // each item as the client. A part that turns out to need the central tier
 // only once it has begun here (a placement the replica learnt of meanwhile)
 // fails Unavailable, and the client retries.
-func (c *Cache) UnaryInterceptor(s *rpc.Server) grpc.UnaryServerInterceptor {
+func (c *Cache) UnaryInterceptor(s Calls) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		var resp proto.Message
 		switch r := req.(type) {
@@ -64,15 +64,15 @@ func (c *Cache) UnaryInterceptor(s *rpc.Server) grpc.UnaryServerInterceptor {
 		if resp == nil {
 			return h(ctx, req)
 		}
-		call, err := s.Begin(ctx, policy.Action(rpc.MethodName(info.FullMethod)), "")
+		ctx, call, err := s.Begin(ctx, policy.Action(callinfo.MethodName(info.FullMethod)), "")
 		if err != nil {
 			return nil, err
 		}
-		call.Rec.Backend = servedCentral
+		call.SetBackend(servedCentral)
 		if err := c.forward(ctx, info.FullMethod, resp); err != nil {
-			return nil, call.End(err)
+			return nil, s.End(ctx, call, err)
 		}
-		return resp, call.End(nil)
+		return resp, s.End(ctx, call, nil)
 	}
 }
 

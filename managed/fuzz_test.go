@@ -106,13 +106,14 @@ func (s *fzSource) MAC(context.Context, *Key, uint32, []byte) (*secret.Bytes, er
 	return nil, Errorf(ErrFailedPrecondition, "no MACs")
 }
 
-func newFzOps(tb testing.TB) (*Ops, *fzSource) {
+func newFzOps(tb testing.TB) (byID, *fzSource) {
 	tb.Helper()
 	src := newFzSource()
-	o, err := New(Config{Keys: src, Material: src, Backend: src})
+	ops, err := New(Config{Material: src, Backend: src})
 	if err != nil {
 		tb.Fatal(err)
 	}
+	o := byID{ops, src}
 	return o, src
 }
 

@@ -40,11 +40,21 @@
 // caches, the data-key bound per version, input checks, Verify against the
 // stored public key) is the same code for every mode, which is why a
 // backend-mode ciphertext has the same format as any other.
+//
+// # Operations and errors
+//
+// Ops operates on a key its caller resolved, authorized and checked
+// (package pipeline: CheckUsable, Key.CheckDecryptVersion, once), and on a
+// ciphertext header parsed once (ParseCiphertext); each operation returns a
+// result struct (Encrypted, Decrypted, DataKey, UnwrappedDataKey,
+// Signature, PublicKey, Verification, MAC) naming the key and version it
+// used. Errors are *Error values: a kind (ErrNotFound, ErrInvalidArgument,
+// …; errors.Is matches it), the operation and key, and the cause, kept
+// for errors.Is and errors.As.
 package managed
 
 import (
 	"errors"
-	"fmt"
 	"maps"
 	"regexp"
 	"slices"
@@ -68,12 +78,6 @@ var (
 	// (its budget of calls to the roots of trust); retry later.
 	ErrResourceExhausted = errors.New("resource exhausted")
 )
-
-// Errorf returns an error of the given kind (one of the Err values) with a
-// message.
-func Errorf(kind error, format string, args ...any) error {
-	return fmt.Errorf("%w: %s", kind, fmt.Sprintf(format, args...))
-}
 
 // KeyType is what a managed key does.
 type KeyType string
@@ -241,6 +245,15 @@ func (k *Key) Usable() error {
 	return Errorf(ErrFailedPrecondition, "key %q is in state %q", k.ID, k.State)
 }
 
+// At is version v, or the primary when v is 0: how an operation that
+// takes an optional version names the one it uses.
+func (k *Key) At(v uint32) uint32 {
+	if v == 0 {
+		return k.Primary
+	}
+	return v
+}
+
 // CheckDecryptVersion refuses versions that do not exist or are below the
 // minimum decryption version.
 func (k *Key) CheckDecryptVersion(v uint32) error {
@@ -321,7 +334,7 @@ func (k *Key) ValidateMeta() error {
 	}
 	if k.Placement != "" {
 		if err := policy.ValidatePlacement(k.ID, k.Placement); err != nil {
-			return Errorf(ErrInvalidArgument, "%v", err)
+			return Errorf(ErrInvalidArgument, "%w", err)
 		}
 	}
 	return ValidateLabels(k.Labels)

@@ -61,7 +61,6 @@ type Backend interface {
 
 // Config assembles an Ops.
 type Config struct {
-	Keys     KeySource
 	Material MaterialSource
 	// Backend serves backend-mode keys; nil refuses them with
 	// ErrFailedPrecondition.
@@ -83,9 +82,14 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Ops performs the key operations of the KeyBroker API on keys from a
-// KeySource. It knows nothing of transports, identities or policy: the
-// gRPC layer authorizes and audits around it.
+// Ops performs the key operations of the KeyBroker API on keys its caller
+// resolved and checked: every method takes the *Key that was authorized
+// (package pipeline resolves it once, authorizes it, and checks it with
+// CheckUsable and Key.CheckDecryptVersion), never an id, and returns a
+// result struct naming the key and version it used. Ops checks its inputs
+// (sizes, encryption contexts, digests) but not the key's state or type:
+// that is done once, before, by the caller. It knows nothing of
+// transports, identities or policy.
 //
 // # Caching
 //
@@ -110,7 +114,6 @@ type Config struct {
 // DefaultMaxDataKeysPerVersion explains the bound and the cluster-wide
 // reasoning. The counts are per process: a restart starts them again.
 type Ops struct {
-	keys KeySource
 	// byMaterial and byBackend are the two protections (protect picks
 	// one per key), made once so that picking allocates nothing.
 	byMaterial, byBackend protection
@@ -121,8 +124,8 @@ type Ops struct {
 
 // New builds an Ops.
 func New(c Config) (*Ops, error) {
-	if c.Keys == nil || c.Material == nil {
-		return nil, errors.New("managed: a key source and a material source are required")
+	if c.Material == nil {
+		return nil, errors.New("managed: a material source is required")
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -134,7 +137,7 @@ func New(c Config) (*Ops, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Ops{keys: c.Keys, byMaterial: byMaterial{c.Material}, byBackend: byBackend{c.Backend}, reuser: reuser,
+	return &Ops{byMaterial: byMaterial{c.Material}, byBackend: byBackend{c.Backend}, reuser: reuser,
 		unwrap: envelope.NewCache(cmpOr(c.UnwrapEntries, 1024), cmpOrDur(c.UnwrapTTL, 5*time.Minute), c.Now),
 		wraps:  newWrapCounter(c.MaxDataKeysPerVersion)}, nil
 }
@@ -181,20 +184,61 @@ func (o *Ops) DataKeysWrapped(k *Key, v uint32) uint64 { return o.wraps.count(k,
 // UnwrapStats reports the unwrap cache's hits, misses and evictions.
 func (o *Ops) UnwrapStats() (hits, misses, evictions uint64) { return o.unwrap.Stats() }
 
-// UsableKey loads a key and checks it is enabled and of type t ("" means
-// any signing type).
-func (o *Ops) UsableKey(ctx context.Context, id string, t KeyType, op string) (*Key, error) {
-	k, err := o.keys.Get(ctx, id)
-	if err != nil {
-		return nil, err
+// Operation is a key operation as CheckUsable checks it: it says which
+// key type the operation needs and how refusals name it.
+type Operation uint8
+
+// Operations. GenerateDataKey is checked as OpEncrypt and Verify as
+// OpPublicKey, the operations they are made of.
+const (
+	OpEncrypt Operation = iota + 1
+	OpDecrypt
+	OpDecryptDataKey
+	OpSign
+	OpPublicKey
+	OpGenerateMac
+	OpVerifyMac
+)
+
+var operations = [...]struct {
+	name string
+	typ  KeyType // "": any signing type
+}{
+	OpEncrypt:        {"Encrypt", AES256GCM},
+	OpDecrypt:        {"Decrypt", AES256GCM},
+	OpDecryptDataKey: {"DecryptDataKey", AES256GCM},
+	OpSign:           {"Sign", ""},
+	OpPublicKey:      {"GetPublicKey", ""},
+	OpGenerateMac:    {"GenerateMac", HMACSHA256},
+	OpVerifyMac:      {"VerifyMac", HMACSHA256},
+}
+
+// String is the operation's name in refusals.
+func (op Operation) String() string {
+	if int(op) < len(operations) && op != 0 {
+		return operations[op].name
 	}
+	return "Operation(" + strconv.Itoa(int(op)) + ")"
+}
+
+// CheckUsable refuses an operation on k that its state or type forbids:
+// k must be enabled (Key.Usable) and of the type op needs. It is the one
+// check of usability: the caller that resolved k (package pipeline) makes
+// it once, before the operation, and Ops does not make it again. The
+// version an operation names is checked by Key.CheckDecryptVersion.
+func CheckUsable(k *Key, op Operation) error {
 	if err := k.Usable(); err != nil {
-		return nil, err
+		return err
 	}
+	if op == 0 || int(op) >= len(operations) {
+		return &Error{Kind: ErrInvalidArgument, Op: op.String(), Key: k.ID, Err: errors.New("unknown operation")}
+	}
+	t := operations[op].typ
 	if k.Type != t && !(t == "" && k.Type.Asymmetric()) {
-		return nil, Errorf(ErrInvalidArgument, "key %q is %s; %s needs %s", id, k.Type, op, describeType(t))
+		return &Error{Kind: ErrInvalidArgument, Op: op.String(), Key: k.ID,
+			Err: fmt.Errorf("key %q is %s; %s needs %s", k.ID, k.Type, op, describeType(t))}
 	}
-	return k, nil
+	return nil
 }
 
 func describeType(t KeyType) string {
@@ -236,7 +280,7 @@ func partition(k *Key, v uint32, ectx map[string]string) (string, error) {
 	if k.Derived {
 		c, err := envelope.CanonicalContext(ectx)
 		if err != nil {
-			return "", Errorf(ErrInvalidArgument, "%v", err)
+			return "", Errorf(ErrInvalidArgument, "%w", err)
 		}
 		sum := sha256.Sum256(c)
 		p += hex.EncodeToString(sum[:])
@@ -244,74 +288,87 @@ func partition(k *Key, v uint32, ectx map[string]string) (string, error) {
 	return p, nil
 }
 
-// Encrypt seals plaintext under the key's primary version, reusing data
-// keys within the reuse policy.
-func (o *Ops) Encrypt(ctx context.Context, id string, plaintext []byte, ectx map[string]string) ([]byte, *Key, error) {
+// Encrypted is what Encrypt returns.
+type Encrypted struct {
+	Ciphertext []byte
+	// Key is the key that sealed it, Version the version (the primary).
+	Key     *Key
+	Version uint32
+}
+
+// Encrypt seals plaintext under k's primary version, reusing data keys
+// within the reuse policy. k is the key the caller resolved, authorized
+// and checked (CheckUsable with OpEncrypt).
+func (o *Ops) Encrypt(ctx context.Context, k *Key, plaintext []byte, ectx map[string]string) (Encrypted, error) {
 	if len(plaintext) > MaxPlaintext {
-		return nil, nil, Errorf(ErrInvalidArgument, "plaintext is %d bytes, limit %d", len(plaintext), MaxPlaintext)
+		return Encrypted{}, Errorf(ErrInvalidArgument, "plaintext is %d bytes, limit %d", len(plaintext), MaxPlaintext)
 	}
 	if _, err := envelope.CanonicalContext(ectx); err != nil {
-		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
-	}
-	k, err := o.UsableKey(ctx, id, AES256GCM, "Encrypt")
-	if err != nil {
-		return nil, nil, err
+		return Encrypted{}, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	v := k.Primary
 	part, err := partition(k, v, ectx)
 	if err != nil {
-		return nil, nil, err
+		return Encrypted{}, err
 	}
 	dk, err := o.reuser.Get(ctx, part, len(plaintext), func(ctx context.Context) (*envelope.DataKey, error) {
 		return o.newDataKey(ctx, k, v, ectx)
 	})
 	if err != nil {
-		return nil, nil, err
+		return Encrypted{}, err
 	}
 	ct, err := dk.Seal(plaintext, ectx)
 	if err != nil {
-		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
+		return Encrypted{}, Errorf(ErrInvalidArgument, "%w", err)
 	}
-	return ct, k, nil
+	return Encrypted{Ciphertext: ct, Key: k, Version: v}, nil
 }
 
-// Decrypt opens a ciphertext. expectKey, when set, must be the key the
-// ciphertext names.
-func (o *Ops) Decrypt(ctx context.Context, ciphertext []byte, ectx map[string]string, expectKey string) ([]byte, *Key, uint32, error) {
+// Decrypted is what Decrypt returns.
+type Decrypted struct {
+	Plaintext []byte
+	// Key is the key that opened it, Version the version.
+	Key     *Key
+	Version uint32
+}
+
+// ParseCiphertext parses a ciphertext's header, once, for the caller to
+// authorize the key it names and hand to Decrypt.
+func ParseCiphertext(ciphertext []byte) (*envelope.Header, []byte, error) {
 	h, body, err := envelope.ParseHeader(ciphertext)
 	if err != nil {
-		return nil, nil, 0, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, nil, Errorf(ErrInvalidArgument, "%w", err)
 	}
-	if expectKey != "" && expectKey != h.KeyID {
-		return nil, nil, 0, Errorf(ErrInvalidArgument, "the ciphertext belongs to key %q, not %q", h.KeyID, expectKey)
+	return h, body, nil
+}
+
+// Decrypt opens the ciphertext of header h and body (ParseCiphertext)
+// with k, the key h names, which the caller resolved, authorized and
+// checked (CheckUsable with OpDecrypt, CheckDecryptVersion of h.Version).
+func (o *Ops) Decrypt(ctx context.Context, k *Key, h *envelope.Header, body []byte, ectx map[string]string) (Decrypted, error) {
+	if h.KeyID != k.ID {
+		return Decrypted{}, Errorf(ErrInvalidArgument, "the ciphertext belongs to key %q, not %q", h.KeyID, k.ID)
 	}
 	if _, err := envelope.CanonicalContext(ectx); err != nil {
-		return nil, nil, 0, Errorf(ErrInvalidArgument, "%v", err)
-	}
-	k, err := o.UsableKey(ctx, h.KeyID, AES256GCM, "Decrypt")
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	if err := k.CheckDecryptVersion(h.Version); err != nil {
-		return nil, nil, 0, err
+		return Decrypted{}, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	dk, err := o.openDataKey(ctx, k, h, ectx)
 	if err != nil {
-		return nil, nil, 0, err
+		return Decrypted{}, err
 	}
 	pt, err := dk.Open(h, body, ectx)
 	if err != nil {
-		return nil, nil, 0, Errorf(ErrInvalidArgument, errBadCiphertext)
+		return Decrypted{}, Errorf(ErrInvalidArgument, errBadCiphertext)
 	}
-	return pt, k, h.Version, nil
+	return Decrypted{Plaintext: pt, Key: k, Version: h.Version}, nil
 }
 
-// PeekKeyID returns the key and version a ciphertext names, for
-// authorization and routing before decryption.
+// PeekKeyID returns the key and version a ciphertext names, for routing
+// before decryption.
 func PeekKeyID(ciphertext []byte) (string, uint32, error) {
-	h, _, err := envelope.ParseHeader(ciphertext)
+	h, _, err := ParseCiphertext(ciphertext)
 	if err != nil {
-		return "", 0, Errorf(ErrInvalidArgument, "%v", err)
+		return "", 0, err
 	}
 	return h.KeyID, h.Version, nil
 }
@@ -326,25 +383,27 @@ type DataKey struct {
 	// client can seal ciphertexts under it that any node opens; nil unless
 	// asked for.
 	Wrapped []byte
-	// Key is the key, at the version that wrapped the data key.
-	Key *Key
+	// Key is the key, Version the version that wrapped the data key.
+	Key     *Key
+	Version uint32
 }
 
-// GenerateDataKey returns a fresh 32-byte data key, the key's ciphertext
-// of it and, when wrapped is set, the data key wrapped for a ciphertext
-// header (for backend-mode keys that is one backend call).
-func (o *Ops) GenerateDataKey(ctx context.Context, id string, ectx map[string]string, wrapped bool) (*DataKey, error) {
+// GenerateDataKey returns a fresh 32-byte data key, k's ciphertext of it
+// and, when wrapped is set, the data key wrapped for a ciphertext header
+// (for backend-mode keys that is one backend call). k is checked as for
+// Encrypt.
+func (o *Ops) GenerateDataKey(ctx context.Context, k *Key, ectx map[string]string, wrapped bool) (*DataKey, error) {
 	raw := make([]byte, envelope.DEKSize)
 	_, _ = rand.Read(raw)
 	dek := secret.New(raw)
-	ct, k, err := o.Encrypt(ctx, id, raw, ectx)
+	enc, err := o.Encrypt(ctx, k, raw, ectx)
 	if err != nil {
 		dek.Destroy()
 		return nil, err
 	}
-	out := &DataKey{Plaintext: dek, Encrypted: ct, Key: k}
+	out := &DataKey{Plaintext: dek, Encrypted: enc.Ciphertext, Key: k, Version: enc.Version}
 	if wrapped {
-		if out.Wrapped, err = o.wrapDataKey(ctx, k, k.Primary, ectx, raw); err != nil {
+		if out.Wrapped, err = o.wrapDataKey(ctx, k, enc.Version, ectx, raw); err != nil {
 			dek.Destroy()
 			return nil, err
 		}
@@ -365,24 +424,26 @@ func (o *Ops) wrapDataKey(ctx context.Context, k *Key, v uint32, ectx map[string
 	return p.wrapDataKey(ctx, k, v, ectx, dek)
 }
 
+// UnwrappedDataKey is what DecryptDataKey returns.
+type UnwrappedDataKey struct {
+	// Plaintext is the data key; the caller destroys it.
+	Plaintext *secret.Bytes
+	Key       *Key
+	Version   uint32
+}
+
 // DecryptDataKey returns the data key of a ciphertext whose header names
-// key id, version v and the wrapped data key, after the same checks as
-// Decrypt (key state, minimum version, encryption context for derived
-// keys). The caller destroys the result.
-func (o *Ops) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *Key, error) {
-	h, err := envelope.NewDataKeyHeader(id, v, wrapped)
+// k, version v and the wrapped data key. The caller resolved, authorized
+// and checked k (CheckUsable with OpDecryptDataKey, CheckDecryptVersion of
+// v); the encryption context is checked here, and for derived keys it
+// selects the key that unwraps.
+func (o *Ops) DecryptDataKey(ctx context.Context, k *Key, v uint32, wrapped []byte, ectx map[string]string) (UnwrappedDataKey, error) {
+	h, err := envelope.NewDataKeyHeader(k.ID, v, wrapped)
 	if err != nil {
-		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
+		return UnwrappedDataKey{}, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	if _, err := envelope.CanonicalContext(ectx); err != nil {
-		return nil, nil, Errorf(ErrInvalidArgument, "%v", err)
-	}
-	k, err := o.UsableKey(ctx, id, AES256GCM, "DecryptDataKey")
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := k.CheckDecryptVersion(v); err != nil {
-		return nil, nil, err
+		return UnwrappedDataKey{}, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	if k.Derived {
 		// The unwrap cache is keyed by the wrapped data key alone, which
@@ -390,15 +451,15 @@ func (o *Ops) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped [
 		// would hand this data key out under any context.
 		dk, err := o.protect(k).unwrapDataKey(ctx, k, h, ectx)
 		if err != nil {
-			return nil, nil, err
+			return UnwrappedDataKey{}, err
 		}
-		return dk.Key(), k, nil
+		return UnwrappedDataKey{Plaintext: dk.Key(), Key: k, Version: v}, nil
 	}
 	dk, err := o.openDataKey(ctx, k, h, ectx)
 	if err != nil {
-		return nil, nil, err
+		return UnwrappedDataKey{}, err
 	}
-	return dk.Key().Clone(), k, nil
+	return UnwrappedDataKey{Plaintext: dk.Key().Clone(), Key: k, Version: v}, nil
 }
 
 // sign signs msg (or a digest) with version v of k.
@@ -420,46 +481,67 @@ func (o *Ops) sign(ctx context.Context, k *Key, v uint32, msg []byte, digest boo
 	return o.protect(k).sign(ctx, k, v, input)
 }
 
-// Sign signs with the primary version.
-func (o *Ops) Sign(ctx context.Context, id string, msg []byte, digest bool) ([]byte, *Key, error) {
-	if len(msg) == 0 || len(msg) > MaxSignInput {
-		return nil, nil, Errorf(ErrInvalidArgument, "message is %d bytes, want 1..%d", len(msg), MaxSignInput)
-	}
-	k, err := o.UsableKey(ctx, id, "", "Sign")
-	if err != nil {
-		return nil, nil, err
-	}
-	sig, err := o.sign(ctx, k, k.Primary, msg, digest)
-	return sig, k, err
+// Signature is what Sign returns.
+type Signature struct {
+	Signature []byte
+	// Key is the key that signed, Version the version (the primary).
+	Key     *Key
+	Version uint32
 }
 
-// PublicKey returns the DER public key of version v (0: primary).
-func (o *Ops) PublicKey(ctx context.Context, id string, v uint32) ([]byte, *Key, uint32, error) {
-	k, err := o.UsableKey(ctx, id, "", "GetPublicKey")
+// Sign signs msg (a SHA-256 digest when digest is set) with k's primary
+// version. The caller checked k (CheckUsable with OpSign).
+func (o *Ops) Sign(ctx context.Context, k *Key, msg []byte, digest bool) (Signature, error) {
+	if len(msg) == 0 || len(msg) > MaxSignInput {
+		return Signature{}, Errorf(ErrInvalidArgument, "message is %d bytes, want 1..%d", len(msg), MaxSignInput)
+	}
+	v := k.Primary
+	sig, err := o.sign(ctx, k, v, msg, digest)
 	if err != nil {
-		return nil, nil, 0, err
+		return Signature{}, err
 	}
-	if v == 0 {
-		v = k.Primary
-	}
-	if err := k.CheckDecryptVersion(v); err != nil {
-		return nil, nil, 0, err
-	}
-	return k.Version(v).PublicKey, k, v, nil
+	return Signature{Signature: sig, Key: k, Version: v}, nil
 }
 
-// Verify checks a signature with version v's public key (0: primary).
-func (o *Ops) Verify(ctx context.Context, id string, v uint32, msg []byte, digest bool, sig []byte) (bool, uint32, error) {
+// PublicKey is what Ops.PublicKey returns.
+type PublicKey struct {
+	// DER is the SubjectPublicKeyInfo.
+	DER     []byte
+	Key     *Key
+	Version uint32
+}
+
+// PublicKey returns version v of k's DER public key. The caller resolved
+// v (0 is the primary: Key.At) and checked k (CheckUsable with
+// OpPublicKey, CheckDecryptVersion of v).
+func (o *Ops) PublicKey(_ context.Context, k *Key, v uint32) (PublicKey, error) {
+	kv := k.Version(v)
+	if kv == nil {
+		return PublicKey{}, k.CheckDecryptVersion(v)
+	}
+	return PublicKey{DER: kv.PublicKey, Key: k, Version: v}, nil
+}
+
+// Verification is what Verify and VerifyMac return.
+type Verification struct {
+	Valid   bool
+	Key     *Key
+	Version uint32
+}
+
+// Verify checks a signature with version v of k's public key, whatever
+// k's mode. The caller checked k and v as for PublicKey.
+func (o *Ops) Verify(ctx context.Context, k *Key, v uint32, msg []byte, digest bool, sig []byte) (Verification, error) {
 	if len(msg) == 0 || len(msg) > MaxSignInput {
-		return false, 0, Errorf(ErrInvalidArgument, "message is %d bytes, want 1..%d", len(msg), MaxSignInput)
+		return Verification{}, Errorf(ErrInvalidArgument, "message is %d bytes, want 1..%d", len(msg), MaxSignInput)
 	}
-	der, k, v, err := o.PublicKey(ctx, id, v)
+	pk, err := o.PublicKey(ctx, k, v)
 	if err != nil {
-		return false, 0, err
+		return Verification{}, err
 	}
-	pub, err := x509.ParsePKIXPublicKey(der)
+	pub, err := x509.ParsePKIXPublicKey(pk.DER)
 	if err != nil {
-		return false, 0, fmt.Errorf("managed: key %q version %d: stored public key: %w", id, v, err)
+		return Verification{}, fmt.Errorf("managed: key %q version %d: stored public key: %w", k.ID, v, err)
 	}
 	switch p := pub.(type) {
 	case *ecdsa.PublicKey:
@@ -468,35 +550,41 @@ func (o *Ops) Verify(ctx context.Context, id string, v uint32, msg []byte, diges
 			sum := sha256.Sum256(msg)
 			d = sum[:]
 		} else if len(d) != sha256.Size {
-			return false, 0, Errorf(ErrInvalidArgument, "digest is %d bytes, want 32 (SHA-256)", len(d))
+			return Verification{}, Errorf(ErrInvalidArgument, "digest is %d bytes, want 32 (SHA-256)", len(d))
 		}
-		return ecdsa.VerifyASN1(p, d, sig), v, nil
+		return Verification{Valid: ecdsa.VerifyASN1(p, d, sig), Key: k, Version: v}, nil
 	case ed25519.PublicKey:
 		if digest || k.Type != Ed25519 {
-			return false, 0, Errorf(ErrInvalidArgument, "ed25519 keys verify messages, not digests")
+			return Verification{}, Errorf(ErrInvalidArgument, "ed25519 keys verify messages, not digests")
 		}
-		return ed25519.Verify(p, msg, sig), v, nil
+		return Verification{Valid: ed25519.Verify(p, msg, sig), Key: k, Version: v}, nil
 	}
-	return false, 0, fmt.Errorf("managed: key %q: unexpected public key type %T", id, pub)
+	return Verification{}, fmt.Errorf("managed: key %q: unexpected public key type %T", k.ID, pub)
 }
 
-// GenerateMac computes a MAC with the primary version.
-func (o *Ops) GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *Key, error) {
-	k, err := o.UsableKey(ctx, id, HMACSHA256, "GenerateMac")
-	if err != nil {
-		return nil, nil, err
-	}
+// MAC is what GenerateMac returns.
+type MAC struct {
+	Tag []byte
+	// Key is the key, Version the version (the primary).
+	Key     *Key
+	Version uint32
+}
+
+// GenerateMac computes a MAC with k's primary version. The caller checked
+// k (CheckUsable with OpGenerateMac).
+func (o *Ops) GenerateMac(ctx context.Context, k *Key, msg []byte) (MAC, error) {
 	if err := o.checkMACInput(k, msg); err != nil {
-		return nil, nil, err
+		return MAC{}, err
 	}
-	tag, err := o.protect(k).mac(ctx, k, k.Primary, msg)
+	v := k.Primary
+	tag, err := o.protect(k).mac(ctx, k, v, msg)
 	if err != nil {
-		return nil, nil, err
+		return MAC{}, err
 	}
 	// The tag is public; the secret.Bytes holding it is zeroed when
 	// collected, so the caller gets a copy of its own.
 	defer tag.Destroy()
-	return bytes.Clone(tag.Reveal()), k, nil
+	return MAC{Tag: bytes.Clone(tag.Reveal()), Key: k, Version: v}, nil
 }
 
 // checkMACInput bounds a MAC message: 64 KiB, or for backend-mode keys
@@ -510,27 +598,19 @@ func (o *Ops) checkMACInput(k *Key, msg []byte) error {
 	return nil
 }
 
-// VerifyMac checks a MAC in constant time with version v (0: primary).
-func (o *Ops) VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byte) (bool, uint32, error) {
-	k, err := o.UsableKey(ctx, id, HMACSHA256, "VerifyMac")
-	if err != nil {
-		return false, 0, err
-	}
+// VerifyMac checks a MAC in constant time with version v of k. The caller
+// resolved v (Key.At) and checked k (CheckUsable with OpVerifyMac,
+// CheckDecryptVersion of v).
+func (o *Ops) VerifyMac(ctx context.Context, k *Key, v uint32, msg, tag []byte) (Verification, error) {
 	if err := o.checkMACInput(k, msg); err != nil {
-		return false, 0, err
-	}
-	if v == 0 {
-		v = k.Primary
-	}
-	if err := k.CheckDecryptVersion(v); err != nil {
-		return false, 0, err
+		return Verification{}, err
 	}
 	want, err := o.protect(k).mac(ctx, k, v, msg)
 	if err != nil {
-		return false, 0, err
+		return Verification{}, err
 	}
 	defer want.Destroy()
-	return hmac.Equal(want.Reveal(), tag), v, nil
+	return Verification{Valid: hmac.Equal(want.Reveal(), tag), Key: k, Version: v}, nil
 }
 
 // Page returns the keys whose labels include every selector pair and that

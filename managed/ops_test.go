@@ -33,7 +33,7 @@ func (s *keys) Material(_ context.Context, k *Key, v uint32) (*secret.Bytes, err
 	return s.mat[k.ID].Clone(), nil
 }
 
-func newOps(t *testing.T) (*Ops, *keys) {
+func newOps(t *testing.T) (byID, *keys) {
 	t.Helper()
 	now := time.Unix(1_700_000_000, 0).UTC()
 	src := &keys{m: map[string]*Key{}, mat: map[string]*secret.Bytes{}}
@@ -61,10 +61,11 @@ func newOps(t *testing.T) (*Ops, *keys) {
 		}
 		src.m[k.ID] = k
 	}
-	o, err := New(Config{Keys: src, Material: src, Now: func() time.Time { return now }})
+	ops, err := New(Config{Material: src, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	o := byID{ops, src}
 	return o, src
 }
 

@@ -70,7 +70,7 @@ func (p byMaterial) kek(ctx context.Context, k *Key, v uint32, ectx map[string]s
 		m.Destroy()
 	}
 	if err != nil {
-		return nil, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	return kek, nil
 }

@@ -34,7 +34,7 @@ func (b *rootOfTrust) UnwrapDataKey(_ context.Context, k *Key, v uint32, wrapped
 	b.calls["unwrap"]++
 	dk, err := envelope.UnwrapDataKeyWithSalt(b.root, k.ID, v, k.Salt, wrapped)
 	if err != nil {
-		return nil, Errorf(ErrInvalidArgument, "%v", err)
+		return nil, Errorf(ErrInvalidArgument, "%w", err)
 	}
 	return dk.Key().Clone(), nil
 }
@@ -73,10 +73,11 @@ func TestProtectionBackendKeysNeverUseMaterial(t *testing.T) {
 	_, src := newOps(t)
 	addBackendKeys(src, src.m["hsm"])
 	b := newRootOfTrust()
-	o, err := New(Config{Keys: src, Material: src, Backend: b})
+	ops, err := New(Config{Material: src, Backend: b})
 	if err != nil {
 		t.Fatal(err)
 	}
+	o := byID{ops, src}
 	before := src.calls
 	ct, _, err := o.Encrypt(ctx, "hsm", []byte("hello"), nil)
 	if err != nil {

@@ -90,7 +90,7 @@ func (w *wrapCounter) take(k *Key, v uint32, ectx map[string]string) error {
 	if k.Derived {
 		c, err := envelope.CanonicalContext(ectx)
 		if err != nil {
-			return Errorf(ErrInvalidArgument, "%v", err)
+			return Errorf(ErrInvalidArgument, "%w", err)
 		}
 		for i, seed := range w.seeds {
 			slots[i] = int(maphash.Bytes(seed, c) % sketchWidth)

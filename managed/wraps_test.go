@@ -18,11 +18,12 @@ func TestDataKeysPerVersionBound(t *testing.T) {
 	_, src := newOps(t)
 	now := time.Unix(1_700_000_000, 0).UTC()
 	// Every message gets a data key of its own, so each Encrypt wraps one.
-	o, err := New(Config{Keys: src, Material: src, Now: func() time.Time { return now },
+	ops, err := New(Config{Material: src, Now: func() time.Time { return now },
 		Reuse: envelope.ReusePolicy{MaxMessages: 1}, MaxDataKeysPerVersion: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
+	o := byID{ops, src}
 	var cts [][]byte
 	for i := range 3 {
 		ct, _, err := o.Encrypt(ctx, "aes", []byte("x"), nil)
@@ -75,22 +76,23 @@ func TestDataKeysPerVersionBound(t *testing.T) {
 		t.Errorf("100 warm encrypts wrapped %d data keys, want 1", got)
 	}
 
-	if _, err := New(Config{Keys: src, Material: src, MaxDataKeysPerVersion: MaxMaxDataKeysPerVersion + 1}); err == nil {
+	if _, err := New(Config{Material: src, MaxDataKeysPerVersion: MaxMaxDataKeysPerVersion + 1}); err == nil {
 		t.Error("New accepted a bound above 2^32")
 	}
 }
 
 // boundedOps is an Ops over newOps's keys that wraps a data key for every
 // message, with a bound of 3 data keys per key-encryption key.
-func boundedOps(t *testing.T) (*Ops, *keys) {
+func boundedOps(t *testing.T) (byID, *keys) {
 	t.Helper()
 	_, src := newOps(t)
 	now := time.Unix(1_700_000_000, 0).UTC()
-	o, err := New(Config{Keys: src, Material: src, Now: func() time.Time { return now },
+	ops, err := New(Config{Material: src, Now: func() time.Time { return now },
 		Reuse: envelope.ReusePolicy{MaxMessages: 1}, MaxDataKeysPerVersion: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
+	o := byID{ops, src}
 	return o, src
 }
 

@@ -200,11 +200,11 @@ func TestBackendErrorOnlyToAdmins(t *testing.T) {
 		{adminID, true},
 	} {
 		s, ts := newDiscloseServer(t, classify)
-		c, err := s.Begin(callerAs(t, s, tc.who), policy.DescribeKey, "payments-00")
+		ctx, c, err := s.Begin(callerAs(t, s, tc.who), policy.DescribeKey, "payments-00")
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = c.End(fmt.Errorf("describe: %w", errToken))
+		err = s.End(ctx, c, fmt.Errorf("describe: %w", errToken))
 		st := status.Convert(err)
 		if st.Code() != codes.Unavailable {
 			t.Errorf("End as %s: code %v, want Unavailable", tc.who, st.Code())
@@ -212,7 +212,7 @@ func TestBackendErrorOnlyToAdmins(t *testing.T) {
 		if got := strings.Contains(st.Message(), "CKR_"); got != tc.wantDetail {
 			t.Errorf("End as %s: message %q; holds the backend's text: %v, want %v", tc.who, st.Message(), got, tc.wantDetail)
 		}
-		if !tc.wantDetail && !strings.Contains(st.Message(), c.Rec.RequestID) {
+		if !tc.wantDetail && !strings.Contains(st.Message(), c.RequestID()) {
 			t.Errorf("End as %s: message %q does not give the request id", tc.who, st.Message())
 		}
 		recs := ts.records(t)

@@ -28,6 +28,8 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/byid"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
@@ -159,7 +161,7 @@ type fzServer struct {
 func newFzServer(f *testing.F) *fzServer {
 	f.Helper()
 	keys := newFzKeys(f)
-	ops, err := managed.New(managed.Config{Keys: keys, Material: keys})
+	ops, err := managed.New(managed.Config{Material: keys})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -187,7 +189,7 @@ func (fs *fzServer) restart(tb testing.TB) {
 	if fs.log, err = audit.Open(path, time.Hour); err != nil {
 		tb.Fatal(err)
 	}
-	fs.s, err = rpc.New(rpc.Config{Node: fs.node, Policy: fs.policy, Audit: fs.log, NodeID: "fuzz-1", TrustDomain: fzTD})
+	fs.s, err = rpc.New(rpc.Config{Performer: fs.node, Policy: fs.policy, Audit: fs.log, NodeID: "fuzz-1", TrustDomain: fzTD})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -281,10 +283,11 @@ type fzSeed struct {
 func fzSeeds(tb testing.TB) []fzSeed {
 	tb.Helper()
 	keys := newFzKeys(tb)
-	ops, err := managed.New(managed.Config{Keys: keys, Material: keys})
+	mops, err := managed.New(managed.Config{Material: keys})
 	if err != nil {
 		tb.Fatal(err)
 	}
+	ops := byid.Ops{P: fzNode{Ops: mops, keys: keys}}
 	ctx := context.Background()
 	ectx := map[string]string{"tenant": "42"}
 	ct, _, err := ops.Encrypt(ctx, "payments", []byte("hello"), ectx)
@@ -493,7 +496,7 @@ func checkDataKey(t *testing.T, ctx context.Context, kb kbv1.KeyBrokerServer, wi
 func FuzzKeyFromProto(f *testing.F) {
 	keys := newFzKeys(f)
 	for _, k := range keys.sorted {
-		ek := &kbv1.EdgeKey{Metadata: rpc.KeyToProto(k)}
+		ek := &kbv1.EdgeKey{Metadata: wire.KeyToProto(k)}
 		for _, v := range k.Versions {
 			ek.Versions = append(ek.Versions, &kbv1.EdgeKeyVersion{Version: v.Version, PublicKey: v.PublicKey, SealedMaterial: []byte{1, 2, 3}})
 		}
@@ -513,7 +516,7 @@ func FuzzKeyFromProto(f *testing.F) {
 		if err := proto.Unmarshal(raw, &ek); err != nil {
 			return
 		}
-		k, err := rpc.KeyFromProto(ek.GetMetadata(), ek.GetVersions())
+		k, err := wire.KeyFromProto(ek.GetMetadata(), ek.GetVersions())
 		if err != nil {
 			if !errors.Is(err, managed.ErrInvalidArgument) {
 				t.Fatalf("KeyFromProto error %v is not InvalidArgument", err)
@@ -530,15 +533,15 @@ func FuzzKeyFromProto(f *testing.F) {
 		for _, v := range k.Versions {
 			versions = append(versions, &kbv1.EdgeKeyVersion{Version: v.Version, PublicKey: v.PublicKey})
 		}
-		m := rpc.KeyToProto(k)
-		again, err := rpc.KeyFromProto(m, versions)
+		m := wire.KeyToProto(k)
+		again, err := wire.KeyFromProto(m, versions)
 		if err != nil {
 			t.Fatalf("a rebuilt key does not rebuild again: %v", err)
 		}
 		if diff := cmp.Diff(k, again); diff != "" {
 			t.Fatalf("key changed on the wire and back (-first +again):\n%s", diff)
 		}
-		if diff := cmp.Diff(m, rpc.KeyToProto(again), protocmp.Transform()); diff != "" {
+		if diff := cmp.Diff(m, wire.KeyToProto(again), protocmp.Transform()); diff != "" {
 			t.Fatalf("metadata changed on the wire and back (-first +again):\n%s", diff)
 		}
 	})

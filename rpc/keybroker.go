@@ -8,9 +8,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
-	"github.com/keybroker/keybroker/envelope"
-	"github.com/keybroker/keybroker/internal/clip"
+	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"
 )
 
@@ -27,100 +28,55 @@ func Invalid(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
 }
 
-// CheckKeyID refuses a malformed key id.
-func CheckKeyID(id string) error {
-	if !envelope.ValidKeyID(id) {
-		return Invalid("key_id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
-	}
-	return nil
-}
+// CheckKeyID refuses a malformed key id (pipeline.CheckKeyID).
+func CheckKeyID(id string) error { return pipeline.CheckKeyID(id) }
 
-// KeyOp runs one key operation: begin, check the id, authorize, run, end.
-func KeyOp[T any](ctx context.Context, s *Server, op policy.Action, keyID string, run func(c *Call, k *managed.Key) (T, error)) (T, error) {
-	var zero T
-	c, err := s.Begin(ctx, op, keyID)
+// call runs one pipeline operation for the caller in ctx and turns its
+// error into what the caller is told (answer): every handler is build the
+// Caller, convert, call the pipeline, convert.
+func call[In, Out any](ctx context.Context, s *Server, op policy.Action, key string, in In, run func(context.Context, pipeline.Caller, In) (Out, error)) (Out, error) {
+	caller, err := CallerOf(ctx)
 	if err != nil {
+		var zero Out
 		return zero, err
 	}
-	if err := CheckKeyID(keyID); err != nil {
-		return zero, c.End(err)
-	}
-	k, err := c.AuthorizeKey(op)
-	if err != nil {
-		return zero, c.End(err)
-	}
-	out, err := run(c, k)
-	if err != nil {
-		return zero, c.End(err)
-	}
-	return out, c.End(nil)
+	out, err := run(ctx, caller, in)
+	return out, s.answer(caller, audit.Operation(op), key, err)
 }
 
 func (b *keyBroker) Encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
-	return b.s.encrypt(ctx, r, policy.Encrypt)
+	return b.s.encrypt(ctx, r)
 }
 
-// encrypt seals under the key r names, authorized as op: Encrypt, or
-// ReEncrypt for the destination of a ReEncrypt.
-func (s *Server) encrypt(ctx context.Context, r *kbv1.EncryptRequest, op policy.Action) (*kbv1.EncryptResponse, error) {
-	return KeyOp(ctx, s, op, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.EncryptResponse, error) {
-		ct, k, err := s.node.Encrypt(c.Ctx, r.GetKeyId(), r.GetPlaintext(), r.GetEncryptionContext())
-		if err != nil {
-			return nil, err
-		}
-		c.Rec.Version = k.Primary
-		return &kbv1.EncryptResponse{Ciphertext: ct, KeyId: k.ID, KeyVersion: k.Primary}, nil
-	})
+func (s *Server) encrypt(ctx context.Context, r *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
+	out, err := call(ctx, s, policy.Encrypt, r.GetKeyId(), pipeline.EncryptInput{KeyID: r.GetKeyId(), Plaintext: r.GetPlaintext(), Context: r.GetEncryptionContext()}, s.pipe.Encrypt)
+	if err != nil {
+		return nil, err
+	}
+	return &kbv1.EncryptResponse{Ciphertext: out.Ciphertext, KeyId: out.Key.ID, KeyVersion: out.Version}, nil
 }
 
 func (b *keyBroker) Decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.DecryptResponse, error) {
-	return b.s.decrypt(ctx, r, policy.Decrypt)
+	return b.s.decrypt(ctx, r)
 }
 
-// decrypt opens a ciphertext, authorized as op on the key it names:
-// Decrypt, or ReEncrypt for the source of a ReEncrypt.
-func (s *Server) decrypt(ctx context.Context, r *kbv1.DecryptRequest, op policy.Action) (*kbv1.DecryptResponse, error) {
-	// The key to authorize is the one the ciphertext names.
-	keyID, _, err := managed.PeekKeyID(r.GetCiphertext())
+func (s *Server) decrypt(ctx context.Context, r *kbv1.DecryptRequest) (*kbv1.DecryptResponse, error) {
+	out, err := call(ctx, s, policy.Decrypt, r.GetKeyId(), pipeline.DecryptInput{Ciphertext: r.GetCiphertext(), Context: r.GetEncryptionContext(), KeyID: r.GetKeyId()}, s.pipe.Decrypt)
 	if err != nil {
-		c, berr := s.Begin(ctx, op, "")
-		if berr != nil {
-			return nil, berr
-		}
-		return nil, c.End(err)
+		return nil, err
 	}
-	return KeyOp(ctx, s, op, keyID, func(c *Call, _ *managed.Key) (*kbv1.DecryptResponse, error) {
-		pt, k, v, err := s.node.Decrypt(c.Ctx, r.GetCiphertext(), r.GetEncryptionContext(), r.GetKeyId())
-		c.Rec.Version = v
-		if err != nil {
-			return nil, err
-		}
-		return &kbv1.DecryptResponse{Plaintext: pt, KeyId: k.ID, KeyVersion: v}, nil
-	})
+	return &kbv1.DecryptResponse{Plaintext: out.Plaintext, KeyId: out.Key.ID, KeyVersion: out.Version}, nil
 }
 
-// ReEncrypt needs the ReEncrypt action on both keys, as AWS KMS needs
-// ReEncryptFrom on the source and ReEncryptTo on the destination: the
-// plaintext never leaves the node, so neither Decrypt nor Encrypt is asked,
-// and a grant of Decrypt alone does not let a caller move ciphertexts under
-// a key of its choosing. Each key's decision is its own audit line
-// (operation ReEncrypt), both under the call's request id.
+// ReEncrypt needs the ReEncrypt action on both keys (pipeline.ReEncrypt).
 func (b *keyBroker) ReEncrypt(ctx context.Context, r *kbv1.ReEncryptRequest) (*kbv1.ReEncryptResponse, error) {
-	dec, err := b.s.decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: r.GetCiphertext(), EncryptionContext: r.GetSourceEncryptionContext()}, policy.ReEncrypt)
+	out, err := call(ctx, b.s, policy.ReEncrypt, r.GetDestinationKeyId(), pipeline.ReEncryptInput{Ciphertext: r.GetCiphertext(), SourceContext: r.GetSourceEncryptionContext(),
+		DestinationKeyID: r.GetDestinationKeyId(), DestinationContext: r.GetDestinationEncryptionContext()}, b.s.pipe.ReEncrypt)
 	if err != nil {
 		return nil, err
 	}
-	defer clear(dec.Plaintext)
-	dst := r.GetDestinationKeyId()
-	if dst == "" {
-		dst = dec.KeyId
-	}
-	enc, err := b.s.encrypt(ctx, &kbv1.EncryptRequest{KeyId: dst, Plaintext: dec.Plaintext, EncryptionContext: r.GetDestinationEncryptionContext()}, policy.ReEncrypt)
-	if err != nil {
-		return nil, err
-	}
-	return &kbv1.ReEncryptResponse{Ciphertext: enc.Ciphertext, SourceKeyId: dec.KeyId, SourceKeyVersion: dec.KeyVersion,
-		KeyId: enc.KeyId, KeyVersion: enc.KeyVersion}, nil
+	return &kbv1.ReEncryptResponse{Ciphertext: out.Destination.Ciphertext, SourceKeyId: out.Source.Key.ID, SourceKeyVersion: out.Source.Version,
+		KeyId: out.Destination.Key.ID, KeyVersion: out.Destination.Version}, nil
 }
 
 func (s *Server) generateDataKey(ctx context.Context, r *kbv1.GenerateDataKeyRequest, withPlaintext bool) (*kbv1.GenerateDataKeyResponse, error) {
@@ -128,32 +84,27 @@ func (s *Server) generateDataKey(ctx context.Context, r *kbv1.GenerateDataKeyReq
 	if !withPlaintext {
 		op = policy.GenerateDataKeyWithoutPlaintext
 	}
-	return KeyOp(ctx, s, op, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.GenerateDataKeyResponse, error) {
-		dk, err := s.node.GenerateDataKey(c.Ctx, r.GetKeyId(), r.GetEncryptionContext(), withPlaintext)
-		if err != nil {
-			return nil, err
-		}
-		defer dk.Plaintext.Destroy()
-		c.Rec.Version = dk.Key.Primary
-		out := &kbv1.GenerateDataKeyResponse{EncryptedDataKey: dk.Encrypted, KeyId: dk.Key.ID, KeyVersion: dk.Key.Primary}
-		if withPlaintext {
-			out.Plaintext = append([]byte(nil), dk.Plaintext.Reveal()...)
-			out.WrappedDataKey = dk.Wrapped
-		}
-		return out, nil
-	})
+	dk, err := call(ctx, s, op, r.GetKeyId(), pipeline.GenerateDataKeyInput{KeyID: r.GetKeyId(), Context: r.GetEncryptionContext(), WithPlaintext: withPlaintext}, s.pipe.GenerateDataKey)
+	if err != nil {
+		return nil, err
+	}
+	defer dk.Plaintext.Destroy()
+	out := &kbv1.GenerateDataKeyResponse{EncryptedDataKey: dk.Encrypted, KeyId: dk.Key.ID, KeyVersion: dk.Version}
+	if withPlaintext {
+		out.Plaintext = append([]byte(nil), dk.Plaintext.Reveal()...)
+		out.WrappedDataKey = dk.Wrapped
+	}
+	return out, nil
 }
 
 func (b *keyBroker) DecryptDataKey(ctx context.Context, r *kbv1.DecryptDataKeyRequest) (*kbv1.DecryptDataKeyResponse, error) {
-	return KeyOp(ctx, b.s, policy.DecryptDataKey, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.DecryptDataKeyResponse, error) {
-		c.Rec.Version = r.GetKeyVersion()
-		dek, k, err := b.s.node.DecryptDataKey(c.Ctx, r.GetKeyId(), r.GetKeyVersion(), r.GetWrappedDataKey(), r.GetEncryptionContext())
-		if err != nil {
-			return nil, err
-		}
-		defer dek.Destroy()
-		return &kbv1.DecryptDataKeyResponse{Plaintext: append([]byte(nil), dek.Reveal()...), KeyId: k.ID, KeyVersion: r.GetKeyVersion()}, nil
-	})
+	dek, err := call(ctx, b.s, policy.DecryptDataKey, r.GetKeyId(), pipeline.DecryptDataKeyInput{KeyID: r.GetKeyId(), Version: r.GetKeyVersion(),
+		Wrapped: r.GetWrappedDataKey(), Context: r.GetEncryptionContext()}, b.s.pipe.DecryptDataKey)
+	if err != nil {
+		return nil, err
+	}
+	defer dek.Plaintext.Destroy()
+	return &kbv1.DecryptDataKeyResponse{Plaintext: append([]byte(nil), dek.Plaintext.Reveal()...), KeyId: dek.Key.ID, KeyVersion: r.GetKeyVersion()}, nil
 }
 
 func (b *keyBroker) GenerateDataKey(ctx context.Context, r *kbv1.GenerateDataKeyRequest) (*kbv1.GenerateDataKeyResponse, error) {
@@ -164,149 +115,94 @@ func (b *keyBroker) GenerateDataKeyWithoutPlaintext(ctx context.Context, r *kbv1
 	return b.s.generateDataKey(ctx, r, false)
 }
 
-func signInput(message, digest []byte) ([]byte, bool, error) {
-	switch {
-	case len(message) > 0 && len(digest) > 0:
-		return nil, false, Invalid("give message or digest, not both")
-	case len(digest) > 0:
-		return digest, true, nil
-	case len(message) > 0:
-		return message, false, nil
-	}
-	return nil, false, Invalid("give a message or a digest")
-}
-
 func (b *keyBroker) Sign(ctx context.Context, r *kbv1.SignRequest) (*kbv1.SignResponse, error) {
-	return KeyOp(ctx, b.s, policy.Sign, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.SignResponse, error) {
-		in, digest, err := signInput(r.GetMessage(), r.GetDigest())
-		if err != nil {
-			return nil, err
-		}
-		sig, k, err := b.s.node.Sign(c.Ctx, r.GetKeyId(), in, digest)
-		if err != nil {
-			return nil, err
-		}
-		c.Rec.Version = k.Primary
-		return &kbv1.SignResponse{Signature: sig, KeyId: k.ID, KeyVersion: k.Primary}, nil
-	})
+	out, err := call(ctx, b.s, policy.Sign, r.GetKeyId(), pipeline.SignInput{KeyID: r.GetKeyId(), Message: r.GetMessage(), Digest: r.GetDigest()}, b.s.pipe.Sign)
+	if err != nil {
+		return nil, err
+	}
+	return &kbv1.SignResponse{Signature: out.Signature, KeyId: out.Key.ID, KeyVersion: out.Version}, nil
 }
 
 func (b *keyBroker) Verify(ctx context.Context, r *kbv1.VerifyRequest) (*kbv1.VerifyResponse, error) {
-	return KeyOp(ctx, b.s, policy.Verify, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.VerifyResponse, error) {
-		in, digest, err := signInput(r.GetMessage(), r.GetDigest())
-		if err != nil {
-			return nil, err
-		}
-		ok, v, err := b.s.node.Verify(c.Ctx, r.GetKeyId(), r.GetKeyVersion(), in, digest, r.GetSignature())
-		c.Rec.Version = v
-		if err != nil {
-			return nil, err
-		}
-		return &kbv1.VerifyResponse{Valid: ok, KeyVersion: v}, nil
-	})
+	out, err := call(ctx, b.s, policy.Verify, r.GetKeyId(), pipeline.VerifyInput{KeyID: r.GetKeyId(), Version: r.GetKeyVersion(), Message: r.GetMessage(),
+		Digest: r.GetDigest(), Signature: r.GetSignature()}, b.s.pipe.Verify)
+	if err != nil {
+		return nil, err
+	}
+	return &kbv1.VerifyResponse{Valid: out.Valid, KeyVersion: out.Version}, nil
 }
 
 func (b *keyBroker) GetPublicKey(ctx context.Context, r *kbv1.GetPublicKeyRequest) (*kbv1.GetPublicKeyResponse, error) {
-	return KeyOp(ctx, b.s, policy.GetPublicKey, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.GetPublicKeyResponse, error) {
-		der, k, v, err := b.s.node.PublicKey(c.Ctx, r.GetKeyId(), r.GetKeyVersion())
-		if err != nil {
-			return nil, err
-		}
-		c.Rec.Version = v
-		return &kbv1.GetPublicKeyResponse{PublicKey: der, KeyType: typeToProto[k.Type], KeyId: k.ID, KeyVersion: v}, nil
-	})
+	out, err := call(ctx, b.s, policy.GetPublicKey, r.GetKeyId(), pipeline.GetPublicKeyInput{KeyID: r.GetKeyId(), Version: r.GetKeyVersion()}, b.s.pipe.GetPublicKey)
+	if err != nil {
+		return nil, err
+	}
+	return &kbv1.GetPublicKeyResponse{PublicKey: out.DER, KeyType: wire.TypeToProto(out.Key.Type), KeyId: out.Key.ID, KeyVersion: out.Version}, nil
 }
 
 func (b *keyBroker) GenerateMac(ctx context.Context, r *kbv1.GenerateMacRequest) (*kbv1.GenerateMacResponse, error) {
-	return KeyOp(ctx, b.s, policy.GenerateMac, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.GenerateMacResponse, error) {
-		tag, k, err := b.s.node.GenerateMac(c.Ctx, r.GetKeyId(), r.GetMessage())
-		if err != nil {
-			return nil, err
-		}
-		c.Rec.Version = k.Primary
-		return &kbv1.GenerateMacResponse{Mac: tag, KeyId: k.ID, KeyVersion: k.Primary}, nil
-	})
+	out, err := call(ctx, b.s, policy.GenerateMac, r.GetKeyId(), pipeline.GenerateMacInput{KeyID: r.GetKeyId(), Message: r.GetMessage()}, b.s.pipe.GenerateMac)
+	if err != nil {
+		return nil, err
+	}
+	return &kbv1.GenerateMacResponse{Mac: out.Tag, KeyId: out.Key.ID, KeyVersion: out.Version}, nil
 }
 
 func (b *keyBroker) VerifyMac(ctx context.Context, r *kbv1.VerifyMacRequest) (*kbv1.VerifyMacResponse, error) {
-	return KeyOp(ctx, b.s, policy.VerifyMac, r.GetKeyId(), func(c *Call, _ *managed.Key) (*kbv1.VerifyMacResponse, error) {
-		ok, v, err := b.s.node.VerifyMac(c.Ctx, r.GetKeyId(), r.GetKeyVersion(), r.GetMessage(), r.GetMac())
-		c.Rec.Version = v
-		if err != nil {
-			return nil, err
-		}
-		return &kbv1.VerifyMacResponse{Valid: ok, KeyVersion: v}, nil
-	})
+	out, err := call(ctx, b.s, policy.VerifyMac, r.GetKeyId(), pipeline.VerifyMacInput{KeyID: r.GetKeyId(), Version: r.GetKeyVersion(), Message: r.GetMessage(), Mac: r.GetMac()}, b.s.pipe.VerifyMac)
+	if err != nil {
+		return nil, err
+	}
+	return &kbv1.VerifyMacResponse{Valid: out.Valid, KeyVersion: out.Version}, nil
 }
 
 func (b *keyBroker) GenerateRandom(ctx context.Context, r *kbv1.GenerateRandomRequest) (*kbv1.GenerateRandomResponse, error) {
-	c, err := b.s.Begin(ctx, policy.GenerateRandom, "")
+	out, err := call(ctx, b.s, policy.GenerateRandom, "", int(r.GetLength()), b.s.pipe.GenerateRandom)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.AuthorizeService(policy.GenerateRandom); err != nil {
-		return nil, c.End(err)
-	}
-	out, err := b.s.node.GenerateRandom(c.Ctx, int(r.GetLength()))
-	if err != nil {
-		return nil, c.End(err)
-	}
-	return &kbv1.GenerateRandomResponse{Random: out}, c.End(nil)
+	return &kbv1.GenerateRandomResponse{Random: out}, nil
 }
 
 func (b *keyBroker) DescribeKey(ctx context.Context, r *kbv1.DescribeKeyRequest) (*kbv1.DescribeKeyResponse, error) {
-	return KeyOp(ctx, b.s, policy.DescribeKey, r.GetKeyId(), func(c *Call, k *managed.Key) (*kbv1.DescribeKeyResponse, error) {
-		return &kbv1.DescribeKeyResponse{Key: c.KeyToProto(k)}, nil
-	})
-}
-
-// ListKeys answers only the keys the caller may DescribeKey: each key the
-// selector matches is put to the policy (a warm key costs a map lookup in
-// the decision cache), and a page is filled from those the caller may see.
-// The next-page token is the id of the page's last key, one the caller was
-// just shown, so neither the token nor the page sizes say anything about
-// keys it may not describe.
-func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv1.ListKeysResponse, error) {
-	c, err := b.s.Begin(ctx, policy.ListKeys, "")
+	caller, err := CallerOf(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.AuthorizeService(policy.ListKeys); err != nil {
-		return nil, c.End(err)
-	}
-	set := b.s.policy.Current()
-	principal := c.Principal()
-	visible := func(k *managed.Key) bool {
-		return b.s.decisions.decide(set, c.Who, policy.DescribeKey, k, func() policy.Decision {
-			return set.AuthorizeKey(principal, policy.DescribeKey, k.PolicyKey())
-		}).Allowed
-	}
-	keys, next, err := b.s.node.ListKeys(ctx, r.GetLabelSelector(), int(r.GetPageSize()), r.GetPageToken(), visible)
+	k, err := b.s.pipe.DescribeKey(ctx, caller, r.GetKeyId())
 	if err != nil {
-		return nil, c.End(err)
+		return nil, b.s.answer(caller, audit.Operation(policy.DescribeKey), r.GetKeyId(), err)
 	}
-	out := &kbv1.ListKeysResponse{NextPageToken: next}
-	for _, k := range keys {
-		out.Keys = append(out.Keys, c.KeyToProto(k))
-	}
-	return out, c.End(nil)
+	return &kbv1.DescribeKeyResponse{Key: KeyMetadata(k, caller.Admin())}, nil
 }
 
-// LookupKey answers from this node's view of the cluster: the nodes able
-// to perform the operation on the key now, best first, with why each
-// qualifies.
+// ListKeys answers only the keys the caller may DescribeKey
+// (pipeline.ListKeys).
+func (b *keyBroker) ListKeys(ctx context.Context, r *kbv1.ListKeysRequest) (*kbv1.ListKeysResponse, error) {
+	caller, err := CallerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	page, err := b.s.pipe.ListKeys(ctx, caller, pipeline.ListKeysInput{Selector: r.GetLabelSelector(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken()})
+	if err != nil {
+		return nil, b.s.answer(caller, audit.Operation(policy.ListKeys), "", err)
+	}
+	out := &kbv1.ListKeysResponse{NextPageToken: page.NextPageToken}
+	for _, k := range page.Keys {
+		out.Keys = append(out.Keys, KeyMetadata(k, caller.Admin()))
+	}
+	return out, nil
+}
+
+// LookupKey answers from this node's view of the cluster
+// (pipeline.LookupKey).
 func (b *keyBroker) LookupKey(ctx context.Context, r *kbv1.LookupKeyRequest) (*kbv1.LookupKeyResponse, error) {
-	return KeyOp(ctx, b.s, policy.LookupKey, r.GetKeyId(), func(c *Call, k *managed.Key) (*kbv1.LookupKeyResponse, error) {
-		op, ok := operationAction(r.GetOperation())
-		if !ok {
-			return nil, Invalid("operation is required: one of encrypt, decrypt, re-encrypt, generate-data-key, sign, verify, get-public-key, generate-mac, verify-mac, describe-key")
-		}
-		nodes, err := b.s.node.LookupKey(c.Ctx, k, op, r.GetClientLabels())
-		if err != nil {
-			return nil, err
-		}
-		return &kbv1.LookupKeyResponse{Nodes: lookupToProto(nodes)}, nil
-	})
+	op, _ := operationAction(r.GetOperation())
+	nodes, err := call(ctx, b.s, policy.LookupKey, r.GetKeyId(), pipeline.LookupKeyInput{KeyID: r.GetKeyId(), Operation: op, ClientLabels: r.GetClientLabels()}, b.s.pipe.LookupKey)
+	if err != nil {
+		return nil, err
+	}
+	return &kbv1.LookupKeyResponse{Nodes: lookupToProto(nodes)}, nil
 }
 
 func (s *Server) itemError(err error) *kbv1.ItemError {
@@ -320,11 +216,11 @@ func (s *Server) checkBatch(ctx context.Context, op string, n int) error {
 	if n > 0 && n <= MaxBatch {
 		return nil
 	}
-	c, err := s.Begin(ctx, policy.Action(op), "")
+	ctx, c, err := s.Begin(ctx, policy.Action(op), "")
 	if err != nil {
 		return err
 	}
-	return c.End(Invalid("a batch holds 1..%d items, not %d", MaxBatch, n))
+	return s.End(ctx, c, Invalid("a batch holds 1..%d items, not %d", MaxBatch, n))
 }
 
 func (b *keyBroker) BatchEncrypt(ctx context.Context, r *kbv1.BatchEncryptRequest) (*kbv1.BatchEncryptResponse, error) {
@@ -333,7 +229,7 @@ func (b *keyBroker) BatchEncrypt(ctx context.Context, r *kbv1.BatchEncryptReques
 	}
 	out := &kbv1.BatchEncryptResponse{}
 	for _, it := range r.GetItems() {
-		resp, err := b.s.encrypt(ctx, it, policy.Encrypt)
+		resp, err := b.s.encrypt(ctx, it)
 		if err != nil && isFatal(err) {
 			return nil, err
 		}
@@ -352,7 +248,7 @@ func (b *keyBroker) BatchDecrypt(ctx context.Context, r *kbv1.BatchDecryptReques
 	}
 	out := &kbv1.BatchDecryptResponse{}
 	for _, it := range r.GetItems() {
-		resp, err := b.s.decrypt(ctx, it, policy.Decrypt)
+		resp, err := b.s.decrypt(ctx, it)
 		if err != nil && isFatal(err) {
 			return nil, err
 		}
@@ -385,8 +281,21 @@ func (b *keyBroker) BatchGenerateDataKey(ctx context.Context, r *kbv1.BatchGener
 }
 
 // isFatal reports errors that end a whole batch: the caller is gone or the
-// audit log is down.
+// audit log is down (errors.Is, never a message compare).
 func isFatal(err error) bool {
 	c := status.Code(err)
 	return c == codes.Unauthenticated || c == codes.Canceled || c == codes.DeadlineExceeded || errors.Is(err, ErrAuditDown)
+}
+
+// KeyCall runs an operation on a key for the node's other gRPC services
+// (the central tier's KeyAdmin) as the caller in ctx, through the
+// pipeline's steps (pipeline.KeyCall), and turns its error into a status.
+func KeyCall[T any](ctx context.Context, s *Server, op policy.Action, keyID string, perform func(ctx context.Context, c *pipeline.Call, k *managed.Key) (T, error)) (T, error) {
+	caller, err := CallerOf(ctx)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	out, err := pipeline.KeyCall(ctx, s.pipe, caller, op, keyID, perform)
+	return out, s.answer(caller, audit.Operation(op), keyID, err)
 }

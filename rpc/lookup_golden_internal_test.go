@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
@@ -76,7 +77,7 @@ func lookupAnswers(t *testing.T) []string {
 				self := nodes[r.IntN(len(nodes))].GetNodeId()
 				labels := map[string]string{"region": regions[r.IntN(len(regions))]}
 				for _, lost := range []bool{false, true} {
-					got := lookupToProto(placement.Lookup(placement.Input{Key: k, Op: action, ClientLabels: labels, Nodes: NodesFromProto(nodes),
+					got := lookupToProto(placement.Lookup(placement.Input{Key: k, Op: action, ClientLabels: labels, Nodes: wire.NodesFromProto(nodes),
 						Self: self, Policy: set, TrustDomain: "kb.test", CentralUnreachable: lost}))
 					b, err := proto.MarshalOptions{Deterministic: true}.Marshal(&kbv1.LookupKeyResponse{Nodes: got})
 					if err != nil {

@@ -48,21 +48,6 @@ func reasonToProto(r placement.Reason) kbv1.LookupReason {
 	return kbv1.LookupReason_LOOKUP_REASON_UNSPECIFIED
 }
 
-// nodeFromProto is an inventory node as placement sees it.
-func nodeFromProto(n *kbv1.Node) placement.Node {
-	return placement.Node{ID: n.GetNodeId(), Kind: n.GetKind(), Address: n.GetAddress(), Region: n.GetRegion(),
-		Labels: n.GetLabels(), Prefetch: n.GetPrefetch(), Connected: n.GetConnected(), Enrolled: n.GetEnrolled()}
-}
-
-// NodesFromProto converts an inventory.
-func NodesFromProto(ns []*kbv1.Node) []placement.Node {
-	out := make([]placement.Node, len(ns))
-	for i, n := range ns {
-		out[i] = nodeFromProto(n)
-	}
-	return out
-}
-
 // lookupToProto is a Lookup answer on the wire.
 func lookupToProto(cs []placement.Candidate) []*kbv1.LookupNode {
 	out := make([]*kbv1.LookupNode, len(cs))

@@ -65,18 +65,3 @@ func TestLookupToProto(t *testing.T) {
 		t.Errorf("lookupToProto(nil) = %v, want none", got)
 	}
 }
-
-// TestNodeFromProto: every field placement reads comes from the wire
-// inventory.
-func TestNodeFromProto(t *testing.T) {
-	in := &kbv1.Node{NodeId: "edge-1", Kind: "edge", Address: "edge-1.example:7443", Region: "eu", Labels: map[string]string{"pci": "yes"},
-		Prefetch: true, Connected: true, Enrolled: true, Revision: 7, AppliedRevision: 6}
-	want := placement.Node{ID: "edge-1", Kind: "edge", Address: "edge-1.example:7443", Region: "eu", Labels: map[string]string{"pci": "yes"},
-		Prefetch: true, Connected: true, Enrolled: true}
-	if diff := cmp.Diff(want, nodeFromProto(in)); diff != "" {
-		t.Errorf("nodeFromProto mismatch (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff([]placement.Node{{}, want}, NodesFromProto([]*kbv1.Node{nil, in})); diff != "" {
-		t.Errorf("NodesFromProto mismatch (-want +got):\n%s", diff)
-	}
-}

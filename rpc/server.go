@@ -1,7 +1,10 @@
-// Package rpc is the gRPC face every keybroker node shares: the KeyBroker
-// service over mutual TLS around a Node — the central tier's service, or
-// an edge's cache — with authentication, request ids, authorization and
-// audit. The central tier adds KeyAdmin and EdgeSync on the same Calls.
+// Package rpc is the gRPC front-end every keybroker node shares: the
+// KeyBroker service over mutual TLS. It authenticates calls, gives them
+// request ids, converts requests to the inputs of package pipeline and
+// results back, and maps errors to gRPC statuses; the pipeline resolves,
+// authorizes, checks, performs (through the node's Performer: the central
+// tier's service, or an edge's cache) and audits. The central tier adds
+// KeyAdmin and EdgeSync on the same audited Calls (Server.Begin, End).
 //
 // # Every call
 //
@@ -11,33 +14,33 @@
 // id of the request it acts for; a client's or admin's well-formed
 // x-request-id is kept as the audit line's client_request_id, never taken
 // as the request id; both are sent back in the response header, as
-// x-request-id and x-client-request-id),
-// authorized by the Cedar policy in force against the key's labels, type and
-// mode, performed, and written to the audit log — refused calls included —
-// before the response leaves. If the audit line cannot be written the
+// x-request-id and x-client-request-id), and handed to the pipeline as a
+// pipeline.Caller. The ids travel in the call's context (package
+// internal/callinfo), so a call an edge makes on the request's behalf
+// carries them, and a call an edge forwards reaches the central tier with
+// the same request id and the client's identity (callinfo.WithForwarder),
+// so the two audit lines join up. If the audit line cannot be written the
 // response is withheld and the caller gets Unavailable: there are no
-// unaudited operations. A call an edge forwards reaches the central tier
-// with the same request id and the client's identity (WithForwarder), so
-// the two audit lines join up.
+// unaudited operations.
 //
 // # Existence is not leaked
 //
-// An unknown key is authorized as a key with no labels: a caller the
-// policy would not let near such a key gets PermissionDenied, not NotFound.
-// ListKeys answers only the keys the caller may DescribeKey, in full pages
-// whose next-page token is a key it was shown. A key's root key URI is
-// told to admins only (Call.KeyToProto).
+// An unknown key is authorized as a key with no labels (package pipeline):
+// a caller the policy would not let near such a key gets PermissionDenied,
+// not NotFound. A key's root key URI is told to admins only (KeyMetadata).
 //
 // # Errors
 //
-// managed errors map to gRPC codes here and only here: InvalidArgument
-// (bad input, malformed or foreign ciphertext, wrong context), NotFound,
+// Errors map to gRPC codes here and only here (Server.Status): managed
+// errors by kind (errors.As, errors.Is) — InvalidArgument (bad input,
+// malformed or foreign ciphertext, wrong context), NotFound,
 // AlreadyExists, FailedPrecondition (disabled or pending-deletion keys,
 // versions below the minimum), Aborted (revision conflicts),
-// PermissionDenied, Unavailable, ResourceExhausted (a spent budget). Errors the node knows better (a root of
-// trust's, at the central tier) go through Config.Classify; their text
-// reaches admins only. Anyone else gets the code and a generic message
-// naming the request id, and the audit line keeps the text.
+// PermissionDenied, Unavailable, ResourceExhausted (a spent budget). Errors
+// the node knows better (a root of trust's, at the central tier) go
+// through Config.Classify; their text reaches admins only. Anyone else gets
+// the code and a generic message naming the request id, and the audit line
+// keeps the text.
 package rpc
 
 import (
@@ -45,7 +48,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"regexp"
 	"strings"
@@ -54,53 +56,22 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/callinfo"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
-	"github.com/keybroker/keybroker/placement"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/secret"
 )
-
-// Node performs the KeyBroker operations at one node. Its errors are
-// managed errors, gRPC statuses (passed through as they are), or errors
-// Config.Classify knows.
-type Node interface {
-	managed.KeySource
-	Encrypt(ctx context.Context, id string, plaintext []byte, ectx map[string]string) ([]byte, *managed.Key, error)
-	Decrypt(ctx context.Context, ciphertext []byte, ectx map[string]string, expectKey string) ([]byte, *managed.Key, uint32, error)
-	// GenerateDataKey returns the wrapped form only when wrapped is set.
-	GenerateDataKey(ctx context.Context, id string, ectx map[string]string, wrapped bool) (*managed.DataKey, error)
-	DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *managed.Key, error)
-	Sign(ctx context.Context, id string, msg []byte, digest bool) ([]byte, *managed.Key, error)
-	PublicKey(ctx context.Context, id string, v uint32) ([]byte, *managed.Key, uint32, error)
-	Verify(ctx context.Context, id string, v uint32, msg []byte, digest bool, sig []byte) (bool, uint32, error)
-	GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *managed.Key, error)
-	VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byte) (bool, uint32, error)
-	GenerateRandom(ctx context.Context, n int) ([]byte, error)
-	// ListKeys pages through the keys the selector matches and visible
-	// keeps (managed.Page).
-	ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error)
-	// LookupKey lists the nodes able to perform op with k now, best first.
-	// Package placement decides it (placement.Lookup).
-	LookupKey(ctx context.Context, k *managed.Key, op policy.Action, clientLabels map[string]string) ([]placement.Candidate, error)
-	// Served names what performs op on k, for the audit line: a root of
-	// trust at the central tier; the cache or the central tier at an edge.
-	Served(k *managed.Key, op policy.Action) string
-}
-
-// Policies gives the policy set in force.
-type Policies interface {
-	Current() *policy.Set
-}
 
 // Config assembles a Server.
 type Config struct {
-	Node        Node
-	Policy      Policies
+	// Performer performs the operations at this node (pipeline.Performer).
+	Performer   pipeline.Performer
+	Policy      pipeline.Policies
 	Audit       *audit.Log
 	NodeID      string
 	TrustDomain string
@@ -110,53 +81,51 @@ type Config struct {
 	Logger   *slog.Logger
 }
 
-// Server serves KeyBroker for a Node and runs Calls for the node's other
-// services.
+// Server serves KeyBroker through a pipeline and runs audited Calls for
+// the node's other gRPC services.
 type Server struct {
-	node     Node
-	policy   Policies
+	pipe     *pipeline.Pipeline
 	audit    *audit.Log
 	id       string
 	td       string
 	classify func(error) (*status.Status, bool)
 	log      *slog.Logger
-	// decisions remembers policy decisions on keys.
-	decisions decisionCache
 }
 
 // New builds a Server.
 func New(c Config) (*Server, error) {
-	if c.Node == nil || c.Policy == nil || c.Audit == nil || c.NodeID == "" || c.TrustDomain == "" {
-		return nil, errors.New("rpc: node, policy, audit, node id and trust domain are required")
+	if c.Performer == nil || c.Policy == nil || c.Audit == nil || c.NodeID == "" || c.TrustDomain == "" {
+		return nil, errors.New("rpc: performer, policy, audit, node id and trust domain are required")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{node: c.Node, policy: c.Policy, audit: c.Audit, id: c.NodeID, td: c.TrustDomain, classify: c.Classify, log: c.Logger}, nil
+	s := &Server{audit: c.Audit, id: c.NodeID, td: c.TrustDomain, classify: c.Classify, log: c.Logger}
+	var err error
+	s.pipe, err = pipeline.New(pipeline.Config{Performer: c.Performer, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
+		Outcome: s.outcome, Logger: c.Logger})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
+
+// Pipeline is the pipeline the server's calls go through, for other
+// front-ends of the node to share (one decision cache, one audit).
+func (s *Server) Pipeline() *pipeline.Pipeline { return s.pipe }
 
 // KeyDecisionsMade counts the policy decisions on keys this server has
 // evaluated because its decision cache did not hold them.
-func (s *Server) KeyDecisionsMade() uint64 { return s.decisions.made.Load() }
+func (s *Server) KeyDecisionsMade() uint64 { return s.pipe.KeyDecisionsMade() }
 
 // KeyBroker is the KeyBroker service.
 func (s *Server) KeyBroker() kbv1.KeyBrokerServer { return &keyBroker{s: s} }
 
-// callKey keys a call's callInfo in its context: one value for the
-// request ids and the incoming call, so that a call costs one context
-// value, not three.
-type callKey struct{}
-
-// callInfo is what authentication learns about a call.
-type callInfo struct {
-	rid, crid string
-	method    string
-	req       any
-}
-
-func callOf(ctx context.Context) *callInfo {
-	ci, _ := ctx.Value(callKey{}).(*callInfo)
-	return ci
+// outcome names a failed call for its audit line: the status code and the
+// message before the admin-only rule (End) withholds a root of trust's.
+func (s *Server) outcome(err error) (string, string) {
+	st, _ := s.status(err)
+	return st.Code().String(), st.Message()
 }
 
 var reqIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -165,37 +134,6 @@ func newRequestID() string {
 	b := make([]byte, 12)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// RequestID returns the request id of a call.
-func RequestID(ctx context.Context) string {
-	if ci := callOf(ctx); ci != nil {
-		return ci.rid
-	}
-	return ""
-}
-
-// ClientRequestID returns the request id the call's originating client
-// chose, if it sent one: its own correlation id, not the audit's.
-func ClientRequestID(ctx context.Context) string {
-	if ci := callOf(ctx); ci != nil {
-		return ci.crid
-	}
-	return ""
-}
-
-// OutgoingRequestID returns ctx with the call's request id (and the
-// client's, if any) set on outgoing gRPC metadata, so a call made on its
-// behalf — an edge forwarding or fetching for it — carries the same ids.
-// Only a node the receiver trusts to name requests gets its id taken.
-func OutgoingRequestID(ctx context.Context) context.Context {
-	if rid := RequestID(ctx); rid != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "x-request-id", rid)
-	}
-	if crid := ClientRequestID(ctx); crid != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "x-client-request-id", crid)
-	}
-	return ctx
 }
 
 // carriesRequestIDs says whether a caller of this kind is trusted to name
@@ -215,26 +153,12 @@ func incomingID(md metadata.MD, name string) string {
 	return ""
 }
 
-type viaKey struct{}
-
-// WithForwarder marks ctx as a call forwarded by an edge on behalf of the
-// identity ctx carries; the audit line names the edge.
-func WithForwarder(ctx context.Context, edge string) context.Context {
-	return context.WithValue(ctx, viaKey{}, edge)
-}
-
-// Forwarder returns the edge that forwarded the call, if any.
-func Forwarder(ctx context.Context) string {
-	v, _ := ctx.Value(viaKey{}).(string)
-	return v
-}
-
 // authenticate assigns a call its request id and identity, auditing calls
 // refused for want of an identity.
 func (s *Server) authenticate(ctx context.Context, fullMethod string, req any) (context.Context, error) {
 	var sent, sentClient string
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		sent, sentClient = incomingID(md, "x-request-id"), incomingID(md, "x-client-request-id")
+		sent, sentClient = incomingID(md, callinfo.RequestIDHeader), incomingID(md, callinfo.ClientRequestIDHeader)
 	}
 	id, idErr := identity.FromPeer(ctx, s.td)
 	rid, crid := "", sent
@@ -244,15 +168,15 @@ func (s *Server) authenticate(ctx context.Context, fullMethod string, req any) (
 	if rid == "" {
 		rid = newRequestID()
 	}
-	hdr := metadata.Pairs("x-request-id", rid)
+	hdr := metadata.Pairs(callinfo.RequestIDHeader, rid)
 	if crid != "" {
-		hdr.Set("x-client-request-id", crid)
+		hdr.Set(callinfo.ClientRequestIDHeader, crid)
 	}
 	_ = grpc.SetHeader(ctx, hdr)
-	ctx = context.WithValue(ctx, callKey{}, &callInfo{rid: rid, crid: crid, method: fullMethod, req: req})
+	ctx = callinfo.NewContext(ctx, &callinfo.Info{RequestID: rid, ClientRequestID: crid, Method: fullMethod, Request: req})
 	if idErr != nil {
-		rec := audit.Record{RequestID: rid, ClientRequestID: crid, Node: s.id, Operation: MethodName(fullMethod),
-			Decision: "deny", Outcome: codes.Unauthenticated.String(), Detail: idErr.Error()}
+		rec := audit.Record{RequestID: rid, ClientRequestID: crid, Node: s.id, Operation: audit.Operation(callinfo.MethodName(fullMethod)),
+			Decision: audit.Deny, Outcome: codes.Unauthenticated.String(), Detail: idErr.Error()}
 		if aerr := s.audit.Append(rec); aerr != nil {
 			s.log.Error("audit append failed", "err", aerr)
 		}
@@ -283,18 +207,6 @@ func (s *Server) UnaryInterceptorThen(next grpc.UnaryServerInterceptor) grpc.Una
 	}
 }
 
-// IncomingCall returns the full method and the request message of the
-// unary call ctx belongs to, as the caller sent them: what an edge forwards
-// must be the call its client signed, not a rebuilt one.
-func IncomingCall(ctx context.Context) (method string, req proto.Message, ok bool) {
-	in := callOf(ctx)
-	if in == nil || in.req == nil {
-		return "", nil, false
-	}
-	req, ok = in.req.(proto.Message)
-	return in.method, req, ok
-}
-
 type authedStream struct {
 	grpc.ServerStream
 	ctx context.Context
@@ -313,155 +225,72 @@ func (s *Server) StreamInterceptor() grpc.StreamServerInterceptor {
 	}
 }
 
-// MethodName is the last element of a full gRPC method name.
-func MethodName(full string) string {
-	for i := len(full) - 1; i >= 0; i-- {
-		if full[i] == '/' {
-			return full[i+1:]
-		}
-	}
-	return full
-}
-
-// Call follows one operation from authorization to audit.
-type Call struct {
-	S   *Server
-	Ctx context.Context
-	Who identity.Identity
-	Rec audit.Record
-}
-
-// Begin starts a call: op on key ("" for none) by the identity in ctx.
-func (s *Server) Begin(ctx context.Context, op policy.Action, key string) (*Call, error) {
+// CallerOf is the pipeline's Caller for the authenticated call ctx
+// belongs to: its identity, request ids and forwarding edge.
+func CallerOf(ctx context.Context) (pipeline.Caller, error) {
 	who, ok := identity.FromContext(ctx)
 	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "no identity")
+		return pipeline.Caller{}, status.Error(codes.Unauthenticated, "no identity")
 	}
-	return &Call{S: s, Ctx: audit.WithTrace(ctx), Who: who, Rec: audit.Record{
-		RequestID: RequestID(ctx), ClientRequestID: ClientRequestID(ctx), Principal: who.String(), Node: s.id, Operation: string(op), Key: key, Via: Forwarder(ctx),
-	}}, nil
+	return pipeline.Caller{Who: who, RequestID: callinfo.RequestID(ctx), ClientRequestID: callinfo.ClientRequestID(ctx),
+		Via: callinfo.Forwarder(ctx)}, nil
 }
 
-// Principal is the caller as Cedar sees it.
-func (c *Call) Principal() policy.Principal {
-	return policy.Principal{Kind: policy.Kind(c.Who.Kind), Name: c.Who.Name, TrustDomain: c.Who.TrustDomain}
+// Begin starts an audited call of one of the node's gRPC services: op on
+// key ("" for none) by the identity in ctx. Perform the call under the
+// context it returns (it traces backend calls) and finish with End.
+func (s *Server) Begin(ctx context.Context, op policy.Action, key string) (context.Context, *pipeline.Call, error) {
+	caller, err := CallerOf(ctx)
+	if err != nil {
+		return ctx, nil, err
+	}
+	ctx, c := s.pipe.Begin(ctx, caller, op, key)
+	return ctx, c, nil
 }
 
-// Decide records a policy decision and turns a denial into
-// PermissionDenied.
-func (c *Call) Decide(d policy.Decision) error {
-	c.Rec.PolicyID = d.PolicyID()
-	if d.Allowed {
-		c.Rec.Decision = "allow"
+// End audits c (pipeline.Call.End) and turns err into a gRPC status.
+func (s *Server) End(ctx context.Context, c *pipeline.Call, err error) error {
+	return s.answer(c.Caller(), c.Operation(), c.Key(), c.End(ctx, err))
+}
+
+// answer turns the error of an audited call into what the caller is told.
+// If the audit line could not be written, the call fails whatever it did.
+// A root of trust's own error text (what Config.Classify maps) reaches
+// only admins; anyone else gets the code and a generic message with the
+// request id, and the audit line and the log keep the detail.
+func (s *Server) answer(caller pipeline.Caller, op audit.Operation, key string, err error) error {
+	if err == nil {
 		return nil
 	}
-	c.Rec.Decision = "deny"
-	return status.Errorf(codes.PermissionDenied, "%s may not %s %s", c.Who, c.Rec.Operation, describeResource(c.Rec.Key))
-}
-
-func describeResource(key string) string {
-	if key == "" {
-		return "on this service"
+	if errors.Is(err, pipeline.ErrAuditDown) {
+		return auditDown{}
 	}
-	return "key " + key
-}
-
-// LookupKey loads the call's key and its Cedar resource. An unknown key
-// comes back nil with the resource of a key with no labels, so that the
-// policy, not the registry, decides what the caller learns.
-func (c *Call) LookupKey() (*managed.Key, policy.Key, error) {
-	k, err := c.S.node.Get(c.Ctx, c.Rec.Key)
-	switch {
-	case err == nil:
-		return k, k.PolicyKey(), nil
-	case errors.Is(err, managed.ErrNotFound):
-		return nil, policy.Key{Name: c.Rec.Key}, nil
+	st, private := s.status(err)
+	if private && !caller.Admin() {
+		s.log.Info("root of trust error withheld from the caller", "request_id", caller.RequestID, "err", st.Message())
+		st = status.Newf(st.Code(), "%s (request id %s)", backendErrorMsg, caller.RequestID)
 	}
-	return nil, policy.Key{}, err
-}
-
-// AuthorizeKey loads the key and asks the policy. An unknown key is
-// authorized as a key with no labels, so existence is not leaked.
-func (c *Call) AuthorizeKey(op policy.Action) (*managed.Key, error) {
-	k, res, err := c.LookupKey()
-	if err != nil {
-		return nil, err
-	}
-	if k != nil {
-		c.Rec.Backend = c.S.node.Served(k, op)
-	}
-	set := c.S.policy.Current()
-	var dec policy.Decision
-	if k != nil {
-		dec = c.S.decisions.decide(set, c.Who, op, k, func() policy.Decision { return set.AuthorizeKey(c.Principal(), op, res) })
+	attrs := []any{"request_id", caller.RequestID, "op", string(op), "key", key,
+		"principal", caller.Who.String(), "code", st.Code().String()}
+	if st.Code() == codes.Internal {
+		// The caller sees "internal error"; the operator sees why.
+		s.log.Error("call failed", append(attrs, "err", err.Error())...)
 	} else {
-		dec = set.AuthorizeKey(c.Principal(), op, res)
+		s.log.Info("call failed", attrs...)
 	}
-	if derr := c.Decide(dec); derr != nil {
-		return nil, derr
-	}
-	if k == nil {
-		return nil, fmt.Errorf("%w: key %q does not exist", managed.ErrNotFound, c.Rec.Key)
-	}
-	return k, nil
+	return st.Err()
 }
 
-// AuthorizeService asks the policy about an operation on no key.
-func (c *Call) AuthorizeService(op policy.Action) error {
-	return c.Decide(c.S.policy.Current().AuthorizeService(c.Principal(), op))
-}
-
-// Admin reports whether the caller is an admin: only admins are told root
-// key URIs and a root of trust's own error text.
-func (c *Call) Admin() bool { return c.Who.Kind == identity.Admin }
-
-// KeyToProto is k's metadata as this caller may see it: the root key URI
-// is left out for anyone but an admin. It names where the key's material
+// KeyMetadata is k's metadata as a caller may see it: the root key URI is
+// left out for anyone but an admin. It names where the key's material
 // lives (a token, a cloud key), which no client needs and an attacker
 // would like to know.
-func (c *Call) KeyToProto(k *managed.Key) *kbv1.KeyMetadata {
-	m := KeyToProto(k)
-	if !c.Admin() {
+func KeyMetadata(k *managed.Key, admin bool) *kbv1.KeyMetadata {
+	m := wire.KeyToProto(k)
+	if !admin {
 		m.RootKey = ""
 	}
 	return m
-}
-
-// End audits the call and turns err into a gRPC status. If the audit line
-// cannot be written, the call fails whatever it did. A root of trust's own
-// error text (what Config.Classify maps) reaches only admins; anyone else
-// gets the code and a generic message with the request id, and the audit
-// line and the log keep the detail.
-func (c *Call) End(err error) error {
-	var st *status.Status
-	c.Rec.BackendCalls, c.Rec.BackendCallsDropped = audit.Traced(c.Ctx)
-	c.Rec.Outcome = "ok"
-	if err != nil {
-		var private bool
-		st, private = c.S.status(err)
-		c.Rec.Outcome = st.Code().String()
-		c.Rec.Detail = st.Message()
-		if private && !c.Admin() {
-			c.S.log.Info("root of trust error withheld from the caller", "request_id", c.Rec.RequestID, "err", st.Message())
-			st = status.Newf(st.Code(), "%s (request id %s)", backendErrorMsg, c.Rec.RequestID)
-		}
-	}
-	if aerr := c.S.audit.Append(c.Rec); aerr != nil {
-		c.S.log.Error("audit append failed; refusing the call", "request_id", c.Rec.RequestID, "err", aerr)
-		return auditDown{}
-	}
-	if err != nil {
-		attrs := []any{"request_id", c.Rec.RequestID, "op", c.Rec.Operation, "key", c.Rec.Key,
-			"principal", c.Rec.Principal, "code", st.Code().String()}
-		if st.Code() == codes.Internal {
-			// The caller sees "internal error"; the operator sees why.
-			c.S.log.Error("call failed", append(attrs, "err", err.Error())...)
-		} else {
-			c.S.log.Info("call failed", attrs...)
-		}
-		return st.Err()
-	}
-	return nil
 }
 
 // AuditDownMsg is what a caller hears when the audit log cannot be written.
@@ -470,8 +299,8 @@ const AuditDownMsg = "audit log unavailable: the operation is refused"
 // ErrAuditDown is behind the error of a call refused because its audit
 // line could not be written (errors.Is): the status the caller gets is
 // Unavailable with AuditDownMsg, and a batch stops at it rather than going
-// on unaudited.
-var ErrAuditDown = errors.New("rpc: the audit log cannot be written")
+// on unaudited. It is pipeline.ErrAuditDown.
+var ErrAuditDown = pipeline.ErrAuditDown
 
 // auditDown is the error End returns when the audit log is down: a gRPC
 // status (Unavailable, AuditDownMsg) that is also ErrAuditDown, so no one
@@ -480,7 +309,7 @@ type auditDown struct{}
 
 func (auditDown) Error() string              { return "rpc error: code = Unavailable desc = " + AuditDownMsg }
 func (auditDown) GRPCStatus() *status.Status { return status.New(codes.Unavailable, AuditDownMsg) }
-func (auditDown) Is(target error) bool       { return target == ErrAuditDown }
+func (auditDown) Is(target error) bool       { return target == pipeline.ErrAuditDown }
 
 // managedKinds are the managed error kinds and their codes.
 var managedKinds = []struct {
@@ -522,15 +351,43 @@ func (s *Server) status(err error) (st *status.Status, private bool) {
 }
 
 func isManaged(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, managed.ErrConflict) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return true
+	}
+	_, _, ok := kindOf(err)
+	return ok
+}
+
+// kindOf is the managed kind of err and its code: the Kind of a
+// managed.Error (errors.As), else the first kind err wraps (errors.Is).
+func kindOf(err error) (kind error, code codes.Code, ok bool) {
+	var me *managed.Error
+	if errors.As(err, &me) {
+		if c, ok := kindCode(me.Kind); ok {
+			return me.Kind, c, true
+		}
+	}
+	if errors.Is(err, managed.ErrConflict) {
+		return managed.ErrConflict, codes.Aborted, true
 	}
 	for _, k := range managedKinds {
 		if errors.Is(err, k.err) {
-			return true
+			return k.err, k.code, true
 		}
 	}
-	return false
+	return nil, 0, false
+}
+
+func kindCode(kind error) (codes.Code, bool) {
+	if kind == managed.ErrConflict {
+		return codes.Aborted, true
+	}
+	for _, k := range managedKinds {
+		if kind == k.err {
+			return k.code, true
+		}
+	}
+	return 0, false
 }
 
 // publicStatus is Status for errors whose text any caller may read.
@@ -548,14 +405,13 @@ func (s *Server) publicStatus(err error) *status.Status {
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.New(codes.DeadlineExceeded, msg)
 	}
-	if errors.Is(err, managed.ErrConflict) {
-		return status.New(codes.Aborted, msg) // "revision conflict: …" says what Aborted does not
+	kind, code, ok := kindOf(err)
+	switch {
+	case !ok:
+		return status.New(codes.Internal, "internal error")
+	case kind == managed.ErrConflict:
+		return status.New(code, msg) // "revision conflict: …" says what Aborted does not
 	}
-	for _, k := range managedKinds {
-		if errors.Is(err, k.err) {
-			// The code says the kind; the message need not repeat it.
-			return status.New(k.code, strings.TrimPrefix(msg, k.err.Error()+": "))
-		}
-	}
-	return status.New(codes.Internal, "internal error")
+	// The code says the kind; the message need not repeat it.
+	return status.New(code, strings.TrimPrefix(msg, kind.Error()+": "))
 }

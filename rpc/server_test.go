@@ -28,7 +28,9 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -43,7 +45,7 @@ func TestMethodName(t *testing.T) {
 		{"/keybroker.v1.KeyBroker/", ""},
 		{"", ""},
 	} {
-		if got := rpc.MethodName(tc.full); got != tc.want {
+		if got := callinfo.MethodName(tc.full); got != tc.want {
 			t.Errorf("MethodName(%q) = %q, want %q", tc.full, got, tc.want)
 		}
 	}
@@ -55,7 +57,7 @@ func TestMethodName(t *testing.T) {
 // implemented; the embedded nil Node makes any other call panic, so a test
 // notices if the code under test performs an operation.
 type fakeNode struct {
-	rpc.Node
+	pipeline.Performer
 	keys map[string]*managed.Key
 }
 
@@ -103,7 +105,7 @@ type testServer struct {
 	s         *rpc.Server
 	auditPath string
 	log       *audit.Log
-	pols      rpc.Policies
+	pols      pipeline.Policies
 }
 
 func newTestServer(t *testing.T, classify func(error) (*status.Status, bool)) *testServer {
@@ -116,7 +118,7 @@ func newTestServer(t *testing.T, classify func(error) (*status.Status, bool)) *t
 
 // newTestServerOn serves node under the Cedar policies given, auditing to
 // a fresh log.
-func newTestServerOn(t *testing.T, policies string, node rpc.Node, classify func(error) (*status.Status, bool)) *testServer {
+func newTestServerOn(t *testing.T, policies string, node pipeline.Performer, classify func(error) (*status.Status, bool)) *testServer {
 	t.Helper()
 	set, err := policy.Parse(map[string][]byte{"server.cedar": []byte(policies)})
 	if err != nil {
@@ -129,7 +131,7 @@ func newTestServerOn(t *testing.T, policies string, node rpc.Node, classify func
 	}
 	t.Cleanup(func() { _ = log.Close() })
 	pols := staticPolicies{set}
-	s, err := rpc.New(rpc.Config{Node: node, Policy: pols, Audit: log, NodeID: "central-1", TrustDomain: td, Classify: classify})
+	s, err := rpc.New(rpc.Config{Performer: node, Policy: pols, Audit: log, NodeID: "central-1", TrustDomain: td, Classify: classify})
 	if err != nil {
 		t.Fatalf("rpc.New = %v", err)
 	}
@@ -198,12 +200,12 @@ const encryptMethod = "/keybroker.v1.KeyBroker/Encrypt"
 
 func TestNewRequiresConfig(t *testing.T) {
 	ts := newTestServer(t, nil)
-	full := rpc.Config{Node: fakeNode{}, Policy: ts.pols, Audit: ts.log, NodeID: "n", TrustDomain: td}
+	full := rpc.Config{Performer: fakeNode{}, Policy: ts.pols, Audit: ts.log, NodeID: "n", TrustDomain: td}
 	for _, tc := range []struct {
 		name   string
 		mutate func(*rpc.Config)
 	}{
-		{"no node", func(c *rpc.Config) { c.Node = nil }},
+		{"no performer", func(c *rpc.Config) { c.Performer = nil }},
 		{"no policy", func(c *rpc.Config) { c.Policy = nil }},
 		{"no audit", func(c *rpc.Config) { c.Audit = nil }},
 		{"no node id", func(c *rpc.Config) { c.NodeID = "" }},
@@ -224,13 +226,13 @@ func TestNewRequiresConfig(t *testing.T) {
 
 func TestRequestIDUnset(t *testing.T) {
 	ctx := t.Context()
-	if got := rpc.RequestID(ctx); got != "" {
+	if got := callinfo.RequestID(ctx); got != "" {
 		t.Errorf("RequestID(no call) = %q, want empty", got)
 	}
-	if got := rpc.OutgoingRequestID(ctx); got != ctx {
+	if got := callinfo.OutgoingRequestID(ctx); got != ctx {
 		t.Error("OutgoingRequestID(no call) returned a new context, want ctx itself")
 	}
-	if md, ok := metadata.FromOutgoingContext(rpc.OutgoingRequestID(ctx)); ok && len(md.Get("x-request-id")) > 0 {
+	if md, ok := metadata.FromOutgoingContext(callinfo.OutgoingRequestID(ctx)); ok && len(md.Get("x-request-id")) > 0 {
 		t.Errorf("OutgoingRequestID(no call) set x-request-id %v", md.Get("x-request-id"))
 	}
 }
@@ -292,7 +294,7 @@ func TestRequestIDFromCaller(t *testing.T) {
 				trusted := kind == identity.Edge || kind == identity.Central
 				ts := newTestServer(t, nil)
 				ctx, stream := authenticatedAs(t, ts, kind, tc.md)
-				rid, crid := rpc.RequestID(ctx), rpc.ClientRequestID(ctx)
+				rid, crid := callinfo.RequestID(ctx), callinfo.ClientRequestID(ctx)
 				switch {
 				case trusted && tc.want != "" && rid != tc.want:
 					t.Errorf("RequestID = %q, want the node's %q", rid, tc.want)
@@ -312,7 +314,7 @@ func TestRequestIDFromCaller(t *testing.T) {
 				if got := stream.header.Get("x-client-request-id"); (crid == "" && len(got) != 0) || (crid != "" && !cmp.Equal(got, []string{crid})) {
 					t.Errorf("response header x-client-request-id = %q, want the caller's %q", got, crid)
 				}
-				out, _ := metadata.FromOutgoingContext(rpc.OutgoingRequestID(ctx))
+				out, _ := metadata.FromOutgoingContext(callinfo.OutgoingRequestID(ctx))
 				if got := out.Get("x-request-id"); !cmp.Equal(got, []string{rid}) {
 					t.Errorf("OutgoingRequestID: x-request-id = %q, want [%q]", got, rid)
 				}
@@ -332,23 +334,23 @@ func TestRequestIDFromCaller(t *testing.T) {
 func TestClientRequestIDCarried(t *testing.T) {
 	ts := newTestServer(t, nil)
 	at, _ := authenticated(t, ts, metadata.Pairs("x-request-id", "mine"))
-	out, _ := metadata.FromOutgoingContext(rpc.OutgoingRequestID(at))
+	out, _ := metadata.FromOutgoingContext(callinfo.OutgoingRequestID(at))
 	ctx, _ := authenticatedAs(t, ts, identity.Edge, metadata.MD(out))
-	if got, want := rpc.RequestID(ctx), rpc.RequestID(at); got != want {
+	if got, want := callinfo.RequestID(ctx), callinfo.RequestID(at); got != want {
 		t.Errorf("RequestID at the next node = %q, want the edge's %q", got, want)
 	}
-	if got := rpc.ClientRequestID(ctx); got != "mine" {
+	if got := callinfo.ClientRequestID(ctx); got != "mine" {
 		t.Errorf("ClientRequestID at the next node = %q, want mine", got)
 	}
-	c, err := ts.s.Begin(ctx, policy.Encrypt, "payments")
+	ctx, c, err := ts.s.Begin(ctx, policy.Encrypt, "payments")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.End(nil); err != nil {
+	if err := ts.s.End(ctx, c, nil); err != nil {
 		t.Fatal(err)
 	}
-	if recs := ts.records(t); len(recs) != 1 || recs[0].RequestID != rpc.RequestID(at) || recs[0].ClientRequestID != "mine" {
-		t.Errorf("audit = %+v, want request id %q, client request id mine", recs, rpc.RequestID(at))
+	if recs := ts.records(t); len(recs) != 1 || recs[0].RequestID != callinfo.RequestID(at) || recs[0].ClientRequestID != "mine" {
+		t.Errorf("audit = %+v, want request id %q, client request id mine", recs, callinfo.RequestID(at))
 	}
 }
 
@@ -357,7 +359,7 @@ func TestFreshRequestIDsDiffer(t *testing.T) {
 	seen := map[string]bool{}
 	for range 20 {
 		ctx, _ := authenticated(t, ts, nil)
-		rid := rpc.RequestID(ctx)
+		rid := callinfo.RequestID(ctx)
 		if seen[rid] {
 			t.Fatalf("request id %q issued twice", rid)
 		}
@@ -369,12 +371,12 @@ func TestOutgoingRequestIDKeepsMetadata(t *testing.T) {
 	ts := newTestServer(t, nil)
 	ctx, _ := authenticated(t, ts, metadata.Pairs("x-request-id", "req-7"))
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "keep-me")
-	md, _ := metadata.FromOutgoingContext(rpc.OutgoingRequestID(ctx))
+	md, _ := metadata.FromOutgoingContext(callinfo.OutgoingRequestID(ctx))
 	if got := md.Get("authorization"); !cmp.Equal(got, []string{"keep-me"}) {
 		t.Errorf("outgoing authorization = %q, want [keep-me]", got)
 	}
-	if got := md.Get("x-request-id"); !cmp.Equal(got, []string{rpc.RequestID(ctx)}) {
-		t.Errorf("outgoing x-request-id = %q, want [%s]", got, rpc.RequestID(ctx))
+	if got := md.Get("x-request-id"); !cmp.Equal(got, []string{callinfo.RequestID(ctx)}) {
+		t.Errorf("outgoing x-request-id = %q, want [%s]", got, callinfo.RequestID(ctx))
 	}
 	if got := md.Get("x-client-request-id"); !cmp.Equal(got, []string{"req-7"}) {
 		t.Errorf("outgoing x-client-request-id = %q, want [req-7]", got)
@@ -493,7 +495,7 @@ func TestStreamInterceptor(t *testing.T) {
 		if id, ok := identity.FromContext(seen); !ok || id != edgeID {
 			t.Errorf("the stream's identity = %v, %v; want %v", id, ok, edgeID)
 		}
-		if got := rpc.RequestID(seen); got != "watch-1" {
+		if got := callinfo.RequestID(seen); got != "watch-1" {
 			t.Errorf("the stream's request id = %q, want watch-1", got)
 		}
 	})
@@ -537,7 +539,7 @@ func callerContext(t *testing.T, name, rid string) context.Context {
 
 func TestBeginWithoutIdentity(t *testing.T) {
 	ts := newTestServer(t, nil)
-	c, err := ts.s.Begin(t.Context(), policy.Encrypt, "payments")
+	_, c, err := ts.s.Begin(t.Context(), policy.Encrypt, "payments")
 	if status.Code(err) != codes.Unauthenticated || c != nil {
 		t.Errorf("Begin(no identity) = %v, %v; want nil, Unauthenticated", c, err)
 	}
@@ -562,18 +564,18 @@ func TestCallAuthorizeKey(t *testing.T) {
 			ts := newTestServer(t, nil)
 			rid := fmt.Sprintf("rid-%d", i)
 			ctx := callerContext(t, tc.caller, rid)
-			c, err := ts.s.Begin(ctx, policy.Encrypt, tc.key)
+			ctx, c, err := ts.s.Begin(ctx, policy.Encrypt, tc.key)
 			if err != nil {
 				t.Fatalf("Begin = %v", err)
 			}
-			k, err := c.AuthorizeKey(policy.Encrypt)
+			k, err := c.AuthorizeKey(ctx, policy.Encrypt)
 			if ts.s.Status(err).Code() != tc.wantCode {
 				t.Errorf("AuthorizeKey = %v, want code %v", err, tc.wantCode)
 			}
 			if (k != nil) != (tc.wantCode == codes.OK) || (k != nil && k.ID != tc.key) {
 				t.Errorf("AuthorizeKey returned key %v, want %q only when allowed", k, tc.key)
 			}
-			endErr := c.End(err)
+			endErr := ts.s.End(ctx, c, err)
 			if status.Code(endErr) != tc.wantCode {
 				t.Errorf("End = %v, want code %v", endErr, tc.wantCode)
 			}
@@ -582,7 +584,7 @@ func TestCallAuthorizeKey(t *testing.T) {
 				t.Fatalf("audit holds %d records, want 1: %+v", len(recs), recs)
 			}
 			want := tc.wantRec
-			want.RequestID, want.ClientRequestID, want.Principal, want.Node, want.Operation, want.Key = rpc.RequestID(ctx), rid, "spiffe://"+td+"/client/"+tc.caller, "central-1", "Encrypt", tc.key
+			want.RequestID, want.ClientRequestID, want.Principal, want.Node, want.Operation, want.Key = callinfo.RequestID(ctx), rid, "spiffe://"+td+"/client/"+tc.caller, "central-1", "Encrypt", tc.key
 			if endErr != nil {
 				want.Detail = status.Convert(endErr).Message()
 			}
@@ -598,12 +600,12 @@ func TestCallAuthorizeKey(t *testing.T) {
 func TestExistenceNotLeaked(t *testing.T) {
 	ts := newTestServer(t, nil)
 	msg := func(key string) string {
-		c, err := ts.s.Begin(callerContext(t, "app", "rid"), policy.Encrypt, key)
+		ctx, c, err := ts.s.Begin(callerContext(t, "app", "rid"), policy.Encrypt, key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = c.AuthorizeKey(policy.Encrypt)
-		return status.Code(c.End(err)).String() + ": " + strings.ReplaceAll(status.Convert(err).Message(), key, "KEY")
+		_, err = c.AuthorizeKey(ctx, policy.Encrypt)
+		return status.Code(ts.s.End(ctx, c, err)).String() + ": " + strings.ReplaceAll(ts.s.Status(err).Message(), key, "KEY")
 	}
 	if existing, missing := msg("secret"), msg("secrets"); existing != missing {
 		t.Errorf("denied existing key: %q; denied missing key: %q; want the same", existing, missing)
@@ -616,41 +618,41 @@ func TestCallAuthorizeService(t *testing.T) {
 		want   codes.Code
 	}{{"app", codes.OK}, {"ops", codes.PermissionDenied}} {
 		ts := newTestServer(t, nil)
-		c, err := ts.s.Begin(callerContext(t, tc.caller, "rid-svc"), policy.GenerateRandom, "")
+		_, c, err := ts.s.Begin(callerContext(t, tc.caller, "rid-svc"), policy.GenerateRandom, "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		err = c.AuthorizeService(policy.GenerateRandom)
-		if got := status.Code(err); got != tc.want {
+		if got := ts.s.Status(err).Code(); got != tc.want {
 			t.Errorf("AuthorizeService(%s) = %v, want %v", tc.caller, err, tc.want)
 		}
-		if err != nil && !strings.Contains(status.Convert(err).Message(), "on this service") {
-			t.Errorf("AuthorizeService(%s) message %q does not name the service", tc.caller, status.Convert(err).Message())
+		if err != nil && !strings.Contains(ts.s.Status(err).Message(), "on this service") {
+			t.Errorf("AuthorizeService(%s) message %q does not name the service", tc.caller, ts.s.Status(err).Message())
 		}
 	}
 }
 
 func TestCallForwarded(t *testing.T) {
 	ts := newTestServer(t, nil)
-	ctx := rpc.WithForwarder(callerContext(t, "app", "rid-fwd"), "edge-eu-1")
-	if got := rpc.Forwarder(ctx); got != "edge-eu-1" {
+	ctx := callinfo.WithForwarder(callerContext(t, "app", "rid-fwd"), "edge-eu-1")
+	if got := callinfo.Forwarder(ctx); got != "edge-eu-1" {
 		t.Errorf("Forwarder = %q, want edge-eu-1", got)
 	}
-	c, err := ts.s.Begin(ctx, policy.Encrypt, "payments")
+	ctx, c, err := ts.s.Begin(ctx, policy.Encrypt, "payments")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.AuthorizeKey(policy.Encrypt); err != nil {
+	if _, err := c.AuthorizeKey(ctx, policy.Encrypt); err != nil {
 		t.Fatalf("AuthorizeKey = %v", err)
 	}
-	if err := c.End(nil); err != nil {
+	if err := ts.s.End(ctx, c, nil); err != nil {
 		t.Fatalf("End = %v", err)
 	}
 	recs := ts.records(t)
 	if len(recs) != 1 || recs[0].Via != "edge-eu-1" || recs[0].ClientRequestID != "rid-fwd" {
 		t.Errorf("audit = %+v, want one record via edge-eu-1 with client request id rid-fwd", recs)
 	}
-	if got := rpc.Forwarder(t.Context()); got != "" {
+	if got := callinfo.Forwarder(t.Context()); got != "" {
 		t.Errorf("Forwarder(plain context) = %q, want empty", got)
 	}
 }
@@ -660,14 +662,14 @@ func TestCallForwarded(t *testing.T) {
 func TestCallEndAuditDown(t *testing.T) {
 	for _, callErr := range []error{nil, managed.Errorf(managed.ErrNotFound, "gone")} {
 		ts := newTestServer(t, nil)
-		c, err := ts.s.Begin(callerContext(t, "app", "rid-down"), policy.Encrypt, "payments")
+		ctx, c, err := ts.s.Begin(callerContext(t, "app", "rid-down"), policy.Encrypt, "payments")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := ts.log.Close(); err != nil {
 			t.Fatal(err)
 		}
-		err = c.End(callErr)
+		err = ts.s.End(ctx, c, callErr)
 		if status.Code(err) != codes.Unavailable || status.Convert(err).Message() != rpc.AuditDownMsg || !errors.Is(err, rpc.ErrAuditDown) {
 			t.Errorf("End(%v) with the audit log closed = %v, want Unavailable %q that is rpc.ErrAuditDown", callErr, err, rpc.AuditDownMsg)
 		}
@@ -678,11 +680,11 @@ func TestCallEndAuditDown(t *testing.T) {
 // neither does the audit line.
 func TestCallEndInternal(t *testing.T) {
 	ts := newTestServer(t, nil)
-	c, err := ts.s.Begin(callerContext(t, "app", "rid-int"), policy.Encrypt, "payments")
+	ctx, c, err := ts.s.Begin(callerContext(t, "app", "rid-int"), policy.Encrypt, "payments")
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = c.End(errors.New("pkcs11: CKR_DEVICE_ERROR on slot 3"))
+	err = ts.s.End(ctx, c, errors.New("pkcs11: CKR_DEVICE_ERROR on slot 3"))
 	if status.Code(err) != codes.Internal || strings.Contains(err.Error(), "CKR_") {
 		t.Errorf("End(internal) = %v, want Internal without the cause", err)
 	}

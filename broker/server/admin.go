@@ -5,6 +5,8 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/wire"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -15,19 +17,19 @@ type keyAdmin struct {
 }
 
 func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kbv1.KeyMetadata, error) {
-	c, err := a.s.Begin(ctx, policy.CreateKey, r.GetKeyId())
+	tctx, c, err := a.s.Begin(ctx, policy.CreateKey, r.GetKeyId())
 	if err != nil {
 		return nil, err
 	}
-	typ, okT := rpc.TypeFromProto(r.GetType())
-	mode, okM := rpc.ModeFromProto(r.GetMode())
+	typ, okT := wire.TypeFromProto(r.GetType())
+	mode, okM := wire.ModeFromProto(r.GetMode())
 	switch {
-	case rpc.CheckKeyID(r.GetKeyId()) != nil:
-		return nil, c.End(rpc.CheckKeyID(r.GetKeyId()))
+	case pipeline.CheckKeyID(r.GetKeyId()) != nil:
+		return nil, a.s.End(tctx, c, pipeline.CheckKeyID(r.GetKeyId()))
 	case !okT:
-		return nil, c.End(rpc.Invalid("type %s is not a key type", r.GetType()))
+		return nil, a.s.End(tctx, c, rpc.Invalid("type %s is not a key type", r.GetType()))
 	case !okM:
-		return nil, c.End(rpc.Invalid("mode %s is not a key mode", r.GetMode()))
+		return nil, a.s.End(tctx, c, rpc.Invalid("mode %s is not a key mode", r.GetMode()))
 	}
 	// The resource is the key as it would be created, labels and root key
 	// included, so policies can scope admins by label and confine them to
@@ -42,10 +44,10 @@ func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kb
 	}
 	res := policy.Key{Name: r.GetKeyId(), Type: string(typ), Mode: string(mode), Labels: r.GetLabels(), Root: root}
 	if err := c.Decide(a.s.policy.Current().AuthorizeKey(c.Principal(), policy.CreateKey, res)); err != nil {
-		return nil, c.End(err)
+		return nil, a.s.End(tctx, c, err)
 	}
 	if rootErr != nil {
-		return nil, c.End(rootErr)
+		return nil, a.s.End(tctx, c, rootErr)
 	}
 	k, err := a.s.svc.CreateKey(ctx, broker.CreateParams{
 		ID: r.GetKeyId(), Type: typ, Mode: mode, Derived: r.GetDerived(), RootKey: root,
@@ -53,32 +55,32 @@ func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kb
 		Placement: r.GetPlacement(),
 	})
 	if err != nil {
-		return nil, c.End(err)
+		return nil, a.s.End(tctx, c, err)
 	}
-	c.Rec.Version = k.Primary
-	return c.KeyToProto(k), c.End(nil)
+	c.SetVersion(k.Primary)
+	return rpc.KeyMetadata(k, c.Admin()), a.s.End(tctx, c, nil)
 }
 
 // adminOp runs a key-changing admin operation.
-func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run func(*rpc.Call) (*broker.Key, error)) (*kbv1.KeyMetadata, error) {
-	return rpc.KeyOp(ctx, a.s.Server, op, id, func(c *rpc.Call, _ *broker.Key) (*kbv1.KeyMetadata, error) {
-		k, err := run(c)
+func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run func(context.Context, *pipeline.Call) (*broker.Key, error)) (*kbv1.KeyMetadata, error) {
+	return rpc.KeyCall(ctx, a.s.Server, op, id, func(ctx context.Context, c *pipeline.Call, _ *broker.Key) (*kbv1.KeyMetadata, error) {
+		k, err := run(ctx, c)
 		if err != nil {
 			return nil, err
 		}
-		c.Rec.Version = k.Primary
-		return c.KeyToProto(k), nil
+		c.SetVersion(k.Primary)
+		return rpc.KeyMetadata(k, c.Admin()), nil
 	})
 }
 
 func (a *keyAdmin) RotateKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.RotateKey, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
-		return a.s.svc.RotateKey(c.Ctx, r.GetKeyId())
+	return a.adminOp(ctx, policy.RotateKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+		return a.s.svc.RotateKey(tctx, r.GetKeyId())
 	})
 }
 
 func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.UpdateKey, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.UpdateKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
 		p := broker.UpdateParams{ID: r.GetKeyId(), ExpectedRevision: r.GetExpectedRevision(), Labels: r.GetLabels(),
 			ReplaceLabels: r.GetReplaceLabels(), Description: r.Description, MinDecryptionVersion: r.MinDecryptionVersion,
 			Placement: r.Placement}
@@ -99,32 +101,32 @@ func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kb
 			d := r.GetRotationPeriod().AsDuration()
 			p.RotationPeriod = &d
 		}
-		return a.s.svc.UpdateKey(c.Ctx, p)
+		return a.s.svc.UpdateKey(tctx, p)
 	})
 }
 
 func (a *keyAdmin) DisableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.DisableKey, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
-		return a.s.svc.SetState(c.Ctx, r.GetKeyId(), broker.Disable)
+	return a.adminOp(ctx, policy.DisableKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+		return a.s.svc.SetState(tctx, r.GetKeyId(), broker.Disable)
 	})
 }
 
 func (a *keyAdmin) EnableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.EnableKey, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
-		return a.s.svc.SetState(c.Ctx, r.GetKeyId(), broker.Enable)
+	return a.adminOp(ctx, policy.EnableKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+		return a.s.svc.SetState(tctx, r.GetKeyId(), broker.Enable)
 	})
 }
 
 func (a *keyAdmin) ScheduleKeyDeletion(ctx context.Context, r *kbv1.ScheduleKeyDeletionRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
 		// An unset window is zero: the default 30 days.
-		return a.s.svc.ScheduleDeletion(c.Ctx, r.GetKeyId(), r.GetPendingWindow().AsDuration())
+		return a.s.svc.ScheduleDeletion(tctx, r.GetKeyId(), r.GetPendingWindow().AsDuration())
 	})
 }
 
 func (a *keyAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.CancelKeyDeletion, r.GetKeyId(), func(c *rpc.Call) (*broker.Key, error) {
-		return a.s.svc.SetState(c.Ctx, r.GetKeyId(), broker.CancelDeletion)
+	return a.adminOp(ctx, policy.CancelKeyDeletion, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+		return a.s.svc.SetState(tctx, r.GetKeyId(), broker.CancelDeletion)
 	})
 }
 
@@ -132,16 +134,16 @@ func (a *keyAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*
 // whether each follows the central tier now, its lease and the last
 // revision it acknowledged.
 func (a *keyAdmin) ListNodes(ctx context.Context, _ *kbv1.ListNodesRequest) (*kbv1.ListNodesResponse, error) {
-	c, err := a.s.Begin(ctx, policy.ListNodes, "")
+	tctx, c, err := a.s.Begin(ctx, policy.ListNodes, "")
 	if err != nil {
 		return nil, err
 	}
 	if err := c.AuthorizeService(policy.ListNodes); err != nil {
-		return nil, c.End(err)
+		return nil, a.s.End(tctx, c, err)
 	}
 	nodes, err := a.s.inventory(ctx)
 	if err != nil {
-		return nil, c.End(err)
+		return nil, a.s.End(tctx, c, err)
 	}
-	return &kbv1.ListNodesResponse{Nodes: nodes}, c.End(nil)
+	return &kbv1.ListNodesResponse{Nodes: nodes}, a.s.End(tctx, c, nil)
 }

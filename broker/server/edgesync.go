@@ -15,8 +15,10 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
@@ -33,26 +35,26 @@ type edgeSync struct {
 // and labels are the enrolled ones, which the response carries — those in
 // the request are ignored.
 func (e *edgeSync) Register(ctx context.Context, r *kbv1.RegisterEdgeRequest) (*kbv1.RegisterEdgeResponse, error) {
-	c, err := e.s.Begin(ctx, "RegisterEdge", "")
+	tctx, c, err := e.s.Begin(ctx, "RegisterEdge", "")
 	if err != nil {
 		return nil, err
 	}
 	if err := edgeOnly(c); err != nil {
-		return nil, c.End(err)
+		return nil, e.s.End(tctx, c, err)
 	}
 	n, err := e.s.svc.Registry().RegisterNode(ctx, broker.Registration{
-		ID: c.Who.Name, Address: r.GetAddress(), SealingKey: r.GetSealingPublicKey(), Prefetch: r.GetPrefetch(),
+		ID: c.Who().Name, Address: r.GetAddress(), SealingKey: r.GetSealingPublicKey(), Prefetch: r.GetPrefetch(),
 	})
 	if errors.Is(err, broker.ErrPermissionDenied) {
-		c.Rec.Decision, c.Rec.PolicyID = "deny", "not-enrolled"
-		return nil, c.End(notEnrolled(c.Who.Name, "is not enrolled"))
+		c.Deny("not-enrolled")
+		return nil, e.s.End(tctx, c, notEnrolled(c.Who().Name, "is not enrolled"))
 	}
 	if err != nil {
-		return nil, c.End(err)
+		return nil, e.s.End(tctx, c, err)
 	}
-	c.Rec.Decision = "allow"
+	c.Allow("")
 	return &kbv1.RegisterEdgeResponse{CentralNodeId: e.s.node, Revision: n.Revision, Lease: durationpb.New(e.s.lease),
-		Region: n.Region, Labels: n.Labels}, c.End(nil)
+		Region: n.Region, Labels: n.Labels}, e.s.End(tctx, c, nil)
 }
 
 // FetchMaterial gives an edge one key version's material, sealed to the
@@ -60,55 +62,55 @@ func (e *edgeSync) Register(ctx context.Context, r *kbv1.RegisterEdgeRequest) (*
 // and the key's placement expression — lets the edge hold it. A refusal is
 // audited like any other.
 func (e *edgeSync) FetchMaterial(ctx context.Context, r *kbv1.FetchMaterialRequest) (*kbv1.FetchMaterialResponse, error) {
-	c, err := e.s.Begin(ctx, policy.HoldMaterial, r.GetKeyId())
+	tctx, c, err := e.s.Begin(ctx, policy.HoldMaterial, r.GetKeyId())
 	if err != nil {
 		return nil, err
 	}
-	c.Rec.Version = r.GetKeyVersion()
+	c.SetVersion(r.GetKeyVersion())
 	if err := edgeOnly(c); err != nil {
-		return nil, c.End(err)
+		return nil, e.s.End(tctx, c, err)
 	}
-	if err := rpc.CheckKeyID(r.GetKeyId()); err != nil {
-		return nil, c.End(err)
+	if err := pipeline.CheckKeyID(r.GetKeyId()); err != nil {
+		return nil, e.s.End(tctx, c, err)
 	}
-	node, err := enrolledEdge(e.s, c)
+	node, err := enrolledEdge(tctx, e.s, c)
 	if err != nil {
-		return nil, c.End(err)
+		return nil, e.s.End(tctx, c, err)
 	}
-	k, res, err := c.LookupKey()
+	k, res, err := e.lookupKey(tctx, r.GetKeyId())
 	if err != nil {
-		return nil, c.End(err)
+		return nil, e.s.End(tctx, c, err)
 	}
 	expr := ""
 	if k != nil {
 		expr = k.Placement
 	}
-	if err := c.Decide(e.s.policy.Current().AuthorizeHoldMaterial(placement.EdgePrincipal(node.Placement(), c.Who.TrustDomain), res, expr)); err != nil {
-		return nil, c.End(err)
+	if err := c.Decide(e.s.policy.Current().AuthorizeHoldMaterial(placement.EdgePrincipal(node.Placement(), c.Who().TrustDomain), res, expr)); err != nil {
+		return nil, e.s.End(tctx, c, err)
 	}
 	if k == nil {
-		return nil, c.End(status.Errorf(codes.NotFound, "key %s does not exist", clip.Quote(r.GetKeyId())))
+		return nil, e.s.End(tctx, c, status.Errorf(codes.NotFound, "key %s does not exist", clip.Quote(r.GetKeyId())))
 	}
 	v := r.GetKeyVersion()
 	if v == 0 {
 		v = k.Primary
-		c.Rec.Version = v
+		c.SetVersion(v)
 	}
-	blob, err := e.s.svc.SealMaterial(c.Ctx, node, k, v)
+	blob, err := e.s.svc.SealMaterial(tctx, node, k, v)
 	if err != nil {
-		return nil, c.End(err)
+		return nil, e.s.End(tctx, c, err)
 	}
-	return &kbv1.FetchMaterialResponse{SealedMaterial: blob}, c.End(nil)
+	return &kbv1.FetchMaterialResponse{SealedMaterial: blob}, e.s.End(tctx, c, nil)
 }
 
 // edgeOnly refuses callers whose certificate is not an edge's, recording
 // the refusal for the audit line.
-func edgeOnly(c *rpc.Call) error {
-	if c.Who.Kind == identity.Edge {
+func edgeOnly(c *pipeline.Call) error {
+	if c.Who().Kind == identity.Edge {
 		return nil
 	}
-	c.Rec.Decision, c.Rec.PolicyID = "deny", "edge-only"
-	return status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.Who)
+	c.Deny("edge-only")
+	return status.Errorf(codes.PermissionDenied, "%s is not an edge: EdgeSync serves edge certificates only", c.Who())
 }
 
 // forwardTarget is a unary method an edge may forward.
@@ -151,20 +153,20 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	t, known := e.s.forward[r.GetMethod()]
 	op := "an unknown method"
 	if known {
-		op = rpc.MethodName(r.GetMethod())
+		op = callinfo.MethodName(r.GetMethod())
 	}
-	refuse := func(c *rpc.Call, err error) (*kbv1.ForwardResponse, error) {
-		c.Rec.Detail = "forward " + op
-		return nil, c.End(err)
-	}
-	c, err := e.s.Begin(ctx, "Forward", "")
+	tctx, c, err := e.s.Begin(ctx, "Forward", "")
 	if err != nil {
 		return nil, err
+	}
+	refuse := func(c *pipeline.Call, err error) (*kbv1.ForwardResponse, error) {
+		c.SetDetail("forward " + op)
+		return nil, e.s.End(tctx, c, err)
 	}
 	if err := edgeOnly(c); err != nil {
 		return refuse(c, err)
 	}
-	node, err := enrolledEdge(e.s, c)
+	node, err := enrolledEdge(tctx, e.s, c)
 	if err != nil {
 		return refuse(c, err)
 	}
@@ -172,20 +174,20 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 		return refuse(c, status.Error(codes.Unimplemented, "this method cannot be forwarded: only unary KeyBroker and KeyAdmin methods can"))
 	}
 	proofRefused := func(err error) (*kbv1.ForwardResponse, error) {
-		c.Rec.Decision, c.Rec.PolicyID = "deny", "forward-proof"
+		c.Deny("forward-proof")
 		code := codes.PermissionDenied
 		if errors.Is(err, errReplayFull) {
 			code = codes.Unavailable
 		}
-		return refuse(c, status.Error(code, "edge "+c.Who.Name+" may not forward "+op+": "+err.Error()))
+		return refuse(c, status.Error(code, "edge "+c.Who().Name+" may not forward "+op+": "+err.Error()))
 	}
-	proof, err := e.s.proofs.verify(c.Who, r)
+	proof, err := e.s.proofs.verify(c.Who(), r)
 	if err != nil {
 		return proofRefused(err)
 	}
 	admin := strings.HasPrefix(r.GetMethod(), "/"+kbv1.KeyAdmin_ServiceDesc.ServiceName+"/")
-	edgeP := placement.EdgePrincipal(node.Placement(), c.Who.TrustDomain)
-	fctx := rpc.WithForwarder(identity.NewContext(ctx, proof.who), c.Who.Name)
+	edgeP := placement.EdgePrincipal(node.Placement(), c.Who().TrustDomain)
+	fctx := callinfo.WithForwarder(identity.NewContext(ctx, proof.who), c.Who().Name)
 	var decodeErr, denied error
 	var unrecorded bool // the proof was good but its nonce could not be recorded
 	resp, err := t.handler(t.srv, fctx, func(v any) error {
@@ -194,14 +196,14 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	}, func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		// The edge's own right to relay this call, decided on every key
 		// the request names (the service when it names none).
-		keys, err := e.forwardedKeys(c, req)
+		keys, err := e.forwardedKeys(tctx, c, req)
 		if err != nil {
 			denied = err
 			return nil, err
 		}
 		for _, key := range keys {
 			if len(keys) > 1 {
-				c.Rec.Key = key.Name // the refusal names the key refused
+				c.SetKey(key.Name) // the refusal names the key refused
 			}
 			if err := c.Decide(e.s.policy.Current().AuthorizeForward(edgeP, key, op, admin)); err != nil {
 				denied = err
@@ -236,7 +238,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 // them, in a stable order — several for batches and ReEncrypt to another
 // key — or one nil (the service) when it names none. The edge's Forward
 // must be allowed on each.
-func (e *edgeSync) forwardedKeys(c *rpc.Call, req any) ([]*policy.Key, error) {
+func (e *edgeSync) forwardedKeys(ctx context.Context, c *pipeline.Call, req any) ([]*policy.Key, error) {
 	var ids []string
 	add := func(id string) {
 		if id != "" && !slices.Contains(ids, id) {
@@ -275,11 +277,11 @@ func (e *edgeSync) forwardedKeys(c *rpc.Call, req any) ([]*policy.Key, error) {
 		return []*policy.Key{nil}, nil
 	}
 	if len(ids) == 1 {
-		c.Rec.Key = ids[0]
+		c.SetKey(ids[0])
 	}
 	keys := make([]*policy.Key, 0, len(ids))
 	for _, id := range ids {
-		k, err := e.s.svc.Registry().Get(c.Ctx, id)
+		k, err := e.s.svc.Registry().Get(ctx, id)
 		switch {
 		case err == nil:
 			pk := k.PolicyKey()
@@ -304,4 +306,18 @@ func (e *edgeSync) Acknowledge(ctx context.Context, r *kbv1.AcknowledgeRequest) 
 	}
 	e.s.live.ack(who.Name, r.GetAppliedRevision(), e.s.svc.Registry().Store().Revision())
 	return &kbv1.AcknowledgeResponse{}, nil
+}
+
+// lookupKey loads a key and its Cedar resource. An unknown key comes back
+// nil with the resource of a key with no labels, so that the policy, not
+// the registry, decides what the caller learns.
+func (e *edgeSync) lookupKey(ctx context.Context, id string) (*broker.Key, policy.Key, error) {
+	k, err := e.s.svc.Get(ctx, id)
+	switch {
+	case err == nil:
+		return k, k.PolicyKey(), nil
+	case errors.Is(err, managed.ErrNotFound):
+		return nil, policy.Key{Name: id}, nil
+	}
+	return nil, policy.Key{}, err
 }

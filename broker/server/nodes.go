@@ -14,44 +14,45 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/wire"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 // Edge enrollment. An edge belongs to the cluster once an admin has
 // enrolled it (EnrollNode), with the region and labels placement and
 // LookupKey see for it; the edge's own Register supplies only its address,
 // sealing key and prefetch. RemoveNode deletes the record: the edge's Watch
-// stream is cut at once with rpc.NotEnrolledReason, its FetchMaterial, Forward
+// stream is cut at once with wire.NotEnrolledReason, its FetchMaterial, Forward
 // and Register are refused until it is enrolled again, and the deletion
 // reaches every edge's inventory (and so LookupKey) as a Watch event.
 
 // notEnrolled is the status refusing edge id, which is not enrolled
-// (rpc.IsNotEnrolled recognises it).
+// (wire.IsNotEnrolled recognises it).
 func notEnrolled(id, why string) error {
-	return rpc.NotEnrolled(fmt.Sprintf("edge %s %s: %s", id, why, broker.EnrollHint(id)))
+	return wire.NotEnrolled(fmt.Sprintf("edge %s %s: %s", id, why, broker.EnrollHint(id)))
 }
 
 // nodeOp runs one enrollment call: authorized on the service, audited with
 // the node and what changed in the detail.
 func (a *keyAdmin) nodeOp(ctx context.Context, op policy.Action, id string, run func(context.Context) (string, error)) error {
-	c, err := a.s.Begin(ctx, op, "")
+	tctx, c, err := a.s.Begin(ctx, op, "")
 	if err != nil {
 		return err
 	}
-	c.Rec.Detail = "node " + id
+	c.SetDetail("node " + id)
 	if err := broker.ValidateNodeID(id); err != nil {
-		return c.End(err)
+		return a.s.End(tctx, c, err)
 	}
 	if err := c.AuthorizeService(op); err != nil {
-		return c.End(err)
+		return a.s.End(tctx, c, err)
 	}
-	detail, err := run(c.Ctx)
+	detail, err := run(tctx)
 	if err != nil {
-		return c.End(err)
+		return a.s.End(tctx, c, err)
 	}
-	c.Rec.Detail = "node " + id + detail
-	return c.End(nil)
+	c.SetDetail("node " + id + detail)
+	return a.s.End(tctx, c, nil)
 }
 
 // EnrollNode admits an edge with the region and labels given.
@@ -124,16 +125,16 @@ func (s *Server) nodeProto(n *broker.Node) *kbv1.Node {
 
 // enrolledEdge loads the calling edge's record and refuses an edge that
 // is not enrolled, or is enrolled but has not registered since.
-func enrolledEdge(s *Server, c *rpc.Call) (*broker.Node, error) {
-	n, err := s.svc.Registry().Node(c.Ctx, c.Who.Name)
+func enrolledEdge(ctx context.Context, s *Server, c *pipeline.Call) (*broker.Node, error) {
+	n, err := s.svc.Registry().Node(ctx, c.Who().Name)
 	switch {
 	case err != nil && !errors.Is(err, broker.ErrNotFound):
 		return nil, err
 	case err != nil || !n.Enrolled:
-		c.Rec.Decision, c.Rec.PolicyID = "deny", "not-enrolled"
-		return nil, notEnrolled(c.Who.Name, "is not enrolled")
+		c.Deny("not-enrolled")
+		return nil, notEnrolled(c.Who().Name, "is not enrolled")
 	case !n.IsRegistered():
-		return nil, status.Errorf(codes.FailedPrecondition, "edge %s must Register first", c.Who.Name)
+		return nil, status.Errorf(codes.FailedPrecondition, "edge %s must Register first", c.Who().Name)
 	}
 	return n, nil
 }

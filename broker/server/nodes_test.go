@@ -15,7 +15,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
-	"github.com/keybroker/keybroker/rpc"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -99,7 +99,7 @@ func TestUnenrolledEdgeIsRefused(t *testing.T) {
 	ctx := t.Context()
 	te, _, err := e.register(t, "edge-rogue", "eu")
 	code(t, "Register from an edge no admin enrolled", err, codes.PermissionDenied)
-	if !rpc.IsNotEnrolled(err) || !strings.Contains(status.Convert(err).Message(), "keybroker node enroll edge-rogue --region") {
+	if !wire.IsNotEnrolled(err) || !strings.Contains(status.Convert(err).Message(), "keybroker node enroll edge-rogue --region") {
 		t.Errorf("Register error %v: want a NotEnrolled status naming keybroker node enroll", err)
 	}
 	if n := e.nodes(t)["edge-rogue"]; n != nil {
@@ -177,8 +177,8 @@ func TestEnrollNode(t *testing.T) {
 	}
 	ops := map[string]int{}
 	for _, r := range auditLines(t, e.auditPath) {
-		if strings.HasSuffix(r.Operation, "Node") && r.Operation != "ListNodes" {
-			ops[r.Operation+"/"+r.Decision]++
+		if strings.HasSuffix(string(r.Operation), "Node") && r.Operation != "ListNodes" {
+			ops[string(r.Operation)+"/"+string(r.Decision)]++
 		}
 	}
 	if ops["EnrollNode/allow"] < 2 || ops["UpdateNode/allow"] < 2 || ops["EnrollNode/deny"] < 2 || ops["RemoveNode/deny"] < 2 {
@@ -283,17 +283,17 @@ func TestRemoveNode(t *testing.T) {
 		if err == nil {
 			continue // events sent before the cut
 		}
-		if !rpc.IsNotEnrolled(err) {
+		if !wire.IsNotEnrolled(err) {
 			t.Errorf("the removed edge's stream ended with %v, want a NotEnrolled status", err)
 		}
 		break
 	}
 	_, err = gone.sync.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "k", KeyVersion: 1})
-	if !rpc.IsNotEnrolled(err) {
+	if !wire.IsNotEnrolled(err) {
 		t.Errorf("FetchMaterial from the removed edge = %v, want a NotEnrolled status", err)
 	}
 	_, _, err = e.register(t, "edge-gone", "eu")
-	if !rpc.IsNotEnrolled(err) {
+	if !wire.IsNotEnrolled(err) {
 		t.Errorf("Register from the removed edge = %v, want a NotEnrolled status", err)
 	}
 	if n, ok := e.nodes(t)["edge-gone"]; ok {

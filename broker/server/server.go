@@ -89,11 +89,12 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
-	"github.com/keybroker/keybroker/secret"
 )
 
 // Config assembles a Server.
@@ -185,7 +186,7 @@ func New(c Config) (*Server, error) {
 		s.proofs.roots = func() *x509.CertPool { return c.ClientCAs }
 	}
 	var err error
-	s.Server, err = rpc.New(rpc.Config{Node: &centralNode{s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
+	s.Server, err = rpc.New(rpc.Config{Performer: performer{Service: c.Service, s: s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
 		TrustDomain: c.TrustDomain, Classify: classify, Logger: c.Logger})
 	if err != nil {
 		return nil, err
@@ -222,73 +223,32 @@ func classify(err error) (*status.Status, bool) {
 	return nil, false
 }
 
-// centralNode is the central tier as an rpc.Node: every operation is
-// performed here, by broker.Service.
-type centralNode struct{ s *Server }
-
-var _ rpc.Node = (*centralNode)(nil)
-
-func (n *centralNode) Get(ctx context.Context, id string) (*managed.Key, error) {
-	return n.s.svc.Registry().Get(ctx, id)
+// performer is the central tier as the pipeline's Performer: every
+// operation is performed here, by broker.Service (managed.Ops on the
+// resolved key, GenerateRandom, ListKeys, Get), plus what only the server
+// knows: the cluster's inventory (LookupKey) and the roots' names
+// (Served).
+type performer struct {
+	*broker.Service
+	s *Server
 }
 
-func (n *centralNode) Encrypt(ctx context.Context, id string, pt []byte, ectx map[string]string) ([]byte, *managed.Key, error) {
-	return n.s.svc.Encrypt(ctx, id, pt, ectx)
-}
+var _ pipeline.Performer = performer{}
 
-func (n *centralNode) Decrypt(ctx context.Context, ct []byte, ectx map[string]string, expect string) ([]byte, *managed.Key, uint32, error) {
-	return n.s.svc.Decrypt(ctx, ct, ectx, expect)
-}
-
-func (n *centralNode) GenerateDataKey(ctx context.Context, id string, ectx map[string]string, wrapped bool) (*managed.DataKey, error) {
-	return n.s.svc.GenerateDataKey(ctx, id, ectx, wrapped)
-}
-
-func (n *centralNode) DecryptDataKey(ctx context.Context, id string, v uint32, wrapped []byte, ectx map[string]string) (*secret.Bytes, *managed.Key, error) {
-	return n.s.svc.DecryptDataKey(ctx, id, v, wrapped, ectx)
-}
-
-func (n *centralNode) Sign(ctx context.Context, id string, msg []byte, digest bool) ([]byte, *managed.Key, error) {
-	return n.s.svc.Sign(ctx, id, msg, digest)
-}
-
-func (n *centralNode) PublicKey(ctx context.Context, id string, v uint32) ([]byte, *managed.Key, uint32, error) {
-	return n.s.svc.PublicKey(ctx, id, v)
-}
-
-func (n *centralNode) Verify(ctx context.Context, id string, v uint32, msg []byte, digest bool, sig []byte) (bool, uint32, error) {
-	return n.s.svc.Verify(ctx, id, v, msg, digest, sig)
-}
-
-func (n *centralNode) GenerateMac(ctx context.Context, id string, msg []byte) ([]byte, *managed.Key, error) {
-	return n.s.svc.GenerateMac(ctx, id, msg)
-}
-
-func (n *centralNode) VerifyMac(ctx context.Context, id string, v uint32, msg, tag []byte) (bool, uint32, error) {
-	return n.s.svc.VerifyMac(ctx, id, v, msg, tag)
-}
-
-func (n *centralNode) GenerateRandom(ctx context.Context, size int) ([]byte, error) {
-	return n.s.svc.GenerateRandom(ctx, size)
-}
-
-func (n *centralNode) ListKeys(ctx context.Context, sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
-	return n.s.svc.ListKeys(ctx, sel, size, token, visible)
-}
-
-func (n *centralNode) LookupKey(ctx context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
-	nodes, err := n.s.inventory(ctx)
+// LookupKey places op on k over the cluster's inventory.
+func (p performer) LookupKey(ctx context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
+	nodes, err := p.s.inventory(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return placement.Lookup(placement.Input{Key: k, Op: op, ClientLabels: labels, Nodes: rpc.NodesFromProto(nodes), Self: n.s.node,
-		Policy: n.s.policy.Current(), TrustDomain: n.s.td}), nil
+	return placement.Lookup(placement.Input{Key: k, Op: op, ClientLabels: labels, Nodes: wire.NodesFromProto(nodes), Self: p.s.node,
+		Policy: p.s.policy.Current(), TrustDomain: p.s.td}), nil
 }
 
 // Served names the root of trust of the key's primary version.
-func (n *centralNode) Served(k *managed.Key, _ policy.Action) string {
+func (p performer) Served(k *managed.Key, _ policy.Action) string {
 	if pv := k.PrimaryVersion(); pv != nil {
-		if _, name, _, err := n.s.svc.Roots().Resolve(pv.RootKey); err == nil {
+		if _, name, _, err := p.Roots().Resolve(pv.RootKey); err == nil {
 			return name
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 )
 
@@ -257,7 +258,7 @@ func TestPolicyMatrixAndAudit(t *testing.T) {
 	find := func(op, principal, outcome string) *audit.Record {
 		for i := range recs {
 			r := &recs[i]
-			if r.Operation == op && strings.HasSuffix(r.Principal, principal) && r.Outcome == outcome {
+			if string(r.Operation) == op && strings.HasSuffix(r.Principal, principal) && r.Outcome == outcome {
 				return r
 			}
 		}
@@ -319,7 +320,7 @@ func TestBadInputCodes(t *testing.T) {
 		{"empty key id", func() error { _, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{}); return err }, codes.InvalidArgument},
 		{"unknown key", func() error { _, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "nope"}); return err }, codes.NotFound},
 		{"oversized", func() error {
-			_, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: make([]byte, broker.MaxPlaintext+1)})
+			_, err := kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: make([]byte, managed.MaxPlaintext+1)})
 			return err
 		}, codes.InvalidArgument},
 		{"over the message limit", func() error {

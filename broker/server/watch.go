@@ -16,9 +16,9 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
-	"github.com/keybroker/keybroker/rpc"
 )
 
 // Watch follows the registry for one edge. It starts with a snapshot
@@ -30,22 +30,22 @@ import (
 // resumes from the last revision it applied.
 func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer) error {
 	ctx := stream.Context()
-	c, err := e.s.Begin(ctx, "Watch", "")
+	tctx, c, err := e.s.Begin(ctx, "Watch", "")
 	if err != nil {
 		return err
 	}
 	if err := edgeOnly(c); err != nil {
-		return c.End(err)
+		return e.s.End(tctx, c, err)
 	}
 	// The audited gate: an edge that is not enrolled is refused, and the
 	// refusal audited, before anything else. The record the stream follows
 	// is read again in run, once the stream is findable and the feed
 	// subscribed.
-	if _, err := enrolledEdge(e.s, c); err != nil {
-		return c.End(err)
+	if _, err := enrolledEdge(tctx, e.s, c); err != nil {
+		return e.s.End(tctx, c, err)
 	}
-	c.Rec.Decision = "allow"
-	if err := c.End(nil); err != nil { // the stream's opening is audited
+	c.Allow("")
+	if err := e.s.End(tctx, c, nil); err != nil { // the stream's opening is audited
 		return err
 	}
 	// One stream per edge: this one replaces (cancels) any other the edge
@@ -53,8 +53,8 @@ func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer)
 	// edge hears.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	id := c.Who.Name
-	w := &watcher{s: e.s, stream: stream, id: id, td: c.Who.TrustDomain, rid: c.Rec.RequestID, principal: c.Rec.Principal}
+	id := c.Who().Name
+	w := &watcher{s: e.s, stream: stream, id: id, td: c.Who().TrustDomain, rid: c.RequestID(), principal: c.Caller().Who.String()}
 	ls := e.s.live.connect(id, time.Now().Add(e.s.lease), cancel)
 	defer e.s.live.disconnect(id, ls)
 	return w.run(ctx, r.GetFromRevision())
@@ -391,7 +391,7 @@ func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
 // record that is not current goes as metadata only: the edge fetches on
 // use, and FetchMaterial judges the key as it is.
 func (w *watcher) edgeKey(ctx context.Context, k *broker.Key, current bool) (*kbv1.EdgeKey, error) {
-	ek := &kbv1.EdgeKey{Metadata: rpc.KeyToProto(k), Salt: k.Salt}
+	ek := &kbv1.EdgeKey{Metadata: wire.KeyToProto(k), Salt: k.Salt}
 	// Material goes with Watch only to edges that prefetch; the others
 	// fetch it on first use.
 	hold := current && w.node.Prefetch && k.State == broker.StateEnabled && k.Mode.HoldsMaterial()
@@ -516,8 +516,8 @@ func (c *sealCache) drop(id string) {
 // auditHold records that a key's material goes to the edge, and says
 // whether it could: material whose audit line failed is not sent.
 func (w *watcher) auditHold(k *broker.Key, policyID string) bool {
-	rec := audit.Record{RequestID: w.rid, Principal: w.principal, Node: w.s.node, Operation: string(policy.HoldMaterial),
-		Key: k.ID, Version: k.Primary, Decision: "allow", PolicyID: policyID, Outcome: "ok", Detail: "sealed to the edge by Watch"}
+	rec := audit.Record{RequestID: w.rid, Principal: w.principal, Node: w.s.node, Operation: audit.Operation(policy.HoldMaterial),
+		Key: k.ID, Version: k.Primary, Decision: audit.Allow, PolicyID: policyID, Outcome: "ok", Detail: "sealed to the edge by Watch"}
 	if err := w.s.audit.Append(rec); err != nil {
 		w.s.log.Error("audit append failed; withholding the key's material from the edge", "edge", w.id, "key", k.ID, "err", err)
 		return false

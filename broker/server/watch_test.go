@@ -16,7 +16,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
-	"github.com/keybroker/keybroker/rpc"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -353,7 +353,7 @@ func TestWatchStoreErrorIsNotNotEnrolled(t *testing.T) {
 		if err == nil {
 			_, err = stream.Recv()
 		}
-		if rpc.IsNotEnrolled(err) || status.Code(err) != codes.Unavailable {
+		if wire.IsNotEnrolled(err) || status.Code(err) != codes.Unavailable {
 			t.Errorf("node read %d failing: Watch = %v, want Unavailable and not not-enrolled", read, err)
 		}
 	}

@@ -14,7 +14,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
-	krpc "github.com/keybroker/keybroker/rpc"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -137,7 +137,7 @@ func TestEnrollmentEndToEnd(t *testing.T) {
 		}
 		edgeCert := kbv1.NewEdgeSyncClient(c.dial(t, c.central.addr, identity.Edge, "edge-eu").conn)
 		_, err := edgeCert.FetchMaterial(ctx, &kbv1.FetchMaterialRequest{KeyId: "eu-only", KeyVersion: 1})
-		if !krpc.IsNotEnrolled(err) {
+		if !wire.IsNotEnrolled(err) {
 			t.Errorf("FetchMaterial from the removed edge = %v, want a NotEnrolled refusal", err)
 		}
 		atUS := c.dial(t, c.edges["edge-us"].p.addr, identity.Client, "app")

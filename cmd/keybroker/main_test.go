@@ -1048,7 +1048,7 @@ func TestAuditVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, op := range []string{"Encrypt", "Decrypt", "Sign"} {
+		for _, op := range []audit.Operation{"Encrypt", "Decrypt", "Sign"} {
 			if err := l.Append(audit.Record{Operation: op, Key: "payments", Version: 3, Outcome: "ok", Principal: "spiffe://x/client/alice"}); err != nil {
 				t.Fatal(err)
 			}
@@ -1167,7 +1167,7 @@ func TestAuditVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, op := range []string{"Encrypt", "Decrypt"} {
+		for _, op := range []audit.Operation{"Encrypt", "Decrypt"} {
 			if err := l.Append(audit.Record{Operation: op, Outcome: "ok"}); err != nil {
 				t.Fatal(err)
 			}

@@ -104,8 +104,8 @@ func (m *matrix) policyMatrix(t *testing.T) {
 			if got := header.Get("x-request-id"); len(got) != 1 || got[0] != r.RequestID || r.RequestID == rid || r.ClientRequestID != rid {
 				t.Errorf("response x-request-id %q, audit request id %q, client request id %q; want the node's own id, and the client's %q apart", got, r.RequestID, r.ClientRequestID, rid)
 			}
-			if r.Principal != tc.who.id || r.Node != "central-1" || r.Operation != tc.op || r.Key != tc.key ||
-				r.Decision != tc.decision || r.PolicyID != tc.policyID || r.Outcome != wantOutcome {
+			if r.Principal != tc.who.id || r.Node != "central-1" || string(r.Operation) != tc.op || r.Key != tc.key ||
+				string(r.Decision) != tc.decision || r.PolicyID != tc.policyID || r.Outcome != wantOutcome {
 				t.Errorf("audit line %+v\nwant principal %s, node central-1, operation %s, key %q, decision %s, policy_id %s, outcome %s",
 					r, tc.who.id, tc.op, tc.key, tc.decision, tc.policyID, wantOutcome)
 			}

@@ -1,4 +1,4 @@
-package rpc_test
+package wire_test
 
 import (
 	"crypto/ecdsa"
@@ -19,8 +19,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
-	"github.com/keybroker/keybroker/rpc"
+	"github.com/keybroker/keybroker/placement"
 )
 
 var (
@@ -145,8 +146,8 @@ func TestKeyRoundTrip(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			want := tc.key.Clone()
-			m := overWire(t, rpc.KeyToProto(tc.key))
-			got, err := rpc.KeyFromProto(m, overWire(t, &kbv1.EdgeKey{Versions: edgeVersions(tc.key)}).GetVersions())
+			m := overWire(t, wire.KeyToProto(tc.key))
+			got, err := wire.KeyFromProto(m, overWire(t, &kbv1.EdgeKey{Versions: edgeVersions(tc.key)}).GetVersions())
 			if err != nil {
 				t.Fatalf("KeyFromProto(KeyToProto(k)) = %v", err)
 			}
@@ -177,12 +178,12 @@ func TestKeyToProto(t *testing.T) {
 	for _, v := range k.Versions {
 		want.Versions = append(want.Versions, &kbv1.KeyVersion{Version: v.Version, CreatedAt: timestamppb.New(v.Created)})
 	}
-	if diff := cmp.Diff(want, rpc.KeyToProto(k), protocmp.Transform()); diff != "" {
+	if diff := cmp.Diff(want, wire.KeyToProto(k), protocmp.Transform()); diff != "" {
 		t.Errorf("KeyToProto mismatch (-want +got):\n%s", diff)
 	}
 
 	// Unset optional fields stay unset.
-	m := rpc.KeyToProto(minimalKey(managed.AES256GCM, managed.ModeDerive))
+	m := wire.KeyToProto(minimalKey(managed.AES256GCM, managed.ModeDerive))
 	if m.RotationPeriod != nil || m.NextRotation != nil || m.DeletionTime != nil {
 		t.Errorf("KeyToProto(minimal) = rotation %v, next %v, deletion %v, want all nil", m.RotationPeriod, m.NextRotation, m.DeletionTime)
 	}
@@ -194,12 +195,12 @@ func TestKeyToProto(t *testing.T) {
 func TestKeyFromProtoVersions(t *testing.T) {
 	k := richKey(t, managed.Ed25519, managed.ModeDerive, managed.StateEnabled, 3)
 	k.Versions[0].RootKey = "pkcs11:token=kb;object=old-root"
-	m := rpc.KeyToProto(k)
+	m := wire.KeyToProto(k)
 	evs := edgeVersions(k)
 	// Versions arrive in any order; unknown ones are ignored; one missing
 	// leaves that version without a public key.
 	evs = []*kbv1.EdgeKeyVersion{evs[2], {Version: 9, PublicKey: []byte("no such version")}, evs[0]}
-	got, err := rpc.KeyFromProto(m, evs)
+	got, err := wire.KeyFromProto(m, evs)
 	if err != nil {
 		t.Fatalf("KeyFromProto = %v", err)
 	}
@@ -225,7 +226,7 @@ func TestKeyFromProtoVersions(t *testing.T) {
 
 func TestKeyFromProtoRejects(t *testing.T) {
 	valid := func() *kbv1.KeyMetadata {
-		return rpc.KeyToProto(richKey(t, managed.AES256GCM, managed.ModeWrap, managed.StateEnabled, 3))
+		return wire.KeyToProto(richKey(t, managed.AES256GCM, managed.ModeWrap, managed.StateEnabled, 3))
 	}
 	for _, tc := range []struct {
 		name   string
@@ -254,17 +255,17 @@ func TestKeyFromProtoRejects(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := valid()
 			tc.mutate(m)
-			k, err := rpc.KeyFromProto(m, nil)
+			k, err := wire.KeyFromProto(m, nil)
 			if !errors.Is(err, managed.ErrInvalidArgument) {
 				t.Errorf("KeyFromProto = %v, %v; want an ErrInvalidArgument error", k, err)
 			}
 		})
 	}
-	if _, err := rpc.KeyFromProto(valid(), nil); err != nil {
+	if _, err := wire.KeyFromProto(valid(), nil); err != nil {
 		t.Errorf("KeyFromProto(valid) = %v, want nil", err)
 	}
 	// An EdgeKey without metadata is refused, not a panic.
-	if k, err := rpc.KeyFromProto(nil, nil); !errors.Is(err, managed.ErrInvalidArgument) {
+	if k, err := wire.KeyFromProto(nil, nil); !errors.Is(err, managed.ErrInvalidArgument) {
 		t.Errorf("KeyFromProto(nil) = %v, %v; want an ErrInvalidArgument error", k, err)
 	}
 }
@@ -282,7 +283,7 @@ func TestTypeFromProto(t *testing.T) {
 		values = append(values, kbv1.KeyType(v))
 	}
 	for _, v := range values {
-		got, ok := rpc.TypeFromProto(v)
+		got, ok := wire.TypeFromProto(v)
 		w, wantOK := want[v]
 		if got != w || ok != wantOK {
 			t.Errorf("TypeFromProto(%v) = %q, %v; want %q, %v", v, got, ok, w, wantOK)
@@ -290,8 +291,8 @@ func TestTypeFromProto(t *testing.T) {
 	}
 	// Each managed type has a wire form that converts back to it.
 	for _, typ := range allTypes {
-		m := rpc.KeyToProto(minimalKey(typ, managed.ModeWrap))
-		if got, ok := rpc.TypeFromProto(m.GetType()); !ok || got != typ {
+		m := wire.KeyToProto(minimalKey(typ, managed.ModeWrap))
+		if got, ok := wire.TypeFromProto(m.GetType()); !ok || got != typ {
 			t.Errorf("TypeFromProto(KeyToProto(%q).Type = %v) = %q, %v; want %q, true", typ, m.GetType(), got, ok, typ)
 		}
 	}
@@ -308,15 +309,15 @@ func TestModeFromProto(t *testing.T) {
 		values = append(values, kbv1.KeyMode(v))
 	}
 	for _, v := range values {
-		got, ok := rpc.ModeFromProto(v)
+		got, ok := wire.ModeFromProto(v)
 		w, wantOK := want[v]
 		if got != w || ok != wantOK {
 			t.Errorf("ModeFromProto(%v) = %q, %v; want %q, %v", v, got, ok, w, wantOK)
 		}
 	}
 	for _, mode := range allModes {
-		m := rpc.KeyToProto(minimalKey(managed.AES256GCM, mode))
-		if got, ok := rpc.ModeFromProto(m.GetMode()); !ok || got != mode {
+		m := wire.KeyToProto(minimalKey(managed.AES256GCM, mode))
+		if got, ok := wire.ModeFromProto(m.GetMode()); !ok || got != mode {
 			t.Errorf("ModeFromProto(KeyToProto(%q).Mode = %v) = %q, %v; want %q, true", mode, m.GetMode(), got, ok, mode)
 		}
 	}
@@ -329,7 +330,7 @@ func TestKeyStatesOnTheWire(t *testing.T) {
 	for _, s := range allStates {
 		k := minimalKey(managed.AES256GCM, managed.ModeDerive)
 		k.State = s
-		m := rpc.KeyToProto(k)
+		m := wire.KeyToProto(k)
 		if m.GetState() == kbv1.KeyState_KEY_STATE_UNSPECIFIED {
 			t.Errorf("KeyToProto(state %q).State = UNSPECIFIED", s)
 		}
@@ -337,12 +338,27 @@ func TestKeyStatesOnTheWire(t *testing.T) {
 			t.Errorf("states %q and %q both map to %v", prev, s, m.GetState())
 		}
 		seen[m.GetState()] = s
-		got, err := rpc.KeyFromProto(m, nil)
+		got, err := wire.KeyFromProto(m, nil)
 		if err != nil || got.State != s {
 			t.Errorf("KeyFromProto(state %v) = %v, %v; want state %q", m.GetState(), got, err, s)
 		}
 	}
 	if len(seen) != len(kbv1.KeyState_name)-1 {
 		t.Errorf("%d managed states map to %d wire states; the API defines %d besides UNSPECIFIED", len(allStates), len(seen), len(kbv1.KeyState_name)-1)
+	}
+}
+
+// TestNodeFromProto: every field placement reads comes from the wire
+// inventory.
+func TestNodeFromProto(t *testing.T) {
+	in := &kbv1.Node{NodeId: "edge-1", Kind: "edge", Address: "edge-1.example:7443", Region: "eu", Labels: map[string]string{"pci": "yes"},
+		Prefetch: true, Connected: true, Enrolled: true, Revision: 7, AppliedRevision: 6}
+	want := placement.Node{ID: "edge-1", Kind: "edge", Address: "edge-1.example:7443", Region: "eu", Labels: map[string]string{"pci": "yes"},
+		Prefetch: true, Connected: true, Enrolled: true}
+	if diff := cmp.Diff(want, wire.NodesFromProto([]*kbv1.Node{in})[0]); diff != "" {
+		t.Errorf("nodeFromProto mismatch (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]placement.Node{{}, want}, wire.NodesFromProto([]*kbv1.Node{nil, in})); diff != "" {
+		t.Errorf("NodesFromProto mismatch (-want +got):\n%s", diff)
 	}
 }

@@ -1,4 +1,4 @@
-package rpc
+package wire
 
 import (
 	"google.golang.org/grpc/codes"

@@ -1,4 +1,9 @@
-package rpc
+// Package wire converts between the domain types (managed keys, placement
+// nodes) and their protobuf forms, and holds the statuses the central tier
+// and its edges both recognise (NotEnrolled). The gRPC front-end (package
+// rpc), the central tier's services and an edge's cache all use it, so an
+// edge's cache reads the wire without importing the front-end.
+package wire
 
 import (
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -7,6 +12,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/placement"
 )
 
 var (
@@ -48,6 +54,9 @@ func ModeFromProto(m kbv1.KeyMode) (managed.Mode, bool) {
 	v, ok := modeFromProto[m]
 	return v, ok
 }
+
+// TypeToProto is a key type on the wire.
+func TypeToProto(t managed.KeyType) kbv1.KeyType { return typeToProto[t] }
 
 func ts(t interface{ IsZero() bool }) bool { return !t.IsZero() }
 
@@ -113,4 +122,19 @@ func KeyFromProto(m *kbv1.KeyMetadata, versions []*kbv1.EdgeKeyVersion) (*manage
 		return nil, err
 	}
 	return k, nil
+}
+
+// nodeFromProto is an inventory node as placement sees it.
+func nodeFromProto(n *kbv1.Node) placement.Node {
+	return placement.Node{ID: n.GetNodeId(), Kind: n.GetKind(), Address: n.GetAddress(), Region: n.GetRegion(),
+		Labels: n.GetLabels(), Prefetch: n.GetPrefetch(), Connected: n.GetConnected(), Enrolled: n.GetEnrolled()}
+}
+
+// NodesFromProto converts an inventory.
+func NodesFromProto(ns []*kbv1.Node) []placement.Node {
+	out := make([]placement.Node, len(ns))
+	for i, n := range ns {
+		out[i] = nodeFromProto(n)
+	}
+	return out
 }
