@@ -22,7 +22,7 @@ type gatedMaterials struct {
 	open    chan struct{}
 }
 
-func (g *gatedMaterials) Material(ctx context.Context, k *Key, v uint32) (*secret.Bytes, error) {
+func (g *gatedMaterials) Material(ctx context.Context, k *managed.Key, v uint32) (*secret.Bytes, error) {
 	g.entered <- struct{}{}
 	<-g.open
 	return g.ms.Material(ctx, k, v)
@@ -45,8 +45,8 @@ func TestBudgetRefusalNotShared(t *testing.T) {
 	if !b.Take(a.String()) {
 		t.Fatal("A's first call was refused")
 	}
-	k := &Key{ID: "k", Type: AES256GCM, Mode: ModeDerive, State: StateEnabled, Primary: 1,
-		Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
+	k := &managed.Key{ID: "k", Type: managed.AES256GCM, Mode: managed.ModeDerive, State: managed.StateEnabled, Primary: 1,
+		Versions: []managed.Version{{Version: 1, RootKey: "softkms:prf-root"}}}
 	synctest.Test(t, func(t *testing.T) {
 		src := &gatedMaterials{ms: NewMaterials(r, 100, time.Hour, nil), entered: make(chan struct{}), open: make(chan struct{})}
 		ops, err := managed.New(managed.Config{Material: src})
@@ -69,7 +69,7 @@ func TestBudgetRefusalNotShared(t *testing.T) {
 			for range src.entered { // B's own run, if it makes one
 			}
 		}()
-		if err := <-errA; !errors.Is(err, ErrResourceExhausted) {
+		if err := <-errA; !errors.Is(err, managed.ErrResourceExhausted) {
 			t.Errorf("A's Encrypt = %v, want ErrResourceExhausted", err)
 		} else if strings.Contains(err.Error(), "client/a") {
 			t.Errorf("A's refusal %q names a principal", err)

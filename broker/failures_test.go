@@ -8,6 +8,7 @@ import (
 
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
+	"github.com/keybroker/keybroker/managed"
 )
 
 func TestFailedUnwraps(t *testing.T) {
@@ -67,8 +68,8 @@ func TestMaterialChargedToCaller(t *testing.T) {
 	}
 	r.SetBudget(b)
 	ms := NewMaterials(r, 100, time.Hour, nil)
-	key := func(i int) *Key {
-		return &Key{ID: fmt.Sprint("k", i), Type: AES256GCM, Mode: ModeDerive, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
+	key := func(i int) *managed.Key {
+		return &managed.Key{ID: fmt.Sprint("k", i), Type: managed.AES256GCM, Mode: managed.ModeDerive, Versions: []managed.Version{{Version: 1, RootKey: "softkms:prf-root"}}}
 	}
 	edgeCtx := identity.NewContext(t.Context(), identity.Identity{TrustDomain: "kb.test", Kind: identity.Edge, Name: "edge-1"})
 	clientCtx := identity.NewContext(t.Context(), identity.Identity{TrustDomain: "kb.test", Kind: identity.Client, Name: "app"})
@@ -77,7 +78,7 @@ func TestMaterialChargedToCaller(t *testing.T) {
 			t.Fatalf("edge fetch %d within its burst: %v", i, err)
 		}
 	}
-	if _, err := ms.Get(edgeCtx, key(2), 1); !errors.Is(err, ErrResourceExhausted) {
+	if _, err := ms.Get(edgeCtx, key(2), 1); !errors.Is(err, managed.ErrResourceExhausted) {
 		t.Errorf("edge fetch beyond its burst = %v, want ErrResourceExhausted", err)
 	}
 	if _, err := ms.Get(edgeCtx, key(0), 1); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -58,7 +59,7 @@ func FuzzValidateNode(f *testing.F) {
 			err = n.validateRegistration()
 		}
 		if err != nil {
-			if !errors.Is(err, ErrInvalidArgument) {
+			if !errors.Is(err, managed.ErrInvalidArgument) {
 				t.Fatalf("validate error %v is not InvalidArgument", err)
 			}
 			return
@@ -77,7 +78,7 @@ func FuzzValidateNode(f *testing.F) {
 		if _, err := sealed.ParsePublicKey(n.SealingKey); err != nil {
 			t.Fatalf("accepted a sealing key that does not parse: %v", err)
 		}
-		if err := ValidateLabels(n.Labels); err != nil {
+		if err := managed.ValidateLabels(n.Labels); err != nil {
 			t.Fatalf("accepted invalid labels: %v", err)
 		}
 		if !utf8.ValidString(id + region + address) {

@@ -4,43 +4,45 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/keybroker/keybroker/managed"
 )
 
 // The lifecycle transitions, as functions for Registry.Update. Each checks
 // that the transition is legal from the key's current state.
 
 // Disable stops every operation on an enabled key.
-func Disable(k *Key) error {
-	if k.State != StateEnabled {
-		return errorf(ErrFailedPrecondition, "key %q is %s, only an enabled key can be disabled", k.ID, k.State)
+func Disable(k *managed.Key) error {
+	if k.State != managed.StateEnabled {
+		return managed.Errorf(managed.ErrFailedPrecondition, "key %q is %s, only an enabled key can be disabled", k.ID, k.State)
 	}
-	k.State = StateDisabled
+	k.State = managed.StateDisabled
 	return nil
 }
 
 // Enable re-enables a disabled key.
-func Enable(k *Key) error {
-	if k.State != StateDisabled {
-		return errorf(ErrFailedPrecondition, "key %q is %s, only a disabled key can be enabled", k.ID, k.State)
+func Enable(k *managed.Key) error {
+	if k.State != managed.StateDisabled {
+		return managed.Errorf(managed.ErrFailedPrecondition, "key %q is %s, only a disabled key can be enabled", k.ID, k.State)
 	}
-	k.State = StateEnabled
+	k.State = managed.StateEnabled
 	return nil
 }
 
 // ScheduleDeletion puts the key in pending deletion until now+window
 // (0 means DefaultPendingWindow).
-func ScheduleDeletion(now time.Time, window time.Duration) func(*Key) error {
-	return func(k *Key) error {
+func ScheduleDeletion(now time.Time, window time.Duration) func(*managed.Key) error {
+	return func(k *managed.Key) error {
 		if window == 0 {
-			window = DefaultPendingWindow
+			window = managed.DefaultPendingWindow
 		}
-		if window < MinPendingWindow || window > MaxPendingWindow {
-			return errorf(ErrInvalidArgument, "pending window %s out of %s..%s", window, MinPendingWindow, MaxPendingWindow)
+		if window < managed.MinPendingWindow || window > managed.MaxPendingWindow {
+			return managed.Errorf(managed.ErrInvalidArgument, "pending window %s out of %s..%s", window, managed.MinPendingWindow, managed.MaxPendingWindow)
 		}
-		if k.State == StatePendingDeletion {
-			return errorf(ErrFailedPrecondition, "key %q is already pending deletion on %s", k.ID, k.DeletionTime.Format(time.RFC3339))
+		if k.State == managed.StatePendingDeletion {
+			return managed.Errorf(managed.ErrFailedPrecondition, "key %q is already pending deletion on %s", k.ID, k.DeletionTime.Format(time.RFC3339))
 		}
-		k.State = StatePendingDeletion
+		k.State = managed.StatePendingDeletion
 		k.DeletionTime = now.Add(window).UTC()
 		return nil
 	}
@@ -48,24 +50,24 @@ func ScheduleDeletion(now time.Time, window time.Duration) func(*Key) error {
 
 // CancelDeletion returns a pending key to the disabled state (an admin
 // re-enables it deliberately).
-func CancelDeletion(k *Key) error {
-	if k.State != StatePendingDeletion {
-		return errorf(ErrFailedPrecondition, "key %q is %s, not pending deletion", k.ID, k.State)
+func CancelDeletion(k *managed.Key) error {
+	if k.State != managed.StatePendingDeletion {
+		return managed.Errorf(managed.ErrFailedPrecondition, "key %q is %s, not pending deletion", k.ID, k.State)
 	}
-	k.State = StateDisabled
+	k.State = managed.StateDisabled
 	k.DeletionTime = time.Time{}
 	return nil
 }
 
 // AddVersion appends v as the new primary version. It refuses keys that are
 // not enabled.
-func AddVersion(now time.Time, v Version) func(*Key) error {
-	return func(k *Key) error {
+func AddVersion(now time.Time, v managed.Version) func(*managed.Key) error {
+	return func(k *managed.Key) error {
 		if err := k.Usable(); err != nil {
 			return err
 		}
-		if len(k.Versions) >= MaxVersions {
-			return errorf(ErrFailedPrecondition, "key %q has %d versions, the limit", k.ID, MaxVersions)
+		if len(k.Versions) >= managed.MaxVersions {
+			return managed.Errorf(managed.ErrFailedPrecondition, "key %q has %d versions, the limit", k.ID, managed.MaxVersions)
 		}
 		v.Version = uint32(len(k.Versions) + 1)
 		v.Created = now.UTC()
@@ -86,7 +88,7 @@ func AddVersion(now time.Time, v Version) func(*Key) error {
 // before a key is deleted — if it fails the key is left for the next sweep
 // and the error returned, so a key is never destroyed without its audit
 // line — and again with the error if the deletion then fails.
-func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*Key, deleted []string, err error) {
+func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*managed.Key, deleted []string, err error) {
 	keys, _, err := r.List(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -94,7 +96,7 @@ func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*K
 	now := r.now()
 	for _, k := range keys {
 		switch {
-		case k.State == StatePendingDeletion && !now.Before(k.DeletionTime):
+		case k.State == managed.StatePendingDeletion && !now.Before(k.DeletionTime):
 			if record != nil {
 				if err := record("DeleteKey", k.ID, nil); err != nil {
 					return rotate, deleted, fmt.Errorf("deleting %q: not audited, left for the next sweep: %w", k.ID, err)
@@ -108,7 +110,7 @@ func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*K
 				return rotate, deleted, err
 			}
 			deleted = append(deleted, k.ID)
-		case k.State == StateEnabled && k.RotationPeriod > 0 && !k.NextRotation.IsZero() && !now.Before(k.NextRotation):
+		case k.State == managed.StateEnabled && k.RotationPeriod > 0 && !k.NextRotation.IsZero() && !now.Before(k.NextRotation):
 			rotate = append(rotate, k)
 		}
 	}

@@ -17,12 +17,12 @@ import (
 // "keybroker/v2/material" ‖ 0 ‖ salt ‖ key id ‖ 0 ‖ u32 version, or for a
 // key made before salts "keybroker/v1/material" ‖ 0 ‖ key id ‖ 0 ‖ u32
 // version. Changing it changes every derived key.
-func DeriveInput(k *Key, version uint32) []byte {
+func DeriveInput(k *managed.Key, version uint32) []byte {
 	return k.Input(managed.DomainMaterial, version)
 }
 
 // WrapAAD binds wrapped material to its key (and its salt) and version.
-func WrapAAD(k *Key, version uint32) []byte {
+func WrapAAD(k *managed.Key, version uint32) []byte {
 	return k.Input(managed.DomainWrap, version)
 }
 
@@ -47,14 +47,14 @@ func NewMaterials(roots *Roots, capacity int, ttl time.Duration, now func() time
 // decimal version ‖ 0 ‖ incarnation. A key created again under a deleted
 // id has another salt, so it never meets its predecessor's material here,
 // even on a node that missed the deletion.
-func appendCacheID(buf []byte, k *Key, v uint32) []byte {
+func appendCacheID(buf []byte, k *managed.Key, v uint32) []byte {
 	buf = append(append(buf, k.ID...), 0)
 	buf = append(strconv.AppendUint(buf, uint64(v), 10), 0)
 	return append(buf, k.Salt...)
 }
 
 // Material is Get as a managed.MaterialSource: a copy the caller destroys.
-func (ms *Materials) Material(ctx context.Context, k *Key, v uint32) (*secret.Bytes, error) {
+func (ms *Materials) Material(ctx context.Context, k *managed.Key, v uint32) (*secret.Bytes, error) {
 	m, err := ms.Get(ctx, k, v)
 	if err != nil {
 		return nil, err
@@ -64,13 +64,13 @@ func (ms *Materials) Material(ctx context.Context, k *Key, v uint32) (*secret.By
 
 // Get returns the material of version v of k. The caller must not destroy
 // it; it belongs to the cache.
-func (ms *Materials) Get(ctx context.Context, k *Key, v uint32) (*secret.Bytes, error) {
+func (ms *Materials) Get(ctx context.Context, k *managed.Key, v uint32) (*secret.Bytes, error) {
 	ver := k.Version(v)
 	if ver == nil {
-		return nil, errorf(ErrNotFound, "key %q has no version %d", k.ID, v)
+		return nil, managed.Errorf(managed.ErrNotFound, "key %q has no version %d", k.ID, v)
 	}
 	if !k.Mode.HoldsMaterial() {
-		return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend", k.ID)
+		return nil, managed.Errorf(managed.ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend", k.ID)
 	}
 	var buf [128]byte
 	id := appendCacheID(buf[:0], k, v)
@@ -84,7 +84,7 @@ func (ms *Materials) Get(ctx context.Context, k *Key, v uint32) (*secret.Bytes, 
 	})
 }
 
-func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret.Bytes, error) {
+func (ms *Materials) produce(ctx context.Context, k *managed.Key, ver *managed.Version) (*secret.Bytes, error) {
 	b, backendName, name, err := ms.roots.Resolve(ver.RootKey)
 	if err != nil {
 		return nil, err
@@ -93,16 +93,16 @@ func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret
 		return nil, err
 	}
 	switch k.Mode {
-	case ModeDerive:
+	case managed.ModeDerive:
 		mac, ok := b.(backends.MACer)
 		if !ok {
-			return nil, errorf(ErrFailedPrecondition, "root key %q cannot derive material: its backend has no HMAC", ver.RootKey)
+			return nil, managed.Errorf(managed.ErrFailedPrecondition, "root key %q cannot derive material: its backend has no HMAC", ver.RootKey)
 		}
 		return mac.MAC(backends.WithOp(ctx, "derive"), name, DeriveInput(k, ver.Version))
-	case ModeWrap:
+	case managed.ModeWrap:
 		return b.Decrypt(backends.WithOp(ctx, "unwrap"), name, ver.Wrapped, WrapAAD(k, ver.Version))
 	}
-	return nil, errorf(ErrFailedPrecondition, "key %q mode %s has no material", k.ID, k.Mode)
+	return nil, managed.Errorf(managed.ErrFailedPrecondition, "key %q mode %s has no material", k.ID, k.Mode)
 }
 
 // NewVersion prepares version v of k on rootKey: for wrap mode it draws 32
@@ -110,46 +110,46 @@ func (ms *Materials) produce(ctx context.Context, k *Key, ver *Version) (*secret
 // keys it records the public key (derived from material, or the backend
 // key's own in backend mode). It checks that the root key can do what the
 // mode needs, so a bad root key fails at creation, not at first use.
-func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v uint32) (Version, error) {
+func (ms *Materials) NewVersion(ctx context.Context, k *managed.Key, rootKey string, v uint32) (managed.Version, error) {
 	b, backendName, name, err := ms.roots.Resolve(rootKey)
 	if err != nil {
-		return Version{}, err
+		return managed.Version{}, err
 	}
 	if err := ms.roots.CheckRole(rootKey, backendName, name, k.Mode); err != nil {
-		return Version{}, err
+		return managed.Version{}, err
 	}
-	ver := Version{Version: v, RootKey: rootKey}
+	ver := managed.Version{Version: v, RootKey: rootKey}
 	var material *secret.Bytes
 	switch k.Mode {
-	case ModeDerive:
+	case managed.ModeDerive:
 		mac, ok := b.(backends.MACer)
 		if !ok {
-			return Version{}, errorf(ErrInvalidArgument, "root key %q: derive mode needs an HMAC-capable backend", rootKey)
+			return managed.Version{}, managed.Errorf(managed.ErrInvalidArgument, "root key %q: derive mode needs an HMAC-capable backend", rootKey)
 		}
 		if material, err = mac.MAC(backends.WithOp(ctx, "derive"), name, DeriveInput(k, v)); err != nil {
-			return Version{}, rootError(rootKey, err)
+			return managed.Version{}, rootError(rootKey, err)
 		}
-	case ModeWrap:
+	case managed.ModeWrap:
 		raw, err := b.GenerateRandom(ctx, 32)
 		if err != nil {
-			return Version{}, rootError(rootKey, err)
+			return managed.Version{}, rootError(rootKey, err)
 		}
 		material = secret.New(raw)
 		if ver.Wrapped, err = b.Encrypt(backends.WithOp(ctx, "wrap"), name, raw, WrapAAD(k, v)); err != nil {
 			material.Destroy()
-			return Version{}, rootError(rootKey, err)
+			return managed.Version{}, rootError(rootKey, err)
 		}
-	case ModeBackend:
+	case managed.ModeBackend:
 		if err := checkBackendRoot(ctx, b, name, k.Type, rootKey); err != nil {
-			return Version{}, err
+			return managed.Version{}, err
 		}
 		if k.Type.Asymmetric() {
 			pub, err := b.(backends.Signer).PublicKey(ctx, name)
 			if err != nil {
-				return Version{}, rootError(rootKey, err)
+				return managed.Version{}, rootError(rootKey, err)
 			}
 			if ver.PublicKey, err = x509.MarshalPKIXPublicKey(pub); err != nil {
-				return Version{}, err
+				return managed.Version{}, err
 			}
 		}
 		return ver, nil
@@ -158,10 +158,10 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 	if k.Type.Asymmetric() {
 		sk, err := managed.SigningKey(k.Type, material)
 		if err != nil {
-			return Version{}, err
+			return managed.Version{}, err
 		}
 		if ver.PublicKey, err = x509.MarshalPKIXPublicKey(sk.Public()); err != nil {
-			return Version{}, err
+			return managed.Version{}, err
 		}
 	}
 	return ver, nil
@@ -169,23 +169,23 @@ func (ms *Materials) NewVersion(ctx context.Context, k *Key, rootKey string, v u
 
 // checkBackendRoot verifies that a backend-mode root key has the algorithm
 // the managed key type needs.
-func checkBackendRoot(ctx context.Context, b backends.Backend, name string, t KeyType, rootKey string) error {
+func checkBackendRoot(ctx context.Context, b backends.Backend, name string, t managed.KeyType, rootKey string) error {
 	info, err := b.Describe(ctx, name)
 	if err != nil {
 		return rootError(rootKey, err)
 	}
-	want := map[KeyType]backends.Algorithm{AES256GCM: backends.AES256, HMACSHA256: backends.HMAC256, ECDSAP256: backends.ECDSAP256, Ed25519: backends.Ed25519}[t]
+	want := map[managed.KeyType]backends.Algorithm{managed.AES256GCM: backends.AES256, managed.HMACSHA256: backends.HMAC256, managed.ECDSAP256: backends.ECDSAP256, managed.Ed25519: backends.Ed25519}[t]
 	if info.Algorithm != want {
-		return errorf(ErrInvalidArgument, "root key %q is %s; a backend-mode %s key needs a %s root key", rootKey, info.Algorithm, t, want)
+		return managed.Errorf(managed.ErrInvalidArgument, "root key %q is %s; a backend-mode %s key needs a %s root key", rootKey, info.Algorithm, t, want)
 	}
 	if t.Asymmetric() {
 		if _, ok := b.(backends.Signer); !ok {
-			return errorf(ErrInvalidArgument, "root key %q: its backend cannot sign", rootKey)
+			return managed.Errorf(managed.ErrInvalidArgument, "root key %q: its backend cannot sign", rootKey)
 		}
 	}
-	if t == HMACSHA256 {
+	if t == managed.HMACSHA256 {
 		if _, ok := b.(backends.MACer); !ok {
-			return errorf(ErrInvalidArgument, "root key %q: its backend has no HMAC", rootKey)
+			return managed.Errorf(managed.ErrInvalidArgument, "root key %q: its backend has no HMAC", rootKey)
 		}
 	}
 	return nil

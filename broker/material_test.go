@@ -56,7 +56,7 @@ func TestResolve(t *testing.T) {
 	} {
 		_, name, key, err := r.Resolve(tc.uri)
 		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, ErrInvalidArgument) {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, managed.ErrInvalidArgument) {
 				t.Errorf("Resolve(%q) err = %v, want invalid argument containing %q", tc.uri, err, tc.err)
 			}
 			continue
@@ -70,7 +70,7 @@ func TestResolve(t *testing.T) {
 func TestDeriveIsDeterministicAndSeparated(t *testing.T) {
 	ctx := t.Context()
 	r, _ := softRoots(t)
-	k := &Key{ID: "payments", Type: AES256GCM, Mode: ModeDerive, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}, {Version: 2, RootKey: "softkms:prf-root"}}}
+	k := &managed.Key{ID: "payments", Type: managed.AES256GCM, Mode: managed.ModeDerive, Versions: []managed.Version{{Version: 1, RootKey: "softkms:prf-root"}, {Version: 2, RootKey: "softkms:prf-root"}}}
 	m1, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -84,15 +84,15 @@ func TestDeriveIsDeterministicAndSeparated(t *testing.T) {
 	if m1.Equal(m2) {
 		t.Error("versions 1 and 2 derived the same material")
 	}
-	other := &Key{ID: "refunds", Type: AES256GCM, Mode: ModeDerive, Versions: k.Versions}
+	other := &managed.Key{ID: "refunds", Type: managed.AES256GCM, Mode: managed.ModeDerive, Versions: k.Versions}
 	m3, _ := NewMaterials(r, 10, time.Hour, nil).Get(ctx, other, 1)
 	if m1.Equal(m3) {
 		t.Error("two keys derived the same material")
 	}
-	if _, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 3); !errors.Is(err, ErrNotFound) {
+	if _, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 3); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("Get(missing version) = %v", err)
 	}
-	bad := &Key{ID: "x", Type: AES256GCM, Mode: ModeDerive, Versions: []Version{{Version: 1, RootKey: "softkms:aes-root"}}}
+	bad := &managed.Key{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeDerive, Versions: []managed.Version{{Version: 1, RootKey: "softkms:aes-root"}}}
 	if _, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, bad, 1); !errors.Is(err, backends.ErrInvalidArgument) {
 		t.Errorf("derive with an AES root: err = %v, want the backend's invalid argument", err)
 	}
@@ -102,7 +102,7 @@ func TestWrapModeRoundTrip(t *testing.T) {
 	ctx := t.Context()
 	r, _ := softRoots(t)
 	ms := NewMaterials(r, 10, time.Hour, nil)
-	k := &Key{ID: "vault", Type: AES256GCM, Mode: ModeWrap}
+	k := &managed.Key{ID: "vault", Type: managed.AES256GCM, Mode: managed.ModeWrap}
 	v, err := ms.NewVersion(ctx, k, "softkms:aes-root", 1)
 	if err != nil {
 		t.Fatal(err)
@@ -110,13 +110,13 @@ func TestWrapModeRoundTrip(t *testing.T) {
 	if len(v.Wrapped) == 0 || v.RootKey != "softkms:aes-root" {
 		t.Fatalf("NewVersion = %+v", v)
 	}
-	k.Versions = []Version{v}
+	k.Versions = []managed.Version{v}
 	m, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, k, 1)
 	if err != nil || m.Len() != 32 {
 		t.Fatalf("Get = %v, %v", m, err)
 	}
 	// The wrapped material is bound to its key and version.
-	moved := &Key{ID: "other", Type: AES256GCM, Mode: ModeWrap, Versions: []Version{v}}
+	moved := &managed.Key{ID: "other", Type: managed.AES256GCM, Mode: managed.ModeWrap, Versions: []managed.Version{v}}
 	if _, err := NewMaterials(r, 10, time.Hour, nil).Get(ctx, moved, 1); !errors.Is(err, backends.ErrDecryptionFailed) {
 		t.Errorf("wrapped material moved to another key: err = %v, want decryption failure", err)
 	}
@@ -129,13 +129,13 @@ func TestSigningKeysFromMaterial(t *testing.T) {
 	ctx := t.Context()
 	r, _ := softRoots(t)
 	ms := NewMaterials(r, 10, time.Hour, nil)
-	for _, typ := range []KeyType{ECDSAP256, Ed25519} {
-		k := &Key{ID: "signer-" + string(typ), Type: typ, Mode: ModeDerive}
+	for _, typ := range []managed.KeyType{managed.ECDSAP256, managed.Ed25519} {
+		k := &managed.Key{ID: "signer-" + string(typ), Type: typ, Mode: managed.ModeDerive}
 		v, err := ms.NewVersion(ctx, k, "softkms:prf-root", 1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		k.Versions = []Version{v}
+		k.Versions = []managed.Version{v}
 		m, err := ms.Get(ctx, k, 1)
 		if err != nil {
 			t.Fatal(err)
@@ -168,7 +168,7 @@ func TestSigningKeysFromMaterial(t *testing.T) {
 		for i := range raw {
 			raw[i] = b
 		}
-		if _, err := managed.SigningKey(ECDSAP256, secret.New(raw)); err != nil {
+		if _, err := managed.SigningKey(managed.ECDSAP256, secret.New(raw)); err != nil {
 			t.Errorf("managed.SigningKey(%02x…) = %v", b, err)
 		}
 	}
@@ -178,15 +178,15 @@ func TestBackendModeChecksRoot(t *testing.T) {
 	ctx := t.Context()
 	r, _ := softRoots(t)
 	ms := NewMaterials(r, 10, time.Hour, nil)
-	if _, err := ms.NewVersion(ctx, &Key{ID: "s", Type: ECDSAP256, Mode: ModeBackend}, "softkms:aes-root", 1); !errors.Is(err, ErrInvalidArgument) {
+	if _, err := ms.NewVersion(ctx, &managed.Key{ID: "s", Type: managed.ECDSAP256, Mode: managed.ModeBackend}, "softkms:aes-root", 1); !errors.Is(err, managed.ErrInvalidArgument) {
 		t.Errorf("backend ECDSA key on an AES root: err = %v", err)
 	}
-	v, err := ms.NewVersion(ctx, &Key{ID: "s", Type: ECDSAP256, Mode: ModeBackend}, "softkms:ec-root", 1)
+	v, err := ms.NewVersion(ctx, &managed.Key{ID: "s", Type: managed.ECDSAP256, Mode: managed.ModeBackend}, "softkms:ec-root", 1)
 	if err != nil || len(v.PublicKey) == 0 {
 		t.Errorf("backend ECDSA key on an EC root = %+v, %v", v, err)
 	}
-	k := &Key{ID: "s", Type: ECDSAP256, Mode: ModeBackend, Versions: []Version{v}}
-	if _, err := ms.Get(ctx, k, 1); !errors.Is(err, ErrFailedPrecondition) {
+	k := &managed.Key{ID: "s", Type: managed.ECDSAP256, Mode: managed.ModeBackend, Versions: []managed.Version{v}}
+	if _, err := ms.Get(ctx, k, 1); !errors.Is(err, managed.ErrFailedPrecondition) {
 		t.Errorf("material of a backend-mode key: err = %v", err)
 	}
 }
@@ -196,15 +196,15 @@ func TestBackendModeChecksRoot(t *testing.T) {
 // (keys from before roots had roles) still serves.
 func TestMaterialChecksRole(t *testing.T) {
 	r, _ := softRoots(t)
-	if err := r.Declare([]RootKey{{URI: "softkms:prf-root", Role: RoleBackend}}); err != nil {
+	if err := r.Declare([]RootKey{{URI: "softkms:prf-root", Role: managed.RoleBackend}}); err != nil {
 		t.Fatal(err)
 	}
 	ms := NewMaterials(r, 100, time.Hour, nil)
-	k := &Key{ID: "k", Type: AES256GCM, Mode: ModeDerive, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
-	if _, err := ms.Get(t.Context(), k, 1); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "role backend") {
+	k := &managed.Key{ID: "k", Type: managed.AES256GCM, Mode: managed.ModeDerive, Versions: []managed.Version{{Version: 1, RootKey: "softkms:prf-root"}}}
+	if _, err := ms.Get(t.Context(), k, 1); !errors.Is(err, managed.ErrFailedPrecondition) || !strings.Contains(err.Error(), "role backend") {
 		t.Errorf("Get on a root declared for backend keys = %v, want ErrFailedPrecondition naming its role", err)
 	}
-	wrap := &Key{ID: "w", Type: AES256GCM, Mode: ModeWrap}
+	wrap := &managed.Key{ID: "w", Type: managed.AES256GCM, Mode: managed.ModeWrap}
 	if _, err := ms.NewVersion(t.Context(), wrap, "softkms:aes-root", 1); err != nil {
 		t.Errorf("NewVersion on an undeclared root = %v, want it served", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/sealed"
 )
@@ -72,7 +73,7 @@ var (
 // ValidateNodeID checks an edge's node id.
 func ValidateNodeID(id string) error {
 	if !nodeIDRe.MatchString(id) {
-		return errorf(ErrInvalidArgument, "node id %q must be 1-128 of [A-Za-z0-9._-]", id)
+		return managed.Errorf(managed.ErrInvalidArgument, "node id %q must be 1-128 of [A-Za-z0-9._-]", id)
 	}
 	return nil
 }
@@ -83,9 +84,9 @@ func (n *Node) validateEnrollment() error {
 		return err
 	}
 	if n.Region != "" && !regionRe.MatchString(n.Region) {
-		return errorf(ErrInvalidArgument, "region %q must be 1-63 of [a-z0-9-]", n.Region)
+		return managed.Errorf(managed.ErrInvalidArgument, "region %q must be 1-63 of [a-z0-9-]", n.Region)
 	}
-	return ValidateLabels(n.Labels)
+	return managed.ValidateLabels(n.Labels)
 }
 
 // maxAddressLen bounds an edge's address: a DNS name (at most 253 bytes),
@@ -99,21 +100,21 @@ const maxAddressLen = 300
 // address that is not a wildcard or a DNS name of at most 253 bytes.
 func (n *Node) validateRegistration() error {
 	if len(n.Address) > maxAddressLen {
-		return errorf(ErrInvalidArgument, "address is %d bytes, more than %d", len(n.Address), maxAddressLen)
+		return managed.Errorf(managed.ErrInvalidArgument, "address is %d bytes, more than %d", len(n.Address), maxAddressLen)
 	}
 	host, port, err := net.SplitHostPort(n.Address)
 	if p, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || p == 0 || host == "" {
-		return errorf(ErrInvalidArgument, "address %q is not a dialable host:port", n.Address)
+		return managed.Errorf(managed.ErrInvalidArgument, "address %q is not a dialable host:port", n.Address)
 	}
 	if ip := net.ParseIP(host); ip != nil {
 		if ip.IsUnspecified() {
-			return errorf(ErrInvalidArgument, "address %q is a wildcard, not dialable", n.Address)
+			return managed.Errorf(managed.ErrInvalidArgument, "address %q is a wildcard, not dialable", n.Address)
 		}
 	} else if !isDNSName(host) {
-		return errorf(ErrInvalidArgument, "address %q: host is neither an IP address nor a DNS name", n.Address)
+		return managed.Errorf(managed.ErrInvalidArgument, "address %q: host is neither an IP address nor a DNS name", n.Address)
 	}
 	if _, err := sealed.ParsePublicKey(n.SealingKey); err != nil {
-		return errorf(ErrInvalidArgument, "sealing key: %v", err)
+		return managed.Errorf(managed.ErrInvalidArgument, "sealing key: %v", err)
 	}
 	return nil
 }
@@ -176,7 +177,7 @@ func (r *Registry) RegisterNode(ctx context.Context, reg Registration) (*Node, e
 	}
 	return r.updateNode(ctx, reg.ID, func(n *Node) error {
 		if !n.Enrolled {
-			return errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", reg.ID, EnrollHint(reg.ID))
+			return managed.Errorf(managed.ErrPermissionDenied, "edge %q is not enrolled: %s", reg.ID, EnrollHint(reg.ID))
 		}
 		if n.Address == reg.Address && bytes.Equal(n.SealingKey, reg.SealingKey) && n.Prefetch == reg.Prefetch &&
 			r.now().Sub(n.LastSeen) < lastSeenRefresh {
@@ -204,7 +205,7 @@ func (r *Registry) EnrollNode(ctx context.Context, id, region string, labels map
 	}
 	return r.writeNode(ctx, id, true, func(n *Node) error {
 		if n.Enrolled {
-			return errorf(ErrAlreadyExists, "edge %q is already enrolled (region %q): update it with keybroker node update", id, n.Region)
+			return managed.Errorf(managed.ErrAlreadyExists, "edge %q is already enrolled (region %q): update it with keybroker node update", id, n.Region)
 		}
 		n.Region, n.Labels, n.Enrolled = region, maps.Clone(labels), true
 		n.EnrolledAt = r.now().UTC()
@@ -228,7 +229,7 @@ func (r *Registry) UpdateNode(ctx context.Context, id string, u NodeUpdate) (*No
 	}
 	return r.updateNode(ctx, id, func(n *Node) error {
 		if !n.Enrolled {
-			return errorf(ErrFailedPrecondition, "edge %q is not enrolled: enroll it with keybroker node enroll", id)
+			return managed.Errorf(managed.ErrFailedPrecondition, "edge %q is not enrolled: enroll it with keybroker node enroll", id)
 		}
 		if u.Region != nil {
 			n.Region = *u.Region
@@ -266,7 +267,7 @@ func (r *Registry) RemoveNode(ctx context.Context, id string) (uint64, error) {
 	}
 	return r.casNode(ctx, id, func(n *Node) (uint64, error) {
 		if n == nil {
-			return 0, errorf(ErrNotFound, "edge %q is not enrolled", id)
+			return 0, managed.Errorf(managed.ErrNotFound, "edge %q is not enrolled", id)
 		}
 		return r.st.Delete(ctx, KindNodes, id, n.Revision)
 	})
@@ -289,7 +290,7 @@ func (r *Registry) writeNode(ctx context.Context, id string, create bool, change
 	_, err := r.casNode(ctx, id, func(n *Node) (uint64, error) {
 		if n == nil {
 			if !create {
-				return 0, errorf(ErrPermissionDenied, "edge %q is not enrolled: %s", id, EnrollHint(id))
+				return 0, managed.Errorf(managed.ErrPermissionDenied, "edge %q is not enrolled: %s", id, EnrollHint(id))
 			}
 			n = &Node{ID: id}
 		}
@@ -338,7 +339,7 @@ func (r *Registry) casNode(ctx context.Context, id string, step func(*Node) (uin
 		}
 		return rev, err
 	}
-	return 0, errorf(ErrConflict, "node %q: too many concurrent changes", id)
+	return 0, managed.Errorf(managed.ErrConflict, "node %q: too many concurrent changes", id)
 }
 
 // Nodes lists the edges of the inventory (enrolled, registered or both), sorted by id.
@@ -363,7 +364,7 @@ func (r *Registry) Nodes(ctx context.Context) ([]*Node, error) {
 func (r *Registry) Node(ctx context.Context, id string) (*Node, error) {
 	o, err := r.st.Get(ctx, KindNodes, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, errorf(ErrNotFound, "edge %q is not enrolled", id)
+		return nil, managed.Errorf(managed.ErrNotFound, "edge %q is not enrolled", id)
 	}
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -22,7 +23,7 @@ func TestNodeEnrollment(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := Registration{ID: "edge-1", Address: "edge-1.example:7443", SealingKey: sk.PublicKey()}
-	if _, err := r.RegisterNode(ctx, reg); !errors.Is(err, ErrPermissionDenied) {
+	if _, err := r.RegisterNode(ctx, reg); !errors.Is(err, managed.ErrPermissionDenied) {
 		t.Fatalf("RegisterNode before enrollment = %v, want ErrPermissionDenied", err)
 	}
 	if _, err := r.EnrollNode(ctx, "edge-1", "eu", map[string]string{"zone": "a"}); err != nil {
@@ -44,20 +45,20 @@ func TestNodeEnrollment(t *testing.T) {
 	if err != nil || old.Enrolled {
 		t.Fatalf("legacy record = %+v, %v; want it read as not enrolled", old, err)
 	}
-	if _, err := r.RegisterNode(ctx, Registration{ID: "edge-old", Address: "old.example:7443", SealingKey: sk.PublicKey()}); !errors.Is(err, ErrPermissionDenied) {
+	if _, err := r.RegisterNode(ctx, Registration{ID: "edge-old", Address: "old.example:7443", SealingKey: sk.PublicKey()}); !errors.Is(err, managed.ErrPermissionDenied) {
 		t.Errorf("RegisterNode of a legacy record = %v, want ErrPermissionDenied", err)
 	}
 	n, err = r.EnrollNode(ctx, "edge-old", "us", nil)
 	if err != nil || !n.Enrolled || n.Region != "us" || n.Address != "old.example:7443" || !n.IsRegistered() {
 		t.Errorf("EnrollNode of a legacy record = %+v, %v; want it enrolled in us with its registration kept", n, err)
 	}
-	if _, err := r.EnrollNode(ctx, "edge-old", "eu", nil); !errors.Is(err, ErrAlreadyExists) {
+	if _, err := r.EnrollNode(ctx, "edge-old", "eu", nil); !errors.Is(err, managed.ErrAlreadyExists) {
 		t.Errorf("EnrollNode twice = %v, want ErrAlreadyExists", err)
 	}
 	if _, err := r.RemoveNode(ctx, "edge-old"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Node(ctx, "edge-old"); !errors.Is(err, ErrNotFound) {
+	if _, err := r.Node(ctx, "edge-old"); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("Node after RemoveNode = %v, want ErrNotFound", err)
 	}
 }
@@ -105,7 +106,7 @@ func TestRegisterRefusesOversizeAddress(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, ErrInvalidArgument) {
+			if !errors.Is(err, managed.ErrInvalidArgument) {
 				t.Fatalf("RegisterNode(%.40q) = %v, want ErrInvalidArgument", tc.address, err)
 			}
 			if got, err := r.Node(ctx, "edge-1"); err != nil || got.Address == tc.address {

@@ -12,6 +12,7 @@ import (
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/internal/clip"
+	"github.com/keybroker/keybroker/managed"
 )
 
 // KindKeys is the store kind holding managed keys.
@@ -36,7 +37,7 @@ type Registry struct {
 	writeMu sync.Mutex
 
 	mu       sync.RWMutex
-	cache    map[string]*Key
+	cache    map[string]*managed.Key
 	gen      uint64        // bumped when the cache is emptied or a key dropped
 	followed uint64        // last feed revision applied
 	advanced chan struct{} // closed and replaced when followed advances
@@ -47,7 +48,7 @@ func NewRegistry(st store.Store, now func() time.Time) *Registry {
 	if now == nil {
 		now = time.Now
 	}
-	return &Registry{st: st, now: now, cache: map[string]*Key{}, advanced: make(chan struct{})}
+	return &Registry{st: st, now: now, cache: map[string]*managed.Key{}, advanced: make(chan struct{})}
 }
 
 // markFollowed records that the feed has been applied up to rev.
@@ -80,13 +81,13 @@ func (r *Registry) WaitFollowed(ctx context.Context, rev uint64) error {
 }
 
 // remember caches k unless a newer revision is already cached.
-func (r *Registry) remember(k *Key) {
+func (r *Registry) remember(k *managed.Key) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.rememberLocked(k)
 }
 
-func (r *Registry) rememberLocked(k *Key) {
+func (r *Registry) rememberLocked(k *managed.Key) {
 	if cur := r.cache[k.ID]; cur == nil || cur.Revision < k.Revision {
 		r.cache[k.ID] = k
 	}
@@ -152,8 +153,8 @@ func (r *Registry) Follow(ctx context.Context) {
 // Store returns the underlying store (for its change feed).
 func (r *Registry) Store() store.Store { return r.st }
 
-func decodeKey(o store.Object) (*Key, error) {
-	var k Key
+func decodeKey(o store.Object) (*managed.Key, error) {
+	var k managed.Key
 	if err := json.Unmarshal(o.Value, &k); err != nil {
 		return nil, fmt.Errorf("broker: key %q: corrupt record: %w", o.ID, err)
 	}
@@ -162,12 +163,12 @@ func decodeKey(o store.Object) (*Key, error) {
 }
 
 // DecodeKey decodes a key from a store object (change-feed consumers).
-func DecodeKey(o store.Object) (*Key, error) { return decodeKey(o) }
+func DecodeKey(o store.Object) (*managed.Key, error) { return decodeKey(o) }
 
 // Get returns a key.
-func (r *Registry) Get(ctx context.Context, id string) (*Key, error) {
+func (r *Registry) Get(ctx context.Context, id string) (*managed.Key, error) {
 	if !envelope.ValidKeyID(id) {
-		return nil, errorf(ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
+		return nil, managed.Errorf(managed.ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
 	}
 	r.mu.RLock()
 	k := r.cache[id]
@@ -179,14 +180,14 @@ func (r *Registry) Get(ctx context.Context, id string) (*Key, error) {
 }
 
 // load reads a key from the store and caches it.
-func (r *Registry) load(ctx context.Context, id string) (*Key, error) {
+func (r *Registry) load(ctx context.Context, id string) (*managed.Key, error) {
 	r.mu.RLock()
 	gen := r.gen
 	r.mu.RUnlock()
 	o, err := r.st.Get(ctx, KindKeys, id)
 	if errors.Is(err, store.ErrNotFound) {
 		r.drop(id)
-		return nil, errorf(ErrNotFound, "key %q does not exist", id)
+		return nil, managed.Errorf(managed.ErrNotFound, "key %q does not exist", id)
 	}
 	if err != nil {
 		return nil, err
@@ -210,7 +211,7 @@ func (r *Registry) load(ctx context.Context, id string) (*Key, error) {
 // cached, and what callers remember per key (the RPC layer's policy
 // decisions) is shared between List and Get. Keys decoded here are cached
 // like Get's.
-func (r *Registry) List(ctx context.Context) ([]*Key, uint64, error) {
+func (r *Registry) List(ctx context.Context) ([]*managed.Key, uint64, error) {
 	r.mu.RLock()
 	gen := r.gen
 	r.mu.RUnlock()
@@ -218,7 +219,7 @@ func (r *Registry) List(ctx context.Context) ([]*Key, uint64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	keys := make([]*Key, len(objs))
+	keys := make([]*managed.Key, len(objs))
 	var fresh []int // indexes of keys not cached at their listed revision
 	r.mu.RLock()
 	for i, o := range objs {
@@ -250,7 +251,7 @@ func (r *Registry) List(ctx context.Context) ([]*Key, uint64, error) {
 }
 
 // Create stores a new key.
-func (r *Registry) Create(ctx context.Context, k *Key) (*Key, error) {
+func (r *Registry) Create(ctx context.Context, k *managed.Key) (*managed.Key, error) {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	k = k.Clone()
@@ -265,7 +266,7 @@ func (r *Registry) Create(ctx context.Context, k *Key) (*Key, error) {
 	}
 	rev, err := r.st.Put(ctx, KindKeys, k.ID, data, 0)
 	if errors.Is(err, store.ErrConflict) {
-		return nil, errorf(ErrAlreadyExists, "key %q already exists", k.ID)
+		return nil, managed.Errorf(managed.ErrAlreadyExists, "key %q already exists", k.ID)
 	}
 	if err != nil {
 		return nil, err
@@ -282,20 +283,20 @@ const maxCASRetries = 16
 // compare-and-swap. With expected != 0 the key must be at that revision
 // (ErrConflict otherwise); with 0 a lost race is retried on the new
 // revision, so fn must be a pure function of the key it is given.
-func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn func(*Key) error) (*Key, error) {
+func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn func(*managed.Key) error) (*managed.Key, error) {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	for range maxCASRetries {
 		// The store, not the cache, has the revision to swap against.
 		if !envelope.ValidKeyID(id) {
-			return nil, errorf(ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
+			return nil, managed.Errorf(managed.ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
 		}
 		cur, err := r.load(ctx, id)
 		if err != nil {
 			return nil, err
 		}
 		if expected != 0 && cur.Revision != expected {
-			return nil, errorf(ErrConflict, "key %q is at revision %d, not %d", id, cur.Revision, expected)
+			return nil, managed.Errorf(managed.ErrConflict, "key %q is at revision %d, not %d", id, cur.Revision, expected)
 		}
 		next := cur.Clone()
 		if err := fn(next); err != nil {
@@ -314,7 +315,7 @@ func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn fu
 		rev, err := r.st.Put(ctx, KindKeys, id, data, cur.Revision)
 		if errors.Is(err, store.ErrConflict) {
 			if expected != 0 {
-				return nil, errorf(ErrConflict, "key %q changed concurrently", id)
+				return nil, managed.Errorf(managed.ErrConflict, "key %q changed concurrently", id)
 			}
 			continue
 		}
@@ -325,16 +326,16 @@ func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn fu
 		r.remember(next)
 		return next, nil
 	}
-	return nil, errorf(ErrConflict, "key %q: too many concurrent updates", id)
+	return nil, managed.Errorf(managed.ErrConflict, "key %q: too many concurrent updates", id)
 }
 
 // Delete removes a key for good (after its pending window).
-func (r *Registry) Delete(ctx context.Context, k *Key) error {
+func (r *Registry) Delete(ctx context.Context, k *managed.Key) error {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	_, err := r.st.Delete(ctx, KindKeys, k.ID, k.Revision)
 	if errors.Is(err, store.ErrConflict) {
-		return errorf(ErrConflict, "key %q changed concurrently", k.ID)
+		return managed.Errorf(managed.ErrConflict, "key %q changed concurrently", k.ID)
 	}
 	if err == nil {
 		r.drop(k.ID)
@@ -344,14 +345,14 @@ func (r *Registry) Delete(ctx context.Context, k *Key) error {
 
 // validateStored checks a key before it is stored: its invariants, and the
 // wrapped material every wrap-mode version needs.
-func validateStored(k *Key) error {
+func validateStored(k *managed.Key) error {
 	if err := k.Validate(); err != nil {
 		return err
 	}
-	if k.Mode == ModeWrap {
+	if k.Mode == managed.ModeWrap {
 		for _, v := range k.Versions {
 			if len(v.Wrapped) == 0 {
-				return errorf(ErrInvalidArgument, "wrap-mode version %d has no wrapped material", v.Version)
+				return managed.Errorf(managed.ErrInvalidArgument, "wrap-mode version %d has no wrapped material", v.Version)
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/managed"
 )
 
 type clock struct {
@@ -38,9 +39,9 @@ func newRegistry(t *testing.T) (*Registry, *clock, string) {
 	return NewRegistry(st, c.Now), c, path
 }
 
-func aesKey(id string) *Key {
-	return &Key{ID: id, Type: AES256GCM, Mode: ModeDerive, State: StateEnabled, Primary: 1,
-		Versions: []Version{{Version: 1, RootKey: "softkms:root"}}, Labels: map[string]string{"app": "billing"}}
+func aesKey(id string) *managed.Key {
+	return &managed.Key{ID: id, Type: managed.AES256GCM, Mode: managed.ModeDerive, State: managed.StateEnabled, Primary: 1,
+		Versions: []managed.Version{{Version: 1, RootKey: "softkms:root"}}, Labels: map[string]string{"app": "billing"}}
 }
 
 func TestCreateGetList(t *testing.T) {
@@ -53,17 +54,17 @@ func TestCreateGetList(t *testing.T) {
 	if k.Revision == 0 || k.Created.IsZero() {
 		t.Errorf("Create = %+v, want a revision and a creation time", k)
 	}
-	if _, err := r.Create(ctx, aesKey("payments")); !errors.Is(err, ErrAlreadyExists) {
+	if _, err := r.Create(ctx, aesKey("payments")); !errors.Is(err, managed.ErrAlreadyExists) {
 		t.Errorf("second Create: err = %v, want ErrAlreadyExists", err)
 	}
 	got, err := r.Get(ctx, "payments")
 	if err != nil || got.Labels["app"] != "billing" || got.Revision != k.Revision {
 		t.Errorf("Get = %+v, %v", got, err)
 	}
-	if _, err := r.Get(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := r.Get(ctx, "nope"); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("Get(missing) err = %v", err)
 	}
-	if _, err := r.Get(ctx, "bad id!"); !errors.Is(err, ErrInvalidArgument) {
+	if _, err := r.Get(ctx, "bad id!"); !errors.Is(err, managed.ErrInvalidArgument) {
 		t.Errorf("Get(bad id) err = %v", err)
 	}
 	r.Create(ctx, aesKey("alpha"))
@@ -78,27 +79,27 @@ func TestValidate(t *testing.T) {
 	r, _, _ := newRegistry(t)
 	for _, tc := range []struct {
 		name string
-		mod  func(*Key)
+		mod  func(*managed.Key)
 		want string
 	}{
-		{"bad id", func(k *Key) { k.ID = "-x" }, "key id"},
-		{"bad type", func(k *Key) { k.Type = "rsa" }, "key type"},
-		{"bad mode", func(k *Key) { k.Mode = "magic" }, "key mode"},
-		{"derived hmac", func(k *Key) { k.Type = HMACSHA256; k.Derived = true }, "aes-256-gcm only"},
-		{"derived backend", func(k *Key) { k.Mode = ModeBackend; k.Derived = true }, "backend-mode"},
-		{"short rotation", func(k *Key) { k.RotationPeriod = time.Hour }, "rotation period"},
-		{"no versions", func(k *Key) { k.Versions = nil }, "0 versions"},
-		{"bad primary", func(k *Key) { k.Primary = 2 }, "primary version"},
-		{"min above primary", func(k *Key) { k.MinDecryptionVersion = 2 }, "minimum decryption"},
-		{"wrap without material", func(k *Key) { k.Mode = ModeWrap }, "wrapped material"},
-		{"no root", func(k *Key) { k.Versions[0].RootKey = "" }, "root key"},
-		{"bad label", func(k *Key) { k.Labels = map[string]string{"bad key": "x"} }, "label key"},
+		{"bad id", func(k *managed.Key) { k.ID = "-x" }, "key id"},
+		{"bad type", func(k *managed.Key) { k.Type = "rsa" }, "key type"},
+		{"bad mode", func(k *managed.Key) { k.Mode = "magic" }, "key mode"},
+		{"derived hmac", func(k *managed.Key) { k.Type = managed.HMACSHA256; k.Derived = true }, "aes-256-gcm only"},
+		{"derived backend", func(k *managed.Key) { k.Mode = managed.ModeBackend; k.Derived = true }, "backend-mode"},
+		{"short rotation", func(k *managed.Key) { k.RotationPeriod = time.Hour }, "rotation period"},
+		{"no versions", func(k *managed.Key) { k.Versions = nil }, "0 versions"},
+		{"bad primary", func(k *managed.Key) { k.Primary = 2 }, "primary version"},
+		{"min above primary", func(k *managed.Key) { k.MinDecryptionVersion = 2 }, "minimum decryption"},
+		{"wrap without material", func(k *managed.Key) { k.Mode = managed.ModeWrap }, "wrapped material"},
+		{"no root", func(k *managed.Key) { k.Versions[0].RootKey = "" }, "root key"},
+		{"bad label", func(k *managed.Key) { k.Labels = map[string]string{"bad key": "x"} }, "label key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k := aesKey("k")
 			tc.mod(k)
 			_, err := r.Create(ctx, k)
-			if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
+			if !errors.Is(err, managed.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Create = %v, want invalid argument containing %q", err, tc.want)
 			}
 		})
@@ -109,7 +110,7 @@ func TestLifecycle(t *testing.T) {
 	ctx := t.Context()
 	r, c, _ := newRegistry(t)
 	k, _ := r.Create(ctx, aesKey("k"))
-	step := func(name string, fn func(*Key) error, wantState State, wantErr error) {
+	step := func(name string, fn func(*managed.Key) error, wantState managed.State, wantErr error) {
 		t.Helper()
 		got, err := r.Update(ctx, "k", 0, fn)
 		if wantErr != nil {
@@ -126,35 +127,35 @@ func TestLifecycle(t *testing.T) {
 		}
 		k = got
 	}
-	step("enable enabled", Enable, "", ErrFailedPrecondition)
-	step("disable", Disable, StateDisabled, nil)
-	if err := k.Usable(); !errors.Is(err, ErrFailedPrecondition) || !strings.Contains(err.Error(), "disabled") {
+	step("enable enabled", Enable, "", managed.ErrFailedPrecondition)
+	step("disable", Disable, managed.StateDisabled, nil)
+	if err := k.Usable(); !errors.Is(err, managed.ErrFailedPrecondition) || !strings.Contains(err.Error(), "disabled") {
 		t.Errorf("Usable() on disabled = %v", err)
 	}
-	step("rotate disabled", AddVersion(c.Now(), Version{RootKey: "softkms:root"}), "", ErrFailedPrecondition)
-	step("enable", Enable, StateEnabled, nil)
-	step("schedule 1 day", ScheduleDeletion(c.Now(), 24*time.Hour), "", ErrInvalidArgument)
-	step("schedule default", ScheduleDeletion(c.Now(), 0), StatePendingDeletion, nil)
+	step("rotate disabled", AddVersion(c.Now(), managed.Version{RootKey: "softkms:root"}), "", managed.ErrFailedPrecondition)
+	step("enable", Enable, managed.StateEnabled, nil)
+	step("schedule 1 day", ScheduleDeletion(c.Now(), 24*time.Hour), "", managed.ErrInvalidArgument)
+	step("schedule default", ScheduleDeletion(c.Now(), 0), managed.StatePendingDeletion, nil)
 	if want := c.Now().Add(30 * 24 * time.Hour); !k.DeletionTime.Equal(want) {
 		t.Errorf("deletion time = %s, want %s", k.DeletionTime, want)
 	}
-	step("schedule twice", ScheduleDeletion(c.Now(), 0), "", ErrFailedPrecondition)
-	step("disable pending", Disable, "", ErrFailedPrecondition)
-	step("cancel", CancelDeletion, StateDisabled, nil)
-	step("cancel again", CancelDeletion, "", ErrFailedPrecondition)
-	step("enable", Enable, StateEnabled, nil)
-	step("rotate", AddVersion(c.Now(), Version{RootKey: "softkms:root"}), StateEnabled, nil)
+	step("schedule twice", ScheduleDeletion(c.Now(), 0), "", managed.ErrFailedPrecondition)
+	step("disable pending", Disable, "", managed.ErrFailedPrecondition)
+	step("cancel", CancelDeletion, managed.StateDisabled, nil)
+	step("cancel again", CancelDeletion, "", managed.ErrFailedPrecondition)
+	step("enable", Enable, managed.StateEnabled, nil)
+	step("rotate", AddVersion(c.Now(), managed.Version{RootKey: "softkms:root"}), managed.StateEnabled, nil)
 	if k.Primary != 2 || len(k.Versions) != 2 || k.Versions[1].Version != 2 {
 		t.Errorf("after rotate: primary %d, %d versions", k.Primary, len(k.Versions))
 	}
 	if err := k.CheckDecryptVersion(1); err != nil {
 		t.Errorf("CheckDecryptVersion(1) = %v", err)
 	}
-	step("raise min version", func(k *Key) error { k.MinDecryptionVersion = 2; return nil }, StateEnabled, nil)
-	if err := k.CheckDecryptVersion(1); !errors.Is(err, ErrFailedPrecondition) {
+	step("raise min version", func(k *managed.Key) error { k.MinDecryptionVersion = 2; return nil }, managed.StateEnabled, nil)
+	if err := k.CheckDecryptVersion(1); !errors.Is(err, managed.ErrFailedPrecondition) {
 		t.Errorf("CheckDecryptVersion(1) below minimum = %v", err)
 	}
-	if err := k.CheckDecryptVersion(3); !errors.Is(err, ErrNotFound) {
+	if err := k.CheckDecryptVersion(3); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("CheckDecryptVersion(3) = %v", err)
 	}
 }
@@ -163,7 +164,7 @@ func TestUpdateCAS(t *testing.T) {
 	ctx := t.Context()
 	r, _, _ := newRegistry(t)
 	k, _ := r.Create(ctx, aesKey("k"))
-	if _, err := r.Update(ctx, "k", k.Revision+5, Disable); !errors.Is(err, ErrConflict) {
+	if _, err := r.Update(ctx, "k", k.Revision+5, Disable); !errors.Is(err, managed.ErrConflict) {
 		t.Errorf("Update at a stale revision: err = %v, want ErrConflict", err)
 	}
 	if _, err := r.Update(ctx, "k", k.Revision, Disable); err != nil {
@@ -173,7 +174,7 @@ func TestUpdateCAS(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
-			_, err := r.Update(ctx, "k", 0, func(k *Key) error {
+			_, err := r.Update(ctx, "k", 0, func(k *managed.Key) error {
 				k.Labels["w"+string(rune('a'+i))] = "x"
 				return nil
 			})
@@ -213,7 +214,7 @@ func TestSweep(t *testing.T) {
 	if err != nil || len(deleted) != 1 || deleted[0] != "doomed" {
 		t.Errorf("Sweep after 7 days: deleted = %v, %v", deleted, err)
 	}
-	if _, err := r.Get(ctx, "doomed"); !errors.Is(err, ErrNotFound) {
+	if _, err := r.Get(ctx, "doomed"); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("deleted key still there: %v", err)
 	}
 }
@@ -222,7 +223,7 @@ func TestRestartKeepsKeys(t *testing.T) {
 	ctx := t.Context()
 	r, c, path := newRegistry(t)
 	r.Create(ctx, aesKey("k"))
-	r.Update(ctx, "k", 0, AddVersion(c.Now(), Version{RootKey: "softkms:root"}))
+	r.Update(ctx, "k", 0, AddVersion(c.Now(), managed.Version{RootKey: "softkms:root"}))
 	r.st.Close()
 	st, err := store.Open(path, 0)
 	if err != nil {
@@ -245,7 +246,7 @@ func TestFollowSeesOtherWriters(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	k, _ := r1.Create(ctx, aesKey("shared"))
-	if got, _ := r1.Get(ctx, "shared"); got.State != StateEnabled {
+	if got, _ := r1.Get(ctx, "shared"); got.State != managed.StateEnabled {
 		t.Fatal("not cached as enabled")
 	}
 	// r2 disables the key behind r1's back; r1 must see it once its feed
@@ -257,7 +258,7 @@ func TestFollowSeesOtherWriters(t *testing.T) {
 	if err := r1.WaitFollowed(ctx, d.Revision); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := r1.Get(ctx, "shared"); got.State != StateDisabled {
+	if got, _ := r1.Get(ctx, "shared"); got.State != managed.StateDisabled {
 		t.Errorf("r1 serves state %s after another writer disabled the key", got.State)
 	}
 	// Deletion too.
@@ -269,7 +270,7 @@ func TestFollowSeesOtherWriters(t *testing.T) {
 	if err := r1.WaitFollowed(ctx, r1.Store().Revision()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r1.Get(ctx, "shared"); !errors.Is(err, ErrNotFound) {
+	if _, err := r1.Get(ctx, "shared"); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("r1 still serves a key another writer deleted: %v", err)
 	}
 }
@@ -279,7 +280,7 @@ func TestCachedGetIsCurrentAfterLocalWrites(t *testing.T) {
 	r, c, _ := newRegistry(t)
 	r.Create(ctx, aesKey("k"))
 	r.Get(ctx, "k")
-	r.Update(ctx, "k", 0, AddVersion(c.Now(), Version{RootKey: "softkms:root"}))
+	r.Update(ctx, "k", 0, AddVersion(c.Now(), managed.Version{RootKey: "softkms:root"}))
 	if k, _ := r.Get(ctx, "k"); k.Primary != 2 {
 		t.Errorf("cached Get after a local rotation: primary %d, want 2", k.Primary)
 	}
@@ -330,12 +331,12 @@ func TestSweepRecordsFailedDeletion(t *testing.T) {
 		calls = append(calls, fmt.Sprintf("%s %s %v", op, key, err != nil))
 		if err == nil {
 			// Another writer changes the key before the deletion.
-			_, uerr := r.Update(ctx, key, 0, func(k *Key) error { k.Description = "changed"; return nil })
+			_, uerr := r.Update(ctx, key, 0, func(k *managed.Key) error { k.Description = "changed"; return nil })
 			return uerr
 		}
 		return nil
 	})
-	if !errors.Is(err, ErrConflict) || len(deleted) != 0 {
+	if !errors.Is(err, managed.ErrConflict) || len(deleted) != 0 {
 		t.Errorf("Sweep = %v, %v; want nothing deleted and ErrConflict", deleted, err)
 	}
 	if want := []string{"DeleteKey doomed false", "DeleteKey doomed true"}; !slices.Equal(calls, want) {

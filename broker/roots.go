@@ -14,6 +14,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
 	"github.com/keybroker/keybroker/internal/flight"
+	"github.com/keybroker/keybroker/managed"
 )
 
 // RootConfig names one configured root of trust.
@@ -75,14 +76,14 @@ type Roots struct {
 }
 
 // RoleOf is the role a root key needs to serve keys of mode m.
-func RoleOf(m Mode) Role {
+func RoleOf(m managed.Mode) managed.Role {
 	switch m {
-	case ModeDerive:
-		return RoleDerive
-	case ModeWrap:
-		return RoleWrap
-	case ModeBackend:
-		return RoleBackend
+	case managed.ModeDerive:
+		return managed.RoleDerive
+	case managed.ModeWrap:
+		return managed.RoleWrap
+	case managed.ModeBackend:
+		return managed.RoleBackend
 	}
 	return ""
 }
@@ -93,9 +94,9 @@ type RootKey struct {
 	// the spelling CreateKey stores and policies see as resource.root.
 	URI string
 	// Role is the one thing the key is for.
-	Role Role
+	Role managed.Role
 	// Types are the managed key types it may serve; empty means all.
-	Types []KeyType
+	Types []managed.KeyType
 }
 
 // Declare records the root keys new keys may use and their roles. It is
@@ -106,7 +107,7 @@ func (r *Roots) Declare(keys []RootKey) error {
 	declared := map[string]RootKey{}
 	for _, rk := range keys {
 		switch rk.Role {
-		case RoleDerive, RoleWrap, RoleBackend:
+		case managed.RoleDerive, managed.RoleWrap, managed.RoleBackend:
 		default:
 			return fmt.Errorf("broker: root key %q: role %q is not derive, wrap or backend", rk.URI, rk.Role)
 		}
@@ -143,18 +144,18 @@ func (r *Roots) declaration(keyURI string) (RootKey, bool, error) {
 // m and type t, and returns the URI as declared. An undeclared root key,
 // or one declared for another role or other types, is an
 // ErrInvalidArgument naming the key and its role.
-func (r *Roots) Admit(keyURI string, m Mode, t KeyType) (string, error) {
+func (r *Roots) Admit(keyURI string, m managed.Mode, t managed.KeyType) (string, error) {
 	rk, ok, err := r.declaration(keyURI)
 	if err != nil {
 		return "", err
 	}
 	switch want := RoleOf(m); {
 	case !ok:
-		return "", errorf(ErrInvalidArgument, "root key %q is not a declared root key: a %s-mode key needs a root key declared with role %s", keyURI, m, want)
+		return "", managed.Errorf(managed.ErrInvalidArgument, "root key %q is not a declared root key: a %s-mode key needs a root key declared with role %s", keyURI, m, want)
 	case rk.Role != want:
-		return "", errorf(ErrInvalidArgument, "root key %q is declared with role %s: a %s-mode key needs a root key with role %s", keyURI, rk.Role, m, want)
+		return "", managed.Errorf(managed.ErrInvalidArgument, "root key %q is declared with role %s: a %s-mode key needs a root key with role %s", keyURI, rk.Role, m, want)
 	case len(rk.Types) > 0 && !slices.Contains(rk.Types, t):
-		return "", errorf(ErrInvalidArgument, "root key %q (role %s) serves %v keys, not %s", keyURI, rk.Role, rk.Types, t)
+		return "", managed.Errorf(managed.ErrInvalidArgument, "root key %q (role %s) serves %v keys, not %s", keyURI, rk.Role, rk.Types, t)
 	}
 	return rk.URI, nil
 }
@@ -165,13 +166,13 @@ func (r *Roots) Admit(keyURI string, m Mode, t KeyType) (string, error) {
 // working; CreateKey (Admit) takes declared roots only. backendName and
 // key are what Resolve returned for keyURI: the caller has resolved it
 // already, so it is not resolved again on every backend call.
-func (r *Roots) CheckRole(keyURI, backendName, key string, m Mode) error {
+func (r *Roots) CheckRole(keyURI, backendName, key string, m managed.Mode) error {
 	rk, ok := r.declared[backendName+"\x00"+key]
 	if !ok {
 		return nil
 	}
 	if want := RoleOf(m); rk.Role != want {
-		return errorf(ErrFailedPrecondition, "root key %q is declared with role %s: it does not serve %s-mode keys", keyURI, rk.Role, m)
+		return managed.Errorf(managed.ErrFailedPrecondition, "root key %q is declared with role %s: it does not serve %s-mode keys", keyURI, rk.Role, m)
 	}
 	return nil
 }
@@ -213,7 +214,7 @@ func (r *Roots) admit(ctx context.Context, c backends.Call) error {
 			count(&r.refused, CallKey(c))
 			// The refusal is this caller's alone: a call coalesced with
 			// others (material, data keys) is run again for them.
-			return flight.Personal(errorf(ErrResourceExhausted, "your budget of calls to the roots of trust is spent; retry later"))
+			return flight.Personal(managed.Errorf(managed.ErrResourceExhausted, "your budget of calls to the roots of trust is spent; retry later"))
 		}
 	}
 	return nil
@@ -342,10 +343,10 @@ func (r *Roots) Resolve(keyURI string) (b backends.Backend, backendName, key str
 func (r *Roots) resolve(keyURI string) (b backends.Backend, backendName, key string, err error) {
 	u, err := backends.ParseKeyURI(keyURI)
 	if err != nil {
-		return nil, "", "", errorf(ErrInvalidArgument, "root key: %v", err)
+		return nil, "", "", managed.Errorf(managed.ErrInvalidArgument, "root key: %v", err)
 	}
 	if u.Key() == "" {
-		return nil, "", "", errorf(ErrInvalidArgument, "root key URI %q names no key", keyURI)
+		return nil, "", "", managed.Errorf(managed.ErrInvalidArgument, "root key URI %q names no key", keyURI)
 	}
 	var match []*root
 	for _, rt := range r.roots {
@@ -355,11 +356,11 @@ func (r *Roots) resolve(keyURI string) (b backends.Backend, backendName, key str
 	}
 	switch len(match) {
 	case 0:
-		return nil, "", "", errorf(ErrInvalidArgument, "root key %q is in no configured backend", keyURI)
+		return nil, "", "", managed.Errorf(managed.ErrInvalidArgument, "root key %q is in no configured backend", keyURI)
 	case 1:
 		return match[0].backend, match[0].name, u.Key(), nil
 	}
-	return nil, "", "", errorf(ErrInvalidArgument, "root key %q matches %d configured backends; give its connection attributes", keyURI, len(match))
+	return nil, "", "", managed.Errorf(managed.ErrInvalidArgument, "root key %q matches %d configured backends; give its connection attributes", keyURI, len(match))
 }
 
 // Names lists the configured backends.

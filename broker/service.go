@@ -26,7 +26,7 @@ type ServiceConfig struct {
 	Materials *Materials
 	// DefaultRoots gives the root key URI for each mode when CreateKey
 	// names none.
-	DefaultRoots map[Mode]string
+	DefaultRoots map[managed.Mode]string
 	// Reuse bounds data-key reuse for Encrypt (zero fields take defaults).
 	Reuse envelope.ReusePolicy
 	// ReuseEntries and UnwrapEntries bound the data-key caches.
@@ -58,7 +58,7 @@ type Service struct {
 	reg      *Registry
 	roots    *Roots
 	mat      *Materials
-	defaults map[Mode]string
+	defaults map[managed.Mode]string
 	now      func() time.Time
 }
 
@@ -82,7 +82,9 @@ func NewService(c ServiceConfig) (*Service, error) {
 }
 
 // Get resolves a key id from the registry.
-func (s *Service) Get(ctx context.Context, id string) (*Key, error) { return s.reg.Get(ctx, id) }
+func (s *Service) Get(ctx context.Context, id string) (*managed.Key, error) {
+	return s.reg.Get(ctx, id)
+}
 
 // Registry returns the key registry.
 func (s *Service) Registry() *Registry { return s.reg }
@@ -93,8 +95,8 @@ func (s *Service) Roots() *Roots { return s.roots }
 // CreateParams describes a new key.
 type CreateParams struct {
 	ID             string
-	Type           KeyType
-	Mode           Mode
+	Type           managed.KeyType
+	Mode           managed.Mode
 	Derived        bool
 	RootKey        string
 	Labels         map[string]string
@@ -104,8 +106,8 @@ type CreateParams struct {
 }
 
 // CreateKey creates a key and its first version.
-func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*Key, error) {
-	k := &Key{ID: p.ID, Type: p.Type, Mode: p.Mode, Derived: p.Derived, State: StateEnabled,
+func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*managed.Key, error) {
+	k := &managed.Key{ID: p.ID, Type: p.Type, Mode: p.Mode, Derived: p.Derived, State: managed.StateEnabled,
 		Labels: maps.Clone(p.Labels), RotationPeriod: p.RotationPeriod, Description: p.Description, Placement: p.Placement, Primary: 1,
 		Salt: managed.NewSalt()}
 	// Validate everything that does not need the backend before asking it.
@@ -117,14 +119,14 @@ func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*Key, error) {
 		return nil, err
 	}
 	if _, err := s.reg.Get(ctx, p.ID); err == nil {
-		return nil, errorf(ErrAlreadyExists, "key %q already exists", p.ID)
+		return nil, managed.Errorf(managed.ErrAlreadyExists, "key %q already exists", p.ID)
 	}
 	v, err := s.mat.NewVersion(ctx, k, root, 1)
 	if err != nil {
 		return nil, err
 	}
 	v.Created = s.now().UTC()
-	k.Versions = []Version{v}
+	k.Versions = []managed.Version{v}
 	if k.RotationPeriod > 0 {
 		k.NextRotation = s.now().Add(k.RotationPeriod).UTC()
 	}
@@ -136,19 +138,19 @@ func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*Key, error) {
 // declaration spells it. It refuses a root key that is not declared, or
 // declared for another role or other types. The gRPC layer authorizes
 // CreateKey with its result (Cedar resource.root), and CreateKey uses it.
-func (s *Service) RootFor(m Mode, t KeyType, requested string) (string, error) {
+func (s *Service) RootFor(m managed.Mode, t managed.KeyType, requested string) (string, error) {
 	root := requested
 	if root == "" {
 		root = s.defaults[m]
 	}
 	if root == "" {
-		return "", errorf(ErrInvalidArgument, "no root key given and no default root key for %s mode", m)
+		return "", managed.Errorf(managed.ErrInvalidArgument, "no root key given and no default root key for %s mode", m)
 	}
 	return s.roots.Admit(root, m, t)
 }
 
 // RotateKey adds a version on the primary version's root key.
-func (s *Service) RotateKey(ctx context.Context, id string) (*Key, error) {
+func (s *Service) RotateKey(ctx context.Context, id string) (*managed.Key, error) {
 	for range maxCASRetries {
 		k, err := s.reg.Get(ctx, id)
 		if err != nil {
@@ -161,8 +163,8 @@ func (s *Service) RotateKey(ctx context.Context, id string) (*Key, error) {
 		// version on the same root would be the same key, and retiring the
 		// old version would retire nothing. (Backend-mode AES keys rotate:
 		// each data key is bound to its version.)
-		if !k.Mode.HoldsMaterial() && k.Type != AES256GCM {
-			return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode %s key: its one backend key cannot be rotated; create a new key on a new root", id, k.Type)
+		if !k.Mode.HoldsMaterial() && k.Type != managed.AES256GCM {
+			return nil, managed.Errorf(managed.ErrFailedPrecondition, "key %q is a backend-mode %s key: its one backend key cannot be rotated; create a new key on a new root", id, k.Type)
 		}
 		next := uint32(len(k.Versions) + 1)
 		v, err := s.mat.NewVersion(ctx, k, k.PrimaryVersion().RootKey, next)
@@ -170,7 +172,7 @@ func (s *Service) RotateKey(ctx context.Context, id string) (*Key, error) {
 			return nil, err
 		}
 		out, err := s.reg.Update(ctx, id, k.Revision, AddVersion(s.now(), v))
-		if errors.Is(err, ErrConflict) {
+		if errors.Is(err, managed.ErrConflict) {
 			continue // another change landed; prepare against the new state
 		}
 		if err == nil {
@@ -178,7 +180,7 @@ func (s *Service) RotateKey(ctx context.Context, id string) (*Key, error) {
 		}
 		return out, err
 	}
-	return nil, errorf(ErrConflict, "key %q: too many concurrent changes", id)
+	return nil, managed.Errorf(managed.ErrConflict, "key %q: too many concurrent changes", id)
 }
 
 // UpdateParams changes a key's metadata; nil fields stay as they are.
@@ -196,19 +198,19 @@ type UpdateParams struct {
 	// error aborts the update and is returned as it is. It is how the
 	// caller's right to the key's new labels is checked against exactly
 	// the record that is written.
-	Authorize func(before, after *Key) error
+	Authorize func(before, after *managed.Key) error
 }
 
 // UpdateKey changes metadata with a compare-and-swap.
-func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*Key, error) {
-	if err := ValidateLabels(p.Labels); err != nil {
+func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*managed.Key, error) {
+	if err := managed.ValidateLabels(p.Labels); err != nil {
 		return nil, err
 	}
-	k, err := s.reg.Update(ctx, p.ID, p.ExpectedRevision, func(k *Key) error {
-		if k.State == StatePendingDeletion {
-			return errorf(ErrFailedPrecondition, "key %q is pending deletion", k.ID)
+	k, err := s.reg.Update(ctx, p.ID, p.ExpectedRevision, func(k *managed.Key) error {
+		if k.State == managed.StatePendingDeletion {
+			return managed.Errorf(managed.ErrFailedPrecondition, "key %q is pending deletion", k.ID)
 		}
-		var before *Key
+		var before *managed.Key
 		if p.Authorize != nil {
 			before = k.Clone()
 		}
@@ -249,7 +251,7 @@ func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*Key, error) {
 
 // SetState applies a lifecycle transition (Disable, Enable, CancelDeletion
 // or ScheduleDeletion(...)) and drops cached material and data keys.
-func (s *Service) SetState(ctx context.Context, id string, fn func(*Key) error) (*Key, error) {
+func (s *Service) SetState(ctx context.Context, id string, fn func(*managed.Key) error) (*managed.Key, error) {
 	k, err := s.reg.Update(ctx, id, 0, fn)
 	if err == nil {
 		s.forget(id)
@@ -259,7 +261,7 @@ func (s *Service) SetState(ctx context.Context, id string, fn func(*Key) error) 
 
 // ScheduleDeletion puts a key in pending deletion for window (0: the
 // default 30 days) from now on the service's clock.
-func (s *Service) ScheduleDeletion(ctx context.Context, id string, window time.Duration) (*Key, error) {
+func (s *Service) ScheduleDeletion(ctx context.Context, id string, window time.Duration) (*managed.Key, error) {
 	return s.SetState(ctx, id, ScheduleDeletion(s.now(), window))
 }
 
@@ -278,14 +280,14 @@ func (s *Service) Forget(id string) { s.forget(id) }
 // backend call: charged, counted and listed in the request's audit line.
 func (s *Service) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
 	if n < 1 || n > MaxRandom {
-		return nil, errorf(ErrInvalidArgument, "length %d out of 1..%d", n, MaxRandom)
+		return nil, managed.Errorf(managed.ErrInvalidArgument, "length %d out of 1..%d", n, MaxRandom)
 	}
 	return s.roots.GenerateRandom(ctx, n)
 }
 
 // ListKeys returns keys whose labels include every selector pair and that
 // visible keeps (nil: all), a page at a time (managed.Page).
-func (s *Service) ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string, visible func(*Key) bool) ([]*Key, string, error) {
+func (s *Service) ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
 	keys, _, err := s.reg.List(ctx)
 	if err != nil {
 		return nil, "", err
@@ -330,7 +332,7 @@ type SweepRecorder func(op, key string, err error) error
 // SealMaterial returns version v of key k's material sealed to a
 // registered edge. The caller has authorized the edge (HoldMaterial).
 // Backend-mode keys have no material to give.
-func (s *Service) SealMaterial(ctx context.Context, edge *Node, k *Key, v uint32) ([]byte, error) {
+func (s *Service) SealMaterial(ctx context.Context, edge *Node, k *managed.Key, v uint32) ([]byte, error) {
 	if err := k.Usable(); err != nil {
 		return nil, err
 	}
@@ -338,7 +340,7 @@ func (s *Service) SealMaterial(ctx context.Context, edge *Node, k *Key, v uint32
 		return nil, err
 	}
 	if !k.Mode.HoldsMaterial() {
-		return nil, errorf(ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend; forward the operation", k.ID)
+		return nil, managed.Errorf(managed.ErrFailedPrecondition, "key %q is a backend-mode key: its material never leaves the backend; forward the operation", k.ID)
 	}
 	m, err := s.mat.Get(ctx, k, v)
 	if err != nil {
@@ -349,7 +351,7 @@ func (s *Service) SealMaterial(ctx context.Context, edge *Node, k *Key, v uint32
 
 // dekAAD binds a backend-wrapped data key to its key (and its salt) and
 // version.
-func dekAAD(k *Key, v uint32) []byte {
+func dekAAD(k *managed.Key, v uint32) []byte {
 	return k.Input(managed.DomainBackendDataKey, v)
 }
 
@@ -369,7 +371,7 @@ var _ managed.Backend = (*rootBackend)(nil)
 // counts and audits it under that name). A root key declared for another
 // role is refused: a backend-mode key on a derive root would MAC other
 // keys' derive inputs.
-func (rb *rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string) (context.Context, backends.Backend, string, error) {
+func (rb *rootBackend) resolve(ctx context.Context, k *managed.Key, v uint32, op string) (context.Context, backends.Backend, string, error) {
 	uri := k.Version(v).RootKey
 	b, backendName, name, err := rb.roots.Resolve(uri)
 	if err != nil {
@@ -381,7 +383,7 @@ func (rb *rootBackend) resolve(ctx context.Context, k *Key, v uint32, op string)
 	return backends.WithOp(ctx, op), b, name, nil
 }
 
-func (rb *rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []byte) ([]byte, error) {
+func (rb *rootBackend) WrapDataKey(ctx context.Context, k *managed.Key, v uint32, dek []byte) ([]byte, error) {
 	ctx, b, name, err := rb.resolve(ctx, k, v, "wrap-data-key")
 	if err != nil {
 		return nil, err
@@ -389,7 +391,7 @@ func (rb *rootBackend) WrapDataKey(ctx context.Context, k *Key, v uint32, dek []
 	return b.Encrypt(ctx, name, dek, dekAAD(k, v))
 }
 
-func (rb *rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrapped []byte) (*secret.Bytes, error) {
+func (rb *rootBackend) UnwrapDataKey(ctx context.Context, k *managed.Key, v uint32, wrapped []byte) (*secret.Bytes, error) {
 	if rb.failed.failed(k.ID, v, wrapped) {
 		return nil, errUnwrap(k, v)
 	}
@@ -407,30 +409,30 @@ func (rb *rootBackend) UnwrapDataKey(ctx context.Context, k *Key, v uint32, wrap
 
 // errUnwrap is what a data key that does not open says, whether the
 // backend just refused it or refused it moments ago.
-func errUnwrap(k *Key, v uint32) error {
-	return errorf(ErrInvalidArgument, "decryption failed: the ciphertext's data key does not open under key %q version %d", k.ID, v)
+func errUnwrap(k *managed.Key, v uint32) error {
+	return managed.Errorf(managed.ErrInvalidArgument, "decryption failed: the ciphertext's data key does not open under key %q version %d", k.ID, v)
 }
 
-func (rb *rootBackend) Sign(ctx context.Context, k *Key, v uint32, input []byte) ([]byte, error) {
+func (rb *rootBackend) Sign(ctx context.Context, k *managed.Key, v uint32, input []byte) ([]byte, error) {
 	ctx, b, name, err := rb.resolve(ctx, k, v, "sign")
 	if err != nil {
 		return nil, err
 	}
 	signer, ok := b.(backends.Signer)
 	if !ok {
-		return nil, errorf(ErrFailedPrecondition, "the backend of key %q cannot sign", k.ID)
+		return nil, managed.Errorf(managed.ErrFailedPrecondition, "the backend of key %q cannot sign", k.ID)
 	}
 	return signer.Sign(ctx, name, input)
 }
 
-func (rb *rootBackend) MAC(ctx context.Context, k *Key, v uint32, msg []byte) (*secret.Bytes, error) {
+func (rb *rootBackend) MAC(ctx context.Context, k *managed.Key, v uint32, msg []byte) (*secret.Bytes, error) {
 	ctx, b, name, err := rb.resolve(ctx, k, v, "mac")
 	if err != nil {
 		return nil, err
 	}
 	m, ok := b.(backends.MACer)
 	if !ok {
-		return nil, errorf(ErrFailedPrecondition, "the backend of key %q has no HMAC", k.ID)
+		return nil, managed.Errorf(managed.ErrFailedPrecondition, "the backend of key %q has no HMAC", k.ID)
 	}
 	return m.MAC(ctx, name, k.BackendMACInput(v, msg))
 }

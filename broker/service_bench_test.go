@@ -3,6 +3,8 @@ package broker
 import (
 	"fmt"
 	"testing"
+
+	"github.com/keybroker/keybroker/managed"
 )
 
 // BenchmarkService measures the central tier's own cost per operation on a
@@ -41,6 +43,6 @@ func BenchmarkService(b *testing.B) {
 
 func newBenchEnv(b *testing.B) *env {
 	e := newEnv(b)
-	e.create(b, "bench", AES256GCM, ModeDerive, "", false)
+	e.create(b, "bench", managed.AES256GCM, managed.ModeDerive, "", false)
 	return e
 }

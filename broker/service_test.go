@@ -9,8 +9,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/keybroker/keybroker/internal/byid"
-	"github.com/keybroker/keybroker/managed"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +17,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/internal/byid"
+	"github.com/keybroker/keybroker/managed"
 
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/softkms"
@@ -66,13 +67,13 @@ type env struct {
 // testRootKeys declares the test backend's root keys, each in one role.
 // softkms:missing-root is declared but never created.
 var testRootKeys = []RootKey{
-	{URI: "softkms:prf-root", Role: RoleDerive},
-	{URI: "softkms:aes-root", Role: RoleWrap},
-	{URI: "softkms:hsm-aes-root", Role: RoleBackend, Types: []KeyType{AES256GCM}},
-	{URI: "softkms:ec-root", Role: RoleBackend, Types: []KeyType{ECDSAP256}},
-	{URI: "softkms:ed-root", Role: RoleBackend, Types: []KeyType{Ed25519}},
-	{URI: "softkms:mac-root", Role: RoleBackend, Types: []KeyType{HMACSHA256}},
-	{URI: "softkms:missing-root", Role: RoleDerive},
+	{URI: "softkms:prf-root", Role: managed.RoleDerive},
+	{URI: "softkms:aes-root", Role: managed.RoleWrap},
+	{URI: "softkms:hsm-aes-root", Role: managed.RoleBackend, Types: []managed.KeyType{managed.AES256GCM}},
+	{URI: "softkms:ec-root", Role: managed.RoleBackend, Types: []managed.KeyType{managed.ECDSAP256}},
+	{URI: "softkms:ed-root", Role: managed.RoleBackend, Types: []managed.KeyType{managed.Ed25519}},
+	{URI: "softkms:mac-root", Role: managed.RoleBackend, Types: []managed.KeyType{managed.HMACSHA256}},
+	{URI: "softkms:missing-root", Role: managed.RoleDerive},
 }
 
 func newEnv(t testing.TB) *env {
@@ -108,7 +109,7 @@ func newEnv(t testing.TB) *env {
 	c := &clock{t: time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)}
 	svc, err := NewService(ServiceConfig{
 		Registry: NewRegistry(st, c.Now), Roots: roots, Materials: NewMaterials(roots, 100, time.Hour, c.Now),
-		DefaultRoots: map[Mode]string{ModeDerive: "softkms:prf-root", ModeWrap: "softkms:aes-root"}, Now: c.Now,
+		DefaultRoots: map[managed.Mode]string{managed.ModeDerive: "softkms:prf-root", managed.ModeWrap: "softkms:aes-root"}, Now: c.Now,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +117,7 @@ func newEnv(t testing.TB) *env {
 	return &env{svc: svc, backend: cb, clock: c, roots: roots}
 }
 
-func (e *env) create(t testing.TB, id string, typ KeyType, mode Mode, root string, derived bool) *Key {
+func (e *env) create(t testing.TB, id string, typ managed.KeyType, mode managed.Mode, root string, derived bool) *managed.Key {
 	t.Helper()
 	k, err := e.svc.CreateKey(t.Context(), CreateParams{ID: id, Type: typ, Mode: mode, RootKey: root, Derived: derived, Labels: map[string]string{"app": "test"}})
 	if err != nil {
@@ -136,15 +137,15 @@ func TestEncryptDecryptEveryMode(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	for _, tc := range []struct {
-		mode    Mode
+		mode    managed.Mode
 		root    string
 		derived bool
 	}{
-		{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", false}, {ModeWrap, "", true}, {ModeBackend, "softkms:hsm-aes-root", false},
+		{managed.ModeDerive, "", false}, {managed.ModeDerive, "", true}, {managed.ModeWrap, "", false}, {managed.ModeWrap, "", true}, {managed.ModeBackend, "softkms:hsm-aes-root", false},
 	} {
 		t.Run(fmt.Sprintf("%s derived=%v", tc.mode, tc.derived), func(t *testing.T) {
 			id := fmt.Sprintf("aes-%s-%v", tc.mode, tc.derived)
-			e.create(t, id, AES256GCM, tc.mode, tc.root, tc.derived)
+			e.create(t, id, managed.AES256GCM, tc.mode, tc.root, tc.derived)
 			ectx := map[string]string{"tenant": "42"}
 			for _, pt := range [][]byte{nil, []byte("hello"), bytes.Repeat([]byte{7}, 100_000)} {
 				ct, k, err := e.byID().Encrypt(ctx, id, pt, ectx)
@@ -156,15 +157,15 @@ func TestEncryptDecryptEveryMode(t *testing.T) {
 					t.Fatalf("Decrypt = %d bytes v%d, %v", len(got), v, err)
 				}
 				_, _, _, err = e.byID().Decrypt(ctx, ct, map[string]string{"tenant": "43"}, "")
-				wantErr(t, "wrong context", err, ErrInvalidArgument)
+				wantErr(t, "wrong context", err, managed.ErrInvalidArgument)
 				_, _, _, err = e.byID().Decrypt(ctx, ct, nil, "")
-				wantErr(t, "missing context", err, ErrInvalidArgument)
+				wantErr(t, "missing context", err, managed.ErrInvalidArgument)
 				bad := bytes.Clone(ct)
 				bad[len(bad)-1] ^= 1
 				_, _, _, err = e.byID().Decrypt(ctx, bad, ectx, "")
-				wantErr(t, "tampered", err, ErrInvalidArgument)
+				wantErr(t, "tampered", err, managed.ErrInvalidArgument)
 				_, _, _, err = e.byID().Decrypt(ctx, ct, ectx, "other-key")
-				wantErr(t, "expected another key", err, ErrInvalidArgument)
+				wantErr(t, "expected another key", err, managed.ErrInvalidArgument)
 			}
 		})
 	}
@@ -173,20 +174,20 @@ func TestEncryptDecryptEveryMode(t *testing.T) {
 func TestForeignAndMalformedCiphertexts(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	e.create(t, "a", AES256GCM, ModeDerive, "", false)
-	e.create(t, "b", AES256GCM, ModeDerive, "", false)
+	e.create(t, "a", managed.AES256GCM, managed.ModeDerive, "", false)
+	e.create(t, "b", managed.AES256GCM, managed.ModeDerive, "", false)
 	ct, _, _ := e.byID().Encrypt(ctx, "a", []byte("secret"), nil)
 	// Relabel a's ciphertext as b's: b's material does not open a's DEK.
 	foreign := append([]byte{ct[0], ct[1]}, 'b')
 	foreign = append(foreign, ct[3:]...)
 	_, _, _, err := e.byID().Decrypt(ctx, foreign, nil, "")
-	wantErr(t, "relabelled ciphertext", err, ErrInvalidArgument)
+	wantErr(t, "relabelled ciphertext", err, managed.ErrInvalidArgument)
 	for _, in := range [][]byte{nil, {1}, ct[:20], append([]byte{9}, ct[1:]...)} {
 		_, _, _, err := e.byID().Decrypt(ctx, in, nil, "")
-		wantErr(t, fmt.Sprintf("malformed %x", in[:min(len(in), 4)]), err, ErrInvalidArgument)
+		wantErr(t, fmt.Sprintf("malformed %x", in[:min(len(in), 4)]), err, managed.ErrInvalidArgument)
 	}
 	// Unknown key in a well-formed ciphertext.
-	e.create(t, "gone", AES256GCM, ModeDerive, "", false)
+	e.create(t, "gone", managed.AES256GCM, managed.ModeDerive, "", false)
 	ct2, _, _ := e.byID().Encrypt(ctx, "gone", []byte("x"), nil)
 	e.svc.SetState(ctx, "gone", ScheduleDeletion(e.clock.Now(), 0))
 	e.clock.Advance(31 * 24 * time.Hour)
@@ -194,17 +195,17 @@ func TestForeignAndMalformedCiphertexts(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, _, err = e.byID().Decrypt(ctx, ct2, nil, "")
-	wantErr(t, "deleted key", err, ErrNotFound)
+	wantErr(t, "deleted key", err, managed.ErrNotFound)
 	_, _, err = e.byID().Encrypt(ctx, "never", []byte("x"), nil)
-	wantErr(t, "unknown key", err, ErrNotFound)
+	wantErr(t, "unknown key", err, managed.ErrNotFound)
 	_, _, err = e.byID().Encrypt(ctx, "a", make([]byte, managed.MaxPlaintext+1), nil)
-	wantErr(t, "oversized", err, ErrInvalidArgument)
+	wantErr(t, "oversized", err, managed.ErrInvalidArgument)
 }
 
 func TestRotationAndLifecycle(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	e.create(t, "k", AES256GCM, ModeWrap, "", false)
+	e.create(t, "k", managed.AES256GCM, managed.ModeWrap, "", false)
 	ct1, _, _ := e.byID().Encrypt(ctx, "k", []byte("v1 data"), nil)
 	k, err := e.svc.RotateKey(ctx, "k")
 	if err != nil || k.Primary != 2 {
@@ -222,19 +223,19 @@ func TestRotationAndLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, _, err = e.byID().Decrypt(ctx, ct1, nil, "")
-	wantErr(t, "below minimum version", err, ErrFailedPrecondition)
+	wantErr(t, "below minimum version", err, managed.ErrFailedPrecondition)
 	if _, _, _, err := e.byID().Decrypt(ctx, ct2, nil, ""); err != nil {
 		t.Errorf("v2 after raising the minimum: %v", err)
 	}
 	e.svc.SetState(ctx, "k", Disable)
 	_, _, err = e.byID().Encrypt(ctx, "k", []byte("x"), nil)
-	wantErr(t, "encrypt disabled", err, ErrFailedPrecondition)
+	wantErr(t, "encrypt disabled", err, managed.ErrFailedPrecondition)
 	_, _, _, err = e.byID().Decrypt(ctx, ct2, nil, "")
-	wantErr(t, "decrypt disabled", err, ErrFailedPrecondition)
+	wantErr(t, "decrypt disabled", err, managed.ErrFailedPrecondition)
 	e.svc.SetState(ctx, "k", Enable)
 	e.svc.SetState(ctx, "k", ScheduleDeletion(e.clock.Now(), 7*24*time.Hour))
 	_, _, _, err = e.byID().Decrypt(ctx, ct2, nil, "")
-	wantErr(t, "decrypt pending deletion", err, ErrFailedPrecondition)
+	wantErr(t, "decrypt pending deletion", err, managed.ErrFailedPrecondition)
 	e.svc.SetState(ctx, "k", CancelDeletion)
 	e.svc.SetState(ctx, "k", Enable)
 	if _, _, _, err := e.byID().Decrypt(ctx, ct2, nil, ""); err != nil {
@@ -246,12 +247,12 @@ func TestSignVerifyEveryMode(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	for _, tc := range []struct {
-		typ  KeyType
-		mode Mode
+		typ  managed.KeyType
+		mode managed.Mode
 		root string
 	}{
-		{ECDSAP256, ModeDerive, ""}, {ECDSAP256, ModeWrap, ""}, {ECDSAP256, ModeBackend, "softkms:ec-root"},
-		{Ed25519, ModeDerive, ""}, {Ed25519, ModeWrap, ""}, {Ed25519, ModeBackend, "softkms:ed-root"},
+		{managed.ECDSAP256, managed.ModeDerive, ""}, {managed.ECDSAP256, managed.ModeWrap, ""}, {managed.ECDSAP256, managed.ModeBackend, "softkms:ec-root"},
+		{managed.Ed25519, managed.ModeDerive, ""}, {managed.Ed25519, managed.ModeWrap, ""}, {managed.Ed25519, managed.ModeBackend, "softkms:ed-root"},
 	} {
 		t.Run(string(tc.typ)+" "+string(tc.mode), func(t *testing.T) {
 			id := "sig-" + string(tc.typ) + "-" + string(tc.mode)
@@ -284,17 +285,17 @@ func TestSignVerifyEveryMode(t *testing.T) {
 					t.Errorf("Sign(digest) = %v", err)
 				}
 				_, _, err = e.byID().Sign(ctx, id, d[:31], true)
-				wantErr(t, "short digest", err, ErrInvalidArgument)
+				wantErr(t, "short digest", err, managed.ErrInvalidArgument)
 			case ed25519.PublicKey:
 				if !ed25519.Verify(p, msg, sig) {
 					t.Error("stdlib Ed25519 verify fails")
 				}
 				_, _, err = e.byID().Sign(ctx, id, msg, true)
-				wantErr(t, "ed25519 digest", err, ErrInvalidArgument)
+				wantErr(t, "ed25519 digest", err, managed.ErrInvalidArgument)
 			default:
 				t.Fatalf("public key %T", pub)
 			}
-			if tc.mode != ModeBackend {
+			if tc.mode != managed.ModeBackend {
 				if _, err := e.svc.RotateKey(ctx, id); err != nil {
 					t.Fatal(err)
 				}
@@ -308,26 +309,26 @@ func TestSignVerifyEveryMode(t *testing.T) {
 				}
 			} else {
 				_, err := e.svc.RotateKey(ctx, id)
-				wantErr(t, "rotate backend signing key", err, ErrFailedPrecondition)
+				wantErr(t, "rotate backend signing key", err, managed.ErrFailedPrecondition)
 			}
 		})
 	}
 	_, _, err := e.byID().Sign(ctx, "aes-none", []byte("x"), false)
-	wantErr(t, "sign unknown", err, ErrNotFound)
-	e.create(t, "aes-k", AES256GCM, ModeDerive, "", false)
+	wantErr(t, "sign unknown", err, managed.ErrNotFound)
+	e.create(t, "aes-k", managed.AES256GCM, managed.ModeDerive, "", false)
 	_, _, err = e.byID().Sign(ctx, "aes-k", []byte("x"), false)
-	wantErr(t, "sign with aes", err, ErrInvalidArgument)
+	wantErr(t, "sign with aes", err, managed.ErrInvalidArgument)
 }
 
 func TestMACEveryMode(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	for _, tc := range []struct {
-		mode Mode
+		mode managed.Mode
 		root string
-	}{{ModeDerive, ""}, {ModeWrap, ""}, {ModeBackend, "softkms:mac-root"}} {
+	}{{managed.ModeDerive, ""}, {managed.ModeWrap, ""}, {managed.ModeBackend, "softkms:mac-root"}} {
 		id := "mac-" + string(tc.mode)
-		e.create(t, id, HMACSHA256, tc.mode, tc.root, false)
+		e.create(t, id, managed.HMACSHA256, tc.mode, tc.root, false)
 		tag, _, err := e.byID().GenerateMac(ctx, id, []byte("msg"))
 		if err != nil || len(tag) != 32 {
 			t.Fatalf("%s GenerateMac = %x, %v", tc.mode, tag, err)
@@ -345,12 +346,12 @@ func TestMACEveryMode(t *testing.T) {
 			t.Errorf("%s: a flipped tag verifies", tc.mode)
 		}
 		_, _, err = e.byID().GenerateMac(ctx, id, nil)
-		wantErr(t, "empty MAC message", err, ErrInvalidArgument)
+		wantErr(t, "empty MAC message", err, managed.ErrInvalidArgument)
 	}
 	_, err := e.svc.RotateKey(ctx, "mac-backend")
-	wantErr(t, "rotate a backend-mode MAC key", err, ErrFailedPrecondition)
+	wantErr(t, "rotate a backend-mode MAC key", err, managed.ErrFailedPrecondition)
 	_, _, err = e.byID().GenerateMac(ctx, "mac-backend", make([]byte, 5000))
-	wantErr(t, "backend MAC over 4 KiB", err, ErrInvalidArgument)
+	wantErr(t, "backend MAC over 4 KiB", err, managed.ErrInvalidArgument)
 	if _, _, err := e.byID().GenerateMac(ctx, "mac-derive", make([]byte, 5000)); err != nil {
 		t.Errorf("derive MAC of 5000 bytes: %v", err)
 	}
@@ -359,7 +360,7 @@ func TestMACEveryMode(t *testing.T) {
 func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	e.create(t, "hot", AES256GCM, ModeDerive, "", false)
+	e.create(t, "hot", managed.AES256GCM, managed.ModeDerive, "", false)
 	before := e.backend.calls.Load()
 	var cts [][]byte
 	for i := range 1000 {
@@ -382,7 +383,7 @@ func TestReuseAndCachesBoundBackendCalls(t *testing.T) {
 		t.Errorf("1000 encrypts and 1000 concurrent decrypts made %d backend calls, want 1 (one material derivation)", got)
 	}
 	// A backend-mode key costs one backend call per data key, not per message.
-	e.create(t, "hsm-only", AES256GCM, ModeBackend, "softkms:hsm-aes-root", false)
+	e.create(t, "hsm-only", managed.AES256GCM, managed.ModeBackend, "softkms:hsm-aes-root", false)
 	before = e.backend.calls.Load()
 	for i := range 500 {
 		if _, _, err := e.byID().Encrypt(ctx, "hsm-only", fmt.Appendf(nil, "m%d", i), nil); err != nil {
@@ -422,13 +423,13 @@ func TestGenerateDataKey(t *testing.T) {
 	ctx := t.Context()
 	ectx := map[string]string{"bucket": "photos"}
 	for i, tc := range []struct {
-		mode    Mode
+		mode    managed.Mode
 		root    string
 		derived bool
-	}{{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", true}, {ModeBackend, "softkms:hsm-aes-root", false}} {
+	}{{managed.ModeDerive, "", false}, {managed.ModeDerive, "", true}, {managed.ModeWrap, "", true}, {managed.ModeBackend, "softkms:hsm-aes-root", false}} {
 		id := fmt.Sprintf("dk-%d", i)
 		t.Run(fmt.Sprintf("%s derived=%v", tc.mode, tc.derived), func(t *testing.T) {
-			e.create(t, id, AES256GCM, tc.mode, tc.root, tc.derived)
+			e.create(t, id, managed.AES256GCM, tc.mode, tc.root, tc.derived)
 			dk, err := e.byID().GenerateDataKey(ctx, id, ectx, true)
 			if err != nil || dk.Plaintext.Len() != 32 || len(dk.Wrapped) < envelope.WrappedDEKLen {
 				t.Fatalf("GenerateDataKey = %+v, %v", dk, err)
@@ -454,12 +455,12 @@ func TestGenerateDataKey(t *testing.T) {
 			}
 			if tc.derived {
 				_, _, err := e.byID().DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped, map[string]string{"bucket": "other"})
-				wantErr(t, "DecryptDataKey with another context", err, ErrInvalidArgument)
+				wantErr(t, "DecryptDataKey with another context", err, managed.ErrInvalidArgument)
 			}
 			_, _, err = e.byID().DecryptDataKey(ctx, id, 9, dk.Wrapped, ectx)
-			wantErr(t, "DecryptDataKey of a version that does not exist", err, ErrNotFound)
+			wantErr(t, "DecryptDataKey of a version that does not exist", err, managed.ErrNotFound)
 			_, _, err = e.byID().DecryptDataKey(ctx, id, dk.Key.Primary, dk.Wrapped[:10], ectx)
-			wantErr(t, "DecryptDataKey of a short wrapped key", err, ErrInvalidArgument)
+			wantErr(t, "DecryptDataKey of a short wrapped key", err, managed.ErrInvalidArgument)
 			without, err := e.byID().GenerateDataKey(ctx, id, ectx, false)
 			if err != nil || without.Wrapped != nil {
 				t.Errorf("GenerateDataKey(wrapped=false) = %v, wrapped %x", err, without.Wrapped)
@@ -471,25 +472,25 @@ func TestGenerateDataKey(t *testing.T) {
 func TestCreateKeyErrors(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	e.create(t, "dup", AES256GCM, ModeDerive, "", false)
+	e.create(t, "dup", managed.AES256GCM, managed.ModeDerive, "", false)
 	for _, tc := range []struct {
 		name string
 		p    CreateParams
 		want error
 	}{
-		{"duplicate", CreateParams{ID: "dup", Type: AES256GCM, Mode: ModeDerive}, ErrAlreadyExists},
-		{"bad id", CreateParams{ID: "bad id", Type: AES256GCM, Mode: ModeDerive}, ErrInvalidArgument},
-		{"no default root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeBackend}, ErrInvalidArgument},
-		{"unconfigured root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "pkcs11:token=t;object=o"}, ErrInvalidArgument},
-		{"backend ecdsa on aes root", CreateParams{ID: "x", Type: ECDSAP256, Mode: ModeBackend, RootKey: "softkms:hsm-aes-root"}, ErrInvalidArgument},
-		{"derive on wrap root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:aes-root"}, ErrInvalidArgument},
-		{"undeclared root key", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:nope"}, ErrInvalidArgument},
-		{"missing root key", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:missing-root"}, backends.ErrNotFound},
+		{"duplicate", CreateParams{ID: "dup", Type: managed.AES256GCM, Mode: managed.ModeDerive}, managed.ErrAlreadyExists},
+		{"bad id", CreateParams{ID: "bad id", Type: managed.AES256GCM, Mode: managed.ModeDerive}, managed.ErrInvalidArgument},
+		{"no default root", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeBackend}, managed.ErrInvalidArgument},
+		{"unconfigured root", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeDerive, RootKey: "pkcs11:token=t;object=o"}, managed.ErrInvalidArgument},
+		{"backend ecdsa on aes root", CreateParams{ID: "x", Type: managed.ECDSAP256, Mode: managed.ModeBackend, RootKey: "softkms:hsm-aes-root"}, managed.ErrInvalidArgument},
+		{"derive on wrap root", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeDerive, RootKey: "softkms:aes-root"}, managed.ErrInvalidArgument},
+		{"undeclared root key", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeDerive, RootKey: "softkms:nope"}, managed.ErrInvalidArgument},
+		{"missing root key", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeDerive, RootKey: "softkms:missing-root"}, backends.ErrNotFound},
 	} {
 		_, err := e.svc.CreateKey(ctx, tc.p)
 		wantErr(t, tc.name, err, tc.want)
 	}
-	if _, err := e.svc.Registry().Get(ctx, "x"); !errors.Is(err, ErrNotFound) {
+	if _, err := e.svc.Registry().Get(ctx, "x"); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("a failed CreateKey left a key behind: %v", err)
 	}
 }
@@ -498,7 +499,7 @@ func TestListKeysAndSweep(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	for i := range 25 {
-		k, err := e.svc.CreateKey(ctx, CreateParams{ID: fmt.Sprintf("k%02d", i), Type: AES256GCM, Mode: ModeDerive,
+		k, err := e.svc.CreateKey(ctx, CreateParams{ID: fmt.Sprintf("k%02d", i), Type: managed.AES256GCM, Mode: managed.ModeDerive,
 			Labels: map[string]string{"team": []string{"a", "b"}[i%2]}, RotationPeriod: 48 * time.Hour})
 		if err != nil || k.NextRotation.IsZero() {
 			t.Fatal(err)
@@ -540,23 +541,23 @@ func TestGenerateRandom(t *testing.T) {
 		t.Errorf("GenerateRandom = %d bytes, %v", len(b), err)
 	}
 	_, err = e.svc.GenerateRandom(t.Context(), 0)
-	wantErr(t, "zero length", err, ErrInvalidArgument)
+	wantErr(t, "zero length", err, managed.ErrInvalidArgument)
 }
 
 func TestPlacement(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	k, err := e.svc.CreateKey(ctx, CreateParams{ID: "eu-only", Type: AES256GCM, Mode: ModeDerive, Placement: `principal.region == "eu"`})
+	k, err := e.svc.CreateKey(ctx, CreateParams{ID: "eu-only", Type: managed.AES256GCM, Mode: managed.ModeDerive, Placement: `principal.region == "eu"`})
 	if err != nil || k.Placement != `principal.region == "eu"` {
 		t.Fatalf("CreateKey with placement = %+v, %v", k, err)
 	}
-	_, err = e.svc.CreateKey(ctx, CreateParams{ID: "bad", Type: AES256GCM, Mode: ModeDerive, Placement: `principal.regoin == "eu"`})
-	wantErr(t, "misspelt placement", err, ErrInvalidArgument)
-	_, err = e.svc.CreateKey(ctx, CreateParams{ID: "evil", Type: AES256GCM, Mode: ModeDerive, Placement: `true }; permit (principal, action, resource) when { true`})
-	wantErr(t, "placement that injects a policy", err, ErrInvalidArgument)
+	_, err = e.svc.CreateKey(ctx, CreateParams{ID: "bad", Type: managed.AES256GCM, Mode: managed.ModeDerive, Placement: `principal.regoin == "eu"`})
+	wantErr(t, "misspelt placement", err, managed.ErrInvalidArgument)
+	_, err = e.svc.CreateKey(ctx, CreateParams{ID: "evil", Type: managed.AES256GCM, Mode: managed.ModeDerive, Placement: `true }; permit (principal, action, resource) when { true`})
+	wantErr(t, "placement that injects a policy", err, managed.ErrInvalidArgument)
 	bad := `principal.nope`
 	_, err = e.svc.UpdateKey(ctx, UpdateParams{ID: "eu-only", Placement: &bad})
-	wantErr(t, "update to a bad placement", err, ErrInvalidArgument)
+	wantErr(t, "update to a bad placement", err, managed.ErrInvalidArgument)
 	none := ""
 	k, err = e.svc.UpdateKey(ctx, UpdateParams{ID: "eu-only", Placement: &none})
 	if err != nil || k.Placement != "" {
@@ -570,12 +571,12 @@ func TestPlacement(t *testing.T) {
 func TestSweepAuditsFirst(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	e.create(t, "doomed", AES256GCM, ModeDerive, "", false)
+	e.create(t, "doomed", managed.AES256GCM, managed.ModeDerive, "", false)
 	if _, err := e.svc.SetState(ctx, "doomed", ScheduleDeletion(e.clock.Now(), 0)); err != nil {
 		t.Fatal(err)
 	}
 	p := 24 * time.Hour
-	e.create(t, "turning", AES256GCM, ModeDerive, "", false)
+	e.create(t, "turning", managed.AES256GCM, managed.ModeDerive, "", false)
 	if _, err := e.svc.UpdateKey(ctx, UpdateParams{ID: "turning", RotationPeriod: &p}); err != nil {
 		t.Fatal(err)
 	}
@@ -590,7 +591,7 @@ func TestSweepAuditsFirst(t *testing.T) {
 	if !errors.Is(err, auditDown) || len(rotated) != 0 || len(deleted) != 0 {
 		t.Errorf("Sweep with the audit down = %v, %v, %v; want nothing done and the audit error", rotated, deleted, err)
 	}
-	if k, err := e.svc.Registry().Get(ctx, "doomed"); err != nil || k.State != StatePendingDeletion {
+	if k, err := e.svc.Registry().Get(ctx, "doomed"); err != nil || k.State != managed.StatePendingDeletion {
 		t.Fatalf("after an unaudited sweep the key is %v, %v; want it still pending deletion", k, err)
 	}
 	if k, _ := e.svc.Registry().Get(ctx, "turning"); k.Primary != 1 {
@@ -622,7 +623,7 @@ func TestSweepAuditsFirst(t *testing.T) {
 	if want := []string{"DeleteKey doomed", "RotateKey turning"}; !slices.Equal(calls, want) {
 		t.Errorf("recorded %v, want %v", calls, want)
 	}
-	if _, err := e.svc.Registry().Get(ctx, "doomed"); !errors.Is(err, ErrNotFound) {
+	if _, err := e.svc.Registry().Get(ctx, "doomed"); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("doomed after the audited sweep: %v, want not found", err)
 	}
 }

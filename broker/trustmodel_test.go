@@ -5,10 +5,11 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
-	"github.com/keybroker/keybroker/internal/byid"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/keybroker/keybroker/internal/byid"
 
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/envelope"
@@ -24,10 +25,10 @@ import (
 func TestBackendMACOnDeriveRootRefused(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	victim := e.create(t, "victim", HMACSHA256, ModeDerive, "", false)
+	victim := e.create(t, "victim", managed.HMACSHA256, managed.ModeDerive, "", false)
 
-	_, err := e.svc.CreateKey(ctx, CreateParams{ID: "evil", Type: HMACSHA256, Mode: ModeBackend, RootKey: "softkms:prf-root"})
-	wantErr(t, "backend hmac on the derive root", err, ErrInvalidArgument)
+	_, err := e.svc.CreateKey(ctx, CreateParams{ID: "evil", Type: managed.HMACSHA256, Mode: managed.ModeBackend, RootKey: "softkms:prf-root"})
+	wantErr(t, "backend hmac on the derive root", err, managed.ErrInvalidArgument)
 	if err == nil || !bytes.Contains([]byte(err.Error()), []byte(`"softkms:prf-root" is declared with role derive`)) {
 		t.Errorf("CreateKey error %v does not name the root and its role", err)
 	}
@@ -35,25 +36,25 @@ func TestBackendMACOnDeriveRootRefused(t *testing.T) {
 		name string
 		p    CreateParams
 	}{
-		{"derive on the wrap root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:aes-root"}},
-		{"wrap on the derive root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeWrap, RootKey: "softkms:prf-root"}},
-		{"derive on a backend root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:mac-root"}},
-		{"backend root of other types", CreateParams{ID: "x", Type: HMACSHA256, Mode: ModeBackend, RootKey: "softkms:ec-root"}},
-		{"undeclared root", CreateParams{ID: "x", Type: AES256GCM, Mode: ModeDerive, RootKey: "softkms:undeclared"}},
+		{"derive on the wrap root", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeDerive, RootKey: "softkms:aes-root"}},
+		{"wrap on the derive root", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeWrap, RootKey: "softkms:prf-root"}},
+		{"derive on a backend root", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeDerive, RootKey: "softkms:mac-root"}},
+		{"backend root of other types", CreateParams{ID: "x", Type: managed.HMACSHA256, Mode: managed.ModeBackend, RootKey: "softkms:ec-root"}},
+		{"undeclared root", CreateParams{ID: "x", Type: managed.AES256GCM, Mode: managed.ModeDerive, RootKey: "softkms:undeclared"}},
 	} {
 		_, err := e.svc.CreateKey(ctx, tc.p)
-		wantErr(t, tc.name, err, ErrInvalidArgument)
+		wantErr(t, tc.name, err, managed.ErrInvalidArgument)
 	}
 
 	// A key made before roles, on the derive root, straight into the
 	// registry: its operations are refused now.
-	old := &Key{ID: "old-evil", Type: HMACSHA256, Mode: ModeBackend, State: StateEnabled, Primary: 1,
-		Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
+	old := &managed.Key{ID: "old-evil", Type: managed.HMACSHA256, Mode: managed.ModeBackend, State: managed.StateEnabled, Primary: 1,
+		Versions: []managed.Version{{Version: 1, RootKey: "softkms:prf-root"}}}
 	if _, err := e.svc.Registry().Create(ctx, old); err != nil {
 		t.Fatal(err)
 	}
 	tag, _, err := e.byID().GenerateMac(ctx, "old-evil", DeriveInput(victim, 1))
-	wantErr(t, "backend-mode MAC on the derive root", err, ErrFailedPrecondition)
+	wantErr(t, "backend-mode MAC on the derive root", err, managed.ErrFailedPrecondition)
 	if tag != nil {
 		t.Errorf("GenerateMac on the derive root returned %x", tag)
 	}
@@ -68,7 +69,7 @@ func TestBackendMACOnDeriveRootRefused(t *testing.T) {
 func TestBackendMACDomainSeparated(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	victim := e.create(t, "victim", HMACSHA256, ModeDerive, "", false)
+	victim := e.create(t, "victim", managed.HMACSHA256, managed.ModeDerive, "", false)
 	material, err := e.backend.MAC(ctx, "prf-root", DeriveInput(victim, 1))
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +88,7 @@ func TestBackendMACDomainSeparated(t *testing.T) {
 	rb := &rootBackend{roots: undeclared}
 	inputs := [][]byte{DeriveInput(victim, 1), managed.VersionInput("keybroker/v1/material", "victim", 1)}
 	for _, salt := range [][]byte{managed.NewSalt(), victim.Salt} {
-		evil := &Key{ID: "evil", Type: HMACSHA256, Mode: ModeBackend, Salt: salt, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
+		evil := &managed.Key{ID: "evil", Type: managed.HMACSHA256, Mode: managed.ModeBackend, Salt: salt, Versions: []managed.Version{{Version: 1, RootKey: "softkms:prf-root"}}}
 		for _, in := range inputs {
 			got, err := rb.MAC(ctx, evil, 1, in)
 			if err != nil {
@@ -98,7 +99,7 @@ func TestBackendMACDomainSeparated(t *testing.T) {
 			}
 		}
 	}
-	legacy := &Key{ID: "evil", Type: HMACSHA256, Mode: ModeBackend, Versions: []Version{{Version: 1, RootKey: "softkms:prf-root"}}}
+	legacy := &managed.Key{ID: "evil", Type: managed.HMACSHA256, Mode: managed.ModeBackend, Versions: []managed.Version{{Version: 1, RootKey: "softkms:prf-root"}}}
 	got, err := rb.MAC(ctx, legacy, 1, DeriveInput(victim, 1))
 	if err != nil || !got.Equal(material) {
 		t.Errorf("a legacy backend-mode MAC is no longer the root's HMAC of the message (%v)", err)
@@ -115,10 +116,10 @@ func hmacOf(key *secret.Bytes, msg []byte) []byte {
 // the injected clock.
 func (e *env) sweepAway(t *testing.T, id string) {
 	t.Helper()
-	if _, err := e.svc.ScheduleDeletion(t.Context(), id, MinPendingWindow); err != nil {
+	if _, err := e.svc.ScheduleDeletion(t.Context(), id, managed.MinPendingWindow); err != nil {
 		t.Fatal(err)
 	}
-	e.clock.Advance(MinPendingWindow + time.Hour)
+	e.clock.Advance(managed.MinPendingWindow + time.Hour)
 	if _, deleted, err := e.svc.Sweep(t.Context(), nil); err != nil || len(deleted) != 1 || deleted[0] != id {
 		t.Fatalf("Sweep deleted %v, %v; want [%s]", deleted, err, id)
 	}
@@ -132,15 +133,15 @@ func TestRecreatedKeyStaysDead(t *testing.T) {
 	ctx := t.Context()
 	ectx := map[string]string{"tenant": "7"}
 	for _, tc := range []struct {
-		mode    Mode
+		mode    managed.Mode
 		root    string
 		derived bool
 	}{
-		{ModeDerive, "", false}, {ModeDerive, "", true}, {ModeWrap, "", false}, {ModeBackend, "softkms:hsm-aes-root", false},
+		{managed.ModeDerive, "", false}, {managed.ModeDerive, "", true}, {managed.ModeWrap, "", false}, {managed.ModeBackend, "softkms:hsm-aes-root", false},
 	} {
 		t.Run(string(tc.mode), func(t *testing.T) {
 			e := newEnv(t)
-			e.create(t, "k", AES256GCM, tc.mode, tc.root, tc.derived)
+			e.create(t, "k", managed.AES256GCM, tc.mode, tc.root, tc.derived)
 			ct, _, err := e.byID().Encrypt(ctx, "k", []byte("old secret"), ectx)
 			if err != nil {
 				t.Fatal(err)
@@ -152,7 +153,7 @@ func TestRecreatedKeyStaysDead(t *testing.T) {
 			oldHeader, _, _ := envelope.ParseHeader(ct)
 			e.sweepAway(t, "k")
 
-			e.create(t, "k", AES256GCM, tc.mode, tc.root, tc.derived)
+			e.create(t, "k", managed.AES256GCM, tc.mode, tc.root, tc.derived)
 			if pt, _, _, err := e.byID().Decrypt(ctx, ct, ectx, ""); err == nil {
 				t.Errorf("the re-created key opened the old ciphertext: %q", pt)
 			}
@@ -177,14 +178,14 @@ func TestRecreatedKeyStaysDead(t *testing.T) {
 	}
 	t.Run("signing and MAC", func(t *testing.T) {
 		e := newEnv(t)
-		e.create(t, "sig", ECDSAP256, ModeDerive, "", false)
-		e.create(t, "mac", HMACSHA256, ModeDerive, "", false)
+		e.create(t, "sig", managed.ECDSAP256, managed.ModeDerive, "", false)
+		e.create(t, "mac", managed.HMACSHA256, managed.ModeDerive, "", false)
 		pub, _, _, _ := e.byID().PublicKey(ctx, "sig", 0)
 		tag, _, _ := e.byID().GenerateMac(ctx, "mac", []byte("m"))
 		e.sweepAway(t, "sig")
 		e.sweepAway(t, "mac")
-		e.create(t, "sig", ECDSAP256, ModeDerive, "", false)
-		e.create(t, "mac", HMACSHA256, ModeDerive, "", false)
+		e.create(t, "sig", managed.ECDSAP256, managed.ModeDerive, "", false)
+		e.create(t, "mac", managed.HMACSHA256, managed.ModeDerive, "", false)
 		pub2, _, _, _ := e.byID().PublicKey(ctx, "sig", 0)
 		tag2, _, _ := e.byID().GenerateMac(ctx, "mac", []byte("m"))
 		if bytes.Equal(pub, pub2) {
@@ -206,7 +207,7 @@ func TestRecreatedKeyStaysDead(t *testing.T) {
 func TestRecreatedKeyMissesWarmCaches(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	old := e.create(t, "k", AES256GCM, ModeDerive, "", false)
+	old := e.create(t, "k", managed.AES256GCM, managed.ModeDerive, "", false)
 	ct, _, err := e.byID().Encrypt(ctx, "k", []byte("old"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -222,7 +223,7 @@ func TestRecreatedKeyMissesWarmCaches(t *testing.T) {
 	if err := e.svc.Registry().Delete(ctx, old); err != nil {
 		t.Fatal(err)
 	}
-	created := e.create(t, "k", AES256GCM, ModeDerive, "", false)
+	created := e.create(t, "k", managed.AES256GCM, managed.ModeDerive, "", false)
 	m, err := e.svc.mat.Get(ctx, created, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -258,12 +259,12 @@ func TestSharedRootDistinctMaterial(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Close() })
 	other, err := NewService(ServiceConfig{Registry: NewRegistry(st, e.clock.Now), Roots: e.roots,
-		Materials: NewMaterials(e.roots, 100, time.Hour, e.clock.Now), DefaultRoots: map[Mode]string{ModeDerive: "softkms:prf-root"}, Now: e.clock.Now})
+		Materials: NewMaterials(e.roots, 100, time.Hour, e.clock.Now), DefaultRoots: map[managed.Mode]string{managed.ModeDerive: "softkms:prf-root"}, Now: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []*Service{e.svc, other} {
-		if _, err := s.CreateKey(ctx, CreateParams{ID: "same", Type: ECDSAP256, Mode: ModeDerive}); err != nil {
+		if _, err := s.CreateKey(ctx, CreateParams{ID: "same", Type: managed.ECDSAP256, Mode: managed.ModeDerive}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -280,9 +281,9 @@ func TestSharedRootDistinctMaterial(t *testing.T) {
 func TestLegacyKeysKeepTheirInputs(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	put := func(id string, typ KeyType, mode Mode, root string, wrapped []byte) *Key {
-		k := &Key{ID: id, Type: typ, Mode: mode, State: StateEnabled, Primary: 1,
-			Versions: []Version{{Version: 1, RootKey: root, Wrapped: wrapped}}}
+	put := func(id string, typ managed.KeyType, mode managed.Mode, root string, wrapped []byte) *managed.Key {
+		k := &managed.Key{ID: id, Type: typ, Mode: mode, State: managed.StateEnabled, Primary: 1,
+			Versions: []managed.Version{{Version: 1, RootKey: root, Wrapped: wrapped}}}
 		k, err := e.svc.Registry().Create(ctx, k)
 		if err != nil {
 			t.Fatal(err)
@@ -302,7 +303,7 @@ func TestLegacyKeysKeepTheirInputs(t *testing.T) {
 	}
 
 	// Derive mode: material = HMAC(root, "keybroker/v1/material" ‖ 0 ‖ id ‖ 0 ‖ v).
-	put("legacy-derive", AES256GCM, ModeDerive, "softkms:prf-root", nil)
+	put("legacy-derive", managed.AES256GCM, managed.ModeDerive, "softkms:prf-root", nil)
 	m, err := e.backend.MAC(ctx, "prf-root", managed.VersionInput("keybroker/v1/material", "legacy-derive", 1))
 	if err != nil {
 		t.Fatal(err)
@@ -315,11 +316,11 @@ func TestLegacyKeysKeepTheirInputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put("legacy-wrap", AES256GCM, ModeWrap, "softkms:aes-root", w)
+	put("legacy-wrap", managed.AES256GCM, managed.ModeWrap, "softkms:aes-root", w)
 	cts = append(cts, seal(envelope.GenerateDataKey(secret.New(raw), "legacy-wrap", 1)))
 
 	// Backend mode: the data key wrapped with AAD "keybroker/v1/backend-dek" ‖ 0 ‖ id ‖ 0 ‖ v.
-	put("legacy-backend", AES256GCM, ModeBackend, "softkms:hsm-aes-root", nil)
+	put("legacy-backend", managed.AES256GCM, managed.ModeBackend, "softkms:hsm-aes-root", nil)
 	dek := bytes.Repeat([]byte{6}, 32)
 	wd, err := e.backend.Encrypt(ctx, "hsm-aes-root", dek, managed.VersionInput("keybroker/v1/backend-dek", "legacy-backend", 1))
 	if err != nil {
@@ -343,13 +344,13 @@ func TestLegacyKeysKeepTheirInputs(t *testing.T) {
 	}
 
 	// Backend-mode MAC: the root's HMAC of the message itself.
-	put("legacy-mac", HMACSHA256, ModeBackend, "softkms:mac-root", nil)
+	put("legacy-mac", managed.HMACSHA256, managed.ModeBackend, "softkms:mac-root", nil)
 	tag, _, err := e.byID().GenerateMac(ctx, "legacy-mac", []byte("msg"))
 	want, err2 := e.backend.MAC(ctx, "mac-root", []byte("msg"))
 	if err != nil || err2 != nil || !hmac.Equal(tag, want.Reveal()) {
 		t.Errorf("legacy backend-mode MAC = %x, %v; want the root's HMAC of the message (%v)", tag, err, err2)
 	}
-	if errors.Is(err, ErrFailedPrecondition) {
+	if errors.Is(err, managed.ErrFailedPrecondition) {
 		t.Error("a legacy key on a declared backend root was refused")
 	}
 }
@@ -365,11 +366,11 @@ func TestDeclareRootKeys(t *testing.T) {
 		keys []RootKey
 		want string
 	}{
-		{"two roles", []RootKey{{URI: "softkms:prf-root", Role: RoleDerive}, {URI: "softkms:prf-root", Role: RoleBackend}}, "declared twice"},
-		{"two spellings", []RootKey{{URI: "softkms:prf-root", Role: RoleDerive}, {URI: full, Role: RoleDerive}}, "declared twice"},
+		{"two roles", []RootKey{{URI: "softkms:prf-root", Role: managed.RoleDerive}, {URI: "softkms:prf-root", Role: managed.RoleBackend}}, "declared twice"},
+		{"two spellings", []RootKey{{URI: "softkms:prf-root", Role: managed.RoleDerive}, {URI: full, Role: managed.RoleDerive}}, "declared twice"},
 		{"unknown role", []RootKey{{URI: "softkms:prf-root", Role: "prf"}}, `role "prf"`},
-		{"unknown type", []RootKey{{URI: "softkms:ec-root", Role: RoleBackend, Types: []KeyType{"rsa"}}}, `type "rsa"`},
-		{"no backend holds it", []RootKey{{URI: "pkcs11:token=t;object=o", Role: RoleDerive}}, "no configured backend"},
+		{"unknown type", []RootKey{{URI: "softkms:ec-root", Role: managed.RoleBackend, Types: []managed.KeyType{"rsa"}}}, `type "rsa"`},
+		{"no backend holds it", []RootKey{{URI: "pkcs11:token=t;object=o", Role: managed.RoleDerive}}, "no configured backend"},
 	} {
 		err := e.roots.Declare(tc.keys)
 		if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {

@@ -61,6 +61,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
 	"github.com/keybroker/keybroker/internal/node"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
 )
@@ -139,7 +140,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	for _, rk := range cfg.DeclaredRootKeys() {
 		d := broker.RootKey{URI: rk.URI, Role: rk.Role}
 		for _, t := range rk.Types {
-			d.Types = append(d.Types, broker.KeyType(t))
+			d.Types = append(d.Types, managed.KeyType(t))
 		}
 		declared = append(declared, d)
 	}
@@ -160,8 +161,8 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if n.store, err = store.Open(filepath.Join(cfg.DataDir, "registry.db"), 0); err != nil {
 		return nil, err
 	}
-	defaults := map[broker.Mode]string{}
-	for mode, uri := range map[broker.Mode]string{broker.ModeDerive: cfg.DefaultRootKeys.Derive, broker.ModeWrap: cfg.DefaultRootKeys.Wrap, broker.ModeBackend: cfg.DefaultRootKeys.Backend} {
+	defaults := map[managed.Mode]string{}
+	for mode, uri := range map[managed.Mode]string{managed.ModeDerive: cfg.DefaultRootKeys.Derive, managed.ModeWrap: cfg.DefaultRootKeys.Wrap, managed.ModeBackend: cfg.DefaultRootKeys.Backend} {
 		if uri != "" {
 			defaults[mode] = uri
 		}

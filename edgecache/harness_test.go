@@ -121,13 +121,13 @@ func startCentral(t *testing.T) *central {
 	roots, err := broker.NewRoots(map[string]backends.Backend{"soft": sb}, map[string]string{"soft": "softkms:path=" + ks + ";kek-source=" + kek})
 	must(t, "roots", err)
 	must(t, "declaring root keys", roots.Declare([]broker.RootKey{
-		{URI: "softkms:prf", Role: broker.RoleDerive}, {URI: "softkms:aes", Role: broker.RoleWrap}, {URI: "softkms:hsm-aes", Role: broker.RoleBackend}}))
+		{URI: "softkms:prf", Role: managed.RoleDerive}, {URI: "softkms:aes", Role: managed.RoleWrap}, {URI: "softkms:hsm-aes", Role: managed.RoleBackend}}))
 	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
 	must(t, "store", err)
 	clk := &skewClock{}
 	svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(st, clk.Now), Roots: roots, Now: clk.Now,
 		Materials:    broker.NewMaterials(roots, 100, time.Hour, nil),
-		DefaultRoots: map[broker.Mode]string{broker.ModeDerive: "softkms:prf", broker.ModeWrap: "softkms:aes"}})
+		DefaultRoots: map[managed.Mode]string{managed.ModeDerive: "softkms:prf", managed.ModeWrap: "softkms:aes"}})
 	must(t, "service", err)
 	polFile := filepath.Join(dir, "policy.cedar")
 	must(t, "writing the policy", os.WriteFile(polFile, []byte(testPolicy), 0o600))

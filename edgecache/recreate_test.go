@@ -8,7 +8,6 @@ import (
 	"github.com/keybroker/keybroker/internal/wire"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
-	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
 )
@@ -48,10 +47,10 @@ func TestRecreatedKeyStaysDeadAtTheEdge(t *testing.T) {
 					t.Fatalf("the edge does not open central's ciphertext before deletion: %v", err)
 				}
 
-				_, err = c.svc.ScheduleDeletion(ctx, k.KeyId, broker.MinPendingWindow)
+				_, err = c.svc.ScheduleDeletion(ctx, k.KeyId, managed.MinPendingWindow)
 				must(t, "ScheduleDeletion", err)
 			}
-			c.clock.Add(broker.MinPendingWindow + time.Hour)
+			c.clock.Add(managed.MinPendingWindow + time.Hour)
 			_, deleted, err := c.svc.Sweep(ctx, nil)
 			if err != nil || len(deleted) != len(keys) {
 				t.Fatalf("Sweep deleted %v, %v", deleted, err)

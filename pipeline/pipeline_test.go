@@ -132,7 +132,7 @@ func newService(t *testing.T) *broker.Service {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { roots.Close() })
-	if err := roots.Declare([]broker.RootKey{{URI: "softkms:prf", Role: broker.RoleDerive}}); err != nil {
+	if err := roots.Declare([]broker.RootKey{{URI: "softkms:prf", Role: managed.RoleDerive}}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
@@ -141,7 +141,7 @@ func newService(t *testing.T) *broker.Service {
 	}
 	t.Cleanup(func() { st.Close() })
 	svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(st, nil), Roots: roots,
-		Materials: broker.NewMaterials(roots, 100, time.Hour, nil), DefaultRoots: map[broker.Mode]string{broker.ModeDerive: "softkms:prf"}})
+		Materials: broker.NewMaterials(roots, 100, time.Hour, nil), DefaultRoots: map[managed.Mode]string{managed.ModeDerive: "softkms:prf"}})
 	if err != nil {
 		t.Fatal(err)
 	}

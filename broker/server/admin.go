@@ -6,6 +6,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/wire"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
@@ -62,8 +63,8 @@ func (a *keyAdmin) CreateKey(ctx context.Context, r *kbv1.CreateKeyRequest) (*kb
 }
 
 // adminOp runs a key-changing admin operation.
-func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run func(context.Context, *pipeline.Call) (*broker.Key, error)) (*kbv1.KeyMetadata, error) {
-	return rpc.KeyCall(ctx, a.s.Server, op, id, func(ctx context.Context, c *pipeline.Call, _ *broker.Key) (*kbv1.KeyMetadata, error) {
+func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run func(context.Context, *pipeline.Call) (*managed.Key, error)) (*kbv1.KeyMetadata, error) {
+	return rpc.KeyCall(ctx, a.s.Server, op, id, func(ctx context.Context, c *pipeline.Call, _ *managed.Key) (*kbv1.KeyMetadata, error) {
 		k, err := run(ctx, c)
 		if err != nil {
 			return nil, err
@@ -74,13 +75,13 @@ func (a *keyAdmin) adminOp(ctx context.Context, op policy.Action, id string, run
 }
 
 func (a *keyAdmin) RotateKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.RotateKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.RotateKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*managed.Key, error) {
 		return a.s.svc.RotateKey(tctx, r.GetKeyId())
 	})
 }
 
 func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.UpdateKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.UpdateKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*managed.Key, error) {
 		p := broker.UpdateParams{ID: r.GetKeyId(), ExpectedRevision: r.GetExpectedRevision(), Labels: r.GetLabels(),
 			ReplaceLabels: r.GetReplaceLabels(), Description: r.Description, MinDecryptionVersion: r.MinDecryptionVersion,
 			Placement: r.Placement}
@@ -88,9 +89,9 @@ func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kb
 		// it will be: otherwise an admin confined to some labels could
 		// relabel a key out of, or into, another team's reach. Both are
 		// asked inside the compare-and-swap, on the record written.
-		p.Authorize = func(before, after *broker.Key) error {
+		p.Authorize = func(before, after *managed.Key) error {
 			set := a.s.policy.Current()
-			for _, k := range []*broker.Key{before, after} {
+			for _, k := range []*managed.Key{before, after} {
 				if err := c.Decide(set.AuthorizeKey(c.Principal(), policy.UpdateKey, k.PolicyKey())); err != nil {
 					return err
 				}
@@ -106,26 +107,26 @@ func (a *keyAdmin) UpdateKey(ctx context.Context, r *kbv1.UpdateKeyRequest) (*kb
 }
 
 func (a *keyAdmin) DisableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.DisableKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.DisableKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*managed.Key, error) {
 		return a.s.svc.SetState(tctx, r.GetKeyId(), broker.Disable)
 	})
 }
 
 func (a *keyAdmin) EnableKey(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.EnableKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.EnableKey, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*managed.Key, error) {
 		return a.s.svc.SetState(tctx, r.GetKeyId(), broker.Enable)
 	})
 }
 
 func (a *keyAdmin) ScheduleKeyDeletion(ctx context.Context, r *kbv1.ScheduleKeyDeletionRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.ScheduleKeyDeletion, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*managed.Key, error) {
 		// An unset window is zero: the default 30 days.
 		return a.s.svc.ScheduleDeletion(tctx, r.GetKeyId(), r.GetPendingWindow().AsDuration())
 	})
 }
 
 func (a *keyAdmin) CancelKeyDeletion(ctx context.Context, r *kbv1.KeyRequest) (*kbv1.KeyMetadata, error) {
-	return a.adminOp(ctx, policy.CancelKeyDeletion, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*broker.Key, error) {
+	return a.adminOp(ctx, policy.CancelKeyDeletion, r.GetKeyId(), func(tctx context.Context, c *pipeline.Call) (*managed.Key, error) {
 		return a.s.svc.SetState(tctx, r.GetKeyId(), broker.CancelDeletion)
 	})
 }

@@ -45,7 +45,7 @@ func (e *edgeSync) Register(ctx context.Context, r *kbv1.RegisterEdgeRequest) (*
 	n, err := e.s.svc.Registry().RegisterNode(ctx, broker.Registration{
 		ID: c.Who().Name, Address: r.GetAddress(), SealingKey: r.GetSealingPublicKey(), Prefetch: r.GetPrefetch(),
 	})
-	if errors.Is(err, broker.ErrPermissionDenied) {
+	if errors.Is(err, managed.ErrPermissionDenied) {
 		c.Deny("not-enrolled")
 		return nil, e.s.End(tctx, c, notEnrolled(c.Who().Name, "is not enrolled"))
 	}
@@ -311,7 +311,7 @@ func (e *edgeSync) Acknowledge(ctx context.Context, r *kbv1.AcknowledgeRequest) 
 // lookupKey loads a key and its Cedar resource. An unknown key comes back
 // nil with the resource of a key with no labels, so that the policy, not
 // the registry, decides what the caller learns.
-func (e *edgeSync) lookupKey(ctx context.Context, id string) (*broker.Key, policy.Key, error) {
+func (e *edgeSync) lookupKey(ctx context.Context, id string) (*managed.Key, policy.Key, error) {
 	k, err := e.s.svc.Get(ctx, id)
 	switch {
 	case err == nil:

@@ -15,6 +15,7 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/internal/wire"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/pipeline"
 	"github.com/keybroker/keybroker/policy"
 )
@@ -128,7 +129,7 @@ func (s *Server) nodeProto(n *broker.Node) *kbv1.Node {
 func enrolledEdge(ctx context.Context, s *Server, c *pipeline.Call) (*broker.Node, error) {
 	n, err := s.svc.Registry().Node(ctx, c.Who().Name)
 	switch {
-	case err != nil && !errors.Is(err, broker.ErrNotFound):
+	case err != nil && !errors.Is(err, managed.ErrNotFound):
 		return nil, err
 	case err != nil || !n.Enrolled:
 		c.Deny("not-enrolled")

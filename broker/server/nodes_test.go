@@ -16,6 +16,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/wire"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -436,7 +437,7 @@ func TestWatchWithholdsMaterialWhenAuditFails(t *testing.T) {
 	e.audit.Close() // the log can no longer be written
 	// A key made past the audited API (the registry's own), so the
 	// change reaches the stream while the log is down.
-	if _, err := e.svc.CreateKey(ctx, broker.CreateParams{ID: "k", Type: broker.AES256GCM, Mode: broker.ModeDerive, Placement: "true"}); err != nil {
+	if _, err := e.svc.CreateKey(ctx, broker.CreateParams{ID: "k", Type: managed.AES256GCM, Mode: managed.ModeDerive, Placement: "true"}); err != nil {
 		t.Fatal(err)
 	}
 	for {

@@ -106,9 +106,9 @@ func startWith(t *testing.T, policyText string, opts ...func(*Config)) *testEnv 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := roots.Declare([]broker.RootKey{{URI: "softkms:prf", Role: broker.RoleDerive}, {URI: "softkms:aes", Role: broker.RoleWrap},
-		{URI: "softkms:hsm-aes", Role: broker.RoleBackend}, {URI: "softkms:mac", Role: broker.RoleBackend},
-		{URI: "softkms:billing-prf", Role: broker.RoleDerive}}); err != nil {
+	if err := roots.Declare([]broker.RootKey{{URI: "softkms:prf", Role: managed.RoleDerive}, {URI: "softkms:aes", Role: managed.RoleWrap},
+		{URI: "softkms:hsm-aes", Role: managed.RoleBackend}, {URI: "softkms:mac", Role: managed.RoleBackend},
+		{URI: "softkms:billing-prf", Role: managed.RoleDerive}}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := store.Open(filepath.Join(dir, "registry.db"), 0)
@@ -116,7 +116,7 @@ func startWith(t *testing.T, policyText string, opts ...func(*Config)) *testEnv 
 		t.Fatal(err)
 	}
 	svc, err := broker.NewService(broker.ServiceConfig{Registry: broker.NewRegistry(st, nil), Roots: roots,
-		Materials: broker.NewMaterials(roots, 100, time.Hour, nil), DefaultRoots: map[broker.Mode]string{broker.ModeDerive: "softkms:prf", broker.ModeWrap: "softkms:aes"}})
+		Materials: broker.NewMaterials(roots, 100, time.Hour, nil), DefaultRoots: map[managed.Mode]string{managed.ModeDerive: "softkms:prf", managed.ModeWrap: "softkms:aes"}})
 	if err != nil {
 		t.Fatal(err)
 	}

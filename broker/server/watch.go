@@ -17,6 +17,7 @@ import (
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/wire"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/policy"
 )
@@ -179,7 +180,7 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 func (w *watcher) loadNode(ctx context.Context) error {
 	n, err := w.s.svc.Registry().Node(ctx, w.id)
 	switch {
-	case errors.Is(err, broker.ErrNotFound):
+	case errors.Is(err, managed.ErrNotFound):
 		return notEnrolled(w.id, "was removed")
 	case err != nil:
 		return w.s.toStatus(err).Err()
@@ -354,7 +355,7 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 // (disabled, deleted, placed elsewhere, its minimum version raised) must
 // not release material, so only a current record carries any. Keys are
 // read-only once the registry holds them.
-func (w *watcher) eventKey(ctx context.Context, ev store.Event) (*broker.Key, bool, error) {
+func (w *watcher) eventKey(ctx context.Context, ev store.Event) (*managed.Key, bool, error) {
 	if k, err := w.s.svc.Registry().Get(ctx, ev.Object.ID); err == nil && k.Revision == ev.Revision {
 		return k, true, nil
 	}
@@ -390,11 +391,11 @@ func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
 // key is enabled, has material, and placement lets the edge hold it. A
 // record that is not current goes as metadata only: the edge fetches on
 // use, and FetchMaterial judges the key as it is.
-func (w *watcher) edgeKey(ctx context.Context, k *broker.Key, current bool) (*kbv1.EdgeKey, error) {
+func (w *watcher) edgeKey(ctx context.Context, k *managed.Key, current bool) (*kbv1.EdgeKey, error) {
 	ek := &kbv1.EdgeKey{Metadata: wire.KeyToProto(k), Salt: k.Salt}
 	// Material goes with Watch only to edges that prefetch; the others
 	// fetch it on first use.
-	hold := current && w.node.Prefetch && k.State == broker.StateEnabled && k.Mode.HoldsMaterial()
+	hold := current && w.node.Prefetch && k.State == managed.StateEnabled && k.Mode.HoldsMaterial()
 	if hold {
 		d := placement.Hold(k, w.node.Placement(), w.s.policy.Current(), w.td)
 		// No audit line, no material: the version goes without it and the
@@ -481,7 +482,7 @@ func (c *sealCache) sealingTo(to []byte) {
 }
 
 // get returns version v of k, if cached.
-func (c *sealCache) get(k *broker.Key, v broker.Version) (sealedVersion, bool) {
+func (c *sealCache) get(k *managed.Key, v managed.Version) (sealedVersion, bool) {
 	e, ok := c.keys[k.ID]
 	if !ok {
 		return sealedVersion{}, false
@@ -515,7 +516,7 @@ func (c *sealCache) drop(id string) {
 
 // auditHold records that a key's material goes to the edge, and says
 // whether it could: material whose audit line failed is not sent.
-func (w *watcher) auditHold(k *broker.Key, policyID string) bool {
+func (w *watcher) auditHold(k *managed.Key, policyID string) bool {
 	rec := audit.Record{RequestID: w.rid, Principal: w.principal, Node: w.s.node, Operation: audit.Operation(policy.HoldMaterial),
 		Key: k.ID, Version: k.Primary, Decision: audit.Allow, PolicyID: policyID, Outcome: "ok", Detail: "sealed to the edge by Watch"}
 	if err := w.s.audit.Append(rec); err != nil {

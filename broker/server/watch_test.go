@@ -17,6 +17,7 @@ import (
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/wire"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -104,14 +105,14 @@ func TestWatchSealsEachVersionOnce(t *testing.T) {
 
 func TestSealCache(t *testing.T) {
 	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	key := func(id string, versions int) *broker.Key {
-		k := &broker.Key{ID: id, Created: created}
+	key := func(id string, versions int) *managed.Key {
+		k := &managed.Key{ID: id, Created: created}
 		for v := range versions {
-			k.Versions = append(k.Versions, broker.Version{Version: uint32(v + 1), Created: created.Add(time.Duration(v) * time.Hour), RootKey: "softkms:root"})
+			k.Versions = append(k.Versions, managed.Version{Version: uint32(v + 1), Created: created.Add(time.Duration(v) * time.Hour), RootKey: "softkms:root"})
 		}
 		return k
 	}
-	entry := func(k *broker.Key) map[uint32]sealedVersion {
+	entry := func(k *managed.Key) map[uint32]sealedVersion {
 		m := map[uint32]sealedVersion{}
 		for _, v := range k.Versions {
 			m[v.Version] = sealedVersion{keyCreated: k.Created, created: v.Created, root: v.RootKey, blob: []byte(k.ID)}
@@ -319,7 +320,7 @@ func (f *flakyNodes) Get(ctx context.Context, kind store.Kind, id string) (store
 		fail := f.countdown == 0
 		f.mu.Unlock()
 		if fail {
-			return store.Object{}, fmt.Errorf("node read failed (injected): %w", broker.ErrUnavailable)
+			return store.Object{}, fmt.Errorf("node read failed (injected): %w", managed.ErrUnavailable)
 		}
 	}
 	return f.Store.Get(ctx, kind, id)

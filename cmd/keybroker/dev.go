@@ -21,11 +21,11 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/backends"
-	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/internal/atomicfile"
 	"github.com/keybroker/keybroker/internal/softhsm"
+	"github.com/keybroker/keybroker/managed"
 )
 
 // Defaults of keybroker dev.
@@ -344,7 +344,7 @@ func ensureDemoKey(ctx context.Context, c *devcluster.Cluster) (*kbv1.KeyMetadat
 	// Whether the key exists is read from the central node's registry in
 	// this process: asking the API first (DescribeKey) made every first
 	// start log and audit a NotFound call that was expected.
-	if _, err := c.Central.Service().Registry().Get(ctx, demoKeyID); !errors.Is(err, broker.ErrNotFound) {
+	if _, err := c.Central.Service().Registry().Get(ctx, demoKeyID); !errors.Is(err, managed.ErrNotFound) {
 		if err != nil {
 			return nil, false, fmt.Errorf("looking up the demo key: %w", err)
 		}
