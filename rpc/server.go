@@ -146,8 +146,9 @@ func carriesRequestIDs(k identity.Kind) bool {
 }
 
 // incomingID is the single well-formed value of header name, or "".
-func incomingID(md metadata.MD, name string) string {
-	if v := md.Get(name); len(v) == 1 && reqIDRe.MatchString(v[0]) {
+func incomingID(ctx context.Context, name string) string {
+	// ValueFromIncomingContext copies the one header, not the whole metadata.
+	if v := metadata.ValueFromIncomingContext(ctx, name); len(v) == 1 && reqIDRe.MatchString(v[0]) {
 		return v[0]
 	}
 	return ""
@@ -156,10 +157,7 @@ func incomingID(md metadata.MD, name string) string {
 // authenticate assigns a call its request id and identity, auditing calls
 // refused for want of an identity.
 func (s *Server) authenticate(ctx context.Context, fullMethod string, req any) (context.Context, error) {
-	var sent, sentClient string
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		sent, sentClient = incomingID(md, callinfo.RequestIDHeader), incomingID(md, callinfo.ClientRequestIDHeader)
-	}
+	sent, sentClient := incomingID(ctx, callinfo.RequestIDHeader), incomingID(ctx, callinfo.ClientRequestIDHeader)
 	id, idErr := identity.FromPeer(ctx, s.td)
 	rid, crid := "", sent
 	if idErr == nil && carriesRequestIDs(id.Kind) {
