@@ -82,6 +82,24 @@ type Config struct {
 	Now func() time.Time
 }
 
+// KeyOperations is what a node does with a key its caller resolved and
+// checked: Ops at the central tier and in an edge's cache, and a tier's
+// pipeline performer, which may forward some of them.
+type KeyOperations interface {
+	Encrypt(ctx context.Context, k *Key, plaintext []byte, ectx map[string]string) (Encrypted, error)
+	Decrypt(ctx context.Context, k *Key, h *envelope.Header, body []byte, ectx map[string]string) (Decrypted, error)
+	// GenerateDataKey returns the wrapped form only when wrapped is set.
+	GenerateDataKey(ctx context.Context, k *Key, ectx map[string]string, wrapped bool) (*DataKey, error)
+	DecryptDataKey(ctx context.Context, k *Key, v uint32, wrapped []byte, ectx map[string]string) (UnwrappedDataKey, error)
+	Sign(ctx context.Context, k *Key, msg []byte, digest bool) (Signature, error)
+	PublicKey(ctx context.Context, k *Key, v uint32) (PublicKey, error)
+	Verify(ctx context.Context, k *Key, v uint32, msg []byte, digest bool, sig []byte) (Verification, error)
+	GenerateMac(ctx context.Context, k *Key, msg []byte) (MAC, error)
+	VerifyMac(ctx context.Context, k *Key, v uint32, msg, tag []byte) (Verification, error)
+}
+
+var _ KeyOperations = (*Ops)(nil)
+
 // Ops performs the key operations of the KeyBroker API on keys its caller
 // resolved and checked: every method takes the *Key that was authorized
 // (package pipeline resolves it once, authorizes it, and checks it with

@@ -52,7 +52,6 @@ import (
 	"log/slog"
 
 	"github.com/keybroker/keybroker/audit"
-	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
@@ -86,16 +85,8 @@ func (c Caller) Admin() bool { return c.Who.Kind == identity.Admin }
 type Performer interface {
 	// Get resolves a key id; an unknown key is a managed.ErrNotFound.
 	Get(ctx context.Context, id string) (*managed.Key, error)
-	Encrypt(ctx context.Context, k *managed.Key, plaintext []byte, ectx map[string]string) (managed.Encrypted, error)
-	Decrypt(ctx context.Context, k *managed.Key, h *envelope.Header, body []byte, ectx map[string]string) (managed.Decrypted, error)
-	// GenerateDataKey returns the wrapped form only when wrapped is set.
-	GenerateDataKey(ctx context.Context, k *managed.Key, ectx map[string]string, wrapped bool) (*managed.DataKey, error)
-	DecryptDataKey(ctx context.Context, k *managed.Key, v uint32, wrapped []byte, ectx map[string]string) (managed.UnwrappedDataKey, error)
-	Sign(ctx context.Context, k *managed.Key, msg []byte, digest bool) (managed.Signature, error)
-	PublicKey(ctx context.Context, k *managed.Key, v uint32) (managed.PublicKey, error)
-	Verify(ctx context.Context, k *managed.Key, v uint32, msg []byte, digest bool, sig []byte) (managed.Verification, error)
-	GenerateMac(ctx context.Context, k *managed.Key, msg []byte) (managed.MAC, error)
-	VerifyMac(ctx context.Context, k *managed.Key, v uint32, msg, tag []byte) (managed.Verification, error)
+	// The operations on a key the pipeline resolved and checked.
+	managed.KeyOperations
 	GenerateRandom(ctx context.Context, n int) ([]byte, error)
 	// ListKeys pages through the keys the selector matches and visible
 	// keeps (managed.Page).

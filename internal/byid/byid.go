@@ -9,7 +9,6 @@ package byid
 import (
 	"context"
 
-	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/secret"
 )
@@ -18,15 +17,7 @@ import (
 // them.
 type Performer interface {
 	Get(ctx context.Context, id string) (*managed.Key, error)
-	Encrypt(ctx context.Context, k *managed.Key, plaintext []byte, ectx map[string]string) (managed.Encrypted, error)
-	Decrypt(ctx context.Context, k *managed.Key, h *envelope.Header, body []byte, ectx map[string]string) (managed.Decrypted, error)
-	GenerateDataKey(ctx context.Context, k *managed.Key, ectx map[string]string, wrapped bool) (*managed.DataKey, error)
-	DecryptDataKey(ctx context.Context, k *managed.Key, v uint32, wrapped []byte, ectx map[string]string) (managed.UnwrappedDataKey, error)
-	Sign(ctx context.Context, k *managed.Key, msg []byte, digest bool) (managed.Signature, error)
-	PublicKey(ctx context.Context, k *managed.Key, v uint32) (managed.PublicKey, error)
-	Verify(ctx context.Context, k *managed.Key, v uint32, msg []byte, digest bool, sig []byte) (managed.Verification, error)
-	GenerateMac(ctx context.Context, k *managed.Key, msg []byte) (managed.MAC, error)
-	VerifyMac(ctx context.Context, k *managed.Key, v uint32, msg, tag []byte) (managed.Verification, error)
+	managed.KeyOperations
 }
 
 // Remote is what a performer that forwards some operations implements
