@@ -352,28 +352,29 @@ func isManaged(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
-	_, _, ok := kindOf(err)
-	return ok
+	_, kind := kindOf(err)
+	return kind != nil
 }
 
-// kindOf is the managed kind of err and its code: the Kind of a
-// managed.Error (errors.As), else the first kind err wraps (errors.Is).
-func kindOf(err error) (kind error, code codes.Code, ok bool) {
+// kindOf is the code and managed kind of err — the Kind of a managed.Error
+// (errors.As), else the first kind err wraps (errors.Is) — and a nil kind
+// when err has none.
+func kindOf(err error) (codes.Code, error) {
 	var me *managed.Error
 	if errors.As(err, &me) {
 		if c, ok := kindCode(me.Kind); ok {
-			return me.Kind, c, true
+			return c, me.Kind
 		}
 	}
 	if errors.Is(err, managed.ErrConflict) {
-		return managed.ErrConflict, codes.Aborted, true
+		return codes.Aborted, managed.ErrConflict
 	}
 	for _, k := range managedKinds {
 		if errors.Is(err, k.err) {
-			return k.err, k.code, true
+			return k.code, k.err
 		}
 	}
-	return nil, 0, false
+	return 0, nil
 }
 
 func kindCode(kind error) (codes.Code, bool) {
@@ -403,9 +404,9 @@ func (s *Server) publicStatus(err error) *status.Status {
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.New(codes.DeadlineExceeded, msg)
 	}
-	kind, code, ok := kindOf(err)
+	code, kind := kindOf(err)
 	switch {
-	case !ok:
+	case kind == nil:
 		return status.New(codes.Internal, "internal error")
 	case kind == managed.ErrConflict:
 		return status.New(code, msg) // "revision conflict: …" says what Aborted does not
