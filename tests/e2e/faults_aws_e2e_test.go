@@ -1,0 +1,389 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/backends/backendtest/awsfake"
+	"github.com/keybroker/keybroker/client"
+	"github.com/keybroker/keybroker/identity"
+)
+
+// awsRoots keeps the root keys in the in-process AWS KMS fake f, which the
+// central process reaches over HTTP with static credentials from the
+// environment.
+func awsRoots(f *awsfake.Fake) func(*testing.T, string) *rootsOfTrust {
+	return func(t *testing.T, _ string) *rootsOfTrust {
+		t.Setenv("AWS_ACCESS_KEY_ID", "AKIDKEYBROKERFAULTS")
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "keybroker-fault-tests")
+		t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+		for object, spec := range map[string]string{"root-prf": awsfake.HMAC256, "root-aes": awsfake.SymmetricDefault,
+			"root-hsm-aes": awsfake.SymmetricDefault, "root-mac": awsfake.HMAC256, "root-ec": awsfake.ECCNISTP256} {
+			f.Alias("alias/"+object, f.CreateKey(spec))
+		}
+		conn := "region=" + awsfake.Region + ";endpoint=" + f.URL()
+		return &rootsOfTrust{
+			name:       "aws",
+			backendURI: "awskms:" + conn,
+			createURI:  func(object string) string { return "awskms:key-id=alias/" + object + ";" + conn },
+			ref:        func(object string) string { return "awskms:key-id=alias/" + object + ";region=" + awsfake.Region },
+		}
+	}
+}
+
+// TestFaultAWSThrottlingAndOutage runs central on the awskms backend
+// against the AWS KMS wire fake, with two prefetching edges. Eight
+// workers load it: four at the edges with placed keys, four through the Go
+// SDK at central with backend-mode keys, whose every operation is an AWS
+// call (GenerateMac, VerifyMac, Sign, GenerateDataKey, Decrypt). First
+// half of all AWS calls are throttled: everything must still succeed,
+// admin calls included. Then AWS is down for 10 s: the edges keep serving
+// placed keys with no error, calls that need AWS fail with Unavailable
+// within their deadline, and nothing half-done is left behind. After the
+// outage everything works again and every ciphertext and data key made
+// under the faults opens.
+func TestFaultAWSThrottlingAndOutage(t *testing.T) {
+	rep := newFaultReport(t, "aws-throttling-outage")
+	f := awsfake.New(t)
+	// The load is one principal at full speed against backend-mode keys:
+	// the budget is lifted, so that only AWS's throttling is tested here.
+	c := newEdgeClusterOn(t, awsRoots(f), nil, unboundedBudget,
+		&edgeNode{name: "edge-eu", region: "eu", prefetch: true, staleness: time.Hour},
+		&edgeNode{name: "edge-us", region: "us", prefetch: true, staleness: time.Hour},
+	)
+	ctx := t.Context()
+	owner := map[string]string{"owner": e2eTrustDomain}
+	aes := kbv1.KeyType_KEY_TYPE_AES_256_GCM
+	derive, wrap, backend := kbv1.KeyMode_KEY_MODE_DERIVE, kbv1.KeyMode_KEY_MODE_WRAP, kbv1.KeyMode_KEY_MODE_BACKEND
+	var rev uint64
+	for _, k := range []*kbv1.CreateKeyRequest{
+		{KeyId: "placed", Type: aes, Mode: derive, Labels: owner, Placement: "true"},
+		{KeyId: "placed-wrap", Type: aes, Mode: wrap, Labels: owner, Placement: "true"},
+		{KeyId: "kms-aes", Type: aes, Mode: backend, Labels: owner},
+		{KeyId: "kms-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-mac")},
+		{KeyId: "kms-ec", Type: kbv1.KeyType_KEY_TYPE_ECDSA_P256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-ec")},
+	} {
+		m, err := c.admin.admin.CreateKey(ctx, k)
+		must(t, "CreateKey "+k.KeyId, err)
+		rev = max(rev, m.GetRevision())
+	}
+	c.waitApplied(t, rev)
+	atCentral := c.dial(t, c.central.addr, identity.Client, "app")
+	pk, err := atCentral.kb.GetPublicKey(ctx, &kbv1.GetPublicKeyRequest{KeyId: "kms-ec"})
+	must(t, "GetPublicKey", err)
+	pub, err := x509.ParsePKIXPublicKey(pk.GetPublicKey())
+	must(t, "ParsePKIXPublicKey", err)
+	ecPub := pub.(*ecdsa.PublicKey)
+	refMAC := map[string][]byte{}
+	for i := range 8 {
+		msg := "message " + strconv.Itoa(i)
+		m, err := atCentral.kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "kms-mac", Message: []byte(msg)})
+		must(t, "GenerateMac", err)
+		refMAC[msg] = m.GetMac()
+	}
+
+	edges := []string{"edge-eu", "edge-us"}
+	node := map[string]*rpc{}
+	for _, name := range edges {
+		node[name] = c.dial(t, c.edges[name].p.addr, identity.Client, "app")
+	}
+	// The application's SDK client retries throttled calls (ResourceExhausted)
+	// for up to 20 passes; see docs/reliability.md for why it needs them.
+	sdk := c.faultSDKClientWith(t, client.Config{Addrs: []string{c.central.addr}, Direct: true, MaxAttempts: 20})
+	var outage atomic.Bool
+	var edgeRetries atomic.Uint64 // edge calls retried after ResourceExhausted
+	var backendOps sync.RWMutex   // held by the SDK workers' backend-mode operations
+	var sealed faultMsgs
+	type dataKey struct {
+		version       uint32
+		plain, wraped []byte
+	}
+	var dataKeys []dataKey
+	var dkMu = make(chan struct{}, 1)
+	l := startFaultLoad(ctx, 8, func(ctx context.Context, w, i int) error {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		pt := fmt.Appendf(nil, "worker %d op %d", w, i)
+		ectx := map[string]string{"worker": strconv.Itoa(w)}
+		atEdge := func() error { // placed keys at an edge
+			key := []string{"placed", "placed-wrap"}[i%2]
+			// An edge meeting a version whose material it does not hold yet
+			// (placed-wrap is rotated under throttling) fetches it from
+			// central, whose AWS call may be throttled five times running:
+			// ResourceExhausted, which an application retries with backoff,
+			// as the SDK workers below do (docs/reliability.md).
+			for attempt := 1; ; attempt++ {
+				ct, err := faultRoundTrip(ctx, node[edges[w%2]], node[edges[(w+1)%2]], key, pt, ectx)
+				if err == nil {
+					sealed.add(faultMsg{key, ct, pt, ectx})
+					return nil
+				}
+				if status.Code(err) != codes.ResourceExhausted || outage.Load() || attempt == 20 {
+					return err
+				}
+				edgeRetries.Add(1)
+				time.Sleep(time.Duration(attempt) * 10 * time.Millisecond)
+			}
+		}
+		if w < 4 {
+			return atEdge()
+		}
+		// During the outage these workers use the edges too: calls that
+		// need AWS are the test's own, below.
+		backendOps.RLock()
+		if outage.Load() {
+			backendOps.RUnlock()
+			return atEdge()
+		}
+		defer backendOps.RUnlock()
+		// Backend-mode keys at central, through the SDK: every call is
+		// an AWS call.
+		switch i % 3 {
+		case 0:
+			msg := "message " + strconv.Itoa(i%8)
+			m, err := sdk.GenerateMac(ctx, "kms-mac", []byte(msg))
+			if err != nil {
+				return fmt.Errorf("GenerateMac: %w", err)
+			}
+			if !bytes.Equal(m.MAC, refMAC[msg]) {
+				return fmt.Errorf("GenerateMac(%q) = %x, want %x", msg, m.MAC, refMAC[msg])
+			}
+			if ok, err := sdk.VerifyMac(ctx, "kms-mac", 0, []byte(msg), m.MAC); err != nil || !ok {
+				return fmt.Errorf("VerifyMac = %v, %v", ok, err)
+			}
+		case 1:
+			s, err := sdk.Sign(ctx, "kms-ec", pt)
+			if err != nil {
+				return fmt.Errorf("Sign: %w", err)
+			}
+			d := sha256.Sum256(pt)
+			if !ecdsa.VerifyASN1(ecPub, d[:], s.Signature) {
+				return errors.New("a signature does not verify")
+			}
+		default:
+			dk, err := sdk.GenerateDataKey(ctx, "kms-aes", nil)
+			if err != nil {
+				return fmt.Errorf("GenerateDataKey: %w", err)
+			}
+			got, err := sdk.DecryptDataKey(ctx, "kms-aes", dk.Version, dk.Wrapped, nil)
+			if err != nil || !bytes.Equal(got, dk.Plaintext) {
+				return fmt.Errorf("DecryptDataKey = %d bytes, %v", len(got), err)
+			}
+			dkMu <- struct{}{}
+			dataKeys = append(dataKeys, dataKey{dk.Version, dk.Plaintext, dk.Wrapped})
+			<-dkMu
+		}
+		return nil
+	})
+	defer l.stop()
+	l.waitOps(t, 100)
+
+	// Phase 1: half of all AWS calls throttled. The load goes on, and so
+	// do admin calls, which the SDK does not retry: an operator's tool
+	// retries those answered ResourceExhausted, after checking that the
+	// refused call left nothing behind.
+	callsBefore := f.TotalCalls()
+	retriesBefore := c.opsMetric(t, c.central.opsAddr, "keybroker_awskms_retries_total")
+	exhaustedBefore := c.faultMetric(t, c.central.opsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`)
+	opsBefore := l.ops.Load()
+	f.SetFaults(awsfake.Faults{ThrottleFraction: 0.5, Seed: 1})
+	adminCalls, adminThrottled := 0, 0
+	admin := func(what string, call func() error, nothingDone func() error) {
+		for attempt := 1; ; attempt++ {
+			adminCalls++
+			err := call()
+			if err == nil {
+				return
+			}
+			if status.Code(err) != codes.ResourceExhausted || attempt == 50 {
+				t.Errorf("%s with half the AWS calls throttled (attempt %d): %v", what, attempt, err)
+				return
+			}
+			adminThrottled++
+			if err := nothingDone(); err != nil {
+				t.Errorf("%s answered ResourceExhausted but left something behind: %v", what, err)
+			}
+			time.Sleep(50 * time.Millisecond) // the tool's pause before it retries
+		}
+	}
+	versions := func() uint32 {
+		d, err := atCentral.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
+		must(t, "DescribeKey placed-wrap", err)
+		return uint32(len(d.GetKey().GetVersions()))
+	}
+	wantVersions := uint32(1)
+	for i := range 20 {
+		id := fmt.Sprintf("throttled-%d", i)
+		admin("CreateKey", func() error {
+			_, err := c.admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: aes, Mode: []kbv1.KeyMode{derive, wrap}[i%2], Labels: owner})
+			return err
+		}, func() error {
+			if _, err := c.admin.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: id}); status.Code(err) != codes.NotFound {
+				return fmt.Errorf("DescribeKey(%s) = %v, want NotFound", id, err)
+			}
+			return nil
+		})
+		admin("RotateKey", func() error {
+			_, err := c.admin.admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "placed-wrap"})
+			return err
+		}, func() error {
+			if got := versions(); got != wantVersions {
+				return fmt.Errorf("placed-wrap has %d versions, want %d", got, wantVersions)
+			}
+			return nil
+		})
+		wantVersions++
+	}
+	l.waitOps(t, opsBefore+800)
+	f.SetFaults(awsfake.Faults{})
+	throttledOps := l.ops.Load() - opsBefore
+	awsCalls := f.TotalCalls() - callsBefore
+	retries := c.opsMetric(t, c.central.opsAddr, "keybroker_awskms_retries_total") - retriesBefore
+	exhausted := c.faultMetric(t, c.central.opsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`) - exhaustedBefore
+	if n := l.errs.Load(); n != 0 {
+		first := l.stop()
+		t.Fatalf("%d of %d operations failed with half the AWS calls throttled; first: %v", n, l.ops.Load(), errors.Join(first...))
+	}
+	if retries == 0 {
+		t.Errorf("no AWS call was retried while half were throttled (%d calls reached the fake)", awsCalls)
+	}
+	t.Logf("throttling: %d AWS requests, %v retried by central; central answered %v calls ResourceExhausted (%d edge calls retried); %d of %d admin calls were",
+		awsCalls, retries, exhausted, edgeRetries.Load(), adminThrottled, adminCalls)
+
+	// The edges hold the material of placed-wrap's newest version before
+	// AWS goes down: it was rotated under throttling just now, and a version
+	// whose material reached no edge before the outage is one the central
+	// tier cannot seal for them in it. Each edge acknowledges the revision
+	// and encrypts under the primary version once (fetching its material if
+	// its sealed copy was withheld under throttling).
+	last, err := atCentral.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
+	must(t, "DescribeKey placed-wrap", err)
+	c.waitApplied(t, last.GetKey().GetRevision())
+	for _, name := range edges {
+		r, err := node[name].kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "placed-wrap", Plaintext: []byte("warm")})
+		must(t, "Encrypt placed-wrap at "+name+" before the outage", err)
+		if r.GetKeyVersion() != last.GetKey().GetPrimaryVersion() {
+			t.Fatalf("%s encrypted under version %d, want the primary %d", name, r.GetKeyVersion(), last.GetKey().GetPrimaryVersion())
+		}
+	}
+
+	// Phase 2: AWS is down for 10 s (the fault's length, not a check).
+	outage.Store(true)
+	backendOps.Lock() // the backend-mode operations under way finish first
+	opsAtOutage := l.ops.Load()
+	f.SetFaults(awsfake.Faults{Outage: true})
+	backendOps.Unlock()
+	outageEnds := time.Now().Add(10 * time.Second)
+	needAWS := []struct {
+		what string
+		call func(ctx context.Context) error
+	}{
+		{"GenerateMac with a backend-mode key", func(ctx context.Context) error {
+			_, err := atCentral.kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "kms-mac", Message: []byte("m")})
+			return err
+		}},
+		{"Sign with a backend-mode key", func(ctx context.Context) error {
+			_, err := atCentral.kb.Sign(ctx, &kbv1.SignRequest{KeyId: "kms-ec", Input: &kbv1.SignRequest_Message{Message: []byte("m")}})
+			return err
+		}},
+		{"GenerateDataKey with a backend-mode key", func(ctx context.Context) error {
+			_, err := atCentral.kb.GenerateDataKey(ctx, &kbv1.GenerateDataKeyRequest{KeyId: "kms-aes"})
+			return err
+		}},
+		{"CreateKey", func(ctx context.Context) error {
+			_, err := c.admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "during-outage", Type: aes, Mode: derive, Labels: owner})
+			return err
+		}},
+		{"RotateKey of a wrap-mode key", func(ctx context.Context) error {
+			_, err := c.admin.admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "placed-wrap"})
+			return err
+		}},
+	}
+	refused := 0
+	var sample string
+	for time.Now().Before(outageEnds) {
+		for _, n := range needAWS {
+			err := faultFailsFast(ctx, func(ctx context.Context) error {
+				err := n.call(ctx)
+				if sample == "" && status.Code(err) == codes.Unavailable {
+					sample = status.Convert(err).Message()
+				}
+				return err
+			})
+			if err != nil {
+				t.Errorf("%s during the AWS outage: %v", n.what, err)
+			}
+			refused++
+		}
+	}
+	opsOutage := l.ops.Load() - opsAtOutage
+	errsOutage := l.errs.Load()
+	f.SetFaults(awsfake.Faults{})
+	outage.Store(false)
+
+	// Recovery: every call that needs AWS succeeds again.
+	for _, n := range needAWS[:3] {
+		faultPoll(t, n.what+" after the outage", func() (bool, string) {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := n.call(cctx); err != nil {
+				return false, err.Error()
+			}
+			return true, ""
+		})
+	}
+	opsAfter := l.ops.Load()
+	l.waitOps(t, opsAfter+200)
+	first := l.stop()
+	if n := l.errs.Load(); n != 0 {
+		t.Fatalf("%d of %d operations failed (%d during the outage, all on placed keys at the edges); first: %v", n, l.ops.Load(), errsOutage, errors.Join(first...))
+	}
+
+	// Nothing half-done: the outage's CreateKey and RotateKey left no
+	// trace, the throttled ones all landed.
+	if _, err := c.admin.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "during-outage"}); status.Code(err) != codes.NotFound {
+		t.Errorf("DescribeKey of the key whose CreateKey failed in the outage = %v, want NotFound", err)
+	}
+	d, err := atCentral.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
+	must(t, "DescribeKey placed-wrap", err)
+	if got := d.GetKey().GetPrimaryVersion(); got != wantVersions || len(d.GetKey().GetVersions()) != int(wantVersions) {
+		t.Errorf("placed-wrap has primary version %d and %d versions, want %d: only the acknowledged rotations", got, len(d.GetKey().GetVersions()), wantVersions)
+	}
+	list, err := c.admin.kb.ListKeys(ctx, &kbv1.ListKeysRequest{})
+	must(t, "ListKeys", err)
+	if got, want := len(list.GetKeys()), 5+20; got != want {
+		t.Errorf("ListKeys after the faults: %d keys, want %d", got, want)
+	}
+	// Everything sealed or wrapped under the faults opens, at central.
+	msgs := sealed.all()
+	if errs := faultDecryptAll(ctx, atCentral, msgs); len(errs) > 0 {
+		t.Errorf("%d of %d ciphertexts made under the faults do not open at central; first: %v", len(errs), len(msgs), errs[0])
+	}
+	for _, dk := range dataKeys {
+		got, err := atCentral.kb.DecryptDataKey(ctx, &kbv1.DecryptDataKeyRequest{KeyId: "kms-aes", KeyVersion: dk.version, WrappedDataKey: dk.wraped})
+		if err != nil || !bytes.Equal(got.GetPlaintext(), dk.plain) {
+			t.Errorf("DecryptDataKey of a data key made under the faults: %v", err)
+			break
+		}
+	}
+	t.Logf("unavailable message: %s", sample)
+	rep.set("half of all AWS calls throttled: %d operations (4 workers at the edges, 4 through the SDK on backend-mode keys at central), 0 errors reached the application; "+
+		"%d AWS requests, %v of them retries by central; central answered %v calls ResourceExhausted after all their attempts were throttled, which the SDK retried away; %d of %d admin calls answered ResourceExhausted, left nothing behind and succeeded when retried; "+
+		"10 s AWS outage: %d operations on placed keys at 2 edges, 0 errors; %d calls needing AWS (backend-mode MAC, Sign, data key; CreateKey; RotateKey) failed fast with Unavailable, none left a trace; "+
+		"after the outage every call succeeded and all %d ciphertexts and %d data keys made under the faults opened at central",
+		throttledOps, awsCalls, retries, exhausted, adminThrottled, adminCalls, opsOutage, refused, len(msgs), len(dataKeys))
+}
