@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"google.golang.org/grpc/codes"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -34,7 +36,7 @@ func flip(b []byte, i int) []byte {
 // what was wrong; then checks that the node still answers and has not
 // panicked.
 func (m *matrix) badInput(t *testing.T, foreign map[string][]byte) {
-	kb, admin := m.app.kb, m.admin
+	kb, admin := m.app.KB, m.admin
 	ectx := opsContext("aes-derive")
 	enc, err := kb.Encrypt(t.Context(), &kbv1.EncryptRequest{KeyId: "aes-derive", Plaintext: []byte("secret"), EncryptionContext: ectx})
 	must(t, "Encrypt", err)
@@ -46,15 +48,15 @@ func (m *matrix) badInput(t *testing.T, foreign map[string][]byte) {
 			return err
 		}
 	}
-	encryptAs := func(r *rpc, req *kbv1.EncryptRequest) func(context.Context) error {
+	encryptAs := func(r *framework.Conn, req *kbv1.EncryptRequest) func(context.Context) error {
 		return func(ctx context.Context) error {
-			_, err := r.kb.Encrypt(ctx, req)
+			_, err := r.KB.Encrypt(ctx, req)
 			return err
 		}
 	}
 	create := func(req *kbv1.CreateKeyRequest) func(context.Context) error {
 		return func(ctx context.Context) error {
-			_, err := admin.admin.CreateKey(ctx, req)
+			_, err := admin.Admin.CreateKey(ctx, req)
 			return err
 		}
 	}
@@ -96,7 +98,7 @@ func (m *matrix) badInput(t *testing.T, foreign map[string][]byte) {
 		}, codes.InvalidArgument, `the ciphertext belongs to key "aes-derive", not "aes-wrap"`},
 		{"ciphertext of an unknown key, as a client", decrypt(reheader(ct, "ghost", 1), ectx), codes.PermissionDenied, "may not Decrypt key ghost"},
 		{"ciphertext of an unknown key, as an admin", func(ctx context.Context) error {
-			_, err := admin.kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: reheader(ct, "ghost", 1), EncryptionContext: ectx})
+			_, err := admin.KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: reheader(ct, "ghost", 1), EncryptionContext: ectx})
 			return err
 		}, codes.NotFound, `key "ghost" does not exist`},
 		{"context over 64 pairs", decrypt(ct, bigContext), codes.InvalidArgument, "65 pairs, limit 64"},
@@ -111,7 +113,7 @@ func (m *matrix) badInput(t *testing.T, foreign map[string][]byte) {
 		// Sizes.
 		{"plaintext over 4 MiB, under the request limit", encryptAs(m.app, &kbv1.EncryptRequest{KeyId: "aes-derive", Plaintext: make([]byte, 4<<20+1)}),
 			codes.InvalidArgument, "plaintext is 4194305 bytes, limit 4194304"},
-		{"request over limits.max_request_bytes", encryptAs(m.app, &kbv1.EncryptRequest{KeyId: "aes-derive", Plaintext: make([]byte, maxRequestBytes+1)}),
+		{"request over limits.max_request_bytes", encryptAs(m.app, &kbv1.EncryptRequest{KeyId: "aes-derive", Plaintext: make([]byte, framework.MaxRequestBytes+1)}),
 			codes.ResourceExhausted, "larger than max"},
 		{"GenerateRandom of 0 bytes", func(ctx context.Context) error {
 			_, err := kb.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{})
@@ -158,15 +160,15 @@ func (m *matrix) badInput(t *testing.T, foreign map[string][]byte) {
 		}, codes.InvalidArgument, "operation is required"},
 		{"CreateKey of a derived HMAC key", create(&kbv1.CreateKeyRequest{KeyId: "bad-4", Type: typeHMAC, Mode: modeDerive, Derived: true}),
 			codes.InvalidArgument, "derived per-context keys are aes-256-gcm only"},
-		{"CreateKey of a backend key on a root of another algorithm", create(&kbv1.CreateKeyRequest{KeyId: "bad-5", Type: typeECDSA, Mode: modeBackend, RootKey: m.c.roots.ref("root-aes")}),
+		{"CreateKey of a backend key on a root of another algorithm", create(&kbv1.CreateKeyRequest{KeyId: "bad-5", Type: typeECDSA, Mode: modeBackend, RootKey: m.c.Roots.Ref("root-aes")}),
 			codes.InvalidArgument, "is declared with role wrap: a backend-mode key needs a root key with role backend"},
-		{"CreateKey of a backend key on a backend root of another algorithm", create(&kbv1.CreateKeyRequest{KeyId: "bad-5b", Type: typeECDSA, Mode: modeBackend, RootKey: m.c.roots.ref("root-hsm-aes")}),
+		{"CreateKey of a backend key on a backend root of another algorithm", create(&kbv1.CreateKeyRequest{KeyId: "bad-5b", Type: typeECDSA, Mode: modeBackend, RootKey: m.c.Roots.Ref("root-hsm-aes")}),
 			codes.InvalidArgument, "needs a ecdsa-p256 root key"},
-		{"CreateKey of a backend HMAC key on the derive root", create(&kbv1.CreateKeyRequest{KeyId: "bad-5c", Type: typeHMAC, Mode: modeBackend, RootKey: m.c.roots.ref("root-prf")}),
+		{"CreateKey of a backend HMAC key on the derive root", create(&kbv1.CreateKeyRequest{KeyId: "bad-5c", Type: typeHMAC, Mode: modeBackend, RootKey: m.c.Roots.Ref("root-prf")}),
 			codes.InvalidArgument, "is declared with role derive: a backend-mode key needs a root key with role backend"},
-		{"CreateKey on an undeclared root key", create(&kbv1.CreateKeyRequest{KeyId: "bad-6", Type: typeAES, Mode: modeWrap, RootKey: m.c.roots.ref("no-such-root")}),
+		{"CreateKey on an undeclared root key", create(&kbv1.CreateKeyRequest{KeyId: "bad-6", Type: typeAES, Mode: modeWrap, RootKey: m.c.Roots.Ref("no-such-root")}),
 			codes.InvalidArgument, "no-such-root\" is not a declared root key"},
-		{"CreateKey on a declared root key the backend does not have", create(&kbv1.CreateKeyRequest{KeyId: "bad-6b", Type: typeHMAC, Mode: modeBackend, RootKey: m.c.roots.ref("root-absent")}),
+		{"CreateKey on a declared root key the backend does not have", create(&kbv1.CreateKeyRequest{KeyId: "bad-6b", Type: typeHMAC, Mode: modeBackend, RootKey: m.c.Roots.Ref("root-absent")}),
 			codes.FailedPrecondition, "root-absent"},
 		{"CreateKey on a root key no configured backend holds", create(&kbv1.CreateKeyRequest{KeyId: "bad-7", Type: typeAES, Mode: modeWrap, RootKey: "awskms:key-id=alias/x;region=eu-west-1"}),
 			codes.InvalidArgument, "is in no configured backend"},
@@ -204,7 +206,7 @@ func (m *matrix) badInput(t *testing.T, foreign map[string][]byte) {
 			return err
 		}, codes.NotFound, "has no version 9"},
 		{"UpdateKey with a bad label", func(ctx context.Context) error {
-			_, err := admin.admin.UpdateKey(ctx, &kbv1.UpdateKeyRequest{KeyId: "aes-derive", Labels: map[string]string{"bad label": "x"}})
+			_, err := admin.Admin.UpdateKey(ctx, &kbv1.UpdateKeyRequest{KeyId: "aes-derive", Labels: map[string]string{"bad label": "x"}})
 			return err
 		}, codes.InvalidArgument, `label key "bad label"`},
 	}
@@ -213,14 +215,14 @@ func (m *matrix) badInput(t *testing.T, foreign map[string][]byte) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rctx, rid := withRequestID(t)
+			rctx, rid := framework.WithRequestID(t)
 			wantStatus(t, tc.name, tc.call(rctx), tc.code, tc.msg)
 			if tc.code == codes.ResourceExhausted {
 				return // refused by gRPC while reading the request, before any handler
 			}
 			// Package server: every call that reaches it is audited,
 			// refused calls included.
-			lines := m.c.auditLines(t, rid)
+			lines := m.c.AuditLines(t, rid)
 			if len(lines) == 0 {
 				t.Errorf("the refused call left no audit line (request %s)", rid)
 			} else if last := lines[len(lines)-1]; last.Outcome != tc.code.String() {
@@ -230,14 +232,14 @@ func (m *matrix) badInput(t *testing.T, foreign map[string][]byte) {
 	}
 
 	// The node took all of it: it still answers, and has not panicked.
-	if !m.p.running() {
-		t.Fatalf("central exited during the bad input:\n%s", m.p.logs())
+	if !m.p.Running() {
+		t.Fatalf("central exited during the bad input:\n%s", m.p.Logs())
 	}
 	m.open(t, ct, ectx, "aes-derive", enc.KeyVersion, []byte("secret"))
-	if logs := m.p.logs(); strings.Contains(strings.ToLower(logs), "panic") {
+	if logs := m.p.Logs(); strings.Contains(strings.ToLower(logs), "panic") {
 		t.Errorf("central's stderr mentions a panic:\n%s", logs)
 	}
-	if bytes.Contains([]byte(m.p.logs()), []byte(`"level":"ERROR"`)) {
-		t.Errorf("central logged errors for bad input (internal errors?):\n%s", m.p.logs())
+	if bytes.Contains([]byte(m.p.Logs()), []byte(`"level":"ERROR"`)) {
+		t.Errorf("central logged errors for bad input (internal errors?):\n%s", m.p.Logs())
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // benchResult is the part of bench --output json the tests read.
@@ -37,11 +39,11 @@ type benchResult struct {
 	} `json:"memory"`
 }
 
-func decodeBench(t *testing.T, r result) benchResult {
+func decodeBench(t *testing.T, r framework.Result) benchResult {
 	t.Helper()
 	var b benchResult
-	if err := json.Unmarshal([]byte(r.stdout), &b); err != nil {
-		t.Fatalf("bench --output json printed %q: %v (stderr %s)", r.stdout, err, r.stderr)
+	if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+		t.Fatalf("bench --output json printed %q: %v (stderr %s)", r.Stdout, err, r.Stderr)
 	}
 	return b
 }
@@ -56,15 +58,15 @@ func TestBenchEndToEnd(t *testing.T) {
 	env := p.waitReady(t)
 	stdout, _ := p.output()
 	nodes := devNodes(t, stdout)
-	wantCode(t, runCLI(t, env, nil, "key", "create", "bench-mac", "--type", "hmac-sha256", "--mode", "derive"), 0)
-	wantCode(t, runCLI(t, env, nil, "key", "create", "bench-sign", "--type", "ecdsa-p256", "--mode", "wrap"), 0)
+	framework.WantCode(t, framework.CLI(t, env, nil, "key", "create", "bench-mac", "--type", "hmac-sha256", "--mode", "derive"), 0)
+	framework.WantCode(t, framework.CLI(t, env, nil, "key", "create", "bench-sign", "--type", "ecdsa-p256", "--mode", "wrap"), 0)
 	keys := []string{"--key", demoKeyID, "--mac-key", "bench-mac", "--sign-key", "bench-sign"}
 
 	for _, op := range []string{"encrypt", "decrypt", "datakey", "sign", "mac", "lookup", "batch-encrypt", "batch-decrypt", "noop"} {
 		t.Run(op, func(t *testing.T) {
-			r := runCLI(t, env, nil, append([]string{"bench", "--op", op, "--count", "150", "-c", "4", "--warmup", "0",
+			r := framework.CLI(t, env, nil, append([]string{"bench", "--op", op, "--count", "150", "-c", "4", "--warmup", "0",
 				"--size", "100", "--batch", "3", "--context", "app=bench", "--output", "json"}, keys...)...)
-			wantCode(t, r, 0)
+			framework.WantCode(t, r, 0)
 			b := decodeBench(t, r)
 			if b.Result.Ops != 150 || b.Result.Failed != 0 || b.Calls[op] != 150 || b.Result.Rate <= 0 {
 				t.Errorf("ops %d, failed %d (%v), calls %v, rate %v; want 150 calls of %s, all good",
@@ -78,31 +80,31 @@ func TestBenchEndToEnd(t *testing.T) {
 	}
 
 	t.Run("compare-noop at another node", func(t *testing.T) {
-		r := runCLI(t, withAddr(env, nodes["central"].grpc), nil, "bench", "--key", demoKeyID, "--count", "200", "-c", "8",
+		r := framework.CLI(t, withAddr(env, nodes["central"].grpc), nil, "bench", "--key", demoKeyID, "--count", "200", "-c", "8",
 			"--connections", "2", "--warmup", "0", "--compare-noop")
-		wantCode(t, r, 0)
+		framework.WantCode(t, r, 0)
 		for _, want := range []string{"at " + nodes["central"].grpc, "8 workers on 2 connections", "encrypt ", "no-op ", "encrypt ÷ no-op: ", "errors: none"} {
-			if !strings.Contains(r.stdout, want) {
-				t.Errorf("bench --compare-noop printed:\n%s\nwant %q in it", r.stdout, want)
+			if !strings.Contains(r.Stdout, want) {
+				t.Errorf("bench --compare-noop printed:\n%s\nwant %q in it", r.Stdout, want)
 			}
 		}
-		r = runCLI(t, env, nil, "bench", "--key", demoKeyID, "--count", "100", "--warmup", "0", "--compare-noop", "--output", "json")
-		wantCode(t, r, 0)
+		r = framework.CLI(t, env, nil, "bench", "--key", demoKeyID, "--count", "100", "--warmup", "0", "--compare-noop", "--output", "json")
+		framework.WantCode(t, r, 0)
 		if b := decodeBench(t, r); b.Noop == nil || b.Noop.Ops != 100 || b.Ratio <= 0 || len(b.RoundRatios) != 0 {
 			t.Errorf("--compare-noop --count --output json: noop %+v ratio %v rounds %v", b.Noop, b.Ratio, b.RoundRatios)
 		}
 		// With a duration the two loads alternate in rounds.
-		r = runCLI(t, env, nil, "bench", "--key", demoKeyID, "--duration", "600ms", "--rounds", "3", "--warmup", "0", "--compare-noop", "--output", "json")
-		wantCode(t, r, 0)
+		r = framework.CLI(t, env, nil, "bench", "--key", demoKeyID, "--duration", "600ms", "--rounds", "3", "--warmup", "0", "--compare-noop", "--output", "json")
+		framework.WantCode(t, r, 0)
 		if b := decodeBench(t, r); b.Noop == nil || b.Noop.Ops == 0 || b.Result.Ops == 0 || len(b.RoundRatios) != 3 || b.Ratio <= 0 {
 			t.Errorf("--compare-noop --rounds 3: noop %+v ops %d ratio %v rounds %v", b.Noop, b.Result.Ops, b.Ratio, b.RoundRatios)
 		}
 	})
 
 	t.Run("mix with periods and memory", func(t *testing.T) {
-		r := runCLI(t, env, nil, append([]string{"bench", "--op", "encrypt:3,decrypt:2,mac:1", "--duration", "2s", "--interval", "200ms",
+		r := framework.CLI(t, env, nil, append([]string{"bench", "--op", "encrypt:3,decrypt:2,mac:1", "--duration", "2s", "--interval", "200ms",
 			"--warmup", "0", "-c", "6", "--metrics", nodes["central"].ops + "/metrics", "--max-rss-growth", "1000", "--output", "json"}, keys...)...)
-		wantCode(t, r, 0)
+		framework.WantCode(t, r, 0)
 		b := decodeBench(t, r)
 		total := b.Calls["encrypt"] + b.Calls["decrypt"] + b.Calls["mac"]
 		if b.Result.Ops == 0 || total < b.Result.Ops || total > b.Result.Ops+6 || b.Calls["encrypt"] < b.Calls["mac"] || b.Calls["decrypt"] < b.Calls["mac"] {
@@ -117,19 +119,19 @@ func TestBenchEndToEnd(t *testing.T) {
 	})
 
 	t.Run("failures are counted by code and fail the run", func(t *testing.T) {
-		r := runCLI(t, env, nil, "bench", "--key", "no-such-key", "--count", "20", "--warmup", "0", "--output", "json")
-		wantCode(t, r, exitFailure)
+		r := framework.CLI(t, env, nil, "bench", "--key", "no-such-key", "--count", "20", "--warmup", "0", "--output", "json")
+		framework.WantCode(t, r, exitFailure)
 		if b := decodeBench(t, r); b.Result.Failed != 20 || b.Result.Errors["NotFound"] != 20 || b.Result.Ops != 0 {
 			t.Errorf("unknown key: ops %d failed %d %v; want 20 NotFound", b.Result.Ops, b.Result.Failed, b.Result.Errors)
 		}
-		if !strings.Contains(r.stderr, "20 of 20 calls failed (NotFound 20)") {
-			t.Errorf("stderr %q", r.stderr)
+		if !strings.Contains(r.Stderr, "20 of 20 calls failed (NotFound 20)") {
+			t.Errorf("stderr %q", r.Stderr)
 		}
 		// Decrypt prepares a ciphertext first; its failure ends the run.
-		r = runCLI(t, env, nil, "bench", "--op", "decrypt", "--key", "no-such-key", "--count", "20")
-		wantCode(t, r, exitNotFound)
-		if !strings.Contains(r.stderr, "preparing decrypt") {
-			t.Errorf("stderr %q", r.stderr)
+		r = framework.CLI(t, env, nil, "bench", "--op", "decrypt", "--key", "no-such-key", "--count", "20")
+		framework.WantCode(t, r, exitNotFound)
+		if !strings.Contains(r.Stderr, "preparing decrypt") {
+			t.Errorf("stderr %q", r.Stderr)
 		}
 	})
 }

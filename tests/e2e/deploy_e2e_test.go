@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"github.com/keybroker/keybroker/policy"
 	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
 )
@@ -73,13 +75,13 @@ func TestDeployWalkthrough(t *testing.T) {
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Dir = home
 	var env []string
-	for _, kv := range withoutKeybrokerVars(processEnv()) {
+	for _, kv := range framework.WithoutKeybrokerVars(framework.ProcessEnv()) {
 		if !strings.HasPrefix(kv, "SOFTHSM2_CONF=") && !strings.HasPrefix(kv, "KB_") {
 			env = append(env, kv)
 		}
 	}
 	cmd.Env = append(env,
-		"PATH="+filepath.Dir(keybrokerBin)+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"PATH="+filepath.Dir(framework.Binary())+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"KB_HOME="+home, "KB_MODULE="+module, "KB_PORT="+strconv.Itoa(freePortBase(t)))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out strings.Builder

@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keybroker/keybroker/identity"
@@ -70,8 +72,8 @@ func (w devOutput) Write(b []byte) (int, error) {
 func startDev(t *testing.T, dir string, args ...string) *devProc {
 	t.Helper()
 	p := &devProc{dir: dir, grew: make(chan struct{}), exited: make(chan struct{})}
-	p.cmd = exec.Command(keybrokerBin, append([]string{"dev", "--data", dir}, args...)...)
-	p.cmd.Env = processEnv()
+	p.cmd = exec.Command(framework.Binary(), append([]string{"dev", "--data", dir}, args...)...)
+	p.cmd.Env = framework.ProcessEnv()
 	p.cmd.Dir = t.TempDir()
 	p.cmd.Stdout = devOutput{p, &p.stdout}
 	p.cmd.Stderr = devOutput{p, &p.stderr}
@@ -139,14 +141,14 @@ func (p *devProc) interrupt(t *testing.T) {
 }
 
 // devVars are the variables the env file must set.
-var devVars = []string{envAddr, envCA, envCert, envKey}
+var devVars = []string{framework.EnvAddr, framework.EnvCA, framework.EnvCert, framework.EnvKey}
 
 // sourceEnv sources the env file in sh and returns what it set.
 func sourceEnv(t *testing.T, path string) map[string]string {
 	t.Helper()
 	script := `. "$1" && printf '%s\0' "$` + strings.Join(devVars, `" "$`) + `"`
 	cmd := exec.CommandContext(t.Context(), "sh", "-c", script, "sh", path)
-	cmd.Env = withoutKeybrokerVars(os.Environ())
+	cmd.Env = framework.WithoutKeybrokerVars(os.Environ())
 	out, err := cmd.Output()
 	if err != nil {
 		data, _ := os.ReadFile(path)
@@ -164,16 +166,6 @@ func sourceEnv(t *testing.T, path string) map[string]string {
 		env[v] = vals[i]
 	}
 	return env
-}
-
-func withoutKeybrokerVars(environ []string) []string {
-	var out []string
-	for _, kv := range environ {
-		if !strings.HasPrefix(kv, "KEYBROKER_") {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 // devNode is a row of the ready summary's node table.
@@ -211,10 +203,10 @@ func devTry(t *testing.T, stdout string) []string {
 // json` prints it.
 func describeDemo(t *testing.T, env map[string]string) keyJSON {
 	t.Helper()
-	r := runCLI(t, env, nil, "key", "describe", demoKeyID, "--output", "json")
-	wantCode(t, r, 0)
+	r := framework.CLI(t, env, nil, "key", "describe", demoKeyID, "--output", "json")
+	framework.WantCode(t, r, 0)
 	var k keyJSON
-	must(t, "decoding key describe", json.Unmarshal([]byte(r.stdout), &k))
+	must(t, "decoding key describe", json.Unmarshal([]byte(r.Stdout), &k))
 	return k
 }
 
@@ -224,7 +216,7 @@ func withAddr(env map[string]string, addr string) map[string]string {
 	for k, v := range env {
 		out[k] = v
 	}
-	out[envAddr] = addr
+	out[framework.EnvAddr] = addr
 	return out
 }
 
@@ -248,7 +240,7 @@ func TestDevEndToEnd(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("env file mode %v, want 0600", fi.Mode().Perm())
 	}
-	wantFiles := map[string]string{envCA: "ca.crt", envCert: "certs/admin.crt", envKey: "certs/admin.key"}
+	wantFiles := map[string]string{framework.EnvCA: "ca.crt", framework.EnvCert: "certs/admin.crt", framework.EnvKey: "certs/admin.key"}
 	for v, rel := range wantFiles {
 		if want := filepath.Join(dir, rel); env[v] != want {
 			t.Errorf("%s=%q, want %q", v, env[v], want)
@@ -264,8 +256,8 @@ func TestDevEndToEnd(t *testing.T) {
 			t.Errorf("%s: region %q, ops %q; want region %q and an https URL", name, n.region, n.ops, region)
 		}
 	}
-	if env[envAddr] != nodes["edge-us"].grpc {
-		t.Errorf("%s=%q, want the us edge %q", envAddr, env[envAddr], nodes["edge-us"].grpc)
+	if env[framework.EnvAddr] != nodes["edge-us"].grpc {
+		t.Errorf("%s=%q, want the us edge %q", framework.EnvAddr, env[framework.EnvAddr], nodes["edge-us"].grpc)
 	}
 	for _, want := range []string{
 		"demo key:       demo (aes-256-gcm, derive, primary version 1): created now",
@@ -279,7 +271,7 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 
 	// The ops URLs answer, over mutual TLS with the admin's certificate.
-	tlsCfg, err := identity.TLSFiles{CA: env[envCA], Cert: env[envCert], Key: env[envKey]}.ClientConfig("")
+	tlsCfg, err := identity.TLSFiles{CA: env[framework.EnvCA], Cert: env[framework.EnvCert], Key: env[framework.EnvKey]}.ClientConfig("")
 	must(t, "TLS", err)
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}, Timeout: 30 * time.Second}
 	for name, n := range nodes {
@@ -292,27 +284,27 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 
 	// The demo key through the us edge, and the ciphertext everywhere.
-	r := runCLI(t, env, []byte("hello"), "encrypt", "--key", demoKeyID)
-	wantCode(t, r, 0)
-	ct := []byte(r.stdout)
+	r := framework.CLI(t, env, []byte("hello"), "encrypt", "--key", demoKeyID)
+	framework.WantCode(t, r, 0)
+	ct := []byte(r.Stdout)
 	for _, name := range []string{"edge-us", "edge-eu", "central"} {
-		r := runCLI(t, withAddr(env, nodes[name].grpc), ct, "decrypt")
-		wantCode(t, r, 0)
-		if r.stdout != "hello" {
-			t.Errorf("decrypt at %s = %q, want hello", name, r.stdout)
+		r := framework.CLI(t, withAddr(env, nodes[name].grpc), ct, "decrypt")
+		framework.WantCode(t, r, 0)
+		if r.Stdout != "hello" {
+			t.Errorf("decrypt at %s = %q, want hello", name, r.Stdout)
 		}
 	}
-	r = runCLI(t, env, nil, "key", "list", "--output", "json")
-	wantCode(t, r, 0)
+	r = framework.CLI(t, env, nil, "key", "list", "--output", "json")
+	framework.WantCode(t, r, 0)
 	var list keyListJSON
-	must(t, "decoding key list", json.Unmarshal([]byte(r.stdout), &list))
+	must(t, "decoding key list", json.Unmarshal([]byte(r.Stdout), &list))
 	if len(list.Keys) != 1 || list.Keys[0].KeyID != demoKeyID || list.Keys[0].Type != "aes-256-gcm" || list.Keys[0].Mode != "derive" {
 		t.Errorf("key list = %+v, want the demo key alone, aes-256-gcm, derive", list.Keys)
 	}
-	r = runCLI(t, env, nil, "nodes", "--output", "json")
-	wantCode(t, r, 0)
+	r = framework.CLI(t, env, nil, "nodes", "--output", "json")
+	framework.WantCode(t, r, 0)
 	var listed []nodeJSON
-	must(t, "decoding nodes", json.Unmarshal([]byte(r.stdout), &listed))
+	must(t, "decoding nodes", json.Unmarshal([]byte(r.Stdout), &listed))
 	got := map[string]string{}
 	for _, n := range listed {
 		got[n.NodeID] = fmt.Sprintf("%s %s %s connected=%t", n.Kind, n.Region, n.Address, n.Connected)
@@ -325,10 +317,10 @@ func TestDevEndToEnd(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("nodes mismatch (-want +got):\n%s", diff)
 	}
-	r = runCLI(t, env, nil, "lookup", "--key", demoKeyID, "--op", "encrypt")
-	wantCode(t, r, 0)
-	if first := strings.Fields(strings.Split(r.stdout, "\n")[1]); len(first) == 0 || first[0] != "edge-us" {
-		t.Errorf("lookup from the us edge does not put it first:\n%s", r.stdout)
+	r = framework.CLI(t, env, nil, "lookup", "--key", demoKeyID, "--op", "encrypt")
+	framework.WantCode(t, r, 0)
+	if first := strings.Fields(strings.Split(r.Stdout, "\n")[1]); len(first) == 0 || first[0] != "edge-us" {
+		t.Errorf("lookup from the us edge does not put it first:\n%s", r.Stdout)
 	}
 
 	// Every command the summary offers works, pasted into bash as printed.
@@ -338,7 +330,7 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	cmd := exec.CommandContext(t.Context(), "bash", "-euo", "pipefail", "-c", strings.Join(tryCmds, "\n"))
 	cmd.Dir = t.TempDir()
-	cmd.Env = append(withoutKeybrokerVars(processEnv()), "PATH="+filepath.Dir(keybrokerBin)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cmd.Env = append(framework.WithoutKeybrokerVars(framework.ProcessEnv()), "PATH="+filepath.Dir(framework.Binary())+string(os.PathListSeparator)+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("the commands to try failed: %v\n%s\n%s", err, strings.Join(tryCmds, "\n"), out)
@@ -350,7 +342,7 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 
 	before := describeDemo(t, env)
-	caBefore, err := os.ReadFile(env[envCA])
+	caBefore, err := os.ReadFile(env[framework.EnvCA])
 	must(t, "CA", err)
 	p.interrupt(t)
 	if _, err := os.Stat(envPath); err != nil {
@@ -367,10 +359,10 @@ func TestDevEndToEnd(t *testing.T) {
 	if want := "demo key:       demo (aes-256-gcm, derive, primary version 2): exists, created " + before.CreatedAt.UTC().Format(time.RFC3339); !strings.Contains(stdout, want) {
 		t.Errorf("the second summary lacks %q:\n%s", want, stdout)
 	}
-	if env[envAddr] != devNodes(t, stdout)["edge-us"].grpc {
-		t.Errorf("the rewritten env file's %s=%q is not the us edge of this start", envAddr, env[envAddr])
+	if env[framework.EnvAddr] != devNodes(t, stdout)["edge-us"].grpc {
+		t.Errorf("the rewritten env file's %s=%q is not the us edge of this start", framework.EnvAddr, env[framework.EnvAddr])
 	}
-	caAfter, err := os.ReadFile(env[envCA])
+	caAfter, err := os.ReadFile(env[framework.EnvCA])
 	must(t, "CA", err)
 	if !bytes.Equal(caBefore, caAfter) {
 		t.Error("a restart made a new CA")
@@ -378,10 +370,10 @@ func TestDevEndToEnd(t *testing.T) {
 	if diff := cmp.Diff(before, describeDemo(t, env)); diff != "" {
 		t.Errorf("the demo key changed across the restart (-before +after):\n%s", diff)
 	}
-	r = runCLI(t, env, ct, "decrypt")
-	wantCode(t, r, 0)
-	if r.stdout != "hello" {
-		t.Errorf("decrypt of the first run's ciphertext after a restart = %q, want hello", r.stdout)
+	r = framework.CLI(t, env, ct, "decrypt")
+	framework.WantCode(t, r, 0)
+	if r.Stdout != "hello" {
+		t.Errorf("decrypt of the first run's ciphertext after a restart = %q, want hello", r.Stdout)
 	}
 	p.interrupt(t)
 }
@@ -398,8 +390,8 @@ func TestDevPortInUse(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "dev")
 	ctx, cancel := context.WithTimeout(t.Context(), devStopTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, keybrokerBin, "dev", "--data", dir, "--port", strconv.Itoa(port))
-	cmd.Env = processEnv()
+	cmd := exec.CommandContext(ctx, framework.Binary(), "dev", "--data", dir, "--port", strconv.Itoa(port))
+	cmd.Env = framework.ProcessEnv()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err = cmd.Run()
@@ -431,12 +423,12 @@ func TestDevSoftHSM(t *testing.T) {
 	if want := "root of trust:  " + tok.URI(""); !strings.Contains(stdout, want) {
 		t.Errorf("the summary lacks %q:\n%s", want, stdout)
 	}
-	r := runCLI(t, env, []byte("hello"), "encrypt", "--key", demoKeyID)
-	wantCode(t, r, 0)
-	r = runCLI(t, withAddr(env, devNodes(t, stdout)["edge-eu"].grpc), []byte(r.stdout), "decrypt")
-	wantCode(t, r, 0)
-	if r.stdout != "hello" {
-		t.Errorf("decrypt at edge-eu = %q, want hello", r.stdout)
+	r := framework.CLI(t, env, []byte("hello"), "encrypt", "--key", demoKeyID)
+	framework.WantCode(t, r, 0)
+	r = framework.CLI(t, withAddr(env, devNodes(t, stdout)["edge-eu"].grpc), []byte(r.Stdout), "decrypt")
+	framework.WantCode(t, r, 0)
+	if r.Stdout != "hello" {
+		t.Errorf("decrypt at edge-eu = %q, want hello", r.Stdout)
 	}
 	if k := describeDemo(t, env); k.RootKey != "pkcs11:token="+tok.Label+";object=root-prf" {
 		t.Errorf("the demo key's root is %q, want the token's root-prf", k.RootKey)
@@ -459,13 +451,13 @@ func TestDevSoftHSMFlag(t *testing.T) {
 	if want := "root of trust:  pkcs11:token=keybroker-dev?module-path="; !strings.Contains(stdout, want) {
 		t.Errorf("the summary lacks %q:\n%s", want, stdout)
 	}
-	r := runCLI(t, env, []byte("hello"), "encrypt", "--key", demoKeyID)
-	wantCode(t, r, 0)
-	ct := r.stdout
-	r = runCLI(t, withAddr(env, devNodes(t, stdout)["edge-eu"].grpc), []byte(ct), "decrypt")
-	wantCode(t, r, 0)
-	if r.stdout != "hello" {
-		t.Errorf("decrypt at edge-eu = %q, want hello", r.stdout)
+	r := framework.CLI(t, env, []byte("hello"), "encrypt", "--key", demoKeyID)
+	framework.WantCode(t, r, 0)
+	ct := r.Stdout
+	r = framework.CLI(t, withAddr(env, devNodes(t, stdout)["edge-eu"].grpc), []byte(ct), "decrypt")
+	framework.WantCode(t, r, 0)
+	if r.Stdout != "hello" {
+		t.Errorf("decrypt at edge-eu = %q, want hello", r.Stdout)
 	}
 	if k := describeDemo(t, env); k.RootKey != "pkcs11:token=keybroker-dev;object=root-prf" {
 		t.Errorf("the demo key's root is %q, want the dev token's root-prf", k.RootKey)
@@ -480,10 +472,10 @@ func TestDevSoftHSMFlag(t *testing.T) {
 
 	p = startDev(t, dir, "--port", "0", "--softhsm")
 	env = p.waitReady(t)
-	r = runCLI(t, env, []byte(ct), "decrypt")
-	wantCode(t, r, 0)
-	if r.stdout != "hello" {
-		t.Errorf("decrypt after a restart = %q, want hello", r.stdout)
+	r = framework.CLI(t, env, []byte(ct), "decrypt")
+	framework.WantCode(t, r, 0)
+	if r.Stdout != "hello" {
+		t.Errorf("decrypt after a restart = %q, want hello", r.Stdout)
 	}
 	if again, _ := os.ReadFile(pinFile); !bytes.Equal(again, pin) {
 		t.Error("a restart made a new token (the PIN changed)")
@@ -498,8 +490,8 @@ func TestDevSoftHSMMissing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "dev")
 	ctx, cancel := context.WithTimeout(t.Context(), devStopTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, keybrokerBin, "dev", "--data", dir, "--port", "0", "--softhsm")
-	cmd.Env = append(processEnv(), softhsm.ModuleEnv+"="+filepath.Join(t.TempDir(), "libsofthsm2.so"))
+	cmd := exec.CommandContext(ctx, framework.Binary(), "dev", "--data", dir, "--port", "0", "--softhsm")
+	cmd.Env = append(framework.ProcessEnv(), softhsm.ModuleEnv+"="+filepath.Join(t.TempDir(), "libsofthsm2.so"))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"google.golang.org/grpc/codes"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -25,7 +27,7 @@ import (
 // keys, in full pages whose tokens name only them, and without their root
 // key; an admin lists every key with its root key.
 func TestListKeysDisclosesOnlyDescribable(t *testing.T) {
-	c := newEdgeClusterOn(t, softkmsRoots, basicRoots, "", &edgeNode{name: "edge-eu-1", region: "eu", prefetch: true, staleness: time.Hour})
+	c := framework.NewProcessesOn(t, framework.SoftkmsRoots, framework.BasicRoots, "", &framework.EdgeNode{Name: "edge-eu-1", Region: "eu", Prefetch: true, Staleness: time.Hour})
 	ctx := t.Context()
 	var mine, all []string
 	var rev uint64
@@ -34,20 +36,20 @@ func TestListKeysDisclosesOnlyDescribable(t *testing.T) {
 			id := fmt.Sprintf("%s-%02d", team, i)
 			labels := map[string]string{"team": team}
 			if team == "mine" {
-				labels["owner"] = e2eTrustDomain
+				labels["owner"] = framework.TrustDomain
 				mine = append(mine, id)
 			}
 			all = append(all, id)
-			m, err := c.admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+			m, err := c.Admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
 				Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: labels, Placement: "true", Description: "team " + team})
 			must(t, "CreateKey "+id, err)
 			rev = max(rev, m.GetRevision())
 		}
 	}
 	slices.Sort(all)
-	c.waitApplied(t, rev)
+	c.WaitApplied(t, rev)
 
-	nodes := map[string]string{"central": c.central.addr, "edge": c.edges["edge-eu-1"].p.addr}
+	nodes := map[string]string{"central": c.Central.Addr, "edge": c.Edges["edge-eu-1"].Proc.Addr}
 	for node, addr := range nodes {
 		for _, tc := range []struct {
 			kind     identity.Kind
@@ -58,14 +60,14 @@ func TestListKeysDisclosesOnlyDescribable(t *testing.T) {
 			{identity.Admin, all, true},
 		} {
 			t.Run(node+"/"+string(tc.kind), func(t *testing.T) {
-				cl := c.dial(t, addr, tc.kind, "app")
+				cl := c.Dial(t, addr, tc.kind, "app")
 				var got []string
 				token := ""
 				for page := 0; ; page++ {
 					if page > 20 {
 						t.Fatal("ListKeys did not end in 20 pages")
 					}
-					resp, err := cl.kb.ListKeys(ctx, &kbv1.ListKeysRequest{PageSize: 3, PageToken: token})
+					resp, err := cl.KB.ListKeys(ctx, &kbv1.ListKeysRequest{PageSize: 3, PageToken: token})
 					must(t, "ListKeys", err)
 					for _, k := range resp.GetKeys() {
 						got = append(got, k.GetKeyId())
@@ -88,12 +90,12 @@ func TestListKeysDisclosesOnlyDescribable(t *testing.T) {
 					t.Errorf("ListKeys as %s at %s = %v, want %v", tc.kind, node, got, tc.want)
 				}
 				// A selector on another team's labels finds nothing.
-				resp, err := cl.kb.ListKeys(ctx, &kbv1.ListKeysRequest{LabelSelector: map[string]string{"team": "theirs"}})
+				resp, err := cl.KB.ListKeys(ctx, &kbv1.ListKeysRequest{LabelSelector: map[string]string{"team": "theirs"}})
 				must(t, "ListKeys team=theirs", err)
 				if n := len(resp.GetKeys()); tc.kind == identity.Client && n != 0 {
 					t.Errorf("ListKeys team=theirs as a client = %d keys, want none", n)
 				}
-				d, err := cl.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "mine-00"})
+				d, err := cl.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "mine-00"})
 				must(t, "DescribeKey", err)
 				if has := d.GetKey().GetRootKey() != ""; has != tc.rootKeys || (has && !strings.Contains(d.GetKey().GetRootKey(), "root-prf")) {
 					t.Errorf("DescribeKey as %s at %s: root_key %q; want one: %v", tc.kind, node, d.GetKey().GetRootKey(), tc.rootKeys)
@@ -122,26 +124,26 @@ func forgedCiphertext(t *testing.T, keyID string, seed uint64) []byte {
 // (ResourceExhausted, audited, counted on /metrics) while an admin is
 // still served.
 func TestBackendBudgetEndToEnd(t *testing.T) {
-	c := newCluster(t)
-	cfg, err := os.ReadFile(c.config)
+	c := framework.NewSetup(t)
+	cfg, err := os.ReadFile(c.Config)
 	must(t, "reading central.yaml", err)
-	must(t, "writing central.yaml", os.WriteFile(c.config, append(cfg, "backend_budget: {rate: 1, burst: 5}\n"...), 0o600))
-	p := c.startCentral(t)
+	must(t, "writing central.yaml", os.WriteFile(c.Config, append(cfg, "backend_budget: {rate: 1, burst: 5}\n"...), 0o600))
+	p := c.StartCentral(t)
 	ctx := t.Context()
-	admin := c.dial(t, p.addr, identity.Admin, "ops")
-	app := c.dial(t, p.addr, identity.Client, "app")
-	_, err = admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "hsm", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
-		Mode: kbv1.KeyMode_KEY_MODE_BACKEND, Labels: map[string]string{"owner": e2eTrustDomain}})
+	admin := c.Dial(t, p.Addr, identity.Admin, "ops")
+	app := c.Dial(t, p.Addr, identity.Client, "app")
+	_, err = admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "hsm", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_BACKEND, Labels: map[string]string{"owner": framework.TrustDomain}})
 	must(t, "CreateKey", err)
 	unwraps := func() float64 {
-		return c.faultMetric(t, p.opsAddr, "keybroker_backend_calls_total", `op="unwrap-data-key"`)
+		return c.Metric(t, p.OpsAddr, "keybroker_backend_calls_total", `op="unwrap-data-key"`)
 	}
 	batch := func(cts [][]byte) map[codes.Code]int {
 		req := &kbv1.BatchDecryptRequest{}
 		for _, ct := range cts {
 			req.Items = append(req.Items, &kbv1.DecryptRequest{Ciphertext: ct})
 		}
-		resp, err := app.kb.BatchDecrypt(ctx, req)
+		resp, err := app.KB.BatchDecrypt(ctx, req)
 		must(t, "BatchDecrypt", err)
 		out := map[codes.Code]int{}
 		for _, r := range resp.GetResults() {
@@ -178,20 +180,20 @@ func TestBackendBudgetEndToEnd(t *testing.T) {
 	if n := unwraps() - before; n > float64(allowed) {
 		t.Errorf("1,000 distinct forged data keys cost %v backend unwraps, want at most %d", n, allowed)
 	}
-	refused := c.faultMetric(t, p.opsAddr, "keybroker_backend_budget_refusals_total", `op="unwrap-data-key"`)
+	refused := c.Metric(t, p.OpsAddr, "keybroker_backend_budget_refusals_total", `op="unwrap-data-key"`)
 	if int(refused) != got[codes.ResourceExhausted] {
 		t.Errorf("keybroker_backend_budget_refusals_total = %v, want %d", refused, got[codes.ResourceExhausted])
 	}
-	audited := c.auditRecords(t, func(r audit.Record) bool {
-		return r.Principal == app.id && r.Outcome == "ResourceExhausted" && strings.Contains(r.Detail, "budget")
+	audited := c.AuditRecords(t, func(r audit.Record) bool {
+		return r.Principal == app.ID && r.Outcome == "ResourceExhausted" && strings.Contains(r.Detail, "budget")
 	})
 	if len(audited) != got[codes.ResourceExhausted] {
 		t.Errorf("audited refusals = %d, want %d", len(audited), got[codes.ResourceExhausted])
 	}
 
-	enc, err := admin.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("still served")})
+	enc, err := admin.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("still served")})
 	must(t, "Encrypt by an admin", err)
-	dec, err := admin.kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.GetCiphertext()})
+	dec, err := admin.KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.GetCiphertext()})
 	if err != nil || string(dec.GetPlaintext()) != "still served" {
 		t.Errorf("Decrypt by an admin = %v, %v", dec, err)
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -26,8 +28,8 @@ import (
 // awsRoots keeps the root keys in the in-process AWS KMS fake f, which the
 // central process reaches over HTTP with static credentials from the
 // environment.
-func awsRoots(f *awsfake.Fake) func(*testing.T, string) *rootsOfTrust {
-	return func(t *testing.T, _ string) *rootsOfTrust {
+func awsRoots(f *awsfake.Fake) func(*testing.T, string) *framework.Roots {
+	return func(t *testing.T, _ string) *framework.Roots {
 		t.Setenv("AWS_ACCESS_KEY_ID", "AKIDKEYBROKERFAULTS")
 		t.Setenv("AWS_SECRET_ACCESS_KEY", "keybroker-fault-tests")
 		t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
@@ -36,11 +38,11 @@ func awsRoots(f *awsfake.Fake) func(*testing.T, string) *rootsOfTrust {
 			f.Alias("alias/"+object, f.CreateKey(spec))
 		}
 		conn := "region=" + awsfake.Region + ";endpoint=" + f.URL()
-		return &rootsOfTrust{
-			name:       "aws",
-			backendURI: "awskms:" + conn,
-			createURI:  func(object string) string { return "awskms:key-id=alias/" + object + ";" + conn },
-			ref:        func(object string) string { return "awskms:key-id=alias/" + object + ";region=" + awsfake.Region },
+		return &framework.Roots{
+			Name:       "aws",
+			BackendURI: "awskms:" + conn,
+			CreateURI:  func(object string) string { return "awskms:key-id=alias/" + object + ";" + conn },
+			Ref:        func(object string) string { return "awskms:key-id=alias/" + object + ";region=" + awsfake.Region },
 		}
 	}
 }
@@ -57,16 +59,16 @@ func awsRoots(f *awsfake.Fake) func(*testing.T, string) *rootsOfTrust {
 // outage everything works again and every ciphertext and data key made
 // under the faults opens.
 func TestFaultAWSThrottlingAndOutage(t *testing.T) {
-	rep := newFaultReport(t, "aws-throttling-outage")
+	rep := framework.NewFaultReport(t, "aws-throttling-outage")
 	f := awsfake.New(t)
 	// The load is one principal at full speed against backend-mode keys:
 	// the budget is lifted, so that only AWS's throttling is tested here.
-	c := newEdgeClusterOn(t, awsRoots(f), nil, unboundedBudget,
-		&edgeNode{name: "edge-eu", region: "eu", prefetch: true, staleness: time.Hour},
-		&edgeNode{name: "edge-us", region: "us", prefetch: true, staleness: time.Hour},
+	c := framework.NewProcessesOn(t, awsRoots(f), nil, framework.UnboundedBudget,
+		&framework.EdgeNode{Name: "edge-eu", Region: "eu", Prefetch: true, Staleness: time.Hour},
+		&framework.EdgeNode{Name: "edge-us", Region: "us", Prefetch: true, Staleness: time.Hour},
 	)
 	ctx := t.Context()
-	owner := map[string]string{"owner": e2eTrustDomain}
+	owner := map[string]string{"owner": framework.TrustDomain}
 	aes := kbv1.KeyType_KEY_TYPE_AES_256_GCM
 	derive, wrap, backend := kbv1.KeyMode_KEY_MODE_DERIVE, kbv1.KeyMode_KEY_MODE_WRAP, kbv1.KeyMode_KEY_MODE_BACKEND
 	var rev uint64
@@ -74,16 +76,16 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 		{KeyId: "placed", Type: aes, Mode: derive, Labels: owner, Placement: "true"},
 		{KeyId: "placed-wrap", Type: aes, Mode: wrap, Labels: owner, Placement: "true"},
 		{KeyId: "kms-aes", Type: aes, Mode: backend, Labels: owner},
-		{KeyId: "kms-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-mac")},
-		{KeyId: "kms-ec", Type: kbv1.KeyType_KEY_TYPE_ECDSA_P256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-ec")},
+		{KeyId: "kms-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.Roots.Ref("root-mac")},
+		{KeyId: "kms-ec", Type: kbv1.KeyType_KEY_TYPE_ECDSA_P256, Mode: backend, Labels: owner, RootKey: c.Roots.Ref("root-ec")},
 	} {
-		m, err := c.admin.admin.CreateKey(ctx, k)
+		m, err := c.Admin.Admin.CreateKey(ctx, k)
 		must(t, "CreateKey "+k.KeyId, err)
 		rev = max(rev, m.GetRevision())
 	}
-	c.waitApplied(t, rev)
-	atCentral := c.dial(t, c.central.addr, identity.Client, "app")
-	pk, err := atCentral.kb.GetPublicKey(ctx, &kbv1.GetPublicKeyRequest{KeyId: "kms-ec"})
+	c.WaitApplied(t, rev)
+	atCentral := c.Dial(t, c.Central.Addr, identity.Client, "app")
+	pk, err := atCentral.KB.GetPublicKey(ctx, &kbv1.GetPublicKeyRequest{KeyId: "kms-ec"})
 	must(t, "GetPublicKey", err)
 	pub, err := x509.ParsePKIXPublicKey(pk.GetPublicKey())
 	must(t, "ParsePKIXPublicKey", err)
@@ -91,19 +93,19 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	refMAC := map[string][]byte{}
 	for i := range 8 {
 		msg := "message " + strconv.Itoa(i)
-		m, err := atCentral.kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "kms-mac", Message: []byte(msg)})
+		m, err := atCentral.KB.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "kms-mac", Message: []byte(msg)})
 		must(t, "GenerateMac", err)
 		refMAC[msg] = m.GetMac()
 	}
 
 	edges := []string{"edge-eu", "edge-us"}
-	node := map[string]*rpc{}
+	node := map[string]*framework.Conn{}
 	for _, name := range edges {
-		node[name] = c.dial(t, c.edges[name].p.addr, identity.Client, "app")
+		node[name] = c.Dial(t, c.Edges[name].Proc.Addr, identity.Client, "app")
 	}
 	// The application's SDK client retries throttled calls (ResourceExhausted)
 	// for up to 20 passes; see docs/reliability.md for why it needs them.
-	sdk := c.faultSDKClientWith(t, client.Config{Addrs: []string{c.central.addr}, Direct: true, MaxAttempts: 20})
+	sdk := c.SDKClientWith(t, client.Config{Addrs: []string{c.Central.Addr}, Direct: true, MaxAttempts: 20})
 	var outage atomic.Bool
 	var edgeRetries atomic.Uint64 // edge calls retried after ResourceExhausted
 	var backendOps sync.RWMutex   // held by the SDK workers' backend-mode operations
@@ -114,7 +116,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	}
 	var dataKeys []dataKey
 	var dkMu = make(chan struct{}, 1)
-	l := startFaultLoad(ctx, 8, func(ctx context.Context, w, i int) error {
+	l := framework.StartLoad(ctx, 8, func(ctx context.Context, w, i int) error {
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		pt := fmt.Appendf(nil, "worker %d op %d", w, i)
@@ -189,17 +191,17 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 		}
 		return nil
 	})
-	defer l.stop()
-	l.waitOps(t, 100)
+	defer l.Stop()
+	l.WaitOps(t, 100)
 
 	// Phase 1: half of all AWS calls throttled. The load goes on, and so
 	// do admin calls, which the SDK does not retry: an operator's tool
 	// retries those answered ResourceExhausted, after checking that the
 	// refused call left nothing behind.
 	callsBefore := f.TotalCalls()
-	retriesBefore := c.opsMetric(t, c.central.opsAddr, "keybroker_awskms_retries_total")
-	exhaustedBefore := c.faultMetric(t, c.central.opsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`)
-	opsBefore := l.ops.Load()
+	retriesBefore := c.OpsMetric(t, c.Central.OpsAddr, "keybroker_awskms_retries_total")
+	exhaustedBefore := c.Metric(t, c.Central.OpsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`)
+	opsBefore := l.Ops.Load()
 	f.SetFaults(awsfake.Faults{ThrottleFraction: 0.5, Seed: 1})
 	adminCalls, adminThrottled := 0, 0
 	admin := func(what string, call func() error, nothingDone func() error) {
@@ -221,7 +223,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 		}
 	}
 	versions := func() uint32 {
-		d, err := atCentral.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
+		d, err := atCentral.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
 		must(t, "DescribeKey placed-wrap", err)
 		return uint32(len(d.GetKey().GetVersions()))
 	}
@@ -229,16 +231,16 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	for i := range 20 {
 		id := fmt.Sprintf("throttled-%d", i)
 		admin("CreateKey", func() error {
-			_, err := c.admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: aes, Mode: []kbv1.KeyMode{derive, wrap}[i%2], Labels: owner})
+			_, err := c.Admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: aes, Mode: []kbv1.KeyMode{derive, wrap}[i%2], Labels: owner})
 			return err
 		}, func() error {
-			if _, err := c.admin.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: id}); status.Code(err) != codes.NotFound {
+			if _, err := c.Admin.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: id}); status.Code(err) != codes.NotFound {
 				return fmt.Errorf("DescribeKey(%s) = %v, want NotFound", id, err)
 			}
 			return nil
 		})
 		admin("RotateKey", func() error {
-			_, err := c.admin.admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "placed-wrap"})
+			_, err := c.Admin.Admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "placed-wrap"})
 			return err
 		}, func() error {
 			if got := versions(); got != wantVersions {
@@ -248,15 +250,15 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 		})
 		wantVersions++
 	}
-	l.waitOps(t, opsBefore+800)
+	l.WaitOps(t, opsBefore+800)
 	f.SetFaults(awsfake.Faults{})
-	throttledOps := l.ops.Load() - opsBefore
+	throttledOps := l.Ops.Load() - opsBefore
 	awsCalls := f.TotalCalls() - callsBefore
-	retries := c.opsMetric(t, c.central.opsAddr, "keybroker_awskms_retries_total") - retriesBefore
-	exhausted := c.faultMetric(t, c.central.opsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`) - exhaustedBefore
-	if n := l.errs.Load(); n != 0 {
-		first := l.stop()
-		t.Fatalf("%d of %d operations failed with half the AWS calls throttled; first: %v", n, l.ops.Load(), errors.Join(first...))
+	retries := c.OpsMetric(t, c.Central.OpsAddr, "keybroker_awskms_retries_total") - retriesBefore
+	exhausted := c.Metric(t, c.Central.OpsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`) - exhaustedBefore
+	if n := l.Errs.Load(); n != 0 {
+		first := l.Stop()
+		t.Fatalf("%d of %d operations failed with half the AWS calls throttled; first: %v", n, l.Ops.Load(), errors.Join(first...))
 	}
 	if retries == 0 {
 		t.Errorf("no AWS call was retried while half were throttled (%d calls reached the fake)", awsCalls)
@@ -270,11 +272,11 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	// tier cannot seal for them in it. Each edge acknowledges the revision
 	// and encrypts under the primary version once (fetching its material if
 	// its sealed copy was withheld under throttling).
-	last, err := atCentral.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
+	last, err := atCentral.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
 	must(t, "DescribeKey placed-wrap", err)
-	c.waitApplied(t, last.GetKey().GetRevision())
+	c.WaitApplied(t, last.GetKey().GetRevision())
 	for _, name := range edges {
-		r, err := node[name].kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "placed-wrap", Plaintext: []byte("warm")})
+		r, err := node[name].KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "placed-wrap", Plaintext: []byte("warm")})
 		must(t, "Encrypt placed-wrap at "+name+" before the outage", err)
 		if r.GetKeyVersion() != last.GetKey().GetPrimaryVersion() {
 			t.Fatalf("%s encrypted under version %d, want the primary %d", name, r.GetKeyVersion(), last.GetKey().GetPrimaryVersion())
@@ -284,7 +286,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	// Phase 2: AWS is down for 10 s (the fault's length, not a check).
 	outage.Store(true)
 	backendOps.Lock() // the backend-mode operations under way finish first
-	opsAtOutage := l.ops.Load()
+	opsAtOutage := l.Ops.Load()
 	f.SetFaults(awsfake.Faults{Outage: true})
 	backendOps.Unlock()
 	outageEnds := time.Now().Add(10 * time.Second)
@@ -293,23 +295,23 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 		call func(ctx context.Context) error
 	}{
 		{"GenerateMac with a backend-mode key", func(ctx context.Context) error {
-			_, err := atCentral.kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "kms-mac", Message: []byte("m")})
+			_, err := atCentral.KB.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "kms-mac", Message: []byte("m")})
 			return err
 		}},
 		{"Sign with a backend-mode key", func(ctx context.Context) error {
-			_, err := atCentral.kb.Sign(ctx, &kbv1.SignRequest{KeyId: "kms-ec", Input: &kbv1.SignRequest_Message{Message: []byte("m")}})
+			_, err := atCentral.KB.Sign(ctx, &kbv1.SignRequest{KeyId: "kms-ec", Input: &kbv1.SignRequest_Message{Message: []byte("m")}})
 			return err
 		}},
 		{"GenerateDataKey with a backend-mode key", func(ctx context.Context) error {
-			_, err := atCentral.kb.GenerateDataKey(ctx, &kbv1.GenerateDataKeyRequest{KeyId: "kms-aes"})
+			_, err := atCentral.KB.GenerateDataKey(ctx, &kbv1.GenerateDataKeyRequest{KeyId: "kms-aes"})
 			return err
 		}},
 		{"CreateKey", func(ctx context.Context) error {
-			_, err := c.admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "during-outage", Type: aes, Mode: derive, Labels: owner})
+			_, err := c.Admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "during-outage", Type: aes, Mode: derive, Labels: owner})
 			return err
 		}},
 		{"RotateKey of a wrap-mode key", func(ctx context.Context) error {
-			_, err := c.admin.admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "placed-wrap"})
+			_, err := c.Admin.Admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "placed-wrap"})
 			return err
 		}},
 	}
@@ -317,7 +319,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	var sample string
 	for time.Now().Before(outageEnds) {
 		for _, n := range needAWS {
-			err := faultFailsFast(ctx, func(ctx context.Context) error {
+			err := framework.FailsFast(ctx, func(ctx context.Context) error {
 				err := n.call(ctx)
 				if sample == "" && status.Code(err) == codes.Unavailable {
 					sample = status.Convert(err).Message()
@@ -330,14 +332,14 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 			refused++
 		}
 	}
-	opsOutage := l.ops.Load() - opsAtOutage
-	errsOutage := l.errs.Load()
+	opsOutage := l.Ops.Load() - opsAtOutage
+	errsOutage := l.Errs.Load()
 	f.SetFaults(awsfake.Faults{})
 	outage.Store(false)
 
 	// Recovery: every call that needs AWS succeeds again.
 	for _, n := range needAWS[:3] {
-		faultPoll(t, n.what+" after the outage", func() (bool, string) {
+		framework.Poll(t, n.what+" after the outage", func() (bool, string) {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			if err := n.call(cctx); err != nil {
@@ -346,24 +348,24 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 			return true, ""
 		})
 	}
-	opsAfter := l.ops.Load()
-	l.waitOps(t, opsAfter+200)
-	first := l.stop()
-	if n := l.errs.Load(); n != 0 {
-		t.Fatalf("%d of %d operations failed (%d during the outage, all on placed keys at the edges); first: %v", n, l.ops.Load(), errsOutage, errors.Join(first...))
+	opsAfter := l.Ops.Load()
+	l.WaitOps(t, opsAfter+200)
+	first := l.Stop()
+	if n := l.Errs.Load(); n != 0 {
+		t.Fatalf("%d of %d operations failed (%d during the outage, all on placed keys at the edges); first: %v", n, l.Ops.Load(), errsOutage, errors.Join(first...))
 	}
 
 	// Nothing half-done: the outage's CreateKey and RotateKey left no
 	// trace, the throttled ones all landed.
-	if _, err := c.admin.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "during-outage"}); status.Code(err) != codes.NotFound {
+	if _, err := c.Admin.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "during-outage"}); status.Code(err) != codes.NotFound {
 		t.Errorf("DescribeKey of the key whose CreateKey failed in the outage = %v, want NotFound", err)
 	}
-	d, err := atCentral.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
+	d, err := atCentral.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "placed-wrap"})
 	must(t, "DescribeKey placed-wrap", err)
 	if got := d.GetKey().GetPrimaryVersion(); got != wantVersions || len(d.GetKey().GetVersions()) != int(wantVersions) {
 		t.Errorf("placed-wrap has primary version %d and %d versions, want %d: only the acknowledged rotations", got, len(d.GetKey().GetVersions()), wantVersions)
 	}
-	list, err := c.admin.kb.ListKeys(ctx, &kbv1.ListKeysRequest{})
+	list, err := c.Admin.KB.ListKeys(ctx, &kbv1.ListKeysRequest{})
 	must(t, "ListKeys", err)
 	if got, want := len(list.GetKeys()), 5+20; got != want {
 		t.Errorf("ListKeys after the faults: %d keys, want %d", got, want)
@@ -374,14 +376,14 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 		t.Errorf("%d of %d ciphertexts made under the faults do not open at central; first: %v", len(errs), len(msgs), errs[0])
 	}
 	for _, dk := range dataKeys {
-		got, err := atCentral.kb.DecryptDataKey(ctx, &kbv1.DecryptDataKeyRequest{KeyId: "kms-aes", KeyVersion: dk.version, WrappedDataKey: dk.wraped})
+		got, err := atCentral.KB.DecryptDataKey(ctx, &kbv1.DecryptDataKeyRequest{KeyId: "kms-aes", KeyVersion: dk.version, WrappedDataKey: dk.wraped})
 		if err != nil || !bytes.Equal(got.GetPlaintext(), dk.plain) {
 			t.Errorf("DecryptDataKey of a data key made under the faults: %v", err)
 			break
 		}
 	}
 	t.Logf("unavailable message: %s", sample)
-	rep.set("half of all AWS calls throttled: %d operations (4 workers at the edges, 4 through the SDK on backend-mode keys at central), 0 errors reached the application; "+
+	rep.Set("half of all AWS calls throttled: %d operations (4 workers at the edges, 4 through the SDK on backend-mode keys at central), 0 errors reached the application; "+
 		"%d AWS requests, %v of them retries by central; central answered %v calls ResourceExhausted after all their attempts were throttled, which the SDK retried away; %d of %d admin calls answered ResourceExhausted, left nothing behind and succeeded when retried; "+
 		"10 s AWS outage: %d operations on placed keys at 2 edges, 0 errors; %d calls needing AWS (backend-mode MAC, Sign, data key; CreateKey; RotateKey) failed fast with Unavailable, none left a trace; "+
 		"after the outage every call succeeded and all %d ciphertexts and %d data keys made under the faults opened at central",

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
@@ -26,16 +28,16 @@ import (
 // misses succeed, and every ciphertext the edges made during the outage
 // opens at central.
 func TestFaultCentralSIGKILL(t *testing.T) {
-	rep := newFaultReport(t, "central-sigkill")
-	c := newEdgeCluster(t,
-		&edgeNode{name: "edge-eu", region: "eu", prefetch: true, staleness: time.Hour},
-		&edgeNode{name: "edge-us", region: "us", prefetch: true, staleness: time.Hour},
+	rep := framework.NewFaultReport(t, "central-sigkill")
+	c := framework.NewProcesses(t,
+		&framework.EdgeNode{Name: "edge-eu", Region: "eu", Prefetch: true, Staleness: time.Hour},
+		&framework.EdgeNode{Name: "edge-us", Region: "us", Prefetch: true, Staleness: time.Hour},
 		// Sorts after edge-eu, so LookupKey sends eu clients to edge-eu
 		// first and this edge stays cold.
-		&edgeNode{name: "edge-eu-lazy", region: "eu", prefetch: false, staleness: time.Hour},
+		&framework.EdgeNode{Name: "edge-eu-lazy", Region: "eu", Prefetch: false, Staleness: time.Hour},
 	)
 	ctx := t.Context()
-	owner := map[string]string{"owner": e2eTrustDomain}
+	owner := map[string]string{"owner": framework.TrustDomain}
 	aes, hmac := kbv1.KeyType_KEY_TYPE_AES_256_GCM, kbv1.KeyType_KEY_TYPE_HMAC_SHA256
 	derive, wrap, backend := kbv1.KeyMode_KEY_MODE_DERIVE, kbv1.KeyMode_KEY_MODE_WRAP, kbv1.KeyMode_KEY_MODE_BACKEND
 	var rev uint64
@@ -46,27 +48,27 @@ func TestFaultCentralSIGKILL(t *testing.T) {
 		{KeyId: "eu-only", Type: aes, Mode: wrap, Labels: owner, Placement: `principal.region == "eu"`},
 		{KeyId: "hsm", Type: aes, Mode: backend, Labels: owner},
 	} {
-		m, err := c.admin.admin.CreateKey(ctx, k)
+		m, err := c.Admin.Admin.CreateKey(ctx, k)
 		must(t, "CreateKey "+k.KeyId, err)
 		rev = max(rev, m.GetRevision())
 	}
-	c.waitApplied(t, rev)
+	c.WaitApplied(t, rev)
 
-	node := map[string]*rpc{}
-	for _, name := range c.order {
-		node[name] = c.dial(t, c.edges[name].p.addr, identity.Client, "app")
+	node := map[string]*framework.Conn{}
+	for _, name := range c.Order {
+		node[name] = c.Dial(t, c.Edges[name].Proc.Addr, identity.Client, "app")
 	}
-	eu, us := c.edges["edge-eu"].p.addr, c.edges["edge-us"].p.addr
-	sdk := map[string]*client.Client{"edge-eu": c.faultSDKClient(t, "eu", eu, us), "edge-us": c.faultSDKClient(t, "us", us, eu)}
+	eu, us := c.Edges["edge-eu"].Proc.Addr, c.Edges["edge-us"].Proc.Addr
+	sdk := map[string]*client.Client{"edge-eu": c.SDKClient(t, "eu", eu, us), "edge-us": c.SDKClient(t, "us", us, eu)}
 
 	// Ciphertexts made at central before the fault, opened at the edges
 	// under load.
-	atCentral := c.dial(t, c.central.addr, identity.Client, "app")
+	atCentral := c.Dial(t, c.Central.Addr, identity.Client, "app")
 	var corpus []faultMsg
 	for i := range 8 {
 		key := []string{"placed-derive", "placed-wrap"}[i%2]
 		m := faultMsg{key: key, plaintext: fmt.Appendf(nil, "corpus %d", i), ectx: map[string]string{"corpus": strconv.Itoa(i)}}
-		e, err := atCentral.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: key, Plaintext: m.plaintext, EncryptionContext: m.ectx})
+		e, err := atCentral.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: key, Plaintext: m.plaintext, EncryptionContext: m.ectx})
 		must(t, "Encrypt at central", err)
 		m.ciphertext = e.GetCiphertext()
 		corpus = append(corpus, m)
@@ -80,7 +82,7 @@ func TestFaultCentralSIGKILL(t *testing.T) {
 			duringOutage.add(m)
 		}
 	}
-	l := startFaultLoad(ctx, 8, func(ctx context.Context, w, i int) error {
+	l := framework.StartLoad(ctx, 8, func(ctx context.Context, w, i int) error {
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		here, there := edges[w%2], edges[(w+1)%2]
@@ -116,67 +118,67 @@ func TestFaultCentralSIGKILL(t *testing.T) {
 			}
 			return err
 		default: // a MAC, and a ciphertext central made before the fault
-			mac, err := node[here].kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "placed-mac", Message: pt})
+			mac, err := node[here].KB.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "placed-mac", Message: pt})
 			if err != nil {
 				return fmt.Errorf("GenerateMac: %w", err)
 			}
-			v, err := node[there].kb.VerifyMac(ctx, &kbv1.VerifyMacRequest{KeyId: "placed-mac", Message: pt, Mac: mac.GetMac()})
+			v, err := node[there].KB.VerifyMac(ctx, &kbv1.VerifyMacRequest{KeyId: "placed-mac", Message: pt, Mac: mac.GetMac()})
 			if err != nil || !v.GetValid() {
 				return fmt.Errorf("VerifyMac = %v, %v", v.GetValid(), err)
 			}
 			m := corpus[i%len(corpus)]
-			d, err := node[here].kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: m.ciphertext, EncryptionContext: m.ectx})
+			d, err := node[here].KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: m.ciphertext, EncryptionContext: m.ectx})
 			if err != nil || !bytes.Equal(d.GetPlaintext(), m.plaintext) {
 				return fmt.Errorf("Decrypt of a ciphertext from central = %q, %v", d.GetPlaintext(), err)
 			}
 			return nil
 		}
 	})
-	defer l.stop()
-	l.waitOps(t, 300)
+	defer l.Stop()
+	l.WaitOps(t, 300)
 
-	c.central.kill()
+	c.Central.Kill()
 	down.Store(true)
-	opsAtKill, errsAtKill := l.ops.Load(), l.errs.Load()
+	opsAtKill, errsAtKill := l.Ops.Load(), l.Errs.Load()
 
 	// Misses: calls only central can answer. Each must fail with
 	// Unavailable well within its deadline, while the load goes on.
-	edgeAdmin := c.dial(t, eu, identity.Admin, "ops")
+	edgeAdmin := c.Dial(t, eu, identity.Admin, "ops")
 	created := 0
 	misses := []struct {
 		what string
 		call func(ctx context.Context) error
 	}{
 		{"Encrypt with a backend-mode key at edge-eu", func(ctx context.Context) error {
-			_, err := node["edge-eu"].kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("x")})
+			_, err := node["edge-eu"].KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("x")})
 			return err
 		}},
 		{"Encrypt with a backend-mode key at edge-us", func(ctx context.Context) error {
-			_, err := node["edge-us"].kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("x")})
+			_, err := node["edge-us"].KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("x")})
 			return err
 		}},
 		{"Encrypt with a key placed in eu at edge-us", func(ctx context.Context) error {
-			_, err := node["edge-us"].kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "eu-only", Plaintext: []byte("x")})
+			_, err := node["edge-us"].KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "eu-only", Plaintext: []byte("x")})
 			return err
 		}},
 		{"first use of a placed key at an edge that does not prefetch", func(ctx context.Context) error {
-			_, err := node["edge-eu-lazy"].kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "placed-wrap", Plaintext: []byte("x")})
+			_, err := node["edge-eu-lazy"].KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "placed-wrap", Plaintext: []byte("x")})
 			return err
 		}},
 		{"CreateKey through edge-eu", func(ctx context.Context) error {
 			created++
-			_, err := edgeAdmin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: fmt.Sprintf("made-%d", created), Type: aes, Mode: derive, Labels: owner})
+			_, err := edgeAdmin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: fmt.Sprintf("made-%d", created), Type: aes, Mode: derive, Labels: owner})
 			return err
 		}},
 		{"GenerateRandom at edge-us", func(ctx context.Context) error {
-			_, err := node["edge-us"].kb.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 16})
+			_, err := node["edge-us"].KB.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 16})
 			return err
 		}},
 	}
 	missed := 0
 	for range 8 {
 		for _, m := range misses {
-			if err := faultFailsFast(ctx, m.call); err != nil {
+			if err := framework.FailsFast(ctx, m.call); err != nil {
 				t.Errorf("%s with central down: %v", m.what, err)
 			}
 			missed++
@@ -184,20 +186,20 @@ func TestFaultCentralSIGKILL(t *testing.T) {
 	}
 	// Let the load run a while longer on central's absence (a count, not
 	// a time).
-	l.waitOps(t, l.ops.Load()+1000)
+	l.WaitOps(t, l.Ops.Load()+1000)
 
-	c.central = c.startCentral(t)
-	c.admin = c.dial(t, c.central.addr, identity.Admin, "ops")
+	c.Central = c.StartCentral(t)
+	c.Admin = c.Dial(t, c.Central.Addr, identity.Admin, "ops")
 	down.Store(false)
-	opsDown, errsDown := l.ops.Load()-opsAtKill, l.errs.Load()-errsAtKill
+	opsDown, errsDown := l.Ops.Load()-opsAtKill, l.Errs.Load()-errsAtKill
 
 	// Recovery: the edges reconnect (central says so), and every miss
 	// succeeds again.
-	faultPoll(t, "edges reconnected to the restarted central", func() (bool, string) {
-		return c.connected(ctx, c.order...)
+	framework.Poll(t, "edges reconnected to the restarted central", func() (bool, string) {
+		return c.Connected(ctx, c.Order...)
 	})
 	for _, m := range misses {
-		faultPoll(t, m.what+" after central restarted", func() (bool, string) {
+		framework.Poll(t, m.what+" after central restarted", func() (bool, string) {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			if err := m.call(cctx); err != nil {
@@ -206,10 +208,10 @@ func TestFaultCentralSIGKILL(t *testing.T) {
 			return true, ""
 		})
 	}
-	l.waitOps(t, l.ops.Load()+300)
-	first := l.stop()
-	if n := l.errs.Load(); n != 0 {
-		t.Fatalf("%d of %d operations on placed keys failed (%d while central was down); first: %v", n, l.ops.Load(), errsDown, errors.Join(first...))
+	l.WaitOps(t, l.Ops.Load()+300)
+	first := l.Stop()
+	if n := l.Errs.Load(); n != 0 {
+		t.Fatalf("%d of %d operations on placed keys failed (%d while central was down); first: %v", n, l.Ops.Load(), errsDown, errors.Join(first...))
 	}
 
 	// What the edges sealed while central was down opens at central.
@@ -217,9 +219,9 @@ func TestFaultCentralSIGKILL(t *testing.T) {
 	if errs := faultDecryptAll(ctx, atCentral, made); len(errs) > 0 {
 		t.Fatalf("%d of %d ciphertexts made during the outage do not open at central; first: %v", len(errs), len(made), errs[0])
 	}
-	t.Logf("%d operations in all; %d while central was down", l.ops.Load(), opsDown)
-	rep.set("%d operations by 8 workers at 2 prefetching edges while central was down (SIGKILL), 0 errors on placed keys (%d in the whole run of %d); "+
+	t.Logf("%d operations in all; %d while central was down", l.Ops.Load(), opsDown)
+	rep.Set("%d operations by 8 workers at 2 prefetching edges while central was down (SIGKILL), 0 errors on placed keys (%d in the whole run of %d); "+
 		"%d misses (backend-mode key, key placed elsewhere, cold edge, CreateKey, GenerateRandom) failed fast with Unavailable; "+
 		"after restart on the same data dir and port the 3 edges reconnected and every miss succeeded; %d ciphertexts sealed at the edges during the outage all opened at central",
-		opsDown, l.errs.Load(), l.ops.Load(), missed, len(made))
+		opsDown, l.Errs.Load(), l.Ops.Load(), missed, len(made))
 }

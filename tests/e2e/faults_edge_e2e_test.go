@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
@@ -26,13 +28,13 @@ import (
 // no material fetched and nothing forwarded — and, once central is back,
 // catch up with the changes it missed.
 func TestFaultEdgeSIGKILL(t *testing.T) {
-	rep := newFaultReport(t, "edge-sigkill")
-	c := newEdgeCluster(t,
-		&edgeNode{name: "edge-a", region: "eu", prefetch: true, staleness: time.Hour},
-		&edgeNode{name: "edge-b", region: "eu", prefetch: true, staleness: time.Hour},
+	rep := framework.NewFaultReport(t, "edge-sigkill")
+	c := framework.NewProcesses(t,
+		&framework.EdgeNode{Name: "edge-a", Region: "eu", Prefetch: true, Staleness: time.Hour},
+		&framework.EdgeNode{Name: "edge-b", Region: "eu", Prefetch: true, Staleness: time.Hour},
 	)
 	ctx := t.Context()
-	owner := map[string]string{"owner": e2eTrustDomain}
+	owner := map[string]string{"owner": framework.TrustDomain}
 	aes := kbv1.KeyType_KEY_TYPE_AES_256_GCM
 	var rev uint64
 	for _, k := range []*kbv1.CreateKeyRequest{
@@ -40,24 +42,24 @@ func TestFaultEdgeSIGKILL(t *testing.T) {
 		{KeyId: "records", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_WRAP, Labels: owner, Placement: "true"},
 		{KeyId: "churn", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: owner, Placement: "true"},
 	} {
-		m, err := c.admin.admin.CreateKey(ctx, k)
+		m, err := c.Admin.Admin.CreateKey(ctx, k)
 		must(t, "CreateKey "+k.KeyId, err)
 		rev = max(rev, m.GetRevision())
 	}
 	// A ciphertext under version 1 of orders, then version 2.
-	atCentral := c.dial(t, c.central.addr, identity.Client, "app")
+	atCentral := c.Dial(t, c.Central.Addr, identity.Client, "app")
 	old := faultMsg{key: "orders", plaintext: []byte("under version 1"), ectx: map[string]string{"v": "1"}}
-	e, err := atCentral.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "orders", Plaintext: old.plaintext, EncryptionContext: old.ectx})
+	e, err := atCentral.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "orders", Plaintext: old.plaintext, EncryptionContext: old.ectx})
 	must(t, "Encrypt", err)
 	old.ciphertext = e.GetCiphertext()
-	m, err := c.admin.admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "orders"})
+	m, err := c.Admin.Admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "orders"})
 	must(t, "RotateKey", err)
-	c.waitApplied(t, max(rev, m.GetRevision()))
+	c.WaitApplied(t, max(rev, m.GetRevision()))
 
-	ea := c.edges["edge-a"]
-	a, b := ea.p.addr, c.edges["edge-b"].p.addr
+	ea := c.Edges["edge-a"]
+	a, b := ea.Proc.Addr, c.Edges["edge-b"].Proc.Addr
 	// eu clients: LookupKey puts edge-a first (same region, id order).
-	cl := c.faultSDKClient(t, "eu", a, b, c.central.addr)
+	cl := c.SDKClient(t, "eu", a, b, c.Central.Addr)
 	enc, err := cl.NewEncryptor(client.EncryptorConfig{Key: "records"})
 	must(t, "NewEncryptor", err)
 	dec := cl.NewDecryptor(client.DecryptorConfig{})
@@ -68,7 +70,7 @@ func TestFaultEdgeSIGKILL(t *testing.T) {
 	var churn sync.WaitGroup
 	churn.Go(func() {
 		for churnCtx.Err() == nil {
-			if _, err := c.admin.admin.RotateKey(churnCtx, &kbv1.KeyRequest{KeyId: "churn"}); err == nil {
+			if _, err := c.Admin.Admin.RotateKey(churnCtx, &kbv1.KeyRequest{KeyId: "churn"}); err == nil {
 				churned.Add(1)
 			}
 		}
@@ -77,7 +79,7 @@ func TestFaultEdgeSIGKILL(t *testing.T) {
 
 	var killed atomic.Bool
 	var before, after faultMsgs
-	l := startFaultLoad(ctx, 8, func(ctx context.Context, w, i int) error {
+	l := framework.StartLoad(ctx, 8, func(ctx context.Context, w, i int) error {
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		msg := faultMsg{plaintext: fmt.Appendf(nil, "worker %d op %d", w, i), ectx: map[string]string{"worker": strconv.Itoa(w)}}
@@ -115,21 +117,21 @@ func TestFaultEdgeSIGKILL(t *testing.T) {
 		}
 		return nil
 	})
-	defer l.stop()
-	l.waitOps(t, 300)
+	defer l.Stop()
+	l.WaitOps(t, 300)
 	callsBefore := cl.Calls()
-	ea.p.kill()
+	ea.Proc.Kill()
 	killed.Store(true)
-	opsAtKill := l.ops.Load()
-	l.waitOps(t, opsAtKill+300)
-	first := l.stop()
+	opsAtKill := l.Ops.Load()
+	l.WaitOps(t, opsAtKill+300)
+	first := l.Stop()
 	stopChurn()
 	churn.Wait()
-	if n := l.errs.Load(); n != 0 {
-		t.Fatalf("%d of %d operations failed for the application when edge-a was killed; first: %v", n, l.ops.Load(), errors.Join(first...))
+	if n := l.Errs.Load(); n != 0 {
+		t.Fatalf("%d of %d operations failed for the application when edge-a was killed; first: %v", n, l.Ops.Load(), errors.Join(first...))
 	}
 	callsAfter := cl.Calls()
-	moved := callsAfter[b] - callsBefore[b] + callsAfter[c.central.addr] - callsBefore[c.central.addr]
+	moved := callsAfter[b] - callsBefore[b] + callsAfter[c.Central.Addr] - callsBefore[c.Central.Addr]
 	if moved == 0 {
 		t.Errorf("no call moved to edge-b or central after edge-a died: %v → %v", callsBefore, callsAfter)
 	}
@@ -138,9 +140,9 @@ func TestFaultEdgeSIGKILL(t *testing.T) {
 	}
 
 	// Central goes too: whatever edge-a serves now comes from its disk.
-	c.central.kill()
-	ea.p = startNode(t, "edge", ea.config)
-	atA := c.dial(t, ea.p.addr, identity.Client, "app")
+	c.Central.Kill()
+	ea.Proc = framework.StartNode(t, "edge", ea.Config)
+	atA := c.Dial(t, ea.Proc.Addr, identity.Client, "app")
 	made := append(before.all(), old)
 	if errs := faultDecryptAll(ctx, atA, made); len(errs) > 0 {
 		t.Fatalf("edge-a restarted from disk, central down: %d of %d ciphertexts made before the kill do not decrypt; first: %v", len(errs), len(made), errs[0])
@@ -152,34 +154,34 @@ func TestFaultEdgeSIGKILL(t *testing.T) {
 	if _, err := faultRoundTrip(ctx, atA, atA, "orders", []byte("fresh"), nil); err != nil {
 		t.Errorf("Encrypt at edge-a restarted from disk with central down: %v", err)
 	}
-	fromDisk := c.opsMetric(t, ea.p.opsAddr, "keybroker_edge_material_misses_total")
+	fromDisk := c.OpsMetric(t, ea.Proc.OpsAddr, "keybroker_edge_material_misses_total")
 	for _, metric := range []string{"keybroker_edge_fetches_total", "keybroker_edge_forwards_total"} {
-		if got := c.opsMetric(t, ea.p.opsAddr, metric); got != 0 {
+		if got := c.OpsMetric(t, ea.Proc.OpsAddr, metric); got != 0 {
 			t.Errorf("%s at edge-a restarted with central down = %v, want 0: it must serve from its disk", metric, got)
 		}
 	}
 
 	// Central comes back: edge-a catches up with the rotations it missed,
 	// still without fetching material it held.
-	c.central = c.startCentral(t)
-	c.admin = c.dial(t, c.central.addr, identity.Admin, "ops")
-	dk, err := c.admin.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "churn"})
+	c.Central = c.StartCentral(t)
+	c.Admin = c.Dial(t, c.Central.Addr, identity.Admin, "ops")
+	dk, err := c.Admin.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "churn"})
 	must(t, "DescribeKey churn", err)
 	churnKey := dk.GetKey()
-	c.waitApplied(t, churnKey.GetRevision())
-	d, err := atA.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "churn"})
+	c.WaitApplied(t, churnKey.GetRevision())
+	d, err := atA.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "churn"})
 	if err != nil || d.GetKey().GetPrimaryVersion() != churnKey.GetPrimaryVersion() {
 		t.Errorf("DescribeKey(churn) at edge-a after central came back = version %d, %v; want %d", d.GetKey().GetPrimaryVersion(), err, churnKey.GetPrimaryVersion())
 	}
 	if errs := faultDecryptAll(ctx, atA, made); len(errs) > 0 {
 		t.Errorf("after central came back: %d ciphertexts do not decrypt at edge-a; first: %v", len(errs), errs[0])
 	}
-	if got := c.opsMetric(t, ea.p.opsAddr, "keybroker_edge_fetches_total"); got != 0 {
+	if got := c.OpsMetric(t, ea.Proc.OpsAddr, "keybroker_edge_fetches_total"); got != 0 {
 		t.Errorf("keybroker_edge_fetches_total at edge-a after it caught up = %v, want 0", got)
 	}
 	t.Logf("calls by node before the kill %v, after %v", callsBefore, callsAfter)
-	rep.set("8 SDK workers, %d operations, edge-a killed (SIGKILL) after %d while central streamed it %d rotations; 0 errors reached the application (%d calls moved to edge-b or central); "+
+	rep.Set("8 SDK workers, %d operations, edge-a killed (SIGKILL) after %d while central streamed it %d rotations; 0 errors reached the application (%d calls moved to edge-b or central); "+
 		"edge-a restarted from its data dir with central also killed: %d of %d ciphertexts made before the kill and %d made after it decrypted there, "+
 		"%v material versions opened from disk, 0 fetches, 0 forwards; after central restarted edge-a caught up to churn version %d with 0 fetches",
-		l.ops.Load(), opsAtKill, churned.Load(), moved, len(made), len(made), len(later), fromDisk, churnKey.GetPrimaryVersion())
+		l.Ops.Load(), opsAtKill, churned.Load(), moved, len(made), len(made), len(later), fromDisk, churnKey.GetPrimaryVersion())
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	p11 "github.com/miekg/pkcs11"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -149,9 +151,9 @@ func (l *logBuffer) String() string {
 // notice, open new sessions, log in again and retry: no error may reach a
 // caller, and every MAC and signature must be right.
 func TestFaultHSMSessionsClosed(t *testing.T) {
-	rep := newFaultReport(t, "hsm-sessions-closed")
-	c := newClusterOn(t, pkcs11Roots, append(basicRoots, rootKey{"root-ec", "ecdsa-p256"}, rootKey{"root-mac", "hmac-256"}))
-	cfg, err := config.LoadCentral(c.config)
+	rep := framework.NewFaultReport(t, "hsm-sessions-closed")
+	c := framework.NewSetupOn(t, framework.PKCS11Roots, append(framework.BasicRoots, framework.RootKey{Object: "root-ec", Algorithm: "ecdsa-p256"}, framework.RootKey{Object: "root-mac", Algorithm: "hmac-256"}))
+	cfg, err := config.LoadCentral(c.Config)
 	must(t, "LoadCentral", err)
 	// Eight workers at full speed on backend-mode keys: the per-principal
 	// backend budget is not what this test is about.
@@ -187,19 +189,19 @@ func TestFaultHSMSessionsClosed(t *testing.T) {
 	raw, slot := openRawToken(t)
 
 	ctx := t.Context()
-	admin := c.dial(t, node.Addr(), identity.Admin, "ops")
-	owner := map[string]string{"owner": e2eTrustDomain}
+	admin := c.Dial(t, node.Addr(), identity.Admin, "ops")
+	owner := map[string]string{"owner": framework.TrustDomain}
 	backend := kbv1.KeyMode_KEY_MODE_BACKEND
 	for _, k := range []*kbv1.CreateKeyRequest{
 		{KeyId: "hsm-aes", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: backend, Labels: owner},
-		{KeyId: "hsm-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-mac")},
-		{KeyId: "hsm-ec", Type: kbv1.KeyType_KEY_TYPE_ECDSA_P256, Mode: backend, Labels: owner, RootKey: c.roots.ref("root-ec")},
+		{KeyId: "hsm-mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: backend, Labels: owner, RootKey: c.Roots.Ref("root-mac")},
+		{KeyId: "hsm-ec", Type: kbv1.KeyType_KEY_TYPE_ECDSA_P256, Mode: backend, Labels: owner, RootKey: c.Roots.Ref("root-ec")},
 	} {
-		_, err := admin.admin.CreateKey(ctx, k)
+		_, err := admin.Admin.CreateKey(ctx, k)
 		must(t, "CreateKey "+k.KeyId, err)
 	}
-	app := c.dial(t, node.Addr(), identity.Client, "app")
-	sdk := c.faultSDKClient(t, "", node.Addr())
+	app := c.Dial(t, node.Addr(), identity.Client, "app")
+	sdk := c.SDKClient(t, "", node.Addr())
 
 	// Reference answers, made before any fault: a MAC is deterministic, so
 	// a wrong one under fault is caught, not just a failed one.
@@ -207,11 +209,11 @@ func TestFaultHSMSessionsClosed(t *testing.T) {
 	refMAC := make([][]byte, 16)
 	for i := range msgs {
 		msgs[i] = fmt.Appendf(nil, "message %d", i)
-		m, err := app.kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "hsm-mac", Message: msgs[i]})
+		m, err := app.KB.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "hsm-mac", Message: msgs[i]})
 		must(t, "GenerateMac", err)
 		refMAC[i] = m.GetMac()
 	}
-	pk, err := app.kb.GetPublicKey(ctx, &kbv1.GetPublicKeyRequest{KeyId: "hsm-ec"})
+	pk, err := app.KB.GetPublicKey(ctx, &kbv1.GetPublicKeyRequest{KeyId: "hsm-ec"})
 	must(t, "GetPublicKey", err)
 	pub, err := x509.ParsePKIXPublicKey(pk.GetPublicKey())
 	must(t, "ParsePKIXPublicKey", err)
@@ -221,27 +223,27 @@ func TestFaultHSMSessionsClosed(t *testing.T) {
 	// operation's result; the checks are the same.
 	viaGRPC := hsmOps{
 		mac: func(ctx context.Context, msg []byte) ([]byte, error) {
-			r, err := app.kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "hsm-mac", Message: msg})
+			r, err := app.KB.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "hsm-mac", Message: msg})
 			return r.GetMac(), err
 		},
 		verifyMAC: func(ctx context.Context, msg, mac []byte) (bool, error) {
-			r, err := app.kb.VerifyMac(ctx, &kbv1.VerifyMacRequest{KeyId: "hsm-mac", Message: msg, Mac: mac})
+			r, err := app.KB.VerifyMac(ctx, &kbv1.VerifyMacRequest{KeyId: "hsm-mac", Message: msg, Mac: mac})
 			return r.GetValid(), err
 		},
 		sign: func(ctx context.Context, msg []byte) ([]byte, error) {
-			r, err := app.kb.Sign(ctx, &kbv1.SignRequest{KeyId: "hsm-ec", Input: &kbv1.SignRequest_Message{Message: msg}})
+			r, err := app.KB.Sign(ctx, &kbv1.SignRequest{KeyId: "hsm-ec", Input: &kbv1.SignRequest_Message{Message: msg}})
 			return r.GetSignature(), err
 		},
 		dataKey: func(ctx context.Context) ([]byte, []byte, uint32, error) {
-			r, err := app.kb.GenerateDataKey(ctx, &kbv1.GenerateDataKeyRequest{KeyId: "hsm-aes"})
+			r, err := app.KB.GenerateDataKey(ctx, &kbv1.GenerateDataKeyRequest{KeyId: "hsm-aes"})
 			return r.GetPlaintext(), r.GetWrappedDataKey(), r.GetKeyVersion(), err
 		},
 		unwrap: func(ctx context.Context, version uint32, wrapped []byte) ([]byte, error) {
-			r, err := app.kb.DecryptDataKey(ctx, &kbv1.DecryptDataKeyRequest{KeyId: "hsm-aes", KeyVersion: version, WrappedDataKey: wrapped})
+			r, err := app.KB.DecryptDataKey(ctx, &kbv1.DecryptDataKeyRequest{KeyId: "hsm-aes", KeyVersion: version, WrappedDataKey: wrapped})
 			return r.GetPlaintext(), err
 		},
 		random: func(ctx context.Context) ([]byte, error) {
-			r, err := app.kb.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 32})
+			r, err := app.KB.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 32})
 			return r.GetRandom(), err
 		},
 	}
@@ -276,7 +278,7 @@ func TestFaultHSMSessionsClosed(t *testing.T) {
 		random: func(ctx context.Context) ([]byte, error) { return sdk.GenerateRandom(ctx, 32) },
 	}
 	var grpcErrs, sdkErrs faultCounter
-	l := startFaultLoad(ctx, 8, func(ctx context.Context, w, i int) error {
+	l := framework.StartLoad(ctx, 8, func(ctx context.Context, w, i int) error {
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		o, errs := viaGRPC, &grpcErrs
@@ -289,23 +291,23 @@ func TestFaultHSMSessionsClosed(t *testing.T) {
 		}
 		return err
 	})
-	defer l.stop()
+	defer l.Stop()
 
 	const faults = 20
 	for range faults {
-		l.waitOps(t, l.ops.Load()+60)
+		l.WaitOps(t, l.Ops.Load()+60)
 		gate.Lock()
 		err := raw.CloseAllSessions(slot)
 		gate.Unlock()
 		must(t, "C_CloseAllSessions", err)
 	}
-	l.waitOps(t, l.ops.Load()+200)
-	first := l.stop()
+	l.WaitOps(t, l.Ops.Load()+200)
+	first := l.Stop()
 	st := hsm.Stats()
 	recovering := strings.Count(logs.String(), `"msg":"pkcs11: recovering"`)
-	t.Logf("%d operations; %d errors over gRPC, %d through the SDK; pkcs11 stats %+v; %d recoveries logged", l.ops.Load(), grpcErrs.n(), sdkErrs.n(), st, recovering)
-	if n := l.errs.Load(); n != 0 {
-		t.Errorf("%d of %d operations failed under closed sessions (%d over gRPC, %d through the SDK); first: %v", n, l.ops.Load(), grpcErrs.n(), sdkErrs.n(), errors.Join(first...))
+	t.Logf("%d operations; %d errors over gRPC, %d through the SDK; pkcs11 stats %+v; %d recoveries logged", l.Ops.Load(), grpcErrs.n(), sdkErrs.n(), st, recovering)
+	if n := l.Errs.Load(); n != 0 {
+		t.Errorf("%d of %d operations failed under closed sessions (%d over gRPC, %d through the SDK); first: %v", n, l.Ops.Load(), grpcErrs.n(), sdkErrs.n(), errors.Join(first...))
 	}
 	if st.SessionRecoveries+st.ObjectRecoveries+st.ModuleRecoveries == 0 {
 		t.Errorf("pkcs11 Stats() = %+v: no recovery after %d faults; were the sessions closed?", st, faults)
@@ -315,16 +317,16 @@ func TestFaultHSMSessionsClosed(t *testing.T) {
 	}
 	// Everything works after the faults, checked once more by a fresh
 	// caller.
-	after := c.dial(t, node.Addr(), identity.Client, "app")
+	after := c.Dial(t, node.Addr(), identity.Client, "app")
 	for i := range 16 {
-		m, err := after.kb.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "hsm-mac", Message: msgs[i]})
+		m, err := after.KB.GenerateMac(ctx, &kbv1.GenerateMacRequest{KeyId: "hsm-mac", Message: msgs[i]})
 		if err != nil || !bytes.Equal(m.GetMac(), refMAC[i]) {
 			t.Errorf("GenerateMac after the faults = %x, %v; want %x", m.GetMac(), err, refMAC[i])
 		}
 	}
-	rep.set("C_CloseAllSessions on the token %d times (also ending the login) under 8 workers running backend-mode HMAC, ECDSA, data-key wrap/unwrap and random at an in-process central; "+
+	rep.Set("C_CloseAllSessions on the token %d times (also ending the login) under 8 workers running backend-mode HMAC, ECDSA, data-key wrap/unwrap and random at an in-process central; "+
 		"%d operations, %d errors over gRPC and %d through the SDK, every MAC and signature correct; the backend recovered (%d session, %d object, %d module recoveries, 0 failed; breaker closed)",
-		faults, l.ops.Load(), grpcErrs.n(), sdkErrs.n(), st.SessionRecoveries, st.ObjectRecoveries, st.ModuleRecoveries)
+		faults, l.Ops.Load(), grpcErrs.n(), sdkErrs.n(), st.SessionRecoveries, st.ObjectRecoveries, st.ModuleRecoveries)
 }
 
 // hsmOps are the backend-mode operations, made one way (gRPC or the SDK).

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -49,26 +51,26 @@ func staleRefusal(err error) bool {
 // max_staleness — never serving past it — and serve again once the
 // network is back. A second edge on a direct link serves throughout.
 func TestFaultNetworkCut(t *testing.T) {
-	rep := newFaultReport(t, "network-cut")
-	c := newEdgeCluster(t)
-	proxy := newFaultProxy(t, c.central.addr)
-	c.addEdge(t, &edgeNode{name: "edge-cut", region: "eu", prefetch: true, staleness: netStaleness, via: proxy.addr()})
-	c.addEdge(t, &edgeNode{name: "edge-direct", region: "eu", prefetch: true, staleness: netStaleness})
+	rep := framework.NewFaultReport(t, "network-cut")
+	c := framework.NewProcesses(t)
+	proxy := framework.NewProxy(t, c.Central.Addr)
+	c.AddEdge(t, &framework.EdgeNode{Name: "edge-cut", Region: "eu", Prefetch: true, Staleness: netStaleness, Via: proxy.Addr()})
+	c.AddEdge(t, &framework.EdgeNode{Name: "edge-direct", Region: "eu", Prefetch: true, Staleness: netStaleness})
 	ctx := t.Context()
-	owner := map[string]string{"owner": e2eTrustDomain}
+	owner := map[string]string{"owner": framework.TrustDomain}
 	aes := kbv1.KeyType_KEY_TYPE_AES_256_GCM
 	var rev uint64
 	for _, k := range []*kbv1.CreateKeyRequest{
 		{KeyId: "placed", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: owner, Placement: "true"},
 		{KeyId: "hsm", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_BACKEND, Labels: owner},
 	} {
-		m, err := c.admin.admin.CreateKey(ctx, k)
+		m, err := c.Admin.Admin.CreateKey(ctx, k)
 		must(t, "CreateKey "+k.KeyId, err)
 		rev = max(rev, m.GetRevision())
 	}
-	c.waitApplied(t, rev)
-	cut := c.dial(t, c.edges["edge-cut"].p.addr, identity.Client, "app")
-	direct := c.dial(t, c.edges["edge-direct"].p.addr, identity.Client, "app")
+	c.WaitApplied(t, rev)
+	cut := c.Dial(t, c.Edges["edge-cut"].Proc.Addr, identity.Client, "app")
+	direct := c.Dial(t, c.Edges["edge-direct"].Proc.Addr, identity.Client, "app")
 
 	var lines []string
 	directOps := 0
@@ -76,8 +78,8 @@ func TestFaultNetworkCut(t *testing.T) {
 		name   string
 		inject func()
 	}{
-		{"reset", proxy.cut},
-		{"stall", proxy.stall},
+		{"reset", proxy.Cut},
+		{"stall", proxy.Stall},
 	} {
 		var phase atomic.Int32
 		// closes is when the edge's window must have closed: the fault's
@@ -89,7 +91,7 @@ func TestFaultNetworkCut(t *testing.T) {
 		var closes atomic.Int64
 		var served, servedCut, refused, refusedAfter, servedLate atomic.Int64
 		var directServed atomic.Int64
-		l := startFaultLoad(ctx, 4, func(ctx context.Context, w, i int) error {
+		l := framework.StartLoad(ctx, 4, func(ctx context.Context, w, i int) error {
 			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
 			pt := fmt.Appendf(nil, "worker %d op %d", w, i)
@@ -124,7 +126,7 @@ func TestFaultNetworkCut(t *testing.T) {
 			}
 			return nil
 		})
-		l.waitOps(t, 100)
+		l.WaitOps(t, 100)
 
 		closes.Store(time.Now().Add(netLease + netStaleness).UnixNano())
 		fault.inject()
@@ -133,46 +135,46 @@ func TestFaultNetworkCut(t *testing.T) {
 		if fault.name == "reset" {
 			// A call only central can answer fails fast while the
 			// edge still serves what it holds.
-			if err := faultFailsFast(ctx, func(ctx context.Context) error {
-				_, err := cut.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("x")})
+			if err := framework.FailsFast(ctx, func(ctx context.Context) error {
+				_, err := cut.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hsm", Plaintext: []byte("x")})
 				return err
 			}); err != nil {
 				t.Errorf("%s: Encrypt with a backend-mode key at the cut-off edge: %v", fault.name, err)
 			}
 			forwarded = "failed fast with Unavailable"
 		}
-		faultPoll(t, fault.name+": the cut-off edge refuses past lease + max_staleness", func() (bool, string) {
-			_, err := cut.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "placed", Plaintext: []byte("x")})
+		framework.Poll(t, fault.name+": the cut-off edge refuses past lease + max_staleness", func() (bool, string) {
+			_, err := cut.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "placed", Plaintext: []byte("x")})
 			return staleRefusal(err), fmt.Sprint(err)
 		})
 		phase.Store(netRefusing)
-		faultPoll(t, fault.name+": refusals after the window closed", func() (bool, string) {
+		framework.Poll(t, fault.name+": refusals after the window closed", func() (bool, string) {
 			return refusedAfter.Load() >= 20, fmt.Sprintf("%d refusals", refusedAfter.Load())
 		})
 		connectedCut := "central saw the stream end"
-		if ok, _ := c.connected(ctx, "edge-cut"); ok {
+		if ok, _ := c.Connected(ctx, "edge-cut"); ok {
 			connectedCut = "central still listed the edge connected"
 			if fault.name == "reset" {
 				t.Errorf("reset: central lists edge-cut as connected while its connections are refused")
 			}
 		}
 
-		proxy.restore()
+		proxy.Restore()
 		phase.Store(netRestored)
-		faultPoll(t, fault.name+": the edge serves again once the network is back", func() (bool, string) {
+		framework.Poll(t, fault.name+": the edge serves again once the network is back", func() (bool, string) {
 			_, err := faultRoundTrip(ctx, cut, cut, "placed", []byte("back"), nil)
 			return err == nil, fmt.Sprint(err)
 		})
-		faultPoll(t, fault.name+": central lists the edge connected", func() (bool, string) {
-			return c.connected(ctx, "edge-cut", "edge-direct")
+		framework.Poll(t, fault.name+": central lists the edge connected", func() (bool, string) {
+			return c.Connected(ctx, "edge-cut", "edge-direct")
 		})
 		servedBefore := served.Load()
-		faultPoll(t, fault.name+": the load served again", func() (bool, string) {
+		framework.Poll(t, fault.name+": the load served again", func() (bool, string) {
 			return served.Load() >= servedBefore+100, fmt.Sprintf("%d served", served.Load()-servedBefore)
 		})
-		first := l.stop()
-		if n := l.errs.Load(); n != 0 {
-			t.Fatalf("%s: %d unexpected outcomes in %d operations; first: %v", fault.name, n, l.ops.Load(), errors.Join(first...))
+		first := l.Stop()
+		if n := l.Errs.Load(); n != 0 {
+			t.Fatalf("%s: %d unexpected outcomes in %d operations; first: %v", fault.name, n, l.Ops.Load(), errors.Join(first...))
 		}
 		if servedCut.Load() == 0 {
 			t.Errorf("%s: the edge served nothing between the cut and the end of its window", fault.name)
@@ -181,7 +183,7 @@ func TestFaultNetworkCut(t *testing.T) {
 		line := fmt.Sprintf("%s: %d operations served after the cut within the window, then %d refused with Unavailable naming max_staleness (0 served past it), %s; forwarded call %s; served again after restore",
 			fault.name, servedCut.Load(), refused.Load(), connectedCut, forwarded)
 		if fault.name == "reset" {
-			line += fmt.Sprintf(" (%d reconnections refused meanwhile)", proxy.refusals())
+			line += fmt.Sprintf(" (%d reconnections refused meanwhile)", proxy.Refusals())
 		}
 		if n := servedLate.Load(); n > 0 {
 			line += fmt.Sprintf("; %d served after a first refusal, within the window a heartbeat sent before the fault still held", n)
@@ -189,6 +191,6 @@ func TestFaultNetworkCut(t *testing.T) {
 		t.Log(line)
 		lines = append(lines, line)
 	}
-	rep.set("edge behind a TCP proxy, lease 2s + max_staleness 3s, 3 workers on it and 1 on an edge with a direct link; %s; the direct edge served %d operations with 0 errors",
+	rep.Set("edge behind a TCP proxy, lease 2s + max_staleness 3s, 3 workers on it and 1 on an edge with a direct link; %s; the direct edge served %d operations with 0 errors",
 		strings.Join(lines, "; "), directOps)
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
 )
@@ -31,29 +33,29 @@ type rotationKey struct {
 // nowhere — and every ciphertext issued, before the kill or after, must
 // decrypt at central and at an edge.
 func TestFaultCentralSIGKILLRotations(t *testing.T) {
-	rep := newFaultReport(t, "central-sigkill-rotations")
+	rep := framework.NewFaultReport(t, "central-sigkill-rotations")
 	// The edge joins once the rotations are done: a connected edge is sent
 	// the whole key again with each rotation (every version's material,
 	// if it prefetches; see docs/reliability.md), which a thousand
 	// rotations make slow, not wrong. Central's material cache is the
 	// default one, not the one-entry cache of the other edge tests.
-	c := newEdgeClusterOn(t, pkcs11Roots, basicRoots, "")
+	c := framework.NewProcessesOn(t, framework.PKCS11Roots, framework.BasicRoots, "")
 	ctx := t.Context()
-	owner := map[string]string{"owner": e2eTrustDomain}
+	owner := map[string]string{"owner": framework.TrustDomain}
 	keys := make([]*rotationKey, 8)
 	for i := range keys {
 		keys[i] = &rotationKey{id: fmt.Sprintf("rot-%d", i)}
 		mode := []kbv1.KeyMode{kbv1.KeyMode_KEY_MODE_DERIVE, kbv1.KeyMode_KEY_MODE_WRAP}[i%2]
-		_, err := c.admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: keys[i].id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: mode, Labels: owner, Placement: "true"})
+		_, err := c.Admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: keys[i].id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: mode, Labels: owner, Placement: "true"})
 		must(t, "CreateKey", err)
 	}
 
 	// Central's connections, replaced when it restarts; epoch is odd
 	// while central is down.
-	type conns struct{ admin, app *rpc }
+	type conns struct{ admin, app *framework.Conn }
 	var (
 		mu    sync.Mutex
-		cur   = conns{c.admin, c.dial(t, c.central.addr, identity.Client, "app")}
+		cur   = conns{c.Admin, c.Dial(t, c.Central.Addr, identity.Client, "app")}
 		up    = make(chan struct{})
 		epoch atomic.Int64
 	)
@@ -92,7 +94,7 @@ func TestFaultCentralSIGKILLRotations(t *testing.T) {
 				// died under it.
 				expected := func() bool { return e%2 == 1 || epoch.Load() != e }
 				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				m, err := cn.admin.admin.RotateKey(cctx, &kbv1.KeyRequest{KeyId: k.id})
+				m, err := cn.admin.Admin.RotateKey(cctx, &kbv1.KeyRequest{KeyId: k.id})
 				cancel()
 				if err != nil {
 					k.failed++
@@ -109,7 +111,7 @@ func TestFaultCentralSIGKILLRotations(t *testing.T) {
 				acked.Add(1)
 				msg := faultMsg{key: k.id, plaintext: fmt.Appendf(nil, "%s version %d", k.id, v), ectx: map[string]string{"n": strconv.Itoa(n)}}
 				cctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-				enc, err := cn.app.kb.Encrypt(cctx, &kbv1.EncryptRequest{KeyId: k.id, Plaintext: msg.plaintext, EncryptionContext: msg.ectx})
+				enc, err := cn.app.KB.Encrypt(cctx, &kbv1.EncryptRequest{KeyId: k.id, Plaintext: msg.plaintext, EncryptionContext: msg.ectx})
 				cancel()
 				switch {
 				case err != nil && !expected():
@@ -128,19 +130,19 @@ func TestFaultCentralSIGKILLRotations(t *testing.T) {
 			}
 		})
 	}
-	faultPoll(t, "500 acknowledged rotations", func() (bool, string) {
+	framework.Poll(t, "500 acknowledged rotations", func() (bool, string) {
 		return acked.Load() >= total/2, fmt.Sprintf("%d acknowledged", acked.Load())
 	})
 	mu.Lock()
 	up = make(chan struct{})
 	mu.Unlock()
 	epoch.Add(1)
-	c.central.kill()
+	c.Central.Kill()
 	ackedAtKill, issuedAtKill := acked.Load(), min(issued.Load(), total)
-	c.central = c.startCentral(t)
-	c.admin = c.dial(t, c.central.addr, identity.Admin, "ops")
+	c.Central = c.StartCentral(t)
+	c.Admin = c.Dial(t, c.Central.Addr, identity.Admin, "ops")
 	mu.Lock()
-	cur = conns{c.admin, c.dial(t, c.central.addr, identity.Client, "app")}
+	cur = conns{c.Admin, c.Dial(t, c.Central.Addr, identity.Client, "app")}
 	epoch.Add(1)
 	close(up)
 	mu.Unlock()
@@ -151,7 +153,7 @@ func TestFaultCentralSIGKILLRotations(t *testing.T) {
 
 	// The registry after the kill: contiguous versions, the newest
 	// primary, every acknowledged rotation there, nothing from nowhere.
-	list, err := c.admin.kb.ListKeys(ctx, &kbv1.ListKeysRequest{PageSize: 100})
+	list, err := c.Admin.KB.ListKeys(ctx, &kbv1.ListKeysRequest{PageSize: 100})
 	must(t, "ListKeys", err)
 	listed := map[string]*kbv1.KeyMetadata{}
 	for _, m := range list.GetKeys() {
@@ -160,7 +162,7 @@ func TestFaultCentralSIGKILLRotations(t *testing.T) {
 	var rev uint64
 	failed, unacked := 0, 0
 	for _, k := range keys {
-		d, err := c.admin.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: k.id})
+		d, err := c.Admin.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: k.id})
 		must(t, "DescribeKey "+k.id, err)
 		m := d.GetKey()
 		rev = max(rev, m.GetRevision())
@@ -195,15 +197,15 @@ func TestFaultCentralSIGKILLRotations(t *testing.T) {
 
 	// Every ciphertext issued opens, at central and at an edge, which
 	// receives every version's material in its first snapshot.
-	c.addEdge(t, &edgeNode{name: "edge-r", region: "eu", prefetch: true, staleness: time.Hour})
-	c.waitApplied(t, rev)
-	atCentral := c.dial(t, c.central.addr, identity.Client, "app")
-	atEdge := c.dial(t, c.edges["edge-r"].p.addr, identity.Client, "app")
+	c.AddEdge(t, &framework.EdgeNode{Name: "edge-r", Region: "eu", Prefetch: true, Staleness: time.Hour})
+	c.WaitApplied(t, rev)
+	atCentral := c.Dial(t, c.Central.Addr, identity.Client, "app")
+	atEdge := c.Dial(t, c.Edges["edge-r"].Proc.Addr, identity.Client, "app")
 	pre, post := before.all(), after.all()
 	var checks sync.WaitGroup
 	for _, n := range []struct {
 		name string
-		node *rpc
+		node *framework.Conn
 	}{{"central", atCentral}, {"edge-r", atEdge}} {
 		for _, set := range []struct {
 			what string
@@ -217,10 +219,10 @@ func TestFaultCentralSIGKILLRotations(t *testing.T) {
 		}
 	}
 	checks.Wait()
-	if got := c.opsMetric(t, c.edges["edge-r"].p.opsAddr, "keybroker_edge_fetches_total"); got != 0 {
+	if got := c.OpsMetric(t, c.Edges["edge-r"].Proc.OpsAddr, "keybroker_edge_fetches_total"); got != 0 {
 		t.Errorf("edge-r fetched material %v times: its snapshot should have held every version", got)
 	}
-	rep.set("%d RotateKey calls over 8 keys (derive and wrap), central killed (SIGKILL) after %d acknowledged (%d issued) and restarted: %d acknowledged in all, %d failed while central was down (%d of those had committed); "+
+	rep.Set("%d RotateKey calls over 8 keys (derive and wrap), central killed (SIGKILL) after %d acknowledged (%d issued) and restarted: %d acknowledged in all, %d failed while central was down (%d of those had committed); "+
 		"registry consistent (versions contiguous, primary newest, 0 acknowledged rotations lost); %d ciphertexts issued before the kill and %d after all decrypt at central and at a prefetching edge",
 		total, ackedAtKill, issuedAtKill, acked.Load(), failed, unacked, len(pre), len(post))
 }

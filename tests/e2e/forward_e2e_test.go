@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
@@ -23,9 +25,9 @@ import (
 // central tier act as an admin or client it names; the SDK, the CLI and
 // admin calls through a real edge still work, as their own principals.
 func TestForwardBoundToCallerEndToEnd(t *testing.T) {
-	c := newEdgeCluster(t, &edgeNode{name: "edge-eu-1", region: "eu", prefetch: true, staleness: time.Hour})
+	c := framework.NewProcesses(t, &framework.EdgeNode{Name: "edge-eu-1", Region: "eu", Prefetch: true, Staleness: time.Hour})
 	ctx := t.Context()
-	owner := map[string]string{"owner": e2eTrustDomain}
+	owner := map[string]string{"owner": framework.TrustDomain}
 	aes := kbv1.KeyType_KEY_TYPE_AES_256_GCM
 	var rev uint64
 	for _, k := range []*kbv1.CreateKeyRequest{
@@ -33,18 +35,18 @@ func TestForwardBoundToCallerEndToEnd(t *testing.T) {
 		{KeyId: "unplaced", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_WRAP, Labels: owner},
 		{KeyId: "crown-jewels", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_WRAP},
 	} {
-		m, err := c.admin.admin.CreateKey(ctx, k)
+		m, err := c.Admin.Admin.CreateKey(ctx, k)
 		must(t, "CreateKey "+k.KeyId, err)
 		rev = max(rev, m.GetRevision())
 	}
-	c.waitApplied(t, rev)
-	jewels, err := c.admin.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "crown-jewels", Plaintext: []byte("the secret")})
+	c.WaitApplied(t, rev)
+	jewels, err := c.Admin.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "crown-jewels", Plaintext: []byte("the secret")})
 	must(t, "Encrypt crown-jewels", err)
-	edge := c.edges["edge-eu-1"]
+	edge := c.Edges["edge-eu-1"]
 
 	t.Run("a forged principal is refused", func(t *testing.T) {
-		attacker := c.dialEdgeSync(t, "edge-eu-1")
-		admin := "spiffe://" + e2eTrustDomain + "/admin/ops"
+		attacker := c.DialEdgeSync(t, "edge-eu-1")
+		admin := "spiffe://" + framework.TrustDomain + "/admin/ops"
 		dec, _ := proto.Marshal(&kbv1.DecryptRequest{Ciphertext: jewels.GetCiphertext()})
 		create, _ := proto.Marshal(&kbv1.CreateKeyRequest{KeyId: "planted", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_WRAP})
 		for _, f := range []*kbv1.ForwardRequest{
@@ -57,23 +59,23 @@ func TestForwardBoundToCallerEndToEnd(t *testing.T) {
 				t.Errorf("Forward %s as %s = %v, %v; want PermissionDenied", f.Method, f.Principal, resp, err)
 			}
 		}
-		if _, err := c.admin.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "planted"}); code(err) != codes.NotFound {
+		if _, err := c.Admin.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "planted"}); code(err) != codes.NotFound {
 			t.Errorf("DescribeKey planted = %v, want NotFound: the forged CreateKey must not have run", err)
 		}
-		for _, l := range c.auditRecords(t, func(audit.Record) bool { return true }) {
+		for _, l := range c.AuditRecords(t, func(audit.Record) bool { return true }) {
 			if l.Via != "" && l.Principal == admin {
 				t.Errorf("a call ran as the forged admin: %+v", l)
 			}
-			if l.Operation == "Forward" && l.Decision == "deny" && l.Principal != "spiffe://"+e2eTrustDomain+"/edge/edge-eu-1" {
+			if l.Operation == "Forward" && l.Decision == "deny" && l.Principal != "spiffe://"+framework.TrustDomain+"/edge/edge-eu-1" {
 				t.Errorf("a refused forward names %s as its actor", l.Principal)
 			}
 		}
 	})
 
 	t.Run("the SDK through the edge", func(t *testing.T) {
-		files, err := c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Client, Name: "app"}, nil, time.Hour, c.dir, "sdk-app", c.caFile)
+		files, err := c.CA.IssueFiles(identity.Identity{TrustDomain: framework.TrustDomain, Kind: identity.Client, Name: "app"}, nil, time.Hour, c.Dir, "sdk-app", c.CAFile)
 		must(t, "client certificate", err)
-		cl, err := client.New(ctx, client.Config{Addrs: []string{edge.p.addr}, CAFile: files.CA, CertFile: files.Cert, KeyFile: files.Key, Region: "eu"})
+		cl, err := client.New(ctx, client.Config{Addrs: []string{edge.Proc.Addr}, CAFile: files.CA, CertFile: files.Cert, KeyFile: files.Key, Region: "eu"})
 		must(t, "client.New", err)
 		t.Cleanup(func() { cl.Close() })
 		for _, key := range []string{"hsm", "unplaced"} {
@@ -84,12 +86,12 @@ func TestForwardBoundToCallerEndToEnd(t *testing.T) {
 				t.Errorf("SDK Decrypt %s = %v, %v", key, pt, err)
 			}
 		}
-		if calls := cl.Calls(); calls[edge.p.addr] == 0 {
+		if calls := cl.Calls(); calls[edge.Proc.Addr] == 0 {
 			t.Errorf("the SDK made no calls to the edge: %v", calls)
 		}
 		var viaEdge int
-		for _, l := range c.auditRecords(t, func(audit.Record) bool { return true }) {
-			if l.Via == "edge-eu-1" && l.Principal == "spiffe://"+e2eTrustDomain+"/client/app" && l.Outcome == "ok" && (l.Key == "hsm" || l.Key == "unplaced") {
+		for _, l := range c.AuditRecords(t, func(audit.Record) bool { return true }) {
+			if l.Via == "edge-eu-1" && l.Principal == "spiffe://"+framework.TrustDomain+"/client/app" && l.Outcome == "ok" && (l.Key == "hsm" || l.Key == "unplaced") {
 				viaEdge++
 			}
 		}
@@ -97,9 +99,9 @@ func TestForwardBoundToCallerEndToEnd(t *testing.T) {
 			t.Errorf("central audited %d forwarded calls as the app, want 4", viaEdge)
 		}
 		// Admin calls through the edge, with the SDK's Admin client.
-		adminFiles, err := c.ca.IssueFiles(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Admin, Name: "ops"}, nil, time.Hour, c.dir, "sdk-ops", c.caFile)
+		adminFiles, err := c.CA.IssueFiles(identity.Identity{TrustDomain: framework.TrustDomain, Kind: identity.Admin, Name: "ops"}, nil, time.Hour, c.Dir, "sdk-ops", c.CAFile)
 		must(t, "admin certificate", err)
-		acl, err := client.New(ctx, client.Config{Addrs: []string{edge.p.addr}, CAFile: adminFiles.CA, CertFile: adminFiles.Cert, KeyFile: adminFiles.Key})
+		acl, err := client.New(ctx, client.Config{Addrs: []string{edge.Proc.Addr}, CAFile: adminFiles.CA, CertFile: adminFiles.Cert, KeyFile: adminFiles.Key})
 		must(t, "client.New (admin)", err)
 		t.Cleanup(func() { acl.Close() })
 		adm, err := acl.Admin()
@@ -112,18 +114,18 @@ func TestForwardBoundToCallerEndToEnd(t *testing.T) {
 	})
 
 	t.Run("the CLI through the edge", func(t *testing.T) {
-		if out, code := c.cli(t, edge.p.addr, identity.Admin, "ops", nil, "key", "create", "cli-key", "--type", "aes-256-gcm", "--mode", "wrap", "--label", "owner="+e2eTrustDomain); code != 0 {
+		if out, code := c.CLIAs(t, edge.Proc.Addr, identity.Admin, "ops", nil, "key", "create", "cli-key", "--type", "aes-256-gcm", "--mode", "wrap", "--label", "owner="+framework.TrustDomain); code != 0 {
 			t.Fatalf("key create through the edge: exit %d: %s", code, out)
 		}
-		ct, code := c.cli(t, edge.p.addr, identity.Client, "app", []byte("card 4111"), "encrypt", "--key", "hsm")
+		ct, code := c.CLIAs(t, edge.Proc.Addr, identity.Client, "app", []byte("card 4111"), "encrypt", "--key", "hsm")
 		if code != 0 {
 			t.Fatalf("encrypt hsm through the edge: exit %d: %s", code, ct)
 		}
-		pt, code := c.cli(t, edge.p.addr, identity.Client, "app", []byte(ct), "decrypt")
+		pt, code := c.CLIAs(t, edge.Proc.Addr, identity.Client, "app", []byte(ct), "decrypt")
 		if code != 0 || strings.TrimSpace(pt) != "card 4111" {
 			t.Errorf("decrypt through the edge = %q, exit %d", pt, code)
 		}
-		if out, code := c.cli(t, edge.p.addr, identity.Admin, "ops", nil, "nodes"); code != 0 || !strings.Contains(out, "edge-eu-1") {
+		if out, code := c.CLIAs(t, edge.Proc.Addr, identity.Admin, "ops", nil, "nodes"); code != 0 || !strings.Contains(out, "edge-eu-1") {
 			t.Errorf("nodes through the edge: exit %d: %s", code, out)
 		}
 	})

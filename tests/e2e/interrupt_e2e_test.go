@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/keybroker/keybroker/envelope"
@@ -51,8 +53,8 @@ func (w lockedWriter) Write(b []byte) (int, error) {
 func startCLIProc(t *testing.T, env map[string]string, args ...string) *cliProc {
 	t.Helper()
 	p := &cliProc{exited: make(chan struct{})}
-	p.cmd = exec.Command(keybrokerBin, args...)
-	p.cmd.Env = withoutKeybrokerVars(processEnv())
+	p.cmd = exec.Command(framework.Binary(), args...)
+	p.cmd.Env = framework.WithoutKeybrokerVars(framework.ProcessEnv())
 	for k, v := range env {
 		p.cmd.Env = append(p.cmd.Env, k+"="+v)
 	}
@@ -131,7 +133,7 @@ func TestInterruptStreams(t *testing.T) {
 	_, _ = io.ReadFull(rand.NewChaCha8([32]byte{14}), plain)
 	plainFile := writeFile(t, dir, "plain.bin", plain)
 	ctFile := filepath.Join(dir, "plain.enc")
-	wantCode(t, runCLI(t, env, nil, "encrypt", "--key", demoKeyID, "--in", plainFile, "--out", ctFile), 0)
+	framework.WantCode(t, framework.CLI(t, env, nil, "encrypt", "--key", demoKeyID, "--in", plainFile, "--out", ctFile), 0)
 	ct, err := os.ReadFile(ctFile)
 	must(t, "read the stream", err)
 
@@ -209,13 +211,13 @@ func TestInterruptStreams(t *testing.T) {
 		if !envelope.IsStream(partial) || len(partial) < 4<<20 {
 			t.Fatalf("stdout has %d bytes, want a stream of at least the 4 MiB read before streaming", len(partial))
 		}
-		r := runCLI(t, env, partial, "decrypt")
-		wantCode(t, r, exitTruncated)
-		if !strings.Contains(r.stderr, "truncated") {
-			t.Errorf("decrypt of the interrupted stream said %q, want it to say truncated", r.stderr)
+		r := framework.CLI(t, env, partial, "decrypt")
+		framework.WantCode(t, r, exitTruncated)
+		if !strings.Contains(r.Stderr, "truncated") {
+			t.Errorf("decrypt of the interrupted stream said %q, want it to say truncated", r.Stderr)
 		}
-		if !bytes.HasPrefix(plain, []byte(r.stdout)) {
-			t.Errorf("decrypt wrote %d bytes that are not a prefix of the plaintext", len(r.stdout))
+		if !bytes.HasPrefix(plain, []byte(r.Stdout)) {
+			t.Errorf("decrypt wrote %d bytes that are not a prefix of the plaintext", len(r.Stdout))
 		}
 	})
 	t.Run("decrypt to stdout, SIGTERM", func(t *testing.T) {
@@ -239,8 +241,8 @@ func TestInterruptTwice(t *testing.T) {
 	must(t, "pipe", err)
 	defer pr.Close()
 	c := &cliProc{exited: make(chan struct{})}
-	c.cmd = exec.Command(keybrokerBin, "encrypt", "--key", demoKeyID, "--stream")
-	c.cmd.Env = withoutKeybrokerVars(processEnv())
+	c.cmd = exec.Command(framework.Binary(), "encrypt", "--key", demoKeyID, "--stream")
+	c.cmd.Env = framework.WithoutKeybrokerVars(framework.ProcessEnv())
 	for k, v := range env {
 		c.cmd.Env = append(c.cmd.Env, k+"="+v)
 	}

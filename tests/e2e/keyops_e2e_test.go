@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -46,7 +48,7 @@ func (m *matrix) operations(t *testing.T) {
 // open decrypts ct and checks the plaintext, key and version.
 func (m *matrix) open(t *testing.T, ct []byte, ectx map[string]string, key string, version uint32, want []byte) {
 	t.Helper()
-	dec, err := m.app.kb.Decrypt(t.Context(), &kbv1.DecryptRequest{Ciphertext: ct, EncryptionContext: ectx})
+	dec, err := m.app.KB.Decrypt(t.Context(), &kbv1.DecryptRequest{Ciphertext: ct, EncryptionContext: ectx})
 	if err != nil {
 		t.Errorf("Decrypt(%s v%d ciphertext): %v", key, version, err)
 		return
@@ -58,7 +60,7 @@ func (m *matrix) open(t *testing.T, ct []byte, ectx map[string]string, key strin
 
 func (m *matrix) rotate(t *testing.T, id string, wantVersion uint32) *kbv1.KeyMetadata {
 	t.Helper()
-	k, err := m.admin.admin.RotateKey(t.Context(), &kbv1.KeyRequest{KeyId: id})
+	k, err := m.admin.Admin.RotateKey(t.Context(), &kbv1.KeyRequest{KeyId: id})
 	must(t, "RotateKey "+id, err)
 	if k.PrimaryVersion != wantVersion || len(k.Versions) != int(wantVersion) {
 		t.Fatalf("RotateKey(%s): primary %d, %d versions; want %d", id, k.PrimaryVersion, len(k.Versions), wantVersion)
@@ -67,7 +69,7 @@ func (m *matrix) rotate(t *testing.T, id string, wantVersion uint32) *kbv1.KeyMe
 }
 
 func (m *matrix) aesOps(t *testing.T, s keySpec) uint32 {
-	kb := m.app.kb
+	kb := m.app.KB
 	ectx := opsContext(s.id)
 	pt := []byte("plaintext of " + s.id)
 
@@ -143,7 +145,7 @@ func (m *matrix) aesOps(t *testing.T, s keySpec) uint32 {
 }
 
 func (m *matrix) macOps(t *testing.T, s keySpec) uint32 {
-	kb := m.app.kb
+	kb := m.app.KB
 	msg := []byte("message for " + s.id)
 	verify := func(what string, version uint32, msg, tag []byte, want bool) {
 		t.Helper()
@@ -175,7 +177,7 @@ func (m *matrix) macOps(t *testing.T, s keySpec) uint32 {
 	// min_decryption_version retires nothing. A backend-mode key has one
 	// backend key, so the node may refuse to rotate it instead, as it does
 	// backend-mode signing keys.
-	_, err = m.admin.admin.RotateKey(t.Context(), &kbv1.KeyRequest{KeyId: s.id})
+	_, err = m.admin.Admin.RotateKey(t.Context(), &kbv1.KeyRequest{KeyId: s.id})
 	if s.mode == modeBackend && status.Code(err) == codes.FailedPrecondition {
 		return 1
 	}
@@ -237,7 +239,7 @@ func checkSignature(t *testing.T, pub any, msg []byte, digest bool, sig []byte) 
 }
 
 func (m *matrix) signOps(t *testing.T, s keySpec) uint32 {
-	kb := m.app.kb
+	kb := m.app.KB
 	msg := []byte("message for " + s.id)
 	sum := sha256.Sum256(msg)
 	digest := sum[:]
@@ -290,7 +292,7 @@ func (m *matrix) signOps(t *testing.T, s keySpec) uint32 {
 	}
 
 	if s.mode == modeBackend {
-		_, err := m.admin.admin.RotateKey(t.Context(), &kbv1.KeyRequest{KeyId: s.id})
+		_, err := m.admin.Admin.RotateKey(t.Context(), &kbv1.KeyRequest{KeyId: s.id})
 		wantStatus(t, "RotateKey of a backend-mode signing key", err, codes.FailedPrecondition, "cannot be rotated")
 		return 1
 	}
@@ -323,19 +325,19 @@ func (m *matrix) signOps(t *testing.T, s keySpec) uint32 {
 // root key: that is told to admins only); the key's primary version is
 // primary.
 func (m *matrix) describeOps(t *testing.T, s keySpec, primary uint32) {
-	d, err := m.app.kb.DescribeKey(t.Context(), &kbv1.DescribeKeyRequest{KeyId: s.id})
+	d, err := m.app.KB.DescribeKey(t.Context(), &kbv1.DescribeKeyRequest{KeyId: s.id})
 	must(t, "DescribeKey", err)
 	k := d.Key
 	if k.KeyId != s.id || k.Type != s.typ || k.Mode != s.mode || k.Derived != s.derived || k.State != kbv1.KeyState_KEY_STATE_ENABLED ||
-		k.PrimaryVersion != primary || len(k.Versions) != int(primary) || k.RootKey != "" || k.Labels["owner"] != e2eTrustDomain {
+		k.PrimaryVersion != primary || len(k.Versions) != int(primary) || k.RootKey != "" || k.Labels["owner"] != framework.TrustDomain {
 		t.Errorf("DescribeKey(%s) = %v; want %s %s derived=%v enabled, primary and versions %d, no root key", s.id, k, s.typ, s.mode, s.derived, primary)
 	}
-	d, err = m.admin.kb.DescribeKey(t.Context(), &kbv1.DescribeKeyRequest{KeyId: s.id})
+	d, err = m.admin.KB.DescribeKey(t.Context(), &kbv1.DescribeKeyRequest{KeyId: s.id})
 	must(t, "DescribeKey as an admin", err)
-	if got := d.GetKey().GetRootKey(); got != s.rootRef(m.c.roots) {
-		t.Errorf("DescribeKey(%s) as an admin: root key %q, want %s", s.id, got, s.rootRef(m.c.roots))
+	if got := d.GetKey().GetRootKey(); got != s.rootRef(m.c.Roots) {
+		t.Errorf("DescribeKey(%s) as an admin: root key %q, want %s", s.id, got, s.rootRef(m.c.Roots))
 	}
-	l, err := m.app.kb.LookupKey(t.Context(), &kbv1.LookupKeyRequest{KeyId: s.id, Operation: kbv1.Operation_OPERATION_DESCRIBE_KEY})
+	l, err := m.app.KB.LookupKey(t.Context(), &kbv1.LookupKeyRequest{KeyId: s.id, Operation: kbv1.Operation_OPERATION_DESCRIBE_KEY})
 	must(t, "LookupKey", err)
 	if len(l.Nodes) != 1 || l.Nodes[0].NodeId != "central-1" || l.Nodes[0].Kind != "central" || l.Nodes[0].Reason != kbv1.LookupReason_LOOKUP_REASON_ROOT_OF_TRUST {
 		t.Errorf("LookupKey(%s) = %v, want central-1, central, ROOT_OF_TRUST", s.id, l.Nodes)
@@ -344,15 +346,15 @@ func (m *matrix) describeOps(t *testing.T, s keySpec, primary uint32) {
 
 func (m *matrix) randomOps(t *testing.T) {
 	for _, n := range []uint32{1, 32, 1024} {
-		r, err := m.app.kb.GenerateRandom(t.Context(), &kbv1.GenerateRandomRequest{Length: n})
+		r, err := m.app.KB.GenerateRandom(t.Context(), &kbv1.GenerateRandomRequest{Length: n})
 		must(t, "GenerateRandom", err)
 		if len(r.Random) != int(n) {
 			t.Errorf("GenerateRandom(%d) returned %d bytes", n, len(r.Random))
 		}
 	}
-	a, err := m.app.kb.GenerateRandom(t.Context(), &kbv1.GenerateRandomRequest{Length: 32})
+	a, err := m.app.KB.GenerateRandom(t.Context(), &kbv1.GenerateRandomRequest{Length: 32})
 	must(t, "GenerateRandom", err)
-	b, err := m.app.kb.GenerateRandom(t.Context(), &kbv1.GenerateRandomRequest{Length: 32})
+	b, err := m.app.KB.GenerateRandom(t.Context(), &kbv1.GenerateRandomRequest{Length: 32})
 	must(t, "GenerateRandom", err)
 	if bytes.Equal(a.Random, b.Random) {
 		t.Errorf("two GenerateRandom(32) returned the same bytes %x", a.Random)
@@ -379,25 +381,25 @@ func (m *matrix) listOps(t *testing.T) {
 	// Other subtests add keys of their own; this one runs first, so the
 	// matrix's keys are all there are. The app may describe only the
 	// owned ones, so it lists only those; an admin lists every key.
-	l, err := m.admin.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{})
+	l, err := m.admin.KB.ListKeys(t.Context(), &kbv1.ListKeysRequest{})
 	must(t, "ListKeys as an admin", err)
 	if diff := cmp.Diff(all, ids(l.Keys)); diff != "" || l.NextPageToken != "" {
 		t.Errorf("ListKeys as an admin (-want +got):\n%s\nnext page token %q", diff, l.NextPageToken)
 	}
-	l, err = m.app.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{})
+	l, err = m.app.KB.ListKeys(t.Context(), &kbv1.ListKeysRequest{})
 	must(t, "ListKeys", err)
 	if diff := cmp.Diff(owned, ids(l.Keys)); diff != "" || l.NextPageToken != "" {
 		t.Errorf("ListKeys (-want +got):\n%s\nnext page token %q", diff, l.NextPageToken)
 	}
-	l, err = m.app.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{LabelSelector: ownerLabels})
+	l, err = m.app.KB.ListKeys(t.Context(), &kbv1.ListKeysRequest{LabelSelector: ownerLabels})
 	must(t, "ListKeys by label", err)
 	if diff := cmp.Diff(owned, ids(l.Keys)); diff != "" {
-		t.Errorf("ListKeys owner=%s (-want +got):\n%s", e2eTrustDomain, diff)
+		t.Errorf("ListKeys owner=%s (-want +got):\n%s", framework.TrustDomain, diff)
 	}
 	var paged []string
 	token := ""
 	for pages := 1; ; pages++ {
-		l, err := m.app.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{PageSize: 4, PageToken: token})
+		l, err := m.app.KB.ListKeys(t.Context(), &kbv1.ListKeysRequest{PageSize: 4, PageToken: token})
 		must(t, "ListKeys page", err)
 		if len(l.Keys) > 4 {
 			t.Fatalf("ListKeys page of 4 returned %d keys", len(l.Keys))
@@ -438,8 +440,8 @@ func (m *matrix) batchOps(t *testing.T) {
 	for _, b := range bad {
 		items = append(items, b.item)
 	}
-	rctx, rid := withRequestID(t)
-	be, err := m.app.kb.BatchEncrypt(rctx, &kbv1.BatchEncryptRequest{Items: items})
+	rctx, rid := framework.WithRequestID(t)
+	be, err := m.app.KB.BatchEncrypt(rctx, &kbv1.BatchEncryptRequest{Items: items})
 	must(t, "BatchEncrypt", err)
 	if len(be.Results) != len(items) {
 		t.Fatalf("BatchEncrypt: %d results for %d items", len(be.Results), len(items))
@@ -459,12 +461,12 @@ func (m *matrix) batchOps(t *testing.T) {
 			t.Errorf("BatchEncrypt item %s: %v, want error %v with a message", b.item.KeyId, r, b.code)
 		}
 	}
-	if lines := m.c.auditLines(t, rid); len(lines) != len(items) {
+	if lines := m.c.AuditLines(t, rid); len(lines) != len(items) {
 		t.Errorf("BatchEncrypt of %d items left %d audit lines, want one per item", len(items), len(lines))
 	}
 
 	dec = append(dec, &kbv1.DecryptRequest{Ciphertext: []byte("not a ciphertext")})
-	bd, err := m.app.kb.BatchDecrypt(t.Context(), &kbv1.BatchDecryptRequest{Items: dec})
+	bd, err := m.app.KB.BatchDecrypt(t.Context(), &kbv1.BatchDecryptRequest{Items: dec})
 	must(t, "BatchDecrypt", err)
 	if len(bd.Results) != len(dec) {
 		t.Fatalf("BatchDecrypt: %d results for %d items", len(bd.Results), len(dec))
@@ -484,7 +486,7 @@ func (m *matrix) batchOps(t *testing.T) {
 		for _, s := range aes {
 			gen = append(gen, &kbv1.GenerateDataKeyRequest{KeyId: s.id, EncryptionContext: opsContext(s.id)})
 		}
-		bg, err := m.app.kb.BatchGenerateDataKey(t.Context(), &kbv1.BatchGenerateDataKeyRequest{Items: gen, WithoutPlaintext: without})
+		bg, err := m.app.KB.BatchGenerateDataKey(t.Context(), &kbv1.BatchGenerateDataKeyRequest{Items: gen, WithoutPlaintext: without})
 		must(t, "BatchGenerateDataKey", err)
 		if len(bg.Results) != len(gen) {
 			t.Fatalf("BatchGenerateDataKey: %d results for %d items", len(bg.Results), len(gen))
@@ -501,7 +503,7 @@ func (m *matrix) batchOps(t *testing.T) {
 			}
 			open = append(open, &kbv1.DecryptRequest{Ciphertext: r.Response.EncryptedDataKey, EncryptionContext: opsContext(aes[i].id)})
 		}
-		bd, err := m.app.kb.BatchDecrypt(t.Context(), &kbv1.BatchDecryptRequest{Items: open})
+		bd, err := m.app.KB.BatchDecrypt(t.Context(), &kbv1.BatchDecryptRequest{Items: open})
 		must(t, "BatchDecrypt of data keys", err)
 		for i, r := range bd.Results {
 			if r.Error != nil || len(r.Response.GetPlaintext()) != 32 ||
@@ -515,15 +517,15 @@ func (m *matrix) batchOps(t *testing.T) {
 // advertisedAddress checks that the node names the address it listens on:
 // callers dial what LookupKey and ListNodes return.
 func (m *matrix) advertisedAddress(t *testing.T) {
-	l, err := m.app.kb.LookupKey(t.Context(), &kbv1.LookupKeyRequest{KeyId: "aes-derive", Operation: kbv1.Operation_OPERATION_ENCRYPT})
+	l, err := m.app.KB.LookupKey(t.Context(), &kbv1.LookupKeyRequest{KeyId: "aes-derive", Operation: kbv1.Operation_OPERATION_ENCRYPT})
 	must(t, "LookupKey", err)
-	if len(l.Nodes) != 1 || l.Nodes[0].Address != m.p.addr {
-		t.Errorf("LookupKey nodes = %v, want one at the node's listen address %s", l.Nodes, m.p.addr)
+	if len(l.Nodes) != 1 || l.Nodes[0].Address != m.p.Addr {
+		t.Errorf("LookupKey nodes = %v, want one at the node's listen address %s", l.Nodes, m.p.Addr)
 	}
-	n, err := m.admin.admin.ListNodes(t.Context(), &kbv1.ListNodesRequest{})
+	n, err := m.admin.Admin.ListNodes(t.Context(), &kbv1.ListNodesRequest{})
 	must(t, "ListNodes", err)
-	if len(n.Nodes) != 1 || n.Nodes[0].Address != m.p.addr || n.Nodes[0].NodeId != "central-1" {
-		t.Errorf("ListNodes = %v, want central-1 at the node's listen address %s", n.Nodes, m.p.addr)
+	if len(n.Nodes) != 1 || n.Nodes[0].Address != m.p.Addr || n.Nodes[0].NodeId != "central-1" {
+		t.Errorf("ListNodes = %v, want central-1 at the node's listen address %s", n.Nodes, m.p.Addr)
 	}
 }
 
@@ -544,7 +546,7 @@ func (m *matrix) lifecycle(t *testing.T) {
 
 func (m *matrix) lifecycleOf(t *testing.T, s keySpec) {
 	m.createKey(t, s, ownerLabels)
-	kb, admin := m.app.kb, m.admin.admin
+	kb, admin := m.app.KB, m.admin.Admin
 	// v1 uses version 1 (decrypt, verify at version 1); cur uses the
 	// primary version.
 	var v1, cur func() error
@@ -670,11 +672,11 @@ func (m *matrix) restarted(t *testing.T, before map[string]*kbv1.KeyMetadata) {
 		} else {
 			req.Input = &kbv1.VerifyRequest_Message{Message: s.msg}
 		}
-		v, err := m.app.kb.Verify(t.Context(), req)
+		v, err := m.app.KB.Verify(t.Context(), req)
 		if err != nil || !v.Valid {
 			t.Errorf("Verify(%s v%d signature) after the restart: %v, %v", s.key, s.version, v, err)
 		}
-		pk, err := m.app.kb.GetPublicKey(t.Context(), &kbv1.GetPublicKeyRequest{KeyId: s.key, KeyVersion: s.version})
+		pk, err := m.app.KB.GetPublicKey(t.Context(), &kbv1.GetPublicKeyRequest{KeyId: s.key, KeyVersion: s.version})
 		if err != nil || !bytes.Equal(pk.PublicKey, m.pubs[versionKey(s.key, s.version)]) {
 			t.Errorf("GetPublicKey(%s v%d) after the restart: changed, or %v", s.key, s.version, err)
 			continue
@@ -682,7 +684,7 @@ func (m *matrix) restarted(t *testing.T, before map[string]*kbv1.KeyMetadata) {
 		checkSignature(t, parsePublicKey(t, s.typ, pk.PublicKey), s.msg, s.digest, s.sig)
 	}
 	for _, s := range m.macs {
-		v, err := m.app.kb.VerifyMac(t.Context(), &kbv1.VerifyMacRequest{KeyId: s.key, KeyVersion: s.version, Message: s.msg, Mac: s.mac})
+		v, err := m.app.KB.VerifyMac(t.Context(), &kbv1.VerifyMacRequest{KeyId: s.key, KeyVersion: s.version, Message: s.msg, Mac: s.mac})
 		if err != nil || !v.Valid {
 			t.Errorf("VerifyMac(%s v%d MAC) after the restart: %v, %v", s.key, s.version, v, err)
 		}
@@ -691,7 +693,7 @@ func (m *matrix) restarted(t *testing.T, before map[string]*kbv1.KeyMetadata) {
 		if s.typ != typeAES {
 			continue
 		}
-		enc, err := m.app.kb.Encrypt(t.Context(), &kbv1.EncryptRequest{KeyId: s.id, Plaintext: []byte("after"), EncryptionContext: opsContext(s.id)})
+		enc, err := m.app.KB.Encrypt(t.Context(), &kbv1.EncryptRequest{KeyId: s.id, Plaintext: []byte("after"), EncryptionContext: opsContext(s.id)})
 		if err != nil {
 			t.Errorf("Encrypt(%s) after the restart: %v", s.id, err)
 			continue

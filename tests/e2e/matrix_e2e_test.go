@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,10 +27,10 @@ func TestCentralMatrix(t *testing.T) {
 	foreign := foreignCiphertexts(t)
 	for _, tc := range []struct {
 		name  string
-		roots func(*testing.T, string) *rootsOfTrust
+		roots func(*testing.T, string) *framework.Roots
 	}{
-		{"softkms", softkmsRoots},
-		{"pkcs11", pkcs11Roots},
+		{"softkms", framework.SoftkmsRoots},
+		{"pkcs11", framework.PKCS11Roots},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := newMatrix(t, tc.roots)
@@ -41,11 +43,11 @@ func TestCentralMatrix(t *testing.T) {
 			t.Run("ops endpoints", m.opsEndpoints)
 
 			before := m.listKeys(t)
-			m.p.stop(t)
+			m.p.Stop(t)
 			m.checkNoPanic(t)
-			m.connect(t, m.c.startCentral(t))
+			m.connect(t, m.c.StartCentral(t))
 			t.Run("restart", func(t *testing.T) { m.restarted(t, before) })
-			m.p.stop(t)
+			m.p.Stop(t)
 			m.checkNoPanic(t)
 			t.Run("audit tamper", m.auditTamper)
 		})
@@ -55,8 +57,8 @@ func TestCentralMatrix(t *testing.T) {
 // matrixRoots are the root keys of a matrix cluster: the PRF of derive
 // mode, the AES key of wrap mode (and of backend-mode AES keys), and one
 // root per backend-mode key type.
-var matrixRoots = append(basicRoots[:len(basicRoots):len(basicRoots)],
-	rootKey{"root-mac", "hmac-256"}, rootKey{"root-ec", "ecdsa-p256"}, rootKey{"root-ed", "ed25519"})
+var matrixRoots = append(framework.BasicRoots[:len(framework.BasicRoots):len(framework.BasicRoots)],
+	framework.RootKey{Object: "root-mac", Algorithm: "hmac-256"}, framework.RootKey{Object: "root-ec", Algorithm: "ecdsa-p256"}, framework.RootKey{Object: "root-ed", Algorithm: "ed25519"})
 
 // keySpec is a managed key of the matrix.
 type keySpec struct {
@@ -80,7 +82,7 @@ const (
 )
 
 // matrixKeys is every key type in every mode the roots of trust allow.
-func matrixKeys(roots *rootsOfTrust) []keySpec {
+func matrixKeys(roots *framework.Roots) []keySpec {
 	keys := []keySpec{
 		{id: "aes-derive", typ: typeAES, mode: modeDerive},
 		{id: "aes-derive-ctx", typ: typeAES, mode: modeDerive, derived: true},
@@ -96,28 +98,28 @@ func matrixKeys(roots *rootsOfTrust) []keySpec {
 		{id: "ed-derive", typ: typeEd25519, mode: modeDerive},
 		{id: "ed-wrap", typ: typeEd25519, mode: modeWrap},
 	}
-	if roots.ed25519 {
+	if roots.Ed25519 {
 		keys = append(keys, keySpec{id: "ed-backend", typ: typeEd25519, mode: modeBackend, root: "root-ed"})
 	}
 	return keys
 }
 
 // rootRef is the root key URI a key's versions name.
-func (s keySpec) rootRef(roots *rootsOfTrust) string {
+func (s keySpec) rootRef(roots *framework.Roots) string {
 	switch {
 	case s.root != "":
-		return roots.ref(s.root)
+		return roots.Ref(s.root)
 	case s.mode == modeDerive:
-		return roots.ref("root-prf")
+		return roots.Ref("root-prf")
 	case s.mode == modeBackend:
-		return roots.ref("root-hsm-aes")
+		return roots.Ref("root-hsm-aes")
 	}
-	return roots.ref("root-aes")
+	return roots.Ref("root-aes")
 }
 
 // ownerLabels make a key usable by the clients of the trust domain (policy
 // "app-keys").
-var ownerLabels = map[string]string{"owner": e2eTrustDomain}
+var ownerLabels = map[string]string{"owner": framework.TrustDomain}
 
 // unownedKey has no owner label: only admins and the "loose" client may
 // use it.
@@ -126,13 +128,13 @@ const unownedKey = "unowned"
 // matrix is one row of TestCentralMatrix: a cluster, its running node, and
 // what the operations produced, checked again after the restart.
 type matrix struct {
-	c     *cluster
-	p     *proc
-	procs []*proc // every process started, for the panic check
+	c     *framework.Setup
+	p     *framework.Proc
+	procs []*framework.Proc // every process started, for the panic check
 	specs []keySpec
 
-	admin *rpc // spiffe://kb.test/admin/ops
-	app   *rpc // spiffe://kb.test/client/billing
+	admin *framework.Conn // spiffe://kb.test/admin/ops
+	app   *framework.Conn // spiffe://kb.test/client/billing
 
 	sealed []sealedMsg
 	signed []signedMsg
@@ -164,11 +166,11 @@ type macedMsg struct {
 	mac     []byte
 }
 
-func newMatrix(t *testing.T, roots func(*testing.T, string) *rootsOfTrust) *matrix {
+func newMatrix(t *testing.T, roots func(*testing.T, string) *framework.Roots) *matrix {
 	t.Helper()
-	c := newClusterOn(t, roots, matrixRoots)
-	m := &matrix{c: c, specs: matrixKeys(c.roots), pubs: map[string][]byte{}}
-	m.connect(t, c.startCentral(t))
+	c := framework.NewSetupOn(t, roots, matrixRoots)
+	m := &matrix{c: c, specs: matrixKeys(c.Roots), pubs: map[string][]byte{}}
+	m.connect(t, c.StartCentral(t))
 	for _, s := range m.specs {
 		m.createKey(t, s, ownerLabels)
 	}
@@ -177,16 +179,16 @@ func newMatrix(t *testing.T, roots func(*testing.T, string) *rootsOfTrust) *matr
 }
 
 // connect makes p the matrix's node and dials it as the admin and the app.
-func (m *matrix) connect(t *testing.T, p *proc) {
+func (m *matrix) connect(t *testing.T, p *framework.Proc) {
 	m.p = p
 	m.procs = append(m.procs, p)
-	m.admin = m.c.dial(t, p.addr, identity.Admin, "ops")
-	m.app = m.c.dial(t, p.addr, identity.Client, "billing")
+	m.admin = m.c.Dial(t, p.Addr, identity.Admin, "ops")
+	m.app = m.c.Dial(t, p.Addr, identity.Client, "billing")
 }
 
 // as dials the node as a client of the trust domain.
-func (m *matrix) as(t *testing.T, name string) *rpc {
-	return m.c.dial(t, m.p.addr, identity.Client, name)
+func (m *matrix) as(t *testing.T, name string) *framework.Conn {
+	return m.c.Dial(t, m.p.Addr, identity.Client, name)
 }
 
 func (m *matrix) createKey(t *testing.T, s keySpec, labels map[string]string) *kbv1.KeyMetadata {
@@ -194,14 +196,14 @@ func (m *matrix) createKey(t *testing.T, s keySpec, labels map[string]string) *k
 	req := &kbv1.CreateKeyRequest{KeyId: s.id, Type: s.typ, Mode: s.mode, Derived: s.derived, Labels: labels,
 		Description: "e2e " + s.id}
 	if s.root != "" {
-		req.RootKey = m.c.roots.ref(s.root)
+		req.RootKey = m.c.Roots.Ref(s.root)
 	}
-	k, err := m.admin.admin.CreateKey(t.Context(), req)
+	k, err := m.admin.Admin.CreateKey(t.Context(), req)
 	if err != nil {
 		t.Fatalf("CreateKey(%s %s %s derived=%v): %v", s.id, s.typ, s.mode, s.derived, err)
 	}
 	want := &kbv1.KeyMetadata{KeyId: s.id, Type: s.typ, Mode: s.mode, Derived: s.derived, State: kbv1.KeyState_KEY_STATE_ENABLED,
-		PrimaryVersion: 1, RootKey: s.rootRef(m.c.roots), Labels: labels, Description: "e2e " + s.id}
+		PrimaryVersion: 1, RootKey: s.rootRef(m.c.Roots), Labels: labels, Description: "e2e " + s.id}
 	got := &kbv1.KeyMetadata{KeyId: k.KeyId, Type: k.Type, Mode: k.Mode, Derived: k.Derived, State: k.State,
 		PrimaryVersion: k.PrimaryVersion, RootKey: k.RootKey, Labels: k.Labels, Description: k.Description}
 	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
@@ -219,7 +221,7 @@ func (m *matrix) listKeys(t *testing.T) map[string]*kbv1.KeyMetadata {
 	out := map[string]*kbv1.KeyMetadata{}
 	token := ""
 	for {
-		resp, err := m.admin.kb.ListKeys(t.Context(), &kbv1.ListKeysRequest{PageSize: 1000, PageToken: token})
+		resp, err := m.admin.KB.ListKeys(t.Context(), &kbv1.ListKeysRequest{PageSize: 1000, PageToken: token})
 		if err != nil {
 			t.Fatalf("ListKeys: %v", err)
 		}
@@ -237,7 +239,7 @@ func (m *matrix) listKeys(t *testing.T) map[string]*kbv1.KeyMetadata {
 func (m *matrix) checkNoPanic(t *testing.T) {
 	t.Helper()
 	for i, p := range m.procs {
-		if logs := p.logs(); strings.Contains(strings.ToLower(logs), "panic") || strings.Contains(logs, "DATA RACE") {
+		if logs := p.Logs(); strings.Contains(strings.ToLower(logs), "panic") || strings.Contains(logs, "DATA RACE") {
 			t.Errorf("central process %d wrote a panic or a race to stderr:\n%s", i+1, logs)
 		}
 	}
@@ -272,18 +274,18 @@ func wantStatus(t *testing.T, what string, err error, want codes.Code, msgs ...s
 // under the context the matrix uses. The matrix's nodes must refuse them.
 func foreignCiphertexts(t *testing.T) map[string][]byte {
 	t.Helper()
-	c := newClusterOn(t, softkmsRoots, basicRoots)
-	p := c.startCentral(t)
-	admin := c.dial(t, p.addr, identity.Admin, "ops")
+	c := framework.NewSetupOn(t, framework.SoftkmsRoots, framework.BasicRoots)
+	p := c.StartCentral(t)
+	admin := c.Dial(t, p.Addr, identity.Admin, "ops")
 	out := map[string][]byte{}
 	for _, s := range []keySpec{{id: "aes-derive", mode: modeDerive}, {id: "aes-wrap-ctx", mode: modeWrap, derived: true}, {id: "aes-backend", mode: modeBackend}} {
-		_, err := admin.admin.CreateKey(t.Context(), &kbv1.CreateKeyRequest{KeyId: s.id, Type: typeAES, Mode: s.mode, Derived: s.derived})
+		_, err := admin.Admin.CreateKey(t.Context(), &kbv1.CreateKeyRequest{KeyId: s.id, Type: typeAES, Mode: s.mode, Derived: s.derived})
 		must(t, "foreign CreateKey "+s.id, err)
-		enc, err := admin.kb.Encrypt(t.Context(), &kbv1.EncryptRequest{KeyId: s.id, Plaintext: []byte("foreign"), EncryptionContext: opsContext(s.id)})
+		enc, err := admin.KB.Encrypt(t.Context(), &kbv1.EncryptRequest{KeyId: s.id, Plaintext: []byte("foreign"), EncryptionContext: opsContext(s.id)})
 		must(t, "foreign Encrypt "+s.id, err)
 		out[s.id] = enc.Ciphertext
 	}
-	p.stop(t)
+	p.Stop(t)
 	return out
 }
 

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
 )
@@ -31,36 +33,6 @@ func TestDevStartLogsNoFailedCall(t *testing.T) {
 	}
 }
 
-// cliOut runs the CLI as kind/name and returns stdout, stderr and the
-// exit code.
-func (c *cluster) cliOut(t *testing.T, addr string, kind identity.Kind, name string, args ...string) (string, string, int) {
-	t.Helper()
-	r := runCLI(t, c.cliEnv(t, addr, kind, name), nil, args...)
-	return r.stdout, r.stderr, r.code
-}
-
-// logWithin is p.waitLog bounded by applyWait, so that a line that never
-// comes fails the test rather than hanging it.
-func logWithin(t *testing.T, p *proc, from int, msg string) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(applyWait)
-	for {
-		p.mu.Lock()
-		lines := slices.Clone(p.lines[from:])
-		p.mu.Unlock()
-		for _, line := range lines {
-			var rec map[string]any
-			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
-				return rec
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not log %q within %v:\n%s", p.name, msg, applyWait, p.logs())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestEdgeWithoutItsCentralTier runs an edge through what an operator
 // meets when the central tier goes away and comes back, with real
 // processes. The edge's reconnect backoff is made long (1 minute, so a
@@ -80,16 +52,16 @@ func logWithin(t *testing.T, p *proc, from int, msg string) map[string]any {
 //     offers the central tier; it logs that it lost the central tier;
 //   - when the central tier comes back, the edge follows it again at once.
 func TestEdgeWithoutItsCentralTier(t *testing.T) {
-	c := newEdgeClusterOn(t, softkmsRoots, basicRoots, "")
+	c := framework.NewProcessesOn(t, framework.SoftkmsRoots, framework.BasicRoots, "")
 	ctx := t.Context()
-	e := &edgeNode{name: "edge-eu-1", region: "eu", prefetch: true, staleness: time.Hour,
-		reconnect: "{initial_backoff: 1m, max_backoff: 2m}"}
-	_, err := c.admin.admin.EnrollNode(ctx, &kbv1.EnrollNodeRequest{NodeId: e.name, Region: e.region})
+	e := &framework.EdgeNode{Name: "edge-eu-1", Region: "eu", Prefetch: true, Staleness: time.Hour,
+		Reconnect: "{initial_backoff: 1m, max_backoff: 2m}"}
+	_, err := c.Admin.Admin.EnrollNode(ctx, &kbv1.EnrollNodeRequest{NodeId: e.Name, Region: e.Region})
 	must(t, "EnrollNode", err)
-	_, err = c.admin.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "eu-key", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
-		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": e2eTrustDomain}, Placement: `principal.region == "eu"`})
+	_, err = c.Admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "eu-key", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": framework.TrustDomain}, Placement: `principal.region == "eu"`})
 	must(t, "CreateKey", err)
-	centralAddr := c.central.addr
+	centralAddr := c.Central.Addr
 
 	// Well under the backoff's shortest wait (30 s), bounded generously
 	// for a loaded machine; the wakes counter says what drove it.
@@ -98,46 +70,46 @@ func TestEdgeWithoutItsCentralTier(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(followWithin)
 		for {
-			resp, err := c.admin.admin.ListNodes(ctx, &kbv1.ListNodesRequest{})
-			if err == nil && slices.ContainsFunc(resp.GetNodes(), func(n *kbv1.Node) bool { return n.GetNodeId() == e.name && n.GetConnected() }) {
+			resp, err := c.Admin.Admin.ListNodes(ctx, &kbv1.ListNodesRequest{})
+			if err == nil && slices.ContainsFunc(resp.GetNodes(), func(n *kbv1.Node) bool { return n.GetNodeId() == e.Name && n.GetConnected() }) {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: the edge does not follow the central tier within %v, under its backoff:\n%s", what, followWithin, e.p.logs())
+				t.Fatalf("%s: the edge does not follow the central tier within %v, under its backoff:\n%s", what, followWithin, e.Proc.Logs())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
 
 	// A first start without the central tier.
-	c.central.stop(t)
-	c.startEdge(t, e)
-	logWithin(t, e.p, 0, "waiting for the central tier")
-	if strings.Contains(e.p.logs(), "lost the central tier") {
-		t.Errorf("an edge that never had the central tier logs that it lost it:\n%s", e.p.logs())
+	c.Central.Stop(t)
+	c.StartEdge(t, e)
+	framework.LogWithin(t, e.Proc, 0, "waiting for the central tier")
+	if strings.Contains(e.Proc.Logs(), "lost the central tier") {
+		t.Errorf("an edge that never had the central tier logs that it lost it:\n%s", e.Proc.Logs())
 	}
-	c.central = c.startCentral(t)
+	c.Central = c.StartCentral(t)
 	followed("the central tier started after the edge")
-	if w := c.opsMetric(t, e.p.opsAddr, "keybroker_edge_reconnect_wakes_total"); w < 1 {
+	if w := c.OpsMetric(t, e.Proc.OpsAddr, "keybroker_edge_reconnect_wakes_total"); w < 1 {
 		t.Errorf("keybroker_edge_reconnect_wakes_total = %v after the central tier came up, want >= 1: the timer, not the connection, ended the wait", w)
 	}
-	if _, stderr, code := c.cliOut(t, e.p.addr, identity.Admin, "ops", "nodes"); code != 0 || stderr != "" {
+	if _, stderr, code := c.CLIOut(t, e.Proc.Addr, identity.Admin, "ops", "nodes"); code != 0 || stderr != "" {
 		t.Errorf("keybroker nodes at a connected edge = exit %d, stderr %q; want 0 and nothing on stderr", code, stderr)
 	}
 
 	// The central tier stops with the edge connected.
-	mark := e.p.mark()
-	c.central.stop(t)
-	if strings.Contains(c.central.logs(), "graceful stop timed out") {
-		t.Errorf("the central tier waited for the edge's Watch stream until its shutdown timeout:\n%s", c.central.logs())
+	mark := e.Proc.Mark()
+	c.Central.Stop(t)
+	if strings.Contains(c.Central.Logs(), "graceful stop timed out") {
+		t.Errorf("the central tier waited for the edge's Watch stream until its shutdown timeout:\n%s", c.Central.Logs())
 	}
-	lost := logWithin(t, e.p, mark, "lost the central tier; reconnecting")
+	lost := framework.LogWithin(t, e.Proc, mark, "lost the central tier; reconnecting")
 	if msg, _ := lost["err"].(string); !strings.Contains(msg, "stopping") {
 		t.Errorf("the edge lost the central tier with %q, want the central tier saying it is stopping", msg)
 	}
 
 	// Without it, the edge answers from its replica.
-	stdout, stderr, code := c.cliOut(t, e.p.addr, identity.Admin, "ops", "nodes", "--output", "json")
+	stdout, stderr, code := c.CLIOut(t, e.Proc.Addr, identity.Admin, "ops", "nodes", "--output", "json")
 	if code != 0 {
 		t.Fatalf("keybroker nodes at an edge without its central tier = exit %d: %s", code, stderr)
 	}
@@ -147,23 +119,23 @@ func TestEdgeWithoutItsCentralTier(t *testing.T) {
 	for _, n := range nodes {
 		ids[n.NodeID] = n
 	}
-	if _, ok := ids["central-1"]; !ok || ids[e.name].Connected {
-		t.Errorf("keybroker nodes from the replica = %+v, want central-1 listed and %s not connected", nodes, e.name)
+	if _, ok := ids["central-1"]; !ok || ids[e.Name].Connected {
+		t.Errorf("keybroker nodes from the replica = %+v, want central-1 listed and %s not connected", nodes, e.Name)
 	}
 	if !strings.Contains(stderr, "edge-eu-1 cannot reach the central tier") || !strings.Contains(stderr, "revision") {
 		t.Errorf("keybroker nodes from the replica says on stderr %q, want that it is the edge's replica and at which revision", stderr)
 	}
-	stdout, stderr, code = c.cliOut(t, e.p.addr, identity.Admin, "ops", "lookup", "--key", "eu-key", "--op", "encrypt", "--output", "json")
+	stdout, stderr, code = c.CLIOut(t, e.Proc.Addr, identity.Admin, "ops", "lookup", "--key", "eu-key", "--op", "encrypt", "--output", "json")
 	if code != 0 {
 		t.Fatalf("keybroker lookup at an edge without its central tier = exit %d: %s", code, stderr)
 	}
 	var offered []lookupJSON
 	must(t, "decoding keybroker lookup", json.Unmarshal([]byte(stdout), &offered))
-	if !slices.ContainsFunc(offered, func(n lookupJSON) bool { return n.NodeID == e.name }) ||
+	if !slices.ContainsFunc(offered, func(n lookupJSON) bool { return n.NodeID == e.Name }) ||
 		slices.ContainsFunc(offered, func(n lookupJSON) bool { return n.Kind != "edge" }) {
-		t.Errorf("keybroker lookup at an edge without its central tier = %+v, want %s and no central node", offered, e.name)
+		t.Errorf("keybroker lookup at an edge without its central tier = %+v, want %s and no central node", offered, e.Name)
 	}
-	sdk := c.faultSDKClient(t, "eu", e.p.addr)
+	sdk := c.SDKClient(t, "eu", e.Proc.Addr)
 	route, err := sdk.Route(ctx, "eu-key", kbv1.Operation_OPERATION_ENCRYPT)
 	must(t, "Route", err)
 	if slices.Contains(route, centralAddr) {
@@ -171,10 +143,10 @@ func TestEdgeWithoutItsCentralTier(t *testing.T) {
 	}
 
 	// It comes back.
-	wakes := c.opsMetric(t, e.p.opsAddr, "keybroker_edge_reconnect_wakes_total")
-	c.central = c.startCentral(t)
+	wakes := c.OpsMetric(t, e.Proc.OpsAddr, "keybroker_edge_reconnect_wakes_total")
+	c.Central = c.StartCentral(t)
 	followed("the central tier restarted")
-	if w := c.opsMetric(t, e.p.opsAddr, "keybroker_edge_reconnect_wakes_total"); w <= wakes {
+	if w := c.OpsMetric(t, e.Proc.OpsAddr, "keybroker_edge_reconnect_wakes_total"); w <= wakes {
 		t.Errorf("keybroker_edge_reconnect_wakes_total = %v after the central tier came back, want more than %v", w, wakes)
 	}
 }

@@ -17,11 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"github.com/keybroker/keybroker/identity"
 )
 
 // opsMonitor is the admin identity the tests read the ops endpoints as.
-var opsMonitor = identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Admin, Name: "monitor"}
+var opsMonitor = identity.Identity{TrustDomain: framework.TrustDomain, Kind: identity.Admin, Name: "monitor"}
 
 // opsClient is an HTTPS client of the ops endpoints, presenting a
 // certificate from the cluster's CA when withCert is set.
@@ -38,10 +40,10 @@ func (m *matrix) opsClient(t *testing.T, withCert bool) *http.Client {
 func (m *matrix) opsClientAs(t *testing.T, who *identity.Identity) *http.Client {
 	t.Helper()
 	pool := x509.NewCertPool()
-	pool.AddCert(m.c.ca.Cert)
+	pool.AddCert(m.c.CA.Cert)
 	cfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool}
 	if who != nil {
-		certPEM, keyPEM, err := m.c.ca.Issue(*who, nil, time.Hour)
+		certPEM, keyPEM, err := m.c.CA.Issue(*who, nil, time.Hour)
 		must(t, "Issue", err)
 		cert, err := tls.X509KeyPair(certPEM, keyPEM)
 		must(t, "X509KeyPair", err)
@@ -55,7 +57,7 @@ func (m *matrix) opsClientAs(t *testing.T, who *identity.Identity) *http.Client 
 // opsGet GETs path on the node's ops listener with a client certificate.
 func (m *matrix) opsGet(t *testing.T, path string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+m.p.opsAddr+path, nil)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+m.p.OpsAddr+path, nil)
 	must(t, "NewRequest", err)
 	resp, err := m.opsClient(t, true).Do(req)
 	must(t, "GET "+path, err)
@@ -83,7 +85,7 @@ func (m *matrix) opsEndpoints(t *testing.T) {
 		if err := json.Unmarshal(body, &got); err != nil {
 			t.Fatalf("/readyz body %q: %v", body, err)
 		}
-		backend := "backend:" + m.c.roots.name
+		backend := "backend:" + m.c.Roots.Name
 		if code != http.StatusOK || !got.Ready || got.Checks[backend] != "ok" || len(got.Checks["policy"]) != 12 {
 			t.Errorf("/readyz = %d %s; want 200, ready, %s ok and the policy hash", code, body, backend)
 		}
@@ -108,12 +110,12 @@ func (m *matrix) opsEndpoints(t *testing.T) {
 	// the same CA and trust domain gets 403 and nothing else.
 	t.Run("not an admin", func(t *testing.T) {
 		for _, who := range []identity.Identity{
-			{TrustDomain: e2eTrustDomain, Kind: identity.Client, Name: "app"},
-			{TrustDomain: e2eTrustDomain, Kind: identity.Edge, Name: "edge-rogue"},
+			{TrustDomain: framework.TrustDomain, Kind: identity.Client, Name: "app"},
+			{TrustDomain: framework.TrustDomain, Kind: identity.Edge, Name: "edge-rogue"},
 		} {
 			cl := m.opsClientAs(t, &who)
 			for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
-				req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+m.p.opsAddr+path, nil)
+				req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+m.p.OpsAddr+path, nil)
 				must(t, "NewRequest", err)
 				resp, err := cl.Do(req)
 				must(t, "GET "+path, err)
@@ -127,7 +129,7 @@ func (m *matrix) opsEndpoints(t *testing.T) {
 		}
 	})
 	t.Run("no client certificate", func(t *testing.T) {
-		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+m.p.opsAddr+"/healthz", nil)
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+m.p.OpsAddr+"/healthz", nil)
 		must(t, "NewRequest", err)
 		resp, err := m.opsClient(t, false).Do(req)
 		if err == nil {
@@ -147,30 +149,30 @@ func (m *matrix) opsEndpoints(t *testing.T) {
 // unknown field: it exits 2, names the file, the field and the line, and
 // starts nothing.
 func TestCentralBadConfig(t *testing.T) {
-	c := newClusterOn(t, softkmsRoots, nil)
-	good, err := os.ReadFile(c.config)
+	c := framework.NewSetupOn(t, framework.SoftkmsRoots, nil)
+	good, err := os.ReadFile(c.Config)
 	must(t, "reading the config", err)
 	lines := strings.Count(string(good), "\n")
 	bad := string(good) + "material_cache:\n  size: 100\n  tll: 5m\n"
-	must(t, "writing the config", os.WriteFile(c.config, []byte(bad), 0o600))
+	must(t, "writing the config", os.WriteFile(c.Config, []byte(bad), 0o600))
 
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(t.Context(), keybrokerBin, "central", "--config", c.config)
-	cmd.Env = processEnv()
+	cmd := exec.CommandContext(t.Context(), framework.Binary(), "central", "--config", c.Config)
+	cmd.Env = framework.ProcessEnv()
 	cmd.Stderr = &stderr
 	err = cmd.Run()
 	ee, ok := errors.AsType[*exec.ExitError](err)
 	if !ok || ee.ExitCode() != 2 {
 		t.Fatalf("keybroker central with a bad config: %v, want exit status 2\n%s", err, &stderr)
 	}
-	want := c.config + ": material_cache.tll: unknown field; did you mean ttl? (line " + strconv.Itoa(lines+3) + ")"
+	want := c.Config + ": material_cache.tll: unknown field; did you mean ttl? (line " + strconv.Itoa(lines+3) + ")"
 	if !strings.Contains(stderr.String(), want) {
 		t.Errorf("stderr %q\nwant it to contain %q", &stderr, want)
 	}
 	if strings.Contains(stderr.String(), "central ready") {
 		t.Errorf("the node started:\n%s", &stderr)
 	}
-	for _, path := range []string{filepath.Join(c.dir, "data"), c.audit} {
+	for _, path := range []string{filepath.Join(c.Dir, "data"), c.AuditLog} {
 		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s exists after a refused start (stat: %v)", path, err)
 		}

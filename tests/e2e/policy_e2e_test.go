@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -27,21 +29,21 @@ import (
 func (m *matrix) policyMatrix(t *testing.T) {
 	m.createKey(t, keySpec{id: "policy-rotate", typ: typeAES, mode: modeDerive}, ownerLabels)
 	billing, intern, loose := m.app, m.as(t, "intern"), m.as(t, "loose")
-	encrypt := func(who *rpc, key string) func(context.Context, grpc.CallOption) error {
+	encrypt := func(who *framework.Conn, key string) func(context.Context, grpc.CallOption) error {
 		return func(ctx context.Context, opt grpc.CallOption) error {
-			_, err := who.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: key, Plaintext: []byte("x")}, opt)
+			_, err := who.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: key, Plaintext: []byte("x")}, opt)
 			return err
 		}
 	}
-	rotate := func(who *rpc, key string) func(context.Context, grpc.CallOption) error {
+	rotate := func(who *framework.Conn, key string) func(context.Context, grpc.CallOption) error {
 		return func(ctx context.Context, opt grpc.CallOption) error {
-			_, err := who.admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: key}, opt)
+			_, err := who.Admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: key}, opt)
 			return err
 		}
 	}
 	for _, tc := range []struct {
 		name     string
-		who      *rpc
+		who      *framework.Conn
 		op, key  string
 		call     func(context.Context, grpc.CallOption) error
 		code     codes.Code
@@ -55,7 +57,7 @@ func (m *matrix) policyMatrix(t *testing.T) {
 		{"client on an unknown key is denied, not told it is missing", billing, "Encrypt", "no-such-key", encrypt(billing, "no-such-key"),
 			codes.PermissionDenied, "deny", "default-deny"},
 		{"a forbid wins over a permit", intern, "Sign", "ec-derive", func(ctx context.Context, opt grpc.CallOption) error {
-			_, err := intern.kb.Sign(ctx, &kbv1.SignRequest{KeyId: "ec-derive", Input: &kbv1.SignRequest_Message{Message: []byte("x")}}, opt)
+			_, err := intern.KB.Sign(ctx, &kbv1.SignRequest{KeyId: "ec-derive", Input: &kbv1.SignRequest_Message{Message: []byte("x")}}, opt)
 			return err
 		}, codes.PermissionDenied, "deny", "no-sign-for-interns"},
 		{"the forbid leaves the rest allowed", intern, "Encrypt", "aes-derive", encrypt(intern, "aes-derive"),
@@ -65,26 +67,26 @@ func (m *matrix) policyMatrix(t *testing.T) {
 		{"a loose policy cannot grant a client RotateKey", loose, "RotateKey", "policy-rotate", rotate(loose, "policy-rotate"),
 			codes.PermissionDenied, "deny", "schema"},
 		{"a loose policy cannot grant a client CreateKey", loose, "CreateKey", "loose-made", func(ctx context.Context, opt grpc.CallOption) error {
-			_, err := loose.admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "loose-made", Type: typeAES, Mode: modeDerive}, opt)
+			_, err := loose.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "loose-made", Type: typeAES, Mode: modeDerive}, opt)
 			return err
 		}, codes.PermissionDenied, "deny", "schema"},
 		{"a client may not list nodes", billing, "ListNodes", "", func(ctx context.Context, opt grpc.CallOption) error {
-			_, err := billing.admin.ListNodes(ctx, &kbv1.ListNodesRequest{}, opt)
+			_, err := billing.Admin.ListNodes(ctx, &kbv1.ListNodesRequest{}, opt)
 			return err
 		}, codes.PermissionDenied, "deny", "schema"},
 		{"client on a service action", billing, "GenerateRandom", "", func(ctx context.Context, opt grpc.CallOption) error {
-			_, err := billing.kb.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 16}, opt)
+			_, err := billing.KB.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 16}, opt)
 			return err
 		}, codes.OK, "allow", "client-service"},
 		{"admin action", m.admin, "RotateKey", "policy-rotate", rotate(m.admin, "policy-rotate"),
 			codes.OK, "allow", "admins"},
 		{"admin on an unknown key", m.admin, "DescribeKey", "no-such-key", func(ctx context.Context, opt grpc.CallOption) error {
-			_, err := m.admin.kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "no-such-key"}, opt)
+			_, err := m.admin.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "no-such-key"}, opt)
 			return err
 		}, codes.NotFound, "allow", "admins"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rctx, rid := withRequestID(t)
+			rctx, rid := framework.WithRequestID(t)
 			var header metadata.MD
 			err := tc.call(rctx, grpc.Header(&header))
 			wantStatus(t, tc.op, err, tc.code)
@@ -96,7 +98,7 @@ func (m *matrix) policyMatrix(t *testing.T) {
 			if tc.code != codes.OK {
 				wantOutcome = tc.code.String()
 			}
-			lines := m.c.auditLines(t, rid)
+			lines := m.c.AuditLines(t, rid)
 			if len(lines) != 1 {
 				t.Fatalf("%d audit lines for request %s, want 1: %+v", len(lines), rid, lines)
 			}
@@ -104,10 +106,10 @@ func (m *matrix) policyMatrix(t *testing.T) {
 			if got := header.Get("x-request-id"); len(got) != 1 || got[0] != r.RequestID || r.RequestID == rid || r.ClientRequestID != rid {
 				t.Errorf("response x-request-id %q, audit request id %q, client request id %q; want the node's own id, and the client's %q apart", got, r.RequestID, r.ClientRequestID, rid)
 			}
-			if r.Principal != tc.who.id || r.Node != "central-1" || r.Operation != tc.op || r.Key != tc.key ||
+			if r.Principal != tc.who.ID || r.Node != "central-1" || r.Operation != tc.op || r.Key != tc.key ||
 				r.Decision != tc.decision || r.PolicyID != tc.policyID || r.Outcome != wantOutcome {
 				t.Errorf("audit line %+v\nwant principal %s, node central-1, operation %s, key %q, decision %s, policy_id %s, outcome %s",
-					r, tc.who.id, tc.op, tc.key, tc.decision, tc.policyID, wantOutcome)
+					r, tc.who.ID, tc.op, tc.key, tc.decision, tc.policyID, wantOutcome)
 			}
 		})
 	}
@@ -118,20 +120,20 @@ func (m *matrix) policyMatrix(t *testing.T) {
 // is refused and audited; a certificate from another CA, or none, does not
 // get past the TLS handshake.
 func (m *matrix) authentication(t *testing.T) {
-	encrypt := func(r *rpc) (string, error) {
-		rctx, rid := withRequestID(t)
-		_, err := r.kb.Encrypt(rctx, &kbv1.EncryptRequest{KeyId: "aes-derive", Plaintext: []byte("x"), EncryptionContext: opsContext("aes-derive")})
+	encrypt := func(r *framework.Conn) (string, error) {
+		rctx, rid := framework.WithRequestID(t)
+		_, err := r.KB.Encrypt(rctx, &kbv1.EncryptRequest{KeyId: "aes-derive", Plaintext: []byte("x"), EncryptionContext: opsContext("aes-derive")})
 		return rid, err
 	}
 	t.Run("another trust domain, same CA", func(t *testing.T) {
-		other := *m.c.ca
+		other := *m.c.CA
 		other.TrustDomain = "other.test"
 		id := identity.Identity{TrustDomain: "other.test", Kind: identity.Client, Name: "billing"}
 		certPEM, keyPEM, err := other.Issue(id, nil, time.Hour)
 		must(t, "Issue", err)
-		rid, err := encrypt(m.c.dialWith(t, m.p.addr, id.String(), certPEM, keyPEM))
+		rid, err := encrypt(m.c.DialWith(t, m.p.Addr, id.String(), certPEM, keyPEM))
 		wantStatus(t, "Encrypt", err, codes.Unauthenticated, `trust domain "other.test" is not "kb.test"`)
-		lines := m.c.auditLines(t, rid)
+		lines := m.c.AuditLines(t, rid)
 		if len(lines) != 1 {
 			t.Fatalf("%d audit lines for request %s, want 1", len(lines), rid)
 		}
@@ -141,21 +143,21 @@ func (m *matrix) authentication(t *testing.T) {
 		}
 	})
 	t.Run("certificate from another CA", func(t *testing.T) {
-		ca, err := identity.NewCA(e2eTrustDomain, time.Hour)
+		ca, err := identity.NewCA(framework.TrustDomain, time.Hour)
 		must(t, "NewCA", err)
-		id := identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Client, Name: "billing"}
+		id := identity.Identity{TrustDomain: framework.TrustDomain, Kind: identity.Client, Name: "billing"}
 		certPEM, keyPEM, err := ca.Issue(id, nil, time.Hour)
 		must(t, "Issue", err)
-		rid, err := encrypt(m.c.dialWith(t, m.p.addr, id.String(), certPEM, keyPEM))
+		rid, err := encrypt(m.c.DialWith(t, m.p.Addr, id.String(), certPEM, keyPEM))
 		wantStatus(t, "Encrypt", err, codes.Unavailable)
-		if lines := m.c.auditLines(t, rid); len(lines) != 0 {
+		if lines := m.c.AuditLines(t, rid); len(lines) != 0 {
 			t.Errorf("a call refused in the handshake left audit lines: %+v", lines)
 		}
 	})
 	t.Run("no client certificate", func(t *testing.T) {
-		rid, err := encrypt(m.c.dialWith(t, m.p.addr, "", nil, nil))
+		rid, err := encrypt(m.c.DialWith(t, m.p.Addr, "", nil, nil))
 		wantStatus(t, "Encrypt", err, codes.Unavailable)
-		if lines := m.c.auditLines(t, rid); len(lines) != 0 {
+		if lines := m.c.AuditLines(t, rid); len(lines) != 0 {
 			t.Errorf("a call refused in the handshake left audit lines: %+v", lines)
 		}
 	})
@@ -179,29 +181,29 @@ func (m *matrix) hotReload(t *testing.T) {
 	hot := m.as(t, "hot")
 	encrypt := func(want codes.Code, wantPolicy string) {
 		t.Helper()
-		rctx, rid := withRequestID(t)
-		_, err := hot.kb.Encrypt(rctx, &kbv1.EncryptRequest{KeyId: "aes-derive", Plaintext: []byte("x")})
+		rctx, rid := framework.WithRequestID(t)
+		_, err := hot.KB.Encrypt(rctx, &kbv1.EncryptRequest{KeyId: "aes-derive", Plaintext: []byte("x")})
 		wantStatus(t, "Encrypt", err, want)
-		if lines := m.c.auditLines(t, rid); len(lines) != 1 || lines[0].PolicyID != wantPolicy {
+		if lines := m.c.AuditLines(t, rid); len(lines) != 1 || lines[0].PolicyID != wantPolicy {
 			t.Errorf("audit lines %+v, want one with policy_id %s", lines, wantPolicy)
 		}
 	}
 	reload := func(text, wantMsg string) map[string]any {
 		t.Helper()
-		m.c.writePolicy(t, text)
-		mark := m.p.mark()
-		must(t, "SIGHUP", m.p.cmd.Process.Signal(syscall.SIGHUP))
-		return m.p.waitLog(t, mark, wantMsg)
+		m.c.WritePolicy(t, text)
+		mark := m.p.Mark()
+		must(t, "SIGHUP", m.p.Cmd.Process.Signal(syscall.SIGHUP))
+		return m.p.WaitLog(t, mark, wantMsg)
 	}
 	encrypt(codes.OK, "app-keys")
 
-	rec := reload(e2ePolicy+hotRule, "policy reloaded")
+	rec := reload(framework.Policy+hotRule, "policy reloaded")
 	newHash, _ := rec["policy"].(string)
 	encrypt(codes.PermissionDenied, "hot-reload")
 
-	rec = reload(e2ePolicy+brokenRule, "policy reload failed; the previous policy stays in force")
+	rec = reload(framework.Policy+brokenRule, "policy reload failed; the previous policy stays in force")
 	// The broken policy starts on the line after e2ePolicy's last.
-	where := m.c.policy + ":" + strconv.Itoa(strings.Count(e2ePolicy, "\n")+2)
+	where := m.c.PolicyFile + ":" + strconv.Itoa(strings.Count(framework.Policy, "\n")+2)
 	if msg, _ := rec["err"].(string); rec["level"] != "ERROR" || !strings.Contains(msg, where) || !strings.Contains(msg, "Explode") {
 		t.Errorf("reload failure logged as %v; want level ERROR and an err naming %s and the action Explode", rec, where)
 	}
@@ -211,7 +213,7 @@ func (m *matrix) hotReload(t *testing.T) {
 		t.Errorf("/readyz after a failed reload = %d %s; want 200 with policy %s and the reload error", code, body, newHash)
 	}
 
-	reload(e2ePolicy, "policy reloaded")
+	reload(framework.Policy, "policy reloaded")
 	encrypt(codes.OK, "app-keys")
 }
 
@@ -220,9 +222,9 @@ func (m *matrix) hotReload(t *testing.T) {
 // a dropped middle line, two swapped lines and a dropped last line do not
 // (exit 7).
 func (m *matrix) auditTamper(t *testing.T) {
-	data, err := os.ReadFile(m.c.audit)
+	data, err := os.ReadFile(m.c.AuditLog)
 	must(t, "reading the audit log", err)
-	head, err := os.ReadFile(m.c.audit + ".head")
+	head, err := os.ReadFile(m.c.AuditLog + ".head")
 	must(t, "reading the audit head", err)
 	lines := bytes.SplitAfter(data, []byte("\n"))
 	lines = lines[:len(lines)-1] // after the final newline
@@ -263,8 +265,8 @@ func (m *matrix) auditTamper(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "audit.jsonl")
 			must(t, "writing the log", os.WriteFile(path, bytes.Join(tc.lines, nil), 0o600))
 			must(t, "writing the head", os.WriteFile(path+".head", head, 0o600))
-			cmd := exec.CommandContext(t.Context(), keybrokerBin, "audit", "verify", path)
-			cmd.Env = processEnv()
+			cmd := exec.CommandContext(t.Context(), framework.Binary(), "audit", "verify", path)
+			cmd.Env = framework.ProcessEnv()
 			out, err := cmd.CombinedOutput()
 			code := 0
 			if ee, ok := errors.AsType[*exec.ExitError](err); ok {

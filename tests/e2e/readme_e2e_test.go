@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // readmeTour returns the shell blocks of the README's tour, in order.
@@ -58,7 +60,7 @@ func TestReadmeTour(t *testing.T) {
 	script := "set -euo pipefail\n" + strings.Join(blocks, "\n")
 	cmd := exec.CommandContext(t.Context(), "bash", "-c", script)
 	cmd.Dir = work
-	cmd.Env = append(withoutKeybrokerVars(processEnv()), "PATH="+filepath.Dir(keybrokerBin)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cmd.Env = append(framework.WithoutKeybrokerVars(framework.ProcessEnv()), "PATH="+filepath.Dir(framework.Binary())+string(os.PathListSeparator)+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("the README's tour failed: %v\n%s", err, out)

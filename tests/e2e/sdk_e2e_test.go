@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
@@ -19,33 +21,33 @@ import (
 // envelope interoperates with every node, and when the us edge is killed
 // (SIGKILL) calls move on with no error.
 func TestSDKEndToEnd(t *testing.T) {
-	c := newEdgeCluster(t,
-		&edgeNode{name: "edge-eu", region: "eu", prefetch: true, staleness: time.Hour},
-		&edgeNode{name: "edge-us", region: "us", prefetch: true, staleness: time.Hour},
+	c := framework.NewProcesses(t,
+		&framework.EdgeNode{Name: "edge-eu", Region: "eu", Prefetch: true, Staleness: time.Hour},
+		&framework.EdgeNode{Name: "edge-us", Region: "us", Prefetch: true, Staleness: time.Hour},
 	)
 	ctx := t.Context()
-	owner := map[string]string{"owner": e2eTrustDomain}
+	owner := map[string]string{"owner": framework.TrustDomain}
 	aes := kbv1.KeyType_KEY_TYPE_AES_256_GCM
 	var rev uint64
 	for _, k := range []*kbv1.CreateKeyRequest{
 		{KeyId: "shared", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: owner, Placement: "true"},
 		{KeyId: "eu-data", Type: aes, Mode: kbv1.KeyMode_KEY_MODE_WRAP, Labels: owner, Placement: `principal.region == "eu"`},
 	} {
-		m, err := c.admin.admin.CreateKey(ctx, k)
+		m, err := c.Admin.Admin.CreateKey(ctx, k)
 		must(t, "CreateKey "+k.KeyId, err)
 		rev = max(rev, m.GetRevision())
 	}
-	c.waitApplied(t, rev)
+	c.WaitApplied(t, rev)
 
-	certPEM, keyPEM, err := c.ca.Issue(identity.Identity{TrustDomain: e2eTrustDomain, Kind: identity.Client, Name: "app"}, nil, time.Hour)
+	certPEM, keyPEM, err := c.CA.Issue(identity.Identity{TrustDomain: framework.TrustDomain, Kind: identity.Client, Name: "app"}, nil, time.Hour)
 	must(t, "Issue", err)
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	must(t, "X509KeyPair", err)
 	pool := x509.NewCertPool()
-	pool.AddCert(c.ca.Cert)
+	pool.AddCert(c.CA.Cert)
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}}
-	us, eu := c.edges["edge-us"].p.addr, c.edges["edge-eu"].p.addr
-	cl, err := client.New(ctx, client.Config{Addrs: []string{us, c.central.addr}, TLS: tlsCfg, Region: "us",
+	us, eu := c.Edges["edge-us"].Proc.Addr, c.Edges["edge-eu"].Proc.Addr
+	cl, err := client.New(ctx, client.Config{Addrs: []string{us, c.Central.Addr}, TLS: tlsCfg, Region: "us",
 		Backoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	must(t, "client.New", err)
 	defer cl.Close()
@@ -71,13 +73,13 @@ func TestSDKEndToEnd(t *testing.T) {
 	dec := cl.NewDecryptor(client.DecryptorConfig{})
 	local, err := enc.Encrypt(ctx, []byte("sealed by the SDK"), ectx)
 	must(t, "Encryptor.Encrypt", err)
-	for _, addr := range []string{us, eu, c.central.addr} {
-		node := c.dial(t, addr, identity.Client, "app")
-		d, err := node.kb.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: local, EncryptionContext: ectx})
+	for _, addr := range []string{us, eu, c.Central.Addr} {
+		node := c.Dial(t, addr, identity.Client, "app")
+		d, err := node.KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: local, EncryptionContext: ectx})
 		if err != nil || string(d.GetPlaintext()) != "sealed by the SDK" {
 			t.Errorf("Decrypt at %s of an SDK ciphertext: %v", addr, err)
 		}
-		e, err := node.kb.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "eu-data", Plaintext: []byte("sealed at " + addr), EncryptionContext: ectx})
+		e, err := node.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "eu-data", Plaintext: []byte("sealed at " + addr), EncryptionContext: ectx})
 		must(t, "Encrypt at "+addr, err)
 		if pt, err := dec.Decrypt(ctx, e.GetCiphertext(), ectx); err != nil || string(pt) != "sealed at "+addr {
 			t.Errorf("Decryptor of a ciphertext sealed at %s: %q, %v", addr, pt, err)
@@ -122,7 +124,7 @@ func TestSDKEndToEnd(t *testing.T) {
 		})
 	}
 	<-warm
-	c.edges["edge-us"].p.kill()
+	c.Edges["edge-us"].Proc.Kill()
 	mu.Lock()
 	afterKill = 0
 	mu.Unlock()
@@ -131,7 +133,7 @@ func TestSDKEndToEnd(t *testing.T) {
 		t.Fatalf("%d of %d encrypts failed when the us edge was killed; first: %v", len(failures), calls, failures[0])
 	}
 	after := cl.Calls()
-	if moved := after[eu] - before[eu] + after[c.central.addr] - before[c.central.addr]; moved == 0 {
+	if moved := after[eu] - before[eu] + after[c.Central.Addr] - before[c.Central.Addr]; moved == 0 {
 		t.Errorf("no encrypt moved to edge-eu or central after edge-us was killed: %v → %v", before, after)
 	}
 	if _, err := cl.Encrypt(ctx, "shared", []byte("after"), nil); err != nil {

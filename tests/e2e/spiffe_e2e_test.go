@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
@@ -34,10 +36,10 @@ const (
 // as a SPIRE agent attests each process; admin is the socket of an
 // operator's CLI, app that of the application.
 type spiffeCluster struct {
-	*edgeCluster
+	*framework.Processes
 	agent      *workloadtest.Server
 	admin, app *workloadtest.Workload
-	edge       *edgeNode
+	edge       *framework.EdgeNode
 }
 
 // newSpiffeCluster starts central (softkms) and edge-eu with `spiffe:` in
@@ -45,46 +47,46 @@ type spiffeCluster struct {
 // --spiffe-socket (KEYBROKER_SPIFFE_SOCKET).
 func newSpiffeCluster(t *testing.T) *spiffeCluster {
 	t.Helper()
-	agent := workloadtest.Start(t, workloadtest.Options{TrustDomain: e2eTrustDomain, TTL: spiffeTTL, RotateEvery: spiffeRotate})
+	agent := workloadtest.Start(t, workloadtest.Options{TrustDomain: framework.TrustDomain, TTL: spiffeTTL, RotateEvery: spiffeRotate})
 	c := &spiffeCluster{
-		edgeCluster: &edgeCluster{cluster: newClusterOn(t, softkmsRoots, basicRoots), edges: map[string]*edgeNode{}},
-		agent:       agent,
-		admin:       agent.MustAddWorkload(t, "spiffe://"+e2eTrustDomain+"/admin/ops"),
-		app:         agent.MustAddWorkload(t, "spiffe://"+e2eTrustDomain+"/client/app"),
+		Processes: &framework.Processes{Setup: framework.NewSetupOn(t, framework.SoftkmsRoots, framework.BasicRoots), Edges: map[string]*framework.EdgeNode{}},
+		agent:     agent,
+		admin:     agent.MustAddWorkload(t, "spiffe://"+framework.TrustDomain+"/admin/ops"),
+		app:       agent.MustAddWorkload(t, "spiffe://"+framework.TrustDomain+"/client/app"),
 	}
-	central := agent.MustAddWorkload(t, "spiffe://"+e2eTrustDomain+"/central/central-1")
-	edge := agent.MustAddWorkload(t, "spiffe://"+e2eTrustDomain+"/edge/edge-eu")
-	cfg, err := os.ReadFile(c.config)
+	central := agent.MustAddWorkload(t, "spiffe://"+framework.TrustDomain+"/central/central-1")
+	edge := agent.MustAddWorkload(t, "spiffe://"+framework.TrustDomain+"/edge/edge-eu")
+	cfg, err := os.ReadFile(c.Config)
 	must(t, "reading central.yaml", err)
 	files := []byte("tls: {ca: ca.crt, cert: central.crt, key: central.key}\n")
 	if !bytes.Contains(cfg, files) {
 		t.Fatalf("central.yaml has no %q line to replace:\n%s", files, cfg)
 	}
 	cfg = bytes.Replace(cfg, files, fmt.Appendf(nil, "spiffe: {socket: %q, timeout: 20s}\n", central.Addr()), 1)
-	cfg = append(cfg, "edges: {lease: 2s, heartbeat: 200ms}\n"+unboundedBudget...)
-	must(t, "writing central.yaml", os.WriteFile(c.config, cfg, 0o600))
-	c.central = c.startCentral(t)
-	c.mustCLI(t, c.central.addr, "node", "enroll", "edge-eu", "--region", "eu")
-	c.edge = &edgeNode{name: "edge-eu", region: "eu", prefetch: true, staleness: time.Hour, spiffe: edge.Addr()}
-	c.startEdge(t, c.edge)
+	cfg = append(cfg, "edges: {lease: 2s, heartbeat: 200ms}\n"+framework.UnboundedBudget...)
+	must(t, "writing central.yaml", os.WriteFile(c.Config, cfg, 0o600))
+	c.Central = c.StartCentral(t)
+	c.mustCLI(t, c.Central.Addr, "node", "enroll", "edge-eu", "--region", "eu")
+	c.edge = &framework.EdgeNode{Name: "edge-eu", Region: "eu", Prefetch: true, Staleness: time.Hour, SPIFFE: edge.Addr()}
+	c.StartEdge(t, c.edge)
 	return c
 }
 
 // cliAs runs the CLI in-process at addr with its identity from the
 // workload w's socket, given as KEYBROKER_SPIFFE_SOCKET.
-func (c *spiffeCluster) cliAs(t *testing.T, w *workloadtest.Workload, addr string, args ...string) result {
+func (c *spiffeCluster) cliAs(t *testing.T, w *workloadtest.Workload, addr string, args ...string) framework.Result {
 	t.Helper()
-	return runCLI(t, map[string]string{envAddr: addr, envSPIFFESocket: w.Addr()}, nil, args...)
+	return framework.CLI(t, map[string]string{framework.EnvAddr: addr, framework.EnvSPIFFESocket: w.Addr()}, nil, args...)
 }
 
 // mustCLI runs an admin command and fails the test if it fails.
 func (c *spiffeCluster) mustCLI(t *testing.T, addr string, args ...string) string {
 	t.Helper()
 	r := c.cliAs(t, c.admin, addr, args...)
-	if r.code != 0 {
-		t.Fatalf("keybroker %s: exit %d\n%s%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("keybroker %s: exit %d\n%s%s", strings.Join(args, " "), r.Code, r.Stdout, r.Stderr)
 	}
-	return r.stdout
+	return r.Stdout
 }
 
 // rotationLog collects the "identity rotated" records a Workload API
@@ -146,9 +148,9 @@ func (l *rotationLog) waitRotation(t *testing.T, n int) {
 }
 
 // serialsOf returns the serials a process logged as "identity rotated".
-func serialsOf(p *proc) map[string]bool {
+func serialsOf(p *framework.Proc) map[string]bool {
 	out := map[string]bool{}
-	for _, line := range strings.Split(p.logs(), "\n") {
+	for _, line := range strings.Split(p.Logs(), "\n") {
 		var rec map[string]any
 		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "identity rotated" {
 			if s, ok := rec["serial"].(string); ok {
@@ -171,15 +173,15 @@ func serialsOf(p *proc) map[string]bool {
 func TestSPIFFEEndToEnd(t *testing.T) {
 	c := newSpiffeCluster(t)
 	ctx := t.Context()
-	owner := "--label=owner=" + e2eTrustDomain
-	c.mustCLI(t, c.central.addr, "key", "create", "spiffe-derive", "--type", "aes-256-gcm", "--mode", "derive", owner, "--placement", "true")
-	c.mustCLI(t, c.central.addr, "key", "create", "spiffe-backend", "--type", "aes-256-gcm", "--mode", "backend", owner)
+	owner := "--label=owner=" + framework.TrustDomain
+	c.mustCLI(t, c.Central.Addr, "key", "create", "spiffe-derive", "--type", "aes-256-gcm", "--mode", "derive", owner, "--placement", "true")
+	c.mustCLI(t, c.Central.Addr, "key", "create", "spiffe-backend", "--type", "aes-256-gcm", "--mode", "backend", owner)
 
 	// Any SVID in force when the processes started has expired by then.
 	firstExpired := time.Now().Add(spiffeTTL)
 
 	rot := newRotationLog()
-	cl, err := client.New(ctx, client.Config{Addrs: []string{c.edge.p.addr}, SPIFFESocket: c.app.Addr(), Direct: true,
+	cl, err := client.New(ctx, client.Config{Addrs: []string{c.edge.Proc.Addr}, SPIFFESocket: c.app.Addr(), Direct: true,
 		Logger: slog.New(rot), Backoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
 	must(t, "client.New with SPIFFESocket", err)
 	defer cl.Close()
@@ -235,9 +237,9 @@ func TestSPIFFEEndToEnd(t *testing.T) {
 		t.Fatal("test ended before the first SVIDs expired")
 	}
 	n, _ := rot.state()
-	markCentral, markEdge := c.central.mark(), c.edge.p.mark()
-	c.central.waitLog(t, markCentral, "identity rotated")
-	c.edge.p.waitLog(t, markEdge, "identity rotated")
+	markCentral, markEdge := c.Central.Mark(), c.edge.Proc.Mark()
+	c.Central.WaitLog(t, markCentral, "identity rotated")
+	c.edge.Proc.WaitLog(t, markEdge, "identity rotated")
 	rot.waitRotation(t, n)
 	close(stop)
 	wg.Wait()
@@ -251,24 +253,24 @@ func TestSPIFFEEndToEnd(t *testing.T) {
 	rot.mu.Lock()
 	sdkSerials := len(rot.serials)
 	rot.mu.Unlock()
-	for name, got := range map[string]int{"central": len(serialsOf(c.central)), "edge": len(serialsOf(c.edge.p)), "SDK": sdkSerials} {
+	for name, got := range map[string]int{"central": len(serialsOf(c.Central)), "edge": len(serialsOf(c.edge.Proc)), "SDK": sdkSerials} {
 		if got < 2 {
 			t.Errorf("%s rotated to %d distinct SVIDs, want at least 2", name, got)
 		}
 	}
-	t.Logf("%d calls, 0 failed; SVIDs rotated to: central %d, edge %d, SDK %d", calls.Load(), len(serialsOf(c.central)), len(serialsOf(c.edge.p)), sdkSerials)
+	t.Logf("%d calls, 0 failed; SVIDs rotated to: central %d, edge %d, SDK %d", calls.Load(), len(serialsOf(c.Central)), len(serialsOf(c.edge.Proc)), sdkSerials)
 
 	// The CLI over --spiffe-socket (the flag, not the environment).
-	r := runCLI(t, map[string]string{}, nil, "random", "--length", "16", "--output", "json", "--addr", c.edge.p.addr, "--spiffe-socket", c.app.Addr())
-	if r.code != 0 || !strings.Contains(r.stdout, `"random"`) {
-		t.Errorf("keybroker random --spiffe-socket: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r := framework.CLI(t, map[string]string{}, nil, "random", "--length", "16", "--output", "json", "--addr", c.edge.Proc.Addr, "--spiffe-socket", c.app.Addr())
+	if r.Code != 0 || !strings.Contains(r.Stdout, `"random"`) {
+		t.Errorf("keybroker random --spiffe-socket: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 
 	// Attack: a certificate of the deployment's file CA (the one before the
 	// agent) is not trusted by nodes on the agent's bundle.
-	for name, addr := range map[string]string{"edge": c.edge.p.addr, "central": c.central.addr} {
-		old := c.dial(t, addr, identity.Client, "app")
-		if _, err := old.kb.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 8}); err == nil {
+	for name, addr := range map[string]string{"edge": c.edge.Proc.Addr, "central": c.Central.Addr} {
+		old := c.Dial(t, addr, identity.Client, "app")
+		if _, err := old.KB.GenerateRandom(ctx, &kbv1.GenerateRandomRequest{Length: 8}); err == nil {
 			t.Errorf("%s accepted a client certificate of a CA outside the agent's bundle", name)
 		}
 	}
@@ -278,22 +280,22 @@ func TestSPIFFEEndToEnd(t *testing.T) {
 // node's SVID (a registration entry that is wrong): each refuses to start,
 // saying so, rather than serve or register as the other node.
 func TestSPIFFEWrongRegistration(t *testing.T) {
-	c := newCluster(t)
-	agent := workloadtest.Start(t, workloadtest.Options{TrustDomain: e2eTrustDomain, TTL: time.Hour})
-	other := agent.MustAddWorkload(t, "spiffe://"+e2eTrustDomain+"/central/central-2")
-	cfg, err := os.ReadFile(c.config)
+	c := framework.NewSetup(t)
+	agent := workloadtest.Start(t, workloadtest.Options{TrustDomain: framework.TrustDomain, TTL: time.Hour})
+	other := agent.MustAddWorkload(t, "spiffe://"+framework.TrustDomain+"/central/central-2")
+	cfg, err := os.ReadFile(c.Config)
 	must(t, "reading central.yaml", err)
 	cfg = bytes.Replace(cfg, []byte("tls: {ca: ca.crt, cert: central.crt, key: central.key}\n"), fmt.Appendf(nil, "spiffe: {socket: %q, timeout: 10s}\n", other.Addr()), 1)
-	must(t, "writing central.yaml", os.WriteFile(c.config, cfg, 0o600))
-	cmd := exec.CommandContext(t.Context(), keybrokerBin, "central", "--config", c.config)
-	cmd.Env = processEnv()
+	must(t, "writing central.yaml", os.WriteFile(c.Config, cfg, 0o600))
+	cmd := exec.CommandContext(t.Context(), framework.Binary(), "central", "--config", c.Config)
+	cmd.Env = framework.ProcessEnv()
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "central-2") || !strings.Contains(string(out), "registration entry for this process is wrong") {
 		t.Errorf("central given central-2's SVID: %v\n%s\nwant a refusal naming the SVID and the agent's registration", err, out)
 	}
 
-	edgeX := agent.MustAddWorkload(t, "spiffe://"+e2eTrustDomain+"/edge/edge-x")
-	edgeCfg := filepath.Join(c.dir, "edge.yaml")
+	edgeX := agent.MustAddWorkload(t, "spiffe://"+framework.TrustDomain+"/edge/edge-x")
+	edgeCfg := filepath.Join(c.Dir, "edge.yaml")
 	must(t, "writing edge.yaml", os.WriteFile(edgeCfg, fmt.Appendf(nil, `node_id: edge-y
 trust_domain: %s
 listen: 127.0.0.1:0
@@ -302,9 +304,9 @@ spiffe: {socket: %q, timeout: 10s}
 data_dir: edge-data
 region: eu
 central: {address: "127.0.0.1:1"}
-`, e2eTrustDomain, edgeX.Addr()), 0o600))
-	cmd = exec.CommandContext(t.Context(), keybrokerBin, "edge", "--config", edgeCfg)
-	cmd.Env = processEnv()
+`, framework.TrustDomain, edgeX.Addr()), 0o600))
+	cmd = exec.CommandContext(t.Context(), framework.Binary(), "edge", "--config", edgeCfg)
+	cmd.Env = framework.ProcessEnv()
 	out, err = cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "edge-x") || !strings.Contains(string(out), "registration entry for this process is wrong") {
 		t.Errorf("edge-y given edge-x's SVID: %v\n%s\nwant a refusal naming the SVID and the agent's registration", err, out)
@@ -321,20 +323,20 @@ func TestSPIFFESocketSettings(t *testing.T) {
 		args   []string
 		stderr string
 	}{
-		{"flag and cert files", map[string]string{envAddr: "127.0.0.1:1", envCA: "ca.crt", envCert: "c.crt", envKey: "c.key"},
+		{"flag and cert files", map[string]string{framework.EnvAddr: "127.0.0.1:1", framework.EnvCA: "ca.crt", framework.EnvCert: "c.crt", framework.EnvKey: "c.key"},
 			[]string{"random", "--length", "8", "--spiffe-socket", "unix:///run/spire/agent.sock"},
 			"--spiffe-socket (or KEYBROKER_SPIFFE_SOCKET) and --ca, --cert, --tls-key (or their environment variables) are both given"},
-		{"env and cert flag", map[string]string{envAddr: "127.0.0.1:1", envSPIFFESocket: "unix:///run/spire/agent.sock"},
+		{"env and cert flag", map[string]string{framework.EnvAddr: "127.0.0.1:1", framework.EnvSPIFFESocket: "unix:///run/spire/agent.sock"},
 			[]string{"random", "--length", "8", "--cert", "c.crt"}, "and --cert (or their environment variables) are both given"},
-		{"tcp socket", map[string]string{envAddr: "127.0.0.1:1"},
+		{"tcp socket", map[string]string{framework.EnvAddr: "127.0.0.1:1"},
 			[]string{"random", "--length", "8", "--spiffe-socket", "tcp://127.0.0.1:8081"}, "--spiffe-socket: workload: socket \"tcp://127.0.0.1:8081\": only unix sockets are accepted"},
-		{"no identity", map[string]string{envAddr: "127.0.0.1:1"},
+		{"no identity", map[string]string{framework.EnvAddr: "127.0.0.1:1"},
 			[]string{"random", "--length", "8"}, "or --spiffe-socket for a SPIFFE Workload API agent"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := runCLI(t, tc.env, nil, tc.args...)
-			if r.code != exitUsage || !strings.Contains(r.stderr, tc.stderr) {
-				t.Errorf("keybroker %s: exit %d, stderr %q; want %d and %q", strings.Join(tc.args, " "), r.code, r.stderr, exitUsage, tc.stderr)
+			r := framework.CLI(t, tc.env, nil, tc.args...)
+			if r.Code != exitUsage || !strings.Contains(r.Stderr, tc.stderr) {
+				t.Errorf("keybroker %s: exit %d, stderr %q; want %d and %q", strings.Join(tc.args, " "), r.Code, r.Stderr, exitUsage, tc.stderr)
 			}
 		})
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keybroker/keybroker/tests/framework"
+
 	"github.com/keybroker/keybroker/envelope"
 )
 
@@ -28,10 +30,10 @@ func TestStreamsEndToEnd(t *testing.T) {
 	_, _ = io.ReadFull(rand.NewChaCha8([32]byte{7}), big)
 	plain := writeFile(t, dir, "big.bin", big)
 	enc := filepath.Join(dir, "big.enc")
-	r := runCLI(t, env, nil, "encrypt", "--key", demoKeyID, "--context", "file=big", "--in", plain, "--out", enc)
-	wantCode(t, r, 0)
-	if !strings.Contains(r.stdout, "as a stream") {
-		t.Errorf("encrypt of 20 MiB said %q, want it to say it made a stream", r.stdout)
+	r := framework.CLI(t, env, nil, "encrypt", "--key", demoKeyID, "--context", "file=big", "--in", plain, "--out", enc)
+	framework.WantCode(t, r, 0)
+	if !strings.Contains(r.Stdout, "as a stream") {
+		t.Errorf("encrypt of 20 MiB said %q, want it to say it made a stream", r.Stdout)
 	}
 	ct, err := os.ReadFile(enc)
 	must(t, "read the stream", err)
@@ -40,24 +42,24 @@ func TestStreamsEndToEnd(t *testing.T) {
 	}
 	for _, name := range []string{"edge-us", "edge-eu", "central"} {
 		out := filepath.Join(dir, "big."+name)
-		r := runCLI(t, withAddr(env, nodes[name].grpc), nil, "decrypt", "--context", "file=big", "--in", enc, "--out", out, "--output", "json")
-		wantCode(t, r, 0)
+		r := framework.CLI(t, withAddr(env, nodes[name].grpc), nil, "decrypt", "--context", "file=big", "--in", enc, "--out", out, "--output", "json")
+		framework.WantCode(t, r, 0)
 		if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, big) {
 			t.Errorf("decrypt at %s: %d bytes, %v; want the 20 MiB back", name, len(got), err)
 		}
-		if !strings.Contains(r.stdout, `"stream":true`) {
-			t.Errorf("decrypt --output json at %s printed %q", name, r.stdout)
+		if !strings.Contains(r.Stdout, `"stream":true`) {
+			t.Errorf("decrypt --output json at %s printed %q", name, r.Stdout)
 		}
 	}
 
 	// Small input with --stream, through stdin and stdout.
-	r = runCLI(t, env, []byte("tiny"), "encrypt", "--key", demoKeyID, "--stream")
-	wantCode(t, r, 0)
-	if !envelope.IsStream([]byte(r.stdout)) {
-		t.Fatalf("encrypt --stream wrote %x…, not a stream", []byte(r.stdout)[:1])
+	r = framework.CLI(t, env, []byte("tiny"), "encrypt", "--key", demoKeyID, "--stream")
+	framework.WantCode(t, r, 0)
+	if !envelope.IsStream([]byte(r.Stdout)) {
+		t.Fatalf("encrypt --stream wrote %x…, not a stream", []byte(r.Stdout)[:1])
 	}
-	if r := runCLI(t, env, []byte(r.stdout), "decrypt"); r.code != 0 || r.stdout != "tiny" {
-		t.Errorf("decrypt of a small stream from stdin = %d %q %s", r.code, r.stdout, r.stderr)
+	if r := framework.CLI(t, env, []byte(r.Stdout), "decrypt"); r.Code != 0 || r.Stdout != "tiny" {
+		t.Errorf("decrypt of a small stream from stdin = %d %q %s", r.Code, r.Stdout, r.Stderr)
 	}
 	// A stream to a terminal is refused: cmd/keybroker's TestStreamToTerminal.
 
@@ -78,10 +80,10 @@ func TestStreamsEndToEnd(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := filepath.Join(dir, "refused.out")
-			r := runCLI(t, env, nil, append([]string{"decrypt", "--out", out}, tc.args...)...)
-			wantCode(t, r, tc.want)
-			if strings.Contains(r.stderr, "truncated") != (tc.want == exitTruncated) {
-				t.Errorf("stderr %q: says truncated %t, want %t", r.stderr, !(tc.want == exitTruncated), tc.want == exitTruncated)
+			r := framework.CLI(t, env, nil, append([]string{"decrypt", "--out", out}, tc.args...)...)
+			framework.WantCode(t, r, tc.want)
+			if strings.Contains(r.Stderr, "truncated") != (tc.want == exitTruncated) {
+				t.Errorf("stderr %q: says truncated %t, want %t", r.Stderr, !(tc.want == exitTruncated), tc.want == exitTruncated)
 			}
 			if _, err := os.Stat(out); !os.IsNotExist(err) {
 				t.Errorf("a refused stream left %s (%v)", out, err)

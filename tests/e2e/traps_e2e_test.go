@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // stderrBound is how much stderr any refusal may print: enough to say
@@ -21,13 +23,13 @@ const stderrBound = 1024
 // input (exit 6), not "any other error" (exit 1).
 func TestTrapRootCreateTwice(t *testing.T) {
 	t.Parallel()
-	roots := softkmsRoots(t, t.TempDir())
-	uri := roots.createURI("root-prf")
-	wantCode(t, runCLI(t, nil, nil, "root", "create", uri, "--algorithm", "hmac-256"), 0)
-	r := runCLI(t, nil, nil, "root", "create", uri, "--algorithm", "hmac-256")
-	wantCode(t, r, exitInvalid)
-	if !strings.Contains(r.stderr, "exists") {
-		t.Errorf("stderr %q does not say the key exists", r.stderr)
+	roots := framework.SoftkmsRoots(t, t.TempDir())
+	uri := roots.CreateURI("root-prf")
+	framework.WantCode(t, framework.CLI(t, nil, nil, "root", "create", uri, "--algorithm", "hmac-256"), 0)
+	r := framework.CLI(t, nil, nil, "root", "create", uri, "--algorithm", "hmac-256")
+	framework.WantCode(t, r, exitInvalid)
+	if !strings.Contains(r.Stderr, "exists") {
+		t.Errorf("stderr %q does not say the key exists", r.Stderr)
 	}
 }
 
@@ -48,21 +50,21 @@ func TestTrapsAgainstDev(t *testing.T) {
 	}
 
 	t.Run("plain key create", func(t *testing.T) {
-		r := runCLI(t, env, nil, "key", "create", "plain", "--output", "json")
-		wantCode(t, r, 0)
+		r := framework.CLI(t, env, nil, "key", "create", "plain", "--output", "json")
+		framework.WantCode(t, r, 0)
 		var k keyJSON
-		must(t, "decoding key create", json.Unmarshal([]byte(r.stdout), &k))
+		must(t, "decoding key create", json.Unmarshal([]byte(r.Stdout), &k))
 		if k.Type != "aes-256-gcm" || k.Mode != "derive" {
 			t.Errorf("a plain key create made a %s key in mode %s, want aes-256-gcm, derive", k.Type, k.Mode)
 		}
-		wantCode(t, runCLI(t, env, []byte("x"), "encrypt", "--key", "plain", "--out", filepath.Join(t.TempDir(), "x.enc")), 0)
+		framework.WantCode(t, framework.CLI(t, env, []byte("x"), "encrypt", "--key", "plain", "--out", filepath.Join(t.TempDir(), "x.enc")), 0)
 	})
 
 	t.Run("min decryption version in words", func(t *testing.T) {
-		r := runCLI(t, env, nil, "key", "describe", demoKeyID)
-		wantCode(t, r, 0)
-		if !regexp.MustCompile(`(?m)^Min decryption version: +none \(every version decrypts\)$`).MatchString(r.stdout) {
-			t.Errorf("key describe does not say every version decrypts:\n%s", r.stdout)
+		r := framework.CLI(t, env, nil, "key", "describe", demoKeyID)
+		framework.WantCode(t, r, 0)
+		if !regexp.MustCompile(`(?m)^Min decryption version: +none \(every version decrypts\)$`).MatchString(r.Stdout) {
+			t.Errorf("key describe does not say every version decrypts:\n%s", r.Stdout)
 		}
 	})
 
@@ -80,14 +82,14 @@ func TestTrapsAgainstDev(t *testing.T) {
 			{"datakey at central", withAddr(env, nodes["central"].grpc), []string{"datakey", "--key", id}},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
-				r := runCLI(t, tt.env, []byte("x"), tt.args...)
-				wantCode(t, r, exitInvalid)
-				if len(r.stderr) > stderrBound {
-					t.Errorf("stderr is %d bytes, want at most %d: %.300q…", len(r.stderr), stderrBound, r.stderr)
+				r := framework.CLI(t, tt.env, []byte("x"), tt.args...)
+				framework.WantCode(t, r, exitInvalid)
+				if len(r.Stderr) > stderrBound {
+					t.Errorf("stderr is %d bytes, want at most %d: %.300q…", len(r.Stderr), stderrBound, r.Stderr)
 				}
 				for _, want := range []string{`"kkkk`, "… (10240 bytes)", "must be 1-128"} {
-					if !strings.Contains(r.stderr, want) {
-						t.Errorf("stderr %.300q does not contain %q", r.stderr, want)
+					if !strings.Contains(r.Stderr, want) {
+						t.Errorf("stderr %.300q does not contain %q", r.Stderr, want)
 					}
 				}
 			})
@@ -96,18 +98,18 @@ func TestTrapsAgainstDev(t *testing.T) {
 
 	t.Run("addr at an ops port", func(t *testing.T) {
 		ops := strings.TrimPrefix(nodes["edge-us"].ops, "https://")
-		r := runCLI(t, withAddr(env, ops), nil, "key", "list")
-		wantCode(t, r, exitUsage)
+		r := framework.CLI(t, withAddr(env, ops), nil, "key", "list")
+		framework.WantCode(t, r, exitUsage)
 		want := fmt.Sprintf("keybroker: key list: %q is not a keybroker gRPC port (it answered without HTTP/2 — is it the ops/metrics port?)\n", ops)
-		if !strings.HasPrefix(r.stderr, want) {
-			t.Errorf("stderr %q, want %q", r.stderr, want)
+		if !strings.HasPrefix(r.Stderr, want) {
+			t.Errorf("stderr %q, want %q", r.Stderr, want)
 		}
 		// A stream goes through the SDK, not the CLI's own connection: the
 		// status text is all there is, and it is put in words too.
-		r = runCLI(t, withAddr(env, ops), []byte("x"), "encrypt", "--stream", "--key", demoKeyID, "--out", filepath.Join(t.TempDir(), "x.enc"))
-		wantCode(t, r, exitUsage)
-		if !strings.Contains(r.stderr, "is it the ops/metrics port?") {
-			t.Errorf("stderr %q does not ask whether it is the ops port", r.stderr)
+		r = framework.CLI(t, withAddr(env, ops), []byte("x"), "encrypt", "--stream", "--key", demoKeyID, "--out", filepath.Join(t.TempDir(), "x.enc"))
+		framework.WantCode(t, r, exitUsage)
+		if !strings.Contains(r.Stderr, "is it the ops/metrics port?") {
+			t.Errorf("stderr %q does not ask whether it is the ops port", r.Stderr)
 		}
 	})
 }
