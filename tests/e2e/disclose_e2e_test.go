@@ -136,7 +136,7 @@ func TestBackendBudgetEndToEnd(t *testing.T) {
 		Mode: kbv1.KeyMode_KEY_MODE_BACKEND, Labels: map[string]string{"owner": framework.TrustDomain}})
 	must(t, "CreateKey", err)
 	unwraps := func() float64 {
-		return c.Metric(t, p.OpsAddr, "keybroker_backend_calls_total", `op="unwrap-data-key"`)
+		return c.MetricAt(t, p.OpsAddr, "keybroker_backend_calls_total", `op="unwrap-data-key"`)
 	}
 	batch := func(cts [][]byte) map[codes.Code]int {
 		req := &kbv1.BatchDecryptRequest{}
@@ -180,7 +180,7 @@ func TestBackendBudgetEndToEnd(t *testing.T) {
 	if n := unwraps() - before; n > float64(allowed) {
 		t.Errorf("1,000 distinct forged data keys cost %v backend unwraps, want at most %d", n, allowed)
 	}
-	refused := c.Metric(t, p.OpsAddr, "keybroker_backend_budget_refusals_total", `op="unwrap-data-key"`)
+	refused := c.MetricAt(t, p.OpsAddr, "keybroker_backend_budget_refusals_total", `op="unwrap-data-key"`)
 	if int(refused) != got[codes.ResourceExhausted] {
 		t.Errorf("keybroker_backend_budget_refusals_total = %v, want %d", refused, got[codes.ResourceExhausted])
 	}

@@ -200,7 +200,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	// refused call left nothing behind.
 	callsBefore := f.TotalCalls()
 	retriesBefore := c.OpsMetric(t, c.Central.OpsAddr, "keybroker_awskms_retries_total")
-	exhaustedBefore := c.Metric(t, c.Central.OpsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`)
+	exhaustedBefore := c.MetricAt(t, c.Central.OpsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`)
 	opsBefore := l.Ops.Load()
 	f.SetFaults(awsfake.Faults{ThrottleFraction: 0.5, Seed: 1})
 	adminCalls, adminThrottled := 0, 0
@@ -255,7 +255,7 @@ func TestFaultAWSThrottlingAndOutage(t *testing.T) {
 	throttledOps := l.Ops.Load() - opsBefore
 	awsCalls := f.TotalCalls() - callsBefore
 	retries := c.OpsMetric(t, c.Central.OpsAddr, "keybroker_awskms_retries_total") - retriesBefore
-	exhausted := c.Metric(t, c.Central.OpsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`) - exhaustedBefore
+	exhausted := c.MetricAt(t, c.Central.OpsAddr, "keybroker_grpc_requests_total", `code="ResourceExhausted"`) - exhaustedBefore
 	if n := l.Errs.Load(); n != 0 {
 		first := l.Stop()
 		t.Fatalf("%d of %d operations failed with half the AWS calls throttled; first: %v", n, l.Ops.Load(), errors.Join(first...))

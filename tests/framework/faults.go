@@ -6,12 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -398,34 +394,15 @@ func (c *Setup) SDKClientWith(t *testing.T, cfg client.Config) *client.Client {
 	return cl
 }
 
-// Metric sums the samples of a Prometheus metric on a node's
+// MetricAt sums the samples of a Prometheus metric on a node's
 // /metrics whose labels contain match (`code="ResourceExhausted"`).
-func (c *Setup) Metric(t *testing.T, opsAddr, name, match string) float64 {
+func (c *Setup) MetricAt(t *testing.T, opsAddr, name, match string) float64 {
 	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(c.CA.Cert)
 	certPEM, keyPEM, err := c.CA.Issue(identity.Identity{TrustDomain: TrustDomain, Kind: identity.Admin, Name: "monitor"}, nil, time.Hour)
 	must(t, "Issue", err)
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	must(t, "X509KeyPair", err)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}}}
-	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+opsAddr+"/metrics", nil)
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	must(t, "GET /metrics", err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	must(t, "reading /metrics", err)
-	sum := 0.0
-	for line := range strings.SplitSeq(string(body), "\n") {
-		metric, value, ok := strings.Cut(line, " ")
-		base, labels, _ := strings.Cut(metric, "{")
-		if !ok || base != name || !strings.Contains(labels, match) {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		must(t, "metric value", err)
-		sum += v
-	}
-	return sum
+	pool := x509.NewCertPool()
+	pool.AddCert(c.CA.Cert)
+	return scrapeMetric(t, &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}}, opsAddr, name, match)
 }

@@ -133,13 +133,15 @@ func PKCS11Roots(t *testing.T, _ string) *Roots {
 // Setup is a directory with a CA, certificates, root keys, a policy and a
 // central config.
 type Setup struct {
-	Dir        string
-	CA         *identity.CA
-	CAFile     string
-	Config     string
-	PolicyFile string
-	AuditLog   string
-	Roots      *Roots
+	Dir        string       // everything below lives here
+	CA         *identity.CA // issues any principal's certificate
+	CAFile     string       // ca.crt
+	Config     string       // central.yaml
+	PolicyFile string       // policy.cedar, which WritePolicy replaces
+	AuditLog   string       // central's audit log, data/audit.jsonl
+	Roots      *Roots       // where the root keys live
+
+	made []string // the root key objects created
 }
 
 // NewSetup makes a softkms cluster with the basic root keys.
@@ -173,6 +175,7 @@ func NewSetupOn(t *testing.T, open func(*testing.T, string) *Roots, keys []RootK
 		if k.Algorithm == "ed25519" && !c.Roots.Ed25519 {
 			continue
 		}
+		c.made = append(c.made, k.Object)
 		cmd := exec.CommandContext(t.Context(), Binary(), "root", "create", c.Roots.CreateURI(k.Object), "--algorithm", k.Algorithm)
 		cmd.Env = ProcessEnv()
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -403,7 +406,14 @@ func (c *Setup) DialWith(t *testing.T, addr, id string, certPEM, keyPEM []byte) 
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	// Sign forward proofs as the SDK does when an edge asks for one.
+	return dialTLS(t, addr, id, cfg)
+}
+
+// dialTLS connects to addr with cfg as principal id, signing forward
+// proofs with cfg's certificate key as the SDK does when an edge asks for
+// one; the connection is closed when the test ends.
+func dialTLS(t *testing.T, addr, id string, cfg *tls.Config) *Conn {
+	t.Helper()
 	var signer crypto.Signer
 	if len(cfg.Certificates) > 0 {
 		signer, _ = cfg.Certificates[0].PrivateKey.(crypto.Signer)
@@ -438,26 +448,7 @@ func (c *Setup) AuditLines(t *testing.T, rid string) []audit.Record {
 // AuditRecords returns the central audit records that match.
 func (c *Setup) AuditRecords(t *testing.T, match func(audit.Record) bool) []audit.Record {
 	t.Helper()
-	data, err := os.ReadFile(c.AuditLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Only whole lines: a line being written has no newline yet.
-	data = data[:bytes.LastIndexByte(data, '\n')+1]
-	var out []audit.Record
-	for i, line := range bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n")) {
-		if len(line) == 0 {
-			continue
-		}
-		var r audit.Record
-		if err := json.Unmarshal(line, &r); err != nil {
-			t.Fatalf("%s line %d: %v: %q", c.AuditLog, i+1, err, line)
-		}
-		if match(r) {
-			out = append(out, r)
-		}
-	}
-	return out
+	return readAudit(t, c.AuditLog, match)
 }
 
 // EdgeNode is one edge of the test cluster.
@@ -622,7 +613,7 @@ func (c *Processes) WaitApplied(t *testing.T, rev uint64) {
 // OpsMetric sums the samples of a Prometheus metric on a node's /metrics.
 func (c *Processes) OpsMetric(t *testing.T, opsAddr, name string) float64 {
 	t.Helper()
-	return c.Metric(t, opsAddr, name, "")
+	return c.MetricAt(t, opsAddr, name, "")
 }
 
 // DialEdgeSync connects to central as an edge.
