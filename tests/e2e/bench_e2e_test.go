@@ -54,13 +54,13 @@ func decodeBench(t *testing.T, r framework.Result) benchResult {
 // periods with the process's memory, and failures counted by code.
 func TestBenchEndToEnd(t *testing.T) {
 	t.Parallel()
-	p := startDev(t, filepath.Join(t.TempDir(), "kb"), "--port", "0")
-	env := p.waitReady(t)
-	stdout, _ := p.output()
-	nodes := devNodes(t, stdout)
+	p := framework.StartDev(t, filepath.Join(t.TempDir(), "kb"), "--port", "0")
+	env := p.WaitReady(t)
+	stdout, _ := p.Output()
+	nodes := framework.DevNodes(t, stdout)
 	framework.WantCode(t, framework.CLI(t, env, nil, "key", "create", "bench-mac", "--type", "hmac-sha256", "--mode", "derive"), 0)
 	framework.WantCode(t, framework.CLI(t, env, nil, "key", "create", "bench-sign", "--type", "ecdsa-p256", "--mode", "wrap"), 0)
-	keys := []string{"--key", demoKeyID, "--mac-key", "bench-mac", "--sign-key", "bench-sign"}
+	keys := []string{"--key", framework.DemoKeyID, "--mac-key", "bench-mac", "--sign-key", "bench-sign"}
 
 	for _, op := range []string{"encrypt", "decrypt", "datakey", "sign", "mac", "lookup", "batch-encrypt", "batch-decrypt", "noop"} {
 		t.Run(op, func(t *testing.T) {
@@ -80,21 +80,21 @@ func TestBenchEndToEnd(t *testing.T) {
 	}
 
 	t.Run("compare-noop at another node", func(t *testing.T) {
-		r := framework.CLI(t, withAddr(env, nodes["central"].grpc), nil, "bench", "--key", demoKeyID, "--count", "200", "-c", "8",
+		r := framework.CLI(t, framework.WithAddr(env, nodes["central"].GRPC), nil, "bench", "--key", framework.DemoKeyID, "--count", "200", "-c", "8",
 			"--connections", "2", "--warmup", "0", "--compare-noop")
 		framework.WantCode(t, r, 0)
-		for _, want := range []string{"at " + nodes["central"].grpc, "8 workers on 2 connections", "encrypt ", "no-op ", "encrypt ÷ no-op: ", "errors: none"} {
+		for _, want := range []string{"at " + nodes["central"].GRPC, "8 workers on 2 connections", "encrypt ", "no-op ", "encrypt ÷ no-op: ", "errors: none"} {
 			if !strings.Contains(r.Stdout, want) {
 				t.Errorf("bench --compare-noop printed:\n%s\nwant %q in it", r.Stdout, want)
 			}
 		}
-		r = framework.CLI(t, env, nil, "bench", "--key", demoKeyID, "--count", "100", "--warmup", "0", "--compare-noop", "--output", "json")
+		r = framework.CLI(t, env, nil, "bench", "--key", framework.DemoKeyID, "--count", "100", "--warmup", "0", "--compare-noop", "--output", "json")
 		framework.WantCode(t, r, 0)
 		if b := decodeBench(t, r); b.Noop == nil || b.Noop.Ops != 100 || b.Ratio <= 0 || len(b.RoundRatios) != 0 {
 			t.Errorf("--compare-noop --count --output json: noop %+v ratio %v rounds %v", b.Noop, b.Ratio, b.RoundRatios)
 		}
 		// With a duration the two loads alternate in rounds.
-		r = framework.CLI(t, env, nil, "bench", "--key", demoKeyID, "--duration", "600ms", "--rounds", "3", "--warmup", "0", "--compare-noop", "--output", "json")
+		r = framework.CLI(t, env, nil, "bench", "--key", framework.DemoKeyID, "--duration", "600ms", "--rounds", "3", "--warmup", "0", "--compare-noop", "--output", "json")
 		framework.WantCode(t, r, 0)
 		if b := decodeBench(t, r); b.Noop == nil || b.Noop.Ops == 0 || b.Result.Ops == 0 || len(b.RoundRatios) != 3 || b.Ratio <= 0 {
 			t.Errorf("--compare-noop --rounds 3: noop %+v ops %d ratio %v rounds %v", b.Noop, b.Result.Ops, b.Ratio, b.RoundRatios)
@@ -103,7 +103,7 @@ func TestBenchEndToEnd(t *testing.T) {
 
 	t.Run("mix with periods and memory", func(t *testing.T) {
 		r := framework.CLI(t, env, nil, append([]string{"bench", "--op", "encrypt:3,decrypt:2,mac:1", "--duration", "2s", "--interval", "200ms",
-			"--warmup", "0", "-c", "6", "--metrics", nodes["central"].ops + "/metrics", "--max-rss-growth", "1000", "--output", "json"}, keys...)...)
+			"--warmup", "0", "-c", "6", "--metrics", nodes["central"].Ops + "/metrics", "--max-rss-growth", "1000", "--output", "json"}, keys...)...)
 		framework.WantCode(t, r, 0)
 		b := decodeBench(t, r)
 		total := b.Calls["encrypt"] + b.Calls["decrypt"] + b.Calls["mac"]

@@ -7,6 +7,7 @@ import (
 	"time"
 )
 
+// The CLI's exit codes, its contract with scripts (keybroker --help).
 const (
 	exitFailure      = 1
 	exitUsage        = 2
@@ -16,12 +17,6 @@ const (
 	exitVerifyFailed = 7
 	exitTLS          = 8
 	exitTruncated    = 9
-
-	// demoKeyID is the key keybroker dev creates.
-	demoKeyID = "demo"
-	// devEnvFile is the file in keybroker dev's data directory that sets
-	// the KEYBROKER_* variables.
-	devEnvFile = "env"
 )
 
 func writeFile(t *testing.T, dir, name string, data []byte) string {

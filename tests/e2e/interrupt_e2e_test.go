@@ -109,9 +109,9 @@ func (p *cliProc) signalAndWait(t *testing.T, sig syscall.Signal) int {
 	}
 	select {
 	case <-p.exited:
-	case <-time.After(devStopTimeout):
+	case <-time.After(framework.DevStopTimeout):
 		_, stderr := p.output()
-		t.Fatalf("still running %s after %v\nstderr:\n%s", devStopTimeout, sig, stderr)
+		t.Fatalf("still running %s after %v\nstderr:\n%s", framework.DevStopTimeout, sig, stderr)
 	}
 	return p.cmd.ProcessState.ExitCode()
 }
@@ -124,8 +124,8 @@ func (p *cliProc) signalAndWait(t *testing.T, sig syscall.Signal) int {
 func TestInterruptStreams(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	p := startDev(t, filepath.Join(dir, "kb"), "--port", "0")
-	env := p.waitReady(t)
+	p := framework.StartDev(t, filepath.Join(dir, "kb"), "--port", "0")
+	env := p.WaitReady(t)
 
 	// More than one message (4 MiB), so every encrypt streams.
 	const fed = 6 << 20
@@ -133,7 +133,7 @@ func TestInterruptStreams(t *testing.T) {
 	_, _ = io.ReadFull(rand.NewChaCha8([32]byte{14}), plain)
 	plainFile := writeFile(t, dir, "plain.bin", plain)
 	ctFile := filepath.Join(dir, "plain.enc")
-	framework.WantCode(t, framework.CLI(t, env, nil, "encrypt", "--key", demoKeyID, "--in", plainFile, "--out", ctFile), 0)
+	framework.WantCode(t, framework.CLI(t, env, nil, "encrypt", "--key", framework.DemoKeyID, "--in", plainFile, "--out", ctFile), 0)
 	ct, err := os.ReadFile(ctFile)
 	must(t, "read the stream", err)
 
@@ -144,9 +144,9 @@ func TestInterruptStreams(t *testing.T) {
 		sig  syscall.Signal
 		want int
 	}{
-		{"encrypt --stream, SIGINT", []string{"encrypt", "--key", demoKeyID, "--stream"}, plain, syscall.SIGINT, 130},
-		{"encrypt --stream, SIGTERM", []string{"encrypt", "--key", demoKeyID, "--stream"}, plain, syscall.SIGTERM, 143},
-		{"encrypt of large input, SIGINT", []string{"encrypt", "--key", demoKeyID}, plain, syscall.SIGINT, 130},
+		{"encrypt --stream, SIGINT", []string{"encrypt", "--key", framework.DemoKeyID, "--stream"}, plain, syscall.SIGINT, 130},
+		{"encrypt --stream, SIGTERM", []string{"encrypt", "--key", framework.DemoKeyID, "--stream"}, plain, syscall.SIGTERM, 143},
+		{"encrypt of large input, SIGINT", []string{"encrypt", "--key", framework.DemoKeyID}, plain, syscall.SIGINT, 130},
 		{"decrypt, SIGINT", []string{"decrypt"}, ct, syscall.SIGINT, 130},
 		{"decrypt, SIGTERM", []string{"decrypt"}, ct, syscall.SIGTERM, 143},
 	} {
@@ -178,7 +178,7 @@ func TestInterruptStreams(t *testing.T) {
 		fifo := filepath.Join(t.TempDir(), "input")
 		must(t, "mkfifo", syscall.Mkfifo(fifo, 0o600))
 		out := filepath.Join(outDir, "result.enc")
-		c := startCLIProc(t, env, "encrypt", "--key", demoKeyID, "--in", fifo, "--out", out)
+		c := startCLIProc(t, env, "encrypt", "--key", framework.DemoKeyID, "--in", fifo, "--out", out)
 		f, err := os.OpenFile(fifo, os.O_WRONLY, 0) // waits for keybroker to open it
 		must(t, "open the FIFO", err)
 		defer f.Close()
@@ -193,7 +193,7 @@ func TestInterruptStreams(t *testing.T) {
 	// whether it streams at all.
 	t.Run("encrypt reading its input, SIGTERM", func(t *testing.T) {
 		outDir := t.TempDir()
-		c := startCLIProc(t, env, "encrypt", "--key", demoKeyID, "--out", filepath.Join(outDir, "r"))
+		c := startCLIProc(t, env, "encrypt", "--key", framework.DemoKeyID, "--out", filepath.Join(outDir, "r"))
 		feed(t, c, c.stdin, plain[:1<<20])
 		wantInterrupted(t, c, c.signalAndWait(t, syscall.SIGTERM), 143, "no output written")
 		if left, _ := os.ReadDir(outDir); len(left) > 0 {
@@ -204,7 +204,7 @@ func TestInterruptStreams(t *testing.T) {
 	// To stdout the output stops without its final segment: decrypt
 	// refuses it as truncated (exit 9), whatever was written.
 	t.Run("encrypt --stream to stdout, SIGINT", func(t *testing.T) {
-		c := startCLIProc(t, env, "encrypt", "--key", demoKeyID, "--stream")
+		c := startCLIProc(t, env, "encrypt", "--key", framework.DemoKeyID, "--stream")
 		feed(t, c, c.stdin, plain[:fed])
 		wantInterrupted(t, c, c.signalAndWait(t, syscall.SIGINT), 130, "without its final segment")
 		partial, _ := c.output()
@@ -235,13 +235,13 @@ func TestInterruptStreams(t *testing.T) {
 // a second one kills it at once.
 func TestInterruptTwice(t *testing.T) {
 	t.Parallel()
-	p := startDev(t, filepath.Join(t.TempDir(), "kb"), "--port", "0")
-	env := p.waitReady(t)
+	p := framework.StartDev(t, filepath.Join(t.TempDir(), "kb"), "--port", "0")
+	env := p.WaitReady(t)
 	pr, pw, err := os.Pipe()
 	must(t, "pipe", err)
 	defer pr.Close()
 	c := &cliProc{exited: make(chan struct{})}
-	c.cmd = exec.Command(framework.Binary(), "encrypt", "--key", demoKeyID, "--stream")
+	c.cmd = exec.Command(framework.Binary(), "encrypt", "--key", framework.DemoKeyID, "--stream")
 	c.cmd.Env = framework.WithoutKeybrokerVars(framework.ProcessEnv())
 	for k, v := range env {
 		c.cmd.Env = append(c.cmd.Env, k+"="+v)
@@ -292,7 +292,7 @@ func TestInterruptTwice(t *testing.T) {
 	// blocked in the write) and the handler removed; a later one kills.
 	// Repeating is only for the instant between the handler receiving the
 	// first and removing itself.
-	deadline := time.After(devStopTimeout)
+	deadline := time.After(framework.DevStopTimeout)
 	for dead := false; !dead; {
 		must(t, "SIGINT", c.cmd.Process.Signal(syscall.SIGINT))
 		select {
@@ -300,7 +300,7 @@ func TestInterruptTwice(t *testing.T) {
 			dead = true
 		case <-time.After(100 * time.Millisecond):
 		case <-deadline:
-			t.Fatalf("still running %s after repeated SIGINTs", devStopTimeout)
+			t.Fatalf("still running %s after repeated SIGINTs", framework.DevStopTimeout)
 		}
 	}
 	ws, _ := c.cmd.ProcessState.Sys().(syscall.WaitStatus)

@@ -21,10 +21,10 @@ import (
 func TestDevStartLogsNoFailedCall(t *testing.T) {
 	dir := t.TempDir()
 	for _, start := range []string{"first", "second"} {
-		p := startDev(t, dir, "--port", "0", "--log-format", "json")
-		p.waitReady(t)
-		p.interrupt(t)
-		_, stderr := p.output()
+		p := framework.StartDev(t, dir, "--port", "0", "--log-format", "json")
+		p.WaitReady(t)
+		p.Interrupt(t)
+		_, stderr := p.Output()
 		for _, bad := range []string{`"call failed"`, "lost the central tier"} {
 			if strings.Contains(stderr, bad) {
 				t.Errorf("the %s keybroker dev start logs %s:\n%s", start, bad, stderr)

@@ -54,8 +54,8 @@ func TestReadmeTour(t *testing.T) {
 		t.Fatalf("found %d shell blocks in the README's tour, want at least 8", len(blocks))
 	}
 	work := t.TempDir()
-	p := startDev(t, filepath.Join(work, "keybroker-dev"), "--port", "0")
-	p.waitReady(t)
+	p := framework.StartDev(t, filepath.Join(work, "keybroker-dev"), "--port", "0")
+	p.WaitReady(t)
 
 	script := "set -euo pipefail\n" + strings.Join(blocks, "\n")
 	cmd := exec.CommandContext(t.Context(), "bash", "-c", script)

@@ -72,7 +72,7 @@ func newSpiffeCluster(t *testing.T) *spiffeCluster {
 	return c
 }
 
-// cliAs runs the CLI in-process at addr with its identity from the
+// cliAs runs the keybroker binary at addr with its identity from the
 // workload w's socket, given as KEYBROKER_SPIFFE_SOCKET.
 func (c *spiffeCluster) cliAs(t *testing.T, w *workloadtest.Workload, addr string, args ...string) framework.Result {
 	t.Helper()

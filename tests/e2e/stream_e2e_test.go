@@ -21,16 +21,16 @@ import (
 func TestStreamsEndToEnd(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	p := startDev(t, filepath.Join(dir, "kb"), "--port", "0")
-	env := p.waitReady(t)
-	stdout, _ := p.output()
-	nodes := devNodes(t, stdout)
+	p := framework.StartDev(t, filepath.Join(dir, "kb"), "--port", "0")
+	env := p.WaitReady(t)
+	stdout, _ := p.Output()
+	nodes := framework.DevNodes(t, stdout)
 
 	big := make([]byte, 20<<20+12345)
 	_, _ = io.ReadFull(rand.NewChaCha8([32]byte{7}), big)
 	plain := writeFile(t, dir, "big.bin", big)
 	enc := filepath.Join(dir, "big.enc")
-	r := framework.CLI(t, env, nil, "encrypt", "--key", demoKeyID, "--context", "file=big", "--in", plain, "--out", enc)
+	r := framework.CLI(t, env, nil, "encrypt", "--key", framework.DemoKeyID, "--context", "file=big", "--in", plain, "--out", enc)
 	framework.WantCode(t, r, 0)
 	if !strings.Contains(r.Stdout, "as a stream") {
 		t.Errorf("encrypt of 20 MiB said %q, want it to say it made a stream", r.Stdout)
@@ -42,7 +42,7 @@ func TestStreamsEndToEnd(t *testing.T) {
 	}
 	for _, name := range []string{"edge-us", "edge-eu", "central"} {
 		out := filepath.Join(dir, "big."+name)
-		r := framework.CLI(t, withAddr(env, nodes[name].grpc), nil, "decrypt", "--context", "file=big", "--in", enc, "--out", out, "--output", "json")
+		r := framework.CLI(t, framework.WithAddr(env, nodes[name].GRPC), nil, "decrypt", "--context", "file=big", "--in", enc, "--out", out, "--output", "json")
 		framework.WantCode(t, r, 0)
 		if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, big) {
 			t.Errorf("decrypt at %s: %d bytes, %v; want the 20 MiB back", name, len(got), err)
@@ -53,7 +53,7 @@ func TestStreamsEndToEnd(t *testing.T) {
 	}
 
 	// Small input with --stream, through stdin and stdout.
-	r = framework.CLI(t, env, []byte("tiny"), "encrypt", "--key", demoKeyID, "--stream")
+	r = framework.CLI(t, env, []byte("tiny"), "encrypt", "--key", framework.DemoKeyID, "--stream")
 	framework.WantCode(t, r, 0)
 	if !envelope.IsStream([]byte(r.Stdout)) {
 		t.Fatalf("encrypt --stream wrote %x…, not a stream", []byte(r.Stdout)[:1])

@@ -39,10 +39,10 @@ func TestTrapRootCreateTwice(t *testing.T) {
 // ops port.
 func TestTrapsAgainstDev(t *testing.T) {
 	t.Parallel()
-	p := startDev(t, filepath.Join(t.TempDir(), "kb"), "--port", "0")
-	env := p.waitReady(t)
-	stdout, stderr := p.output()
-	nodes := devNodes(t, stdout)
+	p := framework.StartDev(t, filepath.Join(t.TempDir(), "kb"), "--port", "0")
+	env := p.WaitReady(t)
+	stdout, stderr := p.Output()
+	nodes := framework.DevNodes(t, stdout)
 
 	// The first line says the slow work has begun.
 	if first, _, _ := strings.Cut(stderr, "\n"); !strings.Contains(first, "keybroker dev starting") {
@@ -61,7 +61,7 @@ func TestTrapsAgainstDev(t *testing.T) {
 	})
 
 	t.Run("min decryption version in words", func(t *testing.T) {
-		r := framework.CLI(t, env, nil, "key", "describe", demoKeyID)
+		r := framework.CLI(t, env, nil, "key", "describe", framework.DemoKeyID)
 		framework.WantCode(t, r, 0)
 		if !regexp.MustCompile(`(?m)^Min decryption version: +none \(every version decrypts\)$`).MatchString(r.Stdout) {
 			t.Errorf("key describe does not say every version decrypts:\n%s", r.Stdout)
@@ -78,8 +78,8 @@ func TestTrapsAgainstDev(t *testing.T) {
 			{"describe at the edge", env, []string{"key", "describe", id}},
 			{"encrypt at the edge", env, []string{"encrypt", "--key", id}},
 			{"create, forwarded to central", env, []string{"key", "create", id}},
-			{"rotate at central", withAddr(env, nodes["central"].grpc), []string{"key", "rotate", id}},
-			{"datakey at central", withAddr(env, nodes["central"].grpc), []string{"datakey", "--key", id}},
+			{"rotate at central", framework.WithAddr(env, nodes["central"].GRPC), []string{"key", "rotate", id}},
+			{"datakey at central", framework.WithAddr(env, nodes["central"].GRPC), []string{"datakey", "--key", id}},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				r := framework.CLI(t, tt.env, []byte("x"), tt.args...)
@@ -97,8 +97,8 @@ func TestTrapsAgainstDev(t *testing.T) {
 	})
 
 	t.Run("addr at an ops port", func(t *testing.T) {
-		ops := strings.TrimPrefix(nodes["edge-us"].ops, "https://")
-		r := framework.CLI(t, withAddr(env, ops), nil, "key", "list")
+		ops := strings.TrimPrefix(nodes["edge-us"].Ops, "https://")
+		r := framework.CLI(t, framework.WithAddr(env, ops), nil, "key", "list")
 		framework.WantCode(t, r, exitUsage)
 		want := fmt.Sprintf("keybroker: key list: %q is not a keybroker gRPC port (it answered without HTTP/2 — is it the ops/metrics port?)\n", ops)
 		if !strings.HasPrefix(r.Stderr, want) {
@@ -106,7 +106,7 @@ func TestTrapsAgainstDev(t *testing.T) {
 		}
 		// A stream goes through the SDK, not the CLI's own connection: the
 		// status text is all there is, and it is put in words too.
-		r = framework.CLI(t, withAddr(env, ops), []byte("x"), "encrypt", "--stream", "--key", demoKeyID, "--out", filepath.Join(t.TempDir(), "x.enc"))
+		r = framework.CLI(t, framework.WithAddr(env, ops), []byte("x"), "encrypt", "--stream", "--key", framework.DemoKeyID, "--out", filepath.Join(t.TempDir(), "x.enc"))
 		framework.WantCode(t, r, exitUsage)
 		if !strings.Contains(r.Stderr, "is it the ops/metrics port?") {
 			t.Errorf("stderr %q does not ask whether it is the ops port", r.Stderr)

@@ -10,28 +10,29 @@ import (
 	"time"
 )
 
-// The CLI's contract as the tests see it from outside the binary: the
-// environment variables it reads, its exit codes and its JSON output.
+// The environment variables the CLI reads its connection from.
 const (
 	EnvAddr         = "KEYBROKER_ADDR"
 	EnvCA           = "KEYBROKER_CA"
 	EnvCert         = "KEYBROKER_CERT"
 	EnvKey          = "KEYBROKER_KEY"
-	EnvSPIFFESocket = "SPIFFE_ENDPOINT_SOCKET"
+	EnvSPIFFESocket = "KEYBROKER_SPIFFE_SOCKET" // instead of the three files
 )
 
+// Result is what a CLI run did.
 type Result struct {
-	Code           int
+	Code           int // the exit status
 	Stdout, Stderr string
 }
 
-// CLI runs the built keybroker with env as the only KEYBROKER_*
-// variables and stdin as standard input.
+// CLI runs the built keybroker binary with args, stdin as its standard
+// input and env as its only KEYBROKER_* variables (the test's own never
+// reach it, nor SPIFFE_ENDPOINT_SOCKET), and returns what it did. It
+// fails the test only when the binary cannot be run or is killed.
 func CLI(t *testing.T, env map[string]string, stdin []byte, args ...string) Result {
 	t.Helper()
 	cmd := exec.CommandContext(t.Context(), Binary(), args...)
-	cmd.Env = WithoutKeybrokerVars(ProcessEnv())
-	cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, EnvSPIFFESocket+"=") })
+	cmd.Env = slices.DeleteFunc(WithoutKeybrokerVars(ProcessEnv()), func(kv string) bool { return strings.HasPrefix(kv, "SPIFFE_ENDPOINT_SOCKET=") })
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -51,6 +52,8 @@ func CLI(t *testing.T, env map[string]string, stdin []byte, args ...string) Resu
 	return Result{}
 }
 
+// WantCode fails the test, showing the output, unless the run exited
+// with want.
 func WantCode(t *testing.T, r Result, want int) {
 	t.Helper()
 	if r.Code != want {
@@ -58,6 +61,7 @@ func WantCode(t *testing.T, r Result, want int) {
 	}
 }
 
+// WithoutKeybrokerVars is environ without the KEYBROKER_* variables.
 func WithoutKeybrokerVars(environ []string) []string {
 	var out []string
 	for _, kv := range environ {
