@@ -14,6 +14,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/tests/framework"
 )
@@ -68,6 +69,38 @@ func TestScenarios(t *testing.T) {
 				_, err = app(t, node).KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: enc.GetCiphertext(), EncryptionContext: map[string]string{"order": "8"}})
 				if code(err) != codes.InvalidArgument {
 					t.Errorf("Decrypt at %s under another encryption context = %v, want InvalidArgument", node, err)
+				}
+			}
+		})
+
+		t.Run("the SDK routes by LookupKey, and its envelope works with every node", func(t *testing.T) {
+			cl := c.Client(t, framework.ClientOptions{Region: "us"})
+			for key, first := range map[string]string{"payments": "edge-us", "eu-data": "edge-eu"} {
+				nodes, err := cl.LookupKey(ctx, key, kbv1.Operation_OPERATION_ENCRYPT)
+				must(t, "LookupKey "+key, err)
+				var want []string
+				for _, n := range nodes {
+					want = append(want, n.Address)
+				}
+				route, err := cl.Route(ctx, key, kbv1.Operation_OPERATION_ENCRYPT)
+				if err != nil || !slices.Equal(route, want) || len(route) == 0 || route[0] != c.Addr(first) {
+					t.Errorf("Route(%s) from us = %v, %v; want the LookupKey answer %v, starting at %s (%s)", key, route, err, want, first, c.Addr(first))
+				}
+			}
+			enc, err := cl.NewEncryptor(client.EncryptorConfig{Key: "eu-data"})
+			must(t, "NewEncryptor", err)
+			dec := cl.NewDecryptor(client.DecryptorConfig{})
+			local, err := enc.Encrypt(ctx, []byte("sealed by the SDK"), ectx)
+			must(t, "Encryptor.Encrypt", err)
+			for _, node := range append([]string{framework.CentralNode}, c.EdgeNames()...) {
+				d, err := app(t, node).KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: local, EncryptionContext: ectx})
+				if err != nil || string(d.GetPlaintext()) != "sealed by the SDK" {
+					t.Errorf("Decrypt at %s of an SDK ciphertext = %q, %v", node, d.GetPlaintext(), err)
+				}
+				e, err := app(t, node).KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "eu-data", Plaintext: []byte("sealed at " + node), EncryptionContext: ectx})
+				must(t, "Encrypt at "+node, err)
+				if pt, err := dec.Decrypt(ctx, e.GetCiphertext(), ectx); err != nil || string(pt) != "sealed at "+node {
+					t.Errorf("Decryptor of a ciphertext sealed at %s = %q, %v", node, pt, err)
 				}
 			}
 		})
@@ -149,6 +182,28 @@ func TestScenarios(t *testing.T) {
 				dec, err := app(t, node).KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: before.GetCiphertext()})
 				if err != nil || string(dec.GetPlaintext()) != "v1" {
 					t.Errorf("Decrypt of a version-1 ciphertext at %s = %q, %v", node, dec.GetPlaintext(), err)
+				}
+			}
+		})
+
+		t.Run("a disabled key is refused at every node until enabled again", func(t *testing.T) {
+			ct, err := app(t, framework.CentralNode).KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "payments", Plaintext: []byte("held")})
+			must(t, "Encrypt", err)
+			nodes := append([]string{framework.CentralNode}, c.EdgeNames()...)
+			_, err = admin.DisableKey(ctx, &kbv1.KeyRequest{KeyId: "payments"})
+			must(t, "DisableKey", err)
+			c.WaitSynced(t)
+			for _, node := range nodes {
+				if _, err := app(t, node).KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: ct.GetCiphertext()}); code(err) != codes.FailedPrecondition {
+					t.Errorf("Decrypt of a disabled key at %s = %v, want FailedPrecondition", node, err)
+				}
+			}
+			_, err = admin.EnableKey(ctx, &kbv1.KeyRequest{KeyId: "payments"})
+			must(t, "EnableKey", err)
+			c.WaitSynced(t)
+			for _, node := range nodes {
+				if dec, err := app(t, node).KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: ct.GetCiphertext()}); err != nil || string(dec.GetPlaintext()) != "held" {
+					t.Errorf("Decrypt at %s once enabled again = %q, %v", node, dec.GetPlaintext(), err)
 				}
 			}
 		})
