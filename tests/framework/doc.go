@@ -26,6 +26,9 @@
 // kind (softkms, or SoftHSM2 with Options.SoftHSM); nodes are named
 // [CentralNode] and the edges' names.
 //
+// [StartDev] runs `keybroker dev` itself, as a user would, for the tests of
+// its summary, env file and the tour the README gives.
+//
 // # Process control and faults
 //
 // Processes also satisfies [Controller]: a node can be stopped (SIGTERM),
