@@ -10,10 +10,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestCentralAuditHead runs a central process with audit.head_key_file and

@@ -9,11 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"google.golang.org/grpc/codes"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // reheader returns ct with its header naming key id at version instead.

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestMain builds the keybroker binary once for every test here.

@@ -14,10 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"github.com/keybroker/keybroker/policy"
 	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // deployPorts is how many ports the walk-through takes from KB_PORT:

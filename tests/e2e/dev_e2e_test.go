@@ -20,13 +20,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/softhsm"
 	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // describeDemo returns the demo key's metadata as `key describe --output

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"google.golang.org/grpc/codes"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -19,6 +17,7 @@ import (
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/secret"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestListKeysDisclosesOnlyDescribable runs a central node and an edge as

@@ -21,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -32,6 +30,7 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/sealed"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 func code(err error) codes.Code { return status.Code(err) }

@@ -5,12 +5,11 @@ package e2e
 // removed while it follows the central tier.
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/keybroker/keybroker/tests/framework"
 
 	"google.golang.org/grpc/codes"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	krpc "github.com/keybroker/keybroker/rpc"
 	"github.com/keybroker/keybroker/sealed"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // lookupIDs is LookupKey(key, encrypt) for a client in region, at r, as
@@ -32,18 +32,6 @@ func lookupIDs(t *testing.T, r *framework.Conn, key, region string) []string {
 		ids = append(ids, n.GetNodeId())
 	}
 	return ids
-}
-
-// eventually polls cond until it holds, failing after applyWait.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(framework.ApplyWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestEnrollmentEndToEnd(t *testing.T) {
@@ -80,7 +68,9 @@ func TestEnrollmentEndToEnd(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "edge-rogue") {
 			t.Fatalf("keybroker node enroll = %d, %q", code, out)
 		}
-		eventually(t, "the enrolled edge to connect", func() bool { return c.Listed(t)["edge-rogue"].GetConnected() })
+		framework.Poll(t, "the enrolled edge to connect", func() (bool, string) {
+			return c.Listed(t)["edge-rogue"].GetConnected(), "not connected"
+		})
 		// And removed with the CLI, it leaves.
 		out, code = c.CLIAs(t, c.Central.Addr, identity.Admin, "ops", nil, "node", "remove", "edge-rogue")
 		if code != 0 || !strings.Contains(out, "removed edge-rogue") {
@@ -133,8 +123,9 @@ func TestEnrollmentEndToEnd(t *testing.T) {
 		}
 		atUS := c.Dial(t, c.Edges["edge-us"].Proc.Addr, identity.Client, "app")
 		for name, at := range map[string]*framework.Conn{"central": atCentral, "edge-us": atUS} {
-			eventually(t, "LookupKey at "+name+" to drop the removed edge", func() bool {
-				return !slices.Contains(lookupIDs(t, at, "eu-only", "eu"), "edge-eu")
+			framework.Poll(t, "LookupKey at "+name+" to drop the removed edge", func() (bool, string) {
+				ids := lookupIDs(t, at, "eu-only", "eu")
+				return !slices.Contains(ids, "edge-eu"), fmt.Sprintf("LookupKey lists %v", ids)
 			})
 		}
 		// The removed edge serves nothing from what it held.

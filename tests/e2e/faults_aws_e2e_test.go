@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/keybroker/keybroker/backends/backendtest/awsfake"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // awsRoots keeps the root keys in the in-process AWS KMS fake f, which the

@@ -16,9 +16,8 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // faultMsg is a ciphertext the application holds, with what opens it.

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	p11 "github.com/miekg/pkcs11"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -27,6 +25,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/secret"
 	softhsmtest "github.com/keybroker/keybroker/softhsm-test"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // gatedBackend is the pkcs11 root of trust with every call made under a

@@ -10,13 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // Phases of a network fault, as the workers see them.

@@ -19,11 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"golang.org/x/sys/unix"
 
 	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // cliProc is a keybroker client command running as a process, its stdin a

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -14,6 +12,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestCentralMatrix is the central tier's process-level matrix, run once per

@@ -7,10 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestDevStartLogsNoFailedCall: a first `keybroker dev` start, and the

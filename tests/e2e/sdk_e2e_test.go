@@ -9,11 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestSDKEndToEnd runs the Go SDK against real processes — central on a

@@ -15,12 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/identity/workload/workloadtest"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // spiffeTTL and spiffeRotate are the SVIDs' lifetime and re-issue period

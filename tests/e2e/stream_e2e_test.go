@@ -9,9 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keybroker/keybroker/tests/framework"
-
 	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestStreamsEndToEnd encrypts and decrypts files larger than one message

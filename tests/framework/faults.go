@@ -72,7 +72,7 @@ func (r *FaultReport) Set(format string, args ...any) {
 }
 
 // Poll polls cond every 50ms until it reports true, failing the test
-// with cond's last word if faultWait passes first. It waits for a state;
+// with cond's last word if FaultWait passes first. It waits for a state;
 // how long the state took to arrive is never asserted.
 func Poll(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()

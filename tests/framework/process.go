@@ -577,7 +577,7 @@ reconnect: %s
 	c.Order = append(c.Order, e.Name)
 }
 
-// ApplyWait bounds waitApplied so that a lost event fails the test with the
+// ApplyWait bounds WaitApplied and WaitSynced so that a lost event fails the test with the
 // edges' logs rather than hanging it until the package timeout.
 const ApplyWait = 60 * time.Second
 
