@@ -37,6 +37,9 @@ type FaultReport struct {
 	line string
 }
 
+// NewFaultReport starts the report line of the case name, appended to the
+// file FaultReportEnv names (if it names one) and logged when the test
+// ends.
 func NewFaultReport(t *testing.T, name string) *FaultReport {
 	r := &FaultReport{name: name, line: "did not finish"}
 	t.Cleanup(func() {
@@ -143,6 +146,8 @@ type Load struct {
 	first []error // the first few errors, for the failure message
 }
 
+// StartLoad starts workers calling op (worker w, its i-th call) until
+// Stop, counting the calls and the errors.
 func StartLoad(ctx context.Context, workers int, op func(ctx context.Context, w, i int) error) *Load {
 	l := &Load{stopc: make(chan struct{})}
 	for w := range workers {
@@ -182,7 +187,7 @@ func (l *Load) WaitOps(t *testing.T, n int64) {
 	})
 }
 
-// Stop ends the faultLoad and returns its errors so far.
+// Stop ends the load and returns its first errors.
 func (l *Load) Stop() []error {
 	select {
 	case <-l.stopc:
@@ -218,6 +223,8 @@ const (
 	proxyStall
 )
 
+// NewProxy starts a proxy to target, passing bytes until Cut or Stall,
+// and closed when the test ends.
 func NewProxy(t *testing.T, target string) *Proxy {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -244,6 +251,7 @@ func NewProxy(t *testing.T, target string) *Proxy {
 	return p
 }
 
+// Addr is the proxy's loopback address, to dial instead of the target.
 func (p *Proxy) Addr() string { return p.l.Addr().String() }
 
 func (p *Proxy) serve(down net.Conn) {

@@ -216,6 +216,8 @@ limits:
 // MaxRequestBytes is the clusters' limits.max_request_bytes (the default).
 const MaxRequestBytes = 5 << 20
 
+// WritePolicy replaces the policy file; central reads it on SIGHUP (see
+// Processes.SetPolicy) or when it starts.
 func (c *Setup) WritePolicy(t *testing.T, text string) {
 	t.Helper()
 	if err := os.WriteFile(c.PolicyFile, []byte(text), 0o600); err != nil {
@@ -625,6 +627,7 @@ func (c *Processes) DialEdgeSync(t *testing.T, name string) kbv1.EdgeSyncClient 
 	return kbv1.NewEdgeSyncClient(c.DialWith(t, c.Central.Addr, id.String(), certPEM, keyPEM).Conn)
 }
 
+// Listed is central's ListNodes answer by node id, as the admin.
 func (c *Processes) Listed(t *testing.T) map[string]*kbv1.Node {
 	t.Helper()
 	resp, err := c.Admin.Admin.ListNodes(t.Context(), &kbv1.ListNodesRequest{})
