@@ -3,8 +3,9 @@
 #   make test         install what the tests need (SoftHSM2, opensc), then run
 #                     the whole suite with -race (the PKCS#11 tests never skip
 #                     here), the fault-injection suite last with its report.
-#   make test-faults  the fault-injection suite alone: real processes killed,
-#                     cut off and starved under load; prints what was lost.
+#   make test-faults  the fault-injection suite alone (tests/e2e TestFault*):
+#                     real processes killed, cut off and starved under load;
+#                     prints what was lost.
 #   make bench        run every Go benchmark (figures go in docs/benchmarks.md).
 #   make bench-scenarios  the scenario benchmarks docs/benchmarks.md reports.
 #   make soak         mixed load against a dev cluster for SOAKTIME (default
@@ -50,12 +51,14 @@ test: test-deps
 	KEYBROKER_REQUIRE_SOFTHSM=1 $(GO) test -race -timeout $(TESTTIMEOUT) -skip '^TestFault' $(PKGS)
 	@$(MAKE) --no-print-directory test-faults
 
-# test-faults runs the fault-injection suite (cmd/keybroker TestFault*) and
-# prints the line each case reports: what was tried and what was lost.
+# test-faults runs the fault-injection suite (TestFault* in tests/e2e, on the
+# real-process implementation of tests/framework) and prints the line each
+# case reports: what was tried and what was lost. `make test` skips
+# ^TestFault in every package and runs it here, once.
 test-faults: test-deps
 	@report=$$(mktemp); \
 	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_FAULT_REPORT=$$report \
-		$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) -run '^TestFault' ./cmd/keybroker/; rc=$$?; \
+		$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) -run '^TestFault' ./tests/e2e/; rc=$$?; \
 	echo "fault-injection report:"; sed 's/^/  /' $$report; rm -f $$report; exit $$rc
 
 bench:

@@ -4,8 +4,9 @@
 // loopback port the system chooses, on a softkms keystore or on a
 // SoftHSM2 token made for the test, with a development CA that issues
 // certificates for any principal. It hands back SDK clients, the nodes'
-// addresses, credentials and the policy in force, and everything is
-// stopped and removed when the test ends.
+// addresses, credentials, the policy in force (which a test may replace,
+// [Cluster.SetPolicy]) and the audit log ([Cluster.AuditLog]), and
+// everything is stopped and removed when the test ends.
 //
 //	func TestPayments(t *testing.T) {
 //		kb := keybrokertest.Start(t, keybrokertest.WithKeys("payments"))
@@ -79,9 +80,12 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
+	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/atomicfile"
 	"github.com/keybroker/keybroker/internal/softhsm"
+	"github.com/keybroker/keybroker/policy"
 )
 
 // Principal names of the identities Client and AdminClient use by
@@ -175,10 +179,11 @@ func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.logger = l
 
 // Cluster is a running cluster.
 type Cluster struct {
-	dev    *devcluster.Cluster
-	policy string
+	dev      *devcluster.Cluster
+	auditLog string
 
 	mu       sync.Mutex
+	policy   string // guarded by mu: SetPolicy replaces it
 	closed   bool
 	cleanups []func() error // run by Close, last first
 }
@@ -302,6 +307,11 @@ func start(ctx context.Context, s settings, dir string, setenv func(k, v string)
 	if c.policy, err = readFile(filepath.Join(dev.Dir(), "policy.cedar")); err != nil {
 		return c, err
 	}
+	ccfg, err := config.LoadCentral(dev.CentralConfig)
+	if err != nil {
+		return c, err
+	}
+	c.auditLog = ccfg.Audit.Path
 	if len(s.keys) > 0 {
 		if err := c.createKeys(ctx, s.keys); err != nil {
 			return c, err
@@ -497,7 +507,11 @@ func (c *Cluster) TLSConfig(t testing.TB, kind identity.Kind, name string) *tls.
 }
 
 // Policy is the Cedar policy the cluster enforces.
-func (c *Cluster) Policy() string { return c.policy }
+func (c *Cluster) Policy() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.policy
+}
 
 // TrustDomain is the trust domain of every certificate the cluster
 // issues.
@@ -509,6 +523,31 @@ func (c *Cluster) CAFile() string { return c.dev.CAFile() }
 // Backend is the URI of the central node's root of trust: the softkms
 // keystore, or the SoftHSM2 token (with its module and PIN file).
 func (c *Cluster) Backend() string { return c.dev.Backend() }
+
+// SetPolicy replaces the Cedar policy the cluster enforces and reloads it
+// at the central node before it returns, so the next call is decided by
+// it. A policy that does not parse or check is refused with the reason,
+// and the one in force stays.
+func (c *Cluster) SetPolicy(cedar string) error {
+	path := filepath.Join(c.dev.Dir(), "policy.cedar")
+	if _, err := policy.Parse(map[string][]byte{path: []byte(cedar)}); err != nil {
+		return fmt.Errorf("keybrokertest: %w", err)
+	}
+	if err := atomicfile.Write(path, []byte(cedar), 0o600); err != nil {
+		return fmt.Errorf("keybrokertest: %w", err)
+	}
+	c.dev.Central.ReloadPolicy()
+	c.mu.Lock()
+	c.policy = cedar
+	c.mu.Unlock()
+	return nil
+}
+
+// AuditLog is the central node's audit log: one JSON line per decision
+// (audit.Record), each written before the call it records is answered.
+// Read it while the cluster runs; `keybroker audit verify` checks its
+// chain.
+func (c *Cluster) AuditLog() string { return c.auditLog }
 
 // Sync waits until every edge has applied every change the central node
 // has committed — after a test changes keys through the admin API, say —

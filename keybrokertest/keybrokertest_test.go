@@ -2,9 +2,11 @@ package keybrokertest_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/identity"
@@ -294,4 +297,57 @@ func text(pt *client.Plaintext) string {
 		return ""
 	}
 	return string(pt.Plaintext)
+}
+
+// TestSetPolicyAndAuditLog: a policy set during the test decides the very
+// next call, and the audit log shows each decision with the rule that made
+// it; a policy that does not check is refused and the one in force stays.
+func TestSetPolicyAndAuditLog(t *testing.T) {
+	t.Parallel()
+	kb := keybrokertest.Start(t, keybrokertest.WithEdges(), keybrokertest.WithKeys("payments"))
+	ctx := t.Context()
+	app := kb.Client(t)
+	if _, err := app.Encrypt(ctx, "payments", []byte("hi"), nil); err != nil {
+		t.Fatalf("Encrypt under the default policy: %v", err)
+	}
+	stricter := devcluster.DefaultPolicy + `
+@id("no-payments")
+forbid (principal == Client::"app", action == Action::"Encrypt", resource == Key::"payments");
+`
+	if err := kb.SetPolicy(stricter); err != nil {
+		t.Fatalf("SetPolicy: %v", err)
+	}
+	if kb.Policy() != stricter {
+		t.Errorf("Policy() after SetPolicy is not the new policy")
+	}
+	if _, err := app.Encrypt(ctx, "payments", []byte("hi"), nil); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Fatalf("Encrypt after SetPolicy: %v, want PermissionDenied", err)
+	}
+	if err := kb.SetPolicy(`permit (principal, action == Action::"Explode", resource);`); err == nil {
+		t.Error("SetPolicy of a policy naming an unknown action succeeded")
+	}
+	if kb.Policy() != stricter {
+		t.Errorf("a refused SetPolicy replaced Policy()")
+	}
+	if _, err := app.Encrypt(ctx, "payments", []byte("hi"), nil); !errors.Is(err, client.ErrPermissionDenied) {
+		t.Errorf("Encrypt after a refused SetPolicy: %v, want PermissionDenied still", err)
+	}
+
+	data, err := os.ReadFile(kb.AuditLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for line := range strings.SplitSeq(strings.TrimSpace(string(data)), "\n") {
+		var r audit.Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		if r.Operation == "Encrypt" && r.Key == "payments" {
+			got = append(got, string(r.Decision)+"/"+r.PolicyID)
+		}
+	}
+	if want := []string{"allow/clients", "deny/no-payments", "deny/no-payments"}; !slices.Equal(got, want) {
+		t.Errorf("audited Encrypt decisions = %v, want %v", got, want)
+	}
 }

@@ -1,0 +1,59 @@
+// Package framework is keybroker's cluster test framework, in the spirit of
+// etcd's tests/framework: a scenario is written once against the Cluster
+// interface and run against two implementations of it, so that what the
+// in-process cluster users test with and the binaries they deploy are held
+// to the same behaviour.
+//
+// It lives under tests/ because it is for tests only: it builds the
+// keybroker binary, writes certificates and keys in the test's temporary
+// directory, and fails the test instead of returning errors. Nothing
+// outside tests/ imports it. (Users' own integration tests use package
+// keybrokertest, which is public and stable; this package is neither.)
+//
+// # Two implementations
+//
+//   - InProcess (StartInProcess) is a keybrokertest cluster: the central
+//     node and the edges run as goroutines of the test binary, each a real
+//     gRPC server with mutual TLS on a loopback port.
+//   - Processes (StartProcesses, NewProcesses, NewProcessesOn) runs real
+//     `keybroker central` and `keybroker edge` processes from
+//     configuration files written for them, with real certificates, gRPC
+//     over mutual TLS and their state on disk. Central listens on a fixed
+//     port so that a restarted central is found again by its edges.
+//
+// [Run] runs a scenario both ways as the subtests "in-process" and
+// "processes". Both clusters enforce [Policy] on roots of trust of the same
+// kind (softkms, or SoftHSM2 with Options.SoftHSM); nodes are named
+// [CentralNode] and the edges' names.
+//
+// [StartDev] runs `keybroker dev` itself, as a user would, for the tests of
+// its summary, env file and the tour the README gives.
+//
+// # Process control and faults
+//
+// Processes also satisfies [Controller]: a node can be stopped (SIGTERM),
+// killed (SIGKILL) and started again from its configuration and data
+// directory. A scenario that needs it asserts the interface and skips
+// in-process. The fault suite (TestFault* in tests/e2e) uses the process
+// implementation directly, with a [Proxy] between an edge and central
+// (EdgeNode.Via) to cut or stall the network, a [Load] of workers counting
+// what the application lost, and a [FaultReport] line per case.
+//
+// # The binary
+//
+// [Main], called from a test package's TestMain, builds the keybroker
+// binary once per test binary — with -race when the tests are race-built,
+// so the processes are checked too — and removes it at the end. [CLI]
+// runs it with only the KEYBROKER_* variables a test gives, as a user's
+// shell would; both implementations run the CLI that way. The processes'
+// environment ([ProcessEnv]) turns off the race detector's one-second
+// sleep at exit, which would otherwise cost a second per process.
+//
+// # Waiting
+//
+// Nothing here sleeps to let something happen. Waits are for a state — a
+// log line ([Proc.WaitLog]), every edge acknowledging a revision
+// ([Processes.WaitApplied]), a condition ([Poll]) — bounded by a deadline
+// ([ApplyWait], [FaultWait]) that turns a hang into a failure with the
+// evidence (the nodes' logs), never a measurement.
+package framework
