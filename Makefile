@@ -1,6 +1,6 @@
 # keybroker — build, test, benchmark, lint and fuzz.
 #
-#   make test         install what the tests need (SoftHSM2, opensc), then run
+#   make test         install what the tests need (SoftHSM2, opensc, etcd), then run
 #                     the whole suite with -race (the PKCS#11 tests never skip
 #                     here), the fault-injection suite last with its report.
 #   make test-faults  the fault-injection suite alone (tests/e2e TestFault*):
@@ -32,23 +32,23 @@ all: build
 build:
 	$(GO) build ./...
 
-# test-deps installs SoftHSM2 and opensc through apt when they are missing and
-# we are root; otherwise it says what to install.
+# test-deps installs SoftHSM2, opensc and etcd through apt when they are
+# missing and we are root; otherwise it says what to install.
 test-deps:
-	@if command -v softhsm2-util >/dev/null 2>&1 && [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v pkcs11-tool >/dev/null 2>&1; then \
-		echo "test-deps: softhsm2 and opensc present"; \
+	@if command -v softhsm2-util >/dev/null 2>&1 && [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v pkcs11-tool >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1; then \
+		echo "test-deps: softhsm2, opensc and etcd present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "test-deps: installing softhsm2 and opensc"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 opensc >/dev/null; \
+		echo "test-deps: installing softhsm2, opensc and etcd-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 opensc etcd-server >/dev/null; \
 	else \
-		echo "test-deps: SoftHSM2 is missing; install it with: sudo apt-get install softhsm2 opensc" >&2; \
+		echo "test-deps: SoftHSM2 or etcd is missing; install them with: sudo apt-get install softhsm2 opensc etcd-server" >&2; \
 		exit 1; \
 	fi
 
-# KEYBROKER_REQUIRE_SOFTHSM turns the PKCS#11 tests' skip into a failure, so
-# `make test` (and CI) always runs them.
+# KEYBROKER_REQUIRE_SOFTHSM and KEYBROKER_REQUIRE_ETCD turn the PKCS#11 and
+# etcd tests' skips into failures, so `make test` (and CI) always runs them.
 test: test-deps
-	KEYBROKER_REQUIRE_SOFTHSM=1 $(GO) test -race -timeout $(TESTTIMEOUT) -skip '^TestFault' $(PKGS)
+	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_REQUIRE_ETCD=1 $(GO) test -race -timeout $(TESTTIMEOUT) -skip '^TestFault' $(PKGS)
 	@$(MAKE) --no-print-directory test-faults
 
 # test-faults runs the fault-injection suite (TestFault* in tests/e2e, on the
@@ -57,7 +57,7 @@ test: test-deps
 # ^TestFault in every package and runs it here, once.
 test-faults: test-deps
 	@report=$$(mktemp); \
-	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_FAULT_REPORT=$$report \
+	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_REQUIRE_ETCD=1 KEYBROKER_FAULT_REPORT=$$report \
 		$(GO) test -race -count=1 -timeout $(TESTTIMEOUT) -run '^TestFault' ./tests/e2e/; rc=$$?; \
 	echo "fault-injection report:"; sed 's/^/  /' $$report; rm -f $$report; exit $$rc
 

@@ -155,8 +155,8 @@ func (s *Bolt) commit(ctx context.Context, typ EventType, kind Kind, id string, 
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if id == "" || kind == "" {
-		return 0, fmt.Errorf("store: empty kind or id")
+	if err := checkWrite(kind, id, value); err != nil {
+		return 0, err
 	}
 	// One writer at a time: the revision counter and the event fan-out are
 	// ordered by s.mu, and bbolt serialises write transactions anyway.

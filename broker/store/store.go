@@ -15,13 +15,17 @@
 //
 // [Open] is the embedded default on bbolt: one file, fsync on every commit
 // (bbolt's default), the event history kept in the same file so it survives
-// restarts. Several central nodes would share an etcd-backed implementation
-// of the same interface.
+// restarts. [OpenEtcd] keeps the objects in an etcd cluster under a prefix,
+// so several central nodes can share them; its revisions are etcd's, and
+// its history is what etcd has not compacted. Both pass one conformance
+// suite (package storetest).
 package store
 
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 )
 
 // Errors.
@@ -31,6 +35,33 @@ var (
 	ErrCompacted = errors.New("store: revision no longer in history")
 	ErrClosed    = errors.New("store: closed")
 )
+
+// MaxValue bounds one object's value (1 MiB), under etcd's default
+// request bound of 1.5 MiB, so that every store refuses the same writes.
+const MaxValue = 1 << 20
+
+// checkName refuses an empty kind or id and a kind with a slash (etcd
+// keys are prefix/kind/id).
+func checkName(kind Kind, id string) error {
+	if kind == "" || id == "" {
+		return errors.New("store: empty kind or id")
+	}
+	if strings.Contains(string(kind), "/") {
+		return fmt.Errorf("store: kind %q has a slash", kind)
+	}
+	return nil
+}
+
+// checkWrite is checkName and the bound on a value.
+func checkWrite(kind Kind, id string, value []byte) error {
+	if err := checkName(kind, id); err != nil {
+		return err
+	}
+	if len(value) > MaxValue {
+		return fmt.Errorf("store: %s/%s: value of %d bytes, more than %d", kind, id, len(value), MaxValue)
+	}
+	return nil
+}
 
 // Kind is a class of objects ("keys", "nodes", "policies").
 type Kind string

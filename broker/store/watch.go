@@ -32,7 +32,9 @@ func (w *Watcher) Err() error {
 	return w.err
 }
 
-const maxQueued = 10_000
+// MaxWatchQueue bounds the events queued for a watcher that does not read:
+// past it the watch ends with ErrSlowWatcher.
+const MaxWatchQueue = 10_000
 
 // send queues a live event; called with the store's lock held, so it never
 // blocks.
@@ -42,7 +44,7 @@ func (w *Watcher) send(ev Event) {
 	if w.failed {
 		return
 	}
-	if len(w.live) >= maxQueued {
+	if len(w.live) >= MaxWatchQueue {
 		w.failLocked(ErrSlowWatcher)
 		return
 	}

@@ -1,0 +1,403 @@
+package store
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// DefaultEtcdPrefix is where a cluster's objects live in etcd unless the
+// configuration names another prefix.
+const DefaultEtcdPrefix = "/keybroker/"
+
+// listPage bounds one List response: a kind is read in pages at one
+// revision, so no response grows with the number of objects.
+const listPage = 500
+
+// EtcdConfig says how to reach etcd.
+type EtcdConfig struct {
+	Endpoints []string
+	// TLS is the client's TLS configuration (mutual TLS with etcd's CA);
+	// nil speaks plain gRPC, which only loopback tests should.
+	TLS *tls.Config
+	// Prefix holds every object of this cluster (DefaultEtcdPrefix when
+	// empty); it must end in "/".
+	Prefix string
+	// DialTimeout bounds the first connection (default 5s).
+	DialTimeout time.Duration
+}
+
+// Etcd is the Store on an etcd cluster: every object is one etcd key under
+// the prefix, an object's revision is its ModRevision, compare-and-swap is
+// a transaction on ModRevision, and the change feed is etcd's Watch, so
+// any central node sharing the prefix sees every change and a watcher can
+// resume at any of them from any revision etcd still keeps.
+//
+// Revisions are etcd's: store-wide and increasing, but not contiguous for
+// one prefix when other keys share the cluster.
+type Etcd struct {
+	cli    *clientv3.Client
+	prefix string // prefix + "o/": the objects
+	rev    atomic.Uint64
+
+	mu       sync.Mutex
+	closed   bool
+	watchers map[*Watcher]context.CancelFunc
+	stop     context.CancelFunc
+	done     chan struct{}
+}
+
+var _ Store = (*Etcd)(nil)
+
+// OpenEtcd connects to etcd, reads the current revision and follows the
+// prefix's changes so that Revision stays current with every central's
+// writes.
+func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("store: etcd: no endpoints")
+	}
+	prefix := cfg.Prefix
+	if prefix == "" {
+		prefix = DefaultEtcdPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		return nil, fmt.Errorf("store: etcd: prefix %q must end in /", prefix)
+	}
+	dial := cfg.DialTimeout
+	if dial <= 0 {
+		dial = 5 * time.Second
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: cfg.Endpoints, TLS: cfg.TLS, DialTimeout: dial, Logger: zap.NewNop(),
+		// Keep each request under etcd's default 1.5 MiB request bound.
+		MaxCallSendMsgSize: 3 << 19,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: etcd: %w", err)
+	}
+	s := &Etcd{cli: cli, prefix: prefix + "o/", watchers: map[*Watcher]context.CancelFunc{}, done: make(chan struct{})}
+	rctx, cancel := context.WithTimeout(ctx, dial)
+	defer cancel()
+	if _, err := s.refresh(rctx); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("store: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	fctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	go s.follow(fctx)
+	return s, nil
+}
+
+// refresh reads etcd's current revision (a linearizable read).
+func (s *Etcd) refresh(ctx context.Context) (uint64, error) {
+	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return s.saw(resp.Header.Revision), nil
+}
+
+// saw raises the known revision to r and returns the known revision.
+func (s *Etcd) saw(r int64) uint64 {
+	for {
+		cur := s.rev.Load()
+		if uint64(r) <= cur || s.rev.CompareAndSwap(cur, uint64(r)) {
+			return max(cur, uint64(r))
+		}
+	}
+}
+
+// follow keeps Revision current with changes other nodes commit.
+func (s *Etcd) follow(ctx context.Context) {
+	defer close(s.done)
+	for ctx.Err() == nil {
+		from := s.rev.Load()
+		wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(),
+			clientv3.WithRev(int64(from+1)), clientv3.WithProgressNotify(), clientv3.WithKeysOnly())
+		for resp := range wch {
+			if resp.Header.Revision > 0 {
+				s.saw(resp.Header.Revision)
+			}
+			if resp.CompactRevision > 0 {
+				s.saw(resp.CompactRevision)
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Etcd) key(kind Kind, id string) string { return s.prefix + string(kind) + "/" + id }
+
+// object decodes an etcd key-value under the prefix.
+func (s *Etcd) object(kv *mvccpb.KeyValue) (Object, error) {
+	rest, ok := strings.CutPrefix(string(kv.Key), s.prefix)
+	kind, id, ok2 := strings.Cut(rest, "/")
+	if !ok || !ok2 {
+		return Object{}, fmt.Errorf("store: etcd: key %q is not an object of this store", kv.Key)
+	}
+	return Object{Kind: Kind(kind), ID: id, Value: kv.Value, Revision: uint64(kv.ModRevision)}, nil
+}
+
+func (s *Etcd) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Revision implements Store: the latest revision this node has seen
+// committed under the prefix (by any node).
+func (s *Etcd) Revision() uint64 { return s.rev.Load() }
+
+// Get implements Store.
+func (s *Etcd) Get(ctx context.Context, kind Kind, id string) (Object, error) {
+	if err := checkName(kind, id); err != nil {
+		return Object{}, err
+	}
+	if s.isClosed() {
+		return Object{}, ErrClosed
+	}
+	resp, err := s.cli.Get(ctx, s.key(kind, id))
+	if err != nil {
+		return Object{}, s.wrap(err)
+	}
+	s.saw(resp.Header.Revision)
+	if len(resp.Kvs) == 0 {
+		return Object{}, ErrNotFound
+	}
+	return s.object(resp.Kvs[0])
+}
+
+// List implements Store: the objects of kind as of one revision, read in
+// pages of listPage.
+func (s *Etcd) List(ctx context.Context, kind Kind) ([]Object, uint64, error) {
+	if err := checkName(kind, "-"); err != nil {
+		return nil, 0, err
+	}
+	if s.isClosed() {
+		return nil, 0, ErrClosed
+	}
+	start := s.prefix + string(kind) + "/"
+	end := clientv3.GetPrefixRangeEnd(start)
+	var out []Object
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, start, opts...)
+		if err != nil {
+			return nil, 0, s.wrap(err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			o, err := s.object(kv)
+			if err != nil {
+				return nil, 0, err
+			}
+			out = append(out, o)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	s.saw(rev)
+	return out, uint64(rev), nil
+}
+
+// Put implements Store: a transaction that writes only when the object's
+// ModRevision is expected (0: absent).
+func (s *Etcd) Put(ctx context.Context, kind Kind, id string, value []byte, expected uint64) (uint64, error) {
+	if err := checkWrite(kind, id, value); err != nil {
+		return 0, err
+	}
+	if s.isClosed() {
+		return 0, ErrClosed
+	}
+	k := s.key(kind, id)
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(expected))).
+		Then(clientv3.OpPut(k, string(value))).
+		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
+		Commit()
+	if err != nil {
+		return 0, s.wrap(err)
+	}
+	return s.committed(kind, id, expected, resp)
+}
+
+// Delete implements Store.
+func (s *Etcd) Delete(ctx context.Context, kind Kind, id string, expected uint64) (uint64, error) {
+	if err := checkName(kind, id); err != nil {
+		return 0, err
+	}
+	if s.isClosed() {
+		return 0, ErrClosed
+	}
+	k := s.key(kind, id)
+	if expected == 0 {
+		// Nothing to delete at revision 0: absent is not found, present a
+		// conflict, as in every store.
+		o, err := s.Get(ctx, kind, id)
+		if err != nil {
+			if errors.Is(err, ErrNotFound) {
+				return 0, fmt.Errorf("%w: %s/%s", ErrNotFound, kind, id)
+			}
+			return 0, err
+		}
+		return 0, fmt.Errorf("%w: %s/%s is at revision %d, not 0", ErrConflict, kind, id, o.Revision)
+	}
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(expected))).
+		Then(clientv3.OpDelete(k)).
+		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
+		Commit()
+	if err != nil {
+		return 0, s.wrap(err)
+	}
+	return s.committed(kind, id, expected, resp)
+}
+
+// committed is a compare-and-swap's outcome: the new revision, or the
+// conflict with the object's current revision.
+func (s *Etcd) committed(kind Kind, id string, expected uint64, resp *clientv3.TxnResponse) (uint64, error) {
+	if resp.Succeeded {
+		return s.saw(resp.Header.Revision), nil
+	}
+	s.saw(resp.Header.Revision)
+	cur := int64(0)
+	if len(resp.Responses) == 1 {
+		if r := resp.Responses[0].GetResponseRange(); r != nil && len(r.Kvs) == 1 {
+			cur = r.Kvs[0].ModRevision
+		}
+	}
+	return 0, fmt.Errorf("%w: %s/%s is at revision %d, not %d", ErrConflict, kind, id, cur, expected)
+}
+
+// Watch implements Store: etcd's Watch of the prefix from revision from+1.
+// A revision etcd has compacted away gives ErrCompacted (at once, or on the
+// channel if compaction overtakes the watcher); a member that loses its
+// leader or its connection ends the watch with an error, and the watcher
+// resumes from the last revision it handled, at any member.
+func (s *Etcd) Watch(ctx context.Context, from uint64) (*Watcher, error) {
+	if s.isClosed() {
+		return nil, ErrClosed
+	}
+	cur := s.rev.Load()
+	if from > cur {
+		var err error
+		if cur, err = s.refresh(ctx); err != nil {
+			return nil, s.wrap(err)
+		}
+		if from > cur {
+			return nil, fmt.Errorf("store: watch from revision %d, but the store is at %d", from, cur)
+		}
+	}
+	if from < cur {
+		// Is from+1 still in etcd's history? A read at that revision says.
+		_, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(int64(from+1)))
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return nil, fmt.Errorf("%w: %d is older than etcd's compacted revision", ErrCompacted, from)
+		}
+		if err != nil {
+			return nil, s.wrap(err)
+		}
+	}
+	w := &Watcher{ch: make(chan Event, 1024)}
+	wctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		cancel()
+		return nil, ErrClosed
+	}
+	s.watchers[w] = cancel
+	s.mu.Unlock()
+	wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.prefix, clientv3.WithPrefix(),
+		clientv3.WithRev(int64(from+1)), clientv3.WithProgressNotify())
+	go s.pump(wctx, w, wch)
+	go w.run(wctx, func() {
+		cancel()
+		s.mu.Lock()
+		delete(s.watchers, w)
+		s.mu.Unlock()
+	})
+	return w, nil
+}
+
+// pump feeds etcd's watch responses into w.
+func (s *Etcd) pump(ctx context.Context, w *Watcher, wch clientv3.WatchChan) {
+	for resp := range wch {
+		if resp.CompactRevision > 0 {
+			w.fail(fmt.Errorf("%w: etcd compacted up to revision %d", ErrCompacted, resp.CompactRevision))
+			return
+		}
+		if err := resp.Err(); err != nil {
+			w.fail(fmt.Errorf("store: etcd watch: %w", err))
+			return
+		}
+		if resp.Header.Revision > 0 {
+			s.saw(resp.Header.Revision)
+		}
+		for _, ev := range resp.Events {
+			o, err := s.object(ev.Kv)
+			if err != nil {
+				w.fail(err)
+				return
+			}
+			e := Event{Type: Put, Object: o, Revision: o.Revision}
+			if ev.Type == mvccpb.DELETE {
+				e.Type, e.Object.Value = Delete, nil
+			}
+			w.send(e)
+		}
+	}
+	if ctx.Err() == nil {
+		w.fail(errors.New("store: etcd watch ended"))
+	}
+}
+
+// wrap names etcd in an error, keeping a closed store's ErrClosed.
+func (s *Etcd) wrap(err error) error {
+	if s.isClosed() {
+		return ErrClosed
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("store: etcd: %w", err)
+}
+
+// Close ends every watcher with ErrClosed and closes the client.
+func (s *Etcd) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for w, cancel := range s.watchers {
+		w.fail(ErrClosed)
+		cancel()
+	}
+	s.mu.Unlock()
+	s.stop()
+	<-s.done
+	return s.cli.Close()
+}
