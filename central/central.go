@@ -40,9 +40,12 @@ package central
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -92,7 +95,7 @@ type Node struct {
 	cfg    *config.Central
 	log    *slog.Logger
 	roots  *broker.Roots
-	store  *store.Bolt
+	store  store.Store
 	svc    *broker.Service
 	policy *policy.Engine
 	audit  *audit.Log
@@ -158,7 +161,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		return nil, err
 	}
 	n.roots.SetBudget(bud)
-	if n.store, err = store.Open(filepath.Join(cfg.DataDir, "registry.db"), 0); err != nil {
+	if n.store, err = openStore(ctx, cfg); err != nil {
 		return nil, err
 	}
 	defaults := map[managed.Mode]string{}
@@ -353,4 +356,37 @@ func (n *Node) closeOwn() error {
 		errs = append(errs, n.roots.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// openStore opens the registry's store: the etcd cluster store.etcd names,
+// or the bbolt file <data_dir>/registry.db.
+func openStore(ctx context.Context, cfg *config.Central) (store.Store, error) {
+	e := cfg.Store.Etcd
+	if e == nil {
+		return store.Open(filepath.Join(cfg.DataDir, "registry.db"), 0)
+	}
+	var tc *tls.Config
+	if e.TLS.CA != "" {
+		pem, err := os.ReadFile(e.TLS.CA)
+		if err != nil {
+			return nil, fmt.Errorf("store.etcd.tls.ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("store.etcd.tls.ca: %s holds no PEM certificate", e.TLS.CA)
+		}
+		tc = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		if e.TLS.Cert != "" {
+			cert, err := tls.LoadX509KeyPair(e.TLS.Cert, e.TLS.Key)
+			if err != nil {
+				return nil, fmt.Errorf("store.etcd.tls: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+	}
+	st, err := store.OpenEtcd(ctx, store.EtcdConfig{Endpoints: e.Endpoints, TLS: tc, Prefix: e.Prefix, DialTimeout: e.DialTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("store.etcd: %w", err)
+	}
+	return st, nil
 }

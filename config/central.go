@@ -49,6 +49,10 @@ type Central struct {
 	// BackendBudget bounds each principal's calls to the roots of trust.
 	// Optional.
 	BackendBudget BackendBudget `yaml:"backend_budget"`
+	// Store says where the key registry lives. Optional: by default the
+	// bbolt file <data_dir>/registry.db; store.etcd shares it between
+	// central nodes.
+	Store Store `yaml:"store"`
 }
 
 // BackendBudget is a token bucket per principal, charged for every call to
@@ -273,6 +277,7 @@ func parse[T any, P nodeConfig[T]](name string, data []byte, baseDir string, cfg
 // calls it; a configuration built in code calls it before Validate.
 func (c *Central) ResolvePaths(baseDir string) {
 	c.Node.resolve(baseDir)
+	c.Store.resolve(baseDir)
 	for i := range c.Policy.Paths {
 		resolvePath(baseDir, &c.Policy.Paths[i])
 	}
@@ -295,6 +300,7 @@ func (c *Central) validate() problems {
 	c.Policy.check(&p, "policy")
 	c.Edges.check(&p, "edges")
 	c.BackendBudget.check(&p, "backend_budget")
+	c.Store.check(&p, "store")
 	return p
 }
 

@@ -145,6 +145,9 @@ func TestDocExample(t *testing.T) {
 			}
 			continue // TestDocEdgeExample
 		}
+		if strings.HasPrefix(b, "# part of central.yaml") {
+			b = blocks[0] + b // a section's example of one block, added to the minimal file
+		}
 		if _, err := ParseCentral("central.yaml", []byte(b), "/etc/keybroker"); err != nil {
 			t.Errorf("yaml block %d of docs/config.md does not load:\n%v", i+3, err)
 		}
@@ -363,6 +366,32 @@ func TestRootKeyDeclarations(t *testing.T) {
 	}
 }
 
+// TestEtcdStore: a store.etcd block loads with its defaults and its TLS
+// files resolved against the file's directory; without one the store is
+// the bbolt file.
+func TestEtcdStore(t *testing.T) {
+	c, err := ParseCentral("central.yaml", []byte(base+`store:
+  etcd:
+    endpoints: ["https://etcd-1.example:2379", "https://etcd-2.example:2379"]
+    tls: {ca: etcd/ca.pem, cert: etcd/central.pem, key: etcd/central-key.pem}
+`), "/etc/keybroker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &EtcdStore{Endpoints: []string{"https://etcd-1.example:2379", "https://etcd-2.example:2379"},
+		TLS:    EtcdTLS{CA: "/etc/keybroker/etcd/ca.pem", Cert: "/etc/keybroker/etcd/central.pem", Key: "/etc/keybroker/etcd/central-key.pem"},
+		Prefix: "/keybroker/", DialTimeout: DefaultEtcdDialTimeout}
+	if diff := cmp.Diff(want, c.Store.Etcd); diff != "" {
+		t.Errorf("store.etcd (-want +got):\n%s", diff)
+	}
+	if c, err := ParseCentral("central.yaml", []byte(base), "/etc/keybroker"); err != nil || c.Store.Etcd != nil {
+		t.Errorf("without store: %+v, %v; want the bbolt file", c.Store, err)
+	}
+	if _, err := ParseCentral("central.yaml", []byte(base+"store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\", \"http://[::1]:2379\", \"http://localhost:2379\"]\n"), ""); err != nil {
+		t.Errorf("plain http on loopback: %v", err)
+	}
+}
+
 func TestBadConfigs(t *testing.T) {
 	huge := base + "#" + strings.Repeat("x", MaxFileSize) + "\n"
 	for _, tc := range []struct {
@@ -380,6 +409,18 @@ func TestBadConfigs(t *testing.T) {
 		{"ops allow repeated", base + "ops:\n  allow: [admin, admin]\n", "ops.allow[1]", "allow: [admin", "already ops.allow[0]"},
 		{"budget rate zero", base + "backend_budget:\n  rate: 0\n", "backend_budget.rate", "rate: 0", "below the minimum"},
 		{"budget burst zero", base + "backend_budget:\n  burst: 0\n", "backend_budget.burst", "burst: 0", "below the minimum"},
+
+		// The etcd store.
+		{"etcd no endpoints", base + "store:\n  etcd: {}\n", "store.etcd.endpoints", "etcd: {}", "is required"},
+		{"etcd plain http off loopback", base + "store:\n  etcd:\n    endpoints: [\"http://10.0.0.5:2379\"]\n", "store.etcd.endpoints[0]", "endpoints: [", "not loopback"},
+		{"etcd https without ca", base + "store:\n  etcd:\n    endpoints: [\"https://etcd-1:2379\"]\n", "store.etcd.tls.ca", "etcd:", "required with the https endpoint"},
+		{"etcd http with tls", base + "store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    tls: {ca: ca.pem}\n", "store.etcd.endpoints[0]", "endpoints: [", "plain http, but tls is given"},
+		{"etcd no port", base + "store:\n  etcd:\n    endpoints: [\"https://etcd-1\"]\n    tls: {ca: ca.pem}\n", "store.etcd.endpoints[0]", "endpoints: [", "host and a port"},
+		{"etcd scheme", base + "store:\n  etcd:\n    endpoints: [\"unix:///run/etcd.sock\"]\n", "store.etcd.endpoints[0]", "endpoints: [", "not a URL"},
+		{"etcd cert without key", base + "store:\n  etcd:\n    endpoints: [\"https://etcd-1:2379\"]\n    tls: {ca: ca.pem, cert: c.pem}\n", "store.etcd.tls", "tls: {ca: ca.pem, cert", "cert and key go together"},
+		{"etcd prefix", base + "store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    prefix: keybroker\n", "store.etcd.prefix", "prefix: keybroker", "start and end with /"},
+		{"etcd dial timeout", base + "store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    dial_timeout: 10ms\n", "store.etcd.dial_timeout", "dial_timeout: 10ms", "below the minimum"},
+		{"etcd unknown field", base + "store:\n  etcd:\n    endpoint: [\"http://127.0.0.1:2379\"]\n", "store.etcd.endpoint", "endpoint:", "did you mean endpoints?"},
 
 		// Unknown fields.
 		{"unknown top-level", base + "colour: blue\n", "colour", "colour: blue", "unknown field"},

@@ -59,15 +59,24 @@ func schemaFields(t reflect.Type, prefix string, out map[string]reflect.Type) {
 		switch {
 		case f.Type.Kind() == reflect.Struct:
 			schemaFields(f.Type, path, out)
+		case f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct:
+			schemaFields(f.Type.Elem(), path, out)
 		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct:
 			schemaFields(f.Type.Elem(), path+"[]", out)
 		}
 	}
 }
 
-// valueAt follows a doc path (no list fields) through v.
+// valueAt follows a doc path (no list fields) through v; it is the zero
+// Value past a nil pointer (an optional block the defaults leave out).
 func valueAt(v reflect.Value, path string) reflect.Value {
 	for name := range strings.SplitSeq(path, ".") {
+		if v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				return reflect.Value{}
+			}
+			v = v.Elem()
+		}
 		fields, _ := yamlFields(v.Type())
 		v = v.FieldByIndex(fields[name].Index)
 	}
@@ -112,7 +121,7 @@ func checkDocTable(t *testing.T, heading string, defaults reflect.Value) {
 		switch {
 		case typ == durationType:
 			kinds = []string{"duration"}
-		case typ.Kind() == reflect.Struct:
+		case typ.Kind() == reflect.Struct, typ.Kind() == reflect.Pointer && typ.Elem().Kind() == reflect.Struct:
 			kinds = []string{"mapping"}
 		case typ.Kind() == reflect.Slice:
 			kinds = []string{"list", "list of paths"}
@@ -138,6 +147,9 @@ func checkDocTable(t *testing.T, heading string, defaults reflect.Value) {
 			continue
 		}
 		v := valueAt(defaults, path)
+		if !v.IsValid() {
+			continue // under an optional block: its defaults apply when it is given
+		}
 		var got string
 		switch {
 		case v.Type() == durationType:

@@ -159,6 +159,9 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 		w.fail(n.Line, path, "no value; give one, or leave the field out for its default")
 		return
 	}
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem() // an optional block: given, it is checked as its value
+	}
 	switch t.Kind() {
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {

@@ -1,0 +1,78 @@
+package central_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/central"
+	"github.com/keybroker/keybroker/config"
+	"github.com/keybroker/keybroker/devcluster"
+	"github.com/keybroker/keybroker/internal/etcdtest"
+	"github.com/keybroker/keybroker/managed"
+)
+
+// TestCentralOnEtcd runs a central node whose registry is in a real etcd
+// (store.etcd): a key it creates is in etcd, not in a registry.db, and is
+// there again when the node starts afresh with an empty data directory.
+func TestCentralOnEtcd(t *testing.T) {
+	etcd := etcdtest.Start(t, 1)
+	dc, err := devcluster.Start(t.Context(), devcluster.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ccfg, err := config.LoadCentral(dc.CentralConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := dc.Shutdown(stopCtx); err != nil {
+		t.Fatal(err)
+	}
+	ccfg.Store.Etcd = &config.EtcdStore{Endpoints: etcd.Endpoints(), Prefix: "/central-test/", DialTimeout: 5 * time.Second}
+	if err := ccfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	start := func(dataDir string) *central.Node {
+		t.Helper()
+		c := *ccfg
+		c.DataDir = dataDir
+		c.Audit.Path = filepath.Join(dataDir, "audit.jsonl")
+		n, err := central.Start(t.Context(), &c, central.Options{})
+		if err != nil {
+			t.Fatalf("central.Start on etcd: %v", err)
+		}
+		return n
+	}
+	stop := func(n *central.Node) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := t.TempDir()
+	n := start(first)
+	if _, err := n.Service().CreateKey(t.Context(), broker.CreateParams{ID: "on-etcd", Type: managed.AES256GCM, Mode: managed.ModeDerive}); err != nil {
+		t.Fatal(err)
+	}
+	stop(n)
+	if _, err := os.Stat(filepath.Join(first, "registry.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("registry.db in the data directory (%v): the registry should be in etcd", err)
+	}
+	resp, err := etcd.Client(t).Get(t.Context(), "/central-test/o/keys/on-etcd")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("etcd holds %d records for the key, %v", len(resp.Kvs), err)
+	}
+	n = start(t.TempDir())
+	defer stop(n)
+	k, err := n.Service().Registry().Get(t.Context(), "on-etcd")
+	if err != nil || k.ID != "on-etcd" || k.Type != managed.AES256GCM {
+		t.Errorf("after a start on a fresh data directory: %+v, %v", k, err)
+	}
+}
