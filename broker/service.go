@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
+	"sync"
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
@@ -60,6 +62,13 @@ type Service struct {
 	mat      *Materials
 	defaults map[managed.Mode]string
 	now      func() time.Time
+
+	// rotating queues this node's rotations of one key (by a hash of its
+	// id) so that they do not race each other's compare-and-swap: each
+	// makes a new version in a root of trust before it swaps, and a lost
+	// race wastes that call. Rotations by other nodes sharing the store
+	// can still race; they retry.
+	rotating [64]sync.Mutex
 }
 
 // NewService builds a Service.
@@ -151,8 +160,14 @@ func (s *Service) RootFor(m managed.Mode, t managed.KeyType, requested string) (
 
 // RotateKey adds a version on the primary version's root key.
 func (s *Service) RotateKey(ctx context.Context, id string) (*managed.Key, error) {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	mu := &s.rotating[h.Sum32()%uint32(len(s.rotating))]
+	mu.Lock()
+	defer mu.Unlock()
+	get := s.reg.Get
 	for range maxCASRetries {
-		k, err := s.reg.Get(ctx, id)
+		k, err := get(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -173,7 +188,12 @@ func (s *Service) RotateKey(ctx context.Context, id string) (*managed.Key, error
 		}
 		out, err := s.reg.Update(ctx, id, k.Revision, AddVersion(s.now(), v))
 		if errors.Is(err, managed.ErrConflict) {
-			continue // another change landed; prepare against the new state
+			// Another change landed; prepare against the new state, read
+			// from the store: the cache learns another central's change
+			// only when the feed brings it, and until then would give the
+			// same stale revision to every retry.
+			get = s.reg.load
+			continue
 		}
 		if err == nil {
 			s.forget(id)
