@@ -88,6 +88,11 @@ func AddVersion(now time.Time, v managed.Version) func(*managed.Key) error {
 // before a key is deleted — if it fails the key is left for the next sweep
 // and the error returned, so a key is never destroyed without its audit
 // line — and again with the error if the deletion then fails.
+// rotationDue says whether k's rotation period has run out at now.
+func rotationDue(k *managed.Key, now time.Time) bool {
+	return k.State == managed.StateEnabled && k.RotationPeriod > 0 && !k.NextRotation.IsZero() && !now.Before(k.NextRotation)
+}
+
 func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*managed.Key, deleted []string, err error) {
 	keys, _, err := r.List(ctx)
 	if err != nil {
@@ -110,7 +115,7 @@ func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*m
 				return rotate, deleted, err
 			}
 			deleted = append(deleted, k.ID)
-		case k.State == managed.StateEnabled && k.RotationPeriod > 0 && !k.NextRotation.IsZero() && !now.Before(k.NextRotation):
+		case rotationDue(k, now):
 			rotate = append(rotate, k)
 		}
 	}

@@ -160,6 +160,12 @@ func (s *Service) RootFor(m managed.Mode, t managed.KeyType, requested string) (
 
 // RotateKey adds a version on the primary version's root key.
 func (s *Service) RotateKey(ctx context.Context, id string) (*managed.Key, error) {
+	return s.rotate(ctx, id, nil)
+}
+
+// rotate is RotateKey, done only while still (when not nil) holds of the
+// key as it is: it returns nil and no error when it no longer does.
+func (s *Service) rotate(ctx context.Context, id string, still func(*managed.Key) bool) (*managed.Key, error) {
 	h := fnv.New32a()
 	h.Write([]byte(id))
 	mu := &s.rotating[h.Sum32()%uint32(len(s.rotating))]
@@ -170,6 +176,9 @@ func (s *Service) RotateKey(ctx context.Context, id string) (*managed.Key, error
 		k, err := get(ctx, id)
 		if err != nil {
 			return nil, err
+		}
+		if still != nil && !still(k) {
+			return nil, nil
 		}
 		if err := k.Usable(); err != nil {
 			return nil, err
@@ -320,7 +329,7 @@ func (s *Service) Sweep(ctx context.Context, record SweepRecorder) (rotated, del
 	if record == nil {
 		record = func(string, string, error) error { return nil }
 	}
-	due, deleted, err := s.reg.Sweep(ctx, record)
+	dueKeys, deleted, err := s.reg.Sweep(ctx, record)
 	for _, id := range deleted {
 		s.forget(id)
 	}
@@ -328,12 +337,25 @@ func (s *Service) Sweep(ctx context.Context, record SweepRecorder) (rotated, del
 		return nil, deleted, err
 	}
 	var errs []error
-	for _, k := range due {
+	due := func(k *managed.Key) bool { return rotationDue(k, s.now()) }
+	for _, k := range dueKeys {
+		// Judged on the store's record: the cache may not yet hold a
+		// rotation another node made, and a key is rotated once per period.
+		if fresh, err := s.reg.load(ctx, k.ID); err != nil {
+			errs = append(errs, fmt.Errorf("rotating %q: %w", k.ID, err))
+			continue
+		} else if !due(fresh) {
+			continue
+		}
 		if err := record("RotateKey", k.ID, nil); err != nil {
 			errs = append(errs, fmt.Errorf("rotating %q: not audited, left for the next sweep: %w", k.ID, err))
 			continue
 		}
-		if _, err := s.RotateKey(ctx, k.ID); err != nil {
+		out, err := s.rotate(ctx, k.ID, due)
+		if err == nil && out == nil {
+			err = managed.Errorf(managed.ErrFailedPrecondition, "key %q was rotated by another node meanwhile", k.ID)
+		}
+		if err != nil {
 			_ = record("RotateKey", k.ID, err)
 			errs = append(errs, fmt.Errorf("rotating %q: %w", k.ID, err))
 			continue

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/byid"
 	"github.com/keybroker/keybroker/internal/etcdtest"
@@ -24,25 +26,8 @@ func TestTwoCentralsShareOneEtcd(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	central := func() *Service {
-		st, err := store.OpenEtcd(ctx, store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/shared/"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		svc, err := NewService(ServiceConfig{
-			Registry: NewRegistry(st, e.clock.Now), Roots: e.roots, Materials: NewMaterials(e.roots, 100, time.Hour, e.clock.Now),
-			DefaultRoots: map[managed.Mode]string{managed.ModeDerive: "softkms:prf-root", managed.ModeWrap: "softkms:aes-root"}, Now: e.clock.Now,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); svc.Registry().Follow(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		return svc
-	}
-	a, b := central(), central()
+	a, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/shared/")
+	b, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/shared/")
 	// seen waits until svc has applied the change that made k.
 	seen := func(svc *Service, k *managed.Key) {
 		t.Helper()
@@ -117,5 +102,103 @@ func TestTwoCentralsShareOneEtcd(t *testing.T) {
 		if v.Version != uint32(i+1) {
 			t.Errorf("version %d at position %d: not contiguous", v.Version, i)
 		}
+	}
+}
+
+// centralOnEtcd is a service on the etcd prefix whose registry follows the
+// store's feed until ctx ends, as a central node's does.
+func centralOnEtcd(t *testing.T, ctx context.Context, e *env, endpoints []string, prefix string) (*Service, *store.Etcd) {
+	t.Helper()
+	st, err := store.OpenEtcd(ctx, store.EtcdConfig{Endpoints: endpoints, Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := NewService(ServiceConfig{
+		Registry: NewRegistry(st, e.clock.Now), Roots: e.roots, Materials: NewMaterials(e.roots, 100, time.Hour, e.clock.Now),
+		DefaultRoots: map[managed.Mode]string{managed.ModeDerive: "softkms:prf-root", managed.ModeWrap: "softkms:aes-root"}, Now: e.clock.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); svc.Registry().Follow(fctx) }()
+	t.Cleanup(func() { stop(); <-done; st.Close() })
+	return svc, st
+}
+
+// TestSweepOnceAcrossLeaders: with two centrals on one etcd, a due rotation
+// happens exactly once — the elected sweeper rotates it, the next leader
+// finds it done; and a sweep whose leadership ended before it wrote (its
+// lease revoked, as when a leader is killed) is fenced off, leaving the
+// rotation to the next leader, once.
+func TestSweepOnceAcrossLeaders(t *testing.T) {
+	e := newEnv(t)
+	etcd := etcdtest.Start(t, 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	a, sta := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/sweep/")
+	b, stb := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/sweep/")
+	period := managed.MinRotationPeriod
+	if _, err := a.CreateKey(ctx, CreateParams{ID: "due", Type: managed.AES256GCM, Mode: managed.ModeDerive, RotationPeriod: period}); err != nil {
+		t.Fatal(err)
+	}
+	// sweepAsLeader elects svc, sweeps once as the central node's loop
+	// does (after catching up with the feed), and gives the leadership up.
+	// revoke, when set, ends the lease before the sweep writes.
+	sweepAsLeader := func(svc *Service, st *store.Etcd, name string, revoke bool) ([]string, error) {
+		t.Helper()
+		lctx, lcancel := context.WithCancel(ctx)
+		defer lcancel()
+		var rotated []string
+		var err error
+		store.Lead(lctx, st, "sweep", name, func(run context.Context) {
+			defer lcancel()
+			if err = svc.Registry().WaitFollowed(run, st.Revision()); err != nil {
+				return
+			}
+			if revoke {
+				resp, gerr := etcd.Client(t).Get(ctx, "/sweep/elect/sweep/", clientv3.WithPrefix())
+				if gerr != nil || len(resp.Kvs) != 1 {
+					t.Fatalf("election keys: %v", gerr)
+				}
+				if _, rerr := etcd.Client(t).Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); rerr != nil {
+					t.Fatal(rerr)
+				}
+				run = context.WithoutCancel(run) // the sweep was already under way
+			}
+			rotated, _, err = svc.Sweep(run, nil)
+		})
+		return rotated, err
+	}
+	versions := func() int {
+		k, err := a.Registry().load(ctx, "due")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(k.Versions)
+	}
+	e.clock.Advance(period + time.Minute)
+	if rotated, err := sweepAsLeader(a, sta, "a", false); err != nil || len(rotated) != 1 {
+		t.Fatalf("first leader's sweep: %v, %v; want the due key rotated", rotated, err)
+	}
+	if rotated, err := sweepAsLeader(b, stb, "b", false); err != nil || len(rotated) != 0 {
+		t.Errorf("next leader's sweep: %v, %v; want nothing (rotated already)", rotated, err)
+	}
+	if n := versions(); n != 2 {
+		t.Fatalf("%d versions after one period, want 2", n)
+	}
+	e.clock.Advance(period + time.Minute)
+	if rotated, err := sweepAsLeader(a, sta, "a", true); !errors.Is(err, store.ErrFenced) || len(rotated) != 0 {
+		t.Errorf("a sweep whose lease ended: %v, %v; want ErrFenced and nothing rotated", rotated, err)
+	}
+	if n := versions(); n != 2 {
+		t.Fatalf("%d versions after the fenced sweep, want 2", n)
+	}
+	if rotated, err := sweepAsLeader(b, stb, "b", false); err != nil || len(rotated) != 1 {
+		t.Errorf("the next leader's sweep: %v, %v; want the due key rotated", rotated, err)
+	}
+	if n := versions(); n != 3 {
+		t.Errorf("%d versions after two periods, want 3 (each rotation exactly once)", n)
 	}
 }

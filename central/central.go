@@ -280,16 +280,25 @@ func (n *Node) reloadLoop(ctx context.Context) {
 }
 
 func (n *Node) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(SweepInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
+	// One node sweeps: with a shared store (etcd) the nodes elect one,
+	// whose writes are fenced on its leadership; a node alone leads.
+	store.Lead(ctx, n.store, "sweep", n.cfg.NodeID, func(ctx context.Context) {
+		// A new leader first catches up with every change made before it
+		// led, so it never judges a key due that another node rotated.
+		if err := n.svc.Registry().WaitFollowed(ctx, n.store.Revision()); err != nil {
 			return
-		case <-t.C:
-			n.sweep(ctx)
 		}
-	}
+		t := time.NewTicker(SweepInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				n.sweep(ctx)
+			}
+		}
+	})
 }
 
 // sweep carries out due rotations and deletions, each audited before it

@@ -44,10 +44,15 @@ type EtcdConfig struct {
 // resume at any of them from any revision etcd still keeps.
 //
 // Revisions are etcd's: store-wide and increasing, but not contiguous for
-// one prefix when other keys share the cluster.
+// one prefix when other keys share the cluster. Revision is the revision of
+// the last change to an object (every write also touches a marker key
+// under the prefix, in the same transaction, so a node that opens the
+// store learns it), never a revision no object change carries, so a
+// follower waiting to reach it always can.
 type Etcd struct {
 	cli    *clientv3.Client
-	prefix string // prefix + "o/": the objects
+	root   string // the configured prefix
+	prefix string // root + "o/": the objects
 	rev    atomic.Uint64
 
 	mu       sync.Mutex
@@ -85,10 +90,10 @@ func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: etcd: %w", err)
 	}
-	s := &Etcd{cli: cli, prefix: prefix + "o/", watchers: map[*Watcher]context.CancelFunc{}, done: make(chan struct{})}
+	s := &Etcd{cli: cli, root: prefix, prefix: prefix + "o/", watchers: map[*Watcher]context.CancelFunc{}, done: make(chan struct{})}
 	rctx, cancel := context.WithTimeout(ctx, dial)
 	defer cancel()
-	if _, err := s.refresh(rctx); err != nil {
+	if _, _, err := s.refresh(rctx); err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("store: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
@@ -98,13 +103,21 @@ func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 	return s, nil
 }
 
-// refresh reads etcd's current revision (a linearizable read).
-func (s *Etcd) refresh(ctx context.Context) (uint64, error) {
-	resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+// marker is the key every write touches: its ModRevision is the last
+// object change's revision.
+func (s *Etcd) marker() string { return s.root + "last-change" }
+
+// refresh reads the last object change's revision (a linearizable read)
+// and etcd's current revision.
+func (s *Etcd) refresh(ctx context.Context) (last, current uint64, err error) {
+	resp, err := s.cli.Get(ctx, s.marker(), clientv3.WithKeysOnly())
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return s.saw(resp.Header.Revision), nil
+	if len(resp.Kvs) == 1 {
+		s.saw(resp.Kvs[0].ModRevision)
+	}
+	return s.rev.Load(), uint64(resp.Header.Revision), nil
 }
 
 // saw raises the known revision to r and returns the known revision.
@@ -123,13 +136,18 @@ func (s *Etcd) follow(ctx context.Context) {
 	for ctx.Err() == nil {
 		from := s.rev.Load()
 		wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(),
-			clientv3.WithRev(int64(from+1)), clientv3.WithProgressNotify(), clientv3.WithKeysOnly())
+			clientv3.WithRev(int64(from+1)), clientv3.WithKeysOnly())
 		for resp := range wch {
-			if resp.Header.Revision > 0 {
-				s.saw(resp.Header.Revision)
+			for _, ev := range resp.Events {
+				s.saw(ev.Kv.ModRevision)
 			}
 			if resp.CompactRevision > 0 {
-				s.saw(resp.CompactRevision)
+				// Changes were compacted away before they were seen: the
+				// marker says where the objects are now.
+				rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				s.refresh(rctx)
+				cancel()
+				break
 			}
 		}
 		select {
@@ -173,7 +191,6 @@ func (s *Etcd) Get(ctx context.Context, kind Kind, id string) (Object, error) {
 	if err != nil {
 		return Object{}, s.wrap(err)
 	}
-	s.saw(resp.Header.Revision)
 	if len(resp.Kvs) == 0 {
 		return Object{}, ErrNotFound
 	}
@@ -217,7 +234,6 @@ func (s *Etcd) List(ctx context.Context, kind Kind) ([]Object, uint64, error) {
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
-	s.saw(rev)
 	return out, uint64(rev), nil
 }
 
@@ -231,13 +247,23 @@ func (s *Etcd) Put(ctx context.Context, kind Kind, id string, value []byte, expe
 		return 0, ErrClosed
 	}
 	k := s.key(kind, id)
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(expected))).
-		Then(clientv3.OpPut(k, string(value))).
-		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
-		Commit()
+	return s.swap(ctx, kind, id, expected, clientv3.OpPut(k, string(value)))
+}
+
+// swap runs op when the object's ModRevision is expected (and ctx's fence,
+// if any, holds).
+func (s *Etcd) swap(ctx context.Context, kind Kind, id string, expected uint64, op clientv3.Op) (uint64, error) {
+	k := s.key(kind, id)
+	cmps, orElse, f := fenced(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", int64(expected))},
+		[]clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())})
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(op, clientv3.OpPut(s.marker(), "")).Else(orElse...).Commit()
 	if err != nil {
 		return 0, s.wrap(err)
+	}
+	if !resp.Succeeded {
+		if err := lostFence(f, resp); err != nil {
+			return 0, err
+		}
 	}
 	return s.committed(kind, id, expected, resp)
 }
@@ -263,26 +289,18 @@ func (s *Etcd) Delete(ctx context.Context, kind Kind, id string, expected uint64
 		}
 		return 0, fmt.Errorf("%w: %s/%s is at revision %d, not 0", ErrConflict, kind, id, o.Revision)
 	}
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k), "=", int64(expected))).
-		Then(clientv3.OpDelete(k)).
-		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
-		Commit()
-	if err != nil {
-		return 0, s.wrap(err)
-	}
-	return s.committed(kind, id, expected, resp)
+	return s.swap(ctx, kind, id, expected, clientv3.OpDelete(k))
 }
 
 // committed is a compare-and-swap's outcome: the new revision, or the
 // conflict with the object's current revision.
 func (s *Etcd) committed(kind Kind, id string, expected uint64, resp *clientv3.TxnResponse) (uint64, error) {
 	if resp.Succeeded {
-		return s.saw(resp.Header.Revision), nil
+		s.saw(resp.Header.Revision) // the object's new ModRevision
+		return uint64(resp.Header.Revision), nil
 	}
-	s.saw(resp.Header.Revision)
 	cur := int64(0)
-	if len(resp.Responses) == 1 {
+	if len(resp.Responses) >= 1 {
 		if r := resp.Responses[0].GetResponseRange(); r != nil && len(r.Kvs) == 1 {
 			cur = r.Kvs[0].ModRevision
 		}
@@ -299,10 +317,12 @@ func (s *Etcd) Watch(ctx context.Context, from uint64) (*Watcher, error) {
 	if s.isClosed() {
 		return nil, ErrClosed
 	}
+	// from may be any revision a List or an event gave, up to etcd's
+	// current one.
 	cur := s.rev.Load()
 	if from > cur {
 		var err error
-		if cur, err = s.refresh(ctx); err != nil {
+		if _, cur, err = s.refresh(ctx); err != nil {
 			return nil, s.wrap(err)
 		}
 		if from > cur {
@@ -352,10 +372,8 @@ func (s *Etcd) pump(ctx context.Context, w *Watcher, wch clientv3.WatchChan) {
 			w.fail(fmt.Errorf("store: etcd watch: %w", err))
 			return
 		}
-		if resp.Header.Revision > 0 {
-			s.saw(resp.Header.Revision)
-		}
 		for _, ev := range resp.Events {
+			s.saw(ev.Kv.ModRevision)
 			o, err := s.object(ev.Kv)
 			if err != nil {
 				w.fail(err)

@@ -1,11 +1,14 @@
 package store_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/broker/store/storetest"
@@ -153,5 +156,115 @@ func TestEtcdResumeAtAnotherMember(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatalf("no event %d at the other member", want)
 		}
+	}
+}
+
+// One node leads at a time; when it gives up, another is elected.
+func TestEtcdLeadOneAtATime(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	prefix := freshPrefix()
+	a, b := openEtcd(t, c.Endpoints(), prefix), openEtcd(t, c.Endpoints(), prefix)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var leading, overlaps atomic.Int32
+	type leader struct {
+		started chan struct{}
+		release chan struct{}
+	}
+	run := func(l leader) func(context.Context) {
+		return func(ctx context.Context) {
+			if leading.Add(1) > 1 {
+				overlaps.Add(1)
+			}
+			defer leading.Add(-1)
+			close(l.started)
+			select {
+			case <-l.release:
+			case <-ctx.Done():
+			}
+		}
+	}
+	la := leader{make(chan struct{}), make(chan struct{})}
+	lb := leader{make(chan struct{}), make(chan struct{})}
+	doneA, doneB := make(chan struct{}), make(chan struct{})
+	go func() { defer close(doneA); store.Lead(ctx, a, "sweep", "a", run(la)) }()
+	wait := func(ch chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not happen", what)
+		}
+	}
+	wait(la.started, "a leading")
+	go func() { defer close(doneB); store.Lead(ctx, b, "sweep", "b", run(lb)) }()
+	select {
+	case <-lb.started:
+		t.Fatal("b leads while a does")
+	default:
+	}
+	close(la.release) // a's run returns: a resigns, b is elected
+	wait(lb.started, "b leading after a resigned")
+	close(lb.release)
+	cancel()
+	<-doneA
+	<-doneB
+	if overlaps.Load() != 0 {
+		t.Errorf("%d times two nodes led at once", overlaps.Load())
+	}
+}
+
+// A write made under a leadership that is gone — its lease revoked, as
+// when the leader is killed or cut off and its lease runs out — is
+// refused with ErrFenced, while the leader's writes succeed and its lost
+// races are still ErrConflict.
+func TestEtcdFenceRefusesOldLeader(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	prefix := freshPrefix()
+	s := openEtcd(t, c.Endpoints(), prefix)
+	cli := c.Client(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	led := make(chan context.Context, 1)
+	go store.Lead(ctx, s, "sweep", "a", func(ctx context.Context) {
+		led <- ctx
+		<-ctx.Done()
+	})
+	var lctx context.Context
+	select {
+	case lctx = <-led:
+	case <-time.After(30 * time.Second):
+		t.Fatal("not elected")
+	}
+	r, err := s.Put(lctx, "keys", "k", []byte("by the leader"), 0)
+	if err != nil {
+		t.Fatalf("the leader's write: %v", err)
+	}
+	if _, err := s.Put(lctx, "keys", "k", []byte("stale"), 0); !errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrFenced) {
+		t.Errorf("the leader's lost race: %v, want ErrConflict", err)
+	}
+	// The lease ends: the write in flight keeps the old leadership's
+	// fence but must not land.
+	inFlight := context.WithoutCancel(lctx)
+	resp, err := cli.Get(t.Context(), prefix+"elect/sweep/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("election keys: %d, %v", len(resp.Kvs), err)
+	}
+	if _, err := cli.Revoke(t.Context(), clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Put(inFlight, "keys", "k", []byte("after the lease"), r); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("a write under a revoked leadership: %v, want ErrFenced", err)
+	}
+	if _, err := s.Delete(inFlight, "keys", "k", r); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("a delete under a revoked leadership: %v, want ErrFenced", err)
+	}
+	if o, err := s.Get(t.Context(), "keys", "k"); err != nil || string(o.Value) != "by the leader" {
+		t.Errorf("the object after the fenced writes: %+v, %v", o, err)
+	}
+	select {
+	case <-lctx.Done():
+	case <-time.After(30 * time.Second):
+		t.Error("the leader's context outlived its lease")
 	}
 }
