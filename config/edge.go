@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/keybroker/keybroker/identity"
@@ -63,6 +64,12 @@ type EdgeCentral struct {
 	// Address is the host:port of the central tier's gRPC API. Required;
 	// a DNS name or IP address that is not a wildcard, port 1..65535.
 	Address string `yaml:"address"`
+	// Addresses are other central nodes of the same tier (sharing one
+	// etcd store), tried in order when address cannot be reached or its
+	// node goes away: the edge resumes its Watch at any of them from the
+	// revision it last applied. Optional; each host:port as address, none
+	// repeated.
+	Addresses []string `yaml:"addresses,omitempty"`
 	// ServerName is a host name the central tier's certificate must name
 	// as well (a DNS or IP SAN). Optional: the central tier is always
 	// verified by its SPIFFE id (kind central of the trust domain), and
@@ -155,10 +162,22 @@ func (e *Edge) validate() problems {
 
 func (c EdgeCentral) check(p *problems, field string) {
 	checkDial(p, field+".address", c.Address)
+	seen := map[string]string{c.Address: field + ".address"}
+	for i, a := range c.Addresses {
+		f := fmt.Sprintf("%s.addresses[%d]", field, i)
+		checkDial(p, f, a)
+		if prev, dup := seen[a]; dup {
+			p.add(f, "%q is already %s", a, prev)
+		}
+		seen[a] = f
+	}
 	if c.ServerName != "" && !validHost(c.ServerName) {
 		p.add(field+".server_name", "%q is not a DNS name or IP address (without a port)", c.ServerName)
 	}
 }
+
+// All lists every central address, address first.
+func (c EdgeCentral) All() []string { return append([]string{c.Address}, c.Addresses...) }
 
 func (r Reconnect) check(p *problems, field string) {
 	checkDuration(p, field+".initial_backoff", r.InitialBackoff, MinInitialBackoff, MaxInitialBackoff)

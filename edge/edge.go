@@ -41,6 +41,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/config"
@@ -84,16 +86,17 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err := sh.OpenIdentity(ctx, cfg.Node, checkSelf(cfg)); err != nil {
 		return nil, err
 	}
-	if _, _, err := net.SplitHostPort(cfg.Central.Address); err != nil {
-		return nil, fmt.Errorf("edge: central.address: %w", err)
+	target, resolve, err := centralTarget(cfg.Central)
+	if err != nil {
+		return nil, err
 	}
 	// The central tier is known by its SPIFFE id (kind central); its host
 	// name is checked too only when central.server_name names one.
-	n.central, err = grpc.NewClient(cfg.Central.Address,
+	n.central, err = grpc.NewClient(target, append(resolve,
 		grpc.WithTransportCredentials(sh.ID().ClientCredentials(identity.AcceptKinds(identity.Central), cfg.Central.ServerName)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)),
-		grpc.WithConnectParams(centralConnectParams(cfg.Reconnect)))
+		grpc.WithConnectParams(centralConnectParams(cfg.Reconnect)))...)
 	if err != nil {
 		return nil, fmt.Errorf("edge: central.address: %w", err)
 	}
@@ -256,4 +259,31 @@ func (n *Node) closeOwn() error {
 		errs = append(errs, n.central.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// centralTarget is what the edge dials: central.address alone, or, with
+// central.addresses, every central node through a fixed resolver whose
+// pick_first policy connects to the first that answers, in order, and
+// moves on when its node goes away.
+func centralTarget(c config.EdgeCentral) (string, []grpc.DialOption, error) {
+	addrs := c.All()
+	for i, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			field := "central.address"
+			if i > 0 {
+				field = fmt.Sprintf("central.addresses[%d]", i-1)
+			}
+			return "", nil, fmt.Errorf("edge: %s: %w", field, err)
+		}
+	}
+	if len(addrs) == 1 {
+		return addrs[0], nil, nil
+	}
+	r := manual.NewBuilderWithScheme("keybroker-central")
+	state := resolver.State{}
+	for _, a := range addrs {
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+	}
+	r.InitialState(state)
+	return r.Scheme() + ":///central", []grpc.DialOption{grpc.WithResolvers(r)}, nil
 }
