@@ -41,17 +41,3 @@ func TestWatchCompacted(t *testing.T) {
 		t.Error("Watch from a future revision succeeded")
 	}
 }
-
-func BenchmarkPut(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "r.db"), 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	rev := uint64(0)
-	for b.Loop() {
-		if rev, err = s.Put(b.Context(), "keys", "k", []byte("value"), rev); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
