@@ -200,15 +200,24 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	}
 	// Forwarded calls are verified against the bundle the listener
 	// verifies direct callers against, and the same revocation lists.
+	presence, shared := n.store.(store.Presence)
+	var centrals func(context.Context) ([]server.Central, error)
+	if shared {
+		centrals = func(ctx context.Context) ([]server.Central, error) { return liveCentrals(ctx, presence) }
+	}
 	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
 		TrustDomain: cfg.TrustDomain, Address: advertise, Lease: cfg.Edges.Lease, Heartbeat: cfg.Edges.HeartbeatInterval(),
-		Roots: sh.ID().Roots, Revoked: sh.ID().Revoked, Logger: log})
+		Roots: sh.ID().Roots, Revoked: sh.ID().Revoked, Logger: log, Centrals: centrals})
 	if err != nil {
 		return nil, err
 	}
 	n.rpc = srv.Server
 	sh.Serve(ctx, node.Serving{Node: cfg.Node, Ready: n.ready,
 		Unary: srv.UnaryInterceptor(), Stream: srv.StreamInterceptor(), Register: srv.Register})
+	if shared {
+		// The other centrals offer this one in LookupKey while it lives.
+		sh.Go(func(ctx context.Context) { presence.Announce(ctx, kindCentrals, cfg.NodeID, []byte(advertise)) })
+	}
 	sh.Go(n.svc.Registry().Follow)
 	sh.Go(n.reloadLoop)
 	sh.Go(n.sweepLoop)
@@ -398,4 +407,21 @@ func openStore(ctx context.Context, cfg *config.Central) (store.Store, error) {
 		return nil, fmt.Errorf("store.etcd: %w", err)
 	}
 	return st, nil
+}
+
+// kindCentrals is where central nodes sharing a store announce their
+// advertised addresses.
+const kindCentrals store.Kind = "centrals"
+
+// liveCentrals lists the central nodes announced in the store.
+func liveCentrals(ctx context.Context, p store.Presence) ([]server.Central, error) {
+	objs, err := p.Present(ctx, kindCentrals)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]server.Central, 0, len(objs))
+	for _, o := range objs {
+		out = append(out, server.Central{ID: o.ID, Address: string(o.Value)})
+	}
+	return out, nil
 }

@@ -58,10 +58,31 @@ func TestCentralOnEtcd(t *testing.T) {
 	}
 	first := t.TempDir()
 	n := start(first)
+	// It announces itself, for the other centrals' LookupKey, while it runs.
+	presence := func() int {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := etcd.Client(t).Get(t.Context(), "/central-test/present/centrals/"+ccfg.NodeID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Kvs) == 1 || time.Now().After(deadline) {
+				return len(resp.Kvs)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if presence() != 1 {
+		t.Error("the central did not announce itself in etcd")
+	}
 	if _, err := n.Service().CreateKey(t.Context(), broker.CreateParams{ID: "on-etcd", Type: managed.AES256GCM, Mode: managed.ModeDerive}); err != nil {
 		t.Fatal(err)
 	}
 	stop(n)
+	if resp, err := etcd.Client(t).Get(t.Context(), "/central-test/present/centrals/"+ccfg.NodeID); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("a stopped central is still announced (%d, %v)", len(resp.Kvs), err)
+	}
 	if _, err := os.Stat(filepath.Join(first, "registry.db")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("registry.db in the data directory (%v): the registry should be in etcd", err)
 	}

@@ -162,6 +162,17 @@ func (s *Server) inventory(ctx context.Context) ([]*kbv1.Node, error) {
 		return nil, err
 	}
 	out := []*kbv1.Node{{NodeId: s.node, Kind: "central", Address: s.addr, LastSeen: timestamppb.Now(), Connected: true}}
+	if s.centrals != nil {
+		peers, err := s.centrals(ctx)
+		if err != nil {
+			s.log.Warn("other central nodes unknown", "err", err)
+		}
+		for _, c := range peers {
+			if c.ID != s.node {
+				out = append(out, &kbv1.Node{NodeId: c.ID, Kind: "central", Address: c.Address, LastSeen: timestamppb.Now(), Connected: true})
+			}
+		}
+	}
 	for _, n := range edges {
 		out = append(out, s.nodeProto(n))
 	}

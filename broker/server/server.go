@@ -131,7 +131,11 @@ type Config struct {
 	// not read within it is cut and the edge listed as disconnected (0:
 	// DefaultSendTimeout).
 	SendTimeout time.Duration
-	Logger      *slog.Logger
+	// Centrals, when set, lists the other live central nodes of the tier
+	// (several centrals sharing an etcd store); LookupKey and ListNodes
+	// offer them after this one. An error leaves them out of that answer.
+	Centrals func(ctx context.Context) ([]Central, error)
+	Logger   *slog.Logger
 }
 
 // DefaultEdgeLease is how long an edge's lease holds without a heartbeat.
@@ -140,18 +144,20 @@ const DefaultEdgeLease = 30 * time.Second
 // Server implements the central tier's gRPC services.
 type Server struct {
 	*rpc.Server
-	svc     *broker.Service
-	policy  *policy.Engine
-	audit   *audit.Log
-	node    string
-	td      string
-	addr    string
-	log     *slog.Logger
-	lease   time.Duration
-	beat    time.Duration
-	live    *liveness
-	forward map[string]forwardTarget
-	proofs  *proofVerifier
+	svc    *broker.Service
+	policy *policy.Engine
+	audit  *audit.Log
+	node   string
+	td     string
+	addr   string
+	// centrals lists the tier's other live central nodes (Config.Centrals).
+	centrals func(ctx context.Context) ([]Central, error)
+	log      *slog.Logger
+	lease    time.Duration
+	beat     time.Duration
+	live     *liveness
+	forward  map[string]forwardTarget
+	proofs   *proofVerifier
 	// sendTimeout bounds one Send on a Watch stream.
 	sendTimeout time.Duration
 }
@@ -180,7 +186,7 @@ func New(c Config) (*Server, error) {
 		c.SendTimeout = DefaultSendTimeout
 	}
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
-		addr: c.Address, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
+		addr: c.Address, centrals: c.Centrals, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
 		proofs: &proofVerifier{roots: c.Roots, revoked: c.Revoked, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache(maxNonces)}}
 	if s.proofs.roots == nil && c.ClientCAs != nil {
 		s.proofs.roots = func() *x509.CertPool { return c.ClientCAs }
@@ -193,6 +199,12 @@ func New(c Config) (*Server, error) {
 	}
 	s.forward = s.forwardable()
 	return s, nil
+}
+
+// Central is another live central node of the tier.
+type Central struct {
+	ID      string
+	Address string
 }
 
 // Register adds the KeyBroker, KeyAdmin and EdgeSync services to g.

@@ -268,3 +268,48 @@ func TestEtcdFenceRefusesOldLeader(t *testing.T) {
 		t.Error("the leader's context outlived its lease")
 	}
 }
+
+// What a node announces is present while the node lives and gone at once
+// when it stops, or when its lease runs out (revoked here, as when the node
+// is killed and LeaseTTL passes).
+func TestEtcdPresence(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	prefix := freshPrefix()
+	a, b := openEtcd(t, c.Endpoints(), prefix), openEtcd(t, c.Endpoints(), prefix)
+	ctx := t.Context()
+	actx, stopA := context.WithCancel(ctx)
+	doneA := make(chan struct{})
+	go func() { defer close(doneA); a.Announce(actx, "centrals", "central-1", []byte("127.0.0.1:7443")) }()
+	go b.Announce(ctx, "centrals", "central-2", []byte("127.0.0.1:7444"))
+	present := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			objs, err := b.Present(ctx, "centrals")
+			var got []string
+			for _, o := range objs {
+				got = append(got, o.ID+"="+string(o.Value))
+			}
+			if err == nil && fmt.Sprint(got) == fmt.Sprint(want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("present = %v, %v; want %v", got, err, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	present("central-1=127.0.0.1:7443", "central-2=127.0.0.1:7444")
+	stopA()
+	<-doneA
+	present("central-2=127.0.0.1:7444")
+	// b's lease ends without b stopping: it is gone, then announced again.
+	resp, err := c.Client(t).Get(ctx, prefix+"present/centrals/central-2")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("central-2's presence: %v", err)
+	}
+	if _, err := c.Client(t).Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	present("central-2=127.0.0.1:7444")
+}

@@ -1,0 +1,70 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Presence is a store shared by several nodes in which each can say it is
+// alive: what a node announces lasts while the node does (a lease), and
+// goes when the node stops or is cut off for longer than LeaseTTL.
+type Presence interface {
+	// Announce keeps value under (kind, id) until ctx ends, announcing it
+	// again whenever the lease behind it is lost.
+	Announce(ctx context.Context, kind Kind, id string, value []byte)
+	// Present lists what the live nodes announce under kind.
+	Present(ctx context.Context, kind Kind) ([]Object, error)
+}
+
+func (s *Etcd) presence(kind Kind) string { return s.root + "present/" + string(kind) + "/" }
+
+// Announce implements Presence with a session lease of LeaseTTL.
+func (s *Etcd) Announce(ctx context.Context, kind Kind, id string, value []byte) {
+	for ctx.Err() == nil {
+		s.announceOnce(ctx, kind, id, value)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Etcd) announceOnce(ctx context.Context, kind Kind, id string, value []byte) {
+	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(int(LeaseTTL/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		return
+	}
+	defer sess.Close() // revokes the lease: the announcement goes at once
+	if _, err := s.cli.Put(ctx, s.presence(kind)+id, string(value), clientv3.WithLease(sess.Lease())); err != nil {
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-sess.Done():
+	}
+}
+
+// Present implements Presence.
+func (s *Etcd) Present(ctx context.Context, kind Kind) ([]Object, error) {
+	if err := checkName(kind, "-"); err != nil {
+		return nil, err
+	}
+	resp, err := s.cli.Get(ctx, s.presence(kind), clientv3.WithPrefix())
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	out := make([]Object, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		id, ok := strings.CutPrefix(string(kv.Key), s.presence(kind))
+		if !ok || id == "" {
+			return nil, fmt.Errorf("store: etcd: key %q is not a presence of %s", kv.Key, kind)
+		}
+		out = append(out, Object{Kind: kind, ID: id, Value: kv.Value, Revision: uint64(kv.ModRevision)})
+	}
+	return out, nil
+}
