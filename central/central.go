@@ -276,14 +276,19 @@ func (n *Node) reloadLoop(ctx context.Context) {
 	if n.cfg.Policy.ReloadInterval <= 0 {
 		return
 	}
-	t := time.NewTicker(n.cfg.Policy.ReloadInterval)
+	every(ctx, n.cfg.Policy.ReloadInterval, n.ReloadPolicy)
+}
+
+// every calls fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			n.ReloadPolicy()
+			fn()
 		}
 	}
 }
@@ -297,16 +302,7 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		if err := n.svc.Registry().WaitFollowed(ctx, n.store.Revision()); err != nil {
 			return
 		}
-		t := time.NewTicker(SweepInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				n.sweep(ctx)
-			}
-		}
+		every(ctx, SweepInterval, func() { n.sweep(ctx) })
 	})
 }
 
