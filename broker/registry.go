@@ -114,16 +114,33 @@ func (r *Registry) drop(id string) {
 	r.gen++
 }
 
+// followRetry is the wait before Follow tries its feed again.
+var followRetry = time.Second
+
 // Follow keeps the cache current with the store's change feed until ctx
 // ends, so writes by other nodes sharing the store are seen. When the feed
 // is lost (a slow watcher, a compacted revision) the cache is emptied and
 // the feed resumed from the store's current revision.
 func (r *Registry) Follow(ctx context.Context) {
-	for ctx.Err() == nil {
+	for wait := false; ctx.Err() == nil; {
+		if wait {
+			// A feed that could not start or failed (etcd unreachable for
+			// a moment, a record the feed cannot decode) is tried again,
+			// never given up: a registry that stopped following would serve
+			// another node's disabled or deleted keys from its cache.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(followRetry):
+			}
+		}
 		from := r.st.Revision()
 		w, err := r.st.Watch(ctx, from)
-		if err != nil {
+		if errors.Is(err, store.ErrClosed) {
 			return
+		}
+		if wait = err != nil; wait {
+			continue
 		}
 		// Anything cached before the feed began may have changed before
 		// `from`, which the feed will not report.
@@ -146,7 +163,9 @@ func (r *Registry) Follow(ctx context.Context) {
 		if ctx.Err() != nil || errors.Is(w.Err(), store.ErrClosed) {
 			return
 		}
-		// Events may have been missed; the next round starts afresh.
+		// Events may have been missed; the next round starts afresh — at
+		// once after a slow reader's cut, after followRetry otherwise.
+		wait = !errors.Is(w.Err(), store.ErrSlowWatcher)
 	}
 }
 

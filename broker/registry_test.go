@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,5 +345,55 @@ func TestSweepRecordsFailedDeletion(t *testing.T) {
 	}
 	if _, err := r.Get(ctx, "doomed"); err != nil {
 		t.Errorf("doomed after a failed deletion: %v, want it still there", err)
+	}
+}
+
+// flakyWatch is a store whose first Watch fails, as etcd's does while it
+// cannot be reached.
+type flakyWatch struct {
+	store.Store
+	failed atomic.Bool
+}
+
+func (f *flakyWatch) Watch(ctx context.Context, from uint64) (*store.Watcher, error) {
+	if f.failed.CompareAndSwap(false, true) {
+		return nil, errors.New("etcd unreachable")
+	}
+	return f.Store.Watch(ctx, from)
+}
+
+// A feed that cannot start is tried again: the follower does not give up
+// and go on serving another writer's disabled key from its cache.
+func TestFollowOutlivesAFailedWatch(t *testing.T) {
+	defer func(d time.Duration) { followRetry = d }(followRetry)
+	followRetry = time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	r0, c, _ := newRegistry(t)
+	flaky := &flakyWatch{Store: r0.Store()}
+	r1 := NewRegistry(flaky, c.Now)
+	r2 := NewRegistry(r0.Store(), c.Now)
+	k, err := r1.Create(ctx, aesKey("shared"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1.Get(ctx, "shared")
+	done := make(chan struct{})
+	go func() { r1.Follow(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	d, err := r2.Update(ctx, "shared", k.Revision, Disable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := r1.WaitFollowed(wctx, d.Revision); err != nil {
+		t.Fatalf("Follow did not follow after a failed Watch: %v", err)
+	}
+	if got, _ := r1.Get(ctx, "shared"); got.State != managed.StateDisabled {
+		t.Errorf("r1 serves state %s after another writer disabled the key", got.State)
+	}
+	if !flaky.failed.Load() {
+		t.Error("the first Watch was not tried")
 	}
 }
