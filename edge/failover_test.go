@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keybroker/keybroker/config"
-	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/edge"
 )
 
@@ -15,24 +13,7 @@ import (
 // connects through central.addresses to a central node that does, and
 // follows it (it reaches the central tier's revision).
 func TestEdgeTriesEveryCentral(t *testing.T) {
-	dc, err := devcluster.Start(t.Context(), devcluster.Options{Dir: t.TempDir(), Edges: []devcluster.EdgeSpec{{Name: "edge-1", Region: "eu"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = dc.Shutdown(ctx)
-	})
-	cfg, err := config.LoadEdge(dc.EdgeConfigs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := dc.Edges[0].Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	dc, cfg := stoppedEdge(t)
 	// A port nothing listens on: the first central "went away".
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -19,24 +19,7 @@ import (
 // nothing else: a data_dir that existed before stays, with the replica in
 // it. A failed first start used to leave its data_dir behind.
 func TestFailedStartRemovesWhatItMade(t *testing.T) {
-	dc, err := devcluster.Start(t.Context(), devcluster.Options{Dir: t.TempDir(), Edges: []devcluster.EdgeSpec{{Name: "edge-1", Region: "eu"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = dc.Shutdown(ctx)
-	})
-	base, err := config.LoadEdge(dc.EdgeConfigs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := dc.Edges[0].Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, base := stoppedEdge(t)
 	held, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -79,4 +62,30 @@ func TestFailedStartRemovesWhatItMade(t *testing.T) {
 			}
 		}
 	})
+}
+
+// stoppedEdge starts a dev cluster with one edge, stops the edge and
+// returns the cluster and the edge's configuration, for a test to start
+// the edge again its own way.
+func stoppedEdge(t *testing.T) (*devcluster.Cluster, *config.Edge) {
+	t.Helper()
+	dc, err := devcluster.Start(t.Context(), devcluster.Options{Dir: t.TempDir(), Edges: []devcluster.EdgeSpec{{Name: "edge-1", Region: "eu"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = dc.Shutdown(ctx)
+	})
+	cfg, err := config.LoadEdge(dc.EdgeConfigs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := dc.Edges[0].Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return dc, cfg
 }
