@@ -176,7 +176,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 	proofRefused := func(err error) (*kbv1.ForwardResponse, error) {
 		c.Deny("forward-proof")
 		code := codes.PermissionDenied
-		if errors.Is(err, errReplayFull) {
+		if errors.Is(err, errReplayFull) || errors.Is(err, errNonceUnrecorded) {
 			code = codes.Unavailable
 		}
 		return refuse(c, status.Error(code, "edge "+c.Who().Name+" may not forward "+op+": "+err.Error()))
@@ -210,7 +210,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 				return nil, err
 			}
 		}
-		if err := e.s.proofs.record(proof); err != nil {
+		if err := e.s.proofs.record(ctx, proof); err != nil {
 			unrecorded = true
 			denied = err
 			return nil, err

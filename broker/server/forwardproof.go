@@ -2,15 +2,20 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/forwardproof"
 )
@@ -37,6 +42,11 @@ var errReplay = refused("replay: this proof was used before")
 // PermissionDenied.
 var errReplayFull = refused("replay cache full of live proofs; retry")
 
+// errNonceUnrecorded is a proof refused because the store the central
+// nodes share could not record its nonce (etcd unreachable): it could
+// otherwise be spent again at another central. The client may retry.
+var errNonceUnrecorded = refused("the proof's nonce could not be recorded across the central tier; retry")
+
 func refused(format string, args ...any) error { return &proofError{fmt.Sprintf(format, args...)} }
 
 // proofVerifier checks forward proofs.
@@ -48,6 +58,10 @@ type proofVerifier struct {
 	now     func() time.Time
 	seen    *replayCache
 	chains  chainCache
+	// claim, with several centrals on one store, spends a nonce across all
+	// of them (store.Claimer); nil with a store of one node.
+	claim store.Claimer
+	log   *slog.Logger
 }
 
 // verifiedProof is what a valid forward proof establishes: the client
@@ -122,10 +136,24 @@ func (v *proofVerifier) verify(edge identity.Identity, r *kbv1.ForwardRequest) (
 }
 
 // record spends p's nonce: the call it proves is about to run. It fails
-// with errReplay when another forward spent it meanwhile, and with
-// errReplayFull when the replay cache is full of live nonces.
-func (v *proofVerifier) record(p verifiedProof) error {
-	return v.seen.add(p.nonce, p.expires, v.now())
+// with errReplay when another forward spent it meanwhile — at this node
+// or, with a shared store, at another central — with errReplayFull when
+// the replay cache is full of live nonces, and with errNonceUnrecorded
+// when the shared store cannot record it.
+func (v *proofVerifier) record(ctx context.Context, p verifiedProof) error {
+	now := v.now()
+	if err := v.seen.add(p.nonce, p.expires, now); err != nil || v.claim == nil {
+		return err
+	}
+	err := v.claim.Claim(ctx, "forward-nonces", hex.EncodeToString(p.nonce[:]), p.expires.Sub(now))
+	switch {
+	case errors.Is(err, store.ErrConflict):
+		return errReplay
+	case err != nil:
+		v.log.Warn("forward proof nonce not recorded in the store", "err", err)
+		return errNonceUnrecorded
+	}
+	return nil
 }
 
 // verifiedLeaf is what a verified chain establishes.

@@ -89,6 +89,7 @@ import (
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/pipeline"
@@ -188,6 +189,10 @@ func New(c Config) (*Server, error) {
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
 		addr: c.Address, centrals: c.Centrals, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
 		proofs: &proofVerifier{roots: c.Roots, revoked: c.Revoked, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache(maxNonces)}}
+	s.proofs.log = c.Logger
+	if cl, ok := c.Service.Registry().Store().(store.Claimer); ok {
+		s.proofs.claim = cl
+	}
 	if s.proofs.roots == nil && c.ClientCAs != nil {
 		s.proofs.roots = func() *x509.CertPool { return c.ClientCAs }
 	}

@@ -54,6 +54,7 @@ type Etcd struct {
 	root   string // the configured prefix
 	prefix string // root + "o/": the objects
 	rev    atomic.Uint64
+	claims claimLease
 
 	mu       sync.Mutex
 	closed   bool
