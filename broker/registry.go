@@ -28,8 +28,9 @@ const KindKeys store.Kind = "keys"
 // and must not be modified; Update hands its function a private copy. List
 // returns the same shared copies.
 type Registry struct {
-	st  store.Store
-	now func() time.Time
+	st       store.Store
+	now      func() time.Time
+	maxStale time.Duration // see FailClosedAfter
 
 	// writeMu serialises this registry's writes: writers in one process
 	// queue instead of racing each other's compare-and-swap, so retries
@@ -50,6 +51,45 @@ func NewRegistry(st store.Store, now func() time.Time) *Registry {
 	}
 	return &Registry{st: st, now: now, cache: map[string]*managed.Key{}, advanced: make(chan struct{})}
 }
+
+// FailClosedAfter makes the registry refuse to serve once its store has
+// been silent for longer than d (a central node cut off from etcd, which
+// cannot know what another central changed meanwhile): Get and List fail
+// with managed.ErrUnavailable, so clients and edges go to another
+// central; and it refuses writes once the store has been silent for
+// longer than WriteSilence (or d, if shorter), rather than queue them
+// behind requests that cannot commit. Zero (the default) never fails
+// closed; a store that is not a store.Current (bbolt) is always current.
+func (r *Registry) FailClosedAfter(d time.Duration) { r.maxStale = d }
+
+// WriteSilence is how long a registry's store may be silent before
+// writes are refused: a few of the store's progress intervals.
+var WriteSilence = 3 * time.Second
+
+// current says whether the store has been heard from within bound.
+func (r *Registry) current(bound time.Duration, what string) error {
+	c, ok := r.st.(store.Current)
+	if !ok || r.maxStale <= 0 {
+		return nil
+	}
+	if silent := time.Since(c.Heard()); silent > bound {
+		return managed.Errorf(managed.ErrUnavailable, "this central node has not heard from its store for %s (bound %s), so it %s: another central may have changed the key meanwhile; retry at another central node",
+			silent.Round(100*time.Millisecond), bound, what)
+	}
+	return nil
+}
+
+func (r *Registry) currentForRead() error {
+	return r.current(r.maxStale, "serves no key from its registry")
+}
+
+func (r *Registry) currentForWrite() error {
+	return r.current(min(r.maxStale, WriteSilence), "accepts no write")
+}
+
+// Current is nil while the registry serves: its store heard from within
+// the bound FailClosedAfter set.
+func (r *Registry) Current() error { return r.currentForRead() }
 
 // markFollowed records that the feed has been applied up to rev.
 func (r *Registry) markFollowed(rev uint64) {
@@ -148,7 +188,7 @@ func (r *Registry) Follow(ctx context.Context) {
 		r.markFollowed(from)
 		for ev := range w.C() {
 			switch {
-			case ev.Object.Kind != KindKeys:
+			case ev.Type == store.Progress, ev.Object.Kind != KindKeys:
 			case ev.Type == store.Delete:
 				r.drop(ev.Object.ID)
 			default:
@@ -188,6 +228,9 @@ func DecodeKey(o store.Object) (*managed.Key, error) { return decodeKey(o) }
 func (r *Registry) Get(ctx context.Context, id string) (*managed.Key, error) {
 	if !envelope.ValidKeyID(id) {
 		return nil, managed.Errorf(managed.ErrInvalidArgument, "key id %s must be 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", clip.Quote(id))
+	}
+	if err := r.currentForRead(); err != nil {
+		return nil, err
 	}
 	r.mu.RLock()
 	k := r.cache[id]
@@ -231,6 +274,9 @@ func (r *Registry) load(ctx context.Context, id string) (*managed.Key, error) {
 // decisions) is shared between List and Get. Keys decoded here are cached
 // like Get's.
 func (r *Registry) List(ctx context.Context) ([]*managed.Key, uint64, error) {
+	if err := r.currentForRead(); err != nil {
+		return nil, 0, err
+	}
 	r.mu.RLock()
 	gen := r.gen
 	r.mu.RUnlock()
@@ -271,6 +317,9 @@ func (r *Registry) List(ctx context.Context) ([]*managed.Key, uint64, error) {
 
 // Create stores a new key.
 func (r *Registry) Create(ctx context.Context, k *managed.Key) (*managed.Key, error) {
+	if err := r.currentForWrite(); err != nil {
+		return nil, err
+	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	k = k.Clone()
@@ -303,6 +352,9 @@ const maxCASRetries = 16
 // (ErrConflict otherwise); with 0 a lost race is retried on the new
 // revision, so fn must be a pure function of the key it is given.
 func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn func(*managed.Key) error) (*managed.Key, error) {
+	if err := r.currentForWrite(); err != nil {
+		return nil, err
+	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	for range maxCASRetries {
@@ -350,6 +402,9 @@ func (r *Registry) Update(ctx context.Context, id string, expected uint64, fn fu
 
 // Delete removes a key for good (after its pending window).
 func (r *Registry) Delete(ctx context.Context, k *managed.Key) error {
+	if err := r.currentForWrite(); err != nil {
+		return err
+	}
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	_, err := r.st.Delete(ctx, KindKeys, k.ID, k.Revision)

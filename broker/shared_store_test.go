@@ -202,3 +202,40 @@ func TestSweepOnceAcrossLeaders(t *testing.T) {
 		t.Errorf("%d versions after two periods, want 3 (each rotation exactly once)", n)
 	}
 }
+
+// TestRegistryFailsClosedCutOffFromEtcd: a central whose store has gone
+// silent (its only etcd member stopped) refuses writes and, past its
+// bound, serves no key from its cache — with codes a client retries at
+// another central — rather than serve a key another central may have
+// disabled meanwhile.
+func TestRegistryFailsClosedCutOffFromEtcd(t *testing.T) {
+	e := newEnv(t)
+	etcd := etcdtest.Start(t, 1)
+	ctx := t.Context()
+	svc, st := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/cutoff/")
+	svc.Registry().FailClosedAfter(3 * time.Second)
+	k, err := svc.CreateKey(ctx, CreateParams{ID: "cut", Type: managed.AES256GCM, Mode: managed.ModeDerive})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.Registry().Get(ctx, k.ID); err != nil {
+		t.Fatalf("Get while etcd answers: %v", err)
+	}
+	etcd.Members[0].Stop()
+	deadline := time.Now().Add(time.Minute)
+	for svc.Registry().Current() == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("still current a minute after etcd stopped (heard %v)", st.Heard())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := svc.Registry().Get(ctx, k.ID); !errors.Is(err, managed.ErrUnavailable) {
+		t.Errorf("Get of a cached key, cut off: %v, want ErrUnavailable", err)
+	}
+	if _, err := svc.RotateKey(ctx, k.ID); !errors.Is(err, managed.ErrUnavailable) {
+		t.Errorf("RotateKey, cut off: %v, want ErrUnavailable", err)
+	}
+	if _, _, err := svc.Registry().List(ctx); !errors.Is(err, managed.ErrUnavailable) {
+		t.Errorf("List, cut off: %v, want ErrUnavailable", err)
+	}
+}

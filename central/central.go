@@ -170,8 +170,12 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 			defaults[mode] = uri
 		}
 	}
+	keys := broker.NewRegistry(n.store, nil)
+	if e := cfg.Store.Etcd; e != nil {
+		keys.FailClosedAfter(e.Staleness())
+	}
 	n.svc, err = broker.NewService(broker.ServiceConfig{
-		Registry:     broker.NewRegistry(n.store, nil),
+		Registry:     keys,
 		Roots:        n.roots,
 		Materials:    broker.NewMaterials(n.roots, cfg.MaterialCache.Size, cfg.MaterialCache.TTL, nil),
 		DefaultRoots: defaults,
@@ -398,7 +402,8 @@ func openStore(ctx context.Context, cfg *config.Central) (store.Store, error) {
 			tc.Certificates = []tls.Certificate{cert}
 		}
 	}
-	st, err := store.OpenEtcd(ctx, store.EtcdConfig{Endpoints: e.Endpoints, TLS: tc, Prefix: e.Prefix, DialTimeout: e.DialTimeout})
+	st, err := store.OpenEtcd(ctx, store.EtcdConfig{Endpoints: e.Endpoints, TLS: tc, Prefix: e.Prefix,
+		DialTimeout: e.DialTimeout, RequestTimeout: e.RequestTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("store.etcd: %w", err)
 	}

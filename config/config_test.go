@@ -380,7 +380,8 @@ func TestEtcdStore(t *testing.T) {
 	}
 	want := &EtcdStore{Endpoints: []string{"https://etcd-1.example:2379", "https://etcd-2.example:2379"},
 		TLS:    EtcdTLS{CA: "/etc/keybroker/etcd/ca.pem", Cert: "/etc/keybroker/etcd/central.pem", Key: "/etc/keybroker/etcd/central-key.pem"},
-		Prefix: "/keybroker/", DialTimeout: DefaultEtcdDialTimeout}
+		Prefix: "/keybroker/", DialTimeout: DefaultEtcdDialTimeout,
+		RequestTimeout: DefaultEtcdRequestTimeout, MaxStaleness: DefaultEtcdMaxStaleness}
 	if diff := cmp.Diff(want, c.Store.Etcd); diff != "" {
 		t.Errorf("store.etcd (-want +got):\n%s", diff)
 	}
@@ -417,6 +418,8 @@ func TestBadConfigs(t *testing.T) {
 		{"etcd http with tls", base + "store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    tls: {ca: ca.pem}\n", "store.etcd.endpoints[0]", "endpoints: [", "plain http, but tls is given"},
 		{"etcd no port", base + "store:\n  etcd:\n    endpoints: [\"https://etcd-1\"]\n    tls: {ca: ca.pem}\n", "store.etcd.endpoints[0]", "endpoints: [", "host and a port"},
 		{"etcd scheme", base + "store:\n  etcd:\n    endpoints: [\"unix:///run/etcd.sock\"]\n", "store.etcd.endpoints[0]", "endpoints: [", "not a URL"},
+		{"etcd staleness too short", base + "store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    max_staleness: 1s\n", "store.etcd.max_staleness", "max_staleness: 1s", "below the minimum"},
+		{"etcd request timeout too long", base + "store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    request_timeout: 2m\n", "store.etcd.request_timeout", "request_timeout: 2m", "above the maximum"},
 		{"etcd cert without key", base + "store:\n  etcd:\n    endpoints: [\"https://etcd-1:2379\"]\n    tls: {ca: ca.pem, cert: c.pem}\n", "store.etcd.tls", "tls: {ca: ca.pem, cert", "cert and key go together"},
 		{"etcd prefix", base + "store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    prefix: keybroker\n", "store.etcd.prefix", "prefix: keybroker", "start and end with /"},
 		{"etcd dial timeout", base + "store:\n  etcd:\n    endpoints: [\"http://127.0.0.1:2379\"]\n    dial_timeout: 10ms\n", "store.etcd.dial_timeout", "dial_timeout: 10ms", "below the minimum"},

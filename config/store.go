@@ -14,6 +14,14 @@ const (
 	MinEtcdDialTimeout     = 100 * time.Millisecond
 	MaxEtcdDialTimeout     = time.Minute
 	maxEtcdPrefix          = 256
+
+	DefaultEtcdRequestTimeout = 5 * time.Second
+	MinEtcdRequestTimeout     = 100 * time.Millisecond
+	MaxEtcdRequestTimeout     = time.Minute
+
+	DefaultEtcdMaxStaleness = 30 * time.Second
+	MinEtcdMaxStaleness     = 3 * time.Second
+	MaxEtcdMaxStaleness     = time.Hour
 )
 
 // Store says where the central tier keeps its key registry, node inventory
@@ -42,6 +50,27 @@ type EtcdStore struct {
 	// DialTimeout bounds the first connection at start. Default 5s, range
 	// 100ms..1m.
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// RequestTimeout bounds each read and write to etcd, so that a node
+	// cut off from it answers "unavailable" (and clients go to another
+	// central node) instead of hanging. Default 5s, range 100ms..1m.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// MaxStaleness is how long this central node serves keys from its
+	// registry after it last heard from etcd (it asks for a progress
+	// notification every second). Past it the node fails closed like an
+	// edge past its own max_staleness: it serves no key, extends no edge
+	// lease and accepts no write (writes already stop after 3 s of
+	// silence), so that a node cut off from etcd never serves a key
+	// another central disabled or deleted meanwhile; clients and edges
+	// go to the other central nodes. Default 30s, range 3s..1h.
+	MaxStaleness time.Duration `yaml:"max_staleness"`
+}
+
+// Staleness is MaxStaleness, or its default when zero.
+func (e *EtcdStore) Staleness() time.Duration {
+	if e.MaxStaleness == 0 {
+		return DefaultEtcdMaxStaleness
+	}
+	return e.MaxStaleness
 }
 
 // EtcdTLS names the files of the mutual TLS with etcd.
@@ -66,6 +95,12 @@ func (s *Store) resolve(baseDir string) {
 	}
 	if s.Etcd.DialTimeout == 0 {
 		s.Etcd.DialTimeout = DefaultEtcdDialTimeout
+	}
+	if s.Etcd.RequestTimeout == 0 {
+		s.Etcd.RequestTimeout = DefaultEtcdRequestTimeout
+	}
+	if s.Etcd.MaxStaleness == 0 {
+		s.Etcd.MaxStaleness = DefaultEtcdMaxStaleness
 	}
 }
 
@@ -116,4 +151,11 @@ func (s Store) check(p *problems, field string) {
 		p.add(field+".prefix", "is %d bytes, more than %d", len(pre), maxEtcdPrefix)
 	}
 	checkDuration(p, field+".dial_timeout", e.DialTimeout, MinEtcdDialTimeout, MaxEtcdDialTimeout)
+	// Zero is the default, for configurations built in code.
+	if e.RequestTimeout != 0 {
+		checkDuration(p, field+".request_timeout", e.RequestTimeout, MinEtcdRequestTimeout, MaxEtcdRequestTimeout)
+	}
+	if e.MaxStaleness != 0 {
+		checkDuration(p, field+".max_staleness", e.MaxStaleness, MinEtcdMaxStaleness, MaxEtcdMaxStaleness)
+	}
 }

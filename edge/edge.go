@@ -36,6 +36,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -86,7 +88,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err := sh.OpenIdentity(ctx, cfg.Node, checkSelf(cfg)); err != nil {
 		return nil, err
 	}
-	target, resolve, err := centralTarget(cfg.Central)
+	target, resolve, choice, err := centralTarget(cfg.Central)
 	if err != nil {
 		return nil, err
 	}
@@ -113,6 +115,7 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		MaterialEntries: cfg.MaterialCache.Size, MaterialTTL: cfg.MaterialCache.TTL, Reuse: cfg.DataKeyReuse.ReusePolicy(),
 		MaxDataKeysPerVersion: cfg.DataKeyReuse.MaxDataKeysPerVersion,
 		InitialBackoff:        cfg.Reconnect.InitialBackoff, MaxBackoff: cfg.Reconnect.MaxBackoff, Logger: log,
+		CentralRefused: choice.avoid,
 	})
 	if err != nil {
 		return nil, err
@@ -264,8 +267,8 @@ func (n *Node) closeOwn() error {
 // centralTarget is what the edge dials: central.address alone, or, with
 // central.addresses, every central node through a fixed resolver whose
 // pick_first policy connects to the first that answers, in order, and
-// moves on when its node goes away.
-func centralTarget(c config.EdgeCentral) (string, []grpc.DialOption, error) {
+// moves on when its node goes away or refuses the edge (see centrals).
+func centralTarget(c config.EdgeCentral) (string, []grpc.DialOption, *centrals, error) {
 	addrs := c.All()
 	for i, a := range addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -273,17 +276,92 @@ func centralTarget(c config.EdgeCentral) (string, []grpc.DialOption, error) {
 			if i > 0 {
 				field = fmt.Sprintf("central.addresses[%d]", i-1)
 			}
-			return "", nil, fmt.Errorf("edge: %s: %w", field, err)
+			return "", nil, nil, fmt.Errorf("edge: %s: %w", field, err)
 		}
 	}
 	if len(addrs) == 1 {
-		return addrs[0], nil, nil
+		return addrs[0], nil, nil, nil
 	}
-	r := manual.NewBuilderWithScheme("keybroker-central")
-	state := resolver.State{}
-	for _, a := range addrs {
-		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+	ch := &centrals{r: manual.NewBuilderWithScheme("keybroker-central"), addrs: addrs, avoided: map[string]time.Time{}}
+	ch.r.InitialState(ch.stateLocked(time.Now()))
+	return ch.r.Scheme() + ":///central", []grpc.DialOption{grpc.WithResolvers(ch.r)}, ch, nil
+}
+
+// avoidCentral is how long an edge leaves out a central node that refused
+// it before trying it again (last).
+var avoidCentral = 30 * time.Second
+
+// centrals is the edge's list of central nodes. A node that answers but
+// refuses the edge — Unavailable: cut off from its store, or its feed lost
+// — is left out of the list for avoidCentral: pick_first keeps a
+// connection whose address is still listed, so leaving it out is what
+// makes the edge move to the next central; it comes back at the end of
+// the list. When every node has refused, the whole list is offered again.
+type centrals struct {
+	r     *manual.Resolver
+	addrs []string
+
+	mu      sync.Mutex
+	avoided map[string]time.Time // address → until
+}
+
+// avoid leaves out for avoidCentral the configured address that reached
+// the peer at addr (nil-safe: one central address).
+func (c *centrals) avoid(addr string) {
+	if c == nil {
+		return
 	}
-	r.InitialState(state)
-	return r.Scheme() + ":///central", []grpc.DialOption{grpc.WithResolvers(r)}, nil
+	i := slices.IndexFunc(c.addrs, func(a string) bool { return sameAddress(a, addr) })
+	if i < 0 {
+		return
+	}
+	c.mu.Lock()
+	now := time.Now()
+	c.avoided[c.addrs[i]] = now.Add(avoidCentral)
+	st := c.stateLocked(now)
+	c.mu.Unlock()
+	c.r.UpdateState(st)
+	time.AfterFunc(avoidCentral, func() {
+		c.mu.Lock()
+		st := c.stateLocked(time.Now())
+		c.mu.Unlock()
+		c.r.UpdateState(st)
+	})
+}
+
+// sameAddress says whether the configured address configured (host:port)
+// reaches the peer address peer (ip:port): the same text, or the same
+// port with the host resolving to the peer's IP.
+func sameAddress(configured, peer string) bool {
+	if configured == peer {
+		return true
+	}
+	host, port, err := net.SplitHostPort(configured)
+	pip, pport, perr := net.SplitHostPort(peer)
+	if err != nil || perr != nil || port != pport {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupHost(ctx, host)
+	return err == nil && slices.ContainsFunc(ips, func(ip string) bool { return net.ParseIP(ip).Equal(net.ParseIP(pip)) })
+}
+
+// stateLocked lists the addresses not avoided at now, in order; every
+// address when all are avoided.
+func (c *centrals) stateLocked(now time.Time) resolver.State {
+	var st resolver.State
+	for _, a := range c.addrs {
+		if now.Before(c.avoided[a]) {
+			continue
+		}
+		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+	}
+	if len(st.Addresses) == 0 {
+		clear(c.avoided)
+		for _, a := range c.addrs {
+			st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+		}
+	}
+	return st
 }

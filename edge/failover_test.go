@@ -2,11 +2,22 @@ package edge_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
+	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/edge"
+	"github.com/keybroker/keybroker/identity"
 )
 
 // TestEdgeTriesEveryCentral: an edge whose central.address does not answer
@@ -43,5 +54,75 @@ func TestEdgeTriesEveryCentral(t *testing.T) {
 				live, n.Cache().Connected(), n.Cache().Revision(), want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// refusingCentral is a central node that answers every Register with
+// Unavailable, as a central cut off from its store does; it counts them.
+type refusingCentral struct {
+	kbv1.UnimplementedEdgeSyncServer
+	asked atomic.Int32
+}
+
+func (r *refusingCentral) Register(context.Context, *kbv1.RegisterEdgeRequest) (*kbv1.RegisterEdgeResponse, error) {
+	r.asked.Add(1)
+	return nil, status.Error(codes.Unavailable, "this central node has not heard from its store")
+}
+
+// TestEdgeLeavesARefusingCentral: the first of an edge's central.addresses
+// answers — its connection is up — but refuses the edge with Unavailable,
+// as a central cut off from etcd does. pick_first alone would keep the
+// edge on that connection for ever; the edge leaves the address out and
+// follows the next central.
+func TestEdgeLeavesARefusingCentral(t *testing.T) {
+	dc, cfg := stoppedEdge(t)
+	files, err := dc.IssueFiles(identity.Central, "central-cut", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.LoadX509KeyPair(files.Cert, files.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(dc.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+		ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert})))
+	refusing := &refusingCentral{}
+	kbv1.RegisterEdgeSyncServer(srv, refusing)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+
+	live := cfg.Central.Address
+	cfg.Central.Address, cfg.Central.Addresses = l.Addr().String(), []string{live}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := edge.Start(t.Context(), cfg, edge.Options{})
+	if err != nil {
+		t.Fatalf("edge.Start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = n.Shutdown(ctx)
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !n.Cache().Connected() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the edge did not leave the refusing central for %s (refused %d times)", live, refusing.asked.Load())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if refusing.asked.Load() == 0 {
+		t.Errorf("the edge never asked the first central: the test proves nothing")
 	}
 }

@@ -144,6 +144,12 @@ type Config struct {
 	DataDir string
 	// Central is the connection to the central tier.
 	Central grpc.ClientConnInterface
+	// CentralRefused, if set, hears the address of a central node that
+	// answered Unavailable to Register or ended the Watch stream with it
+	// (a central cut off from its store, or losing its feed): with several
+	// central nodes the edge moves to another rather than ask that one
+	// again.
+	CentralRefused func(addr string)
 	// MaterialEntries and MaterialTTL bound the opened material in memory
 	// (default 10000 versions, 1 hour).
 	MaterialEntries int

@@ -10,7 +10,11 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/internal/wire"
@@ -134,9 +138,15 @@ func (c *Cache) waitRetry(ctx context.Context, backoff time.Duration, wakeable b
 func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var at peer.Peer
+	defer func() {
+		if status.Code(err) == codes.Unavailable && at.Addr != nil && c.cfg.CentralRefused != nil {
+			c.cfg.CentralRefused(at.Addr.String())
+		}
+	}()
 	reg, err := c.sync.Register(ctx, &kbv1.RegisterEdgeRequest{
 		SealingPublicKey: c.seal.PublicKey(), Address: c.cfg.Address, Prefetch: c.cfg.Prefetch,
-	})
+	}, grpc.Peer(&at))
 	if err != nil {
 		if wire.IsNotEnrolled(err) {
 			c.forget(err)

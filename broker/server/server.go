@@ -222,9 +222,13 @@ func (s *Server) Register(g *grpc.Server) {
 // toStatus maps broker and backend errors to gRPC statuses.
 func (s *Server) toStatus(err error) *status.Status { return s.Status(err) }
 
-// classify maps errors from a root of trust.
+// classify maps errors from a root of trust, and a store that cannot be
+// reached (retryable: at another central now).
 func classify(err error) (*status.Status, bool) {
 	msg := err.Error()
+	if errors.Is(err, store.ErrUnavailable) {
+		return status.New(codes.Unavailable, msg), true
+	}
 	switch backends.CodeOf(err) {
 	case backends.CodeInvalidArgument, backends.CodeDecryptionFailed:
 		return status.New(codes.InvalidArgument, msg), true

@@ -163,6 +163,9 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 				continue
 			}
 			from = ev.Revision
+			if ev.Type == store.Progress {
+				continue // the next heartbeat carries it
+			}
 			if err := w.apply(ctx, ev); err != nil {
 				return err
 			}
@@ -258,6 +261,12 @@ func cutWith(ctx context.Context) error {
 
 // heartbeat extends the lease and carries a new policy revision, if any.
 func (w *watcher) heartbeat(ctx context.Context, rev uint64) error {
+	// A central node cut off from its store extends no lease: the edge
+	// would believe itself current on the word of a node that is not.
+	// The stream ends and the edge follows another central.
+	if err := w.s.svc.Registry().Current(); err != nil {
+		return w.s.toStatus(err).Err()
+	}
 	if set := w.s.policy.Current(); set.Hash() != w.policy {
 		if err := w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Policy{Policy: edgePolicy(set)}}); err != nil {
 			return err

@@ -31,6 +31,8 @@ func (s *Etcd) Claim(ctx context.Context, kind Kind, id string, ttl time.Duratio
 	if err := checkName(kind, id); err != nil {
 		return err
 	}
+	ctx, cancel := s.request(ctx)
+	defer cancel()
 	lease, err := s.leaseFor(ctx, ttl)
 	if err != nil {
 		return s.wrap(err)

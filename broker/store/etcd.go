@@ -35,7 +35,15 @@ type EtcdConfig struct {
 	Prefix string
 	// DialTimeout bounds the first connection (default 5s).
 	DialTimeout time.Duration
+	// RequestTimeout bounds each read and write (default 5s), so that a
+	// node cut off from etcd answers "unavailable" instead of hanging.
+	RequestTimeout time.Duration
 }
+
+// ProgressInterval is how often the store asks etcd for a progress
+// notification on its watches: the bound on how long a quiet feed goes
+// without advancing, and the resolution of Heard.
+var ProgressInterval = time.Second
 
 // Etcd is the Store on an etcd cluster: every object is one etcd key under
 // the prefix, an object's revision is its ModRevision, compare-and-swap is
@@ -50,11 +58,13 @@ type EtcdConfig struct {
 // store learns it), never a revision no object change carries, so a
 // follower waiting to reach it always can.
 type Etcd struct {
-	cli    *clientv3.Client
-	root   string // the configured prefix
-	prefix string // root + "o/": the objects
-	rev    atomic.Uint64
-	claims claimLease
+	cli        *clientv3.Client
+	root       string // the configured prefix
+	prefix     string // root + "o/": the objects
+	rev        atomic.Uint64
+	heard      atomic.Int64 // unix nanoseconds: see Heard
+	claims     claimLease
+	reqTimeout time.Duration
 
 	mu       sync.Mutex
 	closed   bool
@@ -87,20 +97,30 @@ func OpenEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
 		Endpoints: cfg.Endpoints, TLS: cfg.TLS, DialTimeout: dial, Logger: zap.NewNop(),
 		// Keep each request under etcd's default 1.5 MiB request bound.
 		MaxCallSendMsgSize: 3 << 19,
+		// A connection that stops answering (a member gone without a
+		// FIN, a cut network) is found dead in seconds, and the client
+		// moves to another endpoint.
+		DialKeepAliveTime: 3 * time.Second, DialKeepAliveTimeout: 2 * time.Second,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: etcd: %w", err)
 	}
-	s := &Etcd{cli: cli, root: prefix, prefix: prefix + "o/", watchers: map[*Watcher]context.CancelFunc{}, done: make(chan struct{})}
+	s := &Etcd{cli: cli, root: prefix, prefix: prefix + "o/", watchers: map[*Watcher]context.CancelFunc{}, done: make(chan struct{}),
+		reqTimeout: cfg.RequestTimeout}
+	if s.reqTimeout <= 0 {
+		s.reqTimeout = 5 * time.Second
+	}
 	rctx, cancel := context.WithTimeout(ctx, dial)
 	defer cancel()
 	if _, _, err := s.refresh(rctx); err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("store: etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
+	s.hear()
 	fctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	go s.follow(fctx)
+	go s.requestProgress(fctx)
 	return s, nil
 }
 
@@ -121,6 +141,40 @@ func (s *Etcd) refresh(ctx context.Context) (last, current uint64, err error) {
 	return s.rev.Load(), uint64(resp.Header.Revision), nil
 }
 
+// Heard implements Current: when the follower last heard a change or a
+// progress notification, or the store was opened.
+func (s *Etcd) Heard() time.Time { return time.Unix(0, s.heard.Load()) }
+
+func (s *Etcd) hear() { s.heard.Store(time.Now().UnixNano()) }
+
+// request bounds one request by RequestTimeout.
+func (s *Etcd) request(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.reqTimeout)
+}
+
+// watchContext is the context every watch of this store is made with:
+// etcd's client multiplexes watches with the same metadata on one stream,
+// and RequestProgress reaches the watches of the stream its context names.
+func watchContext(ctx context.Context) context.Context { return clientv3.WithRequireLeader(ctx) }
+
+// requestProgress asks etcd every ProgressInterval for a progress
+// notification on every watch of this store, so that a quiet feed
+// advances and Heard stays current while etcd answers.
+func (s *Etcd) requestProgress(ctx context.Context) {
+	t := time.NewTicker(ProgressInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			rctx, cancel := s.request(watchContext(ctx))
+			s.cli.RequestProgress(rctx) // an error is a silence Heard shows
+			cancel()
+		}
+	}
+}
+
 // saw raises the known revision to r and returns the known revision.
 func (s *Etcd) saw(r int64) uint64 {
 	for {
@@ -136,9 +190,12 @@ func (s *Etcd) follow(ctx context.Context) {
 	defer close(s.done)
 	for ctx.Err() == nil {
 		from := s.rev.Load()
-		wch := s.cli.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(),
-			clientv3.WithRev(int64(from+1)), clientv3.WithKeysOnly())
+		wch := s.cli.Watch(watchContext(ctx), s.prefix, clientv3.WithPrefix(),
+			clientv3.WithRev(int64(from+1)), clientv3.WithKeysOnly(), clientv3.WithProgressNotify())
 		for resp := range wch {
+			if resp.Err() == nil {
+				s.hear()
+			}
 			for _, ev := range resp.Events {
 				s.saw(ev.Kv.ModRevision)
 			}
@@ -188,7 +245,9 @@ func (s *Etcd) Get(ctx context.Context, kind Kind, id string) (Object, error) {
 	if s.isClosed() {
 		return Object{}, ErrClosed
 	}
-	resp, err := s.cli.Get(ctx, s.key(kind, id))
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	resp, err := s.cli.Get(rctx, s.key(kind, id))
 	if err != nil {
 		return Object{}, s.wrap(err)
 	}
@@ -216,7 +275,9 @@ func (s *Etcd) List(ctx context.Context, kind Kind) ([]Object, uint64, error) {
 		if rev > 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := s.cli.Get(ctx, start, opts...)
+		rctx, cancel := s.request(ctx)
+		resp, err := s.cli.Get(rctx, start, opts...)
+		cancel()
 		if err != nil {
 			return nil, 0, s.wrap(err)
 		}
@@ -257,7 +318,9 @@ func (s *Etcd) swap(ctx context.Context, kind Kind, id string, expected uint64, 
 	k := s.key(kind, id)
 	cmps, orElse, f := fenced(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", int64(expected))},
 		[]clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())})
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(op, clientv3.OpPut(s.marker(), "")).Else(orElse...).Commit()
+	rctx, cancel := s.request(ctx)
+	defer cancel()
+	resp, err := s.cli.Txn(rctx).If(cmps...).Then(op, clientv3.OpPut(s.marker(), "")).Else(orElse...).Commit()
 	if err != nil {
 		return 0, s.wrap(err)
 	}
@@ -332,7 +395,9 @@ func (s *Etcd) Watch(ctx context.Context, from uint64) (*Watcher, error) {
 	}
 	if from < cur {
 		// Is from+1 still in etcd's history? A read at that revision says.
-		_, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(int64(from+1)))
+		rctx, cancel := s.request(ctx)
+		_, err := s.cli.Get(rctx, s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly(), clientv3.WithRev(int64(from+1)))
+		cancel()
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			return nil, fmt.Errorf("%w: %d is older than etcd's compacted revision", ErrCompacted, from)
 		}
@@ -350,7 +415,7 @@ func (s *Etcd) Watch(ctx context.Context, from uint64) (*Watcher, error) {
 	}
 	s.watchers[w] = cancel
 	s.mu.Unlock()
-	wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.prefix, clientv3.WithPrefix(),
+	wch := s.cli.Watch(watchContext(wctx), s.prefix, clientv3.WithPrefix(),
 		clientv3.WithRev(int64(from+1)), clientv3.WithProgressNotify())
 	go s.pump(wctx, w, wch)
 	go w.run(wctx, func() {
@@ -372,6 +437,10 @@ func (s *Etcd) pump(ctx context.Context, w *Watcher, wch clientv3.WatchChan) {
 		if err := resp.Err(); err != nil {
 			w.fail(fmt.Errorf("store: etcd watch: %w", err))
 			return
+		}
+		if resp.IsProgressNotify() {
+			w.send(Event{Type: Progress, Revision: uint64(resp.Header.Revision)})
+			continue
 		}
 		for _, ev := range resp.Events {
 			s.saw(ev.Kv.ModRevision)
@@ -397,10 +466,10 @@ func (s *Etcd) wrap(err error) error {
 	if s.isClosed() {
 		return ErrClosed
 	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return fmt.Errorf("store: etcd: %w", err)
+	return fmt.Errorf("%w: etcd: %w", ErrUnavailable, err)
 }
 
 // Close ends every watcher with ErrClosed and closes the client.

@@ -313,3 +313,52 @@ func TestEtcdPresence(t *testing.T) {
 	}
 	present("central-2=127.0.0.1:7444")
 }
+
+// TestEtcdQuietFeedAdvances: a watcher of a prefix nobody writes still
+// advances — progress events carry etcd's revision past other prefixes'
+// writes — so a consumer resumes from a recent revision, not one etcd
+// compacts away; and after a compaction past its last object change, a
+// watcher resumed from the progress revision needs no resync.
+func TestEtcdQuietFeedAdvances(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	quiet := openEtcd(t, c.Endpoints(), freshPrefix())
+	busy := openEtcd(t, c.Endpoints(), freshPrefix())
+	ctx := t.Context()
+	if _, err := quiet.Put(ctx, "keys", "k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	w, err := quiet.Watch(ctx, quiet.Revision())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for i := range 20 {
+		if last, err = busy.Put(ctx, "keys", "other", []byte{byte(i)}, last); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var progress uint64
+	for progress < last {
+		select {
+		case ev, ok := <-w.C():
+			if !ok {
+				t.Fatalf("feed ended: %v", w.Err())
+			}
+			if ev.Type != store.Progress {
+				t.Fatalf("event %+v on a prefix nobody wrote", ev)
+			}
+			progress = ev.Revision
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no progress to revision %d (last %d)", last, progress)
+		}
+	}
+	if _, err := c.Client(t).Compact(ctx, int64(last)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := quiet.Watch(ctx, progress); err != nil {
+		t.Errorf("Watch from the progress revision %d after compaction at %d: %v", progress, last, err)
+	}
+	if time.Since(quiet.Heard()) > time.Minute {
+		t.Errorf("Heard = %v while etcd answers", quiet.Heard())
+	}
+}

@@ -54,6 +54,8 @@ func (s *Etcd) Present(ctx context.Context, kind Kind) ([]Object, error) {
 	if err := checkName(kind, "-"); err != nil {
 		return nil, err
 	}
+	ctx, cancel := s.request(ctx)
+	defer cancel()
 	resp, err := s.cli.Get(ctx, s.presence(kind), clientv3.WithPrefix())
 	if err != nil {
 		return nil, s.wrap(err)

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Errors.
@@ -34,6 +35,10 @@ var (
 	ErrConflict  = errors.New("store: revision conflict")
 	ErrCompacted = errors.New("store: revision no longer in history")
 	ErrClosed    = errors.New("store: closed")
+	// ErrUnavailable wraps every failure to reach a shared store (etcd
+	// unreachable, a request past its timeout): retryable, at this node
+	// later or at another node now.
+	ErrUnavailable = errors.New("store: unavailable")
 )
 
 // MaxValue bounds one object's value (1 MiB), under etcd's default
@@ -81,13 +86,28 @@ type EventType uint8
 const (
 	Put EventType = iota + 1
 	Delete
+	// Progress changes no object: every change up to its Revision has
+	// been delivered, so a consumer may resume from it (etcd's progress
+	// notification; a quiet feed still advances, and a resume point does
+	// not age into etcd's compacted history while nothing changes).
+	Progress
 )
 
-// Event is one committed change. For Delete, Object.Value is empty.
+// Event is one committed change, or progress. For Delete,
+// Object.Value is empty; for Progress, Object is zero.
 type Event struct {
 	Type     EventType
 	Object   Object
 	Revision uint64
+}
+
+// Current is a store whose change feed can fall silent without failing —
+// a node cut off from etcd hears nothing, as it would on a quiet prefix.
+// Heard says when the store last proved this node current: the last time
+// its feed delivered a change or a progress notification. A store
+// without it (bbolt, in the node's own process) is always current.
+type Current interface {
+	Heard() time.Time
 }
 
 // Store is the registry's storage.
