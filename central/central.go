@@ -221,6 +221,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if shared {
 		// The other centrals offer this one in LookupKey while it lives.
 		sh.Go(func(ctx context.Context) { presence.Announce(ctx, kindCentrals, cfg.NodeID, []byte(advertise)) })
+		sh.Go(func(ctx context.Context) { srv.ShareLiveness(ctx, presence) })
 	}
 	sh.Go(n.svc.Registry().Follow)
 	sh.Go(n.reloadLoop)

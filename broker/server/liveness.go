@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"encoding/json"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -11,12 +13,17 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/broker/store"
 )
 
 // liveness is what the central node knows of its edges beyond their
 // records: whether each follows it now (its Watch stream is open), when
 // its lease runs out, and the last revision it acknowledged. It lives in
 // memory: a restarted central node learns it again as edges reconnect.
+// With several central nodes on one store (share), each publishes what it
+// knows of the edges it serves and reads what the others publish, so every
+// central's inventory shows every edge as connected, with its lease and
+// acknowledged revision, whichever central it follows.
 //
 // An edge has at most one Watch stream: a new one cancels the one before
 // (errReplaced), so that one edge cannot make the central tier seal and
@@ -26,6 +33,19 @@ type liveness struct {
 	mu      sync.Mutex
 	edges   map[string]*edgeLive
 	changed chan struct{} // closed and replaced when an edge connects or disconnects
+
+	// Sharing (see share): edges whose entry changed since it was last
+	// published, and what the other central nodes published.
+	dirty  map[string]struct{}
+	others map[string]sharedEdge
+}
+
+// sharedEdge is what a central node publishes of an edge it serves.
+type sharedEdge struct {
+	Central   string    `json:"central"`
+	Connected bool      `json:"connected"`
+	Lease     time.Time `json:"lease"`
+	Applied   uint64    `json:"applied"`
 }
 
 type edgeLive struct {
@@ -45,7 +65,92 @@ type liveStream struct {
 var errReplaced = status.Error(codes.Aborted, "a newer Watch stream from this edge replaced this one: an edge follows the central tier on one stream")
 
 func newLiveness() *liveness {
-	return &liveness{edges: map[string]*edgeLive{}, changed: make(chan struct{})}
+	return &liveness{edges: map[string]*edgeLive{}, changed: make(chan struct{}), dirty: map[string]struct{}{}}
+}
+
+// kindEdges is where central nodes publish the liveness of their edges.
+const kindEdges store.Kind = "edges"
+
+// shareEvery is how often liveness is published and read back.
+var shareEvery = time.Second
+
+// share publishes, every shareEvery until ctx ends, the entries of edges
+// that changed here, and reads what the other central nodes published:
+// an edge connecting or leaving at another central changes lookups here
+// too (Changed fires). A record lasts a lease past its last publication.
+func (l *liveness) share(ctx context.Context, p store.Presence, self string, lease time.Duration, log *slog.Logger) {
+	t := time.NewTicker(shareEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for id, rec := range l.takeDirty(self) {
+			value, _ := json.Marshal(rec)
+			if err := p.Publish(ctx, kindEdges, id, value, lease+shareEvery); err != nil {
+				l.markDirty(id) // published next time
+				log.Debug("publishing an edge's liveness", "edge", id, "err", err)
+			}
+		}
+		objs, err := p.Present(ctx, kindEdges)
+		if err != nil {
+			log.Debug("reading the other centrals' edges", "err", err)
+			continue
+		}
+		others := map[string]sharedEdge{}
+		for _, o := range objs {
+			var rec sharedEdge
+			if json.Unmarshal(o.Value, &rec) == nil && rec.Central != self {
+				others[o.ID] = rec
+			}
+		}
+		l.setOthers(others)
+	}
+}
+
+// ShareLiveness publishes the liveness of the edges this node serves to
+// the other central nodes on p, and reads theirs, until ctx ends.
+func (s *Server) ShareLiveness(ctx context.Context, p store.Presence) {
+	s.live.share(ctx, p, s.node, s.lease, s.log)
+}
+
+// takeDirty returns the records to publish and forgets they were dirty.
+func (l *liveness) takeDirty(self string) map[string]sharedEdge {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]sharedEdge{}
+	for id := range l.dirty {
+		if e, ok := l.edges[id]; ok {
+			out[id] = sharedEdge{Central: self, Connected: e.stream != nil, Lease: e.lease, Applied: e.applied}
+		}
+	}
+	clear(l.dirty)
+	return out
+}
+
+func (l *liveness) markDirty(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.dirty[id] = struct{}{}
+}
+
+// setOthers records what the other centrals published, and fires Changed
+// when an edge's connection there changed.
+func (l *liveness) setOthers(others map[string]sharedEdge) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	changed := len(others) != len(l.others)
+	for id, rec := range others {
+		if old, ok := l.others[id]; !ok || old.Connected != rec.Connected || old.Central != rec.Central {
+			changed = true
+		}
+	}
+	l.others = others
+	if changed {
+		l.broadcastLocked()
+	}
 }
 
 func (l *liveness) get(id string) *edgeLive {
@@ -80,6 +185,7 @@ func (l *liveness) connect(id string, lease time.Time, cancel context.CancelCaus
 	}
 	e.stream = &liveStream{cancel: cancel}
 	e.lease = lease
+	l.dirty[id] = struct{}{}
 	l.broadcastLocked()
 	return e.stream
 }
@@ -91,6 +197,7 @@ func (l *liveness) disconnect(id string, s *liveStream) {
 	defer l.mu.Unlock()
 	if e, ok := l.edges[id]; ok && e.stream == s {
 		e.stream = nil
+		l.dirty[id] = struct{}{}
 		l.broadcastLocked()
 	}
 }
@@ -115,6 +222,7 @@ func (l *liveness) beat(id string, lease time.Time) {
 	defer l.mu.Unlock()
 	if e, ok := l.edges[id]; ok {
 		e.lease = lease
+		l.dirty[id] = struct{}{}
 	}
 }
 
@@ -134,18 +242,26 @@ func (l *liveness) ack(id string, rev, latest uint64) {
 	rev = min(rev, latest)
 	if rev > e.applied {
 		e.applied = rev
+		l.dirty[id] = struct{}{}
 	}
 }
 
-// describe fills an edge's live fields.
+// describe fills an edge's live fields: from its stream here if it has
+// one open, else from what another central published of it, else from
+// what this one last knew.
 func (l *liveness) describe(n *kbv1.Node) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e, ok := l.edges[n.NodeId]
+	if rec, there := l.others[n.NodeId]; there && (!ok || e.stream == nil) {
+		e, ok = &edgeLive{lease: rec.Lease, applied: rec.Applied}, true
+		n.Connected = rec.Connected
+	} else if ok {
+		n.Connected = e.stream != nil
+	}
 	if !ok {
 		return
 	}
-	n.Connected = e.stream != nil
 	n.AppliedRevision = e.applied
 	if !e.lease.IsZero() {
 		n.LeaseExpires = timestamppb.New(e.lease)

@@ -17,7 +17,11 @@ type Presence interface {
 	// Announce keeps value under (kind, id) until ctx ends, announcing it
 	// again whenever the lease behind it is lost.
 	Announce(ctx context.Context, kind Kind, id string, value []byte)
-	// Present lists what the live nodes announce under kind.
+	// Publish puts value under (kind, id) for at least ttl (at most about
+	// twice it): what a node says of something it holds for a while (an
+	// edge's lease), which lapses if the node stops saying it.
+	Publish(ctx context.Context, kind Kind, id string, value []byte, ttl time.Duration) error
+	// Present lists what the live nodes announce or publish under kind.
 	Present(ctx context.Context, kind Kind) ([]Object, error)
 }
 
@@ -47,6 +51,23 @@ func (s *Etcd) announceOnce(ctx context.Context, kind Kind, id string, value []b
 	case <-ctx.Done():
 	case <-sess.Done():
 	}
+}
+
+// Publish implements Presence: a put under the shared lease of Claim.
+func (s *Etcd) Publish(ctx context.Context, kind Kind, id string, value []byte, ttl time.Duration) error {
+	if err := checkWrite(kind, id, value); err != nil {
+		return err
+	}
+	ctx, cancel := s.request(ctx)
+	defer cancel()
+	lease, err := s.leaseFor(ctx, ttl)
+	if err != nil {
+		return s.wrap(err)
+	}
+	if _, err := s.cli.Put(ctx, s.presence(kind)+id, string(value), clientv3.WithLease(lease)); err != nil {
+		return s.wrap(err)
+	}
+	return nil
 }
 
 // Present implements Presence.
