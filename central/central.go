@@ -98,8 +98,11 @@ type Node struct {
 	store  store.Store
 	svc    *broker.Service
 	policy *policy.Engine
-	audit  *audit.Log
-	rpc    *rpc.Server // maps errors to the codes audit lines record
+	// policies keeps the policy in force on the store's set (store.etcd);
+	// nil with bbolt, where the files are the policy.
+	policies *policyShare
+	audit    *audit.Log
+	rpc      *rpc.Server // maps errors to the codes audit lines record
 }
 
 // Options are the host process's contributions.
@@ -198,6 +201,13 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		return nil, err
 	}
 	n.audit = sh.Audit()
+	if cfg.Store.Etcd != nil {
+		// The policy in force is the store's set (policyshare.go).
+		n.policies = &policyShare{st: n.store, engine: n.policy, node: cfg.NodeID, log: log, audit: n.auditPolicy}
+		if err := n.policies.start(ctx); err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+	}
 	advertise, err := sh.Listen(cfg.Node)
 	if err != nil {
 		return nil, err
@@ -224,6 +234,9 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		sh.Go(func(ctx context.Context) { srv.ShareLiveness(ctx, presence) })
 	}
 	sh.Go(n.svc.Registry().Follow)
+	if n.policies != nil {
+		sh.Go(n.policies.follow)
+	}
 	sh.Go(n.reloadLoop)
 	sh.Go(n.sweepLoop)
 	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", sh.Addr(), "advertise_address", advertise, "ops_addr", sh.OpsAddr(),
@@ -266,8 +279,23 @@ func (n *Node) Service() *broker.Service { return n.svc }
 // Done reports a server that stopped on its own (an error from Serve).
 func (n *Node) Done() <-chan error { return n.sh.Done() }
 
-// ReloadPolicy re-reads the policy files now (SIGHUP).
-func (n *Node) ReloadPolicy() {
+// ReloadPolicy re-reads the policy files now (SIGHUP). On a shared store
+// it publishes them when they differ from the set in force.
+func (n *Node) ReloadPolicy() { n.reloadPolicy(true) }
+
+// reloadPolicy re-reads the policy files; explicit is a SIGHUP's, not the
+// reload interval's (see policyshare.go).
+func (n *Node) reloadPolicy(explicit bool) {
+	if n.policies != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if published, err := n.policies.reload(ctx, explicit); err != nil {
+			n.log.Error("policy reload failed; the set in force stays", "err", err)
+		} else if published {
+			n.log.Info("policy files published to every central node", "policy", n.policy.Current().Hash()[:12])
+		}
+		return
+	}
 	changed, err := n.policy.Reload()
 	switch {
 	case err != nil:
@@ -281,7 +309,7 @@ func (n *Node) reloadLoop(ctx context.Context) {
 	if n.cfg.Policy.ReloadInterval <= 0 {
 		return
 	}
-	every(ctx, n.cfg.Policy.ReloadInterval, n.ReloadPolicy)
+	every(ctx, n.cfg.Policy.ReloadInterval, func() { n.reloadPolicy(false) })
 }
 
 // every calls fn every d until ctx ends.
@@ -336,6 +364,16 @@ func (n *Node) auditSystem(op, key string, err error) error {
 	return nil
 }
 
+// auditPolicy records a publication of this node's policy files to the
+// store, before it is written (err nil) or when it failed.
+func (n *Node) auditPolicy(op, detail string, err error) error {
+	rec := audit.Record{Principal: "system", Node: n.cfg.NodeID, Operation: audit.Operation(op), Decision: audit.Allow, Outcome: "ok", Detail: detail}
+	if err != nil {
+		rec.Outcome, rec.Detail = "failed", detail+": "+err.Error()
+	}
+	return n.audit.Append(rec)
+}
+
 // ready: every backend healthy; the policy in force (and the last reload's
 // error, if any) is reported alongside.
 func (n *Node) ready(ctx context.Context) (bool, map[string]any) {
@@ -354,6 +392,14 @@ func (n *Node) ready(ctx context.Context) (bool, map[string]any) {
 	checks["policy"] = n.policy.Current().Hash()[:12]
 	if err := n.policy.LastError(); err != nil {
 		checks["policy_reload"] = "failed; the previous policy stays in force (see the log)"
+	}
+	if n.policies != nil {
+		if err := n.policies.lastError(); err != nil {
+			checks["policy_reload"] = "failed; the set in force stays (see the log)"
+		}
+		if d := n.policies.differs(); d != "" {
+			checks["policy_files"] = d
+		}
 	}
 	return ready, checks
 }

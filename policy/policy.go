@@ -453,6 +453,19 @@ func (e *Engine) Reload() (changed bool, err error) {
 	return old.Hash() != s.Hash(), nil
 }
 
+// ReadFiles loads the engine's policy files without putting them in
+// force: a central node on a shared store publishes them, and every node
+// installs the set the store holds.
+func (e *Engine) ReadFiles() (*Set, error) { return LoadFiles(e.paths...) }
+
+// Install puts s in force and reports whether its content differs from
+// the set it replaces.
+func (e *Engine) Install(s *Set) (changed bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cur.Swap(s).Hash() != s.Hash()
+}
+
 // LastError is the error of the most recent failed reload, or nil after a
 // successful one.
 func (e *Engine) LastError() error {
