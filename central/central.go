@@ -189,6 +189,13 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if err != nil {
 		return nil, err
 	}
+	if c, ok := n.store.(store.Current); ok {
+		if err := metrics.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keybroker_store_silence_seconds",
+			Help: "Seconds since etcd last answered this node's change feed (a progress notification is asked for every second); past store.etcd.max_staleness the node serves no key."},
+			func() float64 { return time.Since(c.Heard()).Seconds() })); err != nil {
+			return nil, err
+		}
+	}
 	if err := metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keybroker_data_keys_refused_total",
 		Help: "Data keys refused because their key version had wrapped data_key_reuse.max_data_keys_per_version here (rotate the key)."},
 		func() float64 { return float64(n.svc.DataKeysRefused()) })); err != nil {
@@ -237,6 +244,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if n.policies != nil {
 		sh.Go(n.policies.follow)
 	}
+	sh.Go(n.watchSilence)
 	sh.Go(n.reloadLoop)
 	sh.Go(n.sweepLoop)
 	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", sh.Addr(), "advertise_address", advertise, "ops_addr", sh.OpsAddr(),
@@ -364,6 +372,22 @@ func (n *Node) auditSystem(op, key string, err error) error {
 	return nil
 }
 
+// watchSilence logs when the registry stops serving because the store
+// has been silent past max_staleness, and when it serves again.
+func (n *Node) watchSilence(ctx context.Context) {
+	var was error
+	every(ctx, time.Second, func() {
+		err := n.svc.Registry().Current()
+		switch {
+		case err != nil && was == nil:
+			n.log.Error("cut off from the store: serving no key until it answers", "err", err)
+		case err == nil && was != nil:
+			n.log.Info("the store answers again: serving keys")
+		}
+		was = err
+	})
+}
+
 // auditPolicy records a publication of this node's policy files to the
 // store, before it is written (err nil) or when it failed.
 func (n *Node) auditPolicy(op, detail string, err error) error {
@@ -388,6 +412,12 @@ func (n *Node) ready(ctx context.Context) (bool, map[string]any) {
 			n.log.Warn("backend not ready", "backend", name, "err", err)
 			ready = false
 		}
+	}
+	if err := n.svc.Registry().Current(); err != nil {
+		// Cut off from etcd past max_staleness: it serves no key, so a
+		// load balancer should send clients elsewhere.
+		checks["store"] = "silent past store.etcd.max_staleness: serving no key (see the log)"
+		ready = false
 	}
 	checks["policy"] = n.policy.Current().Hash()[:12]
 	if err := n.policy.LastError(); err != nil {

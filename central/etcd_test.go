@@ -3,8 +3,11 @@ package central_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/keybroker/keybroker/central"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/devcluster"
+	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/etcdtest"
 	"github.com/keybroker/keybroker/managed"
 )
@@ -34,7 +38,8 @@ func TestCentralOnEtcd(t *testing.T) {
 	if err := dc.Shutdown(stopCtx); err != nil {
 		t.Fatal(err)
 	}
-	ccfg.Store.Etcd = &config.EtcdStore{Endpoints: etcd.Endpoints(), Prefix: "/central-test/", DialTimeout: 5 * time.Second}
+	ccfg.Store.Etcd = &config.EtcdStore{Endpoints: etcd.Endpoints(), Prefix: "/central-test/", DialTimeout: 5 * time.Second,
+		MaxStaleness: 3 * time.Second}
 	if err := ccfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -91,9 +96,45 @@ func TestCentralOnEtcd(t *testing.T) {
 		t.Fatalf("etcd holds %d records for the key, %v", len(resp.Kvs), err)
 	}
 	n = start(t.TempDir())
-	defer stop(n)
 	k, err := n.Service().Registry().Get(t.Context(), "on-etcd")
 	if err != nil || k.ID != "on-etcd" || k.Type != managed.AES256GCM {
 		t.Errorf("after a start on a fresh data directory: %+v, %v", k, err)
 	}
+	// Cut off from etcd past max_staleness, it says it is not ready, so a
+	// load balancer sends clients elsewhere, and exports its silence.
+	tc, err := dc.ClientTLS(identity.Admin, "monitor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string) (int, string) {
+		t.Helper()
+		tr := &http.Transport{TLSClientConfig: tc}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr}).Get("https://" + n.OpsAddr() + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := get("/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz while etcd answers = %d %s", code, body)
+	}
+	if _, body := get("/metrics"); !strings.Contains(body, "keybroker_store_silence_seconds") {
+		t.Error("/metrics has no keybroker_store_silence_seconds")
+	}
+	etcd.Members[0].Stop()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		code, body := get("/readyz")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "max_staleness") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz a minute after etcd stopped = %d %s; want 503 naming the store", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	stop(n) // without etcd: it stops, leaving its lease to run out
 }

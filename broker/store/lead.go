@@ -69,11 +69,11 @@ func (s *Etcd) Lead(ctx context.Context, name, id string, run func(ctx context.C
 func (s *Etcd) leadOnce(ctx context.Context, name, id string, run func(ctx context.Context)) error {
 	// The session outlives ctx until Close, which revokes its lease at
 	// once (a cancelled session could not, and the lease would linger).
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(int(LeaseTTL/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
+	sess, err := s.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer sess.Close()
+	defer s.endSession(sess)
 	e := concurrency.NewElection(sess, s.root+"elect/"+name)
 	if err := e.Campaign(ctx, id); err != nil {
 		return err
@@ -103,6 +103,30 @@ func (s *Etcd) leadOnce(ctx context.Context, name, id string, run func(ctx conte
 		_ = e.Resign(rctx)
 	}
 	return nil
+}
+
+// session is a session of LeaseTTL that outlives ctx until endSession.
+// Its lease is granted under ctx and RequestTimeout, so a node cut off
+// from etcd does not wait for ever to start one.
+func (s *Etcd) session(ctx context.Context) (*concurrency.Session, error) {
+	gctx, cancel := s.request(ctx)
+	defer cancel()
+	lease, err := s.cli.Grant(gctx, int64(LeaseTTL/time.Second))
+	if err != nil {
+		return nil, s.wrap(err)
+	}
+	return concurrency.NewSession(s.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(int(LeaseTTL/time.Second)),
+		concurrency.WithContext(context.WithoutCancel(ctx)))
+}
+
+// endSession revokes the session's lease at once — what it announced goes
+// with it — waiting at most a second: a node cut off from etcd stops
+// without waiting, and its lease runs out by itself.
+func (s *Etcd) endSession(sess *concurrency.Session) {
+	sess.Orphan()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, _ = s.cli.Revoke(ctx, sess.Lease())
 }
 
 // fenced adds ctx's fence to a write's comparisons and reads the fence key

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // Presence is a store shared by several nodes in which each can say it is
@@ -39,12 +38,15 @@ func (s *Etcd) Announce(ctx context.Context, kind Kind, id string, value []byte)
 }
 
 func (s *Etcd) announceOnce(ctx context.Context, kind Kind, id string, value []byte) {
-	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(int(LeaseTTL/time.Second)), concurrency.WithContext(context.WithoutCancel(ctx)))
+	sess, err := s.session(ctx)
 	if err != nil {
 		return
 	}
-	defer sess.Close() // revokes the lease: the announcement goes at once
-	if _, err := s.cli.Put(ctx, s.presence(kind)+id, string(value), clientv3.WithLease(sess.Lease())); err != nil {
+	defer s.endSession(sess) // revokes the lease: the announcement goes at once
+	pctx, cancel := s.request(ctx)
+	_, err = s.cli.Put(pctx, s.presence(kind)+id, string(value), clientv3.WithLease(sess.Lease()))
+	cancel()
+	if err != nil {
 		return
 	}
 	select {
