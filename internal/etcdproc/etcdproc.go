@@ -42,6 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -190,15 +191,27 @@ func (m *Member) start(bin, initial, token string) error {
 	)
 	m.cmd.Stdout, m.cmd.Stderr = log, log
 	m.cmd.SysProcAttr = procAttr()
-	if err := m.cmd.Start(); err != nil {
-		log.Close()
-		return fmt.Errorf("etcdproc: starting etcd member %s: %w", m.Name, err)
-	}
+	// The kernel's parent-death signal (procAttr) follows the thread that
+	// started the child, not the process: start it from a thread locked
+	// to this goroutine, which lives until the member exits, so that the
+	// Go runtime never retires that thread under a running member.
+	started := make(chan error)
 	m.done = make(chan struct{})
 	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := m.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
 		_ = m.cmd.Wait()
 		close(m.done)
 	}()
+	if err := <-started; err != nil {
+		log.Close()
+		m.done = nil
+		return fmt.Errorf("etcdproc: starting etcd member %s: %w", m.Name, err)
+	}
 	return nil
 }
 
