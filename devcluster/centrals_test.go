@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/devcluster"
@@ -124,5 +126,39 @@ func TestCentralsWithoutEtcd(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("the directory was created (%v) though Start was refused", err)
+	}
+}
+
+// TestCentralsOnGivenEtcd: with Etcd.Endpoints the central nodes share
+// that etcd (the cluster runs none), under devcluster.EtcdPrefix.
+func TestCentralsOnGivenEtcd(t *testing.T) {
+	etcd := etcdtest.Start(t, 1)
+	c := startWith(t, devcluster.Options{Dir: t.TempDir(), Centrals: 2, Edges: []devcluster.EdgeSpec{},
+		Etcd: &devcluster.EtcdOptions{Endpoints: etcd.Endpoints()}})
+	if c.EtcdMember() != nil || c.EtcdDone() != nil {
+		t.Error("the cluster runs an etcd member of its own though given endpoints")
+	}
+	admin := kbv1.NewKeyAdminClient(dial(t, c, c.Centrals[0].Addr(), identity.Admin, devcluster.AdminName))
+	md, err := admin.CreateKey(t.Context(), &kbv1.CreateKeyRequest{KeyId: "k", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb := kbv1.NewKeyBrokerClient(dial(t, c, c.Centrals[1].Addr(), identity.Client, devcluster.AppName))
+	for {
+		if c.Centrals[1].Service().Registry().Store().Revision() >= md.GetRevision() {
+			break
+		}
+		select {
+		case <-t.Context().Done():
+			t.Fatal(t.Context().Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if _, err := kb.DescribeKey(t.Context(), &kbv1.DescribeKeyRequest{KeyId: "k"}); err != nil {
+		t.Errorf("DescribeKey at central-2: %v", err)
+	}
+	resp, err := etcd.Client(t).Get(t.Context(), devcluster.EtcdPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count == 0 {
+		t.Errorf("objects under %s in the given etcd: %v, %v; want some", devcluster.EtcdPrefix, resp, err)
 	}
 }
