@@ -20,6 +20,9 @@
 //	policy.cedar          the policy; written once, then the user's to edit
 //	central.yaml, <edge>.yaml
 //	central/, <edge>/     data directories
+//	central-2.yaml, central-2/, …  further central nodes (Options.Centrals)
+//	etcd/                 the etcd member's data and log (Options.Centrals > 1)
+//	store                 which store the registry is in (bbolt or etcd)
 //	root-of-trust         which root of trust the keys are bound to
 //	lock                  held (flock) while a cluster runs from the directory
 //
@@ -45,14 +48,36 @@
 // root keys it started with: keys created by one start are bound to them,
 // so a later start on other root keys is refused.
 //
+// # Several central nodes
+//
+// [Options.Centrals] above one starts that many central nodes — central,
+// central-2, central-3, … ([CentralName]), each with its own certificate,
+// configuration file, data directory and audit log, all on the same root
+// keys — sharing one etcd store, as a deployment's central tier does.
+// Unless [Options.Etcd] names an etcd to use, the cluster runs one etcd
+// member itself, from Debian's etcd binary (package internal/etcdproc,
+// which says why a binary rather than an embedded etcd), with its data in
+// etcd/ under the directory, so that the next start finds the keys again;
+// it is stopped with the cluster, and killed by the kernel if this process
+// dies first. Start fails at once, before anything is written, when the
+// binary is missing. Edge i's central.address is central i mod N and its
+// central.addresses the others in turn, so the edges spread over the
+// centrals and each fails over to the rest.
+//
+// A directory keeps the store it was first started with (recorded in
+// store): keys created in bbolt are not in etcd, so a start that asks for
+// the other is refused.
+//
 // # Ports
 //
 // With [Options.BasePort] zero the system chooses every port. A non-zero
 // BasePort fixes them, so that addresses stay valid across restarts: the
-// central node's gRPC port is BasePort and edge i's BasePort+1+i; each
-// node's operations port (/healthz, /readyz, /metrics) is its gRPC port
-// plus [OpsPortOffset]. A fixed port another process holds fails Start
-// with a [*PortInUseError].
+// central node's gRPC port is BasePort, edge i's BasePort+1+i, and
+// central-k's (k ≥ 2) the next ones after the last edge's; each node's
+// operations port (/healthz, /readyz, /metrics) is its gRPC port plus
+// [OpsPortOffset]. A fixed port another process holds fails Start with a
+// [*PortInUseError]. etcd's ports are always chosen by the system, on
+// loopback.
 package devcluster
 
 import (
@@ -84,6 +109,7 @@ import (
 	"github.com/keybroker/keybroker/edge"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/atomicfile"
+	"github.com/keybroker/keybroker/internal/etcdproc"
 )
 
 // DefaultTrustDomain is the development trust domain.
@@ -170,7 +196,39 @@ type Options struct {
 	DataKeyReuse time.Duration
 	// Logger receives every node's logs, each tagged with its node id.
 	Logger *slog.Logger
+	// Centrals is the number of central nodes (default 1). More than one
+	// share an etcd store (see the package documentation).
+	Centrals int
+	// Etcd keeps the registry in etcd. Nil keeps it in bbolt with one
+	// central node and means &EtcdOptions{} with more.
+	Etcd *EtcdOptions
 }
+
+// EtcdOptions say which etcd the central nodes share.
+type EtcdOptions struct {
+	// Endpoints are the client URLs of an etcd to use, plain http on
+	// loopback (the dev cluster gives etcd no TLS). Empty runs one etcd
+	// member from the etcd binary, with its data in etcd/ in the
+	// directory.
+	Endpoints []string
+}
+
+// EtcdPrefix is where a dev cluster's objects live in etcd: apart from a
+// deployment's default /keybroker/, in case an etcd is shared.
+const EtcdPrefix = "/keybroker-dev/"
+
+// CentralName is the node id of central node i (from 0): central, then
+// central-2, central-3, ….
+func CentralName(i int) string {
+	if i == 0 {
+		return "central"
+	}
+	return fmt.Sprintf("central-%d", i+1)
+}
+
+// etcdStartTimeout bounds the wait for the cluster's own etcd member to
+// serve.
+const etcdStartTimeout = time.Minute
 
 // OpsPortOffset is the distance from a node's gRPC port to its
 // operations port when Options.BasePort fixes the ports.
@@ -178,6 +236,7 @@ const OpsPortOffset = 10
 
 // MaxFixedEdges is the most edges a cluster with fixed ports can have:
 // their gRPC ports must stay below the central node's operations port.
+// Central nodes after the first count against it too.
 const MaxFixedEdges = OpsPortOffset - 1
 
 // Cluster is a running cluster.
@@ -188,12 +247,21 @@ type Cluster struct {
 	lock    *os.File
 	backend string
 	roots   []RootKey
-	Central *central.Node
-	Edges   []*edge.Node
-	// CentralConfig and EdgeConfigs are the files the nodes were started
-	// from.
-	CentralConfig string
-	EdgeConfigs   []string
+	etcd    *etcdproc.Cluster // the etcd member this cluster runs, if any
+	etcdEPs []string          // the etcd the centrals share, if any
+	// recordStore records the store the directory's registry is in.
+	recordStore func() error
+	// Central is the first central node (node id "central"); Centrals
+	// are all of them, Central first.
+	Central  *central.Node
+	Centrals []*central.Node
+	Edges    []*edge.Node
+	// CentralConfig (the first central's), CentralConfigs (every
+	// central's, in the order of Centrals) and EdgeConfigs are the files
+	// the nodes were started from.
+	CentralConfig  string
+	CentralConfigs []string
+	EdgeConfigs    []string
 }
 
 // Start prepares the directory and starts the central node, then the
@@ -217,6 +285,16 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Centrals < 0 {
+		return nil, fmt.Errorf("devcluster: %d central nodes", opts.Centrals)
+	}
+	opts.Centrals = max(opts.Centrals, 1)
+	if opts.Etcd == nil && opts.Centrals > 1 {
+		opts.Etcd = &EtcdOptions{}
+	}
+	if err := opts.checkEtcd(); err != nil {
+		return nil, err
 	}
 	if err := opts.checkPorts(); err != nil {
 		return nil, err
@@ -250,16 +328,35 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := c.prepare(ctx); err != nil {
 		return c, err
 	}
-	ccfg, err := config.LoadCentral(c.CentralConfig)
-	if err == nil {
-		err = ccfg.Check()
+	if err := c.startEtcd(ctx); err != nil {
+		return c, err
 	}
+	if err := c.recordStore(); err != nil {
+		return c, err
+	}
+	roots, err := sharedRoots()
 	if err != nil {
 		return c, err
 	}
-	if c.Central, err = central.Start(ctx, ccfg, central.Options{Logger: opts.Logger.With("node", "central")}); err != nil {
-		return c, c.portError(err, "central", 0)
+	for i := range opts.Centrals {
+		if err := c.writeCentralConfig(i); err != nil {
+			return c, err
+		}
+		ccfg, err := config.LoadCentral(c.CentralConfigs[i])
+		if err == nil {
+			err = ccfg.Check()
+		}
+		if err != nil {
+			return c, err
+		}
+		name := CentralName(i)
+		n, err := central.Start(ctx, ccfg, central.Options{Logger: opts.Logger.With("node", name), Backends: roots})
+		if err != nil {
+			return c, c.portError(err, name, opts.centralNode(i))
+		}
+		c.Centrals = append(c.Centrals, n)
 	}
+	c.Central, c.CentralConfig = c.Centrals[0], c.CentralConfigs[0]
 	if err := c.enrollEdges(ctx); err != nil {
 		return c, err
 	}
@@ -340,7 +437,13 @@ func (c *Cluster) prepare(ctx context.Context) error {
 	issue := []struct {
 		kind identity.Kind
 		name string
-	}{{identity.Central, "central"}, {identity.Admin, AdminName}, {identity.Client, AppName}}
+	}{{identity.Admin, AdminName}, {identity.Client, AppName}}
+	for i := range c.opts.Centrals {
+		issue = append(issue, struct {
+			kind identity.Kind
+			name string
+		}{identity.Central, CentralName(i)})
+	}
 	for _, e := range c.opts.Edges {
 		issue = append(issue, struct {
 			kind identity.Kind
@@ -376,8 +479,12 @@ func (c *Cluster) prepare(ctx context.Context) error {
 	}
 	c.roots = roots
 	c.CentralConfig = filepath.Join(dir, "central.yaml")
-	// Before anything is created in the backend.
+	// Before anything is created in the backend or a store.
 	record, err := c.checkSameRoots()
+	if err != nil {
+		return err
+	}
+	recordStore, err := c.checkSameStore()
 	if err != nil {
 		return err
 	}
@@ -387,13 +494,23 @@ func (c *Cluster) prepare(ctx context.Context) error {
 	if err := record(); err != nil {
 		return err
 	}
+	c.recordStore = recordStore // once the store has started
+	return nil
+}
+
+// writeCentralConfig writes the configuration of central node i, after
+// prepare and startEtcd.
+func (c *Cluster) writeCentralConfig(i int) error {
+	name := CentralName(i)
+	path := filepath.Join(c.opts.Dir, name+".yaml")
+	node := c.opts.centralNode(i)
 	y := fmt.Sprintf(`# Written by keybroker's development cluster at every start.
-node_id: central
+node_id: %s
 trust_domain: %s
 listen: %s
 ops_listen: %s
-tls: {ca: ca.crt, cert: certs/central.crt, key: certs/central.key}
-data_dir: central
+tls: {ca: ca.crt, cert: certs/%s.crt, key: certs/%s.key}
+data_dir: %s
 backends:
   - name: %s
     uri: %q
@@ -404,8 +521,11 @@ root_keys:
 policy:
   paths: [policy.cedar]
   reload_interval: 2s
-`, c.ca.TrustDomain, c.listen(0, false), c.listen(0, true), backendName(c.backend), c.backend,
+`, name, c.ca.TrustDomain, c.listen(node, false), c.listen(node, true), name, name, name, backendName(c.backend), c.backend,
 		c.rootKeysYAML(), c.rootURI("derive"), c.rootURI("wrap"))
+	if len(c.etcdEPs) > 0 {
+		y += fmt.Sprintf("store:\n  etcd:\n    endpoints: [%s]\n    prefix: %s\n", quoteList(c.etcdEPs), EtcdPrefix)
+	}
 	if c.opts.Lease > 0 || c.opts.Heartbeat > 0 {
 		y += "edges:\n"
 		if c.opts.Lease > 0 {
@@ -416,7 +536,20 @@ policy:
 		}
 	}
 	y += c.reuseYAML()
-	return writeFile(c.CentralConfig, y)
+	if err := writeFile(path, y); err != nil {
+		return err
+	}
+	c.CentralConfigs = append(c.CentralConfigs, path)
+	return nil
+}
+
+// quoteList is a YAML flow list of quoted strings.
+func quoteList(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
 }
 
 // certValidity is how long this start's certificates are valid; a
@@ -561,6 +694,7 @@ func (c *Cluster) softkms() (string, error) {
 // writeEdgeConfig writes the configuration of edge i.
 func (c *Cluster) writeEdgeConfig(i int, e EdgeSpec) (string, error) {
 	path := filepath.Join(c.opts.Dir, e.Name+".yaml")
+	addrs := c.edgeCentrals(i)
 	y := fmt.Sprintf(`# Written by keybroker's development cluster at every start.
 node_id: %s
 trust_domain: %s
@@ -569,11 +703,11 @@ ops_listen: %s
 tls: {ca: ca.crt, cert: certs/%s.crt, key: certs/%s.key}
 data_dir: %s
 region: %s
-central: {address: %q, server_name: %q}
+central: {address: %q, addresses: [%s], server_name: %q}
 prefetch: %t
 reconnect: {initial_backoff: 50ms, max_backoff: 2s}
 `, e.Name, c.ca.TrustDomain, c.listen(i+1, false), c.listen(i+1, true), e.Name, e.Name, e.Name, e.Region,
-		c.Central.Addr(), c.opts.Host, e.Prefetch)
+		addrs[0], quoteList(addrs[1:]), c.opts.Host, e.Prefetch)
 	switch {
 	case e.FailClosed:
 		y += "max_staleness: 0s\n"
@@ -584,6 +718,18 @@ reconnect: {initial_backoff: 50ms, max_backoff: 2s}
 	return path, writeFile(path, y)
 }
 
+// edgeCentrals are the central addresses of edge i, in the order it
+// tries them: central i mod N first, then the others in turn, so that the
+// edges spread over the centrals and each can fail over to every other.
+func (c *Cluster) edgeCentrals(i int) []string {
+	n := len(c.Centrals)
+	out := make([]string, n)
+	for k := range n {
+		out[k] = c.Centrals[(i+k)%n].Addr()
+	}
+	return out
+}
+
 func (c *Cluster) reuseYAML() string {
 	if c.opts.DataKeyReuse <= 0 {
 		return ""
@@ -591,8 +737,8 @@ func (c *Cluster) reuseYAML() string {
 	return fmt.Sprintf("data_key_reuse: {period: %s}\n", c.opts.DataKeyReuse)
 }
 
-// listen is the YAML listen address of node (0 the central node, i+1
-// edge i): its gRPC port, or its operations port.
+// listen is the YAML listen address of node (see Options.port): its gRPC
+// port, or its operations port.
 func (c *Cluster) listen(node int, ops bool) string {
 	return fmt.Sprintf("%q", net.JoinHostPort(c.opts.Host, strconv.Itoa(c.opts.port(node, ops))))
 }
@@ -650,14 +796,18 @@ func (c *Cluster) IssueFiles(kind identity.Kind, name, dir string) (identity.TLS
 	return c.ca.IssueFiles(identity.Identity{TrustDomain: c.ca.TrustDomain, Kind: kind, Name: name}, hosts, certValidity, dir, name, c.caFile)
 }
 
-// WaitSynced waits until every edge follows the central node, holds a
+// WaitSynced waits until every edge follows a central node, holds a
 // lease (an edge serves nothing before its first heartbeat) and has
-// applied everything the central registry has committed, or ctx ends.
+// applied everything the central registry has committed (the latest
+// revision any central node knows of), or ctx ends.
 func (c *Cluster) WaitSynced(ctx context.Context) error {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		rev := c.Central.Service().Registry().Store().Revision()
+		var rev uint64
+		for _, n := range c.Centrals {
+			rev = max(rev, n.Service().Registry().Store().Revision())
+		}
 		synced := true
 		for _, e := range c.Edges {
 			if !e.Cache().Connected() || e.Cache().LeaseExpires().IsZero() || e.Cache().Revision() < rev {
@@ -685,16 +835,39 @@ func (c *Cluster) RootKeys() []RootKey { return slices.Clone(c.roots) }
 // Edges.
 func (c *Cluster) EdgeSpecs() []EdgeSpec { return slices.Clone(c.opts.Edges) }
 
-// Shutdown stops the edges, then the central node, and releases the
-// directory.
+// EtcdEndpoints are the client URLs of the etcd the central nodes
+// share; none when the registry is in bbolt.
+func (c *Cluster) EtcdEndpoints() []string { return slices.Clone(c.etcdEPs) }
+
+// EtcdDone is closed if the etcd member this cluster runs exits before
+// Shutdown; nil (never ready) when the cluster runs none.
+func (c *Cluster) EtcdDone() <-chan struct{} {
+	if c.etcd == nil {
+		return nil
+	}
+	return c.etcd.Members[0].Done()
+}
+
+// EtcdMember is the etcd member this cluster runs (its process, data
+// directory and log), or nil.
+func (c *Cluster) EtcdMember() *etcdproc.Member {
+	if c.etcd == nil {
+		return nil
+	}
+	return c.etcd.Members[0]
+}
+
+// Shutdown stops the edges, then the central nodes, then the etcd member
+// the cluster runs, and releases the directory.
 func (c *Cluster) Shutdown(ctx context.Context) error {
 	var errs []error
 	for _, e := range c.Edges {
 		errs = append(errs, e.Shutdown(ctx))
 	}
-	if c.Central != nil {
-		errs = append(errs, c.Central.Shutdown(ctx))
+	for _, n := range c.Centrals {
+		errs = append(errs, n.Shutdown(ctx))
 	}
+	c.etcd.Stop()
 	c.unlockDir()
 	return errors.Join(errs...)
 }

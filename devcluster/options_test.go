@@ -168,6 +168,10 @@ func TestDevBadOptions(t *testing.T) {
 		{"wildcard host", devcluster.Options{Host: "0.0.0.0"}, "wildcard"},
 		{"backend naming a key", devcluster.Options{Backend: "softkms:root-1;path=/x/softkms.json;kek-source=/x/kek"}, "names a key"},
 		{"bad backend", devcluster.Options{Backend: "nosuch:x"}, "unknown scheme"},
+		{"too many nodes for fixed ports", devcluster.Options{BasePort: 20000, Edges: nine[:8], Centrals: 3}, "at most 9 nodes"},
+		{"negative centrals", devcluster.Options{Centrals: -1}, "-1 central nodes"},
+		{"etcd not on loopback", devcluster.Options{Etcd: &devcluster.EtcdOptions{Endpoints: []string{"http://10.0.0.1:2379"}}}, "not a loopback"},
+		{"etcd over https", devcluster.Options{Etcd: &devcluster.EtcdOptions{Endpoints: []string{"https://127.0.0.1:2379"}}}, "plain http"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

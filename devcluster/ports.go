@@ -19,15 +19,31 @@ func (o *Options) checkPorts() error {
 		return fmt.Errorf("devcluster: base port %d is negative", o.BasePort)
 	case len(o.Edges) > MaxFixedEdges:
 		return fmt.Errorf("devcluster: %d edges with fixed ports; at most %d fit below the operations ports", len(o.Edges), MaxFixedEdges)
+	case o.lastNode() > MaxFixedEdges:
+		return fmt.Errorf("devcluster: %d edges and %d central nodes with fixed ports; at most %d nodes besides the first central fit below the operations ports",
+			len(o.Edges), o.Centrals, MaxFixedEdges)
 	}
-	if top := o.port(len(o.Edges), true); top > 65535 {
+	if top := o.port(o.lastNode(), true); top > 65535 {
 		return fmt.Errorf("devcluster: base port %d puts the last operations port at %d, above 65535", o.BasePort, top)
 	}
 	return nil
 }
 
-// port is the gRPC or operations port of node (0 the central node, i+1
-// edge i); 0 when the system chooses.
+// lastNode is the number of the last node (see port).
+func (o *Options) lastNode() int { return len(o.Edges) + max(o.Centrals, 1) - 1 }
+
+// centralNode is the node number of central node i (see port).
+func (o *Options) centralNode(i int) int {
+	if i == 0 {
+		return 0
+	}
+	return len(o.Edges) + i
+}
+
+// port is the gRPC or operations port of node: 0 the first central node,
+// i+1 edge i, and len(Edges)+k central node k ≥ 1 (central-(k+1)), so
+// that one central's layout is unchanged by more; 0 when the system
+// chooses.
 func (o *Options) port(node int, ops bool) int {
 	if o.BasePort == 0 {
 		return 0
@@ -63,9 +79,12 @@ func (o *Options) probePorts() error {
 	if o.BasePort == 0 {
 		return nil
 	}
-	names := []string{"central"}
+	names := []string{CentralName(0)}
 	for _, e := range o.Edges {
 		names = append(names, e.Name)
+	}
+	for i := 1; i < o.Centrals; i++ {
+		names = append(names, CentralName(i))
 	}
 	for _, ops := range []bool{false, true} {
 		for node, name := range names {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -24,6 +26,7 @@ import (
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/internal/atomicfile"
+	"github.com/keybroker/keybroker/internal/etcdproc"
 	"github.com/keybroker/keybroker/internal/softhsm"
 	"github.com/keybroker/keybroker/managed"
 )
@@ -33,9 +36,11 @@ const (
 	devDefaultData = "keybroker-dev"
 	devDefaultPort = 7700
 	devDefaultHost = "127.0.0.1"
-	// devPortSpan is how far above --port the last port the cluster takes
-	// lies: the second edge's operations port.
-	devPortSpan = devcluster.OpsPortOffset + 2
+	// devEdges is the number of edges dev runs.
+	devEdges = 2
+	// devMaxCentrals is the most central nodes --centrals takes: with the
+	// edges, their gRPC ports stay below the first operations port.
+	devMaxCentrals = devcluster.MaxFixedEdges - devEdges + 1
 	// devReadyTimeout bounds the wait for a started cluster to be ready:
 	// the edges' first synchronisation and the demo key.
 	devReadyTimeout = 2 * time.Minute
@@ -52,6 +57,10 @@ const (
 // devEnvFile is the file, in the data directory, the environment is
 // written to.
 const devEnvFile = "env"
+
+// devPortSpan is how far above --port the last port a cluster with
+// centrals central nodes takes lies: the last node's operations port.
+func devPortSpan(centrals int) int { return devcluster.OpsPortOffset + devEdges + centrals - 1 }
 
 const devLong = `Run a complete local keybroker cluster in this one process, with no set-up:
 a central node, two edges labelled with the regions us and eu, a development
@@ -71,6 +80,20 @@ Ports are fixed so that addresses stay valid across restarts. With --port N:
 The ops ports serve /healthz, /readyz and /metrics over HTTPS with client
 certificates. --port 0 lets the system choose free ports, different at each
 start. A port already in use stops dev with an error naming it.
+
+--centrals N (default 1) runs N central nodes instead of one — central,
+central-2, …, central-N, each with its own certificate, data directory and
+audit log, on the same root keys — sharing their registry in etcd, as a
+deployment's central tier does (docs/deploy.md). central-2 takes gRPC port
+N+3 and ops N+13, central-3 N+4 and N+14, and so on. Edge-us starts at
+central and edge-eu at central-2, and each fails over to the others. dev runs
+one etcd member itself, from the etcd binary (Debian and Ubuntu: apt install
+etcd-server; $KEYBROKER_ETCD names another binary), on free loopback ports
+with its data in DIR/etcd, and stops it when dev stops; or give --etcd with
+the client URLs of an etcd already running on loopback (plain http). dev
+keeps its objects under the prefix /keybroker-dev/. A data directory keeps
+the store it was first started with: one started with one central (bbolt)
+is refused with --centrals 2 or more, and the other way round.
 
 When the cluster is ready (the central node up, both edges synchronised, the
 demo key in place), dev writes DIR/env (mode 0600): export lines for
@@ -121,6 +144,9 @@ const devExample = `  keybroker dev
   echo 1234 > ~/kb.pin
   keybroker dev --backend "pkcs11:token=kb?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=$HOME/kb.pin"
 
+  # three central nodes on etcd (apt install etcd-server)
+  keybroker dev --centrals 3 --data keybroker-dev-3
+
   # then, in another shell
   source keybroker-dev/env
   keybroker encrypt --key demo --out hello.enc <<<hello
@@ -128,7 +154,8 @@ const devExample = `  keybroker dev
 
 type devFlags struct {
 	data, host, backend string
-	port                int
+	port, centrals      int
+	etcd                []string
 	softhsm             bool
 	logLevel, logFormat *enumValue
 }
@@ -153,7 +180,9 @@ func newDevCmd(e *env) *cobra.Command {
 	}
 	fs := cmd.Flags()
 	fs.StringVar(&f.data, "data", devDefaultData, "directory holding the cluster's CA, keys, policy and data; created if missing, reused when it exists")
-	fs.IntVar(&f.port, "port", devDefaultPort, fmt.Sprintf("central gRPC port; the edges take the next two, ops ports are %d above; 0 means system-chosen ports", devcluster.OpsPortOffset))
+	fs.IntVar(&f.port, "port", devDefaultPort, fmt.Sprintf("central gRPC port; the edges take the next two, further centrals the next ones, ops ports are %d above; 0 means system-chosen ports", devcluster.OpsPortOffset))
+	fs.IntVar(&f.centrals, "centrals", 1, fmt.Sprintf("number of central nodes, 1..%d; more than one share an etcd store (see above)", devMaxCentrals))
+	fs.StringSliceVar(&f.etcd, "etcd", nil, "client URLs (http://127.0.0.1:2379,…) of a running etcd on loopback for the centrals to share, instead of one dev runs")
 	fs.StringVar(&f.host, "host", devDefaultHost, "address every node listens on and clients dial")
 	fs.StringVar(&f.backend, "backend", "", "root of trust URI for the central node (see above); default: a softkms keystore in --data")
 	fs.BoolVar(&f.softhsm, "softhsm", false, "put the root keys on a SoftHSM2 token made in --data/softhsm (needs SoftHSM2 installed)")
@@ -164,8 +193,11 @@ func newDevCmd(e *env) *cobra.Command {
 
 // check refuses bad flags before anything is created.
 func (f *devFlags) check() error {
-	if f.port < 0 || f.port > 65535-devPortSpan {
-		return usageErrorf("--port %d: give 0 (system-chosen ports) or 1..%d: the cluster takes --port up to --port+%d", f.port, 65535-devPortSpan, devPortSpan)
+	if f.centrals < 1 || f.centrals > devMaxCentrals {
+		return usageErrorf("--centrals %d: give 1..%d", f.centrals, devMaxCentrals)
+	}
+	if span := devPortSpan(f.centrals); f.port < 0 || f.port > 65535-span {
+		return usageErrorf("--port %d: give 0 (system-chosen ports) or 1..%d: the cluster takes --port up to --port+%d", f.port, 65535-span, span)
 	}
 	if f.data == "" {
 		return usageErrorf("--data must name a directory")
@@ -175,6 +207,11 @@ func (f *devFlags) check() error {
 	}
 	if f.softhsm && f.backend != "" {
 		return usageErrorf("--softhsm and --backend both name the root of trust: give one")
+	}
+	for _, ep := range f.etcd {
+		if err := devEtcdEndpoint(ep); err != nil {
+			return usageErrorf("--etcd %s: %v", ep, err)
+		}
 	}
 	if f.backend != "" {
 		u, err := backends.ParseKeyURI(f.backend)
@@ -188,11 +225,36 @@ func (f *devFlags) check() error {
 	return nil
 }
 
+// devEtcdEndpoint refuses an --etcd endpoint dev cannot use: dev speaks
+// plain http to etcd, which only loopback may carry.
+func devEtcdEndpoint(ep string) error {
+	u, err := url.Parse(ep)
+	if err != nil || u.Scheme != "http" || u.Host == "" || u.Path != "" && u.Path != "/" {
+		return errors.New("give a URL http://host:port")
+	}
+	host, _, err := net.SplitHostPort(u.Host)
+	if ip := net.ParseIP(host); err != nil || host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return errors.New("not a loopback address: dev speaks plain http to etcd, which only loopback may carry")
+	}
+	return nil
+}
+
 func runDev(ctx context.Context, e *env, f devFlags) error {
 	log := config.Log{Level: f.logLevel.value, Format: f.logFormat.value}.NewLogger(e.stderr)
 	dir, err := filepath.Abs(f.data)
 	if err != nil {
 		return err
+	}
+	var etcd *devcluster.EtcdOptions
+	switch {
+	case len(f.etcd) > 0:
+		etcd = &devcluster.EtcdOptions{Endpoints: f.etcd}
+	case f.centrals > 1:
+		// At once, before a backend or a directory is touched.
+		if _, err := etcdproc.Binary(); err != nil {
+			return fmt.Errorf("--centrals %d: the central nodes share an etcd store, which dev runs from the etcd binary, and %v "+
+				"(or give --etcd with the client URLs of a running etcd)", f.centrals, err)
+		}
 	}
 	// Say at once that work has begun: opening a backend (a SoftHSM token,
 	// a cloud KMS) and making a fresh directory's CA and keys take a while,
@@ -207,16 +269,18 @@ func runDev(ctx context.Context, e *env, f devFlags) error {
 	// Start gets the process's context, not one with the start's time
 	// limit: a backend may keep the context it was opened with (a cloud
 	// client's credentials), and ending it would break the running node.
-	c, err := devcluster.Start(ctx, devcluster.Options{Dir: dir, Host: f.host, BasePort: f.port, Backend: backend, Logger: log})
+	c, err := devcluster.Start(ctx, devcluster.Options{Dir: dir, Host: f.host, BasePort: f.port, Backend: backend, Logger: log,
+		Centrals: f.centrals, Etcd: etcd})
 	if err != nil {
 		if ctx.Err() != nil {
 			log.Info("interrupted before the cluster was ready")
 			return nil
 		}
 		if pe, ok := errors.AsType[*devcluster.PortInUseError](err); ok {
+			last := devEdges + f.centrals - 1
 			return fmt.Errorf("port %d (%s) is already in use: is another keybroker dev running? "+
-				"Choose other ports with --port N (the cluster takes N, N+1, N+2 and N+%d, N+%d, N+%d), or --port 0 for any free ones",
-				pe.Port, pe.Use, devcluster.OpsPortOffset, devcluster.OpsPortOffset+1, devcluster.OpsPortOffset+2)
+				"Choose other ports with --port N (the cluster takes N..N+%d and N+%d..N+%d), or --port 0 for any free ones",
+				pe.Port, pe.Use, last, devcluster.OpsPortOffset, devcluster.OpsPortOffset+last)
 		}
 		return err
 	}
@@ -246,14 +310,22 @@ func runDev(ctx context.Context, e *env, f devFlags) error {
 	// Each node's servers report on Done only when they stop on their own
 	// before Shutdown (and with nil after it, which ends these
 	// goroutines).
-	stopped := make(chan error, 2*(1+len(c.Edges)))
+	stopped := make(chan error, 2*(len(c.Centrals)+len(c.Edges))+1)
 	watch := func(name string, done <-chan error) {
 		go func() {
 			err := <-done
 			stopped <- fmt.Errorf("%s stopped serving: %v", name, err)
 		}()
 	}
-	watch("central", c.Central.Done())
+	for i, n := range c.Centrals {
+		watch(devcluster.CentralName(i), n.Done())
+	}
+	if done := c.EtcdDone(); done != nil {
+		go func() {
+			<-done
+			stopped <- fmt.Errorf("etcd exited (its log: %s)", c.EtcdMember().LogFile)
+		}()
+	}
 	for i, n := range c.Edges {
 		watch(c.EdgeSpecs()[i].Name, n.Done())
 	}
@@ -386,6 +458,13 @@ func writeDevEnv(path string, c *devcluster.Cluster) error {
 	var b strings.Builder
 	b.WriteString("# Written by keybroker dev when its cluster was ready; kept when it stops.\n")
 	b.WriteString("# `source` this file to talk to the cluster's us edge as its admin.\n")
+	if len(c.Centrals) > 1 {
+		b.WriteString("# The central nodes (--addr to talk to one):")
+		for i, n := range c.Centrals {
+			fmt.Fprintf(&b, " %s %s", devcluster.CentralName(i), n.Addr())
+		}
+		b.WriteString("\n")
+	}
 	for _, v := range [][2]string{
 		{envAddr, devAppEdge(c)},
 		{envCA, admin.CA},
@@ -422,7 +501,9 @@ func printDevReady(w io.Writer, c *devcluster.Cluster, envPath string, demo *kbv
 	b.WriteString("keybroker dev: the cluster is ready.\n\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  NODE\tREGION\tGRPC\tOPS (/healthz /readyz /metrics)")
-	fmt.Fprintf(tw, "  central\t-\t%s\thttps://%s\n", c.Central.Addr(), c.Central.OpsAddr())
+	for i, n := range c.Centrals {
+		fmt.Fprintf(tw, "  %s\t-\t%s\thttps://%s\n", devcluster.CentralName(i), n.Addr(), n.OpsAddr())
+	}
 	for i, s := range c.EdgeSpecs() {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\thttps://%s\n", s.Name, orDash(s.Region), c.Edges[i].Addr(), c.Edges[i].OpsAddr())
 	}
@@ -443,6 +524,7 @@ func printDevReady(w io.Writer, c *devcluster.Cluster, envPath string, demo *kbv
 	for _, row := range [][2]string{
 		{"data", c.Dir() + " (kept across restarts)"},
 		{"root of trust", c.Backend()},
+		{"store", devStore(c)},
 		{"demo key", fmt.Sprintf("%s (%s, %s, primary version %d): %s", demo.GetKeyId(), typeName(demo.GetType()),
 			modeName(demo.GetMode()), demo.GetPrimaryVersion(), state)},
 		{"env", envPath + " (the us edge, as the admin)"},
@@ -462,17 +544,36 @@ func printDevReady(w io.Writer, c *devcluster.Cluster, envPath string, demo *kbv
 	return err
 }
 
+// devStore says where the registry is.
+func devStore(c *devcluster.Cluster) string {
+	eps := c.EtcdEndpoints()
+	switch m := c.EtcdMember(); {
+	case len(eps) == 0:
+		return "bbolt, " + filepath.Join(c.Dir(), "central", "registry.db")
+	case m != nil:
+		return fmt.Sprintf("etcd at %s (dev's own: data %s, log %s), prefix %s", strings.Join(eps, ","), m.DataDir, m.LogFile, devcluster.EtcdPrefix)
+	default:
+		return fmt.Sprintf("etcd at %s, prefix %s", strings.Join(eps, ","), devcluster.EtcdPrefix)
+	}
+}
+
 // devTryCommands are the commands printed to try, one shell line each.
 // The end-to-end test runs them.
 func devTryCommands(c *devcluster.Cluster, envPath string) []string {
-	return []string{
+	cmds := []string{
 		"source " + shellWord(envPath),
 		"keybroker encrypt --key " + demoKeyID + " --out hello.enc <<<hello",
 		"keybroker decrypt --in hello.enc | cat    # raw to a pipe; a terminal gets base64",
 		"keybroker lookup --key " + demoKeyID + " --op encrypt",
 		"keybroker key list",
-		"keybroker nodes",
-		"keybroker key rotate " + demoKeyID,
-		`curl --cacert "$KEYBROKER_CA" --cert "$KEYBROKER_CERT" --key "$KEYBROKER_KEY" https://` + c.Central.OpsAddr() + "/readyz",
 	}
+	if len(c.Centrals) > 1 {
+		last := len(c.Centrals) - 1
+		cmds = append(cmds, "keybroker key describe "+demoKeyID+" --addr "+c.Centrals[last].Addr()+"    # the same registry at "+devcluster.CentralName(last))
+	}
+	return append(cmds,
+		"keybroker nodes",
+		"keybroker key rotate "+demoKeyID,
+		`curl --cacert "$KEYBROKER_CA" --cert "$KEYBROKER_CERT" --key "$KEYBROKER_KEY" https://`+c.Central.OpsAddr()+"/readyz",
+	)
 }

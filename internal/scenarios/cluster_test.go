@@ -13,27 +13,59 @@ import (
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/devcluster"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/etcdtest"
 )
 
 // cluster is a devcluster in the benchmark process with an admin client at
-// the central node and an app client at the central node and at every
-// edge, each over its own connection.
+// the (first) central node and an app client at the central node and at
+// every edge, each over its own connection; with several central nodes,
+// an admin and an app client at each as well.
 type cluster struct {
-	c       *devcluster.Cluster
-	admin   kbv1.KeyAdminClient
-	central kbv1.KeyBrokerClient
-	edges   []kbv1.KeyBrokerClient
+	c        *devcluster.Cluster
+	admin    kbv1.KeyAdminClient
+	central  kbv1.KeyBrokerClient
+	edges    []kbv1.KeyBrokerClient
+	admins   []kbv1.KeyAdminClient // one at each central node, admin first
+	centrals []kbv1.KeyBrokerClient
 }
 
-// startCluster starts a central node on softkms and n edges named
-// edge-00, edge-01… in regions r0…r4, prefetching or not.
+// startCluster starts a central node on softkms (its registry in bbolt)
+// and n edges named edge-00, edge-01… in regions r0…r4, prefetching or
+// not.
 func startCluster(b *testing.B, n int, prefetch bool) *cluster {
+	b.Helper()
+	return startClusterOn(b, n, prefetch, tier{centrals: 1})
+}
+
+// tier is the central tier a benchmark runs on: how many central nodes,
+// and whether their registry is in etcd (one member the cluster runs,
+// from the etcd binary) or bbolt (one central node only).
+type tier struct {
+	centrals int
+	etcd     bool
+}
+
+func (t tier) String() string {
+	if !t.etcd {
+		return fmt.Sprintf("centrals=%d-bbolt", t.centrals)
+	}
+	return fmt.Sprintf("centrals=%d-etcd", t.centrals)
+}
+
+// startClusterOn is startCluster on the central tier t; edge i follows
+// central node i mod t.centrals first.
+func startClusterOn(b *testing.B, n int, prefetch bool, t tier) *cluster {
 	b.Helper()
 	specs := make([]devcluster.EdgeSpec, n)
 	for i := range specs {
 		specs[i] = devcluster.EdgeSpec{Name: fmt.Sprintf("edge-%02d", i), Region: fmt.Sprintf("r%d", i%5), Prefetch: prefetch}
 	}
-	c, err := devcluster.Start(b.Context(), devcluster.Options{Dir: b.TempDir(), Edges: specs})
+	opts := devcluster.Options{Dir: b.TempDir(), Edges: specs, Centrals: t.centrals}
+	if t.etcd {
+		etcdtest.SkipIfMissing(b)
+		opts.Etcd = &devcluster.EtcdOptions{}
+	}
+	c, err := devcluster.Start(b.Context(), opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -48,6 +80,11 @@ func startCluster(b *testing.B, n int, prefetch bool) *cluster {
 	}
 	for _, e := range c.Edges {
 		cl.edges = append(cl.edges, kbv1.NewKeyBrokerClient(dial(b, c, e.Addr(), identity.Client, devcluster.AppName)))
+	}
+	cl.admins, cl.centrals = []kbv1.KeyAdminClient{cl.admin}, []kbv1.KeyBrokerClient{cl.central}
+	for _, n := range c.Centrals[1:] {
+		cl.admins = append(cl.admins, kbv1.NewKeyAdminClient(dial(b, c, n.Addr(), identity.Admin, devcluster.AdminName)))
+		cl.centrals = append(cl.centrals, kbv1.NewKeyBrokerClient(dial(b, c, n.Addr(), identity.Client, devcluster.AppName)))
 	}
 	if err := cl.waitSynced(b.Context()); err != nil {
 		b.Fatal(err)
@@ -83,12 +120,14 @@ func (cl *cluster) waitSynced(ctx context.Context) error {
 	return cl.c.WaitSynced(ctx)
 }
 
-// backendCalls is every call the central node has made to its roots of
-// trust (keybroker_backend_calls_total summed).
+// backendCalls is every call the central nodes have made to their roots
+// of trust (keybroker_backend_calls_total summed).
 func (cl *cluster) backendCalls() uint64 {
 	var n uint64
-	for _, v := range cl.c.Central.Service().Roots().Calls() {
-		n += v
+	for _, c := range cl.c.Centrals {
+		for _, v := range c.Service().Roots().Calls() {
+			n += v
+		}
 	}
 	return n
 }

@@ -16,6 +16,14 @@
 //     one key's material at an edge that does not prefetch, and the
 //     FetchMaterial calls to the central tier and root-of-trust calls they
 //     cost (metrics fetches and backend-calls, per burst).
+//   - BenchmarkPropagationCentrals, BenchmarkMissThroughput,
+//     BenchmarkCreateKeyStore: the central tier as a cluster — propagation
+//     to 50 edges with one central node (bbolt, etcd) and three on etcd;
+//     misses (FetchMaterial, forwarded Sign) a second with one, two and
+//     three central nodes, with the CPU per op of this process and of the
+//     etcd member; CreateKey from 8 admins on bbolt against etcd. The etcd
+//     variants run one etcd member from the etcd binary and skip without
+//     it.
 //
 // The raw-SDK ceilings of the AWS and GCP backends live next to those
 // backends (backends/awskms and backends/gcpkms, bench_raw_test.go), and
