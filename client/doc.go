@@ -44,6 +44,15 @@
 // route. Config.Direct skips lookups: the configured nodes, in order, are
 // always the route.
 //
+// Admin calls (Client.Admin) go to the configured nodes in order and move
+// on from one that is unavailable — a central node that died or is cut off
+// from its store — in passes paced the same way; every other answer is
+// final. A call that moved on may have taken effect at the node that
+// failed, so it is carried out at least once: a retried CreateKey that
+// finds the key it asked for answers with it, a retried RotateKey may
+// rotate twice. Configure every central node (or the edges, which forward
+// admin calls) so that one of them can take over.
+//
 // All the attempts of one operation carry one request id (x-request-id),
 // so the audit lines of every node tried, and of the central tier behind
 // an edge, can be found together; WithRequestID sets it. Nodes keep it as
