@@ -142,6 +142,29 @@ func (m *Member) Stop() {
 	m.log.Close()
 }
 
+// Kill ends the member with SIGKILL, as a crashed machine, and waits
+// until it is gone. Stop afterwards does nothing more.
+func (m *Member) Kill() {
+	if m.cmd == nil || m.cmd.Process == nil {
+		return
+	}
+	m.cmd.Process.Kill()
+	<-m.done
+}
+
+// Running reports whether the member's process has not exited.
+func (m *Member) Running() bool {
+	if m.done == nil {
+		return false
+	}
+	select {
+	case <-m.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // wait polls until the cluster serves a linearizable read.
 func (c *Cluster) wait(t testing.TB) {
 	t.Helper()
