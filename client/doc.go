@@ -34,10 +34,13 @@
 // the next node and marks the answer stale; when the whole list fails, the
 // client pauses (jittered, doubling from Config.Backoff to
 // Config.MaxBackoff), asks again and makes another pass, up to
-// Config.MaxAttempts passes and never past the caller's deadline. An edge
-// that answers NotFound for a key it has not replicated yet also passes
-// the call on. Every other answer — denied, invalid, a disabled key — is
-// final.
+// Config.MaxAttempts passes and never past the caller's deadline. A node
+// that may not have replicated a new key yet — it answers NotFound, or
+// PermissionDenied, which is what a node says of a key it does not know
+// when the policy grants keys by their labels — also passes the call on to
+// the next node of the route, and the last node's answer is final: a
+// caller the policy denies is told so after one call to each node. Every
+// other answer — invalid, a disabled key — is final.
 //
 // When no node answers LookupKey the last answer is reused; when the
 // policy does not allow the caller LookupKey, the configured nodes are the

@@ -290,16 +290,24 @@ func (c *Tier) WaitApplied(t *testing.T, rev uint64) {
 }
 
 // SDK is a Go SDK client as kind/name, configured with every edge's
-// address (in region order as given) and then every central's, failing
-// over quickly: MaxAttempts passes of 20-200ms pauses.
+// address and then every central's (an admin: the centrals first), making
+// up to attempts passes.
 func (c *Tier) SDK(t *testing.T, kind identity.Kind, name, region string, attempts int) *client.Client {
 	t.Helper()
 	addrs := append(c.EdgeAddrs(), c.CentralAddrs()...)
 	if kind == identity.Admin {
 		addrs = append(c.CentralAddrs(), c.EdgeAddrs()...)
 	}
-	cfg := client.Config{TLS: c.clientTLS(t, Principal{Kind: kind, Name: name}), Addrs: addrs, Region: region,
-		MaxAttempts: attempts, Backoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Getenv: func(string) string { return "" }}
+	return c.SDKWith(t, kind, name, client.Config{Addrs: addrs, Region: region, MaxAttempts: attempts})
+}
+
+// SDKWith is a Go SDK client as kind/name with cfg's addresses, region,
+// routing and attempts, pausing 20-200ms between passes.
+func (c *Tier) SDKWith(t *testing.T, kind identity.Kind, name string, cfg client.Config) *client.Client {
+	t.Helper()
+	cfg.TLS = c.clientTLS(t, Principal{Kind: kind, Name: name})
+	cfg.Backoff, cfg.MaxBackoff = 20*time.Millisecond, 200*time.Millisecond
+	cfg.Getenv = func(string) string { return "" }
 	cl, err := client.New(t.Context(), cfg)
 	must(t, "client.New", err)
 	t.Cleanup(func() { cl.Close() })
@@ -394,4 +402,19 @@ func (l *EtcdLink) Heal() {
 func (c *Tier) AuditOf(t *testing.T, cn *TierCentral, match func(audit.Record) bool) []audit.Record {
 	t.Helper()
 	return readAudit(t, cn.AuditLog, match)
+}
+
+// NodeName names the node at addr (a central or an edge), or returns addr.
+func (c *Tier) NodeName(addr string) string {
+	for _, cn := range c.Centrals {
+		if cn.Addr == addr {
+			return cn.Name
+		}
+	}
+	for _, name := range c.Order {
+		if c.Edges[name].Proc.Addr == addr {
+			return name
+		}
+	}
+	return addr
 }
