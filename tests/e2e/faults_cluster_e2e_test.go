@@ -475,3 +475,128 @@ func TestFaultClusterAdminWritesSIGKILL(t *testing.T) {
 	rep.Set("%d concurrent admin writes over 3 centrals (creates %d, rotations %d, updates %d), %s killed after %d: %d errors; %d keys, %d versions consistent at every central; %d ciphertexts decrypted at %d nodes, %d failures",
 		total, kinds[0].Load(), kinds[1].Load(), kinds[2].Load(), victim.Name, total/2, errs.Load(), len(keys), versions, len(all), len(nodes), len(decryptErrs))
 }
+
+// TestFaultClusterEtcdLeaderSIGKILL kills the etcd member that leads
+// (SIGKILL) while SDK clients encrypt and decrypt at the edges, read keys
+// at the centrals, and write — CreateKey and UpdateKey through the SDK's
+// admin client. Reads and crypto must carry on with no error; a write
+// during the election either succeeds or fails retryably and the SDK's
+// retry makes it succeed, so no write fails either; and every
+// acknowledged write must be at every central afterwards. The longest
+// write during the election is the case's figure.
+func TestFaultClusterEtcdLeaderSIGKILL(t *testing.T) {
+	rep := framework.NewFaultReport(t, "cluster-etcd-leader-sigkill")
+	c := framework.StartTier(t, framework.TierOptions{Edges: clusterEdges()})
+	ctx := t.Context()
+	admin := c.SDK(t, identity.Admin, "ops", "", 20)
+	adm, err := admin.Admin()
+	must(t, "Admin", err)
+	var rev uint64
+	for _, id := range []string{"hot-derive", "hot-wrap"} {
+		m, err := adm.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: clusterAES, Mode: map[string]kbv1.KeyMode{"hot-derive": clusterDerive, "hot-wrap": clusterWrap}[id],
+			Labels: clusterOwner, Placement: "true"})
+		must(t, "CreateKey", err)
+		rev = max(rev, m.GetRevision())
+	}
+	c.WaitApplied(t, rev)
+	sdk := map[string]*client.Client{"edge-eu": directAt(t, c, "edge-eu", "eu"), "edge-us": directAt(t, c, "edge-us", "us")}
+	edges := []string{"edge-eu", "edge-us"}
+	readers := make([]*framework.Conn, len(c.Centrals))
+	for i, cn := range c.Centrals {
+		readers[i] = c.Dial(t, cn.Addr, identity.Client, "app")
+	}
+
+	var (
+		mu       sync.Mutex
+		created  []string
+		updated  = map[string]string{} // key: the label value an acknowledged UpdateKey set last
+		slowest  time.Duration
+		writes   atomic.Int64
+		killedAt atomic.Pointer[time.Time]
+	)
+	load := framework.StartLoad(ctx, 6, func(ctx context.Context, w, i int) error {
+		msg := fmt.Appendf(nil, "w%d-%d", w, i)
+		switch w {
+		case 0, 1: // crypto at the edges
+			cl := sdk[edges[w]]
+			key := []string{"hot-derive", "hot-wrap"}[i%2]
+			ct, err := cl.Encrypt(ctx, key, msg, nil)
+			if err != nil {
+				return fmt.Errorf("Encrypt: %w", err)
+			}
+			pt, err := cl.Decrypt(ctx, ct.Ciphertext, nil)
+			if err != nil || !bytes.Equal(pt.Plaintext, msg) {
+				return fmt.Errorf("Decrypt: %v, %w", pt, err)
+			}
+			return nil
+		case 2, 3: // reads at each central in turn, straight from its registry
+			r := readers[(w+i)%len(readers)]
+			if _, err := r.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "hot-wrap"}); err != nil {
+				return fmt.Errorf("DescribeKey: %w", err)
+			}
+			_, err := r.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "hot-derive", Plaintext: msg})
+			return err
+		default: // writes
+			start := time.Now()
+			defer func() {
+				if k := killedAt.Load(); k != nil && start.After(k.Add(-time.Second)) {
+					mu.Lock()
+					slowest = max(slowest, time.Since(start))
+					mu.Unlock()
+				}
+			}()
+			writes.Add(1)
+			if w == 4 {
+				id := fmt.Sprintf("e-%d", i)
+				if _, err := adm.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: clusterAES, Mode: clusterDerive, Labels: clusterOwner}); err != nil {
+					return fmt.Errorf("CreateKey %s: %w", id, err)
+				}
+				mu.Lock()
+				created = append(created, id)
+				mu.Unlock()
+				return nil
+			}
+			v := fmt.Sprint(i)
+			if _, err := adm.UpdateKey(ctx, &kbv1.UpdateKeyRequest{KeyId: "hot-wrap", Labels: map[string]string{"n": v}}); err != nil {
+				return fmt.Errorf("UpdateKey: %w", err)
+			}
+			mu.Lock()
+			updated["hot-wrap"] = v
+			mu.Unlock()
+			return nil
+		}
+	})
+	load.WaitOps(t, 200)
+	leader := c.EtcdLeader(t)
+	now := time.Now()
+	killedAt.Store(&now)
+	leader.Kill()
+	atKill := writes.Load()
+	// A new leader is elected among the two members left.
+	next := c.EtcdLeader(t)
+	framework.Poll(t, "writes after the election", func() (bool, string) {
+		return writes.Load() >= atKill+50, fmt.Sprintf("%d writes since the kill", writes.Load()-atKill)
+	})
+	first := load.Stop()
+	if n := load.Errs.Load(); n != 0 {
+		t.Errorf("%d of %d operations failed across the etcd leader's kill; first: %v", n, load.Ops.Load(), first)
+	}
+	// Every acknowledged write is at every central.
+	for _, cn := range c.Centrals {
+		at := c.AdminAt(t, cn)
+		framework.Poll(t, "every acknowledged write at "+cn.Name, func() (bool, string) {
+			for _, id := range created {
+				if _, err := at.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: id}); err != nil {
+					return false, fmt.Sprintf("%s: %v", id, err)
+				}
+			}
+			d, err := at.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "hot-wrap"})
+			if err != nil || d.GetKey().GetLabels()["n"] != updated["hot-wrap"] {
+				return false, fmt.Sprintf("hot-wrap labels %v, %v; want n=%s", d.GetKey().GetLabels(), err, updated["hot-wrap"])
+			}
+			return true, ""
+		})
+	}
+	rep.Set("killed etcd leader %s (%s leads after) under %d SDK operations: %d errors; %d creates and %d label updates acknowledged, all present at every central; longest write around the election %v",
+		leader.Name, next.Name, load.Ops.Load(), load.Errs.Load(), len(created), writes.Load()-int64(len(created)), slowest.Round(time.Millisecond))
+}
