@@ -22,10 +22,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
+	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/tests/framework"
 )
@@ -599,4 +602,141 @@ func TestFaultClusterEtcdLeaderSIGKILL(t *testing.T) {
 	}
 	rep.Set("killed etcd leader %s (%s leads after) under %d SDK operations: %d errors; %d creates and %d label updates acknowledged, all present at every central; longest write around the election %v",
 		leader.Name, next.Name, load.Ops.Load(), load.Errs.Load(), len(created), writes.Load()-int64(len(created)), slowest.Round(time.Millisecond))
+}
+
+// clusterStaleness is the cut-off central's store.etcd.max_staleness in
+// TestFaultClusterCentralCutFromEtcd, and clusterRequestTimeout its
+// store.etcd.request_timeout.
+const clusterStaleness, clusterRequestTimeout = "3s", "1s"
+
+// TestFaultClusterCentralCutFromEtcd cuts one central off from etcd (every
+// connection through its EtcdLink reset, new ones refused) while SDK
+// clients that try it first encrypt, decrypt and update a key. The cut-off
+// central must refuse writes at once with Unavailable and, once its
+// max_staleness has passed, refuse to serve keys from its registry with
+// Unavailable — fail-closed, like an edge — while the other centrals
+// serve, so that no SDK call fails. A key changed meanwhile at another
+// central must be seen at the cut-off one once the link heals, and it must
+// serve again.
+//
+// It needs the lead's fail-closed staleness for a central cut off from
+// etcd (store.etcd.max_staleness and request_timeout): until central.yaml
+// accepts them, it skips.
+func TestFaultClusterCentralCutFromEtcd(t *testing.T) {
+	c := framework.NewTier(t, framework.TierOptions{Linked: []int{2},
+		EtcdFor: map[int]string{2: "max_staleness: " + clusterStaleness + "\nrequest_timeout: " + clusterRequestTimeout}})
+	cut := c.Centrals[2]
+	if _, err := config.LoadCentral(cut.Config); err != nil {
+		if strings.Contains(err.Error(), "max_staleness") || strings.Contains(err.Error(), "request_timeout") {
+			t.Skipf("central.yaml does not take store.etcd.max_staleness and request_timeout yet (the lead's fail-closed staleness): %v", err)
+		}
+		t.Fatalf("%s: %v", cut.Config, err)
+	}
+	rep := framework.NewFaultReport(t, "cluster-central-cut-from-etcd")
+	c.Start(t)
+	ctx := t.Context()
+	others := c.Centrals[:2]
+	adminFirst := c.AdminAt(t, others[0])
+	_, err := adminFirst.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "k", Type: clusterAES, Mode: clusterWrap, Labels: clusterOwner})
+	must(t, "CreateKey", err)
+	atCut := c.Dial(t, cut.Addr, identity.Client, "app")
+	adminCut := c.AdminAt(t, cut)
+	var before *kbv1.EncryptResponse
+	framework.Poll(t, "the key at "+cut.Name, func() (bool, string) {
+		before, err = atCut.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: []byte("before the cut")})
+		return err == nil, fmt.Sprint(err)
+	})
+
+	// SDK clients that try the cut-off central first, then the others.
+	order := []string{cut.Addr, others[0].Addr, others[1].Addr}
+	app := c.SDKWith(t, identity.Client, "app", client.Config{Addrs: order, Direct: true, MaxAttempts: 20})
+	adminCl := c.SDKWith(t, identity.Admin, "ops", client.Config{Addrs: order, MaxAttempts: 20})
+	adm, err := adminCl.Admin()
+	must(t, "Admin", err)
+	load := framework.StartLoad(ctx, 3, func(ctx context.Context, w, i int) error {
+		msg := fmt.Appendf(nil, "w%d-%d", w, i)
+		if w == 2 {
+			if i%10 != 0 { // writes at a gentler pace
+				return nil
+			}
+			_, err := adm.UpdateKey(ctx, &kbv1.UpdateKeyRequest{KeyId: "k", Labels: map[string]string{"w": fmt.Sprint(i)}})
+			return err
+		}
+		ct, err := app.Encrypt(ctx, "k", msg, nil)
+		if err != nil {
+			return fmt.Errorf("Encrypt: %w", err)
+		}
+		pt, err := app.Decrypt(ctx, ct.Ciphertext, nil)
+		if err != nil || !bytes.Equal(pt.Plaintext, msg) {
+			return fmt.Errorf("Decrypt: %v, %w", pt, err)
+		}
+		return nil
+	})
+	load.WaitOps(t, 50)
+
+	cutAt := time.Now()
+	cut.Link.Cut()
+	// Writes are refused at once: Unavailable, well before any deadline.
+	if err := framework.FailsFast(ctx, func(ctx context.Context) error {
+		_, err := adminCut.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "during-cut", Type: clusterAES, Mode: clusterDerive})
+		return err
+	}); err != nil {
+		t.Errorf("CreateKey at %s cut off from etcd: %v", cut.Name, err)
+	}
+	if err := framework.FailsFast(ctx, func(ctx context.Context) error {
+		_, err := adminCut.Admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "k"})
+		return err
+	}); err != nil {
+		t.Errorf("RotateKey at %s cut off from etcd: %v", cut.Name, err)
+	}
+	// Past its max_staleness it stops serving its registry.
+	var staleAfter time.Duration
+	framework.Poll(t, cut.Name+" refusing keys once stale", func() (bool, string) {
+		_, err := atCut.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: []byte("x")})
+		if status.Code(err) != codes.Unavailable {
+			return false, fmt.Sprintf("Encrypt: %v", err)
+		}
+		_, err = atCut.KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: before.GetCiphertext()})
+		if status.Code(err) != codes.Unavailable {
+			return false, fmt.Sprintf("Decrypt: %v", err)
+		}
+		staleAfter = time.Since(cutAt)
+		return true, ""
+	})
+	// The others serve, and a change made at one of them now...
+	for _, cn := range others {
+		if _, err := c.Dial(t, cn.Addr, identity.Client, "app").KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: []byte("x")}); err != nil {
+			t.Errorf("Encrypt at %s while %s is cut off: %v", cn.Name, cut.Name, err)
+		}
+	}
+	rotated, err := adminFirst.Admin.RotateKey(ctx, &kbv1.KeyRequest{KeyId: "k"})
+	must(t, "RotateKey at "+others[0].Name, err)
+	_, err = adminFirst.Admin.UpdateKey(ctx, &kbv1.UpdateKeyRequest{KeyId: "k", Labels: map[string]string{"changed": "during-cut"}})
+	must(t, "UpdateKey at "+others[0].Name, err)
+	load.WaitOps(t, load.Ops.Load()+50)
+
+	// ...is seen at the cut-off central once it heals, which serves again.
+	cut.Link.Heal()
+	healed := time.Now()
+	framework.Poll(t, cut.Name+" caught up and serving", func() (bool, string) {
+		d, err := adminCut.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "k"})
+		if err != nil || d.GetKey().GetPrimaryVersion() != rotated.GetPrimaryVersion() || d.GetKey().GetLabels()["changed"] != "during-cut" {
+			return false, fmt.Sprintf("DescribeKey: %v, %v", d.GetKey(), err)
+		}
+		e, err := atCut.KB.Encrypt(ctx, &kbv1.EncryptRequest{KeyId: "k", Plaintext: []byte("x")})
+		if err != nil || e.GetKeyVersion() != rotated.GetPrimaryVersion() {
+			return false, fmt.Sprintf("Encrypt: version %d, %v", e.GetKeyVersion(), err)
+		}
+		return true, ""
+	})
+	caughtUp := time.Since(healed)
+	if d, err := atCut.KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: before.GetCiphertext()}); err != nil || string(d.GetPlaintext()) != "before the cut" {
+		t.Errorf("Decrypt at %s after healing: %q, %v", cut.Name, d.GetPlaintext(), err)
+	}
+	first := load.Stop()
+	if n := load.Errs.Load(); n != 0 {
+		t.Errorf("%d of %d SDK operations failed while %s was cut off; first: %v", n, load.Ops.Load(), cut.Name, first)
+	}
+	rep.Set("%s cut off from etcd (max_staleness %s): writes refused Unavailable at once, keys refused Unavailable %v after the cut, the others served; caught up %v after healing; %d SDK operations trying it first, %d errors",
+		cut.Name, clusterStaleness, staleAfter.Round(time.Millisecond), caughtUp.Round(time.Millisecond), load.Ops.Load(), load.Errs.Load())
 }

@@ -40,6 +40,8 @@ type Tier struct {
 	Edges    map[string]*EdgeNode
 	Order    []string
 
+	edges []*EdgeNode // to start
+
 	mu    sync.Mutex
 	conns map[string]*Conn // admin connections by central address
 }
@@ -68,6 +70,9 @@ type TierOptions struct {
 	// alone.
 	Extra    string
 	ExtraFor map[int]string
+	// EtcdFor[i] is added to central i's store.etcd mapping, one
+	// "field: value" a line ("max_staleness: 3s\n").
+	EtcdFor map[int]string
 	// Edges are started once the centrals are up, each given every
 	// central's address, the list rotated by one more for each edge so
 	// that edges spread over the centrals.
@@ -75,8 +80,19 @@ type TierOptions struct {
 }
 
 // StartTier starts an etcd cluster, the central processes on it (each
-// with a 2s edge lease and a 200ms heartbeat), and the edges.
+// with a 2s edge lease and a 200ms heartbeat), and the edges: NewTier,
+// then Start.
 func StartTier(t *testing.T, opts TierOptions) *Tier {
+	t.Helper()
+	c := NewTier(t, opts)
+	c.Start(t)
+	return c
+}
+
+// NewTier starts the etcd cluster and writes every central's certificate
+// and configuration (Centrals[i].Config), starting no central yet: a test
+// may check a configuration first.
+func NewTier(t *testing.T, opts TierOptions) *Tier {
 	t.Helper()
 	n := cmpOr(opts.Centrals, 3)
 	c := &Tier{Setup: NewSetupOn(t, SoftkmsRoots, append(slices.Clone(BasicRoots), RootKey{"root-ec", "ecdsa-p256"}, RootKey{"root-mac", "hmac-256"})),
@@ -114,17 +130,26 @@ func StartTier(t *testing.T, opts TierOptions) *Tier {
 			cfg = strings.Replace(cfg, r[0], r[1], 1)
 		}
 		cfg += fmt.Sprintf("edges: {lease: 2s, heartbeat: 200ms}\nstore:\n  etcd:\n    endpoints: [%s]\n    prefix: %s\n", strings.Join(endpoints, ", "), TierPrefix)
+		for line := range strings.Lines(opts.EtcdFor[i]) {
+			cfg += "    " + strings.TrimSpace(line) + "\n"
+		}
 		cfg += opts.Extra + opts.ExtraFor[i]
 		must(t, "writing "+cn.Config, os.WriteFile(cn.Config, []byte(cfg), 0o600))
 		c.Centrals = append(c.Centrals, cn)
 	}
+	c.edges = opts.Edges
+	return c
+}
+
+// Start starts every central, then the edges.
+func (c *Tier) Start(t *testing.T) {
+	t.Helper()
 	for _, cn := range c.Centrals {
 		cn.Proc = StartNode(t, "central", cn.Config)
 	}
-	for _, e := range opts.Edges {
+	for _, e := range c.edges {
 		c.AddEdge(t, e)
 	}
-	return c
 }
 
 func cmpOr(v, def int) int {
