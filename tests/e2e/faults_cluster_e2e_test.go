@@ -27,6 +27,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/central"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/identity"
@@ -739,4 +741,83 @@ func TestFaultClusterCentralCutFromEtcd(t *testing.T) {
 	}
 	rep.Set("%s cut off from etcd (max_staleness %s): writes refused Unavailable at once, keys refused Unavailable %v after the cut, the others served; caught up %v after healing; %d SDK operations trying it first, %d errors",
 		cut.Name, clusterStaleness, staleAfter.Round(time.Millisecond), caughtUp.Round(time.Millisecond), load.Ops.Load(), load.Errs.Load())
+}
+
+// TestFaultClusterSchedulerSIGKILL makes keys with a rotation period due
+// (their next rotation moved into the past in etcd, as if the period had
+// run out) and kills the central elected to sweep (SIGKILL) at once, so
+// that the rotation falls due across the leader change. Another central
+// must be elected and rotate each key exactly once for the one elapsed
+// period: one version more, the next rotation a period ahead, the same at
+// every central — the killed one too, once restarted.
+//
+// A new leader sweeps central.SweepInterval after its election (a minute),
+// and is elected once the killed one's session lease (store.LeaseTTL) has
+// run out: this case takes over a minute.
+func TestFaultClusterSchedulerSIGKILL(t *testing.T) {
+	rep := framework.NewFaultReport(t, "cluster-scheduler-sigkill")
+	c := framework.StartTier(t, framework.TierOptions{})
+	ctx := t.Context()
+	admin := c.Admin(t)
+	const period = 24 * time.Hour
+	ids := make([]string, 6)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("sched-%d", i)
+		_, err := admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: ids[i], Type: clusterAES, Mode: []kbv1.KeyMode{clusterDerive, clusterWrap}[i%2],
+			Labels: clusterOwner, RotationPeriod: durationpb.New(period)})
+		must(t, "CreateKey", err)
+	}
+	var leader string
+	framework.Poll(t, "a sweep leader", func() (bool, string) {
+		leader = c.SweepLeader(t)
+		return leader != "", "no election key"
+	})
+	old := c.Central(t, leader)
+	c.MakeDue(t, ids...)
+	old.Kill()
+	killed := time.Now()
+
+	wait := central.SweepInterval + store.LeaseTTL + framework.FaultWait
+	framework.PollFor(t, "every due key rotated at every live central", wait, func() (bool, string) {
+		for _, cn := range c.Live() {
+			for _, id := range ids {
+				d, err := c.AdminAt(t, cn).KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: id})
+				if err != nil || len(d.GetKey().GetVersions()) < 2 {
+					return false, fmt.Sprintf("%s at %s: %v, %v", id, cn.Name, d.GetKey().GetVersions(), err)
+				}
+			}
+		}
+		return true, ""
+	})
+	rotatedAfter := time.Since(killed)
+	next := c.SweepLeader(t)
+	if next == "" || next == leader {
+		t.Errorf("sweep leader after the kill of %s: %q", leader, next)
+	}
+	c.Restart(t, old)
+	for _, cn := range c.Centrals {
+		at := c.AdminAt(t, cn)
+		framework.Poll(t, "the rotations at "+cn.Name, func() (bool, string) {
+			for _, id := range ids {
+				d, err := at.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: id})
+				if err != nil || len(d.GetKey().GetVersions()) < 2 {
+					return false, fmt.Sprintf("%s: %v, %v", id, d.GetKey().GetVersions(), err)
+				}
+			}
+			return true, ""
+		})
+		for _, id := range ids {
+			d, err := at.KB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: id})
+			must(t, "DescribeKey", err)
+			k := d.GetKey()
+			if n := len(k.GetVersions()); n != 2 || k.GetPrimaryVersion() != 2 {
+				t.Errorf("%s at %s: %d versions, primary %d; want exactly one rotation for one elapsed period (2, 2)", id, cn.Name, n, k.GetPrimaryVersion())
+			}
+			if nr := k.GetNextRotation().AsTime(); nr.Before(killed.Add(period - time.Hour)) {
+				t.Errorf("%s at %s: next rotation %v, want a period after the rotation", id, cn.Name, nr)
+			}
+		}
+	}
+	rep.Set("killed sweep leader %s with %d keys due: %s elected, each key rotated exactly once (%v after the kill, sweep interval %v, lease %v)",
+		leader, len(ids), next, rotatedAfter.Round(time.Millisecond), central.SweepInterval, store.LeaseTTL)
 }

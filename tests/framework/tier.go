@@ -2,6 +2,8 @@ package framework
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +17,8 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/client"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/etcdtest"
@@ -442,4 +446,32 @@ func (c *Tier) NodeName(addr string) string {
 		}
 	}
 	return addr
+}
+
+// MakeDue moves each key's next rotation into the past in the shared
+// store, as if its rotation period had run out, writing the key's record
+// with compare-and-swap as a central would; every central follows the
+// change. It is how a test lets a period of at least a day pass.
+func (c *Tier) MakeDue(t *testing.T, ids ...string) {
+	t.Helper()
+	st, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: c.Etcd.Endpoints(), Prefix: TierPrefix})
+	must(t, "opening the store", err)
+	defer st.Close()
+	for _, id := range ids {
+		for {
+			o, err := st.Get(t.Context(), broker.KindKeys, id)
+			must(t, "reading key "+id, err)
+			var rec map[string]any
+			must(t, "decoding key "+id, json.Unmarshal(o.Value, &rec))
+			rec["next_rotation"] = time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano)
+			raw, err := json.Marshal(rec)
+			must(t, "encoding key "+id, err)
+			if _, err := st.Put(t.Context(), broker.KindKeys, id, raw, o.Revision); errors.Is(err, store.ErrConflict) {
+				continue // changed meanwhile: read it again
+			} else {
+				must(t, "writing key "+id, err)
+			}
+			break
+		}
+	}
 }
