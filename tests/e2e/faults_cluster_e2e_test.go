@@ -313,6 +313,7 @@ func TestFaultClusterAdminWritesSIGKILL(t *testing.T) {
 	}
 	victim := c.Centrals[1]
 	killed := make(chan struct{})
+	started := time.Now()
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
@@ -392,6 +393,7 @@ func TestFaultClusterAdminWritesSIGKILL(t *testing.T) {
 	if n := errs.Load(); n != 0 {
 		t.Errorf("%d of %d admin writes failed across the kill of %s; first: %v", n, total, victim.Name, first)
 	}
+	t.Logf("writes done %v after the start", time.Since(started).Round(time.Millisecond))
 	c.Restart(t, victim)
 
 	// Every central lists the same registry, with every acknowledged write.
@@ -467,6 +469,7 @@ func TestFaultClusterAdminWritesSIGKILL(t *testing.T) {
 	}
 
 	// Every ciphertext opens at every central and every edge.
+	t.Logf("registry checked %v after the start", time.Since(started).Round(time.Millisecond))
 	c.WaitApplied(t, rev)
 	all := msgs.all()
 	var decryptErrs []error
@@ -479,6 +482,7 @@ func TestFaultClusterAdminWritesSIGKILL(t *testing.T) {
 	if len(decryptErrs) > 0 {
 		t.Errorf("%d decryptions failed; first: %v", len(decryptErrs), decryptErrs[:min(5, len(decryptErrs))])
 	}
+	t.Logf("decryptions done %v after the start", time.Since(started).Round(time.Millisecond))
 	// A rotation the SDK retried after its central died may have
 	// committed twice: at least once is what Admin promises.
 	extra := versions - len(keys) - int(rotAcks.Load())
