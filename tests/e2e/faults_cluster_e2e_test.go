@@ -240,6 +240,17 @@ func TestFaultClusterCentralSIGKILL(t *testing.T) {
 	if n := load.Errs.Load(); n != 0 {
 		t.Errorf("%d of %d operations failed across the kill of %s; first: %v", n, load.Ops.Load(), victim.Name, first)
 	}
+	// The load did reach the central tier from the edges: misses fetched
+	// and backend-mode calls forwarded.
+	var fetches, forwards float64
+	for _, name := range edges {
+		fetches += c.MetricAt(t, c.Edges[name].Proc.OpsAddr, "keybroker_edge_fetches_total", "")
+		forwards += c.MetricAt(t, c.Edges[name].Proc.OpsAddr, "keybroker_edge_forwards_total", "")
+	}
+	if fetches == 0 || forwards == 0 {
+		t.Errorf("the edges fetched %v key versions and forwarded %v calls; the load was to make both", fetches, forwards)
+	}
+
 	// Every acknowledged rotation is at every live central.
 	for _, cn := range c.Live() {
 		at := c.AdminAt(t, cn)
@@ -254,8 +265,8 @@ func TestFaultClusterCentralSIGKILL(t *testing.T) {
 		})
 	}
 	t.Logf("%d DescribeKey calls right after RotateKey saw the version before it (a node that had not followed the change yet)", lagging.Load())
-	rep.Set("killed %s (followed by %v) under %d mixed SDK operations (crypto %d, cold misses %d, backend-mode Sign %d, admin %d+%d); %d errors; last edge resynchronised at another central %v after the kill (lease 2s)",
-		victim.Name, moved, load.Ops.Load(), kinds[0].Load(), kinds[1].Load(), kinds[2].Load(), kinds[3].Load(), kinds[4].Load(), load.Errs.Load(), last.Round(time.Millisecond))
+	rep.Set("killed %s (followed by %v) under %d mixed SDK operations (crypto %d, cold misses %d, backend-mode Sign %d, admin %d+%d; the edges fetched %v versions and forwarded %v calls); %d errors; last edge resynchronised at another central %v after the kill (lease 2s)",
+		victim.Name, moved, load.Ops.Load(), kinds[0].Load(), kinds[1].Load(), kinds[2].Load(), kinds[3].Load(), kinds[4].Load(), fetches, forwards, load.Errs.Load(), last.Round(time.Millisecond))
 }
 
 // clusterKey is what the admin writers were told of one key.
