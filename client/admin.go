@@ -17,7 +17,9 @@ import (
 // configured node and, when a node is unavailable (down, draining, cut off
 // from the store), to the next, in passes paced like the other operations
 // (Config.MaxAttempts, Config.Backoff): a central node that dies does not
-// fail an admin call while another serves. Every other answer is final.
+// fail an admin call while another serves. Every other answer is final,
+// a revision conflict (Aborted, UpdateKey's expected_revision) too: every
+// node would answer it.
 //
 // A call whose node failed after it was sent may have taken effect there
 // before the node went away, so a call that moved on is carried out at
@@ -25,8 +27,8 @@ import (
 // finds the key already made, with the type, mode, root, labels, rotation
 // period, description and placement asked for, answers with that key. A
 // retried RotateKey may rotate twice; a retried UpdateKey applies the same
-// change again, or fails with FailedPrecondition when it named an
-// expected_revision its own first attempt moved past.
+// change again, or fails with Aborted when it named an expected_revision
+// its own first attempt moved past.
 //
 // Errors are *Error, as from the other operations.
 func (c *Client) Admin() (kbv1.KeyAdminClient, error) {
@@ -67,7 +69,7 @@ func adminCall[T any](ctx context.Context, c *Client, op, key string, fn func(ct
 			}
 			last = fromRPC(op, key, addr, err)
 			last.Attempts = attempts
-			if !nextNode(ctx, last) {
+			if !nextNode(ctx, last) || last.Code == codes.Aborted {
 				return zero, last
 			}
 		}

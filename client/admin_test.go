@@ -224,6 +224,17 @@ func TestAdminFailsOver(t *testing.T) {
 		}
 	})
 
+	t.Run("a revision conflict is final", func(t *testing.T) {
+		reg := &sharedKeys{keys: map[string]*kbv1.KeyMetadata{}}
+		conflict := &adminNode{reg: reg, fail: status.Error(codes.Aborted, "revision conflict: key \"k\" is at revision 9, not 7")}
+		up := &adminNode{reg: reg}
+		adm := newAdmin(t, startAdminNode(t, ca, "central-1", conflict), startAdminNode(t, ca, "central-2", up))
+		_, err := adm.RotateKey(t.Context(), &kbv1.KeyRequest{KeyId: "k"})
+		if status.Code(err) != codes.Aborted || conflict.Calls() != 1 || up.Calls() != 0 {
+			t.Errorf("RotateKey answered Aborted = %v after %d and %d calls; want Aborted after one call", err, conflict.Calls(), up.Calls())
+		}
+	})
+
 	t.Run("every central unavailable", func(t *testing.T) {
 		reg := &sharedKeys{keys: map[string]*kbv1.KeyMetadata{}}
 		a := &adminNode{reg: reg, fail: unavailable}
