@@ -12,7 +12,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -41,13 +40,6 @@ var (
 	clusterAES                 = kbv1.KeyType_KEY_TYPE_AES_256_GCM
 	clusterDerive, clusterWrap = kbv1.KeyMode_KEY_MODE_DERIVE, kbv1.KeyMode_KEY_MODE_WRAP
 	clusterBackend             = kbv1.KeyMode_KEY_MODE_BACKEND
-	_                          = durationpb.New
-	_                          = json.Marshal
-	_                          = errors.New
-	_                          = strings.Contains
-	_                          = bytes.Equal
-	_                          = slices.Contains[[]string]
-	_                          = sync.Mutex{}
 )
 
 // clusterEdges are the two edges of the cluster cases: neither prefetches,
