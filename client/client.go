@@ -411,14 +411,3 @@ func (c *Client) Calls() map[string]uint64 {
 	}
 	return out
 }
-
-// Admin returns a KeyAdmin client on the first configured node (an edge
-// forwards admin calls to the central tier). Admin calls are not retried:
-// they change state.
-func (c *Client) Admin() (kbv1.KeyAdminClient, error) {
-	cn, err := c.conn(c.cfg.Addrs[0], identity.Identity{})
-	if err != nil {
-		return nil, err
-	}
-	return kbv1.NewKeyAdminClient(cn.cc), nil
-}

@@ -34,15 +34,27 @@
 // the next node and marks the answer stale; when the whole list fails, the
 // client pauses (jittered, doubling from Config.Backoff to
 // Config.MaxBackoff), asks again and makes another pass, up to
-// Config.MaxAttempts passes and never past the caller's deadline. An edge
-// that answers NotFound for a key it has not replicated yet also passes
-// the call on. Every other answer — denied, invalid, a disabled key — is
-// final.
+// Config.MaxAttempts passes and never past the caller's deadline. A node
+// that may not have replicated a new key yet — it answers NotFound, or
+// PermissionDenied, which is what a node says of a key it does not know
+// when the policy grants keys by their labels — also passes the call on to
+// the next node of the route, and the last node's answer is final: a
+// caller the policy denies is told so after one call to each node. Every
+// other answer — invalid, a disabled key — is final.
 //
 // When no node answers LookupKey the last answer is reused; when the
 // policy does not allow the caller LookupKey, the configured nodes are the
 // route. Config.Direct skips lookups: the configured nodes, in order, are
 // always the route.
+//
+// Admin calls (Client.Admin) go to the configured nodes in order and move
+// on from one that is unavailable — a central node that died or is cut off
+// from its store — in passes paced the same way; every other answer is
+// final. A call that moved on may have taken effect at the node that
+// failed, so it is carried out at least once: a retried CreateKey that
+// finds the key it asked for answers with it, a retried RotateKey may
+// rotate twice. Configure every central node (or the edges, which forward
+// admin calls) so that one of them can take over.
 //
 // All the attempts of one operation carry one request id (x-request-id),
 // so the audit lines of every node tried, and of the central tier behind

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/client"
@@ -132,4 +135,101 @@ func TestRoutedNodeIsPinned(t *testing.T) {
 	if _, err := cl2.Encrypt(ctx, "k1", []byte("secret"), nil); err != nil || other.encrypts != 1 || first.encrypts != 1 {
 		t.Fatalf("Encrypt at the node the lookup named: %v (edge-b served %d)", err, other.encrypts)
 	}
+}
+
+// lagNode is a node that has not replicated a key yet, under a policy that
+// grants keys by their labels: it denies every call on the key, as a node
+// authorizes a key it does not know (existence is not leaked).
+type lagNode struct {
+	kbv1.UnimplementedKeyBrokerServer
+	calls int
+}
+
+func (n *lagNode) LookupKey(context.Context, *kbv1.LookupKeyRequest) (*kbv1.LookupKeyResponse, error) {
+	n.calls++
+	return nil, status.Error(codes.PermissionDenied, "spiffe://kb.test/client/app may not LookupKey key k1")
+}
+
+func (n *lagNode) Encrypt(context.Context, *kbv1.EncryptRequest) (*kbv1.EncryptResponse, error) {
+	n.calls++
+	return nil, status.Error(codes.PermissionDenied, "spiffe://kb.test/client/app may not Encrypt key k1")
+}
+
+// TestLaggingNodePassesOn: a node that denies a key it has not replicated
+// yet passes the call on to the next node, which knows the key; when
+// every node denies, the caller is denied.
+func TestLaggingNodePassesOn(t *testing.T) {
+	t.Parallel()
+	const td = "kb.test"
+	ca, err := identity.NewCA(td, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := ca.WriteCA(caFile, filepath.Join(dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	files, err := ca.IssueFiles(identity.Identity{TrustDomain: td, Kind: identity.Client, Name: "app"}, nil, time.Hour, dir, "app", caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lag := &lagNode{}
+	lagAddr := startLagNode(t, ca, identity.Identity{TrustDomain: td, Kind: identity.Edge, Name: "edge-a"}, lag)
+	knows := &pinNode{}
+	knowsAddr := startPinNode(t, ca, identity.Identity{TrustDomain: td, Kind: identity.Central, Name: "central-2"}, knows)
+	for _, tc := range []struct {
+		name  string
+		addrs []string
+		ok    bool
+	}{
+		{"a later node knows the key", []string{lagAddr, knowsAddr}, true},
+		{"every node denies", []string{lagAddr}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl, err := client.New(t.Context(), client.Config{Addrs: tc.addrs, CAFile: files.CA, CertFile: files.Cert, KeyFile: files.Key, MaxAttempts: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			before := lag.calls
+			_, err = cl.Encrypt(t.Context(), "k1", []byte("m"), nil)
+			switch {
+			case tc.ok && err != nil:
+				t.Errorf("Encrypt = %v; want the node that knows the key to serve it", err)
+			case !tc.ok && (!errors.Is(err, client.ErrPermissionDenied) || status.Code(err) != codes.PermissionDenied):
+				t.Errorf("Encrypt = %v; want PermissionDenied", err)
+			case !tc.ok && lag.calls-before != 2:
+				t.Errorf("the denying node got %d calls (lookup and operation), want 2: a denial is not retried", lag.calls-before)
+			}
+		})
+	}
+}
+
+// startLagNode serves n over mutual TLS as id, issued by ca.
+func startLagNode(t *testing.T, ca *identity.CA, id identity.Identity, n *lagNode) string {
+	t.Helper()
+	certPEM, keyPEM, err := ca.Issue(id, []string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := identity.NewMaterial(&pair, []*x509.Certificate{ca.Cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := identity.NewLive(identity.Static{M: m}, nil, nil)
+	t.Cleanup(func() { live.Close() })
+	srv := grpc.NewServer(grpc.Creds(live.ServerCredentials()))
+	kbv1.RegisterKeyBrokerServer(srv, n)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return lis.Addr().String()
 }

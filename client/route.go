@@ -154,8 +154,10 @@ func (c *Client) lookup(ctx context.Context, key string, op kbv1.Operation) (rou
 		}
 		last = fromRPC("LookupKey", key, addr, err)
 		// NotFound from one node may be an edge that has not replicated
-		// a new key yet: the next node may know it.
-		if !nextNode(ctx, last) && last.Code != codes.NotFound {
+		// a new key yet, and so may PermissionDenied (a node authorizes
+		// a key it does not know as one with no labels): the next node
+		// may know it.
+		if !nextNode(ctx, last) && !notHereYet(last) {
 			return route{}, last
 		}
 	}
@@ -173,6 +175,15 @@ func nextNode(ctx context.Context, e *Error) bool {
 		return true
 	}
 	return false
+}
+
+// notHereYet says whether a node's answer may only mean that it has not
+// replicated the key yet: NotFound, or PermissionDenied, which a node
+// answers for a key it does not know when the policy gates keys on their
+// labels (existence is not leaked). The next node is asked; the last
+// node's answer is final.
+func notHereYet(e *Error) bool {
+	return e.Code == codes.NotFound || e.Code == codes.PermissionDenied
 }
 
 // call runs one operation: over the key's route, node after node while
@@ -224,9 +235,10 @@ func call[T any](ctx context.Context, c *Client, op, key string, lop kbv1.Operat
 			switch {
 			case nextNode(ctx, last):
 				c.routes.expire(routeKey{key, lop})
-			case last.Code == codes.NotFound && key != "" && i < len(rt.addrs)-1:
-				// An edge that has not replicated a new key yet; a
-				// node later in the route has.
+			case notHereYet(last) && key != "" && i < len(rt.addrs)-1:
+				// A node that has not replicated a new key yet (an
+				// edge, or a central that has not followed the store's
+				// feed that far); a node later in the route has.
 			default:
 				return zero, last
 			}

@@ -264,6 +264,20 @@ func (m *Member) end(sig syscall.Signal) {
 // Done is closed once the member's process has exited.
 func (m *Member) Done() <-chan struct{} { return m.done }
 
+// Running reports whether the member's process has started and not
+// exited.
+func (m *Member) Running() bool {
+	if m.done == nil {
+		return false
+	}
+	select {
+	case <-m.done:
+		return false
+	default:
+		return true
+	}
+}
+
 // Pid is the member's process id.
 func (m *Member) Pid() int { return m.cmd.Process.Pid }
 

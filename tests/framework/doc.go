@@ -39,6 +39,25 @@
 // (EdgeNode.Via) to cut or stall the network, a [Load] of workers counting
 // what the application lost, and a [FaultReport] line per case.
 //
+// # A central tier on etcd
+//
+// [Tier] (StartTier, or NewTier then Start) runs several central
+// processes — three by default, central-1, central-2, … each with its own
+// certificate, data directory, audit log and fixed port — on one registry
+// in a real etcd cluster of three members (internal/etcdtest), and edges
+// given every central's address (central.addresses), each edge's list
+// rotated by one so that edges spread over the centrals. Tier.SDK makes
+// SDK clients configured with every edge and every central. A central is
+// killed and restarted like any process; the etcd member that leads is
+// found by its Status (Tier.EtcdLeader) and killed with SIGKILL; the
+// central elected to sweep is read from the election (Tier.SweepLeader);
+// a central named in TierOptions.Linked reaches etcd through an
+// [EtcdLink], one [Proxy] per member, that cuts it off from etcd alone
+// and heals; Tier.MakeDue moves keys' next rotation into the past in the
+// store, the only way a test lets a rotation period of a day pass. Which
+// central an edge follows is read from every live central's ListNodes
+// (Tier.Following). The TestFaultCluster* cases use it.
+//
 // # The binary
 //
 // [Main], called from a test package's TestMain, builds the keybroker

@@ -79,14 +79,21 @@ func (r *FaultReport) Set(format string, args ...any) {
 // how long the state took to arrive is never asserted.
 func Poll(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(FaultWait)
+	PollFor(t, what, FaultWait, cond)
+}
+
+// PollFor is Poll bounded by wait instead of FaultWait, for a state that
+// comes only after a known longer period (a sweep interval).
+func PollFor(t *testing.T, what string, wait time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
 	for {
 		ok, last := cond()
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v; last: %s", what, FaultWait, last)
+			t.Fatalf("%s: not within %v; last: %s", what, wait, last)
 		}
 		select {
 		case <-t.Context().Done():

@@ -461,6 +461,10 @@ type EdgeNode struct {
 	// via is the address the edge dials for the central tier (a proxy in
 	// the fault tests); empty means central's own.
 	Via string
+	// Centrals, when set, are the central nodes the edge dials, in order
+	// (central.address and central.addresses); Via and the cluster's
+	// central are then not used.
+	Centrals []string
 	// reconnect is the edge's reconnect mapping; empty means quick
 	// retries (50ms, up to 500ms).
 	Reconnect string
@@ -547,6 +551,15 @@ func (c *Processes) AddEdge(t *testing.T, e *EdgeNode) {
 // starts it.
 func (c *Processes) StartEdge(t *testing.T, e *EdgeNode) {
 	t.Helper()
+	startEdge(t, c.Setup, e, c.Central.Addr)
+	c.Edges[e.Name] = e
+	c.Order = append(c.Order, e.Name)
+}
+
+// startEdge writes an enrolled edge's certificate and configuration and
+// starts it, dialling e.Centrals, else e.Via, else central.
+func startEdge(t *testing.T, c *Setup, e *EdgeNode, central string) {
+	t.Helper()
 	e.Dir = filepath.Join(c.Dir, e.Name)
 	e.Config = filepath.Join(c.Dir, e.Name+".yaml")
 	id := fmt.Sprintf("tls: {ca: ca.crt, cert: %s.crt, key: %s.key%s}\n", e.Name, e.Name, e.TLS)
@@ -561,22 +574,27 @@ func (c *Processes) StartEdge(t *testing.T, e *EdgeNode) {
 		[]string{"127.0.0.1"}, time.Hour, c.Dir, e.Name, c.CAFile); err != nil {
 		t.Fatal(err)
 	}
+	address, others := cmp.Or(e.Via, central), ""
+	if len(e.Centrals) > 0 {
+		address = e.Centrals[0]
+		if len(e.Centrals) > 1 {
+			others = fmt.Sprintf(", addresses: [%s]", strings.Join(e.Centrals[1:], ", "))
+		}
+	}
 	y := fmt.Sprintf(`node_id: %s
 trust_domain: %s
 listen: 127.0.0.1:0
 ops_listen: 127.0.0.1:0
 %sdata_dir: %s
 region: %s
-central: {address: %q%s}
+central: {address: %q%s%s}
 prefetch: %t
 max_staleness: %s
 reconnect: %s
-`, e.Name, TrustDomain, id, e.Name, e.Region, cmp.Or(e.Via, c.Central.Addr), serverName, e.Prefetch, e.Staleness,
+`, e.Name, TrustDomain, id, e.Name, e.Region, address, others, serverName, e.Prefetch, e.Staleness,
 		cmp.Or(e.Reconnect, "{initial_backoff: 50ms, max_backoff: 500ms}"))
 	must(t, "writing edge config", os.WriteFile(e.Config, []byte(y), 0o600))
 	e.Proc = StartNode(t, "edge", e.Config)
-	c.Edges[e.Name] = e
-	c.Order = append(c.Order, e.Name)
 }
 
 // ApplyWait bounds WaitApplied and WaitSynced so that a lost event fails the test with the

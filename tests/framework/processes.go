@@ -83,6 +83,12 @@ func (c *Processes) OpsAddr(node string) string {
 // configuration with it, trusting the cluster's CA.
 func (c *Processes) tlsConfig(t *testing.T, as Principal) *tls.Config {
 	t.Helper()
+	return c.clientTLS(t, as)
+}
+
+// clientTLS is Processes.tlsConfig for any cluster of the setup.
+func (c *Setup) clientTLS(t *testing.T, as Principal) *tls.Config {
+	t.Helper()
 	certPEM, keyPEM, err := c.CA.Issue(identity.Identity{TrustDomain: TrustDomain, Kind: as.Kind, Name: as.Name}, nil, time.Hour)
 	must(t, "Issue", err)
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
