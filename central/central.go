@@ -343,6 +343,9 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		if err := n.svc.Registry().WaitFollowed(ctx, n.store.Revision()); err != nil {
 			return
 		}
+		// It sweeps at once: a rotation that fell due while the last
+		// leader died waits for no interval.
+		n.sweep(ctx)
 		every(ctx, SweepInterval, func() { n.sweep(ctx) })
 	})
 }

@@ -469,6 +469,12 @@ func (s *Etcd) wrap(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// The request timeout (or the caller's deadline) ran out: etcd
+		// did not answer, and the outcome of a write is unknown. It is
+		// the store that is unavailable, not the caller that was late.
+		return fmt.Errorf("%w: etcd did not answer in time (a write may or may not have been applied)", ErrUnavailable)
+	}
 	return fmt.Errorf("%w: etcd: %w", ErrUnavailable, err)
 }
 

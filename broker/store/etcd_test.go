@@ -362,3 +362,34 @@ func TestEtcdQuietFeedAdvances(t *testing.T) {
 		t.Errorf("Heard = %v while etcd answers", quiet.Heard())
 	}
 }
+
+// TestEtcdUnreachableIsUnavailable: with etcd gone, every request ends
+// within the request timeout as ErrUnavailable — retryable elsewhere —
+// and never as the caller's own deadline or an unnamed error.
+func TestEtcdUnreachableIsUnavailable(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	s, err := store.OpenEtcd(t.Context(), store.EtcdConfig{Endpoints: c.Endpoints(), Prefix: freshPrefix(), RequestTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := t.Context()
+	rev, err := s.Put(ctx, "keys", "k", []byte("v"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Members[0].Stop()
+	check := func(op string, err error) {
+		t.Helper()
+		if !errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s with etcd gone: %v, want ErrUnavailable (and not DeadlineExceeded)", op, err)
+		}
+	}
+	_, err = s.Put(ctx, "keys", "k", []byte("w"), rev)
+	check("Put", err)
+	_, err = s.Get(ctx, "keys", "k")
+	check("Get", err)
+	_, _, err = s.List(ctx, "keys")
+	check("List", err)
+	check("Claim", s.Claim(ctx, "nonces", "n", time.Minute))
+}

@@ -641,18 +641,11 @@ const clusterStaleness, clusterRequestTimeout = "3s", "1s"
 // serve, so that no SDK call fails. A key changed meanwhile at another
 // central must be seen at the cut-off one once the link heals, and it must
 // serve again.
-//
-// It needs the lead's fail-closed staleness for a central cut off from
-// etcd (store.etcd.max_staleness and request_timeout): until central.yaml
-// accepts them, it skips.
 func TestFaultClusterCentralCutFromEtcd(t *testing.T) {
 	c := framework.NewTier(t, framework.TierOptions{Linked: []int{2},
 		EtcdFor: map[int]string{2: "max_staleness: " + clusterStaleness + "\nrequest_timeout: " + clusterRequestTimeout}})
 	cut := c.Centrals[2]
 	if _, err := config.LoadCentral(cut.Config); err != nil {
-		if strings.Contains(err.Error(), "max_staleness") || strings.Contains(err.Error(), "request_timeout") {
-			t.Skipf("central.yaml does not take store.etcd.max_staleness and request_timeout yet (the lead's fail-closed staleness): %v", err)
-		}
 		t.Fatalf("%s: %v", cut.Config, err)
 	}
 	rep := framework.NewFaultReport(t, "cluster-central-cut-from-etcd")
