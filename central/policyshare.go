@@ -31,11 +31,10 @@ import (
 // ("policy_files") and its log, so an operator sees a node whose files
 // were not updated. Each publication is audited by the node that made it.
 
-// kindPolicy holds the policy set in force, under policySetID.
-const (
-	kindPolicy  store.Kind = "policy"
-	policySetID            = "set"
-)
+// kindPolicy holds the policy set in force, as the object policySetID.
+const kindPolicy store.Kind = "policy"
+
+const policySetID = "set"
 
 // storedPolicy is the policy set as the store keeps it.
 type storedPolicy struct {
