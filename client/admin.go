@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"errors"
 	"maps"
 
 	"google.golang.org/grpc"
@@ -74,17 +73,7 @@ func adminCall[T any](ctx context.Context, c *Client, op, key string, fn func(ct
 			}
 		}
 	}
-	if last == nil {
-		last = local(op, key, codes.Unavailable, errors.New("no node to try"))
-	}
-	if err := ctx.Err(); err != nil && last.cause == nil {
-		last.cause = err
-		if errors.Is(err, context.DeadlineExceeded) {
-			last.Code = codes.DeadlineExceeded
-		}
-	}
-	last.Attempts = max(last.Attempts, attempts)
-	return zero, last
+	return zero, gaveUp(ctx, last, op, key, attempts)
 }
 
 // admin is adminCall for a call that has no second thoughts on a retry.

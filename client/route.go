@@ -244,6 +244,12 @@ func call[T any](ctx context.Context, c *Client, op, key string, lop kbv1.Operat
 			}
 		}
 	}
+	return zero, gaveUp(ctx, last, op, key, attempts)
+}
+
+// gaveUp is the error of a call that ran out of nodes or time: the last
+// node's answer (or "no node to try"), with ctx's own end as its cause.
+func gaveUp(ctx context.Context, last *Error, op, key string, attempts int) *Error {
 	if last == nil {
 		last = local(op, key, codes.Unavailable, errors.New("no node to try"))
 	}
@@ -254,7 +260,7 @@ func call[T any](ctx context.Context, c *Client, op, key string, lop kbv1.Operat
 		}
 	}
 	last.Attempts = max(last.Attempts, attempts)
-	return zero, last
+	return last
 }
 
 // pause sleeps before pass, a jittered doubling interval, and reports

@@ -636,23 +636,32 @@ func (c *Cluster) checkSameRoots() (record func() error, err error) {
 		now = defaultRoot
 	}
 	path := filepath.Join(c.opts.Dir, rootOfTrustFile)
-	record = func() error { return writeFile(path, now+"\n") }
-	was := ""
-	switch data, err := os.ReadFile(path); {
-	case err == nil:
-		was, record = strings.TrimSpace(string(data)), func() error { return nil }
-	case !errors.Is(err, os.ErrNotExist):
-		return nil, fmt.Errorf("devcluster: %w", err)
-	default:
-		if _, err := os.Stat(c.CentralConfig); err == nil {
-			was = defaultRoot
-		}
+	was, record, err := c.recorded(path, now, defaultRoot)
+	if err != nil {
+		return nil, err
 	}
 	if was != "" && was != now {
 		return nil, fmt.Errorf("devcluster: %s was set up on %s (recorded in %s), and this start is on %s: "+
 			"the keys created there would stop working; start on the same root of trust, or use another directory", c.opts.Dir, was, path, now)
 	}
 	return record, nil
+}
+
+// recorded reads what the file at path recorded of a directory's set-up:
+// was is "" for a new directory, before for one set up before such records
+// were kept (it has a central.yaml); record writes now, when nothing was
+// recorded, once the start is under way.
+func (c *Cluster) recorded(path, now, before string) (was string, record func() error, err error) {
+	switch data, err := os.ReadFile(path); {
+	case err == nil:
+		return strings.TrimSpace(string(data)), func() error { return nil }, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return "", nil, fmt.Errorf("devcluster: %w", err)
+	}
+	if _, err := os.Stat(c.CentralConfig); err == nil {
+		was = before
+	}
+	return was, func() error { return writeFile(path, now+"\n") }, nil
 }
 
 // mustParse parses a URI rootKeysFor has already accepted.

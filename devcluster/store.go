@@ -2,11 +2,9 @@ package devcluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -56,17 +54,9 @@ func (c *Cluster) checkSameStore() (record func() error, err error) {
 		now = storeEtcd
 	}
 	path := filepath.Join(c.opts.Dir, storeFile)
-	record = func() error { return writeFile(path, now+"\n") }
-	was := ""
-	switch data, err := os.ReadFile(path); {
-	case err == nil:
-		was, record = strings.TrimSpace(string(data)), func() error { return nil }
-	case !errors.Is(err, os.ErrNotExist):
-		return nil, fmt.Errorf("devcluster: %w", err)
-	default:
-		if _, err := os.Stat(c.CentralConfig); err == nil {
-			was = storeBolt
-		}
+	was, record, err := c.recorded(path, now, storeBolt)
+	if err != nil {
+		return nil, err
 	}
 	if was != "" && was != now {
 		how := map[string]string{storeBolt: "bbolt (one central node)", storeEtcd: "etcd (several central nodes)"}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"os"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/edge"
 	"github.com/keybroker/keybroker/identity"
 )
@@ -37,6 +39,16 @@ func TestEdgeTriesEveryCentral(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	n := startEdge(t, cfg)
+	want := dc.Central.Service().Registry().Store().Revision()
+	waitFollowing(t, n, want, func() string {
+		return fmt.Sprintf("the edge did not reach the central at %s through central.addresses", live)
+	})
+}
+
+// startEdge starts an edge on cfg, shut down with the test.
+func startEdge(t *testing.T, cfg *config.Edge) *edge.Node {
+	t.Helper()
 	n, err := edge.Start(t.Context(), cfg, edge.Options{})
 	if err != nil {
 		t.Fatalf("edge.Start: %v", err)
@@ -46,12 +58,17 @@ func TestEdgeTriesEveryCentral(t *testing.T) {
 		defer cancel()
 		_ = n.Shutdown(ctx)
 	})
-	want := dc.Central.Service().Registry().Store().Revision()
+	return n
+}
+
+// waitFollowing waits until n follows a central node and has applied rev,
+// failing with what says after 30 seconds.
+func waitFollowing(t *testing.T, n *edge.Node, rev uint64, what func() string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for !n.Cache().Connected() || n.Cache().Revision() < want {
+	for !n.Cache().Connected() || n.Cache().Revision() < rev {
 		if time.Now().After(deadline) {
-			t.Fatalf("the edge did not reach the central at %s through central.addresses (connected %v, revision %d of %d)",
-				live, n.Cache().Connected(), n.Cache().Revision(), want)
+			t.Fatalf("%s (connected %v, revision %d of %d)", what(), n.Cache().Connected(), n.Cache().Revision(), rev)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -106,22 +123,10 @@ func TestEdgeLeavesARefusingCentral(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	n, err := edge.Start(t.Context(), cfg, edge.Options{})
-	if err != nil {
-		t.Fatalf("edge.Start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = n.Shutdown(ctx)
+	n := startEdge(t, cfg)
+	waitFollowing(t, n, 0, func() string {
+		return fmt.Sprintf("the edge did not leave the refusing central for %s (refused %d times)", live, refusing.asked.Load())
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !n.Cache().Connected() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the edge did not leave the refusing central for %s (refused %d times)", live, refusing.asked.Load())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	if refusing.asked.Load() == 0 {
 		t.Errorf("the edge never asked the first central: the test proves nothing")
 	}
