@@ -64,6 +64,7 @@ import (
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/budget"
 	"github.com/keybroker/keybroker/internal/node"
+	"github.com/keybroker/keybroker/internal/tick"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
@@ -317,21 +318,7 @@ func (n *Node) reloadLoop(ctx context.Context) {
 	if n.cfg.Policy.ReloadInterval <= 0 {
 		return
 	}
-	every(ctx, n.cfg.Policy.ReloadInterval, func() { n.reloadPolicy(false) })
-}
-
-// every calls fn every d until ctx ends.
-func every(ctx context.Context, d time.Duration, fn func()) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			fn()
-		}
-	}
+	tick.Every(ctx, n.cfg.Policy.ReloadInterval, func() { n.reloadPolicy(false) })
 }
 
 func (n *Node) sweepLoop(ctx context.Context) {
@@ -346,7 +333,7 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		// It sweeps at once: a rotation that fell due while the last
 		// leader died waits for no interval.
 		n.sweep(ctx)
-		every(ctx, SweepInterval, func() { n.sweep(ctx) })
+		tick.Every(ctx, SweepInterval, func() { n.sweep(ctx) })
 	})
 }
 
@@ -379,7 +366,7 @@ func (n *Node) auditSystem(op, key string, err error) error {
 // has been silent past max_staleness, and when it serves again.
 func (n *Node) watchSilence(ctx context.Context) {
 	var was error
-	every(ctx, time.Second, func() {
+	tick.Every(ctx, time.Second, func() {
 		err := n.svc.Registry().Current()
 		switch {
 		case err != nil && was == nil:

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/internal/tick"
 	"github.com/keybroker/keybroker/policy"
 )
 
@@ -95,7 +96,7 @@ func portable(set *policy.Set) (*policy.Set, error) {
 
 // follow reads the stored set every second until ctx ends.
 func (p *policyShare) follow(ctx context.Context) {
-	every(ctx, time.Second, func() {
+	tick.Every(ctx, time.Second, func() {
 		if err := p.sync(ctx); err != nil && !errors.Is(err, store.ErrNotFound) && ctx.Err() == nil {
 			p.log.Warn("reading the policy set in force from the store", "err", err)
 		}

@@ -2,8 +2,6 @@ package client_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"net"
 	"path/filepath"
@@ -102,30 +100,10 @@ func (n *adminNode) Calls() int {
 // startAdminNode serves n over mutual TLS as central node name.
 func startAdminNode(t *testing.T, ca *identity.CA, name string, n *adminNode) string {
 	t.Helper()
-	certPEM, keyPEM, err := ca.Issue(identity.Identity{TrustDomain: ca.TrustDomain, Kind: identity.Central, Name: name}, []string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := identity.NewMaterial(&pair, []*x509.Certificate{ca.Cert})
-	if err != nil {
-		t.Fatal(err)
-	}
-	live := identity.NewLive(identity.Static{M: m}, nil, nil)
-	t.Cleanup(func() { live.Close() })
-	srv := grpc.NewServer(grpc.Creds(live.ServerCredentials()))
-	kbv1.RegisterKeyAdminServer(srv, n)
-	kbv1.RegisterKeyBrokerServer(srv, n)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
+	return serveTLS(t, ca, identity.Identity{TrustDomain: ca.TrustDomain, Kind: identity.Central, Name: name}, func(srv *grpc.Server) {
+		kbv1.RegisterKeyAdminServer(srv, n)
+		kbv1.RegisterKeyBrokerServer(srv, n)
+	})
 }
 
 // deadAddr is a loopback address where nothing listens.

@@ -40,29 +40,9 @@ func (n *pinNode) Encrypt(context.Context, *kbv1.EncryptRequest) (*kbv1.EncryptR
 // startPinNode serves n over mutual TLS as id, issued by ca.
 func startPinNode(t *testing.T, ca *identity.CA, id identity.Identity, n *pinNode) string {
 	t.Helper()
-	certPEM, keyPEM, err := ca.Issue(id, []string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := identity.NewMaterial(&pair, []*x509.Certificate{ca.Cert})
-	if err != nil {
-		t.Fatal(err)
-	}
-	live := identity.NewLive(identity.Static{M: m}, nil, nil)
-	t.Cleanup(func() { live.Close() })
-	srv := grpc.NewServer(grpc.Creds(live.ServerCredentials()))
-	kbv1.RegisterKeyBrokerServer(srv, n)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
+	return serveTLS(t, ca, id, func(srv *grpc.Server) {
+		kbv1.RegisterKeyBrokerServer(srv, n)
+	})
 }
 
 // TestRoutedNodeIsPinned: a node a lookup answer names at an address is
@@ -209,6 +189,15 @@ func TestLaggingNodePassesOn(t *testing.T) {
 // startLagNode serves n over mutual TLS as id, issued by ca.
 func startLagNode(t *testing.T, ca *identity.CA, id identity.Identity, n *lagNode) string {
 	t.Helper()
+	return serveTLS(t, ca, id, func(srv *grpc.Server) {
+		kbv1.RegisterKeyBrokerServer(srv, n)
+	})
+}
+
+// serveTLS serves over mutual TLS as id, issued by ca, what register
+// adds to the server; it stops with the test.
+func serveTLS(t *testing.T, ca *identity.CA, id identity.Identity, register func(*grpc.Server)) string {
+	t.Helper()
 	certPEM, keyPEM, err := ca.Issue(id, []string{"127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -224,7 +213,7 @@ func startLagNode(t *testing.T, ca *identity.CA, id identity.Identity, n *lagNod
 	live := identity.NewLive(identity.Static{M: m}, nil, nil)
 	t.Cleanup(func() { live.Close() })
 	srv := grpc.NewServer(grpc.Creds(live.ServerCredentials()))
-	kbv1.RegisterKeyBrokerServer(srv, n)
+	register(srv)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

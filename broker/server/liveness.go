@@ -14,6 +14,7 @@ import (
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/internal/tick"
 )
 
 // liveness is what the central node knows of its edges beyond their
@@ -79,14 +80,7 @@ var shareEvery = time.Second
 // an edge connecting or leaving at another central changes lookups here
 // too (Changed fires). A record lasts a lease past its last publication.
 func (l *liveness) share(ctx context.Context, p store.Presence, self string, lease time.Duration, log *slog.Logger) {
-	t := time.NewTicker(shareEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	tick.Every(ctx, shareEvery, func() {
 		for id, rec := range l.takeDirty(self) {
 			value, _ := json.Marshal(rec)
 			if err := p.Publish(ctx, kindEdges, id, value, lease+shareEvery); err != nil {
@@ -97,7 +91,7 @@ func (l *liveness) share(ctx context.Context, p store.Presence, self string, lea
 		objs, err := p.Present(ctx, kindEdges)
 		if err != nil {
 			log.Debug("reading the other centrals' edges", "err", err)
-			continue
+			return
 		}
 		others := map[string]sharedEdge{}
 		for _, o := range objs {
@@ -107,7 +101,7 @@ func (l *liveness) share(ctx context.Context, p store.Presence, self string, lea
 			}
 		}
 		l.setOthers(others)
-	}
+	})
 }
 
 // ShareLiveness publishes the liveness of the edges this node serves to

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keybroker/keybroker/internal/tick"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -161,18 +162,11 @@ func watchContext(ctx context.Context) context.Context { return clientv3.WithReq
 // notification on every watch of this store, so that a quiet feed
 // advances and Heard stays current while etcd answers.
 func (s *Etcd) requestProgress(ctx context.Context) {
-	t := time.NewTicker(ProgressInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			rctx, cancel := s.request(watchContext(ctx))
-			s.cli.RequestProgress(rctx) // an error is a silence Heard shows
-			cancel()
-		}
-	}
+	tick.Every(ctx, ProgressInterval, func() {
+		rctx, cancel := s.request(watchContext(ctx))
+		s.cli.RequestProgress(rctx) // an error is a silence Heard shows
+		cancel()
+	})
 }
 
 // saw raises the known revision to r and returns the known revision.
