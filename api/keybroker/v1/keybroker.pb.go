@@ -3844,9 +3844,13 @@ func (x *RegisterEdgeResponse) GetLabels() map[string]string {
 type WatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 0 starts with a snapshot; otherwise events after this revision.
-	FromRevision  uint64 `protobuf:"varint,1,opt,name=from_revision,json=fromRevision,proto3" json:"from_revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	FromRevision uint64 `protobuf:"varint,1,opt,name=from_revision,json=fromRevision,proto3" json:"from_revision,omitempty"`
+	// The edge takes a snapshot in chunks (EdgeSnapshot.more): a central
+	// node then never sends the whole registry in one message. An edge that
+	// does not say so gets one message, as before.
+	ChunkedSnapshot bool `protobuf:"varint,2,opt,name=chunked_snapshot,json=chunkedSnapshot,proto3" json:"chunked_snapshot,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *WatchRequest) Reset() {
@@ -3884,6 +3888,13 @@ func (x *WatchRequest) GetFromRevision() uint64 {
 		return x.FromRevision
 	}
 	return 0
+}
+
+func (x *WatchRequest) GetChunkedSnapshot() bool {
+	if x != nil {
+		return x.ChunkedSnapshot
+	}
+	return false
 }
 
 type EdgeKeyVersion struct {
@@ -4117,10 +4128,16 @@ func (x *EdgePolicy) GetFiles() []*PolicyFile {
 }
 
 type EdgeSnapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Keys          []*EdgeKey             `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
-	Policy        *EdgePolicy            `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
-	Nodes         []*Node                `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Keys   []*EdgeKey             `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Policy *EdgePolicy            `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Nodes  []*Node                `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// With WatchRequest.chunked_snapshot: more chunks of this snapshot
+	// follow, in key id order, all at the same WatchEvent.revision. The
+	// first chunk carries policy and nodes; the edge replaces its replica
+	// only when the last chunk (more = false) has arrived, so a stream lost
+	// mid-snapshot leaves the replica as it was.
+	More          bool `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4174,6 +4191,13 @@ func (x *EdgeSnapshot) GetNodes() []*Node {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *EdgeSnapshot) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
 }
 
 type Heartbeat struct {
@@ -5141,9 +5165,10 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x06labels\x18\x05 \x03(\v2..keybroker.v1.RegisterEdgeResponse.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"3\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
 	"\fWatchRequest\x12#\n" +
-	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\"r\n" +
+	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\x12)\n" +
+	"\x10chunked_snapshot\x18\x02 \x01(\bR\x0fchunkedSnapshot\"r\n" +
 	"\x0eEdgeKeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
@@ -5160,11 +5185,12 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\n" +
 	"EdgePolicy\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12.\n" +
-	"\x05files\x18\x02 \x03(\v2\x18.keybroker.v1.PolicyFileR\x05files\"\x95\x01\n" +
+	"\x05files\x18\x02 \x03(\v2\x18.keybroker.v1.PolicyFileR\x05files\"\xa9\x01\n" +
 	"\fEdgeSnapshot\x12)\n" +
 	"\x04keys\x18\x01 \x03(\v2\x15.keybroker.v1.EdgeKeyR\x04keys\x120\n" +
 	"\x06policy\x18\x02 \x01(\v2\x18.keybroker.v1.EdgePolicyR\x06policy\x12(\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\"L\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\x12\x12\n" +
+	"\x04more\x18\x04 \x01(\bR\x04more\"L\n" +
 	"\tHeartbeat\x12?\n" +
 	"\rlease_expires\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\fleaseExpires\"\xe4\x02\n" +
 	"\n" +
