@@ -188,6 +188,9 @@ func (m *Member) start(bin, initial, token string) error {
 		"--listen-peer-urls", m.PeerURL, "--initial-advertise-peer-urls", m.PeerURL,
 		"--initial-cluster", initial, "--initial-cluster-state", "new", "--initial-cluster-token", token,
 		"--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
+		// History bounded as docs/deploy.md advises: what an edge away for
+		// longer than an hour resumes from is a full snapshot.
+		"--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h",
 	)
 	m.cmd.Stdout, m.cmd.Stderr = log, log
 	m.cmd.SysProcAttr = procAttr()
