@@ -249,7 +249,9 @@ func (l *liveness) describe(n *kbv1.Node) {
 	e, ok := l.edges[n.NodeId]
 	if rec, there := l.others[n.NodeId]; there && (!ok || e.stream == nil) {
 		e, ok = &edgeLive{lease: rec.Lease, applied: rec.Applied}, true
-		n.Connected = rec.Connected
+		// A record outlives a central that died by up to a lease: past
+		// its lease the edge no longer follows that central.
+		n.Connected = rec.Connected && time.Now().Before(rec.Lease)
 	} else if ok {
 		n.Connected = e.stream != nil
 	}

@@ -70,6 +70,13 @@ func TestEdgeLivenessSharedAcrossCentrals(t *testing.T) {
 	default:
 		t.Error("b's inventory signal did not fire when edge-1 left a")
 	}
+	// A record whose lease has run out (its central died) shows the edge
+	// not connected, whatever it said.
+	c := newLiveness()
+	c.setOthers(map[string]sharedEdge{"edge-2": {Central: "central-a", Connected: true, Lease: time.Now().Add(-time.Second)}})
+	if n := (&kbv1.Node{NodeId: "edge-2"}); func() bool { c.describe(n); return n.Connected || n.LeaseExpires == nil }() {
+		t.Errorf("an edge whose published lease ran out is shown connected: %+v", n)
+	}
 	// An edge following b itself is described from b's own stream.
 	b.connect("edge-1", lease, func(error) {})
 	if n := (&kbv1.Node{NodeId: "edge-1"}); func() bool { b.describe(n); return !n.Connected }() {
