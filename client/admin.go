@@ -155,3 +155,19 @@ func (a adminClient) UpdateNode(ctx context.Context, in *kbv1.UpdateNodeRequest,
 func (a adminClient) RemoveNode(ctx context.Context, in *kbv1.RemoveNodeRequest, opts ...grpc.CallOption) (*kbv1.RemoveNodeResponse, error) {
 	return admin(ctx, a, "RemoveNode", "", in, opts, kbv1.KeyAdminClient.RemoveNode)
 }
+
+// CreateAccessKey is retried like the other admin calls, at least once:
+// a node that died after making the key leaves it behind with its secret
+// lost in the answer; list and revoke it (ListAccessKeys names who made
+// each and when).
+func (a adminClient) CreateAccessKey(ctx context.Context, in *kbv1.CreateAccessKeyRequest, opts ...grpc.CallOption) (*kbv1.AccessKey, error) {
+	return admin(ctx, a, "CreateAccessKey", "", in, opts, kbv1.KeyAdminClient.CreateAccessKey)
+}
+
+func (a adminClient) ListAccessKeys(ctx context.Context, in *kbv1.ListAccessKeysRequest, opts ...grpc.CallOption) (*kbv1.ListAccessKeysResponse, error) {
+	return admin(ctx, a, "ListAccessKeys", "", in, opts, kbv1.KeyAdminClient.ListAccessKeys)
+}
+
+func (a adminClient) RevokeAccessKey(ctx context.Context, in *kbv1.AccessKeyRequest, opts ...grpc.CallOption) (*kbv1.AccessKey, error) {
+	return admin(ctx, a, "RevokeAccessKey", "", in, opts, kbv1.KeyAdminClient.RevokeAccessKey)
+}

@@ -485,3 +485,11 @@ const (
 	UpdateNode Action = "UpdateNode"
 	RemoveNode Action = "RemoveNode"
 )
+
+// AWS access keys: admin actions on the service that make, list and
+// revoke the keys AWS clients sign with (package accesskey).
+const (
+	CreateAccessKey Action = "CreateAccessKey"
+	ListAccessKeys  Action = "ListAccessKeys"
+	RevokeAccessKey Action = "RevokeAccessKey"
+)

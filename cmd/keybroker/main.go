@@ -261,6 +261,7 @@ func newRootCmd(e *env) *cobra.Command {
 		a.lookupCmd(),
 		a.nodesCmd(),
 		a.nodeCmd(),
+		a.accessKeyCmd(),
 		a.auditCmd(),
 		a.benchCmd(),
 		a.versionCmd(),

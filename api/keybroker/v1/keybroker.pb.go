@@ -3555,6 +3555,280 @@ func (x *RemoveNodeResponse) GetRevision() uint64 {
 	return 0
 }
 
+type CreateAccessKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The principal the key acts as: a SPIFFE id, or kind/name of this trust
+	// domain (client/app, admin/ops).
+	Principal     string `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAccessKeyRequest) Reset() {
+	*x = CreateAccessKeyRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAccessKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAccessKeyRequest) ProtoMessage() {}
+
+func (x *CreateAccessKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAccessKeyRequest.ProtoReflect.Descriptor instead.
+func (*CreateAccessKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *CreateAccessKeyRequest) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+type AccessKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccessKeyId   string                 `protobuf:"bytes,1,opt,name=access_key_id,json=accessKeyId,proto3" json:"access_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessKeyRequest) Reset() {
+	*x = AccessKeyRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessKeyRequest) ProtoMessage() {}
+
+func (x *AccessKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessKeyRequest.ProtoReflect.Descriptor instead.
+func (*AccessKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *AccessKeyRequest) GetAccessKeyId() string {
+	if x != nil {
+		return x.AccessKeyId
+	}
+	return ""
+}
+
+type ListAccessKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAccessKeysRequest) Reset() {
+	*x = ListAccessKeysRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAccessKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAccessKeysRequest) ProtoMessage() {}
+
+func (x *ListAccessKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAccessKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListAccessKeysRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
+}
+
+type AccessKey struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	AccessKeyId string                 `protobuf:"bytes,1,opt,name=access_key_id,json=accessKeyId,proto3" json:"access_key_id,omitempty"`
+	// The SPIFFE id of the principal it acts as.
+	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	// "active" or "revoked".
+	State     string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	Created   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created,proto3" json:"created,omitempty"`
+	CreatedBy string                 `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Revoked   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedBy string                 `protobuf:"bytes,7,opt,name=revoked_by,json=revokedBy,proto3" json:"revoked_by,omitempty"`
+	// Set only in CreateAccessKey's answer: the secret access key, handed
+	// out once.
+	SecretAccessKey string `protobuf:"bytes,8,opt,name=secret_access_key,json=secretAccessKey,proto3" json:"secret_access_key,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AccessKey) Reset() {
+	*x = AccessKey{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessKey) ProtoMessage() {}
+
+func (x *AccessKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessKey.ProtoReflect.Descriptor instead.
+func (*AccessKey) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *AccessKey) GetAccessKeyId() string {
+	if x != nil {
+		return x.AccessKeyId
+	}
+	return ""
+}
+
+func (x *AccessKey) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *AccessKey) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *AccessKey) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *AccessKey) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *AccessKey) GetRevoked() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
+func (x *AccessKey) GetRevokedBy() string {
+	if x != nil {
+		return x.RevokedBy
+	}
+	return ""
+}
+
+func (x *AccessKey) GetSecretAccessKey() string {
+	if x != nil {
+		return x.SecretAccessKey
+	}
+	return ""
+}
+
+type ListAccessKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccessKeys    []*AccessKey           `protobuf:"bytes,1,rep,name=access_keys,json=accessKeys,proto3" json:"access_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAccessKeysResponse) Reset() {
+	*x = ListAccessKeysResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAccessKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAccessKeysResponse) ProtoMessage() {}
+
+func (x *ListAccessKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAccessKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListAccessKeysResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ListAccessKeysResponse) GetAccessKeys() []*AccessKey {
+	if x != nil {
+		return x.AccessKeys
+	}
+	return nil
+}
+
 type ListNodesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Nodes []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
@@ -3568,7 +3842,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3580,7 +3854,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[51]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +3867,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{51}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3625,7 +3899,7 @@ type ReplicaView struct {
 
 func (x *ReplicaView) Reset() {
 	*x = ReplicaView{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3637,7 +3911,7 @@ func (x *ReplicaView) String() string {
 func (*ReplicaView) ProtoMessage() {}
 
 func (x *ReplicaView) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[52]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3650,7 +3924,7 @@ func (x *ReplicaView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaView.ProtoReflect.Descriptor instead.
 func (*ReplicaView) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{52}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ReplicaView) GetNodeId() string {
@@ -3697,7 +3971,7 @@ type RegisterEdgeRequest struct {
 
 func (x *RegisterEdgeRequest) Reset() {
 	*x = RegisterEdgeRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3709,7 +3983,7 @@ func (x *RegisterEdgeRequest) String() string {
 func (*RegisterEdgeRequest) ProtoMessage() {}
 
 func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[53]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3722,7 +3996,7 @@ func (x *RegisterEdgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEdgeRequest.ProtoReflect.Descriptor instead.
 func (*RegisterEdgeRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{53}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RegisterEdgeRequest) GetSealingPublicKey() []byte {
@@ -3778,7 +4052,7 @@ type RegisterEdgeResponse struct {
 
 func (x *RegisterEdgeResponse) Reset() {
 	*x = RegisterEdgeResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3790,7 +4064,7 @@ func (x *RegisterEdgeResponse) String() string {
 func (*RegisterEdgeResponse) ProtoMessage() {}
 
 func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[54]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3803,7 +4077,7 @@ func (x *RegisterEdgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterEdgeResponse.ProtoReflect.Descriptor instead.
 func (*RegisterEdgeResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{54}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RegisterEdgeResponse) GetCentralNodeId() string {
@@ -3855,7 +4129,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3867,7 +4141,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[55]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3880,7 +4154,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{55}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *WatchRequest) GetFromRevision() uint64 {
@@ -3911,7 +4185,7 @@ type EdgeKeyVersion struct {
 
 func (x *EdgeKeyVersion) Reset() {
 	*x = EdgeKeyVersion{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3923,7 +4197,7 @@ func (x *EdgeKeyVersion) String() string {
 func (*EdgeKeyVersion) ProtoMessage() {}
 
 func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[56]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3936,7 +4210,7 @@ func (x *EdgeKeyVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeKeyVersion.ProtoReflect.Descriptor instead.
 func (*EdgeKeyVersion) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{56}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *EdgeKeyVersion) GetVersion() uint32 {
@@ -3974,7 +4248,7 @@ type EdgeKey struct {
 
 func (x *EdgeKey) Reset() {
 	*x = EdgeKey{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3986,7 +4260,7 @@ func (x *EdgeKey) String() string {
 func (*EdgeKey) ProtoMessage() {}
 
 func (x *EdgeKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[57]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3999,7 +4273,7 @@ func (x *EdgeKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeKey.ProtoReflect.Descriptor instead.
 func (*EdgeKey) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{57}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *EdgeKey) GetMetadata() *KeyMetadata {
@@ -4033,7 +4307,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4045,7 +4319,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[58]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4058,7 +4332,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{58}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -4085,7 +4359,7 @@ type EdgePolicy struct {
 
 func (x *EdgePolicy) Reset() {
 	*x = EdgePolicy{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4097,7 +4371,7 @@ func (x *EdgePolicy) String() string {
 func (*EdgePolicy) ProtoMessage() {}
 
 func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[59]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4110,7 +4384,7 @@ func (x *EdgePolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgePolicy.ProtoReflect.Descriptor instead.
 func (*EdgePolicy) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{59}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *EdgePolicy) GetHash() string {
@@ -4144,7 +4418,7 @@ type EdgeSnapshot struct {
 
 func (x *EdgeSnapshot) Reset() {
 	*x = EdgeSnapshot{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4156,7 +4430,7 @@ func (x *EdgeSnapshot) String() string {
 func (*EdgeSnapshot) ProtoMessage() {}
 
 func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[60]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4169,7 +4443,7 @@ func (x *EdgeSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EdgeSnapshot.ProtoReflect.Descriptor instead.
 func (*EdgeSnapshot) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{60}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *EdgeSnapshot) GetKeys() []*EdgeKey {
@@ -4209,7 +4483,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4221,7 +4495,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[61]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4234,7 +4508,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{61}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *Heartbeat) GetLeaseExpires() *timestamppb.Timestamp {
@@ -4262,7 +4536,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4274,7 +4548,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[62]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4287,7 +4561,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{62}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *WatchEvent) GetRevision() uint64 {
@@ -4408,7 +4682,7 @@ type FetchMaterialRequest struct {
 
 func (x *FetchMaterialRequest) Reset() {
 	*x = FetchMaterialRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4420,7 +4694,7 @@ func (x *FetchMaterialRequest) String() string {
 func (*FetchMaterialRequest) ProtoMessage() {}
 
 func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[63]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4433,7 +4707,7 @@ func (x *FetchMaterialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchMaterialRequest.ProtoReflect.Descriptor instead.
 func (*FetchMaterialRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{63}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *FetchMaterialRequest) GetKeyId() string {
@@ -4459,7 +4733,7 @@ type FetchMaterialResponse struct {
 
 func (x *FetchMaterialResponse) Reset() {
 	*x = FetchMaterialResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4471,7 +4745,7 @@ func (x *FetchMaterialResponse) String() string {
 func (*FetchMaterialResponse) ProtoMessage() {}
 
 func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[64]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4484,7 +4758,7 @@ func (x *FetchMaterialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchMaterialResponse.ProtoReflect.Descriptor instead.
 func (*FetchMaterialResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{64}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *FetchMaterialResponse) GetSealedMaterial() []byte {
@@ -4515,7 +4789,7 @@ type ForwardRequest struct {
 
 func (x *ForwardRequest) Reset() {
 	*x = ForwardRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4527,7 +4801,7 @@ func (x *ForwardRequest) String() string {
 func (*ForwardRequest) ProtoMessage() {}
 
 func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[65]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4540,7 +4814,7 @@ func (x *ForwardRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardRequest.ProtoReflect.Descriptor instead.
 func (*ForwardRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{65}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ForwardRequest) GetMethod() string {
@@ -4596,7 +4870,7 @@ type ForwardProof struct {
 
 func (x *ForwardProof) Reset() {
 	*x = ForwardProof{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4608,7 +4882,7 @@ func (x *ForwardProof) String() string {
 func (*ForwardProof) ProtoMessage() {}
 
 func (x *ForwardProof) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[66]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4621,7 +4895,7 @@ func (x *ForwardProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardProof.ProtoReflect.Descriptor instead.
 func (*ForwardProof) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{66}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ForwardProof) GetClaims() []byte {
@@ -4656,7 +4930,7 @@ type ForwardProofClaims struct {
 
 func (x *ForwardProofClaims) Reset() {
 	*x = ForwardProofClaims{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4668,7 +4942,7 @@ func (x *ForwardProofClaims) String() string {
 func (*ForwardProofClaims) ProtoMessage() {}
 
 func (x *ForwardProofClaims) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[67]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4681,7 +4955,7 @@ func (x *ForwardProofClaims) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardProofClaims.ProtoReflect.Descriptor instead.
 func (*ForwardProofClaims) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{67}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *ForwardProofClaims) GetMethod() string {
@@ -4729,7 +5003,7 @@ type ForwardResponse struct {
 
 func (x *ForwardResponse) Reset() {
 	*x = ForwardResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4741,7 +5015,7 @@ func (x *ForwardResponse) String() string {
 func (*ForwardResponse) ProtoMessage() {}
 
 func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[68]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4754,7 +5028,7 @@ func (x *ForwardResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResponse.ProtoReflect.Descriptor instead.
 func (*ForwardResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{68}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ForwardResponse) GetResponse() []byte {
@@ -4773,7 +5047,7 @@ type AcknowledgeRequest struct {
 
 func (x *AcknowledgeRequest) Reset() {
 	*x = AcknowledgeRequest{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4785,7 +5059,7 @@ func (x *AcknowledgeRequest) String() string {
 func (*AcknowledgeRequest) ProtoMessage() {}
 
 func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[69]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4798,7 +5072,7 @@ func (x *AcknowledgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeRequest.ProtoReflect.Descriptor instead.
 func (*AcknowledgeRequest) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{69}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *AcknowledgeRequest) GetAppliedRevision() uint64 {
@@ -4816,7 +5090,7 @@ type AcknowledgeResponse struct {
 
 func (x *AcknowledgeResponse) Reset() {
 	*x = AcknowledgeResponse{}
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[70]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4828,7 +5102,7 @@ func (x *AcknowledgeResponse) String() string {
 func (*AcknowledgeResponse) ProtoMessage() {}
 
 func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keybroker_v1_keybroker_proto_msgTypes[70]
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4841,7 +5115,7 @@ func (x *AcknowledgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcknowledgeResponse.ProtoReflect.Descriptor instead.
 func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
-	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{70}
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{75}
 }
 
 var File_keybroker_v1_keybroker_proto protoreflect.FileDescriptor
@@ -5140,7 +5414,26 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x11RemoveNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"0\n" +
 	"\x12RemoveNodeResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"{\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"6\n" +
+	"\x16CreateAccessKeyRequest\x12\x1c\n" +
+	"\tprincipal\x18\x01 \x01(\tR\tprincipal\"6\n" +
+	"\x10AccessKeyRequest\x12\"\n" +
+	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\"\x17\n" +
+	"\x15ListAccessKeysRequest\"\xb9\x02\n" +
+	"\tAccessKey\x12\"\n" +
+	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12\x1c\n" +
+	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x124\n" +
+	"\acreated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x05 \x01(\tR\tcreatedBy\x124\n" +
+	"\arevoked\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\arevoked\x12\x1d\n" +
+	"\n" +
+	"revoked_by\x18\a \x01(\tR\trevokedBy\x12*\n" +
+	"\x11secret_access_key\x18\b \x01(\tR\x0fsecretAccessKey\"R\n" +
+	"\x16ListAccessKeysResponse\x128\n" +
+	"\vaccess_keys\x18\x01 \x03(\v2\x17.keybroker.v1.AccessKeyR\n" +
+	"accessKeys\"{\n" +
 	"\x11ListNodesResponse\x12(\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\x12<\n" +
 	"\ffrom_replica\x18\x02 \x01(\v2\x19.keybroker.v1.ReplicaViewR\vfromReplica\"{\n" +
@@ -5284,7 +5577,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\tLookupKey\x12\x1e.keybroker.v1.LookupKeyRequest\x1a\x1f.keybroker.v1.LookupKeyResponse\x12U\n" +
 	"\fBatchEncrypt\x12!.keybroker.v1.BatchEncryptRequest\x1a\".keybroker.v1.BatchEncryptResponse\x12U\n" +
 	"\fBatchDecrypt\x12!.keybroker.v1.BatchDecryptRequest\x1a\".keybroker.v1.BatchDecryptResponse\x12m\n" +
-	"\x14BatchGenerateDataKey\x12).keybroker.v1.BatchGenerateDataKeyRequest\x1a*.keybroker.v1.BatchGenerateDataKeyResponse2\xac\x06\n" +
+	"\x14BatchGenerateDataKey\x12).keybroker.v1.BatchGenerateDataKeyRequest\x1a*.keybroker.v1.BatchGenerateDataKeyResponse2\xa7\b\n" +
 	"\bKeyAdmin\x12F\n" +
 	"\tCreateKey\x12\x1e.keybroker.v1.CreateKeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12@\n" +
 	"\tRotateKey\x12\x18.keybroker.v1.KeyRequest\x1a\x19.keybroker.v1.KeyMetadata\x12F\n" +
@@ -5300,7 +5593,10 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\n" +
 	"UpdateNode\x12\x1f.keybroker.v1.UpdateNodeRequest\x1a\x12.keybroker.v1.Node\x12O\n" +
 	"\n" +
-	"RemoveNode\x12\x1f.keybroker.v1.RemoveNodeRequest\x1a .keybroker.v1.RemoveNodeResponse2\x94\x03\n" +
+	"RemoveNode\x12\x1f.keybroker.v1.RemoveNodeRequest\x1a .keybroker.v1.RemoveNodeResponse\x12P\n" +
+	"\x0fCreateAccessKey\x12$.keybroker.v1.CreateAccessKeyRequest\x1a\x17.keybroker.v1.AccessKey\x12[\n" +
+	"\x0eListAccessKeys\x12#.keybroker.v1.ListAccessKeysRequest\x1a$.keybroker.v1.ListAccessKeysResponse\x12J\n" +
+	"\x0fRevokeAccessKey\x12\x1e.keybroker.v1.AccessKeyRequest\x1a\x17.keybroker.v1.AccessKey2\x94\x03\n" +
 	"\bEdgeSync\x12Q\n" +
 	"\bRegister\x12!.keybroker.v1.RegisterEdgeRequest\x1a\".keybroker.v1.RegisterEdgeResponse\x12?\n" +
 	"\x05Watch\x12\x1a.keybroker.v1.WatchRequest\x1a\x18.keybroker.v1.WatchEvent0\x01\x12X\n" +
@@ -5321,7 +5617,7 @@ func file_keybroker_v1_keybroker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_keybroker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 87)
+var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 92)
 var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(KeyType)(0),                         // 0: keybroker.v1.KeyType
 	(KeyMode)(0),                         // 1: keybroker.v1.KeyMode
@@ -5379,69 +5675,74 @@ var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(*UpdateNodeRequest)(nil),            // 53: keybroker.v1.UpdateNodeRequest
 	(*RemoveNodeRequest)(nil),            // 54: keybroker.v1.RemoveNodeRequest
 	(*RemoveNodeResponse)(nil),           // 55: keybroker.v1.RemoveNodeResponse
-	(*ListNodesResponse)(nil),            // 56: keybroker.v1.ListNodesResponse
-	(*ReplicaView)(nil),                  // 57: keybroker.v1.ReplicaView
-	(*RegisterEdgeRequest)(nil),          // 58: keybroker.v1.RegisterEdgeRequest
-	(*RegisterEdgeResponse)(nil),         // 59: keybroker.v1.RegisterEdgeResponse
-	(*WatchRequest)(nil),                 // 60: keybroker.v1.WatchRequest
-	(*EdgeKeyVersion)(nil),               // 61: keybroker.v1.EdgeKeyVersion
-	(*EdgeKey)(nil),                      // 62: keybroker.v1.EdgeKey
-	(*PolicyFile)(nil),                   // 63: keybroker.v1.PolicyFile
-	(*EdgePolicy)(nil),                   // 64: keybroker.v1.EdgePolicy
-	(*EdgeSnapshot)(nil),                 // 65: keybroker.v1.EdgeSnapshot
-	(*Heartbeat)(nil),                    // 66: keybroker.v1.Heartbeat
-	(*WatchEvent)(nil),                   // 67: keybroker.v1.WatchEvent
-	(*FetchMaterialRequest)(nil),         // 68: keybroker.v1.FetchMaterialRequest
-	(*FetchMaterialResponse)(nil),        // 69: keybroker.v1.FetchMaterialResponse
-	(*ForwardRequest)(nil),               // 70: keybroker.v1.ForwardRequest
-	(*ForwardProof)(nil),                 // 71: keybroker.v1.ForwardProof
-	(*ForwardProofClaims)(nil),           // 72: keybroker.v1.ForwardProofClaims
-	(*ForwardResponse)(nil),              // 73: keybroker.v1.ForwardResponse
-	(*AcknowledgeRequest)(nil),           // 74: keybroker.v1.AcknowledgeRequest
-	(*AcknowledgeResponse)(nil),          // 75: keybroker.v1.AcknowledgeResponse
-	nil,                                  // 76: keybroker.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                  // 77: keybroker.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                  // 78: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	nil,                                  // 79: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	nil,                                  // 80: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 81: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 82: keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	nil,                                  // 83: keybroker.v1.KeyMetadata.LabelsEntry
-	nil,                                  // 84: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	nil,                                  // 85: keybroker.v1.CreateKeyRequest.LabelsEntry
-	nil,                                  // 86: keybroker.v1.UpdateKeyRequest.LabelsEntry
-	nil,                                  // 87: keybroker.v1.Node.LabelsEntry
-	nil,                                  // 88: keybroker.v1.EnrollNodeRequest.LabelsEntry
-	nil,                                  // 89: keybroker.v1.UpdateNodeRequest.LabelsEntry
-	nil,                                  // 90: keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	nil,                                  // 91: keybroker.v1.RegisterEdgeResponse.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 92: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 93: google.protobuf.Duration
+	(*CreateAccessKeyRequest)(nil),       // 56: keybroker.v1.CreateAccessKeyRequest
+	(*AccessKeyRequest)(nil),             // 57: keybroker.v1.AccessKeyRequest
+	(*ListAccessKeysRequest)(nil),        // 58: keybroker.v1.ListAccessKeysRequest
+	(*AccessKey)(nil),                    // 59: keybroker.v1.AccessKey
+	(*ListAccessKeysResponse)(nil),       // 60: keybroker.v1.ListAccessKeysResponse
+	(*ListNodesResponse)(nil),            // 61: keybroker.v1.ListNodesResponse
+	(*ReplicaView)(nil),                  // 62: keybroker.v1.ReplicaView
+	(*RegisterEdgeRequest)(nil),          // 63: keybroker.v1.RegisterEdgeRequest
+	(*RegisterEdgeResponse)(nil),         // 64: keybroker.v1.RegisterEdgeResponse
+	(*WatchRequest)(nil),                 // 65: keybroker.v1.WatchRequest
+	(*EdgeKeyVersion)(nil),               // 66: keybroker.v1.EdgeKeyVersion
+	(*EdgeKey)(nil),                      // 67: keybroker.v1.EdgeKey
+	(*PolicyFile)(nil),                   // 68: keybroker.v1.PolicyFile
+	(*EdgePolicy)(nil),                   // 69: keybroker.v1.EdgePolicy
+	(*EdgeSnapshot)(nil),                 // 70: keybroker.v1.EdgeSnapshot
+	(*Heartbeat)(nil),                    // 71: keybroker.v1.Heartbeat
+	(*WatchEvent)(nil),                   // 72: keybroker.v1.WatchEvent
+	(*FetchMaterialRequest)(nil),         // 73: keybroker.v1.FetchMaterialRequest
+	(*FetchMaterialResponse)(nil),        // 74: keybroker.v1.FetchMaterialResponse
+	(*ForwardRequest)(nil),               // 75: keybroker.v1.ForwardRequest
+	(*ForwardProof)(nil),                 // 76: keybroker.v1.ForwardProof
+	(*ForwardProofClaims)(nil),           // 77: keybroker.v1.ForwardProofClaims
+	(*ForwardResponse)(nil),              // 78: keybroker.v1.ForwardResponse
+	(*AcknowledgeRequest)(nil),           // 79: keybroker.v1.AcknowledgeRequest
+	(*AcknowledgeResponse)(nil),          // 80: keybroker.v1.AcknowledgeResponse
+	nil,                                  // 81: keybroker.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                  // 82: keybroker.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                  // 83: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	nil,                                  // 84: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	nil,                                  // 85: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 86: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 87: keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	nil,                                  // 88: keybroker.v1.KeyMetadata.LabelsEntry
+	nil,                                  // 89: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	nil,                                  // 90: keybroker.v1.CreateKeyRequest.LabelsEntry
+	nil,                                  // 91: keybroker.v1.UpdateKeyRequest.LabelsEntry
+	nil,                                  // 92: keybroker.v1.Node.LabelsEntry
+	nil,                                  // 93: keybroker.v1.EnrollNodeRequest.LabelsEntry
+	nil,                                  // 94: keybroker.v1.UpdateNodeRequest.LabelsEntry
+	nil,                                  // 95: keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	nil,                                  // 96: keybroker.v1.RegisterEdgeResponse.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 97: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 98: google.protobuf.Duration
 }
 var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
-	76,  // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
-	77,  // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
-	78,  // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	79,  // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	80,  // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	81,  // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	81,  // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
+	82,  // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
+	83,  // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	84,  // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	85,  // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	86,  // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
 	0,   // 6: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
 	32,  // 7: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
-	82,  // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	87,  // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
 	32,  // 9: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
-	92,  // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
+	97,  // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,   // 11: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
 	1,   // 12: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
 	2,   // 13: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
 	31,  // 14: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
-	83,  // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
-	93,  // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
-	92,  // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
-	92,  // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
-	92,  // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	92,  // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
+	88,  // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
+	98,  // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
+	97,  // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
+	97,  // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
+	97,  // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	97,  // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
 	3,   // 21: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
-	84,  // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	89,  // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
 	4,   // 23: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
 	34,  // 24: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
 	5,   // 25: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
@@ -5458,108 +5759,117 @@ var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
 	44,  // 36: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
 	0,   // 37: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
 	1,   // 38: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
-	85,  // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
-	93,  // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	86,  // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
-	93,  // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	93,  // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
-	87,  // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
-	92,  // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	92,  // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
-	88,  // 47: keybroker.v1.EnrollNodeRequest.labels:type_name -> keybroker.v1.EnrollNodeRequest.LabelsEntry
-	89,  // 48: keybroker.v1.UpdateNodeRequest.labels:type_name -> keybroker.v1.UpdateNodeRequest.LabelsEntry
-	51,  // 49: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
-	57,  // 50: keybroker.v1.ListNodesResponse.from_replica:type_name -> keybroker.v1.ReplicaView
-	92,  // 51: keybroker.v1.ReplicaView.synced_at:type_name -> google.protobuf.Timestamp
-	90,  // 52: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	93,  // 53: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
-	91,  // 54: keybroker.v1.RegisterEdgeResponse.labels:type_name -> keybroker.v1.RegisterEdgeResponse.LabelsEntry
-	32,  // 55: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
-	61,  // 56: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
-	63,  // 57: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
-	62,  // 58: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
-	64,  // 59: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
-	51,  // 60: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
-	92,  // 61: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
-	65,  // 62: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
-	62,  // 63: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
-	64,  // 64: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
-	56,  // 65: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
-	66,  // 66: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
-	92,  // 67: keybroker.v1.ForwardProofClaims.issued_at:type_name -> google.protobuf.Timestamp
-	5,   // 68: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
-	7,   // 69: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
-	9,   // 70: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
-	11,  // 71: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
-	11,  // 72: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
-	13,  // 73: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
-	15,  // 74: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
-	17,  // 75: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
-	19,  // 76: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
-	21,  // 77: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
-	23,  // 78: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
-	25,  // 79: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
-	27,  // 80: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
-	29,  // 81: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
-	33,  // 82: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
-	37,  // 83: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
-	40,  // 84: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
-	43,  // 85: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
-	46,  // 86: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
-	47,  // 87: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
-	48,  // 88: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
-	47,  // 89: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
-	47,  // 90: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
-	49,  // 91: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
-	47,  // 92: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
-	50,  // 93: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
-	52,  // 94: keybroker.v1.KeyAdmin.EnrollNode:input_type -> keybroker.v1.EnrollNodeRequest
-	53,  // 95: keybroker.v1.KeyAdmin.UpdateNode:input_type -> keybroker.v1.UpdateNodeRequest
-	54,  // 96: keybroker.v1.KeyAdmin.RemoveNode:input_type -> keybroker.v1.RemoveNodeRequest
-	58,  // 97: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
-	60,  // 98: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
-	68,  // 99: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
-	70,  // 100: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
-	74,  // 101: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
-	6,   // 102: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
-	8,   // 103: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
-	10,  // 104: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
-	12,  // 105: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
-	12,  // 106: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
-	14,  // 107: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
-	16,  // 108: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
-	18,  // 109: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
-	20,  // 110: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
-	22,  // 111: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
-	24,  // 112: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
-	26,  // 113: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
-	28,  // 114: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
-	30,  // 115: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
-	35,  // 116: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
-	39,  // 117: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
-	42,  // 118: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
-	45,  // 119: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
-	32,  // 120: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 121: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 122: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 123: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 124: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 125: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	32,  // 126: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	56,  // 127: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
-	51,  // 128: keybroker.v1.KeyAdmin.EnrollNode:output_type -> keybroker.v1.Node
-	51,  // 129: keybroker.v1.KeyAdmin.UpdateNode:output_type -> keybroker.v1.Node
-	55,  // 130: keybroker.v1.KeyAdmin.RemoveNode:output_type -> keybroker.v1.RemoveNodeResponse
-	59,  // 131: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
-	67,  // 132: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
-	69,  // 133: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
-	73,  // 134: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
-	75,  // 135: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
-	102, // [102:136] is the sub-list for method output_type
-	68,  // [68:102] is the sub-list for method input_type
-	68,  // [68:68] is the sub-list for extension type_name
-	68,  // [68:68] is the sub-list for extension extendee
-	0,   // [0:68] is the sub-list for field type_name
+	90,  // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
+	98,  // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	91,  // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
+	98,  // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	98,  // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
+	92,  // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
+	97,  // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	97,  // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
+	93,  // 47: keybroker.v1.EnrollNodeRequest.labels:type_name -> keybroker.v1.EnrollNodeRequest.LabelsEntry
+	94,  // 48: keybroker.v1.UpdateNodeRequest.labels:type_name -> keybroker.v1.UpdateNodeRequest.LabelsEntry
+	97,  // 49: keybroker.v1.AccessKey.created:type_name -> google.protobuf.Timestamp
+	97,  // 50: keybroker.v1.AccessKey.revoked:type_name -> google.protobuf.Timestamp
+	59,  // 51: keybroker.v1.ListAccessKeysResponse.access_keys:type_name -> keybroker.v1.AccessKey
+	51,  // 52: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
+	62,  // 53: keybroker.v1.ListNodesResponse.from_replica:type_name -> keybroker.v1.ReplicaView
+	97,  // 54: keybroker.v1.ReplicaView.synced_at:type_name -> google.protobuf.Timestamp
+	95,  // 55: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	98,  // 56: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
+	96,  // 57: keybroker.v1.RegisterEdgeResponse.labels:type_name -> keybroker.v1.RegisterEdgeResponse.LabelsEntry
+	32,  // 58: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
+	66,  // 59: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
+	68,  // 60: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
+	67,  // 61: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
+	69,  // 62: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
+	51,  // 63: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
+	97,  // 64: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
+	70,  // 65: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
+	67,  // 66: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
+	69,  // 67: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
+	61,  // 68: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
+	71,  // 69: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
+	97,  // 70: keybroker.v1.ForwardProofClaims.issued_at:type_name -> google.protobuf.Timestamp
+	5,   // 71: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
+	7,   // 72: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
+	9,   // 73: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
+	11,  // 74: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
+	11,  // 75: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
+	13,  // 76: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
+	15,  // 77: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
+	17,  // 78: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
+	19,  // 79: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
+	21,  // 80: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
+	23,  // 81: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
+	25,  // 82: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
+	27,  // 83: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
+	29,  // 84: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
+	33,  // 85: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
+	37,  // 86: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
+	40,  // 87: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
+	43,  // 88: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
+	46,  // 89: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
+	47,  // 90: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
+	48,  // 91: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
+	47,  // 92: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
+	47,  // 93: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
+	49,  // 94: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
+	47,  // 95: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
+	50,  // 96: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
+	52,  // 97: keybroker.v1.KeyAdmin.EnrollNode:input_type -> keybroker.v1.EnrollNodeRequest
+	53,  // 98: keybroker.v1.KeyAdmin.UpdateNode:input_type -> keybroker.v1.UpdateNodeRequest
+	54,  // 99: keybroker.v1.KeyAdmin.RemoveNode:input_type -> keybroker.v1.RemoveNodeRequest
+	56,  // 100: keybroker.v1.KeyAdmin.CreateAccessKey:input_type -> keybroker.v1.CreateAccessKeyRequest
+	58,  // 101: keybroker.v1.KeyAdmin.ListAccessKeys:input_type -> keybroker.v1.ListAccessKeysRequest
+	57,  // 102: keybroker.v1.KeyAdmin.RevokeAccessKey:input_type -> keybroker.v1.AccessKeyRequest
+	63,  // 103: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
+	65,  // 104: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
+	73,  // 105: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
+	75,  // 106: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
+	79,  // 107: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
+	6,   // 108: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
+	8,   // 109: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
+	10,  // 110: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
+	12,  // 111: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
+	12,  // 112: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
+	14,  // 113: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
+	16,  // 114: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
+	18,  // 115: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
+	20,  // 116: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
+	22,  // 117: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
+	24,  // 118: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
+	26,  // 119: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
+	28,  // 120: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
+	30,  // 121: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
+	35,  // 122: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
+	39,  // 123: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
+	42,  // 124: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
+	45,  // 125: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
+	32,  // 126: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 127: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 128: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 129: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 130: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 131: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	32,  // 132: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	61,  // 133: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
+	51,  // 134: keybroker.v1.KeyAdmin.EnrollNode:output_type -> keybroker.v1.Node
+	51,  // 135: keybroker.v1.KeyAdmin.UpdateNode:output_type -> keybroker.v1.Node
+	55,  // 136: keybroker.v1.KeyAdmin.RemoveNode:output_type -> keybroker.v1.RemoveNodeResponse
+	59,  // 137: keybroker.v1.KeyAdmin.CreateAccessKey:output_type -> keybroker.v1.AccessKey
+	60,  // 138: keybroker.v1.KeyAdmin.ListAccessKeys:output_type -> keybroker.v1.ListAccessKeysResponse
+	59,  // 139: keybroker.v1.KeyAdmin.RevokeAccessKey:output_type -> keybroker.v1.AccessKey
+	64,  // 140: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
+	72,  // 141: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
+	74,  // 142: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
+	78,  // 143: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
+	80,  // 144: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
+	108, // [108:145] is the sub-list for method output_type
+	71,  // [71:108] is the sub-list for method input_type
+	71,  // [71:71] is the sub-list for extension type_name
+	71,  // [71:71] is the sub-list for extension extendee
+	0,   // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_keybroker_proto_init() }
@@ -5577,7 +5887,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 	}
 	file_keybroker_v1_keybroker_proto_msgTypes[43].OneofWrappers = []any{}
 	file_keybroker_v1_keybroker_proto_msgTypes[48].OneofWrappers = []any{}
-	file_keybroker_v1_keybroker_proto_msgTypes[62].OneofWrappers = []any{
+	file_keybroker_v1_keybroker_proto_msgTypes[67].OneofWrappers = []any{
 		(*WatchEvent_Snapshot)(nil),
 		(*WatchEvent_Key)(nil),
 		(*WatchEvent_DeletedKeyId)(nil),
@@ -5591,7 +5901,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_keybroker_proto_rawDesc), len(file_keybroker_v1_keybroker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   87,
+			NumMessages:   92,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -823,6 +823,9 @@ const (
 	KeyAdmin_EnrollNode_FullMethodName          = "/keybroker.v1.KeyAdmin/EnrollNode"
 	KeyAdmin_UpdateNode_FullMethodName          = "/keybroker.v1.KeyAdmin/UpdateNode"
 	KeyAdmin_RemoveNode_FullMethodName          = "/keybroker.v1.KeyAdmin/RemoveNode"
+	KeyAdmin_CreateAccessKey_FullMethodName     = "/keybroker.v1.KeyAdmin/CreateAccessKey"
+	KeyAdmin_ListAccessKeys_FullMethodName      = "/keybroker.v1.KeyAdmin/ListAccessKeys"
+	KeyAdmin_RevokeAccessKey_FullMethodName     = "/keybroker.v1.KeyAdmin/RevokeAccessKey"
 )
 
 // KeyAdminClient is the client API for KeyAdmin service.
@@ -850,6 +853,13 @@ type KeyAdminClient interface {
 	// dropped from the inventory and from LookupKey, and it receives no more
 	// material until it is enrolled again.
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
+	// CreateAccessKey makes an AWS access key acting as a client or admin
+	// principal, for the AWS-compatible front-ends; its secret is in this
+	// answer only, and is never stored.
+	CreateAccessKey(ctx context.Context, in *CreateAccessKeyRequest, opts ...grpc.CallOption) (*AccessKey, error)
+	ListAccessKeys(ctx context.Context, in *ListAccessKeysRequest, opts ...grpc.CallOption) (*ListAccessKeysResponse, error)
+	// RevokeAccessKey refuses every request signed with the key from then on.
+	RevokeAccessKey(ctx context.Context, in *AccessKeyRequest, opts ...grpc.CallOption) (*AccessKey, error)
 }
 
 type keyAdminClient struct {
@@ -970,6 +980,36 @@ func (c *keyAdminClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, 
 	return out, nil
 }
 
+func (c *keyAdminClient) CreateAccessKey(ctx context.Context, in *CreateAccessKeyRequest, opts ...grpc.CallOption) (*AccessKey, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AccessKey)
+	err := c.cc.Invoke(ctx, KeyAdmin_CreateAccessKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyAdminClient) ListAccessKeys(ctx context.Context, in *ListAccessKeysRequest, opts ...grpc.CallOption) (*ListAccessKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAccessKeysResponse)
+	err := c.cc.Invoke(ctx, KeyAdmin_ListAccessKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyAdminClient) RevokeAccessKey(ctx context.Context, in *AccessKeyRequest, opts ...grpc.CallOption) (*AccessKey, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AccessKey)
+	err := c.cc.Invoke(ctx, KeyAdmin_RevokeAccessKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyAdminServer is the server API for KeyAdmin service.
 // All implementations must embed UnimplementedKeyAdminServer
 // for forward compatibility.
@@ -995,6 +1035,13 @@ type KeyAdminServer interface {
 	// dropped from the inventory and from LookupKey, and it receives no more
 	// material until it is enrolled again.
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
+	// CreateAccessKey makes an AWS access key acting as a client or admin
+	// principal, for the AWS-compatible front-ends; its secret is in this
+	// answer only, and is never stored.
+	CreateAccessKey(context.Context, *CreateAccessKeyRequest) (*AccessKey, error)
+	ListAccessKeys(context.Context, *ListAccessKeysRequest) (*ListAccessKeysResponse, error)
+	// RevokeAccessKey refuses every request signed with the key from then on.
+	RevokeAccessKey(context.Context, *AccessKeyRequest) (*AccessKey, error)
 	mustEmbedUnimplementedKeyAdminServer()
 }
 
@@ -1037,6 +1084,15 @@ func (UnimplementedKeyAdminServer) UpdateNode(context.Context, *UpdateNodeReques
 }
 func (UnimplementedKeyAdminServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveNode not implemented")
+}
+func (UnimplementedKeyAdminServer) CreateAccessKey(context.Context, *CreateAccessKeyRequest) (*AccessKey, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateAccessKey not implemented")
+}
+func (UnimplementedKeyAdminServer) ListAccessKeys(context.Context, *ListAccessKeysRequest) (*ListAccessKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAccessKeys not implemented")
+}
+func (UnimplementedKeyAdminServer) RevokeAccessKey(context.Context, *AccessKeyRequest) (*AccessKey, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAccessKey not implemented")
 }
 func (UnimplementedKeyAdminServer) mustEmbedUnimplementedKeyAdminServer() {}
 func (UnimplementedKeyAdminServer) testEmbeddedByValue()                  {}
@@ -1257,6 +1313,60 @@ func _KeyAdmin_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyAdmin_CreateAccessKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateAccessKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).CreateAccessKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_CreateAccessKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).CreateAccessKey(ctx, req.(*CreateAccessKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyAdmin_ListAccessKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAccessKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).ListAccessKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_ListAccessKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).ListAccessKeys(ctx, req.(*ListAccessKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyAdmin_RevokeAccessKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AccessKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyAdminServer).RevokeAccessKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyAdmin_RevokeAccessKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyAdminServer).RevokeAccessKey(ctx, req.(*AccessKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyAdmin_ServiceDesc is the grpc.ServiceDesc for KeyAdmin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1307,6 +1417,18 @@ var KeyAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveNode",
 			Handler:    _KeyAdmin_RemoveNode_Handler,
+		},
+		{
+			MethodName: "CreateAccessKey",
+			Handler:    _KeyAdmin_CreateAccessKey_Handler,
+		},
+		{
+			MethodName: "ListAccessKeys",
+			Handler:    _KeyAdmin_ListAccessKeys_Handler,
+		},
+		{
+			MethodName: "RevokeAccessKey",
+			Handler:    _KeyAdmin_RevokeAccessKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
