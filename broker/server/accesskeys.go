@@ -6,8 +6,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/accesskey"
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/clip"
 	"github.com/keybroker/keybroker/managed"
