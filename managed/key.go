@@ -55,6 +55,7 @@ package managed
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"regexp"
 	"slices"
@@ -232,18 +233,32 @@ func (k *Key) PolicyKey() policy.Key {
 	return pk
 }
 
-// Usable says whether the key accepts operations now, and why not.
+// Usable says whether the key accepts operations now, and why not: a
+// FailedPrecondition whose cause is a *StateError naming the state.
 func (k *Key) Usable() error {
+	var msg string
 	switch k.State {
 	case StateEnabled:
 		return nil
 	case StateDisabled:
-		return Errorf(ErrFailedPrecondition, "key %q is disabled", k.ID)
+		msg = fmt.Sprintf("key %q is disabled", k.ID)
 	case StatePendingDeletion:
-		return Errorf(ErrFailedPrecondition, "key %q is pending deletion on %s", k.ID, k.DeletionTime.Format(time.RFC3339))
+		msg = fmt.Sprintf("key %q is pending deletion on %s", k.ID, k.DeletionTime.Format(time.RFC3339))
+	default:
+		msg = fmt.Sprintf("key %q is in state %q", k.ID, k.State)
 	}
-	return Errorf(ErrFailedPrecondition, "key %q is in state %q", k.ID, k.State)
+	return &Error{Kind: ErrFailedPrecondition, Key: k.ID, Err: &StateError{State: k.State, msg: msg}}
 }
+
+// StateError is why a key in a state other than enabled refused an
+// operation, for front-ends that name the state (AWS's DisabledException
+// and KMSInvalidStateException).
+type StateError struct {
+	State State
+	msg   string
+}
+
+func (e *StateError) Error() string { return e.msg }
 
 // At is version v, or the primary when v is 0: how an operation that
 // takes an optional version names the one it uses.

@@ -279,8 +279,10 @@ func (o *Ops) newDataKey(ctx context.Context, k *Key, v uint32, ectx map[string]
 	return envelope.NewDataKey(k.ID, v, dek, wrapped)
 }
 
-// errBadCiphertext is what every failure to open a ciphertext says.
-const errBadCiphertext = "decryption failed: wrong encryption context, or a tampered or foreign ciphertext"
+// ErrBadCiphertext is the cause of every failure to open a ciphertext (an
+// InvalidArgument), one text for all of them, so that a front-end can name
+// it as its protocol does (AWS's InvalidCiphertextException).
+var ErrBadCiphertext = errors.New("decryption failed: wrong encryption context, or a tampered or foreign ciphertext")
 
 // openDataKey recovers the data key of a parsed ciphertext.
 func (o *Ops) openDataKey(ctx context.Context, k *Key, h *envelope.Header, ectx map[string]string) (*envelope.DataKey, error) {
@@ -376,7 +378,7 @@ func (o *Ops) Decrypt(ctx context.Context, k *Key, h *envelope.Header, body []by
 	}
 	pt, err := dk.Open(h, body, ectx)
 	if err != nil {
-		return Decrypted{}, Errorf(ErrInvalidArgument, errBadCiphertext)
+		return Decrypted{}, &Error{Kind: ErrInvalidArgument, Err: ErrBadCiphertext}
 	}
 	return Decrypted{Plaintext: pt, Key: k, Version: h.Version}, nil
 }

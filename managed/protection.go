@@ -92,7 +92,7 @@ func (p byMaterial) unwrapDataKey(ctx context.Context, k *Key, h *envelope.Heade
 	defer kek.Destroy()
 	dk, err := envelope.UnwrapDataKeyWithSalt(kek, k.ID, h.Version, k.Salt, h.WrappedDEK)
 	if errors.Is(err, envelope.ErrDecrypt) {
-		return nil, Errorf(ErrInvalidArgument, errBadCiphertext)
+		return nil, &Error{Kind: ErrInvalidArgument, Err: ErrBadCiphertext}
 	}
 	return dk, err
 }

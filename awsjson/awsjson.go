@@ -1,0 +1,318 @@
+// Package awsjson serves the AWS KMS JSON API (awsJson1_1), so that an
+// unmodified AWS SDK, the AWS CLI or the AWS Encryption SDK can use
+// keybroker keys: `POST /` with `X-Amz-Target: TrentService.<Operation>`,
+// base64 blobs in JSON, and errors as HTTP 400 (or 5xx) with AWS's own
+// exception names in `__type` and `X-Amzn-ErrorType`, which the SDKs turn
+// into their typed errors.
+//
+// It is a front-end of the one request pipeline: a request is
+// authenticated by Signature Version 4 (package sigv4; the access key
+// names a keybroker client or admin, package accesskey), turned into a
+// pipeline.Caller and an input, and performed, authorized and audited
+// exactly as the same call over gRPC — the caller's Cedar policy, the
+// audit line (with the AWS SDK's invocation id as the client request id,
+// and the request id returned in `x-amzn-RequestId`). CiphertextBlob is
+// keybroker's own versioned ciphertext, so Decrypt needs no KeyId and a
+// blob made here opens over gRPC and the reverse; the encryption context
+// binds exactly as keybroker's does.
+//
+// Key names: a key id, `alias/<id>`, and key and alias ARNs
+// (`arn:aws:kms:<region>:<account>:key/<id>`, `…:alias/<id>`) of the
+// configured region and account all name keybroker key <id>; answers
+// always carry the key ARN in KeyId (the AWS Encryption SDK requires it).
+//
+// Served so far: Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
+// GenerateDataKeyWithoutPlaintext, GenerateRandom and DescribeKey; every
+// other operation answers UnsupportedOperationException.
+package awsjson
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/keybroker/keybroker/envelope"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/sigv4"
+	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/pipeline"
+)
+
+// Service is the SigV4 service name of the AWS KMS API.
+const Service = "kms"
+
+// ContentType is the awsJson1_1 media type.
+const ContentType = "application/x-amz-json-1.1"
+
+// MaxBody bounds a request body. AWS KMS bounds plaintext to 4 KiB and a
+// ciphertext blob to 6 KiB; base64 and the other fields fit many times.
+const MaxBody = 64 << 10
+
+// MaxPlaintext is AWS KMS's bound on Encrypt's plaintext.
+const MaxPlaintext = 4096
+
+// Credentials gives the signing key of an access key for a scope, and the
+// principal the key acts as (broker.Service.SigningKey at the central
+// tier); sigv4.ErrUnknownKey for a key it does not know or that is revoked.
+type Credentials interface {
+	SigningKey(ctx context.Context, accessKeyID, date, region, service string) ([]byte, identity.Identity, error)
+}
+
+// Config is what a Server needs.
+type Config struct {
+	Pipeline *pipeline.Pipeline
+	// Status maps the pipeline's errors to gRPC statuses — the node's one
+	// mapping (rpc.Server.Status) — which the server names as AWS does.
+	Status      func(error) *status.Status
+	Credentials Credentials
+	// Region and Account make the ARNs of keys and aliases; Region is also
+	// the SigV4 scope's.
+	Region, Account string
+	// TrustDomain is the access keys' principals' trust domain.
+	TrustDomain string
+	Logger      *slog.Logger
+}
+
+// Server is the AWS KMS JSON API as an http.Handler.
+type Server struct {
+	cfg      Config
+	verifier *sigv4.Verifier
+	log      *slog.Logger
+}
+
+var (
+	regionRe  = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+	accountRe = regexp.MustCompile(`^[0-9]{12}$`)
+)
+
+// New checks c and returns a Server.
+func New(c Config) (*Server, error) {
+	switch {
+	case c.Pipeline == nil || c.Status == nil || c.Credentials == nil:
+		return nil, errors.New("awsjson: a pipeline, a status mapping and credentials are required")
+	case !regionRe.MatchString(c.Region):
+		return nil, fmt.Errorf("awsjson: region %q is not an AWS region name such as eu-west-1", c.Region)
+	case !accountRe.MatchString(c.Account):
+		return nil, fmt.Errorf("awsjson: account %q is not 12 digits", c.Account)
+	}
+	s := &Server{cfg: c, log: c.Logger}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.verifier = &sigv4.Verifier{Service: Service, Region: c.Region, Required: []string{"x-amz-target"}}
+	return s, nil
+}
+
+// operations are the served operations by X-Amz-Target's name.
+var operations = map[string]func(*Server, context.Context, pipeline.Caller, []byte) (any, error){
+	"Encrypt":                         (*Server).encrypt,
+	"Decrypt":                         (*Server).decrypt,
+	"ReEncrypt":                       (*Server).reEncrypt,
+	"GenerateDataKey":                 (*Server).generateDataKey,
+	"GenerateDataKeyWithoutPlaintext": (*Server).generateDataKeyWithoutPlaintext,
+	"GenerateRandom":                  (*Server).generateRandom,
+	"DescribeKey":                     (*Server).describeKey,
+}
+
+// ServeHTTP answers one request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rid := newRequestID()
+	w.Header().Set("x-amzn-RequestId", rid)
+	if r.Method != http.MethodPost || r.URL.Path != "/" {
+		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnknownOperationException", Message: "the AWS KMS API is POST / with X-Amz-Target"})
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		s.fail(w, validation("the request body is larger than %d bytes", MaxBody))
+		return
+	}
+	// The principal comes with the signing key that verified the request.
+	var who identity.Identity
+	verifier := *s.verifier
+	verifier.SigningKey = func(ctx context.Context, id, date, region, service string) ([]byte, error) {
+		key, w, err := s.cfg.Credentials.SigningKey(ctx, id, date, region, service)
+		who = w
+		return key, err
+	}
+	_, err = verifier.Verify(r.Context(), r, body)
+	if err != nil {
+		var se *sigv4.Error
+		if errors.As(err, &se) {
+			s.fail(w, &Error{Status: http.StatusBadRequest, Type: se.Code, Message: se.Message})
+			return
+		}
+		s.log.Warn("verifying a request's signature", "err", err)
+		s.fail(w, &Error{Status: http.StatusServiceUnavailable, Type: "KMSInternalException", Message: "the access key could not be checked; retry"})
+		return
+	}
+	op, ok := strings.CutPrefix(r.Header.Get("X-Amz-Target"), "TrentService.")
+	run := operations[op]
+	if !ok || run == nil {
+		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnsupportedOperationException", Message: fmt.Sprintf("operation %q is not supported here", clipText(r.Header.Get("X-Amz-Target")))})
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != ContentType {
+		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "SerializationException", Message: "Content-Type must be " + ContentType})
+		return
+	}
+	caller := pipeline.Caller{Who: who, RequestID: rid, ClientRequestID: invocationID(r)}
+	out, err := run(s, r.Context(), caller, body)
+	if err != nil {
+		s.fail(w, s.awsError(err))
+		return
+	}
+	data, err := json.Marshal(out)
+	if err != nil {
+		s.fail(w, &Error{Status: http.StatusInternalServerError, Type: "KMSInternalException", Message: "encoding the answer failed"})
+		return
+	}
+	w.Header().Set("Content-Type", ContentType)
+	w.Write(data)
+}
+
+// invocationID is the AWS SDK's id of the call (kept in the audit line as
+// the client request id), when it is a sane one.
+func invocationID(r *http.Request) string {
+	id := r.Header.Get("Amz-Sdk-Invocation-Id")
+	if len(id) > 64 || strings.ContainsFunc(id, func(c rune) bool { return c < 0x21 || c > 0x7e }) {
+		return ""
+	}
+	return id
+}
+
+func newRequestID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	h := hex.EncodeToString(b)
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// Error is an answer in AWS's error shape.
+type Error struct {
+	Status  int
+	Type    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Type + ": " + e.Message }
+
+func validation(format string, args ...any) *Error {
+	return &Error{Status: http.StatusBadRequest, Type: "ValidationException", Message: fmt.Sprintf(format, args...)}
+}
+
+func (s *Server) fail(w http.ResponseWriter, e *Error) {
+	w.Header().Set("Content-Type", ContentType)
+	w.Header().Set("X-Amzn-ErrorType", e.Type)
+	w.WriteHeader(e.Status)
+	data, _ := json.Marshal(struct {
+		Type    string `json:"__type"`
+		Message string `json:"message"`
+	}{e.Type, e.Message})
+	w.Write(data)
+}
+
+// awsError names an operation's error as AWS KMS would.
+func (s *Server) awsError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	st := s.cfg.Status(err)
+	msg := st.Message()
+	var se *managed.StateError
+	switch {
+	case errors.As(err, &se) && se.State == managed.StateDisabled:
+		return &Error{http.StatusBadRequest, "DisabledException", msg}
+	case errors.As(err, &se):
+		return &Error{http.StatusBadRequest, "KMSInvalidStateException", msg}
+	case errors.Is(err, managed.ErrBadCiphertext), errors.Is(err, envelope.ErrDecrypt), errors.Is(err, envelope.ErrMalformed):
+		return &Error{http.StatusBadRequest, "InvalidCiphertextException", msg}
+	}
+	switch st.Code() {
+	case codes.NotFound:
+		return &Error{http.StatusBadRequest, "NotFoundException", msg}
+	case codes.PermissionDenied:
+		return &Error{http.StatusBadRequest, "AccessDeniedException", msg}
+	case codes.InvalidArgument:
+		return &Error{http.StatusBadRequest, "ValidationException", msg}
+	case codes.FailedPrecondition:
+		return &Error{http.StatusBadRequest, "KMSInvalidStateException", msg}
+	case codes.ResourceExhausted:
+		return &Error{http.StatusBadRequest, "ThrottlingException", msg}
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return &Error{http.StatusServiceUnavailable, "DependencyTimeoutException", msg}
+	case codes.AlreadyExists:
+		return &Error{http.StatusBadRequest, "AlreadyExistsException", msg}
+	}
+	return &Error{http.StatusInternalServerError, "KMSInternalException", msg}
+}
+
+// decode reads a request's JSON into v: malformed JSON or a field of the
+// wrong type is a SerializationException; unknown fields are ignored, as
+// AWS does.
+func decode(body []byte, v any) error {
+	if err := json.Unmarshal(body, v); err != nil {
+		return &Error{Status: http.StatusBadRequest, Type: "SerializationException", Message: "the request is not the operation's JSON: " + clipText(err.Error())}
+	}
+	return nil
+}
+
+// keyID is the keybroker key a KeyId names: an id, alias/<id>, or a key or
+// alias ARN of this region and account.
+func (s *Server) keyID(name string) (string, error) {
+	if name == "" {
+		return "", validation("KeyId is required")
+	}
+	if rest, ok := strings.CutPrefix(name, "arn:"); ok {
+		parts := strings.SplitN(rest, ":", 5)
+		if len(parts) != 5 || parts[0] != "aws" || parts[1] != "kms" {
+			return "", &Error{http.StatusBadRequest, "NotFoundException", fmt.Sprintf("%s is not a KMS key or alias ARN", clipText(name))}
+		}
+		if parts[2] != s.cfg.Region || parts[3] != s.cfg.Account {
+			return "", &Error{http.StatusBadRequest, "NotFoundException", fmt.Sprintf("%s is not in region %s of account %s", clipText(name), s.cfg.Region, s.cfg.Account)}
+		}
+		name = parts[4]
+		if id, ok := strings.CutPrefix(name, "key/"); ok {
+			return checkID(id)
+		}
+		if !strings.HasPrefix(name, "alias/") {
+			return "", &Error{http.StatusBadRequest, "NotFoundException", fmt.Sprintf("%s names neither a key/ nor an alias/", clipText(name))}
+		}
+	}
+	if id, ok := strings.CutPrefix(name, "alias/"); ok {
+		return checkID(id)
+	}
+	return checkID(name)
+}
+
+func checkID(id string) (string, error) {
+	if !envelope.ValidKeyID(id) {
+		return "", validation("%s is not a key id: 1-128 of [A-Za-z0-9._:/-]", clipText(id))
+	}
+	return id, nil
+}
+
+// arn is the key ARN of key id.
+func (s *Server) arn(id string) string {
+	return "arn:aws:kms:" + s.cfg.Region + ":" + s.cfg.Account + ":key/" + id
+}
+
+// clipText bounds request text an answer repeats.
+func clipText(s string) string {
+	if len(s) > 96 {
+		return s[:96] + "…"
+	}
+	return s
+}

@@ -1,0 +1,62 @@
+package awsjson
+
+import (
+	"errors"
+	"testing"
+)
+
+// FuzzRequest: any KeyId and any body, decoded as each operation's
+// request, is a key id that passes the key-id check or an AWS-shaped
+// error — never a panic.
+func FuzzRequest(f *testing.F) {
+	s := &Server{cfg: Config{Region: "eu-west-1", Account: "111122223333"}}
+	f.Add("alias/demo", []byte(`{"KeyId":"alias/demo","Plaintext":"aGk=","EncryptionContext":{"a":"b"}}`))
+	f.Add("arn:aws:kms:eu-west-1:111122223333:key/demo", []byte(`{"CiphertextBlob":"AAAA","NumberOfBytes":32}`))
+	f.Add("arn:aws:kms:eu-west-1:111122223333:alias/x", []byte(`{"KeySpec":"AES_256"}`))
+	f.Add("arn:aws:kms:::", []byte(`[`))
+	f.Fuzz(func(t *testing.T, name string, body []byte) {
+		id, err := s.keyID(name)
+		var e *Error
+		if err != nil && !errors.As(err, &e) {
+			t.Fatalf("keyID(%q): %v is not an AWS error", name, err)
+		}
+		if err == nil {
+			if _, err := checkID(id); err != nil {
+				t.Fatalf("keyID(%q) = %q, which is not a key id", name, id)
+			}
+		}
+		for _, v := range []any{&encryptRequest{}, &decryptRequest{}, &reEncryptRequest{}, &generateDataKeyRequest{}, &generateRandomRequest{}, &describeKeyRequest{}} {
+			if err := decode(body, v); err != nil && !errors.As(err, &e) {
+				t.Fatalf("decode: %v is not an AWS error", err)
+			}
+		}
+	})
+}
+
+// TestKeyNames: what names a key, and what does not.
+func TestKeyNames(t *testing.T) {
+	s := &Server{cfg: Config{Region: "eu-west-1", Account: "111122223333"}}
+	for name, want := range map[string]string{
+		"demo": "demo", "alias/demo": "demo", "team/app": "team/app",
+		"arn:aws:kms:eu-west-1:111122223333:key/demo":    "demo",
+		"arn:aws:kms:eu-west-1:111122223333:alias/demo":  "demo",
+		"arn:aws:kms:eu-west-1:111122223333:key/team/ap": "team/ap",
+	} {
+		if got, err := s.keyID(name); err != nil || got != want {
+			t.Errorf("keyID(%q) = %q, %v; want %q", name, got, err, want)
+		}
+	}
+	for name, typ := range map[string]string{
+		"": "ValidationException", "alias/": "ValidationException", "bad id!": "ValidationException",
+		"arn:aws:kms:us-east-1:111122223333:key/demo":   "NotFoundException",
+		"arn:aws:kms:eu-west-1:999999999999:key/demo":   "NotFoundException",
+		"arn:aws:s3:eu-west-1:111122223333:key/demo":    "NotFoundException",
+		"arn:aws:kms:eu-west-1:111122223333:grant/demo": "NotFoundException",
+	} {
+		_, err := s.keyID(name)
+		var e *Error
+		if !errors.As(err, &e) || e.Type != typ {
+			t.Errorf("keyID(%q) = %v, want %s", name, err, typ)
+		}
+	}
+}
