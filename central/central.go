@@ -52,6 +52,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/awsjson"
 	"github.com/keybroker/keybroker/backends"
 	"github.com/keybroker/keybroker/backends/awskms"
 	"github.com/keybroker/keybroker/backends/gcpkms"
@@ -104,7 +105,13 @@ type Node struct {
 	policies *policyShare
 	audit    *audit.Log
 	rpc      *rpc.Server // maps errors to the codes audit lines record
+	awsAddr  string      // the AWS KMS API's address, when served
+	// signingKeys keeps the AWS access keys' signing keys (aws_kms).
+	signingKeys *awsjson.Cached
 }
+
+// AWSAddr is the address the AWS KMS API listens on ("" when not served).
+func (n *Node) AWSAddr() string { return n.awsAddr }
 
 // Options are the host process's contributions.
 type Options struct {
@@ -227,9 +234,14 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	if shared {
 		centrals = func(ctx context.Context) ([]server.Central, error) { return liveCentrals(ctx, presence) }
 	}
+	var revoked func(string)
+	if cfg.AWSKMS != nil {
+		n.signingKeys = awsjson.NewCached(n.svc, 10_000)
+		revoked = n.signingKeys.Forget
+	}
 	srv, err := server.New(server.Config{Service: n.svc, Policy: n.policy, Audit: n.audit, NodeID: cfg.NodeID,
 		TrustDomain: cfg.TrustDomain, Address: advertise, Lease: cfg.Edges.Lease, Heartbeat: cfg.Edges.HeartbeatInterval(),
-		Roots: sh.ID().Roots, Revoked: sh.ID().Revoked, Logger: log, Centrals: centrals})
+		Roots: sh.ID().Roots, Revoked: sh.ID().Revoked, Logger: log, Centrals: centrals, AccessKeyRevoked: revoked})
 	if err != nil {
 		return nil, err
 	}
@@ -241,6 +253,16 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		sh.Go(func(ctx context.Context) { presence.Announce(ctx, kindCentrals, cfg.NodeID, []byte(advertise)) })
 		sh.Go(func(ctx context.Context) { srv.ShareLiveness(ctx, presence) })
 	}
+	if a := cfg.AWSKMS; a != nil {
+		front, err := awsjson.New(awsjson.Config{Pipeline: srv.Pipeline(), Status: srv.Status, Credentials: n.signingKeys,
+			Region: a.Region, Account: a.Account, TrustDomain: cfg.TrustDomain, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		if n.awsAddr, err = sh.ServeFront("aws_kms", a.Listen, sh.ID().PublicServerTLS(), front); err != nil {
+			return nil, err
+		}
+	}
 	sh.Go(n.svc.Registry().Follow)
 	if n.policies != nil {
 		sh.Go(n.policies.follow)
@@ -249,7 +271,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	sh.Go(n.reloadLoop)
 	sh.Go(n.sweepLoop)
 	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", sh.Addr(), "advertise_address", advertise, "ops_addr", sh.OpsAddr(),
-		"backends", n.roots.Names(), "policy", n.policy.Current().Hash()[:12])
+		"backends", n.roots.Names(), "policy", n.policy.Current().Hash()[:12], "aws_kms_addr", n.awsAddr)
 	return n, nil
 }
 
@@ -439,6 +461,9 @@ func (n *Node) closeOwn() error {
 	}
 	if n.roots != nil {
 		errs = append(errs, n.roots.Close())
+	}
+	if n.signingKeys != nil {
+		n.signingKeys.Close()
 	}
 	return errors.Join(errs...)
 }

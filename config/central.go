@@ -53,6 +53,9 @@ type Central struct {
 	// bbolt file <data_dir>/registry.db; store.etcd shares it between
 	// central nodes.
 	Store Store `yaml:"store"`
+	// AWSKMS serves the AWS KMS JSON API on a listener of its own.
+	// Optional.
+	AWSKMS *AWSKMS `yaml:"aws_kms,omitempty"`
 }
 
 // BackendBudget is a token bucket per principal, charged for every call to
@@ -301,6 +304,7 @@ func (c *Central) validate() problems {
 	c.Edges.check(&p, "edges")
 	c.BackendBudget.check(&p, "backend_budget")
 	c.Store.check(&p, "store")
+	c.AWSKMS.check(&p, "aws_kms", c.Listen, c.OpsListen)
 	return p
 }
 

@@ -257,6 +257,19 @@ func (l *Live) serverTLS(protos []string) *tls.Config {
 	}
 }
 
+// PublicServerTLS is a TLS server configuration (1.2 and later, as AWS
+// clients need) presenting the current certificate and asking for no
+// client certificate: for front-ends whose callers authenticate otherwise
+// (the AWS KMS API's Signature Version 4).
+func (l *Live) PublicServerTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return l.src.Current().Certificate, nil
+		},
+	}
+}
+
 // genCache holds the server configuration built for one Material.
 type genCache struct {
 	mu  sync.Mutex

@@ -71,6 +71,9 @@ func (a *keyAdmin) RevokeAccessKey(ctx context.Context, r *kbv1.AccessKeyRequest
 		if err != nil {
 			return "access key " + clip.Quote(r.GetAccessKeyId()), err
 		}
+		if a.s.revoked != nil {
+			a.s.revoked(rec.ID)
+		}
 		out = accessKeyProto(rec)
 		return "access key " + rec.ID + " of " + rec.Principal + " revoked", nil
 	})

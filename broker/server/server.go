@@ -136,7 +136,10 @@ type Config struct {
 	// (several centrals sharing an etcd store); LookupKey and ListNodes
 	// offer them after this one. An error leaves them out of that answer.
 	Centrals func(ctx context.Context) ([]Central, error)
-	Logger   *slog.Logger
+	// AccessKeyRevoked, when set, hears each access key revoked here (a
+	// front-end drops what it keeps of it at once).
+	AccessKeyRevoked func(id string)
+	Logger           *slog.Logger
 }
 
 // DefaultEdgeLease is how long an edge's lease holds without a heartbeat.
@@ -153,6 +156,7 @@ type Server struct {
 	addr   string
 	// centrals lists the tier's other live central nodes (Config.Centrals).
 	centrals func(ctx context.Context) ([]Central, error)
+	revoked  func(id string)
 	log      *slog.Logger
 	lease    time.Duration
 	beat     time.Duration
@@ -187,7 +191,7 @@ func New(c Config) (*Server, error) {
 		c.SendTimeout = DefaultSendTimeout
 	}
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
-		addr: c.Address, centrals: c.Centrals, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
+		addr: c.Address, centrals: c.Centrals, revoked: c.AccessKeyRevoked, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
 		proofs: &proofVerifier{roots: c.Roots, revoked: c.Revoked, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache(maxNonces)}}
 	s.proofs.log = c.Logger
 	if cl, ok := c.Service.Registry().Store().(store.Claimer); ok {

@@ -24,12 +24,14 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -60,6 +62,7 @@ type Shell struct {
 	servers *serve.Servers
 	lis     net.Listener
 	opsLis  net.Listener
+	fronts  []*http.Server // front-ends of their own (ServeFront)
 
 	loopCtx context.Context
 	stop    context.CancelFunc
@@ -223,6 +226,25 @@ func (s *Shell) Serve(ctx context.Context, c Serving) {
 	s.loopCtx = loopCtx
 }
 
+// ServeFront listens on addr and serves h over TLS (tlsCfg) until
+// Shutdown — a front-end with a listener of its own, such as the AWS KMS
+// API — and returns the address bound. Call it after Serve.
+func (s *Shell) ServeFront(name, addr string, tlsCfg *tls.Config, h http.Handler) (string, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("%s: %s: listen: %w", s.name, name, err)
+	}
+	srv := &http.Server{Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	s.fronts = append(s.fronts, srv)
+	go func() {
+		if err := srv.ServeTLS(lis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("front-end stopped", "front", name, "err", err)
+		}
+	}()
+	return lis.Addr().String(), nil
+}
+
 // Go runs loop in the background until Shutdown; call it after Serve.
 func (s *Shell) Go(loop func(ctx context.Context)) {
 	ctx := s.loopCtx
@@ -250,7 +272,11 @@ func (s *Shell) Done() <-chan error { return s.servers.Done() }
 // then closes the node's own resources (closeOwn) and the shell's.
 func (s *Shell) Shutdown(ctx context.Context, closeOwn func() error) error {
 	s.stop()
-	err := s.servers.Stop(ctx, s.log)
+	var errs []error
+	for _, f := range s.fronts {
+		errs = append(errs, f.Shutdown(ctx))
+	}
+	err := errors.Join(append(errs, s.servers.Stop(ctx, s.log))...)
 	s.loops.Wait()
 	return errors.Join(err, s.Close(closeOwn))
 }
@@ -276,6 +302,9 @@ func (s *Shell) Close(closeOwn func() error) error {
 		if l != nil {
 			_ = l.Close()
 		}
+	}
+	for _, f := range s.fronts {
+		_ = f.Close() // a front-end not shut down (a start that failed)
 	}
 	if s.id != nil {
 		errs = append(errs, s.id.Close())

@@ -1,11 +1,23 @@
 package e2e
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/smithy-go"
+
 	"github.com/keybroker/keybroker/accesskey"
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/tests/framework"
 )
@@ -54,5 +66,61 @@ func TestAccessKeyCLI(t *testing.T) {
 	}
 	if _, stderr, code := c.CLIOut(t, addr, identity.Client, "app", "access-key", "create", "--principal", "admin/ops"); code == 0 || !strings.Contains(strings.ToLower(stderr), "denied") {
 		t.Errorf("a client making an access key for admin/ops: exit %d, %s", code, stderr)
+	}
+}
+
+// TestAWSKMSAPIProcess: a central process configured with aws_kms serves
+// the AWS KMS API over HTTPS with its own certificate; the AWS SDK's KMS
+// client, trusting the cluster's CA and signing with an access key made by
+// the CLI, encrypts and decrypts; a revoked key is refused at once.
+func TestAWSKMSAPIProcess(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	awsAddr := l.Addr().String()
+	l.Close()
+	c := framework.NewProcessesOn(t, framework.SoftkmsRoots, framework.BasicRoots,
+		"aws_kms: {listen: \""+awsAddr+"\", region: eu-west-1, account: \"111122223333\"}\n")
+	ctx := t.Context()
+	if _, err := c.Admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "demo", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": framework.TrustDomain}}); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "create", "--principal", "admin/ops", "--output", "json")
+	if code != 0 {
+		t.Fatalf("access-key create: %s", stderr)
+	}
+	var key struct {
+		ID     string `json:"access_key_id"`
+		Secret string `json:"secret_access_key"`
+	}
+	if err := json.Unmarshal([]byte(out), &key); err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	client := kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String("https://" + awsAddr),
+		Credentials: credentials.NewStaticCredentialsProvider(key.ID, key.Secret, ""),
+		HTTPClient:  &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}})
+	enc, err := client.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("alias/demo"), Plaintext: []byte("over https"),
+		EncryptionContext: map[string]string{"purpose": "test"}})
+	if err != nil {
+		t.Fatalf("Encrypt through the AWS API of a central process: %v", err)
+	}
+	dec, err := client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, EncryptionContext: map[string]string{"purpose": "test"}})
+	if err != nil || string(dec.Plaintext) != "over https" || aws.ToString(dec.KeyId) != "arn:aws:kms:eu-west-1:111122223333:key/demo" {
+		t.Fatalf("Decrypt = %v, %v", dec, err)
+	}
+	if _, _, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "revoke", key.ID); code != 0 {
+		t.Fatal("access-key revoke failed")
+	}
+	var apiErr smithy.APIError
+	if _, err := client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String("demo")}); !errors.As(err, &apiErr) || apiErr.ErrorCode() != "UnrecognizedClientException" {
+		t.Errorf("a revoked key at the central that revoked it: %v, want UnrecognizedClientException", err)
 	}
 }
