@@ -22,8 +22,9 @@
 // always carry the key ARN in KeyId (the AWS Encryption SDK requires it).
 //
 // Served so far: Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
-// GenerateDataKeyWithoutPlaintext, GenerateRandom and DescribeKey; every
-// other operation answers UnsupportedOperationException.
+// GenerateDataKeyWithoutPlaintext, GenerateRandom, DescribeKey, Sign,
+// Verify, GetPublicKey, GenerateMac, VerifyMac and ListKeys; every other
+// operation answers UnsupportedOperationException.
 package awsjson
 
 import (
@@ -123,6 +124,12 @@ var operations = map[string]func(*Server, context.Context, pipeline.Caller, []by
 	"GenerateDataKeyWithoutPlaintext": (*Server).generateDataKeyWithoutPlaintext,
 	"GenerateRandom":                  (*Server).generateRandom,
 	"DescribeKey":                     (*Server).describeKey,
+	"Sign":                            (*Server).sign,
+	"Verify":                          (*Server).verify,
+	"GetPublicKey":                    (*Server).getPublicKey,
+	"GenerateMac":                     (*Server).generateMac,
+	"VerifyMac":                       (*Server).verifyMac,
+	"ListKeys":                        (*Server).listKeys,
 }
 
 // ServeHTTP answers one request.

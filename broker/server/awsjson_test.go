@@ -3,7 +3,9 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -213,5 +215,90 @@ func TestAWSJSONBadInput(t *testing.T) {
 				t.Error("no x-amzn-RequestId")
 			}
 		})
+	}
+}
+
+// TestAWSJSONSigningAndMACs: Sign, Verify, GetPublicKey, GenerateMac,
+// VerifyMac and ListKeys through the AWS SDK: a signature verifies there
+// and with the public key alone (crypto/ecdsa), a wrong one is
+// KMSInvalidSignatureException, a wrong tag KMSInvalidMacException, a
+// signing algorithm the key does not use InvalidKeyUsageException; ListKeys
+// pages every key once.
+func TestAWSJSONSigningAndMACs(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	for id, typ := range map[string]kbv1.KeyType{"ec": kbv1.KeyType_KEY_TYPE_ECDSA_P256, "mac": kbv1.KeyType_KEY_TYPE_HMAC_SHA256,
+		"aes1": kbv1.KeyType_KEY_TYPE_AES_256_GCM, "aes2": kbv1.KeyType_KEY_TYPE_AES_256_GCM} {
+		if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: typ, Mode: kbv1.KeyMode_KEY_MODE_DERIVE}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	front, err := awsjson.New(awsjson.Config{Pipeline: e.srv.Pipeline(), Status: e.srv.Status, Credentials: e.svc,
+		Region: "eu-west-1", Account: "111122223333", TrustDomain: e.srv.td})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(front)
+	defer hs.Close()
+	k, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "admin/ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String(hs.URL), RetryMaxAttempts: 1,
+		Credentials: credentials.NewStaticCredentialsProvider(k.GetAccessKeyId(), k.GetSecretAccessKey(), "")})
+	msg := []byte("signed through the AWS API")
+	sig, err := c.Sign(ctx, &kms.SignInput{KeyId: aws.String("alias/ec"), Message: msg, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := c.GetPublicKey(ctx, &kms.GetPublicKeyInput{KeyId: aws.String("ec")})
+	if err != nil || pub.KeySpec != types.KeySpecEccNistP256 {
+		t.Fatalf("GetPublicKey = %v, %v", pub, err)
+	}
+	pk, err := x509.ParsePKIXPublicKey(pub.PublicKey)
+	digest := sha256.Sum256(msg)
+	if ec, ok := pk.(*ecdsa.PublicKey); err != nil || !ok || !ecdsa.VerifyASN1(ec, digest[:], sig.Signature) {
+		t.Errorf("the signature does not verify with the public key alone (%T, %v)", pk, err)
+	}
+	if v, err := c.Verify(ctx, &kms.VerifyInput{KeyId: aws.String("ec"), Message: digest[:], MessageType: types.MessageTypeDigest,
+		Signature: sig.Signature, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256}); err != nil || !v.SignatureValid {
+		t.Errorf("Verify of the digest = %v, %v", v, err)
+	}
+	var badSig *types.KMSInvalidSignatureException
+	if _, err := c.Verify(ctx, &kms.VerifyInput{KeyId: aws.String("ec"), Message: []byte("other"), Signature: sig.Signature,
+		SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256}); !errors.As(err, &badSig) {
+		t.Errorf("Verify of another message: %v, want KMSInvalidSignatureException", err)
+	}
+	var usage *types.InvalidKeyUsageException
+	if _, err := c.Sign(ctx, &kms.SignInput{KeyId: aws.String("ec"), Message: msg, SigningAlgorithm: types.SigningAlgorithmSpecRsassaPssSha256}); !errors.As(err, &usage) {
+		t.Errorf("an algorithm the key does not use: %v, want InvalidKeyUsageException", err)
+	}
+	mac, err := c.GenerateMac(ctx, &kms.GenerateMacInput{KeyId: aws.String("mac"), Message: msg, MacAlgorithm: types.MacAlgorithmSpecHmacSha256})
+	if err != nil || len(mac.Mac) != 32 {
+		t.Fatalf("GenerateMac = %v, %v", mac, err)
+	}
+	if v, err := c.VerifyMac(ctx, &kms.VerifyMacInput{KeyId: aws.String("mac"), Message: msg, Mac: mac.Mac, MacAlgorithm: types.MacAlgorithmSpecHmacSha256}); err != nil || !v.MacValid {
+		t.Errorf("VerifyMac = %v, %v", v, err)
+	}
+	var badMac *types.KMSInvalidMacException
+	if _, err := c.VerifyMac(ctx, &kms.VerifyMacInput{KeyId: aws.String("mac"), Message: []byte("other"), Mac: mac.Mac, MacAlgorithm: types.MacAlgorithmSpecHmacSha256}); !errors.As(err, &badMac) {
+		t.Errorf("VerifyMac of another message: %v, want KMSInvalidMacException", err)
+	}
+	seen := map[string]int{}
+	for p := kms.NewListKeysPaginator(c, &kms.ListKeysInput{Limit: aws.Int32(1)}); p.HasMorePages(); {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range page.Keys {
+			seen[aws.ToString(k.KeyId)]++
+			if aws.ToString(k.KeyArn) != "arn:aws:kms:eu-west-1:111122223333:key/"+aws.ToString(k.KeyId) {
+				t.Errorf("ListKeys entry %v", k)
+			}
+		}
+	}
+	if len(seen) != 4 || seen["ec"] != 1 || seen["aes2"] != 1 {
+		t.Errorf("ListKeys in pages of one = %v, want each of the 4 keys once", seen)
 	}
 }
