@@ -52,7 +52,7 @@ func BenchmarkScale(b *testing.B) {
 }
 
 // createKeys creates n derive-mode keys with 8 workers.
-func createKeys(b *testing.B, e *env, n int) {
+func createKeys(b testing.TB, e *env, n int) {
 	b.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
