@@ -347,6 +347,11 @@ func (w *watcher) snapshot(ctx context.Context, chunked bool) (uint64, error) {
 		if _, ok := status.FromError(err); ok { // the stream's (send, edgeKey)
 			return 0, err
 		}
+		if errors.Is(err, store.ErrCompacted) {
+			// etcd compacted the snapshot's revision while a slow edge
+			// read it: the edge reconnects for a new one.
+			return 0, status.Errorf(codes.Unavailable, "snapshot overtaken by the store's compaction (%v): reconnect for a new snapshot", err)
+		}
 		return 0, w.s.toStatus(err).Err()
 	}
 	return rev, w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Snapshot{Snapshot: snap}})
