@@ -46,8 +46,8 @@ type Registry struct {
 	cache    *keyCache
 	loading  map[string]*loadMark // keys being read from the store by load
 	gen      uint64               // bumped when the cache is emptied or a key dropped
-	followed uint64        // last feed revision applied
-	advanced chan struct{} // closed and replaced when followed advances
+	followed uint64               // last feed revision applied
+	advanced chan struct{}        // closed and replaced when followed advances
 }
 
 // NewRegistry returns a registry on st; now is the clock (time.Now when nil).
