@@ -24,12 +24,13 @@ func bucketOf(kind Kind) []byte { return []byte("kind/" + string(kind)) }
 const DefaultHistory = 100_000
 
 // initialMmap is the address space bbolt maps at first (not memory: pages
-// are read in on use). A commit that grows the file past the mapping
-// remaps it, and waits for every read transaction open meanwhile — Scan
-// holds one for as long as its caller takes over the pages — so the
-// mapping starts large enough for a million keys, and a remap behind a
-// slow Scan is rare (bbolt then doubles it).
-const initialMmap = 2 << 30
+// are read in on use): 4 GiB on 64-bit platforms, 1 GiB on 32-bit ones. A
+// commit that grows the file past the mapping remaps it, and waits for
+// every read transaction open meanwhile — Scan holds one for as long as
+// its caller takes over the pages, and the committer holds the store's
+// lock while it waits — so the mapping starts large enough for a million
+// keys and their history, and a remap behind a slow Scan is rare.
+const initialMmap = 1 << 30 << (2 * (^uint(0) >> 63))
 
 // Bolt is the bbolt implementation of Store.
 type Bolt struct {
