@@ -22,7 +22,7 @@ import (
 //
 //	go test ./broker -run '^$' -bench BenchmarkScale -benchtime 1x
 func BenchmarkScale(b *testing.B) {
-	sizes := map[string][]int{"bbolt": {10_000, 100_000}, "etcd": {10_000}}
+	sizes := map[string][]int{"bbolt": {10_000, 100_000}, "etcd": {10_000, 100_000}}
 	for _, backing := range []string{"bbolt", "etcd"} {
 		for _, n := range sizes[backing] {
 			b.Run(backing+"/HeapPerKey/"+strconv.Itoa(n), func(b *testing.B) {
