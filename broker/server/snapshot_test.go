@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
@@ -187,5 +189,48 @@ func TestWatchChunkedSnapshot(t *testing.T) {
 	}
 	if snap := ev.GetSnapshot(); len(snap.GetKeys()) != n || snap.GetMore() {
 		t.Errorf("unchunked snapshot: %d keys, more %v; want %d keys in one message", len(snap.GetKeys()), snap.GetMore(), n)
+	}
+}
+
+// TestWatchChunkedSnapshotBytes: chunks also stay within the byte bound
+// (lowered here to 16 KiB), the first counting the policy and inventory
+// it carries, and together hold every key once.
+func TestWatchChunkedSnapshotBytes(t *testing.T) {
+	defer func(b int) { snapshotChunkBytes = b }(snapshotChunkBytes)
+	snapshotChunkBytes = 16 << 10
+	e := start(t)
+	const n = 300
+	createKeys(t, e.svc, n)
+	edge := e.registerEdge(t, "edge-1")
+	stream, err := edge.Watch(t.Context(), &kbv1.WatchRequest{ChunkedSnapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	chunks := 0
+	for more := true; more; chunks++ {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap := ev.GetSnapshot()
+		if size := proto.Size(snap); size > snapshotChunkBytes {
+			t.Errorf("chunk %d is %d bytes, above the bound %d", chunks, size, snapshotChunkBytes)
+		}
+		for _, k := range snap.GetKeys() {
+			ids = append(ids, k.GetMetadata().GetKeyId())
+		}
+		more = snap.GetMore()
+	}
+	if chunks < 2 {
+		t.Errorf("%d chunk(s), want the bytes bound to split the snapshot", chunks)
+	}
+	for i, id := range ids {
+		if want := fmt.Sprintf("tenant-%07d", i); id != want {
+			t.Fatalf("key %d is %s, want %s", i, id, want)
+		}
+	}
+	if len(ids) != n {
+		t.Errorf("%d keys in the chunks, want %d", len(ids), n)
 	}
 }

@@ -296,20 +296,23 @@ func edgePolicy(set *policy.Set) *kbv1.EdgePolicy {
 }
 
 // Snapshot chunks: a chunked snapshot sends at most snapshotChunkKeys
-// keys and about snapshotChunkBytes of them per message.
+// keys and at most snapshotChunkBytes per message (a single key larger
+// than that goes alone) — under gRPC's default 4 MiB receive limit, so
+// any client reads a chunk.
 const (
-	snapshotChunkKeys  = 1000
-	snapshotChunkBytes = 4 << 20
+	snapshotChunkKeys = 1000
 	// snapshotScanPage is how many keys the snapshot reads from the
 	// registry at a time.
 	snapshotScanPage = 1000
 )
 
+var snapshotChunkBytes = 4<<20 - 64<<10 // a variable for tests
+
 // snapshot sends the registry as of one revision, which it returns; the
 // feed, subscribed before, resumes after it. An edge that asked for
 // chunks (WatchRequest.chunked_snapshot) gets them: the registry is read
 // a page at a time at one revision (Registry.Scan) and sent in chunks of
-// at most snapshotChunkKeys keys and about snapshotChunkBytes, in id
+// at most snapshotChunkKeys keys and snapshotChunkBytes, in id
 // order, the first with the policy and the inventory, every one but the
 // last with more set — so neither this node nor the message holds every
 // key. An edge that did not ask gets one message, as before.
@@ -321,7 +324,7 @@ func (w *watcher) snapshot(ctx context.Context, chunked bool) (uint64, error) {
 		return 0, err
 	}
 	first.Nodes = nodes.Nodes
-	snap, size := first, 0
+	snap, size := first, proto.Size(first)
 	var rev uint64
 	err = w.s.svc.Registry().Scan(ctx, snapshotScanPage, func(p broker.KeyPage) error {
 		rev = p.Revision
@@ -330,7 +333,7 @@ func (w *watcher) snapshot(ctx context.Context, chunked bool) (uint64, error) {
 			if err != nil {
 				return err
 			}
-			n := proto.Size(ek)
+			n := proto.Size(ek) + 8 // and the field's tag and length
 			if chunked && len(snap.Keys) > 0 && (len(snap.Keys) == snapshotChunkKeys || size+n > snapshotChunkBytes) {
 				snap.More = true
 				if err := w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Snapshot{Snapshot: snap}}); err != nil {
