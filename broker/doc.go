@@ -15,6 +15,15 @@
 // least 7) during which the key refuses every operation and the deletion
 // can be cancelled.
 //
+// # Memory at many keys
+//
+// The registry keeps a bounded cache of decoded keys (DefaultKeyCache,
+// CLOCK eviction); the rest stay in the store and are read on use. The
+// change feed replaces only keys the cache holds. Listings never fill the
+// cache and are read a page at a time: ListKeys from its page token's id
+// (Registry.Page), the sweep likewise, an edge's Watch snapshot at one
+// revision (Registry.Scan). Nothing at the central holds every key.
+//
 // # Cost of a caller
 //
 // Every root's backend is behind backends.Instrument, so every call to a

@@ -94,30 +94,40 @@ func rotationDue(k *managed.Key, now time.Time) bool {
 }
 
 func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*managed.Key, deleted []string, err error) {
-	keys, _, err := r.List(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
+	// A page at a time from the last id seen, so that a sweep of a million
+	// keys holds a page of them (and the few due), not every key.
 	now := r.now()
-	for _, k := range keys {
-		switch {
-		case k.State == managed.StatePendingDeletion && !now.Before(k.DeletionTime):
-			if record != nil {
-				if err := record("DeleteKey", k.ID, nil); err != nil {
-					return rotate, deleted, fmt.Errorf("deleting %q: not audited, left for the next sweep: %w", k.ID, err)
-				}
-			}
-			if err := r.Delete(ctx, k); err != nil {
-				if record != nil {
-					// Its audit line said it would go; say it did not.
-					_ = record("DeleteKey", k.ID, err)
-				}
-				return rotate, deleted, err
-			}
-			deleted = append(deleted, k.ID)
-		case rotationDue(k, now):
-			rotate = append(rotate, k)
+	for after := ""; ; {
+		p, err := r.Page(ctx, after, sweepPage)
+		if err != nil {
+			return rotate, deleted, err
 		}
+		for _, k := range p.Keys {
+			switch {
+			case k.State == managed.StatePendingDeletion && !now.Before(k.DeletionTime):
+				if record != nil {
+					if err := record("DeleteKey", k.ID, nil); err != nil {
+						return rotate, deleted, fmt.Errorf("deleting %q: not audited, left for the next sweep: %w", k.ID, err)
+					}
+				}
+				if err := r.Delete(ctx, k); err != nil {
+					if record != nil {
+						// Its audit line said it would go; say it did not.
+						_ = record("DeleteKey", k.ID, err)
+					}
+					return rotate, deleted, err
+				}
+				deleted = append(deleted, k.ID)
+			case rotationDue(k, now):
+				rotate = append(rotate, k)
+			}
+		}
+		if !p.More {
+			return rotate, deleted, nil
+		}
+		after = p.Keys[len(p.Keys)-1].ID
 	}
-	return rotate, deleted, nil
 }
+
+// sweepPage is how many keys Sweep reads at a time.
+const sweepPage = 1000

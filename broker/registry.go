@@ -20,13 +20,18 @@ const KindKeys store.Kind = "keys"
 
 // Registry stores managed keys.
 //
-// Reads are served from an in-memory copy of each key read or written
-// here (by Get, List or a write), so a request does not decode the key's
-// record from the store every time. The copy is replaced by every write made through this Registry and,
-// with Follow running, by every change the store's feed reports (writes by
-// other central nodes sharing the store). Keys returned by Get are shared
-// and must not be modified; Update hands its function a private copy. List
-// returns the same shared copies.
+// Reads are served from a bounded in-memory cache of decoded keys (at most
+// DefaultKeyCache, or SetCacheSize's; least recently used go first, see
+// keyCache), filled by Get and by writes made here, so a request does not
+// decode a warm key's record from the store every time; a key not cached
+// is read from the store on use. A cached copy is replaced by every write
+// made through this Registry and, with Follow running, by every change
+// the store's feed reports (writes by other central nodes sharing the
+// store); the feed decodes only changes to keys already cached, and
+// forgets the others. Listings (List, Page, Scan) read the store and
+// never fill the cache, so walking a million keys costs a page of memory,
+// not a million decoded keys. Keys returned are shared and must not be
+// modified; Update hands its function a private copy.
 type Registry struct {
 	st       store.Store
 	now      func() time.Time
@@ -38,10 +43,11 @@ type Registry struct {
 	writeMu sync.Mutex
 
 	mu       sync.RWMutex
-	cache    map[string]*managed.Key
-	gen      uint64        // bumped when the cache is emptied or a key dropped
-	followed uint64        // last feed revision applied
-	advanced chan struct{} // closed and replaced when followed advances
+	cache    *keyCache
+	loading  map[string]*loadMark // keys being read from the store by load
+	gen      uint64               // bumped when the cache is emptied or a key dropped
+	followed uint64               // last feed revision applied
+	advanced chan struct{}        // closed and replaced when followed advances
 }
 
 // NewRegistry returns a registry on st; now is the clock (time.Now when nil).
@@ -49,7 +55,29 @@ func NewRegistry(st store.Store, now func() time.Time) *Registry {
 	if now == nil {
 		now = time.Now
 	}
-	return &Registry{st: st, now: now, cache: map[string]*managed.Key{}, advanced: make(chan struct{})}
+	return &Registry{st: st, now: now, cache: newKeyCache(DefaultKeyCache), loading: map[string]*loadMark{}, advanced: make(chan struct{})}
+}
+
+// SetCacheSize bounds the cache of decoded keys to n (at least 1); call it
+// before the registry is used.
+func (r *Registry) SetCacheSize(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cache = newKeyCache(n)
+}
+
+// Cached is how many decoded keys the registry holds in memory.
+func (r *Registry) Cached() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cache.len()
+}
+
+// loadMark counts the loads of one key in flight; stale says the feed
+// reported a change to the key meanwhile, which their reads may predate.
+type loadMark struct {
+	n     int
+	stale bool
 }
 
 // FailClosedAfter makes the registry refuse to serve once its store has
@@ -127,10 +155,31 @@ func (r *Registry) remember(k *managed.Key) {
 	r.rememberLocked(k)
 }
 
-func (r *Registry) rememberLocked(k *managed.Key) {
-	if cur := r.cache[k.ID]; cur == nil || cur.Revision < k.Revision {
-		r.cache[k.ID] = k
+func (r *Registry) rememberLocked(k *managed.Key) { r.cache.put(k) }
+
+// heard applies a change the feed reported to key o.ID: a cached key is
+// replaced (or dropped, when its record cannot be decoded: it is read
+// from the store next time); a key not cached is not decoded, and loads
+// of it in flight are not cached, as they may have read it before the
+// change.
+func (r *Registry) heard(o store.Object) {
+	r.mu.Lock()
+	if !r.cache.has(o.ID) {
+		if m := r.loading[o.ID]; m != nil {
+			m.stale = true
+		}
+		r.mu.Unlock()
+		return
 	}
+	r.mu.Unlock()
+	// Cached a moment ago: a load or write that caches it meanwhile holds
+	// this revision or a later one, and remember keeps the later.
+	k, err := decodeKey(o)
+	if err != nil {
+		r.drop(o.ID)
+		return
+	}
+	r.remember(k)
 }
 
 // invalidate empties the cache. A read from the store that began before
@@ -139,7 +188,7 @@ func (r *Registry) rememberLocked(k *managed.Key) {
 func (r *Registry) invalidate() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	clear(r.cache)
+	r.cache.clear()
 	r.gen++
 }
 
@@ -150,7 +199,10 @@ func (r *Registry) invalidate() {
 func (r *Registry) drop(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.cache, id)
+	r.cache.drop(id)
+	if m := r.loading[id]; m != nil {
+		m.stale = true
+	}
 	r.gen++
 }
 
@@ -192,11 +244,7 @@ func (r *Registry) Follow(ctx context.Context) {
 			case ev.Type == store.Delete:
 				r.drop(ev.Object.ID)
 			default:
-				if k, err := decodeKey(ev.Object); err == nil {
-					r.remember(k)
-				} else {
-					r.drop(ev.Object.ID) // read it from the store next time
-				}
+				r.heard(ev.Object)
 			}
 			r.markFollowed(ev.Revision)
 		}
@@ -233,7 +281,7 @@ func (r *Registry) Get(ctx context.Context, id string) (*managed.Key, error) {
 		return nil, err
 	}
 	r.mu.RLock()
-	k := r.cache[id]
+	k := r.cache.get(id)
 	r.mu.RUnlock()
 	if k != nil {
 		return k, nil
@@ -241,12 +289,25 @@ func (r *Registry) Get(ctx context.Context, id string) (*managed.Key, error) {
 	return r.load(ctx, id)
 }
 
-// load reads a key from the store and caches it.
+// load reads a key from the store and caches it, unless the key changed
+// or the cache was emptied while it read.
 func (r *Registry) load(ctx context.Context, id string) (*managed.Key, error) {
-	r.mu.RLock()
+	r.mu.Lock()
 	gen := r.gen
-	r.mu.RUnlock()
+	m := r.loading[id]
+	if m == nil {
+		m = &loadMark{}
+		r.loading[id] = m
+	}
+	m.n++
+	r.mu.Unlock()
 	o, err := r.st.Get(ctx, KindKeys, id)
+	r.mu.Lock()
+	stale := m.stale
+	if m.n--; m.n == 0 {
+		delete(r.loading, id)
+	}
+	r.mu.Unlock()
 	if errors.Is(err, store.ErrNotFound) {
 		r.drop(id)
 		return nil, managed.Errorf(managed.ErrNotFound, "key %q does not exist", id)
@@ -259,60 +320,95 @@ func (r *Registry) load(ctx context.Context, id string) (*managed.Key, error) {
 		return nil, err
 	}
 	r.mu.Lock()
-	if gen == r.gen {
+	if gen == r.gen && !stale {
 		r.rememberLocked(k)
 	}
 	r.mu.Unlock()
 	return k, nil
 }
 
-// List returns every key, sorted by id, and the revision it reflects.
-//
-// A key whose cached copy is at the listed revision is returned as that
-// copy — the pointer Get serves — so a listing decodes only keys not yet
-// cached, and what callers remember per key (the RPC layer's policy
-// decisions) is shared between List and Get. Keys decoded here are cached
-// like Get's.
+// List returns every key, sorted by id, and the revision it reflects. It
+// holds every key in memory at once: Page and Scan do not.
 func (r *Registry) List(ctx context.Context) ([]*managed.Key, uint64, error) {
 	if err := r.currentForRead(); err != nil {
 		return nil, 0, err
 	}
-	r.mu.RLock()
-	gen := r.gen
-	r.mu.RUnlock()
 	objs, rev, err := r.st.List(ctx, KindKeys)
 	if err != nil {
 		return nil, 0, err
 	}
-	keys := make([]*managed.Key, len(objs))
-	var fresh []int // indexes of keys not cached at their listed revision
-	r.mu.RLock()
-	for i, o := range objs {
-		if k := r.cache[o.ID]; k != nil && k.Revision == o.Revision {
-			keys[i] = k
-		} else {
-			fresh = append(fresh, i)
-		}
-	}
-	r.mu.RUnlock()
-	for _, i := range fresh {
-		k, err := decodeKey(objs[i])
-		if err != nil {
-			return nil, 0, err
-		}
-		keys[i] = k
-	}
-	if len(fresh) > 0 {
-		r.mu.Lock()
-		if gen == r.gen {
-			for _, i := range fresh {
-				r.rememberLocked(keys[i])
-			}
-		}
-		r.mu.Unlock()
+	keys, err := r.decodeAll(objs)
+	if err != nil {
+		return nil, 0, err
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].ID < keys[j].ID })
 	return keys, rev, nil
+}
+
+// decodeAll decodes listed objects. A key whose cached copy is at the
+// listed revision is returned as that copy — the pointer Get serves — so
+// what callers remember per key (the RPC layer's policy decisions) is
+// shared between listings and Get; the others are decoded and not cached.
+func (r *Registry) decodeAll(objs []store.Object) ([]*managed.Key, error) {
+	keys := make([]*managed.Key, len(objs))
+	r.mu.RLock()
+	for i, o := range objs {
+		if k := r.cache.peek(o.ID); k != nil && k.Revision == o.Revision {
+			keys[i] = k
+		}
+	}
+	r.mu.RUnlock()
+	for i, o := range objs {
+		if keys[i] != nil {
+			continue
+		}
+		k, err := decodeKey(o)
+		if err != nil {
+			return nil, err
+		}
+		keys[i] = k
+	}
+	return keys, nil
+}
+
+// KeyPage is one page of keys in id order.
+type KeyPage struct {
+	Keys     []*managed.Key
+	Revision uint64 // the store revision the page reflects
+	More     bool   // keys follow the page's last one
+}
+
+// Page returns at most limit keys whose id sorts after after, in id
+// order, at the store's latest revision (store.ListPage): a cursor from
+// the last id seen, which any change to the registry leaves valid.
+func (r *Registry) Page(ctx context.Context, after string, limit int) (KeyPage, error) {
+	if err := r.currentForRead(); err != nil {
+		return KeyPage{}, err
+	}
+	p, err := r.st.ListPage(ctx, KindKeys, after, limit)
+	if err != nil {
+		return KeyPage{}, err
+	}
+	keys, err := r.decodeAll(p.Objects)
+	if err != nil {
+		return KeyPage{}, err
+	}
+	return KeyPage{Keys: keys, Revision: p.Revision, More: p.More}, nil
+}
+
+// Scan calls fn with every key in id order, in pages of at most limit,
+// all at one revision (store.Scan), holding one page at a time.
+func (r *Registry) Scan(ctx context.Context, limit int, fn func(KeyPage) error) error {
+	if err := r.currentForRead(); err != nil {
+		return err
+	}
+	return r.st.Scan(ctx, KindKeys, limit, func(p store.Page) error {
+		keys, err := r.decodeAll(p.Objects)
+		if err != nil {
+			return err
+		}
+		return fn(KeyPage{Keys: keys, Revision: p.Revision, More: p.More})
+	})
 }
 
 // Create stores a new key.

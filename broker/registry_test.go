@@ -287,9 +287,10 @@ func TestCachedGetIsCurrentAfterLocalWrites(t *testing.T) {
 	}
 }
 
-// TestListServesCachedKeys: List returns the very copies Get serves, and
-// caches the keys it had to decode, so per-key memos downstream (the RPC
-// layer's policy decisions) are shared between List and Get.
+// TestListServesCachedKeys: listings return the very copies Get serves
+// for cached keys, so per-key memos downstream (the RPC layer's policy
+// decisions) are shared between listings and Get; keys not cached are
+// decoded for the listing and not cached by it.
 func TestListServesCachedKeys(t *testing.T) {
 	ctx := t.Context()
 	r, _, _ := newRegistry(t)
@@ -300,19 +301,30 @@ func TestListServesCachedKeys(t *testing.T) {
 	}
 	// A registry on the same store that has cached nothing yet.
 	cold := NewRegistry(r.Store(), nil)
+	first, _, err := cold.List(ctx)
+	if err != nil || len(first) != 2 {
+		t.Fatalf("List = %d keys, %v; want 2", len(first), err)
+	}
+	if n := cold.Cached(); n != 0 {
+		t.Errorf("List cached %d keys, want none", n)
+	}
 	for _, reg := range []*Registry{r, cold} {
-		first, _, err := reg.List(ctx)
-		if err != nil || len(first) != 2 {
-			t.Fatalf("List = %d keys, %v; want 2", len(first), err)
-		}
-		again, _, _ := reg.List(ctx)
-		for i, k := range first {
-			got, err := reg.Get(ctx, k.ID)
+		var got []*managed.Key
+		for _, k := range first {
+			g, err := reg.Get(ctx, k.ID)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != k || again[i] != k {
-				t.Errorf("key %q: List, List again and Get returned different copies", k.ID)
+			got = append(got, g)
+		}
+		listed, _, _ := reg.List(ctx)
+		page, err := reg.Page(ctx, "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, k := range got {
+			if listed[i] != k || page.Keys[i] != k {
+				t.Errorf("key %q: List, Page and Get returned different copies", k.ID)
 			}
 		}
 	}

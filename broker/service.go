@@ -315,14 +315,55 @@ func (s *Service) GenerateRandom(ctx context.Context, n int) ([]byte, error) {
 }
 
 // ListKeys returns keys whose labels include every selector pair and that
-// visible keeps (nil: all), a page at a time (managed.Page).
+// visible keeps (nil: all), a page at a time, with managed.Page's tokens
+// and rules.
+//
+// It reads the registry from the token's id on (Registry.Page), a store
+// page at a time, filtering each, until it has pageSize kept keys and has
+// found one more (then the next token names the page's last key) or the
+// registry ends (then the page may be short, and the token is ""). So a
+// page costs the keys between its first and one past its last kept key,
+// never a re-read of the keys before it; and memory holds one store page,
+// whatever the number of keys. A page with a selective filter or few
+// visible keys may read far; its token still names only a key the caller
+// was shown. Pages are read at the store's latest revision each: a key
+// created or deleted between pages is listed once or not at all, and no
+// other key is repeated or skipped.
 func (s *Service) ListKeys(ctx context.Context, selector map[string]string, pageSize int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
-	keys, _, err := s.reg.List(ctx)
+	pageSize, err := managed.CheckPageSize(pageSize)
 	if err != nil {
 		return nil, "", err
 	}
-	return managed.Page(keys, selector, pageSize, token, visible)
+	after, err := managed.PageAfter(token, selector)
+	if err != nil {
+		return nil, "", err
+	}
+	var out []*managed.Key
+	// The first read is enough when every key is kept; each further read
+	// is larger, up to the store's page bound.
+	for read := pageSize + 1; ; read = min(2*read, listRead) {
+		p, err := s.reg.Page(ctx, after, read)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, k := range p.Keys {
+			if !k.Matches(selector) || (visible != nil && !visible(k)) {
+				continue
+			}
+			if len(out) == pageSize {
+				return out, managed.PageToken(selector, out[len(out)-1].ID), nil
+			}
+			out = append(out, k)
+		}
+		if !p.More {
+			return out, "", nil
+		}
+		after = p.Keys[len(p.Keys)-1].ID
+	}
 }
+
+// listRead bounds one read of the registry by ListKeys.
+const listRead = 2000
 
 // Sweep carries out due rotations and deletions.
 func (s *Service) Sweep(ctx context.Context, record SweepRecorder) (rotated, deleted []string, err error) {

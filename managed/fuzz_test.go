@@ -411,3 +411,35 @@ func validUTF8Map(m map[string]string) bool {
 	}
 	return true
 }
+
+// FuzzPageAfter: any page token and selector give an id or
+// ErrInvalidArgument, never a panic; an id given back is a valid key id,
+// and a token made for it with the same selector gives it back.
+func FuzzPageAfter(f *testing.F) {
+	f.Add(PageToken(map[string]string{"team": "x"}, "tenant-0042"), "team", "x")
+	f.Add("tenant-0042", "", "")
+	f.Add("k1.", "a", "")
+	f.Add("k1.AAAAAAAAAAAA", "", "")
+	f.Fuzz(func(t *testing.T, token, name, value string) {
+		sel := map[string]string{}
+		if name != "" {
+			sel[name] = value
+		}
+		id, err := PageAfter(token, sel)
+		if err != nil {
+			if !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("PageAfter(%q) = %v, want ErrInvalidArgument", token, err)
+			}
+			return
+		}
+		if token == "" {
+			return
+		}
+		if !envelope.ValidKeyID(id) {
+			t.Fatalf("PageAfter(%q) = %q, not a key id", token, id)
+		}
+		if again, err := PageAfter(PageToken(sel, id), sel); err != nil || again != id {
+			t.Fatalf("round trip of %q = %q, %v", id, again, err)
+		}
+	})
+}

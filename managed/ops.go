@@ -634,34 +634,42 @@ func (o *Ops) VerifyMac(ctx context.Context, k *Key, v uint32, msg, tag []byte) 
 }
 
 // Page returns the keys whose labels include every selector pair and that
-// visible keeps (nil keeps every key), a page at a time; the token is the
-// last id of the previous page. keys must be sorted by id. A page is
-// filled from kept keys only, and the next token is the id of the page's
-// last key, so a caller shown only kept keys learns nothing of the others.
+// visible keeps (nil keeps every key), a page at a time; the token is
+// PageToken's cursor (see PageAfter), "" for the first page. keys must be
+// sorted by id. A page is filled from kept keys only, and the next token
+// names the page's last key, so a caller shown only kept keys learns
+// nothing of the others; it is "" when no kept key follows.
 func Page(keys []*Key, selector map[string]string, pageSize int, token string, visible func(*Key) bool) ([]*Key, string, error) {
-	if pageSize <= 0 {
-		pageSize = 100
+	pageSize, err := CheckPageSize(pageSize)
+	if err != nil {
+		return nil, "", err
 	}
-	if pageSize > MaxListPageSize {
-		return nil, "", Errorf(ErrInvalidArgument, "page size %d above %d", pageSize, MaxListPageSize)
+	after, err := PageAfter(token, selector)
+	if err != nil {
+		return nil, "", err
 	}
 	var out []*Key
-	start := sort.Search(len(keys), func(i int) bool { return keys[i].ID > token })
+	start := sort.Search(len(keys), func(i int) bool { return keys[i].ID > after })
 	for _, k := range keys[start:] {
-		match := true
-		for lk, lv := range selector {
-			if k.Labels[lk] != lv {
-				match = false
-				break
-			}
-		}
-		if !match || (visible != nil && !visible(k)) {
+		if !k.Matches(selector) || (visible != nil && !visible(k)) {
 			continue
 		}
 		if len(out) == pageSize {
-			return out, out[len(out)-1].ID, nil
+			return out, PageToken(selector, out[len(out)-1].ID), nil
 		}
 		out = append(out, k)
 	}
 	return out, "", nil
+}
+
+// CheckPageSize is a ListKeys page size: 100 when 0 or less, and at most
+// MaxListPageSize.
+func CheckPageSize(pageSize int) (int, error) {
+	if pageSize <= 0 {
+		return 100, nil
+	}
+	if pageSize > MaxListPageSize {
+		return 0, Errorf(ErrInvalidArgument, "page size %d above %d", pageSize, MaxListPageSize)
+	}
+	return pageSize, nil
 }

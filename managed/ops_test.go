@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -136,7 +137,7 @@ func TestPage(t *testing.T) {
 		all = append(all, &Key{ID: id, Labels: map[string]string{"team": map[bool]string{true: "x", false: "y"}[id < "c"]}})
 	}
 	got, next, err := Page(all, map[string]string{"team": "x"}, 1, "", nil)
-	if err != nil || len(got) != 1 || got[0].ID != "a" || next != "a" {
+	if err != nil || len(got) != 1 || got[0].ID != "a" || next != PageToken(map[string]string{"team": "x"}, "a") {
 		t.Fatalf("Page 1 = %v, %q, %v", got, next, err)
 	}
 	got, next, _ = Page(all, map[string]string{"team": "x"}, 1, next, nil)
@@ -145,6 +146,32 @@ func TestPage(t *testing.T) {
 	}
 	if _, _, err := Page(all, nil, MaxListPageSize+1, "", nil); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("Page(oversized) = %v, want ErrInvalidArgument", err)
+	}
+}
+
+// TestPageToken: a token gives back its id with its selector, and any
+// other token — raw, altered, made for another selector — is refused.
+func TestPageToken(t *testing.T) {
+	sel := map[string]string{"team": "x", "env": "prod"}
+	tok := PageToken(sel, "tenant-0042")
+	if after, err := PageAfter(tok, map[string]string{"env": "prod", "team": "x"}); err != nil || after != "tenant-0042" {
+		t.Errorf("PageAfter(own token) = %q, %v; want tenant-0042", after, err)
+	}
+	if after, err := PageAfter("", sel); err != nil || after != "" {
+		t.Errorf("PageAfter(\"\") = %q, %v; want the start", after, err)
+	}
+	for name, bad := range map[string]string{
+		"raw id":            "tenant-0042",
+		"other selector":    PageToken(map[string]string{"team": "x"}, "tenant-0042"),
+		"no id":             pageTokenPrefix + "AAAAAAAAAAA",
+		"not base64":        pageTokenPrefix + "!!!",
+		"truncated":         tok[:len(tok)-3],
+		"invalid id inside": PageToken(sel, "../etc"),
+		"other version":     "k2." + strings.TrimPrefix(tok, pageTokenPrefix),
+	} {
+		if after, err := PageAfter(bad, sel); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("PageAfter(%s %q) = %q, %v; want ErrInvalidArgument", name, bad, after, err)
+		}
 	}
 }
 
@@ -178,8 +205,8 @@ func TestPageVisible(t *testing.T) {
 		if next == "" {
 			break
 		}
-		if next != keys[len(keys)-1].ID {
-			t.Errorf("Page %d token = %q, want the page's last key %q", page, next, keys[len(keys)-1].ID)
+		if after, err := PageAfter(next, nil); err != nil || after != keys[len(keys)-1].ID {
+			t.Errorf("Page %d token = %q (after %q, %v), want the page's last key %q", page, next, after, err, keys[len(keys)-1].ID)
 		}
 		token = next
 	}

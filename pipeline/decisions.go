@@ -18,12 +18,15 @@ const maxDecisions = 1 << 14
 //
 // A decision is a function of the policy set, the principal, the action
 // and the key's contents alone: the request's Cedar context is empty, and a
-// principal is its SPIFFE id. Both nodes hand out one *managed.Key per state
-// of a key and replace it, never change it, when the key changes (the
-// central registry's cache and the edge's replica; edgecache's placement
-// memo relies on the same), and a *policy.Set is immutable and replaced on
-// reload, so the two pointers stand for their contents. A key that does not
-// exist is decided afresh every time.
+// principal is its SPIFFE id. Both nodes hand out *managed.Key values
+// that are replaced, never changed, when the key changes (the central
+// registry's cache and the edge's replica; edgecache's placement memo
+// relies on the same), and a *policy.Set is immutable and replaced on
+// reload, so the two pointers stand for their contents. One state of a key
+// may be handed out as several copies over time (the central's cache is
+// bounded and decodes an evicted key again; a listing decodes keys it does
+// not hold): each copy costs one evaluation, never a wrong decision. A key
+// that does not exist is decided afresh every time.
 type decisionCache struct {
 	m    atomic.Pointer[sync.Map] // decisionKey → policy.Decision
 	n    atomic.Int64

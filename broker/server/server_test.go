@@ -451,8 +451,19 @@ func TestEveryOperation(t *testing.T) {
 	if d, err := kb.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "aes"}); err != nil || d.Key.Mode != kbv1.KeyMode_KEY_MODE_WRAP || d.Key.RootKey != "softkms:aes" {
 		t.Errorf("DescribeKey = %v, %v", d, err)
 	}
-	if l, err := kb.ListKeys(ctx, &kbv1.ListKeysRequest{PageSize: 2}); err != nil || len(l.Keys) != 2 || l.NextPageToken == "" {
+	l, err := kb.ListKeys(ctx, &kbv1.ListKeysRequest{PageSize: 2})
+	if err != nil || len(l.Keys) != 2 || l.NextPageToken == "" {
 		t.Errorf("ListKeys = %v, %v", l, err)
+	}
+	// A page token is a checked cursor: another selector, or an id in
+	// place of the token, is refused.
+	for _, r := range []*kbv1.ListKeysRequest{
+		{PageSize: 2, PageToken: l.GetNextPageToken(), LabelSelector: map[string]string{"app": "x"}},
+		{PageSize: 2, PageToken: "aes"},
+	} {
+		if _, err := kb.ListKeys(ctx, r); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("ListKeys(token %q, selector %v) = %v, want InvalidArgument", r.PageToken, r.LabelSelector, err)
+		}
 	}
 	if l, err := kb.LookupKey(ctx, &kbv1.LookupKeyRequest{KeyId: "aes", Operation: kbv1.Operation_OPERATION_ENCRYPT}); err != nil || len(l.Nodes) != 1 || l.Nodes[0].Kind != "central" {
 		t.Errorf("LookupKey = %v, %v", l, err)

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -58,7 +59,7 @@ func (e *edgeSync) Watch(r *kbv1.WatchRequest, stream kbv1.EdgeSync_WatchServer)
 	w := &watcher{s: e.s, stream: stream, id: id, td: c.Who().TrustDomain, rid: c.RequestID(), principal: c.Caller().Who.String()}
 	ls := e.s.live.connect(id, time.Now().Add(e.s.lease), cancel)
 	defer e.s.live.disconnect(id, ls)
-	return w.run(ctx, r.GetFromRevision())
+	return w.run(ctx, r.GetFromRevision(), r.GetChunkedSnapshot())
 }
 
 // ended is what a stream whose ctx is done returns: the cause it was cut
@@ -94,7 +95,7 @@ type watcher struct {
 	deadline *time.Timer
 }
 
-func (w *watcher) run(ctx context.Context, from uint64) error {
+func (w *watcher) run(ctx context.Context, from uint64, chunked bool) error {
 	// Arm the inventory signal before anything reads the inventory, so an
 	// edge connecting or leaving between that read and the loop is not
 	// missed.
@@ -126,7 +127,7 @@ func (w *watcher) run(ctx context.Context, from uint64) error {
 		return err
 	}
 	if !resumed {
-		if from, err = w.snapshot(ctx); err != nil {
+		if from, err = w.snapshot(ctx, chunked); err != nil {
 			return err
 		}
 	}
@@ -294,25 +295,68 @@ func edgePolicy(set *policy.Set) *kbv1.EdgePolicy {
 	return p
 }
 
-func (w *watcher) snapshot(ctx context.Context) (uint64, error) {
-	keys, rev, err := w.s.svc.Registry().List(ctx)
-	if err != nil {
-		return 0, w.s.toStatus(err).Err()
-	}
-	snap := &kbv1.EdgeSnapshot{Policy: edgePolicy(w.s.policy.Current())}
-	w.policy = snap.Policy.Hash
-	for _, k := range keys {
-		ek, err := w.edgeKey(ctx, k, true)
-		if err != nil {
-			return 0, err
-		}
-		snap.Keys = append(snap.Keys, ek)
-	}
+// Snapshot chunks: a chunked snapshot sends at most snapshotChunkKeys
+// keys and at most snapshotChunkBytes per message (a single key larger
+// than that goes alone) — under gRPC's default 4 MiB receive limit, so
+// any client reads a chunk.
+const (
+	snapshotChunkKeys = 1000
+	// snapshotScanPage is how many keys the snapshot reads from the
+	// registry at a time.
+	snapshotScanPage = 1000
+)
+
+var snapshotChunkBytes = 4<<20 - 64<<10 // a variable for tests
+
+// snapshot sends the registry as of one revision, which it returns; the
+// feed, subscribed before, resumes after it. An edge that asked for
+// chunks (WatchRequest.chunked_snapshot) gets them: the registry is read
+// a page at a time at one revision (Registry.Scan) and sent in chunks of
+// at most snapshotChunkKeys keys and snapshotChunkBytes, in id
+// order, the first with the policy and the inventory, every one but the
+// last with more set — so neither this node nor the message holds every
+// key. An edge that did not ask gets one message, as before.
+func (w *watcher) snapshot(ctx context.Context, chunked bool) (uint64, error) {
+	first := &kbv1.EdgeSnapshot{Policy: edgePolicy(w.s.policy.Current())}
+	w.policy = first.Policy.Hash
 	nodes, err := w.nodes(ctx)
 	if err != nil {
 		return 0, err
 	}
-	snap.Nodes = nodes.Nodes
+	first.Nodes = nodes.Nodes
+	snap, size := first, proto.Size(first)
+	var rev uint64
+	err = w.s.svc.Registry().Scan(ctx, snapshotScanPage, func(p broker.KeyPage) error {
+		rev = p.Revision
+		for _, k := range p.Keys {
+			ek, err := w.edgeKey(ctx, k, true)
+			if err != nil {
+				return err
+			}
+			n := proto.Size(ek) + 8 // and the field's tag and length
+			if chunked && len(snap.Keys) > 0 && (len(snap.Keys) == snapshotChunkKeys || size+n > snapshotChunkBytes) {
+				snap.More = true
+				if err := w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Snapshot{Snapshot: snap}}); err != nil {
+					return err
+				}
+				snap, size = &kbv1.EdgeSnapshot{}, 0
+			}
+			snap.Keys = append(snap.Keys, ek)
+			size += n
+		}
+		return nil
+	})
+	if err != nil {
+		if _, ok := status.FromError(err); ok { // the stream's (send, edgeKey)
+			return 0, err
+		}
+		if errors.Is(err, store.ErrCompacted) {
+			// etcd compacted the snapshot's revision while a slow edge
+			// read it: the edge reconnects for a new one.
+			return 0, status.Errorf(codes.Unavailable, "snapshot overtaken by the store's compaction (%v): reconnect for a new snapshot", err)
+		}
+		return 0, w.s.toStatus(err).Err()
+	}
 	return rev, w.send(ctx, &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Snapshot{Snapshot: snap}})
 }
 

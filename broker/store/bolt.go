@@ -23,6 +23,15 @@ func bucketOf(kind Kind) []byte { return []byte("kind/" + string(kind)) }
 // DefaultHistory is how many events the bbolt store keeps for watchers.
 const DefaultHistory = 100_000
 
+// initialMmap is the address space bbolt maps at first (not memory: pages
+// are read in on use): 4 GiB on 64-bit platforms, 1 GiB on 32-bit ones. A
+// commit that grows the file past the mapping remaps it, and waits for
+// every read transaction open meanwhile — Scan holds one for as long as
+// its caller takes over the pages, and the committer holds the store's
+// lock while it waits — so the mapping starts large enough for a million
+// keys and their history, and a remap behind a slow Scan is rare.
+const initialMmap = 1 << 30 << (2 * (^uint(0) >> 63))
+
 // Bolt is the bbolt implementation of Store.
 type Bolt struct {
 	db      *bolt.DB
@@ -42,7 +51,7 @@ func Open(path string, history uint64) (*Bolt, error) {
 	if history == 0 {
 		history = DefaultHistory
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, InitialMmapSize: initialMmap})
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
@@ -132,6 +141,95 @@ func (s *Bolt) List(ctx context.Context, kind Kind) ([]Object, uint64, error) {
 		})
 	})
 	return out, rev, err
+}
+
+// ListPage implements Store: one read transaction, a cursor seek.
+func (s *Bolt) ListPage(ctx context.Context, kind Kind, after string, limit int) (Page, error) {
+	if err := checkPage(kind, limit); err != nil {
+		return Page{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Page{}, err
+	}
+	var p Page
+	err := s.db.View(func(tx *bolt.Tx) error {
+		p.Revision = getU64(tx.Bucket(bucketMeta), keyRevision)
+		b := tx.Bucket(bucketOf(kind))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		k, v := seekAfter(c, after)
+		var err error
+		p, _, _, err = readPage(c, k, v, kind, limit, p.Revision)
+		return err
+	})
+	return p, err
+}
+
+// seekAfter positions c on the first key after after.
+func seekAfter(c *bolt.Cursor, after string) (k, v []byte) {
+	if after == "" {
+		return c.First()
+	}
+	k, v = c.Seek([]byte(after))
+	if k != nil && string(k) == after {
+		k, v = c.Next()
+	}
+	return k, v
+}
+
+// readPage reads up to limit objects from c, which is on k, v, and
+// leaves c on the first object after the page, which it returns.
+func readPage(c *bolt.Cursor, k, v []byte, kind Kind, limit int, rev uint64) (Page, []byte, []byte, error) {
+	p := Page{Revision: rev}
+	for ; k != nil && len(p.Objects) < limit; k, v = c.Next() {
+		o, err := decodeObject(kind, string(k), v)
+		if err != nil {
+			return Page{}, nil, nil, err
+		}
+		p.Objects = append(p.Objects, o)
+	}
+	p.More = k != nil
+	return p, k, v, nil
+}
+
+// Scan implements Store. One read transaction spans the scan: bbolt shows
+// it the objects as they were when it began while commits go on, so every
+// page is at the scan's first revision. A commit that must grow the file
+// past the mapping waits for the scan to end (see initialMmap).
+func (s *Bolt) Scan(ctx context.Context, kind Kind, limit int, fn func(Page) error) error {
+	if err := checkPage(kind, limit); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		rev := getU64(tx.Bucket(bucketMeta), keyRevision)
+		b := tx.Bucket(bucketOf(kind))
+		if b == nil {
+			return fn(Page{Revision: rev})
+		}
+		c := b.Cursor()
+		k, v := c.First()
+		for {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p, nk, nv, err := readPage(c, k, v, kind, limit, rev)
+			if err != nil {
+				return err
+			}
+			if err := fn(p); err != nil {
+				return err
+			}
+			if !p.More {
+				return nil
+			}
+			k, v = nk, nv
+		}
+	})
 }
 
 // Put implements Store.

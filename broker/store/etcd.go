@@ -254,43 +254,90 @@ func (s *Etcd) Get(ctx context.Context, kind Kind, id string) (Object, error) {
 // List implements Store: the objects of kind as of one revision, read in
 // pages of listPage.
 func (s *Etcd) List(ctx context.Context, kind Kind) ([]Object, uint64, error) {
-	if err := checkName(kind, "-"); err != nil {
+	var out []Object
+	var rev uint64
+	err := s.Scan(ctx, kind, listPage, func(p Page) error {
+		out = append(out, p.Objects...)
+		rev = p.Revision
+		return nil
+	})
+	if err != nil {
 		return nil, 0, err
 	}
+	return out, rev, nil
+}
+
+// ListPage implements Store: one range read, at the latest revision.
+func (s *Etcd) ListPage(ctx context.Context, kind Kind, after string, limit int) (Page, error) {
+	if err := checkPage(kind, limit); err != nil {
+		return Page{}, err
+	}
+	return s.page(ctx, kind, after, limit, 0)
+}
+
+// page reads up to limit objects of kind after after, at revision rev (0:
+// the latest).
+func (s *Etcd) page(ctx context.Context, kind Kind, after string, limit int, rev int64) (Page, error) {
 	if s.isClosed() {
-		return nil, 0, ErrClosed
+		return Page{}, ErrClosed
 	}
-	start := s.prefix + string(kind) + "/"
-	end := clientv3.GetPrefixRangeEnd(start)
-	var out []Object
-	var rev int64
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(listPage), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
-		if rev > 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		rctx, cancel := s.request(ctx)
-		resp, err := s.cli.Get(rctx, start, opts...)
-		cancel()
+	base := s.prefix + string(kind) + "/"
+	start := base + after
+	if after != "" {
+		start += "\x00" // the first id after after
+	}
+	opts := []clientv3.OpOption{clientv3.WithRange(clientv3.GetPrefixRangeEnd(base)), clientv3.WithLimit(int64(limit)),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend)}
+	if rev > 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Get(rctx, start, opts...)
+	cancel()
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		return Page{}, fmt.Errorf("%w: etcd compacted revision %d during a scan", ErrCompacted, rev)
+	}
+	if err != nil {
+		return Page{}, s.wrap(err)
+	}
+	p := Page{Revision: uint64(resp.Header.Revision), More: resp.More, Objects: make([]Object, 0, len(resp.Kvs))}
+	if rev > 0 {
+		p.Revision = uint64(rev)
+	}
+	for _, kv := range resp.Kvs {
+		o, err := s.object(kv)
 		if err != nil {
-			return nil, 0, s.wrap(err)
+			return Page{}, err
 		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			o, err := s.object(kv)
-			if err != nil {
-				return nil, 0, err
-			}
-			out = append(out, o)
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		p.Objects = append(p.Objects, o)
 	}
-	return out, uint64(rev), nil
+	return p, nil
+}
+
+// Scan implements Store: range reads of limit objects, the first at the
+// latest revision and the others at its revision (etcd keeps every
+// revision until it compacts; a scan overtaken by compaction fails with
+// ErrCompacted and is started again by its caller).
+func (s *Etcd) Scan(ctx context.Context, kind Kind, limit int, fn func(Page) error) error {
+	if err := checkPage(kind, limit); err != nil {
+		return err
+	}
+	var rev int64
+	after := ""
+	for {
+		p, err := s.page(ctx, kind, after, limit, rev)
+		if err != nil {
+			return err
+		}
+		rev = int64(p.Revision)
+		if err := fn(p); err != nil {
+			return err
+		}
+		if !p.More || len(p.Objects) == 0 {
+			return nil
+		}
+		after = p.Objects[len(p.Objects)-1].ID
+	}
 }
 
 // Put implements Store: a transaction that writes only when the object's

@@ -11,6 +11,15 @@
 // follows live commits, so a watcher that reconnects resumes where it left
 // off; older revisions give ErrCompacted and the watcher resyncs with List.
 //
+// # Paging
+//
+// List holds a whole kind in memory. ListPage reads one page of a kind
+// after a given id, at the latest revision (a cursor that survives any
+// change: ListKeys' page tokens); Scan reads a kind page by page at one
+// revision (a consistent snapshot that never holds more than a page: an
+// edge's Watch snapshot). etcd serves Scan's later pages at the first
+// one's revision; bbolt holds one read transaction for the scan.
+//
 // # Implementations
 //
 // [Open] is the embedded default on bbolt: one file, fsync on every commit
@@ -79,6 +88,26 @@ type Object struct {
 	Revision uint64 // revision of the last change to this object
 }
 
+// MaxPage bounds ListPage's and Scan's limit.
+const MaxPage = 10_000
+
+// Page is one page of a kind's objects, in id order.
+type Page struct {
+	Objects  []Object
+	Revision uint64 // the store revision the page reflects
+	More     bool   // objects follow the page's last one
+}
+
+func checkPage(kind Kind, limit int) error {
+	if err := checkName(kind, "-"); err != nil {
+		return err
+	}
+	if limit < 1 || limit > MaxPage {
+		return fmt.Errorf("store: page limit %d out of 1..%d", limit, MaxPage)
+	}
+	return nil
+}
+
 // EventType says what happened.
 type EventType uint8
 
@@ -114,8 +143,26 @@ type Current interface {
 type Store interface {
 	// Get returns one object, or ErrNotFound.
 	Get(ctx context.Context, kind Kind, id string) (Object, error)
-	// List returns every object of a kind and the store revision it reflects.
+	// List returns every object of a kind and the store revision it
+	// reflects. It holds the whole kind in memory: callers that may face
+	// many objects read pages (ListPage, Scan) instead.
 	List(ctx context.Context, kind Kind) ([]Object, uint64, error)
+	// ListPage returns at most limit objects of a kind whose id sorts
+	// after after ("" starts at the first), in id order, as of the latest
+	// revision, which it reports; More says objects follow the page. Two
+	// calls may reflect different revisions: a caller paging through a
+	// kind that changes meanwhile sees every object that existed
+	// throughout exactly once, and a created or deleted one once or not at
+	// all. A limit below 1 or above MaxPage is an error.
+	ListPage(ctx context.Context, kind Kind, after string, limit int) (Page, error)
+	// Scan calls fn with the objects of a kind in id order, in pages of at
+	// most limit, all as of one revision (every Page's Revision), until a
+	// page has More false or fn returns an error, which Scan returns. Only
+	// one page is held at a time. fn may be slow (it may send the page over
+	// the network); writes committed meanwhile are not seen by the pages
+	// that follow. fn must not write to the store itself (bbolt: see
+	// Bolt.Scan).
+	Scan(ctx context.Context, kind Kind, limit int, fn func(Page) error) error
 	// Put writes value when the object's revision is expected (0: it must
 	// not exist) and returns the new revision; ErrConflict otherwise.
 	Put(ctx context.Context, kind Kind, id string, value []byte, expected uint64) (uint64, error)

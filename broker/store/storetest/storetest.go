@@ -1,8 +1,10 @@
 // Package storetest is the conformance suite every store.Store passes:
-// compare-and-swap, persistence across a reopen, the change feed (backlog
-// then live, resumed from a revision, cut when its reader falls behind,
-// ended by Close or its context), concurrent writers losing no update, the
-// names keys really have, and the bound on a value.
+// compare-and-swap, persistence across a reopen, paged reads (ListPage in
+// id order after a given id; Scan at one revision while the kind
+// changes), the change feed (backlog then live, resumed from a revision,
+// cut when its reader falls behind, ended by Close or its context),
+// concurrent writers losing no update, the names keys really have, and the
+// bound on a value.
 //
 // Revisions are checked relative to the first write of a test, since an
 // etcd store's revisions are etcd's; within one test a single writer's
@@ -46,6 +48,179 @@ func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 	t.Run("ConcurrentCAS", func(t *testing.T) { s, _ := open(t); testConcurrentCAS(t, s) })
 	t.Run("Names", func(t *testing.T) { s, _ := open(t); testNames(t, s) })
 	t.Run("BoundedValue", func(t *testing.T) { s, _ := open(t); testBoundedValue(t, s) })
+	t.Run("ListPage", func(t *testing.T) { s, _ := open(t); testListPage(t, s) })
+	t.Run("ScanOneRevision", func(t *testing.T) { s, _ := open(t); testScanOneRevision(t, s) })
+}
+
+// putN creates objects id-000 .. id-(n-1) of kind, in a shuffled order, and
+// returns the ids in id order.
+func putN(t *testing.T, s store.Store, kind store.Kind, n int) []string {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = fmt.Sprintf("id-%03d", i)
+	}
+	for i := range n {
+		j := (i * 7) % n // a permutation when n and 7 are coprime
+		if _, err := s.Put(t.Context(), kind, ids[j], []byte("v-"+ids[j]), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+func pageIDs(p store.Page) []string {
+	var ids []string
+	for _, o := range p.Objects {
+		ids = append(ids, o.ID)
+	}
+	return ids
+}
+
+func testListPage(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	ids := putN(t, s, "keys", 20)
+	if _, err := s.Put(ctx, "nodes", "zz", []byte("n"), 0); err != nil { // another kind: never listed
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		after    string
+		limit    int
+		want     []string
+		wantMore bool
+	}{
+		{"first page", "", 5, ids[:5], true},
+		{"after an id", ids[4], 5, ids[5:10], true},
+		{"after an absent id", "id-0045", 3, ids[5:8], true},
+		{"last page exactly", ids[14], 5, ids[15:], false},
+		{"last page short", ids[16], 5, ids[17:], false},
+		{"all at once", "", 20, ids, false},
+		{"more than there is", "", 100, ids, false},
+		{"after the last", ids[19], 5, nil, false},
+		{"before the first", "a", 2, ids[:2], true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := s.ListPage(ctx, "keys", tc.after, tc.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pageIDs(p); fmt.Sprint(got) != fmt.Sprint(tc.want) || p.More != tc.wantMore {
+				t.Errorf("ListPage(%q, %d) = %v more=%v, want %v more=%v", tc.after, tc.limit, got, p.More, tc.want, tc.wantMore)
+			}
+			if p.Revision != s.Revision() {
+				t.Errorf("ListPage revision = %d, want the store's %d", p.Revision, s.Revision())
+			}
+			for _, o := range p.Objects {
+				if o.Kind != "keys" || string(o.Value) != "v-"+o.ID || o.Revision == 0 {
+					t.Errorf("object %+v: want kind keys, value v-%s and a revision", o, o.ID)
+				}
+			}
+		})
+	}
+	// Paging from the last id through the whole kind gives each object once.
+	var got []string
+	for after := ""; ; {
+		p, err := s.ListPage(ctx, "keys", after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, pageIDs(p)...)
+		if !p.More {
+			break
+		}
+		after = p.Objects[len(p.Objects)-1].ID
+	}
+	if fmt.Sprint(got) != fmt.Sprint(ids) {
+		t.Errorf("paged through %v, want %v", got, ids)
+	}
+	if p, err := s.ListPage(ctx, "policies", "", 10); err != nil || len(p.Objects) != 0 || p.More {
+		t.Errorf("ListPage(empty kind) = %+v, %v; want no objects", p, err)
+	}
+	for _, limit := range []int{0, -1, store.MaxPage + 1} {
+		if _, err := s.ListPage(ctx, "keys", "", limit); err == nil {
+			t.Errorf("ListPage(limit %d) = nil error, want one", limit)
+		}
+	}
+	if _, err := s.ListPage(ctx, "a/b", "", 1); err == nil {
+		t.Error("ListPage(kind with a slash) = nil error, want one")
+	}
+}
+
+// testScanOneRevision changes the kind while a scan is between pages: the
+// scan's later pages still show the kind as it was at its first revision.
+func testScanOneRevision(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	ids := putN(t, s, "keys", 10)
+	first, err := s.Get(ctx, "keys", ids[9])
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := s.Revision()
+	var got []string
+	var revs []uint64
+	var mores []bool
+	changed := false
+	err = s.Scan(ctx, "keys", 4, func(p store.Page) error {
+		got = append(got, pageIDs(p)...)
+		revs = append(revs, p.Revision)
+		mores = append(mores, p.More)
+		for _, o := range p.Objects {
+			if o.ID == ids[9] && (string(o.Value) != "v-"+ids[9] || o.Revision != first.Revision) {
+				t.Errorf("scan shows %s as %q at %d, want it as it was at the scan's revision", o.ID, o.Value, o.Revision)
+			}
+		}
+		if changed {
+			return nil
+		}
+		changed = true
+		// Another writer, while the scanner holds the first page.
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.Put(ctx, "keys", "id-0055", []byte("new"), 0)
+			if err == nil {
+				var o store.Object
+				if o, err = s.Get(ctx, "keys", ids[7]); err == nil {
+					_, err = s.Delete(ctx, "keys", ids[7], o.Revision)
+				}
+			}
+			if err == nil {
+				_, err = s.Put(ctx, "keys", ids[9], []byte("changed"), first.Revision)
+			}
+			done <- err
+		}()
+		return <-done
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(ids) {
+		t.Errorf("scanned %v, want %v (the kind at the scan's revision)", got, ids)
+	}
+	for i, r := range revs {
+		if r != start {
+			t.Errorf("page %d at revision %d, want %d", i, r, start)
+		}
+	}
+	if fmt.Sprint(mores) != "[true true false]" {
+		t.Errorf("More flags %v, want [true true false]", mores)
+	}
+	// An error from fn ends the scan and is returned.
+	stop := errors.New("stop")
+	calls := 0
+	if err := s.Scan(ctx, "keys", 2, func(store.Page) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
+		t.Errorf("Scan with a failing fn = %v after %d calls, want stop after 1", err, calls)
+	}
+	calls = 0
+	if err := s.Scan(ctx, "policies", 2, func(p store.Page) error {
+		calls++
+		if len(p.Objects) != 0 || p.More {
+			t.Errorf("Scan(empty kind) page = %+v, want an empty last page", p)
+		}
+		return nil
+	}); err != nil || calls != 1 {
+		t.Errorf("Scan(empty kind) = %v after %d calls, want one empty page", err, calls)
+	}
 }
 
 func testCompareAndSwap(t *testing.T, s store.Store) {
