@@ -347,15 +347,20 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	}
 	if ch.reset {
 		clear(c.keys)
+		c.index = newIndex()
 	}
 	for _, rk := range keys {
 		c.keys[rk.key.ID] = rk
+		c.index.ReplaceOrInsert(rk.key)
 	}
 	for _, id := range ch.deleted {
-		delete(c.keys, id)
+		if rk, ok := c.keys[id]; ok {
+			delete(c.keys, id)
+			c.index.Delete(rk.key)
+		}
 	}
 	if ch.reset || len(keys) > 0 || len(ch.deleted) > 0 {
-		c.resort()
+		c.published()
 	}
 	c.mu.Unlock()
 	for id := range ch.dropMaterial {
@@ -441,7 +446,8 @@ func (c *Cache) forget(cause error) {
 	c.me = c.selfLocked()
 	close(c.advanced)
 	c.advanced = make(chan struct{})
-	c.resort()
+	c.index = newIndex()
+	c.published()
 	c.mu.Unlock()
 	for _, id := range ids {
 		c.plain.forget(id)
