@@ -19,6 +19,35 @@
 // central tier that is back without sitting out a backoff grown during
 // the outage.
 //
+// # Snapshots in chunks
+//
+// Watch asks for a snapshot in chunks (WatchRequest.chunked_snapshot):
+// the first chunk carries the policy and the inventory, every chunk some
+// keys, all at one revision, and EdgeSnapshot.more says more follow. Each
+// chunk's keys are parsed (a bad key ends the stream) into a new key set
+// in memory and written, one transaction per chunk, to a staging bucket
+// in replica.db; the replica in use is untouched meanwhile. The last
+// chunk is applied in one transaction that moves the staging bucket in
+// place of the keys bucket and writes the revision, policy and
+// inventory; then the new key set replaces the old in memory under the
+// lock, in O(1). A stream lost mid-snapshot, an event other than a
+// heartbeat between chunks (a heartbeat there extends the lease but does
+// not move the revision) or a chunk at another revision leaves the
+// replica exactly as it was: the next Watch asks from the same revision
+// and starts over, and the staging bucket is emptied by the next
+// snapshot or at the next start. A central node that sends a snapshot in
+// one message (more = false on the first) is served as before.
+//
+// # The key index
+//
+// Keys are held by id (a map, for requests) and in id order (a B-tree,
+// github.com/google/btree) for ListKeys. A change updates both in
+// O(log n) under the write lock and publishes a copy-on-write clone of
+// the tree (O(1); the next change copies only the nodes it touches), so
+// a ListKeys page walks a consistent view without holding the lock. The
+// page token is the last id listed: a cursor, so keys created or deleted
+// between pages never shift another key onto or off a page.
+//
 // # Enrollment
 //
 // An admin enrolls the edge at the central tier with its region and labels
