@@ -75,6 +75,15 @@
 // N cold requests for one version cost one FetchMaterial, and requests for
 // one data key one unwrap (package managed).
 //
+// # Memory
+//
+// A key in memory is its model alone (about 500 bytes with two labels):
+// material sealed to the edge stays in the key's record in replica.db and
+// is read on a miss, opened material lives only in the bounded LRU
+// above, and keys with the same labels share one labels map (up to 4,096
+// distinct sets; intern.go), as they share their placement expression
+// and root key names (package unique).
+//
 // The sealing key is sealing.key in DataDir. If it is lost, the replica
 // is emptied at the next start, which then begins as a first start: the
 // blobs on disk were sealed to the lost key.
@@ -203,6 +212,8 @@ type Cache struct {
 	disk  *disk
 	seal  *sealed.PrivateKey
 	plain plainCache
+	// labelSets shares label maps among keys (intern.go).
+	labelSets labelSets
 	ops   *managed.Ops
 	sync  kbv1.EdgeSyncClient
 	log   *slog.Logger
@@ -242,11 +253,12 @@ type Cache struct {
 	stats     stats
 }
 
-// replicaKey is a key as the edge holds it: the model, and the material
-// of each version sealed to this edge when Watch carried it.
+// replicaKey is a key as the edge holds it in memory. The material
+// sealed to this edge that Watch carried stays on disk, in the key's
+// record in replica.db, and is read on a miss (sealedBlob): held here it
+// cost more memory than the rest of the key.
 type replicaKey struct {
-	key    *managed.Key
-	sealed map[uint32][]byte
+	key *managed.Key
 	// hold memoizes the placement decision for this key under one policy
 	// set: a Cedar evaluation per request would cost more than the
 	// encryption it guards.
@@ -367,13 +379,8 @@ func (c *Cache) fromProto(ek *kbv1.EdgeKey) (*replicaKey, error) {
 	if err := k.ValidateMeta(); err != nil {
 		return nil, err
 	}
-	rk := &replicaKey{key: k, sealed: map[uint32][]byte{}}
-	for _, v := range ek.GetVersions() {
-		if len(v.GetSealedMaterial()) > 0 {
-			rk.sealed[v.GetVersion()] = v.GetSealedMaterial()
-		}
-	}
-	return rk, nil
+	c.intern(k)
+	return &replicaKey{key: k}, nil
 }
 
 // newIndex is an empty id-ordered key index. Degree 32: nodes of up to
@@ -582,15 +589,13 @@ func (c *Cache) Material(ctx context.Context, k *managed.Key, v uint32) (*secret
 	})
 }
 
+// sealedBlob is version v of k sealed to this edge, from replica.db:
+// what Watch carried with the key's record, else what an earlier fetch
+// kept; nil if neither. The record is used only if it is of k's
+// incarnation (a key deleted and created again under its id has
+// another salt).
 func (c *Cache) sealedBlob(k *managed.Key, v uint32) []byte {
-	c.mu.RLock()
-	rk, ok := c.keys[k.ID]
-	var blob []byte
-	if ok && rk.key.Incarnation() == k.Incarnation() {
-		blob = rk.sealed[v]
-	}
-	c.mu.RUnlock()
-	if blob != nil {
+	if blob := c.disk.getSealed(k, v); blob != nil {
 		return blob
 	}
 	return c.disk.getMaterial(k, v)

@@ -346,6 +346,29 @@ func (d *disk) putMaterial(k *managed.Key, v uint32, blob []byte) error {
 	})
 }
 
+// getSealed is version v's sealed material in k's record in the keys
+// bucket, if the record is of k's incarnation and carries it.
+func (d *disk) getSealed(k *managed.Key, v uint32) []byte {
+	var out []byte
+	_ = d.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketKeys).Get([]byte(k.ID))
+		if raw == nil {
+			return nil
+		}
+		ek := &kbv1.EdgeKey{}
+		if err := proto.Unmarshal(raw, ek); err != nil || string(ek.GetSalt()) != k.Incarnation() {
+			return nil
+		}
+		for _, ev := range ek.GetVersions() {
+			if ev.GetVersion() == v && len(ev.GetSealedMaterial()) > 0 {
+				out = ev.GetSealedMaterial() // unmarshalled: a copy, not bbolt's page
+			}
+		}
+		return nil
+	})
+	return out
+}
+
 func (d *disk) getMaterial(k *managed.Key, v uint32) []byte {
 	var out []byte
 	_ = d.db.View(func(tx *bolt.Tx) error {

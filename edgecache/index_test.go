@@ -1,7 +1,10 @@
 package edgecache
 
 import (
+	"bytes"
 	"fmt"
+	"maps"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -118,5 +121,37 @@ func TestListKeysReadsAConsistentView(t *testing.T) {
 	check("after a snapshot")
 	if keys, _, _ := page(ec.sorted, nil, 10, "", nil); len(keys) != 2 {
 		t.Errorf("after a snapshot of 2 keys ListKeys lists %d", len(keys))
+	}
+}
+
+// TestSealedMaterialFromDisk: the material Watch sealed to the edge is
+// read from the key's record on disk, and only for the incarnation of the
+// key that record is (a key created again under the id has another salt).
+func TestSealedMaterialFromDisk(t *testing.T) {
+	ec := scaleCache(t, 3, 120)
+	k := replicaKeyOf(ec, "key-0000001")
+	if blob := ec.sealedBlob(k, 1); !bytes.Equal(blob, scaleKey(1, 1, 120).GetVersions()[0].GetSealedMaterial()) {
+		t.Errorf("sealedBlob(key-0000001, 1) = %d bytes, want the 120 Watch carried", len(blob))
+	}
+	if blob := ec.sealedBlob(k, 2); blob != nil {
+		t.Errorf("sealedBlob of a version Watch did not carry = %d bytes, want none", len(blob))
+	}
+	other := k.Clone()
+	other.Salt = bytes.Repeat([]byte{9}, 32)
+	if blob := ec.sealedBlob(other, 1); blob != nil {
+		t.Errorf("sealedBlob of another incarnation of key-0000001 = %d bytes, want none", len(blob))
+	}
+}
+
+// TestLabelsShared: keys with the same labels share one map; keys with
+// other labels keep theirs, with the labels they were sent.
+func TestLabelsShared(t *testing.T) {
+	ec := scaleCache(t, 100, 0)
+	a, b, c := replicaKeyOf(ec, "key-0000001"), replicaKeyOf(ec, "key-0000051"), replicaKeyOf(ec, "key-0000002")
+	if reflect.ValueOf(a.Labels).UnsafePointer() != reflect.ValueOf(b.Labels).UnsafePointer() {
+		t.Errorf("keys with labels %v and %v do not share a map", a.Labels, b.Labels)
+	}
+	if want := map[string]string{"owner": "app", "team": "t2"}; !maps.Equal(c.Labels, want) {
+		t.Errorf("key-0000002 labels %v, want %v", c.Labels, want)
 	}
 }
