@@ -212,8 +212,6 @@ type Cache struct {
 	disk  *disk
 	seal  *sealed.PrivateKey
 	plain plainCache
-	// labelSets shares label maps among keys (intern.go).
-	labelSets labelSets
 	ops   *managed.Ops
 	sync  kbv1.EdgeSyncClient
 	log   *slog.Logger
@@ -221,6 +219,8 @@ type Cache struct {
 	// spiffeID is this edge's SPIFFE id, the audience of the proofs it
 	// forwards.
 	spiffeID string
+	// labelSets shares label maps among keys (intern.go).
+	labelSets labelSets
 
 	mu   sync.RWMutex
 	keys map[string]*replicaKey
