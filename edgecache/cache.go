@@ -334,7 +334,15 @@ func (c *Cache) Close() error {
 }
 
 func (c *Cache) restore() error {
-	s, err := c.disk.load()
+	s, err := c.disk.load(func(ek *kbv1.EdgeKey) error {
+		rk, err := c.fromProto(ek)
+		if err != nil {
+			return fmt.Errorf("stored key: %w", err)
+		}
+		c.keys[rk.key.ID] = rk
+		c.index.ReplaceOrInsert(rk.key)
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -349,14 +357,6 @@ func (c *Cache) restore() error {
 		c.topo = wire.NodesFromProto(c.nodes)
 	}
 	c.me = c.selfLocked()
-	for _, ek := range s.keys {
-		rk, err := c.fromProto(ek)
-		if err != nil {
-			return fmt.Errorf("edgecache: stored key: %w", err)
-		}
-		c.keys[rk.key.ID] = rk
-		c.index.ReplaceOrInsert(rk.key)
-	}
 	c.published()
 	return nil
 }

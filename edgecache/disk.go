@@ -145,7 +145,10 @@ type saved struct {
 	keys     []*kbv1.EdgeKey
 }
 
-func (d *disk) load() (*saved, error) {
+// load reads the replica's state and hands each key record to each, one
+// at a time (a replica of a million keys is never held as protos at once);
+// with each nil, the records are collected in saved.keys.
+func (d *disk) load(each func(*kbv1.EdgeKey) error) (*saved, error) {
 	s := &saved{}
 	err := d.db.View(func(tx *bolt.Tx) error {
 		st := tx.Bucket(bucketState)
@@ -174,6 +177,9 @@ func (d *disk) load() (*saved, error) {
 			ek := &kbv1.EdgeKey{}
 			if err := proto.Unmarshal(v, ek); err != nil {
 				return fmt.Errorf("stored key %q: %w", k, err)
+			}
+			if each != nil {
+				return each(ek)
 			}
 			s.keys = append(s.keys, ek)
 			return nil
