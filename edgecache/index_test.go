@@ -155,3 +155,57 @@ func TestLabelsShared(t *testing.T) {
 		t.Errorf("key-0000002 labels %v, want %v", c.Labels, want)
 	}
 }
+
+// TestListKeysWhileApplying lists pages while keys are created and
+// deleted (run with -race): every page is in id order, after its cursor,
+// and of the size asked for but the last.
+func TestListKeysWhileApplying(t *testing.T) {
+	ec := scaleCache(t, 500, 0)
+	perf := &performer{c: ec}
+	done := make(chan struct{})
+	errs := make(chan string, 1)
+	go func() {
+		defer close(done)
+		for range 20 {
+			for token := ""; ; {
+				keys, next, err := perf.ListKeys(t.Context(), nil, 37, token, nil)
+				ids := make([]string, 0, len(keys))
+				for _, k := range keys {
+					ids = append(ids, k.ID)
+				}
+				msg := ""
+				switch {
+				case err != nil:
+					msg = err.Error()
+				case !slices.IsSorted(ids) || (len(ids) > 0 && ids[0] <= token):
+					msg = fmt.Sprintf("page after %q not in order after its cursor: %v", token, ids)
+				case next != "" && len(ids) != 37:
+					msg = fmt.Sprintf("page after %q has %d keys and a next page", token, len(ids))
+				}
+				if msg != "" {
+					errs <- msg
+					return
+				}
+				if next == "" {
+					break
+				}
+				token = next
+			}
+		}
+	}()
+	for i := range 400 {
+		ev := &kbv1.WatchEvent{Revision: uint64(i + 2), Event: &kbv1.WatchEvent_Key{Key: scaleKey(500+i, uint64(i+2), 0)}}
+		if i%2 == 1 {
+			ev.Event = &kbv1.WatchEvent_DeletedKeyId{DeletedKeyId: fmt.Sprintf("key-%07d", i)}
+		}
+		if err := ec.apply(ev); err != nil {
+			t.Fatalf("apply: %v", err)
+		}
+	}
+	<-done
+	select {
+	case e := <-errs:
+		t.Error(e)
+	default:
+	}
+}
