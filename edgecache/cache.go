@@ -30,10 +30,11 @@
 // chunk is applied in one transaction that moves the staging bucket in
 // place of the keys bucket and writes the revision, policy and
 // inventory; then the new key set replaces the old in memory under the
-// lock, in O(1). A stream lost mid-snapshot, an event other than a
-// heartbeat between chunks (a heartbeat there extends the lease but does
-// not move the revision) or a chunk at another revision leaves the
-// replica exactly as it was: the next Watch asks from the same revision
+// lock, in O(1). A heartbeat between chunks is skipped: it would extend
+// the lease on a replica known to be behind (the edge serves its old
+// replica meanwhile, within the staleness window it already had). A
+// stream lost mid-snapshot, another event between chunks or a chunk at
+// another revision leaves the replica exactly as it was: the next Watch asks from the same revision
 // and starts over, and the staging bucket is emptied by the next
 // snapshot or at the next start. A central node that sends a snapshot in
 // one message (more = false on the first) is served as before.

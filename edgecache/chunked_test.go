@@ -146,18 +146,21 @@ func replicaState(t *testing.T, ec *Cache) (rev uint64, mem, onDisk []string, re
 }
 
 // TestChunkedSnapshot: the edge asks for chunks; a snapshot in three
-// chunks (a heartbeat between two) replaces the replica once the last
-// has arrived; a stream cut after the second chunk of the next snapshot
-// leaves the replica, in memory and on disk, exactly as it was and the
-// edge asks again from the same revision; the full resend then applies.
+// chunks replaces the replica once the last has arrived; a stream cut
+// after the second chunk of the next snapshot (a heartbeat between its
+// chunks) leaves the replica, in memory and on disk, exactly as it was,
+// lease included, and the edge asks again from the same revision; the
+// full resend then applies.
 func TestChunkedSnapshot(t *testing.T) {
 	f := &fakeSync{sessions: make(chan fakeSession, 4)}
 	got1, got2, got3 := make(chan *kbv1.WatchRequest, 1), make(chan *kbv1.WatchRequest, 1), make(chan *kbv1.WatchRequest, 1)
 	release3 := make(chan struct{})
-	first := chunks(10, 0, 9, 3)
-	first = slices.Insert(first, 2, heartbeat(12))
-	f.sessions <- fakeSession{got: got1, events: first, end: status.Error(codes.Unavailable, "compacted")}
-	f.sessions <- fakeSession{got: got2, events: chunks(20, 100, 9, 3)[:2], end: status.Error(codes.Unavailable, "cut")}
+	// A heartbeat between chunks moves neither the revision nor the lease.
+	far := heartbeat(22)
+	far.GetHeartbeat().LeaseExpires = timestamppb.New(time.Now().Add(100 * time.Hour))
+	cut := slices.Insert(chunks(20, 100, 9, 3)[:2], 1, far)
+	f.sessions <- fakeSession{got: got1, events: append(chunks(10, 0, 9, 3), heartbeat(10)), end: status.Error(codes.Unavailable, "compacted")}
+	f.sessions <- fakeSession{got: got2, events: cut, end: status.Error(codes.Unavailable, "cut")}
 	f.sessions <- fakeSession{got: got3, release: release3, events: append(chunks(20, 100, 9, 3), heartbeat(20))}
 	ec := startFakeSync(t, f)
 
@@ -184,6 +187,9 @@ func TestChunkedSnapshot(t *testing.T) {
 	}
 	if err := ec.Serving(); err != nil {
 		t.Errorf("Serving after a snapshot cut mid-way: %v", err)
+	}
+	if l := ec.LeaseExpires(); l.After(time.Now().Add(2 * time.Hour)) {
+		t.Errorf("lease %v: a heartbeat between chunks extended it", l)
 	}
 
 	close(release3)

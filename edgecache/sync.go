@@ -194,9 +194,11 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 			continue
 		case staging == nil:
 		case ev.GetHeartbeat() != nil:
-			// Between chunks a heartbeat extends the lease, but the
-			// replica has not reached its revision.
-			ev = &kbv1.WatchEvent{Event: ev.GetEvent()}
+			// Between chunks a heartbeat is skipped: the replica has not
+			// reached its revision, and the lease it would extend lets
+			// the edge serve the replica it has — which may still hold
+			// keys withdrawn since — for as long as the snapshot takes.
+			continue
 		default:
 			return progressed, fmt.Errorf("watch: an event at revision %d in the middle of the snapshot at revision %d", ev.GetRevision(), staging.revision)
 		}
