@@ -26,6 +26,12 @@ var (
 	bucketState    = []byte("state")
 	bucketKeys     = []byte("keys")     // key id → EdgeKey
 	bucketMaterial = []byte("material") // key id ‖ 0 ‖ u32 version → sealed material (fetched on a miss)
+	// bucketStaging holds a snapshot arriving in chunks: its keys bucket
+	// (nested, named like bucketKeys) fills chunk by chunk and takes
+	// bucketKeys' place in the transaction that applies the last chunk.
+	// Nothing serves from it; a stream lost mid-snapshot leaves it to be
+	// emptied by the next snapshot or start.
+	bucketStaging = []byte("staging")
 
 	stateRevision = []byte("revision") // u64: the last revision applied
 	stateLease    = []byte("lease")    // i64 unix nanoseconds: the lease's end
@@ -51,6 +57,11 @@ func openDisk(dir string) (*disk, error) {
 	_, statErr := os.Stat(filepath.Join(dir, "sealing.key"))
 	lostKey := errors.Is(statErr, os.ErrNotExist)
 	err = db.Update(func(tx *bolt.Tx) error {
+		// A snapshot staged when the edge stopped is of no use: Watch
+		// starts it over.
+		if err := tx.DeleteBucket(bucketStaging); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
+			return err
+		}
 		for _, b := range [][]byte{bucketState, bucketKeys, bucketMaterial} {
 			if lostKey {
 				if err := tx.DeleteBucket(b); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
@@ -134,7 +145,10 @@ type saved struct {
 	keys     []*kbv1.EdgeKey
 }
 
-func (d *disk) load() (*saved, error) {
+// load reads the replica's state and hands each key record to each, one
+// at a time (a replica of a million keys is never held as protos at once);
+// with each nil, the records are collected in saved.keys.
+func (d *disk) load(each func(*kbv1.EdgeKey) error) (*saved, error) {
 	s := &saved{}
 	err := d.db.View(func(tx *bolt.Tx) error {
 		st := tx.Bucket(bucketState)
@@ -164,6 +178,9 @@ func (d *disk) load() (*saved, error) {
 			if err := proto.Unmarshal(v, ek); err != nil {
 				return fmt.Errorf("stored key %q: %w", k, err)
 			}
+			if each != nil {
+				return each(ek)
+			}
 			s.keys = append(s.keys, ek)
 			return nil
 		})
@@ -182,6 +199,9 @@ type change struct {
 	policy   *kbv1.EdgePolicy
 	nodes    *kbv1.ListNodesResponse
 	reset    bool // drop every key (a snapshot follows in keys)
+	// staged (with reset): the keys bucket becomes the staging area's,
+	// to which keys are added.
+	staged bool
 	// placement: this edge's region or labels changed (not stored).
 	placement bool
 	keys      []*kbv1.EdgeKey
@@ -220,7 +240,19 @@ func (d *disk) apply(c *change) error {
 				return err
 			}
 			var err error
-			if kb, err = tx.CreateBucket(bucketKeys); err != nil {
+			if c.staged {
+				sb := tx.Bucket(bucketStaging)
+				if sb == nil || sb.Bucket(bucketKeys) == nil {
+					return errors.New("no snapshot staged")
+				}
+				if err := tx.MoveBucket(bucketKeys, sb, nil); err != nil {
+					return err
+				}
+				if err := tx.DeleteBucket(bucketStaging); err != nil {
+					return err
+				}
+				kb = tx.Bucket(bucketKeys)
+			} else if kb, err = tx.CreateBucket(bucketKeys); err != nil {
 				return err
 			}
 		}
@@ -240,6 +272,43 @@ func (d *disk) apply(c *change) error {
 		}
 		for id, below := range c.dropMaterial {
 			if err := dropMaterial(mb, id, below); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// stageBegin empties the staging area for a snapshot that arrives in
+// chunks.
+func (d *disk) stageBegin() error {
+	return d.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketStaging); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
+			return err
+		}
+		sb, err := tx.CreateBucket(bucketStaging)
+		if err != nil {
+			return err
+		}
+		_, err = sb.CreateBucket(bucketKeys)
+		return err
+	})
+}
+
+// stage adds one chunk's keys to the staging area, in one transaction.
+func (d *disk) stage(keys []*kbv1.EdgeKey) error {
+	return d.db.Update(func(tx *bolt.Tx) error {
+		sb := tx.Bucket(bucketStaging)
+		if sb == nil || sb.Bucket(bucketKeys) == nil {
+			return errors.New("no snapshot staged")
+		}
+		kb := sb.Bucket(bucketKeys)
+		for _, ek := range keys {
+			b, err := proto.Marshal(ek)
+			if err != nil {
+				return err
+			}
+			if err := kb.Put([]byte(ek.GetMetadata().GetKeyId()), b); err != nil {
 				return err
 			}
 		}
@@ -281,6 +350,29 @@ func (d *disk) putMaterial(k *managed.Key, v uint32, blob []byte) error {
 	return d.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMaterial).Put(materialID(k, v), blob)
 	})
+}
+
+// getSealed is version v's sealed material in k's record in the keys
+// bucket, if the record is of k's incarnation and carries it.
+func (d *disk) getSealed(k *managed.Key, v uint32) []byte {
+	var out []byte
+	_ = d.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketKeys).Get([]byte(k.ID))
+		if raw == nil {
+			return nil
+		}
+		ek := &kbv1.EdgeKey{}
+		if err := proto.Unmarshal(raw, ek); err != nil || string(ek.GetSalt()) != k.Incarnation() {
+			return nil
+		}
+		for _, ev := range ek.GetVersions() {
+			if ev.GetVersion() == v && len(ev.GetSealedMaterial()) > 0 {
+				out = ev.GetSealedMaterial() // unmarshalled: a copy, not bbolt's page
+			}
+		}
+		return nil
+	})
+	return out
 }
 
 func (d *disk) getMaterial(k *managed.Key, v uint32) []byte {
@@ -334,6 +426,9 @@ func loadSealingKey(dir string) (*sealed.PrivateKey, error) {
 // material, the inventory, the revision and the lease.
 func (d *disk) wipe() error {
 	return d.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketStaging); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
+			return err
+		}
 		for _, b := range [][]byte{bucketKeys, bucketMaterial} {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/google/btree"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -296,7 +297,44 @@ func (n *performer) ListKeys(_ context.Context, sel map[string]string, size int,
 	n.c.mu.RLock()
 	keys := n.c.sorted
 	n.c.mu.RUnlock()
-	return managed.Page(keys, sel, size, token, visible)
+	return page(keys, sel, size, token, visible)
+}
+
+// page is managed.Page over the replica's ordered index: up to size keys
+// with ids after token (the last id of the previous page: a cursor, so a
+// page never skips or repeats a key that stayed while others came and
+// went) that carry the selector's labels and that visible lets the caller
+// see, and the token of the next page ("" after the last). keys is a
+// clone no change alters, walked without the cache's lock.
+func page(keys *btree.BTreeG[*managed.Key], sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
+	if size <= 0 {
+		size = 100
+	}
+	if size > managed.MaxListPageSize {
+		return nil, "", managed.Errorf(managed.ErrInvalidArgument, "page size %d above %d", size, managed.MaxListPageSize)
+	}
+	var out []*managed.Key
+	next := ""
+	keys.AscendGreaterOrEqual(&managed.Key{ID: token}, func(k *managed.Key) bool {
+		if k.ID == token {
+			return true
+		}
+		for lk, lv := range sel {
+			if k.Labels[lk] != lv {
+				return true
+			}
+		}
+		if visible != nil && !visible(k) {
+			return true
+		}
+		if len(out) == size {
+			next = out[len(out)-1].ID
+			return false
+		}
+		out = append(out, k)
+		return true
+	})
+	return out, next, nil
 }
 
 func (n *performer) LookupKey(_ context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {

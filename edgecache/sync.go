@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/google/btree"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -20,6 +21,7 @@ import (
 	"github.com/keybroker/keybroker/internal/wire"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/placement"
+	"github.com/keybroker/keybroker/policy"
 )
 
 // Run follows the central tier until ctx ends: register, watch, apply,
@@ -160,10 +162,14 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 	c.enrolled = &placement.Node{ID: c.cfg.NodeID, Kind: placement.KindEdge, Region: reg.GetRegion(), Labels: reg.GetLabels()}
 	c.me = c.selfLocked()
 	c.mu.Unlock()
-	stream, err := c.sync.Watch(ctx, &kbv1.WatchRequest{FromRevision: c.Revision()})
+	stream, err := c.sync.Watch(ctx, &kbv1.WatchRequest{FromRevision: c.Revision(), ChunkedSnapshot: true})
 	if err != nil {
 		return false, fmt.Errorf("watch: %w", err)
 	}
+	// staging is a snapshot whose chunks are arriving. If the stream ends
+	// first, the replica is as it was and the next Watch asks from the
+	// same revision.
+	var staging *snapshotStage
 	for {
 		ev, err := stream.Recv()
 		if err == io.EOF {
@@ -179,6 +185,22 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 			c.connected.Store(true)
 			progressed = true
 			c.log.Info("following the central tier", "revision", ev.GetRevision(), "region", c.Region())
+		}
+		switch {
+		case ev.GetSnapshot() != nil:
+			if staging, err = c.snapshotChunk(staging, ev); err != nil {
+				return progressed, err
+			}
+			continue
+		case staging == nil:
+		case ev.GetHeartbeat() != nil:
+			// Between chunks a heartbeat is skipped: the replica has not
+			// reached its revision, and the lease it would extend lets
+			// the edge serve the replica it has — which may still hold
+			// keys withdrawn since — for as long as the snapshot takes.
+			continue
+		default:
+			return progressed, fmt.Errorf("watch: an event at revision %d in the middle of the snapshot at revision %d", ev.GetRevision(), staging.revision)
 		}
 		if err := c.apply(ev); err != nil {
 			return progressed, err
@@ -253,6 +275,13 @@ func (c *Cache) ack() {
 // apply applies one event: to disk first (one transaction), then to
 // memory, then acknowledges it.
 func (c *Cache) apply(ev *kbv1.WatchEvent) error {
+	if ev.GetSnapshot() != nil {
+		st, err := c.snapshotChunk(nil, ev)
+		if err == nil && st != nil {
+			err = errors.New("snapshot: more chunks announced outside a Watch stream")
+		}
+		return err
+	}
 	c.stats.events.Add(1)
 	ch := &change{revision: ev.GetRevision(), synced: c.now()}
 	var keys []*replicaKey
@@ -272,26 +301,6 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 		c.mu.Lock()
 		c.policy = set
 		c.mu.Unlock()
-	case *kbv1.WatchEvent_Snapshot:
-		ch.reset, ch.nodes = true, &kbv1.ListNodesResponse{Nodes: e.Snapshot.GetNodes()}
-		if p := e.Snapshot.GetPolicy(); p != nil {
-			set, err := parsePolicy(p)
-			if err != nil {
-				return fmt.Errorf("policy %s from the central tier does not parse here: %w", p.GetHash(), err)
-			}
-			ch.policy = p
-			c.mu.Lock()
-			c.policy = set
-			c.mu.Unlock()
-		}
-		for _, ek := range e.Snapshot.GetKeys() {
-			rk, err := c.fromProto(ek)
-			if err != nil {
-				return fmt.Errorf("snapshot: %w", err)
-			}
-			keys = append(keys, rk)
-			ch.keys = append(ch.keys, ek)
-		}
 	case *kbv1.WatchEvent_Key:
 		rk, err := c.fromProto(e.Key)
 		if err != nil {
@@ -304,6 +313,92 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	default:
 		return nil // an event this edge does not know: newer central; skip
 	}
+	return c.commit(ch, keys, nil)
+}
+
+// snapshotStage is a snapshot arriving in chunks (EdgeSnapshot.more): the
+// first chunk's revision, policy and nodes, and the keys so far — parsed
+// into the replica's own form in memory, indexed as they come, and
+// written to the staging area on disk (disk.stage). Only one chunk's
+// protos are held at a time. The replica in use changes only when the
+// last chunk arrives (snapshotChunk); until then it serves as it was.
+type snapshotStage struct {
+	revision uint64
+	policy   *kbv1.EdgePolicy
+	set      *policy.Set
+	nodes    []*kbv1.Node
+	staged   bool // chunks are on disk in the staging area
+	fresh    keySet
+}
+
+// keySet is a replica's keys in memory: by id, and ordered by id.
+type keySet struct {
+	byID  map[string]*replicaKey
+	index *btree.BTreeG[*managed.Key]
+}
+
+func newKeySet() keySet { return keySet{byID: map[string]*replicaKey{}, index: newIndex()} }
+
+func (s keySet) put(rk *replicaKey) {
+	s.byID[rk.key.ID] = rk
+	s.index.ReplaceOrInsert(rk.key)
+}
+
+// snapshotChunk takes one chunk of a snapshot. st is the snapshot being
+// received (nil for its first chunk); snapshotChunk returns the one to
+// continue with, nil once the last chunk (more = false) is applied: the
+// replica on disk replaced in one transaction (the staging area becomes
+// the keys bucket), then the one in memory swapped under the lock. A
+// snapshot in one message — from a central node that does not send
+// chunks — is a first chunk that is also the last.
+func (c *Cache) snapshotChunk(st *snapshotStage, ev *kbv1.WatchEvent) (*snapshotStage, error) {
+	c.stats.events.Add(1)
+	snap := ev.GetSnapshot()
+	if st == nil {
+		st = &snapshotStage{revision: ev.GetRevision(), nodes: snap.GetNodes(), fresh: newKeySet()}
+		if p := snap.GetPolicy(); p != nil {
+			set, err := parsePolicy(p)
+			if err != nil {
+				return nil, fmt.Errorf("policy %s from the central tier does not parse here: %w", p.GetHash(), err)
+			}
+			st.policy, st.set = p, set
+		}
+		if snap.GetMore() {
+			if err := c.disk.stageBegin(); err != nil {
+				return nil, fmt.Errorf("staging a snapshot: %w", err)
+			}
+			st.staged = true
+		}
+	} else if ev.GetRevision() != st.revision {
+		return nil, fmt.Errorf("snapshot: a chunk at revision %d in a snapshot at revision %d", ev.GetRevision(), st.revision)
+	}
+	for _, ek := range snap.GetKeys() {
+		rk, err := c.fromProto(ek)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot: %w", err)
+		}
+		st.fresh.put(rk)
+	}
+	if snap.GetMore() {
+		if err := c.disk.stage(snap.GetKeys()); err != nil {
+			return nil, fmt.Errorf("staging a snapshot: %w", err)
+		}
+		return st, nil
+	}
+	if st.set != nil {
+		c.mu.Lock()
+		c.policy = st.set
+		c.mu.Unlock()
+	}
+	ch := &change{revision: st.revision, synced: c.now(), reset: true, staged: st.staged, policy: st.policy,
+		nodes: &kbv1.ListNodesResponse{Nodes: st.nodes}, keys: snap.GetKeys()}
+	return nil, c.commit(ch, nil, &st.fresh)
+}
+
+// commit applies a change to disk (one transaction), then to memory, and
+// acknowledges it. keys are the keys it creates or changes; fresh, for a
+// snapshot (ch.reset), is the whole new set of keys.
+func (c *Cache) commit(ch *change, keys []*replicaKey, fresh *keySet) error {
 	if ch.revision < c.Revision() {
 		ch.revision = 0 // heartbeats carry the revision already applied
 	}
@@ -328,7 +423,7 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 			me = prev
 		}
 	}
-	ch.dropMaterial = c.materialToDrop(ch, keys, me)
+	ch.dropMaterial = c.materialToDrop(ch, keys, fresh, me)
 	if err := c.disk.apply(ch); err != nil {
 		return fmt.Errorf("writing the replica: %w", err)
 	}
@@ -345,27 +440,36 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 	if ch.nodes != nil {
 		c.nodes, c.topo, c.me = ch.nodes.GetNodes(), topo, me
 	}
-	if ch.reset {
-		clear(c.keys)
+	if fresh != nil {
+		c.keys, c.index = fresh.byID, fresh.index
 	}
 	for _, rk := range keys {
 		c.keys[rk.key.ID] = rk
+		c.index.ReplaceOrInsert(rk.key)
 	}
 	for _, id := range ch.deleted {
-		delete(c.keys, id)
+		if rk, ok := c.keys[id]; ok {
+			delete(c.keys, id)
+			c.index.Delete(rk.key)
+		}
 	}
-	if ch.reset || len(keys) > 0 || len(ch.deleted) > 0 {
-		c.resort()
+	if fresh != nil || len(keys) > 0 || len(ch.deleted) > 0 {
+		c.published()
 	}
 	c.mu.Unlock()
 	for id := range ch.dropMaterial {
 		c.plain.forget(id)
 		c.ops.Forget(id)
 	}
+	// Any change to a key (rotation, metadata) retires the data keys
+	// cached for it; the material of unchanged versions stays.
 	for _, rk := range keys {
-		// Any change to a key (rotation, metadata) retires the data keys
-		// cached for it; the material of unchanged versions stays.
 		c.ops.Forget(rk.key.ID)
+	}
+	if fresh != nil {
+		for id := range fresh.byID {
+			c.ops.Forget(id)
+		}
 	}
 	c.ack()
 	return nil
@@ -376,12 +480,15 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 // key or policy change, or a change of this edge's enrolled region or
 // labels, me; the new policy is already in force), and versions below a
 // raised minimum. Value 0 drops every version.
-func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *placement.Node) map[string]uint32 {
+func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, fresh *keySet, me *placement.Node) map[string]uint32 {
 	drop := map[string]uint32{}
 	for _, id := range ch.deleted {
 		drop[id] = 0
 	}
 	check := keys
+	if fresh != nil {
+		check = slices.AppendSeq(check, maps.Values(fresh.byID))
+	}
 	if ch.policy != nil || ch.reset || ch.placement {
 		present := map[string]bool{}
 		for _, rk := range keys {
@@ -390,7 +497,7 @@ func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, me *placement.Nod
 		c.mu.RLock()
 		for id, rk := range c.keys {
 			switch {
-			case present[id]:
+			case present[id] || (fresh != nil && fresh.byID[id] != nil):
 			case ch.reset:
 				drop[id] = 0 // gone from the snapshot
 			default:
@@ -441,7 +548,8 @@ func (c *Cache) forget(cause error) {
 	c.me = c.selfLocked()
 	close(c.advanced)
 	c.advanced = make(chan struct{})
-	c.resort()
+	c.index = newIndex()
+	c.published()
 	c.mu.Unlock()
 	for _, id := range ids {
 		c.plain.forget(id)
