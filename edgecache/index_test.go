@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/google/btree"
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/managed"
 )
@@ -42,8 +43,8 @@ func TestListKeysPagesByCursor(t *testing.T) {
 		if next == "" {
 			break
 		}
-		if next != keys[len(keys)-1].ID {
-			t.Fatalf("page %d: next token %q, want the page's last id %q", p, next, keys[len(keys)-1].ID)
+		if next != managed.PageToken(nil, keys[len(keys)-1].ID) {
+			t.Fatalf("page %d: next token %q, want the cursor of the page's last id %q", p, next, keys[len(keys)-1].ID)
 		}
 		token = next
 		// Behind the cursor and ahead of it: a deletion and a creation each.
@@ -207,5 +208,38 @@ func TestListKeysWhileApplying(t *testing.T) {
 	case e := <-errs:
 		t.Error(e)
 	default:
+	}
+}
+
+// TestPageTokensAcrossNodes: the edge pages with the central's cursor
+// tokens (managed.Page), so a listing moves between nodes: the same keys
+// give the same pages and tokens at both, and a token from one continues
+// at the other.
+func TestPageTokensAcrossNodes(t *testing.T) {
+	var sorted []*managed.Key
+	tree := btree.NewG(32, func(a, b *managed.Key) bool { return a.ID < b.ID })
+	for i := range 250 {
+		k := &managed.Key{ID: fmt.Sprintf("k-%04d", i), Labels: map[string]string{"even": fmt.Sprint(i%2 == 0)}}
+		sorted = append(sorted, k)
+		tree.ReplaceOrInsert(k)
+	}
+	sel := map[string]string{"even": "true"}
+	central, edge := "", ""
+	for range 3 {
+		cKeys, cNext, err := managed.Page(sorted, sel, 40, central, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eKeys, eNext, err := page(tree, sel, 40, central, nil) // the central's token, at the edge
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cKeys) != len(eKeys) || cNext != eNext || cKeys[0].ID != eKeys[0].ID {
+			t.Fatalf("central and edge disagree: %d keys, next %q; %d keys, next %q", len(cKeys), cNext, len(eKeys), eNext)
+		}
+		central, edge = cNext, eNext
+	}
+	if _, _, err := page(tree, map[string]string{"even": "false"}, 40, edge, nil); err == nil {
+		t.Error("a token presented with another selector is accepted at the edge")
 	}
 }

@@ -301,34 +301,29 @@ func (n *performer) ListKeys(_ context.Context, sel map[string]string, size int,
 }
 
 // page is managed.Page over the replica's ordered index: up to size keys
-// with ids after token (the last id of the previous page: a cursor, so a
-// page never skips or repeats a key that stayed while others came and
-// went) that carry the selector's labels and that visible lets the caller
-// see, and the token of the next page ("" after the last). keys is a
-// clone no change alters, walked without the cache's lock.
+// after the token's key (managed.PageAfter's cursor, the tokens every node
+// hands out, so a listing may move between nodes) that carry the
+// selector's labels and that visible lets the caller see, and the next
+// page's token ("" after the last). A cursor never skips or repeats a key
+// that stayed while others came and went. keys is a clone no change
+// alters, walked without the cache's lock.
 func page(keys *btree.BTreeG[*managed.Key], sel map[string]string, size int, token string, visible func(*managed.Key) bool) ([]*managed.Key, string, error) {
-	if size <= 0 {
-		size = 100
+	size, err := managed.CheckPageSize(size)
+	if err != nil {
+		return nil, "", err
 	}
-	if size > managed.MaxListPageSize {
-		return nil, "", managed.Errorf(managed.ErrInvalidArgument, "page size %d above %d", size, managed.MaxListPageSize)
+	after, err := managed.PageAfter(token, sel)
+	if err != nil {
+		return nil, "", err
 	}
 	var out []*managed.Key
 	next := ""
-	keys.AscendGreaterOrEqual(&managed.Key{ID: token}, func(k *managed.Key) bool {
-		if k.ID == token {
-			return true
-		}
-		for lk, lv := range sel {
-			if k.Labels[lk] != lv {
-				return true
-			}
-		}
-		if visible != nil && !visible(k) {
+	keys.AscendGreaterOrEqual(&managed.Key{ID: after}, func(k *managed.Key) bool {
+		if k.ID == after || !k.Matches(sel) || visible != nil && !visible(k) {
 			return true
 		}
 		if len(out) == size {
-			next = out[len(out)-1].ID
+			next = managed.PageToken(sel, out[len(out)-1].ID)
 			return false
 		}
 		out = append(out, k)
