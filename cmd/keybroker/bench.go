@@ -205,7 +205,9 @@ boundary and at the end, and divided by the keys present: bytes per key.
 --probe KEY adds one worker calling LookupKey then Encrypt on KEY at the
 node while the keys are created, and reports their p50 and p99 per decade.
 --duration, --warmup, --interval, --size and the no-op comparison do not
-apply to it.
+apply to it. A derive-mode CreateKey makes a call to the root of trust,
+and a central node bounds each principal's such calls (backend_budget,
+500/s by default): past it, creates fail with ResourceExhausted.
 
 Results are correct or they fail: decrypts are compared with what was
 encrypted. Exit status 1 when any call failed, after the report.`,
