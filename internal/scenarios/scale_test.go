@@ -306,8 +306,13 @@ func growToScale(b *testing.B, t tier, n int) {
 			}
 			d.creates.Merge(hists[w])
 		}
+		fmt.Fprintf(os.Stderr, "BenchmarkScale %s: %s created: %.0f creates/s, p50 %.1f ms, p99 %.1f ms; waiting for the edge\n",
+			t, d.name, float64(d.created)/d.createElapsed.Seconds(), ms(d.creates, 50), ms(d.creates, 99))
 		synced := time.Now()
+		lagDone := make(chan struct{})
+		go edgeProgress(t, c, lagDone)
 		waitSynced(c)
+		close(lagDone)
 		d.edgeLag = time.Since(synced)
 		close(stop)
 		<-probed
@@ -379,6 +384,22 @@ func progress(t tier, next *atomic.Int64, n int, done <-chan struct{}) {
 			return
 		case <-tick.C:
 			fmt.Fprintf(os.Stderr, "BenchmarkScale %s: %d of %d keys at %s\n", t, min(next.Load(), int64(n)), n, time.Now().Format(time.TimeOnly))
+		}
+	}
+}
+
+// edgeProgress prints, every 30 seconds until done is closed, the
+// revision the edge has applied against the central node's.
+func edgeProgress(t tier, c *devcluster.Cluster, done <-chan struct{}) {
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+			fmt.Fprintf(os.Stderr, "BenchmarkScale %s: the edge has applied revision %d of %d at %s\n", t,
+				c.Edges[0].Cache().Revision(), c.Central.Service().Registry().Store().Revision(), time.Now().Format(time.TimeOnly))
 		}
 	}
 }
