@@ -203,7 +203,8 @@ process_resident_memory_bytes and go_memstats_heap_inuse_bytes are read
 (over mutual TLS, with the command's credentials) at each decade's
 boundary and at the end, and divided by the keys present: bytes per key.
 --probe KEY adds one worker calling LookupKey then Encrypt on KEY at the
-node while the keys are created, and reports their p50 and p99 per decade.
+node every 10 ms while the keys are created, and reports their p50 and p99
+per decade.
 --duration, --warmup, --interval, --size and the no-op comparison do not
 apply to it. A derive-mode CreateKey makes a call to the root of trust,
 and a central node bounds each principal's such calls (backend_budget,
@@ -241,7 +242,7 @@ encrypted. Exit status 1 when any call failed, after the report.`,
 	fs.Float64Var(&f.maxGrowth, "max-rss-growth", 0, "fail when resident memory grew more than this many percent from the first period to the last; 0 only reports")
 	fs.StringVar(&f.prefix, "prefix", "", "--op create: key ids are PREFIX0, PREFIX1, … (default bench-DATE-TIME-)")
 	fs.IntVar(&f.existing, "existing", -1, "--op create: keys present before the run; -1 counts them with ListKeys")
-	fs.StringVar(&f.probe, "probe", "", "--op create: a key one more worker keeps calling LookupKey and Encrypt on while keys are created")
+	fs.StringVar(&f.probe, "probe", "", "--op create: a key one more worker calls LookupKey and Encrypt on every 10 ms while keys are created")
 	a.addClientFlags(fs)
 	fs.Lookup("timeout").Usage = "time limit of each call; 0 means none"
 	return cmd
