@@ -38,6 +38,7 @@ var benchOps = map[string]string{
 	"batch-encrypt": "BatchEncrypt of --batch items of --size bytes under --key",
 	"batch-decrypt": "BatchDecrypt of --batch ciphertexts of --size bytes made at the start",
 	"noop":          "grpc.health.v1.Health/Check: no key, no policy, no audit",
+	"create":        "CreateKey of --count keys named from --prefix, as an admin, alone (see below)",
 }
 
 func benchOpNames() string { return strings.Join(slices.Sorted(maps.Keys(benchOps)), ", ") }
@@ -61,6 +62,10 @@ type benchFlags struct {
 	rounds      int
 	metrics     []string
 	maxGrowth   float64
+	// For --op create.
+	prefix   string
+	existing int
+	probe    string
 }
 
 // weightedOp is one entry of --op: an operation and its share of the calls.
@@ -185,13 +190,35 @@ the end of the run reports their growth from the first period to the last;
 --max-rss-growth fails the run when resident memory grew more than that
 many percent. This is what make soak uses.
 
+--op create grows the registry instead, to measure how the cost of a key
+change and the memory per key move with the number of keys: the workers
+create --count keys (default 10000; derive-mode AES-256-GCM) named
+PREFIX0, PREFIX1, … (--prefix; default bench-DATE-TIME-, so runs do not
+collide) at the node --addr names, a central node or an edge that forwards
+admin calls, with an admin's credentials. It reports creates/s, p50 and p99
+per decade of keys present (0-1k, 1k-10k, 10k-100k, 100k-1M, …), the keys
+present before the run counted once with ListKeys or given by --existing.
+--metrics name=host:port,… names nodes' operations ports: their
+process_resident_memory_bytes and go_memstats_heap_inuse_bytes are read
+(over mutual TLS, with the command's credentials) at each decade's
+boundary and at the end, and divided by the keys present: bytes per key.
+--probe KEY adds one worker calling LookupKey then Encrypt on KEY at the
+node every 10 ms while the keys are created, and reports their p50 and p99
+per decade.
+--duration, --warmup, --interval, --size and the no-op comparison do not
+apply to it. A derive-mode CreateKey makes a call to the root of trust,
+and a central node bounds each principal's such calls (backend_budget,
+500/s by default): past it, creates fail with ResourceExhausted.
+
 Results are correct or they fail: decrypts are compared with what was
 encrypted. Exit status 1 when any call failed, after the report.`,
 		Example: `  keybroker bench --op encrypt --key demo --size 1KiB -c 64 --duration 10s --compare-noop
   keybroker bench --op decrypt --key demo --count 100000 --output json
   keybroker bench --op encrypt:6,decrypt:3,datakey:1 --key demo --duration 10m --interval 30s \
       --metrics https://127.0.0.1:7710/metrics --max-rss-growth 25
-  keybroker bench --op sign --sign-key signer --size 32 -c 8`,
+  keybroker bench --op sign --sign-key signer --size 32 -c 8
+  keybroker bench --op create --count 100000 -c 8 --prefix tenant- --probe demo \
+      --metrics central=127.0.0.1:7710,edge-us=127.0.0.1:7711`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.bench(cmd, f) },
 	}
@@ -205,14 +232,17 @@ encrypted. Exit status 1 when any call failed, after the report.`,
 	fs.IntVarP(&f.workers, "concurrency", "c", 16, "concurrent workers, each making one call at a time")
 	fs.IntVar(&f.conns, "connections", 1, "gRPC connections the workers share")
 	fs.DurationVar(&f.duration, "duration", 10*time.Second, "how long to measure; 0 with --count runs until the count")
-	fs.Uint64Var(&f.count, "count", 0, "stop after this many calls in all (the warm-up's not counted)")
+	fs.Uint64Var(&f.count, "count", 0, "stop after this many calls in all (the warm-up's not counted); --op create: keys to create (default 10000)")
 	fs.DurationVar(&f.warmup, "warmup", time.Second, "load run first and not measured")
 	fs.DurationVar(&f.interval, "interval", 0, "print each period's figures this often (e.g. 30s); 0 prints the total only")
 	fs.Var(&f.encCtx, "context", "encryption context pair k=v; repeat for more")
 	fs.BoolVar(&f.compareNoop, "compare-noop", false, "also run no-op calls with the same load against the same node and print the ratio")
 	fs.IntVar(&f.rounds, "rounds", 5, "with --compare-noop and --duration: alternate the operation and the no-op this many times and report the median ratio")
-	fs.StringSliceVar(&f.metrics, "metrics", nil, "ops /metrics URL of a process to read resident memory from at each --interval; repeat for more")
+	fs.StringSliceVar(&f.metrics, "metrics", nil, "ops /metrics URL of a process to read resident memory from at each --interval; repeat for more. --op create: name=host:port of a node's operations port, read at each decade of keys")
 	fs.Float64Var(&f.maxGrowth, "max-rss-growth", 0, "fail when resident memory grew more than this many percent from the first period to the last; 0 only reports")
+	fs.StringVar(&f.prefix, "prefix", "", "--op create: key ids are PREFIX0, PREFIX1, … (default bench-DATE-TIME-)")
+	fs.IntVar(&f.existing, "existing", -1, "--op create: keys present before the run; -1 counts them with ListKeys")
+	fs.StringVar(&f.probe, "probe", "", "--op create: a key one more worker calls LookupKey and Encrypt on every 10 ms while keys are created")
 	a.addClientFlags(fs)
 	fs.Lookup("timeout").Usage = "time limit of each call; 0 means none"
 	return cmd
@@ -300,6 +330,9 @@ func (a *app) bench(cmd *cobra.Command, f *benchFlags) error {
 	ops, err := parseBenchOps(f.ops)
 	if err != nil {
 		return usageError(err)
+	}
+	if slices.ContainsFunc(ops, func(o weightedOp) bool { return o.Name == "create" }) {
+		return a.benchCreate(cmd, f, ops)
 	}
 	if err := f.check(ops); err != nil {
 		return err
@@ -683,9 +716,9 @@ func (a *app) printBench(out benchJSON, ops []weightedOp) {
 
 // reading is what one /metrics fetch said of its process.
 type reading struct {
-	url             string
-	rss, goroutines float64
-	err             error
+	url                        string
+	rss, goroutines, heapInuse float64
+	err                        error
 }
 
 type metricsReader struct{ client *http.Client }
@@ -722,6 +755,9 @@ func (m *metricsReader) read(ctx context.Context, url string) reading {
 	r.rss = rss.GetMetric()[0].GetGauge().GetValue()
 	if g, ok := mf["go_goroutines"]; ok && len(g.GetMetric()) > 0 {
 		r.goroutines = g.GetMetric()[0].GetGauge().GetValue()
+	}
+	if h, ok := mf["go_memstats_heap_inuse_bytes"]; ok && len(h.GetMetric()) > 0 {
+		r.heapInuse = h.GetMetric()[0].GetGauge().GetValue()
 	}
 	return r
 }
