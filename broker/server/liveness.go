@@ -39,6 +39,7 @@ type liveness struct {
 	// published, and what the other central nodes published.
 	dirty  map[string]struct{}
 	others map[string]sharedEdge
+	self   string // this central node's id
 }
 
 // sharedEdge is what a central node publishes of an edge it serves.
@@ -65,8 +66,8 @@ type liveStream struct {
 // replaced.
 var errReplaced = status.Error(codes.Aborted, "a newer Watch stream from this edge replaced this one: an edge follows the central tier on one stream")
 
-func newLiveness() *liveness {
-	return &liveness{edges: map[string]*edgeLive{}, changed: make(chan struct{}), dirty: map[string]struct{}{}}
+func newLiveness(self string) *liveness {
+	return &liveness{edges: map[string]*edgeLive{}, changed: make(chan struct{}), dirty: map[string]struct{}{}, self: self}
 }
 
 // kindEdges is where central nodes publish the liveness of their edges.
@@ -252,8 +253,10 @@ func (l *liveness) describe(n *kbv1.Node) {
 		// A record outlives a central that died by up to a lease: past
 		// its lease the edge no longer follows that central.
 		n.Connected = rec.Connected && time.Now().Before(rec.Lease)
+		n.Central = rec.Central
 	} else if ok {
 		n.Connected = e.stream != nil
+		n.Central = l.self
 	}
 	if !ok {
 		return

@@ -29,7 +29,7 @@ func TestEdgeLivenessSharedAcrossCentrals(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	a, b := newLiveness(), newLiveness()
+	a, b := newLiveness("central-a"), newLiveness("central-b")
 	log := slog.New(slog.DiscardHandler)
 	go a.share(ctx, open(), "central-a", time.Minute, log)
 	go b.share(ctx, open(), "central-b", time.Minute, log)
@@ -54,6 +54,9 @@ func TestEdgeLivenessSharedAcrossCentrals(t *testing.T) {
 		}
 	}
 	n := seen("connected at a", func(n *kbv1.Node) bool { return n.Connected && n.AppliedRevision == 7 })
+	if n.Central != "central-a" {
+		t.Errorf("b says edge-1 follows %q, want central-a", n.Central)
+	}
 	if !n.LeaseExpires.AsTime().Equal(lease) {
 		t.Errorf("lease at b = %v, want %v", n.LeaseExpires.AsTime(), lease)
 	}
@@ -72,14 +75,14 @@ func TestEdgeLivenessSharedAcrossCentrals(t *testing.T) {
 	}
 	// A record whose lease has run out (its central died) shows the edge
 	// not connected, whatever it said.
-	c := newLiveness()
+	c := newLiveness("central-c")
 	c.setOthers(map[string]sharedEdge{"edge-2": {Central: "central-a", Connected: true, Lease: time.Now().Add(-time.Second)}})
 	if n := (&kbv1.Node{NodeId: "edge-2"}); func() bool { c.describe(n); return n.Connected || n.LeaseExpires == nil }() {
 		t.Errorf("an edge whose published lease ran out is shown connected: %+v", n)
 	}
 	// An edge following b itself is described from b's own stream.
 	b.connect("edge-1", lease, func(error) {})
-	if n := (&kbv1.Node{NodeId: "edge-1"}); func() bool { b.describe(n); return !n.Connected }() {
+	if n := (&kbv1.Node{NodeId: "edge-1"}); func() bool { b.describe(n); return !n.Connected || n.Central != "central-b" }() {
 		t.Errorf("edge-1 following b is not connected at b: %+v", n)
 	}
 }

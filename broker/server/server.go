@@ -191,7 +191,7 @@ func New(c Config) (*Server, error) {
 		c.SendTimeout = DefaultSendTimeout
 	}
 	s := &Server{svc: c.Service, policy: c.Policy, audit: c.Audit, node: c.NodeID, td: c.TrustDomain,
-		addr: c.Address, centrals: c.Centrals, revoked: c.AccessKeyRevoked, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(),
+		addr: c.Address, centrals: c.Centrals, revoked: c.AccessKeyRevoked, log: c.Logger, lease: c.Lease, beat: c.Heartbeat, sendTimeout: c.SendTimeout, live: newLiveness(c.NodeID),
 		proofs: &proofVerifier{roots: c.Roots, revoked: c.Revoked, td: c.TrustDomain, window: c.ProofWindow, now: c.Now, seen: newReplayCache(maxNonces)}}
 	s.proofs.log = c.Logger
 	if cl, ok := c.Service.Registry().Store().(store.Claimer); ok {

@@ -266,12 +266,11 @@ func (c *Tier) Following(t *testing.T) map[string]string {
 			continue // dying, or cut off: another answers
 		}
 		for _, n := range resp.GetNodes() {
-			if n.GetKind() == "edge" && n.GetConnected() {
-				// With the edge inventory in the store every central may
-				// list every edge; the one it dialled lists it first.
-				if _, seen := out[n.GetNodeId()]; !seen {
-					out[n.GetNodeId()] = cn.Name
-				}
+			// Every central lists every edge (their liveness is shared in
+			// the store); only the central holding its Watch stream is
+			// the one it follows — Node.central names it.
+			if n.GetKind() == "edge" && n.GetConnected() && n.GetCentral() == cn.Name {
+				out[n.GetNodeId()] = cn.Name
 			}
 		}
 	}

@@ -3216,7 +3216,11 @@ type Node struct {
 	Connected bool `protobuf:"varint,11,opt,name=connected,proto3" json:"connected,omitempty"`
 	// An admin has enrolled the edge (EnrollNode); its region and labels are
 	// the enrolled ones.
-	Enrolled      bool `protobuf:"varint,12,opt,name=enrolled,proto3" json:"enrolled,omitempty"`
+	Enrolled bool `protobuf:"varint,12,opt,name=enrolled,proto3" json:"enrolled,omitempty"`
+	// The central node the edge follows (or followed last), when known:
+	// with several central nodes, each says which one holds the edge's
+	// Watch stream.
+	Central       string `protobuf:"bytes,13,opt,name=central,proto3" json:"central,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3333,6 +3337,13 @@ func (x *Node) GetEnrolled() bool {
 		return x.Enrolled
 	}
 	return false
+}
+
+func (x *Node) GetCentral() string {
+	if x != nil {
+		return x.Central
+	}
+	return ""
 }
 
 type EnrollNodeRequest struct {
@@ -5377,7 +5388,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x1aScheduleKeyDeletionRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12@\n" +
 	"\x0epending_window\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rpendingWindow\"\x12\n" +
-	"\x10ListNodesRequest\"\xef\x03\n" +
+	"\x10ListNodesRequest\"\x89\x04\n" +
 	"\x04Node\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x18\n" +
@@ -5391,7 +5402,8 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x10applied_revision\x18\n" +
 	" \x01(\x04R\x0fappliedRevision\x12\x1c\n" +
 	"\tconnected\x18\v \x01(\bR\tconnected\x12\x1a\n" +
-	"\benrolled\x18\f \x01(\bR\benrolled\x1a9\n" +
+	"\benrolled\x18\f \x01(\bR\benrolled\x12\x18\n" +
+	"\acentral\x18\r \x01(\tR\acentral\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x01\n" +
