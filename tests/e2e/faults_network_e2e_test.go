@@ -81,8 +81,8 @@ func TestFaultNetworkCut(t *testing.T) {
 		{"stall", proxy.Stall},
 	} {
 		var phase atomic.Int32
-		// closes is when the edge's window must have closed: the fault's
-		// start plus the longest lease a heartbeat sent before it grants,
+		// closes is when the edge's window must have closed: the fault in
+		// place plus the longest lease a heartbeat sent before it grants,
 		// plus max_staleness. The test sees the edge refuse first, then
 		// demands refusals; a heartbeat sent just before the fault but
 		// applied after that first refusal (a slow disk write) may still
@@ -127,8 +127,11 @@ func TestFaultNetworkCut(t *testing.T) {
 		})
 		l.WaitOps(t, 100)
 
-		closes.Store(time.Now().Add(netLease + netStaleness).UnixNano())
+		// The window is measured from when the fault is in place: a
+		// heartbeat the central sent while inject was still taking hold
+		// (a loaded machine) grants a lease from then, not from before.
 		fault.inject()
+		closes.Store(time.Now().Add(netLease + netStaleness).UnixNano())
 		phase.Store(netCut)
 		forwarded := "not tried"
 		if fault.name == "reset" {
