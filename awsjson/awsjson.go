@@ -117,19 +117,30 @@ func New(c Config) (*Server, error) {
 
 // operations are the served operations by X-Amz-Target's name.
 var operations = map[string]func(*Server, context.Context, pipeline.Caller, []byte) (any, error){
-	"Encrypt":                         (*Server).encrypt,
-	"Decrypt":                         (*Server).decrypt,
-	"ReEncrypt":                       (*Server).reEncrypt,
-	"GenerateDataKey":                 (*Server).generateDataKey,
-	"GenerateDataKeyWithoutPlaintext": (*Server).generateDataKeyWithoutPlaintext,
-	"GenerateRandom":                  (*Server).generateRandom,
-	"DescribeKey":                     (*Server).describeKey,
-	"Sign":                            (*Server).sign,
-	"Verify":                          (*Server).verify,
-	"GetPublicKey":                    (*Server).getPublicKey,
-	"GenerateMac":                     (*Server).generateMac,
-	"VerifyMac":                       (*Server).verifyMac,
-	"ListKeys":                        (*Server).listKeys,
+	"Encrypt":                         handle((*Server).encrypt),
+	"Decrypt":                         handle((*Server).decrypt),
+	"ReEncrypt":                       handle((*Server).reEncrypt),
+	"GenerateDataKey":                 handle((*Server).generateDataKey),
+	"GenerateDataKeyWithoutPlaintext": handle((*Server).generateDataKeyWithoutPlaintext),
+	"GenerateRandom":                  handle((*Server).generateRandom),
+	"DescribeKey":                     handle((*Server).describeKey),
+	"Sign":                            handle((*Server).sign),
+	"Verify":                          handle((*Server).verify),
+	"GetPublicKey":                    handle((*Server).getPublicKey),
+	"GenerateMac":                     handle((*Server).generateMac),
+	"VerifyMac":                       handle((*Server).verifyMac),
+	"ListKeys":                        handle((*Server).listKeys),
+}
+
+// handle decodes an operation's request body (see decode) for op.
+func handle[Req any](op func(*Server, context.Context, pipeline.Caller, *Req) (any, error)) func(*Server, context.Context, pipeline.Caller, []byte) (any, error) {
+	return func(s *Server, ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
+		in := new(Req)
+		if err := decode(body, in); err != nil {
+			return nil, err
+		}
+		return op(s, ctx, caller, in)
+	}
 }
 
 // ServeHTTP answers one request.

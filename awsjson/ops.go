@@ -31,11 +31,7 @@ type encryptResponse struct {
 	EncryptionAlgorithm string `json:"EncryptionAlgorithm"`
 }
 
-func (s *Server) encrypt(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in encryptRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
+func (s *Server) encrypt(ctx context.Context, caller pipeline.Caller, in *encryptRequest) (any, error) {
 	id, err := s.keyID(in.KeyID)
 	if err != nil {
 		return nil, err
@@ -66,11 +62,7 @@ type decryptResponse struct {
 	EncryptionAlgorithm string `json:"EncryptionAlgorithm"`
 }
 
-func (s *Server) decrypt(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in decryptRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
+func (s *Server) decrypt(ctx context.Context, caller pipeline.Caller, in *decryptRequest) (any, error) {
 	if len(in.CiphertextBlob) == 0 {
 		return nil, validation("CiphertextBlob is required")
 	}
@@ -123,11 +115,7 @@ type reEncryptResponse struct {
 	DestinationEncryptionAlgorithm string `json:"DestinationEncryptionAlgorithm"`
 }
 
-func (s *Server) reEncrypt(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in reEncryptRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
+func (s *Server) reEncrypt(ctx context.Context, caller pipeline.Caller, in *reEncryptRequest) (any, error) {
 	if len(in.CiphertextBlob) == 0 {
 		return nil, validation("CiphertextBlob is required")
 	}
@@ -165,21 +153,17 @@ type generateDataKeyResponse struct {
 	KeyID          string `json:"KeyId"`
 }
 
-func (s *Server) generateDataKey(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	return s.dataKey(ctx, caller, body, true)
+func (s *Server) generateDataKey(ctx context.Context, caller pipeline.Caller, in *generateDataKeyRequest) (any, error) {
+	return s.dataKey(ctx, caller, in, true)
 }
 
-func (s *Server) generateDataKeyWithoutPlaintext(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	return s.dataKey(ctx, caller, body, false)
+func (s *Server) generateDataKeyWithoutPlaintext(ctx context.Context, caller pipeline.Caller, in *generateDataKeyRequest) (any, error) {
+	return s.dataKey(ctx, caller, in, false)
 }
 
 // dataKey is GenerateDataKey[WithoutPlaintext]: keybroker's data keys are
 // 32 bytes, so KeySpec AES_256 or NumberOfBytes 32 (exactly one).
-func (s *Server) dataKey(ctx context.Context, caller pipeline.Caller, body []byte, withPlaintext bool) (any, error) {
-	var in generateDataKeyRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
+func (s *Server) dataKey(ctx context.Context, caller pipeline.Caller, in *generateDataKeyRequest, withPlaintext bool) (any, error) {
 	id, err := s.keyID(in.KeyID)
 	if err != nil {
 		return nil, err
@@ -214,11 +198,7 @@ type generateRandomResponse struct {
 	Plaintext []byte `json:"Plaintext"`
 }
 
-func (s *Server) generateRandom(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in generateRandomRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
+func (s *Server) generateRandom(ctx context.Context, caller pipeline.Caller, in *generateRandomRequest) (any, error) {
 	if in.NumberOfBytes < 1 || in.NumberOfBytes > 1024 {
 		return nil, validation("NumberOfBytes must be 1 to 1024")
 	}
@@ -256,11 +236,7 @@ type describeKeyResponse struct {
 	KeyMetadata keyMetadata `json:"KeyMetadata"`
 }
 
-func (s *Server) describeKey(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in describeKeyRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
+func (s *Server) describeKey(ctx context.Context, caller pipeline.Caller, in *describeKeyRequest) (any, error) {
 	id, err := s.keyID(in.KeyID)
 	if err != nil {
 		return nil, err

@@ -75,12 +75,8 @@ type signResponse struct {
 	SigningAlgorithm string `json:"SigningAlgorithm"`
 }
 
-func (s *Server) sign(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in signRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	id, msg, digest, err := s.signInput(in)
+func (s *Server) sign(ctx context.Context, caller pipeline.Caller, in *signRequest) (any, error) {
+	id, msg, digest, err := s.signInput(*in)
 	if err != nil {
 		return nil, err
 	}
@@ -102,12 +98,8 @@ type verifyResponse struct {
 
 // verify answers as AWS does: a signature that does not verify is
 // KMSInvalidSignatureException, not SignatureValid false.
-func (s *Server) verify(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in signRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	id, msg, digest, err := s.signInput(in)
+func (s *Server) verify(ctx context.Context, caller pipeline.Caller, in *signRequest) (any, error) {
+	id, msg, digest, err := s.signInput(*in)
 	if err != nil {
 		return nil, err
 	}
@@ -135,11 +127,7 @@ type getPublicKeyResponse struct {
 	SigningAlgorithms []string `json:"SigningAlgorithms"`
 }
 
-func (s *Server) getPublicKey(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in describeKeyRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
+func (s *Server) getPublicKey(ctx context.Context, caller pipeline.Caller, in *describeKeyRequest) (any, error) {
 	id, err := s.keyID(in.KeyID)
 	if err != nil {
 		return nil, err
@@ -183,12 +171,8 @@ type macResponse struct {
 	MacAlgorithm string `json:"MacAlgorithm"`
 }
 
-func (s *Server) generateMac(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in macRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	id, err := s.macInput(in)
+func (s *Server) generateMac(ctx context.Context, caller pipeline.Caller, in *macRequest) (any, error) {
+	id, err := s.macInput(*in)
 	if err != nil {
 		return nil, err
 	}
@@ -201,12 +185,8 @@ func (s *Server) generateMac(ctx context.Context, caller pipeline.Caller, body [
 
 // verifyMac answers as AWS does: a tag that does not verify is
 // KMSInvalidMacException.
-func (s *Server) verifyMac(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in macRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
-	id, err := s.macInput(in)
+func (s *Server) verifyMac(ctx context.Context, caller pipeline.Caller, in *macRequest) (any, error) {
+	id, err := s.macInput(*in)
 	if err != nil {
 		return nil, err
 	}
@@ -240,11 +220,7 @@ type listKeysResponse struct {
 }
 
 // listKeys pages with keybroker's own page token as AWS's Marker.
-func (s *Server) listKeys(ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
-	var in listKeysRequest
-	if err := decode(body, &in); err != nil {
-		return nil, err
-	}
+func (s *Server) listKeys(ctx context.Context, caller pipeline.Caller, in *listKeysRequest) (any, error) {
 	if in.Limit == 0 {
 		in.Limit = 100
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -125,19 +124,7 @@ func deadAddr(t *testing.T) string {
 func TestAdminFailsOver(t *testing.T) {
 	t.Parallel()
 	const td = "kb.test"
-	ca, err := identity.NewCA(td, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := ca.WriteCA(caFile, filepath.Join(dir, "ca.key")); err != nil {
-		t.Fatal(err)
-	}
-	files, err := ca.IssueFiles(identity.Identity{TrustDomain: td, Kind: identity.Admin, Name: "ops"}, nil, time.Hour, dir, "ops", caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, files := testCA(t, identity.Admin, "ops")
 	newAdmin := func(t *testing.T, addrs ...string) kbv1.KeyAdminClient {
 		t.Helper()
 		cl, err := client.New(t.Context(), client.Config{Addrs: addrs, CAFile: files.CA, CertFile: files.Cert, KeyFile: files.Key,

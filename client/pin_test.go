@@ -53,19 +53,7 @@ func startPinNode(t *testing.T, ca *identity.CA, id identity.Identity, n *pinNod
 func TestRoutedNodeIsPinned(t *testing.T) {
 	t.Parallel()
 	const td = "kb.test"
-	ca, err := identity.NewCA(td, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := ca.WriteCA(caFile, filepath.Join(dir, "ca.key")); err != nil {
-		t.Fatal(err)
-	}
-	files, err := ca.IssueFiles(identity.Identity{TrustDomain: td, Kind: identity.Client, Name: "app"}, nil, time.Hour, dir, "app", caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, files := testCA(t, identity.Client, "app")
 	other := &pinNode{}
 	otherAddr := startPinNode(t, ca, identity.Identity{TrustDomain: td, Kind: identity.Edge, Name: "edge-b"}, other)
 	// The first node says edge-a serves the key at otherAddr, where edge-b
@@ -141,19 +129,7 @@ func (n *lagNode) Encrypt(context.Context, *kbv1.EncryptRequest) (*kbv1.EncryptR
 func TestLaggingNodePassesOn(t *testing.T) {
 	t.Parallel()
 	const td = "kb.test"
-	ca, err := identity.NewCA(td, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := ca.WriteCA(caFile, filepath.Join(dir, "ca.key")); err != nil {
-		t.Fatal(err)
-	}
-	files, err := ca.IssueFiles(identity.Identity{TrustDomain: td, Kind: identity.Client, Name: "app"}, nil, time.Hour, dir, "app", caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, files := testCA(t, identity.Client, "app")
 	lag := &lagNode{}
 	lagAddr := startLagNode(t, ca, identity.Identity{TrustDomain: td, Kind: identity.Edge, Name: "edge-a"}, lag)
 	knows := &pinNode{}
@@ -221,4 +197,24 @@ func serveTLS(t *testing.T, ca *identity.CA, id identity.Identity, register func
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	return lis.Addr().String()
+}
+
+// testCA is a CA of trust domain kb.test written into a fresh directory,
+// and the files of the caller kind/name it issues there.
+func testCA(t *testing.T, kind identity.Kind, name string) (*identity.CA, identity.TLSFiles) {
+	t.Helper()
+	ca, err := identity.NewCA("kb.test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := ca.WriteCA(caFile, filepath.Join(dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	files, err := ca.IssueFiles(identity.Identity{TrustDomain: "kb.test", Kind: kind, Name: name}, nil, time.Hour, dir, name, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, files
 }

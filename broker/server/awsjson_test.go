@@ -46,12 +46,7 @@ func TestAWSJSONWithTheSDK(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	front, err := awsjson.New(awsjson.Config{Pipeline: e.srv.Pipeline(), Status: e.srv.Status, Credentials: e.svc,
-		Region: "eu-west-1", Account: "111122223333", TrustDomain: e.srv.td})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(front)
+	hs := httptest.NewServer(newAWSFront(t, e))
 	defer hs.Close()
 	clientAs := func(principal string) (*kms.Client, string) {
 		t.Helper()
@@ -59,8 +54,7 @@ func TestAWSJSONWithTheSDK(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String(hs.URL), RetryMaxAttempts: 1,
-			Credentials: credentials.NewStaticCredentialsProvider(k.GetAccessKeyId(), k.GetSecretAccessKey(), "")}), k.GetAccessKeyId()
+		return kmsClient(hs.URL, k), k.GetAccessKeyId()
 	}
 	billing, billingKey := clientAs("client/billing")
 	const arn = "arn:aws:kms:eu-west-1:111122223333:key/demo"
@@ -144,13 +138,27 @@ func TestAWSJSONWithTheSDK(t *testing.T) {
 	}
 }
 
-// awsFront is the AWS front-end of e with an access key for client/billing.
-func awsFront(t testing.TB, e *testEnv) (h http.Handler, id, secret string) {
+// newAWSFront is e's AWS KMS API, in region eu-west-1 of account
+// 111122223333.
+func newAWSFront(t testing.TB, e *testEnv) http.Handler {
+	t.Helper()
 	front, err := awsjson.New(awsjson.Config{Pipeline: e.srv.Pipeline(), Status: e.srv.Status, Credentials: e.svc,
 		Region: "eu-west-1", Account: "111122223333", TrustDomain: e.srv.td})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return front
+}
+
+// kmsClient is the AWS SDK's KMS client at url, signing with k.
+func kmsClient(url string, k *kbv1.AccessKey) *kms.Client {
+	return kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String(url), RetryMaxAttempts: 1,
+		Credentials: credentials.NewStaticCredentialsProvider(k.GetAccessKeyId(), k.GetSecretAccessKey(), "")})
+}
+
+// awsFront is the AWS front-end of e with an access key for client/billing.
+func awsFront(t testing.TB, e *testEnv) (h http.Handler, id, secret string) {
+	front := newAWSFront(t, e)
 	rec, sec, err := e.svc.CreateAccessKey(context.Background(), identity.Identity{TrustDomain: e.srv.td, Kind: identity.Client, Name: "billing"}, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -234,19 +242,13 @@ func TestAWSJSONSigningAndMACs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	front, err := awsjson.New(awsjson.Config{Pipeline: e.srv.Pipeline(), Status: e.srv.Status, Credentials: e.svc,
-		Region: "eu-west-1", Account: "111122223333", TrustDomain: e.srv.td})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(front)
+	hs := httptest.NewServer(newAWSFront(t, e))
 	defer hs.Close()
 	k, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "admin/ops"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String(hs.URL), RetryMaxAttempts: 1,
-		Credentials: credentials.NewStaticCredentialsProvider(k.GetAccessKeyId(), k.GetSecretAccessKey(), "")})
+	c := kmsClient(hs.URL, k)
 	msg := []byte("signed through the AWS API")
 	sig, err := c.Sign(ctx, &kms.SignInput{KeyId: aws.String("alias/ec"), Message: msg, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
 	if err != nil {
