@@ -632,3 +632,8 @@ func newRequestID() string {
 	h := hex.EncodeToString(b)
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
+
+func (r *encryptRequest) meta() *RequestMetadata  { return &r.RequestMetadata }
+func (r *decryptRequest) meta() *RequestMetadata  { return &r.RequestMetadata }
+func (r *metadataRequest) meta() *RequestMetadata { return &r.RequestMetadata }
+func (r *healthRequest) meta() *RequestMetadata   { return &r.RequestMetadata }
