@@ -44,8 +44,12 @@
 // # Health
 //
 // health performs one real encrypt and decrypt on Config.HealthKey,
-// through the pipeline (authorized and audited as the signer), and keeps
-// the result for HealthTTL, so AWS's polling costs one pair per 30 s.
+// through the pipeline (authorized and audited as the signer: the policy
+// must let the key store's access keys Encrypt and Decrypt with it), and
+// keeps the result for HealthTTL, so AWS's polling costs one pair per
+// 30 s. It answers ACTIVE or UNAVAILABLE in ekmFleetDetails, with HTTP
+// 200 either way; the spec exempts health from secondary authorization,
+// which here means only that any authenticated principal may poll.
 //
 // # Limitations
 //
@@ -556,6 +560,11 @@ func (s *Server) checkHealth(ctx context.Context, caller pipeline.Caller) bool {
 		}
 		return true
 	}()
+	if ctx.Err() != nil {
+		// The poller went away mid-check: its failure says nothing of
+		// the keys, so it is not kept for the next poll.
+		return ok
+	}
 	s.healthSeen, s.healthAt, s.healthy = true, s.cfg.Now(), ok
 	return ok
 }
