@@ -69,6 +69,7 @@ import (
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/policy"
 	"github.com/keybroker/keybroker/rpc"
+	"github.com/keybroker/keybroker/xks"
 )
 
 // Backends returns the registry of every built-in root of trust. Every
@@ -106,12 +107,16 @@ type Node struct {
 	audit    *audit.Log
 	rpc      *rpc.Server // maps errors to the codes audit lines record
 	awsAddr  string      // the AWS KMS API's address, when served
-	// signingKeys keeps the AWS access keys' signing keys (aws_kms).
+	xksAddr  string      // the XKS proxy API's address, when served
+	// signingKeys keeps the AWS access keys' signing keys (aws_kms, xks).
 	signingKeys *awsjson.Cached
 }
 
 // AWSAddr is the address the AWS KMS API listens on ("" when not served).
 func (n *Node) AWSAddr() string { return n.awsAddr }
+
+// XKSAddr is the address the XKS proxy API listens on ("" when not served).
+func (n *Node) XKSAddr() string { return n.xksAddr }
 
 // Options are the host process's contributions.
 type Options struct {
@@ -235,7 +240,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		centrals = func(ctx context.Context) ([]server.Central, error) { return liveCentrals(ctx, presence) }
 	}
 	var revoked func(string)
-	if cfg.AWSKMS != nil {
+	if cfg.AWSKMS != nil || cfg.XKS != nil {
 		n.signingKeys = awsjson.NewCached(n.svc, 10_000)
 		revoked = n.signingKeys.Forget
 	}
@@ -263,6 +268,16 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 			return nil, err
 		}
 	}
+	if x := cfg.XKS; x != nil {
+		front, err := xks.New(xks.Config{Pipeline: srv.Pipeline(), Status: srv.Status, Credentials: n.signingKeys,
+			Region: x.Region, Prefix: x.Prefix, HealthKey: x.HealthKey, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		if n.xksAddr, err = sh.ServeFront("xks", x.Listen, sh.ID().PublicServerTLS(), front); err != nil {
+			return nil, err
+		}
+	}
 	sh.Go(n.svc.Registry().Follow)
 	if n.policies != nil {
 		sh.Go(n.policies.follow)
@@ -271,7 +286,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 	sh.Go(n.reloadLoop)
 	sh.Go(n.sweepLoop)
 	log.Info("central ready", "node_id", cfg.NodeID, "grpc_addr", sh.Addr(), "advertise_address", advertise, "ops_addr", sh.OpsAddr(),
-		"backends", n.roots.Names(), "policy", n.policy.Current().Hash()[:12], "aws_kms_addr", n.awsAddr)
+		"backends", n.roots.Names(), "policy", n.policy.Current().Hash()[:12], "aws_kms_addr", n.awsAddr, "xks_addr", n.xksAddr)
 	return n, nil
 }
 

@@ -56,6 +56,9 @@ type Central struct {
 	// AWSKMS serves the AWS KMS JSON API on a listener of its own.
 	// Optional.
 	AWSKMS *AWSKMS `yaml:"aws_kms,omitempty"`
+	// XKS serves the AWS KMS External Key Store proxy API on a listener
+	// of its own. Optional.
+	XKS *XKS `yaml:"xks,omitempty"`
 }
 
 // BackendBudget is a token bucket per principal, charged for every call to
@@ -305,6 +308,11 @@ func (c *Central) validate() problems {
 	c.BackendBudget.check(&p, "backend_budget")
 	c.Store.check(&p, "store")
 	c.AWSKMS.check(&p, "aws_kms", c.Listen, c.OpsListen)
+	others := map[string]string{"listen": c.Listen, "ops_listen": c.OpsListen}
+	if c.AWSKMS != nil {
+		others["aws_kms.listen"] = c.AWSKMS.Listen
+	}
+	c.XKS.check(&p, "xks", others)
 	return p
 }
 

@@ -73,7 +73,7 @@ func TestNodeKnownFields(t *testing.T) {
 		typ  reflect.Type
 		own  []string
 	}{
-		{"central", reflect.TypeFor[Central](), []string{"backends", "root_keys", "default_root_keys", "policy", "edges", "backend_budget", "store", "aws_kms"}},
+		{"central", reflect.TypeFor[Central](), []string{"backends", "root_keys", "default_root_keys", "policy", "edges", "backend_budget", "store", "aws_kms", "xks"}},
 		{"edge", reflect.TypeFor[Edge](), []string{"region", "labels", "central", "prefetch", "max_staleness", "reconnect"}},
 	} {
 		_, got := yamlFields(tc.typ)
