@@ -34,7 +34,7 @@ func (s *keys) Material(_ context.Context, k *Key, v uint32) (*secret.Bytes, err
 	return s.mat[k.ID].Clone(), nil
 }
 
-func newOps(t *testing.T) (byID, *keys) {
+func newOps(t testing.TB) (byID, *keys) {
 	t.Helper()
 	now := time.Unix(1_700_000_000, 0).UTC()
 	src := &keys{m: map[string]*Key{}, mat: map[string]*secret.Bytes{}}
