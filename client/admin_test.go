@@ -123,7 +123,6 @@ func deadAddr(t *testing.T) string {
 // key it made rather than AlreadyExists — but not with another's key.
 func TestAdminFailsOver(t *testing.T) {
 	t.Parallel()
-	const td = "kb.test"
 	ca, files := testCA(t, identity.Admin, "ops")
 	newAdmin := func(t *testing.T, addrs ...string) kbv1.KeyAdminClient {
 		t.Helper()
