@@ -4,23 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
-
-	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
-	"github.com/keybroker/keybroker/identity"
-	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestXKSProcess: a central process configured with xks serves the XKS
@@ -30,37 +22,10 @@ import (
 // health check answers ACTIVE; a path outside the prefix is
 // InvalidUriPathException.
 func TestXKSProcess(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	c := framework.NewProcessesOn(t, framework.SoftkmsRoots, framework.BasicRoots,
-		"xks: {listen: \""+addr+"\", region: eu-west-1, prefix: /kb/xks, health_key: demo}\n")
+	_, addr, key, hc := awsFrontCentral(t, func(addr string) string {
+		return "xks: {listen: \"" + addr + "\", region: eu-west-1, prefix: /kb/xks, health_key: demo}\n"
+	})
 	ctx := t.Context()
-	if _, err := c.Admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "demo", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
-		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": framework.TrustDomain}}); err != nil {
-		t.Fatal(err)
-	}
-	out, stderr, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "create", "--principal", "admin/ops", "--output", "json")
-	if code != 0 {
-		t.Fatalf("access-key create: %s", stderr)
-	}
-	var key struct {
-		ID     string `json:"access_key_id"`
-		Secret string `json:"secret_access_key"`
-	}
-	if err := json.Unmarshal([]byte(out), &key); err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(c.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	post := func(path string, req any) (int, map[string]any) {
 		t.Helper()
 		body, _ := json.Marshal(req)
