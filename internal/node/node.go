@@ -41,6 +41,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
 	"github.com/keybroker/keybroker/audit"
@@ -63,6 +64,10 @@ type Shell struct {
 	lis     net.Listener
 	opsLis  net.Listener
 	fronts  []*http.Server // front-ends of their own (ServeFront)
+
+	frontOnce  sync.Once
+	frontCount *prometheus.CounterVec
+	frontTime  *prometheus.HistogramVec
 
 	loopCtx context.Context
 	stop    context.CancelFunc
@@ -234,6 +239,7 @@ func (s *Shell) ServeFront(name, addr string, tlsCfg *tls.Config, h http.Handler
 	if err != nil {
 		return "", fmt.Errorf("%s: %s: listen: %w", s.name, name, err)
 	}
+	h = s.frontMetrics(name, h)
 	srv := &http.Server{Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
 		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 	s.fronts = append(s.fronts, srv)
@@ -243,6 +249,21 @@ func (s *Shell) ServeFront(name, addr string, tlsCfg *tls.Config, h http.Handler
 		}
 	}()
 	return lis.Addr().String(), nil
+}
+
+// frontMetrics counts a front-end's answers by HTTP status and times them:
+// keybroker_front_requests_total{front,code} and
+// keybroker_front_request_seconds{front}.
+func (s *Shell) frontMetrics(name string, h http.Handler) http.Handler {
+	s.frontOnce.Do(func() {
+		s.frontCount = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keybroker_front_requests_total",
+			Help: "Requests a front-end of its own listener (aws_kms, xks) answered, by HTTP status."}, []string{"front", "code"})
+		s.frontTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keybroker_front_request_seconds",
+			Help: "Time a front-end of its own listener took to answer.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}, []string{"front"})
+		s.metrics.MustRegister(s.frontCount, s.frontTime)
+	})
+	return promhttp.InstrumentHandlerDuration(s.frontTime.MustCurryWith(prometheus.Labels{"front": name}),
+		promhttp.InstrumentHandlerCounter(s.frontCount.MustCurryWith(prometheus.Labels{"front": name}), h))
 }
 
 // Go runs loop in the background until Shutdown; call it after Serve.

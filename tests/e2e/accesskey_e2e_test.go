@@ -90,6 +90,9 @@ func TestAWSKMSAPIProcess(t *testing.T) {
 	if err != nil || string(dec.Plaintext) != "over https" || aws.ToString(dec.KeyId) != "arn:aws:kms:eu-west-1:111122223333:key/demo" {
 		t.Fatalf("Decrypt = %v, %v", dec, err)
 	}
+	if n := c.MetricAt(t, c.Central.OpsAddr, "keybroker_front_requests_total", `code="200",front="aws_kms"`); n < 2 {
+		t.Errorf("keybroker_front_requests_total{front=\"aws_kms\",code=\"200\"} = %v after two calls", n)
+	}
 	if _, _, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "revoke", key.ID); code != 0 {
 		t.Fatal("access-key revoke failed")
 	}
