@@ -22,6 +22,16 @@
 // The HPKE info string is "keybroker/v1/sealed-material" ‖ 0 ‖ edge id ‖ 0
 // ‖ key id ‖ 0 ‖ u32 version, so a blob sealed for one edge, key or version
 // opens for no other.
+//
+// # Cost
+//
+// Each Seal is a fresh HPKE encapsulation — an ephemeral X25519 key, one
+// X25519 exchange and an ML-KEM-768 encapsulation — and that is what a
+// sealed blob costs: a blob shares no secret with any other. Parsing the
+// edge's public key (for ML-KEM, expanding its matrix from the seed) is
+// not part of that; Seal keeps the parsed keys of the last few edges it
+// sealed to, so an edge's snapshot of N keys parses its key once, not N
+// times.
 package sealed
 
 import (
@@ -29,6 +39,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/keybroker/keybroker/secret"
 )
@@ -114,6 +125,41 @@ func ParsePublicKey(b []byte) (hpke.PublicKey, error) {
 	return pub, nil
 }
 
+// maxRecipients bounds the parsed public keys Seal keeps: one per edge
+// sealed to recently (an ML-KEM-768 key with its expanded matrix is about
+// 6 KB), emptied when full.
+const maxRecipients = 256
+
+// recipients holds the public keys Seal has parsed, by their encoding. A
+// parsed key is read-only (hpke.Seal only reads it), so one may serve
+// concurrent calls; the encoding determines it, so a hit is the key a parse
+// would return. Keys that do not parse are not kept.
+var recipients = struct {
+	sync.Mutex
+	m map[string]hpke.PublicKey
+}{m: map[string]hpke.PublicKey{}}
+
+// recipient returns the parsed public key b, parsing it on first use.
+func recipient(b []byte) (hpke.PublicKey, error) {
+	recipients.Lock()
+	pub, ok := recipients.m[string(b)]
+	recipients.Unlock()
+	if ok {
+		return pub, nil
+	}
+	pub, err := ParsePublicKey(b)
+	if err != nil {
+		return nil, err
+	}
+	recipients.Lock()
+	if len(recipients.m) >= maxRecipients {
+		clear(recipients.m)
+	}
+	recipients.m[string(b)] = pub
+	recipients.Unlock()
+	return pub, nil
+}
+
 // Info is the HPKE info string binding a sealed blob to its edge, key and
 // version.
 func Info(edgeID, keyID string, version uint32) []byte {
@@ -125,9 +171,10 @@ func Info(edgeID, keyID string, version uint32) []byte {
 }
 
 // Seal seals material to an edge's public key (as PrivateKey.PublicKey
-// encodes it) for one key version.
+// encodes it) for one key version. The parsed key is kept for the next
+// Seal to the same edge (see Cost in the package doc).
 func Seal(edgePublicKey []byte, edgeID, keyID string, version uint32, material *secret.Bytes) ([]byte, error) {
-	pub, err := ParsePublicKey(edgePublicKey)
+	pub, err := recipient(edgePublicKey)
 	if err != nil {
 		return nil, err
 	}

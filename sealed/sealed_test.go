@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"sync"
 	"testing"
 
 	"github.com/keybroker/keybroker/secret"
@@ -53,6 +54,86 @@ func TestSealOpen(t *testing.T) {
 		if _, err := Open(edge, blob[:n], "edge-eu-1", "payments", 3); err == nil {
 			t.Errorf("truncated to %d: opened", n)
 		}
+	}
+}
+
+// TestSealKeepsParsedKeys checks Seal's cache of parsed public keys: each
+// blob still opens for its own edge only, two blobs to one edge share no
+// encapsulation, a key that does not parse is refused every time and not
+// kept, concurrent Seals to one edge all open (run with -race), and the
+// cache stays within maxRecipients.
+func TestSealKeepsParsedKeys(t *testing.T) {
+	a, _ := GenerateKey()
+	b, _ := GenerateKey()
+	m := secret.Copy(bytes.Repeat([]byte{7}, 32))
+	var blobs [][]byte
+	for _, to := range []*PrivateKey{a, a, b, a} {
+		blob, err := Seal(to.PublicKey(), "e", "k", 1, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := Open(to, blob, "e", "k", 1); err != nil || !got.Equal(m) {
+			t.Fatalf("Open by its edge = %v, %v", got, err)
+		}
+		other := a
+		if to == a {
+			other = b
+		}
+		if _, err := Open(other, blob, "e", "k", 1); !errors.Is(err, ErrOpen) {
+			t.Fatalf("Open by the other edge: err = %v, want ErrOpen", err)
+		}
+		blobs = append(blobs, blob)
+	}
+	// X25519's share is the last 32 bytes of the encapsulation, ML-KEM's
+	// ciphertext the 1088 before it: both fresh for every blob.
+	const enc = 1088 + 32
+	if bytes.Equal(blobs[0][7:7+enc-32], blobs[1][7:7+enc-32]) || bytes.Equal(blobs[0][7+enc-32:7+enc], blobs[1][7+enc-32:7+enc]) {
+		t.Fatal("two blobs sealed to one edge share an encapsulation")
+	}
+
+	bad := a.PublicKey()[:len(a.PublicKey())-1]
+	for range 2 {
+		if _, err := Seal(bad, "e", "k", 1, m); err == nil {
+			t.Fatal("Seal to a truncated public key: no error")
+		}
+	}
+	recipients.Lock()
+	_, kept := recipients.m[string(bad)]
+	recipients.Unlock()
+	if kept {
+		t.Fatal("a public key that does not parse was kept")
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			blob, err := Seal(b.PublicKey(), "e", "k", 2, m)
+			if err == nil {
+				_, err = Open(b, blob, "e", "k", 2)
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent Seal: %v", err)
+		}
+	}
+
+	for range maxRecipients + 1 {
+		k, _ := GenerateKey()
+		if _, err := Seal(k.PublicKey(), "e", "k", 1, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recipients.Lock()
+	n := len(recipients.m)
+	recipients.Unlock()
+	if n > maxRecipients || n == 0 {
+		t.Fatalf("recipients holds %d keys, want 1..%d", n, maxRecipients)
 	}
 }
 
@@ -222,6 +303,13 @@ func BenchmarkSealOpen(b *testing.B) {
 	edge, _ := GenerateKey()
 	m := secret.Copy(bytes.Repeat([]byte{1}, 32))
 	pub := edge.PublicKey()
+	b.Run("ParsePublicKey", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := ParsePublicKey(pub); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("Seal", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := Seal(pub, "e", "k", 1, m); err != nil {

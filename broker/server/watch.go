@@ -465,7 +465,7 @@ func (w *watcher) edgeKey(ctx context.Context, k *managed.Key, current bool) (*k
 		if hold && v.Version >= k.MinDecryptionVersion {
 			sv, ok := w.sealed.get(k, v)
 			if !ok {
-				blob, err := w.s.svc.SealMaterial(ctx, w.node, k, v.Version)
+				blob, err := w.seal(ctx, k, v.Version)
 				if err != nil {
 					return nil, w.s.toStatus(err).Err()
 				}
@@ -483,6 +483,38 @@ func (w *watcher) edgeKey(ctx context.Context, k *managed.Key, current bool) (*k
 		w.sealed.put(k.ID, held)
 	}
 	return ek, nil
+}
+
+// sealWaitMax bounds the pause between attempts to seal while the edge's
+// budget of calls to the roots of trust is spent.
+const sealWaitMax = 250 * time.Millisecond
+
+// seal seals version v of k's material to the edge. Deriving the material
+// is a call to a root of trust charged to the edge's budget, and a
+// snapshot of more keys than the budget's burst spends it: the stream used
+// to fail with ResourceExhausted, the edge reconnected for a new snapshot
+// and the central sealed again every key it had sent, so that a new edge
+// took several snapshots' sealing to synchronise (five at 10,000 keys) and
+// at a million keys might never finish. The stream waits for the budget
+// instead, pausing 2 ms doubling to sealWaitMax: the budget still bounds
+// the edge's calls, and the snapshot goes at its rate. Any other error, or
+// the stream's end, returns.
+func (w *watcher) seal(ctx context.Context, k *managed.Key, v uint32) ([]byte, error) {
+	pause := 2 * time.Millisecond
+	for {
+		blob, err := w.s.svc.SealMaterial(ctx, w.node, k, v)
+		if !errors.Is(err, managed.ErrResourceExhausted) {
+			return blob, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		pause = min(2*pause, sealWaitMax)
+	}
 }
 
 // maxSealedBlobs bounds a stream's sealCache: about 1.2 KB each (an

@@ -103,7 +103,11 @@ func decadeName(i int) string {
 // replica and catches up), and a new edge fully synchronised (Shutdown,
 // Start on the same directory with a second, never-started edge, until
 // that edge has applied the central node's revision: this includes the
-// central node's restart, which the restart figure gives alone). Last,
+// central node's restart, which the restart figure gives alone). The new
+// edge prefetches: each key's material is derived by a root-of-trust call
+// charged to that edge's budget (500/s past a burst of 1,000), so its
+// synchronisation takes at least (N − 1,000) ÷ 500 s whatever the CPU;
+// the profile says what the CPU was. Last,
 // the size of the registry (registry.db, or etcd's data directory) and
 // of the edge's replica.db.
 //

@@ -1,0 +1,80 @@
+package server
+
+import (
+	"fmt"
+	"testing"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/broker"
+	"github.com/keybroker/keybroker/internal/budget"
+	"github.com/keybroker/keybroker/managed"
+	"github.com/keybroker/keybroker/sealed"
+)
+
+// TestWatchSnapshotWaitsForBudget: a prefetching edge whose snapshot needs
+// more calls to the roots of trust than its budget's burst gets the whole
+// snapshot on one stream, every key's material sealed to it and opening,
+// while the budget still refuses the calls past it (the stream waited for
+// the budget rather than failing with ResourceExhausted and starting the
+// snapshot again).
+func TestWatchSnapshotWaitsForBudget(t *testing.T) {
+	e := start(t)
+	const n = 120
+	for i := range n {
+		if _, err := e.svc.CreateKey(t.Context(), broker.CreateParams{ID: fmt.Sprintf("tenant-%07d", i), Type: managed.AES256GCM,
+			Mode: managed.ModeDerive, Placement: `principal.region == "eu"`}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, _, err := e.register(t, "edge-1", "eu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bud, err := budget.New(budget.Config{Rate: 400, Burst: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.roots.SetBudget(bud)
+	refusedBefore := refusals(e)
+
+	stream, err := edge.sync.Watch(t.Context(), &kbv1.WatchRequest{ChunkedSnapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for more := true; more; {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv after %d keys: %v", got, err)
+		}
+		snap := ev.GetSnapshot()
+		if snap == nil {
+			t.Fatalf("got %T, want a snapshot chunk", ev.GetEvent())
+		}
+		for _, k := range snap.GetKeys() {
+			id := k.GetMetadata().GetKeyId()
+			for _, v := range k.GetVersions() {
+				if _, err := sealed.Open(edge.sk, v.GetSealedMaterial(), "edge-1", id, v.GetVersion()); err != nil {
+					t.Fatalf("key %s version %d: material does not open: %v", id, v.GetVersion(), err)
+				}
+			}
+			got++
+		}
+		more = snap.GetMore()
+	}
+	if got != n {
+		t.Fatalf("snapshot of %d keys, want %d", got, n)
+	}
+	if refusals(e) == refusedBefore {
+		t.Fatal("the budget refused no call: the test did not spend it")
+	}
+}
+
+func refusals(e *testEnv) uint64 {
+	var n uint64
+	for _, c := range e.roots.Refused() {
+		n += c
+	}
+	return n
+}
