@@ -29,8 +29,6 @@ package awsjson
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,6 +43,7 @@ import (
 
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/internal/sigv4"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/pipeline"
@@ -145,7 +144,7 @@ func handle[Req any](op func(*Server, context.Context, pipeline.Caller, *Req) (a
 
 // ServeHTTP answers one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rid := newRequestID()
+	rid := callinfo.NewRequestID()
 	w.Header().Set("x-amzn-RequestId", rid)
 	if r.Method != http.MethodPost || r.URL.Path != "/" {
 		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnknownOperationException", Message: "the AWS KMS API is POST / with X-Amz-Target"})
@@ -208,13 +207,6 @@ func invocationID(r *http.Request) string {
 		return ""
 	}
 	return id
-}
-
-func newRequestID() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	h := hex.EncodeToString(b)
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
 // Error is an answer in AWS's error shape.

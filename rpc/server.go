@@ -45,8 +45,6 @@ package rpc
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"log/slog"
 	"regexp"
@@ -130,12 +128,6 @@ func (s *Server) outcome(err error) (string, string) {
 
 var reqIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
-func newRequestID() string {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // carriesRequestIDs says whether a caller of this kind is trusted to name
 // the request it acts for: nodes are (an edge forwards and fetches under
 // its own call's id, so the edge's and the central tier's audit lines
@@ -164,7 +156,7 @@ func (s *Server) authenticate(ctx context.Context, fullMethod string, req any) (
 		rid, crid = sent, sentClient
 	}
 	if rid == "" {
-		rid = newRequestID()
+		rid = callinfo.NewRequestID()
 	}
 	hdr := metadata.Pairs(callinfo.RequestIDHeader, rid)
 	if crid != "" {

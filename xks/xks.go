@@ -62,9 +62,7 @@ package xks
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -81,6 +79,7 @@ import (
 
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/internal/sigv4"
 	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/pipeline"
@@ -359,7 +358,7 @@ func (m *RequestMetadata) check(keyOp bool) error {
 // caller is who calls: the signer, with kmsRequestId as the client
 // request id.
 func (m *RequestMetadata) caller(who identity.Identity) pipeline.Caller {
-	return pipeline.Caller{Who: who, RequestID: newRequestID(), ClientRequestID: clipText(m.KMSRequestID)}
+	return pipeline.Caller{Who: who, RequestID: callinfo.NewRequestID(), ClientRequestID: clipText(m.KMSRequestID)}
 }
 
 // detail is the request metadata for the audit line.
@@ -633,13 +632,6 @@ func clipText(s string) string {
 		return s[:128] + "…"
 	}
 	return s
-}
-
-func newRequestID() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	h := hex.EncodeToString(b)
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
 func (r *encryptRequest) meta() *RequestMetadata  { return &r.RequestMetadata }
