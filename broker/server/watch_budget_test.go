@@ -2,7 +2,9 @@ package server
 
 import (
 	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/broker"
@@ -31,7 +33,17 @@ func TestWatchSnapshotWaitsForBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bud, err := budget.New(budget.Config{Rate: 400, Burst: 5})
+	// The budget's clock moves 1 ms each time it is read, so each attempt
+	// refills 0.4 of a call: past the burst, attempts are refused however
+	// fast or slow the machine is, and every third one goes through.
+	var mu sync.Mutex
+	clock := time.Unix(1_700_000_000, 0)
+	bud, err := budget.New(budget.Config{Rate: 400, Burst: 5, Now: func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		clock = clock.Add(time.Millisecond)
+		return clock
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
