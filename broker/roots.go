@@ -71,8 +71,9 @@ type Roots struct {
 	log     *slog.Logger
 	refused sync.Map // CallKey → *atomic.Uint64
 
-	// budget, when set, bounds each principal's calls (SetBudget).
-	budget atomic.Pointer[budget.Budget]
+	// budget, when set, bounds each principal's calls (SetBudget);
+	// edgeBudget, when set, each edge's instead.
+	budget, edgeBudget atomic.Pointer[budget.Budget]
 }
 
 // RoleOf is the role a root key needs to serve keys of mode m.
@@ -184,6 +185,11 @@ type CallKey struct{ Backend, Op string }
 // principal's bucket in b. Call it before serving.
 func (r *Roots) SetBudget(b *budget.Budget) { r.budget.Store(b) }
 
+// SetEdgeBudget makes calls made on an edge's behalf — the material it
+// holds, sealed by Watch or fetched — charge the edge's bucket in b
+// rather than the budget SetBudget set. Call it before serving.
+func (r *Roots) SetEdgeBudget(b *budget.Budget) { r.edgeBudget.Store(b) }
+
 // instrument puts a root's backend behind backends.Instrument, which
 // checks, admits (charges), counts, audits, times and traces every call
 // the central tier makes to it: no call site counts by hand, and none can
@@ -209,8 +215,18 @@ func (r *Roots) instrument(name string, u backends.KeyURI, b backends.Backend) b
 // never see another principal's refusal. Work the node does by itself (the
 // lifecycle sweep) carries no principal and is not charged.
 func (r *Roots) admit(ctx context.Context, c backends.Call) error {
-	if b := r.budget.Load(); b != nil {
-		if who, ok := identity.FromContext(ctx); ok && !b.Take(who.String()) {
+	who, ok := identity.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	b := r.budget.Load()
+	if who.Kind == identity.Edge {
+		if eb := r.edgeBudget.Load(); eb != nil {
+			b = eb
+		}
+	}
+	if b != nil {
+		if !b.Take(who.String()) {
 			count(&r.refused, CallKey(c))
 			// The refusal is this caller's alone: a call coalesced with
 			// others (material, data keys) is run again for them.

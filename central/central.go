@@ -35,7 +35,10 @@
 // that principal's token bucket (backend_budget; package internal/budget,
 // charged by the decorator every root is behind, backends.Instrument, through
 // broker.Roots' admission hook); refusals are ResourceExhausted, audited,
-// and counted in keybroker_backend_budget_refusals_total.
+// and counted in keybroker_backend_budget_refusals_total. Edges have
+// buckets of their own size (edge_rate, edge_burst): their calls derive the
+// material they hold, one per key version when a prefetching edge first
+// synchronises, not requests.
 package central
 
 import (
@@ -177,6 +180,11 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		return nil, err
 	}
 	n.roots.SetBudget(bud)
+	edgeBud, err := budget.New(budget.Config{Rate: float64(cfg.BackendBudget.EdgeRate), Burst: cfg.BackendBudget.EdgeBurst, MaxPrincipals: cfg.BackendBudget.MaxPrincipals})
+	if err != nil {
+		return nil, err
+	}
+	n.roots.SetEdgeBudget(edgeBud)
 	if n.store, err = openStore(ctx, cfg); err != nil {
 		return nil, err
 	}

@@ -78,12 +78,25 @@ type BackendBudget struct {
 	// recently is forgotten first (and starts afresh). Default 10000,
 	// range 1..10000000.
 	MaxPrincipals int `yaml:"max_principals"`
+	// EdgeRate is the calls a second each edge may make on average,
+	// instead of Rate: an edge's calls derive the material it holds — one
+	// per key version, sealed once per Watch stream — so a prefetching
+	// edge of N keys makes N calls when it first synchronises, where a
+	// client's budget is meant for requests. Default 20000, range
+	// 1..1000000; lower it on a metered or slow root of trust (a new
+	// prefetching edge then fills at this rate).
+	EdgeRate int `yaml:"edge_rate"`
+	// EdgeBurst is the calls an edge may make at once. Default 20000,
+	// range 1..1000000.
+	EdgeBurst int `yaml:"edge_burst"`
 }
 
 func (b BackendBudget) check(p *problems, field string) {
 	checkInt(p, field+".rate", int64(b.Rate), 1, 1_000_000, "")
 	checkInt(p, field+".burst", int64(b.Burst), 1, 1_000_000, "")
 	checkInt(p, field+".max_principals", int64(b.MaxPrincipals), 1, 10_000_000, "")
+	checkInt(p, field+".edge_rate", int64(b.EdgeRate), 1, 1_000_000, "")
+	checkInt(p, field+".edge_burst", int64(b.EdgeBurst), 1, 1_000_000, "")
 }
 
 // Edges says how the central tier keeps track of connected edges. An
@@ -226,10 +239,11 @@ const (
 // depends on data_dir: ResolvePaths fills it.
 func DefaultCentral() Central {
 	return Central{
-		Node:          defaultNode(),
-		Policy:        Policy{ReloadInterval: DefaultReloadInterval},
-		Edges:         Edges{Lease: DefaultEdgeLease},
-		BackendBudget: BackendBudget{Rate: budget.DefaultRate, Burst: budget.DefaultBurst, MaxPrincipals: budget.DefaultMaxPrincipals},
+		Node:   defaultNode(),
+		Policy: Policy{ReloadInterval: DefaultReloadInterval},
+		Edges:  Edges{Lease: DefaultEdgeLease},
+		BackendBudget: BackendBudget{Rate: budget.DefaultRate, Burst: budget.DefaultBurst, MaxPrincipals: budget.DefaultMaxPrincipals,
+			EdgeRate: budget.DefaultEdgeRate, EdgeBurst: budget.DefaultEdgeBurst},
 	}
 }
 

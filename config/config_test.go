@@ -107,7 +107,7 @@ func TestDocExample(t *testing.T) {
 		},
 		Policy:        Policy{Paths: []string{"/etc/keybroker/policy"}, ReloadInterval: 10 * time.Second},
 		Edges:         Edges{Lease: 30 * time.Second},
-		BackendBudget: BackendBudget{Rate: 500, Burst: 1000, MaxPrincipals: 10000},
+		BackendBudget: BackendBudget{Rate: 500, Burst: 1000, MaxPrincipals: 10000, EdgeRate: 20000, EdgeBurst: 20000},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("full example (-want +got):\n%s", diff)

@@ -5,9 +5,11 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"runtime"
 	"sort"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -328,11 +330,15 @@ func (w *watcher) snapshot(ctx context.Context, chunked bool) (uint64, error) {
 	var rev uint64
 	err = w.s.svc.Registry().Scan(ctx, snapshotScanPage, func(p broker.KeyPage) error {
 		rev = p.Revision
-		for _, k := range p.Keys {
-			ek, err := w.edgeKey(ctx, k, true)
-			if err != nil {
-				return err
-			}
+		plans := make([]*keyPlan, len(p.Keys))
+		for i, k := range p.Keys {
+			plans[i] = w.plan(k, true)
+		}
+		if err := w.sealPlans(ctx, plans); err != nil {
+			return err
+		}
+		for _, pl := range plans {
+			ek := w.finish(pl)
 			n := proto.Size(ek) + 8 // and the field's tag and length
 			if chunked && len(snap.Keys) > 0 && (len(snap.Keys) == snapshotChunkKeys || size+n > snapshotChunkBytes) {
 				snap.More = true
@@ -445,7 +451,38 @@ func (w *watcher) nodes(ctx context.Context) (*kbv1.ListNodesResponse, error) {
 // record that is not current goes as metadata only: the edge fetches on
 // use, and FetchMaterial judges the key as it is.
 func (w *watcher) edgeKey(ctx context.Context, k *managed.Key, current bool) (*kbv1.EdgeKey, error) {
-	ek := &kbv1.EdgeKey{Metadata: wire.KeyToProto(k), Salt: k.Salt}
+	p := w.plan(k, current)
+	for i := range p.blobs {
+		blob, err := w.seal(ctx, k, p.ek.Versions[p.blobs[i].at].GetVersion())
+		if err != nil {
+			return nil, w.s.toStatus(err).Err()
+		}
+		p.blobs[i].blob = blob
+	}
+	return w.finish(p), nil
+}
+
+// keyPlan is an EdgeKey being built: the versions whose material goes
+// sealed from the stream's cache, and those still to be sealed (blobs).
+type keyPlan struct {
+	k     *managed.Key
+	ek    *kbv1.EdgeKey
+	held  map[uint32]sealedVersion // nil: the edge holds none of k
+	blobs []toSeal
+}
+
+// toSeal is a version of a keyPlan's key to seal: at indexes ek.Versions.
+type toSeal struct {
+	at   int
+	blob []byte
+}
+
+// plan decides what of k goes to the edge (the hold decision and its
+// audit line come first, before any material is derived) and takes what
+// the stream has sealed before from its cache. It runs on the watcher's
+// goroutine.
+func (w *watcher) plan(k *managed.Key, current bool) *keyPlan {
+	p := &keyPlan{k: k, ek: &kbv1.EdgeKey{Metadata: wire.KeyToProto(k), Salt: k.Salt}}
 	// Material goes with Watch only to edges that prefetch; the others
 	// fetch it on first use.
 	hold := current && w.node.Prefetch && k.State == managed.StateEnabled && k.Mode.HoldsMaterial()
@@ -459,30 +496,61 @@ func (w *watcher) edgeKey(ctx context.Context, k *managed.Key, current bool) (*k
 	if !hold {
 		w.sealed.drop(k.ID)
 	}
-	var held map[uint32]sealedVersion
 	for _, v := range k.Versions {
 		ev := &kbv1.EdgeKeyVersion{Version: v.Version, PublicKey: v.PublicKey}
 		if hold && v.Version >= k.MinDecryptionVersion {
-			sv, ok := w.sealed.get(k, v)
-			if !ok {
-				blob, err := w.seal(ctx, k, v.Version)
-				if err != nil {
-					return nil, w.s.toStatus(err).Err()
-				}
-				sv = sealedVersion{keyCreated: k.Created, created: v.Created, root: v.RootKey, incarnation: k.Incarnation(), blob: blob}
+			if p.held == nil {
+				p.held = map[uint32]sealedVersion{}
 			}
-			if held == nil {
-				held = map[uint32]sealedVersion{}
+			if sv, ok := w.sealed.get(k, v); ok {
+				p.held[v.Version] = sv
+				ev.SealedMaterial = sv.blob
+			} else {
+				p.blobs = append(p.blobs, toSeal{at: len(p.ek.Versions)})
 			}
-			held[v.Version] = sv
-			ev.SealedMaterial = sv.blob
 		}
-		ek.Versions = append(ek.Versions, ev)
+		p.ek.Versions = append(p.ek.Versions, ev)
 	}
-	if held != nil {
-		w.sealed.put(k.ID, held)
+	return p
+}
+
+// finish puts the sealed blobs in the EdgeKey and the stream's cache. It
+// runs on the watcher's goroutine.
+func (w *watcher) finish(p *keyPlan) *kbv1.EdgeKey {
+	for _, b := range p.blobs {
+		ev := p.ek.Versions[b.at]
+		ev.SealedMaterial = b.blob
+		v := p.k.Version(ev.GetVersion())
+		p.held[v.Version] = sealedVersion{keyCreated: p.k.Created, created: v.Created, root: v.RootKey, incarnation: p.k.Incarnation(), blob: b.blob}
 	}
-	return ek, nil
+	if p.held != nil {
+		w.sealed.put(p.k.ID, p.held)
+	}
+	return p.ek
+}
+
+// sealPlans seals every version the plans still need, on up to GOMAXPROCS
+// goroutines: sealing is an HPKE encapsulation (about 0.2 ms of CPU) after
+// a root-of-trust call, and a new prefetching edge's snapshot needs one
+// per key version, so one goroutine bounded a snapshot at about 5,000 keys
+// a second whatever the machine. Each call is charged to the edge's budget
+// and waits for it as seal does; the first error ends them all.
+func (w *watcher) sealPlans(ctx context.Context, plans []*keyPlan) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for _, p := range plans {
+		for i := range p.blobs {
+			g.Go(func() error {
+				blob, err := w.seal(gctx, p.k, p.ek.Versions[p.blobs[i].at].GetVersion())
+				if err != nil {
+					return w.s.toStatus(err).Err()
+				}
+				p.blobs[i].blob = blob
+				return nil
+			})
+		}
+	}
+	return g.Wait()
 }
 
 // sealWaitMax bounds the pause between attempts to seal while the edge's

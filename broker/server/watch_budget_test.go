@@ -90,3 +90,64 @@ func refusals(e *testEnv) uint64 {
 	}
 	return n
 }
+
+// TestEdgeBudgetIsTheEdges: with an edge budget set, a prefetching edge's
+// snapshot is charged to it and not to the budget every other principal
+// shares: a client budget of one call (on a clock that never moves) refuses
+// nothing of a 120-key snapshot, and the edge budget counts its calls.
+func TestEdgeBudgetIsTheEdges(t *testing.T) {
+	e := start(t)
+	const n = 120
+	for i := range n {
+		if _, err := e.svc.CreateKey(t.Context(), broker.CreateParams{ID: fmt.Sprintf("tenant-%07d", i), Type: managed.AES256GCM,
+			Mode: managed.ModeDerive, Placement: `principal.region == "eu"`}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, _, err := e.register(t, "edge-1", "eu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	frozen := func() time.Time { return time.Unix(1_700_000_000, 0) }
+	clients, err := budget.New(budget.Config{Rate: 1, Burst: 1, Now: frozen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edges, err := budget.New(budget.Config{Rate: 1, Burst: 10 * n, Now: frozen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.roots.SetBudget(clients)
+	e.roots.SetEdgeBudget(edges)
+	stream, err := edge.sync.Watch(t.Context(), &kbv1.WatchRequest{ChunkedSnapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for more := true; more; {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("Recv after %d keys: %v", got, err)
+		}
+		for _, k := range ev.GetSnapshot().GetKeys() {
+			if len(k.GetVersions()) == 0 || len(k.GetVersions()[0].GetSealedMaterial()) == 0 {
+				t.Fatalf("key %s came without material", k.GetMetadata().GetKeyId())
+			}
+			got++
+		}
+		more = ev.GetSnapshot().GetMore()
+	}
+	if got != n {
+		t.Fatalf("snapshot of %d keys, want %d", got, n)
+	}
+	if r := refusals(e); r != 0 {
+		t.Fatalf("%d calls refused: the edge was charged to the clients' budget", r)
+	}
+	if clients.Tracked() != 0 {
+		t.Fatalf("the clients' budget tracks %d principals, want none", clients.Tracked())
+	}
+	if edges.Tracked() != 1 {
+		t.Fatalf("the edge budget tracks %d principals, want the edge", edges.Tracked())
+	}
+}

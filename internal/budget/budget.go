@@ -38,6 +38,10 @@ const (
 	DefaultRate          = 500
 	DefaultBurst         = 1000
 	DefaultMaxPrincipals = 10_000
+	// DefaultEdgeRate and DefaultEdgeBurst are an edge's: see
+	// config.BackendBudget.
+	DefaultEdgeRate  = 20_000
+	DefaultEdgeBurst = 20_000
 )
 
 // Config assembles a Budget.

@@ -105,8 +105,9 @@ func decadeName(i int) string {
 // that edge has applied the central node's revision: this includes the
 // central node's restart, which the restart figure gives alone). The new
 // edge prefetches: each key's material is derived by a root-of-trust call
-// charged to that edge's budget (500/s past a burst of 1,000), so its
-// synchronisation takes at least (N − 1,000) ÷ 500 s whatever the CPU;
+// charged to that edge's budget (backend_budget.edge_rate, 20,000/s past a
+// burst of 20,000; it was the clients' 500/s before edges had one), and
+// sealed on every core;
 // the profile says what the CPU was. Last,
 // the size of the registry (registry.db, or etcd's data directory) and
 // of the edge's replica.db.
