@@ -2,7 +2,9 @@ package scenarios_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -31,6 +33,9 @@ const (
 	scaleEtcdKeysEnv = "KEYBROKER_SCALE_ETCD_KEYS" // for the etcd store, when it differs
 	defaultScaleKeys = 10000
 	scaleWorkers     = 8
+	// scaleRotations is how many keys are rotated at the end of each
+	// decade, for RotateKey's rate at that size.
+	scaleRotations = 400
 	// scaleHeapProfileEnv names a file prefix: with it, the benchmark
 	// writes a heap profile of the live heap once every key is created
 	// and applied (after a GC), to PREFIX.centrals=1-bbolt and so on.
@@ -40,6 +45,14 @@ const (
 	// and one of the restart and the new edge's synchronisation to
 	// PREFIX.centrals=1-bbolt.sync (go test -cpuprofile would mix them).
 	scaleCPUProfileEnv = "KEYBROKER_SCALE_CPUPROFILE"
+	// scaleDirEnv names a directory that keeps the cluster a run grew
+	// (in DIR/centrals=1-bbolt and so on) instead of a temporary one. A
+	// later run with the same key count finds it there (its scaleKeysFile
+	// says how many keys it holds) and measures only the restart and a
+	// new edge, so that growing to a million keys — most of an hour — is
+	// done once while the restart's and the new edge's code change.
+	scaleDirEnv   = "KEYBROKER_SCALE_DIR"
+	scaleKeysFile = "scale-keys"
 	// probeEvery paces the probe: a LookupKey and an Encrypt at the edge
 	// every probeEvery, enough samples for a p99 per decade at a CPU cost
 	// that stays small beside the creates'.
@@ -170,6 +183,9 @@ type decadeFigures struct {
 	edgeLag         time.Duration // from the last create's answer until the edge has applied it
 	cpu, etcdCPU    time.Duration
 	creates         *hdr.Histogram
+	rotated         int
+	rotateElapsed   time.Duration
+	rotates         *hdr.Histogram
 	lookups, encs   *hdr.Histogram
 	heapAlloc, rssB uint64
 }
@@ -186,7 +202,8 @@ func ms(h *hdr.Histogram, q float64) float64 {
 // growToScale runs BenchmarkScale once on tier t up to n keys.
 func growToScale(b *testing.B, t tier, n int) {
 	ctx := b.Context()
-	opts := devcluster.Options{Dir: b.TempDir(), Centrals: 1,
+	dir, grown := scaleDir(b, t, n)
+	opts := devcluster.Options{Dir: dir, Centrals: 1,
 		Edges: []devcluster.EdgeSpec{{Name: "edge-00", Region: "r0", Prefetch: true}}}
 	if t.etcd {
 		opts.Etcd = &devcluster.EtcdOptions{}
@@ -241,16 +258,22 @@ func growToScale(b *testing.B, t tier, n int) {
 		}
 	}
 	edgeApp := kbv1.NewKeyBrokerClient(dial(b, c, c.Edges[0].Addr(), identity.Client, devcluster.AppName))
+	rotate := func(ctx context.Context, w int, id string) error {
+		_, err := admins[w].RotateKey(ctx, &kbv1.KeyRequest{KeyId: id})
+		return err
+	}
 	create := func(ctx context.Context, w int, id string) error {
 		_, err := admins[w].CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
 			Mode: kbv1.KeyMode_KEY_MODE_DERIVE})
 		return err
 	}
 	// The probe's key: created first and not counted among the n.
-	if err := create(ctx, 0, "scale-probe"); err != nil {
-		b.Fatal(err)
+	if !grown {
+		if err := create(ctx, 0, "scale-probe"); err != nil {
+			b.Fatal(err)
+		}
+		waitSynced(c)
 	}
-	waitSynced(c)
 
 	var etcdPid int
 	if m := c.EtcdMember(); m != nil {
@@ -258,6 +281,10 @@ func growToScale(b *testing.B, t tier, n int) {
 	}
 	var out []decadeFigures
 	present := 0
+	if grown {
+		present = n
+		fmt.Fprintf(os.Stderr, "BenchmarkScale %s: %s holds %d keys already: measuring the restart and a new edge only\n", t, dir, n)
+	}
 	stopProfile := startCPUProfile(b, t, "create")
 	b.ResetTimer()
 	for i, bound := range scaleDecades {
@@ -332,13 +359,51 @@ func growToScale(b *testing.B, t tier, n int) {
 			writeHeapProfile(b, fmt.Sprintf("%s.%s", path, t))
 		}
 		b.StartTimer()
+
+		// RotateKey at this size: scaleRotations keys spread over those
+		// present, by the same workers, once the edge has caught up.
+		d.rotates = newLatencyHistogram()
+		d.rotated = min(scaleRotations, present)
+		start = time.Now()
+		next.Store(0)
+		for w := range scaleWorkers {
+			hists[w].Reset()
+			wg.Go(func() {
+				for {
+					k := next.Add(1) - 1
+					if k >= int64(d.rotated) {
+						return
+					}
+					t0 := time.Now()
+					if err := rotate(ctx, w, "scale-"+strconv.FormatInt(k*int64(present)/int64(d.rotated), 10)); err != nil {
+						errs[w] = err
+						return
+					}
+					_ = hists[w].RecordValue(min(time.Since(t0).Microseconds(), hists[w].HighestTrackableValue()))
+				}
+			})
+		}
+		wg.Wait()
+		d.rotateElapsed = time.Since(start)
+		for w := range scaleWorkers {
+			if errs[w] != nil {
+				b.Fatalf("rotating keys: %v", errs[w])
+			}
+			d.rotates.Merge(hists[w])
+		}
+		waitSynced(c)
 		out = append(out, d)
-		fmt.Fprintf(os.Stderr, "BenchmarkScale %s: %s: %.0f creates/s, edge lag %.2fs, %.0f CPU µs/create, LookupKey p99 %.2f ms, Encrypt p99 %.2f ms, heap %.0f B/key\n",
+		fmt.Fprintf(os.Stderr, "BenchmarkScale %s: %s: %.0f creates/s, edge lag %.2fs, %.0f CPU µs/create, LookupKey p99 %.2f ms, Encrypt p99 %.2f ms, heap %.0f B/key, %.0f rotates/s (p99 %.1f ms)\n",
 			t, d.name, float64(d.created)/d.createElapsed.Seconds(), d.edgeLag.Seconds(), float64(d.cpu)/float64(time.Microsecond)/float64(d.created),
-			ms(d.lookups, 99), ms(d.encs, 99), float64(d.heapAlloc)/float64(end))
+			ms(d.lookups, 99), ms(d.encs, 99), float64(d.heapAlloc)/float64(end), float64(d.rotated)/d.rotateElapsed.Seconds(), ms(d.rotates, 99))
 	}
 	b.StopTimer()
 	stopProfile()
+	if !grown && os.Getenv(scaleDirEnv) != "" {
+		if err := os.WriteFile(filepath.Join(dir, scaleKeysFile), []byte(strconv.Itoa(n)), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
 
 	// Restart to ready.
 	stopProfile = startCPUProfile(b, t, "sync")
@@ -352,7 +417,8 @@ func growToScale(b *testing.B, t tier, n int) {
 
 	// A new edge fully synchronised.
 	shutdown()
-	opts.Edges = append(opts.Edges, devcluster.EdgeSpec{Name: "edge-new", Region: "r1", Prefetch: true})
+	// Named afresh on each run, so that it is new in a kept directory too.
+	opts.Edges = append(opts.Edges, devcluster.EdgeSpec{Name: fmt.Sprintf("edge-new-%d", time.Now().Unix()), Region: "r1", Prefetch: true})
 	t0 = time.Now()
 	if running, err = devcluster.Start(ctx, opts); err != nil {
 		b.Fatal(err)
@@ -374,6 +440,34 @@ func growToScale(b *testing.B, t tier, n int) {
 	registry, replica := storeSizes(opts.Dir)
 
 	reportScale(b, t, n, out, restart, newEdge, registry, replica, etcdPid != 0)
+}
+
+// scaleDir is where tier t's cluster lives: a temporary directory, or
+// under KEYBROKER_SCALE_DIR, kept; grown says that a kept one already holds
+// n keys.
+func scaleDir(b *testing.B, t tier, n int) (dir string, grown bool) {
+	root := os.Getenv(scaleDirEnv)
+	if root == "" {
+		return b.TempDir(), false
+	}
+	dir = filepath.Join(root, t.String())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, scaleKeysFile))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+			b.Fatalf("%s holds a cluster that was not grown to the end (no %s): remove it", dir, scaleKeysFile)
+		}
+		return dir, false
+	case err != nil:
+		b.Fatal(err)
+	}
+	if strings.TrimSpace(string(got)) != strconv.Itoa(n) {
+		b.Fatalf("%s holds %s keys, not %d: remove it or ask for that many", dir, got, n)
+	}
+	return dir, true
 }
 
 // progress prints, every 30 seconds until done is closed, how many keys
@@ -523,7 +617,7 @@ func reportScale(b *testing.B, t tier, n int, out []decadeFigures, restart, newE
 	if etcd {
 		head += "etcd CPU µs/create\t"
 	}
-	fmt.Fprintln(tw, head+"LookupKey p99 ms\tEncrypt p99 ms\tprobe calls\theap B/key\tRSS B/key\t")
+	fmt.Fprintln(tw, head+"LookupKey p99 ms\tEncrypt p99 ms\tprobe calls\theap B/key\tRSS B/key\trotates/s\trotate p99 ms\t")
 	for _, d := range out {
 		rate := float64(d.created) / d.createElapsed.Seconds()
 		at := "@" + d.name
@@ -540,8 +634,11 @@ func reportScale(b *testing.B, t tier, n int, out []decadeFigures, restart, newE
 			b.ReportMetric(perCreate(d.etcdCPU, d.created), "etcd-cpu-µs/create"+at)
 			row += fmt.Sprintf("%.0f\t", perCreate(d.etcdCPU, d.created))
 		}
-		row += fmt.Sprintf("%.2f\t%.2f\t%d\t%.0f\t%.0f\t", ms(d.lookups, 99), ms(d.encs, 99), d.lookups.TotalCount(),
-			float64(d.heapAlloc)/float64(d.keysAtEnd), float64(d.rssB)/float64(d.keysAtEnd))
+		rot := float64(d.rotated) / d.rotateElapsed.Seconds()
+		b.ReportMetric(rot, "rotates/s"+at)
+		b.ReportMetric(ms(d.rotates, 99), "rotate-p99-ms"+at)
+		row += fmt.Sprintf("%.2f\t%.2f\t%d\t%.0f\t%.0f\t%.0f\t%.1f\t", ms(d.lookups, 99), ms(d.encs, 99), d.lookups.TotalCount(),
+			float64(d.heapAlloc)/float64(d.keysAtEnd), float64(d.rssB)/float64(d.keysAtEnd), rot, ms(d.rotates, 99))
 		fmt.Fprintln(tw, row)
 	}
 	_ = tw.Flush()
