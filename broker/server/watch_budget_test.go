@@ -20,19 +20,7 @@ import (
 // the budget rather than failing with ResourceExhausted and starting the
 // snapshot again).
 func TestWatchSnapshotWaitsForBudget(t *testing.T) {
-	e := start(t)
-	const n = 120
-	for i := range n {
-		if _, err := e.svc.CreateKey(t.Context(), broker.CreateParams{ID: fmt.Sprintf("tenant-%07d", i), Type: managed.AES256GCM,
-			Mode: managed.ModeDerive, Placement: `principal.region == "eu"`}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	e.enroll(t, "edge-1", "eu", nil)
-	edge, _, err := e.register(t, "edge-1", "eu")
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, edge := prefetchingEdge(t, budgetKeys)
 	// The budget's clock moves 1 ms each time it is read, so each attempt
 	// refills 0.4 of a call: past the burst, attempts are refused however
 	// fast or slow the machine is, and every third one goes through.
@@ -49,7 +37,71 @@ func TestWatchSnapshotWaitsForBudget(t *testing.T) {
 	}
 	e.roots.SetBudget(bud)
 	refusedBefore := refusals(e)
+	if got := wholeSnapshot(t, edge); got != budgetKeys {
+		t.Fatalf("snapshot of %d keys, want %d", got, budgetKeys)
+	}
+	if refusals(e) == refusedBefore {
+		t.Fatal("the budget refused no call: the test did not spend it")
+	}
+}
 
+// TestEdgeBudgetIsTheEdges: with an edge budget set, a prefetching edge's
+// snapshot is charged to it and not to the budget every other principal
+// shares: a client budget of one call (on a clock that never moves) refuses
+// nothing of the snapshot, and the edge budget counts its calls.
+func TestEdgeBudgetIsTheEdges(t *testing.T) {
+	e, edge := prefetchingEdge(t, budgetKeys)
+	frozen := func() time.Time { return time.Unix(1_700_000_000, 0) }
+	clients, err := budget.New(budget.Config{Rate: 1, Burst: 1, Now: frozen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	edges, err := budget.New(budget.Config{Rate: 1, Burst: 10 * budgetKeys, Now: frozen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.roots.SetBudget(clients)
+	e.roots.SetEdgeBudget(edges)
+	if got := wholeSnapshot(t, edge); got != budgetKeys {
+		t.Fatalf("snapshot of %d keys, want %d", got, budgetKeys)
+	}
+	if r := refusals(e); r != 0 {
+		t.Fatalf("%d calls refused: the edge was charged to the clients' budget", r)
+	}
+	if clients.Tracked() != 0 {
+		t.Fatalf("the clients' budget tracks %d principals, want none", clients.Tracked())
+	}
+	if edges.Tracked() != 1 {
+		t.Fatalf("the edge budget tracks %d principals, want the edge", edges.Tracked())
+	}
+}
+
+// budgetKeys is how many keys the budget tests' edge may hold.
+const budgetKeys = 120
+
+// prefetchingEdge makes n derive-mode keys placed in region eu and a
+// registered prefetching edge there, edge-1.
+func prefetchingEdge(t *testing.T, n int) (*testEnv, *testEdge) {
+	t.Helper()
+	e := start(t)
+	for i := range n {
+		if _, err := e.svc.CreateKey(t.Context(), broker.CreateParams{ID: fmt.Sprintf("tenant-%07d", i), Type: managed.AES256GCM,
+			Mode: managed.ModeDerive, Placement: `principal.region == "eu"`}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, _, err := e.register(t, "edge-1", "eu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, edge
+}
+
+// wholeSnapshot reads a chunked snapshot to its end, checking that every
+// version's material opens with the edge's key, and counts its keys.
+func wholeSnapshot(t *testing.T, edge *testEdge) int {
+	t.Helper()
 	stream, err := edge.sync.Watch(t.Context(), &kbv1.WatchRequest{ChunkedSnapshot: true})
 	if err != nil {
 		t.Fatal(err)
@@ -66,6 +118,9 @@ func TestWatchSnapshotWaitsForBudget(t *testing.T) {
 		}
 		for _, k := range snap.GetKeys() {
 			id := k.GetMetadata().GetKeyId()
+			if len(k.GetVersions()) == 0 {
+				t.Fatalf("key %s has no versions", id)
+			}
 			for _, v := range k.GetVersions() {
 				if _, err := sealed.Open(edge.sk, v.GetSealedMaterial(), "edge-1", id, v.GetVersion()); err != nil {
 					t.Fatalf("key %s version %d: material does not open: %v", id, v.GetVersion(), err)
@@ -75,12 +130,7 @@ func TestWatchSnapshotWaitsForBudget(t *testing.T) {
 		}
 		more = snap.GetMore()
 	}
-	if got != n {
-		t.Fatalf("snapshot of %d keys, want %d", got, n)
-	}
-	if refusals(e) == refusedBefore {
-		t.Fatal("the budget refused no call: the test did not spend it")
-	}
+	return got
 }
 
 func refusals(e *testEnv) uint64 {
@@ -89,65 +139,4 @@ func refusals(e *testEnv) uint64 {
 		n += c
 	}
 	return n
-}
-
-// TestEdgeBudgetIsTheEdges: with an edge budget set, a prefetching edge's
-// snapshot is charged to it and not to the budget every other principal
-// shares: a client budget of one call (on a clock that never moves) refuses
-// nothing of a 120-key snapshot, and the edge budget counts its calls.
-func TestEdgeBudgetIsTheEdges(t *testing.T) {
-	e := start(t)
-	const n = 120
-	for i := range n {
-		if _, err := e.svc.CreateKey(t.Context(), broker.CreateParams{ID: fmt.Sprintf("tenant-%07d", i), Type: managed.AES256GCM,
-			Mode: managed.ModeDerive, Placement: `principal.region == "eu"`}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	e.enroll(t, "edge-1", "eu", nil)
-	edge, _, err := e.register(t, "edge-1", "eu")
-	if err != nil {
-		t.Fatal(err)
-	}
-	frozen := func() time.Time { return time.Unix(1_700_000_000, 0) }
-	clients, err := budget.New(budget.Config{Rate: 1, Burst: 1, Now: frozen})
-	if err != nil {
-		t.Fatal(err)
-	}
-	edges, err := budget.New(budget.Config{Rate: 1, Burst: 10 * n, Now: frozen})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.roots.SetBudget(clients)
-	e.roots.SetEdgeBudget(edges)
-	stream, err := edge.sync.Watch(t.Context(), &kbv1.WatchRequest{ChunkedSnapshot: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := 0
-	for more := true; more; {
-		ev, err := stream.Recv()
-		if err != nil {
-			t.Fatalf("Recv after %d keys: %v", got, err)
-		}
-		for _, k := range ev.GetSnapshot().GetKeys() {
-			if len(k.GetVersions()) == 0 || len(k.GetVersions()[0].GetSealedMaterial()) == 0 {
-				t.Fatalf("key %s came without material", k.GetMetadata().GetKeyId())
-			}
-			got++
-		}
-		more = ev.GetSnapshot().GetMore()
-	}
-	if got != n {
-		t.Fatalf("snapshot of %d keys, want %d", got, n)
-	}
-	if r := refusals(e); r != 0 {
-		t.Fatalf("%d calls refused: the edge was charged to the clients' budget", r)
-	}
-	if clients.Tracked() != 0 {
-		t.Fatalf("the clients' budget tracks %d principals, want none", clients.Tracked())
-	}
-	if edges.Tracked() != 1 {
-		t.Fatalf("the edge budget tracks %d principals, want the edge", edges.Tracked())
-	}
 }
