@@ -274,6 +274,8 @@ type holdMemo struct {
 
 type stats struct {
 	fetches, fetchRefusals, forwards, events, reconnects, wakes atomic.Uint64
+	// queued counts the stream's results received and not yet applied.
+	queued atomic.Int64
 }
 
 // Open loads the replica from DataDir (creating it and the sealing key on

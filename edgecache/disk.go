@@ -46,6 +46,10 @@ type disk struct {
 	// commits counts the write transactions committed for the Watch
 	// stream (changes and staged snapshot chunks): one fdatasync each.
 	commits atomic.Uint64
+	// failApply, set only by tests before the edge runs, fails apply's
+	// transaction after its writes when it returns an error: a commit
+	// that does not happen.
+	failApply func(*change) error
 }
 
 // update runs fn in a write transaction for the Watch stream and counts
@@ -217,11 +221,9 @@ type change struct {
 	reset    bool // drop every key (a snapshot follows in keys)
 	// staged (with reset): the keys bucket becomes the staging area's,
 	// to which keys are added.
-	staged bool
-	// placement: this edge's region or labels changed (not stored).
-	placement bool
-	keys      []*kbv1.EdgeKey
-	deleted   []string
+	staged  bool
+	keys    []*kbv1.EdgeKey
+	deleted []string
 	// dropMaterial removes fetched material: every version of a key
 	// (version 0) or the versions below a minimum.
 	dropMaterial map[string]uint32
@@ -290,6 +292,9 @@ func (d *disk) apply(c *change) error {
 			if err := dropMaterial(mb, id, below); err != nil {
 				return err
 			}
+		}
+		if d.failApply != nil {
+			return d.failApply(c)
 		}
 		return nil
 	})

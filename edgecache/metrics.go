@@ -7,7 +7,7 @@ import (
 // RegisterMetrics adds the cache's gauges and counters to reg:
 // keybroker_edge_material_entries, _material_hits_total,
 // _material_misses_total, _material_evictions_total, _fetches_total,
-// _fetch_refusals_total, _forwards_total, _events_total,
+// _fetch_refusals_total, _forwards_total, _events_total, _events_queued,
 // _replica_commits_total, _reconnects_total, _reconnect_wakes_total, _data_keys_refused_total, _revision, _connected and
 // _lease_remaining_seconds
 // (negative once the lease has run out).
@@ -28,6 +28,7 @@ func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
 		counter("fetch_refusals_total", "FetchMaterial calls the central tier refused (placement).", c.stats.fetchRefusals.Load),
 		counter("forwards_total", "Calls forwarded to the central tier.", c.stats.forwards.Load),
 		counter("events_total", "Watch events applied.", c.stats.events.Load),
+		gauge("events_queued", "Watch events received and not yet applied (at most 1,000).", func() float64 { return float64(c.stats.queued.Load()) }),
 		counter("replica_commits_total", "Write transactions committed to replica.db for the Watch stream (one fdatasync each).", c.disk.commits.Load),
 		counter("reconnects_total", "Times the edge lost the central tier and reconnected.", c.stats.reconnects.Load),
 		counter("reconnect_wakes_total", "Retry waits cut short because the connection to the central tier came back up.", c.stats.wakes.Load),
