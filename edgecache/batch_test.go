@@ -369,6 +369,9 @@ func TestGroupCommitCut(t *testing.T) {
 				t.Errorf("the next Watch asks from revision %d, want %d", req.GetFromRevision(), wantRev)
 			}
 			diffReplicas(t, tc.name, replicaOf(t, oneAtATime(t, tc.applied)), replicaOf(t, ec))
+			if n := ec.stats.queued.Load(); n != 0 {
+				t.Errorf("%d events still counted as queued after the stream ended, want 0", n)
+			}
 		})
 	}
 }

@@ -173,7 +173,13 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 	budget := semaphore.NewWeighted(queueBytes)
 	receiving := make(chan struct{})
 	go func() { defer close(receiving); receive(ctx, stream, q, budget, &c.stats.queued) }()
-	defer func() { cancel(); <-receiving }()
+	defer func() {
+		cancel()
+		<-receiving
+		// What the session leaves unapplied is no longer queued: the
+		// next Watch resumes from the revision applied.
+		c.stats.queued.Add(-int64(len(q)))
+	}()
 	// staging is a snapshot whose chunks are arriving. If the stream ends
 	// first, the replica is as it was and the next Watch asks from the
 	// same revision.
