@@ -10,14 +10,38 @@
 // Cache.Run registers the edge (its HPKE public key and address) and
 // follows the central tier with Watch: a snapshot, or the
 // events after the last revision applied, then every key change, inventory
-// change, policy revision and heartbeat as it commits. Each event is
-// applied and written to disk (replica.db) in one transaction, then
+// change, policy revision and heartbeat as it commits. Events are
+// written to disk (replica.db) first, then applied in memory, then
 // acknowledged, so ListNodes shows which revision every edge has reached.
 // A lost stream is re-established with jittered exponential backoff and
 // resumes from the last revision applied; a wait ends as soon as the
 // connection to the central tier is ready again, so an edge follows a
 // central tier that is back without sitting out a backoff grown during
 // the outage.
+//
+// # Group commit
+//
+// A goroutine reads the stream ahead of the applier into a queue bounded
+// at 1,000 events and 16 MiB. The applier takes the first event queued
+// and whatever else is queued behind it, up to 1,000 events or 4 MiB,
+// and commits them in one bbolt transaction (one fdatasync): with one
+// transaction per event an edge applied about 500 changes a second,
+// whatever the central tier made. The batch holds each key as its last
+// event leaves it, the last lease, policy and inventory, the highest
+// revision, and the material every event withdraws, each decided against
+// the policy and inventory of the events before it: a key disabled and
+// enabled again, or an edge moved out of a region and back, loses its
+// material as it would have event by event. Only after the commit does
+// memory change — revision, lease, policy, inventory, keys, material
+// zeroed — under the lock, in one step, and is the revision acknowledged.
+// A crash mid-batch, a failed commit or a stream that ends leaves the
+// replica at the revision of the last batch committed: the next Watch
+// resumes there. An event that cannot be applied (a key or policy that
+// does not parse) ends the stream after the events before it commit. A
+// snapshot's chunks are never batched: the events before a chunk commit
+// first, and each chunk is staged as below. The queue's depth is
+// keybroker_edge_events_queued; the transactions,
+// keybroker_edge_replica_commits_total.
 //
 // # Snapshots in chunks
 //
@@ -274,6 +298,8 @@ type holdMemo struct {
 
 type stats struct {
 	fetches, fetchRefusals, forwards, events, reconnects, wakes atomic.Uint64
+	// queued counts the stream's results received and not yet applied.
+	queued atomic.Int64
 }
 
 // Open loads the replica from DataDir (creating it and the sealing key on

@@ -74,7 +74,16 @@ func (f *fakeSync) Watch(req *kbv1.WatchRequest, stream grpc.ServerStreamingServ
 
 // startFakeSync serves f on loopback (plain gRPC: the edge's code under
 // test is the same over TLS) and opens an edge following it.
-func startFakeSync(t *testing.T, f *fakeSync) *Cache {
+func startFakeSync(t testing.TB, f *fakeSync) *Cache {
+	t.Helper()
+	ec := openFakeSync(t, f)
+	runFakeSync(t, ec)
+	return ec
+}
+
+// openFakeSync serves f on loopback and opens an edge connected to it,
+// not yet following it (runFakeSync).
+func openFakeSync(t testing.TB, f *fakeSync) *Cache {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, "listen", err)
@@ -88,11 +97,17 @@ func startFakeSync(t *testing.T, f *fakeSync) *Cache {
 	ec, err := Open(Config{NodeID: "edge-1", TrustDomain: testTD, Address: "127.0.0.1:1", DataDir: t.TempDir(),
 		Central: conn, MaxStaleness: time.Hour, InitialBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
 	must(t, "Open", err)
+	t.Cleanup(func() { ec.Close() })
+	return ec
+}
+
+// runFakeSync runs ec until the end of the test.
+func runFakeSync(t testing.TB, ec *Cache) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { defer close(done); ec.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done; ec.Close() })
-	return ec
+	t.Cleanup(func() { cancel(); <-done })
 }
 
 // chunks is a snapshot at rev of keys first..first+n-1 in chunks of size

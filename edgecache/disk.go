@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -40,7 +41,26 @@ var (
 	stateSynced   = []byte("synced")   // i64 unix nanoseconds: when the last event arrived
 )
 
-type disk struct{ db *bolt.DB }
+type disk struct {
+	db *bolt.DB
+	// commits counts the write transactions committed for the Watch
+	// stream (changes and staged snapshot chunks): one fdatasync each.
+	commits atomic.Uint64
+	// failApply, set only by tests before the edge runs, fails apply's
+	// transaction after its writes when it returns an error: a commit
+	// that does not happen.
+	failApply func(*change) error
+}
+
+// update runs fn in a write transaction for the Watch stream and counts
+// it once committed.
+func (d *disk) update(fn func(*bolt.Tx) error) error {
+	if err := d.db.Update(fn); err != nil {
+		return err
+	}
+	d.commits.Add(1)
+	return nil
+}
 
 func openDisk(dir string) (*disk, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -201,18 +221,16 @@ type change struct {
 	reset    bool // drop every key (a snapshot follows in keys)
 	// staged (with reset): the keys bucket becomes the staging area's,
 	// to which keys are added.
-	staged bool
-	// placement: this edge's region or labels changed (not stored).
-	placement bool
-	keys      []*kbv1.EdgeKey
-	deleted   []string
+	staged  bool
+	keys    []*kbv1.EdgeKey
+	deleted []string
 	// dropMaterial removes fetched material: every version of a key
 	// (version 0) or the versions below a minimum.
 	dropMaterial map[string]uint32
 }
 
 func (d *disk) apply(c *change) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
+	return d.update(func(tx *bolt.Tx) error {
 		st, kb, mb := tx.Bucket(bucketState), tx.Bucket(bucketKeys), tx.Bucket(bucketMaterial)
 		if c.revision != 0 {
 			if err := st.Put(stateRevision, binary.BigEndian.AppendUint64(nil, c.revision)); err != nil {
@@ -275,6 +293,9 @@ func (d *disk) apply(c *change) error {
 				return err
 			}
 		}
+		if d.failApply != nil {
+			return d.failApply(c)
+		}
 		return nil
 	})
 }
@@ -282,7 +303,7 @@ func (d *disk) apply(c *change) error {
 // stageBegin empties the staging area for a snapshot that arrives in
 // chunks.
 func (d *disk) stageBegin() error {
-	return d.db.Update(func(tx *bolt.Tx) error {
+	return d.update(func(tx *bolt.Tx) error {
 		if err := tx.DeleteBucket(bucketStaging); err != nil && !errors.Is(err, bolterrors.ErrBucketNotFound) {
 			return err
 		}
@@ -297,7 +318,7 @@ func (d *disk) stageBegin() error {
 
 // stage adds one chunk's keys to the staging area, in one transaction.
 func (d *disk) stage(keys []*kbv1.EdgeKey) error {
-	return d.db.Update(func(tx *bolt.Tx) error {
+	return d.update(func(tx *bolt.Tx) error {
 		sb := tx.Bucket(bucketStaging)
 		if sb == nil || sb.Bucket(bucketKeys) == nil {
 			return errors.New("no snapshot staged")

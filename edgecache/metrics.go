@@ -7,8 +7,8 @@ import (
 // RegisterMetrics adds the cache's gauges and counters to reg:
 // keybroker_edge_material_entries, _material_hits_total,
 // _material_misses_total, _material_evictions_total, _fetches_total,
-// _fetch_refusals_total, _forwards_total, _events_total,
-// _reconnects_total, _reconnect_wakes_total, _data_keys_refused_total, _revision, _connected and
+// _fetch_refusals_total, _forwards_total, _events_total, _events_queued,
+// _replica_commits_total, _reconnects_total, _reconnect_wakes_total, _data_keys_refused_total, _revision, _connected and
 // _lease_remaining_seconds
 // (negative once the lease has run out).
 func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
@@ -28,6 +28,8 @@ func (c *Cache) RegisterMetrics(reg prometheus.Registerer) error {
 		counter("fetch_refusals_total", "FetchMaterial calls the central tier refused (placement).", c.stats.fetchRefusals.Load),
 		counter("forwards_total", "Calls forwarded to the central tier.", c.stats.forwards.Load),
 		counter("events_total", "Watch events applied.", c.stats.events.Load),
+		gauge("events_queued", "Watch events received and not yet applied (at most 1,000).", func() float64 { return float64(c.stats.queued.Load()) }),
+		counter("replica_commits_total", "Write transactions committed to replica.db for the Watch stream (one fdatasync each).", c.disk.commits.Load),
 		counter("reconnects_total", "Times the edge lost the central tier and reconnected.", c.stats.reconnects.Load),
 		counter("reconnect_wakes_total", "Retry waits cut short because the connection to the central tier came back up.", c.stats.wakes.Load),
 		counter("data_keys_refused_total", "Data keys refused because their key version had wrapped data_key_reuse.max_data_keys_per_version here (rotate the key).", c.ops.DataKeysRefused),
@@ -62,6 +64,9 @@ type Stats struct {
 	MaterialHits, MaterialMisses, MaterialEvictions uint64
 	MaterialEntries                                 int
 	DataKeysCreated                                 uint64
+	// ReplicaCommits counts the write transactions committed to
+	// replica.db for the Watch stream.
+	ReplicaCommits uint64
 }
 
 // Stats returns the counters.
@@ -71,5 +76,6 @@ func (c *Cache) Stats() Stats {
 		Events: c.stats.events.Load(), Reconnects: c.stats.reconnects.Load(), ReconnectWakes: c.stats.wakes.Load(),
 		MaterialHits: c.plain.hits(), MaterialMisses: c.plain.misses(), MaterialEvictions: c.plain.evictions(),
 		MaterialEntries: c.plain.Len(), DataKeysCreated: c.ops.DataKeysCreated(),
+		ReplicaCommits: c.disk.commits.Load(),
 	}
 }

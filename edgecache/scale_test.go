@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
@@ -164,5 +166,48 @@ func BenchmarkReplicaMemory(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// BenchmarkApplyChanges follows a fake central tier that sends key
+// changes (updates of existing keys, each with 120 bytes of material
+// sealed to the edge, as for a prefetching edge) faster than the edge
+// applies them, to a replica of N keys, with replica.db synced on every
+// commit as in production (not NoSync). One op is one change applied;
+// it reports changes applied per second and commits per change. Run it
+// with a fixed count: -benchtime=5000x (the replica of N keys is built
+// again for every run).
+func BenchmarkApplyChanges(b *testing.B) {
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			changes := make([]*kbv1.WatchEvent, b.N)
+			for i := range changes {
+				rev := uint64(i + 2)
+				changes[i] = &kbv1.WatchEvent{Revision: rev, Event: &kbv1.WatchEvent_Key{Key: scaleKey((i*7919)%n, rev, 120)}}
+			}
+			f := &fakeSync{sessions: make(chan fakeSession, 2)}
+			got, release := make(chan *kbv1.WatchRequest, 1), make(chan struct{})
+			f.sessions <- fakeSession{events: append(chunks(1, 0, n, 1000), heartbeat(1)), end: status.Error(codes.Unavailable, "snapshot sent")}
+			f.sessions <- fakeSession{got: got, release: release, events: changes}
+			ec := startFakeSync(b, f)
+			<-got
+			waitFor(b, "the snapshot to apply", func() bool { return ec.Revision() == 1 })
+			commits := ec.Stats().ReplicaCommits
+			b.ResetTimer()
+			t0 := time.Now()
+			close(release)
+			want := uint64(b.N + 1)
+			deadline := t0.Add(10 * time.Minute)
+			for ec.Revision() < want {
+				if time.Now().After(deadline) {
+					b.Fatalf("revision %d after 10 minutes, want %d", ec.Revision(), want)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			took := time.Since(t0)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/took.Seconds(), "changes/s")
+			b.ReportMetric(float64(ec.Stats().ReplicaCommits-commits)/float64(b.N), "commits/change")
+		})
 	}
 }

@@ -8,14 +8,17 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/btree"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/internal/wire"
@@ -166,30 +169,138 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("watch: %w", err)
 	}
+	q := make(chan received, batchEvents)
+	budget := semaphore.NewWeighted(queueBytes)
+	receiving := make(chan struct{})
+	go func() { defer close(receiving); receive(ctx, stream, q, budget, &c.stats.queued) }()
+	defer func() {
+		cancel()
+		<-receiving
+		// What the session leaves unapplied is no longer queued: the
+		// next Watch resumes from the revision applied.
+		c.stats.queued.Add(-int64(len(q)))
+	}()
 	// staging is a snapshot whose chunks are arriving. If the stream ends
 	// first, the replica is as it was and the next Watch asks from the
 	// same revision.
 	var staging *snapshotStage
 	for {
+		var group []received
+		select {
+		case r := <-q:
+			group = append(group, r)
+		case <-ctx.Done():
+			return progressed, ctx.Err()
+		}
+		// What else is queued joins it, up to a batch's bounds.
+		size := group[0].size
+	drain:
+		for len(group) < batchEvents && size < batchBytes && group[len(group)-1].err == nil {
+			select {
+			case r := <-q:
+				group = append(group, r)
+				size += r.size
+			default:
+				break drain
+			}
+		}
+		staging, err = c.applyGroup(group, staging, &progressed)
+		budget.Release(size)
+		c.stats.queued.Add(-int64(len(group)))
+		if err != nil {
+			return progressed, err
+		}
+	}
+}
+
+// The bounds of group commit: a batch is at most batchEvents events and
+// about batchBytes of them (the event that crosses the bound is the
+// last), and the events received but not yet applied are at most
+// batchEvents and queueBytes (a snapshot chunk is under 4 MiB).
+const (
+	batchEvents = 1000
+	batchBytes  = 4 << 20
+	queueBytes  = 16 << 20
+)
+
+// received is one result of the stream's Recv, queued for the applier:
+// an event (and its size, held from the queue's byte budget) or the
+// error that ended the stream.
+type received struct {
+	ev   *kbv1.WatchEvent
+	size int64
+	err  error
+}
+
+// receive reads the Watch stream into q, ahead of the applier, within
+// budget bytes, until the stream ends (its error is the last thing
+// queued) or ctx does. queued counts what it adds; the applier takes
+// off what it has applied.
+func receive(ctx context.Context, stream grpc.ServerStreamingClient[kbv1.WatchEvent], q chan<- received, budget *semaphore.Weighted, queued *atomic.Int64) {
+	for {
 		ev, err := stream.Recv()
-		if err == io.EOF {
-			return progressed, errors.New("watch: the central tier ended the stream")
+		r := received{ev: ev, err: err}
+		if err == nil {
+			r.size = min(int64(proto.Size(ev)), queueBytes)
+			if budget.Acquire(ctx, r.size) != nil {
+				return
+			}
+		}
+		queued.Add(1)
+		select {
+		case q <- r:
+		case <-ctx.Done():
+			queued.Add(-1)
+			return
 		}
 		if err != nil {
-			if wire.IsNotEnrolled(err) {
-				c.forget(err)
-			}
-			return progressed, fmt.Errorf("watch: %w", err)
+			return
 		}
-		if !progressed {
+	}
+}
+
+// applyGroup applies events received together: the changes among them
+// in one transaction (group commit), a snapshot's chunks each on its
+// own as before. It returns the snapshot still arriving, if any. An
+// event that cannot be applied, or the stream's end, still lets the
+// events before it commit: the replica stays at the revision of the last
+// event applied, and the next Watch resumes from there.
+func (c *Cache) applyGroup(group []received, staging *snapshotStage, progressed *bool) (*snapshotStage, error) {
+	b := c.newBatch()
+	flush := func(cause error) error {
+		if err := c.commit(b); err != nil {
+			return err
+		}
+		b = c.newBatch()
+		return cause
+	}
+	for _, r := range group {
+		if r.err != nil {
+			if err := flush(nil); err != nil {
+				return staging, err
+			}
+			if r.err == io.EOF {
+				return staging, errors.New("watch: the central tier ended the stream")
+			}
+			if wire.IsNotEnrolled(r.err) {
+				c.forget(r.err)
+			}
+			return staging, fmt.Errorf("watch: %w", r.err)
+		}
+		ev := r.ev
+		if !*progressed {
 			c.connected.Store(true)
-			progressed = true
+			*progressed = true
 			c.log.Info("following the central tier", "revision", ev.GetRevision(), "region", c.Region())
 		}
+		var err error
 		switch {
 		case ev.GetSnapshot() != nil:
+			if err := flush(nil); err != nil {
+				return staging, err
+			}
 			if staging, err = c.snapshotChunk(staging, ev); err != nil {
-				return progressed, err
+				return staging, err
 			}
 			continue
 		case staging == nil:
@@ -200,12 +311,13 @@ func (c *Cache) session(ctx context.Context) (progressed bool, err error) {
 			// keys withdrawn since — for as long as the snapshot takes.
 			continue
 		default:
-			return progressed, fmt.Errorf("watch: an event at revision %d in the middle of the snapshot at revision %d", ev.GetRevision(), staging.revision)
+			return staging, fmt.Errorf("watch: an event at revision %d in the middle of the snapshot at revision %d", ev.GetRevision(), staging.revision)
 		}
-		if err := c.apply(ev); err != nil {
-			return progressed, err
+		if err = c.fold(b, ev); err != nil {
+			return staging, flush(err)
 		}
 	}
+	return staging, flush(nil)
 }
 
 // checkEnrolled compares the region and labels the central tier enrolled
@@ -282,14 +394,60 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 		}
 		return err
 	}
+	b := c.newBatch()
+	if err := c.fold(b, ev); err != nil {
+		return err
+	}
+	return c.commit(b)
+}
+
+// batch is Watch events folded into one change of the replica, applied
+// by commit in one transaction: the keys as the batch leaves them (the
+// last event on an id wins), the last lease, policy and inventory, the
+// highest revision, and the material every event withdraws. Placement
+// is decided event by event against the policy and inventory the events
+// before it brought (view), so the material dropped is what applying
+// the events one at a time would drop.
+type batch struct {
+	ch     change
+	events int // events folded into ch
+	// The view: the policy in force (set, changed by the batch if
+	// setChanged), this edge as placement sees it (me), the inventory
+	// (topo, with ch.nodes) and what Register answered (enrolled).
+	set        *policy.Set
+	setChanged bool
+	me         *placement.Node
+	topo       []placement.Node
+	enrolled   *placement.Node
+	// keys the batch creates or changes, by id (protos: their records
+	// for disk), and ids it deletes.
+	keys    map[string]*replicaKey
+	protos  map[string]*kbv1.EdgeKey
+	deleted map[string]bool
+	// fresh, for a snapshot (ch.reset), is the whole new set of keys.
+	fresh *keySet
+}
+
+// newBatch is an empty batch over the replica as it is.
+func (c *Cache) newBatch() *batch {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return &batch{set: c.policyLocked(), me: c.me, enrolled: c.enrolled, ch: change{dropMaterial: map[string]uint32{}}}
+}
+
+// fold adds one event to b. An event that cannot be applied leaves b as
+// it was.
+func (c *Cache) fold(b *batch, ev *kbv1.WatchEvent) error {
 	c.stats.events.Add(1)
-	ch := &change{revision: ev.GetRevision(), synced: c.now()}
-	var keys []*replicaKey
 	switch e := ev.GetEvent().(type) {
 	case *kbv1.WatchEvent_Heartbeat:
-		ch.lease = e.Heartbeat.GetLeaseExpires().AsTime()
+		b.ch.lease = e.Heartbeat.GetLeaseExpires().AsTime()
 	case *kbv1.WatchEvent_Nodes:
-		ch.nodes = e.Nodes
+		if c.setNodes(b, e.Nodes) {
+			// An admin changed this edge's region or labels: what it
+			// may hold is decided again for every key.
+			c.checkAll(b)
+		}
 	case *kbv1.WatchEvent_Policy:
 		set, err := parsePolicy(e.Policy)
 		if err != nil {
@@ -297,23 +455,96 @@ func (c *Cache) apply(ev *kbv1.WatchEvent) error {
 			// parse means a version mismatch. Keep the old one.
 			return fmt.Errorf("policy %s from the central tier does not parse here: %w", e.Policy.GetHash(), err)
 		}
-		ch.policy = e.Policy
-		c.mu.Lock()
-		c.policy = set
-		c.mu.Unlock()
+		b.ch.policy, b.set, b.setChanged = e.Policy, set, true
+		c.checkAll(b)
 	case *kbv1.WatchEvent_Key:
 		rk, err := c.fromProto(e.Key)
 		if err != nil {
 			return fmt.Errorf("key event: %w", err)
 		}
-		keys = append(keys, rk)
-		ch.keys = append(ch.keys, e.Key)
+		if b.keys == nil {
+			b.keys, b.protos = map[string]*replicaKey{}, map[string]*kbv1.EdgeKey{}
+		}
+		id := rk.key.ID
+		b.keys[id], b.protos[id] = rk, e.Key
+		delete(b.deleted, id)
+		c.check(b, rk)
 	case *kbv1.WatchEvent_DeletedKeyId:
-		ch.deleted = []string{e.DeletedKeyId}
+		id := e.DeletedKeyId
+		if b.deleted == nil {
+			b.deleted = map[string]bool{}
+		}
+		delete(b.keys, id)
+		delete(b.protos, id)
+		b.deleted[id] = true
+		b.drop(id, 0)
 	default:
 		return nil // an event this edge does not know: newer central; skip
 	}
-	return c.commit(ch, keys, nil)
+	b.ch.revision = max(b.ch.revision, ev.GetRevision())
+	b.ch.synced = c.now()
+	b.events++
+	return nil
+}
+
+// setNodes puts the inventory nodes in b's view and reports whether this
+// edge's region or labels changed.
+func (c *Cache) setNodes(b *batch, nodes *kbv1.ListNodesResponse) (moved bool) {
+	topo := wire.NodesFromProto(nodes.GetNodes())
+	me := c.selfFrom(topo, b.enrolled)
+	var was placement.Node // nil before the first restore: no region, no labels
+	if b.me != nil {
+		was = *b.me
+	}
+	moved = was.Region != me.Region || !maps.Equal(was.Labels, me.Labels)
+	if !moved && b.me != nil {
+		// The same node: keeping it keeps every key's remembered
+		// placement decision (holdMemo matches on it).
+		me = b.me
+	}
+	b.ch.nodes, b.topo, b.me = nodes, topo, me
+	return moved
+}
+
+// check withdraws the material of rk as b's view leaves it, if any must
+// go: every version of a key no longer enabled or that placement no
+// longer lets this edge hold, the versions below a raised minimum.
+func (c *Cache) check(b *batch, rk *replicaKey) {
+	switch {
+	case rk.key.State != managed.StateEnabled || !placement.MayHold(rk.key, b.me, b.set, c.cfg.TrustDomain):
+		b.drop(rk.key.ID, 0)
+	case rk.key.MinDecryptionVersion > 1:
+		b.drop(rk.key.ID, rk.key.MinDecryptionVersion)
+	}
+}
+
+// checkAll checks every key as b leaves the replica (after a policy or
+// placement change).
+func (c *Cache) checkAll(b *batch) {
+	var check []*replicaKey
+	c.mu.RLock()
+	for id, rk := range c.keys {
+		if b.keys[id] == nil && !b.deleted[id] {
+			check = append(check, rk)
+		}
+	}
+	c.mu.RUnlock()
+	for _, rk := range check {
+		c.check(b, rk)
+	}
+	for _, rk := range b.keys {
+		c.check(b, rk)
+	}
+}
+
+// drop adds to the material b withdraws: every version of key id (below
+// 0), or the versions below below. Withdrawals add up: every version
+// wins over some, and a higher minimum over a lower.
+func (b *batch) drop(id string, below uint32) {
+	if cur, ok := b.ch.dropMaterial[id]; ok && (cur == 0 || (below != 0 && below <= cur)) {
+		return
+	}
+	b.ch.dropMaterial[id] = below
 }
 
 // snapshotStage is a snapshot arriving in chunks (EdgeSnapshot.more): the
@@ -385,45 +616,48 @@ func (c *Cache) snapshotChunk(st *snapshotStage, ev *kbv1.WatchEvent) (*snapshot
 		}
 		return st, nil
 	}
+	b := c.newBatch()
+	b.ch.revision, b.ch.synced, b.ch.reset, b.ch.staged, b.ch.policy, b.ch.keys = st.revision, c.now(), true, st.staged, st.policy, snap.GetKeys()
 	if st.set != nil {
-		c.mu.Lock()
-		c.policy = st.set
-		c.mu.Unlock()
+		b.set, b.setChanged = st.set, true
 	}
-	ch := &change{revision: st.revision, synced: c.now(), reset: true, staged: st.staged, policy: st.policy,
-		nodes: &kbv1.ListNodesResponse{Nodes: st.nodes}, keys: snap.GetKeys()}
-	return nil, c.commit(ch, nil, &st.fresh)
+	c.setNodes(b, &kbv1.ListNodesResponse{Nodes: st.nodes})
+	b.fresh, b.events = &st.fresh, 1
+	// Keys gone from the snapshot lose their material; the others are
+	// checked against the snapshot's policy and inventory.
+	c.mu.RLock()
+	for id := range c.keys {
+		if st.fresh.byID[id] == nil {
+			b.drop(id, 0)
+		}
+	}
+	c.mu.RUnlock()
+	for _, rk := range st.fresh.byID {
+		c.check(b, rk)
+	}
+	return nil, c.commit(b)
 }
 
-// commit applies a change to disk (one transaction), then to memory, and
-// acknowledges it. keys are the keys it creates or changes; fresh, for a
-// snapshot (ch.reset), is the whole new set of keys.
-func (c *Cache) commit(ch *change, keys []*replicaKey, fresh *keySet) error {
+// commit applies b to disk (one transaction), then to memory — in that
+// order, so memory never holds what a crash would lose — and
+// acknowledges it. An empty batch commits nothing.
+func (c *Cache) commit(b *batch) error {
+	if b.events == 0 {
+		return nil
+	}
+	ch := &b.ch
 	if ch.revision < c.Revision() {
 		ch.revision = 0 // heartbeats carry the revision already applied
 	}
-	var me *placement.Node
-	var topo []placement.Node
-	if ch.nodes != nil {
-		c.mu.RLock()
-		prev, enrolled := c.me, c.enrolled
-		c.mu.RUnlock()
-		topo = wire.NodesFromProto(ch.nodes.GetNodes())
-		me = c.selfFrom(topo, enrolled)
-		// An admin changed this edge's region or labels: what it may hold
-		// is decided again for every key.
-		var was placement.Node // nil before the first restore: no region, no labels
-		if prev != nil {
-			was = *prev
+	var keys []*replicaKey
+	if b.fresh == nil {
+		// In id order: bbolt writes sorted keys with fewer page splits.
+		for _, id := range slices.Sorted(maps.Keys(b.keys)) {
+			keys = append(keys, b.keys[id])
+			ch.keys = append(ch.keys, b.protos[id])
 		}
-		ch.placement = was.Region != me.Region || !maps.Equal(was.Labels, me.Labels)
-		if !ch.placement && prev != nil {
-			// The same node: keeping it keeps every key's remembered
-			// placement decision (holdMemo matches on it).
-			me = prev
-		}
+		ch.deleted = slices.Sorted(maps.Keys(b.deleted))
 	}
-	ch.dropMaterial = c.materialToDrop(ch, keys, fresh, me)
 	if err := c.disk.apply(ch); err != nil {
 		return fmt.Errorf("writing the replica: %w", err)
 	}
@@ -437,11 +671,14 @@ func (c *Cache) commit(ch *change, keys []*replicaKey, fresh *keySet) error {
 		c.lease = ch.lease
 	}
 	c.synced = ch.synced
-	if ch.nodes != nil {
-		c.nodes, c.topo, c.me = ch.nodes.GetNodes(), topo, me
+	if b.setChanged {
+		c.policy = b.set
 	}
-	if fresh != nil {
-		c.keys, c.index = fresh.byID, fresh.index
+	if ch.nodes != nil {
+		c.nodes, c.topo, c.me = ch.nodes.GetNodes(), b.topo, b.me
+	}
+	if b.fresh != nil {
+		c.keys, c.index = b.fresh.byID, b.fresh.index
 	}
 	for _, rk := range keys {
 		c.keys[rk.key.ID] = rk
@@ -453,7 +690,7 @@ func (c *Cache) commit(ch *change, keys []*replicaKey, fresh *keySet) error {
 			c.index.Delete(rk.key)
 		}
 	}
-	if fresh != nil || len(keys) > 0 || len(ch.deleted) > 0 {
+	if b.fresh != nil || len(keys) > 0 || len(ch.deleted) > 0 {
 		c.published()
 	}
 	c.mu.Unlock()
@@ -466,61 +703,13 @@ func (c *Cache) commit(ch *change, keys []*replicaKey, fresh *keySet) error {
 	for _, rk := range keys {
 		c.ops.Forget(rk.key.ID)
 	}
-	if fresh != nil {
-		for id := range fresh.byID {
+	if b.fresh != nil {
+		for id := range b.fresh.byID {
 			c.ops.Forget(id)
 		}
 	}
 	c.ack()
 	return nil
-}
-
-// materialToDrop lists the keys whose material must go: deleted keys, keys
-// no longer enabled, keys placement no longer lets this edge hold (after a
-// key or policy change, or a change of this edge's enrolled region or
-// labels, me; the new policy is already in force), and versions below a
-// raised minimum. Value 0 drops every version.
-func (c *Cache) materialToDrop(ch *change, keys []*replicaKey, fresh *keySet, me *placement.Node) map[string]uint32 {
-	drop := map[string]uint32{}
-	for _, id := range ch.deleted {
-		drop[id] = 0
-	}
-	check := keys
-	if fresh != nil {
-		check = slices.AppendSeq(check, maps.Values(fresh.byID))
-	}
-	if ch.policy != nil || ch.reset || ch.placement {
-		present := map[string]bool{}
-		for _, rk := range keys {
-			present[rk.key.ID] = true
-		}
-		c.mu.RLock()
-		for id, rk := range c.keys {
-			switch {
-			case present[id] || (fresh != nil && fresh.byID[id] != nil):
-			case ch.reset:
-				drop[id] = 0 // gone from the snapshot
-			default:
-				check = append(check, rk) // placement may have changed
-			}
-		}
-		c.mu.RUnlock()
-	}
-	for _, rk := range check {
-		var hold bool
-		if me != nil {
-			hold = placement.MayHold(rk.key, me, c.Policy().Current(), c.cfg.TrustDomain)
-		} else {
-			hold = c.mayHold(rk.key)
-		}
-		switch {
-		case rk.key.State != managed.StateEnabled || !hold:
-			drop[rk.key.ID] = 0
-		case rk.key.MinDecryptionVersion > 1:
-			drop[rk.key.ID] = rk.key.MinDecryptionVersion
-		}
-	}
-	return drop
 }
 
 // forget empties the replica — keys, material in memory and the sealed
