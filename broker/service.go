@@ -214,11 +214,13 @@ func (s *Service) rotate(ctx context.Context, id string, still func(*managed.Key
 
 // UpdateParams changes a key's metadata; nil fields stay as they are.
 type UpdateParams struct {
-	ID                   string
-	ExpectedRevision     uint64
-	Description          *string
-	Labels               map[string]string
-	ReplaceLabels        bool
+	ID               string
+	ExpectedRevision uint64
+	Description      *string
+	Labels           map[string]string
+	ReplaceLabels    bool
+	// RemoveLabels are removed after Labels are applied.
+	RemoveLabels         []string
 	RotationPeriod       *time.Duration
 	MinDecryptionVersion *uint32
 	Placement            *string
@@ -253,6 +255,9 @@ func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*managed.Key, 
 				k.Labels = map[string]string{}
 			}
 			maps.Copy(k.Labels, p.Labels)
+		}
+		for _, l := range p.RemoveLabels {
+			delete(k.Labels, l)
 		}
 		if p.RotationPeriod != nil {
 			k.RotationPeriod = *p.RotationPeriod

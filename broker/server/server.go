@@ -201,7 +201,7 @@ func New(c Config) (*Server, error) {
 		s.proofs.roots = func() *x509.CertPool { return c.ClientCAs }
 	}
 	var err error
-	s.Server, err = rpc.New(rpc.Config{Performer: performer{Service: c.Service, s: s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
+	s.Server, err = rpc.New(rpc.Config{Performer: performer{Service: c.Service, s: s}, Admin: centralAdmin{c.Service}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
 		TrustDomain: c.TrustDomain, Classify: classify, Logger: c.Logger})
 	if err != nil {
 		return nil, err
