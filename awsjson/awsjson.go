@@ -129,6 +129,15 @@ var operations = map[string]func(*Server, context.Context, pipeline.Caller, []by
 	"GenerateMac":                     handle((*Server).generateMac),
 	"VerifyMac":                       handle((*Server).verifyMac),
 	"ListKeys":                        handle((*Server).listKeys),
+	"ListAliases":                     handle((*Server).listAliases),
+	"CreateKey":                       handle((*Server).createKey),
+	"EnableKey":                       handle((*Server).enableKey),
+	"DisableKey":                      handle((*Server).disableKey),
+	"ScheduleKeyDeletion":             handle((*Server).scheduleKeyDeletion),
+	"CancelKeyDeletion":               handle((*Server).cancelKeyDeletion),
+	"TagResource":                     handle((*Server).tagResource),
+	"UntagResource":                   handle((*Server).untagResource),
+	"ListResourceTags":                handle((*Server).listResourceTags),
 }
 
 // handle decodes an operation's request body (see decode) for op.
@@ -243,6 +252,8 @@ func (s *Server) awsError(err error) *Error {
 	msg := st.Message()
 	var se *managed.StateError
 	switch {
+	case errors.Is(err, pipeline.ErrNoAdmin):
+		return &Error{http.StatusBadRequest, "UnsupportedOperationException", msg}
 	case errors.As(err, &se) && se.State == managed.StateDisabled:
 		return &Error{http.StatusBadRequest, "DisabledException", msg}
 	case errors.As(err, &se):
