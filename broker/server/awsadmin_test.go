@@ -238,7 +238,10 @@ func TestAWSJSONKeyAdminErrors(t *testing.T) {
 			_, err := reader.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String("team-a-key")})
 			return err
 		}, "AccessDeniedException"},
-		{"an unknown key", func() error { _, err := admin.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String("nope")}); return err }, "NotFoundException"},
+		{"an unknown key", func() error {
+			_, err := admin.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String("nope")})
+			return err
+		}, "NotFoundException"},
 		{"an unknown key's tags", func() error {
 			_, err := admin.ListResourceTags(ctx, &kms.ListResourceTagsInput{KeyId: aws.String("alias/nope")})
 			return err
@@ -275,8 +278,14 @@ func TestAWSJSONKeyAdminErrors(t *testing.T) {
 			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecHmac256, KeyUsage: types.KeyUsageTypeEncryptDecrypt})
 			return err
 		}, "ValidationException"},
-		{"RSA", func() error { _, err := admin.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecRsa2048}); return err }, "UnsupportedOperationException"},
-		{"a key policy", func() error { _, err := admin.CreateKey(ctx, &kms.CreateKeyInput{Policy: aws.String("{}")}); return err }, "UnsupportedOperationException"},
+		{"RSA", func() error {
+			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecRsa2048})
+			return err
+		}, "UnsupportedOperationException"},
+		{"a key policy", func() error {
+			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{Policy: aws.String("{}")})
+			return err
+		}, "UnsupportedOperationException"},
 		{"imported material", func() error {
 			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
 			return err
