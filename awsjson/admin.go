@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"time"
 
@@ -180,7 +181,7 @@ func (s *Server) disableKey(ctx context.Context, caller pipeline.Caller, in *key
 }
 
 func (s *Server) stateChange(ctx context.Context, caller pipeline.Caller, in *keyRequest, change func(context.Context, pipeline.Caller, string) (*managed.Key, error)) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +194,7 @@ func (s *Server) stateChange(ctx context.Context, caller pipeline.Caller, in *ke
 // cancelKeyDeletion leaves the key Disabled, as AWS KMS does (and
 // keybroker's CancelKeyDeletion).
 func (s *Server) cancelKeyDeletion(ctx context.Context, caller pipeline.Caller, in *keyRequest) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +225,7 @@ const (
 )
 
 func (s *Server) scheduleKeyDeletion(ctx context.Context, caller pipeline.Caller, in *scheduleKeyDeletionRequest) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -251,7 +252,7 @@ type tagResourceRequest struct {
 // tagResource adds or changes labels: UpdateKey, authorized on the key as
 // it is and as it will be.
 func (s *Server) tagResource(ctx context.Context, caller pipeline.Caller, in *tagResourceRequest) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -276,7 +277,7 @@ type untagResourceRequest struct {
 // untagResource removes labels (absent ones are no error, as in AWS):
 // UpdateKey, as tagResource.
 func (s *Server) untagResource(ctx context.Context, caller pipeline.Caller, in *untagResourceRequest) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -308,7 +309,7 @@ type listResourceTagsResponse struct {
 // listResourceTags answers a key's labels, authorized as DescribeKey
 // (which shows them too), in one page: a key has at most managed.MaxLabels.
 func (s *Server) listResourceTags(ctx context.Context, caller pipeline.Caller, in *listRequest) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -337,9 +338,11 @@ type listAliasesResponse struct {
 	Truncated  bool         `json:"Truncated"`
 }
 
-// listAliases lists alias/<id> of each key the caller may describe (every
-// keybroker key is named so), or of the one key KeyId names; keybroker's
-// page token is the Marker.
+// listAliases lists the aliases of each key the caller may describe (its
+// named aliases, then alias/<id>: every keybroker key is named so), or of
+// the one key KeyId names; keybroker's page token is the Marker. Limit
+// bounds the keys of a page: a page holds more entries than Limit when
+// its keys have named aliases.
 func (s *Server) listAliases(ctx context.Context, caller pipeline.Caller, in *listRequest) (any, error) {
 	if in.Limit == 0 {
 		in.Limit = 50
@@ -347,11 +350,14 @@ func (s *Server) listAliases(ctx context.Context, caller pipeline.Caller, in *li
 	if in.Limit < 1 || in.Limit > 100 {
 		return nil, validation("Limit must be 1 to 100")
 	}
-	entry := func(k *managed.Key) aliasEntry {
-		return aliasEntry{AliasName: "alias/" + k.ID, AliasArn: "arn:aws:kms:" + s.cfg.Region + ":" + s.cfg.Account + ":alias/" + k.ID, TargetKeyID: k.ID}
+	out := listAliasesResponse{Aliases: []aliasEntry{}}
+	add := func(k *managed.Key) {
+		for _, a := range append(slices.Clone(k.Aliases), k.ID) {
+			out.Aliases = append(out.Aliases, aliasEntry{AliasName: "alias/" + a, AliasArn: "arn:aws:kms:" + s.cfg.Region + ":" + s.cfg.Account + ":alias/" + a, TargetKeyID: k.ID})
+		}
 	}
 	if in.KeyID != "" {
-		id, err := s.keyID(in.KeyID)
+		id, err := s.resolveKey(ctx, in.KeyID)
 		if err != nil {
 			return nil, err
 		}
@@ -359,15 +365,16 @@ func (s *Server) listAliases(ctx context.Context, caller pipeline.Caller, in *li
 		if err != nil {
 			return nil, err
 		}
-		return listAliasesResponse{Aliases: []aliasEntry{entry(k)}}, nil
+		add(k)
+		return out, nil
 	}
 	page, err := s.cfg.Pipeline.ListKeys(ctx, caller, pipeline.ListKeysInput{PageSize: in.Limit, PageToken: in.Marker})
 	if err != nil {
 		return nil, err
 	}
-	out := listAliasesResponse{Aliases: []aliasEntry{}, NextMarker: page.NextPageToken, Truncated: page.NextPageToken != ""}
+	out.NextMarker, out.Truncated = page.NextPageToken, page.NextPageToken != ""
 	for _, k := range page.Keys {
-		out.Aliases = append(out.Aliases, entry(k))
+		add(k)
 	}
 	return out, nil
 }

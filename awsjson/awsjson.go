@@ -138,6 +138,9 @@ var operations = map[string]func(*Server, context.Context, pipeline.Caller, []by
 	"TagResource":                     handle((*Server).tagResource),
 	"UntagResource":                   handle((*Server).untagResource),
 	"ListResourceTags":                handle((*Server).listResourceTags),
+	"CreateAlias":                     handle((*Server).createAlias),
+	"UpdateAlias":                     handle((*Server).updateAlias),
+	"DeleteAlias":                     handle((*Server).deleteAlias),
 }
 
 // handle decodes an operation's request body (see decode) for op.

@@ -130,6 +130,12 @@ func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*managed.Key, 
 	if _, err := s.reg.Get(ctx, p.ID); err == nil {
 		return nil, managed.Errorf(managed.ErrAlreadyExists, "key %q already exists", p.ID)
 	}
+	// alias/<id> names the key <id> unless a named alias has that name.
+	if managed.ValidateAlias(p.ID) == nil {
+		if target, err := s.AliasTarget(ctx, p.ID); err == nil {
+			return nil, managed.Errorf(managed.ErrAlreadyExists, "%q is the name of an alias of key %q", p.ID, target)
+		}
+	}
 	v, err := s.mat.NewVersion(ctx, k, root, 1)
 	if err != nil {
 		return nil, err

@@ -442,13 +442,22 @@ func (c *Cache) commit(ch *change, keys []*replicaKey, fresh *keySet) error {
 	}
 	if fresh != nil {
 		c.keys, c.index = fresh.byID, fresh.index
+		c.aliases = map[string]string{}
+		for _, rk := range fresh.byID {
+			c.indexAliasesLocked(rk.key)
+		}
 	}
 	for _, rk := range keys {
+		if old, ok := c.keys[rk.key.ID]; ok {
+			c.unindexAliasesLocked(old.key)
+		}
 		c.keys[rk.key.ID] = rk
 		c.index.ReplaceOrInsert(rk.key)
+		c.indexAliasesLocked(rk.key)
 	}
 	for _, id := range ch.deleted {
 		if rk, ok := c.keys[id]; ok {
+			c.unindexAliasesLocked(rk.key)
 			delete(c.keys, id)
 			c.index.Delete(rk.key)
 		}

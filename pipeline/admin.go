@@ -38,6 +38,142 @@ type Admin interface {
 	// ScheduleDeletion puts a key in pending deletion for window (0: the
 	// default 30 days).
 	ScheduleDeletion(ctx context.Context, id string, window time.Duration) (*managed.Key, error)
+	// AliasTarget is the key a named alias (without alias/) names, or
+	// managed.ErrNotFound: the central tier's record, which decides.
+	AliasTarget(ctx context.Context, name string) (string, error)
+	// CreateAlias gives a named alias to key id; managed.ErrAlreadyExists
+	// when it is taken.
+	CreateAlias(ctx context.Context, name, id string) (*managed.Key, error)
+	// DeleteAlias removes a named alias, which must name key id.
+	DeleteAlias(ctx context.Context, name, id string) (*managed.Key, error)
+	// UpdateAlias moves a named alias from key from to key to.
+	UpdateAlias(ctx context.Context, name, from, to string) (*managed.Key, error)
+}
+
+// AliasResolver is what a Performer that knows named aliases implements
+// (the central tier from its records, an edge from its replica's keys):
+// ResolveAlias is the id of the key alias name names, or
+// managed.ErrNotFound.
+type AliasResolver interface {
+	ResolveAlias(ctx context.Context, name string) (string, error)
+}
+
+// ResolveAlias is the id of the key named alias name (without alias/)
+// names; found is false when no named alias has that name, and then
+// alias/<name> names key <name>. No policy is asked and nothing is
+// audited: the operation that uses the key authorizes and audits it, on
+// the key the alias resolved to.
+func (p *Pipeline) ResolveAlias(ctx context.Context, name string) (id string, found bool, err error) {
+	r, ok := p.perf.(AliasResolver)
+	if !ok || managed.ValidateAlias(name) != nil {
+		return "", false, nil
+	}
+	id, err = r.ResolveAlias(ctx, name)
+	switch {
+	case errors.Is(err, managed.ErrNotFound):
+		return "", false, nil
+	case err != nil:
+		return "", false, err
+	}
+	return id, true, nil
+}
+
+// The alias operations are audited as CreateAlias, DeleteAlias and
+// UpdateAlias and authorized as UpdateKey on the key (both keys, for a
+// move): an alias is a name of the key, part of its metadata as its labels
+// are, and whoever may point an alias at a key redirects the callers that
+// use the alias to that key.
+const (
+	opCreateAlias policy.Action = "CreateAlias"
+	opDeleteAlias policy.Action = "DeleteAlias"
+	opUpdateAlias policy.Action = "UpdateAlias"
+)
+
+// CreateAlias gives a named alias (without alias/) to key id.
+func (p *Pipeline) CreateAlias(ctx context.Context, caller Caller, name, id string) (*managed.Key, error) {
+	return p.aliasCall(ctx, caller, opCreateAlias, name, id)
+}
+
+// DeleteAlias removes a named alias. It returns the key the alias named,
+// as it is left (nil if the key is gone).
+func (p *Pipeline) DeleteAlias(ctx context.Context, caller Caller, name string) (*managed.Key, error) {
+	return p.aliasCall(ctx, caller, opDeleteAlias, name, "")
+}
+
+// UpdateAlias points a named alias at key to.
+func (p *Pipeline) UpdateAlias(ctx context.Context, caller Caller, name, to string) (*managed.Key, error) {
+	return p.aliasCall(ctx, caller, opUpdateAlias, name, to)
+}
+
+// aliasCall runs an alias operation: the key it changes (id; for
+// DeleteAlias and UpdateAlias the key the alias names now too) authorized
+// as UpdateKey, then performed, under one audit line that names the key
+// and, in its detail, the alias.
+func (p *Pipeline) aliasCall(ctx context.Context, caller Caller, op policy.Action, name, id string) (*managed.Key, error) {
+	ctx, c := p.Begin(ctx, caller, op, id)
+	fail := func(err error) (*managed.Key, error) { return nil, c.End(ctx, err) }
+	if p.admin == nil {
+		return fail(noAdmin())
+	}
+	if err := managed.ValidateAlias(name); err != nil {
+		return fail(err)
+	}
+	c.SetDetail("alias/" + name)
+	var from string
+	if op != opCreateAlias {
+		t, err := p.admin.AliasTarget(ctx, name)
+		switch {
+		case errors.Is(err, managed.ErrNotFound):
+			// As for an unknown key: a caller the policy would not let
+			// change a key learns PermissionDenied, not whether the alias
+			// exists.
+			if derr := c.Decide(p.policy.Current().AuthorizeKey(c.Principal(), policy.UpdateKey, policy.Key{Name: "alias/" + name})); derr != nil {
+				return fail(derr)
+			}
+			return fail(err)
+		case err != nil:
+			return fail(err)
+		}
+		from = t
+		if op == opDeleteAlias {
+			id = t
+		}
+		c.SetKey(id)
+	}
+	if err := CheckKeyID(id); err != nil {
+		return fail(err)
+	}
+	if _, err := c.AuthorizeKey(ctx, policy.UpdateKey); err != nil {
+		return fail(err)
+	}
+	if op == opUpdateAlias && from != id {
+		c.SetDetail("alias/" + name + " from key " + from)
+		fk, err := p.perf.Get(ctx, from)
+		res := policy.Key{Name: from}
+		if err == nil {
+			res = fk.PolicyKey()
+		}
+		if derr := c.Decide(p.policy.Current().AuthorizeKey(c.Principal(), policy.UpdateKey, res)); derr != nil {
+			return fail(derr)
+		}
+	}
+	var k *managed.Key
+	var err error
+	switch op {
+	case opCreateAlias:
+		k, err = p.admin.CreateAlias(ctx, name, id)
+	case opDeleteAlias:
+		k, err = p.admin.DeleteAlias(ctx, name, id)
+	case opUpdateAlias:
+		k, err = p.admin.UpdateAlias(ctx, name, from, id)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if k != nil {
+		c.SetVersion(k.Primary)
+	}
+	return k, c.End(ctx, nil)
 }
 
 // StateChange is a lifecycle transition of SetState.

@@ -56,6 +56,22 @@ func (a centralAdmin) ScheduleDeletion(ctx context.Context, id string, window ti
 	return a.svc.ScheduleDeletion(ctx, id, window)
 }
 
+func (a centralAdmin) AliasTarget(ctx context.Context, name string) (string, error) {
+	return a.svc.AliasTarget(ctx, name)
+}
+
+func (a centralAdmin) CreateAlias(ctx context.Context, name, id string) (*managed.Key, error) {
+	return a.svc.CreateAlias(ctx, name, id)
+}
+
+func (a centralAdmin) DeleteAlias(ctx context.Context, name, id string) (*managed.Key, error) {
+	return a.svc.DeleteAlias(ctx, name, id)
+}
+
+func (a centralAdmin) UpdateAlias(ctx context.Context, name, from, to string) (*managed.Key, error) {
+	return a.svc.UpdateAlias(ctx, name, from, to)
+}
+
 // The KeyAdmin service converts each request and calls the pipeline's
 // admin operation, which authorizes, performs and audits it.
 

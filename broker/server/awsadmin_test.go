@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"regexp"
 	"testing"
@@ -315,5 +316,163 @@ func TestAWSJSONKeyAdminErrors(t *testing.T) {
 	}
 	if l, err := opsKB.ListKeys(ctx, &kbv1.ListKeysRequest{}); err != nil || len(l.GetKeys()) != 1 {
 		t.Errorf("keys after the refusals: %v, %v; want team-a-key alone", l, err)
+	}
+}
+
+// TestAWSJSONAliasesWithTheSDK: named aliases as AWS tooling makes them
+// (aws_kms_alias: CreateAlias, UpdateAlias, DeleteAlias, ListAliases):
+// an alias and its ARN name the key in every operation and answers carry
+// the key's ARN; a taken alias is AlreadyExistsException; moving an alias
+// needs UpdateKey on both keys; a moved alias encrypts under the new key
+// while the old key's ciphertexts still open; gRPC's DescribeKey lists
+// the key's aliases; each change is audited under its own name.
+func TestAWSJSONAliasesWithTheSDK(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	for id, labels := range map[string]map[string]string{"k1": {"app": "billing"}, "k2": {"app": "billing"}, "team-a-key": {"team": "a"}} {
+		if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: labels}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: kbv1.KeyMode_KEY_MODE_DERIVE}); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(newAWSFront(t, e))
+	defer hs.Close()
+	clientAs := func(principal string) *kms.Client {
+		t.Helper()
+		k, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: principal})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kmsClient(hs.URL, k)
+	}
+	admin, teamA, billing := clientAs("admin/ops"), clientAs("admin/team-a"), clientAs("client/billing")
+	const prefix = "arn:aws:kms:eu-west-1:111122223333:"
+	code := func(err error) string {
+		var ae smithy.APIError
+		if errors.As(err, &ae) {
+			return ae.ErrorCode()
+		}
+		return fmt.Sprint(err)
+	}
+
+	if _, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("k1")}); err != nil {
+		t.Fatal(err)
+	}
+	enc, err := billing.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("alias/billing/prod"), Plaintext: []byte("v1")})
+	if err != nil || aws.ToString(enc.KeyId) != prefix+"key/k1" {
+		t.Fatalf("Encrypt by the alias = %v, %v; want key k1", enc, err)
+	}
+	if d, err := billing.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(prefix + "alias/billing/prod")}); err != nil || aws.ToString(d.KeyMetadata.KeyId) != "k1" {
+		t.Errorf("DescribeKey by the alias ARN = %v, %v; want k1", d, err)
+	}
+	opsKB := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	if d, err := opsKB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "k1"}); err != nil || !cmp.Equal(d.GetKey().GetAliases(), []string{"billing/prod"}) {
+		t.Errorf("gRPC DescribeKey(k1) = %v, %v; want alias billing/prod listed", d, err)
+	}
+	var line *audit.Record
+	for _, r := range auditLines(t, e.auditPath) {
+		if r.Operation == "CreateAlias" {
+			line = &r
+		}
+	}
+	if line == nil || line.Key != "k1" || line.Detail != "alias/billing/prod" || line.Outcome != "ok" || line.Decision != audit.Allow {
+		t.Errorf("CreateAlias's audit line = %+v", line)
+	}
+
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want string
+	}{
+		{"a taken alias", func() error {
+			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("k2")})
+			return err
+		}, "AlreadyExistsException"},
+		{"an alias named as a key", func() error {
+			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/k2"), TargetKeyId: aws.String("k1")})
+			return err
+		}, "AlreadyExistsException"},
+		{"an AWS reserved alias", func() error {
+			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/aws/s3"), TargetKeyId: aws.String("k1")})
+			return err
+		}, "NotFoundException"},
+		{"no alias/ prefix", func() error {
+			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("billing"), TargetKeyId: aws.String("k1")})
+			return err
+		}, "ValidationException"},
+		{"a bad alias name", func() error {
+			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/no spaces"), TargetKeyId: aws.String("k1")})
+			return err
+		}, "ValidationException"},
+		{"an alias as the target", func() error {
+			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/x"), TargetKeyId: aws.String("alias/billing/prod")})
+			return err
+		}, "ValidationException"},
+		{"an unknown target", func() error {
+			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/x"), TargetKeyId: aws.String("nope")})
+			return err
+		}, "NotFoundException"},
+		{"a client creates an alias", func() error {
+			_, err := billing.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/mine"), TargetKeyId: aws.String("team-a-key")})
+			return err
+		}, "AccessDeniedException"},
+		{"team-a moves another team's alias to its key", func() error {
+			_, err := teamA.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("team-a-key")})
+			return err
+		}, "AccessDeniedException"},
+		{"team-a deletes another team's alias", func() error {
+			_, err := teamA.DeleteAlias(ctx, &kms.DeleteAliasInput{AliasName: aws.String("alias/billing/prod")})
+			return err
+		}, "AccessDeniedException"},
+		{"an alias moved to a key of another type", func() error {
+			_, err := admin.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("mac")})
+			return err
+		}, "KMSInvalidStateException"},
+		{"an unknown alias deleted", func() error {
+			_, err := admin.DeleteAlias(ctx, &kms.DeleteAliasInput{AliasName: aws.String("alias/nope")})
+			return err
+		}, "NotFoundException"},
+	} {
+		if err := tc.call(); code(err) != tc.want {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.want)
+		}
+	}
+	if d, err := admin.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String("alias/billing/prod")}); err != nil || aws.ToString(d.KeyMetadata.KeyId) != "k1" {
+		t.Fatalf("after the refusals the alias names %v, %v; want k1 still", d, err)
+	}
+
+	if _, err := admin.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String(prefix + "key/k2")}); err != nil {
+		t.Fatal(err)
+	}
+	if enc2, err := billing.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("alias/billing/prod"), Plaintext: []byte("v2")}); err != nil || aws.ToString(enc2.KeyId) != prefix+"key/k2" {
+		t.Errorf("Encrypt by the moved alias = %v, %v; want key k2", enc2, err)
+	}
+	if d, err := billing.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob}); err != nil || string(d.Plaintext) != "v1" {
+		t.Errorf("Decrypt of a ciphertext made under the alias's old key = %v, %v", d, err)
+	}
+	la, err := admin.ListAliases(ctx, &kms.ListAliasesInput{KeyId: aws.String("k2")})
+	var names []string
+	for _, a := range la.Aliases {
+		names = append(names, aws.ToString(a.AliasName)+"→"+aws.ToString(a.TargetKeyId))
+	}
+	if err != nil || !cmp.Equal(names, []string{"alias/billing/prod→k2", "alias/k2→k2"}) {
+		t.Errorf("ListAliases(k2) = %v, %v", names, err)
+	}
+	la, err = admin.ListAliases(ctx, &kms.ListAliasesInput{KeyId: aws.String("k1")})
+	if err != nil || len(la.Aliases) != 1 {
+		t.Errorf("ListAliases(k1) after the move = %+v, %v; want alias/k1 alone", la, err)
+	}
+
+	if _, err := admin.DeleteAlias(ctx, &kms.DeleteAliasInput{AliasName: aws.String("alias/billing/prod")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String("alias/billing/prod")}); code(err) != "NotFoundException" {
+		t.Errorf("DescribeKey by a deleted alias: %v, want NotFoundException", err)
+	}
+	if _, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("k1")}); err != nil {
+		t.Errorf("CreateAlias of a deleted alias's name: %v", err)
 	}
 }

@@ -258,7 +258,15 @@ type performer struct {
 	s *Server
 }
 
-var _ pipeline.Performer = performer{}
+var (
+	_ pipeline.Performer     = performer{}
+	_ pipeline.AliasResolver = performer{}
+)
+
+// ResolveAlias answers from the tier's alias records, which decide.
+func (p performer) ResolveAlias(ctx context.Context, name string) (string, error) {
+	return p.AliasTarget(ctx, name)
+}
 
 // LookupKey places op on k over the cluster's inventory.
 func (p performer) LookupKey(ctx context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {
