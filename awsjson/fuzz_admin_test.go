@@ -11,7 +11,8 @@ import (
 // FuzzAdminRequest: any body, decoded as each key-management request, is
 // refused with an AWS-shaped error or becomes an input the pipeline can
 // take — CreateKey's a valid type and mode, a key id, and labels that are
-// keybroker labels — never a panic.
+// keybroker labels; an alias request's a valid alias name — never a
+// panic.
 func FuzzAdminRequest(f *testing.F) {
 	f.Add([]byte(`{"Description":"d","KeySpec":"SYMMETRIC_DEFAULT","KeyUsage":"ENCRYPT_DECRYPT","Tags":[{"TagKey":"app","TagValue":"billing"}]}`))
 	f.Add([]byte(`{"KeySpec":"HMAC_256","KeyUsage":"GENERATE_VERIFY_MAC","Origin":"AWS_KMS","MultiRegion":false}`))
@@ -23,11 +24,24 @@ func FuzzAdminRequest(f *testing.F) {
 	f.Add([]byte(`{"KeyId":"k","PendingWindowInDays":"7"}`))
 	f.Add([]byte(`{"KeyId":"k","Limit":50,"Marker":"bWFya2Vy"}`))
 	f.Add([]byte(`{"Tags":null,"TagKeys":null}`))
+	f.Add([]byte(`{"AliasName":"alias/app/prod","TargetKeyId":"arn:aws:kms:eu-west-1:111122223333:key/k"}`))
+	f.Add([]byte(`{"AliasName":"alias/aws/s3","TargetKeyId":"alias/x"}`))
+	f.Add([]byte(`{"AliasName":"app","TargetKeyId":5}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var e *Error
-		for _, v := range []any{&createKeyRequest{}, &keyRequest{}, &scheduleKeyDeletionRequest{}, &tagResourceRequest{}, &untagResourceRequest{}, &listRequest{}} {
+		for _, v := range []any{&createKeyRequest{}, &keyRequest{}, &scheduleKeyDeletionRequest{}, &tagResourceRequest{}, &untagResourceRequest{}, &listRequest{}, &aliasRequest{}} {
 			if err := decode(body, v); err != nil && !errors.As(err, &e) {
 				t.Fatalf("decode: %v is not an AWS error", err)
+			}
+		}
+		var ar aliasRequest
+		if decode(body, &ar) == nil {
+			name, err := newAliasName(ar.AliasName)
+			switch {
+			case err != nil && !errors.As(err, &e):
+				t.Fatalf("newAliasName(%q): %v is not an AWS error", ar.AliasName, err)
+			case err == nil && managed.ValidateAlias(name) != nil:
+				t.Fatalf("newAliasName(%q) = %q, which is not an alias", ar.AliasName, name)
 			}
 		}
 		var ck createKeyRequest
