@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/managed"
@@ -57,10 +58,85 @@ func (r *Registry) aliasTarget(ctx context.Context, name string) (string, uint64
 }
 
 // AliasTarget is the id of the key alias name (without alias/) names;
-// managed.ErrNotFound when it names none.
+// managed.ErrNotFound when it names none. Answers are remembered until
+// the feed (or a change made here) reports a change of the alias, so
+// the AWS API's alias/<name> key ids cost no store read each, including
+// alias/<id> of keys, which are looked up as aliases first.
 func (s *Service) AliasTarget(ctx context.Context, name string) (string, error) {
+	if err := managed.ValidateAlias(name); err != nil {
+		return "", err
+	}
+	m := &s.reg.aliases
+	if id, ok := m.get(name); ok {
+		if id == "" {
+			return "", managed.Errorf(managed.ErrNotFound, "alias/%s does not exist", name)
+		}
+		return id, nil
+	}
+	gen := m.generation()
 	id, _, err := s.reg.aliasTarget(ctx, name)
+	switch {
+	case err == nil:
+		m.put(name, id, gen)
+	case errors.Is(err, managed.ErrNotFound):
+		m.put(name, "", gen)
+	}
 	return id, err
+}
+
+// maxAliasMemo bounds the remembered alias lookups: when it holds this
+// many it starts afresh.
+const maxAliasMemo = 1 << 14
+
+// aliasMemo remembers alias lookups, "" for "no such alias". A lookup
+// read from the store is remembered only if no change of any alias was
+// reported since it began (gen), so a read that raced a change is never
+// kept.
+type aliasMemo struct {
+	mu  sync.Mutex
+	m   map[string]string
+	gen uint64
+}
+
+func (a *aliasMemo) get(name string) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	id, ok := a.m[name]
+	return id, ok
+}
+
+func (a *aliasMemo) generation() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.gen
+}
+
+func (a *aliasMemo) put(name, id string, gen uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if gen != a.gen {
+		return
+	}
+	if a.m == nil || len(a.m) >= maxAliasMemo {
+		a.m = map[string]string{}
+	}
+	a.m[name] = id
+}
+
+// forget drops what is remembered of name: it changed.
+func (a *aliasMemo) forget(name string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.m, name)
+	a.gen++
+}
+
+// reset forgets everything: the feed was lost.
+func (a *aliasMemo) reset() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.m = nil
+	a.gen++
 }
 
 func aliasValue(keyID string) []byte {
@@ -95,6 +171,8 @@ func removeAlias(name string) func(*managed.Key) error {
 // names a key already, or is the id of a key (alias/<id> names that key);
 // ErrFailedPrecondition for a key pending deletion.
 func (s *Service) CreateAlias(ctx context.Context, name, id string) (*managed.Key, error) {
+	// Whatever happened, what this node remembers of the alias goes.
+	defer s.reg.aliases.forget(name)
 	if err := managed.ValidateAlias(name); err != nil {
 		return nil, err
 	}
@@ -152,6 +230,7 @@ func (s *Service) reclaimAlias(ctx context.Context, name, id string) (uint64, er
 // caller was authorized on): ErrConflict when it names another key now.
 // It returns the key as it is left.
 func (s *Service) DeleteAlias(ctx context.Context, name, id string) (*managed.Key, error) {
+	defer s.reg.aliases.forget(name)
 	target, rev, err := s.reg.aliasTarget(ctx, name)
 	if err != nil {
 		return nil, err
@@ -178,6 +257,7 @@ func (s *Service) DeleteAlias(ctx context.Context, name, id string) (*managed.Ke
 // another type (as AWS KMS requires: the alias's users keep working).
 // It returns key to as it is left.
 func (s *Service) UpdateAlias(ctx context.Context, name, from, to string) (*managed.Key, error) {
+	defer s.reg.aliases.forget(name)
 	target, rev, err := s.reg.aliasTarget(ctx, name)
 	if err != nil {
 		return nil, err
@@ -235,7 +315,9 @@ func (r *Registry) dropAliases(ctx context.Context, k *managed.Key) error {
 		if err != nil {
 			return err
 		}
-		if _, err := r.st.Delete(ctx, KindAliases, name, rev); err != nil && !errors.Is(err, store.ErrConflict) {
+		_, err = r.st.Delete(ctx, KindAliases, name, rev)
+		r.aliases.forget(name)
+		if err != nil && !errors.Is(err, store.ErrConflict) {
 			return err
 		}
 	}

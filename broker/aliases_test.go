@@ -7,7 +7,9 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/internal/etcdtest"
 	"github.com/keybroker/keybroker/managed"
 )
@@ -152,5 +154,102 @@ func TestAliasOnceAcrossCentrals(t *testing.T) {
 				t.Errorf("%s names %s, and key %s lists %v", name, winner, id, k.Aliases)
 			}
 		}
+	}
+}
+
+// TestAliasLookupsFollowTheFeed: a central remembers its alias lookups
+// (so alias/<name> costs no store read per call) and forgets them when the
+// feed reports another central's change: a created alias it had looked up
+// as absent, a move, a removal — each answered afresh once followed.
+func TestAliasLookupsFollowTheFeed(t *testing.T) {
+	e := newEnv(t)
+	etcd := etcdtest.Start(t, 1)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	a, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/memo/")
+	b, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/memo/")
+	for _, id := range []string{"k1", "k2"} {
+		if _, err := a.CreateKey(ctx, CreateParams{ID: id, Type: managed.AES256GCM, Mode: managed.ModeDerive}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// atB is what b answers once it has followed a's last change (k, or
+	// the store's revision).
+	atB := func(name string) string {
+		t.Helper()
+		if err := b.Registry().WaitFollowed(ctx, a.Registry().Store().Revision()); err != nil {
+			t.Fatal(err)
+		}
+		id, err := b.AliasTarget(ctx, name)
+		if err != nil && !errors.Is(err, managed.ErrNotFound) {
+			t.Fatal(err)
+		}
+		return id
+	}
+	if got := atB("app"); got != "" {
+		t.Fatalf("b resolves alias/app to %q before it exists", got)
+	}
+	steps := []struct {
+		what string
+		do   func() error
+		want string
+	}{
+		{"created at a", func() error { _, err := a.CreateAlias(ctx, "app", "k1"); return err }, "k1"},
+		{"moved at a", func() error { _, err := a.UpdateAlias(ctx, "app", "k1", "k2"); return err }, "k2"},
+		{"deleted at a", func() error { _, err := a.DeleteAlias(ctx, "app", "k2"); return err }, ""},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.what, err)
+		}
+		if got := atB("app"); got != s.want {
+			t.Errorf("alias/app %s: b resolves it to %q, want %q", s.what, got, s.want)
+		}
+		if got := atB("app"); got != s.want {
+			t.Errorf("alias/app %s: b's remembered answer is %q, want %q", s.what, got, s.want)
+		}
+	}
+}
+
+// BenchmarkAliasTarget: resolving alias/<name> at a central on etcd, read
+// from the store every time (as before the lookups were remembered) and
+// remembered; both for a named alias and for alias/<id> of a key, which
+// is looked up as an alias first and found to be none.
+func BenchmarkAliasTarget(b *testing.B) {
+	e := newEnv(b)
+	etcd := etcdtest.Start(b, 1)
+	ctx, cancel := context.WithCancel(b.Context())
+	defer cancel()
+	st, err := store.OpenEtcd(ctx, store.EtcdConfig{Endpoints: etcd.Endpoints(), Prefix: "/bench/"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	svc, err := NewService(ServiceConfig{Registry: NewRegistry(st, e.clock.Now), Roots: e.roots, Materials: NewMaterials(e.roots, 100, time.Hour, e.clock.Now),
+		DefaultRoots: map[managed.Mode]string{managed.ModeDerive: "softkms:prf-root"}, Now: e.clock.Now})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := svc.CreateKey(ctx, CreateParams{ID: "k1", Type: managed.AES256GCM, Mode: managed.ModeDerive}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := svc.CreateAlias(ctx, "app", "k1"); err != nil {
+		b.Fatal(err)
+	}
+	for _, name := range []string{"app", "k1"} {
+		b.Run(name+"/store-read", func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := svc.reg.aliasTarget(ctx, name); err != nil && !errors.Is(err, managed.ErrNotFound) {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(name+"/remembered", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := svc.AliasTarget(ctx, name); err != nil && !errors.Is(err, managed.ErrNotFound) {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
