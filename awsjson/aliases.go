@@ -55,25 +55,22 @@ func (s *Server) resolveKey(ctx context.Context, name string) (string, error) {
 }
 
 // newAliasName is the name a CreateAlias, UpdateAlias or DeleteAlias
-// request's AliasName gives: alias/ and a name ValidateAlias accepts.
+// request's AliasName gives: alias/ and a name ValidateAlias accepts
+// (InvalidAliasNameException otherwise, as AWS answers; alias/aws/ is
+// AWS managed keys').
 func newAliasName(aliasName string) (string, error) {
 	a, ok := strings.CutPrefix(aliasName, "alias/")
 	if !ok {
-		return "", validation("AliasName %s must begin with alias/", clipText(aliasName))
-	}
-	if strings.HasPrefix(a, "aws/") {
-		return "", notFoundOrReserved(aliasName)
+		return "", invalidAlias("AliasName %s must begin with alias/", clipText(aliasName))
 	}
 	if err := managed.ValidateAlias(a); err != nil {
-		return "", validation("AliasName %s must be alias/ and 1-250 of [A-Za-z0-9/_-]", clipText(aliasName))
+		return "", invalidAlias("AliasName %s must be alias/ and 1-250 of [A-Za-z0-9/_-], not in alias/aws/ (AWS managed keys')", clipText(aliasName))
 	}
 	return a, nil
 }
 
-// notFoundOrReserved is AWS's answer to a change of an alias/aws/… alias:
-// those are AWS managed keys' (and keybroker has none).
-func notFoundOrReserved(aliasName string) *Error {
-	return &Error{Status: http.StatusBadRequest, Type: "NotFoundException", Message: fmt.Sprintf("%s is reserved for AWS managed keys", clipText(aliasName))}
+func invalidAlias(format string, args ...any) *Error {
+	return &Error{Status: http.StatusBadRequest, Type: "InvalidAliasNameException", Message: fmt.Sprintf(format, args...)}
 }
 
 type aliasRequest struct {

@@ -305,6 +305,8 @@ func (s *Server) awsError(err error) *Error {
 		return &Error{http.StatusServiceUnavailable, "DependencyTimeoutException", msg}
 	case codes.AlreadyExists:
 		return &Error{http.StatusBadRequest, "AlreadyExistsException", msg}
+	case codes.Aborted:
+		return &Error{http.StatusBadRequest, "ConflictException", msg}
 	}
 	return &Error{http.StatusInternalServerError, "KMSInternalException", msg}
 }

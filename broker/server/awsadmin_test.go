@@ -398,15 +398,15 @@ func TestAWSJSONAliasesWithTheSDK(t *testing.T) {
 		{"an AWS reserved alias", func() error {
 			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/aws/s3"), TargetKeyId: aws.String("k1")})
 			return err
-		}, "NotFoundException"},
+		}, "InvalidAliasNameException"},
 		{"no alias/ prefix", func() error {
 			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("billing"), TargetKeyId: aws.String("k1")})
 			return err
-		}, "ValidationException"},
+		}, "InvalidAliasNameException"},
 		{"a bad alias name", func() error {
 			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/no spaces"), TargetKeyId: aws.String("k1")})
 			return err
-		}, "ValidationException"},
+		}, "InvalidAliasNameException"},
 		{"an alias as the target", func() error {
 			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/x"), TargetKeyId: aws.String("alias/billing/prod")})
 			return err
