@@ -16,15 +16,41 @@
 // blob made here opens over gRPC and the reverse; the encryption context
 // binds exactly as keybroker's does.
 //
-// Key names: a key id, `alias/<id>`, and key and alias ARNs
-// (`arn:aws:kms:<region>:<account>:key/<id>`, `…:alias/<id>`) of the
-// configured region and account all name keybroker key <id>; answers
-// always carry the key ARN in KeyId (the AWS Encryption SDK requires it).
+// Key names: a key id and its ARN (`arn:aws:kms:<region>:<account>:key/<id>`)
+// name keybroker key <id>; `alias/<name>` and its ARN (`…:alias/<name>`)
+// name the key a named alias of that name points at (CreateAlias; the
+// pipeline resolves it: the central tier's alias records, an edge's
+// replica), else key <name> — every key is also alias/<its id>. ARNs must
+// be of the configured region and account. Answers always carry the key
+// ARN in KeyId (the AWS Encryption SDK requires it).
 //
-// Served so far: Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
+// Served: Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
 // GenerateDataKeyWithoutPlaintext, GenerateRandom, DescribeKey, Sign,
-// Verify, GetPublicKey, GenerateMac, VerifyMac and ListKeys; every other
-// operation answers UnsupportedOperationException.
+// Verify, GetPublicKey, GenerateMac, VerifyMac, ListKeys; and the
+// key-management calls AWS tooling makes (admin.go, aliases.go), on the
+// pipeline's admin operations, so authorized and audited as KeyAdmin's
+// over gRPC: CreateKey, EnableKey, DisableKey, ScheduleKeyDeletion,
+// CancelKeyDeletion, TagResource, UntagResource, ListResourceTags,
+// CreateAlias, UpdateAlias, DeleteAlias and ListAliases. Every other
+// operation answers UnsupportedOperationException, as do the
+// key-management calls at a node with no admin (an edge).
+//
+// # Key management as AWS's, and where it differs
+//
+// CreateKey makes a derive-mode key on the default derive root, named by
+// a random UUID; KeySpec SYMMETRIC_DEFAULT, HMAC_256, ECC_NIST_P256 or
+// ECC_NIST_EDWARDS25519 with its one KeyUsage; Tags become labels (AWS's
+// tag limits, then keybroker's label rules: TagException). Key policies
+// (Cedar decides), imported or custom-key-store material and multi-Region
+// keys are UnsupportedOperationException. DisableKey of a disabled key
+// and EnableKey of an enabled one are KMSInvalidStateException
+// (keybroker's state machine; AWS may take them as no-ops, and Terraform
+// reads the state before it asks). CancelKeyDeletion leaves the key Disabled, as AWS
+// does. ListResourceTags is authorized as DescribeKey, TagResource and
+// UntagResource as UpdateKey (on the key as it is and as it will be);
+// alias changes as UpdateKey on every key they touch. ListAliases lists
+// each key's named aliases and alias/<id>; its Limit bounds keys, so a
+// page can hold more entries than Limit.
 package awsjson
 
 import (
@@ -129,6 +155,18 @@ var operations = map[string]func(*Server, context.Context, pipeline.Caller, []by
 	"GenerateMac":                     handle((*Server).generateMac),
 	"VerifyMac":                       handle((*Server).verifyMac),
 	"ListKeys":                        handle((*Server).listKeys),
+	"ListAliases":                     handle((*Server).listAliases),
+	"CreateKey":                       handle((*Server).createKey),
+	"EnableKey":                       handle((*Server).enableKey),
+	"DisableKey":                      handle((*Server).disableKey),
+	"ScheduleKeyDeletion":             handle((*Server).scheduleKeyDeletion),
+	"CancelKeyDeletion":               handle((*Server).cancelKeyDeletion),
+	"TagResource":                     handle((*Server).tagResource),
+	"UntagResource":                   handle((*Server).untagResource),
+	"ListResourceTags":                handle((*Server).listResourceTags),
+	"CreateAlias":                     handle((*Server).createAlias),
+	"UpdateAlias":                     handle((*Server).updateAlias),
+	"DeleteAlias":                     handle((*Server).deleteAlias),
 }
 
 // handle decodes an operation's request body (see decode) for op.
@@ -243,6 +281,8 @@ func (s *Server) awsError(err error) *Error {
 	msg := st.Message()
 	var se *managed.StateError
 	switch {
+	case errors.Is(err, pipeline.ErrNoAdmin):
+		return &Error{http.StatusBadRequest, "UnsupportedOperationException", msg}
 	case errors.As(err, &se) && se.State == managed.StateDisabled:
 		return &Error{http.StatusBadRequest, "DisabledException", msg}
 	case errors.As(err, &se):
@@ -265,6 +305,8 @@ func (s *Server) awsError(err error) *Error {
 		return &Error{http.StatusServiceUnavailable, "DependencyTimeoutException", msg}
 	case codes.AlreadyExists:
 		return &Error{http.StatusBadRequest, "AlreadyExistsException", msg}
+	case codes.Aborted:
+		return &Error{http.StatusBadRequest, "ConflictException", msg}
 	}
 	return &Error{http.StatusInternalServerError, "KMSInternalException", msg}
 }

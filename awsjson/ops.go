@@ -32,7 +32,7 @@ type encryptResponse struct {
 }
 
 func (s *Server) encrypt(ctx context.Context, caller pipeline.Caller, in *encryptRequest) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +69,7 @@ func (s *Server) decrypt(ctx context.Context, caller pipeline.Caller, in *decryp
 	if err := checkAlgorithm(in.EncryptionAlgorithm); err != nil {
 		return nil, err
 	}
-	if err := s.checkKeyIs(in.KeyID, in.CiphertextBlob); err != nil {
+	if err := s.checkKeyIs(ctx, in.KeyID, in.CiphertextBlob); err != nil {
 		return nil, err
 	}
 	out, err := s.cfg.Pipeline.Decrypt(ctx, caller, pipeline.DecryptInput{Ciphertext: in.CiphertextBlob, Context: in.EncryptionContext})
@@ -82,11 +82,11 @@ func (s *Server) decrypt(ctx context.Context, caller pipeline.Caller, in *decryp
 // checkKeyIs refuses, as AWS does (IncorrectKeyException), a Decrypt whose
 // KeyId is not the key the ciphertext names. A ciphertext that does not
 // parse is left for the pipeline to refuse (and audit).
-func (s *Server) checkKeyIs(keyID string, ciphertext []byte) error {
+func (s *Server) checkKeyIs(ctx context.Context, keyID string, ciphertext []byte) error {
 	if keyID == "" {
 		return nil
 	}
-	want, err := s.keyID(keyID)
+	want, err := s.resolveKey(ctx, keyID)
 	if err != nil {
 		return err
 	}
@@ -119,7 +119,7 @@ func (s *Server) reEncrypt(ctx context.Context, caller pipeline.Caller, in *reEn
 	if len(in.CiphertextBlob) == 0 {
 		return nil, validation("CiphertextBlob is required")
 	}
-	dst, err := s.keyID(in.DestinationKeyID)
+	dst, err := s.resolveKey(ctx, in.DestinationKeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +128,7 @@ func (s *Server) reEncrypt(ctx context.Context, caller pipeline.Caller, in *reEn
 			return nil, err
 		}
 	}
-	if err := s.checkKeyIs(in.SourceKeyID, in.CiphertextBlob); err != nil {
+	if err := s.checkKeyIs(ctx, in.SourceKeyID, in.CiphertextBlob); err != nil {
 		return nil, err
 	}
 	out, err := s.cfg.Pipeline.ReEncrypt(ctx, caller, pipeline.ReEncryptInput{Ciphertext: in.CiphertextBlob, SourceContext: in.SourceEncryptionContext,
@@ -164,7 +164,7 @@ func (s *Server) generateDataKeyWithoutPlaintext(ctx context.Context, caller pip
 // dataKey is GenerateDataKey[WithoutPlaintext]: keybroker's data keys are
 // 32 bytes, so KeySpec AES_256 or NumberOfBytes 32 (exactly one).
 func (s *Server) dataKey(ctx context.Context, caller pipeline.Caller, in *generateDataKeyRequest, withPlaintext bool) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +237,7 @@ type describeKeyResponse struct {
 }
 
 func (s *Server) describeKey(ctx context.Context, caller pipeline.Caller, in *describeKeyRequest) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}

@@ -32,8 +32,8 @@ type signRequest struct {
 
 // signInput checks a Sign or Verify request: RAW (the default) signs the
 // message, DIGEST a SHA-256 digest of 32 bytes; the algorithm is given.
-func (s *Server) signInput(in signRequest) (id string, msg, digest []byte, err error) {
-	if id, err = s.keyID(in.KeyID); err != nil {
+func (s *Server) signInput(ctx context.Context, in signRequest) (id string, msg, digest []byte, err error) {
+	if id, err = s.resolveKey(ctx, in.KeyID); err != nil {
 		return "", nil, nil, err
 	}
 	if in.SigningAlgorithm == "" {
@@ -76,7 +76,7 @@ type signResponse struct {
 }
 
 func (s *Server) sign(ctx context.Context, caller pipeline.Caller, in *signRequest) (any, error) {
-	id, msg, digest, err := s.signInput(*in)
+	id, msg, digest, err := s.signInput(ctx, *in)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +99,7 @@ type verifyResponse struct {
 // verify answers as AWS does: a signature that does not verify is
 // KMSInvalidSignatureException, not SignatureValid false.
 func (s *Server) verify(ctx context.Context, caller pipeline.Caller, in *signRequest) (any, error) {
-	id, msg, digest, err := s.signInput(*in)
+	id, msg, digest, err := s.signInput(ctx, *in)
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +128,7 @@ type getPublicKeyResponse struct {
 }
 
 func (s *Server) getPublicKey(ctx context.Context, caller pipeline.Caller, in *describeKeyRequest) (any, error) {
-	id, err := s.keyID(in.KeyID)
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -150,8 +150,8 @@ type macRequest struct {
 
 const hmacSHA256 = "HMAC_SHA_256"
 
-func (s *Server) macInput(in macRequest) (string, error) {
-	id, err := s.keyID(in.KeyID)
+func (s *Server) macInput(ctx context.Context, in macRequest) (string, error) {
+	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return "", err
 	}
@@ -172,7 +172,7 @@ type macResponse struct {
 }
 
 func (s *Server) generateMac(ctx context.Context, caller pipeline.Caller, in *macRequest) (any, error) {
-	id, err := s.macInput(*in)
+	id, err := s.macInput(ctx, *in)
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +186,7 @@ func (s *Server) generateMac(ctx context.Context, caller pipeline.Caller, in *ma
 // verifyMac answers as AWS does: a tag that does not verify is
 // KMSInvalidMacException.
 func (s *Server) verifyMac(ctx context.Context, caller pipeline.Caller, in *macRequest) (any, error) {
-	id, err := s.macInput(*in)
+	id, err := s.macInput(ctx, *in)
 	if err != nil {
 		return nil, err
 	}

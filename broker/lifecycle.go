@@ -117,6 +117,9 @@ func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*m
 					}
 					return rotate, deleted, err
 				}
+				if err := r.dropAliases(ctx, k); err != nil {
+					return rotate, deleted, fmt.Errorf("deleting the aliases of %q: %w", k.ID, err)
+				}
 				deleted = append(deleted, k.ID)
 			case rotationDue(k, now):
 				rotate = append(rotate, k)

@@ -48,6 +48,9 @@ type Registry struct {
 	gen      uint64               // bumped when the cache is emptied or a key dropped
 	followed uint64               // last feed revision applied
 	advanced chan struct{}        // closed and replaced when followed advances
+	// aliases remembers alias lookups, kept current by the feed as the
+	// key cache is (aliases.go).
+	aliases aliasMemo
 }
 
 // NewRegistry returns a registry on st; now is the clock (time.Now when nil).
@@ -190,6 +193,7 @@ func (r *Registry) invalidate() {
 	defer r.mu.Unlock()
 	r.cache.clear()
 	r.gen++
+	r.aliases.reset()
 }
 
 // drop forgets a key. A read from the store that began before this may
@@ -240,6 +244,8 @@ func (r *Registry) Follow(ctx context.Context) {
 		r.markFollowed(from)
 		for ev := range w.C() {
 			switch {
+			case ev.Type != store.Progress && ev.Object.Kind == KindAliases:
+				r.aliases.forget(ev.Object.ID)
 			case ev.Type == store.Progress, ev.Object.Kind != KindKeys:
 			case ev.Type == store.Delete:
 				r.drop(ev.Object.ID)

@@ -130,6 +130,12 @@ func (s *Service) CreateKey(ctx context.Context, p CreateParams) (*managed.Key, 
 	if _, err := s.reg.Get(ctx, p.ID); err == nil {
 		return nil, managed.Errorf(managed.ErrAlreadyExists, "key %q already exists", p.ID)
 	}
+	// alias/<id> names the key <id> unless a named alias has that name.
+	if managed.ValidateAlias(p.ID) == nil {
+		if target, err := s.AliasTarget(ctx, p.ID); err == nil {
+			return nil, managed.Errorf(managed.ErrAlreadyExists, "%q is the name of an alias of key %q", p.ID, target)
+		}
+	}
 	v, err := s.mat.NewVersion(ctx, k, root, 1)
 	if err != nil {
 		return nil, err
@@ -214,11 +220,13 @@ func (s *Service) rotate(ctx context.Context, id string, still func(*managed.Key
 
 // UpdateParams changes a key's metadata; nil fields stay as they are.
 type UpdateParams struct {
-	ID                   string
-	ExpectedRevision     uint64
-	Description          *string
-	Labels               map[string]string
-	ReplaceLabels        bool
+	ID               string
+	ExpectedRevision uint64
+	Description      *string
+	Labels           map[string]string
+	ReplaceLabels    bool
+	// RemoveLabels are removed after Labels are applied.
+	RemoveLabels         []string
 	RotationPeriod       *time.Duration
 	MinDecryptionVersion *uint32
 	Placement            *string
@@ -253,6 +261,9 @@ func (s *Service) UpdateKey(ctx context.Context, p UpdateParams) (*managed.Key, 
 				k.Labels = map[string]string{}
 			}
 			maps.Copy(k.Labels, p.Labels)
+		}
+		for _, l := range p.RemoveLabels {
+			delete(k.Labels, l)
 		}
 		if p.RotationPeriod != nil {
 			k.RotationPeriod = *p.RotationPeriod

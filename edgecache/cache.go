@@ -249,6 +249,9 @@ type Cache struct {
 
 	mu   sync.RWMutex
 	keys map[string]*replicaKey
+	// aliases indexes the keys' named aliases: alias name → key id
+	// (aliases.go).
+	aliases map[string]string
 	// index orders the replica's keys by id, changed in place (O(log n)
 	// per key) under mu; sorted is a copy-on-write clone of it taken
 	// after each change, which readers page through without the lock.
@@ -337,7 +340,7 @@ func Open(c Config) (*Cache, error) {
 		return nil, err
 	}
 	ec := &Cache{cfg: c, disk: d, seal: sk, plain: newPlainCache(c.MaterialEntries, c.MaterialTTL, c.Now),
-		sync: kbv1.NewEdgeSyncClient(c.Central), log: c.Logger, now: c.Now, keys: map[string]*replicaKey{}, index: newIndex(),
+		sync: kbv1.NewEdgeSyncClient(c.Central), log: c.Logger, now: c.Now, keys: map[string]*replicaKey{}, aliases: map[string]string{}, index: newIndex(),
 		acked: make(chan struct{}, 1), advanced: make(chan struct{}),
 		spiffeID: identity.Identity{TrustDomain: c.TrustDomain, Kind: identity.Edge, Name: c.NodeID}.String()}
 	ec.ops, err = managed.New(managed.Config{Material: ec, Reuse: c.Reuse,
@@ -368,6 +371,7 @@ func (c *Cache) restore() error {
 		}
 		c.keys[rk.key.ID] = rk
 		c.index.ReplaceOrInsert(rk.key)
+		c.indexAliasesLocked(rk.key)
 		return nil
 	})
 	if err != nil {

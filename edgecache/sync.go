@@ -679,13 +679,22 @@ func (c *Cache) commit(b *batch) error {
 	}
 	if b.fresh != nil {
 		c.keys, c.index = b.fresh.byID, b.fresh.index
+		c.aliases = map[string]string{}
+		for _, rk := range b.fresh.byID {
+			c.indexAliasesLocked(rk.key)
+		}
 	}
 	for _, rk := range keys {
+		if old, ok := c.keys[rk.key.ID]; ok {
+			c.unindexAliasesLocked(old.key)
+		}
 		c.keys[rk.key.ID] = rk
 		c.index.ReplaceOrInsert(rk.key)
+		c.indexAliasesLocked(rk.key)
 	}
 	for _, id := range ch.deleted {
 		if rk, ok := c.keys[id]; ok {
+			c.unindexAliasesLocked(rk.key)
 			delete(c.keys, id)
 			c.index.Delete(rk.key)
 		}

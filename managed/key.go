@@ -176,6 +176,10 @@ type Key struct {
 	State       State             `json:"state"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Description string            `json:"description,omitempty"`
+	// Aliases are the key's named aliases (ValidateAlias), in the order
+	// they were given. The central tier's alias records decide which key
+	// an alias names; this list carries them to edges.
+	Aliases []string `json:"aliases,omitempty"`
 	// Salt is 32 random bytes made when the key is created
 	// (crypto/rand). It enters the derive input, the wrap-mode material
 	// AAD, every data-key AAD and the input of backend-mode MACs (see
@@ -204,6 +208,7 @@ type Key struct {
 func (k *Key) Clone() *Key {
 	c := *k
 	c.Labels = maps.Clone(k.Labels)
+	c.Aliases = slices.Clone(k.Aliases)
 	c.Salt = slices.Clone(k.Salt)
 	c.Versions = slices.Clone(k.Versions)
 	return &c
@@ -351,6 +356,9 @@ func (k *Key) ValidateMeta() error {
 		if err := policy.ValidatePlacement(k.ID, k.Placement); err != nil {
 			return Errorf(ErrInvalidArgument, "%w", err)
 		}
+	}
+	if err := validateAliases(k.Aliases); err != nil {
+		return err
 	}
 	return ValidateLabels(k.Labels)
 }

@@ -34,8 +34,15 @@
 // the caller may DescribeKey (through the decision cache), in pages whose
 // next token is a key the caller was shown.
 //
-// Calls that are not key operations (the admin and edge-sync services)
-// use the same audited Call: Begin, Decide, End.
+// The admin operations (CreateKey, RotateKey, UpdateKey, DisableKey,
+// EnableKey, ScheduleKeyDeletion, CancelKeyDeletion) take the same path,
+// performed by the node's Admin (the central tier's; an edge has none and
+// answers ErrNoAdmin): CreateKey authorizes the key as it would be created
+// (its labels and the root key it would use), UpdateKey the key as it is
+// and as it will be, inside the compare-and-swap that writes it.
+//
+// Calls that are not key operations (node and access-key administration,
+// edge sync) use the same audited Call: Begin, Decide, End.
 //
 // # Errors
 //
@@ -116,8 +123,12 @@ type Policies interface {
 // Config assembles a Pipeline.
 type Config struct {
 	Performer Performer
-	Policy    Policies
-	Audit     *audit.Log
+	// Admin performs the admin operations (CreateKey, UpdateKey, …): the
+	// central tier's keys; nil at an edge, whose pipeline answers them
+	// ErrNoAdmin.
+	Admin  Admin
+	Policy Policies
+	Audit  *audit.Log
 	// NodeID names this node in audit lines.
 	NodeID string
 	// Outcome names a failed call's outcome and detail for its audit line
@@ -132,6 +143,7 @@ type Config struct {
 type Pipeline struct {
 	perf    Performer
 	fwd     Forwarder // nil: every operation is performed here
+	admin   Admin     // nil: no admin operations here
 	policy  Policies
 	audit   *audit.Log
 	node    string
@@ -153,7 +165,7 @@ func New(c Config) (*Pipeline, error) {
 		c.Outcome = func(err error) (string, string) { return "error", err.Error() }
 	}
 	fwd, _ := c.Performer.(Forwarder)
-	return &Pipeline{perf: c.Performer, fwd: fwd, policy: c.Policy, audit: c.Audit, node: c.NodeID, outcome: c.Outcome, log: c.Logger}, nil
+	return &Pipeline{perf: c.Performer, fwd: fwd, admin: c.Admin, policy: c.Policy, audit: c.Audit, node: c.NodeID, outcome: c.Outcome, log: c.Logger}, nil
 }
 
 // Policy is the policy source the pipeline authorizes with.

@@ -68,7 +68,10 @@ import (
 // Config assembles a Server.
 type Config struct {
 	// Performer performs the operations at this node (pipeline.Performer).
-	Performer   pipeline.Performer
+	Performer pipeline.Performer
+	// Admin performs the admin operations (pipeline.Admin); nil at an
+	// edge.
+	Admin       pipeline.Admin
 	Policy      pipeline.Policies
 	Audit       *audit.Log
 	NodeID      string
@@ -100,7 +103,7 @@ func New(c Config) (*Server, error) {
 	}
 	s := &Server{audit: c.Audit, id: c.NodeID, td: c.TrustDomain, classify: c.Classify, log: c.Logger}
 	var err error
-	s.pipe, err = pipeline.New(pipeline.Config{Performer: c.Performer, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
+	s.pipe, err = pipeline.New(pipeline.Config{Performer: c.Performer, Admin: c.Admin, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
 		Outcome: s.outcome, Logger: c.Logger})
 	if err != nil {
 		return nil, err
@@ -241,6 +244,13 @@ func (s *Server) Begin(ctx context.Context, op policy.Action, key string) (conte
 // End audits c (pipeline.Call.End) and turns err into a gRPC status.
 func (s *Server) End(ctx context.Context, c *pipeline.Call, err error) error {
 	return s.answer(c.Caller(), c.Operation(), c.Key(), c.End(ctx, err))
+}
+
+// Answer turns the error of a pipeline call made for caller — op on key
+// ("" for none), already audited by the pipeline — into what the caller
+// is told, as End does.
+func (s *Server) Answer(caller pipeline.Caller, op policy.Action, key string, err error) error {
+	return s.answer(caller, audit.Operation(op), key, err)
 }
 
 // answer turns the error of an audited call into what the caller is told.

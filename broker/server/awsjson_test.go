@@ -107,7 +107,7 @@ func TestAWSJSONWithTheSDK(t *testing.T) {
 		t.Errorf("garbage ciphertext: %v, want InvalidCiphertextException", err)
 	}
 	var unsupported smithy.APIError
-	if _, err := billing.ListAliases(ctx, &kms.ListAliasesInput{}); !errors.As(err, &unsupported) || unsupported.ErrorCode() != "UnsupportedOperationException" {
+	if _, err := billing.GetKeyPolicy(ctx, &kms.GetKeyPolicyInput{KeyId: aws.String("demo")}); !errors.As(err, &unsupported) || unsupported.ErrorCode() != "UnsupportedOperationException" {
 		t.Errorf("an operation not served: %v, want UnsupportedOperationException", err)
 	}
 	var incorrect *types.IncorrectKeyException

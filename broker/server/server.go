@@ -201,7 +201,7 @@ func New(c Config) (*Server, error) {
 		s.proofs.roots = func() *x509.CertPool { return c.ClientCAs }
 	}
 	var err error
-	s.Server, err = rpc.New(rpc.Config{Performer: performer{Service: c.Service, s: s}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
+	s.Server, err = rpc.New(rpc.Config{Performer: performer{Service: c.Service, s: s}, Admin: centralAdmin{c.Service}, Policy: c.Policy, Audit: c.Audit, NodeID: c.NodeID,
 		TrustDomain: c.TrustDomain, Classify: classify, Logger: c.Logger})
 	if err != nil {
 		return nil, err
@@ -258,7 +258,15 @@ type performer struct {
 	s *Server
 }
 
-var _ pipeline.Performer = performer{}
+var (
+	_ pipeline.Performer     = performer{}
+	_ pipeline.AliasResolver = performer{}
+)
+
+// ResolveAlias answers from the tier's alias records, which decide.
+func (p performer) ResolveAlias(ctx context.Context, name string) (string, error) {
+	return p.AliasTarget(ctx, name)
+}
 
 // LookupKey places op on k over the cluster's inventory.
 func (p performer) LookupKey(ctx context.Context, k *managed.Key, op policy.Action, labels map[string]string) ([]placement.Candidate, error) {

@@ -66,7 +66,7 @@ func KeyToProto(k *managed.Key) *kbv1.KeyMetadata {
 		KeyId: k.ID, Type: typeToProto[k.Type], Mode: modeToProto[k.Mode], Derived: k.Derived, State: stateToProto[k.State],
 		PrimaryVersion: k.Primary, MinDecryptionVersion: k.MinDecryptionVersion, Labels: k.Labels,
 		CreatedAt: timestamppb.New(k.Created), UpdatedAt: timestamppb.New(k.Updated), Revision: k.Revision,
-		Description: k.Description, Placement: k.Placement,
+		Description: k.Description, Placement: k.Placement, Aliases: k.Aliases,
 	}
 	if pv := k.PrimaryVersion(); pv != nil {
 		m.RootKey = pv.RootKey
@@ -98,7 +98,7 @@ func KeyFromProto(m *kbv1.KeyMetadata, versions []*kbv1.EdgeKeyVersion) (*manage
 	}
 	k := &managed.Key{
 		ID: m.GetKeyId(), Type: typ, Mode: mode, Derived: m.GetDerived(), State: state, Labels: m.GetLabels(),
-		Description: m.GetDescription(), Placement: m.GetPlacement(), RotationPeriod: m.GetRotationPeriod().AsDuration(),
+		Description: m.GetDescription(), Placement: m.GetPlacement(), Aliases: m.GetAliases(), RotationPeriod: m.GetRotationPeriod().AsDuration(),
 		MinDecryptionVersion: m.GetMinDecryptionVersion(), Primary: m.GetPrimaryVersion(),
 		Created: m.GetCreatedAt().AsTime(), Updated: m.GetUpdatedAt().AsTime(), Revision: m.GetRevision(),
 	}

@@ -71,6 +71,7 @@ func richKey(t *testing.T, typ managed.KeyType, mode managed.Mode, state managed
 		Labels:      map[string]string{"team": "payments", "env": "prod", "tier": ""},
 		Description: "Payments key — ünïcode survives",
 		Placement:   `principal.region == "eu" && principal.hasTag("pci")`,
+		Aliases:     []string{"payments", "team/payments-prod"},
 		Created:     created, Updated: created.Add(36 * time.Hour), Revision: 4711,
 	}
 	if state == managed.StateEnabled {
@@ -173,7 +174,7 @@ func TestKeyToProto(t *testing.T) {
 		PrimaryVersion: 3, MinDecryptionVersion: 1, Labels: k.Labels, RootKey: "pkcs11:token=kb;object=root-2",
 		RotationPeriod: durationpb.New(30 * 24 * time.Hour), NextRotation: timestamppb.New(k.NextRotation),
 		DeletionTime: timestamppb.New(k.DeletionTime), CreatedAt: timestamppb.New(k.Created), UpdatedAt: timestamppb.New(k.Updated),
-		Revision: 4711, Description: k.Description, Placement: k.Placement,
+		Revision: 4711, Description: k.Description, Placement: k.Placement, Aliases: k.Aliases,
 	}
 	for _, v := range k.Versions {
 		want.Versions = append(want.Versions, &kbv1.KeyVersion{Version: v.Version, CreatedAt: timestamppb.New(v.Created)})
@@ -251,6 +252,9 @@ func TestKeyFromProtoRejects(t *testing.T) {
 		{"rotation period too short", func(m *kbv1.KeyMetadata) { m.RotationPeriod = durationpb.New(time.Hour) }},
 		{"invalid placement", func(m *kbv1.KeyMetadata) { m.Placement = `principal.regoin == "eu"` }},
 		{"bad label key", func(m *kbv1.KeyMetadata) { m.Labels = map[string]string{"": "x"} }},
+		{"bad alias", func(m *kbv1.KeyMetadata) { m.Aliases = []string{"no spaces"} }},
+		{"reserved alias", func(m *kbv1.KeyMetadata) { m.Aliases = []string{"aws/s3"} }},
+		{"alias twice", func(m *kbv1.KeyMetadata) { m.Aliases = []string{"a", "a"} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := valid()

@@ -2024,7 +2024,10 @@ type KeyMetadata struct {
 	// this key (edges outside it may not hold the material whatever the
 	// global policies permit), except that a global forbid still wins.
 	// Empty: the global HoldMaterial policies alone decide.
-	Placement     string `protobuf:"bytes,18,opt,name=placement,proto3" json:"placement,omitempty"`
+	Placement string `protobuf:"bytes,18,opt,name=placement,proto3" json:"placement,omitempty"`
+	// Named aliases (AWS KMS's alias/<name>, without the alias/ prefix):
+	// each names this key tier-wide. Edges resolve aliases from this list.
+	Aliases       []string `protobuf:"bytes,19,rep,name=aliases,proto3" json:"aliases,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2183,6 +2186,13 @@ func (x *KeyMetadata) GetPlacement() string {
 		return x.Placement
 	}
 	return ""
+}
+
+func (x *KeyMetadata) GetAliases() []string {
+	if x != nil {
+		return x.Aliases
+	}
+	return nil
 }
 
 type LookupKeyRequest struct {
@@ -5285,7 +5295,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x129\n" +
 	"\n" +
-	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x84\a\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\x9e\a\n" +
 	"\vKeyMetadata\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.keybroker.v1.KeyTypeR\x04type\x12)\n" +
@@ -5307,7 +5317,8 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"updated_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x1a\n" +
 	"\brevision\x18\x10 \x01(\x04R\brevision\x12 \n" +
 	"\vdescription\x18\x11 \x01(\tR\vdescription\x12\x1c\n" +
-	"\tplacement\x18\x12 \x01(\tR\tplacement\x1a9\n" +
+	"\tplacement\x18\x12 \x01(\tR\tplacement\x12\x18\n" +
+	"\aaliases\x18\x13 \x03(\tR\aaliases\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf8\x01\n" +
