@@ -56,9 +56,9 @@
 // checks, and continues after the last. Anything wrong there refuses Open
 // as a full verification did: a log cut short or cut mid-line, a head
 // rewritten or ahead of the log, a line edited, repeated or inserted at the
-// end. What Open reads is about 64 KiB whatever the log's size (at 100,000
-// keys a central's log had grown past 1.4 million lines, and verifying
-// them all took 4.2 s of a 6.1 s restart).
+// end. What Open reads is about 64 KiB whatever the log's size (verifying
+// every line at start took 4.2 s of a central's 6.1 s restart at 100,000
+// keys, and grows with the log).
 //
 // The rest of the chain is then verified in the background, in one
 // sequential pass over the bytes the log held at Open through a 64 KiB
@@ -76,11 +76,11 @@
 // checked before anything is appended.
 //
 // A log is not split into segments: it grows by one line per operation
-// (about 250 to 450 bytes; a central writes a CreateKey line per key
+// (about 300 to 500 bytes; a central writes a CreateKey line per key
 // made and a HoldMaterial line per key in every snapshot sealed to an
-// edge, so about 350 MB per million keys synchronised to an edge), and its
+// edge, so about 480 MB per million keys sealed to an edge), and its
 // verification is offline (`keybroker audit verify`) or in the background.
-// Operators rotate it as described in docs/operations.md.
+// docs/deploy.md ("The audit log") says how an operator rotates it.
 package audit
 
 import (
