@@ -450,95 +450,123 @@ func OpenConfig(c Config) (*Log, error) {
 
 // openTail checks the end of a log against its head and returns the chain
 // to continue: the last line's seq and hash. It reads the log backwards
-// from its end (size bytes) down to the line the head records, then checks
-// that line's hash against the head and every line after it forwards, as
-// Verify does. After a clean close the head records the last line, so it
-// reads one line; after a crash, the lines written since the last fsync
-// too. A log whose head records line 0 is read from its start. It returns
-// the bytes it read.
+// from its end (size bytes) down to the line the head records, checks that
+// line's hash against the head and the line before it, then reads forwards
+// from there checking every line after it as Verify does. After a clean
+// close the head records the last line, so it reads one line and the one
+// before; after a crash, the lines written since the last fsync too. A log
+// whose head records line 0 is read from its start. Memory stays that of a
+// few lines whatever it reads. It returns the bytes it read.
 func openTail(r io.ReaderAt, size int64, headPath string, key []byte) (seq uint64, hash string, read int64, err error) {
 	headSeq, headHash, _, err := readHead(headPath, key)
 	if err != nil {
 		return 0, "", 0, err
 	}
+	from := int64(0) // where the lines after the head's begin
+	back := &backLines{r: r, pos: size}
 	if headSeq == 0 {
 		if headHash != "" && headHash != zeroHash {
 			return 0, "", 0, fmt.Errorf("head file %s records line 0 with a hash that is not the empty chain's", headPath)
 		}
 		headHash = zeroHash // the head of a new log, or none (an empty log)
+	} else if from, err = findHead(back, headSeq, headHash); err != nil {
+		return 0, "", back.read, err
 	}
-	back := &backLines{r: r, pos: size}
-	// after holds the lines after the head's, last first.
-	var after [][]byte
+	fwd := &countingReader{r: io.NewSectionReader(r, from, size-from)}
+	seq, hash, err = verifyFrom(fwd, headSeq, headHash)
+	return seq, hash, back.read + fwd.n, err
+}
+
+// findHead reads lines from back (the log's end) down to line headSeq,
+// checks it against headHash and the line before it, and returns the
+// offset just past it.
+func findHead(back *backLines, headSeq uint64, headHash string) (int64, error) {
 	var want uint64 // the seq the next line back must have, once one is read
-	for {
-		line, err := back.prev()
+	for last := true; ; last = false {
+		line, off, err := back.prev()
 		if err == io.EOF {
-			if headSeq > 0 {
-				// The lines run from the end down to the first without
-				// the one the head records.
-				return 0, "", back.read, &VerifyError{want, fmt.Sprintf("the log has no line %d, which its head file records", headSeq)}
-			}
-			break
+			// The lines run from the end down to the first without the
+			// one the head records (or there are none).
+			return 0, &VerifyError{want, fmt.Sprintf("the log has no line %d, which its head file records", headSeq)}
 		}
 		if err != nil {
-			return 0, "", back.read, err
+			return 0, err
 		}
-		last := len(after) == 0
 		if last && !bytes.HasSuffix(line, []byte("\n")) {
-			return 0, "", back.read, &VerifyError{0, "incomplete last line (no newline)"}
+			return 0, &VerifyError{0, "incomplete last line (no newline)"}
 		}
-		if !last && want == 0 {
-			return 0, "", back.read, &VerifyError{0, "a line before line 1 (a line was inserted)"}
-		}
-		rec, rerr := decodeLine(line)
-		if rerr != nil {
-			return 0, "", back.read, &VerifyError{want, rerr.Error()}
+		rec, err := decodeLine(line)
+		if err != nil {
+			return 0, &VerifyError{want, err.Error()}
 		}
 		switch {
 		case last && rec.Seq < headSeq:
-			return 0, "", back.read, &VerifyError{rec.Seq, fmt.Sprintf("log ends at line %d but its head file records line %d: lines were dropped from the end", rec.Seq, headSeq)}
+			return 0, &VerifyError{rec.Seq, fmt.Sprintf("log ends at line %d but its head file records line %d: lines were dropped from the end", rec.Seq, headSeq)}
 		case !last && rec.Seq != want:
-			return 0, "", back.read, &VerifyError{want, fmt.Sprintf("sequence %d, want %d (a line was dropped, inserted or moved)", rec.Seq, want)}
-		case rec.Seq == 0:
-			return 0, "", back.read, &VerifyError{0, "sequence 0, want at least 1"}
+			return 0, &VerifyError{want, fmt.Sprintf("sequence %d, want %d (a line was dropped, inserted or moved)", rec.Seq, want)}
 		}
 		if rec.Seq == headSeq {
 			h, err := checkLine(line, rec, rec.Seq, rec.Prev)
 			if err != nil {
-				return 0, "", back.read, err
+				return 0, err
 			}
 			if h != headHash {
-				return 0, "", back.read, &VerifyError{rec.Seq, "hash differs from the one the head file recorded"}
+				return 0, &VerifyError{rec.Seq, "hash differs from the one the head file recorded"}
 			}
 			// And the line before it links to it, so that Open refuses a
 			// line repeated or inserted just before the end too.
 			if err := checkBefore(back, rec); err != nil {
-				return 0, "", back.read, err
+				return 0, err
 			}
-			break
+			return off + int64(len(line)), nil
 		}
-		after = append(after, line)
-		want = rec.Seq - 1
+		want = rec.Seq - 1 // > 0: rec.Seq > headSeq > 0
 	}
-	seq, hash = headSeq, headHash
-	for i := len(after) - 1; i >= 0; i-- {
-		rec, err := decodeLine(after[i])
-		if err != nil {
-			return 0, "", back.read, &VerifyError{seq + 1, err.Error()}
+}
+
+// verifyFrom checks the lines r holds as the lines after line seq, whose
+// hash is hash, and returns the last line's seq and hash. A VerifyError
+// names a line by its seq.
+func verifyFrom(r io.Reader, seq uint64, hash string) (uint64, string, error) {
+	br := bufio.NewReaderSize(r, 16<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) == 0 && err == io.EOF {
+			return seq, hash, nil
 		}
-		if hash, err = checkLine(after[i], rec, seq+1, hash); err != nil {
-			return 0, "", back.read, err
+		if err == io.EOF {
+			return 0, "", &VerifyError{0, "incomplete last line (no newline)"}
+		}
+		if err != nil {
+			return 0, "", err
+		}
+		rec, err := decodeLine(line)
+		if err != nil {
+			return 0, "", &VerifyError{seq + 1, err.Error()}
+		}
+		if hash, err = checkLine(line, rec, seq+1, hash); err != nil {
+			return 0, "", err
 		}
 		seq++
 	}
-	return seq, hash, back.read, nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // checkBefore checks, reading it from back, the line before rec: line 1
 // has none; any other's must be rec.Seq-1 and hash to rec.Prev.
 func checkBefore(back *backLines, rec Record) error {
-	line, err := back.prev()
+	line, _, err := back.prev()
 	if err == io.EOF {
 		if rec.Seq == 1 {
 			return nil
@@ -571,14 +599,14 @@ type backLines struct {
 	pos  int64  // file offset of buf[0]
 	buf  []byte // bytes from pos not yet returned
 	read int64  // bytes read so far
-	next int    // size of the next read (grows for long lines)
+	next int    // size of the next read (doubles while a line is longer)
 }
 
 // prev returns the line before the ones already returned, its newline
-// included (the last line of a file may lack one), or io.EOF at the start.
-// The lines returned stay valid: buf is never written again once a line of
-// it is returned.
-func (b *backLines) prev() ([]byte, error) {
+// included (the last line of a file may lack one), and its offset in the
+// file, or io.EOF at the start. A line returned stays valid: a buffer is
+// never written once a line of it is returned.
+func (b *backLines) prev() ([]byte, int64, error) {
 	if b.next == 0 {
 		b.next = 64 << 10
 	}
@@ -586,21 +614,21 @@ func (b *backLines) prev() ([]byte, error) {
 		if len(b.buf) > 0 {
 			if i := bytes.LastIndexByte(b.buf[:len(b.buf)-1], '\n'); i >= 0 {
 				line := b.buf[i+1:]
-				b.buf = b.buf[:i+1]
-				return line, nil
+				b.buf, b.next = b.buf[:i+1], 64<<10
+				return line, b.pos + int64(i+1), nil
 			}
 			if b.pos == 0 {
 				line := b.buf
 				b.buf = nil
-				return line, nil
+				return line, 0, nil
 			}
 		} else if b.pos == 0 {
-			return nil, io.EOF
+			return nil, 0, io.EOF
 		}
 		n := min(int64(b.next), b.pos)
 		buf := make([]byte, int(n)+len(b.buf))
 		if _, err := b.r.ReadAt(buf[:n], b.pos-n); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		copy(buf[n:], b.buf)
 		b.buf, b.pos, b.read = buf, b.pos-n, b.read+n

@@ -355,3 +355,30 @@ func TestCheckRacesAppendsAndClose(t *testing.T) {
 		t.Errorf("VerifyFile = %+v, %v; want 10,800 lines", res, err)
 	}
 }
+
+// TestOpenLongLines: lines longer than Open's 64 KiB read at the end of a
+// log are read whole.
+func TestOpenLongLines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.jsonl")
+	buildLog(t, path, 100, nil)
+	for i := range 3 {
+		l, err := Open(path, 0)
+		if err != nil {
+			t.Fatalf("Open after %d long lines = %v", i, err)
+		}
+		if err := l.Append(Record{Operation: "Encrypt", Outcome: "ok", Detail: strings.Repeat("d", 100<<10*(i+1))}); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := Open(path, 0)
+	if err != nil {
+		t.Fatalf("Open = %v", err)
+	}
+	if c := waitCheck(t, l); c.State != Verified || c.Upto != 103 {
+		t.Errorf("Check = %+v, want 103 lines verified", c)
+	}
+	l.Close()
+}
