@@ -111,11 +111,33 @@ func FuzzVerify(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-		res, err := Verify(bytes.NewReader(log), hp)
-		if err != nil {
+		res, verr := Verify(bytes.NewReader(log), hp)
+		if verr != nil {
 			var ve *VerifyError
-			if !errors.As(err, &ve) && !strings.Contains(err.Error(), "head file") {
-				t.Fatalf("Verify error %v (%T) is neither a VerifyError nor a malformed head file", err, err)
+			if !errors.As(verr, &ve) && !strings.Contains(verr.Error(), "head file") {
+				t.Fatalf("Verify error %v (%T) is neither a VerifyError nor a malformed head file", verr, verr)
+			}
+			// Open checks only the log's end: it may continue a log
+			// Verify refuses, but its background pass must then not
+			// find the log verified.
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			if err := os.WriteFile(path, log, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if hp != "" {
+				if err := os.WriteFile(headOf(path), head, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l, err := Open(path, time.Hour)
+			if err != nil {
+				return
+			}
+			<-l.CheckDone()
+			c := l.Check()
+			l.Close()
+			if c.State != Broken {
+				t.Fatalf("Open continued a log Verify refuses (%v) and its background pass found it %v", verr, c.State)
 			}
 			return
 		}

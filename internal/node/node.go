@@ -139,7 +139,12 @@ func (s *Shell) OpenIdentity(ctx context.Context, c config.Node, check func(*ide
 
 // OpenAudit opens the audit log the node's audit block names,
 // authenticating its head with the key in audit.head_key_file when one is
-// named.
+// named. Open checks the log's end only; the rest of its chain is verified
+// in the background (audit.Log.Check), and the shell reports that pass:
+// keybroker_audit_chain_verified and keybroker_audit_chain_broken (1 or
+// 0; both 0 while it runs), keybroker_audit_verify_seconds, /readyz's
+// "audit_chain" check (detail, never a reason not to be ready: see package
+// audit), a log line, and a VerifyAuditChain line in the log itself.
 func (s *Shell) OpenAudit(n config.Node) error {
 	c := n.Audit
 	ac := audit.Config{Path: c.Path, FlushInterval: c.FlushInterval}
@@ -149,12 +154,82 @@ func (s *Shell) OpenAudit(n config.Node) error {
 			return err
 		}
 	}
+	// The pass may end before OpenConfig returns; it waits for l.
+	opened := make(chan *audit.Log, 1)
+	ac.Checked = func(r audit.ChainCheck) { s.auditChecked(<-opened, n.NodeID, r) }
 	l, err := audit.OpenConfig(ac)
 	if err != nil {
 		return err
 	}
+	opened <- l
 	s.audit = l
+	check := func(want audit.CheckState) func() float64 {
+		return func() float64 {
+			if l.Check().State == want {
+				return 1
+			}
+			return 0
+		}
+	}
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keybroker_audit_chain_verified",
+			Help: "1 once the background pass has verified the audit log's whole hash chain as it was at start; 0 while it runs, or if it found the chain broken or could not read the log."},
+			check(audit.Verified)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keybroker_audit_chain_broken",
+			Help: "1 if the background pass found the audit log's hash chain broken (the log names where; `keybroker audit verify` checks it offline)."},
+			check(audit.Broken)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keybroker_audit_verify_seconds",
+			Help: "How long the background pass over the audit log's hash chain took (0 while it runs)."},
+			func() float64 { return l.Check().Took.Seconds() }),
+	} {
+		if err := s.metrics.Register(c); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
 	return nil
+}
+
+// auditChecked reports the end of the background pass over the audit
+// log's chain: a log line, and a line in the log itself, so that the
+// record says when its earlier part was last found intact or broken (not
+// for a new log, which had nothing to verify).
+func (s *Shell) auditChecked(l *audit.Log, nodeID string, r audit.ChainCheck) {
+	if r.State == audit.Verified && r.Upto == 0 {
+		return // a new log: nothing was there to verify
+	}
+	rec := audit.Record{Principal: "system", Node: nodeID, Operation: "VerifyAuditChain", Decision: audit.Allow, Outcome: "ok",
+		Detail: fmt.Sprintf("lines 1-%d verified in %s", r.Upto, r.Took.Round(time.Millisecond))}
+	switch r.State {
+	case audit.Verified:
+		s.log.Info("audit chain verified", "lines", r.Upto, "took", r.Took)
+	case audit.Broken:
+		s.log.Error("audit chain BROKEN: the log was altered before this start; the node goes on appending to it", "lines_verified", r.Lines, "lines", r.Upto, "err", r.Err)
+		rec.Outcome, rec.Detail = "broken", fmt.Sprintf("lines 1-%d checked: %v", r.Upto, r.Err)
+	default:
+		s.log.Error("audit chain not verified: the log could not be read", "lines_verified", r.Lines, "lines", r.Upto, "err", r.Err)
+		rec.Outcome, rec.Detail = "failed", fmt.Sprintf("lines 1-%d not checked: %v", r.Upto, r.Err)
+	}
+	if err := l.Append(rec); err != nil {
+		s.log.Warn("could not audit the chain's verification", "err", err)
+	}
+}
+
+// auditReady is /readyz's detail on the audit chain.
+func (s *Shell) auditReady(checks map[string]any) {
+	if s.audit == nil {
+		return
+	}
+	c := s.audit.Check()
+	switch c.State {
+	case audit.Checking:
+		checks["audit_chain"] = fmt.Sprintf("checking lines 1-%d in the background", c.Upto)
+	case audit.Verified:
+		checks["audit_chain"] = fmt.Sprintf("verified, %d lines in %s", c.Upto, c.Took.Round(time.Millisecond))
+	case audit.Broken:
+		checks["audit_chain"] = "BROKEN: " + c.Err.Error()
+	default:
+		checks["audit_chain"] = c.State.String()
+	}
 }
 
 // MakeDataDir makes data_dir and its missing parents (mode 0700) and
@@ -218,7 +293,15 @@ type Serving struct {
 func (s *Shell) Serve(ctx context.Context, c Serving) {
 	calls := rpc.NewMetrics(s.metrics)
 	kinds, ids := c.Node.Ops.Principals()
-	s.servers = serve.New(s.id.ServerTLS(), serve.OpsHandler(s.metrics, c.Ready, serve.Allow{TrustDomain: c.Node.TrustDomain, Kinds: kinds, IDs: ids}),
+	ready := func(ctx context.Context) (bool, map[string]any) {
+		ok, checks := c.Ready(ctx)
+		if checks == nil {
+			checks = map[string]any{}
+		}
+		s.auditReady(checks)
+		return ok, checks
+	}
+	s.servers = serve.New(s.id.ServerTLS(), serve.OpsHandler(s.metrics, ready, serve.Allow{TrustDomain: c.Node.TrustDomain, Kinds: kinds, IDs: ids}),
 		grpc.Creds(s.id.ServerCredentials()),
 		grpc.MaxRecvMsgSize(c.Node.Limits.MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(calls.Interceptor, c.Unary),

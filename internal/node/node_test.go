@@ -1,8 +1,11 @@
 package node
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/config"
 )
 
@@ -166,5 +170,90 @@ func TestMakeDataDir(t *testing.T) {
 	}
 	if _, err := s.MakeDataDir(config.Node{DataDir: filepath.Join(file, "sub")}); err == nil || !strings.Contains(err.Error(), "edge: data_dir: ") {
 		t.Errorf("MakeDataDir under a file: err = %v, want one naming edge: data_dir", err)
+	}
+}
+
+// TestOpenAuditReportsChain: the shell reports the background verification
+// of the audit chain in its metrics, /readyz's checks and the log itself,
+// for an intact log and for one edited in the middle, which it still opens.
+func TestOpenAuditReportsChain(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		edit             bool
+		verified, broken float64
+		ready, outcome   string
+	}{
+		{"intact", false, 1, 0, "verified, 30 lines", "ok"},
+		{"edited in the middle", true, 0, 1, "BROKEN: line 5: hash mismatch", "broken"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			l, err := audit.Open(path, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 30 {
+				if err := l.Append(audit.Record{Operation: "Encrypt", Key: fmt.Sprintf("k%d", i), Outcome: "ok"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if tc.edit {
+				data, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, bytes.Replace(data, []byte(`"k4"`), []byte(`"k9"`), 1), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := New("central", nil)
+			if err := s.OpenAudit(config.Node{NodeID: "central-1", Audit: config.Audit{Path: path}}); err != nil {
+				t.Fatalf("OpenAudit = %v", err)
+			}
+			select {
+			case <-s.Audit().CheckDone():
+			case <-time.After(time.Minute):
+				t.Fatal("the background verification did not end within a minute")
+			}
+			got := map[string]float64{}
+			mfs, err := s.Metrics().Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mf := range mfs {
+				if strings.HasPrefix(mf.GetName(), "keybroker_audit_") {
+					got[mf.GetName()] = mf.GetMetric()[0].GetGauge().GetValue()
+				}
+			}
+			if got["keybroker_audit_chain_verified"] != tc.verified || got["keybroker_audit_chain_broken"] != tc.broken {
+				t.Errorf("metrics %v, want verified %v and broken %v", got, tc.verified, tc.broken)
+			}
+			if _, ok := got["keybroker_audit_verify_seconds"]; !ok {
+				t.Errorf("metrics %v lack keybroker_audit_verify_seconds", got)
+			}
+			checks := map[string]any{}
+			s.auditReady(checks)
+			if c, _ := checks["audit_chain"].(string); !strings.HasPrefix(c, tc.ready) {
+				t.Errorf("/readyz audit_chain = %q, want it to begin %q", c, tc.ready)
+			}
+			if err := s.Close(nil); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+			var last audit.Record
+			if err := json.Unmarshal(lines[len(lines)-1], &last); err != nil {
+				t.Fatal(err)
+			}
+			if len(lines) != 31 || last.Operation != "VerifyAuditChain" || last.Outcome != tc.outcome || last.Node != "central-1" || last.Principal != "system" {
+				t.Errorf("%d lines, the last %+v; want 31, the last a VerifyAuditChain by system at central-1 with outcome %s", len(lines), last, tc.outcome)
+			}
+		})
 	}
 }
