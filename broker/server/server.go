@@ -163,6 +163,7 @@ type Server struct {
 	live     *liveness
 	forward  map[string]forwardTarget
 	proofs   *proofVerifier
+	fronts   awsFronts // the AWS front-ends ForwardAWS relays to
 	// sendTimeout bounds one Send on a Watch stream.
 	sendTimeout time.Duration
 }
