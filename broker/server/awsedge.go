@@ -248,4 +248,3 @@ func (r *recorder) status() int {
 	}
 	return r.code
 }
-
