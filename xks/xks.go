@@ -77,6 +77,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/keybroker/keybroker/awsjson"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/callinfo"
@@ -127,6 +128,9 @@ type Config struct {
 	Logger        *slog.Logger
 	// Now is the clock of the health cache (time.Now when nil).
 	Now func() time.Time
+	// Relay, at an edge, takes what the edge does not serve itself to the
+	// central tier (awsjson.Relay); nil at the central tier.
+	Relay awsjson.Relay
 }
 
 // Server is the XKS proxy API as an http.Handler. It is safe for
@@ -238,6 +242,23 @@ func (s *Server) parsePath(p string) (route, bool) {
 
 // ServeHTTP answers one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.serve(w, r, nil, s.cfg.Credentials.SigningKey, nil, s.cfg.Relay)
+}
+
+// ServeForwarded answers a request an edge relayed (EdgeSync's ForwardAWS
+// at the central tier), whose body is body, exactly as ServeHTTP would,
+// except that signingKey verifies it — accepting keys scoped to the
+// relaying edge — and claim spends its signature once it verifies, before
+// it runs.
+func (s *Server) ServeForwarded(w http.ResponseWriter, r *http.Request, body []byte, signingKey awsjson.SigningKeyFunc, claim awsjson.ClaimFunc) {
+	if body == nil {
+		body = []byte{}
+	}
+	s.serve(w, r, body, signingKey, claim, nil)
+}
+
+// serve answers r; body nil reads it from r.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, signingKey awsjson.SigningKeyFunc, claim awsjson.ClaimFunc, relay awsjson.Relay) {
 	rt, ok := s.parsePath(r.URL.Path)
 	if !ok {
 		s.fail(w, &Error{http.StatusNotFound, InvalidURIPathException, fmt.Sprintf("%s is not an XKS proxy operation here", clipText(r.URL.Path))})
@@ -248,19 +269,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, &Error{http.StatusMethodNotAllowed, methodNotAllowed, "the XKS proxy API is POST only"})
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
-	if err != nil {
-		s.fail(w, validation("the request body is larger than %d bytes", MaxBody))
-		return
+	if body == nil {
+		var err error
+		if body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody)); err != nil {
+			s.fail(w, validation("the request body is larger than %d bytes", MaxBody))
+			return
+		}
 	}
 	var who identity.Identity
 	verifier := s.verifier
 	verifier.SigningKey = func(ctx context.Context, id, date, region, service string) ([]byte, error) {
-		key, w, err := s.cfg.Credentials.SigningKey(ctx, id, date, region, service)
+		key, w, err := signingKey(ctx, id, date, region, service)
 		who = w
 		return key, err
 	}
-	if _, err := verifier.Verify(r.Context(), r, body); err != nil {
+	verified, err := verifier.Verify(r.Context(), r, body)
+	if relay != nil && errors.Is(err, sigv4.ErrElsewhere) {
+		s.relay(w, r, body, relay) // a key the central tier verifies
+		return
+	}
+	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {
 			s.fail(w, &Error{http.StatusUnauthorized, AuthenticationFailedException, se.Code + ": " + se.Message})
@@ -269,6 +297,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("verifying an XKS request's signature", "err", err)
 		s.fail(w, &Error{http.StatusServiceUnavailable, DependencyTimeoutException, "the access key could not be checked; retry"})
 		return
+	}
+	if relay != nil {
+		key := rt.key
+		if rt.op == "health" {
+			key = s.cfg.HealthKey
+		}
+		if !relay.Local(r.Context(), []awsjson.KeyRef{{ID: key, PublicOnly: rt.op == "metadata"}}) {
+			s.relay(w, r, body, relay)
+			return
+		}
+	}
+	if claim != nil {
+		if err := claim(r.Context(), verified); errors.Is(err, awsjson.ErrReplayed) {
+			s.fail(w, &Error{http.StatusUnauthorized, AuthenticationFailedException, sigv4.InvalidSignature + ": this signed request was already relayed once"})
+			return
+		} else if err != nil {
+			s.log.Warn("claiming a relayed XKS request's signature", "err", err)
+			s.fail(w, &Error{http.StatusServiceUnavailable, DependencyTimeoutException, "the relayed request could not be recorded across the central tier; retry"})
+			return
+		}
 	}
 	out, err := s.run(r.Context(), who, rt, body)
 	if err != nil {
@@ -282,6 +330,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(data)
+}
+
+// relay takes a request to the central tier as it came.
+func (s *Server) relay(w http.ResponseWriter, r *http.Request, body []byte, relay awsjson.Relay) {
+	if err := relay.Forward(r.Context(), w, r, body); err != nil {
+		s.log.Warn("relaying an XKS request to the central tier", "err", err)
+		s.fail(w, &Error{http.StatusServiceUnavailable, DependencyTimeoutException, "this edge cannot reach the central tier to relay the request; retry"})
+	}
 }
 
 // run decodes and performs one authenticated request.
