@@ -156,6 +156,10 @@ type ClaimFunc = func(ctx context.Context, v sigv4.Verified) error
 // ErrReplayed is a relayed request whose signature ran before.
 var ErrReplayed = errors.New("awsjson: this signed request was relayed before")
 
+// ErrRelayRefused is a relayed request the policy does not let the edge
+// relay: answered AccessDeniedException.
+var ErrRelayRefused = errors.New("awsjson: the edge may not relay this request")
+
 // ServeHTTP answers one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, ok := s.readBody(w, r)
@@ -243,6 +247,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 	if claim != nil {
 		if err := claim(r.Context(), verified); errors.Is(err, ErrReplayed) {
 			s.fail(w, &Error{Status: http.StatusBadRequest, Type: sigv4.InvalidSignature, Message: "this signed request was already relayed once: sign it again"})
+			return
+		} else if errors.Is(err, ErrRelayRefused) {
+			s.fail(w, &Error{Status: http.StatusBadRequest, Type: "AccessDeniedException", Message: "the edge that relayed this request may not relay it (policy)"})
 			return
 		} else if err != nil {
 			s.log.Warn("claiming a relayed request's signature", "err", err)

@@ -312,6 +312,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 		if err := claim(r.Context(), verified); errors.Is(err, awsjson.ErrReplayed) {
 			s.fail(w, &Error{http.StatusUnauthorized, AuthenticationFailedException, sigv4.InvalidSignature + ": this signed request was already relayed once"})
 			return
+		} else if errors.Is(err, awsjson.ErrRelayRefused) {
+			s.fail(w, &Error{http.StatusForbidden, AccessDeniedException, "the edge that relayed this request may not relay it (policy)"})
+			return
 		} else if err != nil {
 			s.log.Warn("claiming a relayed XKS request's signature", "err", err)
 			s.fail(w, &Error{http.StatusServiceUnavailable, DependencyTimeoutException, "the relayed request could not be recorded across the central tier; retry"})

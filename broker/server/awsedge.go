@@ -20,8 +20,10 @@ import (
 	"github.com/keybroker/keybroker/awsjson"
 	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/broker/store"
+	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/callinfo"
 	"github.com/keybroker/keybroker/internal/sigv4"
+	"github.com/keybroker/keybroker/placement"
 	"github.com/keybroker/keybroker/sealed"
 	"github.com/keybroker/keybroker/secret"
 )
@@ -128,9 +130,12 @@ func (e *edgeSync) checkScope(s sealed.SigningScope) error {
 // accepted (broker.Service.SigningKeyVia), and spends the signature once,
 // across the central tier (claimSignature), before the request runs — so
 // an edge can neither alter a request (the signature fails) nor run it
-// twice. The request is then authorized and audited as the key's
-// principal, with the edge named as Via. Refusals of the relay itself are
-// audited with the edge as the actor.
+// twice. The edge's own right to relay is a Cedar decision (Forward,
+// principal Edge, resource Service, context operation "aws_kms" or "xks"
+// and admin), default deny, as for gRPC forwards. The request is then
+// authorized and audited as the key's principal, with the edge named as
+// Via. Refusals of the relay itself are audited with the edge as the
+// actor.
 func (e *edgeSync) ForwardAWS(ctx context.Context, r *kbv1.ForwardAWSRequest) (*kbv1.ForwardAWSResponse, error) {
 	tctx, c, err := e.s.Begin(ctx, "ForwardAWS", "")
 	if err != nil {
@@ -155,8 +160,31 @@ func (e *edgeSync) ForwardAWS(ctx context.Context, r *kbv1.ForwardAWSRequest) (*
 	if err != nil {
 		return nil, e.s.End(tctx, c, err)
 	}
+	// The edge's own right to relay, decided as for gRPC forwards
+	// (Forward, default deny; the operation is the front-end, admin
+	// whether the signer is an admin) once the signature names the
+	// principal, and before the signature is spent.
+	via := fronts.Via(node.ID)
+	var who identity.Identity
+	signingKey := func(ctx context.Context, id, date, region, service string) ([]byte, identity.Identity, error) {
+		key, w, err := via(ctx, id, date, region, service)
+		who = w
+		return key, w, err
+	}
+	var denied error
+	claim := func(ctx context.Context, v sigv4.Verified) error {
+		edgeP := placement.EdgePrincipal(node.Placement(), c.Who().TrustDomain)
+		if denied = c.Decide(e.s.policy.Current().AuthorizeForward(edgeP, nil, r.GetFront(), who.Kind == identity.Admin)); denied != nil {
+			return awsjson.ErrRelayRefused
+		}
+		return e.claimSignature(ctx, v)
+	}
 	rec := &recorder{header: http.Header{}}
-	front.ServeForwarded(rec, req.WithContext(callinfo.WithForwarder(ctx, node.ID)), r.GetBody(), fronts.Via(node.ID), e.claimSignature)
+	front.ServeForwarded(rec, req.WithContext(callinfo.WithForwarder(ctx, node.ID)), r.GetBody(), signingKey, claim)
+	if denied != nil {
+		c.SetDetail("relay " + r.GetFront() + " for " + who.String())
+		_ = e.s.End(tctx, c, denied) // audited with the edge as the actor; the client gets AccessDenied
+	}
 	out := &kbv1.ForwardAWSResponse{Status: int32(rec.status()), Body: rec.body.Bytes()}
 	for name, values := range rec.header {
 		out.Headers = append(out.Headers, &kbv1.HTTPHeader{Name: name, Values: values})

@@ -205,9 +205,37 @@ func TestForwardAWS(t *testing.T) {
 	if typ := relayType(t, us, signed); typ != "InvalidSignatureException" {
 		t.Errorf("a replayed relay: %s, want InvalidSignatureException", typ)
 	}
+	// The edge's right to relay is the policy's: edge-barred may not
+	// relay, and a refusal does not spend the signature; admins' requests
+	// only edge-ops may relay.
+	barred := e.registerEdge(t, "edge-barred")
 	plainReq := relayOf(awsRequest(t, "POST", "TrentService.Encrypt", awsjson.ContentType, body, plain.GetAccessKeyId(), plain.GetSecretAccessKey()), body)
+	if typ := relayType(t, barred, plainReq); typ != "AccessDeniedException" {
+		t.Errorf("a relay by an edge the policy bars: %s, want AccessDeniedException", typ)
+	}
 	if out, err := eu.ForwardAWS(ctx, plainReq); err != nil || out.GetStatus() != http.StatusOK {
-		t.Errorf("relaying a key scoped to no edge: %v, %v", out, err)
+		t.Errorf("relaying a key scoped to no edge (after a refused relay of the same request): %v, %v", out, err)
+	}
+	adminKey, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "admin/ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminReq := relayOf(awsRequest(t, "POST", "TrentService.Encrypt", awsjson.ContentType, body, adminKey.GetAccessKeyId(), adminKey.GetSecretAccessKey()), body)
+	if typ := relayType(t, eu, adminReq); typ != "AccessDeniedException" {
+		t.Errorf("an admin's request relayed by an edge allowed client relays only: %s, want AccessDeniedException", typ)
+	}
+	if typ := relayType(t, e.registerEdge(t, "edge-ops"), adminReq); typ != "OK" {
+		t.Errorf("an admin's request relayed by edge-ops: %s, want OK", typ)
+	}
+	e.audit.Sync()
+	refusals := 0
+	for _, l := range auditLines(t, e.auditPath) {
+		if l.Operation == "ForwardAWS" && l.Decision == "deny" && (l.Principal == "spiffe://kb.test/edge/edge-barred" || l.Principal == "spiffe://kb.test/edge/edge-eu") {
+			refusals++
+		}
+	}
+	if refusals != 2 {
+		t.Errorf("%d refused relays audited with the edge as the actor, want 2", refusals)
 	}
 	client := kbv1.NewEdgeSyncClient(e.conn(t, identity.Client, "billing"))
 	if _, err := client.ForwardAWS(ctx, relayOf(awsRequest(t, "POST", "TrentService.Encrypt", awsjson.ContentType, body, plain.GetAccessKeyId(), plain.GetSecretAccessKey()), body)); status.Code(err) != codes.PermissionDenied {
