@@ -150,7 +150,9 @@ func TestEdgeScopedAccessKeys(t *testing.T) {
 // that edge; the signature runs once (a replay is refused), an altered
 // request fails its signature without spending it, a key scoped to another
 // edge is unknown there, and a request signed with a key scoped to no edge
-// is relayed by any edge.
+// is relayed by any edge the policy lets relay (Forward, default deny; an
+// admin's request only by an edge allowed admin relays), a refusal being
+// audited and leaving the signature unspent.
 func TestForwardAWS(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
