@@ -25,6 +25,34 @@
 // GenerateDataKeyWithoutPlaintext, GenerateRandom, DescribeKey, Sign,
 // Verify, GetPublicKey, GenerateMac, VerifyMac and ListKeys; every other
 // operation answers UnsupportedOperationException.
+//
+// # Serving at an edge
+//
+// A node that verifies SigV4 holds the signing key and could sign as the
+// access key's principal, which an edge must never be able to do at the
+// central tier. So an edge verifies only keys scoped to it (package
+// accesskey, Edge-scoped keys), whose signing keys the central tier seals
+// to it and refuses on its own listeners, and relays everything else
+// (Config.Relay):
+//
+//   - a request signed with a key the edge does not verify — its
+//     Credentials answer sigv4.ErrElsewhere — is relayed unverified: the
+//     edge holds nothing to forge such a request with;
+//   - a verified request is served here only when its operation is one an
+//     edge serves and every key it names is one the edge serves from what
+//     it holds (Relay.Local, decided whole and up front, as gRPC batches
+//     are); otherwise it is relayed;
+//   - a relayed request goes to the central tier exactly as the client
+//     sent it (Relay.Forward), and the central tier answers it through
+//     ServeForwarded: verified as its own listener would, except that keys
+//     scoped to the relaying edge are accepted, and its signature claimed
+//     once (ClaimFunc), so the edge can neither alter it (the signature
+//     fails) nor run it twice.
+//
+// What an edge serves itself is authorized and audited at the edge, as
+// its gRPC calls are; what it relays, at the central tier as the signer,
+// with the edge named as via. A replay of a request the edge served
+// itself, within SigV4's five minutes, is served again, as AWS would.
 package awsjson
 
 import (

@@ -16,6 +16,18 @@
 // in memory) and then the audit log. Listeners, identity, audit log,
 // servers and the stop order are the node shell's (package internal/node).
 //
+// # AWS front-ends
+//
+// With aws_kms or xks blocks, the edge serves the AWS KMS API and the XKS
+// proxy API on listeners of their own (aws.go): requests signed with an
+// access key scoped to this edge are verified here, with the signing key
+// the central tier seals to it (EdgeSync.SigningKey; opened with the
+// edge's sealing key and kept in memory for awsjson.CredentialTTL, never
+// on disk), and served through the same pipeline as gRPC calls when every
+// key they name is served from what the edge holds; everything else is
+// relayed as signed (EdgeSync.ForwardAWS). The pipeline's performer is the
+// cache's with the XKS operations added over the material the edge holds.
+//
 // # Operations endpoints
 //
 // /healthz (the process is up), /readyz (the replica may be served: it has

@@ -56,8 +56,19 @@
 // Backend-mode keys are refused (InvalidKeyUsageException): their root of
 // trust has no operation that derives the XKS subkey. The operations are
 // performed where the pipeline's performer implements
-// managed.XKSOperations (the central tier); elsewhere they are refused
-// with InvalidStateException.
+// managed.XKSOperations (the central tier, and edges over the material
+// they hold); elsewhere they are refused with InvalidStateException.
+//
+// # At an edge
+//
+// An edge serves the API as package awsjson describes under Serving at an
+// edge (Config.Relay, ServeForwarded): requests signed with an access key
+// scoped to the edge are verified there and served from the key's
+// material when the edge holds it (the health check too, on its health
+// key); the rest are relayed whole, as signed, to the central tier, which
+// verifies each, runs it once, and answers for it. The edge's prefix and
+// region must be the central tier's: a relayed request keeps its path and
+// its signature's scope.
 package xks
 
 import (
