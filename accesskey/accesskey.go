@@ -14,6 +14,22 @@
 // which the central tier computes and an edge is given sealed. Deleting a
 // key's record (revocation) makes its secret useless: the record's salt is
 // gone with it, and a key made again never has the same secret.
+//
+// # Edge-scoped keys
+//
+// A node that verifies SigV4 holds the day-scoped signing key, and with it
+// can sign any request as the key's principal. The central tier is trusted
+// with that; an edge is not (it must never act as a client at the central
+// tier). So a key an edge verifies names the edges it is scoped to
+// (Record.Edges, `keybroker access-key create --edge NAME`): only those
+// edges are given its signing keys (sealed, per day, region and service),
+// and the central tier's own listeners refuse it as an unknown key, so an
+// edge that holds its signing keys can act as its principal only through
+// itself — where it could serve, or refuse, that principal's requests
+// anyway. Only client keys may be scoped: an admin acts through the
+// central tier, and an edge holding an admin's signing key would be an
+// admin. A key with no edges is verified by the central tier alone; edges
+// relay requests signed with it unverified, holding nothing to forge them.
 package accesskey
 
 import (
@@ -25,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
@@ -36,6 +53,9 @@ const IDPrefix = "KBAK"
 
 // SaltSize is the size of a record's random salt.
 const SaltSize = 16
+
+// MaxEdges bounds the edges one key is scoped to.
+const MaxEdges = 16
 
 // SecretSize is the length of a secret access key (base64, as AWS's).
 const SecretSize = 40
@@ -75,6 +95,10 @@ type Record struct {
 	CreatedBy string    `json:"created_by"`
 	Revoked   time.Time `json:"revoked,omitzero"`
 	RevokedBy string    `json:"revoked_by,omitempty"`
+	// Edges are the node ids of the edges the key is scoped to (see
+	// Edge-scoped keys in the package doc); empty for a key the central
+	// tier verifies.
+	Edges []string `json:"edges,omitempty"`
 }
 
 // Errors.
@@ -82,11 +106,15 @@ var (
 	ErrInvalid = errors.New("accesskey: invalid")
 )
 
-// New is a fresh active record acting as principal, whose secret the root
-// key at root derives; by is who asked for it.
-func New(principal identity.Identity, root, by string, now time.Time) (*Record, error) {
+// New is a fresh active record acting as principal, scoped to edges (none:
+// verified by the central tier), whose secret the root key at root
+// derives; by is who asked for it.
+func New(principal identity.Identity, edges []string, root, by string, now time.Time) (*Record, error) {
 	if principal.Kind != identity.Client && principal.Kind != identity.Admin {
 		return nil, fmt.Errorf("%w: an access key acts as a client or an admin, not %s %s", ErrInvalid, principal.Kind, principal.Name)
+	}
+	if err := checkEdges(principal, edges); err != nil {
+		return nil, err
 	}
 	id, err := NewID()
 	if err != nil {
@@ -96,9 +124,50 @@ func New(principal identity.Identity, root, by string, now time.Time) (*Record, 
 	if _, err := rand.Read(salt); err != nil {
 		return nil, fmt.Errorf("accesskey: %w", err)
 	}
-	r := &Record{ID: id, Principal: principal.String(), State: Active, Root: root, Salt: salt, Created: now.UTC(), CreatedBy: by}
+	r := &Record{ID: id, Principal: principal.String(), State: Active, Root: root, Salt: salt, Created: now.UTC(), CreatedBy: by,
+		Edges: slices.Clone(edges)}
+	slices.Sort(r.Edges)
 	return r, r.Validate()
 }
+
+// checkEdges refuses a scope that is not a list of distinct edge names,
+// and any scope on a principal other than a client.
+func checkEdges(principal identity.Identity, edges []string) error {
+	if len(edges) == 0 {
+		return nil
+	}
+	if principal.Kind != identity.Client {
+		return fmt.Errorf("%w: only a client's access key may be scoped to edges, not %s's: an edge holding its signing key could act as it", ErrInvalid, principal)
+	}
+	if len(edges) > MaxEdges {
+		return fmt.Errorf("%w: scoped to %d edges, more than %d", ErrInvalid, len(edges), MaxEdges)
+	}
+	seen := map[string]bool{}
+	for _, e := range edges {
+		if !identity.ValidName(e) {
+			return fmt.Errorf("%w: edge %q is not a node id", ErrInvalid, clipName(e))
+		}
+		if seen[e] {
+			return fmt.Errorf("%w: edge %s is named twice", ErrInvalid, e)
+		}
+		seen[e] = true
+	}
+	return nil
+}
+
+func clipName(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+// EdgeScoped reports whether r is scoped to edges: verified by them, and
+// refused by the central tier's own listeners.
+func (r *Record) EdgeScoped() bool { return len(r.Edges) > 0 }
+
+// ScopedTo reports whether edge (a node id) is one of r's edges.
+func (r *Record) ScopedTo(edge string) bool { return slices.Contains(r.Edges, edge) }
 
 // Identity is the principal the key acts as.
 func (r *Record) Identity() (identity.Identity, error) { return identity.Parse(r.Principal) }
@@ -121,6 +190,9 @@ func (r *Record) Validate() error {
 	}
 	if id.Kind != identity.Client && id.Kind != identity.Admin {
 		return fmt.Errorf("%w: %s acts as %s, which is neither a client nor an admin", ErrInvalid, r.ID, r.Principal)
+	}
+	if err := checkEdges(id, r.Edges); err != nil {
+		return fmt.Errorf("%s: %w", r.ID, err)
 	}
 	return nil
 }

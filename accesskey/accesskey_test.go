@@ -42,7 +42,7 @@ func softRoot(t *testing.T) *softkms.Backend {
 func TestSecretDerivedInTheRoot(t *testing.T) {
 	root := softRoot(t)
 	now := time.Date(2026, 12, 7, 0, 0, 0, 0, time.UTC)
-	a, err := New(app, "softkms:prf", "spiffe://kb.example/admin/ops", now)
+	a, err := New(app, nil, "softkms:prf", "spiffe://kb.example/admin/ops", now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestSecretDerivedInTheRoot(t *testing.T) {
 	if raw, err := base64.StdEncoding.DecodeString(s1); len(s1) != SecretSize || err != nil || len(raw) != 30 {
 		t.Errorf("secret %q: %d characters, %v", s1, len(s1), err)
 	}
-	b, _ := New(app, "softkms:prf", "spiffe://kb.example/admin/ops", now)
+	b, _ := New(app, nil, "softkms:prf", "spiffe://kb.example/admin/ops", now)
 	again := *a
 	again.Salt = b.Salt
 	for name, other := range map[string]*Record{"another key": b, "the id made again": &again} {
@@ -70,7 +70,7 @@ func TestSecretDerivedInTheRoot(t *testing.T) {
 // TestDeriveInputIsItsOwnDomain: no key's material input or backend-mode
 // MAC input of package managed is an access key's secret input.
 func TestDeriveInputIsItsOwnDomain(t *testing.T) {
-	a, err := New(app, "softkms:prf", "spiffe://kb.example/admin/ops", time.Now())
+	a, err := New(app, nil, "softkms:prf", "spiffe://kb.example/admin/ops", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestDeriveInputIsItsOwnDomain(t *testing.T) {
 // TestRecords: what New makes validates and round-trips; what a store
 // could hold otherwise is refused by name.
 func TestRecords(t *testing.T) {
-	a, err := New(app, "softkms:prf", "spiffe://kb.example/admin/ops", time.Now())
+	a, err := New(app, nil, "softkms:prf", "spiffe://kb.example/admin/ops", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestRecords(t *testing.T) {
 		t.Fatalf("round trip: %+v, %v", back, err)
 	}
 	for _, kind := range []identity.Kind{identity.Edge, identity.Central} {
-		if _, err := New(identity.Identity{TrustDomain: "kb.example", Kind: kind, Name: "n"}, "softkms:prf", "x", time.Now()); !errors.Is(err, ErrInvalid) {
+		if _, err := New(identity.Identity{TrustDomain: "kb.example", Kind: kind, Name: "n"}, nil, "softkms:prf", "x", time.Now()); !errors.Is(err, ErrInvalid) {
 			t.Errorf("an access key for %s: %v, want ErrInvalid", kind, err)
 		}
 	}
@@ -128,5 +128,50 @@ func TestRecords(t *testing.T) {
 	}
 	if _, err := Decode([]byte("{")); !errors.Is(err, ErrInvalid) {
 		t.Errorf("corrupt record: %v", err)
+	}
+}
+
+// TestEdgeScope: a client's key may be scoped to distinct edges, which it
+// keeps through its stored form; an admin's may not (an edge holding its
+// signing key would be an admin), nor may a record read back claim such a
+// scope, name an edge twice or name something that is not a node id.
+func TestEdgeScope(t *testing.T) {
+	admin := identity.Identity{TrustDomain: "kb.example", Kind: identity.Admin, Name: "ops"}
+	a, err := New(app, []string{"edge-us", "edge-eu"}, "softkms:prf", "spiffe://kb.example/admin/ops", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := a.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !back.EdgeScoped() || !back.ScopedTo("edge-us") || !back.ScopedTo("edge-eu") || back.ScopedTo("edge-ap") {
+		t.Errorf("round trip: edges %q, want edge-eu and edge-us only", back.Edges)
+	}
+	if plain, _ := New(app, nil, "softkms:prf", "x", time.Now()); plain.EdgeScoped() || plain.ScopedTo("") {
+		t.Errorf("a key made without edges is scoped: %q", plain.Edges)
+	}
+	for name, edges := range map[string][]string{
+		"twice":       {"edge-us", "edge-us"},
+		"not a name":  {"edge us"},
+		"empty":       {""},
+		"a spiffe id": {"spiffe://kb.example/edge/edge-us"},
+		"too many":    strings.Split("a b c d e f g h i j k l m n o p q", " "),
+	} {
+		if _, err := New(app, edges, "softkms:prf", "x", time.Now()); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+	if _, err := New(admin, []string{"edge-us"}, "softkms:prf", "x", time.Now()); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "only a client") {
+		t.Errorf("an edge-scoped admin key: %v, want ErrInvalid naming clients", err)
+	}
+	r := *a
+	r.Principal = admin.String()
+	if err := r.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a stored admin key with edges: %v, want ErrInvalid", err)
 	}
 }

@@ -32,8 +32,8 @@
 // over gRPC: CreateKey, EnableKey, DisableKey, ScheduleKeyDeletion,
 // CancelKeyDeletion, TagResource, UntagResource, ListResourceTags,
 // CreateAlias, UpdateAlias, DeleteAlias and ListAliases. Every other
-// operation answers UnsupportedOperationException, as do the
-// key-management calls at a node with no admin (an edge).
+// operation answers UnsupportedOperationException; an edge relays the
+// key-management calls to the central tier (below).
 //
 // # Key management as AWS's, and where it differs
 //
@@ -51,6 +51,34 @@
 // alias changes as UpdateKey on every key they touch. ListAliases lists
 // each key's named aliases and alias/<id>; its Limit bounds keys, so a
 // page can hold more entries than Limit.
+//
+// # Serving at an edge
+//
+// A node that verifies SigV4 holds the signing key and could sign as the
+// access key's principal, which an edge must never be able to do at the
+// central tier. So an edge verifies only keys scoped to it (package
+// accesskey, Edge-scoped keys), whose signing keys the central tier seals
+// to it and refuses on its own listeners, and relays everything else
+// (Config.Relay):
+//
+//   - a request signed with a key the edge does not verify — its
+//     Credentials answer sigv4.ErrElsewhere — is relayed unverified: the
+//     edge holds nothing to forge such a request with;
+//   - a verified request is served here only when its operation is one an
+//     edge serves and every key it names is one the edge serves from what
+//     it holds (Relay.Local, decided whole and up front, as gRPC batches
+//     are); otherwise it is relayed;
+//   - a relayed request goes to the central tier exactly as the client
+//     sent it (Relay.Forward), and the central tier answers it through
+//     ServeForwarded: verified as its own listener would, except that keys
+//     scoped to the relaying edge are accepted, and its signature claimed
+//     once (ClaimFunc), so the edge can neither alter it (the signature
+//     fails) nor run it twice.
+//
+// What an edge serves itself is authorized and audited at the edge, as
+// its gRPC calls are; what it relays, at the central tier as the signer,
+// with the edge named as via. A replay of a request the edge served
+// itself, within SigV4's five minutes, is served again, as AWS would.
 package awsjson
 
 import (
@@ -107,7 +135,10 @@ type Config struct {
 	Region, Account string
 	// TrustDomain is the access keys' principals' trust domain.
 	TrustDomain string
-	Logger      *slog.Logger
+	// Relay, at an edge, takes what the edge does not serve itself to the
+	// central tier (see Relay); nil at the central tier.
+	Relay  Relay
+	Logger *slog.Logger
 }
 
 // Server is the AWS KMS JSON API as an http.Handler.
@@ -180,28 +211,80 @@ func handle[Req any](op func(*Server, context.Context, pipeline.Caller, *Req) (a
 	}
 }
 
+// SigningKeyFunc gives the signing key of an access key for a scope and
+// the principal it acts as (Credentials.SigningKey's shape).
+type SigningKeyFunc = func(ctx context.Context, accessKeyID, date, region, service string) ([]byte, identity.Identity, error)
+
+// ClaimFunc spends a verified signature once (a relayed request must not
+// run twice); it fails with ErrReplayed when it was spent before.
+type ClaimFunc = func(ctx context.Context, v sigv4.Verified) error
+
+// ErrReplayed is a relayed request whose signature ran before.
+var ErrReplayed = errors.New("awsjson: this signed request was relayed before")
+
+// ErrRelayRefused is a relayed request the policy does not let the edge
+// relay: answered AccessDeniedException.
+var ErrRelayRefused = errors.New("awsjson: the edge may not relay this request")
+
 // ServeHTTP answers one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rid := callinfo.NewRequestID()
-	w.Header().Set("x-amzn-RequestId", rid)
-	if r.Method != http.MethodPost || r.URL.Path != "/" {
-		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnknownOperationException", Message: "the AWS KMS API is POST / with X-Amz-Target"})
+	body, ok := s.readBody(w, r)
+	if !ok {
 		return
+	}
+	s.serve(w, r, body, s.cfg.Credentials.SigningKey, nil, s.cfg.Relay)
+}
+
+// ServeForwarded answers a request an edge relayed (EdgeSync's ForwardAWS
+// at the central tier) exactly as ServeHTTP would, except that signingKey
+// verifies it — accepting keys scoped to the relaying edge — and claim
+// spends its signature once it verifies, before it runs.
+func (s *Server) ServeForwarded(w http.ResponseWriter, r *http.Request, body []byte, signingKey SigningKeyFunc, claim ClaimFunc) {
+	s.serve(w, r, body, signingKey, claim, nil)
+}
+
+// readBody reads the bounded body of a POST /; anything else is answered.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	if r.Method != http.MethodPost || r.URL.Path != "/" {
+		w.Header().Set("x-amzn-RequestId", callinfo.NewRequestID())
+		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnknownOperationException", Message: "the AWS KMS API is POST / with X-Amz-Target"})
+		return nil, false
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
+		w.Header().Set("x-amzn-RequestId", callinfo.NewRequestID())
 		s.fail(w, validation("the request body is larger than %d bytes", MaxBody))
+		return nil, false
+	}
+	return body, true
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, signingKey SigningKeyFunc, claim ClaimFunc, relay Relay) {
+	if r.Method != http.MethodPost || r.URL.Path != "/" {
+		w.Header().Set("x-amzn-RequestId", callinfo.NewRequestID())
+		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnknownOperationException", Message: "the AWS KMS API is POST / with X-Amz-Target"})
 		return
 	}
 	// The principal comes with the signing key that verified the request.
 	var who identity.Identity
 	verifier := *s.verifier
 	verifier.SigningKey = func(ctx context.Context, id, date, region, service string) ([]byte, error) {
-		key, w, err := s.cfg.Credentials.SigningKey(ctx, id, date, region, service)
+		key, w, err := signingKey(ctx, id, date, region, service)
 		who = w
 		return key, err
 	}
-	_, err = verifier.Verify(r.Context(), r, body)
+	verified, err := verifier.Verify(r.Context(), r, body)
+	if relay != nil && errors.Is(err, sigv4.ErrElsewhere) {
+		// Not a key this edge verifies: the central tier does, and
+		// this edge holds nothing to forge it with.
+		s.relay(w, r, body, relay)
+		return
+	}
+	rid := callinfo.NewRequestID()
+	if id := callinfo.RequestID(r.Context()); claim != nil && id != "" {
+		rid = id // relayed: the request id the edge's and this tier's audit lines share
+	}
+	w.Header().Set("x-amzn-RequestId", rid)
 	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {
@@ -214,6 +297,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	op, ok := strings.CutPrefix(r.Header.Get("X-Amz-Target"), "TrentService.")
 	run := operations[op]
+	if relay != nil && (!ok || run == nil || !s.servesHere(r.Context(), relay, op, body)) {
+		w.Header().Del("x-amzn-RequestId")
+		s.relay(w, r, body, relay)
+		return
+	}
 	if !ok || run == nil {
 		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnsupportedOperationException", Message: fmt.Sprintf("operation %q is not supported here", clipText(r.Header.Get("X-Amz-Target")))})
 		return
@@ -222,7 +310,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "SerializationException", Message: "Content-Type must be " + ContentType})
 		return
 	}
-	caller := pipeline.Caller{Who: who, RequestID: rid, ClientRequestID: invocationID(r)}
+	if claim != nil {
+		if err := claim(r.Context(), verified); errors.Is(err, ErrReplayed) {
+			s.fail(w, &Error{Status: http.StatusBadRequest, Type: sigv4.InvalidSignature, Message: "this signed request was already relayed once: sign it again"})
+			return
+		} else if errors.Is(err, ErrRelayRefused) {
+			s.fail(w, &Error{Status: http.StatusBadRequest, Type: "AccessDeniedException", Message: "the edge that relayed this request may not relay it (policy)"})
+			return
+		} else if err != nil {
+			s.log.Warn("claiming a relayed request's signature", "err", err)
+			s.fail(w, &Error{Status: http.StatusServiceUnavailable, Type: "DependencyTimeoutException", Message: "the relayed request could not be recorded across the central tier; retry"})
+			return
+		}
+	}
+	caller := pipeline.Caller{Who: who, RequestID: rid, ClientRequestID: invocationID(r), Via: callinfo.Forwarder(r.Context())}
 	out, err := run(s, r.Context(), caller, body)
 	if err != nil {
 		s.fail(w, s.awsError(err))

@@ -16,8 +16,9 @@ import (
 const CredentialTTL = 30 * time.Second
 
 type signing struct {
-	key []byte
-	who identity.Identity
+	key       []byte
+	who       identity.Identity
+	elsewhere bool // sigv4.ErrElsewhere: kept as an answer like a key
 }
 
 // Cached keeps the signing keys c gives, per access key and scope, for
@@ -34,14 +35,50 @@ func NewCached(c Credentials, n int) *Cached {
 	return &Cached{c: c, cache: ttlcache.New(ttlcache.Config[string, signing]{Capacity: n, TTL: CredentialTTL})}
 }
 
-// SigningKey implements Credentials.
+// SigningKey implements Credentials. An edge's "verified elsewhere"
+// (sigv4.ErrElsewhere) is kept like a key, so a key an edge relays costs it
+// one question to the central tier per CredentialTTL, not per request.
 func (c *Cached) SigningKey(ctx context.Context, id, date, region, service string) ([]byte, identity.Identity, error) {
-	s, err := c.cache.GetOrLoad(ctx, id+"\x00"+date+"\x00"+region+"\x00"+service, func(ctx context.Context) (signing, error) {
-		key, who, err := c.c.SigningKey(ctx, id, date, region, service)
-		return signing{key, who}, err
+	return c.get(ctx, id+"\x00"+date+"\x00"+region+"\x00"+service, func(ctx context.Context) ([]byte, identity.Identity, error) {
+		return c.c.SigningKey(ctx, id, date, region, service)
 	})
-	if err != nil && !errors.Is(err, sigv4.ErrUnknownKey) {
+}
+
+// ViaEdge is the optional capability of Credentials at the central tier
+// that verifies requests an edge relayed (broker.Service.SigningKeyVia):
+// keys scoped to that edge are accepted there.
+type ViaEdge interface {
+	SigningKeyVia(ctx context.Context, edge, id, date, region, service string) ([]byte, identity.Identity, error)
+}
+
+// Via is the signing keys for requests edge relayed, cached apart from the
+// central tier's own (a key scoped to edge verifies here, not there); nil
+// when the credentials do not implement ViaEdge.
+func (c *Cached) Via(edge string) SigningKeyFunc {
+	v, ok := c.c.(ViaEdge)
+	if !ok {
+		return nil
+	}
+	return func(ctx context.Context, id, date, region, service string) ([]byte, identity.Identity, error) {
+		return c.get(ctx, id+"\x00via\x00"+edge+"\x00"+date+"\x00"+region+"\x00"+service, func(ctx context.Context) ([]byte, identity.Identity, error) {
+			return v.SigningKeyVia(ctx, edge, id, date, region, service)
+		})
+	}
+}
+
+func (c *Cached) get(ctx context.Context, k string, load func(context.Context) ([]byte, identity.Identity, error)) ([]byte, identity.Identity, error) {
+	s, err := c.cache.GetOrLoad(ctx, k, func(ctx context.Context) (signing, error) {
+		key, who, err := load(ctx)
+		if errors.Is(err, sigv4.ErrElsewhere) {
+			return signing{elsewhere: true}, nil
+		}
+		return signing{key: key, who: who}, err
+	})
+	switch {
+	case err != nil && !errors.Is(err, sigv4.ErrUnknownKey):
 		return nil, identity.Identity{}, err
+	case err == nil && s.elsewhere:
+		return nil, identity.Identity{}, sigv4.ErrElsewhere
 	}
 	return s.key, s.who, err
 }

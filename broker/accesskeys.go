@@ -22,11 +22,11 @@ const KindAccessKeys store.Kind = "accesskeys"
 // two suffice to rotate (make the new, move the clients, revoke the old).
 const MaxAccessKeys = 2
 
-// CreateAccessKey makes an access key acting as principal, its secret
-// derived by the default derive root, and returns the record and the
-// secret — the only time the secret leaves the root of trust. by is the
-// admin who asked.
-func (s *Service) CreateAccessKey(ctx context.Context, principal identity.Identity, by string) (*accesskey.Record, string, error) {
+// CreateAccessKey makes an access key acting as principal, scoped to
+// edges (none: the central tier verifies it), its secret derived by the
+// default derive root, and returns the record and the secret — the only
+// time the secret leaves the root of trust. by is the admin who asked.
+func (s *Service) CreateAccessKey(ctx context.Context, principal identity.Identity, edges []string, by string) (*accesskey.Record, string, error) {
 	root := s.defaults[managed.ModeDerive]
 	if root == "" {
 		return nil, "", managed.Errorf(managed.ErrFailedPrecondition, "access keys need a default derive root (default_root_keys.derive): their secrets are derived there")
@@ -48,7 +48,7 @@ func (s *Service) CreateAccessKey(ctx context.Context, principal identity.Identi
 	if active >= MaxAccessKeys {
 		return nil, "", managed.Errorf(managed.ErrFailedPrecondition, "%s already has %d active access keys: revoke one first (two are enough to rotate)", principal, active)
 	}
-	r, err := accesskey.New(principal, root, by, s.now())
+	r, err := accesskey.New(principal, edges, root, by, s.now())
 	if err != nil {
 		return nil, "", managed.Errorf(managed.ErrInvalidArgument, "%v", err)
 	}
@@ -157,11 +157,48 @@ func (s *Service) RevokeAccessKey(ctx context.Context, id, by string) (*accesske
 	return nil, managed.Errorf(managed.ErrConflict, "access key %s kept changing; try again", id)
 }
 
-// SigningKey is what verifies a SigV4 request signed with access key id:
-// the signing key for the scope (date, region, service) and the principal
-// it acts as. An unknown id is sigv4.ErrUnknownKey; a revoked one too,
-// so a revoked key is answered as AWS answers an unknown one.
+// SigningKey is what verifies a SigV4 request signed with access key id
+// at the central tier's own listeners: the signing key for the scope
+// (date, region, service) and the principal it acts as. An unknown id is
+// sigv4.ErrUnknownKey; a revoked one too, so a revoked key is answered as
+// AWS answers an unknown one; and so is a key scoped to edges, which is
+// valid only through them (package accesskey, Edge-scoped keys).
 func (s *Service) SigningKey(ctx context.Context, id, date, region, service string) ([]byte, identity.Identity, error) {
+	return s.signingKey(ctx, id, date, region, service, func(r *accesskey.Record) bool { return !r.EdgeScoped() })
+}
+
+// SigningKeyVia is SigningKey for a request edge relayed (EdgeSync's
+// ForwardAWS): a key with no edges, or one scoped to edge, verifies; a key
+// scoped to other edges only is sigv4.ErrUnknownKey.
+func (s *Service) SigningKeyVia(ctx context.Context, edge, id, date, region, service string) ([]byte, identity.Identity, error) {
+	return s.signingKey(ctx, id, date, region, service, func(r *accesskey.Record) bool { return !r.EdgeScoped() || r.ScopedTo(edge) })
+}
+
+// ErrNotScoped is an access key an edge asked for that is not scoped to it.
+var ErrNotScoped = errors.New("the access key is not scoped to this edge")
+
+// EdgeSigningKey is the signing key edge is given (EdgeSync's SigningKey)
+// to verify requests itself: only for an active key scoped to edge —
+// ErrNotScoped for one that is not, managed.ErrNotFound for one unknown or
+// revoked.
+func (s *Service) EdgeSigningKey(ctx context.Context, edge, id, date, region, service string) ([]byte, identity.Identity, error) {
+	scoped := true
+	key, who, err := s.signingKey(ctx, id, date, region, service, func(r *accesskey.Record) bool {
+		scoped = r.ScopedTo(edge)
+		return scoped
+	})
+	switch {
+	case !scoped:
+		return nil, identity.Identity{}, managed.Errorf(managed.ErrPermissionDenied, "access key %s: %w", id, ErrNotScoped)
+	case errors.Is(err, sigv4.ErrUnknownKey):
+		return nil, identity.Identity{}, managed.Errorf(managed.ErrNotFound, "access key %s is unknown or revoked", clip.Quote(id))
+	}
+	return key, who, err
+}
+
+// signingKey derives the signing key of active key id when accept takes
+// its record; sigv4.ErrUnknownKey otherwise.
+func (s *Service) signingKey(ctx context.Context, id, date, region, service string, accept func(*accesskey.Record) bool) ([]byte, identity.Identity, error) {
 	if !accesskey.ValidID(id) {
 		return nil, identity.Identity{}, sigv4.ErrUnknownKey
 	}
@@ -172,6 +209,8 @@ func (s *Service) SigningKey(ctx context.Context, id, date, region, service stri
 	case err != nil:
 		return nil, identity.Identity{}, err
 	case r.State != accesskey.Active:
+		return nil, identity.Identity{}, sigv4.ErrUnknownKey
+	case !accept(r):
 		return nil, identity.Identity{}, sigv4.ErrUnknownKey
 	}
 	who, err := r.Identity()

@@ -22,7 +22,7 @@ func TestAccessKeys(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
 	app := identity.Identity{TrustDomain: "kb.example", Kind: identity.Client, Name: "app"}
-	r, secret, err := e.svc.CreateAccessKey(ctx, app, "spiffe://kb.example/admin/ops")
+	r, secret, err := e.svc.CreateAccessKey(ctx, app, nil, "spiffe://kb.example/admin/ops")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,11 +43,11 @@ func TestAccessKeys(t *testing.T) {
 	if err != nil || bytes.Contains(stored.Value, []byte(secret)) {
 		t.Fatalf("the stored record holds the secret (or is missing: %v)", err)
 	}
-	second, _, err := e.svc.CreateAccessKey(ctx, app, "spiffe://kb.example/admin/ops")
+	second, _, err := e.svc.CreateAccessKey(ctx, app, nil, "spiffe://kb.example/admin/ops")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := e.svc.CreateAccessKey(ctx, app, "spiffe://kb.example/admin/ops"); !errors.Is(err, managed.ErrFailedPrecondition) {
+	if _, _, err := e.svc.CreateAccessKey(ctx, app, nil, "spiffe://kb.example/admin/ops"); !errors.Is(err, managed.ErrFailedPrecondition) {
 		t.Errorf("a third active key: %v, want FailedPrecondition", err)
 	}
 	list, err := e.svc.AccessKeys(ctx)
@@ -66,18 +66,18 @@ func TestAccessKeys(t *testing.T) {
 	if _, _, err := e.svc.SigningKey(ctx, second.ID, "20261207", "eu-west-1", "kms"); err != nil {
 		t.Errorf("the other key after the revocation: %v", err)
 	}
-	if _, _, err := e.svc.CreateAccessKey(ctx, app, "x"); err != nil {
+	if _, _, err := e.svc.CreateAccessKey(ctx, app, nil, "x"); err != nil {
 		t.Errorf("a new key once one is revoked: %v", err)
 	}
 	if _, err := e.svc.RevokeAccessKey(ctx, "KBAKAAAAAAAAAAAAAAAA", "x"); !errors.Is(err, managed.ErrNotFound) {
 		t.Errorf("revoking an unknown key: %v", err)
 	}
 	edge := identity.Identity{TrustDomain: "kb.example", Kind: identity.Edge, Name: "e1"}
-	if _, _, err := e.svc.CreateAccessKey(ctx, edge, "x"); !errors.Is(err, managed.ErrInvalidArgument) {
+	if _, _, err := e.svc.CreateAccessKey(ctx, edge, nil, "x"); !errors.Is(err, managed.ErrInvalidArgument) {
 		t.Errorf("an access key for an edge: %v, want InvalidArgument", err)
 	}
 	e.svc.defaults[managed.ModeDerive] = "softkms:mac-root"
-	if _, _, err := e.svc.CreateAccessKey(ctx, identity.Identity{TrustDomain: "kb.example", Kind: identity.Client, Name: "other"}, "x"); err == nil || !strings.Contains(err.Error(), "mac-root") {
+	if _, _, err := e.svc.CreateAccessKey(ctx, identity.Identity{TrustDomain: "kb.example", Kind: identity.Client, Name: "other"}, nil, "x"); err == nil || !strings.Contains(err.Error(), "mac-root") {
 		t.Errorf("secrets derived with a root declared for backend-mode MACs: %v", err)
 	}
 }

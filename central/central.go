@@ -266,6 +266,12 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		sh.Go(func(ctx context.Context) { presence.Announce(ctx, kindCentrals, cfg.NodeID, []byte(advertise)) })
 		sh.Go(func(ctx context.Context) { srv.ShareLiveness(ctx, presence) })
 	}
+	// Edges relay the AWS requests they do not serve to these front-ends
+	// (EdgeSync.ForwardAWS), which verify them as their listeners do.
+	relayed := server.AWSFronts{Fronts: map[string]server.AWSFront{}}
+	if n.signingKeys != nil {
+		relayed.Via = n.signingKeys.Via
+	}
 	if a := cfg.AWSKMS; a != nil {
 		front, err := awsjson.New(awsjson.Config{Pipeline: srv.Pipeline(), Status: srv.Status, Credentials: n.signingKeys,
 			Region: a.Region, Account: a.Account, TrustDomain: cfg.TrustDomain, Logger: log})
@@ -275,6 +281,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		if n.awsAddr, err = sh.ServeFront("aws_kms", a.Listen, sh.ID().PublicServerTLS(), front); err != nil {
 			return nil, err
 		}
+		relayed.Fronts["aws_kms"] = front
 	}
 	if x := cfg.XKS; x != nil {
 		front, err := xks.New(xks.Config{Pipeline: srv.Pipeline(), Status: srv.Status, Credentials: n.signingKeys,
@@ -285,7 +292,9 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		if n.xksAddr, err = sh.ServeFront("xks", x.Listen, sh.ID().PublicServerTLS(), front); err != nil {
 			return nil, err
 		}
+		relayed.Fronts["xks"] = front
 	}
+	srv.SetAWSFronts(relayed)
 	sh.Go(n.svc.Registry().Follow)
 	if n.policies != nil {
 		sh.Go(n.policies.follow)

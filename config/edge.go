@@ -55,6 +55,18 @@ type Edge struct {
 	// Reconnect bounds the backoff between attempts to reach the central
 	// tier. Optional.
 	Reconnect Reconnect `yaml:"reconnect"`
+	// AWSKMS serves the AWS KMS JSON API at this edge, on a listener of
+	// its own (the same block as the central tier's). Requests signed with
+	// an access key scoped to this edge (keybroker access-key create
+	// --edge) are verified here and served from what the edge holds; the
+	// rest are relayed to the central tier as they came. region and
+	// account must be the central tier's aws_kms ones: the central tier
+	// verifies relayed requests, and names keys, with its own. Optional.
+	AWSKMS *AWSKMS `yaml:"aws_kms,omitempty"`
+	// XKS serves the XKS proxy API at this edge, on a listener of its own,
+	// as AWSKMS does the AWS KMS API; region and prefix must be the
+	// central tier's xks ones. Optional.
+	XKS *XKS `yaml:"xks,omitempty"`
 }
 
 // EdgeCentral is how an edge reaches the central tier (EdgeSync: Register,
@@ -157,6 +169,12 @@ func (e *Edge) validate() problems {
 	e.Central.check(&p, "central")
 	checkDuration(&p, "max_staleness", e.MaxStaleness, 0, MaxMaxStaleness)
 	e.Reconnect.check(&p, "reconnect")
+	e.AWSKMS.check(&p, "aws_kms", e.Listen, e.OpsListen)
+	others := map[string]string{"listen": e.Listen, "ops_listen": e.OpsListen}
+	if e.AWSKMS != nil {
+		others["aws_kms.listen"] = e.AWSKMS.Listen
+	}
+	e.XKS.check(&p, "xks", others)
 	return p
 }
 

@@ -244,6 +244,9 @@ func TestBadEdgeConfigs(t *testing.T) {
 	}{
 		// Unknown fields and shape.
 		{"unknown top-level", edgeBase + "backends: []\n", "backends", "backends:", "unknown field"},
+		{"aws region", edgeBase + "aws_kms: {listen: \"127.0.0.1:0\", region: Europe, account: \"111122223333\"}\n", "aws_kms.region", "aws_kms:", "not an AWS region"},
+		{"aws overlaps listen", edgeBase + "aws_kms: {listen: \"10.0.0.5:7443\", region: eu-west-1, account: \"111122223333\"}\n", "aws_kms.listen", "aws_kms:", "overlaps listen"},
+		{"xks no health key", edgeBase + "xks: {listen: \"127.0.0.1:0\", region: eu-west-1}\n", "xks.health_key", "xks:", ""},
 		{"central-only field", edgeBase + "policy: {paths: [p]}\n", "policy", "policy:", "unknown field"},
 		{"unknown nested", editEdge(t, "initial_backoff: 100ms", "inital_backoff: 100ms"), "reconnect.inital_backoff", "inital_backoff", "did you mean initial_backoff?"},
 		{"unknown in central", editEdge(t, "address: central.kb.example:7443", "adress: central.kb.example:7443"), "central.adress", "adress", "did you mean address?"},

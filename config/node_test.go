@@ -74,7 +74,7 @@ func TestNodeKnownFields(t *testing.T) {
 		own  []string
 	}{
 		{"central", reflect.TypeFor[Central](), []string{"backends", "root_keys", "default_root_keys", "policy", "edges", "backend_budget", "store", "aws_kms", "xks"}},
-		{"edge", reflect.TypeFor[Edge](), []string{"region", "labels", "central", "prefetch", "max_staleness", "reconnect"}},
+		{"edge", reflect.TypeFor[Edge](), []string{"region", "labels", "central", "prefetch", "max_staleness", "reconnect", "aws_kms", "xks"}},
 	} {
 		_, got := yamlFields(tc.typ)
 		if want := append(slices.Clone(shared), tc.own...); !slices.Equal(got, want) {

@@ -75,12 +75,22 @@
 // central node's gRPC port is BasePort, edge i's BasePort+1+i, and
 // central-k's (k ≥ 2) the next ones after the last edge's; each node's
 // operations port (/healthz, /readyz, /metrics) is its gRPC port plus
-// [OpsPortOffset]. A fixed port another process holds fails Start with a
-// [*PortInUseError]. etcd's ports are always chosen by the system, on
-// loopback.
+// [OpsPortOffset], and with [Options.AWS] its AWS KMS API port its gRPC
+// port plus [AWSPortOffset]. A fixed port another process holds fails
+// Start with a [*PortInUseError]. etcd's ports are always chosen by the
+// system, on loopback.
+//
+// # AWS clients
+//
+// With [Options.AWS] every central node and edge serves the AWS KMS API
+// (aws_kms) in one region and account. An edge verifies the access keys
+// scoped to it (keybroker access-key create --edge edge-us) and serves
+// them from the keys placed on it; it relays every other request, as
+// signed, to a central node.
 package devcluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -202,6 +212,43 @@ type Options struct {
 	// Etcd keeps the registry in etcd. Nil keeps it in bbolt with one
 	// central node and means &EtcdOptions{} with more.
 	Etcd *EtcdOptions
+	// AWS, when set, serves the AWS KMS API on every central node and
+	// edge (aws_kms), on ports of their own: with BasePort, node's gRPC
+	// port + AWSPortOffset.
+	AWS *AWSOptions
+}
+
+// AWSOptions are the dev cluster's AWS KMS API: one region and account
+// for every node (an edge relays what it does not serve to a central,
+// which verifies it with its own).
+type AWSOptions struct {
+	// Region defaults to DefaultAWSRegion, Account to DefaultAWSAccount.
+	Region, Account string
+}
+
+// The dev cluster's AWS region and account when AWSOptions leaves them
+// out (the account is AWS's documentation example).
+const (
+	DefaultAWSRegion  = "us-east-1"
+	DefaultAWSAccount = "111122223333"
+)
+
+// AWSPortOffset is the distance from a node's gRPC port to its AWS KMS
+// API port when Options.BasePort fixes the ports.
+const AWSPortOffset = 2 * OpsPortOffset
+
+// awsYAML is node's aws_kms block ("" without Options.AWS).
+func (c *Cluster) awsYAML(node int) string {
+	a := c.opts.AWS
+	if a == nil {
+		return ""
+	}
+	port := 0
+	if c.opts.BasePort != 0 {
+		port = c.opts.port(node, false) + AWSPortOffset
+	}
+	return fmt.Sprintf("aws_kms: {listen: %q, region: %s, account: %q}\n", net.JoinHostPort(c.opts.Host, strconv.Itoa(port)),
+		cmp.Or(a.Region, DefaultAWSRegion), cmp.Or(a.Account, DefaultAWSAccount))
 }
 
 // EtcdOptions say which etcd the central nodes share.
@@ -536,6 +583,7 @@ policy:
 		}
 	}
 	y += c.reuseYAML()
+	y += c.awsYAML(node)
 	if err := writeFile(path, y); err != nil {
 		return err
 	}
@@ -724,6 +772,7 @@ reconnect: {initial_backoff: 50ms, max_backoff: 2s}
 		y += fmt.Sprintf("max_staleness: %s\n", e.MaxStaleness)
 	}
 	y += c.reuseYAML()
+	y += c.awsYAML(i + 1)
 	return path, writeFile(path, y)
 }
 

@@ -23,7 +23,11 @@ func (o *Options) checkPorts() error {
 		return fmt.Errorf("devcluster: %d edges and %d central nodes with fixed ports; at most %d nodes besides the first central fit below the operations ports",
 			len(o.Edges), o.Centrals, MaxFixedEdges)
 	}
-	if top := o.port(o.lastNode(), true); top > 65535 {
+	top := o.port(o.lastNode(), true)
+	if o.AWS != nil {
+		top = o.port(o.lastNode(), false) + AWSPortOffset
+	}
+	if top > 65535 {
 		return fmt.Errorf("devcluster: base port %d puts the last operations port at %d, above 65535", o.BasePort, top)
 	}
 	return nil
@@ -86,15 +90,19 @@ func (o *Options) probePorts() error {
 	for i := 1; i < o.Centrals; i++ {
 		names = append(names, CentralName(i))
 	}
-	for _, ops := range []bool{false, true} {
+	kinds := []string{"gRPC", "ops"}
+	if o.AWS != nil {
+		kinds = append(kinds, "aws_kms")
+	}
+	for _, kind := range kinds {
 		for node, name := range names {
-			port := o.port(node, ops)
+			port := o.port(node, kind == "ops")
+			if kind == "aws_kms" {
+				port += AWSPortOffset
+			}
 			l, err := net.Listen("tcp", net.JoinHostPort(o.Host, strconv.Itoa(port)))
 			if err != nil {
-				use := name + " gRPC"
-				if ops {
-					use = name + " ops"
-				}
+				use := name + " " + kind
 				if errors.Is(err, syscall.EADDRINUSE) {
 					return &PortInUseError{Port: port, Use: use, Err: err}
 				}
@@ -119,8 +127,11 @@ func (c *Cluster) portError(err error, name string, node int) error {
 	_, p, _ := net.SplitHostPort(opErr.Addr.String())
 	port, _ := strconv.Atoi(p)
 	use := name + " gRPC"
-	if port == c.opts.port(node, true) {
+	switch port {
+	case c.opts.port(node, true):
 		use = name + " ops"
+	case c.opts.port(node, false) + AWSPortOffset:
+		use = name + " aws_kms"
 	}
 	return &PortInUseError{Port: port, Use: use, Err: err}
 }

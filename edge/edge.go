@@ -16,6 +16,18 @@
 // in memory) and then the audit log. Listeners, identity, audit log,
 // servers and the stop order are the node shell's (package internal/node).
 //
+// # AWS front-ends
+//
+// With aws_kms or xks blocks, the edge serves the AWS KMS API and the XKS
+// proxy API on listeners of their own (aws.go): requests signed with an
+// access key scoped to this edge are verified here, with the signing key
+// the central tier seals to it (EdgeSync.SigningKey; opened with the
+// edge's sealing key and kept in memory for awsjson.CredentialTTL, never
+// on disk), and served through the same pipeline as gRPC calls when every
+// key they name is served from what the edge holds; everything else is
+// relayed as signed (EdgeSync.ForwardAWS). The pipeline's performer is the
+// cache's with the XKS operations added over the material the edge holds.
+//
 // # Operations endpoints
 //
 // /healthz (the process is up), /readyz (the replica may be served: it has
@@ -47,6 +59,7 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/awsjson"
 	"github.com/keybroker/keybroker/config"
 	"github.com/keybroker/keybroker/edgecache"
 	"github.com/keybroker/keybroker/identity"
@@ -60,7 +73,12 @@ type Node struct {
 	cfg     *config.Edge
 	log     *slog.Logger
 	cache   *edgecache.Cache
+	perf    *performer
 	central *grpc.ClientConn
+	// The AWS front-ends (aws_kms, xks), when configured, and the signing
+	// keys of the access keys scoped to this edge.
+	awsAddr, xksAddr string
+	signingKeys      *awsjson.Cached
 }
 
 // Options are the host process's contributions.
@@ -123,7 +141,10 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 	if err := n.cache.RegisterMetrics(metrics); err != nil {
 		return nil, err
 	}
-	srv, err := rpc.New(rpc.Config{Performer: n.cache.Performer(), Policy: n.cache.Policy(), Audit: sh.Audit(), NodeID: cfg.NodeID,
+	if n.perf, err = newPerformer(n.cache); err != nil {
+		return nil, err
+	}
+	srv, err := rpc.New(rpc.Config{Performer: n.perf, Policy: n.cache.Policy(), Audit: sh.Audit(), NodeID: cfg.NodeID,
 		TrustDomain: cfg.TrustDomain, Logger: log})
 	if err != nil {
 		return nil, err
@@ -134,12 +155,15 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 			kbv1.RegisterKeyBrokerServer(g, srv.KeyBroker())
 			kbv1.RegisterKeyAdminServer(g, n.cache.Admin(srv))
 		}})
+	if err := n.startAWS(cfg, srv); err != nil {
+		return nil, err
+	}
 	sh.Go(func(ctx context.Context) { _ = n.cache.Run(ctx) })
 	// The region is the enrolled one, known from the replica of an edge
 	// that followed the central tier before, or once it registers ("").
 	log.Info("edge ready", "node_id", cfg.NodeID, "region", n.cache.Region(), "grpc_addr", sh.Addr(),
 		"advertise_address", advertise, "ops_addr", sh.OpsAddr(), "central", cfg.Central.Address,
-		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness)
+		"revision", n.cache.Revision(), "prefetch", cfg.Prefetch, "max_staleness", cfg.MaxStaleness, "aws_kms_addr", n.awsAddr, "xks_addr", n.xksAddr)
 	return n, nil
 }
 
@@ -221,6 +245,12 @@ func (n *Node) ReloadIdentity() { n.sh.ReloadIdentity() }
 // Addr is the gRPC listener's address.
 func (n *Node) Addr() string { return n.sh.Addr() }
 
+// AWSAddr is the address the AWS KMS API listens on ("" when not served).
+func (n *Node) AWSAddr() string { return n.awsAddr }
+
+// XKSAddr is the address the XKS proxy API listens on ("" when not served).
+func (n *Node) XKSAddr() string { return n.xksAddr }
+
 // OpsAddr is the operations listener's address.
 func (n *Node) OpsAddr() string { return n.sh.OpsAddr() }
 
@@ -255,6 +285,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 // closeOwn closes what is the edge's own; the shell closes the rest.
 func (n *Node) closeOwn() error {
 	var errs []error
+	if n.signingKeys != nil {
+		n.signingKeys.Close()
+	}
 	if n.cache != nil {
 		errs = append(errs, n.cache.Close())
 	}

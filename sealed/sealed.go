@@ -23,6 +23,13 @@
 // ‖ key id ‖ 0 ‖ u32 version, so a blob sealed for one edge, key or version
 // opens for no other.
 //
+// An AWS access key's SigV4 signing key, given to an edge the key is
+// scoped to (SealSigningKey), is sealed the same way under an info string
+// of its own domain: "keybroker/v1/sealed-signing-key" ‖ 0 ‖ edge id ‖ 0 ‖
+// access key id ‖ 0 ‖ date ‖ 0 ‖ region ‖ 0 ‖ service. No sealed material
+// opens as a signing key nor the reverse, and a signing key opens only for
+// its edge, access key and scope.
+//
 // # Cost
 //
 // Each Seal is a fresh HPKE encapsulation — an ephemeral X25519 key, one
@@ -174,12 +181,16 @@ func Info(edgeID, keyID string, version uint32) []byte {
 // encodes it) for one key version. The parsed key is kept for the next
 // Seal to the same edge (see Cost in the package doc).
 func Seal(edgePublicKey []byte, edgeID, keyID string, version uint32, material *secret.Bytes) ([]byte, error) {
+	return seal(edgePublicKey, Info(edgeID, keyID, version), material)
+}
+
+func seal(edgePublicKey, info []byte, material *secret.Bytes) ([]byte, error) {
 	pub, err := recipient(edgePublicKey)
 	if err != nil {
 		return nil, err
 	}
 	_, kdf, aead := defaultSuite()
-	ct, err := hpke.Seal(pub, kdf, aead, Info(edgeID, keyID, version), material.Reveal())
+	ct, err := hpke.Seal(pub, kdf, aead, info, material.Reveal())
 	if err != nil {
 		return nil, fmt.Errorf("sealed: %w", err)
 	}
@@ -192,6 +203,10 @@ func Seal(edgePublicKey []byte, edgeID, keyID string, version uint32, material *
 
 // Open opens a sealed blob with the edge's private key.
 func Open(p *PrivateKey, blob []byte, edgeID, keyID string, version uint32) (*secret.Bytes, error) {
+	return open(p, blob, Info(edgeID, keyID, version))
+}
+
+func open(p *PrivateKey, blob, info []byte) (*secret.Bytes, error) {
 	if len(blob) < 8 || blob[0] != formatV1 {
 		return nil, ErrMalformed
 	}
@@ -207,9 +222,38 @@ func Open(p *PrivateKey, blob []byte, edgeID, keyID string, version uint32) (*se
 	if err != nil {
 		return nil, ErrMalformed
 	}
-	pt, err := hpke.Open(p.k, kdf, aead, Info(edgeID, keyID, version), blob[7:])
+	pt, err := hpke.Open(p.k, kdf, aead, info, blob[7:])
 	if err != nil {
 		return nil, ErrOpen
 	}
 	return secret.New(pt), nil
+}
+
+// SigningScope names a sealed SigV4 signing key: the access key and the
+// credential scope it signs for.
+type SigningScope struct {
+	AccessKeyID, Date, Region, Service string
+}
+
+// signingInfo is the HPKE info string of a sealed signing key.
+func signingInfo(edgeID string, s SigningScope) []byte {
+	b := []byte("keybroker/v1/sealed-signing-key\x00")
+	for i, part := range []string{edgeID, s.AccessKeyID, s.Date, s.Region, s.Service} {
+		if i > 0 {
+			b = append(b, 0)
+		}
+		b = append(b, part...)
+	}
+	return b
+}
+
+// SealSigningKey seals an access key's signing key for scope to an edge's
+// public key.
+func SealSigningKey(edgePublicKey []byte, edgeID string, scope SigningScope, key *secret.Bytes) ([]byte, error) {
+	return seal(edgePublicKey, signingInfo(edgeID, scope), key)
+}
+
+// OpenSigningKey opens a blob SealSigningKey made for this edge and scope.
+func OpenSigningKey(p *PrivateKey, blob []byte, edgeID string, scope SigningScope) (*secret.Bytes, error) {
+	return open(p, blob, signingInfo(edgeID, scope))
 }

@@ -326,3 +326,47 @@ func BenchmarkSealOpen(b *testing.B) {
 		}
 	})
 }
+
+// TestSigningKeyDomain: a sealed signing key opens only for its edge,
+// access key and scope, and never as material (nor material as a signing
+// key), however the names are chosen.
+func TestSigningKeyDomain(t *testing.T) {
+	edge, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := secret.Copy(bytes.Repeat([]byte{0x33}, 32))
+	scope := SigningScope{AccessKeyID: "KBAKAAAAAAAAAAAAAAAA", Date: "20261207", Region: "us-east-1", Service: "kms"}
+	blob, err := SealSigningKey(edge.PublicKey(), "edge-us", scope, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := OpenSigningKey(edge, blob, "edge-us", scope); err != nil || !got.Equal(key) {
+		t.Fatalf("OpenSigningKey = %v, %v", got, err)
+	}
+	for name, s := range map[string]SigningScope{
+		"another access key": {"KBAKBBBBBBBBBBBBBBBB", scope.Date, scope.Region, scope.Service},
+		"another day":        {scope.AccessKeyID, "20261208", scope.Region, scope.Service},
+		"another region":     {scope.AccessKeyID, scope.Date, "eu-west-1", scope.Service},
+		"another service":    {scope.AccessKeyID, scope.Date, scope.Region, "kms-xks-proxy"},
+	} {
+		if _, err := OpenSigningKey(edge, blob, "edge-us", s); !errors.Is(err, ErrOpen) {
+			t.Errorf("%s: %v, want ErrOpen", name, err)
+		}
+	}
+	if _, err := OpenSigningKey(edge, blob, "edge-eu", scope); !errors.Is(err, ErrOpen) {
+		t.Errorf("another edge: %v, want ErrOpen", err)
+	}
+	// Material sealed under names spelling the signing key's info string
+	// still does not open as a signing key, and the reverse.
+	m, err := Seal(edge.PublicKey(), "edge-us", "KBAKAAAAAAAAAAAAAAAA", 20261207, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenSigningKey(edge, m, "edge-us", scope); !errors.Is(err, ErrOpen) {
+		t.Errorf("material opened as a signing key: %v", err)
+	}
+	if _, err := Open(edge, blob, "edge-us", "KBAKAAAAAAAAAAAAAAAA", 20261207); !errors.Is(err, ErrOpen) {
+		t.Errorf("a signing key opened as material: %v", err)
+	}
+}

@@ -56,8 +56,19 @@
 // Backend-mode keys are refused (InvalidKeyUsageException): their root of
 // trust has no operation that derives the XKS subkey. The operations are
 // performed where the pipeline's performer implements
-// managed.XKSOperations (the central tier); elsewhere they are refused
-// with InvalidStateException.
+// managed.XKSOperations (the central tier, and edges over the material
+// they hold); elsewhere they are refused with InvalidStateException.
+//
+// # At an edge
+//
+// An edge serves the API as package awsjson describes under Serving at an
+// edge (Config.Relay, ServeForwarded): requests signed with an access key
+// scoped to the edge are verified there and served from the key's
+// material when the edge holds it (the health check too, on its health
+// key); the rest are relayed whole, as signed, to the central tier, which
+// verifies each, runs it once, and answers for it. The edge's prefix and
+// region must be the central tier's: a relayed request keeps its path and
+// its signature's scope.
 package xks
 
 import (
@@ -77,6 +88,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/keybroker/keybroker/awsjson"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/internal/callinfo"
@@ -127,6 +139,9 @@ type Config struct {
 	Logger        *slog.Logger
 	// Now is the clock of the health cache (time.Now when nil).
 	Now func() time.Time
+	// Relay, at an edge, takes what the edge does not serve itself to the
+	// central tier (awsjson.Relay); nil at the central tier.
+	Relay awsjson.Relay
 }
 
 // Server is the XKS proxy API as an http.Handler. It is safe for
@@ -238,6 +253,23 @@ func (s *Server) parsePath(p string) (route, bool) {
 
 // ServeHTTP answers one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.serve(w, r, nil, s.cfg.Credentials.SigningKey, nil, s.cfg.Relay)
+}
+
+// ServeForwarded answers a request an edge relayed (EdgeSync's ForwardAWS
+// at the central tier), whose body is body, exactly as ServeHTTP would,
+// except that signingKey verifies it — accepting keys scoped to the
+// relaying edge — and claim spends its signature once it verifies, before
+// it runs.
+func (s *Server) ServeForwarded(w http.ResponseWriter, r *http.Request, body []byte, signingKey awsjson.SigningKeyFunc, claim awsjson.ClaimFunc) {
+	if body == nil {
+		body = []byte{}
+	}
+	s.serve(w, r, body, signingKey, claim, nil)
+}
+
+// serve answers r; body nil reads it from r.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, signingKey awsjson.SigningKeyFunc, claim awsjson.ClaimFunc, relay awsjson.Relay) {
 	rt, ok := s.parsePath(r.URL.Path)
 	if !ok {
 		s.fail(w, &Error{http.StatusNotFound, InvalidURIPathException, fmt.Sprintf("%s is not an XKS proxy operation here", clipText(r.URL.Path))})
@@ -248,19 +280,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, &Error{http.StatusMethodNotAllowed, methodNotAllowed, "the XKS proxy API is POST only"})
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
-	if err != nil {
-		s.fail(w, validation("the request body is larger than %d bytes", MaxBody))
-		return
+	if body == nil {
+		var err error
+		if body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody)); err != nil {
+			s.fail(w, validation("the request body is larger than %d bytes", MaxBody))
+			return
+		}
 	}
 	var who identity.Identity
 	verifier := s.verifier
 	verifier.SigningKey = func(ctx context.Context, id, date, region, service string) ([]byte, error) {
-		key, w, err := s.cfg.Credentials.SigningKey(ctx, id, date, region, service)
+		key, w, err := signingKey(ctx, id, date, region, service)
 		who = w
 		return key, err
 	}
-	if _, err := verifier.Verify(r.Context(), r, body); err != nil {
+	verified, err := verifier.Verify(r.Context(), r, body)
+	if relay != nil && errors.Is(err, sigv4.ErrElsewhere) {
+		s.relay(w, r, body, relay) // a key the central tier verifies
+		return
+	}
+	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {
 			s.fail(w, &Error{http.StatusUnauthorized, AuthenticationFailedException, se.Code + ": " + se.Message})
@@ -269,6 +308,29 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("verifying an XKS request's signature", "err", err)
 		s.fail(w, &Error{http.StatusServiceUnavailable, DependencyTimeoutException, "the access key could not be checked; retry"})
 		return
+	}
+	if relay != nil {
+		key := rt.key
+		if rt.op == "health" {
+			key = s.cfg.HealthKey
+		}
+		if !relay.Local(r.Context(), []awsjson.KeyRef{{ID: key, PublicOnly: rt.op == "metadata"}}) {
+			s.relay(w, r, body, relay)
+			return
+		}
+	}
+	if claim != nil {
+		if err := claim(r.Context(), verified); errors.Is(err, awsjson.ErrReplayed) {
+			s.fail(w, &Error{http.StatusUnauthorized, AuthenticationFailedException, sigv4.InvalidSignature + ": this signed request was already relayed once"})
+			return
+		} else if errors.Is(err, awsjson.ErrRelayRefused) {
+			s.fail(w, &Error{http.StatusForbidden, AccessDeniedException, "the edge that relayed this request may not relay it (policy)"})
+			return
+		} else if err != nil {
+			s.log.Warn("claiming a relayed XKS request's signature", "err", err)
+			s.fail(w, &Error{http.StatusServiceUnavailable, DependencyTimeoutException, "the relayed request could not be recorded across the central tier; retry"})
+			return
+		}
 	}
 	out, err := s.run(r.Context(), who, rt, body)
 	if err != nil {
@@ -282,6 +344,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(data)
+}
+
+// relay takes a request to the central tier as it came.
+func (s *Server) relay(w http.ResponseWriter, r *http.Request, body []byte, relay awsjson.Relay) {
+	if err := relay.Forward(r.Context(), w, r, body); err != nil {
+		s.log.Warn("relaying an XKS request to the central tier", "err", err)
+		s.fail(w, &Error{http.StatusServiceUnavailable, DependencyTimeoutException, "this edge cannot reach the central tier to relay the request; retry"})
+	}
 }
 
 // run decodes and performs one authenticated request.

@@ -39,12 +39,15 @@ func (a *keyAdmin) CreateAccessKey(ctx context.Context, r *kbv1.CreateAccessKeyR
 		if err != nil {
 			return "principal " + clip.Quote(r.GetPrincipal()), err
 		}
-		rec, secret, err := a.s.svc.CreateAccessKey(ctx, who, by)
+		rec, secret, err := a.s.svc.CreateAccessKey(ctx, who, r.GetEdges(), by)
 		if err != nil {
 			return "for " + who.String(), err
 		}
 		out = accessKeyProto(rec)
 		out.SecretAccessKey = secret
+		if rec.EdgeScoped() {
+			return "access key " + rec.ID + " for " + who.String() + " scoped to edges " + strings.Join(rec.Edges, ","), nil
+		}
 		return "access key " + rec.ID + " for " + who.String(), nil
 	})
 	return out, err
@@ -98,7 +101,7 @@ func (a *keyAdmin) principal(p string) (identity.Identity, error) {
 
 func accessKeyProto(r *accesskey.Record) *kbv1.AccessKey {
 	out := &kbv1.AccessKey{AccessKeyId: r.ID, Principal: r.Principal, State: string(r.State),
-		Created: timestamppb.New(r.Created), CreatedBy: r.CreatedBy, RevokedBy: r.RevokedBy}
+		Created: timestamppb.New(r.Created), CreatedBy: r.CreatedBy, RevokedBy: r.RevokedBy, Edges: r.Edges}
 	if !r.Revoked.IsZero() {
 		out.Revoked = timestamppb.New(r.Revoked)
 	}

@@ -159,7 +159,7 @@ func kmsClient(url string, k *kbv1.AccessKey) *kms.Client {
 // awsFront is the AWS front-end of e with an access key for client/billing.
 func awsFront(t testing.TB, e *testEnv) (h http.Handler, id, secret string) {
 	front := newAWSFront(t, e)
-	rec, sec, err := e.svc.CreateAccessKey(context.Background(), identity.Identity{TrustDomain: e.srv.td, Kind: identity.Client, Name: "billing"}, "test")
+	rec, sec, err := e.svc.CreateAccessKey(context.Background(), identity.Identity{TrustDomain: e.srv.td, Kind: identity.Client, Name: "billing"}, nil, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,9 @@
 // Package server is the central tier's gRPC face: KeyBroker (package rpc,
 // around broker.Service), KeyAdmin, and EdgeSync for the edges —
-// Register, Watch, FetchMaterial, Forward and Acknowledge.
+// Register, Watch, FetchMaterial, Forward and Acknowledge, and for the AWS
+// front-ends at edges SigningKey (the signing key of an access key scoped
+// to the edge, sealed to it) and ForwardAWS (a signed AWS request the edge
+// relays, verified here and run once; awsedge.go).
 //
 // Edges are enrolled: KeyAdmin.EnrollNode, UpdateNode and RemoveNode (an
 // admin's calls) set which edges belong to the cluster and their region and
@@ -163,6 +166,7 @@ type Server struct {
 	live     *liveness
 	forward  map[string]forwardTarget
 	proofs   *proofVerifier
+	fronts   awsFronts // the AWS front-ends ForwardAWS relays to
 	// sendTimeout bounds one Send on a Watch stream.
 	sendTimeout time.Duration
 }

@@ -88,7 +88,7 @@ func (x *xksEnv) accessKey(t *testing.T, client string) (id, secret string) {
 
 func (x *xksEnv) accessKeyOf(t *testing.T, kind identity.Kind, name string) (id, secret string) {
 	t.Helper()
-	rec, sec, err := x.e.svc.CreateAccessKey(t.Context(), identity.Identity{TrustDomain: x.e.srv.td, Kind: kind, Name: name}, "xks test")
+	rec, sec, err := x.e.svc.CreateAccessKey(t.Context(), identity.Identity{TrustDomain: x.e.srv.td, Kind: kind, Name: name}, nil, "xks test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,6 +42,7 @@ func (a *app) accessKeyCmd() *cobra.Command {
 func (a *app) accessKeyCreateCmd() *cobra.Command {
 	var (
 		principal string
+		edges     []string
 		env       bool
 	)
 	cmd := &cobra.Command{
@@ -49,8 +51,13 @@ func (a *app) accessKeyCreateCmd() *cobra.Command {
 		Long: `Make an access key acting as the principal given — client/NAME or admin/NAME
 of this trust domain, or its full SPIFFE id. The secret access key is printed
 once and never stored: keep it where the client reads it. With --env the key
-is printed as the environment variables the AWS tools read.`,
+is printed as the environment variables the AWS tools read.
+
+With --edge (repeatable) the key is scoped to those edges: they verify it
+themselves and serve its requests from what they hold, and the central tier's
+own aws_kms and xks listeners refuse it. Only a client's key may be scoped.`,
 		Example: `  keybroker access-key create --principal client/app
+  keybroker access-key create --principal client/app --edge edge-us --edge edge-us-2
   keybroker access-key create --principal client/app --env >> app.env`,
 		Args: exactly(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -62,7 +69,7 @@ is printed as the environment variables the AWS tools read.`,
 				return err
 			}
 			defer s.close()
-			k, err := invoke(s, "access-key create", s.admin.CreateAccessKey, &kbv1.CreateAccessKeyRequest{Principal: principal})
+			k, err := invoke(s, "access-key create", s.admin.CreateAccessKey, &kbv1.CreateAccessKeyRequest{Principal: principal, Edges: edges})
 			if err != nil {
 				return err
 			}
@@ -74,10 +81,11 @@ is printed as the environment variables the AWS tools read.`,
 				return a.printJSON(toAccessKeyJSON(k))
 			}
 			return a.printFields([][2]string{{"access key id", k.GetAccessKeyId()}, {"secret access key", k.GetSecretAccessKey()},
-				{"principal", k.GetPrincipal()}, {"note", "the secret is shown this once; keybroker does not keep it"}})
+				{"principal", k.GetPrincipal()}, {"edges", edgesText(k.GetEdges())}, {"note", "the secret is shown this once; keybroker does not keep it"}})
 		},
 	}
 	cmd.Flags().StringVar(&principal, "principal", "", "the principal the key acts as: client/NAME or admin/NAME (required)")
+	cmd.Flags().StringArrayVar(&edges, "edge", nil, "scope the key to this edge (node id); repeat for several. Clients only")
 	cmd.Flags().BoolVar(&env, "env", false, "print AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY lines for an env file")
 	return cmd
 }
@@ -107,9 +115,9 @@ func (a *app) accessKeyListCmd() *cobra.Command {
 				}
 				return nil
 			}
-			rows := [][]string{{"ACCESS KEY ID", "PRINCIPAL", "STATE", "CREATED", "CREATED BY"}}
+			rows := [][]string{{"ACCESS KEY ID", "PRINCIPAL", "EDGES", "STATE", "CREATED", "CREATED BY"}}
 			for _, k := range out.GetAccessKeys() {
-				rows = append(rows, []string{k.GetAccessKeyId(), k.GetPrincipal(), k.GetState(),
+				rows = append(rows, []string{k.GetAccessKeyId(), k.GetPrincipal(), edgesText(k.GetEdges()), k.GetState(),
 					k.GetCreated().AsTime().Format(time.RFC3339), k.GetCreatedBy()})
 			}
 			return a.printTable(rows)
@@ -143,19 +151,30 @@ func (a *app) accessKeyRevokeCmd() *cobra.Command {
 
 // accessKeyJSON is an access key in --output json.
 type accessKeyJSON struct {
-	AccessKeyID     string `json:"access_key_id"`
-	SecretAccessKey string `json:"secret_access_key,omitempty"`
-	Principal       string `json:"principal"`
-	State           string `json:"state"`
-	Created         string `json:"created"`
-	CreatedBy       string `json:"created_by"`
-	Revoked         string `json:"revoked,omitempty"`
-	RevokedBy       string `json:"revoked_by,omitempty"`
+	AccessKeyID     string   `json:"access_key_id"`
+	SecretAccessKey string   `json:"secret_access_key,omitempty"`
+	Principal       string   `json:"principal"`
+	State           string   `json:"state"`
+	Created         string   `json:"created"`
+	CreatedBy       string   `json:"created_by"`
+	Revoked         string   `json:"revoked,omitempty"`
+	RevokedBy       string   `json:"revoked_by,omitempty"`
+	Edges           []string `json:"edges,omitempty"`
+}
+
+// edgesText is a key's scope in text output: its edges, or "central" for
+// a key the central tier verifies.
+func edgesText(edges []string) string {
+	if len(edges) == 0 {
+		return "central"
+	}
+	return strings.Join(edges, ",")
 }
 
 func toAccessKeyJSON(k *kbv1.AccessKey) accessKeyJSON {
 	out := accessKeyJSON{AccessKeyID: k.GetAccessKeyId(), SecretAccessKey: k.GetSecretAccessKey(), Principal: k.GetPrincipal(),
-		State: k.GetState(), Created: k.GetCreated().AsTime().Format(time.RFC3339), CreatedBy: k.GetCreatedBy(), RevokedBy: k.GetRevokedBy()}
+		State: k.GetState(), Created: k.GetCreated().AsTime().Format(time.RFC3339), CreatedBy: k.GetCreatedBy(), RevokedBy: k.GetRevokedBy(),
+		Edges: k.GetEdges()}
 	if k.GetRevoked() != nil {
 		out.Revoked = k.GetRevoked().AsTime().Format(time.RFC3339)
 	}

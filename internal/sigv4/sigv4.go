@@ -75,6 +75,11 @@ func refuse(code, format string, args ...any) *Error {
 // it does not know.
 var ErrUnknownKey = errors.New("sigv4: unknown access key id")
 
+// ErrElsewhere is what a SigningKey function returns for an access key
+// this node does not verify but relays (an edge, for a key not scoped to
+// it): Verify returns it as it is, and the front-end relays the request.
+var ErrElsewhere = errors.New("sigv4: the access key is verified elsewhere")
+
 // Verifier checks requests for one service in one region.
 type Verifier struct {
 	// Service is the credential scope's service ("kms", "kms-xks-proxy").
@@ -99,6 +104,9 @@ type Verifier struct {
 type Verified struct {
 	AccessKeyID string
 	Date        time.Time
+	// Signature is the request's signature (32 bytes): what a relayed
+	// request is claimed by, so that it runs once.
+	Signature []byte
 }
 
 // DeriveSigningKey is SigV4's signing key: HMAC-SHA256 chained over
@@ -235,7 +243,7 @@ func (v *Verifier) Verify(ctx context.Context, r *http.Request, body []byte) (Ve
 	if !hmac.Equal(mac(key, toSign), a.signature) {
 		return Verified{}, refuse(InvalidSignature, "the request signature we calculated does not match the signature you provided: check your secret access key and signing method")
 	}
-	return Verified{AccessKeyID: a.accessKeyID, Date: date}, nil
+	return Verified{AccessKeyID: a.accessKeyID, Date: date, Signature: a.signature}, nil
 }
 
 // canonicalRequest is SigV4's canonical request for r over the signed

@@ -473,7 +473,9 @@ type EdgeNode struct {
 	// spiffe, when set, is the socket of a Workload API agent the edge
 	// takes its identity from instead of certificate files (tls then
 	// holds only what tls adds, and central.server_name is not set).
-	SPIFFE      string
+	SPIFFE string
+	// Extra is appended to the edge's edge.yaml (an aws_kms or xks block).
+	Extra       string
 	Dir, Config string
 	Proc        *Proc
 }
@@ -592,7 +594,7 @@ prefetch: %t
 max_staleness: %s
 reconnect: %s
 `, e.Name, TrustDomain, id, e.Name, e.Region, address, others, serverName, e.Prefetch, e.Staleness,
-		cmp.Or(e.Reconnect, "{initial_backoff: 50ms, max_backoff: 500ms}"))
+		cmp.Or(e.Reconnect, "{initial_backoff: 50ms, max_backoff: 500ms}")) + e.Extra
 	must(t, "writing edge config", os.WriteFile(e.Config, []byte(y), 0o600))
 	e.Proc = StartNode(t, "edge", e.Config)
 }

@@ -3580,7 +3580,12 @@ type CreateAccessKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The principal the key acts as: a SPIFFE id, or kind/name of this trust
 	// domain (client/app, admin/ops).
-	Principal     string `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
+	Principal string `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
+	// Edges scopes the key to these edges (node ids): it is usable only
+	// through their AWS front-ends, which verify it themselves, and refused
+	// at the central tier's own listeners. Only client principals may be
+	// scoped.
+	Edges         []string `protobuf:"bytes,2,rep,name=edges,proto3" json:"edges,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3620,6 +3625,13 @@ func (x *CreateAccessKeyRequest) GetPrincipal() string {
 		return x.Principal
 	}
 	return ""
+}
+
+func (x *CreateAccessKeyRequest) GetEdges() []string {
+	if x != nil {
+		return x.Edges
+	}
+	return nil
 }
 
 type AccessKeyRequest struct {
@@ -3716,8 +3728,10 @@ type AccessKey struct {
 	// Set only in CreateAccessKey's answer: the secret access key, handed
 	// out once.
 	SecretAccessKey string `protobuf:"bytes,8,opt,name=secret_access_key,json=secretAccessKey,proto3" json:"secret_access_key,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The edges the key is scoped to (empty: the central tier's listeners).
+	Edges         []string `protobuf:"bytes,9,rep,name=edges,proto3" json:"edges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AccessKey) Reset() {
@@ -3804,6 +3818,13 @@ func (x *AccessKey) GetSecretAccessKey() string {
 		return x.SecretAccessKey
 	}
 	return ""
+}
+
+func (x *AccessKey) GetEdges() []string {
+	if x != nil {
+		return x.Edges
+	}
+	return nil
 }
 
 type ListAccessKeysResponse struct {
@@ -5139,6 +5160,330 @@ func (*AcknowledgeResponse) Descriptor() ([]byte, []int) {
 	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{75}
 }
 
+type EdgeSigningKeyRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	AccessKeyId string                 `protobuf:"bytes,1,opt,name=access_key_id,json=accessKeyId,proto3" json:"access_key_id,omitempty"`
+	// The SigV4 credential scope: YYYYMMDD, region, service ("kms" or
+	// "kms-xks-proxy").
+	Date          string `protobuf:"bytes,2,opt,name=date,proto3" json:"date,omitempty"`
+	Region        string `protobuf:"bytes,3,opt,name=region,proto3" json:"region,omitempty"`
+	Service       string `protobuf:"bytes,4,opt,name=service,proto3" json:"service,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeSigningKeyRequest) Reset() {
+	*x = EdgeSigningKeyRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeSigningKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeSigningKeyRequest) ProtoMessage() {}
+
+func (x *EdgeSigningKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeSigningKeyRequest.ProtoReflect.Descriptor instead.
+func (*EdgeSigningKeyRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *EdgeSigningKeyRequest) GetAccessKeyId() string {
+	if x != nil {
+		return x.AccessKeyId
+	}
+	return ""
+}
+
+func (x *EdgeSigningKeyRequest) GetDate() string {
+	if x != nil {
+		return x.Date
+	}
+	return ""
+}
+
+func (x *EdgeSigningKeyRequest) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *EdgeSigningKeyRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+type EdgeSigningKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The signing key sealed to the edge (package sealed, its signing-key
+	// domain), bound to the edge, the access key and the scope.
+	SealedSigningKey []byte `protobuf:"bytes,1,opt,name=sealed_signing_key,json=sealedSigningKey,proto3" json:"sealed_signing_key,omitempty"`
+	// The SPIFFE id of the principal the key acts as.
+	Principal     string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeSigningKeyResponse) Reset() {
+	*x = EdgeSigningKeyResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeSigningKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeSigningKeyResponse) ProtoMessage() {}
+
+func (x *EdgeSigningKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeSigningKeyResponse.ProtoReflect.Descriptor instead.
+func (*EdgeSigningKeyResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *EdgeSigningKeyResponse) GetSealedSigningKey() []byte {
+	if x != nil {
+		return x.SealedSigningKey
+	}
+	return nil
+}
+
+func (x *EdgeSigningKeyResponse) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+// HTTPHeader is one header of a relayed request or answer.
+type HTTPHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPHeader) Reset() {
+	*x = HTTPHeader{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPHeader) ProtoMessage() {}
+
+func (x *HTTPHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPHeader.ProtoReflect.Descriptor instead.
+func (*HTTPHeader) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *HTTPHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HTTPHeader) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+type ForwardAWSRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The front-end: "aws_kms" or "xks".
+	Front  string `protobuf:"bytes,1,opt,name=front,proto3" json:"front,omitempty"`
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// The request URI as the client sent it (path and query).
+	Uri           string        `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
+	Host          string        `protobuf:"bytes,4,opt,name=host,proto3" json:"host,omitempty"`
+	Headers       []*HTTPHeader `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty"`
+	Body          []byte        `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardAWSRequest) Reset() {
+	*x = ForwardAWSRequest{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardAWSRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardAWSRequest) ProtoMessage() {}
+
+func (x *ForwardAWSRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardAWSRequest.ProtoReflect.Descriptor instead.
+func (*ForwardAWSRequest) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *ForwardAWSRequest) GetFront() string {
+	if x != nil {
+		return x.Front
+	}
+	return ""
+}
+
+func (x *ForwardAWSRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ForwardAWSRequest) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
+func (x *ForwardAWSRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ForwardAWSRequest) GetHeaders() []*HTTPHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *ForwardAWSRequest) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+type ForwardAWSResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        int32                  `protobuf:"varint,1,opt,name=status,proto3" json:"status,omitempty"`
+	Headers       []*HTTPHeader          `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
+	Body          []byte                 `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardAWSResponse) Reset() {
+	*x = ForwardAWSResponse{}
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardAWSResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardAWSResponse) ProtoMessage() {}
+
+func (x *ForwardAWSResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keybroker_v1_keybroker_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardAWSResponse.ProtoReflect.Descriptor instead.
+func (*ForwardAWSResponse) Descriptor() ([]byte, []int) {
+	return file_keybroker_v1_keybroker_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *ForwardAWSResponse) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *ForwardAWSResponse) GetHeaders() []*HTTPHeader {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *ForwardAWSResponse) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
 var File_keybroker_v1_keybroker_proto protoreflect.FileDescriptor
 
 const file_keybroker_v1_keybroker_proto_rawDesc = "" +
@@ -5437,12 +5782,13 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x11RemoveNodeRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"0\n" +
 	"\x12RemoveNodeResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"6\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"L\n" +
 	"\x16CreateAccessKeyRequest\x12\x1c\n" +
-	"\tprincipal\x18\x01 \x01(\tR\tprincipal\"6\n" +
+	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12\x14\n" +
+	"\x05edges\x18\x02 \x03(\tR\x05edges\"6\n" +
 	"\x10AccessKeyRequest\x12\"\n" +
 	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\"\x17\n" +
-	"\x15ListAccessKeysRequest\"\xb9\x02\n" +
+	"\x15ListAccessKeysRequest\"\xcf\x02\n" +
 	"\tAccessKey\x12\"\n" +
 	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12\x1c\n" +
 	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x12\x14\n" +
@@ -5453,7 +5799,8 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\arevoked\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\arevoked\x12\x1d\n" +
 	"\n" +
 	"revoked_by\x18\a \x01(\tR\trevokedBy\x12*\n" +
-	"\x11secret_access_key\x18\b \x01(\tR\x0fsecretAccessKey\"R\n" +
+	"\x11secret_access_key\x18\b \x01(\tR\x0fsecretAccessKey\x12\x14\n" +
+	"\x05edges\x18\t \x03(\tR\x05edges\"R\n" +
 	"\x16ListAccessKeysResponse\x128\n" +
 	"\vaccess_keys\x18\x01 \x03(\v2\x17.keybroker.v1.AccessKeyR\n" +
 	"accessKeys\"{\n" +
@@ -5544,7 +5891,30 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\bresponse\x18\x01 \x01(\fR\bresponse\"?\n" +
 	"\x12AcknowledgeRequest\x12)\n" +
 	"\x10applied_revision\x18\x01 \x01(\x04R\x0fappliedRevision\"\x15\n" +
-	"\x13AcknowledgeResponse*\x86\x01\n" +
+	"\x13AcknowledgeResponse\"\x81\x01\n" +
+	"\x15EdgeSigningKeyRequest\x12\"\n" +
+	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12\x12\n" +
+	"\x04date\x18\x02 \x01(\tR\x04date\x12\x16\n" +
+	"\x06region\x18\x03 \x01(\tR\x06region\x12\x18\n" +
+	"\aservice\x18\x04 \x01(\tR\aservice\"d\n" +
+	"\x16EdgeSigningKeyResponse\x12,\n" +
+	"\x12sealed_signing_key\x18\x01 \x01(\fR\x10sealedSigningKey\x12\x1c\n" +
+	"\tprincipal\x18\x02 \x01(\tR\tprincipal\"8\n" +
+	"\n" +
+	"HTTPHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\"\xaf\x01\n" +
+	"\x11ForwardAWSRequest\x12\x14\n" +
+	"\x05front\x18\x01 \x01(\tR\x05front\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x10\n" +
+	"\x03uri\x18\x03 \x01(\tR\x03uri\x12\x12\n" +
+	"\x04host\x18\x04 \x01(\tR\x04host\x122\n" +
+	"\aheaders\x18\x05 \x03(\v2\x18.keybroker.v1.HTTPHeaderR\aheaders\x12\x12\n" +
+	"\x04body\x18\x06 \x01(\fR\x04body\"t\n" +
+	"\x12ForwardAWSResponse\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\x05R\x06status\x122\n" +
+	"\aheaders\x18\x02 \x03(\v2\x18.keybroker.v1.HTTPHeaderR\aheaders\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body*\x86\x01\n" +
 	"\aKeyType\x12\x18\n" +
 	"\x14KEY_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KEY_TYPE_AES_256_GCM\x10\x01\x12\x18\n" +
@@ -5619,13 +5989,17 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"RemoveNode\x12\x1f.keybroker.v1.RemoveNodeRequest\x1a .keybroker.v1.RemoveNodeResponse\x12P\n" +
 	"\x0fCreateAccessKey\x12$.keybroker.v1.CreateAccessKeyRequest\x1a\x17.keybroker.v1.AccessKey\x12[\n" +
 	"\x0eListAccessKeys\x12#.keybroker.v1.ListAccessKeysRequest\x1a$.keybroker.v1.ListAccessKeysResponse\x12J\n" +
-	"\x0fRevokeAccessKey\x12\x1e.keybroker.v1.AccessKeyRequest\x1a\x17.keybroker.v1.AccessKey2\x94\x03\n" +
+	"\x0fRevokeAccessKey\x12\x1e.keybroker.v1.AccessKeyRequest\x1a\x17.keybroker.v1.AccessKey2\xbe\x04\n" +
 	"\bEdgeSync\x12Q\n" +
 	"\bRegister\x12!.keybroker.v1.RegisterEdgeRequest\x1a\".keybroker.v1.RegisterEdgeResponse\x12?\n" +
 	"\x05Watch\x12\x1a.keybroker.v1.WatchRequest\x1a\x18.keybroker.v1.WatchEvent0\x01\x12X\n" +
 	"\rFetchMaterial\x12\".keybroker.v1.FetchMaterialRequest\x1a#.keybroker.v1.FetchMaterialResponse\x12F\n" +
 	"\aForward\x12\x1c.keybroker.v1.ForwardRequest\x1a\x1d.keybroker.v1.ForwardResponse\x12R\n" +
-	"\vAcknowledge\x12 .keybroker.v1.AcknowledgeRequest\x1a!.keybroker.v1.AcknowledgeResponseB=Z;github.com/keybroker/keybroker/api/keybroker/v1;keybrokerv1b\x06proto3"
+	"\vAcknowledge\x12 .keybroker.v1.AcknowledgeRequest\x1a!.keybroker.v1.AcknowledgeResponse\x12W\n" +
+	"\n" +
+	"SigningKey\x12#.keybroker.v1.EdgeSigningKeyRequest\x1a$.keybroker.v1.EdgeSigningKeyResponse\x12O\n" +
+	"\n" +
+	"ForwardAWS\x12\x1f.keybroker.v1.ForwardAWSRequest\x1a .keybroker.v1.ForwardAWSResponseB=Z;github.com/keybroker/keybroker/api/keybroker/v1;keybrokerv1b\x06proto3"
 
 var (
 	file_keybroker_v1_keybroker_proto_rawDescOnce sync.Once
@@ -5640,7 +6014,7 @@ func file_keybroker_v1_keybroker_proto_rawDescGZIP() []byte {
 }
 
 var file_keybroker_v1_keybroker_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 92)
+var file_keybroker_v1_keybroker_proto_msgTypes = make([]protoimpl.MessageInfo, 97)
 var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(KeyType)(0),                         // 0: keybroker.v1.KeyType
 	(KeyMode)(0),                         // 1: keybroker.v1.KeyMode
@@ -5723,49 +6097,54 @@ var file_keybroker_v1_keybroker_proto_goTypes = []any{
 	(*ForwardResponse)(nil),              // 78: keybroker.v1.ForwardResponse
 	(*AcknowledgeRequest)(nil),           // 79: keybroker.v1.AcknowledgeRequest
 	(*AcknowledgeResponse)(nil),          // 80: keybroker.v1.AcknowledgeResponse
-	nil,                                  // 81: keybroker.v1.EncryptRequest.EncryptionContextEntry
-	nil,                                  // 82: keybroker.v1.DecryptRequest.EncryptionContextEntry
-	nil,                                  // 83: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	nil,                                  // 84: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	nil,                                  // 85: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 86: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
-	nil,                                  // 87: keybroker.v1.ListKeysRequest.LabelSelectorEntry
-	nil,                                  // 88: keybroker.v1.KeyMetadata.LabelsEntry
-	nil,                                  // 89: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
-	nil,                                  // 90: keybroker.v1.CreateKeyRequest.LabelsEntry
-	nil,                                  // 91: keybroker.v1.UpdateKeyRequest.LabelsEntry
-	nil,                                  // 92: keybroker.v1.Node.LabelsEntry
-	nil,                                  // 93: keybroker.v1.EnrollNodeRequest.LabelsEntry
-	nil,                                  // 94: keybroker.v1.UpdateNodeRequest.LabelsEntry
-	nil,                                  // 95: keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	nil,                                  // 96: keybroker.v1.RegisterEdgeResponse.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 97: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 98: google.protobuf.Duration
+	(*EdgeSigningKeyRequest)(nil),        // 81: keybroker.v1.EdgeSigningKeyRequest
+	(*EdgeSigningKeyResponse)(nil),       // 82: keybroker.v1.EdgeSigningKeyResponse
+	(*HTTPHeader)(nil),                   // 83: keybroker.v1.HTTPHeader
+	(*ForwardAWSRequest)(nil),            // 84: keybroker.v1.ForwardAWSRequest
+	(*ForwardAWSResponse)(nil),           // 85: keybroker.v1.ForwardAWSResponse
+	nil,                                  // 86: keybroker.v1.EncryptRequest.EncryptionContextEntry
+	nil,                                  // 87: keybroker.v1.DecryptRequest.EncryptionContextEntry
+	nil,                                  // 88: keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	nil,                                  // 89: keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	nil,                                  // 90: keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 91: keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	nil,                                  // 92: keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	nil,                                  // 93: keybroker.v1.KeyMetadata.LabelsEntry
+	nil,                                  // 94: keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	nil,                                  // 95: keybroker.v1.CreateKeyRequest.LabelsEntry
+	nil,                                  // 96: keybroker.v1.UpdateKeyRequest.LabelsEntry
+	nil,                                  // 97: keybroker.v1.Node.LabelsEntry
+	nil,                                  // 98: keybroker.v1.EnrollNodeRequest.LabelsEntry
+	nil,                                  // 99: keybroker.v1.UpdateNodeRequest.LabelsEntry
+	nil,                                  // 100: keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	nil,                                  // 101: keybroker.v1.RegisterEdgeResponse.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 102: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 103: google.protobuf.Duration
 }
 var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
-	81,  // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
-	82,  // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
-	83,  // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
-	84,  // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
-	85,  // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
-	86,  // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
+	86,  // 0: keybroker.v1.EncryptRequest.encryption_context:type_name -> keybroker.v1.EncryptRequest.EncryptionContextEntry
+	87,  // 1: keybroker.v1.DecryptRequest.encryption_context:type_name -> keybroker.v1.DecryptRequest.EncryptionContextEntry
+	88,  // 2: keybroker.v1.ReEncryptRequest.source_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.SourceEncryptionContextEntry
+	89,  // 3: keybroker.v1.ReEncryptRequest.destination_encryption_context:type_name -> keybroker.v1.ReEncryptRequest.DestinationEncryptionContextEntry
+	90,  // 4: keybroker.v1.GenerateDataKeyRequest.encryption_context:type_name -> keybroker.v1.GenerateDataKeyRequest.EncryptionContextEntry
+	91,  // 5: keybroker.v1.DecryptDataKeyRequest.encryption_context:type_name -> keybroker.v1.DecryptDataKeyRequest.EncryptionContextEntry
 	0,   // 6: keybroker.v1.GetPublicKeyResponse.key_type:type_name -> keybroker.v1.KeyType
 	32,  // 7: keybroker.v1.DescribeKeyResponse.key:type_name -> keybroker.v1.KeyMetadata
-	87,  // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
+	92,  // 8: keybroker.v1.ListKeysRequest.label_selector:type_name -> keybroker.v1.ListKeysRequest.LabelSelectorEntry
 	32,  // 9: keybroker.v1.ListKeysResponse.keys:type_name -> keybroker.v1.KeyMetadata
-	97,  // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
+	102, // 10: keybroker.v1.KeyVersion.created_at:type_name -> google.protobuf.Timestamp
 	0,   // 11: keybroker.v1.KeyMetadata.type:type_name -> keybroker.v1.KeyType
 	1,   // 12: keybroker.v1.KeyMetadata.mode:type_name -> keybroker.v1.KeyMode
 	2,   // 13: keybroker.v1.KeyMetadata.state:type_name -> keybroker.v1.KeyState
 	31,  // 14: keybroker.v1.KeyMetadata.versions:type_name -> keybroker.v1.KeyVersion
-	88,  // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
-	98,  // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
-	97,  // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
-	97,  // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
-	97,  // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
-	97,  // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
+	93,  // 15: keybroker.v1.KeyMetadata.labels:type_name -> keybroker.v1.KeyMetadata.LabelsEntry
+	103, // 16: keybroker.v1.KeyMetadata.rotation_period:type_name -> google.protobuf.Duration
+	102, // 17: keybroker.v1.KeyMetadata.next_rotation:type_name -> google.protobuf.Timestamp
+	102, // 18: keybroker.v1.KeyMetadata.deletion_time:type_name -> google.protobuf.Timestamp
+	102, // 19: keybroker.v1.KeyMetadata.created_at:type_name -> google.protobuf.Timestamp
+	102, // 20: keybroker.v1.KeyMetadata.updated_at:type_name -> google.protobuf.Timestamp
 	3,   // 21: keybroker.v1.LookupKeyRequest.operation:type_name -> keybroker.v1.Operation
-	89,  // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
+	94,  // 22: keybroker.v1.LookupKeyRequest.client_labels:type_name -> keybroker.v1.LookupKeyRequest.ClientLabelsEntry
 	4,   // 23: keybroker.v1.LookupNode.reason:type_name -> keybroker.v1.LookupReason
 	34,  // 24: keybroker.v1.LookupKeyResponse.nodes:type_name -> keybroker.v1.LookupNode
 	5,   // 25: keybroker.v1.BatchEncryptRequest.items:type_name -> keybroker.v1.EncryptRequest
@@ -5782,117 +6161,123 @@ var file_keybroker_v1_keybroker_proto_depIdxs = []int32{
 	44,  // 36: keybroker.v1.BatchGenerateDataKeyResponse.results:type_name -> keybroker.v1.BatchGenerateDataKeyResult
 	0,   // 37: keybroker.v1.CreateKeyRequest.type:type_name -> keybroker.v1.KeyType
 	1,   // 38: keybroker.v1.CreateKeyRequest.mode:type_name -> keybroker.v1.KeyMode
-	90,  // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
-	98,  // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	91,  // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
-	98,  // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
-	98,  // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
-	92,  // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
-	97,  // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
-	97,  // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
-	93,  // 47: keybroker.v1.EnrollNodeRequest.labels:type_name -> keybroker.v1.EnrollNodeRequest.LabelsEntry
-	94,  // 48: keybroker.v1.UpdateNodeRequest.labels:type_name -> keybroker.v1.UpdateNodeRequest.LabelsEntry
-	97,  // 49: keybroker.v1.AccessKey.created:type_name -> google.protobuf.Timestamp
-	97,  // 50: keybroker.v1.AccessKey.revoked:type_name -> google.protobuf.Timestamp
+	95,  // 39: keybroker.v1.CreateKeyRequest.labels:type_name -> keybroker.v1.CreateKeyRequest.LabelsEntry
+	103, // 40: keybroker.v1.CreateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	96,  // 41: keybroker.v1.UpdateKeyRequest.labels:type_name -> keybroker.v1.UpdateKeyRequest.LabelsEntry
+	103, // 42: keybroker.v1.UpdateKeyRequest.rotation_period:type_name -> google.protobuf.Duration
+	103, // 43: keybroker.v1.ScheduleKeyDeletionRequest.pending_window:type_name -> google.protobuf.Duration
+	97,  // 44: keybroker.v1.Node.labels:type_name -> keybroker.v1.Node.LabelsEntry
+	102, // 45: keybroker.v1.Node.last_seen:type_name -> google.protobuf.Timestamp
+	102, // 46: keybroker.v1.Node.lease_expires:type_name -> google.protobuf.Timestamp
+	98,  // 47: keybroker.v1.EnrollNodeRequest.labels:type_name -> keybroker.v1.EnrollNodeRequest.LabelsEntry
+	99,  // 48: keybroker.v1.UpdateNodeRequest.labels:type_name -> keybroker.v1.UpdateNodeRequest.LabelsEntry
+	102, // 49: keybroker.v1.AccessKey.created:type_name -> google.protobuf.Timestamp
+	102, // 50: keybroker.v1.AccessKey.revoked:type_name -> google.protobuf.Timestamp
 	59,  // 51: keybroker.v1.ListAccessKeysResponse.access_keys:type_name -> keybroker.v1.AccessKey
 	51,  // 52: keybroker.v1.ListNodesResponse.nodes:type_name -> keybroker.v1.Node
 	62,  // 53: keybroker.v1.ListNodesResponse.from_replica:type_name -> keybroker.v1.ReplicaView
-	97,  // 54: keybroker.v1.ReplicaView.synced_at:type_name -> google.protobuf.Timestamp
-	95,  // 55: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
-	98,  // 56: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
-	96,  // 57: keybroker.v1.RegisterEdgeResponse.labels:type_name -> keybroker.v1.RegisterEdgeResponse.LabelsEntry
+	102, // 54: keybroker.v1.ReplicaView.synced_at:type_name -> google.protobuf.Timestamp
+	100, // 55: keybroker.v1.RegisterEdgeRequest.labels:type_name -> keybroker.v1.RegisterEdgeRequest.LabelsEntry
+	103, // 56: keybroker.v1.RegisterEdgeResponse.lease:type_name -> google.protobuf.Duration
+	101, // 57: keybroker.v1.RegisterEdgeResponse.labels:type_name -> keybroker.v1.RegisterEdgeResponse.LabelsEntry
 	32,  // 58: keybroker.v1.EdgeKey.metadata:type_name -> keybroker.v1.KeyMetadata
 	66,  // 59: keybroker.v1.EdgeKey.versions:type_name -> keybroker.v1.EdgeKeyVersion
 	68,  // 60: keybroker.v1.EdgePolicy.files:type_name -> keybroker.v1.PolicyFile
 	67,  // 61: keybroker.v1.EdgeSnapshot.keys:type_name -> keybroker.v1.EdgeKey
 	69,  // 62: keybroker.v1.EdgeSnapshot.policy:type_name -> keybroker.v1.EdgePolicy
 	51,  // 63: keybroker.v1.EdgeSnapshot.nodes:type_name -> keybroker.v1.Node
-	97,  // 64: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
+	102, // 64: keybroker.v1.Heartbeat.lease_expires:type_name -> google.protobuf.Timestamp
 	70,  // 65: keybroker.v1.WatchEvent.snapshot:type_name -> keybroker.v1.EdgeSnapshot
 	67,  // 66: keybroker.v1.WatchEvent.key:type_name -> keybroker.v1.EdgeKey
 	69,  // 67: keybroker.v1.WatchEvent.policy:type_name -> keybroker.v1.EdgePolicy
 	61,  // 68: keybroker.v1.WatchEvent.nodes:type_name -> keybroker.v1.ListNodesResponse
 	71,  // 69: keybroker.v1.WatchEvent.heartbeat:type_name -> keybroker.v1.Heartbeat
-	97,  // 70: keybroker.v1.ForwardProofClaims.issued_at:type_name -> google.protobuf.Timestamp
-	5,   // 71: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
-	7,   // 72: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
-	9,   // 73: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
-	11,  // 74: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
-	11,  // 75: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
-	13,  // 76: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
-	15,  // 77: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
-	17,  // 78: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
-	19,  // 79: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
-	21,  // 80: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
-	23,  // 81: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
-	25,  // 82: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
-	27,  // 83: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
-	29,  // 84: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
-	33,  // 85: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
-	37,  // 86: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
-	40,  // 87: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
-	43,  // 88: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
-	46,  // 89: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
-	47,  // 90: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
-	48,  // 91: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
-	47,  // 92: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
-	47,  // 93: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
-	49,  // 94: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
-	47,  // 95: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
-	50,  // 96: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
-	52,  // 97: keybroker.v1.KeyAdmin.EnrollNode:input_type -> keybroker.v1.EnrollNodeRequest
-	53,  // 98: keybroker.v1.KeyAdmin.UpdateNode:input_type -> keybroker.v1.UpdateNodeRequest
-	54,  // 99: keybroker.v1.KeyAdmin.RemoveNode:input_type -> keybroker.v1.RemoveNodeRequest
-	56,  // 100: keybroker.v1.KeyAdmin.CreateAccessKey:input_type -> keybroker.v1.CreateAccessKeyRequest
-	58,  // 101: keybroker.v1.KeyAdmin.ListAccessKeys:input_type -> keybroker.v1.ListAccessKeysRequest
-	57,  // 102: keybroker.v1.KeyAdmin.RevokeAccessKey:input_type -> keybroker.v1.AccessKeyRequest
-	63,  // 103: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
-	65,  // 104: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
-	73,  // 105: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
-	75,  // 106: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
-	79,  // 107: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
-	6,   // 108: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
-	8,   // 109: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
-	10,  // 110: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
-	12,  // 111: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
-	12,  // 112: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
-	14,  // 113: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
-	16,  // 114: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
-	18,  // 115: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
-	20,  // 116: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
-	22,  // 117: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
-	24,  // 118: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
-	26,  // 119: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
-	28,  // 120: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
-	30,  // 121: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
-	35,  // 122: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
-	39,  // 123: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
-	42,  // 124: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
-	45,  // 125: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
-	32,  // 126: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 127: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 128: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 129: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 130: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
-	32,  // 131: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	32,  // 132: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
-	61,  // 133: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
-	51,  // 134: keybroker.v1.KeyAdmin.EnrollNode:output_type -> keybroker.v1.Node
-	51,  // 135: keybroker.v1.KeyAdmin.UpdateNode:output_type -> keybroker.v1.Node
-	55,  // 136: keybroker.v1.KeyAdmin.RemoveNode:output_type -> keybroker.v1.RemoveNodeResponse
-	59,  // 137: keybroker.v1.KeyAdmin.CreateAccessKey:output_type -> keybroker.v1.AccessKey
-	60,  // 138: keybroker.v1.KeyAdmin.ListAccessKeys:output_type -> keybroker.v1.ListAccessKeysResponse
-	59,  // 139: keybroker.v1.KeyAdmin.RevokeAccessKey:output_type -> keybroker.v1.AccessKey
-	64,  // 140: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
-	72,  // 141: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
-	74,  // 142: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
-	78,  // 143: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
-	80,  // 144: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
-	108, // [108:145] is the sub-list for method output_type
-	71,  // [71:108] is the sub-list for method input_type
-	71,  // [71:71] is the sub-list for extension type_name
-	71,  // [71:71] is the sub-list for extension extendee
-	0,   // [0:71] is the sub-list for field type_name
+	102, // 70: keybroker.v1.ForwardProofClaims.issued_at:type_name -> google.protobuf.Timestamp
+	83,  // 71: keybroker.v1.ForwardAWSRequest.headers:type_name -> keybroker.v1.HTTPHeader
+	83,  // 72: keybroker.v1.ForwardAWSResponse.headers:type_name -> keybroker.v1.HTTPHeader
+	5,   // 73: keybroker.v1.KeyBroker.Encrypt:input_type -> keybroker.v1.EncryptRequest
+	7,   // 74: keybroker.v1.KeyBroker.Decrypt:input_type -> keybroker.v1.DecryptRequest
+	9,   // 75: keybroker.v1.KeyBroker.ReEncrypt:input_type -> keybroker.v1.ReEncryptRequest
+	11,  // 76: keybroker.v1.KeyBroker.GenerateDataKey:input_type -> keybroker.v1.GenerateDataKeyRequest
+	11,  // 77: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:input_type -> keybroker.v1.GenerateDataKeyRequest
+	13,  // 78: keybroker.v1.KeyBroker.DecryptDataKey:input_type -> keybroker.v1.DecryptDataKeyRequest
+	15,  // 79: keybroker.v1.KeyBroker.Sign:input_type -> keybroker.v1.SignRequest
+	17,  // 80: keybroker.v1.KeyBroker.Verify:input_type -> keybroker.v1.VerifyRequest
+	19,  // 81: keybroker.v1.KeyBroker.GetPublicKey:input_type -> keybroker.v1.GetPublicKeyRequest
+	21,  // 82: keybroker.v1.KeyBroker.GenerateMac:input_type -> keybroker.v1.GenerateMacRequest
+	23,  // 83: keybroker.v1.KeyBroker.VerifyMac:input_type -> keybroker.v1.VerifyMacRequest
+	25,  // 84: keybroker.v1.KeyBroker.GenerateRandom:input_type -> keybroker.v1.GenerateRandomRequest
+	27,  // 85: keybroker.v1.KeyBroker.DescribeKey:input_type -> keybroker.v1.DescribeKeyRequest
+	29,  // 86: keybroker.v1.KeyBroker.ListKeys:input_type -> keybroker.v1.ListKeysRequest
+	33,  // 87: keybroker.v1.KeyBroker.LookupKey:input_type -> keybroker.v1.LookupKeyRequest
+	37,  // 88: keybroker.v1.KeyBroker.BatchEncrypt:input_type -> keybroker.v1.BatchEncryptRequest
+	40,  // 89: keybroker.v1.KeyBroker.BatchDecrypt:input_type -> keybroker.v1.BatchDecryptRequest
+	43,  // 90: keybroker.v1.KeyBroker.BatchGenerateDataKey:input_type -> keybroker.v1.BatchGenerateDataKeyRequest
+	46,  // 91: keybroker.v1.KeyAdmin.CreateKey:input_type -> keybroker.v1.CreateKeyRequest
+	47,  // 92: keybroker.v1.KeyAdmin.RotateKey:input_type -> keybroker.v1.KeyRequest
+	48,  // 93: keybroker.v1.KeyAdmin.UpdateKey:input_type -> keybroker.v1.UpdateKeyRequest
+	47,  // 94: keybroker.v1.KeyAdmin.DisableKey:input_type -> keybroker.v1.KeyRequest
+	47,  // 95: keybroker.v1.KeyAdmin.EnableKey:input_type -> keybroker.v1.KeyRequest
+	49,  // 96: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:input_type -> keybroker.v1.ScheduleKeyDeletionRequest
+	47,  // 97: keybroker.v1.KeyAdmin.CancelKeyDeletion:input_type -> keybroker.v1.KeyRequest
+	50,  // 98: keybroker.v1.KeyAdmin.ListNodes:input_type -> keybroker.v1.ListNodesRequest
+	52,  // 99: keybroker.v1.KeyAdmin.EnrollNode:input_type -> keybroker.v1.EnrollNodeRequest
+	53,  // 100: keybroker.v1.KeyAdmin.UpdateNode:input_type -> keybroker.v1.UpdateNodeRequest
+	54,  // 101: keybroker.v1.KeyAdmin.RemoveNode:input_type -> keybroker.v1.RemoveNodeRequest
+	56,  // 102: keybroker.v1.KeyAdmin.CreateAccessKey:input_type -> keybroker.v1.CreateAccessKeyRequest
+	58,  // 103: keybroker.v1.KeyAdmin.ListAccessKeys:input_type -> keybroker.v1.ListAccessKeysRequest
+	57,  // 104: keybroker.v1.KeyAdmin.RevokeAccessKey:input_type -> keybroker.v1.AccessKeyRequest
+	63,  // 105: keybroker.v1.EdgeSync.Register:input_type -> keybroker.v1.RegisterEdgeRequest
+	65,  // 106: keybroker.v1.EdgeSync.Watch:input_type -> keybroker.v1.WatchRequest
+	73,  // 107: keybroker.v1.EdgeSync.FetchMaterial:input_type -> keybroker.v1.FetchMaterialRequest
+	75,  // 108: keybroker.v1.EdgeSync.Forward:input_type -> keybroker.v1.ForwardRequest
+	79,  // 109: keybroker.v1.EdgeSync.Acknowledge:input_type -> keybroker.v1.AcknowledgeRequest
+	81,  // 110: keybroker.v1.EdgeSync.SigningKey:input_type -> keybroker.v1.EdgeSigningKeyRequest
+	84,  // 111: keybroker.v1.EdgeSync.ForwardAWS:input_type -> keybroker.v1.ForwardAWSRequest
+	6,   // 112: keybroker.v1.KeyBroker.Encrypt:output_type -> keybroker.v1.EncryptResponse
+	8,   // 113: keybroker.v1.KeyBroker.Decrypt:output_type -> keybroker.v1.DecryptResponse
+	10,  // 114: keybroker.v1.KeyBroker.ReEncrypt:output_type -> keybroker.v1.ReEncryptResponse
+	12,  // 115: keybroker.v1.KeyBroker.GenerateDataKey:output_type -> keybroker.v1.GenerateDataKeyResponse
+	12,  // 116: keybroker.v1.KeyBroker.GenerateDataKeyWithoutPlaintext:output_type -> keybroker.v1.GenerateDataKeyResponse
+	14,  // 117: keybroker.v1.KeyBroker.DecryptDataKey:output_type -> keybroker.v1.DecryptDataKeyResponse
+	16,  // 118: keybroker.v1.KeyBroker.Sign:output_type -> keybroker.v1.SignResponse
+	18,  // 119: keybroker.v1.KeyBroker.Verify:output_type -> keybroker.v1.VerifyResponse
+	20,  // 120: keybroker.v1.KeyBroker.GetPublicKey:output_type -> keybroker.v1.GetPublicKeyResponse
+	22,  // 121: keybroker.v1.KeyBroker.GenerateMac:output_type -> keybroker.v1.GenerateMacResponse
+	24,  // 122: keybroker.v1.KeyBroker.VerifyMac:output_type -> keybroker.v1.VerifyMacResponse
+	26,  // 123: keybroker.v1.KeyBroker.GenerateRandom:output_type -> keybroker.v1.GenerateRandomResponse
+	28,  // 124: keybroker.v1.KeyBroker.DescribeKey:output_type -> keybroker.v1.DescribeKeyResponse
+	30,  // 125: keybroker.v1.KeyBroker.ListKeys:output_type -> keybroker.v1.ListKeysResponse
+	35,  // 126: keybroker.v1.KeyBroker.LookupKey:output_type -> keybroker.v1.LookupKeyResponse
+	39,  // 127: keybroker.v1.KeyBroker.BatchEncrypt:output_type -> keybroker.v1.BatchEncryptResponse
+	42,  // 128: keybroker.v1.KeyBroker.BatchDecrypt:output_type -> keybroker.v1.BatchDecryptResponse
+	45,  // 129: keybroker.v1.KeyBroker.BatchGenerateDataKey:output_type -> keybroker.v1.BatchGenerateDataKeyResponse
+	32,  // 130: keybroker.v1.KeyAdmin.CreateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 131: keybroker.v1.KeyAdmin.RotateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 132: keybroker.v1.KeyAdmin.UpdateKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 133: keybroker.v1.KeyAdmin.DisableKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 134: keybroker.v1.KeyAdmin.EnableKey:output_type -> keybroker.v1.KeyMetadata
+	32,  // 135: keybroker.v1.KeyAdmin.ScheduleKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	32,  // 136: keybroker.v1.KeyAdmin.CancelKeyDeletion:output_type -> keybroker.v1.KeyMetadata
+	61,  // 137: keybroker.v1.KeyAdmin.ListNodes:output_type -> keybroker.v1.ListNodesResponse
+	51,  // 138: keybroker.v1.KeyAdmin.EnrollNode:output_type -> keybroker.v1.Node
+	51,  // 139: keybroker.v1.KeyAdmin.UpdateNode:output_type -> keybroker.v1.Node
+	55,  // 140: keybroker.v1.KeyAdmin.RemoveNode:output_type -> keybroker.v1.RemoveNodeResponse
+	59,  // 141: keybroker.v1.KeyAdmin.CreateAccessKey:output_type -> keybroker.v1.AccessKey
+	60,  // 142: keybroker.v1.KeyAdmin.ListAccessKeys:output_type -> keybroker.v1.ListAccessKeysResponse
+	59,  // 143: keybroker.v1.KeyAdmin.RevokeAccessKey:output_type -> keybroker.v1.AccessKey
+	64,  // 144: keybroker.v1.EdgeSync.Register:output_type -> keybroker.v1.RegisterEdgeResponse
+	72,  // 145: keybroker.v1.EdgeSync.Watch:output_type -> keybroker.v1.WatchEvent
+	74,  // 146: keybroker.v1.EdgeSync.FetchMaterial:output_type -> keybroker.v1.FetchMaterialResponse
+	78,  // 147: keybroker.v1.EdgeSync.Forward:output_type -> keybroker.v1.ForwardResponse
+	80,  // 148: keybroker.v1.EdgeSync.Acknowledge:output_type -> keybroker.v1.AcknowledgeResponse
+	82,  // 149: keybroker.v1.EdgeSync.SigningKey:output_type -> keybroker.v1.EdgeSigningKeyResponse
+	85,  // 150: keybroker.v1.EdgeSync.ForwardAWS:output_type -> keybroker.v1.ForwardAWSResponse
+	112, // [112:151] is the sub-list for method output_type
+	73,  // [73:112] is the sub-list for method input_type
+	73,  // [73:73] is the sub-list for extension type_name
+	73,  // [73:73] is the sub-list for extension extendee
+	0,   // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_keybroker_v1_keybroker_proto_init() }
@@ -5924,7 +6309,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keybroker_v1_keybroker_proto_rawDesc), len(file_keybroker_v1_keybroker_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   92,
+			NumMessages:   97,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -1441,6 +1441,8 @@ const (
 	EdgeSync_FetchMaterial_FullMethodName = "/keybroker.v1.EdgeSync/FetchMaterial"
 	EdgeSync_Forward_FullMethodName       = "/keybroker.v1.EdgeSync/Forward"
 	EdgeSync_Acknowledge_FullMethodName   = "/keybroker.v1.EdgeSync/Acknowledge"
+	EdgeSync_SigningKey_FullMethodName    = "/keybroker.v1.EdgeSync/SigningKey"
+	EdgeSync_ForwardAWS_FullMethodName    = "/keybroker.v1.EdgeSync/ForwardAWS"
 )
 
 // EdgeSyncClient is the client API for EdgeSync service.
@@ -1468,6 +1470,17 @@ type EdgeSyncClient interface {
 	// Acknowledge reports the last revision the edge has applied, so that
 	// ListNodes (and whoever waits on a change) can see it has arrived.
 	Acknowledge(ctx context.Context, in *AcknowledgeRequest, opts ...grpc.CallOption) (*AcknowledgeResponse, error)
+	// SigningKey gives an edge the SigV4 signing key of an AWS access key
+	// scoped to it (CreateAccessKeyRequest.edges), for one date, region and
+	// service, sealed to the edge's registered key: what lets the edge verify
+	// requests signed with that key itself. Refused for a key not scoped to
+	// the calling edge, revoked or unknown.
+	SigningKey(ctx context.Context, in *EdgeSigningKeyRequest, opts ...grpc.CallOption) (*EdgeSigningKeyResponse, error)
+	// ForwardAWS relays an AWS front-end request (aws_kms or xks) the edge
+	// does not serve itself, as the client signed it. The central tier
+	// verifies the signature as its own listener would — accepting keys
+	// scoped to the calling edge — and spends it once.
+	ForwardAWS(ctx context.Context, in *ForwardAWSRequest, opts ...grpc.CallOption) (*ForwardAWSResponse, error)
 }
 
 type edgeSyncClient struct {
@@ -1537,6 +1550,26 @@ func (c *edgeSyncClient) Acknowledge(ctx context.Context, in *AcknowledgeRequest
 	return out, nil
 }
 
+func (c *edgeSyncClient) SigningKey(ctx context.Context, in *EdgeSigningKeyRequest, opts ...grpc.CallOption) (*EdgeSigningKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EdgeSigningKeyResponse)
+	err := c.cc.Invoke(ctx, EdgeSync_SigningKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *edgeSyncClient) ForwardAWS(ctx context.Context, in *ForwardAWSRequest, opts ...grpc.CallOption) (*ForwardAWSResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForwardAWSResponse)
+	err := c.cc.Invoke(ctx, EdgeSync_ForwardAWS_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EdgeSyncServer is the server API for EdgeSync service.
 // All implementations must embed UnimplementedEdgeSyncServer
 // for forward compatibility.
@@ -1562,6 +1595,17 @@ type EdgeSyncServer interface {
 	// Acknowledge reports the last revision the edge has applied, so that
 	// ListNodes (and whoever waits on a change) can see it has arrived.
 	Acknowledge(context.Context, *AcknowledgeRequest) (*AcknowledgeResponse, error)
+	// SigningKey gives an edge the SigV4 signing key of an AWS access key
+	// scoped to it (CreateAccessKeyRequest.edges), for one date, region and
+	// service, sealed to the edge's registered key: what lets the edge verify
+	// requests signed with that key itself. Refused for a key not scoped to
+	// the calling edge, revoked or unknown.
+	SigningKey(context.Context, *EdgeSigningKeyRequest) (*EdgeSigningKeyResponse, error)
+	// ForwardAWS relays an AWS front-end request (aws_kms or xks) the edge
+	// does not serve itself, as the client signed it. The central tier
+	// verifies the signature as its own listener would — accepting keys
+	// scoped to the calling edge — and spends it once.
+	ForwardAWS(context.Context, *ForwardAWSRequest) (*ForwardAWSResponse, error)
 	mustEmbedUnimplementedEdgeSyncServer()
 }
 
@@ -1586,6 +1630,12 @@ func (UnimplementedEdgeSyncServer) Forward(context.Context, *ForwardRequest) (*F
 }
 func (UnimplementedEdgeSyncServer) Acknowledge(context.Context, *AcknowledgeRequest) (*AcknowledgeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Acknowledge not implemented")
+}
+func (UnimplementedEdgeSyncServer) SigningKey(context.Context, *EdgeSigningKeyRequest) (*EdgeSigningKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SigningKey not implemented")
+}
+func (UnimplementedEdgeSyncServer) ForwardAWS(context.Context, *ForwardAWSRequest) (*ForwardAWSResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForwardAWS not implemented")
 }
 func (UnimplementedEdgeSyncServer) mustEmbedUnimplementedEdgeSyncServer() {}
 func (UnimplementedEdgeSyncServer) testEmbeddedByValue()                  {}
@@ -1691,6 +1741,42 @@ func _EdgeSync_Acknowledge_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EdgeSync_SigningKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EdgeSigningKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeSyncServer).SigningKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeSync_SigningKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeSyncServer).SigningKey(ctx, req.(*EdgeSigningKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EdgeSync_ForwardAWS_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForwardAWSRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EdgeSyncServer).ForwardAWS(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EdgeSync_ForwardAWS_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EdgeSyncServer).ForwardAWS(ctx, req.(*ForwardAWSRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EdgeSync_ServiceDesc is the grpc.ServiceDesc for EdgeSync service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1713,6 +1799,14 @@ var EdgeSync_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Acknowledge",
 			Handler:    _EdgeSync_Acknowledge_Handler,
+		},
+		{
+			MethodName: "SigningKey",
+			Handler:    _EdgeSync_SigningKey_Handler,
+		},
+		{
+			MethodName: "ForwardAWS",
+			Handler:    _EdgeSync_ForwardAWS_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,206 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/smithy-go"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/audit"
+	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/tests/framework"
+)
+
+// TestAWSAtAnEdge: a real central and a real edge, both serving aws_kms
+// and xks. Through the edge, the unmodified AWS SDK with an access key
+// scoped to it encrypts and decrypts with a key placed there — served by
+// the edge, the central tier audits no such call — and with a key not
+// placed there (relayed to the central tier as signed, audited there via
+// the edge); an admin's key, scoped to no edge, is relayed too. A blob
+// made at the edge opens at the central tier over gRPC and over its own
+// AWS listener (with a key the central verifies), which refuses the edge's
+// key. An admin key cannot be scoped to an edge. Revoking the edge's key
+// reaches the edge within the signing keys' bound. XKS at the edge: a
+// round trip and the health probe.
+func TestAWSAtAnEdge(t *testing.T) {
+	centralAWS, centralXKS, edgeAWS, edgeXKS := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	blocks := func(aws, xks string) string {
+		return "aws_kms: {listen: \"" + aws + "\", region: eu-west-1, account: \"111122223333\"}\n" +
+			"xks: {listen: \"" + xks + "\", region: eu-west-1, prefix: /kb/xks, health_key: placed}\n"
+	}
+	c := framework.NewProcessesOn(t, framework.SoftkmsRoots, framework.BasicRoots, blocks(centralAWS, centralXKS))
+	ctx := t.Context()
+	owner := map[string]string{"owner": framework.TrustDomain}
+	var rev uint64
+	for _, k := range []*kbv1.CreateKeyRequest{
+		{KeyId: "placed", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: owner, Placement: "true"},
+		{KeyId: "unplaced", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: owner},
+		{KeyId: "admins", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Placement: "true"},
+	} {
+		m, err := c.Admin.Admin.CreateKey(ctx, k)
+		must(t, "CreateKey "+k.KeyId, err)
+		rev = max(rev, m.GetRevision())
+	}
+	c.AddEdge(t, &framework.EdgeNode{Name: "edge-us", Region: "us", Prefetch: true, Staleness: time.Hour, Extra: blocks(edgeAWS, edgeXKS)})
+	c.WaitApplied(t, rev)
+
+	accessKey := func(args ...string) frontKey {
+		t.Helper()
+		out, stderr, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", append([]string{"access-key", "create", "--output", "json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("access-key create %q: exit %d: %s", args, code, stderr)
+		}
+		var k frontKey
+		must(t, "decoding the access key", json.Unmarshal([]byte(out), &k))
+		return k
+	}
+	scoped := accessKey("--principal", "client/app", "--edge", "edge-us")
+	plain := accessKey("--principal", "client/app")
+	admin := accessKey("--principal", "admin/ops")
+	if _, stderr, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "create", "--principal", "admin/ops", "--edge", "edge-us"); code == 0 {
+		t.Errorf("an edge-scoped admin key was made")
+	} else if !bytes.Contains([]byte(stderr), []byte("only a client")) {
+		t.Errorf("an edge-scoped admin key: %s, want the reason", stderr)
+	}
+
+	caPEM, err := os.ReadFile(c.CAFile)
+	must(t, "reading the CA", err)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	kmsAt := func(addr string, k frontKey) *kms.Client {
+		return kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String("https://" + addr), HTTPClient: hc, RetryMaxAttempts: 1,
+			Credentials: credentials.NewStaticCredentialsProvider(k.ID, k.Secret, "")})
+	}
+	atEdge := kmsAt(edgeAWS, scoped)
+	ectx := map[string]string{"tenant": "7"}
+	relayed := func(key, principal string) int {
+		return len(c.AuditRecords(t, func(r audit.Record) bool {
+			return r.Via == "edge-us" && r.Key == key && r.Principal == "spiffe://"+framework.TrustDomain+"/"+principal && r.Outcome == "ok"
+		}))
+	}
+
+	blobs := map[string][]byte{}
+	for _, key := range []string{"placed", "unplaced"} {
+		enc, err := atEdge.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("alias/" + key), Plaintext: []byte("at the edge"), EncryptionContext: ectx})
+		if err != nil {
+			t.Fatalf("Encrypt %s at the edge: %v", key, err)
+		}
+		dec, err := atEdge.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: enc.CiphertextBlob, EncryptionContext: ectx})
+		if err != nil || string(dec.Plaintext) != "at the edge" || aws.ToString(dec.KeyId) != "arn:aws:kms:eu-west-1:111122223333:key/"+key {
+			t.Fatalf("Decrypt %s at the edge = %v, %v", key, dec, err)
+		}
+		blobs[key] = enc.CiphertextBlob
+	}
+	if n := relayed("placed", "client/app"); n != 0 {
+		t.Errorf("the central tier audited %d calls on the placed key relayed by the edge; want none (served there)", n)
+	}
+	if n := relayed("unplaced", "client/app"); n != 2 {
+		t.Errorf("the central tier audited %d relayed calls on the unplaced key; want Encrypt and Decrypt", n)
+	}
+	if _, err := kmsAt(edgeAWS, admin).Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("admins"), Plaintext: []byte("x")}); err != nil {
+		t.Errorf("an admin's key through the edge: %v", err)
+	}
+	if n := relayed("admins", "admin/ops"); n != 1 {
+		t.Errorf("the admin's call was audited %d times at the central tier via the edge; want once (relayed)", n)
+	}
+
+	kb := c.Dial(t, c.Central.Addr, identity.Client, "app")
+	if d, err := kb.KB.Decrypt(ctx, &kbv1.DecryptRequest{Ciphertext: blobs["placed"], EncryptionContext: ectx}); err != nil || string(d.GetPlaintext()) != "at the edge" {
+		t.Errorf("the edge's blob over gRPC at the central tier: %v, %v", d, err)
+	}
+	if d, err := kmsAt(centralAWS, plain).Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: blobs["placed"], EncryptionContext: ectx}); err != nil || string(d.Plaintext) != "at the edge" {
+		t.Errorf("the edge's blob through the central tier's AWS API: %v, %v", d, err)
+	}
+	var apiErr smithy.APIError
+	if _, err := kmsAt(centralAWS, scoped).DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String("placed")}); !errors.As(err, &apiErr) || apiErr.ErrorCode() != "UnrecognizedClientException" {
+		t.Errorf("the edge-scoped key at the central tier's listener: %v, want UnrecognizedClientException", err)
+	}
+
+	t.Run("XKS at the edge", func(t *testing.T) {
+		post := func(path string, req any) (int, map[string]any) {
+			t.Helper()
+			body, _ := json.Marshal(req)
+			r, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+edgeXKS+path, bytes.NewReader(body))
+			r.Header.Set("Content-Type", "application/json")
+			sum := sha256.Sum256(body)
+			must(t, "signing", v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: scoped.ID, SecretAccessKey: scoped.Secret}, r, hex.EncodeToString(sum[:]), "kms-xks-proxy", "eu-west-1", time.Now()))
+			resp, err := hc.Do(r)
+			must(t, "XKS request", err)
+			defer resp.Body.Close()
+			data, _ := io.ReadAll(resp.Body)
+			var m map[string]any
+			if err := json.Unmarshal(data, &m); err != nil {
+				t.Fatalf("%s: %d %q is not JSON", path, resp.StatusCode, data)
+			}
+			return resp.StatusCode, m
+		}
+		md := map[string]any{"kmsRequestId": "edge-1", "kmsOperation": "Encrypt", "awsPrincipalArn": "arn:aws:iam::111122223333:root",
+			"kmsKeyArn": "arn:aws:kms:eu-west-1:111122223333:key/x"}
+		code, enc := post("/kb/xks/kms/xks/v1/keys/placed/encrypt", map[string]any{"requestMetadata": md, "plaintext": []byte("xks at the edge"),
+			"encryptionAlgorithm": "AES_GCM", "additionalAuthenticatedData": []byte("aad")})
+		if code != 200 {
+			t.Fatalf("encrypt = %d %v", code, enc)
+		}
+		code, dec := post("/kb/xks/kms/xks/v1/keys/placed/decrypt", map[string]any{"requestMetadata": md, "encryptionAlgorithm": "AES_GCM",
+			"ciphertext": enc["ciphertext"], "initializationVector": enc["initializationVector"], "authenticationTag": enc["authenticationTag"],
+			"ciphertextMetadata": enc["ciphertextMetadata"], "additionalAuthenticatedData": []byte("aad")})
+		if code != 200 || dec["plaintext"] != "eGtzIGF0IHRoZSBlZGdl" {
+			t.Fatalf("decrypt = %d %v", code, dec)
+		}
+		if n := relayed("placed", "client/app"); n != 0 {
+			t.Errorf("the central tier audited %d XKS calls on the placed key; want none (served at the edge)", n)
+		}
+		code, h := post("/kb/xks/kms/xks/v1/health", map[string]any{"requestMetadata": map[string]any{"kmsRequestId": "edge-h", "kmsOperation": "KmsHealthCheck"}})
+		fleet, _ := h["ekmFleetDetails"].([]any)
+		if code != 200 || len(fleet) != 1 || fleet[0].(map[string]any)["healthStatus"] != "ACTIVE" {
+			t.Errorf("health = %d %v", code, h)
+		}
+	})
+
+	// Revocation: the edge keeps a signing key at most 30 s, then asks
+	// again and is refused; the request is relayed and the central tier
+	// answers for the key. Polled, within a generous bound.
+	if _, _, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "revoke", scoped.ID); code != 0 {
+		t.Fatal("access-key revoke failed")
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		_, err := atEdge.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String("placed")})
+		if errors.As(err, &apiErr) && apiErr.ErrorCode() == "UnrecognizedClientException" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a revoked key at the edge two minutes on: %v, want UnrecognizedClientException", err)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// freeAddr is a free loopback address.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
