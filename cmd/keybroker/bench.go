@@ -50,6 +50,8 @@ type benchFlags struct {
 	endpoint    string
 	region      string
 	rate        float64
+	awsClient   string
+	http1       bool
 	ops         string
 	key         string
 	signKey     string
@@ -222,7 +224,13 @@ signing each call (SigV4) with the access key in AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY for --region (env AWS_REGION), trusting --ca (or
 AWS_CA_BUNDLE). The same operations then run through gRPC at --addr, the
 two alternating in --rounds rounds as --compare-noop's do, and the report
-gives both and the AWS path's ops/s as a share of gRPC's.
+gives both and the AWS path's ops/s as a share of gRPC's. --aws-client
+signer sends the same requests signed by the SDK's SigV4 signer over
+net/http instead of through the SDK's client, whose own CPU cost (about
+three times a gRPC call's, measured) competes with the node's when both
+run on one machine. Either client uses the AWS SDK's HTTP client, which
+speaks HTTP/2 when the node offers it (it does); --http1 keeps to
+HTTP/1.1 as the AWS CLI and most other SDKs do.
 
 --protocol xks starts XKS proxy requests (encrypt or decrypt of --size
 bytes, --key as the external key id) at a fixed --rate (default 1,800/s,
@@ -254,6 +262,8 @@ encrypted. Exit status 1 when any call failed, after the report.`,
 	fs.StringVar(&f.protocol, "protocol", protoGRPC, "grpc; awsjson: the operations through the AWS KMS API at --endpoint, beside gRPC at --addr; xks: one XKS operation at --rate")
 	fs.StringVar(&f.endpoint, "endpoint", "", "--protocol awsjson: the AWS KMS API's URL (env "+envAWSEndpointKMS+"); xks: the XKS proxy's URL with its path prefix")
 	fs.StringVar(&f.region, "region", "", "--protocol awsjson and xks: the region requests are signed for (env "+envAWSRegion+")")
+	fs.StringVar(&f.awsClient, "aws-client", awsClientSDK, "--protocol awsjson: sdk (the AWS SDK for Go's KMS client) or signer (its SigV4 signer over net/http: a thinner client)")
+	fs.BoolVar(&f.http1, "http1", false, "--protocol awsjson and xks: keep to HTTP/1.1 (one connection per call in flight), as the AWS CLI does, instead of HTTP/2 when the node offers it")
 	fs.Float64Var(&f.rate, "rate", defaultXKSRate, "--protocol xks: requests started per second, whatever the latency")
 	fs.StringVar(&f.ops, "op", "encrypt", "operation, or a weighted mix op:weight,...; one of "+benchOpNames())
 	fs.StringVar(&f.key, "key", "", "key for encrypt, decrypt, datakey, lookup and the batches")

@@ -26,6 +26,7 @@ import (
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
@@ -56,6 +57,12 @@ const (
 	envAWSCABundle        = "AWS_CA_BUNDLE"
 )
 
+// --aws-client's values.
+const (
+	awsClientSDK    = "sdk"
+	awsClientSigner = "signer"
+)
+
 // defaultXKSRate is --rate's default: AWS KMS's default request quota for
 // an external key store, 1,800 requests per second.
 const defaultXKSRate = 1800
@@ -72,7 +79,7 @@ type awsTarget struct {
 	endpoint string
 	region   string
 	creds    aws.Credentials
-	http     *http.Client
+	http     aws.HTTPClient
 }
 
 // awsSetup reads and checks the settings of --protocol awsjson or xks.
@@ -85,6 +92,8 @@ func (a *app) awsSetup(cmd *cobra.Command, f *benchFlags, ops []weightedOp) (*aw
 	switch {
 	case f.compareNoop:
 		return nil, usageErrorf("--protocol %s compares with the gRPC path, not with the no-op: leave out --compare-noop", f.protocol)
+	case f.awsClient != awsClientSDK && f.awsClient != awsClientSigner:
+		return nil, usageErrorf("--aws-client must be %s or %s, not %q", awsClientSDK, awsClientSigner, f.awsClient)
 	case f.protocol == protoXKS && len(ops) > 1:
 		return nil, usageErrorf("--protocol xks drives one operation at a fixed rate: give --op encrypt or --op decrypt")
 	case f.protocol == protoXKS && (f.rate <= 0 || f.rate > 100000):
@@ -132,14 +141,21 @@ func (a *app) awsSetup(cmd *cobra.Command, f *benchFlags, ops []weightedOp) (*aw
 			return nil, usageErrorf("--ca %s holds no PEM certificate", clipPath(caFile))
 		}
 	}
-	dialer := &net.Dialer{Timeout: a.connectTimeout}
-	t.http = &http.Client{Transport: &http.Transport{
-		DialContext:         dialer.DialContext,
-		TLSClientConfig:     tlsCfg,
-		TLSHandshakeTimeout: a.connectTimeout,
-		MaxIdleConns:        f.workers,
-		MaxIdleConnsPerHost: f.workers,
-	}}
+	// The AWS SDK's own HTTP client, as an SDK program with AWS_CA_BUNDLE
+	// has it: it offers HTTP/2 (ForceAttemptHTTP2), which the node's
+	// listeners speak; --http1 keeps to HTTP/1.1, as the AWS CLI and most
+	// other SDKs do, one connection per call in flight.
+	t.http = awshttp.NewBuildableClient().WithDialerOptions(func(d *net.Dialer) {
+		d.Timeout = a.connectTimeout
+	}).WithTransportOptions(func(tr *http.Transport) {
+		tr.TLSClientConfig = tlsCfg
+		tr.TLSHandshakeTimeout = a.connectTimeout
+		tr.MaxIdleConns, tr.MaxIdleConnsPerHost = f.workers, f.workers
+		if f.http1 {
+			tr.ForceAttemptHTTP2 = false
+			tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+		}
+	})
 	return t, nil
 }
 
@@ -151,6 +167,30 @@ func clipPath(p string) string {
 	return p
 }
 
+// awsCodes maps AWS KMS's exception names to the gRPC codes loadgen
+// counts failures under.
+var awsCodes = map[string]codes.Code{
+	"ThrottlingException":         codes.ResourceExhausted,
+	"AccessDeniedException":       codes.PermissionDenied,
+	"UnrecognizedClientException": codes.Unauthenticated,
+	"InvalidSignatureException":   codes.Unauthenticated,
+	"NotFoundException":           codes.NotFound,
+	"DisabledException":           codes.FailedPrecondition,
+	"KMSInvalidStateException":    codes.FailedPrecondition,
+	"ValidationException":         codes.InvalidArgument,
+	"InvalidCiphertextException":  codes.InvalidArgument,
+	"KMSInternalException":        codes.Internal,
+}
+
+// awsStatus is an AWS exception as a gRPC status naming it.
+func awsStatus(name, message string) error {
+	code, ok := awsCodes[name]
+	if !ok {
+		code = codes.Unknown
+	}
+	return status.Error(code, name+": "+message)
+}
+
 // awsCallError turns an AWS API error into a gRPC status, so that
 // loadgen counts it under a code and the report names AWS's exception.
 func awsCallError(err error) error {
@@ -159,22 +199,7 @@ func awsCallError(err error) error {
 	}
 	var apiErr smithy.APIError
 	if errors.As(err, &apiErr) {
-		code := map[string]codes.Code{
-			"ThrottlingException":         codes.ResourceExhausted,
-			"AccessDeniedException":       codes.PermissionDenied,
-			"UnrecognizedClientException": codes.Unauthenticated,
-			"InvalidSignatureException":   codes.Unauthenticated,
-			"NotFoundException":           codes.NotFound,
-			"DisabledException":           codes.FailedPrecondition,
-			"KMSInvalidStateException":    codes.FailedPrecondition,
-			"ValidationException":         codes.InvalidArgument,
-			"InvalidCiphertextException":  codes.InvalidArgument,
-			"KMSInternalException":        codes.Internal,
-		}[apiErr.ErrorCode()]
-		if code == codes.OK {
-			code = codes.Unknown
-		}
-		return status.Error(code, apiErr.ErrorCode()+": "+apiErr.ErrorMessage())
+		return awsStatus(apiErr.ErrorCode(), apiErr.ErrorMessage())
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return status.Error(codes.DeadlineExceeded, err.Error())
@@ -197,9 +222,84 @@ func (t *awsTarget) kmsClient() *kms.Client {
 	})
 }
 
+// awsKMS is the part of the AWS KMS API bench calls: the AWS SDK's own
+// client (--aws-client sdk), or a thin one (signer) that signs with the
+// SDK's SigV4 signer and sends the JSON itself, so that a client's cost
+// on a machine it shares with the node can be told from the node's.
+type awsKMS interface {
+	Encrypt(context.Context, *kms.EncryptInput, ...func(*kms.Options)) (*kms.EncryptOutput, error)
+	Decrypt(context.Context, *kms.DecryptInput, ...func(*kms.Options)) (*kms.DecryptOutput, error)
+	GenerateDataKey(context.Context, *kms.GenerateDataKeyInput, ...func(*kms.Options)) (*kms.GenerateDataKeyOutput, error)
+}
+
+var _ awsKMS = (*kms.Client)(nil)
+
+// signerKMS is the thin client.
+type signerKMS struct {
+	t      *awsTarget
+	signer *v4.Signer
+}
+
+// call posts one operation's request and decodes its answer into out.
+func (c *signerKMS) call(ctx context.Context, op string, in, out any) error {
+	data, err := json.Marshal(in)
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.t.endpoint+"/", bytes.NewReader(data))
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
+	req.Header.Set("X-Amz-Target", "TrentService."+op)
+	sum := sha256.Sum256(data)
+	if err := c.signer.SignHTTP(ctx, c.t.creds, req, hex.EncodeToString(sum[:]), "kms", c.t.region, time.Now()); err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	resp, err := c.t.http.Do(req)
+	if err != nil {
+		return awsCallError(err)
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Type    string `json:"__type"`
+			Message string `json:"message"`
+		}
+		_ = json.Unmarshal(answer, &e)
+		return awsStatus(e.Type, fmt.Sprintf("HTTP %d: %s", resp.StatusCode, e.Message))
+	}
+	if err := json.Unmarshal(answer, out); err != nil {
+		return status.Errorf(codes.DataLoss, "%s: the answer is not JSON: %v", op, err)
+	}
+	return nil
+}
+
+// The request and answer shapes are the SDK's own types: their JSON
+// field names are AWS's, and []byte encodes as base64 as the API wants.
+
+func (c *signerKMS) Encrypt(ctx context.Context, in *kms.EncryptInput, _ ...func(*kms.Options)) (*kms.EncryptOutput, error) {
+	out := &kms.EncryptOutput{}
+	return out, c.call(ctx, "Encrypt", in, out)
+}
+
+func (c *signerKMS) Decrypt(ctx context.Context, in *kms.DecryptInput, _ ...func(*kms.Options)) (*kms.DecryptOutput, error) {
+	out := &kms.DecryptOutput{}
+	return out, c.call(ctx, "Decrypt", in, out)
+}
+
+func (c *signerKMS) GenerateDataKey(ctx context.Context, in *kms.GenerateDataKeyInput, _ ...func(*kms.Options)) (*kms.GenerateDataKeyOutput, error) {
+	out := &kms.GenerateDataKeyOutput{}
+	return out, c.call(ctx, "GenerateDataKey", in, out)
+}
+
 // awsCall makes one operation's call through the AWS KMS API, as the
 // gRPC path's call does (decrypts compared with what was encrypted).
-func (b *benchRun) awsCall(ctx context.Context, client *kms.Client, op weightedOp) (loadgen.Op, error) {
+func (b *benchRun) awsCall(ctx context.Context, client awsKMS, op weightedOp) (loadgen.Op, error) {
 	key, ectx, pt := op.Key, b.f.encCtx.m, b.payload
 	switch op.Name {
 	case "encrypt":
@@ -232,7 +332,7 @@ func (b *benchRun) awsCall(ctx context.Context, client *kms.Client, op weightedO
 }
 
 // newAWSWorker is newWorker through the AWS KMS API.
-func (b *benchRun) newAWSWorker(ctx context.Context, client *kms.Client, w int, ops []weightedOp, calls map[string]uint64) (loadgen.Op, error) {
+func (b *benchRun) newAWSWorker(ctx context.Context, client awsKMS, w int, ops []weightedOp, calls map[string]uint64) (loadgen.Op, error) {
 	var schedule []loadgen.Op
 	var names []string
 	for _, op := range ops {
@@ -264,6 +364,8 @@ func (b *benchRun) newAWSWorker(ctx context.Context, client *kms.Client, w int, 
 // figures (result) beside the gRPC path's in the same run.
 type awsJSONResult struct {
 	Protocol    string            `json:"protocol"`
+	Client      string            `json:"aws_client"`
+	HTTP1       bool              `json:"http1,omitempty"`
 	Endpoint    string            `json:"endpoint"`
 	GRPCTarget  string            `json:"grpc_target"`
 	Ops         []weightedOp      `json:"ops"`
@@ -305,11 +407,14 @@ func (a *app) benchAWSJSON(cmd *cobra.Command, f *benchFlags, ops []weightedOp) 
 		conns = append(conns, c)
 	}
 	b := &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
-	client := t.kmsClient()
-	out := awsJSONResult{Protocol: protoAWSJSON, Endpoint: t.endpoint, GRPCTarget: s.addr, Ops: ops, Size: int(f.size),
+	var client awsKMS = t.kmsClient()
+	if f.awsClient == awsClientSigner {
+		client = &signerKMS{t: t, signer: v4.NewSigner()}
+	}
+	out := awsJSONResult{Protocol: protoAWSJSON, Client: f.awsClient, HTTP1: f.http1, Endpoint: t.endpoint, GRPCTarget: s.addr, Ops: ops, Size: int(f.size),
 		Workers: f.workers, Warmup: f.warmup.Seconds()}
 	if !a.jsonOutput() {
-		fmt.Fprintf(a.env.stdout, "bench %s through the AWS KMS API at %s, beside gRPC at %s: %s\n", describeOps(ops, f), t.endpoint, s.addr, describeLoad(f))
+		fmt.Fprintf(a.env.stdout, "bench %s through the AWS KMS API at %s (%s client, %s), beside gRPC at %s: %s\n", describeOps(ops, f), t.endpoint, f.awsClient, map[bool]string{true: "HTTP/1.1", false: "HTTP/2 when offered"}[f.http1], s.addr, describeLoad(f))
 	}
 	calls := make([]map[string]uint64, f.workers)
 	newAWS := func(w int) (loadgen.Op, error) {
@@ -386,7 +491,8 @@ type xksResult struct {
 	Warmup   float64       `json:"warmup_s"`
 	Result   loadgen.Stats `json:"result"`
 	// Late counts the requests that started more than lateAfter after
-	// their time: the workers could not keep up with the rate.
+	// their time: every worker was busy, or the generator itself was held
+	// up (a loaded machine) — the rate was not held for them.
 	Late uint64 `json:"late"`
 }
 
@@ -558,7 +664,7 @@ func (a *app) benchXKS(cmd *cobra.Command, f *benchFlags, ops []weightedOp) erro
 		}
 	} else {
 		st := out.Result
-		fmt.Fprintf(a.env.stdout, "xks %s\t%.0f ops/s of %.0f offered\t%d calls in %.2fs\tp50 %s  p99 %s  p99.9 %s  max %s\terrors: %s\tlate: %d\n",
+		fmt.Fprintf(a.env.stdout, "xks %s  %.0f ops/s of %.0f offered  %d calls in %.2fs  p50 %s  p99 %s  p99.9 %s  max %s  errors: %s  late: %d\n",
 			op, st.Rate(), f.rate, st.Ops+st.Failed, st.Elapsed.Seconds(), durText(st.Latency.P50), durText(st.Latency.P99),
 			durText(st.Latency.P999), durText(st.Latency.Max), errorsText(st.Errors), out.Late)
 	}

@@ -40,6 +40,29 @@ func TestBenchAWS(t *testing.T) {
 			}
 		})
 	}
+	for name, flags := range map[string][]string{"signer": {"--aws-client", "signer"}, "signer-http1": {"--aws-client", "signer", "--http1"}, "sdk-http1": {"--http1"}} {
+		t.Run("awsjson/"+name, func(t *testing.T) {
+			r := framework.CLI(t, env, nil, append([]string{"bench", "--protocol", "awsjson", "--endpoint", f.KMSURL, "--op", "encrypt:1,decrypt:1,datakey:1",
+				"--key", framework.DemoKeyID, "--count", "90", "-c", "3", "--warmup", "0", "--output", "json"}, flags...)...)
+			framework.WantCode(t, r, 0)
+			var b struct {
+				Client string                       `json:"aws_client"`
+				Result struct{ Ops, Failed uint64 } `json:"result"`
+				Calls  map[string]uint64            `json:"calls_by_op"`
+			}
+			if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+				t.Fatalf("bench --output json printed %q: %v", r.Stdout, err)
+			}
+			client := "sdk"
+			if flags[0] == "--aws-client" {
+				client = flags[1]
+			}
+			if b.Client != client || b.Result.Ops != 90 || b.Result.Failed != 0 ||
+				b.Calls["encrypt"]+b.Calls["decrypt"]+b.Calls["datakey"] != 90 || b.Calls["encrypt"] == 0 || b.Calls["decrypt"] == 0 || b.Calls["datakey"] == 0 {
+				t.Errorf("bench --protocol awsjson %v = %+v; want 90 good calls of all three", flags, b)
+			}
+		})
+	}
 	t.Run("awsjson/text", func(t *testing.T) {
 		r := framework.CLI(t, env, nil, "bench", "--protocol", "awsjson", "--endpoint", f.KMSURL, "--op", "encrypt", "--key", framework.DemoKeyID,
 			"--duration", "1s", "--rounds", "2", "-c", "2", "--warmup", "0")
