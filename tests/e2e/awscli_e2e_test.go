@@ -65,7 +65,8 @@ func awsCLIs(t *testing.T) map[string]string {
 // credentials file that do not exist, the cluster's CA, the region (both
 // names: CLI v1 reads only AWS_DEFAULT_REGION), an access key, no pager
 // and no retries. AWS_ENDPOINT_URL_KMS is set as keybroker dev's env file
-// sets it, but awscli 2.9 (Debian's) ignores it — per-service endpoint
+// is to set it, but awscli 2.9 (Debian's) ignores it and AWS_ENDPOINT_URL
+// (checked: it went to kms.<region>.amazonaws.com) — per-service endpoint
 // variables came with 2.13 — so every command also gets --endpoint-url.
 func awsCLIEnv(dir, caFile, region, id, secret, endpoint string) []string {
 	var env []string
