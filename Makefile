@@ -1,8 +1,11 @@
 # keybroker — build, test, benchmark, lint and fuzz.
 #
-#   make test         install what the tests need (SoftHSM2, opensc, etcd), then run
-#                     the whole suite with -race (the PKCS#11 tests never skip
-#                     here), the fault-injection suite last with its report.
+#   make test         install what the tests need (SoftHSM2, opensc, etcd, awscli),
+#                     then run the whole suite with -race (the PKCS#11 tests never
+#                     skip here), the modules under integration/, and the
+#                     fault-injection suite last with its report.
+#   make test-integration  the separate modules under integration/ alone
+#                     (the AWS Encryption SDK for Go against keybroker).
 #   make test-faults  the fault-injection suite alone (tests/e2e TestFault*):
 #                     real processes killed, cut off and starved under load;
 #                     prints what was lost.
@@ -36,34 +39,51 @@ SCALEKEYS   ?= 1000000
 # "A million keys").
 CISCALEKEYS     ?= 10000
 CISCALEETCDKEYS ?= 10000
+# The separate Go modules make test runs after the main one.
+INTEGRATION ?= integration/awsesdk
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps test-faults bench bench-scenarios bench-scale bench-scale-ci soak lint fuzz fuzz-ci generate clean
+.PHONY: all build test test-deps test-integration test-faults bench bench-scenarios bench-scale bench-scale-ci soak lint fuzz fuzz-ci generate clean
 
 all: build
 
 build:
 	$(GO) build ./...
 
-# test-deps installs SoftHSM2, opensc and etcd through apt when they are
-# missing and we are root; otherwise it says what to install.
+# test-deps installs SoftHSM2, opensc, etcd and Debian's AWS CLI (awscli
+# 2.9, /usr/bin/aws: tests/e2e TestAWSCLI runs it, and any other `aws` on
+# PATH) through apt when they are missing and we are root; otherwise it
+# says what to install.
 test-deps:
-	@if command -v softhsm2-util >/dev/null 2>&1 && [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v pkcs11-tool >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1; then \
-		echo "test-deps: softhsm2, opensc and etcd present"; \
+	@if command -v softhsm2-util >/dev/null 2>&1 && [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v pkcs11-tool >/dev/null 2>&1 && command -v etcd >/dev/null 2>&1 && [ -x /usr/bin/aws ]; then \
+		echo "test-deps: softhsm2, opensc, etcd and awscli present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "test-deps: installing softhsm2, opensc and etcd-server"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 opensc etcd-server >/dev/null; \
+		echo "test-deps: installing softhsm2, opensc, etcd-server and awscli"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 opensc etcd-server awscli >/dev/null; \
 	else \
-		echo "test-deps: SoftHSM2 or etcd is missing; install them with: sudo apt-get install softhsm2 opensc etcd-server" >&2; \
+		echo "test-deps: SoftHSM2, etcd or the AWS CLI is missing; install them with: sudo apt-get install softhsm2 opensc etcd-server awscli" >&2; \
 		exit 1; \
 	fi
 
-# KEYBROKER_REQUIRE_SOFTHSM and KEYBROKER_REQUIRE_ETCD turn the PKCS#11 and
-# etcd tests' skips into failures, so `make test` (and CI) always runs them.
+# KEYBROKER_REQUIRE_SOFTHSM, KEYBROKER_REQUIRE_ETCD and
+# KEYBROKER_REQUIRE_AWSCLI turn the PKCS#11, etcd and AWS CLI tests' skips
+# into failures, so `make test` (and CI) always runs them. The modules
+# under integration/ (each with its own go.mod, so that their dependencies
+# stay out of keybroker's) run after the main one.
 test: test-deps
-	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_REQUIRE_ETCD=1 $(GO) test -race -timeout $(TESTTIMEOUT) -skip '^TestFault' $(PKGS)
+	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_REQUIRE_ETCD=1 KEYBROKER_REQUIRE_AWSCLI=1 $(GO) test -race -timeout $(TESTTIMEOUT) -skip '^TestFault' $(PKGS)
+	@$(MAKE) --no-print-directory test-integration
 	@$(MAKE) --no-print-directory bench-scale-ci
 	@$(MAKE) --no-print-directory test-faults
+
+# test-integration runs the tests of each module under integration/ (the
+# AWS Encryption SDK for Go against a keybroker central process, in
+# integration/awsesdk), each in its own directory with its own go.mod.
+test-integration:
+	@set -e; for mod in $(INTEGRATION); do \
+		echo "test-integration: $$mod"; \
+		(cd $$mod && $(GO) test -race -timeout $(TESTTIMEOUT) ./...); \
+	done
 
 # test-faults runs the fault-injection suite (TestFault* in tests/e2e, on the
 # real-process implementation of tests/framework) and prints the line each

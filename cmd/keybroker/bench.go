@@ -45,6 +45,13 @@ func benchOpNames() string { return strings.Join(slices.Sorted(maps.Keys(benchOp
 
 // benchFlags are keybroker bench's settings.
 type benchFlags struct {
+	// protocol is grpc, awsjson (the AWS KMS API beside gRPC) or xks.
+	protocol    string
+	endpoint    string
+	region      string
+	rate        float64
+	awsClient   string
+	http1       bool
 	ops         string
 	key         string
 	signKey     string
@@ -210,6 +217,31 @@ apply to it. A derive-mode CreateKey makes a call to the root of trust,
 and a central node bounds each principal's such calls (backend_budget,
 500/s by default): past it, creates fail with ResourceExhausted.
 
+--protocol awsjson drives encrypt, decrypt or datakey (a mix too) through
+the AWS KMS API at --endpoint (env AWS_ENDPOINT_URL_KMS), a central node's
+or an edge's aws_kms listener, with the AWS SDK for Go's own KMS client
+signing each call (SigV4) with the access key in AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY for --region (env AWS_REGION), trusting --ca (or
+AWS_CA_BUNDLE). The same operations then run through gRPC at --addr, the
+two alternating in --rounds rounds as --compare-noop's do, and the report
+gives both and the AWS path's ops/s as a share of gRPC's. --aws-client
+signer sends the same requests signed by the SDK's SigV4 signer over
+net/http instead of through the SDK's client, whose own CPU cost (about
+three times a gRPC call's, measured) competes with the node's when both
+run on one machine. Either client uses the AWS SDK's HTTP client, which
+speaks HTTP/2 when the node offers it (it does); --http1 keeps to
+HTTP/1.1 as the AWS CLI and most other SDKs do.
+
+--protocol xks starts XKS proxy requests (encrypt or decrypt of --size
+bytes, --key as the external key id) at a fixed --rate (default 1,800/s,
+AWS KMS's default quota for an external key store) for --duration,
+whatever the latency — as AWS KMS does — on at most --concurrency
+requests in flight, signed for the service kms-xks-proxy with the same
+access key. --endpoint is the proxy's URL with its path prefix
+(https://host:port/prefix). It reports p50, p99 and the requests that
+started more than 10 ms late because every worker was busy (the rate was
+not held). No gRPC connection is made.
+
 Results are correct or they fail: decrypts are compared with what was
 encrypted. Exit status 1 when any call failed, after the report.`,
 		Example: `  keybroker bench --op encrypt --key demo --size 1KiB -c 64 --duration 10s --compare-noop
@@ -217,12 +249,22 @@ encrypted. Exit status 1 when any call failed, after the report.`,
   keybroker bench --op encrypt:6,decrypt:3,datakey:1 --key demo --duration 10m --interval 30s \
       --metrics https://127.0.0.1:7710/metrics --max-rss-growth 25
   keybroker bench --op sign --sign-key signer --size 32 -c 8
+  keybroker bench --protocol awsjson --endpoint https://127.0.0.1:7720 --region eu-west-1 \
+      --op encrypt --key demo --size 1KiB -c 64 --duration 10s
+  keybroker bench --protocol xks --endpoint https://127.0.0.1:7730/kb/xks --region eu-west-1 \
+      --op encrypt --key demo --rate 1800 -c 64 --duration 10s
   keybroker bench --op create --count 100000 -c 8 --prefix tenant- --probe demo \
       --metrics central=127.0.0.1:7710,edge-us=127.0.0.1:7711`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.bench(cmd, f) },
 	}
 	fs := cmd.Flags()
+	fs.StringVar(&f.protocol, "protocol", protoGRPC, "grpc; awsjson: the operations through the AWS KMS API at --endpoint, beside gRPC at --addr; xks: one XKS operation at --rate")
+	fs.StringVar(&f.endpoint, "endpoint", "", "--protocol awsjson: the AWS KMS API's URL (env "+envAWSEndpointKMS+"); xks: the XKS proxy's URL with its path prefix")
+	fs.StringVar(&f.region, "region", "", "--protocol awsjson and xks: the region requests are signed for (env "+envAWSRegion+")")
+	fs.StringVar(&f.awsClient, "aws-client", awsClientSDK, "--protocol awsjson: sdk (the AWS SDK for Go's KMS client) or signer (its SigV4 signer over net/http: a thinner client)")
+	fs.BoolVar(&f.http1, "http1", false, "--protocol awsjson and xks: keep to HTTP/1.1 (one connection per call in flight), as the AWS CLI does, instead of HTTP/2 when the node offers it")
+	fs.Float64Var(&f.rate, "rate", defaultXKSRate, "--protocol xks: requests started per second, whatever the latency")
 	fs.StringVar(&f.ops, "op", "encrypt", "operation, or a weighted mix op:weight,...; one of "+benchOpNames())
 	fs.StringVar(&f.key, "key", "", "key for encrypt, decrypt, datakey, lookup and the batches")
 	fs.StringVar(&f.signKey, "sign-key", "", "signing key for sign (default --key)")
@@ -330,6 +372,15 @@ func (a *app) bench(cmd *cobra.Command, f *benchFlags) error {
 	ops, err := parseBenchOps(f.ops)
 	if err != nil {
 		return usageError(err)
+	}
+	switch f.protocol {
+	case protoGRPC:
+	case protoAWSJSON:
+		return a.benchAWSJSON(cmd, f, ops)
+	case protoXKS:
+		return a.benchXKS(cmd, f, ops)
+	default:
+		return usageErrorf("--protocol must be %s, %s or %s, not %q", protoGRPC, protoAWSJSON, protoXKS, f.protocol)
 	}
 	if slices.ContainsFunc(ops, func(o weightedOp) bool { return o.Name == "create" }) {
 		return a.benchCreate(cmd, f, ops)

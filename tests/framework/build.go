@@ -28,7 +28,17 @@ func Main(m *testing.M) {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	if out, err := exec.Command("go", append(args, "github.com/keybroker/keybroker/cmd/keybroker")...).CombinedOutput(); err != nil {
+	// The binary is built in keybroker's own module, with its go.mod, also
+	// when the tests are another module's that replaces keybroker with
+	// this source (integration/awsesdk): what runs is what ships.
+	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/keybroker/keybroker").Output()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "finding the keybroker module: %v\n", err)
+		os.Exit(1)
+	}
+	build := exec.Command("go", append(args, "./cmd/keybroker")...)
+	build.Dir = strings.TrimSpace(string(root))
+	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building keybroker: %v\n%s", err, out)
 		os.Exit(1)
 	}

@@ -58,10 +58,20 @@
 // central an edge follows is read from every live central's ListNodes
 // (Tier.Following). The TestFaultCluster* cases use it.
 //
+// # AWS front-ends
+//
+// [StartAWSFront] runs a central process serving the AWS KMS API and the
+// XKS proxy API over HTTPS, with a key [DemoKeyID] and an access key made
+// by the CLI, for the tests of real AWS tools: the AWS CLI (tests/e2e),
+// keybroker bench --protocol awsjson|xks, and the AWS Encryption SDK in
+// the separate module integration/awsesdk, which imports this package
+// through a replace directive.
+//
 // # The binary
 //
 // [Main], called from a test package's TestMain, builds the keybroker
-// binary once per test binary — with -race when the tests are race-built,
+// binary — in keybroker's own module, with its go.mod, even for another
+// module's tests — once per test binary — with -race when the tests are race-built,
 // so the processes are checked too — and removes it at the end. [CLI]
 // runs it with only the KEYBROKER_* variables a test gives, as a user's
 // shell would; both implementations run the CLI that way. The processes'

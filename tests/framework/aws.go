@@ -1,0 +1,79 @@
+package framework
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
+	"os"
+	"testing"
+
+	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/identity"
+)
+
+// AWSRegion and AWSAccount are the region and account StartAWSFront
+// configures: key ARNs read arn:aws:kms:eu-west-1:111122223333:key/<id>.
+const (
+	AWSRegion  = "eu-west-1"
+	AWSAccount = "111122223333"
+)
+
+// AccessKey is an AWS access key as `keybroker access-key create --output
+// json` prints it.
+type AccessKey struct {
+	ID     string `json:"access_key_id"`
+	Secret string `json:"secret_access_key"`
+}
+
+// AWSFront is a central process serving the AWS KMS API (aws_kms) and the
+// XKS proxy API (xks, under the prefix /kb/xks) over HTTPS with its own
+// certificate, for the tests of real AWS tools: the AWS CLI, the AWS
+// Encryption SDK, keybroker bench --protocol awsjson|xks.
+type AWSFront struct {
+	*Processes
+	// KMSURL is the AWS KMS API's endpoint (https://127.0.0.1:port) and
+	// XKSURL the XKS proxy's, prefix included.
+	KMSURL, XKSURL string
+	// Key is an access key of admin/ops, made with the CLI.
+	Key AccessKey
+	// HTTP trusts the cluster's CA (c.CAFile).
+	HTTP *http.Client
+}
+
+// StartAWSFront starts a central process (softkms, basic root keys) with
+// aws_kms and xks listeners on free loopback ports, a derive-mode
+// AES-256-GCM key DemoKeyID, and an access key for admin/ops made by the
+// CLI as an operator would.
+func StartAWSFront(t *testing.T) *AWSFront {
+	t.Helper()
+	kmsAddr, xksAddr := freePort(t), freePort(t)
+	extra := "aws_kms: {listen: \"" + kmsAddr + "\", region: " + AWSRegion + ", account: \"" + AWSAccount + "\"}\n" +
+		"xks: {listen: \"" + xksAddr + "\", region: " + AWSRegion + ", prefix: /kb/xks, health_key: " + DemoKeyID + "}\n"
+	c := NewProcessesOn(t, SoftkmsRoots, BasicRoots, extra)
+	if _, err := c.Admin.Admin.CreateKey(t.Context(), &kbv1.CreateKeyRequest{KeyId: DemoKeyID, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": TrustDomain}}); err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "create", "--principal", "admin/ops", "--output", "json")
+	if code != 0 {
+		t.Fatalf("access-key create: exit %d: %s", code, stderr)
+	}
+	f := &AWSFront{Processes: c, KMSURL: "https://" + kmsAddr, XKSURL: "https://" + xksAddr + "/kb/xks"}
+	if err := json.Unmarshal([]byte(out), &f.Key); err != nil || f.Key.ID == "" || f.Key.Secret == "" {
+		t.Fatalf("access-key create --output json printed %q (%v)", out, err)
+	}
+	caPEM, err := os.ReadFile(c.CAFile)
+	must(t, "reading the CA", err)
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("%s holds no certificate", c.CAFile)
+	}
+	f.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	return f
+}
+
+// KeyARN is the ARN the AWS KMS API gives key id.
+func KeyARN(id string) string {
+	return "arn:aws:kms:" + AWSRegion + ":" + AWSAccount + ":key/" + id
+}
