@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -100,7 +101,13 @@ demo key in place), dev writes DIR/env (mode 0600): export lines for
 KEYBROKER_ADDR (the us edge: applications talk to edges), KEYBROKER_CA,
 KEYBROKER_CERT and KEYBROKER_KEY (the admin identity, which may create, rotate
 and use keys), so that after 'source DIR/env' every keybroker command talks to
-the cluster. It then prints the nodes, their ops URLs, where the app identity
+the cluster; and what the AWS tools read: every node serves the AWS KMS API (on
+its gRPC port + 20), and the file exports AWS_ENDPOINT_URL_KMS (the us edge),
+AWS_CA_BUNDLE, AWS_REGION, AWS_DEFAULT_REGION and a dev access key
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) acting as client/app, scoped to the
+us edge (made once, kept in DIR/aws-access-key.json, mode 0600), and defines a
+shell function aws that passes --endpoint-url to 'aws kms …', since AWS CLIs
+before 2.13 ignore AWS_ENDPOINT_URL_KMS. It then prints the nodes, their ops URLs, where the app identity
 is (certs/app.crt, certs/app.key: a client that may use keys but not manage
 them) and commands to try. Logs go to stderr.
 
@@ -270,7 +277,7 @@ func runDev(ctx context.Context, e *env, f devFlags) error {
 	// limit: a backend may keep the context it was opened with (a cloud
 	// client's credentials), and ending it would break the running node.
 	c, err := devcluster.Start(ctx, devcluster.Options{Dir: dir, Host: f.host, BasePort: f.port, Backend: backend, Logger: log,
-		Centrals: f.centrals, Etcd: etcd})
+		Centrals: f.centrals, Etcd: etcd, AWS: &devcluster.AWSOptions{}})
 	if err != nil {
 		if ctx.Err() != nil {
 			log.Info("interrupted before the cluster was ready")
@@ -295,9 +302,14 @@ func runDev(ctx context.Context, e *env, f devFlags) error {
 		}
 		return err
 	}
+	awsKey, err := ensureDevAWSKey(readyCtx, c, dir)
+	if err != nil {
+		stopDev(ctx, c, log)
+		return err
+	}
 	cancel()
 	envPath := filepath.Join(dir, devEnvFile)
-	if err := writeDevEnv(envPath, c); err != nil {
+	if err := writeDevEnv(envPath, c, awsKey); err != nil {
 		stopDev(ctx, c, log)
 		return err
 	}
@@ -453,7 +465,7 @@ func devAppEdge(c *devcluster.Cluster) string {
 
 // writeDevEnv writes the env file atomically (atomicfile.Write), mode
 // 0600, so that a shell sourcing it never reads half a file.
-func writeDevEnv(path string, c *devcluster.Cluster) error {
+func writeDevEnv(path string, c *devcluster.Cluster, k devAWSKey) error {
 	admin := c.ClientFiles(devcluster.AdminName)
 	var b strings.Builder
 	b.WriteString("# Written by keybroker dev when its cluster was ready; kept when it stops.\n")
@@ -472,6 +484,9 @@ func writeDevEnv(path string, c *devcluster.Cluster) error {
 		{envKey, admin.Key},
 	} {
 		fmt.Fprintf(&b, "export %s=%s\n", v[0], shellQuote(v[1]))
+	}
+	if endpoint := devAWSEndpoint(c); endpoint != "" {
+		writeDevAWSEnv(&b, endpoint, admin.CA, k)
 	}
 	return atomicfile.Write(path, []byte(b.String()), 0o600)
 }
@@ -527,7 +542,8 @@ func printDevReady(w io.Writer, c *devcluster.Cluster, envPath string, demo *kbv
 		{"store", devStore(c)},
 		{"demo key", fmt.Sprintf("%s (%s, %s, primary version %d): %s", demo.GetKeyId(), typeName(demo.GetType()),
 			modeName(demo.GetMode()), demo.GetPrimaryVersion(), state)},
-		{"env", envPath + " (the us edge, as the admin)"},
+		{"env", envPath + " (the us edge, as the admin; AWS tools as client/app)"},
+		{"AWS KMS API", orDash(devAWSEndpoint(c)) + " (the us edge; every node serves it on its gRPC port + " + strconv.Itoa(devcluster.AWSPortOffset) + ")"},
 		{"app identity", app.Cert + ", " + app.Key + " (a client: uses keys, cannot manage them)"},
 	} {
 		fmt.Fprintf(tw, "  %s:\t%s\n", row[0], row[1])

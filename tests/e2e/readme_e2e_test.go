@@ -95,3 +95,48 @@ func TestReadmeTour(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeAWS runs the README's "AWS tools against the dev cluster"
+// block against a real keybroker dev with the AWS CLI (each one found,
+// as TestAWSCLI does): the env file's endpoint, CA, region and access key
+// and its aws function take the CLI to the us edge, and the blob it makes
+// opens through keybroker's CLI. No AWS_* variable or configuration of
+// the user's leaks in.
+func TestReadmeAWS(t *testing.T) {
+	t.Parallel()
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("the README's AWS block needs bash")
+	}
+	clis := awsCLIs(t)
+	blocks := docShellBlocks(t, filepath.Join("..", "..", "README.md"), "## AWS tools against the dev cluster")
+	if len(blocks) != 1 {
+		t.Fatalf("found %d shell blocks in the README's AWS section, want 1", len(blocks))
+	}
+	work := t.TempDir()
+	p := framework.StartDev(t, filepath.Join(work, "keybroker-dev"), "--port", "0")
+	p.WaitReady(t)
+	for version, cli := range clis {
+		t.Run(strings.Fields(version)[0], func(t *testing.T) {
+			t.Logf("%s: %s", cli, version)
+			cmd := exec.CommandContext(t.Context(), "bash", "-c", "set -euo pipefail\n"+blocks[0])
+			cmd.Dir = work
+			var env []string
+			for _, kv := range framework.WithoutKeybrokerVars(framework.ProcessEnv()) {
+				if !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "PATH=") {
+					env = append(env, kv)
+				}
+			}
+			cmd.Env = append(env,
+				"PATH="+filepath.Dir(framework.Binary())+string(os.PathListSeparator)+filepath.Dir(cli)+string(os.PathListSeparator)+os.Getenv("PATH"),
+				"AWS_CONFIG_FILE="+filepath.Join(work, "no-config"), "AWS_SHARED_CREDENTIALS_FILE="+filepath.Join(work, "no-credentials"),
+				"AWS_EC2_METADATA_DISABLED=true", "AWS_PAGER=")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("the README's AWS block failed: %v\n%s", err, out)
+			}
+			if n := strings.Count(string(out), "hello from the AWS CLI\n"); n != 2 {
+				t.Errorf("the plaintext came back %d times, want 2 (the AWS CLI, keybroker's CLI):\n%s", n, out)
+			}
+		})
+	}
+}
