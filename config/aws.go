@@ -14,6 +14,26 @@ type AWSKMS struct {
 	Region string `yaml:"region"`
 	// Account is the 12-digit account id key ARNs carry. Required.
 	Account string `yaml:"account"`
+	// ClientCA, when set, is a PEM bundle of CA certificates: the listener
+	// then asks every client for a certificate that chains to one of them
+	// (mutual TLS) and refuses the connection without one, in addition to
+	// SigV4, which still names the principal. Relative to the
+	// configuration file. Optional.
+	ClientCA string `yaml:"client_ca"`
+}
+
+// resolve makes ClientCA absolute against baseDir.
+func (a *AWSKMS) resolve(baseDir string) {
+	if a != nil {
+		resolvePath(baseDir, &a.ClientCA)
+	}
+}
+
+// checkClientCA checks an optional client_ca path.
+func checkClientCA(p *problems, field, v string) {
+	if v != "" {
+		checkPath(p, field, v)
+	}
 }
 
 var (
@@ -37,6 +57,7 @@ func (a *AWSKMS) check(p *problems, field, listen, ops string) {
 	if !awsAccountRe.MatchString(a.Account) {
 		p.add(field+".account", "%q is not a 12-digit AWS account id", a.Account)
 	}
+	checkClientCA(p, field+".client_ca", a.ClientCA)
 }
 
 // listenOf parses a listen address already checked elsewhere.

@@ -298,6 +298,8 @@ func parse[T any, P nodeConfig[T]](name string, data []byte, baseDir string, cfg
 func (c *Central) ResolvePaths(baseDir string) {
 	c.Node.resolve(baseDir)
 	c.Store.resolve(baseDir)
+	c.AWSKMS.resolve(baseDir)
+	c.XKS.resolve(baseDir)
 	for i := range c.Policy.Paths {
 		resolvePath(baseDir, &c.Policy.Paths[i])
 	}

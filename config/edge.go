@@ -152,6 +152,8 @@ func ParseEdge(name string, data []byte, baseDir string) (*Edge, error) {
 // built in code calls it before Validate.
 func (e *Edge) ResolvePaths(baseDir string) {
 	e.Node.resolve(baseDir)
+	e.AWSKMS.resolve(baseDir)
+	e.XKS.resolve(baseDir)
 }
 
 // Validate checks every field and the relations between them, and returns

@@ -26,6 +26,19 @@ type XKS struct {
 	// with; the key store's access keys must be allowed Encrypt and
 	// Decrypt on it. Required.
 	HealthKey string `yaml:"health_key"`
+	// ClientCA, when set, is a PEM bundle of the CA certificates that sign
+	// the client certificate AWS KMS presents (the key store's mutual TLS
+	// option): the listener refuses connections without one chaining to
+	// them, in addition to SigV4. Relative to the configuration file.
+	// Optional.
+	ClientCA string `yaml:"client_ca"`
+}
+
+// resolve makes ClientCA absolute against baseDir.
+func (x *XKS) resolve(baseDir string) {
+	if x != nil {
+		resolvePath(baseDir, &x.ClientCA)
+	}
 }
 
 var xksPrefixRe = regexp.MustCompile(`^(/[A-Za-z0-9_-]+)*$`)
@@ -49,4 +62,5 @@ func (x *XKS) check(p *problems, field string, others map[string]string) {
 	if !envelope.ValidKeyID(x.HealthKey) {
 		p.add(field+".health_key", "%q is not a key id: 1-128 of [A-Za-z0-9._:/-], starting with a letter or digit", x.HealthKey)
 	}
+	checkClientCA(p, field+".client_ca", x.ClientCA)
 }
