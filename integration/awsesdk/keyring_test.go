@@ -19,22 +19,41 @@ import (
 )
 
 // TestKMSKeyring: the AWS Encryption SDK's AWS KMS keyring, given an AWS
-// SDK KMS client whose BaseEndpoint is a keybroker central process's AWS
-// KMS API (static credentials: an access key made with the CLI), encrypts
-// a message of several frames under a keybroker key's ARN and decrypts it
-// — the SDK checks that every KeyId keybroker answers is that ARN — with
-// GenerateDataKey and Decrypt audited under the access key's principal.
-// The message does not decrypt with another encryption context, nor with
-// a keyring for another keybroker key (the SDK finds no data key for it).
+// SDK KMS client whose BaseEndpoint is a keybroker node's AWS KMS API —
+// a central process's (an admin's access key) and an edge process's (a
+// client's key scoped to that edge, the key placed there) — encrypts a
+// message of several frames under a keybroker key's ARN and decrypts it;
+// the SDK checks that every KeyId keybroker answers is that ARN.
+// GenerateDataKey and Decrypt are audited under the access key's principal
+// at the node that served them. The message does not decrypt with another
+// encryption context, nor with a keyring for another keybroker key (the
+// SDK finds no data key for it).
 func TestKMSKeyring(t *testing.T) {
 	f := framework.StartAWSFront(t)
 	ctx := t.Context()
 	if _, err := f.Admin.Admin.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "other", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
-		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": framework.TrustDomain}}); err != nil {
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": framework.TrustDomain}, Placement: "true"}); err != nil {
 		t.Fatal(err)
 	}
-	client := kms.New(kms.Options{Region: framework.AWSRegion, BaseEndpoint: aws.String(f.KMSURL),
-		Credentials: credentials.NewStaticCredentialsProvider(f.Key.ID, f.Key.Secret, ""), HTTPClient: f.HTTP})
+	edgeURL, edgeKey := f.AddAWSEdge(t, "edge-us", "us")
+	for _, at := range []struct {
+		node, url, principal string
+		key                  framework.AccessKey
+	}{
+		{framework.CentralNode, f.KMSURL, f.Admin.ID, f.Key},
+		{"edge-us", edgeURL, "spiffe://" + framework.TrustDomain + "/client/app", edgeKey},
+	} {
+		t.Run(at.node, func(t *testing.T) {
+			keyringRoundTrip(t, f, at.node, at.url, at.principal, at.key)
+		})
+	}
+}
+
+// keyringRoundTrip is TestKMSKeyring at one node.
+func keyringRoundTrip(t *testing.T, f *framework.AWSFront, node, url, principal string, key framework.AccessKey) {
+	ctx := t.Context()
+	client := kms.New(kms.Options{Region: framework.AWSRegion, BaseEndpoint: aws.String(url),
+		Credentials: credentials.NewStaticCredentialsProvider(key.ID, key.Secret, ""), HTTPClient: f.HTTP})
 	matProv, err := mpl.NewClient(mpltypes.MaterialProvidersConfig{})
 	if err != nil {
 		t.Fatal(err)
@@ -71,13 +90,13 @@ func TestKMSKeyring(t *testing.T) {
 		t.Errorf("Decrypt = %q under %v, want %q under %v", dec.Plaintext, dec.EncryptionContext, pt, ec)
 	}
 	ops := map[audit.Operation]int{}
-	for _, r := range f.Audit(t, framework.CentralNode, func(r audit.Record) bool {
-		return r.Key == framework.DemoKeyID && r.Principal == f.Admin.ID && r.Outcome == "ok"
+	for _, r := range f.Audit(t, node, func(r audit.Record) bool {
+		return r.Key == framework.DemoKeyID && r.Principal == principal && r.Outcome == "ok"
 	}) {
 		ops[r.Operation]++
 	}
 	if ops["GenerateDataKey"] != 1 || ops["Decrypt"] != 1 {
-		t.Errorf("audited calls on %s by %s: %v; want one GenerateDataKey and one Decrypt", framework.DemoKeyID, f.Admin.ID, ops)
+		t.Errorf("audited calls on %s by %s at %s: %v; want one GenerateDataKey and one Decrypt", framework.DemoKeyID, principal, node, ops)
 	}
 
 	if _, err := sdk.Decrypt(ctx, esdktypes.DecryptInput{Ciphertext: enc.Ciphertext, EncryptionContext: map[string]string{"purpose": "esdk", "tenant": "b"}, Keyring: keyring}); err == nil {

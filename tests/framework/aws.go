@@ -43,7 +43,7 @@ type AWSFront struct {
 
 // StartAWSFront starts a central process (softkms, basic root keys) with
 // aws_kms and xks listeners on free loopback ports, a derive-mode
-// AES-256-GCM key DemoKeyID, and an access key for admin/ops made by the
+// AES-256-GCM key DemoKeyID placed on every edge, and an access key for admin/ops made by the
 // CLI as an operator would.
 func StartAWSFront(t *testing.T) *AWSFront {
 	t.Helper()
@@ -52,7 +52,7 @@ func StartAWSFront(t *testing.T) *AWSFront {
 		"xks: {listen: \"" + xksAddr + "\", region: " + AWSRegion + ", prefix: /kb/xks, health_key: " + DemoKeyID + "}\n"
 	c := NewProcessesOn(t, SoftkmsRoots, BasicRoots, extra)
 	if _, err := c.Admin.Admin.CreateKey(t.Context(), &kbv1.CreateKeyRequest{KeyId: DemoKeyID, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
-		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": TrustDomain}}); err != nil {
+		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": TrustDomain}, Placement: "true"}); err != nil {
 		t.Fatal(err)
 	}
 	out, stderr, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "create", "--principal", "admin/ops", "--output", "json")
@@ -76,4 +76,25 @@ func StartAWSFront(t *testing.T) *AWSFront {
 // KeyARN is the ARN the AWS KMS API gives key id.
 func KeyARN(id string) string {
 	return "arn:aws:kms:" + AWSRegion + ":" + AWSAccount + ":key/" + id
+}
+
+// AddAWSEdge adds an edge process named name in region serving the AWS KMS
+// API (the central's region and account) and returns its endpoint and an
+// access key of client/app scoped to it, made with the CLI: requests
+// signed with it are verified at that edge and served there for the keys
+// it holds.
+func (f *AWSFront) AddAWSEdge(t *testing.T, name, region string) (url string, key AccessKey) {
+	t.Helper()
+	addr := freePort(t)
+	f.AddEdge(t, &EdgeNode{Name: name, Region: region, Prefetch: true,
+		Extra: "aws_kms: {listen: \"" + addr + "\", region: " + AWSRegion + ", account: \"" + AWSAccount + "\"}\n"})
+	f.WaitSynced(t)
+	out, stderr, code := f.CLIOut(t, f.Central.Addr, identity.Admin, "ops", "access-key", "create", "--principal", "client/app", "--edge", name, "--output", "json")
+	if code != 0 {
+		t.Fatalf("access-key create --edge %s: exit %d: %s", name, code, stderr)
+	}
+	if err := json.Unmarshal([]byte(out), &key); err != nil || key.ID == "" || key.Secret == "" {
+		t.Fatalf("access-key create --output json printed %q (%v)", out, err)
+	}
+	return "https://" + addr, key
 }
