@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -90,8 +91,11 @@ func (c *kmsPluginConfig) validate() error {
 		p = append(p, "grace must not be negative")
 	}
 	if c.Metrics != "" {
-		if err := hostport.Check(c.Metrics); err != nil {
+		// Port 0 is allowed: the system chooses, and the ready line says.
+		if _, port, err := net.SplitHostPort(c.Metrics); err != nil {
 			p = append(p, fmt.Sprintf("metrics %q: %v", c.Metrics, err))
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			p = append(p, fmt.Sprintf("metrics %q: port %q is not a number from 0 to 65535", c.Metrics, port))
 		}
 	}
 	if c.Log.Level == "" {
@@ -271,6 +275,7 @@ func runKMSPlugin(ctx context.Context, c *kmsPluginConfig, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
+	opsAddr := ""
 	if c.Metrics != "" {
 		ml, err := net.Listen("tcp", c.Metrics)
 		if err != nil {
@@ -282,9 +287,12 @@ func runKMSPlugin(ctx context.Context, c *kmsPluginConfig, log *slog.Logger) err
 		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = hs.Serve(ml) }()
 		defer hs.Close()
-		log.Info("kms-plugin: metrics", "addr", ml.Addr().String())
+		opsAddr = ml.Addr().String()
 	}
-	log.Info("kms-plugin: serving", "socket", c.Listen, "key", c.Key, "cluster", c.Cluster, "addrs", c.Addrs)
+	// The ready line of every keybroker server: grpc_addr is where the
+	// apiserver dials, ops_addr serves /metrics.
+	log.Info("kms-plugin ready", "grpc_addr", "unix://"+c.Listen, "ops_addr", opsAddr, "key", c.Key,
+		"cluster", c.Cluster, "addrs", c.Addrs)
 	err = svc.Serve(ctx, ln)
 	log.Info("kms-plugin: stopped")
 	return err

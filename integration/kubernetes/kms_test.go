@@ -189,7 +189,9 @@ func path(i int) value.DefaultContext {
 	return value.DefaultContext("/registry/secrets/default/secret-" + strconv.Itoa(i))
 }
 
-func secret(i int) []byte { return []byte(fmt.Sprintf(`{"kind":"Secret","data":{"password":"p-%d"}}`, i)) }
+func secret(i int) []byte {
+	return []byte(fmt.Sprintf(`{"kind":"Secret","data":{"password":"p-%d"}}`, i))
+}
 
 // write stores secret i and returns what etcd would hold.
 func (a *apiserver) write(t *testing.T, i int) []byte {
