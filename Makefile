@@ -3,6 +3,8 @@
 #   make test         install what the tests need (SoftHSM2, opensc, etcd), then run
 #                     the whole suite with -race (the PKCS#11 tests never skip
 #                     here), the fault-injection suite last with its report.
+#   make test-kubernetes  integration/kubernetes, a module of its own: the
+#                     apiserver's KMS v2 code against a real kms-plugin.
 #   make test-faults  the fault-injection suite alone (tests/e2e TestFault*):
 #                     real processes killed, cut off and starved under load;
 #                     prints what was lost.
@@ -38,7 +40,7 @@ CISCALEKEYS     ?= 10000
 CISCALEETCDKEYS ?= 10000
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps test-faults bench bench-scenarios bench-scale bench-scale-ci soak lint fuzz fuzz-ci generate clean
+.PHONY: all build test test-deps test-kubernetes test-faults bench bench-scenarios bench-scale bench-scale-ci soak lint fuzz fuzz-ci generate clean
 
 all: build
 
@@ -62,8 +64,18 @@ test-deps:
 # etcd tests' skips into failures, so `make test` (and CI) always runs them.
 test: test-deps
 	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_REQUIRE_ETCD=1 $(GO) test -race -timeout $(TESTTIMEOUT) -skip '^TestFault' $(PKGS)
+	@$(MAKE) --no-print-directory test-kubernetes
 	@$(MAKE) --no-print-directory bench-scale-ci
 	@$(MAKE) --no-print-directory test-faults
+
+# test-kubernetes runs integration/kubernetes, a Go module of its own so
+# that k8s.io/apiserver never enters keybroker's go.mod: the apiserver's
+# EncryptionConfiguration loader and KMS v2 envelope code against a real
+# `keybroker kms-plugin` in front of real central and edge processes
+# (about a minute once built; the first build of the apiserver's
+# dependencies takes several).
+test-kubernetes:
+	cd integration/kubernetes && $(GO) test -race -count=1 -timeout $(TESTTIMEOUT) ./...
 
 # test-faults runs the fault-injection suite (TestFault* in tests/e2e, on the
 # real-process implementation of tests/framework) and prints the line each
