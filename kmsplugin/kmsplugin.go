@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -362,7 +363,11 @@ func (s *Service) Encrypt(ctx context.Context, req *kmsv2.EncryptRequest) (resp 
 func (s *Service) Decrypt(ctx context.Context, req *kmsv2.DecryptRequest) (resp *kmsv2.DecryptResponse, err error) {
 	start := s.cfg.Now()
 	var version uint32
-	defer func() { s.done("decrypt", req.GetUid(), req.GetKeyId(), version, start, err) }()
+	// The metric's key_id label is the one the plugin computed, set once
+	// the request's matched it: a caller's string never becomes a label
+	// (unbounded, and not always valid UTF-8).
+	keyID := ""
+	defer func() { s.done("decrypt", req.GetUid(), keyID, version, start, err) }()
 	if err := checkDecrypt(req); err != nil {
 		return nil, err
 	}
@@ -381,6 +386,7 @@ func (s *Service) Decrypt(ctx context.Context, req *kmsv2.DecryptRequest) (resp 
 	if req.GetKeyId() != want {
 		return nil, invalid("key_id %.64q is not the key_id of key %s version %d, which sealed the ciphertext", req.GetKeyId(), s.key, h.Version)
 	}
+	keyID = want
 	pt, err := s.kms.Decrypt(withUID(ctx, req.GetUid()), req.GetCiphertext(), s.ectx)
 	if err != nil {
 		return nil, fromKeybroker("decrypt", err)
@@ -433,13 +439,11 @@ func fromKeybroker(op string, err error) error {
 		return status.Errorf(codes.Internal, "kms-plugin: %s: %v", op, err)
 	}
 	st := status.Convert(err)
-	if st.Code() == codes.InvalidArgument && hasPrefix(st.Message(), "kms-plugin:") {
+	if st.Code() == codes.InvalidArgument && strings.HasPrefix(st.Message(), "kms-plugin:") {
 		return err
 	}
 	return status.Errorf(st.Code(), "kms-plugin: %s through keybroker: %s", op, st.Message())
 }
-
-func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
 
 // done logs and counts one call.
 func (s *Service) done(op, uid, keyID string, version uint32, start time.Time, err error) {

@@ -52,7 +52,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 func (m *metrics) observe(op, keyID, uid string, code codes.Code, d time.Duration) {
 	m.requests.WithLabelValues(op, keyID, code.String()).Inc()
 	o := m.duration.WithLabelValues(op)
-	if e, ok := o.(prometheus.ExemplarObserver); ok && uid != "" && len(uid) <= 64 {
+	// Only a uid keybroker would take as a request id becomes an
+	// exemplar: client_golang panics on a label that is not UTF-8.
+	if e, ok := o.(prometheus.ExemplarObserver); ok && uidRE.MatchString(uid) {
 		e.ObserveWithExemplar(d.Seconds(), prometheus.Labels{"uid": uid})
 		return
 	}
