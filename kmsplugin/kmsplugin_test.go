@@ -257,8 +257,12 @@ func TestPlugin(t *testing.T) {
 			t.Error("unhealthy Status has no key_id")
 		}
 		_, err := p.kms.Encrypt(t.Context(), &kmsv2.EncryptRequest{Plaintext: seed(t), Uid: uid()})
-		if status.Code(err) == codes.OK {
-			t.Error("Encrypt with a disabled key succeeded")
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "disabled") {
+			t.Errorf("Encrypt with a disabled key = %v, want FailedPrecondition saying disabled", err)
+		}
+		_, err = p.kms.Decrypt(t.Context(), &kmsv2.DecryptRequest{Ciphertext: r.Ciphertext, KeyId: r.KeyId, Annotations: r.Annotations, Uid: uid()})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Errorf("Decrypt with a disabled key = %v, want FailedPrecondition", err)
 		}
 		if _, err := admin().EnableKey(t.Context(), &kbv1.KeyRequest{KeyId: "k8s-disable"}); err != nil {
 			t.Fatalf("EnableKey: %v", err)
