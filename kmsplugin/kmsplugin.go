@@ -235,13 +235,20 @@ func (s *Service) Refresh(ctx context.Context) (*kbv1.KeyMetadata, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	// A slower answer must not replace a newer one: revisions only grow.
+	// An answer from a node that lags (an edge behind another) must not
+	// replace a newer one: revisions only grow. Any answer is a node
+	// answering, though.
 	if s.meta == nil || meta.GetRevision() >= s.meta.GetRevision() {
-		s.meta, s.metaAt = meta, s.cfg.Now()
+		s.meta = meta
 	}
+	meta, s.metaAt = s.meta, s.cfg.Now()
 	s.mu.Unlock()
 	return meta, Check(meta)
 }
+
+// errNoVersion is a version the key's metadata does not list (yet: the
+// node asked may lag the one that sealed).
+var errNoVersion = errors.New("kmsplugin: no such key version")
 
 // cached returns the last metadata and when it was read.
 func (s *Service) cached() (*kbv1.KeyMetadata, time.Time) {
@@ -265,7 +272,7 @@ func (s *Service) keyID(ctx context.Context, version uint32) (string, error) {
 	if id := KeyID(meta, version); id != "" {
 		return id, nil
 	}
-	return "", status.Errorf(codes.InvalidArgument, "key %s has no version %d", s.key, version)
+	return "", fmt.Errorf("%w: key %s version %d", errNoVersion, s.key, version)
 }
 
 // Status reports the version, health and current key_id.
@@ -352,6 +359,11 @@ func (s *Service) Encrypt(ctx context.Context, req *kmsv2.EncryptRequest) (resp 
 		return nil, status.Errorf(codes.Internal, "kms-plugin: keybroker returned a ciphertext that does not parse: %v", err)
 	}
 	if keyID, err = s.keyID(ctx, h.Version); err != nil {
+		if errors.Is(err, errNoVersion) {
+			// Sealed by a node ahead of the one describing the key: the
+			// apiserver tries again.
+			return nil, status.Errorf(codes.Unavailable, "kms-plugin: encrypt: key %s version %d is not known here yet", s.key, h.Version)
+		}
 		return nil, fromKeybroker("encrypt", err)
 	}
 	return &kmsv2.EncryptResponse{Ciphertext: ct.Ciphertext, KeyId: keyID,
@@ -380,6 +392,9 @@ func (s *Service) Decrypt(ctx context.Context, req *kmsv2.DecryptRequest) (resp 
 		return nil, invalid("ciphertext is sealed under key %s; this plugin serves key %s", h.KeyID, s.key)
 	}
 	want, err := s.keyID(ctx, h.Version)
+	if errors.Is(err, errNoVersion) {
+		return nil, invalid("key %s has no version %d, which the ciphertext names", s.key, h.Version)
+	}
 	if err != nil {
 		return nil, fromKeybroker("decrypt", err)
 	}

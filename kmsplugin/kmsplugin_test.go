@@ -280,6 +280,9 @@ func TestPlugin(t *testing.T) {
 		// The same key, another cluster's context.
 		elsewhere := startPlugin(t, edgeClient(t, kb.EdgeAddr("us")), kmsplugin.Config{Key: "k8s-bad", Cluster: "another"})
 		ann := good.Annotations
+		// The good ciphertext, its header naming version 99.
+		future := bytes.Clone(good.Ciphertext)
+		copy(future[2+len("k8s-bad"):], []byte{0, 0, 0, 99})
 		tests := []struct {
 			name string
 			req  *kmsv2.DecryptRequest
@@ -297,6 +300,7 @@ func TestPlugin(t *testing.T) {
 			{"wrong format", &kmsv2.DecryptRequest{Ciphertext: good.Ciphertext, KeyId: good.KeyId, Annotations: map[string][]byte{kmsplugin.FormatAnnotation: []byte("2")}}, codes.InvalidArgument, "reads format 1"},
 			{"no annotations", &kmsv2.DecryptRequest{Ciphertext: good.Ciphertext, KeyId: good.KeyId}, codes.InvalidArgument, "missing"},
 			{"annotations too large", &kmsv2.DecryptRequest{Ciphertext: good.Ciphertext, KeyId: good.KeyId, Annotations: map[string][]byte{kmsplugin.FormatAnnotation: []byte("1"), "big.example.com": make([]byte, 33<<10)}}, codes.InvalidArgument, "annotations of"},
+			{"unknown version", &kmsv2.DecryptRequest{Ciphertext: future, KeyId: good.KeyId, Annotations: ann}, codes.InvalidArgument, "has no version 99"},
 			{"another key's ciphertext", &kmsv2.DecryptRequest{Ciphertext: otherCT.Ciphertext, KeyId: otherCT.KeyId, Annotations: ann}, codes.InvalidArgument, "sealed under key k8s-other"},
 		}
 		for _, tt := range tests {
