@@ -70,7 +70,7 @@
 // keybroker as the request id (x-request-id), so the audit lines of every
 // node the call reached carry it as client_request_id. Metrics
 // (Config.Registerer): keybroker_kmsplugin_requests_total{op,key_id,code},
-// keybroker_kmsplugin_request_duration_seconds{op} (each observation's
+// keybroker_kmsplugin_request_duration_seconds{op,key_id} (each observation's
 // exemplar is the uid) and keybroker_kmsplugin_healthy.
 //
 // # Socket

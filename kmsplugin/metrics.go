@@ -24,11 +24,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"op", "key_id", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "keybroker_kmsplugin_request_duration_seconds",
-			Help: "KMS v2 call latency by operation; each observation's exemplar is the apiserver's uid.",
+			Help: "KMS v2 call latency by operation and key_id; each observation's exemplar is the apiserver's uid.",
 			// 100 µs to ~3.3 s: a warm Decrypt at an edge is well under
 			// a millisecond, the apiserver gives up at 3 s.
 			Buckets: prometheus.ExponentialBuckets(100e-6, 2, 16),
-		}, []string{"op"}),
+		}, []string{"op", "key_id"}),
 		healthy: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keybroker_kmsplugin_healthy",
 			Help: "1 when the last Status answered healthz ok, else 0.",
@@ -51,7 +51,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 
 func (m *metrics) observe(op, keyID, uid string, code codes.Code, d time.Duration) {
 	m.requests.WithLabelValues(op, keyID, code.String()).Inc()
-	o := m.duration.WithLabelValues(op)
+	o := m.duration.WithLabelValues(op, keyID)
 	// Only a uid keybroker would take as a request id becomes an
 	// exemplar: client_golang panics on a label that is not UTF-8.
 	if e, ok := o.(prometheus.ExemplarObserver); ok && uidRE.MatchString(uid) {
