@@ -184,6 +184,13 @@ func TestPlugin(t *testing.T) {
 		if got := testutil.ToFloat64(mustCounter(t, reg, "decrypt", st.KeyId, "OK")); got != 1 {
 			t.Errorf("requests_total{op=decrypt,code=OK} = %v, want 1", got)
 		}
+		// The latency histogram's exemplars carry the apiserver's uids.
+		if _, err := p.kms.Encrypt(t.Context(), &kmsv2.EncryptRequest{Plaintext: pt, Uid: "uid-exemplar-1"}); err != nil {
+			t.Fatal(err)
+		}
+		if !hasExemplar(t, reg, "uid-exemplar-1") {
+			t.Error("no exemplar of keybroker_kmsplugin_request_duration_seconds carries uid uid-exemplar-1")
+		}
 	})
 
 	t.Run("Rotation", func(t *testing.T) {
@@ -547,4 +554,29 @@ func TestListen(t *testing.T) {
 			t.Error("Listen on a relative path succeeded")
 		}
 	})
+}
+
+// hasExemplar reports whether a bucket of the latency histogram has an
+// exemplar labelled uid.
+func hasExemplar(t testing.TB, reg *prometheus.Registry, uid string) bool {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "keybroker_kmsplugin_request_duration_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, b := range m.GetHistogram().GetBucket() {
+				for _, l := range b.GetExemplar().GetLabel() {
+					if l.GetName() == "uid" && l.GetValue() == uid {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
 }
