@@ -5,7 +5,9 @@
 #                     skip here), the modules under integration/, and the
 #                     fault-injection suite last with its report.
 #   make test-integration  the separate modules under integration/ alone
-#                     (the AWS Encryption SDK for Go against keybroker).
+#                     (the AWS Encryption SDK for Go against keybroker; the
+#                     apiserver's KMS v2 code against a real kms-plugin).
+#   make test-kubernetes  integration/kubernetes alone.
 #   make test-faults  the fault-injection suite alone (tests/e2e TestFault*):
 #                     real processes killed, cut off and starved under load;
 #                     prints what was lost.
@@ -40,10 +42,10 @@ SCALEKEYS   ?= 1000000
 CISCALEKEYS     ?= 10000
 CISCALEETCDKEYS ?= 10000
 # The separate Go modules make test runs after the main one.
-INTEGRATION ?= integration/awsesdk
+INTEGRATION ?= integration/awsesdk integration/kubernetes
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps test-integration test-faults bench bench-scenarios bench-scale bench-scale-ci soak lint fuzz fuzz-ci generate clean
+.PHONY: all build test test-deps test-integration test-kubernetes test-faults bench bench-scenarios bench-scale bench-scale-ci soak lint fuzz fuzz-ci generate clean
 
 all: build
 
@@ -76,14 +78,21 @@ test: test-deps
 	@$(MAKE) --no-print-directory bench-scale-ci
 	@$(MAKE) --no-print-directory test-faults
 
-# test-integration runs the tests of each module under integration/ (the
-# AWS Encryption SDK for Go against a keybroker central process, in
-# integration/awsesdk), each in its own directory with its own go.mod.
+# test-integration runs the tests of each module under integration/, each
+# in its own directory with its own go.mod: the AWS Encryption SDK for Go
+# against a keybroker central and edge (integration/awsesdk), and the
+# apiserver's EncryptionConfiguration loader and KMS v2 envelope code
+# against a real `keybroker kms-plugin` in front of real central and edge
+# processes (integration/kubernetes: about a minute once built; the first
+# build of the apiserver's dependencies takes several).
 test-integration:
 	@set -e; for mod in $(INTEGRATION); do \
 		echo "test-integration: $$mod"; \
-		(cd $$mod && $(GO) test -race -timeout $(TESTTIMEOUT) ./...); \
+		(cd $$mod && $(GO) test -race -count=1 -timeout $(TESTTIMEOUT) ./...); \
 	done
+
+test-kubernetes:
+	@$(MAKE) --no-print-directory test-integration INTEGRATION=integration/kubernetes
 
 # test-faults runs the fault-injection suite (TestFault* in tests/e2e, on the
 # real-process implementation of tests/framework) and prints the line each

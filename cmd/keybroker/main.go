@@ -21,6 +21,7 @@
 //	keybroker edge --config edge.yaml
 //	keybroker dev [--data DIR] [--port N] [--backend URI]   a whole local cluster, no set-up
 //	keybroker root create KEY-URI --algorithm ALG
+//	keybroker kms-plugin --listen SOCKET --key KEY --addr EDGE   the Kubernetes KMS v2 plugin
 //	keybroker ca init --trust-domain TD --dir DIR [--key KEY-URI]
 //	keybroker cert issue|renew|show
 //
@@ -266,7 +267,7 @@ func newRootCmd(e *env) *cobra.Command {
 		a.benchCmd(),
 		a.versionCmd(),
 	)
-	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newDevCmd(e), newRootKeyCmd(e))
+	root.AddCommand(newCentralCmd(e), newEdgeCmd(e), newDevCmd(e), newRootKeyCmd(e), newKMSPluginCmd(e))
 	root.AddCommand(newCACmd(e), newCertCmd(e))
 	suggestSubcommands(root)
 	// Server commands, one line each. They take the streams and environment

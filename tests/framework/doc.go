@@ -7,8 +7,10 @@
 // It lives under tests/ because it is for tests only: it builds the
 // keybroker binary, writes certificates and keys in the test's temporary
 // directory, and fails the test instead of returning errors. Nothing
-// outside tests/ imports it. (Users' own integration tests use package
-// keybrokertest, which is public and stable; this package is neither.)
+// outside tests/ imports it but integration/kubernetes, a test module of
+// its own that starts `keybroker kms-plugin` with StartNode. (Users' own
+// integration tests use package keybrokertest, which is public and
+// stable; this package is neither.)
 //
 // # Two implementations
 //
