@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"math"
 	"strings"
 	"testing"
@@ -8,8 +9,10 @@ import (
 	"google.golang.org/grpc/codes"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
+	"github.com/keybroker/keybroker/broker"
 	"github.com/keybroker/keybroker/envelope"
 	"github.com/keybroker/keybroker/identity"
+	"github.com/keybroker/keybroker/managed"
 	"github.com/keybroker/keybroker/sealed"
 )
 
@@ -329,5 +332,42 @@ func TestAcknowledgeOnlyFromFollowingEdge(t *testing.T) {
 	}
 	if got := applied(); got != 0 {
 		t.Errorf("removed, acknowledged, enrolled again: applied revision %d, want 0", got)
+	}
+}
+
+// TestResumeAcknowledges: an edge that resumes its Watch from a revision
+// is listed as having applied it, without an Acknowledge call — as after
+// a central restart, when nothing changes for the edge to acknowledge. A
+// revision past the registry's is not resumed: the edge gets a snapshot,
+// and is not listed past the registry.
+func TestResumeAcknowledges(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	if _, err := e.svc.CreateKey(ctx, broker.CreateParams{ID: "k", Type: managed.AES256GCM, Mode: managed.ModeDerive}); err != nil {
+		t.Fatal(err)
+	}
+	e.enroll(t, "edge-1", "eu", nil)
+	edge, _, err := e.register(t, "edge-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := e.svc.Registry().Store().Revision()
+	for _, from := range []uint64{rev, math.MaxUint64} {
+		sctx, cancel := context.WithCancel(ctx)
+		stream, err := edge.sync.Watch(sctx, &kbv1.WatchRequest{FromRevision: from})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("resuming from %d: %v", from, err)
+		}
+		if snap := ev.GetSnapshot() != nil; snap != (from > rev) {
+			t.Errorf("resuming from %d: first event %T, want a snapshot only past the registry's revision %d", from, ev.GetEvent(), rev)
+		}
+		if got := e.nodes(t)["edge-1"].GetAppliedRevision(); got != rev {
+			t.Errorf("resumed from %d: applied revision %d, want %d", from, got, rev)
+		}
+		cancel()
 	}
 }

@@ -107,7 +107,9 @@ func (w *watcher) run(ctx context.Context, from uint64, chunked bool) error {
 	var feed *store.Watcher
 	var err error
 	resumed := false
-	if from > 0 {
+	// A revision past the registry's is not one this tier made (a replica
+	// kept across a registry that was recreated): the edge gets a snapshot.
+	if from > 0 && from <= st.Revision() {
 		feed, err = st.Watch(ctx, from)
 		if err != nil && !errors.Is(err, store.ErrCompacted) {
 			return w.s.toStatus(err).Err()
@@ -127,6 +129,14 @@ func (w *watcher) run(ctx context.Context, from uint64, chunked bool) error {
 	// before connect is seen here).
 	if err := w.loadNode(ctx); err != nil {
 		return err
+	}
+	if resumed {
+		// Asking to resume from a revision says the edge has applied it:
+		// that is its acknowledgement on this stream. The edge itself
+		// acknowledges only revisions it applies next, so an edge that
+		// resumed at a restarted central — which knew nothing of it — with
+		// no change since was listed behind until the next change.
+		w.s.live.ack(w.id, from, st.Revision())
 	}
 	if !resumed {
 		if from, err = w.snapshot(ctx, chunked); err != nil {
