@@ -193,6 +193,28 @@ func TestPlugin(t *testing.T) {
 		}
 	})
 
+	t.Run("StatusCostsNoBackendCall", func(t *testing.T) {
+		p := startPlugin(t, edgeClient(t, kb.EdgeAddr("us")), kmsplugin.Config{Key: "k8s-ops"})
+		status2(t, p) // the client's connections made, the key read once
+		roots := kb.Dev().Central.Service().Roots()
+		calls := func() uint64 {
+			var n uint64
+			for _, c := range roots.Calls() {
+				n += c
+			}
+			return n
+		}
+		before := calls()
+		for range 50 {
+			if st := status2(t, p); st.Healthz != "ok" {
+				t.Fatalf("Status = %+v", st)
+			}
+		}
+		if after := calls(); after != before {
+			t.Errorf("50 Status calls made %d calls to the roots of trust, want none", after-before)
+		}
+	})
+
 	t.Run("Rotation", func(t *testing.T) {
 		p := startPlugin(t, edgeClient(t, kb.EdgeAddr("us")), kmsplugin.Config{Key: "k8s-rotate"})
 		before := status2(t, p)
