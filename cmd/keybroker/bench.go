@@ -546,15 +546,22 @@ type benchRun struct {
 	payload []byte
 }
 
-// newWorker makes worker w's Op: its calls follow the weights of ops, in
-// a fixed order that each worker starts at a different place of.
+// newWorker makes worker w's Op over gRPC, on one of the connections.
 func (b *benchRun) newWorker(ctx context.Context, w int, ops []weightedOp, calls map[string]uint64) (loadgen.Op, error) {
 	conn := b.conns[w%len(b.conns)]
 	kb := kbv1.NewKeyBrokerClient(conn)
+	return b.weighted(w, ops, calls, func(op weightedOp) (loadgen.Op, error) { return b.call(ctx, conn, kb, op) })
+}
+
+// weighted is worker w's Op over the calls newCall makes of ops (gRPC's
+// or the AWS KMS API's): they follow the weights of ops, in a fixed order
+// that each worker starts at a different place of; each is counted in
+// calls and bounded by --timeout.
+func (b *benchRun) weighted(w int, ops []weightedOp, calls map[string]uint64, newCall func(weightedOp) (loadgen.Op, error)) (loadgen.Op, error) {
 	var schedule []loadgen.Op
 	var names []string
 	for _, op := range ops {
-		call, err := b.call(ctx, conn, kb, op)
+		call, err := newCall(op)
 		if err != nil {
 			return nil, err
 		}

@@ -346,31 +346,7 @@ func (b *benchRun) awsCall(ctx context.Context, client awsKMS, op weightedOp) (l
 
 // newAWSWorker is newWorker through the AWS KMS API.
 func (b *benchRun) newAWSWorker(ctx context.Context, client awsKMS, w int, ops []weightedOp, calls map[string]uint64) (loadgen.Op, error) {
-	var schedule []loadgen.Op
-	var names []string
-	for _, op := range ops {
-		call, err := b.awsCall(ctx, client, op)
-		if err != nil {
-			return nil, err
-		}
-		for range op.Weight {
-			schedule = append(schedule, call)
-			names = append(names, op.Name)
-		}
-	}
-	i := w
-	timeout := b.s.timeout
-	return func(ctx context.Context) error {
-		n := i % len(schedule)
-		i++
-		calls[names[n]]++
-		if timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
-		}
-		return schedule[n](ctx)
-	}, nil
+	return b.weighted(w, ops, calls, func(op weightedOp) (loadgen.Op, error) { return b.awsCall(ctx, client, op) })
 }
 
 // awsJSONResult is --protocol awsjson's --output json: the AWS path's
