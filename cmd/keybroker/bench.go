@@ -396,15 +396,11 @@ func (a *app) bench(cmd *cobra.Command, f *benchFlags) error {
 		return err
 	}
 	defer s.close()
-	conns := []*grpc.ClientConn{s.conn}
-	for range f.conns - 1 {
-		c, err := dialBroker(s.addr, s.id, s.serverName, s.watch)
-		if err != nil {
-			return usageErrorf("--addr %q: %v", s.addr, err)
-		}
-		defer c.Close()
-		conns = append(conns, c)
+	conns, closeConns, err := benchConns(s, f.conns)
+	if err != nil {
+		return err
 	}
+	defer closeConns()
 	ctx := cmd.Context()
 	b := &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
 	out := benchJSON{Target: s.addr, Ops: ops, Size: int(f.size), Workers: f.workers, Connections: f.conns, Warmup: f.warmup.Seconds()}
@@ -536,6 +532,26 @@ func describeLoad(f *benchFlags) string {
 		d += " after a " + f.warmup.String() + " warm-up"
 	}
 	return d
+}
+
+// benchConns is s's connection and n-1 more to its address (--conns);
+// closeConns closes the ones it dialled, s closes its own.
+func benchConns(s *session, n int) (conns []*grpc.ClientConn, closeConns func(), err error) {
+	conns = []*grpc.ClientConn{s.conn}
+	closeConns = func() {
+		for _, c := range conns[1:] {
+			_ = c.Close()
+		}
+	}
+	for range n - 1 {
+		c, err := dialBroker(s.addr, s.id, s.serverName, s.watch)
+		if err != nil {
+			closeConns()
+			return nil, nil, usageErrorf("--addr %q: %v", s.addr, err)
+		}
+		conns = append(conns, c)
+	}
+	return conns, closeConns, nil
 }
 
 // benchRun holds what the workers share.

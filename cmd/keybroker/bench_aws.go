@@ -31,7 +31,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -386,15 +385,11 @@ func (a *app) benchAWSJSON(cmd *cobra.Command, f *benchFlags, ops []weightedOp) 
 	}
 	defer s.close()
 	ctx := cmd.Context()
-	conns := []*grpc.ClientConn{s.conn}
-	for range f.conns - 1 {
-		c, err := dialBroker(s.addr, s.id, s.serverName, s.watch)
-		if err != nil {
-			return usageErrorf("--addr %q: %v", s.addr, err)
-		}
-		defer c.Close()
-		conns = append(conns, c)
+	conns, closeConns, err := benchConns(s, f.conns)
+	if err != nil {
+		return err
 	}
+	defer closeConns()
 	b := &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
 	var client awsKMS = t.kmsClient()
 	if f.awsClient == awsClientSigner {
