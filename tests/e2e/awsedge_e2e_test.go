@@ -122,25 +122,11 @@ func TestAWSAtAnEdge(t *testing.T) {
 		post := framework.XKSPoster(t, hc, "https://"+edgeXKS+"/kb/xks", scoped)
 		md := map[string]any{"kmsRequestId": "edge-1", "kmsOperation": "Encrypt", "awsPrincipalArn": "arn:aws:iam::111122223333:root",
 			"kmsKeyArn": "arn:aws:kms:eu-west-1:111122223333:key/x"}
-		code, enc := post("/kms/xks/v1/keys/placed/encrypt", map[string]any{"requestMetadata": md, "plaintext": []byte("xks at the edge"),
-			"encryptionAlgorithm": "AES_GCM", "additionalAuthenticatedData": []byte("aad")})
-		if code != 200 {
-			t.Fatalf("encrypt = %d %v", code, enc)
-		}
-		code, dec := post("/kms/xks/v1/keys/placed/decrypt", map[string]any{"requestMetadata": md, "encryptionAlgorithm": "AES_GCM",
-			"ciphertext": enc["ciphertext"], "initializationVector": enc["initializationVector"], "authenticationTag": enc["authenticationTag"],
-			"ciphertextMetadata": enc["ciphertextMetadata"], "additionalAuthenticatedData": []byte("aad")})
-		if code != 200 || dec["plaintext"] != "eGtzIGF0IHRoZSBlZGdl" {
-			t.Fatalf("decrypt = %d %v", code, dec)
-		}
+		xksRoundTrip(t, post, md, "placed", "xks at the edge")
 		if n := relayed("placed", "client/app"); n != 0 {
 			t.Errorf("the central tier audited %d XKS calls on the placed key; want none (served at the edge)", n)
 		}
-		code, h := post("/kms/xks/v1/health", map[string]any{"requestMetadata": map[string]any{"kmsRequestId": "edge-h", "kmsOperation": "KmsHealthCheck"}})
-		fleet, _ := h["ekmFleetDetails"].([]any)
-		if code != 200 || len(fleet) != 1 || fleet[0].(map[string]any)["healthStatus"] != "ACTIVE" {
-			t.Errorf("health = %d %v", code, h)
-		}
+		xksHealthy(t, post, "edge-h")
 	})
 
 	// Revocation: the edge keeps a signing key at most 30 s, then asks
