@@ -388,21 +388,12 @@ func (a *app) bench(cmd *cobra.Command, f *benchFlags) error {
 	if err := f.check(ops); err != nil {
 		return err
 	}
-	for i := range ops {
-		ops[i].Key = f.keyFor(ops[i].Name)
-	}
-	s, err := a.connect(cmd)
+	b, closeRun, err := a.startBench(cmd, f, ops)
 	if err != nil {
 		return err
 	}
-	defer s.close()
-	conns, closeConns, err := benchConns(s, f.conns)
-	if err != nil {
-		return err
-	}
-	defer closeConns()
-	ctx := cmd.Context()
-	b := &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
+	defer closeRun()
+	s, ctx := b.s, cmd.Context()
 	out := benchJSON{Target: s.addr, Ops: ops, Size: int(f.size), Workers: f.workers, Connections: f.conns, Warmup: f.warmup.Seconds()}
 	if slices.ContainsFunc(ops, func(o weightedOp) bool { return strings.HasPrefix(o.Name, "batch") }) {
 		out.Batch = f.batch
@@ -532,6 +523,26 @@ func describeLoad(f *benchFlags) string {
 		d += " after a " + f.warmup.String() + " warm-up"
 	}
 	return d
+}
+
+// startBench is the gRPC side of a bench run: it gives each op its key
+// (keyFor), connects to --addr with --connections connections and makes
+// the payload; closeRun closes the connections.
+func (a *app) startBench(cmd *cobra.Command, f *benchFlags, ops []weightedOp) (b *benchRun, closeRun func(), err error) {
+	for i := range ops {
+		ops[i].Key = f.keyFor(ops[i].Name)
+	}
+	s, err := a.connect(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	conns, closeConns, err := benchConns(s, f.conns)
+	if err != nil {
+		s.close()
+		return nil, nil, err
+	}
+	b = &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
+	return b, func() { closeConns(); s.close() }, nil
 }
 
 // benchConns is s's connection and n-1 more to its address (--conns);

@@ -399,21 +399,12 @@ func (a *app) benchAWSJSON(cmd *cobra.Command, f *benchFlags, ops []weightedOp) 
 	if err != nil {
 		return err
 	}
-	for i := range ops {
-		ops[i].Key = f.keyFor(ops[i].Name)
-	}
-	s, err := a.connect(cmd)
+	b, closeRun, err := a.startBench(cmd, f, ops)
 	if err != nil {
 		return err
 	}
-	defer s.close()
-	ctx := cmd.Context()
-	conns, closeConns, err := benchConns(s, f.conns)
-	if err != nil {
-		return err
-	}
-	defer closeConns()
-	b := &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
+	defer closeRun()
+	s, ctx := b.s, cmd.Context()
 	var client awsKMS = t.kmsClient()
 	if f.awsClient == awsClientSigner {
 		client = &signerKMS{t: t, signer: v4.NewSigner()}
