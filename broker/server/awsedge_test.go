@@ -31,13 +31,10 @@ import (
 func TestEdgeScopedAccessKeys(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := asOps(t, e)
-	ops.createKey("demo", kbv1.KeyType_KEY_TYPE_AES_256_GCM, map[string]string{"app": "billing"})
-	scoped := ops.accessKey("client/billing", "edge-us")
+	ops, scoped, plain := edgeKeys(t, e)
 	if got := scoped.GetEdges(); len(got) != 1 || got[0] != "edge-us" {
 		t.Errorf("CreateAccessKey's edges = %q, want [edge-us]", got)
 	}
-	plain := ops.accessKey("client/billing")
 	if _, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "admin/ops", Edges: []string{"edge-us"}}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("an edge-scoped admin key: %v, want InvalidArgument", err)
 	}
@@ -145,10 +142,7 @@ func TestEdgeScopedAccessKeys(t *testing.T) {
 func TestForwardAWS(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := asOps(t, e)
-	ops.createKey("demo", kbv1.KeyType_KEY_TYPE_AES_256_GCM, map[string]string{"app": "billing"})
-	scoped := ops.accessKey("client/billing", "edge-us")
-	plain := ops.accessKey("client/billing")
+	ops, scoped, plain := edgeKeys(t, e)
 	front := newAWSFront(t, e).(*awsjson.Server)
 	creds := awsjson.NewCached(e.svc, 100)
 	defer creds.Close()
@@ -234,6 +228,15 @@ func TestForwardAWS(t *testing.T) {
 			t.Errorf("URI %q: %v, want InvalidArgument", uri, err)
 		}
 	}
+}
+
+// edgeKeys makes key demo (app=billing) and two access keys of
+// client/billing: scoped to edge-us, and to no edge.
+func edgeKeys(t *testing.T, e *testEnv) (ops opsAdmin, scoped, plain *kbv1.AccessKey) {
+	t.Helper()
+	ops = asOps(t, e)
+	ops.createKey("demo", kbv1.KeyType_KEY_TYPE_AES_256_GCM, map[string]string{"app": "billing"})
+	return ops, ops.accessKey("client/billing", "edge-us"), ops.accessKey("client/billing")
 }
 
 // relayOf is what an edge relays of r.
