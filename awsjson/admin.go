@@ -89,10 +89,6 @@ type createKeyRequest struct {
 	Tags                           []tag   `json:"Tags"`
 }
 
-type keyMetadataResponse struct {
-	KeyMetadata keyMetadata `json:"KeyMetadata"`
-}
-
 // keySpecs are the AWS key specs keybroker has a key type for, with the
 // one key usage each allows.
 var keySpecs = map[string]struct {
@@ -160,10 +156,6 @@ func (s *Server) createKey(ctx context.Context, caller pipeline.Caller, in *crea
 		return nil, err
 	}
 	return keyMetadataResponse{KeyMetadata: s.metadata(k)}, nil
-}
-
-type keyRequest struct {
-	KeyID string `json:"KeyId"`
 }
 
 type keyIDResponse struct {

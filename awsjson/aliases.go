@@ -81,26 +81,19 @@ type aliasRequest struct {
 // createAlias gives a named alias to a key: authorized as UpdateKey on it.
 // AliasName taken is AlreadyExistsException.
 func (s *Server) createAlias(ctx context.Context, caller pipeline.Caller, in *aliasRequest) (any, error) {
-	name, err := newAliasName(in.AliasName)
-	if err != nil {
-		return nil, err
-	}
-	if in.TargetKeyID == "" {
-		return nil, validation("TargetKeyId is required")
-	}
-	id, err := s.targetKey(ctx, in.TargetKeyID)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := s.cfg.Pipeline.CreateAlias(ctx, caller, name, id); err != nil {
-		return nil, err
-	}
-	return empty{}, nil
+	return s.pointAlias(ctx, caller, in, s.cfg.Pipeline.CreateAlias)
 }
 
 // updateAlias points a named alias at another key of the same type:
 // authorized as UpdateKey on both.
 func (s *Server) updateAlias(ctx context.Context, caller pipeline.Caller, in *aliasRequest) (any, error) {
+	return s.pointAlias(ctx, caller, in, s.cfg.Pipeline.UpdateAlias)
+}
+
+// pointAlias is CreateAlias and UpdateAlias: it resolves the request's
+// alias name and target key, then has point (the pipeline's) name the key.
+func (s *Server) pointAlias(ctx context.Context, caller pipeline.Caller, in *aliasRequest,
+	point func(ctx context.Context, caller pipeline.Caller, name, keyID string) (*managed.Key, error)) (any, error) {
 	name, err := newAliasName(in.AliasName)
 	if err != nil {
 		return nil, err
@@ -112,7 +105,7 @@ func (s *Server) updateAlias(ctx context.Context, caller pipeline.Caller, in *al
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.cfg.Pipeline.UpdateAlias(ctx, caller, name, id); err != nil {
+	if _, err := point(ctx, caller, name, id); err != nil {
 		return nil, err
 	}
 	return empty{}, nil

@@ -25,7 +25,7 @@ func FuzzRequest(f *testing.F) {
 				t.Fatalf("keyID(%q) = %q, which is not a key id", name, id)
 			}
 		}
-		for _, v := range []any{&encryptRequest{}, &decryptRequest{}, &reEncryptRequest{}, &generateDataKeyRequest{}, &generateRandomRequest{}, &describeKeyRequest{}, &signRequest{}, &macRequest{}, &listKeysRequest{}} {
+		for _, v := range []any{&encryptRequest{}, &decryptRequest{}, &reEncryptRequest{}, &generateDataKeyRequest{}, &generateRandomRequest{}, &keyRequest{}, &signRequest{}, &macRequest{}, &listKeysRequest{}} {
 			if err := decode(body, v); err != nil && !errors.As(err, &e) {
 				t.Fatalf("decode: %v is not an AWS error", err)
 			}

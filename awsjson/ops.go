@@ -209,7 +209,9 @@ func (s *Server) generateRandom(ctx context.Context, caller pipeline.Caller, in 
 	return generateRandomResponse{Plaintext: b}, nil
 }
 
-type describeKeyRequest struct {
+// keyRequest is a request naming one key and nothing else (DescribeKey,
+// GetPublicKey, EnableKey, DisableKey, CancelKeyDeletion).
+type keyRequest struct {
 	KeyID string `json:"KeyId"`
 }
 
@@ -232,11 +234,12 @@ type keyMetadata struct {
 	MacAlgorithms         []string `json:"MacAlgorithms,omitempty"`
 }
 
-type describeKeyResponse struct {
+// keyMetadataResponse is the answer of DescribeKey and CreateKey.
+type keyMetadataResponse struct {
 	KeyMetadata keyMetadata `json:"KeyMetadata"`
 }
 
-func (s *Server) describeKey(ctx context.Context, caller pipeline.Caller, in *describeKeyRequest) (any, error) {
+func (s *Server) describeKey(ctx context.Context, caller pipeline.Caller, in *keyRequest) (any, error) {
 	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err
@@ -245,7 +248,7 @@ func (s *Server) describeKey(ctx context.Context, caller pipeline.Caller, in *de
 	if err != nil {
 		return nil, err
 	}
-	return describeKeyResponse{KeyMetadata: s.metadata(k)}, nil
+	return keyMetadataResponse{KeyMetadata: s.metadata(k)}, nil
 }
 
 // metadata is a key as AWS's KeyMetadata describes one.

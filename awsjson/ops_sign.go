@@ -127,7 +127,7 @@ type getPublicKeyResponse struct {
 	SigningAlgorithms []string `json:"SigningAlgorithms"`
 }
 
-func (s *Server) getPublicKey(ctx context.Context, caller pipeline.Caller, in *describeKeyRequest) (any, error) {
+func (s *Server) getPublicKey(ctx context.Context, caller pipeline.Caller, in *keyRequest) (any, error) {
 	id, err := s.resolveKey(ctx, in.KeyID)
 	if err != nil {
 		return nil, err

@@ -57,6 +57,20 @@ func (r *Registry) aliasTarget(ctx context.Context, name string) (string, uint64
 	return rec.Key, o.Revision, nil
 }
 
+// aliasNaming is the revision of alias name's record, which must name key
+// id (the key the caller was authorized on): ErrConflict when it names
+// another key now.
+func (r *Registry) aliasNaming(ctx context.Context, name, id string) (uint64, error) {
+	target, rev, err := r.aliasTarget(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	if target != id {
+		return 0, managed.Errorf(managed.ErrConflict, "alias/%s names key %q now, not %q", name, target, id)
+	}
+	return rev, nil
+}
+
 // AliasTarget is the id of the key alias name (without alias/) names;
 // managed.ErrNotFound when it names none. Answers are remembered until
 // the feed (or a change made here) reports a change of the alias, so
@@ -231,12 +245,9 @@ func (s *Service) reclaimAlias(ctx context.Context, name, id string) (uint64, er
 // It returns the key as it is left.
 func (s *Service) DeleteAlias(ctx context.Context, name, id string) (*managed.Key, error) {
 	defer s.reg.aliases.forget(name)
-	target, rev, err := s.reg.aliasTarget(ctx, name)
+	rev, err := s.reg.aliasNaming(ctx, name, id)
 	if err != nil {
 		return nil, err
-	}
-	if target != id {
-		return nil, managed.Errorf(managed.ErrConflict, "alias/%s names key %q now, not %q", name, target, id)
 	}
 	k, err := s.reg.Update(ctx, id, 0, removeAlias(name))
 	if err != nil && !errors.Is(err, managed.ErrNotFound) {
@@ -258,12 +269,9 @@ func (s *Service) DeleteAlias(ctx context.Context, name, id string) (*managed.Ke
 // It returns key to as it is left.
 func (s *Service) UpdateAlias(ctx context.Context, name, from, to string) (*managed.Key, error) {
 	defer s.reg.aliases.forget(name)
-	target, rev, err := s.reg.aliasTarget(ctx, name)
+	rev, err := s.reg.aliasNaming(ctx, name, from)
 	if err != nil {
 		return nil, err
-	}
-	if target != from {
-		return nil, managed.Errorf(managed.ErrConflict, "alias/%s names key %q now, not %q", name, target, from)
 	}
 	dst, err := s.reg.Get(ctx, to)
 	if err != nil {

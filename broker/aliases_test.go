@@ -107,17 +107,9 @@ func TestAliases(t *testing.T) {
 // two keys at once, round after round: exactly one wins each time, the
 // other hears AlreadyExists, and only the winner's key lists it.
 func TestAliasOnceAcrossCentrals(t *testing.T) {
-	e := newEnv(t)
-	etcd := etcdtest.Start(t, 1)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	a, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/aliases/")
-	b, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/aliases/")
-	for _, id := range []string{"ka", "kb"} {
-		if _, err := a.CreateKey(ctx, CreateParams{ID: id, Type: managed.AES256GCM, Mode: managed.ModeDerive}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a, b := twoCentrals(t, ctx, newEnv(t), "/aliases/", "ka", "kb")
 	for i := range 20 {
 		name := fmt.Sprintf("contended-%d", i)
 		var wg sync.WaitGroup
@@ -162,17 +154,9 @@ func TestAliasOnceAcrossCentrals(t *testing.T) {
 // feed reports another central's change: a created alias it had looked up
 // as absent, a move, a removal — each answered afresh once followed.
 func TestAliasLookupsFollowTheFeed(t *testing.T) {
-	e := newEnv(t)
-	etcd := etcdtest.Start(t, 1)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	a, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/memo/")
-	b, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/memo/")
-	for _, id := range []string{"k1", "k2"} {
-		if _, err := a.CreateKey(ctx, CreateParams{ID: id, Type: managed.AES256GCM, Mode: managed.ModeDerive}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a, b := twoCentrals(t, ctx, newEnv(t), "/memo/", "k1", "k2")
 	// atB is what b answers once it has followed a's last change (k, or
 	// the store's revision).
 	atB := func(name string) string {

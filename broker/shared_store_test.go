@@ -22,12 +22,9 @@ import (
 // at the first is refused at the second; a deletion at either is gone at
 // both — each seen through the feed, with no call between the nodes.
 func TestTwoCentralsShareOneEtcd(t *testing.T) {
-	e := newEnv(t)
-	etcd := etcdtest.Start(t, 1)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	a, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/shared/")
-	b, _ := centralOnEtcd(t, ctx, e, etcd.Endpoints(), "/shared/")
+	a, b := twoCentrals(t, ctx, newEnv(t), "/shared/")
 	// seen waits until svc has applied the change that made k.
 	seen := func(svc *Service, k *managed.Key) {
 		t.Helper()
@@ -125,6 +122,22 @@ func centralOnEtcd(t *testing.T, ctx context.Context, e *env, endpoints []string
 	go func() { defer close(done); svc.Registry().Follow(fctx) }()
 	t.Cleanup(func() { stop(); <-done; st.Close() })
 	return svc, st
+}
+
+// twoCentrals is two services on one prefix of a new etcd member, each
+// following the store's feed until ctx ends (centralOnEtcd), with a
+// derive-mode AES-256-GCM key of each of ids made at a.
+func twoCentrals(t *testing.T, ctx context.Context, e *env, prefix string, ids ...string) (a, b *Service) {
+	t.Helper()
+	etcd := etcdtest.Start(t, 1)
+	a, _ = centralOnEtcd(t, ctx, e, etcd.Endpoints(), prefix)
+	b, _ = centralOnEtcd(t, ctx, e, etcd.Endpoints(), prefix)
+	for _, id := range ids {
+		if _, err := a.CreateKey(ctx, CreateParams{ID: id, Type: managed.AES256GCM, Mode: managed.ModeDerive}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a, b
 }
 
 // TestSweepOnceAcrossLeaders: with two centrals on one etcd, a due rotation

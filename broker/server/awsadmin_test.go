@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"net/http/httptest"
 	"regexp"
 	"testing"
 	"time"
@@ -32,18 +31,8 @@ import (
 func TestAWSJSONKeyAdminWithTheSDK(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
-	hs := httptest.NewServer(newAWSFront(t, e))
-	defer hs.Close()
-	clientAs := func(principal string) *kms.Client {
-		t.Helper()
-		k, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: principal})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return kmsClient(hs.URL, k)
-	}
-	admin := clientAs("admin/ops")
+	ops, url := asOps(t, e), serveAWS(t, e)
+	admin := ops.clientAs(url, "admin/ops")
 
 	created, err := admin.CreateKey(ctx, &kms.CreateKeyInput{Description: aws.String("made by the AWS SDK"),
 		Tags: []types.Tag{{TagKey: aws.String("app"), TagValue: aws.String("billing")}, {TagKey: aws.String("env"), TagValue: aws.String("dev")}}})
@@ -121,7 +110,7 @@ func TestAWSJSONKeyAdminWithTheSDK(t *testing.T) {
 	if _, err := admin.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(id)}); err != nil {
 		t.Fatal(err)
 	}
-	billing := clientAs("client/billing")
+	billing := ops.clientAs(url, "client/billing")
 	var disabled *types.DisabledException
 	if _, err := billing.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String(id), Plaintext: []byte("x")}); !errors.As(err, &disabled) {
 		t.Errorf("Encrypt after DisableKey: %v, want DisabledException", err)
@@ -193,22 +182,9 @@ func TestAWSJSONKeyAdminWithTheSDK(t *testing.T) {
 func TestAWSJSONKeyAdminErrors(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
-	if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "team-a-key", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE,
-		Labels: map[string]string{"team": "a"}}); err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(newAWSFront(t, e))
-	defer hs.Close()
-	clientAs := func(principal string) *kms.Client {
-		t.Helper()
-		k, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: principal})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return kmsClient(hs.URL, k)
-	}
-	admin, teamA, reader := clientAs("admin/ops"), clientAs("admin/team-a"), clientAs("client/reader")
+	ops, url := asOps(t, e), serveAWS(t, e)
+	ops.createKey("team-a-key", kbv1.KeyType_KEY_TYPE_AES_256_GCM, map[string]string{"team": "a"})
+	admin, teamA, reader := ops.clientAs(url, "admin/ops"), ops.clientAs(url, "admin/team-a"), ops.clientAs(url, "client/reader")
 	tags := func(kv ...string) []types.Tag {
 		var out []types.Tag
 		for i := 0; i < len(kv); i += 2 {
@@ -222,82 +198,49 @@ func TestAWSJSONKeyAdminErrors(t *testing.T) {
 		call func() error
 		want string
 	}{
-		{"a client creates a key", func() error { _, err := reader.CreateKey(ctx, &kms.CreateKeyInput{}); return err }, "AccessDeniedException"},
-		{"team-a creates another team's key", func() error {
-			_, err := teamA.CreateKey(ctx, &kms.CreateKeyInput{Tags: tags("team", "b")})
-			return err
-		}, "AccessDeniedException"},
+		{"a client creates a key", func() error { return errOf(reader.CreateKey(ctx, &kms.CreateKeyInput{})) }, "AccessDeniedException"},
+		{"team-a creates another team's key", func() error { return errOf(teamA.CreateKey(ctx, &kms.CreateKeyInput{Tags: tags("team", "b")})) }, "AccessDeniedException"},
 		{"team-a untags its key out of its reach", func() error {
-			_, err := teamA.UntagResource(ctx, &kms.UntagResourceInput{KeyId: aws.String("team-a-key"), TagKeys: []string{"team"}})
-			return err
+			return errOf(teamA.UntagResource(ctx, &kms.UntagResourceInput{KeyId: aws.String("team-a-key"), TagKeys: []string{"team"}}))
 		}, "AccessDeniedException"},
 		{"team-a relabels its key to team b", func() error {
-			_, err := teamA.TagResource(ctx, &kms.TagResourceInput{KeyId: aws.String("team-a-key"), Tags: tags("team", "b")})
-			return err
+			return errOf(teamA.TagResource(ctx, &kms.TagResourceInput{KeyId: aws.String("team-a-key"), Tags: tags("team", "b")}))
 		}, "AccessDeniedException"},
 		{"a client disables a key", func() error {
-			_, err := reader.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String("team-a-key")})
-			return err
+			return errOf(reader.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String("team-a-key")}))
 		}, "AccessDeniedException"},
-		{"an unknown key", func() error {
-			_, err := admin.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String("nope")})
-			return err
-		}, "NotFoundException"},
+		{"an unknown key", func() error { return errOf(admin.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String("nope")})) }, "NotFoundException"},
 		{"an unknown key's tags", func() error {
-			_, err := admin.ListResourceTags(ctx, &kms.ListResourceTagsInput{KeyId: aws.String("alias/nope")})
-			return err
+			return errOf(admin.ListResourceTags(ctx, &kms.ListResourceTagsInput{KeyId: aws.String("alias/nope")}))
 		}, "NotFoundException"},
 		{"a window of 6 days", func() error {
-			_, err := admin.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{KeyId: aws.String("team-a-key"), PendingWindowInDays: aws.Int32(6)})
-			return err
+			return errOf(admin.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{KeyId: aws.String("team-a-key"), PendingWindowInDays: aws.Int32(6)}))
 		}, "ValidationException"},
 		{"a window of 31 days", func() error {
-			_, err := admin.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{KeyId: aws.String("team-a-key"), PendingWindowInDays: aws.Int32(31)})
-			return err
+			return errOf(admin.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{KeyId: aws.String("team-a-key"), PendingWindowInDays: aws.Int32(31)}))
 		}, "ValidationException"},
 		{"cancelling what is not pending", func() error {
-			_, err := admin.CancelKeyDeletion(ctx, &kms.CancelKeyDeletionInput{KeyId: aws.String("team-a-key")})
-			return err
+			return errOf(admin.CancelKeyDeletion(ctx, &kms.CancelKeyDeletionInput{KeyId: aws.String("team-a-key")}))
 		}, "KMSInvalidStateException"},
-		{"a tag key of 129 characters", func() error {
-			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{Tags: tags(long(129), "v")})
-			return err
-		}, "TagException"},
+		{"a tag key of 129 characters", func() error { return errOf(admin.CreateKey(ctx, &kms.CreateKeyInput{Tags: tags(long(129), "v")})) }, "TagException"},
 		{"a tag value of 257 characters", func() error {
-			_, err := admin.TagResource(ctx, &kms.TagResourceInput{KeyId: aws.String("team-a-key"), Tags: tags("k", long(257))})
-			return err
+			return errOf(admin.TagResource(ctx, &kms.TagResourceInput{KeyId: aws.String("team-a-key"), Tags: tags("k", long(257))}))
 		}, "TagException"},
-		{"a tag that is no label", func() error {
-			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{Tags: tags("cost center", "1")})
-			return err
-		}, "TagException"},
+		{"a tag that is no label", func() error { return errOf(admin.CreateKey(ctx, &kms.CreateKeyInput{Tags: tags("cost center", "1")})) }, "TagException"},
 		{"no tags", func() error {
-			_, err := admin.TagResource(ctx, &kms.TagResourceInput{KeyId: aws.String("team-a-key"), Tags: []types.Tag{}})
-			return err
+			return errOf(admin.TagResource(ctx, &kms.TagResourceInput{KeyId: aws.String("team-a-key"), Tags: []types.Tag{}}))
 		}, "ValidationException"},
 		{"a usage the spec has not", func() error {
-			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecHmac256, KeyUsage: types.KeyUsageTypeEncryptDecrypt})
-			return err
+			return errOf(admin.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecHmac256, KeyUsage: types.KeyUsageTypeEncryptDecrypt}))
 		}, "ValidationException"},
-		{"RSA", func() error {
-			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecRsa2048})
-			return err
-		}, "UnsupportedOperationException"},
-		{"a key policy", func() error {
-			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{Policy: aws.String("{}")})
-			return err
-		}, "UnsupportedOperationException"},
+		{"RSA", func() error { return errOf(admin.CreateKey(ctx, &kms.CreateKeyInput{KeySpec: types.KeySpecRsa2048})) }, "UnsupportedOperationException"},
+		{"a key policy", func() error { return errOf(admin.CreateKey(ctx, &kms.CreateKeyInput{Policy: aws.String("{}")})) }, "UnsupportedOperationException"},
 		{"imported material", func() error {
-			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{Origin: types.OriginTypeExternal})
-			return err
+			return errOf(admin.CreateKey(ctx, &kms.CreateKeyInput{Origin: types.OriginTypeExternal}))
 		}, "UnsupportedOperationException"},
-		{"a multi-Region key", func() error {
-			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{MultiRegion: aws.Bool(true)})
-			return err
-		}, "UnsupportedOperationException"},
+		{"a multi-Region key", func() error { return errOf(admin.CreateKey(ctx, &kms.CreateKeyInput{MultiRegion: aws.Bool(true)})) }, "UnsupportedOperationException"},
 		{"a custom key store", func() error {
-			_, err := admin.CreateKey(ctx, &kms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1")})
-			return err
+			return errOf(admin.CreateKey(ctx, &kms.CreateKeyInput{CustomKeyStoreId: aws.String("cks-1")}))
 		}, "UnsupportedOperationException"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -329,34 +272,14 @@ func TestAWSJSONKeyAdminErrors(t *testing.T) {
 func TestAWSJSONAliasesWithTheSDK(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	ops, url := asOps(t, e), serveAWS(t, e)
 	for id, labels := range map[string]map[string]string{"k1": {"app": "billing"}, "k2": {"app": "billing"}, "team-a-key": {"team": "a"}} {
-		if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: labels}); err != nil {
-			t.Fatal(err)
-		}
+		ops.createKey(id, kbv1.KeyType_KEY_TYPE_AES_256_GCM, labels)
 	}
-	if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "mac", Type: kbv1.KeyType_KEY_TYPE_HMAC_SHA256, Mode: kbv1.KeyMode_KEY_MODE_DERIVE}); err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(newAWSFront(t, e))
-	defer hs.Close()
-	clientAs := func(principal string) *kms.Client {
-		t.Helper()
-		k, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: principal})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return kmsClient(hs.URL, k)
-	}
-	admin, teamA, billing := clientAs("admin/ops"), clientAs("admin/team-a"), clientAs("client/billing")
+	ops.createKey("mac", kbv1.KeyType_KEY_TYPE_HMAC_SHA256, nil)
+	admin, teamA, billing := ops.clientAs(url, "admin/ops"), ops.clientAs(url, "admin/team-a"), ops.clientAs(url, "client/billing")
 	const prefix = "arn:aws:kms:eu-west-1:111122223333:"
-	code := func(err error) string {
-		var ae smithy.APIError
-		if errors.As(err, &ae) {
-			return ae.ErrorCode()
-		}
-		return fmt.Sprint(err)
-	}
+	code := awsErrorCode
 
 	if _, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("k1")}); err != nil {
 		t.Fatal(err)
@@ -388,52 +311,40 @@ func TestAWSJSONAliasesWithTheSDK(t *testing.T) {
 		want string
 	}{
 		{"a taken alias", func() error {
-			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("k2")})
-			return err
+			return errOf(admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("k2")}))
 		}, "AlreadyExistsException"},
 		{"an alias named as a key", func() error {
-			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/k2"), TargetKeyId: aws.String("k1")})
-			return err
+			return errOf(admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/k2"), TargetKeyId: aws.String("k1")}))
 		}, "AlreadyExistsException"},
 		{"an AWS reserved alias", func() error {
-			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/aws/s3"), TargetKeyId: aws.String("k1")})
-			return err
+			return errOf(admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/aws/s3"), TargetKeyId: aws.String("k1")}))
 		}, "InvalidAliasNameException"},
 		{"no alias/ prefix", func() error {
-			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("billing"), TargetKeyId: aws.String("k1")})
-			return err
+			return errOf(admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("billing"), TargetKeyId: aws.String("k1")}))
 		}, "InvalidAliasNameException"},
 		{"a bad alias name", func() error {
-			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/no spaces"), TargetKeyId: aws.String("k1")})
-			return err
+			return errOf(admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/no spaces"), TargetKeyId: aws.String("k1")}))
 		}, "InvalidAliasNameException"},
 		{"an alias as the target", func() error {
-			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/x"), TargetKeyId: aws.String("alias/billing/prod")})
-			return err
+			return errOf(admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/x"), TargetKeyId: aws.String("alias/billing/prod")}))
 		}, "ValidationException"},
 		{"an unknown target", func() error {
-			_, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/x"), TargetKeyId: aws.String("nope")})
-			return err
+			return errOf(admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/x"), TargetKeyId: aws.String("nope")}))
 		}, "NotFoundException"},
 		{"a client creates an alias", func() error {
-			_, err := billing.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/mine"), TargetKeyId: aws.String("team-a-key")})
-			return err
+			return errOf(billing.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/mine"), TargetKeyId: aws.String("team-a-key")}))
 		}, "AccessDeniedException"},
 		{"team-a moves another team's alias to its key", func() error {
-			_, err := teamA.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("team-a-key")})
-			return err
+			return errOf(teamA.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("team-a-key")}))
 		}, "AccessDeniedException"},
 		{"team-a deletes another team's alias", func() error {
-			_, err := teamA.DeleteAlias(ctx, &kms.DeleteAliasInput{AliasName: aws.String("alias/billing/prod")})
-			return err
+			return errOf(teamA.DeleteAlias(ctx, &kms.DeleteAliasInput{AliasName: aws.String("alias/billing/prod")}))
 		}, "AccessDeniedException"},
 		{"an alias moved to a key of another type", func() error {
-			_, err := admin.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("mac")})
-			return err
+			return errOf(admin.UpdateAlias(ctx, &kms.UpdateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("mac")}))
 		}, "KMSInvalidStateException"},
 		{"an unknown alias deleted", func() error {
-			_, err := admin.DeleteAlias(ctx, &kms.DeleteAliasInput{AliasName: aws.String("alias/nope")})
-			return err
+			return errOf(admin.DeleteAlias(ctx, &kms.DeleteAliasInput{AliasName: aws.String("alias/nope")}))
 		}, "NotFoundException"},
 	} {
 		if err := tc.call(); code(err) != tc.want {
@@ -475,4 +386,18 @@ func TestAWSJSONAliasesWithTheSDK(t *testing.T) {
 	if _, err := admin.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/billing/prod"), TargetKeyId: aws.String("k1")}); err != nil {
 		t.Errorf("CreateAlias of a deleted alias's name: %v", err)
 	}
+}
+
+// errOf is the error of a call's two results: it makes a refusal table's
+// row one line.
+func errOf[T any](_ T, err error) error { return err }
+
+// awsErrorCode is the AWS error code of err (AccessDeniedException), or
+// err itself as text when the SDK typed none.
+func awsErrorCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return fmt.Sprint(err)
 }

@@ -74,10 +74,7 @@ func (e *edgeSync) SigningKey(ctx context.Context, r *kbv1.EdgeSigningKeyRequest
 	if err != nil {
 		return nil, err
 	}
-	if err := edgeOnly(c); err != nil {
-		return nil, e.s.End(tctx, c, err)
-	}
-	node, err := enrolledEdge(tctx, e.s, c)
+	node, err := callingEdge(tctx, e.s, c)
 	if err != nil {
 		return nil, e.s.End(tctx, c, err)
 	}
@@ -141,10 +138,7 @@ func (e *edgeSync) ForwardAWS(ctx context.Context, r *kbv1.ForwardAWSRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	if err := edgeOnly(c); err != nil {
-		return nil, e.s.End(tctx, c, err)
-	}
-	node, err := enrolledEdge(tctx, e.s, c)
+	node, err := callingEdge(tctx, e.s, c)
 	if err != nil {
 		return nil, e.s.End(tctx, c, err)
 	}

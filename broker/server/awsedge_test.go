@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -32,33 +31,20 @@ import (
 func TestEdgeScopedAccessKeys(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
-	if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "demo", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE,
-		Labels: map[string]string{"app": "billing"}}); err != nil {
-		t.Fatal(err)
-	}
-	scoped, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "client/billing", Edges: []string{"edge-us"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ops, scoped, plain := edgeKeys(t, e)
 	if got := scoped.GetEdges(); len(got) != 1 || got[0] != "edge-us" {
 		t.Errorf("CreateAccessKey's edges = %q, want [edge-us]", got)
-	}
-	plain, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "client/billing"})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if _, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "admin/ops", Edges: []string{"edge-us"}}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("an edge-scoped admin key: %v, want InvalidArgument", err)
 	}
 
-	hs := httptest.NewServer(newAWSFront(t, e))
-	defer hs.Close()
-	_, err = kmsClient(hs.URL, scoped).Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("demo"), Plaintext: []byte("x")})
+	url := serveAWS(t, e)
+	_, err := kmsClient(url, scoped).Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("demo"), Plaintext: []byte("x")})
 	if !isAWSError(err, "UnrecognizedClientException") {
 		t.Errorf("the edge-scoped key at the central tier's listener: %v, want UnrecognizedClientException", err)
 	}
-	if _, err := kmsClient(hs.URL, plain).Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("demo"), Plaintext: []byte("x")}); err != nil {
+	if _, err := kmsClient(url, plain).Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("demo"), Plaintext: []byte("x")}); err != nil {
 		t.Errorf("the unscoped key at the central tier's listener: %v", err)
 	}
 
@@ -156,19 +142,7 @@ func TestEdgeScopedAccessKeys(t *testing.T) {
 func TestForwardAWS(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
-	if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: "demo", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE,
-		Labels: map[string]string{"app": "billing"}}); err != nil {
-		t.Fatal(err)
-	}
-	scoped, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "client/billing", Edges: []string{"edge-us"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "client/billing"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ops, scoped, plain := edgeKeys(t, e)
 	front := newAWSFront(t, e).(*awsjson.Server)
 	creds := awsjson.NewCached(e.svc, 100)
 	defer creds.Close()
@@ -218,10 +192,7 @@ func TestForwardAWS(t *testing.T) {
 	if out, err := eu.ForwardAWS(ctx, plainReq); err != nil || out.GetStatus() != http.StatusOK {
 		t.Errorf("relaying a key scoped to no edge (after a refused relay of the same request): %v, %v", out, err)
 	}
-	adminKey, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "admin/ops"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	adminKey := ops.accessKey("admin/ops")
 	adminReq := relayOf(awsRequest(t, "POST", "TrentService.Encrypt", awsjson.ContentType, body, adminKey.GetAccessKeyId(), adminKey.GetSecretAccessKey()), body)
 	if typ := relayType(t, eu, adminReq); typ != "AccessDeniedException" {
 		t.Errorf("an admin's request relayed by an edge allowed client relays only: %s, want AccessDeniedException", typ)
@@ -257,6 +228,15 @@ func TestForwardAWS(t *testing.T) {
 			t.Errorf("URI %q: %v, want InvalidArgument", uri, err)
 		}
 	}
+}
+
+// edgeKeys makes key demo (app=billing) and two access keys of
+// client/billing: scoped to edge-us, and to no edge.
+func edgeKeys(t *testing.T, e *testEnv) (ops opsAdmin, scoped, plain *kbv1.AccessKey) {
+	t.Helper()
+	ops = asOps(t, e)
+	ops.createKey("demo", kbv1.KeyType_KEY_TYPE_AES_256_GCM, map[string]string{"app": "billing"})
+	return ops, ops.accessKey("client/billing", "edge-us"), ops.accessKey("client/billing")
 }
 
 // relayOf is what an edge relays of r.

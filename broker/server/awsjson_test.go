@@ -39,24 +39,13 @@ import (
 func TestAWSJSONWithTheSDK(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	ops := asOps(t, e)
 	for _, id := range []string{"demo", "other"} {
-		if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM, Mode: kbv1.KeyMode_KEY_MODE_DERIVE,
-			Labels: map[string]string{"app": "billing"}}); err != nil {
-			t.Fatal(err)
-		}
+		ops.createKey(id, kbv1.KeyType_KEY_TYPE_AES_256_GCM, map[string]string{"app": "billing"})
 	}
-	hs := httptest.NewServer(newAWSFront(t, e))
-	defer hs.Close()
-	clientAs := func(principal string) (*kms.Client, string) {
-		t.Helper()
-		k, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: principal})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return kmsClient(hs.URL, k), k.GetAccessKeyId()
-	}
-	billing, billingKey := clientAs("client/billing")
+	url := serveAWS(t, e)
+	billingAK := ops.accessKey("client/billing")
+	billing, billingKey := kmsClient(url, billingAK), billingAK.GetAccessKeyId()
 	const arn = "arn:aws:kms:eu-west-1:111122223333:key/demo"
 	ectx := map[string]string{"tenant": "t1"}
 
@@ -118,7 +107,7 @@ func TestAWSJSONWithTheSDK(t *testing.T) {
 	if _, err := billing.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("arn:aws:kms:us-east-1:111122223333:key/demo"), Plaintext: []byte("x")}); !errors.As(err, &notFound) {
 		t.Errorf("an ARN of another region: %v, want NotFoundException", err)
 	}
-	reader, _ := clientAs("client/reader")
+	reader := ops.clientAs(url, "client/reader")
 	var denied smithy.APIError
 	if _, err := reader.GenerateDataKey(ctx, &kms.GenerateDataKeyInput{KeyId: aws.String("demo"), NumberOfBytes: aws.Int32(32)}); !errors.As(err, &denied) || denied.ErrorCode() != "AccessDeniedException" {
 		t.Errorf("a principal the policy does not allow: %v, want AccessDeniedException", err)
@@ -148,6 +137,53 @@ func newAWSFront(t testing.TB, e *testEnv) http.Handler {
 		t.Fatal(err)
 	}
 	return front
+}
+
+// serveAWS serves e's AWS KMS API (newAWSFront) over HTTP until t ends,
+// at the URL it returns.
+func serveAWS(t *testing.T, e *testEnv) string {
+	t.Helper()
+	hs := httptest.NewServer(newAWSFront(t, e))
+	t.Cleanup(hs.Close)
+	return hs.URL
+}
+
+// opsAdmin is KeyAdmin as admin/ops, with the setup of the AWS tests:
+// its helpers fail t on any error.
+type opsAdmin struct {
+	kbv1.KeyAdminClient
+	t *testing.T
+}
+
+func asOps(t *testing.T, e *testEnv) opsAdmin {
+	t.Helper()
+	return opsAdmin{KeyAdminClient: kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops")), t: t}
+}
+
+// createKey makes key id of type typ, in derive mode, with labels.
+func (o opsAdmin) createKey(id string, typ kbv1.KeyType, labels map[string]string) {
+	o.t.Helper()
+	if _, err := o.CreateKey(o.t.Context(), &kbv1.CreateKeyRequest{KeyId: id, Type: typ, Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: labels}); err != nil {
+		o.t.Fatal(err)
+	}
+}
+
+// accessKey makes an access key of principal ("client/billing"), scoped
+// to edges.
+func (o opsAdmin) accessKey(principal string, edges ...string) *kbv1.AccessKey {
+	o.t.Helper()
+	k, err := o.CreateAccessKey(o.t.Context(), &kbv1.CreateAccessKeyRequest{Principal: principal, Edges: edges})
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	return k
+}
+
+// clientAs is the AWS SDK's KMS client at url, signing with a new access
+// key of principal.
+func (o opsAdmin) clientAs(url, principal string) *kms.Client {
+	o.t.Helper()
+	return kmsClient(url, o.accessKey(principal))
 }
 
 // kmsClient is the AWS SDK's KMS client at url, signing with k.
@@ -235,20 +271,12 @@ func TestAWSJSONBadInput(t *testing.T) {
 func TestAWSJSONSigningAndMACs(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops := kbv1.NewKeyAdminClient(e.conn(t, identity.Admin, "ops"))
+	ops := asOps(t, e)
 	for id, typ := range map[string]kbv1.KeyType{"ec": kbv1.KeyType_KEY_TYPE_ECDSA_P256, "mac": kbv1.KeyType_KEY_TYPE_HMAC_SHA256,
 		"aes1": kbv1.KeyType_KEY_TYPE_AES_256_GCM, "aes2": kbv1.KeyType_KEY_TYPE_AES_256_GCM} {
-		if _, err := ops.CreateKey(ctx, &kbv1.CreateKeyRequest{KeyId: id, Type: typ, Mode: kbv1.KeyMode_KEY_MODE_DERIVE}); err != nil {
-			t.Fatal(err)
-		}
+		ops.createKey(id, typ, nil)
 	}
-	hs := httptest.NewServer(newAWSFront(t, e))
-	defer hs.Close()
-	k, err := ops.CreateAccessKey(ctx, &kbv1.CreateAccessKeyRequest{Principal: "admin/ops"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := kmsClient(hs.URL, k)
+	c := ops.clientAs(serveAWS(t, e), "admin/ops")
 	msg := []byte("signed through the AWS API")
 	sig, err := c.Sign(ctx, &kms.SignInput{KeyId: aws.String("alias/ec"), Message: msg, SigningAlgorithm: types.SigningAlgorithmSpecEcdsaSha256})
 	if err != nil {

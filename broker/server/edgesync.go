@@ -163,10 +163,7 @@ func (e *edgeSync) Forward(ctx context.Context, r *kbv1.ForwardRequest) (*kbv1.F
 		c.SetDetail("forward " + op)
 		return nil, e.s.End(tctx, c, err)
 	}
-	if err := edgeOnly(c); err != nil {
-		return refuse(c, err)
-	}
-	node, err := enrolledEdge(tctx, e.s, c)
+	node, err := callingEdge(tctx, e.s, c)
 	if err != nil {
 		return refuse(c, err)
 	}

@@ -124,6 +124,16 @@ func (s *Server) nodeProto(n *broker.Node) *kbv1.Node {
 	return kn
 }
 
+// callingEdge is the gate of the EdgeSync calls only an enrolled edge
+// makes: it refuses a caller that is not an edge (edgeOnly), then is
+// enrolledEdge. A refusal is marked on c for the caller to End.
+func callingEdge(ctx context.Context, s *Server, c *pipeline.Call) (*broker.Node, error) {
+	if err := edgeOnly(c); err != nil {
+		return nil, err
+	}
+	return enrolledEdge(ctx, s, c)
+}
+
 // enrolledEdge loads the calling edge's record and refuses an edge that
 // is not enrolled, or is enrolled but has not registered since.
 func enrolledEdge(ctx context.Context, s *Server, c *pipeline.Call) (*broker.Node, error) {

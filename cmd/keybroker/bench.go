@@ -388,25 +388,12 @@ func (a *app) bench(cmd *cobra.Command, f *benchFlags) error {
 	if err := f.check(ops); err != nil {
 		return err
 	}
-	for i := range ops {
-		ops[i].Key = f.keyFor(ops[i].Name)
-	}
-	s, err := a.connect(cmd)
+	b, closeRun, err := a.startBench(cmd, f, ops)
 	if err != nil {
 		return err
 	}
-	defer s.close()
-	conns := []*grpc.ClientConn{s.conn}
-	for range f.conns - 1 {
-		c, err := dialBroker(s.addr, s.id, s.serverName, s.watch)
-		if err != nil {
-			return usageErrorf("--addr %q: %v", s.addr, err)
-		}
-		defer c.Close()
-		conns = append(conns, c)
-	}
-	ctx := cmd.Context()
-	b := &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
+	defer closeRun()
+	s, ctx := b.s, cmd.Context()
 	out := benchJSON{Target: s.addr, Ops: ops, Size: int(f.size), Workers: f.workers, Connections: f.conns, Warmup: f.warmup.Seconds()}
 	if slices.ContainsFunc(ops, func(o weightedOp) bool { return strings.HasPrefix(o.Name, "batch") }) {
 		out.Batch = f.batch
@@ -538,6 +525,46 @@ func describeLoad(f *benchFlags) string {
 	return d
 }
 
+// startBench is the gRPC side of a bench run: it gives each op its key
+// (keyFor), connects to --addr with --connections connections and makes
+// the payload; closeRun closes the connections.
+func (a *app) startBench(cmd *cobra.Command, f *benchFlags, ops []weightedOp) (b *benchRun, closeRun func(), err error) {
+	for i := range ops {
+		ops[i].Key = f.keyFor(ops[i].Name)
+	}
+	s, err := a.connect(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	conns, closeConns, err := benchConns(s, f.conns)
+	if err != nil {
+		s.close()
+		return nil, nil, err
+	}
+	b = &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
+	return b, func() { closeConns(); s.close() }, nil
+}
+
+// benchConns is s's connection and n-1 more to its address (--conns);
+// closeConns closes the ones it dialled, s closes its own.
+func benchConns(s *session, n int) (conns []*grpc.ClientConn, closeConns func(), err error) {
+	conns = []*grpc.ClientConn{s.conn}
+	closeConns = func() {
+		for _, c := range conns[1:] {
+			_ = c.Close()
+		}
+	}
+	for range n - 1 {
+		c, err := dialBroker(s.addr, s.id, s.serverName, s.watch)
+		if err != nil {
+			closeConns()
+			return nil, nil, usageErrorf("--addr %q: %v", s.addr, err)
+		}
+		conns = append(conns, c)
+	}
+	return conns, closeConns, nil
+}
+
 // benchRun holds what the workers share.
 type benchRun struct {
 	f       *benchFlags
@@ -546,15 +573,22 @@ type benchRun struct {
 	payload []byte
 }
 
-// newWorker makes worker w's Op: its calls follow the weights of ops, in
-// a fixed order that each worker starts at a different place of.
+// newWorker makes worker w's Op over gRPC, on one of the connections.
 func (b *benchRun) newWorker(ctx context.Context, w int, ops []weightedOp, calls map[string]uint64) (loadgen.Op, error) {
 	conn := b.conns[w%len(b.conns)]
 	kb := kbv1.NewKeyBrokerClient(conn)
+	return b.weighted(w, ops, calls, func(op weightedOp) (loadgen.Op, error) { return b.call(ctx, conn, kb, op) })
+}
+
+// weighted is worker w's Op over the calls newCall makes of ops (gRPC's
+// or the AWS KMS API's): they follow the weights of ops, in a fixed order
+// that each worker starts at a different place of; each is counted in
+// calls and bounded by --timeout.
+func (b *benchRun) weighted(w int, ops []weightedOp, calls map[string]uint64, newCall func(weightedOp) (loadgen.Op, error)) (loadgen.Op, error) {
 	var schedule []loadgen.Op
 	var names []string
 	for _, op := range ops {
-		call, err := b.call(ctx, conn, kb, op)
+		call, err := newCall(op)
 		if err != nil {
 			return nil, err
 		}

@@ -31,7 +31,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -242,41 +241,64 @@ type signerKMS struct {
 
 // call posts one operation's request and decodes its answer into out.
 func (c *signerKMS) call(ctx context.Context, op string, in, out any) error {
-	data, err := json.Marshal(in)
+	code, answer, err := c.t.post(ctx, c.signer, signedPost{url: c.t.endpoint + "/", service: "kms", contentType: "application/x-amz-json-1.1",
+		target: "TrentService." + op, limit: 16 << 20}, in)
 	if err != nil {
-		return status.Error(codes.Internal, err.Error())
+		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.t.endpoint+"/", bytes.NewReader(data))
-	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	req.Header.Set("Content-Type", "application/x-amz-json-1.1")
-	req.Header.Set("X-Amz-Target", "TrentService."+op)
-	sum := sha256.Sum256(data)
-	if err := c.signer.SignHTTP(ctx, c.t.creds, req, hex.EncodeToString(sum[:]), "kms", c.t.region, time.Now()); err != nil {
-		return status.Error(codes.Internal, err.Error())
-	}
-	resp, err := c.t.http.Do(req)
-	if err != nil {
-		return awsCallError(err)
-	}
-	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return status.Error(codes.Unavailable, err.Error())
-	}
-	if resp.StatusCode != http.StatusOK {
+	if code != http.StatusOK {
 		var e struct {
 			Type    string `json:"__type"`
 			Message string `json:"message"`
 		}
 		_ = json.Unmarshal(answer, &e)
-		return awsStatus(e.Type, fmt.Sprintf("HTTP %d: %s", resp.StatusCode, e.Message))
+		return awsStatus(e.Type, fmt.Sprintf("HTTP %d: %s", code, e.Message))
 	}
 	if err := json.Unmarshal(answer, out); err != nil {
 		return status.Errorf(codes.DataLoss, "%s: the answer is not JSON: %v", op, err)
 	}
 	return nil
+}
+
+// signedPost is where and how awsTarget.post sends a request.
+type signedPost struct {
+	url, service string // the SigV4 service: kms or kms-xks-proxy
+	contentType  string
+	target       string // X-Amz-Target, when not empty
+	limit        int64  // of the answer read
+}
+
+// post sends in as JSON to p.url, signed with signer as the AWS SDK signs
+// (SigV4, the payload's hash, t's credentials and region), and answers
+// the HTTP status and at most p.limit bytes of the body. Only a failure to
+// send or read is an error: the caller reads its API's error answers.
+func (t *awsTarget) post(ctx context.Context, signer *v4.Signer, p signedPost, in any) (int, []byte, error) {
+	data, err := json.Marshal(in)
+	if err != nil {
+		return 0, nil, status.Error(codes.Internal, err.Error())
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(data))
+	if err != nil {
+		return 0, nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	req.Header.Set("Content-Type", p.contentType)
+	if p.target != "" {
+		req.Header.Set("X-Amz-Target", p.target)
+	}
+	sum := sha256.Sum256(data)
+	if err := signer.SignHTTP(ctx, t.creds, req, hex.EncodeToString(sum[:]), p.service, t.region, time.Now()); err != nil {
+		return 0, nil, status.Error(codes.Internal, err.Error())
+	}
+	resp, err := t.http.Do(req)
+	if err != nil {
+		return 0, nil, awsCallError(err)
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, p.limit))
+	if err != nil {
+		return 0, nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return resp.StatusCode, answer, nil
 }
 
 // kmsRequest is the body of the calls bench makes, with AWS's field
@@ -346,31 +368,7 @@ func (b *benchRun) awsCall(ctx context.Context, client awsKMS, op weightedOp) (l
 
 // newAWSWorker is newWorker through the AWS KMS API.
 func (b *benchRun) newAWSWorker(ctx context.Context, client awsKMS, w int, ops []weightedOp, calls map[string]uint64) (loadgen.Op, error) {
-	var schedule []loadgen.Op
-	var names []string
-	for _, op := range ops {
-		call, err := b.awsCall(ctx, client, op)
-		if err != nil {
-			return nil, err
-		}
-		for range op.Weight {
-			schedule = append(schedule, call)
-			names = append(names, op.Name)
-		}
-	}
-	i := w
-	timeout := b.s.timeout
-	return func(ctx context.Context) error {
-		n := i % len(schedule)
-		i++
-		calls[names[n]]++
-		if timeout > 0 {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, timeout)
-			defer cancel()
-		}
-		return schedule[n](ctx)
-	}, nil
+	return b.weighted(w, ops, calls, func(op weightedOp) (loadgen.Op, error) { return b.awsCall(ctx, client, op) })
 }
 
 // awsJSONResult is --protocol awsjson's --output json: the AWS path's
@@ -401,25 +399,12 @@ func (a *app) benchAWSJSON(cmd *cobra.Command, f *benchFlags, ops []weightedOp) 
 	if err != nil {
 		return err
 	}
-	for i := range ops {
-		ops[i].Key = f.keyFor(ops[i].Name)
-	}
-	s, err := a.connect(cmd)
+	b, closeRun, err := a.startBench(cmd, f, ops)
 	if err != nil {
 		return err
 	}
-	defer s.close()
-	ctx := cmd.Context()
-	conns := []*grpc.ClientConn{s.conn}
-	for range f.conns - 1 {
-		c, err := dialBroker(s.addr, s.id, s.serverName, s.watch)
-		if err != nil {
-			return usageErrorf("--addr %q: %v", s.addr, err)
-		}
-		defer c.Close()
-		conns = append(conns, c)
-	}
-	b := &benchRun{f: f, s: s, conns: conns, payload: bytes.Repeat([]byte{0x5a}, int(f.size))}
+	defer closeRun()
+	s, ctx := b.s, cmd.Context()
 	var client awsKMS = t.kmsClient()
 	if f.awsClient == awsClientSigner {
 		client = &signerKMS{t: t, signer: v4.NewSigner()}
@@ -542,40 +527,23 @@ type xksCaller struct {
 func (x *xksCaller) post(ctx context.Context, op string, body *xksBody, out any) error {
 	body.RequestMetadata.KMSOperation = map[string]string{"encrypt": "Encrypt", "decrypt": "Decrypt"}[op]
 	body.RequestMetadata.KMSRequestID = "keybroker-bench-" + strconv.FormatUint(x.seq.Add(1), 10)
-	data, err := json.Marshal(body)
+	httpCode, answer, err := x.t.post(ctx, x.signer, signedPost{url: x.t.endpoint + "/kms/xks/v1/keys/" + url.PathEscape(x.key) + "/" + op,
+		service: "kms-xks-proxy", contentType: "application/json", limit: 1 << 20}, body)
 	if err != nil {
-		return status.Error(codes.Internal, err.Error())
+		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, x.t.endpoint+"/kms/xks/v1/keys/"+url.PathEscape(x.key)+"/"+op, bytes.NewReader(data))
-	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	req.Header.Set("Content-Type", "application/json")
-	sum := sha256.Sum256(data)
-	if err := x.signer.SignHTTP(ctx, x.t.creds, req, hex.EncodeToString(sum[:]), "kms-xks-proxy", x.t.region, time.Now()); err != nil {
-		return status.Error(codes.Internal, err.Error())
-	}
-	resp, err := x.t.http.Do(req)
-	if err != nil {
-		return awsCallError(err)
-	}
-	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return status.Error(codes.Unavailable, err.Error())
-	}
-	if resp.StatusCode != http.StatusOK {
+	if httpCode != http.StatusOK {
 		var e struct {
 			Name    string `json:"errorName"`
 			Message string `json:"errorMessage"`
 		}
 		_ = json.Unmarshal(answer, &e)
 		code := map[int]codes.Code{400: codes.InvalidArgument, 401: codes.Unauthenticated, 403: codes.PermissionDenied,
-			404: codes.NotFound, 429: codes.ResourceExhausted, 501: codes.Unimplemented, 503: codes.Unavailable, 500: codes.Internal}[resp.StatusCode]
+			404: codes.NotFound, 429: codes.ResourceExhausted, 501: codes.Unimplemented, 503: codes.Unavailable, 500: codes.Internal}[httpCode]
 		if code == codes.OK {
 			code = codes.Unknown
 		}
-		return status.Errorf(code, "XKS %s: HTTP %d %s: %s", op, resp.StatusCode, e.Name, e.Message)
+		return status.Errorf(code, "XKS %s: HTTP %d %s: %s", op, httpCode, e.Name, e.Message)
 	}
 	if err := json.Unmarshal(answer, out); err != nil {
 		return status.Errorf(codes.DataLoss, "XKS %s: the answer is not JSON: %v", op, err)

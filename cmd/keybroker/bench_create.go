@@ -316,14 +316,14 @@ func (a *app) benchCreate(cmd *cobra.Command, f *benchFlags, ops []weightedOp) e
 		}
 		out.Existing, out.ExistingFrom = n, "ListKeys"
 	}
-	admins := []kbv1.KeyAdminClient{s.admin}
-	for range f.conns - 1 {
-		c, err := dialBroker(s.addr, s.id, s.serverName, s.watch)
-		if err != nil {
-			return usageErrorf("--addr %q: %v", s.addr, err)
-		}
-		defer c.Close()
-		admins = append(admins, kbv1.NewKeyAdminClient(c))
+	conns, closeConns, err := benchConns(s, f.conns)
+	if err != nil {
+		return err
+	}
+	defer closeConns()
+	admins := make([]kbv1.KeyAdminClient, len(conns))
+	for i, c := range conns {
+		admins[i] = kbv1.NewKeyAdminClient(c)
 	}
 	if !a.jsonOutput() {
 		fmt.Fprintf(a.env.stdout, "bench create at %s: %d keys %s0 … %s%d, %d workers on %d connection(s); %d keys present before (%s)\n",

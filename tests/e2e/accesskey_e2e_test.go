@@ -1,23 +1,16 @@
 package e2e
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"net"
-	"net/http"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
 
 	"github.com/keybroker/keybroker/accesskey"
-	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
 	"github.com/keybroker/keybroker/tests/framework"
 )
@@ -74,13 +67,9 @@ func TestAccessKeyCLI(t *testing.T) {
 // client, trusting the cluster's CA and signing with an access key made by
 // the CLI, encrypts and decrypts; a revoked key is refused at once.
 func TestAWSKMSAPIProcess(t *testing.T) {
-	c, awsAddr, key, hc := awsFrontCentral(t, func(addr string) string {
-		return "aws_kms: {listen: \"" + addr + "\", region: eu-west-1, account: \"111122223333\"}\n"
-	})
+	f := framework.StartAWSFront(t)
 	ctx := t.Context()
-	client := kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String("https://" + awsAddr),
-		Credentials: credentials.NewStaticCredentialsProvider(key.ID, key.Secret, ""),
-		HTTPClient:  hc})
+	client := framework.KMSClient(f.KMSURL, f.Key, f.HTTP)
 	enc, err := client.Encrypt(ctx, &kms.EncryptInput{KeyId: aws.String("alias/demo"), Plaintext: []byte("over https"),
 		EncryptionContext: map[string]string{"purpose": "test"}})
 	if err != nil {
@@ -90,55 +79,14 @@ func TestAWSKMSAPIProcess(t *testing.T) {
 	if err != nil || string(dec.Plaintext) != "over https" || aws.ToString(dec.KeyId) != "arn:aws:kms:eu-west-1:111122223333:key/demo" {
 		t.Fatalf("Decrypt = %v, %v", dec, err)
 	}
-	if n := c.MetricAt(t, c.Central.OpsAddr, "keybroker_front_requests_total", `code="200",front="aws_kms"`); n < 2 {
+	if n := f.MetricAt(t, f.Central.OpsAddr, "keybroker_front_requests_total", `code="200",front="aws_kms"`); n < 2 {
 		t.Errorf("keybroker_front_requests_total{front=\"aws_kms\",code=\"200\"} = %v after two calls", n)
 	}
-	if _, _, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "revoke", key.ID); code != 0 {
+	if _, _, code := f.CLIOut(t, f.Central.Addr, identity.Admin, "ops", "access-key", "revoke", f.Key.ID); code != 0 {
 		t.Fatal("access-key revoke failed")
 	}
 	var apiErr smithy.APIError
 	if _, err := client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String("demo")}); !errors.As(err, &apiErr) || apiErr.ErrorCode() != "UnrecognizedClientException" {
 		t.Errorf("a revoked key at the central that revoked it: %v, want UnrecognizedClientException", err)
 	}
-}
-
-// frontKey is an access key as access-key create --output json prints it.
-type frontKey struct {
-	ID     string `json:"access_key_id"`
-	Secret string `json:"secret_access_key"`
-}
-
-// awsFrontCentral starts a central process whose central.yaml ends with
-// what extra makes of a free loopback address (an AWS front-end's block),
-// with a key "demo" and an access key for admin/ops made by the CLI, and
-// returns the address, the key and an HTTPS client trusting the cluster's
-// CA.
-func awsFrontCentral(t *testing.T, extra func(addr string) string) (*framework.Processes, string, frontKey, *http.Client) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	c := framework.NewProcessesOn(t, framework.SoftkmsRoots, framework.BasicRoots, extra(addr))
-	if _, err := c.Admin.Admin.CreateKey(t.Context(), &kbv1.CreateKeyRequest{KeyId: "demo", Type: kbv1.KeyType_KEY_TYPE_AES_256_GCM,
-		Mode: kbv1.KeyMode_KEY_MODE_DERIVE, Labels: map[string]string{"owner": framework.TrustDomain}}); err != nil {
-		t.Fatal(err)
-	}
-	out, stderr, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", "access-key", "create", "--principal", "admin/ops", "--output", "json")
-	if code != 0 {
-		t.Fatalf("access-key create: %s", stderr)
-	}
-	var key frontKey
-	if err := json.Unmarshal([]byte(out), &key); err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(c.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	return c, addr, key, &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 }

@@ -2,23 +2,12 @@ package e2e
 
 import (
 	"bytes"
-	"context"
-	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
-	"net"
-	"net/http"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
 
@@ -40,7 +29,7 @@ import (
 // reaches the edge within the signing keys' bound. XKS at the edge: a
 // round trip and the health probe.
 func TestAWSAtAnEdge(t *testing.T) {
-	centralAWS, centralXKS, edgeAWS, edgeXKS := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	centralAWS, centralXKS, edgeAWS, edgeXKS := framework.FreeAddr(t), framework.FreeAddr(t), framework.FreeAddr(t), framework.FreeAddr(t)
 	blocks := func(aws, xks string) string {
 		return "aws_kms: {listen: \"" + aws + "\", region: eu-west-1, account: \"111122223333\"}\n" +
 			"xks: {listen: \"" + xks + "\", region: eu-west-1, prefix: /kb/xks, health_key: placed}\n"
@@ -61,13 +50,13 @@ func TestAWSAtAnEdge(t *testing.T) {
 	c.AddEdge(t, &framework.EdgeNode{Name: "edge-us", Region: "us", Prefetch: true, Staleness: time.Hour, Extra: blocks(edgeAWS, edgeXKS)})
 	c.WaitApplied(t, rev)
 
-	accessKey := func(args ...string) frontKey {
+	accessKey := func(args ...string) framework.AccessKey {
 		t.Helper()
 		out, stderr, code := c.CLIOut(t, c.Central.Addr, identity.Admin, "ops", append([]string{"access-key", "create", "--output", "json"}, args...)...)
 		if code != 0 {
 			t.Fatalf("access-key create %q: exit %d: %s", args, code, stderr)
 		}
-		var k frontKey
+		var k framework.AccessKey
 		must(t, "decoding the access key", json.Unmarshal([]byte(out), &k))
 		return k
 	}
@@ -80,14 +69,9 @@ func TestAWSAtAnEdge(t *testing.T) {
 		t.Errorf("an edge-scoped admin key: %s, want the reason", stderr)
 	}
 
-	caPEM, err := os.ReadFile(c.CAFile)
-	must(t, "reading the CA", err)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	kmsAt := func(addr string, k frontKey) *kms.Client {
-		return kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String("https://" + addr), HTTPClient: hc, RetryMaxAttempts: 1,
-			Credentials: credentials.NewStaticCredentialsProvider(k.ID, k.Secret, "")})
+	hc := c.AWSHTTPClient(t)
+	kmsAt := func(addr string, k framework.AccessKey) *kms.Client {
+		return framework.KMSClient("https://"+addr, k, hc, func(o *kms.Options) { o.RetryMaxAttempts = 1 })
 	}
 	atEdge := kmsAt(edgeAWS, scoped)
 	ectx := map[string]string{"tenant": "7"}
@@ -135,44 +119,14 @@ func TestAWSAtAnEdge(t *testing.T) {
 	}
 
 	t.Run("XKS at the edge", func(t *testing.T) {
-		post := func(path string, req any) (int, map[string]any) {
-			t.Helper()
-			body, _ := json.Marshal(req)
-			r, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+edgeXKS+path, bytes.NewReader(body))
-			r.Header.Set("Content-Type", "application/json")
-			sum := sha256.Sum256(body)
-			must(t, "signing", v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: scoped.ID, SecretAccessKey: scoped.Secret}, r, hex.EncodeToString(sum[:]), "kms-xks-proxy", "eu-west-1", time.Now()))
-			resp, err := hc.Do(r)
-			must(t, "XKS request", err)
-			defer resp.Body.Close()
-			data, _ := io.ReadAll(resp.Body)
-			var m map[string]any
-			if err := json.Unmarshal(data, &m); err != nil {
-				t.Fatalf("%s: %d %q is not JSON", path, resp.StatusCode, data)
-			}
-			return resp.StatusCode, m
-		}
+		post := framework.XKSPoster(t, hc, "https://"+edgeXKS+"/kb/xks", scoped)
 		md := map[string]any{"kmsRequestId": "edge-1", "kmsOperation": "Encrypt", "awsPrincipalArn": "arn:aws:iam::111122223333:root",
 			"kmsKeyArn": "arn:aws:kms:eu-west-1:111122223333:key/x"}
-		code, enc := post("/kb/xks/kms/xks/v1/keys/placed/encrypt", map[string]any{"requestMetadata": md, "plaintext": []byte("xks at the edge"),
-			"encryptionAlgorithm": "AES_GCM", "additionalAuthenticatedData": []byte("aad")})
-		if code != 200 {
-			t.Fatalf("encrypt = %d %v", code, enc)
-		}
-		code, dec := post("/kb/xks/kms/xks/v1/keys/placed/decrypt", map[string]any{"requestMetadata": md, "encryptionAlgorithm": "AES_GCM",
-			"ciphertext": enc["ciphertext"], "initializationVector": enc["initializationVector"], "authenticationTag": enc["authenticationTag"],
-			"ciphertextMetadata": enc["ciphertextMetadata"], "additionalAuthenticatedData": []byte("aad")})
-		if code != 200 || dec["plaintext"] != "eGtzIGF0IHRoZSBlZGdl" {
-			t.Fatalf("decrypt = %d %v", code, dec)
-		}
+		xksRoundTrip(t, post, md, "placed", "xks at the edge")
 		if n := relayed("placed", "client/app"); n != 0 {
 			t.Errorf("the central tier audited %d XKS calls on the placed key; want none (served at the edge)", n)
 		}
-		code, h := post("/kb/xks/kms/xks/v1/health", map[string]any{"requestMetadata": map[string]any{"kmsRequestId": "edge-h", "kmsOperation": "KmsHealthCheck"}})
-		fleet, _ := h["ekmFleetDetails"].([]any)
-		if code != 200 || len(fleet) != 1 || fleet[0].(map[string]any)["healthStatus"] != "ACTIVE" {
-			t.Errorf("health = %d %v", code, h)
-		}
+		xksHealthy(t, post, "edge-h")
 	})
 
 	// Revocation: the edge keeps a signing key at most 30 s, then asks
@@ -192,15 +146,4 @@ func TestAWSAtAnEdge(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-}
-
-// freeAddr is a free loopback address.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

@@ -1,18 +1,11 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"io"
-	"net/http"
+	"encoding/base64"
+	"strings"
 	"testing"
-	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/keybroker/keybroker/tests/framework"
 )
 
 // TestXKSProcess: a central process configured with xks serves the XKS
@@ -22,53 +15,46 @@ import (
 // health check answers ACTIVE; a path outside the prefix is
 // InvalidUriPathException.
 func TestXKSProcess(t *testing.T) {
-	_, addr, key, hc := awsFrontCentral(t, func(addr string) string {
-		return "xks: {listen: \"" + addr + "\", region: eu-west-1, prefix: /kb/xks, health_key: demo}\n"
-	})
-	ctx := t.Context()
-	post := func(path string, req any) (int, map[string]any) {
-		t.Helper()
-		body, _ := json.Marshal(req)
-		r, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+path, bytes.NewReader(body))
-		r.Header.Set("Content-Type", "application/json")
-		sum := sha256.Sum256(body)
-		if err := v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: key.ID, SecretAccessKey: key.Secret}, r, hex.EncodeToString(sum[:]), "kms-xks-proxy", "eu-west-1", time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := hc.Do(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		var m map[string]any
-		if err := json.Unmarshal(data, &m); err != nil {
-			t.Fatalf("%s: %d %q is not JSON", path, resp.StatusCode, data)
-		}
-		return resp.StatusCode, m
-	}
+	f := framework.StartAWSFront(t)
+	post := framework.XKSPoster(t, f.HTTP, f.XKSURL, f.Key)
 	md := map[string]any{"kmsRequestId": "e2e-1", "kmsOperation": "Encrypt", "awsPrincipalArn": "arn:aws:iam::111122223333:root",
 		"kmsKeyArn": "arn:aws:kms:eu-west-1:111122223333:key/x"}
-	if code, m := post("/kb/xks/kms/xks/v1/keys/demo/metadata", map[string]any{"requestMetadata": md}); code != 200 || m["keySpec"] != "AES_256" || m["keyStatus"] != "ENABLED" {
+	if code, m := post("/kms/xks/v1/keys/demo/metadata", map[string]any{"requestMetadata": md}); code != 200 || m["keySpec"] != "AES_256" || m["keyStatus"] != "ENABLED" {
 		t.Fatalf("metadata = %d %v", code, m)
 	}
-	code, enc := post("/kb/xks/kms/xks/v1/keys/demo/encrypt", map[string]any{"requestMetadata": md, "plaintext": []byte("over https"),
+	xksRoundTrip(t, post, md, "demo", "over https")
+	xksHealthy(t, post, "e2e-h")
+	outside := framework.XKSPoster(t, f.HTTP, strings.TrimSuffix(f.XKSURL, "/kb/xks"), f.Key)
+	if code, m := outside("/kms/xks/v1/keys/demo/metadata", map[string]any{"requestMetadata": md}); code != 404 || m["errorName"] != "InvalidUriPathException" {
+		t.Errorf("outside the prefix = %d %v, want 404 InvalidUriPathException", code, m)
+	}
+}
+
+// xksRoundTrip encrypts plaintext under key through post (an XKS proxy's,
+// framework.XKSPoster) with md as the request metadata, then decrypts the
+// answer, and fails t unless both answer 200 and plaintext comes back.
+func xksRoundTrip(t *testing.T, post func(string, any) (int, map[string]any), md map[string]any, key, plaintext string) {
+	t.Helper()
+	code, enc := post("/kms/xks/v1/keys/"+key+"/encrypt", map[string]any{"requestMetadata": md, "plaintext": []byte(plaintext),
 		"encryptionAlgorithm": "AES_GCM", "additionalAuthenticatedData": []byte("aad")})
 	if code != 200 {
 		t.Fatalf("encrypt = %d %v", code, enc)
 	}
-	code, dec := post("/kb/xks/kms/xks/v1/keys/demo/decrypt", map[string]any{"requestMetadata": md, "encryptionAlgorithm": "AES_GCM",
+	code, dec := post("/kms/xks/v1/keys/"+key+"/decrypt", map[string]any{"requestMetadata": md, "encryptionAlgorithm": "AES_GCM",
 		"ciphertext": enc["ciphertext"], "initializationVector": enc["initializationVector"], "authenticationTag": enc["authenticationTag"],
 		"ciphertextMetadata": enc["ciphertextMetadata"], "additionalAuthenticatedData": []byte("aad")})
-	if code != 200 || dec["plaintext"] != "b3ZlciBodHRwcw==" {
-		t.Fatalf("decrypt = %d %v", code, dec)
+	if code != 200 || dec["plaintext"] != base64.StdEncoding.EncodeToString([]byte(plaintext)) {
+		t.Fatalf("decrypt = %d %v, want %q back", code, dec, plaintext)
 	}
-	code, h := post("/kb/xks/kms/xks/v1/health", map[string]any{"requestMetadata": map[string]any{"kmsRequestId": "e2e-h", "kmsOperation": "KmsHealthCheck"}})
+}
+
+// xksHealthy fails t unless the XKS proxy's deep health check, asked
+// through post with request id, answers 200 and one ACTIVE fleet member.
+func xksHealthy(t *testing.T, post func(string, any) (int, map[string]any), id string) {
+	t.Helper()
+	code, h := post("/kms/xks/v1/health", map[string]any{"requestMetadata": map[string]any{"kmsRequestId": id, "kmsOperation": "KmsHealthCheck"}})
 	fleet, _ := h["ekmFleetDetails"].([]any)
 	if code != 200 || len(fleet) != 1 || fleet[0].(map[string]any)["healthStatus"] != "ACTIVE" {
 		t.Errorf("health = %d %v", code, h)
-	}
-	if code, m := post("/kms/xks/v1/keys/demo/metadata", map[string]any{"requestMetadata": md}); code != 404 || m["errorName"] != "InvalidUriPathException" {
-		t.Errorf("outside the prefix = %d %v, want 404 InvalidUriPathException", code, m)
 	}
 }

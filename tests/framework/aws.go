@@ -1,12 +1,23 @@
 package framework
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/identity"
@@ -47,7 +58,7 @@ type AWSFront struct {
 // CLI as an operator would.
 func StartAWSFront(t *testing.T) *AWSFront {
 	t.Helper()
-	kmsAddr, xksAddr := freePort(t), freePort(t)
+	kmsAddr, xksAddr := FreeAddr(t), FreeAddr(t)
 	extra := "aws_kms: {listen: \"" + kmsAddr + "\", region: " + AWSRegion + ", account: \"" + AWSAccount + "\"}\n" +
 		"xks: {listen: \"" + xksAddr + "\", region: " + AWSRegion + ", prefix: /kb/xks, health_key: " + DemoKeyID + "}\n"
 	c := NewProcessesOn(t, SoftkmsRoots, BasicRoots, extra)
@@ -63,14 +74,58 @@ func StartAWSFront(t *testing.T) *AWSFront {
 	if err := json.Unmarshal([]byte(out), &f.Key); err != nil || f.Key.ID == "" || f.Key.Secret == "" {
 		t.Fatalf("access-key create --output json printed %q (%v)", out, err)
 	}
+	f.HTTP = c.AWSHTTPClient(t)
+	return f
+}
+
+// AWSHTTPClient is an HTTPS client for the AWS front-ends of c's nodes
+// (aws_kms, xks): it trusts the cluster's CA (c.CAFile) and, as AWS tools
+// do, presents no certificate.
+func (c *Processes) AWSHTTPClient(t *testing.T) *http.Client {
+	t.Helper()
 	caPEM, err := os.ReadFile(c.CAFile)
 	must(t, "reading the CA", err)
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
 		t.Fatalf("%s holds no certificate", c.CAFile)
 	}
-	f.HTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-	return f
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+}
+
+// KMSClient is the AWS SDK's KMS client, unmodified, at url
+// (https://host:port) in AWSRegion, signing with key over hc; optFns
+// change its options as kms.New's do.
+func KMSClient(url string, key AccessKey, hc *http.Client, optFns ...func(*kms.Options)) *kms.Client {
+	return kms.New(kms.Options{Region: AWSRegion, BaseEndpoint: aws.String(url), HTTPClient: hc,
+		Credentials: credentials.NewStaticCredentialsProvider(key.ID, key.Secret, "")}, optFns...)
+}
+
+// XKSPoster posts to an XKS proxy at base (https://host:port and the
+// prefix, if any) as AWS KMS does: a JSON request signed by aws-sdk-go-v2's
+// SigV4 signer for service kms-xks-proxy in AWSRegion with key, over hc.
+// The function it returns answers the status and the decoded JSON body,
+// failing t when the body is not JSON.
+func XKSPoster(t *testing.T, hc *http.Client, base string, key AccessKey) func(path string, req any) (int, map[string]any) {
+	return func(path string, req any) (int, map[string]any) {
+		t.Helper()
+		body, err := json.Marshal(req)
+		must(t, "encoding the XKS request", err)
+		r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, base+path, bytes.NewReader(body))
+		must(t, "making the XKS request", err)
+		r.Header.Set("Content-Type", "application/json")
+		sum := sha256.Sum256(body)
+		must(t, "signing", v4.NewSigner().SignHTTP(context.Background(), aws.Credentials{AccessKeyID: key.ID, SecretAccessKey: key.Secret},
+			r, hex.EncodeToString(sum[:]), "kms-xks-proxy", AWSRegion, time.Now()))
+		resp, err := hc.Do(r)
+		must(t, "XKS request", err)
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		var m map[string]any
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Fatalf("%s: %d %q is not JSON", path, resp.StatusCode, data)
+		}
+		return resp.StatusCode, m
+	}
 }
 
 // KeyARN is the ARN the AWS KMS API gives key id.

@@ -67,7 +67,10 @@
 // by the CLI, for the tests of real AWS tools: the AWS CLI (tests/e2e),
 // keybroker bench --protocol awsjson|xks, and the AWS Encryption SDK in
 // the separate module integration/awsesdk, which imports this package
-// through a replace directive.
+// through a replace directive. [KMSClient] (the AWS SDK's KMS client),
+// [XKSPoster] (requests signed as AWS KMS signs them for an XKS proxy) and
+// Processes.AWSHTTPClient (trusting the cluster's CA) talk to any node's
+// AWS front-ends, edges' included.
 //
 // # The binary
 //

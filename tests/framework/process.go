@@ -495,7 +495,9 @@ func (p *Proc) Kill() {
 	<-p.exited
 }
 
-func freePort(t *testing.T) string {
+// FreeAddr is a free loopback address (127.0.0.1:port) for a listener a
+// test configures.
+func FreeAddr(t *testing.T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, "listen", err)
@@ -528,7 +530,7 @@ func NewProcessesOn(t *testing.T, open func(*testing.T, string) *Roots, keys []R
 	c := &Processes{Setup: NewSetupOn(t, open, keys), Edges: map[string]*EdgeNode{}}
 	cfg, err := os.ReadFile(c.Config)
 	must(t, "reading central.yaml", err)
-	cfg = bytes.Replace(cfg, []byte("listen: 127.0.0.1:0\n"), []byte("listen: "+freePort(t)+"\n"), 1)
+	cfg = bytes.Replace(cfg, []byte("listen: 127.0.0.1:0\n"), []byte("listen: "+FreeAddr(t)+"\n"), 1)
 	cfg = append(cfg, "edges: {lease: 2s, heartbeat: 200ms}\n"+extra...)
 	must(t, "writing central.yaml", os.WriteFile(c.Config, cfg, 0o600))
 	c.Central = c.StartCentral(t)

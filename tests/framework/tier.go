@@ -105,7 +105,7 @@ func NewTier(t *testing.T, opts TierOptions) *Tier {
 	must(t, "reading central.yaml", err)
 	for i := range n {
 		name := fmt.Sprintf("central-%d", i+1)
-		cn := &TierCentral{Name: name, Config: filepath.Join(c.Dir, name+".yaml"), AuditLog: filepath.Join(c.Dir, "data-"+name, "audit.jsonl"), Addr: freePort(t)}
+		cn := &TierCentral{Name: name, Config: filepath.Join(c.Dir, name+".yaml"), AuditLog: filepath.Join(c.Dir, "data-"+name, "audit.jsonl"), Addr: FreeAddr(t)}
 		_, err := c.CA.IssueFiles(identity.Identity{TrustDomain: TrustDomain, Kind: identity.Central, Name: name},
 			[]string{"127.0.0.1", "localhost"}, time.Hour, c.Dir, name, c.CAFile)
 		must(t, "issuing "+name, err)
