@@ -140,7 +140,7 @@ func KeyARN(id string) string {
 // it holds.
 func (f *AWSFront) AddAWSEdge(t *testing.T, name, region string) (url string, key AccessKey) {
 	t.Helper()
-	addr := freePort(t)
+	addr := FreeAddr(t)
 	f.AddEdge(t, &EdgeNode{Name: name, Region: region, Prefetch: true,
 		Extra: "aws_kms: {listen: \"" + addr + "\", region: " + AWSRegion + ", account: \"" + AWSAccount + "\"}\n"})
 	f.WaitSynced(t)
