@@ -106,7 +106,7 @@ its gRPC port + 20), and the file exports AWS_ENDPOINT_URL_KMS (the us edge),
 AWS_CA_BUNDLE, AWS_REGION, AWS_DEFAULT_REGION and a dev access key
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) acting as client/app, scoped to the
 us edge (made once, kept in DIR/aws-access-key.json, mode 0600), and defines a
-shell function aws that passes --endpoint-url to 'aws kms …', since AWS CLIs
+shell function aws that names the endpoint for 'aws kms …', since AWS CLIs
 before 2.13 ignore AWS_ENDPOINT_URL_KMS. It then prints the nodes, their ops URLs, where the app identity
 is (certs/app.crt, certs/app.key: a client that may use keys but not manage
 them) and commands to try. Logs go to stderr.
