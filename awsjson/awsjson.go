@@ -91,6 +91,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -200,12 +201,17 @@ var operations = map[string]func(*Server, context.Context, pipeline.Caller, []by
 	"DeleteAlias":                     handle((*Server).deleteAlias),
 }
 
-// handle decodes an operation's request body (see decode) for op.
+// handle decodes an operation's request body for op: in the fast reader
+// when the request has one and the body is in its plain form (fastjson.go),
+// else by decode.
 func handle[Req any](op func(*Server, context.Context, pipeline.Caller, *Req) (any, error)) func(*Server, context.Context, pipeline.Caller, []byte) (any, error) {
 	return func(s *Server, ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
 		in := new(Req)
-		if err := decode(body, in); err != nil {
-			return nil, err
+		if f, ok := any(in).(fastDecoder); !ok || !fastDecode(body, f.fastFields()) {
+			*in = *new(Req) // the fast reader may have filled part of it
+			if err := decode(body, in); err != nil {
+				return nil, err
+			}
 		}
 		return op(s, ctx, caller, in)
 	}
@@ -329,6 +335,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 		s.fail(w, s.awsError(err))
 		return
 	}
+	if fe, ok := out.(fastEncoder); ok {
+		buf := answerBuffers.Get().(*[]byte)
+		*buf = fe.appendJSON((*buf)[:0])
+		w.Header().Set("Content-Type", ContentType)
+		w.Write(*buf) // the ResponseWriter copies it
+		if cap(*buf) <= 64<<10 {
+			answerBuffers.Put(buf)
+		}
+		return
+	}
 	data, err := json.Marshal(out)
 	if err != nil {
 		s.fail(w, &Error{Status: http.StatusInternalServerError, Type: "KMSInternalException", Message: "encoding the answer failed"})
@@ -337,6 +353,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 	w.Header().Set("Content-Type", ContentType)
 	w.Write(data)
 }
+
+// answerBuffers hold the answers the hot operations write themselves.
+var answerBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // invocationID is the AWS SDK's id of the call (kept in the audit line as
 // the client request id), when it is a sane one.
