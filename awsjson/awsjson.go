@@ -256,7 +256,16 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnknownOperationException", Message: "the AWS KMS API is POST / with X-Amz-Target"})
 		return nil, false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	var body []byte
+	var err error
+	if n := r.ContentLength; n >= 0 && n <= MaxBody {
+		// The length is known (the SDKs send it) and the server reads no
+		// more than it: one allocation of the right size.
+		body = make([]byte, n)
+		_, err = io.ReadFull(r.Body, body)
+	} else {
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	}
 	if err != nil {
 		w.Header().Set("x-amzn-RequestId", callinfo.NewRequestID())
 		s.fail(w, validation("the request body is larger than %d bytes", MaxBody))
@@ -290,7 +299,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 	if id := callinfo.RequestID(r.Context()); claim != nil && id != "" {
 		rid = id // relayed: the request id the edge's and this tier's audit lines share
 	}
-	w.Header().Set("x-amzn-RequestId", rid)
+	w.Header()[requestIDHeader] = []string{rid}
 	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {
@@ -356,6 +365,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 
 // answerBuffers hold the answers the hot operations write themselves.
 var answerBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// requestIDHeader is x-amzn-RequestId as net/http keeps it, set without
+// canonicalizing the name each time.
+var requestIDHeader = http.CanonicalHeaderKey("x-amzn-RequestId")
 
 // invocationID is the AWS SDK's id of the call (kept in the audit line as
 // the client request id), when it is a sane one.

@@ -65,7 +65,8 @@ func TestKeyNames(t *testing.T) {
 }
 
 // FuzzFastDecode: whatever the fast reader accepts, it reads exactly as
-// encoding/json does; what it does not accept goes to encoding/json.
+// encoding/json does (the requests, and the key names an edge's relay
+// decision reads); what it does not accept goes to encoding/json.
 func FuzzFastDecode(f *testing.F) {
 	f.Add([]byte(`{"KeyId":"alias/demo","Plaintext":"aGk=","EncryptionContext":{"a":"b"}}`))
 	f.Add([]byte(` { "CiphertextBlob" : "AAAA" , "KeyId":"k", "EncryptionContext":{} } `))
@@ -88,6 +89,14 @@ func FuzzFastDecode(f *testing.F) {
 		check(&encryptRequest{}, &encryptRequest{})
 		check(&decryptRequest{}, &decryptRequest{})
 		check(&reEncryptRequest{}, &reEncryptRequest{})
+		for _, op := range []string{"Encrypt", "Decrypt", "ReEncrypt"} {
+			if got, ok := fastKeyNames(op, body); ok {
+				var want keyNames
+				if err := json.Unmarshal(body, &want); err != nil || !reflect.DeepEqual(got, want) {
+					t.Fatalf("%s %q: fastKeyNames %+v, encoding/json %+v, %v", op, body, got, want, err)
+				}
+			}
+		}
 	})
 }
 
