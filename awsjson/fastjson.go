@@ -27,6 +27,7 @@ const (
 	fastString fastKind = iota // a JSON string into *string
 	fastBlob                   // a base64 JSON string into *[]byte
 	fastMap                    // an object of strings into *map[string]string
+	fastSkip                   // a string or an object of strings, read and dropped
 )
 
 // fastField is a member of a request: its exact name and where it goes.
@@ -121,6 +122,14 @@ func fastDecode(body []byte, fields []fastField) bool {
 					return false
 				}
 				*f.m = m
+			case fastSkip:
+				if d.peek('{') {
+					if !d.skipStringMap() {
+						return false
+					}
+				} else if _, ok := d.string(); !ok {
+					return false
+				}
 			}
 			if d.peek('}') {
 				break
@@ -228,6 +237,31 @@ func (d *fastReader) stringMap() (map[string]string, bool) {
 		}
 		if !d.byte(',') {
 			return nil, false
+		}
+	}
+}
+
+// skipStringMap reads an object of strings and keeps nothing.
+func (d *fastReader) skipStringMap() bool {
+	if !d.byte('{') {
+		return false
+	}
+	if d.peek('}') {
+		d.i++
+		return true
+	}
+	for {
+		if _, ok := d.string(); !ok || !d.byte(':') {
+			return false
+		}
+		if _, ok := d.string(); !ok {
+			return false
+		}
+		if d.byte('}') {
+			return true
+		}
+		if !d.byte(',') {
+			return false
 		}
 	}
 }

@@ -90,9 +90,13 @@ type keyNames struct {
 func fastKeyNames(op string, body []byte) (keyNames, bool) {
 	switch op {
 	case "Encrypt":
-		var r encryptRequest
-		ok := fastDecode(body, r.fastFields())
-		return keyNames{KeyID: r.KeyID}, ok
+		// Only the key is wanted: the plaintext and context are read,
+		// not decoded (encoding/json would not decode them into keyNames
+		// either).
+		var id, alg string
+		ok := fastDecode(body, []fastField{{name: "KeyId", kind: fastString, str: &id}, {name: "Plaintext", kind: fastSkip},
+			{name: "EncryptionContext", kind: fastSkip}, {name: "EncryptionAlgorithm", kind: fastString, str: &alg}})
+		return keyNames{KeyID: id}, ok
 	case "Decrypt":
 		var r decryptRequest
 		ok := fastDecode(body, r.fastFields())
