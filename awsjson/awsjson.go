@@ -79,6 +79,19 @@
 // its gRPC calls are; what it relays, at the central tier as the signer,
 // with the edge named as via. A replay of a request the edge served
 // itself, within SigV4's five minutes, is served again, as AWS would.
+//
+// # Cost
+//
+// Encrypt, Decrypt and ReEncrypt — the calls applications make at rate —
+// are read and answered without reflection (fastjson.go): the plain JSON
+// the SDKs send is read in one pass, and anything else (escapes, other
+// members, differently cased names, repeated ones, nulls) goes to
+// encoding/json from scratch, so what a body means and every error it
+// gets are encoding/json's (FuzzFastDecode compares the two). The body is
+// read in one allocation of its declared length. What remains of a call's
+// cost beside the pipeline's is SigV4 (two SHA-256 and an HMAC) and the
+// HTTP server's; docs/benchmarks.md ("Cutting the AWS path's cost") has
+// the figures.
 package awsjson
 
 import (
@@ -91,6 +104,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -200,12 +214,17 @@ var operations = map[string]func(*Server, context.Context, pipeline.Caller, []by
 	"DeleteAlias":                     handle((*Server).deleteAlias),
 }
 
-// handle decodes an operation's request body (see decode) for op.
+// handle decodes an operation's request body for op: in the fast reader
+// when the request has one and the body is in its plain form (fastjson.go),
+// else by decode.
 func handle[Req any](op func(*Server, context.Context, pipeline.Caller, *Req) (any, error)) func(*Server, context.Context, pipeline.Caller, []byte) (any, error) {
 	return func(s *Server, ctx context.Context, caller pipeline.Caller, body []byte) (any, error) {
 		in := new(Req)
-		if err := decode(body, in); err != nil {
-			return nil, err
+		if f, ok := any(in).(fastDecoder); !ok || !fastDecode(body, f.fastFields()) {
+			*in = *new(Req) // the fast reader may have filled part of it
+			if err := decode(body, in); err != nil {
+				return nil, err
+			}
 		}
 		return op(s, ctx, caller, in)
 	}
@@ -250,7 +269,16 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool)
 		s.fail(w, &Error{Status: http.StatusBadRequest, Type: "UnknownOperationException", Message: "the AWS KMS API is POST / with X-Amz-Target"})
 		return nil, false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	var body []byte
+	var err error
+	if n := r.ContentLength; n >= 0 && n <= MaxBody {
+		// The length is known (the SDKs send it) and the server reads no
+		// more than it: one allocation of the right size.
+		body = make([]byte, n)
+		_, err = io.ReadFull(r.Body, body)
+	} else {
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	}
 	if err != nil {
 		w.Header().Set("x-amzn-RequestId", callinfo.NewRequestID())
 		s.fail(w, validation("the request body is larger than %d bytes", MaxBody))
@@ -284,7 +312,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 	if id := callinfo.RequestID(r.Context()); claim != nil && id != "" {
 		rid = id // relayed: the request id the edge's and this tier's audit lines share
 	}
-	w.Header().Set("x-amzn-RequestId", rid)
+	w.Header()[requestIDHeader] = []string{rid}
 	if err != nil {
 		var se *sigv4.Error
 		if errors.As(err, &se) {
@@ -329,6 +357,16 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 		s.fail(w, s.awsError(err))
 		return
 	}
+	if fe, ok := out.(fastEncoder); ok {
+		buf := answerBuffers.Get().(*[]byte)
+		*buf = fe.appendJSON((*buf)[:0])
+		w.Header().Set("Content-Type", ContentType)
+		w.Write(*buf) // the ResponseWriter copies it
+		if cap(*buf) <= 64<<10 {
+			answerBuffers.Put(buf)
+		}
+		return
+	}
 	data, err := json.Marshal(out)
 	if err != nil {
 		s.fail(w, &Error{Status: http.StatusInternalServerError, Type: "KMSInternalException", Message: "encoding the answer failed"})
@@ -337,6 +375,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, body []byte, sign
 	w.Header().Set("Content-Type", ContentType)
 	w.Write(data)
 }
+
+// answerBuffers hold the answers the hot operations write themselves.
+var answerBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// requestIDHeader is x-amzn-RequestId as net/http keeps it, set without
+// canonicalizing the name each time.
+var requestIDHeader = http.CanonicalHeaderKey("x-amzn-RequestId")
 
 // invocationID is the AWS SDK's id of the call (kept in the audit line as
 // the client request id), when it is a sane one.

@@ -1,7 +1,10 @@
 package awsjson
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 )
 
@@ -57,6 +60,62 @@ func TestKeyNames(t *testing.T) {
 		var e *Error
 		if !errors.As(err, &e) || e.Type != typ {
 			t.Errorf("keyID(%q) = %v, want %s", name, err, typ)
+		}
+	}
+}
+
+// FuzzFastDecode: whatever the fast reader accepts, it reads exactly as
+// encoding/json does (the requests, and the key names an edge's relay
+// decision reads); what it does not accept goes to encoding/json.
+func FuzzFastDecode(f *testing.F) {
+	f.Add([]byte(`{"KeyId":"alias/demo","Plaintext":"aGk=","EncryptionContext":{"a":"b"}}`))
+	f.Add([]byte(` { "CiphertextBlob" : "AAAA" , "KeyId":"k", "EncryptionContext":{} } `))
+	f.Add([]byte(`{"SourceKeyId":"a","DestinationKeyId":"b","CiphertextBlob":"","DestinationEncryptionContext":{"x":"é"}}`))
+	f.Add([]byte(`{"keyid":"a","KeyId":"b"}`))
+	f.Add([]byte(`{"KeyId":"a\u0041","Plaintext":null}`))
+	f.Add([]byte(`{"EncryptionContext":{"a":"b","a":"c"}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		check := func(fast fastDecoder, slow any) {
+			if !fastDecode(body, fast.fastFields()) {
+				return
+			}
+			if err := json.Unmarshal(body, slow); err != nil {
+				t.Fatalf("the fast reader took %q, which encoding/json refuses: %v", body, err)
+			}
+			if !reflect.DeepEqual(fast, slow) {
+				t.Fatalf("%q: fast reader %+v, encoding/json %+v", body, fast, slow)
+			}
+		}
+		check(&encryptRequest{}, &encryptRequest{})
+		check(&decryptRequest{}, &decryptRequest{})
+		check(&reEncryptRequest{}, &reEncryptRequest{})
+		for _, op := range []string{"Encrypt", "Decrypt", "ReEncrypt"} {
+			if got, ok := fastKeyNames(op, body); ok {
+				var want keyNames
+				if err := json.Unmarshal(body, &want); err != nil || !reflect.DeepEqual(got, want) {
+					t.Fatalf("%s %q: fastKeyNames %+v, encoding/json %+v, %v", op, body, got, want, err)
+				}
+			}
+		}
+	})
+}
+
+// TestFastEncode: the answers that write their own JSON write what
+// json.Marshal writes.
+func TestFastEncode(t *testing.T) {
+	for _, v := range []fastEncoder{
+		encryptResponse{CiphertextBlob: []byte{0, 1, 2, 0xff}, KeyID: "arn:aws:kms:eu-west-1:111122223333:key/demo", EncryptionAlgorithm: symmetricDefault},
+		encryptResponse{KeyID: "a<b>&\"c\\\n\u2028é\xff"},
+		decryptResponse{Plaintext: []byte{}, KeyID: "k"},
+		decryptResponse{Plaintext: bytes.Repeat([]byte("p"), 1025), KeyID: "k", EncryptionAlgorithm: symmetricDefault},
+		reEncryptResponse{CiphertextBlob: []byte("x"), SourceKeyID: "s", KeyID: "d", SourceEncryptionAlgorithm: "A", DestinationEncryptionAlgorithm: "B"},
+	} {
+		want, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := v.appendJSON(nil); !bytes.Equal(got, want) {
+			t.Errorf("appendJSON = %s, want %s", got, want)
 		}
 	}
 }

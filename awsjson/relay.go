@@ -51,12 +51,8 @@ func (s *Server) servesHere(ctx context.Context, relay Relay, op string, body []
 	if !localOps[op] {
 		return false
 	}
-	var in struct {
-		KeyId            string
-		DestinationKeyId string
-		CiphertextBlob   []byte
-	}
-	if json.Unmarshal(body, &in) != nil {
+	in, ok := fastKeyNames(op, body)
+	if !ok && json.Unmarshal(body, &in) != nil {
 		return true
 	}
 	var refs []KeyRef
@@ -68,7 +64,7 @@ func (s *Server) servesHere(ctx context.Context, relay Relay, op string, body []
 		}
 		refs = append(refs, KeyRef{ID: id, Version: v})
 	}
-	for _, name := range []string{in.KeyId, in.DestinationKeyId} {
+	for _, name := range []string{in.KeyID, in.DestinationKeyID} {
 		if name == "" {
 			continue
 		}
@@ -79,6 +75,38 @@ func (s *Server) servesHere(ctx context.Context, relay Relay, op string, body []
 		refs = append(refs, KeyRef{ID: id, PublicOnly: public})
 	}
 	return relay.Local(ctx, refs)
+}
+
+// keyNames are the members of a request that name keys.
+type keyNames struct {
+	KeyID            string `json:"KeyId"`
+	DestinationKeyID string `json:"DestinationKeyId"`
+	CiphertextBlob   []byte `json:"CiphertextBlob"`
+}
+
+// fastKeyNames reads the key names of an Encrypt, Decrypt or ReEncrypt in
+// the fast reader's plain form (fastjson.go) — what encoding/json would
+// read into keyNames from such a body — and reports whether it could.
+func fastKeyNames(op string, body []byte) (keyNames, bool) {
+	switch op {
+	case "Encrypt":
+		// Only the key is wanted: the plaintext and context are read,
+		// not decoded (encoding/json would not decode them into keyNames
+		// either).
+		var id, alg string
+		ok := fastDecode(body, []fastField{{name: "KeyId", kind: fastString, str: &id}, {name: "Plaintext", kind: fastSkip},
+			{name: "EncryptionContext", kind: fastSkip}, {name: "EncryptionAlgorithm", kind: fastString, str: &alg}})
+		return keyNames{KeyID: id}, ok
+	case "Decrypt":
+		var r decryptRequest
+		ok := fastDecode(body, r.fastFields())
+		return keyNames{KeyID: r.KeyID, CiphertextBlob: r.CiphertextBlob}, ok
+	case "ReEncrypt":
+		var r reEncryptRequest
+		ok := fastDecode(body, r.fastFields())
+		return keyNames{DestinationKeyID: r.DestinationKeyID, CiphertextBlob: r.CiphertextBlob}, ok
+	}
+	return keyNames{}, false
 }
 
 // relay takes a request to the central tier as it came.

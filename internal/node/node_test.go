@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -255,5 +258,52 @@ func TestOpenAuditReportsChain(t *testing.T) {
 				t.Errorf("%d lines, the last %+v; want 31, the last a VerifyAuditChain by system at central-1 with outcome %s", len(lines), last, tc.outcome)
 			}
 		})
+	}
+}
+
+// TestFrontMetrics: a front-end's answers are counted by status — the
+// status written, 200 for a body without one, 200 for nothing at all — and
+// timed, under the front's name.
+func TestFrontMetrics(t *testing.T) {
+	s := New("central", nil)
+	h := s.frontMetrics("aws_kms", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/bad":
+			w.WriteHeader(http.StatusBadRequest)
+			w.WriteHeader(http.StatusInternalServerError) // ignored by net/http, and here
+			w.Write([]byte("no"))
+		case "/ok":
+			w.Write([]byte("yes"))
+		}
+	}))
+	for _, path := range []string{"/bad", "/bad", "/ok", "/empty"} {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodPost, path, nil))
+	}
+	families, err := s.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			labels := ""
+			for _, l := range m.GetLabel() {
+				labels += l.GetName() + "=" + l.GetValue() + " "
+			}
+			switch f.GetName() {
+			case "keybroker_front_requests_total":
+				got[f.GetName()+" "+labels] = m.GetCounter().GetValue()
+			case "keybroker_front_request_seconds":
+				got[f.GetName()+" "+labels] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	want := map[string]float64{
+		"keybroker_front_requests_total code=400 front=aws_kms ": 2,
+		"keybroker_front_requests_total code=200 front=aws_kms ": 2,
+		"keybroker_front_request_seconds front=aws_kms ":         4,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("front metrics = %v, want %v", got, want)
 	}
 }

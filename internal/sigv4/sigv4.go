@@ -38,7 +38,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/aws/smithy-go/encoding/httpbinding"
 )
@@ -144,42 +146,89 @@ func parseAuthorization(h string) (*authorization, *Error) {
 	if !ok || alg != Algorithm {
 		return nil, refuse(IncompleteSignature, "the Authorization header must start with %s", Algorithm)
 	}
-	fields := map[string]string{}
+	// The fields, in the order given; a request has three (a few more
+	// are read only to be refused), so a small array and a linear search
+	// do without a map.
+	var store [4]field
+	fields := store[:0]
 	for part := range strings.SplitSeq(rest, ",") {
 		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
 		if !ok {
 			return nil, refuse(IncompleteSignature, "Authorization field %q is not name=value", clip(part))
 		}
-		if _, dup := fields[k]; dup {
+		if lookup(fields, k) != nil {
 			return nil, refuse(IncompleteSignature, "Authorization field %s is given twice", clip(k))
 		}
-		fields[k] = v
+		fields = append(fields, field{k, v})
 	}
+	var credential, signedHeaders, signature string
 	for _, name := range []string{"Credential", "SignedHeaders", "Signature"} {
-		if fields[name] == "" {
+		f := lookup(fields, name)
+		if f == nil || f.value == "" {
 			return nil, refuse(IncompleteSignature, "the Authorization header has no %s", name)
+		}
+		switch name {
+		case "Credential":
+			credential = f.value
+		case "SignedHeaders":
+			signedHeaders = f.value
+		default:
+			signature = f.value
 		}
 	}
 	if len(fields) != 3 {
 		return nil, refuse(IncompleteSignature, "the Authorization header has fields other than Credential, SignedHeaders and Signature")
 	}
-	scope := strings.Split(fields["Credential"], "/")
-	if len(scope) != 5 || scope[4] != "aws4_request" || scope[0] == "" {
+	var scope [5]string
+	if strings.Count(credential, "/") != 4 {
+		return nil, refuse(IncompleteSignature, "Credential must be ACCESS_KEY_ID/YYYYMMDD/REGION/SERVICE/aws4_request")
+	}
+	for i := range 4 {
+		scope[i], credential, _ = strings.Cut(credential, "/")
+	}
+	scope[4] = credential
+	if scope[4] != "aws4_request" || scope[0] == "" {
 		return nil, refuse(IncompleteSignature, "Credential must be ACCESS_KEY_ID/YYYYMMDD/REGION/SERVICE/aws4_request")
 	}
 	a := &authorization{accessKeyID: scope[0], date: scope[1], region: scope[2], service: scope[3]}
-	a.signedHeaders = strings.Split(fields["SignedHeaders"], ";")
+	a.signedHeaders = strings.Split(signedHeaders, ";")
 	for i, name := range a.signedHeaders {
-		if name == "" || name != strings.ToLower(name) || i > 0 && a.signedHeaders[i-1] >= name {
+		if name == "" || !lower(name) || i > 0 && a.signedHeaders[i-1] >= name {
 			return nil, refuse(IncompleteSignature, "SignedHeaders must list lower-case header names once each, sorted")
 		}
 	}
-	sig, err := hex.DecodeString(fields["Signature"])
-	if err != nil || len(sig) != sha256.Size {
+	a.signature = make([]byte, sha256.Size)
+	if len(signature) != 2*sha256.Size {
 		return nil, refuse(IncompleteSignature, "Signature must be 64 hexadecimal digits")
 	}
-	a.signature = sig
+	if _, err := hex.Decode(a.signature, []byte(signature)); err != nil {
+		return nil, refuse(IncompleteSignature, "Signature must be 64 hexadecimal digits")
+	}
 	return a, nil
+}
+
+// field is a name=value field of the Authorization header.
+type field struct{ name, value string }
+
+func lookup(fields []field, name string) *field {
+	for i := range fields {
+		if fields[i].name == name {
+			return &fields[i]
+		}
+	}
+	return nil
+}
+
+// lower reports whether s is unchanged by strings.ToLower.
+func lower(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= utf8.RuneSelf {
+			return s == strings.ToLower(s)
+		} else if 'A' <= c && c <= 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 // Verify checks r, whose body (already read, bounded by the front-end) is
@@ -199,9 +248,11 @@ func (v *Verifier) Verify(ctx context.Context, r *http.Request, body []byte) (Ve
 	if r.Header.Get("X-Amz-Security-Token") != "" {
 		return Verified{}, refuse(UnrecognizedClient, "session tokens are not accepted here: sign with an access key issued by keybroker access-key create")
 	}
-	for _, name := range append([]string{"host", "x-amz-date"}, v.Required...) {
-		if !slices.Contains(a.signedHeaders, name) {
-			return Verified{}, refuse(IncompleteSignature, "the header %s must be signed (listed in SignedHeaders)", name)
+	for _, required := range [][]string{{"host", "x-amz-date"}, v.Required} {
+		for _, name := range required {
+			if !slices.Contains(a.signedHeaders, name) {
+				return Verified{}, refuse(IncompleteSignature, "the header %s must be signed (listed in SignedHeaders)", name)
+			}
 		}
 	}
 	if a.service != v.Service || a.region != v.Region {
@@ -227,7 +278,10 @@ func (v *Verifier) Verify(ctx context.Context, r *http.Request, body []byte) (Ve
 		return Verified{}, refuse(InvalidSignature, "Signature expired or not yet valid: %s is more than %s from the server's time %s",
 			amzDate, skew, now.UTC().Format("20060102T150405Z"))
 	}
-	canonical, rerr := canonicalRequest(r, a.signedHeaders, body)
+	buf := buffers.Get().(*[]byte)
+	defer buffers.Put(buf)
+	canonical, rerr := appendCanonicalRequest((*buf)[:0], r, a.signedHeaders, body)
+	*buf = canonical[:0]
 	if rerr != nil {
 		return Verified{}, rerr
 	}
@@ -238,60 +292,103 @@ func (v *Verifier) Verify(ctx context.Context, r *http.Request, body []byte) (Ve
 	if err != nil {
 		return Verified{}, err
 	}
-	sum := sha256.Sum256([]byte(canonical))
-	toSign := Algorithm + "\n" + amzDate + "\n" + a.date + "/" + a.region + "/" + a.service + "/aws4_request\n" + hex.EncodeToString(sum[:])
-	if !hmac.Equal(mac(key, toSign), a.signature) {
+	sum := sha256.Sum256(canonical)
+	toSign := append(canonical[len(canonical):], Algorithm+"\n"...)
+	toSign = append(toSign, amzDate...)
+	toSign = append(toSign, '\n')
+	toSign = append(toSign, a.date...)
+	toSign = append(toSign, '/')
+	toSign = append(toSign, a.region...)
+	toSign = append(toSign, '/')
+	toSign = append(toSign, a.service...)
+	toSign = append(toSign, "/aws4_request\n"...)
+	toSign = hex.AppendEncode(toSign, sum[:])
+	m := hmac.New(sha256.New, key)
+	m.Write(toSign)
+	var got [sha256.Size]byte
+	if !hmac.Equal(m.Sum(got[:0]), a.signature) {
 		return Verified{}, refuse(InvalidSignature, "the request signature we calculated does not match the signature you provided: check your secret access key and signing method")
 	}
 	return Verified{AccessKeyID: a.accessKeyID, Date: date, Signature: a.signature}, nil
 }
 
-// canonicalRequest is SigV4's canonical request for r over the signed
-// headers.
-func canonicalRequest(r *http.Request, signed []string, body []byte) (string, *Error) {
-	var b strings.Builder
-	b.WriteString(r.Method)
-	b.WriteByte('\n')
+// buffers hold canonical requests and strings to sign while they are
+// hashed, so that a request's verification does not grow one each time.
+var buffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// appendCanonicalRequest appends SigV4's canonical request for r over the
+// signed headers to dst.
+func appendCanonicalRequest(dst []byte, r *http.Request, signed []string, body []byte) ([]byte, *Error) {
+	b := append(dst, r.Method...)
+	b = append(b, '\n')
 	path := r.URL.EscapedPath()
 	if path == "" {
 		path = "/"
 	}
-	b.WriteString(httpbinding.EscapePath(path, false))
-	b.WriteByte('\n')
-	b.WriteString(canonicalQuery(r))
-	b.WriteByte('\n')
+	if path == "/" {
+		b = append(b, '/') // what EscapePath makes of it, without its allocation
+	} else {
+		b = append(b, httpbinding.EscapePath(path, false)...)
+	}
+	b = append(b, '\n')
+	if r.URL.RawQuery != "" {
+		b = append(b, canonicalQuery(r)...)
+	}
+	b = append(b, '\n')
 	for _, name := range signed {
 		var values []string
 		switch name {
 		case "host":
-			values = []string{r.Host}
+			if r.Host != "" {
+				values = []string{r.Host}
+			}
 		case "content-length":
 			values = r.Header.Values("Content-Length")
 			if len(values) == 0 && r.ContentLength >= 0 {
 				values = []string{strconv.FormatInt(r.ContentLength, 10)}
 			}
 		default:
-			values = r.Header.Values(name)
+			values = headerValues(r.Header, name)
 		}
-		if len(values) == 0 || name == "host" && values[0] == "" {
-			return "", refuse(IncompleteSignature, "the signed header %s is not in the request", clip(name))
+		if len(values) == 0 {
+			return b, refuse(IncompleteSignature, "the signed header %s is not in the request", clip(name))
 		}
-		b.WriteString(name)
-		b.WriteByte(':')
+		b = append(b, name...)
+		b = append(b, ':')
 		for i, v := range values {
 			if i > 0 {
-				b.WriteByte(',')
+				b = append(b, ',')
 			}
-			b.WriteString(strings.TrimSpace(collapseSpaces(v)))
+			b = appendCollapsed(b, strings.TrimSpace(v))
 		}
-		b.WriteByte('\n')
+		b = append(b, '\n')
 	}
-	b.WriteByte('\n')
-	b.WriteString(strings.Join(signed, ";"))
-	b.WriteByte('\n')
+	b = append(b, '\n')
+	for i, name := range signed {
+		if i > 0 {
+			b = append(b, ';')
+		}
+		b = append(b, name...)
+	}
+	b = append(b, '\n')
 	sum := sha256.Sum256(body)
-	b.WriteString(hex.EncodeToString(sum[:]))
-	return b.String(), nil
+	return hex.AppendEncode(b, sum[:]), nil
+}
+
+// canonicalKeys are the canonical forms of the header names the SDKs sign,
+// so that their values are found without canonicalizing the name each time.
+var canonicalKeys = map[string]string{
+	"x-amz-date": "X-Amz-Date", "x-amz-target": "X-Amz-Target", "content-type": "Content-Type",
+	"amz-sdk-invocation-id": "Amz-Sdk-Invocation-Id", "amz-sdk-request": "Amz-Sdk-Request",
+	"x-amz-content-sha256": "X-Amz-Content-Sha256", "x-amz-user-agent": "X-Amz-User-Agent", "user-agent": "User-Agent",
+}
+
+// headerValues is h.Values(name) for a lower-case name.
+func headerValues(h http.Header, name string) []string {
+	if key, ok := canonicalKeys[name]; ok {
+		return h[key]
+	}
+	return h.Values(name)
 }
 
 // canonicalQuery sorts the query's parameters by name, then value, each
@@ -322,13 +419,12 @@ func canonicalQuery(r *http.Request) string {
 	return b.String()
 }
 
-// collapseSpaces turns each run of spaces into one, as SigV4's canonical
-// header values have them.
-func collapseSpaces(s string) string {
+// appendCollapsed appends s with each run of spaces made one, as SigV4's
+// canonical header values have them.
+func appendCollapsed(dst []byte, s string) []byte {
 	if !strings.Contains(s, "  ") {
-		return s
+		return append(dst, s...)
 	}
-	var b strings.Builder
 	space := false
 	for i := 0; i < len(s); i++ {
 		if s[i] == ' ' {
@@ -339,9 +435,9 @@ func collapseSpaces(s string) string {
 		} else {
 			space = false
 		}
-		b.WriteByte(s[i])
+		dst = append(dst, s[i])
 	}
-	return b.String()
+	return dst
 }
 
 // clip bounds what an error repeats of the request.
