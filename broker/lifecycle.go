@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/keybroker/keybroker/managed"
@@ -94,42 +96,82 @@ func rotationDue(k *managed.Key, now time.Time) bool {
 }
 
 func (r *Registry) Sweep(ctx context.Context, record SweepRecorder) (rotate []*managed.Key, deleted []string, err error) {
-	// A page at a time from the last id seen, so that a sweep of a million
-	// keys holds a page of them (and the few due), not every key.
 	now := r.now()
+	ids, epoch, ok := r.sweep.dueBy(now)
+	if !ok {
+		return r.sweepAll(ctx, record, now, epoch)
+	}
+	// The index names the keys that may be due (sweepIndex): each is
+	// judged on its record in the store, as a scan would.
+	slices.Sort(ids)
+	for _, id := range ids {
+		k, err := r.load(ctx, id)
+		if errors.Is(err, managed.ErrNotFound) {
+			continue // deleted since the feed reported it
+		}
+		if err != nil {
+			return rotate, deleted, err
+		}
+		if rotate, deleted, err = r.sweepKey(ctx, k, now, record, rotate, deleted); err != nil {
+			return rotate, deleted, err
+		}
+	}
+	r.sweeps.indexed.Add(1)
+	return rotate, deleted, nil
+}
+
+// sweepAll is Sweep over every key, a page at a time from the last id
+// seen, so that a sweep of a million keys holds a page of them (and the
+// few due), not every key. It builds the sweep index as it goes.
+func (r *Registry) sweepAll(ctx context.Context, record SweepRecorder, now time.Time, epoch uint64) (rotate []*managed.Key, deleted []string, err error) {
+	r.sweeps.scans.Add(1)
+	seen := map[string]time.Time{}
 	for after := ""; ; {
 		p, err := r.Page(ctx, after, sweepPage)
 		if err != nil {
 			return rotate, deleted, err
 		}
 		for _, k := range p.Keys {
-			switch {
-			case k.State == managed.StatePendingDeletion && !now.Before(k.DeletionTime):
-				if record != nil {
-					if err := record("DeleteKey", k.ID, nil); err != nil {
-						return rotate, deleted, fmt.Errorf("deleting %q: not audited, left for the next sweep: %w", k.ID, err)
-					}
-				}
-				if err := r.Delete(ctx, k); err != nil {
-					if record != nil {
-						// Its audit line said it would go; say it did not.
-						_ = record("DeleteKey", k.ID, err)
-					}
-					return rotate, deleted, err
-				}
-				if err := r.dropAliases(ctx, k); err != nil {
-					return rotate, deleted, fmt.Errorf("deleting the aliases of %q: %w", k.ID, err)
-				}
-				deleted = append(deleted, k.ID)
-			case rotationDue(k, now):
-				rotate = append(rotate, k)
+			if at, ok := sweepDue(k); ok {
+				seen[k.ID] = at
+			}
+			if rotate, deleted, err = r.sweepKey(ctx, k, now, record, rotate, deleted); err != nil {
+				return rotate, deleted, err
 			}
 		}
 		if !p.More {
+			r.sweep.scanned(seen, epoch)
 			return rotate, deleted, nil
 		}
 		after = p.Keys[len(p.Keys)-1].ID
 	}
+}
+
+// sweepKey does what k has due: its deletion, carried out here, or its
+// rotation, added to rotate for the caller.
+func (r *Registry) sweepKey(ctx context.Context, k *managed.Key, now time.Time, record SweepRecorder, rotate []*managed.Key, deleted []string) ([]*managed.Key, []string, error) {
+	switch {
+	case k.State == managed.StatePendingDeletion && !now.Before(k.DeletionTime):
+		if record != nil {
+			if err := record("DeleteKey", k.ID, nil); err != nil {
+				return rotate, deleted, fmt.Errorf("deleting %q: not audited, left for the next sweep: %w", k.ID, err)
+			}
+		}
+		if err := r.Delete(ctx, k); err != nil {
+			if record != nil {
+				// Its audit line said it would go; say it did not.
+				_ = record("DeleteKey", k.ID, err)
+			}
+			return rotate, deleted, err
+		}
+		if err := r.dropAliases(ctx, k); err != nil {
+			return rotate, deleted, fmt.Errorf("deleting the aliases of %q: %w", k.ID, err)
+		}
+		deleted = append(deleted, k.ID)
+	case rotationDue(k, now):
+		rotate = append(rotate, k)
+	}
+	return rotate, deleted, nil
 }
 
 // sweepPage is how many keys Sweep reads at a time.

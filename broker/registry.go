@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keybroker/keybroker/broker/store"
@@ -27,8 +28,9 @@ const KindKeys store.Kind = "keys"
 // is read from the store on use. A cached copy is replaced by every write
 // made through this Registry and, with Follow running, by every change
 // the store's feed reports (writes by other central nodes sharing the
-// store); the feed decodes only changes to keys already cached, and
-// forgets the others. Listings (List, Page, Scan) read the store and
+// store); the feed decodes every key change — for the cache, and for the
+// lifecycle sweep's index of keys with a rotation or deletion due
+// (sweepindex.go) — but caches only keys already cached. Listings (List, Page, Scan) read the store and
 // never fill the cache, so walking a million keys costs a page of memory,
 // not a million decoded keys. Keys returned are shared and must not be
 // modified; Update hands its function a private copy.
@@ -51,6 +53,10 @@ type Registry struct {
 	// aliases remembers alias lookups, kept current by the feed as the
 	// key cache is (aliases.go).
 	aliases aliasMemo
+	// sweep indexes the keys the lifecycle sweep may have work for, kept
+	// by the feed (sweepindex.go); sweeps counts how sweeps went.
+	sweep  sweepIndex
+	sweeps struct{ scans, indexed atomic.Uint64 }
 }
 
 // NewRegistry returns a registry on st; now is the clock (time.Now when nil).
@@ -160,12 +166,12 @@ func (r *Registry) remember(k *managed.Key) {
 
 func (r *Registry) rememberLocked(k *managed.Key) { r.cache.put(k) }
 
-// heard applies a change the feed reported to key o.ID: a cached key is
-// replaced (or dropped, when its record cannot be decoded: it is read
-// from the store next time); a key not cached is not decoded, and loads
-// of it in flight are not cached, as they may have read it before the
-// change.
-func (r *Registry) heard(o store.Object) {
+// heard applies a change the feed reported to key o.ID, k its record
+// decoded (nil: it did not decode): a cached key is replaced (or dropped,
+// when its record cannot be decoded: it is read from the store next time);
+// a key not cached is not cached now, and loads of it in flight are not
+// cached, as they may have read it before the change.
+func (r *Registry) heard(o store.Object, k *managed.Key) {
 	r.mu.Lock()
 	if !r.cache.has(o.ID) {
 		if m := r.loading[o.ID]; m != nil {
@@ -177,8 +183,7 @@ func (r *Registry) heard(o store.Object) {
 	r.mu.Unlock()
 	// Cached a moment ago: a load or write that caches it meanwhile holds
 	// this revision or a later one, and remember keeps the later.
-	k, err := decodeKey(o)
-	if err != nil {
+	if k == nil { // its record did not decode
 		r.drop(o.ID)
 		return
 	}
@@ -241,6 +246,7 @@ func (r *Registry) Follow(ctx context.Context) {
 		// Anything cached before the feed began may have changed before
 		// `from`, which the feed will not report.
 		r.invalidate()
+		r.sweep.start()
 		r.markFollowed(from)
 		for ev := range w.C() {
 			switch {
@@ -248,12 +254,19 @@ func (r *Registry) Follow(ctx context.Context) {
 				r.aliases.forget(ev.Object.ID)
 			case ev.Type == store.Progress, ev.Object.Kind != KindKeys:
 			case ev.Type == store.Delete:
+				r.sweep.forget(ev.Object.ID)
 				r.drop(ev.Object.ID)
 			default:
-				r.heard(ev.Object)
+				k, err := decodeKey(ev.Object)
+				if err != nil {
+					k = nil
+				}
+				r.sweep.note(ev.Object.ID, k)
+				r.heard(ev.Object, k)
 			}
 			r.markFollowed(ev.Revision)
 		}
+		r.sweep.stop()
 		if ctx.Err() != nil || errors.Is(w.Err(), store.ErrClosed) {
 			return
 		}

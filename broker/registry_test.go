@@ -30,6 +30,11 @@ func (c *clock) Advance(d time.Duration) {
 
 func newRegistry(t *testing.T) (*Registry, *clock, string) {
 	t.Helper()
+	return newRegistryTB(t)
+}
+
+func newRegistryTB(t testing.TB) (*Registry, *clock, string) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "registry.db")
 	st, err := store.Open(path, 0)
 	if err != nil {
