@@ -28,9 +28,10 @@ const KindKeys store.Kind = "keys"
 // is read from the store on use. A cached copy is replaced by every write
 // made through this Registry and, with Follow running, by every change
 // the store's feed reports (writes by other central nodes sharing the
-// store); the feed decodes every key change — for the cache, and for the
-// lifecycle sweep's index of keys with a rotation or deletion due
-// (sweepindex.go) — but caches only keys already cached. Listings (List, Page, Scan) read the store and
+// store); the feed decodes in full only changes to keys already cached,
+// and forgets the others — of every change it reads just the lifecycle
+// fields, for the sweep's index of keys with a rotation or deletion due
+// (sweepindex.go). Listings (List, Page, Scan) read the store and
 // never fill the cache, so walking a million keys costs a page of memory,
 // not a million decoded keys. Keys returned are shared and must not be
 // modified; Update hands its function a private copy.
@@ -166,12 +167,12 @@ func (r *Registry) remember(k *managed.Key) {
 
 func (r *Registry) rememberLocked(k *managed.Key) { r.cache.put(k) }
 
-// heard applies a change the feed reported to key o.ID, k its record
-// decoded (nil: it did not decode): a cached key is replaced (or dropped,
-// when its record cannot be decoded: it is read from the store next time);
-// a key not cached is not cached now, and loads of it in flight are not
-// cached, as they may have read it before the change.
-func (r *Registry) heard(o store.Object, k *managed.Key) {
+// heard applies a change the feed reported to key o.ID: a cached key is
+// replaced (or dropped, when its record cannot be decoded: it is read
+// from the store next time); a key not cached is not decoded, and loads
+// of it in flight are not cached, as they may have read it before the
+// change.
+func (r *Registry) heard(o store.Object) {
 	r.mu.Lock()
 	if !r.cache.has(o.ID) {
 		if m := r.loading[o.ID]; m != nil {
@@ -183,7 +184,8 @@ func (r *Registry) heard(o store.Object, k *managed.Key) {
 	r.mu.Unlock()
 	// Cached a moment ago: a load or write that caches it meanwhile holds
 	// this revision or a later one, and remember keeps the later.
-	if k == nil { // its record did not decode
+	k, err := decodeKey(o)
+	if err != nil {
 		r.drop(o.ID)
 		return
 	}
@@ -257,12 +259,8 @@ func (r *Registry) Follow(ctx context.Context) {
 				r.sweep.forget(ev.Object.ID)
 				r.drop(ev.Object.ID)
 			default:
-				k, err := decodeKey(ev.Object)
-				if err != nil {
-					k = nil
-				}
-				r.sweep.note(ev.Object.ID, k)
-				r.heard(ev.Object, k)
+				r.sweep.noteRecord(ev.Object)
+				r.heard(ev.Object)
 			}
 			r.markFollowed(ev.Revision)
 		}

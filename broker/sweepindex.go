@@ -1,9 +1,11 @@
 package broker
 
 import (
+	"encoding/json"
 	"sync"
 	"time"
 
+	"github.com/keybroker/keybroker/broker/store"
 	"github.com/keybroker/keybroker/managed"
 )
 
@@ -57,8 +59,26 @@ func (x *sweepIndex) stop() {
 	x.following, x.built = false, false
 }
 
-// note records key id's record as the feed reported it (k nil: its
-// record did not decode).
+// noteRecord records a key's record as the feed reported it, reading only
+// the fields the sweep judges by: the feed reports every change at every
+// central, most of them to keys this node has not cached, and decoding
+// each record in full (versions, labels, public keys) for four fields
+// would cost every change the price of a read.
+func (x *sweepIndex) noteRecord(o store.Object) {
+	var f struct {
+		State          managed.State `json:"state"`
+		RotationPeriod time.Duration `json:"rotation_period"`
+		NextRotation   time.Time     `json:"next_rotation"`
+		DeletionTime   time.Time     `json:"deletion_time"`
+	}
+	if err := json.Unmarshal(o.Value, &f); err != nil {
+		x.note(o.ID, nil)
+		return
+	}
+	x.note(o.ID, &managed.Key{State: f.State, RotationPeriod: f.RotationPeriod, NextRotation: f.NextRotation, DeletionTime: f.DeletionTime})
+}
+
+// note records key id's record (k nil: its record did not decode).
 func (x *sweepIndex) note(id string, k *managed.Key) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
