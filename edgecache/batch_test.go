@@ -199,7 +199,7 @@ func replicaOf(t *testing.T, ec *Cache) replica {
 	if set != nil {
 		r.Policy = policyProbe(set)
 	}
-	s, err := ec.disk.load(nil)
+	s, err := ec.disk.load()
 	must(t, "load", err)
 	for _, ek := range s.keys {
 		r.DiskKeys[ek.GetMetadata().GetKeyId()] = ek

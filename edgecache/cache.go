@@ -364,18 +364,21 @@ func (c *Cache) Close() error {
 }
 
 func (c *Cache) restore() error {
-	s, err := c.disk.load(func(ek *kbv1.EdgeKey) error {
+	s, keys, err := restoreKeys(c.disk, func(ek *kbv1.EdgeKey) (*replicaKey, error) {
 		rk, err := c.fromProto(ek)
 		if err != nil {
-			return fmt.Errorf("stored key: %w", err)
+			return nil, fmt.Errorf("stored key: %w", err)
 		}
-		c.keys[rk.key.ID] = rk
-		c.index.ReplaceOrInsert(rk.key)
-		c.indexAliasesLocked(rk.key)
-		return nil
+		return rk, nil
 	})
 	if err != nil {
 		return err
+	}
+	c.keys = make(map[string]*replicaKey, len(keys))
+	for _, rk := range keys {
+		c.keys[rk.key.ID] = rk
+		c.index.ReplaceOrInsert(rk.key)
+		c.indexAliasesLocked(rk.key)
 	}
 	c.revision, c.lease, c.synced = s.revision, s.lease, s.synced
 	if s.policy != nil {

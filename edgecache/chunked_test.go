@@ -149,7 +149,7 @@ func replicaState(t *testing.T, ec *Cache) (rev uint64, mem, onDisk []string, re
 	ec.sorted.Ascend(func(k *managed.Key) bool { mem = append(mem, k.ID); return true })
 	region = ec.me.Region
 	ec.mu.RUnlock()
-	s, err := ec.disk.load(nil)
+	s, err := ec.disk.load()
 	must(t, "loading the replica", err)
 	for _, ek := range s.keys {
 		onDisk = append(onDisk, ek.GetMetadata().GetKeyId())

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -264,4 +265,69 @@ func scanForSecrets(t *testing.T, dir string, secrets [][]byte) {
 		return nil
 	})
 	must(t, "scanning the data dir", err)
+}
+
+// TestParallelEach reads a bucket on several workers: every record once,
+// in the bucket's order, and on a record that does not parse, the first
+// such error in that order — whichever worker met it first.
+func TestParallelEach(t *testing.T) {
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "each.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const n = 5*restoreBatch + 17
+	if err := db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("b"))
+		if err != nil {
+			return err
+		}
+		for i := range n {
+			if err := b.Put([]byte(strconv.Itoa(1_000_000+i)), []byte(strconv.Itoa(i))); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	parse := func(bad ...int) func(k, v []byte) (int, error) {
+		return func(k, v []byte) (int, error) {
+			i, err := strconv.Atoi(string(v))
+			if err != nil {
+				return 0, err
+			}
+			for _, b := range bad {
+				if i == b {
+					return 0, errors.New("bad " + string(v))
+				}
+			}
+			return i, nil
+		}
+	}
+	for _, workers := range []int{1, 2, 7} {
+		if err := db.View(func(tx *bolt.Tx) error {
+			got, err := parallelEach(tx.Bucket([]byte("b")), workers, parse())
+			if err != nil {
+				return err
+			}
+			if len(got) != n {
+				t.Fatalf("%d workers: %d records, want %d", workers, len(got), n)
+			}
+			for i, v := range got {
+				if v != i {
+					t.Fatalf("%d workers: record %d is %d: out of order", workers, i, v)
+				}
+			}
+			// Bad records in three batches, on different workers: the first
+			// in the bucket's order is the one reported.
+			_, err = parallelEach(tx.Bucket([]byte("b")), workers, parse(3*restoreBatch+5, restoreBatch+1, n-1))
+			if err == nil || err.Error() != "bad "+strconv.Itoa(restoreBatch+1) {
+				t.Fatalf("%d workers: error %v, want the first bad record's", workers, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

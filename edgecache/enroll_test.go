@@ -104,7 +104,7 @@ func TestRemovedEdgeForgetsItsReplica(t *testing.T) {
 // those Watch carried in key records.
 func sealedOnDisk(t *testing.T, ec *Cache) int {
 	t.Helper()
-	s, err := ec.disk.load(nil)
+	s, err := ec.disk.load()
 	must(t, "loading the replica", err)
 	n := 0
 	for _, k := range s.keys {

@@ -211,3 +211,33 @@ func BenchmarkApplyChanges(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRestore opens a replica of N keys again, as an edge does when
+// it restarts: the state, every key decoded and indexed. It reports the
+// time to open per key (run with -benchtime=3x: each open reads the
+// whole replica).
+func BenchmarkRestore(b *testing.B) {
+	for _, n := range []int{100_000} {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			ec := scaleCache(b, n, 0)
+			cfg := ec.cfg
+			if err := ec.Close(); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for range b.N {
+				ec, err := Open(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(ec.keys) != n {
+					b.Fatalf("restored %d keys, want %d", len(ec.keys), n)
+				}
+				b.StopTimer()
+				ec.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/key")
+		})
+	}
+}
