@@ -10,9 +10,11 @@ import (
 	"github.com/keybroker/keybroker/internal/ttlcache"
 )
 
-// CredentialTTL is how long a signing key is kept: a revocation made at
-// another central node is in force everywhere within it (at once at the
-// node that made it, which reads the record afresh through Forget).
+// CredentialTTL is how long a signing key is kept. A revocation is in
+// force at once at the node that made it (which reads the record afresh
+// through Forget), and at other central nodes and edges as soon as they
+// hear the change from the store's feed or their Watch stream (Changed);
+// the bound holds where that news is lost.
 const CredentialTTL = 30 * time.Second
 
 type signing struct {
@@ -86,6 +88,20 @@ func (c *Cached) get(ctx context.Context, k string, load func(context.Context) (
 // Forget drops what is kept of access key id (it was revoked here).
 func (c *Cached) Forget(id string) {
 	c.cache.ForgetIf(func(k string, _ signing) bool { return len(k) > len(id) && k[:len(id)] == id && k[len(id)] == 0 })
+}
+
+// ForgetAll drops every signing key kept (the history of access keys'
+// changes was lost: any may have been revoked).
+func (c *Cached) ForgetAll() { c.cache.Purge() }
+
+// Changed is what an access key's change reported by the change feed
+// does here: it drops what is kept of id, or of every key for "".
+func (c *Cached) Changed(id string) {
+	if id == "" {
+		c.ForgetAll()
+		return
+	}
+	c.Forget(id)
 }
 
 // Close stops the cache.

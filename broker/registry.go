@@ -58,6 +58,22 @@ type Registry struct {
 	// by the feed (sweepindex.go); sweeps counts how sweeps went.
 	sweep  sweepIndex
 	sweeps struct{ scans, indexed atomic.Uint64 }
+	// accessKeyChanged hears the access keys the feed reports changed,
+	// and "" when the feed starts (OnAccessKeyChange).
+	accessKeyChanged func(id string)
+}
+
+// OnAccessKeyChange has f hear the id of each access key whose record the
+// feed reports changed — by any node sharing the store — and "" each time
+// Follow (re)starts its feed, when changes may have been missed: a central
+// node's cache of signing keys forgets a key revoked at another node as
+// soon as it hears of it. Call it before Follow.
+func (r *Registry) OnAccessKeyChange(f func(id string)) { r.accessKeyChanged = f }
+
+func (r *Registry) heardAccessKey(id string) {
+	if r.accessKeyChanged != nil {
+		r.accessKeyChanged(id)
+	}
 }
 
 // NewRegistry returns a registry on st; now is the clock (time.Now when nil).
@@ -248,12 +264,15 @@ func (r *Registry) Follow(ctx context.Context) {
 		// Anything cached before the feed began may have changed before
 		// `from`, which the feed will not report.
 		r.invalidate()
+		r.heardAccessKey("")
 		r.sweep.start()
 		r.markFollowed(from)
 		for ev := range w.C() {
 			switch {
 			case ev.Type != store.Progress && ev.Object.Kind == KindAliases:
 				r.aliases.forget(ev.Object.ID)
+			case ev.Type != store.Progress && ev.Object.Kind == KindAccessKeys:
+				r.heardAccessKey(ev.Object.ID)
 			case ev.Type == store.Progress, ev.Object.Kind != KindKeys:
 			case ev.Type == store.Delete:
 				r.sweep.forget(ev.Object.ID)

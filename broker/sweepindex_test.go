@@ -124,3 +124,37 @@ func TestSweepWithoutFeedScans(t *testing.T) {
 		t.Errorf("%d scans, %d indexed sweeps; want 3 scans", s, i)
 	}
 }
+
+// TestFollowReportsAccessKeyChanges: the feed tells OnAccessKeyChange of
+// every access key whose record another writer changed (a central node's
+// signing keys forget a key revoked at another), and "" when it starts.
+func TestFollowReportsAccessKeyChanges(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	r, _, _ := newRegistry(t)
+	heard := make(chan string, 8)
+	r.OnAccessKeyChange(func(id string) { heard <- id })
+	done := make(chan struct{})
+	go func() { r.Follow(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	if got := <-heard; got != "" {
+		t.Fatalf("at the feed's start: %q, want \"\"", got)
+	}
+	if _, err := r.Store().Put(ctx, KindAccessKeys, "KBAKAAAAAAAAAAAAAAAB", []byte("{}"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Create(ctx, aesKey("not-an-access-key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WaitFollowed(ctx, r.Store().Revision()); err != nil {
+		t.Fatal(err)
+	}
+	close(heard)
+	var got []string
+	for id := range heard {
+		got = append(got, id)
+	}
+	if !slices.Equal(got, []string{"KBAKAAAAAAAAAAAAAAAB"}) {
+		t.Errorf("heard %q, want the access key alone", got)
+	}
+}

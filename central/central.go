@@ -295,6 +295,9 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		relayed.Fronts["xks"] = front
 	}
 	srv.SetAWSFronts(relayed)
+	if n.signingKeys != nil {
+		n.svc.Registry().OnAccessKeyChange(n.signingKeys.Changed)
+	}
 	sh.Go(n.svc.Registry().Follow)
 	if n.policies != nil {
 		sh.Go(n.policies.follow)

@@ -134,6 +134,12 @@ func Start(ctx context.Context, cfg *config.Edge, opts Options) (n *Node, err er
 		MaxDataKeysPerVersion: cfg.DataKeyReuse.MaxDataKeysPerVersion,
 		InitialBackoff:        cfg.Reconnect.InitialBackoff, MaxBackoff: cfg.Reconnect.MaxBackoff, Logger: log,
 		CentralRefused: choice.avoid,
+		// Set before Run starts the stream that calls it (startAWS, below).
+		AccessKeyChanged: func(id string) {
+			if n.signingKeys != nil {
+				n.signingKeys.Changed(id)
+			}
+		},
 	})
 	if err != nil {
 		return nil, err

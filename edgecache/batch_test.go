@@ -577,3 +577,25 @@ func TestGroupCommitWithdraws(t *testing.T) {
 		})
 	}
 }
+
+// TestAccessKeyChangesHeard: an access key's change on the Watch stream
+// reaches AccessKeyChanged with the key's id and advances the replica's
+// revision; a snapshot reaches it as "" (every signing key is forgotten:
+// the history it replaces may hold revocations).
+func TestAccessKeyChangesHeard(t *testing.T) {
+	ec := scaleCache(t, 3, 0)
+	var heard []string
+	ec.cfg.AccessKeyChanged = func(id string) { heard = append(heard, id) }
+	if err := ec.apply(&kbv1.WatchEvent{Revision: 5, Event: &kbv1.WatchEvent_AccessKeyChanged{AccessKeyChanged: "KBAKAAAAAAAAAAAAAAAA"}}); err != nil {
+		t.Fatal(err)
+	}
+	if ec.Revision() != 5 {
+		t.Errorf("revision %d after the change, want 5", ec.Revision())
+	}
+	if err := ec.apply(chunks(6, 0, 3, 10)[0]); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"KBAKAAAAAAAAAAAAAAAA", ""}; !slices.Equal(heard, want) {
+		t.Errorf("heard %q, want %q", heard, want)
+	}
+}

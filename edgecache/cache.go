@@ -212,6 +212,12 @@ type Config struct {
 	// central nodes the edge moves to another rather than ask that one
 	// again.
 	CentralRefused func(addr string)
+	// AccessKeyChanged, if set, hears the id of each AWS access key whose
+	// record changed at the central tier (a revocation, most often), as
+	// the Watch stream reports it, and "" when a snapshot replaces the
+	// replica (any key may have changed meanwhile): the edge forgets the
+	// signing keys it holds for it, or every one.
+	AccessKeyChanged func(id string)
 	// MaterialEntries and MaterialTTL bound the opened material in memory
 	// (default 10000 versions, 1 hour).
 	MaterialEntries int

@@ -478,6 +478,12 @@ func (c *Cache) fold(b *batch, ev *kbv1.WatchEvent) error {
 		delete(b.protos, id)
 		b.deleted[id] = true
 		b.drop(id, 0)
+	case *kbv1.WatchEvent_AccessKeyChanged:
+		// Forgetting a signing key is always safe, so it is done at once
+		// rather than after the batch commits.
+		if f := c.cfg.AccessKeyChanged; f != nil {
+			f(e.AccessKeyChanged)
+		}
 	default:
 		return nil // an event this edge does not know: newer central; skip
 	}
@@ -634,6 +640,10 @@ func (c *Cache) snapshotChunk(st *snapshotStage, ev *kbv1.WatchEvent) (*snapshot
 	c.mu.RUnlock()
 	for _, rk := range st.fresh.byID {
 		c.check(b, rk)
+	}
+	// The history the snapshot replaces may have revoked access keys.
+	if f := c.cfg.AccessKeyChanged; f != nil {
+		f("")
 	}
 	return nil, c.commit(b)
 }

@@ -269,3 +269,53 @@ func relayType(t *testing.T, edge kbv1.EdgeSyncClient, r *kbv1.ForwardAWSRequest
 func isAWSError(err error, code string) bool {
 	return err != nil && strings.Contains(err.Error(), code)
 }
+
+// TestWatchReportsAccessKeyChanges: revoking an access key reaches the
+// edges over Watch as the key's id — what the edge forgets its signing
+// keys by — and nothing of the record; a stream that resumes from before
+// the revocation hears it too.
+func TestWatchReportsAccessKeyChanges(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	ops, scoped, _ := edgeKeys(t, e)
+	e.enroll(t, "edge-us", "us", nil)
+	us, _, err := e.register(t, "edge-us", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := e.svc.Registry().Store().Revision()
+	stream, err := us.sync.Watch(ctx, &kbv1.WatchRequest{FromRevision: before})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ops.RevokeAccessKey(ctx, &kbv1.AccessKeyRequest{AccessKeyId: scoped.GetAccessKeyId()}); err != nil {
+		t.Fatal(err)
+	}
+	heard := func(stream kbv1.EdgeSync_WatchClient) {
+		t.Helper()
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("Recv: %v", err)
+			}
+			if ev.GetSnapshot() != nil {
+				t.Fatal("a snapshot, want a replay")
+			}
+			if id := ev.GetAccessKeyChanged(); id != "" {
+				if id != scoped.GetAccessKeyId() {
+					t.Fatalf("access key changed: %q, want %q", id, scoped.GetAccessKeyId())
+				}
+				if ev.GetRevision() <= before {
+					t.Fatalf("the change at revision %d, before the revocation", ev.GetRevision())
+				}
+				return
+			}
+		}
+	}
+	heard(stream)
+	again, err := us.sync.Watch(ctx, &kbv1.WatchRequest{FromRevision: before})
+	if err != nil {
+		t.Fatal(err)
+	}
+	heard(again)
+}

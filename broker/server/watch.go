@@ -411,6 +411,11 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 			w.node = n
 		}
 		return w.sendNodes(ctx, ev.Revision)
+	case broker.KindAccessKeys:
+		// Whatever changed (a revocation, most often), the edge asks
+		// again for the key's signing keys at its next use: the record is
+		// not read here, and no part of it reaches the edge.
+		return w.send(ctx, &kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_AccessKeyChanged{AccessKeyChanged: ev.Object.ID}})
 	}
 	return nil
 }

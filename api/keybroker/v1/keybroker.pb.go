@@ -4571,6 +4571,7 @@ type WatchEvent struct {
 	//	*WatchEvent_Policy
 	//	*WatchEvent_Nodes
 	//	*WatchEvent_Heartbeat
+	//	*WatchEvent_AccessKeyChanged
 	Event         isWatchEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4674,6 +4675,15 @@ func (x *WatchEvent) GetHeartbeat() *Heartbeat {
 	return nil
 }
 
+func (x *WatchEvent) GetAccessKeyChanged() string {
+	if x != nil {
+		if x, ok := x.Event.(*WatchEvent_AccessKeyChanged); ok {
+			return x.AccessKeyChanged
+		}
+	}
+	return ""
+}
+
 type isWatchEvent_Event interface {
 	isWatchEvent_Event()
 }
@@ -4702,6 +4712,15 @@ type WatchEvent_Heartbeat struct {
 	Heartbeat *Heartbeat `protobuf:"bytes,7,opt,name=heartbeat,proto3,oneof"`
 }
 
+type WatchEvent_AccessKeyChanged struct {
+	// An AWS access key's record changed (revoked, most often): the edge
+	// forgets the signing keys it holds for it, so a revocation is in
+	// force at an edge as soon as the edge applies this revision. An
+	// edge that gets a snapshot instead forgets every signing key it
+	// holds: the history it missed may hold revocations.
+	AccessKeyChanged string `protobuf:"bytes,8,opt,name=access_key_changed,json=accessKeyChanged,proto3,oneof"`
+}
+
 func (*WatchEvent_Snapshot) isWatchEvent_Event() {}
 
 func (*WatchEvent_Key) isWatchEvent_Event() {}
@@ -4713,6 +4732,8 @@ func (*WatchEvent_Policy) isWatchEvent_Event() {}
 func (*WatchEvent_Nodes) isWatchEvent_Event() {}
 
 func (*WatchEvent_Heartbeat) isWatchEvent_Event() {}
+
+func (*WatchEvent_AccessKeyChanged) isWatchEvent_Event() {}
 
 type FetchMaterialRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -5855,7 +5876,7 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x05nodes\x18\x03 \x03(\v2\x12.keybroker.v1.NodeR\x05nodes\x12\x12\n" +
 	"\x04more\x18\x04 \x01(\bR\x04more\"L\n" +
 	"\tHeartbeat\x12?\n" +
-	"\rlease_expires\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\fleaseExpires\"\xe4\x02\n" +
+	"\rlease_expires\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\fleaseExpires\"\x94\x03\n" +
 	"\n" +
 	"WatchEvent\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x128\n" +
@@ -5864,7 +5885,8 @@ const file_keybroker_v1_keybroker_proto_rawDesc = "" +
 	"\x0edeleted_key_id\x18\x04 \x01(\tH\x00R\fdeletedKeyId\x122\n" +
 	"\x06policy\x18\x05 \x01(\v2\x18.keybroker.v1.EdgePolicyH\x00R\x06policy\x127\n" +
 	"\x05nodes\x18\x06 \x01(\v2\x1f.keybroker.v1.ListNodesResponseH\x00R\x05nodes\x127\n" +
-	"\theartbeat\x18\a \x01(\v2\x17.keybroker.v1.HeartbeatH\x00R\theartbeatB\a\n" +
+	"\theartbeat\x18\a \x01(\v2\x17.keybroker.v1.HeartbeatH\x00R\theartbeat\x12.\n" +
+	"\x12access_key_changed\x18\b \x01(\tH\x00R\x10accessKeyChangedB\a\n" +
 	"\x05event\"N\n" +
 	"\x14FetchMaterialRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1f\n" +
@@ -6302,6 +6324,7 @@ func file_keybroker_v1_keybroker_proto_init() {
 		(*WatchEvent_Policy)(nil),
 		(*WatchEvent_Nodes)(nil),
 		(*WatchEvent_Heartbeat)(nil),
+		(*WatchEvent_AccessKeyChanged)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
