@@ -370,3 +370,98 @@ func (s *Server) listAliases(ctx context.Context, caller pipeline.Caller, in *li
 	}
 	return out, nil
 }
+
+// AWS KMS's automatic rotation periods, in days.
+const (
+	minRotationDays     = 90
+	maxRotationDays     = 2560
+	defaultRotationDays = 365
+)
+
+type enableKeyRotationRequest struct {
+	KeyID                string `json:"KeyId"`
+	RotationPeriodInDays *int   `json:"RotationPeriodInDays"`
+}
+
+// enableKeyRotation gives a symmetric key a rotation period (UpdateKey):
+// the central tier's sweep rotates it when the period has passed.
+func (s *Server) enableKeyRotation(ctx context.Context, caller pipeline.Caller, in *enableKeyRotationRequest) (any, error) {
+	days := defaultRotationDays
+	if in.RotationPeriodInDays != nil {
+		days = *in.RotationPeriodInDays
+	}
+	if days < minRotationDays || days > maxRotationDays {
+		return nil, validation("RotationPeriodInDays must be %d to %d, not %d", minRotationDays, maxRotationDays, days)
+	}
+	return s.setRotation(ctx, caller, in.KeyID, time.Duration(days)*24*time.Hour)
+}
+
+// disableKeyRotation removes a key's rotation period (UpdateKey).
+func (s *Server) disableKeyRotation(ctx context.Context, caller pipeline.Caller, in *keyRequest) (any, error) {
+	return s.setRotation(ctx, caller, in.KeyID, 0)
+}
+
+func (s *Server) setRotation(ctx context.Context, caller pipeline.Caller, name string, period time.Duration) (any, error) {
+	id, err := s.resolveKey(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	// Refused before the change as AWS refuses it; DescribeKey tells the
+	// key's type, and is authorized and audited like any read.
+	k, err := s.cfg.Pipeline.DescribeKey(ctx, caller, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := rotatable(k); err != nil {
+		return nil, err
+	}
+	if _, err := s.cfg.Pipeline.UpdateKey(ctx, caller, pipeline.UpdateKeyInput{KeyID: id, RotationPeriod: &period}); err != nil {
+		return nil, err
+	}
+	return empty{}, nil
+}
+
+type keyRotationStatusResponse struct {
+	KeyID                string   `json:"KeyId"`
+	KeyRotationEnabled   bool     `json:"KeyRotationEnabled"`
+	NextRotationDate     *float64 `json:"NextRotationDate,omitempty"`
+	RotationPeriodInDays *int     `json:"RotationPeriodInDays,omitempty"`
+}
+
+// getKeyRotationStatus says whether a symmetric key rotates on a period
+// (DescribeKey's authorization): Terraform's aws_kms_key reads it.
+func (s *Server) getKeyRotationStatus(ctx context.Context, caller pipeline.Caller, in *keyRequest) (any, error) {
+	id, err := s.resolveKey(ctx, in.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.cfg.Pipeline.DescribeKey(ctx, caller, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := rotatable(k); err != nil {
+		return nil, err
+	}
+	out := keyRotationStatusResponse{KeyID: s.arn(k.ID), KeyRotationEnabled: k.RotationPeriod > 0}
+	if out.KeyRotationEnabled {
+		// keybroker's periods are whole hours of at least a day; AWS's
+		// whole days.
+		days := max(1, int((k.RotationPeriod+12*time.Hour)/(24*time.Hour)))
+		out.RotationPeriodInDays = &days
+		if !k.NextRotation.IsZero() {
+			next := float64(k.NextRotation.UnixMilli()) / 1000
+			out.NextRotationDate = &next
+		}
+	}
+	return out, nil
+}
+
+// rotatable refuses, as AWS KMS does, automatic rotation of any key but a
+// symmetric encryption key (keybroker rotates every key; `keybroker key
+// update --rotation-period` sets it for the others).
+func rotatable(k *managed.Key) error {
+	if k.Type != managed.AES256GCM {
+		return unsupported("automatic rotation through the AWS API is for symmetric encryption keys; %s is %s", k.ID, k.Type)
+	}
+	return nil
+}

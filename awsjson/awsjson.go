@@ -31,7 +31,8 @@
 // pipeline's admin operations, so authorized and audited as KeyAdmin's
 // over gRPC: CreateKey, EnableKey, DisableKey, ScheduleKeyDeletion,
 // CancelKeyDeletion, TagResource, UntagResource, ListResourceTags,
-// CreateAlias, UpdateAlias, DeleteAlias and ListAliases. Every other
+// CreateAlias, UpdateAlias, DeleteAlias, ListAliases, EnableKeyRotation,
+// DisableKeyRotation and GetKeyRotationStatus. Every other
 // operation answers UnsupportedOperationException; an edge relays the
 // key-management calls to the central tier (below).
 //
@@ -50,7 +51,12 @@
 // UntagResource as UpdateKey (on the key as it is and as it will be);
 // alias changes as UpdateKey on every key they touch. ListAliases lists
 // each key's named aliases and alias/<id>; its Limit bounds keys, so a
-// page can hold more entries than Limit.
+// page can hold more entries than Limit. EnableKeyRotation sets the key's
+// rotation period (90 to 2560 days, 365 by default) and
+// DisableKeyRotation clears it, both as UpdateKey; GetKeyRotationStatus is
+// authorized as DescribeKey; all three refuse any key but a symmetric
+// encryption key, as AWS does. GetKeyPolicy and PutKeyPolicy stay
+// unsupported: no key policy decides anything here.
 //
 // # Serving at an edge
 //
@@ -212,6 +218,9 @@ var operations = map[string]func(*Server, context.Context, pipeline.Caller, []by
 	"CreateAlias":                     handle((*Server).createAlias),
 	"UpdateAlias":                     handle((*Server).updateAlias),
 	"DeleteAlias":                     handle((*Server).deleteAlias),
+	"EnableKeyRotation":               handle((*Server).enableKeyRotation),
+	"DisableKeyRotation":              handle((*Server).disableKeyRotation),
+	"GetKeyRotationStatus":            handle((*Server).getKeyRotationStatus),
 }
 
 // handle decodes an operation's request body for op: in the fast reader

@@ -27,9 +27,11 @@ func FuzzAdminRequest(f *testing.F) {
 	f.Add([]byte(`{"AliasName":"alias/app/prod","TargetKeyId":"arn:aws:kms:eu-west-1:111122223333:key/k"}`))
 	f.Add([]byte(`{"AliasName":"alias/aws/s3","TargetKeyId":"alias/x"}`))
 	f.Add([]byte(`{"AliasName":"app","TargetKeyId":5}`))
+	f.Add([]byte(`{"KeyId":"k","RotationPeriodInDays":90}`))
+	f.Add([]byte(`{"KeyId":"k","RotationPeriodInDays":1e12}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var e *Error
-		for _, v := range []any{&createKeyRequest{}, &keyRequest{}, &scheduleKeyDeletionRequest{}, &tagResourceRequest{}, &untagResourceRequest{}, &listRequest{}, &aliasRequest{}} {
+		for _, v := range []any{&createKeyRequest{}, &keyRequest{}, &scheduleKeyDeletionRequest{}, &tagResourceRequest{}, &untagResourceRequest{}, &listRequest{}, &aliasRequest{}, &enableKeyRotationRequest{}} {
 			if err := decode(body, v); err != nil && !errors.As(err, &e) {
 				t.Fatalf("decode: %v is not an AWS error", err)
 			}

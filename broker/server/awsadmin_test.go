@@ -401,3 +401,75 @@ func awsErrorCode(err error) string {
 	}
 	return fmt.Sprint(err)
 }
+
+// TestAWSJSONKeyRotationWithTheSDK: EnableKeyRotation sets the key's
+// rotation period (365 days unless given, 90 to 2560), DisableKeyRotation
+// clears it, GetKeyRotationStatus reads it, as Terraform's aws_kms_key
+// does; AWS's range, a key that is not symmetric, a client and an admin
+// of another team are refused, and each refusal leaves the key as it was.
+func TestAWSJSONKeyRotationWithTheSDK(t *testing.T) {
+	e := start(t)
+	ctx := t.Context()
+	ops, url := asOps(t, e), serveAWS(t, e)
+	ops.createKey("rotating", kbv1.KeyType_KEY_TYPE_AES_256_GCM, map[string]string{"team": "b"})
+	ops.createKey("signer", kbv1.KeyType_KEY_TYPE_ECDSA_P256, nil)
+	admin, teamA, reader := ops.clientAs(url, "admin/ops"), ops.clientAs(url, "admin/team-a"), ops.clientAs(url, "client/reader")
+	opsKB := kbv1.NewKeyBrokerClient(e.conn(t, identity.Admin, "ops"))
+	status := func(want bool, days int32) {
+		t.Helper()
+		got, err := admin.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String("rotating")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.KeyRotationEnabled != want || aws.ToInt32(got.RotationPeriodInDays) != days ||
+			aws.ToString(got.KeyId) != "arn:aws:kms:eu-west-1:111122223333:key/rotating" {
+			t.Fatalf("GetKeyRotationStatus = enabled %v, %d days, %q; want %v, %d days, the key's ARN",
+				got.KeyRotationEnabled, aws.ToInt32(got.RotationPeriodInDays), aws.ToString(got.KeyId), want, days)
+		}
+		if want {
+			next := time.Until(aws.ToTime(got.NextRotationDate))
+			if period := time.Duration(days) * 24 * time.Hour; next < period-time.Hour || next > period {
+				t.Errorf("NextRotationDate %v from now, want about %d days", next, days)
+			}
+		}
+		d, err := opsKB.DescribeKey(ctx, &kbv1.DescribeKeyRequest{KeyId: "rotating"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := d.GetKey().GetRotationPeriod().AsDuration(), time.Duration(days)*24*time.Hour; got != want {
+			t.Fatalf("the key's rotation period over gRPC: %v, want %v", got, want)
+		}
+	}
+	status(false, 0)
+	if _, err := admin.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String("rotating")}); err != nil {
+		t.Fatal(err)
+	}
+	status(true, 365)
+	if _, err := admin.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String("alias/rotating"), RotationPeriodInDays: aws.Int32(180)}); err != nil {
+		t.Fatal(err)
+	}
+	status(true, 180)
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"89 days", errOf(admin.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String("rotating"), RotationPeriodInDays: aws.Int32(89)})), "ValidationException"},
+		{"2561 days", errOf(admin.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String("rotating"), RotationPeriodInDays: aws.Int32(2561)})), "ValidationException"},
+		{"a client enabling", errOf(reader.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String("rotating"), RotationPeriodInDays: aws.Int32(90)})), "AccessDeniedException"},
+		{"a client disabling", errOf(reader.DisableKeyRotation(ctx, &kms.DisableKeyRotationInput{KeyId: aws.String("rotating")})), "AccessDeniedException"},
+		{"team a's admin on team b's key", errOf(teamA.DisableKeyRotation(ctx, &kms.DisableKeyRotationInput{KeyId: aws.String("rotating")})), "AccessDeniedException"},
+		{"a signing key's status", errOf(admin.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String("signer")})), "UnsupportedOperationException"},
+		{"a signing key enabled", errOf(admin.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String("signer")})), "UnsupportedOperationException"},
+		{"an unknown key", errOf(admin.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String("missing")})), "NotFoundException"},
+	} {
+		if got := awsErrorCode(tc.err); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	status(true, 180)
+	if _, err := admin.DisableKeyRotation(ctx, &kms.DisableKeyRotationInput{KeyId: aws.String("rotating")}); err != nil {
+		t.Fatal(err)
+	}
+	status(false, 0)
+}
