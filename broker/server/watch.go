@@ -107,11 +107,15 @@ func (w *watcher) run(ctx context.Context, from uint64, chunked bool) error {
 	var feed *store.Watcher
 	var err error
 	resumed := false
-	// A revision past the registry's is not one this tier made (a replica
-	// kept across a registry that was recreated): the edge gets a snapshot.
-	if from > 0 && from <= st.Revision() {
+	// A revision the store has not made is not one this tier made (a
+	// replica kept across a registry that was recreated): the edge gets a
+	// snapshot, as it does for one compacted away. The store judges, not
+	// Revision: etcd's revisions count every write, and an edge's resume
+	// point may be a progress revision past the last object change, which
+	// a central that has just started knows as its Revision.
+	if from > 0 {
 		feed, err = st.Watch(ctx, from)
-		if err != nil && !errors.Is(err, store.ErrCompacted) {
+		if err != nil && !errors.Is(err, store.ErrCompacted) && !errors.Is(err, store.ErrFuture) {
 			return w.s.toStatus(err).Err()
 		}
 		resumed = feed != nil

@@ -343,7 +343,7 @@ func (s *Bolt) Watch(ctx context.Context, from uint64) (*Watcher, error) {
 	}
 	if from > s.rev {
 		s.mu.Unlock()
-		return nil, fmt.Errorf("store: watch from revision %d, but the store is at %d", from, s.rev)
+		return nil, fmt.Errorf("%w: watch from revision %d, but the store is at %d", ErrFuture, from, s.rev)
 	}
 	// Read the backlog while holding s.mu so no commit slips between the
 	// backlog and the live feed.

@@ -393,3 +393,42 @@ func TestEtcdUnreachableIsUnavailable(t *testing.T) {
 	check("List", err)
 	check("Claim", s.Claim(ctx, "nonces", "n", time.Minute))
 }
+
+// TestEtcdWatchFromAProgressRevision: an edge's resume point may be a
+// revision etcd made with no object change (a progress notification
+// carried it: a write elsewhere in etcd). A central just started — whose
+// Revision is the last object change — watches from it, and an edge
+// resuming there is replayed, not sent a full snapshot; a revision etcd
+// has not made is ErrFuture. (A million keys on etcd: every central restart
+// sent its edges a snapshot of all of them.)
+func TestEtcdWatchFromAProgressRevision(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	prefix := freshPrefix()
+	ctx := t.Context()
+	a := openEtcd(t, c.Endpoints(), prefix)
+	if _, err := a.Put(ctx, "keys", "k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Put(ctx, "/elsewhere", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	progress := uint64(resp.Header.Revision)
+	restarted := openEtcd(t, c.Endpoints(), prefix)
+	if restarted.Revision() >= progress {
+		t.Fatalf("the restarted store's Revision %d is not below the progress revision %d: the test shows nothing", restarted.Revision(), progress)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if _, err := restarted.Watch(wctx, progress); err != nil {
+		t.Fatalf("Watch from a revision etcd made: %v", err)
+	}
+	if _, err := restarted.Watch(ctx, progress+1000); !errors.Is(err, store.ErrFuture) {
+		t.Errorf("Watch from a revision etcd has not made: %v, want ErrFuture", err)
+	}
+}

@@ -43,7 +43,10 @@ var (
 	ErrNotFound  = errors.New("store: not found")
 	ErrConflict  = errors.New("store: revision conflict")
 	ErrCompacted = errors.New("store: revision no longer in history")
-	ErrClosed    = errors.New("store: closed")
+	// ErrFuture is a Watch from a revision the store has not made: a
+	// watcher's resume point from another store, or one recreated since.
+	ErrFuture = errors.New("store: revision not yet made")
+	ErrClosed = errors.New("store: closed")
 	// ErrUnavailable wraps every failure to reach a shared store (etcd
 	// unreachable, a request past its timeout): retryable, at this node
 	// later or at another node now.
