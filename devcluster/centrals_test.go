@@ -163,12 +163,14 @@ func TestCentralsOnGivenEtcd(t *testing.T) {
 	}
 }
 
-// TestRestartResumesEdgesOnEtcd: an edge whose revision a progress
-// notification carried past the last key change (a write elsewhere in
-// etcd) resumes its Watch at a central that has just restarted, instead
-// of being sent a snapshot of every key: the central seals nothing to it
-// again (no HoldMaterial line). At a million keys the snapshot took every
-// restart 80 s.
+// TestRestartResumesEdgesOnEtcd: an edge resumes its Watch at a central
+// that has just restarted on etcd — its resume point carried by a progress
+// notification past the last key change (a write elsewhere in etcd) —
+// instead of being sent a snapshot of every key: the central seals
+// nothing to it again (no HoldMaterial line). (Whether the restarted
+// central's own revision has passed that point when the edge comes back
+// is a race this test does not decide; store TestEtcdWatchFromAProgressRevision
+// covers the case where it has not.)
 func TestRestartResumesEdgesOnEtcd(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
 	opts := devcluster.Options{Dir: t.TempDir(), Centrals: 1, Edges: []devcluster.EdgeSpec{{Name: "edge-00", Region: "r0", Prefetch: true}},
