@@ -599,3 +599,41 @@ func TestAccessKeyChangesHeard(t *testing.T) {
 		t.Errorf("heard %q, want %q", heard, want)
 	}
 }
+
+// TestSamePolicyAgain: the policy in force, sent again (as every new Watch
+// stream begins), is not parsed and applied again — the set in force and
+// each key's remembered placement decision stay — while a changed policy
+// is.
+func TestSamePolicyAgain(t *testing.T) {
+	ec := scaleCache(t, 3, 0)
+	snap := chunks(2, 0, 3, 10)[0].GetSnapshot()
+	if err := ec.apply(chunks(2, 0, 3, 10)[0]); err != nil {
+		t.Fatal(err)
+	}
+	current := func() *policy.Set {
+		ec.mu.RLock()
+		defer ec.mu.RUnlock()
+		return ec.policyLocked()
+	}
+	before := current()
+	if before.Hash() == "" {
+		t.Fatal("no policy in force")
+	}
+	same := &kbv1.EdgePolicy{Hash: before.Hash(), Files: snap.GetPolicy().GetFiles()}
+	if err := ec.apply(&kbv1.WatchEvent{Revision: 3, Event: &kbv1.WatchEvent_Policy{Policy: same}}); err != nil {
+		t.Fatal(err)
+	}
+	if current() != before {
+		t.Error("the same policy sent again replaced the set in force")
+	}
+	if ec.Revision() != 3 {
+		t.Errorf("revision %d, want 3: the event still counts", ec.Revision())
+	}
+	changed := &kbv1.EdgePolicy{Hash: "other", Files: []*kbv1.PolicyFile{{Name: "p.cedar", Content: []byte(testPolicy + "\n// changed\n")}}}
+	if err := ec.apply(&kbv1.WatchEvent{Revision: 4, Event: &kbv1.WatchEvent_Policy{Policy: changed}}); err != nil {
+		t.Fatal(err)
+	}
+	if current() == before {
+		t.Error("a changed policy was not applied")
+	}
+}

@@ -449,6 +449,13 @@ func (c *Cache) fold(b *batch, ev *kbv1.WatchEvent) error {
 			c.checkAll(b)
 		}
 	case *kbv1.WatchEvent_Policy:
+		if h := e.Policy.GetHash(); h != "" && b.set != nil && h == b.set.Hash() {
+			// The set in force, sent again as every new stream begins:
+			// deciding every key again under it would change nothing, and
+			// at a million keys cost each reconnection a million Cedar
+			// evaluations and every key's remembered decision.
+			break
+		}
 		set, err := parsePolicy(e.Policy)
 		if err != nil {
 			// The central tier validated it; a policy this edge cannot
