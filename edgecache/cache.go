@@ -159,6 +159,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -370,6 +371,7 @@ func (c *Cache) Close() error {
 }
 
 func (c *Cache) restore() error {
+	readAhead(filepath.Join(c.cfg.DataDir, "replica.db"))
 	s, keys, err := restoreKeys(c.disk, func(ek *kbv1.EdgeKey) (*replicaKey, error) {
 		rk, err := c.fromProto(ek)
 		if err != nil {
