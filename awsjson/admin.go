@@ -402,20 +402,12 @@ func (s *Server) disableKeyRotation(ctx context.Context, caller pipeline.Caller,
 }
 
 func (s *Server) setRotation(ctx context.Context, caller pipeline.Caller, name string, period time.Duration) (any, error) {
-	id, err := s.resolveKey(ctx, name)
+	// Refused before the change as AWS refuses it.
+	k, err := s.rotatableKey(ctx, caller, name)
 	if err != nil {
 		return nil, err
 	}
-	// Refused before the change as AWS refuses it; DescribeKey tells the
-	// key's type, and is authorized and audited like any read.
-	k, err := s.cfg.Pipeline.DescribeKey(ctx, caller, id)
-	if err != nil {
-		return nil, err
-	}
-	if err := rotatable(k); err != nil {
-		return nil, err
-	}
-	if _, err := s.cfg.Pipeline.UpdateKey(ctx, caller, pipeline.UpdateKeyInput{KeyID: id, RotationPeriod: &period}); err != nil {
+	if _, err := s.cfg.Pipeline.UpdateKey(ctx, caller, pipeline.UpdateKeyInput{KeyID: k.ID, RotationPeriod: &period}); err != nil {
 		return nil, err
 	}
 	return empty{}, nil
@@ -431,15 +423,8 @@ type keyRotationStatusResponse struct {
 // getKeyRotationStatus says whether a symmetric key rotates on a period
 // (DescribeKey's authorization): Terraform's aws_kms_key reads it.
 func (s *Server) getKeyRotationStatus(ctx context.Context, caller pipeline.Caller, in *keyRequest) (any, error) {
-	id, err := s.resolveKey(ctx, in.KeyID)
+	k, err := s.rotatableKey(ctx, caller, in.KeyID)
 	if err != nil {
-		return nil, err
-	}
-	k, err := s.cfg.Pipeline.DescribeKey(ctx, caller, id)
-	if err != nil {
-		return nil, err
-	}
-	if err := rotatable(k); err != nil {
 		return nil, err
 	}
 	out := keyRotationStatusResponse{KeyID: s.arn(k.ID), KeyRotationEnabled: k.RotationPeriod > 0}
@@ -456,12 +441,21 @@ func (s *Server) getKeyRotationStatus(ctx context.Context, caller pipeline.Calle
 	return out, nil
 }
 
-// rotatable refuses, as AWS KMS does, automatic rotation of any key but a
-// symmetric encryption key (keybroker rotates every key; `keybroker key
-// update --rotation-period` sets it for the others).
-func rotatable(k *managed.Key) error {
-	if k.Type != managed.AES256GCM {
-		return unsupported("automatic rotation through the AWS API is for symmetric encryption keys; %s is %s", k.ID, k.Type)
+// rotatableKey is the key name names, read through DescribeKey (so
+// authorized and audited as a read), when it is one AWS KMS rotates
+// automatically: a symmetric encryption key. keybroker rotates every key;
+// `keybroker key update --rotation-period` sets the others' periods.
+func (s *Server) rotatableKey(ctx context.Context, caller pipeline.Caller, name string) (*managed.Key, error) {
+	id, err := s.resolveKey(ctx, name)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	k, err := s.cfg.Pipeline.DescribeKey(ctx, caller, id)
+	if err != nil {
+		return nil, err
+	}
+	if k.Type != managed.AES256GCM {
+		return nil, unsupported("automatic rotation through the AWS API is for symmetric encryption keys; %s is %s", k.ID, k.Type)
+	}
+	return k, nil
 }
