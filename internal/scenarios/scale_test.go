@@ -31,6 +31,9 @@ import (
 const (
 	scaleKeysEnv     = "KEYBROKER_SCALE_KEYS"
 	scaleEtcdKeysEnv = "KEYBROKER_SCALE_ETCD_KEYS" // for the etcd store, when it differs
+	// scaleRotationsEnv sets how many keys each rotation run rotates
+	// (scaleRotations by default).
+	scaleRotationsEnv = "KEYBROKER_SCALE_ROTATIONS"
 	defaultScaleKeys = 10000
 	scaleWorkers     = 8
 	// scaleRotations is how many keys are rotated at the end of each
@@ -475,6 +478,9 @@ func adminsOf(b *testing.B, c *devcluster.Cluster) []kbv1.KeyAdminClient {
 // many, how long it took and the latencies.
 func rotations(b *testing.B, present int, rotate func(context.Context, int, string) error) (int, time.Duration, *hdr.Histogram) {
 	rotated := min(scaleRotations, present)
+	if v, err := strconv.Atoi(os.Getenv(scaleRotationsEnv)); err == nil && v > 0 {
+		rotated = min(v, present) // a longer run, to profile
+	}
 	out := newLatencyHistogram()
 	var next atomic.Int64
 	var mu sync.Mutex

@@ -121,6 +121,10 @@ type Config[K ~string, V any] struct {
 	// under the cache's lock, so that OnEvict may destroy the cached value
 	// without pulling it from under a caller.
 	Copy func(V) V
+	// Group, when set, names the group of each key: ForgetGroup then
+	// drops a group's entries in time proportional to their number, not
+	// to the cache's (ForgetIf visits every entry).
+	Group func(K) string
 }
 
 // Stats counts lookups and removals.
@@ -156,6 +160,8 @@ type Cache[K ~string, V any] struct {
 
 	mu sync.Mutex
 	m  map[K]*entry[K, V]
+	// groups indexes the entries by Config.Group, when it is set.
+	groups map[string]map[*entry[K, V]]struct{}
 	// root is the sentinel of the LRU ring: root.next is the most
 	// recently used entry, root.prev the least.
 	root entry[K, V]
@@ -182,7 +188,7 @@ func New[K ~string, V any](c Config[K, V]) *Cache[K, V] {
 	if mono {
 		c.Now = time.Now
 	}
-	cc := &Cache[K, V]{cfg: c, mono: mono, m: make(map[K]*entry[K, V])}
+	cc := &Cache[K, V]{cfg: c, mono: mono, m: make(map[K]*entry[K, V]), groups: map[string]map[*entry[K, V]]struct{}{}}
 	cc.root.next, cc.root.prev = &cc.root, &cc.root
 	return cc
 }
@@ -305,6 +311,13 @@ func (c *Cache[K, V]) insertLocked(k K, v V) {
 	e := &entry[K, V]{key: k, val: v, expires: c.cfg.Now().Add(c.cfg.TTL)}
 	c.m[k] = e
 	c.pushFront(e)
+	if c.cfg.Group != nil {
+		g := c.cfg.Group(k)
+		if c.groups[g] == nil {
+			c.groups[g] = map[*entry[K, V]]struct{}{}
+		}
+		c.groups[g][e] = struct{}{}
+	}
 	for len(c.m) > c.cfg.Capacity {
 		c.removeLocked(c.root.prev, Capacity)
 	}
@@ -332,6 +345,17 @@ func (c *Cache[K, V]) ForgetIf(match func(K, V) bool) {
 			c.removeLocked(e, Forgotten)
 		}
 		e = next
+	}
+}
+
+// ForgetGroup drops every entry of group g (Config.Group), in time
+// proportional to their number.
+func (c *Cache[K, V]) ForgetGroup(g string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	for e := range c.groups[g] {
+		c.removeLocked(e, Forgotten)
 	}
 }
 
@@ -377,6 +401,12 @@ func (c *Cache[K, V]) Stats() Stats {
 func (c *Cache[K, V]) removeLocked(e *entry[K, V], r Reason) {
 	c.unlink(e)
 	delete(c.m, e.key)
+	if c.cfg.Group != nil {
+		g := c.cfg.Group(e.key)
+		if delete(c.groups[g], e); len(c.groups[g]) == 0 {
+			delete(c.groups, g)
+		}
+	}
 	c.evicted[r].Add(1)
 	if c.cfg.OnEvict != nil {
 		c.cfg.OnEvict(e.key, e.val, r)

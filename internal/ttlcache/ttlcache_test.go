@@ -483,3 +483,44 @@ func BenchmarkGet(b *testing.B) {
 		})
 	}
 }
+
+// TestForgetGroup: with Config.Group, ForgetGroup drops exactly the
+// group's entries (each through OnEvict as Forgotten) and leaves the
+// others; entries pushed out by capacity or replaced leave their group
+// too, so a later ForgetGroup does not meet them.
+func TestForgetGroup(t *testing.T) {
+	var forgotten []string
+	c := New(Config[string, int]{Capacity: 5, TTL: time.Hour,
+		Group: func(k string) string { return k[:1] },
+		OnEvict: func(k string, _ int, r Reason) {
+			if r == Forgotten {
+				forgotten = append(forgotten, k)
+			}
+		}})
+	for i, k := range []string{"a1", "b1", "a2", "c1", "a3"} {
+		c.Put(k, i)
+	}
+	c.Put("a1", 10) // replaced: still one entry in group a
+	c.Put("b2", 5)  // capacity: "b1", the least recently used, goes
+	c.ForgetGroup("a")
+	slices.Sort(forgotten)
+	if want := []string{"a1", "a2", "a3"}; !slices.Equal(forgotten, want) {
+		t.Errorf("forgotten %v, want %v", forgotten, want)
+	}
+	for _, k := range []string{"b2", "c1"} {
+		if _, ok := c.Get(k); !ok {
+			t.Errorf("%s was dropped with group a", k)
+		}
+	}
+	if c.Len() != 2 {
+		t.Errorf("%d entries left, want 2", c.Len())
+	}
+	forgotten = nil
+	c.ForgetGroup("b")
+	if !slices.Equal(forgotten, []string{"b2"}) {
+		t.Errorf("group b forgot %v, want [b2] (b1 left with capacity)", forgotten)
+	}
+	if len(c.groups) != 1 {
+		t.Errorf("%d groups indexed, want 1 (c)", len(c.groups))
+	}
+}
