@@ -34,7 +34,9 @@ type Cached struct {
 
 // NewCached caches c's signing keys.
 func NewCached(c Credentials, n int) *Cached {
-	return &Cached{c: c, cache: ttlcache.New(ttlcache.Config[string, signing]{Capacity: n, TTL: CredentialTTL})}
+	// Entries are keyed access key id ‖ 0 ‖ scope (get), grouped by the id.
+	return &Cached{c: c, cache: ttlcache.New(ttlcache.Config[string, signing]{Capacity: n, TTL: CredentialTTL,
+		Group: ttlcache.UpToNUL[string]})}
 }
 
 // SigningKey implements Credentials. An edge's "verified elsewhere"
@@ -87,7 +89,7 @@ func (c *Cached) get(ctx context.Context, k string, load func(context.Context) (
 
 // Forget drops what is kept of access key id (it was revoked here).
 func (c *Cached) Forget(id string) {
-	c.cache.ForgetIf(func(k string, _ signing) bool { return len(k) > len(id) && k[:len(id)] == id && k[len(id)] == 0 })
+	c.cache.ForgetGroup(id)
 }
 
 // ForgetAll drops every signing key kept (the history of access keys'

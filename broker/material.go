@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/keybroker/keybroker/backends"
@@ -42,7 +41,7 @@ type Materials struct {
 // versions for ttl each.
 func NewMaterials(roots *Roots, capacity int, ttl time.Duration, now func() time.Time) *Materials {
 	return &Materials{roots: roots, cache: ttlcache.New(ttlcache.Config[string, *secret.Bytes]{Capacity: capacity, TTL: ttl, Now: now,
-		Group: cacheKeyID})}
+		Group: ttlcache.UpToNUL[string]})}
 }
 
 // appendCacheID names a version of one incarnation of a key: key id ‖ 0 ‖
@@ -203,11 +202,3 @@ func rootError(rootKey string, err error) error {
 // of the whole cache took most of a RotateKey's CPU at a central whose
 // cache had filled (a million keys on etcd: 372 rotations a second).
 func (ms *Materials) Forget(keyID string) { ms.cache.ForgetGroup(keyID) }
-
-// cacheKeyID is the key id a cache id (appendCacheID) names.
-func cacheKeyID(id string) string {
-	if i := strings.IndexByte(id, 0); i >= 0 {
-		return id[:i]
-	}
-	return id
-}

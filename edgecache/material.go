@@ -2,7 +2,6 @@ package edgecache
 
 import (
 	"encoding/binary"
-	"strings"
 	"time"
 
 	"github.com/keybroker/keybroker/internal/ttlcache"
@@ -24,6 +23,7 @@ func newPlainCache(capacity int, ttl time.Duration, now func() time.Time) plainC
 		Capacity: capacity, TTL: ttl, Now: now,
 		Copy:    (*secret.Bytes).Clone,
 		OnEvict: func(_ string, m *secret.Bytes, _ ttlcache.Reason) { m.Destroy() },
+		Group:   ttlcache.UpToNUL[string], // materialID: key id ‖ 0 ‖ …
 	})}
 }
 
@@ -39,13 +39,8 @@ func (c plainCache) evictions() uint64 {
 	return c.Stats().Evictions(ttlcache.Expired, ttlcache.Capacity)
 }
 
-// forget zeroes every cached version of a key.
-func (c plainCache) forget(keyID string) {
-	prefix := keyID + "\x00"
-	c.ForgetIf(func(id string, _ *secret.Bytes) bool {
-		return strings.HasPrefix(id, prefix) && len(id) >= len(prefix)+4
-	})
-}
+// forget zeroes every cached version of a key, visiting only its entries.
+func (c plainCache) forget(keyID string) { c.ForgetGroup(keyID) }
 
 // appendMaterialID appends materialID(k, v) to buf.
 func appendMaterialID(buf []byte, k *managed.Key, v uint32) []byte {

@@ -280,7 +280,8 @@ type Cache struct {
 // NewCache returns a cache of at most capacity entries living at most ttl.
 // now is the clock (time.Now when nil).
 func NewCache(capacity int, ttl time.Duration, now func() time.Time) *Cache {
-	return &Cache{c: ttlcache.New(ttlcache.Config[string, *DataKey]{Capacity: capacity, TTL: ttl, Now: now})}
+	return &Cache{c: ttlcache.New(ttlcache.Config[string, *DataKey]{Capacity: capacity, TTL: ttl, Now: now,
+		Group: cacheKeyID})}
 }
 
 // Stats reports hits, misses and evictions (every removal: expired,
@@ -323,9 +324,16 @@ func (c *Cache) GetIncarnation(ctx context.Context, h *Header, incarnation strin
 	return c.c.GetOrLoad(ctx, ttlcache.View[string](k), unwrap)
 }
 
-// Purge drops every entry of keyID (on rotation, disable or deletion).
-func (c *Cache) Purge(keyID string) {
-	c.c.ForgetIf(func(_ string, dk *DataKey) bool { return dk.KeyID == keyID })
+// Purge drops every entry of keyID (on rotation, disable or deletion),
+// visiting only its entries.
+func (c *Cache) Purge(keyID string) { c.c.ForgetGroup(keyID) }
+
+// cacheKeyID is the key id a cacheKey begins with (length-prefixed).
+func cacheKeyID(k string) string {
+	if len(k) == 0 || len(k) < 1+int(k[0]) {
+		return ""
+	}
+	return k[1 : 1+int(k[0])]
 }
 
 // PurgeAll drops every entry (an edge whose replica went stale).

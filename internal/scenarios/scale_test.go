@@ -34,8 +34,8 @@ const (
 	// scaleRotationsEnv sets how many keys each rotation run rotates
 	// (scaleRotations by default).
 	scaleRotationsEnv = "KEYBROKER_SCALE_ROTATIONS"
-	defaultScaleKeys = 10000
-	scaleWorkers     = 8
+	defaultScaleKeys  = 10000
+	scaleWorkers      = 8
 	// scaleRotations is how many keys are rotated at the end of each
 	// decade, for RotateKey's rate at that size.
 	scaleRotations = 400

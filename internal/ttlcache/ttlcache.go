@@ -348,6 +348,15 @@ func (c *Cache[K, V]) ForgetIf(match func(K, V) bool) {
 	}
 }
 
+// UpToNUL is a Config.Group for keys that begin with their group and a
+// NUL byte (a key id, then 0, then the rest): the key up to its first NUL.
+func UpToNUL[K ~string](k K) string {
+	if i := strings.IndexByte(string(k), 0); i >= 0 {
+		return string(k[:i])
+	}
+	return string(k)
+}
+
 // ForgetGroup drops every entry of group g (Config.Group), in time
 // proportional to their number.
 func (c *Cache[K, V]) ForgetGroup(g string) {
