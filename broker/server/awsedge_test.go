@@ -273,11 +273,13 @@ func isAWSError(err error, code string) bool {
 // TestWatchReportsAccessKeyChanges: revoking an access key reaches the
 // edges over Watch as the key's id — what the edge forgets its signing
 // keys by — and nothing of the record; a stream that resumes from before
-// the revocation hears it too.
+// the revocation hears it too. An edge hears only of keys scoped to it:
+// the revocation of a key scoped to no edge, made first, never reaches it
+// (the first change it hears is the scoped key's).
 func TestWatchReportsAccessKeyChanges(t *testing.T) {
 	e := start(t)
 	ctx := t.Context()
-	ops, scoped, _ := edgeKeys(t, e)
+	ops, scoped, plain := edgeKeys(t, e)
 	e.enroll(t, "edge-us", "us", nil)
 	us, _, err := e.register(t, "edge-us", "")
 	if err != nil {
@@ -288,8 +290,10 @@ func TestWatchReportsAccessKeyChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ops.RevokeAccessKey(ctx, &kbv1.AccessKeyRequest{AccessKeyId: scoped.GetAccessKeyId()}); err != nil {
-		t.Fatal(err)
+	for _, k := range []*kbv1.AccessKey{plain, scoped} {
+		if _, err := ops.RevokeAccessKey(ctx, &kbv1.AccessKeyRequest{AccessKeyId: k.GetAccessKeyId()}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	heard := func(stream kbv1.EdgeSync_WatchClient) {
 		t.Helper()

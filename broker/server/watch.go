@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keybroker/keybroker/accesskey"
 	kbv1 "github.com/keybroker/keybroker/api/keybroker/v1"
 	"github.com/keybroker/keybroker/audit"
 	"github.com/keybroker/keybroker/broker"
@@ -417,8 +418,16 @@ func (w *watcher) apply(ctx context.Context, ev store.Event) error {
 		return w.sendNodes(ctx, ev.Revision)
 	case broker.KindAccessKeys:
 		// Whatever changed (a revocation, most often), the edge asks
-		// again for the key's signing keys at its next use: the record is
-		// not read here, and no part of it reaches the edge.
+		// again for the key's signing keys at its next use. Only the id
+		// reaches it, and only of a key scoped to it — the only keys it
+		// holds signing keys of — so an edge does not learn which other
+		// access keys exist or change. A record that cannot be read is
+		// reported: forgetting is always safe.
+		if ev.Type != store.Delete {
+			if r, err := accesskey.Decode(ev.Object.Value); err == nil && !r.ScopedTo(w.id) {
+				return nil
+			}
+		}
 		return w.send(ctx, &kbv1.WatchEvent{Revision: ev.Revision, Event: &kbv1.WatchEvent_AccessKeyChanged{AccessKeyChanged: ev.Object.ID}})
 	}
 	return nil
