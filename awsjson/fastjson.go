@@ -1,7 +1,9 @@
 package awsjson
 
 import (
+	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"unicode/utf8"
 )
@@ -193,6 +195,24 @@ func (d *fastReader) string() ([]byte, bool) {
 	if !d.byte('"') {
 		return nil, false
 	}
+	// The closing quote is found with IndexByte and what it closes checked
+	// eight bytes at a time; a string with anything but printable ASCII
+	// (or a backslash, whose quote may be escaped) is read byte by byte.
+	n := bytes.IndexByte(d.b[d.i:], '"')
+	if n < 0 {
+		return nil, false
+	}
+	v := d.b[d.i : d.i+n]
+	if !plainASCII(v) {
+		return d.slowString()
+	}
+	d.i += n + 1
+	return v, true
+}
+
+// slowString is string's reading of a string with bytes beyond printable
+// ASCII, from just after its opening quote.
+func (d *fastReader) slowString() ([]byte, bool) {
 	start, ascii := d.i, true
 	for ; d.i < len(d.b); d.i++ {
 		switch c := d.b[d.i]; {
@@ -207,6 +227,28 @@ func (d *fastReader) string() ([]byte, bool) {
 		}
 	}
 	return nil, false
+}
+
+// plainASCII reports whether every byte of v is printable ASCII (0x20 to
+// 0x7f) other than a backslash.
+func plainASCII(v []byte) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	for len(v) >= 8 {
+		x := binary.LittleEndian.Uint64(v)
+		bs := x ^ ('\\' * ones) // a zero byte where v has a backslash
+		// Bytes all below 0x80: x - 0x20 per byte sets a high bit only
+		// under a byte below 0x20, and borrows only from such a byte.
+		if x&highs != 0 || (x-0x20*ones)&highs != 0 || (bs-ones)&^bs&highs != 0 {
+			return false
+		}
+		v = v[8:]
+	}
+	for _, c := range v {
+		if c < 0x20 || c >= utf8.RuneSelf || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // stringMap reads an object of strings, each name once.

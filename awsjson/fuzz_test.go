@@ -119,3 +119,24 @@ func TestFastEncode(t *testing.T) {
 		}
 	}
 }
+
+// plainASCII's eight-bytes-at-a-time check agrees with the byte-by-byte
+// one on every input.
+func FuzzPlainASCII(f *testing.F) {
+	f.Add([]byte("AQIDBAUGBwgJCgsMDQ4PEA=="))
+	f.Add([]byte("abcdefg\\hijklmnop"))
+	f.Add([]byte("abcdefgh\x1fijklmnop"))
+	f.Add([]byte("abcdefgh\x7fijklmnop\x80"))
+	f.Add([]byte(" !\"#$%&'()*+,-./0123456789:;<=>?@[]^_`{|}~"))
+	f.Fuzz(func(t *testing.T, v []byte) {
+		want := true
+		for _, c := range v {
+			if c < 0x20 || c >= 0x80 || c == '\\' {
+				want = false
+			}
+		}
+		if got := plainASCII(v); got != want {
+			t.Fatalf("plainASCII(%q) = %v, want %v", v, got, want)
+		}
+	})
+}

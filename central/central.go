@@ -278,7 +278,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		if err != nil {
 			return nil, err
 		}
-		if n.awsAddr, err = sh.ServeAWSFront("aws_kms", a.Listen, a.ClientCA, front); err != nil {
+		if n.awsAddr, err = sh.ServeAWSFront("aws_kms", a.Listen, a.ClientCA, awsjson.MaxBody, front); err != nil {
 			return nil, err
 		}
 		relayed.Fronts["aws_kms"] = front
@@ -289,7 +289,7 @@ func Start(ctx context.Context, cfg *config.Central, opts Options) (n *Node, err
 		if err != nil {
 			return nil, err
 		}
-		if n.xksAddr, err = sh.ServeAWSFront("xks", x.Listen, x.ClientCA, front); err != nil {
+		if n.xksAddr, err = sh.ServeAWSFront("xks", x.Listen, x.ClientCA, xks.MaxBody, front); err != nil {
 			return nil, err
 		}
 		relayed.Fronts["xks"] = front

@@ -39,7 +39,7 @@ func (n *Node) startAWS(cfg *config.Edge, srv *rpc.Server) error {
 		if err != nil {
 			return err
 		}
-		if n.awsAddr, err = sh.ServeAWSFront("aws_kms", a.Listen, a.ClientCA, front); err != nil {
+		if n.awsAddr, err = sh.ServeAWSFront("aws_kms", a.Listen, a.ClientCA, awsjson.MaxBody, front); err != nil {
 			return err
 		}
 	}
@@ -50,7 +50,7 @@ func (n *Node) startAWS(cfg *config.Edge, srv *rpc.Server) error {
 		if err != nil {
 			return err
 		}
-		if n.xksAddr, err = sh.ServeAWSFront("xks", x.Listen, x.ClientCA, front); err != nil {
+		if n.xksAddr, err = sh.ServeAWSFront("xks", x.Listen, x.ClientCA, xks.MaxBody, front); err != nil {
 			return err
 		}
 	}

@@ -9,13 +9,14 @@ import (
 )
 
 // ServeAWSFront serves an AWS front-end (aws_kms, xks) on addr with the
-// node's certificate, and with clientCA set, mutual TLS (FrontTLS).
-func (s *Shell) ServeAWSFront(name, addr, clientCA string, h http.Handler) (string, error) {
+// node's certificate, and with clientCA set, mutual TLS (FrontTLS);
+// maxBody is the handler's bound on a request body (ServeFront).
+func (s *Shell) ServeAWSFront(name, addr, clientCA string, maxBody int64, h http.Handler) (string, error) {
 	tlsCfg, err := FrontTLS(s.ID().PublicServerTLS(), clientCA)
 	if err != nil {
 		return "", fmt.Errorf("%s: %s.%w", s.name, name, err)
 	}
-	return s.ServeFront(name, addr, tlsCfg, h)
+	return s.ServeFront(name, addr, tlsCfg, maxBody, h)
 }
 
 // FrontTLS is the TLS configuration of an AWS front-end's listener: the
