@@ -8,6 +8,8 @@
 #                     (the AWS Encryption SDK for Go against keybroker; the
 #                     apiserver's KMS v2 code against a real kms-plugin).
 #   make test-kubernetes  integration/kubernetes alone.
+#   make h2spec       the HTTP/2 conformance suite h2spec (pinned in
+#                     integration/h2spec) against the front-ends' HTTP/2 server.
 #   make test-faults  the fault-injection suite alone (tests/e2e TestFault*):
 #                     real processes killed, cut off and starved under load;
 #                     prints what was lost.
@@ -45,7 +47,7 @@ CISCALEETCDKEYS ?= 10000
 INTEGRATION ?= integration/awsesdk integration/kubernetes
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-deps test-integration test-kubernetes test-faults bench bench-scenarios bench-scale bench-scale-ci soak lint fuzz fuzz-ci generate clean
+.PHONY: all build test test-deps test-integration test-kubernetes test-faults bench bench-scenarios bench-scale bench-scale-ci h2spec soak lint fuzz fuzz-ci generate clean
 
 all: build
 
@@ -75,6 +77,7 @@ test-deps:
 test: test-deps
 	KEYBROKER_REQUIRE_SOFTHSM=1 KEYBROKER_REQUIRE_ETCD=1 KEYBROKER_REQUIRE_AWSCLI=1 $(GO) test -race -timeout $(TESTTIMEOUT) -skip '^TestFault' $(PKGS)
 	@$(MAKE) --no-print-directory test-integration
+	@$(MAKE) --no-print-directory h2spec
 	@$(MAKE) --no-print-directory bench-scale-ci
 	@$(MAKE) --no-print-directory test-faults
 
@@ -90,6 +93,15 @@ test-integration:
 		echo "test-integration: $$mod"; \
 		(cd $$mod && $(GO) test -race -count=1 -timeout $(TESTTIMEOUT) ./...); \
 	done
+
+# h2spec builds h2spec (github.com/summerwind/h2spec) at the version and
+# dependencies integration/h2spec pins, and runs it against
+# internal/h2serve, the AWS front-ends' HTTP/2 server: every one of its 145
+# checks must pass (internal/h2serve TestH2spec).
+h2spec:
+	@set -e; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
+	(cd integration/h2spec && $(GO) build -o "$$dir/h2spec" github.com/summerwind/h2spec/cmd/h2spec); \
+	KEYBROKER_H2SPEC="$$dir/h2spec" $(GO) test -count=1 -run '^TestH2spec$$' ./internal/h2serve/
 
 test-kubernetes:
 	@$(MAKE) --no-print-directory test-integration INTEGRATION=integration/kubernetes

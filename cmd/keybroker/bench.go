@@ -280,7 +280,7 @@ encrypted. Exit status 1 when any call failed, after the report.`,
 	fs.Var(&f.encCtx, "context", "encryption context pair k=v; repeat for more")
 	fs.BoolVar(&f.compareNoop, "compare-noop", false, "also run no-op calls with the same load against the same node and print the ratio")
 	fs.IntVar(&f.rounds, "rounds", 5, "with --compare-noop and --duration: alternate the operation and the no-op this many times and report the median ratio")
-	fs.StringSliceVar(&f.metrics, "metrics", nil, "ops /metrics URL of a process to read resident memory from at each --interval; repeat for more. --op create: name=host:port of a node's operations port, read at each decade of keys")
+	fs.StringSliceVar(&f.metrics, "metrics", nil, "ops /metrics URL of a process to read resident memory from at each --interval; repeat for more. --protocol awsjson: each node process (once each) whose CPU per call to report, read around each round. --op create: name=host:port of a node's operations port, read at each decade of keys")
 	fs.Float64Var(&f.maxGrowth, "max-rss-growth", 0, "fail when resident memory grew more than this many percent from the first period to the last; 0 only reports")
 	fs.StringVar(&f.prefix, "prefix", "", "--op create: key ids are PREFIX0, PREFIX1, … (default bench-DATE-TIME-)")
 	fs.IntVar(&f.existing, "existing", -1, "--op create: keys present before the run; -1 counts them with ListKeys")
@@ -315,7 +315,7 @@ func (f *benchFlags) check(ops []weightedOp) error {
 		return usageErrorf("--rounds must be 1 to 1000, not %d", f.rounds)
 	case f.maxGrowth < 0:
 		return usageErrorf("--max-rss-growth must not be negative")
-	case (f.maxGrowth > 0 || len(f.metrics) > 0) && f.interval == 0:
+	case (f.maxGrowth > 0 || len(f.metrics) > 0) && f.interval == 0 && f.protocol != protoAWSJSON:
 		return usageErrorf("--metrics and --max-rss-growth need --interval: memory is read once per period")
 	}
 	for _, m := range f.metrics {
@@ -803,6 +803,7 @@ func (a *app) printBench(out benchJSON, ops []weightedOp) {
 type reading struct {
 	url                        string
 	rss, goroutines, heapInuse float64
+	cpu                        float64 // process_cpu_seconds_total
 	err                        error
 }
 
@@ -843,6 +844,9 @@ func (m *metricsReader) read(ctx context.Context, url string) reading {
 	}
 	if h, ok := mf["go_memstats_heap_inuse_bytes"]; ok && len(h.GetMetric()) > 0 {
 		r.heapInuse = h.GetMetric()[0].GetGauge().GetValue()
+	}
+	if c, ok := mf["process_cpu_seconds_total"]; ok && len(c.GetMetric()) > 0 {
+		r.cpu = c.GetMetric()[0].GetCounter().GetValue()
 	}
 	return r
 }

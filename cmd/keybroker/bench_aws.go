@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -101,8 +102,10 @@ func (a *app) awsSetup(cmd *cobra.Command, f *benchFlags, ops []weightedOp) (*aw
 		return nil, usageErrorf("--protocol xks runs for --duration at --rate: leave out --count")
 	case f.protocol == protoXKS && f.duration <= 0:
 		return nil, usageErrorf("--protocol xks needs a --duration")
-	case f.interval > 0 || len(f.metrics) > 0 || f.maxGrowth > 0:
-		return nil, usageErrorf("--protocol %s reports the whole run: leave out --interval, --metrics and --max-rss-growth", f.protocol)
+	case f.protocol == protoXKS && len(f.metrics) > 0:
+		return nil, usageErrorf("--protocol xks reports the whole run: leave out --metrics")
+	case f.interval > 0 || f.maxGrowth > 0:
+		return nil, usageErrorf("--protocol %s reports the whole run: leave out --interval and --max-rss-growth", f.protocol)
 	}
 	t := &awsTarget{region: firstOf(f.region, a.env.getenv(envAWSRegion))}
 	t.endpoint = f.endpoint
@@ -254,7 +257,7 @@ func (c *signerKMS) call(ctx context.Context, op string, in, out any) error {
 		_ = json.Unmarshal(answer, &e)
 		return awsStatus(e.Type, fmt.Sprintf("HTTP %d: %s", code, e.Message))
 	}
-	if err := json.Unmarshal(answer, out); err != nil {
+	if err := decodeAnswer(answer, out); err != nil {
 		return status.Errorf(codes.DataLoss, "%s: the answer is not JSON: %v", op, err)
 	}
 	return nil
@@ -388,6 +391,80 @@ type awsJSONResult struct {
 	GRPC        loadgen.Stats     `json:"grpc"`
 	Ratio       float64           `json:"ratio_to_grpc"`
 	RoundRatios []float64         `json:"round_ratios,omitempty"`
+	CPU         *awsCPU           `json:"cpu_us_per_call,omitempty"`
+}
+
+// awsCPU is the CPU each path's calls cost, in µs a call: the node
+// processes' (process_cpu_seconds_total at --metrics, summed) and the
+// bench process's own (getrusage), read just before and after each round.
+// On a machine the client shares with the node, the ratio of the rates
+// mixes the client's cost into the node's; NodeRatio (gRPC's node CPU per
+// call ÷ the AWS path's) is the AWS path's rate as a share of gRPC's on a
+// node whose CPU bounds it.
+type awsCPU struct {
+	NodeAWS   float64 `json:"node_awsjson,omitempty"`
+	NodeGRPC  float64 `json:"node_grpc,omitempty"`
+	BenchAWS  float64 `json:"bench_awsjson"`
+	BenchGRPC float64 `json:"bench_grpc"`
+	NodeRatio float64 `json:"node_ratio,omitempty"`
+	NodeError string  `json:"node_error,omitempty"`
+}
+
+// cpuMeter adds up the CPU each load's rounds take.
+type cpuMeter struct {
+	ctx     context.Context
+	scraper *metricsReader
+	urls    []string
+	node    [2]float64 // seconds
+	self    [2]float64
+	err     error
+}
+
+// read is the node processes' CPU seconds (summed) and the bench's own.
+func (m *cpuMeter) read() (node, self float64) {
+	for _, u := range m.urls {
+		r := m.scraper.read(m.ctx, u)
+		if r.err != nil && m.err == nil {
+			m.err = r.err
+		}
+		node += r.cpu
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	}
+	return node, self
+}
+
+// around is loadgen.Config.AroundRound.
+func (m *cpuMeter) around(l int) func() {
+	n0, s0 := m.read()
+	return func() {
+		n1, s1 := m.read()
+		m.node[l] += n1 - n0
+		m.self[l] += s1 - s0
+	}
+}
+
+// perCall is the CPU figures per call of a and g, the two loads' stats.
+func (m *cpuMeter) perCall(a, g loadgen.Stats) *awsCPU {
+	us := func(sec float64, st loadgen.Stats) float64 {
+		if n := st.Ops + st.Failed; n > 0 {
+			return sec * 1e6 / float64(n)
+		}
+		return 0
+	}
+	c := &awsCPU{BenchAWS: us(m.self[0], a), BenchGRPC: us(m.self[1], g)}
+	switch {
+	case m.err != nil:
+		c.NodeError = m.err.Error()
+	case len(m.urls) > 0:
+		c.NodeAWS, c.NodeGRPC = us(m.node[0], a), us(m.node[1], g)
+		if c.NodeAWS > 0 {
+			c.NodeRatio = c.NodeGRPC / c.NodeAWS
+		}
+	}
+	return c
 }
 
 // benchAWSJSON drives the operations through the AWS KMS API at
@@ -422,7 +499,9 @@ func (a *app) benchAWSJSON(cmd *cobra.Command, f *benchFlags, ops []weightedOp) 
 	newGRPC := func(w int) (loadgen.Op, error) {
 		return b.newWorker(ctx, w, ops, map[string]uint64{})
 	}
-	cfg := loadgen.Config{Workers: f.workers, Duration: f.duration, Count: f.count, Warmup: f.warmup}
+	meter := &cpuMeter{ctx: ctx, urls: f.metrics,
+		scraper: &metricsReader{client: &http.Client{Transport: &http.Transport{TLSClientConfig: s.tls}, Timeout: 10 * time.Second}}}
+	cfg := loadgen.Config{Workers: f.workers, Duration: f.duration, Count: f.count, Warmup: f.warmup, AroundRound: meter.around}
 	if f.rounds > 1 && f.count == 0 {
 		p, err := loadgen.RunPaired(ctx, cfg, f.rounds, newAWS, newGRPC)
 		if err != nil {
@@ -430,16 +509,22 @@ func (a *app) benchAWSJSON(cmd *cobra.Command, f *benchFlags, ops []weightedOp) 
 		}
 		out.Result, out.GRPC, out.Ratio, out.RoundRatios = p.A, p.B, p.MedianRatio(), p.Ratios
 	} else {
+		// One run each: the warm-up is inside the run, so its CPU counts too.
+		after := meter.around(0)
 		if out.Result, err = loadgen.Run(ctx, cfg, newAWS); err != nil {
 			return err
 		}
+		after()
+		after = meter.around(1)
 		if out.GRPC, err = loadgen.Run(ctx, cfg, newGRPC); err != nil {
 			return err
 		}
+		after()
 		if r := out.GRPC.Rate(); r > 0 {
 			out.Ratio = out.Result.Rate() / r
 		}
 	}
+	out.CPU = meter.perCall(out.Result, out.GRPC)
 	out.Calls = map[string]uint64{}
 	for _, c := range calls {
 		for k, n := range c {
@@ -473,8 +558,23 @@ func (a *app) benchAWSJSON(cmd *cobra.Command, f *benchFlags, ops []weightedOp) 
 			how = fmt.Sprintf("median of %d alternating rounds (%s %%)", n, strings.Join(pcs, ", "))
 		}
 		fmt.Fprintf(a.env.stdout, "awsjson ÷ grpc: %.1f %% of the gRPC path's ops/s (%s)\n", 100*out.Ratio, how)
+		a.printAWSCPU(out.CPU)
 	}
 	return benchVerdict(benchJSON{Result: out.Result, Noop: &out.GRPC}, 0)
+}
+
+// printAWSCPU prints the CPU per call of both paths.
+func (a *app) printAWSCPU(c *awsCPU) {
+	w := a.env.stdout
+	if c.NodeError != "" {
+		fmt.Fprintf(w, "node CPU not read: %s\n", c.NodeError)
+	}
+	if c.NodeAWS == 0 {
+		fmt.Fprintf(w, "CPU per call of this bench process: awsjson %.0f µs, grpc %.0f µs (--metrics adds the node's)\n", c.BenchAWS, c.BenchGRPC)
+		return
+	}
+	fmt.Fprintf(w, "CPU per call: awsjson node %.0f µs + bench %.0f µs, grpc node %.0f µs + bench %.0f µs\n", c.NodeAWS, c.BenchAWS, c.NodeGRPC, c.BenchGRPC)
+	fmt.Fprintf(w, "node CPU per call, grpc ÷ awsjson: %.1f %% (the AWS path's rate as a share of gRPC's where the node's CPU bounds it)\n", 100*c.NodeRatio)
 }
 
 // xksResult is --protocol xks's --output json.

@@ -81,20 +81,21 @@ type ctrlFrame struct {
 
 // stream is one request and its answer.
 type stream struct {
-	c        *conn
-	id       uint32
-	req      *http.Request
-	cancel   context.CancelFunc
-	started  time.Time
-	declared int64 // content-length, or -1
-	body     []byte
-	window   int64 // what the client may still send on the stream
-	recvDone bool  // the request arrived whole (END_STREAM) or was cut at the limit
-	running  bool  // its handler was started
-	answered bool  // its handler returned
-	ended    bool  // the client half-closed (END_STREAM seen)
-	reset    bool  // reset by the client or the server: its answer is not sent
-	gone     bool  // removed from the connection
+	c          *conn
+	id         uint32
+	req        *http.Request
+	cancel     context.CancelFunc
+	started    time.Time
+	declared   int64 // content-length, or -1
+	body       []byte
+	window     int64 // what the client may still send on the stream
+	recvDone   bool  // the request arrived whole (END_STREAM) or was cut at the limit
+	running    bool  // its handler was started
+	answered   bool  // its handler returned
+	answeredAt time.Time
+	ended      bool // the client half-closed (END_STREAM seen)
+	reset      bool // reset by the client or the server: its answer is not sent
+	gone       bool // removed from the connection
 
 	// the answer, fixed when the handler returns
 	status      int
@@ -206,11 +207,12 @@ func (c *conn) handshake() error {
 
 func (c *conn) tick() time.Duration {
 	s := c.srv
-	return max(min(orDefault(s.IdleTimeout, 2*time.Minute), orDefault(s.ReadTimeout, time.Minute))/8, 10*time.Millisecond)
+	return max(min(orDefault(s.IdleTimeout, 2*time.Minute), orDefault(s.ReadTimeout, time.Minute), orDefault(s.WriteTimeout, time.Minute))/8, 10*time.Millisecond)
 }
 
-// check closes an idle connection and resets streams whose request has
-// not arrived within ReadTimeout.
+// check closes an idle connection, resets streams whose request has not
+// arrived within ReadTimeout, and those whose answer the client's flow
+// control has held back for WriteTimeout.
 func (c *conn) check() {
 	s := c.srv
 	now := time.Now()
@@ -224,8 +226,11 @@ func (c *conn) check() {
 		return
 	}
 	for _, st := range c.streams {
-		if !st.recvDone && now.Sub(st.started) >= orDefault(s.ReadTimeout, time.Minute) {
-			c.resetStream(st, http2.ErrCodeCancel)
+		switch {
+		case !st.recvDone && now.Sub(st.started) >= orDefault(s.ReadTimeout, time.Minute):
+			c.resetStream(st, http2.ErrCodeCancel) // its request is late
+		case st.answered && now.Sub(st.answeredAt) >= orDefault(s.WriteTimeout, time.Minute):
+			c.resetStream(st, http2.ErrCodeCancel) // the client's window kept its answer back
 		}
 	}
 	c.timer.Reset(c.tick())
@@ -257,7 +262,16 @@ func (c *conn) readLoop() error {
 			}
 			return err
 		}
-		if err := c.handle(f); err != nil {
+		err = c.handle(f)
+		c.mu.Lock()
+		if err == nil && len(c.ctrl) >= maxQueuedCtrl {
+			// The peer makes the connection owe it frames (PING and
+			// SETTINGS acks, resets of streams it misuses) faster than it
+			// reads them.
+			err = http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+		}
+		c.mu.Unlock()
+		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
 				c.mu.Lock()
@@ -299,14 +313,14 @@ func (c *conn) handle(f http2.Frame) error {
 		if err := c.applySettings(f); err != nil {
 			return err
 		}
-		return c.ctrlChecked(ctrlFrame{kind: ctrlSettingsAck})
+		c.queueCtrl(ctrlFrame{kind: ctrlSettingsAck})
 	case *http2.PingFrame:
 		if f.IsAck() {
 			return nil
 		}
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		return c.ctrlChecked(ctrlFrame{kind: ctrlPingAck, ping: f.Data})
+		c.queueCtrl(ctrlFrame{kind: ctrlPingAck, ping: f.Data})
 	case *http2.WindowUpdateFrame:
 		return c.onWindowUpdate(f)
 	case *http2.RSTStreamFrame:
@@ -331,16 +345,6 @@ func (c *conn) handle(f http2.Frame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol) // clients do not push
 	}
 	return nil // unknown frames are ignored (RFC 9113 §5.5)
-}
-
-// ctrlChecked queues a control frame the peer asked for, refusing a peer
-// that asks faster than the connection writes. Under mu.
-func (c *conn) ctrlChecked(f ctrlFrame) error {
-	if len(c.ctrl) >= maxQueuedCtrl {
-		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
-	}
-	c.queueCtrl(f)
-	return nil
 }
 
 // applySettings takes the client's SETTINGS. Under mu.
@@ -693,7 +697,7 @@ func (c *conn) answer(st *stream, status int, h http.Header, b []byte) {
 
 // answerBuf queues a stream's answer for the writer. Under mu.
 func (c *conn) answerBuf(st *stream, status int, h http.Header, out *bytes.Buffer) {
-	st.status, st.header, st.out, st.answered = status, h, out, true
+	st.status, st.header, st.out, st.answered, st.answeredAt = status, h, out, true, time.Now()
 	if st.reset || st.gone || c.closed {
 		c.drop(st)
 		return

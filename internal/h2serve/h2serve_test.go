@@ -1,6 +1,7 @@
 package h2serve
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -487,4 +488,69 @@ func TestH2spec(t *testing.T) {
 	if err != nil {
 		t.Fatalf("h2spec: %v", err)
 	}
+}
+
+// A client that makes the connection owe it control frames faster than
+// it reads them (a PING flood) is cut off, with GOAWAY ENHANCE_YOUR_CALM
+// once it reads: what the server queues for it is bounded.
+func TestControlFlood(t *testing.T) {
+	ts, _ := start(t, &Server{Handler: http.HandlerFunc(echo), WriteTimeout: 5 * time.Second})
+	c := dialRaw(t, ts)
+	const pings = 2000000 // 34 MB of acks: far more than the sockets hold
+	sent := make(chan error, 1)
+	go func() {
+		bw := bufio.NewWriterSize(c.conn, 64<<10)
+		fr := http2.NewFramer(bw, nil)
+		for i := range pings {
+			if err := fr.WritePing(false, [8]byte{byte(i)}); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- bw.Flush()
+	}()
+	// Nothing is read until the pings are sent, or the server, having
+	// stopped reading them, closes the connection.
+	select {
+	case <-sent:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the flood neither went through nor was cut off")
+	}
+	_ = c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	acks := 0
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			if acks >= pings {
+				t.Fatalf("every ping answered, then %v", err)
+			}
+			return // cut off (a reset before the GOAWAY could be read)
+		}
+		switch f := f.(type) {
+		case *http2.PingFrame:
+			acks++
+			if acks == pings {
+				t.Fatalf("all %d pings answered: the flood was not cut off", pings)
+			}
+		case *http2.GoAwayFrame:
+			if f.ErrCode != http2.ErrCodeEnhanceYourCalm {
+				t.Fatalf("got %v", f)
+			}
+			return
+		}
+	}
+}
+
+// An answer the client's flow control holds back is reset after
+// WriteTimeout: it does not hold the stream's slot and buffer forever.
+func TestAnswerHeldBack(t *testing.T) {
+	ts, _ := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "held back")
+	}), WriteTimeout: 50 * time.Millisecond})
+	c := dialRaw(t, ts, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	c.post(1, true)
+	if s := c.status(1); s != "200" {
+		t.Fatalf("status %s", s)
+	}
+	c.wantReset(1, http2.ErrCodeCancel)
 }

@@ -53,6 +53,11 @@ type Config struct {
 	// measured run starts, while no Op runs: the place to reset counters
 	// the Ops keep.
 	OnStart func()
+	// AroundRound, when set, is called by RunPaired just before each
+	// measured round of load l (0 for A, 1 for B), outside its timing, and
+	// the function it returns just after: the place to read a counter that
+	// the round moves (a node's CPU).
+	AroundRound func(l int) (after func())
 }
 
 // Stats are the figures of a run or of one of its periods.
@@ -371,11 +376,16 @@ func RunPaired(ctx context.Context, cfg Config, rounds int, newA, newB func(work
 				return Paired{}, err
 			}
 			ws := newWorkers(len(ops))
+			after := func() {}
+			if cfg.AroundRound != nil {
+				after = cfg.AroundRound(l)
+			}
 			rctx, cancel := context.WithTimeout(ctx, round)
 			t0 := time.Now()
 			run(rctx, ops, 0, ws)
 			d := time.Since(t0)
 			cancel()
+			after()
 			acc := newAccumulator(t0)
 			acc.takeFrom(ws)
 			totals[l].merge(acc)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -189,9 +191,19 @@ func TestRunPaired(t *testing.T) {
 		slow := func(int) (Op, error) {
 			return func(context.Context) error { time.Sleep(2 * time.Millisecond); return nil }, nil
 		}
-		p, err := RunPaired(t.Context(), Config{Workers: 2, Duration: 60 * time.Millisecond}, 3, fast, slow)
+		// AroundRound brackets each measured round of each load, in turn.
+		var rounds []string
+		cfg := Config{Workers: 2, Duration: 60 * time.Millisecond, AroundRound: func(l int) func() {
+			rounds = append(rounds, fmt.Sprint("before ", l))
+			return func() { rounds = append(rounds, fmt.Sprint("after ", l)) }
+		}}
+		p, err := RunPaired(t.Context(), cfg, 3, fast, slow)
 		if err != nil {
 			t.Fatal(err)
+		}
+		want := strings.Repeat("before 0,after 0,before 1,after 1,", 3)
+		if got := strings.Join(rounds, ",") + ","; got != want {
+			t.Errorf("AroundRound calls %s, want %s", got, want)
 		}
 		if len(p.Ratios) != 3 || p.A.Ops == 0 || p.B.Ops == 0 || p.A.Elapsed <= 0 || p.B.Elapsed <= 0 {
 			t.Fatalf("paired = %+v: want 3 rounds with calls on both sides", p)
