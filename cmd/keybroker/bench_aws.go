@@ -297,7 +297,13 @@ func (t *awsTarget) post(ctx context.Context, signer *v4.Signer, p signedPost, i
 		return 0, nil, awsCallError(err)
 	}
 	defer resp.Body.Close()
-	answer, err := io.ReadAll(io.LimitReader(resp.Body, p.limit))
+	var answer []byte
+	if n := resp.ContentLength; n >= 0 && n <= p.limit {
+		answer = make([]byte, n) // read in one piece, not grown from 512 bytes
+		_, err = io.ReadFull(resp.Body, answer)
+	} else {
+		answer, err = io.ReadAll(io.LimitReader(resp.Body, p.limit))
+	}
 	if err != nil {
 		return 0, nil, status.Error(codes.Unavailable, err.Error())
 	}

@@ -35,6 +35,8 @@ func TestBenchAWSUsage(t *testing.T) {
 		{append(xks, "--op", "datakey"), nil, "--op datakey is not one of its operations"},
 		{append(xks, "--rate", "0"), nil, "--rate must be above 0"},
 		{append(xks, "--count", "10"), nil, "leave out --count"},
+		{append(xks, "--metrics", "https://127.0.0.1:1/metrics"), nil, "leave out --metrics"},
+		{append(kms, "--metrics", "127.0.0.1:1"), nil, "is not an http(s) URL"},
 		{append(xks, "--duration", "0"), nil, "needs a --duration"},
 		{[]string{"--protocol", "xks", "--key", "k", "--endpoint", "https://127.0.0.1:1/kb", "--size", "5MiB"}, nil, "at most 4 MiB"},
 	} {
