@@ -248,21 +248,14 @@ func (c *conn) goAway(code http2.ErrCode) {
 	c.cond.Signal()
 }
 
-// readLoop reads and handles frames until an error.
+// readLoop reads and handles frames until an error: a stream's error
+// resets that stream and reading goes on; any other ends the connection.
 func (c *conn) readLoop() error {
 	for {
 		f, err := c.fr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.mu.Lock()
-				c.streamError(se.StreamID, se.Code)
-				c.mu.Unlock()
-				continue
-			}
-			return err
+		if err == nil {
+			err = c.handle(f)
 		}
-		err = c.handle(f)
 		c.mu.Lock()
 		if err == nil && len(c.ctrl) >= maxQueuedCtrl {
 			// The peer makes the connection owe it frames (PING and
@@ -270,15 +263,13 @@ func (c *conn) readLoop() error {
 			// reads them.
 			err = http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 		}
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			c.streamError(se.StreamID, se.Code)
+			err = nil
+		}
 		c.mu.Unlock()
 		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.mu.Lock()
-				c.streamError(se.StreamID, se.Code)
-				c.mu.Unlock()
-				continue
-			}
 			return err
 		}
 	}
