@@ -660,6 +660,9 @@ func (c *conn) runHandler(st *stream) {
 	if status == 0 {
 		status = http.StatusOK
 	}
+	if st.req.Method == http.MethodHead {
+		w.out.Reset() // an answer to HEAD has no content (RFC 9110 §9.3.2)
+	}
 	c.mu.Lock()
 	c.answerBuf(st, status, w.header, w.out)
 	c.mu.Unlock()

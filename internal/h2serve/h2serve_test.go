@@ -411,6 +411,20 @@ func TestHandlerPanic(t *testing.T) {
 	}
 }
 
+// An answer to HEAD carries no content, whatever the handler wrote.
+func TestHead(t *testing.T) {
+	ts, _ := start(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "only POST", http.StatusMethodNotAllowed)
+	})})
+	c := dialRaw(t, ts)
+	c.headers(1, true, ":method", "HEAD", ":scheme", "https", ":path", "/")
+	f := c.next()
+	h, ok := f.(*http2.MetaHeadersFrame)
+	if !ok || h.PseudoValue("status") != "405" || !h.StreamEnded() {
+		t.Fatalf("got %v, want HEADERS 405 ending the stream", f)
+	}
+}
+
 // Shutdown sends GOAWAY, answers the request in flight and closes.
 func TestShutdown(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
