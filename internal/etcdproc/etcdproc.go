@@ -147,15 +147,12 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		}
 	}()
 	var initial []string
+	addrs, err := freeAddrs(2 * opts.Members)
+	if err != nil {
+		return c, err
+	}
 	for i := range opts.Members {
-		client, err := freeAddr()
-		if err != nil {
-			return c, err
-		}
-		peer, err := freeAddr()
-		if err != nil {
-			return c, err
-		}
+		client, peer := addrs[2*i], addrs[2*i+1]
 		name := fmt.Sprintf("m%d", i)
 		m := &Member{Name: name, ClientURL: "http://" + client, PeerURL: "http://" + peer,
 			DataDir: filepath.Join(opts.Dir, name), LogFile: filepath.Join(opts.Dir, name+".log"), stopTimeout: opts.StopTimeout}
@@ -323,14 +320,21 @@ func tail(b []byte) string {
 	return strings.TrimSpace(string(b))
 }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("etcdproc: finding a free port: %w", err)
+// freeAddrs returns n loopback addresses whose ports were free a moment
+// ago, all different: every listener is held until all are chosen (one
+// closed before the next was asked for could be handed out again, and two
+// members given the same peer URL fail to start).
+func freeAddrs(n int) ([]string, error) {
+	out := make([]string, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("etcdproc: finding a free port: %w", err)
+		}
+		defer l.Close()
+		out = append(out, l.Addr().String())
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return out, nil
 }
 
 // hashString is FNV-1a, to tell tokens of different directories apart.

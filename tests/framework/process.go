@@ -496,15 +496,26 @@ func (p *Proc) Kill() {
 }
 
 // FreeAddr is a free loopback address (127.0.0.1:port) for a listener a
-// test configures.
+// test configures, never one it has handed out before in this process: a
+// port closed a moment ago can be the next one the kernel gives, and two
+// listeners configured on one address fail to start.
 func FreeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, "listen", err)
-	addr := l.Addr().String()
-	l.Close()
-	return addr
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		must(t, "listen", err)
+		addr := l.Addr().String()
+		l.Close()
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr
+		}
+	}
+	t.Fatal("FreeAddr: 100 ports in a row were ones already handed out")
+	return ""
 }
+
+// handedOut holds the addresses FreeAddr has returned.
+var handedOut sync.Map
 
 // NewProcesses starts central on a fresh SoftHSM2 token, at a fixed port
 // (so a restarted central is found again), with a 2s edge lease and a
