@@ -515,17 +515,20 @@ func (a *app) benchAWSJSON(cmd *cobra.Command, f *benchFlags, ops []weightedOp) 
 		}
 		out.Result, out.GRPC, out.Ratio, out.RoundRatios = p.A, p.B, p.MedianRatio(), p.Ratios
 	} else {
-		// One run each: the warm-up is inside the run, so its CPU counts too.
-		after := meter.around(0)
-		if out.Result, err = loadgen.Run(ctx, cfg, newAWS); err != nil {
+		// One run each, its CPU counted from the end of its warm-up.
+		run := func(l int, newOp func(int) (loadgen.Op, error)) (loadgen.Stats, error) {
+			after, c := func() {}, cfg
+			c.OnStart = func() { after = meter.around(l) }
+			st, err := loadgen.Run(ctx, c, newOp)
+			after()
+			return st, err
+		}
+		if out.Result, err = run(0, newAWS); err != nil {
 			return err
 		}
-		after()
-		after = meter.around(1)
-		if out.GRPC, err = loadgen.Run(ctx, cfg, newGRPC); err != nil {
+		if out.GRPC, err = run(1, newGRPC); err != nil {
 			return err
 		}
-		after()
 		if r := out.GRPC.Rate(); r > 0 {
 			out.Ratio = out.Result.Rate() / r
 		}

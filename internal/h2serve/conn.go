@@ -320,8 +320,7 @@ func (c *conn) handle(f http2.Frame) error {
 		}
 		c.mu.Lock()
 		if st := c.streams[f.StreamID]; st != nil {
-			st.reset = true
-			c.resetStream(st, 0)
+			c.resetStream(st, 0) // the client's own reset: none sent back
 		}
 		c.mu.Unlock()
 	case *http2.GoAwayFrame:
@@ -413,7 +412,9 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 		}
 		st.ended = true
-		c.endBody(st)
+		if !st.recvDone && !st.reset {
+			c.endBody(st) // not when cut at the limit or answered already: its handler runs once
+		}
 		return nil
 	}
 	c.maxClientStream = id
@@ -443,7 +444,9 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	st.declared = declared
 	if declared > 0 && declared <= c.srv.maxBody() {
-		st.body = make([]byte, 0, declared)
+		// Sized for the common body, not for any declared one: what a
+		// stream holds grows only with what the client sends.
+		st.body = make([]byte, 0, min(declared, initialBody))
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
 	st.req, st.cancel = req.WithContext(ctx), cancel

@@ -57,6 +57,7 @@ const (
 	prefaceTimeout  = 10 * time.Second
 	maxQueuedCtrl   = 10000 // control frames waiting to be written: a peer that floods PINGs or SETTINGS is cut off
 	refundThreshold = 16 << 10
+	initialBody     = 16 << 10 // a body's first buffer at most, whatever its content-length says
 	workerIdle      = 10 * time.Second
 	maxWindow       = 1<<31 - 1
 )

@@ -568,3 +568,59 @@ func TestAnswerHeldBack(t *testing.T) {
 	}
 	c.wantReset(1, http2.ErrCodeCancel)
 }
+
+// Trailers after a body cut at the limit do not start the handler again:
+// it runs once per stream.
+func TestTrailersAfterTheLimit(t *testing.T) {
+	release := make(chan struct{})
+	var runs atomic.Int32
+	ts, _ := start(t, &Server{MaxBodyBytes: 10, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		<-release
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+	})})
+	c := dialRaw(t, ts)
+	c.post(1, false)
+	_ = c.fr.WriteData(1, false, make([]byte, 11)) // one byte past the limit (the whole window): the handler starts
+	c.hbuf.Reset()
+	_ = c.enc.WriteField(hpack.HeaderField{Name: "x-trailer", Value: "1"})
+	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.hbuf.Bytes(), EndStream: true, EndHeaders: true})
+	c.post(3, true) // read after the trailers
+	deadline := time.Now().Add(10 * time.Second)
+	for runs.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	statuses := map[uint32]string{}
+	for len(statuses) < 2 {
+		if h, ok := c.next().(*http2.MetaHeadersFrame); ok {
+			statuses[h.StreamID] = h.PseudoValue("status")
+		}
+	}
+	if statuses[1] != "413" || statuses[3] != "413" {
+		t.Fatalf("statuses %v", statuses)
+	}
+	if n := runs.Load(); n != 2 { // stream 1 once, stream 3 once
+		t.Fatalf("handlers ran %d times for two streams", n)
+	}
+}
+
+// Trailers on a stream the server has answered itself (a header list too
+// long) while its answer waits for the client's window: ignored, and the
+// server goes on (it used to start a handler for it, dereferencing the
+// stream's missing request: the connection was dropped).
+func TestTrailersAfterAnAnswer(t *testing.T) {
+	ts, _ := start(t, &Server{Handler: http.HandlerFunc(echo), MaxHeaderBytes: 1000})
+	c := dialRaw(t, ts, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+	c.headers(1, false, ":method", "POST", ":scheme", "https", ":path", "/", "x-big", strings.Repeat("a", 900))
+	c.hbuf.Reset()
+	_ = c.enc.WriteField(hpack.HeaderField{Name: "x-trailer", Value: "1"})
+	_ = c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.hbuf.Bytes(), EndStream: true, EndHeaders: true})
+	if s := c.status(1); s != "431" {
+		t.Fatalf("status %s", s)
+	}
+	c.post(3, true)
+	if s := c.status(3); s != "200" {
+		t.Fatalf("status %s", s)
+	}
+}

@@ -75,26 +75,29 @@ func TestBenchAWS(t *testing.T) {
 	})
 	t.Run("awsjson/cpu", func(t *testing.T) {
 		// --metrics names the node's process: its CPU per call of each path is reported beside the bench's own.
+		// Alternating rounds, and one run each (measured from the end of its warm-up).
 		metrics := "https://" + f.Central.OpsAddr + "/metrics"
-		r := framework.CLI(t, env, nil, "bench", "--protocol", "awsjson", "--endpoint", f.KMSURL, "--op", "encrypt", "--key", framework.DemoKeyID,
-			"--duration", "2s", "--rounds", "2", "-c", "4", "--warmup", "0", "--metrics", metrics, "--output", "json")
-		framework.WantCode(t, r, 0)
-		var b struct {
-			CPU struct {
-				NodeAWS   float64 `json:"node_awsjson"`
-				NodeGRPC  float64 `json:"node_grpc"`
-				BenchAWS  float64 `json:"bench_awsjson"`
-				BenchGRPC float64 `json:"bench_grpc"`
-				Ratio     float64 `json:"node_ratio"`
-				Error     string  `json:"node_error"`
-			} `json:"cpu_us_per_call"`
-		}
-		if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
-			t.Fatalf("bench --output json printed %q: %v", r.Stdout, err)
-		}
-		c := b.CPU
-		if c.Error != "" || c.NodeAWS <= 0 || c.NodeGRPC <= 0 || c.BenchAWS <= 0 || c.BenchGRPC <= 0 || c.Ratio != c.NodeGRPC/c.NodeAWS {
-			t.Errorf("bench --metrics: CPU per call %+v; want every figure above 0 and the node's ratio", c)
+		for _, load := range [][]string{{"--duration", "2s", "--rounds", "2", "--warmup", "0"}, {"--count", "400", "--warmup", "200ms"}} {
+			r := framework.CLI(t, env, nil, append([]string{"bench", "--protocol", "awsjson", "--endpoint", f.KMSURL, "--op", "encrypt", "--key", framework.DemoKeyID,
+				"-c", "4", "--metrics", metrics, "--output", "json"}, load...)...)
+			framework.WantCode(t, r, 0)
+			var b struct {
+				CPU struct {
+					NodeAWS   float64 `json:"node_awsjson"`
+					NodeGRPC  float64 `json:"node_grpc"`
+					BenchAWS  float64 `json:"bench_awsjson"`
+					BenchGRPC float64 `json:"bench_grpc"`
+					Ratio     float64 `json:"node_ratio"`
+					Error     string  `json:"node_error"`
+				} `json:"cpu_us_per_call"`
+			}
+			if err := json.Unmarshal([]byte(r.Stdout), &b); err != nil {
+				t.Fatalf("bench --output json printed %q: %v", r.Stdout, err)
+			}
+			c := b.CPU
+			if c.Error != "" || c.NodeAWS <= 0 || c.NodeGRPC <= 0 || c.BenchAWS <= 0 || c.BenchGRPC <= 0 || c.Ratio != c.NodeGRPC/c.NodeAWS {
+				t.Errorf("bench --metrics %v: CPU per call %+v; want every figure above 0 and the node's ratio", load, c)
+			}
 		}
 	})
 	t.Run("awsjson/wrong-secret", func(t *testing.T) {
